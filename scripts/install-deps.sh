@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what moe.cpp needs to build and test on Debian 12 (bookworm). Run as root (or with sudo).
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  build-essential cmake ninja-build pkg-config git ca-certificates \
+  libgtest-dev libgmock-dev libbenchmark-dev \
+  nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libcpp-httplib-dev libsqlite3-dev sqlite3 libssl-dev \
+  clang libclang-rt-14-dev python3 \
+  nodejs npm chromium

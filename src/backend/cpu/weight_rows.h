@@ -1,0 +1,23 @@
+#pragma once
+// Row access to checkpoint weights on the CPU: dot products of an F32 vector with a weight row, and rows
+// dequantised to F32. BF16/F16/F32 rows and F8_E4M3 rows with 128x128 block scales; vectorised with AVX2.
+#include <cstdint>
+
+#include "backend/backend.h"
+
+namespace moe::cpu {
+
+// sum_k x[k] * W[n, k] over the whole row n (FP8: each block's partial sum times its block scale).
+float dot_row(const float* x, const Weight& w, int64_t n);
+// Dot products of x with 4 consecutive rows n..n+3 (all must exist), sharing the loads of x.
+void dot_rows4(const float* x, const Weight& w, int64_t n, float out[4]);
+// out[k] = W[n, k] for k in [k0, k0 + count) (dequantised).
+void dequant_row(const Weight& w, int64_t n, int64_t k0, int64_t count, float* out);
+// out[i] = v[i] for a BF16/F16/F32 vector (norm weights).
+void dequant_vector(const TensorView& v, float* out);
+// Plain F32 dot product.
+float dot_f32(const float* a, const float* b, int64_t n);
+// y[i] += a * x[i]
+void axpy_f32(float a, const float* x, float* y, int64_t n);
+
+}  // namespace moe::cpu

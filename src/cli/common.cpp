@@ -1,0 +1,53 @@
+#include "cli/common.h"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstdlib>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace moe::cli {
+
+int g_threads = 0;
+
+void apply_thread_count() {
+  if (g_threads < 0) fail("--threads must be >= 0");
+  ThreadPool::set_global_threads(g_threads);
+}
+
+std::vector<int32_t> parse_token_list(const std::string& text) {
+  std::vector<int32_t> out;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    const size_t comma = text.find(',', pos);
+    const std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || errno == ERANGE || v < 0 || v > INT32_MAX)
+      fail("--tokens: '{}' is not a token id (expected comma-separated non-negative integers)", item);
+    out.push_back(int32_t(v));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  if (out.empty()) fail("--tokens: no token ids given");
+  return out;
+}
+
+std::string human_count(int64_t n) {
+  if (n >= 1000000000) return fmt::format("{:.2f} B", double(n) / 1e9);
+  if (n >= 1000000) return fmt::format("{:.2f} M", double(n) / 1e6);
+  if (n >= 1000) return fmt::format("{:.2f} K", double(n) / 1e3);
+  return std::to_string(n);
+}
+
+std::string human_bytes(int64_t n) {
+  if (n >= 1000000000) return fmt::format("{:.2f} GB", double(n) / 1e9);
+  if (n >= 1000000) return fmt::format("{:.2f} MB", double(n) / 1e6);
+  if (n >= 1000) return fmt::format("{:.2f} KB", double(n) / 1e3);
+  return fmt::format("{} B", n);
+}
+
+}  // namespace moe::cli

@@ -1,0 +1,20 @@
+#pragma once
+// Helpers shared by the command files.
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe::cli {
+
+extern int g_threads;      // --threads; 0 = all cores
+void apply_thread_count();  // sizes the global pool before first use
+
+std::vector<int32_t> parse_token_list(const std::string& text);  // "3,17,42"
+std::string human_count(int64_t n);                               // 15.96 B
+std::string human_bytes(int64_t n);                               // 5.80 GB
+
+void register_generate_command(CLI::App& app);  // generate_command.cpp
+void register_bench_command(CLI::App& app);     // bench_command.cpp
+
+}  // namespace moe::cli

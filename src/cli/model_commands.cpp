@@ -1,0 +1,118 @@
+// Model commands: info, logits, generate, create-random, bench (bench in bench_command.cpp).
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "backend/backend.h"
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "core/error.h"
+#include "engine/generator.h"
+#include "io/safetensors.h"
+#include "model/deepseek_v3.h"
+#include "model/random_checkpoint.h"
+
+namespace moe::cli {
+
+namespace {
+
+void run_info(const std::string& model_dir) {
+  const ModelConfig c = ModelConfig::load(model_dir);
+  const Checkpoint ckpt(model_dir);
+  const ModelStats s = compute_stats(ckpt, c);
+  int64_t moe_layers = 0;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) moe_layers += c.is_moe_layer(i);
+  fmt::print("architecture: {}\n", c.architecture);
+  fmt::print("layers: {} ({} dense, {} MoE), hidden {}, heads {}, vocab {}\n", c.num_hidden_layers,
+             c.num_hidden_layers - moe_layers, moe_layers, c.hidden_size, c.num_attention_heads, c.vocab_size);
+  fmt::print("attention: MLA, q_lora_rank {}, kv_lora_rank {}, qk_nope {}, qk_rope {}, v {}\n", c.q_lora_rank,
+             c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
+  fmt::print("experts: {} routed (top {}, {} groups choose {}), {} shared, moe_intermediate {}, scoring {}\n",
+             c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.n_shared_experts,
+             c.moe_intermediate_size, c.scoring_func == ScoringFunc::Sigmoid ? "sigmoid" : "softmax");
+  if (c.yarn)
+    fmt::print("rope: YaRN factor {} over {} positions, theta {}\n", c.yarn->factor,
+               c.yarn->original_max_position_embeddings, c.rope_theta);
+  else
+    fmt::print("rope: plain, theta {}\n", c.rope_theta);
+  fmt::print("weights: {}\n", c.fp8_block_rows ? fmt::format("FP8 e4m3, {}x{} blocks", c.fp8_block_rows, c.fp8_block_cols)
+                                               : std::string("BF16/F32"));
+  fmt::print("parameters: {} total, {} active per token", human_count(s.total_params), human_count(s.active_params));
+  if (s.mtp_params) fmt::print(", plus {} in the MTP module", human_count(s.mtp_params));
+  fmt::print("\n");
+  fmt::print("weight bytes: {} (read per decoded token at batch 1: {})\n", human_bytes(s.weight_bytes),
+             human_bytes(s.active_weight_bytes));
+  const int64_t per_token_f32 = c.num_hidden_layers * c.cache_width() * 4;
+  fmt::print("latent cache per token: {} values per layer, {} B in BF16, {} B in F32 (CPU)\n", c.cache_width(),
+             per_token_f32 / 2, per_token_f32);
+}
+
+void run_logits(const std::string& model_dir, const std::string& device, const std::string& tokens_text,
+                const std::string& out_path, bool mtp) {
+  const std::vector<int32_t> tokens = parse_token_list(tokens_text);
+  auto backend = make_backend(device);
+  DeepseekV3 model(model_dir, *backend, {.load_mtp = mtp});
+  if (mtp && !model.has_mtp()) fail("{}: the checkpoint has no MTP module (num_nextn_predict_layers)", model_dir);
+  const int64_t T = int64_t(tokens.size()), V = model.config().vocab_size, page = 64;
+  LatentCache cache(model.config(), *backend, pages_for(T, page), page, model.cache_layers());
+  SequenceChunk chunk{tokens, 0, {}, true};
+  for (int64_t p = 0; p < cache.num_pages(); ++p) chunk.pages.push_back(int32_t(p));
+  ForwardOutput main = model.forward({chunk}, cache);
+  Tensor logits = Tensor::host(DType::F32, {T, V});
+  backend->copy_to_host(main.logits, logits.data());
+  std::vector<NamedTensor> out{{"logits", logits.view()}};
+  Tensor mtp_logits;
+  if (mtp && T > 1) {
+    SequenceChunk next{std::vector<int32_t>(tokens.begin() + 1, tokens.end()), 0, chunk.pages, true};
+    ForwardOutput draft = model.forward_mtp({next}, main.hidden.view().slice_rows(0, T - 1), cache);
+    mtp_logits = Tensor::host(DType::F32, {T - 1, V});
+    backend->copy_to_host(draft.logits, mtp_logits.data());
+    out.push_back({"mtp_logits", mtp_logits.view()});
+  }
+  write_safetensors(out_path, out);
+}
+
+}  // namespace
+
+void register_model_commands(CLI::App& app) {
+  {
+    auto* cmd = app.add_subcommand("info", "Architecture, parameter counts, weight and cache bytes of a checkpoint");
+    auto model = std::make_shared<std::string>();
+    cmd->add_option("--model", *model, "Checkpoint directory (config.json + safetensors)")->required();
+    cmd->callback([model] { run_info(*model); });
+  }
+  {
+    auto* cmd = app.add_subcommand("logits", "Write the logits of a token sequence to a safetensors file");
+    auto model = std::make_shared<std::string>(), tokens = std::make_shared<std::string>(),
+         out = std::make_shared<std::string>(), device = std::make_shared<std::string>("cpu");
+    auto mtp = std::make_shared<bool>(false);
+    cmd->add_option("--model", *model, "Checkpoint directory")->required();
+    cmd->add_option("--tokens", *tokens, "Comma-separated token ids")->required();
+    cmd->add_option("--out", *out, "Output safetensors file (F32 logits [T, vocab])")->required();
+    cmd->add_flag("--mtp", *mtp, "Also write mtp_logits [T-1, vocab] from the MTP module");
+    cmd->add_option("--device", *device, "cpu or cuda");
+    cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
+    cmd->callback([=] {
+      apply_thread_count();
+      run_logits(*model, *device, *tokens, *out, *mtp);
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand("create-random", "Write a checkpoint of any shape with random weights");
+    auto opts = std::make_shared<RandomCheckpointOptions>();
+    auto dtype = std::make_shared<std::string>("bf16");
+    cmd->add_option("--config", opts->config_path, "config.json giving the shape")->required();
+    cmd->add_option("--out", opts->out_dir, "Output directory")->required();
+    cmd->add_option("--dtype", *dtype, "bf16 or fp8")->check(CLI::IsMember({"bf16", "fp8"}));
+    cmd->add_option("--seed", opts->seed, "Random seed");
+    cmd->callback([=] {
+      opts->fp8 = *dtype == "fp8";
+      create_random_checkpoint(*opts);
+    });
+  }
+  register_generate_command(app);
+  register_bench_command(app);
+}
+
+}  // namespace moe::cli

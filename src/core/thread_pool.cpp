@@ -1,0 +1,80 @@
+#include "core/thread_pool.h"
+
+#include <algorithm>
+#include <memory>
+
+namespace moe {
+
+ThreadPool::ThreadPool(int threads) {
+  threads = std::max(1, threads);
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  start_cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::worker_loop(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+    if (stop_) return;
+    seen = generation_;
+    const auto* job = job_;
+    const int64_t n = job_n_, chunk = job_chunk_;
+    const bool has_task = index < job_tasks_;
+    lock.unlock();
+    if (has_task) {
+      const int64_t begin = index * chunk, end = std::min(n, begin + chunk);
+      if (begin < end) (*job)(begin, end, index);
+    }
+    lock.lock();
+    if (--pending_ == 0) done_cv_.notify_one();
+  }
+}
+
+void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                              int64_t grain) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t max_tasks = std::max<int64_t>(1, std::min<int64_t>(size(), (n + grain - 1) / grain));
+  if (max_tasks == 1 || workers_.empty()) {
+    fn(0, n, 0);
+    return;
+  }
+  const int64_t chunk = (n + max_tasks - 1) / max_tasks;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_ = &fn;
+    job_n_ = n;
+    job_chunk_ = chunk;
+    job_tasks_ = int(max_tasks);
+    pending_ = int(workers_.size());
+    ++generation_;
+  }
+  start_cv_.notify_all();
+  fn(0, std::min(n, chunk), 0);
+  std::unique_lock<std::mutex> lock(mutex_);
+  done_cv_.wait(lock, [&] { return pending_ == 0; });
+  job_ = nullptr;
+}
+
+namespace {
+int g_requested_threads = 0;
+}
+
+void ThreadPool::set_global_threads(int threads) { g_requested_threads = threads; }
+
+ThreadPool& ThreadPool::global() {
+  static ThreadPool pool(g_requested_threads > 0 ? g_requested_threads
+                                                 : int(std::max(1u, std::thread::hardware_concurrency())));
+  return pool;
+}
+
+}  // namespace moe

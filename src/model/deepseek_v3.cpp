@@ -1,0 +1,197 @@
+// The DeepSeek-V3 forward pass. Shapes: T new tokens, D hidden, H heads, dn/dr/dv head dims, r kv_lora_rank.
+#include "model/deepseek_v3.h"
+
+#include "core/error.h"
+#include "model/rope.h"
+
+namespace moe {
+
+namespace {
+
+// The q_a and kv_a layernorms use 1e-6 in DeepSeek's code and in HF, whatever the config says.
+constexpr float kLatentNormEps = 1e-6f;
+
+RoutingParams routing_params(const ModelConfig& c) {
+  RoutingParams p;
+  p.score = c.scoring_func == ScoringFunc::Sigmoid ? RoutingScore::Sigmoid : RoutingScore::Softmax;
+  p.method = c.topk_method == TopkMethod::NoauxTc  ? RoutingMethod::NoauxTc
+             : c.topk_method == TopkMethod::Greedy ? RoutingMethod::Greedy
+                                                   : RoutingMethod::GroupLimitedGreedy;
+  p.num_experts = int32_t(c.n_routed_experts);
+  p.top_k = int32_t(c.num_experts_per_tok);
+  p.n_group = int32_t(c.n_group);
+  p.topk_group = int32_t(c.topk_group);
+  p.norm_topk_prob = c.norm_topk_prob;
+  p.routed_scaling_factor = float(c.routed_scaling_factor);
+  return p;
+}
+
+}  // namespace
+
+BatchPlan plan_batch(const std::vector<SequenceChunk>& chunks, int64_t page_size) {
+  BatchPlan plan;
+  plan.page_size = int32_t(page_size);
+  for (const auto& c : chunks) plan.max_pages = std::max(plan.max_pages, int32_t(c.pages.size()));
+  for (size_t s = 0; s < chunks.size(); ++s) {
+    const auto& c = chunks[s];
+    MOE_CHECK(!c.tokens.empty(), "forward: sequence {} has no new tokens", s);
+    const int64_t len = int64_t(c.start_pos) + int64_t(c.tokens.size());
+    MOE_CHECK(int64_t(c.pages.size()) * page_size >= len, "forward: sequence {} needs {} cache positions but has {} pages",
+              s, len, c.pages.size());
+    for (size_t i = 0; i < c.tokens.size(); ++i) {
+      const int32_t pos = c.start_pos + int32_t(i);
+      plan.positions.push_back(pos);
+      plan.token_seq.push_back(int32_t(s));
+      plan.slots.push_back(c.pages[size_t(pos / page_size)] * int32_t(page_size) + pos % int32_t(page_size));
+    }
+    plan.seq_lens.push_back(int32_t(len));
+    for (int32_t p = 0; p < plan.max_pages; ++p)
+      plan.block_table.push_back(p < int32_t(c.pages.size()) ? c.pages[size_t(p)] : -1);
+  }
+  return plan;
+}
+
+DeepseekV3::DeepseekV3(const std::string& model_dir, Backend& backend, Options options)
+    : config_(ModelConfig::load(model_dir)),
+      backend_(backend),
+      checkpoint_(model_dir),
+      weights_(ModelWeights::load(checkpoint_, config_, backend, options.load_mtp)),
+      rope_(make_rope_params(config_)),
+      attn_scale_(attention_scale(config_)),
+      routing_(routing_params(config_)) {}
+
+Tensor DeepseekV3::upload_tokens(const std::vector<SequenceChunk>& chunks) {
+  std::vector<int32_t> ids;
+  for (const auto& c : chunks) {
+    for (int32_t t : c.tokens) {
+      if (t < 0 || t >= config_.vocab_size)
+        fail("token id {} is outside the vocabulary (vocab_size {})", t, config_.vocab_size);
+      ids.push_back(t);
+    }
+  }
+  Tensor out = backend_.alloc(DType::I32, Shape{int64_t(ids.size())});
+  backend_.copy_from_host(ids.data(), out);
+  return out;
+}
+
+ForwardOutput DeepseekV3::forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache) {
+  const BatchPlan plan = plan_batch(chunks, cache.page_size());
+  const DeviceBatch batch = backend_.upload_batch(plan);
+  const Tensor ids = upload_tokens(chunks);
+  const int64_t T = plan.num_tokens(), D = config_.hidden_size;
+  const DType act = backend_.activation_dtype();
+
+  Tensor h = backend_.alloc(act, {T, D});
+  backend_.embedding(weights_.embed, ids, h);
+  for (size_t i = 0; i < weights_.layers.size(); ++i)
+    decoder_layer(weights_.layers[i], h, cache.layer(int64_t(i)), batch);
+  return head(chunks, h, weights_.final_norm, weights_.lm_head);
+}
+
+ForwardOutput DeepseekV3::forward_mtp(const std::vector<SequenceChunk>& chunks, const TensorView& hidden,
+                                      LatentCache& cache) {
+  MOE_CHECK(weights_.mtp.has_value(), "this model was loaded without its MTP module");
+  MOE_CHECK(cache.num_layers() > config_.num_hidden_layers, "the cache has no layer for the MTP module");
+  const MtpWeights& mtp = *weights_.mtp;
+  const BatchPlan plan = plan_batch(chunks, cache.page_size());
+  const DeviceBatch batch = backend_.upload_batch(plan);
+  const Tensor ids = upload_tokens(chunks);
+  const int64_t T = plan.num_tokens(), D = config_.hidden_size;
+  MOE_CHECK(hidden.rows() == T && hidden.row_size() == D, "forward_mtp: hidden is {} for {} tokens",
+            hidden.shape.str(), T);
+  const DType act = backend_.activation_dtype();
+  const float eps = float(config_.rms_norm_eps);
+
+  // m_j = eh_proj(concat(enorm(embed(t[j+1])), hnorm(h_j)))
+  Tensor e = backend_.alloc(act, {T, D}), hn = backend_.alloc(act, {T, D}), cat = backend_.alloc(act, {T, 2 * D});
+  backend_.embedding(weights_.embed, ids, e);
+  backend_.rms_norm(e, mtp.enorm, eps, e);
+  backend_.rms_norm(hidden, mtp.hnorm, eps, hn);
+  backend_.concat_cols(e, hn, cat);
+  Tensor m = backend_.alloc(act, {T, D});
+  backend_.matmul(cat, mtp.eh_proj, m);
+  decoder_layer(mtp.layer, m, cache.layer(config_.num_hidden_layers), batch);
+  return head(chunks, m, mtp.shared_head_norm, mtp.head);
+}
+
+ForwardOutput DeepseekV3::head(const std::vector<SequenceChunk>& chunks, const Tensor& h, const Weight& norm,
+                               const Weight& lm_head) {
+  const int64_t T = h.dim(0), D = h.dim(1);
+  ForwardOutput out;
+  out.hidden = backend_.alloc(backend_.activation_dtype(), {T, D});
+  backend_.rms_norm(h, norm, float(config_.rms_norm_eps), out.hidden);
+  int32_t row = 0;
+  for (const auto& c : chunks) {
+    const int32_t n = int32_t(c.tokens.size());
+    if (c.all_logits)
+      for (int32_t i = 0; i < n; ++i) out.logit_rows.push_back(row + i);
+    else
+      out.logit_rows.push_back(row + n - 1);
+    row += n;
+  }
+  const int64_t R = int64_t(out.logit_rows.size());
+  Tensor selected = backend_.alloc(backend_.activation_dtype(), {R, D});
+  backend_.gather_rows(out.hidden, out.logit_rows, selected);
+  out.logits = backend_.alloc(DType::F32, {R, config_.vocab_size});
+  backend_.matmul(selected, lm_head, out.logits);
+  return out;
+}
+
+// h <- h + MLA(input_norm(h));  h <- h + FFN(post_attention_norm(h))
+void DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& cache,
+                               const DeviceBatch& batch) {
+  const int64_t T = h.rows(), D = h.row_size();
+  const DType act = backend_.activation_dtype();
+  const float eps = float(config_.rms_norm_eps);
+  Tensor x = backend_.alloc(act, {T, D}), y = backend_.alloc(act, {T, D});
+  backend_.rms_norm(h, w.input_norm, eps, x);
+  attention(w.attn, x, cache, batch, y);
+  backend_.add(h, y, h);
+  backend_.rms_norm(h, w.post_attention_norm, eps, x);
+  if (w.is_moe) moe_ffn(w, x, y);
+  else backend_.swiglu_mlp(x, w.dense, y);
+  backend_.add(h, y, h);
+}
+
+// Multi-head Latent Attention. The cache keeps c = kv_a_layernorm(kv_a[:r]) and rope(kv_a[r:]) per token;
+// attention runs in latent space with W_UK absorbed into the query and W_UV applied to the output.
+void DeepseekV3::attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
+                           const DeviceBatch& batch, const TensorView& out) {
+  const ModelConfig& c = config_;
+  const int64_t T = x.rows(), H = c.num_attention_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim;
+  const DType act = backend_.activation_dtype();
+  Tensor q = backend_.alloc(act, {T, H, c.qk_head_dim()});
+  const TensorView q2d = q.view().reshaped({T, H * c.qk_head_dim()});
+  if (c.q_lora_rank > 0) {
+    Tensor qa = backend_.alloc(act, {T, c.q_lora_rank});
+    backend_.matmul(x, w.q_a, qa);
+    backend_.rms_norm(qa, w.q_a_norm, kLatentNormEps, qa);
+    backend_.matmul(qa, w.q_b, q2d);
+  } else {
+    backend_.matmul(x, w.q_proj, q2d);
+  }
+  Tensor kv_a = backend_.alloc(act, {T, c.cache_width()});
+  backend_.matmul(x, w.kv_a, kv_a);
+  backend_.mla_write_cache(kv_a, w.kv_a_norm, kLatentNormEps, rope_, batch, cache);
+  backend_.mla_rope_q(q, dn, rope_, batch);
+  Tensor o = backend_.alloc(act, {T, H * dv});
+  backend_.mla_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, o);
+  backend_.matmul(o, w.o_proj, out);
+}
+
+// DeepSeekMoE: the router (FP32) picks top-k routed experts per token; shared experts see every token.
+void DeepseekV3::moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out) {
+  const int64_t T = x.rows(), E = config_.n_routed_experts, K = config_.num_experts_per_tok;
+  Tensor logits = backend_.alloc(DType::F32, {T, E});
+  backend_.matmul(x, w.router, logits);
+  Tensor ids = backend_.alloc(DType::I32, {T, K}), weights = backend_.alloc(DType::F32, {T, K});
+  backend_.moe_route(logits, w.correction_bias.view(), routing_, ids, weights);
+  backend_.moe_experts(x, w.experts, ids, weights, out);
+  if (w.shared_experts) {
+    Tensor shared = backend_.alloc(backend_.activation_dtype(), {T, x.row_size()});
+    backend_.swiglu_mlp(x, *w.shared_experts, shared);
+    backend_.add(out, shared, out);
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,75 @@
+#pragma once
+// The DeepSeek-V3 architecture (also V2/V2-Lite, Moonlight, Kimi-K2): MLA attention over a latent cache,
+// DeepSeekMoE feed-forward, and the Multi-Token-Prediction module. The forward pass reads like the paper in
+// deepseek_v3.cpp; every op runs on the Backend.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "io/checkpoint.h"
+#include "io/model_config.h"
+#include "model/latent_cache.h"
+#include "model/weights.h"
+
+namespace moe {
+
+// New tokens of one sequence for a forward step. The cache already holds this sequence's positions
+// 0 .. start_pos-1; `pages` (its page table) must cover start_pos + tokens.size() positions.
+struct SequenceChunk {
+  std::vector<int32_t> tokens;
+  int32_t start_pos = 0;
+  std::vector<int32_t> pages;
+  bool all_logits = false;  // logits for every new token, or only the last
+};
+
+BatchPlan plan_batch(const std::vector<SequenceChunk>& chunks, int64_t page_size);
+
+struct ForwardOutput {
+  Tensor logits;                    // [rows, vocab] F32 on the backend: per chunk, all tokens or the last
+  std::vector<int32_t> logit_rows;  // which of the T tokens each logits row belongs to
+  Tensor hidden;                    // [T, D] after the final norm (the MTP module's input)
+};
+
+class DeepseekV3 {
+ public:
+  struct Options {
+    bool load_mtp = false;
+  };
+  DeepseekV3(const std::string& model_dir, Backend& backend, Options options);
+  DeepseekV3(const std::string& model_dir, Backend& backend) : DeepseekV3(model_dir, backend, Options{}) {}
+
+  const ModelConfig& config() const { return config_; }
+  Backend& backend() const { return backend_; }
+  const ModelWeights& weights() const { return weights_; }
+  bool has_mtp() const { return weights_.mtp.has_value(); }
+  // Layers a LatentCache for this model needs (the MTP module's layer included when loaded).
+  int64_t cache_layers() const { return config_.num_hidden_layers + (has_mtp() ? 1 : 0); }
+
+  // Runs the main model over the new tokens of every chunk, appending their latents to the cache.
+  ForwardOutput forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache);
+
+  // MTP: chunk tokens are t[j+1] at positions j, `hidden` the main model's final-norm states h[j] for the
+  // same rows (in chunk order). Returns logits predicting t[j+2] (rows as in forward) using the MTP cache layer.
+  ForwardOutput forward_mtp(const std::vector<SequenceChunk>& chunks, const TensorView& hidden, LatentCache& cache);
+
+ private:
+  void decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& cache,
+                     const DeviceBatch& batch);
+  void attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache, const DeviceBatch& batch,
+                 const TensorView& out);
+  void moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out);
+  Tensor upload_tokens(const std::vector<SequenceChunk>& chunks);
+  ForwardOutput head(const std::vector<SequenceChunk>& chunks, const Tensor& hidden, const Weight& norm,
+                     const Weight& lm_head);
+
+  ModelConfig config_;
+  Backend& backend_;
+  Checkpoint checkpoint_;
+  ModelWeights weights_;
+  RopeParams rope_;
+  float attn_scale_;
+  RoutingParams routing_;
+};
+
+}  // namespace moe

@@ -1,0 +1,170 @@
+#include "model/weights.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace moe {
+
+namespace {
+
+class Loader {
+ public:
+  Loader(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend) : ckpt_(ckpt), c_(c), backend_(backend) {}
+
+  // A projection [rows, cols]: BF16/F16/F32, or F8_E4M3 with its weight_scale_inv blocks.
+  Weight projection(const std::string& name, int64_t rows, int64_t cols) {
+    Weight w;
+    w.w = ckpt_.get(name, Shape{rows, cols});
+    check_float(name, w.w);
+    if (w.w.dtype == DType::F8_E4M3) {
+      const std::string scale_name = name + "_scale_inv";
+      if (!ckpt_.has(scale_name))
+        fail("{}: FP8 tensor '{}' has no '{}'", ckpt_.file_of(name), name, scale_name);
+      const int64_t bn = c_.fp8_block_rows ? c_.fp8_block_rows : 128, bk = c_.fp8_block_cols ? c_.fp8_block_cols : 128;
+      w.scale_inv = ckpt_.get(scale_name, Shape{(rows + bn - 1) / bn, (cols + bk - 1) / bk});
+      if (w.scale_inv.dtype != DType::F32)
+        fail("{}: '{}' must be F32, not {}", ckpt_.file_of(scale_name), scale_name, dtype_name(w.scale_inv.dtype));
+      w.block_n = int32_t(bn);
+      w.block_k = int32_t(bk);
+    }
+    return backend_.upload_weight(w);
+  }
+
+  // A norm or other vector weight [n] (never FP8).
+  Weight vector(const std::string& name, int64_t n) {
+    Weight w;
+    w.w = ckpt_.get(name, Shape{n});
+    check_float(name, w.w);
+    if (w.w.dtype == DType::F8_E4M3) fail("{}: '{}' must not be FP8", ckpt_.file_of(name), name);
+    return backend_.upload_weight(w);
+  }
+
+  MlpWeights mlp(const std::string& prefix, int64_t hidden, int64_t inner) {
+    return MlpWeights{projection(prefix + ".gate_proj.weight", inner, hidden),
+                      projection(prefix + ".up_proj.weight", inner, hidden),
+                      projection(prefix + ".down_proj.weight", hidden, inner)};
+  }
+
+  DecoderLayerWeights decoder_layer(int64_t i, bool is_moe) {
+    const std::string p = fmt::format("model.layers.{}.", i);
+    const int64_t D = c_.hidden_size, H = c_.num_attention_heads;
+    DecoderLayerWeights l;
+    l.input_norm = vector(p + "input_layernorm.weight", D);
+    l.post_attention_norm = vector(p + "post_attention_layernorm.weight", D);
+    auto& a = l.attn;
+    if (c_.q_lora_rank > 0) {
+      a.q_a = projection(p + "self_attn.q_a_proj.weight", c_.q_lora_rank, D);
+      a.q_a_norm = vector(p + "self_attn.q_a_layernorm.weight", c_.q_lora_rank);
+      a.q_b = projection(p + "self_attn.q_b_proj.weight", H * c_.qk_head_dim(), c_.q_lora_rank);
+    } else {
+      a.q_proj = projection(p + "self_attn.q_proj.weight", H * c_.qk_head_dim(), D);
+    }
+    a.kv_a = projection(p + "self_attn.kv_a_proj_with_mqa.weight", c_.cache_width(), D);
+    a.kv_a_norm = vector(p + "self_attn.kv_a_layernorm.weight", c_.kv_lora_rank);
+    a.kv_b = projection(p + "self_attn.kv_b_proj.weight", H * (c_.qk_nope_head_dim + c_.v_head_dim), c_.kv_lora_rank);
+    a.o_proj = projection(p + "self_attn.o_proj.weight", D, H * c_.v_head_dim);
+    l.is_moe = is_moe;
+    if (!is_moe) {
+      l.dense = mlp(p + "mlp", D, c_.intermediate_size);
+      return l;
+    }
+    const int64_t E = c_.n_routed_experts;
+    l.router = projection(p + "mlp.gate.weight", E, D);
+    if (l.router.is_fp8()) fail("{}: the router '{}mlp.gate.weight' must not be FP8", ckpt_.file_of(p + "mlp.gate.weight"), p);
+    const std::string bias_name = p + "mlp.gate.e_score_correction_bias";
+    if (c_.topk_method == TopkMethod::NoauxTc) {
+      const TensorView bias = ckpt_.get(bias_name, Shape{E});
+      check_float(bias_name, bias);
+      std::vector<float> host(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) {
+        switch (bias.dtype) {
+          case DType::F32: host[size_t(e)] = bias.as<const float>()[e]; break;
+          case DType::BF16: host[size_t(e)] = bf16_to_float(bias.as<const uint16_t>()[e]); break;
+          case DType::F16: host[size_t(e)] = f16_to_float(bias.as<const uint16_t>()[e]); break;
+          default: fail("{}: '{}' has unsupported dtype {}", ckpt_.file_of(bias_name), bias_name, dtype_name(bias.dtype));
+        }
+      }
+      l.correction_bias = backend_.alloc(DType::F32, Shape{E});
+      backend_.copy_from_host(host.data(), l.correction_bias);
+    }
+    l.experts.experts.reserve(size_t(E));
+    for (int64_t e = 0; e < E; ++e)
+      l.experts.experts.push_back(mlp(fmt::format("{}mlp.experts.{}", p, e), D, c_.moe_intermediate_size));
+    backend_.prepare_experts(l.experts);
+    if (c_.n_shared_experts > 0)
+      l.shared_experts = mlp(p + "mlp.shared_experts", D, c_.moe_intermediate_size * c_.n_shared_experts);
+    return l;
+  }
+
+ private:
+  void check_float(const std::string& name, const TensorView& v) {
+    if (v.dtype != DType::BF16 && v.dtype != DType::F16 && v.dtype != DType::F32 && v.dtype != DType::F8_E4M3)
+      fail("{}: tensor '{}' has dtype {}, expected BF16, F16, F32 or F8_E4M3", ckpt_.file_of(name), name,
+           dtype_name(v.dtype));
+    if (v.dtype == DType::F8_E4M3 && c_.fp8_block_rows == 0)
+      fail("{}: tensor '{}' is F8_E4M3 but config.json has no quantization_config", ckpt_.file_of(name), name);
+  }
+
+  const Checkpoint& ckpt_;
+  const ModelConfig& c_;
+  Backend& backend_;
+};
+
+}  // namespace
+
+ModelWeights ModelWeights::load(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend, bool with_mtp) {
+  Loader load(ckpt, c, backend);
+  ModelWeights m;
+  m.embed = load.projection("model.embed_tokens.weight", c.vocab_size, c.hidden_size);
+  m.final_norm = load.vector("model.norm.weight", c.hidden_size);
+  if (ckpt.has("lm_head.weight") || !c.tie_word_embeddings)
+    m.lm_head = load.projection("lm_head.weight", c.vocab_size, c.hidden_size);
+  else
+    m.lm_head = m.embed;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) m.layers.push_back(load.decoder_layer(i, c.is_moe_layer(i)));
+  const int64_t L = c.num_hidden_layers;
+  if (with_mtp && c.num_nextn_predict_layers > 0 && ckpt.has(fmt::format("model.layers.{}.eh_proj.weight", L))) {
+    MtpWeights mtp;
+    const std::string p = fmt::format("model.layers.{}.", L);
+    mtp.enorm = load.vector(p + "enorm.weight", c.hidden_size);
+    mtp.hnorm = load.vector(p + "hnorm.weight", c.hidden_size);
+    mtp.eh_proj = load.projection(p + "eh_proj.weight", c.hidden_size, 2 * c.hidden_size);
+    mtp.shared_head_norm = load.vector(p + "shared_head.norm.weight", c.hidden_size);
+    mtp.head = ckpt.has(p + "shared_head.head.weight")
+                   ? load.projection(p + "shared_head.head.weight", c.vocab_size, c.hidden_size)
+                   : m.lm_head;
+    mtp.layer = load.decoder_layer(L, c.n_routed_experts > 0);
+    m.mtp = std::move(mtp);
+  }
+  return m;
+}
+
+ModelStats compute_stats(const Checkpoint& ckpt, const ModelConfig& c) {
+  ModelStats s;
+  const std::string mtp_prefix = fmt::format("model.layers.{}.", c.num_hidden_layers);
+  int64_t expert_params = 0, expert_bytes = 0;  // of one routed expert
+  for (const auto& name : ckpt.names()) {
+    const TensorView v = *ckpt.find(name);
+    const int64_t n = v.numel(), b = int64_t(v.nbytes());
+    if (name.rfind(mtp_prefix, 0) == 0) {
+      s.mtp_params += name.find("_scale_inv") == std::string::npos ? n : 0;
+      continue;
+    }
+    const bool scale = name.find("_scale_inv") != std::string::npos;
+    if (!scale) s.total_params += n;
+    s.weight_bytes += b;
+    if (name.find(".mlp.experts.0.") != std::string::npos) {
+      if (!scale) expert_params += n;
+      expert_bytes += b;
+    }
+  }
+  // expert_params and expert_bytes summed experts.0 over every MoE layer: one expert per layer.
+  const int64_t idle = c.n_routed_experts - c.num_experts_per_tok;
+  s.active_params = s.total_params - idle * expert_params;
+  const int64_t embed_bytes = int64_t(ckpt.get("model.embed_tokens.weight").nbytes());
+  s.active_weight_bytes = s.weight_bytes - idle * expert_bytes - embed_bytes;
+  return s;
+}
+
+}  // namespace moe

@@ -1,0 +1,56 @@
+#pragma once
+// The model's weights as the checkpoint stores them (names of the published DeepSeek checkpoints), checked
+// against config.json at load time and handed to the backend (the CPU uses the memory map in place).
+#include <optional>
+#include <vector>
+
+#include "backend/backend.h"
+#include "io/checkpoint.h"
+#include "io/model_config.h"
+
+namespace moe {
+
+struct AttentionWeights {
+  Weight q_a, q_a_norm, q_b;  // q_lora_rank > 0
+  Weight q_proj;              // q_lora_rank == 0
+  Weight kv_a, kv_a_norm, kv_b, o_proj;
+};
+
+struct DecoderLayerWeights {
+  Weight input_norm, post_attention_norm;
+  AttentionWeights attn;
+  bool is_moe = false;
+  MlpWeights dense;             // !is_moe
+  Weight router;                // [E, D]
+  Tensor correction_bias;       // F32 [E] on the backend, empty for V2
+  ExpertWeights experts;        // E routed experts
+  std::optional<MlpWeights> shared_experts;
+};
+
+// Multi-Token Prediction module, stored as layer num_hidden_layers.
+struct MtpWeights {
+  Weight enorm, hnorm, eh_proj, shared_head_norm;
+  Weight head;  // shared_head.head if present, else the main lm_head
+  DecoderLayerWeights layer;
+};
+
+struct ModelWeights {
+  Weight embed, final_norm, lm_head;
+  std::vector<DecoderLayerWeights> layers;
+  std::optional<MtpWeights> mtp;
+
+  // Loads and validates every tensor; `with_mtp` loads the MTP module when the checkpoint has one.
+  static ModelWeights load(const Checkpoint& ckpt, const ModelConfig& config, Backend& backend, bool with_mtp);
+};
+
+// Parameter and byte counts for `moe info` and the bandwidth figures of `moe bench`.
+struct ModelStats {
+  int64_t total_params = 0;        // main model (embedding, layers, final norm, head)
+  int64_t active_params = 0;       // per token: everything but the routed experts not chosen
+  int64_t mtp_params = 0;
+  int64_t weight_bytes = 0;        // main model, as stored
+  int64_t active_weight_bytes = 0; // read per decoded token at batch 1 (embedding row excluded)
+};
+ModelStats compute_stats(const Checkpoint& ckpt, const ModelConfig& config);
+
+}  // namespace moe
