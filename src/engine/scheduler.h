@@ -1,0 +1,171 @@
+#pragma once
+// The serving engine core shared by every front end: a request queue and one scheduler thread doing continuous
+// batching. Every step is one DeepseekV3::forward call carrying a chunk of every running sequence: one token for
+// each decoding sequence, and prompt chunks (chunked prefill) for admitted sequences up to a per-step token budget,
+// so a long prompt never stalls running decodes. Requests join and leave the batch between any two steps.
+//
+// Cache: the latent cache is split into fixed-size pages (PageAllocator). A request is admitted only when the
+// pages for its whole prompt + max_tokens are free, and they are reserved for it; otherwise it waits in the queue
+// (FIFO), so a step can never run out of cache. A finished or cancelled request's pages are released before the
+// next step is planned.
+//
+// Text: with a tokenizer, each request's tokens are decoded incrementally (StreamingDecoder) and stop strings are
+// matched on the text, across token boundaries: text that might be the start of a stop string is held back until
+// it is known not to be. Uses only the Backend/DeepseekV3 interfaces, so it runs on any backend.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/metrics.h"
+#include "engine/page_allocator.h"
+#include "engine/sampler.h"
+#include "model/deepseek_v3.h"
+#include "tokenizer/tokenizer.h"
+
+namespace moe {
+
+struct SchedulerOptions {
+  int64_t cache_tokens = 65536;   // latent cache capacity, in tokens (rounded up to whole pages)
+  int64_t page_size = 16;
+  int32_t max_batch = 64;         // most sequences in the running batch
+  int32_t max_step_tokens = 512;  // per-step token budget (decodes first, then prefill chunks)
+  int64_t max_context = 0;        // longest prompt + completion; 0: the model's max_position_embeddings
+};
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  int32_t max_tokens = 16;
+  SamplingParams sampling;
+  std::vector<std::string> stop;        // stop strings (not included in the output)
+  std::vector<int32_t> stop_token_ids;  // besides EOS; the stop token itself is not part of the text
+  bool ignore_eos = false;
+  int32_t top_logprobs = -1;  // -1: no logprobs; otherwise the sampled token's logprob plus this many alternatives
+};
+
+enum class FinishReason { none, stop, length, cancelled, error };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled", "error"
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // most likely tokens first
+};
+
+// What a request produced in one step (or its end). Text is the new stop-string-safe text.
+struct GenerationEvent {
+  int32_t index = 0;  // the index the request was submitted with (n > 1 choices share one sink)
+  std::string text;
+  std::vector<int32_t> tokens;
+  std::vector<TokenLogprob> logprobs;  // one per token when requested
+  FinishReason finish = FinishReason::none;
+  std::string error;
+  int32_t prompt_tokens = 0, completion_tokens = 0;  // totals so far
+};
+
+// Where a front end receives the events of one or more requests; the scheduler thread pushes, the front end pops.
+class EventSink {
+ public:
+  void push(GenerationEvent e);
+  // Waits up to `timeout` for events; returns all that are queued (possibly none).
+  std::vector<GenerationEvent> pop(std::chrono::milliseconds timeout);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<GenerationEvent> queue_;
+};
+
+class Scheduler;
+
+// A submitted request. cancel() is safe from any thread; the scheduler frees its pages before its next step and
+// sends a final event with FinishReason::cancelled (unless it had already finished).
+class RequestHandle {
+ public:
+  void cancel();
+  uint64_t id() const { return id_; }
+
+ private:
+  friend class Scheduler;
+  RequestHandle(Scheduler* s, uint64_t id) : scheduler_(s), id_(id) {}
+  Scheduler* scheduler_;
+  uint64_t id_;
+  std::atomic<bool> cancelled_{false};
+};
+
+struct SchedulerStats {
+  int64_t waiting = 0, running = 0;
+  int64_t pages_total = 0, pages_used = 0, pages_free = 0, page_size = 0;
+};
+
+class Scheduler {
+ public:
+  // tokenizer may be null: then no text is produced and stop strings are refused.
+  Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOptions options);
+  ~Scheduler();  // cancels everything and joins the thread
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Throws moe::Error when the request can never run (empty prompt, longer than the context, needs more cache than
+  // there is, bad token ids or sampling parameters). Events go to `sink` tagged with `index`.
+  std::shared_ptr<RequestHandle> submit(GenerationRequest request, std::shared_ptr<EventSink> sink, int32_t index = 0);
+
+  SchedulerStats stats() const;
+  EngineMetrics& metrics() { return metrics_; }
+  int64_t max_context() const { return max_context_; }
+  int64_t cache_capacity_tokens() const { return allocator_.total_pages() * options_.page_size; }
+  const SchedulerOptions& options() const { return options_; }
+  const ModelConfig& model_config() const { return model_.config(); }
+
+ private:
+  struct Sequence;
+  void loop();
+  void step(std::vector<std::unique_ptr<Sequence>>& running);
+  void admit(std::vector<std::unique_ptr<Sequence>>& running);
+  void finish(Sequence& s, FinishReason reason, const std::string& error = "");
+  void emit_token(Sequence& s, int32_t token, const std::vector<float>& logits_row, bool& done);
+  void wake();
+  friend class RequestHandle;
+
+  DeepseekV3& model_;
+  const Tokenizer* tokenizer_;
+  SchedulerOptions options_;
+  int64_t max_context_;
+  std::optional<int32_t> eos_;
+  LatentCache cache_;
+  PageAllocator allocator_;  // only the scheduler thread touches it after construction
+  EngineMetrics metrics_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  bool stop_ = false;
+  std::atomic<int64_t> running_count_{0}, pages_used_{0};
+  std::atomic<uint64_t> next_id_{1};
+  std::thread thread_;
+};
+
+// Incremental stop-string matching over streamed text: feed() returns the text that is safe to emit; a stop
+// string split across feeds is still found. Exposed for tests.
+class StopMatcher {
+ public:
+  explicit StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+  // Appends text; returns what can be emitted now. Sets stopped() when a stop string was completed (the output
+  // then ends just before it).
+  std::string feed(std::string_view text);
+  std::string flush();  // the held-back rest (no stop string was completed)
+  bool stopped() const { return stopped_; }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string pending_;
+  bool stopped_ = false;
+};
+
+}  // namespace moe
