@@ -1,0 +1,49 @@
+#include "tokenizer/chat_template.h"
+
+#include "core/error.h"
+#include "tokenizer/jinja.h"
+
+namespace moe {
+
+nlohmann::json ChatMessage::to_json() const {
+  nlohmann::json m = {{"role", role}};
+  m["content"] = content_is_null ? nlohmann::json() : nlohmann::json(content);
+  if (!tool_calls.is_null()) m["tool_calls"] = tool_calls;
+  if (!tool_call_id.empty()) m["tool_call_id"] = tool_call_id;
+  if (!name.empty()) m["name"] = name;
+  return m;
+}
+
+ChatTemplate::ChatTemplate(std::string source, nlohmann::json special_tokens)
+    : source_(std::move(source)),
+      special_tokens_(std::move(special_tokens)),
+      template_(std::make_unique<jinja::Template>(source_)) {}
+
+ChatTemplate::~ChatTemplate() = default;
+ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
+ChatTemplate& ChatTemplate::operator=(ChatTemplate&&) noexcept = default;
+
+std::string ChatTemplate::render(const nlohmann::json& messages, bool add_generation_prompt,
+                                 const nlohmann::json& extra_context) const {
+  if (!messages.is_array()) fail("chat template: messages must be a JSON array");
+  for (const auto& m : messages)
+    if (!m.is_object() || !m.contains("role")) fail("chat template: each message must be an object with a role");
+  // The variables transformers' apply_chat_template passes; extra context (e.g. {"thinking": true}) on top.
+  nlohmann::json context = special_tokens_;
+  context["messages"] = messages;
+  context["add_generation_prompt"] = add_generation_prompt;
+  context["tools"] = nullptr;
+  context["documents"] = nullptr;
+  if (extra_context.is_object())
+    for (const auto& [k, v] : extra_context.items()) context[k] = v;
+  return template_->render(context);
+}
+
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                                 const nlohmann::json& extra_context) const {
+  nlohmann::json array = nlohmann::json::array();
+  for (const auto& m : messages) array.push_back(m.to_json());
+  return render(array, add_generation_prompt, extra_context);
+}
+
+}  // namespace moe

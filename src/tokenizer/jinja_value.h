@@ -1,0 +1,62 @@
+#pragma once
+// Values of the Jinja interpreter: Python-like (None, bool, int, float, str, list, dict) plus Jinja's Undefined and
+// namespace objects. Lists and dicts are shared by reference, like Python objects; a namespace is a dict whose
+// attributes `{% set ns.x = ... %}` may change.
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace moe::jinja {
+
+struct Value;
+using List = std::vector<Value>;
+using Dict = std::vector<std::pair<std::string, Value>>;  // insertion-ordered, string keys
+
+struct Value {
+  enum class Kind { Undefined, None, Bool, Int, Float, String, List, Dict, Namespace };
+  Kind kind = Kind::Undefined;
+  bool boolean = false;
+  int64_t integer = 0;
+  double number = 0;
+  std::string string;  // String; for Undefined, the name that was looked up (for error messages)
+  std::shared_ptr<List> list;
+  std::shared_ptr<Dict> dict;  // Dict and Namespace
+
+  static Value undefined(std::string name = "") { Value v; v.string = std::move(name); return v; }
+  static Value none() { Value v; v.kind = Kind::None; return v; }
+  static Value from(bool b) { Value v; v.kind = Kind::Bool; v.boolean = b; return v; }
+  static Value from(int64_t i) { Value v; v.kind = Kind::Int; v.integer = i; return v; }
+  static Value from(double d) { Value v; v.kind = Kind::Float; v.number = d; return v; }
+  static Value from(std::string s) { Value v; v.kind = Kind::String; v.string = std::move(s); return v; }
+  static Value from(List l) { Value v; v.kind = Kind::List; v.list = std::make_shared<List>(std::move(l)); return v; }
+  static Value from(Dict d) { Value v; v.kind = Kind::Dict; v.dict = std::make_shared<Dict>(std::move(d)); return v; }
+  static Value make_namespace(Dict d) { Value v = from(std::move(d)); v.kind = Kind::Namespace; return v; }
+  static Value from_json(const nlohmann::json& j);
+
+  bool is_undefined() const { return kind == Kind::Undefined; }
+  bool is_none() const { return kind == Kind::None; }
+  bool is_string() const { return kind == Kind::String; }
+  bool is_number() const { return kind == Kind::Int || kind == Kind::Float; }
+  bool is_mapping() const { return kind == Kind::Dict || kind == Kind::Namespace; }
+  bool truthy() const;
+  double as_double() const { return kind == Kind::Int ? static_cast<double>(integer) : number; }
+
+  const Value* find(const std::string& key) const;  // dict/namespace member, or nullptr
+  void set(const std::string& key, Value value);    // dict/namespace member
+
+  std::string str() const;   // Python str()
+  std::string repr() const;  // Python repr()
+  // Python json.dumps(ensure_ascii=False) with the given indent (< 0: none) and default separators.
+  std::string to_json(int indent = -1, int depth = 0) const;
+  const char* type_name() const;
+};
+
+bool equals(const Value& a, const Value& b);
+// Items a for-loop or `in` sees: list items, dict keys, string characters.
+List iterate(const Value& v);
+
+}  // namespace moe::jinja
