@@ -34,7 +34,10 @@ void run_generate(const GenerateArgs& a) {
   if (a.has_seed) opts.sampling.seed = a.seed;
   const std::vector<int32_t> out = a.max_new_tokens ? gen.generate(prompt, opts) : std::vector<int32_t>{};
   std::string line;
-  for (size_t i = 0; i < out.size(); ++i) line += (i ? "," : "") + std::to_string(out[i]);
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (i) line += ',';
+    line += std::to_string(out[i]);
+  }
   std::printf("%s\n", line.c_str());
 }
 

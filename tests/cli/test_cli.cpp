@@ -1,0 +1,153 @@
+// The command-line contract (issue 2): `moe logits`, `generate`, `info`, `create-random`, and bad input ending
+// in a clear message and exit code 1. Runs the real binary.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "io/safetensors.h"
+#include "test_util.h"
+
+namespace moe {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int exit_code;
+  std::string output;  // stdout and stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(MOE_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  Result r{-1, ""};
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string join(const std::vector<int32_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
+  return s;
+}
+
+TEST(Cli, LogitsWithMtpMatchReference) {
+  const auto cases = test::load_reference_cases();
+  SafetensorsFile ref(test::kReferenceTensors);
+  const std::string out = test::temp_path("logits.safetensors");
+  const Result r = run("logits --model " + test::kTinyModel + " --tokens " + join(cases[2].input_ids) + " --out " + out + " --mtp");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  SafetensorsFile got(out);
+  for (const auto& [name, ref_name] : {std::pair{"logits", "case2.logits"}, std::pair{"mtp_logits", "case2.mtp_logits"}}) {
+    const SafetensorsEntry* g = got.find(name);
+    ASSERT_NE(g, nullptr) << name;
+    EXPECT_EQ(g->dtype, DType::F32);
+    const TensorView want = ref.view(*ref.find(ref_name));
+    ASSERT_EQ(g->shape, want.shape);
+    EXPECT_LE(test::max_abs_diff(got.view(*g).as<float>(), want.as<float>(), want.numel()), 1e-3) << name;
+  }
+  fs::remove(out);
+}
+
+TEST(Cli, GeneratePrintsTheGreedyContinuation) {
+  for (const auto& c : test::load_reference_cases()) {
+    const Result r = run("generate --model " + test::kTinyModel + " --tokens " + join(c.input_ids) +
+                         " --max-new-tokens " + std::to_string(c.greedy_continuation.size()));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(r.output, join(c.greedy_continuation) + "\n");
+  }
+  // The FP8 twin has the same greedy continuation on the first case (its logits differ by ~1e-2 at most).
+  const auto c = test::load_reference_cases()[0];
+  const Result fp8 = run("generate --model " + test::kTinyModelFp8 + " --tokens " + join(c.input_ids) + " --max-new-tokens 3");
+  EXPECT_EQ(fp8.exit_code, 0) << fp8.output;
+}
+
+TEST(Cli, SeededSamplingIsReproducible) {
+  const std::string args = "generate --model " + test::kTinyModel + " --tokens 5,6,7 --max-new-tokens 8 --temperature 1.0 --top-p 0.9 --seed 7";
+  const Result a = run(args), b = run(args);
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  EXPECT_EQ(a.output, b.output);
+}
+
+TEST(Cli, InfoReportsArchitectureParametersAndCache) {
+  const Result r = run("info --model " + test::kTinyModel);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("DeepseekV3ForCausalLM"), std::string::npos);
+  // 3 layers x (kv_lora 128 + rope 32) values x 2 bytes (MODEL.md's formula for the BF16 latent cache).
+  EXPECT_NE(r.output.find("160 values per layer, 960 B in BF16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("active per token"), std::string::npos);
+}
+
+// A random checkpoint in the hub layout loads, runs, and keeps logits near unit size; its FP8 twin (same seed,
+// quantised in 128x128 blocks) gives nearly the same logits, which checks quantisation and dequantisation.
+TEST(Cli, CreateRandomBf16AndFp8) {
+  const std::string dir = test::temp_path("random");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string cfg = dir + "/shape.json";
+  std::ofstream(cfg) << R"({"architectures":["DeepseekV3ForCausalLM"],"vocab_size":512,"hidden_size":320,
+    "intermediate_size":640,"moe_intermediate_size":192,"num_hidden_layers":3,"num_attention_heads":4,
+    "n_shared_experts":1,"n_routed_experts":8,"routed_scaling_factor":2.5,"kv_lora_rank":160,"q_lora_rank":192,
+    "qk_rope_head_dim":32,"v_head_dim":64,"qk_nope_head_dim":64,"n_group":2,"topk_group":1,"num_experts_per_tok":2,
+    "first_k_dense_replace":1,"norm_topk_prob":true,"scoring_func":"sigmoid","topk_method":"noaux_tc",
+    "num_nextn_predict_layers":1,"rms_norm_eps":1e-6,"rope_theta":10000.0,"max_position_embeddings":4096})";
+  for (const char* dtype : {"bf16", "fp8"}) {
+    const Result r = run("create-random --config " + cfg + " --out " + dir + "/" + dtype + " --dtype " + dtype + " --seed 3");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const Result l = run("logits --model " + dir + "/" + dtype + " --tokens 1,2,3,400,17 --mtp --out " + dir + "/" + dtype + ".st");
+    ASSERT_EQ(l.exit_code, 0) << l.output;
+  }
+  SafetensorsFile a(dir + "/bf16.st"), b(dir + "/fp8.st");
+  const TensorView la = a.view(*a.find("logits")), lb = b.view(*b.find("logits"));
+  double sum2 = 0, diff2 = 0;
+  for (int64_t i = 0; i < la.numel(); ++i) {
+    ASSERT_TRUE(std::isfinite(la.as<float>()[i]));
+    sum2 += double(la.as<float>()[i]) * la.as<float>()[i];
+    diff2 += std::pow(double(la.as<float>()[i]) - lb.as<float>()[i], 2);
+  }
+  const double rms = std::sqrt(sum2 / double(la.numel()));
+  EXPECT_GT(rms, 0.2);  // near unit size, not vanishing
+  EXPECT_LT(rms, 5.0);  // nor exploding
+  // E4M3 keeps 3 mantissa bits: each weight is off by up to 2^-4 relative, ~3.6% rms for uniform values;
+  // through 3 layers the logits move by a few percent, far below 25%.
+  EXPECT_LT(std::sqrt(diff2 / sum2), 0.25);
+  fs::remove_all(dir);
+}
+
+TEST(Cli, BadInputEndsWithAClearErrorAndExitCode1) {
+  struct Case {
+    std::string args, needle;
+  };
+  const Case cases[] = {
+      {"generate --model " + test::kTinyModel + " --tokens 1,2048", "outside the vocabulary"},
+      {"generate --model " + test::kTinyModel + " --tokens 1,x", "'x' is not a token id"},
+      {"generate --model /nonexistent/dir --tokens 1", "/nonexistent/dir"},
+      {"logits --model " + test::kTinyModel + " --tokens 1 --out /nonexistent/dir/out.st", "/nonexistent/dir/out.st"},
+      {"info --model tests", "config.json"},
+      {"create-random --config /nonexistent.json --out /tmp/x", "/nonexistent.json"},
+      {"generate --model " + test::kTinyModel + " --tokens 1 --device tpu", "unknown device 'tpu'"},
+  };
+  for (const Case& c : cases) {
+    const Result r = run(c.args);
+    EXPECT_EQ(r.exit_code, 1) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("internal error"), std::string::npos) << r.output;
+  }
+  EXPECT_NE(run("logits --model " + test::kTinyModel).exit_code, 0);  // missing required flags
+}
+
+}  // namespace
+}  // namespace moe
