@@ -1,9 +1,15 @@
 // `moe bench`: prefill and decode speed on a checkpoint, with the weight bytes streamed per decoded token as
 // a fraction of the memory bandwidth measured in the same run (a multi-threaded read of a large buffer).
+// With --batch/--context (and always with --device cuda) it sweeps decode over batch sizes and context
+// lengths (caches filled with random latents, so no prefill of B x context tokens is needed) and times one
+// prefill of --prompt-tokens tokens; each figure is reported against its ceiling measured in the same run:
+// on the GPU a device-to-device copy (bandwidth) and a cuBLAS BF16 GEMM (matrix rate), on the CPU the read
+// bandwidth above.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <random>
 
 #include "backend/backend.h"
@@ -12,6 +18,10 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/generator.h"
+
+#ifdef MOE_HAVE_CUDA
+#include "backend/cuda/ceilings.h"
+#endif
 
 #include <immintrin.h>
 
@@ -66,7 +76,162 @@ struct BenchArgs {
   std::string model, device = "cpu";
   int32_t prompt_tokens = 128, gen_tokens = 32;
   uint64_t seed = 1;
+  std::vector<int32_t> batches, contexts;
+  int32_t steps = 0;  // decode steps per sweep point (0: automatic)
 };
+
+struct Ceilings {
+  double bandwidth = 0.0;  // bytes/s
+  double gemm = 0.0;       // FLOP/s (GPU only)
+  std::string what;
+};
+
+Ceilings measure_ceilings(const std::string& device) {
+  Ceilings c;
+#ifdef MOE_HAVE_CUDA
+  if (device == "cuda") {
+    c.bandwidth = cuda::measure_copy_bandwidth(size_t(2) << 30);
+    c.gemm = cuda::measure_bf16_gemm_rate(8192);
+    c.what = "device-to-device copy of 2 GiB (read + written); cuBLAS BF16 GEMM 8192^3";
+    return c;
+  }
+#endif
+  c.bandwidth = measure_read_bandwidth(size_t(1) << 30) * 1e9;
+  c.what = "multi-threaded read of 1 GiB";
+  return c;
+}
+
+size_t device_memory_used(const std::string& device) {
+#ifdef MOE_HAVE_CUDA
+  if (device == "cuda") return cuda::device_memory_used();
+#endif
+  return 0;
+}
+
+// Fills every layer of the cache with random values (BF16 or F32 bits of N(0, 1)-ish numbers).
+void fill_cache_random(Backend& backend, LatentCache& cache, std::mt19937& rng) {
+  const DType dt = backend.cache_dtype();
+  const size_t elem = dtype_size(dt);
+  std::vector<uint8_t> buf(size_t(64) << 20);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  for (size_t i = 0; i + elem <= buf.size(); i += elem) {
+    const float v = n(rng);
+    if (dt == DType::BF16) {
+      const uint16_t b = float_to_bf16(v);
+      std::memcpy(&buf[i], &b, 2);
+    } else {
+      std::memcpy(&buf[i], &v, 4);
+    }
+  }
+  for (int64_t l = 0; l < cache.num_layers(); ++l) {
+    const TensorView& layer = cache.layer(l);
+    const int64_t page_bytes = int64_t(layer.nbytes()) / layer.rows();
+    const int64_t per_copy = std::max<int64_t>(1, int64_t(buf.size()) / page_bytes);
+    for (int64_t p = 0; p < layer.rows(); p += per_copy)
+      backend.copy_from_host(buf.data(), layer.slice_rows(p, std::min(per_copy, layer.rows() - p)));
+  }
+  backend.synchronize();
+}
+
+void run_sweep(const BenchArgs& a) {
+  apply_thread_count();
+  auto backend = make_backend(a.device);
+  const Ceilings ceil = measure_ceilings(a.device);
+  DeepseekV3 model(a.model, *backend);
+  const ModelConfig& c = model.config();
+  const ModelStats stats = compute_stats(Checkpoint(a.model), c);
+  backend->synchronize();
+  const size_t weights_used = device_memory_used(a.device);
+  std::mt19937 rng(uint32_t(a.seed));
+  const int64_t page = 64, layers = model.cache_layers();
+  const int64_t cache_token_bytes = layers * c.cache_width() * int64_t(dtype_size(backend->cache_dtype()));
+
+  fmt::print("model: {} ({} layers, hidden {}, {} experts top {}, {} heads), {}\n", a.model, c.num_hidden_layers,
+             c.hidden_size, c.n_routed_experts, c.num_experts_per_tok, c.num_attention_heads,
+             c.fp8_block_rows ? "FP8" : "BF16");
+  fmt::print("device: {}\n", backend->name());
+  fmt::print("ceilings ({}): bandwidth {:.0f} GB/s", ceil.what, ceil.bandwidth / 1e9);
+  if (ceil.gemm > 0) fmt::print(", BF16 GEMM {:.0f} TFLOP/s", ceil.gemm / 1e12);
+  fmt::print("\n");
+  fmt::print("weights: {} stored, {} active per token; device memory in use after loading: {}\n",
+             human_bytes(stats.weight_bytes), human_bytes(stats.active_weight_bytes), human_bytes(int64_t(weights_used)));
+
+  // Prefill: one sequence of prompt_tokens random tokens.
+  {
+    const int64_t T = a.prompt_tokens;
+    LatentCache cache(c, *backend, pages_for(T + 1, page), page, layers);
+    std::vector<int32_t> pages;
+    for (int64_t p = 0; p < cache.num_pages(); ++p) pages.push_back(int32_t(p));
+    std::vector<int32_t> prompt(static_cast<size_t>(T));
+    for (auto& t : prompt) t = int32_t(rng() % uint32_t(c.vocab_size));
+    model.forward({SequenceChunk{prompt, 0, pages, false}}, cache);  // warm-up (cuBLAS heuristics, pool)
+    backend->synchronize();
+    double best = 1e30;
+    for (int rep = 0; rep < 2; ++rep) {
+      const auto t0 = Clock::now();
+      model.forward({SequenceChunk{prompt, 0, pages, false}}, cache);
+      backend->synchronize();
+      best = std::min(best, seconds_since(t0));
+    }
+    // Model FLOPs: 2 per active parameter per token (embedding excluded) plus causal attention in the
+    // non-absorbed form (QK over qk_head_dim, PV over v_head_dim, half the square).
+    const double embed = double(c.vocab_size) * double(c.hidden_size);
+    const double attn = 2.0 * double(c.num_hidden_layers) * double(c.num_attention_heads) * double(T) * double(T + 1) / 2.0 *
+                        double(c.qk_head_dim() + c.v_head_dim);
+    const double flops = 2.0 * (double(stats.active_params) - embed) * double(T) + attn;
+    fmt::print("prefill: {} tokens in {:.3f} s = {:.0f} tokens/s, {:.1f} TFLOP/s model FLOPs", T, best, double(T) / best,
+               flops / best / 1e12);
+    if (ceil.gemm > 0) fmt::print(" = {:.1f}% of the measured BF16 GEMM rate", 100.0 * flops / best / ceil.gemm);
+    fmt::print("\n");
+  }
+
+  for (int32_t ctx : a.contexts) {
+    for (int32_t B : a.batches) {
+      const int32_t steps = a.steps > 0 ? a.steps : (B >= 64 ? 6 : 24);
+      const int64_t pps = pages_for(int64_t(ctx) + steps + 4, page);
+      const int64_t cache_bytes = int64_t(B) * pps * page * cache_token_bytes;
+#ifdef MOE_HAVE_CUDA
+      if (a.device == "cuda" && double(cache_bytes) > 0.9 * double(cuda::device_memory_total() - cuda::device_memory_used())) {
+        fmt::print("decode: batch {} context {}: skipped, the cache needs {} of device memory\n", B, ctx,
+                   human_bytes(cache_bytes));
+        continue;
+      }
+#endif
+      LatentCache cache(c, *backend, int64_t(B) * pps, page, layers);
+      fill_cache_random(*backend, cache, rng);
+      std::vector<SequenceChunk> chunks(static_cast<size_t>(B));
+      for (int32_t s = 0; s < B; ++s)
+        for (int64_t p = 0; p < pps; ++p) chunks[size_t(s)].pages.push_back(int32_t(int64_t(s) * pps + p));
+      std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+      auto step = [&](int32_t i) {
+        for (auto& ch : chunks) {
+          ch.tokens = {int32_t(rng() % uint32_t(c.vocab_size))};
+          ch.start_pos = ctx + i;
+        }
+        ForwardOutput out = model.forward(chunks, cache);
+        if (B == 1) backend->copy_to_host(out.logits, logits.data());  // greedy sampling reads the logits
+        else backend->synchronize();
+      };
+      step(0);
+      step(1);
+      const size_t mem = device_memory_used(a.device);
+      const auto t0 = Clock::now();
+      for (int32_t i = 0; i < steps; ++i) step(2 + i);
+      const double dt = seconds_since(t0);
+      const double tps = double(B) * steps / dt;
+      fmt::print("decode: batch {} context {}: {:.1f} tokens/s ({:.2f} ms/step)", B, ctx, tps, 1e3 * dt / steps);
+      if (B == 1) {
+        const double bytes = double(stats.active_weight_bytes) + double(ctx) * double(cache_token_bytes);
+        const double roof = ceil.bandwidth / bytes;
+        fmt::print(", roofline {:.0f} tokens/s (weights {} + cache {} per token) = {:.1f}%", roof,
+                   human_bytes(stats.active_weight_bytes), human_bytes(int64_t(double(ctx) * double(cache_token_bytes))),
+                   100.0 * tps / roof);
+      }
+      if (mem) fmt::print(", device memory in use {}", human_bytes(int64_t(mem)));
+      fmt::print("\n");
+    }
+  }
+}
 
 void run_bench(const BenchArgs& a) {
   apply_thread_count();
@@ -86,8 +251,9 @@ void run_bench(const BenchArgs& a) {
   for (int64_t p = 0; p < cache.num_pages(); ++p) pages.push_back(int32_t(p));
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
 
-  // Warm-up: touches the weights once so page faults of the memory map are not timed.
-  model.forward({SequenceChunk{{prompt[0]}, 0, pages, false}}, cache);
+  // Warm-up: a whole prefill touches every expert's weights once, so first-touch faults of the memory map
+  // are not timed (a prompt of 32+ tokens routes to all experts with near certainty).
+  model.forward({SequenceChunk{prompt, 0, pages, false}}, cache);
   auto t0 = Clock::now();
   ForwardOutput out = model.forward({SequenceChunk{prompt, 0, pages, false}}, cache);
   backend->copy_to_host(out.logits, logits.data());
@@ -123,7 +289,15 @@ void register_bench_command(CLI::App& app) {
   cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
   cmd->add_option("--device", a->device, "cpu or cuda");
   cmd->add_option("--seed", a->seed, "Seed for the random prompt");
-  cmd->callback([a] { run_bench(*a); });
+  cmd->add_option("--batch", a->batches, "Decode batch sizes to sweep (one or more)")->delimiter(',');
+  cmd->add_option("--context", a->contexts, "Context lengths to sweep (one or more)")->delimiter(',');
+  cmd->add_option("--steps", a->steps, "Decode steps timed per sweep point (default: 24, 6 from batch 64)");
+  cmd->callback([a] {
+    if (a->batches.empty() && a->contexts.empty() && a->device != "cuda") return run_bench(*a);
+    if (a->batches.empty()) a->batches = {1};
+    if (a->contexts.empty()) a->contexts = {a->prompt_tokens};
+    run_sweep(*a);
+  });
 }
 
 }  // namespace moe::cli

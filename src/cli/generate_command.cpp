@@ -1,4 +1,5 @@
-// `moe generate`: greedy (or sampled) continuation of token ids, printed comma-separated on one line.
+// `moe generate`: continue a prompt given as token ids (prints the new ids, comma-separated, on one line) or
+// as text (prints the decoded continuation as it streams). Greedy unless sampling flags are given.
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -8,13 +9,14 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "engine/generator.h"
+#include "tokenizer/tokenizer.h"
 
 namespace moe::cli {
 
 namespace {
 
 struct GenerateArgs {
-  std::string model, device = "cpu", tokens;
+  std::string model, tokenizer, device = "cpu", tokens, prompt;
   int32_t max_new_tokens = 16;
   SamplingParams sampling;
   uint64_t seed = 0;
@@ -23,8 +25,16 @@ struct GenerateArgs {
 
 void run_generate(const GenerateArgs& a) {
   apply_thread_count();
-  const std::vector<int32_t> prompt = parse_token_list(a.tokens);
   if (a.max_new_tokens < 0) fail("--max-new-tokens must be >= 0");
+  const bool text = !a.prompt.empty();
+  std::optional<Tokenizer> tok;
+  std::vector<int32_t> prompt;
+  if (text) {
+    tok = Tokenizer::load(a.tokenizer.empty() ? a.model : a.tokenizer);
+    prompt = tok->encode(a.prompt, /*add_special_tokens=*/true);
+  } else {
+    prompt = parse_token_list(a.tokens);
+  }
   auto backend = make_backend(a.device);
   DeepseekV3 model(a.model, *backend);
   Generator gen(model, int64_t(prompt.size()) + a.max_new_tokens + 1);
@@ -32,6 +42,21 @@ void run_generate(const GenerateArgs& a) {
   opts.max_new_tokens = a.max_new_tokens;
   opts.sampling = a.sampling;
   if (a.has_seed) opts.sampling.seed = a.seed;
+  if (text) {
+    if (auto eos = tok->eos_id()) opts.stop_tokens.push_back(*eos);
+    StreamingDecoder decoder(*tok, /*skip_special_tokens=*/true);
+    if (a.max_new_tokens)
+      gen.generate(prompt, opts, [&](int32_t id) {
+        const std::string piece = decoder.push(id);
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+        return true;
+      });
+    const std::string rest = decoder.flush();
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    std::printf("\n");
+    return;
+  }
   const std::vector<int32_t> out = a.max_new_tokens ? gen.generate(prompt, opts) : std::vector<int32_t>{};
   std::string line;
   for (size_t i = 0; i < out.size(); ++i) {
@@ -47,7 +72,10 @@ void register_generate_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Continue a prompt (greedy unless sampling flags are given)");
   auto a = std::make_shared<GenerateArgs>();
   cmd->add_option("--model", a->model, "Checkpoint directory")->required();
-  cmd->add_option("--tokens", a->tokens, "Prompt as comma-separated token ids")->required();
+  auto* tokens = cmd->add_option("--tokens", a->tokens, "Prompt as comma-separated token ids; prints ids");
+  auto* prompt = cmd->add_option("--prompt", a->prompt, "Prompt as text; prints the decoded continuation");
+  tokens->excludes(prompt);
+  cmd->add_option("--tokenizer", a->tokenizer, "Directory with tokenizer.json (default: the model directory)");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Tokens to generate");
   cmd->add_option("--device", a->device, "cpu or cuda");
   cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
@@ -57,7 +85,10 @@ void register_generate_command(CLI::App& app) {
   cmd->add_option("--min-p", a->sampling.min_p, "Drop tokens below min_p times the top probability");
   cmd->add_option("--repetition-penalty", a->sampling.repetition_penalty, "Penalty on tokens already seen");
   cmd->add_option("--seed", a->seed, "Random seed for reproducible sampling")->each([a](const std::string&) { a->has_seed = true; });
-  cmd->callback([a] { run_generate(*a); });
+  cmd->callback([a, tokens, prompt] {
+    if (tokens->count() == 0 && prompt->count() == 0) fail("generate needs --tokens or --prompt");
+    run_generate(*a);
+  });
 }
 
 }  // namespace moe::cli

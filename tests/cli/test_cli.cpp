@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "io/safetensors.h"
 #include "test_util.h"
 
@@ -124,6 +126,53 @@ TEST(Cli, CreateRandomBf16AndFp8) {
   // E4M3 keeps 3 mantissa bits: each weight is off by up to 2^-4 relative, ~3.6% rms for uniform values;
   // through 3 layers the logits move by a few percent, far below 25%.
   EXPECT_LT(std::sqrt(diff2 / sum2), 0.25);
+  fs::remove_all(dir);
+}
+
+// Issue 3's text path on a random model with DeepSeek-V3's vocabulary and its real tokenizer beside it:
+// `generate --prompt` must print exactly the decoding of what `generate --tokens` produces for the same
+// prompt ids, and `chat` must answer each line, honour /reset and quit on /exit.
+TEST(Cli, TextGenerateAndChatWithTheRealTokenizer) {
+  const std::string dir = test::temp_path("dsvocab");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir + "/shape.json") << R"({"architectures":["DeepseekV3ForCausalLM"],"vocab_size":129280,
+    "hidden_size":64,"intermediate_size":128,"moe_intermediate_size":32,"num_hidden_layers":2,"num_attention_heads":2,
+    "n_shared_experts":1,"n_routed_experts":4,"routed_scaling_factor":2.5,"kv_lora_rank":32,"q_lora_rank":48,
+    "qk_rope_head_dim":16,"v_head_dim":16,"qk_nope_head_dim":16,"n_group":2,"topk_group":1,"num_experts_per_tok":2,
+    "first_k_dense_replace":1,"norm_topk_prob":true,"scoring_func":"sigmoid","topk_method":"noaux_tc",
+    "rms_norm_eps":1e-6,"rope_theta":10000.0,"max_position_embeddings":4096,"bos_token_id":0,"eos_token_id":1})";
+  const std::string model = dir + "/model";
+  ASSERT_EQ(run("create-random --config " + dir + "/shape.json --out " + model).exit_code, 0);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file("models/deepseek-v3-tokenizer/" + std::string(f), model + "/" + f);
+
+  // The prompt's ids (BOS + text) through the tokenizer command, then both generate paths.
+  const std::string prompt_file = dir + "/prompt.txt";
+  std::ofstream(prompt_file) << "\"Hello, 世界\"\n";
+  const Result ids = run("tokenize --tokenizer " + model + " < " + prompt_file);
+  ASSERT_EQ(ids.exit_code, 0) << ids.output;
+  std::string id_list = ids.output.substr(1, ids.output.find(']') - 1);
+  const Result by_ids = run("generate --model " + model + " --tokens 0," + id_list + " --max-new-tokens 12");
+  ASSERT_EQ(by_ids.exit_code, 0) << by_ids.output;
+  const std::string decode_file = dir + "/ids.txt";
+  std::ofstream(decode_file) << "[" << by_ids.output.substr(0, by_ids.output.size() - 1) << "]\n";
+  const Result decoded = run("tokenize --decode --tokenizer " + model + " < " + decode_file);
+  ASSERT_EQ(decoded.exit_code, 0) << decoded.output;
+  const Result by_text = run("generate --model " + model + " --prompt 'Hello, 世界' --max-new-tokens 12");
+  ASSERT_EQ(by_text.exit_code, 0) << by_text.output;
+  // decoded is a JSON string line; by_text is the raw text plus a newline.
+  const std::string expected = nlohmann::json::parse(decoded.output).get<std::string>() + "\n";
+  EXPECT_EQ(by_text.output, expected);
+
+  const std::string script = dir + "/chat.txt";
+  std::ofstream(script) << "Hi\nHow are you?\n/reset\nAgain\n/exit\nnever read\n";
+  const Result c = run("chat --model " + model + " --max-new-tokens 6 < " + script);
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  size_t replies = 0;
+  for (size_t p = c.output.find("tokens/s]"); p != std::string::npos; p = c.output.find("tokens/s]", p + 1)) ++replies;
+  EXPECT_EQ(replies, 3u) << c.output;
+  EXPECT_NE(c.output.find("(conversation cleared)"), std::string::npos);
   fs::remove_all(dir);
 }
 

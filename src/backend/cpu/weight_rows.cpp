@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "core/dtype.h"
 #include "core/error.h"
 
@@ -169,6 +171,26 @@ void dequant_row(const Weight& w, int64_t n, int64_t k0, int64_t count, float* o
     }
     default:
       for (; k < count; ++k) out[k] = scalar_weight(w, n, k0 + k);
+  }
+}
+
+void axpy_row(float a, const Weight& w, int64_t n, float* y) {
+  const int64_t K = w.cols();
+  if (w.w.dtype == DType::BF16) {
+    const uint16_t* p = w.w.as<const uint16_t>() + n * K;
+    int64_t k = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 av = _mm256_set1_ps(a);
+    for (; k + 8 <= K; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, load_bf16x8(p + k), _mm256_loadu_ps(y + k)));
+#endif
+    for (; k < K; ++k) y[k] += a * bf16_to_float(p[k]);
+    return;
+  }
+  float buf[256];
+  for (int64_t k0 = 0; k0 < K; k0 += 256) {
+    const int64_t len = std::min<int64_t>(256, K - k0);
+    dequant_row(w, n, k0, len, buf);
+    axpy_f32(a, buf, y + k0, len);
   }
 }
 

@@ -11,6 +11,8 @@ namespace moe::cpu {
 float dot_row(const float* x, const Weight& w, int64_t n);
 // Dot products of x with 4 consecutive rows n..n+3 (all must exist), sharing the loads of x.
 void dot_rows4(const float* x, const Weight& w, int64_t n, float out[4]);
+// y[k] += a * W[n, k] over the whole row n (dequantised on the fly).
+void axpy_row(float a, const Weight& w, int64_t n, float* y);
 // out[k] = W[n, k] for k in [k0, k0 + count) (dequantised).
 void dequant_row(const Weight& w, int64_t n, int64_t k0, int64_t count, float* out);
 // out[i] = v[i] for a BF16/F16/F32 vector (norm weights).
