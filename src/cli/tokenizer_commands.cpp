@@ -30,9 +30,10 @@ void add_tokenizer_options(CLI::App* sub, const std::shared_ptr<TokenizerOptions
   sub->add_option("--model", options->model_dir, "Model directory (the tokenizer defaults to it)");
 }
 
-json parse_json(const std::string& text, const std::string& where) {
+template <typename Json = json>
+Json parse_json(const std::string& text, const std::string& where) {
   try {
-    return json::parse(text);
+    return Json::parse(text);
   } catch (const json::parse_error& e) {
     fail("{}: invalid JSON: {}", where, e.what());
   }
@@ -69,10 +70,12 @@ void run_chat_template(const TokenizerOptions& options, bool add_generation_prom
                        const std::string& context_json) {
   const Tokenizer tokenizer = Tokenizer::load(options.directory());
   const std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
-  json messages = parse_json(input, "stdin");
+  // Ordered JSON: object keys keep their order, as in Python, for templates that print them (tools | tojson).
+  auto messages = parse_json<nlohmann::ordered_json>(input, "stdin");
   if (messages.is_object() && messages.contains("messages")) messages = messages["messages"];
   if (!messages.is_array()) fail("stdin: expected a JSON array of {{\"role\", \"content\"}} messages");
-  const json context = context_json.empty() ? json::object() : parse_json(context_json, "--context");
+  const auto context = context_json.empty() ? nlohmann::ordered_json::object()
+                                            : parse_json<nlohmann::ordered_json>(context_json, "--context");
   if (!context.is_object()) fail("--context must be a JSON object");
   const std::string text = tokenizer.chat_template().render(messages, add_generation_prompt, context);
   if (ids)

@@ -23,13 +23,15 @@ ChatTemplate::~ChatTemplate() = default;
 ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
 ChatTemplate& ChatTemplate::operator=(ChatTemplate&&) noexcept = default;
 
-std::string ChatTemplate::render(const nlohmann::json& messages, bool add_generation_prompt,
-                                 const nlohmann::json& extra_context) const {
+template <typename Json>
+std::string ChatTemplate::render_with(const Json& messages, bool add_generation_prompt,
+                                      const Json& extra_context) const {
   if (!messages.is_array()) fail("chat template: messages must be a JSON array");
   for (const auto& m : messages)
     if (!m.is_object() || !m.contains("role")) fail("chat template: each message must be an object with a role");
   // The variables transformers' apply_chat_template passes; extra context (e.g. {"thinking": true}) on top.
-  nlohmann::json context = special_tokens_;
+  Json context = Json::object();
+  for (const auto& [k, v] : special_tokens_.items()) context[k] = v.template get<std::string>();
   context["messages"] = messages;
   context["add_generation_prompt"] = add_generation_prompt;
   context["tools"] = nullptr;
@@ -37,6 +39,16 @@ std::string ChatTemplate::render(const nlohmann::json& messages, bool add_genera
   if (extra_context.is_object())
     for (const auto& [k, v] : extra_context.items()) context[k] = v;
   return template_->render(context);
+}
+
+std::string ChatTemplate::render(const nlohmann::json& messages, bool add_generation_prompt,
+                                 const nlohmann::json& extra_context) const {
+  return render_with(messages, add_generation_prompt, extra_context);
+}
+
+std::string ChatTemplate::render(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                                 const nlohmann::ordered_json& extra_context) const {
+  return render_with(messages, add_generation_prompt, extra_context);
 }
 
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,

@@ -38,11 +38,17 @@ class ChatTemplate {
   // own raise_exception calls).
   std::string render(const nlohmann::json& messages, bool add_generation_prompt,
                      const nlohmann::json& extra_context = nlohmann::json::object()) const;
+  // The same with JSON that keeps object keys in their original order (as Python dicts do): a template that prints
+  // tool schemas with tojson then matches transformers byte for byte.
+  std::string render(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                     const nlohmann::ordered_json& extra_context = nlohmann::ordered_json::object()) const;
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                      const nlohmann::json& extra_context = nlohmann::json::object()) const;
   const std::string& source() const { return source_; }
 
  private:
+  template <typename Json>
+  std::string render_with(const Json& messages, bool add_generation_prompt, const Json& extra_context) const;
   std::string source_;
   nlohmann::json special_tokens_;
   std::unique_ptr<jinja::Template> template_;

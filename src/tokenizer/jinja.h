@@ -56,6 +56,7 @@ class Template {
   explicit Template(std::string_view source) : body_(parse(source)) {}
   // context: a JSON object of top-level variables.
   std::string render(const nlohmann::json& context) const;
+  std::string render(const nlohmann::ordered_json& context) const;  // keeps the caller's key order
 
  private:
   Body body_;

@@ -278,7 +278,8 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
 
 class Renderer {
  public:
-  explicit Renderer(const nlohmann::json& context) {
+  template <typename Json>
+  explicit Renderer(const Json& context) {
     scopes_.emplace_back();
     for (const auto& [k, v] : context.items()) scopes_.back()[k] = Value::from_json(v);
   }
@@ -381,7 +382,7 @@ class Renderer {
       case Expr::Kind::ListLiteral: {
         List l;
         for (const auto& item : e.args) l.push_back(eval(*item));
-        return Value::from(std::move(l));
+        return e.name == "tuple" ? Value::make_tuple(std::move(l)) : Value::from(std::move(l));
       }
       case Expr::Kind::DictLiteral: {
         Value d = Value::from(Dict{});
@@ -552,7 +553,7 @@ class Renderer {
       if (name == "items" || name == "keys" || name == "values") {
         List out;
         for (const auto& [k, v] : *object.dict) {
-          if (name == "items") out.push_back(Value::from(List{Value::from(k), v}));
+          if (name == "items") out.push_back(Value::make_tuple(List{Value::from(k), v}));
           else out.push_back(name == "keys" ? Value::from(k) : v);
         }
         return Value::from(std::move(out));
@@ -747,6 +748,13 @@ class Renderer {
 }  // namespace
 
 std::string Template::render(const nlohmann::json& context) const {
+  Renderer renderer(context);
+  std::string out;
+  renderer.exec(body_, out);
+  return out;
+}
+
+std::string Template::render(const nlohmann::ordered_json& context) const {
   Renderer renderer(context);
   std::string out;
   renderer.exec(body_, out);

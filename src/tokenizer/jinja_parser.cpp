@@ -65,6 +65,7 @@ class ExpressionParser {
     ExprPtr first = expression();
     if (!is_op(",")) return first;
     auto list = make(Expr::Kind::ListLiteral);
+    list->name = "tuple";
     list->args.push_back(std::move(first));
     while (accept_op(",")) {
       if (at_end()) break;
@@ -149,14 +150,18 @@ class ExpressionParser {
     while (accept_op("**")) left = binary(Expr::Kind::Binary, "**", std::move(left), unary());
     return left;
   }
-  ExprPtr unary() {
+  // Jinja2: a sign applies to the bare operand and filters then apply to the signed value (-3|abs is 3).
+  ExprPtr unary(bool with_filters = true) {
+    ExprPtr value;
     if (accept_op("-")) {
-      auto node = make(Expr::Kind::Negate);
-      node->args.push_back(unary());
-      return node;
+      value = make(Expr::Kind::Negate);
+      value->args.push_back(unary(false));
+    } else if (accept_op("+")) {
+      value = unary(false);
+    } else {
+      value = postfix(primary());
     }
-    if (accept_op("+")) return unary();
-    return filters_and_tests(postfix(primary()));
+    return with_filters ? filters_and_tests(std::move(value)) : std::move(value);
   }
   void call_arguments(Expr& call) {
     // '(' already consumed
@@ -262,7 +267,11 @@ class ExpressionParser {
       return node;
     }
     if (accept_op("(")) {
-      if (accept_op(")")) return make(Expr::Kind::ListLiteral);  // () as an empty tuple
+      if (accept_op(")")) {
+        auto empty = make(Expr::Kind::ListLiteral);
+        empty->name = "tuple";
+        return empty;
+      }
       ExprPtr inner = tuple_or_expression();
       expect_op(")");
       return inner;

@@ -10,27 +10,33 @@
 
 namespace moe::jinja {
 
-Value Value::from_json(const nlohmann::json& j) {
+namespace {
+template <typename Json>
+Value convert(const Json& j) {
   switch (j.type()) {
-    case nlohmann::json::value_t::null: return none();
-    case nlohmann::json::value_t::boolean: return from(j.get<bool>());
+    case nlohmann::json::value_t::null: return Value::none();
+    case nlohmann::json::value_t::boolean: return Value::from(j.template get<bool>());
     case nlohmann::json::value_t::number_integer:
-    case nlohmann::json::value_t::number_unsigned: return from(j.get<int64_t>());
-    case nlohmann::json::value_t::number_float: return from(j.get<double>());
-    case nlohmann::json::value_t::string: return from(j.get<std::string>());
+    case nlohmann::json::value_t::number_unsigned: return Value::from(j.template get<int64_t>());
+    case nlohmann::json::value_t::number_float: return Value::from(j.template get<double>());
+    case nlohmann::json::value_t::string: return Value::from(j.template get<std::string>());
     case nlohmann::json::value_t::array: {
       List l;
-      for (const auto& item : j) l.push_back(from_json(item));
-      return from(std::move(l));
+      for (const auto& item : j) l.push_back(convert(item));
+      return Value::from(std::move(l));
     }
     case nlohmann::json::value_t::object: {
       Dict d;
-      for (const auto& [k, v] : j.items()) d.emplace_back(k, from_json(v));
-      return from(std::move(d));
+      for (const auto& [k, v] : j.items()) d.emplace_back(k, convert(v));
+      return Value::from(std::move(d));
     }
     default: fail("chat template: unsupported JSON value {}", j.dump());
   }
 }
+}  // namespace
+
+Value Value::from_json(const nlohmann::json& j) { return convert(j); }
+Value Value::from_json(const nlohmann::ordered_json& j) { return convert(j); }
 
 bool Value::truthy() const {
   switch (kind) {
@@ -140,8 +146,9 @@ std::string Value::repr() const {
     case Kind::Float: return float_repr(number);
     case Kind::String: return string_repr(string);
     case Kind::List: {
-      std::string out = "[";
+      std::string out = tuple ? "(" : "[";
       for (size_t i = 0; i < list->size(); ++i) out += (i ? ", " : "") + (*list)[i].repr();
+      if (tuple) return out + (list->size() == 1 ? ",)" : ")");
       return out + "]";
     }
     case Kind::Dict: {

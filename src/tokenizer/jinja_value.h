@@ -25,6 +25,7 @@ struct Value {
   std::string string;  // String; for Undefined, the name that was looked up (for error messages)
   std::shared_ptr<List> list;
   std::shared_ptr<Dict> dict;  // Dict and Namespace
+  bool tuple = false;          // a List written (a, b): printed with parentheses
 
   static Value undefined(std::string name = "") { Value v; v.string = std::move(name); return v; }
   static Value none() { Value v; v.kind = Kind::None; return v; }
@@ -33,9 +34,12 @@ struct Value {
   static Value from(double d) { Value v; v.kind = Kind::Float; v.number = d; return v; }
   static Value from(std::string s) { Value v; v.kind = Kind::String; v.string = std::move(s); return v; }
   static Value from(List l) { Value v; v.kind = Kind::List; v.list = std::make_shared<List>(std::move(l)); return v; }
+  static Value make_tuple(List l) { Value v = from(std::move(l)); v.tuple = true; return v; }
   static Value from(Dict d) { Value v; v.kind = Kind::Dict; v.dict = std::make_shared<Dict>(std::move(d)); return v; }
   static Value make_namespace(Dict d) { Value v = from(std::move(d)); v.kind = Kind::Namespace; return v; }
+  // From nlohmann::json (object keys sorted) or nlohmann::ordered_json (insertion order kept, as Python would).
   static Value from_json(const nlohmann::json& j);
+  static Value from_json(const nlohmann::ordered_json& j);
 
   bool is_undefined() const { return kind == Kind::Undefined; }
   bool is_none() const { return kind == Kind::None; }

@@ -1,1 +1,102 @@
+// The Jinja subset. Expected outputs are what Jinja2 (with transformers' trim_blocks=True, lstrip_blocks=True)
+// renders for the same template and variables.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "tokenizer/jinja.h"
+
+namespace moe::jinja {
+namespace {
+
+using json = nlohmann::json;
+
+std::string render(const std::string& source, const json& context = json::object()) {
+  return Template(source).render(context);
+}
+
+TEST(Jinja, OutputsPythonStyleValues) {
+  EXPECT_EQ(render("{{ x }}|{{ n }}|{{ f }}|{{ b }}|{{ z }}|{{ missing }}|{{ l }}|{{ d }}",
+                   {{"x", "s"}, {"n", 3}, {"f", 2.0}, {"b", true}, {"z", nullptr}, {"l", {1, "a"}}, {"d", {{"k", "v"}}}}),
+            "s|3|2.0|True|None||[1, 'a']|{'k': 'v'}");
+  EXPECT_EQ(render("{{ 'a' ~ 1 ~ none }}{{ 7 // 2 }}{{ -7 // 2 }}{{ 7 % 3 }}{{ 2 ** 3 }}{{ 1 / 2 }}"), "a1None3-4180.5");
+  EXPECT_EQ(render("{{ 'it\\'s' + \"\\n\" }}"), "it's\n");
+}
+
+TEST(Jinja, ConditionsAndTests) {
+  const std::string t = "{% if x is none %}none{% elif x is string and x %}str:{{ x }}{% elif x is defined %}other"
+                        "{% else %}undef{% endif %}";
+  EXPECT_EQ(render(t, {{"x", nullptr}}), "none");
+  EXPECT_EQ(render(t, {{"x", "hi"}}), "str:hi");
+  EXPECT_EQ(render(t, {{"x", ""}}), "other");
+  EXPECT_EQ(render(t), "undef");
+  EXPECT_EQ(render("{{ 'b' in 'abc' }}{{ 'k' in d }}{{ 3 not in l }}{{ x is not none }}", {{"d", {{"k", 1}}}, {"l", {1, 2}}, {"x", 1}}),
+            "TrueTrueTrueTrue");
+  EXPECT_EQ(render("{{ 'yes' if a else 'no' }}{{ a or 'fallback' }}{{ a and 'both' }}", {{"a", 0}}), "nofallback0");
+  EXPECT_EQ(render("{{ not x is defined }}"), "True");  // `is` binds tighter than `not`
+}
+
+TEST(Jinja, LoopsScopesAndNamespaces) {
+  EXPECT_EQ(render("{% for x in l %}{{ loop.index }}{{ x }}{% if loop.first %}F{% endif %}{% if loop.last %}L{% endif %}"
+                   "{% if not loop.last %},{% endif %}{% endfor %}",
+                   {{"l", {"a", "b", "c"}}}),
+            "1aF,2b,3cL");
+  // A set inside a loop does not leak out of it; a namespace attribute does.
+  EXPECT_EQ(render("{% set n = 0 %}{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set n = n + 1 %}"
+                   "{% set ns.n = ns.n + i %}{% endfor %}{{ n }}/{{ ns.n }}"),
+            "0/3");
+  EXPECT_EQ(render("{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}", {{"d", {{"a", 1}, {"b", 2}}}}), "a=1;b=2;");
+  EXPECT_EQ(render("{% for x in l if x > 1 %}{{ x }}{% else %}empty{% endfor %}", {{"l", {1, 2, 3}}}), "23");
+  EXPECT_EQ(render("{% for x in l %}{{ x }}{% else %}empty{% endfor %}", {{"l", json::array()}}), "empty");
+  EXPECT_EQ(render("{% for x in l %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif %}{{ x }}"
+                   "{% endfor %}",
+                   {{"l", {1, 2, 3, 4, 5}}}),
+            "13");
+  EXPECT_EQ(render("{% set block %}in {{ 1 + 1 }}{% endset %}[{{ block }}]"), "[in 2]");
+}
+
+TEST(Jinja, FiltersAndMethods) {
+  EXPECT_EQ(render("{{ '  x  ' | trim }}|{{ l | length }}|{{ l | join(', ') }}|{{ l | first }}|{{ l | last }}|"
+                   "{{ u | default('d') }}|{{ 'Ab' | upper }}{{ 'Ab' | lower }}|{{ l | reverse | join }}",
+                   {{"l", {"a", "b", "c"}}}),
+            "x|3|a, b, c|a|c|d|ABab|cba");
+  EXPECT_EQ(render("{{ s.split('</think>')[-1] }}|{{ s.split('</think>')[0].strip() }}|{{ s.startswith('<think>') }}|"
+                   "{{ s[::-1][:3] }}|{{ s.replace('think', 'T') }}",
+                   {{"s", "<think> why </think>answer"}}),
+            "answer|<think> why|True|rew|<T> why </T>answer");
+  EXPECT_EQ(render("{{ d | tojson }}|{{ d.get('b', 'none') }}|{{ d['a'] }}", {{"d", {{"a", "é\n\"q\""}, {"n", {1, 2.5, nullptr, true}}}}}),
+            R"({"a": "é\n\"q\"", "n": [1, 2.5, null, true]}|none|é
+"q")");
+  EXPECT_EQ(render("{{ d | tojson(indent=2) }}", {{"d", {{"a", {1}}}}}), "{\n  \"a\": [\n    1\n  ]\n}");
+  EXPECT_EQ(render("{{ l | selectattr('role', 'equalto', 'user') | map(attribute='c') | join }}",
+                   {{"l", {{{"role", "user"}, {"c", "1"}}, {{"role", "bot"}, {"c", "2"}}, {{"role", "user"}, {"c", "3"}}}}}),
+            "13");
+}
+
+TEST(Jinja, WhitespaceControlLikeTransformers) {
+  // trim_blocks: the newline after a block tag goes; lstrip_blocks: indentation before a block tag goes.
+  EXPECT_EQ(render("{% for x in l %}\n    {% if x %}\n  {{ x }}\n    {% endif %}\n{% endfor %}\n", {{"l", {1, 2}}}),
+            "  1\n  2\n");
+  EXPECT_EQ(render("a  {%- if true -%}  b  {%- endif -%}  c"), "abc");
+  EXPECT_EQ(render("a\n  {{- 'b' }}\n{# comment #}\nc"), "ab\nc");
+  EXPECT_EQ(render("  {%+ if true %}x{% endif %}"), "  x");
+  EXPECT_EQ(render("{% raw %}{{ not evaluated }}{% endraw %}"), "{{ not evaluated }}");
+}
+
+TEST(Jinja, ErrorsAreClear) {
+  EXPECT_THROW(render("{{ raise_exception('Only user and assistant roles') }}"), Error);
+  EXPECT_THROW(render("{% if x %}unclosed"), Error);
+  EXPECT_THROW(render("{{ x "), Error);
+  EXPECT_THROW(render("{% macro m() %}{% endmacro %}"), Error);
+  EXPECT_THROW(render("{{ 'a' + 1 }}"), Error);
+  EXPECT_THROW(render("{{ missing.attr }}"), Error);
+  EXPECT_THROW(render("{{ x | no_such_filter }}", {{"x", 1}}), Error);
+  try {
+    render("{{ raise_exception('Only user and assistant roles') }}");
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Only user and assistant roles"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace moe::jinja
