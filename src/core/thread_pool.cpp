@@ -5,6 +5,16 @@
 
 namespace moe {
 
+namespace {
+thread_local bool t_inside_pool_task = false;  // set while a thread runs a chunk of some parallel_for
+
+struct InsideTask {
+  bool saved = t_inside_pool_task;
+  InsideTask() { t_inside_pool_task = true; }
+  ~InsideTask() { t_inside_pool_task = saved; }
+};
+}  // namespace
+
 ThreadPool::ThreadPool(int threads) {
   threads = std::max(1, threads);
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
@@ -32,7 +42,10 @@ void ThreadPool::worker_loop(int index) {
     lock.unlock();
     if (has_task) {
       const int64_t begin = index * chunk, end = std::min(n, begin + chunk);
-      if (begin < end) (*job)(begin, end, index);
+      if (begin < end) {
+        InsideTask inside;
+        (*job)(begin, end, index);
+      }
     }
     lock.lock();
     if (--pending_ == 0) done_cv_.notify_one();
@@ -44,10 +57,11 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
   const int64_t max_tasks = std::max<int64_t>(1, std::min<int64_t>(size(), (n + grain - 1) / grain));
-  if (max_tasks == 1 || workers_.empty()) {
+  if (max_tasks == 1 || workers_.empty() || t_inside_pool_task) {
     fn(0, n, 0);
     return;
   }
+  std::lock_guard<std::mutex> call_lock(call_mutex_);
   const int64_t chunk = (n + max_tasks - 1) / max_tasks;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -59,7 +73,10 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     ++generation_;
   }
   start_cv_.notify_all();
-  fn(0, std::min(n, chunk), 0);
+  {
+    InsideTask inside;
+    fn(0, std::min(n, chunk), 0);
+  }
   std::unique_lock<std::mutex> lock(mutex_);
   done_cv_.wait(lock, [&] { return pending_ == 0; });
   job_ = nullptr;

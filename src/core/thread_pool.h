@@ -1,6 +1,7 @@
 #pragma once
 // One pool of worker threads for the whole process, sized to the cores by default.
-// parallel_for splits [0, n) into contiguous chunks and runs them on the workers and the caller.
+// parallel_for splits [0, n) into contiguous chunks and runs them on the workers and the caller. Calls from
+// several threads at once take turns; a call from inside a running chunk runs inline (no deadlock).
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -28,6 +29,7 @@ class ThreadPool {
   void worker_loop(int index);
 
   std::vector<std::thread> workers_;
+  std::mutex call_mutex_;  // one parallel_for at a time
   std::mutex mutex_;
   std::condition_variable start_cv_, done_cv_;
   const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
