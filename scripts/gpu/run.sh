@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# On a GPU machine (the device box: CUDA 13, nvcc, PyTorch's venv with cmake + ninja, no package registry):
+# unpack the Debian packages fetched by scripts/gpu/fetch-debs.sh (.deps/debs), build with CUDA, and run
+# stages, writing logs under $OUT (default ./out/gpu):
+#   scripts/gpu/run.sh build test sanitize mla bench-moonlight bench-moonlight-fp8 bench-v3 hf-peer
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/out/gpu}
+mkdir -p "$OUT"
+PREFIX=/tmp/moe-deps
+BUILD=$ROOT/build-gpu
+MODELS=${MODELS:-/tmp/moe-models}
+export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH
+
+deps() {
+  [ -d "$PREFIX/usr" ] && return
+  mkdir -p "$PREFIX"
+  for f in .deps/debs/*.deb; do dpkg -x "$f" "$PREFIX"; done
+}
+env_deps() {
+  export LD_LIBRARY_PATH=$PREFIX/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+  export PKG_CONFIG_PATH=$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig:$PREFIX/usr/share/pkgconfig
+  export PKG_CONFIG_SYSROOT_DIR=$PREFIX
+  if ! command -v pkg-config >/dev/null; then export PKG_CONFIG=$PREFIX/usr/bin/pkgconf; fi
+}
+
+# The GPU build needs no server: other folders may be mid-edit, so build from a copy with the server stubbed
+# out (as /tmp/sync.sh does on the development machine).
+scratch() {
+  local src=/tmp/moe-src
+  rm -rf "$src"; mkdir -p "$src"
+  tar cf - --exclude=./build --exclude=./build-gpu --exclude=./.git --exclude=./.deps --exclude=./out . | (cd "$src" && tar xf -)
+  rm -f "$src/fuzz/server.cmake"
+  (cd "$src/src/engine" && for f in *.cpp; do case $f in generator.cpp|page_allocator.cpp|sampler.cpp) ;; *) rm -f "$f";; esac; done)
+  echo "" > "$src/tests/server/CMakeLists.txt"
+  printf 'add_library(moe_server INTERFACE)\ntarget_link_libraries(moe_server INTERFACE moe_engine)\n' > "$src/src/server/CMakeLists.txt"
+  rm -f "$src/src/cli/server_commands.cpp" "$src/src/cli/tokenizer_commands.cpp"
+  printf '#include "cli/commands.h"\nnamespace moe::cli { void register_server_commands(CLI::App&) {}\nvoid register_tokenizer_commands(CLI::App&) {} }\n' > "$src/src/cli/stubs_scratch.cpp"
+  echo "$src"
+}
+
+stage_build() {
+  deps
+  (nvidia-smi; nvcc --version | tail -2; cmake --version | head -1; g++ --version | head -1) 2>&1 | tee "$OUT/env.txt"
+  env_deps
+  SRC=$(scratch)
+  cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON -DMOE_BUILD_BENCH=OFF \
+    -DCMAKE_PREFIX_PATH="$PREFIX/usr" -DPKG_CONFIG_EXECUTABLE="${PKG_CONFIG:-pkg-config}" >"$OUT/configure.log" 2>&1 \
+    || { tail -40 "$OUT/configure.log"; return 1; }
+  cmake --build "$BUILD" -j16 --target moe test_cuda bench_mla_attention >"$OUT/build.log" 2>&1 \
+    || { grep -E "error|FAILED" "$OUT/build.log" | head -40; return 1; }
+  echo "build ok"
+}
+stage_test() {
+  env_deps
+  "$BUILD/tests/cuda/test_cuda" --gtest_output=xml:"$OUT/test_cuda.xml" 2>&1 | tee "$OUT/test_cuda.log" | grep -E "^\[|rel L2|error|seed" | tail -60
+}
+stage_sanitize() {
+  env_deps
+  compute-sanitizer --tool memcheck --leak-check no "$BUILD/src/cli/moe" generate --device cuda --model models/tiny-dsv3 \
+    --tokens 311,811,1336,101,151,1684,1100 --max-new-tokens 12 >"$OUT/memcheck.log" 2>&1
+  echo "memcheck exit $?"; tail -5 "$OUT/memcheck.log"
+  compute-sanitizer --tool memcheck --leak-check no "$BUILD/src/cli/moe" generate --device cuda --model models/tiny-dsv3-fp8 \
+    --tokens 311,811,1336,101,151,1684,1100 --max-new-tokens 12 >"$OUT/memcheck-fp8.log" 2>&1
+  echo "memcheck fp8 exit $?"; tail -3 "$OUT/memcheck-fp8.log"
+}
+stage_mla() {
+  env_deps
+  for h in 16 128; do "$BUILD/tests/cuda/bench_mla_attention" 64 4096 $h 20; done 2>&1 | tee "$OUT/mla.log"
+}
+bench_model() {  # name config dtype batches contexts
+  env_deps
+  local dir=$MODELS/$1
+  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config "$2" --out "$dir" --dtype "$3" >/dev/null || return 1
+  "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 4096 --batch "$4" --context "$5" 2>&1 | tee "$OUT/bench-$1.log"
+  rm -rf "$dir"
+}
+stage_bench-moonlight() { bench_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 1,8,64,256 512,4096; }
+stage_bench-moonlight-fp8() { bench_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8 1,8,64,256 512,4096; }
+stage_bench-v3() { bench_model v3-4layers-fp8 bench/gpu/configs/deepseek-v3-4layers.json fp8 1,8,64 512,4096; }
+stage_hf-peer() { PYTHONUNBUFFERED=1 python3 bench/gpu/hf_peer.py 2>&1 | tee "$OUT/hf_peer.log" | tail -5; }
+
+for s in "$@"; do
+  echo "=== $s $(date -u +%H:%M:%S)"
+  "stage_$s" || echo "stage $s FAILED"
+done

@@ -1,0 +1,49 @@
+#pragma once
+// Device helpers shared by the kernels: conversions from the stored weight types to float.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include "backend/cuda/cuda_ops.h"
+
+namespace moe::cuda {
+
+__device__ __forceinline__ float bf16_bits_to_float(uint32_t b) { return __uint_as_float(b << 16); }
+__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+__device__ __forceinline__ float e4m3_to_float(uint8_t v) {
+  const __half_raw h = __nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t(v), __NV_E4M3);
+  return __half2float(__half(h));
+}
+// Element i of a BF16/F16/F32 vector, or of an FP8 weight without its scale.
+__device__ __forceinline__ float load_element(const void* p, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::BF16: return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::F16: return __half2float(__ushort_as_half(static_cast<const uint16_t*>(p)[i]));
+    case DType::F8_E4M3: return e4m3_to_float(static_cast<const uint8_t*>(p)[i]);
+    default: return 0.0f;
+  }
+}
+// W[n, k] dequantised.
+__device__ __forceinline__ float load_weight(const WeightRef& w, int64_t n, int64_t k) {
+  float v = load_element(w.data, w.dtype, n * w.cols + k);
+  if (w.dtype == DType::F8_E4M3) v *= w.scale[(n / w.block_n) * w.kblocks() + k / w.block_k];
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+}  // namespace moe::cuda

@@ -1,0 +1,131 @@
+#pragma once
+// The CUDA backend's kernels, one file each; CudaBackend (cuda_backend.cpp) plans and dispatches to these.
+// Every launcher takes plain parameters and a stream and only enqueues work (no host synchronisation), so
+// a step can be captured in a CUDA graph. Activations are F32, the latent cache BF16, weights BF16/F16/F32
+// or F8_E4M3 with 128x128 block scales, kept as stored.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+#ifdef __CUDACC__
+#define MOE_HOST_DEVICE __host__ __device__
+#else
+#define MOE_HOST_DEVICE
+#endif
+
+namespace moe::cuda {
+
+void check(cudaError_t e, const char* what);  // throws moe::Error
+#define MOE_CUDA_CHECK(expr) ::moe::cuda::check((expr), #expr)
+void check_launch(const char* kernel);  // cudaGetLastError after a launch
+
+// A weight as the kernels see it: [rows, cols] row-major, FP8 with scale[(n / block_n) * kblocks + k / block_k].
+struct WeightRef {
+  const void* data = nullptr;
+  const float* scale = nullptr;
+  DType dtype = DType::BF16;
+  int64_t rows = 0, cols = 0;
+  int32_t block_n = 128, block_k = 128;
+  MOE_HOST_DEVICE int64_t kblocks() const { return (cols + block_k - 1) / block_k; }
+};
+
+// ---- elementwise.cu ------------------------------------------------------------------------------------
+void embedding(const WeightRef& table, const int32_t* ids, int64_t T, float* out, cudaStream_t s);
+void add(const float* a, const float* b, float* out, int64_t n, cudaStream_t s);
+void gather_rows(const float* x, const int32_t* rows, int64_t R, int64_t D, float* out, cudaStream_t s);
+void silu_mul(const float* g, const float* u, float* out, int64_t n, cudaStream_t s);
+void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s);
+// Any weight (BF16/F16/F32/FP8+scales) to dense BF16 [rows, cols].
+void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s);
+
+// ---- rms_norm.cu ---------------------------------------------------------------------------------------
+void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out, cudaStream_t s);
+
+// ---- gemv_*.cu: weight-streaming matrix-vector products for few tokens --------------------------------
+// out[t, n] = sum_k x[t, k] * W[row_base + n, k] (or, with swiglu, silu(x.Wg[n]) * (x.Wu[n])).
+// Dense: blockIdx.y batches independent problems (MLA heads): weight rows, x and out advance by the *_step.
+// Grouped (items != nullptr): blockIdx.y is a work item (expert, begin, count) over `perm`; each of up to
+// `tile` assignments a = perm[begin + i] reads x row a / x_row_div and writes out row a, with expert e's
+// weights from table[e * 6 + matrix] (scales at table[e * 6 + 3 + matrix]).
+struct GemvParams {
+  DType wdtype = DType::BF16;
+  const void* w[2] = {nullptr, nullptr};
+  const float* s[2] = {nullptr, nullptr};
+  const void* const* table = nullptr;
+  int32_t matrix = 0;  // grouped: 0 (gate, with up = 1 when swiglu) or 2 (down)
+  int64_t N = 0, K = 0;
+  int32_t block_n = 128, block_k = 128;
+  int64_t w_row_base = 0, w_row_step = 0;
+  const float* x = nullptr;
+  int64_t x_stride = 0, x_step = 0;
+  float* out = nullptr;
+  int64_t out_stride = 0, out_step = 0;
+  int32_t T = 0;  // dense: tokens
+  const int32_t* items = nullptr;
+  const int32_t* perm = nullptr;
+  int32_t x_row_div = 1;
+  int32_t grid_y = 1;
+  bool swiglu = false;
+};
+constexpr int kGemvMaxTile = 8;  // tokens per pass over the weights
+// tile in {1, 2, 4, 8}: tokens (dense) or assignments (grouped) processed per pass.
+void gemv(const GemvParams& p, int tile, cudaStream_t s);
+void gemv_bf16(const GemvParams& p, int tile, cudaStream_t s);  // gemv_bf16.cu (BF16, F16 and F32 go here)
+void gemv_fp8(const GemvParams& p, int tile, cudaStream_t s);   // gemv_fp8.cu
+
+// ---- mla_cache.cu ----------------------------------------------------------------------------------------
+// cache[slot[t]] = bf16(rms_norm(kv_a[t, :r]) * w, rope(kv_a[t, r:], pos[t])); angles from inv_freq (device
+// F64 [dr/2]) and attn_factor.
+void mla_write_cache(const float* kv_a, const WeightRef& norm_w, float eps, const double* inv_freq, double attn_factor,
+                     const int32_t* positions, const int32_t* slots, int64_t T, int64_t r, int64_t dr, uint16_t* cache,
+                     cudaStream_t s);
+// q [T, H, dn + dr]: rope on the last dr of each head, in place.
+void mla_rope_q(float* q, const double* inv_freq, double attn_factor, const int32_t* positions, int64_t T, int64_t H,
+                int64_t dn, int64_t dr, cudaStream_t s);
+
+// ---- mla_absorb.cu ---------------------------------------------------------------------------------------
+// qf [T, H, r + dr] (BF16) = (W_UK[h]^T q_nope[t, h], q_rope[t, h]) with W_UK[h] rows h*(dn+dv) .. +dn of kv_b.
+void mla_absorb_q(const float* q, const WeightRef& kv_b, int64_t T, int64_t H, int64_t dn, int64_t dv, int64_t dr,
+                  uint16_t* qf, cudaStream_t s);
+
+// ---- mla_attention.cu --------------------------------------------------------------------------------------
+struct MlaParams {
+  const uint16_t* qf = nullptr;     // [T, H, W] BF16, W = r + dr
+  const uint16_t* cache = nullptr;  // [pages, page_size, W] BF16
+  const int32_t* block_table = nullptr;
+  const int32_t* token_seq = nullptr;
+  const int32_t* positions = nullptr;
+  int32_t max_pages = 0, page_size = 0;
+  int32_t T = 0, H = 0, r = 0, dr = 0;
+  float scale = 1.0f;
+  int32_t splits = 1, split_len = 0;  // positions per split (multiple of the tile)
+  float* o_part = nullptr;   // [splits, T, H, r]
+  float* ml_part = nullptr;  // [splits, T, H, 2]: running max and sum
+  float* o_lat = nullptr;    // [T, H, r] normalised
+};
+constexpr int kMlaTile = 64;  // cache positions per tile
+void mla_attention(const MlaParams& p, cudaStream_t s);
+
+// ---- moe_route.cu ----------------------------------------------------------------------------------------
+struct RouteParams {
+  int32_t num_experts, top_k, n_group, topk_group;
+  bool sigmoid, noaux, greedy, norm_topk_prob;
+  float routed_scaling_factor;
+};
+void moe_route(const float* logits, const float* bias, const RouteParams& p, int64_t T, int32_t* ids, float* weights,
+               cudaStream_t s);
+
+// ---- moe_plan.cu -----------------------------------------------------------------------------------------------
+// Sorts the T*k assignments by expert: perm (expert-contiguous assignment indices) and work items
+// (expert, begin, count <= tile), max_items of them (unused ones have count 0).
+void moe_plan(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t max_items, int32_t* perm,
+              int32_t* items, int32_t* counts, cudaStream_t s);
+// out[t, d] = sum_j w[t, j] * y[t * k + j, d]
+void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, float* out, cudaStream_t s);
+// Grouped-GEMM helpers: xp[i] = bf16(x[perm[i] / k]); out rows scattered back.
+void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp, cudaStream_t s);
+void moe_scatter_rows(const float* yp, const int32_t* perm, int64_t TK, int64_t D, float* y, cudaStream_t s);
+
+}  // namespace moe::cuda

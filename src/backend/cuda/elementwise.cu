@@ -1,0 +1,89 @@
+// Small data-movement kernels: embedding lookup, residual add, row gather, SwiGLU's activation, dtype casts.
+#include "backend/cuda/cuda_common.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+__global__ void embedding_kernel(WeightRef table, const int32_t* ids, int64_t T, float* out) {
+  const int64_t t = blockIdx.y, D = table.cols;
+  const int64_t id = ids[t];
+  if (id < 0 || id >= table.rows) return;  // the model checks ids on the host
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+    out[t * D + d] = load_weight(table, id, d);
+}
+
+__global__ void add_kernel(const float* a, const float* b, float* out, int64_t n) {
+  const int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 4;
+  if (i + 4 <= n) {
+    const float4 x = *reinterpret_cast<const float4*>(a + i), y = *reinterpret_cast<const float4*>(b + i);
+    *reinterpret_cast<float4*>(out + i) = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+  } else {
+    for (int64_t j = i; j < n; ++j) out[j] = a[j] + b[j];
+  }
+}
+
+__global__ void gather_rows_kernel(const float* x, const int32_t* rows, int64_t D, float* out) {
+  const int64_t r = blockIdx.y;
+  const float* src = x + int64_t(rows[r]) * D;
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+    out[r * D + d] = src[d];
+}
+
+__global__ void silu_mul_kernel(const float* g, const float* u, float* out, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = g[i] / (1.0f + __expf(-g[i])) * u[i];
+}
+
+__global__ void f32_to_bf16_kernel(const float* x, uint16_t* out, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = float_to_bf16_bits(x[i]);
+}
+
+__global__ void weight_to_bf16_kernel(WeightRef w, uint16_t* out) {
+  const int64_t n = blockIdx.y;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < w.cols; k += int64_t(gridDim.x) * blockDim.x)
+    out[n * w.cols + k] = float_to_bf16_bits(load_weight(w, n, k));
+}
+
+unsigned col_blocks(int64_t D) { return unsigned(std::min<int64_t>((D + 255) / 256, 64)); }
+
+}  // namespace
+
+void embedding(const WeightRef& table, const int32_t* ids, int64_t T, float* out, cudaStream_t s) {
+  if (T == 0) return;
+  embedding_kernel<<<dim3(col_blocks(table.cols), unsigned(T)), 256, 0, s>>>(table, ids, T, out);
+  check_launch("embedding");
+}
+
+void add(const float* a, const float* b, float* out, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  add_kernel<<<blocks_for((n + 3) / 4, 256), 256, 0, s>>>(a, b, out, n);
+  check_launch("add");
+}
+
+void gather_rows(const float* x, const int32_t* rows, int64_t R, int64_t D, float* out, cudaStream_t s) {
+  if (R == 0) return;
+  gather_rows_kernel<<<dim3(col_blocks(D), unsigned(R)), 256, 0, s>>>(x, rows, D, out);
+  check_launch("gather_rows");
+}
+
+void silu_mul(const float* g, const float* u, float* out, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  silu_mul_kernel<<<blocks_for(n, 256), 256, 0, s>>>(g, u, out, n);
+  check_launch("silu_mul");
+}
+
+void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  f32_to_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, out, n);
+  check_launch("f32_to_bf16");
+}
+
+void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s) {
+  if (w.rows == 0) return;
+  weight_to_bf16_kernel<<<dim3(col_blocks(w.cols), unsigned(w.rows)), 256, 0, s>>>(w, out);
+  check_launch("weight_to_bf16");
+}
+
+}  // namespace moe::cuda

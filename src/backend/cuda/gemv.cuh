@@ -1,0 +1,258 @@
+#pragma once
+// Weight-streaming GEMV for decode: out[t, n] = x[t] . W[n] for up to TILE tokens per pass.
+//
+// Algorithm. Each warp owns two consecutive weight rows (four with SwiGLU's gate and up); its lanes walk
+// the row in 16-byte chunks (8 BF16 or 16 FP8 values), lane i taking chunks i, i+32, ..., so a warp reads
+// 512 contiguous bytes per step and every weight byte is read exactly once per pass. The chunk loop is
+// unrolled so several 16-byte loads per lane are in flight (the loads bypass L1: weights are streamed).
+// The TILE token rows of x (F32) are read through L1/L2, where they stay for all rows of the block.
+// Partial sums are F32 per lane; FP8 chunks lie inside one 128-wide scale block, so each chunk's product
+// is multiplied by its block scale before it is added (DeepSeek's per-block promotion). A warp-shuffle
+// reduction finishes each dot product. Grouped mode resolves the expert and the token rows of the work
+// item first (see cuda_ops.h), so all experts of a layer run in one launch.
+#include "backend/cuda/cuda_common.cuh"
+
+namespace moe::cuda {
+
+namespace gemv_detail {
+
+constexpr int kWarps = 8, kRowsPerWarp = 2, kRowsPerBlock = kWarps * kRowsPerWarp;
+
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Elements of one 16-byte chunk as floats.
+template <DType WT>
+struct Chunk;
+template <>
+struct Chunk<DType::BF16> {
+  static constexpr int kElems = 8;
+  __device__ static void unpack(const uint4& v, float* f) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+};
+template <>
+struct Chunk<DType::F16> {
+  static constexpr int kElems = 8;
+  __device__ static void unpack(const uint4& v, float* f) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 p = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      f[2 * i] = p.x;
+      f[2 * i + 1] = p.y;
+    }
+  }
+};
+template <>
+struct Chunk<DType::F32> {
+  static constexpr int kElems = 4;
+  __device__ static void unpack(const uint4& v, float* f) {
+    f[0] = __uint_as_float(v.x);
+    f[1] = __uint_as_float(v.y);
+    f[2] = __uint_as_float(v.z);
+    f[3] = __uint_as_float(v.w);
+  }
+};
+template <>
+struct Chunk<DType::F8_E4M3> {
+  static constexpr int kElems = 16;
+  __device__ static void unpack(const uint4& v, float* f) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i] & 0xffffu), __NV_E4M3);
+      const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(w[i] >> 16), __NV_E4M3);
+      const float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
+      f[4 * i] = a.x;
+      f[4 * i + 1] = a.y;
+      f[4 * i + 2] = b.x;
+      f[4 * i + 3] = b.y;
+    }
+  }
+};
+
+template <DType WT>
+constexpr int elem_bytes() {
+  return WT == DType::F32 ? 4 : WT == DType::F8_E4M3 ? 1 : 2;
+}
+
+// One pass: TILE token rows (xrows/orows, `count` of them valid) against the rows n0, n0+1 of the matrices.
+template <DType WT, int TILE, bool SWIGLU>
+__device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const* wbase, const float* const* sbase,
+                                          int64_t row_base, int64_t n0, const float* const* xrows,
+                                          float* const* orows, int count) {
+  using C = Chunk<WT>;
+  constexpr int M = SWIGLU ? 2 : 1, R = kRowsPerWarp, E = C::kElems;
+  constexpr bool kFp8 = WT == DType::F8_E4M3;
+  const int lane = threadIdx.x % 32;
+  const int64_t K = p.K, nchunks = K % E == 0 ? K / E : 0;  // else all columns take the tail path
+  const int64_t kblocks = (K + p.block_k - 1) / p.block_k;
+  float acc[M][R][TILE];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < TILE; ++t) acc[m][r][t] = 0.0f;
+
+  const char* rows[M][R];
+  const float* srow[M][R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t n = min(n0 + r, p.N - 1);  // rows past N repeat the last one and are not stored
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      rows[m][r] = wbase[m] + (row_base + n) * K * elem_bytes<WT>();
+      srow[m][r] = kFp8 ? sbase[m] + ((row_base + n) / p.block_n) * kblocks : nullptr;
+    }
+  }
+
+#pragma unroll 4
+  for (int64_t c = lane; c < nchunks; c += 32) {
+    uint4 raw[M][R];
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < R; ++r) raw[m][r] = load_stream(rows[m][r] + c * 16);
+    float xv[TILE][E];
+#pragma unroll
+    for (int t = 0; t < TILE; ++t) {
+      const float4* xp = reinterpret_cast<const float4*>(xrows[t] + c * E);
+#pragma unroll
+      for (int i = 0; i < E / 4; ++i) {
+        const float4 v = __ldg(xp + i);
+        xv[t][4 * i] = v.x;
+        xv[t][4 * i + 1] = v.y;
+        xv[t][4 * i + 2] = v.z;
+        xv[t][4 * i + 3] = v.w;
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float wf[E];
+        C::unpack(raw[m][r], wf);
+        const float sc = kFp8 ? __ldg(srow[m][r] + (c * E) / p.block_k) : 1.0f;
+#pragma unroll
+        for (int t = 0; t < TILE; ++t) {
+          float d = 0.0f;
+#pragma unroll
+          for (int i = 0; i < E; ++i) d = fmaf(xv[t][i], wf[i], d);
+          acc[m][r][t] = fmaf(d, sc, acc[m][r][t]);
+        }
+      }
+  }
+  // Tail columns (K not a multiple of the chunk), element by element.
+  for (int64_t k = nchunks * E + lane; k < K; k += 32) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float wv = load_element(rows[m][r], WT, k);
+        if (kFp8) wv *= srow[m][r][k / p.block_k];
+#pragma unroll
+        for (int t = 0; t < TILE; ++t) acc[m][r][t] = fmaf(xrows[t][k], wv, acc[m][r][t]);
+      }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < TILE; ++t) acc[m][r][t] = warp_sum(acc[m][r][t]);
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (n0 + r >= p.N) continue;
+#pragma unroll
+      for (int t = 0; t < TILE; ++t) {
+        if (t >= count) continue;
+        float v = acc[0][r][t];
+        if constexpr (SWIGLU) v = v / (1.0f + __expf(-v)) * acc[M - 1][r][t];
+        orows[t][n0 + r] = v;
+      }
+    }
+  }
+}
+
+template <DType WT, int TILE, bool SWIGLU>
+__global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
+  const int warp = threadIdx.x / 32;
+  const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
+  if (n0 >= p.N) return;
+  const char* wbase[2];
+  const float* sbase[2];
+  const float* xrows[TILE];
+  float* orows[TILE];
+  if (p.items) {
+    const int32_t* item = p.items + 3 * blockIdx.y;
+    const int e = item[0], begin = item[1], count = item[2];
+    if (count == 0) return;
+    for (int m = 0; m < (SWIGLU ? 2 : 1); ++m) {
+      wbase[m] = static_cast<const char*>(p.table[e * 6 + p.matrix + m]);
+      sbase[m] = static_cast<const float*>(p.table[e * 6 + 3 + p.matrix + m]);
+    }
+#pragma unroll
+    for (int t = 0; t < TILE; ++t) {
+      const int a = p.perm[begin + min(t, count - 1)];
+      xrows[t] = p.x + int64_t(a / p.x_row_div) * p.x_stride;
+      orows[t] = p.out + int64_t(a) * p.out_stride;
+    }
+    gemv_pass<WT, TILE, SWIGLU>(p, wbase, sbase, 0, n0, xrows, orows, count);
+    return;
+  }
+  const int64_t y = blockIdx.y;
+  for (int m = 0; m < 2; ++m) {
+    wbase[m] = static_cast<const char*>(p.w[m]);
+    sbase[m] = p.s[m];
+  }
+  const int64_t row_base = p.w_row_base + y * p.w_row_step;
+  for (int64_t t0 = int64_t(blockIdx.z) * TILE; t0 < p.T; t0 += int64_t(gridDim.z) * TILE) {
+    const int count = int(min(int64_t(TILE), int64_t(p.T) - t0));
+#pragma unroll
+    for (int t = 0; t < TILE; ++t) {
+      const int64_t tt = t0 + min(t, count - 1);
+      xrows[t] = p.x + y * p.x_step + tt * p.x_stride;
+      orows[t] = p.out + y * p.out_step + tt * p.out_stride;
+    }
+    gemv_pass<WT, TILE, SWIGLU>(p, wbase, sbase, row_base, n0, xrows, orows, count);
+  }
+}
+
+template <DType WT>
+void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
+  const unsigned gx = unsigned((p.N + kRowsPerBlock - 1) / kRowsPerBlock);
+  unsigned gz = 1;
+  if (!p.items) gz = unsigned(std::min<int64_t>((p.T + tile - 1) / tile, std::max<int64_t>(1, 1024 / (int64_t(gx) * p.grid_y))));
+  const dim3 grid(gx, unsigned(p.grid_y), gz);
+#define MOE_GEMV_CASE(TL)                                                        \
+  case TL:                                                                       \
+    if (p.swiglu) gemv_kernel<WT, TL, true><<<grid, 256, 0, s>>>(p);             \
+    else gemv_kernel<WT, TL, false><<<grid, 256, 0, s>>>(p);                     \
+    break;
+  switch (tile) {
+    MOE_GEMV_CASE(1)
+    MOE_GEMV_CASE(2)
+    MOE_GEMV_CASE(4)
+    MOE_GEMV_CASE(8)
+    default: check(cudaErrorInvalidValue, "gemv: tile must be 1, 2, 4 or 8");
+  }
+#undef MOE_GEMV_CASE
+  check_launch("gemv");
+}
+
+}  // namespace gemv_detail
+
+}  // namespace moe::cuda

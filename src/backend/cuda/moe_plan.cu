@@ -1,0 +1,113 @@
+// Token permutation for the routed experts, on the device (no host round trip, so a step stays capturable):
+// a counting sort of the T*k (token, slot) assignments by expert gives `perm` (expert-contiguous assignment
+// indices) and work items (expert, begin, count <= tile) for the grouped GEMV/GEMM; then the combine that
+// adds each token's k expert outputs with their routing weights in slot order (deterministic).
+#include "backend/cuda/cuda_common.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+// One block. counts, offsets and cursors in shared memory (E <= 1024).
+__global__ void __launch_bounds__(1024) plan_kernel(const int32_t* ids, int64_t TK, int32_t E, int32_t tile,
+                                                    int32_t max_items, int32_t* perm, int32_t* items,
+                                                    int32_t* counts_out) {
+  extern __shared__ int32_t sh[];
+  int32_t* counts = sh;
+  int32_t* offsets = sh + E;
+  int32_t* cursor = sh + 2 * E;
+  int32_t* item_off = sh + 3 * E;
+  __shared__ int32_t total_items;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) counts[e] = cursor[e] = 0;
+  __syncthreads();
+  for (int64_t a = threadIdx.x; a < TK; a += blockDim.x) {
+    const int e = ids[a];
+    if (e >= 0 && e < E) atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t off = 0, it = 0;
+    for (int e = 0; e < E; ++e) {
+      offsets[e] = off;
+      item_off[e] = it;
+      off += counts[e];
+      it += (counts[e] + tile - 1) / tile;
+    }
+    total_items = it;
+  }
+  __syncthreads();
+  for (int64_t a = threadIdx.x; a < TK; a += blockDim.x) {
+    const int e = ids[a];
+    if (e >= 0 && e < E) perm[offsets[e] + atomicAdd(&cursor[e], 1)] = int32_t(a);
+  }
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    if (counts_out) counts_out[e] = counts[e];
+    const int n = (counts[e] + tile - 1) / tile;
+    for (int c = 0; c < n && item_off[e] + c < max_items; ++c) {
+      int32_t* item = items + 3 * (item_off[e] + c);
+      item[0] = e;
+      item[1] = offsets[e] + c * tile;
+      item[2] = min(tile, counts[e] - c * tile);
+    }
+  }
+  for (int i = total_items + threadIdx.x; i < max_items; i += blockDim.x) {
+    items[3 * i] = 0;
+    items[3 * i + 1] = 0;
+    items[3 * i + 2] = 0;
+  }
+}
+
+__global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_t D, float* out) {
+  const int64_t t = blockIdx.y;
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x) {
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) acc = fmaf(w[t * k + j], y[(t * k + j) * D + d], acc);
+    out[t * D + d] = acc;
+  }
+}
+
+__global__ void gather_bf16_kernel(const float* x, const int32_t* perm, int32_t k, int64_t D, uint16_t* xp) {
+  const int64_t i = blockIdx.y;
+  const float* src = x + int64_t(perm[i] / k) * D;
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+    xp[i * D + d] = float_to_bf16_bits(src[d]);
+}
+
+__global__ void scatter_rows_kernel(const float* yp, const int32_t* perm, int64_t D, float* y) {
+  const int64_t i = blockIdx.y;
+  float* dst = y + int64_t(perm[i]) * D;
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+    dst[d] = yp[i * D + d];
+}
+
+unsigned col_blocks(int64_t D) { return unsigned(std::min<int64_t>((D + 255) / 256, 32)); }
+
+}  // namespace
+
+void moe_plan(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t max_items, int32_t* perm,
+              int32_t* items, int32_t* counts, cudaStream_t s) {
+  if (E > 1024) check(cudaErrorInvalidValue, "moe_plan: more than 1024 experts");
+  plan_kernel<<<1, 1024, size_t(4 * E) * sizeof(int32_t), s>>>(ids, TK, E, tile, max_items, perm, items, counts);
+  check_launch("moe_plan");
+}
+
+void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, float* out, cudaStream_t s) {
+  if (T == 0) return;
+  combine_kernel<<<dim3(col_blocks(D), unsigned(T)), 256, 0, s>>>(y, w, k, D, out);
+  check_launch("moe_combine");
+}
+
+void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp,
+                     cudaStream_t s) {
+  if (TK == 0) return;
+  gather_bf16_kernel<<<dim3(col_blocks(D), unsigned(TK)), 256, 0, s>>>(x, perm, k, D, xp);
+  check_launch("moe_gather_bf16");
+}
+
+void moe_scatter_rows(const float* yp, const int32_t* perm, int64_t TK, int64_t D, float* y, cudaStream_t s) {
+  if (TK == 0) return;
+  scatter_rows_kernel<<<dim3(col_blocks(D), unsigned(TK)), 256, 0, s>>>(yp, perm, D, y);
+  check_launch("moe_scatter_rows");
+}
+
+}  // namespace moe::cuda

@@ -1,0 +1,96 @@
+#pragma once
+// Helpers for the GPU tests: skip without a GPU, seeded random host tensors, host weights (BF16 or FP8 with
+// block scales), copies between the backends, and the relative L2 error.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/dtype.h"
+
+namespace moe::test {
+
+#define MOE_REQUIRE_GPU()                                                              \
+  do {                                                                                 \
+    if (!::moe::cuda_backend_available()) GTEST_SKIP() << "no CUDA (Hopper) GPU present"; \
+  } while (0)
+
+inline uint64_t time_seed(const char* what) {
+  const uint64_t s = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+  std::printf("[ seed ] %s: %llu\n", what, static_cast<unsigned long long>(s));
+  return s;
+}
+
+struct HostWeight {
+  Tensor w, scale;
+  Weight weight;
+};
+
+// Random [N, K] weight with entries ~ U(-a, a), a = 1/sqrt(K) (outputs of size ~ |x|), stored as BF16,
+// or as FP8 E4M3 with a random per-block scale (values quantised exactly as a checkpoint holds them).
+inline HostWeight random_weight(std::mt19937_64& rng, int64_t N, int64_t K, bool fp8) {
+  HostWeight h;
+  const float a = 1.0f / std::sqrt(float(K));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  if (!fp8) {
+    h.w = Tensor::host(DType::BF16, {N, K});
+    for (int64_t i = 0; i < N * K; ++i) h.w.as<uint16_t>()[i] = float_to_bf16(a * u(rng));
+    h.weight.w = h.w.view();
+    return h;
+  }
+  const int64_t nb = (N + 127) / 128, kb = (K + 127) / 128;
+  h.w = Tensor::host(DType::F8_E4M3, {N, K});
+  h.scale = Tensor::host(DType::F32, {nb, kb});
+  std::uniform_real_distribution<float> us(0.5f, 2.0f);
+  for (int64_t i = 0; i < nb * kb; ++i) h.scale.as<float>()[i] = a * us(rng) / 448.0f;
+  for (int64_t i = 0; i < N * K; ++i) h.w.as<uint8_t>()[i] = float_to_e4m3(448.0f * u(rng) * 0.9f);
+  h.weight.w = h.w.view();
+  h.weight.scale_inv = h.scale.view();
+  return h;
+}
+
+inline Tensor random_host(std::mt19937_64& rng, DType dt, Shape shape, float scale = 1.0f) {
+  Tensor t = Tensor::host(dt, shape);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const float v = scale * n(rng);
+    if (dt == DType::F32) t.as<float>()[i] = v;
+    else if (dt == DType::BF16) t.as<uint16_t>()[i] = float_to_bf16(v);
+  }
+  return t;
+}
+
+inline Tensor to_device(Backend& b, const Tensor& host) {
+  Tensor d = b.alloc(host.dtype(), host.shape());
+  b.copy_from_host(host.data(), d);
+  return d;
+}
+
+// Device tensor -> host F32 (BF16 converted).
+inline std::vector<float> to_host_f32(Backend& b, const TensorView& d) {
+  std::vector<float> out(static_cast<size_t>(d.numel()));
+  if (d.dtype == DType::F32) {
+    b.copy_to_host(d, out.data());
+  } else {
+    std::vector<uint16_t> raw(static_cast<size_t>(d.numel()));
+    b.copy_to_host(d, raw.data());
+    for (size_t i = 0; i < raw.size(); ++i) out[i] = bf16_to_float(raw[i]);
+  }
+  return out;
+}
+
+// ||a - b|| / ||b||
+inline double rel_l2(const float* a, const float* b, int64_t n) {
+  double num = 0.0, den = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+}  // namespace moe::test

@@ -1,0 +1,114 @@
+// GPU ops against the CPU backend at DeepSeek-V3 widths, on fresh random inputs (seed printed).
+// Tolerances (relative L2 error of the GPU output against the CPU's):
+//  - GEMV path (<= 8 tokens): both sides multiply the same stored weights by F32 activations and accumulate
+//    in F32, only the order differs: error ~ sqrt(K) * 2^-24 ~ 1e-5 for K = 7168; bound 1e-4.
+//  - GEMM path (> 8 tokens): the activations are rounded to BF16 for the tensor cores (relative 2^-9 per
+//    element, independent signs), so a dot product of K terms is off by ~2^-9 relative (rms): 2e-3;
+//    bound 1e-2.
+//  - rms_norm, add, embedding, gather, concat: F32 on both sides, bound 1e-5.
+#include "cuda_test_util.h"
+
+namespace moe {
+namespace {
+
+using test::rel_l2;
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MOE_REQUIRE_GPU();
+    cpu_ = make_cpu_backend();
+    gpu_ = make_cuda_backend(0);
+    rng_.seed(test::time_seed(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+  }
+  // GPU matmul vs CPU on x [T, K] and a random [N, K] weight.
+  double matmul_error(int64_t T, int64_t N, int64_t K, bool fp8) {
+    test::HostWeight hw = test::random_weight(rng_, N, K, fp8);
+    Tensor x = test::random_host(rng_, DType::F32, {T, K});
+    Tensor ref = Tensor::host(DType::F32, {T, N});
+    cpu_->matmul(x, hw.weight, ref);
+    Weight gw = gpu_->upload_weight(hw.weight);
+    Tensor gx = test::to_device(*gpu_, x), gout = gpu_->alloc(DType::F32, {T, N});
+    gpu_->matmul(gx, gw, gout);
+    const std::vector<float> got = test::to_host_f32(*gpu_, gout);
+    return rel_l2(got.data(), ref.as<float>(), T * N);
+  }
+  std::unique_ptr<Backend> cpu_, gpu_;
+  std::mt19937_64 rng_;
+};
+
+TEST_F(CudaOps, MatmulGemvBf16AndFp8) {
+  for (bool fp8 : {false, true})
+    for (int64_t T : {1, 3, 8}) {
+      EXPECT_LE(matmul_error(T, 1536, 7168, fp8), 1e-4) << "q_a_proj shape, T=" << T << " fp8=" << fp8;
+      EXPECT_LE(matmul_error(T, 7168, 2048, fp8), 1e-4) << "expert down shape, T=" << T << " fp8=" << fp8;
+    }
+  EXPECT_LE(matmul_error(2, 576, 7168, false), 1e-4) << "kv_a_proj (N not a multiple of 16 rows per block)";
+  EXPECT_LE(matmul_error(1, 200, 100, false), 1e-4) << "K not a multiple of the 16-byte chunk";
+}
+
+TEST_F(CudaOps, MatmulGemmBf16AndFp8) {
+  for (bool fp8 : {false, true}) {
+    EXPECT_LE(matmul_error(64, 1536, 7168, fp8), 1e-2) << "fp8=" << fp8;
+    EXPECT_LE(matmul_error(300, 24576, 1536, fp8), 1e-2) << "q_b_proj shape, fp8=" << fp8;
+  }
+}
+
+TEST_F(CudaOps, SwigluMlp) {
+  for (bool fp8 : {false, true})
+    for (int64_t T : {1, 5, 40}) {
+      test::HostWeight g = test::random_weight(rng_, 2048, 7168, fp8), u = test::random_weight(rng_, 2048, 7168, fp8),
+                       d = test::random_weight(rng_, 7168, 2048, fp8);
+      MlpWeights hm{g.weight, u.weight, d.weight};
+      MlpWeights gm{gpu_->upload_weight(g.weight), gpu_->upload_weight(u.weight), gpu_->upload_weight(d.weight)};
+      Tensor x = test::random_host(rng_, DType::F32, {T, 7168}), ref = Tensor::host(DType::F32, {T, 7168});
+      cpu_->swiglu_mlp(x, hm, ref);
+      Tensor gx = test::to_device(*gpu_, x), gout = gpu_->alloc(DType::F32, {T, 7168});
+      gpu_->swiglu_mlp(gx, gm, gout);
+      const std::vector<float> got = test::to_host_f32(*gpu_, gout);
+      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * 7168), T <= 8 ? 1e-4 : 1e-2) << "T=" << T << " fp8=" << fp8;
+    }
+}
+
+TEST_F(CudaOps, RmsNormAddConcatGatherEmbedding) {
+  const int64_t T = 7, D = 7168;
+  Tensor x = test::random_host(rng_, DType::F32, {T, D}, 3.0f), y = test::random_host(rng_, DType::F32, {T, D});
+  Tensor wv = test::random_host(rng_, DType::BF16, {D});
+  Weight w;
+  w.w = wv.view();
+  Weight gw = gpu_->upload_weight(w);
+  Tensor gx = test::to_device(*gpu_, x), gy = test::to_device(*gpu_, y);
+
+  Tensor ref = Tensor::host(DType::F32, {T, D}), gout = gpu_->alloc(DType::F32, {T, D});
+  cpu_->rms_norm(x, w, 1e-6f, ref);
+  gpu_->rms_norm(gx, gw, 1e-6f, gout);
+  EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, gout).data(), ref.as<float>(), T * D), 1e-5) << "rms_norm";
+
+  cpu_->add(x, y, ref);
+  gpu_->add(gx, gy, gout);
+  EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, gout).data(), ref.as<float>(), T * D), 1e-6) << "add";
+
+  Tensor cref = Tensor::host(DType::F32, {T, 2 * D}), gcat = gpu_->alloc(DType::F32, {T, 2 * D});
+  cpu_->concat_cols(x, y, cref);
+  gpu_->concat_cols(gx, gy, gcat);
+  EXPECT_EQ(test::to_host_f32(*gpu_, gcat), std::vector<float>(cref.as<float>(), cref.as<float>() + 2 * T * D));
+
+  const std::vector<int32_t> rows{6, 0, 3};
+  Tensor gref = Tensor::host(DType::F32, {3, D}), gg = gpu_->alloc(DType::F32, {3, D});
+  cpu_->gather_rows(x, rows, gref);
+  gpu_->gather_rows(gx, rows, gg);
+  EXPECT_EQ(test::to_host_f32(*gpu_, gg), std::vector<float>(gref.as<float>(), gref.as<float>() + 3 * D));
+
+  test::HostWeight table = test::random_weight(rng_, 1000, D, false);
+  Weight gtable = gpu_->upload_weight(table.weight);
+  const std::vector<int32_t> ids{5, 999, 0, 5};
+  Tensor hid = Tensor::host(DType::I32, {4});
+  std::copy(ids.begin(), ids.end(), hid.as<int32_t>());
+  Tensor eref = Tensor::host(DType::F32, {4, D}), ge = gpu_->alloc(DType::F32, {4, D});
+  cpu_->embedding(table.weight, hid, eref);
+  gpu_->embedding(gtable, test::to_device(*gpu_, hid), ge);
+  EXPECT_EQ(test::to_host_f32(*gpu_, ge), std::vector<float>(eref.as<float>(), eref.as<float>() + 4 * D));
+}
+
+}  // namespace
+}  // namespace moe
