@@ -2,6 +2,8 @@
 // Few tokens (decode): each thread streams its share of weight rows once, converting in registers, so the
 // step runs at memory bandwidth. Many tokens (prefill): each thread dequantises a tile of 16 weight rows
 // into an L2-resident F32 buffer once and reuses it for every token.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -38,6 +40,35 @@ void matmul_streaming(const float* x, int64_t T, const Weight& w, float* out) {
       16);
 }
 
+// out[t][n] for 4 tokens x 2 rows of an F32 tile: 8 accumulators share each load of x and w.
+inline void micro_4x2(const float* x, int64_t ldx, const float* w, int64_t K, float* out, int64_t ldo) {
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc[4][2];
+  for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + K + k);
+    for (int t = 0; t < 4; ++t) {
+      const __m256 xv = _mm256_loadu_ps(x + t * ldx + k);
+      acc[t][0] = _mm256_fmadd_ps(xv, w0, acc[t][0]);
+      acc[t][1] = _mm256_fmadd_ps(xv, w1, acc[t][1]);
+    }
+  }
+  for (int t = 0; t < 4; ++t)
+    for (int i = 0; i < 2; ++i) {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, acc[t][i]);
+      float s = 0.0f;
+      for (float v : lanes) s += v;
+      for (int64_t kk = k; kk < K; ++kk) s += x[t * ldx + kk] * w[i * K + kk];
+      out[t * ldo + i] = s;
+    }
+#else
+  for (int t = 0; t < 4; ++t)
+    for (int i = 0; i < 2; ++i) out[t * ldo + i] = dot_f32(x + t * ldx, w + i * K, K);
+#endif
+}
+
 void matmul_tiled(const float* x, int64_t T, const Weight& w, float* out) {
   const int64_t N = w.rows(), K = w.cols();
   const int64_t tiles = (N + kTileRows - 1) / kTileRows;
@@ -46,11 +77,15 @@ void matmul_tiled(const float* x, int64_t T, const Weight& w, float* out) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t n0 = tile * kTileRows, rows = std::min(kTileRows, N - n0);
       for (int64_t i = 0; i < rows; ++i) dequant_row(w, n0 + i, 0, K, buf.data() + i * K);
-      for (int64_t t = 0; t < T; ++t) {
-        const float* xt = x + t * K;
-        float* ot = out + t * N + n0;
-        for (int64_t i = 0; i < rows; ++i) ot[i] = dot_f32(xt, buf.data() + i * K, K);
+      int64_t t = 0;
+      for (; t + 4 <= T; t += 4) {
+        int64_t i = 0;
+        for (; i + 2 <= rows; i += 2) micro_4x2(x + t * K, K, buf.data() + i * K, K, out + t * N + n0 + i, N);
+        for (; i < rows; ++i)
+          for (int64_t tt = t; tt < t + 4; ++tt) out[tt * N + n0 + i] = dot_f32(x + tt * K, buf.data() + i * K, K);
       }
+      for (; t < T; ++t)
+        for (int64_t i = 0; i < rows; ++i) out[t * N + n0 + i] = dot_f32(x + t * K, buf.data() + i * K, K);
     }
   });
 }
