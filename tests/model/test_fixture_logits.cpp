@@ -1,7 +1,8 @@
 // The whole model against HF transformers' float64 references (tests/data/tiny-dsv3, see reference.json):
-// logits, FP8-checkpoint logits, MTP logits and greedy continuations. Our CPU path keeps activations in F32,
-// so the expected error is F32 rounding accumulated over 3 layers: ~1e-6 relative per op, logits of size ~1
-// -> errors around 1e-5; the issue's bound is 1e-3.
+// logits, FP8-checkpoint logits, MTP logits and greedy continuations. The CPU path keeps activations in F32:
+// each matmul rounds at ~sqrt(K) * 2^-24 ~ 1e-6 relative (K <= 512 here), and some 20 ops run in sequence,
+// so logits of size ~1 should be off by ~2e-5 at most; we allow 1e-4 (the bound is 1e-3; measured
+// 2026-11-23 on this CPU path: at most 4e-6).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -13,7 +14,7 @@
 namespace moe {
 namespace {
 
-constexpr double kMaxLogitError = 1e-3;
+constexpr double kMaxLogitError = 1e-4;
 
 class FixtureTest : public ::testing::Test {
  protected:
