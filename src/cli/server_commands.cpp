@@ -1,5 +1,289 @@
-// Placeholder until the server commands land; replaced by the owner of that area.
+// `moe serve` (the OpenAI-compatible server and chat page), `moe bench-serve` (a load generator for it) and
+// `moe feedback export` (ratings from the chat page as JSONL).
+#include <fmt/format.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include "backend/backend.h"
 #include "cli/commands.h"
+#include "cli/common.h"
+#include "core/error.h"
+#include "engine/scheduler.h"
+#include "server/feedback_store.h"
+#include "server/server.h"
+
 namespace moe::cli {
-void register_server_commands(CLI::App&) {}
+
+namespace {
+
+struct ServeArgs {
+  std::string model, host = "127.0.0.1", api_key_file, feedback_db, device = "cpu", name, reasoning = "auto";
+  int port = 8000;
+  int32_t max_batch = 64, step_tokens = 512, default_max_tokens = 2048;
+  int64_t cache_tokens = 65536, page_size = 16, max_context = 0;
+  size_t max_body = 4 << 20;
+};
+
+std::string trim(std::string s) {
+  while (!s.empty() && std::isspace((unsigned char)s.back())) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && std::isspace((unsigned char)s[i])) ++i;
+  return s.substr(i);
+}
+
+void run_serve(const ServeArgs& a) {
+  apply_thread_count();
+  // SIGINT/SIGTERM are handled by one thread (sigwait) that stops the server; blocked before any thread starts.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  server::ServerOptions so;
+  so.host = a.host;
+  so.port = a.port;
+  so.max_body_bytes = a.max_body;
+  so.default_max_tokens = a.default_max_tokens;
+  if (a.reasoning == "on") so.reasoning = server::ReasoningMode::on;
+  else if (a.reasoning == "off") so.reasoning = server::ReasoningMode::off;
+  else if (a.reasoning != "auto") fail("--reasoning must be auto, on or off");
+  if (const char* env = std::getenv("MOE_API_KEY"); env && *env) so.api_key = env;
+  if (!a.api_key_file.empty()) {
+    std::ifstream f(a.api_key_file);
+    if (!f) fail("cannot read --api-key-file {}", a.api_key_file);
+    std::string key((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    so.api_key = trim(key);
+    if (so.api_key.empty()) fail("--api-key-file {} is empty", a.api_key_file);
+  }
+  so.model_name = a.name.empty() ? std::filesystem::path(a.model).lexically_normal().filename().string() : a.name;
+  if (so.model_name.empty()) so.model_name = std::filesystem::path(a.model).parent_path().filename().string();
+
+  auto backend = make_backend(a.device);
+  DeepseekV3 model(a.model, *backend);
+  const Tokenizer tokenizer = Tokenizer::load(a.model);
+  SchedulerOptions sopt;
+  sopt.cache_tokens = a.cache_tokens;
+  sopt.page_size = a.page_size;
+  sopt.max_batch = a.max_batch;
+  sopt.max_step_tokens = a.step_tokens;
+  sopt.max_context = a.max_context;
+  Scheduler scheduler(model, &tokenizer, sopt);
+  std::unique_ptr<server::FeedbackStore> feedback;
+  if (!a.feedback_db.empty()) feedback = std::make_unique<server::FeedbackStore>(a.feedback_db);
+
+  server::Server srv(scheduler, tokenizer, feedback.get(), so);
+  const int port = srv.bind();
+  std::printf("moe serve: %s on %s, context %lld tokens, cache %lld tokens, api key %s\n", so.model_name.c_str(),
+              backend->name().c_str(), (long long)scheduler.max_context(), (long long)scheduler.cache_capacity_tokens(),
+              so.api_key.empty() ? "off" : "on");
+  std::printf("moe serve: listening on http://%s:%d\n", a.host.c_str(), port);
+  std::fflush(stdout);
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    srv.stop();
+  });
+  srv.serve();
+  std::printf("moe serve: stopped\n");
+  std::fflush(stdout);
+  // Wake the signal thread if the server stopped some other way.
+  pthread_kill(signals.native_handle(), SIGTERM);
+  signals.join();
+}
+
+// ---- bench-serve ----
+
+struct BenchArgs {
+  std::string url = "http://127.0.0.1:8000", api_key, model, prompt = "Write a short story about a robot.";
+  int concurrency = 8, requests = 64, max_tokens = 64;
+};
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double pos = q * double(v.size() - 1);
+  const size_t lo = size_t(pos);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - double(lo));
+}
+
+void run_bench(const BenchArgs& a) {
+  using nlohmann::json;
+  using Clock = std::chrono::steady_clock;
+  if (a.concurrency < 1 || a.requests < 1) fail("--concurrency and --requests must be >= 1");
+  std::string key = a.api_key;
+  if (key.empty())
+    if (const char* env = std::getenv("MOE_API_KEY")) key = env;
+  httplib::Headers headers;
+  if (!key.empty()) headers.emplace("Authorization", "Bearer " + key);
+  std::string model = a.model;
+  if (model.empty()) {
+    httplib::Client cli(a.url);
+    auto res = cli.Get("/v1/models", headers);
+    if (!res || res->status != 200) fail("GET {}/v1/models failed", a.url);
+    model = json::parse(res->body)["data"][0]["id"].get<std::string>();
+  }
+  std::mutex mu;
+  std::vector<double> ttft, itl, latency;
+  std::atomic<int> next{0}, failed{0};
+  std::atomic<int64_t> tokens{0};
+  std::string first_error;
+  const auto start = Clock::now();
+  auto worker = [&] {
+    httplib::Client cli(a.url);
+    cli.set_read_timeout(300, 0);
+    for (int i; (i = next++) < a.requests;) {
+      json body = {{"model", model},
+                   {"messages", {{{"role", "user"}, {"content", a.prompt}}}},
+                   {"max_tokens", a.max_tokens},
+                   {"stream", true},
+                   {"stream_options", {{"include_usage", true}}},
+                   {"ignore_eos", true}};
+      httplib::Request req;
+      req.method = "POST";
+      req.path = "/v1/chat/completions";
+      req.headers = headers;
+      req.headers.emplace("Content-Type", "application/json");
+      req.body = body.dump();
+      std::string buf;
+      std::vector<double> my_itl;
+      double my_ttft = -1;
+      int64_t completion = -1;
+      bool done = false;
+      const auto t0 = Clock::now();
+      auto last = t0;
+      req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
+        buf.append(data, len);
+        size_t pos;
+        while ((pos = buf.find("\n\n")) != std::string::npos) {
+          std::string ev = buf.substr(0, pos);
+          buf.erase(0, pos + 2);
+          if (ev.rfind("data: ", 0) != 0) continue;
+          ev.erase(0, 6);
+          if (ev == "[DONE]") {
+            done = true;
+            continue;
+          }
+          json j = json::parse(ev, nullptr, false);
+          if (j.is_discarded()) return false;
+          if (j.contains("usage") && j["usage"].is_object()) completion = j["usage"]["completion_tokens"].get<int64_t>();
+          if (!j.contains("choices") || j["choices"].empty()) continue;
+          const json& d = j["choices"][0]["delta"];
+          const bool has_text = (d.contains("content") && d["content"].is_string() && !d["content"].get<std::string>().empty()) ||
+                                (d.contains("reasoning_content") && d["reasoning_content"].is_string());
+          if (!has_text) continue;
+          const auto now = Clock::now();
+          if (my_ttft < 0) my_ttft = std::chrono::duration<double>(now - t0).count();
+          else my_itl.push_back(std::chrono::duration<double>(now - last).count());
+          last = now;
+        }
+        return true;
+      };
+      auto res = cli.send(req);
+      const double total = std::chrono::duration<double>(Clock::now() - t0).count();
+      std::lock_guard lock(mu);
+      if (!res || res->status != 200 || !done || completion < 0) {
+        ++failed;
+        if (first_error.empty())
+          first_error = !res ? "connection error " + httplib::to_string(res.error())
+                             : fmt::format("status {} {}", res->status, res->body.substr(0, 200));
+        continue;
+      }
+      tokens += completion;
+      latency.push_back(total);
+      if (my_ttft >= 0) ttft.push_back(my_ttft);
+      itl.insert(itl.end(), my_itl.begin(), my_itl.end());
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < a.concurrency; ++i) threads.emplace_back(worker);
+  for (auto& t : threads) t.join();
+  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+  const int ok = a.requests - failed;
+  std::printf("bench-serve: %d requests (%d ok, %d failed), concurrency %d, %.2f s\n", a.requests, ok, failed.load(),
+              a.concurrency, wall);
+  std::printf("throughput: %.2f requests/s, %.1f output tokens/s\n", ok / wall, double(tokens) / wall);
+  auto line = [](const char* name, const std::vector<double>& v) {
+    std::printf("%-20s p50 %8.1f ms  p90 %8.1f ms  p99 %8.1f ms  max %8.1f ms  (n=%zu)\n", name, 1e3 * percentile(v, 0.5),
+                1e3 * percentile(v, 0.9), 1e3 * percentile(v, 0.99), v.empty() ? 0.0 : 1e3 * *std::max_element(v.begin(), v.end()), v.size());
+  };
+  line("time to first token", ttft);
+  line("inter-token latency", itl);
+  line("request latency", latency);
+  if (failed) {
+    std::printf("first error: %s\n", first_error.c_str());
+    fail("{} of {} requests failed", failed.load(), a.requests);
+  }
+}
+
+}  // namespace
+
+void register_server_commands(CLI::App& app) {
+  auto* serve = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching and a chat page");
+  auto s = std::make_shared<ServeArgs>();
+  serve->add_option("--model", s->model, "Checkpoint directory (with tokenizer.json)")->required();
+  serve->add_option("--host", s->host, "Address to bind (default 127.0.0.1: this machine only)");
+  serve->add_option("--port", s->port, "Port (0: any free port; the bound port is printed)");
+  serve->add_option("--api-key-file", s->api_key_file, "File holding the API key clients must send (or set MOE_API_KEY)");
+  serve->add_option("--feedback-db", s->feedback_db, "SQLite file for ratings from the chat page (POST /v1/feedback)");
+  serve->add_option("--device", s->device, "cpu or cuda");
+  serve->add_option("--threads", g_threads, "CPU threads (default: all cores)");
+  serve->add_option("--max-batch", s->max_batch, "Most sequences in the running batch");
+  serve->add_option("--cache-tokens", s->cache_tokens, "Latent cache capacity in tokens (all requests together)");
+  serve->add_option("--page-size", s->page_size, "Tokens per cache page");
+  serve->add_option("--step-tokens", s->step_tokens, "Token budget per step (decodes plus prefill chunks)");
+  serve->add_option("--max-context", s->max_context, "Longest prompt + completion (default: the model's)");
+  serve->add_option("--default-max-tokens", s->default_max_tokens, "Completion length when a request sets none");
+  serve->add_option("--served-model-name", s->name, "Model id in the API (default: the model directory's name)");
+  serve->add_option("--reasoning", s->reasoning, "Split <think> into reasoning_content: auto (from the chat template), on, off");
+  serve->add_option("--max-body-bytes", s->max_body, "Largest request body accepted (413 above)");
+  serve->callback([s] { run_serve(*s); });
+
+  auto* bench = app.add_subcommand("bench-serve", "Load a running server with streaming chat requests and report latencies");
+  auto b = std::make_shared<BenchArgs>();
+  bench->add_option("--url", b->url, "Server base URL");
+  bench->add_option("--concurrency", b->concurrency, "Clients sending at once");
+  bench->add_option("--requests", b->requests, "Requests in all");
+  bench->add_option("--max-tokens", b->max_tokens, "Tokens per completion (EOS ignored)");
+  bench->add_option("--prompt", b->prompt, "User message");
+  bench->add_option("--model", b->model, "Model id (default: the first of /v1/models)");
+  bench->add_option("--api-key", b->api_key, "API key (default: MOE_API_KEY)");
+  bench->callback([b] { run_bench(*b); });
+
+  auto* fb = app.add_subcommand("feedback", "Ratings stored by the server");
+  fb->require_subcommand(1);
+  auto* ex = fb->add_subcommand("export", "Write ratings and chosen/rejected pairs as JSONL");
+  auto db = std::make_shared<std::string>();
+  auto out = std::make_shared<std::string>();
+  ex->add_option("--db", *db, "The server's --feedback-db file")->required()->check(CLI::ExistingFile);
+  ex->add_option("--out", *out, "Output file (default: stdout)");
+  ex->callback([db, out] {
+    server::FeedbackStore store(*db);
+    int64_t n;
+    if (out->empty()) {
+      n = store.export_jsonl(std::cout);
+      std::cout.flush();
+    } else {
+      std::ofstream f(*out);
+      if (!f) fail("cannot write {}", *out);
+      n = store.export_jsonl(f);
+    }
+    std::fprintf(stderr, "moe feedback export: %lld lines\n", (long long)n);
+  });
+}
+
 }  // namespace moe::cli

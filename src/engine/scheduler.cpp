@@ -1,0 +1,380 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace moe {
+
+using Clock = std::chrono::steady_clock;
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::stop: return "stop";
+    case FinishReason::length: return "length";
+    case FinishReason::cancelled: return "cancelled";
+    case FinishReason::error: return "error";
+    default: return "none";
+  }
+}
+
+// ---- EventSink ----
+
+void EventSink::push(GenerationEvent e) {
+  {
+    std::lock_guard lock(mu_);
+    queue_.push_back(std::move(e));
+  }
+  cv_.notify_all();
+}
+
+std::vector<GenerationEvent> EventSink::pop(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !queue_.empty(); });
+  std::vector<GenerationEvent> out(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.end()));
+  queue_.clear();
+  return out;
+}
+
+// ---- StopMatcher ----
+
+std::string StopMatcher::feed(std::string_view text) {
+  if (stopped_) return "";
+  pending_.append(text);
+  size_t best = std::string::npos;
+  for (const auto& s : stops_)
+    if (!s.empty()) best = std::min(best, pending_.find(s));
+  if (best != std::string::npos) {
+    std::string out = pending_.substr(0, best);
+    pending_.clear();
+    stopped_ = true;
+    return out;
+  }
+  // Hold back the longest suffix that is a proper prefix of a stop string.
+  size_t hold = 0;
+  for (const auto& s : stops_) {
+    for (size_t k = std::min(s.size() ? s.size() - 1 : 0, pending_.size()); k > hold; --k) {
+      if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  std::string out = pending_.substr(0, pending_.size() - hold);
+  pending_.erase(0, pending_.size() - hold);
+  return out;
+}
+
+std::string StopMatcher::flush() {
+  std::string out = stopped_ ? std::string() : std::move(pending_);
+  pending_.clear();
+  return out;
+}
+
+// ---- RequestHandle ----
+
+void RequestHandle::cancel() {
+  if (!cancelled_.exchange(true)) scheduler_->wake();
+}
+
+// ---- Scheduler ----
+
+struct Scheduler::Sequence {
+  std::shared_ptr<RequestHandle> handle;
+  std::shared_ptr<EventSink> sink;
+  int32_t index = 0;
+  GenerationRequest req;
+  Sampler sampler;
+  int64_t pages_needed = 0;
+  std::vector<int32_t> pages;
+  int64_t prefilled = 0;  // prompt tokens whose latents are in the cache
+  std::vector<int32_t> output;
+  std::optional<StreamingDecoder> decoder;
+  StopMatcher stop;
+  Clock::time_point submitted, last_token;
+  bool done = false;
+
+  Sequence(GenerationRequest r, const Tokenizer* tok)
+      : req(std::move(r)), sampler(req.sampling), stop(req.stop) {
+    if (tok) decoder.emplace(*tok, /*skip_special_tokens=*/true);
+  }
+  bool decoding() const { return prefilled == int64_t(req.prompt.size()); }
+};
+
+Scheduler::Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOptions options)
+    : model_(model),
+      tokenizer_(tokenizer),
+      options_(options),
+      max_context_(options.max_context > 0 ? std::min(options.max_context, model.config().max_position_embeddings)
+                                           : model.config().max_position_embeddings),
+      cache_(model.config(), model.backend(), pages_for(options.cache_tokens, options.page_size), options.page_size,
+             model.cache_layers()),
+      allocator_(pages_for(options.cache_tokens, options.page_size)) {
+  MOE_CHECK(options.page_size > 0 && options.cache_tokens > 0, "scheduler: cache size and page size must be > 0");
+  MOE_CHECK(options.max_batch > 0, "scheduler: max_batch must be > 0");
+  if (options_.max_step_tokens < options_.max_batch) options_.max_step_tokens = options_.max_batch;
+  if (tokenizer) eos_ = tokenizer->eos_id();
+  if (!eos_ && model.config().eos_token_id) eos_ = int32_t(*model.config().eos_token_id);
+  thread_ = std::thread([this] { loop(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Scheduler::wake() {
+  { std::lock_guard lock(mu_); }
+  cv_.notify_all();
+}
+
+std::shared_ptr<RequestHandle> Scheduler::submit(GenerationRequest req, std::shared_ptr<EventSink> sink,
+                                                 int32_t index) {
+  MOE_CHECK(sink != nullptr, "submit: no event sink");
+  MOE_CHECK(!req.prompt.empty(), "the prompt is empty");
+  const int64_t vocab = model_.config().vocab_size;
+  for (int32_t t : req.prompt) MOE_CHECK(t >= 0 && t < vocab, "prompt token id {} is outside the vocabulary (0..{})", t, vocab - 1);
+  MOE_CHECK(req.max_tokens >= 1, "max_tokens must be at least 1");
+  const int64_t total = int64_t(req.prompt.size()) + req.max_tokens;
+  MOE_CHECK(int64_t(req.prompt.size()) < max_context_,
+            "the prompt has {} tokens; this model's context is {} tokens", req.prompt.size(), max_context_);
+  MOE_CHECK(total <= max_context_,
+            "the prompt ({} tokens) plus max_tokens ({}) exceeds the context of {} tokens", req.prompt.size(),
+            req.max_tokens, max_context_);
+  const int64_t pages = pages_for(total, options_.page_size);
+  MOE_CHECK(pages <= allocator_.total_pages(),
+            "the prompt ({} tokens) plus max_tokens ({}) needs more cache than the server has ({} tokens)",
+            req.prompt.size(), req.max_tokens, cache_capacity_tokens());
+  const auto& sp = req.sampling;
+  MOE_CHECK(std::isfinite(sp.temperature) && sp.temperature >= 0, "temperature must be >= 0");
+  MOE_CHECK(std::isfinite(sp.top_p) && sp.top_p > 0 && sp.top_p <= 1, "top_p must be in (0, 1]");
+  MOE_CHECK(sp.top_k >= 0, "top_k must be >= 0");
+  MOE_CHECK(std::isfinite(sp.min_p) && sp.min_p >= 0 && sp.min_p <= 1, "min_p must be in [0, 1]");
+  MOE_CHECK(std::isfinite(sp.repetition_penalty) && sp.repetition_penalty > 0, "repetition_penalty must be > 0");
+  MOE_CHECK(std::isfinite(sp.frequency_penalty) && std::isfinite(sp.presence_penalty), "penalties must be finite");
+  MOE_CHECK(req.top_logprobs <= 20, "top_logprobs must be at most 20");
+  for (const auto& s : req.stop) MOE_CHECK(!s.empty(), "stop strings must not be empty");
+  MOE_CHECK(req.stop.empty() || tokenizer_ != nullptr, "stop strings need a tokenizer");
+
+  auto seq = std::make_unique<Sequence>(std::move(req), tokenizer_);
+  const uint64_t id = next_id_++;
+  seq->handle = std::shared_ptr<RequestHandle>(new RequestHandle(this, id));
+  seq->sink = std::move(sink);
+  seq->index = index;
+  seq->pages_needed = pages;
+  seq->submitted = Clock::now();
+  auto handle = seq->handle;
+  metrics_.requests_submitted++;
+  {
+    std::lock_guard lock(mu_);
+    MOE_CHECK(!stop_, "the scheduler is shutting down");
+    waiting_.push_back(std::move(seq));
+  }
+  cv_.notify_all();
+  return handle;
+}
+
+SchedulerStats Scheduler::stats() const {
+  SchedulerStats s;
+  {
+    std::lock_guard lock(mu_);
+    s.waiting = int64_t(waiting_.size());
+  }
+  s.running = running_count_.load();
+  s.pages_total = allocator_.total_pages();
+  s.pages_used = pages_used_.load();
+  s.pages_free = s.pages_total - s.pages_used;
+  s.page_size = options_.page_size;
+  return s;
+}
+
+void Scheduler::finish(Sequence& s, FinishReason reason, const std::string& error) {
+  s.done = true;
+  if (!s.pages.empty()) {
+    allocator_.release(s.pages);
+    s.pages.clear();
+    pages_used_ = allocator_.used_pages();
+  }
+  if (reason == FinishReason::cancelled) metrics_.requests_cancelled++;
+  else if (reason == FinishReason::error) metrics_.requests_failed++;
+  else metrics_.requests_finished++;
+  if (reason == FinishReason::cancelled || reason == FinishReason::error) {
+    GenerationEvent e;
+    e.index = s.index;
+    e.finish = reason;
+    e.error = error;
+    e.prompt_tokens = int32_t(s.req.prompt.size());
+    e.completion_tokens = int32_t(s.output.size());
+    s.sink->push(std::move(e));
+  }
+}
+
+void Scheduler::admit(std::vector<std::unique_ptr<Sequence>>& running) {
+  std::lock_guard lock(mu_);
+  while (!waiting_.empty()) {
+    auto& s = waiting_.front();
+    if (s->handle->cancelled_) {
+      finish(*s, FinishReason::cancelled);
+      waiting_.pop_front();
+      continue;
+    }
+    if (int32_t(running.size()) >= options_.max_batch) break;
+    auto pages = allocator_.allocate(s->pages_needed);
+    if (!pages) break;  // FIFO: the head waits for pages; later requests don't overtake it
+    s->pages = std::move(*pages);
+    pages_used_ = allocator_.used_pages();
+    metrics_.prompt_tokens += s->req.prompt.size();
+    running.push_back(std::move(s));
+    waiting_.pop_front();
+  }
+  running_count_ = int64_t(running.size());
+}
+
+void Scheduler::emit_token(Sequence& s, int32_t /*unused*/, const std::vector<float>& row_in, bool& done) {
+  std::vector<float> row = row_in;
+  GenerationEvent e;
+  e.index = s.index;
+  std::vector<float> logprobs;
+  if (s.req.top_logprobs >= 0) logprobs = Sampler::log_softmax(row);
+  const int32_t token = s.sampler.sample(row, s.req.prompt, s.output);
+  s.output.push_back(token);
+  metrics_.generated_tokens++;
+  const auto now = Clock::now();
+  if (s.output.size() == 1) metrics_.ttft.observe(std::chrono::duration<double>(now - s.submitted).count());
+  else metrics_.inter_token.observe(std::chrono::duration<double>(now - s.last_token).count());
+  s.last_token = now;
+
+  e.tokens = {token};
+  if (s.req.top_logprobs >= 0) {
+    TokenLogprob lp;
+    lp.token = token;
+    lp.logprob = logprobs[size_t(token)];
+    const size_t k = std::min(size_t(s.req.top_logprobs), logprobs.size());
+    std::vector<int32_t> idx(logprobs.size());
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = int32_t(i);
+    std::partial_sort(idx.begin(), idx.begin() + std::ptrdiff_t(k), idx.end(), [&](int32_t a, int32_t b) {
+      return logprobs[size_t(a)] > logprobs[size_t(b)] || (logprobs[size_t(a)] == logprobs[size_t(b)] && a < b);
+    });
+    for (size_t i = 0; i < k; ++i) lp.top.emplace_back(idx[i], logprobs[size_t(idx[i])]);
+    e.logprobs.push_back(std::move(lp));
+  }
+
+  const bool stop_token = (!s.req.ignore_eos && eos_ && token == *eos_) ||
+                          std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), token) !=
+                              s.req.stop_token_ids.end();
+  FinishReason reason = FinishReason::none;
+  if (stop_token) {
+    if (s.decoder) e.text = s.stop.feed(s.decoder->flush());
+    if (!s.stop.stopped()) e.text += s.stop.flush();
+    reason = FinishReason::stop;
+  } else {
+    if (s.decoder) e.text = s.stop.feed(s.decoder->push(token));
+    if (s.stop.stopped()) {
+      reason = FinishReason::stop;
+    } else if (int32_t(s.output.size()) >= s.req.max_tokens) {
+      if (s.decoder) e.text += s.stop.feed(s.decoder->flush());
+      if (!s.stop.stopped()) e.text += s.stop.flush();
+      reason = s.stop.stopped() ? FinishReason::stop : FinishReason::length;
+    }
+  }
+  e.finish = reason;
+  e.prompt_tokens = int32_t(s.req.prompt.size());
+  e.completion_tokens = int32_t(s.output.size());
+  done = reason != FinishReason::none;
+  if (done) finish(s, reason);
+  s.sink->push(std::move(e));
+}
+
+void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
+  std::vector<SequenceChunk> chunks;
+  std::vector<Sequence*> owners;
+  int64_t budget = options_.max_step_tokens;
+  for (auto& s : running) {
+    if (!s->decoding()) continue;
+    SequenceChunk c;
+    c.tokens = {s->output.back()};
+    c.start_pos = int32_t(int64_t(s->req.prompt.size()) + int64_t(s->output.size()) - 1);
+    c.pages = s->pages;
+    chunks.push_back(std::move(c));
+    owners.push_back(s.get());
+    --budget;
+  }
+  for (auto& s : running) {
+    if (s->decoding() || budget <= 0) continue;
+    const int64_t n = std::min(int64_t(s->req.prompt.size()) - s->prefilled, budget);
+    SequenceChunk c;
+    c.tokens.assign(s->req.prompt.begin() + std::ptrdiff_t(s->prefilled),
+                    s->req.prompt.begin() + std::ptrdiff_t(s->prefilled + n));
+    c.start_pos = int32_t(s->prefilled);
+    c.pages = s->pages;
+    chunks.push_back(std::move(c));
+    owners.push_back(s.get());
+    budget -= n;
+  }
+  if (chunks.empty()) return;
+
+  Backend& backend = model_.backend();
+  ForwardOutput fwd = model_.forward(chunks, cache_);
+  const int64_t vocab = model_.config().vocab_size;
+  MOE_CHECK(fwd.logits.shape()[0] == int64_t(chunks.size()) && fwd.logits.shape()[1] == vocab,
+            "scheduler: unexpected logits shape");
+  std::vector<float> host(size_t(fwd.logits.shape()[0] * vocab));
+  backend.copy_to_host(fwd.logits, host.data());
+  metrics_.steps++;
+
+  std::vector<float> row(static_cast<size_t>(vocab));
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    Sequence& s = *owners[i];
+    if (!s.decoding()) {
+      s.prefilled += int64_t(chunks[i].tokens.size());
+      if (!s.decoding()) continue;  // more prompt to go: this row's logits are not needed
+    }
+    std::copy(host.begin() + std::ptrdiff_t(i * size_t(vocab)), host.begin() + std::ptrdiff_t((i + 1) * size_t(vocab)),
+              row.begin());
+    bool done = false;
+    emit_token(s, 0, row, done);
+  }
+}
+
+void Scheduler::loop() {
+  std::vector<std::unique_ptr<Sequence>> running;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !waiting_.empty() || !running.empty(); });
+      if (stop_) break;
+    }
+    for (auto& s : running)
+      if (s->handle->cancelled_ && !s->done) finish(*s, FinishReason::cancelled);
+    std::erase_if(running, [](const auto& s) { return s->done; });
+    admit(running);
+    if (running.empty()) {
+      // Nothing admissible (the waiting head was cancelled or needs pages that will never free up: impossible,
+      // since submit() refuses requests larger than the cache). Avoid spinning.
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(5));
+      continue;
+    }
+    try {
+      step(running);
+    } catch (const std::exception& e) {
+      for (auto& s : running)
+        if (!s->done) finish(*s, FinishReason::error, e.what());
+    }
+    std::erase_if(running, [](const auto& s) { return s->done; });
+    running_count_ = int64_t(running.size());
+  }
+  for (auto& s : running)
+    if (!s->done) finish(*s, FinishReason::cancelled);
+  std::lock_guard lock(mu_);
+  for (auto& s : waiting_) finish(*s, FinishReason::cancelled);
+  waiting_.clear();
+  running_count_ = 0;
+}
+
+}  // namespace moe

@@ -1,0 +1,268 @@
+#include "server/api.h"
+
+#include <cmath>
+#include <limits>
+
+namespace moe::server {
+
+using nlohmann::json;
+
+json ApiError::to_json() const {
+  return {{"error",
+           {{"message", what()},
+            {"type", type},
+            {"param", param.empty() ? json(nullptr) : json(param)},
+            {"code", code.empty() ? json(nullptr) : json(code)}}}};
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& param, const std::string& message) { throw ApiError(400, message, param); }
+
+double number(const json& body, const char* key, double lo, double hi) {
+  const json& v = body.at(key);
+  if (!v.is_number()) bad(key, std::string("'") + key + "' must be a number");
+  const double d = v.get<double>();
+  if (!std::isfinite(d) || d < lo || d > hi)
+    bad(key, std::string("'") + key + "' must be between " + json(lo).dump() + " and " + json(hi).dump());
+  return d;
+}
+
+int64_t integer(const json& body, const char* key, int64_t lo, int64_t hi) {
+  const json& v = body.at(key);
+  if (!v.is_number_integer()) bad(key, std::string("'") + key + "' must be an integer");
+  int64_t i;
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    i = u > uint64_t(std::numeric_limits<int64_t>::max()) ? std::numeric_limits<int64_t>::max() : int64_t(u);
+  } else {
+    i = v.get<int64_t>();
+  }
+  if (i < lo || i > hi)
+    bad(key, std::string("'") + key + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+  return i;
+}
+
+bool boolean(const json& body, const char* key) {
+  const json& v = body.at(key);
+  if (!v.is_boolean()) bad(key, std::string("'") + key + "' must be a boolean");
+  return v.get<bool>();
+}
+
+bool present(const json& body, const char* key) { return body.contains(key) && !body.at(key).is_null(); }
+
+void parse_common(const json& b, CommonParams& p, bool chat) {
+  if (present(b, "model")) {
+    if (!b["model"].is_string()) bad("model", "'model' must be a string");
+    p.model = b["model"].get<std::string>();
+  }
+  if (present(b, "n")) p.n = int32_t(integer(b, "n", 1, 16));
+  if (present(b, "stream")) p.stream = boolean(b, "stream");
+  if (present(b, "stream_options")) {
+    const json& so = b["stream_options"];
+    if (!so.is_object()) bad("stream_options", "'stream_options' must be an object");
+    if (!p.stream) bad("stream_options", "'stream_options' is only allowed when 'stream' is true");
+    if (present(so, "include_usage")) p.include_usage = boolean(so, "include_usage");
+  }
+  // max_completion_tokens (the newer name) wins over max_tokens.
+  for (const char* key : {"max_tokens", "max_completion_tokens"})
+    if (present(b, key)) p.max_tokens = integer(b, key, 1, std::numeric_limits<int32_t>::max());
+  if (present(b, "temperature")) p.sampling.temperature = float(number(b, "temperature", 0, 2));
+  if (present(b, "top_p")) p.sampling.top_p = float(number(b, "top_p", 0, 1));
+  if (p.sampling.top_p <= 0) bad("top_p", "'top_p' must be greater than 0");
+  if (present(b, "top_k")) {
+    const int64_t k = integer(b, "top_k", -1, 1 << 20);
+    p.sampling.top_k = int32_t(k < 0 ? 0 : k);
+  }
+  if (present(b, "min_p")) p.sampling.min_p = float(number(b, "min_p", 0, 1));
+  if (present(b, "frequency_penalty")) p.sampling.frequency_penalty = float(number(b, "frequency_penalty", -2, 2));
+  if (present(b, "presence_penalty")) p.sampling.presence_penalty = float(number(b, "presence_penalty", -2, 2));
+  if (present(b, "repetition_penalty"))
+    p.sampling.repetition_penalty = float(number(b, "repetition_penalty", 1e-3, 100));
+  if (present(b, "seed"))
+    p.sampling.seed = uint64_t(integer(b, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()));
+  if (present(b, "ignore_eos")) p.ignore_eos = boolean(b, "ignore_eos");
+  if (present(b, "user")) {
+    if (!b["user"].is_string()) bad("user", "'user' must be a string");
+    p.user = b["user"].get<std::string>();
+  }
+  if (present(b, "stop")) {
+    const json& s = b["stop"];
+    if (s.is_string()) {
+      p.stop.push_back(s.get<std::string>());
+    } else if (s.is_array()) {
+      if (s.size() > 16) bad("stop", "'stop' may hold at most 16 strings");
+      for (const auto& x : s) {
+        if (!x.is_string()) bad("stop", "'stop' must be a string or an array of strings");
+        p.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      bad("stop", "'stop' must be a string or an array of strings");
+    }
+    for (const auto& x : p.stop)
+      if (x.empty()) bad("stop", "stop strings must not be empty");
+  }
+  if (chat) {
+    bool lp = false;
+    if (present(b, "logprobs")) lp = boolean(b, "logprobs");
+    if (present(b, "top_logprobs")) {
+      const int64_t k = integer(b, "top_logprobs", 0, 20);
+      if (!lp) bad("top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
+      p.top_logprobs = int32_t(k);
+    } else if (lp) {
+      p.top_logprobs = 0;
+    }
+  } else if (present(b, "logprobs")) {
+    p.top_logprobs = int32_t(integer(b, "logprobs", 0, 20));
+  }
+}
+
+std::string content_text(const json& content, const std::string& param) {
+  if (content.is_string()) return content.get<std::string>();
+  if (content.is_array()) {  // [{"type": "text", "text": "..."}]
+    std::string out;
+    for (const auto& part : content) {
+      if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+        bad(param, "content parts must be objects with a 'type'");
+      if (part["type"] != "text") bad(param, "only text content parts are supported");
+      if (!part.contains("text") || !part["text"].is_string()) bad(param, "a text content part needs a string 'text'");
+      out += part["text"].get<std::string>();
+    }
+    return out;
+  }
+  bad(param, "'content' must be a string, an array of content parts, or null");
+}
+
+json normalise_messages(const json& msgs) {
+  if (!msgs.is_array()) bad("messages", "'messages' must be an array");
+  if (msgs.empty()) bad("messages", "'messages' must not be empty");
+  json out = json::array();
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const json& m = msgs[i];
+    const std::string param = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) bad(param, param + " must be an object");
+    if (!m.contains("role") || !m["role"].is_string()) bad(param + ".role", param + " needs a string 'role'");
+    std::string role = m["role"].get<std::string>();
+    if (role == "developer") role = "system";
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool")
+      bad(param + ".role", "unknown role '" + role + "' (system, developer, user, assistant or tool)");
+    json n = {{"role", role}};
+    const bool has_tool_calls = m.contains("tool_calls") && !m["tool_calls"].is_null();
+    if (!m.contains("content") || m["content"].is_null()) {
+      if (role != "assistant" || !has_tool_calls) bad(param + ".content", param + " needs 'content'");
+      n["content"] = nullptr;
+    } else {
+      n["content"] = content_text(m["content"], param + ".content");
+    }
+    if (has_tool_calls) {
+      if (role != "assistant" || !m["tool_calls"].is_array()) bad(param + ".tool_calls", "'tool_calls' must be an array on an assistant message");
+      for (const auto& tc : m["tool_calls"]) {
+        if (!tc.is_object() || !tc.contains("function") || !tc["function"].is_object() ||
+            !tc["function"].contains("name") || !tc["function"]["name"].is_string() ||
+            !tc["function"].contains("arguments") || !tc["function"]["arguments"].is_string())
+          bad(param + ".tool_calls", "each tool call needs function.name and function.arguments strings");
+      }
+      json calls = m["tool_calls"];
+      for (auto& tc : calls)
+        if (!tc.contains("type")) tc["type"] = "function";
+      n["tool_calls"] = calls;
+    }
+    if (role == "tool") {
+      if (m.contains("tool_call_id") && !m["tool_call_id"].is_string()) bad(param + ".tool_call_id", "'tool_call_id' must be a string");
+      if (m.contains("tool_call_id")) n["tool_call_id"] = m["tool_call_id"];
+    }
+    if (m.contains("name")) {
+      if (!m["name"].is_string()) bad(param + ".name", "'name' must be a string");
+      n["name"] = m["name"];
+    }
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+}  // namespace
+
+json parse_json_body(std::string_view body) {
+  json b;
+  try {
+    b = json::parse(body.begin(), body.end());
+  } catch (const json::exception& e) {
+    throw ApiError(400, std::string("The request body is not valid JSON: ") + e.what(), "", "invalid_json");
+  }
+  if (!b.is_object()) throw ApiError(400, "The request body must be a JSON object", "", "invalid_json");
+  return b;
+}
+
+ChatRequest parse_chat_request(std::string_view body) {
+  const json b = parse_json_body(body);
+  ChatRequest r;
+  parse_common(b, r, true);
+  if (!b.contains("messages")) bad("messages", "'messages' is required");
+  r.messages = normalise_messages(b["messages"]);
+  if (present(b, "tools")) {
+    if (!b["tools"].is_array()) bad("tools", "'tools' must be an array");
+    r.tools = b["tools"];
+  }
+  if (present(b, "chat_template_kwargs")) {
+    if (!b["chat_template_kwargs"].is_object()) bad("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+    r.chat_template_kwargs = b["chat_template_kwargs"];
+  }
+  return r;
+}
+
+CompletionRequest parse_completion_request(std::string_view body) {
+  const json b = parse_json_body(body);
+  CompletionRequest r;
+  parse_common(b, r, false);
+  if (!r.max_tokens) r.max_tokens = 16;  // OpenAI's default for /v1/completions
+  if (!b.contains("prompt") || b["prompt"].is_null()) bad("prompt", "'prompt' is required");
+  const json& p = b["prompt"];
+  auto token_list = [&](const json& arr) {
+    std::vector<int32_t> ids;
+    for (const auto& t : arr) {
+      if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() > std::numeric_limits<int32_t>::max())
+        bad("prompt", "token ids must be non-negative integers");
+      ids.push_back(int32_t(t.get<int64_t>()));
+    }
+    return ids;
+  };
+  if (p.is_string()) {
+    r.prompt_text = p.get<std::string>();
+  } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
+    r.prompt_text = p[0].get<std::string>();
+  } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
+    r.prompt_tokens = token_list(p);
+  } else if (p.is_array() && p.size() == 1 && p[0].is_array()) {
+    r.prompt_tokens = token_list(p[0]);
+  } else {
+    bad("prompt", "'prompt' must be a string or an array of token ids (batches of prompts are not supported)");
+  }
+  if (r.prompt_text && r.prompt_text->empty()) bad("prompt", "'prompt' must not be empty");
+  if (present(b, "echo")) r.echo = boolean(b, "echo");
+  return r;
+}
+
+FeedbackRequest parse_feedback_request(std::string_view body) {
+  const json b = parse_json_body(body);
+  FeedbackRequest f;
+  if (!b.contains("conversation")) bad("conversation", "'conversation' is required");
+  f.conversation = normalise_messages(b["conversation"]);
+  if (!b.contains("answer") || !b["answer"].is_string()) bad("answer", "'answer' must be a string");
+  f.answer = b["answer"].get<std::string>();
+  if (!b.contains("rating")) bad("rating", "'rating' is required");
+  const json& r = b["rating"];
+  if (r == "up" || r == 1) f.rating = 1;
+  else if (r == "down" || r == -1) f.rating = -1;
+  else bad("rating", "'rating' must be \"up\", \"down\", 1 or -1");
+  if (present(b, "model")) {
+    if (!b["model"].is_string()) bad("model", "'model' must be a string");
+    f.model = b["model"].get<std::string>();
+  }
+  if (present(b, "comment")) {
+    if (!b["comment"].is_string()) bad("comment", "'comment' must be a string");
+    f.comment = b["comment"].get<std::string>();
+  }
+  return f;
+}
+
+}  // namespace moe::server

@@ -1,0 +1,64 @@
+#pragma once
+// OpenAI request bodies -> validated requests. Every problem a client can cause becomes an ApiError with the HTTP
+// status and OpenAI's error object fields; nothing here touches the model (fuzzed by fuzz/fuzz_chat_request.cpp).
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/sampler.h"
+
+namespace moe::server {
+
+struct ApiError : std::runtime_error {
+  int status;
+  std::string type, param, code;
+  ApiError(int status, std::string message, std::string param = "", std::string code = "",
+           std::string type = "invalid_request_error")
+      : std::runtime_error(std::move(message)), status(status), type(std::move(type)), param(std::move(param)),
+        code(std::move(code)) {}
+  nlohmann::json to_json() const;  // {"error": {"message", "type", "param", "code"}}
+};
+
+// Fields shared by chat and text completions.
+struct CommonParams {
+  std::string model;  // empty: the served model
+  int32_t n = 1;
+  bool stream = false, include_usage = false;
+  std::optional<int64_t> max_tokens;  // absent: the server's default
+  SamplingParams sampling;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+  int32_t top_logprobs = -1;  // -1: no logprobs
+  std::string user;
+};
+
+struct ChatRequest : CommonParams {
+  nlohmann::json messages;  // normalised: array of {"role", "content": string|null, ...}
+  nlohmann::json tools;     // null or array
+  nlohmann::json chat_template_kwargs = nlohmann::json::object();
+};
+
+struct CompletionRequest : CommonParams {
+  std::optional<std::string> prompt_text;
+  std::vector<int32_t> prompt_tokens;  // when the prompt is given as token ids
+  bool echo = false;
+};
+
+struct FeedbackRequest {
+  nlohmann::json conversation;  // array of messages (the prompt)
+  std::string answer;
+  int rating = 0;  // +1 thumbs up, -1 thumbs down
+  std::string model, comment;
+};
+
+nlohmann::json parse_json_body(std::string_view body);  // 400 on malformed JSON or invalid UTF-8
+ChatRequest parse_chat_request(std::string_view body);
+CompletionRequest parse_completion_request(std::string_view body);
+FeedbackRequest parse_feedback_request(std::string_view body);
+
+}  // namespace moe::server

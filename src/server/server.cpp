@@ -1,0 +1,585 @@
+#include "server/server.h"
+
+#include <fmt/format.h>
+#include <httplib.h>
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <random>
+
+#include "core/error.h"
+#include "server/api.h"
+#include "server/web_assets.h"
+#include "tokenizer/chat_template.h"
+
+namespace moe::server {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+bool authorized(const std::string& header_value, const std::string& api_key) {
+  const std::string expected = "Bearer " + api_key;
+  // Touch every byte of the expected value whatever the input, so timing tells nothing about the key.
+  unsigned diff = header_value.size() == expected.size() ? 0u : 1u;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const unsigned char a = i < header_value.size() ? (unsigned char)header_value[i] : 0;
+    diff |= unsigned(a ^ (unsigned char)expected[i]);
+  }
+  return diff == 0;
+}
+
+namespace {
+
+std::string to_text(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status;
+  res.set_content(to_text(e.to_json()), "application/json");
+}
+
+std::string random_id(const char* prefix) {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard lock(mu);
+  return fmt::format("{}{:016x}{:08x}", prefix, rng(), uint32_t(rng()));
+}
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+struct Server::Impl {
+  Scheduler& sched;
+  Tokenizer tok;
+  FeedbackStore* feedback;
+  ServerOptions opt;
+  httplib::Server http;
+  int64_t created = unix_now();
+  bool reasoning_template = false;
+
+  mutable std::mutex metrics_mu;
+  std::map<std::pair<std::string, int>, uint64_t> http_requests;  // (path, status) -> count
+  std::atomic<int64_t> open_streams{0};
+
+  Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
+      : sched(s), tok(t), feedback(f), opt(std::move(o)) {
+    if (tok.has_chat_template()) reasoning_template = template_supports_reasoning(tok.chat_template().source());
+  }
+
+  // ---- shared request plumbing ----
+
+  struct Prepared {
+    std::vector<int32_t> prompt;
+    std::string prompt_text;
+    int32_t max_tokens = 0;
+    bool reasoning_enabled = false, in_reasoning = false;
+  };
+
+  void check_model(const std::string& model) const {
+    if (!model.empty() && model != opt.model_name)
+      throw ApiError(404, fmt::format("The model '{}' does not exist (this server serves '{}')", model, opt.model_name),
+                     "model", "model_not_found");
+  }
+
+  void finish_prepare(Prepared& p, const CommonParams& c) const {
+    const int64_t ctx = sched.max_context();
+    if (p.prompt.empty()) throw ApiError(400, "The prompt is empty", "prompt");
+    if (int64_t(p.prompt.size()) >= ctx)
+      throw ApiError(400,
+                     fmt::format("This model's maximum context length is {} tokens. However, your prompt has {} "
+                                 "tokens. Please reduce the length of the prompt.",
+                                 ctx, p.prompt.size()),
+                     "messages", "context_length_exceeded");
+    const int64_t room = ctx - int64_t(p.prompt.size());
+    if (c.max_tokens) {
+      if (*c.max_tokens > room)
+        throw ApiError(400,
+                       fmt::format("This model's maximum context length is {} tokens. However, you requested {} "
+                                   "tokens ({} in the prompt, {} for the completion). Please reduce the prompt or "
+                                   "max_tokens.",
+                                   ctx, int64_t(p.prompt.size()) + *c.max_tokens, p.prompt.size(), *c.max_tokens),
+                       "max_tokens", "context_length_exceeded");
+      p.max_tokens = int32_t(*c.max_tokens);
+    } else {
+      p.max_tokens = int32_t(std::min<int64_t>(room, opt.default_max_tokens));
+      // Fit the default into the cache too, so a request without max_tokens is not refused for its size.
+      const int64_t cache_room = sched.cache_capacity_tokens() - int64_t(p.prompt.size());
+      if (cache_room >= 1) p.max_tokens = int32_t(std::min<int64_t>(p.max_tokens, cache_room));
+    }
+    const int64_t vocab = sched.model_config().vocab_size;
+    for (int32_t t : p.prompt)
+      if (t < 0 || t >= vocab)
+        throw ApiError(400, fmt::format("Token id {} is outside the vocabulary (0..{})", t, vocab - 1), "prompt");
+  }
+
+  Prepared prepare_chat(const ChatRequest& r) const {
+    check_model(r.model);
+    if (!tok.has_chat_template()) throw ApiError(400, "This model has no chat template; use /v1/completions");
+    json extra = r.chat_template_kwargs;
+    if (!r.tools.is_null()) extra["tools"] = r.tools;
+    Prepared p;
+    try {
+      p.prompt_text = tok.chat_template().render(r.messages, true, extra);
+    } catch (const std::exception& e) {
+      throw ApiError(400, std::string("The chat template could not render these messages: ") + e.what(), "messages");
+    }
+    p.prompt = tok.encode(p.prompt_text, false);
+    finish_prepare(p, r);
+    p.reasoning_enabled = opt.reasoning == ReasoningMode::on ||
+                          (opt.reasoning == ReasoningMode::auto_detect && reasoning_template);
+    p.in_reasoning = p.reasoning_enabled && prompt_opens_reasoning(p.prompt_text);
+    return p;
+  }
+
+  Prepared prepare_completion(const CompletionRequest& r) const {
+    check_model(r.model);
+    Prepared p;
+    if (r.prompt_text) {
+      p.prompt_text = *r.prompt_text;
+      p.prompt = tok.encode(p.prompt_text, true);
+    } else {
+      p.prompt = r.prompt_tokens;
+      finish_prepare(p, r);  // ids checked before decoding them
+      p.prompt_text = tok.decode(p.prompt, false);
+      return p;
+    }
+    finish_prepare(p, r);
+    return p;
+  }
+
+  struct Job {
+    std::shared_ptr<EventSink> sink = std::make_shared<EventSink>();
+    std::vector<std::shared_ptr<RequestHandle>> handles;
+    void cancel_all() {
+      for (auto& h : handles) h->cancel();
+    }
+  };
+
+  Job submit(const Prepared& p, const CommonParams& c) {
+    Job job;
+    try {
+      for (int32_t i = 0; i < c.n; ++i) {
+        GenerationRequest g;
+        g.prompt = p.prompt;
+        g.max_tokens = p.max_tokens;
+        g.sampling = c.sampling;
+        if (g.sampling.seed) g.sampling.seed = *g.sampling.seed + uint64_t(i);
+        g.stop = c.stop;
+        g.ignore_eos = c.ignore_eos;
+        g.top_logprobs = c.top_logprobs;
+        job.handles.push_back(sched.submit(std::move(g), job.sink, i));
+      }
+    } catch (const Error& e) {
+      job.cancel_all();
+      throw ApiError(400, e.what());
+    }
+    return job;
+  }
+
+  json token_logprob_chat(const TokenLogprob& lp) const {
+    auto entry = [&](int32_t id, float logprob) {
+      const std::string bytes = tok.decode_bytes(std::span(&id, 1));
+      json b = json::array();
+      for (unsigned char ch : bytes) b.push_back(int(ch));
+      return json{{"token", tok.decode(std::span(&id, 1))}, {"logprob", logprob}, {"bytes", b}};
+    };
+    json j = entry(lp.token, lp.logprob);
+    j["top_logprobs"] = json::array();
+    for (auto [id, l] : lp.top) j["top_logprobs"].push_back(entry(id, l));
+    return j;
+  }
+
+  json completion_logprobs(const std::vector<TokenLogprob>& lps, size_t text_offset) const {
+    json tokens = json::array(), token_lps = json::array(), tops = json::array(), offsets = json::array();
+    for (const auto& lp : lps) {
+      const std::string t = tok.decode(std::span(&lp.token, 1));
+      tokens.push_back(t);
+      token_lps.push_back(lp.logprob);
+      json top = json::object();
+      for (auto [id, l] : lp.top) top[tok.decode(std::span(&id, 1))] = l;
+      tops.push_back(top);
+      offsets.push_back(text_offset);
+      text_offset += t.size();
+    }
+    return {{"tokens", tokens}, {"token_logprobs", token_lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+  }
+
+  static const char* finish_name(FinishReason r) { return r == FinishReason::length ? "length" : "stop"; }
+
+  // ---- chat / completions ----
+
+  void handle_generation(const httplib::Request& req, httplib::Response& res, bool chat) {
+    ChatRequest creq;
+    CompletionRequest treq;
+    Prepared p;
+    if (chat) {
+      creq = parse_chat_request(req.body);
+      p = prepare_chat(creq);
+    } else {
+      treq = parse_completion_request(req.body);
+      p = prepare_completion(treq);
+    }
+    const CommonParams& c = chat ? static_cast<const CommonParams&>(creq) : static_cast<const CommonParams&>(treq);
+    auto job = std::make_shared<Job>(submit(p, c));
+    const std::string id = random_id(chat ? "chatcmpl-" : "cmpl-");
+    const int64_t created = unix_now();
+    const std::string model = opt.model_name;
+    const int32_t n = c.n;
+    const bool want_logprobs = c.top_logprobs >= 0;
+    const std::string echo_text = (!chat && treq.echo) ? p.prompt_text : std::string();
+
+    if (!c.stream) {
+      struct Choice {
+        ReasoningParser parser;
+        std::string content, reasoning;
+        std::vector<TokenLogprob> lps;
+        FinishReason finish = FinishReason::none;
+        std::string error;
+      };
+      std::vector<Choice> choices;
+      for (int32_t i = 0; i < n; ++i) choices.push_back(Choice{ReasoningParser(chat && p.reasoning_enabled, p.in_reasoning), {}, {}, {}, FinishReason::none, {}});
+      int32_t done = 0, completion_tokens = 0;
+      while (done < n) {
+        for (auto& e : job->sink->pop(std::chrono::milliseconds(200))) {
+          Choice& ch = choices.at(size_t(e.index));
+          auto d = ch.parser.feed(e.text);
+          ch.content += d.content;
+          ch.reasoning += d.reasoning;
+          ch.lps.insert(ch.lps.end(), e.logprobs.begin(), e.logprobs.end());
+          if (e.finish != FinishReason::none) {
+            auto f = ch.parser.flush();
+            ch.content += f.content;
+            ch.reasoning += f.reasoning;
+            ch.finish = e.finish;
+            ch.error = e.error;
+            completion_tokens += e.completion_tokens;
+            ++done;
+          }
+        }
+      }
+      json out_choices = json::array();
+      for (int32_t i = 0; i < n; ++i) {
+        Choice& ch = choices[size_t(i)];
+        if (ch.finish == FinishReason::error || ch.finish == FinishReason::cancelled)
+          throw ApiError(500, "Generation failed: " + (ch.error.empty() ? std::string("cancelled") : ch.error), "",
+                         "generation_failed", "server_error");
+        if (chat) {
+          json msg = {{"role", "assistant"}, {"content", ch.content}};
+          if (p.reasoning_enabled) msg["reasoning_content"] = ch.reasoning.empty() && !p.in_reasoning ? json(nullptr) : json(ch.reasoning);
+          json lp = nullptr;
+          if (want_logprobs) {
+            lp = {{"content", json::array()}};
+            for (const auto& t : ch.lps) lp["content"].push_back(token_logprob_chat(t));
+          }
+          out_choices.push_back({{"index", i}, {"message", msg}, {"logprobs", lp}, {"finish_reason", finish_name(ch.finish)}});
+        } else {
+          out_choices.push_back({{"index", i},
+                                 {"text", echo_text + ch.content},
+                                 {"logprobs", want_logprobs ? completion_logprobs(ch.lps, echo_text.size()) : json(nullptr)},
+                                 {"finish_reason", finish_name(ch.finish)}});
+        }
+      }
+      const int32_t prompt_tokens = int32_t(p.prompt.size());
+      json body = {{"id", id},
+                   {"object", chat ? "chat.completion" : "text_completion"},
+                   {"created", created},
+                   {"model", model},
+                   {"system_fingerprint", "moe.cpp"},
+                   {"choices", out_choices},
+                   {"usage",
+                    {{"prompt_tokens", prompt_tokens},
+                     {"completion_tokens", completion_tokens},
+                     {"total_tokens", prompt_tokens + completion_tokens}}}};
+      res.set_content(to_text(body), "application/json");
+      return;
+    }
+
+    // Streaming: server-sent events exactly as OpenAI sends them.
+    struct Stream {
+      std::vector<ReasoningParser> parsers;
+      std::vector<bool> finished;
+      int32_t done = 0, completion_tokens = 0;
+      bool started = false, ended = false;
+      Clock::time_point last_write = Clock::now();
+    };
+    auto st = std::make_shared<Stream>();
+    for (int32_t i = 0; i < n; ++i) st->parsers.emplace_back(chat && p.reasoning_enabled, p.in_reasoning);
+    st->finished.assign(size_t(n), false);
+    const bool include_usage = c.include_usage;
+    const int32_t prompt_tokens = int32_t(p.prompt.size());
+    open_streams++;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, st, job, id, created, model, n, chat, want_logprobs, include_usage, prompt_tokens, echo_text](
+            size_t, httplib::DataSink& sink) -> bool {
+          auto chunk = [&](json choices) {
+            json j = {{"id", id},
+                      {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                      {"created", created},
+                      {"model", model},
+                      {"system_fingerprint", "moe.cpp"},
+                      {"choices", std::move(choices)}};
+            if (include_usage) j["usage"] = nullptr;
+            return j;
+          };
+          auto write = [&](const json& j) {
+            const std::string s = "data: " + to_text(j) + "\n\n";
+            st->last_write = Clock::now();
+            return sink.write(s.data(), s.size());
+          };
+          if (st->ended) return false;
+          if (!st->started) {
+            st->started = true;
+            for (int32_t i = 0; i < n; ++i) {
+              json delta = chat ? json{{"role", "assistant"}, {"content", ""}} : json();
+              json ch = chat ? json{{"index", i}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}
+                             : json{{"index", i}, {"text", echo_text}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+              if (chat || !echo_text.empty())
+                if (!write(chunk(json::array({ch})))) return false;
+            }
+          }
+          auto events = job->sink->pop(std::chrono::milliseconds(100));
+          if (events.empty() && Clock::now() - st->last_write > std::chrono::seconds(1)) {
+            // SSE comment: keeps proxies from timing out and finds clients that went away while queued.
+            st->last_write = Clock::now();
+            static const char ka[] = ": keep-alive\n\n";
+            if (!sink.write(ka, sizeof(ka) - 1)) return false;
+          }
+          for (auto& e : events) {
+            const size_t i = size_t(e.index);
+            if (st->finished[i]) continue;
+            if (e.finish == FinishReason::error || e.finish == FinishReason::cancelled) {
+              ApiError err(500, "Generation failed: " + (e.error.empty() ? std::string("cancelled") : e.error), "",
+                           "generation_failed", "server_error");
+              write(err.to_json());
+              st->ended = true;
+              job->cancel_all();
+              static const char d[] = "data: [DONE]\n\n";
+              sink.write(d, sizeof(d) - 1);
+              sink.done();
+              return true;
+            }
+            auto d = st->parsers[i].feed(e.text);
+            if (e.finish != FinishReason::none) {
+              auto f = st->parsers[i].flush();
+              d.content += f.content;
+              d.reasoning += f.reasoning;
+            }
+            json ch;
+            if (chat) {
+              json delta = json::object();
+              if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
+              if (!d.content.empty()) delta["content"] = d.content;
+              json lp = nullptr;
+              if (want_logprobs && !e.logprobs.empty()) {
+                lp = {{"content", json::array()}};
+                for (const auto& t : e.logprobs) lp["content"].push_back(token_logprob_chat(t));
+              }
+              const bool empty = delta.empty() && lp.is_null() && e.finish == FinishReason::none;
+              if (empty) continue;
+              ch = {{"index", e.index}, {"delta", delta}, {"logprobs", lp},
+                    {"finish_reason", e.finish == FinishReason::none ? json(nullptr) : json(finish_name(e.finish))}};
+            } else {
+              if (d.content.empty() && e.logprobs.empty() && e.finish == FinishReason::none) continue;
+              ch = {{"index", e.index}, {"text", d.content},
+                    {"logprobs", want_logprobs ? completion_logprobs(e.logprobs, 0) : json(nullptr)},
+                    {"finish_reason", e.finish == FinishReason::none ? json(nullptr) : json(finish_name(e.finish))}};
+            }
+            if (!write(chunk(json::array({ch})))) return false;
+            if (e.finish != FinishReason::none) {
+              st->finished[i] = true;
+              st->completion_tokens += e.completion_tokens;
+              ++st->done;
+            }
+          }
+          if (st->done == n) {
+            if (include_usage) {
+              json u = chunk(json::array());
+              u["usage"] = {{"prompt_tokens", prompt_tokens},
+                            {"completion_tokens", st->completion_tokens},
+                            {"total_tokens", prompt_tokens + st->completion_tokens}};
+              if (!write(u)) return false;
+            }
+            static const char d[] = "data: [DONE]\n\n";
+            if (!sink.write(d, sizeof(d) - 1)) return false;
+            st->ended = true;
+            sink.done();
+          }
+          return true;
+        },
+        [this, job](bool) {
+          job->cancel_all();  // no effect on finished requests; frees the pages of a client that went away
+          open_streams--;
+        });
+  }
+
+  // ---- routes ----
+
+  void routes() {
+    http.set_payload_max_length(opt.max_body_bytes);
+    http.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(n)); };
+    http.set_keep_alive_max_count(1000);
+    http.set_read_timeout(30, 0);
+    http.set_write_timeout(30, 0);
+
+    http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (opt.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+      if (authorized(req.get_header_value("Authorization"), opt.api_key))
+        return httplib::Server::HandlerResponse::Unhandled;
+      const bool missing = !req.has_header("Authorization");
+      send_error(res, ApiError(401,
+                               missing ? "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+                                       : "Incorrect API key provided.",
+                               "", "invalid_api_key"));
+      res.set_header("WWW-Authenticate", "Bearer");
+      return httplib::Server::HandlerResponse::Handled;
+    });
+    http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      std::string msg = res.status == 400 ? "Bad request" : res.status == 405 ? "Method not allowed" : "HTTP error " + std::to_string(res.status);
+      std::string code;
+      if (res.status == 413) {
+        msg = "The request body is larger than this server accepts";
+        code = "request_too_large";
+      } else if (res.status == 404) {
+        msg = "Unknown path";
+        code = "not_found";
+      }
+      send_error(res, ApiError(res.status, msg, "", code));
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+      try {
+        std::rethrow_exception(ep);
+      } catch (const ApiError& e) {
+        send_error(res, e);
+      } catch (const Error& e) {
+        send_error(res, ApiError(400, e.what()));
+      } catch (const std::exception& e) {
+        send_error(res, ApiError(500, std::string("Internal error: ") + e.what(), "", "", "server_error"));
+      } catch (...) {
+        send_error(res, ApiError(500, "Internal error", "", "", "server_error"));
+      }
+    });
+    http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      std::string path = req.path;
+      if (path.rfind("/v1/", 0) != 0 && path != "/health" && path != "/metrics") path = "other";
+      std::lock_guard lock(metrics_mu);
+      ++http_requests[{req.method + " " + path, res.status}];
+    });
+
+    auto guarded = [](auto fn) {
+      return [fn](const httplib::Request& req, httplib::Response& res) {
+        try {
+          fn(req, res);
+        } catch (const ApiError& e) {
+          send_error(res, e);
+        } catch (const Error& e) {
+          send_error(res, ApiError(400, e.what()));
+        }
+      };
+    };
+
+    http.Post("/v1/chat/completions", guarded([this](const auto& req, auto& res) { handle_generation(req, res, true); }));
+    http.Post("/v1/completions", guarded([this](const auto& req, auto& res) { handle_generation(req, res, false); }));
+    http.Get("/v1/models", guarded([this](const auto&, auto& res) {
+      json m = {{"id", opt.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "moe.cpp"},
+                {"max_model_len", sched.max_context()}};
+      res.set_content(to_text({{"object", "list"}, {"data", json::array({m})}}), "application/json");
+    }));
+    http.Get(R"(/v1/models/(.+))", guarded([this](const auto& req, auto& res) {
+      if (req.matches[1] != opt.model_name)
+        throw ApiError(404, fmt::format("The model '{}' does not exist", std::string(req.matches[1])), "model",
+                       "model_not_found");
+      json m = {{"id", opt.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "moe.cpp"}};
+      res.set_content(to_text(m), "application/json");
+    }));
+    http.Post("/v1/feedback", guarded([this](const auto& req, auto& res) {
+      const FeedbackRequest f = parse_feedback_request(req.body);
+      if (!feedback) throw ApiError(503, "Feedback is not stored: start the server with --feedback-db", "", "feedback_disabled");
+      const int64_t row = feedback->add(f.conversation, f.answer, f.rating, f.model.empty() ? opt.model_name : f.model, f.comment);
+      res.set_content(to_text({{"id", row}, {"object", "feedback"}, {"stored", true}}), "application/json");
+    }));
+    http.Get("/health", [this](const auto&, auto& res) {
+      res.set_content(to_text({{"status", "ok"}, {"model", opt.model_name}}), "application/json");
+    });
+    http.Get("/metrics", [this](const auto&, auto& res) { res.set_content(metrics_text(), "text/plain; version=0.0.4"); });
+    auto asset = [](std::string_view body, const char* type) {
+      return [body, type](const httplib::Request&, httplib::Response& res) {
+        res.set_content(body.data(), body.size(), type);
+        res.set_header("Cache-Control", "no-cache");
+      };
+    };
+    http.Get("/", asset(web::index_html(), "text/html; charset=utf-8"));
+    http.Get("/app.js", asset(web::app_js(), "text/javascript; charset=utf-8"));
+    http.Get("/style.css", asset(web::style_css(), "text/css; charset=utf-8"));
+  }
+
+  std::string metrics_text() const {
+    std::string o;
+    auto gauge = [&](const char* name, const char* help, double v) {
+      o += fmt::format("# HELP {0} {1}\n# TYPE {0} gauge\n{0} {2}\n", name, help, v);
+    };
+    auto counter = [&](const char* name, const char* help, uint64_t v) {
+      o += fmt::format("# HELP {0} {1}\n# TYPE {0} counter\n{0} {2}\n", name, help, v);
+    };
+    auto histogram = [&](const char* name, const char* help, const Histogram& h) {
+      const auto s = h.snapshot();
+      o += fmt::format("# HELP {0} {1}\n# TYPE {0} histogram\n", name, help);
+      for (size_t i = 0; i < s.bounds.size(); ++i) o += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, s.bounds[i], s.cumulative[i]);
+      o += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n{}_sum {}\n{}_count {}\n", name, s.cumulative.back(), name, s.sum, name, s.count);
+    };
+    {
+      std::lock_guard lock(metrics_mu);
+      o += "# HELP moe_http_requests_total HTTP requests by endpoint and status\n# TYPE moe_http_requests_total counter\n";
+      for (const auto& [k, v] : http_requests)
+        o += fmt::format("moe_http_requests_total{{endpoint=\"{}\",status=\"{}\"}} {}\n", k.first, k.second, v);
+    }
+    auto& m = sched.metrics();
+    counter("moe_requests_submitted_total", "Generation requests accepted by the scheduler", m.requests_submitted);
+    counter("moe_requests_finished_total", "Generation requests that finished (stop or length)", m.requests_finished);
+    counter("moe_requests_cancelled_total", "Generation requests cancelled (client gone or stopped)", m.requests_cancelled);
+    counter("moe_requests_failed_total", "Generation requests that failed", m.requests_failed);
+    counter("moe_prompt_tokens_total", "Prompt tokens prefilled", m.prompt_tokens);
+    counter("moe_generation_tokens_total", "Tokens generated", m.generated_tokens);
+    counter("moe_engine_steps_total", "Batched forward steps", m.steps);
+    histogram("moe_time_to_first_token_seconds", "Time from submission to the first generated token", m.ttft);
+    histogram("moe_inter_token_latency_seconds", "Time between successive tokens of a request", m.inter_token);
+    const auto s = sched.stats();
+    gauge("moe_queue_depth", "Requests waiting for admission", double(s.waiting));
+    gauge("moe_running_batch_size", "Sequences in the running batch", double(s.running));
+    gauge("moe_cache_pages_total", "Latent cache pages", double(s.pages_total));
+    gauge("moe_cache_pages_used", "Latent cache pages held by requests", double(s.pages_used));
+    gauge("moe_cache_pages_free", "Latent cache pages free", double(s.pages_free));
+    gauge("moe_cache_page_tokens", "Tokens per cache page", double(s.page_size));
+    gauge("moe_open_streams", "Streaming responses in progress", double(open_streams.load()));
+    return o;
+  }
+};
+
+Server::Server(Scheduler& scheduler, const Tokenizer& tokenizer, FeedbackStore* feedback, ServerOptions options)
+    : impl_(std::make_unique<Impl>(scheduler, tokenizer, feedback, std::move(options))) {
+  impl_->routes();
+}
+
+Server::~Server() = default;
+
+int Server::bind() {
+  auto& o = impl_->opt;
+  int port = o.port;
+  if (port == 0) port = impl_->http.bind_to_any_port(o.host);
+  else if (!impl_->http.bind_to_port(o.host, port)) port = -1;
+  MOE_CHECK(port > 0, "cannot listen on {}:{}", o.host, o.port);
+  return port;
+}
+
+void Server::serve() { impl_->http.listen_after_bind(); }
+void Server::stop() { impl_->http.stop(); }
+std::string Server::metrics_text() const { return impl_->metrics_text(); }
+
+}  // namespace moe::server

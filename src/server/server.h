@@ -1,0 +1,48 @@
+#pragma once
+// The OpenAI-compatible HTTP server (cpp-httplib): /v1/chat/completions, /v1/completions, /v1/models,
+// /v1/feedback, /health, /metrics and the chat page at /. Generation goes through the shared Scheduler.
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "engine/scheduler.h"
+#include "server/feedback_store.h"
+#include "server/reasoning.h"
+#include "tokenizer/tokenizer.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace moe::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;  // 0: any free port (the bound port is printed and returned by bind())
+  std::string api_key;  // empty: no key needed
+  std::string model_name = "model";
+  size_t max_body_bytes = 4 << 20;
+  int32_t default_max_tokens = 2048;
+  ReasoningMode reasoning = ReasoningMode::auto_detect;
+  int http_threads = 512;  // one per open connection (streams hold theirs)
+};
+
+class Server {
+ public:
+  Server(Scheduler& scheduler, const Tokenizer& tokenizer, FeedbackStore* feedback, ServerOptions options);
+  ~Server();
+  int bind();   // returns the bound port; throws moe::Error
+  void serve();  // blocks until stop()
+  void stop();
+
+  std::string metrics_text() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Constant-time comparison of an Authorization header value with "Bearer <key>".
+bool authorized(const std::string& header_value, const std::string& api_key);
+
+}  // namespace moe::server
