@@ -37,9 +37,12 @@ class CudaMla : public ::testing::Test {
 
 TEST_F(CudaMla, CacheWriteRopeAndAttention) {
   const RopeParams rope = rope_params();
-  const int64_t len0 = 700, len1 = 1500, pages = (len0 + kPage - 1) / kPage + (len1 + kPage - 1) / kPage + 2;
+  const int64_t len0 = 700, len1 = 1500, p0 = (len0 + kPage - 1) / kPage, p1 = (len1 + kPage - 1) / kPage, pages = p0 + p1;
   SequenceChunk s0, s1;
-  for (int32_t p = 0; p < int32_t(pages); ++p) (p % 2 ? s0.pages : s1.pages).push_back(pages - 1 - p);
+  for (int32_t p = 0; p < int32_t(pages); ++p) {  // interleaved while both need pages, in reverse order
+    const bool to0 = int64_t(s1.pages.size()) >= p1 || (p % 2 && int64_t(s0.pages.size()) < p0);
+    (to0 ? s0.pages : s1.pages).push_back(int32_t(pages) - 1 - p);
+  }
   s0.tokens.assign(size_t(len0), 0);
   s1.tokens.assign(size_t(len1), 0);
   const BatchPlan fill = plan_batch({s0, s1}, kPage);

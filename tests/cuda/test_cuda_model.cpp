@@ -41,7 +41,12 @@ class CudaModel : public ::testing::Test {
     for (int64_t t = 0; t < T; ++t) {
       const float* g = got.data() + t * V;
       const float* f = ref.as<float>() + t * V;
-      agree += (std::max_element(g, g + V) - g) == (std::max_element(f, f + V) - f);
+      const int64_t gi = std::max_element(g, g + V) - g, fi = std::max_element(f, f + V) - f;
+      agree += gi == fi;
+      if (gi != fi)  // a near-tie: the reference's margin between the two tokens against our error
+        std::printf("%s row %lld: ours picks %lld, HF %lld; HF logits %.5f vs %.5f (margin %.5f), ours %.5f vs %.5f\n",
+                    name.c_str(), static_cast<long long>(t), static_cast<long long>(gi), static_cast<long long>(fi),
+                    f[fi], f[gi], f[fi] - f[gi], g[fi], g[gi]);
     }
     std::printf("%s: rel L2 %.3e, top-1 agreement %lld/%lld\n", name.c_str(), err, static_cast<long long>(agree),
                 static_cast<long long>(T));

@@ -255,10 +255,10 @@ class CudaBackend final : public Backend {
 
     int32_t max_len = 0;
     for (int32_t p : plan.positions) max_len = std::max(max_len, p + 1);
-    // Split the sequence so the grid fills the GPU twice over, each split at least 4 tiles long.
+    // Split the sequence so the grid fills the GPU twice over, each split at least one tile long.
     const int64_t base_blocks = T * ((H + 15) / 16);
     int64_t splits = std::clamp<int64_t>((2 * sms_ + base_blocks - 1) / base_blocks, 1,
-                                         std::max<int64_t>(1, (max_len + 4 * cuda::kMlaTile - 1) / (4 * cuda::kMlaTile)));
+                                         std::max<int64_t>(1, (max_len + cuda::kMlaTile - 1) / cuda::kMlaTile));
     int64_t split_len = (max_len + splits - 1) / splits;
     split_len = (split_len + cuda::kMlaTile - 1) / cuda::kMlaTile * cuda::kMlaTile;
     splits = (max_len + split_len - 1) / split_len;
@@ -402,8 +402,9 @@ class CudaBackend final : public Backend {
     check(cudaMemcpy(p, f.data(), f.size() * sizeof(double), cudaMemcpyHostToDevice), "upload rope");
     return rope_tables_[key] = static_cast<const double*>(p);
   }
+  // F32 weights (the router) stay on the F32 GEMV path: rounding them or x to BF16 can flip expert choices.
   static bool gemm_ok(const Weight& w) {
-    return w.w.dtype == DType::BF16 || w.w.dtype == DType::F8_E4M3 || w.w.dtype == DType::F16 || w.w.dtype == DType::F32;
+    return w.w.dtype == DType::BF16 || w.w.dtype == DType::F8_E4M3 || w.w.dtype == DType::F16;
   }
   cuda::GemvParams dense_gemv(const Weight& w, const float* x, int64_t x_stride, float* out, int64_t out_stride,
                               int64_t T) {
