@@ -56,6 +56,7 @@ AddedVocabulary::AddedVocabulary(const nlohmann::json& added_tokens, const Norma
     token.special = t.value("special", false);
     if (token.id < 0) fail("tokenizer.json: added token '{}' has a negative id", token.content);
     by_id_[token.id] = tokens_.size();
+    by_content_.emplace(token.content, tokens_.size());
     tokens_.push_back(std::move(token));
   }
   for (size_t i = 0; i < tokens_.size(); ++i) {
@@ -76,9 +77,8 @@ const AddedToken* AddedVocabulary::by_id(int32_t id) const {
 }
 
 const AddedToken* AddedVocabulary::by_content(std::string_view content) const {
-  for (const AddedToken& t : tokens_)
-    if (t.content == content) return &t;
-  return nullptr;
+  const auto it = by_content_.find(std::string(content));
+  return it == by_content_.end() ? nullptr : &tokens_[it->second];
 }
 
 namespace {

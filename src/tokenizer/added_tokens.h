@@ -51,6 +51,7 @@ class AddedVocabulary {
   };
   std::vector<AddedToken> tokens_;
   std::unordered_map<int32_t, size_t> by_id_;
+  std::unordered_map<std::string, size_t> by_content_;  // the first token with that content
   Trie raw_, normalized_;
 };
 

@@ -747,18 +747,21 @@ class Renderer {
 
 }  // namespace
 
-std::string Template::render(const nlohmann::json& context) const {
-  Renderer renderer(context);
-  std::string out;
-  renderer.exec(body_, out);
-  return out;
+namespace {
+template <typename Json>
+std::string render_body(const Body& body, const Json& context) {
+  try {
+    Renderer renderer(context);
+    std::string out;
+    renderer.exec(body, out);
+    return out;
+  } catch (const std::out_of_range&) {  // args.at(i): a filter, test or method called with too few arguments
+    fail("chat template: a filter, test or method was called with too few arguments");
+  }
 }
+}  // namespace
 
-std::string Template::render(const nlohmann::ordered_json& context) const {
-  Renderer renderer(context);
-  std::string out;
-  renderer.exec(body_, out);
-  return out;
-}
+std::string Template::render(const nlohmann::json& context) const { return render_body(body_, context); }
+std::string Template::render(const nlohmann::ordered_json& context) const { return render_body(body_, context); }
 
 }  // namespace moe::jinja

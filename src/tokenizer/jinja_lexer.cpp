@@ -158,7 +158,13 @@ void append_escape(std::string& out, std::string_view s, size_t& i) {
   const char c = s[i];
   const auto hex = [&](int digits) {
     if (i + digits >= s.size()) fail("chat template: truncated escape in string");
-    const char32_t cp = static_cast<char32_t>(std::stoul(std::string(s.substr(i + 1, digits)), nullptr, 16));
+    char32_t cp = 0;
+    for (int k = 1; k <= digits; ++k) {
+      const char h = s[i + k];
+      if (!std::isxdigit(static_cast<unsigned char>(h))) fail("chat template: bad \\x/\\u escape in string");
+      cp = cp * 16 + static_cast<char32_t>(std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (h | 0x20) - 'a' + 10);
+    }
+    if (cp > 0x10FFFF) fail("chat template: escape names no Unicode character");
     i += digits;
     utf8::append(out, cp);
   };
@@ -230,8 +236,12 @@ std::vector<Token> tokenize_expression(std::string_view s) {
       for (char d : s.substr(i, j - i))
         if (d != '_') digits += d;
       Token t{is_float ? Token::Kind::Float : Token::Kind::Integer, digits};
-      if (is_float) t.number = std::stod(digits);
-      else t.integer = std::stoll(digits);
+      try {
+        if (is_float) t.number = std::stod(digits);
+        else t.integer = std::stoll(digits);
+      } catch (const std::exception&) {
+        fail("chat template: number {} is out of range", digits);
+      }
       tokens.push_back(std::move(t));
       i = j;
       continue;
