@@ -36,19 +36,21 @@ void ThreadPool::worker_loop(int index) {
     start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
     if (stop_) return;
     seen = generation_;
-    const auto* job = job_;
-    const int64_t n = job_n_, chunk = job_chunk_;
     const bool has_task = index < job_tasks_;
     lock.unlock();
-    if (has_task) {
-      const int64_t begin = index * chunk, end = std::min(n, begin + chunk);
-      if (begin < end) {
-        InsideTask inside;
-        (*job)(begin, end, index);
-      }
-    }
+    if (has_task) run_chunks(index);
     lock.lock();
     if (--pending_ == 0) done_cv_.notify_one();
+  }
+}
+
+// Chunks are claimed from a shared counter, so a thread slowed down by the OS takes fewer of them.
+void ThreadPool::run_chunks(int index) {
+  InsideTask inside;
+  for (;;) {
+    const int64_t begin = next_.fetch_add(job_chunk_, std::memory_order_relaxed);
+    if (begin >= job_n_) return;
+    (*job_)(begin, std::min(job_n_, begin + job_chunk_), index);
   }
 }
 
@@ -62,21 +64,18 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     return;
   }
   std::lock_guard<std::mutex> call_lock(call_mutex_);
-  const int64_t chunk = (n + max_tasks - 1) / max_tasks;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     job_ = &fn;
     job_n_ = n;
-    job_chunk_ = chunk;
+    job_chunk_ = std::max(grain, (n + 4 * max_tasks - 1) / (4 * max_tasks));  // ~4 chunks per thread
     job_tasks_ = int(max_tasks);
+    next_.store(0, std::memory_order_relaxed);
     pending_ = int(workers_.size());
     ++generation_;
   }
   start_cv_.notify_all();
-  {
-    InsideTask inside;
-    fn(0, std::min(n, chunk), 0);
-  }
+  run_chunks(0);
   std::unique_lock<std::mutex> lock(mutex_);
   done_cv_.wait(lock, [&] { return pending_ == 0; });
   job_ = nullptr;

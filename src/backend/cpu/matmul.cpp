@@ -21,6 +21,10 @@ constexpr int64_t kTileRows = 16;
 
 void matmul_streaming(const float* x, int64_t T, const Weight& w, float* out) {
   const int64_t N = w.rows(), K = w.cols();
+  const bool packed = can_use_packed_bf16(w);
+  std::vector<float> xp(packed ? size_t(T * K) : 0);
+  if (packed)
+    for (int64_t t = 0; t < T; ++t) pack_bf16_pairs(x + t * K, K, xp.data() + t * K);
   ThreadPool::global().parallel_for(
       (N + 3) / 4,
       [&](int64_t begin, int64_t end, int) {
@@ -29,7 +33,8 @@ void matmul_streaming(const float* x, int64_t T, const Weight& w, float* out) {
           for (int64_t t = 0; t < T; ++t) {
             if (n + 4 <= N) {
               float r[4];
-              dot_rows4(x + t * K, w, n, r);
+              if (packed) dot_rows4_packed(xp.data() + t * K, w, n, r);
+              else dot_rows4(x + t * K, w, n, r);
               for (int i = 0; i < 4; ++i) out[t * N + n + i] = r[i];
             } else {
               for (int64_t i = n; i < N; ++i) out[t * N + i] = dot_row(x + t * K, w, i);

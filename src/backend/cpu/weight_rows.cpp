@@ -147,6 +147,44 @@ void dot_rows4(const float* x, const Weight& w, int64_t n, float out[4]) {
   for (int i = 0; i < 4; ++i) out[i] = dot_row(x, w, n + i);
 }
 
+bool can_use_packed_bf16(const Weight& w) {
+#if defined(__AVX2__) && defined(__FMA__)
+  return w.w.dtype == DType::BF16 && w.cols() % 16 == 0;
+#else
+  return false;
+#endif
+}
+
+void pack_bf16_pairs(const float* x, int64_t K, float* packed) {
+  for (int64_t k = 0; k < K; k += 16)
+    for (int j = 0; j < 8; ++j) {
+      packed[k + j] = x[k + 2 * j];
+      packed[k + 8 + j] = x[k + 2 * j + 1];
+    }
+}
+
+void dot_rows4_packed(const float* packed, const Weight& w, int64_t n, float out[4]) {
+#if defined(__AVX2__) && defined(__FMA__)
+  const int64_t K = w.cols();
+  const uint16_t* p = w.w.as<const uint16_t>() + n * K;
+  const __m256i high = _mm256_set1_epi32(int(0xffff0000u));
+  __m256 acc[4];
+  for (auto& a : acc) a = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __m256 xe = _mm256_loadu_ps(packed + k), xo = _mm256_loadu_ps(packed + k + 8);
+    for (int r = 0; r < 4; ++r) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * K + k));
+      acc[r] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), acc[r]);
+      acc[r] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(v, high)), acc[r]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) out[r] = hsum(acc[r]);
+#else
+  (void)packed, (void)w, (void)n, (void)out;
+  fail("dot_rows4_packed needs AVX2");
+#endif
+}
+
 void dequant_row(const Weight& w, int64_t n, int64_t k0, int64_t count, float* out) {
   const int64_t K = w.cols();
   int64_t k = 0;

@@ -13,6 +13,12 @@ float dot_row(const float* x, const Weight& w, int64_t n);
 void dot_rows4(const float* x, const Weight& w, int64_t n, float out[4]);
 // y[k] += a * W[n, k] over the whole row n (dequantised on the fly).
 void axpy_row(float a, const Weight& w, int64_t n, float* y);
+// BF16 rows without shuffles: x is repacked once per matmul so that each 16-wide block holds its 8 even
+// elements then its 8 odd ones; a 32-byte load of 16 BF16 weights then yields the even weights by a shift and
+// the odd ones by a mask. Needs K % 16 == 0.
+bool can_use_packed_bf16(const Weight& w);
+void pack_bf16_pairs(const float* x, int64_t K, float* packed);
+void dot_rows4_packed(const float* packed, const Weight& w, int64_t n, float out[4]);
 // out[k] = W[n, k] for k in [k0, k0 + count) (dequantised).
 void dequant_row(const Weight& w, int64_t n, int64_t k0, int64_t count, float* out);
 // out[i] = v[i] for a BF16/F16/F32 vector (norm weights).
