@@ -6,6 +6,8 @@
 #include "core/error.h"
 #include "tokenizer/unicode.h"
 
+#include <fmt/format.h>
+
 namespace moe {
 
 struct Regex::Code {
@@ -32,15 +34,108 @@ ThreadMatchState& thread_state() {
 }
 }  // namespace
 
+namespace {
+
+// Code points that Unicode 15.0-16.0 assigned (unassigned in the Unicode 14 tables of Debian 12's PCRE2 10.42),
+// by general category. HF tokenizers' Oniguruma knows Unicode 16, so without these a new emoji would not be \p{S}.
+struct RecentRange {
+  const char* category;
+  char32_t first, last;
+};
+constexpr RecentRange kRecentRanges[] = {
+#include "tokenizer/unicode_recent.inc"
+};
+
+// "\x{first}-\x{last}..." for the property name (a general category such as L or Lu), or "" for others.
+std::string recent_ranges(std::string_view property) {
+  std::string out;
+  for (const RecentRange& r : kRecentRanges) {
+    const std::string_view category = r.category;
+    if (property == category || (property.size() == 1 && category[0] == property[0]))
+      out += fmt::format("\\x{{{:X}}}-\\x{{{:X}}}", static_cast<uint32_t>(r.first), static_cast<uint32_t>(r.last));
+  }
+  return out;
+}
+
+// Rewrites \p{Cat} as [\p{Cat}<recent ranges>] (inside a class: \p{Cat}<recent ranges>) and \P{Cat} outside a class
+// as [^\p{Cat}<recent ranges>]. \P{..} inside a class is left alone (PCRE2 10.42 cannot subtract ranges).
+std::string with_recent_code_points(const std::string& pattern) {
+  std::string out;
+  const size_t n = pattern.size();
+  bool in_class = false;
+  size_t i = 0;
+  while (i < n) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < n) {
+      const char e = pattern[i + 1];
+      if (e == 'Q') {  // \Q...\E is literal
+        const size_t end = pattern.find("\\E", i + 2);
+        const size_t stop = end == std::string::npos ? n : end + 2;
+        out.append(pattern, i, stop - i);
+        i = stop;
+        continue;
+      }
+      if ((e == 'p' || e == 'P') && i + 2 < n) {
+        size_t end;
+        std::string name;
+        if (pattern[i + 2] == '{') {
+          const size_t close = pattern.find('}', i + 3);
+          if (close == std::string::npos) {  // malformed: let PCRE2 report it
+            out.append(pattern, i, std::string::npos);
+            break;
+          }
+          name = pattern.substr(i + 3, close - i - 3);
+          end = close + 1;
+        } else {
+          name = pattern.substr(i + 2, 1);
+          end = i + 3;
+        }
+        const std::string token = pattern.substr(i, end - i);
+        const std::string extra = recent_ranges(name);
+        if (extra.empty() || (e == 'P' && in_class)) out += token;
+        else if (e == 'p') out += in_class ? token + extra : "[" + token + extra + "]";
+        else out += "[^\\p{" + name + "}" + extra + "]";
+        i = end;
+        continue;
+      }
+      out.append(pattern, i, 2);
+      i += 2;
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out += c;
+      ++i;
+      if (i < n && pattern[i] == '^') out += pattern[i++];
+      if (i < n && pattern[i] == ']') out += pattern[i++];  // a leading ] is literal
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < n && pattern[i + 1] == ':') {  // [:alpha:]
+      const size_t close = pattern.find(":]", i + 2);
+      const size_t stop = close == std::string::npos ? n : close + 2;
+      out.append(pattern, i, stop - i);
+      i = stop;
+      continue;
+    }
+    if (in_class && c == ']') in_class = false;
+    out += c;
+    ++i;
+  }
+  return out;
+}
+
+}  // namespace
+
 Regex::Regex(const std::string& pattern) : pattern_(pattern), code_(std::make_unique<Code>()) {
   int error = 0;
   PCRE2_SIZE error_offset = 0;
-  code_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+  const std::string compiled = with_recent_code_points(pattern);
+  code_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(compiled.data()), compiled.size(),
                               PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error, &error_offset, nullptr);
   if (!code_->code) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error, message, sizeof message);
-    fail("invalid regex /{}/ at offset {}: {}", pattern, error_offset, reinterpret_cast<const char*>(message));
+    fail("invalid regex /{}/: {}", pattern, reinterpret_cast<const char*>(message));
   }
   pcre2_jit_compile(code_->code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if JIT is unavailable
 }

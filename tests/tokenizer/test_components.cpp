@@ -53,6 +53,17 @@ TEST(PreTokenizers, SplitRegexIsUnicodeAware) {
   EXPECT_EQ(pre_tokenize(spec, "x1234５６y"), (Strings{"x", "123", "4５６", "y"}));
 }
 
+TEST(PreTokenizers, RegexKnowsUnicode16Categories) {
+  // U+1FA77 PINK HEART (Unicode 15.0, So) and U+1B4E BALINESE INVERTED CARET (Unicode 16.0, Po): HF's Oniguruma has
+  // Unicode 16 tables, Debian 12's PCRE2 only Unicode 14, so the tokenizer adds the newer code points itself.
+  const json symbols = {{"type", "Split"}, {"pattern", {{"Regex", R"([\p{P}\p{S}]+)"}}}, {"behavior", "Isolated"}, {"invert", false}};
+  EXPECT_EQ(pre_tokenize(symbols, "a\U0001FA77\u1B4Eb"), (Strings{"a", "\U0001FA77\u1B4E", "b"}));
+  const json not_letters = {{"type", "Split"}, {"pattern", {{"Regex", R"(\P{L}+)"}}}, {"behavior", "Removed"}, {"invert", false}};
+  EXPECT_EQ(pre_tokenize(not_letters, "x\U0001FA77y"), (Strings{"x", "y"}));
+  const json single = {{"type", "Split"}, {"pattern", {{"Regex", R"(\pS)"}}}, {"behavior", "Removed"}, {"invert", false}};
+  EXPECT_EQ(pre_tokenize(single, "x\U0001FA77y"), (Strings{"x", "y"}));
+}
+
 TEST(PreTokenizers, Whitespace) {
   const json spec = {{"type", "Whitespace"}};
   EXPECT_EQ(pre_tokenize(spec, "Hey man!"), (Strings{"Hey", "man", "!"}));
