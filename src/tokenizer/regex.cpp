@@ -57,7 +57,7 @@ std::string recent_ranges(std::string_view property) {
   return out;
 }
 
-// Rewrites \p{Cat} as [\p{Cat}<recent ranges>] (inside a class: \p{Cat}<recent ranges>) and \P{Cat} outside a class
+// Rewrites \w as Oniguruma's Unicode word class, and \p{Cat} as [\p{Cat}<recent ranges>] (inside a class: \p{Cat}<recent ranges>) and \P{Cat} outside a class
 // as [^\p{Cat}<recent ranges>]. \P{..} inside a class is left alone (PCRE2 10.42 cannot subtract ranges).
 std::string with_recent_code_points(const std::string& pattern) {
   std::string out;
@@ -96,6 +96,15 @@ std::string with_recent_code_points(const std::string& pattern) {
         else if (e == 'p') out += in_class ? token + extra : "[" + token + extra + "]";
         else out += "[^\\p{" + name + "}" + extra + "]";
         i = end;
+        continue;
+      }
+      if (e == 'w' || e == 'W') {
+        // Oniguruma's Unicode \w is Letter | Mark | Number | Connector_Punctuation; PCRE2 10.42's lacks marks.
+        const std::string word = "\\p{L}\\p{M}\\p{N}\\p{Pc}" + recent_ranges("L") + recent_ranges("M") +
+                                 recent_ranges("N") + recent_ranges("Pc");
+        if (e == 'w') out += in_class ? word : "[" + word + "]";
+        else out += in_class ? std::string("\\W") : "[^" + word + "]";
+        i += 2;
         continue;
       }
       out.append(pattern, i, 2);

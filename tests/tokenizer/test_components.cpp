@@ -64,6 +64,14 @@ TEST(PreTokenizers, RegexKnowsUnicode16Categories) {
   EXPECT_EQ(pre_tokenize(single, "x\U0001FA77y"), (Strings{"x", "y"}));
 }
 
+TEST(PreTokenizers, RegexWordClassIsOniguruma) {
+  // HF compiles Split patterns with Oniguruma, whose Unicode \w includes combining marks (PCRE2 10.42's does not).
+  const json words = {{"type", "Split"}, {"pattern", {{"Regex", R"(\w+)"}}}, {"behavior", "Removed"}, {"invert", true}};
+  EXPECT_EQ(pre_tokenize(words, "cafe\u0301 ok"), (Strings{"cafe\u0301", "ok"}));
+  const json split_on_non_words = {{"type", "Split"}, {"pattern", {{"Regex", R"(\W+)"}}}, {"behavior", "Removed"}, {"invert", false}};
+  EXPECT_EQ(pre_tokenize(split_on_non_words, "na\u0308ive, x_1"), (Strings{"na\u0308ive", "x_1"}));
+}
+
 TEST(PreTokenizers, Whitespace) {
   const json spec = {{"type", "Whitespace"}};
   EXPECT_EQ(pre_tokenize(spec, "Hey man!"), (Strings{"Hey", "man", "!"}));
