@@ -34,6 +34,7 @@ json tool_call(const std::string& name, const std::string& arguments) {
 // Expected texts below follow V3's template step by step (tokenizer_config.json): the first tool call opens
 // <｜Assistant｜><｜tool▁calls▁begin｜>; only a second call closes the list with <｜tool▁calls▁end｜><｜end▁of▁sentence｜>
 // (a quirk of the template itself); tool outputs are wrapped in <｜tool▁outputs▁begin｜>...<｜tool▁outputs▁end｜>.
+// These renderings (and the R1 ones below) were also checked against Jinja2 3.1.6 with transformers' environment.
 TEST(ChatTemplate, DeepSeekV3SingleToolCallAndOutput) {
   const json messages = {
       {{"role", "system"}, {"content", "S"}},
@@ -78,7 +79,8 @@ TEST(ChatTemplate, TemplateErrorsAreClear) {
 // DeepSeek-R1's chat_template is not in this repository (no network here). This is R1's template (the revision
 // that opens the reply with <think>\n) as we know it: identical to V3's except that (1) an assistant message with
 // tool_calls may also carry content, (2) earlier assistant replies keep only the text after </think>, and (3) the
-// generation prompt is <｜Assistant｜><think>\n. The expected strings below are traced through it by hand.
+// generation prompt is <｜Assistant｜><think>\n. The expected strings below are traced through it by hand (and agree
+// with Jinja2 rendering the same template text).
 const char* kR1Template =
     R"({% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %})"
     R"({% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='', is_first_sp=true) %})"

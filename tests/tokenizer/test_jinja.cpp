@@ -1,5 +1,6 @@
 // The Jinja subset. Expected outputs are what Jinja2 (with transformers' trim_blocks=True, lstrip_blocks=True)
-// renders for the same template and variables.
+// renders for the same template and variables; each case was checked against Jinja2 3.1.6 with transformers'
+// environment (sandboxed, loopcontrols, its tojson and raise_exception).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
