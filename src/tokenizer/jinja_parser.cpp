@@ -42,12 +42,25 @@ class ExpressionParser {
   void expect_end() {
     if (!at_end()) error(fmt::format("unexpected '{}'", peek().text));
   }
+  // Recursion (nesting, chains of `not` or signs) is bounded so a hostile template cannot exhaust the stack.
+  struct Nesting {
+    int* depth;
+    explicit Nesting(int* d) : depth(d) {}
+    Nesting(const Nesting&) = delete;
+    ~Nesting() { --*depth; }
+  };
+  Nesting nest() {
+    if (++depth_ > kMaxDepth) error("expression nested too deeply");
+    return Nesting(&depth_);
+  }
+
   [[noreturn]] void error(const std::string& what) const {
     fail("chat template: {} in '{}'", what, content_);
   }
 
   // expression := or ['if' or ['else' expression]]
   ExprPtr expression() {
+    const auto guard = nest();
     ExprPtr value = or_expr();
     if (accept_name("if")) {
       auto node = make(Expr::Kind::Ternary);
@@ -94,6 +107,7 @@ class ExpressionParser {
     return left;
   }
   ExprPtr not_expr() {
+    const auto guard = nest();
     if (accept_name("not")) {
       auto node = make(Expr::Kind::Not);
       node->args.push_back(not_expr());
@@ -152,6 +166,7 @@ class ExpressionParser {
   }
   // Jinja2: a sign applies to the bare operand and filters then apply to the signed value (-3|abs is 3).
   ExprPtr unary(bool with_filters = true) {
+    const auto guard = nest();
     ExprPtr value;
     if (accept_op("-")) {
       value = make(Expr::Kind::Negate);
@@ -303,9 +318,11 @@ class ExpressionParser {
     error(at_end() ? "unexpected end of expression" : fmt::format("unexpected '{}'", t.text));
   }
 
+  static constexpr int kMaxDepth = 300;
   std::string_view content_;
   std::vector<Token> tokens_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 class TemplateParser {
@@ -326,6 +343,11 @@ class TemplateParser {
 
   // Parses nodes until a statement whose keyword is one of `stops` (left unconsumed) or the end.
   Body parse_body(const std::vector<std::string>& stops) {
+    if (++depth_ > 200) fail("chat template: blocks nested too deeply");
+    struct Leave {
+      int& depth;
+      ~Leave() { --depth; }
+    } leave{depth_};
     Body body;
     while (pos_ < segments_.size()) {
       const Segment& s = segments_[pos_];
@@ -435,6 +457,7 @@ class TemplateParser {
 
   std::vector<Segment> segments_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

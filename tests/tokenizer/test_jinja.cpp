@@ -92,6 +92,11 @@ TEST(Jinja, ErrorsAreClear) {
   EXPECT_THROW(render("{{ 'a' + 1 }}"), Error);
   EXPECT_THROW(render("{{ missing.attr }}"), Error);
   EXPECT_THROW(render("{{ x | no_such_filter }}", {{"x", 1}}), Error);
+  EXPECT_THROW(render("{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}"), Error);
+  EXPECT_THROW(render("{{ " + std::string(100000, '-') + "1 }}"), Error);
+  std::string deep_ifs;
+  for (int i = 0; i < 100000; ++i) deep_ifs += "{% if true %}";
+  EXPECT_THROW(render(deep_ifs), Error);
   try {
     render("{{ raise_exception('Only user and assistant roles') }}");
   } catch (const Error& e) {
