@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-KEEP = 2030
+KEEP = 2031
 VOCAB = 2048
 SRC = sys.argv[1] if len(sys.argv) > 1 else "models/deepseek-v3-tokenizer"
 DST = sys.argv[2] if len(sys.argv) > 2 else "models/tiny-dsv3"

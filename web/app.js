@@ -200,8 +200,8 @@ function fillAssistant(div, msg) {
     copy.classList.add("done");
     setTimeout(() => { copy.textContent = "Copy"; copy.classList.remove("done"); }, 1500);
   });
-  const up = actionButton("👍", "Good answer", "thumbs-up", () => rate(msg, 1, up));
-  const down = actionButton("👎", "Bad answer", "thumbs-down", () => rate(msg, -1, down));
+  const up = actionButton("▲ Good", "Good answer", "thumbs-up", () => rate(msg, 1, up));
+  const down = actionButton("▼ Bad", "Bad answer", "thumbs-down", () => rate(msg, -1, down));
   if (msg.rating === 1) up.classList.add("done");
   if (msg.rating === -1) down.classList.add("done");
   const regen = actionButton("↻ Regenerate", "A fresh answer to the same conversation", "regenerate", () => regenerate(msg));

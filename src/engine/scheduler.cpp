@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 
@@ -106,8 +107,9 @@ Scheduler::Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOpt
     : model_(model),
       tokenizer_(tokenizer),
       options_(options),
-      max_context_(options.max_context > 0 ? std::min(options.max_context, model.config().max_position_embeddings)
-                                           : model.config().max_position_embeddings),
+      max_context_(std::min(options.max_context > 0 ? std::min(options.max_context, model.config().max_position_embeddings)
+                                                    : model.config().max_position_embeddings,
+                            pages_for(options.cache_tokens, options.page_size) * options.page_size)),
       cache_(model.config(), model.backend(), pages_for(options.cache_tokens, options.page_size), options.page_size,
              model.cache_layers()),
       allocator_(pages_for(options.cache_tokens, options.page_size)) {
@@ -237,6 +239,10 @@ void Scheduler::admit(std::vector<std::unique_ptr<Sequence>>& running) {
 
 void Scheduler::emit_token(Sequence& s, int32_t /*unused*/, const std::vector<float>& row_in, bool& done) {
   std::vector<float> row = row_in;
+  // Ids the tokenizer has no token for (a model vocabulary padded past the tokenizer's) can never be sampled.
+  if (tokenizer_)
+    for (size_t i = size_t(std::max<int32_t>(tokenizer_->vocab_size(), 1)); i < row.size(); ++i)
+      row[i] = -std::numeric_limits<float>::infinity();
   GenerationEvent e;
   e.index = s.index;
   std::vector<float> logprobs;
@@ -337,7 +343,11 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
     std::copy(host.begin() + std::ptrdiff_t(i * size_t(vocab)), host.begin() + std::ptrdiff_t((i + 1) * size_t(vocab)),
               row.begin());
     bool done = false;
-    emit_token(s, 0, row, done);
+    try {
+      emit_token(s, 0, row, done);
+    } catch (const std::exception& ex) {  // this request alone fails (e.g. a token its tokenizer cannot decode)
+      if (!s.done) finish(s, FinishReason::error, ex.what());
+    }
   }
 }
 

@@ -36,7 +36,7 @@ struct SchedulerOptions {
   int64_t page_size = 16;
   int32_t max_batch = 64;         // most sequences in the running batch
   int32_t max_step_tokens = 512;  // per-step token budget (decodes first, then prefill chunks)
-  int64_t max_context = 0;        // longest prompt + completion; 0: the model's max_position_embeddings
+  int64_t max_context = 0;        // longest prompt + completion; 0: the model's max_position_embeddings (at most the cache)
 };
 
 struct GenerationRequest {

@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <map>
 #include <vector>
 
@@ -111,13 +112,18 @@ int64_t FeedbackStore::export_jsonl(std::ostream& out) {
   if (rc != SQLITE_DONE) fail("feedback db: {}", sqlite3_errmsg(db_));
   for (const auto& key : order) {
     const Answers& a = by_prompt[key];
-    for (const auto& chosen : a.up)
-      for (const auto& rejected : a.down) {
-        if (chosen == rejected) continue;
-        json pair = {{"type", "pair"}, {"model", a.model}, {"prompt", a.prompt}, {"chosen", chosen}, {"rejected", rejected}};
-        out << pair.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
-        ++lines;
-      }
+    // Every rated answer appears in at least one pair, without the up x down cross product: max(up, down) pairs,
+    // round-robin.
+    if (a.up.empty() || a.down.empty()) continue;
+    const size_t n = std::max(a.up.size(), a.down.size());
+    for (size_t i = 0; i < n; ++i) {
+      const std::string& chosen = a.up[i % a.up.size()];
+      const std::string& rejected = a.down[i % a.down.size()];
+      if (chosen == rejected) continue;
+      json pair = {{"type", "pair"}, {"model", a.model}, {"prompt", a.prompt}, {"chosen", chosen}, {"rejected", rejected}};
+      out << pair.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+      ++lines;
+    }
   }
   return lines;
 }

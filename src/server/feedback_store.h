@@ -24,8 +24,9 @@ class FeedbackStore {
   int64_t add(const nlohmann::json& conversation, const std::string& answer, int rating, const std::string& model,
               const std::string& comment);
   int64_t count();
-  // JSONL: one {"type":"rating",...} line per row, then one {"type":"pair","prompt","chosen","rejected"} line per
-  // (thumbs-up answer, thumbs-down answer) of the same conversation. Returns the number of lines written.
+  // JSONL: one {"type":"rating",...} line per row, then {"type":"pair","prompt","chosen","rejected"} lines for every
+  // conversation rated both up and down: max(#up, #down) pairs, round-robin, so each rated answer is in one at
+  // least. Returns the number of lines written.
   int64_t export_jsonl(std::ostream& out);
 
  private:

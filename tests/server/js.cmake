@@ -1,1 +1,23 @@
-
+# Real-client tests of `moe serve` in tests/js (Node): the OpenAI Node SDK, bad input, feedback durability, a load
+# test and the chat page in headless Chromium (playwright-core, /usr/bin/chromium; skipped visibly without it).
+# `npm ci` runs once, lazily, when tests/js/node_modules is missing.
+find_program(MOE_NODE node)
+find_program(MOE_NPM npm)
+if(NOT MOE_NODE OR NOT MOE_NPM)
+  message(STATUS "moe: node/npm not found; the server's JavaScript client tests are not registered")
+  return()
+endif()
+set(MOE_JS_DIR ${PROJECT_SOURCE_DIR}/tests/js)
+add_test(NAME server_js_npm_ci
+         COMMAND sh -c "[ -d node_modules/openai ] && [ -d node_modules/playwright-core ] || ${MOE_NPM} ci --no-audit --no-fund"
+         WORKING_DIRECTORY ${MOE_JS_DIR})
+set_tests_properties(server_js_npm_ci PROPERTIES FIXTURES_SETUP moe_js TIMEOUT 300)
+foreach(t openai errors feedback load browser)
+  add_test(NAME server_js_${t} COMMAND ${MOE_NODE} --test --test-reporter=tap tests/js/${t}.test.js
+           WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  set_tests_properties(server_js_${t} PROPERTIES
+    FIXTURES_REQUIRED moe_js TIMEOUT 300 SKIP_REGULAR_EXPRESSION "# SKIP"
+    ENVIRONMENT "MOE_BIN=$<TARGET_FILE:moe>;MOE_TEST_OUT=${CMAKE_BINARY_DIR}/tests/js-out")
+endforeach()
+# The load test measures latencies: run it alone.
+set_tests_properties(server_js_load PROPERTIES RUN_SERIAL TRUE)
