@@ -187,7 +187,11 @@ json parse_json_body(std::string_view body) {
   try {
     b = json::parse(body.begin(), body.end());
   } catch (const json::exception& e) {
-    throw ApiError(400, std::string("The request body is not valid JSON: ") + e.what(), "", "invalid_json");
+    // The parser's message quotes the offending bytes, which may be invalid UTF-8: keep it ASCII.
+    std::string why = e.what();
+    for (char& ch : why)
+      if ((unsigned char)ch >= 0x80 || (unsigned char)ch < 0x20) ch = '?';
+    throw ApiError(400, "The request body is not valid JSON: " + why, "", "invalid_json");
   }
   if (!b.is_object()) throw ApiError(400, "The request body must be a JSON object", "", "invalid_json");
   return b;
