@@ -1,17 +1,13 @@
 // Jinja evaluation: statements and expressions (the builtin filters, tests and methods are in jinja_builtins.cpp).
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <ctime>
 #include <unordered_map>
 
 #include "core/error.h"
 #include "tokenizer/jinja.h"
 #include "tokenizer/jinja_builtins.h"
-#include "tokenizer/unicode.h"
 
 namespace moe::jinja {
 namespace {
