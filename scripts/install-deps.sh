@@ -9,5 +9,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config git ca-certificates \
   libgtest-dev libgmock-dev libbenchmark-dev \
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libcpp-httplib-dev libsqlite3-dev sqlite3 libssl-dev \
-  clang libclang-rt-14-dev python3 \
+  clang libclang-rt-14-dev python3 libicu-dev \
   nodejs npm chromium
