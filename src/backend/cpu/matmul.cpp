@@ -21,10 +21,12 @@ constexpr int64_t kTileRows = 16;
 
 void matmul_streaming(const float* x, int64_t T, const Weight& w, float* out) {
   const int64_t N = w.rows(), K = w.cols();
-  const bool packed = can_use_packed_bf16(w);
-  std::vector<float> xp(packed ? size_t(T * K) : 0);
-  if (packed)
-    for (int64_t t = 0; t < T; ++t) pack_bf16_pairs(x + t * K, K, xp.data() + t * K);
+  const bool packed_bf16 = can_use_packed_bf16(w), packed_fp8 = can_use_packed_fp8(w);
+  std::vector<float> xp(packed_bf16 || packed_fp8 ? size_t(T * K) : 0);
+  for (int64_t t = 0; t < T && !xp.empty(); ++t) {
+    if (packed_bf16) pack_bf16_pairs(x + t * K, K, xp.data() + t * K);
+    else pack_fp8_quads(x + t * K, K, xp.data() + t * K);
+  }
   ThreadPool::global().parallel_for(
       (N + 3) / 4,
       [&](int64_t begin, int64_t end, int) {
@@ -33,7 +35,8 @@ void matmul_streaming(const float* x, int64_t T, const Weight& w, float* out) {
           for (int64_t t = 0; t < T; ++t) {
             if (n + 4 <= N) {
               float r[4];
-              if (packed) dot_rows4_packed(xp.data() + t * K, w, n, r);
+              if (packed_bf16) dot_rows4_packed(xp.data() + t * K, w, n, r);
+              else if (packed_fp8) dot_rows4_packed_fp8(xp.data() + t * K, w, n, r);
               else dot_rows4(x + t * K, w, n, r);
               for (int i = 0; i < 4; ++i) out[t * N + n + i] = r[i];
             } else {

@@ -185,6 +185,54 @@ void dot_rows4_packed(const float* packed, const Weight& w, int64_t n, float out
 #endif
 }
 
+bool can_use_packed_fp8(const Weight& w) {
+#if defined(__AVX2__) && defined(__FMA__)
+  return w.w.dtype == DType::F8_E4M3 && w.block_k % 32 == 0 && w.cols() % w.block_k == 0;
+#else
+  return false;
+#endif
+}
+
+void pack_fp8_quads(const float* x, int64_t K, float* packed) {
+  for (int64_t k = 0; k < K; k += 32)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 8; ++l) packed[k + j * 8 + l] = x[k + 4 * l + j];
+}
+
+void dot_rows4_packed_fp8(const float* packed, const Weight& w, int64_t n, float out[4]) {
+#if defined(__AVX2__) && defined(__FMA__)
+  const int64_t K = w.cols(), kblocks = K / w.block_k;
+  const uint8_t* p = w.w.as<const uint8_t>() + n * K;
+  const __m256i mag_mask = _mm256_set1_epi32(0x7f), sign_mask = _mm256_set1_epi32(0x80);
+  constexpr float kUnbias = 1.329228e36f;  // 2^120
+  float total[4] = {0, 0, 0, 0};
+  for (int64_t b = 0; b < kblocks; ++b) {
+    __m256 acc[4];
+    for (auto& a : acc) a = _mm256_setzero_ps();
+    for (int64_t k = b * w.block_k; k < (b + 1) * w.block_k; k += 32) {
+      const float* xk = packed + k;
+      for (int r = 0; r < 4; ++r) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * K + k));
+        for (int j = 0; j < 4; ++j) {
+          const __m256i byte = j ? _mm256_srli_epi32(v, 8 * j) : v;
+          const __m256i bits = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(byte, mag_mask), 20),
+                                               _mm256_slli_epi32(_mm256_and_si256(byte, sign_mask), 24));
+          acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xk + j * 8), _mm256_castsi256_ps(bits), acc[r]);
+        }
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      const float scale = w.scale_inv.as<const float>()[((n + r) / w.block_n) * kblocks + b];
+      total[r] += hsum(acc[r]) * (scale * kUnbias);
+    }
+  }
+  for (int r = 0; r < 4; ++r) out[r] = total[r];
+#else
+  (void)packed, (void)w, (void)n, (void)out;
+  fail("dot_rows4_packed_fp8 needs AVX2");
+#endif
+}
+
 void dequant_row(const Weight& w, int64_t n, int64_t k0, int64_t count, float* out) {
   const int64_t K = w.cols();
   int64_t k = 0;

@@ -19,6 +19,13 @@ void axpy_row(float a, const Weight& w, int64_t n, float* y);
 bool can_use_packed_bf16(const Weight& w);
 void pack_bf16_pairs(const float* x, int64_t K, float* packed);
 void dot_rows4_packed(const float* packed, const Weight& w, int64_t n, float out[4]);
+// FP8 rows the same way: x is repacked per 32-wide block so that a 32-byte load of E4M3 weights, viewed as 8
+// 32-bit lanes of 4 bytes, yields the weights for x[4l + j] from byte j of lane l by shifts and masks alone.
+// E4M3 -> F32 by moving bits: magnitude << 20 and sign << 24 give the value times 2^-120, undone with the block
+// scale. Needs K % block_k == 0 and block_k % 32 == 0.
+bool can_use_packed_fp8(const Weight& w);
+void pack_fp8_quads(const float* x, int64_t K, float* packed);
+void dot_rows4_packed_fp8(const float* packed, const Weight& w, int64_t n, float out[4]);
 // out[k] = W[n, k] for k in [k0, k0 + count) (dequantised).
 void dequant_row(const Weight& w, int64_t n, int64_t k0, int64_t count, float* out);
 // out[i] = v[i] for a BF16/F16/F32 vector (norm weights).
