@@ -259,6 +259,18 @@ async function generate(conv, msg) {
   const idx = conv.messages.indexOf(msg);
   const controller = new AbortController();
   streaming = { controller, conv, msg };
+  let renderPending = false;
+  const scheduleRender = () => {  // at most one render of the growing answer per frame
+    if (renderPending) return;
+    renderPending = true;
+    requestAnimationFrame(() => {
+      renderPending = false;
+      if (streaming && streaming.msg === msg && msg.el) {
+        fillAssistant(msg.el, msg);
+        $("messages").scrollTop = $("messages").scrollHeight;
+      }
+    });
+  };
   renderAll();
   const body = {
     model: modelName || undefined,
@@ -296,9 +308,10 @@ async function generate(conv, msg) {
             if (ch.finish_reason) msg.finish = ch.finish_reason;
           }
         }
-        if (msg.el) fillAssistant(msg.el, msg);
-        $("messages").scrollTop = $("messages").scrollHeight;
+        scheduleRender();
       }
+      // Yield to the event loop: a fast server would otherwise keep this loop busy and the page would not paint.
+      await new Promise((r) => setTimeout(r, 0));
     }
   } catch (e) {
     if (e.name === "AbortError") msg.stopped = true;

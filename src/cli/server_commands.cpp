@@ -34,6 +34,7 @@ struct ServeArgs {
   int32_t max_batch = 64, step_tokens = 512, default_max_tokens = 2048;
   int64_t cache_tokens = 65536, page_size = 16, max_context = 0;
   size_t max_body = 4 << 20;
+  bool ignore_eos = false;
 };
 
 std::string trim(std::string s) {
@@ -58,6 +59,7 @@ void run_serve(const ServeArgs& a) {
   so.port = a.port;
   so.max_body_bytes = a.max_body;
   so.default_max_tokens = a.default_max_tokens;
+  so.ignore_eos = a.ignore_eos;
   if (a.reasoning == "on") so.reasoning = server::ReasoningMode::on;
   else if (a.reasoning == "off") so.reasoning = server::ReasoningMode::off;
   else if (a.reasoning != "auto") fail("--reasoning must be auto, on or off");
@@ -251,6 +253,7 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--served-model-name", s->name, "Model id in the API (default: the model directory's name)");
   serve->add_option("--reasoning", s->reasoning, "Split <think> into reasoning_content: auto (from the chat template), on, off");
   serve->add_option("--max-body-bytes", s->max_body, "Largest request body accepted (413 above)");
+  serve->add_flag("--ignore-eos", s->ignore_eos, "Never stop at EOS (for benchmarks and tests with random weights)");
   serve->callback([s] { run_serve(*s); });
 
   auto* bench = app.add_subcommand("bench-serve", "Load a running server with streaming chat requests and report latencies");

@@ -168,7 +168,7 @@ struct Server::Impl {
         g.sampling = c.sampling;
         if (g.sampling.seed) g.sampling.seed = *g.sampling.seed + uint64_t(i);
         g.stop = c.stop;
-        g.ignore_eos = c.ignore_eos;
+        g.ignore_eos = c.ignore_eos || opt.ignore_eos;
         g.top_logprobs = c.top_logprobs;
         job.handles.push_back(sched.submit(std::move(g), job.sink, i));
       }

@@ -24,6 +24,7 @@ struct ServerOptions {
   size_t max_body_bytes = 4 << 20;
   int32_t default_max_tokens = 2048;
   ReasoningMode reasoning = ReasoningMode::auto_detect;
+  bool ignore_eos = false;  // never stop at EOS (benchmarks and tests with random-weight models)
   int http_threads = 512;  // one per open connection (streams hold theirs)
 };
 
