@@ -76,6 +76,34 @@ bench_model() {  # name config dtype batches contexts
   "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 4096 --batch "$4" --context "$5" 2>&1 | tee "$OUT/bench-$1.log"
   rm -rf "$dir"
 }
+stage_test-bf16() {  # the whole-model tests with the single-rounding BF16 prefill GEMMs
+  env_deps
+  MOE_CUDA_PREFILL=bf16 "$BUILD/tests/cuda/test_cuda" --gtest_filter='CudaModel.*' 2>&1 | tee "$OUT/test_cuda_bf16.log" | grep -E "^\[|rel L2|error" | tail -40
+}
+# Decode at batch 1 and 64 (contexts 512 and 4096) and prefill 4096, then prefill again with the other
+# prefill GEMM precision (MOE_CUDA_PREFILL=bf16), on one random checkpoint.
+quick_model() {  # name config dtype
+  env_deps
+  local dir=$MODELS/$1
+  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config "$2" --out "$dir" --dtype "$3" >/dev/null || return 1
+  "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 4096 --batch 1,64 --context 512,4096 2>&1 | tee "$OUT/quick-$1.log"
+  MOE_CUDA_PREFILL=bf16 "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 4096 --batch 1 --context 512 2>&1 | grep -E "prefill|decode" | sed 's/^/[prefill bf16] /' | tee -a "$OUT/quick-$1.log"
+  rm -rf "$dir"
+}
+stage_quick-moonlight() { quick_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
+stage_quick-moonlight-fp8() { quick_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }
+# Kernel times of one prefill (1024 tokens) and one decode step (batch 1, context 512) of the Moonlight shape
+# under Nsight Compute (one metric, clocks as found), summed per kernel by bench/gpu/ncu_summary.py.
+stage_profile-moonlight() {
+  env_deps
+  local dir=$MODELS/moonlight-bf16
+  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config bench/gpu/configs/moonlight-16b-a3b.json --out "$dir" --dtype bf16 >/dev/null || return 1
+  ncu --csv --metrics gpu__time_duration.sum --clock-control none --log-file "$OUT/ncu.csv" \
+    "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 1024 --batch 1 --context 512 --steps 1 >"$OUT/ncu-app.log" 2>&1
+  echo "ncu exit $?"; tail -3 "$OUT/ncu-app.log"
+  python3 bench/gpu/ncu_summary.py "$OUT/ncu.csv" --forward 1 --forward -1 | tee "$OUT/ncu-summary.txt"
+  rm -f "$OUT/ncu.csv"
+}
 stage_bench-moonlight() { bench_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 1,8,64,256 512,4096; }
 stage_bench-moonlight-fp8() { bench_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8 1,8,64,256 512,4096; }
 stage_bench-v3() { bench_model v3-4layers-fp8 bench/gpu/configs/deepseek-v3-4layers.json fp8 1,8,64 512,4096; }

@@ -203,23 +203,29 @@ void run_sweep(const BenchArgs& a) {
       for (int32_t s = 0; s < B; ++s)
         for (int64_t p = 0; p < pps; ++p) chunks[size_t(s)].pages.push_back(int32_t(int64_t(s) * pps + p));
       std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+      double host_s = 0.0;  // time the host spends enqueuing a step (model.forward returning)
       auto step = [&](int32_t i) {
         for (auto& ch : chunks) {
           ch.tokens = {int32_t(rng() % uint32_t(c.vocab_size))};
           ch.start_pos = ctx + i;
         }
+        const auto th = Clock::now();
         ForwardOutput out = model.forward(chunks, cache);
+        host_s += seconds_since(th);
         if (B == 1) backend->copy_to_host(out.logits, logits.data());  // greedy sampling reads the logits
         else backend->synchronize();
       };
       step(0);
       step(1);
       const size_t mem = device_memory_used(a.device);
+      host_s = 0.0;
       const auto t0 = Clock::now();
       for (int32_t i = 0; i < steps; ++i) step(2 + i);
       const double dt = seconds_since(t0);
       const double tps = double(B) * steps / dt;
-      fmt::print("decode: batch {} context {}: {:.1f} tokens/s ({:.2f} ms/step)", B, ctx, tps, 1e3 * dt / steps);
+      // Host enqueue time close to the step time means the step is bound by the host (launches, allocations).
+      fmt::print("decode: batch {} context {}: {:.1f} tokens/s ({:.2f} ms/step, host enqueue {:.2f} ms/step)", B, ctx, tps,
+                 1e3 * dt / steps, 1e3 * host_s / steps);
       if (B == 1) {
         const double bytes = double(stats.active_weight_bytes) + double(ctx) * double(cache_token_bytes);
         const double roof = ceil.bandwidth / bytes;

@@ -2,8 +2,9 @@
 // (256 experts top-8 in 8 groups choosing 4; hidden 7168, moe_intermediate 2048), random inputs.
 // Routing: same F32 formulas on both sides; the chosen experts must match exactly (random logits make ties
 // within F32 rounding improbable: the test prints any mismatch) and the weights within 1e-5 relative.
-// Experts: the GEMV path is F32 on both sides (bound 1e-4, see test_cuda_ops.cpp); the grouped-GEMM path
-// (> 8 tokens) rounds x and the SwiGLU hidden state to BF16: two 2^-9 roundings -> ~3e-3; bound 1e-2.
+// Experts: the grouped-GEMV path (< 32 rows per expert) is F32 on both sides (bound 1e-4, see
+// test_cuda_ops.cpp); the expert-GEMM path (prefill) splits x, the SwiGLU hidden state and dequantised FP8
+// weights into BF16 hi + lo halves (CudaBackend::gemm), ~2^-17 relative per input: bound 1e-3.
 #include "cuda_test_util.h"
 
 namespace moe {
@@ -71,7 +72,7 @@ TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
                              gpu_->upload_weight(keep[b + 2].weight)});
     }
     gpu_->prepare_experts(dev);
-    for (int64_t T : {1, 6, 37}) {
+    for (int64_t T : {1, 6, 37, 64}) {  // 64 * 8 assignments = 32 per expert: the expert-GEMM path
       Tensor x = test::random_host(rng_, DType::F32, {T, D});
       Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
       std::vector<int32_t> perm(static_cast<size_t>(E));
@@ -87,7 +88,7 @@ TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
       cpu_->moe_experts(x, host, ids, w, ref);
       gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids), test::to_device(*gpu_, w), gout);
       const std::vector<float> got = test::to_host_f32(*gpu_, gout);
-      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), T <= 8 ? 1e-4 : 1e-2) << "T=" << T << " fp8=" << fp8;
+      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), T * K >= 32 * E ? 1e-3 : 1e-4) << "T=" << T << " fp8=" << fp8;
     }
   }
 }

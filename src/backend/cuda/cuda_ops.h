@@ -36,9 +36,11 @@ void embedding(const WeightRef& table, const int32_t* ids, int64_t T, float* out
 void add(const float* a, const float* b, float* out, int64_t n, cudaStream_t s);
 void gather_rows(const float* x, const int32_t* rows, int64_t R, int64_t D, float* out, cudaStream_t s);
 void silu_mul(const float* g, const float* u, float* out, int64_t n, cudaStream_t s);
-void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s);
-// Any weight (BF16/F16/F32/FP8+scales) to dense BF16 [rows, cols].
-void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s);
+// out = bf16(x); with lo, also lo = bf16(x - out), so that out + lo holds x to ~2^-17 relative (the split-BF16
+// GEMM inputs of prefill, see CudaBackend::gemm).
+void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s, uint16_t* lo = nullptr);
+// Any weight (BF16/F16/F32/FP8+scales) to dense BF16 [rows, cols] (with lo: the rounding remainder too).
+void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t* lo = nullptr);
 
 // ---- rms_norm.cu ---------------------------------------------------------------------------------------
 void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out, cudaStream_t s);
@@ -125,7 +127,8 @@ void moe_plan(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t m
 // out[t, d] = sum_j w[t, j] * y[t * k + j, d]
 void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, float* out, cudaStream_t s);
 // Grouped-GEMM helpers: xp[i] = bf16(x[perm[i] / k]); out rows scattered back.
-void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp, cudaStream_t s);
+void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp, cudaStream_t s,
+                     uint16_t* xp_lo = nullptr);  // with xp_lo: bf16(x - xp) too
 void moe_scatter_rows(const float* yp, const int32_t* perm, int64_t TK, int64_t D, float* y, cudaStream_t s);
 
 }  // namespace moe::cuda

@@ -35,15 +35,22 @@ __global__ void silu_mul_kernel(const float* g, const float* u, float* out, int6
   if (i < n) out[i] = g[i] / (1.0f + __expf(-g[i])) * u[i];
 }
 
-__global__ void f32_to_bf16_kernel(const float* x, uint16_t* out, int64_t n) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i < n) out[i] = float_to_bf16_bits(x[i]);
+// hi = bf16(v); lo = bf16(v - hi) when lo is wanted: hi + lo carries ~16 significant bits of v.
+__device__ __forceinline__ void split_store(float v, uint16_t* hi, uint16_t* lo, int64_t i) {
+  const uint16_t h = float_to_bf16_bits(v);
+  hi[i] = h;
+  if (lo) lo[i] = float_to_bf16_bits(v - bf16_bits_to_float(h));
 }
 
-__global__ void weight_to_bf16_kernel(WeightRef w, uint16_t* out) {
+__global__ void f32_to_bf16_kernel(const float* x, uint16_t* out, uint16_t* lo, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) split_store(x[i], out, lo, i);
+}
+
+__global__ void weight_to_bf16_kernel(WeightRef w, uint16_t* out, uint16_t* lo) {
   const int64_t n = blockIdx.y;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < w.cols; k += int64_t(gridDim.x) * blockDim.x)
-    out[n * w.cols + k] = float_to_bf16_bits(load_weight(w, n, k));
+    split_store(load_weight(w, n, k), out, lo, n * w.cols + k);
 }
 
 unsigned col_blocks(int64_t D) { return unsigned(std::min<int64_t>((D + 255) / 256, 64)); }
@@ -74,15 +81,15 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n, cudaStream_
   check_launch("silu_mul");
 }
 
-void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s) {
+void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s, uint16_t* lo) {
   if (n == 0) return;
-  f32_to_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, out, n);
+  f32_to_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, out, lo, n);
   check_launch("f32_to_bf16");
 }
 
-void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s) {
+void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t* lo) {
   if (w.rows == 0) return;
-  weight_to_bf16_kernel<<<dim3(col_blocks(w.cols), unsigned(w.rows)), 256, 0, s>>>(w, out);
+  weight_to_bf16_kernel<<<dim3(col_blocks(w.cols), unsigned(w.rows)), 256, 0, s>>>(w, out, lo);
   check_launch("weight_to_bf16");
 }
 

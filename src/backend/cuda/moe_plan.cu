@@ -66,11 +66,16 @@ __global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_
   }
 }
 
-__global__ void gather_bf16_kernel(const float* x, const int32_t* perm, int32_t k, int64_t D, uint16_t* xp) {
+__global__ void gather_bf16_kernel(const float* x, const int32_t* perm, int32_t k, int64_t D, uint16_t* xp,
+                                   uint16_t* xp_lo) {
   const int64_t i = blockIdx.y;
   const float* src = x + int64_t(perm[i] / k) * D;
-  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
-    xp[i * D + d] = float_to_bf16_bits(src[d]);
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x) {
+    const float v = src[d];
+    const uint16_t h = float_to_bf16_bits(v);
+    xp[i * D + d] = h;
+    if (xp_lo) xp_lo[i * D + d] = float_to_bf16_bits(v - bf16_bits_to_float(h));
+  }
 }
 
 __global__ void scatter_rows_kernel(const float* yp, const int32_t* perm, int64_t D, float* y) {
@@ -98,9 +103,9 @@ void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D
 }
 
 void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp,
-                     cudaStream_t s) {
+                     cudaStream_t s, uint16_t* xp_lo) {
   if (TK == 0) return;
-  gather_bf16_kernel<<<dim3(col_blocks(D), unsigned(TK)), 256, 0, s>>>(x, perm, k, D, xp);
+  gather_bf16_kernel<<<dim3(col_blocks(D), unsigned(TK)), 256, 0, s>>>(x, perm, k, D, xp, xp_lo);
   check_launch("moe_gather_bf16");
 }
 
