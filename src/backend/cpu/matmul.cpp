@@ -27,25 +27,20 @@ void matmul_streaming(const float* x, int64_t T, const Weight& w, float* out) {
     if (packed_bf16) pack_bf16_pairs(x + t * K, K, xp.data() + t * K);
     else pack_fp8_quads(x + t * K, K, xp.data() + t * K);
   }
+  // Rows in order, each read from memory once (for the second and later tokens it is still in L1).
   ThreadPool::global().parallel_for(
-      (N + 3) / 4,
+      N,
       [&](int64_t begin, int64_t end, int) {
-        for (int64_t q = begin; q < end; ++q) {
-          const int64_t n = q * 4;
+        for (int64_t n = begin; n < end; ++n)
           for (int64_t t = 0; t < T; ++t) {
-            if (n + 4 <= N) {
-              float r[4];
-              if (packed_bf16) dot_rows4_packed(xp.data() + t * K, w, n, r);
-              else if (packed_fp8) dot_rows4_packed_fp8(xp.data() + t * K, w, n, r);
-              else dot_rows4(x + t * K, w, n, r);
-              for (int i = 0; i < 4; ++i) out[t * N + n + i] = r[i];
-            } else {
-              for (int64_t i = n; i < N; ++i) out[t * N + i] = dot_row(x + t * K, w, i);
-            }
+            float v;
+            if (packed_bf16) v = dot_row_packed_bf16(xp.data() + t * K, w, n);
+            else if (packed_fp8) v = dot_row_packed_fp8(xp.data() + t * K, w, n);
+            else v = dot_row(x + t * K, w, n);
+            out[t * N + n] = v;
           }
-        }
       },
-      16);
+      64);
 }
 
 // out[t][n] for 4 tokens x 2 rows of an F32 tile: 8 accumulators share each load of x and w.

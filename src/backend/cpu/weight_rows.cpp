@@ -127,26 +127,6 @@ float dot_row(const float* x, const Weight& w, int64_t n) {
   }
 }
 
-void dot_rows4(const float* x, const Weight& w, int64_t n, float out[4]) {
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  const int64_t K = w.cols();
-  if (w.w.dtype == DType::BF16 && K % 8 == 0) {
-    const uint16_t* p = w.w.as<const uint16_t>() + n * K;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-      const __m256 xv = _mm256_loadu_ps(x + k);
-      a0 = _mm256_fmadd_ps(xv, load_bf16x8(p + k), a0);
-      a1 = _mm256_fmadd_ps(xv, load_bf16x8(p + K + k), a1);
-      a2 = _mm256_fmadd_ps(xv, load_bf16x8(p + 2 * K + k), a2);
-      a3 = _mm256_fmadd_ps(xv, load_bf16x8(p + 3 * K + k), a3);
-    }
-    out[0] = hsum(a0), out[1] = hsum(a1), out[2] = hsum(a2), out[3] = hsum(a3);
-    return;
-  }
-#endif
-  for (int i = 0; i < 4; ++i) out[i] = dot_row(x, w, n + i);
-}
-
 bool can_use_packed_bf16(const Weight& w) {
 #if defined(__AVX2__) && defined(__FMA__)
   return w.w.dtype == DType::BF16 && w.cols() % 16 == 0;
@@ -163,25 +143,34 @@ void pack_bf16_pairs(const float* x, int64_t K, float* packed) {
     }
 }
 
-void dot_rows4_packed(const float* packed, const Weight& w, int64_t n, float out[4]) {
+float dot_row_packed_bf16(const float* packed, const Weight& w, int64_t n) {
 #if defined(__AVX2__) && defined(__FMA__)
+  // One row at a time, 64 weights per step into 8 independent accumulators: a single sequential stream that the
+  // hardware prefetcher follows, and no FMA dependency chain (interleaving 4 rows 4 KB apart ran at 40 %).
   const int64_t K = w.cols();
   const uint16_t* p = w.w.as<const uint16_t>() + n * K;
   const __m256i high = _mm256_set1_epi32(int(0xffff0000u));
-  __m256 acc[4];
-  for (auto& a : acc) a = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) {
-    const __m256 xe = _mm256_loadu_ps(packed + k), xo = _mm256_loadu_ps(packed + k + 8);
-    for (int r = 0; r < 4; ++r) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * K + k));
-      acc[r] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), acc[r]);
-      acc[r] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(v, high)), acc[r]);
+  __m256 even[4], odd[4];
+  for (int i = 0; i < 4; ++i) even[i] = odd[i] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    for (int i = 0; i < 4; ++i) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k + 16 * i));
+      even[i] = _mm256_fmadd_ps(_mm256_loadu_ps(packed + k + 16 * i), _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), even[i]);
+      odd[i] = _mm256_fmadd_ps(_mm256_loadu_ps(packed + k + 16 * i + 8), _mm256_castsi256_ps(_mm256_and_si256(v, high)), odd[i]);
     }
   }
-  for (int r = 0; r < 4; ++r) out[r] = hsum(acc[r]);
+  for (; k < K; k += 16) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k));
+    even[0] = _mm256_fmadd_ps(_mm256_loadu_ps(packed + k), _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), even[0]);
+    odd[0] = _mm256_fmadd_ps(_mm256_loadu_ps(packed + k + 8), _mm256_castsi256_ps(_mm256_and_si256(v, high)), odd[0]);
+  }
+  const __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(even[0], even[1]), _mm256_add_ps(even[2], even[3])),
+                                   _mm256_add_ps(_mm256_add_ps(odd[0], odd[1]), _mm256_add_ps(odd[2], odd[3])));
+  return hsum(sum);
 #else
-  (void)packed, (void)w, (void)n, (void)out;
-  fail("dot_rows4_packed needs AVX2");
+  (void)packed, (void)w, (void)n;
+  fail("dot_row_packed_bf16 needs AVX2");
 #endif
 }
 
@@ -199,37 +188,34 @@ void pack_fp8_quads(const float* x, int64_t K, float* packed) {
       for (int l = 0; l < 8; ++l) packed[k + j * 8 + l] = x[k + 4 * l + j];
 }
 
-void dot_rows4_packed_fp8(const float* packed, const Weight& w, int64_t n, float out[4]) {
+float dot_row_packed_fp8(const float* packed, const Weight& w, int64_t n) {
 #if defined(__AVX2__) && defined(__FMA__)
+  // One row at a time; within a 128-wide block each 32-byte load feeds 4 independent accumulators (byte j of
+  // every 32-bit lane), and each block's partial sum is scaled and added in F32.
   const int64_t K = w.cols(), kblocks = K / w.block_k;
   const uint8_t* p = w.w.as<const uint8_t>() + n * K;
+  const float* scales = w.scale_inv.as<const float>() + (n / w.block_n) * kblocks;
   const __m256i mag_mask = _mm256_set1_epi32(0x7f), sign_mask = _mm256_set1_epi32(0x80);
   constexpr float kUnbias = 1.329228e36f;  // 2^120
-  float total[4] = {0, 0, 0, 0};
+  float total = 0.0f;
   for (int64_t b = 0; b < kblocks; ++b) {
     __m256 acc[4];
     for (auto& a : acc) a = _mm256_setzero_ps();
     for (int64_t k = b * w.block_k; k < (b + 1) * w.block_k; k += 32) {
-      const float* xk = packed + k;
-      for (int r = 0; r < 4; ++r) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * K + k));
-        for (int j = 0; j < 4; ++j) {
-          const __m256i byte = j ? _mm256_srli_epi32(v, 8 * j) : v;
-          const __m256i bits = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(byte, mag_mask), 20),
-                                               _mm256_slli_epi32(_mm256_and_si256(byte, sign_mask), 24));
-          acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xk + j * 8), _mm256_castsi256_ps(bits), acc[r]);
-        }
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k));
+      for (int j = 0; j < 4; ++j) {
+        const __m256i byte = j ? _mm256_srli_epi32(v, 8 * j) : v;
+        const __m256i bits = _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(byte, mag_mask), 20),
+                                             _mm256_slli_epi32(_mm256_and_si256(byte, sign_mask), 24));
+        acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(packed + k + j * 8), _mm256_castsi256_ps(bits), acc[j]);
       }
     }
-    for (int r = 0; r < 4; ++r) {
-      const float scale = w.scale_inv.as<const float>()[((n + r) / w.block_n) * kblocks + b];
-      total[r] += hsum(acc[r]) * (scale * kUnbias);
-    }
+    total += hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) * (scales[b] * kUnbias);
   }
-  for (int r = 0; r < 4; ++r) out[r] = total[r];
+  return total;
 #else
-  (void)packed, (void)w, (void)n, (void)out;
-  fail("dot_rows4_packed_fp8 needs AVX2");
+  (void)packed, (void)w, (void)n;
+  fail("dot_row_packed_fp8 needs AVX2");
 #endif
 }
 
