@@ -68,7 +68,8 @@ uint16_t float_to_f16(float f) {
   return sign | uint16_t(((abits >> 13) - (112u << 10)));
 }
 
-float e4m3_to_float(uint8_t v) {
+namespace {
+float e4m3_to_float_exact(uint8_t v) {
   const bool neg = v & 0x80;
   const int exp = (v >> 3) & 0xf;
   const int mant = v & 0x7;
@@ -81,6 +82,19 @@ float e4m3_to_float(uint8_t v) {
     r = std::ldexp(1.0f + float(mant) / 8.0f, exp - 7);
   }
   return neg ? -r : r;
+}
+
+struct E4m3Table {
+  float values[256];
+  E4m3Table() {
+    for (int i = 0; i < 256; ++i) values[i] = e4m3_to_float_exact(uint8_t(i));
+  }
+};
+}  // namespace
+
+float e4m3_to_float(uint8_t v) {
+  static const E4m3Table table;
+  return table.values[v];
 }
 
 uint8_t float_to_e4m3(float f) {
