@@ -157,6 +157,15 @@ TEST_F(BadCheckpoint, TruncatedShard) {
   expect_error([&] { load(); }, {"model-00002-of-00002.safetensors", "past the end", "truncated"});
 }
 
+TEST_F(BadCheckpoint, UnreadableShard) {
+  // A shard that is not a regular file (root can read any file, so a directory stands in for "unreadable").
+  fs::remove(shard(2));
+  fs::create_directory(shard(2));
+  expect_error([&] { load(); }, {"model-00002-of-00002.safetensors", "not a regular file"});
+  fs::remove(shard(2));
+  expect_error([&] { load(); }, {"model-00002-of-00002.safetensors", "cannot open"});
+}
+
 TEST_F(BadCheckpoint, NoWeightFiles) {
   fs::remove(fs::path(dir_) / "model.safetensors.index.json");
   expect_error([&] { Checkpoint c(dir_); }, {"no model.safetensors"});
