@@ -92,6 +92,18 @@ quick_model() {  # name config dtype
 }
 stage_quick-moonlight() { quick_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
 stage_quick-moonlight-fp8() { quick_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }
+# Batch-1 decode of the Moonlight shape with the current kernels and with MOE_CUDA_LEGACY (the kernels from
+# before the batch-1 rework, all or one group at a time), in one process tree on one checkpoint: A/B timings.
+stage_decode-moonlight() {
+  env_deps
+  local dir=$MODELS/moonlight-bf16
+  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config bench/gpu/configs/moonlight-16b-a3b.json --out "$dir" --dtype bf16 >/dev/null || return 1
+  for l in "" all "" memset norm combine gemv; do
+    local ctx=512; [ "$l" = all ] || [ "$l" = "" ] && ctx=512,4096
+    MOE_CUDA_LEGACY=$l "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 128 --batch 1 --context $ctx 2>&1 \
+      | grep -E "^(device|ceilings|decode)" | sed "s/^/[legacy=${l:-none}] /" | tee -a "$OUT/decode-moonlight.log"
+  done
+}
 # Kernel times of one prefill (1024 tokens) and one decode step (batch 1, context 512) of the Moonlight shape
 # under Nsight Compute (one metric, clocks as found), summed per kernel by bench/gpu/ncu_summary.py.
 stage_profile-moonlight() {

@@ -85,6 +85,8 @@ class Backend {
 
   // Memory.
   virtual Tensor alloc(DType dtype, Shape shape) = 0;  // zero-filled
+  // Contents unspecified: for outputs that the next op writes in full (saves the zero fill on a device).
+  virtual Tensor alloc_uninitialized(DType dtype, Shape shape) { return alloc(dtype, shape); }
   virtual void copy_from_host(const void* src, const TensorView& dst) = 0;
   virtual void copy_to_host(const TensorView& src, void* dst) = 0;
   virtual void copy(const TensorView& src, const TensorView& dst) = 0;  // same device, same bytes
@@ -101,6 +103,13 @@ class Backend {
   virtual void matmul(const TensorView& x, const Weight& w, const TensorView& out) = 0;
   // out = a + b, elementwise, same shape (out may alias a).
   virtual void add(const TensorView& a, const TensorView& b, const TensorView& out) = 0;
+  // The residual step: h += y, then out = rms_norm(h) with w (h, y, out [T, D]; out does not alias h or y).
+  // Default: add, then rms_norm; a backend may fuse the two.
+  virtual void add_rms_norm(const TensorView& h, const TensorView& y, const Weight& w, float eps,
+                            const TensorView& out) {
+    add(h, y, h);
+    rms_norm(h, w, eps, out);
+  }
   // out [T, Da+Db] = concat(a [T, Da], b [T, Db]) along columns.
   virtual void concat_cols(const TensorView& a, const TensorView& b, const TensorView& out) = 0;
   // out [R, D] = x[rows[r]] for x [T, D], rows I32 host vector.

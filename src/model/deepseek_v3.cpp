@@ -69,7 +69,7 @@ Tensor DeepseekV3::upload_tokens(const std::vector<SequenceChunk>& chunks) {
       ids.push_back(t);
     }
   }
-  Tensor out = backend_.alloc(DType::I32, Shape{int64_t(ids.size())});
+  Tensor out = backend_.alloc_uninitialized(DType::I32, Shape{int64_t(ids.size())});
   backend_.copy_from_host(ids.data(), out);
   return out;
 }
@@ -81,7 +81,7 @@ ForwardOutput DeepseekV3::forward(const std::vector<SequenceChunk>& chunks, Late
   const int64_t T = plan.num_tokens(), D = config_.hidden_size;
   const DType act = backend_.activation_dtype();
 
-  Tensor h = backend_.alloc(act, {T, D});
+  Tensor h = backend_.alloc_uninitialized(act, {T, D});
   backend_.embedding(weights_.embed, ids, h);
   for (size_t i = 0; i < weights_.layers.size(); ++i)
     decoder_layer(weights_.layers[i], h, cache.layer(int64_t(i)), batch);
@@ -103,12 +103,13 @@ ForwardOutput DeepseekV3::forward_mtp(const std::vector<SequenceChunk>& chunks, 
   const float eps = float(config_.rms_norm_eps);
 
   // m_j = eh_proj(concat(enorm(embed(t[j+1])), hnorm(h_j)))
-  Tensor e = backend_.alloc(act, {T, D}), hn = backend_.alloc(act, {T, D}), cat = backend_.alloc(act, {T, 2 * D});
+  Tensor e = backend_.alloc_uninitialized(act, {T, D}), hn = backend_.alloc_uninitialized(act, {T, D});
+  Tensor cat = backend_.alloc_uninitialized(act, {T, 2 * D});
   backend_.embedding(weights_.embed, ids, e);
   backend_.rms_norm(e, mtp.enorm, eps, e);
   backend_.rms_norm(hidden, mtp.hnorm, eps, hn);
   backend_.concat_cols(e, hn, cat);
-  Tensor m = backend_.alloc(act, {T, D});
+  Tensor m = backend_.alloc_uninitialized(act, {T, D});
   backend_.matmul(cat, mtp.eh_proj, m);
   decoder_layer(mtp.layer, m, cache.layer(config_.num_hidden_layers), batch);
   return head(chunks, m, mtp.shared_head_norm, mtp.head);
@@ -118,7 +119,7 @@ ForwardOutput DeepseekV3::head(const std::vector<SequenceChunk>& chunks, const T
                                const Weight& lm_head) {
   const int64_t T = h.dim(0), D = h.dim(1);
   ForwardOutput out;
-  out.hidden = backend_.alloc(backend_.activation_dtype(), {T, D});
+  out.hidden = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, D});
   backend_.rms_norm(h, norm, float(config_.rms_norm_eps), out.hidden);
   int32_t row = 0;
   for (const auto& c : chunks) {
@@ -130,9 +131,9 @@ ForwardOutput DeepseekV3::head(const std::vector<SequenceChunk>& chunks, const T
     row += n;
   }
   const int64_t R = int64_t(out.logit_rows.size());
-  Tensor selected = backend_.alloc(backend_.activation_dtype(), {R, D});
+  Tensor selected = backend_.alloc_uninitialized(backend_.activation_dtype(), {R, D});
   backend_.gather_rows(out.hidden, out.logit_rows, selected);
-  out.logits = backend_.alloc(DType::F32, {R, config_.vocab_size});
+  out.logits = backend_.alloc_uninitialized(DType::F32, {R, config_.vocab_size});
   backend_.matmul(selected, lm_head, out.logits);
   return out;
 }
@@ -143,11 +144,10 @@ void DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView& h
   const int64_t T = h.rows(), D = h.row_size();
   const DType act = backend_.activation_dtype();
   const float eps = float(config_.rms_norm_eps);
-  Tensor x = backend_.alloc(act, {T, D}), y = backend_.alloc(act, {T, D});
+  Tensor x = backend_.alloc_uninitialized(act, {T, D}), y = backend_.alloc_uninitialized(act, {T, D});
   backend_.rms_norm(h, w.input_norm, eps, x);
   attention(w.attn, x, cache, batch, y);
-  backend_.add(h, y, h);
-  backend_.rms_norm(h, w.post_attention_norm, eps, x);
+  backend_.add_rms_norm(h, y, w.post_attention_norm, eps, x);
   if (w.is_moe) moe_ffn(w, x, y);
   else backend_.swiglu_mlp(x, w.dense, y);
   backend_.add(h, y, h);
@@ -160,21 +160,21 @@ void DeepseekV3::attention(const AttentionWeights& w, const TensorView& x, const
   const ModelConfig& c = config_;
   const int64_t T = x.rows(), H = c.num_attention_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim;
   const DType act = backend_.activation_dtype();
-  Tensor q = backend_.alloc(act, {T, H, c.qk_head_dim()});
+  Tensor q = backend_.alloc_uninitialized(act, {T, H, c.qk_head_dim()});
   const TensorView q2d = q.view().reshaped({T, H * c.qk_head_dim()});
   if (c.q_lora_rank > 0) {
-    Tensor qa = backend_.alloc(act, {T, c.q_lora_rank});
+    Tensor qa = backend_.alloc_uninitialized(act, {T, c.q_lora_rank});
     backend_.matmul(x, w.q_a, qa);
     backend_.rms_norm(qa, w.q_a_norm, kLatentNormEps, qa);
     backend_.matmul(qa, w.q_b, q2d);
   } else {
     backend_.matmul(x, w.q_proj, q2d);
   }
-  Tensor kv_a = backend_.alloc(act, {T, c.cache_width()});
+  Tensor kv_a = backend_.alloc_uninitialized(act, {T, c.cache_width()});
   backend_.matmul(x, w.kv_a, kv_a);
   backend_.mla_write_cache(kv_a, w.kv_a_norm, kLatentNormEps, rope_, batch, cache);
   backend_.mla_rope_q(q, dn, rope_, batch);
-  Tensor o = backend_.alloc(act, {T, H * dv});
+  Tensor o = backend_.alloc_uninitialized(act, {T, H * dv});
   backend_.mla_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, o);
   backend_.matmul(o, w.o_proj, out);
 }
@@ -182,13 +182,14 @@ void DeepseekV3::attention(const AttentionWeights& w, const TensorView& x, const
 // DeepSeekMoE: the router (FP32) picks top-k routed experts per token; shared experts see every token.
 void DeepseekV3::moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out) {
   const int64_t T = x.rows(), E = config_.n_routed_experts, K = config_.num_experts_per_tok;
-  Tensor logits = backend_.alloc(DType::F32, {T, E});
+  Tensor logits = backend_.alloc_uninitialized(DType::F32, {T, E});
   backend_.matmul(x, w.router, logits);
-  Tensor ids = backend_.alloc(DType::I32, {T, K}), weights = backend_.alloc(DType::F32, {T, K});
+  Tensor ids = backend_.alloc_uninitialized(DType::I32, {T, K});
+  Tensor weights = backend_.alloc_uninitialized(DType::F32, {T, K});
   backend_.moe_route(logits, w.correction_bias.view(), routing_, ids, weights);
   backend_.moe_experts(x, w.experts, ids, weights, out);
   if (w.shared_experts) {
-    Tensor shared = backend_.alloc(backend_.activation_dtype(), {T, x.row_size()});
+    Tensor shared = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, x.row_size()});
     backend_.swiglu_mlp(x, *w.shared_experts, shared);
     backend_.add(out, shared, out);
   }

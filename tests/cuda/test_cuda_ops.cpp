@@ -45,6 +45,36 @@ TEST_F(CudaOps, MatmulGemvBf16AndFp8) {
     }
   EXPECT_LE(matmul_error(2, 576, 7168, false), 1e-4) << "kv_a_proj (N not a multiple of 16 rows per block)";
   EXPECT_LE(matmul_error(1, 200, 100, false), 1e-4) << "K not a multiple of the 16-byte chunk";
+  // Batch-1 GEMVs too small to fill the GPU take one row per warp.
+  for (bool fp8 : {false, true}) {
+    EXPECT_LE(matmul_error(1, 576, 2048, fp8), 1e-4) << "kv_a_proj at batch 1, fp8=" << fp8;
+    EXPECT_LE(matmul_error(1, 2048, 2048, fp8), 1e-4) << "o_proj at batch 1, fp8=" << fp8;
+  }
+  EXPECT_LE(matmul_error(1, 65, 2048, false), 1e-4) << "N not a multiple of the 8 rows per block";
+}
+
+// The vectorised RMSNorm (row widths a multiple of 4, up to 8192) and its fallback, and the fused
+// residual step add_rms_norm against the CPU's add then rms_norm.
+TEST_F(CudaOps, RmsNormWidthsAndFusedResidual) {
+  for (int64_t D : {512, 1536, 2048, 5120, 7168, 8192, 8196, 1002})
+    for (int64_t T : {1, 3}) {
+      Tensor h = test::random_host(rng_, DType::F32, {T, D}, 3.0f), y = test::random_host(rng_, DType::F32, {T, D});
+      Tensor wv = test::random_host(rng_, DType::BF16, {D});
+      Weight w;
+      w.w = wv.view();
+      Weight gw = gpu_->upload_weight(w);
+      Tensor gh = test::to_device(*gpu_, h), gy = test::to_device(*gpu_, y);
+      Tensor ref = Tensor::host(DType::F32, {T, D}), gout = gpu_->alloc_uninitialized(DType::F32, {T, D});
+      cpu_->rms_norm(h, w, 1e-6f, ref);
+      gpu_->rms_norm(gh, gw, 1e-6f, gout);
+      EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, gout).data(), ref.as<float>(), T * D), 1e-5) << "rms_norm D=" << D;
+      cpu_->add_rms_norm(h, y, w, 1e-6f, ref);
+      gpu_->add_rms_norm(gh, gy, gw, 1e-6f, gout);
+      EXPECT_EQ(test::to_host_f32(*gpu_, gh), std::vector<float>(h.as<float>(), h.as<float>() + T * D))
+          << "add_rms_norm residual D=" << D;
+      EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, gout).data(), ref.as<float>(), T * D), 1e-5)
+          << "add_rms_norm D=" << D << " T=" << T;
+    }
 }
 
 TEST_F(CudaOps, MatmulGemmBf16AndFp8) {

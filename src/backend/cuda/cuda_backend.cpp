@@ -36,6 +36,7 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail("CUDA error in {}: {}", what, cudaGetErrorString(e));
 }
 void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+Legacy g_legacy;
 
 }  // namespace cuda
 
@@ -86,6 +87,23 @@ class CudaBackend final : public Backend {
       else if (mode == "gemv") prefill_ = Prefill::Gemv;
       else fail("MOE_CUDA_PREFILL must be split, bf16 or gemv, not '{}'", mode);
     }
+    if (const char* l = std::getenv("MOE_CUDA_LEGACY")) {  // A/B timing against the older kernels
+      cuda::Legacy g;
+      std::string list = std::string(l) + ",";
+      for (size_t b = 0, e; (e = list.find(',', b)) != std::string::npos; b = e + 1) {
+        const std::string f = list.substr(b, e - b);
+        const bool all = f == "all";
+        if (all || f == "memset") g.memset = true;
+        if (all || f == "norm") g.norm = true;
+        if (all || f == "combine") g.combine = true;
+        if (all || f == "gemv") g.gemv = true;
+        if (!all && !f.empty() && f != "memset" && f != "norm" && f != "combine" && f != "gemv")
+          fail("MOE_CUDA_LEGACY takes memset, norm, combine, gemv or all, not '{}'", f);
+      }
+      cuda::g_legacy = g;
+    } else {
+      cuda::g_legacy = cuda::Legacy{};
+    }
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -104,6 +122,10 @@ class CudaBackend final : public Backend {
     Tensor t = scratch(dtype, shape);
     if (t.view().nbytes()) check(cudaMemsetAsync(t.data(), 0, t.view().nbytes(), stream_), "cudaMemsetAsync");
     return t;
+  }
+  // Op outputs written in full by the next op: no cudaMemsetAsync (one per temporary of the model).
+  Tensor alloc_uninitialized(DType dtype, Shape shape) override {
+    return cuda::g_legacy.memset ? alloc(dtype, shape) : scratch(dtype, shape);
   }
   void copy_from_host(const void* src, const TensorView& dst) override {
     if (dst.nbytes()) check(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, stream_), "copy_from_host");
@@ -199,6 +221,13 @@ class CudaBackend final : public Backend {
   void add(const TensorView& a, const TensorView& b, const TensorView& out) override {
     MOE_CHECK(a.numel() == b.numel() && a.numel() == out.numel(), "add: shapes differ");
     cuda::add(a.as<const float>(), b.as<const float>(), out.as<float>(), a.numel(), stream_);
+  }
+  void add_rms_norm(const TensorView& h, const TensorView& y, const Weight& w, float eps,
+                    const TensorView& out) override {
+    MOE_CHECK(h.numel() == y.numel() && h.numel() == out.numel(), "add_rms_norm: shapes differ");
+    MOE_CHECK(w.w.numel() == h.row_size(), "add_rms_norm: weight has {} elements for rows of {}", w.w.numel(),
+              h.row_size());
+    cuda::add_rms_norm(h.as<float>(), y.as<const float>(), ref(w), eps, h.rows(), h.row_size(), out.as<float>(), stream_);
   }
   void concat_cols(const TensorView& a, const TensorView& b, const TensorView& out) override {
     const int64_t T = a.rows(), da = a.row_size(), db = b.row_size();

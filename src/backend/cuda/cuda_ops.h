@@ -21,6 +21,16 @@ void check(cudaError_t e, const char* what);  // throws moe::Error
 #define MOE_CUDA_CHECK(expr) ::moe::cuda::check((expr), #expr)
 void check_launch(const char* kernel);  // cudaGetLastError after a launch
 
+// Switches back to the kernels from before the batch-1 decode rework, for A/B timing in one process: set from
+// MOE_CUDA_LEGACY (a comma list of memset, norm, combine, gemv, or all) when the backend is made.
+struct Legacy {
+  bool memset = false;   // alloc_uninitialized zero-fills like alloc
+  bool norm = false;     // the two-pass RMSNorm, and add_rms_norm as add + rms_norm
+  bool combine = false;  // the scalar MoE combine
+  bool gemv = false;     // two rows per warp for every GEMV
+};
+extern Legacy g_legacy;
+
 // A weight as the kernels see it: [rows, cols] row-major, FP8 with scale[(n / block_n) * kblocks + k / block_k].
 struct WeightRef {
   const void* data = nullptr;
@@ -44,6 +54,9 @@ void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t*
 
 // ---- rms_norm.cu ---------------------------------------------------------------------------------------
 void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out, cudaStream_t s);
+// h += y (in place), then out = rms_norm(h) * w, in one pass over each row.
+void add_rms_norm(float* h, const float* y, const WeightRef& w, float eps, int64_t T, int64_t D, float* out,
+                  cudaStream_t s);
 
 // ---- gemv_*.cu: weight-streaming matrix-vector products for few tokens --------------------------------
 // out[t, n] = sum_k x[t, k] * W[row_base + n, k] (or, with swiglu, silu(x.Wg[n]) * (x.Wu[n])).

@@ -88,12 +88,12 @@ constexpr int elem_bytes() {
 }
 
 // One pass: TILE token rows (xrows/orows, `count` of them valid) against the rows n0, n0+1 of the matrices.
-template <DType WT, int TILE, bool SWIGLU>
+template <DType WT, int TILE, bool SWIGLU, int R = kRowsPerWarp>
 __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const* wbase, const float* const* sbase,
                                           int64_t row_base, int64_t n0, const float* const* xrows,
                                           float* const* orows, int count) {
   using C = Chunk<WT>;
-  constexpr int M = SWIGLU ? 2 : 1, R = kRowsPerWarp, E = C::kElems;
+  constexpr int M = SWIGLU ? 2 : 1, E = C::kElems;
   constexpr bool kFp8 = WT == DType::F8_E4M3;
   const int lane = threadIdx.x % 32;
   const int64_t K = p.K, nchunks = K % E == 0 ? K / E : 0;  // else all columns take the tail path
@@ -187,10 +187,12 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const
   }
 }
 
-template <DType WT, int TILE, bool SWIGLU>
+// R weight rows per warp: 2, or 1 for dense single-token GEMVs too small to give every SM a block (kv_a,
+// the router, W_UV, o_proj at batch 1), which doubles their blocks.
+template <DType WT, int TILE, bool SWIGLU, int R = kRowsPerWarp>
 __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
   const int warp = threadIdx.x / 32;
-  const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
+  const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * R;
   if (n0 >= p.N) return;
   const char* wbase[2];
   const float* sbase[2];
@@ -210,7 +212,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
       xrows[t] = p.x + int64_t(a / p.x_row_div) * p.x_stride;
       orows[t] = p.out + int64_t(a) * p.out_stride;
     }
-    gemv_pass<WT, TILE, SWIGLU>(p, wbase, sbase, 0, n0, xrows, orows, count);
+    gemv_pass<WT, TILE, SWIGLU, R>(p, wbase, sbase, 0, n0, xrows, orows, count);
     return;
   }
   const int64_t y = blockIdx.y;
@@ -227,7 +229,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
       xrows[t] = p.x + y * p.x_step + tt * p.x_stride;
       orows[t] = p.out + y * p.out_step + tt * p.out_stride;
     }
-    gemv_pass<WT, TILE, SWIGLU>(p, wbase, sbase, row_base, n0, xrows, orows, count);
+    gemv_pass<WT, TILE, SWIGLU, R>(p, wbase, sbase, row_base, n0, xrows, orows, count);
   }
 }
 
@@ -237,6 +239,13 @@ void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
   unsigned gz = 1;
   if (!p.items) gz = unsigned(std::min<int64_t>((p.T + tile - 1) / tile, std::max<int64_t>(1, 1024 / (int64_t(gx) * p.grid_y))));
   const dim3 grid(gx, unsigned(p.grid_y), gz);
+  constexpr int64_t kSmallGrid = 264;  // 2 blocks per SM of an H100 (132 SMs)
+  if (tile == 1 && !p.swiglu && !p.items && !g_legacy.gemv && int64_t(gx) * p.grid_y < kSmallGrid) {
+    const dim3 grid1(unsigned((p.N + kWarps - 1) / kWarps), unsigned(p.grid_y), gz);
+    gemv_kernel<WT, 1, false, 1><<<grid1, 256, 0, s>>>(p);
+    check_launch("gemv");
+    return;
+  }
 #define MOE_GEMV_CASE(TL)                                                        \
   case TL:                                                                       \
     if (p.swiglu) gemv_kernel<WT, TL, true><<<grid, 256, 0, s>>>(p);             \

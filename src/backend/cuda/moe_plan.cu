@@ -66,6 +66,33 @@ __global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_
   }
 }
 
+// One thread per float4 of a token's output row, all k expert rows loaded before the sum (same order of
+// fmaf as combine_kernel, so the same result).
+constexpr int kCombineMaxK = 8, kCombineThreads = 128;
+__global__ void __launch_bounds__(kCombineThreads) combine_vec_kernel(const float* y, const float* w, int32_t k,
+                                                                      int64_t D, float* out) {
+  const int64_t t = blockIdx.y, c = int64_t(blockIdx.x) * kCombineThreads + threadIdx.x;
+  if (c >= D / 4) return;
+  float4 v[kCombineMaxK];
+  float wj[kCombineMaxK];
+#pragma unroll
+  for (int j = 0; j < kCombineMaxK; ++j)
+    if (j < k) {
+      v[j] = reinterpret_cast<const float4*>(y + (t * k + j) * D)[c];
+      wj[j] = w[t * k + j];
+    }
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+  for (int j = 0; j < kCombineMaxK; ++j)
+    if (j < k) {
+      acc.x = fmaf(wj[j], v[j].x, acc.x);
+      acc.y = fmaf(wj[j], v[j].y, acc.y);
+      acc.z = fmaf(wj[j], v[j].z, acc.z);
+      acc.w = fmaf(wj[j], v[j].w, acc.w);
+    }
+  reinterpret_cast<float4*>(out + t * D)[c] = acc;
+}
+
 __global__ void gather_bf16_kernel(const float* x, const int32_t* perm, int32_t k, int64_t D, uint16_t* xp,
                                    uint16_t* xp_lo) {
   const int64_t i = blockIdx.y;
@@ -98,6 +125,13 @@ void moe_plan(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t m
 
 void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, float* out, cudaStream_t s) {
   if (T == 0) return;
+  const bool aligned = ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(out)) & 15) == 0;
+  if (!g_legacy.combine && k <= kCombineMaxK && D % 4 == 0 && aligned) {
+    const unsigned bx = unsigned((D / 4 + kCombineThreads - 1) / kCombineThreads);
+    combine_vec_kernel<<<dim3(bx, unsigned(T)), kCombineThreads, 0, s>>>(y, w, k, D, out);
+    check_launch("moe_combine");
+    return;
+  }
   combine_kernel<<<dim3(col_blocks(D), unsigned(T)), 256, 0, s>>>(y, w, k, D, out);
   check_launch("moe_combine");
 }
