@@ -36,6 +36,15 @@ std::vector<int32_t> parse_token_list(const std::string& text) {
   return out;
 }
 
+std::string join_token_list(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ids[i]);
+  }
+  return s;
+}
+
 std::string human_count(int64_t n) {
   if (n >= 1000000000) return fmt::format("{:.2f} B", double(n) / 1e9);
   if (n >= 1000000) return fmt::format("{:.2f} M", double(n) / 1e6);

@@ -11,6 +11,7 @@ extern int g_threads;      // --threads; 0 = all cores
 void apply_thread_count();  // sizes the global pool before first use
 
 std::vector<int32_t> parse_token_list(const std::string& text);  // "3,17,42"
+std::string join_token_list(const std::vector<int32_t>& ids);     // the inverse
 std::string human_count(int64_t n);                               // 15.96 B
 std::string human_bytes(int64_t n);                               // 5.80 GB
 

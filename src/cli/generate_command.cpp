@@ -9,6 +9,7 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "engine/generator.h"
+#include "engine/speculative.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moe::cli {
@@ -21,6 +22,7 @@ struct GenerateArgs {
   SamplingParams sampling;
   uint64_t seed = 0;
   bool has_seed = false;
+  bool speculative = false;
 };
 
 void run_generate(const GenerateArgs& a) {
@@ -36,7 +38,22 @@ void run_generate(const GenerateArgs& a) {
     prompt = parse_token_list(a.tokens);
   }
   auto backend = make_backend(a.device);
-  DeepseekV3 model(a.model, *backend);
+  DeepseekV3 model(a.model, *backend, {.load_mtp = a.speculative});
+  if (a.speculative) {
+    // Greedy with the MTP module drafting the next-next token; same tokens as plain greedy decoding.
+    if (a.sampling.temperature > 0) fail("--speculative decodes greedily; drop --temperature");
+    if (!model.has_mtp()) fail("{}: --speculative needs the checkpoint's MTP module (num_nextn_predict_layers)", a.model);
+    SpeculativeStats st;
+    const std::vector<int32_t> out = generate_greedy_mtp(model, prompt, a.max_new_tokens, &st);
+    if (text) {
+      std::printf("%s\n", tok->decode(out, /*skip_special_tokens=*/true).c_str());
+    } else {
+      std::printf("%s\n", join_token_list(out).c_str());
+    }
+    std::fprintf(stderr, "speculative: %lld main-model passes, %lld of %lld drafts accepted\n", (long long)st.main_passes,
+                 (long long)st.accepted, (long long)st.drafted);
+    return;
+  }
   Generator gen(model, int64_t(prompt.size()) + a.max_new_tokens + 1);
   GenerateOptions opts;
   opts.max_new_tokens = a.max_new_tokens;
@@ -58,12 +75,7 @@ void run_generate(const GenerateArgs& a) {
     return;
   }
   const std::vector<int32_t> out = a.max_new_tokens ? gen.generate(prompt, opts) : std::vector<int32_t>{};
-  std::string line;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (i) line += ',';
-    line += std::to_string(out[i]);
-  }
-  std::printf("%s\n", line.c_str());
+  std::printf("%s\n", join_token_list(out).c_str());
 }
 
 }  // namespace
@@ -84,6 +96,7 @@ void register_generate_command(CLI::App& app) {
   cmd->add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens (0: all)");
   cmd->add_option("--min-p", a->sampling.min_p, "Drop tokens below min_p times the top probability");
   cmd->add_option("--repetition-penalty", a->sampling.repetition_penalty, "Penalty on tokens already seen");
+  cmd->add_flag("--speculative", a->speculative, "Greedy decoding with the MTP module drafting (same output, fewer passes)");
   cmd->add_option("--seed", a->seed, "Random seed for reproducible sampling")->each([a](const std::string&) { a->has_seed = true; });
   cmd->callback([a, tokens, prompt] {
     if (tokens->count() == 0 && prompt->count() == 0) fail("generate needs --tokens or --prompt");

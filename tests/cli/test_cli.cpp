@@ -77,6 +77,15 @@ TEST(Cli, GeneratePrintsTheGreedyContinuation) {
   EXPECT_EQ(fp8.exit_code, 0) << fp8.output;
 }
 
+TEST(Cli, SpeculativeGenerateMatchesGreedy) {
+  const auto c = test::load_reference_cases()[2];
+  const Result r = run("generate --model " + test::kTinyModel + " --tokens " + join(c.input_ids) + " --max-new-tokens " +
+                       std::to_string(c.greedy_continuation.size()) + " --speculative");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.substr(0, r.output.find('\n') + 1), join(c.greedy_continuation) + "\n");
+  EXPECT_NE(r.output.find("drafts accepted"), std::string::npos);
+}
+
 TEST(Cli, SeededSamplingIsReproducible) {
   const std::string args = "generate --model " + test::kTinyModel + " --tokens 5,6,7 --max-new-tokens 8 --temperature 1.0 --top-p 0.9 --seed 7";
   const Result a = run(args), b = run(args);
