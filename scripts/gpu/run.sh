@@ -32,7 +32,7 @@ scratch() {
   rm -rf "$src"; mkdir -p "$src"
   tar cf - --exclude=./build --exclude=./build-gpu --exclude=./.git --exclude=./.deps --exclude=./out . | (cd "$src" && tar xf -)
   rm -f "$src/fuzz/server.cmake"
-  (cd "$src/src/engine" && for f in *.cpp; do case $f in generator.cpp|page_allocator.cpp|sampler.cpp) ;; *) rm -f "$f";; esac; done)
+  (cd "$src/src/engine" && for f in *.cpp; do case $f in generator.cpp|page_allocator.cpp|sampler.cpp|speculative.cpp) ;; *) rm -f "$f";; esac; done)
   echo "" > "$src/tests/server/CMakeLists.txt"
   printf 'add_library(moe_server INTERFACE)\ntarget_link_libraries(moe_server INTERFACE moe_engine)\n' > "$src/src/server/CMakeLists.txt"
   rm -f "$src/src/cli/server_commands.cpp" "$src/src/cli/tokenizer_commands.cpp"
@@ -98,7 +98,7 @@ stage_decode-moonlight() {
   env_deps
   local dir=$MODELS/moonlight-bf16
   [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config bench/gpu/configs/moonlight-16b-a3b.json --out "$dir" --dtype bf16 >/dev/null || return 1
-  for l in "" all "" memset norm combine gemv; do
+  for l in "" all "" unroll gemv memset norm combine; do
     local ctx=512; [ "$l" = all ] || [ "$l" = "" ] && ctx=512,4096
     MOE_CUDA_LEGACY=$l "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 128 --batch 1 --context $ctx 2>&1 \
       | grep -E "^(device|ceilings|decode)" | sed "s/^/[legacy=${l:-none}] /" | tee -a "$OUT/decode-moonlight.log"

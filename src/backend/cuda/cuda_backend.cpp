@@ -97,8 +97,9 @@ class CudaBackend final : public Backend {
         if (all || f == "norm") g.norm = true;
         if (all || f == "combine") g.combine = true;
         if (all || f == "gemv") g.gemv = true;
-        if (!all && !f.empty() && f != "memset" && f != "norm" && f != "combine" && f != "gemv")
-          fail("MOE_CUDA_LEGACY takes memset, norm, combine, gemv or all, not '{}'", f);
+        if (all || f == "unroll") g.unroll = true;
+        if (!all && !f.empty() && f != "memset" && f != "norm" && f != "combine" && f != "gemv" && f != "unroll")
+          fail("MOE_CUDA_LEGACY takes memset, norm, combine, gemv, unroll or all, not '{}'", f);
       }
       cuda::g_legacy = g;
     } else {

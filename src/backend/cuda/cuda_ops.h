@@ -22,12 +22,13 @@ void check(cudaError_t e, const char* what);  // throws moe::Error
 void check_launch(const char* kernel);  // cudaGetLastError after a launch
 
 // Switches back to the kernels from before the batch-1 decode rework, for A/B timing in one process: set from
-// MOE_CUDA_LEGACY (a comma list of memset, norm, combine, gemv, or all) when the backend is made.
+// MOE_CUDA_LEGACY (a comma list of memset, norm, combine, gemv, unroll, or all) when the backend is made.
 struct Legacy {
   bool memset = false;   // alloc_uninitialized zero-fills like alloc
   bool norm = false;     // the two-pass RMSNorm, and add_rms_norm as add + rms_norm
   bool combine = false;  // the scalar MoE combine
-  bool gemv = false;     // two rows per warp for every GEMV
+  bool gemv = false;     // two rows per warp and 4 loads deep for every GEMV
+  bool unroll = false;   // batch-1 GEMVs 4 loads deep (not 8)
 };
 extern Legacy g_legacy;
 

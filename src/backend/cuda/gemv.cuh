@@ -88,7 +88,7 @@ constexpr int elem_bytes() {
 }
 
 // One pass: TILE token rows (xrows/orows, `count` of them valid) against the rows n0, n0+1 of the matrices.
-template <DType WT, int TILE, bool SWIGLU, int R = kRowsPerWarp>
+template <DType WT, int TILE, bool SWIGLU, int R = kRowsPerWarp, int U = 4>
 __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const* wbase, const float* const* sbase,
                                           int64_t row_base, int64_t n0, const float* const* xrows,
                                           float* const* orows, int count) {
@@ -118,7 +118,7 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const
     }
   }
 
-#pragma unroll 4
+#pragma unroll U
   for (int64_t c = lane; c < nchunks; c += 32) {
     uint4 raw[M][R];
 #pragma unroll
@@ -189,7 +189,8 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const
 
 // R weight rows per warp: 2, or 1 for dense single-token GEMVs too small to give every SM a block (kv_a,
 // the router, W_UV, o_proj at batch 1), which doubles their blocks.
-template <DType WT, int TILE, bool SWIGLU, int R = kRowsPerWarp>
+// U: chunk iterations unrolled (16-byte loads per lane and weight row in flight).
+template <DType WT, int TILE, bool SWIGLU, int R = kRowsPerWarp, int U = 4>
 __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
   const int warp = threadIdx.x / 32;
   const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * R;
@@ -212,7 +213,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
       xrows[t] = p.x + int64_t(a / p.x_row_div) * p.x_stride;
       orows[t] = p.out + int64_t(a) * p.out_stride;
     }
-    gemv_pass<WT, TILE, SWIGLU, R>(p, wbase, sbase, 0, n0, xrows, orows, count);
+    gemv_pass<WT, TILE, SWIGLU, R, U>(p, wbase, sbase, 0, n0, xrows, orows, count);
     return;
   }
   const int64_t y = blockIdx.y;
@@ -229,7 +230,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
       xrows[t] = p.x + y * p.x_step + tt * p.x_stride;
       orows[t] = p.out + y * p.out_step + tt * p.out_stride;
     }
-    gemv_pass<WT, TILE, SWIGLU, R>(p, wbase, sbase, row_base, n0, xrows, orows, count);
+    gemv_pass<WT, TILE, SWIGLU, R, U>(p, wbase, sbase, row_base, n0, xrows, orows, count);
   }
 }
 
@@ -239,10 +240,24 @@ void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
   unsigned gz = 1;
   if (!p.items) gz = unsigned(std::min<int64_t>((p.T + tile - 1) / tile, std::max<int64_t>(1, 1024 / (int64_t(gx) * p.grid_y))));
   const dim3 grid(gx, unsigned(p.grid_y), gz);
+  // Single token (batch-1 decode): dense GEMVs too small to give each SM two blocks take one row per warp;
+  // SwiGLU (gate + up, two matrices per row) takes one row per warp; with the deeper unroll, a lane has eight
+  // 16-byte loads per matrix row in flight (a 2048-wide BF16 row is then one round of loads).
   constexpr int64_t kSmallGrid = 264;  // 2 blocks per SM of an H100 (132 SMs)
-  if (tile == 1 && !p.swiglu && !p.items && !g_legacy.gemv && int64_t(gx) * p.grid_y < kSmallGrid) {
+  if (tile == 1 && !g_legacy.gemv) {
+    const bool small = !p.swiglu && !p.items && int64_t(gx) * p.grid_y < kSmallGrid;
+    const bool deep = !g_legacy.unroll;
     const dim3 grid1(unsigned((p.N + kWarps - 1) / kWarps), unsigned(p.grid_y), gz);
-    gemv_kernel<WT, 1, false, 1><<<grid1, 256, 0, s>>>(p);
+    if (p.swiglu) {
+      if (deep) gemv_kernel<WT, 1, true, 1, 8><<<grid1, 256, 0, s>>>(p);
+      else gemv_kernel<WT, 1, true><<<grid, 256, 0, s>>>(p);
+    } else if (small) {
+      if (deep) gemv_kernel<WT, 1, false, 1, 8><<<grid1, 256, 0, s>>>(p);
+      else gemv_kernel<WT, 1, false, 1><<<grid1, 256, 0, s>>>(p);
+    } else {
+      if (deep) gemv_kernel<WT, 1, false, kRowsPerWarp, 8><<<grid, 256, 0, s>>>(p);
+      else gemv_kernel<WT, 1, false><<<grid, 256, 0, s>>>(p);
+    }
     check_launch("gemv");
     return;
   }
