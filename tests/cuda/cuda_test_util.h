@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -24,6 +25,20 @@ inline uint64_t time_seed(const char* what) {
   std::printf("[ seed ] %s: %llu\n", what, static_cast<unsigned long long>(s));
   return s;
 }
+
+// The fixture of the op tests: a CPU and a GPU backend and a time-seeded RNG (the seed is printed); skips
+// without a GPU.
+class GpuVsCpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MOE_REQUIRE_GPU();
+    cpu_ = make_cpu_backend();
+    gpu_ = make_cuda_backend(0);
+    rng_.seed(time_seed(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+  }
+  std::unique_ptr<Backend> cpu_, gpu_;
+  std::mt19937_64 rng_;
+};
 
 struct HostWeight {
   Tensor w, scale;

@@ -23,17 +23,7 @@ RopeParams rope_params() {
   return p;
 }
 
-class CudaMla : public ::testing::Test {
- protected:
-  void SetUp() override {
-    MOE_REQUIRE_GPU();
-    cpu_ = make_cpu_backend();
-    gpu_ = make_cuda_backend(0);
-    rng_.seed(test::time_seed(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-  }
-  std::unique_ptr<Backend> cpu_, gpu_;
-  std::mt19937_64 rng_;
-};
+class CudaMla : public test::GpuVsCpu {};
 
 TEST_F(CudaMla, CacheWriteRopeAndAttention) {
   const RopeParams rope = rope_params();

@@ -12,17 +12,7 @@ namespace {
 
 using test::rel_l2;
 
-class CudaMoe : public ::testing::Test {
- protected:
-  void SetUp() override {
-    MOE_REQUIRE_GPU();
-    cpu_ = make_cpu_backend();
-    gpu_ = make_cuda_backend(0);
-    rng_.seed(test::time_seed(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-  }
-  std::unique_ptr<Backend> cpu_, gpu_;
-  std::mt19937_64 rng_;
-};
+class CudaMoe : public test::GpuVsCpu {};
 
 TEST_F(CudaMoe, RoutingV3AndV2) {
   const int64_t T = 200, E = 256;

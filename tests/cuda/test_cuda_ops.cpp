@@ -13,14 +13,8 @@ namespace {
 
 using test::rel_l2;
 
-class CudaOps : public ::testing::Test {
+class CudaOps : public test::GpuVsCpu {
  protected:
-  void SetUp() override {
-    MOE_REQUIRE_GPU();
-    cpu_ = make_cpu_backend();
-    gpu_ = make_cuda_backend(0);
-    rng_.seed(test::time_seed(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-  }
   // GPU matmul vs CPU on x [T, K] and a random [N, K] weight.
   double matmul_error(int64_t T, int64_t N, int64_t K, bool fp8) {
     test::HostWeight hw = test::random_weight(rng_, N, K, fp8);
@@ -33,8 +27,6 @@ class CudaOps : public ::testing::Test {
     const std::vector<float> got = test::to_host_f32(*gpu_, gout);
     return rel_l2(got.data(), ref.as<float>(), T * N);
   }
-  std::unique_ptr<Backend> cpu_, gpu_;
-  std::mt19937_64 rng_;
 };
 
 TEST_F(CudaOps, MatmulGemvBf16AndFp8) {
