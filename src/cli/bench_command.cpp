@@ -142,7 +142,7 @@ void run_sweep(const BenchArgs& a) {
   const Ceilings ceil = measure_ceilings(a.device);
   DeepseekV3 model(a.model, *backend);
   const ModelConfig& c = model.config();
-  const ModelStats stats = compute_stats(Checkpoint(a.model), c);
+  const ModelStats stats = compute_stats(model.checkpoint(), c);
   backend->synchronize();
   const size_t weights_used = device_memory_used(a.device);
   std::mt19937 rng(uint32_t(a.seed));
@@ -249,7 +249,7 @@ void run_bench(const BenchArgs& a) {
   const double bandwidth_before = measure_read_bandwidth(size_t(1) << 30);
   DeepseekV3 model(a.model, *backend);
   const ModelConfig& c = model.config();
-  const ModelStats stats = compute_stats(Checkpoint(a.model), c);
+  const ModelStats stats = compute_stats(model.checkpoint(), c);
   std::mt19937 rng(uint32_t(a.seed));
   std::vector<int32_t> prompt(static_cast<size_t>(a.prompt_tokens));
   for (auto& t : prompt) t = int32_t(rng() % uint32_t(c.vocab_size));

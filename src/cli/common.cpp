@@ -36,6 +36,14 @@ std::vector<int32_t> parse_token_list(const std::string& text) {
   return out;
 }
 
+void add_sampling_options(CLI::App* cmd, SamplingParams& sampling) {
+  cmd->add_option("--temperature", sampling.temperature, "Sampling temperature (0: greedy)");
+  cmd->add_option("--top-p", sampling.top_p, "Nucleus sampling mass");
+  cmd->add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0: all)");
+  cmd->add_option("--min-p", sampling.min_p, "Drop tokens below min_p times the top probability");
+  cmd->add_option("--repetition-penalty", sampling.repetition_penalty, "Penalty on tokens already seen");
+}
+
 std::string join_token_list(const std::vector<int32_t>& ids) {
   std::string s;
   for (size_t i = 0; i < ids.size(); ++i) {

@@ -91,11 +91,7 @@ void register_generate_command(CLI::App& app) {
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Tokens to generate");
   cmd->add_option("--device", a->device, "cpu or cuda");
   cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
-  cmd->add_option("--temperature", a->sampling.temperature, "Sampling temperature (0: greedy)");
-  cmd->add_option("--top-p", a->sampling.top_p, "Nucleus sampling mass");
-  cmd->add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens (0: all)");
-  cmd->add_option("--min-p", a->sampling.min_p, "Drop tokens below min_p times the top probability");
-  cmd->add_option("--repetition-penalty", a->sampling.repetition_penalty, "Penalty on tokens already seen");
+  add_sampling_options(cmd, a->sampling);
   cmd->add_flag("--speculative", a->speculative, "Greedy decoding with the MTP module drafting (same output, fewer passes)");
   cmd->add_option("--seed", a->seed, "Random seed for reproducible sampling")->each([a](const std::string&) { a->has_seed = true; });
   cmd->callback([a, tokens, prompt] {

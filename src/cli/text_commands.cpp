@@ -93,8 +93,7 @@ void register_text_commands(CLI::App& app) {
   cmd->add_option("--system", a->system, "System prompt");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Longest reply in tokens");
   cmd->add_option("--context", a->context, "Context length in tokens (latent cache size)");
-  cmd->add_option("--temperature", a->sampling.temperature, "Sampling temperature (0: greedy)");
-  cmd->add_option("--top-p", a->sampling.top_p, "Nucleus sampling mass");
+  add_sampling_options(cmd, a->sampling);
   cmd->callback([a] { run_chat(*a); });
 }
 

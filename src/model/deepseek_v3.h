@@ -42,6 +42,7 @@ class DeepseekV3 {
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return backend_; }
   const ModelWeights& weights() const { return weights_; }
+  const Checkpoint& checkpoint() const { return checkpoint_; }
   bool has_mtp() const { return weights_.mtp.has_value(); }
   // Layers a LatentCache for this model needs (the MTP module's layer included when loaded).
   int64_t cache_layers() const { return config_.num_hidden_layers + (has_mtp() ? 1 : 0); }

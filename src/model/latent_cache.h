@@ -19,7 +19,6 @@ class LatentCache {
   int64_t num_layers() const { return int64_t(layers_.size()); }
   const TensorView& layer(int64_t i) const { return layers_[size_t(i)].view(); }  // [pages, page_size, width]
   int64_t bytes_per_token() const;  // over all layers
-  int64_t total_bytes() const { return bytes_per_token() * num_pages_ * page_size_; }
 
  private:
   int64_t num_pages_, page_size_, width_;
