@@ -1,0 +1,89 @@
+// The CUDA backend's MLA ops: latent cache write, query rope, absorbed attention (kernels: mla_*.cu).
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/gemm.h"
+#include "core/error.h"
+
+namespace moe {
+
+using cuda::check;
+using cuda::ref;
+using cuda::tile_for;
+
+void CudaBackend::mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps,
+                                  const RopeParams& rope, const DeviceBatch& batch, const TensorView& cache) {
+  const int64_t T = kv_a.rows(), width = kv_a.row_size(), dr = int64_t(rope.inv_freq.size()) * 2;
+  MOE_CHECK(cache.dtype == DType::BF16, "mla_write_cache: the CUDA cache is BF16");
+  MOE_CHECK(cache.shape[cache.shape.rank - 1] == width, "mla_write_cache: cache rows are {} wide, not {}",
+            cache.shape[cache.shape.rank - 1], width);
+  const int64_t capacity = cache.numel() / width;
+  for (int32_t slot : batch.plan->slots)
+    MOE_CHECK(slot >= 0 && slot < capacity, "mla_write_cache: slot {} outside the cache", slot);
+  cuda::mla_write_cache(kv_a.as<const float>(), ref(kv_norm), eps, inv_freq(rope), rope.attn_factor,
+                        batch.positions.as<const int32_t>(), batch.slots.as<const int32_t>(), T, width - dr,
+                        dr, cache.as<uint16_t>(), stream_);
+}
+
+void CudaBackend::mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope,
+                             const DeviceBatch& batch) {
+  const int64_t T = q.rows(), H = q.shape[1], dh = q.shape[2];
+  cuda::mla_rope_q(q.as<float>(), inv_freq(rope), rope.attn_factor, batch.positions.as<const int32_t>(), T, H,
+                   dn, dh - dn, stream_);
+}
+
+void CudaBackend::mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
+                                int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out) {
+  const BatchPlan& plan = *batch.plan;
+  const int64_t T = q.rows(), H = q.shape[1], dh = q.shape[2], dr = dh - dn;
+  const int64_t width = cache.shape[cache.shape.rank - 1], r = width - dr;
+  MOE_CHECK(kv_b.rows() == H * (dn + dv) && kv_b.cols() == r,
+            "mla_attention: kv_b_proj is {} but expected [{}, {}]", kv_b.w.shape.str(), H * (dn + dv), r);
+  MOE_CHECK(out.numel() == T * H * dv, "mla_attention: out has the wrong size");
+  if (T == 0) return;
+  Tensor qf = scratch(DType::BF16, {T, H, width});
+  cuda::mla_absorb_q(q.as<const float>(), ref(kv_b), T, H, dn, dv, dr, qf.as<uint16_t>(), stream_);
+
+  int32_t max_len = 0;
+  for (int32_t p : plan.positions) max_len = std::max(max_len, p + 1);
+  // Split the sequence so the grid fills the GPU twice over, each split at least one tile long.
+  const int64_t base_blocks = T * ((H + 15) / 16);
+  int64_t splits = std::clamp<int64_t>((2 * sms_ + base_blocks - 1) / base_blocks, 1,
+                                       std::max<int64_t>(1, (max_len + cuda::kMlaTile - 1) / cuda::kMlaTile));
+  int64_t split_len = (max_len + splits - 1) / splits;
+  split_len = (split_len + cuda::kMlaTile - 1) / cuda::kMlaTile * cuda::kMlaTile;
+  splits = (max_len + split_len - 1) / split_len;
+
+  Tensor o_part = scratch(DType::F32, {splits, T, H, r}), ml = scratch(DType::F32, {splits, T, H, 2});
+  Tensor o_lat = scratch(DType::F32, {T, H, r});
+  cuda::MlaParams p;
+  p.qf = qf.as<const uint16_t>();
+  p.cache = cache.as<const uint16_t>();
+  p.block_table = batch.block_table.as<const int32_t>();
+  p.token_seq = batch.token_seq.as<const int32_t>();
+  p.positions = batch.positions.as<const int32_t>();
+  p.max_pages = plan.max_pages;
+  p.page_size = plan.page_size;
+  p.T = int32_t(T);
+  p.H = int32_t(H);
+  p.r = int32_t(r);
+  p.dr = int32_t(dr);
+  p.scale = scale;
+  p.splits = int32_t(splits);
+  p.split_len = int32_t(split_len);
+  p.o_part = o_part.as<float>();
+  p.ml_part = ml.as<float>();
+  p.o_lat = o_lat.as<float>();
+  cuda::mla_attention(p, stream_);
+
+  // out[t, h] = W_UV[h] o_lat[t, h]: rows dn .. dn+dv of head h's kv_b block, batched over heads.
+  cuda::GemvParams g = dense_gemv(kv_b, o_lat.as<const float>(), H * r, out.as<float>(), H * dv, T);
+  g.N = dv;
+  g.K = r;
+  g.w_row_base = dn;
+  g.w_row_step = dn + dv;
+  g.x_step = r;
+  g.out_step = dv;
+  g.grid_y = int32_t(H);
+  cuda::gemv(g, tile_for(T), stream_);
+}
+
+}  // namespace moe
