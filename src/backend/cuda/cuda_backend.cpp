@@ -34,6 +34,7 @@ void check(cudaError_t e, const char* what) {
 }
 void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 Legacy g_legacy;
+bool g_pdl = true;
 
 }  // namespace cuda
 
@@ -76,6 +77,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   } else {
     cuda::g_legacy = cuda::Legacy{};
   }
+  if (const char* v = std::getenv("MOE_CUDA_PDL")) cuda::g_pdl = std::string(v) != "0";
 }
 
 CudaBackend::~CudaBackend() {

@@ -4,6 +4,8 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <utility>
+
 #include "backend/cuda/cuda_ops.h"
 
 namespace moe::cuda {
@@ -45,5 +47,43 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+// Programmatic dependent launch (PDL). A kernel started with launch() may begin while the kernel before it
+// in the stream is still finishing, once every block of that one has called pdl_trigger() (or exited).
+// Rules for every kernel launched with launch():
+//   - before pdl_wait() it may read only data that no earlier kernel writes (weights, the rope table,
+//     parameters) and must write nothing;
+//   - pdl_wait() returns when the previous kernel has completed and its writes are visible; since that
+//     kernel did the same, everything enqueued earlier has completed too;
+//   - pdl_trigger() early (after the prologue) lets the next kernel's blocks start their own prologue
+//     (e.g. prefetching their weights) on SMs this one frees.
+// Without PDL (g_pdl off, or a launch with <<<>>>) both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// kernel<<<grid, block, smem, s>>>(args...) with the PDL attribute when g_pdl is on, then check_launch.
+template <typename... Params, typename... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+            Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = g_pdl ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, Params(std::forward<Args>(args))...), name);
+}
 
 }  // namespace moe::cuda

@@ -31,6 +31,9 @@ struct Legacy {
   bool unroll = false;   // batch-1 GEMVs 4 loads deep (not 8)
 };
 extern Legacy g_legacy;
+// Launch kernels with programmatic dependent launch (cuda_common.cuh: launch, pdl_wait, pdl_trigger). On by
+// default; MOE_CUDA_PDL=0 turns it off (A/B timing, debugging).
+extern bool g_pdl;
 
 // A weight as the kernels see it: [rows, cols] row-major, FP8 with scale[(n / block_n) * kblocks + k / block_k].
 struct WeightRef {

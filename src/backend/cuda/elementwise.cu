@@ -14,6 +14,8 @@ __global__ void embedding_kernel(WeightRef table, const int32_t* ids, int64_t T,
 }
 
 __global__ void add_kernel(const float* a, const float* b, float* out, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * 4;
   if (i + 4 <= n) {
     const float4 x = *reinterpret_cast<const float4*>(a + i), y = *reinterpret_cast<const float4*>(b + i);
@@ -65,8 +67,7 @@ void embedding(const WeightRef& table, const int32_t* ids, int64_t T, float* out
 
 void add(const float* a, const float* b, float* out, int64_t n, cudaStream_t s) {
   if (n == 0) return;
-  add_kernel<<<blocks_for((n + 3) / 4, 256), 256, 0, s>>>(a, b, out, n);
-  check_launch("add");
+  launch("add", add_kernel, blocks_for((n + 3) / 4, 256), 256, 0, s, a, b, out, n);
 }
 
 void gather_rows(const float* x, const int32_t* rows, int64_t R, int64_t D, float* out, cudaStream_t s) {
