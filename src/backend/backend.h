@@ -132,9 +132,10 @@ class Backend {
   // bias (F32 [E] or empty) is added for choosing only.
   virtual void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                          const TensorView& expert_ids, const TensorView& expert_weights) = 0;
-  // out [T, D] = sum_j expert_weights[t, j] * Expert[expert_ids[t, j]](x[t]); x [T, D].
+  // out [T, D] = plus[t] + sum_j expert_weights[t, j] * Expert[expert_ids[t, j]](x[t]); x [T, D]; plus [T, D]
+  // (the shared experts' output, so the sum needs no extra pass) or empty for 0.
   virtual void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                           const TensorView& expert_weights, const TensorView& out) = 0;
+                           const TensorView& expert_weights, const TensorView& plus, const TensorView& out) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -176,12 +176,13 @@ void run_sweep(const BenchArgs& a) {
       backend->synchronize();
       best = std::min(best, seconds_since(t0));
     }
-    // Model FLOPs: 2 per active parameter per token (embedding excluded) plus causal attention in the
-    // non-absorbed form (QK over qk_head_dim, PV over v_head_dim, half the square).
-    const double embed = double(c.vocab_size) * double(c.hidden_size);
+    // Model FLOPs: 2 per active parameter per token (embedding excluded; the LM head counted for the one
+    // token whose logits a prefill computes) plus causal attention in the non-absorbed form (QK over
+    // qk_head_dim, PV over v_head_dim, half the square).
+    const double embed = double(c.vocab_size) * double(c.hidden_size), head = embed;
     const double attn = 2.0 * double(c.num_hidden_layers) * double(c.num_attention_heads) * double(T) * double(T + 1) / 2.0 *
                         double(c.qk_head_dim() + c.v_head_dim);
-    const double flops = 2.0 * (double(stats.active_params) - embed) * double(T) + attn;
+    const double flops = 2.0 * (double(stats.active_params) - embed - head) * double(T) + 2.0 * head + attn;
     fmt::print("prefill: {} tokens in {:.3f} s = {:.0f} tokens/s, {:.1f} TFLOP/s model FLOPs", T, best, double(T) / best,
                flops / best / 1e12);
     if (ceil.gemm > 0) fmt::print(" = {:.1f}% of the measured BF16 GEMM rate", 100.0 * flops / best / ceil.gemm);

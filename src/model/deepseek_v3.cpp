@@ -81,11 +81,11 @@ ForwardOutput DeepseekV3::forward(const std::vector<SequenceChunk>& chunks, Late
   const int64_t T = plan.num_tokens(), D = config_.hidden_size;
   const DType act = backend_.activation_dtype();
 
-  Tensor h = backend_.alloc_uninitialized(act, {T, D});
+  Tensor h = backend_.alloc_uninitialized(act, {T, D}), y = backend_.alloc_uninitialized(act, {T, D});
   backend_.embedding(weights_.embed, ids, h);
   for (size_t i = 0; i < weights_.layers.size(); ++i)
-    decoder_layer(weights_.layers[i], h, cache.layer(int64_t(i)), batch);
-  return head(chunks, h, weights_.final_norm, weights_.lm_head);
+    decoder_layer(weights_.layers[i], h, i == 0 ? TensorView{} : y.view(), y, cache.layer(int64_t(i)), batch);
+  return head(chunks, h, y, weights_.final_norm, weights_.lm_head);
 }
 
 ForwardOutput DeepseekV3::forward_mtp(const std::vector<SequenceChunk>& chunks, const TensorView& hidden,
@@ -109,18 +109,19 @@ ForwardOutput DeepseekV3::forward_mtp(const std::vector<SequenceChunk>& chunks, 
   backend_.rms_norm(e, mtp.enorm, eps, e);
   backend_.rms_norm(hidden, mtp.hnorm, eps, hn);
   backend_.concat_cols(e, hn, cat);
-  Tensor m = backend_.alloc_uninitialized(act, {T, D});
+  Tensor m = backend_.alloc_uninitialized(act, {T, D}), y = backend_.alloc_uninitialized(act, {T, D});
   backend_.matmul(cat, mtp.eh_proj, m);
-  decoder_layer(mtp.layer, m, cache.layer(config_.num_hidden_layers), batch);
-  return head(chunks, m, mtp.shared_head_norm, mtp.head);
+  decoder_layer(mtp.layer, m, {}, y, cache.layer(config_.num_hidden_layers), batch);
+  return head(chunks, m, y, mtp.shared_head_norm, mtp.head);
 }
 
-ForwardOutput DeepseekV3::head(const std::vector<SequenceChunk>& chunks, const Tensor& h, const Weight& norm,
-                               const Weight& lm_head) {
+// The last layer's FFN output y is still to be added to the residual stream h: the final norm does both.
+ForwardOutput DeepseekV3::head(const std::vector<SequenceChunk>& chunks, const Tensor& h, const Tensor& y,
+                               const Weight& norm, const Weight& lm_head) {
   const int64_t T = h.dim(0), D = h.dim(1);
   ForwardOutput out;
   out.hidden = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, D});
-  backend_.rms_norm(h, norm, float(config_.rms_norm_eps), out.hidden);
+  backend_.add_rms_norm(h, y, norm, float(config_.rms_norm_eps), out.hidden);
   int32_t row = 0;
   for (const auto& c : chunks) {
     const int32_t n = int32_t(c.tokens.size());
@@ -139,18 +140,21 @@ ForwardOutput DeepseekV3::head(const std::vector<SequenceChunk>& chunks, const T
 }
 
 // h <- h + MLA(input_norm(h));  h <- h + FFN(post_attention_norm(h))
-void DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& cache,
-                               const DeviceBatch& batch) {
+// Each residual add is fused into the norm that follows it: the previous layer's FFN output `pending` (empty
+// for the first layer) is added by this layer's input norm, and this layer's FFN output is left in `y` for
+// the next layer (or the final norm) to add.
+void DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
+                               const TensorView& y, const TensorView& cache, const DeviceBatch& batch) {
   const int64_t T = h.rows(), D = h.row_size();
   const DType act = backend_.activation_dtype();
   const float eps = float(config_.rms_norm_eps);
-  Tensor x = backend_.alloc_uninitialized(act, {T, D}), y = backend_.alloc_uninitialized(act, {T, D});
-  backend_.rms_norm(h, w.input_norm, eps, x);
+  Tensor x = backend_.alloc_uninitialized(act, {T, D});
+  if (pending.data) backend_.add_rms_norm(h, pending, w.input_norm, eps, x);
+  else backend_.rms_norm(h, w.input_norm, eps, x);
   attention(w.attn, x, cache, batch, y);
   backend_.add_rms_norm(h, y, w.post_attention_norm, eps, x);
   if (w.is_moe) moe_ffn(w, x, y);
   else backend_.swiglu_mlp(x, w.dense, y);
-  backend_.add(h, y, h);
 }
 
 // Multi-head Latent Attention. The cache keeps c = kv_a_layernorm(kv_a[:r]) and rope(kv_a[r:]) per token;
@@ -187,12 +191,12 @@ void DeepseekV3::moe_ffn(const DecoderLayerWeights& w, const TensorView& x, cons
   Tensor ids = backend_.alloc_uninitialized(DType::I32, {T, K});
   Tensor weights = backend_.alloc_uninitialized(DType::F32, {T, K});
   backend_.moe_route(logits, w.correction_bias.view(), routing_, ids, weights);
-  backend_.moe_experts(x, w.experts, ids, weights, out);
+  Tensor shared;
   if (w.shared_experts) {
-    Tensor shared = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, x.row_size()});
+    shared = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, x.row_size()});
     backend_.swiglu_mlp(x, *w.shared_experts, shared);
-    backend_.add(out, shared, out);
   }
+  backend_.moe_experts(x, w.experts, ids, weights, shared.view(), out);
 }
 
 }  // namespace moe

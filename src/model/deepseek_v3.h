@@ -55,14 +55,14 @@ class DeepseekV3 {
   ForwardOutput forward_mtp(const std::vector<SequenceChunk>& chunks, const TensorView& hidden, LatentCache& cache);
 
  private:
-  void decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& cache,
-                     const DeviceBatch& batch);
+  void decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
+                     const TensorView& y, const TensorView& cache, const DeviceBatch& batch);
   void attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache, const DeviceBatch& batch,
                  const TensorView& out);
   void moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out);
   Tensor upload_tokens(const std::vector<SequenceChunk>& chunks);
-  ForwardOutput head(const std::vector<SequenceChunk>& chunks, const Tensor& hidden, const Weight& norm,
-                     const Weight& lm_head);
+  ForwardOutput head(const std::vector<SequenceChunk>& chunks, const Tensor& hidden, const Tensor& pending,
+                     const Weight& norm, const Weight& lm_head);
 
   ModelConfig config_;
   Backend& backend_;

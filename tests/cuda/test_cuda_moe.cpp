@@ -75,8 +75,8 @@ TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
         }
       }
       Tensor ref = Tensor::host(DType::F32, {T, D}), gout = gpu_->alloc(DType::F32, {T, D});
-      cpu_->moe_experts(x, host, ids, w, ref);
-      gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids), test::to_device(*gpu_, w), gout);
+      cpu_->moe_experts(x, host, ids, w, {}, ref);
+      gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids), test::to_device(*gpu_, w), {}, gout);
       const std::vector<float> got = test::to_host_f32(*gpu_, gout);
       EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), T * K >= 32 * E ? 1e-3 : 1e-4) << "T=" << T << " fp8=" << fp8;
     }

@@ -128,8 +128,8 @@ class TraceBackend final : public Backend {
     log.push_back(std::move(r));
   }
   void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                   const TensorView& expert_weights, const TensorView& out) override {
-    in_.moe_experts(x, experts, expert_ids, expert_weights, out);
+                   const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override {
+    in_.moe_experts(x, experts, expert_ids, expert_weights, plus, out);
     record("moe_experts", out);
   }
 

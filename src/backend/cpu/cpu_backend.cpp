@@ -76,8 +76,8 @@ class CpuBackend final : public Backend {
     cpu::moe_route(logits, bias, params, expert_ids, expert_weights);
   }
   void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                   const TensorView& expert_weights, const TensorView& out) override {
-    cpu::moe_experts(x, experts, expert_ids, expert_weights, out);
+                   const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override {
+    cpu::moe_experts(x, experts, expert_ids, expert_weights, plus, out);
   }
 };
 

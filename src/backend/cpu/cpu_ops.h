@@ -20,7 +20,7 @@ void mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& ca
 void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                const TensorView& expert_ids, const TensorView& expert_weights);                 // moe_route.cpp
 void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                 const TensorView& expert_weights, const TensorView& out);                      // moe_experts.cpp
+                 const TensorView& expert_weights, const TensorView& plus, const TensorView& out);                      // moe_experts.cpp
 
 // Rotates interleaved pairs (v[2i], v[2i+1]) of v[0..dr) for position pos (YaRN folded into params).
 void apply_rope(float* v, int64_t dr, int32_t pos, const RopeParams& rope);

@@ -10,7 +10,7 @@
 namespace moe::cpu {
 
 void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                 const TensorView& expert_weights, const TensorView& out) {
+                 const TensorView& expert_weights, const TensorView& plus, const TensorView& out) {
   const int64_t T = x.rows(), D = x.row_size(), K = expert_ids.row_size();
   const int64_t E = int64_t(experts.experts.size());
   std::vector<std::vector<int64_t>> assignments(static_cast<size_t>(E));  // flat (t * K + j) per expert
@@ -19,7 +19,12 @@ void moe_experts(const TensorView& x, const ExpertWeights& experts, const Tensor
     MOE_CHECK(e >= 0 && e < E, "moe_experts: expert id {} out of range", e);
     assignments[size_t(e)].push_back(i);
   }
-  std::memset(out.data, 0, out.nbytes());
+  if (plus.data) {
+    MOE_CHECK(plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}", plus.shape.str(), out.shape.str());
+    std::memmove(out.data, plus.data, out.nbytes());
+  } else {
+    std::memset(out.data, 0, out.nbytes());
+  }
   for (int64_t e = 0; e < E; ++e) {
     const auto& rows = assignments[size_t(e)];
     if (rows.empty()) continue;

@@ -90,7 +90,7 @@ class CudaBackend final : public Backend {
   void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                  const TensorView& expert_ids, const TensorView& expert_weights) override;
   void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                   const TensorView& expert_weights, const TensorView& out) override;
+                   const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override;
 
  private:
   // Freed device blocks by size (see the top of the file). Shared with the Tensors' deleters, so a Tensor

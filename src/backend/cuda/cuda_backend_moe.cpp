@@ -57,7 +57,7 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, co
 }
 
 void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                              const TensorView& expert_weights, const TensorView& out) {
+                              const TensorView& expert_weights, const TensorView& plus, const TensorView& out) {
   const auto* prep = static_cast<const PreparedExperts*>(experts.prepared.get());
   MOE_CHECK(prep != nullptr, "moe_experts: prepare_experts was not called");
   const int64_t T = x.rows(), D = x.row_size(), K = expert_ids.row_size(), TK = T * K, I = prep->inner;
@@ -113,8 +113,10 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
     p.out_stride = D;
     cuda::gemv(p, gt, stream_);
   }
-  cuda::moe_combine(y.as<const float>(), expert_weights.as<const float>(), T, int32_t(K), D, out.as<float>(),
-                    stream_);
+  MOE_CHECK(!plus.data || plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}", plus.shape.str(),
+            out.shape.str());
+  cuda::moe_combine(y.as<const float>(), expert_weights.as<const float>(), T, int32_t(K), D,
+                    plus.data ? plus.as<const float>() : nullptr, out.as<float>(), stream_);
 }
 
 void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,

@@ -87,6 +87,7 @@ struct GemvParams {
   int32_t x_row_div = 1;
   int32_t grid_y = 1;
   bool swiglu = false;
+  bool prefetch = false;  // set by gemv(): dense mode asks L2 for its weight rows before pdl_wait()
 };
 constexpr int kGemvMaxTile = 8;  // tokens per pass over the weights
 // tile in {1, 2, 4, 8}: tokens (dense) or assignments (grouped) processed per pass.
@@ -141,8 +142,9 @@ void moe_route(const float* logits, const float* bias, const RouteParams& p, int
 // (expert, begin, count <= tile), max_items of them (unused ones have count 0).
 void moe_plan(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t max_items, int32_t* perm,
               int32_t* items, int32_t* counts, cudaStream_t s);
-// out[t, d] = sum_j w[t, j] * y[t * k + j, d]
-void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, float* out, cudaStream_t s);
+// out[t, d] = plus[t, d] + sum_j w[t, j] * y[t * k + j, d] (plus may be null: 0; the shared experts' output)
+void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, const float* plus, float* out,
+                 cudaStream_t s);
 // Grouped-GEMM helpers: xp[i] = bf16(x[perm[i] / k]); out rows scattered back.
 void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp, cudaStream_t s,
                      uint16_t* xp_lo = nullptr);  // with xp_lo: bf16(x - xp) too

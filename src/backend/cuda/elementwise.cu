@@ -6,6 +6,8 @@ namespace moe::cuda {
 namespace {
 
 __global__ void embedding_kernel(WeightRef table, const int32_t* ids, int64_t T, float* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t t = blockIdx.y, D = table.cols;
   const int64_t id = ids[t];
   if (id < 0 || id >= table.rows) return;  // the model checks ids on the host
@@ -26,6 +28,8 @@ __global__ void add_kernel(const float* a, const float* b, float* out, int64_t n
 }
 
 __global__ void gather_rows_kernel(const float* x, const int32_t* rows, int64_t D, float* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t r = blockIdx.y;
   const float* src = x + int64_t(rows[r]) * D;
   for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
@@ -33,6 +37,8 @@ __global__ void gather_rows_kernel(const float* x, const int32_t* rows, int64_t 
 }
 
 __global__ void silu_mul_kernel(const float* g, const float* u, float* out, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = g[i] / (1.0f + __expf(-g[i])) * u[i];
 }
@@ -45,11 +51,15 @@ __device__ __forceinline__ void split_store(float v, uint16_t* hi, uint16_t* lo,
 }
 
 __global__ void f32_to_bf16_kernel(const float* x, uint16_t* out, uint16_t* lo, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i < n) split_store(x[i], out, lo, i);
 }
 
 __global__ void weight_to_bf16_kernel(WeightRef w, uint16_t* out, uint16_t* lo) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t n = blockIdx.y;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < w.cols; k += int64_t(gridDim.x) * blockDim.x)
     split_store(load_weight(w, n, k), out, lo, n * w.cols + k);
@@ -61,8 +71,7 @@ unsigned col_blocks(int64_t D) { return unsigned(std::min<int64_t>((D + 255) / 2
 
 void embedding(const WeightRef& table, const int32_t* ids, int64_t T, float* out, cudaStream_t s) {
   if (T == 0) return;
-  embedding_kernel<<<dim3(col_blocks(table.cols), unsigned(T)), 256, 0, s>>>(table, ids, T, out);
-  check_launch("embedding");
+  launch("embedding", embedding_kernel, dim3(col_blocks(table.cols), unsigned(T)), 256, 0, s, table, ids, T, out);
 }
 
 void add(const float* a, const float* b, float* out, int64_t n, cudaStream_t s) {
@@ -72,26 +81,22 @@ void add(const float* a, const float* b, float* out, int64_t n, cudaStream_t s) 
 
 void gather_rows(const float* x, const int32_t* rows, int64_t R, int64_t D, float* out, cudaStream_t s) {
   if (R == 0) return;
-  gather_rows_kernel<<<dim3(col_blocks(D), unsigned(R)), 256, 0, s>>>(x, rows, D, out);
-  check_launch("gather_rows");
+  launch("gather_rows", gather_rows_kernel, dim3(col_blocks(D), unsigned(R)), 256, 0, s, x, rows, D, out);
 }
 
 void silu_mul(const float* g, const float* u, float* out, int64_t n, cudaStream_t s) {
   if (n == 0) return;
-  silu_mul_kernel<<<blocks_for(n, 256), 256, 0, s>>>(g, u, out, n);
-  check_launch("silu_mul");
+  launch("silu_mul", silu_mul_kernel, blocks_for(n, 256), 256, 0, s, g, u, out, n);
 }
 
 void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s, uint16_t* lo) {
   if (n == 0) return;
-  f32_to_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(x, out, lo, n);
-  check_launch("f32_to_bf16");
+  launch("f32_to_bf16", f32_to_bf16_kernel, blocks_for(n, 256), 256, 0, s, x, out, lo, n);
 }
 
 void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t* lo) {
   if (w.rows == 0) return;
-  weight_to_bf16_kernel<<<dim3(col_blocks(w.cols), unsigned(w.rows)), 256, 0, s>>>(w, out, lo);
-  check_launch("weight_to_bf16");
+  launch("weight_to_bf16", weight_to_bf16_kernel, dim3(col_blocks(w.cols), unsigned(w.rows)), 256, 0, s, w, out, lo);
 }
 
 }  // namespace moe::cuda

@@ -187,6 +187,25 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const
   }
 }
 
+// Dense mode under programmatic dependent launch: before waiting for the previous kernel, the warp asks L2 for
+// its weight rows (they do not depend on earlier kernels), so streaming them overlaps the previous kernel's
+// tail instead of starting after it.
+template <DType WT, bool SWIGLU, int R>
+__device__ __forceinline__ void prefetch_rows(const GemvParams& p, const char* const* wbase, int64_t row_base, int64_t n0) {
+  constexpr int M = SWIGLU ? 2 : 1;
+  const int lane = threadIdx.x % 32;
+  const int64_t row_bytes = p.K * elem_bytes<WT>();
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t n = min(n0 + r, p.N - 1);
+      const char* row = wbase[m] + (row_base + n) * row_bytes;
+      for (int64_t b = int64_t(lane) * 128; b < row_bytes; b += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(row + b));
+    }
+}
+
 // R weight rows per warp: 2, or 1 for dense single-token GEMVs too small to give every SM a block (kv_a,
 // the router, W_UV, o_proj at batch 1), which doubles their blocks.
 // U: chunk iterations unrolled (16-byte loads per lane and weight row in flight).
@@ -194,12 +213,14 @@ template <DType WT, int TILE, bool SWIGLU, int R = kRowsPerWarp, int U = 4>
 __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
   const int warp = threadIdx.x / 32;
   const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * R;
+  pdl_trigger();
   if (n0 >= p.N) return;
   const char* wbase[2];
   const float* sbase[2];
   const float* xrows[TILE];
   float* orows[TILE];
   if (p.items) {
+    pdl_wait();  // the work items come from the previous kernel (moe_plan)
     const int32_t* item = p.items + 3 * blockIdx.y;
     const int e = item[0], begin = item[1], count = item[2];
     if (count == 0) return;
@@ -222,6 +243,8 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
     sbase[m] = p.s[m];
   }
   const int64_t row_base = p.w_row_base + y * p.w_row_step;
+  if (p.prefetch) prefetch_rows<WT, SWIGLU, R>(p, wbase, row_base, n0);
+  pdl_wait();
   for (int64_t t0 = int64_t(blockIdx.z) * TILE; t0 < p.T; t0 += int64_t(gridDim.z) * TILE) {
     const int count = int(min(int64_t(TILE), int64_t(p.T) - t0));
 #pragma unroll
@@ -236,6 +259,8 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
 
 template <DType WT>
 void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
+  GemvParams q = p;
+  q.prefetch = g_pdl;
   const unsigned gx = unsigned((p.N + kRowsPerBlock - 1) / kRowsPerBlock);
   unsigned gz = 1;
   if (!p.items) gz = unsigned(std::min<int64_t>((p.T + tile - 1) / tile, std::max<int64_t>(1, 1024 / (int64_t(gx) * p.grid_y))));
@@ -249,22 +274,21 @@ void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
     const bool deep = !g_legacy.unroll;
     const dim3 grid1(unsigned((p.N + kWarps - 1) / kWarps), unsigned(p.grid_y), gz);
     if (p.swiglu) {
-      if (deep) gemv_kernel<WT, 1, true, 1, 8><<<grid1, 256, 0, s>>>(p);
-      else gemv_kernel<WT, 1, true><<<grid, 256, 0, s>>>(p);
+      if (deep) launch("gemv", gemv_kernel<WT, 1, true, 1, 8>, grid1, 256, 0, s, q);
+      else launch("gemv", gemv_kernel<WT, 1, true>, grid, 256, 0, s, q);
     } else if (small) {
-      if (deep) gemv_kernel<WT, 1, false, 1, 8><<<grid1, 256, 0, s>>>(p);
-      else gemv_kernel<WT, 1, false, 1><<<grid1, 256, 0, s>>>(p);
+      if (deep) launch("gemv", gemv_kernel<WT, 1, false, 1, 8>, grid1, 256, 0, s, q);
+      else launch("gemv", gemv_kernel<WT, 1, false, 1>, grid1, 256, 0, s, q);
     } else {
-      if (deep) gemv_kernel<WT, 1, false, kRowsPerWarp, 8><<<grid, 256, 0, s>>>(p);
-      else gemv_kernel<WT, 1, false><<<grid, 256, 0, s>>>(p);
+      if (deep) launch("gemv", gemv_kernel<WT, 1, false, kRowsPerWarp, 8>, grid, 256, 0, s, q);
+      else launch("gemv", gemv_kernel<WT, 1, false>, grid, 256, 0, s, q);
     }
-    check_launch("gemv");
     return;
   }
 #define MOE_GEMV_CASE(TL)                                                        \
   case TL:                                                                       \
-    if (p.swiglu) gemv_kernel<WT, TL, true><<<grid, 256, 0, s>>>(p);             \
-    else gemv_kernel<WT, TL, false><<<grid, 256, 0, s>>>(p);                     \
+    if (p.swiglu) launch("gemv", gemv_kernel<WT, TL, true>, grid, 256, 0, s, q);             \
+    else launch("gemv", gemv_kernel<WT, TL, false>, grid, 256, 0, s, q);                     \
     break;
   switch (tile) {
     MOE_GEMV_CASE(1)

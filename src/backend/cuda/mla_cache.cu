@@ -22,6 +22,8 @@ __global__ void __launch_bounds__(256) write_cache_kernel(const float* kv_a, Wei
                                                           const int32_t* positions, const int32_t* slots, int64_t r,
                                                           int64_t dr, uint16_t* cache) {
   __shared__ float partial[8];
+  pdl_trigger();
+  pdl_wait();
   const int64_t t = blockIdx.x, width = r + dr;
   const float* src = kv_a + t * width;
   uint16_t* dst = cache + int64_t(slots[t]) * width;
@@ -45,6 +47,8 @@ __global__ void __launch_bounds__(256) write_cache_kernel(const float* kv_a, Wei
 
 __global__ void rope_q_kernel(float* q, const double* inv_freq, double attn_factor, const int32_t* positions, int64_t T,
                               int64_t H, int64_t dn, int64_t dr) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t half = dr / 2;
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= T * H * half) return;
@@ -59,17 +63,15 @@ void mla_write_cache(const float* kv_a, const WeightRef& norm_w, float eps, cons
                      const int32_t* positions, const int32_t* slots, int64_t T, int64_t r, int64_t dr, uint16_t* cache,
                      cudaStream_t s) {
   if (T == 0) return;
-  write_cache_kernel<<<unsigned(T), 256, 0, s>>>(kv_a, norm_w, eps, inv_freq, attn_factor, positions, slots, r, dr,
-                                                 cache);
-  check_launch("mla_write_cache");
+  launch("mla_write_cache", write_cache_kernel, unsigned(T), 256, 0, s, kv_a, norm_w, eps, inv_freq, attn_factor,
+         positions, slots, r, dr, cache);
 }
 
 void mla_rope_q(float* q, const double* inv_freq, double attn_factor, const int32_t* positions, int64_t T, int64_t H,
                 int64_t dn, int64_t dr, cudaStream_t s) {
   const int64_t n = T * H * (dr / 2);
   if (n == 0) return;
-  rope_q_kernel<<<blocks_for(n, 256), 256, 0, s>>>(q, inv_freq, attn_factor, positions, T, H, dn, dr);
-  check_launch("mla_rope_q");
+  launch("mla_rope_q", rope_q_kernel, blocks_for(n, 256), 256, 0, s, q, inv_freq, attn_factor, positions, T, H, dn, dr);
 }
 
 }  // namespace moe::cuda

@@ -18,6 +18,8 @@ __global__ void __launch_bounds__(1024) plan_kernel(const int32_t* ids, int64_t 
   int32_t* cursor = sh + 2 * E;
   int32_t* item_off = sh + 3 * E;
   __shared__ int32_t total_items;
+  pdl_trigger();
+  pdl_wait();
   for (int e = threadIdx.x; e < E; e += blockDim.x) counts[e] = cursor[e] = 0;
   __syncthreads();
   for (int64_t a = threadIdx.x; a < TK; a += blockDim.x) {
@@ -57,12 +59,14 @@ __global__ void __launch_bounds__(1024) plan_kernel(const int32_t* ids, int64_t 
   }
 }
 
-__global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_t D, float* out) {
+__global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_t D, const float* plus, float* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t t = blockIdx.y;
   for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x) {
     float acc = 0.0f;
     for (int j = 0; j < k; ++j) acc = fmaf(w[t * k + j], y[(t * k + j) * D + d], acc);
-    out[t * D + d] = acc;
+    out[t * D + d] = plus ? plus[t * D + d] + acc : acc;
   }
 }
 
@@ -70,7 +74,9 @@ __global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_
 // fmaf as combine_kernel, so the same result).
 constexpr int kCombineMaxK = 8, kCombineThreads = 128;
 __global__ void __launch_bounds__(kCombineThreads) combine_vec_kernel(const float* y, const float* w, int32_t k,
-                                                                      int64_t D, float* out) {
+                                                                      int64_t D, const float* plus, float* out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t t = blockIdx.y, c = int64_t(blockIdx.x) * kCombineThreads + threadIdx.x;
   if (c >= D / 4) return;
   float4 v[kCombineMaxK];
@@ -90,6 +96,10 @@ __global__ void __launch_bounds__(kCombineThreads) combine_vec_kernel(const floa
       acc.z = fmaf(wj[j], v[j].z, acc.z);
       acc.w = fmaf(wj[j], v[j].w, acc.w);
     }
+  if (plus) {
+    const float4 b = reinterpret_cast<const float4*>(plus + t * D)[c];
+    acc = make_float4(b.x + acc.x, b.y + acc.y, b.z + acc.z, b.w + acc.w);
+  }
   reinterpret_cast<float4*>(out + t * D)[c] = acc;
 }
 
@@ -119,21 +129,21 @@ unsigned col_blocks(int64_t D) { return unsigned(std::min<int64_t>((D + 255) / 2
 void moe_plan(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t max_items, int32_t* perm,
               int32_t* items, int32_t* counts, cudaStream_t s) {
   if (E > 1024) check(cudaErrorInvalidValue, "moe_plan: more than 1024 experts");
-  plan_kernel<<<1, 1024, size_t(4 * E) * sizeof(int32_t), s>>>(ids, TK, E, tile, max_items, perm, items, counts);
-  check_launch("moe_plan");
+  launch("moe_plan", plan_kernel, 1, 1024, size_t(4 * E) * sizeof(int32_t), s, ids, TK, E, tile, max_items, perm, items,
+         counts);
 }
 
-void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, float* out, cudaStream_t s) {
+void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, const float* plus, float* out,
+                 cudaStream_t s) {
   if (T == 0) return;
-  const bool aligned = ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(out)) & 15) == 0;
+  const bool aligned =
+      ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(plus)) & 15) == 0;
   if (!g_legacy.combine && k <= kCombineMaxK && D % 4 == 0 && aligned) {
     const unsigned bx = unsigned((D / 4 + kCombineThreads - 1) / kCombineThreads);
-    combine_vec_kernel<<<dim3(bx, unsigned(T)), kCombineThreads, 0, s>>>(y, w, k, D, out);
-    check_launch("moe_combine");
+    launch("moe_combine", combine_vec_kernel, dim3(bx, unsigned(T)), kCombineThreads, 0, s, y, w, k, D, plus, out);
     return;
   }
-  combine_kernel<<<dim3(col_blocks(D), unsigned(T)), 256, 0, s>>>(y, w, k, D, out);
-  check_launch("moe_combine");
+  launch("moe_combine", combine_kernel, dim3(col_blocks(D), unsigned(T)), 256, 0, s, y, w, k, D, plus, out);
 }
 
 void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp,

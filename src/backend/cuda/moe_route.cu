@@ -30,6 +30,8 @@ __global__ void __launch_bounds__(32 * kTokensPerBlock) route_kernel(const float
                                                                       RouteParams p, int64_t T, int32_t* ids,
                                                                       float* weights) {
   extern __shared__ float sm[];
+  pdl_trigger();
+  pdl_wait();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, E = p.num_experts;
   const int64_t t = int64_t(blockIdx.x) * kTokensPerBlock + warp;
   if (t >= T) return;
@@ -123,9 +125,8 @@ void moe_route(const float* logits, const float* bias, const RouteParams& p, int
   if (p.top_k > 32) check(cudaErrorInvalidValue, "moe_route: top_k > 32");
   if (p.n_group > 32) check(cudaErrorInvalidValue, "moe_route: n_group > 32");
   const size_t smem = size_t(kTokensPerBlock) * 2 * size_t(p.num_experts) * sizeof(float);
-  route_kernel<<<unsigned((T + kTokensPerBlock - 1) / kTokensPerBlock), 32 * kTokensPerBlock, smem, s>>>(
-      logits, bias, p, T, ids, weights);
-  check_launch("moe_route");
+  launch("moe_route", route_kernel, unsigned((T + kTokensPerBlock - 1) / kTokensPerBlock), 32 * kTokensPerBlock, smem, s,
+         logits, bias, p, T, ids, weights);
 }
 
 }  // namespace moe::cuda

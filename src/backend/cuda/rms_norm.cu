@@ -15,6 +15,8 @@ constexpr int kThreads = 256;
 
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const float* x, WeightRef w, float eps, int64_t D, float* out) {
   __shared__ float partial[8];
+  pdl_trigger();
+  pdl_wait();
   const float* xt = x + blockIdx.x * D;
   float* ot = out + blockIdx.x * D;
   float ss = 0.0f;
@@ -33,6 +35,8 @@ template <int V, bool RESID>
 __global__ void __launch_bounds__(kThreads) rms_norm_vec_kernel(const float* x, float* h, const float* y, WeightRef w,
                                                                 float eps, int64_t D, float* out) {
   __shared__ float partial[kThreads / 32];
+  pdl_trigger();
+  pdl_wait();
   const int64_t D4 = D / 4, row = blockIdx.x;
   const float4* xr = reinterpret_cast<const float4*>((RESID ? h : x) + row * D);
   float4 v[V];
@@ -92,10 +96,10 @@ template <bool RESID>
 void launch_vec(int V, const float* x, float* h, const float* y, const WeightRef& w, float eps, int64_t T, int64_t D,
                 float* out, cudaStream_t s) {
   switch (V) {
-    case 1: rms_norm_vec_kernel<1, RESID><<<unsigned(T), kThreads, 0, s>>>(x, h, y, w, eps, D, out); break;
-    case 2: rms_norm_vec_kernel<2, RESID><<<unsigned(T), kThreads, 0, s>>>(x, h, y, w, eps, D, out); break;
-    case 4: rms_norm_vec_kernel<4, RESID><<<unsigned(T), kThreads, 0, s>>>(x, h, y, w, eps, D, out); break;
-    default: rms_norm_vec_kernel<8, RESID><<<unsigned(T), kThreads, 0, s>>>(x, h, y, w, eps, D, out); break;
+    case 1: launch("rms_norm", rms_norm_vec_kernel<1, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out); break;
+    case 2: launch("rms_norm", rms_norm_vec_kernel<2, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out); break;
+    case 4: launch("rms_norm", rms_norm_vec_kernel<4, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out); break;
+    default: launch("rms_norm", rms_norm_vec_kernel<8, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out); break;
   }
 }
 
@@ -105,8 +109,7 @@ void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t 
   if (T == 0) return;
   const int V = g_legacy.norm ? 0 : vec_width(D, x, out, x);
   if (V) launch_vec<false>(V, x, nullptr, nullptr, w, eps, T, D, out, s);
-  else rms_norm_kernel<<<unsigned(T), kThreads, 0, s>>>(x, w, eps, D, out);
-  check_launch("rms_norm");
+  else launch("rms_norm", rms_norm_kernel, unsigned(T), kThreads, 0, s, x, w, eps, D, out);
 }
 
 void add_rms_norm(float* h, const float* y, const WeightRef& w, float eps, int64_t T, int64_t D, float* out,
@@ -115,7 +118,6 @@ void add_rms_norm(float* h, const float* y, const WeightRef& w, float eps, int64
   const int V = g_legacy.norm ? 0 : vec_width(D, h, y, out);
   if (V) {
     launch_vec<true>(V, nullptr, h, y, w, eps, T, D, out, s);
-    check_launch("add_rms_norm");
     return;
   }
   add(h, y, h, T * D, s);
