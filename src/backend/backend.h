@@ -75,6 +75,12 @@ struct DeviceBatch {
   std::vector<Tensor> storage;
 };
 
+// Device work recorded by Backend::end_capture (a CUDA graph) and run again by Backend::replay.
+class CapturedWork {
+ public:
+  virtual ~CapturedWork() = default;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -94,6 +100,19 @@ class Backend {
   virtual void prepare_experts(ExpertWeights& experts) {}
   virtual DeviceBatch upload_batch(const BatchPlan& plan) = 0;
   virtual void synchronize() {}
+
+  // Capture (CUDA graphs). Between begin_capture() and end_capture() the ops are recorded, not run, with
+  // every host-side choice they make (grid sizes, code paths, scratch addresses) frozen; replay() runs the
+  // recording again. Memory allocated during a capture is reserved for it and lives as long as the
+  // returned object. Only work whose host-side choices repeat may be captured: decode steps, whose
+  // changing inputs are rewritten in place with update_batch / copy_from_host (see DeepseekV3::forward).
+  virtual bool can_capture(int64_t tokens) const { return false; }  // a step of `tokens` new tokens
+  virtual void begin_capture();
+  virtual std::shared_ptr<CapturedWork> end_capture();
+  virtual void abort_capture() {}  // after an exception between begin and end
+  virtual void replay(const CapturedWork& work);
+  // Writes `plan` into `batch`, an upload of a plan with the same sizes, in place.
+  virtual void update_batch(const BatchPlan& plan, DeviceBatch& batch);
 
   // out[t] = table[ids[t]]. table [V, D] (BF16/F32), ids I32 [T], out [T, D].
   virtual void embedding(const Weight& table, const TensorView& ids, const TensorView& out) = 0;

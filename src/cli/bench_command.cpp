@@ -223,13 +223,16 @@ void run_sweep(const BenchArgs& a) {
       step(1);
       const size_t mem = device_memory_used(a.device);
       host_s = 0.0;
+      const int64_t replays_before = model.graph_stats().replays;
       const auto t0 = Clock::now();
       for (int32_t i = 0; i < steps; ++i) step(2 + i);
       const double dt = seconds_since(t0);
+      const int64_t replayed = model.graph_stats().replays - replays_before;
       const double tps = double(B) * steps / dt;
       // Host enqueue time close to the step time means the step is bound by the host (launches, allocations).
-      fmt::print("decode: batch {} context {}: {:.1f} tokens/s ({:.2f} ms/step, host enqueue {:.2f} ms/step)", B, ctx, tps,
-                 1e3 * dt / steps, 1e3 * host_s / steps);
+      fmt::print("decode: batch {} context {}: {:.1f} tokens/s ({:.2f} ms/step, host enqueue {:.2f} ms/step, {} of {} steps "
+                 "replayed from graphs)",
+                 B, ctx, tps, 1e3 * dt / steps, 1e3 * host_s / steps, replayed, steps);
       if (B == 1) {
         const double bytes = double(stats.active_weight_bytes) + double(ctx) * double(cache_token_bytes);
         const double roof = ceil.bandwidth / bytes;

@@ -75,10 +75,18 @@ Tensor DeepseekV3::upload_tokens(const std::vector<SequenceChunk>& chunks) {
 }
 
 ForwardOutput DeepseekV3::forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache) {
-  const BatchPlan plan = plan_batch(chunks, cache.page_size());
+  BatchPlan plan = plan_batch(chunks, cache.page_size());
+  widen_decode_plan(chunks, plan);
+  if (graph_eligible(chunks)) return forward_graphed(chunks, std::move(plan), cache);
   const DeviceBatch batch = backend_.upload_batch(plan);
   const Tensor ids = upload_tokens(chunks);
-  const int64_t T = plan.num_tokens(), D = config_.hidden_size;
+  return run_layers(chunks, batch, ids, cache);
+}
+
+// The device part of forward(): embedding, decoder layers, final norm and LM head.
+ForwardOutput DeepseekV3::run_layers(const std::vector<SequenceChunk>& chunks, const DeviceBatch& batch,
+                                     const TensorView& ids, LatentCache& cache) {
+  const int64_t T = batch.plan->num_tokens(), D = config_.hidden_size;
   const DType act = backend_.activation_dtype();
 
   Tensor h = backend_.alloc_uninitialized(act, {T, D}), y = backend_.alloc_uninitialized(act, {T, D});
@@ -132,8 +140,13 @@ ForwardOutput DeepseekV3::head(const std::vector<SequenceChunk>& chunks, const T
     row += n;
   }
   const int64_t R = int64_t(out.logit_rows.size());
-  Tensor selected = backend_.alloc_uninitialized(backend_.activation_dtype(), {R, D});
-  backend_.gather_rows(out.hidden, out.logit_rows, selected);
+  bool every_row = R == T;  // decode: logits for every token, no gather
+  for (int64_t i = 0; every_row && i < R; ++i) every_row = out.logit_rows[size_t(i)] == i;
+  Tensor selected = out.hidden;
+  if (!every_row) {
+    selected = backend_.alloc_uninitialized(backend_.activation_dtype(), {R, D});
+    backend_.gather_rows(out.hidden, out.logit_rows, selected);
+  }
   out.logits = backend_.alloc_uninitialized(DType::F32, {R, config_.vocab_size});
   backend_.matmul(selected, lm_head, out.logits);
   return out;

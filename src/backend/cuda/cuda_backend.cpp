@@ -78,6 +78,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
     cuda::g_legacy = cuda::Legacy{};
   }
   if (const char* v = std::getenv("MOE_CUDA_PDL")) cuda::g_pdl = std::string(v) != "0";
+  if (const char* v = std::getenv("MOE_CUDA_GRAPH")) graphs_ = std::string(v) != "0";
 }
 
 CudaBackend::~CudaBackend() {
@@ -142,6 +143,21 @@ DeviceBatch CudaBackend::upload_batch(const BatchPlan& plan) {
   }
   b.storage.push_back(all);
   return b;
+}
+
+void CudaBackend::update_batch(const BatchPlan& plan, DeviceBatch& batch) {
+  const std::vector<int32_t>* parts[5] = {&plan.positions, &plan.token_seq, &plan.slots, &plan.seq_lens,
+                                          &plan.block_table};
+  const TensorView* views[5] = {&batch.positions, &batch.token_seq, &batch.slots, &batch.seq_lens, &batch.block_table};
+  std::vector<int32_t> packed;
+  for (int i = 0; i < 5; ++i) {
+    MOE_CHECK(int64_t(parts[i]->size()) == views[i]->numel(), "update_batch: the plan's sizes differ from the batch's");
+    packed.insert(packed.end(), parts[i]->begin(), parts[i]->end());
+  }
+  MOE_CHECK(!batch.storage.empty(), "update_batch: the batch was not uploaded by this backend");
+  if (!packed.empty())
+    check(cudaMemcpyAsync(batch.storage[0].data(), packed.data(), packed.size() * 4, cudaMemcpyHostToDevice, stream_),
+          "update_batch");
 }
 
 void CudaBackend::embedding(const Weight& table, const TensorView& ids, const TensorView& out) {
@@ -222,6 +238,61 @@ void CudaBackend::swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const T
   matmul(h, mlp.down, out);
 }
 
+// A captured step: the instantiated graph and the pool holding the memory its kernels use.
+class CudaBackend::Graph final : public CapturedWork {
+ public:
+  Graph(cudaGraphExec_t exec, std::shared_ptr<BlockCache> pool, cudaStream_t stream)
+      : exec_(exec), pool_(std::move(pool)), stream_(stream) {}
+  ~Graph() override {
+    cudaStreamSynchronize(stream_);  // a replay may still be running on the pool's memory
+    cudaGraphExecDestroy(exec_);
+  }
+  cudaGraphExec_t exec() const { return exec_; }
+
+ private:
+  cudaGraphExec_t exec_;
+  std::shared_ptr<BlockCache> pool_;
+  cudaStream_t stream_;
+};
+
+void CudaBackend::begin_capture() {
+  MOE_CHECK(!capture_pool_, "begin_capture: a capture is already under way");
+  capture_pool_ = std::make_shared<BlockCache>();
+  pool_ = capture_pool_;
+  // Relaxed: scratch() may still cudaMalloc while capturing (no stream work, so nothing is lost).
+  check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+}
+
+std::shared_ptr<CapturedWork> CudaBackend::end_capture() {
+  MOE_CHECK(capture_pool_ != nullptr, "end_capture without begin_capture");
+  cudaGraph_t graph = nullptr;
+  const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+  std::shared_ptr<BlockCache> pool = std::move(capture_pool_);
+  pool_ = blocks_;
+  check(e, "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t ie = cudaGraphInstantiateWithFlags(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check(ie, "cudaGraphInstantiate");
+  return std::make_shared<Graph>(exec, std::move(pool), stream_);
+}
+
+void CudaBackend::abort_capture() {
+  if (!capture_pool_) return;
+  cudaGraph_t graph = nullptr;
+  cudaStreamEndCapture(stream_, &graph);
+  if (graph) cudaGraphDestroy(graph);
+  cudaGetLastError();
+  capture_pool_.reset();
+  pool_ = blocks_;
+}
+
+void CudaBackend::replay(const CapturedWork& work) {
+  const auto* g = dynamic_cast<const Graph*>(&work);
+  MOE_CHECK(g != nullptr, "replay: not a graph captured by this backend");
+  check(cudaGraphLaunch(g->exec(), stream_), "cudaGraphLaunch");
+}
+
 // Uninitialised device memory from the block cache, returned to it when the last Tensor goes.
 Tensor CudaBackend::scratch(DType dtype, Shape shape) {
   TensorView v;
@@ -229,7 +300,8 @@ Tensor CudaBackend::scratch(DType dtype, Shape shape) {
   v.shape = shape;
   v.device = Device::Cuda;
   const size_t bytes = round_block(v.nbytes());
-  void* p = blocks_->take(bytes);
+  void* p = pool_->take(bytes);
+  if (!p && pool_ != blocks_) p = blocks_->take(bytes);  // capturing: a free block moves to the capture's pool
   if (!p && cudaMalloc(&p, bytes) != cudaSuccess) {
     cudaGetLastError();  // out of memory: give the cached blocks back and try once more
     synchronize();
@@ -237,7 +309,7 @@ Tensor CudaBackend::scratch(DType dtype, Shape shape) {
     check(cudaMalloc(&p, bytes), "cudaMalloc (scratch)");
   }
   v.data = p;
-  std::shared_ptr<BlockCache> c = blocks_;
+  std::shared_ptr<BlockCache> c = pool_;
   return Tensor(v, std::shared_ptr<void>(p, [c, bytes](void* q) { c->give(bytes, q); }));
 }
 

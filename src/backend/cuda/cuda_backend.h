@@ -71,6 +71,15 @@ class CudaBackend final : public Backend {
   DeviceBatch upload_batch(const BatchPlan& plan) override;
   void synchronize() override { cuda::check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
 
+  // CUDA graphs of steps of at most kGemvMaxTile tokens: every op on that path only enqueues kernels (the
+  // GEMV, never cuBLAS or a host round trip). MOE_CUDA_GRAPH=0 turns capture off.
+  bool can_capture(int64_t tokens) const override { return graphs_ && tokens <= cuda::kGemvMaxTile; }
+  void begin_capture() override;
+  std::shared_ptr<CapturedWork> end_capture() override;
+  void abort_capture() override;
+  void replay(const CapturedWork& work) override;
+  void update_batch(const BatchPlan& plan, DeviceBatch& batch) override;
+
   void embedding(const Weight& table, const TensorView& ids, const TensorView& out) override;
   void rms_norm(const TensorView& x, const Weight& w, float eps, const TensorView& out) override;
   void matmul(const TensorView& x, const Weight& w, const TensorView& out) override;
@@ -116,7 +125,9 @@ class CudaBackend final : public Backend {
         for (void* p : v) cudaFree(p);
       free.clear();
     }
+    ~BlockCache() { release_all(); }
   };
+  class Graph;
   static size_t round_block(size_t bytes) {
     const size_t g = bytes <= (size_t(1) << 20)    ? 256
                      : bytes <= (size_t(64) << 20) ? (size_t(64) << 10)
@@ -163,6 +174,10 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   std::vector<void*> persistent_;
   std::shared_ptr<BlockCache> blocks_ = std::make_shared<BlockCache>();
+  // Where scratch() draws from: blocks_, or during a capture the capture's own pool (capture_pool_), whose
+  // blocks stay reserved for the graph (its replays write them) until the graph and its tensors are gone.
+  std::shared_ptr<BlockCache> pool_ = blocks_, capture_pool_;
+  bool graphs_ = true;
   std::unordered_map<std::string, const double*> rope_tables_;
   enum class Prefill { Split, Bf16, Gemv };
   Prefill prefill_ = Prefill::Split;
