@@ -92,18 +92,20 @@ quick_model() {  # name config dtype
 }
 stage_quick-moonlight() { quick_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
 stage_quick-moonlight-fp8() { quick_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }
-# Batch-1 decode of the Moonlight shape with the current kernels and with MOE_CUDA_LEGACY (the kernels from
-# before the batch-1 rework, all or one group at a time), in one process tree on one checkpoint: A/B timings.
-stage_decode-moonlight() {
+# Batch-1 decode of the Moonlight shape, A/B in one process tree on one checkpoint: decode steps replayed from
+# CUDA graphs with programmatic dependent launch (the default), without graphs, and without either.
+decode_ab() {  # name config dtype
   env_deps
-  local dir=$MODELS/moonlight-bf16
-  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config bench/gpu/configs/moonlight-16b-a3b.json --out "$dir" --dtype bf16 >/dev/null || return 1
-  for l in "" all "" unroll gemv memset norm combine; do
-    local ctx=512; [ "$l" = all ] || [ "$l" = "" ] && ctx=512,4096
-    MOE_CUDA_LEGACY=$l "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 128 --batch 1 --context $ctx 2>&1 \
-      | grep -E "^(device|ceilings|decode)" | sed "s/^/[legacy=${l:-none}] /" | tee -a "$OUT/decode-moonlight.log"
+  local dir=$MODELS/$1
+  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config "$2" --out "$dir" --dtype "$3" >/dev/null || return 1
+  for v in "graph+pdl:" "no-graph:MOE_CUDA_GRAPH=0" "no-graph,no-pdl:MOE_CUDA_GRAPH=0 MOE_CUDA_PDL=0" "graph+pdl:"; do
+    local name=${v%%:*} envs=${v#*:}
+    env $envs "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 128 --batch 1 --context 512,4096 --steps 48 2>&1 \
+      | grep -E "^(device|ceilings|decode)" | sed "s/^/[$name] /" | tee -a "$OUT/decode-$1.log"
   done
 }
+stage_decode-moonlight() { decode_ab moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
+stage_decode-moonlight-fp8() { decode_ab moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }
 # Kernel times of one prefill (1024 tokens) and one decode step (batch 1, context 512) of the Moonlight shape
 # under Nsight Compute (one metric, clocks as found), summed per kernel by bench/gpu/ncu_summary.py.
 stage_profile-moonlight() {
