@@ -106,18 +106,22 @@ decode_ab() {  # name config dtype
 }
 stage_decode-moonlight() { decode_ab moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
 stage_decode-moonlight-fp8() { decode_ab moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }
-# Kernel times of one prefill (1024 tokens) and one decode step (batch 1, context 512) of the Moonlight shape
-# under Nsight Compute (one metric, clocks as found), summed per kernel by bench/gpu/ncu_summary.py.
-stage_profile-moonlight() {
+# Kernel times of one prefill and one decode step (batch 1, context 512; a graph replay) of the Moonlight
+# shape under Nsight Compute (one metric, clocks as found), summed per kernel by bench/gpu/ncu_summary.py.
+profile() {  # name config dtype prompt_tokens
   env_deps
-  local dir=$MODELS/moonlight-bf16
-  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config bench/gpu/configs/moonlight-16b-a3b.json --out "$dir" --dtype bf16 >/dev/null || return 1
+  local dir=$MODELS/$1
+  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config "$2" --out "$dir" --dtype "$3" >/dev/null || return 1
   ncu --csv --metrics gpu__time_duration.sum --clock-control none --log-file "$OUT/ncu.csv" \
-    "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 1024 --batch 1 --context 512 --steps 1 >"$OUT/ncu-app.log" 2>&1
+    "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens "$4" --batch 1 --context 512 --steps 1 >"$OUT/ncu-app.log" 2>&1
   echo "ncu exit $?"; tail -3 "$OUT/ncu-app.log"
-  python3 bench/gpu/ncu_summary.py "$OUT/ncu.csv" --forward 1 --forward -1 | tee "$OUT/ncu-summary.txt"
+  python3 bench/gpu/ncu_summary.py "$OUT/ncu.csv" --forward 1 --forward -1 | tee "$OUT/ncu-summary-$1.txt"
   rm -f "$OUT/ncu.csv"
 }
+stage_profile-moonlight() { profile moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 1024; }
+# Decode only (a 16-token prefill): quicker under ncu.
+stage_profile-decode() { profile moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 16; }
+stage_profile-decode-fp8() { profile moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8 16; }
 stage_bench-moonlight() { bench_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 1,8,64,256 512,4096; }
 stage_bench-moonlight-fp8() { bench_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8 1,8,64,256 512,4096; }
 stage_bench-v3() { bench_model v3-4layers-fp8 bench/gpu/configs/deepseek-v3-4layers.json fp8 1,8,64 512,4096; }
