@@ -31,6 +31,7 @@ scratch() {
   local src=/tmp/moe-src
   rm -rf "$src"; mkdir -p "$src"
   tar cf - --exclude=./build --exclude=./build-gpu --exclude=./.git --exclude=./.deps --exclude=./out . | (cd "$src" && tar xf -)
+  [ "${MOE_FULL:-0}" = 1 ] && { echo "$src"; return; }  # MOE_FULL=1: everything, the server too
   rm -f "$src/fuzz/server.cmake"
   (cd "$src/src/engine" && for f in *.cpp; do case $f in generator.cpp|page_allocator.cpp|sampler.cpp|speculative.cpp) ;; *) rm -f "$f";; esac; done)
   echo "" > "$src/tests/server/CMakeLists.txt"
@@ -125,6 +126,21 @@ stage_profile-decode-fp8() { profile moonlight-fp8 bench/gpu/configs/moonlight-1
 stage_bench-moonlight() { bench_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 1,8,64,256 512,4096; }
 stage_bench-moonlight-fp8() { bench_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8 1,8,64,256 512,4096; }
 stage_bench-v3() { bench_model v3-4layers-fp8 bench/gpu/configs/deepseek-v3-4layers.json fp8 1,8,64 512,4096; }
+# `moe serve --device cuda` on the bundled tiny model (needs MOE_FULL=1 at build): a chat completion, a
+# streamed one and the metrics, through curl.
+stage_serve() {
+  env_deps
+  local log=$OUT/serve.log port=18431
+  "$BUILD/src/cli/moe" serve --device cuda --model models/tiny-dsv3 --port $port --ignore-eos >"$log" 2>&1 &
+  local pid=$!
+  for i in $(seq 1 60); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.5; done
+  curl -sS "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"tiny-dsv3","messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"temperature":0}' | tee -a "$log"; echo
+  curl -sSN "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"tiny-dsv3","messages":[{"role":"user","content":"Hi"}],"max_tokens":8,"stream":true}' | tail -3 | tee -a "$log"
+  curl -sS "http://127.0.0.1:$port/metrics" | grep -E "^moe_" | head -12 | tee -a "$log"
+  kill $pid; wait $pid; echo "serve exit $?"
+}
 stage_hf-peer() { PYTHONUNBUFFERED=1 python3 bench/gpu/hf_peer.py 2>&1 | tee "$OUT/hf_peer.log" | tail -5; }
 
 for s in "$@"; do
