@@ -120,6 +120,13 @@ class Backend {
   virtual void rms_norm(const TensorView& x, const Weight& w, float eps, const TensorView& out) = 0;
   // out [T, N] = x [T, K] @ w [N, K]^T, FP32 accumulation; FP8 weights dequantised block by block.
   virtual void matmul(const TensorView& x, const Weight& w, const TensorView& out) = 0;
+  // Two projections of the same input: out_a = x wa^T, out_b = x wb^T (a backend may run both in one pass
+  // over x: MLA's query and latent projections).
+  virtual void matmul_pair(const TensorView& x, const Weight& wa, const TensorView& out_a, const Weight& wb,
+                           const TensorView& out_b) {
+    matmul(x, wa, out_a);
+    matmul(x, wb, out_b);
+  }
   // out = a + b, elementwise, same shape (out may alias a).
   virtual void add(const TensorView& a, const TensorView& b, const TensorView& out) = 0;
   // The residual step: h += y, then out = rms_norm(h) with w (h, y, out [T, D]; out does not alias h or y).

@@ -179,16 +179,15 @@ void DeepseekV3::attention(const AttentionWeights& w, const TensorView& x, const
   const DType act = backend_.activation_dtype();
   Tensor q = backend_.alloc_uninitialized(act, {T, H, c.qk_head_dim()});
   const TensorView q2d = q.view().reshaped({T, H * c.qk_head_dim()});
+  Tensor kv_a = backend_.alloc_uninitialized(act, {T, c.cache_width()});
   if (c.q_lora_rank > 0) {
     Tensor qa = backend_.alloc_uninitialized(act, {T, c.q_lora_rank});
-    backend_.matmul(x, w.q_a, qa);
+    backend_.matmul_pair(x, w.q_a, qa, w.kv_a, kv_a);
     backend_.rms_norm(qa, w.q_a_norm, kLatentNormEps, qa);
     backend_.matmul(qa, w.q_b, q2d);
   } else {
-    backend_.matmul(x, w.q_proj, q2d);
+    backend_.matmul_pair(x, w.q_proj, q2d, w.kv_a, kv_a);
   }
-  Tensor kv_a = backend_.alloc_uninitialized(act, {T, c.cache_width()});
-  backend_.matmul(x, w.kv_a, kv_a);
   backend_.mla_write_cache(kv_a, w.kv_a_norm, kLatentNormEps, rope_, batch, cache);
   backend_.mla_rope_q(q, dn, rope_, batch);
   Tensor o = backend_.alloc_uninitialized(act, {T, H * dv});

@@ -27,7 +27,34 @@ class CudaOps : public test::GpuVsCpu {
     const std::vector<float> got = test::to_host_f32(*gpu_, gout);
     return rel_l2(got.data(), ref.as<float>(), T * N);
   }
+  // matmul_pair (both projections in one launch) vs two CPU matmuls: the larger of the two errors.
+  double matmul_pair_error(int64_t T, int64_t Na, int64_t Nb, int64_t K, bool fp8) {
+    test::HostWeight ha = test::random_weight(rng_, Na, K, fp8), hb = test::random_weight(rng_, Nb, K, fp8);
+    Tensor x = test::random_host(rng_, DType::F32, {T, K});
+    Tensor ra = Tensor::host(DType::F32, {T, Na}), rb = Tensor::host(DType::F32, {T, Nb});
+    cpu_->matmul(x, ha.weight, ra);
+    cpu_->matmul(x, hb.weight, rb);
+    Weight ga = gpu_->upload_weight(ha.weight), gb = gpu_->upload_weight(hb.weight);
+    Tensor gx = test::to_device(*gpu_, x);
+    Tensor oa = gpu_->alloc_uninitialized(DType::F32, {T, Na}), ob = gpu_->alloc_uninitialized(DType::F32, {T, Nb});
+    gpu_->copy_from_host(std::vector<float>(size_t(T * Na), NAN).data(), oa);  // poisoned: every element written
+    gpu_->copy_from_host(std::vector<float>(size_t(T * Nb), NAN).data(), ob);
+    gpu_->matmul_pair(gx, ga, oa, gb, ob);
+    const std::vector<float> a = test::to_host_f32(*gpu_, oa), b = test::to_host_f32(*gpu_, ob);
+    return std::max(rel_l2(a.data(), ra.as<float>(), T * Na), rel_l2(b.data(), rb.as<float>(), T * Nb));
+  }
 };
+
+// Two projections of one input in one GEMV launch (MLA's q / q_a and kv_a): Moonlight and DeepSeek-V3 shapes.
+TEST_F(CudaOps, MatmulPairOneLaunch) {
+  for (bool fp8 : {false, true})
+    for (int64_t T : {1, 2, 5, 8}) {
+      EXPECT_LE(matmul_pair_error(T, 3072, 576, 2048, fp8), 1e-4) << "q_proj + kv_a, T=" << T << " fp8=" << fp8;
+      EXPECT_LE(matmul_pair_error(T, 1536, 576, 7168, fp8), 1e-4) << "q_a + kv_a, T=" << T << " fp8=" << fp8;
+    }
+  EXPECT_LE(matmul_pair_error(1, 65, 7, 2048, false), 1e-4) << "row counts not multiples of a block";
+  EXPECT_LE(matmul_pair_error(12, 256, 576, 2048, false), 1e-2) << "more tokens: two GEMMs";
+}
 
 TEST_F(CudaOps, MatmulGemvBf16AndFp8) {
   for (bool fp8 : {false, true})

@@ -67,11 +67,8 @@ CudaBackend::CudaBackend(int device) : device_(device) {
       if (all || f == "memset") g.memset = true;
       if (all || f == "norm") g.norm = true;
       if (all || f == "combine") g.combine = true;
-      if (all || f == "gemv") g.gemv = true;
-      if (all || f == "unroll") g.unroll = true;
-      if (!all && !f.empty() && f != "memset" && f != "norm" && f != "combine" && f != "gemv" &&
-          f != "unroll")
-        fail("MOE_CUDA_LEGACY takes memset, norm, combine, gemv, unroll or all, not '{}'", f);
+      if (!all && !f.empty() && f != "memset" && f != "norm" && f != "combine")
+        fail("MOE_CUDA_LEGACY takes memset, norm, combine or all, not '{}'", f);
     }
     cuda::g_legacy = g;
   } else {
@@ -183,6 +180,27 @@ void CudaBackend::matmul(const TensorView& x, const Weight& w, const TensorView&
     return;
   }
   gemm(x.as<const float>(), w, out.as<float>(), T);
+}
+
+// Both projections in one GEMV launch when both stream (few tokens) with the same dtype and blocks.
+void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const TensorView& out_a, const Weight& wb,
+                              const TensorView& out_b) {
+  const int64_t T = x.rows(), K = x.row_size();
+  const bool one_launch = T > 0 && !use_gemm(T, wa) && !use_gemm(T, wb) && wa.w.dtype == wb.w.dtype &&
+                          wa.block_n == wb.block_n && wa.block_k == wb.block_k && x.dtype == DType::F32;
+  if (!one_launch) return Backend::matmul_pair(x, wa, out_a, wb, out_b);
+  MOE_CHECK(wa.cols() == K && wb.cols() == K, "matmul_pair: x has {} columns but the weights have {} and {}", K,
+            wa.cols(), wb.cols());
+  MOE_CHECK(out_a.rows() == T && out_a.row_size() == wa.rows() && out_b.rows() == T && out_b.row_size() == wb.rows(),
+            "matmul_pair: outputs {} and {} for {} tokens and weights of {} and {} rows", out_a.shape.str(),
+            out_b.shape.str(), T, wa.rows(), wb.rows());
+  cuda::GemvParams p = dense_gemv(wa, x.as<const float>(), K, out_a.as<float>(), wa.rows(), T);
+  p.second.w = wb.w.data;
+  p.second.s = wb.is_fp8() ? wb.scale_inv.as<const float>() : nullptr;
+  p.second.N = wb.rows();
+  p.second.out = out_b.as<float>();
+  p.second.out_stride = wb.rows();
+  cuda::gemv(p, tile_for(T), stream_);
 }
 
 void CudaBackend::add(const TensorView& a, const TensorView& b, const TensorView& out) {

@@ -89,15 +89,20 @@ constexpr int elem_bytes() {
 
 // One pass: TILE token rows (xrows/orows, `count` of them valid) against the rows n0, n0+1 of the matrices.
 template <DType WT, int TILE, bool SWIGLU, int R = kRowsPerWarp, int U = 4>
-__device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const* wbase, const float* const* sbase,
-                                          int64_t row_base, int64_t n0, const float* const* xrows,
-                                          float* const* orows, int count) {
+__device__ __forceinline__ void gemv_pass(const GemvParams& p, int64_t N, const char* const* wbase,
+                                          const float* const* sbase, int64_t row_base, int64_t n0,
+                                          const float* const* xrows, float* const* orows, int count) {
   using C = Chunk<WT>;
   constexpr int M = SWIGLU ? 2 : 1, E = C::kElems;
   constexpr bool kFp8 = WT == DType::F8_E4M3;
   const int lane = threadIdx.x % 32;
   const int64_t K = p.K, nchunks = K % E == 0 ? K / E : 0;  // else all columns take the tail path
   const int64_t kblocks = (K + p.block_k - 1) / p.block_k;
+  // Scale block of chunk c: (c * E) / block_k, a shift when block_k / E is a power of two (always for
+  // DeepSeek's 128): a 64-bit division per chunk would cost more than the chunk's arithmetic.
+  const int64_t chunks_per_block = p.block_k / E;
+  const bool pow2_blocks = chunks_per_block > 0 && (chunks_per_block & (chunks_per_block - 1)) == 0;
+  const int block_shift = pow2_blocks ? __ffsll(chunks_per_block) - 1 : 0;
   float acc[M][R][TILE];
 #pragma unroll
   for (int m = 0; m < M; ++m)
@@ -110,7 +115,7 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const
   const float* srow[M][R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int64_t n = min(n0 + r, p.N - 1);  // rows past N repeat the last one and are not stored
+    const int64_t n = min(n0 + r, N - 1);  // rows past N repeat the last one and are not stored
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       rows[m][r] = wbase[m] + (row_base + n) * K * elem_bytes<WT>();
@@ -144,7 +149,7 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const
       for (int r = 0; r < R; ++r) {
         float wf[E];
         C::unpack(raw[m][r], wf);
-        const float sc = kFp8 ? __ldg(srow[m][r] + (c * E) / p.block_k) : 1.0f;
+        const float sc = kFp8 ? __ldg(srow[m][r] + (pow2_blocks ? c >> block_shift : (c * E) / p.block_k)) : 1.0f;
 #pragma unroll
         for (int t = 0; t < TILE; ++t) {
           float d = 0.0f;
@@ -175,7 +180,7 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const
   if (lane == 0) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      if (n0 + r >= p.N) continue;
+      if (n0 + r >= N) continue;
 #pragma unroll
       for (int t = 0; t < TILE; ++t) {
         if (t >= count) continue;
@@ -191,7 +196,8 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, const char* const
 // its weight rows (they do not depend on earlier kernels), so streaming them overlaps the previous kernel's
 // tail instead of starting after it.
 template <DType WT, bool SWIGLU, int R>
-__device__ __forceinline__ void prefetch_rows(const GemvParams& p, const char* const* wbase, int64_t row_base, int64_t n0) {
+__device__ __forceinline__ void prefetch_rows(const GemvParams& p, int64_t N, const char* const* wbase, int64_t row_base,
+                                              int64_t n0) {
   constexpr int M = SWIGLU ? 2 : 1;
   const int lane = threadIdx.x % 32;
   const int64_t row_bytes = p.K * elem_bytes<WT>();
@@ -199,7 +205,7 @@ __device__ __forceinline__ void prefetch_rows(const GemvParams& p, const char* c
   for (int m = 0; m < M; ++m)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const int64_t n = min(n0 + r, p.N - 1);
+      const int64_t n = min(n0 + r, N - 1);
       const char* row = wbase[m] + (row_base + n) * row_bytes;
       for (int64_t b = int64_t(lane) * 128; b < row_bytes; b += 32 * 128)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(row + b));
@@ -212,9 +218,13 @@ __device__ __forceinline__ void prefetch_rows(const GemvParams& p, const char* c
 template <DType WT, int TILE, bool SWIGLU, int R = kRowsPerWarp, int U = 4>
 __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
   const int warp = threadIdx.x / 32;
-  const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * R;
+  // Dense mode with a second matrix (GemvParams::second): blocks from second.first_block on take it.
+  const bool second = p.second.first_block > 0 && blockIdx.x >= p.second.first_block;
+  const int64_t bx = second ? blockIdx.x - p.second.first_block : blockIdx.x;
+  const int64_t N = second ? p.second.N : p.N;
+  const int64_t n0 = (bx * kWarps + warp) * R;
   pdl_trigger();
-  if (n0 >= p.N) return;
+  if (n0 >= N) return;
   const char* wbase[2];
   const float* sbase[2];
   const float* xrows[TILE];
@@ -234,7 +244,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
       xrows[t] = p.x + int64_t(a / p.x_row_div) * p.x_stride;
       orows[t] = p.out + int64_t(a) * p.out_stride;
     }
-    gemv_pass<WT, TILE, SWIGLU, R, U>(p, wbase, sbase, 0, n0, xrows, orows, count);
+    gemv_pass<WT, TILE, SWIGLU, R, U>(p, N, wbase, sbase, 0, n0, xrows, orows, count);
     return;
   }
   const int64_t y = blockIdx.y;
@@ -242,8 +252,16 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
     wbase[m] = static_cast<const char*>(p.w[m]);
     sbase[m] = p.s[m];
   }
+  float* out = p.out;
+  int64_t out_stride = p.out_stride;
+  if (second) {
+    wbase[0] = static_cast<const char*>(p.second.w);
+    sbase[0] = p.second.s;
+    out = p.second.out;
+    out_stride = p.second.out_stride;
+  }
   const int64_t row_base = p.w_row_base + y * p.w_row_step;
-  if (p.prefetch) prefetch_rows<WT, SWIGLU, R>(p, wbase, row_base, n0);
+  if (p.prefetch) prefetch_rows<WT, SWIGLU, R>(p, N, wbase, row_base, n0);
   pdl_wait();
   for (int64_t t0 = int64_t(blockIdx.z) * TILE; t0 < p.T; t0 += int64_t(gridDim.z) * TILE) {
     const int count = int(min(int64_t(TILE), int64_t(p.T) - t0));
@@ -251,9 +269,9 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
     for (int t = 0; t < TILE; ++t) {
       const int64_t tt = t0 + min(t, count - 1);
       xrows[t] = p.x + y * p.x_step + tt * p.x_stride;
-      orows[t] = p.out + y * p.out_step + tt * p.out_stride;
+      orows[t] = out + y * p.out_step + tt * out_stride;
     }
-    gemv_pass<WT, TILE, SWIGLU, R, U>(p, wbase, sbase, row_base, n0, xrows, orows, count);
+    gemv_pass<WT, TILE, SWIGLU, R, U>(p, N, wbase, sbase, row_base, n0, xrows, orows, count);
   }
 }
 
@@ -261,44 +279,45 @@ template <DType WT>
 void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
   GemvParams q = p;
   q.prefetch = g_pdl;
-  const unsigned gx = unsigned((p.N + kRowsPerBlock - 1) / kRowsPerBlock);
+  // Blocks along x at rows_per_block weight rows each; a second matrix (dense only) takes the blocks after
+  // the first one's.
+  const bool two = p.second.N > 0;
+  auto blocks = [&](int64_t rows_per_block) {
+    const unsigned first = unsigned((p.N + rows_per_block - 1) / rows_per_block);
+    q.second.first_block = two ? first : 0u;
+    return first + (two ? unsigned((p.second.N + rows_per_block - 1) / rows_per_block) : 0u);
+  };
+  constexpr int64_t kSmallGrid = 264;  // 2 blocks per SM of an H100 (132 SMs)
+  if (tile == 1) {
+    // Single token (batch-1 decode), 8 chunks deep (a 2048-wide BF16 row is one round of 16-byte loads per
+    // lane). One weight row per warp for SwiGLU (gate and up: two rows already) and for dense GEMVs that two
+    // rows per warp would leave with fewer than 2 blocks per SM; two rows per warp otherwise.
+    const bool one_row = p.swiglu || (!p.items && int64_t(blocks(kRowsPerBlock)) * p.grid_y < kSmallGrid);
+    const dim3 grid(blocks(one_row ? kWarps : kRowsPerBlock), unsigned(p.grid_y), 1);
+    if (p.swiglu) launch("gemv", gemv_kernel<WT, 1, true, 1, 8>, grid, 256, 0, s, q);
+    else if (one_row) launch("gemv", gemv_kernel<WT, 1, false, 1, 8>, grid, 256, 0, s, q);
+    else launch("gemv", gemv_kernel<WT, 1, false, kRowsPerWarp, 8>, grid, 256, 0, s, q);
+    return;
+  }
+  const unsigned gx = blocks(kRowsPerBlock);
   unsigned gz = 1;
   if (!p.items) gz = unsigned(std::min<int64_t>((p.T + tile - 1) / tile, std::max<int64_t>(1, 1024 / (int64_t(gx) * p.grid_y))));
   const dim3 grid(gx, unsigned(p.grid_y), gz);
-  // Single token (batch-1 decode): dense GEMVs too small to give each SM two blocks take one row per warp;
-  // SwiGLU (gate + up, two matrices per row) takes one row per warp; with the deeper unroll, a lane has eight
-  // 16-byte loads per matrix row in flight (a 2048-wide BF16 row is then one round of loads).
-  constexpr int64_t kSmallGrid = 264;  // 2 blocks per SM of an H100 (132 SMs)
-  if (tile == 1 && !g_legacy.gemv) {
-    const bool small = !p.swiglu && !p.items && int64_t(gx) * p.grid_y < kSmallGrid;
-    const bool deep = !g_legacy.unroll;
-    const dim3 grid1(unsigned((p.N + kWarps - 1) / kWarps), unsigned(p.grid_y), gz);
-    if (p.swiglu) {
-      if (deep) launch("gemv", gemv_kernel<WT, 1, true, 1, 8>, grid1, 256, 0, s, q);
-      else launch("gemv", gemv_kernel<WT, 1, true>, grid, 256, 0, s, q);
-    } else if (small) {
-      if (deep) launch("gemv", gemv_kernel<WT, 1, false, 1, 8>, grid1, 256, 0, s, q);
-      else launch("gemv", gemv_kernel<WT, 1, false, 1>, grid1, 256, 0, s, q);
-    } else {
-      if (deep) launch("gemv", gemv_kernel<WT, 1, false, kRowsPerWarp, 8>, grid, 256, 0, s, q);
-      else launch("gemv", gemv_kernel<WT, 1, false>, grid, 256, 0, s, q);
-    }
-    return;
-  }
-#define MOE_GEMV_CASE(TL)                                                        \
-  case TL:                                                                       \
-    if (p.swiglu) launch("gemv", gemv_kernel<WT, TL, true>, grid, 256, 0, s, q);             \
-    else launch("gemv", gemv_kernel<WT, TL, false>, grid, 256, 0, s, q);                     \
-    break;
   switch (tile) {
-    MOE_GEMV_CASE(1)
-    MOE_GEMV_CASE(2)
-    MOE_GEMV_CASE(4)
-    MOE_GEMV_CASE(8)
+    case 2:
+      if (p.swiglu) launch("gemv", gemv_kernel<WT, 2, true>, grid, 256, 0, s, q);
+      else launch("gemv", gemv_kernel<WT, 2, false>, grid, 256, 0, s, q);
+      break;
+    case 4:
+      if (p.swiglu) launch("gemv", gemv_kernel<WT, 4, true>, grid, 256, 0, s, q);
+      else launch("gemv", gemv_kernel<WT, 4, false>, grid, 256, 0, s, q);
+      break;
+    case 8:
+      if (p.swiglu) launch("gemv", gemv_kernel<WT, 8, true>, grid, 256, 0, s, q);
+      else launch("gemv", gemv_kernel<WT, 8, false>, grid, 256, 0, s, q);
+      break;
     default: check(cudaErrorInvalidValue, "gemv: tile must be 1, 2, 4 or 8");
   }
-#undef MOE_GEMV_CASE
-  check_launch("gemv");
 }
 
 }  // namespace gemv_detail
