@@ -83,6 +83,8 @@ class CudaBackend final : public Backend {
   void embedding(const Weight& table, const TensorView& ids, const TensorView& out) override;
   void rms_norm(const TensorView& x, const Weight& w, float eps, const TensorView& out) override;
   void matmul(const TensorView& x, const Weight& w, const TensorView& out) override;
+  void matmul_pair(const TensorView& x, const Weight& wa, const TensorView& out_a, const Weight& wb,
+                   const TensorView& out_b) override;
   void add(const TensorView& a, const TensorView& b, const TensorView& out) override;
   void add_rms_norm(const TensorView& h, const TensorView& y, const Weight& w, float eps,
                     const TensorView& out) override;

@@ -22,13 +22,11 @@ void check(cudaError_t e, const char* what);  // throws moe::Error
 void check_launch(const char* kernel);  // cudaGetLastError after a launch
 
 // Switches back to the kernels from before the batch-1 decode rework, for A/B timing in one process: set from
-// MOE_CUDA_LEGACY (a comma list of memset, norm, combine, gemv, unroll, or all) when the backend is made.
+// MOE_CUDA_LEGACY (a comma list of memset, norm, combine, or all) when the backend is made.
 struct Legacy {
   bool memset = false;   // alloc_uninitialized zero-fills like alloc
   bool norm = false;     // the two-pass RMSNorm, and add_rms_norm as add + rms_norm
   bool combine = false;  // the scalar MoE combine
-  bool gemv = false;     // two rows per warp and 4 loads deep for every GEMV
-  bool unroll = false;   // batch-1 GEMVs 4 loads deep (not 8)
 };
 extern Legacy g_legacy;
 // Launch kernels with programmatic dependent launch (cuda_common.cuh: launch, pdl_wait, pdl_trigger). On by
@@ -88,6 +86,16 @@ struct GemvParams {
   int32_t grid_y = 1;
   bool swiglu = false;
   bool prefetch = false;  // set by gemv(): dense mode asks L2 for its weight rows before pdl_wait()
+  // Dense mode: a second weight [second.N, K] (same dtype and K) applied to the same x in the same launch,
+  // e.g. MLA's q and kv_a projections; tile 1 only. first_block is set by gemv().
+  struct Second {
+    const void* w = nullptr;
+    const float* s = nullptr;
+    int64_t N = 0;
+    float* out = nullptr;
+    int64_t out_stride = 0;
+    unsigned first_block = 0;
+  } second;
 };
 constexpr int kGemvMaxTile = 8;  // tokens per pass over the weights
 // tile in {1, 2, 4, 8}: tokens (dense) or assignments (grouped) processed per pass.
