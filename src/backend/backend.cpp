@@ -12,11 +12,6 @@ std::unique_ptr<Backend> make_cuda_backend(int) {
 bool cuda_backend_available() { return false; }
 #endif
 
-void Backend::begin_capture() { fail("the {} backend cannot capture work", name()); }
-std::shared_ptr<CapturedWork> Backend::end_capture() { fail("the {} backend cannot capture work", name()); }
-void Backend::replay(const CapturedWork&) { fail("the {} backend cannot replay work", name()); }
-void Backend::update_batch(const BatchPlan&, DeviceBatch&) { fail("the {} backend cannot update a batch", name()); }
-
 std::unique_ptr<Backend> make_backend(const std::string& device) {
   if (device == "cpu") return make_cpu_backend();
   if (device == "cuda") return make_cuda_backend(0);

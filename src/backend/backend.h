@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -106,13 +107,16 @@ class Backend {
   // recording again. Memory allocated during a capture is reserved for it and lives as long as the
   // returned object. Only work whose host-side choices repeat may be captured: decode steps, whose
   // changing inputs are rewritten in place with update_batch / copy_from_host (see DeepseekV3::forward).
+  // (Defined inline: Backend keeps no key function, so every library that derives from it has its typeinfo.)
   virtual bool can_capture(int64_t tokens) const { return false; }  // a step of `tokens` new tokens
-  virtual void begin_capture();
-  virtual std::shared_ptr<CapturedWork> end_capture();
+  virtual void begin_capture() { fail("the {} backend cannot capture work", name()); }
+  virtual std::shared_ptr<CapturedWork> end_capture() { fail("the {} backend cannot capture work", name()); }
   virtual void abort_capture() {}  // after an exception between begin and end
-  virtual void replay(const CapturedWork& work);
+  virtual void replay(const CapturedWork& work) { fail("the {} backend cannot replay work", name()); }
   // Writes `plan` into `batch`, an upload of a plan with the same sizes, in place.
-  virtual void update_batch(const BatchPlan& plan, DeviceBatch& batch);
+  virtual void update_batch(const BatchPlan& plan, DeviceBatch& batch) {
+    fail("the {} backend cannot update a batch", name());
+  }
 
   // out[t] = table[ids[t]]. table [V, D] (BF16/F32), ids I32 [T], out [T, D].
   virtual void embedding(const Weight& table, const TensorView& ids, const TensorView& out) = 0;
