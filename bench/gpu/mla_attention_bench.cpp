@@ -1,7 +1,17 @@
-// MLA decode attention alone (backend op mla_attention: query absorption, split-KV attention over the paged
-// BF16 latent cache, combine, W_UV): batch B sequences of `context` cached tokens, one new token each.
-// Reports the latent-cache bytes read per call over the time, against a device-to-device copy measured in
-// the same run. Usage: bench_mla_attention [batch=64] [context=4096] [heads=16] [reps=20]
+// MLA decode attention alone: batch B sequences of `context` cached tokens (page size 64), one new token each,
+// H heads at DeepSeek-V3 widths (r 512, rope 64, nope 128, v 128), random BF16 cache and weights. Reports,
+// against a device-to-device copy measured in the same run:
+//   kernels: the attention kernels alone (cuda::mla_attention: attention + split combine), CUDA events around
+//            each call, median; and the absorption kernel alone;
+//   device op: absorb + attention + combine + W_UV GEMV as the backend enqueues them, 16 calls captured in a
+//            CUDA graph and replayed (programmatic dependent launch between them as in a decode step), per call;
+//   backend op: CudaBackend::mla_attention, host clock around call + synchronize (median; includes the host
+//            enqueue and launch latency), and 16 calls back to back, per call.
+// Every call reads a different copy of the cache (as many copies as make 2x the L2 size), so small batches
+// are not timed out of L2. Cache rate = latent-cache bytes (B * (context + 1) * 576 * 2) over the time;
+// FLOPs = 2 * (576 + 512) * H per cached position (scores and P V).
+// Usage: bench_mla_attention [batch=64] [context=4096] [heads=16] [reps=20]
+#include <cuda_runtime.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -13,9 +23,19 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/ceilings.h"
+#include "backend/cuda/cuda_ops.h"
 #include "model/deepseek_v3.h"
 
 using namespace moe;
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   const int64_t B = argc > 1 ? std::atoll(argv[1]) : 64, ctx = argc > 2 ? std::atoll(argv[2]) : 4096;
@@ -28,23 +48,46 @@ int main(int argc, char** argv) {
   }
   auto gpu = make_cuda_backend(0);
   const double bw = cuda::measure_copy_bandwidth(size_t(2) << 30);
+  cudaDeviceProp prop{};
+  MOE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+
+  // Cache copies: pages of copy c, sequence s: (c * B + s) * pps ... + pps - 1.
+  const int64_t pps = (ctx + page) / page, copy_pages = B * pps;
+  const int64_t copy_bytes = copy_pages * page * W * 2;
+  const int64_t copies = std::clamp<int64_t>((2 * int64_t(prop.l2CacheSize) + copy_bytes - 1) / copy_bytes, 1, 256);
+  std::vector<BatchPlan> plans;
+  std::vector<DeviceBatch> batches;
+  for (int64_t c = 0; c < copies; ++c) {
+    std::vector<SequenceChunk> chunks(static_cast<size_t>(B));
+    for (int64_t s = 0; s < B; ++s) {
+      chunks[size_t(s)].tokens = {0};
+      chunks[size_t(s)].start_pos = int32_t(ctx);
+      for (int64_t p = 0; p < pps; ++p) chunks[size_t(s)].pages.push_back(int32_t((c * B + s) * pps + p));
+    }
+    plans.push_back(plan_batch(chunks, page));
+  }
+  for (const auto& pl : plans) batches.push_back(gpu->upload_batch(pl));
+
+  // Random BF16 normals (a table of 64 Ki values indexed by a xorshift stream: fast for 300 MB).
   std::mt19937 rng(1);
   std::normal_distribution<float> n(0.0f, 1.0f);
-
-  const int64_t pps = (ctx + page) / page;
-  std::vector<SequenceChunk> chunks(static_cast<size_t>(B));
-  for (int64_t s = 0; s < B; ++s) {
-    chunks[size_t(s)].tokens = {0};
-    chunks[size_t(s)].start_pos = int32_t(ctx);
-    for (int64_t p = 0; p < pps; ++p) chunks[size_t(s)].pages.push_back(int32_t(s * pps + p));
+  std::vector<uint16_t> table(1 << 16);
+  for (auto& v : table) v = float_to_bf16(n(rng));
+  std::vector<uint16_t> host(size_t(copy_pages * page * W));
+  uint32_t x = 2463534242u;
+  for (auto& v : host) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    v = table[x & 0xffff];
   }
-  const BatchPlan plan = plan_batch(chunks, page);
-  const DeviceBatch batch = gpu->upload_batch(plan);
-
-  std::vector<uint16_t> host(size_t(B * pps * page * W));
-  for (auto& v : host) v = float_to_bf16(n(rng));
-  Tensor cache = gpu->alloc(DType::BF16, {B * pps, page, W});
-  gpu->copy_from_host(host.data(), cache);
+  Tensor cache = gpu->alloc(DType::BF16, {copies * copy_pages, page, W});
+  for (int64_t c = 0; c < copies; ++c) {
+    TensorView part = cache.view();
+    part.shape = Shape{copy_pages, page, W};
+    part.data = static_cast<char*>(part.data) + c * copy_bytes;
+    gpu->copy_from_host(host.data(), part);
+  }
   std::vector<float> q(size_t(B * H * (dn + dr)));
   for (auto& v : q) v = n(rng);
   Tensor gq = gpu->alloc(DType::F32, {B, H, dn + dr});
@@ -57,23 +100,137 @@ int main(int argc, char** argv) {
   w.w = hkvb.view();
   const Weight gw = gpu->upload_weight(w);
   Tensor out = gpu->alloc(DType::F32, {B, H * dv});
+  const float scale = 1.0f / std::sqrt(192.0f);
 
-  auto call = [&] { gpu->mla_attention(gq, gw, cache, dn, dv, 1.0f / std::sqrt(192.0f), batch, out); };
-  for (int i = 0; i < 3; ++i) call();
+  // Direct kernel calls on our own stream, with buffers sized as the backend sizes them.
+  const int32_t splits = cuda::mla_choose_splits(B, H, r, pps * page, prop.multiProcessorCount);
+  Tensor qf = gpu->alloc(DType::BF16, {B, H, W}), o_lat = gpu->alloc(DType::F32, {B, H, r});
+  Tensor o_part = gpu->alloc(DType::F32, {splits, B, H, r}), ml = gpu->alloc(DType::F32, {splits, B, H, 2});
+  cuda::WeightRef kref;
+  kref.data = gw.w.data;
+  kref.dtype = DType::BF16;
+  kref.rows = H * (dn + dv);
+  kref.cols = r;
+  auto params = [&](int64_t c) {
+    cuda::MlaParams p;
+    p.qf = qf.as<const uint16_t>();
+    p.cache = cache.as<const uint16_t>();
+    p.block_table = batches[size_t(c)].block_table.as<const int32_t>();
+    p.token_seq = batches[size_t(c)].token_seq.as<const int32_t>();
+    p.positions = batches[size_t(c)].positions.as<const int32_t>();
+    p.max_pages = plans[size_t(c)].max_pages;
+    p.page_size = int32_t(page);
+    p.T = int32_t(B);
+    p.H = int32_t(H);
+    p.r = int32_t(r);
+    p.dr = int32_t(dr);
+    p.scale = scale;
+    p.splits = splits;
+    p.o_part = o_part.as<float>();
+    p.ml_part = ml.as<float>();
+    p.o_lat = o_lat.as<float>();
+    return p;
+  };
+  cuda::GemvParams g;  // W_UV as CudaBackend::mla_attention sets it up
+  g.wdtype = DType::BF16;
+  g.w[0] = gw.w.data;
+  g.N = dv;
+  g.K = r;
+  g.x = o_lat.as<const float>();
+  g.x_stride = H * r;
+  g.out = out.as<float>();
+  g.out_stride = H * dv;
+  g.T = int32_t(B);
+  g.w_row_base = dn;
+  g.w_row_step = dn + dv;
+  g.x_step = r;
+  g.out_step = dv;
+  g.grid_y = int32_t(H);
+  const int tile = B <= 1 ? 1 : B <= 2 ? 2 : B <= 4 ? 4 : cuda::kGemvMaxTile;
+
+  gpu->synchronize();
+  cudaStream_t st;
+  MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  MOE_CUDA_CHECK(cudaEventCreate(&e0));
+  MOE_CUDA_CHECK(cudaEventCreate(&e1));
+  auto event_ms = [&](auto&& f, int n) {
+    std::vector<double> ms;
+    for (int i = 0; i < n; ++i) {
+      MOE_CUDA_CHECK(cudaEventRecord(e0, st));
+      f(i);
+      MOE_CUDA_CHECK(cudaEventRecord(e1, st));
+      MOE_CUDA_CHECK(cudaEventSynchronize(e1));
+      float v = 0.0f;
+      MOE_CUDA_CHECK(cudaEventElapsedTime(&v, e0, e1));
+      ms.push_back(v);
+    }
+    return median(ms);
+  };
+  const int kreps = std::max(reps, 100);
+  cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st);
+  for (int i = 0; i < 3; ++i) cuda::mla_attention(params(i % copies), st);
+  const double ms_attn = event_ms([&](int i) { cuda::mla_attention(params(i % copies), st); }, kreps);
+  const double ms_absorb = event_ms([&](int) { cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st); }, kreps);
+
+  // Device op: 16 calls in one graph.
+  constexpr int kGraphCalls = 16;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  MOE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kGraphCalls; ++i) {
+    cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st);
+    cuda::mla_attention(params(i % copies), st);
+    cuda::gemv(g, tile, st);
+  }
+  MOE_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  MOE_CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, graph, 0));
+  MOE_CUDA_CHECK(cudaGraphLaunch(exec, st));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(st));
+  const double ms_graph = event_ms([&](int) { MOE_CUDA_CHECK(cudaGraphLaunch(exec, st)); }, std::max(reps, 20)) / kGraphCalls;
+
+  // Backend op.
+  auto call = [&](int64_t c) { gpu->mla_attention(gq, gw, cache, dn, dv, scale, batches[size_t(c)], out); };
+  for (int i = 0; i < 3; ++i) call(i % copies);
   gpu->synchronize();
   std::vector<double> ms;
   for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    call();
+    call(i % copies);
     gpu->synchronize();
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
-  std::sort(ms.begin(), ms.end());
-  const double med = ms[ms.size() / 2];
+  const double ms_wall = median(ms);
+  ms.clear();
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int k = 0; k < kGraphCalls; ++k) call((i * kGraphCalls + k) % copies);
+    gpu->synchronize();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / kGraphCalls);
+  }
+  const double ms_b2b = median(ms);
+
   const double bytes = double(B) * double(ctx + 1) * double(W) * 2.0;
-  fmt::print("device: {}\n", cuda::device_name());
-  fmt::print("mla decode attention: batch {} context {} heads {}: {:.3f} ms (median of {}), latent cache {:.1f} MB read"
-             " -> {:.0f} GB/s = {:.1f}% of the measured copy bandwidth {:.0f} GB/s\n",
-             B, ctx, H, med, reps, bytes / 1e6, bytes / (med * 1e-3) / 1e9, 100.0 * bytes / (med * 1e-3) / bw, bw / 1e9);
+  const double flops = 2.0 * double(W + r) * double(H) * double(B) * double(ctx + 1);
+  auto line = [&](const char* what, double t) {
+    fmt::print("  {:<44} {:8.4f} ms  {:6.0f} GB/s = {:5.1f}% of copy  {:6.1f} TFLOP/s\n", what, t, bytes / (t * 1e-3) / 1e9,
+               100.0 * bytes / (t * 1e-3) / bw, flops / (t * 1e-3) / 1e12);
+  };
+  fmt::print("device: {}; copy bandwidth {:.0f} GB/s; MOE_MLA_SPLITS={}\n", cuda::device_name(), bw / 1e9,
+             std::getenv("MOE_MLA_SPLITS") ? std::getenv("MOE_MLA_SPLITS") : "(chosen)");
+  fmt::print("mla decode: batch {} context {} heads {}: {} splits, {} cache copies, latent cache {:.1f} MB, {:.2f} GFLOP per call\n",
+             B, ctx, H, splits, copies, bytes / 1e6, flops / 1e9);
+  line("kernels: attention + combine (events)", ms_attn);
+  fmt::print("  {:<44} {:8.4f} ms\n", "kernels: absorb (events)", ms_absorb);
+  line("device op: absorb+attn+combine+W_UV (graph)", ms_graph);
+  line("backend op: host clock, call + sync", ms_wall);
+  line("backend op: 16 calls back to back", ms_b2b);
+  fmt::print("RESULT B={} ctx={} H={} splits={} attn_us={:.1f} absorb_us={:.1f} op_graph_us={:.1f} op_wall_us={:.1f} "
+             "op_b2b_us={:.1f} attn_pct_copy={:.1f} attn_tflops={:.1f}\n",
+             B, ctx, H, splits, ms_attn * 1e3, ms_absorb * 1e3, ms_graph * 1e3, ms_wall * 1e3, ms_b2b * 1e3,
+             100.0 * bytes / (ms_attn * 1e-3) / bw, flops / (ms_attn * 1e-3) / 1e12);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(st);
   return 0;
 }

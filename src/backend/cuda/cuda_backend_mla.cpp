@@ -42,17 +42,15 @@ void CudaBackend::mla_attention(const TensorView& q, const Weight& kv_b, const T
   Tensor qf = scratch(DType::BF16, {T, H, width});
   cuda::mla_absorb_q(q.as<const float>(), ref(kv_b), T, H, dn, dv, dr, qf.as<uint16_t>(), stream_);
 
-  int32_t max_len = 0;
-  for (int32_t p : plan.positions) max_len = std::max(max_len, p + 1);
-  // Split the sequence so the grid fills the GPU twice over, each split at least one tile long.
-  const int64_t base_blocks = T * ((H + 15) / 16);
-  int64_t splits = std::clamp<int64_t>((2 * sms_ + base_blocks - 1) / base_blocks, 1,
-                                       std::max<int64_t>(1, (max_len + cuda::kMlaTile - 1) / cuda::kMlaTile));
-  int64_t split_len = (max_len + splits - 1) / splits;
-  split_len = (split_len + cuda::kMlaTile - 1) / cuda::kMlaTile * cuda::kMlaTile;
-  splits = (max_len + split_len - 1) / split_len;
-
-  Tensor o_part = scratch(DType::F32, {splits, T, H, r}), ml = scratch(DType::F32, {splits, T, H, 2});
+  // The launch depends on T, H, r and the cache capacity per sequence only, never on the positions (a
+  // captured decode step replays at every length): each block derives its positions on the device.
+  const int64_t capacity = int64_t(plan.max_pages) * plan.page_size;
+  const int32_t splits = cuda::mla_choose_splits(T, H, r, capacity, sms_);
+  Tensor o_part, ml;
+  if (splits > 1) {
+    o_part = scratch(DType::F32, {splits, T, H, r});
+    ml = scratch(DType::F32, {splits, T, H, 2});
+  }
   Tensor o_lat = scratch(DType::F32, {T, H, r});
   cuda::MlaParams p;
   p.qf = qf.as<const uint16_t>();
@@ -67,10 +65,9 @@ void CudaBackend::mla_attention(const TensorView& q, const Weight& kv_b, const T
   p.r = int32_t(r);
   p.dr = int32_t(dr);
   p.scale = scale;
-  p.splits = int32_t(splits);
-  p.split_len = int32_t(split_len);
-  p.o_part = o_part.as<float>();
-  p.ml_part = ml.as<float>();
+  p.splits = splits;
+  p.o_part = splits > 1 ? o_part.as<float>() : nullptr;
+  p.ml_part = splits > 1 ? ml.as<float>() : nullptr;
   p.o_lat = o_lat.as<float>();
   cuda::mla_attention(p, stream_);
 

@@ -119,6 +119,10 @@ void mla_absorb_q(const float* q, const WeightRef& kv_b, int64_t T, int64_t H, i
                   uint16_t* qf, cudaStream_t s);
 
 // ---- mla_attention.cu --------------------------------------------------------------------------------------
+// Absorbed MLA attention over the paged latent cache: o_lat[t, h] = softmax_j(scale * qf[t, h] . cache[j]) cache[j, :r]
+// over positions j = 0 .. positions[t] of sequence token_seq[t]. The launch (grid, splits, scratch sizes) depends
+// only on T, H, r and the cache capacity per sequence (mla_choose_splits), never on the positions, so a CUDA
+// graph of it replays correctly: every block derives its range of positions from positions[t] on the device.
 struct MlaParams {
   const uint16_t* qf = nullptr;     // [T, H, W] BF16, W = r + dr
   const uint16_t* cache = nullptr;  // [pages, page_size, W] BF16
@@ -128,12 +132,16 @@ struct MlaParams {
   int32_t max_pages = 0, page_size = 0;
   int32_t T = 0, H = 0, r = 0, dr = 0;
   float scale = 1.0f;
-  int32_t splits = 1, split_len = 0;  // positions per split (multiple of the tile)
-  float* o_part = nullptr;   // [splits, T, H, r]
-  float* ml_part = nullptr;  // [splits, T, H, 2]: running max and sum
+  int32_t splits = 1;        // pieces each sequence is cut into (mla_choose_splits); 1: no combine
+  float* o_part = nullptr;   // [splits, T, H, r] unnormalised partial outputs (splits > 1)
+  float* ml_part = nullptr;  // [splits, T, H, 2]: running max (log2 domain) and sum (splits > 1)
   float* o_lat = nullptr;    // [T, H, r] normalised
 };
-constexpr int kMlaTile = 64;  // cache positions per tile
+constexpr int kMlaTile = 32;        // cache positions per tile
+constexpr int kMlaMaxSplits = 256;  // upper bound of MlaParams::splits
+// Splits for T tokens of H heads over a cache of `capacity` positions per sequence (max_pages * page_size) on
+// `sms` multiprocessors.
+int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms);
 void mla_attention(const MlaParams& p, cudaStream_t s);
 
 // ---- moe_route.cu ----------------------------------------------------------------------------------------
