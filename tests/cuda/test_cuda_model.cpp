@@ -4,7 +4,10 @@
 // Bounds: relative L2 error of the logits <= 1e-2 and top-1 agreement >= 99 %, greedy continuations equal,
 // or a difference explained by a near-tie shown in numbers. Expected error of the GPU path: F32 activations,
 // a BF16 latent cache and BF16 attention operands (~3e-3 relative at the attention output, see
-// test_cuda_trace.cpp), a few 1e-3 on the logits.
+// test_cuda_trace.cpp), a few 1e-3 on the logits; prefill GEMMs (> 8 tokens) in the default precision
+// (MOE_CUDA_PREFILL=bf16) round x, h and dequantised FP8 weights to BF16 once more (~1e-3 each): up to ~8e-3
+// on the logits of the fixture's FP8 prompts (measured), still inside 1e-2. Run with MOE_CUDA_PREFILL=split
+// for the near-F32 GEMMs.
 //
 // Why the routing is checked separately. The fixture is a random tiny model whose router scores have
 // near-ties: a token's 4-of-16 expert choice (sigmoid + bias, best 2 of 4 groups) can hinge on a gap of 1e-4
@@ -13,10 +16,16 @@
 // output) that no bound of 1e-2 can absorb. So each comparison runs twice:
 //   1. free (the production path): every routing difference from the CPU backend (which matches HF to 1e-6)
 //      is printed with its margin; the first layer where choices differ must differ only at near-ties
-//      (margin <= kRouteTie; later layers see the consequences). If nothing flips, the bounds apply as is.
+//      (later layers see the consequences). If nothing flips, the bounds apply as is. A near-tie: the CPU's
+//      margin is at most kRouteTie, or at most the GPU's own perturbation of that token's choice scores (a
+//      flip needs the gap between two scores to move by the margin; each score moved by up to the
+//      perturbation, so margin <= 2x perturbation is necessary; we accept half that), provided the
+//      perturbation stays within the BF16 budget kMaxPerturbation (measured: 3.9e-3 with split-precision
+//      prefill GEMMs, up to 9.6e-3 with single-rounded ones on the FP8 fixture).
 //   2. routing forced to the CPU's choices (weights still from the GPU's own router logits): the bounds apply
 //      strictly, with a top-1 difference accepted only where HF's own margin is under 3x the row's RMS error.
 #include <algorithm>
+#include <cstdlib>
 
 #include "cuda_test_util.h"
 #include "engine/generator.h"
@@ -33,6 +42,7 @@ using test::Record;
 using test::TraceBackend;
 
 constexpr double kRouteTie = 5e-3;  // routing margin (choice-score units, scores in (0, 1) + bias) of a near-tie
+constexpr double kMaxPerturbation = 2e-2;  // the largest GPU perturbation of a token's choice scores accepted
 
 RoutingParams routing_of(const ModelConfig& c) {
   RoutingParams p;
@@ -74,7 +84,7 @@ bool routing_explained(const std::vector<Record>& gpu, const std::vector<Record>
                      sc = 1.0 / (1.0 + std::exp(-double(c.f[size_t(t * c.E + e)])));
         pert = std::max(pert, std::fabs(sg - sc));
       }
-      const bool tie = m.min() <= kRouteTie;
+      const bool tie = m.min() <= std::max(kRouteTie, pert) && pert <= kMaxPerturbation;
       std::printf("  %s: routing call %zu (layer %lld) token %lld flips: CPU margins group %.2e expert %.2e, GPU score "
                   "perturbation up to %.2e%s\n",
                   label.c_str(), i, static_cast<long long>(L), static_cast<long long>(t), m.group, m.expert, pert,
@@ -174,6 +184,28 @@ class CudaModel : public ::testing::Test {
 };
 
 TEST_F(CudaModel, Bf16LogitsMatchHf) { check_model(test::kTinyModel, "logits"); }
+
+// The same with the prefill kernels (MOE_CUDA_PREFILL_KERNELS=1: fused dense SwiGLU, grouped expert GEMM) and
+// MLA in the expanded form for every forward pass (MOE_CUDA_MLA_PREFILL=always; by default the backend takes
+// it only for prefill chunks of 64+ tokens where it does less work), against the same bounds.
+struct PrefillKernelsEnv {
+  PrefillKernelsEnv() {
+    setenv("MOE_CUDA_PREFILL_KERNELS", "1", 1);
+    setenv("MOE_CUDA_MLA_PREFILL", "always", 1);
+  }
+  ~PrefillKernelsEnv() {
+    unsetenv("MOE_CUDA_PREFILL_KERNELS");
+    unsetenv("MOE_CUDA_MLA_PREFILL");
+  }
+};
+TEST_F(CudaModel, Bf16LogitsMatchHfPrefillKernels) {
+  PrefillKernelsEnv env;
+  check_model(test::kTinyModel, "logits");
+}
+TEST_F(CudaModel, Fp8LogitsMatchHfPrefillKernels) {
+  PrefillKernelsEnv env;
+  check_model(test::kTinyModelFp8, "fp8_logits");
+}
 
 TEST_F(CudaModel, Fp8LogitsMatchHfDequantised) {
   {

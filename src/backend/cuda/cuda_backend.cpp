@@ -240,19 +240,13 @@ void CudaBackend::gather_rows(const TensorView& x, const std::vector<int32_t>& r
 void CudaBackend::swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const TensorView& out) {
   const int64_t T = x.rows(), D = x.row_size(), I = mlp.gate.rows();
   if (T == 0) return;
+  if (swiglu_gemm_ok(T, mlp)) return swiglu_gemm(x, mlp, out);  // many tokens: cuda_backend_prefill.cpp
   Tensor h = scratch(DType::F32, {T, I});
-  if (!use_gemm(T, mlp.gate)) {
-    cuda::GemvParams p = dense_gemv(mlp.gate, x.as<const float>(), D, h.as<float>(), I, T);
-    p.w[1] = mlp.up.w.data;
-    p.s[1] = mlp.up.is_fp8() ? mlp.up.scale_inv.as<const float>() : nullptr;
-    p.swiglu = true;
-    cuda::gemv(p, tile_for(T), stream_);
-  } else {
-    Tensor u = scratch(DType::F32, {T, I});
-    gemm(x.as<const float>(), mlp.gate, h.as<float>(), T);
-    gemm(x.as<const float>(), mlp.up, u.as<float>(), T);
-    cuda::silu_mul(h.as<const float>(), u.as<const float>(), h.as<float>(), T * I, stream_);
-  }
+  cuda::GemvParams p = dense_gemv(mlp.gate, x.as<const float>(), D, h.as<float>(), I, T);
+  p.w[1] = mlp.up.w.data;
+  p.s[1] = mlp.up.is_fp8() ? mlp.up.scale_inv.as<const float>() : nullptr;
+  p.swiglu = true;
+  cuda::gemv(p, tile_for(T), stream_);
   matmul(h, mlp.down, out);
 }
 
@@ -370,27 +364,6 @@ cuda::GemvParams CudaBackend::dense_gemv(const Weight& w, const float* x, int64_
   p.out_stride = out_stride;
   p.T = int32_t(T);
   return p;
-}
-
-void CudaBackend::gemm(const float* x, const Weight& w, float* out, int64_t T) {
-  const int64_t N = w.rows(), K = w.cols();
-  Tensor xb = scratch(DType::BF16, {T, K}), xl;
-  if (split()) xl = scratch(DType::BF16, {T, K});
-  cuda::f32_to_bf16(x, xb.as<uint16_t>(), T * K, stream_, split() ? xl.as<uint16_t>() : nullptr);
-  const uint16_t* wb = static_cast<const uint16_t*>(w.w.data);
-  Tensor wtmp, wlo;
-  if (w.w.dtype != DType::BF16) {
-    wtmp = scratch(DType::BF16, {N, K});
-    if (split()) wlo = scratch(DType::BF16, {N, K});
-    cuda::weight_to_bf16(ref(w), wtmp.as<uint16_t>(), stream_, split() ? wlo.as<uint16_t>() : nullptr);
-    wb = wtmp.as<const uint16_t>();
-  }
-  cuda::gemm_bf16(cublas_, xb.as<const uint16_t>(), wb, out, T, N, K);
-  if (split()) {
-    cuda::gemm_bf16(cublas_, xl.as<const uint16_t>(), wb, out, T, N, K, 1.0f);
-    if (wlo.data())
-      cuda::gemm_bf16(cublas_, xb.as<const uint16_t>(), wlo.as<const uint16_t>(), out, T, N, K, 1.0f);
-  }
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device_index) {

@@ -151,23 +151,49 @@ class CudaBackend final : public Backend {
                               int64_t out_stride, int64_t T);
   // out [T, N] = x W^T on the tensor cores (cuBLAS); non-BF16 weights go through a BF16 scratch copy.
   //
-  // Precision (Prefill::Split, the default). The decode GEMV keeps x in F32 and applies FP8 scales in F32;
-  // a plain BF16 GEMM rounds x (and a dequantised FP8 weight, w8 * scale) to 8 significant bits, ~2^-9
-  // relative per element. That is within a normal BF16 budget for one matmul, but the fixture's router
-  // scores (sigmoid, 16 experts, group-limited top-4) have near-ties, and those perturbations, entering
-  // through q/kv/o/expert projections, flip expert choices in longer prompts: a discrete jump that the
-  // logits bound (1e-2) cannot absorb (tests/cuda/test_cuda_trace.cpp shows the flips and where they
-  // start). Split mode writes x = x_hi + x_lo (both BF16, x_lo = bf16(x - x_hi)) and, for non-BF16 weights,
+  // Precision. Prefill::Bf16 (the default) is the plain tensor-core GEMM: x (and a dequantised FP8 weight,
+  // w8 * scale) rounded to BF16, 8 significant bits, ~2^-9 relative per element, F32 accumulation: a normal
+  // BF16 budget (~1e-3 relative per matmul), and the only mode whose tensor-core work equals the model FLOPs.
+  // The decode GEMV keeps x in F32, so prefill and decode differ by that rounding; the fixture's router
+  // scores (sigmoid, 16 experts, group-limited top-4) have near-ties that such perturbations flip (see
+  // tests/cuda/test_cuda_model.cpp and test_cuda_trace.cpp). Prefill::Split (MOE_CUDA_PREFILL=split, the
+  // near-F32 mode) writes x = x_hi + x_lo (both BF16, x_lo = bf16(x - x_hi)) and, for non-BF16 weights,
   // W = W_hi + W_lo the same way, and accumulates x_hi W_hi + x_lo W_hi (+ x_hi W_lo) in F32 on the tensor
   // cores: the inputs then carry ~16 significant bits (2^-17 relative), the dropped x_lo W_lo term is
   // ~2^-18, so the GEMM matches the F32 GEMV to ~1e-5 at 2x (BF16 weights) or 3x (FP8) the tensor-core
-  // work. Prefill::Bf16 (MOE_CUDA_PREFILL=bf16) is the single rounded GEMM; Prefill::Gemv forces the GEMV.
+  // work. Prefill::Gemv (MOE_CUDA_PREFILL=gemv) forces the F32 GEMV for every token count.
   void gemm(const float* x, const Weight& w, float* out, int64_t T);
-  // Routed experts for many tokens: x rows gathered into expert order (BF16, split into hi + lo in split
-  // mode), tensor-core GEMMs per active expert and projection, then rows scattered back to assignment
-  // order. Needs the per-expert counts on the host (one small copy and a stream synchronisation).
-  void moe_expert_gemms(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
-                        const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
+
+  // ---- Prefill (many tokens per forward): cuda_backend_prefill.cpp ----
+  // The prefill kernels of moe_gemm.cu / mla_prefill.cu (grouped expert GEMM, fused dense SwiGLU, expanded
+  // MLA) are opt-in until they have run on a GPU: MOE_CUDA_PREFILL_KERNELS=1 (read per call). Off, prefill
+  // takes the earlier cuBLAS paths and the absorbed MLA.
+  static bool prefill_kernels();
+  // gemm() on inputs already rounded: x_hi (and x_lo, the split remainder, or null) BF16 [T, K].
+  void gemm_rounded(const uint16_t* x_hi, const uint16_t* x_lo, const Weight& w, float* out, int64_t T);
+  // swiglu_mlp for many tokens: gate and up in one grouped-GEMM launch with SwiGLU in its epilogue (h in BF16,
+  // hi + lo in split mode), then down on cuBLAS; without prefill_kernels(): gate and up as two GEMMs with F32
+  // outputs, silu_mul, down.
+  bool swiglu_gemm_ok(int64_t T, const MlpWeights& mlp) const;
+  void swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const TensorView& out);
+  // Routed experts for many tokens, from moe_plan's work items of kGroupedRows rows: gate + up (SwiGLU fused,
+  // x rows gathered by token inside the kernel) and down (rows scattered back to assignment order into y) as
+  // two grouped-GEMM launches. BF16 experts need no host synchronisation; FP8 experts are dequantised (active
+  // ones only, in chunks) after a copy of the per-expert counts to the host.
+  void moe_expert_gemms(const TensorView& x, const PreparedExperts& prep, const Tensor& perm, const Tensor& items,
+                        int64_t n_items, const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
+  // The previous path (without prefill_kernels(), or MOE_CUDA_MOE_GEMM=cublas for A/B timing): one cuBLAS GEMM
+  // per active expert and projection over rows gathered into expert order.
+  void moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
+                               const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
+  // MLA in the expanded form (cuda::mla_prefill_attention) for a batch with a prefill chunk of at least
+  // MOE_CUDA_MLA_PREFILL new tokens (default 64 with prefill_kernels(), else 0 = off; "always" skips the cost
+  // test and the switch), when it does less tensor-core work than the absorbed form; never while a graph is
+  // being captured.
+  bool mla_prefill_wanted(const TensorView& q, const TensorView& cache, int64_t dn, int64_t dv,
+                          const DeviceBatch& batch) const;
+  void mla_attention_prefill(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
+                             int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out);
 
   int device_;
   std::string name_;
@@ -182,7 +208,7 @@ class CudaBackend final : public Backend {
   bool graphs_ = true;
   std::unordered_map<std::string, const double*> rope_tables_;
   enum class Prefill { Split, Bf16, Gemv };
-  Prefill prefill_ = Prefill::Split;
+  Prefill prefill_ = Prefill::Bf16;  // MOE_CUDA_PREFILL=split|bf16|gemv; see gemm()
 };
 
 }  // namespace moe

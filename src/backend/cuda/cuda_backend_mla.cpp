@@ -32,6 +32,8 @@ void CudaBackend::mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& 
 
 void CudaBackend::mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
                                 int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out) {
+  if (mla_prefill_wanted(q, cache, dn, dv, batch))  // many new tokens: the expanded form, cuda_backend_prefill.cpp
+    return mla_attention_prefill(q, kv_b, cache, dn, dv, scale, batch, out);
   const BatchPlan& plan = *batch.plan;
   const int64_t T = q.rows(), H = q.shape[1], dh = q.shape[2], dr = dh - dn;
   const int64_t width = cache.shape[cache.shape.rank - 1], r = width - dr;

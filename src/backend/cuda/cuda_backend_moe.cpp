@@ -1,4 +1,7 @@
 // The CUDA backend's MoE ops: expert tables, routing, grouped experts (kernels: moe_*.cu, gemv.cuh, cuBLAS).
+#include <cstdlib>
+#include <string>
+
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/gemm.h"
 #include "core/error.h"
@@ -68,16 +71,23 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // weight 4+ times): prefill. Below that (decode batches) the grouped GEMV streams each weight about once
   // and needs no host round trip; measured on the H100 (Moonlight shape, batch 64 decode): 1922 tok/s with
   // the GEMV, 670 tok/s with per-expert cuBLAS calls (host-bound at 6 rows per expert).
+  // With prefill_kernels() the GEMMs run on moe_plan's work items of kGroupedRows rows (cuda_backend_prefill.cpp);
+  // otherwise, with MOE_CUDA_MOE_GEMM=cublas, or for widths the kernel does not take, the per-expert cuBLAS loop.
   const bool grouped_gemm = TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && prefill_ != Prefill::Gemv;
-  const int tile = grouped_gemm ? 1 << 20 : tile_for(T);
-  const int64_t max_items = grouped_gemm ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
+  const char* moe_gemm_env = std::getenv("MOE_CUDA_MOE_GEMM");
+  const bool cublas_experts = grouped_gemm && (!prefill_kernels() || (moe_gemm_env && std::string(moe_gemm_env) == "cublas") ||
+                                               D % 8 != 0 || I % 8 != 0);
+  const int tile = !grouped_gemm ? tile_for(T) : cublas_experts ? 1 << 20 : cuda::kGroupedRows;
+  const int64_t max_items = cublas_experts ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
   Tensor perm = scratch(DType::I32, {TK}), items = scratch(DType::I32, {max_items, 3}),
          counts = scratch(DType::I32, {E});
   cuda::moe_plan(expert_ids.as<const int32_t>(), TK, E, std::min(tile, 1 << 30), int32_t(max_items),
                  perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
   Tensor y = scratch(DType::F32, {TK, D});
-  if (grouped_gemm) {
-    moe_expert_gemms(x, *prep, perm, counts, T, K, y);
+  if (cublas_experts) {
+    moe_expert_gemms_cublas(x, *prep, perm, counts, T, K, y);
+  } else if (grouped_gemm) {
+    moe_expert_gemms(x, *prep, perm, items, max_items, counts, T, K, y);
   } else {
     const int gt = tile_for(T);
     const int64_t items_n = max_items;
@@ -119,8 +129,8 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
                     plus.data ? plus.as<const float>() : nullptr, out.as<float>(), stream_);
 }
 
-void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
-                                   const Tensor& counts, int64_t T, int64_t K, const Tensor& y) {
+void CudaBackend::moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
+                                          const Tensor& counts, int64_t T, int64_t K, const Tensor& y) {
   const int64_t D = prep.hidden, I = prep.inner, TK = T * K;
   const int32_t E = int32_t(counts.numel());
   std::vector<int32_t> c(static_cast<size_t>(E));

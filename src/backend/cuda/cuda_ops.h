@@ -87,7 +87,7 @@ struct GemvParams {
   bool swiglu = false;
   bool prefetch = false;  // set by gemv(): dense mode asks L2 for its weight rows before pdl_wait()
   // Dense mode: a second weight [second.N, K] (same dtype and K) applied to the same x in the same launch,
-  // e.g. MLA's q and kv_a projections; tile 1 only. first_block is set by gemv().
+  // e.g. MLA's q and kv_a projections. first_block is set by gemv().
   struct Second {
     const void* w = nullptr;
     const float* s = nullptr;
@@ -165,5 +165,68 @@ void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D
 void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp, cudaStream_t s,
                      uint16_t* xp_lo = nullptr);  // with xp_lo: bf16(x - xp) too
 void moe_scatter_rows(const float* yp, const int32_t* perm, int64_t TK, int64_t D, float* y, cudaStream_t s);
+
+
+// ==== Prefill (many tokens per forward): grouped expert GEMM and expanded-form MLA attention ====
+
+// ---- moe_gemm.cu ---------------------------------------------------------------------------------------------
+// Grouped GEMM on the tensor cores (wgmma, BF16 operands, F32 accumulation), see the top of moe_gemm.cu.
+// Rows come in tiles of kGroupedRows: work items (expert, begin, count) from moe_plan with that tile, or, with
+// items == nullptr, one expert (0) over rows 0 .. M-1. Sorted row i reads A row a_rows[i] / a_div (a_rows null:
+// row i). Segment s adds A_s @ W^T with W = table[(e - e_begin) * wstride + bmat[s][j]] (or wdirect[bmat[s][j]]
+// when wtab is null); items of experts outside [e_begin, e_end) are skipped.
+//   swiglu: output columns n use gate = bmat[s][0] and up = bmat[s][1] rows n; h[i, n] = bf16(silu(g) * u) (and
+//           h_lo = the rounding remainder when h_lo is set), ldh-strided, in sorted row order.
+//   plain:  y[y_rows ? y_rows[i] : i, n] = acc (F32, ldy-strided).
+// K, N and lda must be multiples of 8.
+constexpr int kGroupedRows = 128;
+struct GroupedGemmParams {
+  const int32_t* items = nullptr;
+  int32_t M = 0;
+  int32_t e_begin = 0, e_end = 1 << 30;
+  const int32_t* a_rows = nullptr;
+  int32_t a_div = 1;
+  int64_t lda = 0;
+  int32_t K = 0, N = 0;
+  int32_t nseg = 1;
+  const uint16_t* a[3] = {nullptr, nullptr, nullptr};
+  int32_t bmat[3][2] = {{0, 0}, {0, 0}, {0, 0}};
+  const void* const* wtab = nullptr;
+  int32_t wstride = 6;
+  const void* wdirect[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  bool swiglu = false;
+  uint16_t* h = nullptr;
+  uint16_t* h_lo = nullptr;
+  int64_t ldh = 0;
+  float* y = nullptr;
+  const int32_t* y_rows = nullptr;
+  int64_t ldy = 0;
+};
+// tiles: the number of work items (grid rows); items with count 0 exit at once.
+void grouped_gemm(const GroupedGemmParams& p, int32_t tiles, cudaStream_t s);
+
+// ---- mla_prefill.cu --------------------------------------------------------------------------------------------
+// lat [rows, W] (BF16) = the cache rows of positions 0 .. lens[i]-1 of sequence seqs[i], at rows offs[i] ...
+void mla_gather_latent(const uint16_t* cache, const int32_t* block_table, int32_t max_pages, int32_t page_size,
+                       int64_t W, const int32_t* seqs, const int32_t* lens, const int32_t* offs, int32_t S,
+                       int32_t max_len, uint16_t* lat, cudaStream_t s);
+// Causal attention in MLA's expanded form, flash-style (mma.sync BF16, online softmax in F32):
+//   out[t, h*dv .. +dv] = sum_j softmax_j(scale * (q[t,h,:dn] . k_nope[j,h] + q[t,h,dn:] . k_rope[j])) v[j,h]
+// over the context rows j = ctx0 .. ctx0 + positions[t] of the token's tile. A tile is up to kMlaPrefillRows
+// tokens of one sequence: tiles[4 i ..] = (first context row, first entry of qlist, count, keys to visit).
+constexpr int kMlaPrefillRows = 128;
+struct MlaPrefillParams {
+  const float* q = nullptr;         // [T, H, dn + dr] F32, rope applied
+  const uint16_t* kv = nullptr;     // [rows, H, dn + dv] BF16: k_nope then v per head (kv_b applied to the latent)
+  const uint16_t* lat = nullptr;    // [rows, W] BF16: gathered cache rows; k_rope = columns r .. r + dr
+  const int32_t* tiles = nullptr;   // [num_tiles, 4]
+  const int32_t* qlist = nullptr;   // token indices, by sequence, positions ascending within a tile
+  const int32_t* positions = nullptr;
+  float* out = nullptr;             // [T, H * dv]
+  int32_t num_tiles = 0, H = 0, dn = 0, dr = 0, dv = 0, r = 0, W = 0;
+  float scale = 1.0f;
+};
+bool mla_prefill_supported(int64_t dn, int64_t dr, int64_t dv);  // head shapes with a compiled kernel
+void mla_prefill_attention(const MlaPrefillParams& p, cudaStream_t s);
 
 }  // namespace moe::cuda

@@ -9,4 +9,7 @@ namespace moe::cuda {
 // out [T, N] (F32, row-major) = x [T, K] (BF16) @ w [N, K]^T (BF16) + beta * out.
 void gemm_bf16(cublasHandle_t handle, const uint16_t* x, const uint16_t* w, float* out, int64_t T, int64_t N,
                int64_t K, float beta = 0.0f);
+// out [T, N] (BF16, row-major: one rounding of the F32 accumulator) = x [T, K] (BF16, rows ldx apart) @ w [N, K]^T.
+void gemm_bf16_out(cublasHandle_t handle, const uint16_t* x, int64_t ldx, const uint16_t* w, uint16_t* out, int64_t T,
+                   int64_t N, int64_t K);
 }  // namespace moe::cuda
