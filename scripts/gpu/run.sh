@@ -42,6 +42,9 @@ scratch() {
 }
 
 stage_build() {
+  # A fresh build folder each time: a warm machine may hold objects built from another copy of the tree whose
+  # times are newer than these sources (ninja would then skip them and link a mix of versions).
+  [ "${MOE_KEEP_BUILD:-0}" = 1 ] || rm -rf "$BUILD"
   deps
   (nvidia-smi; nvcc --version | tail -2; cmake --version | head -1; g++ --version | head -1) 2>&1 | tee "$OUT/env.txt"
   env_deps

@@ -153,6 +153,12 @@ class Backend {
                                const DeviceBatch& batch, const TensorView& cache) = 0;
   // Rotary embedding on the last dr columns of each head: q [T, H, dn + dr], in place.
   virtual void mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope, const DeviceBatch& batch) = 0;
+  // Both of the above: the new tokens' latents into the cache and rope on q (a backend may do them in one pass).
+  virtual void mla_rope_and_cache(const TensorView& q, int64_t dn, const TensorView& kv_a, const Weight& kv_norm,
+                                  float eps, const RopeParams& rope, const DeviceBatch& batch, const TensorView& cache) {
+    mla_write_cache(kv_a, kv_norm, eps, rope, batch, cache);
+    mla_rope_q(q, dn, rope, batch);
+  }
   // out [T, H * dv] = MLA attention of q [T, H, dn + dr] over the cache [pages, page_size, r + dr],
   // using kv_b [H * (dn + dv), r] (rows h*(dn+dv) .. +dn are W_UK[h], the next dv rows W_UV[h]).
   virtual void mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,

@@ -188,8 +188,7 @@ void DeepseekV3::attention(const AttentionWeights& w, const TensorView& x, const
   } else {
     backend_.matmul_pair(x, w.q_proj, q2d, w.kv_a, kv_a);
   }
-  backend_.mla_write_cache(kv_a, w.kv_a_norm, kLatentNormEps, rope_, batch, cache);
-  backend_.mla_rope_q(q, dn, rope_, batch);
+  backend_.mla_rope_and_cache(q, dn, kv_a, w.kv_a_norm, kLatentNormEps, rope_, batch, cache);
   Tensor o = backend_.alloc_uninitialized(act, {T, H * dv});
   backend_.mla_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, o);
   backend_.matmul(o, w.o_proj, out);

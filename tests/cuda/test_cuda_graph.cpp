@@ -28,7 +28,8 @@ std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs) {
 }
 
 // prompt_lens: one sequence each; all decode kSteps steps together, then the first alone for 8 more.
-void check_graph_replays(const std::string& model_dir, const std::vector<int32_t>& prompt_lens, int64_t kSteps) {
+void check_graph_replays(const std::string& model_dir, const std::vector<int32_t>& prompt_lens, int64_t kSteps,
+                         int64_t min_captures) {
   auto eager_backend = cuda_backend_with_graphs(false), graph_backend = cuda_backend_with_graphs(true);
   DeepseekV3 eager(model_dir, *eager_backend), graphed(model_dir, *graph_backend);
   const ModelConfig& c = eager.config();
@@ -79,7 +80,7 @@ void check_graph_replays(const std::string& model_dir, const std::vector<int32_t
   const auto& st = graphed.graph_stats();
   std::printf("graphs: %lld captured, %lld replays\n", static_cast<long long>(st.captures),
               static_cast<long long>(st.replays));
-  EXPECT_GE(st.captures, 2);  // at least: all sequences, then the first alone
+  EXPECT_GE(st.captures, min_captures);
   EXPECT_GE(st.replays, kSteps - 4);
   EXPECT_EQ(eager.graph_stats().captures, 0);
 }
@@ -87,12 +88,12 @@ void check_graph_replays(const std::string& model_dir, const std::vector<int32_t
 // Three sequences crossing page-table widths 8 -> 16.
 TEST(CudaGraph, DecodeReplaysEqualEagerStepsBf16) {
   MOE_REQUIRE_GPU();
-  check_graph_replays(test::kTinyModel, {3, 9, 22}, 24);
+  check_graph_replays(test::kTinyModel, {3, 9, 22}, 24, 3);  // batch 3 at widths 8 and 16, then batch 1
 }
 
 TEST(CudaGraph, DecodeReplaysEqualEagerStepsFp8) {
   MOE_REQUIRE_GPU();
-  check_graph_replays(test::kTinyModelFp8, {3, 9, 22}, 24);
+  check_graph_replays(test::kTinyModelFp8, {3, 9, 22}, 24, 3);
 }
 
 // One long sequence replayed across many 64-position attention tiles inside one page-table width (contexts
@@ -100,7 +101,7 @@ TEST(CudaGraph, DecodeReplaysEqualEagerStepsFp8) {
 // sequence (which covered the first ~192 positions).
 TEST(CudaGraph, LongContextReplaysEqualEagerSteps) {
   MOE_REQUIRE_GPU();
-  check_graph_replays(test::kTinyModel, {130}, 100);
+  check_graph_replays(test::kTinyModel, {130}, 100, 1);  // one shape: one capture, ~100 replays
 }
 
 }  // namespace

@@ -3,8 +3,9 @@
 // Routing: same F32 formulas on both sides; the chosen experts must match exactly (random logits make ties
 // within F32 rounding improbable: the test prints any mismatch) and the weights within 1e-5 relative.
 // Experts: the grouped-GEMV path (< 32 rows per expert) is F32 on both sides (bound 1e-4, see
-// test_cuda_ops.cpp); the expert-GEMM path (prefill) splits x, the SwiGLU hidden state and dequantised FP8
-// weights into BF16 hi + lo halves (CudaBackend::gemm), ~2^-17 relative per input: bound 1e-3.
+// test_cuda_ops.cpp); the expert-GEMM path (prefill) rounds x, the SwiGLU hidden state and dequantised FP8
+// weights to BF16 (the default MOE_CUDA_PREFILL=bf16): 2^-9 relative per input, ~2e-3 on a dot product of
+// independent roundings: bound 1e-2 (with MOE_CUDA_PREFILL=split, the hi + lo halves give ~1e-5).
 #include "cuda_test_util.h"
 
 namespace moe {
@@ -78,7 +79,7 @@ TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
       cpu_->moe_experts(x, host, ids, w, {}, ref);
       gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids), test::to_device(*gpu_, w), {}, gout);
       const std::vector<float> got = test::to_host_f32(*gpu_, gout);
-      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), T * K >= 32 * E ? 1e-3 : 1e-4) << "T=" << T << " fp8=" << fp8;
+      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), T * K >= 32 * E ? 1e-2 : 1e-4) << "T=" << T << " fp8=" << fp8;
     }
   }
 }

@@ -95,6 +95,8 @@ class CudaBackend final : public Backend {
   void mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps, const RopeParams& rope,
                        const DeviceBatch& batch, const TensorView& cache) override;
   void mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope, const DeviceBatch& batch) override;
+  void mla_rope_and_cache(const TensorView& q, int64_t dn, const TensorView& kv_a, const Weight& kv_norm, float eps,
+                          const RopeParams& rope, const DeviceBatch& batch, const TensorView& cache) override;
   void mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn, int64_t dv,
                      float scale, const DeviceBatch& batch, const TensorView& out) override;
 

@@ -109,6 +109,10 @@ void gemv_fp8(const GemvParams& p, int tile, cudaStream_t s);   // gemv_fp8.cu
 void mla_write_cache(const float* kv_a, const WeightRef& norm_w, float eps, const double* inv_freq, double attn_factor,
                      const int32_t* positions, const int32_t* slots, int64_t T, int64_t r, int64_t dr, uint16_t* cache,
                      cudaStream_t s);
+// Both of the above in one launch.
+void mla_rope_and_cache(const float* kv_a, const WeightRef& norm_w, float eps, float* q, const double* inv_freq,
+                        double attn_factor, const int32_t* positions, const int32_t* slots, int64_t T, int64_t H,
+                        int64_t dn, int64_t r, int64_t dr, uint16_t* cache, cudaStream_t s);
 // q [T, H, dn + dr]: rope on the last dr of each head, in place.
 void mla_rope_q(float* q, const double* inv_freq, double attn_factor, const int32_t* positions, int64_t T, int64_t H,
                 int64_t dn, int64_t dr, cudaStream_t s);
