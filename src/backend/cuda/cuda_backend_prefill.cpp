@@ -89,8 +89,8 @@ MlaPrefillPlan plan_mla_prefill(const BatchPlan& plan, int64_t H, int64_t dn, in
 }  // namespace
 
 bool CudaBackend::prefill_kernels() {
-  const char* v = std::getenv("MOE_CUDA_PREFILL_KERNELS");
-  return v && std::strcmp(v, "0") != 0 && v[0] != 0;
+  const char* v = std::getenv("MOE_CUDA_PREFILL_KERNELS");  // on unless set to 0 (A/B against cuBLAS paths)
+  return !v || (std::strcmp(v, "0") != 0 && v[0] != 0);
 }
 
 // ---- GEMMs ---------------------------------------------------------------------------------------------------
