@@ -168,8 +168,8 @@ class CudaBackend final : public Backend {
 
   // ---- Prefill (many tokens per forward): cuda_backend_prefill.cpp ----
   // The prefill kernels of moe_gemm.cu / mla_prefill.cu (grouped expert GEMM, fused dense SwiGLU, expanded
-  // MLA) are opt-in until they have run on a GPU: MOE_CUDA_PREFILL_KERNELS=1 (read per call). Off, prefill
-  // takes the earlier cuBLAS paths and the absorbed MLA.
+  // MLA) are on by default; MOE_CUDA_PREFILL_KERNELS=0 (read per call) switches prefill back to the earlier
+  // cuBLAS paths and the absorbed MLA, for A/B timing.
   static bool prefill_kernels();
   // gemm() on inputs already rounded: x_hi (and x_lo, the split remainder, or null) BF16 [T, K].
   void gemm_rounded(const uint16_t* x_hi, const uint16_t* x_lo, const Weight& w, float* out, int64_t T);
