@@ -71,7 +71,7 @@ stage_sanitize() {
 }
 stage_mla() {
   env_deps
-  for h in 16 128; do "$BUILD/tests/cuda/bench_mla_attention" 64 4096 $h 20; done 2>&1 | tee "$OUT/mla.log"
+  for h in 16 128; do for b in 1 64; do for c in 512 4096; do "$BUILD/tests/cuda/bench_mla_attention" $b $c $h 20; done; done; done 2>&1 | tee "$OUT/mla.log"
 }
 bench_model() {  # name config dtype batches contexts
   env_deps
