@@ -58,7 +58,7 @@ stage_build() {
 }
 stage_test() {
   env_deps
-  "$BUILD/tests/cuda/test_cuda" --gtest_output=xml:"$OUT/test_cuda.xml" 2>&1 | tee "$OUT/test_cuda.log" | grep -E "^\[|rel L2|error|seed" | tail -60
+  "$BUILD/tests/cuda/test_cuda" 2>&1 | tee "$OUT/test_cuda.log" | grep -E "^\[ +(OK|FAILED|PASSED) |^\[=+\]|Failure" | tail -60
 }
 stage_sanitize() {
   env_deps
@@ -68,6 +68,12 @@ stage_sanitize() {
   compute-sanitizer --tool memcheck --leak-check no "$BUILD/src/cli/moe" generate --device cuda --model models/tiny-dsv3-fp8 \
     --tokens 311,811,1336,101,151,1684,1100 --max-new-tokens 12 >"$OUT/memcheck-fp8.log" 2>&1
   echo "memcheck fp8 exit $?"; tail -3 "$OUT/memcheck-fp8.log"
+  # The whole-model fixture tests (prompts up to 100 tokens: expanded-form MLA prefill, graphs) and the small
+  # prefill-kernel cases under memcheck too.
+  compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/cuda/test_cuda" \
+    --gtest_filter='CudaModel.*:CudaGraph.*:CudaPrefill.ExpandedMlaFixtureHeads:CudaPrefill.DenseSwigluMatchesCpu' \
+    >"$OUT/memcheck-tests.log" 2>&1
+  echo "memcheck tests exit $?"; grep -E "^\[  (PASSED|FAILED)|ERROR SUMMARY" "$OUT/memcheck-tests.log" | tail -4
 }
 stage_mla() {
   env_deps
