@@ -130,34 +130,38 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, int64_t N, const 
     for (int m = 0; m < M; ++m)
 #pragma unroll
       for (int r = 0; r < R; ++r) raw[m][r] = load_stream(rows[m][r] + c * 16);
-    float xv[TILE][E];
-#pragma unroll
-    for (int t = 0; t < TILE; ++t) {
-      const float4* xp = reinterpret_cast<const float4*>(xrows[t] + c * E);
-#pragma unroll
-      for (int i = 0; i < E / 4; ++i) {
-        const float4 v = __ldg(xp + i);
-        xv[t][4 * i] = v.x;
-        xv[t][4 * i + 1] = v.y;
-        xv[t][4 * i + 2] = v.z;
-        xv[t][4 * i + 3] = v.w;
-      }
-    }
+    // All weights of the chunk unpacked first, then one token row of x at a time: registers hold M*R*E weights
+    // and E x values, not TILE*E x values (with FP8's 16-value chunks and 8 tokens, that many spilled).
+    float wf[M][R][E], sc[M][R];
 #pragma unroll
     for (int m = 0; m < M; ++m)
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        float wf[E];
-        C::unpack(raw[m][r], wf);
-        const float sc = kFp8 ? __ldg(srow[m][r] + (pow2_blocks ? c >> block_shift : (c * E) / p.block_k)) : 1.0f;
+        C::unpack(raw[m][r], wf[m][r]);
+        sc[m][r] = kFp8 ? __ldg(srow[m][r] + (pow2_blocks ? c >> block_shift : (c * E) / p.block_k)) : 1.0f;
+      }
 #pragma unroll
-        for (int t = 0; t < TILE; ++t) {
+    for (int t = 0; t < TILE; ++t) {
+      float xv[E];
+      const float4* xp = reinterpret_cast<const float4*>(xrows[t] + c * E);
+#pragma unroll
+      for (int i = 0; i < E / 4; ++i) {
+        const float4 v = __ldg(xp + i);
+        xv[4 * i] = v.x;
+        xv[4 * i + 1] = v.y;
+        xv[4 * i + 2] = v.z;
+        xv[4 * i + 3] = v.w;
+      }
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
           float d = 0.0f;
 #pragma unroll
-          for (int i = 0; i < E; ++i) d = fmaf(xv[t][i], wf[i], d);
-          acc[m][r][t] = fmaf(d, sc, acc[m][r][t]);
+          for (int i = 0; i < E; ++i) d = fmaf(xv[i], wf[m][r][i], d);
+          acc[m][r][t] = fmaf(d, sc[m][r], acc[m][r][t]);
         }
-      }
+    }
   }
   // Tail columns (K not a multiple of the chunk), element by element.
   for (int64_t k = nchunks * E + lane; k < K; k += 32) {
@@ -299,22 +303,25 @@ void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
     else launch("gemv", gemv_kernel<WT, 1, false, kRowsPerWarp, 8>, grid, 256, 0, s, q);
     return;
   }
+  // Several tokens: 4 chunks deep, 2 for FP8 (16 values per chunk, so twice the unpacked weights per chunk
+  // in registers: deeper, the 8-token kernel spills).
+  constexpr int kTiledUnroll = WT == DType::F8_E4M3 ? 2 : 4;
   const unsigned gx = blocks(kRowsPerBlock);
   unsigned gz = 1;
   if (!p.items) gz = unsigned(std::min<int64_t>((p.T + tile - 1) / tile, std::max<int64_t>(1, 1024 / (int64_t(gx) * p.grid_y))));
   const dim3 grid(gx, unsigned(p.grid_y), gz);
   switch (tile) {
     case 2:
-      if (p.swiglu) launch("gemv", gemv_kernel<WT, 2, true>, grid, 256, 0, s, q);
-      else launch("gemv", gemv_kernel<WT, 2, false>, grid, 256, 0, s, q);
+      if (p.swiglu) launch("gemv", gemv_kernel<WT, 2, true, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
+      else launch("gemv", gemv_kernel<WT, 2, false, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
       break;
     case 4:
-      if (p.swiglu) launch("gemv", gemv_kernel<WT, 4, true>, grid, 256, 0, s, q);
-      else launch("gemv", gemv_kernel<WT, 4, false>, grid, 256, 0, s, q);
+      if (p.swiglu) launch("gemv", gemv_kernel<WT, 4, true, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
+      else launch("gemv", gemv_kernel<WT, 4, false, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
       break;
     case 8:
-      if (p.swiglu) launch("gemv", gemv_kernel<WT, 8, true>, grid, 256, 0, s, q);
-      else launch("gemv", gemv_kernel<WT, 8, false>, grid, 256, 0, s, q);
+      if (p.swiglu) launch("gemv", gemv_kernel<WT, 8, true, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
+      else launch("gemv", gemv_kernel<WT, 8, false, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
       break;
     default: check(cudaErrorInvalidValue, "gemv: tile must be 1, 2, 4 or 8");
   }
