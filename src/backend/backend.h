@@ -149,13 +149,16 @@ class Backend {
 
   // MLA, absorbed form over the paged latent cache.
   // Latent write: kv_a [T, r + dr] -> cache[slot] = (rms_norm(kv_a[:r]) * norm_w, rope(kv_a[r:], pos)).
-  virtual void mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps, const RopeParams& rope,
-                               const DeviceBatch& batch, const TensorView& cache) = 0;
+  virtual void mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps,
+                               const RopeParams& rope, const DeviceBatch& batch, const TensorView& cache) = 0;
   // Rotary embedding on the last dr columns of each head: q [T, H, dn + dr], in place.
-  virtual void mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope, const DeviceBatch& batch) = 0;
-  // Both of the above: the new tokens' latents into the cache and rope on q (a backend may do them in one pass).
-  virtual void mla_rope_and_cache(const TensorView& q, int64_t dn, const TensorView& kv_a, const Weight& kv_norm,
-                                  float eps, const RopeParams& rope, const DeviceBatch& batch, const TensorView& cache) {
+  virtual void mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope,
+                          const DeviceBatch& batch) = 0;
+  // Both of the above: the new tokens' latents into the cache and rope on q (a backend may do them in one
+  // pass).
+  virtual void mla_rope_and_cache(const TensorView& q, int64_t dn, const TensorView& kv_a,
+                                  const Weight& kv_norm, float eps, const RopeParams& rope,
+                                  const DeviceBatch& batch, const TensorView& cache) {
     mla_write_cache(kv_a, kv_norm, eps, rope, batch, cache);
     mla_rope_q(q, dn, rope, batch);
   }
@@ -171,12 +174,13 @@ class Backend {
   // out [T, D] = plus[t] + sum_j expert_weights[t, j] * Expert[expert_ids[t, j]](x[t]); x [T, D]; plus [T, D]
   // (the shared experts' output, so the sum needs no extra pass) or empty for 0.
   virtual void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                           const TensorView& expert_weights, const TensorView& plus, const TensorView& out) = 0;
+                           const TensorView& expert_weights, const TensorView& plus,
+                           const TensorView& out) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
 std::unique_ptr<Backend> make_cuda_backend(int device_index = 0);  // throws moe::Error without CUDA
-bool cuda_backend_available();  // built with CUDA and a device present
+bool cuda_backend_available();                                     // built with CUDA and a device present
 std::unique_ptr<Backend> make_backend(const std::string& device);  // "cpu" or "cuda"
 
 }  // namespace moe

@@ -36,8 +36,8 @@ BatchPlan plan_batch(const std::vector<SequenceChunk>& chunks, int64_t page_size
     const auto& c = chunks[s];
     MOE_CHECK(!c.tokens.empty(), "forward: sequence {} has no new tokens", s);
     const int64_t len = int64_t(c.start_pos) + int64_t(c.tokens.size());
-    MOE_CHECK(int64_t(c.pages.size()) * page_size >= len, "forward: sequence {} needs {} cache positions but has {} pages",
-              s, len, c.pages.size());
+    MOE_CHECK(int64_t(c.pages.size()) * page_size >= len,
+              "forward: sequence {} needs {} cache positions but has {} pages", s, len, c.pages.size());
     for (size_t i = 0; i < c.tokens.size(); ++i) {
       const int32_t pos = c.start_pos + int32_t(i);
       plan.positions.push_back(pos);
@@ -162,12 +162,16 @@ void DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView& h
   const DType act = backend_.activation_dtype();
   const float eps = float(config_.rms_norm_eps);
   Tensor x = backend_.alloc_uninitialized(act, {T, D});
-  if (pending.data) backend_.add_rms_norm(h, pending, w.input_norm, eps, x);
-  else backend_.rms_norm(h, w.input_norm, eps, x);
+  if (pending.data)
+    backend_.add_rms_norm(h, pending, w.input_norm, eps, x);
+  else
+    backend_.rms_norm(h, w.input_norm, eps, x);
   attention(w.attn, x, cache, batch, y);
   backend_.add_rms_norm(h, y, w.post_attention_norm, eps, x);
-  if (w.is_moe) moe_ffn(w, x, y);
-  else backend_.swiglu_mlp(x, w.dense, y);
+  if (w.is_moe)
+    moe_ffn(w, x, y);
+  else
+    backend_.swiglu_mlp(x, w.dense, y);
 }
 
 // Multi-head Latent Attention. The cache keeps c = kv_a_layernorm(kv_a[:r]) and rope(kv_a[r:]) per token;

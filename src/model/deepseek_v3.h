@@ -62,19 +62,21 @@ class DeepseekV3 {
   ForwardOutput forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache);
 
   // MTP: chunk tokens are t[j+1] at positions j, `hidden` the main model's final-norm states h[j] for the
-  // same rows (in chunk order). Returns logits predicting t[j+2] (rows as in forward) using the MTP cache layer.
-  ForwardOutput forward_mtp(const std::vector<SequenceChunk>& chunks, const TensorView& hidden, LatentCache& cache);
+  // same rows (in chunk order). Returns logits predicting t[j+2] (rows as in forward) using the MTP cache
+  // layer.
+  ForwardOutput forward_mtp(const std::vector<SequenceChunk>& chunks, const TensorView& hidden,
+                            LatentCache& cache);
 
  private:
-  ForwardOutput run_layers(const std::vector<SequenceChunk>& chunks, const DeviceBatch& batch, const TensorView& ids,
-                           LatentCache& cache);
+  ForwardOutput run_layers(const std::vector<SequenceChunk>& chunks, const DeviceBatch& batch,
+                           const TensorView& ids, LatentCache& cache);
   // Decode steps through captured graphs (deepseek_v3_graphs.cpp).
   bool graph_eligible(const std::vector<SequenceChunk>& chunks) const;
   ForwardOutput forward_graphed(const std::vector<SequenceChunk>& chunks, BatchPlan plan, LatentCache& cache);
   void decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
                      const TensorView& y, const TensorView& cache, const DeviceBatch& batch);
-  void attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache, const DeviceBatch& batch,
-                 const TensorView& out);
+  void attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
+                 const DeviceBatch& batch, const TensorView& out);
   void moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out);
   Tensor upload_tokens(const std::vector<SequenceChunk>& chunks);
   ForwardOutput head(const std::vector<SequenceChunk>& chunks, const Tensor& hidden, const Tensor& pending,

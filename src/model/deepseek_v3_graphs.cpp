@@ -38,10 +38,10 @@ BatchPlan widen_pages(const BatchPlan& plan, int32_t max_pages) {
 }  // namespace
 
 struct DeepseekV3::DecodeGraph {
-  BatchPlan plan;      // the current step's plan; batch.plan points here
-  DeviceBatch batch;   // captured input, rewritten before each replay
-  Tensor ids;          // captured input [S] I32
-  ForwardOutput out;   // captured output
+  BatchPlan plan;     // the current step's plan; batch.plan points here
+  DeviceBatch batch;  // captured input, rewritten before each replay
+  Tensor ids;         // captured input [S] I32
+  ForwardOutput out;  // captured output
   std::shared_ptr<CapturedWork> work;
   int64_t last_use = 0;
 };
@@ -61,7 +61,8 @@ bool DeepseekV3::graph_eligible(const std::vector<SequenceChunk>& chunks) const 
   return is_decode_step(chunks) && backend_.can_capture(int64_t(chunks.size()));
 }
 
-ForwardOutput DeepseekV3::forward_graphed(const std::vector<SequenceChunk>& chunks, BatchPlan plan, LatentCache& cache) {
+ForwardOutput DeepseekV3::forward_graphed(const std::vector<SequenceChunk>& chunks, BatchPlan plan,
+                                          LatentCache& cache) {
   const int32_t width = plan.max_pages;  // widened by forward()
   const auto key = std::make_tuple(plan.num_seqs(), width, static_cast<const void*>(cache.layer(0).data));
   std::shared_ptr<DecodeGraph>& g = graphs_[key];
@@ -95,7 +96,8 @@ ForwardOutput DeepseekV3::forward_graphed(const std::vector<SequenceChunk>& chun
     std::vector<int32_t> ids;
     for (const auto& c : chunks) {
       const int32_t t = c.tokens[0];
-      if (t < 0 || t >= config_.vocab_size) fail("token id {} is outside the vocabulary (vocab_size {})", t, config_.vocab_size);
+      if (t < 0 || t >= config_.vocab_size)
+        fail("token id {} is outside the vocabulary (vocab_size {})", t, config_.vocab_size);
       ids.push_back(t);
     }
     backend_.copy_from_host(ids.data(), g->ids);

@@ -28,8 +28,8 @@ std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs) {
 }
 
 // prompt_lens: one sequence each; all decode kSteps steps together, then the first alone for 8 more.
-void check_graph_replays(const std::string& model_dir, const std::vector<int32_t>& prompt_lens, int64_t kSteps,
-                         int64_t min_captures) {
+void check_graph_replays(const std::string& model_dir, const std::vector<int32_t>& prompt_lens,
+                         int64_t kSteps, int64_t min_captures) {
   auto eager_backend = cuda_backend_with_graphs(false), graph_backend = cuda_backend_with_graphs(true);
   DeepseekV3 eager(model_dir, *eager_backend), graphed(model_dir, *graph_backend);
   const ModelConfig& c = eager.config();
@@ -43,8 +43,10 @@ void check_graph_replays(const std::string& model_dir, const std::vector<int32_t
   std::mt19937_64 rng(test::time_seed("graph replay prompts"));
   std::vector<SequenceChunk> chunks(static_cast<size_t>(S));
   for (int64_t s = 0; s < S; ++s) {
-    for (int32_t i = 0; i < prompt_lens[size_t(s)]; ++i) chunks[size_t(s)].tokens.push_back(int32_t(rng() % uint64_t(c.vocab_size)));
-    for (int64_t p = 0; p < pages_per_seq; ++p) chunks[size_t(s)].pages.push_back(int32_t(s * pages_per_seq + p));
+    for (int32_t i = 0; i < prompt_lens[size_t(s)]; ++i)
+      chunks[size_t(s)].tokens.push_back(int32_t(rng() % uint64_t(c.vocab_size)));
+    for (int64_t p = 0; p < pages_per_seq; ++p)
+      chunks[size_t(s)].pages.push_back(int32_t(s * pages_per_seq + p));
   }
   ForwardOutput oe = eager.forward(chunks, cache_e), og = graphed.forward(chunks, cache_g);
   std::vector<float> le = to_host(*eager_backend, oe.logits), lg = to_host(*graph_backend, og.logits);
@@ -72,8 +74,8 @@ void check_graph_replays(const std::string& model_dir, const std::vector<int32_t
     lg = to_host(*graph_backend, og.logits);
     ASSERT_EQ(le.size(), lg.size());
     const double diff = test::max_abs_diff(le.data(), lg.data(), int64_t(le.size()));
-    ASSERT_EQ(diff, 0.0) << "step " << step << " (" << active << " sequences, context " << dec[0].start_pos + 1
-                         << "): graph replay differs from the eager step";
+    ASSERT_EQ(diff, 0.0) << "step " << step << " (" << active << " sequences, context "
+                         << dec[0].start_pos + 1 << "): graph replay differs from the eager step";
     std::vector<float> he = to_host(*eager_backend, oe.hidden), hg = to_host(*graph_backend, og.hidden);
     ASSERT_EQ(he, hg) << "step " << step << ": hidden states differ";
   }

@@ -36,8 +36,10 @@ class CudaOps : public test::GpuVsCpu {
     cpu_->matmul(x, hb.weight, rb);
     Weight ga = gpu_->upload_weight(ha.weight), gb = gpu_->upload_weight(hb.weight);
     Tensor gx = test::to_device(*gpu_, x);
-    Tensor oa = gpu_->alloc_uninitialized(DType::F32, {T, Na}), ob = gpu_->alloc_uninitialized(DType::F32, {T, Nb});
-    gpu_->copy_from_host(std::vector<float>(size_t(T * Na), NAN).data(), oa);  // poisoned: every element written
+    Tensor oa = gpu_->alloc_uninitialized(DType::F32, {T, Na}),
+           ob = gpu_->alloc_uninitialized(DType::F32, {T, Nb});
+    gpu_->copy_from_host(std::vector<float>(size_t(T * Na), NAN).data(),
+                         oa);  // poisoned: every element written
     gpu_->copy_from_host(std::vector<float>(size_t(T * Nb), NAN).data(), ob);
     gpu_->matmul_pair(gx, ga, oa, gb, ob);
     const std::vector<float> a = test::to_host_f32(*gpu_, oa), b = test::to_host_f32(*gpu_, ob);
@@ -49,7 +51,8 @@ class CudaOps : public test::GpuVsCpu {
 TEST_F(CudaOps, MatmulPairOneLaunch) {
   for (bool fp8 : {false, true})
     for (int64_t T : {1, 2, 5, 8}) {
-      EXPECT_LE(matmul_pair_error(T, 3072, 576, 2048, fp8), 1e-4) << "q_proj + kv_a, T=" << T << " fp8=" << fp8;
+      EXPECT_LE(matmul_pair_error(T, 3072, 576, 2048, fp8), 1e-4)
+          << "q_proj + kv_a, T=" << T << " fp8=" << fp8;
       EXPECT_LE(matmul_pair_error(T, 1536, 576, 7168, fp8), 1e-4) << "q_a + kv_a, T=" << T << " fp8=" << fp8;
     }
   EXPECT_LE(matmul_pair_error(1, 65, 7, 2048, false), 1e-4) << "row counts not multiples of a block";
@@ -77,7 +80,8 @@ TEST_F(CudaOps, MatmulGemvBf16AndFp8) {
 TEST_F(CudaOps, RmsNormWidthsAndFusedResidual) {
   for (int64_t D : {512, 1536, 2048, 5120, 7168, 8192, 8196, 1002})
     for (int64_t T : {1, 3}) {
-      Tensor h = test::random_host(rng_, DType::F32, {T, D}, 3.0f), y = test::random_host(rng_, DType::F32, {T, D});
+      Tensor h = test::random_host(rng_, DType::F32, {T, D}, 3.0f),
+             y = test::random_host(rng_, DType::F32, {T, D});
       Tensor wv = test::random_host(rng_, DType::BF16, {D});
       Weight w;
       w.w = wv.view();
@@ -86,7 +90,8 @@ TEST_F(CudaOps, RmsNormWidthsAndFusedResidual) {
       Tensor ref = Tensor::host(DType::F32, {T, D}), gout = gpu_->alloc_uninitialized(DType::F32, {T, D});
       cpu_->rms_norm(h, w, 1e-6f, ref);
       gpu_->rms_norm(gh, gw, 1e-6f, gout);
-      EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, gout).data(), ref.as<float>(), T * D), 1e-5) << "rms_norm D=" << D;
+      EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, gout).data(), ref.as<float>(), T * D), 1e-5)
+          << "rms_norm D=" << D;
       cpu_->add_rms_norm(h, y, w, 1e-6f, ref);
       gpu_->add_rms_norm(gh, gy, gw, 1e-6f, gout);
       EXPECT_EQ(test::to_host_f32(*gpu_, gh), std::vector<float>(h.as<float>(), h.as<float>() + T * D))
@@ -106,22 +111,26 @@ TEST_F(CudaOps, MatmulGemmBf16AndFp8) {
 TEST_F(CudaOps, SwigluMlp) {
   for (bool fp8 : {false, true})
     for (int64_t T : {1, 5, 40}) {
-      test::HostWeight g = test::random_weight(rng_, 2048, 7168, fp8), u = test::random_weight(rng_, 2048, 7168, fp8),
+      test::HostWeight g = test::random_weight(rng_, 2048, 7168, fp8),
+                       u = test::random_weight(rng_, 2048, 7168, fp8),
                        d = test::random_weight(rng_, 7168, 2048, fp8);
       MlpWeights hm{g.weight, u.weight, d.weight};
-      MlpWeights gm{gpu_->upload_weight(g.weight), gpu_->upload_weight(u.weight), gpu_->upload_weight(d.weight)};
+      MlpWeights gm{gpu_->upload_weight(g.weight), gpu_->upload_weight(u.weight),
+                    gpu_->upload_weight(d.weight)};
       Tensor x = test::random_host(rng_, DType::F32, {T, 7168}), ref = Tensor::host(DType::F32, {T, 7168});
       cpu_->swiglu_mlp(x, hm, ref);
       Tensor gx = test::to_device(*gpu_, x), gout = gpu_->alloc(DType::F32, {T, 7168});
       gpu_->swiglu_mlp(gx, gm, gout);
       const std::vector<float> got = test::to_host_f32(*gpu_, gout);
-      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * 7168), T <= 8 ? 1e-4 : 1e-2) << "T=" << T << " fp8=" << fp8;
+      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * 7168), T <= 8 ? 1e-4 : 1e-2)
+          << "T=" << T << " fp8=" << fp8;
     }
 }
 
 TEST_F(CudaOps, RmsNormAddConcatGatherEmbedding) {
   const int64_t T = 7, D = 7168;
-  Tensor x = test::random_host(rng_, DType::F32, {T, D}, 3.0f), y = test::random_host(rng_, DType::F32, {T, D});
+  Tensor x = test::random_host(rng_, DType::F32, {T, D}, 3.0f),
+         y = test::random_host(rng_, DType::F32, {T, D});
   Tensor wv = test::random_host(rng_, DType::BF16, {D});
   Weight w;
   w.w = wv.view();
@@ -140,7 +149,8 @@ TEST_F(CudaOps, RmsNormAddConcatGatherEmbedding) {
   Tensor cref = Tensor::host(DType::F32, {T, 2 * D}), gcat = gpu_->alloc(DType::F32, {T, 2 * D});
   cpu_->concat_cols(x, y, cref);
   gpu_->concat_cols(gx, gy, gcat);
-  EXPECT_EQ(test::to_host_f32(*gpu_, gcat), std::vector<float>(cref.as<float>(), cref.as<float>() + 2 * T * D));
+  EXPECT_EQ(test::to_host_f32(*gpu_, gcat),
+            std::vector<float>(cref.as<float>(), cref.as<float>() + 2 * T * D));
 
   const std::vector<int32_t> rows{6, 0, 3};
   Tensor gref = Tensor::host(DType::F32, {3, D}), gg = gpu_->alloc(DType::F32, {3, D});

@@ -20,7 +20,8 @@ void moe_experts(const TensorView& x, const ExpertWeights& experts, const Tensor
     assignments[size_t(e)].push_back(i);
   }
   if (plus.data) {
-    MOE_CHECK(plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}", plus.shape.str(), out.shape.str());
+    MOE_CHECK(plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}", plus.shape.str(),
+              out.shape.str());
     std::memmove(out.data, plus.data, out.nbytes());
   } else {
     std::memset(out.data, 0, out.nbytes());

@@ -145,15 +145,18 @@ DeviceBatch CudaBackend::upload_batch(const BatchPlan& plan) {
 void CudaBackend::update_batch(const BatchPlan& plan, DeviceBatch& batch) {
   const std::vector<int32_t>* parts[5] = {&plan.positions, &plan.token_seq, &plan.slots, &plan.seq_lens,
                                           &plan.block_table};
-  const TensorView* views[5] = {&batch.positions, &batch.token_seq, &batch.slots, &batch.seq_lens, &batch.block_table};
+  const TensorView* views[5] = {&batch.positions, &batch.token_seq, &batch.slots, &batch.seq_lens,
+                                &batch.block_table};
   std::vector<int32_t> packed;
   for (int i = 0; i < 5; ++i) {
-    MOE_CHECK(int64_t(parts[i]->size()) == views[i]->numel(), "update_batch: the plan's sizes differ from the batch's");
+    MOE_CHECK(int64_t(parts[i]->size()) == views[i]->numel(),
+              "update_batch: the plan's sizes differ from the batch's");
     packed.insert(packed.end(), parts[i]->begin(), parts[i]->end());
   }
   MOE_CHECK(!batch.storage.empty(), "update_batch: the batch was not uploaded by this backend");
   if (!packed.empty())
-    check(cudaMemcpyAsync(batch.storage[0].data(), packed.data(), packed.size() * 4, cudaMemcpyHostToDevice, stream_),
+    check(cudaMemcpyAsync(batch.storage[0].data(), packed.data(), packed.size() * 4, cudaMemcpyHostToDevice,
+                          stream_),
           "update_batch");
 }
 
@@ -183,15 +186,16 @@ void CudaBackend::matmul(const TensorView& x, const Weight& w, const TensorView&
 }
 
 // Both projections in one GEMV launch when both stream (few tokens) with the same dtype and blocks.
-void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const TensorView& out_a, const Weight& wb,
-                              const TensorView& out_b) {
+void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const TensorView& out_a,
+                              const Weight& wb, const TensorView& out_b) {
   const int64_t T = x.rows(), K = x.row_size();
   const bool one_launch = T > 0 && !use_gemm(T, wa) && !use_gemm(T, wb) && wa.w.dtype == wb.w.dtype &&
                           wa.block_n == wb.block_n && wa.block_k == wb.block_k && x.dtype == DType::F32;
   if (!one_launch) return Backend::matmul_pair(x, wa, out_a, wb, out_b);
-  MOE_CHECK(wa.cols() == K && wb.cols() == K, "matmul_pair: x has {} columns but the weights have {} and {}", K,
-            wa.cols(), wb.cols());
-  MOE_CHECK(out_a.rows() == T && out_a.row_size() == wa.rows() && out_b.rows() == T && out_b.row_size() == wb.rows(),
+  MOE_CHECK(wa.cols() == K && wb.cols() == K, "matmul_pair: x has {} columns but the weights have {} and {}",
+            K, wa.cols(), wb.cols());
+  MOE_CHECK(out_a.rows() == T && out_a.row_size() == wa.rows() && out_b.rows() == T &&
+                out_b.row_size() == wb.rows(),
             "matmul_pair: outputs {} and {} for {} tokens and weights of {} and {} rows", out_a.shape.str(),
             out_b.shape.str(), T, wa.rows(), wb.rows());
   cuda::GemvParams p = dense_gemv(wa, x.as<const float>(), K, out_a.as<float>(), wa.rows(), T);
@@ -313,7 +317,8 @@ Tensor CudaBackend::scratch(DType dtype, Shape shape) {
   v.device = Device::Cuda;
   const size_t bytes = round_block(v.nbytes());
   void* p = pool_->take(bytes);
-  if (!p && pool_ != blocks_) p = blocks_->take(bytes);  // capturing: a free block moves to the capture's pool
+  if (!p && pool_ != blocks_)
+    p = blocks_->take(bytes);  // capturing: a free block moves to the capture's pool
   if (!p && cudaMalloc(&p, bytes) != cudaSuccess) {
     cudaGetLastError();  // out of memory: give the cached blocks back and try once more
     synchronize();

@@ -95,8 +95,9 @@ class CudaBackend final : public Backend {
   void mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps, const RopeParams& rope,
                        const DeviceBatch& batch, const TensorView& cache) override;
   void mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope, const DeviceBatch& batch) override;
-  void mla_rope_and_cache(const TensorView& q, int64_t dn, const TensorView& kv_a, const Weight& kv_norm, float eps,
-                          const RopeParams& rope, const DeviceBatch& batch, const TensorView& cache) override;
+  void mla_rope_and_cache(const TensorView& q, int64_t dn, const TensorView& kv_a, const Weight& kv_norm,
+                          float eps, const RopeParams& rope, const DeviceBatch& batch,
+                          const TensorView& cache) override;
   void mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn, int64_t dv,
                      float scale, const DeviceBatch& batch, const TensorView& out) override;
 
@@ -173,19 +174,20 @@ class CudaBackend final : public Backend {
   static bool prefill_kernels();
   // gemm() on inputs already rounded: x_hi (and x_lo, the split remainder, or null) BF16 [T, K].
   void gemm_rounded(const uint16_t* x_hi, const uint16_t* x_lo, const Weight& w, float* out, int64_t T);
-  // swiglu_mlp for many tokens: gate and up in one grouped-GEMM launch with SwiGLU in its epilogue (h in BF16,
-  // hi + lo in split mode), then down on cuBLAS; without prefill_kernels(): gate and up as two GEMMs with F32
-  // outputs, silu_mul, down.
+  // swiglu_mlp for many tokens: gate and up in one grouped-GEMM launch with SwiGLU in its epilogue (h in
+  // BF16, hi + lo in split mode), then down on cuBLAS; without prefill_kernels(): gate and up as two GEMMs
+  // with F32 outputs, silu_mul, down.
   bool swiglu_gemm_ok(int64_t T, const MlpWeights& mlp) const;
   void swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const TensorView& out);
   // Routed experts for many tokens, from moe_plan's work items of kGroupedRows rows: gate + up (SwiGLU fused,
   // x rows gathered by token inside the kernel) and down (rows scattered back to assignment order into y) as
   // two grouped-GEMM launches. BF16 experts need no host synchronisation; FP8 experts are dequantised (active
   // ones only, in chunks) after a copy of the per-expert counts to the host.
-  void moe_expert_gemms(const TensorView& x, const PreparedExperts& prep, const Tensor& perm, const Tensor& items,
-                        int64_t n_items, const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
-  // The previous path (without prefill_kernels(), or MOE_CUDA_MOE_GEMM=cublas for A/B timing): one cuBLAS GEMM
-  // per active expert and projection over rows gathered into expert order.
+  void moe_expert_gemms(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
+                        const Tensor& items, int64_t n_items, const Tensor& counts, int64_t T, int64_t K,
+                        const Tensor& y);
+  // The previous path (without prefill_kernels(), or MOE_CUDA_MOE_GEMM=cublas for A/B timing): one cuBLAS
+  // GEMM per active expert and projection over rows gathered into expert order.
   void moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
                                const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
   // MLA in the expanded form (cuda::mla_prefill_attention) for a batch with a prefill chunk of at least

@@ -25,15 +25,17 @@ void check_cache_write(const TensorView& kv_a, const RopeParams& rope, const Dev
 
 }  // namespace
 
-void CudaBackend::mla_rope_and_cache(const TensorView& q, int64_t dn, const TensorView& kv_a, const Weight& kv_norm,
-                                     float eps, const RopeParams& rope, const DeviceBatch& batch,
-                                     const TensorView& cache) {
+void CudaBackend::mla_rope_and_cache(const TensorView& q, int64_t dn, const TensorView& kv_a,
+                                     const Weight& kv_norm, float eps, const RopeParams& rope,
+                                     const DeviceBatch& batch, const TensorView& cache) {
   check_cache_write(kv_a, rope, batch, cache);
   const int64_t T = kv_a.rows(), width = kv_a.row_size(), dr = int64_t(rope.inv_freq.size()) * 2;
-  MOE_CHECK(q.rows() == T && q.shape[2] == dn + dr, "mla_rope_and_cache: q is {} for {} tokens", q.shape.str(), T);
-  cuda::mla_rope_and_cache(kv_a.as<const float>(), ref(kv_norm), eps, q.as<float>(), inv_freq(rope), rope.attn_factor,
-                           batch.positions.as<const int32_t>(), batch.slots.as<const int32_t>(), T, q.shape[1], dn,
-                           width - dr, dr, cache.as<uint16_t>(), stream_);
+  MOE_CHECK(q.rows() == T && q.shape[2] == dn + dr, "mla_rope_and_cache: q is {} for {} tokens",
+            q.shape.str(), T);
+  cuda::mla_rope_and_cache(kv_a.as<const float>(), ref(kv_norm), eps, q.as<float>(), inv_freq(rope),
+                           rope.attn_factor, batch.positions.as<const int32_t>(),
+                           batch.slots.as<const int32_t>(), T, q.shape[1], dn, width - dr, dr,
+                           cache.as<uint16_t>(), stream_);
 }
 
 void CudaBackend::mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps,
@@ -54,7 +56,8 @@ void CudaBackend::mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& 
 
 void CudaBackend::mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
                                 int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out) {
-  if (mla_prefill_wanted(q, cache, dn, dv, batch))  // many new tokens: the expanded form, cuda_backend_prefill.cpp
+  if (mla_prefill_wanted(q, cache, dn, dv,
+                         batch))  // many new tokens: the expanded form, cuda_backend_prefill.cpp
     return mla_attention_prefill(q, kv_b, cache, dn, dv, scale, batch, out);
   const BatchPlan& plan = *batch.plan;
   const int64_t T = q.rows(), H = q.shape[1], dh = q.shape[2], dr = dh - dn;

@@ -60,7 +60,8 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, co
 }
 
 void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                              const TensorView& expert_weights, const TensorView& plus, const TensorView& out) {
+                              const TensorView& expert_weights, const TensorView& plus,
+                              const TensorView& out) {
   const auto* prep = static_cast<const PreparedExperts*>(experts.prepared.get());
   MOE_CHECK(prep != nullptr, "moe_experts: prepare_experts was not called");
   const int64_t T = x.rows(), D = x.row_size(), K = expert_ids.row_size(), TK = T * K, I = prep->inner;
@@ -71,12 +72,14 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // weight 4+ times): prefill. Below that (decode batches) the grouped GEMV streams each weight about once
   // and needs no host round trip; measured on the H100 (Moonlight shape, batch 64 decode): 1922 tok/s with
   // the GEMV, 670 tok/s with per-expert cuBLAS calls (host-bound at 6 rows per expert).
-  // With prefill_kernels() the GEMMs run on moe_plan's work items of kGroupedRows rows (cuda_backend_prefill.cpp);
-  // otherwise, with MOE_CUDA_MOE_GEMM=cublas, or for widths the kernel does not take, the per-expert cuBLAS loop.
+  // With prefill_kernels() the GEMMs run on moe_plan's work items of kGroupedRows rows
+  // (cuda_backend_prefill.cpp); otherwise, with MOE_CUDA_MOE_GEMM=cublas, or for widths the kernel does not
+  // take, the per-expert cuBLAS loop.
   const bool grouped_gemm = TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && prefill_ != Prefill::Gemv;
   const char* moe_gemm_env = std::getenv("MOE_CUDA_MOE_GEMM");
-  const bool cublas_experts = grouped_gemm && (!prefill_kernels() || (moe_gemm_env && std::string(moe_gemm_env) == "cublas") ||
-                                               D % 8 != 0 || I % 8 != 0);
+  const bool cublas_experts =
+      grouped_gemm && (!prefill_kernels() || (moe_gemm_env && std::string(moe_gemm_env) == "cublas") ||
+                       D % 8 != 0 || I % 8 != 0);
   const int tile = !grouped_gemm ? tile_for(T) : cublas_experts ? 1 << 20 : cuda::kGroupedRows;
   const int64_t max_items = cublas_experts ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
   Tensor perm = scratch(DType::I32, {TK}), items = scratch(DType::I32, {max_items, 3}),
@@ -123,14 +126,15 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
     p.out_stride = D;
     cuda::gemv(p, gt, stream_);
   }
-  MOE_CHECK(!plus.data || plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}", plus.shape.str(),
-            out.shape.str());
+  MOE_CHECK(!plus.data || plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}",
+            plus.shape.str(), out.shape.str());
   cuda::moe_combine(y.as<const float>(), expert_weights.as<const float>(), T, int32_t(K), D,
                     plus.data ? plus.as<const float>() : nullptr, out.as<float>(), stream_);
 }
 
-void CudaBackend::moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
-                                          const Tensor& counts, int64_t T, int64_t K, const Tensor& y) {
+void CudaBackend::moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep,
+                                          const Tensor& perm, const Tensor& counts, int64_t T, int64_t K,
+                                          const Tensor& y) {
   const int64_t D = prep.hidden, I = prep.inner, TK = T * K;
   const int32_t E = int32_t(counts.numel());
   std::vector<int32_t> c(static_cast<size_t>(E));

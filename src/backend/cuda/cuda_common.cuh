@@ -21,11 +21,16 @@ __device__ __forceinline__ float e4m3_to_float(uint8_t v) {
 // Element i of a BF16/F16/F32 vector, or of an FP8 weight without its scale.
 __device__ __forceinline__ float load_element(const void* p, DType dt, int64_t i) {
   switch (dt) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::BF16: return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::F16: return __half2float(__ushort_as_half(static_cast<const uint16_t*>(p)[i]));
-    case DType::F8_E4M3: return e4m3_to_float(static_cast<const uint8_t*>(p)[i]);
-    default: return 0.0f;
+    case DType::F32:
+      return static_cast<const float*>(p)[i];
+    case DType::BF16:
+      return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::F16:
+      return __half2float(__ushort_as_half(static_cast<const uint16_t*>(p)[i]));
+    case DType::F8_E4M3:
+      return e4m3_to_float(static_cast<const uint8_t*>(p)[i]);
+    default:
+      return 0.0f;
   }
 }
 // W[n, k] dequantised.

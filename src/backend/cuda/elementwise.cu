@@ -11,7 +11,8 @@ __global__ void embedding_kernel(WeightRef table, const int32_t* ids, int64_t T,
   const int64_t t = blockIdx.y, D = table.cols;
   const int64_t id = ids[t];
   if (id < 0 || id >= table.rows) return;  // the model checks ids on the host
-  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D;
+       d += int64_t(gridDim.x) * blockDim.x)
     out[t * D + d] = load_weight(table, id, d);
 }
 
@@ -32,7 +33,8 @@ __global__ void gather_rows_kernel(const float* x, const int32_t* rows, int64_t 
   pdl_wait();
   const int64_t r = blockIdx.y;
   const float* src = x + int64_t(rows[r]) * D;
-  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D;
+       d += int64_t(gridDim.x) * blockDim.x)
     out[r * D + d] = src[d];
 }
 
@@ -61,7 +63,8 @@ __global__ void weight_to_bf16_kernel(WeightRef w, uint16_t* out, uint16_t* lo) 
   pdl_trigger();
   pdl_wait();
   const int64_t n = blockIdx.y;
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < w.cols; k += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < w.cols;
+       k += int64_t(gridDim.x) * blockDim.x)
     split_store(load_weight(w, n, k), out, lo, n * w.cols + k);
 }
 
@@ -71,7 +74,8 @@ unsigned col_blocks(int64_t D) { return unsigned(std::min<int64_t>((D + 255) / 2
 
 void embedding(const WeightRef& table, const int32_t* ids, int64_t T, float* out, cudaStream_t s) {
   if (T == 0) return;
-  launch("embedding", embedding_kernel, dim3(col_blocks(table.cols), unsigned(T)), 256, 0, s, table, ids, T, out);
+  launch("embedding", embedding_kernel, dim3(col_blocks(table.cols), unsigned(T)), 256, 0, s, table, ids, T,
+         out);
 }
 
 void add(const float* a, const float* b, float* out, int64_t n, cudaStream_t s) {
@@ -96,7 +100,8 @@ void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s, uint1
 
 void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t* lo) {
   if (w.rows == 0) return;
-  launch("weight_to_bf16", weight_to_bf16_kernel, dim3(col_blocks(w.cols), unsigned(w.rows)), 256, 0, s, w, out, lo);
+  launch("weight_to_bf16", weight_to_bf16_kernel, dim3(col_blocks(w.cols), unsigned(w.rows)), 256, 0, s, w,
+         out, lo);
 }
 
 }  // namespace moe::cuda

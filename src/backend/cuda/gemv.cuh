@@ -130,8 +130,9 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, int64_t N, const 
     for (int m = 0; m < M; ++m)
 #pragma unroll
       for (int r = 0; r < R; ++r) raw[m][r] = load_stream(rows[m][r] + c * 16);
-    // All weights of the chunk unpacked first, then one token row of x at a time: registers hold M*R*E weights
-    // and E x values, not TILE*E x values (with FP8's 16-value chunks and 8 tokens, that many spilled).
+    // All weights of the chunk unpacked first, then one token row of x at a time: registers hold M*R*E
+    // weights and E x values, not TILE*E x values (with FP8's 16-value chunks and 8 tokens, that many
+    // spilled).
     float wf[M][R][E], sc[M][R];
 #pragma unroll
     for (int m = 0; m < M; ++m)
@@ -196,12 +197,12 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, int64_t N, const 
   }
 }
 
-// Dense mode under programmatic dependent launch: before waiting for the previous kernel, the warp asks L2 for
-// its weight rows (they do not depend on earlier kernels), so streaming them overlaps the previous kernel's
-// tail instead of starting after it.
+// Dense mode under programmatic dependent launch: before waiting for the previous kernel, the warp asks L2
+// for its weight rows (they do not depend on earlier kernels), so streaming them overlaps the previous
+// kernel's tail instead of starting after it.
 template <DType WT, bool SWIGLU, int R>
-__device__ __forceinline__ void prefetch_rows(const GemvParams& p, int64_t N, const char* const* wbase, int64_t row_base,
-                                              int64_t n0) {
+__device__ __forceinline__ void prefetch_rows(const GemvParams& p, int64_t N, const char* const* wbase,
+                                              int64_t row_base, int64_t n0) {
   constexpr int M = SWIGLU ? 2 : 1;
   const int lane = threadIdx.x % 32;
   const int64_t row_bytes = p.K * elem_bytes<WT>();
@@ -298,9 +299,12 @@ void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
     // rows per warp would leave with fewer than 2 blocks per SM; two rows per warp otherwise.
     const bool one_row = p.swiglu || (!p.items && int64_t(blocks(kRowsPerBlock)) * p.grid_y < kSmallGrid);
     const dim3 grid(blocks(one_row ? kWarps : kRowsPerBlock), unsigned(p.grid_y), 1);
-    if (p.swiglu) launch("gemv", gemv_kernel<WT, 1, true, 1, 8>, grid, 256, 0, s, q);
-    else if (one_row) launch("gemv", gemv_kernel<WT, 1, false, 1, 8>, grid, 256, 0, s, q);
-    else launch("gemv", gemv_kernel<WT, 1, false, kRowsPerWarp, 8>, grid, 256, 0, s, q);
+    if (p.swiglu)
+      launch("gemv", gemv_kernel<WT, 1, true, 1, 8>, grid, 256, 0, s, q);
+    else if (one_row)
+      launch("gemv", gemv_kernel<WT, 1, false, 1, 8>, grid, 256, 0, s, q);
+    else
+      launch("gemv", gemv_kernel<WT, 1, false, kRowsPerWarp, 8>, grid, 256, 0, s, q);
     return;
   }
   // Several tokens: 4 chunks deep, 2 for FP8 (16 values per chunk, so twice the unpacked weights per chunk
@@ -308,22 +312,31 @@ void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
   constexpr int kTiledUnroll = WT == DType::F8_E4M3 ? 2 : 4;
   const unsigned gx = blocks(kRowsPerBlock);
   unsigned gz = 1;
-  if (!p.items) gz = unsigned(std::min<int64_t>((p.T + tile - 1) / tile, std::max<int64_t>(1, 1024 / (int64_t(gx) * p.grid_y))));
+  if (!p.items)
+    gz = unsigned(
+        std::min<int64_t>((p.T + tile - 1) / tile, std::max<int64_t>(1, 1024 / (int64_t(gx) * p.grid_y))));
   const dim3 grid(gx, unsigned(p.grid_y), gz);
   switch (tile) {
     case 2:
-      if (p.swiglu) launch("gemv", gemv_kernel<WT, 2, true, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
-      else launch("gemv", gemv_kernel<WT, 2, false, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
+      if (p.swiglu)
+        launch("gemv", gemv_kernel<WT, 2, true, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
+      else
+        launch("gemv", gemv_kernel<WT, 2, false, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
       break;
     case 4:
-      if (p.swiglu) launch("gemv", gemv_kernel<WT, 4, true, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
-      else launch("gemv", gemv_kernel<WT, 4, false, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
+      if (p.swiglu)
+        launch("gemv", gemv_kernel<WT, 4, true, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
+      else
+        launch("gemv", gemv_kernel<WT, 4, false, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
       break;
     case 8:
-      if (p.swiglu) launch("gemv", gemv_kernel<WT, 8, true, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
-      else launch("gemv", gemv_kernel<WT, 8, false, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
+      if (p.swiglu)
+        launch("gemv", gemv_kernel<WT, 8, true, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
+      else
+        launch("gemv", gemv_kernel<WT, 8, false, kRowsPerWarp, kTiledUnroll>, grid, 256, 0, s, q);
       break;
-    default: check(cudaErrorInvalidValue, "gemv: tile must be 1, 2, 4 or 8");
+    default:
+      check(cudaErrorInvalidValue, "gemv: tile must be 1, 2, 4 or 8");
   }
 }
 

@@ -9,9 +9,9 @@ namespace moe::cuda {
 namespace {
 
 // One block. counts, offsets and cursors in shared memory (E <= 1024).
-__global__ void __launch_bounds__(1024) plan_kernel(const int32_t* ids, int64_t TK, int32_t E, int32_t tile,
-                                                    int32_t max_items, int32_t* perm, int32_t* items,
-                                                    int32_t* counts_out) {
+__global__ void __launch_bounds__(1024)
+    plan_kernel(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t max_items, int32_t* perm,
+                int32_t* items, int32_t* counts_out) {
   extern __shared__ int32_t sh[];
   int32_t* counts = sh;
   int32_t* offsets = sh + E;
@@ -59,11 +59,13 @@ __global__ void __launch_bounds__(1024) plan_kernel(const int32_t* ids, int64_t 
   }
 }
 
-__global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_t D, const float* plus, float* out) {
+__global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_t D, const float* plus,
+                               float* out) {
   pdl_trigger();
   pdl_wait();
   const int64_t t = blockIdx.y;
-  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D;
+       d += int64_t(gridDim.x) * blockDim.x) {
     float acc = 0.0f;
     for (int j = 0; j < k; ++j) acc = fmaf(w[t * k + j], y[(t * k + j) * D + d], acc);
     out[t * D + d] = plus ? plus[t * D + d] + acc : acc;
@@ -73,8 +75,8 @@ __global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_
 // One thread per float4 of a token's output row, all k expert rows loaded before the sum (same order of
 // fmaf as combine_kernel, so the same result).
 constexpr int kCombineMaxK = 8, kCombineThreads = 128;
-__global__ void __launch_bounds__(kCombineThreads) combine_vec_kernel(const float* y, const float* w, int32_t k,
-                                                                      int64_t D, const float* plus, float* out) {
+__global__ void __launch_bounds__(kCombineThreads)
+    combine_vec_kernel(const float* y, const float* w, int32_t k, int64_t D, const float* plus, float* out) {
   pdl_trigger();
   pdl_wait();
   const int64_t t = blockIdx.y, c = int64_t(blockIdx.x) * kCombineThreads + threadIdx.x;
@@ -107,7 +109,8 @@ __global__ void gather_bf16_kernel(const float* x, const int32_t* perm, int32_t 
                                    uint16_t* xp_lo) {
   const int64_t i = blockIdx.y;
   const float* src = x + int64_t(perm[i] / k) * D;
-  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D;
+       d += int64_t(gridDim.x) * blockDim.x) {
     const float v = src[d];
     const uint16_t h = float_to_bf16_bits(v);
     xp[i * D + d] = h;
@@ -118,7 +121,8 @@ __global__ void gather_bf16_kernel(const float* x, const int32_t* perm, int32_t 
 __global__ void scatter_rows_kernel(const float* yp, const int32_t* perm, int64_t D, float* y) {
   const int64_t i = blockIdx.y;
   float* dst = y + int64_t(perm[i]) * D;
-  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D;
+       d += int64_t(gridDim.x) * blockDim.x)
     dst[d] = yp[i * D + d];
 }
 
@@ -129,18 +133,20 @@ unsigned col_blocks(int64_t D) { return unsigned(std::min<int64_t>((D + 255) / 2
 void moe_plan(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t max_items, int32_t* perm,
               int32_t* items, int32_t* counts, cudaStream_t s) {
   if (E > 1024) check(cudaErrorInvalidValue, "moe_plan: more than 1024 experts");
-  launch("moe_plan", plan_kernel, 1, 1024, size_t(4 * E) * sizeof(int32_t), s, ids, TK, E, tile, max_items, perm, items,
-         counts);
+  launch("moe_plan", plan_kernel, 1, 1024, size_t(4 * E) * sizeof(int32_t), s, ids, TK, E, tile, max_items,
+         perm, items, counts);
 }
 
-void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, const float* plus, float* out,
-                 cudaStream_t s) {
+void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, const float* plus,
+                 float* out, cudaStream_t s) {
   if (T == 0) return;
-  const bool aligned =
-      ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(plus)) & 15) == 0;
+  const bool aligned = ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(out) |
+                         reinterpret_cast<uintptr_t>(plus)) &
+                        15) == 0;
   if (!g_legacy.combine && k <= kCombineMaxK && D % 4 == 0 && aligned) {
     const unsigned bx = unsigned((D / 4 + kCombineThreads - 1) / kCombineThreads);
-    launch("moe_combine", combine_vec_kernel, dim3(bx, unsigned(T)), kCombineThreads, 0, s, y, w, k, D, plus, out);
+    launch("moe_combine", combine_vec_kernel, dim3(bx, unsigned(T)), kCombineThreads, 0, s, y, w, k, D, plus,
+           out);
     return;
   }
   launch("moe_combine", combine_kernel, dim3(col_blocks(D), unsigned(T)), 256, 0, s, y, w, k, D, plus, out);

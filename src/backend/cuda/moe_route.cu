@@ -1,8 +1,8 @@
 // DeepSeekMoE routing, one warp per token (router logits F32):
 //   V3 (sigmoid, noaux_tc): s = sigmoid(logits); b = s + correction bias (b only chooses); a group's score is
 //       the sum of its two best b; keep topk_group groups; top-k of b among them.
-//   V2 (softmax): s = softmax(logits); greedy top-k, or group_limited_greedy with a group's score = its max s.
-//   w = s[chosen], normalised to sum 1 when norm_topk_prob, times routed_scaling_factor.
+//   V2 (softmax): s = softmax(logits); greedy top-k, or group_limited_greedy with a group's score = its max
+//   s. w = s[chosen], normalised to sum 1 when norm_topk_prob, times routed_scaling_factor.
 // Each top-k is k rounds of a warp-wide argmax (ties to the lower index, as on the CPU); the scores of the
 // token's experts live in shared memory.
 #include "backend/cuda/cuda_common.cuh"
@@ -26,9 +26,9 @@ __device__ __forceinline__ void warp_argmax(float& v, int& i) {
   }
 }
 
-__global__ void __launch_bounds__(32 * kTokensPerBlock) route_kernel(const float* logits, const float* bias,
-                                                                      RouteParams p, int64_t T, int32_t* ids,
-                                                                      float* weights) {
+__global__ void __launch_bounds__(32 * kTokensPerBlock)
+    route_kernel(const float* logits, const float* bias, RouteParams p, int64_t T, int32_t* ids,
+                 float* weights) {
   extern __shared__ float sm[];
   pdl_trigger();
   pdl_wait();
@@ -119,14 +119,14 @@ __global__ void __launch_bounds__(32 * kTokensPerBlock) route_kernel(const float
 
 }  // namespace
 
-void moe_route(const float* logits, const float* bias, const RouteParams& p, int64_t T, int32_t* ids, float* weights,
-               cudaStream_t s) {
+void moe_route(const float* logits, const float* bias, const RouteParams& p, int64_t T, int32_t* ids,
+               float* weights, cudaStream_t s) {
   if (T == 0) return;
   if (p.top_k > 32) check(cudaErrorInvalidValue, "moe_route: top_k > 32");
   if (p.n_group > 32) check(cudaErrorInvalidValue, "moe_route: n_group > 32");
   const size_t smem = size_t(kTokensPerBlock) * 2 * size_t(p.num_experts) * sizeof(float);
-  launch("moe_route", route_kernel, unsigned((T + kTokensPerBlock - 1) / kTokensPerBlock), 32 * kTokensPerBlock, smem, s,
-         logits, bias, p, T, ids, weights);
+  launch("moe_route", route_kernel, unsigned((T + kTokensPerBlock - 1) / kTokensPerBlock),
+         32 * kTokensPerBlock, smem, s, logits, bias, p, T, ids, weights);
 }
 
 }  // namespace moe::cuda

@@ -13,7 +13,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const float* x, WeightRef w, float eps, int64_t D, float* out) {
+__global__ void __launch_bounds__(kThreads)
+    rms_norm_kernel(const float* x, WeightRef w, float eps, int64_t D, float* out) {
   __shared__ float partial[8];
   pdl_trigger();
   pdl_wait();
@@ -27,13 +28,15 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const float* x, Weig
   float total = 0.0f;
   for (int i = 0; i < int(blockDim.x / 32); ++i) total += partial[i];
   const float inv = rsqrtf(total / float(D) + eps);
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ot[i] = load_element(w.data, w.dtype, i) * (xt[i] * inv);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+    ot[i] = load_element(w.data, w.dtype, i) * (xt[i] * inv);
 }
 
 // V float4s per thread. RESID: x = h + y, written back to h (h = x's row source, y the residual branch).
 template <int V, bool RESID>
-__global__ void __launch_bounds__(kThreads) rms_norm_vec_kernel(const float* x, float* h, const float* y, WeightRef w,
-                                                                float eps, int64_t D, float* out) {
+__global__ void __launch_bounds__(kThreads)
+    rms_norm_vec_kernel(const float* x, float* h, const float* y, WeightRef w, float eps, int64_t D,
+                        float* out) {
   __shared__ float partial[kThreads / 32];
   pdl_trigger();
   pdl_wait();
@@ -87,29 +90,41 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 
 // float4s per thread for the fast path, or 0 where the row does not fit it.
 int vec_width(int64_t D, const void* a, const void* b, const void* c) {
-  if (D % 4 != 0 || D > int64_t(8) * 4 * kThreads || !aligned16(a) || !aligned16(b) || !aligned16(c)) return 0;
+  if (D % 4 != 0 || D > int64_t(8) * 4 * kThreads || !aligned16(a) || !aligned16(b) || !aligned16(c))
+    return 0;
   const int64_t per = (D / 4 + kThreads - 1) / kThreads;
   return per <= 1 ? 1 : per <= 2 ? 2 : per <= 4 ? 4 : 8;
 }
 
 template <bool RESID>
-void launch_vec(int V, const float* x, float* h, const float* y, const WeightRef& w, float eps, int64_t T, int64_t D,
-                float* out, cudaStream_t s) {
+void launch_vec(int V, const float* x, float* h, const float* y, const WeightRef& w, float eps, int64_t T,
+                int64_t D, float* out, cudaStream_t s) {
   switch (V) {
-    case 1: launch("rms_norm", rms_norm_vec_kernel<1, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out); break;
-    case 2: launch("rms_norm", rms_norm_vec_kernel<2, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out); break;
-    case 4: launch("rms_norm", rms_norm_vec_kernel<4, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out); break;
-    default: launch("rms_norm", rms_norm_vec_kernel<8, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out); break;
+    case 1:
+      launch("rms_norm", rms_norm_vec_kernel<1, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out);
+      break;
+    case 2:
+      launch("rms_norm", rms_norm_vec_kernel<2, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out);
+      break;
+    case 4:
+      launch("rms_norm", rms_norm_vec_kernel<4, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out);
+      break;
+    default:
+      launch("rms_norm", rms_norm_vec_kernel<8, RESID>, unsigned(T), kThreads, 0, s, x, h, y, w, eps, D, out);
+      break;
   }
 }
 
 }  // namespace
 
-void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out, cudaStream_t s) {
+void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out,
+              cudaStream_t s) {
   if (T == 0) return;
   const int V = g_legacy.norm ? 0 : vec_width(D, x, out, x);
-  if (V) launch_vec<false>(V, x, nullptr, nullptr, w, eps, T, D, out, s);
-  else launch("rms_norm", rms_norm_kernel, unsigned(T), kThreads, 0, s, x, w, eps, D, out);
+  if (V)
+    launch_vec<false>(V, x, nullptr, nullptr, w, eps, T, D, out, s);
+  else
+    launch("rms_norm", rms_norm_kernel, unsigned(T), kThreads, 0, s, x, w, eps, D, out);
 }
 
 void add_rms_norm(float* h, const float* y, const WeightRef& w, float eps, int64_t T, int64_t D, float* out,
