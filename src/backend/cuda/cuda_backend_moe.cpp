@@ -80,7 +80,13 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   const bool cublas_experts =
       grouped_gemm && (!prefill_kernels() || (moe_gemm_env && std::string(moe_gemm_env) == "cublas") ||
                        D % 8 != 0 || I % 8 != 0);
-  const int tile = !grouped_gemm ? tile_for(T) : cublas_experts ? 1 << 20 : cuda::kGroupedRows;
+  // GEMV tile (assignments per pass over an expert's weights): sized for about twice the average rows per
+  // expert, not for T. A tile computes all its token slots, so at batch 8 over 64 experts (0.75 rows per
+  // expert on average) a tile of 8 would do ~8x the arithmetic and hold 8 tokens' accumulators (fewer blocks
+  // per SM) for nothing; an expert with more rows than the tile gets several work items (its weights then come
+  // from L2 for the later ones).
+  const int gemv_tile = tile_for(std::min<int64_t>(T, std::max<int64_t>(1, (2 * TK + E - 1) / E)));
+  const int tile = !grouped_gemm ? gemv_tile : cublas_experts ? 1 << 20 : cuda::kGroupedRows;
   const int64_t max_items = cublas_experts ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
   Tensor perm = scratch(DType::I32, {TK}), items = scratch(DType::I32, {max_items, 3}),
          counts = scratch(DType::I32, {E});
@@ -92,7 +98,7 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   } else if (grouped_gemm) {
     moe_expert_gemms(x, *prep, perm, items, max_items, counts, T, K, y);
   } else {
-    const int gt = tile_for(T);
+    const int gt = gemv_tile;
     const int64_t items_n = max_items;
     Tensor h = scratch(DType::F32, {TK, I});
     cuda::GemvParams p;
