@@ -16,36 +16,40 @@ using test::rel_l2;
 class CudaMoe : public test::GpuVsCpu {};
 
 TEST_F(CudaMoe, RoutingV3AndV2) {
-  const int64_t T = 200, E = 256;
-  for (int variant = 0; variant < 3; ++variant) {
-    RoutingParams p;
-    p.num_experts = int32_t(E);
-    p.top_k = 8;
-    p.n_group = 8;
-    p.topk_group = 4;
-    p.routed_scaling_factor = 2.5f;
-    if (variant == 1) {
-      p.score = RoutingScore::Softmax;
-      p.method = RoutingMethod::GroupLimitedGreedy;
-      p.norm_topk_prob = false;
-    } else if (variant == 2) {
-      p.score = RoutingScore::Softmax;
-      p.method = RoutingMethod::Greedy;
-      p.n_group = 1;
-      p.topk_group = 1;
+  const int64_t E = 256;
+  // 200 tokens: the routing kernel alone; <= 8 tokens: routing and the experts' plan in one launch.
+  for (int64_t T : {200, 1, 5, 8})
+    for (int variant = 0; variant < 3; ++variant) {
+      RoutingParams p;
+      p.num_experts = int32_t(E);
+      p.top_k = 8;
+      p.n_group = 8;
+      p.topk_group = 4;
+      p.routed_scaling_factor = 2.5f;
+      if (variant == 1) {
+        p.score = RoutingScore::Softmax;
+        p.method = RoutingMethod::GroupLimitedGreedy;
+        p.norm_topk_prob = false;
+      } else if (variant == 2) {
+        p.score = RoutingScore::Softmax;
+        p.method = RoutingMethod::Greedy;
+        p.n_group = 1;
+        p.topk_group = 1;
+      }
+      Tensor logits = test::random_host(rng_, DType::F32, {T, E}, 2.0f),
+             bias = test::random_host(rng_, DType::F32, {E}, 0.1f);
+      Tensor ids = Tensor::host(DType::I32, {T, 8}), w = Tensor::host(DType::F32, {T, 8});
+      cpu_->moe_route(logits, variant == 0 ? bias.view() : TensorView{}, p, ids, w);
+      Tensor gl = test::to_device(*gpu_, logits), gb = test::to_device(*gpu_, bias);
+      Tensor gids = gpu_->alloc(DType::I32, {T, 8}), gw = gpu_->alloc(DType::F32, {T, 8});
+      gpu_->moe_route(gl, variant == 0 ? gb.view() : TensorView{}, p, gids, gw);
+      std::vector<int32_t> got_ids(static_cast<size_t>(T * 8));
+      gpu_->copy_to_host(gids, got_ids.data());
+      const std::vector<float> got_w = test::to_host_f32(*gpu_, gw);
+      EXPECT_EQ(got_ids, std::vector<int32_t>(ids.as<int32_t>(), ids.as<int32_t>() + T * 8))
+          << "variant " << variant;
+      EXPECT_LE(rel_l2(got_w.data(), w.as<float>(), T * 8), 1e-5) << "variant " << variant;
     }
-    Tensor logits = test::random_host(rng_, DType::F32, {T, E}, 2.0f), bias = test::random_host(rng_, DType::F32, {E}, 0.1f);
-    Tensor ids = Tensor::host(DType::I32, {T, 8}), w = Tensor::host(DType::F32, {T, 8});
-    cpu_->moe_route(logits, variant == 0 ? bias.view() : TensorView{}, p, ids, w);
-    Tensor gl = test::to_device(*gpu_, logits), gb = test::to_device(*gpu_, bias);
-    Tensor gids = gpu_->alloc(DType::I32, {T, 8}), gw = gpu_->alloc(DType::F32, {T, 8});
-    gpu_->moe_route(gl, variant == 0 ? gb.view() : TensorView{}, p, gids, gw);
-    std::vector<int32_t> got_ids(static_cast<size_t>(T * 8));
-    gpu_->copy_to_host(gids, got_ids.data());
-    const std::vector<float> got_w = test::to_host_f32(*gpu_, gw);
-    EXPECT_EQ(got_ids, std::vector<int32_t>(ids.as<int32_t>(), ids.as<int32_t>() + T * 8)) << "variant " << variant;
-    EXPECT_LE(rel_l2(got_w.data(), w.as<float>(), T * 8), 1e-5) << "variant " << variant;
-  }
 }
 
 TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
@@ -77,11 +81,62 @@ TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
       }
       Tensor ref = Tensor::host(DType::F32, {T, D}), gout = gpu_->alloc(DType::F32, {T, D});
       cpu_->moe_experts(x, host, ids, w, {}, ref);
-      gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids), test::to_device(*gpu_, w), {}, gout);
+      gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids),
+                        test::to_device(*gpu_, w), {}, gout);
       const std::vector<float> got = test::to_host_f32(*gpu_, gout);
-      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), T * K >= 32 * E ? 1e-2 : 1e-4) << "T=" << T << " fp8=" << fp8;
+      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), T * K >= 32 * E ? 1e-2 : 1e-4)
+          << "T=" << T << " fp8=" << fp8;
     }
   }
+}
+
+// Decode-sized batches: moe_route plans the routed experts in its own launch and the next moe_experts on the
+// same ids uses that plan (with the shared experts' output added through `plus`); ids rewritten in between
+// (copy_from_host) must drop the plan.
+TEST_F(CudaMoe, RouteThenExpertsWithTheRoutingLaunchPlan) {
+  const int64_t E = 16, D = 1024, I = 512, K = 6;
+  RoutingParams p;
+  p.num_experts = int32_t(E);
+  p.top_k = int32_t(K);
+  p.n_group = 4;
+  p.topk_group = 2;
+  p.routed_scaling_factor = 2.5f;
+  ExpertWeights host, dev;
+  std::vector<test::HostWeight> keep;
+  for (int64_t e = 0; e < E; ++e) {
+    keep.push_back(test::random_weight(rng_, I, D, false));
+    keep.push_back(test::random_weight(rng_, I, D, false));
+    keep.push_back(test::random_weight(rng_, D, I, false));
+    const size_t b = keep.size() - 3;
+    host.experts.push_back({keep[b].weight, keep[b + 1].weight, keep[b + 2].weight});
+    dev.experts.push_back({gpu_->upload_weight(keep[b].weight), gpu_->upload_weight(keep[b + 1].weight),
+                           gpu_->upload_weight(keep[b + 2].weight)});
+  }
+  gpu_->prepare_experts(dev);
+  for (int64_t T : {1, 3, 8})
+    for (bool rewrite : {false, true}) {
+      Tensor logits = test::random_host(rng_, DType::F32, {T, E}, 2.0f),
+             bias = test::random_host(rng_, DType::F32, {E}, 0.1f);
+      Tensor x = test::random_host(rng_, DType::F32, {T, D}),
+             plus = test::random_host(rng_, DType::F32, {T, D});
+      Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
+      cpu_->moe_route(logits, bias, p, ids, w);
+      Tensor gids = gpu_->alloc(DType::I32, {T, K}), gw = gpu_->alloc(DType::F32, {T, K});
+      gpu_->moe_route(test::to_device(*gpu_, logits), test::to_device(*gpu_, bias), p, gids, gw);
+      if (rewrite) {  // other experts than routed: each token's choices shifted by one expert
+        for (int64_t i = 0; i < T * K; ++i) ids.as<int32_t>()[i] = (ids.as<int32_t>()[i] + 1) % int32_t(E);
+        gpu_->copy_from_host(ids.as<int32_t>(), gids);
+      } else {
+        std::vector<int32_t> got(static_cast<size_t>(T * K));
+        gpu_->copy_to_host(gids, got.data());
+        ASSERT_EQ(got, std::vector<int32_t>(ids.as<int32_t>(), ids.as<int32_t>() + T * K)) << "T=" << T;
+      }
+      Tensor ref = Tensor::host(DType::F32, {T, D}), gout = gpu_->alloc(DType::F32, {T, D});
+      cpu_->moe_experts(x, host, ids, w, plus, ref);
+      gpu_->moe_experts(test::to_device(*gpu_, x), dev, gids, gw, test::to_device(*gpu_, plus), gout);
+      const std::vector<float> got = test::to_host_f32(*gpu_, gout);
+      EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), 1e-4) << "T=" << T << " rewrite=" << rewrite;
+    }
 }
 
 }  // namespace

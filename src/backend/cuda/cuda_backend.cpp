@@ -93,6 +93,7 @@ Tensor CudaBackend::alloc(DType dtype, Shape shape) {
 }
 
 void CudaBackend::copy_from_host(const void* src, const TensorView& dst) {
+  drop_routed_plan(dst);
   if (dst.nbytes())
     check(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, stream_), "copy_from_host");
 }
@@ -105,6 +106,7 @@ void CudaBackend::copy_to_host(const TensorView& src, void* dst) {
 
 void CudaBackend::copy(const TensorView& src, const TensorView& dst) {
   MOE_CHECK(src.nbytes() == dst.nbytes(), "copy: {} bytes into {}", src.nbytes(), dst.nbytes());
+  drop_routed_plan(dst);
   if (src.nbytes())
     check(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream_), "copy");
 }

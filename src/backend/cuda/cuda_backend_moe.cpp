@@ -55,8 +55,41 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, co
                       params.method == RoutingMethod::Greedy,
                       params.norm_topk_prob,
                       params.routed_scaling_factor};
-  cuda::moe_route(logits.as<const float>(), bias.data ? bias.as<const float>() : nullptr, p, logits.rows(),
-                  expert_ids.as<int32_t>(), expert_weights.as<float>(), stream_);
+  const int64_t T = logits.rows(), TK = T * params.top_k;
+  const int32_t E = params.num_experts;
+  MOE_CHECK(expert_ids.numel() == TK && expert_weights.numel() == TK,
+            "moe_route: outputs of {} and {} for {} x {}", expert_ids.shape.str(), expert_weights.shape.str(),
+            T, params.top_k);
+  const float* b = bias.data ? bias.as<const float>() : nullptr;
+  routed_plan_ = RoutedPlan{};
+  if (T > 0 && T <= cuda::kGemvMaxTile && E <= 1024 && params.top_k <= 32 && params.n_group <= 32) {
+    // Decode-sized batch: the grouped GEMV's plan in the same launch (used by the next moe_experts).
+    RoutedPlan rp;
+    rp.ids = expert_ids.data;
+    rp.TK = TK;
+    rp.E = E;
+    rp.tile = grouped_gemv_tile(T, TK, E);
+    rp.max_items = std::min<int64_t>(E, TK) + (TK + rp.tile - 1) / rp.tile;
+    rp.perm = scratch(DType::I32, {TK});
+    rp.items = scratch(DType::I32, {rp.max_items, 3});
+    rp.counts = scratch(DType::I32, {E});
+    cuda::moe_route_and_plan(logits.as<const float>(), b, p, T, expert_ids.as<int32_t>(),
+                             expert_weights.as<float>(), rp.tile, int32_t(rp.max_items),
+                             rp.perm.as<int32_t>(), rp.items.as<int32_t>(), rp.counts.as<int32_t>(), stream_);
+    routed_plan_ = std::move(rp);
+    return;
+  }
+  cuda::moe_route(logits.as<const float>(), b, p, T, expert_ids.as<int32_t>(), expert_weights.as<float>(),
+                  stream_);
+}
+
+// GEMV tile (assignments per pass over an expert's weights): sized for about twice the average rows per
+// expert, not for T. A tile computes all its token slots, so at batch 8 over 64 experts (0.75 rows per expert
+// on average) a tile of 8 would do ~8x the arithmetic and hold 8 tokens' accumulators (fewer blocks per SM)
+// for nothing; an expert with more rows than the tile gets several work items (its weights then come from L2
+// for the later ones).
+int CudaBackend::grouped_gemv_tile(int64_t T, int64_t TK, int32_t E) {
+  return tile_for(std::min<int64_t>(T, std::max<int64_t>(1, (2 * TK + E - 1) / E)));
 }
 
 void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
@@ -80,18 +113,24 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   const bool cublas_experts =
       grouped_gemm && (!prefill_kernels() || (moe_gemm_env && std::string(moe_gemm_env) == "cublas") ||
                        D % 8 != 0 || I % 8 != 0);
-  // GEMV tile (assignments per pass over an expert's weights): sized for about twice the average rows per
-  // expert, not for T. A tile computes all its token slots, so at batch 8 over 64 experts (0.75 rows per
-  // expert on average) a tile of 8 would do ~8x the arithmetic and hold 8 tokens' accumulators (fewer blocks
-  // per SM) for nothing; an expert with more rows than the tile gets several work items (its weights then come
-  // from L2 for the later ones).
-  const int gemv_tile = tile_for(std::min<int64_t>(T, std::max<int64_t>(1, (2 * TK + E - 1) / E)));
+  const int gemv_tile = grouped_gemv_tile(T, TK, E);
   const int tile = !grouped_gemm ? gemv_tile : cublas_experts ? 1 << 20 : cuda::kGroupedRows;
   const int64_t max_items = cublas_experts ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
-  Tensor perm = scratch(DType::I32, {TK}), items = scratch(DType::I32, {max_items, 3}),
-         counts = scratch(DType::I32, {E});
-  cuda::moe_plan(expert_ids.as<const int32_t>(), TK, E, std::min(tile, 1 << 30), int32_t(max_items),
-                 perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
+  Tensor perm, items, counts;
+  const RoutedPlan& rp = routed_plan_;
+  if (!grouped_gemm && rp.ids == expert_ids.data && rp.TK == TK && rp.E == E && rp.tile == tile &&
+      rp.max_items == max_items) {  // planned by moe_route in the routing launch
+    perm = rp.perm;
+    items = rp.items;
+    counts = rp.counts;
+  } else {
+    perm = scratch(DType::I32, {TK});
+    items = scratch(DType::I32, {max_items, 3});
+    counts = scratch(DType::I32, {E});
+    cuda::moe_plan(expert_ids.as<const int32_t>(), TK, E, std::min(tile, 1 << 30), int32_t(max_items),
+                   perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
+  }
+  routed_plan_ = RoutedPlan{};
   Tensor y = scratch(DType::F32, {TK, D});
   if (cublas_experts) {
     moe_expert_gemms_cublas(x, *prep, perm, counts, T, K, y);
