@@ -15,8 +15,8 @@
 
 namespace moe::test {
 
-#define MOE_REQUIRE_GPU()                                                              \
-  do {                                                                                 \
+#define MOE_REQUIRE_GPU()                                                                 \
+  do {                                                                                    \
     if (!::moe::cuda_backend_available()) GTEST_SKIP() << "no CUDA (Hopper) GPU present"; \
   } while (0)
 
@@ -68,13 +68,40 @@ inline HostWeight random_weight(std::mt19937_64& rng, int64_t N, int64_t K, bool
   return h;
 }
 
+// E random routed experts (gate, up [I, D], down [D, I]) on the host; `keep` owns their memory.
+struct HostExperts {
+  ExpertWeights weights;
+  std::vector<HostWeight> keep;
+};
+inline HostExperts random_experts(std::mt19937_64& rng, int64_t E, int64_t D, int64_t I, bool fp8) {
+  HostExperts h;
+  for (int64_t e = 0; e < E; ++e) {
+    h.keep.push_back(random_weight(rng, I, D, fp8));
+    h.keep.push_back(random_weight(rng, I, D, fp8));
+    h.keep.push_back(random_weight(rng, D, I, fp8));
+    const size_t b = h.keep.size() - 3;
+    h.weights.experts.push_back({h.keep[b].weight, h.keep[b + 1].weight, h.keep[b + 2].weight});
+  }
+  return h;
+}
+// The same experts uploaded to a backend and prepared for its grouped kernels.
+inline ExpertWeights upload_experts(Backend& b, const ExpertWeights& host) {
+  ExpertWeights d;
+  for (const auto& m : host.experts)
+    d.experts.push_back({b.upload_weight(m.gate), b.upload_weight(m.up), b.upload_weight(m.down)});
+  b.prepare_experts(d);
+  return d;
+}
+
 inline Tensor random_host(std::mt19937_64& rng, DType dt, Shape shape, float scale = 1.0f) {
   Tensor t = Tensor::host(dt, shape);
   std::normal_distribution<float> n(0.0f, 1.0f);
   for (int64_t i = 0; i < t.numel(); ++i) {
     const float v = scale * n(rng);
-    if (dt == DType::F32) t.as<float>()[i] = v;
-    else if (dt == DType::BF16) t.as<uint16_t>()[i] = float_to_bf16(v);
+    if (dt == DType::F32)
+      t.as<float>()[i] = v;
+    else if (dt == DType::BF16)
+      t.as<uint16_t>()[i] = float_to_bf16(v);
   }
   return t;
 }

@@ -55,18 +55,9 @@ TEST_F(CudaMoe, RoutingV3AndV2) {
 TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
   const int64_t E = 16, D = 7168, I = 2048, K = 8;  // 16 of V3's 256 experts keeps the host reference small
   for (bool fp8 : {false, true}) {
-    ExpertWeights host, dev;
-    std::vector<test::HostWeight> keep;
-    for (int64_t e = 0; e < E; ++e) {
-      keep.push_back(test::random_weight(rng_, I, D, fp8));
-      keep.push_back(test::random_weight(rng_, I, D, fp8));
-      keep.push_back(test::random_weight(rng_, D, I, fp8));
-      const size_t b = keep.size() - 3;
-      host.experts.push_back({keep[b].weight, keep[b + 1].weight, keep[b + 2].weight});
-      dev.experts.push_back({gpu_->upload_weight(keep[b].weight), gpu_->upload_weight(keep[b + 1].weight),
-                             gpu_->upload_weight(keep[b + 2].weight)});
-    }
-    gpu_->prepare_experts(dev);
+    const test::HostExperts hx = test::random_experts(rng_, E, D, I, fp8);
+    const ExpertWeights& host = hx.weights;
+    const ExpertWeights dev = test::upload_experts(*gpu_, host);
     for (int64_t T : {1, 6, 37, 64}) {  // 64 * 8 assignments = 32 per expert: the expert-GEMM path
       Tensor x = test::random_host(rng_, DType::F32, {T, D});
       Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
@@ -101,18 +92,9 @@ TEST_F(CudaMoe, RouteThenExpertsWithTheRoutingLaunchPlan) {
   p.n_group = 4;
   p.topk_group = 2;
   p.routed_scaling_factor = 2.5f;
-  ExpertWeights host, dev;
-  std::vector<test::HostWeight> keep;
-  for (int64_t e = 0; e < E; ++e) {
-    keep.push_back(test::random_weight(rng_, I, D, false));
-    keep.push_back(test::random_weight(rng_, I, D, false));
-    keep.push_back(test::random_weight(rng_, D, I, false));
-    const size_t b = keep.size() - 3;
-    host.experts.push_back({keep[b].weight, keep[b + 1].weight, keep[b + 2].weight});
-    dev.experts.push_back({gpu_->upload_weight(keep[b].weight), gpu_->upload_weight(keep[b + 1].weight),
-                           gpu_->upload_weight(keep[b + 2].weight)});
-  }
-  gpu_->prepare_experts(dev);
+  const test::HostExperts hx = test::random_experts(rng_, E, D, I, false);
+  const ExpertWeights& host = hx.weights;
+  const ExpertWeights dev = test::upload_experts(*gpu_, host);
   for (int64_t T : {1, 3, 8})
     for (bool rewrite : {false, true}) {
       Tensor logits = test::random_host(rng_, DType::F32, {T, E}, 2.0f),

@@ -1,8 +1,10 @@
 // The prefill paths of the CUDA backend against the CPU backend (F32 everywhere) on fresh random data:
-//   - MLA in the expanded form (cuda_backend_prefill.cpp, mla_prefill.cu) and, on the same inputs, the absorbed
+//   - MLA in the expanded form (cuda_backend_prefill.cpp, mla_prefill.cu) and, on the same inputs, the
+//   absorbed
 //     form, at 16 heads (Moonlight), 128 heads (DeepSeek-V3) and the fixture's small heads; several sequences
-//     in one batch: a prompt from position 0, a chunk continuing a cached context (start_pos > 0) and a decode
-//     token; lengths that are no multiple of the 64-key block or the 128-token tile; BF16 and FP8 kv_b.
+//     in one batch: a prompt from position 0, a chunk continuing a cached context (start_pos > 0) and a
+//     decode token; lengths that are no multiple of the 64-key block or the 128-token tile; BF16 and FP8
+//     kv_b.
 //   - the routed experts' grouped GEMM (moe_gemm.cu): Moonlight widths, one expert chosen by every token (two
 //     128-row tiles), others by few or none; BF16 and FP8 experts; both prefill precisions.
 //   - the dense SwiGLU MLP's fused gate + up (moe_gemm.cu with one expert) and the down GEMM.
@@ -88,7 +90,8 @@ class CudaPrefill : public test::GpuVsCpu {
       need[i] = (seqs[i].first + seqs[i].second + page - 1) / page;
       total_pages += need[i];
     }
-    for (int64_t p = 0; p < total_pages; ++p) {  // round-robin while a sequence still needs pages, reversed ids
+    for (int64_t p = 0; p < total_pages;
+         ++p) {  // round-robin while a sequence still needs pages, reversed ids
       for (size_t k = 0; k < seqs.size(); ++k) {
         const size_t i = (size_t(p) + k) % seqs.size();
         if (int64_t(fill[i].pages.size()) < need[i]) {
@@ -140,7 +143,8 @@ class CudaPrefill : public test::GpuVsCpu {
         EXPECT_LE(err, 1e-2) << "H=" << H << " fp8=" << fp8 << " expanded=" << expanded;
       }
       const double diff = rel_l2(got[1].data(), got[0].data(), T * H * dv);
-      std::printf("H=%lld fp8 kv_b=%d: expanded vs absorbed %.2e\n", static_cast<long long>(H), int(fp8), diff);
+      std::printf("H=%lld fp8 kv_b=%d: expanded vs absorbed %.2e\n", static_cast<long long>(H), int(fp8),
+                  diff);
       EXPECT_LE(diff, 1e-2) << "H=" << H << " fp8=" << fp8;
     }
   }
@@ -165,16 +169,10 @@ TEST_F(CudaPrefill, ExpandedMlaFixtureHeads) {
 TEST_F(CudaPrefill, GroupedExpertsMatchCpu) {
   const int64_t E = 32, D = 2048, I = 1408, K = 6, T = 200;
   for (bool fp8 : {false, true}) {
-    ExpertWeights host;
-    std::vector<test::HostWeight> keep;
-    for (int64_t e = 0; e < E; ++e) {
-      keep.push_back(test::random_weight(rng_, I, D, fp8));
-      keep.push_back(test::random_weight(rng_, I, D, fp8));
-      keep.push_back(test::random_weight(rng_, D, I, fp8));
-      const size_t b = keep.size() - 3;
-      host.experts.push_back({keep[b].weight, keep[b + 1].weight, keep[b + 2].weight});
-    }
-    Tensor x = test::random_host(rng_, DType::F32, {T, D}), plus = test::random_host(rng_, DType::F32, {T, D});
+    const test::HostExperts hx = test::random_experts(rng_, E, D, I, fp8);
+    const ExpertWeights& host = hx.weights;
+    Tensor x = test::random_host(rng_, DType::F32, {T, D}),
+           plus = test::random_host(rng_, DType::F32, {T, D});
     Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
     std::vector<int32_t> perm;
     for (int32_t e = 1; e < 28; ++e) perm.push_back(e);
@@ -190,10 +188,7 @@ TEST_F(CudaPrefill, GroupedExpertsMatchCpu) {
     for (const char* mode : {"bf16", "split"}) {
       Env env("MOE_CUDA_PREFILL", mode);
       auto gpu = make_cuda_backend(0);
-      ExpertWeights d2;
-      for (const auto& m : host.experts)
-        d2.experts.push_back({gpu->upload_weight(m.gate), gpu->upload_weight(m.up), gpu->upload_weight(m.down)});
-      gpu->prepare_experts(d2);
+      const ExpertWeights d2 = test::upload_experts(*gpu, host);
       Tensor gout = poisoned(*gpu, DType::F32, {T, D});
       gpu->moe_experts(test::to_device(*gpu, x), d2, test::to_device(*gpu, ids), test::to_device(*gpu, w),
                        test::to_device(*gpu, plus), gout);
@@ -219,13 +214,15 @@ TEST_F(CudaPrefill, DenseSwigluMatchesCpu) {
       for (const char* mode : {"bf16", "split"}) {
         Env env("MOE_CUDA_PREFILL", mode);
         auto gpu = make_cuda_backend(0);
-        MlpWeights gm{gpu->upload_weight(g.weight), gpu->upload_weight(u.weight), gpu->upload_weight(d.weight)};
+        MlpWeights gm{gpu->upload_weight(g.weight), gpu->upload_weight(u.weight),
+                      gpu->upload_weight(d.weight)};
         Tensor gout = poisoned(*gpu, DType::F32, {T, D});
         gpu->swiglu_mlp(test::to_device(*gpu, x), gm, gout);
         const std::vector<float> got = test::to_host_f32(*gpu, gout);
         EXPECT_EQ(count_nan(got), 0) << mode << " T=" << T << " fp8=" << fp8;
         const double err = rel_l2(got.data(), ref.as<float>(), T * D);
-        std::printf("swiglu %s T=%lld fp8=%d: rel L2 vs CPU %.2e\n", mode, static_cast<long long>(T), int(fp8), err);
+        std::printf("swiglu %s T=%lld fp8=%d: rel L2 vs CPU %.2e\n", mode, static_cast<long long>(T),
+                    int(fp8), err);
         EXPECT_LE(err, std::string(mode) == "split" ? 1e-3 : 1e-2) << mode << " T=" << T << " fp8=" << fp8;
       }
     }

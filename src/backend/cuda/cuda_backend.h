@@ -42,6 +42,18 @@ struct PreparedExperts {
   int64_t hidden = 0, inner = 0;
   int32_t block_n = 128, block_k = 128;
   std::vector<const void*> host_table;
+  // Expert e's matrix j (0 gate, 1 up: [inner, hidden]; 2 down: [hidden, inner]) with its scales.
+  WeightRef matrix(int64_t e, int j) const {
+    WeightRef r;
+    r.data = host_table[size_t(e) * 6 + size_t(j)];
+    r.scale = static_cast<const float*>(host_table[size_t(e) * 6 + 3 + size_t(j)]);
+    r.dtype = dtype;
+    r.rows = j < 2 ? inner : hidden;
+    r.cols = j < 2 ? hidden : inner;
+    r.block_n = block_n;
+    r.block_k = block_k;
+    return r;
+  }
 };
 
 }  // namespace cuda

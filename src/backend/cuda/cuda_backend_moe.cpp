@@ -215,15 +215,7 @@ void CudaBackend::moe_expert_gemms_cublas(const TensorView& x, const PreparedExp
       if (prep.dtype != DType::BF16) {
         uint16_t* dst = wtmp.as<uint16_t>() + (int64_t(i) * 3 + j) * D * I;
         uint16_t* lo = wsplit ? wlo.as<uint16_t>() + (int64_t(i) * 3 + j) * D * I : nullptr;
-        cuda::WeightRef r;
-        r.data = wsrc;
-        r.scale = static_cast<const float*>(prep.host_table[size_t(e) * 6 + 3 + size_t(j)]);
-        r.dtype = prep.dtype;
-        r.rows = j < 2 ? I : D;
-        r.cols = j < 2 ? D : I;
-        r.block_n = prep.block_n;
-        r.block_k = prep.block_k;
-        cuda::weight_to_bf16(r, dst, stream_, lo);
+        cuda::weight_to_bf16(prep.matrix(e, j), dst, stream_, lo);
         wsrc = dst;
         if (lo) ptrs[i * kRoles + 10 + size_t(j)] = lo;
       }

@@ -1,11 +1,13 @@
 // The CUDA backend's prefill paths (many tokens per forward):
-//   gemm / gemm_rounded  F32 activations rounded to BF16 (hi + lo in split mode), cuBLAS GEMMs with F32 output.
-//   swiglu_gemm          dense SwiGLU MLP: gate + up in one grouped-GEMM launch with the SwiGLU in its epilogue
+//   gemm / gemm_rounded  F32 activations rounded to BF16 (hi + lo in split mode), cuBLAS GEMMs with F32
+//   output. swiglu_gemm          dense SwiGLU MLP: gate + up in one grouped-GEMM launch with the SwiGLU in
+//   its epilogue
 //                        (h stays BF16, never F32 in memory), down on cuBLAS.
-//   moe_expert_gemms     routed experts: two grouped-GEMM launches per layer (moe_gemm.cu) over moe_plan's work
+//   moe_expert_gemms     routed experts: two grouped-GEMM launches per layer (moe_gemm.cu) over moe_plan's
+//   work
 //                        items: gate + up with the token rows gathered inside the kernel, down with its rows
-//                        scattered back to assignment order. No per-expert launches, and for BF16 experts no host
-//                        synchronisation.
+//                        scattered back to assignment order. No per-expert launches, and for BF16 experts no
+//                        host synchronisation.
 //   mla_attention_prefill MLA in the expanded form (mla_prefill.cu): context latents gathered from the paged
 //                        cache, k_nope / v for every head from one GEMM against kv_b, then flash attention.
 #include <algorithm>
@@ -38,8 +40,8 @@ struct MlaPrefillPlan {
   double expanded_flops = 0.0, absorbed_flops = 0.0;
 };
 
-MlaPrefillPlan plan_mla_prefill(const BatchPlan& plan, int64_t H, int64_t dn, int64_t dr, int64_t dv, int64_t r,
-                                bool with_tiles) {
+MlaPrefillPlan plan_mla_prefill(const BatchPlan& plan, int64_t H, int64_t dn, int64_t dr, int64_t dv,
+                                int64_t r, bool with_tiles) {
   MlaPrefillPlan mp;
   const int64_t T = plan.num_tokens(), S = plan.num_seqs();
   std::vector<std::vector<int32_t>> toks(static_cast<size_t>(S));
@@ -60,8 +62,9 @@ MlaPrefillPlan plan_mla_prefill(const BatchPlan& plan, int64_t H, int64_t dn, in
     mp.max_len = std::max(mp.max_len, len);
     mp.max_new = std::max(mp.max_new, int32_t(tk.size()));
     if (!with_tiles) continue;
-    std::stable_sort(tk.begin(), tk.end(),
-                     [&](int32_t a, int32_t b) { return plan.positions[size_t(a)] < plan.positions[size_t(b)]; });
+    std::stable_sort(tk.begin(), tk.end(), [&](int32_t a, int32_t b) {
+      return plan.positions[size_t(a)] < plan.positions[size_t(b)];
+    });
     for (size_t i = 0; i < tk.size(); i += cuda::kMlaPrefillRows) {
       const size_t n = std::min<size_t>(cuda::kMlaPrefillRows, tk.size() - i);
       mp.tiles.insert(mp.tiles.end(), {mp.offs.back(), int32_t(mp.qlist.size() + i), int32_t(n),
@@ -70,7 +73,8 @@ MlaPrefillPlan plan_mla_prefill(const BatchPlan& plan, int64_t H, int64_t dn, in
     mp.qlist.insert(mp.qlist.end(), tk.begin(), tk.end());
   }
   // Tensor-core work of the two forms (multiply-adds x 2), for the choice between them.
-  mp.expanded_flops = 2.0 * double(mp.rows) * double(H * r * (dn + dv)) + 2.0 * keys * double(H * (dn + dr + dv));
+  mp.expanded_flops =
+      2.0 * double(mp.rows) * double(H * r * (dn + dv)) + 2.0 * keys * double(H * (dn + dr + dv));
   mp.absorbed_flops = 2.0 * double(T) * double(H * r * (dn + dv)) + 2.0 * keys * double(H * (2 * r + dr));
   if (with_tiles) {  // heaviest first, so the long causal tiles do not end up in the last wave
     const size_t n = mp.tiles.size() / 4;
@@ -80,7 +84,8 @@ MlaPrefillPlan plan_mla_prefill(const BatchPlan& plan, int64_t H, int64_t dn, in
                      [&](size_t a, size_t b) { return mp.tiles[4 * a + 3] > mp.tiles[4 * b + 3]; });
     std::vector<int32_t> sorted;
     sorted.reserve(mp.tiles.size());
-    for (size_t i : order) sorted.insert(sorted.end(), mp.tiles.begin() + 4 * i, mp.tiles.begin() + 4 * i + 4);
+    for (size_t i : order)
+      sorted.insert(sorted.end(), mp.tiles.begin() + 4 * i, mp.tiles.begin() + 4 * i + 4);
     mp.tiles.swap(sorted);
   }
   return mp;
@@ -93,7 +98,8 @@ bool CudaBackend::prefill_kernels() {
   return !v || (std::strcmp(v, "0") != 0 && v[0] != 0);
 }
 
-// ---- GEMMs ---------------------------------------------------------------------------------------------------
+// ---- GEMMs
+// ---------------------------------------------------------------------------------------------------
 
 void CudaBackend::gemm(const float* x, const Weight& w, float* out, int64_t T) {
   const int64_t K = w.cols();
@@ -103,7 +109,8 @@ void CudaBackend::gemm(const float* x, const Weight& w, float* out, int64_t T) {
   gemm_rounded(xb.as<const uint16_t>(), bf16_ptr(xl), w, out, T);
 }
 
-void CudaBackend::gemm_rounded(const uint16_t* x_hi, const uint16_t* x_lo, const Weight& w, float* out, int64_t T) {
+void CudaBackend::gemm_rounded(const uint16_t* x_hi, const uint16_t* x_lo, const Weight& w, float* out,
+                               int64_t T) {
   const int64_t N = w.rows(), K = w.cols();
   const uint16_t* wb = static_cast<const uint16_t*>(w.w.data);
   Tensor wtmp, wlo;
@@ -120,7 +127,8 @@ void CudaBackend::gemm_rounded(const uint16_t* x_hi, const uint16_t* x_lo, const
   }
 }
 
-// ---- Dense SwiGLU MLP ------------------------------------------------------------------------------------------
+// ---- Dense SwiGLU MLP
+// ------------------------------------------------------------------------------------------
 
 bool CudaBackend::swiglu_gemm_ok(int64_t T, const MlpWeights& mlp) const {
   return use_gemm(T, mlp.gate) && gemm_ok(mlp.up) && gemm_ok(mlp.down);
@@ -153,7 +161,8 @@ void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const 
     }
     wtmp[j] = scratch(DType::BF16, {I, D});
     if (wsplit) wlo[j] = scratch(DType::BF16, {I, D});
-    cuda::weight_to_bf16(ref(*ws[j]), wtmp[j].as<uint16_t>(), stream_, wsplit ? wlo[j].as<uint16_t>() : nullptr);
+    cuda::weight_to_bf16(ref(*ws[j]), wtmp[j].as<uint16_t>(), stream_,
+                         wsplit ? wlo[j].as<uint16_t>() : nullptr);
     p.wdirect[j] = wtmp[j].data();
     if (wsplit) p.wdirect[3 + j] = wlo[j].data();
   }
@@ -186,11 +195,12 @@ void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const 
   gemm_rounded(hb.as<const uint16_t>(), bf16_ptr(hl), mlp.down, out.as<float>(), T);
 }
 
-// ---- Routed experts ------------------------------------------------------------------------------------------
+// ---- Routed experts
+// ------------------------------------------------------------------------------------------
 
 void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
-                                   const Tensor& items, int64_t n_items, const Tensor& counts, int64_t T, int64_t K,
-                                   const Tensor& y) {
+                                   const Tensor& items, int64_t n_items, const Tensor& counts, int64_t T,
+                                   int64_t K, const Tensor& y) {
   const int64_t D = prep.hidden, I = prep.inner, TK = T * K;
   const int32_t E = int32_t(counts.numel());
   const bool sp = split(), wsplit = sp && prep.dtype != DType::BF16;
@@ -221,8 +231,8 @@ void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& p
   down.y = y.as<float>();
   down.y_rows = perm.as<const int32_t>();
   down.ldy = D;
-  // Segments: (x, W); split: + (x_lo, W); split with dequantised weights: + (x, W_lo). Table slots per expert:
-  // 0 gate, 1 up, 2 down (3, 4, 5: the remainders of dequantised weights).
+  // Segments: (x, W); split: + (x_lo, W); split with dequantised weights: + (x, W_lo). Table slots per
+  // expert: 0 gate, 1 up, 2 down (3, 4, 5: the remainders of dequantised weights).
   up.a[0] = xb.as<const uint16_t>();
   up.bmat[0][0] = 0;
   up.bmat[0][1] = 1;
@@ -251,12 +261,13 @@ void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& p
     return;
   }
 
-  // Other dtypes (FP8): the active experts' weights dequantised to BF16 (+ remainders in split mode), in chunks
-  // of experts whose copies fit a 2 GiB budget, each chunk with its own pointer table.
+  // Other dtypes (FP8): the active experts' weights dequantised to BF16 (+ remainders in split mode), in
+  // chunks of experts whose copies fit a 2 GiB budget, each chunk with its own pointer table.
   std::vector<int32_t> c(static_cast<size_t>(E));
   check(cudaMemcpyAsync(c.data(), counts.data(), size_t(E) * 4, cudaMemcpyDeviceToHost, stream_), "counts");
   synchronize();
-  const int64_t mat = I * D, per_expert = 3 * mat * (wsplit ? 2 : 1), budget = int64_t(1) << 30;  // BF16 elements
+  const int64_t mat = I * D, per_expert = 3 * mat * (wsplit ? 2 : 1),
+                budget = int64_t(1) << 30;  // BF16 elements
   for (int32_t eb = 0; eb < E;) {
     int32_t ee = eb;
     int64_t active = 0;
@@ -275,17 +286,9 @@ void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& p
       if (c[size_t(e)] == 0) continue;
       uint16_t* base = wbuf.as<uint16_t>() + slot++ * per_expert;
       for (int j = 0; j < 3; ++j) {
-        cuda::WeightRef r;
-        r.data = prep.host_table[size_t(e) * 6 + size_t(j)];
-        r.scale = static_cast<const float*>(prep.host_table[size_t(e) * 6 + 3 + size_t(j)]);
-        r.dtype = prep.dtype;
-        r.rows = j < 2 ? I : D;
-        r.cols = j < 2 ? D : I;
-        r.block_n = prep.block_n;
-        r.block_k = prep.block_k;
         uint16_t* hi = base + j * mat;
         uint16_t* lo = wsplit ? base + (3 + j) * mat : nullptr;
-        cuda::weight_to_bf16(r, hi, stream_, lo);
+        cuda::weight_to_bf16(prep.matrix(e, j), hi, stream_, lo);
         table[size_t(e - eb) * 6 + size_t(j)] = hi;
         if (lo) table[size_t(e - eb) * 6 + 3 + size_t(j)] = lo;
       }
@@ -301,13 +304,15 @@ void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& p
   }
 }
 
-// ---- MLA, expanded form ----------------------------------------------------------------------------------------
+// ---- MLA, expanded form
+// ----------------------------------------------------------------------------------------
 
 bool CudaBackend::mla_prefill_wanted(const TensorView& q, const TensorView& cache, int64_t dn, int64_t dv,
                                      const DeviceBatch& batch) const {
   const int64_t T = q.rows(), H = q.shape[1], dr = q.shape[2] - dn;
   const int64_t W = cache.shape[cache.shape.rank - 1], r = W - dr;
-  const char* env = std::getenv("MOE_CUDA_MLA_PREFILL");  // minimum new tokens, 0 = off, "always" = no cost test
+  const char* env =
+      std::getenv("MOE_CUDA_MLA_PREFILL");  // minimum new tokens, 0 = off, "always" = no cost test
   const bool always = env && std::strcmp(env, "always") == 0;
   const int64_t min_tokens = always ? 1 : env ? std::atoll(env) : prefill_kernels() ? 64 : 0;
   if (min_tokens <= 0 || T < min_tokens || !batch.plan) return false;
@@ -317,13 +322,14 @@ bool CudaBackend::mla_prefill_wanted(const TensorView& q, const TensorView& cach
   check(cudaStreamIsCapturing(stream_, &capturing), "cudaStreamIsCapturing");
   if (capturing != cudaStreamCaptureStatusNone) return false;
   const MlaPrefillPlan mp = plan_mla_prefill(*batch.plan, H, dn, dr, dv, r, false);
-  if (mp.max_new < min_tokens) return false;                          // no prefill chunk of that many tokens
+  if (mp.max_new < min_tokens) return false;                           // no prefill chunk of that many tokens
   if (mp.rows * H * (dn + dv) * 2 > (int64_t(4) << 30)) return false;  // the expanded k/v would exceed 4 GiB
   return always || mp.expanded_flops < mp.absorbed_flops;
 }
 
-void CudaBackend::mla_attention_prefill(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
-                                        int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out) {
+void CudaBackend::mla_attention_prefill(const TensorView& q, const Weight& kv_b, const TensorView& cache,
+                                        int64_t dn, int64_t dv, float scale, const DeviceBatch& batch,
+                                        const TensorView& out) {
   const BatchPlan& plan = *batch.plan;
   const int64_t T = q.rows(), H = q.shape[1], dr = q.shape[2] - dn;
   const int64_t W = cache.shape[cache.shape.rank - 1], r = W - dr, N = H * (dn + dv);
@@ -338,7 +344,8 @@ void CudaBackend::mla_attention_prefill(const TensorView& q, const Weight& kv_b,
   // One upload: seqs, lens, offs [S], tiles [ntiles, 4], qlist [T].
   std::vector<int32_t> meta;
   meta.reserve(size_t(3 * S) + mp.tiles.size() + mp.qlist.size());
-  for (const auto* v : {&mp.seqs, &mp.lens, &mp.offs, &mp.tiles, &mp.qlist}) meta.insert(meta.end(), v->begin(), v->end());
+  for (const auto* v : {&mp.seqs, &mp.lens, &mp.offs, &mp.tiles, &mp.qlist})
+    meta.insert(meta.end(), v->begin(), v->end());
   Tensor dmeta = scratch(DType::I32, {int64_t(meta.size())});
   copy_from_host(meta.data(), dmeta);
   const int32_t* d = dmeta.as<const int32_t>();
