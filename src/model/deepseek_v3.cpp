@@ -60,7 +60,7 @@ DeepseekV3::DeepseekV3(const std::string& model_dir, Backend& backend, Options o
       attn_scale_(attention_scale(config_)),
       routing_(routing_params(config_)) {}
 
-Tensor DeepseekV3::upload_tokens(const std::vector<SequenceChunk>& chunks) {
+std::vector<int32_t> DeepseekV3::token_ids(const std::vector<SequenceChunk>& chunks) const {
   std::vector<int32_t> ids;
   for (const auto& c : chunks) {
     for (int32_t t : c.tokens) {
@@ -69,6 +69,11 @@ Tensor DeepseekV3::upload_tokens(const std::vector<SequenceChunk>& chunks) {
       ids.push_back(t);
     }
   }
+  return ids;
+}
+
+Tensor DeepseekV3::upload_tokens(const std::vector<SequenceChunk>& chunks) {
+  const std::vector<int32_t> ids = token_ids(chunks);
   Tensor out = backend_.alloc_uninitialized(DType::I32, Shape{int64_t(ids.size())});
   backend_.copy_from_host(ids.data(), out);
   return out;

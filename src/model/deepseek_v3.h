@@ -78,6 +78,8 @@ class DeepseekV3 {
   void attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
                  const DeviceBatch& batch, const TensorView& out);
   void moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out);
+  std::vector<int32_t> token_ids(
+      const std::vector<SequenceChunk>& chunks) const;  // checked against the vocab
   Tensor upload_tokens(const std::vector<SequenceChunk>& chunks);
   ForwardOutput head(const std::vector<SequenceChunk>& chunks, const Tensor& hidden, const Tensor& pending,
                      const Weight& norm, const Weight& lm_head);

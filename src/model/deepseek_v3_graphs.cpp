@@ -9,7 +9,6 @@
 // power-of-two width (the key), and the backend sizes MLA's sequence splits from that capacity, not from
 // the current lengths; every decode step gets that padding, captured or not, so an eager step runs exactly
 // the kernels a replay does. A key is captured the second time it is seen, so one-off shapes run eagerly.
-#include "core/error.h"
 #include "model/deepseek_v3.h"
 
 namespace moe {
@@ -93,14 +92,7 @@ ForwardOutput DeepseekV3::forward_graphed(const std::vector<SequenceChunk>& chun
   } else {
     g->plan = std::move(plan);
     backend_.update_batch(g->plan, g->batch);
-    std::vector<int32_t> ids;
-    for (const auto& c : chunks) {
-      const int32_t t = c.tokens[0];
-      if (t < 0 || t >= config_.vocab_size)
-        fail("token id {} is outside the vocabulary (vocab_size {})", t, config_.vocab_size);
-      ids.push_back(t);
-    }
-    backend_.copy_from_host(ids.data(), g->ids);
+    backend_.copy_from_host(token_ids(chunks).data(), g->ids);
   }
   backend_.replay(*g->work);
   ++graph_stats_.replays;

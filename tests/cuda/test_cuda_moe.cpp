@@ -17,7 +17,7 @@ class CudaMoe : public test::GpuVsCpu {};
 
 TEST_F(CudaMoe, RoutingV3AndV2) {
   const int64_t E = 256;
-  // 200 tokens: the routing kernel alone; <= 8 tokens: routing and the experts' plan in one launch.
+  // A prefill-sized batch and decode-sized ones (a block of 4 tokens, partly filled).
   for (int64_t T : {200, 1, 5, 8})
     for (int variant = 0; variant < 3; ++variant) {
       RoutingParams p;
@@ -81,10 +81,9 @@ TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
   }
 }
 
-// Decode-sized batches: moe_route plans the routed experts in its own launch and the next moe_experts on the
-// same ids uses that plan (with the shared experts' output added through `plus`); ids rewritten in between
-// (copy_from_host) must drop the plan.
-TEST_F(CudaMoe, RouteThenExpertsWithTheRoutingLaunchPlan) {
+// Decode-sized batches as the model runs them: moe_route on the GPU, then moe_experts on its ids (with the
+// shared experts' output added through `plus`), and again with the ids rewritten in between (copy_from_host).
+TEST_F(CudaMoe, RouteThenExpertsOnTheRoutedIds) {
   const int64_t E = 16, D = 1024, I = 512, K = 6;
   RoutingParams p;
   p.num_experts = int32_t(E);

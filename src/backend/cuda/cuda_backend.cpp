@@ -93,7 +93,6 @@ Tensor CudaBackend::alloc(DType dtype, Shape shape) {
 }
 
 void CudaBackend::copy_from_host(const void* src, const TensorView& dst) {
-  drop_routed_plan(dst);
   if (dst.nbytes())
     check(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, stream_), "copy_from_host");
 }
@@ -106,7 +105,6 @@ void CudaBackend::copy_to_host(const TensorView& src, void* dst) {
 
 void CudaBackend::copy(const TensorView& src, const TensorView& dst) {
   MOE_CHECK(src.nbytes() == dst.nbytes(), "copy: {} bytes into {}", src.nbytes(), dst.nbytes());
-  drop_routed_plan(dst);
   if (src.nbytes())
     check(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream_), "copy");
 }
@@ -118,29 +116,28 @@ Weight CudaBackend::upload_weight(const Weight& host) {
   return w;
 }
 
+// The plan's five arrays in one device block (in the order of DeviceBatch's views), filled by update_batch.
 DeviceBatch CudaBackend::upload_batch(const BatchPlan& plan) {
   DeviceBatch b;
   b.plan = &plan;
-  const std::vector<int32_t>* parts[5] = {&plan.positions, &plan.token_seq, &plan.slots, &plan.seq_lens,
-                                          &plan.block_table};
-  std::vector<int32_t> packed;
-  for (const auto* p : parts) packed.insert(packed.end(), p->begin(), p->end());
-  Tensor all = scratch(DType::I32, Shape{std::max<int64_t>(int64_t(packed.size()), 1)});
-  if (!packed.empty())
-    check(cudaMemcpyAsync(all.data(), packed.data(), packed.size() * 4, cudaMemcpyHostToDevice, stream_),
-          "upload_batch");
+  const int64_t sizes[5] = {int64_t(plan.positions.size()), int64_t(plan.token_seq.size()),
+                            int64_t(plan.slots.size()), int64_t(plan.seq_lens.size()),
+                            int64_t(plan.block_table.size())};
+  Tensor all =
+      scratch(DType::I32, Shape{std::max<int64_t>(sizes[0] + sizes[1] + sizes[2] + sizes[3] + sizes[4], 1)});
   TensorView* views[5] = {&b.positions, &b.token_seq, &b.slots, &b.seq_lens, &b.block_table};
   int64_t off = 0;
   for (int i = 0; i < 5; ++i) {
     TensorView v;
     v.data = all.as<int32_t>() + off;
     v.dtype = DType::I32;
-    v.shape = Shape{int64_t(parts[i]->size())};
+    v.shape = Shape{sizes[i]};
     v.device = Device::Cuda;
     *views[i] = v;
-    off += int64_t(parts[i]->size());
+    off += sizes[i];
   }
   b.storage.push_back(all);
+  update_batch(plan, b);
   return b;
 }
 

@@ -211,20 +211,6 @@ class CudaBackend final : public Backend {
   void mla_attention_prefill(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
                              int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out);
 
-  // The routed experts' plan that moe_route made along with the routing for a small batch (T <= 8), for the
-  // next moe_experts on the same expert ids; copy_from_host/copy into those ids drop it.
-  struct RoutedPlan {
-    const void* ids = nullptr;
-    int64_t TK = 0, max_items = 0;
-    int32_t E = 0, tile = 0;
-    Tensor perm, items, counts;
-  };
-  RoutedPlan routed_plan_;
-  void drop_routed_plan(const TensorView& written) {
-    const auto* a = static_cast<const char*>(written.data);
-    const auto* ids = static_cast<const char*>(routed_plan_.ids);
-    if (ids && a < ids + routed_plan_.TK * 4 && ids < a + written.nbytes()) routed_plan_ = RoutedPlan{};
-  }
   // The grouped GEMV's tile for TK assignments of T tokens over E experts (cuda_backend_moe.cpp).
   static int grouped_gemv_tile(int64_t T, int64_t TK, int32_t E);
 

@@ -56,29 +56,10 @@ void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, co
                       params.norm_topk_prob,
                       params.routed_scaling_factor};
   const int64_t T = logits.rows(), TK = T * params.top_k;
-  const int32_t E = params.num_experts;
   MOE_CHECK(expert_ids.numel() == TK && expert_weights.numel() == TK,
             "moe_route: outputs of {} and {} for {} x {}", expert_ids.shape.str(), expert_weights.shape.str(),
             T, params.top_k);
   const float* b = bias.data ? bias.as<const float>() : nullptr;
-  routed_plan_ = RoutedPlan{};
-  if (T > 0 && T <= cuda::kGemvMaxTile && E <= 1024 && params.top_k <= 32 && params.n_group <= 32) {
-    // Decode-sized batch: the grouped GEMV's plan in the same launch (used by the next moe_experts).
-    RoutedPlan rp;
-    rp.ids = expert_ids.data;
-    rp.TK = TK;
-    rp.E = E;
-    rp.tile = grouped_gemv_tile(T, TK, E);
-    rp.max_items = std::min<int64_t>(E, TK) + (TK + rp.tile - 1) / rp.tile;
-    rp.perm = scratch(DType::I32, {TK});
-    rp.items = scratch(DType::I32, {rp.max_items, 3});
-    rp.counts = scratch(DType::I32, {E});
-    cuda::moe_route_and_plan(logits.as<const float>(), b, p, T, expert_ids.as<int32_t>(),
-                             expert_weights.as<float>(), rp.tile, int32_t(rp.max_items),
-                             rp.perm.as<int32_t>(), rp.items.as<int32_t>(), rp.counts.as<int32_t>(), stream_);
-    routed_plan_ = std::move(rp);
-    return;
-  }
   cuda::moe_route(logits.as<const float>(), b, p, T, expert_ids.as<int32_t>(), expert_weights.as<float>(),
                   stream_);
 }
@@ -116,21 +97,10 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   const int gemv_tile = grouped_gemv_tile(T, TK, E);
   const int tile = !grouped_gemm ? gemv_tile : cublas_experts ? 1 << 20 : cuda::kGroupedRows;
   const int64_t max_items = cublas_experts ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
-  Tensor perm, items, counts;
-  const RoutedPlan& rp = routed_plan_;
-  if (!grouped_gemm && rp.ids == expert_ids.data && rp.TK == TK && rp.E == E && rp.tile == tile &&
-      rp.max_items == max_items) {  // planned by moe_route in the routing launch
-    perm = rp.perm;
-    items = rp.items;
-    counts = rp.counts;
-  } else {
-    perm = scratch(DType::I32, {TK});
-    items = scratch(DType::I32, {max_items, 3});
-    counts = scratch(DType::I32, {E});
-    cuda::moe_plan(expert_ids.as<const int32_t>(), TK, E, std::min(tile, 1 << 30), int32_t(max_items),
-                   perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
-  }
-  routed_plan_ = RoutedPlan{};
+  Tensor perm = scratch(DType::I32, {TK}), items = scratch(DType::I32, {max_items, 3}),
+         counts = scratch(DType::I32, {E});
+  cuda::moe_plan(expert_ids.as<const int32_t>(), TK, E, std::min(tile, 1 << 30), int32_t(max_items),
+                 perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
   Tensor y = scratch(DType::F32, {TK, D});
   if (cublas_experts) {
     moe_expert_gemms_cublas(x, *prep, perm, counts, T, K, y);

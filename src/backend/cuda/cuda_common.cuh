@@ -51,6 +51,18 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The sum of v over a block of at most 256 threads (a multiple of 32), for every thread: warp sums, then the
+// warps' partial sums in warp order. Once per kernel (its shared partials are not fenced for a second call).
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[8];
+  v = warp_sum(v);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int i = 0; i < int(blockDim.x / 32); ++i) total += partial[i];
+  return total;
+}
+
 inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 
 // Programmatic dependent launch (PDL). A kernel started with launch() may begin while the kernel before it

@@ -154,10 +154,6 @@ struct RouteParams {
   bool sigmoid, noaux, greedy, norm_topk_prob;
   float routed_scaling_factor;
 };
-// Small batches (T <= 8): routing and moe_plan's work (below) in one launch.
-void moe_route_and_plan(const float* logits, const float* bias, const RouteParams& p, int64_t T, int32_t* ids,
-                        float* weights, int32_t tile, int32_t max_items, int32_t* perm, int32_t* items,
-                        int32_t* counts, cudaStream_t s);
 void moe_route(const float* logits, const float* bias, const RouteParams& p, int64_t T, int32_t* ids, float* weights,
                cudaStream_t s);
 

@@ -286,19 +286,22 @@ void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
   q.prefetch = g_pdl;
   // Blocks along x at rows_per_block weight rows each; a second matrix (dense only) takes the blocks after
   // the first one's.
-  const bool two = p.second.N > 0;
-  auto blocks = [&](int64_t rows_per_block) {
-    const unsigned first = unsigned((p.N + rows_per_block - 1) / rows_per_block);
-    q.second.first_block = two ? first : 0u;
-    return first + (two ? unsigned((p.second.N + rows_per_block - 1) / rows_per_block) : 0u);
+  const auto blocks_of = [](int64_t rows, int64_t rows_per_block) {
+    return unsigned((rows + rows_per_block - 1) / rows_per_block);
+  };
+  const auto grid_x = [&](int64_t rows_per_block) {
+    return blocks_of(p.N, rows_per_block) + blocks_of(p.second.N, rows_per_block);
   };
   constexpr int64_t kSmallGrid = 264;  // 2 blocks per SM of an H100 (132 SMs)
-  if (tile == 1) {
-    // Single token (batch-1 decode), 8 chunks deep (a 2048-wide BF16 row is one round of 16-byte loads per
-    // lane). One weight row per warp for SwiGLU (gate and up: two rows already) and for dense GEMVs that two
-    // rows per warp would leave with fewer than 2 blocks per SM; two rows per warp otherwise.
-    const bool one_row = p.swiglu || (!p.items && int64_t(blocks(kRowsPerBlock)) * p.grid_y < kSmallGrid);
-    const dim3 grid(blocks(one_row ? kWarps : kRowsPerBlock), unsigned(p.grid_y), 1);
+  // Single token (batch-1 decode): one weight row per warp for SwiGLU (gate and up: two rows already) and for
+  // dense GEMVs that two rows per warp would leave with fewer than 2 blocks per SM; two rows per warp
+  // otherwise.
+  const bool one_row =
+      tile == 1 && (p.swiglu || (!p.items && int64_t(grid_x(kRowsPerBlock)) * p.grid_y < kSmallGrid));
+  const int64_t rows_per_block = one_row ? kWarps : kRowsPerBlock;
+  q.second.first_block = p.second.N > 0 ? blocks_of(p.N, rows_per_block) : 0u;
+  if (tile == 1) {  // 8 chunks deep: a 2048-wide BF16 row is one round of 16-byte loads per lane
+    const dim3 grid(grid_x(rows_per_block), unsigned(p.grid_y), 1);
     if (p.swiglu)
       launch("gemv", gemv_kernel<WT, 1, true, 1, 8>, grid, 256, 0, s, q);
     else if (one_row)
@@ -310,7 +313,7 @@ void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
   // Several tokens: 4 chunks deep, 2 for FP8 (16 values per chunk, so twice the unpacked weights per chunk
   // in registers: deeper, the 8-token kernel spills).
   constexpr int kTiledUnroll = WT == DType::F8_E4M3 ? 2 : 4;
-  const unsigned gx = blocks(kRowsPerBlock);
+  const unsigned gx = grid_x(kRowsPerBlock);
   unsigned gz = 1;
   if (!p.items)
     gz = unsigned(

@@ -21,17 +21,12 @@ __device__ __forceinline__ void write_cache_row(int64_t t, const float* kv_a, co
                                                 float eps, const double* inv_freq, double attn_factor,
                                                 const int32_t* positions, const int32_t* slots, int64_t r,
                                                 int64_t dr, uint16_t* cache) {
-  __shared__ float partial[8];
   const int64_t width = r + dr;
   const float* src = kv_a + t * width;
   uint16_t* dst = cache + int64_t(slots[t]) * width;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < r; i += blockDim.x) ss += src[i] * src[i];
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
-  __syncthreads();
-  float total = 0.0f;
-  for (int i = 0; i < int(blockDim.x / 32); ++i) total += partial[i];
+  const float total = block_sum(ss);
   const float inv = rsqrtf(total / float(r) + eps);
   for (int64_t i = threadIdx.x; i < r; i += blockDim.x)
     dst[i] = float_to_bf16_bits(load_element(norm_w.data, norm_w.dtype, i) * (src[i] * inv));

@@ -2,20 +2,61 @@
 // a counting sort of the T*k (token, slot) assignments by expert gives `perm` (expert-contiguous assignment
 // indices) and work items (expert, begin, count <= tile) for the grouped GEMV/GEMM; then the combine that
 // adds each token's k expert outputs with their routing weights in slot order (deterministic).
-#include "backend/cuda/moe_plan.cuh"
+#include "backend/cuda/cuda_common.cuh"
 
 namespace moe::cuda {
 
 namespace {
 
-// One block (E <= 1024); the algorithm is in moe_plan.cuh.
+// One block. counts, offsets and cursors in shared memory (E <= 1024).
 __global__ void __launch_bounds__(1024)
     plan_kernel(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t max_items, int32_t* perm,
                 int32_t* items, int32_t* counts_out) {
   extern __shared__ int32_t sh[];
+  int32_t* counts = sh;
+  int32_t* offsets = sh + E;
+  int32_t* cursor = sh + 2 * E;
+  int32_t* item_off = sh + 3 * E;
+  __shared__ int32_t total_items;
   pdl_trigger();
   pdl_wait();
-  plan_block(ids, TK, E, tile, max_items, perm, items, counts_out, sh);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) counts[e] = cursor[e] = 0;
+  __syncthreads();
+  for (int64_t a = threadIdx.x; a < TK; a += blockDim.x) {
+    const int e = ids[a];
+    if (e >= 0 && e < E) atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t off = 0, it = 0;
+    for (int e = 0; e < E; ++e) {
+      offsets[e] = off;
+      item_off[e] = it;
+      off += counts[e];
+      it += (counts[e] + tile - 1) / tile;
+    }
+    total_items = it;
+  }
+  __syncthreads();
+  for (int64_t a = threadIdx.x; a < TK; a += blockDim.x) {
+    const int e = ids[a];
+    if (e >= 0 && e < E) perm[offsets[e] + atomicAdd(&cursor[e], 1)] = int32_t(a);
+  }
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    if (counts_out) counts_out[e] = counts[e];
+    const int n = (counts[e] + tile - 1) / tile;
+    for (int c = 0; c < n && item_off[e] + c < max_items; ++c) {
+      int32_t* item = items + 3 * (item_off[e] + c);
+      item[0] = e;
+      item[1] = offsets[e] + c * tile;
+      item[2] = min(tile, counts[e] - c * tile);
+    }
+  }
+  for (int i = total_items + threadIdx.x; i < max_items; i += blockDim.x) {
+    items[3 * i] = 0;
+    items[3 * i + 1] = 0;
+    items[3 * i + 2] = 0;
+  }
 }
 
 __global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_t D, const float* plus,
@@ -92,8 +133,8 @@ unsigned col_blocks(int64_t D) { return unsigned(std::min<int64_t>((D + 255) / 2
 void moe_plan(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t max_items, int32_t* perm,
               int32_t* items, int32_t* counts, cudaStream_t s) {
   if (E > 1024) check(cudaErrorInvalidValue, "moe_plan: more than 1024 experts");
-  launch("moe_plan", plan_kernel, 1, 1024, plan_smem_bytes(E), s, ids, TK, E, tile, max_items, perm, items,
-         counts);
+  launch("moe_plan", plan_kernel, 1, 1024, size_t(4 * E) * sizeof(int32_t), s, ids, TK, E, tile, max_items,
+         perm, items, counts);
 }
 
 void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, const float* plus,

@@ -5,14 +5,13 @@
 //   s. w = s[chosen], normalised to sum 1 when norm_topk_prob, times routed_scaling_factor.
 // Each top-k is k rounds of a warp-wide argmax (ties to the lower index, as on the CPU); the scores of the
 // token's experts live in shared memory.
-#include "backend/cuda/moe_plan.cuh"
+#include "backend/cuda/cuda_common.cuh"
 
 namespace moe::cuda {
 
 namespace {
 
 constexpr int kTokensPerBlock = 4;
-constexpr int kMaxRoutePlanTokens = 8;  // route_plan_kernel: one warp per token
 
 // Warp-wide argmax of (v, i): larger v, ties to the smaller i.
 __device__ __forceinline__ void warp_argmax(float& v, int& i) {
@@ -27,10 +26,16 @@ __device__ __forceinline__ void warp_argmax(float& v, int& i) {
   }
 }
 
-// Warp-wide: routes token t (scores in s: 2 * E floats of shared memory).
-__device__ __forceinline__ void route_token(const float* logits, const float* bias, const RouteParams& p,
-                                            int64_t t, int32_t* ids, float* weights, float* s) {
-  const int lane = threadIdx.x % 32, E = p.num_experts;
+__global__ void __launch_bounds__(32 * kTokensPerBlock)
+    route_kernel(const float* logits, const float* bias, RouteParams p, int64_t T, int32_t* ids,
+                 float* weights) {
+  extern __shared__ float sm[];
+  pdl_trigger();
+  pdl_wait();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, E = p.num_experts;
+  const int64_t t = int64_t(blockIdx.x) * kTokensPerBlock + warp;
+  if (t >= T) return;
+  float* s = sm + warp * 2 * E;
   float* choice = s + E;
   const float* l = logits + t * E;
   if (p.sigmoid) {
@@ -112,33 +117,6 @@ __device__ __forceinline__ void route_token(const float* logits, const float* bi
   }
 }
 
-__global__ void __launch_bounds__(32 * kTokensPerBlock)
-    route_kernel(const float* logits, const float* bias, RouteParams p, int64_t T, int32_t* ids,
-                 float* weights) {
-  extern __shared__ float sm[];
-  pdl_trigger();
-  pdl_wait();
-  const int warp = threadIdx.x / 32;
-  const int64_t t = int64_t(blockIdx.x) * kTokensPerBlock + warp;
-  if (t < T) route_token(logits, bias, p, t, ids, weights, sm + warp * 2 * p.num_experts);
-}
-
-// Small batches: one block, a warp per token routes, then the whole block plans the routed experts' work
-// (moe_plan.cuh) from the ids it just wrote: one launch and one dependency fewer per MoE layer.
-__global__ void __launch_bounds__(32 * kMaxRoutePlanTokens)
-    route_plan_kernel(const float* logits, const float* bias, RouteParams p, int64_t T, int32_t* ids,
-                      float* weights, int32_t tile, int32_t max_items, int32_t* perm, int32_t* items,
-                      int32_t* counts) {
-  extern __shared__ float sm[];
-  pdl_trigger();
-  pdl_wait();
-  const int warp = threadIdx.x / 32, E = p.num_experts;
-  if (warp < T) route_token(logits, bias, p, warp, ids, weights, sm + warp * 2 * E);
-  __syncthreads();  // the ids, written to global memory by this block, are visible to it after the barrier
-  plan_block(ids, T * p.top_k, E, tile, max_items, perm, items, counts,
-             reinterpret_cast<int32_t*>(sm + int64_t(T) * 2 * E));
-}
-
 }  // namespace
 
 void moe_route(const float* logits, const float* bias, const RouteParams& p, int64_t T, int32_t* ids,
@@ -149,17 +127,6 @@ void moe_route(const float* logits, const float* bias, const RouteParams& p, int
   const size_t smem = size_t(kTokensPerBlock) * 2 * size_t(p.num_experts) * sizeof(float);
   launch("moe_route", route_kernel, unsigned((T + kTokensPerBlock - 1) / kTokensPerBlock),
          32 * kTokensPerBlock, smem, s, logits, bias, p, T, ids, weights);
-}
-
-void moe_route_and_plan(const float* logits, const float* bias, const RouteParams& p, int64_t T, int32_t* ids,
-                        float* weights, int32_t tile, int32_t max_items, int32_t* perm, int32_t* items,
-                        int32_t* counts, cudaStream_t s) {
-  if (T == 0) return;
-  if (T > kMaxRoutePlanTokens || p.top_k > 32 || p.n_group > 32 || p.num_experts > 1024)
-    check(cudaErrorInvalidValue, "moe_route_and_plan: more than 8 tokens, top_k/n_group > 32 or E > 1024");
-  const size_t smem = size_t(T) * 2 * size_t(p.num_experts) * sizeof(float) + plan_smem_bytes(p.num_experts);
-  launch("moe_route_and_plan", route_plan_kernel, 1, unsigned(32 * T), smem, s, logits, bias, p, T, ids,
-         weights, tile, max_items, perm, items, counts);
 }
 
 }  // namespace moe::cuda

@@ -15,18 +15,13 @@ constexpr int kThreads = 256;
 
 __global__ void __launch_bounds__(kThreads)
     rms_norm_kernel(const float* x, WeightRef w, float eps, int64_t D, float* out) {
-  __shared__ float partial[8];
   pdl_trigger();
   pdl_wait();
   const float* xt = x + blockIdx.x * D;
   float* ot = out + blockIdx.x * D;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss += xt[i] * xt[i];
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
-  __syncthreads();
-  float total = 0.0f;
-  for (int i = 0; i < int(blockDim.x / 32); ++i) total += partial[i];
+  const float total = block_sum(ss);
   const float inv = rsqrtf(total / float(D) + eps);
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
     ot[i] = load_element(w.data, w.dtype, i) * (xt[i] * inv);
@@ -37,7 +32,6 @@ template <int V, bool RESID>
 __global__ void __launch_bounds__(kThreads)
     rms_norm_vec_kernel(const float* x, float* h, const float* y, WeightRef w, float eps, int64_t D,
                         float* out) {
-  __shared__ float partial[kThreads / 32];
   pdl_trigger();
   pdl_wait();
   const int64_t D4 = D / 4, row = blockIdx.x;
@@ -69,12 +63,7 @@ __global__ void __launch_bounds__(kThreads)
       ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
     }
   }
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
-  __syncthreads();
-  float total = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
+  const float total = block_sum(ss);
   const float inv = rsqrtf(total / float(D) + eps);
   float4* orow = reinterpret_cast<float4*>(out + row * D);
 #pragma unroll
