@@ -31,6 +31,7 @@
 // wgmma.wait_group 1 after issuing block g - 1); issue block g's 4 wgmma (k = 16 each) and keep one group in
 // flight.
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/tensor_core.cuh"
 
 namespace moe::cuda {
 
@@ -40,16 +41,6 @@ constexpr int kBM = kGroupedRows, kBN = 256, kBK = 64, kStages = 4, kThreads = 2
 constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2, kStageBytes = kABytes + kBBytes;
 constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 1024;  // + alignment to 1024
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
@@ -114,7 +105,7 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 template <bool kSwiglu>
 __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(const GroupedGemmParams p) {
   extern __shared__ uint8_t smem_raw[];
-  const uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
   int32_t e = 0, begin = int32_t(blockIdx.y) * kBM, count = min(kBM, p.M - begin);
   if (p.items) {
     e = p.items[3 * blockIdx.y];
