@@ -2,22 +2,180 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <limits>
 
 namespace moe {
 
-int32_t argmax(std::span<const float> logits) {
-  int32_t best = 0;
-  for (size_t i = 1; i < logits.size(); ++i)
-    if (logits[i] > logits[size_t(best)]) best = int32_t(i);
-  return best;
+namespace {
+
+// A sampling candidate: its id, logit and weight exp((logit - max) / temperature).
+struct Entry {
+  int32_t id;
+  float logit;
+  double weight;
+};
+
+// Higher logit first, ties to the lower id: the order top-k and top-p count in.
+bool higher(const Entry& a, const Entry& b) {
+  return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+}
+
+// Smallest m >= 1 such that the m highest of e[b, end) weigh at least `target`; moves them to e[b, b + m).
+// A weighted quickselect: each round partitions the undecided range at its middle (nth_element) and keeps the
+// half the boundary lies in, so the whole costs O(n) rather than a sort's O(n log n).
+size_t quickselect_nucleus(std::vector<Entry>& e, size_t b, size_t end, double target) {
+  size_t lo = b, hi = end;  // boundary in (lo, hi]; e[b, lo) are the highest and weigh `acc` < target
+  double acc = 0.0;
+  while (hi - lo > 1) {
+    const size_t mid = lo + (hi - lo) / 2;
+    std::nth_element(e.begin() + std::ptrdiff_t(lo), e.begin() + std::ptrdiff_t(mid),
+                     e.begin() + std::ptrdiff_t(hi), higher);
+    double s = acc;
+    for (size_t i = lo; i < mid; ++i) s += e[i].weight;
+    if (s >= target) {
+      hi = mid;
+    } else {
+      acc = s;
+      lo = mid;
+    }
+  }
+  return hi - b;
+}
+
+// Top-p: the smallest m >= 1 such that the m highest entries weigh at least `target`; moves them to the
+// front. Entries are first binned by x = (max - logit) / temperature (weight = e^-x) in bins of 1/64, which
+// orders bins as the logits (rounding is monotone); whole bins above the boundary are in, the ones below out,
+// and only the boundary bin is ordered exactly. One pass instead of log2(n) partitions of a vocabulary.
+size_t nucleus(std::vector<Entry>& e, double target, float mx, float temperature) {
+  constexpr int kPerUnit = 64, kBins = 64 * kPerUnit;  // x past 64 (weight < 1.6e-28) shares the last bin
+  const auto bin = [&](const Entry& c) {
+    const float x = (mx - c.logit) / temperature * float(kPerUnit);
+    return x < float(kBins - 1) ? int(x) : kBins - 1;
+  };
+  std::vector<double> weight(kBins, 0.0);
+  for (const auto& c : e) weight[size_t(bin(c))] += c.weight;
+  double before = 0.0;
+  int boundary = 0;
+  while (boundary < kBins && before + weight[size_t(boundary)] < target) before += weight[size_t(boundary++)];
+  if (boundary == kBins) return e.size();  // rounding kept the total just under target: all of them
+  const auto above = std::partition(e.begin(), e.end(), [&](const Entry& c) { return bin(c) < boundary; });
+  const auto at = std::partition(above, e.end(), [&](const Entry& c) { return bin(c) == boundary; });
+  const size_t first = size_t(above - e.begin());
+  return first + quickselect_nucleus(e, first, size_t(at - e.begin()), target - before);
+}
+
+// The candidates of sampling_candidates() (see sampler.h), as entries in `e`.
+void select_candidates(std::span<const float> logits, const SamplingParams& p, std::vector<Entry>& e) {
+  e.clear();
+  const int32_t best = argmax(logits);
+  const float mx = logits.empty() ? 0.0f : logits[size_t(best)];
+  if (logits.empty() || p.temperature <= 0.0f || !(mx > -std::numeric_limits<float>::infinity())) {
+    e.push_back({best, mx, 1.0});  // greedy, or no finite logit to weigh
+    return;
+  }
+  // -inf (masked) and NaN logits can never be drawn.
+  const float none = -std::numeric_limits<float>::infinity();
+  if (p.top_k > 0 && size_t(p.top_k) < logits.size()) {
+    // The top k in one pass: a min-heap (lowest of the k at the front) that a logit enters only when higher
+    // than its front, which after the first few thousand logits is rare; ids come in ascending order, so an
+    // equal logit never displaces an earlier one.
+    const auto lower = [](const Entry& a, const Entry& b) { return higher(a, b); };
+    for (size_t i = 0; i < logits.size(); ++i) {
+      const float l = logits[i];
+      if (!(l > none)) continue;
+      if (e.size() < size_t(p.top_k)) {
+        e.push_back({int32_t(i), l, 0.0});
+        std::push_heap(e.begin(), e.end(), lower);
+      } else if (l > e.front().logit) {
+        std::pop_heap(e.begin(), e.end(), lower);
+        e.back() = {int32_t(i), l, 0.0};
+        std::push_heap(e.begin(), e.end(), lower);
+      }
+    }
+  } else {
+    e.reserve(logits.size());
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (logits[i] > none) e.push_back({int32_t(i), logits[i], 0.0});
+  }
+  double total = 0.0;
+  for (auto& c : e) total += (c.weight = std::exp(double(c.logit - mx) / p.temperature));
+  if (p.min_p > 0.0f) {  // the largest weight is exp(0) = 1, so min_p of it is min_p itself
+    const double floor = std::min(double(p.min_p), 1.0);
+    std::erase_if(e, [&](const Entry& c) { return c.weight < floor; });
+  }
+  if (p.top_p < 1.0f) e.resize(nucleus(e, double(p.top_p) * total, mx, p.temperature));
+}
+
+}  // namespace
+
+int32_t argmax(std::span<const float> v) {
+  // Two passes that vectorise: the largest value over 16 independent lanes (a NaN compares false and is
+  // passed over), then the first index holding it, a block of 16 at a time.
+  constexpr size_t kLanes = 16;
+  const size_t n = v.size();
+  float lane[kLanes];
+  std::fill(lane, lane + kLanes, -std::numeric_limits<float>::infinity());
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (size_t j = 0; j < kLanes; ++j) lane[j] = v[i + j] > lane[j] ? v[i + j] : lane[j];
+  float mx = -std::numeric_limits<float>::infinity();
+  for (; i < n; ++i) mx = v[i] > mx ? v[i] : mx;
+  for (float m : lane) mx = m > mx ? m : mx;
+  for (size_t b = 0; b < n; b += kLanes) {
+    const size_t e = std::min(n, b + kLanes);
+    bool hit = false;
+    for (size_t k = b; k < e; ++k) hit |= v[k] == mx;
+    if (hit)
+      for (size_t k = b; k < e; ++k)
+        if (v[k] == mx) return int32_t(k);
+  }
+  return 0;  // every logit NaN, or none
+}
+
+void sampling_candidates(std::span<const float> logits, const SamplingParams& params,
+                         SamplingCandidates& out) {
+  std::vector<Entry> e;
+  select_candidates(logits, params, e);
+  out.ids.resize(e.size());
+  out.weights.resize(e.size());
+  for (size_t i = 0; i < e.size(); ++i) {
+    out.ids[i] = e[i].id;
+    out.weights[i] = e[i].weight;
+  }
+}
+
+void apply_penalties(std::span<float> logits, const SamplingParams& p, std::span<const int32_t> prompt,
+                     std::span<const int32_t> output) {
+  const auto in_row = [&](int32_t t) { return t >= 0 && size_t(t) < logits.size(); };
+  if (p.repetition_penalty != 1.0f) {  // once per distinct token seen in the prompt or the output
+    std::vector<uint8_t> seen(logits.size(), 0);
+    for (auto tokens : {prompt, output})
+      for (int32_t t : tokens)
+        if (in_row(t) && !seen[size_t(t)]) {
+          seen[size_t(t)] = 1;
+          float& l = logits[size_t(t)];
+          l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+        }
+  }
+  if (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {  // by each output token's count
+    std::vector<int32_t> sorted;
+    for (int32_t t : output)
+      if (in_row(t)) sorted.push_back(t);
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 0; i < sorted.size();) {
+      size_t j = i;
+      while (j < sorted.size() && sorted[j] == sorted[i]) ++j;
+      logits[size_t(sorted[i])] -= p.frequency_penalty * float(j - i) + p.presence_penalty;
+      i = j;
+    }
+  }
 }
 
 Sampler::Sampler(const SamplingParams& params)
     : params_(params), rng_(params.seed ? *params.seed : std::random_device{}()) {}
 
 std::vector<float> Sampler::log_softmax(std::span<const float> logits) {
-  const float mx = *std::max_element(logits.begin(), logits.end());
+  const float mx = logits.empty() ? 0.0f : logits[size_t(argmax(logits))];
   double sum = 0.0;
   for (float l : logits) sum += std::exp(double(l - mx));
   const float lse = mx + float(std::log(sum));
@@ -26,65 +184,21 @@ std::vector<float> Sampler::log_softmax(std::span<const float> logits) {
   return out;
 }
 
-int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output) {
-  const auto& p = params_;
-  if (p.repetition_penalty != 1.0f) {
-    auto penalise = [&](int32_t t) {
-      if (t < 0 || size_t(t) >= logits.size()) return;
-      float& l = logits[size_t(t)];
-      l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
-    };
-    std::vector<int32_t> seen(prompt.begin(), prompt.end());
-    seen.insert(seen.end(), output.begin(), output.end());
-    std::sort(seen.begin(), seen.end());
-    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
-    for (int32_t t : seen) penalise(t);
-  }
-  if (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
-    std::unordered_map<int32_t, int32_t> counts;
-    for (int32_t t : output) ++counts[t];
-    for (auto [t, n] : counts)
-      if (t >= 0 && size_t(t) < logits.size()) logits[size_t(t)] -= p.frequency_penalty * float(n) + p.presence_penalty;
-  }
-  if (p.temperature <= 0.0f) return argmax(logits);
-
-  // Candidates sorted by logit, then truncated by top-k, min-p and top-p.
-  std::vector<int32_t> idx(logits.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  size_t keep = idx.size();
-  if (p.top_k > 0) keep = std::min(keep, size_t(p.top_k));
-  std::partial_sort(idx.begin(), idx.begin() + std::ptrdiff_t(keep), idx.end(),
-                    [&](int32_t a, int32_t b) { return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b); });
-  idx.resize(keep);
-  const float mx = logits[size_t(idx[0])];
-  std::vector<double> prob(keep);
-  double sum = 0.0;
-  for (size_t i = 0; i < keep; ++i) sum += (prob[i] = std::exp(double(logits[size_t(idx[i])] - mx) / p.temperature));
-  for (auto& v : prob) v /= sum;
-  size_t n = keep;
-  if (p.min_p > 0.0f) {
-    const double floor = p.min_p * prob[0];
-    while (n > 1 && prob[n - 1] < floor) --n;
-  }
-  if (p.top_p < 1.0f) {
-    double cum = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-      cum += prob[i];
-      if (cum >= p.top_p) {
-        n = i + 1;
-        break;
-      }
-    }
-  }
+int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt,
+                        std::span<const int32_t> output) {
+  apply_penalties(logits, params_, prompt, output);
+  if (params_.temperature <= 0.0f) return argmax(logits);
+  thread_local std::vector<Entry> e;  // up to a vocabulary of entries: reused, not reallocated per token
+  select_candidates(logits, params_, e);
   double total = 0.0;
-  for (size_t i = 0; i < n; ++i) total += prob[i];
-  std::uniform_real_distribution<double> uniform(0.0, total);
-  double u = uniform(rng_);
-  for (size_t i = 0; i < n; ++i) {
-    u -= prob[i];
-    if (u <= 0.0) return idx[i];
-  }
-  return idx[n - 1];
+  for (const auto& c : e) total += c.weight;
+  const double u = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  double cum = 0.0;
+  for (const auto& c : e)
+    if (u < (cum += c.weight)) return c.id;
+  for (size_t i = e.size(); i-- > 0;)  // u rounded past the sum: the last entry that can be drawn
+    if (e[i].weight > 0.0) return e[i].id;
+  return e.front().id;
 }
 
 }  // namespace moe

@@ -1,11 +1,14 @@
 #pragma once
-// Per-request token sampling on the host: penalties, temperature, top-k, top-p, min-p, seeded RNG.
+// Per-request token sampling on the host: penalties, temperature, top-k, min-p, top-p, seeded RNG.
 // temperature 0 is greedy (argmax, ties to the lower id).
+//
+// Cost per row of V logits (bench/engine/bench_sampler.cpp): greedy is one read of the row; temperature
+// sampling is one exp per logit plus, for top-k and top-p, a selection (nth_element) rather than a sort of
+// the vocabulary, so a 160k-token row costs about a millisecond whatever the settings.
 #include <cstdint>
 #include <optional>
 #include <random>
 #include <span>
-#include <unordered_map>
 #include <vector>
 
 namespace moe {
@@ -21,15 +24,32 @@ struct SamplingParams {
   std::optional<uint64_t> seed;
 };
 
+// Index of the largest logit, ties to the lower index; NaNs are never chosen (0 if every logit is NaN).
 int32_t argmax(std::span<const float> logits);
+
+// The tokens a temperature > 0 sample is drawn from, with unnormalised weights exp((l - max) / temperature):
+// the top_k by logit (ties to the lower id), of those the ones with weight >= min_p times the largest, and of
+// those the smallest set of highest logits whose weights reach top_p of the top-k set's total. The order of
+// the entries is unspecified (but fixed for a given row).
+struct SamplingCandidates {
+  std::vector<int32_t> ids;
+  std::vector<double> weights;
+};
+void sampling_candidates(std::span<const float> logits, const SamplingParams& params,
+                         SamplingCandidates& out);
+
+// Repetition, frequency and presence penalties applied to logits in place (`prompt` and `output` are the
+// tokens so far; ids outside the row are ignored).
+void apply_penalties(std::span<float> logits, const SamplingParams& params, std::span<const int32_t> prompt,
+                     std::span<const int32_t> output);
 
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
   // `prompt` and `output` are the tokens so far, for the penalties. logits are modified in place.
   int32_t sample(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output);
-  // Natural-log probabilities of the distribution the last sample was drawn from (after penalties and
-  // temperature), for logprobs; computed lazily.
+  // Natural-log probabilities of the model's distribution over the row as given (before penalties and
+  // temperature: what OpenAI's logprobs report).
   static std::vector<float> log_softmax(std::span<const float> logits);
 
  private:

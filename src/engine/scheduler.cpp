@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 
 namespace moe {
 
@@ -237,38 +239,40 @@ void Scheduler::admit(std::vector<std::unique_ptr<Sequence>>& running) {
   running_count_ = int64_t(running.size());
 }
 
-void Scheduler::emit_token(Sequence& s, int32_t /*unused*/, const std::vector<float>& row_in, bool& done) {
-  std::vector<float> row = row_in;
+int32_t Scheduler::sample_token(Sequence& s, std::span<float> row, std::optional<TokenLogprob>& logprob) const {
   // Ids the tokenizer has no token for (a model vocabulary padded past the tokenizer's) can never be sampled.
   if (tokenizer_)
     for (size_t i = size_t(std::max<int32_t>(tokenizer_->vocab_size(), 1)); i < row.size(); ++i)
       row[i] = -std::numeric_limits<float>::infinity();
-  GenerationEvent e;
-  e.index = s.index;
-  std::vector<float> logprobs;
+  std::vector<float> logprobs;  // the model's distribution, before penalties and temperature
   if (s.req.top_logprobs >= 0) logprobs = Sampler::log_softmax(row);
   const int32_t token = s.sampler.sample(row, s.req.prompt, s.output);
+  if (s.req.top_logprobs >= 0) {
+    TokenLogprob& lp = logprob.emplace();
+    lp.token = token;
+    lp.logprob = logprobs[size_t(token)];
+    const size_t k = std::min(size_t(s.req.top_logprobs), logprobs.size());
+    std::vector<int32_t> idx(logprobs.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + std::ptrdiff_t(k), idx.end(), [&](int32_t a, int32_t b) {
+      return logprobs[size_t(a)] > logprobs[size_t(b)] || (logprobs[size_t(a)] == logprobs[size_t(b)] && a < b);
+    });
+    for (size_t i = 0; i < k; ++i) lp.top.emplace_back(idx[i], logprobs[size_t(idx[i])]);
+  }
+  return token;
+}
+
+void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob) {
+  GenerationEvent e;
+  e.index = s.index;
   s.output.push_back(token);
   metrics_.generated_tokens++;
   const auto now = Clock::now();
   if (s.output.size() == 1) metrics_.ttft.observe(std::chrono::duration<double>(now - s.submitted).count());
   else metrics_.inter_token.observe(std::chrono::duration<double>(now - s.last_token).count());
   s.last_token = now;
-
   e.tokens = {token};
-  if (s.req.top_logprobs >= 0) {
-    TokenLogprob lp;
-    lp.token = token;
-    lp.logprob = logprobs[size_t(token)];
-    const size_t k = std::min(size_t(s.req.top_logprobs), logprobs.size());
-    std::vector<int32_t> idx(logprobs.size());
-    for (size_t i = 0; i < idx.size(); ++i) idx[i] = int32_t(i);
-    std::partial_sort(idx.begin(), idx.begin() + std::ptrdiff_t(k), idx.end(), [&](int32_t a, int32_t b) {
-      return logprobs[size_t(a)] > logprobs[size_t(b)] || (logprobs[size_t(a)] == logprobs[size_t(b)] && a < b);
-    });
-    for (size_t i = 0; i < k; ++i) lp.top.emplace_back(idx[i], logprobs[size_t(idx[i])]);
-    e.logprobs.push_back(std::move(lp));
-  }
+  if (logprob) e.logprobs.push_back(std::move(*logprob));
 
   const bool stop_token = (!s.req.ignore_eos && eos_ && token == *eos_) ||
                           std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), token) !=
@@ -291,8 +295,7 @@ void Scheduler::emit_token(Sequence& s, int32_t /*unused*/, const std::vector<fl
   e.finish = reason;
   e.prompt_tokens = int32_t(s.req.prompt.size());
   e.completion_tokens = int32_t(s.output.size());
-  done = reason != FinishReason::none;
-  if (done) finish(s, reason);
+  if (reason != FinishReason::none) finish(s, reason);
   s.sink->push(std::move(e));
 }
 
@@ -333,18 +336,37 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   backend.copy_to_host(fwd.logits, host.data());
   metrics_.steps++;
 
-  std::vector<float> row(static_cast<size_t>(vocab));
+  // Rows whose sequence now samples (a prefill chunk short of the prompt's end needs no token).
+  std::vector<size_t> rows;
   for (size_t i = 0; i < chunks.size(); ++i) {
     Sequence& s = *owners[i];
-    if (!s.decoding()) {
-      s.prefilled += int64_t(chunks[i].tokens.size());
-      if (!s.decoding()) continue;  // more prompt to go: this row's logits are not needed
+    if (!s.decoding()) s.prefilled += int64_t(chunks[i].tokens.size());
+    if (s.decoding()) rows.push_back(i);
+  }
+  // Sampling a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
+  // vocabulary): rows are sampled in parallel, then their events are sent in order.
+  struct Sampled {
+    int32_t token = -1;
+    std::optional<TokenLogprob> logprob;
+    std::string error;
+  };
+  std::vector<Sampled> sampled(rows.size());
+  ThreadPool::global().parallel_for(int64_t(rows.size()), [&](int64_t begin, int64_t end, int) {
+    for (int64_t r = begin; r < end; ++r) {
+      const size_t i = rows[size_t(r)];
+      const std::span<float> row = std::span<float>(host).subspan(i * size_t(vocab), size_t(vocab));
+      try {
+        sampled[size_t(r)].token = sample_token(*owners[i], row, sampled[size_t(r)].logprob);
+      } catch (const std::exception& ex) {
+        sampled[size_t(r)].error = ex.what();
+      }
     }
-    std::copy(host.begin() + std::ptrdiff_t(i * size_t(vocab)), host.begin() + std::ptrdiff_t((i + 1) * size_t(vocab)),
-              row.begin());
-    bool done = false;
+  });
+  for (size_t r = 0; r < rows.size(); ++r) {
+    Sequence& s = *owners[rows[r]];
     try {
-      emit_token(s, 0, row, done);
+      if (!sampled[r].error.empty()) throw std::runtime_error(sampled[r].error);
+      emit_token(s, sampled[r].token, std::move(sampled[r].logprob));
     } catch (const std::exception& ex) {  // this request alone fails (e.g. a token its tokenizer cannot decode)
       if (!s.done) finish(s, FinishReason::error, ex.what());
     }

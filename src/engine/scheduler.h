@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -129,7 +130,12 @@ class Scheduler {
   void step(std::vector<std::unique_ptr<Sequence>>& running);
   void admit(std::vector<std::unique_ptr<Sequence>>& running);
   void finish(Sequence& s, FinishReason reason, const std::string& error = "");
-  void emit_token(Sequence& s, int32_t token, const std::vector<float>& logits_row, bool& done);
+  // Samples s's next token from its logits row (edited in place: padding masked, penalties), with its
+  // log-probabilities in `logprob` when the request asks for them. Touches only s's sampler, so rows of
+  // different sequences are sampled in parallel.
+  int32_t sample_token(Sequence& s, std::span<float> row, std::optional<TokenLogprob>& logprob) const;
+  // Appends the token to s's output and sends its event (text, logprobs, finish); one sequence at a time.
+  void emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob);
   void wake();
   friend class RequestHandle;
 

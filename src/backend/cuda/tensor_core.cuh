@@ -1,8 +1,8 @@
 #pragma once
 // PTX wrappers shared by the tensor-core kernels (MLA decode and prefill attention, the grouped expert GEMM):
 // cp.async copies from global to shared memory, ldmatrix fragment loads and the m16n8k16 BF16 mma with F32
-// accumulators. The cp.async wrappers clobber "memory", so the compiler keeps shared-memory reads and writes on
-// their side of a commit or wait.
+// accumulators. The cp.async wrappers clobber "memory", so the compiler keeps shared-memory reads and writes
+// on their side of a commit or wait.
 #include <cstdint>
 
 namespace moe::cuda {
@@ -12,7 +12,8 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(_
 
 // 16 bytes from src to shared address dst; with !valid the destination is zero-filled and src is not read.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
 }
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   cp_async16(smem_addr(dst), src, valid);
