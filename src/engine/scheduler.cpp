@@ -332,7 +332,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   const int64_t vocab = model_.config().vocab_size;
   MOE_CHECK(fwd.logits.shape()[0] == int64_t(chunks.size()) && fwd.logits.shape()[1] == vocab,
             "scheduler: unexpected logits shape");
-  std::vector<float> host(size_t(fwd.logits.shape()[0] * vocab));
+  std::vector<float>& host = logits_host_;
+  host.resize(size_t(fwd.logits.shape()[0] * vocab));
   backend.copy_to_host(fwd.logits, host.data());
   metrics_.steps++;
 

@@ -147,6 +147,7 @@ class Scheduler {
   LatentCache cache_;
   PageAllocator allocator_;  // only the scheduler thread touches it after construction
   EngineMetrics metrics_;
+  std::vector<float> logits_host_;  // the step's logits rows on the host (kept: tens of MB at large batches)
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
