@@ -15,6 +15,7 @@ constexpr size_t kMaxCachedWordBytes = 256;
 uint64_t pair_key(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
 }
+constexpr int64_t kMaxIdGap = int64_t(1) << 20;  // ids may skip at most this many past the vocabulary's size
 }  // namespace
 
 Bpe::Bpe(const nlohmann::json& model) {
@@ -29,6 +30,10 @@ Bpe::Bpe(const nlohmann::json& model) {
     vocab_.emplace(token, id);
     max_id = std::max(max_id, id);
   }
+  // Ids index a table, so they must be dense; a stray huge id would allocate gigabytes.
+  if (int64_t(max_id) >= int64_t(vocab.size()) + kMaxIdGap)
+    fail("tokenizer.json: vocab id {} is far past the vocabulary's {} entries (ids should run 0..{})", max_id,
+         vocab.size(), int64_t(vocab.size()) - 1);
   tokens_.resize(max_id + 1);
   present_.resize(max_id + 1);
   for (const auto& [token, id] : vocab_) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "core/error.h"
 #include "tokenizer/unicode.h"
@@ -61,14 +62,27 @@ Value split(const std::string& s, const Value* separator, int64_t max_split) {
   return Value::from(std::move(parts));
 }
 
-std::string replace_all(std::string s, const std::string& from, const std::string& to, int64_t count = -1) {
+std::string replace_all(const std::string& s, const std::string& from, const std::string& to, int64_t count = -1) {
   if (from.empty()) return s;
-  size_t pos = 0;
-  for (int64_t n = 0; (count < 0 || n < count) && (pos = s.find(from, pos)) != std::string::npos; ++n) {
-    s.replace(pos, from.size(), to);
-    pos += to.size();
+  std::string out;
+  size_t pos = 0, found;
+  for (int64_t n = 0; (count < 0 || n < count) && (found = s.find(from, pos)) != std::string::npos; ++n) {
+    check_text_size(double(out.size()) + double(found - pos) + double(to.size()), "replace()");
+    out.append(s, pos, found - pos).append(to);
+    pos = found + from.size();
   }
-  return s;
+  check_text_size(double(out.size()) + double(s.size() - pos), "replace()");
+  return out.append(s, pos);
+}
+
+// Python integer arithmetic within int64: an overflow is an error (Python would go on with big integers).
+int64_t int_op(char op, int64_t a, int64_t b) {
+  int64_t r = 0;
+  const bool overflow = op == '+'   ? __builtin_add_overflow(a, b, &r)
+                        : op == '-' ? __builtin_sub_overflow(a, b, &r)
+                                    : __builtin_mul_overflow(a, b, &r);
+  if (overflow) fail("chat template: integer overflow in {} {} {}", a, op, b);
+  return r;
 }
 
 std::string upper_or_lower(std::string s, bool upper) {
@@ -121,6 +135,12 @@ const Value* argument(const Args& args, const Kwargs& kwargs, size_t i, std::str
 }
 
 }  // namespace
+
+void check_text_size(double bytes, const char* what) {
+  if (bytes > double(kMaxTextBytes))
+    fail("chat template: {} would make a string of {:.0f} bytes, more than the {} MiB a template may build", what,
+         bytes, kMaxTextBytes >> 20);
+}
 
 [[noreturn]] void undefined_error(const Value& v) { fail("chat template: '{}' is undefined", v.string); }
 
@@ -193,7 +213,12 @@ Value slice(const Value& object, const Value* start, const Value* stop, const Va
   };
   const int64_t begin = bound(start, stride > 0 ? 0 : n - 1), end = bound(stop, stride > 0 ? n : -1);
   List out;
-  for (int64_t i = begin; stride > 0 ? i < end : i > end; i += stride) out.push_back(items[i]);
+  // i stays within [-1, n]; a step past the end stops the walk (no overflow with a huge step).
+  for (int64_t i = begin; stride > 0 ? i < end : i > end;) {
+    out.push_back(items[size_t(i)]);
+    if (stride > 0 ? end - i <= stride : __int128(i - end) <= -__int128(stride)) break;
+    i += stride;
+  }
   if (!is_string) return Value::from(std::move(out));
   std::string s;
   for (const Value& c : out) s += c.string;
@@ -219,29 +244,40 @@ bool contains(const Value& container, const Value& item) {
 }
 
 Value arithmetic(const std::string& op, const Value& a, const Value& b) {
-  if (op == "~") return Value::from(a.str() + b.str());
+  if (op == "~") {
+    std::string left = a.str(), right = b.str();
+    check_text_size(double(left.size()) + double(right.size()), "'~'");
+    return Value::from(std::move(left) + right);
+  }
   require_defined(a);
   require_defined(b);
   const bool ints = a.kind == Value::Kind::Int && b.kind == Value::Kind::Int;
   if (op == "+") {
-    if (a.is_string() && b.is_string()) return Value::from(a.string + b.string);
+    if (a.is_string() && b.is_string()) {
+      check_text_size(double(a.string.size()) + double(b.string.size()), "'+'");
+      return Value::from(a.string + b.string);
+    }
     if (a.kind == Value::Kind::List && b.kind == Value::Kind::List) {
+      if (a.list->size() + b.list->size() > kMaxListItems)
+        fail("chat template: a list of more than {} items", kMaxListItems);
       List l = *a.list;
       l.insert(l.end(), b.list->begin(), b.list->end());
       return Value::from(std::move(l));
     }
-    if (ints) return Value::from(a.integer + b.integer);
+    if (ints) return Value::from(int_op('+', a.integer, b.integer));
     if (a.is_number() && b.is_number()) return Value::from(a.as_double() + b.as_double());
   } else if (op == "-") {
-    if (ints) return Value::from(a.integer - b.integer);
+    if (ints) return Value::from(int_op('-', a.integer, b.integer));
     if (a.is_number() && b.is_number()) return Value::from(a.as_double() - b.as_double());
   } else if (op == "*") {
-    if (ints) return Value::from(a.integer * b.integer);
+    if (ints) return Value::from(int_op('*', a.integer, b.integer));
     if (a.is_number() && b.is_number()) return Value::from(a.as_double() * b.as_double());
     const Value& text = a.is_string() ? a : b;
     const Value& count = a.is_string() ? b : a;
     if (text.is_string() && count.kind == Value::Kind::Int) {
       std::string out;
+      if (count.integer <= 0 || text.string.empty()) return Value::from(std::move(out));
+      check_text_size(double(text.string.size()) * double(count.integer), "'*'");
       for (int64_t i = 0; i < count.integer; ++i) out += text.string;
       return Value::from(std::move(out));
     }
@@ -253,9 +289,13 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
   } else if (op == "//" || op == "%") {
     if (ints) {
       if (b.integer == 0) fail("chat template: division by zero");
-      int64_t q = a.integer / b.integer, r = a.integer % b.integer;
-      if (r != 0 && ((r < 0) != (b.integer < 0))) --q, r += b.integer;  // Python floors
-      return Value::from(op == "//" ? q : r);
+      if (a.integer == INT64_MIN && b.integer == -1) {
+        if (op == "%") return Value::from(int64_t{0});
+        fail("chat template: integer overflow in '{}'", op);
+      }
+      int64_t q = a.integer / b.integer, rem = a.integer % b.integer;
+      if (rem != 0 && ((rem < 0) != (b.integer < 0))) --q, rem += b.integer;  // Python floors
+      return Value::from(op == "//" ? q : rem);
     }
     if (a.is_number() && b.is_number()) {
       if (b.as_double() == 0) fail("chat template: division by zero");
@@ -263,9 +303,13 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
       return Value::from(op == "//" ? q : a.as_double() - q * b.as_double());
     }
   } else if (op == "**") {
-    if (ints && b.integer >= 0) {
-      int64_t r = 1;
-      for (int64_t i = 0; i < b.integer; ++i) r *= a.integer;
+    if (ints && b.integer >= 0) {  // by squaring: log2(exponent) steps
+      int64_t base = a.integer, e = b.integer, r = 1;
+      while (e > 0) {
+        if (e & 1) r = int_op('*', r, base);
+        e >>= 1;
+        if (e > 0) base = int_op('*', base, base);
+      }
       return Value::from(r);
     }
     if (a.is_number() && b.is_number()) return Value::from(std::pow(a.as_double(), b.as_double()));
@@ -317,7 +361,11 @@ Value call_method(const Value& object, const std::string& name, const Args& args
     if (name == "join") {
       std::string out;
       const List items = iterate(args.at(0));
-      for (size_t i = 0; i < items.size(); ++i) out += (i ? s : "") + items[i].str();
+      for (size_t i = 0; i < items.size(); ++i) {
+        const std::string item = items[i].str();
+        check_text_size(double(out.size()) + double(s.size()) + double(item.size()), "join()");
+        out += (i ? s : "") + item;
+      }
       return Value::from(std::move(out));
     }
   }
@@ -380,7 +428,9 @@ Value call_filter(const std::string& name, const Args& args, const Kwargs& kwarg
   if (name == "length" || name == "count") return Value::from(length_of(v));
   if (name == "tojson") {
     const Value* indent = argument(args, kwargs, 1, "indent");
-    return Value::from(v.to_json(indent && !indent->is_none() ? static_cast<int>(require_int(*indent, "tojson")) : -1));
+    const int64_t width = indent && !indent->is_none() ? require_int(*indent, "tojson") : -1;
+    if (width < -1 || width > 1000) fail("chat template: tojson indent must be between 0 and 1000, got {}", width);
+    return Value::from(v.to_json(static_cast<int>(width)));
   }
   require_defined(v);
   if (name == "trim") return Value::from(strip(require_string(v, "trim"), a1, true, true));
@@ -433,8 +483,11 @@ Value call_filter(const std::string& name, const Args& args, const Kwargs& kwarg
     const Value* attribute = kwarg(kwargs, "attribute");
     std::string out;
     const List items = iterate(v);
-    for (size_t i = 0; i < items.size(); ++i)
-      out += (i ? separator : "") + (attribute ? attribute_of(items[i], attribute->str()) : items[i]).str();
+    for (size_t i = 0; i < items.size(); ++i) {
+      const std::string item = (attribute ? attribute_of(items[i], attribute->str()) : items[i]).str();
+      check_text_size(double(out.size()) + double(separator.size()) + double(item.size()), "join");
+      out += (i ? separator : "") + item;
+    }
     return Value::from(std::move(out));
   }
   if (name == "items") {
@@ -443,9 +496,13 @@ Value call_filter(const std::string& name, const Args& args, const Kwargs& kwarg
   }
   if (name == "unique") {
     List out;
-    for (const Value& item : iterate(v))
+    int64_t comparisons = 0;
+    for (const Value& item : iterate(v)) {
+      if ((comparisons += int64_t(out.size())) > kMaxComparisons)
+        fail("chat template: unique() needs more than {} comparisons", kMaxComparisons);
       if (std::none_of(out.begin(), out.end(), [&](const Value& seen) { return equals(seen, item); }))
         out.push_back(item);
+    }
     return Value::from(std::move(out));
   }
   if (name == "sort") {
@@ -483,9 +540,10 @@ Value call_filter(const std::string& name, const Args& args, const Kwargs& kwarg
       if (attribute) {
         out.push_back(attribute_of(item, attribute->str()));
       } else {
+        const std::string filter = require_string(args.at(1), "map");  // map(name, args...) or map(attribute=..)
         Args filter_args{item};
         filter_args.insert(filter_args.end(), args.begin() + 2, args.end());
-        out.push_back(call_filter(require_string(args.at(1), "map"), filter_args, {}));
+        out.push_back(call_filter(filter, filter_args, {}));
       }
     }
     return Value::from(std::move(out));
@@ -493,9 +551,11 @@ Value call_filter(const std::string& name, const Args& args, const Kwargs& kwarg
   if (name == "indent") {
     const int64_t width = a1 ? require_int(*a1, "indent") : 4;
     const Value* first = argument(args, kwargs, 2, "first");
+    const std::string s = v.str();
+    const double lines = double(std::count(s.begin(), s.end(), '\n') + 1);
+    check_text_size(double(s.size()) + lines * double(std::max<int64_t>(width, 0)), "indent");
     const std::string pad(static_cast<size_t>(std::max<int64_t>(width, 0)), ' ');
     std::string out;
-    const std::string s = v.str();
     for (size_t i = 0; i < s.size(); ++i) {
       out += s[i];
       if (s[i] == '\n' && i + 1 < s.size() && s[i + 1] != '\n') out += pad;

@@ -33,8 +33,8 @@ class Renderer {
  private:
   Flow exec(const Node& node, std::string& out) {
     switch (node.kind) {
-      case Node::Kind::Text: out += node.text; return Flow::Normal;
-      case Node::Kind::Output: out += eval(*node.expr).str(); return Flow::Normal;
+      case Node::Kind::Text: return append(out, node.text);
+      case Node::Kind::Output: return append(out, eval(*node.expr).str());
       case Node::Kind::If:
         for (const auto& [condition, body] : node.branches)
           if (!condition || eval(*condition).truthy()) return exec(body, out);
@@ -51,6 +51,17 @@ class Renderer {
       case Node::Kind::Continue: return Flow::Continue;
     }
     return Flow::Normal;
+  }
+
+  Flow append(std::string& out, const std::string& text) {
+    check_text_size(double(out.size()) + double(text.size()), "the output");
+    out += text;
+    return Flow::Normal;
+  }
+  // One more loop iteration (or loop-filter test) of the render's kMaxLoopIterations.
+  void count_iteration() {
+    if (++iterations_ > kMaxLoopIterations)
+      fail("chat template: more than {} loop iterations in one render", kMaxLoopIterations);
   }
 
   Flow exec_for(const Node& node, std::string& out) {
@@ -70,6 +81,7 @@ class Renderer {
     if (node.loop_filter) {
       List kept;
       for (const Value& item : items) {
+        count_iteration();
         bind(item);
         if (eval(*node.loop_filter).truthy()) kept.push_back(item);
       }
@@ -77,6 +89,7 @@ class Renderer {
     }
     const auto n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      count_iteration();
       bind(items[i]);
       Dict loop{{"index", Value::from(i + 1)},      {"index0", Value::from(i)},
                 {"revindex", Value::from(n - i)},   {"revindex0", Value::from(n - i - 1)},
@@ -148,7 +161,7 @@ class Renderer {
       }
       case Expr::Kind::Negate: {
         const Value v = require_defined(eval(*e.args[0]));
-        if (v.kind == Value::Kind::Int) return Value::from(-v.integer);
+        if (v.kind == Value::Kind::Int) return arithmetic("-", Value::from(int64_t{0}), v);  // -INT64_MIN fails
         if (v.kind == Value::Kind::Float) return Value::from(-v.number);
         fail("chat template: bad operand type for unary -: '{}'", v.type_name());
       }
@@ -215,8 +228,14 @@ class Renderer {
       else if (args.size() >= 2) start = require_int(args[0], "range"), stop = require_int(args[1], "range");
       if (args.size() >= 3) step = require_int(args[2], "range");
       if (step == 0) fail("chat template: range() step must not be zero");
+      // Items in all, in 128 bits: start, stop and step are any int64.
+      const __int128 span = step > 0 ? __int128(stop) - start : __int128(start) - stop;
+      const __int128 stride = step > 0 ? __int128(step) : -__int128(step);
+      const __int128 count = span > 0 ? (span + stride - 1) / stride : 0;
+      if (count > kMaxRange)
+        fail("chat template: range() of more than {} items (the limit of Jinja2's sandbox)", kMaxRange);
       List l;
-      for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) l.push_back(Value::from(i));
+      for (int64_t k = 0; k < int64_t(count); ++k) l.push_back(Value::from(start + k * step));
       return Value::from(std::move(l));
     }
     if (name == "strftime_now") {
@@ -233,6 +252,7 @@ class Renderer {
   }
 
   std::vector<std::unordered_map<std::string, Value>> scopes_;
+  int64_t iterations_ = 0;
 };
 
 }  // namespace

@@ -212,6 +212,7 @@ class ExpressionParser {
           break;
         }
         expect_op("]");
+        if (!slice && !index[0]) error("empty subscript: x[] needs an index or a slice");
         auto node = make(slice ? Expr::Kind::Slice : Expr::Kind::Subscript);
         node->args.push_back(std::move(value));
         for (auto& part : index) node->args.push_back(std::move(part));  // null parts are omitted bounds

@@ -46,6 +46,11 @@ TEST(TokenizerErrors, TruncatedTokenizerJson) {
   expect_error([&] { Tokenizer::from_json(full.substr(0, full.size() / 2)); }, "not valid JSON");
 }
 
+TEST(TokenizerErrors, VocabIdsFarPastTheVocabulary) {  // found by fuzz_tokenizer_json: a 2^31 id allocated 64 GB
+  expect_error([] { Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 2000000000}}})"); },
+               "vocab id 2000000000 is far past the vocabulary's 2 entries");
+}
+
 TEST(TokenizerErrors, MergeNamingAnUnknownToken) {
   expect_error([] { Tokenizer::from_json(small_tokenizer(json::array({"a c"}))); }, "'c' which is not in the vocabulary");
   expect_error([] { Tokenizer::from_json(small_tokenizer(json::array({"b a"}))); }, "'ba' which is not in the vocabulary");

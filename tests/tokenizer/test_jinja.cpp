@@ -84,6 +84,34 @@ TEST(Jinja, WhitespaceControlLikeTransformers) {
   EXPECT_EQ(render("{% raw %}{{ not evaluated }}{% endraw %}"), "{{ not evaluated }}");
 }
 
+// What a template may build in one render is bounded (jinja_builtins.h), each with an error naming the limit.
+TEST(Jinja, RunawayTemplatesFailWithTheLimitNamed) {
+  const auto expect_error = [](const std::string& source, const std::string& needle) {
+    try {
+      render(source);
+      ADD_FAILURE() << source << ": rendered";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error("{{ range(10 ** 9) | length }}", "range() of more than 100000 items");
+  EXPECT_EQ(render("{{ range(100000) | length }}{{ range(-5, 5, 3) | list }}{{ range(5, -5, -4) | list }}"),
+            "100000[-5, -2, 1, 4][5, 1, -3]");
+  expect_error("{{ 'ab' * 10 ** 9 }}", "'*' would make a string of 2000000000 bytes");
+  expect_error("{% set s = namespace(v='x') %}{% for i in range(40) %}{% set s.v = s.v ~ s.v %}{% endfor %}", "'~'");
+  expect_error("{% for i in range(100000) %}{% for j in range(100) %}{% endfor %}{% endfor %}",
+               "more than 1000000 loop iterations");
+  expect_error("{{ range(100000) | map('string') | unique | length }}", "unique() needs more than");
+  expect_error("{{ 2 ** 64 }}", "integer overflow");
+  expect_error("{{ 9223372036854775807 + 1 }}", "integer overflow");
+  expect_error("{{ -(-9223372036854775807 - 1) }}", "integer overflow");
+  expect_error("{{ (-9223372036854775807 - 1) // -1 }}", "integer overflow");
+  EXPECT_EQ(render("{{ 2 ** 62 }}|{{ (-2) ** 63 }}|{{ 7 ** 0 }}|{{ (-9223372036854775807 - 1) % -1 }}"),
+            "4611686018427387904|-9223372036854775808|1|0");
+  expect_error("{{ {'a': 1} | tojson(indent=100000) }}", "tojson indent must be between 0 and 1000");
+  expect_error("{{ 'a\nb' | indent(100000000) }}", "indent would make a string");
+}
+
 TEST(Jinja, ErrorsAreClear) {
   EXPECT_THROW(render("{{ raise_exception('Only user and assistant roles') }}"), Error);
   EXPECT_THROW(render("{% if x %}unclosed"), Error);
@@ -92,6 +120,10 @@ TEST(Jinja, ErrorsAreClear) {
   EXPECT_THROW(render("{{ 'a' + 1 }}"), Error);
   EXPECT_THROW(render("{{ missing.attr }}"), Error);
   EXPECT_THROW(render("{{ x | no_such_filter }}", {{"x", 1}}), Error);
+  EXPECT_THROW(render("{{ [1] | map(zattribute='x') }}"), Error);  // neither a filter name nor attribute= (fuzzer)
+  EXPECT_THROW(render("{{ 'abc'[] }}"), Error);                     // an empty subscript (fuzzer)
+  EXPECT_EQ(render("{{ 'abc'[1:9223372036854775807:9223372036854775807] }}{{ 'abc'[::-9223372036854775807] }}"), "bc");
+  EXPECT_EQ(render("{{ 'abc'[:] }}{{ 'abc'[::2] }}"), "abcac");
   EXPECT_THROW(render("{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}"), Error);
   EXPECT_THROW(render("{{ " + std::string(100000, '-') + "1 }}"), Error);
   std::string deep_ifs;
