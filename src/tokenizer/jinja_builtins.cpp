@@ -136,12 +136,6 @@ const Value* argument(const Args& args, const Kwargs& kwargs, size_t i, std::str
 
 }  // namespace
 
-void check_text_size(double bytes, const char* what) {
-  if (bytes > double(kMaxTextBytes))
-    fail("chat template: {} would make a string of {:.0f} bytes, more than the {} MiB a template may build", what,
-         bytes, kMaxTextBytes >> 20);
-}
-
 [[noreturn]] void undefined_error(const Value& v) { fail("chat template: '{}' is undefined", v.string); }
 
 const Value& require_defined(const Value& v) {
@@ -188,11 +182,11 @@ Value subscript(const Value& object, const Value& key) {
       if (i < 0 || i >= n) return Value::undefined(fmt::format("index {}", key.integer));
       return (*object.list)[i];
     }
-    const List chars = iterate(object);
-    const auto n = static_cast<int64_t>(chars.size());
+    const std::vector<uint32_t> starts = char_starts(object.string);
+    const auto n = static_cast<int64_t>(starts.size()) - 1;
     const int64_t i = key.integer < 0 ? key.integer + n : key.integer;
     if (i < 0 || i >= n) return Value::undefined(fmt::format("index {}", key.integer));
-    return chars[i];
+    return Value::from(object.string.substr(starts[size_t(i)], starts[size_t(i) + 1] - starts[size_t(i)]));
   }
   return Value::undefined(key.str());
 }
@@ -201,8 +195,9 @@ Value slice(const Value& object, const Value* start, const Value* stop, const Va
   require_defined(object);
   const bool is_string = object.is_string();
   if (!is_string && object.kind != Value::Kind::List) fail("chat template: cannot slice a {}", object.type_name());
-  const List items = is_string ? iterate(object) : *object.list;
-  const auto n = static_cast<int64_t>(items.size());
+  // A string is sliced by characters, through their byte offsets (no Value per character).
+  const std::vector<uint32_t> starts = is_string ? char_starts(object.string) : std::vector<uint32_t>();
+  const auto n = static_cast<int64_t>(is_string ? starts.size() - 1 : object.list->size());
   const int64_t stride = step && !step->is_none() ? require_int(*step, "slice") : 1;
   if (stride == 0) fail("chat template: slice step cannot be zero");
   const auto bound = [&](const Value* v, int64_t fallback) {
@@ -213,16 +208,15 @@ Value slice(const Value& object, const Value* start, const Value* stop, const Va
   };
   const int64_t begin = bound(start, stride > 0 ? 0 : n - 1), end = bound(stop, stride > 0 ? n : -1);
   List out;
+  std::string text;
   // i stays within [-1, n]; a step past the end stops the walk (no overflow with a huge step).
   for (int64_t i = begin; stride > 0 ? i < end : i > end;) {
-    out.push_back(items[size_t(i)]);
+    if (is_string) text.append(object.string, starts[size_t(i)], starts[size_t(i) + 1] - starts[size_t(i)]);
+    else out.push_back((*object.list)[size_t(i)]);
     if (stride > 0 ? end - i <= stride : __int128(i - end) <= -__int128(stride)) break;
     i += stride;
   }
-  if (!is_string) return Value::from(std::move(out));
-  std::string s;
-  for (const Value& c : out) s += c.string;
-  return Value::from(std::move(s));
+  return is_string ? Value::from(std::move(text)) : Value::from(std::move(out));
 }
 
 bool less_than(const Value& a, const Value& b) {

@@ -9,17 +9,6 @@
 
 namespace moe::jinja {
 
-// Bounds on what one render may build, so a hostile or broken template fails with an error instead of
-// exhausting memory or time: text (the output or any string), list length, range() length (Jinja2's sandbox,
-// which transformers renders in, allows 100,000), loop iterations and the pairwise comparisons of unique().
-constexpr size_t kMaxTextBytes = size_t(64) << 20;
-constexpr size_t kMaxListItems = 1000000;
-constexpr int64_t kMaxRange = 100000;
-constexpr int64_t kMaxLoopIterations = 1000000;
-constexpr int64_t kMaxComparisons = 10000000;  // unique(): pairwise, so bounded separately
-// Fails when a string of `bytes` would pass kMaxTextBytes.
-void check_text_size(double bytes, const char* what);
-
 using Args = std::vector<Value>;
 using Kwargs = std::vector<std::pair<std::string, Value>>;
 

@@ -222,6 +222,20 @@ bool equals(const Value& a, const Value& b) {
   }
 }
 
+void check_text_size(double bytes, const char* what) {
+  if (bytes > double(kMaxTextBytes))
+    fail("chat template: {} would make a string of {:.0f} bytes, more than the {} MiB a template may build", what,
+         bytes, kMaxTextBytes >> 20);
+}
+
+std::vector<uint32_t> char_starts(const std::string& s) {
+  check_text_size(double(s.size()), "a string");  // offsets fit 32 bits
+  std::vector<uint32_t> starts;
+  for (size_t pos = 0; pos < s.size(); pos += size_t(utf8::decode_at(s, pos).length)) starts.push_back(uint32_t(pos));
+  starts.push_back(uint32_t(s.size()));
+  return starts;
+}
+
 List iterate(const Value& v) {
   switch (v.kind) {
     case Value::Kind::List: return *v.list;
@@ -231,12 +245,12 @@ List iterate(const Value& v) {
       return keys;
     }
     case Value::Kind::String: {
+      const std::vector<uint32_t> starts = char_starts(v.string);
+      if (starts.size() - 1 > kMaxListItems)
+        fail("chat template: iterating over a string of more than {} characters", kMaxListItems);
       List chars;
-      for (size_t pos = 0; pos < v.string.size();) {
-        const int n = utf8::decode_at(v.string, pos).length;
-        chars.push_back(Value::from(v.string.substr(pos, n)));
-        pos += n;
-      }
+      for (size_t i = 0; i + 1 < starts.size(); ++i)
+        chars.push_back(Value::from(v.string.substr(starts[i], starts[i + 1] - starts[i])));
       return chars;
     }
     case Value::Kind::Undefined: fail("chat template: '{}' is undefined", v.string);

@@ -12,6 +12,17 @@
 
 namespace moe::jinja {
 
+// Bounds on what one render may build, so a hostile or broken template fails with an error instead of
+// exhausting memory or time: text (the output or any string), list length, range() length (Jinja2's sandbox,
+// which transformers renders in, allows 100,000), loop iterations and the pairwise comparisons of unique().
+constexpr size_t kMaxTextBytes = size_t(64) << 20;
+constexpr size_t kMaxListItems = 1000000;
+constexpr int64_t kMaxRange = 100000;
+constexpr int64_t kMaxLoopIterations = 1000000;
+constexpr int64_t kMaxComparisons = 10000000;  // unique(): pairwise, so bounded separately
+// Fails when a string of `bytes` would pass kMaxTextBytes.
+void check_text_size(double bytes, const char* what);
+
 struct Value;
 using List = std::vector<Value>;
 using Dict = std::vector<std::pair<std::string, Value>>;  // insertion-ordered, string keys
@@ -61,6 +72,8 @@ struct Value {
 
 bool equals(const Value& a, const Value& b);
 // Items a for-loop or `in` sees: list items, dict keys, string characters.
-List iterate(const Value& v);
+List iterate(const Value& v);  // a string gives its characters (at most kMaxListItems of them)
+// Byte offset of each UTF-8 character of s, then s.size(): character i is s[starts[i], starts[i + 1]).
+std::vector<uint32_t> char_starts(const std::string& s);
 
 }  // namespace moe::jinja

@@ -102,6 +102,9 @@ TEST(Jinja, RunawayTemplatesFailWithTheLimitNamed) {
   expect_error("{% for i in range(100000) %}{% for j in range(100) %}{% endfor %}{% endfor %}",
                "more than 1000000 loop iterations");
   expect_error("{{ range(100000) | map('string') | unique | length }}", "unique() needs more than");
+  expect_error("{% for c in 'ab' * 600000 %}{% endfor %}", "iterating over a string of more than 1000000 characters");
+  EXPECT_EQ(render("{{ ('aé' * 600000)[::-1][:3] }}|{{ ('aé' * 600000)[-1] }}|{{ 'héllo'[1] }}{{ 'héllo'[-4:3] }}"),
+            "éaé|é|éél");
   expect_error("{{ 2 ** 64 }}", "integer overflow");
   expect_error("{{ 9223372036854775807 + 1 }}", "integer overflow");
   expect_error("{{ -(-9223372036854775807 - 1) }}", "integer overflow");
