@@ -3,7 +3,9 @@
 
 #include <chrono>
 #include <ctime>
+#include <algorithm>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "tokenizer/jinja.h"
@@ -11,6 +13,21 @@
 
 namespace moe::jinja {
 namespace {
+
+// Whether v holds the dict `target` at any depth. A namespace that held itself would be a reference cycle:
+// never freed (shared ownership) and never done printing. `seen` keeps the walk linear on shared values.
+bool holds(const Value& v, const Dict* target, std::unordered_set<const void*>& seen) {
+  if (v.kind == Value::Kind::List) {
+    if (!seen.insert(v.list.get()).second) return false;
+    return std::any_of(v.list->begin(), v.list->end(), [&](const Value& item) { return holds(item, target, seen); });
+  }
+  if (v.kind == Value::Kind::Dict || v.kind == Value::Kind::Namespace) {
+    if (v.dict.get() == target) return true;
+    if (!seen.insert(v.dict.get()).second) return false;
+    return std::any_of(v.dict->begin(), v.dict->end(), [&](const auto& item) { return holds(item.second, target, seen); });
+  }
+  return false;
+}
 
 class Renderer {
  public:
@@ -113,6 +130,9 @@ class Renderer {
     Value object = eval(*target.args[0]);
     if (object.kind != Value::Kind::Namespace)
       fail("chat template: cannot set attribute '{}' on a {} (only on a namespace)", target.name, object.type_name());
+    std::unordered_set<const void*> seen;
+    if (holds(value, object.dict.get(), seen))
+      fail("chat template: a namespace cannot contain itself (set {}.{})", target.args[0]->name, target.name);
     object.set(target.name, std::move(value));
   }
 
