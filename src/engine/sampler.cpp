@@ -67,35 +67,25 @@ size_t nucleus(std::vector<Entry>& e, double target, float mx, float temperature
 // The candidates of sampling_candidates() (see sampler.h), as entries in `e`.
 void select_candidates(std::span<const float> logits, const SamplingParams& p, std::vector<Entry>& e) {
   e.clear();
-  const int32_t best = argmax(logits);
-  const float mx = logits.empty() ? 0.0f : logits[size_t(best)];
-  if (logits.empty() || p.temperature <= 0.0f || !(mx > -std::numeric_limits<float>::infinity())) {
-    e.push_back({best, mx, 1.0});  // greedy, or no finite logit to weigh
-    return;
-  }
-  // -inf (masked) and NaN logits can never be drawn.
+  // -inf (masked) and NaN logits can never be drawn. mx: the largest logit, whose weight is exp(0) = 1.
   const float none = -std::numeric_limits<float>::infinity();
-  if (p.top_k > 0 && size_t(p.top_k) < logits.size()) {
-    // The top k in one pass: a min-heap (lowest of the k at the front) that a logit enters only when higher
-    // than its front, which after the first few thousand logits is rare; ids come in ascending order, so an
-    // equal logit never displaces an earlier one.
-    const auto lower = [](const Entry& a, const Entry& b) { return higher(a, b); };
-    for (size_t i = 0; i < logits.size(); ++i) {
-      const float l = logits[i];
-      if (!(l > none)) continue;
-      if (e.size() < size_t(p.top_k)) {
-        e.push_back({int32_t(i), l, 0.0});
-        std::push_heap(e.begin(), e.end(), lower);
-      } else if (l > e.front().logit) {
-        std::pop_heap(e.begin(), e.end(), lower);
-        e.back() = {int32_t(i), l, 0.0};
-        std::push_heap(e.begin(), e.end(), lower);
-      }
-    }
-  } else {
+  float mx = none;
+  if (p.temperature > 0.0f && p.top_k > 0 && size_t(p.top_k) < logits.size()) {
+    for (int32_t id : top_ids(logits, size_t(p.top_k)))  // largest first
+      if (logits[size_t(id)] > none) e.push_back({id, logits[size_t(id)], 0.0});
+    if (!e.empty()) mx = e.front().logit;
+  } else if (p.temperature > 0.0f) {
     e.reserve(logits.size());
     for (size_t i = 0; i < logits.size(); ++i)
-      if (logits[i] > none) e.push_back({int32_t(i), logits[i], 0.0});
+      if (logits[i] > none) {
+        e.push_back({int32_t(i), logits[i], 0.0});
+        mx = std::max(mx, logits[i]);
+      }
+  }
+  if (e.empty()) {  // greedy, or no finite logit to weigh
+    const int32_t best = argmax(logits);
+    e.push_back({best, logits.empty() ? 0.0f : logits[size_t(best)], 1.0});
+    return;
   }
   double total = 0.0;
   for (auto& c : e) total += (c.weight = std::exp(double(c.logit - mx) / p.temperature));
@@ -130,6 +120,33 @@ int32_t argmax(std::span<const float> v) {
         if (v[k] == mx) return int32_t(k);
   }
   return 0;  // every logit NaN, or none
+}
+
+std::vector<int32_t> top_ids(std::span<const float> values, size_t k) {
+  // A heap ordered by `higher` keeps its lowest entry at the front; ids arrive in ascending order, so an equal
+  // value never displaces an earlier one.
+  std::vector<Entry> heap;
+  heap.reserve(std::min(k, values.size()));
+  float lowest = 0.0f;  // the heap's front value once it holds k
+  for (size_t i = 0; i < values.size() && k > 0; ++i) {
+    const float v = values[i];
+    if (heap.size() < k) {
+      if (std::isnan(v)) continue;
+      heap.push_back({int32_t(i), v, 0.0});
+      std::push_heap(heap.begin(), heap.end(), higher);
+    } else if (v > lowest) {  // false for NaN
+      std::pop_heap(heap.begin(), heap.end(), higher);
+      heap.back() = {int32_t(i), v, 0.0};
+      std::push_heap(heap.begin(), heap.end(), higher);
+    } else {
+      continue;
+    }
+    if (heap.size() == k) lowest = heap.front().logit;
+  }
+  std::sort_heap(heap.begin(), heap.end(), higher);  // ascending under `higher`: largest first
+  std::vector<int32_t> ids(heap.size());
+  for (size_t i = 0; i < heap.size(); ++i) ids[i] = heap[i].id;
+  return ids;
 }
 
 void sampling_candidates(std::span<const float> logits, const SamplingParams& params,

@@ -26,6 +26,9 @@ struct SamplingParams {
 
 // Index of the largest logit, ties to the lower index; NaNs are never chosen (0 if every logit is NaN).
 int32_t argmax(std::span<const float> logits);
+// Indices of the k largest values, largest first, ties to the lower index; NaNs are passed over. One pass with
+// a k-heap: O(V log k), and a value enters the heap only when it beats the heap's lowest.
+std::vector<int32_t> top_ids(std::span<const float> values, size_t k);
 
 // The tokens a temperature > 0 sample is drawn from, with unnormalised weights exp((l - max) / temperature):
 // the top_k by logit (ties to the lower id), of those the ones with weight >= min_p times the largest, and of

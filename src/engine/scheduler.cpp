@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -251,13 +250,7 @@ int32_t Scheduler::sample_token(Sequence& s, std::span<float> row, std::optional
     TokenLogprob& lp = logprob.emplace();
     lp.token = token;
     lp.logprob = logprobs[size_t(token)];
-    const size_t k = std::min(size_t(s.req.top_logprobs), logprobs.size());
-    std::vector<int32_t> idx(logprobs.size());
-    std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + std::ptrdiff_t(k), idx.end(), [&](int32_t a, int32_t b) {
-      return logprobs[size_t(a)] > logprobs[size_t(b)] || (logprobs[size_t(a)] == logprobs[size_t(b)] && a < b);
-    });
-    for (size_t i = 0; i < k; ++i) lp.top.emplace_back(idx[i], logprobs[size_t(idx[i])]);
+    for (int32_t id : top_ids(logprobs, size_t(s.req.top_logprobs))) lp.top.emplace_back(id, logprobs[size_t(id)]);
   }
   return token;
 }
@@ -365,10 +358,14 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   });
   for (size_t r = 0; r < rows.size(); ++r) {
     Sequence& s = *owners[rows[r]];
+    // A failure fails this request alone (e.g. a token its tokenizer cannot decode).
+    if (!sampled[r].error.empty()) {
+      if (!s.done) finish(s, FinishReason::error, sampled[r].error);
+      continue;
+    }
     try {
-      if (!sampled[r].error.empty()) throw std::runtime_error(sampled[r].error);
       emit_token(s, sampled[r].token, std::move(sampled[r].logprob));
-    } catch (const std::exception& ex) {  // this request alone fails (e.g. a token its tokenizer cannot decode)
+    } catch (const std::exception& ex) {
       if (!s.done) finish(s, FinishReason::error, ex.what());
     }
   }

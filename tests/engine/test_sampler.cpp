@@ -52,6 +52,20 @@ TEST(Sampler, ArgmaxIsTheFirstLargestAndSkipsNaN) {
   EXPECT_EQ(argmax(late), 99);
 }
 
+TEST(Sampler, TopIdsAreTheFirstKOfAFullSort) {
+  std::mt19937 rng(8);
+  for (size_t n : {size_t(0), size_t(5), size_t(1000), size_t(129280)})
+    for (size_t k : {size_t(0), size_t(1), size_t(20), size_t(2000)}) {
+      const auto row = random_row(rng, n, 0.05, 0.02);
+      std::vector<int32_t> want;
+      for (size_t i = 0; i < n; ++i)
+        if (!std::isnan(row[i])) want.push_back(int32_t(i));
+      std::stable_sort(want.begin(), want.end(), [&](int32_t a, int32_t b) { return row[size_t(a)] > row[size_t(b)]; });
+      want.resize(std::min(k, want.size()));
+      ASSERT_EQ(top_ids(row, k), want) << "n=" << n << " k=" << k;
+    }
+}
+
 // The candidate set by sorting everything; `ambiguous` when the top-p boundary is within rounding of target.
 std::map<int32_t, double> reference_candidates(const std::vector<float>& row, const SamplingParams& p,
                                                bool& ambiguous) {
