@@ -1,9 +1,9 @@
 // Jinja evaluation: statements and expressions (the builtin filters, tests and methods are in jinja_builtins.cpp).
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
-#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
