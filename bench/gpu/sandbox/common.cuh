@@ -4,6 +4,7 @@
 // timer on cudaEvents, and copies of the few device helpers the copied kernels need (so that a sandbox keeps
 // compiling when production's internal headers change; the production launchers come from cuda_ops.h).
 #include <cuda_bf16.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,6 +31,13 @@ namespace sbx {
       std::exit(2);                                                                                  \
     }                                                                                                \
   } while (0)
+
+inline void check_cublas(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr, "cuBLAS error %d in %s\n", int(st), what);
+    std::exit(2);
+  }
+}
 
 // ---- command line: --name value (or --name=value) --------------------------------------------------------
 struct Args {
@@ -180,18 +188,34 @@ inline int rotation(size_t bytes_per_set, const Args& a, int cap = 16384) {
 
 // Median time of one call in microseconds: `warmup` samples, then `reps` samples; each sample is one
 // call per buffer copy (call(i) for i = 0 .. nbuf-1, i.e. a full cycle) between two events, divided by nbuf.
+// graph: the cycle is captured once as a CUDA graph and each sample replays it (as production replays decode
+// steps: no host launch cost between the kernels, PDL edges kept); the calls must not synchronise the host.
 inline double time_us(int nbuf, const std::function<void(int)>& call, cudaStream_t s, int reps = 20,
-                      int warmup = 3) {
+                      int warmup = 3, bool graph = false) {
   cudaEvent_t e0, e1;
   SBX_CHECK(cudaEventCreate(&e0));
   SBX_CHECK(cudaEventCreate(&e1));
-  for (int w = 0; w < warmup; ++w)
+  cudaGraphExec_t exec = nullptr;
+  if (graph) {
+    cudaGraph_t g;
+    SBX_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
     for (int i = 0; i < nbuf; ++i) call(i);
+    SBX_CHECK(cudaStreamEndCapture(s, &g));
+    SBX_CHECK(cudaGraphInstantiate(&exec, g, 0));
+    SBX_CHECK(cudaGraphDestroy(g));
+  }
+  auto cycle = [&] {
+    if (exec)
+      SBX_CHECK(cudaGraphLaunch(exec, s));
+    else
+      for (int i = 0; i < nbuf; ++i) call(i);
+  };
+  for (int w = 0; w < warmup; ++w) cycle();
   SBX_CHECK(cudaStreamSynchronize(s));
   std::vector<double> t;
   for (int r = 0; r < reps; ++r) {
     SBX_CHECK(cudaEventRecord(e0, s));
-    for (int i = 0; i < nbuf; ++i) call(i);
+    cycle();
     SBX_CHECK(cudaEventRecord(e1, s));
     SBX_CHECK(cudaEventSynchronize(e1));
     float ms = 0.0f;
@@ -199,6 +223,7 @@ inline double time_us(int nbuf, const std::function<void(int)>& call, cudaStream
     t.push_back(1e3 * double(ms) / nbuf);
   }
   SBX_CHECK(cudaGetLastError());
+  if (exec) SBX_CHECK(cudaGraphExecDestroy(exec));
   SBX_CHECK(cudaEventDestroy(e0));
   SBX_CHECK(cudaEventDestroy(e1));
   std::sort(t.begin(), t.end());

@@ -11,11 +11,13 @@
 // Check: against a float64 host reference on random non-zero inputs; relative L2 tolerance 1e-5 (F32 fmaf over
 // <= 8 terms + one add: ~1e-7 expected); the two kernels must also agree exactly (max |diff| printed).
 // Timing: cudaEvents, median of --reps cycles over enough input copies to move >= --rotate-mb (200) MB per cycle
-// (nothing served from the 50 MB L2). GB/s counts y (T*k*D*4) + w + plus (T*D*4) + out (T*D*4).
+// (nothing served from the 50 MB L2), the cycle replayed from a CUDA graph (--eager: stream launches).
+// GB/s counts y (T*k*D*4) + w + plus (T*D*4) + out (T*D*4).
 //
 // Sizes (defaults): --tokens 1,64,4096; (k, D) pairs --topk 6,8 with --hidden 2048,7168 (Moonlight-16B top-6 at
 // 2048; DeepSeek-V3 top-8 at 7168); --no-plus drops the shared-expert input.
 // Run: build-cuda/bench/gpu/sandbox/sandbox_moe_combine [--tokens 1,64,4096] [--topk 6 --hidden 2048] [--reps 20]
+//   [--eager]
 //
 // Results so far (bench/RESULTS.md at commit 9594e3e, runs C/D: H100, Moonlight BF16, batch-1 decode at context
 // 512, whole model): new kernels 209.7-211.9 tok/s (C), 205.6-207.9 (D); MOE_CUDA_LEGACY=combine 208.4 (C) / 207.4
@@ -52,12 +54,15 @@ int main(int argc, char** argv) {
   const auto Ds = a.list("hidden", {2048, 7168});
   const bool with_plus = !a.has("no-plus");
   const int reps = int(a.i64("reps", 20));
+  const bool graph = !a.has("eager");
   const double tol = 1e-5;
   if (Ks.size() != Ds.size()) {
     std::fprintf(stderr, "--topk and --hidden take lists of the same length (pairs)\n");
     return 2;
   }
   print_device();
+  std::printf("timing: %s\n", graph ? "each cycle of calls replayed from a CUDA graph (--eager: stream launches)"
+                                      : "stream launches");
   cudaStream_t s;
   SBX_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   std::printf("shared-expert input (plus): %s\n", with_plus ? "yes" : "no");
@@ -115,7 +120,7 @@ int main(int argc, char** argv) {
           for (size_t i = 0; i < no; ++i) maxdiff = std::max(maxdiff, double(std::fabs(got[i] - first[i])));
         const bool ok = err <= tol && std::isfinite(err);
         all_ok = all_ok && ok;
-        const double us = time_us(nbuf, v.call, s, reps);
+        const double us = time_us(nbuf, v.call, s, reps, 3, graph);
         const double bytes = double(ny + nw + (with_plus ? 2 : 1) * no) * 4.0;
         std::printf("%6lld %3d %6lld  %-18s %10.2e %10.2e %5s %5d %10.2f %9.1f\n", (long long)T, k, (long long)D,
                     v.name, err, maxdiff, ok ? "yes" : "NO", nbuf, us, bytes / (us * 1e3));

@@ -12,13 +12,14 @@
 // Check: every variant against a float64 host reference on random non-zero inputs (out, and h for the add);
 // relative L2 tolerance 1e-5 (F32 sums of <= 8192 squares over 256 partials and rsqrtf: ~1e-7 expected).
 // Timing: cudaEvents, median of --reps cycles, each cycle one call per input copy, with enough copies to move
-// >= --rotate-mb (200) MB per cycle, so nothing is served from the 50 MB L2. GB/s counts the bytes the op must
-// move (rms_norm: read x + write out; add_rms_norm: read h, y + write h, out; + the weight), so the two-kernel
-// legacy path shows its extra traffic as a lower rate.
+// >= --rotate-mb (200) MB per cycle, so nothing is served from the 50 MB L2; the cycle is captured once as a CUDA
+// graph and replayed, as decode steps are (--eager: stream launches, host launch cost included).
+// GB/s counts the bytes the op must move (rms_norm: read x + write out; add_rms_norm: read h, y + write h, out;
+// + the weight), so the two-kernel legacy path shows its extra traffic as a lower rate.
 //
 // Sizes (defaults): --tokens 1,64,4096 (decode batch 1 and 64, a 4096-token prefill), --hidden 2048,7168
 // (Moonlight-16B, DeepSeek-V3). Run: build-cuda/bench/gpu/sandbox/sandbox_rms_norm [--tokens 1,64] [--hidden 2048]
-//   [--reps 20] [--rotate-mb 200]
+//   [--reps 20] [--rotate-mb 200] [--eager]
 //
 // Results so far (bench/RESULTS.md at commit 9594e3e, runs C/D: H100, Moonlight BF16 random checkpoint, batch-1
 // decode at context 512, whole model): new kernels 209.7-211.9 tok/s (run C), 205.6-207.9 (run D);
@@ -86,9 +87,12 @@ int main(int argc, char** argv) {
   const auto Ts = a.list("tokens", {1, 64, 4096});
   const auto Ds = a.list("hidden", {2048, 7168});
   const int reps = int(a.i64("reps", 20));
+  const bool graph = !a.has("eager");
   const float eps = 1e-6f;
   const double tol = 1e-5;
   print_device();
+  std::printf("timing: %s\n", graph ? "each cycle of calls replayed from a CUDA graph (--eager: stream launches)"
+                                      : "stream launches");
   cudaStream_t s;
   SBX_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
 
@@ -158,7 +162,7 @@ int main(int argc, char** argv) {
         if (v.add) err = std::max(err, rel_l2(ddownload(x, n).data(), ref_h.data(), n));
         const bool ok = err <= tol && std::isfinite(err);
         all_ok = all_ok && ok;
-        const double us = time_us(nbuf, v.call, s, reps);
+        const double us = time_us(nbuf, v.call, s, reps, 3, graph);
         const double bytes = double(n) * 4.0 * (v.add ? 4.0 : 2.0) + double(D) * 2.0;
         std::printf("%-13s %6lld %6lld  %-26s %10.2e %5s %5d %10.2f %9.1f\n", v.op, (long long)T, (long long)D,
                     v.name, err, ok ? "yes" : "NO", nbuf, us, bytes / (us * 1e3));
