@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
   std::printf("routed experts: T %lld, hidden %lld, inner %lld, %d experts, top-%d (BF16 weights %.2f GB)\n",
               (long long)T, (long long)D, (long long)I, p.E, p.k, double(p.E) * 3 * D * I * 2 / 1e9);
   cudaStream_t s;
-  SBX_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  SBX_CHECK(cudaStreamCreate(&s));  // blocking: ordered after the setup copies on the default stream
   cublasHandle_t handle;
   check_cublas(cublasCreate(&handle), "cublasCreate");
   check_cublas(cublasSetStream(handle, s), "cublasSetStream");

@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   const int64_t n = int64_t(blocks) * 256;
   print_device();
   cudaStream_t s;
-  SBX_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  SBX_CHECK(cudaStreamCreate(&s));  // blocking: ordered after the setup copies on the default stream
   float* buf = dalloc<float>(size_t(n));
   cudaEvent_t e0, e1;
   SBX_CHECK(cudaEventCreate(&e0));

@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
   }
   print_device();
   cudaStream_t s;
-  SBX_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  SBX_CHECK(cudaStreamCreate(&s));  // blocking: ordered after the setup copies on the default stream
   cublasHandle_t handle;
   check_cublas(cublasCreate(&handle), "cublasCreate");
   check_cublas(cublasSetStream(handle, s), "cublasSetStream");
