@@ -41,13 +41,16 @@ int main(int argc, char** argv) {
   const int64_t B = argc > 1 ? std::atoll(argv[1]) : 64, ctx = argc > 2 ? std::atoll(argv[2]) : 4096;
   const int64_t H = argc > 3 ? std::atoll(argv[3]) : 16;
   const int reps = argc > 4 ? std::atoi(argv[4]) : 20;
+  const int32_t forced_splits = argc > 5 ? std::atoi(argv[5]) : 0;  // 0: the backend's choice
   const int64_t dn = 128, dr = 64, r = 512, dv = 128, W = r + dr, page = 64;
   if (!cuda_backend_available()) {
     fmt::print("no CUDA device\n");
     return 1;
   }
-  auto gpu = make_cuda_backend(0);
-  const double bw = cuda::measure_copy_bandwidth(size_t(2) << 30);
+  CudaOptions options;
+  options.mla_splits = forced_splits;
+  auto gpu = make_cuda_backend(0, options);
+  const double bw = cuda::measure_copy_bandwidth(0, size_t(2) << 30);
   cudaDeviceProp prop{};
   MOE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
 
@@ -103,7 +106,7 @@ int main(int argc, char** argv) {
   const float scale = 1.0f / std::sqrt(192.0f);
 
   // Direct kernel calls on our own stream, with buffers sized as the backend sizes them.
-  const int32_t splits = cuda::mla_choose_splits(B, H, r, pps * page, prop.multiProcessorCount);
+  const int32_t splits = cuda::mla_choose_splits(B, H, r, pps * page, prop.multiProcessorCount, forced_splits);
   Tensor qf = gpu->alloc(DType::BF16, {B, H, W}), o_lat = gpu->alloc(DType::F32, {B, H, r});
   Tensor o_part = gpu->alloc(DType::F32, {splits, B, H, r}), ml = gpu->alloc(DType::F32, {splits, B, H, 2});
   cuda::WeightRef kref;
@@ -216,8 +219,8 @@ int main(int argc, char** argv) {
     fmt::print("  {:<44} {:8.4f} ms  {:6.0f} GB/s = {:5.1f}% of copy  {:6.1f} TFLOP/s\n", what, t, bytes / (t * 1e-3) / 1e9,
                100.0 * bytes / (t * 1e-3) / bw, flops / (t * 1e-3) / 1e12);
   };
-  fmt::print("device: {}; copy bandwidth {:.0f} GB/s; MOE_MLA_SPLITS={}\n", cuda::device_name(), bw / 1e9,
-             std::getenv("MOE_MLA_SPLITS") ? std::getenv("MOE_MLA_SPLITS") : "(chosen)");
+  fmt::print("device: {}; copy bandwidth {:.0f} GB/s; splits {}\n", cuda::device_name(0), bw / 1e9,
+             forced_splits > 0 ? "forced" : "chosen");
   fmt::print("mla decode: batch {} context {} heads {}: {} splits, {} cache copies, latent cache {:.1f} MB, {:.2f} GFLOP per call\n",
              B, ctx, H, splits, copies, bytes / 1e6, flops / 1e9);
   line("kernels: attention + combine (events)", ms_attn);

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # On a GPU machine (the device box: CUDA 13, nvcc, PyTorch's venv with cmake + ninja, no package registry):
-# unpack the Debian packages fetched by scripts/gpu/fetch-debs.sh (.deps/debs), build with CUDA, and run
-# stages, writing logs under $OUT (default ./out/gpu):
+# unpack the Debian packages fetched by scripts/gpu/fetch-debs.sh (.deps/debs), build the whole tree as it is
+# with CUDA, and run stages, writing logs under $OUT (default ./out/gpu):
 #   scripts/gpu/run.sh build test sanitize mla bench-moonlight bench-moonlight-fp8 bench-v3 hf-peer
+# A/B against an earlier commit, both built in the same run: put that commit's tree in .base (e.g.
+# `git archive <commit> -- . ':!models' ':!tests/data' | tar -x -C .base`, carried to the machine), then
+#   scripts/gpu/run.sh build build-base ab-moonlight ab-moonlight-fp8
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -25,36 +28,30 @@ env_deps() {
   if ! command -v pkg-config >/dev/null; then export PKG_CONFIG=$PREFIX/usr/bin/pkgconf; fi
 }
 
-# The GPU build needs no server: other folders may be mid-edit, so build from a copy with the server stubbed
-# out (as /tmp/sync.sh does on the development machine).
-scratch() {
-  local src=/tmp/moe-src
-  rm -rf "$src"; mkdir -p "$src"
-  tar cf - --exclude=./build --exclude=./build-gpu --exclude=./.git --exclude=./.deps --exclude=./out . | (cd "$src" && tar xf -)
-  [ "${MOE_FULL:-0}" = 1 ] && { echo "$src"; return; }  # MOE_FULL=1: everything, the server too
-  rm -f "$src/fuzz/server.cmake"
-  (cd "$src/src/engine" && for f in *.cpp; do case $f in generator.cpp|page_allocator.cpp|sampler.cpp|speculative.cpp) ;; *) rm -f "$f";; esac; done)
-  echo "" > "$src/tests/server/CMakeLists.txt"
-  printf 'add_library(moe_server INTERFACE)\ntarget_link_libraries(moe_server INTERFACE moe_engine)\n' > "$src/src/server/CMakeLists.txt"
-  rm -f "$src/src/cli/server_commands.cpp" "$src/src/cli/tokenizer_commands.cpp"
-  printf '#include "cli/commands.h"\nnamespace moe::cli { void register_server_commands(CLI::App&) {}\nvoid register_tokenizer_commands(CLI::App&) {} }\n' > "$src/src/cli/stubs_scratch.cpp"
-  echo "$src"
+cmake_build() {  # source build-dir targets...
+  local src=$1 build=$2; shift 2
+  # A fresh build folder each time: a warm machine may hold objects built from another copy of the tree whose
+  # times are newer than these sources (ninja would then skip them and link a mix of versions).
+  [ "${MOE_KEEP_BUILD:-0}" = 1 ] || rm -rf "$build"
+  local log=$OUT/build-$(basename "$build").log
+  cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON \
+    -DCMAKE_PREFIX_PATH="$PREFIX/usr" -DPKG_CONFIG_EXECUTABLE="${PKG_CONFIG:-pkg-config}" >"$log" 2>&1 \
+    || { tail -40 "$log"; return 1; }
+  cmake --build "$build" -j"${JOBS:-16}" --target "$@" >>"$log" 2>&1 || { grep -E "error|FAILED" "$log" | head -40; return 1; }
 }
 
 stage_build() {
-  # A fresh build folder each time: a warm machine may hold objects built from another copy of the tree whose
-  # times are newer than these sources (ninja would then skip them and link a mix of versions).
-  [ "${MOE_KEEP_BUILD:-0}" = 1 ] || rm -rf "$BUILD"
   deps
   (nvidia-smi; nvcc --version | tail -2; cmake --version | head -1; g++ --version | head -1) 2>&1 | tee "$OUT/env.txt"
   env_deps
-  SRC=$(scratch)
-  cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON -DMOE_BUILD_BENCH=OFF \
-    -DCMAKE_PREFIX_PATH="$PREFIX/usr" -DPKG_CONFIG_EXECUTABLE="${PKG_CONFIG:-pkg-config}" >"$OUT/configure.log" 2>&1 \
-    || { tail -40 "$OUT/configure.log"; return 1; }
-  cmake --build "$BUILD" -j16 --target moe test_cuda bench_mla_attention >"$OUT/build.log" 2>&1 \
-    || { grep -E "error|FAILED" "$OUT/build.log" | head -40; return 1; }
-  echo "build ok"
+  cmake_build "$ROOT" "$BUILD" moe test_cuda bench_mla_attention sandboxes && echo "build ok"
+}
+# The tree in .base (an earlier commit), for A/B runs in the same session: build-base/src/cli/moe.
+stage_build-base() {
+  deps
+  env_deps
+  [ -d "$ROOT/.base" ] || { echo "no .base tree"; return 1; }
+  cmake_build "$ROOT/.base" "$ROOT/build-base" moe && echo "base build ok"
 }
 stage_test() {
   env_deps
@@ -86,31 +83,27 @@ bench_model() {  # name config dtype batches contexts
   "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 4096 --batch "$4" --context "$5" 2>&1 | tee "$OUT/bench-$1.log"
   rm -rf "$dir"
 }
-stage_test-bf16() {  # the whole-model tests with the single-rounding BF16 prefill GEMMs
-  env_deps
-  MOE_CUDA_PREFILL=bf16 "$BUILD/tests/cuda/test_cuda" --gtest_filter='CudaModel.*' 2>&1 | tee "$OUT/test_cuda_bf16.log" | grep -E "^\[|rel L2|error" | tail -40
-}
 # Decode at batch 1 and 64 (contexts 512 and 4096) and prefill 4096, then prefill again with the other
-# prefill GEMM precision (MOE_CUDA_PREFILL=bf16), on one random checkpoint.
+# prefill GEMM precision (--cuda-prefill split), on one random checkpoint.
 quick_model() {  # name config dtype
   env_deps
   local dir=$MODELS/$1
   [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config "$2" --out "$dir" --dtype "$3" >/dev/null || return 1
   "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 4096 --batch 1,64 --context 512,4096 2>&1 | tee "$OUT/quick-$1.log"
-  MOE_CUDA_PREFILL=bf16 "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 4096 --batch 1 --context 512 2>&1 | grep -E "prefill|decode" | sed 's/^/[prefill bf16] /' | tee -a "$OUT/quick-$1.log"
+  "$BUILD/src/cli/moe" bench --device cuda --cuda-prefill split --model "$dir" --prompt-tokens 4096 --batch 1 --context 512 2>&1 | grep -E "prefill|decode" | sed 's/^/[prefill split] /' | tee -a "$OUT/quick-$1.log"
   rm -rf "$dir"
 }
 stage_quick-moonlight() { quick_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
 stage_quick-moonlight-fp8() { quick_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }
 # Batch-1 decode of the Moonlight shape, A/B in one process tree on one checkpoint: decode steps replayed from
-# CUDA graphs with programmatic dependent launch (the default), without graphs, and without either.
+# CUDA graphs (the default) and without graphs. (Launches without programmatic dependent launch: the sandbox.)
 decode_ab() {  # name config dtype
   env_deps
   local dir=$MODELS/$1
   [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config "$2" --out "$dir" --dtype "$3" >/dev/null || return 1
-  for v in "graph+pdl:" "no-graph:MOE_CUDA_GRAPH=0" "no-graph,no-pdl:MOE_CUDA_GRAPH=0 MOE_CUDA_PDL=0" "graph+pdl:"; do
-    local name=${v%%:*} envs=${v#*:}
-    env $envs "$BUILD/src/cli/moe" bench --device cuda --model "$dir" --prompt-tokens 128 --batch 1 --context 512,4096 --steps 48 2>&1 \
+  for v in "graph:true" "no-graph:false" "graph:true"; do
+    local name=${v%%:*} graphs=${v#*:}
+    "$BUILD/src/cli/moe" bench --device cuda --cuda-graphs "$graphs" --model "$dir" --prompt-tokens 128 --batch 1 --context 512,4096 --steps 48 2>&1 \
       | grep -E "^(device|ceilings|decode)" | sed "s/^/[$name] /" | tee -a "$OUT/decode-$1.log"
   done
 }
@@ -135,8 +128,8 @@ stage_profile-decode-fp8() { profile moonlight-fp8 bench/gpu/configs/moonlight-1
 stage_bench-moonlight() { bench_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 1,8,64,256 512,4096; }
 stage_bench-moonlight-fp8() { bench_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8 1,8,64,256 512,4096; }
 stage_bench-v3() { bench_model v3-4layers-fp8 bench/gpu/configs/deepseek-v3-4layers.json fp8 1,8,64 512,4096; }
-# `moe serve --device cuda` on the bundled tiny model (needs MOE_FULL=1 at build): a chat completion, a
-# streamed one and the metrics, through curl.
+# `moe serve --device cuda` on the bundled tiny model: a chat completion, a streamed one and the metrics,
+# through curl.
 stage_serve() {
   env_deps
   local log=$OUT/serve.log port=18431
@@ -150,6 +143,29 @@ stage_serve() {
   curl -sS "http://127.0.0.1:$port/metrics" | grep -E "^moe_" | head -12 | tee -a "$log"
   kill $pid; wait $pid; echo "serve exit $?"
 }
+# The kernel sandboxes of bench/gpu/sandbox (A/B variants kept out of production), each self-checking.
+stage_sandbox() {
+  env_deps
+  bench/gpu/sandbox/run_all.sh "$BUILD" 2>&1 | tee "$OUT/sandbox.log" | grep -E "^(====|sandbox_)|FAIL|TFLOP|GB/s" | tail -40
+}
+# A/B of this tree against .base on one random checkpoint, both built in this run (build, build-base):
+# decode at batch 1, 8 and 64 (context 512) and prefill 4096, alternating base and new twice (run-to-run noise).
+ab_model() {  # name config dtype
+  env_deps
+  local dir=$MODELS/$1
+  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config "$2" --out "$dir" --dtype "$3" >/dev/null || return 1
+  for rep in 1 2; do
+    for which in base new; do
+      local bin=$BUILD/src/cli/moe
+      [ $which = base ] && bin=$ROOT/build-base/src/cli/moe
+      "$bin" bench --device cuda --model "$dir" --prompt-tokens 4096 --batch 1,8,64 --context 512 --steps 24 2>&1 \
+        | grep -E "^(device|ceilings|prefill|decode)" | sed "s/^/[$1 $which $rep] /" | tee -a "$OUT/ab-$1.log"
+    done
+  done
+  rm -rf "$dir"
+}
+stage_ab-moonlight() { ab_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
+stage_ab-moonlight-fp8() { ab_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }
 stage_hf-peer() { PYTHONUNBUFFERED=1 python3 bench/gpu/hf_peer.py 2>&1 | tee "$OUT/hf_peer.log" | tail -5; }
 
 for s in "$@"; do

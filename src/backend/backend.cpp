@@ -1,4 +1,4 @@
-// Backend selection by name ("cpu", "cuda").
+// Backend selection: a device and the options of the backend that runs on it.
 #include "backend/backend.h"
 
 #include "core/error.h"
@@ -6,16 +6,29 @@
 namespace moe {
 
 #ifndef MOE_HAVE_CUDA
-std::unique_ptr<Backend> make_cuda_backend(int) {
+std::unique_ptr<Backend> make_cuda_backend(int, const CudaOptions&) {
   fail("this build of moe has no CUDA backend (configure with nvcc available, -DMOE_CUDA=ON)");
 }
 bool cuda_backend_available() { return false; }
+int cuda_device_count() { return 0; }
 #endif
 
+CudaOptions::Prefill parse_cuda_prefill(const std::string& name) {
+  if (name == "bf16") return CudaOptions::Prefill::Bf16;
+  if (name == "split") return CudaOptions::Prefill::Split;
+  if (name == "gemv") return CudaOptions::Prefill::Gemv;
+  fail("unknown CUDA prefill precision '{}' (expected bf16, split or gemv)", name);
+}
+
+std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
+  if (options.device.is_host()) return make_cpu_backend(options.cpu);
+  return make_cuda_backend(options.device.index, options.cuda);
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& device) {
-  if (device == "cpu") return make_cpu_backend();
-  if (device == "cuda") return make_cuda_backend(0);
-  fail("unknown device '{}' (expected cpu or cuda)", device);
+  BackendOptions options;
+  options.device = Device::parse(device);
+  return make_backend(options);
 }
 
 }  // namespace moe

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend_options.h"
 #include "core/error.h"
 #include "core/tensor.h"
 
@@ -178,9 +179,14 @@ class Backend {
                            const TensorView& out) = 0;
 };
 
-std::unique_ptr<Backend> make_cpu_backend();
-std::unique_ptr<Backend> make_cuda_backend(int device_index = 0);  // throws moe::Error without CUDA
-bool cuda_backend_available();                                     // built with CUDA and a device present
-std::unique_ptr<Backend> make_backend(const std::string& device);  // "cpu" or "cuda"
+std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options = {});
+// A CUDA backend on device `device_index` with its own context (stream, handles, memory pool, kernel
+// attributes): several may live in one process, on different devices or the same one. Throws moe::Error
+// without CUDA, without that device, or on a GPU that is not Hopper.
+std::unique_ptr<Backend> make_cuda_backend(int device_index = 0, const CudaOptions& options = {});
+bool cuda_backend_available();  // built with CUDA and a device present
+int cuda_device_count();        // 0 without CUDA
+std::unique_ptr<Backend> make_backend(const BackendOptions& options);
+std::unique_ptr<Backend> make_backend(const std::string& device);  // "cpu", "cuda" or "cuda:N", default options
 
 }  // namespace moe

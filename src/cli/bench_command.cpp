@@ -17,6 +17,7 @@
 #include "cli/common.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "engine/step_executor.h"
 #include "engine/generator.h"
 
 #ifdef MOE_HAVE_CUDA
@@ -76,7 +77,8 @@ double measure_read_bandwidth(size_t bytes) {
 }
 
 struct BenchArgs {
-  std::string model, device = "cpu";
+  std::string model;
+  BackendArgs backend;
   int32_t prompt_tokens = 128, gen_tokens = 32;
   uint64_t seed = 1;
   std::vector<int32_t> batches, contexts;
@@ -89,12 +91,12 @@ struct Ceilings {
   std::string what;
 };
 
-Ceilings measure_ceilings(const std::string& device) {
+Ceilings measure_ceilings(const Device& device) {
   Ceilings c;
 #ifdef MOE_HAVE_CUDA
-  if (device == "cuda") {
-    c.bandwidth = cuda::measure_copy_bandwidth(size_t(2) << 30);
-    c.gemm = cuda::measure_bf16_gemm_rate(8192);
+  if (device.is_cuda()) {
+    c.bandwidth = cuda::measure_copy_bandwidth(device.index, size_t(2) << 30);
+    c.gemm = cuda::measure_bf16_gemm_rate(device.index, 8192);
     c.what = "device-to-device copy of 2 GiB (read + written); cuBLAS BF16 GEMM 8192^3";
     return c;
   }
@@ -104,9 +106,9 @@ Ceilings measure_ceilings(const std::string& device) {
   return c;
 }
 
-size_t device_memory_used(const std::string& device) {
+size_t device_memory_used(const Device& device) {
 #ifdef MOE_HAVE_CUDA
-  if (device == "cuda") return cuda::device_memory_used();
+  if (device.is_cuda()) return cuda::device_memory_used(device.index);
 #endif
   return 0;
 }
@@ -138,13 +140,13 @@ void fill_cache_random(Backend& backend, LatentCache& cache, std::mt19937& rng) 
 
 void run_sweep(const BenchArgs& a) {
   apply_thread_count();
-  auto backend = make_backend(a.device);
-  const Ceilings ceil = measure_ceilings(a.device);
+  auto backend = open_backend(a.backend);
+  const Ceilings ceil = measure_ceilings(backend->device());
   DeepseekV3 model(a.model, *backend);
   const ModelConfig& c = model.config();
   const ModelStats stats = compute_stats(model.checkpoint(), c);
   backend->synchronize();
-  const size_t weights_used = device_memory_used(a.device);
+  const size_t weights_used = device_memory_used(backend->device());
   std::mt19937 rng(uint32_t(a.seed));
   const int64_t page = 64, layers = model.cache_layers();
   const int64_t cache_token_bytes = layers * c.cache_width() * int64_t(dtype_size(backend->cache_dtype()));
@@ -195,7 +197,9 @@ void run_sweep(const BenchArgs& a) {
       const int64_t pps = pages_for(int64_t(ctx) + steps + 4, page);
       const int64_t cache_bytes = int64_t(B) * pps * page * cache_token_bytes;
 #ifdef MOE_HAVE_CUDA
-      if (a.device == "cuda" && double(cache_bytes) > 0.9 * double(cuda::device_memory_total() - cuda::device_memory_used())) {
+      const Device dev = backend->device();
+      if (dev.is_cuda() &&
+          double(cache_bytes) > 0.9 * double(cuda::device_memory_total(dev.index) - cuda::device_memory_used(dev.index))) {
         fmt::print("decode: batch {} context {}: skipped, the cache needs {} of device memory\n", B, ctx,
                    human_bytes(cache_bytes));
         continue;
@@ -207,27 +211,28 @@ void run_sweep(const BenchArgs& a) {
       for (int32_t s = 0; s < B; ++s)
         for (int64_t p = 0; p < pps; ++p) chunks[size_t(s)].pages.push_back(int32_t(int64_t(s) * pps + p));
       std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-      double host_s = 0.0;  // time the host spends enqueuing a step (model.forward returning)
+      StepExecutor executor(model);  // as the scheduler runs decode steps: replayed from graphs
+      double host_s = 0.0;  // time the host spends enqueuing a step (executor.forward returning)
       auto step = [&](int32_t i) {
         for (auto& ch : chunks) {
           ch.tokens = {int32_t(rng() % uint32_t(c.vocab_size))};
           ch.start_pos = ctx + i;
         }
         const auto th = Clock::now();
-        ForwardOutput out = model.forward(chunks, cache);
+        ForwardOutput out = executor.forward(chunks, cache);
         host_s += seconds_since(th);
         if (B == 1) backend->copy_to_host(out.logits, logits.data());  // greedy sampling reads the logits
         else backend->synchronize();
       };
       step(0);
       step(1);
-      const size_t mem = device_memory_used(a.device);
+      const size_t mem = device_memory_used(backend->device());
       host_s = 0.0;
-      const int64_t replays_before = model.graph_stats().replays;
+      const int64_t replays_before = executor.stats().replays;
       const auto t0 = Clock::now();
       for (int32_t i = 0; i < steps; ++i) step(2 + i);
       const double dt = seconds_since(t0);
-      const int64_t replayed = model.graph_stats().replays - replays_before;
+      const int64_t replayed = executor.stats().replays - replays_before;
       const double tps = double(B) * steps / dt;
       // Host enqueue time close to the step time means the step is bound by the host (launches, allocations).
       fmt::print("decode: batch {} context {}: {:.1f} tokens/s ({:.2f} ms/step, host enqueue {:.2f} ms/step, {} of {} steps "
@@ -249,7 +254,7 @@ void run_sweep(const BenchArgs& a) {
 void run_bench(const BenchArgs& a) {
   apply_thread_count();
   if (a.prompt_tokens < 1 || a.gen_tokens < 1) fail("--prompt-tokens and --gen-tokens must be >= 1");
-  auto backend = make_backend(a.device);
+  auto backend = open_backend(a.backend);
   const double bandwidth_before = measure_read_bandwidth(size_t(1) << 30);
   DeepseekV3 model(a.model, *backend);
   const ModelConfig& c = model.config();
@@ -305,13 +310,13 @@ void register_bench_command(CLI::App& app) {
   cmd->add_option("--prompt-tokens", a->prompt_tokens, "Prompt length for the prefill measurement");
   cmd->add_option("--gen-tokens", a->gen_tokens, "Tokens decoded for the decode measurement");
   cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
-  cmd->add_option("--device", a->device, "cpu or cuda");
+  add_backend_options(cmd, a->backend);
   cmd->add_option("--seed", a->seed, "Seed for the random prompt");
   cmd->add_option("--batch", a->batches, "Decode batch sizes to sweep (one or more)")->delimiter(',');
   cmd->add_option("--context", a->contexts, "Context lengths to sweep (one or more)")->delimiter(',');
   cmd->add_option("--steps", a->steps, "Decode steps timed per sweep point (default: 24, 6 from batch 64)");
   cmd->callback([a] {
-    if (a->batches.empty() && a->contexts.empty() && a->device != "cuda") return run_bench(*a);
+    if (a->batches.empty() && a->contexts.empty() && !Device::parse(a->backend.device).is_cuda()) return run_bench(*a);
     if (a->batches.empty()) a->batches = {1};
     if (a->contexts.empty()) a->contexts = {a->prompt_tokens};
     run_sweep(*a);

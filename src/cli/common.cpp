@@ -17,6 +17,37 @@ void apply_thread_count() {
   ThreadPool::set_global_threads(g_threads);
 }
 
+BackendOptions BackendArgs::options() const {
+  BackendOptions o;
+  o.device = Device::parse(device);
+  o.cuda.graphs = cuda_graphs;
+  o.cuda.prefill = parse_cuda_prefill(cuda_prefill);
+  if (cuda_mla_prefill_tokens < 0) fail("--cuda-mla-prefill-tokens must be >= 0, not {}", cuda_mla_prefill_tokens);
+  if (cuda_mla_splits < 0) fail("--cuda-mla-splits must be >= 0, not {}", cuda_mla_splits);
+  o.cuda.mla_prefill_min_tokens = cuda_mla_prefill_tokens;
+  o.cuda.mla_splits = cuda_mla_splits;
+  return o;
+}
+
+void add_backend_options(CLI::App* cmd, BackendArgs& a) {
+  cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->envname("MOE_DEVICE")->capture_default_str();
+  cmd->add_option("--cuda-graphs", a.cuda_graphs, "Capture repeated steps (decode) as CUDA graphs")
+      ->envname("MOE_CUDA_GRAPHS")
+      ->capture_default_str();
+  cmd->add_option("--cuda-prefill", a.cuda_prefill, "GEMM precision of many-token steps: bf16, split or gemv")
+      ->envname("MOE_CUDA_PREFILL")
+      ->capture_default_str();
+  cmd->add_option("--cuda-mla-prefill-tokens", a.cuda_mla_prefill_tokens,
+                  "Expanded-form MLA for prefill chunks of at least this many tokens (0: never)")
+      ->envname("MOE_CUDA_MLA_PREFILL_TOKENS")
+      ->capture_default_str();
+  cmd->add_option("--cuda-mla-splits", a.cuda_mla_splits, "Decode attention split count (0: chosen per shape)")
+      ->envname("MOE_CUDA_MLA_SPLITS")
+      ->capture_default_str();
+}
+
+std::unique_ptr<Backend> open_backend(const BackendArgs& args) { return make_backend(args.options()); }
+
 std::vector<int32_t> parse_token_list(const std::string& text) {
   std::vector<int32_t> out;
   size_t pos = 0;

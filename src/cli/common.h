@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "engine/sampler.h"
 
 namespace moe::cli {
@@ -16,6 +17,24 @@ std::vector<int32_t> parse_token_list(const std::string& text);  // "3,17,42"
 std::string join_token_list(const std::vector<int32_t>& ids);     // the inverse
 std::string human_count(int64_t n);                               // 15.96 B
 std::string human_bytes(int64_t n);                               // 5.80 GB
+
+// --device and the backends' options. Each flag has one environment variable, read by CLI11 when the flag is
+// not given (flag value > environment > default); this is the only place the program reads them.
+//   --device                    MOE_DEVICE                    cpu, cuda or cuda:N
+//   --cuda-graphs               MOE_CUDA_GRAPHS               capture repeated steps as CUDA graphs (on)
+//   --cuda-prefill              MOE_CUDA_PREFILL              bf16, split or gemv (see CudaOptions::Prefill)
+//   --cuda-mla-prefill-tokens   MOE_CUDA_MLA_PREFILL_TOKENS   expanded MLA from this many new tokens (64; 0 off)
+//   --cuda-mla-splits           MOE_CUDA_MLA_SPLITS           decode attention splits (0: chosen per shape)
+struct BackendArgs {
+  std::string device = "cpu";
+  bool cuda_graphs = true;
+  std::string cuda_prefill = "bf16";
+  int64_t cuda_mla_prefill_tokens = 64;
+  int32_t cuda_mla_splits = 0;
+  BackendOptions options() const;  // throws moe::Error naming a bad value
+};
+void add_backend_options(CLI::App* cmd, BackendArgs& args);
+std::unique_ptr<Backend> open_backend(const BackendArgs& args);
 
 // --temperature, --top-p, --top-k, --min-p, --repetition-penalty on a command that samples.
 void add_sampling_options(CLI::App* cmd, SamplingParams& sampling);

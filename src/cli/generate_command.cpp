@@ -17,7 +17,8 @@ namespace moe::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, tokenizer, device = "cpu", tokens, prompt;
+  std::string model, tokenizer, tokens, prompt;
+  BackendArgs backend;
   int32_t max_new_tokens = 16;
   SamplingParams sampling;
   uint64_t seed = 0;
@@ -37,7 +38,7 @@ void run_generate(const GenerateArgs& a) {
   } else {
     prompt = parse_token_list(a.tokens);
   }
-  auto backend = make_backend(a.device);
+  auto backend = open_backend(a.backend);
   DeepseekV3 model(a.model, *backend, {.load_mtp = a.speculative});
   if (a.speculative) {
     // Greedy with the MTP module drafting the next-next token; same tokens as plain greedy decoding.
@@ -89,7 +90,7 @@ void register_generate_command(CLI::App& app) {
   tokens->excludes(prompt);
   cmd->add_option("--tokenizer", a->tokenizer, "Directory with tokenizer.json (default: the model directory)");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Tokens to generate");
-  cmd->add_option("--device", a->device, "cpu or cuda");
+  add_backend_options(cmd, a->backend);
   cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
   add_sampling_options(cmd, a->sampling);
   cmd->add_flag("--speculative", a->speculative, "Greedy decoding with the MTP module drafting (same output, fewer passes)");

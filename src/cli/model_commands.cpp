@@ -48,10 +48,10 @@ void run_info(const std::string& model_dir) {
              per_token_f32 / 2, per_token_f32);
 }
 
-void run_logits(const std::string& model_dir, const std::string& device, const std::string& tokens_text,
+void run_logits(const std::string& model_dir, const BackendArgs& device, const std::string& tokens_text,
                 const std::string& out_path, bool mtp) {
   const std::vector<int32_t> tokens = parse_token_list(tokens_text);
-  auto backend = make_backend(device);
+  auto backend = open_backend(device);
   DeepseekV3 model(model_dir, *backend, {.load_mtp = mtp});
   if (mtp && !model.has_mtp()) fail("{}: the checkpoint has no MTP module (num_nextn_predict_layers)", model_dir);
   const int64_t T = int64_t(tokens.size()), V = model.config().vocab_size, page = 64;
@@ -85,13 +85,14 @@ void register_model_commands(CLI::App& app) {
   {
     auto* cmd = app.add_subcommand("logits", "Write the logits of a token sequence to a safetensors file");
     auto model = std::make_shared<std::string>(), tokens = std::make_shared<std::string>(),
-         out = std::make_shared<std::string>(), device = std::make_shared<std::string>("cpu");
+         out = std::make_shared<std::string>();
+    auto device = std::make_shared<BackendArgs>();
     auto mtp = std::make_shared<bool>(false);
     cmd->add_option("--model", *model, "Checkpoint directory")->required();
     cmd->add_option("--tokens", *tokens, "Comma-separated token ids")->required();
     cmd->add_option("--out", *out, "Output safetensors file (F32 logits [T, vocab])")->required();
     cmd->add_flag("--mtp", *mtp, "Also write mtp_logits [T-1, vocab] from the MTP module");
-    cmd->add_option("--device", *device, "cpu or cuda");
+    add_backend_options(cmd, *device);
     cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
     cmd->callback([=] {
       apply_thread_count();

@@ -29,7 +29,8 @@ namespace moe::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, host = "127.0.0.1", api_key_file, feedback_db, device = "cpu", name, reasoning = "auto";
+  std::string model, host = "127.0.0.1", api_key_file, feedback_db, name, reasoning = "auto";
+  BackendArgs backend;
   int port = 8000;
   int32_t max_batch = 64, step_tokens = 512, default_max_tokens = 2048;
   int64_t cache_tokens = 65536, page_size = 16, max_context = 0;
@@ -74,7 +75,7 @@ void run_serve(const ServeArgs& a) {
   so.model_name = a.name.empty() ? std::filesystem::path(a.model).lexically_normal().filename().string() : a.name;
   if (so.model_name.empty()) so.model_name = std::filesystem::path(a.model).parent_path().filename().string();
 
-  auto backend = make_backend(a.device);
+  auto backend = open_backend(a.backend);
   DeepseekV3 model(a.model, *backend);
   const Tokenizer tokenizer = Tokenizer::load(a.model);
   SchedulerOptions sopt;
@@ -242,7 +243,7 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--port", s->port, "Port (0: any free port; the bound port is printed)");
   serve->add_option("--api-key-file", s->api_key_file, "File holding the API key clients must send (or set MOE_API_KEY)");
   serve->add_option("--feedback-db", s->feedback_db, "SQLite file for ratings from the chat page (POST /v1/feedback)");
-  serve->add_option("--device", s->device, "cpu or cuda");
+  add_backend_options(serve, s->backend);
   serve->add_option("--threads", g_threads, "CPU threads (default: all cores)");
   serve->add_option("--max-batch", s->max_batch, "Most sequences in the running batch");
   serve->add_option("--cache-tokens", s->cache_tokens, "Latent cache capacity in tokens (all requests together)");

@@ -20,7 +20,8 @@ namespace moe::cli {
 namespace {
 
 struct ChatArgs {
-  std::string model, tokenizer, device = "cpu", system;
+  std::string model, tokenizer, system;
+  BackendArgs backend;
   int32_t max_new_tokens = 512;
   int64_t context = 4096;
   SamplingParams sampling;
@@ -30,7 +31,7 @@ void run_chat(const ChatArgs& a) {
   apply_thread_count();
   const Tokenizer tok = Tokenizer::load(a.tokenizer.empty() ? a.model : a.tokenizer);
   const ChatTemplate& tmpl = tok.chat_template();
-  auto backend = make_backend(a.device);
+  auto backend = open_backend(a.backend);
   DeepseekV3 model(a.model, *backend);
   Generator gen(model, a.context);
   GenerateOptions opts;
@@ -88,7 +89,7 @@ void register_text_commands(CLI::App& app) {
   auto a = std::make_shared<ChatArgs>();
   cmd->add_option("--model", a->model, "Checkpoint directory")->required();
   cmd->add_option("--tokenizer", a->tokenizer, "Directory with tokenizer.json and tokenizer_config.json (default: the model directory)");
-  cmd->add_option("--device", a->device, "cpu or cuda");
+  add_backend_options(cmd, a->backend);
   cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
   cmd->add_option("--system", a->system, "System prompt");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Longest reply in tokens");

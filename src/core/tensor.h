@@ -13,7 +13,21 @@
 
 namespace moe {
 
-enum class Device : uint8_t { Host, Cuda };
+// Where a tensor lives: host memory, or the memory of CUDA device `index`.
+struct Device {
+  enum class Kind : uint8_t { Host, Cuda };
+  Kind kind = Kind::Host;
+  int32_t index = 0;
+
+  static constexpr Device host() { return Device{}; }
+  static constexpr Device cuda(int32_t i = 0) { return Device{Kind::Cuda, i}; }
+  bool is_host() const { return kind == Kind::Host; }
+  bool is_cuda() const { return kind == Kind::Cuda; }
+  bool operator==(const Device&) const = default;
+  std::string str() const;  // "cpu", "cuda:1"
+  // "cpu", "cuda" (device 0) or "cuda:N"; throws moe::Error naming the text otherwise.
+  static Device parse(const std::string& text);
+};
 
 struct Shape {
   std::array<int64_t, 4> dims{0, 0, 0, 0};
@@ -44,7 +58,7 @@ struct TensorView {
   void* data = nullptr;
   DType dtype = DType::F32;
   Shape shape;
-  Device device = Device::Host;
+  Device device;
 
   int64_t numel() const { return shape.numel(); }
   size_t nbytes() const { return size_t(numel()) * dtype_size(dtype); }

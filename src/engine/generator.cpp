@@ -8,6 +8,7 @@ namespace moe {
 
 Generator::Generator(DeepseekV3& model, int64_t max_context, int64_t page_size)
     : model_(model),
+      executor_(model),
       max_context_(max_context),
       page_size_(page_size),
       cache_(model.config(), model.backend(), pages_for(max_context, page_size), page_size, model.cache_layers()) {
@@ -34,7 +35,7 @@ std::vector<int32_t> Generator::generate(const std::vector<int32_t>& prompt, con
   chunk.start_pos = int32_t(reuse);
   chunk.pages = pages_;
   while (int32_t(out.size()) < options.max_new_tokens) {
-    ForwardOutput fwd = model_.forward({chunk}, cache_);
+    ForwardOutput fwd = executor_.forward({chunk}, cache_);
     cached_.insert(cached_.end(), chunk.tokens.begin(), chunk.tokens.end());
     backend.copy_to_host(fwd.logits, logits.data());
     const int32_t next = sampler.sample(logits, prompt, out);

@@ -7,6 +7,7 @@
 
 #include "engine/page_allocator.h"
 #include "engine/sampler.h"
+#include "engine/step_executor.h"
 #include "model/deepseek_v3.h"
 
 namespace moe {
@@ -31,6 +32,7 @@ class Generator {
 
  private:
   DeepseekV3& model_;
+  StepExecutor executor_;  // decode steps replayed from graphs
   int64_t max_context_, page_size_;
   LatentCache cache_;
   std::vector<int32_t> pages_;

@@ -106,6 +106,7 @@ struct Scheduler::Sequence {
 
 Scheduler::Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOptions options)
     : model_(model),
+      executor_(model),
       tokenizer_(tokenizer),
       options_(options),
       max_context_(std::min(options.max_context > 0 ? std::min(options.max_context, model.config().max_position_embeddings)
@@ -321,7 +322,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   if (chunks.empty()) return;
 
   Backend& backend = model_.backend();
-  ForwardOutput fwd = model_.forward(chunks, cache_);
+  ForwardOutput fwd = executor_.forward(chunks, cache_);
   const int64_t vocab = model_.config().vocab_size;
   MOE_CHECK(fwd.logits.shape()[0] == int64_t(chunks.size()) && fwd.logits.shape()[1] == vocab,
             "scheduler: unexpected logits shape");

@@ -27,6 +27,7 @@
 #include "engine/metrics.h"
 #include "engine/page_allocator.h"
 #include "engine/sampler.h"
+#include "engine/step_executor.h"
 #include "model/deepseek_v3.h"
 #include "tokenizer/tokenizer.h"
 
@@ -140,6 +141,7 @@ class Scheduler {
   friend class RequestHandle;
 
   DeepseekV3& model_;
+  StepExecutor executor_;  // steps of repeating shapes (decode at any batch size) replayed from graphs
   const Tokenizer* tokenizer_;
   SchedulerOptions options_;
   int64_t max_context_;

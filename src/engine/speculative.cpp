@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "engine/page_allocator.h"
 #include "engine/sampler.h"
+#include "engine/step_executor.h"
 
 namespace moe {
 
@@ -38,7 +39,8 @@ std::vector<int32_t> generate_greedy_mtp(DeepseekV3& model, const std::vector<in
 
   // Prefill: the main model over the prompt gives the first new token and h[0..T-1]; the MTP module over
   // (t[j+1], h[j]) for j = 0..T-1 drafts the token after it.
-  ForwardOutput main = model.forward({SequenceChunk{prompt, 0, pages, false}}, cache);
+  StepExecutor executor(model);  // the verification steps (two tokens, all logits) repeat: replayed from graphs
+  ForwardOutput main = executor.forward({SequenceChunk{prompt, 0, pages, false}}, cache);
   int32_t next = argmax_rows(backend, main.logits)[0];
   out.push_back(next);
   std::vector<int32_t> shifted(prompt.begin() + 1, prompt.end());
@@ -51,7 +53,7 @@ std::vector<int32_t> generate_greedy_mtp(DeepseekV3& model, const std::vector<in
   // model; `draft` guesses the token at pos + 1.
   int32_t pos = int32_t(T);
   while (int32_t(out.size()) < max_new_tokens) {
-    main = model.forward({SequenceChunk{{next, draft}, pos, pages, true}}, cache);
+    main = executor.forward({SequenceChunk{{next, draft}, pos, pages, true}}, cache);
     const std::vector<int32_t> verified = argmax_rows(backend, main.logits);  // tokens at pos + 1, pos + 2
     ++st.main_passes;
     ++st.drafted;

@@ -93,7 +93,7 @@ TensorView SafetensorsFile::view(const SafetensorsEntry& e) const {
   v.data = const_cast<uint8_t*>(data_ + e.begin);
   v.dtype = e.dtype;
   v.shape = e.shape;
-  v.device = Device::Host;
+  v.device = Device::host();
   return v;
 }
 

@@ -80,16 +80,13 @@ Tensor DeepseekV3::upload_tokens(const std::vector<SequenceChunk>& chunks) {
 }
 
 ForwardOutput DeepseekV3::forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache) {
-  BatchPlan plan = plan_batch(chunks, cache.page_size());
-  widen_decode_plan(chunks, plan);
-  if (graph_eligible(chunks)) return forward_graphed(chunks, std::move(plan), cache);
+  const BatchPlan plan = plan_batch(chunks, cache.page_size());
   const DeviceBatch batch = backend_.upload_batch(plan);
   const Tensor ids = upload_tokens(chunks);
-  return run_layers(chunks, batch, ids, cache);
+  return run(chunks, batch, ids, cache);
 }
 
-// The device part of forward(): embedding, decoder layers, final norm and LM head.
-ForwardOutput DeepseekV3::run_layers(const std::vector<SequenceChunk>& chunks, const DeviceBatch& batch,
+ForwardOutput DeepseekV3::run(const std::vector<SequenceChunk>& chunks, const DeviceBatch& batch,
                                      const TensorView& ids, LatentCache& cache) {
   const int64_t T = batch.plan->num_tokens(), D = config_.hidden_size;
   const DType act = backend_.activation_dtype();

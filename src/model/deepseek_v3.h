@@ -2,10 +2,8 @@
 // The DeepSeek-V3 architecture (also V2/V2-Lite, Moonlight, Kimi-K2): MLA attention over a latent cache,
 // DeepSeekMoE feed-forward, and the Multi-Token-Prediction module. The forward pass reads like the paper in
 // deepseek_v3.cpp; every op runs on the Backend.
-#include <map>
 #include <memory>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "backend/backend.h"
@@ -26,10 +24,6 @@ struct SequenceChunk {
 };
 
 BatchPlan plan_batch(const std::vector<SequenceChunk>& chunks, int64_t page_size);
-// A decode step (one new token per sequence, last logits only) gets a page table padded to a power-of-two
-// width, so that its kernels' launch shapes repeat from step to step (see deepseek_v3_graphs.cpp).
-bool is_decode_step(const std::vector<SequenceChunk>& chunks);
-void widen_decode_plan(const std::vector<SequenceChunk>& chunks, BatchPlan& plan);
 
 struct ForwardOutput {
   Tensor logits;                    // [rows, vocab] F32 on the backend: per chunk, all tokens or the last
@@ -50,16 +44,21 @@ class DeepseekV3 {
   const ModelWeights& weights() const { return weights_; }
   const Checkpoint& checkpoint() const { return checkpoint_; }
   bool has_mtp() const { return weights_.mtp.has_value(); }
-  // Decode steps captured as graphs and replayed (backends that can capture; see deepseek_v3_graphs.cpp).
-  struct GraphStats {
-    int64_t captures = 0, replays = 0;
-  };
-  const GraphStats& graph_stats() const { return graph_stats_; }
   // Layers a LatentCache for this model needs (the MTP module's layer included when loaded).
   int64_t cache_layers() const { return config_.num_hidden_layers + (has_mtp() ? 1 : 0); }
 
-  // Runs the main model over the new tokens of every chunk, appending their latents to the cache.
+  // Runs the main model over the new tokens of every chunk, appending their latents to the cache: plans the
+  // step on the host, uploads it, then run(). (engine/step_executor.h replays repeated steps from graphs.)
   ForwardOutput forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache);
+  // The device part of forward(), given the step's uploaded plan (Backend::upload_batch of plan_batch(chunks))
+  // and token ids (upload_tokens(chunks)): embedding, decoder layers, final norm, LM head. It only enqueues
+  // backend ops, choosing nothing from the inputs' values, so a backend can capture it and replay it with
+  // rewritten inputs (update_batch, copy_from_host), as long as `chunks` keep their shape.
+  ForwardOutput run(const std::vector<SequenceChunk>& chunks, const DeviceBatch& batch, const TensorView& ids,
+                    LatentCache& cache);
+  // The chunks' tokens in order, checked against the vocabulary; and the same uploaded (I32 [T]).
+  std::vector<int32_t> token_ids(const std::vector<SequenceChunk>& chunks) const;
+  Tensor upload_tokens(const std::vector<SequenceChunk>& chunks);
 
   // MTP: chunk tokens are t[j+1] at positions j, `hidden` the main model's final-norm states h[j] for the
   // same rows (in chunk order). Returns logits predicting t[j+2] (rows as in forward) using the MTP cache
@@ -68,19 +67,11 @@ class DeepseekV3 {
                             LatentCache& cache);
 
  private:
-  ForwardOutput run_layers(const std::vector<SequenceChunk>& chunks, const DeviceBatch& batch,
-                           const TensorView& ids, LatentCache& cache);
-  // Decode steps through captured graphs (deepseek_v3_graphs.cpp).
-  bool graph_eligible(const std::vector<SequenceChunk>& chunks) const;
-  ForwardOutput forward_graphed(const std::vector<SequenceChunk>& chunks, BatchPlan plan, LatentCache& cache);
   void decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
                      const TensorView& y, const TensorView& cache, const DeviceBatch& batch);
   void attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
                  const DeviceBatch& batch, const TensorView& out);
   void moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out);
-  std::vector<int32_t> token_ids(
-      const std::vector<SequenceChunk>& chunks) const;  // checked against the vocab
-  Tensor upload_tokens(const std::vector<SequenceChunk>& chunks);
   ForwardOutput head(const std::vector<SequenceChunk>& chunks, const Tensor& hidden, const Tensor& pending,
                      const Weight& norm, const Weight& lm_head);
 
@@ -91,10 +82,6 @@ class DeepseekV3 {
   RopeParams rope_;
   float attn_scale_;
   RoutingParams routing_;
-  struct DecodeGraph;
-  std::map<std::tuple<int64_t, int32_t, const void*>, std::shared_ptr<DecodeGraph>> graphs_;
-  int64_t graph_clock_ = 0;
-  GraphStats graph_stats_;
 };
 
 }  // namespace moe

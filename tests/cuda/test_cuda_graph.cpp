@@ -1,5 +1,5 @@
-// Decode steps replayed from CUDA graphs (model/deepseek_v3_graphs.cpp) against the same steps run eagerly
-// (MOE_CUDA_GRAPH=0) on the fixture models. Both run exactly the same kernels with the same launch shapes
+// Steps replayed from CUDA graphs by the step executor (engine/step_executor.cpp) against the same steps run
+// eagerly (CudaOptions::graphs off) on the fixture models. Both run exactly the same kernels with the same launch shapes
 // (decode steps get the padded page table either way), so the logits must agree bit for bit; any
 // difference means a replay read a stale input or a captured host-side choice went out of date. The
 // sequences have different lengths and grow across page-table widths (4-token pages), so several graphs
@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "cuda_test_util.h"
+#include "engine/step_executor.h"
 #include "model/deepseek_v3.h"
 #include "test_util.h"
 
@@ -21,24 +22,26 @@ std::vector<float> to_host(Backend& b, const Tensor& t) {
 }
 
 std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs) {
-  if (!graphs) setenv("MOE_CUDA_GRAPH", "0", 1);
-  auto b = make_cuda_backend(0);
-  unsetenv("MOE_CUDA_GRAPH");
-  return b;
+  CudaOptions o;
+  o.graphs = graphs;
+  return make_cuda_backend(0, o);
 }
 
-// prompt_lens: one sequence each; all decode kSteps steps together, then the first alone for 8 more.
+// prompt_lens: one sequence each; all decode kSteps steps together, then the first alone for 8 more. Each step
+// brings `n` new tokens per sequence (the eager model's greedy token, then n - 1 random ones, as speculative
+// verification does), with logits for all of them when n > 1.
 void check_graph_replays(const std::string& model_dir, const std::vector<int32_t>& prompt_lens,
-                         int64_t kSteps, int64_t min_captures) {
+                         int64_t kSteps, int64_t min_captures, int32_t n = 1) {
   auto eager_backend = cuda_backend_with_graphs(false), graph_backend = cuda_backend_with_graphs(true);
-  DeepseekV3 eager(model_dir, *eager_backend), graphed(model_dir, *graph_backend);
-  const ModelConfig& c = eager.config();
+  DeepseekV3 eager_model(model_dir, *eager_backend), graphed_model(model_dir, *graph_backend);
+  StepExecutor eager(eager_model), graphed(graphed_model);
+  const ModelConfig& c = eager_model.config();
   constexpr int64_t kPage = 4;
   const int32_t longest = *std::max_element(prompt_lens.begin(), prompt_lens.end());
-  const int64_t pages_per_seq = (longest + kSteps + 10 + kPage - 1) / kPage;
+  const int64_t pages_per_seq = (longest + (kSteps + 10) * n + kPage - 1) / kPage;
   const int64_t S = int64_t(prompt_lens.size());
-  LatentCache cache_e(c, *eager_backend, S * pages_per_seq, kPage, eager.cache_layers());
-  LatentCache cache_g(c, *graph_backend, S * pages_per_seq, kPage, graphed.cache_layers());
+  LatentCache cache_e(c, *eager_backend, S * pages_per_seq, kPage, eager_model.cache_layers());
+  LatentCache cache_g(c, *graph_backend, S * pages_per_seq, kPage, graphed_model.cache_layers());
 
   std::mt19937_64 rng(test::time_seed("graph replay prompts"));
   std::vector<SequenceChunk> chunks(static_cast<size_t>(S));
@@ -54,37 +57,46 @@ void check_graph_replays(const std::string& model_dir, const std::vector<int32_t
 
   // Decode: every sequence for kSteps steps, then the first alone (another batch shape), feeding both models
   // the eager model's greedy tokens.
+  int64_t prev_seqs = S;  // sequences of the previous step (its logits rows: prev_rows per sequence)
   for (int64_t step = 0; step < kSteps + 8; ++step) {
     const int64_t active = step < kSteps ? S : 1;
+    const int64_t prev_rows = int64_t(oe.logit_rows.size()) / prev_seqs;
     std::vector<SequenceChunk> dec(static_cast<size_t>(active));
     for (int64_t s = 0; s < active; ++s) {
       SequenceChunk& ch = chunks[size_t(s)];
-      const float* row = le.data() + s * c.vocab_size;
+      // The sequence's last logits row of the previous step.
+      const float* row = le.data() + (s * prev_rows + prev_rows - 1) * c.vocab_size;
       const int32_t next = int32_t(std::max_element(row, row + c.vocab_size) - row);
       ch.start_pos += int32_t(ch.tokens.size());
       ch.tokens = {next};
+      for (int32_t i = 1; i < n; ++i) ch.tokens.push_back(int32_t(rng() % uint64_t(c.vocab_size)));
+      ch.all_logits = n > 1;
       dec[size_t(s)] = ch;
       // Only the pages the sequence covers so far: the page table widens as it grows.
-      const int64_t need = (ch.start_pos + 1 + kPage - 1) / kPage;
+      const int64_t need = (ch.start_pos + n + kPage - 1) / kPage;
       dec[size_t(s)].pages.resize(size_t(need));
     }
+    prev_seqs = active;
     oe = eager.forward(dec, cache_e);
     og = graphed.forward(dec, cache_g);
     le = to_host(*eager_backend, oe.logits);
     lg = to_host(*graph_backend, og.logits);
     ASSERT_EQ(le.size(), lg.size());
+    ASSERT_EQ(oe.logit_rows, og.logit_rows);
     const double diff = test::max_abs_diff(le.data(), lg.data(), int64_t(le.size()));
     ASSERT_EQ(diff, 0.0) << "step " << step << " (" << active << " sequences, context "
                          << dec[0].start_pos + 1 << "): graph replay differs from the eager step";
     std::vector<float> he = to_host(*eager_backend, oe.hidden), hg = to_host(*graph_backend, og.hidden);
     ASSERT_EQ(he, hg) << "step " << step << ": hidden states differ";
   }
-  const auto& st = graphed.graph_stats();
-  std::printf("graphs: %lld captured, %lld replays\n", static_cast<long long>(st.captures),
-              static_cast<long long>(st.replays));
+  const auto& st = graphed.stats();
+  std::printf("graphs: %lld captured, %lld replays, %lld eager steps, %lld shapes refused\n",
+              static_cast<long long>(st.captures), static_cast<long long>(st.replays),
+              static_cast<long long>(st.eager), static_cast<long long>(st.refused));
   EXPECT_GE(st.captures, min_captures);
   EXPECT_GE(st.replays, kSteps - 4);
-  EXPECT_EQ(eager.graph_stats().captures, 0);
+  EXPECT_EQ(st.refused, 0);
+  EXPECT_EQ(eager.stats().captures, 0);
 }
 
 // Three sequences crossing page-table widths 8 -> 16.
@@ -104,6 +116,28 @@ TEST(CudaGraph, DecodeReplaysEqualEagerStepsFp8) {
 TEST(CudaGraph, LongContextReplaysEqualEagerSteps) {
   MOE_REQUIRE_GPU();
   check_graph_replays(test::kTinyModel, {130}, 100, 1);  // one shape: one capture, ~100 replays
+}
+
+// Decode at a batch above the GEMV's 8 tokens: the dense projections go through cuBLAS (its own workspace,
+// set up for capture) and, for FP8, a dequantisation to a scratch copy, all captured.
+TEST(CudaGraph, LargeBatchDecodeReplaysEqualEagerStepsBf16) {
+  MOE_REQUIRE_GPU();
+  std::vector<int32_t> lens;
+  for (int32_t i = 0; i < 24; ++i) lens.push_back(2 + (i * 7) % 19);
+  check_graph_replays(test::kTinyModel, lens, 12, 1);
+}
+
+TEST(CudaGraph, LargeBatchDecodeReplaysEqualEagerStepsFp8) {
+  MOE_REQUIRE_GPU();
+  std::vector<int32_t> lens;
+  for (int32_t i = 0; i < 24; ++i) lens.push_back(2 + (i * 5) % 17);
+  check_graph_replays(test::kTinyModelFp8, lens, 12, 1);
+}
+
+// Speculative verification steps: three new tokens per sequence with logits for all of them.
+TEST(CudaGraph, VerificationStepsReplayEqualEagerSteps) {
+  MOE_REQUIRE_GPU();
+  check_graph_replays(test::kTinyModel, {5, 11}, 16, 1, 3);
 }
 
 }  // namespace

@@ -109,6 +109,15 @@ class CudaModel : public ::testing::Test {
     cpu_trace_ = std::make_unique<TraceBackend>(*cpu_);
     reference_ = std::make_unique<SafetensorsFile>(test::kReferenceTensors);
   }
+  // The GPU backend replaced by one that takes the expanded-form MLA for every forward pass (no cost test).
+  void use_expanded_mla() {
+    CudaOptions o;
+    o.mla_prefill_min_tokens = 1;
+    o.mla_prefill_always = true;
+    gpu_trace_.reset();
+    gpu_ = make_cuda_backend(0, o);
+    gpu_trace_ = std::make_unique<TraceBackend>(*gpu_);
+  }
   static std::vector<float> logits(DeepseekV3& model, const std::vector<int32_t>& tokens) {
     const int64_t T = int64_t(tokens.size()), page = 16;
     LatentCache cache(model.config(), model.backend(), pages_for(T, page), page, model.cache_layers());
@@ -187,25 +196,14 @@ class CudaModel : public ::testing::Test {
 
 TEST_F(CudaModel, Bf16LogitsMatchHf) { check_model(test::kTinyModel, "logits"); }
 
-// The same with the prefill kernels (MOE_CUDA_PREFILL_KERNELS=1: fused dense SwiGLU, grouped expert GEMM) and
-// MLA in the expanded form for every forward pass (MOE_CUDA_MLA_PREFILL=always; by default the backend takes
-// it only for prefill chunks of 64+ tokens where it does less work), against the same bounds.
-struct PrefillKernelsEnv {
-  PrefillKernelsEnv() {
-    setenv("MOE_CUDA_PREFILL_KERNELS", "1", 1);
-    setenv("MOE_CUDA_MLA_PREFILL", "always", 1);
-  }
-  ~PrefillKernelsEnv() {
-    unsetenv("MOE_CUDA_PREFILL_KERNELS");
-    unsetenv("MOE_CUDA_MLA_PREFILL");
-  }
-};
+// The same with MLA in the expanded form for every forward pass (by default the backend takes it only for
+// prefill chunks of 64+ tokens where it does less work), against the same bounds.
 TEST_F(CudaModel, Bf16LogitsMatchHfPrefillKernels) {
-  PrefillKernelsEnv env;
+  use_expanded_mla();
   check_model(test::kTinyModel, "logits");
 }
 TEST_F(CudaModel, Fp8LogitsMatchHfPrefillKernels) {
-  PrefillKernelsEnv env;
+  use_expanded_mla();
   check_model(test::kTinyModelFp8, "fp8_logits");
 }
 

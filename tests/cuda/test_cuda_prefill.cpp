@@ -51,28 +51,21 @@ int64_t count_nan(const std::vector<float>& v) {
   return n;
 }
 
-// Scoped environment variable (the backend reads these per call or at construction); restores the old value.
-struct Env {
-  std::string name, old;
-  bool had = false;
-  Env(const char* n, const char* v) : name(n) {
-    if (const char* o = std::getenv(n)) {
-      had = true;
-      old = o;
-    }
-    setenv(n, v, 1);
-  }
-  ~Env() {
-    if (had)
-      setenv(name.c_str(), old.c_str(), 1);
-    else
-      unsetenv(name.c_str());
-  }
-};
-
 class CudaPrefill : public test::GpuVsCpu {
  protected:
-  Env kernels_{"MOE_CUDA_PREFILL_KERNELS", "1"};  // the opt-in prefill kernels (CudaBackend::prefill_kernels)
+  // gpu_ takes the expanded-form MLA for every batch with a new token (no cost test); gpu_absorbed_ never does.
+  void SetUp() override {
+    test::GpuVsCpu::SetUp();
+    if (IsSkipped()) return;
+    CudaOptions expanded;
+    expanded.mla_prefill_min_tokens = 1;
+    expanded.mla_prefill_always = true;
+    gpu_ = make_cuda_backend(0, expanded);
+    CudaOptions absorbed;
+    absorbed.mla_prefill_min_tokens = 0;
+    gpu_absorbed_ = make_cuda_backend(0, absorbed);
+  }
+  std::unique_ptr<Backend> gpu_absorbed_;  // same device: it reads gpu_'s tensors once gpu_ has synchronised
 
   // Sequences (context already cached, new tokens) in one batch; pages interleaved between sequences.
   struct Shape3 {
@@ -132,10 +125,11 @@ class CudaPrefill : public test::GpuVsCpu {
       cpu_->mla_attention(q, kv_b.weight, ccache, dn, dv, scale, cb, ref);
       std::vector<float> got[2];
       for (int expanded : {1, 0}) {
-        Env env("MOE_CUDA_MLA_PREFILL", expanded ? "always" : "0");
-        Tensor out = poisoned(*gpu_, DType::F32, {T, H * dv});
-        gpu_->mla_attention(gq, gkv_b, gcache, dn, dv, scale, gb, out);
-        got[expanded] = test::to_host_f32(*gpu_, out);
+        Backend& g = expanded ? *gpu_ : *gpu_absorbed_;
+        gpu_->synchronize();
+        Tensor out = poisoned(g, DType::F32, {T, H * dv});
+        g.mla_attention(gq, gkv_b, gcache, dn, dv, scale, gb, out);
+        got[expanded] = test::to_host_f32(g, out);
         EXPECT_EQ(count_nan(got[expanded]), 0) << "unwritten or NaN outputs, expanded=" << expanded;
         const double err = rel_l2(got[expanded].data(), ref.as<float>(), T * H * dv);
         std::printf("H=%lld T=%lld fp8 kv_b=%d %s: rel L2 vs CPU %.2e\n", static_cast<long long>(H),
@@ -186,8 +180,9 @@ TEST_F(CudaPrefill, GroupedExpertsMatchCpu) {
     Tensor ref = Tensor::host(DType::F32, {T, D});
     cpu_->moe_experts(x, host, ids, w, plus, ref);
     for (const char* mode : {"bf16", "split"}) {
-      Env env("MOE_CUDA_PREFILL", mode);
-      auto gpu = make_cuda_backend(0);
+      CudaOptions o;
+      o.prefill = parse_cuda_prefill(mode);
+      auto gpu = make_cuda_backend(0, o);
       const ExpertWeights d2 = test::upload_experts(*gpu, host);
       Tensor gout = poisoned(*gpu, DType::F32, {T, D});
       gpu->moe_experts(test::to_device(*gpu, x), d2, test::to_device(*gpu, ids), test::to_device(*gpu, w),
@@ -212,8 +207,9 @@ TEST_F(CudaPrefill, DenseSwigluMatchesCpu) {
       Tensor x = test::random_host(rng_, DType::F32, {T, D}), ref = Tensor::host(DType::F32, {T, D});
       cpu_->swiglu_mlp(x, hm, ref);
       for (const char* mode : {"bf16", "split"}) {
-        Env env("MOE_CUDA_PREFILL", mode);
-        auto gpu = make_cuda_backend(0);
+        CudaOptions o;
+        o.prefill = parse_cuda_prefill(mode);
+        auto gpu = make_cuda_backend(0, o);
         MlpWeights gm{gpu->upload_weight(g.weight), gpu->upload_weight(u.weight),
                       gpu->upload_weight(d.weight)};
         Tensor gout = poisoned(*gpu, DType::F32, {T, D});

@@ -272,7 +272,7 @@ __device__ __forceinline__ void pdl_trigger() {
 inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
 
 // kernel<<<grid, block, smem, s>>>(args...), with the programmatic-dependent-launch attribute when pdl is set
-// (production's launch() with g_pdl on, its default: the copied kernels run under the same launch as they did).
+// (production's launch(), which always sets PDL: the copied kernels run under the same launch as they did).
 template <typename... Params, typename... Args>
 void launch(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
             Args&&... args) {

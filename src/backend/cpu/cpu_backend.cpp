@@ -13,7 +13,7 @@ namespace {
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
-  Device device() const override { return Device::Host; }
+  Device device() const override { return Device::host(); }
   DType activation_dtype() const override { return DType::F32; }
   DType cache_dtype() const override { return DType::F32; }
 
@@ -83,6 +83,6 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options) { return std::make_unique<CpuBackend>(); }
 
 }  // namespace moe

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "backend/cuda/cuda_context.h"
 #include "backend/cuda/cuda_ops.h"
 #include "core/error.h"
 
@@ -41,7 +42,8 @@ std::vector<double> time_ms(F&& f, int warmup, int reps) {
 
 }  // namespace
 
-double measure_copy_bandwidth(size_t bytes) {
+double measure_copy_bandwidth(int device, size_t bytes) {
+  const DeviceGuard guard(device);
   void *src = nullptr, *dst = nullptr;
   MOE_CUDA_CHECK(cudaMalloc(&src, bytes));
   MOE_CUDA_CHECK(cudaMalloc(&dst, bytes));
@@ -52,7 +54,8 @@ double measure_copy_bandwidth(size_t bytes) {
   return 2.0 * double(bytes) / (ms * 1e-3);
 }
 
-double measure_bf16_gemm_rate(int n) {
+double measure_bf16_gemm_rate(int device, int n) {
+  const DeviceGuard guard(device);
   const size_t elems = size_t(n) * size_t(n);
   void *a = nullptr, *b = nullptr, *c = nullptr;
   MOE_CUDA_CHECK(cudaMalloc(&a, elems * 2));
@@ -87,21 +90,23 @@ double measure_bf16_gemm_rate(int n) {
   return 2.0 * double(n) * n * n / (ms * 1e-3);
 }
 
-size_t device_memory_used() {
+size_t device_memory_used(int device) {
+  const DeviceGuard guard(device);
   size_t free_b = 0, total = 0;
   MOE_CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
   return total - free_b;
 }
 
-size_t device_memory_total() {
+size_t device_memory_total(int device) {
+  const DeviceGuard guard(device);
   size_t free_b = 0, total = 0;
   MOE_CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
   return total;
 }
 
-std::string device_name() {
+std::string device_name(int device) {
   cudaDeviceProp p{};
-  MOE_CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  MOE_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
   return p.name;
 }
 

@@ -6,13 +6,14 @@
 
 namespace moe::cuda {
 
+// All on CUDA device `device`.
 // Device-to-device copy of `bytes`, bytes read + written per second (median of 10 after a warm-up).
-double measure_copy_bandwidth(size_t bytes);
+double measure_copy_bandwidth(int device, size_t bytes);
 // cuBLAS BF16 GEMM n x n x n on random data, F32 accumulate: FLOP/s (median of 10 after warm-ups).
-double measure_bf16_gemm_rate(int n);
+double measure_bf16_gemm_rate(int device, int n);
 // Bytes of device memory in use (total - free), and the total.
-size_t device_memory_used();
-size_t device_memory_total();
-std::string device_name();
+size_t device_memory_used(int device);
+size_t device_memory_total(int device);
+std::string device_name(int device);
 
 }  // namespace moe::cuda

@@ -1,19 +1,13 @@
-// The CUDA backend: one device, one stream, F32 activations, a BF16 latent cache, weights kept as stored
-// (BF16, or FP8 with block scales) in device memory. alloc() and the ops' scratch draw from a host-side
-// caching allocator (BlockCache): a freed block goes to a free list keyed by its size and is handed to the
-// next request of that size without any CUDA call. That is safe because every use of the memory is
-// enqueued on the backend's one stream, so work enqueued later runs after the work that used the block
-// before; host reads go through copy_to_host, which synchronises. The model allocates per op (a decode step
-// of Moonlight-16B makes ~1300 allocations); with cudaMallocAsync/cudaFreeAsync each cost an API call.
+// The CUDA backend: one device (its CudaContext: stream, cuBLAS, memory pool, options), F32 activations, a
+// BF16 latent cache, weights kept as stored (BF16, or FP8 with block scales) in device memory.
 // Kernels live one op per file (cuda_ops.h); this file plans shapes and picks the path:
 //   matmul      <= 8 tokens: weight-streaming GEMV (gemv.cuh); more: cuBLAS BF16 GEMM (FP8 weights are
 //               dequantised to a BF16 scratch copy first: the slot for an FP8xFP8 tensor-core kernel).
-//   moe_experts device-side counting sort by expert; fewer than 32 rows per expert on average: one
-//   grouped-GEMV
-//               launch for gate+up (SwiGLU fused) and one for down; more (prefill): rows gathered by expert
-//               and one cuBLAS GEMM per active expert and projection. Then a weighted combine in slot order.
-//   mla_*       absorbed MLA: W_UK folded into the query, tensor-core split-KV attention over the paged
-//   cache,
+//   moe_experts device-side counting sort by expert; fewer than 32 rows per expert on average: one grouped-GEMV
+//               launch for gate+up (SwiGLU fused) and one for down; more (prefill): the grouped wgmma GEMM
+//               (cuda_backend_prefill.cpp). Then a weighted combine in slot order.
+//   mla_*       absorbed MLA: W_UK folded into the query, tensor-core split-KV attention over the paged cache;
+//               the expanded form for long prefill chunks (cuda_backend_prefill.cpp).
 #include "backend/cuda/cuda_backend.h"
 
 #include <cstdlib>
@@ -33,83 +27,44 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail("CUDA error in {}: {}", what, cudaGetErrorString(e));
 }
 void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
-Legacy g_legacy;
-bool g_pdl = true;
 
 }  // namespace cuda
 
-CudaBackend::CudaBackend(int device) : device_(device) {
-  check(cudaSetDevice(device), "cudaSetDevice");
-  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-  if (cublasCreate(&cublas_) != CUBLAS_STATUS_SUCCESS) fail("cublasCreate failed");
-  cublasSetStream(cublas_, stream_);
-  cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
-  name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
-  sms_ = prop.multiProcessorCount;
-  if (const char* m = std::getenv("MOE_CUDA_PREFILL")) {
-    const std::string mode(m);
-    if (mode == "split")
-      prefill_ = Prefill::Split;
-    else if (mode == "bf16")
-      prefill_ = Prefill::Bf16;
-    else if (mode == "gemv")
-      prefill_ = Prefill::Gemv;
-    else
-      fail("MOE_CUDA_PREFILL must be split, bf16 or gemv, not '{}'", mode);
-  }
-  if (const char* l = std::getenv("MOE_CUDA_LEGACY")) {  // A/B timing against the older kernels
-    cuda::Legacy g;
-    std::string list = std::string(l) + ",";
-    for (size_t b = 0, e; (e = list.find(',', b)) != std::string::npos; b = e + 1) {
-      const std::string f = list.substr(b, e - b);
-      const bool all = f == "all";
-      if (all || f == "memset") g.memset = true;
-      if (all || f == "norm") g.norm = true;
-      if (all || f == "combine") g.combine = true;
-      if (!all && !f.empty() && f != "memset" && f != "norm" && f != "combine")
-        fail("MOE_CUDA_LEGACY takes memset, norm, combine or all, not '{}'", f);
-    }
-    cuda::g_legacy = g;
-  } else {
-    cuda::g_legacy = cuda::Legacy{};
-  }
-  if (const char* v = std::getenv("MOE_CUDA_PDL")) cuda::g_pdl = std::string(v) != "0";
-  if (const char* v = std::getenv("MOE_CUDA_GRAPH")) graphs_ = std::string(v) != "0";
-}
+CudaBackend::CudaBackend(int device, const CudaOptions& options) : ctx_(device, options) {}
 
-CudaBackend::~CudaBackend() {
-  cudaStreamSynchronize(stream_);
-  for (void* p : persistent_) cudaFree(p);
-  blocks_->release_all();
-  cublasDestroy(cublas_);
-  cudaStreamDestroy(stream_);
-}
+CudaBackend::~CudaBackend() = default;
 
 Tensor CudaBackend::alloc(DType dtype, Shape shape) {
+  const cuda::DeviceGuard guard(ctx_.device());
   Tensor t = scratch(dtype, shape);
   if (t.view().nbytes()) check(cudaMemsetAsync(t.data(), 0, t.view().nbytes(), stream_), "cudaMemsetAsync");
   return t;
 }
 
 void CudaBackend::copy_from_host(const void* src, const TensorView& dst) {
+  const cuda::DeviceGuard guard(ctx_.device());
+  // A captured copy would read `src` again at every replay, long after the caller has let it go.
+  MOE_CHECK(!ctx_.capturing(), "copy_from_host cannot be captured in a graph");
   if (dst.nbytes())
     check(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, stream_), "copy_from_host");
 }
 
 void CudaBackend::copy_to_host(const TensorView& src, void* dst) {
+  const cuda::DeviceGuard guard(ctx_.device());
   if (src.nbytes())
     check(cudaMemcpyAsync(dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_), "copy_to_host");
   synchronize();
 }
 
 void CudaBackend::copy(const TensorView& src, const TensorView& dst) {
+  const cuda::DeviceGuard guard(ctx_.device());
   MOE_CHECK(src.nbytes() == dst.nbytes(), "copy: {} bytes into {}", src.nbytes(), dst.nbytes());
   if (src.nbytes())
     check(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream_), "copy");
 }
 
 Weight CudaBackend::upload_weight(const Weight& host) {
+  const cuda::DeviceGuard guard(ctx_.device());
   Weight w = host;
   w.w = upload_persistent(host.w);
   if (host.scale_inv.data) w.scale_inv = upload_persistent(host.scale_inv);
@@ -118,6 +73,7 @@ Weight CudaBackend::upload_weight(const Weight& host) {
 
 // The plan's five arrays in one device block (in the order of DeviceBatch's views), filled by update_batch.
 DeviceBatch CudaBackend::upload_batch(const BatchPlan& plan) {
+  const cuda::DeviceGuard guard(ctx_.device());
   DeviceBatch b;
   b.plan = &plan;
   const int64_t sizes[5] = {int64_t(plan.positions.size()), int64_t(plan.token_seq.size()),
@@ -132,7 +88,7 @@ DeviceBatch CudaBackend::upload_batch(const BatchPlan& plan) {
     v.data = all.as<int32_t>() + off;
     v.dtype = DType::I32;
     v.shape = Shape{sizes[i]};
-    v.device = Device::Cuda;
+    v.device = device();
     *views[i] = v;
     off += sizes[i];
   }
@@ -142,6 +98,7 @@ DeviceBatch CudaBackend::upload_batch(const BatchPlan& plan) {
 }
 
 void CudaBackend::update_batch(const BatchPlan& plan, DeviceBatch& batch) {
+  const cuda::DeviceGuard guard(ctx_.device());
   const std::vector<int32_t>* parts[5] = {&plan.positions, &plan.token_seq, &plan.slots, &plan.seq_lens,
                                           &plan.block_table};
   const TensorView* views[5] = {&batch.positions, &batch.token_seq, &batch.slots, &batch.seq_lens,
@@ -153,6 +110,7 @@ void CudaBackend::update_batch(const BatchPlan& plan, DeviceBatch& batch) {
     packed.insert(packed.end(), parts[i]->begin(), parts[i]->end());
   }
   MOE_CHECK(!batch.storage.empty(), "update_batch: the batch was not uploaded by this backend");
+  MOE_CHECK(!ctx_.capturing(), "update_batch cannot be captured in a graph");
   if (!packed.empty())
     check(cudaMemcpyAsync(batch.storage[0].data(), packed.data(), packed.size() * 4, cudaMemcpyHostToDevice,
                           stream_),
@@ -160,16 +118,19 @@ void CudaBackend::update_batch(const BatchPlan& plan, DeviceBatch& batch) {
 }
 
 void CudaBackend::embedding(const Weight& table, const TensorView& ids, const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   cuda::embedding(ref(table), ids.as<const int32_t>(), ids.numel(), out.as<float>(), stream_);
 }
 
 void CudaBackend::rms_norm(const TensorView& x, const Weight& w, float eps, const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   MOE_CHECK(w.w.numel() == x.row_size(), "rms_norm: weight has {} elements for rows of {}", w.w.numel(),
             x.row_size());
   cuda::rms_norm(x.as<const float>(), ref(w), eps, x.rows(), x.row_size(), out.as<float>(), stream_);
 }
 
 void CudaBackend::matmul(const TensorView& x, const Weight& w, const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   const int64_t T = x.rows(), K = x.row_size(), N = w.rows();
   MOE_CHECK(x.dtype == DType::F32 && out.dtype == DType::F32, "matmul: CUDA activations must be F32");
   MOE_CHECK(w.cols() == K, "matmul: x has {} columns but the weight has {}", K, w.cols());
@@ -187,6 +148,7 @@ void CudaBackend::matmul(const TensorView& x, const Weight& w, const TensorView&
 // Both projections in one GEMV launch when both stream (few tokens) with the same dtype and blocks.
 void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const TensorView& out_a,
                               const Weight& wb, const TensorView& out_b) {
+  const cuda::DeviceGuard guard(ctx_.device());
   const int64_t T = x.rows(), K = x.row_size();
   const bool one_launch = T > 0 && !use_gemm(T, wa) && !use_gemm(T, wb) && wa.w.dtype == wb.w.dtype &&
                           wa.block_n == wb.block_n && wa.block_k == wb.block_k && x.dtype == DType::F32;
@@ -207,12 +169,14 @@ void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const Tenso
 }
 
 void CudaBackend::add(const TensorView& a, const TensorView& b, const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   MOE_CHECK(a.numel() == b.numel() && a.numel() == out.numel(), "add: shapes differ");
   cuda::add(a.as<const float>(), b.as<const float>(), out.as<float>(), a.numel(), stream_);
 }
 
 void CudaBackend::add_rms_norm(const TensorView& h, const TensorView& y, const Weight& w, float eps,
                                const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   MOE_CHECK(h.numel() == y.numel() && h.numel() == out.numel(), "add_rms_norm: shapes differ");
   MOE_CHECK(w.w.numel() == h.row_size(), "add_rms_norm: weight has {} elements for rows of {}", w.w.numel(),
             h.row_size());
@@ -221,6 +185,7 @@ void CudaBackend::add_rms_norm(const TensorView& h, const TensorView& y, const W
 }
 
 void CudaBackend::concat_cols(const TensorView& a, const TensorView& b, const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   const int64_t T = a.rows(), da = a.row_size(), db = b.row_size();
   if (T == 0) return;
   check(cudaMemcpy2DAsync(out.data, size_t(da + db) * 4, a.data, size_t(da) * 4, size_t(da) * 4, size_t(T),
@@ -232,6 +197,7 @@ void CudaBackend::concat_cols(const TensorView& a, const TensorView& b, const Te
 }
 
 void CudaBackend::gather_rows(const TensorView& x, const std::vector<int32_t>& rows, const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   if (rows.empty()) return;
   for (int32_t r : rows) MOE_CHECK(r >= 0 && r < x.rows(), "gather_rows: row {} of {}", r, x.rows());
   Tensor idx = scratch(DType::I32, Shape{int64_t(rows.size())});
@@ -241,6 +207,7 @@ void CudaBackend::gather_rows(const TensorView& x, const std::vector<int32_t>& r
 }
 
 void CudaBackend::swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   const int64_t T = x.rows(), D = x.row_size(), I = mlp.gate.rows();
   if (T == 0) return;
   if (swiglu_gemm_ok(T, mlp)) return swiglu_gemm(x, mlp, out);  // many tokens: cuda_backend_prefill.cpp
@@ -256,9 +223,10 @@ void CudaBackend::swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const T
 // A captured step: the instantiated graph and the pool holding the memory its kernels use.
 class CudaBackend::Graph final : public CapturedWork {
  public:
-  Graph(cudaGraphExec_t exec, std::shared_ptr<BlockCache> pool, cudaStream_t stream)
-      : exec_(exec), pool_(std::move(pool)), stream_(stream) {}
+  Graph(cudaGraphExec_t exec, std::shared_ptr<cuda::BlockCache> pool, cudaStream_t stream, int device)
+      : exec_(exec), pool_(std::move(pool)), stream_(stream), device_(device) {}
   ~Graph() override {
+    const cuda::DeviceGuard guard(device_);
     cudaStreamSynchronize(stream_);  // a replay may still be running on the pool's memory
     cudaGraphExecDestroy(exec_);
   }
@@ -266,77 +234,42 @@ class CudaBackend::Graph final : public CapturedWork {
 
  private:
   cudaGraphExec_t exec_;
-  std::shared_ptr<BlockCache> pool_;
+  std::shared_ptr<cuda::BlockCache> pool_;
   cudaStream_t stream_;
+  int device_;
 };
 
 void CudaBackend::begin_capture() {
-  MOE_CHECK(!capture_pool_, "begin_capture: a capture is already under way");
-  capture_pool_ = std::make_shared<BlockCache>();
-  pool_ = capture_pool_;
-  // Relaxed: scratch() may still cudaMalloc while capturing (no stream work, so nothing is lost).
-  check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+  const cuda::DeviceGuard guard(ctx_.device());
+  ctx_.begin_capture();
 }
 
 std::shared_ptr<CapturedWork> CudaBackend::end_capture() {
-  MOE_CHECK(capture_pool_ != nullptr, "end_capture without begin_capture");
-  cudaGraph_t graph = nullptr;
-  const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
-  std::shared_ptr<BlockCache> pool = std::move(capture_pool_);
-  pool_ = blocks_;
-  check(e, "cudaStreamEndCapture");
+  const cuda::DeviceGuard guard(ctx_.device());
+  auto [graph, pool] = ctx_.end_capture();
   cudaGraphExec_t exec = nullptr;
   const cudaError_t ie = cudaGraphInstantiateWithFlags(&exec, graph, 0);
   cudaGraphDestroy(graph);
   check(ie, "cudaGraphInstantiate");
-  return std::make_shared<Graph>(exec, std::move(pool), stream_);
+  return std::make_shared<Graph>(exec, std::move(pool), stream_, ctx_.device());
 }
 
 void CudaBackend::abort_capture() {
-  if (!capture_pool_) return;
-  cudaGraph_t graph = nullptr;
-  cudaStreamEndCapture(stream_, &graph);
-  if (graph) cudaGraphDestroy(graph);
-  cudaGetLastError();
-  capture_pool_.reset();
-  pool_ = blocks_;
+  const cuda::DeviceGuard guard(ctx_.device());
+  ctx_.abort_capture();
 }
 
 void CudaBackend::replay(const CapturedWork& work) {
+  const cuda::DeviceGuard guard(ctx_.device());
   const auto* g = dynamic_cast<const Graph*>(&work);
   MOE_CHECK(g != nullptr, "replay: not a graph captured by this backend");
   check(cudaGraphLaunch(g->exec(), stream_), "cudaGraphLaunch");
 }
 
-// Uninitialised device memory from the block cache, returned to it when the last Tensor goes.
-Tensor CudaBackend::scratch(DType dtype, Shape shape) {
-  TensorView v;
-  v.dtype = dtype;
-  v.shape = shape;
-  v.device = Device::Cuda;
-  const size_t bytes = round_block(v.nbytes());
-  void* p = pool_->take(bytes);
-  if (!p && pool_ != blocks_)
-    p = blocks_->take(bytes);  // capturing: a free block moves to the capture's pool
-  if (!p && cudaMalloc(&p, bytes) != cudaSuccess) {
-    cudaGetLastError();  // out of memory: give the cached blocks back and try once more
-    synchronize();
-    blocks_->release_all();
-    check(cudaMalloc(&p, bytes), "cudaMalloc (scratch)");
-  }
-  v.data = p;
-  std::shared_ptr<BlockCache> c = pool_;
-  return Tensor(v, std::shared_ptr<void>(p, [c, bytes](void* q) { c->give(bytes, q); }));
-}
-
 TensorView CudaBackend::upload_persistent(const TensorView& host) {
   TensorView v = host;
-  v.device = Device::Cuda;
-  void* p = nullptr;
-  check(cudaMalloc(&p, std::max<size_t>(host.nbytes(), 16)), "cudaMalloc (weights)");
-  persistent_.push_back(p);
-  if (host.nbytes()) check(cudaMemcpy(p, host.data, host.nbytes(), cudaMemcpyHostToDevice), "upload weight");
-  v.data = p;
+  v.device = device();
+  v.data = ctx_.persistent(host.nbytes(), host.data);
   return v;
 }
 
@@ -345,10 +278,8 @@ const double* CudaBackend::inv_freq(const RopeParams& rope) {
   std::string key(reinterpret_cast<const char*>(f.data()), f.size() * sizeof(double));
   auto it = rope_tables_.find(key);
   if (it != rope_tables_.end()) return it->second;
-  void* p = nullptr;
-  check(cudaMalloc(&p, std::max<size_t>(f.size(), 1) * sizeof(double)), "cudaMalloc (rope)");
-  persistent_.push_back(p);
-  check(cudaMemcpy(p, f.data(), f.size() * sizeof(double), cudaMemcpyHostToDevice), "upload rope");
+  MOE_CHECK(!ctx_.capturing(), "the rope table of a new RopeParams cannot be uploaded inside a capture");
+  void* p = ctx_.persistent(f.size() * sizeof(double), f.data());
   return rope_tables_[key] = static_cast<const double*>(p);
 }
 
@@ -370,23 +301,29 @@ cuda::GemvParams CudaBackend::dense_gemv(const Weight& w, const float* x, int64_
   return p;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int device_index) {
+int cuda_device_count() {
   int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) fail("no CUDA device is present");
-  MOE_CHECK(device_index >= 0 && device_index < count, "CUDA device {} of {}", device_index, count);
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index, const CudaOptions& options) {
+  const int count = cuda_device_count();
+  if (count == 0) fail("no CUDA device is present");
+  MOE_CHECK(device_index >= 0 && device_index < count, "there is no CUDA device {} (this machine has {})",
+            device_index, count);
   cudaDeviceProp prop{};
   cuda::check(cudaGetDeviceProperties(&prop, device_index), "cudaGetDeviceProperties");
-  MOE_CHECK(prop.major == 9, "the CUDA backend is built for Hopper (sm_90a); device {} is sm_{}{}", prop.name,
-            prop.major, prop.minor);
-  return std::make_unique<CudaBackend>(device_index);
+  MOE_CHECK(prop.major == 9, "the CUDA backend is built for Hopper (sm_90a); device {} ({}) is sm_{}{}",
+            device_index, prop.name, prop.major, prop.minor);
+  return std::make_unique<CudaBackend>(device_index, options);
 }
 
 bool cuda_backend_available() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return false;
-  }
+  if (cuda_device_count() == 0) return false;
   cudaDeviceProp prop{};
   return cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major == 9;
 }

@@ -1,6 +1,9 @@
 #pragma once
 // The CUDA backend's class, shared by its host-side files: cuda_backend.cpp (memory, dense ops, the factory),
-// cuda_backend_mla.cpp (MLA) and cuda_backend_moe.cpp (MoE). Kernels live in the .cu files (cuda_ops.h).
+// cuda_backend_mla.cpp (MLA), cuda_backend_moe.cpp (MoE) and cuda_backend_prefill.cpp (many-token paths).
+// Kernels live in the .cu files (cuda_ops.h). Each backend owns a CudaContext (cuda_context.h): its device,
+// stream, cuBLAS handle, memory pool and options; every public method makes that device current first
+// (DeviceGuard), so backends on different devices can be used from one thread.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -12,6 +15,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/cuda_context.h"
 #include "backend/cuda/cuda_ops.h"
 
 namespace moe {
@@ -62,18 +66,20 @@ class CudaBackend final : public Backend {
   using PreparedExperts = cuda::PreparedExperts;
 
  public:
-  explicit CudaBackend(int device);
+  CudaBackend(int device, const CudaOptions& options);
   ~CudaBackend() override;
 
-  std::string name() const override { return name_; }
-  Device device() const override { return Device::Cuda; }
+  std::string name() const override { return ctx_.name(); }
+  Device device() const override { return Device::cuda(ctx_.device()); }
+  const CudaOptions& options() const { return ctx_.options(); }
   DType activation_dtype() const override { return DType::F32; }
   DType cache_dtype() const override { return DType::BF16; }
 
   Tensor alloc(DType dtype, Shape shape) override;
   // Op outputs written in full by the next op: no cudaMemsetAsync (one per temporary of the model).
   Tensor alloc_uninitialized(DType dtype, Shape shape) override {
-    return cuda::g_legacy.memset ? alloc(dtype, shape) : scratch(dtype, shape);
+    const cuda::DeviceGuard guard(ctx_.device());
+    return scratch(dtype, shape);
   }
   void copy_from_host(const void* src, const TensorView& dst) override;
   void copy_to_host(const TensorView& src, void* dst) override;
@@ -81,11 +87,16 @@ class CudaBackend final : public Backend {
   Weight upload_weight(const Weight& host) override;
   void prepare_experts(ExpertWeights& experts) override;
   DeviceBatch upload_batch(const BatchPlan& plan) override;
-  void synchronize() override { cuda::check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+  void synchronize() override {
+    const cuda::DeviceGuard guard(ctx_.device());
+    ctx_.synchronize();
+  }
 
-  // CUDA graphs of steps of at most kGemvMaxTile tokens: every op on that path only enqueues kernels (the
-  // GEMV, never cuBLAS or a host round trip). MOE_CUDA_GRAPH=0 turns capture off.
-  bool can_capture(int64_t tokens) const override { return graphs_ && tokens <= cuda::kGemvMaxTile; }
+  // CUDA graphs of steps of any size (CudaOptions::graphs). The ops only enqueue work on the stream; cuBLAS
+  // has a workspace of its own; a path that needs the host in the middle of a step (the FP8 experts' counts
+  // in prefill, the expanded MLA's plan) is not taken while capturing or, where there is no other path,
+  // throws, and the caller runs that step eagerly.
+  bool can_capture(int64_t tokens) const override { return ctx_.options().graphs; }
   void begin_capture() override;
   std::shared_ptr<CapturedWork> end_capture() override;
   void abort_capture() override;
@@ -119,39 +130,8 @@ class CudaBackend final : public Backend {
                    const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override;
 
  private:
-  // Freed device blocks by size (see the top of the file). Shared with the Tensors' deleters, so a Tensor
-  // that outlives the backend still has somewhere to return its block.
-  struct BlockCache {
-    std::mutex mu;
-    std::unordered_map<size_t, std::vector<void*>> free;
-    void* take(size_t bytes) {
-      std::lock_guard<std::mutex> lock(mu);
-      auto it = free.find(bytes);
-      if (it == free.end() || it->second.empty()) return nullptr;
-      void* p = it->second.back();
-      it->second.pop_back();
-      return p;
-    }
-    void give(size_t bytes, void* p) {
-      std::lock_guard<std::mutex> lock(mu);
-      free[bytes].push_back(p);
-    }
-    void release_all() {  // the caller has synchronised the stream
-      std::lock_guard<std::mutex> lock(mu);
-      for (auto& [bytes, v] : free)
-        for (void* p : v) cudaFree(p);
-      free.clear();
-    }
-    ~BlockCache() { release_all(); }
-  };
   class Graph;
-  static size_t round_block(size_t bytes) {
-    const size_t g = bytes <= (size_t(1) << 20)    ? 256
-                     : bytes <= (size_t(64) << 20) ? (size_t(64) << 10)
-                                                   : (size_t(2) << 20);
-    return (std::max<size_t>(bytes, 16) + g - 1) / g * g;
-  }
-  Tensor scratch(DType dtype, Shape shape);
+  Tensor scratch(DType dtype, Shape shape) { return ctx_.scratch(dtype, shape); }
   TensorView upload_persistent(const TensorView& host);
   const double* inv_freq(const RopeParams& rope);
   // F32 weights (the router) stay on the F32 GEMV path: rounding them or x to BF16 can flip expert choices.
@@ -159,9 +139,9 @@ class CudaBackend final : public Backend {
     return w.w.dtype == DType::BF16 || w.w.dtype == DType::F8_E4M3 || w.w.dtype == DType::F16;
   }
   bool use_gemm(int64_t T, const Weight& w) const {
-    return T > cuda::kGemvMaxTile && gemm_ok(w) && prefill_ != Prefill::Gemv;
+    return T > cuda::kGemvMaxTile && gemm_ok(w) && ctx_.options().prefill != CudaOptions::Prefill::Gemv;
   }
-  bool split() const { return prefill_ == Prefill::Split; }
+  bool split() const { return ctx_.options().prefill == CudaOptions::Prefill::Split; }
   cuda::GemvParams dense_gemv(const Weight& w, const float* x, int64_t x_stride, float* out,
                               int64_t out_stride, int64_t T);
   // out [T, N] = x W^T on the tensor cores (cuBLAS); non-BF16 weights go through a BF16 scratch copy.
@@ -171,24 +151,22 @@ class CudaBackend final : public Backend {
   // BF16 budget (~1e-3 relative per matmul), and the only mode whose tensor-core work equals the model FLOPs.
   // The decode GEMV keeps x in F32, so prefill and decode differ by that rounding; the fixture's router
   // scores (sigmoid, 16 experts, group-limited top-4) have near-ties that such perturbations flip (see
-  // tests/cuda/test_cuda_model.cpp and test_cuda_trace.cpp). Prefill::Split (MOE_CUDA_PREFILL=split, the
+  // tests/cuda/test_cuda_model.cpp and test_cuda_trace.cpp). Prefill::Split (CudaOptions::prefill, the
   // near-F32 mode) writes x = x_hi + x_lo (both BF16, x_lo = bf16(x - x_hi)) and, for non-BF16 weights,
   // W = W_hi + W_lo the same way, and accumulates x_hi W_hi + x_lo W_hi (+ x_hi W_lo) in F32 on the tensor
   // cores: the inputs then carry ~16 significant bits (2^-17 relative), the dropped x_lo W_lo term is
   // ~2^-18, so the GEMM matches the F32 GEMV to ~1e-5 at 2x (BF16 weights) or 3x (FP8) the tensor-core
-  // work. Prefill::Gemv (MOE_CUDA_PREFILL=gemv) forces the F32 GEMV for every token count.
+  // work. Prefill::Gemv forces the F32 GEMV for every token count.
   void gemm(const float* x, const Weight& w, float* out, int64_t T);
 
   // ---- Prefill (many tokens per forward): cuda_backend_prefill.cpp ----
-  // The prefill kernels of moe_gemm.cu / mla_prefill.cu (grouped expert GEMM, fused dense SwiGLU, expanded
-  // MLA) are on by default; MOE_CUDA_PREFILL_KERNELS=0 (read per call) switches prefill back to the earlier
-  // cuBLAS paths and the absorbed MLA, for A/B timing.
-  static bool prefill_kernels();
+  // The prefill kernels of moe_gemm.cu / mla_prefill.cu: grouped expert GEMM, fused dense SwiGLU, expanded MLA.
+  // (The cuBLAS-only paths they replaced are kept for A/B timing in bench/gpu/sandbox, not here.)
   // gemm() on inputs already rounded: x_hi (and x_lo, the split remainder, or null) BF16 [T, K].
   void gemm_rounded(const uint16_t* x_hi, const uint16_t* x_lo, const Weight& w, float* out, int64_t T);
   // swiglu_mlp for many tokens: gate and up in one grouped-GEMM launch with SwiGLU in its epilogue (h in
-  // BF16, hi + lo in split mode), then down on cuBLAS; without prefill_kernels(): gate and up as two GEMMs
-  // with F32 outputs, silu_mul, down.
+  // BF16, hi + lo in split mode), then down on cuBLAS; for shapes the kernel does not take (widths not a
+  // multiple of 8, gate and up of different dtypes): gate and up as two GEMMs with F32 outputs, silu_mul, down.
   bool swiglu_gemm_ok(int64_t T, const MlpWeights& mlp) const;
   void swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const TensorView& out);
   // Routed experts for many tokens, from moe_plan's work items of kGroupedRows rows: gate + up (SwiGLU fused,
@@ -198,14 +176,13 @@ class CudaBackend final : public Backend {
   void moe_expert_gemms(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
                         const Tensor& items, int64_t n_items, const Tensor& counts, int64_t T, int64_t K,
                         const Tensor& y);
-  // The previous path (without prefill_kernels(), or MOE_CUDA_MOE_GEMM=cublas for A/B timing): one cuBLAS
-  // GEMM per active expert and projection over rows gathered into expert order.
+  // For widths the grouped kernel does not take (not multiples of 8): one cuBLAS GEMM per active expert and
+  // projection over rows gathered into expert order (needs the counts on the host: never captured).
   void moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
                                const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
   // MLA in the expanded form (cuda::mla_prefill_attention) for a batch with a prefill chunk of at least
-  // MOE_CUDA_MLA_PREFILL new tokens (default 64 with prefill_kernels(), else 0 = off; "always" skips the cost
-  // test and the switch), when it does less tensor-core work than the absorbed form; never while a graph is
-  // being captured.
+  // CudaOptions::mla_prefill_min_tokens new tokens (mla_prefill_always skips the cost test), when it does less
+  // tensor-core work than the absorbed form; never while a graph is being captured.
   bool mla_prefill_wanted(const TensorView& q, const TensorView& cache, int64_t dn, int64_t dv,
                           const DeviceBatch& batch) const;
   void mla_attention_prefill(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
@@ -214,20 +191,12 @@ class CudaBackend final : public Backend {
   // The grouped GEMV's tile for TK assignments of T tokens over E experts (cuda_backend_moe.cpp).
   static int grouped_gemv_tile(int64_t T, int64_t TK, int32_t E);
 
-  int device_;
-  std::string name_;
-  int sms_ = 132;
-  cudaStream_t stream_ = nullptr;
-  cublasHandle_t cublas_ = nullptr;
-  std::vector<void*> persistent_;
-  std::shared_ptr<BlockCache> blocks_ = std::make_shared<BlockCache>();
-  // Where scratch() draws from: blocks_, or during a capture the capture's own pool (capture_pool_), whose
-  // blocks stay reserved for the graph (its replays write them) until the graph and its tensors are gone.
-  std::shared_ptr<BlockCache> pool_ = blocks_, capture_pool_;
-  bool graphs_ = true;
-  std::unordered_map<std::string, const double*> rope_tables_;
-  enum class Prefill { Split, Bf16, Gemv };
-  Prefill prefill_ = Prefill::Bf16;  // MOE_CUDA_PREFILL=split|bf16|gemv; see gemm()
+  cuda::CudaContext ctx_;
+  // The context's handles, cached: every op uses them.
+  const cudaStream_t stream_ = ctx_.stream();
+  const cublasHandle_t cublas_ = ctx_.cublas();
+  const int sms_ = ctx_.sms();
+  std::unordered_map<std::string, const double*> rope_tables_;  // inv_freq tables uploaded, by contents
 };
 
 }  // namespace moe

@@ -28,6 +28,7 @@ void check_cache_write(const TensorView& kv_a, const RopeParams& rope, const Dev
 void CudaBackend::mla_rope_and_cache(const TensorView& q, int64_t dn, const TensorView& kv_a,
                                      const Weight& kv_norm, float eps, const RopeParams& rope,
                                      const DeviceBatch& batch, const TensorView& cache) {
+  const cuda::DeviceGuard guard(ctx_.device());
   check_cache_write(kv_a, rope, batch, cache);
   const int64_t T = kv_a.rows(), width = kv_a.row_size(), dr = int64_t(rope.inv_freq.size()) * 2;
   MOE_CHECK(q.rows() == T && q.shape[2] == dn + dr, "mla_rope_and_cache: q is {} for {} tokens",
@@ -40,6 +41,7 @@ void CudaBackend::mla_rope_and_cache(const TensorView& q, int64_t dn, const Tens
 
 void CudaBackend::mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps,
                                   const RopeParams& rope, const DeviceBatch& batch, const TensorView& cache) {
+  const cuda::DeviceGuard guard(ctx_.device());
   const int64_t T = kv_a.rows(), width = kv_a.row_size(), dr = int64_t(rope.inv_freq.size()) * 2;
   check_cache_write(kv_a, rope, batch, cache);
   cuda::mla_write_cache(kv_a.as<const float>(), ref(kv_norm), eps, inv_freq(rope), rope.attn_factor,
@@ -49,6 +51,7 @@ void CudaBackend::mla_write_cache(const TensorView& kv_a, const Weight& kv_norm,
 
 void CudaBackend::mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope,
                              const DeviceBatch& batch) {
+  const cuda::DeviceGuard guard(ctx_.device());
   const int64_t T = q.rows(), H = q.shape[1], dh = q.shape[2];
   cuda::mla_rope_q(q.as<float>(), inv_freq(rope), rope.attn_factor, batch.positions.as<const int32_t>(), T, H,
                    dn, dh - dn, stream_);
@@ -56,6 +59,7 @@ void CudaBackend::mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& 
 
 void CudaBackend::mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
                                 int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   if (mla_prefill_wanted(q, cache, dn, dv,
                          batch))  // many new tokens: the expanded form, cuda_backend_prefill.cpp
     return mla_attention_prefill(q, kv_b, cache, dn, dv, scale, batch, out);
@@ -72,7 +76,7 @@ void CudaBackend::mla_attention(const TensorView& q, const Weight& kv_b, const T
   // The launch depends on T, H, r and the cache capacity per sequence only, never on the positions (a
   // captured decode step replays at every length): each block derives its positions on the device.
   const int64_t capacity = int64_t(plan.max_pages) * plan.page_size;
-  const int32_t splits = cuda::mla_choose_splits(T, H, r, capacity, sms_);
+  const int32_t splits = cuda::mla_choose_splits(T, H, r, capacity, sms_, ctx_.options().mla_splits);
   Tensor o_part, ml;
   if (splits > 1) {
     o_part = scratch(DType::F32, {splits, T, H, r});

@@ -1,5 +1,4 @@
 // The CUDA backend's MoE ops: expert tables, routing, grouped experts (kernels: moe_*.cu, gemv.cuh, cuBLAS).
-#include <cstdlib>
 #include <string>
 
 #include "backend/cuda/cuda_backend.h"
@@ -13,6 +12,7 @@ using cuda::ref;
 using cuda::tile_for;
 
 void CudaBackend::prepare_experts(ExpertWeights& experts) {
+  const cuda::DeviceGuard guard(ctx_.device());
   auto prep = std::make_shared<PreparedExperts>();
   const size_t E = experts.experts.size();
   if (E == 0) return;
@@ -33,17 +33,14 @@ void CudaBackend::prepare_experts(ExpertWeights& experts) {
       prep->host_table[e * 6 + 3 + size_t(i)] = ws[i]->scale_inv.data;
     }
   }
-  void* table = nullptr;
-  check(cudaMalloc(&table, E * 6 * sizeof(void*)), "cudaMalloc");
-  persistent_.push_back(table);
-  check(cudaMemcpy(table, prep->host_table.data(), E * 6 * sizeof(void*), cudaMemcpyHostToDevice),
-        "upload table");
+  void* table = ctx_.persistent(E * 6 * sizeof(void*), prep->host_table.data());
   prep->table = static_cast<void**>(table);
   experts.prepared = prep;
 }
 
 void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                             const TensorView& expert_ids, const TensorView& expert_weights) {
+  const cuda::DeviceGuard guard(ctx_.device());
   MOE_CHECK(logits.row_size() == params.num_experts, "moe_route: {} router logits for {} experts",
             logits.row_size(), params.num_experts);
   cuda::RouteParams p{params.num_experts,
@@ -76,6 +73,7 @@ int CudaBackend::grouped_gemv_tile(int64_t T, int64_t TK, int32_t E) {
 void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
                               const TensorView& expert_weights, const TensorView& plus,
                               const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
   const auto* prep = static_cast<const PreparedExperts*>(experts.prepared.get());
   MOE_CHECK(prep != nullptr, "moe_experts: prepare_experts was not called");
   const int64_t T = x.rows(), D = x.row_size(), K = expert_ids.row_size(), TK = T * K, I = prep->inner;
@@ -86,14 +84,11 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // weight 4+ times): prefill. Below that (decode batches) the grouped GEMV streams each weight about once
   // and needs no host round trip; measured on the H100 (Moonlight shape, batch 64 decode): 1922 tok/s with
   // the GEMV, 670 tok/s with per-expert cuBLAS calls (host-bound at 6 rows per expert).
-  // With prefill_kernels() the GEMMs run on moe_plan's work items of kGroupedRows rows
-  // (cuda_backend_prefill.cpp); otherwise, with MOE_CUDA_MOE_GEMM=cublas, or for widths the kernel does not
-  // take, the per-expert cuBLAS loop.
-  const bool grouped_gemm = TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && prefill_ != Prefill::Gemv;
-  const char* moe_gemm_env = std::getenv("MOE_CUDA_MOE_GEMM");
-  const bool cublas_experts =
-      grouped_gemm && (!prefill_kernels() || (moe_gemm_env && std::string(moe_gemm_env) == "cublas") ||
-                       D % 8 != 0 || I % 8 != 0);
+  // The GEMMs run on moe_plan's work items of kGroupedRows rows (cuda_backend_prefill.cpp); for widths the
+  // grouped kernel does not take, one cuBLAS GEMM per active expert.
+  const bool grouped_gemm =
+      TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && ctx_.options().prefill != CudaOptions::Prefill::Gemv;
+  const bool cublas_experts = grouped_gemm && (D % 8 != 0 || I % 8 != 0);
   const int gemv_tile = grouped_gemv_tile(T, TK, E);
   const int tile = !grouped_gemm ? gemv_tile : cublas_experts ? 1 << 20 : cuda::kGroupedRows;
   const int64_t max_items = cublas_experts ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
@@ -152,6 +147,7 @@ void CudaBackend::moe_expert_gemms_cublas(const TensorView& x, const PreparedExp
                                           const Tensor& y) {
   const int64_t D = prep.hidden, I = prep.inner, TK = T * K;
   const int32_t E = int32_t(counts.numel());
+  MOE_CHECK(!ctx_.capturing(), "the per-expert cuBLAS path needs the counts on the host: not capturable");
   std::vector<int32_t> c(static_cast<size_t>(E));
   check(cudaMemcpyAsync(c.data(), counts.data(), size_t(E) * 4, cudaMemcpyDeviceToHost, stream_), "counts");
   synchronize();

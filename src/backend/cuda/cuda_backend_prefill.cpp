@@ -11,7 +11,6 @@
 //   mla_attention_prefill MLA in the expanded form (mla_prefill.cu): context latents gathered from the paged
 //                        cache, k_nope / v for every head from one GEMM against kv_b, then flash attention.
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -93,11 +92,6 @@ MlaPrefillPlan plan_mla_prefill(const BatchPlan& plan, int64_t H, int64_t dn, in
 
 }  // namespace
 
-bool CudaBackend::prefill_kernels() {
-  const char* v = std::getenv("MOE_CUDA_PREFILL_KERNELS");  // on unless set to 0 (A/B against cuBLAS paths)
-  return !v || (std::strcmp(v, "0") != 0 && v[0] != 0);
-}
-
 // ---- GEMMs
 // ---------------------------------------------------------------------------------------------------
 
@@ -136,9 +130,9 @@ bool CudaBackend::swiglu_gemm_ok(int64_t T, const MlpWeights& mlp) const {
 
 void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const TensorView& out) {
   const int64_t T = x.rows(), D = x.row_size(), I = mlp.gate.rows();
-  const bool fused = prefill_kernels() && mlp.up.w.dtype == mlp.gate.w.dtype && mlp.up.rows() == I &&
+  const bool fused = mlp.up.w.dtype == mlp.gate.w.dtype && mlp.up.rows() == I &&
                      mlp.up.cols() == D && D % 8 == 0 && I % 8 == 0;
-  if (!fused) {  // the earlier path: F32 gate and up products, silu_mul, down
+  if (!fused) {  // shapes the grouped kernel does not take: F32 gate and up products, silu_mul, down
     Tensor h = scratch(DType::F32, {T, I}), u = scratch(DType::F32, {T, I});
     gemm(x.as<const float>(), mlp.gate, h.as<float>(), T);
     gemm(x.as<const float>(), mlp.up, u.as<float>(), T);
@@ -263,6 +257,8 @@ void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& p
 
   // Other dtypes (FP8): the active experts' weights dequantised to BF16 (+ remainders in split mode), in
   // chunks of experts whose copies fit a 2 GiB budget, each chunk with its own pointer table.
+  MOE_CHECK(!ctx_.capturing(), "FP8 experts at {} rows per expert need their counts on the host: not capturable",
+            TK / E);
   std::vector<int32_t> c(static_cast<size_t>(E));
   check(cudaMemcpyAsync(c.data(), counts.data(), size_t(E) * 4, cudaMemcpyDeviceToHost, stream_), "counts");
   synchronize();
@@ -311,16 +307,12 @@ bool CudaBackend::mla_prefill_wanted(const TensorView& q, const TensorView& cach
                                      const DeviceBatch& batch) const {
   const int64_t T = q.rows(), H = q.shape[1], dr = q.shape[2] - dn;
   const int64_t W = cache.shape[cache.shape.rank - 1], r = W - dr;
-  const char* env =
-      std::getenv("MOE_CUDA_MLA_PREFILL");  // minimum new tokens, 0 = off, "always" = no cost test
-  const bool always = env && std::strcmp(env, "always") == 0;
-  const int64_t min_tokens = always ? 1 : env ? std::atoll(env) : prefill_kernels() ? 64 : 0;
+  const bool always = ctx_.options().mla_prefill_always;
+  const int64_t min_tokens = ctx_.options().mla_prefill_min_tokens;
   if (min_tokens <= 0 || T < min_tokens || !batch.plan) return false;
   if (!cuda::mla_prefill_supported(dn, dr, dv) || W % 8 != 0 || r % 8 != 0) return false;
-  // Never inside a graph capture (decode steps): the path uploads a plan built from this batch's positions.
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  check(cudaStreamIsCapturing(stream_, &capturing), "cudaStreamIsCapturing");
-  if (capturing != cudaStreamCaptureStatusNone) return false;
+  // Never inside a graph capture: the path uploads a plan built from this batch's positions.
+  if (ctx_.capturing()) return false;
   const MlaPrefillPlan mp = plan_mla_prefill(*batch.plan, H, dn, dr, dv, r, false);
   if (mp.max_new < min_tokens) return false;                           // no prefill chunk of that many tokens
   if (mp.rows * H * (dn + dv) * 2 > (int64_t(4) << 30)) return false;  // the expanded k/v would exceed 4 GiB

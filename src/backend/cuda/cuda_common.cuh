@@ -74,7 +74,7 @@ inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + thread
 //     kernel did the same, everything enqueued earlier has completed too;
 //   - pdl_trigger() early (after the prologue) lets the next kernel's blocks start their own prologue
 //     (e.g. prefetching their weights) on SMs this one frees.
-// Without PDL (g_pdl off, or a launch with <<<>>>) both are no-ops.
+// Without PDL (a launch with <<<>>>) both are no-ops.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -86,7 +86,8 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-// kernel<<<grid, block, smem, s>>>(args...) with the PDL attribute when g_pdl is on, then check_launch.
+// kernel<<<grid, block, smem, s>>>(args...) with the PDL attribute, then check_launch. (Launches without PDL
+// were measured slower at batch-1 decode: bench/RESULTS.md; the A/B lives in bench/gpu/sandbox.)
 template <typename... Params, typename... Args>
 void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
             Args&&... args) {
@@ -99,7 +100,7 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
   cfg.attrs = attr;
-  cfg.numAttrs = g_pdl ? 1 : 0;
+  cfg.numAttrs = 1;
   check(cudaLaunchKernelEx(&cfg, kernel, Params(std::forward<Args>(args))...), name);
 }
 

@@ -21,17 +21,11 @@ void check(cudaError_t e, const char* what);  // throws moe::Error
 #define MOE_CUDA_CHECK(expr) ::moe::cuda::check((expr), #expr)
 void check_launch(const char* kernel);  // cudaGetLastError after a launch
 
-// Switches back to the kernels from before the batch-1 decode rework, for A/B timing in one process: set from
-// MOE_CUDA_LEGACY (a comma list of memset, norm, combine, or all) when the backend is made.
-struct Legacy {
-  bool memset = false;   // alloc_uninitialized zero-fills like alloc
-  bool norm = false;     // the two-pass RMSNorm, and add_rms_norm as add + rms_norm
-  bool combine = false;  // the scalar MoE combine
-};
-extern Legacy g_legacy;
-// Launch kernels with programmatic dependent launch (cuda_common.cuh: launch, pdl_wait, pdl_trigger). On by
-// default; MOE_CUDA_PDL=0 turns it off (A/B timing, debugging).
-extern bool g_pdl;
+// Kernel attributes (the dynamic shared memory of the big-tile kernels) are per device: a CudaContext sets
+// them for its device when it is made, through these, once each (no launcher keeps state of its own).
+void configure_mla_attention_kernels();  // mla_attention.cu
+void configure_grouped_gemm_kernels();   // moe_gemm.cu
+void configure_mla_prefill_kernels();    // mla_prefill.cu
 
 // A weight as the kernels see it: [rows, cols] row-major, FP8 with scale[(n / block_n) * kblocks + k / block_k].
 struct WeightRef {
@@ -144,8 +138,9 @@ struct MlaParams {
 constexpr int kMlaTile = 32;        // cache positions per tile
 constexpr int kMlaMaxSplits = 256;  // upper bound of MlaParams::splits
 // Splits for T tokens of H heads over a cache of `capacity` positions per sequence (max_pages * page_size) on
-// `sms` multiprocessors.
-int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms);
+// `sms` multiprocessors; `forced` > 0 (CudaOptions::mla_splits, for tuning) takes that many, clamped to what
+// the capacity allows.
+int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms, int32_t forced = 0);
 void mla_attention(const MlaParams& p, cudaStream_t s);
 
 // ---- moe_route.cu ----------------------------------------------------------------------------------------

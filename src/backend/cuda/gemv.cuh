@@ -283,7 +283,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
 template <DType WT>
 void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
   GemvParams q = p;
-  q.prefetch = g_pdl;
+  q.prefetch = true;
   // Blocks along x at rows_per_block weight rows each; a second matrix (dense only) takes the blocks after
   // the first one's.
   const auto blocks_of = [](int64_t rows, int64_t rows_per_block) {

@@ -370,13 +370,6 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const M
   }
 }
 
-int forced_splits() {  // MOE_MLA_SPLITS=n: use n splits (clamped to what the capacity allows), for tuning
-  static const int n = [] {
-    const char* e = std::getenv("MOE_MLA_SPLITS");
-    return e ? std::max(0, std::atoi(e)) : 0;
-  }();
-  return n;
-}
 int heads_per_block(int64_t H) { return H >= 32 ? 32 : 16; }
 
 template <int R, int W, int MT, int STAGES>
@@ -384,13 +377,21 @@ void launch_attention(const MlaParams& p, cudaStream_t s) {
   using L = Layout<R, W, MT, STAGES>;
   static_assert(L::bytes <= 227 * 1024, "shared memory of one block");
   auto* kernel = mla_decode_kernel<R, W, MT, STAGES>;
-  static bool configured = false;
-  if (!configured) {
-    MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes)));
-    configured = true;
-  }
   const unsigned groups = unsigned((p.H + L::ROWS - 1) / L::ROWS);
   launch("mla_attention", kernel, dim3(unsigned(p.T) * groups, unsigned(p.splits)), dim3(kThreads), L::bytes, s, p);
+}
+
+// Dynamic shared memory above 48 KB, for the current device (configure_mla_attention_kernels).
+template <int R, int W, int MT, int STAGES>
+void configure_attention() {
+  using L = Layout<R, W, MT, STAGES>;
+  MOE_CUDA_CHECK(cudaFuncSetAttribute(mla_decode_kernel<R, W, MT, STAGES>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::bytes)));
+}
+template <int R, int W>
+void configure_widths() {
+  configure_attention<R, W, 2, 4>();
+  configure_attention<R, W, 1, 4>();
 }
 
 template <int R, int W>
@@ -401,7 +402,13 @@ void launch_widths(const MlaParams& p, cudaStream_t s) {
 
 }  // namespace
 
-int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms) {
+void configure_mla_attention_kernels() {
+  configure_widths<512, 576>();
+  configure_widths<128, 160>();
+  configure_widths<256, 320>();
+}
+
+int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms, int32_t forced) {
   // Cost in tile-times of a lone block (~1.5 us on the H100): the blocks of N = T * head groups per split
   // run in ceil(N S / sms) waves of ceil(tiles / S) tiles plus a ramp of ~2 (first copies in flight);
   // splitting adds the combine launch (~2) and ~0.07 per split and wave (partials written and re-read).
@@ -412,7 +419,7 @@ int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int
   const int64_t N = T * ((H + heads_per_block(H) - 1) / heads_per_block(H));
   const int64_t tiles = std::max<int64_t>(1, (capacity + kTile - 1) / kTile);
   const int64_t max_splits = std::min<int64_t>(tiles, kMlaMaxSplits);
-  if (forced_splits() > 0) return int32_t(std::min<int64_t>(forced_splits(), max_splits));
+  if (forced > 0) return int32_t(std::min<int64_t>(forced, max_splits));
   int64_t best = 1;
   double best_cost = 0.0;
   for (int64_t S = 1; S <= max_splits; ++S) {

@@ -217,14 +217,20 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_kernel(const MlaPrefi
 }
 
 template <int DN, int DR, int DV>
+constexpr size_t prefill_smem() {
+  return size_t(kRows * (DN + DR + kPad) + 2 * kKeys * (DN + DR + kPad) + 2 * kKeys * (DV + kPad)) * 2;
+}
+
+template <int DN, int DR, int DV>
+void configure_prefill() {
+  check(cudaFuncSetAttribute(mla_prefill_kernel<DN, DR, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(prefill_smem<DN, DR, DV>())),
+        "mla_prefill smem");
+}
+
+template <int DN, int DR, int DV>
 void launch_prefill(const MlaPrefillParams& p, cudaStream_t s) {
-  constexpr size_t smem = size_t(kRows * (DN + DR + kPad) + 2 * kKeys * (DN + DR + kPad) + 2 * kKeys * (DV + kPad)) * 2;
-  static bool attribute_set = false;  // one device per process in this backend
-  if (!attribute_set) {
-    check(cudaFuncSetAttribute(mla_prefill_kernel<DN, DR, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-          "mla_prefill smem");
-    attribute_set = true;
-  }
+  constexpr size_t smem = prefill_smem<DN, DR, DV>();
   mla_prefill_kernel<DN, DR, DV><<<dim3(unsigned(p.H), unsigned(p.num_tiles)), kThreads, smem, s>>>(p);
   check_launch("mla_prefill_attention");
 }
@@ -239,6 +245,11 @@ void mla_gather_latent(const uint16_t* cache, const int32_t* block_table, int32_
   gather_latent_kernel<<<dim3(unsigned((max_len + 7) / 8), unsigned(S)), 256, 0, s>>>(cache, block_table, max_pages,
                                                                                      page_size, W, seqs, lens, offs, lat);
   check_launch("mla_gather_latent");
+}
+
+void configure_mla_prefill_kernels() {
+  configure_prefill<128, 64, 128>();
+  configure_prefill<64, 32, 64>();
 }
 
 // Moonlight and DeepSeek-V3 (128 / 64 / 128), and the test fixture's small heads (64 / 32 / 64).

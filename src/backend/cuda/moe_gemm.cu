@@ -230,18 +230,17 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(const Grouped
 
 }  // namespace
 
+void configure_grouped_gemm_kernels() {
+  check(cudaFuncSetAttribute(grouped_gemm_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)),
+        "grouped_gemm smem");
+  check(cudaFuncSetAttribute(grouped_gemm_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)),
+        "grouped_gemm smem");
+}
+
 void grouped_gemm(const GroupedGemmParams& p, int32_t tiles, cudaStream_t s) {
   if (tiles <= 0 || p.N <= 0) return;
   if (p.K % 8 != 0 || p.N % 8 != 0 || p.lda % 8 != 0 || (p.swiglu && p.ldh % 2 != 0) || p.nseg < 1 || p.nseg > 3)
     check(cudaErrorInvalidValue, "grouped_gemm: K, N and lda must be multiples of 8, 1 to 3 segments");
-  static bool attributes_set = false;  // one device per process in this backend
-  if (!attributes_set) {
-    check(cudaFuncSetAttribute(grouped_gemm_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)),
-          "grouped_gemm smem");
-    check(cudaFuncSetAttribute(grouped_gemm_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes)),
-          "grouped_gemm smem");
-    attributes_set = true;
-  }
   const int cols = p.swiglu ? kBN / 2 : kBN;
   const dim3 grid(unsigned((p.N + cols - 1) / cols), unsigned(tiles));
   if (p.swiglu)

@@ -143,7 +143,7 @@ void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D
   const bool aligned = ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(out) |
                          reinterpret_cast<uintptr_t>(plus)) &
                         15) == 0;
-  if (!g_legacy.combine && k <= kCombineMaxK && D % 4 == 0 && aligned) {
+  if (k <= kCombineMaxK && D % 4 == 0 && aligned) {
     const unsigned bx = unsigned((D / 4 + kCombineThreads - 1) / kCombineThreads);
     launch("moe_combine", combine_vec_kernel, dim3(bx, unsigned(T)), kCombineThreads, 0, s, y, w, k, D, plus,
            out);

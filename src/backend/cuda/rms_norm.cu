@@ -109,7 +109,7 @@ void launch_vec(int V, const float* x, float* h, const float* y, const WeightRef
 void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out,
               cudaStream_t s) {
   if (T == 0) return;
-  const int V = g_legacy.norm ? 0 : vec_width(D, x, out, x);
+  const int V = vec_width(D, x, out, x);
   if (V)
     launch_vec<false>(V, x, nullptr, nullptr, w, eps, T, D, out, s);
   else
@@ -119,7 +119,7 @@ void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t 
 void add_rms_norm(float* h, const float* y, const WeightRef& w, float eps, int64_t T, int64_t D, float* out,
                   cudaStream_t s) {
   if (T == 0) return;
-  const int V = g_legacy.norm ? 0 : vec_width(D, h, y, out);
+  const int V = vec_width(D, h, y, out);
   if (V) {
     launch_vec<true>(V, nullptr, h, y, w, eps, T, D, out, s);
     return;

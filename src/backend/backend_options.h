@@ -1,0 +1,41 @@
+#pragma once
+// How a backend is made: the device, and one options struct per backend. The CLI fills these from its flags
+// (and from the one documented environment variable per flag, which CLI11 reads in src/cli); tests fill them
+// directly. Nothing under src/backend reads the environment.
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace moe {
+
+struct CpuOptions {
+  int32_t threads = 0;  // worker threads of the backend's own pool; 0: one per hardware thread
+};
+
+struct CudaOptions {
+  // The tensor-core GEMMs of steps with more than 8 tokens (prefill): see CudaBackend::gemm.
+  //   Bf16:  x (and a dequantised FP8 weight) rounded to BF16 once, F32 accumulation (the default).
+  //   Split: x = hi + lo in two BF16 halves, ~1e-5 of the F32 GEMV at 2-3x the tensor-core work.
+  //   Gemv:  the F32 weight-streaming GEMV for every token count (slow; a reference).
+  enum class Prefill { Bf16, Split, Gemv };
+  Prefill prefill = Prefill::Bf16;
+  // Capture steps as CUDA graphs and replay them (Backend::can_capture answers false when off).
+  bool graphs = true;
+  // Expanded-form MLA (flash attention over k/v expanded from the latent) for a batch holding a prefill
+  // chunk of at least this many new tokens, when it does less tensor-core work than the absorbed form; 0: never.
+  int64_t mla_prefill_min_tokens = 64;
+  bool mla_prefill_always = false;  // skip the cost comparison (tests run every prompt through the kernel)
+  // Split count of the decode attention's sequences; 0: chosen per shape (cuda::mla_choose_splits).
+  int32_t mla_splits = 0;
+};
+
+struct BackendOptions {
+  Device device;  // host: the CPU backend; cuda(i): the CUDA backend on device i
+  CpuOptions cpu;
+  CudaOptions cuda;
+};
+
+// Parses a CudaOptions::Prefill name (bf16, split, gemv); throws moe::Error naming the text otherwise.
+CudaOptions::Prefill parse_cuda_prefill(const std::string& name);
+
+}  // namespace moe

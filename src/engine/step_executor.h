@@ -1,0 +1,63 @@
+#pragma once
+// The step executor: runs a model's forward steps, and replays the ones that repeat from graphs the backend
+// captured (CUDA graphs), so that a step costs one launch instead of ~20 per layer.
+//
+// A step's shape is (sequences, new tokens per sequence, logits for every token or the last, page-table
+// width, cache). Steps whose every sequence brings the same number n of new tokens, with logits for all of
+// them (or n = 1), have a shape that repeats from step to step: decode at any batch size, and speculative
+// verification (n = draft + 1). For those the executor pads the page table to a power-of-two width, so that
+// host-side choices made from it (the attention's split count) repeat too, and keys a graph by the shape.
+// A shape is run eagerly the first time it is seen (one-off shapes never pay for a capture), captured the
+// second time, and replayed afterwards with the inputs rewritten in place (token ids, positions, slots, page
+// tables). Every step of such a shape gets the padding, captured or not, so eager steps run exactly the
+// kernels a replay does. If the backend cannot capture a step (an op needs the host mid-step), the shape is
+// remembered as eager-only. Other steps (prefill chunks) run eagerly through DeepseekV3::forward.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
+#include <vector>
+
+#include "model/deepseek_v3.h"
+
+namespace moe {
+
+struct StepExecutorOptions {
+  bool graphs = true;     // capture and replay where the backend can (Backend::can_capture)
+  size_t max_graphs = 32;  // shapes remembered (captured, seen once or refused); the least recently used goes first
+};
+
+class StepExecutor {
+ public:
+  struct Stats {
+    int64_t captures = 0, replays = 0, eager = 0, refused = 0;  // refused: shapes the backend could not capture
+  };
+
+  explicit StepExecutor(DeepseekV3& model, StepExecutorOptions options = {});
+  ~StepExecutor();
+
+  // DeepseekV3::forward, with the same results; the returned tensors are the caller's (not the graph's).
+  ForwardOutput forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache);
+
+  DeepseekV3& model() const { return model_; }
+  const Stats& stats() const { return stats_; }
+  size_t graphs() const { return graphs_.size(); }  // shapes remembered
+  void clear() { graphs_.clear(); }  // drops every captured graph (and the device memory it holds)
+
+ private:
+  struct Graph;
+  void evict(const Graph* keep);  // down to max_graphs shapes, least recently used first, never `keep`
+  using Key = std::tuple<int64_t, int64_t, bool, int32_t, const void*>;  // seqs, tokens each, all logits, width, cache
+
+  DeepseekV3& model_;
+  StepExecutorOptions options_;
+  std::map<Key, std::shared_ptr<Graph>> graphs_;
+  int64_t clock_ = 0;
+  Stats stats_;
+};
+
+// The step's shape is one that repeats (see above): every chunk has the same number of new tokens, and asks for
+// the logits of all of them or has one.
+bool is_uniform_step(const std::vector<SequenceChunk>& chunks);
+
+}  // namespace moe

@@ -1,0 +1,123 @@
+// The step executor against plain DeepseekV3::forward on the CPU, through a backend that captures and replays
+// like the CUDA backend (replay_backend.h): which steps are captured, that replays with rewritten inputs give
+// exactly the eager results, that a refused capture falls back to eager steps for good, and the graph limit.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+
+#include "engine/step_executor.h"
+#include "replay_backend.h"
+#include "test_util.h"
+
+namespace moe {
+namespace {
+
+std::vector<float> to_host(Backend& b, const Tensor& t) {
+  std::vector<float> v(size_t(t.numel()));
+  b.copy_to_host(t, v.data());
+  return v;
+}
+
+TEST(StepExecutor, UniformSteps) {
+  const std::vector<int32_t> pages{0, 1};
+  EXPECT_TRUE(is_uniform_step({{{5}, 3, pages, false}, {{7}, 9, pages, false}}));          // decode
+  EXPECT_TRUE(is_uniform_step({{{5, 6, 7}, 3, pages, true}, {{7, 1, 2}, 9, pages, true}}));  // verification
+  EXPECT_FALSE(is_uniform_step({{{5, 6}, 3, pages, false}}));                  // a prefill chunk: last logits
+  EXPECT_FALSE(is_uniform_step({{{5}, 3, pages, false}, {{7, 8}, 9, pages, true}}));  // mixed lengths
+  EXPECT_FALSE(is_uniform_step({{{5}, 3, pages, false}, {{7}, 9, pages, true}}));     // mixed logits
+  EXPECT_FALSE(is_uniform_step({}));
+}
+
+// Runs the same steps through an executor on a ReplayBackend and through plain forward() on the CPU backend:
+// a prompt per sequence, then `steps` steps of n tokens per sequence (the greedy token, then random ones).
+struct Runs {
+  StepExecutor::Stats stats;
+  size_t graphs = 0;
+};
+Runs compare(const std::vector<int32_t>& prompt_lens, int steps, int32_t n, int64_t refuse_tokens = -1,
+             size_t max_graphs = 32, bool alternate_batch = false) {
+  auto cpu = make_cpu_backend();
+  test::ReplayBackend replay(*cpu);
+  replay.refuse_tokens = refuse_tokens;
+  DeepseekV3 plain(test::kTinyModel, *cpu), captured_model(test::kTinyModel, replay);
+  StepExecutor executor(captured_model, {.graphs = true, .max_graphs = max_graphs});
+  const ModelConfig& c = plain.config();
+  constexpr int64_t kPage = 4;
+  const int64_t S = int64_t(prompt_lens.size());
+  const int64_t pps = (*std::max_element(prompt_lens.begin(), prompt_lens.end()) + steps * n + kPage) / kPage + 1;
+  LatentCache cache_p(c, *cpu, S * pps, kPage, plain.cache_layers());
+  LatentCache cache_r(c, replay, S * pps, kPage, captured_model.cache_layers());
+  std::mt19937 rng(7);
+  std::vector<SequenceChunk> seqs(static_cast<size_t>(S));
+  for (int64_t s = 0; s < S; ++s) {
+    for (int32_t i = 0; i < prompt_lens[size_t(s)]; ++i) seqs[size_t(s)].tokens.push_back(int32_t(rng() % 1000));
+    for (int64_t p = 0; p < pps; ++p) seqs[size_t(s)].pages.push_back(int32_t(s * pps + p));
+  }
+  ForwardOutput op = plain.forward(seqs, cache_p), orr = executor.forward(seqs, cache_r);
+  std::vector<float> lp = to_host(*cpu, op.logits), lr = to_host(replay, orr.logits);
+  EXPECT_EQ(lp, lr) << "prefill";
+  std::vector<int64_t> last_row(static_cast<size_t>(S));
+  for (int64_t s = 0; s < S; ++s) last_row[size_t(s)] = s;
+  for (int step = 0; step < steps; ++step) {
+    // Every other step only the first sequences (another batch shape) when alternating.
+    const int64_t active = alternate_batch && step % 2 ? std::max<int64_t>(1, S - 1) : S;
+    std::vector<SequenceChunk> chunks;
+    for (int64_t s = 0; s < active; ++s) {
+      SequenceChunk& ch = seqs[size_t(s)];
+      const float* row = lp.data() + last_row[size_t(s)] * c.vocab_size;
+      ch.start_pos += int32_t(ch.tokens.size());
+      ch.tokens = {int32_t(std::max_element(row, row + c.vocab_size) - row)};
+      for (int32_t i = 1; i < n; ++i) ch.tokens.push_back(int32_t(rng() % 1000));
+      ch.all_logits = n > 1;
+      chunks.push_back(ch);
+      chunks.back().pages.resize(size_t((ch.start_pos + n + kPage - 1) / kPage));  // the table widens as it grows
+      last_row[size_t(s)] = s * n + n - 1;
+    }
+    op = plain.forward(chunks, cache_p);
+    orr = executor.forward(chunks, cache_r);
+    lp = to_host(*cpu, op.logits);
+    lr = to_host(replay, orr.logits);
+    EXPECT_EQ(op.logit_rows, orr.logit_rows);
+    EXPECT_EQ(lp, lr) << "step " << step;
+    EXPECT_EQ(to_host(*cpu, op.hidden), to_host(replay, orr.hidden)) << "step " << step;
+    if (::testing::Test::HasFailure()) break;
+  }
+  return {executor.stats(), executor.graphs()};
+}
+
+TEST(StepExecutor, DecodeStepsAreCapturedThenReplayedWithTheSameResults) {
+  const Runs r = compare({3, 9, 14}, 10, 1);
+  // Prefill: eager. Decode: seen once (eager), captured at the second step; widths 4 -> 8 pages give a second
+  // shape on the way.
+  EXPECT_GE(r.stats.captures, 1);
+  EXPECT_GE(r.stats.replays, 6);
+  EXPECT_EQ(r.stats.refused, 0);
+  EXPECT_EQ(r.stats.replays + r.stats.eager, 11);  // a captured step is replayed at once: counted in both
+}
+
+TEST(StepExecutor, VerificationStepsAreCaptured) {
+  const Runs r = compare({4, 6}, 8, 3);
+  EXPECT_GE(r.stats.captures, 1);
+  EXPECT_GE(r.stats.replays, 4);
+}
+
+TEST(StepExecutor, RefusedCaptureRunsEagerlyForGood) {
+  // Every op of more than 2 rows refuses capture: decode of 3 sequences is refused once, then always eager.
+  const Runs r = compare({3, 5, 8}, 8, 1, /*refuse_tokens=*/2);
+  EXPECT_EQ(r.stats.replays, 0);
+  EXPECT_EQ(r.stats.captures, 0);
+  EXPECT_GE(r.stats.refused, 1);
+  EXPECT_EQ(r.stats.eager, 9);  // prefill + 8 decode steps; the refused capture ran nothing
+}
+
+TEST(StepExecutor, KeepsAtMostMaxGraphs) {
+  // Two batch shapes alternating (and the page-table width growing): two shapes fit, older ones go.
+  const Runs r = compare({3, 5, 8}, 16, 1, -1, /*max_graphs=*/2, /*alternate_batch=*/true);
+  EXPECT_LE(r.graphs, 2u);
+  EXPECT_GE(r.stats.captures, 2);
+  EXPECT_GE(r.stats.replays, 8);
+}
+
+}  // namespace
+}  // namespace moe
