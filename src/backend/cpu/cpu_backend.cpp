@@ -67,18 +67,33 @@ class CpuBackend final : public Backend {
   void mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope, const DeviceBatch& batch) override {
     cpu::mla_rope_q(q, dn, rope, *batch.plan);
   }
-  void mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn, int64_t dv,
-                     float scale, const DeviceBatch& batch, const TensorView& out) override {
-    cpu::mla_attention(q, kv_b, cache, dn, dv, scale, *batch.plan, out);
+  void mla_absorb(const TensorView& q, const Weight& kv_b, int64_t dn, int64_t dv, const TensorView& qf) override {
+    cpu::mla_absorb(q, kv_b, dn, dv, qf);
   }
+  void mla_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                            const TensorView& o_lat, const TensorView& lse) override {
+    cpu::mla_latent_attention(qf, cache, scale, *batch.plan, o_lat, lse);
+  }
+  void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
+                     const TensorView& out) override {
+    cpu::mla_project_v(o_lat, kv_b, dn, dv, out);
+  }
+  // mla_attention: the Backend's composition of the three.
   void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                  const TensorView& expert_ids, const TensorView& expert_weights) override {
     cpu::moe_route(logits, bias, params, expert_ids, expert_weights);
   }
-  void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                   const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override {
-    cpu::moe_experts(x, experts, expert_ids, expert_weights, plus, out);
+  MoeDispatch moe_dispatch(const TensorView& x, const TensorView& expert_ids, int32_t num_experts) override {
+    return cpu::moe_dispatch(x, expert_ids, num_experts);
   }
+  void moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& experts, const TensorView& y) override {
+    cpu::moe_grouped_mlp(d, experts, y);
+  }
+  void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& expert_weights, const TensorView& plus,
+                   const TensorView& out) override {
+    cpu::moe_combine(y, d, expert_weights, plus, out);
+  }
+  // moe_experts: the Backend's composition of the three.
 };
 
 }  // namespace

@@ -15,12 +15,17 @@ void swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const TensorView& ou
 void mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps, const RopeParams& rope,
                      const BatchPlan& plan, const TensorView& cache);                           // mla_cache.cpp
 void mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope, const BatchPlan& plan);  // mla_cache.cpp
-void mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn, int64_t dv,
-                   float scale, const BatchPlan& plan, const TensorView& out);                  // mla_attention.cpp
+void mla_absorb(const TensorView& q, const Weight& kv_b, int64_t dn, int64_t dv, const TensorView& qf);  // mla_absorb.cpp
+void mla_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const BatchPlan& plan,
+                          const TensorView& o_lat, const TensorView& lse);       // mla_latent_attention.cpp
+void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
+                   const TensorView& out);                                        // mla_project_v.cpp
 void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
-               const TensorView& expert_ids, const TensorView& expert_weights);                 // moe_route.cpp
-void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                 const TensorView& expert_weights, const TensorView& plus, const TensorView& out);                      // moe_experts.cpp
+               const TensorView& expert_ids, const TensorView& expert_weights);  // moe_route.cpp
+MoeDispatch moe_dispatch(const TensorView& x, const TensorView& expert_ids, int32_t num_experts);  // moe_dispatch.cpp
+void moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& experts, const TensorView& y);  // moe_grouped_mlp.cpp
+void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& expert_weights, const TensorView& plus,
+                 const TensorView& out);                                          // moe_combine.cpp
 
 // Rotates interleaved pairs (v[2i], v[2i+1]) of v[0..dr) for position pos (YaRN folded into params).
 void apply_rope(float* v, int64_t dr, int32_t pos, const RopeParams& rope);
