@@ -77,6 +77,34 @@ struct DeviceBatch {
   std::vector<Tensor> storage;
 };
 
+// The routed experts' rows in expert-contiguous order: what Backend::moe_dispatch returns and
+// moe_grouped_mlp / moe_combine consume. Every tensor is allocated by the op, lives on the backend's device
+// and is owned here (Tensor copies share their buffers): the caller keeps the struct as long as it wants (a
+// backward pass reuses perm, offsets and rows).
+//   M = T * k rows (one per (token, slot) assignment), E experts.
+//   rows     [M, D] activation dtype: sorted row i is x[perm[i] / k].
+//   perm     I32 [M]: the assignment index t * k + j of sorted row i.
+//   offsets  I32 [E + 1]: rows of expert e are offsets[e] .. offsets[e+1]-1 (offsets[0] = 0, offsets[E] = M).
+// Rows are grouped by expert in ascending expert order; the order of the rows within one expert's segment is
+// the backend's (CPU: ascending assignment index; CUDA: the order of moe_plan's atomics, not reproducible
+// from run to run). Results do not depend on it: each row's MLP is independent and moe_combine adds a
+// token's k rows in slot order j (CUDA) or ascending expert order (CPU) whatever their positions.
+// Expert parallelism: with the experts dealt to R ranks in contiguous blocks (rank q owns experts
+// E*q/R .. E*(q+1)/R - 1), the rows bound for rank q are the single range offsets[E*q/R] .. offsets[E*(q+1)/R]
+// of `rows`, so the all-to-all's send buffer is `rows` itself and its per-destination counts are differences
+// of `offsets` at the rank boundaries (copied to the host once per layer). The receiving rank would run
+// moe_grouped_mlp on what it received (re-sorted by local expert) and send the outputs back into the sorted
+// positions before moe_combine. Not built here.
+struct MoeDispatch {
+  Tensor rows;
+  Tensor perm;
+  Tensor offsets;
+  int64_t tokens = 0, top_k = 0;  // T and k: M = tokens * top_k
+  std::shared_ptr<void> plan;     // backend-specific (CUDA: work items, per-expert counts, inverse perm)
+  int64_t num_rows() const { return tokens * top_k; }
+  int64_t num_experts() const { return offsets.empty() ? 0 : offsets.numel() - 1; }
+};
+
 // Device work recorded by Backend::end_capture (a CUDA graph) and run again by Backend::replay.
 class CapturedWork {
  public:
@@ -163,20 +191,67 @@ class Backend {
     mla_write_cache(kv_a, kv_norm, eps, rope, batch, cache);
     mla_rope_q(q, dn, rope, batch);
   }
-  // out [T, H * dv] = MLA attention of q [T, H, dn + dr] over the cache [pages, page_size, r + dr],
-  // using kv_b [H * (dn + dv), r] (rows h*(dn+dv) .. +dn are W_UK[h], the next dv rows W_UV[h]).
+  // MLA attention in three steps (the absorbed form, see MODEL.md); mla_attention below composes them.
+  // kv_b [H * (dn + dv), r]: rows h*(dn+dv) .. +dn are W_UK[h] [dn, r], the next dv rows W_UV[h] [dv, r].
+  //
+  // qf [T, H, r + dr] in cache_dtype() = (W_UK[h]^T q[t, h, :dn], q[t, h, dn:]): the query in latent space,
+  // with its rope part copied. q [T, H, dn + dr] activation dtype, rope already applied. The caller allocates qf.
+  virtual void mla_absorb(const TensorView& q, const Weight& kv_b, int64_t dn, int64_t dv,
+                          const TensorView& qf) = 0;
+  // Attention of qf [T, H, W = r + dr] (cache_dtype) over the cache [pages, page_size, W] (cache_dtype), the
+  // key of position j being its whole cache row c_j and the value its first r columns, causal over the
+  // positions 0 .. batch.positions[t] of token t's sequence:
+  //   s_j = scale * (qf[t, h] . c_j),  o_lat[t, h] = sum_j softmax(s)_j c_j[:r],  lse[t, h] = log sum_j exp(s_j)
+  // o_lat F32 [T, H, r] and lse F32 [T, H] (natural log; the softmax's normaliser, which a backward pass
+  // needs) are allocated by the caller; lse may be empty (not written). r is o_lat's last dimension.
+  virtual void mla_latent_attention(const TensorView& qf, const TensorView& cache, float scale,
+                                    const DeviceBatch& batch, const TensorView& o_lat,
+                                    const TensorView& lse) = 0;
+  // out [T, H * dv] (activation dtype) = W_UV[h] o_lat[t, h] per head; o_lat F32 [T, H, r].
+  virtual void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
+                             const TensorView& out) = 0;
+  // out [T, H * dv] = MLA attention of q [T, H, dn + dr] over the cache [pages, page_size, r + dr].
+  // Default: mla_absorb -> mla_latent_attention (no lse) -> mla_project_v on temporaries from
+  // alloc_uninitialized; a backend may fuse or choose another form (the CUDA backend's expanded prefill).
   virtual void mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
-                             int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out) = 0;
+                             int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out) {
+    const int64_t T = q.rows(), H = q.shape[1], dr = q.shape[2] - dn;
+    const int64_t width = cache.shape[cache.shape.rank - 1], r = width - dr;
+    Tensor qf = alloc_uninitialized(cache_dtype(), {T, H, width});
+    Tensor o_lat = alloc_uninitialized(DType::F32, {T, H, r});
+    mla_absorb(q, kv_b, dn, dv, qf);
+    mla_latent_attention(qf, cache, scale, batch, o_lat, {});
+    mla_project_v(o_lat, kv_b, dn, dv, out);
+  }
 
   // MoE. Router logits [T, E] (F32) -> chosen experts I32 [T, k] and weights F32 [T, k].
   // bias (F32 [E] or empty) is added for choosing only.
   virtual void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                          const TensorView& expert_ids, const TensorView& expert_weights) = 0;
+  //
+  // Routed experts in three steps (moe_experts below composes them); see MoeDispatch for the layout.
+  // Permutes x [T, D] (activation dtype) into expert-contiguous rows, one per assignment of expert_ids
+  // (I32 [T, k], every id in 0 .. num_experts-1). The returned tensors are new allocations owned by the result.
+  virtual MoeDispatch moe_dispatch(const TensorView& x, const TensorView& expert_ids, int32_t num_experts) = 0;
+  // y [M, D] (activation dtype, allocated by the caller, sorted order like d.rows) = the SwiGLU MLP of each
+  // row's expert: y[i] = Expert[e](d.rows[i]) for offsets[e] <= i < offsets[e+1]. experts has E experts,
+  // prepared with prepare_experts.
+  virtual void moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& experts, const TensorView& y) = 0;
+  // out [T, D] = plus[t] + sum_j expert_weights[t, j] * y[row of assignment t*k+j]: the weighted un-permute.
+  // y [M, D] from moe_grouped_mlp; expert_weights F32 [T, k]; plus [T, D] (the shared experts' output) or
+  // empty for 0; out [T, D] may alias plus.
+  virtual void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& expert_weights,
+                           const TensorView& plus, const TensorView& out) = 0;
   // out [T, D] = plus[t] + sum_j expert_weights[t, j] * Expert[expert_ids[t, j]](x[t]); x [T, D]; plus [T, D]
   // (the shared experts' output, so the sum needs no extra pass) or empty for 0.
+  // Default: moe_dispatch -> moe_grouped_mlp -> moe_combine; a backend may fuse them (CUDA does).
   virtual void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                           const TensorView& expert_weights, const TensorView& plus,
-                           const TensorView& out) = 0;
+                           const TensorView& expert_weights, const TensorView& plus, const TensorView& out) {
+    const MoeDispatch d = moe_dispatch(x, expert_ids, int32_t(experts.experts.size()));
+    Tensor y = alloc_uninitialized(activation_dtype(), {d.num_rows(), x.row_size()});
+    moe_grouped_mlp(d, experts, y);
+    moe_combine(y, d, expert_weights, plus, out);
+  }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options = {});

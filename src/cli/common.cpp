@@ -20,6 +20,7 @@ void apply_thread_count() {
 BackendOptions BackendArgs::options() const {
   BackendOptions o;
   o.device = Device::parse(device);
+  o.cpu.threads = g_threads;  // --threads (0: all cores)
   o.cuda.graphs = cuda_graphs;
   o.cuda.prefill = parse_cuda_prefill(cuda_prefill);
   if (cuda_mla_prefill_tokens < 0) fail("--cuda-mla-prefill-tokens must be >= 0, not {}", cuda_mla_prefill_tokens);

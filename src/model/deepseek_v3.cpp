@@ -54,11 +54,27 @@ BatchPlan plan_batch(const std::vector<SequenceChunk>& chunks, int64_t page_size
 DeepseekV3::DeepseekV3(const std::string& model_dir, Backend& backend, Options options)
     : config_(ModelConfig::load(model_dir)),
       backend_(backend),
-      checkpoint_(model_dir),
-      weights_(ModelWeights::load(checkpoint_, config_, backend, options.load_mtp)),
+      checkpoint_(std::in_place, model_dir),
+      weights_(ModelWeights::load(*checkpoint_, config_, backend, options.load_mtp)),
       rope_(make_rope_params(config_)),
       attn_scale_(attention_scale(config_)),
       routing_(routing_params(config_)) {}
+
+DeepseekV3::DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend, Options)
+    : config_(std::move(config)),
+      backend_(backend),
+      weights_(std::move(weights)),
+      rope_(make_rope_params(config_)),
+      attn_scale_(attention_scale(config_)),
+      routing_(routing_params(config_)) {
+  MOE_CHECK(int64_t(weights_.layers.size()) == config_.num_hidden_layers, "DeepseekV3: {} layers of weights for {}",
+            weights_.layers.size(), config_.num_hidden_layers);
+}
+
+const Checkpoint& DeepseekV3::checkpoint() const {
+  MOE_CHECK(checkpoint_.has_value(), "this model was built from weights in memory and has no checkpoint");
+  return *checkpoint_;
+}
 
 std::vector<int32_t> DeepseekV3::token_ids(const std::vector<SequenceChunk>& chunks) const {
   std::vector<int32_t> ids;

@@ -3,6 +3,7 @@
 // DeepSeekMoE feed-forward, and the Multi-Token-Prediction module. The forward pass reads like the paper in
 // deepseek_v3.cpp; every op runs on the Backend.
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,13 +37,21 @@ class DeepseekV3 {
   struct Options {
     bool load_mtp = false;
   };
+  // From a checkpoint directory (config.json and safetensors; the weights stay memory-mapped for the CPU).
   DeepseekV3(const std::string& model_dir, Backend& backend, Options options);
   DeepseekV3(const std::string& model_dir, Backend& backend) : DeepseekV3(model_dir, backend, Options{}) {}
+  // From weights already in memory on `backend` (uploaded by it, prepare_experts done), e.g. from
+  // ModelWeights::load or built by a trainer. Whatever memory they point into (a Checkpoint's memory map, the
+  // caller's tensors) must outlive the model. The MTP module is used when weights.mtp is set
+  // (options.load_mtp only applies to loading from a directory). There is no checkpoint().
+  DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend, Options options);
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return backend_; }
   const ModelWeights& weights() const { return weights_; }
-  const Checkpoint& checkpoint() const { return checkpoint_; }
+  // The checkpoint the model was loaded from; only for a model built from a directory (throws otherwise).
+  bool has_checkpoint() const { return checkpoint_.has_value(); }
+  const Checkpoint& checkpoint() const;
   bool has_mtp() const { return weights_.mtp.has_value(); }
   // Layers a LatentCache for this model needs (the MTP module's layer included when loaded).
   int64_t cache_layers() const { return config_.num_hidden_layers + (has_mtp() ? 1 : 0); }
@@ -77,7 +86,7 @@ class DeepseekV3 {
 
   ModelConfig config_;
   Backend& backend_;
-  Checkpoint checkpoint_;
+  std::optional<Checkpoint> checkpoint_;  // empty when built from ModelWeights
   ModelWeights weights_;
   RopeParams rope_;
   float attn_scale_;

@@ -86,6 +86,17 @@ class TraceBackend final : public Backend {
   void mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope, const DeviceBatch& batch) override {
     in_.mla_rope_q(q, dn, rope, batch);
   }
+  void mla_absorb(const TensorView& q, const Weight& kv_b, int64_t dn, int64_t dv, const TensorView& qf) override {
+    in_.mla_absorb(q, kv_b, dn, dv, qf);
+  }
+  void mla_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                            const TensorView& o_lat, const TensorView& lse) override {
+    in_.mla_latent_attention(qf, cache, scale, batch, o_lat, lse);
+  }
+  void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
+                     const TensorView& out) override {
+    in_.mla_project_v(o_lat, kv_b, dn, dv, out);
+  }
   void mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn, int64_t dv,
                      float scale, const DeviceBatch& batch, const TensorView& out) override {
     in_.mla_attention(q, kv_b, cache, dn, dv, scale, batch, out);
@@ -126,6 +137,16 @@ class TraceBackend final : public Backend {
       r.ids = f.ids;
     }
     log.push_back(std::move(r));
+  }
+  MoeDispatch moe_dispatch(const TensorView& x, const TensorView& expert_ids, int32_t num_experts) override {
+    return in_.moe_dispatch(x, expert_ids, num_experts);
+  }
+  void moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& experts, const TensorView& y) override {
+    in_.moe_grouped_mlp(d, experts, y);
+  }
+  void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& expert_weights, const TensorView& plus,
+                   const TensorView& out) override {
+    in_.moe_combine(y, d, expert_weights, plus, out);
   }
   void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
                    const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override {

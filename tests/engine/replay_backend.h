@@ -131,9 +131,34 @@ class ReplayBackend final : public Backend {
     const DeviceBatch* b = &batch;
     run([=, this] { in_.mla_attention(q, kv_b, cache, dn, dv, scale, *b, out); }, q.rows());
   }
+  void mla_absorb(const TensorView& q, const Weight& kv_b, int64_t dn, int64_t dv, const TensorView& qf) override {
+    run([=, this] { in_.mla_absorb(q, kv_b, dn, dv, qf); }, q.rows());
+  }
+  void mla_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                            const TensorView& o_lat, const TensorView& lse) override {
+    const DeviceBatch* b = &batch;
+    run([=, this] { in_.mla_latent_attention(qf, cache, scale, *b, o_lat, lse); }, qf.rows());
+  }
+  void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
+                     const TensorView& out) override {
+    run([=, this] { in_.mla_project_v(o_lat, kv_b, dn, dv, out); }, o_lat.rows());
+  }
   void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                  const TensorView& expert_ids, const TensorView& expert_weights) override {
     run([=, this] { in_.moe_route(logits, bias, params, expert_ids, expert_weights); }, logits.rows());
+  }
+  // The dispatch returns tensors it allocates and fills: recorded through moe_experts as a whole instead.
+  MoeDispatch moe_dispatch(const TensorView& x, const TensorView& expert_ids, int32_t num_experts) override {
+    refuse_while_capturing("moe_dispatch");
+    return in_.moe_dispatch(x, expert_ids, num_experts);
+  }
+  void moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& experts, const TensorView& y) override {
+    const ExpertWeights* e = &experts;
+    run([=, this] { in_.moe_grouped_mlp(d, *e, y); }, d.num_rows());
+  }
+  void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& expert_weights,
+                   const TensorView& plus, const TensorView& out) override {
+    run([=, this] { in_.moe_combine(y, d, expert_weights, plus, out); }, out.rows());
   }
   void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
                    const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override {

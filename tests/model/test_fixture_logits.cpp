@@ -6,8 +6,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstring>
+#include <functional>
+
 #include "backend/backend.h"
 #include "engine/generator.h"
+#include "io/checkpoint.h"
 #include "model/deepseek_v3.h"
 #include "test_util.h"
 
@@ -128,6 +132,69 @@ TEST_F(FixtureTest, ChunkedPrefillMatchesSinglePrefill) {
     EXPECT_LE(test::max_abs_diff(out.logits.as<float>(), ref.as<float>() + int64_t(pos) * V, int64_t(len) * V), kMaxLogitError)
         << "chunk at " << pos;
     pos += len;
+  }
+}
+
+// Every weight of a ModelWeights, for copying them out of the checkpoint's memory map.
+void for_each_weight(MlpWeights& m, const std::function<void(Weight&)>& fn) {
+  fn(m.gate);
+  fn(m.up);
+  fn(m.down);
+}
+void for_each_weight(DecoderLayerWeights& l, const std::function<void(Weight&)>& fn) {
+  for (Weight* w : {&l.input_norm, &l.post_attention_norm, &l.attn.q_a, &l.attn.q_a_norm, &l.attn.q_b, &l.attn.q_proj,
+                    &l.attn.kv_a, &l.attn.kv_a_norm, &l.attn.kv_b, &l.attn.o_proj, &l.router})
+    fn(*w);
+  for_each_weight(l.dense, fn);
+  for (MlpWeights& e : l.experts.experts) for_each_weight(e, fn);
+  if (l.shared_experts) for_each_weight(*l.shared_experts, fn);
+}
+
+// A model built from weights in memory computes what the one loaded from the directory does. The weights are
+// loaded, then copied into host tensors this test owns and the checkpoint is closed, so the second model
+// reads nothing from the checkpoint's files: the logits and MTP logits must be bit-identical.
+TEST_F(FixtureTest, ModelFromWeightsInMemoryMatchesModelFromDirectory) {
+  DeepseekV3 from_dir(test::kTinyModel, *backend_, {.load_mtp = true});
+  ASSERT_TRUE(from_dir.has_checkpoint());
+  std::vector<Tensor> owned;
+  ModelConfig config = ModelConfig::load(test::kTinyModel);
+  ModelWeights weights;
+  {
+    const Checkpoint ckpt(test::kTinyModel);
+    weights = ModelWeights::load(ckpt, config, *backend_, true);
+    auto copy = [&](TensorView& v) {
+      if (!v.data) return;
+      Tensor t = Tensor::host(v.dtype, v.shape);
+      std::memcpy(t.data(), v.data, v.nbytes());
+      v = t.view();
+      owned.push_back(std::move(t));
+    };
+    auto copy_weight = [&](Weight& w) {
+      copy(w.w);
+      copy(w.scale_inv);
+    };
+    for (Weight* w : {&weights.embed, &weights.final_norm, &weights.lm_head}) copy_weight(*w);
+    for (DecoderLayerWeights& l : weights.layers) for_each_weight(l, copy_weight);
+    ASSERT_TRUE(weights.mtp.has_value());
+    for (Weight* w : {&weights.mtp->enorm, &weights.mtp->hnorm, &weights.mtp->eh_proj, &weights.mtp->shared_head_norm,
+                      &weights.mtp->head})
+      copy_weight(*w);
+    for_each_weight(weights.mtp->layer, copy_weight);
+  }
+  DeepseekV3 from_memory(std::move(config), std::move(weights), *backend_, {});
+  EXPECT_FALSE(from_memory.has_checkpoint());
+  EXPECT_THROW(from_memory.checkpoint(), Error);
+  ASSERT_TRUE(from_memory.has_mtp());
+  for (const auto& c : test::load_reference_cases()) {
+    Tensor a, a_mtp, b, b_mtp;
+    run(from_dir, c.input_ids, &a, &a_mtp);
+    run(from_memory, c.input_ids, &b, &b_mtp);
+    ASSERT_EQ(a.shape(), b.shape());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.view().nbytes()), 0);
+    if (c.input_ids.size() > 1) {
+      ASSERT_EQ(a_mtp.shape(), b_mtp.shape());
+      EXPECT_EQ(std::memcmp(a_mtp.data(), b_mtp.data(), a_mtp.view().nbytes()), 0);
+    }
   }
 }
 

@@ -1,6 +1,8 @@
 // The CPU backend: host memory, memory-mapped weights used in place, F32 activations and latent cache,
-// ops dispatched to one file each (cpu_ops.h). Threads come from the process-wide pool.
+// ops dispatched to one file each (cpu_ops.h). Threads come from the backend's own pool (CpuOptions::threads).
+#include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_ops.h"
@@ -12,6 +14,10 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(const CpuOptions& options)
+      : pool_(options.threads > 0 ? options.threads : int(std::max(1u, std::thread::hardware_concurrency()))) {
+    MOE_CHECK(options.threads >= 0, "CPU options: threads must be >= 0, not {}", options.threads);
+  }
   std::string name() const override { return "cpu"; }
   Device device() const override { return Device::host(); }
   DType activation_dtype() const override { return DType::F32; }
@@ -47,9 +53,9 @@ class CpuBackend final : public Backend {
     cpu::embedding(table, ids, out);
   }
   void rms_norm(const TensorView& x, const Weight& w, float eps, const TensorView& out) override {
-    cpu::rms_norm(x, w, eps, out);
+    cpu::rms_norm(pool_, x, w, eps, out);
   }
-  void matmul(const TensorView& x, const Weight& w, const TensorView& out) override { cpu::matmul(x, w, out); }
+  void matmul(const TensorView& x, const Weight& w, const TensorView& out) override { cpu::matmul(pool_, x, w, out); }
   void add(const TensorView& a, const TensorView& b, const TensorView& out) override { cpu::add(a, b, out); }
   void concat_cols(const TensorView& a, const TensorView& b, const TensorView& out) override {
     cpu::concat_cols(a, b, out);
@@ -58,7 +64,7 @@ class CpuBackend final : public Backend {
     cpu::gather_rows(x, rows, out);
   }
   void swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const TensorView& out) override {
-    cpu::swiglu_mlp(x, mlp, out);
+    cpu::swiglu_mlp(pool_, x, mlp, out);
   }
   void mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps, const RopeParams& rope,
                        const DeviceBatch& batch, const TensorView& cache) override {
@@ -67,22 +73,40 @@ class CpuBackend final : public Backend {
   void mla_rope_q(const TensorView& q, int64_t dn, const RopeParams& rope, const DeviceBatch& batch) override {
     cpu::mla_rope_q(q, dn, rope, *batch.plan);
   }
-  void mla_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn, int64_t dv,
-                     float scale, const DeviceBatch& batch, const TensorView& out) override {
-    cpu::mla_attention(q, kv_b, cache, dn, dv, scale, *batch.plan, out);
+  void mla_absorb(const TensorView& q, const Weight& kv_b, int64_t dn, int64_t dv, const TensorView& qf) override {
+    cpu::mla_absorb(pool_, q, kv_b, dn, dv, qf);
   }
+  void mla_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                            const TensorView& o_lat, const TensorView& lse) override {
+    cpu::mla_latent_attention(pool_, qf, cache, scale, *batch.plan, o_lat, lse);
+  }
+  void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
+                     const TensorView& out) override {
+    cpu::mla_project_v(pool_, o_lat, kv_b, dn, dv, out);
+  }
+  // mla_attention: the Backend's composition of the three.
   void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                  const TensorView& expert_ids, const TensorView& expert_weights) override {
     cpu::moe_route(logits, bias, params, expert_ids, expert_weights);
   }
-  void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
-                   const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override {
-    cpu::moe_experts(x, experts, expert_ids, expert_weights, plus, out);
+  MoeDispatch moe_dispatch(const TensorView& x, const TensorView& expert_ids, int32_t num_experts) override {
+    return cpu::moe_dispatch(pool_, x, expert_ids, num_experts);
   }
+  void moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& experts, const TensorView& y) override {
+    cpu::moe_grouped_mlp(pool_, d, experts, y);
+  }
+  void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& expert_weights, const TensorView& plus,
+                   const TensorView& out) override {
+    cpu::moe_combine(y, d, expert_weights, plus, out);
+  }
+  // moe_experts: the Backend's composition of the three.
+
+ private:
+  ThreadPool pool_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options) { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options) { return std::make_unique<CpuBackend>(options); }
 
 }  // namespace moe

@@ -19,7 +19,7 @@ namespace {
 constexpr int64_t kDecodeTokens = 4;  // up to this many tokens use the streaming path
 constexpr int64_t kTileRows = 16;
 
-void matmul_streaming(const float* x, int64_t T, const Weight& w, float* out) {
+void matmul_streaming(ThreadPool& pool, const float* x, int64_t T, const Weight& w, float* out) {
   const int64_t N = w.rows(), K = w.cols();
   const bool packed_bf16 = can_use_packed_bf16(w), packed_fp8 = can_use_packed_fp8(w);
   std::vector<float> xp(packed_bf16 || packed_fp8 ? size_t(T * K) : 0);
@@ -28,7 +28,7 @@ void matmul_streaming(const float* x, int64_t T, const Weight& w, float* out) {
     else pack_fp8_quads(x + t * K, K, xp.data() + t * K);
   }
   // Rows in order, each read from memory once (for the second and later tokens it is still in L1).
-  ThreadPool::global().parallel_for(
+  pool.parallel_for(
       N,
       [&](int64_t begin, int64_t end, int) {
         for (int64_t n = begin; n < end; ++n)
@@ -72,10 +72,10 @@ inline void micro_4x2(const float* x, int64_t ldx, const float* w, int64_t K, fl
 #endif
 }
 
-void matmul_tiled(const float* x, int64_t T, const Weight& w, float* out) {
+void matmul_tiled(ThreadPool& pool, const float* x, int64_t T, const Weight& w, float* out) {
   const int64_t N = w.rows(), K = w.cols();
   const int64_t tiles = (N + kTileRows - 1) / kTileRows;
-  ThreadPool::global().parallel_for(tiles, [&](int64_t begin, int64_t end, int) {
+  pool.parallel_for(tiles, [&](int64_t begin, int64_t end, int) {
     std::vector<float> buf(static_cast<size_t>(kTileRows * K));
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t n0 = tile * kTileRows, rows = std::min(kTileRows, N - n0);
@@ -95,14 +95,14 @@ void matmul_tiled(const float* x, int64_t T, const Weight& w, float* out) {
 
 }  // namespace
 
-void matmul(const TensorView& x, const Weight& w, const TensorView& out) {
+void matmul(ThreadPool& pool, const TensorView& x, const Weight& w, const TensorView& out) {
   const int64_t T = x.rows(), K = x.row_size(), N = w.rows();
   MOE_CHECK(x.dtype == DType::F32 && out.dtype == DType::F32, "matmul: CPU activations must be F32");
   MOE_CHECK(w.cols() == K, "matmul: x has {} columns but the weight has {}", K, w.cols());
   MOE_CHECK(out.rows() == T && out.row_size() == N, "matmul: out is {} but should be [{}, {}]",
             out.shape.str(), T, N);
-  if (T <= kDecodeTokens) matmul_streaming(x.as<const float>(), T, w, out.as<float>());
-  else matmul_tiled(x.as<const float>(), T, w, out.as<float>());
+  if (T <= kDecodeTokens) matmul_streaming(pool, x.as<const float>(), T, w, out.as<float>());
+  else matmul_tiled(pool, x.as<const float>(), T, w, out.as<float>());
 }
 
 }  // namespace moe::cpu

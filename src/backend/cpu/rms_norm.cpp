@@ -8,12 +8,12 @@
 
 namespace moe::cpu {
 
-void rms_norm(const TensorView& x, const Weight& w, float eps, const TensorView& out) {
+void rms_norm(ThreadPool& pool, const TensorView& x, const Weight& w, float eps, const TensorView& out) {
   const int64_t T = x.rows(), D = x.row_size();
   MOE_CHECK(w.w.numel() == D, "rms_norm: weight has {} elements for rows of {}", w.w.numel(), D);
   std::vector<float> weight(static_cast<size_t>(D));
   dequant_vector(w.w, weight.data());
-  ThreadPool::global().parallel_for(T, [&](int64_t begin, int64_t end, int) {
+  pool.parallel_for(T, [&](int64_t begin, int64_t end, int) {
     for (int64_t t = begin; t < end; ++t) {
       const float* xt = x.as<const float>() + t * D;
       float* ot = out.as<float>() + t * D;

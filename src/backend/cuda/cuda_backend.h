@@ -129,6 +129,18 @@ class CudaBackend final : public Backend {
   void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
                    const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override;
 
+  // MoE and MLA as primitive ops (cuda_backend_moe_primitives.cpp, cuda_backend_mla_primitives.cpp), from the
+  // kernels of the fused moe_experts and mla_attention above, which stay as they are.
+  MoeDispatch moe_dispatch(const TensorView& x, const TensorView& expert_ids, int32_t num_experts) override;
+  void moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& experts, const TensorView& y) override;
+  void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& expert_weights,
+                   const TensorView& plus, const TensorView& out) override;
+  void mla_absorb(const TensorView& q, const Weight& kv_b, int64_t dn, int64_t dv, const TensorView& qf) override;
+  void mla_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                            const TensorView& o_lat, const TensorView& lse) override;
+  void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
+                     const TensorView& out) override;
+
  private:
   class Graph;
   Tensor scratch(DType dtype, Shape shape) { return ctx_.scratch(dtype, shape); }

@@ -134,6 +134,7 @@ struct MlaParams {
   float* o_part = nullptr;   // [splits, T, H, r] unnormalised partial outputs (splits > 1)
   float* ml_part = nullptr;  // [splits, T, H, 2]: running max (log2 domain) and sum (splits > 1)
   float* o_lat = nullptr;    // [T, H, r] normalised
+  float* lse = nullptr;      // [T, H] or null: natural-log log-sum-exp of the scaled scores (scale * qf . c_j)
 };
 constexpr int kMlaTile = 32;        // cache positions per tile
 constexpr int kMlaMaxSplits = 256;  // upper bound of MlaParams::splits

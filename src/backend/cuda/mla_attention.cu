@@ -23,7 +23,8 @@
 //      fragments come from the same shared tile through ldmatrix.trans.
 //   A split writes its unnormalised O and (m, l) (or, with a single split, the normalised o_lat directly);
 //   the combine kernel merges splits: o = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s, parallel over
-//   (token, head, 128 latent columns) and over splits within a block.
+//   (token, head, 128 latent columns) and over splits within a block. With MlaParams::lse, the step that
+//   normalises (the split kernel with one split, else the combine) also writes ln 2 * (M + log2 L).
 // Three __syncthreads per tile: tile landed + previous tile done (then the next copy is issued into the
 // buffer just freed), partial scores written, P written.
 #include <algorithm>
@@ -48,7 +49,9 @@ __device__ __forceinline__ float ex2(float x) {  // 2^x; ex2(-inf) = 0
 }
 __device__ __forceinline__ uint32_t pack_bf16(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
 
-constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+// The natural-log log-sum-exp from the kernel's log2-domain running max m and sum l = sum_j 2^(s_j log2e - m).
+__device__ __forceinline__ float lse_of(float m, float l) { return (m + log2f(l)) * kLn2; }
 
 // Shapes and shared-memory layout of one kernel instance. R: latent (value) width, W = R + rope width,
 // MT: 16-head m-tiles per block, STAGES: cache tiles in the shared ring.
@@ -295,6 +298,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const MlaParams
   const bool one = p.splits == 1;
   if (sc == 0) {
     row_l[srow] = l_run;
+    if (one && p.lse && h0 + srow < p.H) p.lse[int64_t(t) * p.H + h0 + srow] = lse_of(m_run, l_run);
     if (!one && h0 + srow < p.H)
       *reinterpret_cast<float2*>(p.ml_part + ((int64_t(split) * p.T + t) * p.H + h0 + srow) * 2) = make_float2(m_run, l_run);
   }
@@ -338,6 +342,7 @@ __global__ void __launch_bounds__(kCombineWarps * 32) mla_combine_kernel(const M
       if (m != -INFINITY) L += ex2(m - M) * p.ml_part[(s * stride + th) * 2 + 1];
     }
     L = warp_sum(L);
+    if (p.lse && blockIdx.y == 0 && lane == 0) p.lse[th] = lse_of(M, L);
     for (int s = lane; s < p.splits; s += 32) {
       const float m = p.ml_part[(s * stride + th) * 2];
       weight[s] = m != -INFINITY ? ex2(m - M) / L : 0.0f;
