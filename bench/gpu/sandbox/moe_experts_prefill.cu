@@ -167,6 +167,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   print_device();
+  // The grouped GEMM's shared memory above 48 KB is a per-device attribute that a CudaContext sets when the
+  // backend is made; these programs call the launcher without one.
+  moe::cuda::configure_grouped_gemm_kernels();
   std::printf("routed experts: T %lld, hidden %lld, inner %lld, %d experts, top-%d (BF16 weights %.2f GB)\n",
               (long long)T, (long long)D, (long long)I, p.E, p.k, double(p.E) * 3 * D * I * 2 / 1e9);
   cudaStream_t s;

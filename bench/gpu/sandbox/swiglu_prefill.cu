@@ -102,6 +102,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   print_device();
+  // The grouped GEMM's shared memory above 48 KB is a per-device attribute that a CudaContext sets when the
+  // backend is made; these programs call the launcher without one.
+  moe::cuda::configure_grouped_gemm_kernels();
   cudaStream_t s;
   SBX_CHECK(cudaStreamCreate(&s));  // blocking: ordered after the setup copies on the default stream
   cublasHandle_t handle;
