@@ -4,13 +4,16 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 
 #include "core/error.h"
 #include "server/api.h"
 #include "server/choice_assembler.h"
+#include "server/http_body.h"
 #include "server/web_assets.h"
 #include "tokenizer/chat_template.h"
 
@@ -64,6 +67,7 @@ struct Server::Impl {
   mutable std::mutex metrics_mu;
   std::map<std::pair<std::string, int>, uint64_t> http_requests;  // (path, status) -> count
   std::atomic<int64_t> open_streams{0};
+  std::set<std::string> post_paths;  // routes that read their body through read_body (set up in routes())
 
   Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
       : sched(s), tok(t), feedback(f), opt(std::move(o)) {
@@ -182,15 +186,15 @@ struct Server::Impl {
 
   // ---- chat / completions ----
 
-  void handle_generation(const httplib::Request& req, httplib::Response& res, bool chat) {
+  void handle_generation(const std::string& body, httplib::Response& res, bool chat) {
     ChatRequest creq;
     CompletionRequest treq;
     Prepared p;
     if (chat) {
-      creq = parse_chat_request(req.body);
+      creq = parse_chat_request(body);
       p = prepare_chat(creq);
     } else {
-      treq = parse_completion_request(req.body);
+      treq = parse_completion_request(body);
       p = prepare_completion(treq);
     }
     const CommonParams& c = chat ? static_cast<const CommonParams&>(creq) : static_cast<const CommonParams&>(treq);
@@ -271,13 +275,20 @@ struct Server::Impl {
   // ---- routes ----
 
   void routes() {
-    http.set_payload_max_length(opt.max_body_bytes);
+    // --max-body-bytes is enforced by check_body_framing and read_body (http_body.h), for every framing.
+    http.set_payload_max_length(std::numeric_limits<size_t>::max());
     http.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(n)); };
     http.set_keep_alive_max_count(1000);
     http.set_read_timeout(30, 0);
     http.set_write_timeout(30, 0);
 
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      // Before httplib reads the body: what cannot be read within --max-body-bytes is refused unread.
+      const bool read_by_server = req.method == "POST" && post_paths.count(req.path);
+      if (auto e = check_body_framing(req, opt.max_body_bytes, read_by_server)) {
+        send_error_and_close(res, *e);
+        return httplib::Server::HandlerResponse::Handled;
+      }
       if (opt.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
       if (authorized(req.get_header_value("Authorization"), opt.api_key))
         return httplib::Server::HandlerResponse::Unhandled;
@@ -290,7 +301,8 @@ struct Server::Impl {
       return httplib::Server::HandlerResponse::Handled;
     });
     http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      // A body of ours already, or an answer that closes the connection (send_error_and_close).
+      if (!res.body.empty() || res.has_header("Connection")) return httplib::Server::HandlerResponse::Unhandled;
       std::string msg = res.status == 400 ? "Bad request" : res.status == 405 ? "Method not allowed" : "HTTP error " + std::to_string(res.status);
       std::string code;
       if (res.status == 413) {
@@ -335,8 +347,29 @@ struct Server::Impl {
       };
     };
 
-    http.Post("/v1/chat/completions", guarded([this](const auto& req, auto& res) { handle_generation(req, res, true); }));
-    http.Post("/v1/completions", guarded([this](const auto& req, auto& res) { handle_generation(req, res, false); }));
+    // POST routes read their body through read_body (bounded whatever the framing); fn(body, res).
+    auto post = [this](const char* path, auto fn) {
+      post_paths.insert(path);
+      http.Post(path, [this, fn](const httplib::Request&, httplib::Response& res, const httplib::ContentReader& reader) {
+        std::string body;
+        try {
+          body = read_body(reader, res, opt.max_body_bytes);
+        } catch (const ApiError& e) {
+          send_error_and_close(res, e);
+          return;
+        }
+        try {
+          fn(body, res);
+        } catch (const ApiError& e) {
+          send_error(res, e);
+        } catch (const Error& e) {
+          send_error(res, ApiError(400, e.what()));
+        }
+      });
+    };
+
+    post("/v1/chat/completions", [this](const std::string& body, auto& res) { handle_generation(body, res, true); });
+    post("/v1/completions", [this](const std::string& body, auto& res) { handle_generation(body, res, false); });
     http.Get("/v1/models", guarded([this](const auto&, auto& res) {
       json m = {{"id", opt.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "moe.cpp"},
                 {"max_model_len", sched.max_context()}};
@@ -349,12 +382,12 @@ struct Server::Impl {
       json m = {{"id", opt.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "moe.cpp"}};
       res.set_content(to_text(m), "application/json");
     }));
-    http.Post("/v1/feedback", guarded([this](const auto& req, auto& res) {
-      const FeedbackRequest f = parse_feedback_request(req.body);
+    post("/v1/feedback", [this](const std::string& body, auto& res) {
+      const FeedbackRequest f = parse_feedback_request(body);
       if (!feedback) throw ApiError(503, "Feedback is not stored: start the server with --feedback-db", "", "feedback_disabled");
       const int64_t row = feedback->add(f.conversation, f.answer, f.rating, f.model.empty() ? opt.model_name : f.model, f.comment);
       res.set_content(to_text({{"id", row}, {"object", "feedback"}, {"stored", true}}), "application/json");
-    }));
+    });
     http.Get("/health", [this](const auto&, auto& res) {
       res.set_content(to_text({{"status", "ok"}, {"model", opt.model_name}}), "application/json");
     });

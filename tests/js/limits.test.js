@@ -3,6 +3,10 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
+import net from "node:net";
+import { once } from "node:events";
+import zlib from "node:zlib";
+import { readFileSync } from "node:fs";
 import { startServer } from "./server.js";
 
 let srv;
@@ -59,4 +63,97 @@ test("JSON nested deeper than the limit is a 400 naming it, and the server keeps
       await expectServing();
     }
   }
+});
+
+// A raw connection: sends `head`, then body pieces from `pieces()` until the server answers or closes. Returns the
+// response text, whether the server closed the connection, and how many body bytes were sent.
+async function rawExchange(head, pieces = function* () {}, timeoutMs = 30000) {
+  const u = new URL(srv.url);
+  const sock = net.connect(Number(u.port), u.hostname);
+  await once(sock, "connect");
+  let response = "", closed = false, sent = 0;
+  sock.on("data", (d) => { response += d; });
+  sock.on("error", () => {});  // a reset after the server answered and closed
+  const done = new Promise((resolve) => sock.on("close", () => { closed = true; resolve(); }));
+  sock.write(head);
+  for (const p of pieces()) {
+    if (response || closed) break;
+    sent += p.length;
+    if (!sock.write(p)) await Promise.race([once(sock, "drain").catch(() => {}), done]);
+  }
+  const end = Date.now() + timeoutMs;
+  while (!/\r\n\r\n/.test(response) && !closed && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  // Give a closing server a moment to close.
+  await Promise.race([done, new Promise((r) => setTimeout(r, 500))]);
+  sock.destroy();
+  return { response, closed, sent, status: Number(/^HTTP\/1\.1 (\d+)/.exec(response)?.[1]) };
+}
+
+const postHead = (extra) => `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${extra}\r\n`;
+
+// Peak resident memory of the server (kB).
+const peakKb = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${srv.proc.pid}/status`, "utf8"))[1]);
+
+test("a chunked body over --max-body-bytes is a 413 and is never held in memory", async () => {
+  const before = peakKb();
+  const chunk = Buffer.alloc(64 * 1024, 0x20);  // JSON whitespace
+  const piece = Buffer.concat([Buffer.from(chunk.length.toString(16) + "\r\n"), chunk, Buffer.from("\r\n")]);
+  const total = 50 * 1000 * 1000;
+  const r = await rawExchange(postHead("Transfer-Encoding: chunked\r\n"), function* () {
+    for (let n = 0; n < total; n += chunk.length) yield piece;
+    yield Buffer.from("0\r\n\r\n");
+  });
+  assert.equal(r.status, 413, JSON.stringify({ ...r, response: r.response.slice(0, 300) }));
+  assert.match(r.response, /request_too_large/);
+  assert.ok(r.closed);
+  const grew = peakKb() - before;
+  assert.ok(grew < 20000, `the server's peak memory grew by ${grew} kB for a ${total}-byte body`);
+  await expectServing();
+});
+
+test("an endless chunked body is cut off soon after the limit", async () => {
+  const chunk = Buffer.alloc(64 * 1024, 0x20);
+  const piece = Buffer.concat([Buffer.from(chunk.length.toString(16) + "\r\n"), chunk, Buffer.from("\r\n")]);
+  const t0 = Date.now();
+  const r = await rawExchange(postHead("Transfer-Encoding: chunked\r\n"), function* () { for (;;) yield piece; });
+  assert.ok(r.closed && Date.now() - t0 < 15000, `closed: ${r.closed} after ${Date.now() - t0} ms, ${r.sent} bytes`);
+  await expectServing();
+});
+
+test("a gzip body that inflates past --max-body-bytes is a 413", async () => {
+  const body = zlib.gzipSync(Buffer.from(`{"messages": ${hi}, "x": "${"a".repeat(50 * 1000 * 1000)}"}`));
+  assert.ok(body.length < MAX_BODY);
+  const r = await rawExchange(postHead(`Content-Encoding: gzip\r\nContent-Length: ${body.length}\r\n`), function* () { yield body; });
+  assert.equal(r.status, 413, r.response.slice(0, 300));
+  await expectServing();
+});
+
+test("a Content-Length body over --max-body-bytes is a 413; one that never ends is cut off", async () => {
+  const big = Buffer.alloc(MAX_BODY + 1, 0x20);
+  const r = await rawExchange(postHead(`Content-Length: ${big.length}\r\n`), function* () { yield big; });
+  assert.equal(r.status, 413, r.response.slice(0, 300));
+  const t0 = Date.now();
+  const piece = Buffer.alloc(64 * 1024, 0x20);
+  const endless = await rawExchange(postHead("Content-Length: 1000000000000\r\n"), function* () { for (;;) yield piece; });
+  assert.ok(endless.closed && Date.now() - t0 < 15000, `closed: ${endless.closed} after ${Date.now() - t0} ms`);
+  // Within the limit, chunked and fixed bodies are served as before.
+  const ok = JSON.stringify({ messages: [{ role: "user", content: "hi" }], max_tokens: 2 });
+  const c = await rawExchange(postHead("Transfer-Encoding: chunked\r\nConnection: close\r\n"), function* () {
+    yield Buffer.from(ok.length.toString(16) + "\r\n" + ok + "\r\n0\r\n\r\n");
+  });
+  assert.equal(c.status, 200, c.response.slice(0, 300));
+  await expectServing();
+});
+
+test("a body sent where the server does not read it itself must have a Content-Length within the limit", async () => {
+  for (const [head, status] of [
+    ["POST /nowhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 413],
+    [`POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: ${MAX_BODY + 1}\r\n\r\n`, 413],
+    ["POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n", 411],  // no framing: would be read to EOF
+  ]) {
+    const r = await rawExchange(head, undefined, 5000);
+    assert.equal(r.status, status, head + r.response.slice(0, 300));
+    assert.ok(r.closed);
+  }
+  await expectServing();
 });
