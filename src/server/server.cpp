@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <sys/socket.h>
 #include <set>
 
 #include "core/error.h"
@@ -454,10 +455,20 @@ Server::~Server() = default;
 
 int Server::bind() {
   auto& o = impl_->opt;
+  // httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into Debian's shared library): a burst
+  // of connects past it waits for SYN retransmits, a second and more apart. Listening again on the bound socket
+  // sets the backlog (the kernel caps it at net.core.somaxconn); the socket is the last one the options hook saw.
+  int listen_fd = -1;
+  impl_->http.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
   int port = o.port;
   if (port == 0) port = impl_->http.bind_to_any_port(o.host);
   else if (!impl_->http.bind_to_port(o.host, port)) port = -1;
   MOE_CHECK(port > 0, "cannot listen on {}:{}", o.host, o.port);
+  MOE_CHECK(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0, "cannot listen on {}:{} with a backlog of {}",
+            o.host, port, kListenBacklog);
   return port;
 }
 

@@ -157,3 +157,34 @@ test("a body sent where the server does not read it itself must have a Content-L
   }
   await expectServing();
 });
+
+test("256 simultaneous connects are all accepted and answered", async () => {
+  // While the server is stopped nothing is accept()ed: the kernel completes only as many handshakes as the
+  // listen backlog holds (httplib's default is 5); the rest wait for SYN retransmits, seconds apart.
+  const u = new URL(srv.url);
+  srv.proc.kill("SIGSTOP");
+  const socks = [];
+  let connected = 0;
+  try {
+    for (let i = 0; i < 256; i++) {
+      const s = net.connect(Number(u.port), u.hostname);
+      s.on("error", () => {});
+      s.on("connect", () => { connected++; });
+      socks.push(s);
+    }
+    const end = Date.now() + 2000;
+    while (connected < 256 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  } finally {
+    srv.proc.kill("SIGCONT");
+  }
+  assert.equal(connected, 256, "connections the backlog held");
+  const answers = await Promise.all(socks.map((s) => new Promise((resolve) => {
+    let data = "";
+    const timer = setTimeout(() => resolve(data), 20000);
+    s.on("data", (d) => { data += d; if (/\r\n\r\n[\s\S]*\}/.test(data)) { clearTimeout(timer); resolve(data); } });
+    s.write("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  })));
+  socks.forEach((s) => s.destroy());
+  assert.equal(answers.filter((a) => a.startsWith("HTTP/1.1 200")).length, 256);
+  await expectServing();
+});
