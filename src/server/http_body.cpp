@@ -14,6 +14,21 @@ std::optional<ApiError> check_body_framing(const httplib::Request& req, size_t m
                                            bool read_by_server) {
   const bool chunked = req.has_header("Transfer-Encoding");
   const bool has_length = req.has_header("Content-Length");
+  // RFC 9112 6.3: an invalid Content-Length makes the framing unrecoverable (400, and the connection closed).
+  // httplib takes the first of several (a client going by another waits for bytes that never come) and reads
+  // "-5" through strtoull as 2^64 - 5; with Transfer-Encoding as well, the two framings disagree (request
+  // smuggling).
+  const size_t lengths = req.get_header_value_count("Content-Length");
+  for (size_t i = 0; i < lengths; ++i) {
+    const std::string v = req.get_header_value("Content-Length", i);
+    const bool digits = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos;
+    if (!digits || v != req.get_header_value("Content-Length"))
+      return ApiError(400, "The request has an invalid or conflicting Content-Length", "",
+                      "invalid_content_length");
+  }
+  if (has_length && chunked)
+    return ApiError(400, "The request has both a Content-Length and a Transfer-Encoding", "",
+                    "invalid_content_length");
   // The methods httplib reads a body for (its expect_content(); DELETE only with a Content-Length).
   const std::string& m = req.method;
   const bool body_method =

@@ -188,3 +188,23 @@ test("256 simultaneous connects are all accepted and answered", async () => {
   assert.equal(answers.filter((a) => a.startsWith("HTTP/1.1 200")).length, 256);
   await expectServing();
 });
+
+test("a duplicate, negative or malformed Content-Length is a 400 at once", async () => {
+  const body = '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}';
+  for (const lengths of [[body.length, body.length + 10], [body.length + 10, body.length], [-5], ["12abc"], ["+12"]]) {
+    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+      lengths.map((n) => `Content-Length: ${n}\r\n`).join("") + "\r\n";
+    const t0 = Date.now();
+    const r = await rawExchange(head, function* () { yield Buffer.from(body); }, 10000);
+    assert.equal(r.status, 400, `${JSON.stringify(lengths)}: ${r.response.slice(0, 300)}`);
+    assert.ok(Date.now() - t0 < 5000, `${lengths}: answered after ${Date.now() - t0} ms`);
+    assert.ok(r.closed);
+  }
+  // An empty value is no length at all (httplib drops the header): 411, as without one.
+  const empty = await rawExchange(postHead("Content-Length: \r\n"), function* () { yield Buffer.from(body); }, 10000);
+  assert.equal(empty.status, 411, empty.response.slice(0, 300));
+  // Content-Length with Transfer-Encoding (a smuggling pattern) is refused too.
+  const r = await rawExchange(postHead(`Content-Length: 5\r\nTransfer-Encoding: chunked\r\n`), function* () { yield Buffer.from("0\r\n\r\n"); }, 10000);
+  assert.equal(r.status, 400, r.response.slice(0, 300));
+  await expectServing();
+});
