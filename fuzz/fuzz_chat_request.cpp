@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "core/json_depth.h"
 #include "server/api.h"
 #include "server/reasoning.h"
 
@@ -40,6 +41,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!r.messages.is_array() || r.messages.empty()) std::abort();
     for (const auto& m : r.messages)
       if (!m.contains("role") || !m.contains("content")) std::abort();
+    // Nothing deeper than the limit gets past parsing (it would overflow the stack when copied or rendered).
+    for (const auto* j : {&r.messages, &r.tools, &r.chat_template_kwargs})
+      if (moe::json_value_depth(*j) > moe::kMaxJsonDepth) std::abort();
   });
   expect_parse_or_4xx([&] {
     CompletionRequest r = parse_completion_request(body);
@@ -49,6 +53,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   expect_parse_or_4xx([&] {
     FeedbackRequest f = parse_feedback_request(body);
     if (f.rating != 1 && f.rating != -1) std::abort();
+    if (moe::json_value_depth(f.conversation) > moe::kMaxJsonDepth) std::abort();
   });
   // The reasoning splitter loses no bytes, however the text is split.
   ReasoningParser p(true, size % 2 == 0);

@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -32,6 +33,8 @@ void add_tokenizer_options(CLI::App* sub, const std::shared_ptr<TokenizerOptions
 
 template <typename Json = json>
 Json parse_json(const std::string& text, const std::string& where) {
+  // Checked on the text: a deeper document would overflow the stack when copied or rendered.
+  if (json_nesting_depth(text) > kMaxJsonDepth) fail("{}: JSON nesting deeper than {} levels", where, kMaxJsonDepth);
   try {
     return Json::parse(text);
   } catch (const json::parse_error& e) {

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "core/json_depth.h"
+
 namespace moe::server {
 
 using nlohmann::json;
@@ -183,6 +185,10 @@ json normalise_messages(const json& msgs) {
 }  // namespace
 
 json parse_json_body(std::string_view body) {
+  // Before parsing: a deeper document would be built, then copied and converted recursively (stack overflow).
+  if (json_nesting_depth(body) > kMaxJsonDepth)
+    throw ApiError(400, "The request body is refused: JSON nesting deeper than " + std::to_string(kMaxJsonDepth) +
+                            " levels", "", "invalid_json");
   json b;
   try {
     b = json::parse(body.begin(), body.end());

@@ -4,12 +4,17 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
+#include <sys/socket.h>
+#include <set>
 
 #include "core/error.h"
 #include "server/api.h"
+#include "server/choice_assembler.h"
+#include "server/http_body.h"
 #include "server/web_assets.h"
 #include "tokenizer/chat_template.h"
 
@@ -63,6 +68,7 @@ struct Server::Impl {
   mutable std::mutex metrics_mu;
   std::map<std::pair<std::string, int>, uint64_t> http_requests;  // (path, status) -> count
   std::atomic<int64_t> open_streams{0};
+  std::set<std::string> post_paths;  // routes that read their body through read_body (set up in routes())
 
   Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
       : sched(s), tok(t), feedback(f), opt(std::move(o)) {
@@ -179,169 +185,60 @@ struct Server::Impl {
     return job;
   }
 
-  json token_logprob_chat(const TokenLogprob& lp) const {
-    auto entry = [&](int32_t id, float logprob) {
-      const std::string bytes = tok.decode_bytes(std::span(&id, 1));
-      json b = json::array();
-      for (unsigned char ch : bytes) b.push_back(int(ch));
-      return json{{"token", tok.decode(std::span(&id, 1))}, {"logprob", logprob}, {"bytes", b}};
-    };
-    json j = entry(lp.token, lp.logprob);
-    j["top_logprobs"] = json::array();
-    for (auto [id, l] : lp.top) j["top_logprobs"].push_back(entry(id, l));
-    return j;
-  }
-
-  json completion_logprobs(const std::vector<TokenLogprob>& lps, size_t text_offset) const {
-    json tokens = json::array(), token_lps = json::array(), tops = json::array(), offsets = json::array();
-    for (const auto& lp : lps) {
-      const std::string t = tok.decode(std::span(&lp.token, 1));
-      tokens.push_back(t);
-      token_lps.push_back(lp.logprob);
-      json top = json::object();
-      for (auto [id, l] : lp.top) top[tok.decode(std::span(&id, 1))] = l;
-      tops.push_back(top);
-      offsets.push_back(text_offset);
-      text_offset += t.size();
-    }
-    return {{"tokens", tokens}, {"token_logprobs", token_lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
-  }
-
-  static const char* finish_name(FinishReason r) { return r == FinishReason::length ? "length" : "stop"; }
-
   // ---- chat / completions ----
 
-  void handle_generation(const httplib::Request& req, httplib::Response& res, bool chat) {
+  void handle_generation(const std::string& body, httplib::Response& res, bool chat) {
     ChatRequest creq;
     CompletionRequest treq;
     Prepared p;
     if (chat) {
-      creq = parse_chat_request(req.body);
+      creq = parse_chat_request(body);
       p = prepare_chat(creq);
     } else {
-      treq = parse_completion_request(req.body);
+      treq = parse_completion_request(body);
       p = prepare_completion(treq);
     }
     const CommonParams& c = chat ? static_cast<const CommonParams&>(creq) : static_cast<const CommonParams&>(treq);
     auto job = std::make_shared<Job>(submit(p, c));
-    const std::string id = random_id(chat ? "chatcmpl-" : "cmpl-");
-    const int64_t created = unix_now();
-    const std::string model = opt.model_name;
-    const int32_t n = c.n;
-    const bool want_logprobs = c.top_logprobs >= 0;
-    const std::string echo_text = (!chat && treq.echo) ? p.prompt_text : std::string();
-
+    ResponseInfo info{random_id(chat ? "chatcmpl-" : "cmpl-"), opt.model_name, unix_now(), chat, c.include_usage,
+                      int32_t(p.prompt.size())};
+    ChoiceOptions choice{chat, c.top_logprobs >= 0, chat && p.reasoning_enabled, chat && p.in_reasoning,
+                         (!chat && treq.echo) ? p.prompt_text : std::string()};
+    auto out = std::make_shared<ResponseAssembler>(tok, std::move(info), c.n, choice);
     if (!c.stream) {
-      struct Choice {
-        ReasoningParser parser;
-        std::string content, reasoning;
-        std::vector<TokenLogprob> lps;
-        FinishReason finish = FinishReason::none;
-        std::string error;
-      };
-      std::vector<Choice> choices;
-      for (int32_t i = 0; i < n; ++i) choices.push_back(Choice{ReasoningParser(chat && p.reasoning_enabled, p.in_reasoning), {}, {}, {}, FinishReason::none, {}});
-      int32_t done = 0, completion_tokens = 0;
-      while (done < n) {
-        for (auto& e : job->sink->pop(std::chrono::milliseconds(200))) {
-          Choice& ch = choices.at(size_t(e.index));
-          auto d = ch.parser.feed(e.text);
-          ch.content += d.content;
-          ch.reasoning += d.reasoning;
-          ch.lps.insert(ch.lps.end(), e.logprobs.begin(), e.logprobs.end());
-          if (e.finish != FinishReason::none) {
-            auto f = ch.parser.flush();
-            ch.content += f.content;
-            ch.reasoning += f.reasoning;
-            ch.finish = e.finish;
-            ch.error = e.error;
-            completion_tokens += e.completion_tokens;
-            ++done;
-          }
-        }
-      }
-      json out_choices = json::array();
-      for (int32_t i = 0; i < n; ++i) {
-        Choice& ch = choices[size_t(i)];
-        if (ch.finish == FinishReason::error || ch.finish == FinishReason::cancelled)
-          throw ApiError(500, "Generation failed: " + (ch.error.empty() ? std::string("cancelled") : ch.error), "",
-                         "generation_failed", "server_error");
-        if (chat) {
-          json msg = {{"role", "assistant"}, {"content", ch.content}};
-          if (p.reasoning_enabled) msg["reasoning_content"] = ch.reasoning.empty() && !p.in_reasoning ? json(nullptr) : json(ch.reasoning);
-          json lp = nullptr;
-          if (want_logprobs) {
-            lp = {{"content", json::array()}};
-            for (const auto& t : ch.lps) lp["content"].push_back(token_logprob_chat(t));
-          }
-          out_choices.push_back({{"index", i}, {"message", msg}, {"logprobs", lp}, {"finish_reason", finish_name(ch.finish)}});
-        } else {
-          out_choices.push_back({{"index", i},
-                                 {"text", echo_text + ch.content},
-                                 {"logprobs", want_logprobs ? completion_logprobs(ch.lps, echo_text.size()) : json(nullptr)},
-                                 {"finish_reason", finish_name(ch.finish)}});
-        }
-      }
-      const int32_t prompt_tokens = int32_t(p.prompt.size());
-      json body = {{"id", id},
-                   {"object", chat ? "chat.completion" : "text_completion"},
-                   {"created", created},
-                   {"model", model},
-                   {"system_fingerprint", "moe.cpp"},
-                   {"choices", out_choices},
-                   {"usage",
-                    {{"prompt_tokens", prompt_tokens},
-                     {"completion_tokens", completion_tokens},
-                     {"total_tokens", prompt_tokens + completion_tokens}}}};
-      res.set_content(to_text(body), "application/json");
-      return;
+      while (!out->done())
+        for (auto& e : job->sink->pop(std::chrono::milliseconds(200))) out->feed(e);
+      res.set_content(to_text(out->response()), "application/json");
+    } else {
+      stream_response(res, job, out);
     }
+  }
 
-    // Streaming: server-sent events exactly as OpenAI sends them.
-    struct Stream {
-      std::vector<ReasoningParser> parsers;
-      std::vector<bool> finished;
-      int32_t done = 0, completion_tokens = 0;
+  // Server-sent events exactly as OpenAI sends them: each event's chunk as it comes, keep-alive comments while
+  // queued, the usage chunk when asked for, then [DONE]. A failed choice sends its error object and ends the stream.
+  void stream_response(httplib::Response& res, std::shared_ptr<Job> job, std::shared_ptr<ResponseAssembler> out) {
+    struct State {
       bool started = false, ended = false;
       Clock::time_point last_write = Clock::now();
     };
-    auto st = std::make_shared<Stream>();
-    for (int32_t i = 0; i < n; ++i) st->parsers.emplace_back(chat && p.reasoning_enabled, p.in_reasoning);
-    st->finished.assign(size_t(n), false);
-    const bool include_usage = c.include_usage;
-    const int32_t prompt_tokens = int32_t(p.prompt.size());
+    auto st = std::make_shared<State>();
     open_streams++;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, st, job, id, created, model, n, chat, want_logprobs, include_usage, prompt_tokens, echo_text](
-            size_t, httplib::DataSink& sink) -> bool {
-          auto chunk = [&](json choices) {
-            json j = {{"id", id},
-                      {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                      {"created", created},
-                      {"model", model},
-                      {"system_fingerprint", "moe.cpp"},
-                      {"choices", std::move(choices)}};
-            if (include_usage) j["usage"] = nullptr;
-            return j;
-          };
+        [st, job, out](size_t, httplib::DataSink& sink) -> bool {
           auto write = [&](const json& j) {
             const std::string s = "data: " + to_text(j) + "\n\n";
             st->last_write = Clock::now();
             return sink.write(s.data(), s.size());
           };
+          static const char done[] = "data: [DONE]\n\n";
           if (st->ended) return false;
           if (!st->started) {
             st->started = true;
-            for (int32_t i = 0; i < n; ++i) {
-              json delta = chat ? json{{"role", "assistant"}, {"content", ""}} : json();
-              json ch = chat ? json{{"index", i}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}}
-                             : json{{"index", i}, {"text", echo_text}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
-              if (chat || !echo_text.empty())
-                if (!write(chunk(json::array({ch})))) return false;
-            }
+            for (const auto& j : out->opening_chunks())
+              if (!write(j)) return false;
           }
           auto events = job->sink->pop(std::chrono::milliseconds(100));
           if (events.empty() && Clock::now() - st->last_write > std::chrono::seconds(1)) {
@@ -351,62 +248,20 @@ struct Server::Impl {
             if (!sink.write(ka, sizeof(ka) - 1)) return false;
           }
           for (auto& e : events) {
-            const size_t i = size_t(e.index);
-            if (st->finished[i]) continue;
-            if (e.finish == FinishReason::error || e.finish == FinishReason::cancelled) {
-              ApiError err(500, "Generation failed: " + (e.error.empty() ? std::string("cancelled") : e.error), "",
-                           "generation_failed", "server_error");
-              write(err.to_json());
+            const json j = out->feed(e);
+            if (out->failed()) {
+              write(j);
               st->ended = true;
               job->cancel_all();
-              static const char d[] = "data: [DONE]\n\n";
-              sink.write(d, sizeof(d) - 1);
+              sink.write(done, sizeof(done) - 1);
               sink.done();
               return true;
             }
-            auto d = st->parsers[i].feed(e.text);
-            if (e.finish != FinishReason::none) {
-              auto f = st->parsers[i].flush();
-              d.content += f.content;
-              d.reasoning += f.reasoning;
-            }
-            json ch;
-            if (chat) {
-              json delta = json::object();
-              if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
-              if (!d.content.empty()) delta["content"] = d.content;
-              json lp = nullptr;
-              if (want_logprobs && !e.logprobs.empty()) {
-                lp = {{"content", json::array()}};
-                for (const auto& t : e.logprobs) lp["content"].push_back(token_logprob_chat(t));
-              }
-              const bool empty = delta.empty() && lp.is_null() && e.finish == FinishReason::none;
-              if (empty) continue;
-              ch = {{"index", e.index}, {"delta", delta}, {"logprobs", lp},
-                    {"finish_reason", e.finish == FinishReason::none ? json(nullptr) : json(finish_name(e.finish))}};
-            } else {
-              if (d.content.empty() && e.logprobs.empty() && e.finish == FinishReason::none) continue;
-              ch = {{"index", e.index}, {"text", d.content},
-                    {"logprobs", want_logprobs ? completion_logprobs(e.logprobs, 0) : json(nullptr)},
-                    {"finish_reason", e.finish == FinishReason::none ? json(nullptr) : json(finish_name(e.finish))}};
-            }
-            if (!write(chunk(json::array({ch})))) return false;
-            if (e.finish != FinishReason::none) {
-              st->finished[i] = true;
-              st->completion_tokens += e.completion_tokens;
-              ++st->done;
-            }
+            if (!j.is_null() && !write(j)) return false;
           }
-          if (st->done == n) {
-            if (include_usage) {
-              json u = chunk(json::array());
-              u["usage"] = {{"prompt_tokens", prompt_tokens},
-                            {"completion_tokens", st->completion_tokens},
-                            {"total_tokens", prompt_tokens + st->completion_tokens}};
-              if (!write(u)) return false;
-            }
-            static const char d[] = "data: [DONE]\n\n";
-            if (!sink.write(d, sizeof(d) - 1)) return false;
+          if (out->done()) {
+            if (out->info().include_usage && !write(out->usage_chunk())) return false;
+            if (!sink.write(done, sizeof(done) - 1)) return false;
             st->ended = true;
             sink.done();
           }
@@ -421,13 +276,20 @@ struct Server::Impl {
   // ---- routes ----
 
   void routes() {
-    http.set_payload_max_length(opt.max_body_bytes);
+    // --max-body-bytes is enforced by check_body_framing and read_body (http_body.h), for every framing.
+    http.set_payload_max_length(std::numeric_limits<size_t>::max());
     http.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(n)); };
     http.set_keep_alive_max_count(1000);
     http.set_read_timeout(30, 0);
     http.set_write_timeout(30, 0);
 
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      // Before httplib reads the body: what cannot be read within --max-body-bytes is refused unread.
+      const bool read_by_server = req.method == "POST" && post_paths.count(req.path);
+      if (auto e = check_body_framing(req, opt.max_body_bytes, read_by_server)) {
+        send_error_and_close(res, *e);
+        return httplib::Server::HandlerResponse::Handled;
+      }
       if (opt.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
       if (authorized(req.get_header_value("Authorization"), opt.api_key))
         return httplib::Server::HandlerResponse::Unhandled;
@@ -440,7 +302,8 @@ struct Server::Impl {
       return httplib::Server::HandlerResponse::Handled;
     });
     http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      // A body of ours already, or an answer that closes the connection (send_error_and_close).
+      if (!res.body.empty() || res.has_header("Connection")) return httplib::Server::HandlerResponse::Unhandled;
       std::string msg = res.status == 400 ? "Bad request" : res.status == 405 ? "Method not allowed" : "HTTP error " + std::to_string(res.status);
       std::string code;
       if (res.status == 413) {
@@ -485,8 +348,29 @@ struct Server::Impl {
       };
     };
 
-    http.Post("/v1/chat/completions", guarded([this](const auto& req, auto& res) { handle_generation(req, res, true); }));
-    http.Post("/v1/completions", guarded([this](const auto& req, auto& res) { handle_generation(req, res, false); }));
+    // POST routes read their body through read_body (bounded whatever the framing); fn(body, res).
+    auto post = [this](const char* path, auto fn) {
+      post_paths.insert(path);
+      http.Post(path, [this, fn](const httplib::Request&, httplib::Response& res, const httplib::ContentReader& reader) {
+        std::string body;
+        try {
+          body = read_body(reader, res, opt.max_body_bytes);
+        } catch (const ApiError& e) {
+          send_error_and_close(res, e);
+          return;
+        }
+        try {
+          fn(body, res);
+        } catch (const ApiError& e) {
+          send_error(res, e);
+        } catch (const Error& e) {
+          send_error(res, ApiError(400, e.what()));
+        }
+      });
+    };
+
+    post("/v1/chat/completions", [this](const std::string& body, auto& res) { handle_generation(body, res, true); });
+    post("/v1/completions", [this](const std::string& body, auto& res) { handle_generation(body, res, false); });
     http.Get("/v1/models", guarded([this](const auto&, auto& res) {
       json m = {{"id", opt.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "moe.cpp"},
                 {"max_model_len", sched.max_context()}};
@@ -499,12 +383,12 @@ struct Server::Impl {
       json m = {{"id", opt.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "moe.cpp"}};
       res.set_content(to_text(m), "application/json");
     }));
-    http.Post("/v1/feedback", guarded([this](const auto& req, auto& res) {
-      const FeedbackRequest f = parse_feedback_request(req.body);
+    post("/v1/feedback", [this](const std::string& body, auto& res) {
+      const FeedbackRequest f = parse_feedback_request(body);
       if (!feedback) throw ApiError(503, "Feedback is not stored: start the server with --feedback-db", "", "feedback_disabled");
       const int64_t row = feedback->add(f.conversation, f.answer, f.rating, f.model.empty() ? opt.model_name : f.model, f.comment);
       res.set_content(to_text({{"id", row}, {"object", "feedback"}, {"stored", true}}), "application/json");
-    }));
+    });
     http.Get("/health", [this](const auto&, auto& res) {
       res.set_content(to_text({{"status", "ok"}, {"model", opt.model_name}}), "application/json");
     });
@@ -571,10 +455,20 @@ Server::~Server() = default;
 
 int Server::bind() {
   auto& o = impl_->opt;
+  // httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into Debian's shared library): a burst
+  // of connects past it waits for SYN retransmits, a second and more apart. Listening again on the bound socket
+  // sets the backlog (the kernel caps it at net.core.somaxconn); the socket is the last one the options hook saw.
+  int listen_fd = -1;
+  impl_->http.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
   int port = o.port;
   if (port == 0) port = impl_->http.bind_to_any_port(o.host);
   else if (!impl_->http.bind_to_port(o.host, port)) port = -1;
   MOE_CHECK(port > 0, "cannot listen on {}:{}", o.host, o.port);
+  MOE_CHECK(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0, "cannot listen on {}:{} with a backlog of {}",
+            o.host, port, kListenBacklog);
   return port;
 }
 

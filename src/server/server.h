@@ -16,6 +16,9 @@ class Server;
 
 namespace moe::server {
 
+// Pending connections the kernel completes before the server accepts them (a burst of clients connecting at once).
+constexpr int kListenBacklog = 1024;
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;  // 0: any free port (the bound port is printed and returned by bind())

@@ -1,6 +1,7 @@
 #include "tokenizer/chat_template.h"
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "tokenizer/jinja.h"
 
 namespace moe {
@@ -29,6 +30,11 @@ std::string ChatTemplate::render_with(const Json& messages, bool add_generation_
   if (!messages.is_array()) fail("chat template: messages must be a JSON array");
   for (const auto& m : messages)
     if (!m.is_object() || !m.contains("role")) fail("chat template: each message must be an object with a role");
+  // Before the copies below (recursive): the values the template will see are bounded like parsed input.
+  bool too_deep = json_value_depth(messages) > kMaxJsonDepth;
+  if (extra_context.is_object())
+    for (const auto& [k, v] : extra_context.items()) too_deep = too_deep || json_value_depth(v) > kMaxJsonDepth;
+  if (too_deep) fail("chat template: JSON input nesting deeper than {} levels", kMaxJsonDepth);
   // The variables transformers' apply_chat_template passes; extra context (e.g. {"thinking": true}) on top.
   Json context = Json::object();
   for (const auto& [k, v] : special_tokens_.items()) context[k] = v.template get<std::string>();

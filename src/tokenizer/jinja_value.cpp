@@ -6,13 +6,18 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "tokenizer/unicode.h"
 
 namespace moe::jinja {
 
 namespace {
+// `depth`: the level of j (the top-level value is 1). Containers past kMaxJsonDepth fail before their items are
+// visited, so the recursion is bounded whatever the caller built.
 template <typename Json>
-Value convert(const Json& j) {
+Value convert(const Json& j, size_t depth) {
+  if (j.is_structured() && depth > kMaxJsonDepth)
+    fail("chat template: JSON input nesting deeper than {} levels", kMaxJsonDepth);
   switch (j.type()) {
     case nlohmann::json::value_t::null: return Value::none();
     case nlohmann::json::value_t::boolean: return Value::from(j.template get<bool>());
@@ -22,12 +27,12 @@ Value convert(const Json& j) {
     case nlohmann::json::value_t::string: return Value::from(j.template get<std::string>());
     case nlohmann::json::value_t::array: {
       List l;
-      for (const auto& item : j) l.push_back(convert(item));
+      for (const auto& item : j) l.push_back(convert(item, depth + 1));
       return Value::from(std::move(l));
     }
     case nlohmann::json::value_t::object: {
       Dict d;
-      for (const auto& [k, v] : j.items()) d.emplace_back(k, convert(v));
+      for (const auto& [k, v] : j.items()) d.emplace_back(k, convert(v, depth + 1));
       return Value::from(std::move(d));
     }
     default: fail("chat template: unsupported JSON value {}", j.dump());
@@ -35,8 +40,8 @@ Value convert(const Json& j) {
 }
 }  // namespace
 
-Value Value::from_json(const nlohmann::json& j) { return convert(j); }
-Value Value::from_json(const nlohmann::ordered_json& j) { return convert(j); }
+Value Value::from_json(const nlohmann::json& j) { return convert(j, 1); }
+Value Value::from_json(const nlohmann::ordered_json& j) { return convert(j, 1); }
 
 bool Value::truthy() const {
   switch (kind) {

@@ -49,6 +49,7 @@ struct Value {
   static Value from(Dict d) { Value v; v.kind = Kind::Dict; v.dict = std::make_shared<Dict>(std::move(d)); return v; }
   static Value make_namespace(Dict d) { Value v = from(std::move(d)); v.kind = Kind::Namespace; return v; }
   // From nlohmann::json (object keys sorted) or nlohmann::ordered_json (insertion order kept, as Python would).
+  // Fails (moe::Error) on nesting deeper than kMaxJsonDepth (core/json_depth.h), checked before recursing.
   static Value from_json(const nlohmann::json& j);
   static Value from_json(const nlohmann::ordered_json& j);
 

@@ -240,5 +240,23 @@ TEST(Cli, BadInputEndsWithAClearErrorAndExitCode1) {
   EXPECT_NE(run("logits --model " + test::kTinyModel).exit_code, 0);  // missing required flags
 }
 
+TEST(Cli, ChatTemplateRefusesDeeplyNestedJson) {
+  // 100,000 levels of [[...]] in a message field and in --context: a clear error, not a stack overflow.
+  const std::string dir = test::temp_path("deep_json");
+  fs::create_directories(dir);
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  std::ofstream(dir + "/messages.json") << R"([{"role": "user", "content": "hi", "x": )" << deep << "}]";
+  std::ofstream(dir + "/ok.json") << R"([{"role": "user", "content": "hi"}])";
+  const Result r = run("chat-template --tokenizer " + test::kTinyModel + " < " + dir + "/messages.json");
+  EXPECT_EQ(r.exit_code, 1) << r.output.substr(0, 500);
+  EXPECT_NE(r.output.find("nesting deeper than 128 levels"), std::string::npos) << r.output.substr(0, 500);
+  const Result c = run("chat-template --tokenizer " + test::kTinyModel + " --context '{\"x\": " +
+                       std::string(20000, '[') + std::string(20000, ']') + "}' < " + dir + "/ok.json");
+  EXPECT_EQ(c.exit_code, 1) << c.output.substr(0, 500);
+  EXPECT_NE(c.output.find("nesting deeper than 128 levels"), std::string::npos) << c.output.substr(0, 500);
+  EXPECT_EQ(run("chat-template --tokenizer " + test::kTinyModel + " < " + dir + "/ok.json").exit_code, 0);
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace moe

@@ -156,5 +156,23 @@ TEST(ChatTemplate, TokenizerWithoutTemplateSaysSo) {
   EXPECT_THROW(t.chat_template(), Error);
 }
 
+TEST(ChatTemplate, DeeplyNestedMessagesOrToolsFailBeforeBeingCopied) {
+  const ChatTemplate chat("{{ messages[0].content }}{{ tools | length }}", nlohmann::json::object());
+  nlohmann::json deep = nlohmann::json::array();
+  for (int i = 1; i < 100000; ++i) deep = nlohmann::json::array({std::move(deep)});
+  nlohmann::json messages = {{{"role", "user"}, {"content", "hi"}}};
+  EXPECT_EQ(chat.render(messages, false, {{"tools", {1, 2}}}), "hi2");
+  nlohmann::json extra = nlohmann::json::object();
+  extra["tools"] = std::move(deep);
+  EXPECT_THROW(chat.render(messages, false, extra), Error);
+  messages[0]["x"] = std::move(extra["tools"]);
+  try {
+    (void)chat.render(messages, false);
+    ADD_FAILURE() << "rendered";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nesting deeper than 128 levels"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace moe

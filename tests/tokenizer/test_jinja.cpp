@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "tokenizer/jinja.h"
 
 namespace moe::jinja {
@@ -141,6 +142,38 @@ TEST(Jinja, ErrorsAreClear) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("Only user and assistant roles"), std::string::npos);
   }
+}
+
+// JSON nests arrays `levels` deep: [[[...]]] built without recursion (a deep json is destroyed iteratively).
+json nested(size_t levels) {
+  json j = json::array();
+  for (size_t i = 1; i < levels; ++i) j = json::array({std::move(j)});
+  return j;
+}
+
+TEST(Jinja, JsonDeeperThanTheLimitIsRefusedBeforeRecursing) {
+  // 128 levels convert; one more fails with the limit named, and so does a depth that would overflow the stack
+  // if the conversion recursed into it (no copy of it is made here: from_json reads it in place).
+  EXPECT_EQ(render("{{ x | length }}", {{"x", nested(kMaxJsonDepth)}}), "1");
+  for (size_t levels : {kMaxJsonDepth + 1, size_t(100000)}) {
+    json ctx = json::object();
+    ctx["x"] = nested(levels);
+    try {
+      (void)Template("{{ x }}").render(ctx);
+      ADD_FAILURE() << levels << " levels converted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("nesting deeper than 128 levels"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(Value::from_json(ctx["x"]), Error);
+  }
+}
+
+TEST(Jinja, JsonNestingDepthOfRawText) {
+  EXPECT_EQ(json_nesting_depth("{}"), 1u);
+  EXPECT_EQ(json_nesting_depth(R"({"a": [1, {"b": "[[[["}], "c": "\"{"})"), 3u);  // brackets in strings ignored
+  EXPECT_EQ(json_nesting_depth("5"), 0u);
+  EXPECT_EQ(json_nesting_depth(std::string(1000000, '['), 128), 129u);  // stops past the limit
+  EXPECT_EQ(json_nesting_depth(std::string(128, '[') + std::string(128, ']')), 128u);
 }
 
 }  // namespace

@@ -1,0 +1,201 @@
+#include "server/choice_assembler.h"
+
+#include <span>
+
+namespace moe::server {
+
+using nlohmann::json;
+
+ChoiceAssembler::ChoiceAssembler(const Tokenizer& tok, int32_t index, ChoiceOptions options)
+    : tok_(tok),
+      index_(index),
+      opt_(std::move(options)),
+      parser_(opt_.chat && opt_.reasoning, opt_.in_reasoning) {}
+
+ChoiceAssembler::Delta ChoiceAssembler::feed(const GenerationEvent& e) {
+  Delta d;
+  if (finished()) return d;
+  auto r = parser_.feed(e.text);
+  if (e.finish != FinishReason::none) {
+    auto f = parser_.flush();
+    r.content += f.content;
+    r.reasoning += f.reasoning;
+  }
+  // Content stage: tool-call parsing and structured output go here (see the header).
+  d.reasoning = std::move(r.reasoning);
+  d.content = std::move(r.content);
+  d.logprobs = e.logprobs;
+  d.finish = e.finish;
+
+  reasoning_ += d.reasoning;
+  content_ += d.content;
+  logprobs_.insert(logprobs_.end(), d.logprobs.begin(), d.logprobs.end());
+  if (e.finish != FinishReason::none) {
+    finish_ = e.finish;
+    error_ = e.error;
+    completion_tokens_ = e.completion_tokens;
+  }
+  return d;
+}
+
+ApiError ChoiceAssembler::failure() const {
+  return ApiError(500, "Generation failed: " + (error_.empty() ? std::string("cancelled") : error_), "",
+                  "generation_failed", "server_error");
+}
+
+json ChoiceAssembler::finish_json(FinishReason r) const {
+  if (r == FinishReason::none) return nullptr;
+  return r == FinishReason::length ? "length" : "stop";
+}
+
+json ChoiceAssembler::chat_logprobs(const std::vector<TokenLogprob>& lps) const {
+  auto entry = [&](int32_t id, float logprob) {
+    const std::string bytes = tok_.decode_bytes(std::span(&id, 1));
+    json b = json::array();
+    for (unsigned char ch : bytes) b.push_back(int(ch));
+    return json{{"token", tok_.decode(std::span(&id, 1))}, {"logprob", logprob}, {"bytes", b}};
+  };
+  json content = json::array();
+  for (const auto& lp : lps) {
+    json j = entry(lp.token, lp.logprob);
+    j["top_logprobs"] = json::array();
+    for (auto [id, l] : lp.top) j["top_logprobs"].push_back(entry(id, l));
+    content.push_back(std::move(j));
+  }
+  return {{"content", std::move(content)}};
+}
+
+json ChoiceAssembler::text_logprobs(const std::vector<TokenLogprob>& lps, size_t text_offset) const {
+  json tokens = json::array(), token_lps = json::array(), tops = json::array(), offsets = json::array();
+  for (const auto& lp : lps) {
+    const std::string t = tok_.decode(std::span(&lp.token, 1));
+    tokens.push_back(t);
+    token_lps.push_back(lp.logprob);
+    json top = json::object();
+    for (auto [id, l] : lp.top) top[tok_.decode(std::span(&id, 1))] = l;
+    tops.push_back(top);
+    offsets.push_back(text_offset);
+    text_offset += t.size();
+  }
+  return {
+      {"tokens", tokens}, {"token_logprobs", token_lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+json ChoiceAssembler::opening_choice() const {
+  if (opt_.chat)
+    return {{"index", index_},
+            {"delta", {{"role", "assistant"}, {"content", ""}}},
+            {"logprobs", nullptr},
+            {"finish_reason", nullptr}};
+  if (opt_.echo.empty()) return nullptr;
+  return {{"index", index_}, {"text", opt_.echo}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+}
+
+json ChoiceAssembler::chunk_choice(const Delta& d) const {
+  if (opt_.chat) {
+    json delta = json::object();
+    if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
+    if (!d.content.empty()) delta["content"] = d.content;
+    json lp = opt_.logprobs && !d.logprobs.empty() ? chat_logprobs(d.logprobs) : json(nullptr);
+    if (delta.empty() && lp.is_null() && d.finish == FinishReason::none) return nullptr;
+    return {{"index", index_}, {"delta", delta}, {"logprobs", lp}, {"finish_reason", finish_json(d.finish)}};
+  }
+  if (d.content.empty() && d.logprobs.empty() && d.finish == FinishReason::none) return nullptr;
+  // text_offset counts from this chunk's text, as before the assembler existed.
+  return {{"index", index_},
+          {"text", d.content},
+          {"logprobs", opt_.logprobs ? text_logprobs(d.logprobs, 0) : json(nullptr)},
+          {"finish_reason", finish_json(d.finish)}};
+}
+
+json ChoiceAssembler::message_choice() const {
+  if (opt_.chat) {
+    json msg = {{"role", "assistant"}, {"content", content_}};
+    // null when the model never reasoned; "" when the prompt opened <think> and it closed it at once.
+    if (opt_.reasoning)
+      msg["reasoning_content"] = reasoning_.empty() && !opt_.in_reasoning ? json(nullptr) : json(reasoning_);
+    return {{"index", index_},
+            {"message", msg},
+            {"logprobs", opt_.logprobs ? chat_logprobs(logprobs_) : json(nullptr)},
+            {"finish_reason", finish_json(finish_)}};
+  }
+  return {{"index", index_},
+          {"text", opt_.echo + content_},
+          {"logprobs", opt_.logprobs ? text_logprobs(logprobs_, opt_.echo.size()) : json(nullptr)},
+          {"finish_reason", finish_json(finish_)}};
+}
+
+// ---- ResponseAssembler ----
+
+ResponseAssembler::ResponseAssembler(const Tokenizer& tok, ResponseInfo info, int32_t n,
+                                     const ChoiceOptions& options)
+    : info_(std::move(info)) {
+  choices_.reserve(size_t(n));
+  for (int32_t i = 0; i < n; ++i) choices_.emplace_back(tok, i, options);
+}
+
+bool ResponseAssembler::failed() const {
+  for (const auto& c : choices_)
+    if (c.failed()) return true;
+  return false;
+}
+
+json ResponseAssembler::chunk(json choices) const {
+  json j = {{"id", info_.id},
+            {"object", info_.chat ? "chat.completion.chunk" : "text_completion"},
+            {"created", info_.created},
+            {"model", info_.model},
+            {"system_fingerprint", "moe.cpp"},
+            {"choices", std::move(choices)}};
+  if (info_.include_usage) j["usage"] = nullptr;
+  return j;
+}
+
+json ResponseAssembler::usage() const {
+  int32_t completion_tokens = 0;
+  for (const auto& c : choices_) completion_tokens += c.completion_tokens();
+  return {{"prompt_tokens", info_.prompt_tokens},
+          {"completion_tokens", completion_tokens},
+          {"total_tokens", info_.prompt_tokens + completion_tokens}};
+}
+
+json ResponseAssembler::feed(const GenerationEvent& e) {
+  ChoiceAssembler& c = choices_.at(size_t(e.index));
+  if (c.finished()) return nullptr;
+  const auto d = c.feed(e);
+  if (c.finished()) ++done_;
+  if (c.failed()) return c.failure().to_json();
+  json choice = c.chunk_choice(d);
+  return choice.is_null() ? json(nullptr) : chunk(json::array({std::move(choice)}));
+}
+
+std::vector<json> ResponseAssembler::opening_chunks() const {
+  std::vector<json> out;
+  for (const auto& c : choices_)
+    if (json choice = c.opening_choice(); !choice.is_null())
+      out.push_back(chunk(json::array({std::move(choice)})));
+  return out;
+}
+
+json ResponseAssembler::usage_chunk() const {
+  json u = chunk(json::array());
+  u["usage"] = usage();
+  return u;
+}
+
+json ResponseAssembler::response() const {
+  json choices = json::array();
+  for (const auto& c : choices_) {
+    if (c.failed()) throw c.failure();
+    choices.push_back(c.message_choice());
+  }
+  return {{"id", info_.id},
+          {"object", info_.chat ? "chat.completion" : "text_completion"},
+          {"created", info_.created},
+          {"model", info_.model},
+          {"system_fingerprint", "moe.cpp"},
+          {"choices", std::move(choices)},
+          {"usage", usage()}};
+}
+
+}  // namespace moe::server
