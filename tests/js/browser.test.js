@@ -47,7 +47,9 @@ test("chat page: streamed answer, copy, thumbs up, regenerate, screenshot", { sk
   await page.goto(srv.url + "/");
   await page.waitForSelector("body[data-ready='1']");
   assert.match(await page.textContent("#model-name"), /tiny-dsv3/);
-  await page.fill("#max-tokens", "200");
+  // Long enough that a loaded machine still renders several partial answers (200 tokens of the tiny model
+  // stream in a fraction of a second; seen rendered only twice while other builds ran).
+  await page.fill("#max-tokens", "1500");
 
   // Type a prompt; the answer streams in: count the renders of the answer while it arrives.
   // Record the answer's length at every DOM change while the stop button shows (i.e. while streaming).
