@@ -15,12 +15,6 @@
 namespace moe {
 namespace {
 
-std::vector<float> to_host(Backend& b, const Tensor& t) {
-  std::vector<float> v(size_t(t.numel()));
-  b.copy_to_host(t, v.data());
-  return v;
-}
-
 struct StepLogits {
   std::vector<std::vector<float>> logits;  // prefill, then each decode step
 };
@@ -35,7 +29,7 @@ class ModelRun {
   }
   void step() {
     ForwardOutput out = executor_.forward({chunk_}, cache_);
-    run.logits.push_back(to_host(backend_, out.logits));
+    run.logits.push_back(test::to_host_f32(backend_, out.logits));
     const std::vector<float>& l = run.logits.back();
     chunk_.start_pos += int32_t(chunk_.tokens.size());
     chunk_.tokens = {int32_t(std::max_element(l.begin(), l.end()) - l.begin())};

@@ -200,6 +200,11 @@ class CudaBackend final : public Backend {
   void mla_attention_prefill(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
                              int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out);
 
+  // Routed experts for few rows per expert (cuda_backend_moe.cpp): two grouped-GEMV launches over moe_plan's
+  // work items, gate + up with SwiGLU fused (h [M, I] F32 scratch), then down into y [M, D]; assignment a = perm[i]
+  // reads x row a / x_row_div and writes y row a.
+  void grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items, const int32_t* perm,
+                           int tile, const float* x, int32_t x_row_div, int64_t M, float* y);
   // The grouped GEMV's tile for TK assignments of T tokens over E experts (cuda_backend_moe.cpp).
   static int grouped_gemv_tile(int64_t T, int64_t TK, int32_t E);
 

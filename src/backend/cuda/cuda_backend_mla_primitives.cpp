@@ -1,5 +1,5 @@
-// The CUDA backend's MLA primitives (Backend::mla_absorb, mla_latent_attention, mla_project_v): the three
-// steps of its fused absorbed mla_attention (cuda_backend_mla.cpp) as separate ops, with the same kernels:
+// The CUDA backend's MLA primitives (Backend::mla_absorb, mla_latent_attention, mla_project_v); the absorbed
+// mla_attention (cuda_backend_mla.cpp) is their composition. The kernels:
 // mla_absorb_q (qf in BF16, the cache dtype), the split-KV attention kernel of mla_attention.cu (which also
 // writes the log-sum-exp when asked) and the batched-over-heads GEMV for W_UV.
 #include "backend/cuda/cuda_backend.h"

@@ -102,44 +102,50 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   } else if (grouped_gemm) {
     moe_expert_gemms(x, *prep, perm, items, max_items, counts, T, K, y);
   } else {
-    const int gt = gemv_tile;
-    const int64_t items_n = max_items;
-    Tensor h = scratch(DType::F32, {TK, I});
-    cuda::GemvParams p;
-    p.wdtype = prep->dtype;
-    p.table = const_cast<const void* const*>(reinterpret_cast<void* const*>(prep->table));
-    p.block_n = prep->block_n;
-    p.block_k = prep->block_k;
-    p.items = items.as<const int32_t>();
-    p.perm = perm.as<const int32_t>();
-    p.grid_y = int32_t(items_n);
-    // gate + up with SwiGLU: h[a] = silu(x[a / K] Wg^T) * (x[a / K] Wu^T)
-    p.matrix = 0;
-    p.swiglu = true;
-    p.N = I;
-    p.K = D;
-    p.x = x.as<const float>();
-    p.x_stride = D;
-    p.x_row_div = int32_t(K);
-    p.out = h.as<float>();
-    p.out_stride = I;
-    cuda::gemv(p, gt, stream_);
-    // down: y[a] = h[a] Wd^T
-    p.matrix = 2;
-    p.swiglu = false;
-    p.N = D;
-    p.K = I;
-    p.x = h.as<const float>();
-    p.x_stride = I;
-    p.x_row_div = 1;
-    p.out = y.as<float>();
-    p.out_stride = D;
-    cuda::gemv(p, gt, stream_);
+    grouped_expert_gemv(*prep, items.as<const int32_t>(), max_items, perm.as<const int32_t>(), gemv_tile,
+                        x.as<const float>(), int32_t(K), TK, y.as<float>());
   }
   MOE_CHECK(!plus.data || plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}",
             plus.shape.str(), out.shape.str());
   cuda::moe_combine(y.as<const float>(), expert_weights.as<const float>(), T, int32_t(K), D,
                     plus.data ? plus.as<const float>() : nullptr, out.as<float>(), stream_);
+}
+
+void CudaBackend::grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items,
+                                      const int32_t* perm, int tile, const float* x, int32_t x_row_div, int64_t M,
+                                      float* y) {
+  const int64_t D = prep.hidden, I = prep.inner;
+  Tensor h = scratch(DType::F32, {M, I});
+  cuda::GemvParams p;
+  p.wdtype = prep.dtype;
+  p.table = const_cast<const void* const*>(reinterpret_cast<void* const*>(prep.table));
+  p.block_n = prep.block_n;
+  p.block_k = prep.block_k;
+  p.items = items;
+  p.perm = perm;
+  p.grid_y = int32_t(n_items);
+  // gate + up with SwiGLU: h[a] = silu(x[a / div] Wg^T) * (x[a / div] Wu^T)
+  p.matrix = 0;
+  p.swiglu = true;
+  p.N = I;
+  p.K = D;
+  p.x = x;
+  p.x_stride = D;
+  p.x_row_div = x_row_div;
+  p.out = h.as<float>();
+  p.out_stride = I;
+  cuda::gemv(p, tile, stream_);
+  // down: y[a] = h[a] Wd^T
+  p.matrix = 2;
+  p.swiglu = false;
+  p.N = D;
+  p.K = I;
+  p.x = h.as<const float>();
+  p.x_stride = I;
+  p.x_row_div = 1;
+  p.out = y;
+  p.out_stride = D;
+  cuda::gemv(p, tile, stream_);
 }
 
 void CudaBackend::moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep,

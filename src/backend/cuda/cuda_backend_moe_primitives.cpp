@@ -85,34 +85,8 @@ void CudaBackend::moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& exp
     return;
   }
   // Grouped GEMV over moe_plan's work items: h[i] = silu(rows[i] Wg^T) * (rows[i] Wu^T), y[i] = h[i] Wd^T.
-  Tensor h = scratch(DType::F32, {M, I});
-  cuda::GemvParams p;
-  p.wdtype = prep->dtype;
-  p.table = const_cast<const void* const*>(reinterpret_cast<void* const*>(prep->table));
-  p.block_n = prep->block_n;
-  p.block_k = prep->block_k;
-  p.items = plan->items.as<const int32_t>();
-  p.perm = plan->iota.as<const int32_t>();
-  p.grid_y = int32_t(plan->n_items);
-  p.matrix = 0;
-  p.swiglu = true;
-  p.N = I;
-  p.K = D;
-  p.x = d.rows.as<const float>();
-  p.x_stride = D;
-  p.x_row_div = 1;
-  p.out = h.as<float>();
-  p.out_stride = I;
-  cuda::gemv(p, plan->gemv_tile, stream_);
-  p.matrix = 2;
-  p.swiglu = false;
-  p.N = D;
-  p.K = I;
-  p.x = h.as<const float>();
-  p.x_stride = I;
-  p.out = y.as<float>();
-  p.out_stride = D;
-  cuda::gemv(p, plan->gemv_tile, stream_);
+  grouped_expert_gemv(*prep, plan->items.as<const int32_t>(), plan->n_items, plan->iota.as<const int32_t>(),
+                      plan->gemv_tile, d.rows.as<const float>(), 1, M, y.as<float>());
 }
 
 void CudaBackend::moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& expert_weights,
