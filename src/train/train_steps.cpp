@@ -137,7 +137,7 @@ void write_train_steps(const std::string& path, const TrainModel& model, const T
 }
 
 std::string step_json(const StepReport& r) {
-  nlohmann::json j = {{"step", r.step},           {"loss", r.parts.loss},
+  nlohmann::ordered_json j = {{"step", r.step},           {"loss", r.parts.loss},
                       {"main_ce", r.parts.main_ce}, {"mtp_ce", r.parts.mtp_ce},
                       {"seq_aux", r.parts.seq_aux}, {"grad_norm", r.stats.grad_norm},
                       {"clip_scale", r.stats.clip_scale}, {"lr", r.stats.lr}};
