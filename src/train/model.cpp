@@ -47,8 +47,8 @@ struct Pass {
   Pass(TrainModel& m, const Objective& o)
       : M(m), obj(o), main_ctx(make_context(m.config, o.seq_aux_alpha)), mtp_ctx(make_context(m.config, 0.0)) {}
 
-  // Forward; `grad` also leaves dlogits (scaled for the objective) in A for the backward.
-  void forward(const std::vector<int32_t>& ids, int64_t b, int64_t t, bool grad) {
+  // Forward; leaves dlogits (the CE gradients, scaled for the objective) in A for the backward.
+  void forward(const std::vector<int32_t>& ids, int64_t b, int64_t t) {
     const ModelConfig& c = M.config;
     const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
     A.ids = ids, A.b = b, A.t = t;
@@ -107,7 +107,6 @@ struct Pass {
                      double(n2);
     }
     parts.loss = parts.main_ce + obj.mtp_lambda * parts.mtp_ce + parts.seq_aux;
-    (void)grad;
   }
 
   void backward() {
@@ -178,7 +177,7 @@ LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, i
                            const Objective& obj, ExpertLoads* loads) {
   check_batch(model, ids, b, t);
   Pass p(model, obj);
-  p.forward(ids, b, t, true);
+  p.forward(ids, b, t);
   p.backward();
   p.collect_loads(loads);
   return p.parts;
@@ -187,7 +186,7 @@ LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, i
 LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj) {
   check_batch(model, ids, b, t);
   Pass p(model, obj);
-  p.forward(ids, b, t, false);
+  p.forward(ids, b, t);
   return p.parts;
 }
 
