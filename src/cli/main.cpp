@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   moe::cli::register_tokenizer_commands(app);
   moe::cli::register_text_commands(app);
   moe::cli::register_server_commands(app);
+  moe::cli::register_train_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,47 @@
+#pragma once
+// The whole model's training forward and backward: main model + one MTP depth, and the objective
+//   L = L_main + lambda L_mtp + L_bal   (MODEL.md "Training objective")
+// over a batch of b packed sequences of t tokens (documents separated by EOS, plain causal attention).
+#include <map>
+#include <string>
+#include <vector>
+
+#include "train/layer.h"
+#include "train/params.h"
+
+namespace moe::train {
+
+struct Objective {
+  double mtp_lambda = 0.3;
+  double seq_aux_alpha = 1e-4;
+};
+
+struct LossParts {
+  double loss = 0, main_ce = 0, mtp_ce = 0, seq_aux = 0;
+};
+
+// Activations of one forward pass, kept for the backward (see layer.h for the policy).
+struct ModelActs {
+  std::vector<int32_t> ids;                   // [b, t]
+  int64_t b = 0, t = 0;
+  std::vector<std::vector<float>> xs;         // num_hidden_layers + 1 residual streams [b*t, D]
+  std::vector<LayerActs> layers;
+  std::vector<float> hn, hn_rstd;             // final norm output [b*t, D]
+  std::vector<float> dlogits;                 // [b*(t-1), V] (the fused CE leaves the gradient here)
+  // MTP (j < t-2 per sequence): e = embed(ids[j+1]), m = eh_proj([enorm(e) ; hnorm(hn_j)]), y = layer(m)
+  std::vector<float> e, en, e_rstd, hh, hh_rstd, cat, m, y, yn, yn_rstd, mtp_dlogits;
+  LayerActs mtp_layer;
+};
+
+// Loads (tokens per expert in the batch) of every MoE layer, the MTP module's too, keyed by the gate's name.
+using ExpertLoads = std::map<std::string, std::vector<int64_t>>;
+
+// Forward and backward in one call: gradients are ADDED to every Param::g (zero them first; two calls
+// accumulate, which is gradient accumulation). ids is [b, t], t >= 3 when the model has an MTP module.
+LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t,
+                           const Objective& obj, ExpertLoads* loads = nullptr);
+
+// The forward alone (no gradients): the loss and its parts, for finite-difference checks and evaluation.
+LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj);
+
+}  // namespace moe::train

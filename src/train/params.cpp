@@ -1,0 +1,140 @@
+#include "train/params.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "io/checkpoint.h"
+
+namespace moe::train {
+
+namespace {
+
+std::vector<float> to_f32(const TensorView& v, const std::string& name, const std::string& file) {
+  std::vector<float> out(size_t(v.numel()));
+  switch (v.dtype) {
+    case DType::F32:
+      for (int64_t i = 0; i < v.numel(); ++i) out[size_t(i)] = v.as<const float>()[i];
+      break;
+    case DType::BF16:
+      for (int64_t i = 0; i < v.numel(); ++i) out[size_t(i)] = bf16_to_float(v.as<const uint16_t>()[i]);
+      break;
+    case DType::F16:
+      for (int64_t i = 0; i < v.numel(); ++i) out[size_t(i)] = f16_to_float(v.as<const uint16_t>()[i]);
+      break;
+    default:
+      fail("{}: tensor {} is {}; the trainer reads F32, BF16 or F16 checkpoints", file, name, dtype_name(v.dtype));
+  }
+  return out;
+}
+
+struct Loader {
+  const Checkpoint& ck;
+  TrainModel& m;
+
+  Param* param(const std::string& name, Shape shape) {
+    MOE_CHECK(ck.has(name), "{}: the checkpoint has no tensor {}", ck.dir(), name);
+    const TensorView v = ck.get(name, shape);
+    auto p = std::make_unique<Param>();
+    p->name = name;
+    p->shape = shape;
+    p->w = to_f32(v, name, ck.file_of(name));
+    p->g.assign(p->w.size(), 0.f);
+    p->m.assign(p->w.size(), 0.f);
+    p->v.assign(p->w.size(), 0.f);
+    p->decay = shape.rank >= 2;
+    m.params.push_back(std::move(p));
+    return m.params.back().get();
+  }
+
+  MlpParams mlp(const std::string& prefix, int64_t width) {
+    const int64_t D = m.config.hidden_size;
+    MlpParams p;
+    p.width = width;
+    p.gate = param(prefix + "gate_proj.weight", {width, D});
+    p.up = param(prefix + "up_proj.weight", {width, D});
+    p.down = param(prefix + "down_proj.weight", {D, width});
+    return p;
+  }
+
+  LayerParams layer(int64_t li, bool is_moe) {
+    const ModelConfig& c = m.config;
+    const int64_t D = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim();
+    const std::string pre = fmt::format("model.layers.{}.", li);
+    LayerParams L;
+    L.input_norm = param(pre + "input_layernorm.weight", {D});
+    L.post_norm = param(pre + "post_attention_layernorm.weight", {D});
+    AttnParams& a = L.attn;
+    if (c.q_lora_rank > 0) {
+      a.q_a = param(pre + "self_attn.q_a_proj.weight", {c.q_lora_rank, D});
+      a.q_a_norm = param(pre + "self_attn.q_a_layernorm.weight", {c.q_lora_rank});
+      a.q_b = param(pre + "self_attn.q_b_proj.weight", {H * dq, c.q_lora_rank});
+    } else {
+      a.q_proj = param(pre + "self_attn.q_proj.weight", {H * dq, D});
+    }
+    a.kv_a = param(pre + "self_attn.kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, D});
+    a.kv_a_norm = param(pre + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
+    a.kv_b = param(pre + "self_attn.kv_b_proj.weight", {H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank});
+    a.o_proj = param(pre + "self_attn.o_proj.weight", {D, H * c.v_head_dim});
+    L.is_moe = is_moe;
+    if (!is_moe) {
+      L.dense = mlp(pre + "mlp.", c.intermediate_size);
+      return L;
+    }
+    L.gate_name = pre + "mlp.gate.weight";
+    L.router = param(L.gate_name, {c.n_routed_experts, D});
+    const std::string bias_name = pre + "mlp.gate.e_score_correction_bias";
+    if (ck.has(bias_name)) {
+      auto b = std::make_unique<CorrectionBias>();
+      b->name = bias_name;
+      b->value = to_f32(ck.get(bias_name, {c.n_routed_experts}), bias_name, ck.file_of(bias_name));
+      m.biases.push_back(std::move(b));
+      L.bias = m.biases.back().get();
+    }
+    for (int64_t e = 0; e < c.n_routed_experts; ++e)
+      L.experts.push_back(mlp(fmt::format("{}mlp.experts.{}.", pre, e), c.moe_intermediate_size));
+    if (c.n_shared_experts > 0) L.shared = mlp(pre + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts);
+    return L;
+  }
+};
+
+}  // namespace
+
+TrainModel TrainModel::load(const std::string& dir) {
+  TrainModel m;
+  m.config = ModelConfig::load(dir);
+  const ModelConfig& c = m.config;
+  MOE_CHECK(!c.tie_word_embeddings, "{}/config.json: tied embeddings are not supported by the trainer", dir);
+  MOE_CHECK(c.fp8_block_rows == 0, "{}/config.json: the trainer reads BF16/F32 checkpoints, not FP8", dir);
+  MOE_CHECK(c.num_nextn_predict_layers <= 1, "{}/config.json: the trainer has one MTP depth, not {}", dir,
+            c.num_nextn_predict_layers);
+  Checkpoint ck(dir);
+  Loader ld{ck, m};
+  const int64_t D = c.hidden_size;
+  m.embed = ld.param("model.embed_tokens.weight", {c.vocab_size, D});
+  for (int64_t li = 0; li < c.num_hidden_layers; ++li) m.layers.push_back(ld.layer(li, c.is_moe_layer(li)));
+  m.final_norm = ld.param("model.norm.weight", {D});
+  m.head = ld.param("lm_head.weight", {c.vocab_size, D});
+  if (c.num_nextn_predict_layers == 1) {
+    const int64_t L = c.num_hidden_layers;
+    const std::string pre = fmt::format("model.layers.{}.", L);
+    m.has_mtp = true;
+    m.enorm = ld.param(pre + "enorm.weight", {D});
+    m.hnorm = ld.param(pre + "hnorm.weight", {D});
+    m.eh_proj = ld.param(pre + "eh_proj.weight", {D, 2 * D});
+    m.mtp_norm = ld.param(pre + "shared_head.norm.weight", {D});
+    m.mtp_layer = ld.layer(L, c.is_moe_layer(L));
+  }
+  return m;
+}
+
+Param* TrainModel::find(const std::string& name) const {
+  for (const auto& p : params)
+    if (p->name == name) return p.get();
+  return nullptr;
+}
+
+void TrainModel::zero_grad() {
+  for (auto& p : params) std::fill(p->g.begin(), p->g.end(), 0.f);
+}
+
+}  // namespace moe::train

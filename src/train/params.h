@@ -1,0 +1,69 @@
+#pragma once
+// The trained tensors of a DeepSeek-V3 model: F32 master copies of the checkpoint's tensors with their
+// gradients and AdamW moments, under the checkpoint's names, grouped per layer like model/weights.h.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/model_config.h"
+
+namespace moe::train {
+
+struct Param {
+  std::string name;  // the checkpoint's tensor name
+  Shape shape;
+  std::vector<float> w, g, m, v;  // value, gradient (accumulated), AdamW first and second moments
+  bool decay = false;             // weight decay on tensors of rank >= 2 only (not norms, not biases)
+  float* data() { return w.data(); }
+  float* grad() { return g.data(); }
+};
+
+// e_score_correction_bias: moved by the balancing rule after each step, never by a gradient.
+struct CorrectionBias {
+  std::string name;
+  std::vector<float> value;  // [E]
+};
+
+struct MlpParams {
+  Param *gate = nullptr, *up = nullptr, *down = nullptr;  // [F, D], [F, D], [D, F]
+  int64_t width = 0;                                      // F
+  bool present() const { return gate != nullptr; }
+};
+
+struct AttnParams {
+  Param *q_a = nullptr, *q_a_norm = nullptr, *q_b = nullptr;  // q_lora_rank > 0
+  Param* q_proj = nullptr;                                    // q_lora_rank == 0
+  Param *kv_a = nullptr, *kv_a_norm = nullptr, *kv_b = nullptr, *o_proj = nullptr;
+};
+
+struct LayerParams {
+  Param *input_norm = nullptr, *post_norm = nullptr;
+  AttnParams attn;
+  bool is_moe = false;
+  MlpParams dense;                // !is_moe
+  Param* router = nullptr;        // mlp.gate.weight [E, D]
+  CorrectionBias* bias = nullptr; // may be null (V2 checkpoints have none)
+  std::vector<MlpParams> experts;
+  MlpParams shared;               // not present when n_shared_experts == 0
+  std::string gate_name;          // "model.layers.L.mlp.gate.weight": names the layer's loads
+};
+
+struct TrainModel {
+  ModelConfig config;
+  std::vector<std::unique_ptr<Param>> params;  // every trained tensor (pointers below point into these)
+  std::vector<std::unique_ptr<CorrectionBias>> biases;
+  Param *embed = nullptr, *final_norm = nullptr, *head = nullptr;
+  std::vector<LayerParams> layers;
+  bool has_mtp = false;  // one MTP depth, stored as layer num_hidden_layers
+  Param *enorm = nullptr, *hnorm = nullptr, *eh_proj = nullptr, *mtp_norm = nullptr;
+  LayerParams mtp_layer;
+
+  // Reads config.json and the checkpoint (BF16/F16/F32 tensors, converted to F32). The MTP module's copies of
+  // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.
+  static TrainModel load(const std::string& dir);
+  Param* find(const std::string& name) const;
+  void zero_grad();
+};
+
+}  // namespace moe::train
