@@ -81,6 +81,15 @@ Runs compare(const std::vector<int32_t>& prompt_lens, int steps, int32_t n, int6
     EXPECT_EQ(op.logit_rows, orr.logit_rows);
     EXPECT_EQ(lp, lr) << "step " << step;
     EXPECT_EQ(to_host(*cpu, op.hidden), to_host(replay, orr.hidden)) << "step " << step;
+    EXPECT_EQ(op.index_topk.size(), orr.index_topk.size());
+    for (size_t l = 0; l < std::min(op.index_topk.size(), orr.index_topk.size()); ++l) {
+      const Tensor &a = op.index_topk[l], &b = orr.index_topk[l];
+      EXPECT_EQ(a.shape(), b.shape());
+      if (a.shape() != b.shape()) continue;
+      EXPECT_EQ(std::vector<int32_t>(a.as<int32_t>(), a.as<int32_t>() + a.numel()),
+                std::vector<int32_t>(b.as<int32_t>(), b.as<int32_t>() + b.numel()))
+          << "step " << step << " layer " << l;
+    }
     if (::testing::Test::HasFailure()) break;
   }
   return {executor.stats(), executor.graphs()};
