@@ -16,13 +16,17 @@ inline const std::string kTinyModel = "models/tiny-dsv3";
 inline const std::string kTinyModelFp8 = "models/tiny-dsv3-fp8";
 inline const std::string kReferenceJson = "tests/data/tiny-dsv3/reference.json";
 inline const std::string kReferenceTensors = "tests/data/tiny-dsv3/reference.safetensors";
+// DeepSeek-V3.2 (sparse attention, index_topk 16): three prompts of 9, 40 and 110 tokens.
+inline const std::string kTinyV32Model = "models/tiny-dsv32";
+inline const std::string kV32ReferenceJson = "tests/data/tiny-dsv32/reference.json";
+inline const std::string kV32ReferenceTensors = "tests/data/tiny-dsv32/reference.safetensors";
 
 struct ReferenceCase {
   std::vector<int32_t> input_ids, greedy_continuation;
 };
 
-inline std::vector<ReferenceCase> load_reference_cases() {
-  std::ifstream in(kReferenceJson);
+inline std::vector<ReferenceCase> load_reference_cases(const std::string& path = kReferenceJson) {
+  std::ifstream in(path);
   const nlohmann::json j = nlohmann::json::parse(in);
   std::vector<ReferenceCase> out;
   for (const auto& c : j["cases"])

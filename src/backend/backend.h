@@ -224,6 +224,60 @@ class Backend {
     mla_project_v(o_lat, kv_b, dn, dv, out);
   }
 
+  // DeepSeek Sparse Attention (V3.2's lightning indexer; MODEL.md's maths as HF computes it): Hi index heads of
+  // Di values, one index key per cached token, and MLA over the K = index_topk positions each query scores
+  // highest. A backend without these ops keeps the defaults below (they throw) and has_sparse_attention() false;
+  // DeepseekV3 refuses a V3.2 model on such a backend when it is built.
+  virtual bool has_sparse_attention() const { return false; }
+  // Index-key write: k [T, Di] (activation dtype, wk(x)) -> index_cache[slot] = rope(LayerNorm(k) * w + b), the
+  // LayerNorm with mean and eps, w and b [Di]; rope on the first dr = 2 * rope.inv_freq.size() columns in the
+  // half-split layout (pairs (v[i], v[i + dr/2])), unlike MLA's interleaved pairs; the rest unrotated.
+  // index_cache [pages, page_size, Di] (cache_dtype()), slots from the batch as for the latent cache.
+  virtual void dsa_write_index_cache(const TensorView& k, const Weight& norm_w, const Weight& norm_b, float eps,
+                                     const RopeParams& rope, const DeviceBatch& batch, const TensorView& index_cache) {
+    no_sparse_attention("dsa_write_index_cache");
+  }
+  // The index queries' rope: q [T, Hi, Di] (activation dtype), each head's first dr columns, half-split, in place.
+  virtual void dsa_rope_q(const TensorView& q, const RopeParams& rope, const DeviceBatch& batch) {
+    no_sparse_attention("dsa_rope_q");
+  }
+  // Index scores F32 [T, L] (allocated by the caller, L >= every sequence's length: the page table's width):
+  //   scores[t, j] = sum_h relu(scale * q[t, h] . k_j) * (weights[t, h] * weight_scale)   for j <= positions[t]
+  //   scores[t, j] = -inf                                                                   for j >  positions[t]
+  // k_j the index-cache row of position j of token t's sequence; q [T, Hi, Di] roped; weights F32 [T, Hi]
+  // (weights_proj(x)). Accumulated in F32 like the reference's kernel (HF scores in float32 whatever the model's
+  // dtype).
+  virtual void dsa_index_scores(const TensorView& q, const TensorView& weights, const TensorView& index_cache,
+                                float scale, float weight_scale, const DeviceBatch& batch, const TensorView& scores) {
+    no_sparse_attention("dsa_index_scores");
+  }
+  // The positions each token attends: indices I32 [T, K] = the K positions j <= positions[t] of highest
+  // scores[t, j] (equal scores: the lower position first), or every position 0 .. positions[t] while there are no
+  // more than K (dense attention, as the reference); in ascending order, padded with -1. scores F32 [T, L].
+  virtual void dsa_topk(const TensorView& scores, const DeviceBatch& batch, const TensorView& indices) {
+    no_sparse_attention("dsa_topk");
+  }
+  // mla_latent_attention over only the positions indices[t] (I32 [T, K] from dsa_topk: ascending, -1 padded,
+  // each <= positions[t]) instead of 0 .. positions[t]; with indices 0 .. positions[t] it is the dense op's sum in
+  // the dense op's order. Same qf, cache, o_lat and lse as mla_latent_attention.
+  virtual void mla_sparse_latent_attention(const TensorView& qf, const TensorView& cache, float scale,
+                                           const DeviceBatch& batch, const TensorView& indices,
+                                           const TensorView& o_lat, const TensorView& lse) {
+    no_sparse_attention("mla_sparse_latent_attention");
+  }
+  // mla_attention restricted to indices [T, K]: mla_absorb -> mla_sparse_latent_attention -> mla_project_v.
+  virtual void mla_sparse_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn,
+                                    int64_t dv, float scale, const DeviceBatch& batch, const TensorView& indices,
+                                    const TensorView& out) {
+    const int64_t T = q.rows(), H = q.shape[1], dr = q.shape[2] - dn;
+    const int64_t width = cache.shape[cache.shape.rank - 1], r = width - dr;
+    Tensor qf = alloc_uninitialized(cache_dtype(), {T, H, width});
+    Tensor o_lat = alloc_uninitialized(DType::F32, {T, H, r});
+    mla_absorb(q, kv_b, dn, dv, qf);
+    mla_sparse_latent_attention(qf, cache, scale, batch, indices, o_lat, {});
+    mla_project_v(o_lat, kv_b, dn, dv, out);
+  }
+
   // MoE. Router logits [T, E] (F32) -> chosen experts I32 [T, k] and weights F32 [T, k].
   // bias (F32 [E] or empty) is added for choosing only.
   virtual void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
@@ -251,6 +305,12 @@ class Backend {
     Tensor y = alloc_uninitialized(activation_dtype(), {d.num_rows(), x.row_size()});
     moe_grouped_mlp(d, experts, y);
     moe_combine(y, d, expert_weights, plus, out);
+  }
+
+ protected:
+  [[noreturn]] void no_sparse_attention(const char* op) const {
+    fail("DeepSeek-V3.2 sparse attention ({}) is not implemented on the {} backend yet (the CPU backend has it)", op,
+         name());
   }
 };
 

@@ -23,11 +23,16 @@ void run_info(const std::string& model_dir) {
   const ModelStats s = compute_stats(ckpt, c);
   int64_t moe_layers = 0;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) moe_layers += c.is_moe_layer(i);
-  fmt::print("architecture: {}\n", c.architecture);
+  fmt::print("architecture: {}{}\n", c.architecture,
+             c.sparse_attention() ? " (DeepSeek-V3.2, DeepSeek Sparse Attention)" : "");
   fmt::print("layers: {} ({} dense, {} MoE), hidden {}, heads {}, vocab {}\n", c.num_hidden_layers,
              c.num_hidden_layers - moe_layers, moe_layers, c.hidden_size, c.num_attention_heads, c.vocab_size);
   fmt::print("attention: MLA, q_lora_rank {}, kv_lora_rank {}, qk_nope {}, qk_rope {}, v {}\n", c.q_lora_rank,
              c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
+  if (c.sparse_attention())
+    fmt::print("sparse attention: lightning indexer with {} heads of {}, each query attends to its top {} cached "
+               "positions (all of them up to {})\n",
+               c.indexer->n_heads, c.indexer->head_dim, c.indexer->topk, c.indexer->topk);
   fmt::print("experts: {} routed (top {}, {} groups choose {}), {} shared, moe_intermediate {}, scoring {}\n",
              c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.n_shared_experts,
              c.moe_intermediate_size, c.scoring_func == ScoringFunc::Sigmoid ? "sigmoid" : "softmax");
@@ -46,6 +51,9 @@ void run_info(const std::string& model_dir) {
   const int64_t per_token_f32 = c.num_hidden_layers * c.cache_width() * 4;
   fmt::print("latent cache per token: {} values per layer, {} B in BF16, {} B in F32 (CPU)\n", c.cache_width(),
              per_token_f32 / 2, per_token_f32);
+  if (c.sparse_attention())
+    fmt::print("index key cache per token: {} values per layer, {} B in F32 (CPU)\n", c.indexer->head_dim,
+               c.num_hidden_layers * c.indexer->head_dim * 4);
 }
 
 void run_logits(const std::string& model_dir, const BackendArgs& device, const std::string& tokens_text,

@@ -128,6 +128,10 @@ ForwardOutput StepExecutor::forward(const std::vector<SequenceChunk>& chunks, La
   out.hidden = backend.alloc_uninitialized(g->out.hidden.dtype(), g->out.hidden.view().shape);
   backend.copy(g->out.logits, out.logits);
   backend.copy(g->out.hidden, out.hidden);
+  for (const Tensor& chosen : g->out.index_topk) {  // V3.2's sparse-attention positions
+    out.index_topk.push_back(backend.alloc_uninitialized(chosen.dtype(), chosen.view().shape));
+    backend.copy(chosen, out.index_topk.back());
+  }
   return out;
 }
 

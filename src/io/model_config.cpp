@@ -50,12 +50,16 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
   const std::string model_type = get_string(j, "model_type", src, "");
   if (c.architecture.empty()) {
     if (model_type == "deepseek_v3") c.architecture = "DeepseekV3ForCausalLM";
+    if (model_type == "deepseek_v32") c.architecture = "DeepseekV32ForCausalLM";
     if (model_type == "deepseek_v2") c.architecture = "DeepseekV2ForCausalLM";
   }
-  if (c.architecture != "DeepseekV3ForCausalLM" && c.architecture != "DeepseekV2ForCausalLM")
-    fail("{}: unknown architecture '{}' (supported: DeepseekV3ForCausalLM, DeepseekV2ForCausalLM)", src,
-         c.architecture.empty() ? model_type : c.architecture);
-  const bool v3 = c.architecture == "DeepseekV3ForCausalLM";
+  if (c.architecture != "DeepseekV3ForCausalLM" && c.architecture != "DeepseekV32ForCausalLM" &&
+      c.architecture != "DeepseekV2ForCausalLM")
+    fail("{}: unknown architecture '{}' (supported: DeepseekV3ForCausalLM, DeepseekV32ForCausalLM, "
+         "DeepseekV2ForCausalLM)",
+         src, c.architecture.empty() ? model_type : c.architecture);
+  const bool v32 = c.architecture == "DeepseekV32ForCausalLM";
+  const bool v3 = c.architecture == "DeepseekV3ForCausalLM" || v32;
 
   c.vocab_size = get_int(j, "vocab_size", src, std::nullopt);
   c.hidden_size = get_int(j, "hidden_size", src, std::nullopt);
@@ -148,6 +152,22 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
       fail("{}: noaux_tc routing needs at least two experts per group", src);
     if (c.num_experts_per_tok > c.topk_group * per_group && c.topk_method != TopkMethod::Greedy)
       fail("{}: num_experts_per_tok exceeds the experts in topk_group groups", src);
+  }
+  if (v32) {
+    // The indexer's fields have no defaults here: a V3.2 config without them is not one we can run exactly.
+    IndexerConfig ix;
+    ix.n_heads = get_int(j, "index_n_heads", src, std::nullopt);
+    ix.head_dim = get_int(j, "index_head_dim", src, std::nullopt);
+    ix.topk = get_int(j, "index_topk", src, std::nullopt);
+    positive(ix.n_heads, "index_n_heads");
+    positive(ix.head_dim, "index_head_dim");
+    positive(ix.topk, "index_topk");
+    if (ix.head_dim < c.qk_rope_head_dim)
+      fail("{}: index_head_dim ({}) must be at least qk_rope_head_dim ({}): the indexer's rope covers its first "
+           "qk_rope_head_dim dimensions", src, ix.head_dim, c.qk_rope_head_dim);
+    if (c.q_lora_rank <= 0)
+      fail("{}: DeepseekV32ForCausalLM needs q_lora_rank > 0 (the indexer's queries come from the query latent)", src);
+    c.indexer = ix;
   }
   return c;
 }

@@ -1,5 +1,6 @@
 #pragma once
-// config.json of DeepseekV3ForCausalLM / DeepseekV2ForCausalLM checkpoints, with the defaults HF applies.
+// config.json of DeepseekV3ForCausalLM / DeepseekV32ForCausalLM / DeepseekV2ForCausalLM checkpoints, with the
+// defaults HF applies.
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -18,8 +19,15 @@ struct YarnConfig {
   double mscale = 1.0, mscale_all_dim = 0.0;
 };
 
+// DeepSeek-V3.2's lightning indexer (DeepSeek Sparse Attention): per layer, index_n_heads query heads of
+// index_head_dim from the query latent, one key of index_head_dim per token, and each query attends only to the
+// index_topk cached positions it scores highest (all of them while no more are visible).
+struct IndexerConfig {
+  int64_t n_heads = 0, head_dim = 0, topk = 0;
+};
+
 struct ModelConfig {
-  std::string architecture;  // "DeepseekV3ForCausalLM" or "DeepseekV2ForCausalLM"
+  std::string architecture;  // "DeepseekV3ForCausalLM", "DeepseekV32ForCausalLM" or "DeepseekV2ForCausalLM"
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, moe_intermediate_size = 0;
   int64_t num_hidden_layers = 0, num_attention_heads = 0;
   int64_t q_lora_rank = 0;  // 0: no q compression (q_proj)
@@ -38,6 +46,9 @@ struct ModelConfig {
   std::optional<int64_t> bos_token_id, eos_token_id;
   // FP8 block quantisation (quantization_config.weight_block_size); 0 when the checkpoint is not FP8.
   int64_t fp8_block_rows = 0, fp8_block_cols = 0;
+  std::optional<IndexerConfig> indexer;  // DeepseekV32ForCausalLM only
+
+  bool sparse_attention() const { return indexer.has_value(); }
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const {

@@ -1,6 +1,8 @@
 // The DeepSeek-V3 forward pass. Shapes: T new tokens, D hidden, H heads, dn/dr/dv head dims, r kv_lora_rank.
 #include "model/deepseek_v3.h"
 
+#include <cmath>
+
 #include "core/error.h"
 #include "model/rope.h"
 
@@ -10,6 +12,8 @@ namespace {
 
 // The q_a and kv_a layernorms use 1e-6 in DeepSeek's code and in HF, whatever the config says.
 constexpr float kLatentNormEps = 1e-6f;
+// So does the indexer's key LayerNorm (k_norm).
+constexpr float kIndexNormEps = 1e-6f;
 
 RoutingParams routing_params(const ModelConfig& c) {
   RoutingParams p;
@@ -58,7 +62,9 @@ DeepseekV3::DeepseekV3(const std::string& model_dir, Backend& backend, Options o
       weights_(ModelWeights::load(*checkpoint_, config_, backend, options.load_mtp)),
       rope_(make_rope_params(config_)),
       attn_scale_(attention_scale(config_)),
-      routing_(routing_params(config_)) {}
+      routing_(routing_params(config_)) {
+  check_backend();
+}
 
 DeepseekV3::DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend, Options)
     : config_(std::move(config)),
@@ -69,6 +75,18 @@ DeepseekV3::DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backen
       routing_(routing_params(config_)) {
   MOE_CHECK(int64_t(weights_.layers.size()) == config_.num_hidden_layers, "DeepseekV3: {} layers of weights for {}",
             weights_.layers.size(), config_.num_hidden_layers);
+  check_backend();
+  for (const auto& l : weights_.layers)
+    MOE_CHECK(l.attn.indexer.has_value() == config_.sparse_attention(),
+              "DeepseekV3: the weights {} indexer but the config is {}", l.attn.indexer ? "have an" : "lack the",
+              config_.architecture);
+}
+
+void DeepseekV3::check_backend() const {
+  if (config_.sparse_attention() && !backend_.has_sparse_attention())
+    fail("{} (DeepSeek Sparse Attention) is not yet supported on the {} backend: its indexer and sparse MLA ops "
+         "(dsa_*) exist only on the CPU for now (use --device cpu)",
+         config_.architecture, backend_.name());
 }
 
 const Checkpoint& DeepseekV3::checkpoint() const {
@@ -109,9 +127,15 @@ ForwardOutput DeepseekV3::run(const std::vector<SequenceChunk>& chunks, const De
 
   Tensor h = backend_.alloc_uninitialized(act, {T, D}), y = backend_.alloc_uninitialized(act, {T, D});
   backend_.embedding(weights_.embed, ids, h);
-  for (size_t i = 0; i < weights_.layers.size(); ++i)
-    decoder_layer(weights_.layers[i], h, i == 0 ? TensorView{} : y.view(), y, cache.layer(int64_t(i)), batch);
-  return head(chunks, h, y, weights_.final_norm, weights_.lm_head);
+  std::vector<Tensor> index_topk;
+  for (size_t i = 0; i < weights_.layers.size(); ++i) {
+    Tensor chosen = decoder_layer(weights_.layers[i], h, i == 0 ? TensorView{} : y.view(), y, cache.layer(int64_t(i)),
+                                  cache.index_layer(int64_t(i)), batch);
+    if (!chosen.empty()) index_topk.push_back(std::move(chosen));
+  }
+  ForwardOutput out = head(chunks, h, y, weights_.final_norm, weights_.lm_head);
+  out.index_topk = std::move(index_topk);
+  return out;
 }
 
 ForwardOutput DeepseekV3::forward_mtp(const std::vector<SequenceChunk>& chunks, const TensorView& hidden,
@@ -137,8 +161,11 @@ ForwardOutput DeepseekV3::forward_mtp(const std::vector<SequenceChunk>& chunks, 
   backend_.concat_cols(e, hn, cat);
   Tensor m = backend_.alloc_uninitialized(act, {T, D}), y = backend_.alloc_uninitialized(act, {T, D});
   backend_.matmul(cat, mtp.eh_proj, m);
-  decoder_layer(mtp.layer, m, {}, y, cache.layer(config_.num_hidden_layers), batch);
-  return head(chunks, m, y, mtp.shared_head_norm, mtp.head);
+  Tensor chosen = decoder_layer(mtp.layer, m, {}, y, cache.layer(config_.num_hidden_layers),
+                                cache.index_layer(config_.num_hidden_layers), batch);
+  ForwardOutput out = head(chunks, m, y, mtp.shared_head_norm, mtp.head);
+  if (!chosen.empty()) out.index_topk.push_back(std::move(chosen));
+  return out;
 }
 
 // The last layer's FFN output y is still to be added to the residual stream h: the final norm does both.
@@ -174,8 +201,9 @@ ForwardOutput DeepseekV3::head(const std::vector<SequenceChunk>& chunks, const T
 // Each residual add is fused into the norm that follows it: the previous layer's FFN output `pending` (empty
 // for the first layer) is added by this layer's input norm, and this layer's FFN output is left in `y` for
 // the next layer (or the final norm) to add.
-void DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
-                               const TensorView& y, const TensorView& cache, const DeviceBatch& batch) {
+Tensor DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
+                                 const TensorView& y, const TensorView& cache, const TensorView& index_cache,
+                                 const DeviceBatch& batch) {
   const int64_t T = h.rows(), D = h.row_size();
   const DType act = backend_.activation_dtype();
   const float eps = float(config_.rms_norm_eps);
@@ -184,36 +212,73 @@ void DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView& h
     backend_.add_rms_norm(h, pending, w.input_norm, eps, x);
   else
     backend_.rms_norm(h, w.input_norm, eps, x);
-  attention(w.attn, x, cache, batch, y);
+  Tensor chosen = attention(w.attn, x, cache, index_cache, batch, y);
   backend_.add_rms_norm(h, y, w.post_attention_norm, eps, x);
   if (w.is_moe)
     moe_ffn(w, x, y);
   else
     backend_.swiglu_mlp(x, w.dense, y);
+  return chosen;
 }
 
 // Multi-head Latent Attention. The cache keeps c = kv_a_layernorm(kv_a[:r]) and rope(kv_a[r:]) per token;
 // attention runs in latent space with W_UK absorbed into the query and W_UV applied to the output.
-void DeepseekV3::attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
-                           const DeviceBatch& batch, const TensorView& out) {
+// V3.2: each query attends only to the index_topk positions the indexer chose (all of them while no more exist).
+Tensor DeepseekV3::attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
+                             const TensorView& index_cache, const DeviceBatch& batch, const TensorView& out) {
   const ModelConfig& c = config_;
   const int64_t T = x.rows(), H = c.num_attention_heads, dn = c.qk_nope_head_dim, dv = c.v_head_dim;
   const DType act = backend_.activation_dtype();
   Tensor q = backend_.alloc_uninitialized(act, {T, H, c.qk_head_dim()});
   const TensorView q2d = q.view().reshaped({T, H * c.qk_head_dim()});
   Tensor kv_a = backend_.alloc_uninitialized(act, {T, c.cache_width()});
+  Tensor chosen;
   if (c.q_lora_rank > 0) {
     Tensor qa = backend_.alloc_uninitialized(act, {T, c.q_lora_rank});
     backend_.matmul_pair(x, w.q_a, qa, w.kv_a, kv_a);
     backend_.rms_norm(qa, w.q_a_norm, kLatentNormEps, qa);
     backend_.matmul(qa, w.q_b, q2d);
+    if (w.indexer) chosen = sparse_indices(*w.indexer, x, qa, index_cache, batch);
   } else {
     backend_.matmul_pair(x, w.q_proj, q2d, w.kv_a, kv_a);
   }
   backend_.mla_rope_and_cache(q, dn, kv_a, w.kv_a_norm, kLatentNormEps, rope_, batch, cache);
   Tensor o = backend_.alloc_uninitialized(act, {T, H * dv});
-  backend_.mla_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, o);
+  if (w.indexer)
+    backend_.mla_sparse_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, chosen, o);
+  else
+    backend_.mla_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, o);
   backend_.matmul(o, w.o_proj, out);
+  return chosen;
+}
+
+// The lightning indexer (Hi heads of Di, top K), as HF's DeepseekV32Indexer computes it:
+//   q[t, h] = rope(wq_b(q_latent[t]))[h]   k_j = rope(LayerNorm(wk(x_j)))   both roped on their first dr values,
+//                                          half-split pairs (MLA's own rope is interleaved), same frequencies
+//   score[t, j] = sum_h relu(q[t, h] . k_j / sqrt(Di)) * weights_proj(x[t])[h] / sqrt(Hi),   in F32
+//   chosen[t] = top K of score[t, 0 .. pos_t], or all of them while pos_t < K (dense attention).
+// DeepSeek's reference also rotates q and k by a Hadamard transform (orthogonal: the scores do not change) and
+// scores in FP8; HF and the CPU do neither. The scores span the page table's width, which repeats from step to
+// step, so nothing here depends on the inputs' values. x [T, D], q_latent [T, q_lora_rank]; returns I32 [T, K].
+Tensor DeepseekV3::sparse_indices(const IndexerWeights& w, const TensorView& x, const TensorView& q_latent,
+                                  const TensorView& index_cache, const DeviceBatch& batch) {
+  const IndexerConfig& ix = *config_.indexer;
+  const int64_t T = x.rows(), Hi = ix.n_heads, Di = ix.head_dim;
+  const DType act = backend_.activation_dtype();
+  MOE_CHECK(index_cache.data, "the cache has no index keys for this V3.2 model (built for another config?)");
+  Tensor iq = backend_.alloc_uninitialized(act, {T, Hi, Di}), ik = backend_.alloc_uninitialized(act, {T, Di});
+  Tensor weights = backend_.alloc_uninitialized(DType::F32, {T, Hi});
+  backend_.matmul(q_latent, w.wq_b, iq.view().reshaped({T, Hi * Di}));
+  backend_.matmul_pair(x, w.wk, ik, w.weights_proj, weights);
+  backend_.dsa_write_index_cache(ik, w.k_norm, w.k_norm_bias, kIndexNormEps, rope_, batch, index_cache);
+  backend_.dsa_rope_q(iq, rope_, batch);
+  const int64_t L = int64_t(batch.plan->max_pages) * batch.plan->page_size;
+  Tensor scores = backend_.alloc_uninitialized(DType::F32, {T, L});
+  backend_.dsa_index_scores(iq, weights, index_cache, float(1.0 / std::sqrt(double(Di))),
+                            float(1.0 / std::sqrt(double(Hi))), batch, scores);
+  Tensor chosen = backend_.alloc_uninitialized(DType::I32, {T, ix.topk});
+  backend_.dsa_topk(scores, batch, chosen);
+  return chosen;
 }
 
 // DeepSeekMoE: the router (FP32) picks top-k routed experts per token; shared experts see every token.

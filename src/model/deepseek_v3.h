@@ -1,5 +1,6 @@
 #pragma once
-// The DeepSeek-V3 architecture (also V2/V2-Lite, Moonlight, Kimi-K2): MLA attention over a latent cache,
+// The DeepSeek-V3 architecture (also V2/V2-Lite, Moonlight, Kimi-K2, and V3.2 with DeepSeek Sparse Attention):
+// MLA attention over a latent cache (V3.2: restricted per query to the positions its lightning indexer picks),
 // DeepSeekMoE feed-forward, and the Multi-Token-Prediction module. The forward pass reads like the paper in
 // deepseek_v3.cpp; every op runs on the Backend.
 #include <memory>
@@ -30,6 +31,9 @@ struct ForwardOutput {
   Tensor logits;                    // [rows, vocab] F32 on the backend: per chunk, all tokens or the last
   std::vector<int32_t> logit_rows;  // which of the T tokens each logits row belongs to
   Tensor hidden;                    // [T, D] after the final norm (the MTP module's input)
+  // V3.2: per decoder layer, I32 [T, index_topk] on the backend: the cache positions each token attended
+  // (Backend::dsa_topk's layout: ascending, -1 padded). Empty for models without sparse attention.
+  std::vector<Tensor> index_topk;
 };
 
 class DeepseekV3 {
@@ -76,10 +80,16 @@ class DeepseekV3 {
                             LatentCache& cache);
 
  private:
-  void decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
-                     const TensorView& y, const TensorView& cache, const DeviceBatch& batch);
-  void attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
-                 const DeviceBatch& batch, const TensorView& out);
+  // Both return the sparse attention's chosen positions (empty without an indexer).
+  Tensor decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
+                       const TensorView& y, const TensorView& cache, const TensorView& index_cache,
+                       const DeviceBatch& batch);
+  Tensor attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
+                   const TensorView& index_cache, const DeviceBatch& batch, const TensorView& out);
+  // DSA's lightning indexer: the index keys of the new tokens into index_cache, and each token's positions.
+  Tensor sparse_indices(const IndexerWeights& w, const TensorView& x, const TensorView& q_latent,
+                        const TensorView& index_cache, const DeviceBatch& batch);
+  void check_backend() const;
   void moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out);
   ForwardOutput head(const std::vector<SequenceChunk>& chunks, const Tensor& hidden, const Tensor& pending,
                      const Weight& norm, const Weight& lm_head);

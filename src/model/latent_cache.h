@@ -1,6 +1,9 @@
 #pragma once
 // MLA's latent cache: per layer, fixed-size pages of page_size tokens, each token kv_lora_rank + qk_rope_head_dim
 // values (the compressed latent and the shared rope key), never full keys and values.
+// DeepSeek-V3.2 (config.indexer) adds a second per-layer cache on the same pages and slots: each token's index key
+// (index_head_dim values) for the sparse-attention indexer, in cache_dtype() (F32 on the CPU; the published model
+// keeps it in FP8 with per-128 scales, which is the GPU backend's work).
 // Storage only; which pages belong to which sequence is decided by the caller (engine/page_allocator.h).
 #include <vector>
 
@@ -18,12 +21,15 @@ class LatentCache {
   int64_t page_size() const { return page_size_; }
   int64_t num_layers() const { return int64_t(layers_.size()); }
   const TensorView& layer(int64_t i) const { return layers_[size_t(i)].view(); }  // [pages, page_size, width]
-  int64_t bytes_per_token() const;  // over all layers
+  // The index keys of layer i [pages, page_size, index_head_dim]; an empty view without an indexer.
+  TensorView index_layer(int64_t i) const { return index_layers_.empty() ? TensorView{} : index_layers_[size_t(i)].view(); }
+  bool has_index_keys() const { return !index_layers_.empty(); }
+  int64_t bytes_per_token() const;  // over all layers, index keys included
 
  private:
-  int64_t num_pages_, page_size_, width_;
+  int64_t num_pages_, page_size_, width_, index_width_;
   DType dtype_;
-  std::vector<Tensor> layers_;
+  std::vector<Tensor> layers_, index_layers_;
 };
 
 }  // namespace moe

@@ -46,6 +46,21 @@ class Loader {
                       projection(prefix + ".down_proj.weight", hidden, inner)};
   }
 
+  IndexerWeights indexer(const std::string& p) {
+    const IndexerConfig& ix = *c_.indexer;
+    for (const char* t : {"wq_b.weight", "wk.weight", "k_norm.weight", "k_norm.bias", "weights_proj.weight"})
+      if (!ckpt_.has(p + t))
+        fail("{}: DeepseekV32ForCausalLM checkpoint is missing the indexer tensor '{}{}' (DeepSeek Sparse Attention "
+             "needs wq_b, wk, k_norm and weights_proj in every layer)", ckpt_.dir(), p, t);
+    IndexerWeights w;
+    w.wq_b = projection(p + "wq_b.weight", ix.n_heads * ix.head_dim, c_.q_lora_rank);
+    w.wk = projection(p + "wk.weight", ix.head_dim, c_.hidden_size);
+    w.k_norm = vector(p + "k_norm.weight", ix.head_dim);
+    w.k_norm_bias = vector(p + "k_norm.bias", ix.head_dim);
+    w.weights_proj = projection(p + "weights_proj.weight", ix.n_heads, c_.hidden_size);
+    return w;
+  }
+
   DecoderLayerWeights decoder_layer(int64_t i, bool is_moe) {
     const std::string p = fmt::format("model.layers.{}.", i);
     const int64_t D = c_.hidden_size, H = c_.num_attention_heads;
@@ -64,6 +79,7 @@ class Loader {
     a.kv_a_norm = vector(p + "self_attn.kv_a_layernorm.weight", c_.kv_lora_rank);
     a.kv_b = projection(p + "self_attn.kv_b_proj.weight", H * (c_.qk_nope_head_dim + c_.v_head_dim), c_.kv_lora_rank);
     a.o_proj = projection(p + "self_attn.o_proj.weight", D, H * c_.v_head_dim);
+    if (c_.indexer) a.indexer = indexer(p + "self_attn.indexer.");
     l.is_moe = is_moe;
     if (!is_moe) {
       l.dense = mlp(p + "mlp", D, c_.intermediate_size);

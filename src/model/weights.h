@@ -10,10 +10,19 @@
 
 namespace moe {
 
+// DeepSeek-V3.2's lightning indexer (self_attn.indexer.*), Hi = index_n_heads heads of Di = index_head_dim.
+struct IndexerWeights {
+  Weight wq_b;                 // [Hi * Di, q_lora_rank]: queries from the query latent q_a_layernorm(q_a_proj(x))
+  Weight wk;                   // [Di, D]: one key per token
+  Weight k_norm, k_norm_bias;  // [Di]: LayerNorm (eps 1e-6) of the key
+  Weight weights_proj;         // [Hi, D]: each head's weight per token
+};
+
 struct AttentionWeights {
   Weight q_a, q_a_norm, q_b;  // q_lora_rank > 0
   Weight q_proj;              // q_lora_rank == 0
   Weight kv_a, kv_a_norm, kv_b, o_proj;
+  std::optional<IndexerWeights> indexer;  // config.indexer (V3.2)
 };
 
 struct DecoderLayerWeights {

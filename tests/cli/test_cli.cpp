@@ -103,6 +103,25 @@ TEST(Cli, InfoReportsArchitectureParametersAndCache) {
   EXPECT_NE(r.output.find("active per token"), std::string::npos);
 }
 
+TEST(Cli, InfoNamesDeepSeekV32AndItsSparseAttention) {
+  const Result r = run("info --model " + test::kTinyV32Model);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("DeepseekV32ForCausalLM (DeepSeek-V3.2, DeepSeek Sparse Attention)"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("sparse attention: lightning indexer with 8 heads of 32, each query attends to its top 16"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("index key cache per token: 32 values per layer"), std::string::npos) << r.output;
+}
+
+TEST(Cli, GenerateV32PrintsTheGreedyContinuation) {
+  const auto c = test::load_reference_cases(test::kV32ReferenceJson)[1];  // 40 tokens: sparse attention
+  const Result r = run("generate --model " + test::kTinyV32Model + " --tokens " + join(c.input_ids) +
+                       " --max-new-tokens " + std::to_string(c.greedy_continuation.size()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, join(c.greedy_continuation) + "\n");
+}
+
 // A random checkpoint in the hub layout loads, runs, and keeps logits near unit size; its FP8 twin (same seed,
 // quantised in 128x128 blocks) gives nearly the same logits, which checks quantisation and dequantisation.
 TEST(Cli, CreateRandomBf16AndFp8) {

@@ -20,6 +20,7 @@ class ReplayBackend final : public Backend {
   explicit ReplayBackend(Backend& in) : in_(in) {}
   int64_t refuse_tokens = -1;  // ops over this many rows refuse to be captured (-1: none)
   int64_t recorded_ops = 0;    // ops recorded by all captures
+  bool sparse_attention = true;  // false: claims no DSA ops (as a backend without them), whatever `in` has
 
   std::string name() const override { return "replay(" + in_.name() + ")"; }
   Device device() const override { return in_.device(); }
@@ -142,6 +143,30 @@ class ReplayBackend final : public Backend {
   void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
                      const TensorView& out) override {
     run([=, this] { in_.mla_project_v(o_lat, kv_b, dn, dv, out); }, o_lat.rows());
+  }
+  bool has_sparse_attention() const override { return sparse_attention && in_.has_sparse_attention(); }
+  void dsa_write_index_cache(const TensorView& k, const Weight& norm_w, const Weight& norm_b, float eps,
+                             const RopeParams& rope, const DeviceBatch& batch, const TensorView& index_cache) override {
+    const DeviceBatch* b = &batch;
+    run([=, this] { in_.dsa_write_index_cache(k, norm_w, norm_b, eps, rope, *b, index_cache); }, k.rows());
+  }
+  void dsa_rope_q(const TensorView& q, const RopeParams& rope, const DeviceBatch& batch) override {
+    const DeviceBatch* b = &batch;
+    run([=, this] { in_.dsa_rope_q(q, rope, *b); }, q.rows());
+  }
+  void dsa_index_scores(const TensorView& q, const TensorView& weights, const TensorView& index_cache, float scale,
+                        float weight_scale, const DeviceBatch& batch, const TensorView& scores) override {
+    const DeviceBatch* b = &batch;
+    run([=, this] { in_.dsa_index_scores(q, weights, index_cache, scale, weight_scale, *b, scores); }, q.rows());
+  }
+  void dsa_topk(const TensorView& scores, const DeviceBatch& batch, const TensorView& indices) override {
+    const DeviceBatch* b = &batch;
+    run([=, this] { in_.dsa_topk(scores, *b, indices); }, scores.rows());
+  }
+  void mla_sparse_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                                   const TensorView& indices, const TensorView& o_lat, const TensorView& lse) override {
+    const DeviceBatch* b = &batch;
+    run([=, this] { in_.mla_sparse_latent_attention(qf, cache, scale, *b, indices, o_lat, lse); }, qf.rows());
   }
   void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                  const TensorView& expert_ids, const TensorView& expert_weights) override {

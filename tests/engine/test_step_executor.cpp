@@ -36,11 +36,11 @@ struct Runs {
   size_t graphs = 0;
 };
 Runs compare(const std::vector<int32_t>& prompt_lens, int steps, int32_t n, int64_t refuse_tokens = -1,
-             size_t max_graphs = 32, bool alternate_batch = false) {
+             size_t max_graphs = 32, bool alternate_batch = false, const std::string& model = test::kTinyModel) {
   auto cpu = make_cpu_backend();
   test::ReplayBackend replay(*cpu);
   replay.refuse_tokens = refuse_tokens;
-  DeepseekV3 plain(test::kTinyModel, *cpu), captured_model(test::kTinyModel, replay);
+  DeepseekV3 plain(model, *cpu), captured_model(model, replay);
   StepExecutor executor(captured_model, {.graphs = true, .max_graphs = max_graphs});
   const ModelConfig& c = plain.config();
   constexpr int64_t kPage = 4;
@@ -81,6 +81,15 @@ Runs compare(const std::vector<int32_t>& prompt_lens, int steps, int32_t n, int6
     EXPECT_EQ(op.logit_rows, orr.logit_rows);
     EXPECT_EQ(lp, lr) << "step " << step;
     EXPECT_EQ(to_host(*cpu, op.hidden), to_host(replay, orr.hidden)) << "step " << step;
+    EXPECT_EQ(op.index_topk.size(), orr.index_topk.size());
+    for (size_t l = 0; l < std::min(op.index_topk.size(), orr.index_topk.size()); ++l) {
+      const Tensor &a = op.index_topk[l], &b = orr.index_topk[l];
+      EXPECT_EQ(a.shape(), b.shape());
+      if (a.shape() != b.shape()) continue;
+      EXPECT_EQ(std::vector<int32_t>(a.as<int32_t>(), a.as<int32_t>() + a.numel()),
+                std::vector<int32_t>(b.as<int32_t>(), b.as<int32_t>() + b.numel()))
+          << "step " << step << " layer " << l;
+    }
     if (::testing::Test::HasFailure()) break;
   }
   return {executor.stats(), executor.graphs()};
@@ -94,6 +103,15 @@ TEST(StepExecutor, DecodeStepsAreCapturedThenReplayedWithTheSameResults) {
   EXPECT_GE(r.stats.replays, 6);
   EXPECT_EQ(r.stats.refused, 0);
   EXPECT_EQ(r.stats.replays + r.stats.eager, 11);  // a captured step is replayed at once: counted in both
+}
+
+// DeepSeek-V3.2: the indexer and the sparse attention choose nothing on the host, so their decode steps are
+// captured and replayed like V3's, with contexts growing past index_topk (16) while replaying.
+TEST(StepExecutor, SparseAttentionDecodeStepsAreCapturedAndReplayed) {
+  const Runs r = compare({3, 12, 20}, 10, 1, -1, 32, false, test::kTinyV32Model);
+  EXPECT_GE(r.stats.captures, 1);
+  EXPECT_GE(r.stats.replays, 6);
+  EXPECT_EQ(r.stats.refused, 0);
 }
 
 TEST(StepExecutor, VerificationStepsAreCaptured) {

@@ -40,12 +40,13 @@ class BadCheckpoint : public ::testing::Test {
     dir_ = test::temp_path(::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    for (const auto& f : fs::directory_iterator(test::kTinyModel))
+    for (const auto& f : fs::directory_iterator(source()))
       if (f.path().extension() != ".json" || f.path().filename() != "tokenizer.json")
         fs::copy_file(f.path(), fs::path(dir_) / f.path().filename());
     fs::permissions(dir_, fs::perms::owner_all, fs::perm_options::add);
   }
   void TearDown() override { fs::remove_all(dir_); }
+  virtual std::string source() const { return test::kTinyModel; }
 
   json config() {
     std::ifstream in(fs::path(dir_) / "config.json");
@@ -263,6 +264,81 @@ TEST(SafetensorsFile, RoundTripsWhatItWrites) {
   EXPECT_EQ(v.shape, (Shape{2, 3}));
   for (int i = 0; i < 6; ++i) EXPECT_EQ(v.as<float>()[i], float(i) * 0.5f - 1.0f);
   fs::remove(p);
+}
+
+// A scratch copy of the tiny DeepSeek-V3.2 model (sparse attention).
+class BadV32Checkpoint : public BadCheckpoint {
+ protected:
+  std::string source() const override { return test::kTinyV32Model; }
+  // Drops `name` from the index and from its shard (a checkpoint written without it).
+  void drop_tensor(const std::string& name) {
+    json index;
+    {
+      std::ifstream in(fs::path(dir_) / "model.safetensors.index.json");
+      index = json::parse(in);
+    }
+    const std::string file = (fs::path(dir_) / index["weight_map"][name].get<std::string>()).string();
+    index["weight_map"].erase(name);
+    fs::permissions(fs::path(dir_) / "model.safetensors.index.json", fs::perms::owner_write, fs::perm_options::add);
+    std::ofstream(fs::path(dir_) / "model.safetensors.index.json") << index.dump();
+    std::vector<NamedTensor> kept;
+    {
+      SafetensorsFile f(file);
+      for (const auto& e : f.entries())
+        if (e.name != name) kept.push_back({e.name, f.view(e)});
+      write_safetensors(file + ".new", kept);
+    }
+    fs::rename(file + ".new", file);
+  }
+};
+
+TEST_F(BadV32Checkpoint, LoadsUntouched) { load(); }
+
+TEST_F(BadV32Checkpoint, MissingIndexerTensorIsNamed) {
+  for (const char* t : {"k_norm.bias", "weights_proj.weight"}) {
+    SetUp();
+    const std::string name = std::string("model.layers.2.self_attn.indexer.") + t;
+    drop_tensor(name);
+    expect_error([&] { load(); }, {"DeepseekV32ForCausalLM", "missing the indexer tensor", name});
+  }
+}
+
+TEST_F(BadV32Checkpoint, IndexerFieldsMissingOrInvalid) {
+  for (const char* field : {"index_n_heads", "index_head_dim", "index_topk"}) {
+    json j = config();
+    j.erase(field);
+    write_config(j);
+    expect_error([&] { load(); }, {"config.json", "missing required field", field});
+    j = config();
+    j[field] = 0;
+    write_config(j);
+    expect_error([&] { load(); }, {"config.json", field, "must be positive"});
+    j[field] = "16";
+    write_config(j);
+    expect_error([&] { load(); }, {"config.json", field, "must be an integer"});
+    SetUp();
+  }
+  json j = config();
+  j["index_head_dim"] = 8;  // below qk_rope_head_dim 16
+  write_config(j);
+  expect_error([&] { load(); }, {"index_head_dim (8) must be at least qk_rope_head_dim (16)"});
+  j["index_head_dim"] = 64;  // disagrees with the checkpoint's wk
+  write_config(j);
+  expect_error([&] { load(); }, {"model.layers.0.self_attn.indexer.wq_b.weight", "config.json implies"});
+  j = config();
+  j["index_head_dim"] = 32;
+  j["q_lora_rank"] = 0;
+  write_config(j);
+  expect_error([&] { load(); }, {"DeepseekV32ForCausalLM needs q_lora_rank > 0"});
+}
+
+TEST_F(BadV32Checkpoint, ModelTypeAloneNamesTheArchitecture) {
+  json j = config();
+  j.erase("architectures");
+  write_config(j);
+  const ModelConfig c = ModelConfig::load(dir_);
+  EXPECT_EQ(c.architecture, "DeepseekV32ForCausalLM");
+  EXPECT_TRUE(c.sparse_attention());
 }
 
 }  // namespace

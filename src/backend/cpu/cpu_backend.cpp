@@ -85,6 +85,26 @@ class CpuBackend final : public Backend {
     cpu::mla_project_v(pool_, o_lat, kv_b, dn, dv, out);
   }
   // mla_attention: the Backend's composition of the three.
+  bool has_sparse_attention() const override { return true; }
+  void dsa_write_index_cache(const TensorView& k, const Weight& norm_w, const Weight& norm_b, float eps,
+                             const RopeParams& rope, const DeviceBatch& batch, const TensorView& index_cache) override {
+    cpu::dsa_write_index_cache(k, norm_w, norm_b, eps, rope, *batch.plan, index_cache);
+  }
+  void dsa_rope_q(const TensorView& q, const RopeParams& rope, const DeviceBatch& batch) override {
+    cpu::dsa_rope_q(q, rope, *batch.plan);
+  }
+  void dsa_index_scores(const TensorView& q, const TensorView& weights, const TensorView& index_cache, float scale,
+                        float weight_scale, const DeviceBatch& batch, const TensorView& scores) override {
+    cpu::dsa_index_scores(pool_, q, weights, index_cache, scale, weight_scale, *batch.plan, scores);
+  }
+  void dsa_topk(const TensorView& scores, const DeviceBatch& batch, const TensorView& indices) override {
+    cpu::dsa_topk(pool_, scores, *batch.plan, indices);
+  }
+  void mla_sparse_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                                   const TensorView& indices, const TensorView& o_lat, const TensorView& lse) override {
+    cpu::mla_sparse_latent_attention(pool_, qf, cache, scale, *batch.plan, indices, o_lat, lse);
+  }
+  // mla_sparse_attention: the Backend's composition.
   void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                  const TensorView& expert_ids, const TensorView& expert_weights) override {
     cpu::moe_route(logits, bias, params, expert_ids, expert_weights);

@@ -22,6 +22,15 @@ void mla_latent_attention(ThreadPool& pool, const TensorView& qf, const TensorVi
                           const TensorView& o_lat, const TensorView& lse);       // mla_latent_attention.cpp
 void mla_project_v(ThreadPool& pool, const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
                    const TensorView& out);                                        // mla_project_v.cpp
+void dsa_write_index_cache(const TensorView& k, const Weight& norm_w, const Weight& norm_b, float eps,
+                           const RopeParams& rope, const BatchPlan& plan, const TensorView& index_cache);  // dsa_index_cache.cpp
+void dsa_rope_q(const TensorView& q, const RopeParams& rope, const BatchPlan& plan);              // dsa_index_cache.cpp
+void dsa_index_scores(ThreadPool& pool, const TensorView& q, const TensorView& weights, const TensorView& index_cache,
+                      float scale, float weight_scale, const BatchPlan& plan, const TensorView& scores);  // dsa_index_scores.cpp
+void dsa_topk(ThreadPool& pool, const TensorView& scores, const BatchPlan& plan, const TensorView& indices);  // dsa_topk.cpp
+void mla_sparse_latent_attention(ThreadPool& pool, const TensorView& qf, const TensorView& cache, float scale,
+                                 const BatchPlan& plan, const TensorView& indices, const TensorView& o_lat,
+                                 const TensorView& lse);                         // mla_sparse_latent_attention.cpp
 void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                const TensorView& expert_ids, const TensorView& expert_weights);  // moe_route.cpp
 MoeDispatch moe_dispatch(ThreadPool& pool, const TensorView& x, const TensorView& expert_ids, int32_t num_experts);  // moe_dispatch.cpp
@@ -31,5 +40,7 @@ void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& ex
 
 // Rotates interleaved pairs (v[2i], v[2i+1]) of v[0..dr) for position pos (YaRN folded into params).
 void apply_rope(float* v, int64_t dr, int32_t pos, const RopeParams& rope);
+// Rotates half-split pairs (v[i], v[i + dr/2]) of v[0..dr) (the DSA indexer's layout).
+void apply_rope_half(float* v, int64_t dr, int32_t pos, const RopeParams& rope);
 
 }  // namespace moe::cpu
