@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -93,6 +94,23 @@ TEST_F(TrainCommand, ManifestDescribesTheSplit) {
   EXPECT_EQ(val_docs, 4);
 }
 
+std::vector<nlohmann::json> step_lines(const std::string& text) {
+  std::vector<nlohmann::json> out;
+  for (const auto& j : json_lines(text))
+    if (j.contains("loss") || j.contains("val_loss")) out.push_back(j);
+  return out;
+}
+
+void expect_same_lines(const std::vector<nlohmann::json>& got, const std::vector<nlohmann::json>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    for (const char* key : {"step", "loss", "main_ce", "mtp_ce", "seq_aux", "grad_norm", "clip_scale", "lr", "maxvio",
+                            "val_loss", "val_main_ce", "val_mtp_ce"})
+      if (want[i].contains(key)) {
+        EXPECT_EQ(got[i].at(key), want[i].at(key)) << "line " << i << " " << key;  // exact: the same doubles
+      }
+}
+
 TEST_F(TrainCommand, ResumeContinuesBitForBit) {
   const std::string a = *dir_ + "/straight", b = *dir_ + "/split";
   const Result straight = cli(train_args(a));
@@ -106,23 +124,12 @@ TEST_F(TrainCommand, ResumeContinuesBitForBit) {
   const Result second = cli("train --resume " + b);
   ASSERT_EQ(second.code, 0) << second.out;
 
-  auto steps = [](const std::vector<nlohmann::json>& lines) {
-    std::vector<nlohmann::json> out;
-    for (const auto& j : lines)
-      if (j.contains("loss") || j.contains("val_loss")) out.push_back(j);
-    return out;
-  };
-  std::vector<nlohmann::json> want = steps(json_lines(straight.out)), got = steps(json_lines(first.out));
-  const std::vector<nlohmann::json> rest = steps(json_lines(second.out));
+  const std::vector<nlohmann::json> want = step_lines(straight.out);
+  std::vector<nlohmann::json> got = step_lines(first.out);
+  const std::vector<nlohmann::json> rest = step_lines(second.out);
   got.insert(got.end(), rest.begin(), rest.end());
-  ASSERT_EQ(got.size(), want.size());
   ASSERT_EQ(want.size(), 9u);  // 6 steps, validation after 2, 4, 6
-  for (size_t i = 0; i < want.size(); ++i)
-    for (const char* key : {"step", "loss", "main_ce", "mtp_ce", "seq_aux", "grad_norm", "clip_scale", "lr", "maxvio",
-                            "val_loss", "val_main_ce", "val_mtp_ce"})
-      if (want[i].contains(key)) {
-        EXPECT_EQ(got[i].at(key), want[i].at(key)) << "line " << i << " " << key;  // exact: same doubles
-      }
+  expect_same_lines(got, want);
   // The loss went down and the final checkpoints are the same bytes.
   EXPECT_LT(want[7]["loss"].get<double>(), want[0]["loss"].get<double>());
   for (const char* f : {"model.safetensors", "optimizer.safetensors", "train_state.json"})
@@ -134,6 +141,45 @@ TEST_F(TrainCommand, ResumeContinuesBitForBit) {
     EXPECT_TRUE(fs::exists(a + "/step-00000006/" + f)) << f;
   const Result gen = cli("generate --model " + a + "/step-00000006 --prompt \"experts route\" --max-new-tokens 4");
   EXPECT_EQ(gen.code, 0) << gen.out;
+}
+
+// With a BF16 model file the F32 masters travel in optimizer.safetensors, so resume is still exact.
+TEST_F(TrainCommand, ResumeFromBf16CheckpointIsExact) {
+  const std::string a = *dir_ + "/bf16-straight", b = *dir_ + "/bf16-split";
+  const Result straight = cli(train_args(a) + " --save-dtype bf16");
+  ASSERT_EQ(straight.code, 0) << straight.out;
+  const Result first = cli(train_args(b) + " --save-dtype bf16 --stop-after 2");
+  ASSERT_EQ(first.code, 0) << first.out;
+  const Result second = cli("train --resume " + b + "/step-00000002");
+  ASSERT_EQ(second.code, 0) << second.out;
+  std::vector<nlohmann::json> got = step_lines(first.out);
+  const std::vector<nlohmann::json> rest = step_lines(second.out);
+  got.insert(got.end(), rest.begin(), rest.end());
+  expect_same_lines(got, step_lines(straight.out));
+  const nlohmann::json header = [&] {
+    const std::string bytes = read(a + "/step-00000006/model.safetensors");
+    uint64_t n = 0;
+    std::memcpy(&n, bytes.data(), 8);
+    return nlohmann::json::parse(bytes.substr(8, n));
+  }();
+  EXPECT_EQ(header["model.embed_tokens.weight"]["dtype"], "BF16");
+  EXPECT_EQ(header["model.layers.1.mlp.gate.e_score_correction_bias"]["dtype"], "F32");
+}
+
+// --init takes a hub checkpoint (here one that train wrote) and trains on from its weights with fresh moments.
+TEST_F(TrainCommand, InitFromHubCheckpoint) {
+  const std::string a = *dir_ + "/init-src", b = *dir_ + "/init-dst";
+  Result r = cli(train_args(a) + " --stop-after 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = cli("train --init " + a + "/step-00000002 --data " + *dir_ + "/data --out " + b +
+          " --steps 2 --seq-len 16 --batch 2 --lr 1e-3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto lines = step_lines(r.out);
+  ASSERT_EQ(lines.size(), 2u);
+  const auto fresh = step_lines(cli(train_args(*dir_ + "/init-fresh") + " --stop-after 1").out);
+  // Trained weights fit the data better than a fresh initialisation.
+  EXPECT_LT(lines[0]["loss"].get<double>(), fresh[0]["loss"].get<double>());
+  EXPECT_TRUE(fs::exists(b + "/step-00000002/tokenizer.json"));
 }
 
 TEST_F(TrainCommand, NanLossStopsKeepingTheLastGoodCheckpoint) {
