@@ -80,6 +80,11 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
     cmd->add_option("--fault-nan-step", run->fault_nan_step, "testing: make this step's loss NaN")->group("");
     cmd->callback([=] {
+      for (const char* flag : {"--steps", "--seq-len", "--batch", "--lr", "--min-lr", "--warmup", "--decay-start",
+                               "--seed", "--val-every", "--val-batches", "--save-every", "--clip-norm",
+                               "--weight-decay", "--beta1", "--beta2", "--mtp-lambda", "--seq-aux-alpha",
+                               "--bias-gamma", "--init-std", "--save-dtype"})
+        if (cmd->count(flag) > 0) run->recipe_flags_given.push_back(flag);
       train::run_training(*run, [](const std::string& line) {
         std::printf("%s\n", line.c_str());
         std::fflush(stdout);

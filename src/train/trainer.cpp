@@ -153,13 +153,20 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   int64_t start_step = 0;
   PackedLoader::Position position;
   std::string last_good;  // the newest checkpoint on disk
+  std::string data_checksum;  // of the data's manifest.json, as the checkpoint recorded it
   if (!run.resume_dir.empty()) {
     const std::string ck = resolve_checkpoint(run.resume_dir);
     const std::string state_path = ck + "/train_state.json";
     nlohmann::json st;
     try {
       st = nlohmann::json::parse(read_text(state_path));
+      const int64_t steps_flag = run.recipe.steps;
       run.recipe = recipe_from(st.at("recipe"));
+      for (const std::string& flag : run.recipe_flags_given) {
+        MOE_CHECK(flag == "--steps", "train: {} cannot change on --resume: the recipe is {}'s", flag, state_path);
+        run.recipe.steps = steps_flag;
+      }
+      data_checksum = st.at("data_manifest_fnv1a64").get<std::string>();
       start_step = st.at("step").get<int64_t>();
       const auto& l = st.at("loader");
       position = {l.at("epoch").get<int64_t>(), l.at("doc").get<int64_t>(), l.at("offset").get<int64_t>()};
@@ -187,6 +194,9 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   } else {
     MOE_CHECK(run.config_path.empty() != run.init_dir.empty(), "train: give one of --config, --init or --resume");
     MOE_CHECK(!run.out_dir.empty(), "train: --out is required");
+    MOE_CHECK(!fs::exists(fs::path(run.out_dir) / "latest"),
+              "{}: already holds a run (latest); continue it with --resume {} or choose another --out", run.out_dir,
+              run.out_dir);
     if (!run.init_dir.empty()) {
       model = TrainModel::load(run.init_dir);
       config_json = read_text(run.init_dir + "/config.json");
@@ -209,6 +219,14 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
 
   // --- data ---
   const Manifest manifest = Manifest::load(run.data_dir);
+  const std::string manifest_path = run.data_dir + "/manifest.json";
+  const std::string manifest_sum = fmt::format("{:016x}", [&] {
+    const std::string text = read_text(manifest_path);
+    return fnv1a64(text.data(), text.size());
+  }());
+  MOE_CHECK(data_checksum.empty() || data_checksum == manifest_sum,
+            "{}: the data changed since the checkpoint was written (manifest checksum {} there, {} now); resuming "
+            "would not continue the same stream", manifest_path, data_checksum, manifest_sum);
   MOE_CHECK(manifest.vocab_size <= model.config.vocab_size,
             "{}/manifest.json: the tokenizer's vocabulary ({}) is larger than the model's vocab_size ({})",
             run.data_dir, manifest.vocab_size, model.config.vocab_size);
@@ -243,6 +261,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
                {"loader", {{"epoch", pos.epoch}, {"doc", pos.doc}, {"offset", pos.offset}}},
                {"rng", {{"seed", R.seed}, {"note", "data order is drawn from (seed, epoch); nothing else is random"}}},
                {"data", run.data_dir},
+               {"data_manifest_fnv1a64", manifest_sum},
                {"recipe", recipe_json(R)}};
     write_text(tmp + "/train_state.json", st.dump(1) + "\n");
     for (const auto& f : fs::directory_iterator(tmp)) fsync_path(f.path().string());

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "train/model.h"
 #include "train/optimizer.h"
@@ -32,6 +33,9 @@ struct TrainRun {
   TrainRecipe recipe;
   int64_t stop_after = 0;      // stop (with a checkpoint) after this step, as if interrupted; 0: run to the end
   int64_t fault_nan_step = 0;  // testing: poison the weights before this step, so its loss is NaN
+  // With resume_dir: recipe flags the user gave. Only --steps may change (extending or shortening the run, which
+  // changes the schedule's cosine); any other is an error, since the checkpoint's recipe is what continues.
+  std::vector<std::string> recipe_flags_given;
 };
 
 // Runs the whole thing, printing one JSON line per step and per validation to `out`. Throws moe::Error on a

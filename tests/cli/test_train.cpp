@@ -207,6 +207,27 @@ TEST_F(TrainCommand, BadInputNamesTheFile) {
   r = cli("train --config tests/data/tiny-train/model/config.json --data " + *dir_ + "/data --out " + *dir_ + "/bad");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find("is larger than the model's vocab_size (512)"), std::string::npos) << r.out;
+  // A run to misuse: a fresh run into its --out, recipe flags on resume, data changed under it.
+  const std::string run = *dir_ + "/misuse";
+  r = cli(train_args(run) + " --stop-after 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = cli(train_args(run));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(run + ": already holds a run (latest); continue it with --resume"), std::string::npos) << r.out;
+  r = cli("train --resume " + run + " --lr 1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("train: --lr cannot change on --resume: the recipe is " + run + "/step-00000001/train_state.json"),
+            std::string::npos) << r.out;
+  fs::copy(*dir_ + "/data", *dir_ + "/data2");
+  std::ofstream(*dir_ + "/data2/manifest.json", std::ios::app) << "\n";
+  r = cli("train --resume " + run + " --data " + *dir_ + "/data2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(*dir_ + "/data2/manifest.json: the data changed since the checkpoint"), std::string::npos)
+      << r.out;
+  r = cli("train --resume " + run + " --steps 2");  // --steps may change: the run is extended or shortened
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(step_lines(r.out).size(), 2u);  // step 2 and its validation
+
   r = cli("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/bad " + *dir_ + "/missing.txt");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find(*dir_ + "/missing.txt: cannot open"), std::string::npos) << r.out;
