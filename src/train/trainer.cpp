@@ -4,7 +4,10 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -266,8 +269,15 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     write_text(tmp + "/train_state.json", st.dump(1) + "\n");
     for (const auto& f : fs::directory_iterator(tmp)) fsync_path(f.path().string());
     fsync_path(tmp, true);
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);
-    fs::rename(tmp, final_dir);
+    if (fs::exists(final_dir)) {
+      // Replacing a checkpoint of this step (a resume from an earlier one): swap the two directories atomically,
+      // so a crash leaves one complete checkpoint under the name, then remove the old one.
+      MOE_CHECK(::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0,
+                "{}: cannot replace it with {}: {}", final_dir, tmp, std::strerror(errno));
+      fs::remove_all(tmp);
+    } else {
+      fs::rename(tmp, final_dir);
+    }
     const std::string latest_tmp = run.out_dir + "/.latest.tmp";
     write_text(latest_tmp, name + "\n");
     fsync_path(latest_tmp);

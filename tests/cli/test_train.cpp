@@ -135,6 +135,13 @@ TEST_F(TrainCommand, ResumeContinuesBitForBit) {
   for (const char* f : {"model.safetensors", "optimizer.safetensors", "train_state.json"})
     EXPECT_TRUE(read(a + "/step-00000006/" + f) == read(b + "/step-00000006/" + f)) << f;
   EXPECT_FALSE(fs::exists(b + "/.tmp-step-00000004"));
+  // Resuming an earlier checkpoint into the same directory replaces steps 4 and 6 (atomically) with the same bytes.
+  const std::string before = read(a + "/step-00000006/model.safetensors");
+  const Result again = cli("train --resume " + a + "/step-00000002");
+  ASSERT_EQ(again.code, 0) << again.out;
+  EXPECT_TRUE(read(a + "/step-00000006/model.safetensors") == before);
+  EXPECT_EQ(read(a + "/latest"), "step-00000006\n");
+  for (const auto& e : fs::directory_iterator(a)) EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos);
 
   // The checkpoint is a hub checkpoint: config.json, safetensors and the tokenizer; `moe generate` runs it.
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
