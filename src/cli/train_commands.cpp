@@ -79,6 +79,8 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--save-dtype", r.save_dtype, "model file dtype: f32 or bf16 (masters then go with the optimiser)");
     cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
     cmd->add_option("--fault-nan-step", run->fault_nan_step, "testing: make this step's loss NaN")->group("");
+    cmd->add_option("--fault-crash-save", run->fault_crash_save, "testing: die while writing this step's checkpoint")
+        ->group("");
     cmd->callback([=] {
       for (const char* flag : {"--steps", "--seq-len", "--batch", "--lr", "--min-lr", "--warmup", "--decay-start",
                                "--seed", "--val-every", "--val-batches", "--save-every", "--clip-norm",

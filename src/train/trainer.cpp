@@ -257,6 +257,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
       opt.push_back({"v." + p->name, f32_view(p->v.data(), p->shape)});
       if (R.save_dtype != "f32") opt.push_back({"master." + p->name, f32_view(p->w.data(), p->shape)});
     }
+    if (step == run.fault_crash_save) ::_exit(3);  // the model file is written, the rest is not
     write_safetensors(tmp + "/optimizer.safetensors", opt);
     const auto& pos = loader.position();
     json st = {{"format", "moe-train-state-1"},

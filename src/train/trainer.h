@@ -33,6 +33,7 @@ struct TrainRun {
   TrainRecipe recipe;
   int64_t stop_after = 0;      // stop (with a checkpoint) after this step, as if interrupted; 0: run to the end
   int64_t fault_nan_step = 0;  // testing: poison the weights before this step, so its loss is NaN
+  int64_t fault_crash_save = 0;  // testing: _exit(3) in the middle of writing this step's checkpoint
   // With resume_dir: recipe flags the user gave. Only --steps may change (extending or shortening the run, which
   // changes the schedule's cosine); any other is an error, since the checkpoint's recipe is what continues.
   std::vector<std::string> recipe_flags_given;

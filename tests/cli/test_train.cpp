@@ -189,6 +189,27 @@ TEST_F(TrainCommand, InitFromHubCheckpoint) {
   EXPECT_TRUE(fs::exists(b + "/step-00000002/tokenizer.json"));
 }
 
+// A process that dies while writing checkpoint 4 leaves checkpoint 2 as latest, intact: resuming it gives the
+// straight run's losses.
+TEST_F(TrainCommand, CrashWhileSavingKeepsThePreviousCheckpoint) {
+  const std::string a = *dir_ + "/crash-straight", b = *dir_ + "/crash";
+  const Result straight = cli(train_args(a));
+  ASSERT_EQ(straight.code, 0) << straight.out;
+  const Result crashed = cli(train_args(b) + " --fault-crash-save 4");
+  EXPECT_EQ(crashed.code, 3) << crashed.out;
+  EXPECT_EQ(read(b + "/latest"), "step-00000002\n");
+  EXPECT_FALSE(fs::exists(b + "/step-00000004"));
+  EXPECT_TRUE(fs::exists(b + "/.tmp-step-00000004/model.safetensors"));
+  const Result resumed = cli("train --resume " + b);
+  ASSERT_EQ(resumed.code, 0) << resumed.out;
+  std::vector<nlohmann::json> got = step_lines(crashed.out), want = step_lines(straight.out);
+  got.resize(3);  // steps 1, 2 and validation 2 (steps 3, 4 ran but their checkpoint died)
+  const auto rest = step_lines(resumed.out);
+  got.insert(got.end(), rest.begin(), rest.end());
+  expect_same_lines(got, want);
+  EXPECT_TRUE(read(a + "/step-00000006/model.safetensors") == read(b + "/step-00000006/model.safetensors"));
+}
+
 TEST_F(TrainCommand, NanLossStopsKeepingTheLastGoodCheckpoint) {
   const std::string c = *dir_ + "/nan";
   const Result r = cli(train_args(c) + " --fault-nan-step 3");
