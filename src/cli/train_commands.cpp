@@ -1,5 +1,6 @@
 // Training commands: train-steps (the check command of issue 10: a spec's steps on one batch, with every
-// gradient of step 1, the expert loads and the parameters after the last step written out).
+// gradient of step 1, the expert loads and the parameters after the last step written out), tokenize-corpus
+// (text -> token shards + manifest, train/data.h) and train (train/trainer.h).
 #include <cstdio>
 #include <memory>
 

@@ -237,6 +237,9 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   std::vector<std::vector<int32_t>> val_docs = manifest.val.empty() ? std::vector<std::vector<int32_t>>{}
                                                                      : manifest.read_split("val");
 
+  if (R.val_every > 0 && val_docs.empty())
+    std::fprintf(stderr, "moe: note: %s/manifest.json has no validation shards; --val-every does nothing\n",
+                 run.data_dir.c_str());
   const Objective obj{R.mtp_lambda, R.seq_aux_alpha};
   const AdamW adamw{R.beta1, R.beta2, R.adam_eps, R.weight_decay};
   LrSchedule sched;
