@@ -8,6 +8,6 @@ void register_model_commands(CLI::App& app);      // info, logits, generate, ben
 void register_tokenizer_commands(CLI::App& app);  // tokenize, chat-template (tokenizer_commands.cpp)
 void register_text_commands(CLI::App& app);       // chat; generate --prompt is in model_commands (text_commands.cpp)
 void register_server_commands(CLI::App& app);     // serve, bench-serve, feedback (server_commands.cpp)
-void register_train_commands(CLI::App& app);      // train-steps (train_commands.cpp)
+void register_train_commands(CLI::App& app);      // train-steps, tokenize-corpus, train (train_commands.cpp)
 
 }  // namespace moe::cli

@@ -1,11 +1,14 @@
 // Training commands: train-steps (the check command of issue 10: a spec's steps on one batch, with every
-// gradient of step 1, the expert loads and the parameters after the last step written out).
+// gradient of step 1, the expert loads and the parameters after the last step written out), tokenize-corpus
+// (text -> token shards + manifest, train/data.h) and train (train/trainer.h).
 #include <cstdio>
 #include <memory>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "train/data.h"
 #include "train/train_steps.h"
+#include "train/trainer.h"
 
 namespace moe::cli {
 
@@ -25,6 +28,72 @@ void run_train_steps_command(const std::string& model_dir, const std::string& sp
 }  // namespace
 
 void register_train_commands(CLI::App& app) {
+  {
+    auto* cmd = app.add_subcommand("tokenize-corpus",
+                                   "Tokenize text files (one document each, or JSONL with a \"text\" field per line) "
+                                   "into token shards with a validation split and manifest.json");
+    auto opts = std::make_shared<train::CorpusOptions>();
+    auto files = std::make_shared<std::vector<std::string>>();
+    cmd->add_option("--tokenizer", opts->tokenizer_dir, "directory with tokenizer.json (and tokenizer_config.json)")
+        ->required();
+    cmd->add_option("--out", opts->out_dir, "output directory")->required();
+    cmd->add_option("--val-fraction", opts->val_fraction, "fraction of documents held out for validation (0)");
+    cmd->add_option("--shard-tokens", opts->shard_tokens, "tokens per shard before starting a new one (16M)");
+    cmd->add_option("files", *files, "input files (.jsonl: one {\"text\": ...} per line)")->required();
+    cmd->callback([=] {
+      const train::CorpusStats st = train::tokenize_corpus(*files, *opts);
+      std::printf("train: %lld documents, %lld tokens, %lld shards; val: %lld documents, %lld tokens, %lld shards\n",
+                  (long long)st.documents[0], (long long)st.tokens[0], (long long)st.shards[0],
+                  (long long)st.documents[1], (long long)st.tokens[1], (long long)st.shards[1]);
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand("train", "Train a model (CPU, float32) on tokenize-corpus data; one JSON line per "
+                                   "step; checkpoints in the hub layout plus the optimiser state; --resume continues "
+                                   "exactly");
+    auto run = std::make_shared<train::TrainRun>();
+    auto& r = run->recipe;
+    cmd->add_option("--config", run->config_path, "config.json: a fresh random initialisation");
+    cmd->add_option("--init", run->init_dir, "start from this hub checkpoint");
+    cmd->add_option("--resume", run->resume_dir, "continue from a checkpoint written by train (or its --out dir)");
+    cmd->add_option("--data", run->data_dir, "tokenize-corpus output directory");
+    cmd->add_option("--out", run->out_dir, "directory for checkpoints (step-NNNNNNNN/ and latest)");
+    cmd->add_option("--steps", r.steps, "optimiser steps in all (100)");
+    cmd->add_option("--seq-len", r.seq_len, "tokens per sequence (64)");
+    cmd->add_option("--batch", r.batch, "sequences per step (4)");
+    cmd->add_option("--lr", r.lr, "peak learning rate (1e-3)");
+    cmd->add_option("--min-lr", r.min_lr, "learning rate at the end of the cosine decay (0)");
+    cmd->add_option("--warmup", r.warmup, "linear warm-up steps (0)");
+    cmd->add_option("--decay-start", r.decay_start, "constant rate until this step, then cosine (default: warm-up end)");
+    cmd->add_option("--seed", r.seed, "initialisation and data-order seed (1)");
+    cmd->add_option("--val-every", r.val_every, "validation loss every N steps (0: never)");
+    cmd->add_option("--val-batches", r.val_batches, "batches of validation data per evaluation (1)");
+    cmd->add_option("--save-every", r.save_every, "checkpoint every N steps (0: only at the end)");
+    cmd->add_option("--clip-norm", r.clip_norm, "global gradient-norm clip (1.0)");
+    cmd->add_option("--weight-decay", r.weight_decay, "AdamW decoupled weight decay (0.1)");
+    cmd->add_option("--beta1", r.beta1, "AdamW beta1 (0.9)");
+    cmd->add_option("--beta2", r.beta2, "AdamW beta2 (0.95)");
+    cmd->add_option("--mtp-lambda", r.mtp_lambda, "MTP loss weight (0.3)");
+    cmd->add_option("--seq-aux-alpha", r.seq_aux_alpha, "sequence-wise balance loss weight (1e-4)");
+    cmd->add_option("--bias-gamma", r.bias_gamma, "correction-bias update speed (1e-3)");
+    cmd->add_option("--init-std", r.init_std, "std of the fresh initialisation's matrices (0.006, DeepSeek-V3's)");
+    cmd->add_option("--save-dtype", r.save_dtype, "model file dtype: f32 or bf16 (masters then go with the optimiser)");
+    cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
+    cmd->add_option("--fault-nan-step", run->fault_nan_step, "testing: make this step's loss NaN")->group("");
+    cmd->add_option("--fault-crash-save", run->fault_crash_save, "testing: die while writing this step's checkpoint")
+        ->group("");
+    cmd->callback([=] {
+      for (const char* flag : {"--steps", "--seq-len", "--batch", "--lr", "--min-lr", "--warmup", "--decay-start",
+                               "--seed", "--val-every", "--val-batches", "--save-every", "--clip-norm",
+                               "--weight-decay", "--beta1", "--beta2", "--mtp-lambda", "--seq-aux-alpha",
+                               "--bias-gamma", "--init-std", "--save-dtype"})
+        if (cmd->count(flag) > 0) run->recipe_flags_given.push_back(flag);
+      train::run_training(*run, [](const std::string& line) {
+        std::printf("%s\n", line.c_str());
+        std::fflush(stdout);
+      });
+    });
+  }
   auto* cmd = app.add_subcommand("train-steps",
                                  "Run a spec's training steps on one batch (CPU, float32) and write grad.<name> of "
                                  "step 1, load.<gate name> and after<N>.<name>; one JSON line per step");

@@ -191,3 +191,27 @@ LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64
 }
 
 }  // namespace moe::train
+
+namespace moe::train {
+
+std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t) {
+  MOE_CHECK(b > 0 && int64_t(ids.size()) == b * t, "train: a batch of {} ids is not {} x {}", ids.size(), b, t);
+  const ModelConfig& c = model.config;
+  const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
+  const LayerContext ctx = make_context(c, 0.0);
+  std::vector<float> x(size_t(n * D)), y(size_t(n * D));
+  embedding_forward(x.data(), ids.data(), n, model.embed->data(), D);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerActs acts;
+    std::fill(y.begin(), y.end(), 0.f);
+    layer_forward(acts, model.layers[size_t(l)], ctx, x.data(), b, t, y.data());
+    std::swap(x, y);
+  }
+  std::vector<float> rstd(static_cast<size_t>(n));
+  rmsnorm_forward(y.data(), rstd.data(), x.data(), model.final_norm->data(), n, D, c.rms_norm_eps);
+  std::vector<float> logits(size_t(n * V));
+  matmul_forward(logits.data(), y.data(), model.head->data(), n, D, V);
+  return logits;
+}
+
+}  // namespace moe::train

@@ -44,4 +44,8 @@ LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, i
 // The forward alone (no gradients): the loss and its parts, for finite-difference checks and evaluation.
 LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj);
 
+// The main model's logits [b*t, V] for every position (no loss, nothing kept): what a checkpoint's reader
+// should reproduce.
+std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t);
+
 }  // namespace moe::train

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "core/error.h"
 #include "io/checkpoint.h"
 
@@ -27,17 +29,44 @@ std::vector<float> to_f32(const TensorView& v, const std::string& name, const st
   return out;
 }
 
+// Normal(0, std) values from splitmix64 + Box-Muller, seeded by (seed, name): the same on every platform.
+std::vector<float> normal_values(size_t n, double stddev, uint64_t seed, const std::string& name) {
+  uint64_t state = seed * 0x9e3779b97f4a7c15ull;
+  for (unsigned char ch : name) state = (state ^ ch) * 0x100000001b3ull;
+  auto next = [&] {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; i += 2) {
+    const double u1 = (double(next() >> 11) + 1.0) * 0x1.0p-53, u2 = double(next() >> 11) * 0x1.0p-53;
+    const double r = std::sqrt(-2.0 * std::log(u1)), a = 2.0 * 3.14159265358979323846 * u2;
+    out[i] = float(stddev * r * std::cos(a));
+    if (i + 1 < n) out[i + 1] = float(stddev * r * std::sin(a));
+  }
+  return out;
+}
+
 struct Loader {
-  const Checkpoint& ck;
+  const Checkpoint* ck;  // null: a fresh initialisation
   TrainModel& m;
+  uint64_t seed = 0;
+  double init_std = 0.006;
 
   Param* param(const std::string& name, Shape shape) {
-    MOE_CHECK(ck.has(name), "{}: the checkpoint has no tensor {}", ck.dir(), name);
-    const TensorView v = ck.get(name, shape);
     auto p = std::make_unique<Param>();
     p->name = name;
     p->shape = shape;
-    p->w = to_f32(v, name, ck.file_of(name));
+    if (ck) {
+      MOE_CHECK(ck->has(name), "{}: the checkpoint has no tensor {}", ck->dir(), name);
+      p->w = to_f32(ck->get(name, shape), name, ck->file_of(name));
+    } else if (shape.rank >= 2) {
+      p->w = normal_values(size_t(shape.numel()), init_std, seed, name);
+    } else {
+      p->w.assign(size_t(shape.numel()), 1.f);  // RMSNorm weights start at one
+    }
     p->g.assign(p->w.size(), 0.f);
     p->m.assign(p->w.size(), 0.f);
     p->v.assign(p->w.size(), 0.f);
@@ -83,10 +112,11 @@ struct Loader {
     L.gate_name = pre + "mlp.gate.weight";
     L.router = param(L.gate_name, {c.n_routed_experts, D});
     const std::string bias_name = pre + "mlp.gate.e_score_correction_bias";
-    if (ck.has(bias_name)) {
+    if (ck ? ck->has(bias_name) : c.topk_method == TopkMethod::NoauxTc) {
       auto b = std::make_unique<CorrectionBias>();
       b->name = bias_name;
-      b->value = to_f32(ck.get(bias_name, {c.n_routed_experts}), bias_name, ck.file_of(bias_name));
+      b->value = ck ? to_f32(ck->get(bias_name, {c.n_routed_experts}), bias_name, ck->file_of(bias_name))
+                    : std::vector<float>(size_t(c.n_routed_experts), 0.f);
       m.biases.push_back(std::move(b));
       L.bias = m.biases.back().get();
     }
@@ -100,15 +130,25 @@ struct Loader {
 }  // namespace
 
 TrainModel TrainModel::load(const std::string& dir) {
-  TrainModel m;
-  m.config = ModelConfig::load(dir);
-  const ModelConfig& c = m.config;
-  MOE_CHECK(!c.tie_word_embeddings, "{}/config.json: tied embeddings are not supported by the trainer", dir);
-  MOE_CHECK(c.fp8_block_rows == 0, "{}/config.json: the trainer reads BF16/F32 checkpoints, not FP8", dir);
-  MOE_CHECK(c.num_nextn_predict_layers <= 1, "{}/config.json: the trainer has one MTP depth, not {}", dir,
-            c.num_nextn_predict_layers);
   Checkpoint ck(dir);
-  Loader ld{ck, m};
+  return build(ModelConfig::load(dir), dir + "/config.json", &ck, 0, 0);
+}
+
+TrainModel TrainModel::init(const ModelConfig& config, const std::string& source, uint64_t seed, double init_std) {
+  return build(config, source, nullptr, seed, init_std);
+}
+
+TrainModel TrainModel::build(const ModelConfig& config, const std::string& source, const Checkpoint* ck, uint64_t seed,
+                             double init_std) {
+  TrainModel m;
+  m.config = config;
+  const ModelConfig& c = m.config;
+  const std::string& dir = source;
+  MOE_CHECK(!c.tie_word_embeddings, "{}: tied embeddings are not supported by the trainer", dir);
+  MOE_CHECK(c.fp8_block_rows == 0, "{}: the trainer reads BF16/F32 checkpoints, not FP8", dir);
+  MOE_CHECK(c.num_nextn_predict_layers <= 1, "{}: the trainer has one MTP depth, not {}", dir,
+            c.num_nextn_predict_layers);
+  Loader ld{ck, m, seed, init_std};
   const int64_t D = c.hidden_size;
   m.embed = ld.param("model.embed_tokens.weight", {c.vocab_size, D});
   for (int64_t li = 0; li < c.num_hidden_layers; ++li) m.layers.push_back(ld.layer(li, c.is_moe_layer(li)));

@@ -8,6 +8,10 @@
 #include "core/tensor.h"
 #include "io/model_config.h"
 
+namespace moe {
+class Checkpoint;
+}
+
 namespace moe::train {
 
 struct Param {
@@ -62,8 +66,15 @@ struct TrainModel {
   // Reads config.json and the checkpoint (BF16/F16/F32 tensors, converted to F32). The MTP module's copies of
   // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.
   static TrainModel load(const std::string& dir);
+  // A fresh model of `config` (`source` names it in errors): matrices Normal(0, init_std) drawn from (seed,
+  // tensor name), RMSNorm weights 1, correction biases 0 (noaux_tc routers).
+  static TrainModel init(const ModelConfig& config, const std::string& source, uint64_t seed, double init_std);
   Param* find(const std::string& name) const;
   void zero_grad();
+
+ private:
+  static TrainModel build(const ModelConfig& config, const std::string& source, const Checkpoint* ck,
+                          uint64_t seed, double init_std);
 };
 
 }  // namespace moe::train

@@ -1,0 +1,279 @@
+#include "train/data.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "tokenizer/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace moe::train {
+
+namespace {
+
+constexpr char kMagic[8] = {'M', 'O', 'E', 'T', 'O', 'K', '0', '1'};
+constexpr int64_t kHeader = 16;
+
+std::string hex64(uint64_t v) { return fmt::format("{:016x}", v); }
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  MOE_CHECK(in.good(), "{}: cannot open", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct ShardWriter {
+  std::string dir, split;
+  int64_t shard_tokens;
+  std::vector<ShardInfo> shards;
+  std::vector<int32_t> cur;
+  int64_t cur_docs = 0;
+
+  void add(const std::vector<int32_t>& doc) {
+    cur.insert(cur.end(), doc.begin(), doc.end());
+    ++cur_docs;
+    if (int64_t(cur.size()) >= shard_tokens) flush();
+  }
+  void flush() {
+    if (cur.empty()) return;
+    ShardInfo s;
+    s.file = fmt::format("{}-{:05d}.bin", split, shards.size());
+    s.tokens = int64_t(cur.size());
+    s.documents = cur_docs;
+    s.checksum = fnv1a64(cur.data(), cur.size() * 4);
+    write_shard(dir + "/" + s.file, cur);
+    shards.push_back(s);
+    cur.clear();
+    cur_docs = 0;
+  }
+};
+
+nlohmann::json shards_json(const std::vector<ShardInfo>& shards) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const auto& s : shards)
+    a.push_back({{"file", s.file}, {"tokens", s.tokens}, {"documents", s.documents}, {"fnv1a64", hex64(s.checksum)}});
+  return a;
+}
+
+}  // namespace
+
+uint64_t fnv1a64(const void* data, size_t bytes) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+void write_shard(const std::string& path, const std::vector<int32_t>& ids) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  MOE_CHECK(out.good(), "{}: cannot write", path);
+  const uint64_t n = ids.size();
+  out.write(kMagic, 8);
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out.write(reinterpret_cast<const char*>(ids.data()), std::streamsize(ids.size() * 4));
+  MOE_CHECK(out.good(), "{}: error writing", path);
+}
+
+CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusOptions& o) {
+  MOE_CHECK(!files.empty(), "tokenize-corpus: no input files");
+  MOE_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "tokenize-corpus: --val-fraction {} is not in [0, 1)",
+            o.val_fraction);
+  MOE_CHECK(o.shard_tokens > 0, "tokenize-corpus: --shard-tokens must be positive");
+  const Tokenizer tok = Tokenizer::load(o.tokenizer_dir);
+  MOE_CHECK(tok.eos_id().has_value(), "{}: the tokenizer has no EOS token (tokenizer_config.json eos_token)",
+            o.tokenizer_dir);
+  const int32_t eos = *tok.eos_id();
+  fs::create_directories(o.out_dir);
+  ShardWriter w[2] = {{o.out_dir, "train", o.shard_tokens, {}, {}, 0}, {o.out_dir, "val", o.shard_tokens, {}, {}, 0}};
+  CorpusStats st;
+  int64_t d = 0;
+  auto add_doc = [&](const std::string& text, const std::string& where) {
+    std::vector<int32_t> ids = tok.encode(text, false);
+    for (int32_t id : ids)
+      MOE_CHECK(id != eos, "{}: the document contains the EOS token, which separates documents", where);
+    ids.push_back(eos);
+    const int split = (int64_t(double(d + 1) * o.val_fraction) > int64_t(double(d) * o.val_fraction)) ? 1 : 0;
+    ++d;
+    w[split].add(ids);
+    st.documents[split]++;
+    st.tokens[split] += int64_t(ids.size());
+  };
+  for (const std::string& f : files) {
+    const std::string text = read_all(f);
+    if (f.size() >= 6 && f.substr(f.size() - 6) == ".jsonl") {
+      std::istringstream lines(text);
+      std::string line;
+      for (int64_t ln = 1; std::getline(lines, line); ++ln) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        nlohmann::json j;
+        try {
+          j = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+          fail("{}:{}: not valid JSON: {}", f, ln, e.what());
+        }
+        MOE_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(),
+                  "{}:{}: not a JSON object with a \"text\" string", f, ln);
+        add_doc(j["text"].get<std::string>(), fmt::format("{}:{}", f, ln));
+      }
+    } else {
+      add_doc(text, f);
+    }
+  }
+  for (int s = 0; s < 2; ++s) {
+    w[s].flush();
+    st.shards[s] = int64_t(w[s].shards.size());
+  }
+  MOE_CHECK(st.documents[0] > 0, "tokenize-corpus: no training documents in the input");
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+    const fs::path src = fs::path(o.tokenizer_dir) / name;
+    if (fs::exists(src)) fs::copy_file(src, fs::path(o.out_dir) / name, fs::copy_options::overwrite_existing);
+  }
+  nlohmann::ordered_json m;
+  m["format"] = "moe-tokens-1";
+  m["vocab_size"] = tok.vocab_size();
+  m["eos_id"] = eos;
+  m["tokenizer"] = o.tokenizer_dir;
+  m["train"] = shards_json(w[0].shards);
+  m["val"] = shards_json(w[1].shards);
+  std::ofstream out(o.out_dir + "/manifest.json");
+  out << m.dump(1) << "\n";
+  MOE_CHECK(out.good(), "{}/manifest.json: error writing", o.out_dir);
+  return st;
+}
+
+Manifest Manifest::load(const std::string& dir) {
+  const std::string path = dir + "/manifest.json";
+  std::ifstream in(path);
+  MOE_CHECK(in.good(), "{}: cannot open (is {} a tokenize-corpus output?)", path, dir);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", path, e.what());
+  }
+  MOE_CHECK(j.is_object() && j.value("format", "") == "moe-tokens-1", "{}: not a moe-tokens-1 manifest", path);
+  MOE_CHECK(j.contains("vocab_size") && j["vocab_size"].is_number_integer(), "{}: vocab_size is missing", path);
+  MOE_CHECK(j.contains("eos_id") && j["eos_id"].is_number_integer(), "{}: eos_id is missing", path);
+  Manifest m;
+  m.dir = dir;
+  m.vocab_size = j["vocab_size"].get<int64_t>();
+  m.eos_id = j["eos_id"].get<int32_t>();
+  for (const char* split : {"train", "val"}) {
+    MOE_CHECK(j.contains(split) && j[split].is_array(), "{}: {} is not a list of shards", path, split);
+    auto& list = std::string(split) == "train" ? m.train : m.val;
+    for (size_t i = 0; i < j[split].size(); ++i) {
+      const auto& s = j[split][i];
+      const bool ok = s.is_object() && s.contains("file") && s["file"].is_string() && s.contains("tokens") &&
+                      s["tokens"].is_number_integer() && s.contains("documents") &&
+                      s["documents"].is_number_integer() && s.contains("fnv1a64") && s["fnv1a64"].is_string();
+      MOE_CHECK(ok, "{}: {}[{}] needs file, tokens, documents and fnv1a64", path, split, i);
+      ShardInfo info;
+      info.file = s["file"].get<std::string>();
+      MOE_CHECK(info.file.find('/') == std::string::npos, "{}: {}[{}].file must be a name in {}", path, split, i, dir);
+      info.tokens = s["tokens"].get<int64_t>();
+      info.documents = s["documents"].get<int64_t>();
+      try {
+        info.checksum = std::stoull(s["fnv1a64"].get<std::string>(), nullptr, 16);
+      } catch (const std::exception&) {
+        fail("{}: {}[{}].fnv1a64 is not hexadecimal", path, split, i);
+      }
+      list.push_back(info);
+    }
+  }
+  MOE_CHECK(!m.train.empty(), "{}: no training shards", path);
+  return m;
+}
+
+std::vector<std::vector<int32_t>> Manifest::read_split(const std::string& split) const {
+  const auto& list = split == "val" ? val : train;
+  std::vector<std::vector<int32_t>> docs;
+  for (const ShardInfo& s : list) {
+    const std::string path = dir + "/" + s.file;
+    MOE_CHECK(fs::exists(path), "{}: missing (listed in {}/manifest.json)", path, dir);
+    const std::string bytes = read_all(path);
+    MOE_CHECK(bytes.size() >= size_t(kHeader) && std::memcmp(bytes.data(), kMagic, 8) == 0,
+              "{}: not a token shard (bad magic)", path);
+    uint64_t n = 0;
+    std::memcpy(&n, bytes.data() + 8, 8);
+    MOE_CHECK(bytes.size() == size_t(kHeader) + n * 4, "{}: corrupt: {} bytes, but its header says {} tokens", path,
+              bytes.size(), n);
+    MOE_CHECK(int64_t(n) == s.tokens, "{}: holds {} tokens but {}/manifest.json says {}", path, n, dir, s.tokens);
+    const uint64_t sum = fnv1a64(bytes.data() + kHeader, n * 4);
+    MOE_CHECK(sum == s.checksum, "{}: checksum {} disagrees with {}/manifest.json ({}): the shard is corrupt", path,
+              hex64(sum), dir, hex64(s.checksum));
+    std::vector<int32_t> ids(n);
+    std::memcpy(ids.data(), bytes.data() + kHeader, n * 4);
+    int64_t count = 0;
+    std::vector<int32_t> doc;
+    for (uint64_t i = 0; i < n; ++i) {
+      MOE_CHECK(ids[i] >= 0 && ids[i] < vocab_size, "{}: token {} = {} is outside the vocabulary ({})", path, i, ids[i],
+                vocab_size);
+      doc.push_back(ids[i]);
+      if (ids[i] == eos_id) {
+        docs.push_back(std::move(doc));
+        doc.clear();
+        ++count;
+      }
+    }
+    MOE_CHECK(doc.empty(), "{}: corrupt: the last document has no EOS", path);
+    MOE_CHECK(count == s.documents, "{}: holds {} documents but {}/manifest.json says {}", path, count, dir,
+              s.documents);
+  }
+  return docs;
+}
+
+PackedLoader::PackedLoader(std::vector<std::vector<int32_t>> docs, uint64_t seed, bool shuffle, Position at)
+    : docs_(std::move(docs)), seed_(seed), shuffle_(shuffle), pos_(at) {
+  MOE_CHECK(!docs_.empty(), "loader: no documents");
+  for (const auto& d : docs_) total_ += int64_t(d.size());
+  MOE_CHECK(pos_.epoch >= 0 && pos_.doc >= 0 && pos_.doc < int64_t(docs_.size()) && pos_.offset >= 0,
+            "loader: position (epoch {}, document {}) is outside the data", pos_.epoch, pos_.doc);
+  make_order();
+  MOE_CHECK(pos_.offset < int64_t(docs_[size_t(order_[size_t(pos_.doc)])].size()),
+            "loader: position offset {} is outside document {}", pos_.offset, pos_.doc);
+}
+
+void PackedLoader::make_order() {
+  order_.resize(docs_.size());
+  for (size_t i = 0; i < order_.size(); ++i) order_[i] = int64_t(i);
+  if (!shuffle_) return;
+  // splitmix64 over (seed, epoch): the same order on every platform.
+  uint64_t state = seed_ * 0x9e3779b97f4a7c15ull + uint64_t(pos_.epoch) + 1;
+  auto next = [&] {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[size_t(next() % i)]);
+}
+
+std::vector<int32_t> PackedLoader::next(int64_t b, int64_t t) {
+  std::vector<int32_t> out;
+  out.reserve(size_t(b * t));
+  while (int64_t(out.size()) < b * t) {
+    const auto& doc = docs_[size_t(order_[size_t(pos_.doc)])];
+    const int64_t take = std::min<int64_t>(int64_t(doc.size()) - pos_.offset, b * t - int64_t(out.size()));
+    out.insert(out.end(), doc.begin() + pos_.offset, doc.begin() + pos_.offset + take);
+    pos_.offset += take;
+    if (pos_.offset == int64_t(doc.size())) {
+      pos_.offset = 0;
+      if (++pos_.doc == int64_t(docs_.size())) {
+        pos_.doc = 0;
+        ++pos_.epoch;
+        make_order();
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace moe::train

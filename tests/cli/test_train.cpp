@@ -1,0 +1,265 @@
+// `moe tokenize-corpus` and `moe train`: a run from a fresh initialisation over tokenized text, checkpoints
+// that `moe generate` loads, exact resume (N steps straight == N/2 + resume + N/2, losses compared exactly),
+// a NaN loss stopping the run with the last good checkpoint kept, and bad input naming the file.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace moe {
+namespace {
+
+struct Result {
+  int code;
+  std::string out;
+};
+
+Result cli(const std::string& args) {
+  const std::string cmd = std::string(MOE_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::vector<nlohmann::json> json_lines(const std::string& text) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty() && line[0] == '{') out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+std::string read(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A corpus of 20 short documents (tiny-dsv3's tokenizer), 20% held out, and tiny-train's model with the
+// tokenizer's vocabulary of 2048.
+class TrainCommand : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(test::temp_path("train-cmd"));
+    fs::remove_all(*dir_);
+    fs::create_directories(*dir_ + "/in");
+    std::string files;
+    const char* words[] = {"experts", "tokens", "attention", "latent", "router", "balance", "gradient", "loss"};
+    for (int d = 0; d < 20; ++d) {
+      std::string text;
+      for (int w = 0; w < 6 + d % 5; ++w) text += std::string(words[(d * 3 + w * 5) % 8]) + (w % 3 == 2 ? ". " : " ");
+      const std::string path = *dir_ + "/in/doc" + std::to_string(d) + ".txt";
+      std::ofstream(path) << text;
+      files += " " + path;
+    }
+    const Result r = cli("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/data --val-fraction 0.2" + files);
+    ASSERT_EQ(r.code, 0) << r.out;
+    nlohmann::json cfg = nlohmann::json::parse(read("tests/data/tiny-train/model/config.json"));
+    cfg["vocab_size"] = 2048;
+    std::ofstream(*dir_ + "/config.json") << cfg.dump(1);
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static std::string train_args(const std::string& out) {
+    return "train --config " + *dir_ + "/config.json --data " + *dir_ + "/data --out " + out +
+           " --steps 6 --seq-len 16 --batch 2 --lr 1e-2 --warmup 2 --min-lr 1e-3 --val-every 2 --save-every 2 --seed 3";
+  }
+  static std::string* dir_;
+};
+std::string* TrainCommand::dir_ = nullptr;
+
+TEST_F(TrainCommand, ManifestDescribesTheSplit) {
+  const nlohmann::json m = nlohmann::json::parse(read(*dir_ + "/data/manifest.json"));
+  EXPECT_EQ(m["vocab_size"], 2048);
+  EXPECT_EQ(m["eos_id"], 1);
+  int64_t train_docs = 0, val_docs = 0;
+  for (const auto& s : m["train"]) train_docs += s["documents"].get<int64_t>();
+  for (const auto& s : m["val"]) val_docs += s["documents"].get<int64_t>();
+  EXPECT_EQ(train_docs, 16);
+  EXPECT_EQ(val_docs, 4);
+}
+
+std::vector<nlohmann::json> step_lines(const std::string& text) {
+  std::vector<nlohmann::json> out;
+  for (const auto& j : json_lines(text))
+    if (j.contains("loss") || j.contains("val_loss")) out.push_back(j);
+  return out;
+}
+
+void expect_same_lines(const std::vector<nlohmann::json>& got, const std::vector<nlohmann::json>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    for (const char* key : {"step", "loss", "main_ce", "mtp_ce", "seq_aux", "grad_norm", "clip_scale", "lr", "maxvio",
+                            "val_loss", "val_main_ce", "val_mtp_ce"})
+      if (want[i].contains(key)) {
+        EXPECT_EQ(got[i].at(key), want[i].at(key)) << "line " << i << " " << key;  // exact: the same doubles
+      }
+}
+
+TEST_F(TrainCommand, ResumeContinuesBitForBit) {
+  const std::string a = *dir_ + "/straight", b = *dir_ + "/split";
+  const Result straight = cli(train_args(a));
+  ASSERT_EQ(straight.code, 0) << straight.out;
+  const Result first = cli(train_args(b) + " --stop-after 3");
+  ASSERT_EQ(first.code, 0) << first.out;
+  EXPECT_EQ(read(b + "/latest"), "step-00000003\n");
+  // A crash while writing the next checkpoint leaves a partial temp dir; latest still names step 3.
+  fs::create_directories(b + "/.tmp-step-00000004");
+  std::ofstream(b + "/.tmp-step-00000004/model.safetensors") << "partial";
+  const Result second = cli("train --resume " + b);
+  ASSERT_EQ(second.code, 0) << second.out;
+
+  const std::vector<nlohmann::json> want = step_lines(straight.out);
+  std::vector<nlohmann::json> got = step_lines(first.out);
+  const std::vector<nlohmann::json> rest = step_lines(second.out);
+  got.insert(got.end(), rest.begin(), rest.end());
+  ASSERT_EQ(want.size(), 9u);  // 6 steps, validation after 2, 4, 6
+  expect_same_lines(got, want);
+  // The loss went down and the final checkpoints are the same bytes.
+  EXPECT_LT(want[7]["loss"].get<double>(), want[0]["loss"].get<double>());
+  for (const char* f : {"model.safetensors", "optimizer.safetensors", "train_state.json"})
+    EXPECT_TRUE(read(a + "/step-00000006/" + f) == read(b + "/step-00000006/" + f)) << f;
+  EXPECT_FALSE(fs::exists(b + "/.tmp-step-00000004"));
+  // Resuming an earlier checkpoint into the same directory replaces steps 4 and 6 (atomically) with the same bytes.
+  const std::string before = read(a + "/step-00000006/model.safetensors");
+  const Result again = cli("train --resume " + a + "/step-00000002");
+  ASSERT_EQ(again.code, 0) << again.out;
+  EXPECT_TRUE(read(a + "/step-00000006/model.safetensors") == before);
+  EXPECT_EQ(read(a + "/latest"), "step-00000006\n");
+  for (const auto& e : fs::directory_iterator(a)) EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos);
+
+  // The checkpoint is a hub checkpoint: config.json, safetensors and the tokenizer; `moe generate` runs it.
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
+    EXPECT_TRUE(fs::exists(a + "/step-00000006/" + f)) << f;
+  const Result gen = cli("generate --model " + a + "/step-00000006 --prompt \"experts route\" --max-new-tokens 4");
+  EXPECT_EQ(gen.code, 0) << gen.out;
+}
+
+// With a BF16 model file the F32 masters travel in optimizer.safetensors, so resume is still exact.
+TEST_F(TrainCommand, ResumeFromBf16CheckpointIsExact) {
+  const std::string a = *dir_ + "/bf16-straight", b = *dir_ + "/bf16-split";
+  const Result straight = cli(train_args(a) + " --save-dtype bf16");
+  ASSERT_EQ(straight.code, 0) << straight.out;
+  const Result first = cli(train_args(b) + " --save-dtype bf16 --stop-after 2");
+  ASSERT_EQ(first.code, 0) << first.out;
+  const Result second = cli("train --resume " + b + "/step-00000002");
+  ASSERT_EQ(second.code, 0) << second.out;
+  std::vector<nlohmann::json> got = step_lines(first.out);
+  const std::vector<nlohmann::json> rest = step_lines(second.out);
+  got.insert(got.end(), rest.begin(), rest.end());
+  expect_same_lines(got, step_lines(straight.out));
+  const nlohmann::json header = [&] {
+    const std::string bytes = read(a + "/step-00000006/model.safetensors");
+    uint64_t n = 0;
+    std::memcpy(&n, bytes.data(), 8);
+    return nlohmann::json::parse(bytes.substr(8, n));
+  }();
+  EXPECT_EQ(header["model.embed_tokens.weight"]["dtype"], "BF16");
+  EXPECT_EQ(header["model.layers.1.mlp.gate.e_score_correction_bias"]["dtype"], "F32");
+}
+
+// --init takes a hub checkpoint (here one that train wrote) and trains on from its weights with fresh moments.
+TEST_F(TrainCommand, InitFromHubCheckpoint) {
+  const std::string a = *dir_ + "/init-src", b = *dir_ + "/init-dst";
+  Result r = cli(train_args(a) + " --stop-after 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = cli("train --init " + a + "/step-00000002 --data " + *dir_ + "/data --out " + b +
+          " --steps 2 --seq-len 16 --batch 2 --lr 1e-3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto lines = step_lines(r.out);
+  ASSERT_EQ(lines.size(), 2u);
+  const auto fresh = step_lines(cli(train_args(*dir_ + "/init-fresh") + " --stop-after 1").out);
+  // Trained weights fit the data better than a fresh initialisation.
+  EXPECT_LT(lines[0]["loss"].get<double>(), fresh[0]["loss"].get<double>());
+  EXPECT_TRUE(fs::exists(b + "/step-00000002/tokenizer.json"));
+}
+
+// A process that dies while writing checkpoint 4 leaves checkpoint 2 as latest, intact: resuming it gives the
+// straight run's losses.
+TEST_F(TrainCommand, CrashWhileSavingKeepsThePreviousCheckpoint) {
+  const std::string a = *dir_ + "/crash-straight", b = *dir_ + "/crash";
+  const Result straight = cli(train_args(a));
+  ASSERT_EQ(straight.code, 0) << straight.out;
+  const Result crashed = cli(train_args(b) + " --fault-crash-save 4");
+  EXPECT_EQ(crashed.code, 3) << crashed.out;
+  EXPECT_EQ(read(b + "/latest"), "step-00000002\n");
+  EXPECT_FALSE(fs::exists(b + "/step-00000004"));
+  EXPECT_TRUE(fs::exists(b + "/.tmp-step-00000004/model.safetensors"));
+  const Result resumed = cli("train --resume " + b);
+  ASSERT_EQ(resumed.code, 0) << resumed.out;
+  std::vector<nlohmann::json> got = step_lines(crashed.out), want = step_lines(straight.out);
+  got.resize(3);  // steps 1, 2 and validation 2 (steps 3, 4 ran but their checkpoint died)
+  const auto rest = step_lines(resumed.out);
+  got.insert(got.end(), rest.begin(), rest.end());
+  expect_same_lines(got, want);
+  EXPECT_TRUE(read(a + "/step-00000006/model.safetensors") == read(b + "/step-00000006/model.safetensors"));
+}
+
+TEST_F(TrainCommand, NanLossStopsKeepingTheLastGoodCheckpoint) {
+  const std::string c = *dir_ + "/nan";
+  const Result r = cli(train_args(c) + " --fault-nan-step 3");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("moe: error: train: the loss is nan at step 3; stopped without updating. The last good "
+                       "checkpoint is " + c + "/step-00000002"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(read(c + "/latest"), "step-00000002\n");
+  EXPECT_FALSE(fs::exists(c + "/step-00000003"));
+  // ... and that checkpoint resumes.
+  const Result resumed = cli("train --resume " + c + "/step-00000002 --out " + c);
+  EXPECT_EQ(resumed.code, 0) << resumed.out;
+}
+
+TEST_F(TrainCommand, BadInputNamesTheFile) {
+  Result r = cli("train --resume " + *dir_ + "/nowhere");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(*dir_ + "/nowhere: not a training checkpoint"), std::string::npos) << r.out;
+  r = cli("train --config " + *dir_ + "/config.json --data " + *dir_ + "/in --out " + *dir_ + "/bad");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(*dir_ + "/in/manifest.json: cannot open"), std::string::npos) << r.out;
+  r = cli("train --config tests/data/tiny-train/model/config.json --data " + *dir_ + "/data --out " + *dir_ + "/bad");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("is larger than the model's vocab_size (512)"), std::string::npos) << r.out;
+  // A run to misuse: a fresh run into its --out, recipe flags on resume, data changed under it.
+  const std::string run = *dir_ + "/misuse";
+  r = cli(train_args(run) + " --stop-after 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = cli(train_args(run));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(run + ": already holds a run (latest); continue it with --resume"), std::string::npos) << r.out;
+  r = cli("train --resume " + run + " --lr 1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("train: --lr cannot change on --resume: the recipe is " + run + "/step-00000001/train_state.json"),
+            std::string::npos) << r.out;
+  fs::copy(*dir_ + "/data", *dir_ + "/data2");
+  std::ofstream(*dir_ + "/data2/manifest.json", std::ios::app) << "\n";
+  r = cli("train --resume " + run + " --data " + *dir_ + "/data2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(*dir_ + "/data2/manifest.json: the data changed since the checkpoint"), std::string::npos)
+      << r.out;
+  r = cli("train --resume " + run + " --steps 2");  // --steps may change: the run is extended or shortened
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(step_lines(r.out).size(), 2u);  // step 2 and its validation
+
+  r = cli("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/bad " + *dir_ + "/missing.txt");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(*dir_ + "/missing.txt: cannot open"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace moe
