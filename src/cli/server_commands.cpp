@@ -45,6 +45,10 @@ std::string trim(std::string s) {
   return s.substr(i);
 }
 
+// SIGTERM/SIGINT end `moe serve` within this time: in-flight requests are cancelled (non-streamed ones answered
+// 503) and connections closed; past it the process exits at once.
+constexpr std::chrono::seconds kShutdownGrace{5};
+
 void run_serve(const ServeArgs& a) {
   apply_thread_count();
   // SIGINT/SIGTERM are handled by one thread (sigwait) that stops the server; blocked before any thread starts.
@@ -95,14 +99,28 @@ void run_serve(const ServeArgs& a) {
               so.api_key.empty() ? "off" : "on");
   std::printf("moe serve: listening on http://%s:%d\n", a.host.c_str(), port);
   std::fflush(stdout);
+  std::atomic<bool> served{false};
   std::thread signals([&] {
     int sig = 0;
     sigwait(&sigs, &sig);
+    if (served) return;  // woken below: the server stopped some other way
+    std::printf("moe serve: stopping (%s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    std::fflush(stdout);
+    // The bound on a graceful shutdown: whatever has not ended within kShutdownGrace (a long step, a client that
+    // does not read) is cut off, and a second signal ends the process at once.
+    std::thread([sigs] {
+      timespec ts{std::chrono::duration_cast<std::chrono::seconds>(kShutdownGrace).count(), 0};
+      const bool again = sigtimedwait(&sigs, nullptr, &ts) > 0;
+      std::fprintf(stderr, "moe serve: %s; exiting now\n",
+                   again ? "a second signal" : "in-flight work did not end within the shutdown grace period");
+      std::_Exit(1);
+    }).detach();
     srv.stop();
   });
   srv.serve();
   std::printf("moe serve: stopped\n");
   std::fflush(stdout);
+  served = true;
   // Wake the signal thread if the server stopped some other way.
   pthread_kill(signals.native_handle(), SIGTERM);
   signals.join();

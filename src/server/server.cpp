@@ -15,6 +15,7 @@
 #include "server/api.h"
 #include "server/choice_assembler.h"
 #include "server/http_body.h"
+#include "server/http_connection.h"
 #include "server/web_assets.h"
 #include "tokenizer/chat_template.h"
 
@@ -61,7 +62,7 @@ struct Server::Impl {
   Tokenizer tok;
   FeedbackStore* feedback;
   ServerOptions opt;
-  httplib::Server http;
+  HttpServer http;
   int64_t created = unix_now();
   bool reasoning_template = false;
 
@@ -206,8 +207,22 @@ struct Server::Impl {
                          (!chat && treq.echo) ? p.prompt_text : std::string()};
     auto out = std::make_shared<ResponseAssembler>(tok, std::move(info), c.n, choice);
     if (!c.stream) {
-      while (!out->done())
-        for (auto& e : job->sink->pop(std::chrono::milliseconds(200))) out->feed(e);
+      // Waiting for the whole answer: a client that goes away, or a server that stops, cancels the request at once
+      // (its pages are freed before the next step), so nobody's abandoned request runs on and holds the cache.
+      const int sock = HttpServer::current_socket();
+      while (!out->done()) {
+        for (auto& e : job->sink->pop(std::chrono::milliseconds(100))) out->feed(e);
+        if (out->done()) break;
+        if (http.stopping()) {
+          job->cancel_all();
+          throw ApiError(503, "The server is shutting down", "", "server_shutting_down", "server_error");
+        }
+        if (sock >= 0 && client_gone(sock)) {
+          job->cancel_all();
+          res.status = 499;  // nobody reads it: counted in moe_http_requests_total as the client's close
+          return;
+        }
+      }
       res.set_content(to_text(out->response()), "application/json");
     } else {
       stream_response(res, job, out);
@@ -227,7 +242,8 @@ struct Server::Impl {
     res.set_header("X-Accel-Buffering", "no");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [st, job, out](size_t, httplib::DataSink& sink) -> bool {
+        [this, st, job, out](size_t, httplib::DataSink& sink) -> bool {
+          if (http.stopping()) return false;  // ends the stream; the releaser below cancels the request
           auto write = [&](const json& j) {
             const std::string s = "data: " + to_text(j) + "\n\n";
             st->last_write = Clock::now();
@@ -294,7 +310,8 @@ struct Server::Impl {
       if (authorized(req.get_header_value("Authorization"), opt.api_key))
         return httplib::Server::HandlerResponse::Unhandled;
       const bool missing = !req.has_header("Authorization");
-      send_error(res, ApiError(401,
+      // The body is left unread: the connection closes, or the body would be read as the next request.
+      send_error_and_close(res, ApiError(401,
                                missing ? "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
                                        : "Incorrect API key provided.",
                                "", "invalid_api_key"));
@@ -473,7 +490,7 @@ int Server::bind() {
 }
 
 void Server::serve() { impl_->http.listen_after_bind(); }
-void Server::stop() { impl_->http.stop(); }
+void Server::stop() { impl_->http.shutdown(); }
 std::string Server::metrics_text() const { return impl_->metrics_text(); }
 
 }  // namespace moe::server

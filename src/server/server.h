@@ -36,7 +36,9 @@ class Server {
   Server(Scheduler& scheduler, const Tokenizer& tokenizer, FeedbackStore* feedback, ServerOptions options);
   ~Server();
   int bind();   // returns the bound port; throws moe::Error
-  void serve();  // blocks until stop()
+  void serve();  // blocks until stop() (and until every connection has ended)
+  // Graceful shutdown: stops accepting, ends idle connections, and cancels in-flight requests (non-streamed ones
+  // are answered 503, streams end); serve() then returns within about one scheduler step.
   void stop();
 
   std::string metrics_text() const;
