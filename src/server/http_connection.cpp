@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 namespace moe::server {
 
@@ -18,6 +19,7 @@ using std::chrono::milliseconds;
 namespace {
 
 thread_local int t_socket = -1;
+thread_local HeaderFailure t_header_failure = HeaderFailure::none;
 
 // Waits up to `timeout` for `events` on sock; false on timeout or error. POLLHUP/POLLERR count as ready: the read
 // or write that follows reports them.
@@ -59,12 +61,32 @@ class ConnectionStream : public httplib::Stream {
 
   bool buffered() const { return off_ < len_; }
 
+  // The next bytes are a request's line and headers, due by `deadline`.
+  void begin_request(Clock::time_point deadline) {
+    in_headers_ = true;
+    deadline_ = deadline;
+    header_bytes_ = header_lines_ = 0;
+    tail_ = 0;
+    failure_ = HeaderFailure::none;
+  }
+  HeaderFailure failure() const { return failure_; }
+
   bool is_readable() const override { return buffered() || wait_for(sock_, POLLIN, read_timeout_); }
   bool is_writable() const override { return wait_for(sock_, POLLOUT, write_timeout_); }
 
   ssize_t read(char* ptr, size_t size) override {
+    if (failure_ != HeaderFailure::none) return -1;
     if (!buffered()) {
-      if (!wait_for(sock_, POLLIN, read_timeout_)) return -1;
+      milliseconds timeout = read_timeout_;
+      if (in_headers_) {
+        timeout = std::min(timeout, std::chrono::duration_cast<milliseconds>(deadline_ - Clock::now()));
+        if (timeout.count() <= 0 || !wait_for(sock_, POLLIN, timeout)) {
+          failure_ = t_header_failure = HeaderFailure::timeout;  // the deadline, or the read timeout before it
+          return -1;
+        }
+      } else if (!wait_for(sock_, POLLIN, timeout)) {
+        return -1;
+      }
       ssize_t n;
       do n = ::recv(sock_, buf_, sizeof(buf_), 0);
       while (n < 0 && errno == EINTR);
@@ -72,7 +94,24 @@ class ConnectionStream : public httplib::Stream {
       off_ = 0;
       len_ = size_t(n);
     }
-    const size_t k = std::min(size, len_ - off_);
+    size_t k = std::min(size, len_ - off_);
+    if (in_headers_) {
+      // Up to the blank line that ends the headers, counting bytes and lines (httplib reads them a byte at a time).
+      for (size_t i = 0; i < k; ++i) {
+        const char c = buf_[off_ + i];
+        tail_ = (tail_ << 8) | uint8_t(c);
+        if (c == '\n') ++header_lines_;
+        if (++header_bytes_ > kMaxHeaderBytes || header_lines_ > kMaxHeaders + 1) {
+          failure_ = t_header_failure = HeaderFailure::too_large;
+          return -1;
+        }
+        if (tail_ == 0x0d0a0d0a) {  // "\r\n\r\n"
+          in_headers_ = false;
+          k = i + 1;
+          break;
+        }
+      }
+    }
     std::memcpy(ptr, buf_ + off_, k);
     off_ += k;
     return ssize_t(k);
@@ -95,7 +134,23 @@ class ConnectionStream : public httplib::Stream {
   milliseconds read_timeout_, write_timeout_;
   char buf_[4096];
   size_t off_ = 0, len_ = 0;
+  bool in_headers_ = false;
+  Clock::time_point deadline_;
+  size_t header_bytes_ = 0, header_lines_ = 0;
+  uint32_t tail_ = 0;
+  HeaderFailure failure_ = HeaderFailure::none;
 };
+
+// After an answer given with the request unread: sends FIN, then reads and drops what the client still sends, for
+// at most kLinger, so that closing does not reset the connection (a client still writing would lose the answer).
+void linger_close(int sock) {
+  constexpr milliseconds kLinger{2000};
+  ::shutdown(sock, SHUT_WR);
+  const auto end = Clock::now() + kLinger;
+  char buf[16384];
+  while (Clock::now() < end && wait_for(sock, POLLIN, std::chrono::duration_cast<milliseconds>(end - Clock::now())))
+    if (::recv(sock, buf, sizeof(buf), 0) <= 0) break;
+}
 
 }  // namespace
 
@@ -109,6 +164,11 @@ bool client_gone(int sock) {
 }
 
 int HttpServer::current_socket() { return t_socket; }
+HeaderFailure HttpServer::current_header_failure() { return t_header_failure; }
+
+HttpServer::HttpServer(size_t max_threads) {
+  new_task_queue = [max_threads] { return new ElasticThreadPool(max_threads); };
+}
 
 void HttpServer::shutdown() {
   {
@@ -134,17 +194,60 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
     for (size_t count = keep_alive_max_count_; count > 0 && !stopping_; --count) {
       // The next request's first byte (already here when pipelined); an idle connection is closed.
       if (!strm.buffered() && !wait_for(sock, POLLIN, kKeepAliveTimeout)) break;
+      strm.begin_request(Clock::now() + kHeaderTimeout);
+      t_header_failure = HeaderFailure::none;
       bool closed = false;
       ret = process_request(strm, count == 1 || stopping_, closed, nullptr);
+      if (strm.failure() != HeaderFailure::none) {
+        linger_close(sock);
+        break;
+      }
       if (!ret || closed) break;
     }
     t_socket = -1;
+    t_header_failure = HeaderFailure::none;
     std::lock_guard lock(mu_);
     open_.erase(sock);
   }
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
   return ret;
+}
+
+// ---- ElasticThreadPool ----
+
+void ElasticThreadPool::enqueue(std::function<void()> fn) {
+  std::lock_guard lock(mu_);
+  jobs_.push_back(std::move(fn));
+  if (idle_ < jobs_.size() && threads_ < max_) {
+    ++threads_;
+    std::thread([this] { worker(); }).detach();
+  } else {
+    cv_.notify_one();
+  }
+}
+
+void ElasticThreadPool::worker() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    ++idle_;
+    const bool woke = cv_.wait_for(lock, std::chrono::minutes(1), [&] { return !jobs_.empty() || shutdown_; });
+    --idle_;
+    if (jobs_.empty() && (shutdown_ || !woke)) break;
+    auto fn = std::move(jobs_.front());
+    jobs_.pop_front();
+    lock.unlock();
+    fn();
+    lock.lock();
+  }
+  if (--threads_ == 0) ended_.notify_all();
+}
+
+void ElasticThreadPool::shutdown() {
+  std::unique_lock lock(mu_);
+  shutdown_ = true;
+  cv_.notify_all();
+  ended_.wait(lock, [&] { return threads_ == 0; });
 }
 
 }  // namespace moe::server

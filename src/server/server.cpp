@@ -62,7 +62,7 @@ struct Server::Impl {
   Tokenizer tok;
   FeedbackStore* feedback;
   ServerOptions opt;
-  HttpServer http;
+  HttpServer http{size_t(opt.http_threads)};
   int64_t created = unix_now();
   bool reasoning_template = false;
 
@@ -294,7 +294,6 @@ struct Server::Impl {
   void routes() {
     // --max-body-bytes is enforced by check_body_framing and read_body (http_body.h), for every framing.
     http.set_payload_max_length(std::numeric_limits<size_t>::max());
-    http.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(n)); };
     http.set_keep_alive_max_count(1000);
     http.set_read_timeout(30, 0);
     http.set_write_timeout(30, 0);
@@ -319,6 +318,16 @@ struct Server::Impl {
       return httplib::Server::HandlerResponse::Handled;
     });
     http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+      // The request line and headers were too slow or too large (ConnectionStream): the connection closes.
+      if (const auto f = HttpServer::current_header_failure(); f != HeaderFailure::none) {
+        res.set_header("Connection", "close");
+        send_error(res, f == HeaderFailure::timeout
+                            ? ApiError(408, fmt::format("The request headers did not arrive within {} s",
+                                                        kHeaderTimeout.count()), "", "request_timeout")
+                            : ApiError(431, fmt::format("The request headers are larger than {} bytes or {} lines",
+                                                        kMaxHeaderBytes, kMaxHeaders), "", "headers_too_large"));
+        return httplib::Server::HandlerResponse::Handled;
+      }
       // A body of ours already, or an answer that closes the connection (send_error_and_close).
       if (!res.body.empty() || res.has_header("Connection")) return httplib::Server::HandlerResponse::Unhandled;
       std::string msg = res.status == 400 ? "Bad request" : res.status == 405 ? "Method not allowed" : "HTTP error " + std::to_string(res.status);

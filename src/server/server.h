@@ -28,7 +28,7 @@ struct ServerOptions {
   int32_t default_max_tokens = 2048;
   ReasoningMode reasoning = ReasoningMode::auto_detect;
   bool ignore_eos = false;  // never stop at EOS (benchmarks and tests with random-weight models)
-  int http_threads = 512;  // one per open connection (streams hold theirs)
+  int http_threads = 2048;  // most connections served at once (threads start as needed; streams hold theirs)
 };
 
 class Server {
