@@ -5,7 +5,9 @@
 
 #include <chrono>
 #include <limits>
+#include <cctype>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <random>
 #include <sys/socket.h>
@@ -33,6 +35,49 @@ bool authorized(const std::string& header_value, const std::string& api_key) {
     diff |= unsigned(a ^ (unsigned char)expected[i]);
   }
   return diff == 0;
+}
+
+namespace {
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = char(std::tolower((unsigned char)c));
+  return s;
+}
+
+// The host part of a Host header value (without the port; an IPv6 literal keeps its brackets).
+std::string host_part(const std::string& host_header) {
+  const std::string h = lower(host_header);
+  if (!h.empty() && h[0] == '[') return h.substr(0, h.find(']') == std::string::npos ? h.size() : h.find(']') + 1);
+  return h.substr(0, h.find(':'));
+}
+
+bool ipv4_loopback(const std::string& h) {
+  if (h.rfind("127.", 0) != 0) return false;
+  int dots = 0;
+  for (char c : h) {
+    if (c == '.') ++dots;
+    else if (!std::isdigit((unsigned char)c)) return false;
+  }
+  return dots == 3;
+}
+
+}  // namespace
+
+bool host_is_loopback(const std::string& host_header) {
+  const std::string h = host_part(host_header);
+  const std::string suffix = ".localhost";
+  return h == "localhost" || (h.size() > suffix.size() && h.compare(h.size() - suffix.size(), suffix.size(), suffix) == 0) ||
+         ipv4_loopback(h) || h == "[::1]";
+}
+
+bool is_loopback_address(const std::string& bind_host) {
+  const std::string h = lower(bind_host);
+  return h == "localhost" || ipv4_loopback(h) || h == "::1" || h == "[::1]";
+}
+
+bool same_origin(const std::string& origin, const std::string& host_header) {
+  const std::string o = lower(origin), h = lower(host_header);
+  return !h.empty() && (o == "http://" + h || o == "https://" + h);
 }
 
 namespace {
@@ -71,8 +116,10 @@ struct Server::Impl {
   std::atomic<int64_t> open_streams{0};
   std::set<std::string> post_paths;  // routes that read their body through read_body (set up in routes())
 
+  bool loopback_bound = false;  // Host must be a loopback name (DNS rebinding)
+
   Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
-      : sched(s), tok(t), feedback(f), opt(std::move(o)) {
+      : sched(s), tok(t), feedback(f), opt(std::move(o)), loopback_bound(is_loopback_address(opt.host)) {
     if (tok.has_chat_template()) reasoning_template = template_supports_reasoning(tok.chat_template().source());
   }
 
@@ -289,6 +336,53 @@ struct Server::Impl {
         });
   }
 
+  // ---- cross-site requests ----
+
+  bool origin_allowed(const std::string& origin) const {
+    for (const auto& a : opt.allowed_origins)
+      if (a == "*" || lower(a) == lower(origin)) return true;
+    return false;
+  }
+
+  // A page in the user's browser can send simple requests (text/plain, form or no Content-Type) to any server
+  // without a CORS preflight, and reach a server on loopback through a DNS name it controls (rebinding): such
+  // requests are refused before anything is read or run. Allowed cross-origin requests get CORS headers.
+  std::optional<ApiError> check_cross_site(const httplib::Request& req, httplib::Response& res, bool json_endpoint) {
+    if (loopback_bound && req.has_header("Host") && !host_is_loopback(req.get_header_value("Host")))
+      return ApiError(403,
+                      "The Host header names another server: bound to a loopback address, this server answers to "
+                      "localhost, 127.0.0.1 and [::1] only",
+                      "", "host_not_allowed");
+    if (req.has_header("Origin")) {
+      const std::string origin = req.get_header_value("Origin");
+      const bool same = same_origin(origin, req.get_header_value("Host"));
+      if (!same && !origin_allowed(origin))
+        return ApiError(403,
+                        fmt::format("Requests from the origin '{}' are not allowed; start the server with "
+                                    "--allowed-origins to allow it",
+                                    origin),
+                        "", "origin_not_allowed");
+      if (!same) {
+        res.set_header("Access-Control-Allow-Origin", origin);
+        res.set_header("Vary", "Origin");
+        if (req.method == "OPTIONS") {
+          res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+          res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+          res.set_header("Access-Control-Max-Age", "600");
+        }
+      }
+    }
+    if (json_endpoint) {
+      std::string type = lower(req.get_header_value("Content-Type"));
+      type = type.substr(0, type.find(';'));
+      while (!type.empty() && type.back() == ' ') type.pop_back();
+      if (type != "application/json")
+        return ApiError(415, "Send the request body as JSON with 'Content-Type: application/json'", "",
+                        "unsupported_media_type");
+    }
+    return std::nullopt;
+  }
+
   // ---- routes ----
 
   void routes() {
@@ -303,6 +397,14 @@ struct Server::Impl {
       const bool read_by_server = req.method == "POST" && post_paths.count(req.path);
       if (auto e = check_body_framing(req, opt.max_body_bytes, read_by_server)) {
         send_error_and_close(res, *e);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      if (auto e = check_cross_site(req, res, read_by_server)) {
+        send_error_and_close(res, *e);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      if (req.method == "OPTIONS") {  // a CORS preflight from an allowed origin (check_cross_site set the headers)
+        res.status = 204;
         return httplib::Server::HandlerResponse::Handled;
       }
       if (opt.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
