@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <limits>
 #include <cctype>
 #include <map>
@@ -587,14 +589,24 @@ int Server::bind() {
   // of connects past it waits for SYN retransmits, a second and more apart. Listening again on the bound socket
   // sets the backlog (the kernel caps it at net.core.somaxconn); the socket is the last one the options hook saw.
   int listen_fd = -1;
+  // httplib's default options add SO_REUSEPORT, with which a second server binds the same busy port and the
+  // kernel splits connections between them: only SO_REUSEADDR (restarts while old connections are in TIME_WAIT).
   impl_->http.set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     listen_fd = sock;
   });
   int port = o.port;
+  errno = 0;
   if (port == 0) port = impl_->http.bind_to_any_port(o.host);
   else if (!impl_->http.bind_to_port(o.host, port)) port = -1;
-  MOE_CHECK(port > 0, "cannot listen on {}:{}", o.host, o.port);
+  if (port <= 0) {
+    const int err = errno;
+    fail("cannot listen on {}:{}: {}", o.host, o.port,
+         err == EADDRINUSE ? "address already in use (is another server running on this port?)"
+         : err ? std::strerror(err)
+               : "the address could not be resolved or bound");
+  }
   MOE_CHECK(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0, "cannot listen on {}:{} with a backlog of {}",
             o.host, port, kListenBacklog);
   return port;

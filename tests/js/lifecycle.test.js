@@ -78,3 +78,26 @@ test("SIGTERM during long requests ends the process within the shutdown bound", 
   await streamed.ended;
   idle.destroy();
 });
+
+test("a second server on a busy port fails with a clear error instead of sharing it", async () => {
+  const srv = await startServer([]);
+  try {
+    const port = new URL(srv.url).port;
+    const second = spawn(MOE_BIN, ["serve", "--model", MODEL, "--host", "127.0.0.1", "--port", port, "--threads", "1"],
+      { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    second.stdout.on("data", (d) => { out += d; });
+    second.stderr.on("data", (d) => { out += d; });
+    const code = await Promise.race([new Promise((r) => second.on("exit", r)),
+      new Promise((r) => setTimeout(() => r("timeout"), 30000))]);
+    if (code === "timeout") second.kill("SIGKILL");
+    assert.notEqual(code, "timeout", "the second server started on the busy port:\n" + out);
+    assert.notEqual(code, 0);
+    assert.match(out, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port}: address already in use`));
+    assert.doesNotMatch(out, /listening on/);
+    // The first one still answers every connection.
+    for (let i = 0; i < 8; i++) assert.equal((await fetch(srv.url + "/health")).status, 200);
+  } finally {
+    await srv.stop();
+  }
+});
