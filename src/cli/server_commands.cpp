@@ -29,7 +29,7 @@ namespace moe::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, host = "127.0.0.1", api_key_file, feedback_db, name, reasoning = "auto";
+  std::string model, host = "127.0.0.1", api_key_file, feedback_db, name, reasoning = "auto", allowed_origins;
   BackendArgs backend;
   int port = 8000;
   int32_t max_batch = 64, step_tokens = 512, default_max_tokens = 2048;
@@ -44,6 +44,10 @@ std::string trim(std::string s) {
   while (i < s.size() && std::isspace((unsigned char)s[i])) ++i;
   return s.substr(i);
 }
+
+// SIGTERM/SIGINT end `moe serve` within this time: in-flight requests are cancelled (non-streamed ones answered
+// 503) and connections closed; past it the process exits at once.
+constexpr std::chrono::seconds kShutdownGrace{5};
 
 void run_serve(const ServeArgs& a) {
   apply_thread_count();
@@ -64,6 +68,16 @@ void run_serve(const ServeArgs& a) {
   if (a.reasoning == "on") so.reasoning = server::ReasoningMode::on;
   else if (a.reasoning == "off") so.reasoning = server::ReasoningMode::off;
   else if (a.reasoning != "auto") fail("--reasoning must be auto, on or off");
+  for (size_t i = 0; i <= a.allowed_origins.size();) {  // comma-separated
+    const size_t j = std::min(a.allowed_origins.find(',', i), a.allowed_origins.size());
+    if (std::string o = trim(a.allowed_origins.substr(i, j - i)); !o.empty()) {
+      while (o.size() > 1 && o.back() == '/') o.pop_back();
+      if (o != "*" && o.rfind("http://", 0) != 0 && o.rfind("https://", 0) != 0)
+        fail("--allowed-origins: '{}' is not an origin (scheme://host[:port]) or *", o);
+      so.allowed_origins.push_back(o);
+    }
+    i = j + 1;
+  }
   if (const char* env = std::getenv("MOE_API_KEY"); env && *env) so.api_key = env;
   if (!a.api_key_file.empty()) {
     std::ifstream f(a.api_key_file);
@@ -95,14 +109,28 @@ void run_serve(const ServeArgs& a) {
               so.api_key.empty() ? "off" : "on");
   std::printf("moe serve: listening on http://%s:%d\n", a.host.c_str(), port);
   std::fflush(stdout);
+  std::atomic<bool> served{false};
   std::thread signals([&] {
     int sig = 0;
     sigwait(&sigs, &sig);
+    if (served) return;  // woken below: the server stopped some other way
+    std::printf("moe serve: stopping (%s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    std::fflush(stdout);
+    // The bound on a graceful shutdown: whatever has not ended within kShutdownGrace (a long step, a client that
+    // does not read) is cut off, and a second signal ends the process at once.
+    std::thread([sigs] {
+      timespec ts{std::chrono::duration_cast<std::chrono::seconds>(kShutdownGrace).count(), 0};
+      const bool again = sigtimedwait(&sigs, nullptr, &ts) > 0;
+      std::fprintf(stderr, "moe serve: %s; exiting now\n",
+                   again ? "a second signal" : "in-flight work did not end within the shutdown grace period");
+      std::_Exit(1);
+    }).detach();
     srv.stop();
   });
   srv.serve();
   std::printf("moe serve: stopped\n");
   std::fflush(stdout);
+  served = true;
   // Wake the signal thread if the server stopped some other way.
   pthread_kill(signals.native_handle(), SIGTERM);
   signals.join();
@@ -242,6 +270,9 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--host", s->host, "Address to bind (default 127.0.0.1: this machine only)");
   serve->add_option("--port", s->port, "Port (0: any free port; the bound port is printed)");
   serve->add_option("--api-key-file", s->api_key_file, "File holding the API key clients must send (or set MOE_API_KEY)");
+  serve->add_option("--allowed-origins", s->allowed_origins,
+                    "Comma-separated origins (scheme://host[:port], or *) whose web pages may call the API (CORS); "
+                    "default: none besides the server's own");
   serve->add_option("--feedback-db", s->feedback_db, "SQLite file for ratings from the chat page (POST /v1/feedback)");
   add_backend_options(serve, s->backend);
   serve->add_option("--threads", g_threads, "CPU threads (default: all cores)");

@@ -293,6 +293,28 @@ void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogpro
   s.sink->push(std::move(e));
 }
 
+std::vector<int64_t> Scheduler::prefill_shares(const std::vector<Sequence*>& prefilling, int64_t budget) {
+  std::vector<int64_t> need(prefilling.size());
+  for (size_t i = 0; i < prefilling.size(); ++i)
+    need[i] = int64_t(prefilling[i]->req.prompt.size()) - prefilling[i]->prefilled;
+  return share_budget(need, budget);
+}
+
+std::vector<int64_t> share_budget(const std::vector<int64_t>& need, int64_t budget) {
+  std::vector<int64_t> give(need.size(), 0);
+  std::vector<size_t> order(need.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return need[a] < need[b]; });
+  int64_t left = std::max<int64_t>(budget, 0);
+  size_t others = order.size();
+  for (size_t i : order) {  // smallest needs first: the equal share only grows as they take less than it
+    const int64_t g = std::min(need[i], left / int64_t(others--));
+    give[i] = g;
+    left -= g;
+  }
+  return give;
+}
+
 void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   std::vector<SequenceChunk> chunks;
   std::vector<Sequence*> owners;
@@ -307,17 +329,28 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
     owners.push_back(s.get());
     --budget;
   }
-  for (auto& s : running) {
-    if (s->decoding() || budget <= 0) continue;
-    const int64_t n = std::min(int64_t(s->req.prompt.size()) - s->prefilled, budget);
+  // Prefill chunks share what is left of the budget (water-filling): every prefilling sequence gets an equal
+  // share, those needing less than theirs take only what they need, and the rest is split again among the others.
+  // Bound: decodes take at most max_batch - n tokens, and
+  // max_step_tokens >= max_batch, so each of the n prefilling sequences gets at least
+  // floor((max_step_tokens - decodes) / n) >= 1 tokens every step, and a prompt of P tokens admitted next to any
+  // long ones starts decoding within ceil(P * n / (max_step_tokens - decodes)) steps, however long theirs are
+  // (before: the oldest prompt took the whole budget, so a 4-token request waited for a 60k-token prefill).
+  std::vector<Sequence*> prefilling;
+  for (auto& s : running)
+    if (!s->decoding()) prefilling.push_back(s.get());
+  const auto share = prefill_shares(prefilling, budget);
+  for (size_t k = 0; k < prefilling.size(); ++k) {
+    Sequence* s = prefilling[k];
+    const int64_t n = share[k];
+    if (n <= 0) continue;
     SequenceChunk c;
     c.tokens.assign(s->req.prompt.begin() + std::ptrdiff_t(s->prefilled),
                     s->req.prompt.begin() + std::ptrdiff_t(s->prefilled + n));
     c.start_pos = int32_t(s->prefilled);
     c.pages = s->pages;
     chunks.push_back(std::move(c));
-    owners.push_back(s.get());
-    budget -= n;
+    owners.push_back(s);
   }
   if (chunks.empty()) return;
 

@@ -2,7 +2,8 @@
 // The serving engine core shared by every front end: a request queue and one scheduler thread doing continuous
 // batching. Every step is one DeepseekV3::forward call carrying a chunk of every running sequence: one token for
 // each decoding sequence, and prompt chunks (chunked prefill) for admitted sequences up to a per-step token budget,
-// so a long prompt never stalls running decodes. Requests join and leave the batch between any two steps.
+// so a long prompt never stalls running decodes. The prefill budget is shared among the prefilling sequences
+// (share_budget), so a long prompt does not stall a short one admitted after it either. Requests join and leave the batch between any two steps.
 //
 // Cache: the latent cache is split into fixed-size pages (PageAllocator). A request is admitted only when the
 // pages for its whole prompt + max_tokens are free, and they are reserved for it; otherwise it waits in the queue
@@ -129,6 +130,7 @@ class Scheduler {
   struct Sequence;
   void loop();
   void step(std::vector<std::unique_ptr<Sequence>>& running);
+  static std::vector<int64_t> prefill_shares(const std::vector<Sequence*>& prefilling, int64_t budget);
   void admit(std::vector<std::unique_ptr<Sequence>>& running);
   void finish(Sequence& s, FinishReason reason, const std::string& error = "");
   // Samples s's next token from its logits row (edited in place: padding masked, penalties), with its
@@ -159,6 +161,11 @@ class Scheduler {
   std::atomic<uint64_t> next_id_{1};
   std::thread thread_;
 };
+
+// Splits a step's prefill budget among sequences needing need[i] more prompt tokens (in arrival order): an equal
+// share each, those needing less take what they need and the rest is shared again (the division's remainder goes
+// to the larger needs). Every sequence gets at least floor(budget / n) tokens (or all it needs). Exposed for tests.
+std::vector<int64_t> share_budget(const std::vector<int64_t>& need, int64_t budget);
 
 // Incremental stop-string matching over streamed text: feed() returns the text that is safe to emit; a stop
 // string split across feeds is still found. Exposed for tests.

@@ -1,5 +1,6 @@
 #include "io/model_config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -138,6 +139,27 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
   positive(c.qk_rope_head_dim, "qk_rope_head_dim");
   positive(c.v_head_dim, "v_head_dim");
   if (c.qk_rope_head_dim % 2) fail("{}: qk_rope_head_dim must be even", src);
+  positive(c.max_position_embeddings, "max_position_embeddings");
+  // The values the maths divides by or takes a logarithm or root of: out of range they load silently and make
+  // every logit NaN (rope_theta 0 or 1: log(theta) divides; rms_norm_eps <= 0: 1/sqrt(0) or of a negative; YaRN
+  // factor 0: frequencies divided by it; a negative mscale can make the attention factor's divisor 0).
+  auto finite = [&](double v, const char* name, bool ok, const char* rule) {
+    if (!std::isfinite(v) || !ok) fail("{}: '{}' must be {}, got {}", src, name, rule, v);
+  };
+  finite(c.rope_theta, "rope_theta", c.rope_theta > 1, "a number > 1");
+  finite(c.rms_norm_eps, "rms_norm_eps", c.rms_norm_eps > 0, "a number > 0");
+  finite(c.routed_scaling_factor, "routed_scaling_factor", c.routed_scaling_factor > 0, "a number > 0");
+  if (c.yarn) {
+    const YarnConfig& y = *c.yarn;
+    finite(y.factor, "rope_scaling.factor", y.factor > 0, "a number > 0");
+    if (y.original_max_position_embeddings <= 0)
+      fail("{}: 'rope_scaling.original_max_position_embeddings' must be positive, got {}", src,
+           y.original_max_position_embeddings);
+    finite(y.beta_fast, "rope_scaling.beta_fast", y.beta_fast > 0, "a number > 0");
+    finite(y.beta_slow, "rope_scaling.beta_slow", y.beta_slow > 0, "a number > 0");
+    finite(y.mscale, "rope_scaling.mscale", y.mscale >= 0, "a number >= 0");
+    finite(y.mscale_all_dim, "rope_scaling.mscale_all_dim", y.mscale_all_dim >= 0, "a number >= 0");
+  }
   if (c.q_lora_rank < 0 || c.qk_nope_head_dim < 0) fail("{}: negative q_lora_rank or qk_nope_head_dim", src);
   if (c.n_routed_experts > 0) {
     positive(c.num_experts_per_tok, "num_experts_per_tok");

@@ -3,9 +3,13 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <limits>
+#include <cctype>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <random>
 #include <sys/socket.h>
@@ -15,6 +19,7 @@
 #include "server/api.h"
 #include "server/choice_assembler.h"
 #include "server/http_body.h"
+#include "server/http_connection.h"
 #include "server/web_assets.h"
 #include "tokenizer/chat_template.h"
 
@@ -32,6 +37,49 @@ bool authorized(const std::string& header_value, const std::string& api_key) {
     diff |= unsigned(a ^ (unsigned char)expected[i]);
   }
   return diff == 0;
+}
+
+namespace {
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = char(std::tolower((unsigned char)c));
+  return s;
+}
+
+// The host part of a Host header value (without the port; an IPv6 literal keeps its brackets).
+std::string host_part(const std::string& host_header) {
+  const std::string h = lower(host_header);
+  if (!h.empty() && h[0] == '[') return h.substr(0, h.find(']') == std::string::npos ? h.size() : h.find(']') + 1);
+  return h.substr(0, h.find(':'));
+}
+
+bool ipv4_loopback(const std::string& h) {
+  if (h.rfind("127.", 0) != 0) return false;
+  int dots = 0;
+  for (char c : h) {
+    if (c == '.') ++dots;
+    else if (!std::isdigit((unsigned char)c)) return false;
+  }
+  return dots == 3;
+}
+
+}  // namespace
+
+bool host_is_loopback(const std::string& host_header) {
+  const std::string h = host_part(host_header);
+  const std::string suffix = ".localhost";
+  return h == "localhost" || (h.size() > suffix.size() && h.compare(h.size() - suffix.size(), suffix.size(), suffix) == 0) ||
+         ipv4_loopback(h) || h == "[::1]";
+}
+
+bool is_loopback_address(const std::string& bind_host) {
+  const std::string h = lower(bind_host);
+  return h == "localhost" || ipv4_loopback(h) || h == "::1" || h == "[::1]";
+}
+
+bool same_origin(const std::string& origin, const std::string& host_header) {
+  const std::string o = lower(origin), h = lower(host_header);
+  return !h.empty() && (o == "http://" + h || o == "https://" + h);
 }
 
 namespace {
@@ -61,7 +109,7 @@ struct Server::Impl {
   Tokenizer tok;
   FeedbackStore* feedback;
   ServerOptions opt;
-  httplib::Server http;
+  HttpServer http{size_t(opt.http_threads)};
   int64_t created = unix_now();
   bool reasoning_template = false;
 
@@ -70,8 +118,10 @@ struct Server::Impl {
   std::atomic<int64_t> open_streams{0};
   std::set<std::string> post_paths;  // routes that read their body through read_body (set up in routes())
 
+  bool loopback_bound = false;  // Host must be a loopback name (DNS rebinding)
+
   Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
-      : sched(s), tok(t), feedback(f), opt(std::move(o)) {
+      : sched(s), tok(t), feedback(f), opt(std::move(o)), loopback_bound(is_loopback_address(opt.host)) {
     if (tok.has_chat_template()) reasoning_template = template_supports_reasoning(tok.chat_template().source());
   }
 
@@ -206,8 +256,22 @@ struct Server::Impl {
                          (!chat && treq.echo) ? p.prompt_text : std::string()};
     auto out = std::make_shared<ResponseAssembler>(tok, std::move(info), c.n, choice);
     if (!c.stream) {
-      while (!out->done())
-        for (auto& e : job->sink->pop(std::chrono::milliseconds(200))) out->feed(e);
+      // Waiting for the whole answer: a client that goes away, or a server that stops, cancels the request at once
+      // (its pages are freed before the next step), so nobody's abandoned request runs on and holds the cache.
+      const int sock = HttpServer::current_socket();
+      while (!out->done()) {
+        for (auto& e : job->sink->pop(std::chrono::milliseconds(100))) out->feed(e);
+        if (out->done()) break;
+        if (http.stopping()) {
+          job->cancel_all();
+          throw ApiError(503, "The server is shutting down", "", "server_shutting_down", "server_error");
+        }
+        if (sock >= 0 && client_gone(sock)) {
+          job->cancel_all();
+          res.status = 499;  // nobody reads it: counted in moe_http_requests_total as the client's close
+          return;
+        }
+      }
       res.set_content(to_text(out->response()), "application/json");
     } else {
       stream_response(res, job, out);
@@ -227,7 +291,8 @@ struct Server::Impl {
     res.set_header("X-Accel-Buffering", "no");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [st, job, out](size_t, httplib::DataSink& sink) -> bool {
+        [this, st, job, out](size_t, httplib::DataSink& sink) -> bool {
+          if (http.stopping()) return false;  // ends the stream; the releaser below cancels the request
           auto write = [&](const json& j) {
             const std::string s = "data: " + to_text(j) + "\n\n";
             st->last_write = Clock::now();
@@ -273,12 +338,58 @@ struct Server::Impl {
         });
   }
 
+  // ---- cross-site requests ----
+
+  bool origin_allowed(const std::string& origin) const {
+    for (const auto& a : opt.allowed_origins)
+      if (a == "*" || lower(a) == lower(origin)) return true;
+    return false;
+  }
+
+  // A page in the user's browser can send simple requests (text/plain, form or no Content-Type) to any server
+  // without a CORS preflight, and reach a server on loopback through a DNS name it controls (rebinding): such
+  // requests are refused before anything is read or run. Allowed cross-origin requests get CORS headers.
+  std::optional<ApiError> check_cross_site(const httplib::Request& req, httplib::Response& res, bool json_endpoint) {
+    if (loopback_bound && req.has_header("Host") && !host_is_loopback(req.get_header_value("Host")))
+      return ApiError(403,
+                      "The Host header names another server: bound to a loopback address, this server answers to "
+                      "localhost, 127.0.0.1 and [::1] only",
+                      "", "host_not_allowed");
+    if (req.has_header("Origin")) {
+      const std::string origin = req.get_header_value("Origin");
+      const bool same = same_origin(origin, req.get_header_value("Host"));
+      if (!same && !origin_allowed(origin))
+        return ApiError(403,
+                        fmt::format("Requests from the origin '{}' are not allowed; start the server with "
+                                    "--allowed-origins to allow it",
+                                    origin),
+                        "", "origin_not_allowed");
+      if (!same) {
+        res.set_header("Access-Control-Allow-Origin", origin);
+        res.set_header("Vary", "Origin");
+        if (req.method == "OPTIONS") {
+          res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+          res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+          res.set_header("Access-Control-Max-Age", "600");
+        }
+      }
+    }
+    if (json_endpoint) {
+      std::string type = lower(req.get_header_value("Content-Type"));
+      type = type.substr(0, type.find(';'));
+      while (!type.empty() && type.back() == ' ') type.pop_back();
+      if (type != "application/json")
+        return ApiError(415, "Send the request body as JSON with 'Content-Type: application/json'", "",
+                        "unsupported_media_type");
+    }
+    return std::nullopt;
+  }
+
   // ---- routes ----
 
   void routes() {
     // --max-body-bytes is enforced by check_body_framing and read_body (http_body.h), for every framing.
     http.set_payload_max_length(std::numeric_limits<size_t>::max());
-    http.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(n)); };
     http.set_keep_alive_max_count(1000);
     http.set_read_timeout(30, 0);
     http.set_write_timeout(30, 0);
@@ -290,11 +401,20 @@ struct Server::Impl {
         send_error_and_close(res, *e);
         return httplib::Server::HandlerResponse::Handled;
       }
+      if (auto e = check_cross_site(req, res, read_by_server)) {
+        send_error_and_close(res, *e);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      if (req.method == "OPTIONS") {  // a CORS preflight from an allowed origin (check_cross_site set the headers)
+        res.status = 204;
+        return httplib::Server::HandlerResponse::Handled;
+      }
       if (opt.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
       if (authorized(req.get_header_value("Authorization"), opt.api_key))
         return httplib::Server::HandlerResponse::Unhandled;
       const bool missing = !req.has_header("Authorization");
-      send_error(res, ApiError(401,
+      // The body is left unread: the connection closes, or the body would be read as the next request.
+      send_error_and_close(res, ApiError(401,
                                missing ? "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
                                        : "Incorrect API key provided.",
                                "", "invalid_api_key"));
@@ -302,6 +422,16 @@ struct Server::Impl {
       return httplib::Server::HandlerResponse::Handled;
     });
     http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+      // The request line and headers were too slow or too large (ConnectionStream): the connection closes.
+      if (const auto f = HttpServer::current_header_failure(); f != HeaderFailure::none) {
+        res.set_header("Connection", "close");
+        send_error(res, f == HeaderFailure::timeout
+                            ? ApiError(408, fmt::format("The request headers did not arrive within {} s",
+                                                        kHeaderTimeout.count()), "", "request_timeout")
+                            : ApiError(431, fmt::format("The request headers are larger than {} bytes or {} lines",
+                                                        kMaxHeaderBytes, kMaxHeaders), "", "headers_too_large"));
+        return httplib::Server::HandlerResponse::Handled;
+      }
       // A body of ours already, or an answer that closes the connection (send_error_and_close).
       if (!res.body.empty() || res.has_header("Connection")) return httplib::Server::HandlerResponse::Unhandled;
       std::string msg = res.status == 400 ? "Bad request" : res.status == 405 ? "Method not allowed" : "HTTP error " + std::to_string(res.status);
@@ -459,21 +589,31 @@ int Server::bind() {
   // of connects past it waits for SYN retransmits, a second and more apart. Listening again on the bound socket
   // sets the backlog (the kernel caps it at net.core.somaxconn); the socket is the last one the options hook saw.
   int listen_fd = -1;
+  // httplib's default options add SO_REUSEPORT, with which a second server binds the same busy port and the
+  // kernel splits connections between them: only SO_REUSEADDR (restarts while old connections are in TIME_WAIT).
   impl_->http.set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     listen_fd = sock;
   });
   int port = o.port;
+  errno = 0;
   if (port == 0) port = impl_->http.bind_to_any_port(o.host);
   else if (!impl_->http.bind_to_port(o.host, port)) port = -1;
-  MOE_CHECK(port > 0, "cannot listen on {}:{}", o.host, o.port);
+  if (port <= 0) {
+    const int err = errno;
+    fail("cannot listen on {}:{}: {}", o.host, o.port,
+         err == EADDRINUSE ? "address already in use (is another server running on this port?)"
+         : err ? std::strerror(err)
+               : "the address could not be resolved or bound");
+  }
   MOE_CHECK(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0, "cannot listen on {}:{} with a backlog of {}",
             o.host, port, kListenBacklog);
   return port;
 }
 
 void Server::serve() { impl_->http.listen_after_bind(); }
-void Server::stop() { impl_->http.stop(); }
+void Server::stop() { impl_->http.shutdown(); }
 std::string Server::metrics_text() const { return impl_->metrics_text(); }
 
 }  // namespace moe::server

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/scheduler.h"
 #include "server/feedback_store.h"
@@ -28,7 +29,12 @@ struct ServerOptions {
   int32_t default_max_tokens = 2048;
   ReasoningMode reasoning = ReasoningMode::auto_detect;
   bool ignore_eos = false;  // never stop at EOS (benchmarks and tests with random-weight models)
-  int http_threads = 512;  // one per open connection (streams hold theirs)
+  // Origins (scheme://host[:port]) whose pages may call the API from a browser (CORS); "*" any. Empty: same origin
+  // only. Requests from other origins are refused (403), as are requests whose Host is not a loopback name while
+  // the server is bound to loopback (DNS rebinding), and JSON endpoints' bodies of any other Content-Type (415:
+  // text/plain and forms are what a page can send cross-site without a preflight).
+  std::vector<std::string> allowed_origins;
+  int http_threads = 2048;  // most connections served at once (threads start as needed; streams hold theirs)
 };
 
 class Server {
@@ -36,7 +42,9 @@ class Server {
   Server(Scheduler& scheduler, const Tokenizer& tokenizer, FeedbackStore* feedback, ServerOptions options);
   ~Server();
   int bind();   // returns the bound port; throws moe::Error
-  void serve();  // blocks until stop()
+  void serve();  // blocks until stop() (and until every connection has ended)
+  // Graceful shutdown: stops accepting, ends idle connections, and cancels in-flight requests (non-streamed ones
+  // are answered 503, streams end); serve() then returns within about one scheduler step.
   void stop();
 
   std::string metrics_text() const;
@@ -45,6 +53,12 @@ class Server {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Cross-site checks, exposed for tests. host_is_loopback: "localhost", "*.localhost", 127.0.0.0/8 or [::1], with
+// or without a port. same_origin: the Origin names the host of the Host header (http or https).
+bool host_is_loopback(const std::string& host_header);
+bool is_loopback_address(const std::string& bind_host);
+bool same_origin(const std::string& origin, const std::string& host_header);
 
 // Constant-time comparison of an Authorization header value with "Bearer <key>".
 bool authorized(const std::string& header_value, const std::string& api_key);

@@ -112,6 +112,32 @@ TEST_F(BadCheckpoint, WrongFieldType) {
   expect_error([&] { load(); }, {"hidden_size", "integer"});
 }
 
+// Finding 8 of issue 16: values the maths divides by or takes a log of loaded silently and gave NaN logits.
+TEST_F(BadCheckpoint, ConfigValuesTheMathsCannotUse) {
+  const std::vector<std::pair<std::string, json>> cases = {
+      {"rope_theta", 0}, {"rope_theta", 1}, {"rope_theta", -10000.0},
+      {"rms_norm_eps", -1e-6}, {"rms_norm_eps", 0}, {"routed_scaling_factor", 0},
+      {"max_position_embeddings", 0},
+      {"rope_scaling.factor", 0}, {"rope_scaling.factor", -4}, {"rope_scaling.beta_fast", 0},
+      {"rope_scaling.beta_slow", -1}, {"rope_scaling.original_max_position_embeddings", 0},
+      {"rope_scaling.mscale", -1}, {"rope_scaling.mscale_all_dim", -10.0},
+  };
+  for (const auto& [field, value] : cases) {
+    SCOPED_TRACE(field + " = " + value.dump());
+    json j = config();
+    if (field.rfind("rope_scaling.", 0) == 0) j["rope_scaling"][field.substr(13)] = value;
+    else j[field] = value;
+    expect_error([&] { ModelConfig::from_json(j, "config.json"); }, {"config.json", "'" + field + "'"});
+  }
+  // The bundled model's values load.
+  EXPECT_NO_THROW(ModelConfig::from_json(config(), "config.json"));
+  // At load, before any weight is read.
+  json j = config();
+  j["rope_theta"] = 0;
+  write_config(j);
+  expect_error([&] { load(); }, {"config.json", "'rope_theta' must be a number > 1, got 0"});
+}
+
 TEST_F(BadCheckpoint, ShapeDisagreesWithConfig) {
   json c = config();
   c["intermediate_size"] = 384;  // the dense MLP of layer 0 is 512 wide in the files

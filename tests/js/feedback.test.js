@@ -54,7 +54,7 @@ test("ratings survive kill -9; export gives chosen/rejected pairs", async () => 
   await post("4", "up");
   await post("5", "down");
   await post("lonely", "up", [{ role: "user", content: "other" }]);
-  const bad = await fetch(s2.url + "/v1/feedback", { method: "POST", body: JSON.stringify({ conversation: conv, answer: "x", rating: "meh" }) });
+  const bad = await fetch(s2.url + "/v1/feedback", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ conversation: conv, answer: "x", rating: "meh" }) });
   assert.equal(bad.status, 400);
   await s2.stop();
   const r2 = exportRows(db2);

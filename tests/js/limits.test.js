@@ -89,7 +89,7 @@ async function rawExchange(head, pieces = function* () {}, timeoutMs = 30000) {
   return { response, closed, sent, status: Number(/^HTTP\/1\.1 (\d+)/.exec(response)?.[1]) };
 }
 
-const postHead = (extra) => `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${extra}\r\n`;
+const postHead = (extra) => `POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n${extra}\r\n`;
 
 // Peak resident memory of the server (kB).
 const peakKb = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${srv.proc.pid}/status`, "utf8"))[1]);
@@ -147,9 +147,9 @@ test("a Content-Length body over --max-body-bytes is a 413; one that never ends 
 
 test("a body sent where the server does not read it itself must have a Content-Length within the limit", async () => {
   for (const [head, status] of [
-    ["POST /nowhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 413],
-    [`POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: ${MAX_BODY + 1}\r\n\r\n`, 413],
-    ["POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n", 411],  // no framing: would be read to EOF
+    ["POST /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n", 413],
+    [`POST /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${MAX_BODY + 1}\r\n\r\n`, 413],
+    ["POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 411],  // no framing: would be read to EOF
   ]) {
     const r = await rawExchange(head, undefined, 5000);
     assert.equal(r.status, status, head + r.response.slice(0, 300));
@@ -182,7 +182,7 @@ test("256 simultaneous connects are all accepted and answered", async () => {
     let data = "";
     const timer = setTimeout(() => resolve(data), 20000);
     s.on("data", (d) => { data += d; if (/\r\n\r\n[\s\S]*\}/.test(data)) { clearTimeout(timer); resolve(data); } });
-    s.write("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
   })));
   socks.forEach((s) => s.destroy());
   assert.equal(answers.filter((a) => a.startsWith("HTTP/1.1 200")).length, 256);
@@ -192,7 +192,7 @@ test("256 simultaneous connects are all accepted and answered", async () => {
 test("a duplicate, negative or malformed Content-Length is a 400 at once", async () => {
   const body = '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}';
   for (const lengths of [[body.length, body.length + 10], [body.length + 10, body.length], [-5], ["12abc"], ["+12"]]) {
-    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
       lengths.map((n) => `Content-Length: ${n}\r\n`).join("") + "\r\n";
     const t0 = Date.now();
     const r = await rawExchange(head, function* () { yield Buffer.from(body); }, 10000);

@@ -155,6 +155,55 @@ TEST(Scheduler, CancelFreesPagesAtOnce) {
   EXPECT_EQ(sched.metrics().requests_cancelled.load(), 1u);
 }
 
+TEST(ShareBudget, EqualSharesWithWhatTheSmallDoNotNeedGivenToTheRest) {
+  EXPECT_EQ(share_budget({1000, 4}, 512), (std::vector<int64_t>{508, 4}));
+  EXPECT_EQ(share_budget({1000, 1000}, 512), (std::vector<int64_t>{256, 256}));
+  EXPECT_EQ(share_budget({1000, 1000, 1000}, 512), (std::vector<int64_t>{170, 171, 171}));
+  EXPECT_EQ(share_budget({1000, 300, 100}, 512), (std::vector<int64_t>{206, 206, 100}));
+  EXPECT_EQ(share_budget({3, 2}, 512), (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(share_budget({10, 10, 10}, 3), (std::vector<int64_t>{1, 1, 1}));
+  EXPECT_EQ(share_budget({}, 512), (std::vector<int64_t>{}));
+}
+
+// Finding 5 of issue 16: the prefill budget went to the batch in order, so a short request admitted behind a long
+// prompt waited for its whole prefill. Shared, the short one is prefilled in its first step and finishes (after
+// max_tokens decodes) long before the long prompt's first token.
+TEST(Scheduler, LongPromptDoesNotStarveAShortOne) {
+  SchedulerOptions o;
+  o.cache_tokens = 4096;
+  o.page_size = 16;
+  o.max_batch = 4;
+  o.max_step_tokens = 8;  // the long prompt needs 1,600 / 8 = 200 steps of prefill
+  Scheduler sched(env().model, nullptr, o);
+  auto long_sink = std::make_shared<EventSink>(), short_sink = std::make_shared<EventSink>();
+  GenerationRequest lr;
+  for (int i = 0; i < 1600; ++i) lr.prompt.push_back(int32_t(2 + (i * 37) % 2000));
+  lr.max_tokens = 4;
+  lr.ignore_eos = true;
+  sched.submit(lr, long_sink, 0);
+  // Submitted after the long one (while it is prefilling): 4 prompt tokens, 2 to generate.
+  GenerationRequest sr;
+  sr.prompt = {5, 6, 7, 8};
+  sr.max_tokens = 2;
+  sr.ignore_eos = true;
+  const uint64_t steps_before = sched.metrics().steps.load();
+  sched.submit(sr, short_sink, 0);
+  auto res = collect(*short_sink, 1);
+  const uint64_t steps_taken = sched.metrics().steps.load() - steps_before;
+  EXPECT_EQ(res[0].finish, FinishReason::length);
+  EXPECT_EQ(res[0].tokens, reference(sr.prompt, 2));
+  // Bound (scheduler.cpp): 4 tokens get a share of >= (8 - 0 decodes) / 2 = 4 per step: prefilled (and the first
+  // token sampled) in one step, the second token in the next. Read a little late, so a few more may have run.
+  EXPECT_LE(steps_taken, 20u) << "the short request waited behind the long prompt's prefill";
+  // The long prompt was still prefilling: no token of it yet.
+  bool long_done = false;
+  for (auto& e : long_sink->pop(std::chrono::milliseconds(0))) {
+    EXPECT_TRUE(e.tokens.empty());
+    long_done |= e.finish != FinishReason::none;
+  }
+  if (!long_done) EXPECT_EQ(collect(*long_sink, 1)[0].finish, FinishReason::length);
+}
+
 TEST(Scheduler, SeedIsReproducibleWhateverTheBatch) {
   SchedulerOptions o;
   o.cache_tokens = 1024;

@@ -1,0 +1,253 @@
+#include "server/http_connection.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+namespace moe::server {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+thread_local int t_socket = -1;
+thread_local HeaderFailure t_header_failure = HeaderFailure::none;
+
+// Waits up to `timeout` for `events` on sock; false on timeout or error. POLLHUP/POLLERR count as ready: the read
+// or write that follows reports them.
+bool wait_for(int sock, short events, milliseconds timeout) {
+  const auto end = Clock::now() + timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<milliseconds>(end - Clock::now());
+    if (left.count() < 0) return false;
+    pollfd p{sock, events, 0};
+    const int r = ::poll(&p, 1, int(std::min<int64_t>(left.count(), 1 << 30)));
+    if (r > 0) return true;
+    if (r == 0) return false;
+    if (errno != EINTR) return false;
+  }
+}
+
+void address_of(int sock, bool peer, std::string& ip, int& port) {
+  sockaddr_storage a{};
+  socklen_t len = sizeof(a);
+  if ((peer ? ::getpeername(sock, (sockaddr*)&a, &len) : ::getsockname(sock, (sockaddr*)&a, &len)) != 0) return;
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (a.ss_family == AF_INET) {
+    auto* s = (sockaddr_in*)&a;
+    ::inet_ntop(AF_INET, &s->sin_addr, buf, sizeof(buf));
+    port = ntohs(s->sin_port);
+  } else if (a.ss_family == AF_INET6) {
+    auto* s = (sockaddr_in6*)&a;
+    ::inet_ntop(AF_INET6, &s->sin6_addr, buf, sizeof(buf));
+    port = ntohs(s->sin6_port);
+  }
+  ip = buf;
+}
+
+// A buffered socket stream (httplib reads a request line and headers a byte at a time).
+class ConnectionStream : public httplib::Stream {
+ public:
+  ConnectionStream(int sock, milliseconds read_timeout, milliseconds write_timeout)
+      : sock_(sock), read_timeout_(read_timeout), write_timeout_(write_timeout) {}
+
+  bool buffered() const { return off_ < len_; }
+
+  // The next bytes are a request's line and headers, due by `deadline`.
+  void begin_request(Clock::time_point deadline) {
+    in_headers_ = true;
+    deadline_ = deadline;
+    header_bytes_ = header_lines_ = 0;
+    tail_ = 0;
+    failure_ = HeaderFailure::none;
+  }
+  HeaderFailure failure() const { return failure_; }
+
+  bool is_readable() const override { return buffered() || wait_for(sock_, POLLIN, read_timeout_); }
+  bool is_writable() const override { return wait_for(sock_, POLLOUT, write_timeout_); }
+
+  ssize_t read(char* ptr, size_t size) override {
+    if (failure_ != HeaderFailure::none) return -1;
+    if (!buffered()) {
+      milliseconds timeout = read_timeout_;
+      if (in_headers_) {
+        timeout = std::min(timeout, std::chrono::duration_cast<milliseconds>(deadline_ - Clock::now()));
+        if (timeout.count() <= 0 || !wait_for(sock_, POLLIN, timeout)) {
+          failure_ = t_header_failure = HeaderFailure::timeout;  // the deadline, or the read timeout before it
+          return -1;
+        }
+      } else if (!wait_for(sock_, POLLIN, timeout)) {
+        return -1;
+      }
+      ssize_t n;
+      do n = ::recv(sock_, buf_, sizeof(buf_), 0);
+      while (n < 0 && errno == EINTR);
+      if (n <= 0) return n;
+      off_ = 0;
+      len_ = size_t(n);
+    }
+    size_t k = std::min(size, len_ - off_);
+    if (in_headers_) {
+      // Up to the blank line that ends the headers, counting bytes and lines (httplib reads them a byte at a time).
+      for (size_t i = 0; i < k; ++i) {
+        const char c = buf_[off_ + i];
+        tail_ = (tail_ << 8) | uint8_t(c);
+        if (c == '\n') ++header_lines_;
+        if (++header_bytes_ > kMaxHeaderBytes || header_lines_ > kMaxHeaders + 1) {
+          failure_ = t_header_failure = HeaderFailure::too_large;
+          return -1;
+        }
+        if (tail_ == 0x0d0a0d0a) {  // "\r\n\r\n"
+          in_headers_ = false;
+          k = i + 1;
+          break;
+        }
+      }
+    }
+    std::memcpy(ptr, buf_ + off_, k);
+    off_ += k;
+    return ssize_t(k);
+  }
+
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!is_writable()) return -1;
+    ssize_t n;
+    do n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n;
+  }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { address_of(sock_, true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { address_of(sock_, false, ip, port); }
+  socket_t socket() const override { return sock_; }
+
+ private:
+  int sock_;
+  milliseconds read_timeout_, write_timeout_;
+  char buf_[4096];
+  size_t off_ = 0, len_ = 0;
+  bool in_headers_ = false;
+  Clock::time_point deadline_;
+  size_t header_bytes_ = 0, header_lines_ = 0;
+  uint32_t tail_ = 0;
+  HeaderFailure failure_ = HeaderFailure::none;
+};
+
+// After an answer given with the request unread: sends FIN, then reads and drops what the client still sends, for
+// at most kLinger, so that closing does not reset the connection (a client still writing would lose the answer).
+void linger_close(int sock) {
+  constexpr milliseconds kLinger{2000};
+  ::shutdown(sock, SHUT_WR);
+  const auto end = Clock::now() + kLinger;
+  char buf[16384];
+  while (Clock::now() < end && wait_for(sock, POLLIN, std::chrono::duration_cast<milliseconds>(end - Clock::now())))
+    if (::recv(sock, buf, sizeof(buf), 0) <= 0) break;
+}
+
+}  // namespace
+
+bool client_gone(int sock) {
+  pollfd p{sock, short(POLLIN | POLLRDHUP), 0};
+  if (::poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) return true;
+  char c;
+  const ssize_t n = ::recv(sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+int HttpServer::current_socket() { return t_socket; }
+HeaderFailure HttpServer::current_header_failure() { return t_header_failure; }
+
+HttpServer::HttpServer(size_t max_threads) {
+  new_task_queue = [max_threads] { return new ElasticThreadPool(max_threads); };
+}
+
+void HttpServer::shutdown() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    // Reads on every connection now end at once (EOF); answers can still be written.
+    for (int fd : open_) ::shutdown(fd, SHUT_RD);
+  }
+  stop();  // closes the listening socket; listen_after_bind() joins the connections' threads and returns
+}
+
+bool HttpServer::process_and_close_socket(socket_t sock) {
+  bool registered = false;
+  {
+    std::lock_guard lock(mu_);
+    if (!stopping_) registered = open_.insert(sock).second;
+  }
+  bool ret = false;
+  if (registered) {
+    auto ms = [](time_t s, time_t us) { return milliseconds(int64_t(s) * 1000 + int64_t(us) / 1000); };
+    ConnectionStream strm(sock, ms(read_timeout_sec_, read_timeout_usec_), ms(write_timeout_sec_, write_timeout_usec_));
+    t_socket = sock;
+    for (size_t count = keep_alive_max_count_; count > 0 && !stopping_; --count) {
+      // The next request's first byte (already here when pipelined); an idle connection is closed.
+      if (!strm.buffered() && !wait_for(sock, POLLIN, kKeepAliveTimeout)) break;
+      strm.begin_request(Clock::now() + kHeaderTimeout);
+      t_header_failure = HeaderFailure::none;
+      bool closed = false;
+      ret = process_request(strm, count == 1 || stopping_, closed, nullptr);
+      if (strm.failure() != HeaderFailure::none) {
+        linger_close(sock);
+        break;
+      }
+      if (!ret || closed) break;
+    }
+    t_socket = -1;
+    t_header_failure = HeaderFailure::none;
+    std::lock_guard lock(mu_);
+    open_.erase(sock);
+  }
+  ::shutdown(sock, SHUT_RDWR);
+  ::close(sock);
+  return ret;
+}
+
+// ---- ElasticThreadPool ----
+
+void ElasticThreadPool::enqueue(std::function<void()> fn) {
+  std::lock_guard lock(mu_);
+  jobs_.push_back(std::move(fn));
+  if (idle_ < jobs_.size() && threads_ < max_) {
+    ++threads_;
+    std::thread([this] { worker(); }).detach();
+  } else {
+    cv_.notify_one();
+  }
+}
+
+void ElasticThreadPool::worker() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    ++idle_;
+    const bool woke = cv_.wait_for(lock, std::chrono::minutes(1), [&] { return !jobs_.empty() || shutdown_; });
+    --idle_;
+    if (jobs_.empty() && (shutdown_ || !woke)) break;
+    auto fn = std::move(jobs_.front());
+    jobs_.pop_front();
+    lock.unlock();
+    fn();
+    lock.lock();
+  }
+  if (--threads_ == 0) ended_.notify_all();
+}
+
+void ElasticThreadPool::shutdown() {
+  std::unique_lock lock(mu_);
+  shutdown_ = true;
+  cv_.notify_all();
+  ended_.wait(lock, [&] { return threads_ == 0; });
+}
+
+}  // namespace moe::server
