@@ -22,13 +22,6 @@ constexpr int64_t kHeader = 16;
 
 std::string hex64(uint64_t v) { return fmt::format("{:016x}", v); }
 
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MOE_CHECK(in.good(), "{}: cannot open", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 struct ShardWriter {
   std::string dir, split;
@@ -64,6 +57,14 @@ nlohmann::json shards_json(const std::vector<ShardInfo>& shards) {
 }
 
 }  // namespace
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  MOE_CHECK(in.good(), "{}: cannot open", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 uint64_t fnv1a64(const void* data, size_t bytes) {
   uint64_t h = 0xcbf29ce484222325ull;
@@ -107,7 +108,7 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
     st.tokens[split] += int64_t(ids.size());
   };
   for (const std::string& f : files) {
-    const std::string text = read_all(f);
+    const std::string text = read_file(f);
     if (f.size() >= 6 && f.substr(f.size() - 6) == ".jsonl") {
       std::istringstream lines(text);
       std::string line;
@@ -198,7 +199,7 @@ std::vector<std::vector<int32_t>> Manifest::read_split(const std::string& split)
   for (const ShardInfo& s : list) {
     const std::string path = dir + "/" + s.file;
     MOE_CHECK(fs::exists(path), "{}: missing (listed in {}/manifest.json)", path, dir);
-    const std::string bytes = read_all(path);
+    const std::string bytes = read_file(path);
     MOE_CHECK(bytes.size() >= size_t(kHeader) && std::memcmp(bytes.data(), kMagic, 8) == 0,
               "{}: not a token shard (bad magic)", path);
     uint64_t n = 0;

@@ -16,6 +16,9 @@
 
 namespace moe::train {
 
+// A whole file's bytes; throws moe::Error "PATH: cannot open".
+std::string read_file(const std::string& path);
+
 struct CorpusOptions {
   std::string tokenizer_dir;
   std::string out_dir;

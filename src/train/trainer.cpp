@@ -27,13 +27,6 @@ namespace moe::train {
 
 namespace {
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MOE_CHECK(in.good(), "{}: cannot open", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 void fsync_path(const std::string& path, bool dir = false) {
   const int fd = ::open(path.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
@@ -102,7 +95,7 @@ std::string resolve_checkpoint(const std::string& dir) {
   const fs::path latest = fs::path(dir) / "latest";
   MOE_CHECK(fs::exists(latest), "{}: not a training checkpoint (no train_state.json) nor a train --out directory "
             "(no latest)", dir);
-  std::string name = read_text(latest.string());
+  std::string name = read_file(latest.string());
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   const std::string path = (fs::path(dir) / name).string();
   MOE_CHECK(fs::exists(fs::path(path) / "train_state.json"), "{}: latest names {}, which has no train_state.json",
@@ -162,7 +155,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     const std::string state_path = ck + "/train_state.json";
     nlohmann::json st;
     try {
-      st = nlohmann::json::parse(read_text(state_path));
+      st = nlohmann::json::parse(read_file(state_path));
       const int64_t steps_flag = run.recipe.steps;
       run.recipe = recipe_from(st.at("recipe"));
       for (const std::string& flag : run.recipe_flags_given) {
@@ -179,7 +172,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     }
     if (run.out_dir.empty()) run.out_dir = fs::path(ck).parent_path().string();
     model = TrainModel::load(ck);
-    config_json = read_text(ck + "/config.json");
+    config_json = read_file(ck + "/config.json");
     SafetensorsFile opt(ck + "/optimizer.safetensors");
     auto get = [&](const std::string& name, std::vector<float>& dst) {
       const SafetensorsEntry* e = opt.find(name);
@@ -202,11 +195,11 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
               run.out_dir);
     if (!run.init_dir.empty()) {
       model = TrainModel::load(run.init_dir);
-      config_json = read_text(run.init_dir + "/config.json");
+      config_json = read_file(run.init_dir + "/config.json");
     } else {
       nlohmann::json cfg;
       try {
-        cfg = nlohmann::json::parse(read_text(run.config_path));
+        cfg = nlohmann::json::parse(read_file(run.config_path));
       } catch (const nlohmann::json::exception& e) {
         fail("{}: not valid JSON: {}", run.config_path, e.what());
       }
@@ -224,7 +217,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   const Manifest manifest = Manifest::load(run.data_dir);
   const std::string manifest_path = run.data_dir + "/manifest.json";
   const std::string manifest_sum = fmt::format("{:016x}", [&] {
-    const std::string text = read_text(manifest_path);
+    const std::string text = read_file(manifest_path);
     return fnv1a64(text.data(), text.size());
   }());
   MOE_CHECK(data_checksum.empty() || data_checksum == manifest_sum,

@@ -13,29 +13,15 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
+#include "run_moe.h"
 #include "test_util.h"
 
 namespace moe {
 namespace {
 
 namespace fs = std::filesystem;
+using Result = test::MoeResult;
 
-struct Result {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(MOE_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  Result r{-1, ""};
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
 
 std::string join(const std::vector<int32_t>& v) {
   std::string s;
@@ -50,8 +36,8 @@ TEST(Cli, LogitsWithMtpMatchReference) {
   const auto cases = test::load_reference_cases();
   SafetensorsFile ref(test::kReferenceTensors);
   const std::string out = test::temp_path("logits.safetensors");
-  const Result r = run("logits --model " + test::kTinyModel + " --tokens " + join(cases[2].input_ids) + " --out " + out + " --mtp");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Result r = test::run_moe("logits --model " + test::kTinyModel + " --tokens " + join(cases[2].input_ids) + " --out " + out + " --mtp");
+  ASSERT_EQ(r.code, 0) << r.out;
   SafetensorsFile got(out);
   for (const auto& [name, ref_name] : {std::pair{"logits", "case2.logits"}, std::pair{"mtp_logits", "case2.mtp_logits"}}) {
     const SafetensorsEntry* g = got.find(name);
@@ -66,60 +52,60 @@ TEST(Cli, LogitsWithMtpMatchReference) {
 
 TEST(Cli, GeneratePrintsTheGreedyContinuation) {
   for (const auto& c : test::load_reference_cases()) {
-    const Result r = run("generate --model " + test::kTinyModel + " --tokens " + join(c.input_ids) +
+    const Result r = test::run_moe("generate --model " + test::kTinyModel + " --tokens " + join(c.input_ids) +
                          " --max-new-tokens " + std::to_string(c.greedy_continuation.size()));
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    EXPECT_EQ(r.output, join(c.greedy_continuation) + "\n");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(r.out, join(c.greedy_continuation) + "\n");
   }
   // The FP8 twin has the same greedy continuation on the first case (its logits differ by ~1e-2 at most).
   const auto c = test::load_reference_cases()[0];
-  const Result fp8 = run("generate --model " + test::kTinyModelFp8 + " --tokens " + join(c.input_ids) + " --max-new-tokens 3");
-  EXPECT_EQ(fp8.exit_code, 0) << fp8.output;
+  const Result fp8 = test::run_moe("generate --model " + test::kTinyModelFp8 + " --tokens " + join(c.input_ids) + " --max-new-tokens 3");
+  EXPECT_EQ(fp8.code, 0) << fp8.out;
 }
 
 TEST(Cli, SpeculativeGenerateMatchesGreedy) {
   const auto c = test::load_reference_cases()[2];
-  const Result r = run("generate --model " + test::kTinyModel + " --tokens " + join(c.input_ids) + " --max-new-tokens " +
+  const Result r = test::run_moe("generate --model " + test::kTinyModel + " --tokens " + join(c.input_ids) + " --max-new-tokens " +
                        std::to_string(c.greedy_continuation.size()) + " --speculative");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_EQ(r.code, 0) << r.out;
   // stdout (the ids) and stderr (the statistics) arrive interleaved through one pipe.
-  EXPECT_NE(r.output.find(join(c.greedy_continuation) + "\n"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("drafts accepted"), std::string::npos);
+  EXPECT_NE(r.out.find(join(c.greedy_continuation) + "\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("drafts accepted"), std::string::npos);
 }
 
 TEST(Cli, SeededSamplingIsReproducible) {
   const std::string args = "generate --model " + test::kTinyModel + " --tokens 5,6,7 --max-new-tokens 8 --temperature 1.0 --top-p 0.9 --seed 7";
-  const Result a = run(args), b = run(args);
-  ASSERT_EQ(a.exit_code, 0) << a.output;
-  EXPECT_EQ(a.output, b.output);
+  const Result a = test::run_moe(args), b = test::run_moe(args);
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_EQ(a.out, b.out);
 }
 
 TEST(Cli, InfoReportsArchitectureParametersAndCache) {
-  const Result r = run("info --model " + test::kTinyModel);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("DeepseekV3ForCausalLM"), std::string::npos);
+  const Result r = test::run_moe("info --model " + test::kTinyModel);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("DeepseekV3ForCausalLM"), std::string::npos);
   // 3 layers x (kv_lora 128 + rope 32) values x 2 bytes (MODEL.md's formula for the BF16 latent cache).
-  EXPECT_NE(r.output.find("160 values per layer, 960 B in BF16"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("active per token"), std::string::npos);
+  EXPECT_NE(r.out.find("160 values per layer, 960 B in BF16"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("active per token"), std::string::npos);
 }
 
 TEST(Cli, InfoNamesDeepSeekV32AndItsSparseAttention) {
-  const Result r = run("info --model " + test::kTinyV32Model);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("DeepseekV32ForCausalLM (DeepSeek-V3.2, DeepSeek Sparse Attention)"), std::string::npos)
-      << r.output;
-  EXPECT_NE(r.output.find("sparse attention: lightning indexer with 8 heads of 32, each query attends to its top 16"),
+  const Result r = test::run_moe("info --model " + test::kTinyV32Model);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("DeepseekV32ForCausalLM (DeepSeek-V3.2, DeepSeek Sparse Attention)"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("sparse attention: lightning indexer with 8 heads of 32, each query attends to its top 16"),
             std::string::npos)
-      << r.output;
-  EXPECT_NE(r.output.find("index key cache per token: 32 values per layer"), std::string::npos) << r.output;
+      << r.out;
+  EXPECT_NE(r.out.find("index key cache per token: 32 values per layer"), std::string::npos) << r.out;
 }
 
 TEST(Cli, GenerateV32PrintsTheGreedyContinuation) {
   const auto c = test::load_reference_cases(test::kV32ReferenceJson)[1];  // 40 tokens: sparse attention
-  const Result r = run("generate --model " + test::kTinyV32Model + " --tokens " + join(c.input_ids) +
+  const Result r = test::run_moe("generate --model " + test::kTinyV32Model + " --tokens " + join(c.input_ids) +
                        " --max-new-tokens " + std::to_string(c.greedy_continuation.size()));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(r.output, join(c.greedy_continuation) + "\n");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out, join(c.greedy_continuation) + "\n");
 }
 
 // A random checkpoint in the hub layout loads, runs, and keeps logits near unit size; its FP8 twin (same seed,
@@ -136,10 +122,10 @@ TEST(Cli, CreateRandomBf16AndFp8) {
     "first_k_dense_replace":1,"norm_topk_prob":true,"scoring_func":"sigmoid","topk_method":"noaux_tc",
     "num_nextn_predict_layers":1,"rms_norm_eps":1e-6,"rope_theta":10000.0,"max_position_embeddings":4096})";
   for (const char* dtype : {"bf16", "fp8"}) {
-    const Result r = run("create-random --config " + cfg + " --out " + dir + "/" + dtype + " --dtype " + dtype + " --seed 3");
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    const Result l = run("logits --model " + dir + "/" + dtype + " --tokens 1,2,3,400,17 --mtp --out " + dir + "/" + dtype + ".st");
-    ASSERT_EQ(l.exit_code, 0) << l.output;
+    const Result r = test::run_moe("create-random --config " + cfg + " --out " + dir + "/" + dtype + " --dtype " + dtype + " --seed 3");
+    ASSERT_EQ(r.code, 0) << r.out;
+    const Result l = test::run_moe("logits --model " + dir + "/" + dtype + " --tokens 1,2,3,400,17 --mtp --out " + dir + "/" + dtype + ".st");
+    ASSERT_EQ(l.code, 0) << l.out;
   }
   SafetensorsFile a(dir + "/bf16.st"), b(dir + "/fp8.st");
   const TensorView la = a.view(*a.find("logits")), lb = b.view(*b.find("logits"));
@@ -173,11 +159,11 @@ TEST(Cli, DeepseekV2ShapedCheckpointRuns) {
     "topk_method":"group_limited_greedy","rms_norm_eps":1e-6,"rope_theta":10000.0,"max_position_embeddings":8192,
     "rope_scaling":{"type":"yarn","factor":4,"original_max_position_embeddings":2048,"beta_fast":32,"beta_slow":1,
     "mscale":0.707,"mscale_all_dim":0.707}})";
-  ASSERT_EQ(run("create-random --config " + dir + "/shape.json --out " + dir + "/m").exit_code, 0);
-  const Result info = run("info --model " + dir + "/m");
-  EXPECT_NE(info.output.find("DeepseekV2ForCausalLM"), std::string::npos) << info.output;
-  const Result l = run("logits --model " + dir + "/m --tokens 5,6,7,8 --out " + dir + "/l.st");
-  ASSERT_EQ(l.exit_code, 0) << l.output;
+  ASSERT_EQ(test::run_moe("create-random --config " + dir + "/shape.json --out " + dir + "/m").code, 0);
+  const Result info = test::run_moe("info --model " + dir + "/m");
+  EXPECT_NE(info.out.find("DeepseekV2ForCausalLM"), std::string::npos) << info.out;
+  const Result l = test::run_moe("logits --model " + dir + "/m --tokens 5,6,7,8 --out " + dir + "/l.st");
+  ASSERT_EQ(l.code, 0) << l.out;
   SafetensorsFile f(dir + "/l.st");
   const TensorView v = f.view(*f.find("logits"));
   int best = 0;
@@ -185,8 +171,8 @@ TEST(Cli, DeepseekV2ShapedCheckpointRuns) {
     ASSERT_TRUE(std::isfinite(v.as<float>()[3 * 300 + i]));
     if (v.as<float>()[3 * 300 + i] > v.as<float>()[3 * 300 + best]) best = i;
   }
-  const Result g = run("generate --model " + dir + "/m --tokens 5,6,7,8 --max-new-tokens 1");
-  EXPECT_EQ(g.output, std::to_string(best) + "\n");
+  const Result g = test::run_moe("generate --model " + dir + "/m --tokens 5,6,7,8 --max-new-tokens 1");
+  EXPECT_EQ(g.out, std::to_string(best) + "\n");
   fs::remove_all(dir);
 }
 
@@ -204,36 +190,36 @@ TEST(Cli, TextGenerateAndChatWithTheRealTokenizer) {
     "first_k_dense_replace":1,"norm_topk_prob":true,"scoring_func":"sigmoid","topk_method":"noaux_tc",
     "rms_norm_eps":1e-6,"rope_theta":10000.0,"max_position_embeddings":4096,"bos_token_id":0,"eos_token_id":1})";
   const std::string model = dir + "/model";
-  ASSERT_EQ(run("create-random --config " + dir + "/shape.json --out " + model).exit_code, 0);
+  ASSERT_EQ(test::run_moe("create-random --config " + dir + "/shape.json --out " + model).code, 0);
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
     fs::copy_file("models/deepseek-v3-tokenizer/" + std::string(f), model + "/" + f);
 
   // The prompt's ids (BOS + text) through the tokenizer command, then both generate paths.
   const std::string prompt_file = dir + "/prompt.txt";
   std::ofstream(prompt_file) << "\"Hello, 世界\"\n";
-  const Result ids = run("tokenize --tokenizer " + model + " < " + prompt_file);
-  ASSERT_EQ(ids.exit_code, 0) << ids.output;
-  std::string id_list = ids.output.substr(1, ids.output.find(']') - 1);
-  const Result by_ids = run("generate --model " + model + " --tokens 0," + id_list + " --max-new-tokens 12");
-  ASSERT_EQ(by_ids.exit_code, 0) << by_ids.output;
+  const Result ids = test::run_moe("tokenize --tokenizer " + model + " < " + prompt_file);
+  ASSERT_EQ(ids.code, 0) << ids.out;
+  std::string id_list = ids.out.substr(1, ids.out.find(']') - 1);
+  const Result by_ids = test::run_moe("generate --model " + model + " --tokens 0," + id_list + " --max-new-tokens 12");
+  ASSERT_EQ(by_ids.code, 0) << by_ids.out;
   const std::string decode_file = dir + "/ids.txt";
-  std::ofstream(decode_file) << "[" << by_ids.output.substr(0, by_ids.output.size() - 1) << "]\n";
-  const Result decoded = run("tokenize --decode --tokenizer " + model + " < " + decode_file);
-  ASSERT_EQ(decoded.exit_code, 0) << decoded.output;
-  const Result by_text = run("generate --model " + model + " --prompt 'Hello, 世界' --max-new-tokens 12");
-  ASSERT_EQ(by_text.exit_code, 0) << by_text.output;
+  std::ofstream(decode_file) << "[" << by_ids.out.substr(0, by_ids.out.size() - 1) << "]\n";
+  const Result decoded = test::run_moe("tokenize --decode --tokenizer " + model + " < " + decode_file);
+  ASSERT_EQ(decoded.code, 0) << decoded.out;
+  const Result by_text = test::run_moe("generate --model " + model + " --prompt 'Hello, 世界' --max-new-tokens 12");
+  ASSERT_EQ(by_text.code, 0) << by_text.out;
   // decoded is a JSON string line; by_text is the raw text plus a newline.
-  const std::string expected = nlohmann::json::parse(decoded.output).get<std::string>() + "\n";
-  EXPECT_EQ(by_text.output, expected);
+  const std::string expected = nlohmann::json::parse(decoded.out).get<std::string>() + "\n";
+  EXPECT_EQ(by_text.out, expected);
 
   const std::string script = dir + "/chat.txt";
   std::ofstream(script) << "Hi\nHow are you?\n/reset\nAgain\n/exit\nnever read\n";
-  const Result c = run("chat --model " + model + " --max-new-tokens 6 < " + script);
-  ASSERT_EQ(c.exit_code, 0) << c.output;
+  const Result c = test::run_moe("chat --model " + model + " --max-new-tokens 6 < " + script);
+  ASSERT_EQ(c.code, 0) << c.out;
   size_t replies = 0;
-  for (size_t p = c.output.find("tokens/s]"); p != std::string::npos; p = c.output.find("tokens/s]", p + 1)) ++replies;
-  EXPECT_EQ(replies, 3u) << c.output;
-  EXPECT_NE(c.output.find("(conversation cleared)"), std::string::npos);
+  for (size_t p = c.out.find("tokens/s]"); p != std::string::npos; p = c.out.find("tokens/s]", p + 1)) ++replies;
+  EXPECT_EQ(replies, 3u) << c.out;
+  EXPECT_NE(c.out.find("(conversation cleared)"), std::string::npos);
   fs::remove_all(dir);
 }
 
@@ -251,12 +237,12 @@ TEST(Cli, BadInputEndsWithAClearErrorAndExitCode1) {
       {"generate --model " + test::kTinyModel + " --tokens 1 --device tpu", "unknown device 'tpu'"},
   };
   for (const Case& c : cases) {
-    const Result r = run(c.args);
-    EXPECT_EQ(r.exit_code, 1) << c.args << "\n" << r.output;
-    EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.args << "\n" << r.output;
-    EXPECT_EQ(r.output.find("internal error"), std::string::npos) << r.output;
+    const Result r = test::run_moe(c.args);
+    EXPECT_EQ(r.code, 1) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
+    EXPECT_EQ(r.out.find("internal error"), std::string::npos) << r.out;
   }
-  EXPECT_NE(run("logits --model " + test::kTinyModel).exit_code, 0);  // missing required flags
+  EXPECT_NE(test::run_moe("logits --model " + test::kTinyModel).code, 0);  // missing required flags
 }
 
 TEST(Cli, ChatTemplateRefusesDeeplyNestedJson) {
@@ -266,14 +252,14 @@ TEST(Cli, ChatTemplateRefusesDeeplyNestedJson) {
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
   std::ofstream(dir + "/messages.json") << R"([{"role": "user", "content": "hi", "x": )" << deep << "}]";
   std::ofstream(dir + "/ok.json") << R"([{"role": "user", "content": "hi"}])";
-  const Result r = run("chat-template --tokenizer " + test::kTinyModel + " < " + dir + "/messages.json");
-  EXPECT_EQ(r.exit_code, 1) << r.output.substr(0, 500);
-  EXPECT_NE(r.output.find("nesting deeper than 128 levels"), std::string::npos) << r.output.substr(0, 500);
-  const Result c = run("chat-template --tokenizer " + test::kTinyModel + " --context '{\"x\": " +
+  const Result r = test::run_moe("chat-template --tokenizer " + test::kTinyModel + " < " + dir + "/messages.json");
+  EXPECT_EQ(r.code, 1) << r.out.substr(0, 500);
+  EXPECT_NE(r.out.find("nesting deeper than 128 levels"), std::string::npos) << r.out.substr(0, 500);
+  const Result c = test::run_moe("chat-template --tokenizer " + test::kTinyModel + " --context '{\"x\": " +
                        std::string(20000, '[') + std::string(20000, ']') + "}' < " + dir + "/ok.json");
-  EXPECT_EQ(c.exit_code, 1) << c.output.substr(0, 500);
-  EXPECT_NE(c.output.find("nesting deeper than 128 levels"), std::string::npos) << c.output.substr(0, 500);
-  EXPECT_EQ(run("chat-template --tokenizer " + test::kTinyModel + " < " + dir + "/ok.json").exit_code, 0);
+  EXPECT_EQ(c.code, 1) << c.out.substr(0, 500);
+  EXPECT_NE(c.out.find("nesting deeper than 128 levels"), std::string::npos) << c.out.substr(0, 500);
+  EXPECT_EQ(test::run_moe("chat-template --tokenizer " + test::kTinyModel + " < " + dir + "/ok.json").code, 0);
   fs::remove_all(dir);
 }
 

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "run_moe.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -20,21 +21,8 @@ namespace fs = std::filesystem;
 namespace moe {
 namespace {
 
-struct Result {
-  int code;
-  std::string out;
-};
+using Result = test::MoeResult;
 
-Result cli(const std::string& args) {
-  const std::string cmd = std::string(MOE_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
 
 std::vector<nlohmann::json> json_lines(const std::string& text) {
   std::vector<nlohmann::json> out;
@@ -67,7 +55,7 @@ class TrainCommand : public ::testing::Test {
       std::ofstream(path) << text;
       files += " " + path;
     }
-    const Result r = cli("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/data --val-fraction 0.2" + files);
+    const Result r = test::run_moe("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/data --val-fraction 0.2" + files);
     ASSERT_EQ(r.code, 0) << r.out;
     nlohmann::json cfg = nlohmann::json::parse(read("tests/data/tiny-train/model/config.json"));
     cfg["vocab_size"] = 2048;
@@ -113,15 +101,15 @@ void expect_same_lines(const std::vector<nlohmann::json>& got, const std::vector
 
 TEST_F(TrainCommand, ResumeContinuesBitForBit) {
   const std::string a = *dir_ + "/straight", b = *dir_ + "/split";
-  const Result straight = cli(train_args(a));
+  const Result straight = test::run_moe(train_args(a));
   ASSERT_EQ(straight.code, 0) << straight.out;
-  const Result first = cli(train_args(b) + " --stop-after 3");
+  const Result first = test::run_moe(train_args(b) + " --stop-after 3");
   ASSERT_EQ(first.code, 0) << first.out;
   EXPECT_EQ(read(b + "/latest"), "step-00000003\n");
   // A crash while writing the next checkpoint leaves a partial temp dir; latest still names step 3.
   fs::create_directories(b + "/.tmp-step-00000004");
   std::ofstream(b + "/.tmp-step-00000004/model.safetensors") << "partial";
-  const Result second = cli("train --resume " + b);
+  const Result second = test::run_moe("train --resume " + b);
   ASSERT_EQ(second.code, 0) << second.out;
 
   const std::vector<nlohmann::json> want = step_lines(straight.out);
@@ -137,7 +125,7 @@ TEST_F(TrainCommand, ResumeContinuesBitForBit) {
   EXPECT_FALSE(fs::exists(b + "/.tmp-step-00000004"));
   // Resuming an earlier checkpoint into the same directory replaces steps 4 and 6 (atomically) with the same bytes.
   const std::string before = read(a + "/step-00000006/model.safetensors");
-  const Result again = cli("train --resume " + a + "/step-00000002");
+  const Result again = test::run_moe("train --resume " + a + "/step-00000002");
   ASSERT_EQ(again.code, 0) << again.out;
   EXPECT_TRUE(read(a + "/step-00000006/model.safetensors") == before);
   EXPECT_EQ(read(a + "/latest"), "step-00000006\n");
@@ -146,18 +134,18 @@ TEST_F(TrainCommand, ResumeContinuesBitForBit) {
   // The checkpoint is a hub checkpoint: config.json, safetensors and the tokenizer; `moe generate` runs it.
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
     EXPECT_TRUE(fs::exists(a + "/step-00000006/" + f)) << f;
-  const Result gen = cli("generate --model " + a + "/step-00000006 --prompt \"experts route\" --max-new-tokens 4");
+  const Result gen = test::run_moe("generate --model " + a + "/step-00000006 --prompt \"experts route\" --max-new-tokens 4");
   EXPECT_EQ(gen.code, 0) << gen.out;
 }
 
 // With a BF16 model file the F32 masters travel in optimizer.safetensors, so resume is still exact.
 TEST_F(TrainCommand, ResumeFromBf16CheckpointIsExact) {
   const std::string a = *dir_ + "/bf16-straight", b = *dir_ + "/bf16-split";
-  const Result straight = cli(train_args(a) + " --save-dtype bf16");
+  const Result straight = test::run_moe(train_args(a) + " --save-dtype bf16");
   ASSERT_EQ(straight.code, 0) << straight.out;
-  const Result first = cli(train_args(b) + " --save-dtype bf16 --stop-after 2");
+  const Result first = test::run_moe(train_args(b) + " --save-dtype bf16 --stop-after 2");
   ASSERT_EQ(first.code, 0) << first.out;
-  const Result second = cli("train --resume " + b + "/step-00000002");
+  const Result second = test::run_moe("train --resume " + b + "/step-00000002");
   ASSERT_EQ(second.code, 0) << second.out;
   std::vector<nlohmann::json> got = step_lines(first.out);
   const std::vector<nlohmann::json> rest = step_lines(second.out);
@@ -176,14 +164,14 @@ TEST_F(TrainCommand, ResumeFromBf16CheckpointIsExact) {
 // --init takes a hub checkpoint (here one that train wrote) and trains on from its weights with fresh moments.
 TEST_F(TrainCommand, InitFromHubCheckpoint) {
   const std::string a = *dir_ + "/init-src", b = *dir_ + "/init-dst";
-  Result r = cli(train_args(a) + " --stop-after 2");
+  Result r = test::run_moe(train_args(a) + " --stop-after 2");
   ASSERT_EQ(r.code, 0) << r.out;
-  r = cli("train --init " + a + "/step-00000002 --data " + *dir_ + "/data --out " + b +
+  r = test::run_moe("train --init " + a + "/step-00000002 --data " + *dir_ + "/data --out " + b +
           " --steps 2 --seq-len 16 --batch 2 --lr 1e-3");
   ASSERT_EQ(r.code, 0) << r.out;
   const auto lines = step_lines(r.out);
   ASSERT_EQ(lines.size(), 2u);
-  const auto fresh = step_lines(cli(train_args(*dir_ + "/init-fresh") + " --stop-after 1").out);
+  const auto fresh = step_lines(test::run_moe(train_args(*dir_ + "/init-fresh") + " --stop-after 1").out);
   // Trained weights fit the data better than a fresh initialisation.
   EXPECT_LT(lines[0]["loss"].get<double>(), fresh[0]["loss"].get<double>());
   EXPECT_TRUE(fs::exists(b + "/step-00000002/tokenizer.json"));
@@ -193,14 +181,14 @@ TEST_F(TrainCommand, InitFromHubCheckpoint) {
 // straight run's losses.
 TEST_F(TrainCommand, CrashWhileSavingKeepsThePreviousCheckpoint) {
   const std::string a = *dir_ + "/crash-straight", b = *dir_ + "/crash";
-  const Result straight = cli(train_args(a));
+  const Result straight = test::run_moe(train_args(a));
   ASSERT_EQ(straight.code, 0) << straight.out;
-  const Result crashed = cli(train_args(b) + " --fault-crash-save 4");
+  const Result crashed = test::run_moe(train_args(b) + " --fault-crash-save 4");
   EXPECT_EQ(crashed.code, 3) << crashed.out;
   EXPECT_EQ(read(b + "/latest"), "step-00000002\n");
   EXPECT_FALSE(fs::exists(b + "/step-00000004"));
   EXPECT_TRUE(fs::exists(b + "/.tmp-step-00000004/model.safetensors"));
-  const Result resumed = cli("train --resume " + b);
+  const Result resumed = test::run_moe("train --resume " + b);
   ASSERT_EQ(resumed.code, 0) << resumed.out;
   std::vector<nlohmann::json> got = step_lines(crashed.out), want = step_lines(straight.out);
   got.resize(3);  // steps 1, 2 and validation 2 (steps 3, 4 ran but their checkpoint died)
@@ -212,7 +200,7 @@ TEST_F(TrainCommand, CrashWhileSavingKeepsThePreviousCheckpoint) {
 
 TEST_F(TrainCommand, NanLossStopsKeepingTheLastGoodCheckpoint) {
   const std::string c = *dir_ + "/nan";
-  const Result r = cli(train_args(c) + " --fault-nan-step 3");
+  const Result r = test::run_moe(train_args(c) + " --fault-nan-step 3");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("moe: error: train: the loss is nan at step 3; stopped without updating. The last good "
                        "checkpoint is " + c + "/step-00000002"),
@@ -221,42 +209,42 @@ TEST_F(TrainCommand, NanLossStopsKeepingTheLastGoodCheckpoint) {
   EXPECT_EQ(read(c + "/latest"), "step-00000002\n");
   EXPECT_FALSE(fs::exists(c + "/step-00000003"));
   // ... and that checkpoint resumes.
-  const Result resumed = cli("train --resume " + c + "/step-00000002 --out " + c);
+  const Result resumed = test::run_moe("train --resume " + c + "/step-00000002 --out " + c);
   EXPECT_EQ(resumed.code, 0) << resumed.out;
 }
 
 TEST_F(TrainCommand, BadInputNamesTheFile) {
-  Result r = cli("train --resume " + *dir_ + "/nowhere");
+  Result r = test::run_moe("train --resume " + *dir_ + "/nowhere");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find(*dir_ + "/nowhere: not a training checkpoint"), std::string::npos) << r.out;
-  r = cli("train --config " + *dir_ + "/config.json --data " + *dir_ + "/in --out " + *dir_ + "/bad");
+  r = test::run_moe("train --config " + *dir_ + "/config.json --data " + *dir_ + "/in --out " + *dir_ + "/bad");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find(*dir_ + "/in/manifest.json: cannot open"), std::string::npos) << r.out;
-  r = cli("train --config tests/data/tiny-train/model/config.json --data " + *dir_ + "/data --out " + *dir_ + "/bad");
+  r = test::run_moe("train --config tests/data/tiny-train/model/config.json --data " + *dir_ + "/data --out " + *dir_ + "/bad");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find("is larger than the model's vocab_size (512)"), std::string::npos) << r.out;
   // A run to misuse: a fresh run into its --out, recipe flags on resume, data changed under it.
   const std::string run = *dir_ + "/misuse";
-  r = cli(train_args(run) + " --stop-after 1");
+  r = test::run_moe(train_args(run) + " --stop-after 1");
   ASSERT_EQ(r.code, 0) << r.out;
-  r = cli(train_args(run));
+  r = test::run_moe(train_args(run));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find(run + ": already holds a run (latest); continue it with --resume"), std::string::npos) << r.out;
-  r = cli("train --resume " + run + " --lr 1");
+  r = test::run_moe("train --resume " + run + " --lr 1");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find("train: --lr cannot change on --resume: the recipe is " + run + "/step-00000001/train_state.json"),
             std::string::npos) << r.out;
   fs::copy(*dir_ + "/data", *dir_ + "/data2");
   std::ofstream(*dir_ + "/data2/manifest.json", std::ios::app) << "\n";
-  r = cli("train --resume " + run + " --data " + *dir_ + "/data2");
+  r = test::run_moe("train --resume " + run + " --data " + *dir_ + "/data2");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find(*dir_ + "/data2/manifest.json: the data changed since the checkpoint"), std::string::npos)
       << r.out;
-  r = cli("train --resume " + run + " --steps 2");  // --steps may change: the run is extended or shortened
+  r = test::run_moe("train --resume " + run + " --steps 2");  // --steps may change: the run is extended or shortened
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(step_lines(r.out).size(), 2u);  // step 2 and its validation
 
-  r = cli("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/bad " + *dir_ + "/missing.txt");
+  r = test::run_moe("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/bad " + *dir_ + "/missing.txt");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find(*dir_ + "/missing.txt: cannot open"), std::string::npos) << r.out;
 }

@@ -14,23 +14,15 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
+#include "run_moe.h"
 #include "test_util.h"
 
 namespace moe {
 namespace {
 
 const std::string kTrainDir = "tests/data/tiny-train";
+using test::run_moe;
 
-std::pair<int, std::string> run_moe(const std::string& args, bool with_stderr = true) {
-  const std::string cmd = std::string(MOE_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
 
 double rel_l2(const TensorView& got, const TensorView& want) {
   double num = 0, den = 0;

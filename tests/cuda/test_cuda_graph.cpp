@@ -15,12 +15,6 @@
 namespace moe {
 namespace {
 
-std::vector<float> to_host(Backend& b, const Tensor& t) {
-  std::vector<float> v(size_t(t.numel()));
-  b.copy_to_host(t, v.data());
-  return v;
-}
-
 std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs) {
   CudaOptions o;
   o.graphs = graphs;
@@ -52,7 +46,7 @@ void check_graph_replays(const std::string& model_dir, const std::vector<int32_t
       chunks[size_t(s)].pages.push_back(int32_t(s * pages_per_seq + p));
   }
   ForwardOutput oe = eager.forward(chunks, cache_e), og = graphed.forward(chunks, cache_g);
-  std::vector<float> le = to_host(*eager_backend, oe.logits), lg = to_host(*graph_backend, og.logits);
+  std::vector<float> le = test::to_host_f32(*eager_backend, oe.logits), lg = test::to_host_f32(*graph_backend, og.logits);
   ASSERT_EQ(le, lg) << "prefill differs";  // prefill is never captured: the same eager path on both
 
   // Decode: every sequence for kSteps steps, then the first alone (another batch shape), feeding both models
@@ -79,14 +73,14 @@ void check_graph_replays(const std::string& model_dir, const std::vector<int32_t
     prev_seqs = active;
     oe = eager.forward(dec, cache_e);
     og = graphed.forward(dec, cache_g);
-    le = to_host(*eager_backend, oe.logits);
-    lg = to_host(*graph_backend, og.logits);
+    le = test::to_host_f32(*eager_backend, oe.logits);
+    lg = test::to_host_f32(*graph_backend, og.logits);
     ASSERT_EQ(le.size(), lg.size());
     ASSERT_EQ(oe.logit_rows, og.logit_rows);
     const double diff = test::max_abs_diff(le.data(), lg.data(), int64_t(le.size()));
     ASSERT_EQ(diff, 0.0) << "step " << step << " (" << active << " sequences, context "
                          << dec[0].start_pos + 1 << "): graph replay differs from the eager step";
-    std::vector<float> he = to_host(*eager_backend, oe.hidden), hg = to_host(*graph_backend, og.hidden);
+    std::vector<float> he = test::to_host_f32(*eager_backend, oe.hidden), hg = test::to_host_f32(*graph_backend, og.hidden);
     ASSERT_EQ(he, hg) << "step " << step << ": hidden states differ";
   }
   const auto& st = graphed.stats();
