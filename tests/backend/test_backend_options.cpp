@@ -1,0 +1,51 @@
+// Backend selection from outside text (the CLI's --device and --cuda-prefill): good values and the errors for bad
+// ones, which must name what was given.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "backend/backend.h"
+#include "core/error.h"
+
+namespace moe {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(BackendOptions, DeviceNames) {
+  EXPECT_EQ(Device::parse("cpu"), Device::host());
+  EXPECT_EQ(Device::parse("cuda"), Device::cuda(0));
+  EXPECT_EQ(Device::parse("cuda:3"), Device::cuda(3));
+  EXPECT_EQ(Device::cuda(3).str(), "cuda:3");
+  EXPECT_EQ(Device::host().str(), "cpu");
+  for (const char* bad : {"gpu", "", "cuda:", "cuda:x", "cuda:1x", "cuda:-1", "cuda:123456", "CPU"}) {
+    const std::string e = error_of([&] { Device::parse(bad); });
+    EXPECT_NE(e.find(std::string("unknown device '") + bad + "'"), std::string::npos) << bad << ": " << e;
+  }
+}
+
+TEST(BackendOptions, CudaPrefillNames) {
+  EXPECT_EQ(parse_cuda_prefill("bf16"), CudaOptions::Prefill::Bf16);
+  EXPECT_EQ(parse_cuda_prefill("split"), CudaOptions::Prefill::Split);
+  EXPECT_EQ(parse_cuda_prefill("gemv"), CudaOptions::Prefill::Gemv);
+  EXPECT_NE(error_of([] { parse_cuda_prefill("fp4"); }).find("'fp4'"), std::string::npos);
+}
+
+TEST(BackendOptions, CpuBackendFromOptions) {
+  BackendOptions o;
+  o.cpu.threads = 1;
+  EXPECT_EQ(make_backend(o)->device(), Device::host());
+  o.cpu.threads = -1;
+  EXPECT_NE(error_of([&] { make_backend(o); }).find("threads"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moe
