@@ -246,6 +246,11 @@ int32_t Scheduler::sample_token(Sequence& s, std::span<float> row, std::optional
       row[i] = -std::numeric_limits<float>::infinity();
   std::vector<float> logprobs;  // the model's distribution, before penalties and temperature
   if (s.req.top_logprobs >= 0) logprobs = Sampler::log_softmax(row);
+  if (s.req.constraint) {
+    s.req.constraint->mask(row);
+    if (std::none_of(row.begin(), row.end(), [](float v) { return v > -std::numeric_limits<float>::infinity(); }))
+      throw Error("the output constraint allows no next token");
+  }
   const int32_t token = s.sampler.sample(row, s.req.prompt, s.output);
   if (s.req.top_logprobs >= 0) {
     TokenLogprob& lp = logprob.emplace();
@@ -267,6 +272,8 @@ void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogpro
   s.last_token = now;
   e.tokens = {token};
   if (logprob) e.logprobs.push_back(std::move(*logprob));
+  if (s.req.constraint) s.req.constraint->accept(token);
+  const bool constraint_complete = s.req.constraint && s.req.constraint->complete();
 
   const bool stop_token = (!s.req.ignore_eos && eos_ && token == *eos_) ||
                           std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), token) !=
@@ -279,6 +286,10 @@ void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogpro
   } else {
     if (s.decoder) e.text = s.stop.feed(s.decoder->push(token));
     if (s.stop.stopped()) {
+      reason = FinishReason::stop;
+    } else if (constraint_complete) {
+      if (s.decoder) e.text += s.stop.feed(s.decoder->flush());
+      if (!s.stop.stopped()) e.text += s.stop.flush();
       reason = FinishReason::stop;
     } else if (int32_t(s.output.size()) >= s.req.max_tokens) {
       if (s.decoder) e.text += s.stop.feed(s.decoder->flush());

@@ -29,6 +29,7 @@
 #include "engine/page_allocator.h"
 #include "engine/sampler.h"
 #include "engine/step_executor.h"
+#include "engine/token_constraint.h"
 #include "model/deepseek_v3.h"
 #include "tokenizer/tokenizer.h"
 
@@ -50,6 +51,7 @@ struct GenerationRequest {
   std::vector<int32_t> stop_token_ids;  // besides EOS; the stop token itself is not part of the text
   bool ignore_eos = false;
   int32_t top_logprobs = -1;  // -1: no logprobs; otherwise the sampled token's logprob plus this many alternatives
+  std::shared_ptr<TokenConstraint> constraint;  // null: any token may follow (see engine/token_constraint.h)
 };
 
 enum class FinishReason { none, stop, length, cancelled, error };

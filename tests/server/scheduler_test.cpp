@@ -326,5 +326,56 @@ TEST(Scheduler, LogprobsAndValidation) {
   EXPECT_THROW(sched.submit(bad, sink, 0), Error);
 }
 
+
+// A constraint that allows exactly the tokens of `script`, in order, and is complete after the last one: the
+// request's output is the script whatever the model prefers, and it ends with "stop" before max_tokens.
+class ScriptConstraint : public TokenConstraint {
+ public:
+  explicit ScriptConstraint(std::vector<int32_t> script) : script_(std::move(script)) {}
+  void mask(std::span<float> logits) override {
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (int32_t(i) != script_.at(pos_)) logits[i] = -std::numeric_limits<float>::infinity();
+  }
+  void accept(int32_t token) override { EXPECT_EQ(token, script_.at(pos_++)); }
+  bool complete() const override { return pos_ == script_.size(); }
+
+ private:
+  std::vector<int32_t> script_;
+  size_t pos_ = 0;
+};
+
+class NothingAllowed : public TokenConstraint {
+ public:
+  void mask(std::span<float> logits) override {
+    std::fill(logits.begin(), logits.end(), -std::numeric_limits<float>::infinity());
+  }
+  void accept(int32_t) override { ADD_FAILURE() << "accept after an empty mask"; }
+  bool complete() const override { return false; }
+};
+
+TEST(Scheduler, ConstraintDecidesTheTokensAndTheEnd) {
+  SchedulerOptions o;
+  o.cache_tokens = 512;
+  Scheduler sched(env().model, nullptr, o);
+  auto sink = std::make_shared<EventSink>();
+  const auto ps = prompts();
+  const std::vector<int32_t> script = {17, 4000, 17, 2};
+  const auto free_run = reference(ps[0], 4);
+  ASSERT_NE(free_run, script) << "pick a script the model would not produce by itself";
+  GenerationRequest r;
+  r.prompt = ps[0];
+  r.max_tokens = 10;
+  r.ignore_eos = true;
+  r.constraint = std::make_shared<ScriptConstraint>(script);
+  sched.submit(r, sink, 0);
+  r.constraint = std::make_shared<NothingAllowed>();
+  sched.submit(r, sink, 1);
+  auto results = collect(*sink, 2);
+  EXPECT_EQ(results[0].tokens, script);
+  EXPECT_EQ(results[0].finish, FinishReason::stop);
+  EXPECT_TRUE(results[1].tokens.empty());
+  EXPECT_EQ(results[1].finish, FinishReason::error);
+}
+
 }  // namespace
 }  // namespace moe
