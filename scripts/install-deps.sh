@@ -16,3 +16,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 if ! command -v npm >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq --no-install-recommends npm
 fi
+# The chat page's libraries (web/package-lock.json), bundled into the binary at build time by web/build.mjs.
+(cd "$(dirname "$0")/../web" && npm ci --no-audit --no-fund)

@@ -91,6 +91,11 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   }
 });
 
+// KaTeX's MathML wraps the formula in <semantics> with its TeX source in an <annotation> (plain text, what screen
+// readers and copy use); DOMPurify drops both by default and would leave the source as stray text. <annotation-xml>
+// (which may hold HTML) stays forbidden.
+const purifyOptions = { ADD_TAGS: ["semantics", "annotation"], ADD_ATTR: ["target", "encoding"] };
+
 export function renderMarkdown(text) {
-  return DOMPurify.sanitize(marked.parse(text || ""), { ADD_ATTR: ["target"] });
+  return DOMPurify.sanitize(marked.parse(text || ""), purifyOptions);
 }
