@@ -170,6 +170,44 @@ test("chat page renders Markdown tables, highlighted code, LaTeX; length marker,
     await context.close();
   });
 
+// Random model text from Markdown, HTML and TeX fragments (seeded, so a failure reproduces): rendering never throws,
+// and the page never gets a script, an event handler, a frame or a javascript: URL.
+function randomAnswers(count, seed) {
+  const parts = ["<", ">", "</", "<script>", "<img src=x onerror=alert(1)>", "<svg onload=alert(1)>", "<iframe src=x>",
+    "javascript:", "[a](", ")", "](javascript:alert(1))", "![i](x)", "`", "```", "```js\n", "~~~", "$", "$$", "\\(",
+    "\\)", "\\[", "\\]", "\\href{javascript:alert(1)}{x}", "\\frac{", "}", "{", "^", "_", "|", "|---|", "\n| a | b |\n|---|---|\n| 1 | 2 |\n", "\n",
+    "\n\n", "# ", "- ", "1. ", "> ", "**", "*", "&amp;", "&#", "\"", "'", " onmouseover=", "style=", "x", "42", " "];
+  let state = seed >>> 0;
+  const next = () => { state ^= state << 13; state >>>= 0; state ^= state >>> 17; state ^= state << 5; state >>>= 0; return state; };
+  return Array.from({ length: count }, () => Array.from({ length: 1 + (next() % 60) }, () => parts[next() % parts.length]).join(""));
+}
+
+test("random model text renders without scripts, handlers or javascript: URLs", { skip: !haveChromium && "no chromium" }, async () => {
+  const answers = randomAnswers(300, 20261201);
+  const conv = [{ id: "fuzz", title: "fuzz", messages: answers.flatMap((content) => [{ role: "user", content: "q" }, { role: "assistant", content, finish: "stop" }]) }];
+  const { context, page, errors } = await openPage({ conversations: JSON.stringify(conv) });
+  assert.equal((await page.$$(".message.assistant")).length, answers.length);
+  const bad = await page.evaluate(() => {
+    const found = [];
+    for (const el of document.querySelectorAll("#messages *")) {
+      if (/^(script|iframe|object|embed|frame)$/i.test(el.tagName)) found.push(el.tagName);
+      for (const attr of el.attributes) {
+        if (/^on/i.test(attr.name)) found.push(`${el.tagName} ${attr.name}`);
+        if (/^\s*javascript:/i.test(attr.value)) found.push(`${el.tagName} ${attr.name}=${attr.value}`);
+      }
+    }
+    return found;
+  });
+  assert.deepEqual(bad, []);
+  // The inputs reached every renderer: maths, code blocks, links, tables, and HTML shown as text.
+  const seen = await page.evaluate(() => Object.fromEntries([".katex", ".code-block", "a[href]", "table", "blockquote"]
+    .map((sel) => [sel, document.querySelectorAll("#messages " + sel).length])));
+  for (const [sel, n] of Object.entries(seen)) assert.ok(n > 0, `no ${sel} rendered: ${JSON.stringify(seen)}`);
+  assert.match(await page.textContent("#messages"), /<script>/);
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
 for (const [size, width, height] of [["desktop", 1280, 800], ["phone", 390, 844]]) {
   for (const colorScheme of ["light", "dark"]) {
     test(`chat page at ${width}x${height}, ${colorScheme}: no overflow, labelled controls, matches the screenshot`,
