@@ -132,8 +132,9 @@ test("chat page renders Markdown tables, highlighted code, LaTeX; length marker,
     assert.equal(await answer.$eval(".code-block pre code", (e) => e.textContent), code);
     assert.deepEqual(await answer.$$eval(".code-block .hljs-keyword", (k) => k.map((x) => x.textContent)), ["def", "return"]);
     assert.equal(await answer.$eval(".code-block .hljs-comment", (e) => e.textContent), "# one score per expert");
-    await answer.$eval(".copy-code", (b) => b.click());
-    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), code);
+    await answer.$eval(".copy-code", (b) => b.click());  // the copy is asynchronous: wait for the clipboard
+    await waitFor(async () => (await page.evaluate(() => navigator.clipboard.readText())) === code, 10000, "code on the clipboard");
+    await answer.waitForSelector(".copy-code.done");
     // LaTeX: one inline formula and one display formula, typeset by KaTeX: the visible HTML, and MathML for screen
     // readers whose annotation keeps the TeX source.
     assert.equal(await answer.$$eval(".katex", (k) => k.length), 2);
