@@ -118,11 +118,13 @@ async function generate(conv, msg) {
     top_p: numberSetting("top-p"),
     max_tokens: numberSetting("max-tokens"),
   };
-  // tokens/s of the answer: completion tokens over the time from the first generated token to the last.
-  let first = 0, last = 0, chunks = 0;
+  // tokens/s of the answer: the tokens after the first over the time from the first to the last; when they all
+  // arrive in one read (a loaded machine, a short answer), all tokens over the time since the response began.
+  let start = 0, first = 0, last = 0, chunks = 0;
   try {
     const res = await api("/v1/chat/completions", { method: "POST", body: JSON.stringify(body), signal: controller.signal });
     if (!res.ok) throw new Error(await errorText(res));
+    start = performance.now();
     await readChatStream(res, (d, finish) => {
       if (d.reasoning_content || d.content) {
         last = performance.now();
@@ -138,9 +140,9 @@ async function generate(conv, msg) {
     if (e.name === "AbortError") msg.stopped = true;
     else msg.error = String(e.message || e);
   } finally {
-    // The first token's own time is not measured, so the rate counts the tokens after it.
     const n = msg.tokens || chunks;
     if (n > 1 && last > first) msg.tps = (n - 1) / ((last - first) / 1000);
+    else if (n > 0 && last > start && start) msg.tps = n / ((last - start) / 1000);
     if (!msg.tokens && chunks) msg.tokens = chunks;
     streaming = null;
     save();
