@@ -278,6 +278,36 @@ TEST_F(TrainCommand, SftDataTrainsOnTheAssistantTurns) {
   EXPECT_NE(r.out.find(*dir_ + "/in/doc0.txt: --sft takes JSONL files"), std::string::npos) << r.out;
 }
 
+// The GEMMs and attention split outputs over threads, never a sum: 1 or 3 threads give the same bits.
+TEST_F(TrainCommand, ThreadCountDoesNotChangeTheBits) {
+  const std::string a = *dir_ + "/threads-1", b = *dir_ + "/threads-3";
+  const Result one = test::run_moe(train_args(a) + " --threads 1 --stop-after 2");
+  ASSERT_EQ(one.code, 0) << one.out;
+  const Result three = test::run_moe(train_args(b) + " --threads 3 --stop-after 2");
+  ASSERT_EQ(three.code, 0) << three.out;
+  expect_same_lines(step_lines(three.out), step_lines(one.out));
+  EXPECT_TRUE(read(a + "/step-00000002/model.safetensors") == read(b + "/step-00000002/model.safetensors"));
+}
+
+// train-bench reports one run's rates (what they are is bench/RESULTS.md's business, not a test's).
+TEST(TrainBench, ReportsTokensPerSecondAndTheGemmFraction) {
+  const Result r = test::run_moe("train-bench --config tests/data/tiny-train/model/config.json --seq-len 8 --batch 2 "
+                                 "--steps 1 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.out;
+  const auto& j = lines[0];
+  EXPECT_EQ(j["threads"], 1);
+  EXPECT_EQ(j["tokens_per_step"], 16);
+  for (const char* key : {"tokens_per_s", "flops_per_token", "train_gflops", "gemm_gflops", "fraction_of_gemm"})
+    EXPECT_GT(j[key].get<double>(), 0) << key;
+  EXPECT_NEAR(j["fraction_of_gemm"].get<double>(), j["train_gflops"].get<double>() / j["gemm_gflops"].get<double>(),
+              1e-12);
+  const Result bad = test::run_moe("train-bench --config " + test::temp_path("no-such-config.json"));
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("no-such-config.json: cannot open"), std::string::npos) << bad.out;
+}
+
 TEST_F(TrainCommand, NanLossStopsKeepingTheLastGoodCheckpoint) {
   const std::string c = *dir_ + "/nan";
   const Result r = test::run_moe(train_args(c) + " --fault-nan-step 3");
