@@ -13,7 +13,7 @@ import sys
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 ap = argparse.ArgumentParser()
 ap.add_argument("checkpoint")
@@ -21,8 +21,11 @@ ap.add_argument("--tol", type=float, default=1e-3)
 ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 a = ap.parse_args()
 
-config = AutoConfig.from_pretrained(a.checkpoint)
-model = AutoModelForCausalLM.from_pretrained(a.checkpoint, torch_dtype=torch.float32).to(a.device).eval()
+try:  # transformers >= 4.56 calls it dtype; older ones torch_dtype
+    model = AutoModelForCausalLM.from_pretrained(a.checkpoint, dtype=torch.float32)
+except TypeError:
+    model = AutoModelForCausalLM.from_pretrained(a.checkpoint, torch_dtype=torch.float32)
+model = model.to(a.device).eval()
 prompts = json.load(open(os.path.join(a.checkpoint, "moe-logits", "prompts.json")))
 worst = 0.0
 for p in prompts:
