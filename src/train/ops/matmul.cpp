@@ -24,29 +24,37 @@ void split(ThreadPool* pool, int64_t count, int64_t per_item, const Fn& fn) {
 
 template <typename T>
 void matmul_forward(T* y, const T* x, const T* w, int64_t n, int64_t k, int64_t m, ThreadPool* pool) {
-  // Four rows of x share each row of W as it streams through the cache, and their four sums run side by side
-  // (independent chains, each still in the order l = 0, 1, ...: the same bits as one at a time).
-  split(pool, (n + 3) / 4, 4 * k * m, [&](int64_t b, int64_t e) {
-    for (int64_t i0 = b * 4; i0 < std::min(n, e * 4); i0 += 4) {
-      const int64_t rows = std::min<int64_t>(4, n - i0);
-      for (int64_t j = 0; j < m; ++j) {
-        const T* wj = w + j * k;
-        if (rows == 4) {
-          const T *x0 = x + i0 * k, *x1 = x0 + k, *x2 = x1 + k, *x3 = x2 + k;
-          double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-          for (int64_t l = 0; l < k; ++l) {
-            const double wl = double(wj[l]);
-            a0 += double(x0[l]) * wl, a1 += double(x1[l]) * wl, a2 += double(x2[l]) * wl, a3 += double(x3[l]) * wl;
+  // Panels of 8 output columns: W's 8 rows transposed into wt [k, 8] (double), then for every row of x the 8 sums
+  // run side by side over l = 0, 1, ... (a vector of 8 accumulators: each sum keeps its order, so the same bits as
+  // one dot product at a time, for any panel split). Columns past the last full panel: plain dot products.
+  constexpr int64_t P = 8;
+  const int64_t panels = m / P;
+  split(pool, panels + (m % P ? 1 : 0), n * k * P, [&](int64_t b, int64_t e) {
+    std::vector<double> wt(static_cast<size_t>(k * P));
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t j0 = p * P;
+      if (p == panels) {  // the remainder columns
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = j0; j < m; ++j) {
+            const T* xi = x + i * k;
+            const T* wj = w + j * k;
+            double acc = 0;
+            for (int64_t l = 0; l < k; ++l) acc += double(xi[l]) * double(wj[l]);
+            y[i * m + j] = T(acc);
           }
-          y[i0 * m + j] = T(a0), y[(i0 + 1) * m + j] = T(a1), y[(i0 + 2) * m + j] = T(a2), y[(i0 + 3) * m + j] = T(a3);
-          continue;
+        continue;
+      }
+      for (int64_t c = 0; c < P; ++c)
+        for (int64_t l = 0; l < k; ++l) wt[size_t(l * P + c)] = double(w[(j0 + c) * k + l]);
+      for (int64_t i = 0; i < n; ++i) {
+        const T* xi = x + i * k;
+        double acc[P] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t l = 0; l < k; ++l) {
+          const double xl = double(xi[l]);
+          const double* wl = wt.data() + l * P;
+          for (int64_t c = 0; c < P; ++c) acc[c] += xl * wl[c];
         }
-        for (int64_t r = 0; r < rows; ++r) {
-          const T* xi = x + (i0 + r) * k;
-          double acc = 0;
-          for (int64_t l = 0; l < k; ++l) acc += double(xi[l]) * double(wj[l]);
-          y[(i0 + r) * m + j] = T(acc);
-        }
+        for (int64_t c = 0; c < P; ++c) y[i * m + j0 + c] = T(acc[c]);
       }
     }
   });
