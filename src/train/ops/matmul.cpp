@@ -60,37 +60,52 @@ void matmul_forward(T* y, const T* x, const T* w, int64_t n, int64_t k, int64_t 
   });
 }
 
+// acc_r[l] += sum over `count` terms t of g(r, t) * row(t)[l], for R outputs r at once: each row(t) is loaded once
+// for the R sums (W's rows for dx, x's rows for dW), and each sum still adds its terms in order t = 0, 1, ...
+template <typename T, int R, typename G, typename Row>
+void accumulate_rows(double* const* acc, int64_t count, int64_t k, const G& g, const Row& row) {
+  for (int64_t t = 0; t < count; ++t) {
+    double gs[R];
+    bool any = false;
+    for (int r = 0; r < R; ++r) any |= (gs[r] = g(r, t)) != 0;
+    if (!any) continue;  // a zero gradient row (routed experts, masked targets) costs nothing
+    const T* v = row(t);
+    for (int64_t l = 0; l < k; ++l) {
+      const double vl = double(v[l]);
+      for (int r = 0; r < R; ++r) acc[r][l] += gs[r] * vl;
+    }
+  }
+}
+
 template <typename T>
 void matmul_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int64_t n, int64_t k, int64_t m,
                      ThreadPool* pool) {
-  if (dx)  // dx[i, :] += sum_j dy[i, j] W[j, :]
-    split(pool, n, k * m, [&](int64_t b, int64_t e) {
-      std::vector<double> acc(static_cast<size_t>(k));
-      for (int64_t i = b; i < e; ++i) {
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t j = 0; j < m; ++j) {
-          const double g = double(dy[i * m + j]);
-          if (g == 0) continue;
-          const T* wj = w + j * k;
-          for (int64_t l = 0; l < k; ++l) acc[size_t(l)] += g * double(wj[l]);
+  constexpr int R = 4;
+  // Groups of R outputs (rows of dx, or rows of dW); a group's sums share every load of the rows they add.
+  auto run = [&](T* out, int64_t outputs, int64_t terms, auto g, auto row) {
+    split(pool, (outputs + R - 1) / R, R * k * terms, [&](int64_t b, int64_t e) {
+      std::vector<double> buf(static_cast<size_t>(R * k));
+      for (int64_t o0 = b * R; o0 < std::min(outputs, e * R); o0 += R) {
+        std::fill(buf.begin(), buf.end(), 0.0);
+        double* acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = buf.data() + r * k;
+        if (o0 + R <= outputs) {
+          accumulate_rows<T, R>(acc, terms, k, [&](int r, int64_t t) { return g(o0 + r, t); }, row);
+        } else {
+          for (int64_t o = o0; o < outputs; ++o)
+            accumulate_rows<T, 1>(&acc[o - o0], terms, k, [&](int, int64_t t) { return g(o, t); }, row);
         }
-        for (int64_t l = 0; l < k; ++l) dx[i * k + l] += T(acc[size_t(l)]);
+        for (int64_t o = o0; o < std::min(outputs, o0 + R); ++o)
+          for (int64_t l = 0; l < k; ++l) out[o * k + l] += T(acc[o - o0][l]);
       }
     });
-  if (dw)  // dW[j, :] += sum_i dy[i, j] x[i, :]
-    split(pool, m, k * n, [&](int64_t b, int64_t e) {
-      std::vector<double> acc(static_cast<size_t>(k));
-      for (int64_t j = b; j < e; ++j) {
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t i = 0; i < n; ++i) {
-          const double g = double(dy[i * m + j]);
-          if (g == 0) continue;
-          const T* xi = x + i * k;
-          for (int64_t l = 0; l < k; ++l) acc[size_t(l)] += g * double(xi[l]);
-        }
-        for (int64_t l = 0; l < k; ++l) dw[j * k + l] += T(acc[size_t(l)]);
-      }
-    });
+  };
+  // dx[i, :] += sum_j dy[i, j] W[j, :]
+  if (dx)
+    run(dx, n, m, [&](int64_t i, int64_t j) { return double(dy[i * m + j]); }, [&](int64_t j) { return w + j * k; });
+  // dW[j, :] += sum_i dy[i, j] x[i, :]
+  if (dw)
+    run(dw, m, n, [&](int64_t j, int64_t i) { return double(dy[i * m + j]); }, [&](int64_t i) { return x + i * k; });
 }
 
 #define INSTANTIATE(T)                                                                                   \
