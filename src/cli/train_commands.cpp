@@ -76,7 +76,7 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--decay-start", r.decay_start, "constant rate until this step, then cosine (default: warm-up end)");
     cmd->add_option("--seed", r.seed, "initialisation and data-order seed (1)");
     cmd->add_option("--val-every", r.val_every, "validation loss every N steps (0: never)");
-    cmd->add_option("--val-batches", r.val_batches, "batches of validation data per evaluation (1)");
+    cmd->add_option("--val-batches", r.val_batches, "micro-batches of validation data per evaluation (1)");
     cmd->add_option("--save-every", r.save_every, "checkpoint every N steps (0: only at the end)");
     cmd->add_option("--clip-norm", r.clip_norm, "global gradient-norm clip (1.0)");
     cmd->add_option("--weight-decay", r.weight_decay, "AdamW decoupled weight decay (0.1)");
