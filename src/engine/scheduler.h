@@ -6,8 +6,8 @@
 // (share_budget), so a long prompt does not stall a short one admitted after it either. Requests join and leave the batch between any two steps.
 //
 // Cache: the latent cache is split into fixed-size pages (PageAllocator). A request is admitted only when the
-// pages for its whole prompt + max_tokens are free, and they are reserved for it; otherwise it waits in the queue
-// (FIFO), so a step can never run out of cache. A finished or cancelled request's pages are released before the
+// pages for its whole prompt + max_tokens are free (or held only by the prefix cache, which gives them up), and
+// they are reserved for it; otherwise it waits in the queue (FIFO), so a step can never run out of cache. A finished or cancelled request's pages are released before the
 // next step is planned.
 //
 // Prefix cache (engine/prefix_cache.h, SchedulerOptions::prefix_cache): full pages of prompt and output tokens

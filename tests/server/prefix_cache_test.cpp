@@ -52,7 +52,8 @@ int64_t expected_cached(const std::vector<int32_t>& prompt, const std::vector<st
   int64_t best = 0;
   for (const auto& e : earlier) {
     const auto n = std::min(prompt.size(), e.size());
-    const auto common = int64_t(std::mismatch(prompt.begin(), prompt.begin() + std::ptrdiff_t(n), e.begin()).first - prompt.begin());
+    const auto end = prompt.begin() + std::ptrdiff_t(n);
+    const auto common = int64_t(std::mismatch(prompt.begin(), end, e.begin()).first - prompt.begin());
     best = std::max(best, common / kPage);
   }
   return std::min<int64_t>(best, (int64_t(prompt.size()) - 1) / kPage) * kPage;
