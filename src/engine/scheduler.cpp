@@ -433,7 +433,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
     index_pages(s);
     if (s.decoding()) rows.push_back(i);
   }
-  if (prefix_) update_page_stats();
+  // Indexing only adds pages the sequences hold (nothing becomes evictable, nothing is allocated or freed).
+  if (prefix_) pages_cached_ = prefix_->indexed_pages();
   // Sampling a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
   // vocabulary): rows are sampled in parallel, then their events are sent in order.
   struct Sampled {

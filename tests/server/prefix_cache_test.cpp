@@ -140,7 +140,7 @@ void same_as_without(int32_t step_tokens, float tolerance, float output_toleranc
 // anything but what a fresh prefill writes would show. The last prompt reuses pages of the first one's output,
 // whose latents decode steps wrote one token at a time, while the run without the cache prefills them as a chunk:
 // the same values up to the order of F32 sums (see below).
-TEST(PrefixCache, SameTokensAndBitIdenticalLogprobsWithPageAlignedChunks) {
+TEST(SchedulerPrefixCache, SameTokensAndBitIdenticalLogprobsWithPageAlignedChunks) {
   same_as_without(int32_t(kPage), 0.0f, 1e-5f);
 }
 
@@ -149,9 +149,9 @@ TEST(PrefixCache, SameTokensAndBitIdenticalLogprobsWithPageAlignedChunks) {
 // keys, then merged), which moves logprobs in their last bits: relative 1e-6 (a few ulps, compounded over the
 // three layers) of logprobs of magnitude < 10; measured up to 2e-6 here. 1e-5 absolute allows for that, and is
 // far below what wrong latents change (they change the greedy tokens of this model).
-TEST(PrefixCache, SameTokensAndLogprobsWithChunksStraddlingPages) { same_as_without(12, 1e-5f, 1e-5f); }
+TEST(SchedulerPrefixCache, SameTokensAndLogprobsWithChunksStraddlingPages) { same_as_without(12, 1e-5f, 1e-5f); }
 
-TEST(PrefixCache, SequencesSharingAPrefixAtOnce) {
+TEST(SchedulerPrefixCache, SequencesSharingAPrefixAtOnce) {
   const auto base = random_tokens(50, 3);
   Scheduler sched(env().model, nullptr, options(true));
   const int32_t n = 6;
@@ -180,7 +180,7 @@ TEST(PrefixCache, SequencesSharingAPrefixAtOnce) {
   expect_no_leak(sched);
 }
 
-TEST(PrefixCache, EvictsUnderPressureInsteadOfWaiting) {
+TEST(SchedulerPrefixCache, EvictsUnderPressureInsteadOfWaiting) {
   // Six pages. a and b leave 2 indexed pages each; c needs 5: admission evicts 3 of the 4 (held by no one).
   Scheduler sched(env().model, nullptr, options(true, 6 * kPage));
   const auto a = random_tokens(40, 4), b = random_tokens(40, 5), c = random_tokens(70, 6);
@@ -199,7 +199,7 @@ TEST(PrefixCache, EvictsUnderPressureInsteadOfWaiting) {
   EXPECT_EQ(run_in_turn(plain, {c}, n)[0].tokens, got[2].tokens);
 }
 
-TEST(PrefixCache, CancelledRequestsLeaveWholePagesAndNoReferences) {
+TEST(SchedulerPrefixCache, CancelledRequestsLeaveWholePagesAndNoReferences) {
   Scheduler sched(env().model, nullptr, options(true));
   const auto l = random_tokens(100, 7), m = random_tokens(200, 8);
   auto sink = std::make_shared<EventSink>();
