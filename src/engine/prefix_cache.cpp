@@ -115,6 +115,7 @@ int64_t PrefixCache::evict(int64_t count) {
     const int32_t parent = nodes_[size_t(page)].parent;
     drop(page);
     ++freed;
+    ++evicted_;
     if (parent >= 0 && evictable_leaf(parent)) leaves.emplace(nodes_[size_t(parent)].used, parent);
   }
   return freed;

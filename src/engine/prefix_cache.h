@@ -48,6 +48,7 @@ class PrefixCache {
 
   int64_t indexed_pages() const { return int64_t(by_key_.size()); }
   int64_t evictable_pages() const;  // indexed pages no sequence holds
+  int64_t evicted_pages() const { return evicted_; }  // since construction
   int64_t page_size() const { return page_size_; }
 
  private:
@@ -67,6 +68,7 @@ class PrefixCache {
   std::vector<Node> nodes_;  // by page id
   std::unordered_map<uint64_t, int32_t> by_key_;
   uint64_t clock_ = 0;
+  int64_t evicted_ = 0;
 };
 
 }  // namespace moe

@@ -209,6 +209,7 @@ void Scheduler::update_page_stats() {
   pages_evictable_ = evictable;
   pages_cached_ = prefix_ ? prefix_->indexed_pages() : 0;
   pages_used_ = allocator_.used_pages() - evictable;
+  if (prefix_) metrics_.prefix_evicted_pages = uint64_t(prefix_->evicted_pages());
 }
 
 void Scheduler::index_pages(Sequence& s) {

@@ -566,6 +566,8 @@ struct Server::Impl {
     counter("moe_prefix_cache_hits_total", "Admissions that reused at least one cached page", m.prefix_hits);
     counter("moe_prefix_cache_hit_tokens_total", "Prompt tokens reused from the prefix cache (not prefilled)",
             m.cached_prompt_tokens);
+    counter("moe_prefix_cache_evicted_pages_total", "Cached pages evicted to make room for admissions",
+            m.prefix_evicted_pages);
     gauge("moe_prefix_cache_hit_rate", "Share of prompt tokens reused from the prefix cache, since start",
           m.prompt_tokens ? double(m.cached_prompt_tokens) / double(m.prompt_tokens) : 0.0);
     counter("moe_generation_tokens_total", "Tokens generated", m.generated_tokens);

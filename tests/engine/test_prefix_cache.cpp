@@ -113,6 +113,7 @@ TEST(PrefixCache, EvictsLeastRecentlyUsedLeavesAndNeverHeldPages) {
   alloc.release(*got3);
   EXPECT_EQ(alloc.free_pages(), 5);
   EXPECT_EQ(cache.evict(10), 1);
+  EXPECT_EQ(cache.evicted_pages(), 1 + 2 + 2 + 1);
   EXPECT_EQ(alloc.free_pages(), 6) << "every reference given back";
 }
 

@@ -62,6 +62,7 @@ test("a repeated long prompt reports cached tokens and the same reply", async ()
   assert.ok(m.moe_prefix_cache_hit_tokens_total >= second.usage.prompt_tokens_details.cached_tokens);
   assert.ok(m.moe_prefix_cache_hit_rate > 0 && m.moe_prefix_cache_hit_rate < 1);
   assert.ok(m.moe_cache_pages_cached > 0);
+  assert.equal(m.moe_prefix_cache_evicted_pages_total, 0);  // 8192 tokens of cache: room for everything
   assert.equal(m.moe_cache_pages_used, 0);
 });
 

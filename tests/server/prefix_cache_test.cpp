@@ -193,6 +193,7 @@ TEST(SchedulerPrefixCache, EvictsUnderPressureInsteadOfWaiting) {
   EXPECT_EQ(got[2].cached_tokens, 0);
   EXPECT_EQ(got[3].cached_tokens, 64) << "c's 4 whole prompt pages survive until its repeat";
   EXPECT_EQ(sched.stats().pages_total, 6);
+  EXPECT_EQ(sched.metrics().prefix_evicted_pages.load(), 3u);
   expect_no_leak(sched);
   // Without the cache the same requests fit too (the admission accounting is unchanged).
   Scheduler plain(env().model, nullptr, options(false, 6 * kPage));
@@ -233,6 +234,49 @@ TEST(SchedulerPrefixCache, CancelledRequestsLeaveWholePagesAndNoReferences) {
   EXPECT_EQ(again[1].tokens, reference(m, n));
   EXPECT_LE(again[1].cached_tokens, 192);
   expect_no_leak(sched);
+}
+
+// Many requests at once over a small cache: prompts drawn from three shared beginnings (cut at random lengths,
+// with random tails), some cancelled as soon as they are submitted, admissions waiting for pages and evicting
+// cached ones. Every request that was not cancelled gives the Generator's tokens; no reference is left behind.
+TEST(SchedulerPrefixCache, ManyRequestsSharingEvictingAndCancelling) {
+  SchedulerOptions o = options(true, 12 * kPage);
+  o.max_batch = 4;
+  Scheduler sched(env().model, nullptr, o);
+  std::mt19937 rng(11);
+  const std::vector<std::vector<int32_t>> bases = {random_tokens(48, 21), random_tokens(48, 22), random_tokens(48, 23)};
+  for (int round = 0; round < 2; ++round) {
+    const size_t count = 10;
+    std::vector<std::vector<int32_t>> ps;
+    std::vector<int32_t> max_tokens;
+    std::vector<std::shared_ptr<RequestHandle>> handles;
+    auto sink = std::make_shared<EventSink>();
+    for (size_t i = 0; i < count; ++i) {
+      const auto& b = bases[rng() % bases.size()];
+      auto p = std::vector<int32_t>(b.begin(), b.begin() + std::ptrdiff_t(17 + rng() % 32));
+      p = concat(p, random_tokens(rng() % 9, uint32_t(100 + 10 * round + i)));
+      ps.push_back(p);
+      max_tokens.push_back(int32_t(4 + rng() % 7));
+      GenerationRequest r;
+      r.prompt = p;
+      r.max_tokens = max_tokens.back();
+      r.ignore_eos = true;
+      handles.push_back(sched.submit(r, sink, int32_t(i)));
+      if (i % 4 == 3) handles.back()->cancel();
+    }
+    const auto got = collect(*sink, count);
+    for (size_t i = 0; i < count; ++i) {
+      if (i % 4 == 3) {
+        EXPECT_EQ(got[i].finish, FinishReason::cancelled) << "round " << round << " request " << i;
+        continue;
+      }
+      EXPECT_EQ(got[i].tokens, reference(ps[i], max_tokens[i])) << "round " << round << " request " << i;
+      EXPECT_LE(got[i].cached_tokens, (int64_t(ps[i].size()) - 1) / kPage * kPage);
+    }
+    expect_no_leak(sched);
+  }
+  EXPECT_GT(sched.metrics().prefix_hits.load(), 0u);
+  EXPECT_GT(sched.metrics().prefix_evicted_pages.load(), 0u);
 }
 
 }  // namespace
