@@ -36,6 +36,7 @@ struct ServeArgs {
   int64_t cache_tokens = 65536, page_size = 16, max_context = 0;
   size_t max_body = 4 << 20;
   bool ignore_eos = false;
+  bool prefix_cache = true;
 };
 
 std::string trim(std::string s) {
@@ -98,6 +99,7 @@ void run_serve(const ServeArgs& a) {
   sopt.max_batch = a.max_batch;
   sopt.max_step_tokens = a.step_tokens;
   sopt.max_context = a.max_context;
+  sopt.prefix_cache = a.prefix_cache;
   Scheduler scheduler(model, &tokenizer, sopt);
   std::unique_ptr<server::FeedbackStore> feedback;
   if (!a.feedback_db.empty()) feedback = std::make_unique<server::FeedbackStore>(a.feedback_db);
@@ -279,6 +281,8 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--max-batch", s->max_batch, "Most sequences in the running batch");
   serve->add_option("--cache-tokens", s->cache_tokens, "Latent cache capacity in tokens (all requests together)");
   serve->add_option("--page-size", s->page_size, "Tokens per cache page");
+  serve->add_flag("--prefix-cache,!--no-prefix-cache", s->prefix_cache,
+                  "Reuse the cached latents of prompt prefixes seen before (default on)");
   serve->add_option("--step-tokens", s->step_tokens, "Token budget per step (decodes plus prefill chunks)");
   serve->add_option("--max-context", s->max_context, "Longest prompt + completion (default: the model's)");
   serve->add_option("--default-max-tokens", s->default_max_tokens, "Completion length when a request sets none");

@@ -44,7 +44,10 @@ class Histogram {
 
 struct EngineMetrics {
   std::atomic<uint64_t> requests_submitted{0}, requests_finished{0}, requests_cancelled{0}, requests_failed{0};
-  std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0}, steps{0};
+  std::atomic<uint64_t> prompt_tokens{0}, generated_tokens{0}, steps{0};  // prompt_tokens: cached ones included
+  // Prefix cache: admissions that looked up a prompt, those that reused at least one page, prompt tokens reused.
+  std::atomic<uint64_t> prefix_lookups{0}, prefix_hits{0}, cached_prompt_tokens{0};
+  std::atomic<uint64_t> prefix_evicted_pages{0};  // given up by the prefix cache to make room for admissions
   Histogram ttft{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}};           // seconds
   Histogram inter_token{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}};  // seconds
 };

@@ -91,6 +91,10 @@ struct Scheduler::Sequence {
   int64_t pages_needed = 0;
   std::vector<int32_t> pages;
   int64_t prefilled = 0;  // prompt tokens whose latents are in the cache
+  int64_t cached_tokens = 0;  // of those, reused from the prefix cache at admission
+  int64_t written = 0;        // positions whose latents are in the cache (prompt, then fed output tokens)
+  int64_t indexed = 0;        // leading pages in the prefix cache's index (reused or indexed by this sequence)
+  bool index_stopped = false;  // another sequence indexed the same prefix first: index no more of this one
   std::vector<int32_t> output;
   std::optional<StreamingDecoder> decoder;
   StopMatcher stop;
@@ -116,6 +120,7 @@ Scheduler::Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOpt
              model.cache_layers()),
       allocator_(pages_for(options.cache_tokens, options.page_size)) {
   MOE_CHECK(options.page_size > 0 && options.cache_tokens > 0, "scheduler: cache size and page size must be > 0");
+  if (options.prefix_cache) prefix_.emplace(allocator_, options.page_size);
   MOE_CHECK(options.max_batch > 0, "scheduler: max_batch must be > 0");
   if (options_.max_step_tokens < options_.max_batch) options_.max_step_tokens = options_.max_batch;
   if (tokenizer) eos_ = tokenizer->eos_id();
@@ -192,17 +197,43 @@ SchedulerStats Scheduler::stats() const {
   s.running = running_count_.load();
   s.pages_total = allocator_.total_pages();
   s.pages_used = pages_used_.load();
-  s.pages_free = s.pages_total - s.pages_used;
+  s.pages_cached = pages_cached_.load();
+  s.pages_evictable = pages_evictable_.load();
+  s.pages_free = s.pages_total - s.pages_used - s.pages_evictable;
   s.page_size = options_.page_size;
   return s;
+}
+
+void Scheduler::update_page_stats() {
+  const int64_t evictable = prefix_ ? prefix_->evictable_pages() : 0;
+  pages_evictable_ = evictable;
+  pages_cached_ = prefix_ ? prefix_->indexed_pages() : 0;
+  pages_used_ = allocator_.used_pages() - evictable;
+  if (prefix_) metrics_.prefix_evicted_pages = uint64_t(prefix_->evicted_pages());
+}
+
+void Scheduler::index_pages(Sequence& s) {
+  const int64_t ps = options_.page_size, full = s.written / ps;
+  if (!prefix_ || s.index_stopped || full <= s.indexed) return;
+  // The tokens whose latents fill the pages: the prompt, then the output tokens fed back so far.
+  std::vector<int32_t> tokens;
+  std::span<const int32_t> view = s.req.prompt;
+  if (full * ps > int64_t(s.req.prompt.size())) {
+    tokens = s.req.prompt;
+    tokens.insert(tokens.end(), s.output.begin(), s.output.end());
+    view = tokens;
+  }
+  const int64_t n = prefix_->insert(view, s.pages, s.indexed, full);
+  s.indexed += n;
+  if (s.indexed < full) s.index_stopped = true;
 }
 
 void Scheduler::finish(Sequence& s, FinishReason reason, const std::string& error) {
   s.done = true;
   if (!s.pages.empty()) {
-    allocator_.release(s.pages);
+    allocator_.release(s.pages);  // pages the prefix cache indexed stay there, whole (see index_pages)
     s.pages.clear();
-    pages_used_ = allocator_.used_pages();
+    update_page_stats();
   }
   if (reason == FinishReason::cancelled) metrics_.requests_cancelled++;
   else if (reason == FinishReason::error) metrics_.requests_failed++;
@@ -214,6 +245,7 @@ void Scheduler::finish(Sequence& s, FinishReason reason, const std::string& erro
     e.error = error;
     e.prompt_tokens = int32_t(s.req.prompt.size());
     e.completion_tokens = int32_t(s.output.size());
+    e.cached_tokens = int32_t(s.cached_tokens);
     s.sink->push(std::move(e));
   }
 }
@@ -228,11 +260,28 @@ void Scheduler::admit(std::vector<std::unique_ptr<Sequence>>& running) {
       continue;
     }
     if (int32_t(running.size()) >= options_.max_batch) break;
-    auto pages = allocator_.allocate(s->pages_needed);
-    if (!pages) break;  // FIFO: the head waits for pages; later requests don't overtake it
-    s->pages = std::move(*pages);
-    pages_used_ = allocator_.used_pages();
-    metrics_.prompt_tokens += s->req.prompt.size();
+    // Reuse the longest cached prefix (whole pages, never the last prompt token); allocate the rest, evicting
+    // pages held only by the prefix cache when the free ones are too few.
+    const int64_t prompt = int64_t(s->req.prompt.size());
+    std::vector<int32_t> reused;
+    if (prefix_) reused = prefix_->match(s->req.prompt, (prompt - 1) / options_.page_size);
+    const int64_t fresh = s->pages_needed - int64_t(reused.size());
+    auto pages = prefix_ ? prefix_->allocate(fresh) : allocator_.allocate(fresh);
+    if (!pages) {  // FIFO: the head waits for pages; later requests don't overtake it
+      allocator_.release(reused);
+      break;
+    }
+    s->pages = std::move(reused);
+    s->pages.insert(s->pages.end(), pages->begin(), pages->end());
+    s->indexed = int64_t(s->pages.size()) - fresh;
+    s->prefilled = s->written = s->cached_tokens = s->indexed * options_.page_size;
+    update_page_stats();
+    metrics_.prompt_tokens += uint64_t(prompt);
+    if (prefix_) {
+      metrics_.prefix_lookups++;
+      if (s->cached_tokens > 0) metrics_.prefix_hits++;
+      metrics_.cached_prompt_tokens += uint64_t(s->cached_tokens);
+    }
     running.push_back(std::move(s));
     waiting_.pop_front();
   }
@@ -300,6 +349,7 @@ void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogpro
   e.finish = reason;
   e.prompt_tokens = int32_t(s.req.prompt.size());
   e.completion_tokens = int32_t(s.output.size());
+  e.cached_tokens = int32_t(s.cached_tokens);
   if (reason != FinishReason::none) finish(s, reason);
   s.sink->push(std::move(e));
 }
@@ -380,8 +430,12 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   for (size_t i = 0; i < chunks.size(); ++i) {
     Sequence& s = *owners[i];
     if (!s.decoding()) s.prefilled += int64_t(chunks[i].tokens.size());
+    s.written = chunks[i].start_pos + int64_t(chunks[i].tokens.size());
+    index_pages(s);
     if (s.decoding()) rows.push_back(i);
   }
+  // Indexing only adds pages the sequences hold (nothing becomes evictable, nothing is allocated or freed).
+  if (prefix_) pages_cached_ = prefix_->indexed_pages();
   // Sampling a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
   // vocabulary): rows are sampled in parallel, then their events are sent in order.
   struct Sampled {

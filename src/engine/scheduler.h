@@ -6,9 +6,16 @@
 // (share_budget), so a long prompt does not stall a short one admitted after it either. Requests join and leave the batch between any two steps.
 //
 // Cache: the latent cache is split into fixed-size pages (PageAllocator). A request is admitted only when the
-// pages for its whole prompt + max_tokens are free, and they are reserved for it; otherwise it waits in the queue
-// (FIFO), so a step can never run out of cache. A finished or cancelled request's pages are released before the
+// pages for its whole prompt + max_tokens are free (or held only by the prefix cache, which gives them up), and
+// they are reserved for it; otherwise it waits in the queue (FIFO), so a step can never run out of cache. A finished or cancelled request's pages are released before the
 // next step is planned.
+//
+// Prefix cache (engine/prefix_cache.h, SchedulerOptions::prefix_cache): full pages of prompt and output tokens
+// are indexed as soon as their latents are written, and stay indexed after their request ends (least recently
+// used first out when admission needs the room, so pages held only by the index never keep a request waiting).
+// Admission reuses the pages of the longest indexed prefix of the prompt (shared, reference-counted) and
+// prefills only the rest; at most (prompt - 1) / page_size pages are reused, so the last prompt token is always
+// computed (its logits give the first token) and a sequence only ever writes pages no one else reads.
 //
 // Text: with a tokenizer, each request's tokens are decoded incrementally (StreamingDecoder) and stop strings are
 // matched on the text, across token boundaries: text that might be the start of a stop string is held back until
@@ -27,6 +34,7 @@
 
 #include "engine/metrics.h"
 #include "engine/page_allocator.h"
+#include "engine/prefix_cache.h"
 #include "engine/sampler.h"
 #include "engine/step_executor.h"
 #include "engine/token_constraint.h"
@@ -41,6 +49,7 @@ struct SchedulerOptions {
   int32_t max_batch = 64;         // most sequences in the running batch
   int32_t max_step_tokens = 512;  // per-step token budget (decodes first, then prefill chunks)
   int64_t max_context = 0;        // longest prompt + completion; 0: the model's max_position_embeddings (at most the cache)
+  bool prefix_cache = true;       // reuse the cached latents of prompt prefixes seen before (see above)
 };
 
 struct GenerationRequest {
@@ -72,6 +81,7 @@ struct GenerationEvent {
   FinishReason finish = FinishReason::none;
   std::string error;
   int32_t prompt_tokens = 0, completion_tokens = 0;  // totals so far
+  int32_t cached_tokens = 0;  // prompt tokens whose latents came from the prefix cache (not recomputed)
 };
 
 // Where a front end receives the events of one or more requests; the scheduler thread pushes, the front end pops.
@@ -106,7 +116,9 @@ class RequestHandle {
 
 struct SchedulerStats {
   int64_t waiting = 0, running = 0;
-  int64_t pages_total = 0, pages_used = 0, pages_free = 0, page_size = 0;
+  int64_t pages_total = 0, pages_used = 0, pages_free = 0, page_size = 0;  // used: held by requests
+  int64_t pages_cached = 0;     // indexed by the prefix cache (some may be held by requests too)
+  int64_t pages_evictable = 0;  // held only by the prefix cache: neither used nor free, reclaimed on demand
 };
 
 class Scheduler {
@@ -135,6 +147,8 @@ class Scheduler {
   static std::vector<int64_t> prefill_shares(const std::vector<Sequence*>& prefilling, int64_t budget);
   void admit(std::vector<std::unique_ptr<Sequence>>& running);
   void finish(Sequence& s, FinishReason reason, const std::string& error = "");
+  void index_pages(Sequence& s);  // indexes s's pages whose latents are now whole (prefix cache)
+  void update_page_stats();
   // Samples s's next token from its logits row (edited in place: padding masked, penalties), with its
   // log-probabilities in `logprob` when the request asks for them. Touches only s's sampler, so rows of
   // different sequences are sampled in parallel.
@@ -152,6 +166,7 @@ class Scheduler {
   std::optional<int32_t> eos_;
   LatentCache cache_;
   PageAllocator allocator_;  // only the scheduler thread touches it after construction
+  std::optional<PrefixCache> prefix_;  // with options.prefix_cache; scheduler thread only
   EngineMetrics metrics_;
   std::vector<float> logits_host_;  // the step's logits rows on the host (kept: tens of MB at large batches)
 
@@ -159,7 +174,7 @@ class Scheduler {
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Sequence>> waiting_;
   bool stop_ = false;
-  std::atomic<int64_t> running_count_{0}, pages_used_{0};
+  std::atomic<int64_t> running_count_{0}, pages_used_{0}, pages_cached_{0}, pages_evictable_{0};
   std::atomic<uint64_t> next_id_{1};
   std::thread thread_;
 };

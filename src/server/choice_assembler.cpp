@@ -1,5 +1,6 @@
 #include "server/choice_assembler.h"
 
+#include <algorithm>
 #include <span>
 
 namespace moe::server {
@@ -129,7 +130,7 @@ json ChoiceAssembler::message_choice() const {
 
 ResponseAssembler::ResponseAssembler(const Tokenizer& tok, ResponseInfo info, int32_t n,
                                      const ChoiceOptions& options)
-    : info_(std::move(info)) {
+    : info_(std::move(info)), cached_tokens_(size_t(std::max(n, 0)), 0) {
   choices_.reserve(size_t(n));
   for (int32_t i = 0; i < n; ++i) choices_.emplace_back(tok, i, options);
 }
@@ -154,14 +155,19 @@ json ResponseAssembler::chunk(json choices) const {
 json ResponseAssembler::usage() const {
   int32_t completion_tokens = 0;
   for (const auto& c : choices_) completion_tokens += c.completion_tokens();
+  // OpenAI's prompt_tokens_details.cached_tokens: prompt tokens not recomputed. With n > 1 choices (one request
+  // each) the fewest any of them reused: the prompt counts once in prompt_tokens.
+  const int32_t cached = cached_tokens_.empty() ? 0 : *std::min_element(cached_tokens_.begin(), cached_tokens_.end());
   return {{"prompt_tokens", info_.prompt_tokens},
           {"completion_tokens", completion_tokens},
-          {"total_tokens", info_.prompt_tokens + completion_tokens}};
+          {"total_tokens", info_.prompt_tokens + completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", cached}}}};
 }
 
 json ResponseAssembler::feed(const GenerationEvent& e) {
   ChoiceAssembler& c = choices_.at(size_t(e.index));
   if (c.finished()) return nullptr;
+  cached_tokens_.at(size_t(e.index)) = e.cached_tokens;
   const auto d = c.feed(e);
   if (c.finished()) ++done_;
   if (c.failed()) return c.failure().to_json();

@@ -115,6 +115,7 @@ class ResponseAssembler {
   ResponseInfo info_;
   std::vector<ChoiceAssembler> choices_;
   int32_t done_ = 0;
+  std::vector<int32_t> cached_tokens_;  // per choice, as its events report (prompt tokens from the prefix cache)
 };
 
 }  // namespace moe::server

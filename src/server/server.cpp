@@ -559,7 +559,17 @@ struct Server::Impl {
     counter("moe_requests_finished_total", "Generation requests that finished (stop or length)", m.requests_finished);
     counter("moe_requests_cancelled_total", "Generation requests cancelled (client gone or stopped)", m.requests_cancelled);
     counter("moe_requests_failed_total", "Generation requests that failed", m.requests_failed);
-    counter("moe_prompt_tokens_total", "Prompt tokens prefilled", m.prompt_tokens);
+    counter("moe_prompt_tokens_total", "Prompt tokens of admitted requests (from the prefix cache or prefilled)",
+            m.prompt_tokens);
+    counter("moe_prefix_cache_lookups_total", "Admissions that looked up their prompt in the prefix cache",
+            m.prefix_lookups);
+    counter("moe_prefix_cache_hits_total", "Admissions that reused at least one cached page", m.prefix_hits);
+    counter("moe_prefix_cache_hit_tokens_total", "Prompt tokens reused from the prefix cache (not prefilled)",
+            m.cached_prompt_tokens);
+    counter("moe_prefix_cache_evicted_pages_total", "Cached pages evicted to make room for admissions",
+            m.prefix_evicted_pages);
+    gauge("moe_prefix_cache_hit_rate", "Share of prompt tokens reused from the prefix cache, since start",
+          m.prompt_tokens ? double(m.cached_prompt_tokens) / double(m.prompt_tokens) : 0.0);
     counter("moe_generation_tokens_total", "Tokens generated", m.generated_tokens);
     counter("moe_engine_steps_total", "Batched forward steps", m.steps);
     histogram("moe_time_to_first_token_seconds", "Time from submission to the first generated token", m.ttft);
@@ -570,6 +580,9 @@ struct Server::Impl {
     gauge("moe_cache_pages_total", "Latent cache pages", double(s.pages_total));
     gauge("moe_cache_pages_used", "Latent cache pages held by requests", double(s.pages_used));
     gauge("moe_cache_pages_free", "Latent cache pages free", double(s.pages_free));
+    gauge("moe_cache_pages_cached", "Latent cache pages indexed by the prefix cache", double(s.pages_cached));
+    gauge("moe_cache_pages_evictable", "Latent cache pages held only by the prefix cache (reclaimed on demand)",
+          double(s.pages_evictable));
     gauge("moe_cache_page_tokens", "Tokens per cache page", double(s.page_size));
     gauge("moe_open_streams", "Streaming responses in progress", double(open_streams.load()));
     return o;

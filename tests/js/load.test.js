@@ -91,7 +91,8 @@ test("cancelling half of the streams mid-way frees their cache pages", async () 
   const generated = m1.moe_generation_tokens_total - m0.moe_generation_tokens_total;
   assert.ok(generated < (CLIENTS / 2) * 24 + (CLIENTS / 2) * 200, `generated ${generated}`);
   console.log(`# cancel: peak ${peak} pages in use, ${cancelled} cancelled, ${generated} tokens generated, pages used after: ${m1.moe_cache_pages_used}`);
-  assert.equal(m1.moe_cache_pages_free, m1.moe_cache_pages_total);
+  // No page leaked: each is free or held by the prefix cache alone (reclaimed on demand).
+  assert.equal(m1.moe_cache_pages_free + m1.moe_cache_pages_evictable, m1.moe_cache_pages_total);
 });
 
 test("moe bench-serve reports throughput and latency percentiles", async () => {

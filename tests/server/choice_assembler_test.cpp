@@ -345,5 +345,25 @@ TEST(ChoiceAssembler, StreamedDeltasConcatenateToWholeResponse) {
   }
 }
 
+// usage.prompt_tokens_details.cached_tokens as OpenAI reports it: the prompt tokens the prefix cache gave; with
+// n choices (one request each), the fewest any of them reused; the same streamed (include_usage) and whole.
+TEST(ResponseAssembler, UsageReportsCachedPromptTokens) {
+  for (const bool chat : {true, false}) {
+    ChoiceOptions o;
+    o.chat = chat;
+    auto a = events_for({300, 301, 302}, FinishReason::length, 0), b = events_for({400, 401}, FinishReason::stop, 1);
+    for (auto& e : a) e.cached_tokens = 32;
+    for (auto& e : b) e.cached_tokens = 16;
+    auto events = a;
+    events.insert(events.end(), b.begin(), b.end());
+    auto [s, whole] = both_paths(events, info(chat, true), 2, o);
+    EXPECT_EQ(whole["usage"]["prompt_tokens_details"]["cached_tokens"], 16);
+    EXPECT_EQ(whole["usage"]["prompt_tokens"], 7);
+    EXPECT_EQ(whole["usage"]["total_tokens"], 7 + 5);
+    auto [s1, one] = both_paths(a, info(chat, true), 1, o);
+    EXPECT_EQ(one["usage"]["prompt_tokens_details"]["cached_tokens"], 32);
+  }
+}
+
 }  // namespace
 }  // namespace moe::server

@@ -9,59 +9,12 @@
 #include "engine/generator.h"
 #include "engine/scheduler.h"
 #include "model/deepseek_v3.h"
+#include "server/scheduler_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moe {
 namespace {
-
-const char* kModel = "models/tiny-dsv3";
-
-struct Env {
-  std::unique_ptr<Backend> backend = make_backend("cpu");
-  DeepseekV3 model{kModel, *backend};
-  Tokenizer tokenizer = Tokenizer::load(kModel);
-};
-Env& env() {
-  static Env e;
-  return e;
-}
-
-struct Result {
-  std::vector<int32_t> tokens;
-  std::string text;
-  FinishReason finish = FinishReason::none;
-  std::vector<TokenLogprob> logprobs;
-};
-
-// Collects every request of `sink` (indices 0..n-1) until each has finished.
-std::vector<Result> collect(EventSink& sink, size_t n) {
-  std::vector<Result> out(n);
-  size_t done = 0;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (done < n && std::chrono::steady_clock::now() < deadline) {
-    for (auto& e : sink.pop(std::chrono::milliseconds(50))) {
-      auto& r = out.at(size_t(e.index));
-      EXPECT_EQ(r.finish, FinishReason::none) << "event after the end";
-      r.tokens.insert(r.tokens.end(), e.tokens.begin(), e.tokens.end());
-      r.text += e.text;
-      r.logprobs.insert(r.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
-      if (e.finish != FinishReason::none) {
-        r.finish = e.finish;
-        ++done;
-      }
-    }
-  }
-  EXPECT_EQ(done, n) << "requests did not finish in time";
-  return out;
-}
-
-std::vector<int32_t> reference(const std::vector<int32_t>& prompt, int32_t n, SamplingParams sp = {}) {
-  Generator gen(env().model, int64_t(prompt.size()) + n + 1);
-  GenerateOptions o;
-  o.max_new_tokens = n;
-  o.sampling = sp;
-  return gen.generate(prompt, o);
-}
+using namespace moe::test;
 
 std::vector<std::vector<int32_t>> prompts() {
   return {{311, 811, 1336, 101, 151, 1684, 1100},
