@@ -16,6 +16,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "engine/grammar/constraint.h"
 #include "server/api.h"
 #include "server/choice_assembler.h"
 #include "server/http_body.h"
@@ -119,6 +120,14 @@ struct Server::Impl {
   std::set<std::string> post_paths;  // routes that read their body through read_body (set up in routes())
 
   bool loopback_bound = false;  // Host must be a loopback name (DNS rebinding)
+
+  // The vocabulary as byte strings for structured output, built on the first request that needs it.
+  std::once_flag vocab_once;
+  std::shared_ptr<const grammar::Vocabulary> vocab;
+  const std::shared_ptr<const grammar::Vocabulary>& grammar_vocab() {
+    std::call_once(vocab_once, [&] { vocab = grammar::Vocabulary::build(tok); });
+    return vocab;
+  }
 
   Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
       : sched(s), tok(t), feedback(f), opt(std::move(o)), loopback_bound(is_loopback_address(opt.host)) {
@@ -226,6 +235,9 @@ struct Server::Impl {
         g.stop = c.stop;
         g.ignore_eos = c.ignore_eos || opt.ignore_eos;
         g.top_logprobs = c.top_logprobs;
+        if (c.response_schema)  // one constraint per choice: each follows its own tokens
+          g.constraint = std::make_shared<grammar::GrammarConstraint>(
+              grammar_vocab(), std::vector<grammar::Piece>{grammar::Piece::value(*c.response_schema)}, tok.eos_id());
         job.handles.push_back(sched.submit(std::move(g), job.sink, i));
       }
     } catch (const Error& e) {
