@@ -86,7 +86,7 @@ class Matcher::Run {
     g_ = &p.schema->grammar();
     st_.assign(in.frames.begin() + t.begin, in.frames.begin() + t.begin + t.size);
     if (t.off == 0) {
-      start_value(g_->root, b, 0);
+      start_value(g_->root, b);
     } else {
       feed(b);
     }
@@ -168,16 +168,15 @@ class Matcher::Run {
     emit();
   }
 
-  // Begins a value of node `id` whose first byte is b. any_of and ref fork or follow here.
-  void start_value(int32_t id, uint8_t b, int hops) {
+  // Begins a value of node `id` whose first byte is b. any_of and ref fork here, over their flattened
+  // alternatives (schema.cpp: all concrete nodes).
+  void start_value(int32_t id, uint8_t b) {
     const Node& n = g_->nodes[size_t(id)];
-    if (hops > 32) return;  // an anyOf / $ref cycle that names no value
-    if (n.kind == Kind::ref) return start_value(n.target, b, hops + 1);
-    if (n.kind == Kind::any_of) {
+    if (n.kind == Kind::ref || n.kind == Kind::any_of) {
       const size_t depth = st_.size();
       const Frame parent = depth ? st_.back() : Frame{};
       for (int32_t alt : n.alts) {
-        start_value(alt, b, hops + 1);
+        start_value(alt, b);
         st_.resize(depth);
         if (depth) st_.back() = parent;
       }
@@ -264,7 +263,7 @@ class Matcher::Run {
         return;
       case 4: {
         const int32_t child = f.aux >= 0 ? n.prop_nodes[size_t(f.aux)] : n.additional;
-        start_value(child, b, 0);
+        start_value(child, b);
         return;
       }
       default:
@@ -290,10 +289,10 @@ class Matcher::Run {
           }
           return;
         }
-        if (n.max_items > 0) start_value(n.items, b, 0);
+        if (n.max_items > 0) start_value(n.items, b);
         return;
       case 3:
-        start_value(n.items, b, 0);
+        start_value(n.items, b);
         return;
       default:
         return;

@@ -50,7 +50,7 @@ struct Node {
   int64_t min = std::numeric_limits<int64_t>::min(), max = std::numeric_limits<int64_t>::max();
   // literals (values) and object (keys: the JSON-escaped name and its closing quote, after the opening quote)
   ByteTrie trie;
-  // any_of
+  // any_of and ref: after compilation, the concrete (non-any_of, non-ref) nodes a value may be
   std::vector<int32_t> alts;
   // ref
   int32_t target = -1;

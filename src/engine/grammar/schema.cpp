@@ -40,6 +40,8 @@ int32_t ByteTrie::child(int32_t node, uint8_t byte) const {
 namespace {
 
 constexpr int64_t kIntLimit = 999'999'999'999'999'999;  // 10^18 - 1
+constexpr size_t kMaxNodes = 1 << 16;         // bounds the work of flatten() and of every mask
+constexpr size_t kMaxAlternatives = 256;      // nodes visited resolving one anyOf / $ref
 
 const std::set<std::string> kIgnored = {"description", "title",    "default",    "examples",  "$schema",
                                         "$id",         "$comment", "deprecated", "readOnly",  "writeOnly",
@@ -65,7 +67,40 @@ class Compiler {
 
   Grammar run() {
     g_.root = compile(root_, "");
+    MOE_CHECK(g_.nodes.size() <= kMaxNodes, "the schema is too large: {} nodes compiled, at most {}", g_.nodes.size(),
+              kMaxNodes);
+    flatten();
     return std::move(g_);
+  }
+
+  // Every anyOf and $ref node gets, in `alts`, the concrete nodes it may begin with (anyOf of anyOf and chains
+  // of references followed here, once), so a value starts with one fork and no recursion.
+  void flatten() {
+    std::vector<std::vector<int32_t>> flat(g_.nodes.size());
+    for (size_t id = 0; id < g_.nodes.size(); ++id) {
+      const Kind k = g_.nodes[id].kind;
+      if (k != Kind::any_of && k != Kind::ref) continue;
+      std::vector<int32_t> todo = {int32_t(id)}, seen;
+      while (!todo.empty()) {
+        const int32_t n = todo.back();
+        todo.pop_back();
+        if (std::find(seen.begin(), seen.end(), n) != seen.end()) continue;
+        seen.push_back(n);
+        MOE_CHECK(seen.size() <= kMaxAlternatives, "an anyOf in the schema has more than {} alternatives",
+                  kMaxAlternatives);
+        const Node& node = g_.nodes[size_t(n)];
+        if (node.kind == Kind::ref) {
+          todo.push_back(node.target);
+        } else if (node.kind == Kind::any_of) {
+          for (auto it = node.alts.rbegin(); it != node.alts.rend(); ++it) todo.push_back(*it);
+        } else {
+          flat[id].push_back(n);
+        }
+      }
+      MOE_CHECK(!flat[id].empty(), "an anyOf / $ref cycle in the schema names no value");
+    }
+    for (size_t id = 0; id < g_.nodes.size(); ++id)
+      if (!flat[id].empty()) g_.nodes[id].alts = std::move(flat[id]);
   }
 
   int32_t any_value() {
