@@ -83,5 +83,48 @@ TEST(GrammarMask, MatchesBruteForceAlongADocumentOnDeepSeekV3) {
   EXPECT_EQ(text, doc);
 }
 
+
+// A forced DeepSeek-V3 tool call: special tokens as token pieces (only their ids, never spelled as text), text
+// pieces in any tokens (across piece boundaries), the arguments as a schema value.
+TEST(GrammarMask, ToolCallPiecesOnDeepSeekV3) {
+  const auto& [tokenizer, v] = vocab();
+  const int32_t begin = tokenizer.token_id("<｜tool▁call▁begin｜>"), sep = tokenizer.token_id("<｜tool▁sep｜>"),
+                end = tokenizer.token_id("<｜tool▁call▁end｜>");
+  ASSERT_GE(begin, 0);
+  ASSERT_GE(sep, 0);
+  ASSERT_GE(end, 0);
+  ASSERT_TRUE(v->excluded(begin));  // an added token: text never produces it
+  const std::vector<Piece> pieces = {Piece::token_id(begin), Piece::bytes("function"), Piece::token_id(sep),
+                                     Piece::bytes("get_weather\n```json\n"), Piece::value(Schema::compile(kSchema)),
+                                     Piece::bytes("\n```"), Piece::token_id(end)};
+  GrammarConstraint c(v, pieces, tokenizer.eos_id());
+  // At a token piece exactly that id is allowed.
+  expect_matches_brute_force(c, *v, tokenizer.eos_id(), "start");
+  for (int32_t id = 0; id < v->size(); ++id) ASSERT_EQ(c.allows(id), id == begin) << id;
+  c.accept(begin);
+  const std::vector<int32_t> fn = tokenizer.encode("function");
+  for (int32_t id : fn) {
+    ASSERT_TRUE(c.allows(id));
+    c.accept(id);
+  }
+  EXPECT_TRUE(c.allows(sep));
+  EXPECT_FALSE(c.allows(begin));
+  c.accept(sep);
+  // The rest as the tokenizer spells it: text pieces and the value share tokens ("\n{" and the like).
+  const std::string rest = "get_weather\n```json\n{\"city\":\"Oslo\",\"unit\":\"celsius\"}\n```";
+  std::string text;
+  for (int32_t id : tokenizer.encode(rest)) {
+    expect_matches_brute_force(c, *v, tokenizer.eos_id(), "after '" + text + "'");
+    ASSERT_TRUE(c.allows(id)) << "after '" << text << "'";
+    c.accept(id);
+    text += v->bytes(id);
+  }
+  EXPECT_FALSE(c.complete());
+  for (int32_t id = 0; id < v->size(); ++id) ASSERT_EQ(c.allows(id), id == end) << id;
+  c.accept(end);
+  EXPECT_TRUE(c.complete());
+  EXPECT_THROW(c.accept(begin), Error);
+}
+
 }  // namespace
 }  // namespace moe::grammar
