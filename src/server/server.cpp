@@ -193,8 +193,9 @@ struct Server::Impl {
     }
     p.prompt = tok.encode(p.prompt_text, false);
     finish_prepare(p, r);
-    p.reasoning_enabled = opt.reasoning == ReasoningMode::on ||
-                          (opt.reasoning == ReasoningMode::auto_detect && reasoning_template);
+    // A constrained reply (response_format) is the JSON from its first token: all content, never split.
+    p.reasoning_enabled = !r.response_schema && (opt.reasoning == ReasoningMode::on ||
+                                                 (opt.reasoning == ReasoningMode::auto_detect && reasoning_template));
     p.in_reasoning = p.reasoning_enabled && prompt_opens_reasoning(p.prompt_text);
     return p;
   }
