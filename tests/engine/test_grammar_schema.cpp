@@ -111,6 +111,38 @@ TEST(GrammarSchema, RefsAnyOfAndRecursion) {
   EXPECT_FALSE(viable(shallow, R"({"v":1,"kids":[{"v":2,"kids":[{)"));
 }
 
+// Values that cannot finish are never started: a required endless nesting is refused at compile time, an
+// optional one is never offered, and near the depth bound only what still fits is.
+TEST(GrammarSchema, NoDeadEndsFromEndlessOrTooDeepValues) {
+  const json endless = json::parse(R"({"type":"object","properties":{"x":{"$ref":"#"}},"required":["x"]})");
+  EXPECT_THROW(Schema::compile(endless), Error);
+  const json optional = json::parse(R"({"$defs":{"e":{"type":"object","properties":{"x":{"$ref":"#/$defs/e"}},
+      "required":["x"]}},"type":"object","properties":{"bad":{"$ref":"#/$defs/e"},"y":{"type":"integer"}}})");
+  const Matcher m = matcher_for(optional);
+  EXPECT_FALSE(viable(m, R"({"b)"));
+  EXPECT_TRUE(accepts(m, R"({"y":1})"));
+  const json lists = json::parse(R"({"$defs":{"l":{"type":"array","items":{"$ref":"#/$defs/l"}}},"$ref":"#/$defs/l"})");
+  for (uint32_t depth : {1u, 2u, 5u}) {
+    const Matcher d({Piece::value(Schema::compile(lists))}, depth);
+    const std::string deepest = std::string(depth, '[') + std::string(depth, ']');
+    EXPECT_TRUE(accepts(d, deepest)) << depth;
+    EXPECT_FALSE(viable(d, std::string(depth + 1, '['))) << depth;
+    // A random walk never gets stuck: every prefix it reaches can be finished.
+    std::mt19937 rng(depth);
+    for (int sample = 0; sample < 50; ++sample) {
+      State s = d.initial(), next;
+      for (int step = 0; step < 40 && !d.must_end(s); ++step) {
+        std::vector<State> options;
+        for (int b = 0; b < 256; ++b)
+          if (d.step(s, uint8_t(b), next)) options.push_back(next);
+        ASSERT_TRUE(!options.empty() || d.can_end(s));
+        if (options.empty()) break;
+        s = options[std::uniform_int_distribution<size_t>(0, options.size() - 1)(rng)];
+      }
+    }
+  }
+}
+
 TEST(GrammarSchema, FreeObjectsAndValues) {
   const Matcher any = Matcher({Piece::value(Schema::any_object())});
   EXPECT_TRUE(accepts(any, R"({"a":[1,{"b":null}],"c":"d\"","":{}})"));

@@ -182,7 +182,7 @@ class Matcher::Run {
       }
       return;
     }
-    if (st_.size() >= m_.max_depth_) return;
+    if (st_.size() + n.height > m_.max_depth_) return;  // no value of it would fit (or none exists)
     Frame f;
     f.node = id;
     st_.push_back(f);
@@ -203,6 +203,17 @@ class Matcher::Run {
     }
   }
 
+  // Whether a value of node `id` started now, above the top frame, could be finished within the depth bound.
+  bool fits(int32_t id) const { return st_.size() + g_->nodes[size_t(id)].height <= m_.max_depth_; }
+
+  // The declared properties whose values still fit.
+  uint64_t fitting(const Node& n) const {
+    uint64_t m = 0;
+    for (size_t i = 0; i < n.prop_nodes.size(); ++i)
+      if (fits(n.prop_nodes[i])) m |= uint64_t(1) << i;
+    return m;
+  }
+
   void start_key(Frame& f, const Node& n) {
     f.phase = 2;
     if (n.additional >= 0) {
@@ -218,11 +229,11 @@ class Matcher::Run {
   }
 
   void object(Frame& f, const Node& n, uint8_t b) {
-    const bool declared = !n.prop_nodes.empty();
-    const uint64_t all = declared ? (n.prop_nodes.size() == 64 ? ~uint64_t(0)
-                                                               : (uint64_t(1) << n.prop_nodes.size()) - 1)
-                                  : 0;
-    const bool more_keys = n.additional >= 0 || (all & ~f.bits) != 0;
+    // Keys may follow where an unwritten property's value (or a free key's) still fits in the depth bound;
+    // required ones always do (the object's height counted them).
+    const bool structural = f.phase == 1 || f.phase == 5;
+    const uint64_t open = structural || f.phase == 2 ? fitting(n) & ~f.bits : 0;
+    const bool more_keys = (n.additional >= 0 && fits(n.additional) && st_.size() < m_.max_depth_) || open != 0;
     switch (f.phase) {
       case 0:
         if (b == '{') {
@@ -244,7 +255,7 @@ class Matcher::Run {
         return;
       case 2: {  // a declared key (free keys are a string frame above this one)
         const int32_t c = n.trie.child(f.aux, b);
-        if (c < 0 || (n.trie.nodes[size_t(c)].below & ~f.bits) == 0) return;
+        if (c < 0 || (n.trie.nodes[size_t(c)].below & open) == 0) return;
         const int32_t prop = n.trie.nodes[size_t(c)].value;
         if (prop >= 0) {
           f.aux = prop;
@@ -283,7 +294,7 @@ class Matcher::Run {
       case 2:
         if (b == ']' && f.count >= n.min_items) return finish();
         if (f.phase == 2) {
-          if (b == ',' && f.count < n.max_items) {
+          if (b == ',' && f.count < n.max_items && fits(n.items)) {
             f.phase = 3;
             emit();
           }

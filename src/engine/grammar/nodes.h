@@ -54,7 +54,12 @@ struct Node {
   std::vector<int32_t> alts;
   // ref
   int32_t target = -1;
+  // The fewest levels of nesting a value of this node needs (1: a scalar or an empty container); kNoValue when
+  // no finite value exists. The matcher starts a value, key or item only where it still fits in its depth bound.
+  uint32_t height = 0;
 };
+
+inline constexpr uint32_t kNoValue = 1u << 20;
 
 // Limits that keep every generated value finite (the model cannot run away inside one number).
 inline constexpr int kMaxProperties = 64;      // per object (a bit mask of the properties seen)

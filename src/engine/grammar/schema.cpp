@@ -70,7 +70,44 @@ class Compiler {
     MOE_CHECK(g_.nodes.size() <= kMaxNodes, "the schema is too large: {} nodes compiled, at most {}", g_.nodes.size(),
               kMaxNodes);
     flatten();
+    heights();
+    MOE_CHECK(g_.nodes[size_t(g_.root)].height < kNoValue,
+              "the schema admits no value: every alternative needs an endless nesting of required values");
     return std::move(g_);
+  }
+
+  // Node::height by relaxation: after k passes every height <= k is final (a value of height h needs only values
+  // of height < h), and the matcher never needs one above its depth bound, so 64 passes suffice.
+  void heights() {
+    for (auto& n : g_.nodes) n.height = kNoValue;
+    auto h = [&](int32_t id) { return id < 0 ? 1u : g_.nodes[size_t(id)].height; };
+    for (int pass = 0; pass < 64; ++pass) {
+      bool changed = false;
+      for (auto& n : g_.nodes) {
+        uint32_t v = 1;
+        switch (n.kind) {
+          case Kind::array:
+            if (n.min_items > 0) v = std::min(kNoValue, 1 + h(n.items));
+            break;
+          case Kind::object:
+            for (size_t i = 0; i < n.prop_nodes.size(); ++i)
+              if (n.required >> i & 1) v = std::max(v, std::min(kNoValue, 1 + h(n.prop_nodes[i])));
+            break;
+          case Kind::any_of:
+          case Kind::ref:
+            v = kNoValue;
+            for (int32_t a : n.alts) v = std::min(v, h(a));
+            break;
+          default:
+            break;
+        }
+        if (v < n.height) {
+          n.height = v;
+          changed = true;
+        }
+      }
+      if (!changed) break;
+    }
   }
 
   // Every anyOf and $ref node gets, in `alts`, the concrete nodes it may begin with (anyOf of anyOf and chains
