@@ -5,8 +5,9 @@
 // and a stack of frames, one per open JSON value. Threads are kept closed under "this value may end here", so a
 // byte is simply offered to every thread; threads that cannot take it die.
 //
-// Every thread can still be completed (no dead ends are entered), except where the stack depth bound cuts off
-// a schema that demands deeper nesting.
+// Every thread can still be completed (no dead ends are entered): a value, key or array item is started only
+// where a value of its node fits within the depth bound (Node::height), and bounds on integers, string lengths
+// and number sizes are checked on prefixes.
 #include <cstdint>
 #include <string>
 #include <string_view>

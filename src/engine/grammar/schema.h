@@ -6,7 +6,7 @@
 // pointer, recursion allowed). description, title, default, examples, $schema, $id, $comment, deprecated,
 // readOnly and writeOnly are ignored (they constrain nothing). Any other keyword, and bounds on non-integer
 // numbers, are refused with a moe::Error naming the keyword and its place ("#/properties/when"): a schema is
-// never silently relaxed.
+// never silently relaxed. So is a schema with no finite value (a required property that nests itself forever).
 //
 // What is generated (always valid against the schema, sometimes narrower than it):
 // - no whitespace outside strings (compact JSON: generation cannot run away in whitespace);
