@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/error.h"
 #include "core/json_depth.h"
 
 namespace moe::server {
@@ -182,6 +183,36 @@ json normalise_messages(const json& msgs) {
   return out;
 }
 
+// response_format: {"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema", "strict"}}.
+std::shared_ptr<const grammar::Schema> parse_response_format(const json& rf) {
+  if (!rf.is_object()) bad("response_format", "'response_format' must be an object");
+  if (!rf.contains("type") || !rf["type"].is_string())
+    bad("response_format.type", "'response_format' needs a string 'type' (text, json_object or json_schema)");
+  const std::string type = rf["type"].get<std::string>();
+  if (type == "text") return nullptr;
+  if (type == "json_object") return std::make_shared<const grammar::Schema>(grammar::Schema::any_object());
+  if (type != "json_schema")
+    bad("response_format.type", "unknown response_format type '" + type + "' (text, json_object or json_schema)");
+  if (!rf.contains("json_schema") || !rf["json_schema"].is_object())
+    bad("response_format.json_schema", "response_format of type json_schema needs a 'json_schema' object");
+  const json& js = rf["json_schema"];
+  if (!js.contains("name") || !js["name"].is_string() || js["name"].get<std::string>().empty())
+    bad("response_format.json_schema.name", "'json_schema' needs a non-empty string 'name'");
+  bool strict = false;  // OpenAI's default
+  if (present(js, "strict")) {
+    if (!js["strict"].is_boolean()) bad("response_format.json_schema.strict", "'strict' must be a boolean");
+    strict = js["strict"].get<bool>();
+  }
+  if (!js.contains("schema") || !(js["schema"].is_object() || js["schema"].is_boolean()))
+    bad("response_format.json_schema.schema", "'json_schema' needs a 'schema' (a JSON Schema object)");
+  try {
+    return std::make_shared<const grammar::Schema>(
+        grammar::Schema::compile(js["schema"], grammar::SchemaOptions{.strict = strict}));
+  } catch (const Error& e) {
+    bad("response_format.json_schema.schema", std::string("Invalid schema for response_format: ") + e.what());
+  }
+}
+
 }  // namespace
 
 json parse_json_body(std::string_view body) {
@@ -213,6 +244,7 @@ ChatRequest parse_chat_request(std::string_view body) {
     if (!b["tools"].is_array()) bad("tools", "'tools' must be an array");
     r.tools = b["tools"];
   }
+  if (present(b, "response_format")) r.response_schema = parse_response_format(b["response_format"]);
   if (present(b, "chat_template_kwargs")) {
     if (!b["chat_template_kwargs"].is_object()) bad("chat_template_kwargs", "'chat_template_kwargs' must be an object");
     r.chat_template_kwargs = b["chat_template_kwargs"];

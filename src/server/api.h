@@ -4,12 +4,14 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "engine/grammar/schema.h"
 #include "engine/sampler.h"
 
 namespace moe::server {
@@ -35,6 +37,8 @@ struct CommonParams {
   bool ignore_eos = false;
   int32_t top_logprobs = -1;  // -1: no logprobs
   std::string user;
+  // response_format json_object / json_schema: the output is one JSON value of this schema (null: free text).
+  std::shared_ptr<const grammar::Schema> response_schema;
 };
 
 struct ChatRequest : CommonParams {

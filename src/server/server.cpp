@@ -16,6 +16,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "engine/grammar/constraint.h"
 #include "server/api.h"
 #include "server/choice_assembler.h"
 #include "server/http_body.h"
@@ -120,6 +121,14 @@ struct Server::Impl {
 
   bool loopback_bound = false;  // Host must be a loopback name (DNS rebinding)
 
+  // The vocabulary as byte strings for structured output, built on the first request that needs it.
+  std::once_flag vocab_once;
+  std::shared_ptr<const grammar::Vocabulary> vocab;
+  const std::shared_ptr<const grammar::Vocabulary>& grammar_vocab() {
+    std::call_once(vocab_once, [&] { vocab = grammar::Vocabulary::build(tok); });
+    return vocab;
+  }
+
   Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
       : sched(s), tok(t), feedback(f), opt(std::move(o)), loopback_bound(is_loopback_address(opt.host)) {
     if (tok.has_chat_template()) reasoning_template = template_supports_reasoning(tok.chat_template().source());
@@ -184,8 +193,9 @@ struct Server::Impl {
     }
     p.prompt = tok.encode(p.prompt_text, false);
     finish_prepare(p, r);
-    p.reasoning_enabled = opt.reasoning == ReasoningMode::on ||
-                          (opt.reasoning == ReasoningMode::auto_detect && reasoning_template);
+    // A constrained reply (response_format) is the JSON from its first token: all content, never split.
+    p.reasoning_enabled = !r.response_schema && (opt.reasoning == ReasoningMode::on ||
+                                                 (opt.reasoning == ReasoningMode::auto_detect && reasoning_template));
     p.in_reasoning = p.reasoning_enabled && prompt_opens_reasoning(p.prompt_text);
     return p;
   }
@@ -226,6 +236,9 @@ struct Server::Impl {
         g.stop = c.stop;
         g.ignore_eos = c.ignore_eos || opt.ignore_eos;
         g.top_logprobs = c.top_logprobs;
+        if (c.response_schema)  // one constraint per choice: each follows its own tokens
+          g.constraint = std::make_shared<grammar::GrammarConstraint>(
+              grammar_vocab(), std::vector<grammar::Piece>{grammar::Piece::value(*c.response_schema)}, tok.eos_id());
         job.handles.push_back(sched.submit(std::move(g), job.sink, i));
       }
     } catch (const Error& e) {
