@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -29,13 +30,14 @@ namespace moe::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, host = "127.0.0.1", api_key_file, feedback_db, name, reasoning = "auto", allowed_origins;
+  std::string model, host = "127.0.0.1", api_key_file, feedback_db, name, reasoning = "auto", allowed_origins, allowed_hosts;
   BackendArgs backend;
   int port = 8000;
   int32_t max_batch = 64, step_tokens = 512, default_max_tokens = 2048;
   int64_t cache_tokens = 65536, page_size = 16, max_context = 0;
   size_t max_body = 4 << 20;
-  bool ignore_eos = false;
+  int body_timeout = 60;
+  bool ignore_eos = false, no_access_log = false, log_prompts = false;
 };
 
 std::string trim(std::string s) {
@@ -63,6 +65,9 @@ void run_serve(const ServeArgs& a) {
   so.host = a.host;
   so.port = a.port;
   so.max_body_bytes = a.max_body;
+  so.body_timeout_s = a.body_timeout;
+  so.access_log = !a.no_access_log;
+  so.log_prompts = a.log_prompts;
   so.default_max_tokens = a.default_max_tokens;
   so.ignore_eos = a.ignore_eos;
   if (a.reasoning == "on") so.reasoning = server::ReasoningMode::on;
@@ -75,6 +80,15 @@ void run_serve(const ServeArgs& a) {
       if (o != "*" && o.rfind("http://", 0) != 0 && o.rfind("https://", 0) != 0)
         fail("--allowed-origins: '{}' is not an origin (scheme://host[:port]) or *", o);
       so.allowed_origins.push_back(o);
+    }
+    i = j + 1;
+  }
+  for (size_t i = 0; i <= a.allowed_hosts.size();) {  // comma-separated host names
+    const size_t j = std::min(a.allowed_hosts.find(',', i), a.allowed_hosts.size());
+    if (std::string h = trim(a.allowed_hosts.substr(i, j - i)); !h.empty()) {
+      if (h.find_first_of("/ ") != std::string::npos)
+        fail("--allowed-hosts: '{}' is not a host name (give names like chat.example.com, without a scheme)", h);
+      so.allowed_hosts.push_back(h);
     }
     i = j + 1;
   }
@@ -273,6 +287,9 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--allowed-origins", s->allowed_origins,
                     "Comma-separated origins (scheme://host[:port], or *) whose web pages may call the API (CORS); "
                     "default: none besides the server's own");
+  serve->add_option("--allowed-hosts", s->allowed_hosts,
+                    "Comma-separated Host names the server answers to besides loopback names, IP addresses and "
+                    "--host (DNS rebinding), or *; bound to another address with an API key, /v1/ answers any");
   serve->add_option("--feedback-db", s->feedback_db, "SQLite file for ratings from the chat page (POST /v1/feedback)");
   add_backend_options(serve, s->backend);
   serve->add_option("--threads", g_threads, "CPU threads (default: all cores)");
@@ -285,8 +302,21 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--served-model-name", s->name, "Model id in the API (default: the model directory's name)");
   serve->add_option("--reasoning", s->reasoning, "Split <think> into reasoning_content: auto (from the chat template), on, off");
   serve->add_option("--max-body-bytes", s->max_body, "Largest request body accepted (413 above)");
+  serve->add_option("--body-timeout", s->body_timeout,
+                    "Seconds a request body may take to arrive after its headers (408 past it)")
+      ->check(CLI::Range(1, 3600));
+  serve->add_flag("--no-access-log", s->no_access_log, "Do not log a line per request on stderr");
+  serve->add_flag("--log-prompts", s->log_prompts, "Put each request's prompt text in its access-log line");
   serve->add_flag("--ignore-eos", s->ignore_eos, "Never stop at EOS (for benchmarks and tests with random weights)");
   serve->callback([s] { run_serve(*s); });
+  // Every flag can come from the environment: --max-body-bytes from MOE_MAX_BODY_BYTES (a flag on the command
+  // line wins). For containers and service managers.
+  for (CLI::Option* o : serve->get_options()) {
+    if (o->get_lnames().empty() || o->get_lnames()[0] == "help" || !o->get_envname().empty()) continue;
+    std::string env = "MOE_" + o->get_lnames()[0];
+    for (auto& c : env) c = c == '-' ? '_' : char(std::toupper((unsigned char)c));
+    o->envname(env);
+  }
 
   auto* bench = app.add_subcommand("bench-serve", "Load a running server with streaming chat requests and report latencies");
   auto b = std::make_shared<BenchArgs>();

@@ -56,8 +56,8 @@ void address_of(int sock, bool peer, std::string& ip, int& port) {
 // A buffered socket stream (httplib reads a request line and headers a byte at a time).
 class ConnectionStream : public httplib::Stream {
  public:
-  ConnectionStream(int sock, milliseconds read_timeout, milliseconds write_timeout)
-      : sock_(sock), read_timeout_(read_timeout), write_timeout_(write_timeout) {}
+  ConnectionStream(int sock, milliseconds read_timeout, milliseconds write_timeout, milliseconds body_timeout)
+      : sock_(sock), read_timeout_(read_timeout), write_timeout_(write_timeout), body_timeout_(body_timeout) {}
 
   bool buffered() const { return off_ < len_; }
 
@@ -84,8 +84,14 @@ class ConnectionStream : public httplib::Stream {
           failure_ = t_header_failure = HeaderFailure::timeout;  // the deadline, or the read timeout before it
           return -1;
         }
-      } else if (!wait_for(sock_, POLLIN, timeout)) {
-        return -1;
+      } else {
+        // The body (the only thing read after the headers): due by body_deadline_, no pause over kBodyIdleTimeout.
+        timeout = std::min({timeout, milliseconds(kBodyIdleTimeout),
+                            std::chrono::duration_cast<milliseconds>(body_deadline_ - Clock::now())});
+        if (timeout.count() <= 0 || !wait_for(sock_, POLLIN, timeout)) {
+          failure_ = t_header_failure = HeaderFailure::body_timeout;
+          return -1;
+        }
       }
       ssize_t n;
       do n = ::recv(sock_, buf_, sizeof(buf_), 0);
@@ -107,6 +113,7 @@ class ConnectionStream : public httplib::Stream {
         }
         if (tail_ == 0x0d0a0d0a) {  // "\r\n\r\n"
           in_headers_ = false;
+          body_deadline_ = Clock::now() + body_timeout_;
           k = i + 1;
           break;
         }
@@ -131,11 +138,11 @@ class ConnectionStream : public httplib::Stream {
 
  private:
   int sock_;
-  milliseconds read_timeout_, write_timeout_;
+  milliseconds read_timeout_, write_timeout_, body_timeout_;
   char buf_[4096];
   size_t off_ = 0, len_ = 0;
   bool in_headers_ = false;
-  Clock::time_point deadline_;
+  Clock::time_point deadline_, body_deadline_;
   size_t header_bytes_ = 0, header_lines_ = 0;
   uint32_t tail_ = 0;
   HeaderFailure failure_ = HeaderFailure::none;
@@ -189,7 +196,8 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
   bool ret = false;
   if (registered) {
     auto ms = [](time_t s, time_t us) { return milliseconds(int64_t(s) * 1000 + int64_t(us) / 1000); };
-    ConnectionStream strm(sock, ms(read_timeout_sec_, read_timeout_usec_), ms(write_timeout_sec_, write_timeout_usec_));
+    ConnectionStream strm(sock, ms(read_timeout_sec_, read_timeout_usec_), ms(write_timeout_sec_, write_timeout_usec_),
+                          body_timeout_);
     t_socket = sock;
     for (size_t count = keep_alive_max_count_; count > 0 && !stopping_; --count) {
       // The next request's first byte (already here when pipelined); an idle connection is closed.

@@ -8,6 +8,7 @@
 
 #include "engine/scheduler.h"
 #include "server/feedback_store.h"
+#include "server/host_check.h"
 #include "server/reasoning.h"
 #include "tokenizer/tokenizer.h"
 
@@ -34,6 +35,13 @@ struct ServerOptions {
   // the server is bound to loopback (DNS rebinding), and JSON endpoints' bodies of any other Content-Type (415:
   // text/plain and forms are what a page can send cross-site without a preflight).
   std::vector<std::string> allowed_origins;
+  // Host names (without the port) answered besides loopback names, IP addresses and --host; "*" any. See
+  // host_check.h for the whole rule (DNS rebinding).
+  std::vector<std::string> allowed_hosts;
+  // A request body must arrive within this many seconds of its headers (408 and the connection closed past it).
+  int body_timeout_s = 60;
+  bool access_log = true;    // one line per request on stderr (access_log.h)
+  bool log_prompts = false;  // with the prompt text in it
   int http_threads = 2048;  // most connections served at once (threads start as needed; streams hold theirs)
 };
 
@@ -53,12 +61,6 @@ class Server {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// Cross-site checks, exposed for tests. host_is_loopback: "localhost", "*.localhost", 127.0.0.0/8 or [::1], with
-// or without a port. same_origin: the Origin names the host of the Host header (http or https).
-bool host_is_loopback(const std::string& host_header);
-bool is_loopback_address(const std::string& bind_host);
-bool same_origin(const std::string& origin, const std::string& host_header);
 
 // Constant-time comparison of an Authorization header value with "Bearer <key>".
 bool authorized(const std::string& header_value, const std::string& api_key);

@@ -12,7 +12,8 @@ export function tempDir(prefix = "moe-test-") {
 }
 
 export async function startServer(args = [], env = {}) {
-  const proc = spawn(MOE_BIN, ["serve", "--model", MODEL, "--host", "127.0.0.1", "--port", "0", "--threads", "2", ...args], {
+  const host = args.includes("--host") ? [] : ["--host", "127.0.0.1"];  // a test may bind elsewhere
+  const proc = spawn(MOE_BIN, ["serve", "--model", MODEL, ...host, "--port", "0", "--threads", "2", ...args], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -12,7 +12,7 @@ add_test(NAME server_js_npm_ci
          COMMAND sh -c "[ -d node_modules/openai ] && [ -d node_modules/playwright-core ] || ${MOE_NPM} ci --no-audit --no-fund"
          WORKING_DIRECTORY ${MOE_JS_DIR})
 set_tests_properties(server_js_npm_ci PROPERTIES FIXTURES_SETUP moe_js TIMEOUT 300)
-foreach(t openai errors feedback limits lifecycle slow crosssite load browser)
+foreach(t openai errors feedback limits lifecycle slow crosssite load fault ops browser)
   add_test(NAME server_js_${t} COMMAND ${MOE_NODE} --test --test-reporter=tap tests/js/${t}.test.js
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(server_js_${t} PROPERTIES
@@ -20,4 +20,4 @@ foreach(t openai errors feedback limits lifecycle slow crosssite load browser)
     ENVIRONMENT "MOE_BIN=$<TARGET_FILE:moe>;MOE_TEST_OUT=${CMAKE_BINARY_DIR}/tests/js-out")
 endforeach()
 # The load and slow-client tests measure latencies: run them alone.
-set_tests_properties(server_js_load server_js_slow PROPERTIES RUN_SERIAL TRUE)
+set_tests_properties(server_js_load server_js_slow server_js_fault PROPERTIES RUN_SERIAL TRUE)
