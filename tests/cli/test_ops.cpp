@@ -31,7 +31,9 @@ TEST(CliOps, VersionNamesTheCommitAndTheLibraries) {
   ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(^moe \d+\.\d+\.\d+ \(commit ([0-9a-f]{12}(-dirty)?|unknown)\))")))
       << r.out;
   // Built from this checkout: the commit is its HEAD (the build refreshes it; "-dirty" with local changes).
-  if (const std::string head = git_head(); !head.empty()) EXPECT_EQ(m[1].str().substr(0, 12), head) << r.out;
+  if (const std::string head = git_head(); !head.empty()) {
+    EXPECT_EQ(m[1].str().substr(0, 12), head) << r.out;
+  }
   EXPECT_NE(r.out.find(std::string("cpp-httplib ") + CPPHTTPLIB_VERSION), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(std::string("CLI11 ") + CLI11_VERSION), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("nlohmann/json " + std::to_string(NLOHMANN_JSON_VERSION_MAJOR) + "." +

@@ -53,7 +53,7 @@ function chat(content, extra = {}) {
 }
 
 // /health and a small chat request answered within their bounds; returns the small request's latency.
-async function assertServing(what) {
+async function assertServing(what, smallBound = SMALL_MS) {
   let t = Date.now();
   const h = await fetch(srv.url + "/health", { signal: AbortSignal.timeout(HEALTH_MS * 3) });
   assert.equal(h.status, 200, `${what}: /health`);
@@ -64,7 +64,7 @@ async function assertServing(what) {
   assert.equal(r.status, 200, `${what}: ${text}`);
   assert.equal(JSON.parse(text).object, "chat.completion");
   const ms = Date.now() - t;
-  assert.ok(ms < SMALL_MS, `${what}: a small request took ${ms} ms`);
+  assert.ok(ms < smallBound, `${what}: a small request took ${ms} ms`);
   return ms;
 }
 
@@ -194,12 +194,22 @@ async function longPrefill(tokens) {
   long.then((ms) => { finished = ms; }, () => { finished = -1; });
   const lat = [];
   await new Promise((r) => setTimeout(r, 200));
-  while (finished === null) lat.push(await assertServing(`during a ${tokens}-token prefill`));
+  // Each is bounded by the prefill itself here (checked below), not SMALL_MS: its steps are long on a slow machine.
+  while (finished === null) lat.push(await assertServing(`during a ${tokens}-token prefill`, 600000));
   const prefillMs = await long;
+  // A small request waits for a few steps of the long prompt's prefill, never for the whole of it (before the
+  // prefill budget was shared, it waited for all of it: issue 16 finding 5).
+  assert.ok(Math.max(...lat) < Math.max(SMALL_MS, prefillMs / 2),
+    `a small request took ${Math.max(...lat)} ms during a ${prefillMs} ms prefill`);
   return { prefillMs, worst: Math.max(0, ...lat), small: lat.length };
 }
 
-test("the server keeps serving, frees every page and stays within its memory bound through every fault", async () => {
+test("the server keeps serving, frees every page and stays within its memory bound through every fault", async (t) => {
+  t.after(() => {  // on a failure: whether the server died, and its last words
+    if (srv.proc.exitCode !== null || srv.proc.signalCode !== null)
+      console.log(`# moe serve ended: code ${srv.proc.exitCode} signal ${srv.proc.signalCode}\n` +
+        srv.stderr().split("\n").filter((l) => !l.includes('" 200 ')).slice(-20).map((l) => "# " + l).join("\n"));
+  });
   await assertServing("start");
   figures.rss_start = rss();
   for (let round = 1; round <= ROUNDS; round++) {
