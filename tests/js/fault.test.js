@@ -6,7 +6,8 @@
 // server, repeatedly.
 //
 // CI runs one round (about 40 s). MOE_FAULT_ROUNDS=N runs N rounds (memory must stay within the bound over all of
-// them); MOE_FAULT_LONG=1 makes the long prompt 60,000 tokens (--cache-tokens 131072). Each round prints its
+// them); MOE_FAULT_LONG=1 makes the long prompt 60,000 tokens and MOE_FAULT_PROMPT_TOKENS=N N tokens (the cache
+// holds twice the prompt). Each round prints its
 // figures (bench/RESULTS.md). These variables are read by this script only.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -18,7 +19,7 @@ import { startServer, metrics, waitFor, readSse, tempDir, MOE_BIN } from "./serv
 
 const LONG = process.env.MOE_FAULT_LONG === "1";
 const ROUNDS = Number(process.env.MOE_FAULT_ROUNDS || 1);
-const LONG_PROMPT = LONG ? 60000 : 4000;  // tokens
+const LONG_PROMPT = Number(process.env.MOE_FAULT_PROMPT_TOKENS || (LONG ? 60000 : 4000));
 const BODY_TIMEOUT_S = 3;
 const MAX_BODY = 1 << 20;
 // Service continuity: bounds for a small request while faults go on (the tiny model answers one in ~50 ms alone;
@@ -35,7 +36,7 @@ const rss = () => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${srv.proc
 const MiB = (b) => (b / (1 << 20)).toFixed(0) + " MiB";
 
 async function start() {
-  srv = await startServer(["--max-batch", "256", "--cache-tokens", LONG ? "131072" : "16384", "--step-tokens", "256",
+  srv = await startServer(["--max-batch", "256", "--cache-tokens", String(Math.max(16384, 2 * LONG_PROMPT + 8192)), "--step-tokens", "256",
     "--max-body-bytes", String(MAX_BODY), "--body-timeout", String(BODY_TIMEOUT_S), "--feedback-db", db]);
 }
 
@@ -45,9 +46,9 @@ before(async () => {
 });
 after(async () => { await srv?.stop(); });
 
-function chat(content, extra = {}) {
+function chat(content, extra = {}, timeoutMs = 60000) {
   return fetch(srv.url + "/v1/chat/completions", {
-    method: "POST", headers: { "Content-Type": "application/json" }, signal: AbortSignal.timeout(60000),
+    method: "POST", headers: { "Content-Type": "application/json" }, signal: AbortSignal.timeout(timeoutMs),
     body: JSON.stringify({ messages: [{ role: "user", content }], max_tokens: 2, ...extra }),
   });
 }
@@ -59,7 +60,7 @@ async function assertServing(what, smallBound = SMALL_MS) {
   assert.equal(h.status, 200, `${what}: /health`);
   assert.ok(Date.now() - t < HEALTH_MS, `${what}: /health took ${Date.now() - t} ms`);
   t = Date.now();
-  const r = await chat("hi");
+  const r = await chat("hi", {}, Math.max(60000, smallBound));
   const text = await r.text();
   assert.equal(r.status, 200, `${what}: ${text}`);
   assert.equal(JSON.parse(text).object, "chat.completion");
