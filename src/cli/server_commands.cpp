@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "engine/scheduler.h"
 #include "server/feedback_store.h"
+#include "server/loading_server.h"
 #include "server/server.h"
 
 namespace moe::cli {
@@ -38,6 +39,7 @@ struct ServeArgs {
   size_t max_body = 4 << 20;
   int body_timeout = 60;
   bool ignore_eos = false, no_access_log = false, log_prompts = false;
+  int fault_load_delay_ms = 0;  // tests: a model that takes this much longer to load
 };
 
 std::string trim(std::string s) {
@@ -103,9 +105,57 @@ void run_serve(const ServeArgs& a) {
   so.model_name = a.name.empty() ? std::filesystem::path(a.model).lexically_normal().filename().string() : a.name;
   if (so.model_name.empty()) so.model_name = std::filesystem::path(a.model).parent_path().filename().string();
 
+  // Listen at once: while the model loads, /health answers 503 {"status":"loading","progress":p} and the API 503
+  // model_loading (server/loading_server.h); the Server then takes over the listening socket.
+  server::LoadingServer loading(server::HostPolicy{so.host, so.allowed_hosts, !so.api_key.empty()}, so.model_name);
+  const int port = loading.bind(so.host, so.port);
+  std::printf("moe serve: listening on http://%s:%d (loading %s)\n", a.host.c_str(), port, a.model.c_str());
+  std::fflush(stdout);
+
+  // SIGINT/SIGTERM: while loading, the process exits at once; once serving, the server stops gracefully.
+  std::atomic<bool> served{false};
+  std::atomic<server::Server*> live{nullptr};
+  struct SignalThread {  // joined however run_serve ends (a checkpoint that fails to load throws)
+    std::atomic<bool>& served;
+    std::thread t;
+    ~SignalThread() {
+      served = true;
+      pthread_kill(t.native_handle(), SIGTERM);  // wakes sigwait if no signal came
+      t.join();
+    }
+  } signals{served, std::thread([&] {
+              int sig = 0;
+              sigwait(&sigs, &sig);
+              if (served) return;  // woken by ~SignalThread: the server stopped some other way
+              const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+              server::Server* srv = live.load();
+              if (!srv) {
+                std::printf("moe serve: stopping while loading (%s)\n", name);
+                std::fflush(stdout);
+                std::_Exit(0);
+              }
+              std::printf("moe serve: stopping (%s)\n", name);
+              std::fflush(stdout);
+              // The bound on a graceful shutdown: whatever has not ended within kShutdownGrace (a long step, a
+              // client that does not read) is cut off, and a second signal ends the process at once.
+              std::thread([sigs] {
+                timespec ts{std::chrono::duration_cast<std::chrono::seconds>(kShutdownGrace).count(), 0};
+                const bool again = sigtimedwait(&sigs, nullptr, &ts) > 0;
+                std::fprintf(stderr, "moe serve: %s; exiting now\n",
+                             again ? "a second signal" : "in-flight work did not end within the shutdown grace period");
+                std::_Exit(1);
+              }).detach();
+              srv->stop();
+            })};
+
+  // Progress by stages (the weights are most of the time).
   auto backend = open_backend(a.backend);
+  loading.set_progress(0.05);
+  if (a.fault_load_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(a.fault_load_delay_ms));
   DeepseekV3 model(a.model, *backend);
+  loading.set_progress(0.85);
   const Tokenizer tokenizer = Tokenizer::load(a.model);
+  loading.set_progress(0.9);
   SchedulerOptions sopt;
   sopt.cache_tokens = a.cache_tokens;
   sopt.page_size = a.page_size;
@@ -117,37 +167,15 @@ void run_serve(const ServeArgs& a) {
   if (!a.feedback_db.empty()) feedback = std::make_unique<server::FeedbackStore>(a.feedback_db);
 
   server::Server srv(scheduler, tokenizer, feedback.get(), so);
-  const int port = srv.bind();
-  std::printf("moe serve: %s on %s, context %lld tokens, cache %lld tokens, api key %s\n", so.model_name.c_str(),
-              backend->name().c_str(), (long long)scheduler.max_context(), (long long)scheduler.cache_capacity_tokens(),
-              so.api_key.empty() ? "off" : "on");
-  std::printf("moe serve: listening on http://%s:%d\n", a.host.c_str(), port);
+  srv.adopt(loading.release());
+  live = &srv;
+  std::printf("moe serve: ready: %s on %s, context %lld tokens, cache %lld tokens, api key %s\n",
+              so.model_name.c_str(), backend->name().c_str(), (long long)scheduler.max_context(),
+              (long long)scheduler.cache_capacity_tokens(), so.api_key.empty() ? "off" : "on");
   std::fflush(stdout);
-  std::atomic<bool> served{false};
-  std::thread signals([&] {
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    if (served) return;  // woken below: the server stopped some other way
-    std::printf("moe serve: stopping (%s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    std::fflush(stdout);
-    // The bound on a graceful shutdown: whatever has not ended within kShutdownGrace (a long step, a client that
-    // does not read) is cut off, and a second signal ends the process at once.
-    std::thread([sigs] {
-      timespec ts{std::chrono::duration_cast<std::chrono::seconds>(kShutdownGrace).count(), 0};
-      const bool again = sigtimedwait(&sigs, nullptr, &ts) > 0;
-      std::fprintf(stderr, "moe serve: %s; exiting now\n",
-                   again ? "a second signal" : "in-flight work did not end within the shutdown grace period");
-      std::_Exit(1);
-    }).detach();
-    srv.stop();
-  });
   srv.serve();
   std::printf("moe serve: stopped\n");
   std::fflush(stdout);
-  served = true;
-  // Wake the signal thread if the server stopped some other way.
-  pthread_kill(signals.native_handle(), SIGTERM);
-  signals.join();
 }
 
 // ---- bench-serve ----
@@ -307,6 +335,8 @@ void register_server_commands(CLI::App& app) {
       ->check(CLI::Range(1, 3600));
   serve->add_flag("--no-access-log", s->no_access_log, "Do not log a line per request on stderr");
   serve->add_flag("--log-prompts", s->log_prompts, "Put each request's prompt text in its access-log line");
+  serve->add_option("--fault-load-delay-ms", s->fault_load_delay_ms, "Tests: load the model this much later")
+      ->group("");  // hidden
   serve->add_flag("--ignore-eos", s->ignore_eos, "Never stop at EOS (for benchmarks and tests with random weights)");
   serve->callback([s] { run_serve(*s); });
   // Every flag can come from the environment: --max-body-bytes from MOE_MAX_BODY_BYTES (a flag on the command

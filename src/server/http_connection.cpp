@@ -11,6 +11,8 @@
 #include <cstring>
 #include <thread>
 
+#include "core/error.h"
+
 namespace moe::server {
 
 using Clock = std::chrono::steady_clock;
@@ -191,7 +193,7 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
   bool registered = false;
   {
     std::lock_guard lock(mu_);
-    if (!stopping_) registered = open_.insert(sock).second;
+    if (!stopping_ || released_) registered = open_.insert(sock).second;
   }
   bool ret = false;
   if (registered) {
@@ -199,7 +201,11 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
     ConnectionStream strm(sock, ms(read_timeout_sec_, read_timeout_usec_), ms(write_timeout_sec_, write_timeout_usec_),
                           body_timeout_);
     t_socket = sock;
-    for (size_t count = keep_alive_max_count_; count > 0 && !stopping_; --count) {
+    // A connection accepted in the moment the listener was released (release_listener) is answered once, with
+    // Connection: close, rather than dropped.
+    bool one_more = released_.load();
+    for (size_t count = keep_alive_max_count_; count > 0 && (!stopping_ || one_more); --count) {
+      one_more = false;
       // The next request's first byte (already here when pipelined); an idle connection is closed.
       if (!strm.buffered() && !wait_for(sock, POLLIN, kKeepAliveTimeout)) break;
       strm.begin_request(Clock::now() + kHeaderTimeout);
@@ -220,6 +226,63 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
   return ret;
+}
+
+int listen_on(HttpServer& http, const std::string& host, int port_wanted) {
+  // httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into Debian's shared library): a burst
+  // of connects past it waits for SYN retransmits, a second and more apart. Listening again on the bound socket
+  // sets the backlog (the kernel caps it at net.core.somaxconn); the socket is the last one the options hook saw.
+  int listen_fd = -1;
+  // httplib's default options add SO_REUSEPORT, with which a second server binds the same busy port and the
+  // kernel splits connections between them: only SO_REUSEADDR (restarts while old connections are in TIME_WAIT).
+  http.set_socket_options([&listen_fd](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
+  });
+  int port = port_wanted;
+  errno = 0;
+  if (port == 0) port = http.bind_to_any_port(host);
+  else if (!http.bind_to_port(host, port)) port = -1;
+  if (port <= 0) {
+    const int err = errno;
+    fail("cannot listen on {}:{}: {}", host, port_wanted,
+         err == EADDRINUSE ? "address already in use (is another server running on this port?)"
+         : err ? std::strerror(err)
+               : "the address could not be resolved or bound");
+  }
+  MOE_CHECK(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0, "cannot listen on {}:{} with a backlog of {}",
+            host, port, kListenBacklog);
+  return port;
+}
+
+void HttpServer::adopt_listener(int fd) { svr_sock_ = fd; }
+
+int HttpServer::release_listener() {
+  const int fd = svr_sock_.exchange(INVALID_SOCKET);
+  {
+    std::lock_guard lock(mu_);
+    released_ = true;
+    stopping_ = true;
+    for (int c : open_) ::shutdown(c, SHUT_RD);  // connections being served end (their answers are written)
+  }
+  // listen_after_bind() is blocked in accept() on fd: one connection to ourselves wakes it, and it returns, as the
+  // socket it listens on is now INVALID_SOCKET. Connections arriving meanwhile wait in the backlog for the next
+  // server. The wake-up connection goes to loopback when bound to a wildcard address.
+  sockaddr_storage a{};
+  socklen_t len = sizeof(a);
+  if (fd >= 0 && ::getsockname(fd, (sockaddr*)&a, &len) == 0) {
+    if (a.ss_family == AF_INET && ((sockaddr_in*)&a)->sin_addr.s_addr == htonl(INADDR_ANY))
+      ((sockaddr_in*)&a)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (a.ss_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&((sockaddr_in6*)&a)->sin6_addr))
+      ((sockaddr_in6*)&a)->sin6_addr = in6addr_loopback;
+    const int w = ::socket(a.ss_family, SOCK_STREAM, 0);
+    if (w >= 0) {
+      ::connect(w, (sockaddr*)&a, len);
+      ::close(w);
+    }
+  }
+  return fd;
 }
 
 // ---- ElasticThreadPool ----

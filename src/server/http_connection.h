@@ -24,6 +24,9 @@
 
 namespace moe::server {
 
+// Pending connections the kernel completes before the server accepts them (a burst of clients connecting at once).
+constexpr int kListenBacklog = 1024;
+
 // A request's line and headers must arrive within this time of its first byte (408 past it).
 constexpr std::chrono::seconds kHeaderTimeout{10};
 // A request line and headers larger than this, or with more header lines, are a 431.
@@ -54,6 +57,12 @@ class HttpServer : public httplib::Server {
   void set_body_timeout(std::chrono::milliseconds t) { body_timeout_ = t; }
   std::chrono::milliseconds body_timeout() const { return body_timeout_; }
 
+  // Hands the listening socket on (a server that answered while the model loaded, to the real one): the socket
+  // stays open and listening; listen_after_bind() returns once the connections being served have ended.
+  int release_listener();
+  // Listens on a socket another HttpServer released (instead of binding); then listen_after_bind().
+  void adopt_listener(int fd);
+
   // On a thread serving a request: its socket (-1 elsewhere), and why its headers could not be read.
   static int current_socket();
   static HeaderFailure current_header_failure();
@@ -62,10 +71,15 @@ class HttpServer : public httplib::Server {
   bool process_and_close_socket(socket_t sock) override;
 
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> released_{false};  // release_listener(): a connection accepted after it gets one answer
   std::chrono::milliseconds body_timeout_{kBodyTimeout};
   std::mutex mu_;
   std::set<int> open_;  // connections being served
 };
+
+// Binds host:port (0: any free port) exclusively and listens with a backlog of kListenBacklog; returns the port.
+// Throws moe::Error naming the address and why ("address already in use (is another server running ...)").
+int listen_on(HttpServer& http, const std::string& host, int port);
 
 // True when the peer closed the connection (EOF or an error; data still unread from it is not a close).
 bool client_gone(int sock);

@@ -571,33 +571,11 @@ Server::Server(Scheduler& scheduler, const Tokenizer& tokenizer, FeedbackStore* 
 
 Server::~Server() = default;
 
-int Server::bind() {
-  auto& o = impl_->opt;
-  // httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into Debian's shared library): a burst
-  // of connects past it waits for SYN retransmits, a second and more apart. Listening again on the bound socket
-  // sets the backlog (the kernel caps it at net.core.somaxconn); the socket is the last one the options hook saw.
-  int listen_fd = -1;
-  // httplib's default options add SO_REUSEPORT, with which a second server binds the same busy port and the
-  // kernel splits connections between them: only SO_REUSEADDR (restarts while old connections are in TIME_WAIT).
-  impl_->http.set_socket_options([&listen_fd](socket_t sock) {
-    int yes = 1;
-    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd = sock;
-  });
-  int port = o.port;
-  errno = 0;
-  if (port == 0) port = impl_->http.bind_to_any_port(o.host);
-  else if (!impl_->http.bind_to_port(o.host, port)) port = -1;
-  if (port <= 0) {
-    const int err = errno;
-    fail("cannot listen on {}:{}: {}", o.host, o.port,
-         err == EADDRINUSE ? "address already in use (is another server running on this port?)"
-         : err ? std::strerror(err)
-               : "the address could not be resolved or bound");
-  }
-  MOE_CHECK(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0, "cannot listen on {}:{} with a backlog of {}",
-            o.host, port, kListenBacklog);
-  return port;
+int Server::bind() { return listen_on(impl_->http, impl_->opt.host, impl_->opt.port); }
+
+int Server::adopt(int listen_fd) {
+  impl_->http.adopt_listener(listen_fd);
+  return listen_fd;
 }
 
 void Server::serve() { impl_->http.listen_after_bind(); }

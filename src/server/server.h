@@ -18,9 +18,6 @@ class Server;
 
 namespace moe::server {
 
-// Pending connections the kernel completes before the server accepts them (a burst of clients connecting at once).
-constexpr int kListenBacklog = 1024;
-
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;  // 0: any free port (the bound port is printed and returned by bind())
@@ -50,6 +47,7 @@ class Server {
   Server(Scheduler& scheduler, const Tokenizer& tokenizer, FeedbackStore* feedback, ServerOptions options);
   ~Server();
   int bind();   // returns the bound port; throws moe::Error
+  int adopt(int listen_fd);  // listens on a socket a LoadingServer released (instead of bind())
   void serve();  // blocks until stop() (and until every connection has ended)
   // Graceful shutdown: stops accepting, ends idle connections, and cancels in-flight requests (non-streamed ones
   // are answered 503, streams end); serve() then returns within about one scheduler step.

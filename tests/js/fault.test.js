@@ -189,8 +189,15 @@ async function longPrefill(tokens) {
   const t0 = Date.now();
   const long = fetch(srv.url + "/v1/completions", {
     method: "POST", headers: { "Content-Type": "application/json" }, signal: AbortSignal.timeout(600000),
-    body: JSON.stringify({ prompt, max_tokens: 1 }),
-  }).then(async (r) => { const text = await r.text(); assert.equal(r.status, 200, text); return Date.now() - t0; });
+    // Streamed: the headers come at once (a non-streamed answer's would come after the whole prefill, past
+    // undici's 300 s headers timeout on a slow machine); keep-alive comments flow while it is prefilled.
+    body: JSON.stringify({ prompt, max_tokens: 1, stream: true }),
+  }).then(async (r) => {
+    assert.equal(r.status, 200);
+    const events = await readSse(r);
+    assert.equal(events.at(-1), "[DONE]");
+    return Date.now() - t0;
+  });
   let finished = null;
   long.then((ms) => { finished = ms; }, () => { finished = -1; });
   const lat = [];

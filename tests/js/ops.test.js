@@ -2,6 +2,7 @@
 // flags from environment variables (MOE_<FLAG>; the command line wins).
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import http from "node:http";
 import { startServer, readSse, waitFor } from "./server.js";
 
 const json = { "Content-Type": "application/json" };
@@ -11,6 +12,7 @@ const chatBody = (content, extra = {}) =>
 test("one access-log line per request: method, path, status, tokens, latency; no prompt text by default", async () => {
   const srv = await startServer([]);
   const quiet = await startServer(["--no-access-log"]);
+  const mark = srv.stderr().length;  // startServer polled /health until ready: those lines come before
   try {
     const secret = "purple elephant seventeen";
     assert.equal((await fetch(srv.url + "/v1/chat/completions", { method: "POST", headers: json, body: chatBody(secret) })).status, 200);
@@ -19,7 +21,7 @@ test("one access-log line per request: method, path, status, tokens, latency; no
     assert.equal((await fetch(srv.url + "/health")).status, 200);
     assert.equal((await fetch(srv.url + "/nowhere")).status, 404);
     const lines = await waitFor(() => {
-      const l = srv.stderr().split("\n").filter((x) => x.startsWith("moe serve: 127.0.0.1:"));
+      const l = srv.stderr().slice(mark).split("\n").filter((x) => x.startsWith("moe serve: 127.0.0.1:"));
       return l.length >= 4 ? l : null;
     }, 5000, "four access-log lines");
     assert.equal(lines.length, 4, lines.join("\n"));
@@ -63,4 +65,52 @@ test("every serve flag can come from MOE_<FLAG>; the command line wins", async (
     await srv.stop();
     await flag.stop();
   }
+});
+
+test("the port answers at once: /health is 503 loading with progress until the model is ready, then 200 ok", async () => {
+  const t0 = Date.now();
+  const srv = await startServer(["--fault-load-delay-ms", "1500"], {}, { loading: true });
+  try {
+    const h = await fetch(srv.url + "/health");
+    assert.equal(h.status, 503);
+    const body = await h.json();
+    assert.equal(body.status, "loading");
+    assert.ok(typeof body.progress === "number" && body.progress >= 0 && body.progress < 1, JSON.stringify(body));
+    // The API says so too; the chat page is served (it shows its own loading state).
+    const m = await fetch(srv.url + "/v1/models");
+    assert.equal(m.status, 503);
+    assert.equal((await m.json()).error.code, "model_loading");
+    const c = await fetch(srv.url + "/v1/chat/completions", { method: "POST", headers: json, body: chatBody("hi") });
+    assert.equal(c.status, 503);
+    assert.equal((await fetch(srv.url + "/")).status, 200);
+    // New connections through the hand-over are never refused or dropped, and /health turns 200 with its shape.
+    let refused = 0;
+    const healthOnNewConnection = () => new Promise((resolve) => {
+      http.get(srv.url + "/health", { agent: false }, (res) => {
+        let data = "";
+        res.on("data", (d) => { data += d; });
+        res.on("end", () => resolve({ status: res.statusCode, body: data }));
+      }).on("error", () => { refused++; resolve(null); });
+    });
+    const ok = await waitFor(async () => {
+      const r = await healthOnNewConnection();
+      return r?.status === 200 ? JSON.parse(r.body) : null;
+    }, 30000, "/health 200");
+    assert.equal(ok.status, "ok");
+    assert.equal(typeof ok.model, "string");
+    assert.equal(refused, 0);
+    assert.ok(Date.now() - t0 >= 1500);
+    const after = await fetch(srv.url + "/v1/chat/completions", { method: "POST", headers: json, body: chatBody("hi") });
+    assert.equal(after.status, 200);
+  } finally {
+    await srv.stop();
+  }
+});
+
+test("SIGTERM while the model loads ends the process at once", async () => {
+  const srv = await startServer(["--fault-load-delay-ms", "20000"], {}, { loading: true });
+  const t = Date.now();
+  const exit = await srv.stop("SIGTERM");
+  assert.deepEqual(exit, { code: 0, signal: null });
+  assert.ok(Date.now() - t < 3000, `exit took ${Date.now() - t} ms`);
 });
