@@ -10,9 +10,11 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libgtest-dev libgmock-dev libbenchmark-dev \
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libcpp-httplib-dev libsqlite3-dev sqlite3 libssl-dev \
   clang libclang-rt-14-dev python3 libicu-dev \
-  nodejs chromium
+  nodejs chromium fonts-dejavu-core
 # npm: Debian's package, unless the installed Node.js already brings its own (NodeSource builds do, and
 # conflict with Debian's npm).
 if ! command -v npm >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq --no-install-recommends npm
 fi
+# The chat page's libraries (web/package-lock.json), bundled into the binary at build time by web/build.mjs.
+(cd "$(dirname "$0")/../web" && npm ci --no-audit --no-fund)

@@ -34,7 +34,7 @@ cmake_build() {  # source build-dir targets...
   # times are newer than these sources (ninja would then skip them and link a mix of versions).
   [ "${MOE_KEEP_BUILD:-0}" = 1 ] || rm -rf "$build"
   local log=$OUT/build-$(basename "$build").log
-  cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON \
+  cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON -DMOE_WEB_BUNDLE=OFF \
     -DCMAKE_PREFIX_PATH="$PREFIX/usr" -DPKG_CONFIG_EXECUTABLE="${PKG_CONFIG:-pkg-config}" >"$log" 2>&1 \
     || { tail -40 "$log"; return 1; }
   cmake --build "$build" -j"${JOBS:-16}" --target "$@" >>"$log" 2>&1 || { grep -E "error|FAILED" "$log" | head -40; return 1; }

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "train/bench.h"
 #include "train/data.h"
 #include "train/train_steps.h"
 #include "train/trainer.h"
@@ -37,6 +38,9 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--tokenizer", opts->tokenizer_dir, "directory with tokenizer.json (and tokenizer_config.json)")
         ->required();
     cmd->add_option("--out", opts->out_dir, "output directory")->required();
+    cmd->add_flag("--sft", opts->sft,
+                  "supervised fine-tuning data: JSONL of {\"messages\": [...]}, rendered with the tokenizer's chat "
+                  "template; only the assistant turns carry loss");
     cmd->add_option("--val-fraction", opts->val_fraction, "fraction of documents held out for validation (0)");
     cmd->add_option("--shard-tokens", opts->shard_tokens, "tokens per shard before starting a new one (16M)");
     cmd->add_option("files", *files, "input files (.jsonl: one {\"text\": ...} per line)")->required();
@@ -60,14 +64,19 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--out", run->out_dir, "directory for checkpoints (step-NNNNNNNN/ and latest)");
     cmd->add_option("--steps", r.steps, "optimiser steps in all (100)");
     cmd->add_option("--seq-len", r.seq_len, "tokens per sequence (64)");
-    cmd->add_option("--batch", r.batch, "sequences per step (4)");
+    cmd->add_option("--batch", r.batch, "sequences per optimiser step (4; the ramp's end)");
+    cmd->add_option("--micro-batch", r.micro_batch,
+                    "sequences per forward/backward; --batch / this are accumulated into one step (default --batch)");
+    cmd->add_option("--batch-ramp-start", r.batch_ramp_start,
+                    "sequences per step at the start; grows linearly to --batch over --batch-ramp-tokens (0: no ramp)");
+    cmd->add_option("--batch-ramp-tokens", r.batch_ramp_tokens, "training tokens over which the batch ramps up");
     cmd->add_option("--lr", r.lr, "peak learning rate (1e-3)");
     cmd->add_option("--min-lr", r.min_lr, "learning rate at the end of the cosine decay (0)");
     cmd->add_option("--warmup", r.warmup, "linear warm-up steps (0)");
     cmd->add_option("--decay-start", r.decay_start, "constant rate until this step, then cosine (default: warm-up end)");
     cmd->add_option("--seed", r.seed, "initialisation and data-order seed (1)");
     cmd->add_option("--val-every", r.val_every, "validation loss every N steps (0: never)");
-    cmd->add_option("--val-batches", r.val_batches, "batches of validation data per evaluation (1)");
+    cmd->add_option("--val-batches", r.val_batches, "micro-batches of validation data per evaluation (1)");
     cmd->add_option("--save-every", r.save_every, "checkpoint every N steps (0: only at the end)");
     cmd->add_option("--clip-norm", r.clip_norm, "global gradient-norm clip (1.0)");
     cmd->add_option("--weight-decay", r.weight_decay, "AdamW decoupled weight decay (0.1)");
@@ -78,12 +87,14 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--bias-gamma", r.bias_gamma, "correction-bias update speed (1e-3)");
     cmd->add_option("--init-std", r.init_std, "std of the fresh initialisation's matrices (0.006, DeepSeek-V3's)");
     cmd->add_option("--save-dtype", r.save_dtype, "model file dtype: f32 or bf16 (masters then go with the optimiser)");
+    cmd->add_option("--threads", run->threads, "threads for the GEMMs (0: every core; the results are the same bits)");
     cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
     cmd->add_option("--fault-nan-step", run->fault_nan_step, "testing: make this step's loss NaN")->group("");
     cmd->add_option("--fault-crash-save", run->fault_crash_save, "testing: die while writing this step's checkpoint")
         ->group("");
     cmd->callback([=] {
-      for (const char* flag : {"--steps", "--seq-len", "--batch", "--lr", "--min-lr", "--warmup", "--decay-start",
+      for (const char* flag : {"--steps", "--seq-len", "--batch", "--micro-batch", "--batch-ramp-start",
+                               "--batch-ramp-tokens", "--lr", "--min-lr", "--warmup", "--decay-start",
                                "--seed", "--val-every", "--val-batches", "--save-every", "--clip-norm",
                                "--weight-decay", "--beta1", "--beta2", "--mtp-lambda", "--seq-aux-alpha",
                                "--bias-gamma", "--init-std", "--save-dtype"})
@@ -93,6 +104,17 @@ void register_train_commands(CLI::App& app) {
         std::fflush(stdout);
       });
     });
+  }
+  {
+    auto* cmd = app.add_subcommand("train-bench", "Training tokens/s on the CPU (a fresh model of --config, random "
+                                   "tokens) and the fraction of the FP32 GEMM rate measured in the same run");
+    auto o = std::make_shared<train::TrainBenchOptions>();
+    cmd->add_option("--config", o->config_path, "config.json of the model to train")->required();
+    cmd->add_option("--seq-len", o->seq_len, "tokens per sequence (64)");
+    cmd->add_option("--batch", o->batch, "sequences per step (4)");
+    cmd->add_option("--steps", o->steps, "timed steps after one warm-up step (3)");
+    cmd->add_option("--threads", o->threads, "threads (0: every core)");
+    cmd->callback([=] { std::printf("%s\n", train::bench_json(train::run_train_bench(*o)).c_str()); });
   }
   auto* cmd = app.add_subcommand("train-steps",
                                  "Run a spec's training steps on one batch (CPU, float32) and write grad.<name> of "

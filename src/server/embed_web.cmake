@@ -1,7 +1,7 @@
-# cmake -DOUT=file.cpp -DWEB_DIR=dir -P embed_web.cmake: writes the chat page's files as byte arrays.
+# cmake -DOUT=file.cpp -DWEB_DIR=dir -P embed_web.cmake: writes the built chat page (web.cmake) as byte arrays.
 set(files index.html app.js style.css)
 set(names index_html app_js style_css)
-set(src "// Generated from web/ by src/server/embed_web.cmake; do not edit.\n#include \"server/web_assets.h\"\n\nnamespace moe::server::web {\n")
+set(src "// Generated from the built web/ page by src/server/embed_web.cmake; do not edit.\n#include \"server/web_assets.h\"\n\nnamespace moe::server::web {\n")
 foreach(i RANGE 2)
   list(GET files ${i} f)
   list(GET names ${i} n)

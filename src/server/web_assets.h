@@ -1,5 +1,5 @@
 #pragma once
-// The chat page (web/), embedded into the binary at build time by embed_web.cmake.
+// The chat page (web/, bundled by web/build.mjs), embedded into the binary at build time (web.cmake).
 #include <string_view>
 
 namespace moe::server::web {

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "tokenizer/tokenizer.h"
+#include "train/sft.h"
 
 namespace fs = std::filesystem;
 
@@ -18,6 +19,8 @@ namespace moe::train {
 namespace {
 
 constexpr char kMagic[8] = {'M', 'O', 'E', 'T', 'O', 'K', '0', '1'};
+constexpr char kMaskMagic[8] = {'M', 'O', 'E', 'M', 'S', 'K', '0', '1'};
+constexpr uint8_t kLoss = 1, kDocStart = 2;  // mask file bits
 constexpr int64_t kHeader = 16;
 
 std::string hex64(uint64_t v) { return fmt::format("{:016x}", v); }
@@ -27,10 +30,15 @@ struct ShardWriter {
   std::string dir, split;
   int64_t shard_tokens;
   std::vector<ShardInfo> shards;
+  bool sft = false;
   std::vector<int32_t> cur;
+  std::vector<uint8_t> cur_mask;
   int64_t cur_docs = 0;
 
-  void add(const std::vector<int32_t>& doc) {
+  void add(const std::vector<int32_t>& doc, const std::vector<uint8_t>* loss = nullptr) {
+    if (sft) {
+      for (size_t i = 0; i < doc.size(); ++i) cur_mask.push_back(uint8_t(((*loss)[i] ? kLoss : 0) | (i == 0 ? kDocStart : 0)));
+    }
     cur.insert(cur.end(), doc.begin(), doc.end());
     ++cur_docs;
     if (int64_t(cur.size()) >= shard_tokens) flush();
@@ -43,16 +51,28 @@ struct ShardWriter {
     s.documents = cur_docs;
     s.checksum = fnv1a64(cur.data(), cur.size() * 4);
     write_shard(dir + "/" + s.file, cur);
+    if (sft) {
+      s.mask_checksum = fnv1a64(cur_mask.data(), cur_mask.size());
+      std::ofstream out(dir + "/" + s.file + ".mask", std::ios::binary | std::ios::trunc);
+      const uint64_t n = cur_mask.size();
+      out.write(kMaskMagic, 8);
+      out.write(reinterpret_cast<const char*>(&n), 8);
+      out.write(reinterpret_cast<const char*>(cur_mask.data()), std::streamsize(n));
+      MOE_CHECK(out.good(), "{}/{}.mask: error writing", dir, s.file);
+      cur_mask.clear();
+    }
     shards.push_back(s);
     cur.clear();
     cur_docs = 0;
   }
 };
 
-nlohmann::json shards_json(const std::vector<ShardInfo>& shards) {
+nlohmann::json shards_json(const std::vector<ShardInfo>& shards, bool sft) {
   nlohmann::json a = nlohmann::json::array();
-  for (const auto& s : shards)
+  for (const auto& s : shards) {
     a.push_back({{"file", s.file}, {"tokens", s.tokens}, {"documents", s.documents}, {"fnv1a64", hex64(s.checksum)}});
+    if (sft) a.back()["mask_fnv1a64"] = hex64(s.mask_checksum);
+  }
   return a;
 }
 
@@ -93,22 +113,28 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
             o.tokenizer_dir);
   const int32_t eos = *tok.eos_id();
   fs::create_directories(o.out_dir);
-  ShardWriter w[2] = {{o.out_dir, "train", o.shard_tokens, {}, {}, 0}, {o.out_dir, "val", o.shard_tokens, {}, {}, 0}};
+  ShardWriter w[2] = {{o.out_dir, "train", o.shard_tokens, {}, o.sft, {}, {}, 0},
+                      {o.out_dir, "val", o.shard_tokens, {}, o.sft, {}, {}, 0}};
   CorpusStats st;
   int64_t d = 0;
+  auto add_ids = [&](const std::vector<int32_t>& ids, const std::vector<uint8_t>* loss) {
+    const int split = (int64_t(double(d + 1) * o.val_fraction) > int64_t(double(d) * o.val_fraction)) ? 1 : 0;
+    ++d;
+    w[split].add(ids, loss);
+    st.documents[split]++;
+    st.tokens[split] += int64_t(ids.size());
+  };
   auto add_doc = [&](const std::string& text, const std::string& where) {
     std::vector<int32_t> ids = tok.encode(text, false);
     for (int32_t id : ids)
       MOE_CHECK(id != eos, "{}: the document contains the EOS token, which separates documents", where);
     ids.push_back(eos);
-    const int split = (int64_t(double(d + 1) * o.val_fraction) > int64_t(double(d) * o.val_fraction)) ? 1 : 0;
-    ++d;
-    w[split].add(ids);
-    st.documents[split]++;
-    st.tokens[split] += int64_t(ids.size());
+    add_ids(ids, nullptr);
   };
   for (const std::string& f : files) {
     const std::string text = read_file(f);
+    const bool jsonl = f.size() >= 6 && f.substr(f.size() - 6) == ".jsonl";
+    MOE_CHECK(!o.sft || jsonl, "{}: --sft takes JSONL files of {{\"messages\": [...]}} conversations", f);
     if (f.size() >= 6 && f.substr(f.size() - 6) == ".jsonl") {
       std::istringstream lines(text);
       std::string line;
@@ -119,6 +145,12 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
           j = nlohmann::json::parse(line);
         } catch (const nlohmann::json::exception& e) {
           fail("{}:{}: not valid JSON: {}", f, ln, e.what());
+        }
+        if (o.sft) {
+          MOE_CHECK(j.is_object() && j.contains("messages"), "{}:{}: not a JSON object with \"messages\"", f, ln);
+          const SftExample ex = render_sft(tok, j["messages"], fmt::format("{}:{}", f, ln));
+          add_ids(ex.ids, &ex.loss);
+          continue;
         }
         MOE_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(),
                   "{}:{}: not a JSON object with a \"text\" string", f, ln);
@@ -142,8 +174,9 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
   m["vocab_size"] = tok.vocab_size();
   m["eos_id"] = eos;
   m["tokenizer"] = o.tokenizer_dir;
-  m["train"] = shards_json(w[0].shards);
-  m["val"] = shards_json(w[1].shards);
+  if (o.sft) m["sft"] = true;
+  m["train"] = shards_json(w[0].shards, o.sft);
+  m["val"] = shards_json(w[1].shards, o.sft);
   std::ofstream out(o.out_dir + "/manifest.json");
   out << m.dump(1) << "\n";
   MOE_CHECK(out.good(), "{}/manifest.json: error writing", o.out_dir);
@@ -167,6 +200,8 @@ Manifest Manifest::load(const std::string& dir) {
   m.dir = dir;
   m.vocab_size = j["vocab_size"].get<int64_t>();
   m.eos_id = j["eos_id"].get<int32_t>();
+  MOE_CHECK(!j.contains("sft") || j["sft"].is_boolean(), "{}: sft is not true or false", path);
+  m.sft = j.value("sft", false);
   for (const char* split : {"train", "val"}) {
     MOE_CHECK(j.contains(split) && j[split].is_array(), "{}: {} is not a list of shards", path, split);
     auto& list = std::string(split) == "train" ? m.train : m.val;
@@ -186,6 +221,15 @@ Manifest Manifest::load(const std::string& dir) {
       } catch (const std::exception&) {
         fail("{}: {}[{}].fnv1a64 is not hexadecimal", path, split, i);
       }
+      if (m.sft) {
+        MOE_CHECK(s.contains("mask_fnv1a64") && s["mask_fnv1a64"].is_string(), "{}: {}[{}] needs mask_fnv1a64 (sft)",
+                  path, split, i);
+        try {
+          info.mask_checksum = std::stoull(s["mask_fnv1a64"].get<std::string>(), nullptr, 16);
+        } catch (const std::exception&) {
+          fail("{}: {}[{}].mask_fnv1a64 is not hexadecimal", path, split, i);
+        }
+      }
       list.push_back(info);
     }
   }
@@ -193,7 +237,33 @@ Manifest Manifest::load(const std::string& dir) {
   return m;
 }
 
-std::vector<std::vector<int32_t>> Manifest::read_split(const std::string& split) const {
+namespace {
+
+// An SFT shard's mask file, checked against the shard and the manifest (names the file on any disagreement).
+std::vector<uint8_t> read_mask(const std::string& path, uint64_t tokens, uint64_t checksum, const std::string& dir) {
+  MOE_CHECK(fs::exists(path), "{}: missing (the mask of an SFT shard listed in {}/manifest.json)", path, dir);
+  const std::string bytes = read_file(path);
+  MOE_CHECK(bytes.size() >= size_t(kHeader) && std::memcmp(bytes.data(), kMaskMagic, 8) == 0,
+            "{}: not a loss-mask file (bad magic)", path);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data() + 8, 8);
+  MOE_CHECK(bytes.size() == size_t(kHeader) + n, "{}: corrupt: {} bytes, but its header says {} tokens", path,
+            bytes.size(), n);
+  MOE_CHECK(n == tokens, "{}: holds {} mask bytes but its shard has {} tokens", path, n, tokens);
+  const uint64_t sum = fnv1a64(bytes.data() + kHeader, n);
+  MOE_CHECK(sum == checksum, "{}: checksum {} disagrees with {}/manifest.json ({}): the mask is corrupt", path,
+            hex64(sum), dir, hex64(checksum));
+  std::vector<uint8_t> mask(n);
+  std::memcpy(mask.data(), bytes.data() + kHeader, n);
+  for (uint64_t i = 0; i < n; ++i) MOE_CHECK(mask[i] <= (kLoss | kDocStart), "{}: byte {} = {} is not a mask", path, i, mask[i]);
+  MOE_CHECK(n == 0 || (mask[0] & kDocStart), "{}: corrupt: the first token does not start a document", path);
+  return mask;
+}
+
+}  // namespace
+
+std::vector<std::vector<int32_t>> Manifest::read_split(const std::string& split,
+                                                       std::vector<std::vector<uint8_t>>* masks) const {
   const auto& list = split == "val" ? val : train;
   std::vector<std::vector<int32_t>> docs;
   for (const ShardInfo& s : list) {
@@ -213,6 +283,23 @@ std::vector<std::vector<int32_t>> Manifest::read_split(const std::string& split)
     std::vector<int32_t> ids(n);
     std::memcpy(ids.data(), bytes.data() + kHeader, n * 4);
     int64_t count = 0;
+    if (sft) {
+      const std::vector<uint8_t> mask = read_mask(path + ".mask", n, s.mask_checksum, dir);
+      for (uint64_t i = 0; i < n; ++i) {
+        MOE_CHECK(ids[i] >= 0 && ids[i] < vocab_size, "{}: token {} = {} is outside the vocabulary ({})", path, i,
+                  ids[i], vocab_size);
+        if (mask[i] & kDocStart) {
+          docs.emplace_back();
+          if (masks) masks->emplace_back();
+          ++count;
+        }
+        docs.back().push_back(ids[i]);
+        if (masks) masks->back().push_back(mask[i] & kLoss);
+      }
+      MOE_CHECK(count == s.documents, "{}: holds {} documents but {}/manifest.json says {}", path, count, dir,
+                s.documents);
+      continue;
+    }
     std::vector<int32_t> doc;
     for (uint64_t i = 0; i < n; ++i) {
       MOE_CHECK(ids[i] >= 0 && ids[i] < vocab_size, "{}: token {} = {} is outside the vocabulary ({})", path, i, ids[i],
@@ -257,13 +344,24 @@ void PackedLoader::make_order() {
   for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[size_t(next() % i)]);
 }
 
-std::vector<int32_t> PackedLoader::next(int64_t b, int64_t t) {
+void PackedLoader::set_masks(std::vector<std::vector<uint8_t>> masks) {
+  MOE_CHECK(masks.size() == docs_.size(), "loader: {} masks for {} documents", masks.size(), docs_.size());
+  for (size_t i = 0; i < masks.size(); ++i)
+    MOE_CHECK(masks[i].size() == docs_[i].size(), "loader: document {}'s mask has the wrong length", i);
+  masks_ = std::move(masks);
+}
+
+std::vector<int32_t> PackedLoader::next(int64_t b, int64_t t, std::vector<uint8_t>* mask) {
   std::vector<int32_t> out;
   out.reserve(size_t(b * t));
+  if (mask) mask->clear();
+  MOE_CHECK(!mask || !masks_.empty(), "loader: a loss mask was asked for, but the data has none");
   while (int64_t(out.size()) < b * t) {
-    const auto& doc = docs_[size_t(order_[size_t(pos_.doc)])];
+    const size_t d = size_t(order_[size_t(pos_.doc)]);
+    const auto& doc = docs_[d];
     const int64_t take = std::min<int64_t>(int64_t(doc.size()) - pos_.offset, b * t - int64_t(out.size()));
     out.insert(out.end(), doc.begin() + pos_.offset, doc.begin() + pos_.offset + take);
+    if (mask) mask->insert(mask->end(), masks_[d].begin() + pos_.offset, masks_[d].begin() + pos_.offset + take);
     pos_.offset += take;
     if (pos_.offset == int64_t(doc.size())) {
       pos_.offset = 0;

@@ -8,6 +8,10 @@
 // manifest.json: {"format": "moe-tokens-1", "vocab_size": V, "eos_id": E, "tokenizer": "<dir it came from>",
 //   "train": [{"file": "train-00000.bin", "tokens": N, "documents": D, "fnv1a64": "<16 hex digits>"}, ...],
 //   "val": [...]}; the checksum is FNV-1a 64 over the shard's id bytes (after the 16-byte header).
+// SFT data (tokenize-corpus --sft; the manifest has "sft": true): a shard's documents are conversations, which hold
+// EOS inside (the chat template ends every assistant turn with it), so each shard has a mask file <shard>.mask:
+// "MOEMSK01", uint64 N, then N bytes, bit 0 set where the token carries loss, bit 1 where a document starts; the
+// shard entry's "mask_fnv1a64" is FNV-1a 64 over those N bytes.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -22,6 +26,7 @@ std::string read_file(const std::string& path);
 struct CorpusOptions {
   std::string tokenizer_dir;
   std::string out_dir;
+  bool sft = false;  // inputs are JSONL of {"messages": [...]}: chat-template rendered, loss on assistant turns
   double val_fraction = 0.0;  // documents d with floor((d+1) f) > floor(d f) go to validation (evenly spread)
   int64_t shard_tokens = int64_t(1) << 24;  // start a new shard after this many tokens
 };
@@ -41,6 +46,7 @@ struct ShardInfo {
   std::string file;
   int64_t tokens = 0, documents = 0;
   uint64_t checksum = 0;
+  uint64_t mask_checksum = 0;  // SFT only
 };
 
 struct Manifest {
@@ -48,12 +54,15 @@ struct Manifest {
   int64_t vocab_size = 0;
   int32_t eos_id = 0;
   std::vector<ShardInfo> train, val;
+  bool sft = false;
 
   // Reads dir/manifest.json; errors name the manifest and the field.
   static Manifest load(const std::string& dir);
   // Reads one split's shards, checking each against the manifest (magic, size, token count, checksum, document
   // count, ids inside the vocabulary); errors name the shard. Returns the documents, each ending with EOS.
-  std::vector<std::vector<int32_t>> read_split(const std::string& split) const;
+  // SFT data: masks (when given) receives each document's loss mask, read and checked from the mask files.
+  std::vector<std::vector<int32_t>> read_split(const std::string& split,
+                                               std::vector<std::vector<uint8_t>>* masks = nullptr) const;
 };
 
 void write_shard(const std::string& path, const std::vector<int32_t>& ids);
@@ -73,8 +82,10 @@ class PackedLoader {
   PackedLoader(std::vector<std::vector<int32_t>> docs, uint64_t seed, bool shuffle, Position at);
   PackedLoader(std::vector<std::vector<int32_t>> docs, uint64_t seed, bool shuffle = true)
       : PackedLoader(std::move(docs), seed, shuffle, Position{0, 0, 0}) {}
-  // The next b sequences of t tokens, [b, t] row-major.
-  std::vector<int32_t> next(int64_t b, int64_t t);
+  // SFT: one loss mask per document (the same sizes), cut and packed along with the tokens.
+  void set_masks(std::vector<std::vector<uint8_t>> masks);
+  // The next b sequences of t tokens, [b, t] row-major; with masks set, mask receives theirs.
+  std::vector<int32_t> next(int64_t b, int64_t t, std::vector<uint8_t>* mask = nullptr);
   const Position& position() const { return pos_; }
   uint64_t seed() const { return seed_; }
   int64_t total_tokens() const { return total_; }
@@ -82,6 +93,7 @@ class PackedLoader {
  private:
   void make_order();
   std::vector<std::vector<int32_t>> docs_;
+  std::vector<std::vector<uint8_t>> masks_;
   std::vector<int64_t> order_;
   uint64_t seed_;
   bool shuffle_;

@@ -54,6 +54,7 @@ struct LayerContext {
   double attn_scale = 1.0;
   RouterConfig router;
   double seq_aux_alpha = 0;  // 0: the layer adds no balance loss (the MTP layer)
+  ThreadPool* pool = nullptr;  // the trainer's threads for the GEMMs (null: this thread alone)
 };
 
 // x [b*t, D] -> out [b*t, D]
@@ -63,8 +64,10 @@ void layer_forward(LayerActs& A, const LayerParams& P, const LayerContext& ctx, 
 void layer_backward(float* dx, const float* dout, LayerActs& A, const LayerParams& P, const LayerContext& ctx);
 
 // The FFN halves (ffn.cpp). MLP(x) = down(silu(gate x) * up x), over n rows.
-void mlp_forward(MlpActs& A, const MlpParams& P, const float* x, int64_t n, int64_t d, float* out);
-void mlp_backward(float* dx, const float* dout, const MlpActs& A, const MlpParams& P, int64_t n, int64_t d);
+void mlp_forward(MlpActs& A, const MlpParams& P, const float* x, int64_t n, int64_t d, float* out,
+                 ThreadPool* pool = nullptr);
+void mlp_backward(float* dx, const float* dout, const MlpActs& A, const MlpParams& P, int64_t n, int64_t d,
+                  ThreadPool* pool = nullptr);
 // MoE(x) = sum_j w_j Expert_{c_j}(x) + Shared(x); b sequences of t tokens (for the balance loss).
 void moe_forward(MoeActs& A, const LayerParams& P, const LayerContext& ctx, const float* x, int64_t b, int64_t t,
                  float* out);

@@ -4,6 +4,8 @@
 //         logits = head shared_head.norm(y); CE vs ids[j+2]. embed and head are shared: their gradients add.
 #include "train/model.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "model/rope.h"
 
@@ -11,8 +13,9 @@ namespace moe::train {
 
 namespace {
 
-LayerContext make_context(const ModelConfig& c, double alpha) {
+LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool) {
   LayerContext ctx;
+  ctx.pool = pool;
   ctx.config = &c;
   ctx.rope = make_rope_params(c);
   ctx.attn_scale = attention_scale(c);
@@ -37,6 +40,24 @@ std::vector<int32_t> shifted_ids(const std::vector<int32_t>& ids, int64_t b, int
   return out;
 }
 
+// The targets ids[s, j + offset] for j < keep, -1 (no loss) where the mask says the token carries none; the
+// count of real targets is returned in *count.
+std::vector<int32_t> masked_targets(const std::vector<int32_t>& ids, const std::vector<uint8_t>* mask, int64_t b,
+                                    int64_t t, int64_t keep, int64_t offset, int64_t* count) {
+  std::vector<int32_t> out = shifted_ids(ids, b, t, keep, offset);
+  *count = int64_t(out.size());
+  if (!mask) return out;
+  const std::vector<uint8_t> m = [&] {
+    std::vector<uint8_t> v(out.size());
+    for (int64_t s = 0; s < b; ++s)
+      for (int64_t j = 0; j < keep; ++j) v[size_t(s * keep + j)] = (*mask)[size_t(s * t + j + offset)];
+    return v;
+  }();
+  for (size_t i = 0; i < out.size(); ++i)
+    if (!m[i]) out[i] = -1, --*count;
+  return out;
+}
+
 struct Pass {
   TrainModel& M;
   const Objective& obj;
@@ -45,10 +66,10 @@ struct Pass {
   LossParts parts;
 
   Pass(TrainModel& m, const Objective& o)
-      : M(m), obj(o), main_ctx(make_context(m.config, o.seq_aux_alpha)), mtp_ctx(make_context(m.config, 0.0)) {}
+      : M(m), obj(o), main_ctx(make_context(m.config, o.seq_aux_alpha, m.pool)), mtp_ctx(make_context(m.config, 0.0, m.pool)) {}
 
   // Forward; leaves dlogits (the CE gradients, scaled for the objective) in A for the backward.
-  void forward(const std::vector<int32_t>& ids, int64_t b, int64_t t) {
+  void forward(const std::vector<int32_t>& ids, int64_t b, int64_t t, const std::vector<uint8_t>* mask) {
     const ModelConfig& c = M.config;
     const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
     A.ids = ids, A.b = b, A.t = t;
@@ -70,9 +91,11 @@ struct Pass {
     for (int64_t s = 0; s < b; ++s)
       std::copy(A.hn.begin() + s * t * D, A.hn.begin() + (s * t + t1) * D, hsel.begin() + s * t1 * D);
     A.dlogits.resize(size_t(n1 * V));
-    matmul_forward(A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V);
-    const std::vector<int32_t> targets = shifted_ids(ids, b, t, t1, 1);
-    parts.main_ce = cross_entropy_fused(A.dlogits.data(), targets.data(), n1, V, 1.0 / double(n1)) / double(n1);
+    matmul_forward(A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V, M.pool);
+    int64_t c1 = 0;
+    const std::vector<int32_t> targets = masked_targets(ids, mask, b, t, t1, 1, &c1);
+    const double d1 = double(std::max<int64_t>(c1, 1));  // no target carries loss: the CE is 0, and so its gradient
+    parts.main_ce = cross_entropy_fused(A.dlogits.data(), targets.data(), n1, V, 1.0 / d1) / d1;
 
     if (M.has_mtp) {
       const int64_t t2 = t - 2, n2 = b * t2;
@@ -94,17 +117,18 @@ struct Pass {
         std::copy(A.hh.begin() + i * D, A.hh.begin() + (i + 1) * D, A.cat.begin() + i * 2 * D + D);
       }
       A.m.resize(size_t(n2 * D));
-      matmul_forward(A.m.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D);
+      matmul_forward(A.m.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, M.pool);
       A.y.resize(size_t(n2 * D));
       layer_forward(A.mtp_layer, M.mtp_layer, mtp_ctx, A.m.data(), b, t2, A.y.data());
       A.yn.resize(size_t(n2 * D));
       A.yn_rstd.resize(size_t(n2));
       rmsnorm_forward(A.yn.data(), A.yn_rstd.data(), A.y.data(), M.mtp_norm->data(), n2, D, c.rms_norm_eps);
       A.mtp_dlogits.resize(size_t(n2 * V));
-      matmul_forward(A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V);
-      const std::vector<int32_t> t2ids = shifted_ids(ids, b, t, t2, 2);
-      parts.mtp_ce = cross_entropy_fused(A.mtp_dlogits.data(), t2ids.data(), n2, V, obj.mtp_lambda / double(n2)) /
-                     double(n2);
+      matmul_forward(A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V, M.pool);
+      int64_t c2 = 0;
+      const std::vector<int32_t> t2ids = masked_targets(ids, mask, b, t, t2, 2, &c2);
+      const double d2 = double(std::max<int64_t>(c2, 1));
+      parts.mtp_ce = cross_entropy_fused(A.mtp_dlogits.data(), t2ids.data(), n2, V, obj.mtp_lambda / d2) / d2;
     }
     parts.loss = parts.main_ce + obj.mtp_lambda * parts.mtp_ce + parts.seq_aux;
   }
@@ -117,10 +141,10 @@ struct Pass {
       const int64_t t2 = t - 2, n2 = b * t2;
       std::vector<float> dyn(size_t(n2 * D), 0.f), dy(size_t(n2 * D), 0.f), dm(size_t(n2 * D), 0.f),
           dcat(size_t(n2 * 2 * D), 0.f);
-      matmul_backward(dyn.data(), M.head->grad(), A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V);
+      matmul_backward(dyn.data(), M.head->grad(), A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V, M.pool);
       rmsnorm_backward(dy.data(), M.mtp_norm->grad(), dyn.data(), A.y.data(), M.mtp_norm->data(), A.yn_rstd.data(), n2, D);
       layer_backward(dm.data(), dy.data(), A.mtp_layer, M.mtp_layer, mtp_ctx);
-      matmul_backward(dcat.data(), M.eh_proj->grad(), dm.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D);
+      matmul_backward(dcat.data(), M.eh_proj->grad(), dm.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, M.pool);
       std::vector<float> den(size_t(n2 * D)), dhh(size_t(n2 * D)), de(size_t(n2 * D), 0.f), dh2(size_t(n2 * D), 0.f);
       for (int64_t i = 0; i < n2; ++i) {
         std::copy(dcat.begin() + i * 2 * D, dcat.begin() + i * 2 * D + D, den.begin() + i * D);
@@ -141,7 +165,7 @@ struct Pass {
     std::vector<float> hsel(size_t(n1 * D)), dsel(size_t(n1 * D), 0.f);
     for (int64_t s = 0; s < b; ++s)
       std::copy(A.hn.begin() + s * t * D, A.hn.begin() + (s * t + t1) * D, hsel.begin() + s * t1 * D);
-    matmul_backward(dsel.data(), M.head->grad(), A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V);
+    matmul_backward(dsel.data(), M.head->grad(), A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V, M.pool);
     for (int64_t s = 0; s < b; ++s)
       for (int64_t k = 0; k < t1 * D; ++k) dhn[size_t(s * t * D + k)] += dsel[size_t(s * t1 * D + k)];
     std::vector<float> dx(size_t(n * D), 0.f), dprev(size_t(n * D));
@@ -163,7 +187,10 @@ struct Pass {
   }
 };
 
-void check_batch(const TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t) {
+void check_batch(const TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
+                 const std::vector<uint8_t>* mask) {
+  MOE_CHECK(!mask || mask->size() == ids.size(), "train: a loss mask of {} values for {} ids", mask ? mask->size() : 0,
+            ids.size());
   MOE_CHECK(b > 0 && int64_t(ids.size()) == b * t, "train: a batch of {} ids is not {} x {}", ids.size(), b, t);
   MOE_CHECK(t >= (m.has_mtp ? 3 : 2), "train: sequences of {} tokens are too short to have targets", t);
   for (int32_t id : ids)
@@ -174,19 +201,20 @@ void check_batch(const TrainModel& m, const std::vector<int32_t>& ids, int64_t b
 }  // namespace
 
 LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t,
-                           const Objective& obj, ExpertLoads* loads) {
-  check_batch(model, ids, b, t);
+                           const Objective& obj, ExpertLoads* loads, const std::vector<uint8_t>* loss_mask) {
+  check_batch(model, ids, b, t, loss_mask);
   Pass p(model, obj);
-  p.forward(ids, b, t);
+  p.forward(ids, b, t, loss_mask);
   p.backward();
   p.collect_loads(loads);
   return p.parts;
 }
 
-LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj) {
-  check_batch(model, ids, b, t);
+LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
+                       const std::vector<uint8_t>* loss_mask) {
+  check_batch(model, ids, b, t, loss_mask);
   Pass p(model, obj);
-  p.forward(ids, b, t);
+  p.forward(ids, b, t, loss_mask);
   return p.parts;
 }
 
@@ -198,7 +226,7 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   MOE_CHECK(b > 0 && int64_t(ids.size()) == b * t, "train: a batch of {} ids is not {} x {}", ids.size(), b, t);
   const ModelConfig& c = model.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
-  const LayerContext ctx = make_context(c, 0.0);
+  const LayerContext ctx = make_context(c, 0.0, model.pool);
   std::vector<float> x(size_t(n * D)), y(size_t(n * D));
   embedding_forward(x.data(), ids.data(), n, model.embed->data(), D);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -210,7 +238,7 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   std::vector<float> rstd(static_cast<size_t>(n));
   rmsnorm_forward(y.data(), rstd.data(), x.data(), model.final_norm->data(), n, D, c.rms_norm_eps);
   std::vector<float> logits(size_t(n * V));
-  matmul_forward(logits.data(), y.data(), model.head->data(), n, D, V);
+  matmul_forward(logits.data(), y.data(), model.head->data(), n, D, V, model.pool);
   return logits;
 }
 

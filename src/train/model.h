@@ -38,11 +38,15 @@ using ExpertLoads = std::map<std::string, std::vector<int64_t>>;
 
 // Forward and backward in one call: gradients are ADDED to every Param::g (zero them first; two calls
 // accumulate, which is gradient accumulation). ids is [b, t], t >= 3 when the model has an MTP module.
+// loss_mask (SFT; null: every token) is [b, t]: 1 where the token at that position is a target that carries
+// loss. Each CE is then the mean over the targets that carry loss (0, with no gradient, when there are none).
 LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t,
-                           const Objective& obj, ExpertLoads* loads = nullptr);
+                           const Objective& obj, ExpertLoads* loads = nullptr,
+                           const std::vector<uint8_t>* loss_mask = nullptr);
 
 // The forward alone (no gradients): the loss and its parts, for finite-difference checks and evaluation.
-LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj);
+LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
+                       const std::vector<uint8_t>* loss_mask = nullptr);
 
 // The main model's logits [b*t, V] for every position (no loss, nothing kept): what a checkpoint's reader
 // should reproduce.

@@ -12,6 +12,10 @@
 #include "backend/backend.h"   // RopeParams
 #include "io/model_config.h"   // ScoringFunc, TopkMethod
 
+namespace moe {
+class ThreadPool;
+}
+
 namespace moe::train {
 
 // ---- embedding.cpp: out[n, d] = table[ids[i], :]
@@ -24,10 +28,14 @@ template <typename T>
 void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, int64_t n, int64_t d);
 
 // ---- matmul.cpp: y[n, m] = x[n, k] W[m, k]^T (a Linear layer without bias, as every projection of the model)
-template <typename T> void matmul_forward(T* y, const T* x, const T* w, int64_t n, int64_t k, int64_t m);
+// With a pool the output rows (y, dx) or weight rows (dw) are split over its threads; every element is still one
+// sum in the same order, so the result is the same bits as without.
+template <typename T>
+void matmul_forward(T* y, const T* x, const T* w, int64_t n, int64_t k, int64_t m, ThreadPool* pool = nullptr);
 // dx[n, k] += dy W; dw[m, k] += dy^T x
 template <typename T>
-void matmul_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int64_t n, int64_t k, int64_t m);
+void matmul_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int64_t n, int64_t k, int64_t m,
+                     ThreadPool* pool = nullptr);
 
 // ---- rope.cpp: rotary embedding on interleaved pairs (v[2i], v[2i+1]) by angle pos * inv_freq[i], cos/sin
 // times rope.attn_factor (YaRN's mscale ratio). x is [n, heads, head_dim]; columns [offset, offset + dr) of
@@ -94,7 +102,8 @@ void balance_loss_backward(T* dscores, const Routing<T>& r, int64_t b, int64_t t
 
 // ---- cross_entropy.cpp: softmax over the vocabulary fused with the cross-entropy (llm.c's fused classifier).
 // logits [n, V] are overwritten with dlogits = dscale * (softmax - onehot(target)); returns sum_i -log p_i[target_i]
-// (computed before the overwrite), so the [n, V] probabilities never need a buffer of their own.
+// (computed before the overwrite), so the [n, V] probabilities never need a buffer of their own. A negative
+// target marks a row without one: it adds no loss and its gradient is zero.
 template <typename T>
 double cross_entropy_fused(T* logits, const int32_t* targets, int64_t n, int64_t vocab, double dscale);
 

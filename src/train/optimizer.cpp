@@ -14,6 +14,11 @@ double LrSchedule::at(int64_t step) const {
   return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
+void scale_gradients(TrainModel& m, double s) {
+  for (auto& p : m.params)
+    for (float& g : p->g) g = float(double(g) * s);
+}
+
 double global_grad_norm(const TrainModel& m) {
   double ss = 0;
   for (const auto& p : m.params)

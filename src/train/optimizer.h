@@ -28,6 +28,9 @@ struct StepStats {
   double grad_norm = 0, clip_scale = 1, lr = 0;
 };
 
+// Every gradient times s (gradient accumulation: the sum of k equal micro-batches' mean-loss gradients / k is the
+// whole batch's).
+void scale_gradients(TrainModel& m, double s);
 // sqrt(sum of every gradient squared), in double.
 double global_grad_norm(const TrainModel& m);
 // Scales the gradients by min(1, clip_norm / (norm + 1e-6)) and applies AdamW step `step` (1-based) at `lr`.

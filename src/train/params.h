@@ -10,6 +10,7 @@
 
 namespace moe {
 class Checkpoint;
+class ThreadPool;
 }
 
 namespace moe::train {
@@ -62,6 +63,7 @@ struct TrainModel {
   bool has_mtp = false;  // one MTP depth, stored as layer num_hidden_layers
   Param *enorm = nullptr, *hnorm = nullptr, *eh_proj = nullptr, *mtp_norm = nullptr;
   LayerParams mtp_layer;
+  ThreadPool* pool = nullptr;  // threads for the GEMMs, owned by the caller (the trainer); null: one thread
 
   // Reads config.json and the checkpoint (BF16/F16/F32 tensors, converted to F32). The MTP module's copies of
   // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.

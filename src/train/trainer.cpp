@@ -13,11 +13,14 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "io/safetensors.h"
+#include "train/batch_schedule.h"
 #include "train/data.h"
 
 namespace fs = std::filesystem;
@@ -58,7 +61,9 @@ json recipe_json(const TrainRecipe& r) {
           {"val_batches", r.val_batches}, {"save_every", r.save_every}, {"clip_norm", r.clip_norm},
           {"weight_decay", r.weight_decay}, {"beta1", r.beta1},       {"beta2", r.beta2},
           {"adam_eps", r.adam_eps},     {"mtp_lambda", r.mtp_lambda}, {"seq_aux_alpha", r.seq_aux_alpha},
-          {"bias_gamma", r.bias_gamma}, {"init_std", r.init_std},     {"save_dtype", r.save_dtype}};
+          {"bias_gamma", r.bias_gamma}, {"init_std", r.init_std},     {"save_dtype", r.save_dtype},
+          {"micro_batch", r.micro_batch}, {"batch_ramp_start", r.batch_ramp_start},
+          {"batch_ramp_tokens", r.batch_ramp_tokens}};
 }
 
 TrainRecipe recipe_from(const nlohmann::json& j) {
@@ -72,13 +77,26 @@ TrainRecipe recipe_from(const nlohmann::json& j) {
   r.beta1 = f64("beta1"), r.beta2 = f64("beta2"), r.adam_eps = f64("adam_eps"), r.mtp_lambda = f64("mtp_lambda");
   r.seq_aux_alpha = f64("seq_aux_alpha"), r.bias_gamma = f64("bias_gamma"), r.init_std = f64("init_std");
   r.save_dtype = j.at("save_dtype").get<std::string>();
+  // Absent from states written before accumulation and the ramp existed: those runs had neither.
+  r.micro_batch = j.value("micro_batch", int64_t(0));
+  r.batch_ramp_start = j.value("batch_ramp_start", int64_t(0));
+  r.batch_ramp_tokens = j.value("batch_ramp_tokens", int64_t(0));
   return r;
+}
+
+BatchSchedule batch_schedule(const TrainRecipe& r) {
+  BatchSchedule b;
+  b.batch = r.batch, b.micro = r.micro_batch > 0 ? r.micro_batch : r.batch, b.seq_len = r.seq_len;
+  b.ramp_start = r.batch_ramp_start, b.ramp_tokens = r.batch_ramp_tokens;
+  return b;
 }
 
 void check_recipe(const TrainRecipe& r) {
   MOE_CHECK(r.steps >= 1, "train: --steps must be at least 1");
   MOE_CHECK(r.seq_len >= 3, "train: --seq-len must be at least 3 (the MTP objective needs t[j+2])");
-  MOE_CHECK(r.batch >= 1, "train: --batch must be at least 1");
+  MOE_CHECK(r.micro_batch >= 0 && r.batch_ramp_start >= 0 && r.batch_ramp_tokens >= 0,
+            "train: --micro-batch, --batch-ramp-start and --batch-ramp-tokens cannot be negative");
+  batch_schedule(r).check();
   MOE_CHECK(std::isfinite(r.lr) && r.lr > 0, "train: --lr {} must be a positive number", r.lr);
   MOE_CHECK(std::isfinite(r.min_lr) && r.min_lr >= 0 && r.min_lr <= r.lr, "train: --min-lr must be in [0, lr]");
   MOE_CHECK(r.warmup >= 0 && r.warmup <= r.steps, "train: --warmup must be in [0, steps]");
@@ -211,6 +229,8 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   }
   const TrainRecipe& R = run.recipe;
   check_recipe(R);
+  ThreadPool pool(run.threads > 0 ? run.threads : int(std::max(1u, std::thread::hardware_concurrency())));
+  model.pool = &pool;
   MOE_CHECK(!run.data_dir.empty(), "train: --data is required");
 
   // --- data ---
@@ -226,9 +246,13 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   MOE_CHECK(manifest.vocab_size <= model.config.vocab_size,
             "{}/manifest.json: the tokenizer's vocabulary ({}) is larger than the model's vocab_size ({})",
             run.data_dir, manifest.vocab_size, model.config.vocab_size);
-  PackedLoader loader(manifest.read_split("train"), R.seed, true, position);
-  std::vector<std::vector<int32_t>> val_docs = manifest.val.empty() ? std::vector<std::vector<int32_t>>{}
-                                                                     : manifest.read_split("val");
+  // SFT data (manifest "sft"): every sequence comes with its loss mask, 1 on the assistant turns' tokens.
+  std::vector<std::vector<uint8_t>> train_masks, val_masks;
+  PackedLoader loader(manifest.read_split("train", manifest.sft ? &train_masks : nullptr), R.seed, true, position);
+  if (manifest.sft) loader.set_masks(std::move(train_masks));
+  std::vector<std::vector<int32_t>> val_docs =
+      manifest.val.empty() ? std::vector<std::vector<int32_t>>{}
+                           : manifest.read_split("val", manifest.sft ? &val_masks : nullptr);
 
   if (R.val_every > 0 && val_docs.empty())
     std::fprintf(stderr, "moe: note: %s/manifest.json has no validation shards; --val-every does nothing\n",
@@ -284,12 +308,17 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     out(json{{"checkpoint", final_dir}, {"step", step}}.dump());
   };
 
+  const BatchSchedule batches = batch_schedule(R);
+  const int64_t micro = batches.micro;
   auto validate = [&](int64_t step) {
     if (val_docs.empty()) return;
     PackedLoader vl(val_docs, 0, false);
+    if (manifest.sft) vl.set_masks(val_masks);
     LossParts sum;
+    std::vector<uint8_t> mask;
     for (int64_t i = 0; i < R.val_batches; ++i) {
-      const LossParts p = forward_loss(model, vl.next(R.batch, R.seq_len), R.batch, R.seq_len, obj);
+      const std::vector<int32_t> ids = vl.next(micro, R.seq_len, manifest.sft ? &mask : nullptr);
+      const LossParts p = forward_loss(model, ids, micro, R.seq_len, obj, manifest.sft ? &mask : nullptr);
       sum.loss += p.loss, sum.main_ce += p.main_ce, sum.mtp_ce += p.mtp_ce;
     }
     const double n = double(R.val_batches);
@@ -298,13 +327,33 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   };
 
   const int64_t end = run.stop_after > 0 ? std::min(run.stop_after, R.steps) : R.steps;
+  int64_t consumed = batches.tokens_after(start_step);  // training tokens before this run's first step
   for (int64_t step = start_step + 1; step <= end; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<int32_t> ids = loader.next(R.batch, R.seq_len);
     if (step == run.fault_nan_step) model.final_norm->w[0] = std::numeric_limits<float>::quiet_NaN();
+    // One optimiser step over `batch` sequences: k micro-batches, each forward_backward adding the gradient of
+    // its mean loss; the sum / k is the whole batch's gradient (the micro-batches are equal, and the balance
+    // loss is a mean over sequences). Loads are counts: they add up.
+    const int64_t batch = batches.at(consumed), k = batch / micro;
     model.zero_grad();
     ExpertLoads loads;
-    const LossParts parts = forward_backward(model, ids, R.batch, R.seq_len, obj, &loads);
+    LossParts parts;
+    std::vector<uint8_t> mask;
+    for (int64_t i = 0; i < k; ++i) {
+      ExpertLoads part_loads;
+      const std::vector<int32_t> ids = loader.next(micro, R.seq_len, manifest.sft ? &mask : nullptr);
+      const LossParts p =
+          forward_backward(model, ids, micro, R.seq_len, obj, &part_loads, manifest.sft ? &mask : nullptr);
+      parts.loss += p.loss / double(k), parts.main_ce += p.main_ce / double(k);
+      parts.mtp_ce += p.mtp_ce / double(k), parts.seq_aux += p.seq_aux / double(k);
+      for (auto& [gate, load] : part_loads) {
+        auto& sum = loads[gate];
+        sum.resize(load.size(), 0);
+        for (size_t e = 0; e < load.size(); ++e) sum[e] += load[e];
+      }
+    }
+    if (k > 1) scale_gradients(model, 1.0 / double(k));
+    consumed += batch * R.seq_len;
     if (!std::isfinite(parts.loss))
       fail("train: the loss is {} at step {}; stopped without updating. The last good checkpoint is {}", parts.loss,
            step, last_good.empty() ? std::string("none (no checkpoint was written yet)") : last_good);
@@ -331,7 +380,9 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
              {"grad_norm", stats.grad_norm},
              {"clip_scale", stats.clip_scale},
              {"lr", stats.lr},
-             {"tokens_per_s", double(R.batch * R.seq_len) / std::max(secs, 1e-9)},
+             {"batch", batch},
+             {"tokens", consumed},
+             {"tokens_per_s", double(batch * R.seq_len) / std::max(secs, 1e-9)},
              {"maxvio", maxvio}}
             .dump());
     if (R.val_every > 0 && step % R.val_every == 0) validate(step);

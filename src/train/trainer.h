@@ -14,6 +14,8 @@ namespace moe::train {
 
 struct TrainRecipe {
   int64_t steps = 100, seq_len = 64, batch = 4;
+  int64_t micro_batch = 0;  // sequences per forward/backward (0: batch); batch / micro_batch are accumulated
+  int64_t batch_ramp_start = 0, batch_ramp_tokens = 0;  // the batch grows from this over the first tokens (0: none)
   double lr = 1e-3, min_lr = 0;
   int64_t warmup = 0;
   int64_t decay_start = -1;  // -1: cosine right after warm-up; larger: constant until then (DeepSeek's schedule)
@@ -31,6 +33,7 @@ struct TrainRun {
   std::string resume_dir;   // a checkpoint written by train (or an --out directory: its `latest`)
   std::string data_dir, out_dir;
   TrainRecipe recipe;
+  int threads = 0;  // GEMM threads (0: the machine's cores); any number gives the same bits
   int64_t stop_after = 0;      // stop (with a checkpoint) after this step, as if interrupted; 0: run to the end
   int64_t fault_nan_step = 0;  // testing: poison the weights before this step, so its loss is NaN
   int64_t fault_crash_save = 0;  // testing: _exit(3) in the middle of writing this step's checkpoint

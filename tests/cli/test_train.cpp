@@ -63,9 +63,9 @@ class TrainCommand : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete dir_; }
 
-  static std::string train_args(const std::string& out) {
-    return "train --config " + *dir_ + "/config.json --data " + *dir_ + "/data --out " + out +
-           " --steps 6 --seq-len 16 --batch 2 --lr 1e-2 --warmup 2 --min-lr 1e-3 --val-every 2 --save-every 2 --seed 3";
+  static std::string train_args(const std::string& out, const std::string& batch = " --batch 2") {
+    return "train --config " + *dir_ + "/config.json --data " + *dir_ + "/data --out " + out + batch +
+           " --steps 6 --seq-len 16 --lr 1e-2 --warmup 2 --min-lr 1e-3 --val-every 2 --save-every 2 --seed 3";
   }
   static std::string* dir_;
 };
@@ -198,6 +198,116 @@ TEST_F(TrainCommand, CrashWhileSavingKeepsThePreviousCheckpoint) {
   EXPECT_TRUE(read(a + "/step-00000006/model.safetensors") == read(b + "/step-00000006/model.safetensors"));
 }
 
+// --micro-batch 2 of --batch 4: two forward/backwards summed into one step, the same data in the same order as
+// one batch of 4. The gradients differ only in float32 rounding (GradAccumulation.MicroBatchesEqualTheWholeBatch:
+// ~1e-7 relative), which three AdamW steps at lr 1e-2 carry into the losses at well under 1e-5 relative.
+TEST_F(TrainCommand, AccumulatedMicroBatchesEqualTheWholeBatch) {
+  const std::string base = "train --config " + *dir_ + "/config.json --data " + *dir_ + "/data --steps 3 --seq-len 16 "
+                           "--batch 4 --lr 1e-2 --seed 3 --out " + *dir_;
+  const Result whole = test::run_moe(base + "/acc-whole");
+  ASSERT_EQ(whole.code, 0) << whole.out;
+  const Result acc = test::run_moe(base + "/acc-micro --micro-batch 2");
+  ASSERT_EQ(acc.code, 0) << acc.out;
+  const auto want = step_lines(whole.out), got = step_lines(acc.out);
+  ASSERT_EQ(want.size(), 3u);
+  ASSERT_EQ(got.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    for (const char* key : {"loss", "main_ce", "mtp_ce", "grad_norm"}) {
+      const double w = want[i][key].get<double>(), g = got[i][key].get<double>();
+      EXPECT_NEAR(g, w, 1e-5 * std::abs(w)) << "step " << i + 1 << " " << key;
+    }
+    EXPECT_EQ(got[i]["batch"], 4);
+    EXPECT_EQ(got[i]["maxvio"], want[i]["maxvio"]);  // summed loads: the same counts
+  }
+}
+
+// The batch ramp: 2 sequences a step growing to 4 over the first 64 tokens (in micro-batches of 2): steps 1-2 at
+// 2 (2 + floor(2 * 32 / 64) = 3 rounds down to 2), then 4. Resuming in the middle of the ramp replays it exactly.
+TEST_F(TrainCommand, BatchRampGrowsAndResumesExactly) {
+  const std::string args = " --batch 4 --micro-batch 2 --batch-ramp-start 2 --batch-ramp-tokens 64";
+  const std::string a = *dir_ + "/ramp-straight", b = *dir_ + "/ramp-split";
+  const Result straight = test::run_moe(train_args(a, args));
+  ASSERT_EQ(straight.code, 0) << straight.out;
+  std::vector<int64_t> batches, tokens;
+  for (const auto& j : step_lines(straight.out))
+    if (j.contains("batch")) batches.push_back(j["batch"]), tokens.push_back(j["tokens"]);
+  EXPECT_EQ(batches, (std::vector<int64_t>{2, 2, 4, 4, 4, 4}));
+  EXPECT_EQ(tokens, (std::vector<int64_t>{32, 64, 128, 192, 256, 320}));
+  const Result first = test::run_moe(train_args(b, args) + " --stop-after 1");
+  ASSERT_EQ(first.code, 0) << first.out;
+  const Result second = test::run_moe("train --resume " + b);
+  ASSERT_EQ(second.code, 0) << second.out;
+  std::vector<nlohmann::json> got = step_lines(first.out);
+  const auto rest = step_lines(second.out);
+  got.insert(got.end(), rest.begin(), rest.end());
+  expect_same_lines(got, step_lines(straight.out));
+  // A ramp that the micro-batch does not divide is refused, naming the flags.
+  const Result bad = test::run_moe(train_args(*dir_ + "/ramp-bad", " --batch 4 --micro-batch 2 --batch-ramp-start 3 "
+                                   "--batch-ramp-tokens 64"));
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("--batch-ramp-start 3 must be in [1, --batch 4] and a multiple of --micro-batch 2"),
+            std::string::npos) << bad.out;
+}
+
+// SFT end to end: conversations through tokenize-corpus --sft (manifest "sft", mask files) into moe train, whose
+// loss (over the assistant turns only) falls on this repetitive data.
+TEST_F(TrainCommand, SftDataTrainsOnTheAssistantTurns) {
+  const std::string in = *dir_ + "/chats.jsonl";
+  {
+    std::ofstream f(in);
+    for (int i = 0; i < 12; ++i)
+      f << nlohmann::json{{"messages", {{{"role", "user"}, {"content", "Which expert routes token " + std::to_string(i) + "?"}},
+                                        {{"role", "assistant"}, {"content", "The router picks experts by score."}}}}}
+               .dump()
+        << "\n";
+  }
+  Result r = test::run_moe("tokenize-corpus --sft --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/sft " + in);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(nlohmann::json::parse(read(*dir_ + "/sft/manifest.json"))["sft"].get<bool>());
+  EXPECT_TRUE(fs::exists(*dir_ + "/sft/train-00000.bin.mask"));
+  r = test::run_moe("train --config " + *dir_ + "/config.json --data " + *dir_ + "/sft --out " + *dir_ +
+                    "/sft-run --steps 8 --seq-len 32 --batch 2 --lr 1e-2 --seed 3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto lines = step_lines(r.out);
+  ASSERT_EQ(lines.size(), 8u);
+  EXPECT_LT(lines[7]["main_ce"].get<double>(), lines[0]["main_ce"].get<double>() - 1.0) << r.out;  // 7.6 -> 5.4 nats
+  // Plain text is not SFT input: the file is named.
+  r = test::run_moe("tokenize-corpus --sft --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/sft-bad " + *dir_ +
+                    "/in/doc0.txt");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(*dir_ + "/in/doc0.txt: --sft takes JSONL files"), std::string::npos) << r.out;
+}
+
+// The GEMMs and attention split outputs over threads, never a sum: 1 or 3 threads give the same bits.
+TEST_F(TrainCommand, ThreadCountDoesNotChangeTheBits) {
+  const std::string a = *dir_ + "/threads-1", b = *dir_ + "/threads-3";
+  const Result one = test::run_moe(train_args(a) + " --threads 1 --stop-after 2");
+  ASSERT_EQ(one.code, 0) << one.out;
+  const Result three = test::run_moe(train_args(b) + " --threads 3 --stop-after 2");
+  ASSERT_EQ(three.code, 0) << three.out;
+  expect_same_lines(step_lines(three.out), step_lines(one.out));
+  EXPECT_TRUE(read(a + "/step-00000002/model.safetensors") == read(b + "/step-00000002/model.safetensors"));
+}
+
+// train-bench reports one run's rates (what they are is bench/RESULTS.md's business, not a test's).
+TEST(TrainBench, ReportsTokensPerSecondAndTheGemmFraction) {
+  const Result r = test::run_moe("train-bench --config tests/data/tiny-train/model/config.json --seq-len 8 --batch 2 "
+                                 "--steps 1 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.out;
+  const auto& j = lines[0];
+  EXPECT_EQ(j["threads"], 1);
+  EXPECT_EQ(j["tokens_per_step"], 16);
+  for (const char* key : {"tokens_per_s", "flops_per_token", "train_gflops", "gemm_gflops", "fraction_of_gemm"})
+    EXPECT_GT(j[key].get<double>(), 0) << key;
+  EXPECT_NEAR(j["fraction_of_gemm"].get<double>(), j["train_gflops"].get<double>() / j["gemm_gflops"].get<double>(),
+              1e-12);
+  const Result bad = test::run_moe("train-bench --config " + test::temp_path("no-such-config.json"));
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("no-such-config.json: cannot open"), std::string::npos) << bad.out;
+}
+
 TEST_F(TrainCommand, NanLossStopsKeepingTheLastGoodCheckpoint) {
   const std::string c = *dir_ + "/nan";
   const Result r = test::run_moe(train_args(c) + " --fault-nan-step 3");
@@ -243,6 +353,20 @@ TEST_F(TrainCommand, BadInputNamesTheFile) {
   r = test::run_moe("train --resume " + run + " --steps 2");  // --steps may change: the run is extended or shortened
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(step_lines(r.out).size(), 2u);  // step 2 and its validation
+
+  // A config the trainer cannot train names the config; a shard that disagrees with its manifest names the shard.
+  nlohmann::json tied = nlohmann::json::parse(read(*dir_ + "/config.json"));
+  tied["tie_word_embeddings"] = true;
+  std::ofstream(*dir_ + "/tied.json") << tied.dump();
+  r = test::run_moe("train --config " + *dir_ + "/tied.json --data " + *dir_ + "/data --out " + *dir_ + "/tied");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(*dir_ + "/tied.json: tied embeddings are not supported by the trainer"), std::string::npos)
+      << r.out;
+  fs::copy(*dir_ + "/data", *dir_ + "/data-cut");
+  fs::resize_file(*dir_ + "/data-cut/train-00000.bin", fs::file_size(*dir_ + "/data-cut/train-00000.bin") - 4);
+  r = test::run_moe("train --config " + *dir_ + "/config.json --data " + *dir_ + "/data-cut --out " + *dir_ + "/cut");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find(*dir_ + "/data-cut/train-00000.bin: corrupt"), std::string::npos) << r.out;
 
   r = test::run_moe("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/bad " + *dir_ + "/missing.txt");
   EXPECT_EQ(r.code, 1);

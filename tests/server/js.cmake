@@ -1,5 +1,6 @@
 # Real-client tests of `moe serve` in tests/js (Node): the OpenAI Node SDK, bad input, feedback durability, a load
-# test and the chat page in headless Chromium (playwright-core, /usr/bin/chromium; skipped visibly without it).
+# test and the chat page in headless Chromium (playwright-core, /usr/bin/chromium; skipped visibly without it;
+# chatpage compares screenshots with docs/screenshots/ through pngjs + pixelmatch).
 # `npm ci` runs once, lazily, when tests/js/node_modules is missing.
 find_program(MOE_NODE node)
 find_program(MOE_NPM npm)
@@ -9,10 +10,10 @@ if(NOT MOE_NODE OR NOT MOE_NPM)
 endif()
 set(MOE_JS_DIR ${PROJECT_SOURCE_DIR}/tests/js)
 add_test(NAME server_js_npm_ci
-         COMMAND sh -c "[ -d node_modules/openai ] && [ -d node_modules/playwright-core ] || ${MOE_NPM} ci --no-audit --no-fund"
+         COMMAND sh -c "[ -d node_modules/openai ] && [ -d node_modules/playwright-core ] && [ -d node_modules/pixelmatch ] && [ -d node_modules/pngjs ] || ${MOE_NPM} ci --no-audit --no-fund"
          WORKING_DIRECTORY ${MOE_JS_DIR})
 set_tests_properties(server_js_npm_ci PROPERTIES FIXTURES_SETUP moe_js TIMEOUT 300)
-foreach(t openai errors feedback limits lifecycle slow crosssite load fault ops browser)
+foreach(t openai errors feedback limits lifecycle slow crosssite load fault ops browser chatpage)
   add_test(NAME server_js_${t} COMMAND ${MOE_NODE} --test --test-reporter=tap tests/js/${t}.test.js
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(server_js_${t} PROPERTIES

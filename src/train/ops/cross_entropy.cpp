@@ -1,6 +1,7 @@
 // Cross-entropy fused with the softmax over the vocabulary. Per row: m = max, z = sum exp(l - m),
 // loss = log z + m - l[target]; dl = dscale * (exp(l - m) / z - [v == target]). The row's logits are read in
 // full before any is overwritten, so one [n, V] buffer serves both.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -19,6 +20,10 @@ double cross_entropy_fused(T* logits, const int32_t* targets, int64_t n, int64_t
     double z = 0;
     for (int64_t v = 0; v < vocab; ++v) z += (e[size_t(v)] = std::exp(double(l[v]) - m));
     const int32_t t = targets[i];
+    if (t < 0) {  // no target (SFT: a token that carries no loss): no loss, no gradient
+      std::fill(l, l + vocab, T(0));
+      continue;
+    }
     total += std::log(z) + m - double(l[t]);
     for (int64_t v = 0; v < vocab; ++v) l[v] = T(dscale * (e[size_t(v)] / z - (v == t ? 1.0 : 0.0)));
   }

@@ -1,0 +1,126 @@
+#include "train/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "train/data.h"
+#include "train/model.h"
+#include "train/optimizer.h"
+
+namespace moe::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// The CPU backend's F32 GEMM, x [256, 1024] W[1024, 1024]^T, repeated for about a second: 2 T N K flops a call.
+double measure_gemm_gflops(int threads) {
+  const int64_t T = 256, N = 1024, K = 1024;
+  CpuOptions o;
+  o.threads = threads;
+  auto backend = make_cpu_backend(o);
+  Tensor w = Tensor::host(DType::F32, {N, K}), x = Tensor::host(DType::F32, {T, K}), y = Tensor::host(DType::F32, {T, N});
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (int64_t i = 0; i < w.numel(); ++i) w.as<float>()[i] = u(rng);
+  for (int64_t i = 0; i < x.numel(); ++i) x.as<float>()[i] = u(rng);
+  Weight weight;
+  weight.w = w.view();
+  backend->matmul(x.view(), weight, y.view());  // warm-up: pages touched, threads started
+  int64_t calls = 0;
+  const auto t0 = Clock::now();
+  double secs = 0;
+  while ((secs = seconds_since(t0)) < 1.0 || calls < 3) {
+    backend->matmul(x.view(), weight, y.view());
+    ++calls;
+  }
+  return 2.0 * double(T * N * K) * double(calls) / secs / 1e9;
+}
+
+}  // namespace
+
+double train_flops_per_token(const ModelConfig& c, int64_t seq_len) {
+  const double D = double(c.hidden_size), H = double(c.num_attention_heads), dq = double(c.qk_head_dim());
+  const double r = double(c.kv_lora_rank), dr = double(c.qk_rope_head_dim), dn = double(c.qk_nope_head_dim);
+  const double dv = double(c.v_head_dim), ctx = double(seq_len + 1) / 2.0;
+  auto layer = [&](int64_t l) {
+    double m = c.q_lora_rank > 0 ? D * double(c.q_lora_rank) + double(c.q_lora_rank) * H * dq : D * H * dq;
+    m += D * (r + dr) + r * H * (dn + dv) + H * dv * D;
+    m += H * (dq + dv) * ctx;  // scores and the weighted sum of values
+    if (c.is_moe_layer(l)) {
+      const double f = double(c.moe_intermediate_size);
+      m += D * double(c.n_routed_experts) + 3.0 * D * f * double(c.num_experts_per_tok + c.n_shared_experts);
+    } else {
+      m += 3.0 * D * double(c.intermediate_size);
+    }
+    return m;
+  };
+  double macs = D * double(c.vocab_size);  // the head
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) macs += layer(l);
+  if (c.num_nextn_predict_layers > 0) macs += 2.0 * D * D + layer(c.num_hidden_layers) + D * double(c.vocab_size);
+  return 6.0 * macs;
+}
+
+TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
+  MOE_CHECK(o.seq_len >= 3 && o.batch >= 1 && o.steps >= 1, "train-bench: --seq-len >= 3, --batch and --steps >= 1");
+  const nlohmann::json cfg = [&] {
+    try {
+      return nlohmann::json::parse(read_file(o.config_path));
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: not valid JSON: {}", o.config_path, e.what());
+    }
+  }();
+  TrainModel model = TrainModel::init(ModelConfig::from_json(cfg, o.config_path), o.config_path, 1, 0.02);
+  TrainBenchResult r;
+  r.threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  ThreadPool pool(r.threads);
+  model.pool = &pool;
+
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int32_t> id(1, int32_t(model.config.vocab_size) - 1);
+  std::vector<int32_t> ids(size_t(o.batch * o.seq_len));
+  const Objective obj;
+  const AdamW adamw;
+  auto step = [&](int64_t s) {
+    for (auto& x : ids) x = id(rng);
+    model.zero_grad();
+    ExpertLoads loads;
+    forward_backward(model, ids, o.batch, o.seq_len, obj, &loads);
+    adamw_step(model, adamw, 1e-3, 1.0, s);
+    update_correction_biases(model, loads, 1e-3);
+  };
+  step(1);  // warm-up: allocations, first touches
+  const auto t0 = Clock::now();
+  for (int64_t s = 0; s < o.steps; ++s) step(s + 2);
+  r.step_seconds = seconds_since(t0) / double(o.steps);
+  r.tokens_per_step = o.batch * o.seq_len;
+  r.tokens_per_s = double(r.tokens_per_step) / r.step_seconds;
+  r.flops_per_token = train_flops_per_token(model.config, o.seq_len);
+  r.train_gflops = r.flops_per_token * r.tokens_per_s / 1e9;
+  r.gemm_gflops = measure_gemm_gflops(r.threads);
+  r.fraction = r.train_gflops / r.gemm_gflops;
+  return r;
+}
+
+std::string bench_json(const TrainBenchResult& r) {
+  return nlohmann::ordered_json{{"threads", r.threads},
+                                {"tokens_per_step", r.tokens_per_step},
+                                {"step_s", r.step_seconds},
+                                {"tokens_per_s", r.tokens_per_s},
+                                {"flops_per_token", r.flops_per_token},
+                                {"train_gflops", r.train_gflops},
+                                {"gemm_gflops", r.gemm_gflops},
+                                {"fraction_of_gemm", r.fraction}}
+      .dump();
+}
+
+}  // namespace moe::train

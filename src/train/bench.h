@@ -1,0 +1,37 @@
+#pragma once
+// `moe train-bench`: training throughput on the CPU against the machine's FP32 GEMM rate measured in the same run
+// (the CPU backend's tiled F32 matmul on the same number of threads), so the figure says how much of the machine
+// the trainer uses. A fresh model of the config, random token ids (never zeros), whole optimiser steps.
+#include <cstdint>
+#include <string>
+
+#include "io/model_config.h"
+
+namespace moe::train {
+
+struct TrainBenchOptions {
+  std::string config_path;
+  int64_t seq_len = 64, batch = 4, steps = 3;  // timed steps, after one untimed warm-up step
+  int threads = 0;                             // 0: every core
+};
+
+struct TrainBenchResult {
+  int threads = 0;
+  int64_t tokens_per_step = 0;
+  double step_seconds = 0;          // mean over the timed steps
+  double tokens_per_s = 0;
+  double flops_per_token = 0;       // forward + backward: 3 x 2 x multiply-adds of every GEMM and attention product
+  double train_gflops = 0;          // flops_per_token x tokens_per_s / 1e9
+  double gemm_gflops = 0;           // the machine's measured FP32 GEMM rate
+  double fraction = 0;              // train_gflops / gemm_gflops
+};
+
+TrainBenchResult run_train_bench(const TrainBenchOptions& options);
+std::string bench_json(const TrainBenchResult& r);
+
+// Multiply-adds of one token's forward through every GEMM (attention projections, FFN or routed top-k + shared
+// experts and router, the head; the MTP module's projection, layer and head) and the attention products over an
+// average causal context of (t + 1) / 2; times 6 for forward + backward flops.
+double train_flops_per_token(const ModelConfig& c, int64_t seq_len);
+
+}  // namespace moe::train
