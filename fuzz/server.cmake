@@ -6,3 +6,6 @@ if(MOE_BUILD_TESTS)
   add_test(NAME fuzz_chat_request_smoke
            COMMAND sh -c "mkdir -p ${MOE_CHAT_CORPUS} && cp ${PROJECT_SOURCE_DIR}/fuzz/corpus/chat_request/* ${MOE_CHAT_CORPUS}/ && exec $<TARGET_FILE:fuzz_chat_request> -max_total_time=20 -max_len=4096 ${MOE_CHAT_CORPUS}")
 endif()
+# The HTTP request path end to end (bytes on a connection to the real Server on the tiny model). Seed corpus:
+# fuzz/corpus/http_request.
+moe_add_fuzzer(fuzz_http_request ${PROJECT_SOURCE_DIR}/fuzz/fuzz_http_request.cpp moe_server)

@@ -9,5 +9,6 @@ void register_tokenizer_commands(CLI::App& app);  // tokenize, chat-template (to
 void register_text_commands(CLI::App& app);       // chat; generate --prompt is in model_commands (text_commands.cpp)
 void register_server_commands(CLI::App& app);     // serve, bench-serve, feedback (server_commands.cpp)
 void register_train_commands(CLI::App& app);      // train-steps, tokenize-corpus, train (train_commands.cpp)
+std::string version_text();                        // moe --version (version_command.cpp)
 
 }  // namespace moe::cli

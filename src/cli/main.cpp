@@ -8,6 +8,9 @@
 int main(int argc, char** argv) {
   CLI::App app{"moe.cpp: DeepSeek-V3-architecture mixture-of-experts models"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", moe::cli::version_text, "Print the version, commit and library versions");
+  // Every option's default value is shown in --help (captured when each option is added; subcommands inherit it).
+  app.option_defaults()->always_capture_default();
   moe::cli::register_model_commands(app);
   moe::cli::register_tokenizer_commands(app);
   moe::cli::register_text_commands(app);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -22,6 +23,7 @@
 #include "core/error.h"
 #include "engine/scheduler.h"
 #include "server/feedback_store.h"
+#include "server/loading_server.h"
 #include "server/server.h"
 
 namespace moe::cli {
@@ -29,14 +31,16 @@ namespace moe::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, host = "127.0.0.1", api_key_file, feedback_db, name, reasoning = "auto", allowed_origins;
+  std::string model, host = "127.0.0.1", api_key_file, feedback_db, name, reasoning = "auto", allowed_origins, allowed_hosts;
   BackendArgs backend;
   int port = 8000;
   int32_t max_batch = 64, step_tokens = 512, default_max_tokens = 2048;
   int64_t cache_tokens = 65536, page_size = 16, max_context = 0;
   size_t max_body = 4 << 20;
-  bool ignore_eos = false;
+  int body_timeout = 60;
+  bool ignore_eos = false, no_access_log = false, log_prompts = false;
   bool prefix_cache = true;
+  int fault_load_delay_ms = 0;  // tests: a model that takes this much longer to load
 };
 
 std::string trim(std::string s) {
@@ -64,6 +68,9 @@ void run_serve(const ServeArgs& a) {
   so.host = a.host;
   so.port = a.port;
   so.max_body_bytes = a.max_body;
+  so.body_timeout_s = a.body_timeout;
+  so.access_log = !a.no_access_log;
+  so.log_prompts = a.log_prompts;
   so.default_max_tokens = a.default_max_tokens;
   so.ignore_eos = a.ignore_eos;
   if (a.reasoning == "on") so.reasoning = server::ReasoningMode::on;
@@ -79,6 +86,15 @@ void run_serve(const ServeArgs& a) {
     }
     i = j + 1;
   }
+  for (size_t i = 0; i <= a.allowed_hosts.size();) {  // comma-separated host names
+    const size_t j = std::min(a.allowed_hosts.find(',', i), a.allowed_hosts.size());
+    if (std::string h = trim(a.allowed_hosts.substr(i, j - i)); !h.empty()) {
+      if (h.find_first_of("/ ") != std::string::npos)
+        fail("--allowed-hosts: '{}' is not a host name (give names like chat.example.com, without a scheme)", h);
+      so.allowed_hosts.push_back(h);
+    }
+    i = j + 1;
+  }
   if (const char* env = std::getenv("MOE_API_KEY"); env && *env) so.api_key = env;
   if (!a.api_key_file.empty()) {
     std::ifstream f(a.api_key_file);
@@ -90,9 +106,57 @@ void run_serve(const ServeArgs& a) {
   so.model_name = a.name.empty() ? std::filesystem::path(a.model).lexically_normal().filename().string() : a.name;
   if (so.model_name.empty()) so.model_name = std::filesystem::path(a.model).parent_path().filename().string();
 
+  // Listen at once: while the model loads, /health answers 503 {"status":"loading","progress":p} and the API 503
+  // model_loading (server/loading_server.h); the Server then takes over the listening socket.
+  server::LoadingServer loading(server::HostPolicy{so.host, so.allowed_hosts, !so.api_key.empty()}, so.model_name);
+  const int port = loading.bind(so.host, so.port);
+  std::printf("moe serve: listening on http://%s:%d (loading %s)\n", a.host.c_str(), port, a.model.c_str());
+  std::fflush(stdout);
+
+  // SIGINT/SIGTERM: while loading, the process exits at once; once serving, the server stops gracefully.
+  std::atomic<bool> served{false};
+  std::atomic<server::Server*> live{nullptr};
+  struct SignalThread {  // joined however run_serve ends (a checkpoint that fails to load throws)
+    std::atomic<bool>& served;
+    std::thread t;
+    ~SignalThread() {
+      served = true;
+      pthread_kill(t.native_handle(), SIGTERM);  // wakes sigwait if no signal came
+      t.join();
+    }
+  } signals{served, std::thread([&] {
+              int sig = 0;
+              sigwait(&sigs, &sig);
+              if (served) return;  // woken by ~SignalThread: the server stopped some other way
+              const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+              server::Server* srv = live.load();
+              if (!srv) {
+                std::printf("moe serve: stopping while loading (%s)\n", name);
+                std::fflush(stdout);
+                std::_Exit(0);
+              }
+              std::printf("moe serve: stopping (%s)\n", name);
+              std::fflush(stdout);
+              // The bound on a graceful shutdown: whatever has not ended within kShutdownGrace (a long step, a
+              // client that does not read) is cut off, and a second signal ends the process at once.
+              std::thread([sigs] {
+                timespec ts{std::chrono::duration_cast<std::chrono::seconds>(kShutdownGrace).count(), 0};
+                const bool again = sigtimedwait(&sigs, nullptr, &ts) > 0;
+                std::fprintf(stderr, "moe serve: %s; exiting now\n",
+                             again ? "a second signal" : "in-flight work did not end within the shutdown grace period");
+                std::_Exit(1);
+              }).detach();
+              srv->stop();
+            })};
+
+  // Progress by stages (the weights are most of the time).
   auto backend = open_backend(a.backend);
+  loading.set_progress(0.05);
+  if (a.fault_load_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(a.fault_load_delay_ms));
   DeepseekV3 model(a.model, *backend);
+  loading.set_progress(0.85);
   const Tokenizer tokenizer = Tokenizer::load(a.model);
+  loading.set_progress(0.9);
   SchedulerOptions sopt;
   sopt.cache_tokens = a.cache_tokens;
   sopt.page_size = a.page_size;
@@ -105,37 +169,15 @@ void run_serve(const ServeArgs& a) {
   if (!a.feedback_db.empty()) feedback = std::make_unique<server::FeedbackStore>(a.feedback_db);
 
   server::Server srv(scheduler, tokenizer, feedback.get(), so);
-  const int port = srv.bind();
-  std::printf("moe serve: %s on %s, context %lld tokens, cache %lld tokens, api key %s\n", so.model_name.c_str(),
-              backend->name().c_str(), (long long)scheduler.max_context(), (long long)scheduler.cache_capacity_tokens(),
-              so.api_key.empty() ? "off" : "on");
-  std::printf("moe serve: listening on http://%s:%d\n", a.host.c_str(), port);
+  srv.adopt(loading.release());
+  live = &srv;
+  std::printf("moe serve: ready: %s on %s, context %lld tokens, cache %lld tokens, api key %s\n",
+              so.model_name.c_str(), backend->name().c_str(), (long long)scheduler.max_context(),
+              (long long)scheduler.cache_capacity_tokens(), so.api_key.empty() ? "off" : "on");
   std::fflush(stdout);
-  std::atomic<bool> served{false};
-  std::thread signals([&] {
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    if (served) return;  // woken below: the server stopped some other way
-    std::printf("moe serve: stopping (%s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    std::fflush(stdout);
-    // The bound on a graceful shutdown: whatever has not ended within kShutdownGrace (a long step, a client that
-    // does not read) is cut off, and a second signal ends the process at once.
-    std::thread([sigs] {
-      timespec ts{std::chrono::duration_cast<std::chrono::seconds>(kShutdownGrace).count(), 0};
-      const bool again = sigtimedwait(&sigs, nullptr, &ts) > 0;
-      std::fprintf(stderr, "moe serve: %s; exiting now\n",
-                   again ? "a second signal" : "in-flight work did not end within the shutdown grace period");
-      std::_Exit(1);
-    }).detach();
-    srv.stop();
-  });
   srv.serve();
   std::printf("moe serve: stopped\n");
   std::fflush(stdout);
-  served = true;
-  // Wake the signal thread if the server stopped some other way.
-  pthread_kill(signals.native_handle(), SIGTERM);
-  signals.join();
 }
 
 // ---- bench-serve ----
@@ -275,6 +317,9 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--allowed-origins", s->allowed_origins,
                     "Comma-separated origins (scheme://host[:port], or *) whose web pages may call the API (CORS); "
                     "default: none besides the server's own");
+  serve->add_option("--allowed-hosts", s->allowed_hosts,
+                    "Comma-separated Host names the server answers to besides loopback names, IP addresses and "
+                    "--host (DNS rebinding), or *; bound to another address with an API key, /v1/ answers any");
   serve->add_option("--feedback-db", s->feedback_db, "SQLite file for ratings from the chat page (POST /v1/feedback)");
   add_backend_options(serve, s->backend);
   serve->add_option("--threads", g_threads, "CPU threads (default: all cores)");
@@ -289,8 +334,23 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--served-model-name", s->name, "Model id in the API (default: the model directory's name)");
   serve->add_option("--reasoning", s->reasoning, "Split <think> into reasoning_content: auto (from the chat template), on, off");
   serve->add_option("--max-body-bytes", s->max_body, "Largest request body accepted (413 above)");
+  serve->add_option("--body-timeout", s->body_timeout,
+                    "Seconds a request body may take to arrive after its headers (408 past it)")
+      ->check(CLI::Range(1, 3600));
+  serve->add_flag("--no-access-log", s->no_access_log, "Do not log a line per request on stderr");
+  serve->add_flag("--log-prompts", s->log_prompts, "Put each request's prompt text in its access-log line");
+  serve->add_option("--fault-load-delay-ms", s->fault_load_delay_ms, "Tests: load the model this much later")
+      ->group("");  // hidden
   serve->add_flag("--ignore-eos", s->ignore_eos, "Never stop at EOS (for benchmarks and tests with random weights)");
   serve->callback([s] { run_serve(*s); });
+  // Every flag can come from the environment: --max-body-bytes from MOE_MAX_BODY_BYTES (a flag on the command
+  // line wins). For containers and service managers.
+  for (CLI::Option* o : serve->get_options()) {
+    if (o->get_lnames().empty() || o->get_lnames()[0] == "help" || !o->get_envname().empty()) continue;
+    std::string env = "MOE_" + o->get_lnames()[0];
+    for (auto& c : env) c = c == '-' ? '_' : char(std::toupper((unsigned char)c));
+    o->envname(env);
+  }
 
   auto* bench = app.add_subcommand("bench-serve", "Load a running server with streaming chat requests and report latencies");
   auto b = std::make_shared<BenchArgs>();

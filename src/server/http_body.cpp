@@ -4,10 +4,18 @@
 #include <chrono>
 #include <memory>
 
+#include "server/http_connection.h"
+
 namespace moe::server {
 
 ApiError body_too_large() {
   return ApiError(413, "The request body is larger than this server accepts", "", "request_too_large");
+}
+
+ApiError body_timeout() {
+  return ApiError(408, "The request body did not arrive in time (a pause over " +
+                           std::to_string(kBodyIdleTimeout.count()) + " s, or longer than --body-timeout in all)",
+                  "", "request_timeout");
 }
 
 std::optional<ApiError> check_body_framing(const httplib::Request& req, size_t max_body_bytes,
@@ -68,6 +76,7 @@ std::string read_body(const httplib::ContentReader& reader, const httplib::Respo
     return true;
   });
   if (over || res.status == 413) throw body_too_large();
+  if (!ok && HttpServer::current_header_failure() == HeaderFailure::body_timeout) throw body_timeout();
   if (!ok) {
     const int status = res.status == 415 ? 415 : 400;
     throw ApiError(status, status == 415

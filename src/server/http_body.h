@@ -30,7 +30,7 @@ constexpr std::chrono::seconds kBodyLinger{2};
 
 // The body, at most max_body_bytes after decoding (whatever the Content-Length says: httplib's own check is
 // disabled, as it reads and drops a too-long body to its end, however long). Throws ApiError 413 past the
-// limit, 400 (or httplib's status) when the framing or encoding is broken; the connection must then be
+// limit, 408 when the body did not arrive in time (ConnectionStream's body deadline), 400 (or httplib's status) when the framing or encoding is broken; the connection must then be
 // closed, as the rest of the body may be unread.
 std::string read_body(const httplib::ContentReader& reader, const httplib::Response& res,
                       size_t max_body_bytes);
@@ -41,5 +41,6 @@ std::string read_body(const httplib::ContentReader& reader, const httplib::Respo
 void send_error_and_close(httplib::Response& res, const ApiError& e);
 
 ApiError body_too_large();
+ApiError body_timeout();
 
 }  // namespace moe::server

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <thread>
 
+#include "core/error.h"
+
 namespace moe::server {
 
 using Clock = std::chrono::steady_clock;
@@ -56,8 +58,8 @@ void address_of(int sock, bool peer, std::string& ip, int& port) {
 // A buffered socket stream (httplib reads a request line and headers a byte at a time).
 class ConnectionStream : public httplib::Stream {
  public:
-  ConnectionStream(int sock, milliseconds read_timeout, milliseconds write_timeout)
-      : sock_(sock), read_timeout_(read_timeout), write_timeout_(write_timeout) {}
+  ConnectionStream(int sock, milliseconds read_timeout, milliseconds write_timeout, milliseconds body_timeout)
+      : sock_(sock), read_timeout_(read_timeout), write_timeout_(write_timeout), body_timeout_(body_timeout) {}
 
   bool buffered() const { return off_ < len_; }
 
@@ -84,8 +86,14 @@ class ConnectionStream : public httplib::Stream {
           failure_ = t_header_failure = HeaderFailure::timeout;  // the deadline, or the read timeout before it
           return -1;
         }
-      } else if (!wait_for(sock_, POLLIN, timeout)) {
-        return -1;
+      } else {
+        // The body (the only thing read after the headers): due by body_deadline_, no pause over kBodyIdleTimeout.
+        timeout = std::min({timeout, milliseconds(kBodyIdleTimeout),
+                            std::chrono::duration_cast<milliseconds>(body_deadline_ - Clock::now())});
+        if (timeout.count() <= 0 || !wait_for(sock_, POLLIN, timeout)) {
+          failure_ = t_header_failure = HeaderFailure::body_timeout;
+          return -1;
+        }
       }
       ssize_t n;
       do n = ::recv(sock_, buf_, sizeof(buf_), 0);
@@ -107,6 +115,7 @@ class ConnectionStream : public httplib::Stream {
         }
         if (tail_ == 0x0d0a0d0a) {  // "\r\n\r\n"
           in_headers_ = false;
+          body_deadline_ = Clock::now() + body_timeout_;
           k = i + 1;
           break;
         }
@@ -131,11 +140,11 @@ class ConnectionStream : public httplib::Stream {
 
  private:
   int sock_;
-  milliseconds read_timeout_, write_timeout_;
+  milliseconds read_timeout_, write_timeout_, body_timeout_;
   char buf_[4096];
   size_t off_ = 0, len_ = 0;
   bool in_headers_ = false;
-  Clock::time_point deadline_;
+  Clock::time_point deadline_, body_deadline_;
   size_t header_bytes_ = 0, header_lines_ = 0;
   uint32_t tail_ = 0;
   HeaderFailure failure_ = HeaderFailure::none;
@@ -184,14 +193,19 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
   bool registered = false;
   {
     std::lock_guard lock(mu_);
-    if (!stopping_) registered = open_.insert(sock).second;
+    if (!stopping_ || released_) registered = open_.insert(sock).second;
   }
   bool ret = false;
   if (registered) {
     auto ms = [](time_t s, time_t us) { return milliseconds(int64_t(s) * 1000 + int64_t(us) / 1000); };
-    ConnectionStream strm(sock, ms(read_timeout_sec_, read_timeout_usec_), ms(write_timeout_sec_, write_timeout_usec_));
+    ConnectionStream strm(sock, ms(read_timeout_sec_, read_timeout_usec_), ms(write_timeout_sec_, write_timeout_usec_),
+                          body_timeout_);
     t_socket = sock;
-    for (size_t count = keep_alive_max_count_; count > 0 && !stopping_; --count) {
+    // A connection accepted in the moment the listener was released (release_listener) is answered once, with
+    // Connection: close, rather than dropped.
+    bool one_more = released_.load();
+    for (size_t count = keep_alive_max_count_; count > 0 && (!stopping_ || one_more); --count) {
+      one_more = false;
       // The next request's first byte (already here when pipelined); an idle connection is closed.
       if (!strm.buffered() && !wait_for(sock, POLLIN, kKeepAliveTimeout)) break;
       strm.begin_request(Clock::now() + kHeaderTimeout);
@@ -212,6 +226,63 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
   ::shutdown(sock, SHUT_RDWR);
   ::close(sock);
   return ret;
+}
+
+int listen_on(HttpServer& http, const std::string& host, int port_wanted) {
+  // httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into Debian's shared library): a burst
+  // of connects past it waits for SYN retransmits, a second and more apart. Listening again on the bound socket
+  // sets the backlog (the kernel caps it at net.core.somaxconn); the socket is the last one the options hook saw.
+  int listen_fd = -1;
+  // httplib's default options add SO_REUSEPORT, with which a second server binds the same busy port and the
+  // kernel splits connections between them: only SO_REUSEADDR (restarts while old connections are in TIME_WAIT).
+  http.set_socket_options([&listen_fd](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
+  });
+  int port = port_wanted;
+  errno = 0;
+  if (port == 0) port = http.bind_to_any_port(host);
+  else if (!http.bind_to_port(host, port)) port = -1;
+  if (port <= 0) {
+    const int err = errno;
+    fail("cannot listen on {}:{}: {}", host, port_wanted,
+         err == EADDRINUSE ? "address already in use (is another server running on this port?)"
+         : err ? std::strerror(err)
+               : "the address could not be resolved or bound");
+  }
+  MOE_CHECK(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0, "cannot listen on {}:{} with a backlog of {}",
+            host, port, kListenBacklog);
+  return port;
+}
+
+void HttpServer::adopt_listener(int fd) { svr_sock_ = fd; }
+
+int HttpServer::release_listener() {
+  const int fd = svr_sock_.exchange(INVALID_SOCKET);
+  {
+    std::lock_guard lock(mu_);
+    released_ = true;
+    stopping_ = true;
+    for (int c : open_) ::shutdown(c, SHUT_RD);  // connections being served end (their answers are written)
+  }
+  // listen_after_bind() is blocked in accept() on fd: one connection to ourselves wakes it, and it returns, as the
+  // socket it listens on is now INVALID_SOCKET. Connections arriving meanwhile wait in the backlog for the next
+  // server. The wake-up connection goes to loopback when bound to a wildcard address.
+  sockaddr_storage a{};
+  socklen_t len = sizeof(a);
+  if (fd >= 0 && ::getsockname(fd, (sockaddr*)&a, &len) == 0) {
+    if (a.ss_family == AF_INET && ((sockaddr_in*)&a)->sin_addr.s_addr == htonl(INADDR_ANY))
+      ((sockaddr_in*)&a)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (a.ss_family == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&((sockaddr_in6*)&a)->sin6_addr))
+      ((sockaddr_in6*)&a)->sin6_addr = in6addr_loopback;
+    const int w = ::socket(a.ss_family, SOCK_STREAM, 0);
+    if (w >= 0) {
+      ::connect(w, (sockaddr*)&a, len);
+      ::close(w);
+    }
+  }
+  return fd;
 }
 
 // ---- ElasticThreadPool ----

@@ -17,9 +17,11 @@
 
 #include "core/error.h"
 #include "engine/grammar/constraint.h"
+#include "server/access_log.h"
 #include "server/api.h"
 #include "server/choice_assembler.h"
 #include "server/http_body.h"
+#include "server/host_check.h"
 #include "server/http_connection.h"
 #include "server/web_assets.h"
 #include "tokenizer/chat_template.h"
@@ -47,41 +49,7 @@ std::string lower(std::string s) {
   return s;
 }
 
-// The host part of a Host header value (without the port; an IPv6 literal keeps its brackets).
-std::string host_part(const std::string& host_header) {
-  const std::string h = lower(host_header);
-  if (!h.empty() && h[0] == '[') return h.substr(0, h.find(']') == std::string::npos ? h.size() : h.find(']') + 1);
-  return h.substr(0, h.find(':'));
-}
-
-bool ipv4_loopback(const std::string& h) {
-  if (h.rfind("127.", 0) != 0) return false;
-  int dots = 0;
-  for (char c : h) {
-    if (c == '.') ++dots;
-    else if (!std::isdigit((unsigned char)c)) return false;
-  }
-  return dots == 3;
-}
-
 }  // namespace
-
-bool host_is_loopback(const std::string& host_header) {
-  const std::string h = host_part(host_header);
-  const std::string suffix = ".localhost";
-  return h == "localhost" || (h.size() > suffix.size() && h.compare(h.size() - suffix.size(), suffix.size(), suffix) == 0) ||
-         ipv4_loopback(h) || h == "[::1]";
-}
-
-bool is_loopback_address(const std::string& bind_host) {
-  const std::string h = lower(bind_host);
-  return h == "localhost" || ipv4_loopback(h) || h == "::1" || h == "[::1]";
-}
-
-bool same_origin(const std::string& origin, const std::string& host_header) {
-  const std::string o = lower(origin), h = lower(host_header);
-  return !h.empty() && (o == "http://" + h || o == "https://" + h);
-}
 
 namespace {
 
@@ -119,7 +87,7 @@ struct Server::Impl {
   std::atomic<int64_t> open_streams{0};
   std::set<std::string> post_paths;  // routes that read their body through read_body (set up in routes())
 
-  bool loopback_bound = false;  // Host must be a loopback name (DNS rebinding)
+  HostPolicy hosts;  // which Host headers are answered (DNS rebinding)
 
   // The vocabulary as byte strings for structured output, built on the first request that needs it.
   std::once_flag vocab_once;
@@ -130,7 +98,7 @@ struct Server::Impl {
   }
 
   Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
-      : sched(s), tok(t), feedback(f), opt(std::move(o)), loopback_bound(is_loopback_address(opt.host)) {
+      : sched(s), tok(t), feedback(f), opt(std::move(o)), hosts{opt.host, opt.allowed_hosts, !opt.api_key.empty()} {
     if (tok.has_chat_template()) reasoning_template = template_supports_reasoning(tok.chat_template().source());
   }
 
@@ -268,6 +236,14 @@ struct Server::Impl {
     ChoiceOptions choice{chat, c.top_logprobs >= 0, chat && p.reasoning_enabled, chat && p.in_reasoning,
                          (!chat && treq.echo) ? p.prompt_text : std::string()};
     auto out = std::make_shared<ResponseAssembler>(tok, std::move(info), c.n, choice);
+    AccessRecord& rec = current_access_record();
+    rec.prompt_tokens = int64_t(p.prompt.size());
+    rec.completion_tokens = [out, n = c.n] {
+      int64_t sum = 0;
+      for (int32_t i = 0; i < n; ++i) sum += out->choice(size_t(i)).completion_tokens();
+      return sum;
+    };
+    if (opt.log_prompts) rec.prompt = p.prompt_text;
     if (!c.stream) {
       // Waiting for the whole answer: a client that goes away, or a server that stops, cancels the request at once
       // (its pages are freed before the next step), so nobody's abandoned request runs on and holds the cache.
@@ -363,11 +339,8 @@ struct Server::Impl {
   // without a CORS preflight, and reach a server on loopback through a DNS name it controls (rebinding): such
   // requests are refused before anything is read or run. Allowed cross-origin requests get CORS headers.
   std::optional<ApiError> check_cross_site(const httplib::Request& req, httplib::Response& res, bool json_endpoint) {
-    if (loopback_bound && req.has_header("Host") && !host_is_loopback(req.get_header_value("Host")))
-      return ApiError(403,
-                      "The Host header names another server: bound to a loopback address, this server answers to "
-                      "localhost, 127.0.0.1 and [::1] only",
-                      "", "host_not_allowed");
+    if (req.has_header("Host"))
+      if (auto why = hosts.refusal(req.get_header_value("Host"), req.path)) return ApiError(403, *why, "", "host_not_allowed");
     if (req.has_header("Origin")) {
       const std::string origin = req.get_header_value("Origin");
       const bool same = same_origin(origin, req.get_header_value("Host"));
@@ -406,8 +379,10 @@ struct Server::Impl {
     http.set_keep_alive_max_count(1000);
     http.set_read_timeout(30, 0);
     http.set_write_timeout(30, 0);
+    http.set_body_timeout(std::chrono::seconds(opt.body_timeout_s));
 
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      begin_access_record();
       // Before httplib reads the body: what cannot be read within --max-body-bytes is refused unread.
       const bool read_by_server = req.method == "POST" && post_paths.count(req.path);
       if (auto e = check_body_framing(req, opt.max_body_bytes, read_by_server)) {
@@ -436,7 +411,13 @@ struct Server::Impl {
     });
     http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
       // The request line and headers were too slow or too large (ConnectionStream): the connection closes.
-      if (const auto f = HttpServer::current_header_failure(); f != HeaderFailure::none) {
+      const auto f = HttpServer::current_header_failure();
+      if (f == HeaderFailure::body_timeout && !res.has_header("Connection")) {  // a body httplib read itself
+        res.set_header("Connection", "close");
+        send_error(res, body_timeout());
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      if (f == HeaderFailure::timeout || f == HeaderFailure::too_large) {
         res.set_header("Connection", "close");
         send_error(res, f == HeaderFailure::timeout
                             ? ApiError(408, fmt::format("The request headers did not arrive within {} s",
@@ -475,8 +456,15 @@ struct Server::Impl {
     http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       std::string path = req.path;
       if (path.rfind("/v1/", 0) != 0 && path != "/health" && path != "/metrics") path = "other";
-      std::lock_guard lock(metrics_mu);
-      ++http_requests[{req.method + " " + path, res.status}];
+      {
+        std::lock_guard lock(metrics_mu);
+        ++http_requests[{req.method + " " + path, res.status}];
+      }
+      if (opt.access_log) {
+        const std::string line = access_line(req, res.status, current_access_record(), opt.log_prompts);
+        std::fwrite(line.data(), 1, line.size(), stderr);  // one write: lines of concurrent requests do not mix
+      }
+      current_access_record() = AccessRecord{};
     });
 
     auto guarded = [](auto fn) {
@@ -609,33 +597,11 @@ Server::Server(Scheduler& scheduler, const Tokenizer& tokenizer, FeedbackStore* 
 
 Server::~Server() = default;
 
-int Server::bind() {
-  auto& o = impl_->opt;
-  // httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into Debian's shared library): a burst
-  // of connects past it waits for SYN retransmits, a second and more apart. Listening again on the bound socket
-  // sets the backlog (the kernel caps it at net.core.somaxconn); the socket is the last one the options hook saw.
-  int listen_fd = -1;
-  // httplib's default options add SO_REUSEPORT, with which a second server binds the same busy port and the
-  // kernel splits connections between them: only SO_REUSEADDR (restarts while old connections are in TIME_WAIT).
-  impl_->http.set_socket_options([&listen_fd](socket_t sock) {
-    int yes = 1;
-    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd = sock;
-  });
-  int port = o.port;
-  errno = 0;
-  if (port == 0) port = impl_->http.bind_to_any_port(o.host);
-  else if (!impl_->http.bind_to_port(o.host, port)) port = -1;
-  if (port <= 0) {
-    const int err = errno;
-    fail("cannot listen on {}:{}: {}", o.host, o.port,
-         err == EADDRINUSE ? "address already in use (is another server running on this port?)"
-         : err ? std::strerror(err)
-               : "the address could not be resolved or bound");
-  }
-  MOE_CHECK(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0, "cannot listen on {}:{} with a backlog of {}",
-            o.host, port, kListenBacklog);
-  return port;
+int Server::bind() { return listen_on(impl_->http, impl_->opt.host, impl_->opt.port); }
+
+int Server::adopt(int listen_fd) {
+  impl_->http.adopt_listener(listen_fd);
+  return listen_fd;
 }
 
 void Server::serve() { impl_->http.listen_after_bind(); }

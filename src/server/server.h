@@ -8,6 +8,7 @@
 
 #include "engine/scheduler.h"
 #include "server/feedback_store.h"
+#include "server/host_check.h"
 #include "server/reasoning.h"
 #include "tokenizer/tokenizer.h"
 
@@ -16,9 +17,6 @@ class Server;
 }
 
 namespace moe::server {
-
-// Pending connections the kernel completes before the server accepts them (a burst of clients connecting at once).
-constexpr int kListenBacklog = 1024;
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
@@ -34,6 +32,13 @@ struct ServerOptions {
   // the server is bound to loopback (DNS rebinding), and JSON endpoints' bodies of any other Content-Type (415:
   // text/plain and forms are what a page can send cross-site without a preflight).
   std::vector<std::string> allowed_origins;
+  // Host names (without the port) answered besides loopback names, IP addresses and --host; "*" any. See
+  // host_check.h for the whole rule (DNS rebinding).
+  std::vector<std::string> allowed_hosts;
+  // A request body must arrive within this many seconds of its headers (408 and the connection closed past it).
+  int body_timeout_s = 60;
+  bool access_log = true;    // one line per request on stderr (access_log.h)
+  bool log_prompts = false;  // with the prompt text in it
   int http_threads = 2048;  // most connections served at once (threads start as needed; streams hold theirs)
 };
 
@@ -42,6 +47,7 @@ class Server {
   Server(Scheduler& scheduler, const Tokenizer& tokenizer, FeedbackStore* feedback, ServerOptions options);
   ~Server();
   int bind();   // returns the bound port; throws moe::Error
+  int adopt(int listen_fd);  // listens on a socket a LoadingServer released (instead of bind())
   void serve();  // blocks until stop() (and until every connection has ended)
   // Graceful shutdown: stops accepting, ends idle connections, and cancels in-flight requests (non-streamed ones
   // are answered 503, streams end); serve() then returns within about one scheduler step.
@@ -53,12 +59,6 @@ class Server {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// Cross-site checks, exposed for tests. host_is_loopback: "localhost", "*.localhost", 127.0.0.0/8 or [::1], with
-// or without a port. same_origin: the Origin names the host of the Host header (http or https).
-bool host_is_loopback(const std::string& host_header);
-bool is_loopback_address(const std::string& bind_host);
-bool same_origin(const std::string& origin, const std::string& host_header);
 
 // Constant-time comparison of an Authorization header value with "Bearer <key>".
 bool authorized(const std::string& header_value, const std::string& api_key);

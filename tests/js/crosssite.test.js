@@ -104,3 +104,37 @@ test("--allowed-origins: preflight and requests from a listed origin get CORS he
   const plain = await request(cors.url, "POST", "/v1/chat/completions", chat, { Origin: "http://app.example:3000", "Content-Type": "text/plain" });
   assert.equal(plain.status, 415);
 });
+
+test("bound to another address, IP literals and --allowed-hosts are answered, other names only on /v1/ with a key", async () => {
+  // 0.0.0.0 for a few seconds (reached here through 127.0.0.1): rebinding to it would reach the whole network's view.
+  const open = await startServer(["--host", "0.0.0.0", "--allowed-hosts", "chat.example.com"]);
+  const keyDir = tempDir();
+  const keyFile = path.join(keyDir, "key");
+  (await import("node:fs")).writeFileSync(keyFile, "sk-test\n");
+  const keyed = await startServer(["--host", "0.0.0.0", "--api-key-file", keyFile]);
+  try {
+    const local = (s) => s.url.replace("0.0.0.0", "127.0.0.1");
+    const p = new URL(open.url).port;
+    for (const host of [`192.168.7.20:${p}`, `[2001:db8::1]:${p}`, `chat.example.com:${p}`, `localhost:${p}`]) {
+      const r = await request(local(open), "POST", "/v1/chat/completions", chat, { Host: host, "Content-Type": "application/json" });
+      assert.equal(r.status, 200, `${host}: ${r.body}`);
+    }
+    for (const host of [`evil.example:${p}`, `192.168.7.20.evil.example`, `sub.chat.example.com`]) {
+      for (const [method, pth, body] of [["GET", "/health"], ["POST", "/v1/chat/completions", chat]]) {
+        const r = await request(local(open), method, pth, body, { Host: host, "Content-Type": "application/json" });
+        assert.equal(r.status, 403, `${host} ${pth}: ${r.body}`);
+        assert.equal(code(r), "host_not_allowed");
+      }
+    }
+    // With a key: any name reaches the API with the key (a rebinding page has none), the pages still refuse it.
+    const auth = { Host: "gpu-box.corp", "Content-Type": "application/json", Authorization: "Bearer sk-test" };
+    assert.equal((await request(local(keyed), "POST", "/v1/chat/completions", chat, auth)).status, 200);
+    const noKey = await request(local(keyed), "POST", "/v1/chat/completions", chat, { Host: auth.Host, "Content-Type": "application/json" });
+    assert.equal(noKey.status, 401, noKey.body);
+    const page = await request(local(keyed), "GET", "/health", undefined, { Host: "gpu-box.corp" });
+    assert.equal(page.status, 403, page.body);
+  } finally {
+    await open.stop();
+    await keyed.stop();
+  }
+});

@@ -11,8 +11,9 @@ export function tempDir(prefix = "moe-test-") {
   return mkdtempSync(path.join(tmpdir(), prefix));
 }
 
-export async function startServer(args = [], env = {}) {
-  const proc = spawn(MOE_BIN, ["serve", "--model", MODEL, "--host", "127.0.0.1", "--port", "0", "--threads", "2", ...args], {
+export async function startServer(args = [], env = {}, opts = {}) {
+  const host = args.includes("--host") ? [] : ["--host", "127.0.0.1"];  // a test may bind elsewhere
+  const proc = spawn(MOE_BIN, ["serve", "--model", MODEL, ...host, "--port", "0", "--threads", "2", ...args], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -28,6 +29,18 @@ export async function startServer(args = [], env = {}) {
     proc.on("exit", (code) => { clearTimeout(timer); reject(new Error(`moe serve exited with ${code}:\n${out}${err}`)); });
   });
   const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
+  // The port opens before the model is loaded (/health is a 503 "loading" until then): wait until it is ready,
+  // unless the test watches the loading itself.
+  if (!opts.loading) {
+    const end = Date.now() + 60000;
+    for (;;) {
+      if (proc.exitCode !== null) throw new Error(`moe serve exited with ${proc.exitCode}:\n${out}${err}`);
+      const r = await fetch(url.replace("0.0.0.0", "127.0.0.1") + "/health").catch(() => null);
+      if (r?.status === 200) break;
+      if (Date.now() > end) throw new Error("moe serve did not become ready:\n" + out + err);
+      await new Promise((res) => setTimeout(res, 20));
+    }
+  }
   return {
     url,
     proc,
