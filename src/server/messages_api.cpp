@@ -172,13 +172,13 @@ MessagesAssembler::MessagesAssembler(const Tokenizer& tok, std::string id, std::
                                      ChoiceOptions options)
     : choice_(tok, 0, std::move(options)), id_(std::move(id)), model_(std::move(model)), input_tokens_(input_tokens) {}
 
-MessagesAssembler::Event MessagesAssembler::start() const {
-  return {"message_start",
+std::vector<MessagesAssembler::Event> MessagesAssembler::start() const {
+  return {{"message_start",
           {{"type", "message_start"},
            {"message",
             {{"id", id_}, {"type", "message"}, {"role", "assistant"}, {"model", model_}, {"content", json::array()},
              {"stop_reason", nullptr}, {"stop_sequence", nullptr},
-             {"usage", {{"input_tokens", input_tokens_}, {"output_tokens", 0}}}}}}};
+             {"usage", {{"input_tokens", input_tokens_}, {"output_tokens", 0}}}}}}}};
 }
 
 void MessagesAssembler::close(std::vector<Event>& out) {

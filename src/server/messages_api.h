@@ -35,7 +35,7 @@ class MessagesAssembler {
     std::string name;
     nlohmann::json data;
   };
-  Event start() const;                               // message_start
+  std::vector<Event> start() const;                   // message_start
   std::vector<Event> feed(const GenerationEvent& e);  // block events; at the end message_delta and message_stop
   bool done() const { return choice_.finished(); }
   bool failed() const { return choice_.failed(); }

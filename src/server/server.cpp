@@ -22,6 +22,7 @@
 #include "server/http_body.h"
 #include "server/http_connection.h"
 #include "server/messages_api.h"
+#include "server/responses_api.h"
 #include "server/tool_constraint.h"
 #include "server/web_assets.h"
 #include "tokenizer/chat_template.h"
@@ -360,7 +361,9 @@ struct Server::Impl {
       const std::string id = random_id("msg_");
       choice.tool_call_id_prefix = "toolu_" + id.substr(id.size() - 8) + "_";
       auto out = std::make_shared<MessagesAssembler>(tok, id, opt.model_name, int32_t(p.prompt.size()), choice);
-      if (m.chat.stream) return stream_messages(res, job, out);
+      if (m.chat.stream)
+        return stream_events(res, job, out, "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+                             [](const ApiError& e) { return anthropic_error(e); });
       if (!wait_whole(*job, [&](const GenerationEvent& e) { out->feed(e); }, [&] { return out->done(); }, res)) return;
       if (out->failed()) throw out->failure();
       res.set_content(to_text(out->message()), "application/json");
@@ -373,44 +376,52 @@ struct Server::Impl {
     }
   }
 
-  // Anthropic's event stream: "event: NAME" and "data: JSON" per event; a failure sends an error event and ends it.
-  void stream_messages(httplib::Response& res, std::shared_ptr<Job> job, std::shared_ptr<MessagesAssembler> out) {
-    auto started = std::make_shared<bool>(false);
-    auto ended = std::make_shared<bool>(false);
-    auto last_write = std::make_shared<Clock::time_point>(Clock::now());
+  // An event stream of named events ("event: NAME" and "data: JSON", Anthropic's and the Responses API's shape):
+  // the assembler's start() events, then each generation event's; `keep_alive` is written after a second without
+  // events (finds clients gone while queued); a failure sends fail(error) as the "error" event and ends the stream.
+  template <class Assembler, class Fail>
+  void stream_events(httplib::Response& res, std::shared_ptr<Job> job, std::shared_ptr<Assembler> out,
+                     std::string keep_alive, Fail fail) {
+    struct State {
+      bool started = false, ended = false;
+      Clock::time_point last_write = Clock::now();
+    };
+    auto st = std::make_shared<State>();
     open_streams++;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Accel-Buffering", "no");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, started, ended, last_write, job, out](size_t, httplib::DataSink& sink) -> bool {
-          if (http.stopping() || *ended) return false;
-          auto write = [&](const MessagesAssembler::Event& ev) {
-            const std::string s = "event: " + ev.name + "\ndata: " + to_text(ev.data) + "\n\n";
-            *last_write = Clock::now();
+        [this, st, job, out, keep_alive, fail](size_t, httplib::DataSink& sink) -> bool {
+          if (http.stopping() || st->ended) return false;
+          auto write = [&](const std::string& name, const json& data) {
+            const std::string s = "event: " + name + "\ndata: " + to_text(data) + "\n\n";
+            st->last_write = Clock::now();
             return sink.write(s.data(), s.size());
           };
-          if (!*started) {
-            *started = true;
-            if (!write(out->start())) return false;
+          if (!st->started) {
+            st->started = true;
+            for (const auto& ev : out->start())
+              if (!write(ev.name, ev.data)) return false;
           }
           auto events = job->sink->pop(std::chrono::milliseconds(100));
-          if (events.empty() && Clock::now() - *last_write > std::chrono::seconds(1) &&
-              !write({"ping", {{"type", "ping"}}}))  // Anthropic's keep-alive; finds clients gone while queued
-            return false;
+          if (events.empty() && Clock::now() - st->last_write > std::chrono::seconds(1)) {
+            st->last_write = Clock::now();
+            if (!sink.write(keep_alive.data(), keep_alive.size())) return false;
+          }
           for (auto& e : events) {
             for (const auto& ev : out->feed(e))
-              if (!write(ev)) return false;
+              if (!write(ev.name, ev.data)) return false;
             if (out->failed()) {
-              write({"error", anthropic_error(out->failure())});
+              write("error", fail(out->failure()));
               job->cancel_all();
-              *ended = true;
+              st->ended = true;
               sink.done();
               return true;
             }
           }
           if (out->done()) {
-            *ended = true;
+            st->ended = true;
             sink.done();
           }
           return true;
@@ -419,6 +430,31 @@ struct Server::Impl {
           job->cancel_all();
           open_streams--;
         });
+  }
+
+  // ---- OpenAI Responses API (responses_api.h) ----
+
+  void handle_responses(const std::string& body, httplib::Response& res) {
+    ResponsesRequest r = parse_responses_request(body);
+    const Prepared p = prepare_chat(r.chat);
+    auto job = std::make_shared<Job>(submit(p, r.chat));
+    ChoiceOptions choice{true, false, p.reasoning_enabled, p.in_reasoning, ""};
+    choice.tools = p.tools;
+    choice.tool_format = tool_format;
+    choice.parallel_tool_calls = r.chat.parallel_tool_calls;
+    const std::string id = random_id("resp_");
+    choice.tool_call_id_prefix = "call_" + id.substr(id.size() - 8) + "_";
+    auto out = std::make_shared<ResponsesAssembler>(tok, id, opt.model_name, unix_now(), int32_t(p.prompt.size()),
+                                                    r.echo, choice);
+    if (r.chat.stream)
+      return stream_events(res, job, out, ": keep-alive\n\n", [](const ApiError& e) {
+        json j = e.to_json()["error"];
+        j["type"] = "error";
+        return j;
+      });
+    if (!wait_whole(*job, [&](const GenerationEvent& e) { out->feed(e); }, [&] { return out->done(); }, res)) return;
+    if (out->failed()) throw out->failure();
+    res.set_content(to_text(out->response()), "application/json");
   }
 
   // Server-sent events exactly as OpenAI sends them: each event's chunk as it comes, keep-alive comments while
@@ -648,6 +684,7 @@ struct Server::Impl {
     post("/v1/chat/completions", [this](const std::string& body, auto& res) { handle_generation(body, res, true); });
     post("/v1/completions", [this](const std::string& body, auto& res) { handle_generation(body, res, false); });
     post("/v1/messages", [this](const std::string& body, auto& res) { handle_messages(body, res); });
+    post("/v1/responses", [this](const std::string& body, auto& res) { handle_responses(body, res); });
     post("/tokenize", [this](const std::string& body, auto& res) {
       const TokenizeRequest r = parse_tokenize_request(body);
       check_model(r.model);

@@ -65,9 +65,25 @@ bool JsonObjectState::push(uint8_t c) {
       }
       return close(c == '}' ? '{' : c == ']' ? '[' : 0);
     case M::string:
+      if (utf8_need > 0) {  // a continuation byte, in the range the lead byte allows (no overlongs, no surrogates)
+        if (c < utf8_lo || c > utf8_hi) return false;
+        utf8_lo = 0x80;
+        utf8_hi = 0xBF;
+        --utf8_need;
+        return true;
+      }
       if (c == '"') { mode = in_key ? M::colon : M::after_value; return true; }
       if (c == '\\') { mode = M::string_escape; return true; }
-      return c >= 0x20;
+      if (c < 0x80) return c >= 0x20;
+      if (c >= 0xC2 && c <= 0xDF) utf8_need = 1;
+      else if (c >= 0xE0 && c <= 0xEF) utf8_need = 2;
+      else if (c >= 0xF0 && c <= 0xF4) utf8_need = 3;
+      else return false;
+      if (c == 0xE0) utf8_lo = 0xA0;
+      if (c == 0xED) utf8_hi = 0x9F;
+      if (c == 0xF0) utf8_lo = 0x90;
+      if (c == 0xF4) utf8_hi = 0x8F;
+      return true;
     case M::string_escape:
       if (c == 'u') { mode = M::string_unicode; pending = 4; return true; }
       if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') {

@@ -31,7 +31,8 @@ struct JsonObjectState {
   };
   Mode mode = Mode::start;
   bool in_key = false;
-  uint8_t depth = 0, pending = 0;  // pending: hex digits of \uXXXX, or letters left of a literal
+  uint8_t depth = 0, pending = 0;  // pending: hex digits of \uXXXX
+  uint8_t utf8_need = 0, utf8_lo = 0x80, utf8_hi = 0xBF;  // a string's UTF-8 character in progress (valid UTF-8 only)
   const char* literal = nullptr;   // the rest of true / false / null
   std::array<char, kMaxDepth> stack{};
   bool push(uint8_t c);  // false: c cannot come next

@@ -12,7 +12,7 @@ add_test(NAME server_js_npm_ci
          COMMAND sh -c "[ -d node_modules/openai ] && [ -d node_modules/playwright-core ] && [ -d node_modules/@anthropic-ai/sdk ] || ${MOE_NPM} ci --no-audit --no-fund"
          WORKING_DIRECTORY ${MOE_JS_DIR})
 set_tests_properties(server_js_npm_ci PROPERTIES FIXTURES_SETUP moe_js TIMEOUT 300)
-foreach(t openai tools anthropic errors feedback limits lifecycle slow crosssite load browser)
+foreach(t openai tools anthropic responses errors feedback limits lifecycle slow crosssite load browser)
   add_test(NAME server_js_${t} COMMAND ${MOE_NODE} --test --test-reporter=tap tests/js/${t}.test.js
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(server_js_${t} PROPERTIES

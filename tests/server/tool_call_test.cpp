@@ -148,18 +148,19 @@ bool automaton_accepts(const std::string& s) {
 
 TEST(ToolCallConstraint, JsonAutomatonAgreesWithAParser) {
   const char* valid[] = {"{}", "{\"a\":1}", "{\"a\":-0.5e+3,\"b\":[true,false,null,\"x\\u00e9\\n\"],\"c\":{\"d\":[]}}",
-                         "{\"k\":[0,10,1.25,-7,2E5]}", "{\"\":\"\"}"};
+                         "{\"k\":[0,10,1.25,-7,2E5]}", "{\"\":\"\"}", "{\"caf\xc3\xa9\":\"\xe2\x82\xac\xf0\x9f\x98\x80\"}"};
   for (const char* v : valid) {
     EXPECT_TRUE(automaton_accepts(v)) << v;
     EXPECT_NO_THROW((void)json::parse(v)) << v;
   }
   // Not JSON objects (or not compact): refused, and the parser agrees where it is JSON at all.
   const char* invalid[] = {"[]", "{\"a\":01}", "{\"a\":1,}", "{\"a\" :1}", "{a:1}", "{\"a\":tru}", "{\"a\":\"\\x\"}",
-                           "{\"a\":1.}", "{\"a\":-}", "{\"a\":1}}", "{\"a\":[1,]}", "\"s\"", "{\"a\":\"\x01\"}"};
+                           "{\"a\":1.}", "{\"a\":-}", "{\"a\":1}}", "{\"a\":[1,]}", "\"s\"", "{\"a\":\"\x01\"}",
+                           "{\"\xff\":1}", "{\"\xc3\":1}", "{\"\xed\xa0\x80\":1}", "{\"\xe0\x80\x80\":1}"};
   for (const char* v : invalid) EXPECT_FALSE(automaton_accepts(v)) << v;
   // Random byte strings: whatever the automaton accepts, the parser parses to an object.
   std::mt19937 rng(3);
-  const std::string alphabet = "{}[]\":,01-.eE+tfnrulas\\ ";
+  const std::string alphabet = "{}[]\":,01-.eE+tfnrulas\\ \xc3\xa9\xff\xe2\x82";
   int accepted = 0;
   for (int i = 0; i < 200000; ++i) {
     std::string s = "{";
