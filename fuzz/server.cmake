@@ -6,7 +6,7 @@ if(MOE_BUILD_TESTS)
   add_test(NAME fuzz_chat_request_smoke
            COMMAND sh -c "mkdir -p ${MOE_CHAT_CORPUS} && cp ${PROJECT_SOURCE_DIR}/fuzz/corpus/chat_request/* ${MOE_CHAT_CORPUS}/ && exec $<TARGET_FILE:fuzz_chat_request> -max_total_time=20 -max_len=4096 ${MOE_CHAT_CORPUS}")
 endif()
-# The tool-call markup parser and the forced-call JSON automaton. Seed corpus: fuzz/corpus/tool_calls.
+# The tool-call markup parser. Seed corpus: fuzz/corpus/tool_calls.
 moe_add_fuzzer(fuzz_tool_calls ${PROJECT_SOURCE_DIR}/fuzz/fuzz_tool_calls.cpp moe_server_api)
 if(MOE_BUILD_TESTS)
   set(MOE_TOOL_CORPUS ${CMAKE_CURRENT_BINARY_DIR}/corpus_tool_calls)

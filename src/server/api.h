@@ -4,12 +4,14 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "engine/grammar/schema.h"
 #include "engine/sampler.h"
 #include "server/tools.h"
 
@@ -36,6 +38,8 @@ struct CommonParams {
   bool ignore_eos = false;
   int32_t top_logprobs = -1;  // -1: no logprobs
   std::string user;
+  // response_format json_object / json_schema: the output is one JSON value of this schema (null: free text).
+  std::shared_ptr<const grammar::Schema> response_schema;
 };
 
 struct ChatRequest : CommonParams {
@@ -43,6 +47,8 @@ struct ChatRequest : CommonParams {
   nlohmann::json tools;     // null or the validated array (tools.h)
   ToolChoice tool_choice;   // auto when tools are given, none otherwise
   bool parallel_tool_calls = true;
+  // tool_choice required / named: the functions the reply must call one of, with their compiled parameter schemas.
+  std::vector<std::pair<std::string, std::shared_ptr<const grammar::Schema>>> forced_tools;
   // The last message is an assistant message with "prefix": true (DeepSeek's prefill): its content is
   // continued, not answered; it stays in `messages`.
   bool assistant_prefix = false;

@@ -17,6 +17,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "engine/grammar/constraint.h"
 #include "server/api.h"
 #include "server/choice_assembler.h"
 #include "server/http_body.h"
@@ -118,7 +119,7 @@ struct Server::Impl {
   bool reasoning_template = false;
   ToolCallFormat tool_format = ToolCallFormat::v3;
   bool template_tools = false;  // the chat template renders `tools` itself
-  std::shared_ptr<const std::vector<std::string>> vocab_text;  // each id's bytes, for forced tool calls
+  ToolCallMarkers tool_markers;  // the tool-call markers' token ids, for forced calls
 
   mutable std::mutex metrics_mu;
   std::map<std::pair<std::string, int>, uint64_t> http_requests;  // (path, status) -> count
@@ -126,6 +127,14 @@ struct Server::Impl {
   std::set<std::string> post_paths;  // routes that read their body through read_body (set up in routes())
 
   bool loopback_bound = false;  // Host must be a loopback name (DNS rebinding)
+
+  // The vocabulary as byte strings for structured output, built on the first request that needs it.
+  std::once_flag vocab_once;
+  std::shared_ptr<const grammar::Vocabulary> vocab;
+  const std::shared_ptr<const grammar::Vocabulary>& grammar_vocab() {
+    std::call_once(vocab_once, [&] { vocab = grammar::Vocabulary::build(tok); });
+    return vocab;
+  }
 
   Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
       : sched(s), tok(t), feedback(f), opt(std::move(o)), loopback_bound(is_loopback_address(opt.host)) {
@@ -135,14 +144,7 @@ struct Server::Impl {
       tool_format = tool_call_format(src);
       template_tools = template_renders_tools(src);
     }
-    auto texts = std::make_shared<std::vector<std::string>>(size_t(sched.model_config().vocab_size));
-    for (int32_t id = 0; id < int32_t(texts->size()) && id < tok.vocab_size(); ++id) {
-      try {
-        (*texts)[size_t(id)] = tok.decode_bytes(std::span(&id, 1), /*skip_special_tokens=*/true);
-      } catch (const Error&) {  // an id that names no token stays empty: never allowed by a constraint
-      }
-    }
-    vocab_text = std::move(texts);
+    tool_markers = tool_call_markers(tok);
   }
 
   // ---- shared request plumbing ----
@@ -197,7 +199,7 @@ struct Server::Impl {
         throw ApiError(400, fmt::format("Token id {} is outside the vocabulary (0..{})", t, vocab - 1), "prompt");
   }
 
-  Prepared prepare_chat(const ChatRequest& r) const {
+  Prepared prepare_chat(const ChatRequest& r) {
     check_model(r.model);
     if (!tok.has_chat_template()) throw ApiError(400, "This model has no chat template; use /v1/completions");
     json extra = r.chat_template_kwargs;
@@ -225,8 +227,8 @@ struct Server::Impl {
                           (opt.reasoning == ReasoningMode::auto_detect && reasoning_template);
     p.in_reasoning = p.reasoning_enabled && prompt_opens_reasoning(p.prompt_text);
     if (r.tool_choice.mode == ToolChoice::Mode::required || r.tool_choice.mode == ToolChoice::Mode::named) {
-      p.constraint = [this, tools = r.tools, choice = r.tool_choice] {
-        return ToolCallConstraint::make(vocab_text, tools, choice, tool_format);
+      p.constraint = [this, fns = r.forced_tools] {
+        return make_tool_call_constraint(grammar_vocab(), fns, tool_format, tool_markers);
       };
       p.in_reasoning = false;  // the reply starts with the forced call
     }
@@ -283,7 +285,12 @@ struct Server::Impl {
         g.stop = c.stop;
         g.ignore_eos = c.ignore_eos || opt.ignore_eos;
         g.top_logprobs = c.top_logprobs;
-        if (p.constraint) g.constraint = p.constraint();
+        if (p.constraint) {  // a forced tool call
+          g.constraint = p.constraint();
+        } else if (c.response_schema) {  // one constraint per choice: each follows its own tokens
+          g.constraint = std::make_shared<grammar::GrammarConstraint>(
+              grammar_vocab(), std::vector<grammar::Piece>{grammar::Piece::value(*c.response_schema)}, tok.eos_id());
+        }
         job.handles.push_back(sched.submit(std::move(g), job.sink, i));
       }
     } catch (const Error& e) {

@@ -252,6 +252,8 @@ bool Tokenizer::is_special(int32_t id) const {
   return t && t->special;
 }
 
+bool Tokenizer::is_added(int32_t id) const { return impl_->added.by_id(id) != nullptr; }
+
 bool Tokenizer::has_chat_template() const { return impl_->chat_template != nullptr; }
 
 const ChatTemplate& Tokenizer::chat_template() const {

@@ -40,6 +40,7 @@ class Tokenizer {
   std::optional<int32_t> bos_id() const;           // from tokenizer_config bos_token / eos_token
   std::optional<int32_t> eos_id() const;
   bool is_special(int32_t id) const;
+  bool is_added(int32_t id) const;  // one of tokenizer.json's added_tokens (special or not)
   bool has_chat_template() const;
   const ChatTemplate& chat_template() const;  // throws moe::Error if tokenizer_config has none
 

@@ -19,7 +19,7 @@ after(async () => {
 
 const tools = [{
   name: "get_weather", description: "The weather in a city",
-  input_schema: { type: "object", properties: { city: { type: "string" } } },
+  input_schema: { type: "object", properties: { city: { type: "string", maxLength: 24 } }, required: ["city"] },
 }];
 
 test("a whole message: system prompt, content blocks, usage, max_tokens", async () => {
@@ -57,23 +57,24 @@ test("streaming events arrive in the documented order and add up to the whole me
   assert.equal(text, whole.content.map((b) => b.text).join(""));
 });
 
-test("a forced tool use (any and a named tool) returns a tool_use block with an object input", async () => {
+test("a forced tool use (any and a named tool) returns a tool_use block whose input validates against input_schema", async () => {
   let uses = 0;
   for (const tool_choice of [{ type: "any" }, { type: "tool", name: "get_weather" }]) {
     const m = await client.messages.create({
       model: "tiny-dsv3", max_tokens: 200, tools, tool_choice, temperature: 0,
       messages: [{ role: "user", content: "Weather in Paris?" }],
     });
-    if (m.stop_reason === "max_tokens") continue;  // random weights may talk inside a string until max_tokens
-    assert.equal(m.stop_reason, "tool_use");
+    assert.equal(m.stop_reason, "tool_use");  // forced and schema-bounded: even random weights finish the call
     const use = m.content.find((b) => b.type === "tool_use");
     assert.ok(use);
     assert.equal(use.name, "get_weather");
     assert.match(use.id, /^toolu_/);
-    assert.equal(typeof use.input, "object");
+    assert.deepEqual(Object.keys(use.input), ["city"]);  // validates against input_schema
+    assert.equal(typeof use.input.city, "string");
+    assert.ok([...use.input.city].length <= 24);
     uses++;
   }
-  assert.ok(uses >= 1, "no forced tool use finished within max_tokens");
+  assert.equal(uses, 2);
 });
 
 test("streamed tool use: input_json_delta pieces assemble to the whole message's input", async () => {
@@ -88,7 +89,8 @@ test("streamed tool use: input_json_delta pieces assemble to the whole message's
   }
   const use = whole.content.find((b) => b.type === "tool_use");
   assert.equal(name, use?.name ?? null);
-  if (whole.stop_reason === "tool_use") assert.deepEqual(JSON.parse(json), use.input);
+  assert.equal(whole.stop_reason, "tool_use");
+  assert.deepEqual(JSON.parse(json), use.input);
 });
 
 test("tool_result and tool_use blocks in the history are accepted", async () => {

@@ -15,7 +15,7 @@ after(async () => {
 });
 
 const tools = [{ type: "function", name: "get_weather", description: "The weather in a city",
-                 parameters: { type: "object", properties: { city: { type: "string" } } } }];
+                 parameters: { type: "object", properties: { city: { type: "string", maxLength: 24 } }, required: ["city"] } }];
 
 test("a whole response from a string input with instructions", async () => {
   const r = await client.responses.create({ model: "tiny-dsv3", input: "Hello", instructions: "Be terse.",
@@ -63,7 +63,8 @@ test("function tools: a forced call is a function_call item; streamed arguments 
   assert.ok(call, JSON.stringify(whole.output));
   assert.equal(call.name, "get_weather");
   assert.match(call.call_id, /^call_/);
-  if (whole.status === "completed") assert.equal(typeof JSON.parse(call.arguments), "object");
+  assert.equal(whole.status, "completed");
+  assert.deepEqual(Object.keys(JSON.parse(call.arguments)), ["city"]);
   const stream = await client.responses.create({ ...body, stream: true });
   let args = "", done = null;
   for await (const ev of stream) {

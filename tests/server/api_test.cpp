@@ -53,5 +53,49 @@ TEST(Api, DeeplyNestedBodiesAreRefusedBeforeParsing) {
                                      std::string(1000, '[') + R"("}]})"));
 }
 
+// response_format: text is free, json_object and json_schema compile to a schema; every mistake is a 400 that
+// names the field (param) and what was wrong.
+TEST(Api, ResponseFormat) {
+  auto chat = [](const std::string& rf) {
+    return parse_chat_request(R"({"messages":[{"role":"user","content":"hi"}],"response_format":)" + rf + "}");
+  };
+  EXPECT_EQ(chat(R"({"type":"text"})").response_schema, nullptr);
+  EXPECT_NE(chat(R"({"type":"json_object"})").response_schema, nullptr);
+  const auto r = chat(R"({"type":"json_schema","json_schema":{"name":"p","strict":true,
+      "schema":{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"],"additionalProperties":false}}})");
+  ASSERT_NE(r.response_schema, nullptr);
+  EXPECT_EQ(r.response_schema->grammar().nodes[size_t(r.response_schema->grammar().root)].kind,
+            grammar::Kind::object);
+  struct Bad {
+    std::string rf, param, says;
+  };
+  const Bad bad[] = {
+      {R"("json")", "response_format", "must be an object"},
+      {R"({"type":"bogus"})", "response_format.type", "'bogus'"},
+      {R"({})", "response_format.type", "'type'"},
+      {R"({"type":"json_schema"})", "response_format.json_schema", "'json_schema'"},
+      {R"({"type":"json_schema","json_schema":{"schema":{}}})", "response_format.json_schema.name", "'name'"},
+      {R"({"type":"json_schema","json_schema":{"name":"x"}})", "response_format.json_schema.schema", "'schema'"},
+      {R"({"type":"json_schema","json_schema":{"name":"x","strict":"yes","schema":{}}})",
+       "response_format.json_schema.strict", "boolean"},
+      {R"({"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","pattern":"a+"}}})",
+       "response_format.json_schema.schema", "'pattern'"},
+      {R"({"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object","properties":{"a":{"type":"wat"}}}}})",
+       "response_format.json_schema.schema", "#/properties/a"},
+      {R"({"type":"json_schema","json_schema":{"name":"x","schema":{"$ref":"#/$defs/nope"}}})",
+       "response_format.json_schema.schema", "#/$defs/nope"},
+  };
+  for (const auto& b : bad) {
+    try {
+      chat(b.rf);
+      ADD_FAILURE() << b.rf << ": accepted";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400) << b.rf;
+      EXPECT_EQ(e.param, b.param) << b.rf;
+      EXPECT_NE(std::string(e.what()).find(b.says), std::string::npos) << b.rf << " -> " << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moe::server

@@ -31,6 +31,7 @@ struct Result {
   std::string text;
   FinishReason finish = FinishReason::none;
   std::vector<TokenLogprob> logprobs;
+  std::string error;
 };
 
 // Collects every request of `sink` (indices 0..n-1) until each has finished.
@@ -47,6 +48,7 @@ std::vector<Result> collect(EventSink& sink, size_t n) {
       r.logprobs.insert(r.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
       if (e.finish != FinishReason::none) {
         r.finish = e.finish;
+        r.error = e.error;
         ++done;
       }
     }
@@ -372,7 +374,7 @@ TEST(Scheduler, ConstraintDecidesTheTokensAndTheEnd) {
   sched.submit(r, sink, 1);
   auto results = collect(*sink, 2);
   EXPECT_EQ(results[0].tokens, script);
-  EXPECT_EQ(results[0].finish, FinishReason::stop);
+  EXPECT_EQ(results[0].finish, FinishReason::stop) << results[0].error;
   EXPECT_TRUE(results[1].tokens.empty());
   EXPECT_EQ(results[1].finish, FinishReason::error);
 }

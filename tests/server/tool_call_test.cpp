@@ -12,6 +12,7 @@
 #include "server/tool_call_parser.h"
 #include "server/tool_constraint.h"
 #include "server/tools.h"
+#include "core/error.h"
 
 namespace moe::server {
 namespace {
@@ -137,53 +138,19 @@ TEST(ToolCallParser, ACallCutShortEndsWithWhatItHad) {
   EXPECT_EQ(r.calls[0].arguments, "{}");
 }
 
-// ---- the JSON automaton of forced calls, against nlohmann's parser ----
+// ---- the forced call's constraint (grammar engine pieces) ----
 
-bool automaton_accepts(const std::string& s) {
-  JsonObjectState st;
-  for (char c : s)
-    if (!st.push(uint8_t(c))) return false;
-  return st.done();
+// A toy vocabulary: the markers as added tokens (only their ids produce them), pieces of text, an empty token.
+std::shared_ptr<const grammar::Vocabulary> toy_vocab() {
+  std::vector<std::string> bytes = {"", B, E, CB, CE, SEP, "function", "get_weather", "get_time", "\n```json\n", "\n```",
+                                    "{", "}", "\"", "city", "\":", "1", ",", "hello", "{\"", "Paris\"}", " "};
+  std::vector<bool> excluded(bytes.size(), false);
+  for (size_t i = 0; i <= 5; ++i) excluded[i] = true;
+  return grammar::Vocabulary::from_tokens(std::move(bytes), std::move(excluded));
 }
+const ToolCallMarkers kMarkers{1, 2, 3, 4, 5};
 
-TEST(ToolCallConstraint, JsonAutomatonAgreesWithAParser) {
-  const char* valid[] = {"{}", "{\"a\":1}", "{\"a\":-0.5e+3,\"b\":[true,false,null,\"x\\u00e9\\n\"],\"c\":{\"d\":[]}}",
-                         "{\"k\":[0,10,1.25,-7,2E5]}", "{\"\":\"\"}", "{\"caf\xc3\xa9\":\"\xe2\x82\xac\xf0\x9f\x98\x80\"}"};
-  for (const char* v : valid) {
-    EXPECT_TRUE(automaton_accepts(v)) << v;
-    EXPECT_NO_THROW((void)json::parse(v)) << v;
-  }
-  // Not JSON objects (or not compact): refused, and the parser agrees where it is JSON at all.
-  const char* invalid[] = {"[]", "{\"a\":01}", "{\"a\":1,}", "{\"a\" :1}", "{a:1}", "{\"a\":tru}", "{\"a\":\"\\x\"}",
-                           "{\"a\":1.}", "{\"a\":-}", "{\"a\":1}}", "{\"a\":[1,]}", "\"s\"", "{\"a\":\"\x01\"}",
-                           "{\"\xff\":1}", "{\"\xc3\":1}", "{\"\xed\xa0\x80\":1}", "{\"\xe0\x80\x80\":1}"};
-  for (const char* v : invalid) EXPECT_FALSE(automaton_accepts(v)) << v;
-  // Random byte strings: whatever the automaton accepts, the parser parses to an object.
-  std::mt19937 rng(3);
-  const std::string alphabet = "{}[]\":,01-.eE+tfnrulas\\ \xc3\xa9\xff\xe2\x82";
-  int accepted = 0;
-  for (int i = 0; i < 200000; ++i) {
-    std::string s = "{";
-    const size_t n = rng() % 12;
-    for (size_t k = 0; k < n; ++k) s += alphabet[rng() % alphabet.size()];
-    if (automaton_accepts(s)) {
-      ++accepted;
-      json j;
-      ASSERT_NO_THROW(j = json::parse(s)) << s;
-      EXPECT_TRUE(j.is_object()) << s;
-    }
-  }
-  EXPECT_GT(accepted, 10);
-}
-
-// A toy vocabulary: the markers as single tokens, short pieces of text, and an empty (special) token.
-std::shared_ptr<const std::vector<std::string>> toy_vocab() {
-  return std::make_shared<std::vector<std::string>>(std::vector<std::string>{
-      "", B, E, CB, CE, SEP, "function", "get_weather", "get_time", "\n```json\n", "\n```", "{", "}", "\"", "city",
-      "\":", "1", ",", "hello", "{\"", "Paris\"}", " "});
-}
-
-std::vector<int32_t> allowed(ToolCallConstraint& c, size_t vocab) {
+std::vector<int32_t> allowed(TokenConstraint& c, size_t vocab) {
   std::vector<float> row(vocab, 0.0f);
   c.mask(row);
   std::vector<int32_t> ids;
@@ -192,38 +159,58 @@ std::vector<int32_t> allowed(ToolCallConstraint& c, size_t vocab) {
   return ids;
 }
 
-TEST(ToolCallConstraint, ForcesTheMarkersTheNamedFunctionAndAJsonObject) {
+bool has(const std::vector<int32_t>& ids, int32_t id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
+
+TEST(ToolCallConstraint, ForcesTheMarkersTheNamedFunctionAndArgumentsOfItsSchema) {
   const auto vocab = toy_vocab();
-  const json tools = validate_tools(json::parse(R"([{"type":"function","function":{"name":"get_weather"}},
-                                                   {"type":"function","function":{"name":"get_time"}}])"));
-  ToolChoice named{ToolChoice::Mode::named, "get_weather"};
-  auto c = ToolCallConstraint::make(vocab, tools, named, ToolCallFormat::v3);
-  // The walk of a whole call, checking at each step that exactly the expected token is among the allowed.
+  const ChatRequest r = parse_chat_request(R"({"messages": [{"role": "user", "content": "hi"}],
+      "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+                  "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+                {"type": "function", "function": {"name": "get_time"}}],
+      "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})");
+  ASSERT_EQ(r.forced_tools.size(), 1u);
+  auto c = make_tool_call_constraint(vocab, r.forced_tools, ToolCallFormat::v3, kMarkers);
+  // The walk of a whole call; at each step the expected token is allowed and some others are not.
   const std::vector<int32_t> walk = {1, 3, 6, 5, 7, 9, 19, 14, 15, 13, 20, 10, 4, 2};
   for (size_t k = 0; k < walk.size(); ++k) {
     const auto ok = allowed(*c, vocab->size());
-    EXPECT_NE(std::find(ok.begin(), ok.end(), walk[k]), ok.end()) << "step " << k;
-    EXPECT_EQ(std::find(ok.begin(), ok.end(), 0), ok.end()) << "the empty token is never allowed";
-    if (k == 4) EXPECT_EQ(std::find(ok.begin(), ok.end(), 8), ok.end()) << "get_time is not the named function";
-    if (k == 6) EXPECT_EQ(std::find(ok.begin(), ok.end(), 21), ok.end()) << "no whitespace in the arguments";
+    EXPECT_TRUE(has(ok, walk[k])) << "step " << k;
+    EXPECT_FALSE(has(ok, 0)) << "the empty token is never allowed";
+    if (k == 4) { EXPECT_FALSE(has(ok, 8)) << "get_time is not the named function"; }
+    if (k == 6) { EXPECT_FALSE(has(ok, 21)) << "no whitespace in the arguments"; }
+    if (k == 7) { EXPECT_FALSE(has(ok, 18)) << "'hello' is not a property of the schema"; }
     EXPECT_FALSE(c->complete());
     c->accept(walk[k]);
   }
   EXPECT_TRUE(c->complete());
-  // The text the walk spelled parses back into the call.
   std::string text;
-  for (int32_t id : walk) text += (*vocab)[size_t(id)];
+  for (int32_t id : walk) text += vocab->bytes(id);
   const Parsed p = parse_in_pieces(ToolCallFormat::v3, text, {});
   ASSERT_EQ(p.calls.size(), 1u);
   EXPECT_EQ(p.calls[0].name, "get_weather");
   EXPECT_EQ(json::parse(p.calls[0].arguments), json({{"city", "Paris"}}));
-  // "required" allows either function.
-  auto r = ToolCallConstraint::make(vocab, tools, ToolChoice{ToolChoice::Mode::required, ""}, ToolCallFormat::v31);
-  for (int32_t id : {1, 3}) r->accept(id);
-  const auto ok = allowed(*r, vocab->size());
-  EXPECT_NE(std::find(ok.begin(), ok.end(), 7), ok.end());
-  EXPECT_NE(std::find(ok.begin(), ok.end(), 8), ok.end());
-  EXPECT_EQ(std::find(ok.begin(), ok.end(), 6), ok.end()) << "V3.1 has no 'function' type before the name";
+}
+
+TEST(ToolCallConstraint, RequiredAllowsAnyFunctionUntilTheNameDecides) {
+  const auto vocab = toy_vocab();
+  const ChatRequest r = parse_chat_request(R"({"messages": [{"role": "user", "content": "hi"}],
+      "tools": [{"type": "function", "function": {"name": "get_weather"}},
+                {"type": "function", "function": {"name": "get_time"}}], "tool_choice": "required"})");
+  ASSERT_EQ(r.forced_tools.size(), 2u);
+  auto c = make_tool_call_constraint(vocab, r.forced_tools, ToolCallFormat::v31, kMarkers);
+  for (int32_t id : {1, 3}) c->accept(id);
+  const auto ok = allowed(*c, vocab->size());
+  EXPECT_TRUE(has(ok, 7));
+  EXPECT_TRUE(has(ok, 8));
+  EXPECT_FALSE(has(ok, 6)) << "V3.1 has no 'function' type before the name";
+  for (int32_t id : {8, 5, 11, 12, 4}) {
+    EXPECT_TRUE(has(allowed(*c, vocab->size()), id)) << id;
+    c->accept(id);
+  }
+  EXPECT_FALSE(c->complete());
+  c->accept(2);
+  EXPECT_TRUE(c->complete());
+  EXPECT_THROW(c->accept(7), Error);
 }
 
 // ---- the request side ----
@@ -279,6 +266,11 @@ TEST(StrictRequests, ToolsAndToolChoiceAreValidated) {
   expect_400(chat(R"(, "tools": [{"type": "function", "function": {"name": "bad name"}}])"), "tools[0].function.name",
              "'bad name'");
   expect_400(chat(R"(, "tools": [{"type": "code_interpreter"}])"), "tools[0].type", "\"function\"");
+  // A forced call's schema goes through the grammar engine: what it cannot enforce is a 400 naming the keyword.
+  const std::string pattern = R"(, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+      "properties": {"x": {"type": "string", "pattern": "^a"}}}}}])";
+  expect_400(chat(pattern + R"(, "tool_choice": "required")"), "tools[0].function.parameters", "pattern");
+  EXPECT_NO_THROW(parse_chat_request(chat(pattern + R"(, "tool_choice": "auto")")));
 }
 
 TEST(StrictRequests, LogitBiasSuffixAndPrefix) {
