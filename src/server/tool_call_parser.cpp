@@ -54,9 +54,8 @@ ToolCallParser::Out ToolCallParser::flush() {
 }
 
 void ToolCallParser::end_call() {
-  // A call without arguments still has valid JSON arguments.
   state_ = State::between;
-  lead_done_ = false;
+  lead_done_ = fence_done_ = false;
 }
 
 void ToolCallParser::step(Out& out, bool final) {
@@ -130,30 +129,29 @@ void ToolCallParser::step(Out& out, bool final) {
         calls_.push_back({id_prefix_ + std::to_string(index), name, ""});
         out.calls.push_back({index, calls_.back().id, name, ""});
         state_ = State::arguments;
-        lead_done_ = false;
+        lead_done_ = fence_done_ = false;
         continue;
       }
       case State::arguments: {
         size_t end = buf_.find(kToolCallEnd);
         const bool closed = end != std::string::npos;
         const bool last = closed || final;
-        if (!lead_done_) {  // drop whitespace and a ```json fence line before the arguments
+        if (!lead_done_) {  // drop whitespace and one opening fence (``` and a language name) before the arguments
+          const size_t lim = closed ? end : buf_.size();
           size_t i = 0;
-          while (i < buf_.size() && space(buf_[i])) ++i;
-          if (starts_with(std::string_view(buf_).substr(i), "```")) {
-            const size_t nl = buf_.find('\n', i);
-            if (nl == std::string::npos || (closed && nl > end)) {
-              if (!last) return;
-              i = closed ? end : buf_.size();
-            } else {
-              i = nl + 1;
-              while (i < buf_.size() && space(buf_[i])) ++i;
-            }
-          } else if (!last && starts_with("```", std::string_view(buf_).substr(i))) {
-            return;  // "", "`" or "``": may still open a fence
+          while (i < lim && space(buf_[i])) ++i;
+          if (!fence_done_ && buf_.compare(i, 3, "```") == 0 && i + 3 <= lim) {
+            size_t j = i + 3;
+            while (j < lim && std::isalpha((unsigned char)buf_[j])) ++j;
+            if (j == lim && !last) return;  // the language name may go on
+            fence_done_ = true;
+            i = j;
+            while (i < lim && space(buf_[i])) ++i;
+          } else if (!fence_done_ && !last && i < lim && starts_with("```", std::string_view(buf_).substr(i, lim - i))) {
+            return;  // "`" or "``": may still open a fence
           }
           buf_.erase(0, i);
-          if (buf_.empty() && !last) return;
+          if (i == lim && !last) return;  // only whitespace so far
           lead_done_ = true;
           end = buf_.find(kToolCallEnd);
         }

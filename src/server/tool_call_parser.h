@@ -51,6 +51,7 @@ class ToolCallParser {
   State state_ = State::content;
   std::string buf_;            // text not yet consumed by the current state
   bool lead_done_ = false;     // arguments: the opening fence and whitespace are behind us
+  bool fence_done_ = false;    // arguments: the opening fence was dropped (only one is)
   std::vector<ToolCall> calls_;
 };
 

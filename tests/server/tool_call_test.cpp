@@ -107,6 +107,19 @@ TEST(ToolCallParser, MarkersSplitAnywhereGiveTheSameCalls) {
   }
 }
 
+TEST(ToolCallParser, AFenceOnTheArgumentsLineIsDroppedOnceHoweverSplit) {
+  // Found by fuzz_tool_calls: "```js{...}" (no newline after the fence) and a closing fence that a split put at the
+  // start of a piece were read as a second opening fence, and the arguments were lost.
+  const std::string text = B + CB + "function" + SEP + "f\n```js{\"a\": 1}\n```" + CE + E;
+  const Parsed whole = parse_in_pieces(ToolCallFormat::v3, text, {});
+  ASSERT_EQ(whole.calls.size(), 1u);
+  EXPECT_EQ(whole.calls[0].arguments, "{\"a\": 1}");
+  for (size_t c = 1; c < text.size(); ++c) expect_same(parse_in_pieces(ToolCallFormat::v3, text, {c}), whole, "cut");
+  std::vector<size_t> every;
+  for (size_t c = 1; c < text.size(); ++c) every.push_back(c);
+  expect_same(parse_in_pieces(ToolCallFormat::v3, text, every), whole, "byte by byte");
+}
+
 TEST(ToolCallParser, TextWithoutCallsAndLookalikesStaysContent) {
   const std::string text = "a < b and <｜tool not a marker ``` x";
   for (size_t c = 1; c < text.size(); ++c) {
