@@ -15,15 +15,9 @@
 
 #include "server/api.h"
 #include "server/choice_assembler.h"
+#include "server/messages_request.h"
 
 namespace moe::server {
-
-struct MessagesRequest {
-  ChatRequest chat;  // the same request in OpenAI's shape
-};
-
-MessagesRequest parse_messages_request(std::string_view body);
-nlohmann::json anthropic_error(const ApiError& e);  // {"type": "error", "error": {"type", "message"}}
 
 class MessagesAssembler {
  public:

@@ -15,15 +15,9 @@
 
 #include "server/api.h"
 #include "server/choice_assembler.h"
+#include "server/responses_request.h"
 
 namespace moe::server {
-
-struct ResponsesRequest {
-  ChatRequest chat;           // the same request in chat completions' shape
-  nlohmann::json echo;        // fields the response object repeats (instructions, tools, tool_choice, ...)
-};
-
-ResponsesRequest parse_responses_request(std::string_view body);
 
 class ResponsesAssembler {
  public:
