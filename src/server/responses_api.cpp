@@ -34,9 +34,8 @@ json ResponsesAssembler::response() const {
             {"text", echo_.value("text", json{{"format", {{"type", "text"}}}})},
             {"metadata", json::object()}};
   const int32_t out = choice_.completion_tokens();
-  r["usage"] = finished ? json{{"input_tokens", input_tokens_}, {"input_tokens_details", {{"cached_tokens", 0}}},
-                               {"output_tokens", out}, {"output_tokens_details", {{"reasoning_tokens", 0}}},
-                               {"total_tokens", input_tokens_ + out}}
+  // (input_tokens_details / output_tokens_details are left out rather than reported as guesses.)
+  r["usage"] = finished ? json{{"input_tokens", input_tokens_}, {"output_tokens", out}, {"total_tokens", input_tokens_ + out}}
                         : json(nullptr);
   return r;
 }
