@@ -1,4 +1,5 @@
-// libFuzzer target: the server's request JSON parsing (chat, completions, feedback) and the reasoning splitter.
+// libFuzzer target: the server's request JSON parsing (chat with tools, completions, feedback, Anthropic Messages,
+// OpenAI Responses, tokenize) and the reasoning splitter.
 // Any input must either parse into a request within the documented bounds or throw ApiError with a 4xx status;
 // nothing else may escape, crash or trip the sanitizers.
 #include <cstdint>
@@ -7,6 +8,8 @@
 
 #include "core/json_depth.h"
 #include "server/api.h"
+#include "server/messages_request.h"
+#include "server/responses_request.h"
 #include "server/reasoning.h"
 
 using namespace moe::server;
@@ -50,6 +53,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     check_common(r);
     if (!r.prompt_text && r.prompt_tokens.empty()) std::abort();
   });
+  // Anthropic and Responses requests become chat requests: the same bounds hold.
+  auto check_chat = [](const ChatRequest& r) {
+    check_common(r);
+    if (!r.messages.is_array() || r.messages.empty()) std::abort();
+    if ((r.tool_choice.mode == ToolChoice::Mode::required || r.tool_choice.mode == ToolChoice::Mode::named) &&
+        r.forced_tools.empty())
+      std::abort();
+    for (const auto& [id, bias] : r.sampling.logit_bias)
+      if (id < 0 || !(bias >= -100 && bias <= 100)) std::abort();
+  };
+  expect_parse_or_4xx([&] { check_chat(parse_messages_request(body).chat); });
+  expect_parse_or_4xx([&] { check_chat(parse_responses_request(body).chat); });
+  expect_parse_or_4xx([&] { (void)parse_tokenize_request(body); });
+  expect_parse_or_4xx([&] { (void)parse_detokenize_request(body); });
   expect_parse_or_4xx([&] {
     FeedbackRequest f = parse_feedback_request(body);
     if (f.rating != 1 && f.rating != -1) std::abort();

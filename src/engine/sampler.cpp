@@ -203,6 +203,8 @@ std::vector<float> Sampler::log_softmax(std::span<const float> logits) {
 
 int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt,
                         std::span<const int32_t> output) {
+  for (auto [id, bias] : params_.logit_bias)
+    if (id >= 0 && size_t(id) < logits.size()) logits[size_t(id)] += bias;
   apply_penalties(logits, params_, prompt, output);
   if (params_.temperature <= 0.0f) return argmax(logits);
   thread_local std::vector<Entry> e;  // up to a vocabulary of entries: reused, not reallocated per token

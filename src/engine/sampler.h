@@ -9,6 +9,7 @@
 #include <optional>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace moe {
@@ -22,6 +23,9 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;   // OpenAI semantics, over output tokens
   float presence_penalty = 0.0f;
   std::optional<uint64_t> seed;
+  // OpenAI logit_bias: (token id, bias in [-100, 100]) added to the logits before penalties and sampling
+  // (-100 in effect bans a token, +100 makes it the choice); ids outside the row are ignored.
+  std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 // Index of the largest logit, ties to the lower index; NaNs are never chosen (0 if every logit is NaN).

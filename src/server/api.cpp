@@ -1,7 +1,9 @@
 #include "server/api.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <set>
 
 #include "core/error.h"
 #include "core/json_depth.h"
@@ -54,6 +56,59 @@ bool boolean(const json& body, const char* key) {
 
 bool present(const json& body, const char* key) { return body.contains(key) && !body.at(key).is_null(); }
 
+// Strict requests. Fields every generation endpoint implements, then each endpoint's own; kIgnored are accepted for
+// compatibility and change nothing (documented in docs/server.md); kRefused are known OpenAI fields this server
+// does not implement, refused with the reason. Anything else is a 400 naming it.
+const std::set<std::string> kCommonFields = {
+    "model", "n", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
+    "min_p", "seed", "stop", "frequency_penalty", "presence_penalty", "repetition_penalty", "logprobs", "ignore_eos",
+    "user", "logit_bias"};
+const std::set<std::string> kChatFields = {"messages", "top_logprobs", "chat_template_kwargs", "tools", "tool_choice",
+                                           "parallel_tool_calls", "response_format"};
+const std::set<std::string> kCompletionFields = {"prompt", "suffix", "echo", "best_of"};
+const std::set<std::string> kIgnored = {"metadata", "store", "service_tier"};
+const std::pair<const char*, const char*> kRefused[] = {
+    {"functions", "'functions' is deprecated and not supported; send 'tools'"},
+    {"function_call", "'function_call' is deprecated and not supported; send 'tool_choice'"},
+    {"audio", "audio output is not supported"},
+    {"modalities", "only text output is supported; leave 'modalities' out"},
+    {"prediction", "predicted outputs are not supported"},
+    {"web_search_options", "web search is not supported"},
+    {"reasoning_effort", "'reasoning_effort' is not supported; DeepSeek's hybrid models take chat_template_kwargs.thinking"},
+};
+
+void check_fields(const json& b, const std::set<std::string>& own, bool generation = true) {
+  for (const auto& [key, value] : b.items()) {
+    if ((generation && kCommonFields.count(key)) || own.count(key) || kIgnored.count(key)) continue;
+    for (const auto& [name, why] : kRefused)
+      if (key == name) throw ApiError(400, why, key, "unsupported_parameter");
+    throw ApiError(400,
+                   "Unrecognized request argument supplied: '" + key +
+                       "' (this server refuses fields it does not implement; see docs/server.md for the supported "
+                       "fields)",
+                   key, "unknown_parameter");
+  }
+}
+
+// logit_bias: {"token id": bias}, bias in [-100, 100]; the ids are checked against the vocabulary by the server.
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& v) {
+  if (!v.is_object()) bad("logit_bias", "'logit_bias' must be an object mapping token ids to biases");
+  if (v.size() > 1024) bad("logit_bias", "'logit_bias' may hold at most 1024 tokens");
+  std::vector<std::pair<int32_t, float>> out;
+  for (const auto& [key, bias] : v.items()) {
+    char* end = nullptr;
+    errno = 0;
+    const long long id = key.empty() ? -1 : std::strtoll(key.c_str(), &end, 10);
+    if (key.empty() || *end != '\0' || errno != 0 || id < 0 || id > std::numeric_limits<int32_t>::max() ||
+        !std::isdigit((unsigned char)key[0]))
+      bad("logit_bias", "'logit_bias' keys must be token ids (non-negative integers), got '" + key + "'");
+    if (!bias.is_number() || !std::isfinite(bias.get<double>()) || bias.get<double>() < -100 || bias.get<double>() > 100)
+      bad("logit_bias", "'logit_bias' values must be numbers between -100 and 100 (token " + key + ")");
+    out.emplace_back(int32_t(id), float(bias.get<double>()));
+  }
+  return out;
+}
+
 void parse_common(const json& b, CommonParams& p, bool chat) {
   if (present(b, "model")) {
     if (!b["model"].is_string()) bad("model", "'model' must be a string");
@@ -85,6 +140,7 @@ void parse_common(const json& b, CommonParams& p, bool chat) {
   if (present(b, "seed"))
     p.sampling.seed = uint64_t(integer(b, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()));
   if (present(b, "ignore_eos")) p.ignore_eos = boolean(b, "ignore_eos");
+  if (present(b, "logit_bias")) p.sampling.logit_bias = parse_logit_bias(b["logit_bias"]);
   if (present(b, "user")) {
     if (!b["user"].is_string()) bad("user", "'user' must be a string");
     p.user = b["user"].get<std::string>();
@@ -178,6 +234,16 @@ json normalise_messages(const json& msgs) {
       if (!m["name"].is_string()) bad(param + ".name", "'name' must be a string");
       n["name"] = m["name"];
     }
+    if (present(m, "prefix")) {  // DeepSeek's assistant prefill: only on the last message, an assistant one
+      if (!boolean(m, "prefix")) {
+        // "prefix": false is the default: nothing to do
+      } else if (role != "assistant" || i + 1 != msgs.size() || n["content"].is_null())
+        bad(param + ".prefix", "'prefix': true is allowed only on the last message, an assistant message with content");
+      else
+        n["prefix"] = true;
+    }
+    // An assistant turn with tool calls and empty text: the templates write the calls only when content is null.
+    if (has_tool_calls && n["content"].is_string() && n["content"].get<std::string>().empty()) n["content"] = nullptr;
     out.push_back(std::move(n));
   }
   return out;
@@ -237,14 +303,37 @@ json parse_json_body(std::string_view body) {
 ChatRequest parse_chat_request(std::string_view body) {
   const json b = parse_json_body(body);
   ChatRequest r;
+  check_fields(b, kChatFields);
   parse_common(b, r, true);
   if (!b.contains("messages")) bad("messages", "'messages' is required");
   r.messages = normalise_messages(b["messages"]);
-  if (present(b, "tools")) {
-    if (!b["tools"].is_array()) bad("tools", "'tools' must be an array");
-    r.tools = b["tools"];
+  r.assistant_prefix = r.messages.back().value("prefix", false);
+  if (present(b, "tools")) r.tools = validate_tools(b["tools"]);
+  r.tool_choice = parse_tool_choice(b.contains("tool_choice") ? &b["tool_choice"] : nullptr, r.tools);
+  if (present(b, "parallel_tool_calls")) r.parallel_tool_calls = boolean(b, "parallel_tool_calls");
+  if (r.tool_choice.mode == ToolChoice::Mode::required || r.tool_choice.mode == ToolChoice::Mode::named) {
+    // Forced calls are generated by the grammar engine: their schemas must compile (unsupported keywords: a 400).
+    for (size_t i = 0; i < r.tools.size(); ++i) {
+      const json& f = r.tools[i]["function"];
+      if (r.tool_choice.mode == ToolChoice::Mode::named && f["name"] != r.tool_choice.name) continue;
+      try {
+        const grammar::SchemaOptions o{.strict = f.value("strict", false)};
+        r.forced_tools.emplace_back(f["name"].get<std::string>(),
+                                    std::make_shared<const grammar::Schema>(grammar::Schema::compile(f["parameters"], o)));
+      } catch (const Error& e) {
+        bad("tools[" + std::to_string(i) + "].function.parameters",
+            "The parameter schema of '" + f["name"].get<std::string>() + "' cannot be enforced for a forced call: " +
+                e.what());
+      }
+    }
   }
-  if (present(b, "response_format")) r.response_schema = parse_response_format(b["response_format"]);
+  if (r.assistant_prefix && (r.tool_choice.mode == ToolChoice::Mode::required || r.tool_choice.mode == ToolChoice::Mode::named))
+    bad("tool_choice", "a forced tool call cannot continue an assistant prefix ('prefix': true)");
+  if (present(b, "response_format")) {
+    r.response_schema = parse_response_format(b["response_format"]);
+    if (r.response_schema && (r.tool_choice.mode == ToolChoice::Mode::required || r.tool_choice.mode == ToolChoice::Mode::named))
+      bad("response_format", "'response_format' cannot be combined with a forced tool call ('tool_choice')");
+  }
   if (present(b, "chat_template_kwargs")) {
     if (!b["chat_template_kwargs"].is_object()) bad("chat_template_kwargs", "'chat_template_kwargs' must be an object");
     r.chat_template_kwargs = b["chat_template_kwargs"];
@@ -255,6 +344,10 @@ ChatRequest parse_chat_request(std::string_view body) {
 CompletionRequest parse_completion_request(std::string_view body) {
   const json b = parse_json_body(body);
   CompletionRequest r;
+  check_fields(b, kCompletionFields);
+  if (present(b, "best_of") && !(b["best_of"].is_number_integer() && b["best_of"] == 1))
+    throw ApiError(400, "'best_of' is not supported (only 1, the default); send 'n' for several completions", "best_of",
+                   "unsupported_parameter");
   parse_common(b, r, false);
   if (!r.max_tokens) r.max_tokens = 16;  // OpenAI's default for /v1/completions
   if (!b.contains("prompt") || b["prompt"].is_null()) bad("prompt", "'prompt' is required");
@@ -281,6 +374,43 @@ CompletionRequest parse_completion_request(std::string_view body) {
   }
   if (r.prompt_text && r.prompt_text->empty()) bad("prompt", "'prompt' must not be empty");
   if (present(b, "echo")) r.echo = boolean(b, "echo");
+  if (present(b, "suffix")) {
+    if (!b["suffix"].is_string()) bad("suffix", "'suffix' must be a string");
+    if (!r.prompt_text) bad("suffix", "'suffix' needs the prompt as text (fill-in-the-middle)");
+    if (r.echo) bad("suffix", "'suffix' cannot be combined with 'echo'");
+    r.suffix = b["suffix"].get<std::string>();
+  }
+  return r;
+}
+
+TokenizeRequest parse_tokenize_request(std::string_view body) {
+  const json b = parse_json_body(body);
+  check_fields(b, {"model", "prompt", "add_special_tokens"}, false);
+  TokenizeRequest r;
+  if (present(b, "model")) {
+    if (!b["model"].is_string()) bad("model", "'model' must be a string");
+    r.model = b["model"].get<std::string>();
+  }
+  if (!present(b, "prompt") || !b["prompt"].is_string()) bad("prompt", "'prompt' must be a string");
+  r.prompt = b["prompt"].get<std::string>();
+  if (present(b, "add_special_tokens")) r.add_special_tokens = boolean(b, "add_special_tokens");
+  return r;
+}
+
+DetokenizeRequest parse_detokenize_request(std::string_view body) {
+  const json b = parse_json_body(body);
+  check_fields(b, {"model", "tokens"}, false);
+  DetokenizeRequest r;
+  if (present(b, "model")) {
+    if (!b["model"].is_string()) bad("model", "'model' must be a string");
+    r.model = b["model"].get<std::string>();
+  }
+  if (!present(b, "tokens") || !b["tokens"].is_array()) bad("tokens", "'tokens' must be an array of token ids");
+  for (const auto& t : b["tokens"]) {
+    if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() > std::numeric_limits<int32_t>::max())
+      bad("tokens", "'tokens' must be an array of non-negative integer token ids");
+    r.tokens.push_back(int32_t(t.get<int64_t>()));
+  }
   return r;
 }
 

@@ -13,6 +13,7 @@
 
 #include "engine/grammar/schema.h"
 #include "engine/sampler.h"
+#include "server/tools.h"
 
 namespace moe::server {
 
@@ -43,13 +44,21 @@ struct CommonParams {
 
 struct ChatRequest : CommonParams {
   nlohmann::json messages;  // normalised: array of {"role", "content": string|null, ...}
-  nlohmann::json tools;     // null or array
+  nlohmann::json tools;     // null or the validated array (tools.h)
+  ToolChoice tool_choice;   // auto when tools are given, none otherwise
+  bool parallel_tool_calls = true;
+  // tool_choice required / named: the functions the reply must call one of, with their compiled parameter schemas.
+  std::vector<std::pair<std::string, std::shared_ptr<const grammar::Schema>>> forced_tools;
+  // The last message is an assistant message with "prefix": true (DeepSeek's prefill): its content is
+  // continued, not answered; it stays in `messages`.
+  bool assistant_prefix = false;
   nlohmann::json chat_template_kwargs = nlohmann::json::object();
 };
 
 struct CompletionRequest : CommonParams {
   std::optional<std::string> prompt_text;
   std::vector<int32_t> prompt_tokens;  // when the prompt is given as token ids
+  std::optional<std::string> suffix;   // fill-in-the-middle: the text after the hole (prompt_text only)
   bool echo = false;
 };
 
@@ -60,7 +69,22 @@ struct FeedbackRequest {
   std::string model, comment;
 };
 
+// Strict requests: a top-level field that is neither implemented nor on the documented accepted-and-ignored list
+// (`user`, `metadata`, `store`, `service_tier`; see docs/server.md) is a 400 naming it, code "unknown_parameter".
+// POST /tokenize (vLLM's shape): {"model"?, "prompt": text, "add_special_tokens"?: bool (default true)}.
+struct TokenizeRequest {
+  std::string model, prompt;
+  bool add_special_tokens = true;
+};
+// POST /detokenize: {"model"?, "tokens": [ids]}.
+struct DetokenizeRequest {
+  std::string model;
+  std::vector<int32_t> tokens;
+};
+
 nlohmann::json parse_json_body(std::string_view body);  // 400 on malformed JSON or invalid UTF-8
+TokenizeRequest parse_tokenize_request(std::string_view body);
+DetokenizeRequest parse_detokenize_request(std::string_view body);
 ChatRequest parse_chat_request(std::string_view body);
 CompletionRequest parse_completion_request(std::string_view body);
 FeedbackRequest parse_feedback_request(std::string_view body);

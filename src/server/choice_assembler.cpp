@@ -11,7 +11,14 @@ ChoiceAssembler::ChoiceAssembler(const Tokenizer& tok, int32_t index, ChoiceOpti
     : tok_(tok),
       index_(index),
       opt_(std::move(options)),
-      parser_(opt_.chat && opt_.reasoning, opt_.in_reasoning) {}
+      parser_(opt_.chat && opt_.reasoning, opt_.in_reasoning),
+      tool_parser_(opt_.tool_format, opt_.tool_call_id_prefix + std::to_string(index) + "_") {}
+
+std::vector<ToolCall> ChoiceAssembler::tool_calls() const {
+  std::vector<ToolCall> calls = tool_parser_.calls();
+  if (!opt_.parallel_tool_calls && calls.size() > 1) calls.resize(1);
+  return calls;
+}
 
 ChoiceAssembler::Delta ChoiceAssembler::feed(const GenerationEvent& e) {
   Delta d;
@@ -22,7 +29,18 @@ ChoiceAssembler::Delta ChoiceAssembler::feed(const GenerationEvent& e) {
     r.content += f.content;
     r.reasoning += f.reasoning;
   }
-  // Content stage: tool-call parsing and structured output go here (see the header).
+  // Content stage: tool calls move out of content (structured output plugs in here too; see the header).
+  if (opt_.chat && opt_.tools) {
+    auto t = tool_parser_.feed(r.content);
+    if (e.finish != FinishReason::none) {
+      auto f = tool_parser_.flush();
+      t.content += f.content;
+      t.calls.insert(t.calls.end(), f.calls.begin(), f.calls.end());
+    }
+    r.content = std::move(t.content);
+    for (auto& c : t.calls)
+      if (opt_.parallel_tool_calls || c.index == 0) d.tool_calls.push_back(std::move(c));
+  }
   d.reasoning = std::move(r.reasoning);
   d.content = std::move(r.content);
   d.logprobs = e.logprobs;
@@ -46,7 +64,8 @@ ApiError ChoiceAssembler::failure() const {
 
 json ChoiceAssembler::finish_json(FinishReason r) const {
   if (r == FinishReason::none) return nullptr;
-  return r == FinishReason::length ? "length" : "stop";
+  if (r == FinishReason::length) return "length";
+  return tool_parser_.calls().empty() ? "stop" : "tool_calls";
 }
 
 json ChoiceAssembler::chat_logprobs(const std::vector<TokenLogprob>& lps) const {
@@ -97,6 +116,19 @@ json ChoiceAssembler::chunk_choice(const Delta& d) const {
     json delta = json::object();
     if (!d.reasoning.empty()) delta["reasoning_content"] = d.reasoning;
     if (!d.content.empty()) delta["content"] = d.content;
+    if (!d.tool_calls.empty()) {
+      json calls = json::array();
+      for (const auto& c : d.tool_calls) {
+        json j = {{"index", c.index}, {"function", {{"arguments", c.arguments}}}};
+        if (!c.id.empty()) {  // a call's first delta: id, type and name
+          j["id"] = c.id;
+          j["type"] = "function";
+          j["function"]["name"] = c.name;
+        }
+        calls.push_back(std::move(j));
+      }
+      delta["tool_calls"] = std::move(calls);
+    }
     json lp = opt_.logprobs && !d.logprobs.empty() ? chat_logprobs(d.logprobs) : json(nullptr);
     if (delta.empty() && lp.is_null() && d.finish == FinishReason::none) return nullptr;
     return {{"index", index_}, {"delta", delta}, {"logprobs", lp}, {"finish_reason", finish_json(d.finish)}};
@@ -112,6 +144,13 @@ json ChoiceAssembler::chunk_choice(const Delta& d) const {
 json ChoiceAssembler::message_choice() const {
   if (opt_.chat) {
     json msg = {{"role", "assistant"}, {"content", content_}};
+    if (const auto calls = tool_calls(); !calls.empty()) {
+      msg["tool_calls"] = json::array();
+      for (const auto& c : calls)
+        msg["tool_calls"].push_back(
+            {{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+      if (content_.empty()) msg["content"] = nullptr;  // as OpenAI answers a turn of calls only
+    }
     // null when the model never reasoned; "" when the prompt opened <think> and it closed it at once.
     if (opt_.reasoning)
       msg["reasoning_content"] = reasoning_.empty() && !opt_.in_reasoning ? json(nullptr) : json(reasoning_);

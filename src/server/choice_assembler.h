@@ -24,6 +24,7 @@
 #include "engine/scheduler.h"
 #include "server/api.h"
 #include "server/reasoning.h"
+#include "server/tool_call_parser.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moe::server {
@@ -34,6 +35,10 @@ struct ChoiceOptions {
   bool reasoning = false;     // split reasoning_content off (chat, reasoning template or --reasoning on)
   bool in_reasoning = false;  // the rendered prompt opened <think>: the reply starts inside reasoning
   std::string echo;           // completions with echo: the prompt text that precedes the choice's text
+  bool tools = false;         // parse DeepSeek tool-call markup out of content into tool_calls (chat with tools)
+  ToolCallFormat tool_format = ToolCallFormat::v3;
+  bool parallel_tool_calls = true;  // false: only the first call is reported
+  std::string tool_call_id_prefix = "call_";  // + choice index + "_" + call index
 };
 
 class ChoiceAssembler {
@@ -43,6 +48,7 @@ class ChoiceAssembler {
 
   struct Delta {
     std::string reasoning, content;
+    std::vector<ToolCallDelta> tool_calls;
     std::vector<TokenLogprob> logprobs;  // one per token of the event (when requested)
     FinishReason finish = FinishReason::none;
   };
@@ -55,6 +61,7 @@ class ChoiceAssembler {
   FinishReason finish_reason() const { return finish_; }
   const std::string& content() const { return content_; }
   const std::string& reasoning() const { return reasoning_; }
+  std::vector<ToolCall> tool_calls() const;  // the calls reported (parallel_tool_calls false: at most one)
   const std::vector<TokenLogprob>& logprobs() const { return logprobs_; }
   int32_t completion_tokens() const { return completion_tokens_; }
   ApiError failure() const;  // the 500 a failed choice answers with
@@ -75,6 +82,7 @@ class ChoiceAssembler {
   int32_t index_;
   ChoiceOptions opt_;
   ReasoningParser parser_;
+  ToolCallParser tool_parser_;
   std::string content_, reasoning_, error_;
   std::vector<TokenLogprob> logprobs_;
   FinishReason finish_ = FinishReason::none;

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <cctype>
 #include <map>
@@ -23,6 +24,9 @@
 #include "server/http_body.h"
 #include "server/host_check.h"
 #include "server/http_connection.h"
+#include "server/messages_api.h"
+#include "server/responses_api.h"
+#include "server/tool_constraint.h"
 #include "server/web_assets.h"
 #include "tokenizer/chat_template.h"
 
@@ -81,6 +85,9 @@ struct Server::Impl {
   HttpServer http{size_t(opt.http_threads)};
   int64_t created = unix_now();
   bool reasoning_template = false;
+  ToolCallFormat tool_format = ToolCallFormat::v3;
+  bool template_tools = false;  // the chat template renders `tools` itself
+  ToolCallMarkers tool_markers;  // the tool-call markers' token ids, for forced calls
 
   mutable std::mutex metrics_mu;
   std::map<std::pair<std::string, int>, uint64_t> http_requests;  // (path, status) -> count
@@ -99,7 +106,13 @@ struct Server::Impl {
 
   Impl(Scheduler& s, const Tokenizer& t, FeedbackStore* f, ServerOptions o)
       : sched(s), tok(t), feedback(f), opt(std::move(o)), hosts{opt.host, opt.allowed_hosts, !opt.api_key.empty()} {
-    if (tok.has_chat_template()) reasoning_template = template_supports_reasoning(tok.chat_template().source());
+    if (tok.has_chat_template()) {
+      const std::string& src = tok.chat_template().source();
+      reasoning_template = template_supports_reasoning(src);
+      tool_format = tool_call_format(src);
+      template_tools = template_renders_tools(src);
+    }
+    tool_markers = tool_call_markers(tok);
   }
 
   // ---- shared request plumbing ----
@@ -109,6 +122,8 @@ struct Server::Impl {
     std::string prompt_text;
     int32_t max_tokens = 0;
     bool reasoning_enabled = false, in_reasoning = false;
+    bool tools = false;  // parse tool calls out of the reply
+    std::function<std::shared_ptr<TokenConstraint>()> constraint;  // one per choice: each keeps its own state
   };
 
   void check_model(const std::string& model) const {
@@ -143,35 +158,70 @@ struct Server::Impl {
       if (cache_room >= 1) p.max_tokens = int32_t(std::min<int64_t>(p.max_tokens, cache_room));
     }
     const int64_t vocab = sched.model_config().vocab_size;
+    for (const auto& [id, bias] : c.sampling.logit_bias)
+      if (id >= vocab)
+        throw ApiError(400, fmt::format("logit_bias names token {}, outside the vocabulary (0..{})", id, vocab - 1),
+                       "logit_bias");
     for (int32_t t : p.prompt)
       if (t < 0 || t >= vocab)
         throw ApiError(400, fmt::format("Token id {} is outside the vocabulary (0..{})", t, vocab - 1), "prompt");
   }
 
-  Prepared prepare_chat(const ChatRequest& r) const {
+  Prepared prepare_chat(const ChatRequest& r) {
     check_model(r.model);
     if (!tok.has_chat_template()) throw ApiError(400, "This model has no chat template; use /v1/completions");
     json extra = r.chat_template_kwargs;
-    if (!r.tools.is_null()) extra["tools"] = r.tools;
     Prepared p;
+    p.tools = r.tool_choice.mode != ToolChoice::Mode::none;
+    json messages = r.messages;
+    if (p.tools) {  // the template describes the tools, or the system prompt does
+      if (template_tools) extra["tools"] = r.tools;
+      else messages = messages_with_tools(std::move(messages), r.tools, tool_format);
+    }
+    json prefill;  // DeepSeek's assistant prefix: render the turns before it, then continue its text
+    if (r.assistant_prefix) {
+      prefill = messages.back();
+      messages.erase(messages.size() - 1);
+    }
     try {
-      p.prompt_text = tok.chat_template().render(r.messages, true, extra);
+      p.prompt_text = tok.chat_template().render(messages, true, extra);
     } catch (const std::exception& e) {
       throw ApiError(400, std::string("The chat template could not render these messages: ") + e.what(), "messages");
     }
+    if (r.assistant_prefix) p.prompt_text += prefill["content"].get<std::string>();
     p.prompt = tok.encode(p.prompt_text, false);
     finish_prepare(p, r);
     // A constrained reply (response_format) is the JSON from its first token: all content, never split.
     p.reasoning_enabled = !r.response_schema && (opt.reasoning == ReasoningMode::on ||
                                                  (opt.reasoning == ReasoningMode::auto_detect && reasoning_template));
     p.in_reasoning = p.reasoning_enabled && prompt_opens_reasoning(p.prompt_text);
+    if (r.tool_choice.mode == ToolChoice::Mode::required || r.tool_choice.mode == ToolChoice::Mode::named) {
+      p.constraint = [this, fns = r.forced_tools] {
+        return make_tool_call_constraint(grammar_vocab(), fns, tool_format, tool_markers);
+      };
+      p.in_reasoning = false;  // the reply starts with the forced call
+    }
     return p;
+  }
+
+  // DeepSeek's fill-in-the-middle prompt (prefix-suffix-middle): <｜fim▁begin｜>PREFIX<｜fim▁hole｜>SUFFIX<｜fim▁end｜>,
+  // the markers checked against the tokenizer's added tokens.
+  std::string fim_prompt(const std::string& prefix, const std::string& suffix) const {
+    static constexpr const char* kFim[] = {"<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"};
+    for (const char* m : kFim)
+      if (tok.token_id(m) < 0)
+        throw ApiError(400, fmt::format("'suffix' needs the model's fill-in-the-middle tokens; its tokenizer has no {}", m),
+                       "suffix");
+    return std::string(kFim[0]) + prefix + kFim[1] + suffix + kFim[2];
   }
 
   Prepared prepare_completion(const CompletionRequest& r) const {
     check_model(r.model);
     Prepared p;
-    if (r.prompt_text) {
+    if (r.prompt_text && r.suffix) {
+      p.prompt_text = fim_prompt(*r.prompt_text, *r.suffix);
+      p.prompt = tok.encode(p.prompt_text, true);
+    } else if (r.prompt_text) {
       p.prompt_text = *r.prompt_text;
       p.prompt = tok.encode(p.prompt_text, true);
     } else {
@@ -204,9 +254,12 @@ struct Server::Impl {
         g.stop = c.stop;
         g.ignore_eos = c.ignore_eos || opt.ignore_eos;
         g.top_logprobs = c.top_logprobs;
-        if (c.response_schema)  // one constraint per choice: each follows its own tokens
+        if (p.constraint) {  // a forced tool call
+          g.constraint = p.constraint();
+        } else if (c.response_schema) {  // one constraint per choice: each follows its own tokens
           g.constraint = std::make_shared<grammar::GrammarConstraint>(
               grammar_vocab(), std::vector<grammar::Piece>{grammar::Piece::value(*c.response_schema)}, tok.eos_id());
+        }
         job.handles.push_back(sched.submit(std::move(g), job.sink, i));
       }
     } catch (const Error& e) {
@@ -235,6 +288,10 @@ struct Server::Impl {
                       int32_t(p.prompt.size())};
     ChoiceOptions choice{chat, c.top_logprobs >= 0, chat && p.reasoning_enabled, chat && p.in_reasoning,
                          (!chat && treq.echo) ? p.prompt_text : std::string()};
+    choice.tools = chat && p.tools;
+    choice.tool_format = tool_format;
+    choice.parallel_tool_calls = !chat || creq.parallel_tool_calls;
+    choice.tool_call_id_prefix = "call_" + info.id.substr(info.id.size() - 8) + "_";
     auto out = std::make_shared<ResponseAssembler>(tok, std::move(info), c.n, choice);
     AccessRecord& rec = current_access_record();
     rec.prompt_tokens = int64_t(p.prompt.size());
@@ -247,24 +304,141 @@ struct Server::Impl {
     if (!c.stream) {
       // Waiting for the whole answer: a client that goes away, or a server that stops, cancels the request at once
       // (its pages are freed before the next step), so nobody's abandoned request runs on and holds the cache.
-      const int sock = HttpServer::current_socket();
-      while (!out->done()) {
-        for (auto& e : job->sink->pop(std::chrono::milliseconds(100))) out->feed(e);
-        if (out->done()) break;
-        if (http.stopping()) {
-          job->cancel_all();
-          throw ApiError(503, "The server is shutting down", "", "server_shutting_down", "server_error");
-        }
-        if (sock >= 0 && client_gone(sock)) {
-          job->cancel_all();
-          res.status = 499;  // nobody reads it: counted in moe_http_requests_total as the client's close
-          return;
-        }
-      }
+      if (!wait_whole(*job, [&](const GenerationEvent& e) { out->feed(e); }, [&] { return out->done(); }, res)) return;
       res.set_content(to_text(out->response()), "application/json");
     } else {
       stream_response(res, job, out);
     }
+  }
+
+  // Feeds a job's events until done(); false when the client went away (499 set). Throws the 503 of a stopping server.
+  template <class Feed, class Done>
+  bool wait_whole(Job& job, Feed feed, Done done, httplib::Response& res) {
+    const int sock = HttpServer::current_socket();
+    while (!done()) {
+      for (auto& e : job.sink->pop(std::chrono::milliseconds(100))) feed(e);
+      if (done()) break;
+      if (http.stopping()) {
+        job.cancel_all();
+        throw ApiError(503, "The server is shutting down", "", "server_shutting_down", "server_error");
+      }
+      if (sock >= 0 && client_gone(sock)) {
+        job.cancel_all();
+        res.status = 499;  // nobody reads it: counted in moe_http_requests_total as the client's close
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // ---- Anthropic Messages API (messages_api.h) ----
+
+  void handle_messages(const std::string& body, httplib::Response& res) {
+    try {
+      MessagesRequest m = parse_messages_request(body);
+      const Prepared p = prepare_chat(m.chat);
+      auto job = std::make_shared<Job>(submit(p, m.chat));
+      ChoiceOptions choice{true, false, p.reasoning_enabled, p.in_reasoning, ""};
+      choice.tools = p.tools;
+      choice.tool_format = tool_format;
+      choice.parallel_tool_calls = m.chat.parallel_tool_calls;
+      const std::string id = random_id("msg_");
+      choice.tool_call_id_prefix = "toolu_" + id.substr(id.size() - 8) + "_";
+      auto out = std::make_shared<MessagesAssembler>(tok, id, opt.model_name, int32_t(p.prompt.size()), choice);
+      if (m.chat.stream)
+        return stream_events(res, job, out, "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+                             [](const ApiError& e) { return anthropic_error(e); });
+      if (!wait_whole(*job, [&](const GenerationEvent& e) { out->feed(e); }, [&] { return out->done(); }, res)) return;
+      if (out->failed()) throw out->failure();
+      res.set_content(to_text(out->message()), "application/json");
+    } catch (const ApiError& e) {
+      res.status = e.status;
+      res.set_content(to_text(anthropic_error(e)), "application/json");
+    } catch (const Error& e) {
+      res.status = 400;
+      res.set_content(to_text(anthropic_error(ApiError(400, e.what()))), "application/json");
+    }
+  }
+
+  // An event stream of named events ("event: NAME" and "data: JSON", Anthropic's and the Responses API's shape):
+  // the assembler's start() events, then each generation event's; `keep_alive` is written after a second without
+  // events (finds clients gone while queued); a failure sends fail(error) as the "error" event and ends the stream.
+  template <class Assembler, class Fail>
+  void stream_events(httplib::Response& res, std::shared_ptr<Job> job, std::shared_ptr<Assembler> out,
+                     std::string keep_alive, Fail fail) {
+    struct State {
+      bool started = false, ended = false;
+      Clock::time_point last_write = Clock::now();
+    };
+    auto st = std::make_shared<State>();
+    open_streams++;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, st, job, out, keep_alive, fail](size_t, httplib::DataSink& sink) -> bool {
+          if (http.stopping() || st->ended) return false;
+          auto write = [&](const std::string& name, const json& data) {
+            const std::string s = "event: " + name + "\ndata: " + to_text(data) + "\n\n";
+            st->last_write = Clock::now();
+            return sink.write(s.data(), s.size());
+          };
+          if (!st->started) {
+            st->started = true;
+            for (const auto& ev : out->start())
+              if (!write(ev.name, ev.data)) return false;
+          }
+          auto events = job->sink->pop(std::chrono::milliseconds(100));
+          if (events.empty() && Clock::now() - st->last_write > std::chrono::seconds(1)) {
+            st->last_write = Clock::now();
+            if (!sink.write(keep_alive.data(), keep_alive.size())) return false;
+          }
+          for (auto& e : events) {
+            for (const auto& ev : out->feed(e))
+              if (!write(ev.name, ev.data)) return false;
+            if (out->failed()) {
+              write("error", fail(out->failure()));
+              job->cancel_all();
+              st->ended = true;
+              sink.done();
+              return true;
+            }
+          }
+          if (out->done()) {
+            st->ended = true;
+            sink.done();
+          }
+          return true;
+        },
+        [this, job](bool) {
+          job->cancel_all();
+          open_streams--;
+        });
+  }
+
+  // ---- OpenAI Responses API (responses_api.h) ----
+
+  void handle_responses(const std::string& body, httplib::Response& res) {
+    ResponsesRequest r = parse_responses_request(body);
+    const Prepared p = prepare_chat(r.chat);
+    auto job = std::make_shared<Job>(submit(p, r.chat));
+    ChoiceOptions choice{true, false, p.reasoning_enabled, p.in_reasoning, ""};
+    choice.tools = p.tools;
+    choice.tool_format = tool_format;
+    choice.parallel_tool_calls = r.chat.parallel_tool_calls;
+    const std::string id = random_id("resp_");
+    choice.tool_call_id_prefix = "call_" + id.substr(id.size() - 8) + "_";
+    auto out = std::make_shared<ResponsesAssembler>(tok, id, opt.model_name, unix_now(), int32_t(p.prompt.size()),
+                                                    r.echo, choice);
+    if (r.chat.stream)
+      return stream_events(res, job, out, ": keep-alive\n\n", [](const ApiError& e) {
+        json j = e.to_json()["error"];
+        j["type"] = "error";
+        return j;
+      });
+    if (!wait_whole(*job, [&](const GenerationEvent& e) { out->feed(e); }, [&] { return out->done(); }, res)) return;
+    if (out->failed()) throw out->failure();
+    res.set_content(to_text(out->response()), "application/json");
   }
 
   // Server-sent events exactly as OpenAI sends them: each event's chunk as it comes, keep-alive comments while
@@ -355,7 +529,7 @@ struct Server::Impl {
         res.set_header("Vary", "Origin");
         if (req.method == "OPTIONS") {
           res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
-          res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+          res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, x-api-key, anthropic-version");
           res.set_header("Access-Control-Max-Age", "600");
         }
       }
@@ -397,10 +571,13 @@ struct Server::Impl {
         res.status = 204;
         return httplib::Server::HandlerResponse::Handled;
       }
-      if (opt.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
-      if (authorized(req.get_header_value("Authorization"), opt.api_key))
+      const bool keyed_path = req.path.rfind("/v1/", 0) == 0 || req.path == "/tokenize" || req.path == "/detokenize";
+      if (opt.api_key.empty() || !keyed_path) return httplib::Server::HandlerResponse::Unhandled;
+      // Bearer, or Anthropic's x-api-key header (its clients send that).
+      if (authorized(req.get_header_value("Authorization"), opt.api_key) ||
+          (req.has_header("x-api-key") && authorized("Bearer " + req.get_header_value("x-api-key"), opt.api_key)))
         return httplib::Server::HandlerResponse::Unhandled;
-      const bool missing = !req.has_header("Authorization");
+      const bool missing = !req.has_header("Authorization") && !req.has_header("x-api-key");
       // The body is left unread: the connection closes, or the body would be read as the next request.
       send_error_and_close(res, ApiError(401,
                                missing ? "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
@@ -502,6 +679,24 @@ struct Server::Impl {
 
     post("/v1/chat/completions", [this](const std::string& body, auto& res) { handle_generation(body, res, true); });
     post("/v1/completions", [this](const std::string& body, auto& res) { handle_generation(body, res, false); });
+    post("/v1/messages", [this](const std::string& body, auto& res) { handle_messages(body, res); });
+    post("/v1/responses", [this](const std::string& body, auto& res) { handle_responses(body, res); });
+    post("/tokenize", [this](const std::string& body, auto& res) {
+      const TokenizeRequest r = parse_tokenize_request(body);
+      check_model(r.model);
+      const auto ids = tok.encode(r.prompt, r.add_special_tokens);
+      res.set_content(to_text({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", sched.max_context()}}),
+                      "application/json");
+    });
+    post("/detokenize", [this](const std::string& body, auto& res) {
+      const DetokenizeRequest r = parse_detokenize_request(body);
+      check_model(r.model);
+      const int64_t vocab = sched.model_config().vocab_size;
+      for (int32_t t : r.tokens)
+        if (t >= vocab || t >= tok.vocab_size())
+          throw ApiError(400, fmt::format("Token id {} is outside the vocabulary (0..{})", t, vocab - 1), "tokens");
+      res.set_content(to_text({{"prompt", tok.decode(r.tokens, false)}}), "application/json");
+    });
     http.Get("/v1/models", guarded([this](const auto&, auto& res) {
       json m = {{"id", opt.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "moe.cpp"},
                 {"max_model_len", sched.max_context()}};

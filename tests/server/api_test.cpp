@@ -45,9 +45,9 @@ TEST(Api, DeeplyNestedBodiesAreRefusedBeforeParsing) {
         [&] { parse_feedback_request(R"({"answer": "a", "rating": 1, "conversation": )" + d + "}"); },
         "feedback");
   }
-  // Within the limit: a tools schema nested 100 levels deep is fine.
-  const std::string ok = R"({"messages": )" + hi + R"(, "tools": )" + deep(100) + "}";
-  EXPECT_EQ(parse_chat_request(ok).tools.size(), 1u);
+  // Within the limit: template arguments nested 100 levels deep are fine.
+  const std::string ok = R"({"messages": )" + hi + R"(, "chat_template_kwargs": {"x": )" + deep(100) + "}}";
+  EXPECT_EQ(parse_chat_request(ok).chat_template_kwargs["x"].size(), 1u);
   // Brackets inside strings do not count.
   EXPECT_NO_THROW(parse_chat_request(R"({"messages": [{"role": "user", "content": ")" +
                                      std::string(1000, '[') + R"("}]})"));

@@ -325,7 +325,7 @@ TEST(Scheduler, ConstraintDecidesTheTokensAndTheEnd) {
   sched.submit(r, sink, 1);
   auto results = collect(*sink, 2);
   EXPECT_EQ(results[0].tokens, script);
-  EXPECT_EQ(results[0].finish, FinishReason::stop);
+  EXPECT_EQ(results[0].finish, FinishReason::stop) << results[0].error;
   EXPECT_TRUE(results[1].tokens.empty());
   EXPECT_EQ(results[1].finish, FinishReason::error);
 }

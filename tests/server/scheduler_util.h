@@ -34,6 +34,7 @@ struct Result {
   FinishReason finish = FinishReason::none;
   std::vector<TokenLogprob> logprobs;
   int32_t cached_tokens = -1;  // as the last event reported it
+  std::string error;           // the final event's error, if any
 };
 
 // Collects every request of `sink` (indices 0..n-1) until each has finished.
@@ -51,6 +52,7 @@ inline std::vector<Result> collect(EventSink& sink, size_t n) {
       r.cached_tokens = e.cached_tokens;
       if (e.finish != FinishReason::none) {
         r.finish = e.finish;
+        r.error = e.error;
         ++done;
       }
     }
