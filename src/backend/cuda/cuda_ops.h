@@ -48,6 +48,33 @@ void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s, uint1
 // Any weight (BF16/F16/F32/FP8+scales) to dense BF16 [rows, cols] (with lo: the rounding remainder too).
 void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t* lo = nullptr);
 
+// ---- fp8_quant.cu: activations to E4M3 for the FP8 x FP8 GEMMs (gemm_fp8.h) ---------------------------
+// q[i, k] = e4m3(x[src(i), k] / scale(i, k / 128)), scale = amax of the 1x128 tile / 448 (1 for an all-zero
+// tile), saturating; src(i) = rows ? rows[i] / row_div : i. Scales go, per segment s of rows
+// [seg_offs[s], seg_offs[s + 1]) (one segment of M rows when seg_offs is null, sbase 0), to
+// scales[seg_sbase[s] + kb * m_s + (i - seg_offs[s])]: cuBLASLt's VEC128_32F layout for each segment's GEMM.
+constexpr float kE4M3MaxDevice = 448.0f;
+struct Fp8QuantParams {
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  const int32_t* rows = nullptr;
+  int32_t row_div = 1;
+  int64_t M = 0, K = 0;
+  uint8_t* q = nullptr;
+  int64_t ldq = 0;
+  float* scales = nullptr;
+  const int32_t* seg_offs = nullptr;   // [nseg + 1]
+  const int32_t* seg_sbase = nullptr;  // [nseg]
+  int32_t nseg = 0;
+};
+void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s);
+// A [rows, cols] scale grid re-laid with ld columns (zeros after cols): cuBLASLt wants the 128x128 grid's
+// leading dimension a multiple of 4. The table form reads matrix e from table[e * stride + slot], e < count,
+// writing out + e * rows * ld.
+void pad_scales(const float* in, int32_t rows, int32_t cols, int32_t ld, float* out, cudaStream_t s);
+void pad_scales_table(const void* const* table, int32_t slot, int32_t stride, int32_t count, int32_t rows,
+                      int32_t cols, int32_t ld, float* out, cudaStream_t s);
+
 // ---- rms_norm.cu ---------------------------------------------------------------------------------------
 void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out, cudaStream_t s);
 // h += y (in place), then out = rms_norm(h) * w, in one pass over each row.

@@ -1,0 +1,98 @@
+// cuBLASLt block-scaled FP8 GEMMs (see gemm_fp8.h for the operands' layouts).
+#include "backend/cuda/gemm_fp8.h"
+
+#include "backend/cuda/cuda_ops.h"
+#include "core/error.h"
+
+namespace moe::cuda {
+
+namespace {
+
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // cuBLAS's recommendation for Hopper
+
+void lt_check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLASLt error {} in {}", int(s), what);
+}
+
+}  // namespace
+
+// Descriptors of one shape, made once: the scale pointers are set per call (they are attributes of the
+// operation descriptor, which is cheap to update).
+struct Fp8Gemm::Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool found = false;
+  ~Plan() {
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+Fp8Gemm::Fp8Gemm(cudaStream_t stream) : stream_(stream) {
+  lt_check(cublasLtCreate(&lt_), "cublasLtCreate");
+  check(cudaMalloc(&workspace_, kWorkspaceBytes), "cudaMalloc (cuBLASLt workspace)");
+}
+
+Fp8Gemm::~Fp8Gemm() {
+  for (auto& [k, p] : plans_) delete p;
+  cudaFree(workspace_);
+  cublasLtDestroy(lt_);
+}
+
+Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, bool out_bf16, bool accumulate) {
+  const auto key = std::make_tuple(T, N, K, ldo, out_bf16, accumulate);
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return it->second;
+  auto* p = new Plan;
+  plans_[key] = p;
+  lt_check(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA");
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB");
+  const int32_t amode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, bmode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &amode, sizeof(amode)),
+           "A_SCALE_MODE");
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bmode, sizeof(bmode)),
+           "B_SCALE_MODE");
+  const cudaDataType_t dt = out_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  lt_check(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), K), "layout A");
+  lt_check(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(T), K), "layout B");
+  lt_check(cublasLtMatrixLayoutCreate(&p->d, dt, uint64_t(N), uint64_t(T), ldo), "layout D");
+  cublasLtMatmulPreference_t pref = nullptr;
+  lt_check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+  const uint64_t ws = kWorkspaceBytes;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulHeuristicResult_t res{};
+  int n = 0;
+  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt_, p->op, p->a, p->b, p->d, p->d, pref, 1, &res, &n);
+  cublasLtMatmulPreferenceDestroy(pref);
+  p->found = s == CUBLAS_STATUS_SUCCESS && n > 0;
+  if (p->found) p->algo = res.algo;
+  (void)accumulate;
+  return p;
+}
+
+bool Fp8Gemm::supported(int64_t T, int64_t N, int64_t K, bool out_bf16) {
+  return fp8_gemm_shape_ok(N, K) && plan_for(T, N, K, N, out_bf16, false)->found;
+}
+
+void Fp8Gemm::run(const Fp8GemmArgs& g) {
+  if (g.T == 0) return;
+  MOE_CHECK(fp8_gemm_shape_ok(g.N, g.K), "FP8 GEMM: N {} must be a multiple of 16 and K {} of 128", g.N, g.K);
+  Plan* p = plan_for(g.T, g.N, g.K, g.ldo, g.out_bf16, g.accumulate);
+  MOE_CHECK(p->found, "FP8 GEMM: cuBLASLt has no block-scaled algorithm for T {} N {} K {} ({} out)", g.T, g.N, g.K,
+            g.out_bf16 ? "BF16" : "F32");
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g.ws, sizeof(g.ws)),
+           "A_SCALE_POINTER");
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g.xs, sizeof(g.xs)),
+           "B_SCALE_POINTER");
+  const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
+  lt_check(cublasLtMatmul(lt_, p->op, &alpha, g.w, p->a, g.x, p->b, &beta, g.out, p->d, g.out, p->d, &p->algo,
+                          workspace_, kWorkspaceBytes, stream_),
+           "cublasLtMatmul (FP8 block-scaled)");
+}
+
+}  // namespace moe::cuda

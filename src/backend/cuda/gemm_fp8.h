@@ -1,0 +1,56 @@
+#pragma once
+// FP8 x FP8 GEMMs with DeepSeek-V3's fine-grained scales on cuBLASLt (Hopper, CUDA >= 12.9):
+//   out [T, N] = (xq [T, K] * xs) @ (wq [N, K] * ws)^T
+// xq: activations in E4M3 with one F32 scale per 1x128 tile (fp8_quant.cu, layout xs[kb * T + t]);
+// wq: the checkpoint's E4M3 weight with its 128x128 block scales `weight_scale_inv` [ceil(N/128), ld] row-major,
+// ld = ceil(K/128) rounded up to a multiple of 4 (pad_scales when the checkpoint's grid is narrower).
+// FP32 accumulation with the scales applied per 128-deep K block; output F32 (or BF16), row-major, ldo apart.
+// cuBLASLt's view: D^T [N, T] = op(A) B with A = wq seen K x N column-major (op T, scale mode BLK128x128_32F)
+// and B = xq^T as K x T (op N, VEC128_32F): the "TN" layout FP8 needs on Hopper.
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+namespace moe::cuda {
+
+struct Fp8GemmArgs {
+  const uint8_t* x = nullptr;   // [T, K], rows K apart
+  const float* xs = nullptr;    // [ceil(K/128), T]
+  const uint8_t* w = nullptr;   // [N, K]
+  const float* ws = nullptr;    // [ceil(N/128), round_up(ceil(K/128), 4)]
+  void* out = nullptr;          // [T, N] F32 (or BF16 with out_bf16), rows ldo apart
+  int64_t T = 0, N = 0, K = 0, ldo = 0;
+  bool out_bf16 = false;
+  bool accumulate = false;      // out += instead of out =
+};
+
+// Shapes the path takes: K a multiple of 128 (whole scale tiles), N a multiple of 16 (16-byte rows).
+inline bool fp8_gemm_shape_ok(int64_t N, int64_t K) { return K % 128 == 0 && N % 16 == 0 && K > 0 && N > 0; }
+inline int64_t fp8_scale_ld(int64_t K) { return ((K + 127) / 128 + 3) / 4 * 4; }
+
+// One cuBLASLt handle with its own workspace (so that GEMMs can be captured in graphs) and a cache of the
+// algorithm chosen per shape (the heuristic query costs more host time than enqueuing a GEMM).
+class Fp8Gemm {
+ public:
+  explicit Fp8Gemm(cudaStream_t stream);
+  ~Fp8Gemm();
+  Fp8Gemm(const Fp8Gemm&) = delete;
+  Fp8Gemm& operator=(const Fp8Gemm&) = delete;
+  // Enqueues the GEMM on the stream; throws moe::Error naming the shape when cuBLASLt has no algorithm.
+  void run(const Fp8GemmArgs& a);
+  // Whether cuBLASLt offers an algorithm for this shape and output type (no work enqueued).
+  bool supported(int64_t T, int64_t N, int64_t K, bool out_bf16);
+
+ private:
+  struct Plan;
+  Plan* plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, bool out_bf16, bool accumulate);
+  cudaStream_t stream_;
+  cublasLtHandle_t lt_ = nullptr;
+  void* workspace_ = nullptr;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>, Plan*> plans_;
+};
+
+}  // namespace moe::cuda
