@@ -136,6 +136,7 @@ int main(int argc, char** argv) {
     for (void* p : {(void*)dx, (void*)dw, (void*)dws, (void*)dxb, (void*)dwb, (void*)dxq, (void*)dxs, (void*)dout})
       cudaFree(p);
   }
+  fmt::print("FP8 GEMMs run as BF16-output + widening (no F32-output algorithm): {}\n", fp8.bf16_fallbacks());
   cublasDestroy(blas);
   cudaStreamDestroy(st);
   return 0;

@@ -280,6 +280,7 @@ TEST_F(CudaFp8, BlockScaledGemmMatchesFloat64) {
         pred2 += sq * std::ldexp(1.0, -8) / 3.0;
       }
     }
+    if (gemm.bf16_fallbacks() > 0) std::printf("FP8 GEMM: no F32-output algorithm, BF16 output widened\n");
     std::printf("FP8 GEMM T %lld N %lld K %lld: rel L2 vs dequantised operands %.2e (worst element %.3f of its "
                 "bound); vs unquantised x %.2e (predicted rms bound %.2e, worst element %.3f of its bound)\n",
                 (long long)T, (long long)N, (long long)K, std::sqrt(e2 / r2), worst, std::sqrt(q2 / t2),

@@ -86,7 +86,20 @@ __global__ void pad_scales_kernel(const float* in, const void* const* table, int
   }
 }
 
+__global__ void bf16_rows_to_f32_kernel(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo) {
+  pdl_trigger();
+  pdl_wait();
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < T * N; j += int64_t(gridDim.x) * blockDim.x)
+    out[(j / N) * ldo + j % N] = bf16_bits_to_float(in[j]);
+}
+
 }  // namespace
+
+void bf16_rows_to_f32(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo, cudaStream_t s) {
+  if (T * N == 0) return;
+  launch("bf16_rows_to_f32", bf16_rows_to_f32_kernel, dim3(std::min<unsigned>(blocks_for(T * N, 256), 4096u)), 256, 0,
+         s, in, T, N, out, ldo);
+}
 
 void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s) {
   if (p.M == 0 || p.K == 0) return;

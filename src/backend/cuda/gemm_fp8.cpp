@@ -39,6 +39,7 @@ Fp8Gemm::Fp8Gemm(cudaStream_t stream) : stream_(stream) {
 Fp8Gemm::~Fp8Gemm() {
   for (auto& [k, p] : plans_) delete p;
   cudaFree(workspace_);
+  cudaFree(tmp_);
   cublasLtDestroy(lt_);
 }
 
@@ -83,6 +84,25 @@ void Fp8Gemm::run(const Fp8GemmArgs& g) {
   if (g.T == 0) return;
   MOE_CHECK(fp8_gemm_shape_ok(g.N, g.K), "FP8 GEMM: N {} must be a multiple of 16 and K {} of 128", g.N, g.K);
   Plan* p = plan_for(g.T, g.N, g.K, g.ldo, g.out_bf16, g.accumulate);
+  if (!p->found && !g.out_bf16 && !g.accumulate && plan_for(g.T, g.N, g.K, g.N, true, false)->found) {
+    // BF16 output into tmp_, widened into out.
+    const size_t n = size_t(g.T * g.N);
+    if (n > tmp_elems_) {
+      check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+      cudaFree(tmp_);
+      tmp_ = nullptr;
+      check(cudaMalloc(&tmp_, n * 2), "cudaMalloc (FP8 GEMM BF16 output)");
+      tmp_elems_ = n;
+    }
+    Fp8GemmArgs b = g;
+    b.out = tmp_;
+    b.out_bf16 = true;
+    b.ldo = g.N;
+    run(b);
+    bf16_rows_to_f32(tmp_, g.T, g.N, static_cast<float*>(g.out), g.ldo, stream_);
+    ++fallbacks_;
+    return;
+  }
   MOE_CHECK(p->found, "FP8 GEMM: cuBLASLt has no block-scaled algorithm for T {} N {} K {} ({} out)", g.T, g.N, g.K,
             g.out_bf16 ? "BF16" : "F32");
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g.ws, sizeof(g.ws)),

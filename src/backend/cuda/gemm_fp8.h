@@ -43,6 +43,9 @@ class Fp8Gemm {
   void run(const Fp8GemmArgs& a);
   // Whether cuBLASLt offers an algorithm for this shape and output type (no work enqueued).
   bool supported(int64_t T, int64_t N, int64_t K, bool out_bf16);
+  // How many F32-output GEMMs ran as BF16-output GEMMs widened to F32 (when cuBLASLt offers no F32-output
+  // algorithm for a shape: one extra rounding to BF16 of the accumulator).
+  int64_t bf16_fallbacks() const { return fallbacks_; }
 
  private:
   struct Plan;
@@ -50,6 +53,9 @@ class Fp8Gemm {
   cudaStream_t stream_;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
+  uint16_t* tmp_ = nullptr;  // BF16 output of the fallback, grown as needed
+  size_t tmp_elems_ = 0;
+  int64_t fallbacks_ = 0;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>, Plan*> plans_;
 };
 
