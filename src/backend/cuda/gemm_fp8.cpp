@@ -62,6 +62,17 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, b
   lt_check(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), K), "layout A");
   lt_check(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(T), K), "layout B");
   lt_check(cublasLtMatrixLayoutCreate(&p->d, dt, uint64_t(N), uint64_t(T), ldo), "layout D");
+  const Key bucket = std::make_tuple((T + 63) / 64 * 64, N, K, ldo, out_bf16, accumulate);
+  auto known = algos_.find(bucket);
+  if (known != algos_.end()) {
+    cublasLtMatmulHeuristicResult_t chk{};
+    if (cublasLtMatmulAlgoCheck(lt_, p->op, p->a, p->b, p->d, p->d, &known->second, &chk) == CUBLAS_STATUS_SUCCESS &&
+        chk.workspaceSize <= kWorkspaceBytes) {
+      p->algo = known->second;
+      p->found = true;
+      return p;
+    }
+  }
   cublasLtMatmulPreference_t pref = nullptr;
   lt_check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
   const uint64_t ws = kWorkspaceBytes;
@@ -71,8 +82,10 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, b
   const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt_, p->op, p->a, p->b, p->d, p->d, pref, 1, &res, &n);
   cublasLtMatmulPreferenceDestroy(pref);
   p->found = s == CUBLAS_STATUS_SUCCESS && n > 0;
-  if (p->found) p->algo = res.algo;
-  (void)accumulate;
+  if (p->found) {
+    p->algo = res.algo;
+    algos_[bucket] = res.algo;
+  }
   return p;
 }
 

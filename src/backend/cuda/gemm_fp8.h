@@ -56,7 +56,11 @@ class Fp8Gemm {
   uint16_t* tmp_ = nullptr;  // BF16 output of the fallback, grown as needed
   size_t tmp_elems_ = 0;
   int64_t fallbacks_ = 0;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>, Plan*> plans_;
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>;  // T, N, K, ldo, out_bf16, accumulate
+  std::map<Key, Plan*> plans_;
+  // The algorithm found for T rounded up to 64 (the routed experts' row counts vary with every batch): a new
+  // T in the bucket reuses it after cublasLtMatmulAlgoCheck instead of a heuristic query.
+  std::map<Key, cublasLtMatmulAlgo_t> algos_;
 };
 
 }  // namespace moe::cuda
