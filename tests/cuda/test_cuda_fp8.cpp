@@ -82,24 +82,25 @@ class CudaFp8 : public ::testing::Test {
   cudaStream_t s_ = nullptr;
 };
 
-// Checks q and scales of rows [o, o + m) (scales at sbase, layout kb * m + i) against the host encoder.
-void check_tiles(const std::vector<float>& src_rows, int64_t K, int64_t o, int64_t m, int64_t sbase,
+// Checks q and scales of source rows [o, o + m) (q rows po .., scales at sbase in the layout kb * m4 + i,
+// m4 = m rounded up to a multiple of 4) against the host encoder.
+void check_tiles(const std::vector<float>& src_rows, int64_t K, int64_t o, int64_t m, int64_t sbase, int64_t po,
                  const std::vector<uint8_t>& q, const std::vector<float>& sc, int64_t* bad) {
-  const int64_t kb_count = (K + 127) / 128;
+  const int64_t kb_count = (K + 127) / 128, m4 = (m + 3) / 4 * 4;
   for (int64_t i = 0; i < m; ++i) {
     const float* x = src_rows.data() + (o + i) * K;
     for (int64_t kb = 0; kb < kb_count; ++kb) {
       float amax = 0.0f;
       for (int64_t k = kb * 128; k < std::min(K, kb * 128 + 128); ++k) amax = std::max(amax, std::fabs(x[k]));
       const float want = amax > 0.0f ? amax / kE4M3Max : 1.0f;
-      const float got = sc[size_t(sbase + kb * m + i)];
+      const float got = sc[size_t(sbase + kb * m4 + i)];
       if (got != want) {
         if (++*bad < 5) std::printf("row %lld tile %lld: scale %.9g, want %.9g\n", (long long)(o + i), (long long)kb, got, want);
         continue;
       }
       const float inv = 1.0f / want;
       for (int64_t k = kb * 128; k < std::min(K, kb * 128 + 128); ++k) {
-        const uint8_t g = q[size_t((o + i) * K + k)];
+        const uint8_t g = q[size_t((po + i) * K + k)];
         const float deq = e4m3_to_float(g) * want;
         const bool within = std::fabs(double(deq) - x[k]) <= std::ldexp(std::fabs(double(x[k])), -4) +
                                                                   std::ldexp(double(want), -10);
@@ -118,7 +119,7 @@ TEST_F(CudaFp8, QuantiserMatchesHostEncoder) {
     const int64_t M = 77;
     std::vector<float> x = random_rows(M, K);
     for (int64_t k = 0; k < std::min<int64_t>(K, 128); ++k) x[size_t(5 * K + k)] = 0.0f;  // one all-zero tile
-    DevBuf<float> dx(x.size()), ds(size_t(M * ((K + 127) / 128)));
+    DevBuf<float> dx(x.size()), ds(size_t((M + 3) / 4 * 4 * ((K + 127) / 128)));
     DevBuf<uint8_t> dq(x.size());
     dx.put(x);
     ds.put(std::vector<float>(ds.n, std::numeric_limits<float>::quiet_NaN()));
@@ -134,13 +135,13 @@ TEST_F(CudaFp8, QuantiserMatchesHostEncoder) {
     cuda::quantize_fp8(p, s_);
     CK(cudaStreamSynchronize(s_));
     int64_t bad = 0;
-    check_tiles(x, K, 0, M, 0, dq.get(), ds.get(), &bad);
+    check_tiles(x, K, 0, M, 0, 0, dq.get(), ds.get(), &bad);
     EXPECT_EQ(bad, 0) << "K=" << K;
   }
 }
 
-// Rows gathered through a permutation (row i reads x[rows[i] / div]) into 5 segments (one empty), each with
-// its own scale block: the routed experts' layout.
+// Rows gathered through a permutation (row i reads x[rows[i] / div]) into 5 segments (one empty), each placed
+// at a padded row offset (multiples of 4 rows) with its own scale block: the routed experts' layout.
 TEST_F(CudaFp8, QuantiserGathersIntoSegments) {
   const int64_t T = 60, div = 3, M = T * div, K = 256, kb = K / 128;
   const std::vector<float> x = random_rows(T, K);
@@ -148,17 +149,18 @@ TEST_F(CudaFp8, QuantiserGathersIntoSegments) {
   for (int64_t i = 0; i < M; ++i) rows[size_t(i)] = int32_t(i);
   std::shuffle(rows.begin(), rows.end(), rng_);
   const std::vector<int32_t> counts = {37, 0, 101, 1, int32_t(M - 139)};
-  std::vector<int32_t> offs = {0}, sbase;
-  int64_t total = 0;
+  std::vector<int32_t> offs = {0}, poffs = {0}, sbase;
   for (int32_t c : counts) {
-    sbase.push_back(int32_t(total));
-    total += (c * kb + 3) / 4 * 4;
+    sbase.push_back(int32_t(poffs.back() * kb));
     offs.push_back(offs.back() + c);
+    poffs.push_back(poffs.back() + (c + 3) / 4 * 4);
   }
+  const int64_t total = poffs.back() * kb;
   std::vector<int32_t> meta = offs;
   meta.insert(meta.end(), sbase.begin(), sbase.end());
+  meta.insert(meta.end(), poffs.begin(), poffs.end());
   DevBuf<float> dx(x.size()), ds{static_cast<size_t>(total)};
-  DevBuf<uint8_t> dq(size_t(M * K));
+  DevBuf<uint8_t> dq(size_t(poffs.back() * K));
   DevBuf<int32_t> dr(rows.size()), dm(meta.size());
   dx.put(x);
   dr.put(rows);
@@ -177,6 +179,7 @@ TEST_F(CudaFp8, QuantiserGathersIntoSegments) {
   p.scales = ds.p;
   p.seg_offs = dm.p;
   p.seg_sbase = dm.p + offs.size();
+  p.seg_poffs = dm.p + offs.size() + sbase.size();
   p.nseg = int32_t(counts.size());
   cuda::quantize_fp8(p, s_);
   CK(cudaStreamSynchronize(s_));
@@ -186,16 +189,18 @@ TEST_F(CudaFp8, QuantiserGathersIntoSegments) {
   const std::vector<uint8_t> q = dq.get();
   const std::vector<float> sc = ds.get();
   int64_t bad = 0;
-  for (size_t s = 0; s < counts.size(); ++s) check_tiles(gathered, K, offs[s], counts[s], sbase[s], q, sc, &bad);
+  for (size_t s = 0; s < counts.size(); ++s)
+    check_tiles(gathered, K, offs[s], counts[s], sbase[s], poffs[s], q, sc, &bad);
   EXPECT_EQ(bad, 0);
 }
 
 // x [T, K] F32 quantised on the GPU, an FP8 weight [N, K] with random 128x128 scales (padded on the GPU when
-// ceil(K/128) is not a multiple of 4), out = x W^T on cuBLASLt; see the bounds at the top.
+// ceil(K/128) is not a multiple of 4), out = x W^T on cuBLASLt (T a multiple of 4, its rule); see the bounds
+// at the top.
 TEST_F(CudaFp8, BlockScaledGemmMatchesFloat64) {
   struct Shape3 { int64_t T, N, K; };
-  for (const Shape3 sh : {Shape3{200, 256, 512}, Shape3{37, 160, 1408}, Shape3{1, 2048, 256}, Shape3{300, 576, 2048},
-                          Shape3{129, 1408, 2048}}) {
+  for (const Shape3 sh : {Shape3{200, 256, 512}, Shape3{36, 160, 1408}, Shape3{4, 2048, 256}, Shape3{300, 576, 2048},
+                          Shape3{132, 1408, 2048}}) {
     const int64_t T = sh.T, N = sh.N, K = sh.K, kb = K / 128, nb = (N + 127) / 128, ld = cuda::fp8_scale_ld(K);
     const std::vector<float> x = random_rows(T, K);
     std::vector<uint8_t> w(size_t(N * K));
@@ -298,6 +303,17 @@ TEST_F(CudaFp8, RejectsUnsupportedShapes) {
   EXPECT_FALSE(cuda::fp8_gemm_shape_ok(256, 192));  // K not a multiple of 128
   EXPECT_FALSE(cuda::fp8_gemm_shape_ok(100, 256));  // N not a multiple of 16
   cuda::Fp8Gemm gemm(s_);
+  cuda::Fp8GemmArgs odd;
+  odd.T = 6;
+  odd.N = 256;
+  odd.K = 256;
+  odd.ldo = 256;
+  try {
+    gemm.run(odd);
+    ADD_FAILURE() << "no error for T = 6";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("T 6"), std::string::npos) << e.what();
+  }
   cuda::Fp8GemmArgs a;
   a.T = 8;
   a.N = 256;

@@ -1,6 +1,7 @@
 // The routed experts of prefill on FP8 x FP8 GEMMs (Prefill::Fp8, FP8 experts): see
 // CudaBackend::moe_expert_gemms_fp8 in cuda_backend.h. The weights are used as stored (E4M3 with their
 // 128x128 block scales); only the activations are quantised, per 1x128 tile.
+#include <algorithm>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -25,29 +26,32 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   check(cudaMemcpyAsync(c.data(), counts.data(), size_t(E) * 4, cudaMemcpyDeviceToHost, stream_), "counts");
   synchronize();
 
-  // Segments (one per expert, in moe_plan's sorted order): rows offs[e] .. offs[e + 1]; the activation scales
-  // of expert e at sbase[e], each segment's block a multiple of 4 floats (16-byte aligned for cuBLASLt).
+  // Segments (one per expert, in moe_plan's sorted order): sorted rows offs[e] .. offs[e + 1], placed at rows
+  // poffs[e] .. of the padded buffers, each expert's block m4 = count rounded up to a multiple of 4 rows
+  // (cuBLASLt's rule; the padding rows hold leftovers and only produce output rows nobody reads); the
+  // activation scales of expert e at sbx[e] (x) and sbh[e] (h), [K/128, m4] each (16-byte aligned).
   const int64_t kbD = D / 128, kbI = I / 128;
-  std::vector<int32_t> meta(size_t(3 * E + 1), 0);  // offs [E + 1], x scale bases [E], h scale bases [E]
+  std::vector<int32_t> meta(size_t(4 * E + 2), 0);  // offs [E + 1], poffs [E + 1], sbx [E], sbh [E]
   int32_t* offs = meta.data();
-  int32_t* sbx = offs + E + 1;
+  int32_t* poffs = offs + E + 1;
+  int32_t* sbx = poffs + E + 1;
   int32_t* sbh = sbx + E;
-  int64_t sx = 0, sh = 0;
+  auto m4 = [&](int32_t e) { return int64_t(c[size_t(e)] + 3) / 4 * 4; };
   for (int32_t e = 0; e < E; ++e) {
     offs[e + 1] = offs[e] + c[size_t(e)];
-    sbx[e] = int32_t(sx);
-    sbh[e] = int32_t(sh);
-    sx += (c[size_t(e)] * kbD + 3) / 4 * 4;
-    sh += (c[size_t(e)] * kbI + 3) / 4 * 4;
+    poffs[e + 1] = int32_t(poffs[e] + m4(e));
+    sbx[e] = int32_t(int64_t(poffs[e]) * kbD);
+    sbh[e] = int32_t(int64_t(poffs[e]) * kbI);
   }
-  MOE_CHECK(offs[E] == TK && sx < (int64_t(1) << 31) && sh < (int64_t(1) << 31),
+  const int64_t TKp = poffs[E];
+  MOE_CHECK(offs[E] == TK && TKp * std::max(kbD, kbI) < (int64_t(1) << 31),
             "moe_expert_gemms_fp8: {} assignments counted for {}", offs[E], TK);
   Tensor dmeta = scratch(DType::I32, {int64_t(meta.size())});
   copy_from_host(meta.data(), dmeta);
   const int32_t* dm = dmeta.as<const int32_t>();
 
-  // x rows in expert order, quantised: xq[i] = e4m3(x[perm[i] / K]).
-  Tensor xq = scratch(DType::U8, {TK, D}), xs = scratch(DType::F32, {std::max<int64_t>(sx, 4)});
+  // x rows in expert order, quantised: xq[poffs[e] + j] = e4m3(x[perm[offs[e] + j] / K]).
+  Tensor xq = scratch(DType::U8, {TKp, D}), xs = scratch(DType::F32, {TKp * kbD});
   cuda::Fp8QuantParams q;
   q.x = x.as<const float>();
   q.ldx = D;
@@ -59,7 +63,8 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   q.ldq = D;
   q.scales = xs.as<float>();
   q.seg_offs = dm;
-  q.seg_sbase = dm + E + 1;
+  q.seg_poffs = dm + E + 1;
+  q.seg_sbase = dm + 2 * (E + 1);
   q.nseg = E;
   cuda::quantize_fp8(q, stream_);
 
@@ -83,55 +88,60 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
     return static_cast<const float*>(prep.host_table[size_t(e) * 6 + 3 + size_t(j)]);
   };
 
-  Tensor g = scratch(DType::F32, {TK, I}), u = scratch(DType::F32, {TK, I});
+  Tensor g = scratch(DType::F32, {TKp, I}), u = scratch(DType::F32, {TKp, I});
   cuda::Fp8Gemm& gemm = fp8_gemm();
   // gate and up: g / u rows offs[e] .. = xq rows W^T, per active expert.
   for (int32_t e = 0; e < E; ++e) {
     if (c[size_t(e)] == 0) continue;
     cuda::Fp8GemmArgs a;
-    a.x = xq.as<const uint8_t>() + int64_t(offs[e]) * D;
+    a.x = xq.as<const uint8_t>() + int64_t(poffs[e]) * D;
     a.xs = xs.as<const float>() + sbx[e];
-    a.T = c[size_t(e)];
+    a.T = m4(e);
     a.N = I;
     a.K = D;
     a.ldo = I;
     for (int j = 0; j < 2; ++j) {
       a.w = static_cast<const uint8_t*>(prep.host_table[size_t(e) * 6 + size_t(j)]);
       a.ws = wscale(e, j);
-      a.out = (j == 0 ? g : u).as<float>() + int64_t(offs[e]) * I;
+      a.out = (j == 0 ? g : u).as<float>() + int64_t(poffs[e]) * I;
       gemm.run(a);
     }
   }
-  cuda::silu_mul(g.as<const float>(), u.as<const float>(), g.as<float>(), TK * I, stream_);
+  cuda::silu_mul(g.as<const float>(), u.as<const float>(), g.as<float>(), TKp * I, stream_);
   u = Tensor();
-  // h = silu(g) * u quantised with the same segments, then down per active expert into yp (sorted rows).
-  Tensor hq = scratch(DType::U8, {TK, I}), hs = scratch(DType::F32, {std::max<int64_t>(sh, 4)});
+  // h = silu(g) * u quantised in the padded layout itself (segments poffs, padding rows included), then down
+  // per active expert into yp (padded rows), then the rows back to assignment order.
+  Tensor hq = scratch(DType::U8, {TKp, I}), hs = scratch(DType::F32, {TKp * kbI});
   q.x = g.as<const float>();
   q.ldx = I;
   q.rows = nullptr;
   q.row_div = 1;
+  q.M = TKp;
   q.K = I;
   q.q = hq.as<uint8_t>();
   q.ldq = I;
   q.scales = hs.as<float>();
-  q.seg_sbase = dm + 2 * E + 1;
+  q.seg_offs = dm + E + 1;
+  q.seg_poffs = nullptr;
+  q.seg_sbase = dm + 2 * (E + 1) + E;
   cuda::quantize_fp8(q, stream_);
-  Tensor yp = scratch(DType::F32, {TK, D});
+  Tensor yp = scratch(DType::F32, {TKp, D});
   for (int32_t e = 0; e < E; ++e) {
     if (c[size_t(e)] == 0) continue;
     cuda::Fp8GemmArgs a;
-    a.x = hq.as<const uint8_t>() + int64_t(offs[e]) * I;
+    a.x = hq.as<const uint8_t>() + int64_t(poffs[e]) * I;
     a.xs = hs.as<const float>() + sbh[e];
     a.w = static_cast<const uint8_t*>(prep.host_table[size_t(e) * 6 + 2]);
     a.ws = wscale(e, 2);
-    a.out = yp.as<float>() + int64_t(offs[e]) * D;
-    a.T = c[size_t(e)];
+    a.out = yp.as<float>() + int64_t(poffs[e]) * D;
+    a.T = m4(e);
     a.N = D;
     a.K = I;
     a.ldo = D;
     gemm.run(a);
   }
-  cuda::moe_scatter_rows(yp.as<const float>(), perm.as<const int32_t>(), TK, D, y.as<float>(), stream_);
+  cuda::scatter_rows_padded(yp.as<const float>(), perm.as<const int32_t>(), dm, dm + E + 1, E, TK, D, y.as<float>(),
+                            stream_);
 }
 
 }  // namespace moe

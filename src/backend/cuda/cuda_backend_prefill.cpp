@@ -109,8 +109,14 @@ const float* CudaBackend::fp8_weight_scales(const float* s, int64_t N, int64_t K
 }
 
 void CudaBackend::gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* out, int64_t T) {
-  const int64_t N = w.rows(), K = w.cols();
-  Tensor xq = scratch(DType::U8, {T, K}), xs = scratch(DType::F32, {K / 128, T}), wst;
+  // cuBLASLt takes row counts that are multiples of 4: T4 rows, the padding rows of x zero, the output through
+  // a [T4, N] scratch when T is not a multiple of 4.
+  const int64_t N = w.rows(), K = w.cols(), T4 = (T + 3) / 4 * 4;
+  Tensor xq = scratch(DType::U8, {T4, K}), xs = scratch(DType::F32, {K / 128, T4}), wst, otmp;
+  if (T4 != T) {
+    check(cudaMemsetAsync(xq.as<uint8_t>() + T * K, 0, size_t((T4 - T) * K), stream_), "memset (FP8 padding rows)");
+    otmp = scratch(DType::F32, {T4, N});
+  }
   cuda::Fp8QuantParams q;
   q.x = x;
   q.ldx = ldx;
@@ -125,12 +131,14 @@ void CudaBackend::gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* 
   a.xs = xs.as<const float>();
   a.w = static_cast<const uint8_t*>(w.w.data);
   a.ws = fp8_weight_scales(w.scale_inv.as<const float>(), N, K, wst);
-  a.out = out;
-  a.T = T;
+  a.out = T4 == T ? out : otmp.as<float>();
+  a.T = T4;
   a.N = N;
   a.K = K;
   a.ldo = N;
   fp8_gemm().run(a);
+  if (T4 != T)
+    check(cudaMemcpyAsync(out, otmp.data(), size_t(T * N) * 4, cudaMemcpyDeviceToDevice, stream_), "FP8 GEMM rows");
 }
 
 void CudaBackend::gemm(const float* x, const Weight& w, float* out, int64_t T) {

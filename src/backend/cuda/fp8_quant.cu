@@ -48,7 +48,21 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
     const __nv_fp8_storage_t q = __nv_cvt_float_to_fp8(v[j] * inv, __NV_SATFINITE, __NV_E4M3);
     packed |= uint32_t(q) << (8 * j);
   }
-  uint8_t* dst = p.q + i * p.ldq + int64_t(kb) * 128 + lane * 4;
+  // The row's segment: the last s with seg_offs[s] <= i (binary search; one segment when seg_offs is null).
+  int64_t o = 0, m = p.M, sbase = 0, po = 0;
+  if (p.seg_offs) {
+    int lo = 0, hi = p.nseg - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (p.seg_offs[mid] <= i) lo = mid; else hi = mid - 1;
+    }
+    o = p.seg_offs[lo];
+    m = p.seg_offs[lo + 1] - o;
+    sbase = p.seg_sbase[lo];
+    po = p.seg_poffs ? p.seg_poffs[lo] : o;
+  }
+  const int64_t r = po + (i - o), m4 = (m + 3) / 4 * 4;
+  uint8_t* dst = p.q + r * p.ldq + int64_t(kb) * 128 + lane * 4;
   if (k0 + 4 <= p.K && p.ldq % 4 == 0) {
     *reinterpret_cast<uint32_t*>(dst) = packed;
   } else {
@@ -56,21 +70,7 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
     for (int j = 0; j < 4; ++j)
       if (k0 + j < p.K) dst[j] = uint8_t(packed >> (8 * j));
   }
-  if (lane == 0) {
-    // The row's segment: the last s with seg_offs[s] <= i (binary search; one segment when seg_offs is null).
-    int64_t o = 0, m = p.M, sbase = 0;
-    if (p.seg_offs) {
-      int lo = 0, hi = p.nseg - 1;
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (p.seg_offs[mid] <= i) lo = mid; else hi = mid - 1;
-      }
-      o = p.seg_offs[lo];
-      m = p.seg_offs[lo + 1] - o;
-      sbase = p.seg_sbase[lo];
-    }
-    p.scales[sbase + int64_t(kb) * m + (i - o)] = scale;
-  }
+  if (lane == 0) p.scales[sbase + int64_t(kb) * m4 + (i - o)] = scale;
 }
 
 // out[r, c] = in[r, c] for c < cols, 0 for cols <= c < ld (grid.y: matrices of a table, when table is set).
@@ -86,6 +86,22 @@ __global__ void pad_scales_kernel(const float* in, const void* const* table, int
   }
 }
 
+__global__ void scatter_rows_padded_kernel(const float* yp, const int32_t* perm, const int32_t* seg_offs,
+                                           const int32_t* seg_poffs, int32_t nseg, int64_t D, float* y) {
+  pdl_trigger();
+  pdl_wait();
+  const int64_t i = blockIdx.y;
+  int lo = 0, hi = nseg - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (seg_offs[mid] <= i) lo = mid; else hi = mid - 1;
+  }
+  const float* src = yp + (seg_poffs[lo] + (i - seg_offs[lo])) * D;
+  float* dst = y + int64_t(perm[i]) * D;
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+    dst[d] = src[d];
+}
+
 __global__ void bf16_rows_to_f32_kernel(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo) {
   pdl_trigger();
   pdl_wait();
@@ -94,6 +110,14 @@ __global__ void bf16_rows_to_f32_kernel(const uint16_t* in, int64_t T, int64_t N
 }
 
 }  // namespace
+
+void scatter_rows_padded(const float* yp, const int32_t* perm, const int32_t* seg_offs, const int32_t* seg_poffs,
+                         int32_t nseg, int64_t TK, int64_t D, float* y, cudaStream_t s) {
+  if (TK == 0) return;
+  launch("scatter_rows_padded", scatter_rows_padded_kernel,
+         dim3(std::min<unsigned>(blocks_for(D, 256), 8u), unsigned(TK)), 256, 0, s, yp, perm, seg_offs, seg_poffs, nseg,
+         D, y);
+}
 
 void bf16_rows_to_f32(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo, cudaStream_t s) {
   if (T * N == 0) return;

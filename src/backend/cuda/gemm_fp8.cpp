@@ -23,6 +23,7 @@ struct Fp8Gemm::Plan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
   bool found = false;
+  int status = 0, results = 0;  // of the heuristic query, for the error message
   ~Plan() {
     if (d) cublasLtMatrixLayoutDestroy(d);
     if (b) cublasLtMatrixLayoutDestroy(b);
@@ -43,10 +44,14 @@ Fp8Gemm::~Fp8Gemm() {
   cublasLtDestroy(lt_);
 }
 
-Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, bool out_bf16, bool accumulate) {
+Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, bool out_bf16, bool accumulate,
+                                 const float* ws, const float* xs) {
   const auto key = std::make_tuple(T, N, K, ldo, out_bf16, accumulate);
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
+  // The heuristic refuses block scale modes without their scale pointers: any 16-byte aligned device pointers
+  // do for the query (each run sets the real ones).
+  MOE_CHECK(ws && xs, "FP8 GEMM plan: the scale pointers are needed for cuBLASLt's heuristic");
   auto* p = new Plan;
   plans_[key] = p;
   lt_check(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
@@ -58,6 +63,8 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, b
            "A_SCALE_MODE");
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bmode, sizeof(bmode)),
            "B_SCALE_MODE");
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof(ws)), "A_SCALE_POINTER");
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof(xs)), "B_SCALE_POINTER");
   const cudaDataType_t dt = out_bf16 ? CUDA_R_16BF : CUDA_R_32F;
   lt_check(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), K), "layout A");
   lt_check(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(T), K), "layout B");
@@ -75,13 +82,15 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, b
   }
   cublasLtMatmulPreference_t pref = nullptr;
   lt_check(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-  const uint64_t ws = kWorkspaceBytes;
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  const uint64_t ws_bytes = kWorkspaceBytes;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes));
   cublasLtMatmulHeuristicResult_t res{};
   int n = 0;
   const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt_, p->op, p->a, p->b, p->d, p->d, pref, 1, &res, &n);
   cublasLtMatmulPreferenceDestroy(pref);
   p->found = s == CUBLAS_STATUS_SUCCESS && n > 0;
+  p->status = int(s);
+  p->results = n;
   if (p->found) {
     p->algo = res.algo;
     algos_[bucket] = res.algo;
@@ -90,14 +99,17 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, b
 }
 
 bool Fp8Gemm::supported(int64_t T, int64_t N, int64_t K, bool out_bf16) {
-  return fp8_gemm_shape_ok(N, K) && plan_for(T, N, K, N, out_bf16, false)->found;
+  return fp8_gemm_shape_ok(N, K) && T % 4 == 0 &&
+         plan_for(T, N, K, N, out_bf16, false, static_cast<const float*>(workspace_),
+                  static_cast<const float*>(workspace_))->found;
 }
 
 void Fp8Gemm::run(const Fp8GemmArgs& g) {
   if (g.T == 0) return;
-  MOE_CHECK(fp8_gemm_shape_ok(g.N, g.K), "FP8 GEMM: N {} must be a multiple of 16 and K {} of 128", g.N, g.K);
-  Plan* p = plan_for(g.T, g.N, g.K, g.ldo, g.out_bf16, g.accumulate);
-  if (!p->found && !g.out_bf16 && !g.accumulate && plan_for(g.T, g.N, g.K, g.N, true, false)->found) {
+  MOE_CHECK(fp8_gemm_shape_ok(g.N, g.K) && g.T % 4 == 0,
+            "FP8 GEMM: T {} must be a multiple of 4, N {} of 16 and K {} of 128", g.T, g.N, g.K);
+  Plan* p = plan_for(g.T, g.N, g.K, g.ldo, g.out_bf16, g.accumulate, g.ws, g.xs);
+  if (!p->found && !g.out_bf16 && !g.accumulate && plan_for(g.T, g.N, g.K, g.N, true, false, g.ws, g.xs)->found) {
     // BF16 output into tmp_, widened into out.
     const size_t n = size_t(g.T * g.N);
     if (n > tmp_elems_) {
@@ -116,8 +128,9 @@ void Fp8Gemm::run(const Fp8GemmArgs& g) {
     ++fallbacks_;
     return;
   }
-  MOE_CHECK(p->found, "FP8 GEMM: cuBLASLt has no block-scaled algorithm for T {} N {} K {} ({} out)", g.T, g.N, g.K,
-            g.out_bf16 ? "BF16" : "F32");
+  MOE_CHECK(p->found,
+            "FP8 GEMM: cuBLASLt has no block-scaled algorithm for T {} N {} K {} ({} out; heuristic status {}, {} results)",
+            g.T, g.N, g.K, g.out_bf16 ? "BF16" : "F32", p->status, p->results);
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g.ws, sizeof(g.ws)),
            "A_SCALE_POINTER");
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g.xs, sizeof(g.xs)),

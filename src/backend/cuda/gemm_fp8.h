@@ -27,7 +27,8 @@ struct Fp8GemmArgs {
   bool accumulate = false;      // out += instead of out =
 };
 
-// Shapes the path takes: K a multiple of 128 (whole scale tiles), N a multiple of 16 (16-byte rows).
+// Shapes the path takes: K a multiple of 128 (whole scale tiles), N a multiple of 16 (16-byte rows); T (the
+// tokens) must be a multiple of 4 in Fp8Gemm::run (cuBLASLt's rule for these scale modes; callers pad).
 inline bool fp8_gemm_shape_ok(int64_t N, int64_t K) { return K % 128 == 0 && N % 16 == 0 && K > 0 && N > 0; }
 inline int64_t fp8_scale_ld(int64_t K) { return ((K + 127) / 128 + 3) / 4 * 4; }
 
@@ -49,7 +50,8 @@ class Fp8Gemm {
 
  private:
   struct Plan;
-  Plan* plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, bool out_bf16, bool accumulate);
+  Plan* plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, bool out_bf16, bool accumulate, const float* ws,
+                 const float* xs);
   cudaStream_t stream_;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
