@@ -90,7 +90,10 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
 
   Tensor g = scratch(DType::F32, {TKp, I}), u = scratch(DType::F32, {TKp, I});
   cuda::Fp8Gemm& gemm = fp8_gemm();
-  // gate and up: g / u rows offs[e] .. = xq rows W^T, per active expert.
+  // gate and up: g / u rows poffs[e] .. = xq rows W^T, per active expert, spread over the GEMM lanes (one
+  // expert's GEMM of ~T k / E rows fills only part of the GPU).
+  gemm.fork();
+  int lane = 0;
   for (int32_t e = 0; e < E; ++e) {
     if (c[size_t(e)] == 0) continue;
     cuda::Fp8GemmArgs a;
@@ -104,9 +107,10 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
       a.w = static_cast<const uint8_t*>(prep.host_table[size_t(e) * 6 + size_t(j)]);
       a.ws = wscale(e, j);
       a.out = (j == 0 ? g : u).as<float>() + int64_t(poffs[e]) * I;
-      gemm.run(a);
+      gemm.run(a, lane++);
     }
   }
+  gemm.join();
   cuda::silu_mul(g.as<const float>(), u.as<const float>(), g.as<float>(), TKp * I, stream_);
   u = Tensor();
   // h = silu(g) * u quantised in the padded layout itself (segments poffs, padding rows included), then down
@@ -126,6 +130,7 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   q.seg_sbase = dm + 2 * (E + 1) + E;
   cuda::quantize_fp8(q, stream_);
   Tensor yp = scratch(DType::F32, {TKp, D});
+  gemm.fork();
   for (int32_t e = 0; e < E; ++e) {
     if (c[size_t(e)] == 0) continue;
     cuda::Fp8GemmArgs a;
@@ -138,8 +143,9 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
     a.N = D;
     a.K = I;
     a.ldo = D;
-    gemm.run(a);
+    gemm.run(a, lane++);
   }
+  gemm.join();
   cuda::scatter_rows_padded(yp.as<const float>(), perm.as<const int32_t>(), dm, dm + E + 1, E, TK, D, y.as<float>(),
                             stream_);
 }

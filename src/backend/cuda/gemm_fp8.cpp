@@ -35,10 +35,35 @@ struct Fp8Gemm::Plan {
 Fp8Gemm::Fp8Gemm(cudaStream_t stream) : stream_(stream) {
   lt_check(cublasLtCreate(&lt_), "cublasLtCreate");
   check(cudaMalloc(&workspace_, kWorkspaceBytes), "cudaMalloc (cuBLASLt workspace)");
+  check(cudaEventCreateWithFlags(&forked_, cudaEventDisableTiming), "cudaEventCreate");
+  for (int i = 0; i < kLanes; ++i) {
+    check(cudaStreamCreateWithFlags(&lanes_[i], cudaStreamNonBlocking), "cudaStreamCreate (FP8 GEMM lane)");
+    check(cudaMalloc(&lane_ws_[i], kWorkspaceBytes), "cudaMalloc (cuBLASLt lane workspace)");
+    check(cudaEventCreateWithFlags(&done_[i], cudaEventDisableTiming), "cudaEventCreate");
+  }
+}
+
+void Fp8Gemm::fork() {
+  check(cudaEventRecord(forked_, stream_), "cudaEventRecord (fork)");
+  for (int i = 0; i < kLanes; ++i) check(cudaStreamWaitEvent(lanes_[i], forked_, 0), "cudaStreamWaitEvent (fork)");
+}
+
+void Fp8Gemm::join() {
+  for (int i = 0; i < kLanes; ++i) {
+    check(cudaEventRecord(done_[i], lanes_[i]), "cudaEventRecord (join)");
+    check(cudaStreamWaitEvent(stream_, done_[i], 0), "cudaStreamWaitEvent (join)");
+  }
 }
 
 Fp8Gemm::~Fp8Gemm() {
   for (auto& [k, p] : plans_) delete p;
+  for (int i = 0; i < kLanes; ++i) {
+    if (lanes_[i]) cudaStreamSynchronize(lanes_[i]);
+    cudaStreamDestroy(lanes_[i]);
+    cudaFree(lane_ws_[i]);
+    cudaEventDestroy(done_[i]);
+  }
+  cudaEventDestroy(forked_);
   cudaFree(workspace_);
   cudaFree(tmp_);
   cublasLtDestroy(lt_);
@@ -104,12 +129,13 @@ bool Fp8Gemm::supported(int64_t T, int64_t N, int64_t K, bool out_bf16) {
                   static_cast<const float*>(workspace_))->found;
 }
 
-void Fp8Gemm::run(const Fp8GemmArgs& g) {
+void Fp8Gemm::run(const Fp8GemmArgs& g, int lane) {
   if (g.T == 0) return;
   MOE_CHECK(fp8_gemm_shape_ok(g.N, g.K) && g.T % 4 == 0,
             "FP8 GEMM: T {} must be a multiple of 4, N {} of 16 and K {} of 128", g.T, g.N, g.K);
   Plan* p = plan_for(g.T, g.N, g.K, g.ldo, g.out_bf16, g.accumulate, g.ws, g.xs);
-  if (!p->found && !g.out_bf16 && !g.accumulate && plan_for(g.T, g.N, g.K, g.N, true, false, g.ws, g.xs)->found) {
+  if (!p->found && !g.out_bf16 && !g.accumulate && lane < 0 &&
+      plan_for(g.T, g.N, g.K, g.N, true, false, g.ws, g.xs)->found) {
     // BF16 output into tmp_, widened into out.
     const size_t n = size_t(g.T * g.N);
     if (n > tmp_elems_) {
@@ -136,8 +162,10 @@ void Fp8Gemm::run(const Fp8GemmArgs& g) {
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g.xs, sizeof(g.xs)),
            "B_SCALE_POINTER");
   const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
-  lt_check(cublasLtMatmul(lt_, p->op, &alpha, g.w, p->a, g.x, p->b, &beta, g.out, p->d, g.out, p->d, &p->algo,
-                          workspace_, kWorkspaceBytes, stream_),
+  const cudaStream_t s = lane < 0 ? stream_ : lanes_[lane % kLanes];
+  void* ws = lane < 0 ? workspace_ : lane_ws_[lane % kLanes];
+  lt_check(cublasLtMatmul(lt_, p->op, &alpha, g.w, p->a, g.x, p->b, &beta, g.out, p->d, g.out, p->d, &p->algo, ws,
+                          kWorkspaceBytes, s),
            "cublasLtMatmul (FP8 block-scaled)");
 }
 

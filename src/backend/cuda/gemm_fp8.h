@@ -40,8 +40,15 @@ class Fp8Gemm {
   ~Fp8Gemm();
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
-  // Enqueues the GEMM on the stream; throws moe::Error naming the shape when cuBLASLt has no algorithm.
-  void run(const Fp8GemmArgs& a);
+  // Enqueues the GEMM on the stream (lane < 0) or on side stream `lane % kLanes` (between fork() and join(),
+  // each lane with its own workspace); throws moe::Error naming the shape when cuBLASLt has no algorithm.
+  void run(const Fp8GemmArgs& a, int lane = -1);
+  // Many small independent GEMMs (the routed experts: one fills ~a quarter of the SMs) overlap on kLanes
+  // side streams: fork() makes them wait for the work enqueued so far on the stream, join() makes the stream
+  // wait for everything enqueued on them.
+  static constexpr int kLanes = 4;
+  void fork();
+  void join();
   // Whether cuBLASLt offers an algorithm for this shape and output type (no work enqueued).
   bool supported(int64_t T, int64_t N, int64_t K, bool out_bf16);
   // How many F32-output GEMMs ran as BF16-output GEMMs widened to F32 (when cuBLASLt offers no F32-output
@@ -55,6 +62,9 @@ class Fp8Gemm {
   cudaStream_t stream_;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
+  cudaStream_t lanes_[kLanes] = {};
+  void* lane_ws_[kLanes] = {};
+  cudaEvent_t forked_ = nullptr, done_[kLanes] = {};
   uint16_t* tmp_ = nullptr;  // BF16 output of the fallback, grown as needed
   size_t tmp_elems_ = 0;
   int64_t fallbacks_ = 0;
