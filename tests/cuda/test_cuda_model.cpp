@@ -179,7 +179,9 @@ class CudaModel : public ::testing::Test {
       const std::vector<float> free_run = logits(gpu_model, cases[i].input_ids);
       int flips = 0;
       const bool explained = routing_explained(gpu_trace_->log, cpu_routes, cpu_model, name, &flips);
-      if (free_routing) EXPECT_TRUE(explained) << name;
+      if (free_routing) {
+        EXPECT_TRUE(explained) << name;
+      }
       const auto [free_err, free_ok] = against_hf(free_run, name, "(free)");
       if (flips == 0 && free_routing) {
         EXPECT_LE(free_err, max_err) << name;
