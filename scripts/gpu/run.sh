@@ -166,6 +166,35 @@ ab_model() {  # name config dtype
 }
 stage_ab-moonlight() { ab_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
 stage_ab-moonlight-fp8() { ab_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }
+# FP8 x FP8 prefill (issue 14): build only what these stages need, the kernel tests and the prefill tests in
+# fp8 mode, the GEMM alone against BF16 (and torch._scaled_mm's block-scaled FP8 as the peer), and Moonlight
+# FP8 prefill at 4096 tokens with --cuda-prefill bf16 (before) and fp8 (after), alternating twice.
+stage_build-fp8() {
+  deps
+  (nvidia-smi; nvcc --version | tail -2) 2>&1 | tee "$OUT/env.txt" | grep -E "H200|H100|release" | head -3
+  env_deps
+  cmake_build "$ROOT" "$BUILD" moe test_cuda test_cuda_fp8 bench_fp8_gemm && echo "build ok"
+}
+stage_fp8-tests() {
+  env_deps
+  "$BUILD/tests/cuda/test_cuda_fp8" 2>&1 | tee "$OUT/test_fp8.log" | grep -E "^\[  (FAILED|PASSED) |FP8 GEMM|Failure|error" | tail -20
+  "$BUILD/tests/cuda/test_cuda" --gtest_filter='CudaPrefill.GroupedExpertsMatchCpu:CudaPrefill.DenseSwigluMatchesCpu:CudaModel.Fp8*:CudaModel.Bf16LogitsMatchHf' \
+    2>&1 | tee "$OUT/test_cuda_fp8_modes.log" | grep -E "^\[  (FAILED|PASSED) |rel L2 vs CPU|fp8_logits .*rel L2|Failure" | tail -40
+}
+stage_fp8-gemm() {
+  env_deps
+  "$BUILD/tests/cuda/bench_fp8_gemm" 2>&1 | tee "$OUT/fp8_gemm.log"
+  PYTHONUNBUFFERED=1 python3 bench/gpu/scaled_mm_peer.py 2>&1 | tee "$OUT/scaled_mm_peer.log"
+}
+stage_fp8-prefill() {
+  env_deps
+  local dir=$MODELS/moonlight-fp8
+  [ -d "$dir" ] || "$BUILD/src/cli/moe" create-random --config bench/gpu/configs/moonlight-16b-a3b.json --out "$dir" --dtype fp8 >/dev/null || return 1
+  for rep in 1 2; do for mode in bf16 fp8; do
+    "$BUILD/src/cli/moe" bench --device cuda --cuda-prefill $mode --model "$dir" --prompt-tokens 4096 --batch 1 --context 512 --steps 4 2>&1 \
+      | grep -E "^(device|ceilings|prefill)" | sed "s/^/[$mode $rep] /" | tee -a "$OUT/fp8-prefill.log"
+  done; done
+}
 stage_hf-peer() { PYTHONUNBUFFERED=1 python3 bench/gpu/hf_peer.py 2>&1 | tee "$OUT/hf_peer.log" | tail -5; }
 
 for s in "$@"; do

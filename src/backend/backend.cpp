@@ -17,7 +17,8 @@ CudaOptions::Prefill parse_cuda_prefill(const std::string& name) {
   if (name == "bf16") return CudaOptions::Prefill::Bf16;
   if (name == "split") return CudaOptions::Prefill::Split;
   if (name == "gemv") return CudaOptions::Prefill::Gemv;
-  fail("unknown CUDA prefill precision '{}' (expected bf16, split or gemv)", name);
+  if (name == "fp8") return CudaOptions::Prefill::Fp8;
+  fail("unknown CUDA prefill precision '{}' (expected bf16, split, gemv or fp8)", name);
 }
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {

@@ -17,7 +17,9 @@ struct CudaOptions {
   //   Bf16:  x (and a dequantised FP8 weight) rounded to BF16 once, F32 accumulation (the default).
   //   Split: x = hi + lo in two BF16 halves, ~1e-5 of the F32 GEMV at 2-3x the tensor-core work.
   //   Gemv:  the F32 weight-streaming GEMV for every token count (slow; a reference).
-  enum class Prefill { Bf16, Split, Gemv };
+  //   Fp8:   FP8 weights (128x128 block scales) on cuBLASLt's block-scaled FP8 x FP8 GEMM: x quantised to E4M3
+  //          per 1x128 tile (DeepSeek-V3's W8A8 scheme, no widening of the weights); other weights as Bf16.
+  enum class Prefill { Bf16, Split, Gemv, Fp8 };
   Prefill prefill = Prefill::Bf16;
   // Capture steps as CUDA graphs and replay them (Backend::can_capture answers false when off).
   bool graphs = true;
@@ -35,7 +37,7 @@ struct BackendOptions {
   CudaOptions cuda;
 };
 
-// Parses a CudaOptions::Prefill name (bf16, split, gemv); throws moe::Error naming the text otherwise.
+// Parses a CudaOptions::Prefill name (bf16, split, gemv, fp8); throws moe::Error naming the text otherwise.
 CudaOptions::Prefill parse_cuda_prefill(const std::string& name);
 
 }  // namespace moe

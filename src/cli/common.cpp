@@ -35,7 +35,7 @@ void add_backend_options(CLI::App* cmd, BackendArgs& a) {
   cmd->add_option("--cuda-graphs", a.cuda_graphs, "Capture repeated steps (decode) as CUDA graphs")
       ->envname("MOE_CUDA_GRAPHS")
       ->capture_default_str();
-  cmd->add_option("--cuda-prefill", a.cuda_prefill, "GEMM precision of many-token steps: bf16, split or gemv")
+  cmd->add_option("--cuda-prefill", a.cuda_prefill, "GEMM precision of many-token steps: bf16, split, gemv or fp8")
       ->envname("MOE_CUDA_PREFILL")
       ->capture_default_str();
   cmd->add_option("--cuda-mla-prefill-tokens", a.cuda_mla_prefill_tokens,

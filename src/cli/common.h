@@ -22,7 +22,7 @@ std::string human_bytes(int64_t n);                               // 5.80 GB
 // not given (flag value > environment > default); this is the only place the program reads them.
 //   --device                    MOE_DEVICE                    cpu, cuda or cuda:N
 //   --cuda-graphs               MOE_CUDA_GRAPHS               capture repeated steps as CUDA graphs (on)
-//   --cuda-prefill              MOE_CUDA_PREFILL              bf16, split or gemv (see CudaOptions::Prefill)
+//   --cuda-prefill              MOE_CUDA_PREFILL              bf16, split, gemv or fp8 (see CudaOptions::Prefill)
 //   --cuda-mla-prefill-tokens   MOE_CUDA_MLA_PREFILL_TOKENS   expanded MLA from this many new tokens (64; 0 off)
 //   --cuda-mla-splits           MOE_CUDA_MLA_SPLITS           decode attention splits (0: chosen per shape)
 struct BackendArgs {

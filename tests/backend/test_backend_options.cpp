@@ -36,6 +36,7 @@ TEST(BackendOptions, CudaPrefillNames) {
   EXPECT_EQ(parse_cuda_prefill("bf16"), CudaOptions::Prefill::Bf16);
   EXPECT_EQ(parse_cuda_prefill("split"), CudaOptions::Prefill::Split);
   EXPECT_EQ(parse_cuda_prefill("gemv"), CudaOptions::Prefill::Gemv);
+  EXPECT_EQ(parse_cuda_prefill("fp8"), CudaOptions::Prefill::Fp8);
   EXPECT_NE(error_of([] { parse_cuda_prefill("fp4"); }).find("'fp4'"), std::string::npos);
 }
 

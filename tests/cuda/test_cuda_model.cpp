@@ -161,7 +161,11 @@ class CudaModel : public ::testing::Test {
                 static_cast<long long>(agree), static_cast<long long>(T), static_cast<long long>(explained));
     return {err, agree + explained};
   }
-  void check_model(const std::string& dir, const std::string& suffix) {
+  // max_err / min_top1: the bounds (1e-2 / 99 %); free_routing: whether the free run's routing must be
+  // explained by near-ties (W8A8 perturbs the router's input by ~2 %, beyond any near-tie rule: then only the
+  // forced run is bounded, the free one printed).
+  void check_model(const std::string& dir, const std::string& suffix, double max_err = 1e-2, double min_top1 = 0.99,
+                   bool free_routing = true) {
     DeepseekV3 gpu_model(dir, *gpu_trace_), cpu_model(dir, *cpu_trace_);
     const auto cases = test::load_reference_cases();
     for (size_t i = 0; i < cases.size(); ++i) {
@@ -174,19 +178,22 @@ class CudaModel : public ::testing::Test {
       gpu_trace_->log.clear();
       const std::vector<float> free_run = logits(gpu_model, cases[i].input_ids);
       int flips = 0;
-      EXPECT_TRUE(routing_explained(gpu_trace_->log, cpu_routes, cpu_model, name, &flips)) << name;
+      const bool explained = routing_explained(gpu_trace_->log, cpu_routes, cpu_model, name, &flips);
+      if (free_routing) {
+        EXPECT_TRUE(explained) << name;
+      }
       const auto [free_err, free_ok] = against_hf(free_run, name, "(free)");
-      if (flips == 0) {
-        EXPECT_LE(free_err, 1e-2) << name;
-        EXPECT_GE(double(free_ok), 0.99 * double(T)) << name;
+      if (flips == 0 && free_routing) {
+        EXPECT_LE(free_err, max_err) << name;
+        EXPECT_GE(double(free_ok), min_top1 * double(T)) << name;
       }
       // 2. routing forced to the CPU's choices
       gpu_trace_->force_routing(&cpu_routes);
       const std::vector<float> forced = logits(gpu_model, cases[i].input_ids);
       gpu_trace_->force_routing(nullptr);
       const auto [err, ok] = against_hf(forced, name, "(CPU routing)");
-      EXPECT_LE(err, 1e-2) << name;
-      EXPECT_GE(double(ok), 0.99 * double(T)) << name;
+      EXPECT_LE(err, max_err) << name;
+      EXPECT_GE(double(ok), min_top1 * double(T)) << name;
     }
   }
   std::unique_ptr<Backend> gpu_, cpu_;
@@ -205,6 +212,25 @@ TEST_F(CudaModel, Bf16LogitsMatchHfPrefillKernels) {
 TEST_F(CudaModel, Fp8LogitsMatchHfPrefillKernels) {
   use_expanded_mla();
   check_model(test::kTinyModelFp8, "fp8_logits");
+}
+
+// W8A8 prefill (--cuda-prefill fp8): the FP8 fixture's dense linears of > 8-token steps on the block-scaled
+// FP8 x FP8 GEMM, activations quantised to E4M3 per 1x128 tile. Each quantisation adds relative noise of
+// rms <= 2^-4 / sqrt(3) = 3.6e-2 to the products it feeds (checked in test_cuda_fp8.cpp, 2.6 % measured).
+// The fixture's 3 layers quantise activations at up to 5 points each (the input of q_a and kv_a, q_b's
+// is not quantised (K = 192), o_proj's input, the MLP's input and h): 15 independent noises at most, each
+// reaching the logits at no more than its own relative size in the worst case: bound sqrt(15) * 3.6e-2 =
+// 0.14 on the rel L2 of the logits (measured 6.9e-2 and 7.5e-2 on the 100- and 33-token prompts, against
+// 6e-3..9e-3 for bf16 mode), top-1 >= 95 % with the near-tie rule (margin under 3x the row's RMS error),
+// under the CPU's routing (the free routing is printed: a ~3 % perturbation of the router's input flips the
+// fixture's near-ties by design).
+TEST_F(CudaModel, Fp8W8A8LogitsMatchHf) {
+  CudaOptions o;
+  o.prefill = CudaOptions::Prefill::Fp8;
+  gpu_trace_.reset();
+  gpu_ = make_cuda_backend(0, o);
+  gpu_trace_ = std::make_unique<TraceBackend>(*gpu_);
+  check_model(test::kTinyModelFp8, "fp8_logits", std::sqrt(15.0) * std::ldexp(1.0, -4) / std::sqrt(3.0), 0.95, false);
 }
 
 TEST_F(CudaModel, Fp8LogitsMatchHfDequantised) {

@@ -17,6 +17,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_context.h"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/gemm_fp8.h"
 
 namespace moe {
 
@@ -154,6 +155,11 @@ class CudaBackend final : public Backend {
     return T > cuda::kGemvMaxTile && gemm_ok(w) && ctx_.options().prefill != CudaOptions::Prefill::Gemv;
   }
   bool split() const { return ctx_.options().prefill == CudaOptions::Prefill::Split; }
+  // Prefill::Fp8 and an FP8 weight with 128x128 blocks of a shape cuBLASLt's block-scaled GEMM takes.
+  bool fp8_gemm_ok(const Weight& w) const {
+    return ctx_.options().prefill == CudaOptions::Prefill::Fp8 && w.w.dtype == DType::F8_E4M3 &&
+           w.block_n == 128 && w.block_k == 128 && cuda::fp8_gemm_shape_ok(w.rows(), w.cols());
+  }
   cuda::GemvParams dense_gemv(const Weight& w, const float* x, int64_t x_stride, float* out,
                               int64_t out_stride, int64_t T);
   // out [T, N] = x W^T on the tensor cores (cuBLAS); non-BF16 weights go through a BF16 scratch copy.
@@ -170,6 +176,18 @@ class CudaBackend final : public Backend {
   // ~2^-18, so the GEMM matches the F32 GEMV to ~1e-5 at 2x (BF16 weights) or 3x (FP8) the tensor-core
   // work. Prefill::Gemv forces the F32 GEMV for every token count.
   void gemm(const float* x, const Weight& w, float* out, int64_t T);
+  // Prefill::Fp8 (fp8_gemm_ok(w)): x [T, K] quantised to E4M3 per 1x128 tile (fp8_quant.cu), then
+  // out = x W^T on cuBLASLt's block-scaled FP8 GEMM with the weight and its scales as stored (gemm_fp8.h).
+  //
+  // Precision: E4M3 keeps 3 mantissa bits, so each quantised activation is within 2^-4 relative of x (plus
+  // 2^-10 of its tile's scale below the normal range); the products are exact and accumulate in F32 per
+  // 128-deep block. Over random-sign terms the output error is ~2^-4/sqrt(3) * ||x .* w||_2 (rms ~2-3 % of
+  // the output per matmul; measured in tests/cuda/test_cuda_fp8.cpp), against ~2^-9 for Prefill::Bf16.
+  void gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* out, int64_t T);
+  // The weight's 128x128 scale grid with its leading dimension a multiple of 4 (a padded scratch copy in
+  // `tmp` when the checkpoint's grid is narrower).
+  const float* fp8_weight_scales(const float* s, int64_t N, int64_t K, Tensor& tmp);
+  cuda::Fp8Gemm& fp8_gemm();
 
   // ---- Prefill (many tokens per forward): cuda_backend_prefill.cpp ----
   // The prefill kernels of moe_gemm.cu / mla_prefill.cu: grouped expert GEMM, fused dense SwiGLU, expanded MLA.
@@ -192,6 +210,13 @@ class CudaBackend final : public Backend {
   // projection over rows gathered into expert order (needs the counts on the host: never captured).
   void moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
                                const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
+  // Prefill::Fp8 with FP8 experts (fp8_experts_ok): x rows gathered into expert order and quantised to E4M3
+  // in one launch (per-expert scale segments), gate and up per active expert on the block-scaled FP8 GEMM
+  // (F32 out), silu_mul, h quantised likewise, down per active expert, rows scattered back. Needs the counts
+  // on the host (never captured), like the dequantising path it replaces.
+  bool fp8_experts_ok(const PreparedExperts& prep) const;
+  void moe_expert_gemms_fp8(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
+                            const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
   // MLA in the expanded form (cuda::mla_prefill_attention) for a batch with a prefill chunk of at least
   // CudaOptions::mla_prefill_min_tokens new tokens (mla_prefill_always skips the cost test), when it does less
   // tensor-core work than the absorbed form; never while a graph is being captured.
@@ -214,6 +239,7 @@ class CudaBackend final : public Backend {
   const cublasHandle_t cublas_ = ctx_.cublas();
   const int sms_ = ctx_.sms();
   std::unordered_map<std::string, const double*> rope_tables_;  // inv_freq tables uploaded, by contents
+  std::unique_ptr<cuda::Fp8Gemm> fp8_;  // made on the first FP8 GEMM (its cuBLASLt handle and workspace)
 };
 
 }  // namespace moe

@@ -88,16 +88,21 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // grouped kernel does not take, one cuBLAS GEMM per active expert.
   const bool grouped_gemm =
       TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && ctx_.options().prefill != CudaOptions::Prefill::Gemv;
-  const bool cublas_experts = grouped_gemm && (D % 8 != 0 || I % 8 != 0);
+  // Prefill::Fp8 with FP8 experts: per-expert FP8 x FP8 GEMMs (cuda_backend_moe_fp8.cpp).
+  const bool fp8_experts = grouped_gemm && fp8_experts_ok(*prep);
+  const bool cublas_experts = grouped_gemm && !fp8_experts && (D % 8 != 0 || I % 8 != 0);
+  const bool per_expert = cublas_experts || fp8_experts;  // one segment per expert: no work items
   const int gemv_tile = grouped_gemv_tile(T, TK, E);
-  const int tile = !grouped_gemm ? gemv_tile : cublas_experts ? 1 << 20 : cuda::kGroupedRows;
-  const int64_t max_items = cublas_experts ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
+  const int tile = !grouped_gemm ? gemv_tile : per_expert ? 1 << 20 : cuda::kGroupedRows;
+  const int64_t max_items = per_expert ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
   Tensor perm = scratch(DType::I32, {TK}), items = scratch(DType::I32, {max_items, 3}),
          counts = scratch(DType::I32, {E});
   cuda::moe_plan(expert_ids.as<const int32_t>(), TK, E, std::min(tile, 1 << 30), int32_t(max_items),
                  perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
   Tensor y = scratch(DType::F32, {TK, D});
-  if (cublas_experts) {
+  if (fp8_experts) {
+    moe_expert_gemms_fp8(x, *prep, perm, counts, T, K, y);
+  } else if (cublas_experts) {
     moe_expert_gemms_cublas(x, *prep, perm, counts, T, K, y);
   } else if (grouped_gemm) {
     moe_expert_gemms(x, *prep, perm, items, max_items, counts, T, K, y);

@@ -95,8 +95,55 @@ MlaPrefillPlan plan_mla_prefill(const BatchPlan& plan, int64_t H, int64_t dn, in
 // ---- GEMMs
 // ---------------------------------------------------------------------------------------------------
 
+cuda::Fp8Gemm& CudaBackend::fp8_gemm() {
+  if (!fp8_) fp8_ = std::make_unique<cuda::Fp8Gemm>(stream_);
+  return *fp8_;
+}
+
+const float* CudaBackend::fp8_weight_scales(const float* s, int64_t N, int64_t K, Tensor& tmp) {
+  const int64_t nb = (N + 127) / 128, kb = (K + 127) / 128, ld = cuda::fp8_scale_ld(K);
+  if (ld == kb) return s;
+  tmp = scratch(DType::F32, {nb, ld});
+  cuda::pad_scales(s, int32_t(nb), int32_t(kb), int32_t(ld), tmp.as<float>(), stream_);
+  return tmp.as<const float>();
+}
+
+void CudaBackend::gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* out, int64_t T) {
+  // cuBLASLt takes row counts that are multiples of 4: T4 rows, the padding rows of x zero, the output through
+  // a [T4, N] scratch when T is not a multiple of 4.
+  const int64_t N = w.rows(), K = w.cols(), T4 = (T + 3) / 4 * 4;
+  Tensor xq = scratch(DType::U8, {T4, K}), xs = scratch(DType::F32, {K / 128, T4}), wst, otmp;
+  if (T4 != T) {
+    check(cudaMemsetAsync(xq.as<uint8_t>() + T * K, 0, size_t((T4 - T) * K), stream_), "memset (FP8 padding rows)");
+    otmp = scratch(DType::F32, {T4, N});
+  }
+  cuda::Fp8QuantParams q;
+  q.x = x;
+  q.ldx = ldx;
+  q.M = T;
+  q.K = K;
+  q.q = xq.as<uint8_t>();
+  q.ldq = K;
+  q.scales = xs.as<float>();
+  cuda::quantize_fp8(q, stream_);
+  cuda::Fp8GemmArgs a;
+  a.x = xq.as<const uint8_t>();
+  a.xs = xs.as<const float>();
+  a.w = static_cast<const uint8_t*>(w.w.data);
+  a.ws = fp8_weight_scales(w.scale_inv.as<const float>(), N, K, wst);
+  a.out = T4 == T ? out : otmp.as<float>();
+  a.T = T4;
+  a.N = N;
+  a.K = K;
+  a.ldo = N;
+  fp8_gemm().run(a);
+  if (T4 != T)
+    check(cudaMemcpyAsync(out, otmp.data(), size_t(T * N) * 4, cudaMemcpyDeviceToDevice, stream_), "FP8 GEMM rows");
+}
+
 void CudaBackend::gemm(const float* x, const Weight& w, float* out, int64_t T) {
   const int64_t K = w.cols();
+  if (fp8_gemm_ok(w)) return gemm_fp8(x, K, w, out, T);
   Tensor xb = scratch(DType::BF16, {T, K}), xl;
   if (split()) xl = scratch(DType::BF16, {T, K});
   cuda::f32_to_bf16(x, xb.as<uint16_t>(), T * K, stream_, split() ? xl.as<uint16_t>() : nullptr);
@@ -130,9 +177,11 @@ bool CudaBackend::swiglu_gemm_ok(int64_t T, const MlpWeights& mlp) const {
 
 void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const TensorView& out) {
   const int64_t T = x.rows(), D = x.row_size(), I = mlp.gate.rows();
-  const bool fused = mlp.up.w.dtype == mlp.gate.w.dtype && mlp.up.rows() == I &&
+  // FP8 x FP8 (Prefill::Fp8): three block-scaled GEMMs with F32 outputs and silu_mul between them.
+  const bool fp8 = fp8_gemm_ok(mlp.gate) && fp8_gemm_ok(mlp.up) && fp8_gemm_ok(mlp.down);
+  const bool fused = !fp8 && mlp.up.w.dtype == mlp.gate.w.dtype && mlp.up.rows() == I &&
                      mlp.up.cols() == D && D % 8 == 0 && I % 8 == 0;
-  if (!fused) {  // shapes the grouped kernel does not take: F32 gate and up products, silu_mul, down
+  if (!fused) {  // FP8, or shapes the grouped kernel does not take: F32 gate and up products, silu_mul, down
     Tensor h = scratch(DType::F32, {T, I}), u = scratch(DType::F32, {T, I});
     gemm(x.as<const float>(), mlp.gate, h.as<float>(), T);
     gemm(x.as<const float>(), mlp.up, u.as<float>(), T);

@@ -48,6 +48,42 @@ void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s, uint1
 // Any weight (BF16/F16/F32/FP8+scales) to dense BF16 [rows, cols] (with lo: the rounding remainder too).
 void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t* lo = nullptr);
 
+// ---- fp8_quant.cu: activations to E4M3 for the FP8 x FP8 GEMMs (gemm_fp8.h) ---------------------------
+// Row i (of M) of segment s (rows [seg_offs[s], seg_offs[s + 1]), m_s of them; one segment of M rows when
+// seg_offs is null) goes to output row r(i) = seg_poffs[s] + (i - seg_offs[s]) (i without seg_poffs):
+// q[r(i), k] = e4m3(x[src(i), k] / scale), scale = amax of the 1x128 tile / 448 (1 for an all-zero tile),
+// saturating; src(i) = rows ? rows[i] / row_div : i; the scale at scales[sbase_s + kb * m4_s + (i - seg_offs[s])]
+// with m4_s = m_s rounded up to a multiple of 4 and sbase_s = seg_sbase[s] (0): cuBLASLt's VEC128_32F layout
+// for a GEMM over the segment's m4_s rows (cuBLASLt wants row counts that are multiples of 4; the rows past
+// m_s are not written here).
+constexpr float kE4M3MaxDevice = 448.0f;
+struct Fp8QuantParams {
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  const int32_t* rows = nullptr;
+  int32_t row_div = 1;
+  int64_t M = 0, K = 0;
+  uint8_t* q = nullptr;
+  int64_t ldq = 0;
+  float* scales = nullptr;
+  const int32_t* seg_offs = nullptr;   // [nseg + 1]
+  const int32_t* seg_sbase = nullptr;  // [nseg]
+  const int32_t* seg_poffs = nullptr;  // [nseg], optional
+  int32_t nseg = 0;
+};
+void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s);
+// A [rows, cols] scale grid re-laid with ld columns (zeros after cols): cuBLASLt wants the 128x128 grid's
+// leading dimension a multiple of 4. The table form reads matrix e from table[e * stride + slot], e < count,
+// writing out + e * rows * ld.
+// y[perm[i]] = yp[seg_poffs[s] + (i - seg_offs[s])] for row i of segment s: rows back from a padded layout.
+void scatter_rows_padded(const float* yp, const int32_t* perm, const int32_t* seg_offs, const int32_t* seg_poffs,
+                         int32_t nseg, int64_t TK, int64_t D, float* y, cudaStream_t s);
+// out[t, n] (F32, ldo apart) = in[t, n] (BF16, [T, N] dense).
+void bf16_rows_to_f32(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo, cudaStream_t s);
+void pad_scales(const float* in, int32_t rows, int32_t cols, int32_t ld, float* out, cudaStream_t s);
+void pad_scales_table(const void* const* table, int32_t slot, int32_t stride, int32_t count, int32_t rows,
+                      int32_t cols, int32_t ld, float* out, cudaStream_t s);
+
 // ---- rms_norm.cu ---------------------------------------------------------------------------------------
 void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out, cudaStream_t s);
 // h += y (in place), then out = rms_norm(h) * w, in one pass over each row.

@@ -1,0 +1,150 @@
+// Activation quantisation for the FP8 x FP8 GEMMs (gemm_fp8.h): F32 rows to E4M3 with one F32 scale per 1x128
+// tile (DeepSeek-V3's activation scheme), and the re-layout of 128x128 weight-scale grids whose column count
+// cuBLASLt wants padded to a multiple of 4.
+//
+// Scale layout (what cuBLASLt's CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F takes for the token operand): for a
+// segment of m rows starting at row o with scales at sbase, tile (i, kb) of row o + i has its scale at
+// sbase + kb * m + i, i.e. the [m, K/128] scale matrix stored column-major (rows fastest). Segments are the
+// per-expert row ranges of the routed experts (one segment covering all rows for a dense GEMM).
+#include <algorithm>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+constexpr int kQuantWarps = 8;  // warps per block; one warp per (row, 128-column tile)
+
+// One warp quantises one tile: each lane holds 4 consecutive values (a float4 when the tile is whole).
+__global__ void __launch_bounds__(kQuantWarps * 32)
+    quantize_fp8_kernel(Fp8QuantParams p, int64_t tiles_total, int32_t kb_count) {
+  pdl_trigger();
+  pdl_wait();
+  const int lane = threadIdx.x % 32;
+  const int64_t tile = blockIdx.x * int64_t(kQuantWarps) + threadIdx.x / 32;
+  if (tile >= tiles_total) return;
+  const int64_t i = tile / kb_count;  // output row
+  const int32_t kb = int32_t(tile % kb_count);
+  const int64_t src_row = p.rows ? int64_t(p.rows[i]) / p.row_div : i;
+  const float* src = p.x + src_row * p.ldx + int64_t(kb) * 128;
+  const int64_t k0 = int64_t(kb) * 128 + lane * 4;
+  float v[4];
+  if (k0 + 4 <= p.K && p.ldx % 4 == 0) {
+    const float4 f = *reinterpret_cast<const float4*>(src + lane * 4);
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = k0 + j < p.K ? src[lane * 4 + j] : 0.0f;
+  }
+  float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+  amax = warp_max(amax);
+  // scale = amax / 448 so the largest value maps to E4M3's largest finite; an all-zero tile gets scale 1.
+  const float scale = amax > 0.0f ? amax / kE4M3MaxDevice : 1.0f;
+  const float inv = 1.0f / scale;
+  uint32_t packed = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const __nv_fp8_storage_t q = __nv_cvt_float_to_fp8(v[j] * inv, __NV_SATFINITE, __NV_E4M3);
+    packed |= uint32_t(q) << (8 * j);
+  }
+  // The row's segment: the last s with seg_offs[s] <= i (binary search; one segment when seg_offs is null).
+  int64_t o = 0, m = p.M, sbase = 0, po = 0;
+  if (p.seg_offs) {
+    int lo = 0, hi = p.nseg - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (p.seg_offs[mid] <= i) lo = mid; else hi = mid - 1;
+    }
+    o = p.seg_offs[lo];
+    m = p.seg_offs[lo + 1] - o;
+    sbase = p.seg_sbase[lo];
+    po = p.seg_poffs ? p.seg_poffs[lo] : o;
+  }
+  const int64_t r = po + (i - o), m4 = (m + 3) / 4 * 4;
+  uint8_t* dst = p.q + r * p.ldq + int64_t(kb) * 128 + lane * 4;
+  if (k0 + 4 <= p.K && p.ldq % 4 == 0) {
+    *reinterpret_cast<uint32_t*>(dst) = packed;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (k0 + j < p.K) dst[j] = uint8_t(packed >> (8 * j));
+  }
+  if (lane == 0) p.scales[sbase + int64_t(kb) * m4 + (i - o)] = scale;
+}
+
+// out[r, c] = in[r, c] for c < cols, 0 for cols <= c < ld (grid.y: matrices of a table, when table is set).
+__global__ void pad_scales_kernel(const float* in, const void* const* table, int32_t slot, int32_t stride,
+                                  int32_t rows, int32_t cols, int32_t ld, float* out) {
+  pdl_trigger();
+  pdl_wait();
+  const float* src = table ? static_cast<const float*>(table[int64_t(blockIdx.y) * stride + slot]) : in;
+  float* dst = out + int64_t(blockIdx.y) * rows * ld;
+  for (int32_t j = blockIdx.x * blockDim.x + threadIdx.x; j < rows * ld; j += gridDim.x * blockDim.x) {
+    const int32_t r = j / ld, c = j % ld;
+    dst[j] = c < cols ? src[int64_t(r) * cols + c] : 0.0f;
+  }
+}
+
+__global__ void scatter_rows_padded_kernel(const float* yp, const int32_t* perm, const int32_t* seg_offs,
+                                           const int32_t* seg_poffs, int32_t nseg, int64_t D, float* y) {
+  pdl_trigger();
+  pdl_wait();
+  const int64_t i = blockIdx.y;
+  int lo = 0, hi = nseg - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (seg_offs[mid] <= i) lo = mid; else hi = mid - 1;
+  }
+  const float* src = yp + (seg_poffs[lo] + (i - seg_offs[lo])) * D;
+  float* dst = y + int64_t(perm[i]) * D;
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+    dst[d] = src[d];
+}
+
+__global__ void bf16_rows_to_f32_kernel(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo) {
+  pdl_trigger();
+  pdl_wait();
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < T * N; j += int64_t(gridDim.x) * blockDim.x)
+    out[(j / N) * ldo + j % N] = bf16_bits_to_float(in[j]);
+}
+
+}  // namespace
+
+void scatter_rows_padded(const float* yp, const int32_t* perm, const int32_t* seg_offs, const int32_t* seg_poffs,
+                         int32_t nseg, int64_t TK, int64_t D, float* y, cudaStream_t s) {
+  if (TK == 0) return;
+  launch("scatter_rows_padded", scatter_rows_padded_kernel,
+         dim3(std::min<unsigned>(blocks_for(D, 256), 8u), unsigned(TK)), 256, 0, s, yp, perm, seg_offs, seg_poffs, nseg,
+         D, y);
+}
+
+void bf16_rows_to_f32(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo, cudaStream_t s) {
+  if (T * N == 0) return;
+  launch("bf16_rows_to_f32", bf16_rows_to_f32_kernel, dim3(std::min<unsigned>(blocks_for(T * N, 256), 4096u)), 256, 0,
+         s, in, T, N, out, ldo);
+}
+
+void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s) {
+  if (p.M == 0 || p.K == 0) return;
+  const int32_t kb = int32_t((p.K + 127) / 128);
+  const int64_t tiles = p.M * kb;
+  launch("quantize_fp8", quantize_fp8_kernel, dim3(blocks_for(tiles, kQuantWarps)), kQuantWarps * 32, 0, s, p,
+         tiles, kb);
+}
+
+void pad_scales(const float* in, int32_t rows, int32_t cols, int32_t ld, float* out, cudaStream_t s) {
+  const int32_t n = rows * ld;
+  launch("pad_scales", pad_scales_kernel, dim3(std::min<unsigned>(blocks_for(n, 256), 64u), 1), 256, 0, s, in,
+         static_cast<const void* const*>(nullptr), 0, 0, rows, cols, ld, out);
+}
+
+void pad_scales_table(const void* const* table, int32_t slot, int32_t stride, int32_t count, int32_t rows,
+                      int32_t cols, int32_t ld, float* out, cudaStream_t s) {
+  if (count == 0) return;
+  const int32_t n = rows * ld;
+  launch("pad_scales_table", pad_scales_kernel, dim3(std::min<unsigned>(blocks_for(n, 256), 16u), unsigned(count)),
+         256, 0, s, static_cast<const float*>(nullptr), table, slot, stride, rows, cols, ld, out);
+}
+
+}  // namespace moe::cuda
