@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/progress_bar.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "tokenizer/chat_template.h"
@@ -32,7 +33,8 @@ void run_chat(const ChatArgs& a) {
   const Tokenizer tok = Tokenizer::load(a.tokenizer.empty() ? a.model : a.tokenizer);
   const ChatTemplate& tmpl = tok.chat_template();
   auto backend = open_backend(a.backend);
-  DeepseekV3 model(a.model, *backend);
+  ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
+  DeepseekV3 model(a.model, *backend, {.progress = bar.fn()});
   Generator gen(model, a.context);
   GenerateOptions opts;
   opts.max_new_tokens = a.max_new_tokens;
