@@ -41,6 +41,7 @@ class ReplyInterrupt {
     chat_interrupted = 0;
     struct sigaction sa {};
     sa.sa_handler = on_chat_sigint;
+    sa.sa_flags = SA_RESTART;  // writes of the reply in progress complete; the token callback sees the flag
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_);
   }

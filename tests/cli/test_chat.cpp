@@ -1,6 +1,7 @@
 // `moe chat` through a pipe: /save and /load (the conversation as JSON messages; a bad file is reported, naming
 // the file and the problem, and the chat goes on), and Ctrl-C during a long reply (SIGINT to the child) stops
 // the reply and keeps the conversation. The parser's error messages are checked directly too.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -94,13 +95,15 @@ TEST(Chat, InterruptStopsTheReplyAndKeepsTheConversation) {
   int in[2], out[2];
   ASSERT_EQ(pipe(in), 0);
   ASSERT_EQ(pipe(out), 0);
+  const std::string err_path = dir + "/stderr.txt";
+  const int err_fd = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(err_fd, 0);
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     dup2(in[0], 0);
     dup2(out[1], 1);
-    const std::string err = dir + "/stderr.txt";
-    freopen(err.c_str(), "w", stderr);
+    dup2(err_fd, 2);
     close(in[1]);
     close(out[0]);
     execl(MOE_BINARY, MOE_BINARY, "chat", "--model", moe::test::kTinyModel.c_str(), "--context", "65536",
@@ -109,6 +112,7 @@ TEST(Chat, InterruptStopsTheReplyAndKeepsTheConversation) {
   }
   close(in[0]);
   close(out[1]);
+  close(err_fd);
   const std::string hi = "Hi\n";
   ASSERT_EQ(write(in[1], hi.data(), hi.size()), ssize_t(hi.size()));
   // Wait for the reply to stream (some bytes on stdout), then interrupt it.
@@ -126,7 +130,7 @@ TEST(Chat, InterruptStopsTheReplyAndKeepsTheConversation) {
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::ifstream ef(dir + "/stderr.txt");
+  std::ifstream ef(err_path);
   const std::string err((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
   ASSERT_TRUE(WIFEXITED(status)) << "ended by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0) << "\n" << err;
   EXPECT_EQ(WEXITSTATUS(status), 0) << err;
