@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/progress_bar.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/step_executor.h"
@@ -142,7 +143,8 @@ void run_sweep(const BenchArgs& a) {
   apply_thread_count();
   auto backend = open_backend(a.backend);
   const Ceilings ceil = measure_ceilings(backend->device());
-  DeepseekV3 model(a.model, *backend);
+  ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
+  DeepseekV3 model(a.model, *backend, {.progress = bar.fn()});
   const ModelConfig& c = model.config();
   const ModelStats stats = compute_stats(model.checkpoint(), c);
   backend->synchronize();
@@ -256,7 +258,8 @@ void run_bench(const BenchArgs& a) {
   if (a.prompt_tokens < 1 || a.gen_tokens < 1) fail("--prompt-tokens and --gen-tokens must be >= 1");
   auto backend = open_backend(a.backend);
   const double bandwidth_before = measure_read_bandwidth(size_t(1) << 30);
-  DeepseekV3 model(a.model, *backend);
+  ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
+  DeepseekV3 model(a.model, *backend, {.progress = bar.fn()});
   const ModelConfig& c = model.config();
   const ModelStats stats = compute_stats(model.checkpoint(), c);
   std::mt19937 rng(uint32_t(a.seed));

@@ -7,6 +7,7 @@
 #include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/progress_bar.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "engine/speculative.h"
@@ -39,7 +40,8 @@ void run_generate(const GenerateArgs& a) {
     prompt = parse_token_list(a.tokens);
   }
   auto backend = open_backend(a.backend);
-  DeepseekV3 model(a.model, *backend, {.load_mtp = a.speculative});
+  ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
+  DeepseekV3 model(a.model, *backend, {.load_mtp = a.speculative, .progress = bar.fn()});
   if (a.speculative) {
     // Greedy with the MTP module drafting the next-next token; same tokens as plain greedy decoding.
     if (a.sampling.temperature > 0) fail("--speculative decodes greedily; drop --temperature");

@@ -7,6 +7,7 @@
 #include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/progress_bar.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "io/safetensors.h"
@@ -60,7 +61,8 @@ void run_logits(const std::string& model_dir, const BackendArgs& device, const s
                 const std::string& out_path, bool mtp) {
   const std::vector<int32_t> tokens = parse_token_list(tokens_text);
   auto backend = open_backend(device);
-  DeepseekV3 model(model_dir, *backend, {.load_mtp = mtp});
+  ProgressBar bar = ProgressBar::on_stderr("loading " + model_dir);
+  DeepseekV3 model(model_dir, *backend, {.load_mtp = mtp, .progress = bar.fn()});
   if (mtp && !model.has_mtp()) fail("{}: the checkpoint has no MTP module (num_nextn_predict_layers)", model_dir);
   const int64_t T = int64_t(tokens.size()), V = model.config().vocab_size, page = 64;
   LatentCache cache(model.config(), *backend, pages_for(T, page), page, model.cache_layers());
@@ -117,7 +119,10 @@ void register_model_commands(CLI::App& app) {
     cmd->add_option("--seed", opts->seed, "Random seed");
     cmd->callback([=] {
       opts->fp8 = *dtype == "fp8";
-      create_random_checkpoint(*opts);
+      ProgressBar bar = ProgressBar::on_stderr("writing " + opts->out_dir);
+      RandomCheckpointOptions o = *opts;
+      o.progress = bar.fn();
+      create_random_checkpoint(o);
     });
   }
   register_generate_command(app);

@@ -20,6 +20,7 @@
 #include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/progress_bar.h"
 #include "core/error.h"
 #include "engine/scheduler.h"
 #include "server/feedback_store.h"
@@ -31,7 +32,7 @@ namespace moe::cli {
 namespace {
 
 struct ServeArgs {
-  std::string model, host = "127.0.0.1", api_key_file, feedback_db, name, reasoning = "auto", allowed_origins, allowed_hosts;
+  std::string model, host = "127.0.0.1", api_key, api_key_file, feedback_db, name, reasoning = "auto", allowed_origins, allowed_hosts;
   BackendArgs backend;
   int port = 8000;
   int32_t max_batch = 64, step_tokens = 512, default_max_tokens = 2048;
@@ -95,7 +96,7 @@ void run_serve(const ServeArgs& a) {
     }
     i = j + 1;
   }
-  if (const char* env = std::getenv("MOE_API_KEY"); env && *env) so.api_key = env;
+  so.api_key = trim(a.api_key);  // --api-key or MOE_API_KEY (CLI11 reads the environment); the key file wins
   if (!a.api_key_file.empty()) {
     std::ifstream f(a.api_key_file);
     if (!f) fail("cannot read --api-key-file {}", a.api_key_file);
@@ -149,11 +150,15 @@ void run_serve(const ServeArgs& a) {
               srv->stop();
             })};
 
-  // Progress by stages (the weights are most of the time).
+  // Progress: 5 % for the backend, 80 % for the weights by bytes (most of the time), then the rest by stages.
   auto backend = open_backend(a.backend);
   loading.set_progress(0.05);
   if (a.fault_load_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(a.fault_load_delay_ms));
-  DeepseekV3 model(a.model, *backend);
+  ProgressBar bar = ProgressBar::on_stderr("moe serve: loading " + a.model);
+  DeepseekV3 model(a.model, *backend, {.progress = [&](uint64_t done, uint64_t total) {
+                     bar.update(done, total);
+                     loading.set_progress(0.05 + 0.8 * (total ? double(done) / double(total) : 1.0));
+                   }});
   loading.set_progress(0.85);
   const Tokenizer tokenizer = Tokenizer::load(a.model);
   loading.set_progress(0.9);
@@ -200,9 +205,7 @@ void run_bench(const BenchArgs& a) {
   using nlohmann::json;
   using Clock = std::chrono::steady_clock;
   if (a.concurrency < 1 || a.requests < 1) fail("--concurrency and --requests must be >= 1");
-  std::string key = a.api_key;
-  if (key.empty())
-    if (const char* env = std::getenv("MOE_API_KEY")) key = env;
+  const std::string& key = a.api_key;  // --api-key or MOE_API_KEY
   httplib::Headers headers;
   if (!key.empty()) headers.emplace("Authorization", "Bearer " + key);
   std::string model = a.model;
@@ -314,6 +317,10 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--host", s->host, "Address to bind (default 127.0.0.1: this machine only)");
   serve->add_option("--port", s->port, "Port (0: any free port; the bound port is printed)");
   serve->add_option("--api-key-file", s->api_key_file, "File holding the API key clients must send (or set MOE_API_KEY)");
+  // The key itself: from MOE_API_KEY (set below, like every flag's variable). A command line is visible to every
+  // user of the machine (ps), so the help points at the variable and the file.
+  serve->add_option("--api-key", s->api_key,
+                    "API key clients must send; prefer MOE_API_KEY or --api-key-file (a command line is visible in ps)");
   serve->add_option("--allowed-origins", s->allowed_origins,
                     "Comma-separated origins (scheme://host[:port], or *) whose web pages may call the API (CORS); "
                     "default: none besides the server's own");
@@ -360,7 +367,7 @@ void register_server_commands(CLI::App& app) {
   bench->add_option("--max-tokens", b->max_tokens, "Tokens per completion (EOS ignored)");
   bench->add_option("--prompt", b->prompt, "User message");
   bench->add_option("--model", b->model, "Model id (default: the first of /v1/models)");
-  bench->add_option("--api-key", b->api_key, "API key (default: MOE_API_KEY)");
+  bench->add_option("--api-key", b->api_key, "API key (default: MOE_API_KEY)")->envname("MOE_API_KEY");
   bench->callback([b] { run_bench(*b); });
 
   auto* fb = app.add_subcommand("feedback", "Ratings stored by the server");

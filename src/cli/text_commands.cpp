@@ -1,15 +1,24 @@
 // `moe chat`: an interactive terminal chat with the model's chat template. Keeps the history (the latent
-// cache is reused for the shared prefix), streams the reply, shows tokens/s; /reset and /exit.
+// cache is reused for the shared prefix), streams the reply, shows tokens/s. Lines are edited with libedit on a
+// terminal (cli/line_reader.h); /reset, /save FILE, /load FILE (cli/conversation.h) and /exit; Ctrl-C during a
+// reply stops it and keeps the conversation, Ctrl-C at the prompt or Ctrl-D ends.
 #include <fmt/format.h>
+#include <signal.h>
 
+#include <cctype>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/conversation.h"
+#include "cli/line_reader.h"
+#include "cli/progress_bar.h"
 #include "core/error.h"
 #include "engine/generator.h"
 #include "tokenizer/chat_template.h"
@@ -18,6 +27,42 @@
 namespace moe::cli {
 
 namespace {
+
+// Ctrl-C during a reply. A signal handler cannot be handed state, so the flag it sets is the one thing at
+// namespace scope; it means something only while a ReplyInterrupt is alive (the handler is installed).
+volatile std::sig_atomic_t chat_interrupted = 0;
+extern "C" void on_chat_sigint(int) { chat_interrupted = 1; }
+
+// SIGINT handled (sets the flag) for this object's life, the previous disposition restored after: at the
+// prompt Ctrl-C keeps its default and ends the program.
+class ReplyInterrupt {
+ public:
+  ReplyInterrupt() {
+    chat_interrupted = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_chat_sigint;
+    sa.sa_flags = SA_RESTART;  // writes of the reply in progress complete; the token callback sees the flag
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_);
+  }
+  ~ReplyInterrupt() { sigaction(SIGINT, &old_, nullptr); }
+  ReplyInterrupt(const ReplyInterrupt&) = delete;
+  ReplyInterrupt& operator=(const ReplyInterrupt&) = delete;
+  bool fired() const { return chat_interrupted != 0; }
+
+ private:
+  struct sigaction old_ {};
+};
+
+// "/save FILE" -> "FILE" when `line` is the command `cmd`, else nullopt.
+std::optional<std::string> command_arg(const std::string& line, const std::string& cmd) {
+  if (line != cmd && line.rfind(cmd + " ", 0) != 0) return std::nullopt;
+  size_t i = cmd.size();
+  while (i < line.size() && line[i] == ' ') ++i;
+  size_t j = line.size();
+  while (j > i && std::isspace((unsigned char)line[j - 1])) --j;
+  return line.substr(i, j - i);
+}
 
 struct ChatArgs {
   std::string model, tokenizer, system;
@@ -32,7 +77,8 @@ void run_chat(const ChatArgs& a) {
   const Tokenizer tok = Tokenizer::load(a.tokenizer.empty() ? a.model : a.tokenizer);
   const ChatTemplate& tmpl = tok.chat_template();
   auto backend = open_backend(a.backend);
-  DeepseekV3 model(a.model, *backend);
+  ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
+  DeepseekV3 model(a.model, *backend, {.progress = bar.fn()});
   Generator gen(model, a.context);
   GenerateOptions opts;
   opts.max_new_tokens = a.max_new_tokens;
@@ -41,16 +87,40 @@ void run_chat(const ChatArgs& a) {
 
   nlohmann::json history = nlohmann::json::array();
   if (!a.system.empty()) history.push_back({{"role", "system"}, {"content", a.system}});
-  const size_t base = history.size();
-  std::fprintf(stderr, "moe chat: %s on %s. /reset clears the conversation, /exit quits.\n", a.model.c_str(),
-               backend->name().c_str());
-  std::string line;
+  const nlohmann::json initial = history;  // what /reset returns to
+  std::fprintf(stderr,
+               "moe chat: %s on %s. /reset clears the conversation, /save FILE and /load FILE keep it as JSON, "
+               "/exit or Ctrl-D quits; Ctrl-C stops a reply.\n",
+               a.model.c_str(), backend->name().c_str());
+  LineReader input;
   for (;;) {
-    std::fprintf(stderr, "> ");
-    if (!std::getline(std::cin, line) || line == "/exit") break;
+    const std::optional<std::string> read = input.read("> ");
+    if (!read || *read == "/exit") break;
+    const std::string& line = *read;
     if (line.empty()) continue;
+    if (auto path = command_arg(line, "/save")) {
+      try {
+        if (path->empty()) fail("/save needs a file name");
+        save_conversation(*path, history);
+        std::fprintf(stderr, "(saved %zu messages to %s)\n", history.size(), path->c_str());
+      } catch (const Error& e) {
+        std::fprintf(stderr, "(not saved: %s)\n", e.what());
+      }
+      continue;
+    }
+    if (auto path = command_arg(line, "/load")) {
+      try {
+        if (path->empty()) fail("/load needs a file name");
+        history = load_conversation(*path);
+        gen.reset();
+        std::fprintf(stderr, "(loaded %zu messages from %s)\n", history.size(), path->c_str());
+      } catch (const Error& e) {
+        std::fprintf(stderr, "(not loaded, the conversation is unchanged: %s)\n", e.what());
+      }
+      continue;
+    }
     if (line == "/reset") {
-      history.erase(history.begin() + std::ptrdiff_t(base), history.end());
+      history = initial;
       gen.reset();
       std::fprintf(stderr, "(conversation cleared)\n");
       continue;
@@ -65,19 +135,21 @@ void run_chat(const ChatArgs& a) {
     StreamingDecoder decoder(tok, /*skip_special_tokens=*/true);
     std::string reply;
     const auto t0 = std::chrono::steady_clock::now();
+    const ReplyInterrupt interrupt;  // Ctrl-C from here to the end of this turn stops the reply
     const std::vector<int32_t> out = gen.generate(prompt, opts, [&](int32_t id) {
       const std::string piece = decoder.push(id);
       reply += piece;
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
-      return true;
+      return !interrupt.fired();
     });
     const std::string rest = decoder.flush();
     reply += rest;
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("%s\n", rest.c_str());
     std::fflush(stdout);
-    std::fprintf(stderr, "[%zu tokens, %.1f tokens/s]\n", out.size(), double(out.size()) / dt);
+    std::fprintf(stderr, "[%zu tokens, %.1f tokens/s%s]\n", out.size(), double(out.size()) / dt,
+                 interrupt.fired() ? ", stopped" : "");
     history.push_back({{"role", "assistant"}, {"content", reply}});
   }
 }

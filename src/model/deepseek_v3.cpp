@@ -59,7 +59,7 @@ DeepseekV3::DeepseekV3(const std::string& model_dir, Backend& backend, Options o
     : config_(ModelConfig::load(model_dir)),
       backend_(backend),
       checkpoint_(std::in_place, model_dir),
-      weights_(ModelWeights::load(*checkpoint_, config_, backend, options.load_mtp)),
+      weights_(ModelWeights::load(*checkpoint_, config_, backend, options.load_mtp, options.progress)),
       rope_(make_rope_params(config_)),
       attn_scale_(attention_scale(config_)),
       routing_(routing_params(config_)) {

@@ -40,6 +40,7 @@ class DeepseekV3 {
  public:
   struct Options {
     bool load_mtp = false;
+    ProgressFn progress;  // loading from a directory: bytes of weights handed to the backend (ModelWeights::load)
   };
   // From a checkpoint directory (config.json and safetensors; the weights stay memory-mapped for the CPU).
   DeepseekV3(const std::string& model_dir, Backend& backend, Options options);

@@ -142,7 +142,9 @@ struct PendingTensor {
   uint64_t bytes;
 };
 
-void write_shard(const std::string& path, const std::vector<PendingTensor>& tensors) {
+// `wrote(bytes)` after each tensor's data is written.
+void write_shard(const std::string& path, const std::vector<PendingTensor>& tensors,
+                 const std::function<void(uint64_t)>& wrote) {
   json header = json::object();
   header["__metadata__"] = {{"format", "pt"}};
   uint64_t offset = 0;
@@ -157,7 +159,10 @@ void write_shard(const std::string& path, const std::vector<PendingTensor>& tens
   const uint64_t len = text.size();
   out.write(reinterpret_cast<const char*>(&len), 8);
   out.write(text.data(), std::streamsize(text.size()));
-  for (const auto& t : tensors) t.write(out);
+  for (const auto& t : tensors) {
+    t.write(out);
+    wrote(t.bytes);
+  }
   if (!out) fail("error writing {}", path);
 }
 
@@ -187,9 +192,10 @@ void create_random_checkpoint(const RandomCheckpointOptions& o) {
   const auto specs = tensor_specs(c, o.fp8);
   // Group tensors into shards by size; each tensor's values are made when its shard is written.
   std::vector<std::vector<const TensorSpec*>> shards(1);
-  uint64_t in_shard = 0;
+  uint64_t in_shard = 0, total = 0, done = 0;  // total: tensor data bytes of all shards, for o.progress
   for (const auto& s : specs) {
     const uint64_t bytes = uint64_t(s.rows) * uint64_t(std::max<int64_t>(s.cols, 1)) * dtype_size(s.dtype);
+    total += bytes + (s.dtype == DType::F8_E4M3 ? uint64_t((s.rows + 127) / 128 * ((s.cols + 127) / 128) * 4) : 0);
     if (in_shard > 0 && in_shard + bytes > uint64_t(o.shard_bytes)) {
       shards.emplace_back();
       in_shard = 0;
@@ -233,12 +239,16 @@ void create_random_checkpoint(const RandomCheckpointOptions& o) {
         weight_map[s->name + "_scale_inv"] = file;
       }
     }
-    write_shard((fs::path(o.out_dir) / file).string(), pending);
+    write_shard((fs::path(o.out_dir) / file).string(), pending, [&](uint64_t bytes) {
+      done = std::min(done + bytes, total);
+      if (o.progress) o.progress(done, total);
+    });
   }
   if (shards.size() > 1) {
     std::ofstream out(fs::path(o.out_dir) / "model.safetensors.index.json");
     out << json{{"metadata", json::object()}, {"weight_map", weight_map}}.dump(2) << "\n";
   }
+  if (o.progress && done < total) o.progress(total, total);
 }
 
 }  // namespace moe

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/progress.h"
+
 namespace moe {
 
 struct RandomCheckpointOptions {
@@ -12,6 +14,7 @@ struct RandomCheckpointOptions {
   bool fp8 = false;
   uint64_t seed = 1;
   int64_t shard_bytes = int64_t(4) << 30;  // start a new shard after this many bytes
+  ProgressFn progress;                      // tensor data bytes written of all, after each tensor
 };
 
 void create_random_checkpoint(const RandomCheckpointOptions& options);

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdlib>
+
 #include "core/error.h"
 
 namespace moe {
@@ -10,7 +13,18 @@ namespace {
 
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend) : ckpt_(ckpt), c_(c), backend_(backend) {}
+  Loader(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend, const ProgressFn& progress, uint64_t total)
+      : ckpt_(ckpt), c_(c), backend_(backend), progress_(progress), total_(total) {}
+
+  // After every tensor handed over: `bytes` more done (capped at the total, which the caller estimated).
+  void advance(uint64_t bytes) {
+    done_ = std::min(done_ + bytes, total_);
+    if (progress_) progress_(done_, total_);
+  }
+  void finish() {
+    done_ = total_;
+    if (progress_) progress_(done_, total_);
+  }
 
   // A projection [rows, cols]: BF16/F16/F32, or F8_E4M3 with its weight_scale_inv blocks.
   Weight projection(const std::string& name, int64_t rows, int64_t cols) {
@@ -28,7 +42,9 @@ class Loader {
       w.block_n = int32_t(bn);
       w.block_k = int32_t(bk);
     }
-    return backend_.upload_weight(w);
+    Weight up = backend_.upload_weight(w);
+    advance(w.w.nbytes() + (w.scale_inv.empty() ? 0 : w.scale_inv.nbytes()));
+    return up;
   }
 
   // A norm or other vector weight [n] (never FP8).
@@ -37,7 +53,9 @@ class Loader {
     w.w = ckpt_.get(name, Shape{n});
     check_float(name, w.w);
     if (w.w.dtype == DType::F8_E4M3) fail("{}: '{}' must not be FP8", ckpt_.file_of(name), name);
-    return backend_.upload_weight(w);
+    Weight up = backend_.upload_weight(w);
+    advance(w.w.nbytes());
+    return up;
   }
 
   MlpWeights mlp(const std::string& prefix, int64_t hidden, int64_t inner) {
@@ -125,12 +143,32 @@ class Loader {
   const Checkpoint& ckpt_;
   const ModelConfig& c_;
   Backend& backend_;
+  const ProgressFn& progress_;
+  const uint64_t total_;
+  uint64_t done_ = 0;
 };
+
+// Bytes of the tensors a load hands the backend: every tensor of the checkpoint, less the MTP layers'
+// (model.layers.N.* with N >= num_hidden_layers) when they are not loaded.
+uint64_t bytes_to_load(const Checkpoint& ckpt, const ModelConfig& c, bool with_mtp) {
+  uint64_t total = 0;
+  const std::string prefix = "model.layers.";
+  for (const std::string& name : ckpt.names()) {
+    if (!with_mtp && name.rfind(prefix, 0) == 0) {
+      const int64_t layer = std::atoll(name.c_str() + prefix.size());
+      if (layer >= c.num_hidden_layers) continue;
+    }
+    if (auto v = ckpt.find(name)) total += v->nbytes();
+  }
+  return total;
+}
 
 }  // namespace
 
-ModelWeights ModelWeights::load(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend, bool with_mtp) {
-  Loader load(ckpt, c, backend);
+ModelWeights ModelWeights::load(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend, bool with_mtp,
+                                const ProgressFn& progress) {
+  const uint64_t total = progress ? bytes_to_load(ckpt, c, with_mtp) : 0;
+  Loader load(ckpt, c, backend, progress, total);
   ModelWeights m;
   m.embed = load.projection("model.embed_tokens.weight", c.vocab_size, c.hidden_size);
   m.final_norm = load.vector("model.norm.weight", c.hidden_size);
@@ -153,6 +191,7 @@ ModelWeights ModelWeights::load(const Checkpoint& ckpt, const ModelConfig& c, Ba
     mtp.layer = load.decoder_layer(L, c.n_routed_experts > 0);
     m.mtp = std::move(mtp);
   }
+  load.finish();
   return m;
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "core/progress.h"
 #include "io/checkpoint.h"
 #include "io/model_config.h"
 
@@ -48,8 +49,11 @@ struct ModelWeights {
   std::vector<DecoderLayerWeights> layers;
   std::optional<MtpWeights> mtp;
 
-  // Loads and validates every tensor; `with_mtp` loads the MTP module when the checkpoint has one.
-  static ModelWeights load(const Checkpoint& ckpt, const ModelConfig& config, Backend& backend, bool with_mtp);
+  // Loads and validates every tensor; `with_mtp` loads the MTP module when the checkpoint has one. `progress`
+  // gets the bytes handed to the backend so far of those the load will hand it (all tensors but an MTP layer
+  // that is not loaded), after each tensor.
+  static ModelWeights load(const Checkpoint& ckpt, const ModelConfig& config, Backend& backend, bool with_mtp,
+                           const ProgressFn& progress = {});
 };
 
 // Parameter and byte counts for `moe info` and the bandwidth figures of `moe bench`.

@@ -53,7 +53,7 @@ TEST(Cli, LogitsWithMtpMatchReference) {
 TEST(Cli, GeneratePrintsTheGreedyContinuation) {
   for (const auto& c : test::load_reference_cases()) {
     const Result r = test::run_moe("generate --model " + test::kTinyModel + " --tokens " + join(c.input_ids) +
-                         " --max-new-tokens " + std::to_string(c.greedy_continuation.size()));
+                         " --max-new-tokens " + std::to_string(c.greedy_continuation.size()), /*with_stderr=*/false);
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_EQ(r.out, join(c.greedy_continuation) + "\n");
   }
@@ -103,7 +103,7 @@ TEST(Cli, InfoNamesDeepSeekV32AndItsSparseAttention) {
 TEST(Cli, GenerateV32PrintsTheGreedyContinuation) {
   const auto c = test::load_reference_cases(test::kV32ReferenceJson)[1];  // 40 tokens: sparse attention
   const Result r = test::run_moe("generate --model " + test::kTinyV32Model + " --tokens " + join(c.input_ids) +
-                       " --max-new-tokens " + std::to_string(c.greedy_continuation.size()));
+                       " --max-new-tokens " + std::to_string(c.greedy_continuation.size()), /*with_stderr=*/false);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(r.out, join(c.greedy_continuation) + "\n");
 }
@@ -171,7 +171,7 @@ TEST(Cli, DeepseekV2ShapedCheckpointRuns) {
     ASSERT_TRUE(std::isfinite(v.as<float>()[3 * 300 + i]));
     if (v.as<float>()[3 * 300 + i] > v.as<float>()[3 * 300 + best]) best = i;
   }
-  const Result g = test::run_moe("generate --model " + dir + "/m --tokens 5,6,7,8 --max-new-tokens 1");
+  const Result g = test::run_moe("generate --model " + dir + "/m --tokens 5,6,7,8 --max-new-tokens 1", /*with_stderr=*/false);
   EXPECT_EQ(g.out, std::to_string(best) + "\n");
   fs::remove_all(dir);
 }
@@ -200,13 +200,13 @@ TEST(Cli, TextGenerateAndChatWithTheRealTokenizer) {
   const Result ids = test::run_moe("tokenize --tokenizer " + model + " < " + prompt_file);
   ASSERT_EQ(ids.code, 0) << ids.out;
   std::string id_list = ids.out.substr(1, ids.out.find(']') - 1);
-  const Result by_ids = test::run_moe("generate --model " + model + " --tokens 0," + id_list + " --max-new-tokens 12");
+  const Result by_ids = test::run_moe("generate --model " + model + " --tokens 0," + id_list + " --max-new-tokens 12", /*with_stderr=*/false);
   ASSERT_EQ(by_ids.code, 0) << by_ids.out;
   const std::string decode_file = dir + "/ids.txt";
   std::ofstream(decode_file) << "[" << by_ids.out.substr(0, by_ids.out.size() - 1) << "]\n";
   const Result decoded = test::run_moe("tokenize --decode --tokenizer " + model + " < " + decode_file);
   ASSERT_EQ(decoded.code, 0) << decoded.out;
-  const Result by_text = test::run_moe("generate --model " + model + " --prompt 'Hello, 世界' --max-new-tokens 12");
+  const Result by_text = test::run_moe("generate --model " + model + " --prompt 'Hello, 世界' --max-new-tokens 12", false);
   ASSERT_EQ(by_text.code, 0) << by_text.out;
   // decoded is a JSON string line; by_text is the raw text plus a newline.
   const std::string expected = nlohmann::json::parse(decoded.out).get<std::string>() + "\n";

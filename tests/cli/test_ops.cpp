@@ -48,8 +48,12 @@ TEST(CliOps, HelpShowsDefaultsAndEnvironmentVariables) {
   ASSERT_EQ(serve.code, 0) << serve.out;
   for (const char* want : {"--port INT=8000", "--host TEXT=127.0.0.1", "--max-body-bytes UINT=4194304",
                            "--body-timeout INT:INT in [1 - 3600]=60", "--max-batch INT=64", "(Env:MOE_PORT)",
-                           "(Env:MOE_MAX_BODY_BYTES)", "(Env:MOE_ALLOWED_HOSTS)"})
+                           "(Env:MOE_MAX_BODY_BYTES)", "(Env:MOE_ALLOWED_HOSTS)", "(Env:MOE_API_KEY)"})
     EXPECT_NE(serve.out.find(want), std::string::npos) << want << "\n" << serve.out;
+  // bench-serve reads the key from the same variable (through CLI11, not getenv).
+  const auto bench = run_moe("bench-serve --help");
+  ASSERT_EQ(bench.code, 0) << bench.out;
+  EXPECT_TRUE(std::regex_search(bench.out, std::regex(R"(--api-key TEXT[^\n]*\(Env:MOE_API_KEY\))"))) << bench.out;
   // Other commands show theirs too (captured for every option of every subcommand).
   const auto gen = run_moe("generate --help");
   ASSERT_EQ(gen.code, 0) << gen.out;
