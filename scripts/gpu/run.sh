@@ -195,6 +195,13 @@ stage_fp8-prefill() {
       | grep -E "^(device|ceilings|prefill)" | sed "s/^/[$mode $rep] /" | tee -a "$OUT/fp8-prefill.log"
   done; done
 }
+# Issue 16 finding 5 on the GPU: the worst latency of small chat requests while a 60,000-token prompt is prefilled
+# (moe serve's default step budget), bench/server/long_prefill_latency.py.
+stage_long-prefill() {
+  env_deps
+  python3 bench/server/long_prefill_latency.py --moe "$BUILD/src/cli/moe" --model models/tiny-dsv3 --tokens 60000 \
+    -- --device cuda --cache-tokens 128192 2>&1 | tee "$OUT/long-prefill.log"
+}
 stage_hf-peer() { PYTHONUNBUFFERED=1 python3 bench/gpu/hf_peer.py 2>&1 | tee "$OUT/hf_peer.log" | tail -5; }
 
 for s in "$@"; do
