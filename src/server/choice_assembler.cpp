@@ -12,7 +12,8 @@ ChoiceAssembler::ChoiceAssembler(const Tokenizer& tok, int32_t index, ChoiceOpti
       index_(index),
       opt_(std::move(options)),
       parser_(opt_.chat && opt_.reasoning, opt_.in_reasoning),
-      tool_parser_(opt_.tool_format, opt_.tool_call_id_prefix + std::to_string(index) + "_") {}
+      tool_parser_(opt_.tool_format, opt_.tool_call_id_prefix + std::to_string(index) + "_"),
+      token_parser_(opt_.chat && opt_.reasoning, opt_.in_reasoning) {}
 
 std::vector<ToolCall> ChoiceAssembler::tool_calls() const {
   std::vector<ToolCall> calls = tool_parser_.calls();
@@ -23,6 +24,11 @@ std::vector<ToolCall> ChoiceAssembler::tool_calls() const {
 ChoiceAssembler::Delta ChoiceAssembler::feed(const GenerationEvent& e) {
   Delta d;
   if (finished()) return d;
+  for (const int32_t t : e.tokens) {
+    const bool before = token_parser_.in_reasoning();
+    token_parser_.feed(tok_.decode_bytes(std::span(&t, 1), /*skip_special_tokens=*/true));  // as the events
+    if (before || token_parser_.in_reasoning()) ++reasoning_tokens_;
+  }
   auto r = parser_.feed(e.text);
   if (e.finish != FinishReason::none) {
     auto f = parser_.flush();

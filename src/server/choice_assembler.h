@@ -64,6 +64,8 @@ class ChoiceAssembler {
   std::vector<ToolCall> tool_calls() const;  // the calls reported (parallel_tool_calls false: at most one)
   const std::vector<TokenLogprob>& logprobs() const { return logprobs_; }
   int32_t completion_tokens() const { return completion_tokens_; }
+  // Tokens of the reasoning section: those fed while inside <think> ... </think>, the tags' tokens included.
+  int32_t reasoning_tokens() const { return reasoning_tokens_; }
   ApiError failure() const;  // the 500 a failed choice answers with
 
   // OpenAI JSON. Streamed: the choice of the first chunk (chat: the assistant role; completions: the echoed
@@ -87,6 +89,10 @@ class ChoiceAssembler {
   std::vector<TokenLogprob> logprobs_;
   FinishReason finish_ = FinishReason::none;
   int32_t completion_tokens_ = 0;
+  // A second parser fed token by token, so that a token is counted as reasoning by its own text even when one
+  // event carries several (speculative decoding) across the end of the section.
+  ReasoningParser token_parser_;
+  int32_t reasoning_tokens_ = 0;
 };
 
 struct ResponseInfo {

@@ -86,11 +86,12 @@ std::string read_body(const httplib::ContentReader& reader, const httplib::Respo
   return body;
 }
 
-void send_error_and_close(httplib::Response& res, const ApiError& e) {
+void send_error_and_close(httplib::Response& res, const ApiError& e) { send_error_and_close(res, e, e.to_json()); }
+
+void send_error_and_close(httplib::Response& res, const ApiError& e, const nlohmann::json& body) {
   res.status = e.status;
   res.set_header("Connection", "close");
-  auto text = std::make_shared<std::string>(
-      e.to_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  auto text = std::make_shared<std::string>(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   res.set_content_provider(text->size(), "application/json",
                            [text](size_t offset, size_t length, httplib::DataSink& sink) {
                              sink.write(text->data() + offset, length);

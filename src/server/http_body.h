@@ -39,6 +39,8 @@ std::string read_body(const httplib::ContentReader& reader, const httplib::Respo
 // content provider fails, so the provider writes the whole answer, then fails). The error handler leaves a
 // response with a Connection header alone.
 void send_error_and_close(httplib::Response& res, const ApiError& e);
+// The same with the body in another API's error shape (Anthropic's on /v1/messages); e gives the status.
+void send_error_and_close(httplib::Response& res, const ApiError& e, const nlohmann::json& body);
 
 ApiError body_too_large();
 ApiError body_timeout();

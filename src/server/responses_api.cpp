@@ -34,8 +34,13 @@ json ResponsesAssembler::response() const {
             {"text", echo_.value("text", json{{"format", {{"type", "text"}}}})},
             {"metadata", json::object()}};
   const int32_t out = choice_.completion_tokens();
-  // (input_tokens_details / output_tokens_details are left out rather than reported as guesses.)
-  r["usage"] = finished ? json{{"input_tokens", input_tokens_}, {"output_tokens", out}, {"total_tokens", input_tokens_ + out}}
+  // cached_tokens: prompt tokens whose latents came from the prefix cache; reasoning_tokens: the reply's tokens
+  // inside <think> ... </think> (both as the engine's events and the assembler counted them).
+  r["usage"] = finished ? json{{"input_tokens", input_tokens_},
+                               {"input_tokens_details", {{"cached_tokens", cached_tokens_}}},
+                               {"output_tokens", out},
+                               {"output_tokens_details", {{"reasoning_tokens", choice_.reasoning_tokens()}}},
+                               {"total_tokens", input_tokens_ + out}}
                         : json(nullptr);
   return r;
 }
@@ -102,6 +107,7 @@ void ResponsesAssembler::close(std::vector<Event>& out) {
 std::vector<ResponsesAssembler::Event> ResponsesAssembler::feed(const GenerationEvent& e) {
   std::vector<Event> out;
   if (choice_.finished()) return out;
+  cached_tokens_ = e.cached_tokens;
   const auto d = choice_.feed(e);
   if (choice_.failed()) return out;
   auto append = [](json& s, const std::string& piece) { s = s.get<std::string>() + piece; };

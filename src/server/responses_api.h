@@ -45,6 +45,7 @@ class ResponsesAssembler {
   std::string id_, model_;
   int64_t created_;
   int32_t input_tokens_;
+  int32_t cached_tokens_ = 0;  // as the latest event reports
   nlohmann::json echo_;
   Item open_ = Item::none;
   int64_t seq_ = 0;

@@ -579,10 +579,14 @@ struct Server::Impl {
         return httplib::Server::HandlerResponse::Unhandled;
       const bool missing = !req.has_header("Authorization") && !req.has_header("x-api-key");
       // The body is left unread: the connection closes, or the body would be read as the next request.
-      send_error_and_close(res, ApiError(401,
-                               missing ? "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
-                                       : "Incorrect API key provided.",
-                               "", "invalid_api_key"));
+      const ApiError denied(401,
+                            missing ? "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'"
+                                      " (or Anthropic's 'x-api-key: <key>')."
+                                    : "Incorrect API key provided.",
+                            "", "invalid_api_key");
+      // Anthropic's clients read {"type":"error","error":{"type":"authentication_error",...}} on its API.
+      if (req.path.rfind("/v1/messages", 0) == 0) send_error_and_close(res, denied, anthropic_error(denied));
+      else send_error_and_close(res, denied);
       res.set_header("WWW-Authenticate", "Bearer");
       return httplib::Server::HandlerResponse::Handled;
     });

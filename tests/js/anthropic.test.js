@@ -110,8 +110,24 @@ test("x-api-key authenticates; bad input is a 400 in Anthropic's error shape and
   const m = await good.messages.create({ model: "tiny-dsv3", max_tokens: 2, messages: [{ role: "user", content: "hi" }] });
   assert.equal(m.type, "message");
   const wrong = new Anthropic({ baseURL: keyed.url, apiKey: "sk-wrong", maxRetries: 0 });
+  // The SDK's AuthenticationError carries the body: Anthropic's error shape, type authentication_error.
   await assert.rejects(wrong.messages.create({ model: "tiny-dsv3", max_tokens: 2, messages: [{ role: "user", content: "hi" }] }),
-                       (e) => e.status === 401);
+                       (e) => e instanceof Anthropic.AuthenticationError && e.status === 401 &&
+                              e.error?.type === "error" && e.error?.error?.type === "authentication_error" &&
+                              /Incorrect API key/.test(e.error.error.message));
+  // No key at all (the SDK refuses to send that): the same shape, a message saying how to send one.
+  const raw = await fetch(keyed.url + "/v1/messages", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                        body: JSON.stringify({ max_tokens: 2, messages: [] }) });
+  assert.equal(raw.status, 401);
+  const body = await raw.json();
+  assert.deepEqual(Object.keys(body).sort(), ["error", "type"]);
+  assert.equal(body.type, "error");
+  assert.equal(body.error.type, "authentication_error");
+  assert.match(body.error.message, /x-api-key/);
+  // Elsewhere the 401 keeps OpenAI's shape.
+  const models = await fetch(keyed.url + "/v1/models");
+  assert.equal(models.status, 401);
+  assert.equal((await models.json()).error.code, "invalid_api_key");
   const post = (body) => fetch(srv.url + "/v1/messages", { method: "POST", headers: { "Content-Type": "application/json" },
                                                            body: JSON.stringify(body) });
   const msgs = [{ role: "user", content: "hi" }];

@@ -100,3 +100,22 @@ test("bad input is a 400 naming what was wrong", async () => {
   const ok = await client.responses.create({ model: "tiny-dsv3", input: "hi", max_output_tokens: 2 });
   assert.equal(ok.object, "response");
 });
+
+test("usage details: cached_tokens from the prefix cache (whole 16-token pages) and reasoning_tokens", async () => {
+  const instructions = Array.from({ length: 40 }, (_, i) => `Rule ${i}: speak of item ${i * 3}.`).join(" ");
+  const body = { model: "tiny-dsv3", input: "What is item 9?", instructions, max_output_tokens: 4, temperature: 0 };
+  const first = await client.responses.create(body);
+  const P = first.usage.input_tokens;
+  assert.ok(P > 100, `a long input (${P} tokens)`);
+  assert.equal(first.usage.input_tokens_details.cached_tokens, 0);
+  const second = await client.responses.create(body);
+  assert.equal(second.usage.input_tokens, P);
+  // Every whole page but the one holding the last prompt token (its logits are needed) comes from the cache.
+  assert.equal(second.usage.input_tokens_details.cached_tokens, Math.floor((P - 1) / 16) * 16);
+  assert.equal(second.output_text, first.output_text);
+  // The tiny model's template opens no <think> and greedy output has no tags: no reasoning item, no reasoning tokens.
+  for (const r of [first, second]) {
+    assert.equal(r.output.some((o) => o.type === "reasoning"), false);
+    assert.equal(r.usage.output_tokens_details.reasoning_tokens, 0);
+  }
+});

@@ -12,6 +12,7 @@
 #include "engine/generator.h"
 #include "engine/scheduler.h"
 #include "model/deepseek_v3.h"
+#include "server/responses_api.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moe::server {
@@ -363,6 +364,82 @@ TEST(ResponseAssembler, UsageReportsCachedPromptTokens) {
     auto [s1, one] = both_paths(a, info(chat, true), 1, o);
     EXPECT_EQ(one["usage"]["prompt_tokens_details"]["cached_tokens"], 32);
   }
+}
+
+// The reference for reasoning_tokens: the shortest prefix of the reply whose decoded text holds "</think>" (the
+// tokens up to and including the end tag), found on the whole decoded prefix rather than token by token.
+int32_t tokens_through_end_tag(const std::vector<int32_t>& tokens) {
+  for (size_t k = 1; k <= tokens.size(); ++k)
+    if (tokenizer().decode(std::span(tokens.data(), k), true).find("</think>") != std::string::npos) return int32_t(k);
+  return int32_t(tokens.size());
+}
+
+TEST(ChoiceAssembler, ReasoningTokensCountTheSection) {
+  const Tokenizer& tok = tokenizer();
+  const auto tokens = tok.encode("<think>Let me think it over: 2 + 2.</think>\n\nThe answer is 4, surely.", false);
+  const int32_t expected = tokens_through_end_tag(tokens);
+  ASSERT_GT(expected, 5);
+  ASSERT_LT(expected, int32_t(tokens.size()) - 3);  // content tokens follow, which must not count
+  ChoiceOptions o;
+  o.reasoning = true;
+  {  // One event per token.
+    ChoiceAssembler c(tok, 0, o);
+    for (const auto& e : events_for(tokens, FinishReason::stop)) c.feed(e);
+    EXPECT_EQ(c.reasoning_tokens(), expected);
+    EXPECT_EQ(c.completion_tokens(), int32_t(tokens.size()));
+  }
+  {  // Several tokens per event (speculative decoding) across the end of the section.
+    ChoiceAssembler c(tok, 0, o);
+    auto per_token = events_for(tokens, FinishReason::stop);
+    for (size_t i = 0; i < per_token.size(); i += 3) {
+      GenerationEvent e;
+      for (size_t j = i; j < std::min(i + 3, per_token.size()); ++j) {
+        e.tokens.push_back(per_token[j].tokens[0]);
+        e.text += per_token[j].text;
+        e.finish = per_token[j].finish;
+        e.completion_tokens = per_token[j].completion_tokens;
+      }
+      c.feed(e);
+    }
+    EXPECT_EQ(c.reasoning_tokens(), expected);
+    EXPECT_EQ(c.reasoning(), "Let me think it over: 2 + 2.");
+  }
+  {  // The prompt opened <think>: the reply's tokens up to the end tag.
+    o.in_reasoning = true;
+    const auto rest = tok.encode("Hmm, fine.</think>Yes it is.", false);
+    ChoiceAssembler c(tok, 0, o);
+    for (const auto& e : events_for(rest, FinishReason::stop)) c.feed(e);
+    EXPECT_EQ(c.reasoning_tokens(), tokens_through_end_tag(rest));
+    EXPECT_GT(c.reasoning_tokens(), 2);
+  }
+  {  // Reasoning off: the tags are content, nothing counts.
+    o.reasoning = false;
+    ChoiceAssembler c(tok, 0, o);
+    for (const auto& e : events_for(tokens, FinishReason::stop)) c.feed(e);
+    EXPECT_EQ(c.reasoning_tokens(), 0);
+  }
+}
+
+TEST(ResponsesAssembler, UsageDetailsFromEventsAndReasoning) {
+  const Tokenizer& tok = tokenizer();
+  const auto tokens = tok.encode("<think>Short thought.</think>Done here.", false);
+  ChoiceOptions o;
+  o.reasoning = true;
+  ResponsesAssembler r(tok, "resp_abcdefgh12345678", "tiny", 1234, 40, json::object(), o);
+  r.start();
+  EXPECT_TRUE(r.response()["usage"].is_null());  // not finished
+  for (auto e : events_for(tokens, FinishReason::stop)) {
+    e.prompt_tokens = 40;
+    e.cached_tokens = 32;
+    r.feed(e);
+  }
+  ASSERT_TRUE(r.done());
+  const json u = r.response()["usage"];
+  EXPECT_EQ(u["input_tokens"], 40);
+  EXPECT_EQ(u["input_tokens_details"]["cached_tokens"], 32);
+  EXPECT_EQ(u["output_tokens"], int32_t(tokens.size()));
+  EXPECT_EQ(u["output_tokens_details"]["reasoning_tokens"], tokens_through_end_tag(tokens));
+  EXPECT_EQ(u["total_tokens"], 40 + int32_t(tokens.size()));
 }
 
 }  // namespace
