@@ -43,6 +43,9 @@ void register_train_commands(CLI::App& app) {
                   "template; only the assistant turns carry loss");
     cmd->add_option("--val-fraction", opts->val_fraction, "fraction of documents held out for validation (0)");
     cmd->add_option("--shard-tokens", opts->shard_tokens, "tokens per shard before starting a new one (16M)");
+    opts->threads = 0;
+    cmd->add_option("--threads", opts->threads,
+                    "tokenizer threads (0: every core; the output is the same bytes for any number)");
     cmd->add_option("files", *files, "input files (.jsonl: one {\"text\": ...} per line)")->required();
     cmd->callback([=] {
       const train::CorpusStats st = train::tokenize_corpus(*files, *opts);
