@@ -52,6 +52,9 @@ void register_train_commands(CLI::App& app) {
       std::printf("train: %lld documents, %lld tokens, %lld shards; val: %lld documents, %lld tokens, %lld shards\n",
                   (long long)st.documents[0], (long long)st.tokens[0], (long long)st.shards[0],
                   (long long)st.documents[1], (long long)st.tokens[1], (long long)st.shards[1]);
+      const double tokens = double(st.tokens[0] + st.tokens[1]);
+      std::printf("%.0f tokens in %.2f s on %d threads: %.0f tokens/s (the tokenizer's load not counted)\n", tokens,
+                  st.seconds, st.threads, st.seconds > 0 ? tokens / st.seconds : 0.0);
     });
   }
   {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <exception>
 #include <thread>
 #include <cstring>
@@ -172,10 +173,12 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
             o.tokenizer_dir);
   const int32_t eos = *tok.eos_id();
   ThreadPool pool(o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency())));
+  const auto t0 = std::chrono::steady_clock::now();
   fs::create_directories(o.out_dir);
   ShardWriter w[2] = {{o.out_dir, "train", o.shard_tokens, {}, o.sft, {}, {}, 0},
                       {o.out_dir, "val", o.shard_tokens, {}, o.sft, {}, {}, 0}};
   CorpusStats st;
+  st.threads = pool.size();
   int64_t d = 0;
   auto add_ids = [&](const std::vector<int32_t>& ids, const std::vector<uint8_t>* loss) {
     const int split = (int64_t(double(d + 1) * o.val_fraction) > int64_t(double(d) * o.val_fraction)) ? 1 : 0;
@@ -254,6 +257,7 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
   std::ofstream out(o.out_dir + "/manifest.json");
   out << m.dump(1) << "\n";
   MOE_CHECK(out.good(), "{}/manifest.json: error writing", o.out_dir);
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return st;
 }
 

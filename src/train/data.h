@@ -34,6 +34,8 @@ struct CorpusOptions {
 
 struct CorpusStats {
   int64_t documents[2] = {0, 0}, tokens[2] = {0, 0}, shards[2] = {0, 0};  // [train, val]
+  int threads = 1;       // the pool's size
+  double seconds = 0.0;  // reading, tokenizing and writing (the tokenizer's load not included)
 };
 
 // Each input file is one document, unless its name ends in .jsonl: then every non-empty line is a JSON object
