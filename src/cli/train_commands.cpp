@@ -43,12 +43,18 @@ void register_train_commands(CLI::App& app) {
                   "template; only the assistant turns carry loss");
     cmd->add_option("--val-fraction", opts->val_fraction, "fraction of documents held out for validation (0)");
     cmd->add_option("--shard-tokens", opts->shard_tokens, "tokens per shard before starting a new one (16M)");
+    opts->threads = 0;
+    cmd->add_option("--threads", opts->threads,
+                    "tokenizer threads (0: every core; the output is the same bytes for any number)");
     cmd->add_option("files", *files, "input files (.jsonl: one {\"text\": ...} per line)")->required();
     cmd->callback([=] {
       const train::CorpusStats st = train::tokenize_corpus(*files, *opts);
       std::printf("train: %lld documents, %lld tokens, %lld shards; val: %lld documents, %lld tokens, %lld shards\n",
                   (long long)st.documents[0], (long long)st.tokens[0], (long long)st.shards[0],
                   (long long)st.documents[1], (long long)st.tokens[1], (long long)st.shards[1]);
+      const double tokens = double(st.tokens[0] + st.tokens[1]);
+      std::printf("%.0f tokens in %.2f s on %d threads: %.0f tokens/s (the tokenizer's load not counted)\n", tokens,
+                  st.seconds, st.threads, st.seconds > 0 ? tokens / st.seconds : 0.0);
     });
   }
   {

@@ -3,12 +3,16 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
+#include <exception>
+#include <thread>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "tokenizer/tokenizer.h"
 #include "train/sft.h"
 
@@ -103,19 +107,78 @@ void write_shard(const std::string& path, const std::vector<int32_t>& ids) {
   MOE_CHECK(out.good(), "{}: error writing", path);
 }
 
+namespace {
+
+// One unit of input: a plain file's whole text, or one JSONL line (line > 0), tokenized independently of the rest.
+struct Piece {
+  std::string text, file;
+  int64_t line = 0;
+  std::string where() const { return line > 0 ? fmt::format("{}:{}", file, line) : file; }
+};
+
+// A piece's tokens (ending in EOS) and, for SFT, their loss flags; or the error it raised.
+struct Encoded {
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> loss;
+  std::exception_ptr error;
+};
+
+// Runs on any thread: the tokenizer and the chat template are safe to share (tokenizer.h).
+Encoded encode_piece(const Tokenizer& tok, int32_t eos, bool sft, const Piece& p) {
+  Encoded e;
+  std::string text;
+  if (p.line > 0) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(p.text);
+    } catch (const nlohmann::json::exception& ex) {
+      fail("{}: not valid JSON: {}", p.where(), ex.what());
+    }
+    if (sft) {
+      MOE_CHECK(j.is_object() && j.contains("messages"), "{}: not a JSON object with \"messages\"", p.where());
+      SftExample ex = render_sft(tok, j["messages"], p.where());
+      e.ids = std::move(ex.ids);
+      e.loss = std::move(ex.loss);
+      return e;
+    }
+    MOE_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(),
+              "{}: not a JSON object with a \"text\" string", p.where());
+    text = j["text"].get<std::string>();
+  }
+  e.ids = tok.encode(p.line > 0 ? std::string_view(text) : std::string_view(p.text), false);
+  for (int32_t id : e.ids)
+    MOE_CHECK(id != eos, "{}: the document contains the EOS token, which separates documents", p.where());
+  e.ids.push_back(eos);
+  return e;
+}
+
+// Pieces are tokenized in batches of about this many bytes: large enough to keep every thread busy, small enough
+// that a batch's tokens stay a few times this in memory.
+constexpr size_t kBatchBytes = size_t(8) << 20;
+constexpr size_t kBatchPieces = 4096;
+
+}  // namespace
+
+// The inputs are read on this thread, cut into pieces (documents), and tokenized a batch at a time on the pool;
+// each batch's results are then added in input order, so the shards, masks, manifest and split are the same
+// bytes for any thread count, and the first bad piece in input order is the error reported.
 CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusOptions& o) {
   MOE_CHECK(!files.empty(), "tokenize-corpus: no input files");
   MOE_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "tokenize-corpus: --val-fraction {} is not in [0, 1)",
             o.val_fraction);
   MOE_CHECK(o.shard_tokens > 0, "tokenize-corpus: --shard-tokens must be positive");
+  MOE_CHECK(o.threads >= 0, "tokenize-corpus: --threads {} is negative", o.threads);
   const Tokenizer tok = Tokenizer::load(o.tokenizer_dir);
   MOE_CHECK(tok.eos_id().has_value(), "{}: the tokenizer has no EOS token (tokenizer_config.json eos_token)",
             o.tokenizer_dir);
   const int32_t eos = *tok.eos_id();
+  ThreadPool pool(o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency())));
+  const auto t0 = std::chrono::steady_clock::now();
   fs::create_directories(o.out_dir);
   ShardWriter w[2] = {{o.out_dir, "train", o.shard_tokens, {}, o.sft, {}, {}, 0},
                       {o.out_dir, "val", o.shard_tokens, {}, o.sft, {}, {}, 0}};
   CorpusStats st;
+  st.threads = pool.size();
   int64_t d = 0;
   auto add_ids = [&](const std::vector<int32_t>& ids, const std::vector<uint8_t>* loss) {
     const int split = (int64_t(double(d + 1) * o.val_fraction) > int64_t(double(d) * o.val_fraction)) ? 1 : 0;
@@ -124,42 +187,56 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
     st.documents[split]++;
     st.tokens[split] += int64_t(ids.size());
   };
-  auto add_doc = [&](const std::string& text, const std::string& where) {
-    std::vector<int32_t> ids = tok.encode(text, false);
-    for (int32_t id : ids)
-      MOE_CHECK(id != eos, "{}: the document contains the EOS token, which separates documents", where);
-    ids.push_back(eos);
-    add_ids(ids, nullptr);
+  std::vector<Piece> batch;
+  size_t batch_bytes = 0;
+  auto run_batch = [&] {
+    std::vector<Encoded> out(batch.size());
+    pool.parallel_for(int64_t(batch.size()), [&](int64_t begin, int64_t end, int) {
+      for (int64_t i = begin; i < end; ++i) {
+        try {
+          out[i] = encode_piece(tok, eos, o.sft, batch[i]);
+        } catch (...) {
+          out[i].error = std::current_exception();
+        }
+      }
+    });
+    for (Encoded& e : out) {
+      if (e.error) std::rethrow_exception(e.error);
+      add_ids(e.ids, o.sft ? &e.loss : nullptr);
+    }
+    batch.clear();
+    batch_bytes = 0;
+  };
+  auto push = [&](Piece p) {
+    batch_bytes += p.text.size();
+    batch.push_back(std::move(p));
+    if (batch_bytes >= kBatchBytes || batch.size() >= kBatchPieces) run_batch();
   };
   for (const std::string& f : files) {
-    const std::string text = read_file(f);
     const bool jsonl = f.size() >= 6 && f.substr(f.size() - 6) == ".jsonl";
-    MOE_CHECK(!o.sft || jsonl, "{}: --sft takes JSONL files of {{\"messages\": [...]}} conversations", f);
-    if (f.size() >= 6 && f.substr(f.size() - 6) == ".jsonl") {
-      std::istringstream lines(text);
-      std::string line;
-      for (int64_t ln = 1; std::getline(lines, line); ++ln) {
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-        nlohmann::json j;
-        try {
-          j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception& e) {
-          fail("{}:{}: not valid JSON: {}", f, ln, e.what());
-        }
-        if (o.sft) {
-          MOE_CHECK(j.is_object() && j.contains("messages"), "{}:{}: not a JSON object with \"messages\"", f, ln);
-          const SftExample ex = render_sft(tok, j["messages"], fmt::format("{}:{}", f, ln));
-          add_ids(ex.ids, &ex.loss);
-          continue;
-        }
-        MOE_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(),
-                  "{}:{}: not a JSON object with a \"text\" string", f, ln);
-        add_doc(j["text"].get<std::string>(), fmt::format("{}:{}", f, ln));
-      }
-    } else {
-      add_doc(text, f);
+    std::string text;
+    try {
+      MOE_CHECK(!o.sft || jsonl, "{}: --sft takes JSONL files of {{\"messages\": [...]}} conversations", f);
+      text = read_file(f);
+    } catch (...) {
+      run_batch();  // an earlier piece's error comes first, as it would on one thread
+      throw;
+    }
+    if (!jsonl) {
+      push(Piece{std::move(text), f, 0});
+      continue;
+    }
+    size_t at = 0;
+    for (int64_t ln = 1; at < text.size(); ++ln) {
+      size_t nl = text.find('\n', at);
+      if (nl == std::string::npos) nl = text.size();
+      std::string line = text.substr(at, nl - at);
+      at = nl + 1;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      push(Piece{std::move(line), f, ln});
     }
   }
+  run_batch();
   for (int s = 0; s < 2; ++s) {
     w[s].flush();
     st.shards[s] = int64_t(w[s].shards.size());
@@ -180,6 +257,7 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
   std::ofstream out(o.out_dir + "/manifest.json");
   out << m.dump(1) << "\n";
   MOE_CHECK(out.good(), "{}/manifest.json: error writing", o.out_dir);
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return st;
 }
 

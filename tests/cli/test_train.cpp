@@ -55,8 +55,11 @@ class TrainCommand : public ::testing::Test {
       std::ofstream(path) << text;
       files += " " + path;
     }
-    const Result r = test::run_moe("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/data --val-fraction 0.2" + files);
+    const Result r = test::run_moe("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ +
+                                   "/data --val-fraction 0.2 --threads 2" + files);
     ASSERT_EQ(r.code, 0) << r.out;
+    ASSERT_NE(r.out.find("tokens in "), std::string::npos) << r.out;
+    ASSERT_NE(r.out.find(" s on 2 threads: "), std::string::npos) << r.out;  // the rate line
     nlohmann::json cfg = nlohmann::json::parse(read("tests/data/tiny-train/model/config.json"));
     cfg["vocab_size"] = 2048;
     std::ofstream(*dir_ + "/config.json") << cfg.dump(1);
@@ -368,9 +371,12 @@ TEST_F(TrainCommand, BadInputNamesTheFile) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find(*dir_ + "/data-cut/train-00000.bin: corrupt"), std::string::npos) << r.out;
 
-  r = test::run_moe("tokenize-corpus --tokenizer " + test::kTinyModel + " --out " + *dir_ + "/bad " + *dir_ + "/missing.txt");
-  EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.out.find(*dir_ + "/missing.txt: cannot open"), std::string::npos) << r.out;
+  for (const char* threads : {"1", "3"}) {
+    r = test::run_moe("tokenize-corpus --threads " + std::string(threads) + " --tokenizer " + test::kTinyModel +
+                      " --out " + *dir_ + "/bad " + *dir_ + "/missing.txt");
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find(*dir_ + "/missing.txt: cannot open"), std::string::npos) << r.out;
+  }
 }
 
 }  // namespace
