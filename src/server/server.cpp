@@ -360,12 +360,18 @@ struct Server::Impl {
     }
   }
 
-  // An event stream of named events ("event: NAME" and "data: JSON", Anthropic's and the Responses API's shape):
-  // the assembler's start() events, then each generation event's; `keep_alive` is written after a second without
-  // events (finds clients gone while queued); a failure sends fail(error) as the "error" event and ends the stream.
-  template <class Assembler, class Fail>
-  void stream_events(httplib::Response& res, std::shared_ptr<Job> job, std::shared_ptr<Assembler> out,
-                     std::string keep_alive, Fail fail) {
+  // What a stream's callbacks tell the loop below: go on, end the stream cleanly, or stop (the client is gone).
+  enum class Flow { more, end, broken };
+  using RawWrite = std::function<bool(const std::string&)>;
+
+  // The scaffolding of every event stream: headers, the open-stream count, the job's events popped every 100 ms,
+  // `keep_alive` written after a second without output (keeps proxies from timing out and finds clients that went
+  // away while queued), and the request cancelled when the stream ends for any reason (no effect on finished
+  // requests; frees the pages of a client that went away). open(write) -> bool writes the opening events once;
+  // feed(event, write) and finish(write) (after each batch) return a Flow.
+  template <class Open, class Feed, class Finish>
+  void stream_sse(httplib::Response& res, std::shared_ptr<Job> job, std::string keep_alive, Open open, Feed feed,
+                  Finish finish) {
     struct State {
       bool started = false, ended = false;
       Clock::time_point last_write = Clock::now();
@@ -376,44 +382,61 @@ struct Server::Impl {
     res.set_header("X-Accel-Buffering", "no");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, st, job, out, keep_alive, fail](size_t, httplib::DataSink& sink) -> bool {
-          if (http.stopping() || st->ended) return false;
-          auto write = [&](const std::string& name, const json& data) {
-            const std::string s = "event: " + name + "\ndata: " + to_text(data) + "\n\n";
+        [this, st, job, keep_alive, open, feed, finish](size_t, httplib::DataSink& sink) -> bool {
+          if (http.stopping() || st->ended) return false;  // ends the stream; the releaser cancels the request
+          const RawWrite write = [&](const std::string& text) {
             st->last_write = Clock::now();
-            return sink.write(s.data(), s.size());
+            return sink.write(text.data(), text.size());
           };
           if (!st->started) {
             st->started = true;
-            for (const auto& ev : out->start())
-              if (!write(ev.name, ev.data)) return false;
+            if (!open(write)) return false;
           }
           auto events = job->sink->pop(std::chrono::milliseconds(100));
-          if (events.empty() && Clock::now() - st->last_write > std::chrono::seconds(1)) {
-            st->last_write = Clock::now();
-            if (!sink.write(keep_alive.data(), keep_alive.size())) return false;
-          }
-          for (auto& e : events) {
-            for (const auto& ev : out->feed(e))
-              if (!write(ev.name, ev.data)) return false;
-            if (out->failed()) {
-              write("error", fail(out->failure()));
-              job->cancel_all();
+          if (events.empty() && Clock::now() - st->last_write > std::chrono::seconds(1) && !write(keep_alive))
+            return false;
+          auto settle = [&](Flow f) {
+            if (f == Flow::end) {
               st->ended = true;
               sink.done();
-              return true;
             }
-          }
-          if (out->done()) {
-            st->ended = true;
-            sink.done();
-          }
-          return true;
+            return f;
+          };
+          for (auto& e : events)
+            if (const Flow f = settle(feed(e, write)); f != Flow::more) return f == Flow::end;
+          return settle(finish(write)) != Flow::broken;
         },
         [this, job](bool) {
           job->cancel_all();
           open_streams--;
         });
+  }
+
+  // An event stream of named events ("event: NAME" and "data: JSON", Anthropic's and the Responses API's shape):
+  // the assembler's start() events, then each generation event's; a failure sends fail(error) as the "error" event
+  // and ends the stream.
+  template <class Assembler, class Fail>
+  void stream_events(httplib::Response& res, std::shared_ptr<Job> job, std::shared_ptr<Assembler> out,
+                     std::string keep_alive, Fail fail) {
+    auto named = [](const RawWrite& write, const std::string& name, const json& data) {
+      return write("event: " + name + "\ndata: " + to_text(data) + "\n\n");
+    };
+    stream_sse(
+        res, job, std::move(keep_alive),
+        [out, named](const RawWrite& write) {
+          for (const auto& ev : out->start())
+            if (!named(write, ev.name, ev.data)) return false;
+          return true;
+        },
+        [job, out, named, fail](GenerationEvent& e, const RawWrite& write) {
+          for (const auto& ev : out->feed(e))
+            if (!named(write, ev.name, ev.data)) return Flow::broken;
+          if (!out->failed()) return Flow::more;
+          named(write, "error", fail(out->failure()));
+          job->cancel_all();
+          return Flow::end;
+        },
+        [out](const RawWrite&) { return out->done() ? Flow::end : Flow::more; });
   }
 
   // ---- OpenAI Responses API (responses_api.h) ----
@@ -444,60 +467,29 @@ struct Server::Impl {
   // Server-sent events exactly as OpenAI sends them: each event's chunk as it comes, keep-alive comments while
   // queued, the usage chunk when asked for, then [DONE]. A failed choice sends its error object and ends the stream.
   void stream_response(httplib::Response& res, std::shared_ptr<Job> job, std::shared_ptr<ResponseAssembler> out) {
-    struct State {
-      bool started = false, ended = false;
-      Clock::time_point last_write = Clock::now();
-    };
-    auto st = std::make_shared<State>();
-    open_streams++;
-    res.set_header("Cache-Control", "no-cache");
-    res.set_header("X-Accel-Buffering", "no");
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [this, st, job, out](size_t, httplib::DataSink& sink) -> bool {
-          if (http.stopping()) return false;  // ends the stream; the releaser below cancels the request
-          auto write = [&](const json& j) {
-            const std::string s = "data: " + to_text(j) + "\n\n";
-            st->last_write = Clock::now();
-            return sink.write(s.data(), s.size());
-          };
-          static const char done[] = "data: [DONE]\n\n";
-          if (st->ended) return false;
-          if (!st->started) {
-            st->started = true;
-            for (const auto& j : out->opening_chunks())
-              if (!write(j)) return false;
-          }
-          auto events = job->sink->pop(std::chrono::milliseconds(100));
-          if (events.empty() && Clock::now() - st->last_write > std::chrono::seconds(1)) {
-            // SSE comment: keeps proxies from timing out and finds clients that went away while queued.
-            st->last_write = Clock::now();
-            static const char ka[] = ": keep-alive\n\n";
-            if (!sink.write(ka, sizeof(ka) - 1)) return false;
-          }
-          for (auto& e : events) {
-            const json j = out->feed(e);
-            if (out->failed()) {
-              write(j);
-              st->ended = true;
-              job->cancel_all();
-              sink.write(done, sizeof(done) - 1);
-              sink.done();
-              return true;
-            }
-            if (!j.is_null() && !write(j)) return false;
-          }
-          if (out->done()) {
-            if (out->info().include_usage && !write(out->usage_chunk())) return false;
-            if (!sink.write(done, sizeof(done) - 1)) return false;
-            st->ended = true;
-            sink.done();
-          }
+    static const std::string done = "data: [DONE]\n\n";
+    auto data = [](const RawWrite& write, const json& j) { return write("data: " + to_text(j) + "\n\n"); };
+    stream_sse(
+        res, job, ": keep-alive\n\n",
+        [out, data](const RawWrite& write) {
+          for (const auto& j : out->opening_chunks())
+            if (!data(write, j)) return false;
           return true;
         },
-        [this, job](bool) {
-          job->cancel_all();  // no effect on finished requests; frees the pages of a client that went away
-          open_streams--;
+        [job, out, data](GenerationEvent& e, const RawWrite& write) {
+          const json j = out->feed(e);
+          if (out->failed()) {
+            data(write, j);
+            job->cancel_all();
+            write(done);
+            return Flow::end;
+          }
+          return j.is_null() || data(write, j) ? Flow::more : Flow::broken;
+        },
+        [out, data](const RawWrite& write) {
+          if (!out->done()) return Flow::more;
+          if (out->info().include_usage && !data(write, out->usage_chunk())) return Flow::broken;
+          return write(done) ? Flow::end : Flow::broken;
         });
   }
 
