@@ -1,6 +1,7 @@
 // MLA ops on the GPU against the CPU backend at DeepSeek-V3 widths (128 heads, nope 128, rope 64, v 128,
 // kv_lora 512): the cache write, query rope and attention on two sequences with interleaved pages (a decode
-// token and a 40-token prefill chunk), then the attention alone over shapes that exercise its split logic.
+// token and a 40-token prefill chunk), then the attention alone over shapes that exercise its split logic
+// and over widths only the general kernel handles.
 // Tolerances: the GPU cache is BF16 (the CPU's F32): rounding is 2^-9 relative at most, ~2^-9/sqrt(3) rms,
 // so the cache compares within 4e-3. Attention adds two more BF16 roundings feeding the tensor cores (the
 // absorbed query and the softmax weights P), each ~1e-3 rms relative and independent, and the output is an
@@ -157,6 +158,11 @@ TEST_F(CudaMla, AttentionShapes) {
       {"128 heads, batch 1, context 3000, page 16", 128, 16, {{3000, 1, 200}}, true},
       {"fixture widths (r 128, rope 32), 4 heads", 4, 16, {{1, 1, 1}, {90, 1, 8}, {700, 5, 50}}, false, {128, 32, 64, 64}},
       {"r 256, rope 64, 40 heads", 40, 64, {{1000, 1, 16}, {77, 3, 2}}, false, {256, 64, 128, 128}},
+      // Widths no tensor-core kernel is compiled for: the general kernel (mla_attention_generic.cu) and the
+      // absorption's partial last column tile (r not a multiple of 64).
+      {"general path: tiny V3.2 widths (r 80, rope 16), 5 heads", 5, 16, {{1, 1, 1}, {90, 1, 8}, {300, 7, 20}}, false,
+       {80, 16, 32, 24}},
+      {"general path: r 200, rope 24, 3 heads, FP8 kv_b", 3, 64, {{1000, 1, 16}, {77, 3, 2}}, true, {200, 24, 40, 56}},
   };
   for (Case c : cases) {
     if (c.seqs.empty())

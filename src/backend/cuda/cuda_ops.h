@@ -179,6 +179,9 @@ constexpr int kMlaMaxSplits = 256;  // upper bound of MlaParams::splits
 // the capacity allows.
 int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms, int32_t forced = 0);
 void mla_attention(const MlaParams& p, cudaStream_t s);
+// The same attention for any r and dr (the tensor-core kernel is compiled for r/dr 512/64, 256/64, 128/32):
+// mla_attention falls back to it; it ignores `splits` and writes o_lat (and lse) directly.
+void mla_attention_generic(const MlaParams& p, cudaStream_t s);
 
 // ---- moe_route.cu ----------------------------------------------------------------------------------------
 struct RouteParams {

@@ -1,7 +1,8 @@
 // MLA query absorption: qf[t, h] = (W_UK[h]^T q_nope[t, h], q_rope[t, h]) in BF16, the query of the
 // multi-query attention over the latent cache.
 //
-// Block (head h, 64 latent columns): warp w owns the dn rows w, w + 8, ... of W_UK[h], each lane two adjacent
+// Block (head h, 64 latent columns; when r is not a multiple of 64 the last block masks the columns past r):
+// warp w owns the dn rows w, w + 8, ... of W_UK[h], each lane two adjacent
 // columns (one 4-byte load of a BF16 row; a warp reads 128 contiguous bytes). The weights do not depend on
 // earlier kernels, so a block loads and dequantises its whole slice (up to 16 rows x 2 columns per lane, i.e.
 // dn <= 128) into registers before waiting for the previous kernel (programmatic dependent launch): at batch 1
@@ -58,7 +59,7 @@ __global__ void __launch_bounds__(kThreads) absorb_kernel(const float* q, Weight
 #pragma unroll
   for (int i = 0; i < kRegRows; ++i) {
     const int64_t n = warp + kWarps * i;
-    w[i] = n < dn ? load_pair<WT>(kv_b, row0 + n, c) : make_float2(0.0f, 0.0f);
+    w[i] = n < dn && c < r ? load_pair<WT>(kv_b, row0 + n, c) : make_float2(0.0f, 0.0f);
   }
   pdl_wait();  // q comes from the previous kernels
 
@@ -94,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) absorb_kernel(const float* q, Weight
       }
     }
     for (int64_t n = warp + kWarps * kRegRows; n < dn; n += kWarps) {  // dn > 128: the rest, read now
-      const float2 wn = load_pair<WT>(kv_b, row0 + n, c);
+      const float2 wn = c < r ? load_pair<WT>(kv_b, row0 + n, c) : make_float2(0.0f, 0.0f);
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
         const float x = qs[t * dn + n];
@@ -108,6 +109,7 @@ __global__ void __launch_bounds__(kThreads) absorb_kernel(const float* q, Weight
     __syncthreads();
     for (int i = int(threadIdx.x); i < nt * kCols; i += kThreads) {
       const int t = i / kCols, cc = i % kCols;
+      if (c0 + cc >= r) continue;  // the last tile of a latent width that is not a multiple of 64
       float s = 0.0f;
 #pragma unroll
       for (int k = 0; k < kWarps; ++k) s += red[(k * kTokens + t) * kCols + cc];
@@ -127,12 +129,13 @@ __global__ void __launch_bounds__(kThreads) absorb_kernel(const float* q, Weight
 void mla_absorb_q(const float* q, const WeightRef& kv_b, int64_t T, int64_t H, int64_t dn, int64_t dv, int64_t dr,
                   uint16_t* qf, cudaStream_t s) {
   if (T == 0) return;
-  if (kv_b.cols % kCols != 0) check(cudaErrorInvalidValue, "mla_absorb_q: kv_lora_rank must be a multiple of 64");
+  if (kv_b.cols % 2 != 0) check(cudaErrorInvalidValue, "mla_absorb_q: kv_lora_rank must be even");
   if (kv_b.dtype == DType::F8_E4M3 && kv_b.block_k % 2 != 0) check(cudaErrorInvalidValue, "mla_absorb_q: odd FP8 block");
   const size_t smem = size_t(kTokens * dn + kWarps * kTokens * kCols) * sizeof(float);
   // z: token groups, as many as keep ~8 blocks per SM busy; each block then loops over its share.
-  const int64_t xy = H * (kv_b.cols / kCols), groups = (T + kTokens - 1) / kTokens;
-  const dim3 grid(unsigned(H), unsigned(kv_b.cols / kCols), unsigned(std::clamp<int64_t>(1024 / xy, 1, groups)));
+  const int64_t ctiles = (kv_b.cols + kCols - 1) / kCols;  // the last tile may be partial (r even)
+  const int64_t xy = H * ctiles, groups = (T + kTokens - 1) / kTokens;
+  const dim3 grid(unsigned(H), unsigned(ctiles), unsigned(std::clamp<int64_t>(1024 / xy, 1, groups)));
   switch (kv_b.dtype) {
     case DType::BF16: launch("mla_absorb_q", absorb_kernel<DType::BF16>, grid, dim3(kThreads), smem, s, q, kv_b, T, H, dn, dv, dr, qf); break;
     case DType::F16: launch("mla_absorb_q", absorb_kernel<DType::F16>, grid, dim3(kThreads), smem, s, q, kv_b, T, H, dn, dv, dr, qf); break;

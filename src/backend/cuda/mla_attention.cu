@@ -444,7 +444,7 @@ void mla_attention(const MlaParams& p, cudaStream_t s) {
   if (p.r == 512 && p.dr == 64) launch_widths<512, 576>(p, s);        // DeepSeek-V2/V3, Moonlight, Kimi
   else if (p.r == 128 && p.dr == 32) launch_widths<128, 160>(p, s);   // the tiny test fixture
   else if (p.r == 256 && p.dr == 64) launch_widths<256, 320>(p, s);
-  else check(cudaErrorInvalidValue, "mla_attention: latent width not compiled (supported r/dr: 512/64, 256/64, 128/32)");
+  else return mla_attention_generic(p, s);  // any other widths: CUDA cores, one pass (mla_attention_generic.cu)
   if (p.splits > 1)
     launch("mla_combine", mla_combine_kernel, dim3(unsigned(int64_t(p.T) * p.H), unsigned(p.r / kCombineCols)),
            dim3(kCombineWarps * 32), 0, s, p);
