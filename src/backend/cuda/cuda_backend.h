@@ -141,6 +141,16 @@ class CudaBackend final : public Backend {
                             const TensorView& o_lat, const TensorView& lse) override;
   void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
                      const TensorView& out) override;
+  // DeepSeek Sparse Attention (cuda_backend_dsa.cpp; kernels dsa_*.cu and mla_attention_generic.cu).
+  bool has_sparse_attention() const override { return true; }
+  void dsa_write_index_cache(const TensorView& k, const Weight& norm_w, const Weight& norm_b, float eps,
+                             const RopeParams& rope, const DeviceBatch& batch, const TensorView& index_cache) override;
+  void dsa_rope_q(const TensorView& q, const RopeParams& rope, const DeviceBatch& batch) override;
+  void dsa_index_scores(const TensorView& q, const TensorView& weights, const TensorView& index_cache, float scale,
+                        float weight_scale, const DeviceBatch& batch, const TensorView& scores) override;
+  void dsa_topk(const TensorView& scores, const DeviceBatch& batch, const TensorView& indices) override;
+  void mla_sparse_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                                   const TensorView& indices, const TensorView& o_lat, const TensorView& lse) override;
 
  private:
   class Graph;

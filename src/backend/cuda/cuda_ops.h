@@ -171,6 +171,10 @@ struct MlaParams {
   float* ml_part = nullptr;  // [splits, T, H, 2]: running max (log2 domain) and sum (splits > 1)
   float* o_lat = nullptr;    // [T, H, r] normalised
   float* lse = nullptr;      // [T, H] or null: natural-log log-sum-exp of the scaled scores (scale * qf . c_j)
+  // DeepSeek Sparse Attention (mla_attention_generic only): [T, K] positions per token (ascending, -1 padded,
+  // at least one) instead of 0 .. positions[t].
+  const int32_t* indices = nullptr;
+  int32_t K = 0;
 };
 constexpr int kMlaTile = 32;        // cache positions per tile
 constexpr int kMlaMaxSplits = 256;  // upper bound of MlaParams::splits
@@ -182,6 +186,19 @@ void mla_attention(const MlaParams& p, cudaStream_t s);
 // The same attention for any r and dr (the tensor-core kernel is compiled for r/dr 512/64, 256/64, 128/32):
 // mla_attention falls back to it; it ignores `splits` and writes o_lat (and lse) directly.
 void mla_attention_generic(const MlaParams& p, cudaStream_t s);
+
+// ---- dsa_index_cache.cu, dsa_index_scores.cu, dsa_topk.cu: DeepSeek Sparse Attention's indexer -------------
+void dsa_write_index_cache(const float* k, const WeightRef& norm_w, const WeightRef& norm_b, float eps,
+                           const double* inv_freq, double attn_factor, const int32_t* positions, const int32_t* slots,
+                           int64_t T, int64_t Di, int64_t dr, uint16_t* cache, cudaStream_t s);
+void dsa_rope_q(float* q, const double* inv_freq, double attn_factor, const int32_t* positions, int64_t T, int64_t Hi,
+                int64_t Di, int64_t dr, cudaStream_t s);
+void dsa_index_scores(const float* q, const float* weights, const uint16_t* cache, const int32_t* block_table,
+                      const int32_t* token_seq, const int32_t* positions, int32_t max_pages, int32_t page_size,
+                      int64_t T, int64_t Hi, int64_t Di, int64_t L, float scale, float weight_scale, float* scores,
+                      cudaStream_t s);
+void dsa_topk(const float* scores, const int32_t* positions, int64_t T, int64_t L, int64_t K, int32_t* indices,
+              cudaStream_t s);
 
 // ---- moe_route.cu ----------------------------------------------------------------------------------------
 struct RouteParams {

@@ -11,6 +11,9 @@
 // CUDA cores and F32 throughout (operands rounded to BF16 only where the cache and the absorbed query are):
 // each cache row is read once per head from L2, so this path is slow (no head sharing, no tensor cores) but
 // exact up to F32 sums. It ignores MlaParams::splits (one pass over all positions, no combine).
+// With MlaParams::indices (DeepSeek-V3.2's sparse attention) the positions are the token's selected ones; a
+// selection of K = 2048 at 128 heads reads each selected row once per head from L2: the tensor-core kernel with a
+// gathered page lookup is the fast path still to write.
 #include <cmath>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -20,12 +23,6 @@ namespace moe::cuda {
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 __global__ void __launch_bounds__(kThreads) mla_generic_kernel(const MlaParams p) {
   extern __shared__ float sm[];
@@ -42,10 +39,23 @@ __global__ void __launch_bounds__(kThreads) mla_generic_kernel(const MlaParams p
   for (int c = int(threadIdx.x); c < W; c += kThreads) q[c] = bf16_bits_to_float(qrow[c]);
   __syncthreads();
 
-  const int len = p.positions[t] + 1;
+  // Dense: positions 0 .. positions[t]. Sparse: the first len entries of the token's index row (a valid
+  // ascending prefix, then -1s: len by binary search).
+  const int32_t* sel = p.indices ? p.indices + int64_t(t) * p.K : nullptr;
+  int len = p.positions[t] + 1;
+  if (sel) {
+    int lo = 0, hi = p.K;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (sel[mid] >= 0) lo = mid + 1;
+      else hi = mid;
+    }
+    len = lo;
+  }
   const int32_t* pages = p.block_table + int64_t(p.token_seq[t]) * p.max_pages;
   float m = -INFINITY, l = 0.0f;
-  for (int j = warp; j < len; j += kWarps) {
+  for (int i = warp; i < len; i += kWarps) {
+    const int j = sel ? sel[i] : i;
     const uint16_t* row = p.cache + (int64_t(pages[j / p.page_size]) * p.page_size + j % p.page_size) * W;
     float s = 0.0f;
     for (int c = lane; c < W; c += 32) s = fmaf(q[c], bf16_bits_to_float(row[c]), s);
@@ -63,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) mla_generic_kernel(const MlaParams p
   pdl_trigger();
   __syncthreads();
 
-  // Merge the warps (a warp with no position has m = -inf, l = 0; position 0 is always warp 0's, so M is finite).
+  // Merge the warps (a warp with no position has m = -inf, l = 0; warp 0 always has one, so M is finite).
   float M = -INFINITY;
 #pragma unroll
   for (int w = 0; w < kWarps; ++w) M = fmaxf(M, ml[2 * w]);

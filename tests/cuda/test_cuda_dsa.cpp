@@ -1,0 +1,192 @@
+// DeepSeek-V3.2's sparse attention on the GPU: each indexer op against the CPU backend, then the tiny V3.2
+// fixture (tests/data/tiny-dsv32: index_topk 16, prompts of 9, 40 and 110 tokens) against HF's float64 logits and
+// greedy continuations, with the GPU's per-layer top-k sets compared to the CPU's.
+// Tolerances: the GPU index cache is BF16 (the CPU's F32): 2^-9 relative rounding at most, so the cache compares
+// within 4e-3 (as the latent cache in test_cuda_mla.cpp). Scores, top-k and the sparse attention are compared on
+// inputs both sides hold exactly (the CPU's caches filled from the GPU's BF16 values), so only F32 summation
+// order differs: scores within 1e-5 relative, identical top-k sets (the random scores have no ties closer than
+// F32 rounding; ties by construction test the lower-position rule), attention within 1e-4.
+// The whole model: the V3 bounds (relative L2 <= 1e-2, top-1 >= 99 %, greedy identical); the BF16 index keys
+// perturb the scores by ~1e-3 relative while the fixture's smallest relative gap at a top-k boundary is 4.2e-4,
+// so a set may differ from the CPU's at a near-tie: differences are printed, and the logits bound still applies.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "cuda_test_util.h"
+#include "engine/generator.h"
+#include "engine/page_allocator.h"
+#include "io/safetensors.h"
+#include "model/deepseek_v3.h"
+#include "test_util.h"
+
+namespace moe {
+namespace {
+
+using test::rel_l2;
+
+class CudaDsa : public test::GpuVsCpu {
+ protected:
+  // Two sequences on shuffled pages of 16: 150 cached positions of which the last 3 are new, and 40 new of 40.
+  BatchPlan plan() {
+    std::vector<int32_t> ids(14);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng_);
+    SequenceChunk a, b;
+    a.pages.assign(ids.begin(), ids.begin() + 10);
+    b.pages.assign(ids.begin() + 10, ids.end());
+    a.start_pos = 147;
+    a.tokens.assign(3, 0);
+    b.tokens.assign(40, 0);
+    return plan_batch({a, b}, kPage);
+  }
+  static constexpr int64_t kPage = 16, kPages = 14, Hi = 8, Di = 64, dr = 16;
+  RopeParams rope() const {
+    RopeParams p;
+    for (int64_t i = 0; i < dr / 2; ++i) p.inv_freq.push_back(std::pow(10000.0, -2.0 * double(i) / double(dr)));
+    p.attn_factor = 1.0;
+    return p;
+  }
+  // A BF16 device tensor and its F32 host copy holding the same values.
+  std::pair<Tensor, Tensor> same_values(Shape shape) {
+    Tensor h16 = test::random_host(rng_, DType::BF16, shape);
+    Tensor h32 = Tensor::host(DType::F32, shape);
+    for (int64_t i = 0; i < h16.numel(); ++i) h32.as<float>()[i] = bf16_to_float(h16.as<uint16_t>()[i]);
+    return {test::to_device(*gpu_, h16), std::move(h32)};
+  }
+};
+
+TEST_F(CudaDsa, IndexCacheAndQueryRope) {
+  const BatchPlan p = plan();
+  const int64_t T = p.num_tokens();
+  const DeviceBatch cb = cpu_->upload_batch(p), gb = gpu_->upload_batch(p);
+  Tensor k = test::random_host(rng_, DType::F32, {T, Di}, 3.0f);
+  Tensor w = test::random_host(rng_, DType::BF16, {Di}, 0.5f), b = test::random_host(rng_, DType::BF16, {Di}, 0.5f);
+  Weight nw, nb;
+  nw.w = w.view();
+  nb.w = b.view();
+  Tensor cc = Tensor::host(DType::F32, {kPages, kPage, Di});
+  Tensor gc = gpu_->alloc(DType::BF16, {kPages, kPage, Di});
+  cpu_->dsa_write_index_cache(k, nw, nb, 1e-6f, rope(), cb, cc);
+  gpu_->dsa_write_index_cache(test::to_device(*gpu_, k), gpu_->upload_weight(nw), gpu_->upload_weight(nb), 1e-6f,
+                              rope(), gb, gc);
+  // Only the written slots are compared (the rest stay zero on both sides).
+  const std::vector<float> got = test::to_host_f32(*gpu_, gc);
+  std::vector<float> g, c;
+  for (int32_t slot : p.slots)
+    for (int64_t i = 0; i < Di; ++i) {
+      g.push_back(got[size_t(slot * Di + i)]);
+      c.push_back(cc.as<float>()[slot * Di + i]);
+    }
+  EXPECT_LE(rel_l2(g.data(), c.data(), int64_t(c.size())), 4e-3) << "index cache";
+
+  Tensor q = test::random_host(rng_, DType::F32, {T, Hi, Di});
+  Tensor gq = test::to_device(*gpu_, q);
+  cpu_->dsa_rope_q(q, rope(), cb);
+  gpu_->dsa_rope_q(gq, rope(), gb);
+  EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, gq).data(), q.as<float>(), q.numel()), 1e-6) << "rope_q";
+}
+
+TEST_F(CudaDsa, ScoresTopkAndSparseAttention) {
+  const BatchPlan p = plan();
+  const int64_t T = p.num_tokens(), L = int64_t(p.max_pages) * p.page_size, K = 16;
+  const DeviceBatch cb = cpu_->upload_batch(p), gb = gpu_->upload_batch(p);
+  auto [gcache, ccache] = same_values({kPages, kPage, Di});
+  Tensor q = test::random_host(rng_, DType::F32, {T, Hi, Di});
+  Tensor wts = test::random_host(rng_, DType::F32, {T, Hi});
+  Tensor cs = Tensor::host(DType::F32, {T, L}), gs = gpu_->alloc(DType::F32, {T, L});
+  cpu_->dsa_index_scores(q, wts, ccache, 0.125f, 0.35f, cb, cs);
+  gpu_->dsa_index_scores(test::to_device(*gpu_, q), test::to_device(*gpu_, wts), gcache, 0.125f, 0.35f, gb, gs);
+  const std::vector<float> got = test::to_host_f32(*gpu_, gs);
+  std::vector<float> g, c;  // the visible scores (past the position both hold -inf)
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < L; ++j) {
+      const float cv = cs.as<float>()[t * L + j], gv = got[size_t(t * L + j)];
+      if (std::isinf(cv)) {
+        EXPECT_TRUE(std::isinf(gv) && gv < 0) << "t " << t << " j " << j;
+      } else {
+        c.push_back(cv);
+        g.push_back(gv);
+      }
+    }
+  EXPECT_LE(rel_l2(g.data(), c.data(), int64_t(c.size())), 1e-5) << "scores";
+
+  // Top-k on the same scores: the CPU's, and a version with many exact ties (scores rounded to 1/4).
+  for (bool ties : {false, true}) {
+    Tensor s = Tensor::host(DType::F32, {T, L});
+    for (int64_t i = 0; i < T * L; ++i) {
+      const float v = cs.as<float>()[i];
+      s.as<float>()[i] = ties && !std::isinf(v) ? std::round(v * 4.0f) / 4.0f : v;
+    }
+    Tensor ci = Tensor::host(DType::I32, {T, K}), gi = gpu_->alloc(DType::I32, {T, K});
+    cpu_->dsa_topk(s, cb, ci);
+    gpu_->dsa_topk(test::to_device(*gpu_, s), gb, gi);
+    std::vector<int32_t> gh(size_t(T * K));
+    gpu_->copy_to_host(gi, gh.data());
+    EXPECT_TRUE(std::equal(gh.begin(), gh.end(), ci.as<int32_t>())) << "top-k sets, ties " << ties;
+  }
+
+  // Sparse attention over the CPU's selection, on a latent cache both sides hold exactly.
+  const int64_t H = 5, r = 80, dr2 = 16, W = r + dr2;
+  auto [glat, clat] = same_values({kPages, kPage, W});
+  auto [gqf, cqf] = same_values({T, H, W});
+  Tensor ci = Tensor::host(DType::I32, {T, K});
+  cpu_->dsa_topk(cs, cb, ci);
+  Tensor co = Tensor::host(DType::F32, {T, H, r}), clse = Tensor::host(DType::F32, {T, H});
+  Tensor go = gpu_->alloc(DType::F32, {T, H, r}), glse = gpu_->alloc(DType::F32, {T, H});
+  cpu_->mla_sparse_latent_attention(cqf, clat, 0.1f, cb, ci, co, clse);
+  gpu_->mla_sparse_latent_attention(gqf, glat, 0.1f, gb, test::to_device(*gpu_, ci), go, glse);
+  EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, go).data(), co.as<float>(), co.numel()), 1e-4) << "sparse attention";
+  EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, glse).data(), clse.as<float>(), clse.numel()), 1e-5) << "lse";
+}
+
+// The fixture model on the GPU against HF, and its top-k sets against the CPU's.
+TEST_F(CudaDsa, TinyV32MatchesHf) {
+  DeepseekV3 gm(test::kTinyV32Model, *gpu_), cm(test::kTinyV32Model, *cpu_);
+  SafetensorsFile ref(test::kV32ReferenceTensors);
+  const auto cases = test::load_reference_cases(test::kV32ReferenceJson);
+  ASSERT_EQ(cases.size(), 3u);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto& ids = cases[i].input_ids;
+    const int64_t T = int64_t(ids.size()), page = 16, V = gm.config().vocab_size;
+    LatentCache gc(gm.config(), *gpu_, pages_for(T, page), page, gm.cache_layers());
+    LatentCache cc(cm.config(), *cpu_, pages_for(T, page), page, cm.cache_layers());
+    SequenceChunk chunk{ids, 0, {}, true};
+    for (int64_t p = 0; p < gc.num_pages(); ++p) chunk.pages.push_back(int32_t(p));
+    const ForwardOutput go = gm.forward({chunk}, gc), co = cm.forward({chunk}, cc);
+    const std::vector<float> got = test::to_host_f32(*gpu_, go.logits);
+    const SafetensorsEntry* e = ref.find("case" + std::to_string(i) + ".logits");
+    ASSERT_NE(e, nullptr);
+    const TensorView hf = ref.view(*e);
+    ASSERT_EQ(int64_t(got.size()), hf.numel());
+    const double err = rel_l2(got.data(), hf.as<float>(), hf.numel());
+    int64_t agree = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* g = got.data() + t * V;
+      const float* f = hf.as<float>() + t * V;
+      agree += (std::max_element(g, g + V) - g) == (std::max_element(f, f + V) - f);
+    }
+    int64_t set_diffs = 0;
+    ASSERT_EQ(go.index_topk.size(), co.index_topk.size());
+    for (size_t l = 0; l < go.index_topk.size(); ++l) {
+      const TensorView c = co.index_topk[l].view();
+      std::vector<int32_t> gh(size_t(c.numel()));
+      gpu_->copy_to_host(go.index_topk[l].view(), gh.data());
+      for (int64_t k = 0; k < c.numel(); ++k) set_diffs += gh[size_t(k)] != c.as<const int32_t>()[k];
+    }
+    std::printf("tiny V3.2 case%zu (%lld tokens): rel L2 vs HF %.3e, top-1 %lld/%lld, top-k entries differing from "
+                "the CPU's %lld\n",
+                i, (long long)T, err, (long long)agree, (long long)T, (long long)set_diffs);
+    EXPECT_LE(err, 1e-2) << "case " << i;
+    EXPECT_GE(double(agree), 0.99 * double(T)) << "case " << i;
+  }
+  for (const auto& c : cases) {  // greedy decoding (prefill, then decode steps over both caches) on the GPU
+    Generator gen(gm, int64_t(c.input_ids.size() + c.greedy_continuation.size()) + 1, 8);
+    GenerateOptions opts;
+    opts.max_new_tokens = int32_t(c.greedy_continuation.size());
+    EXPECT_EQ(gen.generate(c.input_ids, opts), c.greedy_continuation);
+  }
+}
+
+}  // namespace
+}  // namespace moe
