@@ -44,7 +44,7 @@ stage_build() {
   deps
   (nvidia-smi; nvcc --version | tail -2; cmake --version | head -1; g++ --version | head -1) 2>&1 | tee "$OUT/env.txt"
   env_deps
-  cmake_build "$ROOT" "$BUILD" moe test_cuda bench_mla_attention sandboxes && echo "build ok"
+  cmake_build "$ROOT" "$BUILD" moe test_cuda bench_mla_attention bench_dsa sandboxes && echo "build ok"
 }
 # The tree in .base (an earlier commit), for A/B runs in the same session: build-base/src/cli/moe.
 stage_build-base() {
@@ -75,6 +75,11 @@ stage_sanitize() {
 stage_mla() {
   env_deps
   for h in 16 128; do for b in 1 64; do for c in 512 4096; do "$BUILD/tests/cuda/bench_mla_attention" $b $c $h 20; done; done; done 2>&1 | tee "$OUT/mla.log"
+}
+# DeepSeek-V3.2's sparse decode attention (DSA) against dense MLA at long contexts (bench/gpu/dsa_bench.cpp).
+stage_dsa() {
+  env_deps
+  for b in 1 8; do for c in 32768 131072; do "$BUILD/tests/cuda/bench_dsa" $b $c 10; done; done 2>&1 | tee "$OUT/dsa.log"
 }
 bench_model() {  # name config dtype batches contexts
   env_deps
