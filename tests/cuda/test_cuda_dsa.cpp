@@ -140,6 +140,46 @@ TEST_F(CudaDsa, ScoresTopkAndSparseAttention) {
   EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, glse).data(), clse.as<float>(), clse.numel()), 1e-5) << "lse";
 }
 
+// The sparse attention at DeepSeek-V3's widths (the tensor-core split-KV kernel reading its positions from the
+// list): a 3000-token sequence decoding one token and a 700-token one with a 5-token chunk, each token attending a
+// random ascending subset of up to 512 of its visible positions (splits cut the list), 16 and 128 heads, on a
+// cache both sides hold exactly. Error sources: the BF16 softmax weights P on the tensor cores (~1e-3 rms
+// relative, averaged over positions), as in test_cuda_mla.cpp's AttentionShapes: bound 1e-2.
+TEST_F(CudaDsa, SparseAttentionTensorCoreKernel) {
+  const int64_t page = 64, K = 512, r = 512, dr2 = 64, W = r + dr2;
+  SequenceChunk a, b;
+  for (int32_t p = 0; p < 47; ++p) a.pages.push_back(p);
+  for (int32_t p = 47; p < 58; ++p) b.pages.push_back(p);
+  a.start_pos = 2999;
+  a.tokens.assign(1, 0);
+  b.start_pos = 695;
+  b.tokens.assign(5, 0);
+  const BatchPlan p = plan_batch({a, b}, page);
+  const int64_t T = p.num_tokens();
+  const DeviceBatch cb = cpu_->upload_batch(p), gb = gpu_->upload_batch(p);
+  Tensor ci = Tensor::host(DType::I32, {T, K});
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int32_t> all(size_t(p.positions[size_t(t)] + 1));
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng_);
+    all.resize(std::min<size_t>(all.size(), size_t(K)));
+    std::sort(all.begin(), all.end());
+    for (int64_t k = 0; k < K; ++k) ci.as<int32_t>()[t * K + k] = k < int64_t(all.size()) ? all[size_t(k)] : -1;
+  }
+  auto [glat, clat] = same_values({58, page, W});
+  for (int64_t H : {16, 128}) {
+    auto [gqf, cqf] = same_values({T, H, W});
+    Tensor co = Tensor::host(DType::F32, {T, H, r}), clse = Tensor::host(DType::F32, {T, H});
+    Tensor go = gpu_->alloc(DType::F32, {T, H, r}), glse = gpu_->alloc(DType::F32, {T, H});
+    cpu_->mla_sparse_latent_attention(cqf, clat, 0.07f, cb, ci, co, clse);
+    gpu_->mla_sparse_latent_attention(gqf, glat, 0.07f, gb, test::to_device(*gpu_, ci), go, glse);
+    const double err = rel_l2(test::to_host_f32(*gpu_, go).data(), co.as<float>(), co.numel());
+    std::printf("sparse attention, %lld heads: rel L2 %.2e\n", (long long)H, err);
+    EXPECT_LE(err, 1e-2) << H << " heads";
+    EXPECT_LE(rel_l2(test::to_host_f32(*gpu_, glse).data(), clse.as<float>(), clse.numel()), 1e-3) << "lse";
+  }
+}
+
 // The fixture model on the GPU against HF, and its top-k sets against the CPU's.
 TEST_F(CudaDsa, TinyV32MatchesHf) {
   DeepseekV3 gm(test::kTinyV32Model, *gpu_), cm(test::kTinyV32Model, *cpu_);

@@ -1,6 +1,7 @@
 // The CUDA backend's DeepSeek Sparse Attention ops (V3.2's lightning indexer and MLA over the chosen positions):
 // shape checks here, kernels in dsa_index_cache.cu, dsa_index_scores.cu, dsa_topk.cu and, for the attention,
-// the general MLA kernel (mla_attention_generic.cu) with an index list. Index keys are BF16 (the cache dtype).
+// the MLA decode kernels (mla_attention.cu, or mla_attention_generic.cu for other widths) over an index list.
+// Index keys are BF16 (the cache dtype).
 #include "backend/cuda/cuda_backend.h"
 #include "core/error.h"
 
@@ -99,7 +100,16 @@ void CudaBackend::mla_sparse_latent_attention(const TensorView& qf, const Tensor
   p.lse = lse.data ? lse.as<float>() : nullptr;
   p.indices = indices.as<const int32_t>();
   p.K = int32_t(indices.row_size());
-  cuda::mla_attention_generic(p, stream_);
+  // The split-KV tensor-core kernel over the list (the general kernel for other widths), split by K.
+  p.splits = cuda::mla_choose_splits(T, H, r, p.K, sms_, ctx_.options().mla_splits);
+  Tensor o_part, ml;
+  if (p.splits > 1) {
+    o_part = scratch(DType::F32, {p.splits, T, H, r});
+    ml = scratch(DType::F32, {p.splits, T, H, 2});
+    p.o_part = o_part.as<float>();
+    p.ml_part = ml.as<float>();
+  }
+  cuda::mla_attention(p, stream_);
 }
 
 }  // namespace moe

@@ -171,8 +171,8 @@ struct MlaParams {
   float* ml_part = nullptr;  // [splits, T, H, 2]: running max (log2 domain) and sum (splits > 1)
   float* o_lat = nullptr;    // [T, H, r] normalised
   float* lse = nullptr;      // [T, H] or null: natural-log log-sum-exp of the scaled scores (scale * qf . c_j)
-  // DeepSeek Sparse Attention (mla_attention_generic only): [T, K] positions per token (ascending, -1 padded,
-  // at least one) instead of 0 .. positions[t].
+  // DeepSeek Sparse Attention: [T, K] positions per token (ascending, -1 padded, at least one) instead of
+  // 0 .. positions[t]; splits then cut the list (mla_choose_splits with capacity K).
   const int32_t* indices = nullptr;
   int32_t K = 0;
 };

@@ -97,8 +97,20 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const MlaParams
   pdl_wait();     // positions, block table, qf and the cache come from earlier kernels
 
   // This split's positions: the sequence's len = positions[t] + 1 positions are cut into p.splits pieces
-  // of split_len (a multiple of the tile); the last pieces may be empty.
-  const int len = p.positions[t] + 1;
+  // of split_len (a multiple of the tile); the last pieces may be empty. Sparse (MlaParams::indices, V3.2):
+  // the list of the token's chosen positions takes their place, len = its valid prefix (binary search for
+  // the first -1), and entry j names the cache position to read.
+  const int32_t* sel = p.indices ? p.indices + int64_t(t) * p.K : nullptr;
+  int len = p.positions[t] + 1;
+  if (sel) {
+    int lo = 0, hi = p.K;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (sel[mid] >= 0) lo = mid + 1;
+      else hi = mid;
+    }
+    len = lo;
+  }
   int split_len = (len + p.splits - 1) / p.splits;
   split_len = (split_len + kTile - 1) / kTile * kTile;
   const int begin = split * split_len, end = min(len, begin + split_len);
@@ -112,8 +124,9 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const MlaParams
   // then zero-fills, so masked rows hold no stale NaN that 0 * V would spread).
   int next_page = 0, next_off = -1;
   auto lookup = [&](int j) {
-    next_off = j < end ? j % page_size : -1;
-    if (j < end) next_page = pages[j / page_size];
+    const int pj = j < end ? (sel ? sel[j] : j) : 0;
+    next_off = j < end ? pj % page_size : -1;
+    if (j < end) next_page = pages[pj / page_size];
   };
   if (ntiles > 0) lookup(begin + lane);
   auto issue = [&](int k) {  // copy tile k into stage k % STAGES; always one commit group

@@ -11,9 +11,8 @@
 // CUDA cores and F32 throughout (operands rounded to BF16 only where the cache and the absorbed query are):
 // each cache row is read once per head from L2, so this path is slow (no head sharing, no tensor cores) but
 // exact up to F32 sums. It ignores MlaParams::splits (one pass over all positions, no combine).
-// With MlaParams::indices (DeepSeek-V3.2's sparse attention) the positions are the token's selected ones; a
-// selection of K = 2048 at 128 heads reads each selected row once per head from L2: the tensor-core kernel with a
-// gathered page lookup is the fast path still to write.
+// With MlaParams::indices (DeepSeek-V3.2's sparse attention) the positions are the token's selected ones (the
+// tensor-core kernel takes the same list for its compiled widths).
 #include <cmath>
 
 #include "backend/cuda/cuda_common.cuh"
