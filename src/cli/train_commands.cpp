@@ -1,6 +1,7 @@
 // Training commands: train-steps (the check command of issue 10: a spec's steps on one batch, with every
 // gradient of step 1, the expert loads and the parameters after the last step written out), tokenize-corpus
-// (text -> token shards + manifest, train/data.h) and train (train/trainer.h).
+// (text -> token shards + manifest, train/data.h), train-tokenizer (train/tokenizer_training.h) and train
+// (train/trainer.h).
 #include <cstdio>
 #include <memory>
 
@@ -8,6 +9,7 @@
 #include "core/error.h"
 #include "train/bench.h"
 #include "train/data.h"
+#include "train/tokenizer_training.h"
 #include "train/train_steps.h"
 #include "train/trainer.h"
 
@@ -29,6 +31,29 @@ void run_train_steps_command(const std::string& model_dir, const std::string& sp
 }  // namespace
 
 void register_train_commands(CLI::App& app) {
+  {
+    auto* cmd = app.add_subcommand("train-tokenizer",
+                                   "Train a byte-level BPE tokenizer (DeepSeek-V3's pre-tokenizer and special tokens) "
+                                   "on text files or JSONL with a \"text\" field per line");
+    auto opts = std::make_shared<train::TokenizerTrainingOptions>();
+    auto files = std::make_shared<std::vector<std::string>>();
+    cmd->add_option("--template", opts->template_dir,
+                    "tokenizer directory whose pipeline and special tokens the new one keeps")
+        ->capture_default_str();
+    cmd->add_option("--out", opts->out_dir, "output directory (tokenizer.json, tokenizer_config.json)")->required();
+    cmd->add_option("--vocab-size", opts->bpe.vocab_size, "tokens in all: special + 256 bytes + merges")
+        ->capture_default_str();
+    cmd->add_option("--min-frequency", opts->bpe.min_frequency, "pairs seen fewer times are not merged")
+        ->capture_default_str();
+    cmd->add_option("files", *files, "input files (.jsonl: one {\"text\": ...} per line)")->required();
+    cmd->callback([=] {
+      const BpeTrainStats st = train::train_tokenizer(*files, *opts);
+      std::printf("%lld documents, %lld pre-tokens (%lld distinct): %d special tokens + 256 bytes + %d merges = %d "
+                  "tokens in %s\n",
+                  (long long)st.documents, (long long)st.pre_tokens, (long long)st.distinct_words, st.special_tokens,
+                  st.merges, st.vocab_size, opts->out_dir.c_str());
+    });
+  }
   {
     auto* cmd = app.add_subcommand("tokenize-corpus",
                                    "Tokenize text files (one document each, or JSONL with a \"text\" field per line) "
