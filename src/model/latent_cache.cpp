@@ -12,11 +12,11 @@ LatentCache::LatentCache(const ModelConfig& config, Backend& backend, int64_t nu
   for (int64_t i = 0; i < layers; ++i) layers_.push_back(backend.alloc(dtype_, Shape{num_pages, page_size, width_}));
   if (index_width_)
     for (int64_t i = 0; i < layers; ++i)
-      index_layers_.push_back(backend.alloc(dtype_, Shape{num_pages, page_size, index_width_}));
+      index_layers_.push_back(backend.alloc(DType::F32, Shape{num_pages, page_size, index_width_}));
 }
 
 int64_t LatentCache::bytes_per_token() const {
-  return int64_t(layers_.size()) * (width_ + index_width_) * int64_t(dtype_size(dtype_));
+  return int64_t(layers_.size()) * (width_ * int64_t(dtype_size(dtype_)) + index_width_ * int64_t(sizeof(float)));
 }
 
 }  // namespace moe

@@ -2,8 +2,10 @@
 // MLA's latent cache: per layer, fixed-size pages of page_size tokens, each token kv_lora_rank + qk_rope_head_dim
 // values (the compressed latent and the shared rope key), never full keys and values.
 // DeepSeek-V3.2 (config.indexer) adds a second per-layer cache on the same pages and slots: each token's index key
-// (index_head_dim values) for the sparse-attention indexer, in cache_dtype() (F32 on the CPU; the published model
-// keeps it in FP8 with per-128 scales, which is the GPU backend's work).
+// (index_head_dim values) for the sparse-attention indexer, in F32 on every backend: the selection is a top-k over
+// scores whose near-ties (relative gaps of 4e-4 in the V3.2 fixture) BF16 keys (2^-9 rounding) flip, and a flipped
+// position changes the attention by far more than the logits' tolerance. (The published model keeps the keys in
+// FP8 with per-128 scales, trading exactness of the selection for memory: not done.)
 // Storage only; which pages belong to which sequence is decided by the caller (engine/page_allocator.h).
 #include <vector>
 

@@ -1,7 +1,7 @@
 // The CUDA backend's DeepSeek Sparse Attention ops (V3.2's lightning indexer and MLA over the chosen positions):
 // shape checks here, kernels in dsa_index_cache.cu, dsa_index_scores.cu, dsa_topk.cu and, for the attention,
 // the MLA decode kernels (mla_attention.cu, or mla_attention_generic.cu for other widths) over an index list.
-// Index keys are BF16 (the cache dtype).
+// Index keys are F32 (model/latent_cache.h).
 #include "backend/cuda/cuda_backend.h"
 #include "core/error.h"
 
@@ -12,7 +12,7 @@ void CudaBackend::dsa_write_index_cache(const TensorView& k, const Weight& norm_
                                         const TensorView& index_cache) {
   const cuda::DeviceGuard guard(ctx_.device());
   const int64_t T = k.rows(), Di = k.row_size(), dr = int64_t(rope.inv_freq.size()) * 2;
-  MOE_CHECK(k.dtype == DType::F32 && index_cache.dtype == DType::BF16 &&
+  MOE_CHECK(k.dtype == DType::F32 && index_cache.dtype == DType::F32 &&
                 index_cache.shape[index_cache.shape.rank - 1] == Di,
             "dsa_write_index_cache: index cache {} {} for F32 keys of {}", dtype_name(index_cache.dtype),
             index_cache.shape.str(), Di);
@@ -23,7 +23,7 @@ void CudaBackend::dsa_write_index_cache(const TensorView& k, const Weight& norm_
     MOE_CHECK(slot >= 0 && slot < capacity, "dsa_write_index_cache: slot {} outside the cache", slot);
   cuda::dsa_write_index_cache(k.as<const float>(), cuda::ref(norm_w), cuda::ref(norm_b), eps, inv_freq(rope),
                               rope.attn_factor, batch.positions.as<const int32_t>(), batch.slots.as<const int32_t>(),
-                              T, Di, dr, index_cache.as<uint16_t>(), stream_);
+                              T, Di, dr, index_cache.as<float>(), stream_);
 }
 
 void CudaBackend::dsa_rope_q(const TensorView& q, const RopeParams& rope, const DeviceBatch& batch) {
@@ -41,7 +41,7 @@ void CudaBackend::dsa_index_scores(const TensorView& q, const TensorView& weight
   const cuda::DeviceGuard guard(ctx_.device());
   const BatchPlan& plan = *batch.plan;
   const int64_t T = q.rows(), Hi = q.shape[1], Di = q.shape[2], L = scores.row_size();
-  MOE_CHECK(index_cache.dtype == DType::BF16 && index_cache.shape[index_cache.shape.rank - 1] == Di,
+  MOE_CHECK(index_cache.dtype == DType::F32 && index_cache.shape[index_cache.shape.rank - 1] == Di,
             "dsa_index_scores: index cache {} {} for queries of {}", dtype_name(index_cache.dtype),
             index_cache.shape.str(), Di);
   MOE_CHECK(q.dtype == DType::F32 && weights.dtype == DType::F32 && scores.dtype == DType::F32 &&
@@ -50,7 +50,7 @@ void CudaBackend::dsa_index_scores(const TensorView& q, const TensorView& weight
             scores.shape.str(), q.shape.str(), plan.num_tokens());
   MOE_CHECK(L >= int64_t(plan.max_pages) * plan.page_size, "dsa_index_scores: {} scores per row for a page table of {}",
             L, int64_t(plan.max_pages) * plan.page_size);
-  cuda::dsa_index_scores(q.as<const float>(), weights.as<const float>(), index_cache.as<const uint16_t>(),
+  cuda::dsa_index_scores(q.as<const float>(), weights.as<const float>(), index_cache.as<const float>(),
                          batch.block_table.as<const int32_t>(), batch.token_seq.as<const int32_t>(),
                          batch.positions.as<const int32_t>(), plan.max_pages, plan.page_size, T, Hi, Di, L, scale,
                          weight_scale, scores.as<float>(), stream_);

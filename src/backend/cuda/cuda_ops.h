@@ -190,10 +190,10 @@ void mla_attention_generic(const MlaParams& p, cudaStream_t s);
 // ---- dsa_index_cache.cu, dsa_index_scores.cu, dsa_topk.cu: DeepSeek Sparse Attention's indexer -------------
 void dsa_write_index_cache(const float* k, const WeightRef& norm_w, const WeightRef& norm_b, float eps,
                            const double* inv_freq, double attn_factor, const int32_t* positions, const int32_t* slots,
-                           int64_t T, int64_t Di, int64_t dr, uint16_t* cache, cudaStream_t s);
+                           int64_t T, int64_t Di, int64_t dr, float* cache, cudaStream_t s);
 void dsa_rope_q(float* q, const double* inv_freq, double attn_factor, const int32_t* positions, int64_t T, int64_t Hi,
                 int64_t Di, int64_t dr, cudaStream_t s);
-void dsa_index_scores(const float* q, const float* weights, const uint16_t* cache, const int32_t* block_table,
+void dsa_index_scores(const float* q, const float* weights, const float* cache, const int32_t* block_table,
                       const int32_t* token_seq, const int32_t* positions, int32_t max_pages, int32_t page_size,
                       int64_t T, int64_t Hi, int64_t Di, int64_t L, float scale, float weight_scale, float* scores,
                       cudaStream_t s);

@@ -2,8 +2,8 @@
 // CPU twin is backend/cpu/dsa_index_cache.cpp; the maths in Backend's comments).
 //   dsa_write_index_cache: one warp per new token: LayerNorm of wk(x) over its Di values (mean and variance in
 //     F32 from warp sums), times w plus b, rope on the first dr values in the half-split layout (pairs
-//     (v[i], v[i + dr/2]), HF's rotate_half; MLA's own rope is interleaved), stored as BF16 (the cache dtype) at
-//     the token's slot. The published model keeps these keys in FP8 with a scale per 128 values: a later step.
+//     (v[i], v[i + dr/2]), HF's rotate_half; MLA's own rope is interleaved), stored as F32 at the token's slot
+//     (model/latent_cache.h says why not BF16 or the published FP8).
 //   dsa_rope_q: one thread per (token, head, pair), in place on the F32 queries.
 // Angles pos * inv_freq[i] in double, as mla_cache.cu and the CPU do (F32 sincos of large angles loses digits).
 #include "backend/cuda/cuda_common.cuh"
@@ -25,7 +25,7 @@ __device__ __forceinline__ void rope_half_pair(float* a, float* b, int32_t pos, 
 __global__ void __launch_bounds__(32) write_index_cache_kernel(const float* k, WeightRef nw, WeightRef nb, float eps,
                                                                const double* inv_freq, double attn_factor,
                                                                const int32_t* positions, const int32_t* slots,
-                                                               int32_t Di, int32_t dr, uint16_t* cache) {
+                                                               int32_t Di, int32_t dr, float* cache) {
   extern __shared__ float row[];  // [Di]
   const int t = int(blockIdx.x), lane = int(threadIdx.x);
   pdl_wait();  // k comes from the previous kernel
@@ -48,8 +48,8 @@ __global__ void __launch_bounds__(32) write_index_cache_kernel(const float* k, W
   for (int i = lane; i < half; i += 32) rope_half_pair(&row[i], &row[i + half], positions[t], inv_freq[i], attn_factor);
   __syncwarp();
   pdl_trigger();
-  uint16_t* dst = cache + int64_t(slots[t]) * Di;
-  for (int i = lane; i < Di; i += 32) dst[i] = float_to_bf16_bits(row[i]);
+  float* dst = cache + int64_t(slots[t]) * Di;
+  for (int i = lane; i < Di; i += 32) dst[i] = row[i];
 }
 
 __global__ void rope_q_kernel(float* q, const double* inv_freq, double attn_factor, const int32_t* positions,
@@ -66,7 +66,7 @@ __global__ void rope_q_kernel(float* q, const double* inv_freq, double attn_fact
 
 void dsa_write_index_cache(const float* k, const WeightRef& norm_w, const WeightRef& norm_b, float eps,
                            const double* inv_freq, double attn_factor, const int32_t* positions, const int32_t* slots,
-                           int64_t T, int64_t Di, int64_t dr, uint16_t* cache, cudaStream_t s) {
+                           int64_t T, int64_t Di, int64_t dr, float* cache, cudaStream_t s) {
   if (T == 0) return;
   launch("dsa_write_index_cache", write_index_cache_kernel, dim3(unsigned(T)), dim3(32), size_t(Di) * sizeof(float), s,
          k, norm_w, norm_b, eps, inv_freq, attn_factor, positions, slots, int32_t(Di), int32_t(dr), cache);

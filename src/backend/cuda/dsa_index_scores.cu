@@ -2,7 +2,7 @@
 //   scores[t, j] = sum_h relu(scale * q[t, h] . k_j) * (weights[t, h] * weight_scale)   j <= positions[t]
 //   scores[t, j] = -inf                                                                   j >  positions[t]
 // Grid (token t, tile of kPositions positions), kWarps warps. The token's Hi x Di queries (F32) and head weights
-// sit in shared memory; warp w takes the tile's positions w, w + kWarps, ...: the BF16 key row k_j goes to the
+// sit in shared memory; warp w takes the tile's positions w, w + kWarps, ...: the F32 key row k_j goes to the
 // warp's shared buffer, then for each head the lanes stride Di (a warp sum per head), relu, and the weighted sum
 // over heads accumulates in F32 on every lane. CUDA cores: the reference scores in FP8 on the tensor cores, which
 // is the next step for long contexts (this reads each key once per token from L2 and does Hi * Di MACs per
@@ -18,7 +18,7 @@ namespace {
 constexpr int kWarps = 8, kThreads = 32 * kWarps, kPositions = 64;
 
 __global__ void __launch_bounds__(kThreads) index_scores_kernel(const float* q, const float* weights,
-                                                                const uint16_t* cache, const int32_t* block_table,
+                                                                const float* cache, const int32_t* block_table,
                                                                 const int32_t* token_seq, const int32_t* positions,
                                                                 int32_t max_pages, int32_t page_size, int32_t Hi,
                                                                 int32_t Di, int64_t L, float scale, float weight_scale,
@@ -46,8 +46,8 @@ __global__ void __launch_bounds__(kThreads) index_scores_kernel(const float* q, 
       if (lane == 0) out[j] = -INFINITY;
       continue;
     }
-    const uint16_t* krow = cache + (int64_t(pages[j / page_size]) * page_size + j % page_size) * Di;
-    for (int i = lane; i < Di; i += 32) kw[i] = bf16_bits_to_float(krow[i]);
+    const float* krow = cache + (int64_t(pages[j / page_size]) * page_size + j % page_size) * Di;
+    for (int i = lane; i < Di; i += 32) kw[i] = krow[i];
     __syncwarp();
     float acc = 0.0f;
     for (int h = 0; h < Hi; ++h) {
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) index_scores_kernel(const float* q, 
 
 }  // namespace
 
-void dsa_index_scores(const float* q, const float* weights, const uint16_t* cache, const int32_t* block_table,
+void dsa_index_scores(const float* q, const float* weights, const float* cache, const int32_t* block_table,
                       const int32_t* token_seq, const int32_t* positions, int32_t max_pages, int32_t page_size,
                       int64_t T, int64_t Hi, int64_t Di, int64_t L, float scale, float weight_scale, float* scores,
                       cudaStream_t s) {

@@ -20,8 +20,9 @@ namespace {
 constexpr int kThreads = 256, kBins = 256;
 using Scan = cub::BlockScan<int, kThreads>;
 
-__device__ __forceinline__ uint32_t order_key(float f) {  // larger float -> larger key (-inf lowest of non-NaN)
-  const uint32_t u = __float_as_uint(f);
+// Larger float -> larger key (-inf lowest of non-NaN); -0.0 and +0.0 are one key, as they compare equal on the CPU.
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t u = __float_as_uint(f == 0.0f ? 0.0f : f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
