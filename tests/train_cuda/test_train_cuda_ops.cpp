@@ -98,7 +98,7 @@ TEST(CudaTrainOps, CrossEntropyMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 256, V = 32000;
   const auto logits = randn(size_t(n * V), 21, 2.0);
-  std::vector<int32_t> targets(size_t(n));
+  std::vector<int32_t> targets(static_cast<size_t>(n));
   std::mt19937 g(22);
   for (auto& t : targets) t = int32_t(g() % uint32_t(V));
   targets[7] = -1;  // a row without a target
@@ -118,7 +118,7 @@ TEST(CudaTrainOps, RmsNormForwardBackwardMatchesCpu) {
   const int64_t n = 256, d = 2048;
   const auto x = randn(size_t(n * d), 31, 3.0), w = randn(size_t(d), 32), dy = randn(size_t(n * d), 33);
   const auto dx0 = randn(size_t(n * d), 34), dw0 = randn(size_t(d), 35);
-  std::vector<float> y_c(size_t(n * d)), r_c(size_t(n));
+  std::vector<float> y_c(size_t(n * d)), r_c(static_cast<size_t>(n));
   rmsnorm_forward(y_c.data(), r_c.data(), x.data(), w.data(), n, d, 1e-6);
   auto dx_c = dx0, dw_c = dw0;
   rmsnorm_backward(dx_c.data(), dw_c.data(), dy.data(), x.data(), w.data(), r_c.data(), n, d);
@@ -138,7 +138,7 @@ TEST(CudaTrainOps, SwigluForwardBackwardMatchesCpu) {
   const int64_t count = 256 * 1408;
   const auto gate = randn(size_t(count), 41, 2.0), up = randn(size_t(count), 42), dout = randn(size_t(count), 43);
   const auto dg0 = randn(size_t(count), 44), du0 = randn(size_t(count), 45);
-  std::vector<float> out_c(size_t(count));
+  std::vector<float> out_c(static_cast<size_t>(count));
   swiglu_forward(out_c.data(), gate.data(), up.data(), count);
   auto dg_c = dg0, du_c = du0;
   swiglu_backward(dg_c.data(), du_c.data(), dout.data(), gate.data(), up.data(), count);
@@ -157,7 +157,7 @@ TEST(CudaTrainOps, RopeForwardBackwardMatchesCpu) {
   RopeParams rope;
   for (int64_t p = 0; p < half; ++p) rope.inv_freq.push_back(std::pow(10000.0, -2.0 * double(p) / 64.0));
   rope.attn_factor = 0.93;
-  std::vector<int32_t> pos(size_t(n));
+  std::vector<int32_t> pos(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = int32_t((i * 37) % 4096);  // long-context angles too
   const auto x = randn(size_t(n * heads * hd), 51);
   auto f_c = x, b_c = x;
@@ -179,7 +179,7 @@ TEST(CudaTrainOps, EmbeddingForwardBackwardMatchesCpuExactly) {
   SKIP_WITHOUT_GPU();
   const int64_t V = 1000, d = 2048, n = 256;
   const auto table = randn(size_t(V * d), 61), dout = randn(size_t(n * d), 62), dt0 = randn(size_t(V * d), 63);
-  std::vector<int32_t> ids(size_t(n));
+  std::vector<int32_t> ids(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = int32_t((i * 7919) % 97);  // repeated ids: the scatter adds
   std::vector<float> out_c(size_t(n * d));
   embedding_forward(out_c.data(), ids.data(), n, table.data(), d);
