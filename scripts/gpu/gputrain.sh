@@ -4,6 +4,7 @@
 # $OUT/gputrain/ within about 3 minutes:
 #   test_train_cuda.log      every CUDA op against its CPU twin, whole tiny-train steps against the reference
 #   train-{cuda,cpu}.log     `moe train` for 30 steps on a corpus of the repository's docs, same seed and data
+#   memcheck.log             compute-sanitizer over the op tests but the big GEMMs, and the whole steps
 #   bench-*.json             `moe train-bench`: tokens/s and the fraction of the BF16 GEMM rate (cuda) or of
 #                            the FP32 GEMM rate (cpu), measured in the same run
 set -uo pipefail
@@ -48,4 +49,10 @@ bench() {  # name args...
 bench small-cuda --device cuda --config bench/configs/train-small.json --seq-len 256 --batch 16 --steps 3
 bench small-cuda-fp32 --device cuda --gemm fp32 --config bench/configs/train-small.json --seq-len 256 --batch 16 --steps 3
 bench small-cpu --device cpu --config bench/configs/train-small.json --seq-len 256 --batch 16 --steps 2
+
+echo "== compute-sanitizer memcheck (the op tests but the big GEMMs, the whole steps)"
+timeout 60 compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/train_cuda/test_train_cuda" \
+  --gtest_filter='CudaTrainOps.CrossEntropy*:CudaTrainOps.RmsNorm*:CudaTrainOps.Swiglu*:CudaTrainOps.Rope*:CudaTrainOps.Embedding*:CudaTrainOps.AdamW*:CudaTrainOps.MlaAttention*:CudaTrainStep.*' \
+  >"$D/memcheck.log" 2>&1
+echo "memcheck exit $?"; grep -E "^\[  (PASSED|FAILED)|ERROR SUMMARY" "$D/memcheck.log" | tail -4
 rm -rf "$TMP"
