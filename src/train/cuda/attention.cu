@@ -12,6 +12,10 @@ namespace moe::train::cuda {
 namespace {
 
 constexpr int kThreads = 128;
+// A row of scores in shared memory is allocated with this many spare floats: compute-sanitizer (H200, CUDA 13)
+// reported 12-byte shared loads at row index i..i+2 in the forward's j <= i loop (wide loads the compiler made of
+// the unrolled loop), past an allocation of exactly t floats at i = t - 1.
+constexpr int64_t kRowPad = 4;
 
 struct Dims {
   int64_t t, H, dn, dr, dv, dq, dkv;
@@ -127,7 +131,7 @@ void attention_forward(float* out, float* probs, const float* q, const float* kv
                        const AttnShape& a, cudaStream_t s) {
   if (a.b == 0 || a.t == 0) return;
   const dim3 grid(unsigned(a.t), unsigned(a.heads), unsigned(a.b));
-  forward_kernel<<<grid, kThreads, size_t(a.t) * sizeof(float), s>>>(out, probs, q, kv, k_rope, dims_of(a));
+  forward_kernel<<<grid, kThreads, size_t(a.t + kRowPad) * sizeof(float), s>>>(out, probs, q, kv, k_rope, dims_of(a));
 }
 
 void attention_backward(float* dq, float* dkv, float* dk_rope, float* ds, const float* dout, const float* probs,
@@ -135,7 +139,7 @@ void attention_backward(float* dq, float* dkv, float* dk_rope, float* ds, const 
   if (a.b == 0 || a.t == 0) return;
   const Dims d = dims_of(a);
   const dim3 grid(unsigned(a.t), unsigned(a.heads), unsigned(a.b));
-  backward_rows_kernel<<<grid, kThreads, size_t(a.t) * sizeof(float), s>>>(dq, ds, dout, probs, kv, k_rope, d);
+  backward_rows_kernel<<<grid, kThreads, size_t(a.t + kRowPad) * sizeof(float), s>>>(dq, ds, dout, probs, kv, k_rope, d);
   backward_cols_kernel<<<grid, kThreads, 0, s>>>(dkv, ds, probs, q, dout, d);
   backward_rope_kernel<<<dim3(unsigned(a.t), unsigned(a.b)), 64, 0, s>>>(dk_rope, ds, q, d);
 }
