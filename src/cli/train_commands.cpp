@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "cli/train_device.h"
 #include "core/error.h"
 #include "train/bench.h"
 #include "train/data.h"
@@ -83,7 +84,7 @@ void register_train_commands(CLI::App& app) {
     });
   }
   {
-    auto* cmd = app.add_subcommand("train", "Train a model (CPU, float32) on tokenize-corpus data; one JSON line per "
+    auto* cmd = app.add_subcommand("train", "Train a model (float32 masters; CPU, or --device cuda) on tokenize-corpus data; one JSON line per "
                                    "step; checkpoints in the hub layout plus the optimiser state; --resume continues "
                                    "exactly");
     auto run = std::make_shared<train::TrainRun>();
@@ -119,6 +120,9 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--init-std", r.init_std, "std of the fresh initialisation's matrices (0.006, DeepSeek-V3's)");
     cmd->add_option("--save-dtype", r.save_dtype, "model file dtype: f32 or bf16 (masters then go with the optimiser)");
     cmd->add_option("--threads", run->threads, "threads for the GEMMs (0: every core; the results are the same bits)");
+    auto device = std::make_shared<std::string>("cpu"), gemm = std::make_shared<std::string>("bf16");
+    cmd->add_option("--device", *device, "cpu or cuda: where the GEMMs, attention and cross-entropy run (cpu)");
+    cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 (mixed precision) or fp32 (bf16)");
     cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
     cmd->add_option("--fault-nan-step", run->fault_nan_step, "testing: make this step's loss NaN")->group("");
     cmd->add_option("--fault-crash-save", run->fault_crash_save, "testing: die while writing this step's checkpoint")
@@ -130,6 +134,8 @@ void register_train_commands(CLI::App& app) {
                                "--weight-decay", "--beta1", "--beta2", "--mtp-lambda", "--seq-aux-alpha",
                                "--bias-gamma", "--init-std", "--save-dtype"})
         if (cmd->count(flag) > 0) run->recipe_flags_given.push_back(flag);
+      const TrainDevice dev = make_train_device(*device, *gemm);
+      run->compute = dev.compute.get();
       train::run_training(*run, [](const std::string& line) {
         std::printf("%s\n", line.c_str());
         std::fflush(stdout);
@@ -137,15 +143,24 @@ void register_train_commands(CLI::App& app) {
     });
   }
   {
-    auto* cmd = app.add_subcommand("train-bench", "Training tokens/s on the CPU (a fresh model of --config, random "
-                                   "tokens) and the fraction of the FP32 GEMM rate measured in the same run");
+    auto* cmd = app.add_subcommand("train-bench", "Training tokens/s on the CPU or --device cuda (a fresh model of --config, "
+                                   "random tokens) and the fraction of the device's GEMM rate measured in the same run");
     auto o = std::make_shared<train::TrainBenchOptions>();
     cmd->add_option("--config", o->config_path, "config.json of the model to train")->required();
     cmd->add_option("--seq-len", o->seq_len, "tokens per sequence (64)");
     cmd->add_option("--batch", o->batch, "sequences per step (4)");
     cmd->add_option("--steps", o->steps, "timed steps after one warm-up step (3)");
     cmd->add_option("--threads", o->threads, "threads (0: every core)");
-    cmd->callback([=] { std::printf("%s\n", train::bench_json(train::run_train_bench(*o)).c_str()); });
+    auto device = std::make_shared<std::string>("cpu"), gemm = std::make_shared<std::string>("bf16");
+    cmd->add_option("--device", *device, "cpu (fraction of the FP32 GEMM rate) or cuda (of the BF16 GEMM rate)");
+    cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 or fp32 (bf16)");
+    cmd->callback([=] {
+      const TrainDevice dev = make_train_device(*device, *gemm);
+      o->compute = dev.compute.get();
+      o->device = dev.name;
+      o->device_gemm_gflops = dev.gemm_gflops;
+      std::printf("%s\n", train::bench_json(train::run_train_bench(*o)).c_str());
+    });
   }
   auto* cmd = app.add_subcommand("train-steps",
                                  "Run a spec's training steps on one batch (CPU, float32) and write grad.<name> of "

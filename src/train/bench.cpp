@@ -84,6 +84,8 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   r.threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ThreadPool pool(r.threads);
   model.pool = &pool;
+  model.compute = o.compute;
+  r.device = o.device;
 
   std::mt19937 rng(3);
   std::uniform_int_distribution<int32_t> id(1, int32_t(model.config.vocab_size) - 1);
@@ -106,13 +108,14 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   r.tokens_per_s = double(r.tokens_per_step) / r.step_seconds;
   r.flops_per_token = train_flops_per_token(model.config, o.seq_len);
   r.train_gflops = r.flops_per_token * r.tokens_per_s / 1e9;
-  r.gemm_gflops = measure_gemm_gflops(r.threads);
+  r.gemm_gflops = o.device_gemm_gflops ? o.device_gemm_gflops() : measure_gemm_gflops(r.threads);
   r.fraction = r.train_gflops / r.gemm_gflops;
   return r;
 }
 
 std::string bench_json(const TrainBenchResult& r) {
-  return nlohmann::ordered_json{{"threads", r.threads},
+  return nlohmann::ordered_json{{"device", r.device},
+                                {"threads", r.threads},
                                 {"tokens_per_step", r.tokens_per_step},
                                 {"step_s", r.step_seconds},
                                 {"tokens_per_s", r.tokens_per_s},

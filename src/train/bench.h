@@ -3,26 +3,35 @@
 // (the CPU backend's tiled F32 matmul on the same number of threads), so the figure says how much of the machine
 // the trainer uses. A fresh model of the config, random token ids (never zeros), whole optimiser steps.
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "io/model_config.h"
 
 namespace moe::train {
 
+class Compute;
+
 struct TrainBenchOptions {
   std::string config_path;
   int64_t seq_len = 64, batch = 4, steps = 3;  // timed steps, after one untimed warm-up step
   int threads = 0;                             // 0: every core
+  // A device (train/compute.h) for the step's GEMMs, attention and cross-entropy, and that device's dense GEMM
+  // rate in GFLOP/s measured in this run (the denominator of the fraction); null: the CPU and its FP32 rate.
+  Compute* compute = nullptr;
+  std::string device = "cpu";
+  std::function<double()> device_gemm_gflops;
 };
 
 struct TrainBenchResult {
+  std::string device;
   int threads = 0;
   int64_t tokens_per_step = 0;
   double step_seconds = 0;          // mean over the timed steps
   double tokens_per_s = 0;
   double flops_per_token = 0;       // forward + backward: 3 x 2 x multiply-adds of every GEMM and attention product
   double train_gflops = 0;          // flops_per_token x tokens_per_s / 1e9
-  double gemm_gflops = 0;           // the machine's measured FP32 GEMM rate
+  double gemm_gflops = 0;           // the measured GEMM rate (CPU: FP32; a device: its own, e.g. BF16 on a GPU)
   double fraction = 0;              // train_gflops / gemm_gflops
 };
 

@@ -5,7 +5,6 @@
 //   kv = kv_b(c) [n, H, dn+dv] (k_nope, v per head); attention per sequence, causal; o_proj.
 #include <algorithm>
 
-#include "core/thread_pool.h"
 #include "train/layer.h"
 
 namespace moe::train {
@@ -13,16 +12,6 @@ namespace moe::train {
 namespace {
 constexpr double kLatentNormEps = 1e-6;  // q_a_layernorm and kv_a_layernorm, whatever the config says (MODEL.md)
 
-template <typename Fn>
-void for_sequences(ThreadPool* pool, int64_t b, const Fn& fn) {
-  if (!pool || b == 1) {
-    for (int64_t s = 0; s < b; ++s) fn(s);
-    return;
-  }
-  pool->parallel_for(b, [&](int64_t begin, int64_t end, int) {
-    for (int64_t s = begin; s < end; ++s) fn(s);
-  });
-}
 }
 
 void layer_forward(LayerActs& A, const LayerParams& P, const LayerContext& ctx, const float* x, int64_t b, int64_t t,
@@ -44,16 +33,16 @@ void layer_forward(LayerActs& A, const LayerParams& P, const LayerContext& ctx, 
     A.qa.resize(size_t(n * ql));
     A.qan.resize(size_t(n * ql));
     A.qa_rstd.resize(size_t(n));
-    matmul_forward(A.qa.data(), A.a.data(), W.q_a->data(), n, D, ql, ctx.pool);
+    ctx.compute->matmul_forward(A.qa.data(), A.a.data(), W.q_a->data(), n, D, ql, false);
     rmsnorm_forward(A.qan.data(), A.qa_rstd.data(), A.qa.data(), W.q_a_norm->data(), n, ql, kLatentNormEps);
-    matmul_forward(A.q.data(), A.qan.data(), W.q_b->data(), n, ql, H * dq, ctx.pool);
+    ctx.compute->matmul_forward(A.q.data(), A.qan.data(), W.q_b->data(), n, ql, H * dq, false);
   } else {
-    matmul_forward(A.q.data(), A.a.data(), W.q_proj->data(), n, D, H * dq, ctx.pool);
+    ctx.compute->matmul_forward(A.q.data(), A.a.data(), W.q_proj->data(), n, D, H * dq, false);
   }
   rope_forward(A.q.data(), n, H, dq, dn, A.pos.data(), ctx.rope);
 
   std::vector<float> kva(size_t(n * (r + dr)));
-  matmul_forward(kva.data(), A.a.data(), W.kv_a->data(), n, D, r + dr, ctx.pool);
+  ctx.compute->matmul_forward(kva.data(), A.a.data(), W.kv_a->data(), n, D, r + dr, false);
   A.c_in.resize(size_t(n * r));
   A.kr.resize(size_t(n * dr));
   for (int64_t i = 0; i < n; ++i) {
@@ -65,17 +54,14 @@ void layer_forward(LayerActs& A, const LayerParams& P, const LayerContext& ctx, 
   rmsnorm_forward(A.c.data(), A.c_rstd.data(), A.c_in.data(), W.kv_a_norm->data(), n, r, kLatentNormEps);
   rope_forward(A.kr.data(), n, 1, dr, 0, A.pos.data(), ctx.rope);
   A.kv.resize(size_t(n * H * (dn + dv)));
-  matmul_forward(A.kv.data(), A.c.data(), W.kv_b->data(), n, r, H * (dn + dv), ctx.pool);
+  ctx.compute->matmul_forward(A.kv.data(), A.c.data(), W.kv_b->data(), n, r, H * (dn + dv), false);
 
   MlaDims md{t, H, dn, dr, dv, ctx.attn_scale};
   A.probs.assign(size_t(b * H * t * t), 0.f);
   A.att.resize(size_t(n * H * dv));
-  for_sequences(ctx.pool, b, [&](int64_t s) {  // sequences write disjoint rows: any thread count, the same bits
-    mla_attention_forward(A.att.data() + s * t * H * dv, A.probs.data() + s * H * t * t, A.q.data() + s * t * H * dq,
-                          A.kv.data() + s * t * H * (dn + dv), A.kr.data() + s * t * dr, md);
-  });
+  ctx.compute->attention_forward(A.att.data(), A.probs.data(), A.q.data(), A.kv.data(), A.kr.data(), md, b);
   A.h.resize(size_t(n * D));
-  matmul_forward(A.h.data(), A.att.data(), W.o_proj->data(), n, H * dv, D, ctx.pool);
+  ctx.compute->matmul_forward(A.h.data(), A.att.data(), W.o_proj->data(), n, H * dv, D, false);
   for (int64_t i = 0; i < n * D; ++i) A.h[size_t(i)] += x[i];
 
   A.f.resize(size_t(n * D));
@@ -84,7 +70,7 @@ void layer_forward(LayerActs& A, const LayerParams& P, const LayerContext& ctx, 
   if (P.is_moe)
     moe_forward(A.moe, P, ctx, A.f.data(), b, t, out);
   else
-    mlp_forward(A.dense, P.dense, A.f.data(), n, D, out, ctx.pool);
+    mlp_forward(A.dense, P.dense, A.f.data(), n, D, out, *ctx.compute);
   for (int64_t i = 0; i < n * D; ++i) out[i] += A.h[size_t(i)];
 }
 
@@ -98,23 +84,20 @@ void layer_backward(float* dx, const float* dout, LayerActs& A, const LayerParam
   if (P.is_moe)
     moe_backward(df.data(), dout, A.moe, P, ctx, A.f.data(), b, t);
   else
-    mlp_backward(df.data(), dout, A.dense, P.dense, n, D, ctx.pool);
+    mlp_backward(df.data(), dout, A.dense, P.dense, n, D, *ctx.compute);
   rmsnorm_backward(dh.data(), P.post_norm->grad(), df.data(), A.h.data(), P.post_norm->data(), A.f_rstd.data(), n, D);
 
   // Attention half: dx = dh + input_norm^T (q path + kv path)
   std::vector<float> datt(size_t(n * H * dv), 0.f);
-  matmul_backward(datt.data(), W.o_proj->grad(), dh.data(), A.att.data(), W.o_proj->data(), n, H * dv, D, ctx.pool);
+  ctx.compute->matmul_backward(datt.data(), W.o_proj->grad(), dh.data(), A.att.data(), W.o_proj->data(), n, H * dv, D, false);
   std::vector<float> dq_(size_t(n * H * dq), 0.f), dkv(size_t(n * H * (dn + dv)), 0.f), dkr(size_t(n * dr), 0.f);
   MlaDims md{t, H, dn, dr, dv, ctx.attn_scale};
-  for_sequences(ctx.pool, b, [&](int64_t s) {
-    mla_attention_backward(dq_.data() + s * t * H * dq, dkv.data() + s * t * H * (dn + dv), dkr.data() + s * t * dr,
-                           datt.data() + s * t * H * dv, A.probs.data() + s * H * t * t, A.q.data() + s * t * H * dq,
-                           A.kv.data() + s * t * H * (dn + dv), A.kr.data() + s * t * dr, md);
-  });
+  ctx.compute->attention_backward(dq_.data(), dkv.data(), dkr.data(), datt.data(), A.probs.data(), A.q.data(),
+                                 A.kv.data(), A.kr.data(), md, b);
   std::vector<float> da(size_t(n * D), 0.f);
   // kv path
   std::vector<float> dc(size_t(n * r), 0.f), dc_in(size_t(n * r), 0.f);
-  matmul_backward(dc.data(), W.kv_b->grad(), dkv.data(), A.c.data(), W.kv_b->data(), n, r, H * (dn + dv), ctx.pool);
+  ctx.compute->matmul_backward(dc.data(), W.kv_b->grad(), dkv.data(), A.c.data(), W.kv_b->data(), n, r, H * (dn + dv), false);
   rmsnorm_backward(dc_in.data(), W.kv_a_norm->grad(), dc.data(), A.c_in.data(), W.kv_a_norm->data(), A.c_rstd.data(), n, r);
   rope_backward(dkr.data(), n, 1, dr, 0, A.pos.data(), ctx.rope);
   std::vector<float> dkva(size_t(n * (r + dr)));
@@ -123,16 +106,16 @@ void layer_backward(float* dx, const float* dout, LayerActs& A, const LayerParam
     std::copy(dkr.begin() + i * dr, dkr.begin() + (i + 1) * dr, dkva.begin() + i * (r + dr) + r);
   }
   // The layer input a = input_norm(x) feeds kv_a and q; recompute-free: A.a is kept.
-  matmul_backward(da.data(), W.kv_a->grad(), dkva.data(), A.a.data(), W.kv_a->data(), n, D, r + dr, ctx.pool);
+  ctx.compute->matmul_backward(da.data(), W.kv_a->grad(), dkva.data(), A.a.data(), W.kv_a->data(), n, D, r + dr, false);
   // q path
   rope_backward(dq_.data(), n, H, dq, dn, A.pos.data(), ctx.rope);
   if (ql > 0) {
     std::vector<float> dqan(size_t(n * ql), 0.f), dqa(size_t(n * ql), 0.f);
-    matmul_backward(dqan.data(), W.q_b->grad(), dq_.data(), A.qan.data(), W.q_b->data(), n, ql, H * dq, ctx.pool);
+    ctx.compute->matmul_backward(dqan.data(), W.q_b->grad(), dq_.data(), A.qan.data(), W.q_b->data(), n, ql, H * dq, false);
     rmsnorm_backward(dqa.data(), W.q_a_norm->grad(), dqan.data(), A.qa.data(), W.q_a_norm->data(), A.qa_rstd.data(), n, ql);
-    matmul_backward(da.data(), W.q_a->grad(), dqa.data(), A.a.data(), W.q_a->data(), n, D, ql, ctx.pool);
+    ctx.compute->matmul_backward(da.data(), W.q_a->grad(), dqa.data(), A.a.data(), W.q_a->data(), n, D, ql, false);
   } else {
-    matmul_backward(da.data(), W.q_proj->grad(), dq_.data(), A.a.data(), W.q_proj->data(), n, D, H * dq, ctx.pool);
+    ctx.compute->matmul_backward(da.data(), W.q_proj->grad(), dq_.data(), A.a.data(), W.q_proj->data(), n, D, H * dq, false);
   }
   rmsnorm_backward(dx, P.input_norm->grad(), da.data(), A.x.data(), P.input_norm->data(), A.a_rstd.data(), n, D);
   for (int64_t i = 0; i < n * D; ++i) dx[i] += dh[size_t(i)];

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "train/compute.h"
 #include "train/ops.h"
 #include "train/params.h"
 
@@ -55,6 +56,7 @@ struct LayerContext {
   RouterConfig router;
   double seq_aux_alpha = 0;  // 0: the layer adds no balance loss (the MTP layer)
   ThreadPool* pool = nullptr;  // the trainer's threads for the GEMMs (null: this thread alone)
+  Compute* compute = nullptr;  // the GEMMs and attention (compute.h): never null in a context the model built
 };
 
 // x [b*t, D] -> out [b*t, D]
@@ -64,10 +66,9 @@ void layer_forward(LayerActs& A, const LayerParams& P, const LayerContext& ctx, 
 void layer_backward(float* dx, const float* dout, LayerActs& A, const LayerParams& P, const LayerContext& ctx);
 
 // The FFN halves (ffn.cpp). MLP(x) = down(silu(gate x) * up x), over n rows.
-void mlp_forward(MlpActs& A, const MlpParams& P, const float* x, int64_t n, int64_t d, float* out,
-                 ThreadPool* pool = nullptr);
+void mlp_forward(MlpActs& A, const MlpParams& P, const float* x, int64_t n, int64_t d, float* out, Compute& cmp);
 void mlp_backward(float* dx, const float* dout, const MlpActs& A, const MlpParams& P, int64_t n, int64_t d,
-                  ThreadPool* pool = nullptr);
+                  Compute& cmp);
 // MoE(x) = sum_j w_j Expert_{c_j}(x) + Shared(x); b sequences of t tokens (for the balance loss).
 void moe_forward(MoeActs& A, const LayerParams& P, const LayerContext& ctx, const float* x, int64_t b, int64_t t,
                  float* out);

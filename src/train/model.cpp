@@ -7,15 +7,17 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "train/compute.h"
 #include "model/rope.h"
 
 namespace moe::train {
 
 namespace {
 
-LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool) {
+LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool, Compute* compute) {
   LayerContext ctx;
   ctx.pool = pool;
+  ctx.compute = compute;
   ctx.config = &c;
   ctx.rope = make_rope_params(c);
   ctx.attn_scale = attention_scale(c);
@@ -61,12 +63,19 @@ std::vector<int32_t> masked_targets(const std::vector<int32_t>& ids, const std::
 struct Pass {
   TrainModel& M;
   const Objective& obj;
+  CpuCompute cpu;
+  Compute& cmp;  // the model's device, or the CPU ops on its pool
   ModelActs A;
   LayerContext main_ctx, mtp_ctx;
   LossParts parts;
 
   Pass(TrainModel& m, const Objective& o)
-      : M(m), obj(o), main_ctx(make_context(m.config, o.seq_aux_alpha, m.pool)), mtp_ctx(make_context(m.config, 0.0, m.pool)) {}
+      : M(m),
+        obj(o),
+        cpu(m.pool),
+        cmp(m.compute ? *m.compute : cpu),
+        main_ctx(make_context(m.config, o.seq_aux_alpha, m.pool, &cmp)),
+        mtp_ctx(make_context(m.config, 0.0, m.pool, &cmp)) {}
 
   // Forward; leaves dlogits (the CE gradients, scaled for the objective) in A for the backward.
   void forward(const std::vector<int32_t>& ids, int64_t b, int64_t t, const std::vector<uint8_t>* mask) {
@@ -91,11 +100,11 @@ struct Pass {
     for (int64_t s = 0; s < b; ++s)
       std::copy(A.hn.begin() + s * t * D, A.hn.begin() + (s * t + t1) * D, hsel.begin() + s * t1 * D);
     A.dlogits.resize(size_t(n1 * V));
-    matmul_forward(A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V, M.pool);
+    cmp.matmul_forward(A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V, true);
     int64_t c1 = 0;
     const std::vector<int32_t> targets = masked_targets(ids, mask, b, t, t1, 1, &c1);
     const double d1 = double(std::max<int64_t>(c1, 1));  // no target carries loss: the CE is 0, and so its gradient
-    parts.main_ce = cross_entropy_fused(A.dlogits.data(), targets.data(), n1, V, 1.0 / d1) / d1;
+    parts.main_ce = cmp.cross_entropy(A.dlogits.data(), targets.data(), n1, V, 1.0 / d1) / d1;
 
     if (M.has_mtp) {
       const int64_t t2 = t - 2, n2 = b * t2;
@@ -117,18 +126,18 @@ struct Pass {
         std::copy(A.hh.begin() + i * D, A.hh.begin() + (i + 1) * D, A.cat.begin() + i * 2 * D + D);
       }
       A.m.resize(size_t(n2 * D));
-      matmul_forward(A.m.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, M.pool);
+      cmp.matmul_forward(A.m.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, false);
       A.y.resize(size_t(n2 * D));
       layer_forward(A.mtp_layer, M.mtp_layer, mtp_ctx, A.m.data(), b, t2, A.y.data());
       A.yn.resize(size_t(n2 * D));
       A.yn_rstd.resize(size_t(n2));
       rmsnorm_forward(A.yn.data(), A.yn_rstd.data(), A.y.data(), M.mtp_norm->data(), n2, D, c.rms_norm_eps);
       A.mtp_dlogits.resize(size_t(n2 * V));
-      matmul_forward(A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V, M.pool);
+      cmp.matmul_forward(A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V, true);
       int64_t c2 = 0;
       const std::vector<int32_t> t2ids = masked_targets(ids, mask, b, t, t2, 2, &c2);
       const double d2 = double(std::max<int64_t>(c2, 1));
-      parts.mtp_ce = cross_entropy_fused(A.mtp_dlogits.data(), t2ids.data(), n2, V, obj.mtp_lambda / d2) / d2;
+      parts.mtp_ce = cmp.cross_entropy(A.mtp_dlogits.data(), t2ids.data(), n2, V, obj.mtp_lambda / d2) / d2;
     }
     parts.loss = parts.main_ce + obj.mtp_lambda * parts.mtp_ce + parts.seq_aux;
   }
@@ -141,10 +150,10 @@ struct Pass {
       const int64_t t2 = t - 2, n2 = b * t2;
       std::vector<float> dyn(size_t(n2 * D), 0.f), dy(size_t(n2 * D), 0.f), dm(size_t(n2 * D), 0.f),
           dcat(size_t(n2 * 2 * D), 0.f);
-      matmul_backward(dyn.data(), M.head->grad(), A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V, M.pool);
+      cmp.matmul_backward(dyn.data(), M.head->grad(), A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V, true);
       rmsnorm_backward(dy.data(), M.mtp_norm->grad(), dyn.data(), A.y.data(), M.mtp_norm->data(), A.yn_rstd.data(), n2, D);
       layer_backward(dm.data(), dy.data(), A.mtp_layer, M.mtp_layer, mtp_ctx);
-      matmul_backward(dcat.data(), M.eh_proj->grad(), dm.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, M.pool);
+      cmp.matmul_backward(dcat.data(), M.eh_proj->grad(), dm.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, false);
       std::vector<float> den(size_t(n2 * D)), dhh(size_t(n2 * D)), de(size_t(n2 * D), 0.f), dh2(size_t(n2 * D), 0.f);
       for (int64_t i = 0; i < n2; ++i) {
         std::copy(dcat.begin() + i * 2 * D, dcat.begin() + i * 2 * D + D, den.begin() + i * D);
@@ -165,7 +174,7 @@ struct Pass {
     std::vector<float> hsel(size_t(n1 * D)), dsel(size_t(n1 * D), 0.f);
     for (int64_t s = 0; s < b; ++s)
       std::copy(A.hn.begin() + s * t * D, A.hn.begin() + (s * t + t1) * D, hsel.begin() + s * t1 * D);
-    matmul_backward(dsel.data(), M.head->grad(), A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V, M.pool);
+    cmp.matmul_backward(dsel.data(), M.head->grad(), A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V, true);
     for (int64_t s = 0; s < b; ++s)
       for (int64_t k = 0; k < t1 * D; ++k) dhn[size_t(s * t * D + k)] += dsel[size_t(s * t1 * D + k)];
     std::vector<float> dx(size_t(n * D), 0.f), dprev(size_t(n * D));
@@ -226,7 +235,9 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   MOE_CHECK(b > 0 && int64_t(ids.size()) == b * t, "train: a batch of {} ids is not {} x {}", ids.size(), b, t);
   const ModelConfig& c = model.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
-  const LayerContext ctx = make_context(c, 0.0, model.pool);
+  CpuCompute cpu(model.pool);
+  Compute& cmp = model.compute ? *model.compute : cpu;
+  const LayerContext ctx = make_context(c, 0.0, model.pool, &cmp);
   std::vector<float> x(size_t(n * D)), y(size_t(n * D));
   embedding_forward(x.data(), ids.data(), n, model.embed->data(), D);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -238,7 +249,7 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   std::vector<float> rstd(static_cast<size_t>(n));
   rmsnorm_forward(y.data(), rstd.data(), x.data(), model.final_norm->data(), n, D, c.rms_norm_eps);
   std::vector<float> logits(size_t(n * V));
-  matmul_forward(logits.data(), y.data(), model.head->data(), n, D, V, model.pool);
+  cmp.matmul_forward(logits.data(), y.data(), model.head->data(), n, D, V, true);
   return logits;
 }
 

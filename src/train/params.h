@@ -15,6 +15,8 @@ class ThreadPool;
 
 namespace moe::train {
 
+class Compute;
+
 struct Param {
   std::string name;  // the checkpoint's tensor name
   Shape shape;
@@ -64,6 +66,9 @@ struct TrainModel {
   Param *enorm = nullptr, *hnorm = nullptr, *eh_proj = nullptr, *mtp_norm = nullptr;
   LayerParams mtp_layer;
   ThreadPool* pool = nullptr;  // threads for the GEMMs, owned by the caller (the trainer); null: one thread
+  // The device the GEMMs, attention and cross-entropy run on (train/compute.h), owned by the caller; null: the
+  // CPU ops on `pool`.
+  Compute* compute = nullptr;
 
   // Reads config.json and the checkpoint (BF16/F16/F32 tensors, converted to F32). The MTP module's copies of
   // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.

@@ -231,6 +231,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   check_recipe(R);
   ThreadPool pool(run.threads > 0 ? run.threads : int(std::max(1u, std::thread::hardware_concurrency())));
   model.pool = &pool;
+  model.compute = run.compute;
   MOE_CHECK(!run.data_dir.empty(), "train: --data is required");
 
   // --- data ---

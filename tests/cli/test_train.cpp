@@ -311,6 +311,26 @@ TEST(TrainBench, ReportsTokensPerSecondAndTheGemmFraction) {
   EXPECT_NE(bad.out.find("no-such-config.json: cannot open"), std::string::npos) << bad.out;
 }
 
+// --device names the trainer's device; a wrong one is an error naming the flag (train and train-bench share it).
+TEST(TrainBench, DeviceFlagErrorsNameTheFlag) {
+  const std::string base = "train-bench --config tests/data/tiny-train/model/config.json --seq-len 8 --batch 2 --steps 1";
+  const Result bogus = test::run_moe(base + " --device tpu");
+  EXPECT_EQ(bogus.code, 1);
+  EXPECT_NE(bogus.out.find("--device must be cpu or cuda, not 'tpu'"), std::string::npos) << bogus.out;
+  const Result gemm = test::run_moe(base + " --device cuda --gemm fp8");
+  EXPECT_EQ(gemm.code, 1);
+  EXPECT_NE(gemm.out.find("--gemm must be bf16 or fp32, not 'fp8'"), std::string::npos) << gemm.out;
+  const Result cpu = test::run_moe(base + " --device cpu --threads 1");
+  ASSERT_EQ(cpu.code, 0) << cpu.out;
+  EXPECT_EQ(json_lines(cpu.out).at(0)["device"], "cpu");
+  // cuda: without CUDA in the build or a GPU in the machine, a clear error; with both, a run on the GPU.
+  const Result cuda = test::run_moe(base + " --device cuda");
+  if (cuda.code != 0)
+    EXPECT_NE(cuda.out.find("--device cuda: "), std::string::npos) << cuda.out;
+  else
+    EXPECT_EQ(json_lines(cuda.out).at(0)["device"].get<std::string>().rfind("cuda: ", 0), 0u) << cuda.out;
+}
+
 TEST_F(TrainCommand, NanLossStopsKeepingTheLastGoodCheckpoint) {
   const std::string c = *dir_ + "/nan";
   const Result r = test::run_moe(train_args(c) + " --fault-nan-step 3");

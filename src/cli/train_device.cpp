@@ -1,0 +1,29 @@
+#include "cli/train_device.h"
+
+#include "core/error.h"
+#ifdef MOE_HAVE_TRAIN_CUDA
+#include "train/cuda/cuda_compute.h"
+#endif
+
+namespace moe::cli {
+
+TrainDevice make_train_device(const std::string& device, const std::string& gemm) {
+  MOE_CHECK(gemm == "bf16" || gemm == "fp32", "--gemm must be bf16 or fp32, not '{}'", gemm);
+  if (device == "cpu") return TrainDevice{"cpu", nullptr, {}};
+  MOE_CHECK(device == "cuda", "--device must be cpu or cuda, not '{}'", device);
+#ifdef MOE_HAVE_TRAIN_CUDA
+  MOE_CHECK(train::cuda::CudaCompute::available(), "--device cuda: no CUDA device on this machine");
+  auto c = std::make_unique<train::cuda::CudaCompute>(gemm == "bf16" ? train::cuda::GemmPrecision::Bf16
+                                                                     : train::cuda::GemmPrecision::Fp32);
+  TrainDevice d;
+  d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs";
+  train::cuda::CudaCompute* raw = c.get();
+  d.gemm_gflops = [raw] { return raw->measure_bf16_gemm_gflops(); };
+  d.compute = std::move(c);
+  return d;
+#else
+  fail("--device cuda: this build of moe has no CUDA (configure with -DMOE_CUDA=ON on a machine with nvcc)");
+#endif
+}
+
+}  // namespace moe::cli

@@ -1,0 +1,60 @@
+// RMSNorm forward and backward (the twin of train/ops/rmsnorm.cpp), FP32. One block per row for y and dx; the
+// weight gradient dw_j = sum over rows dy_ij x_ij rstd_i is one thread per column walking the rows in order.
+#include "train/cuda/common.cuh"
+#include "train/cuda/kernels.h"
+
+namespace moe::train::cuda {
+
+namespace {
+constexpr int kThreads = 256;
+
+__global__ void forward_kernel(float* y, float* rstd, const float* x, const float* w, int64_t d, float eps) {
+  __shared__ float red[32];
+  const float* xi = x + int64_t(blockIdx.x) * d;
+  float ss = 0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) ss += xi[j] * xi[j];
+  ss = block_reduce<false>(ss, red);
+  const float r = rsqrtf(ss / float(d) + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) y[int64_t(blockIdx.x) * d + j] = w[j] * xi[j] * r;
+}
+
+// dx_j += r dy_j w_j - r^3 x_j (sum_k dy_k w_k x_k) / d
+__global__ void backward_dx_kernel(float* dx, const float* dy, const float* x, const float* w, const float* rstd,
+                                   int64_t d) {
+  __shared__ float red[32];
+  const int64_t row = blockIdx.x;
+  const float* xi = x + row * d;
+  const float* dyi = dy + row * d;
+  const float r = rstd[row];
+  float gx = 0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) gx += dyi[j] * w[j] * xi[j];
+  gx = block_reduce<false>(gx, red);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
+    dx[row * d + j] += r * dyi[j] * w[j] - r * r * r * xi[j] * gx / float(d);
+}
+
+__global__ void backward_dw_kernel(float* dw, const float* dy, const float* x, const float* rstd, int64_t n,
+                                   int64_t d) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j >= d) return;
+  float acc = 0;
+  for (int64_t i = 0; i < n; ++i) acc += dy[i * d + j] * x[i * d + j] * rstd[i];
+  dw[j] += acc;
+}
+}  // namespace
+
+void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t n, int64_t d, float eps,
+                     cudaStream_t s) {
+  if (n == 0) return;
+  forward_kernel<<<unsigned(n), kThreads, 0, s>>>(y, rstd, x, w, d, eps);
+}
+
+void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
+                      int64_t n, int64_t d, cudaStream_t s) {
+  if (n == 0) return;
+  if (dx) backward_dx_kernel<<<unsigned(n), kThreads, 0, s>>>(dx, dy, x, w, rstd, d);
+  if (dw) backward_dw_kernel<<<blocks_for(d, kThreads), kThreads, 0, s>>>(dw, dy, x, rstd, n, d);
+}
+
+}  // namespace moe::train::cuda

@@ -1,0 +1,37 @@
+// SwiGLU forward and backward, elementwise (the twin of train/ops/swiglu.cpp):
+// out = silu(g) u; dg += dout u s (1 + g (1 - s)), du += dout g s, with s = sigmoid(g).
+#include "train/cuda/common.cuh"
+#include "train/cuda/kernels.h"
+
+namespace moe::train::cuda {
+
+namespace {
+__global__ void forward_kernel(float* out, const float* gate, const float* up, int64_t count) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= count) return;
+  const float g = gate[i];
+  out[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+__global__ void backward_kernel(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                                int64_t count) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= count) return;
+  const float g = gate[i], sg = 1.0f / (1.0f + expf(-g)), d = dout[i];
+  if (dgate) dgate[i] += d * up[i] * sg * (1.0f + g * (1.0f - sg));
+  if (dup) dup[i] += d * g * sg;
+}
+}  // namespace
+
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t count, cudaStream_t s) {
+  if (count == 0) return;
+  forward_kernel<<<blocks_for(count, 256), 256, 0, s>>>(out, gate, up, count);
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t count,
+                     cudaStream_t s) {
+  if (count == 0) return;
+  backward_kernel<<<blocks_for(count, 256), 256, 0, s>>>(dgate, dup, dout, gate, up, count);
+}
+
+}  // namespace moe::train::cuda

@@ -1,0 +1,226 @@
+// Each CUDA op of the trainer against its CPU twin (train/ops.h) on random data at real widths (Moonlight /
+// DeepSeek-V3 head dims, hidden 2048, sequences of 256).
+// Tolerances:
+//  - BF16 GEMMs: each operand is rounded once to BF16 (unit roundoff u = 2^-9), so every product carries a
+//    relative error of about u sqrt(2/3) (two independent uniform roundings); a sum of independent random terms
+//    keeps that relative L2 (no sqrt(K) growth: the errors are as random as the terms): ~1.6e-3, checked <= 1e-2.
+//  - FP32 ops: sums of at most a few thousand FP32 terms (u = 2^-24, random-walk growth sqrt(K) ~ 45) against
+//    double sums: ~1e-6, checked <= 1e-5.
+#include <algorithm>
+#include <memory>
+#include <thread>
+
+#include "core/thread_pool.h"
+#include "train/compute.h"
+#include "train/cuda/kernels.h"
+#include "train/optimizer.h"
+#include "train_cuda/util.h"
+
+namespace moe::train::test {
+namespace {
+
+using cuda::CudaCompute;
+using cuda::GemmPrecision;
+
+ThreadPool& pool() {
+  static ThreadPool p(int(std::max(1u, std::thread::hardware_concurrency())));
+  return p;
+}
+
+void check_matmul(GemmPrecision precision, bool fp32_flag, double tol) {
+  const int64_t n = 256, k = 2048, m = 1536;
+  const auto x = randn(size_t(n * k), 1), w = randn(size_t(m * k), 2, 0.02), dy = randn(size_t(n * m), 3);
+  const auto dx0 = randn(size_t(n * k), 4), dw0 = randn(size_t(m * k), 5);  // the backward adds into these
+  CpuCompute cpu(&pool());
+  CudaCompute gpu(precision);
+  std::vector<float> y_c(size_t(n * m)), y_g(size_t(n * m));
+  cpu.matmul_forward(y_c.data(), x.data(), w.data(), n, k, m, fp32_flag);
+  gpu.matmul_forward(y_g.data(), x.data(), w.data(), n, k, m, fp32_flag);
+  auto dx_c = dx0, dx_g = dx0, dw_c = dw0, dw_g = dw0;
+  cpu.matmul_backward(dx_c.data(), dw_c.data(), dy.data(), x.data(), w.data(), n, k, m, fp32_flag);
+  gpu.matmul_backward(dx_g.data(), dw_g.data(), dy.data(), x.data(), w.data(), n, k, m, fp32_flag);
+  const double ey = rel_l2(y_g, y_c), edx = rel_l2(minus(dx_g, dx0), minus(dx_c, dx0)),
+               edw = rel_l2(minus(dw_g, dw0), minus(dw_c, dw0));
+  std::printf("matmul %s: y %.3g dx %.3g dW %.3g (tolerance %.0e)\n",
+              fp32_flag || precision == GemmPrecision::Fp32 ? "fp32" : "bf16", ey, edx, edw, tol);
+  EXPECT_LT(ey, tol);
+  EXPECT_LT(edx, tol);
+  EXPECT_LT(edw, tol);
+  // Only dx or only dW.
+  auto dx_only = dx0;
+  gpu.matmul_backward(dx_only.data(), nullptr, dy.data(), x.data(), w.data(), n, k, m, fp32_flag);
+  EXPECT_LT(rel_l2(minus(dx_only, dx0), minus(dx_c, dx0)), tol);
+}
+
+TEST(CudaTrainOps, MatmulBf16MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  check_matmul(GemmPrecision::Bf16, false, 1e-2);
+}
+
+TEST(CudaTrainOps, MatmulFp32MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  check_matmul(GemmPrecision::Fp32, false, 1e-5);
+}
+
+TEST(CudaTrainOps, MatmulMarkedFp32StaysFp32InBf16Mode) {  // the MoE gate and the head
+  SKIP_WITHOUT_GPU();
+  check_matmul(GemmPrecision::Bf16, true, 1e-5);
+}
+
+TEST(CudaTrainOps, MlaAttentionForwardBackwardMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  MlaDims d;
+  d.t = 256, d.heads = 16, d.dn = 128, d.dr = 64, d.dv = 128, d.scale = 1.0 / std::sqrt(192.0);
+  const int64_t b = 2, n = b * d.t, H = d.heads;
+  const auto q = randn(size_t(n * H * 192), 11), kv = randn(size_t(n * H * 256), 12), kr = randn(size_t(n * 64), 13);
+  const auto dout = randn(size_t(n * H * 128), 14);
+  const auto dq0 = randn(size_t(n * H * 192), 15), dkv0 = randn(size_t(n * H * 256), 16),
+             dkr0 = randn(size_t(n * 64), 17);
+  CpuCompute cpu(&pool());
+  CudaCompute gpu;
+  std::vector<float> out_c(size_t(n * H * 128)), out_g(out_c.size()), p_c(size_t(b * H * d.t * d.t)), p_g(p_c.size());
+  cpu.attention_forward(out_c.data(), p_c.data(), q.data(), kv.data(), kr.data(), d, b);
+  gpu.attention_forward(out_g.data(), p_g.data(), q.data(), kv.data(), kr.data(), d, b);
+  auto dq_c = dq0, dq_g = dq0, dkv_c = dkv0, dkv_g = dkv0, dkr_c = dkr0, dkr_g = dkr0;
+  cpu.attention_backward(dq_c.data(), dkv_c.data(), dkr_c.data(), dout.data(), p_c.data(), q.data(), kv.data(),
+                         kr.data(), d, b);
+  gpu.attention_backward(dq_g.data(), dkv_g.data(), dkr_g.data(), dout.data(), p_c.data(), q.data(), kv.data(),
+                         kr.data(), d, b);
+  const double e[] = {rel_l2(out_g, out_c), rel_l2(p_g, p_c), rel_l2(minus(dq_g, dq0), minus(dq_c, dq0)),
+                      rel_l2(minus(dkv_g, dkv0), minus(dkv_c, dkv0)), rel_l2(minus(dkr_g, dkr0), minus(dkr_c, dkr0))};
+  std::printf("attention: out %.3g probs %.3g dq %.3g dkv %.3g dk_rope %.3g\n", e[0], e[1], e[2], e[3], e[4]);
+  for (double v : e) EXPECT_LT(v, 1e-5);
+  // Causal: nothing above the diagonal.
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(p_g[size_t(i * d.t + i + 1)], 0.0f);
+}
+
+TEST(CudaTrainOps, CrossEntropyMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 256, V = 32000;
+  const auto logits = randn(size_t(n * V), 21, 2.0);
+  std::vector<int32_t> targets(static_cast<size_t>(n));
+  std::mt19937 g(22);
+  for (auto& t : targets) t = int32_t(g() % uint32_t(V));
+  targets[7] = -1;  // a row without a target
+  auto l_c = logits, l_g = logits;
+  CpuCompute cpu;
+  CudaCompute gpu;
+  const double loss_c = cpu.cross_entropy(l_c.data(), targets.data(), n, V, 1.0 / 255);
+  const double loss_g = gpu.cross_entropy(l_g.data(), targets.data(), n, V, 1.0 / 255);
+  std::printf("cross-entropy: loss %.9g vs %.9g, dlogits %.3g\n", loss_g, loss_c, rel_l2(l_g, l_c));
+  EXPECT_LT(std::abs(loss_g - loss_c) / std::abs(loss_c), 1e-5);
+  EXPECT_LT(rel_l2(l_g, l_c), 1e-5);
+  for (int64_t v = 0; v < V; ++v) ASSERT_EQ(l_g[size_t(7 * V + v)], 0.0f);
+}
+
+TEST(CudaTrainOps, RmsNormForwardBackwardMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 256, d = 2048;
+  const auto x = randn(size_t(n * d), 31, 3.0), w = randn(size_t(d), 32), dy = randn(size_t(n * d), 33);
+  const auto dx0 = randn(size_t(n * d), 34), dw0 = randn(size_t(d), 35);
+  std::vector<float> y_c(size_t(n * d)), r_c(static_cast<size_t>(n));
+  rmsnorm_forward(y_c.data(), r_c.data(), x.data(), w.data(), n, d, 1e-6);
+  auto dx_c = dx0, dw_c = dw0;
+  rmsnorm_backward(dx_c.data(), dw_c.data(), dy.data(), x.data(), w.data(), r_c.data(), n, d);
+  // Outputs start as random values, not the expected ones: a kernel that wrote nothing fails.
+  DeviceArray<float> gx(x), gw(w), gdy(dy), gy(randn(y_c.size(), 36)), gr(randn(r_c.size(), 37)), gdx(dx0), gdw(dw0);
+  cuda::rmsnorm_forward(gy.get(), gr.get(), gx.get(), gw.get(), n, d, 1e-6f, nullptr);
+  const auto r_g = gr.host();
+  cuda::rmsnorm_backward(gdx.get(), gdw.get(), gdy.get(), gx.get(), gw.get(), gr.get(), n, d, nullptr);
+  const double e[] = {rel_l2(gy.host(), y_c), rel_l2(r_g, r_c), rel_l2(minus(gdx.host(), dx0), minus(dx_c, dx0)),
+                      rel_l2(minus(gdw.host(), dw0), minus(dw_c, dw0))};
+  std::printf("rmsnorm: y %.3g rstd %.3g dx %.3g dw %.3g\n", e[0], e[1], e[2], e[3]);
+  for (double v : e) EXPECT_LT(v, 1e-5);
+}
+
+TEST(CudaTrainOps, SwigluForwardBackwardMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t count = 256 * 1408;
+  const auto gate = randn(size_t(count), 41, 2.0), up = randn(size_t(count), 42), dout = randn(size_t(count), 43);
+  const auto dg0 = randn(size_t(count), 44), du0 = randn(size_t(count), 45);
+  std::vector<float> out_c(static_cast<size_t>(count));
+  swiglu_forward(out_c.data(), gate.data(), up.data(), count);
+  auto dg_c = dg0, du_c = du0;
+  swiglu_backward(dg_c.data(), du_c.data(), dout.data(), gate.data(), up.data(), count);
+  DeviceArray<float> gg(gate), gu(up), gd(dout), go(randn(out_c.size(), 46)), gdg(dg0), gdu(du0);
+  cuda::swiglu_forward(go.get(), gg.get(), gu.get(), count, nullptr);
+  cuda::swiglu_backward(gdg.get(), gdu.get(), gd.get(), gg.get(), gu.get(), count, nullptr);
+  const double e[] = {rel_l2(go.host(), out_c), rel_l2(minus(gdg.host(), dg0), minus(dg_c, dg0)),
+                      rel_l2(minus(gdu.host(), du0), minus(du_c, du0))};
+  std::printf("swiglu: out %.3g dgate %.3g dup %.3g\n", e[0], e[1], e[2]);
+  for (double v : e) EXPECT_LT(v, 1e-5);
+}
+
+TEST(CudaTrainOps, RopeForwardBackwardMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 256, heads = 16, hd = 192, off = 128, half = 32;
+  RopeParams rope;
+  for (int64_t p = 0; p < half; ++p) rope.inv_freq.push_back(std::pow(10000.0, -2.0 * double(p) / 64.0));
+  rope.attn_factor = 0.93;
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = int32_t((i * 37) % 4096);  // long-context angles too
+  const auto x = randn(size_t(n * heads * hd), 51);
+  auto f_c = x, b_c = x;
+  rope_forward(f_c.data(), n, heads, hd, off, pos.data(), rope);
+  rope_backward(b_c.data(), n, heads, hd, off, pos.data(), rope);
+  DeviceArray<float> gf(x), gb(x);
+  DeviceArray<double> ginv(rope.inv_freq);
+  DeviceArray<int32_t> gpos(pos);
+  cuda::rope_rotate(gf.get(), n, heads, hd, off, gpos.get(), ginv.get(), half, float(rope.attn_factor), 1.0f, nullptr);
+  cuda::rope_rotate(gb.get(), n, heads, hd, off, gpos.get(), ginv.get(), half, float(rope.attn_factor), -1.0f,
+                    nullptr);
+  const double ef = rel_l2(gf.host(), f_c), eb = rel_l2(gb.host(), b_c);
+  std::printf("rope: forward %.3g backward %.3g\n", ef, eb);
+  EXPECT_LT(ef, 1e-5);
+  EXPECT_LT(eb, 1e-5);
+}
+
+TEST(CudaTrainOps, EmbeddingForwardBackwardMatchesCpuExactly) {
+  SKIP_WITHOUT_GPU();
+  const int64_t V = 1000, d = 2048, n = 256;
+  const auto table = randn(size_t(V * d), 61), dout = randn(size_t(n * d), 62), dt0 = randn(size_t(V * d), 63);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = int32_t((i * 7919) % 97);  // repeated ids: the scatter adds
+  std::vector<float> out_c(size_t(n * d));
+  embedding_forward(out_c.data(), ids.data(), n, table.data(), d);
+  auto dt_c = dt0;
+  embedding_backward(dt_c.data(), ids.data(), n, dout.data(), d);
+  DeviceArray<float> gt(table), go(randn(out_c.size(), 64)), gd(dout), gdt(dt0);
+  DeviceArray<int32_t> gids(ids);
+  cuda::embedding_forward(go.get(), gids.get(), n, gt.get(), d, nullptr);
+  cuda::embedding_backward(gdt.get(), gids.get(), n, gd.get(), d, nullptr);
+  EXPECT_EQ(go.host(), out_c);
+  EXPECT_EQ(gdt.host(), dt_c);  // the same float additions in the same order
+}
+
+TEST(CudaTrainOps, AdamWMatchesCpuStep) {
+  SKIP_WITHOUT_GPU();
+  TrainModel model;
+  auto p = std::make_unique<Param>();
+  p->name = "w";
+  const size_t count = 1 << 20;
+  p->w = randn(count, 71, 0.02), p->g = randn(count, 72, 1e-3), p->m = randn(count, 73, 1e-3);
+  p->v = randn(count, 74, 1e-3);
+  for (float& v : p->v) v = v * v;  // second moments are non-negative
+  p->decay = true;
+  model.params.push_back(std::move(p));
+  const Param& P = *model.params[0];
+  const std::vector<float> w0 = P.w;
+  DeviceArray<float> gw(P.w), gg(P.g), gm(P.m), gv(P.v);
+  const AdamW opt;
+  const double lr = 3e-3;
+  const int64_t step = 5;
+  const StepStats st = adamw_step(model, opt, lr, 0.5, step);  // clips: the norm is ~1
+  ASSERT_LT(st.clip_scale, 1.0);
+  cuda::AdamWArgs a;
+  a.clip = float(st.clip_scale), a.lr = float(lr), a.beta1 = float(opt.beta1), a.beta2 = float(opt.beta2);
+  a.eps = float(opt.eps), a.decay = float(1.0 - lr * opt.weight_decay);
+  a.bc1 = float(1.0 - std::pow(opt.beta1, double(step))), a.bc2 = float(1.0 - std::pow(opt.beta2, double(step)));
+  cuda::adamw_update(gw.get(), gg.get(), gm.get(), gv.get(), int64_t(count), a, nullptr);
+  const double e[] = {rel_l2(minus(gw.host(), w0), minus(P.w, w0)), rel_l2(gm.host(), P.m), rel_l2(gv.host(), P.v)};
+  std::printf("adamw: update %.3g m %.3g v %.3g\n", e[0], e[1], e[2]);
+  for (double v : e) EXPECT_LT(v, 1e-5);
+}
+
+}  // namespace
+}  // namespace moe::train::test
