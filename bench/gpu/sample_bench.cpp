@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
     }
     const double d2h_s = median(d2h);
     for (const Setting& s : settings) {
-      std::vector<SampleRow> rows(size_t(R));
+      std::vector<SampleRow> rows(static_cast<size_t>(R));
       std::uniform_real_distribution<double> unit(0.0, 1.0);
       for (int64_t r = 0; r < R; ++r) rows[size_t(r)] = {.row = r, .params = &s.p, .top_logprobs = s.top_logprobs};
       std::vector<SampleResult> out;

@@ -78,7 +78,7 @@ TEST_F(CudaSample, GreedyIsTheArgmax) {
     const int64_t R = V > 100000 ? 64 : 256;
     const auto logits = random_logits(rng_, R, V);
     SamplingParams greedy;
-    std::vector<SampleRow> rows(size_t(R));
+    std::vector<SampleRow> rows(static_cast<size_t>(R));
     for (int64_t r = 0; r < R; ++r) rows[size_t(r)] = {.row = r, .params = &greedy};
     std::vector<SampleResult> got, want;
     run_both(*gpu_, logits, R, V, rows, got, want);
@@ -96,8 +96,8 @@ TEST_F(CudaSample, SeededDrawsAgreeWithTheHost) {
   int draws = 0, agree = 0;
   for (int round = 0; round < 40; ++round) {
     const auto logits = random_logits(rng_, R, V);
-    std::vector<SamplingParams> params(size_t(R));
-    std::vector<SampleRow> rows(size_t(R));
+    std::vector<SamplingParams> params(static_cast<size_t>(R));
+    std::vector<SampleRow> rows(static_cast<size_t>(R));
     std::uniform_real_distribution<double> unit(0.0, 1.0);
     for (int64_t r = 0; r < R; ++r) {
       params[size_t(r)] = random_params(rng_, false);
@@ -135,10 +135,10 @@ TEST_F(CudaSample, PenaltiesBiasMasksAndLogprobs) {
   const auto logits = random_logits(rng_, R, V);
   std::uniform_int_distribution<int32_t> id(0, int32_t(V - 1));
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
-  std::vector<SamplingParams> params(size_t(R));
-  std::vector<std::vector<int32_t>> prompt(size_t(R)), output(size_t(R));
-  std::vector<std::vector<uint32_t>> masks(size_t(R));
-  std::vector<SampleRow> rows(size_t(R));
+  std::vector<SamplingParams> params(static_cast<size_t>(R));
+  std::vector<std::vector<int32_t>> prompt(static_cast<size_t>(R)), output(static_cast<size_t>(R));
+  std::vector<std::vector<uint32_t>> masks(static_cast<size_t>(R));
+  std::vector<SampleRow> rows(static_cast<size_t>(R));
   for (int64_t r = 0; r < R; ++r) {
     SamplingParams& p = params[size_t(r)];
     p = random_params(rng_, true);
@@ -156,7 +156,7 @@ TEST_F(CudaSample, PenaltiesBiasMasksAndLogprobs) {
     for (int i = 0; i < 5; ++i) p.logit_bias.emplace_back(i < 2 ? top[size_t(i)] : id(rng_), 20.0f * unit(rng_) - 10.0f);
     if (r % 7 == 0) p.logit_bias.emplace_back(top[3], -100.0f);
     SampleRow& s = rows[size_t(r)];
-    s = {.row = r, .params = &p, .prompt = prompt[size_t(r)], .output = output[size_t(r)]};
+    s = {.row = r, .params = &p, .prompt = prompt[size_t(r)], .output = output[size_t(r)], .allowed = {}};
     s.u = double(unit(rng_));
     s.top_logprobs = r % 3 == 0 ? -1 : int32_t(r % 21);
     if (r % 2 == 0) s.vocab_limit = V - 280;  // a padded vocabulary
@@ -200,8 +200,8 @@ TEST_F(CudaSample, TopKTiesGoToTheLowerIds) {
   std::vector<float> logits(size_t(R * V));
   std::uniform_int_distribution<int> level(0, 40);
   for (auto& v : logits) v = float(level(rng_)) * 0.25f - 5.0f;  // 41 levels: ~1200 ids per level
-  std::vector<SamplingParams> params(size_t(R));
-  std::vector<SampleRow> rows(size_t(R));
+  std::vector<SamplingParams> params(static_cast<size_t>(R));
+  std::vector<SampleRow> rows(static_cast<size_t>(R));
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   for (int64_t r = 0; r < R; ++r) {
     params[size_t(r)].temperature = 1.0f;

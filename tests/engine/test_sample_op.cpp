@@ -29,10 +29,10 @@ TEST(SampleOp, CpuBackendEqualsTheSampler) {
   const int64_t R = 48, V = 5000;
   for (int round = 0; round < 10; ++round) {
     const auto logits = random_rows(rng, R, V);
-    std::vector<SamplingParams> params(size_t(R));
-    std::vector<std::vector<int32_t>> prompt(size_t(R)), output(size_t(R));
-    std::vector<std::vector<uint32_t>> masks(size_t(R));
-    std::vector<SampleRow> rows(size_t(R));
+    std::vector<SamplingParams> params(static_cast<size_t>(R));
+    std::vector<std::vector<int32_t>> prompt(static_cast<size_t>(R)), output(static_cast<size_t>(R));
+    std::vector<std::vector<uint32_t>> masks(static_cast<size_t>(R));
+    std::vector<SampleRow> rows(static_cast<size_t>(R));
     std::vector<Sampler> old, fresh;
     for (int64_t r = 0; r < R; ++r) {
       SamplingParams& p = params[size_t(r)];
@@ -49,7 +49,7 @@ TEST(SampleOp, CpuBackendEqualsTheSampler) {
       old.emplace_back(p);
       fresh.emplace_back(p);
       SampleRow& s = rows[size_t(r)];
-      s = {.row = r, .params = &params[size_t(r)], .prompt = prompt[size_t(r)], .output = output[size_t(r)]};
+      s = {.row = r, .params = &params[size_t(r)], .prompt = prompt[size_t(r)], .output = output[size_t(r)], .allowed = {}};
       s.top_logprobs = int32_t(r % 4) - 1;
       if (r % 2 == 0) s.vocab_limit = V - 17;
       if (r % 3 == 2) {
@@ -60,8 +60,8 @@ TEST(SampleOp, CpuBackendEqualsTheSampler) {
       }
     }
     // The old path, as the scheduler runs it on the host: padding, logprobs, mask, Sampler::sample.
-    std::vector<int32_t> want(size_t(R));
-    std::vector<std::vector<float>> want_lp(size_t(R));
+    std::vector<int32_t> want(static_cast<size_t>(R));
+    std::vector<std::vector<float>> want_lp(static_cast<size_t>(R));
     for (int64_t r = 0; r < R; ++r) {
       std::vector<float> row(logits.begin() + r * V, logits.begin() + (r + 1) * V);
       for (int64_t i = std::min(rows[size_t(r)].vocab_limit, V); i < V; ++i) row[size_t(i)] = -kInf;
