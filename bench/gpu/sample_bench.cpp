@@ -83,7 +83,10 @@ int main(int argc, char** argv) {
     for (const Setting& s : settings) {
       std::vector<SampleRow> rows(static_cast<size_t>(R));
       std::uniform_real_distribution<double> unit(0.0, 1.0);
-      for (int64_t r = 0; r < R; ++r) rows[size_t(r)] = {.row = r, .params = &s.p, .top_logprobs = s.top_logprobs};
+      for (int64_t r = 0; r < R; ++r) {
+        rows[size_t(r)] = sample_row(r, &s.p);
+        rows[size_t(r)].top_logprobs = s.top_logprobs;
+      }
       std::vector<SampleResult> out;
       std::vector<double> t;
       for (int i = 0; i < reps + 2; ++i) {

@@ -73,6 +73,13 @@ struct SampleRow {
   int32_t top_logprobs = -1;        // -1: none; else the chosen token's logprob and this many alternatives
   double u = 0.0;                   // uniform in [0, 1): the draw
 };
+inline SampleRow sample_row(int64_t row, const SamplingParams* params, double u = 0.0) {
+  SampleRow r;
+  r.row = row;
+  r.params = params;
+  r.u = u;
+  return r;
+}
 struct SampleResult {
   int32_t token = 0;
   float logprob = 0.0f;                            // with top_logprobs >= 0: of the model's distribution

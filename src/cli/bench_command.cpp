@@ -220,7 +220,7 @@ void run_sweep(const BenchArgs& a) {
       sp.temperature = 0.8f;
       sp.top_p = 0.95f;
       std::vector<SampleRow> sample_rows(static_cast<size_t>(B));
-      for (int32_t r = 0; r < B; ++r) sample_rows[size_t(r)] = {.row = r, .params = &sp};
+      for (int32_t r = 0; r < B; ++r) sample_rows[size_t(r)] = sample_row(r, &sp);
       std::vector<SampleResult> sampled;
       std::vector<float> all_logits;
       std::uniform_real_distribution<double> unit(0.0, 1.0);

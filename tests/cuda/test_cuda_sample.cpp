@@ -17,6 +17,10 @@
 
 #include "backend/sampling.h"
 #include "cuda_test_util.h"
+#include "engine/scheduler.h"
+#include "model/deepseek_v3.h"
+#include "server/scheduler_util.h"
+#include "test_util.h"
 
 namespace moe::test {
 namespace {
@@ -79,7 +83,7 @@ TEST_F(CudaSample, GreedyIsTheArgmax) {
     const auto logits = random_logits(rng_, R, V);
     SamplingParams greedy;
     std::vector<SampleRow> rows(static_cast<size_t>(R));
-    for (int64_t r = 0; r < R; ++r) rows[size_t(r)] = {.row = r, .params = &greedy};
+    for (int64_t r = 0; r < R; ++r) rows[size_t(r)] = sample_row(r, &greedy);
     std::vector<SampleResult> got, want;
     run_both(*gpu_, logits, R, V, rows, got, want);
     for (int64_t r = 0; r < R; ++r) {
@@ -101,7 +105,7 @@ TEST_F(CudaSample, SeededDrawsAgreeWithTheHost) {
     std::uniform_real_distribution<double> unit(0.0, 1.0);
     for (int64_t r = 0; r < R; ++r) {
       params[size_t(r)] = random_params(rng_, false);
-      rows[size_t(r)] = {.row = r, .params = &params[size_t(r)], .u = unit(rng_)};
+      rows[size_t(r)] = sample_row(r, &params[size_t(r)], unit(rng_));
     }
     std::vector<SampleResult> got, want;
     run_both(*gpu_, logits, R, V, rows, got, want);
@@ -120,7 +124,7 @@ TEST_F(CudaSample, SeededDrawsAgreeWithTheHost) {
         continue;
       }
       const bool straddle = host_token(logits, V, row, std::max(0.0, row.u - kStraddle)) == g ||
-                            host_token(logits, V, row, std::min(1.0 - 1e-17, row.u + kStraddle)) == g;
+                            host_token(logits, V, row, std::min(std::nextafter(1.0, 0.0), row.u + kStraddle)) == g;
       EXPECT_TRUE(straddle) << "row " << r << " u " << row.u << ": GPU " << g << ", host " << want[size_t(r)].token;
     }
   }
@@ -156,7 +160,9 @@ TEST_F(CudaSample, PenaltiesBiasMasksAndLogprobs) {
     for (int i = 0; i < 5; ++i) p.logit_bias.emplace_back(i < 2 ? top[size_t(i)] : id(rng_), 20.0f * unit(rng_) - 10.0f);
     if (r % 7 == 0) p.logit_bias.emplace_back(top[3], -100.0f);
     SampleRow& s = rows[size_t(r)];
-    s = {.row = r, .params = &p, .prompt = prompt[size_t(r)], .output = output[size_t(r)], .allowed = {}};
+    s = sample_row(r, &p);
+    s.prompt = prompt[size_t(r)];
+    s.output = output[size_t(r)];
     s.u = double(unit(rng_));
     s.top_logprobs = r % 3 == 0 ? -1 : int32_t(r % 21);
     if (r % 2 == 0) s.vocab_limit = V - 280;  // a padded vocabulary
@@ -177,7 +183,7 @@ TEST_F(CudaSample, PenaltiesBiasMasksAndLogprobs) {
       const SampleRow& row = rows[size_t(r)];
       const bool straddle = params[size_t(r)].temperature > 0.0f &&
                             (host_token(logits, V, row, std::max(0.0, row.u - kStraddle)) == g.token ||
-                             host_token(logits, V, row, std::min(1.0 - 1e-17, row.u + kStraddle)) == g.token);
+                             host_token(logits, V, row, std::min(std::nextafter(1.0, 0.0), row.u + kStraddle)) == g.token);
       EXPECT_TRUE(straddle) << "row " << r << ": GPU " << g.token << ", host " << w.token;
       ++straddles;
       continue;
@@ -187,8 +193,9 @@ TEST_F(CudaSample, PenaltiesBiasMasksAndLogprobs) {
     ASSERT_EQ(g.top.size(), w.top.size()) << "row " << r;
     for (size_t j = 0; j < w.top.size(); ++j) {
       EXPECT_NEAR(g.top[j].second, w.top[j].second, 1e-5) << "row " << r << " top " << j;
-      if (g.top[j].first != w.top[j].first)  // only a near-tie may swap
+      if (g.top[j].first != w.top[j].first) {  // only a near-tie may swap
         EXPECT_NEAR(g.top[j].second, w.top[j].second, 1e-6) << "row " << r << " top " << j;
+      }
     }
   }
   EXPECT_LE(straddles, 1);
@@ -207,11 +214,52 @@ TEST_F(CudaSample, TopKTiesGoToTheLowerIds) {
     params[size_t(r)].temperature = 1.0f;
     params[size_t(r)].top_k = int32_t(1 + r * 97);
     if (r % 2) params[size_t(r)].top_p = 0.3f;
-    rows[size_t(r)] = {.row = r, .params = &params[size_t(r)], .u = unit(rng_)};
+    rows[size_t(r)] = sample_row(r, &params[size_t(r)], unit(rng_));
   }
   std::vector<SampleResult> got, want;
   run_both(*gpu_, logits, R, V, rows, got, want);
   for (int64_t r = 0; r < R; ++r) EXPECT_EQ(got[size_t(r)].token, want[size_t(r)].token) << "row " << r;
+}
+
+// The scheduler on the GPU with device sampling against the same scheduler sampling on the host: seeded
+// requests (one at a time, so both runs step the same batches) draw the same tokens, logprobs within 1e-5.
+TEST_F(CudaSample, SchedulerSamplesOnTheDeviceAsOnTheHost) {
+  DeepseekV3 model(test::kTinyModel, *gpu_);
+  auto run = [&](bool device) {
+    SchedulerOptions o;
+    o.cache_tokens = 1024;
+    o.device_sampling = device;
+    Scheduler sched(model, nullptr, o);
+    std::vector<Result> out;
+    for (int i = 0; i < 6; ++i) {
+      auto sink = std::make_shared<EventSink>();
+      GenerationRequest r;
+      r.prompt = {5 + i, 6, 7, 311, 101};
+      r.max_tokens = 12;
+      r.ignore_eos = true;
+      r.sampling.temperature = i == 0 ? 0.0f : 0.8f + 0.1f * float(i);
+      r.sampling.top_p = i % 2 ? 0.9f : 1.0f;
+      r.sampling.top_k = i == 2 ? 20 : 0;
+      r.sampling.min_p = i == 4 ? 0.05f : 0.0f;
+      r.sampling.repetition_penalty = i == 3 ? 1.3f : 1.0f;
+      r.sampling.frequency_penalty = i == 5 ? 0.5f : 0.0f;
+      r.sampling.logit_bias = {{42, 2.0f}};
+      r.sampling.seed = 100 + uint64_t(i);
+      r.top_logprobs = i % 2 ? 3 : -1;
+      sched.submit(r, sink, 0);
+      out.push_back(collect(*sink, 1)[0]);
+    }
+    return out;
+  };
+  const auto host = run(false), dev = run(true);
+  for (size_t i = 0; i < host.size(); ++i) {
+    EXPECT_EQ(dev[i].tokens, host[i].tokens) << "request " << i;
+    ASSERT_EQ(dev[i].logprobs.size(), host[i].logprobs.size()) << "request " << i;
+    for (size_t t = 0; t < host[i].logprobs.size(); ++t) {
+      EXPECT_NEAR(dev[i].logprobs[t].logprob, host[i].logprobs[t].logprob, 1e-5) << "request " << i << " token " << t;
+      ASSERT_EQ(dev[i].logprobs[t].top.size(), host[i].logprobs[t].top.size());
+    }
+  }
 }
 
 }  // namespace

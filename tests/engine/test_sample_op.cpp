@@ -49,7 +49,9 @@ TEST(SampleOp, CpuBackendEqualsTheSampler) {
       old.emplace_back(p);
       fresh.emplace_back(p);
       SampleRow& s = rows[size_t(r)];
-      s = {.row = r, .params = &params[size_t(r)], .prompt = prompt[size_t(r)], .output = output[size_t(r)], .allowed = {}};
+      s = sample_row(r, &params[size_t(r)]);
+      s.prompt = prompt[size_t(r)];
+      s.output = output[size_t(r)];
       s.top_logprobs = int32_t(r % 4) - 1;
       if (r % 2 == 0) s.vocab_limit = V - 17;
       if (r % 3 == 2) {

@@ -110,7 +110,7 @@ void CudaBackend::sample(const TensorView& logits, std::span<const SampleRow> ro
   auto* rbase = res.as<uint8_t>();
   auto* res_out = reinterpret_cast<cuda::SampleOut*>(rbase);
   auto* res_ids = reinterpret_cast<int32_t*>(rbase + size_t(R) * sizeof(cuda::SampleOut));
-  auto* res_lp = res_ids + R * top_stride;
+  auto* res_lp = reinterpret_cast<float*>(res_ids + R * top_stride);
   cuda::sample_rows(logits.as<float>(), V, reinterpret_cast<const cuda::SampleDesc*>(base), R,
                     reinterpret_cast<const cuda::SampleEdit*>(base + edits_at), raw.as<float>(),
                     reinterpret_cast<const uint32_t*>(base + masks_at), top_stride, res_out, res_ids, res_lp, stream_);
