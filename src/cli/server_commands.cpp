@@ -41,6 +41,7 @@ struct ServeArgs {
   int body_timeout = 60;
   bool ignore_eos = false, no_access_log = false, log_prompts = false;
   bool prefix_cache = true;
+  bool device_sampling = true;
   int fault_load_delay_ms = 0;  // tests: a model that takes this much longer to load
 };
 
@@ -169,6 +170,7 @@ void run_serve(const ServeArgs& a) {
   sopt.max_step_tokens = a.step_tokens;
   sopt.max_context = a.max_context;
   sopt.prefix_cache = a.prefix_cache;
+  sopt.device_sampling = a.device_sampling;
   Scheduler scheduler(model, &tokenizer, sopt);
   std::unique_ptr<server::FeedbackStore> feedback;
   if (!a.feedback_db.empty()) feedback = std::make_unique<server::FeedbackStore>(a.feedback_db);
@@ -335,6 +337,8 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--page-size", s->page_size, "Tokens per cache page");
   serve->add_flag("--prefix-cache,!--no-prefix-cache", s->prefix_cache,
                   "Reuse the cached latents of prompt prefixes seen before (default on)");
+  serve->add_flag("--device-sampling,!--no-device-sampling", s->device_sampling,
+                  "On a GPU, sample on the device: only token ids and logprobs come back (default on)");
   serve->add_option("--step-tokens", s->step_tokens, "Token budget per step (decodes plus prefill chunks)");
   serve->add_option("--max-context", s->max_context, "Longest prompt + completion (default: the model's)");
   serve->add_option("--default-max-tokens", s->default_max_tokens, "Completion length when a request sets none");

@@ -310,6 +310,61 @@ int32_t Scheduler::sample_token(Sequence& s, std::span<float> row, std::optional
   return token;
 }
 
+void Scheduler::sample_on_device(const TensorView& logits, const std::vector<size_t>& rows,
+                                 const std::vector<Sequence*>& owners, std::vector<int32_t>& tokens,
+                                 std::vector<std::optional<TokenLogprob>>& logprobs, std::vector<std::string>& errors) {
+  const int64_t vocab = logits.shape[1];
+  const float none = -std::numeric_limits<float>::infinity();
+  std::vector<SampleRow> sample_rows;
+  std::vector<size_t> which;                        // sample_rows[k] is rows[which[k]]
+  std::vector<std::vector<uint32_t>> masks(rows.size());
+  std::vector<float> probe;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    Sequence& s = *owners[rows[r]];
+    SampleRow row;
+    row.row = int64_t(rows[r]);
+    row.params = &s.sampler.params();
+    row.prompt = s.req.prompt;
+    row.output = s.output;
+    if (tokenizer_) row.vocab_limit = std::max<int32_t>(tokenizer_->vocab_size(), 1);
+    row.top_logprobs = s.req.top_logprobs;
+    if (s.req.constraint) {  // the allowed set, read off the constraint's mask of a probe row
+      try {
+        probe.assign(size_t(vocab), 0.0f);
+        s.req.constraint->mask(probe);
+        auto& words = masks[r];
+        words.assign(size_t((vocab + 31) / 32), 0u);
+        bool any = false;
+        for (int64_t t = 0; t < std::min<int64_t>(vocab, row.vocab_limit); ++t)
+          if (probe[size_t(t)] > none) {
+            words[size_t(t >> 5)] |= 1u << (t & 31);
+            any = true;
+          }
+        if (!any) throw Error("the output constraint allows no next token");
+        row.allowed = words;
+      } catch (const std::exception& ex) {
+        errors[r] = ex.what();
+        continue;
+      }
+    }
+    row.u = row.params->temperature > 0.0f ? s.sampler.draw() : 0.0;
+    sample_rows.push_back(row);
+    which.push_back(r);
+  }
+  std::vector<SampleResult> results;
+  model_.backend().sample(logits, sample_rows, results);
+  for (size_t k = 0; k < which.size(); ++k) {
+    const size_t r = which[k];
+    tokens[r] = results[k].token;
+    if (sample_rows[k].top_logprobs >= 0) {
+      TokenLogprob& lp = logprobs[r].emplace();
+      lp.token = results[k].token;
+      lp.logprob = results[k].logprob;
+      lp.top = std::move(results[k].top);
+    }
+  }
+}
+
 void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob) {
   GenerationEvent e;
   e.index = s.index;
@@ -420,9 +475,6 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   const int64_t vocab = model_.config().vocab_size;
   MOE_CHECK(fwd.logits.shape()[0] == int64_t(chunks.size()) && fwd.logits.shape()[1] == vocab,
             "scheduler: unexpected logits shape");
-  std::vector<float>& host = logits_host_;
-  host.resize(size_t(fwd.logits.shape()[0] * vocab));
-  backend.copy_to_host(fwd.logits, host.data());
   metrics_.steps++;
 
   // Rows whose sequence now samples (a prefill chunk short of the prompt's end needs no token).
@@ -436,34 +488,38 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   }
   // Indexing only adds pages the sequences hold (nothing becomes evictable, nothing is allocated or freed).
   if (prefix_) pages_cached_ = prefix_->indexed_pages();
-  // Sampling a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
-  // vocabulary): rows are sampled in parallel, then their events are sent in order.
-  struct Sampled {
-    int32_t token = -1;
-    std::optional<TokenLogprob> logprob;
-    std::string error;
-  };
-  std::vector<Sampled> sampled(rows.size());
-  ThreadPool::global().parallel_for(int64_t(rows.size()), [&](int64_t begin, int64_t end, int) {
-    for (int64_t r = begin; r < end; ++r) {
-      const size_t i = rows[size_t(r)];
-      const std::span<float> row = std::span<float>(host).subspan(i * size_t(vocab), size_t(vocab));
-      try {
-        sampled[size_t(r)].token = sample_token(*owners[i], row, sampled[size_t(r)].logprob);
-      } catch (const std::exception& ex) {
-        sampled[size_t(r)].error = ex.what();
+  std::vector<int32_t> tokens(rows.size(), -1);
+  std::vector<std::optional<TokenLogprob>> logprobs(rows.size());
+  std::vector<std::string> errors(rows.size());
+  if (options_.device_sampling && !backend.device().is_host()) {
+    sample_on_device(fwd.logits, rows, owners, tokens, logprobs, errors);
+  } else if (!rows.empty()) {
+    std::vector<float>& host = logits_host_;
+    host.resize(size_t(fwd.logits.shape()[0] * vocab));
+    backend.copy_to_host(fwd.logits, host.data());
+    // Sampling a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
+    // vocabulary): rows are sampled in parallel, then their events are sent in order.
+    ThreadPool::global().parallel_for(int64_t(rows.size()), [&](int64_t begin, int64_t end, int) {
+      for (int64_t r = begin; r < end; ++r) {
+        const size_t i = rows[size_t(r)];
+        const std::span<float> row = std::span<float>(host).subspan(i * size_t(vocab), size_t(vocab));
+        try {
+          tokens[size_t(r)] = sample_token(*owners[i], row, logprobs[size_t(r)]);
+        } catch (const std::exception& ex) {
+          errors[size_t(r)] = ex.what();
+        }
       }
-    }
-  });
+    });
+  }
   for (size_t r = 0; r < rows.size(); ++r) {
     Sequence& s = *owners[rows[r]];
     // A failure fails this request alone (e.g. a token its tokenizer cannot decode).
-    if (!sampled[r].error.empty()) {
-      if (!s.done) finish(s, FinishReason::error, sampled[r].error);
+    if (!errors[r].empty()) {
+      if (!s.done) finish(s, FinishReason::error, errors[r]);
       continue;
     }
     try {
-      emit_token(s, sampled[r].token, std::move(sampled[r].logprob));
+      emit_token(s, tokens[r], std::move(logprobs[r]));
     } catch (const std::exception& ex) {
       if (!s.done) finish(s, FinishReason::error, ex.what());
     }

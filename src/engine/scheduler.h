@@ -50,6 +50,9 @@ struct SchedulerOptions {
   int32_t max_step_tokens = 512;  // per-step token budget (decodes first, then prefill chunks)
   int64_t max_context = 0;        // longest prompt + completion; 0: the model's max_position_embeddings (at most the cache)
   bool prefix_cache = true;       // reuse the cached latents of prompt prefixes seen before (see above)
+  // On a device backend, sample on the device (Backend::sample): only ids and requested logprobs come back,
+  // not the logits rows. Off (or on the CPU backend): the rows are copied to the host and sampled there.
+  bool device_sampling = true;
 };
 
 struct GenerationRequest {
@@ -153,6 +156,12 @@ class Scheduler {
   // log-probabilities in `logprob` when the request asks for them. Touches only s's sampler, so rows of
   // different sequences are sampled in parallel.
   int32_t sample_token(Sequence& s, std::span<float> row, std::optional<TokenLogprob>& logprob) const;
+  // The same for the rows of a step's logits still on the device, in one Backend::sample call: each row's
+  // settings, its constraint's allowed set as a bitmask (constrained rows only) and one draw of its RNG.
+  // Fills tokens[r] / logprobs[r] / errors[r] for rows[r] (the logits row and its sequence).
+  void sample_on_device(const TensorView& logits, const std::vector<size_t>& rows, const std::vector<Sequence*>& owners,
+                        std::vector<int32_t>& tokens, std::vector<std::optional<TokenLogprob>>& logprobs,
+                        std::vector<std::string>& errors);
   // Appends the token to s's output and sends its event (text, logprobs, finish); one sequence at a time.
   void emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob);
   void wake();

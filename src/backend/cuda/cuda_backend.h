@@ -151,6 +151,9 @@ class CudaBackend final : public Backend {
   void dsa_topk(const TensorView& scores, const DeviceBatch& batch, const TensorView& indices) override;
   void mla_sparse_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
                                    const TensorView& indices, const TensorView& o_lat, const TensorView& lse) override;
+  // Every row in one launch of cuda::sample_rows (cuda_backend_sample.cpp): one upload of the rows' settings,
+  // edits and masks, one download of the ids and logprobs.
+  void sample(const TensorView& logits, std::span<const SampleRow> rows, std::vector<SampleResult>& out) override;
 
  private:
   class Graph;

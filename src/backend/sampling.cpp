@@ -1,4 +1,4 @@
-#include "engine/sampler.h"
+#include "backend/sampling.h"
 
 #include <algorithm>
 #include <cmath>
@@ -182,16 +182,14 @@ void apply_penalties(std::span<float> logits, const SamplingParams& p, std::span
     for (size_t i = 0; i < sorted.size();) {
       size_t j = i;
       while (j < sorted.size() && sorted[j] == sorted[i]) ++j;
-      logits[size_t(sorted[i])] -= p.frequency_penalty * float(j - i) + p.presence_penalty;
+      // One fused multiply-add, whatever the compiler's contraction setting: the device computes the same.
+      logits[size_t(sorted[i])] -= std::fma(p.frequency_penalty, float(j - i), p.presence_penalty);
       i = j;
     }
   }
 }
 
-Sampler::Sampler(const SamplingParams& params)
-    : params_(params), rng_(params.seed ? *params.seed : std::random_device{}()) {}
-
-std::vector<float> Sampler::log_softmax(std::span<const float> logits) {
+std::vector<float> log_softmax(std::span<const float> logits) {
   const float mx = logits.empty() ? 0.0f : logits[size_t(argmax(logits))];
   double sum = 0.0;
   for (float l : logits) sum += std::exp(double(l - mx));
@@ -201,23 +199,54 @@ std::vector<float> Sampler::log_softmax(std::span<const float> logits) {
   return out;
 }
 
-int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt,
-                        std::span<const int32_t> output) {
-  for (auto [id, bias] : params_.logit_bias)
+int32_t sample_logits(std::span<float> logits, const SamplingParams& params, std::span<const int32_t> prompt,
+                      std::span<const int32_t> output, double u) {
+  for (auto [id, bias] : params.logit_bias)
     if (id >= 0 && size_t(id) < logits.size()) logits[size_t(id)] += bias;
-  apply_penalties(logits, params_, prompt, output);
-  if (params_.temperature <= 0.0f) return argmax(logits);
+  apply_penalties(logits, params, prompt, output);
+  if (params.temperature <= 0.0f) return argmax(logits);
   thread_local std::vector<Entry> e;  // up to a vocabulary of entries: reused, not reallocated per token
-  select_candidates(logits, params_, e);
+  select_candidates(logits, params, e);
+  if (e.size() == 1) return e.front().id;
+  // The draw walks the candidates in ascending id order (the order the device op sums them in), whatever
+  // order the selection left them in: a flag per vocabulary entry when there are many, a sort when few.
+  thread_local std::vector<double> weight_of;
+  if (e.size() * 16 < logits.size()) {
+    std::sort(e.begin(), e.end(), [](const Entry& a, const Entry& b) { return a.id < b.id; });
+  } else {
+    weight_of.assign(logits.size(), -1.0);
+    for (const auto& c : e) weight_of[size_t(c.id)] = c.weight;
+    size_t n = 0;
+    for (size_t i = 0; i < weight_of.size(); ++i)
+      if (weight_of[i] >= 0.0) e[n++] = {int32_t(i), logits[i], weight_of[i]};
+  }
   double total = 0.0;
   for (const auto& c : e) total += c.weight;
-  const double u = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  const double x = u * total;
   double cum = 0.0;
   for (const auto& c : e)
-    if (u < (cum += c.weight)) return c.id;
-  for (size_t i = e.size(); i-- > 0;)  // u rounded past the sum: the last entry that can be drawn
+    if (x < (cum += c.weight)) return c.id;
+  for (size_t i = e.size(); i-- > 0;)  // x rounded past the sum: the last entry that can be drawn
     if (e[i].weight > 0.0) return e[i].id;
   return e.front().id;
+}
+
+SampleResult sample_row_host(std::span<float> logits, const SampleRow& row) {
+  const float none = -std::numeric_limits<float>::infinity();
+  for (size_t i = size_t(std::clamp<int64_t>(row.vocab_limit, 0, int64_t(logits.size()))); i < logits.size(); ++i)
+    logits[i] = none;
+  std::vector<float> lp;  // the model's distribution, before the mask, penalties and temperature
+  if (row.top_logprobs >= 0) lp = log_softmax(logits);
+  if (!row.allowed.empty())
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (!allowed_bit(row.allowed, int64_t(i))) logits[i] = none;
+  SampleResult r;
+  r.token = sample_logits(logits, *row.params, row.prompt, row.output, row.u);
+  if (row.top_logprobs >= 0) {
+    r.logprob = lp[size_t(r.token)];
+    for (int32_t id : top_ids(lp, size_t(row.top_logprobs))) r.top.emplace_back(id, lp[size_t(id)]);
+  }
+  return r;
 }
 
 }  // namespace moe
