@@ -170,7 +170,7 @@ struct Server::Impl {
   Prepared prepare_chat(const ChatRequest& r) {
     check_model(r.model);
     if (!tok.has_chat_template()) throw ApiError(400, "This model has no chat template; use /v1/completions");
-    json extra = r.chat_template_kwargs;
+    json extra = thinking_kwargs(r.chat_template_kwargs);
     Prepared p;
     p.tools = r.tool_choice.mode != ToolChoice::Mode::none;
     json messages = r.messages;
