@@ -9,6 +9,9 @@ enable_thinking) is set, and drop_thinking is on when the last message is the us
 The reference is not part of this repository: download encoding_dsv32.py to an ignored folder and pass its path.
 Usage: python3 scripts/gen_dsv32_encoder_fixture.py .ref/encoding_dsv32.py   (needs the `regex` module)
 Each file: {"name", "messages", "tools" (null or OpenAI tools), "thinking", "prompt"}.
+It also writes tests/data/dsv32_dsml/parse_cases.json: model outputs in DSML and what the encoder module's
+parse_message_from_completion_text makes of them ({"text", "content", "tool_calls"}), for the engine's streaming
+DSML parser (src/server/dsml_parser.h; tests/server/dsml_parser_test.cpp).
 """
 import importlib.util
 import json
@@ -100,6 +103,42 @@ CASES = [
 ]
 
 
+D = "｜DSML｜"
+EOS = "<｜end▁of▁sentence｜>"
+
+
+def inv(name, *params):
+    body = "".join(f'<{D}parameter name="{k}" string="{t}">{v}</{D}parameter>\n' for k, t, v in params)
+    return f'<{D}invoke name="{name}">\n{body}</{D}invoke>\n'
+
+
+def block(*invokes):
+    return f"\n\n<{D}function_calls>\n" + "".join(invokes) + f"</{D}function_calls>"
+
+
+PARSE_TEXTS = [
+    "Hello there." + EOS,
+    "Sure, checking." + block(inv("get_weather", ("city", "true", "Paris"), ("days", "false", "3")),
+                              inv("search", ("query", "true", 'a "quoted"\nline — ü 😀'),
+                                  ("filters", "false", '{"site": "x", "n": [1, 2]}'), ("safe", "false", "true"))) + EOS,
+    block(inv("now")) + EOS,
+    "Paths:" + block(inv("open", ("path", "true", "C:\\dir\tname\u0001"), ("mode", "true", ""))) + EOS,
+    "Line one\n\nLine two" + block(inv("a", ("x", "false", "null")), inv("b", ("y", "false", "-1.5e3"))) + EOS,
+]
+
+
+def write_parse_cases(enc):
+    cases = []
+    for text in PARSE_TEXTS:
+        msg = enc.parse_message_from_completion_text(text, thinking_mode="chat")
+        cases.append({"text": text, "content": msg["content"], "tool_calls": msg["tool_calls"]})
+    os.makedirs("tests/data/dsv32_dsml", exist_ok=True)
+    with open("tests/data/dsv32_dsml/parse_cases.json", "w", encoding="utf-8") as f:
+        json.dump({"generator": "scripts/gen_dsv32_encoder_fixture.py", "cases": cases}, f, ensure_ascii=False,
+                  indent=1)
+        f.write("\n")
+
+
 def main():
     spec = importlib.util.spec_from_file_location("encoding_dsv32", sys.argv[1])
     enc = importlib.util.module_from_spec(spec)
@@ -116,6 +155,7 @@ def main():
                       ensure_ascii=False, indent=1)
             f.write("\n")
     print(len(CASES), "cases written to", OUT)
+    write_parse_cases(enc)
 
 
 if __name__ == "__main__":

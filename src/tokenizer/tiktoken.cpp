@@ -1,0 +1,143 @@
+#include "tokenizer/tiktoken.h"
+
+#include <charconv>
+#include <limits>
+
+#include "core/error.h"
+
+namespace moe::tok {
+
+namespace {
+
+// Standard base64 (RFC 4648, '=' padding required to a multiple of 4), as Python's base64.b64decode reads a line of
+// tiktoken.model. Returns false for any other character or a bad length.
+bool base64_decode(std::string_view in, std::string& out) {
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+  };
+  if (in.empty() || in.size() % 4 != 0) return false;
+  out.clear();
+  for (size_t i = 0; i < in.size(); i += 4) {
+    const bool last = i + 4 == in.size();
+    const int pad = last ? (in[i + 3] == '=') + (in[i + 2] == '=') : 0;
+    if (pad == 1 && in[i + 2] == '=') return false;  // "x=y=" is not padding
+    uint32_t v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const int d = k >= 4 - pad ? 0 : value(in[i + size_t(k)]);
+      if (d < 0) return false;
+      v = v << 6 | uint32_t(d);
+    }
+    out += char(v >> 16);
+    if (pad < 2) out += char(v >> 8 & 0xff);
+    if (pad < 1) out += char(v & 0xff);
+  }
+  return true;
+}
+
+class RawBytesDecoder : public Decoder {
+ public:
+  void decode(std::vector<std::string>&, bool) const override {}
+};
+
+}  // namespace
+
+Tiktoken::Tiktoken(std::string_view text, const std::string& source) {
+  std::vector<std::pair<int32_t, size_t>> lines;  // rank -> line number, to name a duplicate's first line
+  size_t line_no = 0;
+  std::string bytes;
+  while (!text.empty()) {
+    const size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) continue;
+    const size_t sp = line.find(' ');
+    if (sp == std::string_view::npos)
+      fail("{} line {}: expected 'base64-token rank', found no space", source, line_no);
+    const std::string_view b64 = line.substr(0, sp), num = line.substr(sp + 1);
+    if (!base64_decode(b64, bytes)) fail("{} line {}: '{}' is not valid base64", source, line_no, b64.substr(0, 64));
+    int64_t rank = -1;
+    const auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), rank);
+    if (ec != std::errc() || end != num.data() + num.size() || rank < 0 || rank > std::numeric_limits<int32_t>::max())
+      fail("{} line {}: rank '{}' is not a non-negative integer", source, line_no, num.substr(0, 32));
+    if (size_t(rank) >= tokens_.size()) {
+      tokens_.resize(size_t(rank) + 1);
+      lines.resize(size_t(rank) + 1, {-1, 0});
+    }
+    if (lines[size_t(rank)].first >= 0)
+      fail("{} line {}: duplicate rank {} (first on line {})", source, line_no, rank, lines[size_t(rank)].second);
+    if (!ranks_.emplace(bytes, int32_t(rank)).second)
+      fail("{} line {}: duplicate token (base64 '{}'), first with rank {}", source, line_no, b64.substr(0, 64),
+           ranks_.find(bytes)->second);
+    tokens_[size_t(rank)] = bytes;
+    lines[size_t(rank)] = {int32_t(rank), line_no};
+  }
+  if (ranks_.empty()) fail("{}: no tokens", source);
+  if (ranks_.size() != tokens_.size())
+    fail("{}: ranks must run from 0 to {} without gaps (the special tokens follow them), but the highest is {}", source,
+         ranks_.size() - 1, tokens_.size() - 1);
+  for (int b = 0; b < 256; ++b)
+    if (rank(std::string(1, char(b))) < 0) fail("{}: the single byte 0x{:02x} has no token", source, b);
+}
+
+int32_t Tiktoken::rank(std::string_view bytes) const {
+  auto it = ranks_.find(bytes);
+  return it == ranks_.end() ? -1 : it->second;
+}
+
+void Tiktoken::tokenize(std::string_view word, std::vector<int32_t>& out) const {
+  if (word.empty()) return;
+  if (const int32_t whole = rank(word); whole >= 0) {  // tiktoken takes a pre-token that is a token as it is
+    out.push_back(whole);
+    return;
+  }
+  // bounds[i]..bounds[i+1] are the current parts; pair[i] the rank of parts i and i+1 joined (max: not a token).
+  constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
+  std::vector<size_t> bounds(word.size() + 1);
+  for (size_t i = 0; i <= word.size(); ++i) bounds[i] = i;
+  auto pair_rank = [&](size_t i) {
+    if (i + 2 >= bounds.size()) return kNone;
+    const int32_t r = rank(word.substr(bounds[i], bounds[i + 2] - bounds[i]));
+    return r < 0 ? kNone : r;
+  };
+  std::vector<int32_t> pair(bounds.size() - 1);
+  for (size_t i = 0; i < pair.size(); ++i) pair[i] = pair_rank(i);
+  for (;;) {
+    size_t best = 0;
+    int32_t best_rank = kNone;
+    for (size_t i = 0; i + 1 < pair.size(); ++i)  // the lowest rank; the leftmost among equals
+      if (pair[i] < best_rank) best_rank = pair[i], best = i;
+    if (best_rank == kNone) break;
+    bounds.erase(bounds.begin() + std::ptrdiff_t(best) + 1);
+    pair.erase(pair.begin() + std::ptrdiff_t(best) + 1);
+    pair[best] = pair_rank(best);
+    if (best > 0) pair[best - 1] = pair_rank(best - 1);
+  }
+  for (size_t i = 0; i + 1 < bounds.size(); ++i) out.push_back(rank(word.substr(bounds[i], bounds[i + 1] - bounds[i])));
+}
+
+int32_t Tiktoken::token_id(std::string_view token) const { return rank(token); }
+
+const std::string* Tiktoken::token(int32_t id) const {
+  return id >= 0 && size_t(id) < tokens_.size() ? &tokens_[size_t(id)] : nullptr;
+}
+
+std::string kimi_pattern() {
+  const std::string upper = R"((?:(?!\p{Han})[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]))";
+  const std::string lower = R"((?:(?!\p{Han})[\p{Ll}\p{Lm}\p{Lo}\p{M}]))";
+  const std::string contractions = R"((?i:'s|'t|'re|'ve|'m|'ll|'d)?)";
+  return std::string(R"([\p{Han}]+)") + "|" +                                              //
+         R"([^\r\n\p{L}\p{N}]?)" + upper + "*" + lower + "+" + contractions + "|" +       //
+         R"([^\r\n\p{L}\p{N}]?)" + upper + "+" + lower + "*" + contractions + "|" +       //
+         R"(\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+}
+
+std::unique_ptr<Decoder> make_raw_bytes_decoder() { return std::make_unique<RawBytesDecoder>(); }
+
+}  // namespace moe::tok
