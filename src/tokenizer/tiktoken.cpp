@@ -1,5 +1,6 @@
 #include "tokenizer/tiktoken.h"
 
+#include <algorithm>
 #include <charconv>
 #include <limits>
 
@@ -47,7 +48,17 @@ class RawBytesDecoder : public Decoder {
 }  // namespace
 
 Tiktoken::Tiktoken(std::string_view text, const std::string& source) {
-  std::vector<std::pair<int32_t, size_t>> lines;  // rank -> line number, to name a duplicate's first line
+  // Ranks are ids and must run 0..N-1 over the N tokens: anything past the line count is refused before it can
+  // size a table (a rank of 2^31 must not allocate its way there).
+  size_t count = 0;
+  for (size_t at = 0; at < text.size();) {
+    const size_t nl = std::min(text.find('\n', at), text.size());
+    const std::string_view line = text.substr(at, nl - at);
+    if (!line.empty() && line != "\r") ++count;
+    at = nl + 1;
+  }
+  std::vector<size_t> lines(count, 0);  // rank -> its line number (0: not seen yet), to name a duplicate's first line
+  tokens_.resize(count);
   size_t line_no = 0;
   std::string bytes;
   while (!text.empty()) {
@@ -66,22 +77,19 @@ Tiktoken::Tiktoken(std::string_view text, const std::string& source) {
     const auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), rank);
     if (ec != std::errc() || end != num.data() + num.size() || rank < 0 || rank > std::numeric_limits<int32_t>::max())
       fail("{} line {}: rank '{}' is not a non-negative integer", source, line_no, num.substr(0, 32));
-    if (size_t(rank) >= tokens_.size()) {
-      tokens_.resize(size_t(rank) + 1);
-      lines.resize(size_t(rank) + 1, {-1, 0});
-    }
-    if (lines[size_t(rank)].first >= 0)
-      fail("{} line {}: duplicate rank {} (first on line {})", source, line_no, rank, lines[size_t(rank)].second);
+    if (size_t(rank) >= count)
+      fail("{} line {}: rank {} is past the last id: the {} tokens must have the ranks 0 to {} (the special tokens "
+           "follow them)", source, line_no, rank, count, count - 1);
+    if (lines[size_t(rank)])
+      fail("{} line {}: duplicate rank {} (first on line {})", source, line_no, rank, lines[size_t(rank)]);
     if (!ranks_.emplace(bytes, int32_t(rank)).second)
       fail("{} line {}: duplicate token (base64 '{}'), first with rank {}", source, line_no, b64.substr(0, 64),
            ranks_.find(bytes)->second);
     tokens_[size_t(rank)] = bytes;
-    lines[size_t(rank)] = {int32_t(rank), line_no};
+    lines[size_t(rank)] = line_no;
   }
   if (ranks_.empty()) fail("{}: no tokens", source);
-  if (ranks_.size() != tokens_.size())
-    fail("{}: ranks must run from 0 to {} without gaps (the special tokens follow them), but the highest is {}", source,
-         ranks_.size() - 1, tokens_.size() - 1);
+  // count distinct ranks, each below count: all of 0..count-1 are taken.
   for (int b = 0; b < 256; ++b)
     if (rank(std::string(1, char(b))) < 0) fail("{}: the single byte 0x{:02x} has no token", source, b);
 }
