@@ -18,6 +18,8 @@ constexpr std::string_view kThinkEnd = "</think>";
 constexpr std::string_view kDsml = "｜DSML｜";
 
 // The tools section of a system (or developer) message; {dsml} and the thinking tags filled in, then the schemas.
+// Its wording is DeepSeek's (encoding_dsv32.py in deepseek-ai/DeepSeek-V3.2, MIT License, Copyright (c) 2023
+// DeepSeek): the model was trained on this text, so it is reproduced exactly.
 std::string tools_section(const std::string& schemas) {
   const std::string d(kDsml);
   return "## Tools\n"
