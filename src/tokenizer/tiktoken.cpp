@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <limits>
+#include <queue>
 
 #include "core/error.h"
 
@@ -105,29 +106,45 @@ void Tiktoken::tokenize(std::string_view word, std::vector<int32_t>& out) const 
     out.push_back(whole);
     return;
   }
-  // bounds[i]..bounds[i+1] are the current parts; pair[i] the rank of parts i and i+1 joined (max: not a token).
-  constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
-  std::vector<size_t> bounds(word.size() + 1);
-  for (size_t i = 0; i <= word.size(); ++i) bounds[i] = i;
-  auto pair_rank = [&](size_t i) {
-    if (i + 2 >= bounds.size()) return kNone;
-    const int32_t r = rank(word.substr(bounds[i], bounds[i + 2] - bounds[i]));
-    return r < 0 ? kNone : r;
+  // The parts form a linked list over the bytes; a min-heap holds each adjacent pair that is a token, by (rank,
+  // start): its top is the lowest rank, the leftmost among equals, as tiktoken's scan picks. Entries that a merge made
+  // stale are skipped when popped. O(n log n), so a long run of one character (a whitespace run is one pre-token)
+  // does not take quadratic time.
+  struct Part {
+    size_t start;
+    int64_t prev, next;  // -1 at the ends
+    bool alive;
   };
-  std::vector<int32_t> pair(bounds.size() - 1);
-  for (size_t i = 0; i < pair.size(); ++i) pair[i] = pair_rank(i);
-  for (;;) {
-    size_t best = 0;
-    int32_t best_rank = kNone;
-    for (size_t i = 0; i + 1 < pair.size(); ++i)  // the lowest rank; the leftmost among equals
-      if (pair[i] < best_rank) best_rank = pair[i], best = i;
-    if (best_rank == kNone) break;
-    bounds.erase(bounds.begin() + std::ptrdiff_t(best) + 1);
-    pair.erase(pair.begin() + std::ptrdiff_t(best) + 1);
-    pair[best] = pair_rank(best);
-    if (best > 0) pair[best - 1] = pair_rank(best - 1);
+  std::vector<Part> parts(word.size());
+  for (size_t i = 0; i < word.size(); ++i) parts[i] = {i, int64_t(i) - 1, i + 1 < word.size() ? int64_t(i + 1) : -1, true};
+  auto end_of = [&](int64_t p) { return parts[size_t(p)].next < 0 ? word.size() : parts[size_t(parts[size_t(p)].next)].start; };
+  struct Pair {
+    int32_t rank;
+    size_t start, end;  // the joined bytes, to recognise a stale entry
+    int64_t left;
+    bool operator>(const Pair& o) const { return rank != o.rank ? rank > o.rank : start > o.start; }
+  };
+  std::priority_queue<Pair, std::vector<Pair>, std::greater<Pair>> heap;
+  auto push = [&](int64_t left) {
+    if (left < 0 || parts[size_t(left)].next < 0) return;
+    const size_t a = parts[size_t(left)].start, b = end_of(parts[size_t(left)].next);
+    if (const int32_t r = rank(word.substr(a, b - a)); r >= 0) heap.push({r, a, b, left});
+  };
+  for (size_t i = 0; i + 1 < word.size(); ++i) push(int64_t(i));
+  while (!heap.empty()) {
+    const Pair top = heap.top();
+    heap.pop();
+    Part& left = parts[size_t(top.left)];
+    if (!left.alive || left.next < 0 || left.start != top.start || end_of(left.next) != top.end) continue;  // stale
+    Part& right = parts[size_t(left.next)];
+    right.alive = false;
+    left.next = right.next;
+    if (right.next >= 0) parts[size_t(right.next)].prev = top.left;
+    push(left.prev);
+    push(top.left);
   }
-  for (size_t i = 0; i + 1 < bounds.size(); ++i) out.push_back(rank(word.substr(bounds[i], bounds[i + 1] - bounds[i])));
+  for (int64_t p = 0; p >= 0; p = parts[size_t(p)].next)
+    out.push_back(rank(word.substr(parts[size_t(p)].start, end_of(p) - parts[size_t(p)].start)));
 }
 
 int32_t Tiktoken::token_id(std::string_view token) const { return rank(token); }

@@ -54,6 +54,19 @@ TEST(Tiktoken, EncodeAndDecodeMatchThePythonReference) {
   }
 }
 
+TEST(Tiktoken, LongRunsOfOneCharacterEncodeQuickly) {
+  // One pre-token of 200k bytes: byte-pair merging must not be quadratic in it (the test would take minutes).
+  for (const std::string& run : {std::string(200000, ' ') + "x", std::string(200000, 'a')}) {
+    const auto ids = kimi().encode(run);
+    EXPECT_EQ(kimi().decode(ids), run);
+  }
+  // "aa" is a token of the test vocabulary and "aaa"/"aaaa" are not: merging the leftmost lowest pair first pairs
+  // the run up from the left.
+  ASSERT_GE(kimi().token_id("aa"), 0);
+  ASSERT_LT(kimi().token_id("aaaa"), 0);
+  EXPECT_EQ(kimi().encode(std::string(200000, 'a')), std::vector<int32_t>(100000, kimi().token_id("aa")));
+}
+
 TEST(Tiktoken, InvalidUtf8RoundTripsAsBytes) {
   const std::string bad = "ok\xff\xfe" "a\xe6\x95";
   const auto ids = kimi().encode(bad);
