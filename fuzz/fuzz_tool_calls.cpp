@@ -1,4 +1,5 @@
-// libFuzzer target: the tool-call markup parser (src/server/tool_call_parser.h). Any text, split anywhere, must
+// libFuzzer target: the tool-call markup parsers (src/server/tool_call_parser.h: V3, V3.1 and V3.2 DSML, the
+// last in src/server/dsml_parser.h). Any text, split anywhere, must
 // give the same content and calls as the whole text (nothing lost or repeated).
 #include <cstdint>
 #include <cstdlib>
@@ -41,7 +42,7 @@ Result run(ToolCallFormat f, std::string_view text, size_t step) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
-  for (ToolCallFormat f : {ToolCallFormat::v3, ToolCallFormat::v31}) {
+  for (ToolCallFormat f : {ToolCallFormat::v3, ToolCallFormat::v31, ToolCallFormat::dsml}) {
     const Result whole = run(f, text, text.size() + 1);
     for (size_t step : {size_t(1), size_t(2), size_t(3) + size % 5}) {
       const Result r = run(f, text, step);

@@ -230,6 +230,12 @@ json normalise_messages(const json& msgs) {
       if (m.contains("tool_call_id") && !m["tool_call_id"].is_string()) bad(param + ".tool_call_id", "'tool_call_id' must be a string");
       if (m.contains("tool_call_id")) n["tool_call_id"] = m["tool_call_id"];
     }
+    // An earlier turn's reasoning, sent back by the client: DeepSeek-V3.2's encoder writes it for the turns after the
+    // last user message (templates that do not read it ignore it).
+    if (role == "assistant" && present(m, "reasoning_content")) {
+      if (!m["reasoning_content"].is_string()) bad(param + ".reasoning_content", "'reasoning_content' must be a string");
+      n["reasoning_content"] = m["reasoning_content"];
+    }
     if (m.contains("name")) {
       if (!m["name"].is_string()) bad(param + ".name", "'name' must be a string");
       n["name"] = m["name"];

@@ -23,6 +23,29 @@ bool prompt_opens_reasoning(std::string_view p) {
 
 bool template_supports_reasoning(std::string_view src) { return src.find("</think>") != std::string_view::npos; }
 
+namespace {
+// A switch is on when it is true or (loosely, as Python's bool() reads it) a non-empty / non-zero value.
+bool truthy(const nlohmann::json& v) {
+  if (v.is_boolean()) return v.get<bool>();
+  if (v.is_number()) return v.get<double>() != 0;
+  if (v.is_string() || v.is_array() || v.is_object()) return !v.empty();
+  return false;
+}
+}  // namespace
+
+nlohmann::json thinking_kwargs(nlohmann::json kw) {
+  if (!kw.is_object() || (!kw.contains("thinking") && !kw.contains("enable_thinking"))) return kw;
+  const bool on = truthy(kw.value("thinking", nlohmann::json())) || truthy(kw.value("enable_thinking", nlohmann::json()));
+  kw["thinking"] = on;
+  kw["enable_thinking"] = on;
+  return kw;
+}
+
+bool thinking_requested(const nlohmann::json& kw) {
+  return kw.is_object() && (truthy(kw.value("thinking", nlohmann::json())) ||
+                            truthy(kw.value("enable_thinking", nlohmann::json())));
+}
+
 ReasoningParser::Delta ReasoningParser::feed(std::string_view text) {
   Delta d;
   if (!enabled_) {

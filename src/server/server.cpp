@@ -28,7 +28,9 @@
 #include "server/responses_api.h"
 #include "server/tool_constraint.h"
 #include "server/web_assets.h"
+#include "server/reasoning.h"
 #include "tokenizer/chat_template.h"
+#include "tokenizer/dsv32_encoding.h"
 
 namespace moe::server {
 
@@ -87,6 +89,7 @@ struct Server::Impl {
   bool reasoning_template = false;
   ToolCallFormat tool_format = ToolCallFormat::v3;
   bool template_tools = false;  // the chat template renders `tools` itself
+  bool dsv32_encoder = false;   // prompts by DeepSeek-V3.2's encoder instead of a chat template
   ToolCallMarkers tool_markers;  // the tool-call markers' token ids, for forced calls
 
   mutable std::mutex metrics_mu;
@@ -111,6 +114,12 @@ struct Server::Impl {
       reasoning_template = template_supports_reasoning(src);
       tool_format = tool_call_format(src);
       template_tools = template_renders_tools(src);
+    } else if (sched.model_config().architecture == "DeepseekV32ForCausalLM") {
+      // V3.2 ships no chat template: DeepSeek's encoder format, written natively (tokenizer/dsv32_encoding.h).
+      dsv32_encoder = true;
+      reasoning_template = true;
+      tool_format = ToolCallFormat::dsml;
+      template_tools = true;
     }
     tool_markers = tool_call_markers(tok);
   }
@@ -169,10 +178,14 @@ struct Server::Impl {
 
   Prepared prepare_chat(const ChatRequest& r) {
     check_model(r.model);
-    if (!tok.has_chat_template()) throw ApiError(400, "This model has no chat template; use /v1/completions");
-    json extra = r.chat_template_kwargs;
+    if (!tok.has_chat_template() && !dsv32_encoder)
+      throw ApiError(400, "This model has no chat template; use /v1/completions");
+    json extra = thinking_kwargs(r.chat_template_kwargs);
     Prepared p;
     p.tools = r.tool_choice.mode != ToolChoice::Mode::none;
+    if (dsv32_encoder && (r.tool_choice.mode == ToolChoice::Mode::required || r.tool_choice.mode == ToolChoice::Mode::named))
+      throw ApiError(400, "tool_choice 'required' or a named function is not supported yet for DeepSeek-V3.2's DSML tool "
+                          "format; use 'auto'", "tool_choice");
     json messages = r.messages;
     if (p.tools) {  // the template describes the tools, or the system prompt does
       if (template_tools) extra["tools"] = r.tools;
@@ -184,7 +197,12 @@ struct Server::Impl {
       messages.erase(messages.size() - 1);
     }
     try {
-      p.prompt_text = tok.chat_template().render(messages, true, extra);
+      if (dsv32_encoder)  // tools go into the encoder's own system section (extra["tools"] above)
+        p.prompt_text = dsv32::chat_prompt(nlohmann::ordered_json::parse(messages.dump()),
+                                           p.tools ? nlohmann::ordered_json::parse(r.tools.dump()) : nullptr,
+                                           thinking_requested(extra));
+      else
+        p.prompt_text = tok.chat_template().render(messages, true, extra);
     } catch (const std::exception& e) {
       throw ApiError(400, std::string("The chat template could not render these messages: ") + e.what(), "messages");
     }

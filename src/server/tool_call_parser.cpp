@@ -2,6 +2,8 @@
 
 #include <cctype>
 
+#include "server/dsml_parser.h"
+
 namespace moe::server {
 
 namespace {
@@ -39,8 +41,21 @@ void add_arguments(std::vector<ToolCall>& calls, ToolCallParser::Out& out, std::
 
 }  // namespace
 
+ToolCallParser::ToolCallParser(ToolCallFormat format, std::string id_prefix)
+    : format_(format), id_prefix_(std::move(id_prefix)) {
+  if (format_ == ToolCallFormat::dsml) dsml_ = std::make_unique<DsmlParser>(id_prefix_);
+}
+ToolCallParser::~ToolCallParser() = default;
+ToolCallParser::ToolCallParser(ToolCallParser&&) noexcept = default;
+
+const std::vector<ToolCall>& ToolCallParser::calls() const { return dsml_ ? dsml_->calls() : calls_; }
+
 ToolCallParser::Out ToolCallParser::feed(std::string_view text) {
   Out out;
+  if (dsml_) {
+    dsml_->feed(text, out);
+    return out;
+  }
   buf_ += text;
   step(out, false);
   return out;
@@ -48,6 +63,10 @@ ToolCallParser::Out ToolCallParser::feed(std::string_view text) {
 
 ToolCallParser::Out ToolCallParser::flush() {
   Out out;
+  if (dsml_) {
+    dsml_->flush(out);
+    return out;
+  }
   step(out, true);
   buf_.clear();
   return out;

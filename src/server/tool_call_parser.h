@@ -8,6 +8,7 @@
 // States: content -> (<｜tool▁calls▁begin｜> or a bare <｜tool▁call▁begin｜>) -> between calls -> header (type and
 // name, up to the arguments) -> arguments (a ```json fence and the whitespace around it are dropped) -> between
 // calls -> (<｜tool▁calls▁end｜>) content again.
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +21,8 @@ struct ToolCall {
   std::string id, name, arguments;
 };
 
+class DsmlParser;  // server/dsml_parser.h: V3.2's format, to which ToolCallFormat::dsml forwards
+
 struct ToolCallDelta {
   int index = 0;
   std::string id, name;  // set on a call's first delta only
@@ -29,7 +32,9 @@ struct ToolCallDelta {
 class ToolCallParser {
  public:
   // Call ids are id_prefix + the call's index.
-  ToolCallParser(ToolCallFormat format, std::string id_prefix) : format_(format), id_prefix_(std::move(id_prefix)) {}
+  ToolCallParser(ToolCallFormat format, std::string id_prefix);
+  ~ToolCallParser();
+  ToolCallParser(ToolCallParser&&) noexcept;
 
   struct Out {
     std::string content;
@@ -38,7 +43,7 @@ class ToolCallParser {
   Out feed(std::string_view text);
   Out flush();  // at the end of the reply: held-back text, and a call cut short ends with what it had
 
-  const std::vector<ToolCall>& calls() const { return calls_; }  // the calls so far (arguments as streamed)
+  const std::vector<ToolCall>& calls() const;  // the calls so far (arguments as streamed)
 
  private:
   enum class State { content, between, header, arguments };
@@ -53,6 +58,7 @@ class ToolCallParser {
   bool lead_done_ = false;     // arguments: the opening fence and whitespace are behind us
   bool fence_done_ = false;    // arguments: the opening fence was dropped (only one is)
   std::vector<ToolCall> calls_;
+  std::unique_ptr<DsmlParser> dsml_;  // set for ToolCallFormat::dsml, which it parses instead
 };
 
 }  // namespace moe::server

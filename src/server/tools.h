@@ -19,7 +19,9 @@ inline constexpr std::string_view kToolCallBegin = "<｜tool▁call▁begin｜>"
 inline constexpr std::string_view kToolCallEnd = "<｜tool▁call▁end｜>";
 inline constexpr std::string_view kToolSep = "<｜tool▁sep｜>";
 
-enum class ToolCallFormat { v3, v31 };
+// dsml: DeepSeek-V3.2's <｜DSML｜function_calls> markup (server/dsml_parser.h), for V3.2 models without a chat
+// template, whose prompts tokenizer/dsv32_encoding.h writes (tools included).
+enum class ToolCallFormat { v3, v31, dsml };
 
 struct ToolChoice {
   enum class Mode { none, automatic, required, named } mode = Mode::none;

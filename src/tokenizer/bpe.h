@@ -10,6 +10,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tokenizer/components.h"
+
 namespace moe::tok {
 
 struct StringHash {
@@ -19,16 +21,16 @@ struct StringHash {
 template <typename V>
 using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
 
-class Bpe {
+class Bpe : public Model {
  public:
   explicit Bpe(const nlohmann::json& model);  // throws moe::Error on a bad vocab or merge list
 
   // Appends the ids of one pre-tokenized word.
-  void tokenize(std::string_view word, std::vector<int32_t>& out) const;
+  void tokenize(std::string_view word, std::vector<int32_t>& out) const override;
 
-  int32_t token_id(std::string_view token) const;       // -1 if absent
-  const std::string* token(int32_t id) const;           // nullptr if absent
-  int32_t id_limit() const { return static_cast<int32_t>(tokens_.size()); }  // one past the highest id
+  int32_t token_id(std::string_view token) const override;  // -1 if absent
+  const std::string* token(int32_t id) const override;      // nullptr if absent
+  int32_t id_limit() const override { return static_cast<int32_t>(tokens_.size()); }  // one past the highest id
 
  private:
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;

@@ -5,8 +5,10 @@
 // Internal to moe_tokenizer; the public face is tokenizer.h.
 #include <nlohmann/json_fwd.hpp>
 
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace moe::tok {
@@ -16,6 +18,16 @@ namespace moe::tok {
 struct Piece {
   std::string text;
   bool at_start = false;
+};
+
+// The model that turns one pre-tokenized piece into ids: tokenizer.json's BPE (bpe.h) or tiktoken's (tiktoken.h).
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual void tokenize(std::string_view word, std::vector<int32_t>& out) const = 0;  // appends the piece's ids
+  virtual int32_t token_id(std::string_view token) const = 0;                        // -1 if absent
+  virtual const std::string* token(int32_t id) const = 0;                            // nullptr if absent
+  virtual int32_t id_limit() const = 0;                                              // one past the highest id
 };
 
 class Normalizer {

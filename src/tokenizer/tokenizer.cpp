@@ -4,7 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <charconv>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "core/error.h"
@@ -12,6 +14,7 @@
 #include "tokenizer/bpe.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/components.h"
+#include "tokenizer/tiktoken.h"
 #include "tokenizer/unicode.h"
 
 namespace moe {
@@ -21,7 +24,7 @@ using json = nlohmann::json;
 struct Tokenizer::Impl {
   std::unique_ptr<tok::Normalizer> normalizer;
   std::unique_ptr<tok::PreTokenizer> pre_tokenizer;
-  std::unique_ptr<tok::Bpe> model;
+  std::unique_ptr<tok::Model> model;  // tok::Bpe (tokenizer.json) or tok::Tiktoken (tiktoken.model)
   std::unique_ptr<tok::Decoder> decoder;
   tok::AddedVocabulary added;
   std::vector<int32_t> prefix_ids, suffix_ids;  // what add_special_tokens puts around the text
@@ -134,19 +137,138 @@ void parse_post_processor(const json& spec, std::vector<int32_t>& prefix, std::v
   fail("tokenizer.json: unsupported post_processor type '{}'", type);
 }
 
+// tokenizer_config.json: BOS / EOS (and whether encode adds them) and the chat template.
+void apply_config(Tokenizer::Impl& impl_ref, const json& config, bool post_processor_adds) {
+  Tokenizer::Impl* impl = &impl_ref;
+  const auto id_of = [&](const char* key) -> std::optional<int32_t> {
+    const auto content = token_content(config, key);
+    if (!content) return std::nullopt;
+    const int32_t id = impl->token_id(*content);
+    if (id < 0) fail("tokenizer_config.json: {} '{}' is not a token", key, *content);
+    return id;
+  };
+  impl->bos = id_of("bos_token");
+  impl->eos = id_of("eos_token");
+  if (!post_processor_adds) {
+    if (impl->bos && config.value("add_bos_token", false)) impl->prefix_ids.push_back(*impl->bos);
+    if (impl->eos && config.value("add_eos_token", false)) impl->suffix_ids.push_back(*impl->eos);
+  }
+  if (config.contains("chat_template") && !config["chat_template"].is_null()) {
+    const json& source = config["chat_template"];
+    std::string text;
+    if (source.is_string()) {
+      text = source.get<std::string>();
+    } else if (source.is_array()) {  // [{"name": "default", "template": ...}, ...]
+      for (const json& named : source)
+        if (named.value("name", std::string()) == "default") text = named.at("template").get<std::string>();
+      if (text.empty()) fail("tokenizer_config.json: chat_template list has no 'default' entry");
+    } else {
+      fail("tokenizer_config.json: chat_template must be a string or a list of named templates");
+    }
+    json special = json::object();
+    for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
+                            "mask_token"})
+      if (auto content = token_content(config, key)) special[key] = *content;
+    impl->chat_template = std::make_unique<ChatTemplate>(std::move(text), std::move(special));
+  }
+}
+
+
+bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
+
+json parse_config(const std::string& config_json) {
+  if (config_json.empty()) return json::object();
+  try {
+    json config = json::parse(config_json);
+    if (!config.is_object()) fail("tokenizer_config.json must be a JSON object");
+    return config;
+  } catch (const json::exception& e) {
+    fail("tokenizer_config.json is not valid JSON: {}", e.what());
+  }
+}
+
+// Kimi's special tokens: the 256 + 2 ids right after the BPE ranks, named by added_tokens_decoder or
+// <|reserved_token_ID|> (as its tokenization_kimi.py names them), plus any other entry of added_tokens_decoder. All
+// are matched in text exactly, as tiktoken's allowed_special="all" does. Returned in tokenizer.json's added_tokens
+// shape for tok::AddedVocabulary.
+json tiktoken_added_tokens(const json& config, int32_t first_id) {
+  constexpr int32_t kReserved = 256 + 2;
+  std::map<int32_t, std::pair<std::string, bool>> tokens;  // id -> (content, special)
+  for (int32_t id = first_id; id < first_id + kReserved; ++id)
+    tokens[id] = {"<|reserved_token_" + std::to_string(id) + "|>", true};
+  if (config.contains("added_tokens_decoder")) {
+    const json& dec = config["added_tokens_decoder"];
+    if (!dec.is_object()) fail("tokenizer_config.json: added_tokens_decoder must be an object");
+    for (const auto& [key, entry] : dec.items()) {
+      int32_t id = -1;
+      const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+      if (ec != std::errc() || end != key.data() + key.size() || id < 0)
+        fail("tokenizer_config.json: added_tokens_decoder key '{}' is not a token id", key);
+      if (id < first_id)
+        fail("tokenizer_config.json: added_tokens_decoder id {} is one of tiktoken.model's ranks (0..{})", id,
+             first_id - 1);
+      if (!entry.is_object() || !entry.contains("content") || !entry["content"].is_string())
+        fail("tokenizer_config.json: added_tokens_decoder['{}'] needs a string 'content'", key);
+      tokens[id] = {entry["content"].get<std::string>(), entry.value("special", true)};
+    }
+  }
+  json added = json::array();
+  for (const auto& [id, t] : tokens)
+    added.push_back({{"id", id}, {"content", t.first}, {"special", t.second}, {"normalized", false},
+                     {"lstrip", false}, {"rstrip", false}, {"single_word", false}});
+  return added;
+}
+
 }  // namespace
 
 Tokenizer Tokenizer::load(const std::string& dir) {
   const std::string tokenizer_path = dir + "/tokenizer.json";
+  const std::string tiktoken_path = dir + "/tiktoken.model";
   const std::string config_path = dir + "/tokenizer_config.json";
-  const std::string tokenizer_json = read_file(tokenizer_path);
+  const bool tiktoken = !file_exists(tokenizer_path) && file_exists(tiktoken_path);
+  if (!tiktoken && !file_exists(tokenizer_path))
+    fail("cannot read {} (and there is no tiktoken.model beside it)", tokenizer_path);
   std::string config_json;
-  if (std::ifstream(config_path).good()) config_json = read_file(config_path);
+  if (file_exists(config_path)) config_json = read_file(config_path);
+  const std::string template_path = dir + "/chat_template.jinja";  // newer repos keep the template beside the config
+  if (file_exists(template_path)) {
+    try {
+      json config = parse_config(config_json);
+      if (!config.contains("chat_template") || config["chat_template"].is_null()) {
+        config["chat_template"] = read_file(template_path);
+        config_json = config.dump();
+      }
+    } catch (const Error& e) {
+      fail("{}: {}", dir, e.what());
+    }
+  }
+  const std::string model_text = read_file(tiktoken ? tiktoken_path : tokenizer_path);
   try {
-    return from_json(tokenizer_json, config_json);
+    return tiktoken ? from_tiktoken(model_text, config_json, tiktoken_path) : from_json(model_text, config_json);
   } catch (const Error& e) {
     fail("{}: {}", dir, e.what());
   }
+}
+
+Tokenizer Tokenizer::from_tiktoken(const std::string& tiktoken_model, const std::string& config_json,
+                                   const std::string& source) {
+  auto impl = std::make_shared<Impl>();
+  const json config = parse_config(config_json);
+  auto model = std::make_unique<tok::Tiktoken>(tiktoken_model, source);
+  const int32_t n = model->id_limit();
+  impl->model = std::move(model);
+  impl->pre_tokenizer = tok::make_pre_tokenizer(
+      {{"type", "Split"}, {"pattern", {{"Regex", tok::kimi_pattern()}}}, {"behavior", "Isolated"}, {"invert", false}});
+  impl->decoder = tok::make_raw_bytes_decoder();
+  try {
+    impl->added = tok::AddedVocabulary(tiktoken_added_tokens(config, n), nullptr);
+    impl->id_limit = n;
+    for (const auto& t : impl->added.tokens()) impl->id_limit = std::max(impl->id_limit, t.id + 1);
+    apply_config(*impl, config, false);
+  } catch (const json::exception& e) {
+    fail("tokenizer_config.json has an unexpected shape: {}", e.what());
+  }
+  return Tokenizer(std::move(impl));
 }
 
 Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::string& config_json) {
@@ -181,37 +303,7 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::str
     bool post_processor_adds = false;
     parse_post_processor(spec.value("post_processor", json()), impl->prefix_ids, impl->suffix_ids,
                          post_processor_adds);
-    const auto id_of = [&](const char* key) -> std::optional<int32_t> {
-      const auto content = token_content(config, key);
-      if (!content) return std::nullopt;
-      const int32_t id = impl->token_id(*content);
-      if (id < 0) fail("tokenizer_config.json: {} '{}' is not a token", key, *content);
-      return id;
-    };
-    impl->bos = id_of("bos_token");
-    impl->eos = id_of("eos_token");
-    if (!post_processor_adds) {
-      if (impl->bos && config.value("add_bos_token", false)) impl->prefix_ids.push_back(*impl->bos);
-      if (impl->eos && config.value("add_eos_token", false)) impl->suffix_ids.push_back(*impl->eos);
-    }
-    if (config.contains("chat_template") && !config["chat_template"].is_null()) {
-      const json& source = config["chat_template"];
-      std::string text;
-      if (source.is_string()) {
-        text = source.get<std::string>();
-      } else if (source.is_array()) {  // [{"name": "default", "template": ...}, ...]
-        for (const json& named : source)
-          if (named.value("name", std::string()) == "default") text = named.at("template").get<std::string>();
-        if (text.empty()) fail("tokenizer_config.json: chat_template list has no 'default' entry");
-      } else {
-        fail("tokenizer_config.json: chat_template must be a string or a list of named templates");
-      }
-      json special = json::object();
-      for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
-                              "mask_token"})
-        if (auto content = token_content(config, key)) special[key] = *content;
-      impl->chat_template = std::make_unique<ChatTemplate>(std::move(text), std::move(special));
-    }
+    apply_config(*impl, config, post_processor_adds);
   } catch (const json::exception& e) {
     fail("tokenizer.json / tokenizer_config.json has an unexpected shape: {}", e.what());
   }

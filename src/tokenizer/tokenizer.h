@@ -21,9 +21,15 @@ class ChatTemplate;  // tokenizer/chat_template.h
 
 class Tokenizer {
  public:
-  // Reads dir/tokenizer.json and, when present, dir/tokenizer_config.json.
+  // Reads dir/tokenizer.json (or dir/tiktoken.model) and, when present, dir/tokenizer_config.json and
+  // dir/chat_template.jinja (used when the config has no chat_template).
   static Tokenizer load(const std::string& dir);
   static Tokenizer from_json(const std::string& tokenizer_json, const std::string& config_json = "");
+  // Kimi-K2's tokenizer (tokenizer/tiktoken.h): tiktoken.model's ranks, Kimi's pre-tokenizer regex, and the special
+  // tokens of tokenizer_config.json's added_tokens_decoder after the ranks. load() takes this path for a directory
+  // with tiktoken.model and no tokenizer.json. `source` names the file in errors.
+  static Tokenizer from_tiktoken(const std::string& tiktoken_model, const std::string& config_json = "",
+                                 const std::string& source = "tiktoken.model");
 
   // add_special_tokens: apply tokenizer.json's post-processor when it adds tokens (TemplateProcessing, Bert,
   // Roberta); otherwise prepend BOS / append EOS when tokenizer_config says add_bos_token / add_eos_token (as
