@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "train/expert_parallel.h"
 #include "train/ops.h"
 #include "train/params.h"
 
@@ -28,6 +29,10 @@ struct MoeActs {
   MlpActs shared;
   std::vector<int64_t> load;          // [E] tokens routed to each expert in this batch
   double seq_aux = 0;                 // the layer's balance-loss term (alpha included)
+  // Expert parallelism (LayerContext::ep): experts[e] is kept only on e's owner, over every rank's rows of e;
+  // ep_out[e] holds the outputs for this rank's rows; ep_counts [N, E] the rows each rank has for each expert.
+  std::vector<int64_t> ep_counts;
+  RowsPerExpert ep_out;
 };
 
 struct LayerActs {
@@ -55,6 +60,7 @@ struct LayerContext {
   RouterConfig router;
   double seq_aux_alpha = 0;  // 0: the layer adds no balance loss (the MTP layer)
   ThreadPool* pool = nullptr;  // the trainer's threads for the GEMMs (null: this thread alone)
+  const ExpertParallel* ep = nullptr;  // routed experts sharded over ranks (null: every expert here)
 };
 
 // x [b*t, D] -> out [b*t, D]

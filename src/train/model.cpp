@@ -13,7 +13,7 @@ namespace moe::train {
 
 namespace {
 
-LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool) {
+LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool, const ExpertParallel* ep) {
   LayerContext ctx;
   ctx.pool = pool;
   ctx.config = &c;
@@ -28,6 +28,7 @@ LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool) 
   ctx.router.norm_topk_prob = c.norm_topk_prob;
   ctx.router.scaling = c.routed_scaling_factor;
   ctx.seq_aux_alpha = alpha;
+  ctx.ep = ep;
   return ctx;
 }
 
@@ -66,7 +67,7 @@ struct Pass {
   LossParts parts;
 
   Pass(TrainModel& m, const Objective& o)
-      : M(m), obj(o), main_ctx(make_context(m.config, o.seq_aux_alpha, m.pool)), mtp_ctx(make_context(m.config, 0.0, m.pool)) {}
+      : M(m), obj(o), main_ctx(make_context(m.config, o.seq_aux_alpha, m.pool, m.ep)), mtp_ctx(make_context(m.config, 0.0, m.pool, m.ep)) {}
 
   // Forward; leaves dlogits (the CE gradients, scaled for the objective) in A for the backward.
   void forward(const std::vector<int32_t>& ids, int64_t b, int64_t t, const std::vector<uint8_t>* mask) {
@@ -226,7 +227,7 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   MOE_CHECK(b > 0 && int64_t(ids.size()) == b * t, "train: a batch of {} ids is not {} x {}", ids.size(), b, t);
   const ModelConfig& c = model.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
-  const LayerContext ctx = make_context(c, 0.0, model.pool);
+  const LayerContext ctx = make_context(c, 0.0, model.pool, model.ep);
   std::vector<float> x(size_t(n * D)), y(size_t(n * D));
   embedding_forward(x.data(), ids.data(), n, model.embed->data(), D);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {

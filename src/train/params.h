@@ -15,6 +15,8 @@ class ThreadPool;
 
 namespace moe::train {
 
+struct ExpertParallel;
+
 struct Param {
   std::string name;  // the checkpoint's tensor name
   Shape shape;
@@ -64,6 +66,7 @@ struct TrainModel {
   Param *enorm = nullptr, *hnorm = nullptr, *eh_proj = nullptr, *mtp_norm = nullptr;
   LayerParams mtp_layer;
   ThreadPool* pool = nullptr;  // threads for the GEMMs, owned by the caller (the trainer); null: one thread
+  const ExpertParallel* ep = nullptr;  // experts sharded over ranks (train/parallel.h sets it); null: all here
 
   // Reads config.json and the checkpoint (BF16/F16/F32 tensors, converted to F32). The MTP module's copies of
   // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.
