@@ -76,27 +76,49 @@ std::vector<int32_t> DistributedTraining::local_batch(const std::vector<int32_t>
   return std::vector<int32_t>(ids.begin() + r * per * t, ids.begin() + (r + 1) * per * t);
 }
 
-LossParts DistributedTraining::forward_backward(const std::vector<int32_t>& ids, int64_t b, int64_t t,
-                                                const Objective& obj, ExpertLoads* loads) {
-  const double N = double(c_.size());
-  m_.zero_grad();
-  ExpertLoads local_loads;
+int DistributedTraining::rank() const { return c_.rank(); }
+
+LossParts DistributedTraining::local_pass(const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
+                                          ExpertLoads* loads, const std::vector<uint8_t>* mask) {
   const std::vector<int32_t> mine = local_batch(ids, b, t);
-  const LossParts p = train::forward_backward(m_, mine, b / c_.size(), t, obj, &local_loads);
+  std::vector<uint8_t> mine_mask;
+  if (mask) {
+    MOE_CHECK(mask->size() == ids.size(), "train: a loss mask of {} values for {} ids", mask->size(), ids.size());
+    const int64_t per = b / c_.size(), r = c_.rank();
+    mine_mask.assign(mask->begin() + r * per * t, mask->begin() + (r + 1) * per * t);
+  }
+  ExpertLoads part;
+  const LossParts p = train::forward_backward(m_, mine, b / c_.size(), t, obj, &part, mask ? &mine_mask : nullptr);
+  if (loads)
+    for (auto& [gate, load] : part) {
+      auto& sum = (*loads)[gate];
+      sum.resize(load.size(), 0);
+      for (size_t e = 0; e < load.size(); ++e) sum[e] += load[e];
+    }
+  return p;
+}
+
+LossParts DistributedTraining::reduce(const LossParts& p, ExpertLoads* loads) {
+  const double N = double(c_.size());
   // Equal shares: the batch mean is the mean of the ranks' means (every sequence has t-1 and t-2 targets).
   std::vector<double> parts = {p.loss, p.main_ce, p.mtp_ce, p.seq_aux};
   c_.all_reduce_sum(std::span<double>(parts));
-  LossParts out{parts[0] / N, parts[1] / N, parts[2] / N, parts[3] / N};
-  if (loads) {
-    loads->clear();
-    for (auto& [gate, load] : local_loads) {
+  if (loads)
+    for (auto& [gate, load] : *loads) {  // every rank has every MoE layer's entry, in the map's (sorted) order
       std::vector<double> sum(load.begin(), load.end());
       c_.all_reduce_sum(std::span<double>(sum));
-      (*loads)[gate] = std::vector<int64_t>(sum.begin(), sum.end());
+      load.assign(sum.begin(), sum.end());
     }
-  }
   reduce_gradients();
-  return out;
+  return LossParts{parts[0] / N, parts[1] / N, parts[2] / N, parts[3] / N};
+}
+
+LossParts DistributedTraining::forward_backward(const std::vector<int32_t>& ids, int64_t b, int64_t t,
+                                                const Objective& obj, ExpertLoads* loads) {
+  m_.zero_grad();
+  if (loads) loads->clear();
+  const LossParts p = local_pass(ids, b, t, obj, loads);
+  return reduce(p, loads);
 }
 
 void DistributedTraining::reduce_gradients() {

@@ -36,10 +36,18 @@ class DistributedTraining {
 
   // This rank's contiguous block of sequences of a global [b, t] batch (b a multiple of the ranks).
   std::vector<int32_t> local_batch(const std::vector<int32_t>& ids, int64_t b, int64_t t) const;
-  // zero_grad + forward/backward on this rank's block of the global batch, then the reductions above. Returns the
-  // global loss parts; loads (if given) are summed over ranks.
+  // zero_grad + local_pass + reduce: one step's gradient over a global [b, t] batch. Returns the global loss
+  // parts; loads (if given) are summed over ranks.
   LossParts forward_backward(const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
                              ExpertLoads* loads);
+  // forward_backward (adding to the gradients) on this rank's block of a global [b, t] batch (and of its loss
+  // mask): one micro-batch of an accumulated step. Returns this rank's parts; its loads are added to *loads.
+  LossParts local_pass(const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
+                       ExpertLoads* loads, const std::vector<uint8_t>* mask = nullptr);
+  // After the local passes of a step: the parts averaged over ranks, loads summed over ranks (in place), the
+  // gradients reduced (as the class comment says).
+  LossParts reduce(const LossParts& local, ExpertLoads* loads);
+  int rank() const;
   // Global-norm clipping and AdamW on what this rank owns, then the all-gather of the updated parameters.
   StepStats step(const AdamW& opt, double lr, double clip_norm, int64_t step);
   // Every rank the whole model (experts broadcast from their owners) and, with ZeRO, the whole moments: for
