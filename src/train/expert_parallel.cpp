@@ -47,6 +47,14 @@ Plan plan(const ExpertParallel& ep, const std::vector<int64_t>& counts, int64_t 
   return pl;
 }
 
+void count_sent(const ExpertParallel& ep, const Plan& pl, int64_t D) {
+  for (int p = 0; p < ep.comm->size(); ++p)
+    if (p != ep.comm->rank()) {
+      ep.stats.bytes_sent += int64_t(pl.sc[size_t(p)]);
+      ep.stats.rows_sent += int64_t(pl.sc[size_t(p)] / (size_t(D) * sizeof(float)));
+    }
+}
+
 }  // namespace
 
 RowsPerExpert ep_dispatch(const ExpertParallel& ep, const std::vector<int64_t>& counts, const RowsPerExpert& local,
@@ -62,6 +70,7 @@ RowsPerExpert ep_dispatch(const ExpertParallel& ep, const std::vector<int64_t>& 
         MOE_CHECK(int64_t(local[e].size()) == counts[size_t(me) * E + e] * D, "train: expert {} rows do not match counts", e);
         std::copy(local[e].begin(), local[e].end(), send.begin() + ptrdiff_t(at)), at += local[e].size();
       }
+  count_sent(ep, pl, D);
   ep.comm->all_to_all_v(send.data(), pl.sc, pl.sd, recv.data(), pl.rc, pl.rd);
   RowsPerExpert owned(E);
   for (size_t e = 0; e < E; ++e)
@@ -96,6 +105,7 @@ RowsPerExpert ep_combine(const ExpertParallel& ep, const std::vector<int64_t>& c
                   send.begin() + ptrdiff_t(at));
         offset[e] += n, at += n;
       }
+  count_sent(ep, pl, D);
   ep.comm->all_to_all_v(send.data(), pl.sc, pl.sd, recv.data(), pl.rc, pl.rd);
   RowsPerExpert local(E);
   at = 0;

@@ -14,9 +14,17 @@ class Communicator;
 
 namespace moe::train {
 
+// What the exchanges moved on this rank (counted since construction or the last reset).
+struct EpStats {
+  int64_t rows_sent = 0;         // rows this rank sent to other ranks (dispatch and combine, forward and backward)
+  int64_t bytes_sent = 0;        // the same in bytes
+  int max_ranks_per_token = 0;   // the most ranks one token's experts were on (node-limited routing's M)
+};
+
 struct ExpertParallel {
   dist::Communicator* comm = nullptr;
   int64_t experts = 0;  // E, a multiple of the number of ranks
+  mutable EpStats stats;
   int owner(int64_t e) const;
   bool owns(int64_t e) const;
 };

@@ -63,6 +63,13 @@ void moe_forward(MoeActs& A, const LayerParams& P, const LayerContext& ctx, cons
     for (size_t r = 0; r < rows.size(); ++r) std::copy(x + rows[r] * D, x + (rows[r] + 1) * D, xin.begin() + int64_t(r) * D);
   };
   if (ctx.ep) {
+    for (int64_t i = 0; i < n; ++i) {  // how many ranks this token's experts are on
+      std::vector<int> ranks;
+      for (int64_t j = 0; j < K; ++j) ranks.push_back(ctx.ep->owner(A.routing.chosen[size_t(i * K + j)]));
+      std::sort(ranks.begin(), ranks.end());
+      const int distinct = int(std::unique(ranks.begin(), ranks.end()) - ranks.begin());
+      ctx.ep->stats.max_ranks_per_token = std::max(ctx.ep->stats.max_ranks_per_token, distinct);
+    }
     RowsPerExpert local(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) gather(e, local[size_t(e)]);
     A.ep_counts = ep_all_counts(*ctx.ep, A.load);

@@ -57,6 +57,9 @@ class DistributedTraining {
   // Whether every Param::g holds the whole reduced gradient after forward_backward (not with ZeRO-2 or ep).
   bool whole_gradients() const { return o_.zero < 2 && !o_.ep; }
   const ParallelOptions& options() const { return o_; }
+  // Expert parallelism's traffic on this rank (zeros without --ep); reset_ep_stats() starts a new count.
+  const EpStats& ep_stats() const { return ep_.stats; }
+  void reset_ep_stats() { ep_.stats = {}; }
 
  private:
   bool expert_param(const Param* p) const;

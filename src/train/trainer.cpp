@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -398,7 +399,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
       const size_t a = gate.find("layers.") + 7, b = gate.find('.', a);
       maxvio[gate.substr(a, b - a)] = max_violation(load);
     }
-    out(json{{"step", step},
+    json line{{"step", step},
              {"loss", parts.loss},
              {"main_ce", parts.main_ce},
              {"mtp_ce", parts.mtp_ce},
@@ -409,8 +410,19 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
              {"batch", batch},
              {"tokens", consumed},
              {"tokens_per_s", double(batch * R.seq_len) / std::max(secs, 1e-9)},
-             {"maxvio", maxvio}}
-            .dump());
+             {"maxvio", maxvio}};
+    if (dist && run.parallel.ep) {
+      // Expert parallelism's all-to-all traffic this step, summed over ranks (dispatch and combine, both passes).
+      std::vector<double> sent = {double(dist->ep_stats().bytes_sent)};
+      run.comm->all_reduce_sum(std::span<double>(sent));
+      line["ep_bytes"] = int64_t(sent[0]);
+      const std::vector<double> mine = {double(dist->ep_stats().max_ranks_per_token)};
+      std::vector<double> all(size_t(run.comm->size()));
+      run.comm->all_gather(std::span<const double>(mine), std::span<double>(all));
+      line["ep_max_ranks_per_token"] = int64_t(*std::max_element(all.begin(), all.end()));
+      dist->reset_ep_stats();
+    }
+    out(line.dump());
     if (R.val_every > 0 && step % R.val_every == 0) validate(step);
     if ((R.save_every > 0 && step % R.save_every == 0) || step == end) save(step);
   }

@@ -127,6 +127,10 @@ TEST(DistCli, TrainOverTwoRanksMatchesOneProcess) {
   const Result two = moe_np(2, base + " --out " + dir + "/two --dp 2 --ep --zero 2");
   ASSERT_EQ(two.code, 0) << two.out;
   compare_steps(two.out, one.out, "train --dp 2 --ep --zero 2");
+  const auto lines = step_lines(two.out);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_GT(lines[0].value("ep_bytes", int64_t(0)), 0) << "each step reports the all-to-all bytes";
+  EXPECT_GE(lines[0].value("ep_max_ranks_per_token", 0), 1);
   compare_tensors(dir + "/two/step-00000003/model.safetensors", dir + "/one/step-00000003/model.safetensors", "",
                   "model");
   compare_tensors(dir + "/two/step-00000003/optimizer.safetensors", dir + "/one/step-00000003/optimizer.safetensors",

@@ -109,6 +109,26 @@ TEST(DistributedTraining, Zero2MatchesOneProcess) { compare({false, 2}, "zero2")
 TEST(DistributedTraining, ExpertParallelMatchesOneProcess) { compare({true, 0}, "ep"); }
 TEST(DistributedTraining, ExpertParallelWithZero2MatchesOneProcess) { compare({true, 2}, "ep+zero2"); }
 
+// The fixture routes with n_group = 2 groups, topk_group = 1: with the experts sharded so that a group lies on
+// whole ranks (2 ranks: one group each) every token's experts are on one rank; with 4 ranks a group spans 2.
+TEST(DistributedTraining, ExpertParallelRoutingIsRankLimited) {
+  TrainModel m = TrainModel::load(kDir + "/model");
+  DistributedTraining dt(m, comm(), {true, 0});
+  const TrainSpec s = spec4();
+  ExpertLoads loads;
+  dt.forward_backward(s.ids, s.b, s.t, s.objective, &loads);
+  const int N = comm().size(), groups = int(m.config.n_group), keep = int(m.config.topk_group);
+  const int bound = keep * std::max(1, N / groups);
+  EXPECT_GE(dt.ep_stats().max_ranks_per_token, 1);
+  EXPECT_LE(dt.ep_stats().max_ranks_per_token, bound) << N << " ranks, " << groups << " groups, " << keep << " kept";
+  if (N > 1) EXPECT_GT(dt.ep_stats().rows_sent, 0) << "rows travel to other ranks";
+  std::vector<double> sent = {double(dt.ep_stats().bytes_sent)};
+  comm().all_reduce_sum(std::span<double>(sent));
+  if (comm().rank() == 0)
+    std::printf("ep over %d ranks: one step moved %.0f bytes between ranks; at most %d ranks per token\n", N, sent[0],
+                dt.ep_stats().max_ranks_per_token);
+}
+
 TEST(DistributedTraining, UnevenSharesAreErrors) {
   TrainModel m = TrainModel::load(kDir + "/model");
   DistributedTraining dt(m, comm(), {});
