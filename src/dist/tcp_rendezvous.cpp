@@ -100,13 +100,9 @@ std::vector<uint8_t> serve(const Rendezvous& r, const std::vector<uint8_t>& blob
             fmt::format("on {}:{} with {} of {} ranks joined", r.host, r.port, joined, r.size));
     Fd c(::accept(s.fd, nullptr, nullptr));
     MOE_CHECK(c.fd >= 0, "dist: rendezvous accept: {}", std::strerror(errno));
-    char hello[8];
+    uint8_t hello[8];
     recv_all(c.fd, hello, sizeof hello, deadline, "reading a peer's hello");
-    MOE_CHECK(std::memcmp(hello, "MOE1", 4) == 0, "dist: rendezvous on {}:{}: a peer that is not a moe rank connected",
-              r.host, r.port);
-    int32_t peer = 0;
-    std::memcpy(&peer, hello + 4, 4);
-    MOE_CHECK(peer >= 1 && peer < r.size, "dist: rendezvous: a peer claims rank {} of {}", peer, r.size);
+    const int peer = parse_hello(hello, sizeof hello, r.size);
     MOE_CHECK(!seen[size_t(peer)], "dist: rendezvous: two peers claim rank {}", peer);
     seen[size_t(peer)] = true;
     send_all(c.fd, &n, 4, deadline, fmt::format("to rank {}", peer));
@@ -127,9 +123,9 @@ std::vector<uint8_t> join(const Rendezvous& r, Clock::time_point deadline) {
       std::memcpy(hello + 4, &me, 4);
       const std::string what = fmt::format("talking to rank 0 at {}:{}", r.host, r.port);
       send_all(s.fd, hello, sizeof hello, deadline, what);
-      uint32_t n = 0;
-      recv_all(s.fd, &n, 4, deadline, what);
-      MOE_CHECK(n <= (1u << 20), "dist: rendezvous: rank 0 announced a blob of {} bytes", n);
+      uint8_t header[4];
+      recv_all(s.fd, header, 4, deadline, what);
+      const uint32_t n = parse_blob_length(header, 4);
       std::vector<uint8_t> blob(n);
       recv_all(s.fd, blob.data(), n, deadline, what);
       return blob;
@@ -141,6 +137,23 @@ std::vector<uint8_t> join(const Rendezvous& r, Clock::time_point deadline) {
 }
 
 }  // namespace
+
+int parse_hello(const uint8_t* data, size_t n, int size) {
+  MOE_CHECK(n == 8 && std::memcmp(data, "MOE1", 4) == 0,
+            "dist: rendezvous: a peer that is not a moe rank connected (its hello is not MOE1 + a rank)");
+  int32_t peer = 0;
+  std::memcpy(&peer, data + 4, 4);
+  MOE_CHECK(peer >= 1 && peer < size, "dist: rendezvous: a peer claims rank {} of {}", peer, size);
+  return peer;
+}
+
+uint32_t parse_blob_length(const uint8_t* data, size_t n) {
+  MOE_CHECK(n == 4, "dist: rendezvous: rank 0's header is {} bytes, not 4", n);
+  uint32_t len = 0;
+  std::memcpy(&len, data, 4);
+  MOE_CHECK(len <= (1u << 20), "dist: rendezvous: rank 0 announced a blob of {} bytes (at most 1 MiB)", len);
+  return len;
+}
 
 std::vector<uint8_t> rendezvous_share(const Rendezvous& r, const std::vector<uint8_t>& blob) {
   MOE_CHECK(r.size >= 1 && r.rank >= 0 && r.rank < r.size, "dist: rendezvous rank {} of {} is out of range", r.rank,

@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include <cstring>
+#include <functional>
 #include <thread>
 
 #include "collective_checks.h"
@@ -112,6 +114,38 @@ TEST(TcpRendezvous, TwoPeersClaimingOneRankIsAnError) {
   std::thread r1(peer, &err1), r2(peer, &err2);
   r0.join(), r1.join(), r2.join();
   EXPECT_NE(err0.find("two peers claim rank 1"), std::string::npos) << err0;
+}
+
+}  // namespace
+}  // namespace moe::dist
+
+namespace moe::dist {
+namespace {
+
+std::string parse_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(TcpRendezvous, MessagesFromTheNetworkAreChecked) {
+  uint8_t hello[8] = {'M', 'O', 'E', '1', 0, 0, 0, 0};
+  const int32_t three = 3;
+  std::memcpy(hello + 4, &three, 4);
+  EXPECT_EQ(parse_hello(hello, 8, 4), 3);
+  EXPECT_NE(parse_error([&] { parse_hello(hello, 8, 3); }).find("claims rank 3 of 3"), std::string::npos);
+  EXPECT_NE(parse_error([&] { parse_hello(hello, 7, 4); }).find("not a moe rank"), std::string::npos);
+  hello[0] = 'X';
+  EXPECT_NE(parse_error([&] { parse_hello(hello, 8, 4); }).find("not a moe rank"), std::string::npos);
+  const uint32_t ok = 128, big = (1u << 20) + 1;
+  EXPECT_EQ(parse_blob_length(reinterpret_cast<const uint8_t*>(&ok), 4), 128u);
+  EXPECT_NE(parse_error([&] { parse_blob_length(reinterpret_cast<const uint8_t*>(&big), 4); }).find("1048577 bytes"),
+            std::string::npos);
+  EXPECT_NE(parse_error([&] { parse_blob_length(reinterpret_cast<const uint8_t*>(&ok), 3); }).find("3 bytes, not 4"),
+            std::string::npos);
 }
 
 }  // namespace
