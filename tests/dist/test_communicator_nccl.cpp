@@ -105,6 +105,21 @@ TEST(NcclCommunicator, OneRankEveryCollective) {
   run_checks(c);
 }
 
+// The ncclUniqueId broadcast through an MPI communicator (how `mpirun` jobs bootstrap): one rank, MPI's singleton
+// when the binary is not started by mpirun.
+TEST(NcclCommunicator, OneRankBootstrappedThroughMpi) {
+  if (!have_nccl()) GTEST_SKIP() << "this build has no NCCL";
+  if (!have_mpi()) GTEST_SKIP() << "this build has no MPI";
+  if (gpus() < 1) GTEST_SKIP() << "no GPU";
+  std::unique_ptr<Communicator> mpi = make_mpi_communicator();
+  if (mpi->size() != 1) GTEST_SKIP() << "run without mpirun (one rank per GPU; this test uses cuda:0)";
+  NcclOptions o;
+  o.bootstrap = mpi.get();
+  Staged c(make_nccl_communicator(o));
+  EXPECT_EQ(c.size(), 1);
+  run_checks(c);
+}
+
 TEST(NcclCommunicator, TwoRanksOnTwoGpusThroughTheTcpRendezvous) {
   if (gpus() < 2) GTEST_SKIP() << "fewer than two GPUs (" << gpus() << "): the two-rank NCCL test needs two";
   const int port = 20000 + int(::getpid() % 20000);
