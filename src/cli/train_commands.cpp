@@ -4,10 +4,13 @@
 // (train/trainer.h).
 #include <cstdio>
 #include <memory>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/train_device.h"
 #include "core/error.h"
+#include "dist/communicator.h"
+#include "train/parallel.h"
 #include "train/bench.h"
 #include "train/data.h"
 #include "train/tokenizer_training.h"
@@ -18,15 +21,50 @@ namespace moe::cli {
 
 namespace {
 
-void run_train_steps_command(const std::string& model_dir, const std::string& spec_path, const std::string& out_path) {
+// --dp N, --ep, --zero K (docs/distributed.md): a job of N MPI ranks started by `mpirun -np N`.
+struct ParallelFlags {
+  int dp = 1;
+  train::ParallelOptions options;
+};
+
+void add_parallel_flags(CLI::App* cmd, ParallelFlags& f) {
+  cmd->add_option("--dp", f.dp, "data-parallel ranks: run under mpirun -np N with --dp N (1)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--ep", f.options.ep, "expert parallelism: the routed experts sharded over the --dp ranks");
+  cmd->add_option("--zero", f.options.zero,
+                  "0: plain data parallelism; 1: AdamW moments and update sharded over the ranks; 2: and the "
+                  "gradients reduce-scattered (0)")
+      ->check(CLI::Range(0, 2));
+}
+
+// Null for one process; the MPI job's communicator for --dp N, which must be the number of ranks mpirun started.
+std::unique_ptr<dist::Communicator> job_communicator(const ParallelFlags& f, const char* command) {
+  if (f.dp <= 1) return nullptr;
+  std::unique_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+  MOE_CHECK(c->size() == f.dp, "{}: --dp {} runs as {} MPI ranks, but this job has {}: launch it with mpirun -np {} "
+            "(docs/distributed.md)", command, f.dp, f.dp, c->size(), f.dp);
+  return c;
+}
+
+void run_train_steps_command(const std::string& model_dir, const std::string& spec_path, const std::string& out_path,
+                             const ParallelFlags& flags) {
   const train::TrainSpec spec = train::TrainSpec::load(spec_path);
   train::TrainModel model = train::TrainModel::load(model_dir);
   spec.check_model(model_dir, model.config);
-  const train::TrainStepsResult result = train::run_train_steps(model, spec, [](const train::StepReport& r) {
-    std::printf("%s\n", train::step_json(r).c_str());
-    std::fflush(stdout);
-  });
-  train::write_train_steps(out_path, model, result, spec.steps);
+  const std::unique_ptr<dist::Communicator> comm = job_communicator(flags, "train-steps");
+  std::optional<train::DistributedTraining> dist;
+  if (comm) dist.emplace(model, *comm, flags.options);
+  const bool speaker = !comm || comm->rank() == 0;
+  const train::TrainStepsResult result = train::run_train_steps(
+      model, spec,
+      [speaker](const train::StepReport& r) {
+        if (!speaker) return;
+        std::printf("%s\n", train::step_json(r).c_str());
+        std::fflush(stdout);
+      },
+      dist ? &*dist : nullptr);
+  if (speaker) train::write_train_steps(out_path, model, result, spec.steps);
+  if (comm) comm->barrier();
 }
 
 }  // namespace
@@ -124,6 +162,8 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--device", *device, "cpu or cuda: where the GEMMs, attention and cross-entropy run (cpu)");
     cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 (mixed precision) or fp32 (bf16)");
     cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
+    auto parallel = std::make_shared<ParallelFlags>();
+    add_parallel_flags(cmd, *parallel);
     cmd->add_option("--fault-nan-step", run->fault_nan_step, "testing: make this step's loss NaN")->group("");
     cmd->add_option("--fault-crash-save", run->fault_crash_save, "testing: die while writing this step's checkpoint")
         ->group("");
@@ -134,6 +174,9 @@ void register_train_commands(CLI::App& app) {
                                "--weight-decay", "--beta1", "--beta2", "--mtp-lambda", "--seq-aux-alpha",
                                "--bias-gamma", "--init-std", "--save-dtype"})
         if (cmd->count(flag) > 0) run->recipe_flags_given.push_back(flag);
+      const std::unique_ptr<dist::Communicator> comm = job_communicator(*parallel, "train");
+      run->comm = comm.get();
+      run->parallel = parallel->options;
       const TrainDevice dev = make_train_device(*device, *gemm);
       run->compute = dev.compute.get();
       train::run_training(*run, [](const std::string& line) {
@@ -170,8 +213,11 @@ void register_train_commands(CLI::App& app) {
   cmd->add_option("--model", *model, "checkpoint directory (config.json + safetensors)")->required();
   cmd->add_option("--spec", *spec, "SPEC.json: config, hyper, batch (the format of tests/data/tiny-train/train.json)")
       ->required();
-  cmd->add_option("--out", *out, "safetensors file to write")->required();
-  cmd->callback([=] { run_train_steps_command(*model, *spec, *out); });
+  cmd->add_option("--out", *out, "safetensors file to write (by rank 0; grad.* only where the ranks hold whole "
+                 "gradients: not with --ep or --zero 2)")->required();
+  auto parallel = std::make_shared<ParallelFlags>();
+  add_parallel_flags(cmd, *parallel);
+  cmd->callback([=] { run_train_steps_command(*model, *spec, *out, *parallel); });
 }
 
 }  // namespace moe::cli

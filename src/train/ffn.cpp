@@ -48,21 +48,52 @@ void moe_forward(MoeActs& A, const LayerParams& P, const LayerContext& ctx, cons
     }
   std::fill(out, out + n * D, 0.f);
   A.experts.assign(size_t(E), {});
-  std::vector<float> xin;
-  for (int64_t e = 0; e < E; ++e) {
+  // Combine: out[token] += w * expert output, in double per element, experts in ascending order.
+  auto combine = [&](int64_t e, const float* eout) {
     const std::vector<int32_t>& rows = A.rows[size_t(e)];
-    const int64_t m = int64_t(rows.size());
-    if (m == 0) continue;
-    xin.resize(size_t(m * D));
-    for (int64_t r = 0; r < m; ++r) std::copy(x + rows[size_t(r)] * D, x + (rows[size_t(r)] + 1) * D, xin.begin() + r * D);
-    MlpActs& ea = A.experts[size_t(e)];
-    ea.out.resize(size_t(m * D));
-    mlp_forward(ea, P.experts[size_t(e)], xin.data(), m, D, ea.out.data(), *ctx.compute);
-    // Combine: out[token] += w * expert output, in double per element to keep the sum order-independent-ish.
-    for (int64_t r = 0; r < m; ++r) {
-      const double w = double(A.routing.weights[size_t(rows[size_t(r)] * K + A.slots[size_t(e)][size_t(r)])]);
-      float* o = out + rows[size_t(r)] * D;
-      for (int64_t k = 0; k < D; ++k) o[k] = float(double(o[k]) + w * double(ea.out[size_t(r * D + k)]));
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const double w = double(A.routing.weights[size_t(rows[r] * K + A.slots[size_t(e)][r])]);
+      float* o = out + rows[r] * D;
+      for (int64_t k = 0; k < D; ++k) o[k] = float(double(o[k]) + w * double(eout[int64_t(r) * D + k]));
+    }
+  };
+  auto gather = [&](int64_t e, std::vector<float>& xin) {
+    const std::vector<int32_t>& rows = A.rows[size_t(e)];
+    xin.resize(rows.size() * size_t(D));
+    for (size_t r = 0; r < rows.size(); ++r) std::copy(x + rows[r] * D, x + (rows[r] + 1) * D, xin.begin() + int64_t(r) * D);
+  };
+  if (ctx.ep) {
+    for (int64_t i = 0; i < n; ++i) {  // how many ranks this token's experts are on
+      std::vector<int> ranks;
+      for (int64_t j = 0; j < K; ++j) ranks.push_back(ctx.ep->owner(A.routing.chosen[size_t(i * K + j)]));
+      std::sort(ranks.begin(), ranks.end());
+      const int distinct = int(std::unique(ranks.begin(), ranks.end()) - ranks.begin());
+      ctx.ep->stats.max_ranks_per_token = std::max(ctx.ep->stats.max_ranks_per_token, distinct);
+    }
+    RowsPerExpert local(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) gather(e, local[size_t(e)]);
+    A.ep_counts = ep_all_counts(*ctx.ep, A.load);
+    RowsPerExpert owned = ep_dispatch(*ctx.ep, A.ep_counts, local, D);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t m = int64_t(owned[size_t(e)].size()) / D;
+      if (m == 0) continue;
+      MlpActs& ea = A.experts[size_t(e)];
+      ea.out.resize(size_t(m * D));
+      mlp_forward(ea, P.experts[size_t(e)], owned[size_t(e)].data(), m, D, ea.out.data(), *ctx.compute);
+      owned[size_t(e)] = ea.out;
+    }
+    A.ep_out = ep_combine(*ctx.ep, A.ep_counts, owned, D);
+    for (int64_t e = 0; e < E; ++e) combine(e, A.ep_out[size_t(e)].data());
+  } else {
+    std::vector<float> xin;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t m = int64_t(A.rows[size_t(e)].size());
+      if (m == 0) continue;
+      gather(e, xin);
+      MlpActs& ea = A.experts[size_t(e)];
+      ea.out.resize(size_t(m * D));
+      mlp_forward(ea, P.experts[size_t(e)], xin.data(), m, D, ea.out.data(), *ctx.compute);
+      combine(e, ea.out.data());
     }
   }
   if (P.shared.present()) {
@@ -78,28 +109,52 @@ void moe_backward(float* dx, const float* dout, const MoeActs& A, const LayerPar
   const ModelConfig& c = *ctx.config;
   const int64_t n = b * t, D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   if (P.shared.present()) mlp_backward(dx, dout, A.shared, P.shared, n, D, *ctx.compute);
-  std::vector<float> dweights(size_t(n * K), 0.f), dy, dxe;
-  for (int64_t e = 0; e < E; ++e) {
+  std::vector<float> dweights(size_t(n * K), 0.f), dxe;
+  // dy = w * dout for each of e's rows; d(out)/d(w) = the expert's output, so dweights gets dout . output.
+  auto expert_dout = [&](int64_t e, const float* eout, std::vector<float>& dy) {
     const std::vector<int32_t>& rows = A.rows[size_t(e)];
-    const int64_t m = int64_t(rows.size());
-    if (m == 0) continue;
-    const MlpActs& ea = A.experts[size_t(e)];
-    dy.assign(size_t(m * D), 0.f);
-    for (int64_t r = 0; r < m; ++r) {
-      const int64_t slot = rows[size_t(r)] * K + A.slots[size_t(e)][size_t(r)];
+    dy.assign(rows.size() * size_t(D), 0.f);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const int64_t slot = rows[r] * K + A.slots[size_t(e)][r];
       const double w = double(A.routing.weights[size_t(slot)]);
-      const float* g = dout + rows[size_t(r)] * D;
-      double dw = 0;  // d(out)/d(w) = the expert's output
+      const float* g = dout + rows[r] * D;
+      double dw = 0;
       for (int64_t k = 0; k < D; ++k) {
-        dy[size_t(r * D + k)] = float(w * double(g[k]));
-        dw += double(g[k]) * double(ea.out[size_t(r * D + k)]);
+        dy[size_t(int64_t(r) * D + k)] = float(w * double(g[k]));
+        dw += double(g[k]) * double(eout[int64_t(r) * D + k]);
       }
       dweights[size_t(slot)] = float(dw);
     }
-    dxe.assign(size_t(m * D), 0.f);
-    mlp_backward(dxe.data(), dy.data(), ea, P.experts[size_t(e)], m, D, *ctx.compute);
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t k = 0; k < D; ++k) dx[rows[size_t(r)] * D + k] += dxe[size_t(r * D + k)];
+  };
+  auto scatter_dx = [&](int64_t e, const std::vector<float>& d) {
+    const std::vector<int32_t>& rows = A.rows[size_t(e)];
+    for (size_t r = 0; r < rows.size(); ++r)
+      for (int64_t k = 0; k < D; ++k) dx[rows[r] * D + k] += d[size_t(int64_t(r) * D + k)];
+  };
+  if (ctx.ep) {
+    RowsPerExpert dy_local(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) expert_dout(e, A.ep_out[size_t(e)].data(), dy_local[size_t(e)]);
+    const RowsPerExpert dy_owned = ep_dispatch(*ctx.ep, A.ep_counts, dy_local, D);
+    RowsPerExpert dx_owned(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t m = int64_t(dy_owned[size_t(e)].size()) / D;
+      if (m == 0) continue;
+      dx_owned[size_t(e)].assign(size_t(m * D), 0.f);
+      mlp_backward(dx_owned[size_t(e)].data(), dy_owned[size_t(e)].data(), A.experts[size_t(e)], P.experts[size_t(e)],
+                   m, D, *ctx.compute);
+    }
+    const RowsPerExpert dx_local = ep_combine(*ctx.ep, A.ep_counts, dx_owned, D);
+    for (int64_t e = 0; e < E; ++e) scatter_dx(e, dx_local[size_t(e)]);
+  } else {
+    std::vector<float> dy;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t m = int64_t(A.rows[size_t(e)].size());
+      if (m == 0) continue;
+      expert_dout(e, A.experts[size_t(e)].out.data(), dy);
+      dxe.assign(size_t(m * D), 0.f);
+      mlp_backward(dxe.data(), dy.data(), A.experts[size_t(e)], P.experts[size_t(e)], m, D, *ctx.compute);
+      scatter_dx(e, dxe);
+    }
   }
   // Router: weights -> scores (+ the balance loss, whose gradient in the objective is 1) -> logits -> x, W_gate.
   std::vector<float> dscores(size_t(n * E), 0.f), dlogits(size_t(n * E), 0.f);

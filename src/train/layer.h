@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "train/expert_parallel.h"
 #include "train/compute.h"
 #include "train/ops.h"
 #include "train/params.h"
@@ -29,6 +30,10 @@ struct MoeActs {
   MlpActs shared;
   std::vector<int64_t> load;          // [E] tokens routed to each expert in this batch
   double seq_aux = 0;                 // the layer's balance-loss term (alpha included)
+  // Expert parallelism (LayerContext::ep): experts[e] is kept only on e's owner, over every rank's rows of e;
+  // ep_out[e] holds the outputs for this rank's rows; ep_counts [N, E] the rows each rank has for each expert.
+  std::vector<int64_t> ep_counts;
+  RowsPerExpert ep_out;
 };
 
 struct LayerActs {
@@ -56,6 +61,7 @@ struct LayerContext {
   RouterConfig router;
   double seq_aux_alpha = 0;  // 0: the layer adds no balance loss (the MTP layer)
   ThreadPool* pool = nullptr;  // the trainer's threads for the GEMMs (null: this thread alone)
+  const ExpertParallel* ep = nullptr;  // routed experts sharded over ranks (null: every expert here)
   Compute* compute = nullptr;  // the GEMMs and attention (compute.h): never null in a context the model built
 };
 

@@ -14,7 +14,8 @@ namespace moe::train {
 
 namespace {
 
-LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool, Compute* compute) {
+LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool, const ExpertParallel* ep,
+                          Compute* compute) {
   LayerContext ctx;
   ctx.pool = pool;
   ctx.compute = compute;
@@ -30,6 +31,7 @@ LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool, 
   ctx.router.norm_topk_prob = c.norm_topk_prob;
   ctx.router.scaling = c.routed_scaling_factor;
   ctx.seq_aux_alpha = alpha;
+  ctx.ep = ep;
   return ctx;
 }
 
@@ -74,8 +76,8 @@ struct Pass {
         obj(o),
         cpu(m.pool),
         cmp(m.compute ? *m.compute : cpu),
-        main_ctx(make_context(m.config, o.seq_aux_alpha, m.pool, &cmp)),
-        mtp_ctx(make_context(m.config, 0.0, m.pool, &cmp)) {}
+        main_ctx(make_context(m.config, o.seq_aux_alpha, m.pool, m.ep, &cmp)),
+        mtp_ctx(make_context(m.config, 0.0, m.pool, m.ep, &cmp)) {}
 
   // Forward; leaves dlogits (the CE gradients, scaled for the objective) in A for the backward.
   void forward(const std::vector<int32_t>& ids, int64_t b, int64_t t, const std::vector<uint8_t>* mask) {
@@ -237,7 +239,7 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
   CpuCompute cpu(model.pool);
   Compute& cmp = model.compute ? *model.compute : cpu;
-  const LayerContext ctx = make_context(c, 0.0, model.pool, &cmp);
+  const LayerContext ctx = make_context(c, 0.0, model.pool, model.ep, &cmp);
   std::vector<float> x(size_t(n * D)), y(size_t(n * D));
   embedding_forward(x.data(), ids.data(), n, model.embed->data(), D);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {

@@ -32,20 +32,24 @@ StepStats adamw_step(TrainModel& m, const AdamW& opt, double lr, double clip_nor
   st.grad_norm = global_grad_norm(m);
   MOE_CHECK(std::isfinite(st.grad_norm), "train: the gradient norm is {} at step {}", st.grad_norm, step);
   st.clip_scale = std::min(1.0, clip_norm / (st.grad_norm + 1e-6));
-  const double bc1 = 1.0 - std::pow(opt.beta1, double(step)), bc2 = 1.0 - std::pow(opt.beta2, double(step));
-  for (auto& p : m.params) {
-    const double decay = p->decay ? 1.0 - lr * opt.weight_decay : 1.0;
-    for (size_t i = 0; i < p->w.size(); ++i) {
-      const double g = double(p->g[i]) * st.clip_scale;
-      const double mi = opt.beta1 * double(p->m[i]) + (1.0 - opt.beta1) * g;
-      const double vi = opt.beta2 * double(p->v[i]) + (1.0 - opt.beta2) * g * g;
-      p->m[i] = float(mi);
-      p->v[i] = float(vi);
-      const double update = (mi / bc1) / (std::sqrt(vi / bc2) + opt.eps);
-      p->w[i] = float(double(p->w[i]) * decay - lr * update);
-    }
-  }
+  for (auto& p : m.params)
+    adamw_update(p->w.data(), p->g.data(), p->m.data(), p->v.data(), p->w.size(), p->decay, opt, lr, st.clip_scale, step);
   return st;
+}
+
+void adamw_update(float* w, const float* g, float* m, float* v, size_t n, bool decay_on, const AdamW& opt, double lr,
+                  double clip_scale, int64_t step) {
+  const double bc1 = 1.0 - std::pow(opt.beta1, double(step)), bc2 = 1.0 - std::pow(opt.beta2, double(step));
+  const double decay = decay_on ? 1.0 - lr * opt.weight_decay : 1.0;
+  for (size_t i = 0; i < n; ++i) {
+    const double gi = double(g[i]) * clip_scale;
+    const double mi = opt.beta1 * double(m[i]) + (1.0 - opt.beta1) * gi;
+    const double vi = opt.beta2 * double(v[i]) + (1.0 - opt.beta2) * gi * gi;
+    m[i] = float(mi);
+    v[i] = float(vi);
+    const double update = (mi / bc1) / (std::sqrt(vi / bc2) + opt.eps);
+    w[i] = float(double(w[i]) * decay - lr * update);
+  }
 }
 
 void update_correction_biases(TrainModel& m, const ExpertLoads& loads, double gamma) {

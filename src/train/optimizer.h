@@ -35,6 +35,10 @@ void scale_gradients(TrainModel& m, double s);
 double global_grad_norm(const TrainModel& m);
 // Scales the gradients by min(1, clip_norm / (norm + 1e-6)) and applies AdamW step `step` (1-based) at `lr`.
 StepStats adamw_step(TrainModel& m, const AdamW& opt, double lr, double clip_norm, int64_t step);
+// The AdamW update of n elements (a whole tensor or a ZeRO shard of one): g is clipped by clip_scale, m and v
+// are updated, w decays (when decay) and moves. adamw_step applies this to every parameter.
+void adamw_update(float* w, const float* g, float* m, float* v, size_t n, bool decay, const AdamW& opt, double lr,
+                  double clip_scale, int64_t step);
 // e_score_correction_bias_i += gamma * sign(mean(load) - load_i) for every MoE layer whose load is given.
 void update_correction_biases(TrainModel& m, const ExpertLoads& loads, double gamma);
 

@@ -15,6 +15,7 @@ class ThreadPool;
 
 namespace moe::train {
 
+struct ExpertParallel;
 class Compute;
 
 struct Param {
@@ -66,6 +67,7 @@ struct TrainModel {
   Param *enorm = nullptr, *hnorm = nullptr, *eh_proj = nullptr, *mtp_norm = nullptr;
   LayerParams mtp_layer;
   ThreadPool* pool = nullptr;  // threads for the GEMMs, owned by the caller (the trainer); null: one thread
+  const ExpertParallel* ep = nullptr;  // experts sharded over ranks (train/parallel.h sets it); null: all here
   // The device the GEMMs, attention and cross-entropy run on (train/compute.h), owned by the caller; null: the
   // CPU ops on `pool`.
   Compute* compute = nullptr;

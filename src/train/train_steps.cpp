@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "train/parallel.h"
 
 namespace moe::train {
 
@@ -91,24 +92,26 @@ void TrainSpec::check_model(const std::string& model_dir, const ModelConfig& c) 
 }
 
 TrainStepsResult run_train_steps(TrainModel& model, const TrainSpec& spec,
-                                 const std::function<void(const StepReport&)>& on_step) {
+                                 const std::function<void(const StepReport&)>& on_step, DistributedTraining* dist) {
   TrainStepsResult res;
   for (int64_t step = 1; step <= spec.steps; ++step) {
     model.zero_grad();
     ExpertLoads loads;
     StepReport rep;
     rep.step = step;
-    rep.parts = forward_backward(model, spec.ids, spec.b, spec.t, spec.objective, &loads);
-    if (step == 1) {
+    rep.parts = dist ? dist->forward_backward(spec.ids, spec.b, spec.t, spec.objective, &loads)
+                     : forward_backward(model, spec.ids, spec.b, spec.t, spec.objective, &loads);
+    if (step == 1 && (!dist || dist->whole_gradients()))
       for (const auto& p : model.params) res.step1_grads.emplace_back(p->name, p->g);
-      res.step1_loads = loads;
-    }
+    if (step == 1) res.step1_loads = loads;
     MOE_CHECK(std::isfinite(rep.parts.loss), "train: the loss is {} at step {}", rep.parts.loss, step);
-    rep.stats = adamw_step(model, spec.adamw, spec.schedule.at(step), spec.clip_norm, step);
+    rep.stats = dist ? dist->step(spec.adamw, spec.schedule.at(step), spec.clip_norm, step)
+                     : adamw_step(model, spec.adamw, spec.schedule.at(step), spec.clip_norm, step);
     update_correction_biases(model, loads, spec.bias_gamma);
     res.steps.push_back(rep);
     if (on_step) on_step(rep);
   }
+  if (dist) dist->gather_model();
   return res;
 }
 

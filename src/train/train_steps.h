@@ -43,9 +43,15 @@ struct TrainStepsResult {
   ExpertLoads step1_loads;
 };
 
+class DistributedTraining;
+
 // Runs the spec's steps: forward_backward, clip + AdamW, correction-bias update; on_step is called after each.
+// With dist (train/parallel.h), the spec's batch is split over its ranks and the steps are distributed; the
+// step-1 gradients are recorded only where every rank holds them whole (plain data parallelism, ZeRO-1), and the
+// model is gathered onto every rank at the end.
 TrainStepsResult run_train_steps(TrainModel& model, const TrainSpec& spec,
-                                 const std::function<void(const StepReport&)>& on_step = {});
+                                 const std::function<void(const StepReport&)>& on_step = {},
+                                 DistributedTraining* dist = nullptr);
 // Writes grad.<name>, load.<gate name> (F32 counts) and after<steps>.<name> (parameters and correction biases).
 void write_train_steps(const std::string& path, const TrainModel& model, const TrainStepsResult& result,
                        int64_t steps);

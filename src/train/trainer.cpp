@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -22,6 +24,7 @@
 #include "io/safetensors.h"
 #include "train/batch_schedule.h"
 #include "train/data.h"
+#include "dist/communicator.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
@@ -160,7 +163,12 @@ void write_hub_checkpoint(const TrainModel& model, const std::string& config_jso
   }
 }
 
-void run_training(TrainRun run, const std::function<void(const std::string&)>& out) {
+void run_training(TrainRun run, const std::function<void(const std::string&)>& out_all) {
+  // Rank 0 speaks for the job.
+  const bool speaker = !run.comm || run.comm->rank() == 0;
+  auto out = [&](const std::string& line) {
+    if (speaker) out_all(line);
+  };
   // --- where the run starts: a checkpoint to resume, a hub checkpoint, or a config.json ---
   TrainModel model;
   std::string config_json;
@@ -233,6 +241,13 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   model.pool = &pool;
   model.compute = run.compute;
   MOE_CHECK(!run.data_dir.empty(), "train: --data is required");
+  std::optional<DistributedTraining> dist;
+  if (run.comm) {
+    dist.emplace(model, *run.comm, run.parallel);
+    const int64_t micro_batch = batch_schedule(R).micro;
+    MOE_CHECK(micro_batch % run.comm->size() == 0, "train: the micro-batch of {} sequences (--micro-batch, or --batch) "
+              "does not split over {} data-parallel ranks", micro_batch, run.comm->size());
+  }
 
   // --- data ---
   const Manifest manifest = Manifest::load(run.data_dir);
@@ -267,6 +282,13 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
 
   fs::create_directories(run.out_dir);
   auto save = [&](int64_t step) {
+    if (dist) {
+      dist->gather_model();  // experts from their owners, ZeRO moments from their shards
+      if (!speaker) {
+        run.comm->barrier();  // rank 0 writes; the others wait so that no rank runs ahead of the checkpoint
+        return;
+      }
+    }
     const std::string name = fmt::format("step-{:08d}", step);
     const std::string final_dir = (fs::path(run.out_dir) / name).string();
     const std::string tmp = (fs::path(run.out_dir) / (".tmp-" + name)).string();
@@ -307,6 +329,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     fsync_path(run.out_dir, true);
     last_good = final_dir;
     out(json{{"checkpoint", final_dir}, {"step", step}}.dump());
+    if (dist) run.comm->barrier();
   };
 
   const BatchSchedule batches = batch_schedule(R);
@@ -344,7 +367,8 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
       ExpertLoads part_loads;
       const std::vector<int32_t> ids = loader.next(micro, R.seq_len, manifest.sft ? &mask : nullptr);
       const LossParts p =
-          forward_backward(model, ids, micro, R.seq_len, obj, &part_loads, manifest.sft ? &mask : nullptr);
+          dist ? dist->local_pass(ids, micro, R.seq_len, obj, &part_loads, manifest.sft ? &mask : nullptr)
+               : forward_backward(model, ids, micro, R.seq_len, obj, &part_loads, manifest.sft ? &mask : nullptr);
       parts.loss += p.loss / double(k), parts.main_ce += p.main_ce / double(k);
       parts.mtp_ce += p.mtp_ce / double(k), parts.seq_aux += p.seq_aux / double(k);
       for (auto& [gate, load] : part_loads) {
@@ -354,13 +378,16 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
       }
     }
     if (k > 1) scale_gradients(model, 1.0 / double(k));
+    if (dist) parts = dist->reduce(parts, &loads);
     consumed += batch * R.seq_len;
     if (!std::isfinite(parts.loss))
       fail("train: the loss is {} at step {}; stopped without updating. The last good checkpoint is {}", parts.loss,
            step, last_good.empty() ? std::string("none (no checkpoint was written yet)") : last_good);
     StepStats stats;
     try {
-      stats = adamw_step(model, adamw, sched.at(step), R.clip_norm, step);  // throws on a non-finite gradient norm
+      // throws on a non-finite gradient norm
+      stats = dist ? dist->step(adamw, sched.at(step), R.clip_norm, step)
+                   : adamw_step(model, adamw, sched.at(step), R.clip_norm, step);
     } catch (const Error& e) {
       fail("{}; stopped without updating. The last good checkpoint is {}", e.what(),
            last_good.empty() ? std::string("none (no checkpoint was written yet)") : last_good);
@@ -373,7 +400,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
       const size_t a = gate.find("layers.") + 7, b = gate.find('.', a);
       maxvio[gate.substr(a, b - a)] = max_violation(load);
     }
-    out(json{{"step", step},
+    json line{{"step", step},
              {"loss", parts.loss},
              {"main_ce", parts.main_ce},
              {"mtp_ce", parts.mtp_ce},
@@ -384,8 +411,19 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
              {"batch", batch},
              {"tokens", consumed},
              {"tokens_per_s", double(batch * R.seq_len) / std::max(secs, 1e-9)},
-             {"maxvio", maxvio}}
-            .dump());
+             {"maxvio", maxvio}};
+    if (dist && run.parallel.ep) {
+      // Expert parallelism's all-to-all traffic this step, summed over ranks (dispatch and combine, both passes).
+      std::vector<double> sent = {double(dist->ep_stats().bytes_sent)};
+      run.comm->all_reduce_sum(std::span<double>(sent));
+      line["ep_bytes"] = int64_t(sent[0]);
+      const std::vector<double> mine = {double(dist->ep_stats().max_ranks_per_token)};
+      std::vector<double> all(size_t(run.comm->size()));
+      run.comm->all_gather(std::span<const double>(mine), std::span<double>(all));
+      line["ep_max_ranks_per_token"] = int64_t(*std::max_element(all.begin(), all.end()));
+      dist->reset_ep_stats();
+    }
+    out(line.dump());
     if (R.val_every > 0 && step % R.val_every == 0) validate(step);
     if ((R.save_every > 0 && step % R.save_every == 0) || step == end) save(step);
   }

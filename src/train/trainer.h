@@ -9,6 +9,7 @@
 
 #include "train/model.h"
 #include "train/optimizer.h"
+#include "train/parallel.h"
 
 namespace moe::train {
 
@@ -41,6 +42,11 @@ struct TrainRun {
   // With resume_dir: recipe flags the user gave. Only --steps may change (extending or shortening the run, which
   // changes the schedule's cosine); any other is an error, since the checkpoint's recipe is what continues.
   std::vector<std::string> recipe_flags_given;
+  // Distributed (docs/distributed.md): the ranks of this job (null: one process) and what is sharded. Every rank
+  // reads the same data stream and takes its block of each micro-batch (a multiple of the ranks); rank 0 alone
+  // prints and writes checkpoints, after the model and optimizer state are gathered onto every rank.
+  dist::Communicator* comm = nullptr;
+  ParallelOptions parallel;
 };
 
 // Runs the whole thing, printing one JSON line per step and per validation to `out`. Throws moe::Error on a
