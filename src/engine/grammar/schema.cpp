@@ -331,10 +331,13 @@ class Compiler {
     n.num_lo = -kNumberLimit;
     n.num_hi = kNumberLimit;
     bounds(s, path, kBoundedScale, n.num_lo, n.num_hi);
-    MOE_CHECK(number_feasible(DecimalPrefix{}, n.num_lo, n.num_hi),
-              "no number with at most {} significant digits and {} decimals lies within the bounds "
-              "(minimum/maximum/exclusiveMinimum/exclusiveMaximum) at {}",
-              kBoundedDigits, kBoundedDecimals, where(path));
+    if (!number_feasible(DecimalPrefix{}, n.num_lo, n.num_hi)) {
+      std::string given;  // the bound keywords as written, e.g. 'minimum' 1e+20
+      for (const char* k : {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"})
+        if (s.contains(k)) given += (given.empty() ? "'" : ", '") + std::string(k) + "' " + s[k].dump();
+      fail("no number with at most {} significant digits and {} decimals lies within the bounds {} at {}",
+           kBoundedDigits, kBoundedDecimals, given, where(path));
+    }
     return g_.add(std::move(n));
   }
 
