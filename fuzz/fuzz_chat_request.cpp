@@ -15,9 +15,10 @@
 using namespace moe::server;
 
 namespace {
-void check_common(const CommonParams& p) {
+// min_tokens: chat needs at least 1, completions take 0 (scoring the prompt).
+void check_common(const CommonParams& p, int64_t min_tokens = 1) {
   if (p.n < 1 || p.n > 16) std::abort();
-  if (p.max_tokens && *p.max_tokens < 1) std::abort();
+  if (p.max_tokens && *p.max_tokens < min_tokens) std::abort();
   if (!(p.sampling.temperature >= 0 && p.sampling.temperature <= 2)) std::abort();
   if (!(p.sampling.top_p > 0 && p.sampling.top_p <= 1)) std::abort();
   if (p.top_logprobs > 20 || p.top_logprobs < -1) std::abort();
@@ -50,7 +51,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   });
   expect_parse_or_4xx([&] {
     CompletionRequest r = parse_completion_request(body);
-    check_common(r);
+    check_common(r, 0);
     if (!r.prompt_text && r.prompt_tokens.empty()) std::abort();
   });
   // Anthropic and Responses requests become chat requests: the same bounds hold.

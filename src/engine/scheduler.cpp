@@ -96,6 +96,7 @@ struct Scheduler::Sequence {
   int64_t indexed = 0;        // leading pages in the prefix cache's index (reused or indexed by this sequence)
   bool index_stopped = false;  // another sequence indexed the same prefix first: index no more of this one
   std::vector<int32_t> output;
+  std::vector<TokenLogprob> prompt_logprobs;  // prompt_logprobs requests: entry i is prompt token i + 1's
   std::optional<StreamingDecoder> decoder;
   StopMatcher stop;
   Clock::time_point submitted, last_token;
@@ -104,7 +105,9 @@ struct Scheduler::Sequence {
   Sequence(GenerationRequest r, const Tokenizer* tok)
       : req(std::move(r)), sampler(req.sampling), stop(req.stop) {
     if (tok) decoder.emplace(*tok, /*skip_special_tokens=*/true);
+    if (req.prompt_logprobs >= 0) prompt_logprobs.resize(req.prompt.size() - 1);
   }
+  bool scoring() const { return req.prompt_logprobs >= 0; }
   bool decoding() const { return prefilled == int64_t(req.prompt.size()); }
 };
 
@@ -148,7 +151,7 @@ std::shared_ptr<RequestHandle> Scheduler::submit(GenerationRequest req, std::sha
   MOE_CHECK(!req.prompt.empty(), "the prompt is empty");
   const int64_t vocab = model_.config().vocab_size;
   for (int32_t t : req.prompt) MOE_CHECK(t >= 0 && t < vocab, "prompt token id {} is outside the vocabulary (0..{})", t, vocab - 1);
-  MOE_CHECK(req.max_tokens >= 1, "max_tokens must be at least 1");
+  MOE_CHECK(req.max_tokens >= 0, "max_tokens must be at least 0");
   const int64_t total = int64_t(req.prompt.size()) + req.max_tokens;
   MOE_CHECK(int64_t(req.prompt.size()) < max_context_,
             "the prompt has {} tokens; this model's context is {} tokens", req.prompt.size(), max_context_);
@@ -167,6 +170,7 @@ std::shared_ptr<RequestHandle> Scheduler::submit(GenerationRequest req, std::sha
   MOE_CHECK(std::isfinite(sp.repetition_penalty) && sp.repetition_penalty > 0, "repetition_penalty must be > 0");
   MOE_CHECK(std::isfinite(sp.frequency_penalty) && std::isfinite(sp.presence_penalty), "penalties must be finite");
   MOE_CHECK(req.top_logprobs <= 20, "top_logprobs must be at most 20");
+  MOE_CHECK(req.prompt_logprobs <= 20, "prompt_logprobs must be at most 20");
   for (const auto& s : req.stop) MOE_CHECK(!s.empty(), "stop strings must not be empty");
   MOE_CHECK(req.stop.empty() || tokenizer_ != nullptr, "stop strings need a tokenizer");
 
@@ -263,8 +267,10 @@ void Scheduler::admit(std::vector<std::unique_ptr<Sequence>>& running) {
     // Reuse the longest cached prefix (whole pages, never the last prompt token); allocate the rest, evicting
     // pages held only by the prefix cache when the free ones are too few.
     const int64_t prompt = int64_t(s->req.prompt.size());
+    // A scoring request computes every position (it needs each one's logits): it reuses nothing, but indexes its
+    // pages like any other.
     std::vector<int32_t> reused;
-    if (prefix_) reused = prefix_->match(s->req.prompt, (prompt - 1) / options_.page_size);
+    if (prefix_ && !s->scoring()) reused = prefix_->match(s->req.prompt, (prompt - 1) / options_.page_size);
     const int64_t fresh = s->pages_needed - int64_t(reused.size());
     auto pages = prefix_ ? prefix_->allocate(fresh) : allocator_.allocate(fresh);
     if (!pages) {  // FIFO: the head waits for pages; later requests don't overtake it
@@ -277,7 +283,7 @@ void Scheduler::admit(std::vector<std::unique_ptr<Sequence>>& running) {
     s->prefilled = s->written = s->cached_tokens = s->indexed * options_.page_size;
     update_page_stats();
     metrics_.prompt_tokens += uint64_t(prompt);
-    if (prefix_) {
+    if (prefix_ && !s->scoring()) {
       metrics_.prefix_lookups++;
       if (s->cached_tokens > 0) metrics_.prefix_hits++;
       metrics_.cached_prompt_tokens += uint64_t(s->cached_tokens);
@@ -288,11 +294,25 @@ void Scheduler::admit(std::vector<std::unique_ptr<Sequence>>& running) {
   running_count_ = int64_t(running.size());
 }
 
-int32_t Scheduler::sample_token(Sequence& s, std::span<float> row, std::optional<TokenLogprob>& logprob) const {
+void Scheduler::mask_padding(std::span<float> row) const {
   // Ids the tokenizer has no token for (a model vocabulary padded past the tokenizer's) can never be sampled.
   if (tokenizer_)
     for (size_t i = size_t(std::max<int32_t>(tokenizer_->vocab_size(), 1)); i < row.size(); ++i)
       row[i] = -std::numeric_limits<float>::infinity();
+}
+
+TokenLogprob Scheduler::row_logprob(std::span<float> row, int32_t token, int32_t top) const {
+  mask_padding(row);
+  const std::vector<float> logprobs = Sampler::log_softmax(row);
+  TokenLogprob lp;
+  lp.token = token;
+  lp.logprob = logprobs[size_t(token)];
+  for (int32_t id : top_ids(logprobs, size_t(top))) lp.top.emplace_back(id, logprobs[size_t(id)]);
+  return lp;
+}
+
+int32_t Scheduler::sample_token(Sequence& s, std::span<float> row, std::optional<TokenLogprob>& logprob) const {
+  mask_padding(row);
   std::vector<float> logprobs;  // the model's distribution, before penalties and temperature
   if (s.req.top_logprobs >= 0) logprobs = Sampler::log_softmax(row);
   if (s.req.constraint) {
@@ -376,6 +396,7 @@ void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogpro
   s.last_token = now;
   e.tokens = {token};
   if (logprob) e.logprobs.push_back(std::move(*logprob));
+  if (s.output.size() == 1) e.prompt_logprobs = std::move(s.prompt_logprobs);
   if (s.req.constraint) s.req.constraint->accept(token);
   const bool constraint_complete = s.req.constraint && s.req.constraint->complete();
 
@@ -409,10 +430,26 @@ void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogpro
   s.sink->push(std::move(e));
 }
 
-std::vector<int64_t> Scheduler::prefill_shares(const std::vector<Sequence*>& prefilling, int64_t budget) {
+void Scheduler::finish_scoring(Sequence& s) {
+  GenerationEvent e;
+  e.index = s.index;
+  e.finish = FinishReason::length;
+  e.prompt_logprobs = std::move(s.prompt_logprobs);
+  e.prompt_tokens = int32_t(s.req.prompt.size());
+  e.cached_tokens = int32_t(s.cached_tokens);
+  finish(s, FinishReason::length);
+  s.sink->push(std::move(e));
+}
+
+std::vector<int64_t> Scheduler::prefill_shares(const std::vector<Sequence*>& prefilling, int64_t budget) const {
+  // A scoring sequence asks for at most max_prompt_logprob_rows (its rows all come to the host); what it leaves
+  // goes to the others.
   std::vector<int64_t> need(prefilling.size());
-  for (size_t i = 0; i < prefilling.size(); ++i)
+  for (size_t i = 0; i < prefilling.size(); ++i) {
     need[i] = int64_t(prefilling[i]->req.prompt.size()) - prefilling[i]->prefilled;
+    if (prefilling[i]->scoring())
+      need[i] = std::min<int64_t>(need[i], std::max<int32_t>(options_.max_prompt_logprob_rows, 1));
+  }
   return share_budget(need, budget);
 }
 
@@ -465,6 +502,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
                     s->req.prompt.begin() + std::ptrdiff_t(s->prefilled + n));
     c.start_pos = int32_t(s->prefilled);
     c.pages = s->pages;
+    c.all_logits = s->scoring();  // row j: the distribution of the token after position start_pos + j
     chunks.push_back(std::move(c));
     owners.push_back(s);
   }
@@ -473,36 +511,74 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   Backend& backend = model_.backend();
   ForwardOutput fwd = executor_.forward(chunks, cache_);
   const int64_t vocab = model_.config().vocab_size;
-  MOE_CHECK(fwd.logits.shape()[0] == int64_t(chunks.size()) && fwd.logits.shape()[1] == vocab,
+  // Rows: one per chunk, or one per token of a chunk with all_logits; a chunk's last row is its last token's.
+  std::vector<size_t> last_row(chunks.size());
+  size_t nrows = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    nrows += chunks[i].all_logits ? chunks[i].tokens.size() : 1;
+    last_row[i] = nrows - 1;
+  }
+  MOE_CHECK(fwd.logits.shape()[0] == int64_t(nrows) && fwd.logits.shape()[1] == vocab,
             "scheduler: unexpected logits shape");
   metrics_.steps++;
 
-  // Rows whose sequence now samples (a prefill chunk short of the prompt's end needs no token).
+  // Rows whose sequence now samples (a prefill chunk short of the prompt's end needs no token); the prompt
+  // positions whose next token a scoring chunk's rows give (the row of the prompt's last token is the sampling
+  // row, not a prompt token's); scoring sequences whose prompt is done and that generate nothing.
   std::vector<size_t> rows;
+  struct PromptRow {
+    Sequence* seq;
+    size_t row;
+    int64_t target;  // the prompt token whose logprob it gives (position >= 1)
+  };
+  std::vector<PromptRow> prompt_rows;
+  std::vector<Sequence*> scored;
   for (size_t i = 0; i < chunks.size(); ++i) {
     Sequence& s = *owners[i];
-    if (!s.decoding()) s.prefilled += int64_t(chunks[i].tokens.size());
+    const bool prefill = !s.decoding();
+    if (prefill) s.prefilled += int64_t(chunks[i].tokens.size());
     s.written = chunks[i].start_pos + int64_t(chunks[i].tokens.size());
     index_pages(s);
-    if (s.decoding()) rows.push_back(i);
+    if (prefill && chunks[i].all_logits) {
+      const size_t first = last_row[i] + 1 - chunks[i].tokens.size();
+      for (size_t j = 0; j < chunks[i].tokens.size(); ++j) {
+        const int64_t target = int64_t(chunks[i].start_pos) + int64_t(j) + 1;
+        if (target < int64_t(s.req.prompt.size())) prompt_rows.push_back({&s, first + j, target});
+      }
+    }
+    if (s.decoding()) {
+      if (s.req.max_tokens == 0) scored.push_back(&s);
+      else rows.push_back(i);
+    }
   }
   // Indexing only adds pages the sequences hold (nothing becomes evictable, nothing is allocated or freed).
   if (prefix_) pages_cached_ = prefix_->indexed_pages();
   std::vector<int32_t> tokens(rows.size(), -1);
   std::vector<std::optional<TokenLogprob>> logprobs(rows.size());
   std::vector<std::string> errors(rows.size());
-  if (options_.device_sampling && !backend.device().is_host()) {
+  // On a device backend, sample there (only ids and requested logprobs come back), unless the step has the rows
+  // of all-logits chunks (prompt scoring), which the host reads anyway.
+  if (options_.device_sampling && !backend.device().is_host() && nrows == chunks.size()) {
     sample_on_device(fwd.logits, rows, owners, tokens, logprobs, errors);
-  } else if (!rows.empty()) {
+  } else if (!rows.empty() || !prompt_rows.empty()) {
     std::vector<float>& host = logits_host_;
     host.resize(size_t(fwd.logits.shape()[0] * vocab));
     backend.copy_to_host(fwd.logits, host.data());
     // Sampling a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
-    // vocabulary): rows are sampled in parallel, then their events are sent in order.
-    ThreadPool::global().parallel_for(int64_t(rows.size()), [&](int64_t begin, int64_t end, int) {
+    // vocabulary): rows are sampled in parallel, then their events are sent in order. Jobs [0, rows) sample;
+    // jobs [rows, rows + prompt_rows) score prompt tokens. No two touch the same row or slot.
+    const int64_t jobs = int64_t(rows.size() + prompt_rows.size());
+    ThreadPool::global().parallel_for(jobs, [&](int64_t begin, int64_t end, int) {
       for (int64_t r = begin; r < end; ++r) {
+        if (size_t(r) >= rows.size()) {
+          const PromptRow& p = prompt_rows[size_t(r) - rows.size()];
+          const std::span<float> row = std::span<float>(host).subspan(p.row * size_t(vocab), size_t(vocab));
+          p.seq->prompt_logprobs[size_t(p.target - 1)] =
+              row_logprob(row, p.seq->req.prompt[size_t(p.target)], p.seq->req.prompt_logprobs);
+          continue;
+        }
         const size_t i = rows[size_t(r)];
-        const std::span<float> row = std::span<float>(host).subspan(i * size_t(vocab), size_t(vocab));
+        const std::span<float> row = std::span<float>(host).subspan(last_row[i] * size_t(vocab), size_t(vocab));
         try {
           tokens[size_t(r)] = sample_token(*owners[i], row, logprobs[size_t(r)]);
         } catch (const std::exception& ex) {
@@ -511,6 +587,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
       }
     });
   }
+  for (Sequence* s : scored) finish_scoring(*s);
   for (size_t r = 0; r < rows.size(); ++r) {
     Sequence& s = *owners[rows[r]];
     // A failure fails this request alone (e.g. a token its tokenizer cannot decode).

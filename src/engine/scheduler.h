@@ -15,7 +15,8 @@
 // used first out when admission needs the room, so pages held only by the index never keep a request waiting).
 // Admission reuses the pages of the longest indexed prefix of the prompt (shared, reference-counted) and
 // prefills only the rest; at most (prompt - 1) / page_size pages are reused, so the last prompt token is always
-// computed (its logits give the first token) and a sequence only ever writes pages no one else reads.
+// computed (its logits give the first token) and a sequence only ever writes pages no one else reads. A request
+// for prompt logprobs (scoring) reuses nothing, since it needs the logits of every prompt position.
 //
 // Text: with a tokenizer, each request's tokens are decoded incrementally (StreamingDecoder) and stop strings are
 // matched on the text, across token boundaries: text that might be the start of a stop string is held back until
@@ -53,16 +54,24 @@ struct SchedulerOptions {
   // On a device backend, sample on the device (Backend::sample): only ids and requested logprobs come back,
   // not the logits rows. Off (or on the CPU backend): the rows are copied to the host and sampled there.
   bool device_sampling = true;
+  // Prompt tokens a scoring request (prompt_logprobs) prefills per step at most: each brings a logits row to the
+  // host (vocab * 4 bytes: 66 MB a step at 128 rows of a 129k vocabulary), so the step's buffer stays bounded.
+  int32_t max_prompt_logprob_rows = 128;
 };
 
 struct GenerationRequest {
   std::vector<int32_t> prompt;
-  int32_t max_tokens = 16;
+  int32_t max_tokens = 16;  // 0: only the prompt is run (scoring with prompt_logprobs, or warming the prefix cache)
   SamplingParams sampling;
   std::vector<std::string> stop;        // stop strings (not included in the output)
   std::vector<int32_t> stop_token_ids;  // besides EOS; the stop token itself is not part of the text
   bool ignore_eos = false;
   int32_t top_logprobs = -1;  // -1: no logprobs; otherwise the sampled token's logprob plus this many alternatives
+  // -1: none. Otherwise the log-probability of every prompt token after the first under the tokens before it (the
+  // model's distribution, as top_logprobs), with this many alternatives. Such a request computes every prompt
+  // position (it does not reuse prefix-cache pages; it still indexes its own) and prefills at most
+  // max_prompt_logprob_rows tokens a step, each chunk with all its logits rows.
+  int32_t prompt_logprobs = -1;
   std::shared_ptr<TokenConstraint> constraint;  // null: any token may follow (see engine/token_constraint.h)
 };
 
@@ -81,6 +90,9 @@ struct GenerationEvent {
   std::string text;
   std::vector<int32_t> tokens;
   std::vector<TokenLogprob> logprobs;  // one per token when requested
+  // Only in a request's first event, when it asked for prompt_logprobs: entry i is prompt token i + 1's (the first
+  // prompt token has none), prompt.size() - 1 entries.
+  std::vector<TokenLogprob> prompt_logprobs;
   FinishReason finish = FinishReason::none;
   std::string error;
   int32_t prompt_tokens = 0, completion_tokens = 0;  // totals so far
@@ -147,7 +159,7 @@ class Scheduler {
   struct Sequence;
   void loop();
   void step(std::vector<std::unique_ptr<Sequence>>& running);
-  static std::vector<int64_t> prefill_shares(const std::vector<Sequence*>& prefilling, int64_t budget);
+  std::vector<int64_t> prefill_shares(const std::vector<Sequence*>& prefilling, int64_t budget) const;
   void admit(std::vector<std::unique_ptr<Sequence>>& running);
   void finish(Sequence& s, FinishReason reason, const std::string& error = "");
   void index_pages(Sequence& s);  // indexes s's pages whose latents are now whole (prefix cache)
@@ -162,6 +174,11 @@ class Scheduler {
   void sample_on_device(const TensorView& logits, const std::vector<size_t>& rows, const std::vector<Sequence*>& owners,
                         std::vector<int32_t>& tokens, std::vector<std::optional<TokenLogprob>>& logprobs,
                         std::vector<std::string>& errors);
+  // The log-probability of `token` under the row (padding masked in place), with `top` alternatives.
+  TokenLogprob row_logprob(std::span<float> row, int32_t token, int32_t top) const;
+  void mask_padding(std::span<float> row) const;  // ids past the tokenizer's vocabulary: -inf
+  // Ends a max_tokens 0 request once its prompt is in the cache: one event with its prompt logprobs, "length".
+  void finish_scoring(Sequence& s);
   // Appends the token to s's output and sends its event (text, logprobs, finish); one sequence at a time.
   void emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob);
   void wake();

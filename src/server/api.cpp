@@ -122,9 +122,15 @@ void parse_common(const json& b, CommonParams& p, bool chat) {
     if (!p.stream) bad("stream_options", "'stream_options' is only allowed when 'stream' is true");
     if (present(so, "include_usage")) p.include_usage = boolean(so, "include_usage");
   }
-  // max_completion_tokens (the newer name) wins over max_tokens.
-  for (const char* key : {"max_tokens", "max_completion_tokens"})
-    if (present(b, key)) p.max_tokens = integer(b, key, 1, std::numeric_limits<int32_t>::max());
+  // max_completion_tokens (the newer name) wins over max_tokens. Completions take 0 (scoring: only the prompt is
+  // run, with echo and logprobs its logprobs come back); chat needs at least 1, as OpenAI requires.
+  for (const char* key : {"max_tokens", "max_completion_tokens"}) {
+    if (!present(b, key)) continue;
+    if (chat && b[key].is_number_integer() && b[key].get<int64_t>() == 0)
+      bad(key, std::string("'") + key + "' must be at least 1 (0, scoring a prompt without generating, is a " +
+                   "/v1/completions feature)");
+    p.max_tokens = integer(b, key, chat ? 1 : 0, std::numeric_limits<int32_t>::max());
+  }
   if (present(b, "temperature")) p.sampling.temperature = float(number(b, "temperature", 0, 2));
   if (present(b, "top_p")) p.sampling.top_p = float(number(b, "top_p", 0, 1));
   if (p.sampling.top_p <= 0) bad("top_p", "'top_p' must be greater than 0");

@@ -7,6 +7,13 @@ namespace moe::server {
 
 using nlohmann::json;
 
+namespace {
+// Characters (code points) of UTF-8 text: text_offset counts them, as OpenAI's and vLLM's (Python str) do.
+size_t code_points(std::string_view s) {
+  return size_t(std::count_if(s.begin(), s.end(), [](char c) { return (uint8_t(c) & 0xC0) != 0x80; }));
+}
+}  // namespace
+
 ChoiceAssembler::ChoiceAssembler(const Tokenizer& tok, int32_t index, ChoiceOptions options)
     : tok_(tok),
       index_(index),
@@ -51,6 +58,10 @@ ChoiceAssembler::Delta ChoiceAssembler::feed(const GenerationEvent& e) {
   d.content = std::move(r.content);
   d.logprobs = e.logprobs;
   d.finish = e.finish;
+  if (echo_logprobs() && !echo_sent_) {
+    echo_sent_ = d.echo = true;
+    prompt_logprobs_ = e.prompt_logprobs;
+  }
 
   reasoning_ += d.reasoning;
   content_ += d.content;
@@ -91,8 +102,31 @@ json ChoiceAssembler::chat_logprobs(const std::vector<TokenLogprob>& lps) const 
   return {{"content", std::move(content)}};
 }
 
-json ChoiceAssembler::text_logprobs(const std::vector<TokenLogprob>& lps, size_t text_offset) const {
+json ChoiceAssembler::text_logprobs(const std::vector<TokenLogprob>& lps, size_t text_offset, bool with_prompt) const {
   json tokens = json::array(), token_lps = json::array(), tops = json::array(), offsets = json::array();
+  if (with_prompt) {
+    // A prompt token's offset is where its text starts in the echo: the bytes the prompt's tokens before it decode
+    // to (a character split across tokens starts at the token that begins it).
+    StreamingDecoder dec(tok_, opt_.echo_skip_special);
+    const size_t echo_chars = code_points(opt_.echo);
+    size_t at = 0;
+    for (size_t i = 0; i < opt_.echo_tokens.size(); ++i) {
+      const int32_t id = opt_.echo_tokens[i];
+      tokens.push_back(tok_.decode(std::span(&id, 1)));
+      offsets.push_back(std::min(at, echo_chars));
+      at += code_points(dec.push(id));
+      const TokenLogprob* lp = i >= 1 && i - 1 < prompt_logprobs_.size() ? &prompt_logprobs_[i - 1] : nullptr;
+      if (!lp) {  // the first token has no logprob (nothing precedes it), as OpenAI and vLLM report
+        token_lps.push_back(nullptr);
+        tops.push_back(nullptr);
+        continue;
+      }
+      token_lps.push_back(lp->logprob);
+      json top = json::object();
+      for (auto [alt, l] : lp->top) top[tok_.decode(std::span(&alt, 1))] = l;
+      tops.push_back(top);
+    }
+  }
   for (const auto& lp : lps) {
     const std::string t = tok_.decode(std::span(&lp.token, 1));
     tokens.push_back(t);
@@ -101,7 +135,7 @@ json ChoiceAssembler::text_logprobs(const std::vector<TokenLogprob>& lps, size_t
     for (auto [id, l] : lp.top) top[tok_.decode(std::span(&id, 1))] = l;
     tops.push_back(top);
     offsets.push_back(text_offset);
-    text_offset += t.size();
+    text_offset += code_points(t);
   }
   return {
       {"tokens", tokens}, {"token_logprobs", token_lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
@@ -113,7 +147,7 @@ json ChoiceAssembler::opening_choice() const {
             {"delta", {{"role", "assistant"}, {"content", ""}}},
             {"logprobs", nullptr},
             {"finish_reason", nullptr}};
-  if (opt_.echo.empty()) return nullptr;
+  if (opt_.echo.empty() || echo_logprobs()) return nullptr;  // with logprobs, the echo leads the first event's chunk
   return {{"index", index_}, {"text", opt_.echo}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
 }
 
@@ -139,11 +173,12 @@ json ChoiceAssembler::chunk_choice(const Delta& d) const {
     if (delta.empty() && lp.is_null() && d.finish == FinishReason::none) return nullptr;
     return {{"index", index_}, {"delta", delta}, {"logprobs", lp}, {"finish_reason", finish_json(d.finish)}};
   }
-  if (d.content.empty() && d.logprobs.empty() && d.finish == FinishReason::none) return nullptr;
+  if (!d.echo && d.content.empty() && d.logprobs.empty() && d.finish == FinishReason::none) return nullptr;
   // text_offset counts from this chunk's text, as before the assembler existed.
+  const std::string& echo = d.echo ? opt_.echo : std::string();
   return {{"index", index_},
-          {"text", d.content},
-          {"logprobs", opt_.logprobs ? text_logprobs(d.logprobs, 0) : json(nullptr)},
+          {"text", echo + d.content},
+          {"logprobs", opt_.logprobs ? text_logprobs(d.logprobs, code_points(echo), d.echo) : json(nullptr)},
           {"finish_reason", finish_json(d.finish)}};
 }
 
@@ -167,7 +202,7 @@ json ChoiceAssembler::message_choice() const {
   }
   return {{"index", index_},
           {"text", opt_.echo + content_},
-          {"logprobs", opt_.logprobs ? text_logprobs(logprobs_, opt_.echo.size()) : json(nullptr)},
+          {"logprobs", opt_.logprobs ? text_logprobs(logprobs_, code_points(opt_.echo), echo_logprobs()) : json(nullptr)},
           {"finish_reason", finish_json(finish_)}};
 }
 

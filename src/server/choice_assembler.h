@@ -35,6 +35,13 @@ struct ChoiceOptions {
   bool reasoning = false;     // split reasoning_content off (chat, reasoning template or --reasoning on)
   bool in_reasoning = false;  // the rendered prompt opened <think>: the reply starts inside reasoning
   std::string echo;           // completions with echo: the prompt text that precedes the choice's text
+  // Completions with echo and logprobs: the prompt's token ids, whose logprobs (the scheduler's prompt_logprobs,
+  // in the first event) lead the logprobs object, the first token's null; their text_offsets (in characters, as
+  // every text_offset) index `echo`, the
+  // text of these ids decoded with special tokens skipped or not (echo_skip_special: a text prompt's BOS is not
+  // in its echo). Streamed, the echo and these logprobs come in the first event's chunk instead of an opening one.
+  std::vector<int32_t> echo_tokens;
+  bool echo_skip_special = true;
   bool tools = false;         // parse DeepSeek tool-call markup out of content into tool_calls (chat with tools)
   ToolCallFormat tool_format = ToolCallFormat::v3;
   bool parallel_tool_calls = true;  // false: only the first call is reported
@@ -51,6 +58,7 @@ class ChoiceAssembler {
     std::vector<ToolCallDelta> tool_calls;
     std::vector<TokenLogprob> logprobs;  // one per token of the event (when requested)
     FinishReason finish = FinishReason::none;
+    bool echo = false;  // the echoed prompt and its logprobs lead this Delta (echo_tokens: the first one)
   };
   // Feeds one event of this choice (its index is not checked). The event that finishes the choice also
   // flushes text held back by the reasoning split. Events after the finish are ignored (an empty Delta).
@@ -77,7 +85,9 @@ class ChoiceAssembler {
 
  private:
   nlohmann::json chat_logprobs(const std::vector<TokenLogprob>& lps) const;  // {"content": [...]}
-  nlohmann::json text_logprobs(const std::vector<TokenLogprob>& lps, size_t text_offset) const;
+  // with_prompt: the prompt's entries (echo_tokens) first.
+  nlohmann::json text_logprobs(const std::vector<TokenLogprob>& lps, size_t text_offset, bool with_prompt = false) const;
+  bool echo_logprobs() const { return !opt_.chat && opt_.logprobs && !opt_.echo_tokens.empty(); }
   nlohmann::json finish_json(FinishReason r) const;
 
   const Tokenizer& tok_;
@@ -87,6 +97,8 @@ class ChoiceAssembler {
   ToolCallParser tool_parser_;
   std::string content_, reasoning_, error_;
   std::vector<TokenLogprob> logprobs_;
+  std::vector<TokenLogprob> prompt_logprobs_;  // echo_logprobs(): entry i is echo_tokens[i + 1]'s
+  bool echo_sent_ = false;                     // streamed: the Delta with the echo went out
   FinishReason finish_ = FinishReason::none;
   int32_t completion_tokens_ = 0;
   // A second parser fed token by token, so that a token is counted as reasoning by its own text even when one

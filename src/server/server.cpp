@@ -130,6 +130,8 @@ struct Server::Impl {
     std::vector<int32_t> prompt;
     std::string prompt_text;
     int32_t max_tokens = 0;
+    int32_t prompt_logprobs = -1;  // completions with echo and logprobs: the prompt's logprobs, this many alternatives
+    bool prompt_from_text = true;  // the prompt came as text (its echo has no special tokens) or as token ids
     bool reasoning_enabled = false, in_reasoning = false;
     bool tools = false;  // parse tool calls out of the reply
     std::function<std::shared_ptr<TokenConstraint>()> constraint;  // one per choice: each keeps its own state
@@ -244,6 +246,7 @@ struct Server::Impl {
       p.prompt = tok.encode(p.prompt_text, true);
     } else {
       p.prompt = r.prompt_tokens;
+      p.prompt_from_text = false;
       finish_prepare(p, r);  // ids checked before decoding them
       p.prompt_text = tok.decode(p.prompt, false);
       return p;
@@ -272,6 +275,7 @@ struct Server::Impl {
         g.stop = c.stop;
         g.ignore_eos = c.ignore_eos || opt.ignore_eos;
         g.top_logprobs = c.top_logprobs;
+        g.prompt_logprobs = p.prompt_logprobs;
         if (p.constraint) {  // a forced tool call
           g.constraint = p.constraint();
         } else if (c.response_schema) {  // one constraint per choice: each follows its own tokens
@@ -299,6 +303,7 @@ struct Server::Impl {
     } else {
       treq = parse_completion_request(body);
       p = prepare_completion(treq);
+      if (treq.echo && treq.top_logprobs >= 0) p.prompt_logprobs = treq.top_logprobs;
     }
     const CommonParams& c = chat ? static_cast<const CommonParams&>(creq) : static_cast<const CommonParams&>(treq);
     auto job = std::make_shared<Job>(submit(p, c));
@@ -306,6 +311,10 @@ struct Server::Impl {
                       int32_t(p.prompt.size())};
     ChoiceOptions choice{chat, c.top_logprobs >= 0, chat && p.reasoning_enabled, chat && p.in_reasoning,
                          (!chat && treq.echo) ? p.prompt_text : std::string()};
+    if (p.prompt_logprobs >= 0) {
+      choice.echo_tokens = p.prompt;
+      choice.echo_skip_special = p.prompt_from_text;
+    }
     choice.tools = chat && p.tools;
     choice.tool_format = tool_format;
     choice.parallel_tool_calls = !chat || creq.parallel_tool_calls;

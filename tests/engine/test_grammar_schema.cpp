@@ -191,7 +191,9 @@ TEST(GrammarSchema, RefusesWhatItDoesNotSupportNamingKeywordAndPlace) {
                {"'pattern'", "#/properties/d"});
   expect_error(R"({"type":"string","format":"email"})", {"'format'", "#"});
   expect_error(R"({"oneOf":[{"type":"string"}]})", {"'oneOf'"});
-  expect_error(R"({"type":"number","minimum":0})", {"'minimum'", "integer only"});
+  expect_error(R"({"type":"number","minimum":1e20})", {"minimum", "no number", "15 significant"});
+  expect_error(R"({"type":"number","exclusiveMinimum":0,"exclusiveMaximum":1e-16})", {"exclusiveMinimum", "no number"});
+  expect_error(R"({"type":"number","minimum":"0"})", {"'minimum'", "must be a number"});
   expect_error(R"({"type":"strin"})", {"'type'", "strin"});
   expect_error(R"({"$ref":"#/$defs/missing"})", {"#/$defs/missing", "does not resolve"});
   expect_error(R"({"$ref":"http://x/y.json"})", {"only references within"});

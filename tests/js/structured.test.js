@@ -59,6 +59,39 @@ test("json_schema: 20 seeded samples at temperature 1 parse and validate", async
   }
 });
 
+// Bounds on numbers and integers are enforced exactly (engine/grammar/number_bounds.h): 20 seeded random schemas
+// with random bounds (inclusive, exclusive, or both, on one side or two), each sampled once at temperature 1,
+// validate with Ajv (which compares as doubles).
+test("json_schema: random number and integer bounds, sampled, validate", async () => {
+  let state = 12345;  // a small seeded generator (LCG), so the schemas are the same every run
+  const rand = () => ((state = (state * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const bound = () => {
+    const digits = 1 + Math.floor(rand() * 5), shift = Math.floor(rand() * 9) - 4;
+    const v = Math.floor(rand() * 10 ** digits) * 10 ** shift;
+    return Number((rand() < 0.3 ? -v : v).toPrecision(digits + 1));
+  };
+  for (let i = 0; i < 20; ++i) {
+    let [lo, hi] = [bound(), bound()].sort((x, y) => x - y);
+    if (lo === hi) hi = lo + 1;
+    const b = {};
+    const lower = Math.floor(rand() * 3), upper = Math.floor(rand() * 3);
+    if (lower === 0) b.minimum = lo;
+    if (lower === 1) b.exclusiveMinimum = lo;
+    if (upper === 0 || lower === 2) b.maximum = hi;
+    if (upper === 1) b.exclusiveMaximum = hi;
+    const type = i % 3 === 0 && hi - lo >= 2 ? "integer" : "number";
+    const s = { type: "object", properties: { v: { type, ...b } }, required: ["v"], additionalProperties: false };
+    const validate = new Ajv({ strict: false }).compile(s);
+    const r = await client.chat.completions.create({
+      model: "tiny-dsv3", messages, temperature: 1, seed: i, max_tokens: 60,
+      response_format: { type: "json_schema", json_schema: { name: "bounded", schema: s, strict: true } },
+    });
+    const text = r.choices[0].message.content;
+    assert.equal(r.choices[0].finish_reason, "stop", `${JSON.stringify(s)}: ${text}`);
+    assert.ok(validate(JSON.parse(text)), `${JSON.stringify(s)}: ${text} ${JSON.stringify(validate.errors)}`);
+  }
+});
+
 test("json_schema streamed: the deltas assemble to JSON that validates", async () => {
   const validate = new Ajv({ strict: false }).compile(schema);
   const stream = await client.chat.completions.create({
@@ -104,6 +137,9 @@ test("bad response_format and schemas are 400s naming the problem; the server ke
     [{ type: "json_schema", json_schema: { name: "x", schema: { $ref: "#/$defs/missing" } } },
       "response_format.json_schema.schema", /does not resolve/],
     [{ type: "json_schema", json_schema: { schema: {} } }, "response_format.json_schema.name", /name/],
+    // Bounds no 15-significant-digit number meets are refused, not relaxed.
+    [{ type: "json_schema", json_schema: { name: "x", schema: { type: "number", minimum: 1e20 } } },
+      "response_format.json_schema.schema", /minimum.*no number|no number.*minimum/],
   ];
   for (const [response_format, param, message] of cases) {
     await assert.rejects(

@@ -97,5 +97,35 @@ TEST(Api, ResponseFormat) {
   }
 }
 
+// max_tokens 0 scores a prompt on /v1/completions (echo + logprobs give the prompt's logprobs); chat needs at least
+// 1 as OpenAI requires; negative counts and more alternatives than 20 are 400s naming the field.
+TEST(Api, MaxTokensZeroAndLogprobsBounds) {
+  auto expect_bad = [](const std::function<void()>& parse, const std::string& param, const std::string& what) {
+    try {
+      parse();
+      ADD_FAILURE() << param << ": accepted";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400) << param;
+      EXPECT_EQ(e.param, param);
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  const auto r = parse_completion_request(R"({"prompt": "x", "max_tokens": 0, "echo": true, "logprobs": 2})");
+  EXPECT_EQ(r.max_tokens, 0);
+  EXPECT_TRUE(r.echo);
+  EXPECT_EQ(r.top_logprobs, 2);
+  EXPECT_EQ(parse_completion_request(R"({"prompt": "x", "max_completion_tokens": 0})").max_tokens, 0);
+  expect_bad([] { parse_completion_request(R"({"prompt": "x", "max_tokens": -1})"); }, "max_tokens", "between 0 and");
+  expect_bad([] { parse_completion_request(R"({"prompt": "x", "logprobs": 21})"); }, "logprobs", "between 0 and 20");
+  expect_bad([] { parse_completion_request(R"({"prompt": "x", "logprobs": -1})"); }, "logprobs", "between 0 and 20");
+  const std::string msgs = R"("messages": [{"role": "user", "content": "hi"}])";
+  expect_bad([&] { parse_chat_request("{" + msgs + R"(, "max_tokens": 0})"); }, "max_tokens", "at least 1");
+  expect_bad([&] { parse_chat_request("{" + msgs + R"(, "max_completion_tokens": 0})"); }, "max_completion_tokens",
+             "at least 1");
+  expect_bad([&] { parse_chat_request("{" + msgs + R"(, "max_tokens": -5})"); }, "max_tokens", "between 1 and");
+  expect_bad([&] { parse_chat_request("{" + msgs + R"(, "logprobs": true, "top_logprobs": 21})"); }, "top_logprobs",
+             "between 0 and 20");
+}
+
 }  // namespace
 }  // namespace moe::server

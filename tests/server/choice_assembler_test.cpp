@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "backend/backend.h"
@@ -267,6 +268,90 @@ TEST(ChoiceAssembler, Logprobs) {
   o.logprobs = false;
   auto [s3, whole3] = both_paths(events_for(tokens, FinishReason::stop), info(false), 1, o);
   EXPECT_TRUE(whole3["choices"][0]["logprobs"].is_null());
+}
+
+// Completions echo with logprobs: the prompt's tokens lead the logprobs object (the first with null logprob and
+// null alternatives), each text_offset is where the token's text starts in the echoed prompt, and the streamed
+// path sends the echo and the prompt's entries in the first event's chunk.
+TEST(ChoiceAssembler, EchoWithPromptLogprobs) {
+  const Tokenizer& tok = tokenizer();
+  auto chars = [](const std::string& s) {  // text_offset counts code points
+    return size_t(std::count_if(s.begin(), s.end(), [](char c) { return (uint8_t(c) & 0xC0) != 0x80; }));
+  };
+  const std::string prompt_text = "Say: caf\xc3\xa9 4.";  // a two-byte character, split or not by the tokenizer
+  const auto prompt = tok.encode(prompt_text, true);        // BOS first: special, so not in the echo
+  ASSERT_GE(prompt.size(), 4u);
+  const auto tokens = tok.encode(" ok", false);
+  auto events = events_for(tokens, FinishReason::length, 0, 2);
+  std::vector<TokenLogprob> plp;
+  for (size_t i = 1; i < prompt.size(); ++i)
+    plp.push_back({prompt[i], -1.0f - float(i), {{prompt[i], -1.0f - float(i)}, {7, -9.0f}}});
+  events[0].prompt_logprobs = plp;
+  ChoiceOptions o;
+  o.chat = false;
+  o.logprobs = true;
+  o.echo = prompt_text;
+  o.echo_tokens = prompt;
+  auto [s, whole] = both_paths(events, info(false), 1, o);
+  expect_same(s, whole, false);
+  const json& c = whole["choices"][0];
+  EXPECT_EQ(c["text"], prompt_text + " ok");
+  const json& lp = c["logprobs"];
+  const size_t n = prompt.size() + tokens.size();
+  ASSERT_EQ(lp["tokens"].size(), n);
+  ASSERT_EQ(lp["token_logprobs"].size(), n);
+  ASSERT_EQ(lp["top_logprobs"].size(), n);
+  ASSERT_EQ(lp["text_offset"].size(), n);
+  EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  EXPECT_EQ(lp["text_offset"][0], 0);
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    const int32_t id = prompt[i];
+    EXPECT_EQ(lp["tokens"][i], tok.decode(std::span(&id, 1))) << i;
+    // The offset is the length of the text of the tokens before it (skipping BOS), which the echo starts with.
+    const std::string before = tok.decode(std::span(prompt.data(), i), true);
+    const size_t offset = lp["text_offset"][i].get<size_t>();
+    if (before.find("\xef\xbf\xbd") == std::string::npos) {
+      EXPECT_EQ(prompt_text.compare(0, before.size(), before), 0) << i;
+      EXPECT_EQ(offset, chars(before)) << i;
+    } else {
+      EXPECT_LT(offset, chars(before)) << i;  // inside a split character: the character's start
+    }
+    if (i == 0) continue;
+    EXPECT_FLOAT_EQ(lp["token_logprobs"][i].get<float>(), -1.0f - float(i)) << i;
+    EXPECT_EQ(lp["top_logprobs"][i].size(), 2u) << i;
+  }
+  // The completion's entries follow, counted from the end of the echo.
+  EXPECT_EQ(lp["text_offset"][prompt.size()], chars(prompt_text));
+  EXPECT_EQ(chars(prompt_text), prompt_text.size() - 1);  // é: two bytes, one character
+  EXPECT_FLOAT_EQ(lp["token_logprobs"][prompt.size()].get<float>(), -0.25f);
+  // Streamed: no opening chunk; the first chunk carries the echo, the prompt's entries and the first token's.
+  ResponseAssembler streamed(tok, info(false), 1, o);
+  EXPECT_TRUE(streamed.opening_chunks().empty());
+  const json first = streamed.feed(events[0]);
+  const json& fc = first["choices"][0];
+  EXPECT_EQ(fc["text"].get<std::string>().rfind(prompt_text, 0), 0u);
+  ASSERT_EQ(fc["logprobs"]["tokens"].size(), prompt.size() + 1);
+  EXPECT_TRUE(fc["logprobs"]["token_logprobs"][0].is_null());
+  EXPECT_EQ(fc["logprobs"]["text_offset"][prompt.size()], chars(prompt_text));
+
+  // max_tokens 0 (scoring): one event, no tokens; the choice is the prompt and its logprobs, finish "length".
+  GenerationEvent score;
+  score.finish = FinishReason::length;
+  score.prompt_logprobs = plp;
+  auto [s0, whole0] = both_paths({score}, info(false, true), 1, o);
+  expect_same(s0, whole0, false);
+  EXPECT_EQ(whole0["choices"][0]["text"], prompt_text);
+  EXPECT_EQ(whole0["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(whole0["choices"][0]["logprobs"]["tokens"].size(), prompt.size());
+  EXPECT_EQ(whole0["usage"]["completion_tokens"], 0);
+  // Without echo, max_tokens 0 is an empty text.
+  o.echo.clear();
+  o.echo_tokens.clear();
+  o.logprobs = false;
+  auto [s1, whole1] = both_paths({score}, info(false), 1, o);
+  EXPECT_EQ(whole1["choices"][0]["text"], "");
+  EXPECT_EQ(whole1["choices"][0]["finish_reason"], "length");
 }
 
 TEST(ChoiceAssembler, FinishReasonsAndFailures) {

@@ -269,7 +269,10 @@ TEST(Scheduler, LogprobsAndValidation) {
   bad.prompt.assign(130, 5);
   EXPECT_THROW(sched.submit(bad, sink, 0), Error);  // longer than the context
   bad = r;
-  bad.max_tokens = 0;
+  bad.max_tokens = -1;  // 0 is allowed: scoring (prompt_logprobs_test.cpp)
+  EXPECT_THROW(sched.submit(bad, sink, 0), Error);
+  bad = r;
+  bad.prompt_logprobs = 21;
   EXPECT_THROW(sched.submit(bad, sink, 0), Error);
   bad = r;
   bad.prompt = {5000};

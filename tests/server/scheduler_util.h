@@ -33,6 +33,9 @@ struct Result {
   std::string text;
   FinishReason finish = FinishReason::none;
   std::vector<TokenLogprob> logprobs;
+  std::vector<TokenLogprob> prompt_logprobs;  // as the events carried them
+  int32_t prompt_logprob_event = -1;          // which event (0: the first) carried them; -1: none
+  int32_t events = 0, completion_tokens = -1;
   int32_t cached_tokens = -1;  // as the last event reported it
   std::string error;           // the final event's error, if any
 };
@@ -49,6 +52,13 @@ inline std::vector<Result> collect(EventSink& sink, size_t n) {
       r.tokens.insert(r.tokens.end(), e.tokens.begin(), e.tokens.end());
       r.text += e.text;
       r.logprobs.insert(r.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+      if (!e.prompt_logprobs.empty()) {
+        EXPECT_EQ(r.prompt_logprob_event, -1) << "prompt logprobs sent twice";
+        r.prompt_logprob_event = r.events;
+        r.prompt_logprobs = e.prompt_logprobs;
+      }
+      r.events++;
+      r.completion_tokens = e.completion_tokens;
       r.cached_tokens = e.cached_tokens;
       if (e.finish != FinishReason::none) {
         r.finish = e.finish;

@@ -5,6 +5,8 @@
 //   integer  0 start  1 after '-'  2 digits (may end)
 //   number   0 start  1 after '-'  2 integer digits  3 after a leading 0  4 after '.'  5 fraction digits
 //            6 after 'e'  7 after the exponent's sign  8 exponent digits, at most two (2, 3, 5, 8 may end)
+//            bounded (number_bounds.h): phases 0-5 as DecimalPrefix, flags negative, bits the digits, count the
+//            significant digits, aux the decimals
 //   literals 0 walking the trie (aux: the node)
 #include "engine/grammar/matcher.h"
 
@@ -55,6 +57,10 @@ bool integer_feasible(const Node& n, bool negative, uint64_t magnitude, uint32_t
     if (magnitude == 0) break;  // "0" takes no more digits
   }
   return false;
+}
+
+DecimalPrefix decimal_prefix(const Frame& f) {
+  return DecimalPrefix{f.phase, f.flags != 0, f.bits, f.count, uint32_t(f.aux)};
 }
 
 bool integer_value_ok(const Node& n, bool negative, uint64_t magnitude) {
@@ -135,6 +141,7 @@ class Matcher::Run {
       case Kind::integer:
         return f.phase == 2 && integer_value_ok(n, f.flags, f.bits);
       case Kind::number:
+        if (n.bounded) return number_complete(decimal_prefix(f), n.num_lo, n.num_hi);
         return f.phase == 2 || f.phase == 3 || f.phase == 5 || f.phase == 8;
       case Kind::literals:
         return n.trie.nodes[size_t(f.aux)].value >= 0;
@@ -197,7 +204,7 @@ class Matcher::Run {
       case Kind::array: return array(f, n, b);
       case Kind::string: return string(f, n, b);
       case Kind::integer: return integer(f, n, b);
-      case Kind::number: return number(f, b);
+      case Kind::number: return n.bounded ? bounded_number(f, n, b) : number(f, b);
       case Kind::literals: return literal(f, n, b);
       default: return;
     }
@@ -446,6 +453,18 @@ class Matcher::Run {
     if (next == 8) f.aux = f.phase == 8 ? f.aux + 1 : 1;
     f.phase = next;
     f.count++;
+    emit();
+  }
+
+  // A number within bounds: the byte must keep some completion within them (number_bounds.h).
+  void bounded_number(Frame& f, const Node& n, uint8_t b) {
+    DecimalPrefix p = decimal_prefix(f);
+    if (!number_step(p, b) || !number_feasible(p, n.num_lo, n.num_hi)) return;
+    f.phase = p.phase;
+    f.flags = p.negative ? 1 : 0;
+    f.bits = p.digits;
+    f.count = p.significant;
+    f.aux = int32_t(p.decimals);
     emit();
   }
 

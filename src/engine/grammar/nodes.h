@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/grammar/number_bounds.h"
+
 namespace moe::grammar {
 
 // A trie over byte strings; node 0 is the root. `value` is the index of the string ending at a node (-1: none);
@@ -29,7 +31,7 @@ enum class Kind : uint8_t {
   array,     // items, min_items..max_items
   string,    // min_len..max_len code points
   integer,   // optional bounds
-  number,    // any JSON number (no bounds)
+  number,    // any JSON number, or with `bounded` one within [num_lo, num_hi] (number_bounds.h)
   literals,  // one of the byte strings in `trie` (enum, const, booleans, null)
   any_of,    // one of `alts`
   ref,       // the node `target` (a $ref; resolved when a value starts)
@@ -48,6 +50,9 @@ struct Node {
   uint32_t min_len = 0, max_len = std::numeric_limits<uint32_t>::max();
   // integer
   int64_t min = std::numeric_limits<int64_t>::min(), max = std::numeric_limits<int64_t>::max();
+  // number with bounds: in units of 10^-15, written without exponent (number_bounds.h)
+  bool bounded = false;
+  Wide num_lo = 0, num_hi = 0;
   // literals (values) and object (keys: the JSON-escaped name and its closing quote, after the opening quote)
   ByteTrie trie;
   // any_of and ref: after compilation, the concrete (non-any_of, non-ref) nodes a value may be

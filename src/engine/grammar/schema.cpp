@@ -40,6 +40,7 @@ int32_t ByteTrie::child(int32_t node, uint8_t byte) const {
 namespace {
 
 constexpr int64_t kIntLimit = 999'999'999'999'999'999;  // 10^18 - 1
+constexpr Wide kNumberLimit = Wide(1'000'000'000'000'000) * Wide(1'000'000'000'000'000);  // 10^30: bounded numbers' grid
 constexpr size_t kMaxNodes = 1 << 16;         // bounds the work of flatten() and of every mask
 constexpr size_t kMaxAlternatives = 256;      // nodes visited resolving one anyOf / $ref
 
@@ -300,11 +301,7 @@ class Compiler {
                 where(path));
       return g_.add(std::move(n));
     }
-    if (type == "number") {
-      for (const char* k : {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
-        MOE_CHECK(!s.contains(k), "'{}' at {} is supported on type integer only, not number", k, where(path));
-      return g_.add(make_node(Kind::number));
-    }
+    if (type == "number") return number(s, path);
     if (type == "integer") return integer(s, path);
     if (type == "array") return array(s, path);
     return object(s, path);
@@ -314,20 +311,46 @@ class Compiler {
     Node n = make_node(Kind::integer);
     n.min = -kIntLimit;
     n.max = kIntLimit;
-    auto bound = [&](const char* key) -> double {
-      const json& v = s[key];
-      MOE_CHECK(v.is_number(), "'{}' at {} must be a number", key, where(path));
-      return v.get<double>();
-    };
-    auto clamp = [](double x) { return int64_t(std::clamp(x, -1e18, 1e18)); };
-    if (s.contains("minimum")) n.min = std::max(n.min, clamp(std::ceil(bound("minimum"))));
-    if (s.contains("exclusiveMinimum")) n.min = std::max(n.min, clamp(std::floor(bound("exclusiveMinimum")) + 1));
-    if (s.contains("maximum")) n.max = std::min(n.max, clamp(std::floor(bound("maximum"))));
-    if (s.contains("exclusiveMaximum")) n.max = std::min(n.max, clamp(std::ceil(bound("exclusiveMaximum")) - 1));
-    n.min = std::max(n.min, -kIntLimit);
-    n.max = std::min(n.max, kIntLimit);
+    // Exact: a bound is read as the decimal it is (number_bounds.h), then rounded to the integers.
+    Wide lo = -kIntLimit, hi = kIntLimit;
+    bounds(s, path, 0, lo, hi);
+    n.min = int64_t(std::max<Wide>(lo, -kIntLimit));
+    n.max = int64_t(std::min<Wide>(hi, kIntLimit));
     MOE_CHECK(n.min <= n.max, "no integer lies within the bounds at {}", where(path));
     return g_.add(std::move(n));
+  }
+
+  // A number's bounds, exact (number_bounds.h): with any of them the number is written without exponent, with at
+  // most 15 significant digits and 15 decimals; bounds no such number meets are refused.
+  int32_t number(const json& s, const std::string& path) {
+    Node n = make_node(Kind::number);
+    if (!s.contains("minimum") && !s.contains("maximum") && !s.contains("exclusiveMinimum") &&
+        !s.contains("exclusiveMaximum"))
+      return g_.add(std::move(n));
+    n.bounded = true;
+    n.num_lo = -kNumberLimit;
+    n.num_hi = kNumberLimit;
+    bounds(s, path, kBoundedScale, n.num_lo, n.num_hi);
+    if (!number_feasible(DecimalPrefix{}, n.num_lo, n.num_hi)) {
+      std::string given;  // the bound keywords as written, e.g. 'minimum' 1e+20
+      for (const char* k : {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"})
+        if (s.contains(k)) given += (given.empty() ? "'" : ", '") + std::string(k) + "' " + s[k].dump();
+      fail("no number with at most {} significant digits and {} decimals lies within the bounds {} at {}",
+           kBoundedDigits, kBoundedDecimals, given, where(path));
+    }
+    return g_.add(std::move(n));
+  }
+
+  // Narrows [lo, hi] (units of 10^-scale) by the bound keywords of s.
+  void bounds(const json& s, const std::string& path, int scale, Wide& lo, Wide& hi) {
+    auto bound = [&](const char* key, bool round_up) {
+      MOE_CHECK(s[key].is_number(), "'{}' at {} must be a number", key, where(path));
+      return scaled_bound(s[key], scale, round_up);
+    };
+    if (s.contains("minimum")) lo = std::max(lo, bound("minimum", true));
+    if (s.contains("exclusiveMinimum")) lo = std::max(lo, bound("exclusiveMinimum", false) + 1);
+    if (s.contains("maximum")) hi = std::min(hi, bound("maximum", false));
+    if (s.contains("exclusiveMaximum")) hi = std::min(hi, bound("exclusiveMaximum", true) - 1);
   }
 
   int32_t array(const json& s, const std::string& path) {

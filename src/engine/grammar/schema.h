@@ -2,10 +2,10 @@
 // JSON Schema -> Grammar (nodes.h), for structured output. The subset agent frameworks send (OpenAI's strict
 // subset and what zod / pydantic emit): type (one or several), properties / required / additionalProperties,
 // items / minItems / maxItems, enum, const, minLength / maxLength, minimum / maximum / exclusiveMinimum /
-// exclusiveMaximum on integers, anyOf, allOf with one member, $ref into $defs / definitions (or any local JSON
-// pointer, recursion allowed). description, title, default, examples, $schema, $id, $comment, deprecated,
-// readOnly and writeOnly are ignored (they constrain nothing). Any other keyword, and bounds on non-integer
-// numbers, are refused with a moe::Error naming the keyword and its place ("#/properties/when"): a schema is
+// exclusiveMaximum on integers and numbers (exact: number_bounds.h), anyOf, allOf with one member, $ref into
+// $defs / definitions (or any local JSON pointer, recursion allowed). description, title, default, examples,
+// $schema, $id, $comment, deprecated, readOnly and writeOnly are ignored (they constrain nothing). Any other
+// keyword is refused with a moe::Error naming the keyword and its place ("#/properties/when"): a schema is
 // never silently relaxed. So is a schema with no finite value (a required property that nests itself forever).
 //
 // What is generated (always valid against the schema, sometimes narrower than it):
@@ -17,6 +17,7 @@
 // - strings are valid UTF-8 with JSON escapes; \u escapes of surrogates are not generated (the character is
 //   written as UTF-8 instead); lengths count code points, an escape counting as one;
 // - integers are written without a sign on zero or leading zeros, |x| < 10^18; numbers are at most 24 bytes;
+//   numbers with bounds have no exponent, at most 15 significant digits and 15 decimals (number_bounds.h);
 // - enum / const values are written as nlohmann::json dumps them (compact).
 #include <nlohmann/json.hpp>
 
