@@ -416,6 +416,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   if (chunks.empty()) return;
 
   Backend& backend = model_.backend();
+  if (options_.on_step) options_.on_step(chunks);
   ForwardOutput fwd = executor_.forward(chunks, cache_);
   const int64_t vocab = model_.config().vocab_size;
   MOE_CHECK(fwd.logits.shape()[0] == int64_t(chunks.size()) && fwd.logits.shape()[1] == vocab,

@@ -24,6 +24,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -50,6 +51,9 @@ struct SchedulerOptions {
   int32_t max_step_tokens = 512;  // per-step token budget (decodes first, then prefill chunks)
   int64_t max_context = 0;        // longest prompt + completion; 0: the model's max_position_embeddings (at most the cache)
   bool prefix_cache = true;       // reuse the cached latents of prompt prefixes seen before (see above)
+  // Called on the scheduler thread with each step's chunks just before its forward (expert-parallel serving sends
+  // them to the other ranks: engine/ep_serving.h). An exception fails the step's requests.
+  std::function<void(const std::vector<SequenceChunk>&)> on_step;
 };
 
 struct GenerationRequest {
@@ -139,6 +143,7 @@ class Scheduler {
   int64_t cache_capacity_tokens() const { return allocator_.total_pages() * options_.page_size; }
   const SchedulerOptions& options() const { return options_; }
   const ModelConfig& model_config() const { return model_.config(); }
+  const DeepseekV3& model() const { return model_; }
 
  private:
   struct Sequence;

@@ -16,6 +16,7 @@
 //
 // The plan (counts, slots) is built on the host, so this runs on host memory (CPU backend, MPI); a GPU version
 // keeps the rows on the device for NCCL and exchanges the plan through the host (docs/distributed-inference.md).
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -40,7 +41,7 @@ class ExpertParallel {
   void set_placement(ExpertPlacement p);
 
   // Bytes of hidden-state rows this rank sent in dispatch and combine since construction (the all-to-all volume).
-  uint64_t bytes_sent() const { return bytes_sent_; }
+  uint64_t bytes_sent() const { return bytes_sent_.load(); }
 
   // out [T, D] = plus + sum_j expert_weights[t, j] * Expert[expert_ids[t, j]](x[t]) for layer `layer`, the experts
   // spread over the ranks. `local` holds this rank's slots of that layer in slot order; expert ids are global.
@@ -53,7 +54,7 @@ class ExpertParallel {
  private:
   dist::Communicator& comm_;
   ExpertPlacement placement_;
-  uint64_t bytes_sent_ = 0;
+  std::atomic<uint64_t> bytes_sent_{0};  // read by /metrics on another thread
 };
 
 }  // namespace moe
