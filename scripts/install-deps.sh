@@ -10,6 +10,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libgtest-dev libgmock-dev libbenchmark-dev \
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libcpp-httplib-dev libsqlite3-dev sqlite3 libssl-dev libedit-dev \
   clang libclang-rt-14-dev python3 libicu-dev \
+  libopenmpi-dev openmpi-bin \
   nodejs chromium fonts-dejavu-core
 # npm: Debian's package, unless the installed Node.js already brings its own (NodeSource builds do, and
 # conflict with Debian's npm).
