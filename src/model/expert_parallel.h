@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "model/ep_standin_comm.h"
+#include "dist/communicator.h"
 #include "model/expert_placement.h"
 
 namespace moe {

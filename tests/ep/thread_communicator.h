@@ -3,6 +3,7 @@
 // runs in ordinary unit tests (no MPI needed; the mpirun tests cover the real transport). Every collective posts
 // this rank's buffers, waits for all ranks, copies what it receives from the peers' posted buffers, and waits
 // again so that no buffer is reused while a peer still reads it.
+#include <algorithm>
 #include <barrier>
 #include <cstring>
 #include <functional>
@@ -10,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "model/ep_standin_comm.h"
+#include "dist/communicator.h"
 
 namespace moe::test {
 
@@ -53,6 +54,13 @@ class ThreadCommunicator final : public dist::Communicator {
     }
     g_.wait();
   }
+  // Reductions sum in rank order, like the MPI communicator.
+  void all_reduce_sum(std::span<float> d) override { reduce(d); }
+  void all_reduce_sum(std::span<double> d) override { reduce(d); }
+  void all_gather(std::span<const float> send, std::span<float> recv) override { gather(send, recv); }
+  void all_gather(std::span<const double> send, std::span<double> recv) override { gather(send, recv); }
+  void reduce_scatter_sum(std::span<const float> send, std::span<float> recv) override { scatter(send, recv); }
+  void reduce_scatter_sum(std::span<const double> send, std::span<double> recv) override { scatter(send, recv); }
   void broadcast(void* data, size_t bytes, int root) override {
     g_.post(rank_, {data, nullptr, nullptr});
     g_.wait();
@@ -61,6 +69,36 @@ class ThreadCommunicator final : public dist::Communicator {
   }
 
  private:
+  template <class T>
+  void reduce(std::span<T> d) {
+    std::vector<T> sum(d.size(), T(0));
+    g_.post(rank_, {d.data(), nullptr, nullptr});
+    g_.wait();
+    for (int p = 0; p < size(); ++p)
+      for (size_t i = 0; i < d.size(); ++i) sum[i] += static_cast<const T*>(g_.posted(p).send)[i];
+    g_.wait();
+    std::copy(sum.begin(), sum.end(), d.begin());
+  }
+  template <class T>
+  void gather(std::span<const T> send, std::span<T> recv) {
+    g_.post(rank_, {send.data(), nullptr, nullptr});
+    g_.wait();
+    for (int p = 0; p < size(); ++p)
+      std::memcpy(recv.data() + size_t(p) * send.size(), g_.posted(p).send, send.size_bytes());
+    g_.wait();
+  }
+  template <class T>
+  void scatter(std::span<const T> send, std::span<T> recv) {
+    g_.post(rank_, {send.data(), nullptr, nullptr});
+    g_.wait();
+    for (size_t i = 0; i < recv.size(); ++i) {
+      T v = 0;
+      for (int p = 0; p < size(); ++p) v += static_cast<const T*>(g_.posted(p).send)[size_t(rank_) * recv.size() + i];
+      recv[i] = v;
+    }
+    g_.wait();
+  }
+
   ThreadGroup& g_;
   int rank_;
 };
