@@ -75,6 +75,21 @@ DeepseekV3::DeepseekV3(const std::string& model_dir, Backend& backend, Options o
   check_backend();
 }
 
+DeepseekV3::DeepseekV3(std::shared_ptr<const TensorSource> source, ModelConfig config, Backend& backend,
+                       Options options)
+    : config_(std::move(config)),
+      backend_(backend),
+      source_(std::move(source)),
+      weights_(ModelWeights::load(*source_, config_, backend, options.load_mtp, options.progress,
+                                  local_experts(options.ep))),
+      rope_(make_rope_params(config_)),
+      attn_scale_(attention_scale(config_)),
+      routing_(routing_params(config_)),
+      ep_(options.ep),
+      load_(options.load) {
+  check_backend();
+}
+
 DeepseekV3::DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend, Options options)
     : config_(std::move(config)),
       backend_(backend),
@@ -102,12 +117,13 @@ void DeepseekV3::check_backend() const {
 
 void DeepseekV3::set_placement(const ExpertPlacement& p) {
   MOE_CHECK(ep_, "set_placement: this model runs without expert parallelism");
-  MOE_CHECK(checkpoint_.has_value(), "set_placement: the model has no checkpoint to load experts from");
+  const TensorSource* src = checkpoint_ ? static_cast<const TensorSource*>(&*checkpoint_) : source_.get();
+  MOE_CHECK(src, "set_placement: the model was built from weights and has no checkpoint to load experts from");
   MOE_CHECK(p.num_experts == config_.n_routed_experts, "set_placement: a placement of {} experts for {}",
             p.num_experts, config_.n_routed_experts);
   ep_->set_placement(p);
   auto reload = [&](int64_t i, DecoderLayerWeights& l) {
-    if (l.is_moe) l.experts = load_experts(*checkpoint_, config_, backend_, i, p.local_experts(size_t(i), ep_->rank()));
+    if (l.is_moe) l.experts = load_experts(*src, config_, backend_, i, p.local_experts(size_t(i), ep_->rank()));
   };
   for (size_t i = 0; i < weights_.layers.size(); ++i) reload(int64_t(i), weights_.layers[i]);
   if (weights_.mtp) reload(config_.num_hidden_layers, weights_.mtp->layer);

@@ -59,6 +59,9 @@ class DeepseekV3 {
   // caller's tensors) must outlive the model. The MTP module is used when weights.mtp is set
   // (options.load_mtp only applies to loading from a directory). There is no checkpoint().
   DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend, Options options);
+  // From any source of checkpoint tensors (`--random-weights`: model/random_checkpoint.h's RandomTensors), loaded
+  // like a directory (options.ep: only this rank's experts); the model keeps the source.
+  DeepseekV3(std::shared_ptr<const TensorSource> source, ModelConfig config, Backend& backend, Options options);
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return backend_; }
@@ -111,7 +114,8 @@ class DeepseekV3 {
 
   ModelConfig config_;
   Backend& backend_;
-  std::optional<Checkpoint> checkpoint_;  // empty when built from ModelWeights
+  std::optional<Checkpoint> checkpoint_;  // empty when built from ModelWeights or another source
+  std::shared_ptr<const TensorSource> source_;  // the other source, if any
   ModelWeights weights_;
   RopeParams rope_;
   float attn_scale_;

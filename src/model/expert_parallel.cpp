@@ -33,6 +33,23 @@ std::vector<int64_t> exchange_counts(dist::Communicator& comm, const std::vector
   return recv;
 }
 
+// All-to-all of rows between backend tensors. A communicator on host memory (MPI) with a device backend goes
+// through host copies of the whole buffers (correct, not fast: the GPU path proper keeps rows on the device for
+// NCCL); otherwise the tensors' own memory is exchanged.
+void exchange_rows(dist::Communicator& comm, Backend& backend, const Tensor& send, const std::vector<size_t>& sc,
+                   const Tensor& recv, const std::vector<size_t>& rc) {
+  const auto sd = displs(sc), rd = displs(rc);
+  if (backend.device().is_host() || comm.name() == "nccl") {
+    comm.all_to_all_v(send.data(), sc, sd, recv.data(), rc, rd);
+    return;
+  }
+  backend.synchronize();
+  std::vector<char> hs(send.view().nbytes()), hr(recv.view().nbytes());
+  backend.copy_to_host(send, hs.data());
+  comm.all_to_all_v(hs.data(), sc, sd, hr.data(), rc, rd);
+  backend.copy_from_host(hr.data(), recv);
+}
+
 }  // namespace
 
 ExpertParallel::ExpertParallel(dist::Communicator& comm, ExpertPlacement placement) : comm_(comm) {
@@ -109,8 +126,7 @@ void ExpertParallel::moe(Backend& backend, int64_t layer, const ExpertWeights& l
   if (n_send) backend.gather_rows(x, send_row_ids, xs.view().slice_rows(0, n_send));
   Tensor xr = backend.alloc_uninitialized(act, {std::max<int64_t>(n_recv, 1), D});
   {
-    const auto sc = scaled(send_rows, row_bytes), rc = scaled(recv_rows, row_bytes);
-    comm_.all_to_all_v(xs.data(), sc, displs(sc), xr.data(), rc, displs(rc));
+    exchange_rows(comm_, backend, xs, scaled(send_rows, row_bytes), xr, scaled(recv_rows, row_bytes));
     bytes_sent_ += size_t(n_send) * row_bytes;
   }
 
@@ -150,8 +166,7 @@ void ExpertParallel::moe(Backend& backend, int64_t layer, const ExpertWeights& l
   // Combine: the outputs return to their owners, in the order the owners sent them.
   Tensor ret = backend.alloc_uninitialized(act, {std::max<int64_t>(n_own * K, 1), D});
   {
-    const auto sc = scaled(back_rows, row_bytes), rc = scaled(n_assign, row_bytes);
-    comm_.all_to_all_v(ya.data(), sc, displs(sc), ret.data(), rc, displs(rc));
+    exchange_rows(comm_, backend, ya, scaled(back_rows, row_bytes), ret, scaled(n_assign, row_bytes));
     bytes_sent_ += size_t(Ma) * row_bytes;
   }
   Tensor mine = backend.alloc_uninitialized(act, {std::max<int64_t>(n_own, 1), D});
@@ -173,12 +188,20 @@ void ExpertParallel::moe(Backend& backend, int64_t layer, const ExpertWeights& l
                         plus.data ? plus.slice_rows(t0, n_own) : TensorView{}, mine.view().slice_rows(0, n_own));
   }
 
-  // All-gather the owners' blocks into every rank's out.
+  // All-gather the owners' blocks into every rank's out: my block to every rank.
   std::vector<int64_t> own_rows(static_cast<size_t>(R));
   for (int p = 0; p < R; ++p) own_rows[size_t(p)] = T * (p + 1) / R - T * p / R;
-  const std::vector<size_t> sc(static_cast<size_t>(R), size_t(n_own) * row_bytes), sd(static_cast<size_t>(R), 0);
-  const auto rc = scaled(own_rows, row_bytes);
-  comm_.all_to_all_v(mine.data(), sc, sd, out.data, rc, displs(rc));
+  const size_t mine_bytes = size_t(n_own) * row_bytes;
+  const std::vector<size_t> sd(static_cast<size_t>(R), 0), sc(static_cast<size_t>(R), mine_bytes);
+  const auto rc = scaled(own_rows, row_bytes), rd = displs(rc);
+  if (backend.device().is_host() || comm_.name() == "nccl") {
+    comm_.all_to_all_v(mine.data(), sc, sd, out.data, rc, rd);
+  } else {
+    std::vector<char> hs(mine_bytes), hr(size_t(T) * row_bytes);
+    if (n_own) backend.copy_to_host(mine.view().slice_rows(0, n_own), hs.data());
+    comm_.all_to_all_v(hs.data(), sc, sd, hr.data(), rc, rd);
+    backend.copy_from_host(hr.data(), out);
+  }
 }
 
 }  // namespace moe

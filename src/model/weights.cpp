@@ -13,7 +13,7 @@ namespace {
 
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend, const ProgressFn& progress, uint64_t total)
+  Loader(const TensorSource& ckpt, const ModelConfig& c, Backend& backend, const ProgressFn& progress, uint64_t total)
       : ckpt_(ckpt), c_(c), backend_(backend), progress_(progress), total_(total) {}
 
   // After every tensor handed over: `bytes` more done (capped at the total, which the caller estimated).
@@ -156,7 +156,7 @@ class Loader {
       fail("{}: tensor '{}' is F8_E4M3 but config.json has no quantization_config", ckpt_.file_of(name), name);
   }
 
-  const Checkpoint& ckpt_;
+  const TensorSource& ckpt_;
   const ModelConfig& c_;
   Backend& backend_;
   const ProgressFn& progress_;
@@ -166,7 +166,7 @@ class Loader {
 
 // Bytes of the tensors a load hands the backend: every tensor of the checkpoint, less the MTP layers'
 // (model.layers.N.* with N >= num_hidden_layers) when they are not loaded.
-uint64_t bytes_to_load(const Checkpoint& ckpt, const ModelConfig& c, bool with_mtp) {
+uint64_t bytes_to_load(const TensorSource& ckpt, const ModelConfig& c, bool with_mtp) {
   uint64_t total = 0;
   const std::string prefix = "model.layers.";
   for (const std::string& name : ckpt.names()) {
@@ -181,7 +181,7 @@ uint64_t bytes_to_load(const Checkpoint& ckpt, const ModelConfig& c, bool with_m
 
 }  // namespace
 
-ModelWeights ModelWeights::load(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend, bool with_mtp,
+ModelWeights ModelWeights::load(const TensorSource& ckpt, const ModelConfig& c, Backend& backend, bool with_mtp,
                                 const ProgressFn& progress, const ExpertSelection& experts) {
   const uint64_t total = progress ? bytes_to_load(ckpt, c, with_mtp) : 0;
   Loader load(ckpt, c, backend, progress, total);
@@ -211,7 +211,7 @@ ModelWeights ModelWeights::load(const Checkpoint& ckpt, const ModelConfig& c, Ba
   return m;
 }
 
-ExpertWeights load_experts(const Checkpoint& ckpt, const ModelConfig& config, Backend& backend, int64_t layer,
+ExpertWeights load_experts(const TensorSource& ckpt, const ModelConfig& config, Backend& backend, int64_t layer,
                            const std::vector<int32_t>& ids) {
   const ProgressFn none;  // Loader keeps a reference
   Loader load(ckpt, config, backend, none, 0);

@@ -58,13 +58,13 @@ struct ModelWeights {
   // gets the bytes handed to the backend so far of those the load will hand it (all tensors but an MTP layer
   // that is not loaded), after each tensor.
   // `experts` picks each MoE layer's routed experts (all by default).
-  static ModelWeights load(const Checkpoint& ckpt, const ModelConfig& config, Backend& backend, bool with_mtp,
+  static ModelWeights load(const TensorSource& ckpt, const ModelConfig& config, Backend& backend, bool with_mtp,
                            const ProgressFn& progress = {}, const ExpertSelection& experts = {});
 };
 
 // The routed experts `ids` of layer `layer` (model.layers.N.mlp.experts.ID.*), in that order, uploaded and
 // prepared: what a rank holds, or a new placement's copies loaded between steps.
-ExpertWeights load_experts(const Checkpoint& ckpt, const ModelConfig& config, Backend& backend, int64_t layer,
+ExpertWeights load_experts(const TensorSource& ckpt, const ModelConfig& config, Backend& backend, int64_t layer,
                            const std::vector<int32_t>& ids);
 
 // Parameter and byte counts for `moe info` and the bandwidth figures of `moe bench`.
