@@ -103,7 +103,8 @@ StepMessage decode_step(const std::string& bytes) {
     for (int32_t k = 0; k < np; ++k) c.pages.push_back(r.i32("page"));
     m.chunks.push_back(std::move(c));
   }
-  const int32_t json = r.count("placement length");
+  const int32_t json = r.i32("placement length");  // bytes; r.bytes checks them against the rest
+  MOE_CHECK(json >= 0, "step message: placement length {}", json);
   if (json > 0) m.placement = ExpertPlacement::from_json(r.bytes(size_t(json), "placement"));
   MOE_CHECK(r.done(), "step message: bytes after the placement");
   return m;

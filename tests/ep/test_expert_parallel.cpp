@@ -72,7 +72,7 @@ class ExpertParallelTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ExpertParallelTest, MatchesOneProcess) {
   const Case c = GetParam();
-  const std::vector<int32_t> prompt = test::load_reference_cases().at(0).input_ids;
+  const std::vector<int32_t> prompt = test::load_reference_cases().at(2).input_ids;  // 33 tokens
   constexpr int kDecode = 6;
   auto backend = make_cpu_backend({1});
   DeepseekV3 single(c.model, *backend, {.load_mtp = true});
@@ -165,6 +165,51 @@ TEST(ExpertParallel, RebalanceBetweenStepsKeepsOutputs) {
     const bool run = int64_t(l) < config.num_hidden_layers && config.is_moe_layer(int64_t(l));  // no MTP steps here
     EXPECT_EQ(sum, run ? uint64_t(tokens * config.num_experts_per_tok) : 0u) << "layer " << l;
   }
+}
+
+}  // namespace
+}  // namespace moe
+
+#include "engine/ep_serving.h"
+
+namespace moe {
+namespace {
+
+// The step message rank 0 broadcasts in expert-parallel serving: a round trip with and without a placement, and
+// clear errors for malformed ones.
+TEST(StepMessage, RoundTripAndErrors) {
+  StepMessage m;
+  m.chunks.push_back(SequenceChunk{{5, 6, 7}, 3, {0, 4}, true});
+  m.chunks.push_back(SequenceChunk{{9}, 12, {1}, false});
+  m.placement = ExpertPlacement::initial({false, true, true}, 16, 4, 4);
+  const StepMessage back = decode_step(encode_step(m));
+  ASSERT_EQ(back.chunks.size(), 2u);
+  EXPECT_EQ(back.chunks[0].tokens, m.chunks[0].tokens);
+  EXPECT_EQ(back.chunks[0].pages, m.chunks[0].pages);
+  EXPECT_EQ(back.chunks[0].start_pos, 3);
+  EXPECT_TRUE(back.chunks[0].all_logits);
+  EXPECT_FALSE(back.chunks[1].all_logits);
+  ASSERT_TRUE(back.placement.has_value());
+  EXPECT_EQ(back.placement->to_json(), m.placement->to_json());
+  m.placement.reset();
+  EXPECT_FALSE(decode_step(encode_step(m)).placement.has_value());
+  EXPECT_TRUE(decode_step(encode_step(StepMessage{.stop = true})).stop);
+
+  auto err = [](const std::string& bytes) {
+    try {
+      decode_step(bytes);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string good = encode_step(m);
+  EXPECT_NE(err("XXXX").find("bad magic"), std::string::npos);
+  EXPECT_NE(err(good.substr(0, good.size() - 2)).find("truncated"), std::string::npos);
+  EXPECT_NE(err(good + "x").find("bytes after"), std::string::npos);
+  std::string big = good;
+  big[12] = '\x7f';  // the chunk count's low byte
+  EXPECT_NE(err(big).find("past the end"), std::string::npos) << err(big);
 }
 
 }  // namespace
