@@ -7,6 +7,7 @@
 #include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/expert_parallel_args.h"
 #include "cli/progress_bar.h"
 #include "core/error.h"
 #include "engine/generator.h"
@@ -25,6 +26,8 @@ struct GenerateArgs {
   uint64_t seed = 0;
   bool has_seed = false;
   bool speculative = false;
+  EpArgs ep;
+  RandomWeightsArgs random;
 };
 
 void run_generate(const GenerateArgs& a) {
@@ -39,9 +42,14 @@ void run_generate(const GenerateArgs& a) {
   } else {
     prompt = parse_token_list(a.tokens);
   }
+  // --ep: every rank runs the same steps (same logits, same seeded sampling); only rank 0's stdout is kept.
+  const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random));
   auto backend = open_backend(a.backend);
   ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
-  DeepseekV3 model(a.model, *backend, {.load_mtp = a.speculative, .progress = bar.fn()});
+  DeepseekV3::Options options{.load_mtp = a.speculative, .progress = ep.root() ? bar.fn() : ProgressFn{}};
+  ep.apply(options);
+  const auto model_ptr = open_model(a.model, a.random, *backend, options);
+  DeepseekV3& model = *model_ptr;
   if (a.speculative) {
     // Greedy with the MTP module drafting the next-next token; same tokens as plain greedy decoding.
     if (a.sampling.temperature > 0) fail("--speculative decodes greedily; drop --temperature");
@@ -93,6 +101,8 @@ void register_generate_command(CLI::App& app) {
   cmd->add_option("--tokenizer", a->tokenizer, "Directory with tokenizer.json (default: the model directory)");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Tokens to generate");
   add_backend_options(cmd, a->backend);
+  add_ep_options(cmd, a->ep);
+  add_random_weights_options(cmd, a->random);
   cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
   add_sampling_options(cmd, a->sampling);
   cmd->add_flag("--speculative", a->speculative, "Greedy decoding with the MTP module drafting (same output, fewer passes)");

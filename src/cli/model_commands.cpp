@@ -7,6 +7,7 @@
 #include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/expert_parallel_args.h"
 #include "cli/progress_bar.h"
 #include "core/error.h"
 #include "engine/generator.h"
@@ -58,11 +59,15 @@ void run_info(const std::string& model_dir) {
 }
 
 void run_logits(const std::string& model_dir, const BackendArgs& device, const std::string& tokens_text,
-                const std::string& out_path, bool mtp) {
+                const std::string& out_path, bool mtp, const EpArgs& ep_args, const RandomWeightsArgs& random) {
   const std::vector<int32_t> tokens = parse_token_list(tokens_text);
+  const EpRuntime ep = open_ep(ep_args, model_config(model_dir, random));
   auto backend = open_backend(device);
   ProgressBar bar = ProgressBar::on_stderr("loading " + model_dir);
-  DeepseekV3 model(model_dir, *backend, {.load_mtp = mtp, .progress = bar.fn()});
+  DeepseekV3::Options options{.load_mtp = mtp, .progress = ep.root() ? bar.fn() : ProgressFn{}};
+  ep.apply(options);
+  const auto model_ptr = open_model(model_dir, random, *backend, options);
+  DeepseekV3& model = *model_ptr;
   if (mtp && !model.has_mtp()) fail("{}: the checkpoint has no MTP module (num_nextn_predict_layers)", model_dir);
   const int64_t T = int64_t(tokens.size()), V = model.config().vocab_size, page = 64;
   LatentCache cache(model.config(), *backend, pages_for(T, page), page, model.cache_layers());
@@ -80,7 +85,7 @@ void run_logits(const std::string& model_dir, const BackendArgs& device, const s
     backend->copy_to_host(draft.logits, mtp_logits.data());
     out.push_back({"mtp_logits", mtp_logits.view()});
   }
-  write_safetensors(out_path, out);
+  if (ep.root()) write_safetensors(out_path, out);  // every rank has the same logits
 }
 
 }  // namespace
@@ -98,15 +103,19 @@ void register_model_commands(CLI::App& app) {
          out = std::make_shared<std::string>();
     auto device = std::make_shared<BackendArgs>();
     auto mtp = std::make_shared<bool>(false);
-    cmd->add_option("--model", *model, "Checkpoint directory")->required();
+    auto ep = std::make_shared<EpArgs>();
+    auto random = std::make_shared<RandomWeightsArgs>();
+    cmd->add_option("--model", *model, "Checkpoint directory (a config.json with --random-weights)")->required();
     cmd->add_option("--tokens", *tokens, "Comma-separated token ids")->required();
     cmd->add_option("--out", *out, "Output safetensors file (F32 logits [T, vocab])")->required();
     cmd->add_flag("--mtp", *mtp, "Also write mtp_logits [T-1, vocab] from the MTP module");
     add_backend_options(cmd, *device);
+    add_ep_options(cmd, *ep);
+    add_random_weights_options(cmd, *random);
     cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
     cmd->callback([=] {
       apply_thread_count();
-      run_logits(*model, *device, *tokens, *out, *mtp);
+      run_logits(*model, *device, *tokens, *out, *mtp, *ep, *random);
     });
   }
   {

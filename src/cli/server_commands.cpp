@@ -15,13 +15,16 @@
 #include <fstream>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/expert_parallel_args.h"
 #include "cli/progress_bar.h"
 #include "core/error.h"
+#include "engine/ep_serving.h"
 #include "engine/scheduler.h"
 #include "server/feedback_store.h"
 #include "server/loading_server.h"
@@ -43,6 +46,7 @@ struct ServeArgs {
   bool prefix_cache = true;
   bool device_sampling = true;
   int fault_load_delay_ms = 0;  // tests: a model that takes this much longer to load
+  EpArgs ep;
 };
 
 std::string trim(std::string s) {
@@ -65,6 +69,27 @@ void run_serve(const ServeArgs& a) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+
+  // --ep N: MPI's threads start with the signals blocked (the sigwait thread below gets them on rank 0). Ranks
+  // other than 0 serve nothing: they run rank 0's steps (engine/ep_serving.h) until it stops, and a signal ends them.
+  SchedulerOptions sopt;
+  sopt.cache_tokens = a.cache_tokens;
+  sopt.page_size = a.page_size;
+  sopt.max_batch = a.max_batch;
+  sopt.max_step_tokens = a.step_tokens;
+  sopt.max_context = a.max_context;
+  sopt.prefix_cache = a.prefix_cache;
+  sopt.device_sampling = a.device_sampling;
+  const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), /*count_load=*/a.backend.device == "cpu");
+  if (!ep.root()) {
+    pthread_sigmask(SIG_UNBLOCK, &sigs, nullptr);
+    auto backend = open_backend(a.backend);
+    DeepseekV3::Options o;
+    ep.apply(o);
+    DeepseekV3 model(a.model, *backend, o);
+    run_ep_follower(model, sopt);
+    return;
+  }
 
   server::ServerOptions so;
   so.host = a.host;
@@ -156,22 +181,26 @@ void run_serve(const ServeArgs& a) {
   loading.set_progress(0.05);
   if (a.fault_load_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(a.fault_load_delay_ms));
   ProgressBar bar = ProgressBar::on_stderr("moe serve: loading " + a.model);
-  DeepseekV3 model(a.model, *backend, {.progress = [&](uint64_t done, uint64_t total) {
-                     bar.update(done, total);
-                     loading.set_progress(0.05 + 0.8 * (total ? double(done) / double(total) : 1.0));
-                   }});
+  DeepseekV3::Options mopt{.progress = [&](uint64_t done, uint64_t total) {
+    bar.update(done, total);
+    loading.set_progress(0.05 + 0.8 * (total ? double(done) / double(total) : 1.0));
+  }};
+  ep.apply(mopt);
+  DeepseekV3 model(a.model, *backend, mopt);
   loading.set_progress(0.85);
   const Tokenizer tokenizer = Tokenizer::load(a.model);
   loading.set_progress(0.9);
-  SchedulerOptions sopt;
-  sopt.cache_tokens = a.cache_tokens;
-  sopt.page_size = a.page_size;
-  sopt.max_batch = a.max_batch;
-  sopt.max_step_tokens = a.step_tokens;
-  sopt.max_context = a.max_context;
-  sopt.prefix_cache = a.prefix_cache;
-  sopt.device_sampling = a.device_sampling;
+  // --ep: the leader sends each step to the other ranks, and tells them to stop once the scheduler has stopped
+  // (declared first, so destroyed after the scheduler's thread has joined).
+  struct Leader {
+    std::optional<EpLeader> leader;
+    ~Leader() {
+      if (leader) leader->stop();
+    }
+  } lead;
+  if (ep.ep) sopt.on_step = [&lead](const std::vector<SequenceChunk>& chunks) { lead.leader->on_step(chunks); };
   Scheduler scheduler(model, &tokenizer, sopt);
+  if (ep.ep) lead.leader.emplace(model, EplbOptions{a.ep.eplb_interval}, &scheduler.metrics());
   std::unique_ptr<server::FeedbackStore> feedback;
   if (!a.feedback_db.empty()) feedback = std::make_unique<server::FeedbackStore>(a.feedback_db);
 
@@ -331,6 +360,7 @@ void register_server_commands(CLI::App& app) {
                     "--host (DNS rebinding), or *; bound to another address with an API key, /v1/ answers any");
   serve->add_option("--feedback-db", s->feedback_db, "SQLite file for ratings from the chat page (POST /v1/feedback)");
   add_backend_options(serve, s->backend);
+  add_ep_options(serve, s->ep, /*serve=*/true);
   serve->add_option("--threads", g_threads, "CPU threads (default: all cores)");
   serve->add_option("--max-batch", s->max_batch, "Most sequences in the running batch");
   serve->add_option("--cache-tokens", s->cache_tokens, "Latent cache capacity in tokens (all requests together)");

@@ -39,8 +39,9 @@ class MpiCommunicator final : public Communicator {
     MPI_Initialized(&initialized);
     if (!initialized) {
       int provided = 0;
-      // The trainer's threads never call MPI: only the thread that made the communicator does.
-      check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      // One thread at a time calls MPI, but not always the one that made the communicator (`moe serve --ep`
+      // makes its calls from the scheduler's thread): MPI_THREAD_SERIALIZED.
+      check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
       // MPI is process-wide by nature: finalise at exit, after every communicator is gone.
       std::atexit([] {
         int finalized = 0;

@@ -509,6 +509,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   if (chunks.empty()) return;
 
   Backend& backend = model_.backend();
+  if (options_.on_step) options_.on_step(chunks);
   ForwardOutput fwd = executor_.forward(chunks, cache_);
   const int64_t vocab = model_.config().vocab_size;
   // Rows: one per chunk, or one per token of a chunk with all_logits; a chunk's last row is its last token's.

@@ -25,6 +25,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -57,6 +58,9 @@ struct SchedulerOptions {
   // Prompt tokens a scoring request (prompt_logprobs) prefills per step at most: each brings a logits row to the
   // host (vocab * 4 bytes: 66 MB a step at 128 rows of a 129k vocabulary), so the step's buffer stays bounded.
   int32_t max_prompt_logprob_rows = 128;
+  // Called on the scheduler thread with each step's chunks just before its forward (expert-parallel serving sends
+  // them to the other ranks: engine/ep_serving.h). An exception fails the step's requests.
+  std::function<void(const std::vector<SequenceChunk>&)> on_step;
 };
 
 struct GenerationRequest {
@@ -154,6 +158,7 @@ class Scheduler {
   int64_t cache_capacity_tokens() const { return allocator_.total_pages() * options_.page_size; }
   const SchedulerOptions& options() const { return options_; }
   const ModelConfig& model_config() const { return model_.config(); }
+  const DeepseekV3& model() const { return model_; }
 
  private:
   struct Sequence;

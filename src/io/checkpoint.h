@@ -11,18 +11,32 @@
 
 namespace moe {
 
-class Checkpoint {
+// Where the model's weights come from, by their checkpoint names: a checkpoint directory, or random tensors made
+// on demand (model/random_checkpoint.h, `--random-weights`). Tensors live as long as the source.
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  virtual const std::string& dir() const = 0;  // for error messages
+  virtual bool has(const std::string& name) const = 0;
+  // The tensor, checked against the expected shape; errors name the file and tensor.
+  virtual TensorView get(const std::string& name, const Shape& expected_shape) const = 0;
+  virtual std::optional<TensorView> find(const std::string& name) const = 0;
+  virtual std::string file_of(const std::string& name) const = 0;  // for error messages
+  virtual std::vector<std::string> names() const = 0;
+};
+
+class Checkpoint final : public TensorSource {
  public:
   explicit Checkpoint(const std::string& dir);
 
-  const std::string& dir() const { return dir_; }
-  bool has(const std::string& name) const { return locate_.count(name) != 0; }
+  const std::string& dir() const override { return dir_; }
+  bool has(const std::string& name) const override { return locate_.count(name) != 0; }
   // The tensor, checked against the expected dtype set and shape; errors name the file and tensor.
   TensorView get(const std::string& name) const;
-  TensorView get(const std::string& name, const Shape& expected_shape) const;
-  std::optional<TensorView> find(const std::string& name) const;
-  std::string file_of(const std::string& name) const;  // for error messages
-  std::vector<std::string> names() const;
+  TensorView get(const std::string& name, const Shape& expected_shape) const override;
+  std::optional<TensorView> find(const std::string& name) const override;
+  std::string file_of(const std::string& name) const override;  // for error messages
+  std::vector<std::string> names() const override;
 
  private:
   std::string dir_;

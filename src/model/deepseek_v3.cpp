@@ -30,6 +30,12 @@ RoutingParams routing_params(const ModelConfig& c) {
   return p;
 }
 
+// Expert parallelism: this rank's slots of each layer.
+ExpertSelection local_experts(const ExpertParallel* ep) {
+  if (!ep) return {};
+  return [ep](int64_t layer) { return ep->placement().local_experts(size_t(layer), ep->rank()); };
+}
+
 }  // namespace
 
 BatchPlan plan_batch(const std::vector<SequenceChunk>& chunks, int64_t page_size) {
@@ -59,20 +65,40 @@ DeepseekV3::DeepseekV3(const std::string& model_dir, Backend& backend, Options o
     : config_(ModelConfig::load(model_dir)),
       backend_(backend),
       checkpoint_(std::in_place, model_dir),
-      weights_(ModelWeights::load(*checkpoint_, config_, backend, options.load_mtp, options.progress)),
+      weights_(ModelWeights::load(*checkpoint_, config_, backend, options.load_mtp, options.progress,
+                                  local_experts(options.ep))),
       rope_(make_rope_params(config_)),
       attn_scale_(attention_scale(config_)),
-      routing_(routing_params(config_)) {
+      routing_(routing_params(config_)),
+      ep_(options.ep),
+      load_(options.load) {
   check_backend();
 }
 
-DeepseekV3::DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend, Options)
+DeepseekV3::DeepseekV3(std::shared_ptr<const TensorSource> source, ModelConfig config, Backend& backend,
+                       Options options)
+    : config_(std::move(config)),
+      backend_(backend),
+      source_(std::move(source)),
+      weights_(ModelWeights::load(*source_, config_, backend, options.load_mtp, options.progress,
+                                  local_experts(options.ep))),
+      rope_(make_rope_params(config_)),
+      attn_scale_(attention_scale(config_)),
+      routing_(routing_params(config_)),
+      ep_(options.ep),
+      load_(options.load) {
+  check_backend();
+}
+
+DeepseekV3::DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend, Options options)
     : config_(std::move(config)),
       backend_(backend),
       weights_(std::move(weights)),
       rope_(make_rope_params(config_)),
       attn_scale_(attention_scale(config_)),
-      routing_(routing_params(config_)) {
+      routing_(routing_params(config_)),
+      ep_(options.ep),
+      load_(options.load) {
   MOE_CHECK(int64_t(weights_.layers.size()) == config_.num_hidden_layers, "DeepseekV3: {} layers of weights for {}",
             weights_.layers.size(), config_.num_hidden_layers);
   check_backend();
@@ -87,6 +113,20 @@ void DeepseekV3::check_backend() const {
     fail("{} (DeepSeek Sparse Attention) is not yet supported on the {} backend: its indexer and sparse MLA ops "
          "(dsa_*) exist only on the CPU for now (use --device cpu)",
          config_.architecture, backend_.name());
+}
+
+void DeepseekV3::set_placement(const ExpertPlacement& p) {
+  MOE_CHECK(ep_, "set_placement: this model runs without expert parallelism");
+  const TensorSource* src = checkpoint_ ? static_cast<const TensorSource*>(&*checkpoint_) : source_.get();
+  MOE_CHECK(src, "set_placement: the model was built from weights and has no checkpoint to load experts from");
+  MOE_CHECK(p.num_experts == config_.n_routed_experts, "set_placement: a placement of {} experts for {}",
+            p.num_experts, config_.n_routed_experts);
+  ep_->set_placement(p);
+  auto reload = [&](int64_t i, DecoderLayerWeights& l) {
+    if (l.is_moe) l.experts = load_experts(*src, config_, backend_, i, p.local_experts(size_t(i), ep_->rank()));
+  };
+  for (size_t i = 0; i < weights_.layers.size(); ++i) reload(int64_t(i), weights_.layers[i]);
+  if (weights_.mtp) reload(config_.num_hidden_layers, weights_.mtp->layer);
 }
 
 const Checkpoint& DeepseekV3::checkpoint() const {
@@ -129,7 +169,7 @@ ForwardOutput DeepseekV3::run(const std::vector<SequenceChunk>& chunks, const De
   backend_.embedding(weights_.embed, ids, h);
   std::vector<Tensor> index_topk;
   for (size_t i = 0; i < weights_.layers.size(); ++i) {
-    Tensor chosen = decoder_layer(weights_.layers[i], h, i == 0 ? TensorView{} : y.view(), y, cache.layer(int64_t(i)),
+    Tensor chosen = decoder_layer(int64_t(i), weights_.layers[i], h, i == 0 ? TensorView{} : y.view(), y, cache.layer(int64_t(i)),
                                   cache.index_layer(int64_t(i)), batch);
     if (!chosen.empty()) index_topk.push_back(std::move(chosen));
   }
@@ -161,7 +201,7 @@ ForwardOutput DeepseekV3::forward_mtp(const std::vector<SequenceChunk>& chunks, 
   backend_.concat_cols(e, hn, cat);
   Tensor m = backend_.alloc_uninitialized(act, {T, D}), y = backend_.alloc_uninitialized(act, {T, D});
   backend_.matmul(cat, mtp.eh_proj, m);
-  Tensor chosen = decoder_layer(mtp.layer, m, {}, y, cache.layer(config_.num_hidden_layers),
+  Tensor chosen = decoder_layer(config_.num_hidden_layers, mtp.layer, m, {}, y, cache.layer(config_.num_hidden_layers),
                                 cache.index_layer(config_.num_hidden_layers), batch);
   ForwardOutput out = head(chunks, m, y, mtp.shared_head_norm, mtp.head);
   if (!chosen.empty()) out.index_topk.push_back(std::move(chosen));
@@ -201,7 +241,7 @@ ForwardOutput DeepseekV3::head(const std::vector<SequenceChunk>& chunks, const T
 // Each residual add is fused into the norm that follows it: the previous layer's FFN output `pending` (empty
 // for the first layer) is added by this layer's input norm, and this layer's FFN output is left in `y` for
 // the next layer (or the final norm) to add.
-Tensor DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
+Tensor DeepseekV3::decoder_layer(int64_t layer, const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
                                  const TensorView& y, const TensorView& cache, const TensorView& index_cache,
                                  const DeviceBatch& batch) {
   const int64_t T = h.rows(), D = h.row_size();
@@ -215,7 +255,7 @@ Tensor DeepseekV3::decoder_layer(const DecoderLayerWeights& w, const TensorView&
   Tensor chosen = attention(w.attn, x, cache, index_cache, batch, y);
   backend_.add_rms_norm(h, y, w.post_attention_norm, eps, x);
   if (w.is_moe)
-    moe_ffn(w, x, y);
+    moe_ffn(layer, w, x, y);
   else
     backend_.swiglu_mlp(x, w.dense, y);
   return chosen;
@@ -282,7 +322,7 @@ Tensor DeepseekV3::sparse_indices(const IndexerWeights& w, const TensorView& x, 
 }
 
 // DeepSeekMoE: the router (FP32) picks top-k routed experts per token; shared experts see every token.
-void DeepseekV3::moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out) {
+void DeepseekV3::moe_ffn(int64_t layer, const DecoderLayerWeights& w, const TensorView& x, const TensorView& out) {
   const int64_t T = x.rows(), E = config_.n_routed_experts, K = config_.num_experts_per_tok;
   Tensor logits = backend_.alloc_uninitialized(DType::F32, {T, E});
   backend_.matmul(x, w.router, logits);
@@ -294,7 +334,15 @@ void DeepseekV3::moe_ffn(const DecoderLayerWeights& w, const TensorView& x, cons
     shared = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, x.row_size()});
     backend_.swiglu_mlp(x, *w.shared_experts, shared);
   }
-  backend_.moe_experts(x, w.experts, ids, weights, shared.view(), out);
+  if (load_) {
+    std::vector<int32_t> host(size_t(T * K));
+    backend_.copy_to_host(ids, host.data());
+    load_->add(layer, host.data(), T * K);
+  }
+  if (ep_)
+    ep_->moe(backend_, layer, w.experts, x, ids, weights, shared.view(), out);
+  else
+    backend_.moe_experts(x, w.experts, ids, weights, shared.view(), out);
 }
 
 }  // namespace moe

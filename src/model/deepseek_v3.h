@@ -11,6 +11,8 @@
 #include "backend/backend.h"
 #include "io/checkpoint.h"
 #include "io/model_config.h"
+#include "model/expert_load.h"
+#include "model/expert_parallel.h"
 #include "model/latent_cache.h"
 #include "model/weights.h"
 
@@ -41,6 +43,13 @@ class DeepseekV3 {
   struct Options {
     bool load_mtp = false;
     ProgressFn progress;  // loading from a directory: bytes of weights handed to the backend (ModelWeights::load)
+    // Expert parallelism (model/expert_parallel.h), owned by the caller and outliving the model: the routed
+    // experts run over its ranks, and a model loaded from a directory loads only this rank's slots (a model built
+    // from weights must be given exactly those, in slot order). Every rank runs the same steps.
+    ExpertParallel* ep = nullptr;
+    // Counts each layer's routed tokens per expert (expert ids copied to the host every layer: the step cannot
+    // be captured as a graph while counting).
+    ExpertLoadCounter* load = nullptr;
   };
   // From a checkpoint directory (config.json and safetensors; the weights stay memory-mapped for the CPU).
   DeepseekV3(const std::string& model_dir, Backend& backend, Options options);
@@ -50,6 +59,9 @@ class DeepseekV3 {
   // caller's tensors) must outlive the model. The MTP module is used when weights.mtp is set
   // (options.load_mtp only applies to loading from a directory). There is no checkpoint().
   DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend, Options options);
+  // From any source of checkpoint tensors (`--random-weights`: model/random_checkpoint.h's RandomTensors), loaded
+  // like a directory (options.ep: only this rank's experts); the model keeps the source.
+  DeepseekV3(std::shared_ptr<const TensorSource> source, ModelConfig config, Backend& backend, Options options);
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return backend_; }
@@ -58,6 +70,11 @@ class DeepseekV3 {
   bool has_checkpoint() const { return checkpoint_.has_value(); }
   const Checkpoint& checkpoint() const;
   bool has_mtp() const { return weights_.mtp.has_value(); }
+  ExpertParallel* expert_parallel() const { return ep_; }
+  ExpertLoadCounter* expert_load() const { return load_; }
+  // Expert parallelism: moves to placement `p` between steps (every rank, collectively in effect): each layer's
+  // local experts are loaded again for this rank's new slots from the checkpoint (the CPU maps them in place).
+  void set_placement(const ExpertPlacement& p);
   // Layers a LatentCache for this model needs (the MTP module's layer included when loaded).
   int64_t cache_layers() const { return config_.num_hidden_layers + (has_mtp() ? 1 : 0); }
 
@@ -82,7 +99,7 @@ class DeepseekV3 {
 
  private:
   // Both return the sparse attention's chosen positions (empty without an indexer).
-  Tensor decoder_layer(const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
+  Tensor decoder_layer(int64_t layer, const DecoderLayerWeights& w, const TensorView& h, const TensorView& pending,
                        const TensorView& y, const TensorView& cache, const TensorView& index_cache,
                        const DeviceBatch& batch);
   Tensor attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
@@ -91,17 +108,20 @@ class DeepseekV3 {
   Tensor sparse_indices(const IndexerWeights& w, const TensorView& x, const TensorView& q_latent,
                         const TensorView& index_cache, const DeviceBatch& batch);
   void check_backend() const;
-  void moe_ffn(const DecoderLayerWeights& w, const TensorView& x, const TensorView& out);
+  void moe_ffn(int64_t layer, const DecoderLayerWeights& w, const TensorView& x, const TensorView& out);
   ForwardOutput head(const std::vector<SequenceChunk>& chunks, const Tensor& hidden, const Tensor& pending,
                      const Weight& norm, const Weight& lm_head);
 
   ModelConfig config_;
   Backend& backend_;
-  std::optional<Checkpoint> checkpoint_;  // empty when built from ModelWeights
+  std::optional<Checkpoint> checkpoint_;  // empty when built from ModelWeights or another source
+  std::shared_ptr<const TensorSource> source_;  // the other source, if any
   ModelWeights weights_;
   RopeParams rope_;
   float attn_scale_;
   RoutingParams routing_;
+  ExpertParallel* ep_ = nullptr;
+  ExpertLoadCounter* load_ = nullptr;
 };
 
 }  // namespace moe

@@ -166,23 +166,111 @@ void write_shard(const std::string& path, const std::vector<PendingTensor>& tens
   if (!out) fail("error writing {}", path);
 }
 
-}  // namespace
 
-void create_random_checkpoint(const RandomCheckpointOptions& o) {
-  std::ifstream in(o.config_path);
-  if (!in) fail("cannot open {}", o.config_path);
+uint64_t tensor_seed(uint64_t seed, const std::string& name) {
+  return seed * 0x9e3779b97f4a7c15ull ^ std::hash<std::string>{}(name);
+}
+
+json random_config_json(const std::string& path, bool fp8) {
+  const std::string file = fs::is_directory(path) ? (fs::path(path) / "config.json").string() : path;
+  std::ifstream in(file);
+  if (!in) fail("cannot open {}", file);
   json cfg;
   try {
     cfg = json::parse(in);
   } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", o.config_path, e.what());
+    fail("{}: not valid JSON: {}", file, e.what());
   }
-  if (o.fp8) {
+  if (fp8) {
     cfg["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"}, {"quant_method", "fp8"},
                                   {"weight_block_size", {128, 128}}};
   } else {
     cfg.erase("quantization_config");
   }
+  return cfg;
+}
+
+}  // namespace
+
+ModelConfig random_checkpoint_config(const std::string& config_path, bool fp8) {
+  return ModelConfig::from_json(random_config_json(config_path, fp8), config_path);
+}
+
+struct RandomTensors::Impl {
+  std::map<std::string, TensorSpec> specs;  // by name
+  std::map<std::string, std::string> scale_of;  // "<w>_scale_inv" -> "<w>"
+  uint64_t seed;
+  std::mutex mu;
+  struct Made {
+    std::vector<uint8_t> bytes;
+    std::vector<float> scales;
+  };
+  std::map<std::string, Made> made;  // node-based: addresses stay put
+
+  const Made& make(const std::string& name) {
+    std::lock_guard lock(mu);
+    auto it = made.find(name);
+    if (it != made.end()) return it->second;
+    const TensorSpec& s = specs.at(name);
+    std::vector<float> values(size_t(s.rows * std::max<int64_t>(s.cols, 1)));
+    fill_uniform(values, tensor_seed(seed, s.name), s.mean, s.stddev);
+    Made& m = made[name];
+    encode(s, values, m.bytes, m.scales);
+    return m;
+  }
+};
+
+RandomTensors::RandomTensors(const ModelConfig& config, bool fp8, uint64_t seed, std::string label)
+    : impl_(std::make_unique<Impl>()), label_(std::move(label)) {
+  impl_->seed = seed;
+  for (auto& s : tensor_specs(config, fp8)) {
+    if (s.dtype == DType::F8_E4M3) impl_->scale_of[s.name + "_scale_inv"] = s.name;
+    impl_->specs.emplace(s.name, s);
+  }
+}
+
+RandomTensors::~RandomTensors() = default;
+
+bool RandomTensors::has(const std::string& name) const {
+  return impl_->specs.count(name) || impl_->scale_of.count(name);
+}
+
+std::vector<std::string> RandomTensors::names() const {
+  std::vector<std::string> out;
+  for (const auto& [n, s] : impl_->specs) out.push_back(n);
+  for (const auto& [n, w] : impl_->scale_of) out.push_back(n);
+  return out;
+}
+
+std::optional<TensorView> RandomTensors::find(const std::string& name) const {
+  TensorView v;
+  if (auto sc = impl_->scale_of.find(name); sc != impl_->scale_of.end()) {
+    const TensorSpec& s = impl_->specs.at(sc->second);
+    const auto& m = impl_->make(sc->second);
+    v.data = const_cast<float*>(m.scales.data());
+    v.dtype = DType::F32;
+    v.shape = Shape{(s.rows + 127) / 128, (s.cols + 127) / 128};
+    return v;
+  }
+  auto it = impl_->specs.find(name);
+  if (it == impl_->specs.end()) return std::nullopt;
+  const TensorSpec& s = it->second;
+  const auto& m = impl_->make(name);
+  v.data = const_cast<uint8_t*>(m.bytes.data());
+  v.dtype = s.dtype;
+  v.shape = s.cols ? Shape{s.rows, s.cols} : Shape{s.rows};
+  return v;
+}
+
+TensorView RandomTensors::get(const std::string& name, const Shape& expected) const {
+  auto v = find(name);
+  if (!v) fail("{}: no tensor '{}' for this config", label_, name);
+  MOE_CHECK(v->shape == expected, "{}: tensor '{}' is {}, expected {}", label_, name, v->shape.str(), expected.str());
+  return *v;
+}
+
+void create_random_checkpoint(const RandomCheckpointOptions& o) {
+  json cfg = random_config_json(o.config_path, o.fp8);
   const ModelConfig c = ModelConfig::from_json(cfg, o.config_path);
   fs::create_directories(o.out_dir);
   {
@@ -209,14 +297,14 @@ void create_random_checkpoint(const RandomCheckpointOptions& o) {
                                                 : fmt::format("model-{:05d}-of-{:05d}.safetensors", si + 1, shards.size());
     std::vector<PendingTensor> pending;
     for (const TensorSpec* s : shards[si]) {
-      const uint64_t tensor_seed = o.seed * 0x9e3779b97f4a7c15ull ^ std::hash<std::string>{}(s->name);
+      const uint64_t seed = tensor_seed(o.seed, s->name);
       auto values = std::make_shared<std::vector<float>>();
       auto bytes = std::make_shared<std::vector<uint8_t>>();
       auto scales = std::make_shared<std::vector<float>>();
       auto materialise = [=] {
         if (!bytes->empty()) return;
         values->resize(size_t(s->rows * std::max<int64_t>(s->cols, 1)));
-        fill_uniform(*values, tensor_seed, s->mean, s->stddev);
+        fill_uniform(*values, seed, s->mean, s->stddev);
         encode(*s, *values, *bytes, *scales);
         values->clear();
         values->shrink_to_fit();

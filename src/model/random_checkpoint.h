@@ -2,9 +2,15 @@
 // `moe create-random`: a checkpoint of any DeepSeek-V3-architecture shape in the published hub layout, with
 // random weights scaled so activations stay near unit size, in BF16 or in FP8 with 128x128 block scales.
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "core/progress.h"
+#include "io/checkpoint.h"
+#include "io/model_config.h"
 
 namespace moe {
 
@@ -18,5 +24,29 @@ struct RandomCheckpointOptions {
 };
 
 void create_random_checkpoint(const RandomCheckpointOptions& options);
+
+// The config a random checkpoint of `config_path` (a config.json, or a directory holding one) has: its JSON with the
+// FP8 quantization_config set (fp8) or removed, as create_random_checkpoint writes it.
+ModelConfig random_checkpoint_config(const std::string& config_path, bool fp8);
+
+// `--random-weights`: the tensors create_random_checkpoint would write for (config, fp8, seed), made in memory
+// when first asked for, bit-identical to the files (same generator, same encoding). A rank that loads only its
+// experts makes only those. Host memory, kept as long as the source (the CPU backend uses it in place).
+class RandomTensors final : public TensorSource {
+ public:
+  RandomTensors(const ModelConfig& config, bool fp8, uint64_t seed, std::string label = "random weights");
+  ~RandomTensors() override;
+  const std::string& dir() const override { return label_; }
+  bool has(const std::string& name) const override;
+  TensorView get(const std::string& name, const Shape& expected_shape) const override;
+  std::optional<TensorView> find(const std::string& name) const override;
+  std::string file_of(const std::string& name) const override { return label_; }
+  std::vector<std::string> names() const override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string label_;
+};
 
 }  // namespace moe

@@ -13,7 +13,7 @@ namespace {
 
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend, const ProgressFn& progress, uint64_t total)
+  Loader(const TensorSource& ckpt, const ModelConfig& c, Backend& backend, const ProgressFn& progress, uint64_t total)
       : ckpt_(ckpt), c_(c), backend_(backend), progress_(progress), total_(total) {}
 
   // After every tensor handed over: `bytes` more done (capped at the total, which the caller estimated).
@@ -79,7 +79,20 @@ class Loader {
     return w;
   }
 
-  DecoderLayerWeights decoder_layer(int64_t i, bool is_moe) {
+  ExpertWeights experts(int64_t layer, const std::vector<int32_t>& ids) {
+    ExpertWeights out;
+    out.experts.reserve(ids.size());
+    for (int32_t e : ids) {
+      MOE_CHECK(e >= 0 && e < c_.n_routed_experts, "layer {}: no routed expert {} (of {})", layer, e,
+                c_.n_routed_experts);
+      out.experts.push_back(
+          mlp(fmt::format("model.layers.{}.mlp.experts.{}", layer, e), c_.hidden_size, c_.moe_intermediate_size));
+    }
+    backend_.prepare_experts(out);
+    return out;
+  }
+
+  DecoderLayerWeights decoder_layer(int64_t i, bool is_moe, const ExpertSelection& select = {}) {
     const std::string p = fmt::format("model.layers.{}.", i);
     const int64_t D = c_.hidden_size, H = c_.num_attention_heads;
     DecoderLayerWeights l;
@@ -122,10 +135,13 @@ class Loader {
       l.correction_bias = backend_.alloc(DType::F32, Shape{E});
       backend_.copy_from_host(host.data(), l.correction_bias);
     }
-    l.experts.experts.reserve(size_t(E));
-    for (int64_t e = 0; e < E; ++e)
-      l.experts.experts.push_back(mlp(fmt::format("{}mlp.experts.{}", p, e), D, c_.moe_intermediate_size));
-    backend_.prepare_experts(l.experts);
+    std::vector<int32_t> ids;
+    if (select) {
+      ids = select(i);
+    } else {
+      for (int32_t e = 0; e < int32_t(E); ++e) ids.push_back(e);
+    }
+    l.experts = experts(i, ids);
     if (c_.n_shared_experts > 0)
       l.shared_experts = mlp(p + "mlp.shared_experts", D, c_.moe_intermediate_size * c_.n_shared_experts);
     return l;
@@ -140,7 +156,7 @@ class Loader {
       fail("{}: tensor '{}' is F8_E4M3 but config.json has no quantization_config", ckpt_.file_of(name), name);
   }
 
-  const Checkpoint& ckpt_;
+  const TensorSource& ckpt_;
   const ModelConfig& c_;
   Backend& backend_;
   const ProgressFn& progress_;
@@ -150,7 +166,7 @@ class Loader {
 
 // Bytes of the tensors a load hands the backend: every tensor of the checkpoint, less the MTP layers'
 // (model.layers.N.* with N >= num_hidden_layers) when they are not loaded.
-uint64_t bytes_to_load(const Checkpoint& ckpt, const ModelConfig& c, bool with_mtp) {
+uint64_t bytes_to_load(const TensorSource& ckpt, const ModelConfig& c, bool with_mtp) {
   uint64_t total = 0;
   const std::string prefix = "model.layers.";
   for (const std::string& name : ckpt.names()) {
@@ -165,8 +181,8 @@ uint64_t bytes_to_load(const Checkpoint& ckpt, const ModelConfig& c, bool with_m
 
 }  // namespace
 
-ModelWeights ModelWeights::load(const Checkpoint& ckpt, const ModelConfig& c, Backend& backend, bool with_mtp,
-                                const ProgressFn& progress) {
+ModelWeights ModelWeights::load(const TensorSource& ckpt, const ModelConfig& c, Backend& backend, bool with_mtp,
+                                const ProgressFn& progress, const ExpertSelection& experts) {
   const uint64_t total = progress ? bytes_to_load(ckpt, c, with_mtp) : 0;
   Loader load(ckpt, c, backend, progress, total);
   ModelWeights m;
@@ -176,7 +192,7 @@ ModelWeights ModelWeights::load(const Checkpoint& ckpt, const ModelConfig& c, Ba
     m.lm_head = load.projection("lm_head.weight", c.vocab_size, c.hidden_size);
   else
     m.lm_head = m.embed;
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) m.layers.push_back(load.decoder_layer(i, c.is_moe_layer(i)));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) m.layers.push_back(load.decoder_layer(i, c.is_moe_layer(i), experts));
   const int64_t L = c.num_hidden_layers;
   if (with_mtp && c.num_nextn_predict_layers > 0 && ckpt.has(fmt::format("model.layers.{}.eh_proj.weight", L))) {
     MtpWeights mtp;
@@ -188,11 +204,18 @@ ModelWeights ModelWeights::load(const Checkpoint& ckpt, const ModelConfig& c, Ba
     mtp.head = ckpt.has(p + "shared_head.head.weight")
                    ? load.projection(p + "shared_head.head.weight", c.vocab_size, c.hidden_size)
                    : m.lm_head;
-    mtp.layer = load.decoder_layer(L, c.n_routed_experts > 0);
+    mtp.layer = load.decoder_layer(L, c.n_routed_experts > 0, experts);
     m.mtp = std::move(mtp);
   }
   load.finish();
   return m;
+}
+
+ExpertWeights load_experts(const TensorSource& ckpt, const ModelConfig& config, Backend& backend, int64_t layer,
+                           const std::vector<int32_t>& ids) {
+  const ProgressFn none;  // Loader keeps a reference
+  Loader load(ckpt, config, backend, none, 0);
+  return load.experts(layer, ids);
 }
 
 ModelStats compute_stats(const Checkpoint& ckpt, const ModelConfig& c) {

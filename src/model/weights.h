@@ -1,6 +1,7 @@
 #pragma once
 // The model's weights as the checkpoint stores them (names of the published DeepSeek checkpoints), checked
 // against config.json at load time and handed to the backend (the CPU uses the memory map in place).
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -44,6 +45,10 @@ struct MtpWeights {
   DecoderLayerWeights layer;
 };
 
+// Which routed experts of a layer to load, in the order they are to be held (expert parallelism: a rank's slots,
+// model/expert_placement.h). Empty function: all of them, 0 .. E-1.
+using ExpertSelection = std::function<std::vector<int32_t>(int64_t layer)>;
+
 struct ModelWeights {
   Weight embed, final_norm, lm_head;
   std::vector<DecoderLayerWeights> layers;
@@ -52,9 +57,15 @@ struct ModelWeights {
   // Loads and validates every tensor; `with_mtp` loads the MTP module when the checkpoint has one. `progress`
   // gets the bytes handed to the backend so far of those the load will hand it (all tensors but an MTP layer
   // that is not loaded), after each tensor.
-  static ModelWeights load(const Checkpoint& ckpt, const ModelConfig& config, Backend& backend, bool with_mtp,
-                           const ProgressFn& progress = {});
+  // `experts` picks each MoE layer's routed experts (all by default).
+  static ModelWeights load(const TensorSource& ckpt, const ModelConfig& config, Backend& backend, bool with_mtp,
+                           const ProgressFn& progress = {}, const ExpertSelection& experts = {});
 };
+
+// The routed experts `ids` of layer `layer` (model.layers.N.mlp.experts.ID.*), in that order, uploaded and
+// prepared: what a rank holds, or a new placement's copies loaded between steps.
+ExpertWeights load_experts(const TensorSource& ckpt, const ModelConfig& config, Backend& backend, int64_t layer,
+                           const std::vector<int32_t>& ids);
 
 // Parameter and byte counts for `moe info` and the bandwidth figures of `moe bench`.
 struct ModelStats {

@@ -804,7 +804,36 @@ struct Server::Impl {
           double(s.pages_evictable));
     gauge("moe_cache_page_tokens", "Tokens per cache page", double(s.page_size));
     gauge("moe_open_streams", "Streaming responses in progress", double(open_streams.load()));
+    expert_metrics(o, gauge, counter);
     return o;
+  }
+
+  // Per-expert routed tokens (when the model counts them) and expert parallelism: ranks, all-to-all bytes, EPLB.
+  template <class Gauge, class Counter>
+  void expert_metrics(std::string& o, const Gauge& gauge, const Counter& counter) const {
+    const DeepseekV3& model = sched.model();
+    if (const ExpertLoadCounter* load = model.expert_load()) {
+      o += "# HELP moe_expert_tokens_total Tokens routed to each routed expert, by layer (the MTP layer last)\n"
+           "# TYPE moe_expert_tokens_total counter\n";
+      const auto totals = load->totals();
+      for (size_t l = 0; l < totals.size(); ++l)
+        if (load->is_moe(l))
+          for (size_t e = 0; e < totals[l].size(); ++e)
+            o += fmt::format("moe_expert_tokens_total{{layer=\"{}\",expert=\"{}\"}} {}\n", l, e, totals[l][e]);
+    }
+    if (const ExpertParallel* ep = model.expert_parallel()) {
+      gauge("moe_ep_ranks", "Ranks the routed experts are spread over (--ep)", double(ep->ranks()));
+      gauge("moe_ep_slots_per_rank", "Expert slots per rank (experts plus redundant copies, over the ranks)",
+            double(ep->placement().slots_per_rank));
+      counter("moe_ep_all_to_all_bytes_total", "Hidden-state bytes rank 0 sent in dispatch and combine",
+              ep->bytes_sent());
+      auto& m = sched.metrics();
+      counter("moe_eplb_rebalances_total", "Expert placements recomputed from the observed load", m.eplb_rebalances);
+      gauge("moe_eplb_imbalance_before", "Max / mean tokens per rank over the last EPLB window, before rebalancing",
+            m.eplb_imbalance_before.load());
+      gauge("moe_eplb_imbalance_after", "Max / mean tokens per rank over the last EPLB window, after rebalancing",
+            m.eplb_imbalance_after.load());
+    }
   }
 };
 

@@ -1,0 +1,73 @@
+#include "cli/expert_parallel_args.h"
+
+#include <cstdio>
+
+#include "core/error.h"
+#include "model/random_checkpoint.h"
+
+namespace moe::cli {
+
+void add_ep_options(CLI::App* cmd, EpArgs& args, bool serve) {
+  cmd->add_option("--ep", args.ep,
+                  "Expert parallelism over N ranks: launch with `mpirun -np N moe ... --ep N` (routed experts spread "
+                  "over the ranks; rank 0 writes the results)")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--redundant-experts", args.redundant_experts,
+                  "With --ep: spare expert slots in all, holding copies of the hottest experts (EPLB); experts plus "
+                  "this must be a multiple of --ep")
+      ->check(CLI::Range(0, 1 << 20));
+  if (serve)
+    cmd->add_option("--eplb-interval", args.eplb_interval,
+                    "With --ep: recompute the expert placement from the observed load every N steps (0: never)")
+        ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+}
+
+void add_random_weights_options(CLI::App* cmd, RandomWeightsArgs& args) {
+  cmd->add_flag("--random-weights", args.enabled,
+                "--model is a config.json: seeded random weights made in memory (as create-random writes them), no "
+                "files; with --ep each rank makes only its experts");
+  cmd->add_option("--random-dtype", args.dtype, "With --random-weights: bf16 or fp8")
+      ->check(CLI::IsMember({"bf16", "fp8"}));
+  cmd->add_option("--random-seed", args.seed, "With --random-weights: the seed (create-random's --seed)");
+}
+
+ModelConfig model_config(const std::string& model, const RandomWeightsArgs& random) {
+  return random.enabled ? random_checkpoint_config(model, random.dtype == "fp8") : ModelConfig::load(model);
+}
+
+std::unique_ptr<DeepseekV3> open_model(const std::string& model, const RandomWeightsArgs& random, Backend& backend,
+                                       const DeepseekV3::Options& options) {
+  if (!random.enabled) return std::make_unique<DeepseekV3>(model, backend, options);
+  const bool fp8 = random.dtype == "fp8";
+  ModelConfig config = random_checkpoint_config(model, fp8);
+  auto source = std::make_shared<RandomTensors>(config, fp8, random.seed, "random weights for " + model);
+  DeepseekV3::Options o = options;
+  o.progress = {};  // the progress counts bytes of every tensor up front, which would make them all
+  return std::make_unique<DeepseekV3>(std::move(source), std::move(config), backend, o);
+}
+
+EpRuntime open_ep(const EpArgs& args, const ModelConfig& config, bool count_load) {
+  EpRuntime rt;
+  std::vector<bool> moe_layers;
+  for (int64_t i = 0; i <= config.num_hidden_layers; ++i)
+    moe_layers.push_back(config.n_routed_experts > 0 && (i == config.num_hidden_layers || config.is_moe_layer(i)));
+  if (count_load || args.ep > 1) rt.load = std::make_unique<ExpertLoadCounter>(moe_layers, int32_t(config.n_routed_experts));
+  if (args.ep == 1) {
+    if (args.redundant_experts > 0 || args.eplb_interval > 0)
+      fail("--redundant-experts and --eplb-interval need --ep N with N > 1 (expert parallelism)");
+    return rt;
+  }
+  if (config.n_routed_experts == 0) fail("--ep {}: this model has no routed experts to spread", args.ep);
+  if (!dist::have_mpi())
+    fail("--ep {} needs MPI, and this build has none (install libopenmpi-dev and openmpi-bin, then rebuild)", args.ep);
+  rt.comm = dist::make_mpi_communicator();
+  if (rt.comm->size() != args.ep)
+    fail("--ep {} needs {} ranks but this job has {}: launch it as `mpirun -np {} moe ... --ep {}`", args.ep, args.ep,
+         rt.comm->size(), args.ep, args.ep);
+  rt.ep = std::make_unique<ExpertParallel>(
+      *rt.comm, ExpertPlacement::initial(moe_layers, int32_t(config.n_routed_experts), args.ep, args.redundant_experts));
+  if (rt.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("rank {}: cannot silence stdout", rt.rank());
+  return rt;
+}
+
+}  // namespace moe::cli

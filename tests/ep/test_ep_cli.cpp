@@ -1,0 +1,242 @@
+// `mpirun -np N moe logits|generate ... --ep N` on CPU ranks against the same command in one process: logits
+// bit-identical without redundant experts (see test_expert_parallel.cpp for why), within 1e-5 relative with them,
+// greedy continuations identical; and the errors for a wrong launch. Launched through tests/dist/mpirun.sh (the
+// dist tests' flags: oversubscribe, shared memory only, root only when root).
+#include <gtest/gtest.h>
+
+#include <httplib.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "cli/run_moe.h"
+#include "io/safetensors.h"
+#include "test_util.h"
+
+namespace moe {
+namespace {
+
+test::MoeResult run_mpi(int np, const std::string& args, bool with_stderr = true) {
+  const std::string cmd = std::string(MOE_MPIRUN) + " " + std::to_string(np) + " " + MOE_BINARY + " " + args +
+                          (with_stderr ? " 2>&1" : " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  test::MoeResult r{-1, ""};
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::vector<float> read_logits(const std::string& path) {
+  SafetensorsFile f(path);
+  const SafetensorsEntry* e = f.find("logits");
+  if (!e) return {};
+  const TensorView v = f.view(*e);
+  return {v.as<const float>(), v.as<const float>() + v.numel()};
+}
+
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 0, diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    scale = std::max(scale, std::fabs(double(b[i])));
+    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
+  }
+  return diff / scale;
+}
+
+std::string prompt_ids() {
+  const std::vector<int32_t> ids = test::load_reference_cases().at(1).input_ids;  // a copy: the cases are temporary
+  std::string s;
+  for (int32_t t : ids) s += (s.empty() ? "" : ",") + std::to_string(t);
+  return s;
+}
+
+struct Case {
+  std::string model;
+  int np, redundant;
+};
+class EpCli : public ::testing::TestWithParam<Case> {};
+
+TEST_P(EpCli, LogitsAndGreedyMatchOneProcess) {
+  const Case c = GetParam();
+  const std::string tokens = prompt_ids(), one = test::temp_path("one.safetensors"),
+                    many = test::temp_path("many.safetensors");
+  const std::string common = "--model " + c.model + " --tokens " + tokens + " --threads 1";
+  auto r = test::run_moe("logits " + common + " --out " + one);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string ep = " --ep " + std::to_string(c.np) + " --redundant-experts " + std::to_string(c.redundant);
+  r = run_mpi(c.np, "logits " + common + " --out " + many + ep);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::vector<float> a = read_logits(many), b = read_logits(one);
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_FALSE(a.empty());
+  const double rel = max_rel_diff(a, b);
+  if (c.redundant == 0)
+    EXPECT_EQ(rel, 0.0);
+  else
+    EXPECT_LE(rel, 1e-5);
+  RecordProperty("max_rel_diff", std::to_string(rel));
+
+  const std::string gen = "generate " + common + " --max-new-tokens 8";
+  const auto g1 = test::run_moe(gen, /*with_stderr=*/false);
+  ASSERT_EQ(g1.code, 0);
+  const auto gn = run_mpi(c.np, gen + ep, /*with_stderr=*/false);
+  ASSERT_EQ(gn.code, 0) << gn.out;
+  EXPECT_EQ(gn.out, g1.out) << "only rank 0 prints, the same tokens";
+  std::remove(one.c_str());
+  std::remove(many.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Mpi, EpCli,
+                         ::testing::Values(Case{test::kTinyModel, 2, 0}, Case{test::kTinyModel, 4, 4},
+                                           Case{test::kTinyModelFp8, 2, 2}, Case{test::kTinyModelFp8, 4, 0}),
+                         [](const auto& info) {
+                           return std::string(info.param.model == test::kTinyModel ? "bf16" : "fp8") + "_np" +
+                                  std::to_string(info.param.np) + "_redundant" + std::to_string(info.param.redundant);
+                         });
+
+// A `moe serve` started in the background (through the shell, its output in a log file), stopped with SIGTERM.
+class BackgroundServer {
+ public:
+  explicit BackgroundServer(const std::string& command) : log_(test::temp_path("serve" + std::to_string(++n_) + ".log")) {
+    const std::string sh = "sh -c 'exec " + command + " >" + log_ + " 2>&1' & echo $!";
+    FILE* p = popen(sh.c_str(), "r");
+    if (p && fscanf(p, "%d", &pid_) != 1) pid_ = 0;
+    if (p) pclose(p);
+  }
+  ~BackgroundServer() {
+    if (pid_ > 0) kill(pid_, SIGTERM);
+    for (int i = 0; i < 100 && pid_ > 0 && kill(pid_, 0) == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::remove(log_.c_str());
+  }
+  // The port once the server says it is ready (0 after 60 s).
+  int wait_ready() {
+    const std::regex listening("listening on http://[^:]+:([0-9]+)");
+    for (int i = 0; i < 600; ++i) {
+      const std::string text = log();
+      std::smatch m;
+      if (text.find("ready:") != std::string::npos && std::regex_search(text, m, listening)) return std::stoi(m[1]);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return 0;
+  }
+  std::string log() const {
+    std::ifstream f(log_);
+    return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+  }
+
+ private:
+  static inline int n_ = 0;
+  std::string log_;
+  int pid_ = 0;
+};
+
+// Greedy completions from a server: the text of each prompt, one request at a time and then all at once.
+std::vector<std::string> complete(int port, const std::vector<std::string>& prompts) {
+  std::vector<std::string> out(prompts.size());
+  auto one = [&](size_t i) {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(120);
+    const nlohmann::json body = {{"prompt", prompts[i]}, {"max_tokens", 12}, {"temperature", 0}};
+    auto r = c.Post("/v1/completions", body.dump(), "application/json");
+    out[i] = r && r->status == 200 ? nlohmann::json::parse(r->body)["choices"][0]["text"].get<std::string>()
+                                   : "<error " + (r ? std::to_string(r->status) + " " + r->body : "no answer") + ">";
+  };
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) threads.emplace_back(one, i);  // batched by the scheduler
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+TEST(EpServe, AnswersLikeOneRank) {
+  const std::vector<std::string> prompts = {"Hello, my name is", "The capital of France", "1, 2, 3,"};
+  const std::string serve = std::string(MOE_BINARY) + " serve --model " + test::kTinyModel +
+                            " --port 0 --threads 1 --no-access-log --ignore-eos";
+  std::vector<std::string> want, got;
+  std::string metrics;
+  {
+    BackgroundServer one(serve);
+    const int port = one.wait_ready();
+    ASSERT_NE(port, 0) << one.log();
+    want = complete(port, prompts);
+  }
+  {
+    BackgroundServer many(std::string(MOE_MPIRUN) + " 2 " + serve + " --ep 2 --redundant-experts 2 --eplb-interval 4");
+    const int port = many.wait_ready();
+    ASSERT_NE(port, 0) << many.log();
+    got = complete(port, prompts);
+    httplib::Client c("127.0.0.1", port);
+    auto r = c.Get("/metrics");
+    ASSERT_TRUE(r);
+    metrics = r->body;
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(got[i], want[i]) << prompts[i];
+    EXPECT_EQ(want[i].find("<error"), std::string::npos) << want[i];
+  }
+  EXPECT_NE(metrics.find("moe_ep_ranks 2"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("moe_expert_tokens_total{layer=\"1\",expert=\"0\"}"), std::string::npos);
+  EXPECT_EQ(metrics.find("moe_eplb_rebalances_total 0"), std::string::npos) << "EPLB ran every 4 steps";
+}
+
+TEST(EpCliErrors, WrongLaunch) {
+  auto r = test::run_moe("logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("launch it as `mpirun -np 2"), std::string::npos) << r.out;
+  r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --redundant-experts 1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("multiple of the rank count"), std::string::npos) << r.out;
+  r = test::run_moe("logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --redundant-experts 2");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("need --ep N"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+// --random-weights makes in memory exactly what create-random writes: the logits from the config alone equal those
+// of the written checkpoint (bit for bit: same generator, same encoding, same model), BF16 and FP8, one process and
+// --ep 2 (each rank making only its experts).
+TEST(RandomWeights, SameLogitsAsCreateRandom) {
+  for (const std::string dtype : {"bf16", "fp8"}) {
+    const std::string dir = test::temp_path("random_" + dtype), disk = dir + "/disk.safetensors",
+                      mem = dir + "/mem.safetensors", mem2 = dir + "/mem2.safetensors";
+    const std::string config = test::kTinyModel + "/config.json";
+    auto r = test::run_moe("create-random --config " + config + " --out " + dir + " --dtype " + dtype + " --seed 7");
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::string common = " --tokens 5,17,300,42,9,1000 --threads 1";
+    r = test::run_moe("logits --model " + dir + common + " --out " + disk);
+    ASSERT_EQ(r.code, 0) << r.out;
+    r = test::run_moe("logits --model " + config + " --random-weights --random-dtype " + dtype + " --random-seed 7" +
+                      common + " --out " + mem);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::vector<float> a = read_logits(disk), b = read_logits(mem);
+    ASSERT_FALSE(a.empty());
+    EXPECT_EQ(a, b) << dtype;
+    r = run_mpi(2, "logits --model " + config + " --random-weights --random-dtype " + dtype + " --random-seed 7" +
+                       common + " --out " + mem2 + " --ep 2");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(read_logits(mem2), a) << dtype << " --ep 2";
+    r = test::run_moe("logits --model " + config + " --random-weights --random-seed 8" + common + " --out " + mem2);
+    ASSERT_EQ(r.code, 0) << r.out;
+    if (dtype == "bf16") EXPECT_NE(read_logits(mem2), a) << "another seed, other weights";
+    std::filesystem::remove_all(dir);
+  }
+}
+
+}  // namespace
+}  // namespace moe
