@@ -27,6 +27,13 @@ if [ -x "$BIN" ]; then
 else
   echo "no $BIN (build failed?)" | tee -a "$DST/summary.txt"
 fi
+if [ -x build-gpu/tests/cuda/test_cuda_w4a16 ]; then
+  timeout 60 build-gpu/tests/cuda/test_cuda_w4a16 >"$DST/test_cuda_w4a16.log" 2>&1
+  echo "test_cuda_w4a16 exit $?" | tee -a "$DST/summary.txt"
+  grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) |w4a16|Failure" "$DST/test_cuda_w4a16.log" | tail -12
+else
+  echo "no test_cuda_w4a16 (build failed, or built without it: scripts/gpu/run.sh build lists it)" | tee -a "$DST/summary.txt"
+fi
 # The CPU-side fixture check on the GPU machine's build too, when the fixtures were made.
 MOE=build-gpu/src/cli/moe
 for f in v31 kimi; do

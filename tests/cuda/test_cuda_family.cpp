@@ -5,6 +5,7 @@
 //   INT4 (W4A16) experts: upload_weight gives the GPU q * scale rounded to BF16 (2^-9 relative per weight), the
 //   CPU reads INT4 in place with F32 accumulation: a dot of K independent roundings is ~2^-9 / sqrt(3) relative
 //   on the result; over the two GEMVs of SwiGLU, bound 1e-2 relative L2.
+//   The W4A16 kernel itself: test_cuda_w4a16.cpp.
 #include "cuda_test_util.h"
 #include "int4_test_util.h"
 
