@@ -7,9 +7,10 @@ namespace moe {
 ModelFamily model_family(const ModelConfig& c) {
   if (c.architecture == "DeepseekV32ForCausalLM") return ModelFamily::V32;
   if (c.architecture == "DeepseekV2ForCausalLM") return ModelFamily::V2;
-  if (c.model_type == "kimi_k2" || c.n_routed_experts == 384) return ModelFamily::KimiK2;
-  if (c.vocab_size == 163840 && c.q_lora_rank == 0) return ModelFamily::Moonlight;
+  if (c.model_type == "kimi_k2") return ModelFamily::KimiK2;
   if (c.ue8m0_scales) return ModelFamily::V31;
+  if (c.vocab_size == 163840 && c.q_lora_rank == 0) return ModelFamily::Moonlight;
+  if (c.n_routed_experts == 384) return ModelFamily::KimiK2;
   return ModelFamily::V3;
 }
 

@@ -10,8 +10,9 @@ namespace moe {
 enum class ModelFamily { V3, V31, V32, KimiK2, Moonlight, V2 };
 
 // By architecture, then model_type and shape: DeepseekV32ForCausalLM is V3.2; DeepseekV2ForCausalLM V2-shaped;
-// of DeepseekV3ForCausalLM, model_type kimi_k2 or 384 routed experts is Kimi-K2, Moonshot's 163840-token
-// vocabulary without q compression is Moonlight, ue8m0 FP8 scales are V3.1, the rest V3/R1.
+// of DeepseekV3ForCausalLM, model_type kimi_k2 is Kimi-K2, ue8m0 FP8 scales are V3.1, Moonshot's 163840-token
+// vocabulary without q compression is Moonlight, 384 routed experts (a config without kimi_k2) Kimi-K2, the
+// rest V3/R1.
 ModelFamily model_family(const ModelConfig& c);
 const char* family_name(ModelFamily f);  // "DeepSeek-V3/R1", "DeepSeek-V3.1", ...
 
