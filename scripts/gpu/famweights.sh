@@ -34,6 +34,10 @@ if [ -x build-gpu/tests/cuda/test_cuda_w4a16 ]; then
 else
   echo "no test_cuda_w4a16 (build failed, or built without it: scripts/gpu/run.sh build lists it)" | tee -a "$DST/summary.txt"
 fi
+if [ -x build-gpu/tests/cuda/test_cuda_fp8 ]; then
+  timeout 60 build-gpu/tests/cuda/test_cuda_fp8 --gtest_filter='CudaFp8.Quantiser*' >"$DST/test_cuda_fp8_quantiser.log" 2>&1
+  echo "test_cuda_fp8 quantiser (ue8m0 scales) exit $?" | tee -a "$DST/summary.txt"
+fi
 # The CPU-side fixture check on the GPU machine's build too, when the fixtures were made.
 MOE=build-gpu/src/cli/moe
 for f in v31 kimi; do
