@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "core/dtype.h"
 #include "core/error.h"
 
@@ -60,9 +62,12 @@ float dot_row_int4(const float* x, const Weight& w, int64_t n) {
 void dequant_row_int4(const Weight& w, int64_t n, int64_t k0, int64_t count, float* out) {
   const int64_t words = w.cols() / 8;
   const uint32_t* row = static_cast<const uint32_t*>(w.w.data) + n * words;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t k = k0 + i;
-    out[i] = float(nibble(row[k / 8], int(k % 8))) * group_scale(w, n, k / w.group_size);
+  // A word never spans two groups (group_size is a multiple of 8): one word load and one scale per word.
+  for (int64_t i = 0; i < count;) {
+    const int64_t k = k0 + i, end = std::min<int64_t>(count, i + 8 - k % 8);
+    const uint32_t word = row[k / 8];
+    const float s = group_scale(w, n, k / w.group_size);
+    for (; i < end; ++i) out[i] = float(nibble(word, int((k0 + i) % 8))) * s;
   }
 }
 
