@@ -16,14 +16,25 @@ namespace moe {
 
 // A projection weight as stored in the checkpoint: [N, K] (out_features x in_features), BF16/F16/F32,
 // or F8_E4M3 with one F32 scale per block_n x block_k block in scale_inv [ceil(N/bn), ceil(K/bk)].
+// A weight [rows, cols] as the checkpoint stores it:
+//   BF16/F16/F32: w itself.
+//   F8_E4M3: w, and scale_inv F32 [ceil(rows / block_n), ceil(cols / block_k)]; value = w * scale_inv of its block.
+//     pow2_scales: every scale is a power of two (config scale_fmt ue8m0); FP8 activation scales then are too.
+//   INT4 (group_size > 0; compressed-tensors pack-quantized, W4A16): w is I32 [rows, cols / 8], 8 values per
+//     word along the input dim, value k of a row in bits [4 (k % 8), 4 (k % 8) + 4) of word k / 8, stored with an
+//     offset of 8 (q + 8 in [0, 15], q in [-8, 7]); scale_inv BF16/F32 [rows, cols / group_size];
+//     value = q * scale_inv[row, k / group_size] (symmetric, no zero point).
 struct Weight {
   TensorView w;
-  TensorView scale_inv;  // empty unless w is F8_E4M3
+  TensorView scale_inv;  // FP8 block scales or INT4 group scales; empty otherwise
   int32_t block_n = 128, block_k = 128;
+  int32_t group_size = 0;    // INT4 when > 0
+  bool pow2_scales = false;  // FP8 scales are powers of two (ue8m0)
 
   int64_t rows() const { return w.shape[0]; }
-  int64_t cols() const { return w.shape.rank > 1 ? w.shape[1] : 1; }
+  int64_t cols() const { return w.shape.rank > 1 ? w.shape[1] * (is_int4() ? 8 : 1) : 1; }
   bool is_fp8() const { return w.dtype == DType::F8_E4M3; }
+  bool is_int4() const { return group_size > 0; }
   size_t nbytes() const { return w.nbytes() + (scale_inv.data ? scale_inv.nbytes() : 0); }
 };
 

@@ -13,6 +13,7 @@
 #include "engine/generator.h"
 #include "io/safetensors.h"
 #include "model/deepseek_v3.h"
+#include "model/family.h"
 #include "model/random_checkpoint.h"
 
 namespace moe::cli {
@@ -27,6 +28,8 @@ void run_info(const std::string& model_dir) {
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) moe_layers += c.is_moe_layer(i);
   fmt::print("architecture: {}{}\n", c.architecture,
              c.sparse_attention() ? " (DeepSeek-V3.2, DeepSeek Sparse Attention)" : "");
+  fmt::print("family: {}; attention {}; weights {}\n", family_name(model_family(c)), attention_summary(c),
+             weight_format_summary(c));
   fmt::print("layers: {} ({} dense, {} MoE), hidden {}, heads {}, vocab {}\n", c.num_hidden_layers,
              c.num_hidden_layers - moe_layers, moe_layers, c.hidden_size, c.num_attention_heads, c.vocab_size);
   fmt::print("attention: MLA, q_lora_rank {}, kv_lora_rank {}, qk_nope {}, qk_rope {}, v {}\n", c.q_lora_rank,
@@ -43,8 +46,6 @@ void run_info(const std::string& model_dir) {
                c.yarn->original_max_position_embeddings, c.rope_theta);
   else
     fmt::print("rope: plain, theta {}\n", c.rope_theta);
-  fmt::print("weights: {}\n", c.fp8_block_rows ? fmt::format("FP8 e4m3, {}x{} blocks", c.fp8_block_rows, c.fp8_block_cols)
-                                               : std::string("BF16/F32"));
   fmt::print("parameters: {} total, {} active per token", human_count(s.total_params), human_count(s.active_params));
   if (s.mtp_params) fmt::print(", plus {} in the MTP module", human_count(s.mtp_params));
   fmt::print("\n");
@@ -124,10 +125,16 @@ void register_model_commands(CLI::App& app) {
     auto dtype = std::make_shared<std::string>("bf16");
     cmd->add_option("--config", opts->config_path, "config.json giving the shape")->required();
     cmd->add_option("--out", opts->out_dir, "Output directory")->required();
+    auto family = std::make_shared<std::string>();
     cmd->add_option("--dtype", *dtype, "bf16 or fp8")->check(CLI::IsMember({"bf16", "fp8"}));
+    cmd->add_option("--family", *family,
+                    "Make the config a family member: v3, v31 (FP8 with ue8m0 scales), v32 (indexer weights), "
+                    "kimi-k2 (INT4 routed experts; with --dtype fp8: FP8)")
+        ->check(CLI::IsMember({"v3", "v31", "v32", "kimi-k2"}));
     cmd->add_option("--seed", opts->seed, "Random seed");
     cmd->callback([=] {
       opts->fp8 = *dtype == "fp8";
+      opts->family = parse_random_family(*family);
       ProgressBar bar = ProgressBar::on_stderr("writing " + opts->out_dir);
       RandomCheckpointOptions o = *opts;
       o.progress = bar.fn();

@@ -115,17 +115,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
       fail("{}: unsupported rope_scaling type '{}' (supported: yarn)", src, type);
     }
   }
-  if (auto q = j.find("quantization_config"); q != j.end() && q->is_object()) {
-    const std::string qm = get_string(*q, "quant_method", src, "fp8");
-    if (qm != "fp8") fail("{}: unsupported quantization_config.quant_method '{}' (supported: fp8)", src, qm);
-    auto bs = q->find("weight_block_size");
-    if (bs == q->end() || !bs->is_array() || bs->size() != 2 || !(*bs)[0].is_number_integer() ||
-        !(*bs)[1].is_number_integer())
-      fail("{}: quantization_config.weight_block_size must be two integers", src);
-    c.fp8_block_rows = (*bs)[0].get<int64_t>();
-    c.fp8_block_cols = (*bs)[1].get<int64_t>();
-    if (c.fp8_block_rows <= 0 || c.fp8_block_cols <= 0) fail("{}: weight_block_size must be positive", src);
-  }
+  if (auto q = j.find("quantization_config"); q != j.end() && !q->is_null()) c.parse_quantization(*q, src);
+  c.model_type = model_type;
 
   // Sanity: the sizes the forward pass relies on.
   auto positive = [&](int64_t v, const char* name) {
@@ -174,6 +165,15 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
       fail("{}: noaux_tc routing needs at least two experts per group", src);
     if (c.num_experts_per_tok > c.topk_group * per_group && c.topk_method != TopkMethod::Greedy)
       fail("{}: num_experts_per_tok exceeds the experts in topk_group groups", src);
+  }
+  if (c.packed_int) {
+    // The routed experts' input dims must be whole groups: the hidden size (gate/up) and moe_intermediate_size
+    // (down). Every quantised tensor is checked again at load time, naming it.
+    const int64_t g = c.packed_int->group_size;
+    for (auto [v, name] : {std::pair<int64_t, const char*>{c.hidden_size, "hidden_size"},
+                           std::pair<int64_t, const char*>{c.moe_intermediate_size, "moe_intermediate_size"}})
+      if (v > 0 && v % g)
+        fail("{}: quantization_config group_size {} does not divide {} ({})", src, g, name, v);
   }
   if (v32) {
     // The indexer's fields have no defaults here: a V3.2 config without them is not one we can run exactly.

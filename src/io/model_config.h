@@ -26,8 +26,16 @@ struct IndexerConfig {
   int64_t n_heads = 0, head_dim = 0, topk = 0;
 };
 
+// compressed-tensors `pack-quantized` weight-only integer quantisation (Kimi-K2-Thinking's INT4 experts):
+// symmetric, one scale per group of `group_size` input columns. Which linears are quantised is read from the
+// checkpoint (`*.weight_packed` present) rather than from the `ignore` patterns, which only say the same thing.
+struct PackedIntConfig {
+  int64_t num_bits = 4, group_size = 32;
+};
+
 struct ModelConfig {
   std::string architecture;  // "DeepseekV3ForCausalLM", "DeepseekV32ForCausalLM" or "DeepseekV2ForCausalLM"
+  std::string model_type;    // as config.json says ("deepseek_v3", "kimi_k2", ...; may be empty)
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, moe_intermediate_size = 0;
   int64_t num_hidden_layers = 0, num_attention_heads = 0;
   int64_t q_lora_rank = 0;  // 0: no q compression (q_proj)
@@ -46,6 +54,10 @@ struct ModelConfig {
   std::optional<int64_t> bos_token_id, eos_token_id;
   // FP8 block quantisation (quantization_config.weight_block_size); 0 when the checkpoint is not FP8.
   int64_t fp8_block_rows = 0, fp8_block_cols = 0;
+  // quantization_config.scale_fmt "ue8m0" (DeepSeek-V3.1): every FP8 weight scale is a power of two, and FP8
+  // activation scales are rounded up to one.
+  bool ue8m0_scales = false;
+  std::optional<PackedIntConfig> packed_int;  // quant_method compressed-tensors, format pack-quantized
   std::optional<IndexerConfig> indexer;  // DeepseekV32ForCausalLM only
 
   bool sparse_attention() const { return indexer.has_value(); }
@@ -56,6 +68,10 @@ struct ModelConfig {
   }
   // Latent cache values per token per layer: the compressed latent plus the shared rope key.
   int64_t cache_width() const { return kv_lora_rank + qk_rope_head_dim; }
+
+  // quantization_config of config.json (quantization_config.cpp): FP8 blocks and scale format, or
+  // compressed-tensors pack-quantized integers.
+  void parse_quantization(const nlohmann::json& q, const std::string& source);
 
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
   static ModelConfig load(const std::string& model_dir);  // dir/config.json

@@ -26,8 +26,16 @@ class Loader {
     if (progress_) progress_(done_, total_);
   }
 
-  // A projection [rows, cols]: BF16/F16/F32, or F8_E4M3 with its weight_scale_inv blocks.
-  Weight projection(const std::string& name, int64_t rows, int64_t cols) {
+  // A projection [rows, cols]: BF16/F16/F32, or F8_E4M3 with its weight_scale_inv blocks; a routed expert's
+  // (`int4_ok`) also INT4 pack-quantized (name minus ".weight" plus ".weight_packed", ".weight_scale").
+  Weight projection(const std::string& name, int64_t rows, int64_t cols, bool int4_ok = false) {
+    const std::string base = name.substr(0, name.size() - std::string(".weight").size());
+    if (ckpt_.has(base + ".weight_packed") && !ckpt_.has(name)) {
+      if (!int4_ok)
+        fail("{}: '{}.weight_packed': only the routed experts may be INT4 (pack-quantized); this tensor must be "
+             "BF16 or FP8", ckpt_.file_of(base + ".weight_packed"), base);
+      return packed_projection(base, rows, cols);
+    }
     Weight w;
     w.w = ckpt_.get(name, Shape{rows, cols});
     check_float(name, w.w);
@@ -41,6 +49,8 @@ class Loader {
         fail("{}: '{}' must be F32, not {}", ckpt_.file_of(scale_name), scale_name, dtype_name(w.scale_inv.dtype));
       w.block_n = int32_t(bn);
       w.block_k = int32_t(bk);
+      if (c_.ue8m0_scales) check_pow2_scales(scale_name, w.scale_inv);
+      w.pow2_scales = c_.ue8m0_scales;
     }
     Weight up = backend_.upload_weight(w);
     advance(w.w.nbytes() + (w.scale_inv.empty() ? 0 : w.scale_inv.nbytes()));
@@ -58,10 +68,47 @@ class Loader {
     return up;
   }
 
-  MlpWeights mlp(const std::string& prefix, int64_t hidden, int64_t inner) {
-    return MlpWeights{projection(prefix + ".gate_proj.weight", inner, hidden),
-                      projection(prefix + ".up_proj.weight", inner, hidden),
-                      projection(prefix + ".down_proj.weight", hidden, inner)};
+  MlpWeights mlp(const std::string& prefix, int64_t hidden, int64_t inner, bool routed_expert = false) {
+    return MlpWeights{projection(prefix + ".gate_proj.weight", inner, hidden, routed_expert),
+                      projection(prefix + ".up_proj.weight", inner, hidden, routed_expert),
+                      projection(prefix + ".down_proj.weight", hidden, inner, routed_expert)};
+  }
+
+  // INT4 W4A16 (compressed-tensors pack-quantized; layout in backend.h's Weight): weight_packed I32
+  // [rows, cols / 8], weight_scale BF16/F32 [rows, cols / group_size], weight_shape (optional) I32/I64 {rows, cols}.
+  Weight packed_projection(const std::string& base, int64_t rows, int64_t cols) {
+    const std::string packed = base + ".weight_packed", scale = base + ".weight_scale", shape = base + ".weight_shape";
+    if (!c_.packed_int)
+      fail("{}: tensor '{}' is pack-quantized INT4 but config.json has no compressed-tensors quantization_config",
+           ckpt_.file_of(packed), packed);
+    const int64_t g = c_.packed_int->group_size;
+    if (cols % g)
+      fail("{}: tensor '{}' has {} input columns, not a multiple of quantization_config group_size {}",
+           ckpt_.file_of(packed), packed, cols, g);
+    if (!ckpt_.has(scale)) fail("{}: INT4 tensor '{}' has no '{}'", ckpt_.file_of(packed), packed, scale);
+    if (ckpt_.has(base + ".weight_zero_point"))
+      fail("{}: '{}.weight_zero_point': asymmetric INT4 is not supported (symmetric only)", ckpt_.file_of(packed),
+           base);
+    Weight w;
+    w.w = ckpt_.get(packed, Shape{rows, cols / 8});
+    if (w.w.dtype != DType::I32)
+      fail("{}: '{}' must be I32 (8 INT4 values per word), not {}", ckpt_.file_of(packed), packed,
+           dtype_name(w.w.dtype));
+    w.scale_inv = ckpt_.get(scale, Shape{rows, cols / g});
+    if (w.scale_inv.dtype != DType::BF16 && w.scale_inv.dtype != DType::F32)
+      fail("{}: '{}' must be BF16 or F32, not {}", ckpt_.file_of(scale), scale, dtype_name(w.scale_inv.dtype));
+    if (auto sh = ckpt_.find(shape)) {
+      int64_t v[2] = {-1, -1};
+      if (sh->numel() == 2 && sh->dtype == DType::I64) v[0] = sh->as<const int64_t>()[0], v[1] = sh->as<const int64_t>()[1];
+      if (sh->numel() == 2 && sh->dtype == DType::I32) v[0] = sh->as<const int32_t>()[0], v[1] = sh->as<const int32_t>()[1];
+      if (v[0] != rows || v[1] != cols)
+        fail("{}: '{}' must be the integers {{{}, {}}} (I32 or I64) that config.json implies", ckpt_.file_of(shape),
+             shape, rows, cols);
+    }
+    w.group_size = int32_t(g);
+    Weight up = backend_.upload_weight(w);
+    advance(w.w.nbytes() + w.scale_inv.nbytes());
+    return up;
   }
 
   IndexerWeights indexer(const std::string& p) {
@@ -86,7 +133,7 @@ class Loader {
       MOE_CHECK(e >= 0 && e < c_.n_routed_experts, "layer {}: no routed expert {} (of {})", layer, e,
                 c_.n_routed_experts);
       out.experts.push_back(
-          mlp(fmt::format("model.layers.{}.mlp.experts.{}", layer, e), c_.hidden_size, c_.moe_intermediate_size));
+          mlp(fmt::format("model.layers.{}.mlp.experts.{}", layer, e), c_.hidden_size, c_.moe_intermediate_size, true));
     }
     backend_.prepare_experts(out);
     return out;
@@ -148,6 +195,17 @@ class Loader {
   }
 
  private:
+  // scale_fmt ue8m0: every block scale a positive power of two (F32 with a zero mantissa, normal exponent).
+  void check_pow2_scales(const std::string& name, const TensorView& s) {
+    const uint32_t* bits = s.as<const uint32_t>();
+    for (int64_t i = 0; i < s.numel(); ++i) {
+      const uint32_t b = bits[i], exponent = (b >> 23) & 0xffu;
+      if ((b & 0x807fffffu) != 0 || exponent == 0 || exponent == 0xffu)
+        fail("{}: '{}' element {} is {}, not a power of two as quantization_config.scale_fmt 'ue8m0' requires",
+             ckpt_.file_of(name), name, i, s.as<const float>()[i]);
+    }
+  }
+
   void check_float(const std::string& name, const TensorView& v) {
     if (v.dtype != DType::BF16 && v.dtype != DType::F16 && v.dtype != DType::F32 && v.dtype != DType::F8_E4M3)
       fail("{}: tensor '{}' has dtype {}, expected BF16, F16, F32 or F8_E4M3", ckpt_.file_of(name), name,
@@ -224,16 +282,21 @@ ModelStats compute_stats(const Checkpoint& ckpt, const ModelConfig& c) {
   int64_t expert_params = 0, expert_bytes = 0;  // of one routed expert
   for (const auto& name : ckpt.names()) {
     const TensorView v = *ckpt.find(name);
-    const int64_t n = v.numel(), b = int64_t(v.nbytes());
+    const auto ends = [&](const char* suffix) {
+      const std::string sfx(suffix);
+      return name.size() >= sfx.size() && name.compare(name.size() - sfx.size(), sfx.size(), sfx) == 0;
+    };
+    // Parameters: an INT4 word holds 8; scales and shapes are not parameters (their bytes still count).
+    const bool aux = ends(".weight_scale") || ends(".weight_shape") || name.find("_scale_inv") != std::string::npos;
+    const int64_t n = aux ? 0 : v.numel() * (ends(".weight_packed") ? 8 : 1), b = int64_t(v.nbytes());
     if (name.rfind(mtp_prefix, 0) == 0) {
-      s.mtp_params += name.find("_scale_inv") == std::string::npos ? n : 0;
+      s.mtp_params += n;
       continue;
     }
-    const bool scale = name.find("_scale_inv") != std::string::npos;
-    if (!scale) s.total_params += n;
+    s.total_params += n;
     s.weight_bytes += b;
     if (name.find(".mlp.experts.0.") != std::string::npos) {
-      if (!scale) expert_params += n;
+      expert_params += n;
       expert_bytes += b;
     }
   }

@@ -144,6 +144,41 @@ TEST(Cli, CreateRandomBf16AndFp8) {
   fs::remove_all(dir);
 }
 
+// create-random --family makes each member of the family and `moe info` names it with what it uses (issue 17).
+TEST(Cli, CreateRandomFamiliesAndInfoNamesThem) {
+  const std::string dir = test::temp_path("families");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir + "/shape.json") << R"({"architectures":["DeepseekV3ForCausalLM"],"vocab_size":256,
+    "hidden_size":128,"intermediate_size":160,"moe_intermediate_size":64,"num_hidden_layers":2,
+    "num_attention_heads":2,"q_lora_rank":48,"kv_lora_rank":32,"qk_nope_head_dim":16,"qk_rope_head_dim":8,
+    "v_head_dim":16,"n_routed_experts":384,"n_shared_experts":1,"num_experts_per_tok":8,"n_group":1,"topk_group":1,
+    "first_k_dense_replace":1,"norm_topk_prob":true,"routed_scaling_factor":2.827,"index_n_heads":2,
+    "index_head_dim":16,"index_topk":4})";
+  const std::vector<std::pair<std::string, std::vector<std::string>>> want = {
+      {"v3", {"family: Kimi-K2", "dense MLA", "BF16/F32"}},  // 384 routed experts: Kimi-K2-shaped
+      {"v31", {"family: DeepSeek-V3.1", "FP8 e4m3, 128x128 blocks, ue8m0"}},
+      {"v32", {"family: DeepSeek-V3.2", "sparse (DSA", "top 4"}},
+      {"kimi-k2", {"family: Kimi-K2", "routed experts INT4 (W4A16, group 32, compressed-tensors pack-quantized)"}}};
+  for (const auto& [family, needles] : want) {
+    const std::string m = dir + "/" + family;
+    const Result c = test::run_moe("create-random --config " + dir + "/shape.json --out " + m + " --family " + family);
+    ASSERT_EQ(c.code, 0) << c.out;
+    const Result r = test::run_moe("info --model " + m);
+    ASSERT_EQ(r.code, 0) << r.out;
+    for (const auto& n : needles) EXPECT_NE(r.out.find(n), std::string::npos) << family << ": " << n << "\n" << r.out;
+    const Result g = test::run_moe("generate --model " + m + " --tokens 3,17,42 --max-new-tokens 3", false);
+    EXPECT_EQ(g.code, 0) << family << ": " << g.out;
+  }
+  const Result info = test::run_moe("info --model " + test::kTinyModel);
+  EXPECT_NE(info.out.find("family: DeepSeek-V3/R1; attention dense MLA; weights BF16/F32"), std::string::npos)
+      << info.out;
+  const Result bad = test::run_moe("create-random --config " + dir + "/shape.json --out " + dir + "/x --family v4");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("v4"), std::string::npos) << bad.out;
+  fs::remove_all(dir);
+}
+
 // DeepSeek-V2(-Lite) checkpoints: softmax routing, no q compression (q_proj), no correction bias, YaRN with
 // mscale 0.707; group-limited greedy as in V2. A random checkpoint of that shape loads and gives finite logits
 // of unit size, and batching inside `generate` agrees with `logits` (the greedy pick is the argmax).

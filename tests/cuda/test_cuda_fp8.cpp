@@ -84,15 +84,18 @@ class CudaFp8 : public ::testing::Test {
 
 // Checks q and scales of source rows [o, o + m) (q rows po .., scales at sbase in the layout kb * m4 + i,
 // m4 = m rounded up to a multiple of 4) against the host encoder.
+// pow2: scales rounded up to a power of two (ue8m0 models).
 void check_tiles(const std::vector<float>& src_rows, int64_t K, int64_t o, int64_t m, int64_t sbase, int64_t po,
-                 const std::vector<uint8_t>& q, const std::vector<float>& sc, int64_t* bad) {
+                 const std::vector<uint8_t>& q, const std::vector<float>& sc, int64_t* bad, bool pow2 = false) {
   const int64_t kb_count = (K + 127) / 128, m4 = (m + 3) / 4 * 4;
   for (int64_t i = 0; i < m; ++i) {
     const float* x = src_rows.data() + (o + i) * K;
     for (int64_t kb = 0; kb < kb_count; ++kb) {
       float amax = 0.0f;
       for (int64_t k = kb * 128; k < std::min(K, kb * 128 + 128); ++k) amax = std::max(amax, std::fabs(x[k]));
-      const float want = amax > 0.0f ? amax / kE4M3Max : 1.0f;
+      float want = amax > 0.0f ? amax / kE4M3Max : 1.0f;
+      int e2 = 0;
+      if (pow2 && std::frexp(want, &e2) != 0.5f) want = std::ldexp(1.0f, e2);
       const float got = sc[size_t(sbase + kb * m4 + i)];
       if (got != want) {
         if (++*bad < 5) std::printf("row %lld tile %lld: scale %.9g, want %.9g\n", (long long)(o + i), (long long)kb, got, want);
@@ -137,6 +140,34 @@ TEST_F(CudaFp8, QuantiserMatchesHostEncoder) {
     int64_t bad = 0;
     check_tiles(x, K, 0, M, 0, 0, dq.get(), ds.get(), &bad);
     EXPECT_EQ(bad, 0) << "K=" << K;
+  }
+}
+
+// ue8m0 models (DeepSeek-V3.1): the same tiles with scales rounded up to powers of two.
+TEST_F(CudaFp8, QuantiserPowerOfTwoScales) {
+  const int64_t M = 53, K = 640;
+  const std::vector<float> x = random_rows(M, K);
+  DevBuf<float> dx(x.size()), ds(size_t((M + 3) / 4 * 4 * (K / 128)));
+  DevBuf<uint8_t> dq(x.size());
+  dx.put(x);
+  cuda::Fp8QuantParams p;
+  p.x = dx.p;
+  p.ldx = K;
+  p.M = M;
+  p.K = K;
+  p.q = dq.p;
+  p.ldq = K;
+  p.scales = ds.p;
+  p.pow2_scales = true;
+  cuda::quantize_fp8(p, s_);
+  CK(cudaStreamSynchronize(s_));
+  const std::vector<float> sc = ds.get();
+  int64_t bad = 0;
+  check_tiles(x, K, 0, M, 0, 0, dq.get(), sc, &bad, true);
+  EXPECT_EQ(bad, 0);
+  for (int64_t i = 0; i < M * (K / 128); ++i) {
+    int e2 = 0;
+    ASSERT_EQ(std::frexp(sc[size_t((i % (K / 128)) * ((M + 3) / 4 * 4) + i / (K / 128))], &e2), 0.5f) << i;
   }
 }
 

@@ -1,5 +1,7 @@
 #include "backend/cpu/weight_rows.h"
 
+#include "backend/cpu/int4_rows.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -44,6 +46,11 @@ constexpr bool kVector = false;
 
 inline float scalar_weight(const Weight& w, int64_t n, int64_t k) {
   const int64_t K = w.cols();
+  if (w.is_int4()) {
+    float v;
+    dequant_row_int4(w, n, k, 1, &v);
+    return v;
+  }
   switch (w.w.dtype) {
     case DType::F32: return w.w.as<const float>()[n * K + k];
     case DType::BF16: return bf16_to_float(w.w.as<const uint16_t>()[n * K + k]);
@@ -107,6 +114,7 @@ constexpr float kFp8Unit = kVector ? 256.0f : 1.0f;
 
 float dot_row(const float* x, const Weight& w, int64_t n) {
   const int64_t K = w.cols();
+  if (w.is_int4()) return dot_row_int4(x, w, n);
   switch (w.w.dtype) {
     case DType::BF16: return dot_segment<DType::BF16>(x, w.w.as<const uint16_t>() + n * K, K);
     case DType::F16: return dot_segment<DType::F16>(x, w.w.as<const uint16_t>() + n * K, K);
@@ -221,6 +229,7 @@ float dot_row_packed_fp8(const float* packed, const Weight& w, int64_t n) {
 
 void dequant_row(const Weight& w, int64_t n, int64_t k0, int64_t count, float* out) {
   const int64_t K = w.cols();
+  if (w.is_int4()) return dequant_row_int4(w, n, k0, count, out);
   int64_t k = 0;
   switch (w.w.dtype) {
     case DType::F32:

@@ -1,6 +1,7 @@
 #pragma once
 // Row access to checkpoint weights on the CPU: dot products of an F32 vector with a weight row, and rows
-// dequantised to F32. BF16/F16/F32 rows and F8_E4M3 rows with 128x128 block scales; vectorised with AVX2.
+// dequantised to F32. BF16/F16/F32 rows, F8_E4M3 rows with 128x128 block scales and INT4 rows (int4_rows.h);
+// vectorised with AVX2.
 #include <cstdint>
 
 #include "backend/backend.h"

@@ -12,7 +12,9 @@
 
 #include <cstdlib>
 
+#include "backend/cpu/int4_rows.h"
 #include "backend/cuda/gemm.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace moe {
@@ -65,6 +67,24 @@ void CudaBackend::copy(const TensorView& src, const TensorView& dst) {
 
 Weight CudaBackend::upload_weight(const Weight& host) {
   const cuda::DeviceGuard guard(ctx_.device());
+  if (host.is_int4()) {
+    // INT4 (W4A16) experts reach the GPU dequantised to BF16 for now (q * scale, rounded once to BF16): the
+    // kernels here read BF16/FP8 weights (4x the memory of INT4; the CPU keeps the experts in INT4).
+    const int64_t R = host.rows(), C = host.cols();
+    std::vector<uint16_t> bf16(size_t(R * C));
+    std::vector<float> row(static_cast<size_t>(C));
+    for (int64_t r = 0; r < R; ++r) {
+      cpu::dequant_row_int4(host, r, 0, C, row.data());
+      for (int64_t k = 0; k < C; ++k) bf16[size_t(r * C + k)] = float_to_bf16(row[size_t(k)]);
+    }
+    TensorView v;
+    v.data = bf16.data();
+    v.dtype = DType::BF16;
+    v.shape = Shape{R, C};
+    Weight w;
+    w.w = upload_persistent(v);
+    return w;
+  }
   Weight w = host;
   w.w = upload_persistent(host.w);
   if (host.scale_inv.data) w.scale_inv = upload_persistent(host.scale_inv);

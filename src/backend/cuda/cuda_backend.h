@@ -46,6 +46,7 @@ struct PreparedExperts {
   DType dtype = DType::BF16;
   int64_t hidden = 0, inner = 0;
   int32_t block_n = 128, block_k = 128;
+  bool pow2_scales = false;  // FP8 scales are powers of two (ue8m0): so are the activation scales then
   std::vector<const void*> host_table;
   // Expert e's matrix j (0 gate, 1 up: [inner, hidden]; 2 down: [hidden, inner]) with its scales.
   WeightRef matrix(int64_t e, int j) const {

@@ -22,6 +22,7 @@ void CudaBackend::prepare_experts(ExpertWeights& experts) {
   prep->inner = e0.gate.rows();
   prep->block_n = e0.gate.block_n;
   prep->block_k = e0.gate.block_k;
+  prep->pow2_scales = e0.gate.pow2_scales;
   prep->host_table.resize(E * 6);
   for (size_t e = 0; e < E; ++e) {
     const MlpWeights& m = experts.experts[e];

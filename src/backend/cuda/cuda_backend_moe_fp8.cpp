@@ -66,6 +66,7 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   q.seg_poffs = dm + E + 1;
   q.seg_sbase = dm + 2 * (E + 1);
   q.nseg = E;
+  q.pow2_scales = prep.pow2_scales;
   cuda::quantize_fp8(q, stream_);
 
   // Weight scales with cuBLASLt's leading dimension (padded copies of all E experts when the grid is narrower).
@@ -128,6 +129,7 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   q.seg_offs = dm + E + 1;
   q.seg_poffs = nullptr;
   q.seg_sbase = dm + 2 * (E + 1) + E;
+  q.pow2_scales = prep.pow2_scales;
   cuda::quantize_fp8(q, stream_);
   Tensor yp = scratch(DType::F32, {TKp, D});
   gemm.fork();

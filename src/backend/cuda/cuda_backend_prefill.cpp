@@ -125,6 +125,7 @@ void CudaBackend::gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* 
   q.q = xq.as<uint8_t>();
   q.ldq = K;
   q.scales = xs.as<float>();
+  q.pow2_scales = w.pow2_scales;  // ue8m0 models: activation scales rounded up to powers of two too
   cuda::quantize_fp8(q, stream_);
   cuda::Fp8GemmArgs a;
   a.x = xq.as<const uint8_t>();

@@ -70,6 +70,9 @@ struct Fp8QuantParams {
   const int32_t* seg_sbase = nullptr;  // [nseg]
   const int32_t* seg_poffs = nullptr;  // [nseg], optional
   int32_t nseg = 0;
+  // ue8m0 (DeepSeek-V3.1 and later): scale rounded up to a power of two, 2^ceil(log2(amax / 448)), as DeepSeek's
+  // own inference code quantises activations for those models (still no value above 448 after division).
+  bool pow2_scales = false;
 };
 void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s);
 // A [rows, cols] scale grid re-laid with ld columns (zeros after cols): cuBLASLt wants the 128x128 grid's

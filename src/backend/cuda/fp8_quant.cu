@@ -40,7 +40,11 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
   float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
   amax = warp_max(amax);
   // scale = amax / 448 so the largest value maps to E4M3's largest finite; an all-zero tile gets scale 1.
-  const float scale = amax > 0.0f ? amax / kE4M3MaxDevice : 1.0f;
+  float scale = amax > 0.0f ? amax / kE4M3MaxDevice : 1.0f;
+  if (p.pow2_scales) {  // up to the next power of two by the bits (exact; scale is positive and normal here)
+    const uint32_t b = __float_as_uint(scale);
+    scale = __uint_as_float((b & 0x7fffffu) ? (b & 0x7f800000u) + 0x800000u : b);
+  }
   const float inv = 1.0f / scale;
   uint32_t packed = 0;
 #pragma unroll

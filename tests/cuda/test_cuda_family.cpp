@@ -1,0 +1,84 @@
+// The DeepSeek-V3 family's shapes on the GPU against the CPU backend (issue 17):
+//   Kimi-K2 routing: 384 experts in one group, top-8, routed_scaling_factor 2.827 (the route kernel keeps a
+//   token's 2 x 384 scores in shared memory; nothing is sized for 256). Same F32 formulas on both sides: the
+//   chosen experts must match exactly and the weights within 1e-5 relative (as test_cuda_moe.cpp).
+//   INT4 (W4A16) experts: upload_weight gives the GPU q * scale rounded to BF16 (2^-9 relative per weight), the
+//   CPU reads INT4 in place with F32 accumulation: a dot of K independent roundings is ~2^-9 / sqrt(3) relative
+//   on the result; over the two GEMVs of SwiGLU, bound 1e-2 relative L2.
+//   The W4A16 kernel itself: test_cuda_w4a16.cpp.
+#include "cuda_test_util.h"
+#include "int4_test_util.h"
+
+namespace moe {
+namespace {
+
+using test::rel_l2;
+
+class CudaFamily : public test::GpuVsCpu {};
+
+TEST_F(CudaFamily, KimiRouting384Experts) {
+  const int64_t E = 384, K = 8;
+  for (int64_t T : {1, 3, 8, 200}) {
+    RoutingParams p;
+    p.num_experts = int32_t(E);
+    p.top_k = int32_t(K);
+    p.n_group = 1;
+    p.topk_group = 1;
+    p.norm_topk_prob = true;
+    p.routed_scaling_factor = 2.827f;
+    Tensor logits = test::random_host(rng_, DType::F32, {T, E}, 2.0f),
+           bias = test::random_host(rng_, DType::F32, {E}, 0.1f);
+    Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
+    cpu_->moe_route(logits, bias, p, ids, w);
+    Tensor gids = gpu_->alloc(DType::I32, {T, K}), gw = gpu_->alloc(DType::F32, {T, K});
+    gpu_->moe_route(test::to_device(*gpu_, logits), test::to_device(*gpu_, bias), p, gids, gw);
+    std::vector<int32_t> got_ids(static_cast<size_t>(T * K));
+    gpu_->copy_to_host(gids, got_ids.data());
+    const std::vector<float> got_w = test::to_host_f32(*gpu_, gw);
+    EXPECT_EQ(got_ids, std::vector<int32_t>(ids.as<int32_t>(), ids.as<int32_t>() + T * K)) << "T=" << T;
+    EXPECT_LE(rel_l2(got_w.data(), w.as<float>(), T * K), 1e-5) << "T=" << T;
+    // Experts past 255 are chosen too (a 256-wide table would never pick them).
+    bool high = false;
+    for (int32_t id : got_ids) high = high || id >= 256;
+    if (T >= 8) EXPECT_TRUE(high) << "T=" << T;
+  }
+}
+
+TEST_F(CudaFamily, Int4ExpertsMatchCpu) {
+  const int64_t E = 24, D = 512, I = 256, K = 8, group = 32;
+  std::vector<test::HostInt4> mats(size_t(E * 3));
+  ExpertWeights host;
+  for (int64_t e = 0; e < E; ++e) {
+    test::random_int4(rng_, I, D, group, e % 2 == 1, mats[size_t(e * 3)]);
+    test::random_int4(rng_, I, D, group, false, mats[size_t(e * 3 + 1)]);
+    test::random_int4(rng_, D, I, group, false, mats[size_t(e * 3 + 2)]);
+    host.experts.push_back({mats[size_t(e * 3)].w, mats[size_t(e * 3 + 1)].w, mats[size_t(e * 3 + 2)].w});
+  }
+  cpu_->prepare_experts(host);
+  ExpertWeights dev;
+  for (const MlpWeights& m : host.experts)
+    dev.experts.push_back({gpu_->upload_weight(m.gate), gpu_->upload_weight(m.up), gpu_->upload_weight(m.down)});
+  gpu_->prepare_experts(dev);
+  for (int64_t T : {1, 4, 40}) {
+    Tensor x = test::random_host(rng_, DType::F32, {T, D});
+    Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
+    std::vector<int32_t> perm(static_cast<size_t>(E));
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t e = 0; e < E; ++e) perm[size_t(e)] = int32_t(e);
+      std::shuffle(perm.begin(), perm.end(), rng_);
+      for (int64_t j = 0; j < K; ++j) {
+        ids.as<int32_t>()[t * K + j] = perm[size_t(j)];
+        w.as<float>()[t * K + j] = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng_);
+      }
+    }
+    Tensor ref = Tensor::host(DType::F32, {T, D}), gout = gpu_->alloc(DType::F32, {T, D});
+    cpu_->moe_experts(x, host, ids, w, {}, ref);
+    gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids), test::to_device(*gpu_, w), {},
+                      gout);
+    const std::vector<float> got = test::to_host_f32(*gpu_, gout);
+    EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), 1e-2) << "T=" << T;
+  }
+}
+
+}  // namespace
+}  // namespace moe
