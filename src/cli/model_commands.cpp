@@ -117,6 +117,8 @@ void register_model_commands(CLI::App& app) {
     cmd->add_option("--out", opts->out_dir, "Output directory")->required();
     cmd->add_option("--dtype", *dtype, "bf16 or fp8")->check(CLI::IsMember({"bf16", "fp8"}));
     cmd->add_option("--seed", opts->seed, "Random seed");
+    cmd->add_flag("--mtp-check", opts->mtp_check,
+                  "A check model for speculative decoding: the MTP module drafts the main model's greedy next token");
     cmd->callback([=] {
       opts->fp8 = *dtype == "fp8";
       ProgressBar bar = ProgressBar::on_stderr("writing " + opts->out_dir);

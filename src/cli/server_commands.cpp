@@ -41,6 +41,7 @@ struct ServeArgs {
   int body_timeout = 60;
   bool ignore_eos = false, no_access_log = false, log_prompts = false;
   bool prefix_cache = true;
+  int32_t speculative = 0;  // MTP draft tokens per sequence and step
   int fault_load_delay_ms = 0;  // tests: a model that takes this much longer to load
 };
 
@@ -155,7 +156,7 @@ void run_serve(const ServeArgs& a) {
   loading.set_progress(0.05);
   if (a.fault_load_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(a.fault_load_delay_ms));
   ProgressBar bar = ProgressBar::on_stderr("moe serve: loading " + a.model);
-  DeepseekV3 model(a.model, *backend, {.progress = [&](uint64_t done, uint64_t total) {
+  DeepseekV3 model(a.model, *backend, {.load_mtp = a.speculative > 0, .progress = [&](uint64_t done, uint64_t total) {
                      bar.update(done, total);
                      loading.set_progress(0.05 + 0.8 * (total ? double(done) / double(total) : 1.0));
                    }});
@@ -169,6 +170,9 @@ void run_serve(const ServeArgs& a) {
   sopt.max_step_tokens = a.step_tokens;
   sopt.max_context = a.max_context;
   sopt.prefix_cache = a.prefix_cache;
+  sopt.speculative = a.speculative;
+  if (a.speculative > 0 && !model.has_mtp())
+    fail("{}: --speculative needs the checkpoint's MTP module (num_nextn_predict_layers)", a.model);
   Scheduler scheduler(model, &tokenizer, sopt);
   std::unique_ptr<server::FeedbackStore> feedback;
   if (!a.feedback_db.empty()) feedback = std::make_unique<server::FeedbackStore>(a.feedback_db);
@@ -335,6 +339,9 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--page-size", s->page_size, "Tokens per cache page");
   serve->add_flag("--prefix-cache,!--no-prefix-cache", s->prefix_cache,
                   "Reuse the cached latents of prompt prefixes seen before (default on)");
+  serve->add_option("--speculative", s->speculative,
+                    "MTP speculative decoding: draft tokens per sequence and step, verified by the main model (0: off)")
+      ->check(CLI::Range(0, 8));
   serve->add_option("--step-tokens", s->step_tokens, "Token budget per step (decodes plus prefill chunks)");
   serve->add_option("--max-context", s->max_context, "Longest prompt + completion (default: the model's)");
   serve->add_option("--default-max-tokens", s->default_max_tokens, "Completion length when a request sets none");

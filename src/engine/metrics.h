@@ -48,6 +48,9 @@ struct EngineMetrics {
   // Prefix cache: admissions that looked up a prompt, those that reused at least one page, prompt tokens reused.
   std::atomic<uint64_t> prefix_lookups{0}, prefix_hits{0}, cached_prompt_tokens{0};
   std::atomic<uint64_t> prefix_evicted_pages{0};  // given up by the prefix cache to make room for admissions
+  // Speculative decoding: sequence steps that verified drafts, drafts checked, drafts kept. Tokens per such
+  // step are (accepted + verifications) / verifications when no request ends mid-draft.
+  std::atomic<uint64_t> spec_verifications{0}, spec_drafted{0}, spec_accepted{0};
   Histogram ttft{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}};           // seconds
   Histogram inter_token{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}};  // seconds
 };

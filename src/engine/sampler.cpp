@@ -201,6 +201,39 @@ std::vector<float> Sampler::log_softmax(std::span<const float> logits) {
   return out;
 }
 
+int32_t Sampler::verify(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output,
+                        int32_t draft, bool& accepted) {
+  for (auto [id, bias] : params_.logit_bias)
+    if (id >= 0 && size_t(id) < logits.size()) logits[size_t(id)] += bias;
+  apply_penalties(logits, params_, prompt, output);
+  if (params_.temperature <= 0.0f) {
+    const int32_t t = argmax(logits);
+    accepted = t == draft;
+    return t;
+  }
+  thread_local std::vector<Entry> e;
+  select_candidates(logits, params_, e);
+  double total = 0.0, p_draft = 0.0;
+  for (const auto& c : e) {
+    total += c.weight;
+    if (c.id == draft) p_draft += c.weight;
+  }
+  // accept with probability p(draft) = weight / total
+  if (std::uniform_real_distribution<double>(0.0, total)(rng_) < p_draft) {
+    accepted = true;
+    return draft;
+  }
+  accepted = false;
+  const double rest = total - p_draft;  // > 0: the draw above fell outside the draft's weight
+  const double u = std::uniform_real_distribution<double>(0.0, rest)(rng_);
+  double cum = 0.0;
+  for (const auto& c : e)
+    if (c.id != draft && u < (cum += c.weight)) return c.id;
+  for (size_t i = e.size(); i-- > 0;)
+    if (e[i].id != draft && e[i].weight > 0.0) return e[i].id;
+  return e.front().id;
+}
+
 int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt,
                         std::span<const int32_t> output) {
   for (auto [id, bias] : params_.logit_bias)

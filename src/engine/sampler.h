@@ -55,6 +55,13 @@ class Sampler {
   explicit Sampler(const SamplingParams& params);
   // `prompt` and `output` are the tokens so far, for the penalties. logits are modified in place.
   int32_t sample(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output);
+  // Speculative verification of a draft token (drafted greedily, so its draft distribution q is one-hot) against
+  // this row, processed exactly as sample() does into the distribution p it would sample from. Greedy: the
+  // argmax, which accepts the draft when equal. Sampled: the draft is kept with probability p(draft), else a
+  // token is drawn from p with the draft removed and renormalised (the rule min(1, p/q), residual
+  // norm(max(0, p - q)) for one-hot q), so the token returned is distributed exactly as p. Sets `accepted`.
+  int32_t verify(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output,
+                 int32_t draft, bool& accepted);
   // Natural-log probabilities of the model's distribution over the row as given (before penalties and
   // temperature: what OpenAI's logprobs report).
   static std::vector<float> log_softmax(std::span<const float> logits);

@@ -96,6 +96,7 @@ struct Scheduler::Sequence {
   int64_t indexed = 0;        // leading pages in the prefix cache's index (reused or indexed by this sequence)
   bool index_stopped = false;  // another sequence indexed the same prefix first: index no more of this one
   std::vector<int32_t> output;
+  std::vector<int32_t> drafts;  // speculation: the MTP module's guesses of the tokens after output.back()
   std::optional<StreamingDecoder> decoder;
   StopMatcher stop;
   Clock::time_point submitted, last_token;
@@ -106,6 +107,17 @@ struct Scheduler::Sequence {
     if (tok) decoder.emplace(*tok, /*skip_special_tokens=*/true);
   }
   bool decoding() const { return prefilled == int64_t(req.prompt.size()); }
+};
+
+struct Scheduler::Decided {
+  struct Token {
+    int32_t id = -1;
+    std::optional<TokenLogprob> logprob;
+    bool constraint_complete = false;
+  };
+  std::vector<Token> tokens;  // kept drafts, then the row's own token (or the last kept draft, when it stops)
+  int64_t drafted = 0, accepted = 0;  // drafts checked, of those kept (the leading `accepted` tokens)
+  std::string error;                  // after `tokens`, the request fails with this
 };
 
 Scheduler::Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOptions options)
@@ -122,7 +134,13 @@ Scheduler::Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOpt
   MOE_CHECK(options.page_size > 0 && options.cache_tokens > 0, "scheduler: cache size and page size must be > 0");
   if (options.prefix_cache) prefix_.emplace(allocator_, options.page_size);
   MOE_CHECK(options.max_batch > 0, "scheduler: max_batch must be > 0");
-  if (options_.max_step_tokens < options_.max_batch) options_.max_step_tokens = options_.max_batch;
+  MOE_CHECK(options.speculative >= 0, "scheduler: speculative must be >= 0");
+  MOE_CHECK(options.speculative == 0 || model.has_mtp(),
+            "speculative decoding needs the model's MTP module (load it with load_mtp; the checkpoint needs "
+            "num_nextn_predict_layers >= 1)");
+  // Every decoding sequence feeds 1 + speculative tokens a step: the budget keeps room for a full batch.
+  const int32_t per_seq = 1 + options_.speculative;
+  if (options_.max_step_tokens < options_.max_batch * per_seq) options_.max_step_tokens = options_.max_batch * per_seq;
   if (tokenizer) eos_ = tokenizer->eos_id();
   if (!eos_ && model.config().eos_token_id) eos_ = int32_t(*model.config().eos_token_id);
   thread_ = std::thread([this] { loop(); });
@@ -155,10 +173,12 @@ std::shared_ptr<RequestHandle> Scheduler::submit(GenerationRequest req, std::sha
   MOE_CHECK(total <= max_context_,
             "the prompt ({} tokens) plus max_tokens ({}) exceeds the context of {} tokens", req.prompt.size(),
             req.max_tokens, max_context_);
-  const int64_t pages = pages_for(total, options_.page_size);
+  // Verification writes up to `speculative` drafts' latents past the last token.
+  const int64_t pages = pages_for(total + options_.speculative, options_.page_size);
   MOE_CHECK(pages <= allocator_.total_pages(),
-            "the prompt ({} tokens) plus max_tokens ({}) needs more cache than the server has ({} tokens)",
-            req.prompt.size(), req.max_tokens, cache_capacity_tokens());
+            "the prompt ({} tokens) plus max_tokens ({}) plus {} speculative positions needs more cache than the "
+            "server has ({} tokens)",
+            req.prompt.size(), req.max_tokens, options_.speculative, cache_capacity_tokens());
   const auto& sp = req.sampling;
   MOE_CHECK(std::isfinite(sp.temperature) && sp.temperature >= 0, "temperature must be >= 0");
   MOE_CHECK(std::isfinite(sp.top_p) && sp.top_p > 0 && sp.top_p <= 1, "top_p must be in (0, 1]");
@@ -212,7 +232,7 @@ void Scheduler::update_page_stats() {
   if (prefix_) metrics_.prefix_evicted_pages = uint64_t(prefix_->evicted_pages());
 }
 
-void Scheduler::index_pages(Sequence& s) {
+void Scheduler::index_pages(Sequence& s, std::span<const int32_t> pending) {
   const int64_t ps = options_.page_size, full = s.written / ps;
   if (!prefix_ || s.index_stopped || full <= s.indexed) return;
   // The tokens whose latents fill the pages: the prompt, then the output tokens fed back so far.
@@ -221,6 +241,7 @@ void Scheduler::index_pages(Sequence& s) {
   if (full * ps > int64_t(s.req.prompt.size())) {
     tokens = s.req.prompt;
     tokens.insert(tokens.end(), s.output.begin(), s.output.end());
+    tokens.insert(tokens.end(), pending.begin(), pending.end());
     view = tokens;
   }
   const int64_t n = prefix_->insert(view, s.pages, s.indexed, full);
@@ -288,29 +309,68 @@ void Scheduler::admit(std::vector<std::unique_ptr<Sequence>>& running) {
   running_count_ = int64_t(running.size());
 }
 
-int32_t Scheduler::sample_token(Sequence& s, std::span<float> row, std::optional<TokenLogprob>& logprob) const {
-  // Ids the tokenizer has no token for (a model vocabulary padded past the tokenizer's) can never be sampled.
-  if (tokenizer_)
-    for (size_t i = size_t(std::max<int32_t>(tokenizer_->vocab_size(), 1)); i < row.size(); ++i)
-      row[i] = -std::numeric_limits<float>::infinity();
-  std::vector<float> logprobs;  // the model's distribution, before penalties and temperature
-  if (s.req.top_logprobs >= 0) logprobs = Sampler::log_softmax(row);
-  if (s.req.constraint) {
-    s.req.constraint->mask(row);
-    if (std::none_of(row.begin(), row.end(), [](float v) { return v > -std::numeric_limits<float>::infinity(); }))
-      throw Error("the output constraint allows no next token");
-  }
-  const int32_t token = s.sampler.sample(row, s.req.prompt, s.output);
-  if (s.req.top_logprobs >= 0) {
-    TokenLogprob& lp = logprob.emplace();
-    lp.token = token;
-    lp.logprob = logprobs[size_t(token)];
-    for (int32_t id : top_ids(logprobs, size_t(s.req.top_logprobs))) lp.top.emplace_back(id, logprobs[size_t(id)]);
-  }
-  return token;
+bool Scheduler::is_stop_token(const Sequence& s, int32_t token) const {
+  return (!s.req.ignore_eos && eos_ && token == *eos_) ||
+         std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), token) != s.req.stop_token_ids.end();
 }
 
-void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob) {
+void Scheduler::decide_tokens(Sequence& s, std::span<float> rows, Decided& out) const {
+  const size_t V = size_t(model_.config().vocab_size), n_rows = rows.size() / V;
+  // The output as it grows by this step's tokens (penalties see the tokens before each row).
+  std::vector<int32_t> history;
+  std::span<const int32_t> seen = s.output;
+  if (n_rows > 1) {
+    history.reserve(s.output.size() + n_rows);
+    history = s.output;
+  }
+  for (size_t j = 0; j < n_rows; ++j) {
+    const std::span<float> row = rows.subspan(j * V, V);
+    // Ids the tokenizer has no token for (a model vocabulary padded past the tokenizer's) can never be sampled.
+    if (tokenizer_)
+      for (size_t i = size_t(std::max<int32_t>(tokenizer_->vocab_size(), 1)); i < row.size(); ++i)
+        row[i] = -std::numeric_limits<float>::infinity();
+    std::vector<float> logprobs;  // the model's distribution, before penalties and temperature
+    if (s.req.top_logprobs >= 0) logprobs = Sampler::log_softmax(row);
+    Decided::Token tok;
+    bool accepted = false;
+    try {
+      if (s.req.constraint) {
+        s.req.constraint->mask(row);
+        if (std::none_of(row.begin(), row.end(), [](float v) { return v > -std::numeric_limits<float>::infinity(); }))
+          throw Error("the output constraint allows no next token");
+      }
+      if (j < s.drafts.size() && j + 1 < n_rows) {
+        ++out.drafted;
+        tok.id = s.sampler.verify(row, s.req.prompt, seen, s.drafts[j], accepted);
+      } else {
+        tok.id = s.sampler.sample(row, s.req.prompt, seen);
+      }
+      if (s.req.constraint) {
+        s.req.constraint->accept(tok.id);
+        tok.constraint_complete = s.req.constraint->complete();
+      }
+    } catch (const std::exception& ex) {
+      out.error = ex.what();
+      return;
+    }
+    if (s.req.top_logprobs >= 0) {
+      TokenLogprob& lp = tok.logprob.emplace();
+      lp.token = tok.id;
+      lp.logprob = logprobs[size_t(tok.id)];
+      for (int32_t id : top_ids(logprobs, size_t(s.req.top_logprobs))) lp.top.emplace_back(id, logprobs[size_t(id)]);
+    }
+    const bool ends = tok.constraint_complete || is_stop_token(s, tok.id) ||
+                      int64_t(s.output.size() + out.tokens.size()) + 1 >= s.req.max_tokens;
+    out.tokens.push_back(std::move(tok));
+    if (accepted) ++out.accepted;
+    if (!accepted || ends) return;
+    history.push_back(out.tokens.back().id);
+    seen = history;
+  }
+}
+
+void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob,
+                           bool constraint_complete) {
   GenerationEvent e;
   e.index = s.index;
   s.output.push_back(token);
@@ -321,12 +381,7 @@ void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogpro
   s.last_token = now;
   e.tokens = {token};
   if (logprob) e.logprobs.push_back(std::move(*logprob));
-  if (s.req.constraint) s.req.constraint->accept(token);
-  const bool constraint_complete = s.req.constraint && s.req.constraint->complete();
-
-  const bool stop_token = (!s.req.ignore_eos && eos_ && token == *eos_) ||
-                          std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), token) !=
-                              s.req.stop_token_ids.end();
+  const bool stop_token = is_stop_token(s, token);
   FinishReason reason = FinishReason::none;
   if (stop_token) {
     if (s.decoder) e.text = s.stop.feed(s.decoder->flush());
@@ -384,16 +439,18 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
     if (!s->decoding()) continue;
     SequenceChunk c;
     c.tokens = {s->output.back()};
+    c.tokens.insert(c.tokens.end(), s->drafts.begin(), s->drafts.end());
+    c.all_logits = !s->drafts.empty();  // speculation: every row verifies a draft (or gives the token after all)
     c.start_pos = int32_t(int64_t(s->req.prompt.size()) + int64_t(s->output.size()) - 1);
     c.pages = s->pages;
+    budget -= int64_t(c.tokens.size());
     chunks.push_back(std::move(c));
     owners.push_back(s.get());
-    --budget;
   }
   // Prefill chunks share what is left of the budget (water-filling): every prefilling sequence gets an equal
   // share, those needing less than theirs take only what they need, and the rest is split again among the others.
-  // Bound: decodes take at most max_batch - n tokens, and
-  // max_step_tokens >= max_batch, so each of the n prefilling sequences gets at least
+  // Bound: decodes take at most (max_batch - n) * (1 + speculative) tokens, and
+  // max_step_tokens >= max_batch * (1 + speculative), so each of the n prefilling sequences gets at least
   // floor((max_step_tokens - decodes) / n) >= 1 tokens every step, and a prompt of P tokens admitted next to any
   // long ones starts decoding within ceil(P * n / (max_step_tokens - decodes)) steps, however long theirs are
   // (before: the oldest prompt took the whole budget, so a 4-token request waited for a 60k-token prefill).
@@ -418,55 +475,138 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   Backend& backend = model_.backend();
   ForwardOutput fwd = executor_.forward(chunks, cache_);
   const int64_t vocab = model_.config().vocab_size;
-  MOE_CHECK(fwd.logits.shape()[0] == int64_t(chunks.size()) && fwd.logits.shape()[1] == vocab,
+  MOE_CHECK(fwd.logits.shape()[0] == int64_t(fwd.logit_rows.size()) && fwd.logits.shape()[1] == vocab,
             "scheduler: unexpected logits shape");
   std::vector<float>& host = logits_host_;
   host.resize(size_t(fwd.logits.shape()[0] * vocab));
   backend.copy_to_host(fwd.logits, host.data());
   metrics_.steps++;
 
-  // Rows whose sequence now samples (a prefill chunk short of the prompt's end needs no token).
-  std::vector<size_t> rows;
-  for (size_t i = 0; i < chunks.size(); ++i) {
+  // Each chunk's logits rows: all its tokens' (a speculating decode) or its last's. Chunks whose sequence now
+  // decides tokens: decodes, and prefill chunks that end the prompt (a chunk short of the end needs no token).
+  std::vector<size_t> first_row(chunks.size()), rows;
+  std::vector<bool> was_decoding(chunks.size());
+  for (size_t i = 0, row = 0; i < chunks.size(); ++i) {
+    first_row[i] = row;
+    row += chunks[i].all_logits ? chunks[i].tokens.size() : 1;
     Sequence& s = *owners[i];
+    was_decoding[i] = s.decoding();
     if (!s.decoding()) s.prefilled += int64_t(chunks[i].tokens.size());
-    s.written = chunks[i].start_pos + int64_t(chunks[i].tokens.size());
-    index_pages(s);
     if (s.decoding()) rows.push_back(i);
   }
-  // Indexing only adds pages the sequences hold (nothing becomes evictable, nothing is allocated or freed).
-  if (prefix_) pages_cached_ = prefix_->indexed_pages();
-  // Sampling a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
-  // vocabulary): rows are sampled in parallel, then their events are sent in order.
-  struct Sampled {
-    int32_t token = -1;
-    std::optional<TokenLogprob> logprob;
-    std::string error;
-  };
-  std::vector<Sampled> sampled(rows.size());
+  // Deciding a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
+  // vocabulary): sequences are decided in parallel (a sequence's rows in order), then their events are sent in
+  // order.
+  std::vector<Decided> decided(chunks.size());
   ThreadPool::global().parallel_for(int64_t(rows.size()), [&](int64_t begin, int64_t end, int) {
     for (int64_t r = begin; r < end; ++r) {
       const size_t i = rows[size_t(r)];
-      const std::span<float> row = std::span<float>(host).subspan(i * size_t(vocab), size_t(vocab));
-      try {
-        sampled[size_t(r)].token = sample_token(*owners[i], row, sampled[size_t(r)].logprob);
-      } catch (const std::exception& ex) {
-        sampled[size_t(r)].error = ex.what();
-      }
+      const size_t n_rows = chunks[i].all_logits ? chunks[i].tokens.size() : 1;
+      const std::span<float> block =
+          std::span<float>(host).subspan(first_row[i] * size_t(vocab), n_rows * size_t(vocab));
+      decide_tokens(*owners[i], block, decided[i]);
     }
   });
-  for (size_t r = 0; r < rows.size(); ++r) {
-    Sequence& s = *owners[rows[r]];
-    // A failure fails this request alone (e.g. a token its tokenizer cannot decode).
-    if (!sampled[r].error.empty()) {
-      if (!s.done) finish(s, FinishReason::error, sampled[r].error);
-      continue;
+  // Latents now whole: a prefill chunk's, a decode's fed token and the drafts kept after it (a rejected draft's
+  // latent stays past `written`, to be overwritten).
+  std::vector<int32_t> pending;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    Sequence& s = *owners[i];
+    const Decided& d = decided[i];
+    s.written = chunks[i].start_pos + (was_decoding[i] ? 1 + d.accepted : int64_t(chunks[i].tokens.size()));
+    pending.clear();
+    for (const auto& t : d.tokens) pending.push_back(t.id);
+    index_pages(s, pending);
+  }
+  // Indexing only adds pages the sequences hold (nothing becomes evictable, nothing is allocated or freed).
+  if (prefix_) pages_cached_ = prefix_->indexed_pages();
+  for (size_t i : rows) {
+    Sequence& s = *owners[i];
+    Decided& d = decided[i];
+    if (was_decoding[i] && !s.drafts.empty()) {
+      metrics_.spec_verifications++;
+      metrics_.spec_drafted += uint64_t(d.drafted);
+      metrics_.spec_accepted += uint64_t(d.accepted);
     }
     try {
-      emit_token(s, sampled[r].token, std::move(sampled[r].logprob));
+      for (auto& t : d.tokens) {
+        if (s.done) break;  // a stop string, or the constraint done: the rest is dropped
+        emit_token(s, t.id, std::move(t.logprob), t.constraint_complete);
+      }
     } catch (const std::exception& ex) {
       if (!s.done) finish(s, FinishReason::error, ex.what());
     }
+    // A failure fails this request alone (e.g. a token its tokenizer cannot decode).
+    if (!d.error.empty() && !s.done) finish(s, FinishReason::error, d.error);
+  }
+  if (options_.speculative > 0) draft_tokens(chunks, owners, was_decoding, decided, fwd);
+}
+
+void Scheduler::draft_tokens(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners,
+                             const std::vector<bool>& was_decoding, const std::vector<Decided>& decided,
+                             const ForwardOutput& fwd) {
+  // MTP row j pairs the token at j + 1 with the main model's h[j], for every position whose latent the step
+  // made whole: a prefill chunk's (the token after its last is the next prompt token, or the first one
+  // decided), a decode's fed token and kept drafts (followed by the tokens decided).
+  std::vector<SequenceChunk> mchunks;
+  std::vector<Sequence*> mowners;
+  std::vector<int32_t> hidden_rows;
+  for (size_t i = 0, row = 0; i < chunks.size(); row += chunks[i].tokens.size(), ++i) {
+    Sequence& s = *owners[i];
+    s.drafts.clear();
+    if (s.done) continue;
+    const SequenceChunk& c = chunks[i];
+    const Decided& d = decided[i];
+    SequenceChunk m;
+    m.start_pos = c.start_pos;
+    m.pages = s.pages;
+    if (was_decoding[i]) {
+      if (int64_t(d.tokens.size()) < d.accepted + 1) continue;  // (it ended: never for a running sequence)
+      for (int64_t k = 0; k <= d.accepted; ++k) m.tokens.push_back(d.tokens[size_t(k)].id);
+    } else {
+      m.tokens.assign(c.tokens.begin() + 1, c.tokens.end());
+      const int64_t next = c.start_pos + int64_t(c.tokens.size());
+      if (next < int64_t(s.req.prompt.size())) m.tokens.push_back(s.req.prompt[size_t(next)]);
+      else if (!d.tokens.empty()) m.tokens.push_back(d.tokens.front().id);
+      else continue;
+    }
+    for (size_t k = 0; k < m.tokens.size(); ++k) hidden_rows.push_back(int32_t(row + k));
+    mchunks.push_back(std::move(m));
+    mowners.push_back(&s);
+  }
+  if (mchunks.empty()) return;
+  Backend& backend = model_.backend();
+  const int64_t D = model_.config().hidden_size, V = model_.config().vocab_size;
+  Tensor hidden = fwd.hidden;
+  bool every_row = int64_t(hidden_rows.size()) == fwd.hidden.dim(0);
+  for (size_t k = 0; every_row && k < hidden_rows.size(); ++k) every_row = hidden_rows[k] == int32_t(k);
+  if (!every_row) {
+    hidden = backend.alloc_uninitialized(fwd.hidden.dtype(), {int64_t(hidden_rows.size()), D});
+    backend.gather_rows(fwd.hidden, hidden_rows, hidden);
+  }
+  for (int32_t depth = 0; depth < options_.speculative; ++depth) {
+    ForwardOutput out = model_.forward_mtp(mchunks, hidden.view(), cache_);
+    std::vector<float>& host = logits_host_;  // one row per chunk (its last)
+    host.resize(size_t(out.logits.shape()[0] * V));
+    backend.copy_to_host(out.logits, host.data());
+    if (depth + 1 == options_.speculative) {
+      for (size_t k = 0; k < mchunks.size(); ++k)
+        mowners[k]->drafts.push_back(argmax(std::span<const float>(host).subspan(k * size_t(V), size_t(V))));
+      break;
+    }
+    // The next draft: the module again, over the draft just made at the next position, its own output standing
+    // in for the main model's state there (that latent is overwritten once the main model has seen the token).
+    std::vector<int32_t> last_rows;
+    for (size_t k = 0, r = 0; k < mchunks.size(); ++k) {
+      r += mchunks[k].tokens.size();
+      last_rows.push_back(int32_t(r - 1));
+      const int32_t draft = argmax(std::span<const float>(host).subspan(k * size_t(V), size_t(V)));
+      mowners[k]->drafts.push_back(draft);
+      mchunks[k].start_pos += int32_t(mchunks[k].tokens.size());
+      mchunks[k].tokens = {draft};
+    }
+    hidden = backend.alloc_uninitialized(out.hidden.dtype(), {int64_t(last_rows.size()), D});
+    backend.gather_rows(out.hidden, last_rows, hidden);
   }
 }
 
