@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -30,9 +31,10 @@ using moe::test::Result;
 
 struct Models {
   std::unique_ptr<Backend> backend = make_backend("cpu");
-  std::string check_dir = test::temp_path("mtp-check");
+  std::string check_dir = test::temp_path("mtp-check"), micro_dir = test::temp_path("mtp-check-micro");
   DeepseekV3 fixture{test::kTinyModel, *backend, {.load_mtp = true, .progress = {}}};
-  std::unique_ptr<DeepseekV3> check;
+  std::unique_ptr<DeepseekV3> check;  // the fixture's shape
+  std::unique_ptr<DeepseekV3> micro;  // hidden 64, one layer, the fixture's vocabulary: 20000 requests in seconds
   Tokenizer tokenizer = Tokenizer::load(test::kTinyModel);
   Models() {
     RandomCheckpointOptions o;
@@ -42,8 +44,24 @@ struct Models {
     o.mtp_check = true;
     create_random_checkpoint(o);
     check = std::make_unique<DeepseekV3>(check_dir, *backend, DeepseekV3::Options{.load_mtp = true, .progress = {}});
+    nlohmann::json c = nlohmann::json::parse(std::ifstream(o.config_path));
+    for (auto [k, v] : {std::pair{"hidden_size", 64}, {"intermediate_size", 128}, {"moe_intermediate_size", 32},
+                        {"num_hidden_layers", 1}, {"num_attention_heads", 2}, {"num_key_value_heads", 2},
+                        {"kv_lora_rank", 32}, {"q_lora_rank", 48}, {"qk_rope_head_dim", 16}, {"v_head_dim", 16},
+                        {"qk_nope_head_dim", 16}, {"n_routed_experts", 4}, {"num_experts_per_tok", 2},
+                        {"n_group", 2}, {"topk_group", 1}})
+      c[k] = v;
+    std::filesystem::create_directories(micro_dir);
+    std::ofstream(micro_dir + "/shape.json") << c.dump();
+    o.config_path = micro_dir + "/shape.json";
+    o.out_dir = micro_dir + "/model";
+    create_random_checkpoint(o);
+    micro = std::make_unique<DeepseekV3>(o.out_dir, *backend, DeepseekV3::Options{.load_mtp = true, .progress = {}});
   }
-  ~Models() { std::filesystem::remove_all(check_dir); }
+  ~Models() {
+    std::filesystem::remove_all(check_dir);
+    std::filesystem::remove_all(micro_dir);
+  }
 };
 Models& models() {
   static Models m;
@@ -301,7 +319,7 @@ TEST(SpeculativeScheduler, RefusedWithoutTheMtpModule) {
 // cells; 20000 requests with distinct fixed seeds; the chi-square bound is the 0.999 quantile of 15 degrees of
 // freedom (37.70), so a correct rule fails with probability 1e-3 for a given seed set (fixed: deterministic).
 TEST(SpeculativeScheduler, SampledPairsFollowTheModel) {
-  DeepseekV3& model = *models().check;
+  DeepseekV3& model = *models().micro;
   // 17 tokens: with pages of 16 every request after the first round reuses the first page (prefix cache) and
   // prefills one token, which keeps the 20000 requests to seconds.
   std::vector<int32_t> prompt;
