@@ -44,7 +44,7 @@ stage_build() {
   deps
   (nvidia-smi; nvcc --version | tail -2; cmake --version | head -1; g++ --version | head -1) 2>&1 | tee "$OUT/env.txt"
   env_deps
-  cmake_build "$ROOT" "$BUILD" moe test_cuda bench_mla_attention sandboxes && echo "build ok"
+  cmake_build "$ROOT" "$BUILD" moe test_cuda bench_mla_attention bench_sample sandboxes && echo "build ok"
 }
 # The tree in .base (an earlier commit), for A/B runs in the same session: build-base/src/cli/moe.
 stage_build-base() {

@@ -3,10 +3,12 @@
 // and never branches on the device. All tensors passed to an op live on the backend's device; activations
 // are in activation_dtype(), the latent cache in cache_dtype(). Shapes are given per op as [rows, cols].
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "backend/backend_options.h"
+#include "backend/sampling.h"
 #include "core/error.h"
 #include "core/tensor.h"
 
@@ -276,6 +278,29 @@ class Backend {
     mla_absorb(q, kv_b, dn, dv, qf);
     mla_sparse_latent_attention(qf, cache, scale, batch, indices, o_lat, {});
     mla_project_v(o_lat, kv_b, dn, dv, out);
+  }
+
+  // Sampling (backend/sampling.h): one token per SampleRow from its row of logits F32 [R, V], all rows in one
+  // pass on the device, only ids and requested logprobs back to the host (out[i] for rows[i]). The logits are
+  // edited in place (mask, logit_bias, penalties, cut-offs). For the same row and u every backend chooses the
+  // token sample_row_host() chooses, except where u * total falls within float rounding of a boundary between
+  // two candidates' cumulative weights (see sample.cu). Default: the rows copied to the host and
+  // sample_row_host (what the CPU backend uses); ends with the results on the host (a synchronisation).
+  virtual void sample(const TensorView& logits, std::span<const SampleRow> rows, std::vector<SampleResult>& out) {
+    MOE_CHECK(logits.dtype == DType::F32 && logits.shape.rank == 2, "sample: logits must be F32 [rows, vocab]");
+    const int64_t V = logits.shape[1];
+    std::vector<float> copy;
+    float* host = logits.as<float>();
+    if (!logits.device.is_host()) {
+      copy.resize(size_t(logits.numel()));
+      copy_to_host(logits, copy.data());
+      host = copy.data();
+    }
+    out.resize(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      MOE_CHECK(rows[i].row >= 0 && rows[i].row < logits.shape[0] && rows[i].params, "sample: bad row {}", i);
+      out[i] = sample_row_host(std::span<float>(host + rows[i].row * V, size_t(V)), rows[i]);
+    }
   }
 
   // MoE. Router logits [T, E] (F32) -> chosen experts I32 [T, k] and weights F32 [T, k].

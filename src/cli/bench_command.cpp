@@ -87,6 +87,7 @@ struct BenchArgs {
   int32_t steps = 0;  // decode steps per sweep point (0: automatic)
   bool print_tokens = false;
   int32_t speculative = -1;  // >= 0: decode through the Scheduler with this many MTP drafts (bench_scheduler.h)
+  std::string sampler = "none";  // sweep decode steps: none (batch 1 copies its row), host or device sampling
 };
 
 struct Ceilings {
@@ -217,6 +218,15 @@ void run_sweep(const BenchArgs& a) {
         for (int64_t p = 0; p < pps; ++p) chunks[size_t(s)].pages.push_back(int32_t(int64_t(s) * pps + p));
       std::vector<float> logits(static_cast<size_t>(c.vocab_size));
       StepExecutor executor(model);  // as the scheduler runs decode steps: replayed from graphs
+      // --sampler host / device: temperature 0.8, top-p 0.95 on every row.
+      SamplingParams sp;
+      sp.temperature = 0.8f;
+      sp.top_p = 0.95f;
+      std::vector<SampleRow> sample_rows(static_cast<size_t>(B));
+      for (int32_t r = 0; r < B; ++r) sample_rows[size_t(r)] = sample_row(r, &sp);
+      std::vector<SampleResult> sampled;
+      std::vector<float> all_logits;
+      std::uniform_real_distribution<double> unit(0.0, 1.0);
       double host_s = 0.0;  // time the host spends enqueuing a step (executor.forward returning)
       auto step = [&](int32_t i) {
         for (auto& ch : chunks) {
@@ -226,8 +236,23 @@ void run_sweep(const BenchArgs& a) {
         const auto th = Clock::now();
         ForwardOutput out = executor.forward(chunks, cache);
         host_s += seconds_since(th);
-        if (B == 1) backend->copy_to_host(out.logits, logits.data());  // greedy sampling reads the logits
-        else backend->synchronize();
+        if (a.sampler == "device") {  // Backend::sample: only the ids come back
+          for (auto& r : sample_rows) r.u = unit(rng);
+          backend->sample(out.logits, sample_rows, sampled);
+        } else if (a.sampler == "host") {  // every row to the host, sampled there on the thread pool
+          all_logits.resize(size_t(B) * size_t(c.vocab_size));
+          backend->copy_to_host(out.logits, all_logits.data());
+          for (auto& r : sample_rows) r.u = unit(rng);
+          ThreadPool::global().parallel_for(B, [&](int64_t b, int64_t e, int) {
+            for (int64_t r = b; r < e; ++r)
+              sample_row_host(std::span<float>(all_logits).subspan(size_t(r * c.vocab_size), size_t(c.vocab_size)),
+                              sample_rows[size_t(r)]);
+          });
+        } else if (B == 1) {
+          backend->copy_to_host(out.logits, logits.data());  // greedy sampling reads the logits
+        } else {
+          backend->synchronize();
+        }
       };
       step(0);
       step(1);
@@ -240,6 +265,7 @@ void run_sweep(const BenchArgs& a) {
       const int64_t replayed = executor.stats().replays - replays_before;
       const double tps = double(B) * steps / dt;
       // Host enqueue time close to the step time means the step is bound by the host (launches, allocations).
+      if (a.sampler != "none") fmt::print("[sampler {}] ", a.sampler);
       fmt::print("decode: batch {} context {}: {:.1f} tokens/s ({:.2f} ms/step, host enqueue {:.2f} ms/step, {} of {} steps "
                  "replayed from graphs)",
                  B, ctx, tps, 1e3 * dt / steps, 1e3 * host_s / steps, replayed, steps);
@@ -326,6 +352,10 @@ void register_bench_command(CLI::App& app) {
                   "--batch, reporting tokens/s and acceptance")
       ->check(CLI::Range(0, 8));
   cmd->add_flag("--print-tokens", a->print_tokens, "With --speculative: print every request's tokens");
+  cmd->add_option("--sampler", a->sampler,
+                  "Sweep decode steps sample every row (temperature 0.8, top-p 0.95): none (batch 1 copies its logits "
+                  "row), host (rows copied, host sampler) or device (Backend::sample)")
+      ->check(CLI::IsMember({"none", "host", "device"}));
   cmd->callback([a] {
     if (a->speculative >= 0) {
       SchedulerBenchArgs s{a->model,   a->backend,     a->prompt_tokens, a->gen_tokens,

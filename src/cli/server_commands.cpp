@@ -42,6 +42,7 @@ struct ServeArgs {
   bool ignore_eos = false, no_access_log = false, log_prompts = false;
   bool prefix_cache = true;
   int32_t speculative = 0;  // MTP draft tokens per sequence and step
+  bool device_sampling = true;
   int fault_load_delay_ms = 0;  // tests: a model that takes this much longer to load
 };
 
@@ -173,6 +174,7 @@ void run_serve(const ServeArgs& a) {
   sopt.speculative = a.speculative;
   if (a.speculative > 0 && !model.has_mtp())
     fail("{}: --speculative needs the checkpoint's MTP module (num_nextn_predict_layers)", a.model);
+  sopt.device_sampling = a.device_sampling;
   Scheduler scheduler(model, &tokenizer, sopt);
   std::unique_ptr<server::FeedbackStore> feedback;
   if (!a.feedback_db.empty()) feedback = std::make_unique<server::FeedbackStore>(a.feedback_db);
@@ -342,6 +344,8 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--speculative", s->speculative,
                     "MTP speculative decoding: draft tokens per sequence and step, verified by the main model (0: off)")
       ->check(CLI::Range(0, 8));
+  serve->add_flag("--device-sampling,!--no-device-sampling", s->device_sampling,
+                  "On a GPU, sample on the device: only token ids and logprobs come back (default on)");
   serve->add_option("--step-tokens", s->step_tokens, "Token budget per step (decodes plus prefill chunks)");
   serve->add_option("--max-context", s->max_context, "Longest prompt + completion (default: the model's)");
   serve->add_option("--default-max-tokens", s->default_max_tokens, "Completion length when a request sets none");

@@ -369,6 +369,61 @@ void Scheduler::decide_tokens(Sequence& s, std::span<float> rows, Decided& out) 
   }
 }
 
+void Scheduler::sample_on_device(const TensorView& logits, const std::vector<size_t>& rows,
+                                 const std::vector<Sequence*>& owners, std::vector<int32_t>& tokens,
+                                 std::vector<std::optional<TokenLogprob>>& logprobs, std::vector<std::string>& errors) {
+  const int64_t vocab = logits.shape[1];
+  const float none = -std::numeric_limits<float>::infinity();
+  std::vector<SampleRow> sample_rows;
+  std::vector<size_t> which;                        // sample_rows[k] is rows[which[k]]
+  std::vector<std::vector<uint32_t>> masks(rows.size());
+  std::vector<float> probe;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    Sequence& s = *owners[rows[r]];
+    SampleRow row;
+    row.row = int64_t(rows[r]);
+    row.params = &s.sampler.params();
+    row.prompt = s.req.prompt;
+    row.output = s.output;
+    if (tokenizer_) row.vocab_limit = std::max<int32_t>(tokenizer_->vocab_size(), 1);
+    row.top_logprobs = s.req.top_logprobs;
+    if (s.req.constraint) {  // the allowed set, read off the constraint's mask of a probe row
+      try {
+        probe.assign(size_t(vocab), 0.0f);
+        s.req.constraint->mask(probe);
+        auto& words = masks[r];
+        words.assign(size_t((vocab + 31) / 32), 0u);
+        bool any = false;
+        for (int64_t t = 0; t < std::min<int64_t>(vocab, row.vocab_limit); ++t)
+          if (probe[size_t(t)] > none) {
+            words[size_t(t >> 5)] |= 1u << (t & 31);
+            any = true;
+          }
+        if (!any) throw Error("the output constraint allows no next token");
+        row.allowed = words;
+      } catch (const std::exception& ex) {
+        errors[r] = ex.what();
+        continue;
+      }
+    }
+    row.u = row.params->temperature > 0.0f ? s.sampler.draw() : 0.0;
+    sample_rows.push_back(row);
+    which.push_back(r);
+  }
+  std::vector<SampleResult> results;
+  model_.backend().sample(logits, sample_rows, results);
+  for (size_t k = 0; k < which.size(); ++k) {
+    const size_t r = which[k];
+    tokens[r] = results[k].token;
+    if (sample_rows[k].top_logprobs >= 0) {
+      TokenLogprob& lp = logprobs[r].emplace();
+      lp.token = results[k].token;
+      lp.logprob = results[k].logprob;
+      lp.top = std::move(results[k].top);
+    }
+  }
+}
+
 void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob,
                            bool constraint_complete) {
   GenerationEvent e;
@@ -477,9 +532,6 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   const int64_t vocab = model_.config().vocab_size;
   MOE_CHECK(fwd.logits.shape()[0] == int64_t(fwd.logit_rows.size()) && fwd.logits.shape()[1] == vocab,
             "scheduler: unexpected logits shape");
-  std::vector<float>& host = logits_host_;
-  host.resize(size_t(fwd.logits.shape()[0] * vocab));
-  backend.copy_to_host(fwd.logits, host.data());
   metrics_.steps++;
 
   // Each chunk's logits rows: all its tokens' (a speculating decode) or its last's. Chunks whose sequence now
@@ -495,18 +547,51 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
     if (s.decoding()) rows.push_back(i);
   }
   // Deciding a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
-  // vocabulary): sequences are decided in parallel (a sequence's rows in order), then their events are sent in
-  // order.
+  // vocabulary). On a device backend with one row per chunk (no drafts to verify) the rows are sampled there in
+  // one launch and only ids come back; otherwise the rows are copied to the host and sequences are decided in
+  // parallel (a sequence's rows in order). Then their events are sent in order.
   std::vector<Decided> decided(chunks.size());
-  ThreadPool::global().parallel_for(int64_t(rows.size()), [&](int64_t begin, int64_t end, int) {
-    for (int64_t r = begin; r < end; ++r) {
-      const size_t i = rows[size_t(r)];
-      const size_t n_rows = chunks[i].all_logits ? chunks[i].tokens.size() : 1;
-      const std::span<float> block =
-          std::span<float>(host).subspan(first_row[i] * size_t(vocab), n_rows * size_t(vocab));
-      decide_tokens(*owners[i], block, decided[i]);
+  const bool one_row_each = std::none_of(chunks.begin(), chunks.end(), [](const SequenceChunk& c) { return c.all_logits; });
+  if (options_.device_sampling && !backend.device().is_host() && one_row_each) {
+    std::vector<int32_t> tokens(rows.size(), -1);
+    std::vector<std::optional<TokenLogprob>> logprobs(rows.size());
+    std::vector<std::string> errors(rows.size());
+    sample_on_device(fwd.logits, rows, owners, tokens, logprobs, errors);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      Sequence& s = *owners[rows[r]];
+      Decided& d = decided[rows[r]];
+      if (!errors[r].empty()) {
+        d.error = errors[r];
+        continue;
+      }
+      Decided::Token tok;
+      tok.id = tokens[r];
+      tok.logprob = std::move(logprobs[r]);
+      try {
+        if (s.req.constraint) {
+          s.req.constraint->accept(tok.id);
+          tok.constraint_complete = s.req.constraint->complete();
+        }
+      } catch (const std::exception& ex) {
+        d.error = ex.what();
+        continue;
+      }
+      d.tokens.push_back(std::move(tok));
     }
-  });
+  } else if (!rows.empty()) {
+    std::vector<float>& host = logits_host_;
+    host.resize(size_t(fwd.logits.shape()[0] * vocab));
+    backend.copy_to_host(fwd.logits, host.data());
+    ThreadPool::global().parallel_for(int64_t(rows.size()), [&](int64_t begin, int64_t end, int) {
+      for (int64_t r = begin; r < end; ++r) {
+        const size_t i = rows[size_t(r)];
+        const size_t n_rows = chunks[i].all_logits ? chunks[i].tokens.size() : 1;
+        const std::span<float> block =
+            std::span<float>(host).subspan(first_row[i] * size_t(vocab), n_rows * size_t(vocab));
+        decide_tokens(*owners[i], block, decided[i]);
+      }
+    });
+  }
   // Latents now whole: a prefill chunk's, a decode's fed token and the drafts kept after it (a rejected draft's
   // latent stays past `written`, to be overwritten).
   std::vector<int32_t> pending;

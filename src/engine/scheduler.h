@@ -67,6 +67,9 @@ struct SchedulerOptions {
   // MTP speculative decoding (see "Speculation" above): draft tokens per sequence and step, 0 = off. Needs a
   // model loaded with its MTP module.
   int32_t speculative = 0;
+  // On a device backend, sample on the device (Backend::sample): only ids and requested logprobs come back,
+  // not the logits rows. Off (or on the CPU backend): the rows are copied to the host and sampled there.
+  bool device_sampling = true;
 };
 
 struct GenerationRequest {
@@ -176,6 +179,12 @@ class Scheduler {
   // constraint, so different sequences are decided in parallel.
   void decide_tokens(Sequence& s, std::span<float> rows, Decided& out) const;
   bool is_stop_token(const Sequence& s, int32_t token) const;
+  // Samples the rows of a step's logits still on the device, in one Backend::sample call: each row's
+  // settings, its constraint's allowed set as a bitmask (constrained rows only) and one draw of its RNG.
+  // Fills tokens[r] / logprobs[r] / errors[r] for rows[r] (the logits row and its sequence).
+  void sample_on_device(const TensorView& logits, const std::vector<size_t>& rows, const std::vector<Sequence*>& owners,
+                        std::vector<int32_t>& tokens, std::vector<std::optional<TokenLogprob>>& logprobs,
+                        std::vector<std::string>& errors);
   // Appends the token to s's output and sends its event (text, logprobs, finish); one sequence at a time.
   // constraint_complete: the request's constraint, having accepted the token, is whole.
   void emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob, bool constraint_complete);

@@ -141,6 +141,9 @@ class CudaBackend final : public Backend {
                             const TensorView& o_lat, const TensorView& lse) override;
   void mla_project_v(const TensorView& o_lat, const Weight& kv_b, int64_t dn, int64_t dv,
                      const TensorView& out) override;
+  // Every row in one launch of cuda::sample_rows (cuda_backend_sample.cpp): one upload of the rows' settings,
+  // edits and masks, one download of the ids and logprobs.
+  void sample(const TensorView& logits, std::span<const SampleRow> rows, std::vector<SampleResult>& out) override;
 
  private:
   class Graph;
