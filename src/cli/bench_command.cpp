@@ -13,6 +13,7 @@
 #include <random>
 
 #include "backend/backend.h"
+#include "cli/bench_scheduler.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/progress_bar.h"
@@ -84,6 +85,8 @@ struct BenchArgs {
   uint64_t seed = 1;
   std::vector<int32_t> batches, contexts;
   int32_t steps = 0;  // decode steps per sweep point (0: automatic)
+  bool print_tokens = false;
+  int32_t speculative = -1;  // >= 0: decode through the Scheduler with this many MTP drafts (bench_scheduler.h)
   std::string sampler = "none";  // sweep decode steps: none (batch 1 copies its row), host or device sampling
 };
 
@@ -344,11 +347,22 @@ void register_bench_command(CLI::App& app) {
   cmd->add_option("--batch", a->batches, "Decode batch sizes to sweep (one or more)")->delimiter(',');
   cmd->add_option("--context", a->contexts, "Context lengths to sweep (one or more)")->delimiter(',');
   cmd->add_option("--steps", a->steps, "Decode steps timed per sweep point (default: 24, 6 from batch 64)");
+  cmd->add_option("--speculative", a->speculative,
+                  "Decode through the serving scheduler with this many MTP draft tokens per step (0: none) at each "
+                  "--batch, reporting tokens/s and acceptance")
+      ->check(CLI::Range(0, 8));
+  cmd->add_flag("--print-tokens", a->print_tokens, "With --speculative: print every request's tokens");
   cmd->add_option("--sampler", a->sampler,
                   "Sweep decode steps sample every row (temperature 0.8, top-p 0.95): none (batch 1 copies its logits "
                   "row), host (rows copied, host sampler) or device (Backend::sample)")
       ->check(CLI::IsMember({"none", "host", "device"}));
   cmd->callback([a] {
+    if (a->speculative >= 0) {
+      SchedulerBenchArgs s{a->model,   a->backend,     a->prompt_tokens, a->gen_tokens,
+                           a->seed,    a->batches,     a->speculative,   a->print_tokens};
+      if (s.batches.empty()) s.batches = {1};
+      return run_scheduler_bench(s);
+    }
     if (a->batches.empty() && a->contexts.empty() && !Device::parse(a->backend.device).is_cuda()) return run_bench(*a);
     if (a->batches.empty()) a->batches = {1};
     if (a->contexts.empty()) a->contexts = {a->prompt_tokens};

@@ -132,6 +132,8 @@ void register_model_commands(CLI::App& app) {
                     "kimi-k2 (INT4 routed experts; with --dtype fp8: FP8)")
         ->check(CLI::IsMember({"v3", "v31", "v32", "kimi-k2"}));
     cmd->add_option("--seed", opts->seed, "Random seed");
+    cmd->add_flag("--mtp-check", opts->mtp_check,
+                  "A check model for speculative decoding: the MTP module drafts the main model's greedy next token");
     cmd->callback([=] {
       opts->fp8 = *dtype == "fp8";
       opts->family = parse_random_family(*family);

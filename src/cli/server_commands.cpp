@@ -44,6 +44,7 @@ struct ServeArgs {
   int body_timeout = 60;
   bool ignore_eos = false, no_access_log = false, log_prompts = false;
   bool prefix_cache = true;
+  int32_t speculative = 0;  // MTP draft tokens per sequence and step
   bool device_sampling = true;
   int fault_load_delay_ms = 0;  // tests: a model that takes this much longer to load
   EpArgs ep;
@@ -81,6 +82,8 @@ void run_serve(const ServeArgs& a) {
   sopt.prefix_cache = a.prefix_cache;
   sopt.device_sampling = a.device_sampling;
   const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), /*count_load=*/a.backend.device == "cpu");
+  if (ep.ep && a.speculative > 0)
+    fail("--speculative with --ep is not supported yet (the MTP module's MoE layer is not expert-parallel)");
   if (!ep.root()) {
     pthread_sigmask(SIG_UNBLOCK, &sigs, nullptr);
     auto backend = open_backend(a.backend);
@@ -185,8 +188,12 @@ void run_serve(const ServeArgs& a) {
     bar.update(done, total);
     loading.set_progress(0.05 + 0.8 * (total ? double(done) / double(total) : 1.0));
   }};
+  mopt.load_mtp = a.speculative > 0;
   ep.apply(mopt);
   DeepseekV3 model(a.model, *backend, mopt);
+  if (a.speculative > 0 && !model.has_mtp())
+    fail("{}: --speculative needs the checkpoint's MTP module (num_nextn_predict_layers)", a.model);
+  sopt.speculative = a.speculative;
   loading.set_progress(0.85);
   const Tokenizer tokenizer = Tokenizer::load(a.model);
   loading.set_progress(0.9);
@@ -367,6 +374,9 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--page-size", s->page_size, "Tokens per cache page");
   serve->add_flag("--prefix-cache,!--no-prefix-cache", s->prefix_cache,
                   "Reuse the cached latents of prompt prefixes seen before (default on)");
+  serve->add_option("--speculative", s->speculative,
+                    "MTP speculative decoding: draft tokens per sequence and step, verified by the main model (0: off)")
+      ->check(CLI::Range(0, 8));
   serve->add_flag("--device-sampling,!--no-device-sampling", s->device_sampling,
                   "On a GPU, sample on the device: only token ids and logprobs come back (default on)");
   serve->add_option("--step-tokens", s->step_tokens, "Token budget per step (decodes plus prefill chunks)");

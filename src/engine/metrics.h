@@ -52,6 +52,9 @@ struct EngineMetrics {
   // last window, under the placement before it and the one it chose.
   std::atomic<uint64_t> eplb_rebalances{0};
   std::atomic<double> eplb_imbalance_before{1.0}, eplb_imbalance_after{1.0};
+  // Speculative decoding: sequence steps that verified drafts, drafts checked, drafts kept. Tokens per such
+  // step are (accepted + verifications) / verifications when no request ends mid-draft.
+  std::atomic<uint64_t> spec_verifications{0}, spec_drafted{0}, spec_accepted{0};
   Histogram ttft{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}};           // seconds
   Histogram inter_token{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}};  // seconds
 };

@@ -23,6 +23,13 @@ class Sampler {
     return sample_logits(logits, params_, prompt, output, params_.temperature > 0.0f ? draw() : 0.0);
   }
   static std::vector<float> log_softmax(std::span<const float> logits) { return moe::log_softmax(logits); }
+  // Speculative verification of a draft token (drafted greedily, so its draft distribution q is one-hot) against
+  // this row, processed exactly as sample() does into the distribution p it would sample from (sampler.cpp).
+  // Greedy: the argmax, which accepts the draft when equal. Sampled: the draft is kept with probability
+  // p(draft), else a token is drawn from p with the draft removed and renormalised (the rule min(1, p/q),
+  // residual norm(max(0, p - q)) for one-hot q), so the token returned is distributed exactly as p.
+  int32_t verify(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output,
+                 int32_t draft, bool& accepted);
 
  private:
   SamplingParams params_;

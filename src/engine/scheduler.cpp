@@ -97,6 +97,7 @@ struct Scheduler::Sequence {
   bool index_stopped = false;  // another sequence indexed the same prefix first: index no more of this one
   std::vector<int32_t> output;
   std::vector<TokenLogprob> prompt_logprobs;  // prompt_logprobs requests: entry i is prompt token i + 1's
+  std::vector<int32_t> drafts;  // speculation: the MTP module's guesses of the tokens after output.back()
   std::optional<StreamingDecoder> decoder;
   StopMatcher stop;
   Clock::time_point submitted, last_token;
@@ -109,6 +110,17 @@ struct Scheduler::Sequence {
   }
   bool scoring() const { return req.prompt_logprobs >= 0; }
   bool decoding() const { return prefilled == int64_t(req.prompt.size()); }
+};
+
+struct Scheduler::Decided {
+  struct Token {
+    int32_t id = -1;
+    std::optional<TokenLogprob> logprob;
+    bool constraint_complete = false;
+  };
+  std::vector<Token> tokens;  // kept drafts, then the row's own token (or the last kept draft, when it stops)
+  int64_t drafted = 0, accepted = 0;  // drafts checked, of those kept (the leading `accepted` tokens)
+  std::string error;                  // after `tokens`, the request fails with this
 };
 
 Scheduler::Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOptions options)
@@ -125,7 +137,13 @@ Scheduler::Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOpt
   MOE_CHECK(options.page_size > 0 && options.cache_tokens > 0, "scheduler: cache size and page size must be > 0");
   if (options.prefix_cache) prefix_.emplace(allocator_, options.page_size);
   MOE_CHECK(options.max_batch > 0, "scheduler: max_batch must be > 0");
-  if (options_.max_step_tokens < options_.max_batch) options_.max_step_tokens = options_.max_batch;
+  MOE_CHECK(options.speculative >= 0, "scheduler: speculative must be >= 0");
+  MOE_CHECK(options.speculative == 0 || model.has_mtp(),
+            "speculative decoding needs the model's MTP module (load it with load_mtp; the checkpoint needs "
+            "num_nextn_predict_layers >= 1)");
+  // Every decoding sequence feeds 1 + speculative tokens a step: the budget keeps room for a full batch.
+  const int32_t per_seq = 1 + options_.speculative;
+  if (options_.max_step_tokens < options_.max_batch * per_seq) options_.max_step_tokens = options_.max_batch * per_seq;
   if (tokenizer) eos_ = tokenizer->eos_id();
   if (!eos_ && model.config().eos_token_id) eos_ = int32_t(*model.config().eos_token_id);
   thread_ = std::thread([this] { loop(); });
@@ -158,10 +176,12 @@ std::shared_ptr<RequestHandle> Scheduler::submit(GenerationRequest req, std::sha
   MOE_CHECK(total <= max_context_,
             "the prompt ({} tokens) plus max_tokens ({}) exceeds the context of {} tokens", req.prompt.size(),
             req.max_tokens, max_context_);
-  const int64_t pages = pages_for(total, options_.page_size);
+  // Verification writes up to `speculative` drafts' latents past the last token.
+  const int64_t pages = pages_for(total + options_.speculative, options_.page_size);
   MOE_CHECK(pages <= allocator_.total_pages(),
-            "the prompt ({} tokens) plus max_tokens ({}) needs more cache than the server has ({} tokens)",
-            req.prompt.size(), req.max_tokens, cache_capacity_tokens());
+            "the prompt ({} tokens) plus max_tokens ({}) plus {} speculative positions needs more cache than the "
+            "server has ({} tokens)",
+            req.prompt.size(), req.max_tokens, options_.speculative, cache_capacity_tokens());
   const auto& sp = req.sampling;
   MOE_CHECK(std::isfinite(sp.temperature) && sp.temperature >= 0, "temperature must be >= 0");
   MOE_CHECK(std::isfinite(sp.top_p) && sp.top_p > 0 && sp.top_p <= 1, "top_p must be in (0, 1]");
@@ -216,7 +236,7 @@ void Scheduler::update_page_stats() {
   if (prefix_) metrics_.prefix_evicted_pages = uint64_t(prefix_->evicted_pages());
 }
 
-void Scheduler::index_pages(Sequence& s) {
+void Scheduler::index_pages(Sequence& s, std::span<const int32_t> pending) {
   const int64_t ps = options_.page_size, full = s.written / ps;
   if (!prefix_ || s.index_stopped || full <= s.indexed) return;
   // The tokens whose latents fill the pages: the prompt, then the output tokens fed back so far.
@@ -225,6 +245,7 @@ void Scheduler::index_pages(Sequence& s) {
   if (full * ps > int64_t(s.req.prompt.size())) {
     tokens = s.req.prompt;
     tokens.insert(tokens.end(), s.output.begin(), s.output.end());
+    tokens.insert(tokens.end(), pending.begin(), pending.end());
     view = tokens;
   }
   const int64_t n = prefix_->insert(view, s.pages, s.indexed, full);
@@ -311,23 +332,64 @@ TokenLogprob Scheduler::row_logprob(std::span<float> row, int32_t token, int32_t
   return lp;
 }
 
-int32_t Scheduler::sample_token(Sequence& s, std::span<float> row, std::optional<TokenLogprob>& logprob) const {
-  mask_padding(row);
-  std::vector<float> logprobs;  // the model's distribution, before penalties and temperature
-  if (s.req.top_logprobs >= 0) logprobs = Sampler::log_softmax(row);
-  if (s.req.constraint) {
-    s.req.constraint->mask(row);
-    if (std::none_of(row.begin(), row.end(), [](float v) { return v > -std::numeric_limits<float>::infinity(); }))
-      throw Error("the output constraint allows no next token");
+bool Scheduler::is_stop_token(const Sequence& s, int32_t token) const {
+  return (!s.req.ignore_eos && eos_ && token == *eos_) ||
+         std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), token) != s.req.stop_token_ids.end();
+}
+
+void Scheduler::decide_tokens(Sequence& s, std::span<float> rows, Decided& out) const {
+  const size_t V = size_t(model_.config().vocab_size), n_rows = rows.size() / V;
+  // The output as it grows by this step's tokens (penalties see the tokens before each row).
+  std::vector<int32_t> history;
+  std::span<const int32_t> seen = s.output;
+  if (n_rows > 1) {
+    history.reserve(s.output.size() + n_rows);
+    history = s.output;
   }
-  const int32_t token = s.sampler.sample(row, s.req.prompt, s.output);
-  if (s.req.top_logprobs >= 0) {
-    TokenLogprob& lp = logprob.emplace();
-    lp.token = token;
-    lp.logprob = logprobs[size_t(token)];
-    for (int32_t id : top_ids(logprobs, size_t(s.req.top_logprobs))) lp.top.emplace_back(id, logprobs[size_t(id)]);
+  for (size_t j = 0; j < n_rows; ++j) {
+    const std::span<float> row = rows.subspan(j * V, V);
+    // Ids the tokenizer has no token for (a model vocabulary padded past the tokenizer's) can never be sampled.
+    if (tokenizer_)
+      for (size_t i = size_t(std::max<int32_t>(tokenizer_->vocab_size(), 1)); i < row.size(); ++i)
+        row[i] = -std::numeric_limits<float>::infinity();
+    std::vector<float> logprobs;  // the model's distribution, before penalties and temperature
+    if (s.req.top_logprobs >= 0) logprobs = Sampler::log_softmax(row);
+    Decided::Token tok;
+    bool accepted = false;
+    try {
+      if (s.req.constraint) {
+        s.req.constraint->mask(row);
+        if (std::none_of(row.begin(), row.end(), [](float v) { return v > -std::numeric_limits<float>::infinity(); }))
+          throw Error("the output constraint allows no next token");
+      }
+      if (j < s.drafts.size() && j + 1 < n_rows) {
+        ++out.drafted;
+        tok.id = s.sampler.verify(row, s.req.prompt, seen, s.drafts[j], accepted);
+      } else {
+        tok.id = s.sampler.sample(row, s.req.prompt, seen);
+      }
+      if (s.req.constraint) {
+        s.req.constraint->accept(tok.id);
+        tok.constraint_complete = s.req.constraint->complete();
+      }
+    } catch (const std::exception& ex) {
+      out.error = ex.what();
+      return;
+    }
+    if (s.req.top_logprobs >= 0) {
+      TokenLogprob& lp = tok.logprob.emplace();
+      lp.token = tok.id;
+      lp.logprob = logprobs[size_t(tok.id)];
+      for (int32_t id : top_ids(logprobs, size_t(s.req.top_logprobs))) lp.top.emplace_back(id, logprobs[size_t(id)]);
+    }
+    const bool ends = tok.constraint_complete || is_stop_token(s, tok.id) ||
+                      int64_t(s.output.size() + out.tokens.size()) + 1 >= s.req.max_tokens;
+    out.tokens.push_back(std::move(tok));
+    if (accepted) ++out.accepted;
+    if (!accepted || ends) return;
+    history.push_back(out.tokens.back().id);
+    seen = history;
   }
-  return token;
 }
 
 void Scheduler::sample_on_device(const TensorView& logits, const std::vector<size_t>& rows,
@@ -385,7 +447,8 @@ void Scheduler::sample_on_device(const TensorView& logits, const std::vector<siz
   }
 }
 
-void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob) {
+void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob,
+                           bool constraint_complete) {
   GenerationEvent e;
   e.index = s.index;
   s.output.push_back(token);
@@ -397,12 +460,7 @@ void Scheduler::emit_token(Sequence& s, int32_t token, std::optional<TokenLogpro
   e.tokens = {token};
   if (logprob) e.logprobs.push_back(std::move(*logprob));
   if (s.output.size() == 1) e.prompt_logprobs = std::move(s.prompt_logprobs);
-  if (s.req.constraint) s.req.constraint->accept(token);
-  const bool constraint_complete = s.req.constraint && s.req.constraint->complete();
-
-  const bool stop_token = (!s.req.ignore_eos && eos_ && token == *eos_) ||
-                          std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(), token) !=
-                              s.req.stop_token_ids.end();
+  const bool stop_token = is_stop_token(s, token);
   FinishReason reason = FinishReason::none;
   if (stop_token) {
     if (s.decoder) e.text = s.stop.feed(s.decoder->flush());
@@ -476,16 +534,18 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
     if (!s->decoding()) continue;
     SequenceChunk c;
     c.tokens = {s->output.back()};
+    c.tokens.insert(c.tokens.end(), s->drafts.begin(), s->drafts.end());
+    c.all_logits = !s->drafts.empty();  // speculation: every row verifies a draft (or gives the token after all)
     c.start_pos = int32_t(int64_t(s->req.prompt.size()) + int64_t(s->output.size()) - 1);
     c.pages = s->pages;
+    budget -= int64_t(c.tokens.size());
     chunks.push_back(std::move(c));
     owners.push_back(s.get());
-    --budget;
   }
   // Prefill chunks share what is left of the budget (water-filling): every prefilling sequence gets an equal
   // share, those needing less than theirs take only what they need, and the rest is split again among the others.
-  // Bound: decodes take at most max_batch - n tokens, and
-  // max_step_tokens >= max_batch, so each of the n prefilling sequences gets at least
+  // Bound: decodes take at most (max_batch - n) * (1 + speculative) tokens, and
+  // max_step_tokens >= max_batch * (1 + speculative), so each of the n prefilling sequences gets at least
   // floor((max_step_tokens - decodes) / n) >= 1 tokens every step, and a prompt of P tokens admitted next to any
   // long ones starts decoding within ceil(P * n / (max_step_tokens - decodes)) steps, however long theirs are
   // (before: the oldest prompt took the whole budget, so a 4-token request waited for a 60k-token prefill).
@@ -512,21 +572,24 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   if (options_.on_step) options_.on_step(chunks);
   ForwardOutput fwd = executor_.forward(chunks, cache_);
   const int64_t vocab = model_.config().vocab_size;
-  // Rows: one per chunk, or one per token of a chunk with all_logits; a chunk's last row is its last token's.
-  std::vector<size_t> last_row(chunks.size());
+  // Rows: one per chunk, or one per token of a chunk with all_logits (a speculating decode, or a scoring prefill
+  // chunk); a chunk's last row is its last token's.
+  std::vector<size_t> first_row(chunks.size());
   size_t nrows = 0;
   for (size_t i = 0; i < chunks.size(); ++i) {
+    first_row[i] = nrows;
     nrows += chunks[i].all_logits ? chunks[i].tokens.size() : 1;
-    last_row[i] = nrows - 1;
   }
   MOE_CHECK(fwd.logits.shape()[0] == int64_t(nrows) && fwd.logits.shape()[1] == vocab,
             "scheduler: unexpected logits shape");
   metrics_.steps++;
 
-  // Rows whose sequence now samples (a prefill chunk short of the prompt's end needs no token); the prompt
-  // positions whose next token a scoring chunk's rows give (the row of the prompt's last token is the sampling
-  // row, not a prompt token's); scoring sequences whose prompt is done and that generate nothing.
+  // Chunks whose sequence now decides tokens: decodes, and prefill chunks that end the prompt (a chunk short of
+  // the end needs no token); the prompt positions whose next token a scoring chunk's rows give (the row of the
+  // prompt's last token is the deciding row, not a prompt token's); scoring sequences whose prompt is done and
+  // that generate nothing (max_tokens 0).
   std::vector<size_t> rows;
+  std::vector<bool> was_decoding(chunks.size());
   struct PromptRow {
     Sequence* seq;
     size_t row;
@@ -536,38 +599,63 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
   std::vector<Sequence*> scored;
   for (size_t i = 0; i < chunks.size(); ++i) {
     Sequence& s = *owners[i];
-    const bool prefill = !s.decoding();
-    if (prefill) s.prefilled += int64_t(chunks[i].tokens.size());
-    s.written = chunks[i].start_pos + int64_t(chunks[i].tokens.size());
-    index_pages(s);
-    if (prefill && chunks[i].all_logits) {
-      const size_t first = last_row[i] + 1 - chunks[i].tokens.size();
-      for (size_t j = 0; j < chunks[i].tokens.size(); ++j) {
-        const int64_t target = int64_t(chunks[i].start_pos) + int64_t(j) + 1;
-        if (target < int64_t(s.req.prompt.size())) prompt_rows.push_back({&s, first + j, target});
-      }
+    was_decoding[i] = s.decoding();
+    if (!was_decoding[i]) {
+      s.prefilled += int64_t(chunks[i].tokens.size());
+      if (chunks[i].all_logits)
+        for (size_t j = 0; j < chunks[i].tokens.size(); ++j) {
+          const int64_t target = int64_t(chunks[i].start_pos) + int64_t(j) + 1;
+          if (target < int64_t(s.req.prompt.size())) prompt_rows.push_back({&s, first_row[i] + j, target});
+        }
     }
     if (s.decoding()) {
       if (s.req.max_tokens == 0) scored.push_back(&s);
       else rows.push_back(i);
     }
   }
-  // Indexing only adds pages the sequences hold (nothing becomes evictable, nothing is allocated or freed).
-  if (prefix_) pages_cached_ = prefix_->indexed_pages();
-  std::vector<int32_t> tokens(rows.size(), -1);
-  std::vector<std::optional<TokenLogprob>> logprobs(rows.size());
-  std::vector<std::string> errors(rows.size());
-  // On a device backend, sample there (only ids and requested logprobs come back), unless the step has the rows
-  // of all-logits chunks (prompt scoring), which the host reads anyway.
+  // The rows a chunk decides from: every row of a speculating decode (its drafts are verified in order), else
+  // its last row.
+  auto decide_rows = [&](size_t i) -> std::pair<size_t, size_t> {  // first row, count
+    if (was_decoding[i] && chunks[i].all_logits) return {first_row[i], chunks[i].tokens.size()};
+    return {first_row[i] + (chunks[i].all_logits ? chunks[i].tokens.size() - 1 : 0), 1};
+  };
+  // Deciding a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
+  // vocabulary). On a device backend with one row per chunk (no drafts to verify, no prompt to score) the rows
+  // are sampled there in one launch and only ids come back; otherwise the rows are copied to the host and
+  // sequences are decided in parallel (a sequence's rows in order), beside the scoring rows' logprobs. Then their
+  // events are sent in order.
+  std::vector<Decided> decided(chunks.size());
   if (options_.device_sampling && !backend.device().is_host() && nrows == chunks.size()) {
+    std::vector<int32_t> tokens(rows.size(), -1);
+    std::vector<std::optional<TokenLogprob>> logprobs(rows.size());
+    std::vector<std::string> errors(rows.size());
     sample_on_device(fwd.logits, rows, owners, tokens, logprobs, errors);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      Sequence& s = *owners[rows[r]];
+      Decided& d = decided[rows[r]];
+      if (!errors[r].empty()) {
+        d.error = errors[r];
+        continue;
+      }
+      Decided::Token tok;
+      tok.id = tokens[r];
+      tok.logprob = std::move(logprobs[r]);
+      try {
+        if (s.req.constraint) {
+          s.req.constraint->accept(tok.id);
+          tok.constraint_complete = s.req.constraint->complete();
+        }
+      } catch (const std::exception& ex) {
+        d.error = ex.what();
+        continue;
+      }
+      d.tokens.push_back(std::move(tok));
+    }
   } else if (!rows.empty() || !prompt_rows.empty()) {
     std::vector<float>& host = logits_host_;
     host.resize(size_t(fwd.logits.shape()[0] * vocab));
     backend.copy_to_host(fwd.logits, host.data());
-    // Sampling a row costs from one read of it (greedy) to one exp per logit (about a millisecond at a 160k
-    // vocabulary): rows are sampled in parallel, then their events are sent in order. Jobs [0, rows) sample;
-    // jobs [rows, rows + prompt_rows) score prompt tokens. No two touch the same row or slot.
+    // Jobs [0, rows) decide; jobs [rows, rows + prompt_rows) score prompt tokens. No two touch the same row or slot.
     const int64_t jobs = int64_t(rows.size() + prompt_rows.size());
     ThreadPool::global().parallel_for(jobs, [&](int64_t begin, int64_t end, int) {
       for (int64_t r = begin; r < end; ++r) {
@@ -579,28 +667,113 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
           continue;
         }
         const size_t i = rows[size_t(r)];
-        const std::span<float> row = std::span<float>(host).subspan(last_row[i] * size_t(vocab), size_t(vocab));
-        try {
-          tokens[size_t(r)] = sample_token(*owners[i], row, logprobs[size_t(r)]);
-        } catch (const std::exception& ex) {
-          errors[size_t(r)] = ex.what();
-        }
+        const auto [first, count] = decide_rows(i);
+        const std::span<float> block = std::span<float>(host).subspan(first * size_t(vocab), count * size_t(vocab));
+        decide_tokens(*owners[i], block, decided[i]);
       }
     });
   }
+  // Latents now whole: a prefill chunk's, a decode's fed token and the drafts kept after it (a rejected draft's
+  // latent stays past `written`, to be overwritten).
+  std::vector<int32_t> pending;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    Sequence& s = *owners[i];
+    const Decided& d = decided[i];
+    s.written = chunks[i].start_pos + (was_decoding[i] ? 1 + d.accepted : int64_t(chunks[i].tokens.size()));
+    pending.clear();
+    for (const auto& t : d.tokens) pending.push_back(t.id);
+    index_pages(s, pending);
+  }
+  // Indexing only adds pages the sequences hold (nothing becomes evictable, nothing is allocated or freed).
+  if (prefix_) pages_cached_ = prefix_->indexed_pages();
   for (Sequence* s : scored) finish_scoring(*s);
-  for (size_t r = 0; r < rows.size(); ++r) {
-    Sequence& s = *owners[rows[r]];
-    // A failure fails this request alone (e.g. a token its tokenizer cannot decode).
-    if (!errors[r].empty()) {
-      if (!s.done) finish(s, FinishReason::error, errors[r]);
-      continue;
+  for (size_t i : rows) {
+    Sequence& s = *owners[i];
+    Decided& d = decided[i];
+    if (was_decoding[i] && !s.drafts.empty()) {
+      metrics_.spec_verifications++;
+      metrics_.spec_drafted += uint64_t(d.drafted);
+      metrics_.spec_accepted += uint64_t(d.accepted);
     }
     try {
-      emit_token(s, tokens[r], std::move(logprobs[r]));
+      for (auto& t : d.tokens) {
+        if (s.done) break;  // a stop string, or the constraint done: the rest is dropped
+        emit_token(s, t.id, std::move(t.logprob), t.constraint_complete);
+      }
     } catch (const std::exception& ex) {
       if (!s.done) finish(s, FinishReason::error, ex.what());
     }
+    // A failure fails this request alone (e.g. a token its tokenizer cannot decode).
+    if (!d.error.empty() && !s.done) finish(s, FinishReason::error, d.error);
+  }
+  if (options_.speculative > 0) draft_tokens(chunks, owners, was_decoding, decided, fwd);
+}
+
+void Scheduler::draft_tokens(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners,
+                             const std::vector<bool>& was_decoding, const std::vector<Decided>& decided,
+                             const ForwardOutput& fwd) {
+  // MTP row j pairs the token at j + 1 with the main model's h[j], for every position whose latent the step
+  // made whole: a prefill chunk's (the token after its last is the next prompt token, or the first one
+  // decided), a decode's fed token and kept drafts (followed by the tokens decided).
+  std::vector<SequenceChunk> mchunks;
+  std::vector<Sequence*> mowners;
+  std::vector<int32_t> hidden_rows;
+  for (size_t i = 0, row = 0; i < chunks.size(); row += chunks[i].tokens.size(), ++i) {
+    Sequence& s = *owners[i];
+    s.drafts.clear();
+    if (s.done) continue;
+    const SequenceChunk& c = chunks[i];
+    const Decided& d = decided[i];
+    SequenceChunk m;
+    m.start_pos = c.start_pos;
+    m.pages = s.pages;
+    if (was_decoding[i]) {
+      if (int64_t(d.tokens.size()) < d.accepted + 1) continue;  // (it ended: never for a running sequence)
+      for (int64_t k = 0; k <= d.accepted; ++k) m.tokens.push_back(d.tokens[size_t(k)].id);
+    } else {
+      m.tokens.assign(c.tokens.begin() + 1, c.tokens.end());
+      const int64_t next = c.start_pos + int64_t(c.tokens.size());
+      if (next < int64_t(s.req.prompt.size())) m.tokens.push_back(s.req.prompt[size_t(next)]);
+      else if (!d.tokens.empty()) m.tokens.push_back(d.tokens.front().id);
+      else continue;
+    }
+    for (size_t k = 0; k < m.tokens.size(); ++k) hidden_rows.push_back(int32_t(row + k));
+    mchunks.push_back(std::move(m));
+    mowners.push_back(&s);
+  }
+  if (mchunks.empty()) return;
+  Backend& backend = model_.backend();
+  const int64_t D = model_.config().hidden_size, V = model_.config().vocab_size;
+  Tensor hidden = fwd.hidden;
+  bool every_row = int64_t(hidden_rows.size()) == fwd.hidden.dim(0);
+  for (size_t k = 0; every_row && k < hidden_rows.size(); ++k) every_row = hidden_rows[k] == int32_t(k);
+  if (!every_row) {
+    hidden = backend.alloc_uninitialized(fwd.hidden.dtype(), {int64_t(hidden_rows.size()), D});
+    backend.gather_rows(fwd.hidden, hidden_rows, hidden);
+  }
+  for (int32_t depth = 0; depth < options_.speculative; ++depth) {
+    ForwardOutput out = model_.forward_mtp(mchunks, hidden.view(), cache_);
+    std::vector<float>& host = logits_host_;  // one row per chunk (its last)
+    host.resize(size_t(out.logits.shape()[0] * V));
+    backend.copy_to_host(out.logits, host.data());
+    if (depth + 1 == options_.speculative) {
+      for (size_t k = 0; k < mchunks.size(); ++k)
+        mowners[k]->drafts.push_back(argmax(std::span<const float>(host).subspan(k * size_t(V), size_t(V))));
+      break;
+    }
+    // The next draft: the module again, over the draft just made at the next position, its own output standing
+    // in for the main model's state there (that latent is overwritten once the main model has seen the token).
+    std::vector<int32_t> last_rows;
+    for (size_t k = 0, r = 0; k < mchunks.size(); ++k) {
+      r += mchunks[k].tokens.size();
+      last_rows.push_back(int32_t(r - 1));
+      const int32_t draft = argmax(std::span<const float>(host).subspan(k * size_t(V), size_t(V)));
+      mowners[k]->drafts.push_back(draft);
+      mchunks[k].start_pos += int32_t(mchunks[k].tokens.size());
+      mchunks[k].tokens = {draft};
+    }
+    hidden = backend.alloc_uninitialized(out.hidden.dtype(), {int64_t(last_rows.size()), D});
+    backend.gather_rows(out.hidden, last_rows, hidden);
   }
 }
 

@@ -18,6 +18,20 @@
 // computed (its logits give the first token) and a sequence only ever writes pages no one else reads. A request
 // for prompt logprobs (scoring) reuses nothing, since it needs the logits of every prompt position.
 //
+// Speculation (SchedulerOptions::speculative = N > 0): every decoding sequence carries N draft tokens from the
+// model's MTP module. Its decode chunk is [last token, draft 1..N] with logits for every row, so the main model
+// verifies all drafts in the step's one forward. Rows are decided in order (engine/sampler.h, Sampler::verify):
+// a greedy row keeps the draft when it is the argmax, a sampled row by the standard acceptance rule, so the
+// output is distributed exactly as without speculation (greedy: identical); the first rejected row's token (or,
+// all drafts kept, the last row's) ends the sequence's tokens for the step. Penalties, token constraints (each
+// row is masked after the constraint has accepted the rows before it), logprobs, stop tokens and max_tokens are
+// applied row by row as for single tokens. The cache positions past the last kept one hold rejected drafts'
+// latents: `written` stops before them and the next step overwrites them (they lie in the sequence's own
+// pages: shared prefix pages are all below `written`). Then the MTP module runs over the rows just confirmed
+// (t[j+1] with the main model's h[j], prompt chunks included, so its cache layer stays complete) and its last
+// row's argmax is the next draft; further drafts chain the module on its own output. A request reserves pages
+// for N positions past prompt + max_tokens.
+//
 // Text: with a tokenizer, each request's tokens are decoded incrementally (StreamingDecoder) and stop strings are
 // matched on the text, across token boundaries: text that might be the start of a stop string is held back until
 // it is known not to be. Uses only the Backend/DeepseekV3 interfaces, so it runs on any backend.
@@ -52,6 +66,9 @@ struct SchedulerOptions {
   int32_t max_step_tokens = 512;  // per-step token budget (decodes first, then prefill chunks)
   int64_t max_context = 0;        // longest prompt + completion; 0: the model's max_position_embeddings (at most the cache)
   bool prefix_cache = true;       // reuse the cached latents of prompt prefixes seen before (see above)
+  // MTP speculative decoding (see "Speculation" above): draft tokens per sequence and step, 0 = off. Needs a
+  // model loaded with its MTP module.
+  int32_t speculative = 0;
   // On a device backend, sample on the device (Backend::sample): only ids and requested logprobs come back,
   // not the logits rows. Off (or on the CPU backend): the rows are copied to the host and sampled there.
   bool device_sampling = true;
@@ -140,6 +157,7 @@ struct SchedulerStats {
   int64_t pages_evictable = 0;  // held only by the prefix cache: neither used nor free, reclaimed on demand
 };
 
+
 class Scheduler {
  public:
   // tokenizer may be null: then no text is produced and stop strings are refused.
@@ -162,18 +180,23 @@ class Scheduler {
 
  private:
   struct Sequence;
+  struct Decided;  // one sequence's tokens decided in a step
   void loop();
   void step(std::vector<std::unique_ptr<Sequence>>& running);
   std::vector<int64_t> prefill_shares(const std::vector<Sequence*>& prefilling, int64_t budget) const;
   void admit(std::vector<std::unique_ptr<Sequence>>& running);
   void finish(Sequence& s, FinishReason reason, const std::string& error = "");
-  void index_pages(Sequence& s);  // indexes s's pages whose latents are now whole (prefix cache)
+  // Indexes s's pages whose latents are now whole (prefix cache); `pending`: tokens decided this step, not yet
+  // in s.output, that follow it.
+  void index_pages(Sequence& s, std::span<const int32_t> pending = {});
   void update_page_stats();
-  // Samples s's next token from its logits row (edited in place: padding masked, penalties), with its
-  // log-probabilities in `logprob` when the request asks for them. Touches only s's sampler, so rows of
-  // different sequences are sampled in parallel.
-  int32_t sample_token(Sequence& s, std::span<float> row, std::optional<TokenLogprob>& logprob) const;
-  // The same for the rows of a step's logits still on the device, in one Backend::sample call: each row's
+  // Decides s's tokens from its logits rows (edited in place: padding masked, penalties): one sampled token, or
+  // with drafts the kept drafts and the token after them (see "Speculation"), each with its log-probabilities
+  // when the request asks for them, the constraint advanced over them. Touches only s's sampler and
+  // constraint, so different sequences are decided in parallel.
+  void decide_tokens(Sequence& s, std::span<float> rows, Decided& out) const;
+  bool is_stop_token(const Sequence& s, int32_t token) const;
+  // Samples the rows of a step's logits still on the device, in one Backend::sample call: each row's
   // settings, its constraint's allowed set as a bitmask (constrained rows only) and one draw of its RNG.
   // Fills tokens[r] / logprobs[r] / errors[r] for rows[r] (the logits row and its sequence).
   void sample_on_device(const TensorView& logits, const std::vector<size_t>& rows, const std::vector<Sequence*>& owners,
@@ -185,7 +208,12 @@ class Scheduler {
   // Ends a max_tokens 0 request once its prompt is in the cache: one event with its prompt logprobs, "length".
   void finish_scoring(Sequence& s);
   // Appends the token to s's output and sends its event (text, logprobs, finish); one sequence at a time.
-  void emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob);
+  // constraint_complete: the request's constraint, having accepted the token, is whole.
+  void emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob, bool constraint_complete);
+  // The MTP module over the rows the step confirmed, giving each speculating sequence its next drafts.
+  void draft_tokens(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners,
+                    const std::vector<bool>& was_decoding, const std::vector<Decided>& decided,
+                    const ForwardOutput& fwd);
   void wake();
   friend class RequestHandle;
 

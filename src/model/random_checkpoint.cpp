@@ -27,6 +27,7 @@ struct TensorSpec {
   int64_t rows, cols;  // cols == 0: a vector
   DType dtype;         // F8_E4M3: with weight_scale_inv blocks; I32: INT4 pack-quantized (weight_packed ...)
   float mean, stddev;
+  bool identity = false;  // plus 1 on the diagonal (the check model's eh_proj)
 };
 
 constexpr int64_t kInt4Group = 32;
@@ -78,11 +79,15 @@ void fill_uniform(std::vector<float>& v, uint64_t seed, float mean, float stddev
   });
 }
 
-std::vector<TensorSpec> tensor_specs(const ModelConfig& c, bool fp8, bool int4_experts) {
+std::vector<TensorSpec> tensor_specs(const ModelConfig& c, bool fp8, bool int4_experts, bool mtp_check) {
   std::vector<TensorSpec> specs;
   const DType proj = fp8 ? DType::F8_E4M3 : DType::BF16;
   auto matrix = [&](const std::string& name, int64_t rows, int64_t cols, DType dt = DType::BF16) {
-    specs.push_back({name, rows, cols, dt, 0.0f, 1.0f / std::sqrt(float(cols))});
+    float stddev = 1.0f / std::sqrt(float(cols));
+    // The check model: layers add next to nothing to the residual stream (see random_checkpoint.h).
+    const auto ends = [&](std::string_view tail) { return name.ends_with(tail); };
+    if (mtp_check && (ends("o_proj.weight") || ends("down_proj.weight"))) stddev *= kMtpCheckScale;
+    specs.push_back({name, rows, cols, dt, 0.0f, stddev});
   };
   auto norm = [&](const std::string& name, int64_t n) { specs.push_back({name, n, 0, DType::BF16, 1.0f, 0.05f}); };
   auto mlp = [&](const std::string& p, int64_t inner, DType dt) {
@@ -128,15 +133,22 @@ std::vector<TensorSpec> tensor_specs(const ModelConfig& c, bool fp8, bool int4_e
   specs.push_back({"model.embed_tokens.weight", c.vocab_size, D, DType::BF16, 0.0f, 1.0f});
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) layer(i);
   norm("model.norm.weight", D);
+  if (mtp_check) specs.back().stddev = 0.0f;  // exactly 1: the MTP head's norm is the same
   matrix("lm_head.weight", c.vocab_size, D);
   if (c.num_nextn_predict_layers > 0) {
     const int64_t L = c.num_hidden_layers;
     const std::string p = "model.layers." + std::to_string(L) + ".";
     layer(L);
     norm(p + "enorm.weight", D);
+    if (mtp_check) specs.back().stddev = 0.0f;
     norm(p + "hnorm.weight", D);
     matrix(p + "eh_proj.weight", D, 2 * D, proj);
+    if (mtp_check) {  // [I + noise, noise]: the embedding half through, the hidden half scaled down
+      specs.back().stddev *= kMtpCheckScale;
+      specs.back().identity = true;
+    }
     norm(p + "shared_head.norm.weight", D);
+    if (mtp_check) specs.back().stddev = 0.0f;
   }
   return specs;
 }
@@ -331,6 +343,8 @@ struct RandomTensors::Impl {
     const TensorSpec& s = specs.at(name);
     std::vector<float> values(size_t(s.rows * std::max<int64_t>(s.cols, 1)));
     fill_uniform(values, tensor_seed(seed, s.name), s.mean, s.stddev);
+    if (s.identity)
+      for (int64_t r = 0; r < std::min(s.rows, s.cols); ++r) values[size_t(r * s.cols + r)] += 1.0f;
     auto& parts = made[name];
     encode(s, values, pow2, parts);
     return parts;
@@ -341,7 +355,7 @@ RandomTensors::RandomTensors(const ModelConfig& config, bool fp8, uint64_t seed,
     : impl_(std::make_unique<Impl>()), label_(std::move(label)) {
   impl_->seed = seed;
   impl_->pow2 = config.ue8m0_scales;
-  for (auto& s : tensor_specs(config, fp8, config.packed_int.has_value())) {
+  for (auto& s : tensor_specs(config, fp8, config.packed_int.has_value(), /*mtp_check=*/false)) {
     const std::vector<Part> parts = parts_of(s);
     for (size_t i = 0; i < parts.size(); ++i) impl_->part_of[parts[i].name] = {s.name, i};
     impl_->specs.emplace(s.name, s);
@@ -390,7 +404,9 @@ void create_random_checkpoint(const RandomCheckpointOptions& o) {
     std::ofstream out(fs::path(o.out_dir) / "config.json");
     out << cfg.dump(2) << "\n";
   }
-  const auto specs = tensor_specs(c, fp8, int4);
+  if (o.mtp_check && c.num_nextn_predict_layers < 1)
+    fail("{}: the MTP check model needs num_nextn_predict_layers >= 1 in the config", o.config_path);
+  const auto specs = tensor_specs(c, fp8, int4, o.mtp_check);
   // Group tensors into shards by size; each tensor's values are made when its shard is written.
   std::vector<std::vector<const TensorSpec*>> shards(1);
   uint64_t in_shard = 0, total = 0, done = 0;  // total: tensor data bytes of all shards, for o.progress
@@ -418,6 +434,8 @@ void create_random_checkpoint(const RandomCheckpointOptions& o) {
         if (!parts->empty()) return;
         std::vector<float> values(size_t(s->rows * std::max<int64_t>(s->cols, 1)));
         fill_uniform(values, seed, s->mean, s->stddev);
+        if (s->identity)
+          for (int64_t r = 0; r < std::min(s->rows, s->cols); ++r) values[size_t(r * s->cols + r)] += 1.0f;
         encode(*s, values, pow2, *parts);
       };
       const std::vector<Part> layout = parts_of(*s);

@@ -791,6 +791,14 @@ struct Server::Impl {
           m.prompt_tokens ? double(m.cached_prompt_tokens) / double(m.prompt_tokens) : 0.0);
     counter("moe_generation_tokens_total", "Tokens generated", m.generated_tokens);
     counter("moe_engine_steps_total", "Batched forward steps", m.steps);
+    counter("moe_spec_verifications_total", "Sequence steps that verified MTP draft tokens (speculative decoding)",
+            m.spec_verifications);
+    counter("moe_spec_draft_tokens_total", "MTP draft tokens checked by the main model", m.spec_drafted);
+    counter("moe_spec_accepted_tokens_total", "MTP draft tokens the main model kept", m.spec_accepted);
+    gauge("moe_spec_acceptance_rate", "Share of checked draft tokens kept, since start",
+          m.spec_drafted ? double(m.spec_accepted) / double(m.spec_drafted) : 0.0);
+    gauge("moe_spec_tokens_per_step", "Tokens a verifying sequence gains per step (kept drafts + 1), since start",
+          m.spec_verifications ? double(m.spec_accepted + m.spec_verifications) / double(m.spec_verifications) : 0.0);
     histogram("moe_time_to_first_token_seconds", "Time from submission to the first generated token", m.ttft);
     histogram("moe_inter_token_latency_seconds", "Time between successive tokens of a request", m.inter_token);
     const auto s = sched.stats();

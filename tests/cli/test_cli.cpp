@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -71,6 +72,36 @@ TEST(Cli, SpeculativeGenerateMatchesGreedy) {
   // stdout (the ids) and stderr (the statistics) arrive interleaved through one pipe.
   EXPECT_NE(r.out.find(join(c.greedy_continuation) + "\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("drafts accepted"), std::string::npos);
+}
+
+// `create-random --mtp-check` and `bench --speculative`: the check model's MTP module drafts the main model's
+// greedy token (acceptance near 1), and the scheduler's greedy tokens are the same with and without drafts.
+TEST(Cli, MtpCheckModelAndSpeculativeBench) {
+  const std::string dir = test::temp_path("mtpcheck");
+  fs::remove_all(dir);
+  ASSERT_EQ(test::run_moe("create-random --mtp-check --config " + test::kTinyModel + "/config.json --out " + dir).code, 0);
+  const std::string bench = "bench --model " + dir + " --batch 1,3 --prompt-tokens 6 --gen-tokens 12 --print-tokens";
+  const Result plain = test::run_moe(bench + " --speculative 0", /*with_stderr=*/false);
+  const Result spec = test::run_moe(bench + " --speculative 2", /*with_stderr=*/false);
+  ASSERT_EQ(plain.code, 0) << plain.out;
+  ASSERT_EQ(spec.code, 0) << spec.out;
+  auto token_lines = [](const std::string& out) {
+    std::string lines;
+    std::istringstream in(out);
+    for (std::string l; std::getline(in, l);)
+      if (l.rfind("tokens ", 0) == 0) lines += l + "\n";
+    return lines;
+  };
+  EXPECT_EQ(token_lines(spec.out), token_lines(plain.out));
+  EXPECT_NE(token_lines(plain.out).find("tokens batch 3 request 2: "), std::string::npos) << plain.out;
+  const size_t at = spec.out.find("(acceptance ");
+  ASSERT_NE(at, std::string::npos) << spec.out;
+  EXPECT_GE(std::stod(spec.out.substr(at + 12)), 0.9) << spec.out;
+  // A config without an MTP layer cannot make a check model; a checkpoint without one cannot speculate.
+  const Result bad = test::run_moe("create-random --mtp-check --config bench/gpu/configs/moonlight-16b-a3b.json --out " + dir + "/x");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("num_nextn_predict_layers"), std::string::npos) << bad.out;
+  fs::remove_all(dir);
 }
 
 TEST(Cli, SeededSamplingIsReproducible) {

@@ -13,7 +13,7 @@ add_test(NAME server_js_npm_ci
          COMMAND sh -c "${MOE_NODE} deps_installed.cjs || ${MOE_NPM} ci --no-audit --no-fund"
          WORKING_DIRECTORY ${MOE_JS_DIR})
 set_tests_properties(server_js_npm_ci PROPERTIES FIXTURES_SETUP moe_js TIMEOUT 300)
-foreach(t openai structured tools anthropic responses errors feedback limits lifecycle slow crosssite load fault ops browser chatpage prefix_cache scoring)
+foreach(t openai structured tools anthropic responses errors feedback limits lifecycle slow crosssite load fault ops browser chatpage prefix_cache scoring speculative)
   add_test(NAME server_js_${t} COMMAND ${MOE_NODE} --test --test-reporter=tap tests/js/${t}.test.js
            WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   set_tests_properties(server_js_${t} PROPERTIES
