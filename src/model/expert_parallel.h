@@ -15,7 +15,7 @@
 // inside the 1e-5 bound).
 //
 // The plan (counts, slots) is built on the host, so this runs on host memory (CPU backend, MPI); a GPU version
-// keeps the rows on the device for NCCL and exchanges the plan through the host (docs/distributed-inference.md).
+// keeps the rows on the device for NCCL and exchanges the plan through the host (docs/distributed.md, "Expert-parallel inference").
 #include <atomic>
 #include <cstdint>
 #include <memory>
