@@ -157,6 +157,9 @@ class CudaBackend final : public Backend {
   void sample(const TensorView& logits, std::span<const SampleRow> rows, std::vector<SampleResult>& out) override;
 
  private:
+  // mla_latent_attention and mla_sparse_latent_attention (indices empty for the dense op).
+  void latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                        const TensorView& indices, const TensorView& o_lat, const TensorView& lse);
   class Graph;
   Tensor scratch(DType dtype, Shape shape) { return ctx_.scratch(dtype, shape); }
   TensorView upload_persistent(const TensorView& host);

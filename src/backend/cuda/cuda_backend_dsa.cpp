@@ -71,45 +71,8 @@ void CudaBackend::dsa_topk(const TensorView& scores, const DeviceBatch& batch, c
 void CudaBackend::mla_sparse_latent_attention(const TensorView& qf, const TensorView& cache, float scale,
                                               const DeviceBatch& batch, const TensorView& indices,
                                               const TensorView& o_lat, const TensorView& lse) {
-  const cuda::DeviceGuard guard(ctx_.device());
-  const BatchPlan& plan = *batch.plan;
-  const int64_t T = qf.rows(), H = qf.shape[1], W = qf.shape[2], r = o_lat.shape[o_lat.shape.rank - 1];
-  MOE_CHECK(qf.dtype == DType::BF16 && cache.dtype == DType::BF16 && cache.shape[cache.shape.rank - 1] == W,
-            "mla_sparse_latent_attention: qf {} and cache {} (BF16, rows of {})", qf.shape.str(), cache.shape.str(), W);
-  MOE_CHECK(o_lat.dtype == DType::F32 && o_lat.numel() == T * H * r &&
-                (!lse.data || (lse.dtype == DType::F32 && lse.numel() == T * H)),
-            "mla_sparse_latent_attention: o_lat {} / lse {} for qf {}", o_lat.shape.str(), lse.shape.str(),
-            qf.shape.str());
-  MOE_CHECK(indices.dtype == DType::I32 && indices.rows() == T && plan.num_tokens() == T,
-            "mla_sparse_latent_attention: indices {} for {} tokens", indices.shape.str(), T);
-  if (T == 0) return;
-  cuda::MlaParams p;
-  p.qf = qf.as<const uint16_t>();
-  p.cache = cache.as<const uint16_t>();
-  p.block_table = batch.block_table.as<const int32_t>();
-  p.token_seq = batch.token_seq.as<const int32_t>();
-  p.positions = batch.positions.as<const int32_t>();
-  p.max_pages = plan.max_pages;
-  p.page_size = plan.page_size;
-  p.T = int32_t(T);
-  p.H = int32_t(H);
-  p.r = int32_t(r);
-  p.dr = int32_t(W - r);
-  p.scale = scale;
-  p.o_lat = o_lat.as<float>();
-  p.lse = lse.data ? lse.as<float>() : nullptr;
-  p.indices = indices.as<const int32_t>();
-  p.K = int32_t(indices.row_size());
-  // The split-KV tensor-core kernel over the list (the general kernel for other widths), split by K.
-  p.splits = cuda::mla_choose_splits(T, H, r, p.K, sms_, ctx_.options().mla_splits);
-  Tensor o_part, ml;
-  if (p.splits > 1) {
-    o_part = scratch(DType::F32, {p.splits, T, H, r});
-    ml = scratch(DType::F32, {p.splits, T, H, 2});
-    p.o_part = o_part.as<float>();
-    p.ml_part = ml.as<float>();
-  }
-  cuda::mla_attention(p, stream_);
+  MOE_CHECK(indices.data, "mla_sparse_latent_attention: no indices");
+  latent_attention(qf, cache, scale, batch, indices, o_lat, lse);  // cuda_backend_mla_primitives.cpp
 }
 
 }  // namespace moe

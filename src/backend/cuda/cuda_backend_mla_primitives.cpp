@@ -20,6 +20,12 @@ void CudaBackend::mla_absorb(const TensorView& q, const Weight& kv_b, int64_t dn
 
 void CudaBackend::mla_latent_attention(const TensorView& qf, const TensorView& cache, float scale,
                                        const DeviceBatch& batch, const TensorView& o_lat, const TensorView& lse) {
+  latent_attention(qf, cache, scale, batch, {}, o_lat, lse);
+}
+
+// Dense (indices empty: positions 0 .. positions[t]) or sparse (V3.2: the positions of indices [T, K]).
+void CudaBackend::latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                                   const TensorView& indices, const TensorView& o_lat, const TensorView& lse) {
   const cuda::DeviceGuard guard(ctx_.device());
   const BatchPlan& plan = *batch.plan;
   const int64_t T = qf.rows(), H = qf.shape[1], W = qf.shape[2], r = o_lat.shape[o_lat.shape.rank - 1], dr = W - r;
@@ -29,9 +35,12 @@ void CudaBackend::mla_latent_attention(const TensorView& qf, const TensorView& c
   MOE_CHECK(o_lat.dtype == DType::F32 && o_lat.numel() == T * H * r &&
                 (!lse.data || (lse.dtype == DType::F32 && lse.numel() == T * H)),
             "mla_latent_attention: o_lat {} / lse {} for qf {}", o_lat.shape.str(), lse.shape.str(), qf.shape.str());
+  MOE_CHECK(!indices.data || (indices.dtype == DType::I32 && indices.rows() == T),
+            "mla_sparse_latent_attention: indices {} for {} tokens", indices.shape.str(), T);
   if (T == 0) return;
-  // As in mla_attention: the launch depends on T, H, r and the cache capacity per sequence only.
-  const int64_t capacity = int64_t(plan.max_pages) * plan.page_size;
+  // As in mla_attention: the launch depends on T, H, r and the cache capacity per sequence only (for a sparse
+  // call, the index list's length K).
+  const int64_t capacity = indices.data ? indices.row_size() : int64_t(plan.max_pages) * plan.page_size;
   const int32_t splits = cuda::mla_choose_splits(T, H, r, capacity, sms_, ctx_.options().mla_splits);
   Tensor o_part, ml;
   if (splits > 1) {
@@ -56,6 +65,10 @@ void CudaBackend::mla_latent_attention(const TensorView& qf, const TensorView& c
   p.ml_part = splits > 1 ? ml.as<float>() : nullptr;
   p.o_lat = o_lat.as<float>();
   p.lse = lse.data ? lse.as<float>() : nullptr;
+  if (indices.data) {
+    p.indices = indices.as<const int32_t>();
+    p.K = int32_t(indices.row_size());
+  }
   cuda::mla_attention(p, stream_);
 }
 
