@@ -11,6 +11,7 @@
 namespace moe::train {
 
 class Compute;
+class DeviceStep;
 
 struct TrainBenchOptions {
   std::string config_path;
@@ -19,6 +20,7 @@ struct TrainBenchOptions {
   // A device (train/compute.h) for the step's GEMMs, attention and cross-entropy, and that device's dense GEMM
   // rate in GFLOP/s measured in this run (the denominator of the fraction); null: the CPU and its FP32 rate.
   Compute* compute = nullptr;
+  DeviceStep* step = nullptr;  // a whole-step device (train/device_step.h): everything resident there
   std::string device = "cpu";
   std::function<double()> device_gemm_gflops;
 };

@@ -17,6 +17,7 @@ namespace moe::train {
 
 struct ExpertParallel;
 class Compute;
+class DeviceStep;
 
 struct Param {
   std::string name;  // the checkpoint's tensor name
@@ -57,6 +58,10 @@ struct LayerParams {
   std::string gate_name;          // "model.layers.L.mlp.gate.weight": names the layer's loads
 };
 
+// The number of trained values TrainModel::init makes for config c (MTP module included; correction biases not),
+// from the config alone: what a device checks before the host copies are made.
+int64_t parameter_count(const ModelConfig& c);
+
 struct TrainModel {
   ModelConfig config;
   std::vector<std::unique_ptr<Param>> params;  // every trained tensor (pointers below point into these)
@@ -71,6 +76,9 @@ struct TrainModel {
   // The device the GEMMs, attention and cross-entropy run on (train/compute.h), owned by the caller; null: the
   // CPU ops on `pool`.
   Compute* compute = nullptr;
+  // A device that runs the whole step with everything resident there (train/device_step.h), owned by the caller;
+  // when set, the step's functions hand their work to it and the host copies are synced by its pull/push.
+  DeviceStep* device = nullptr;
 
   // Reads config.json and the checkpoint (BF16/F16/F32 tensors, converted to F32). The MTP module's copies of
   // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.

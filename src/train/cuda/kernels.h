@@ -62,4 +62,42 @@ struct AdamWArgs {
 };
 void adamw_update(float* w, const float* g, float* m, float* v, int64_t count, const AdamWArgs& a, cudaStream_t s);
 
+// elementwise.cu: dst[y * dst_pitch + x] += src[y * src_pitch + x] for x < width, y < height (floats);
+// x *= factor; *out = sum of x (or of its squares) in double, in a fixed order (deterministic), through
+// `scratch` of sum_scratch_doubles() doubles.
+void add_strided(float* dst, int64_t dst_pitch, const float* src, int64_t src_pitch, int64_t width, int64_t height,
+                 cudaStream_t s);
+void scale(float* x, float factor, int64_t count, cudaStream_t s);
+int64_t sum_scratch_doubles();
+void sum_double(double* out, double* scratch, const float* x, int64_t count, bool squares, cudaStream_t s);
+
+// router.cu: ops.h's router_forward / router_*_backward / balance_loss_* for n tokens (see the file).
+struct RouterArgs {
+  int64_t experts = 0, top_k = 0, n_group = 1, topk_group = 1;
+  bool sigmoid = true, noaux = true, group_limited = true, norm_topk_prob = true;
+  double scaling = 1.0;
+};
+bool router_supported(const RouterArgs& c);  // K <= 16, n_group <= 64
+// scores [n, E], chosen [n, K], weights [n, K], denom [n]; bias [E] or null.
+void router_forward(float* scores, int32_t* chosen, float* weights, float* denom, const float* logits,
+                    const float* bias, int64_t n, const RouterArgs& c, cudaStream_t s);
+// f [b, E] = E / (K t) x the tokens of each sequence routed to each expert; terms [b*t]: each token's share of
+// the balance loss (alpha included), to be summed.
+void balance_fractions(float* f, const int32_t* chosen, int64_t b, int64_t t, const RouterArgs& c, cudaStream_t s);
+void balance_terms(float* terms, const float* scores, const float* f, int64_t b, int64_t t, const RouterArgs& c,
+                   double alpha, cudaStream_t s);
+// dlogits [n, E] (written, not added) from dweights [n, K] and, when f is not null, the balance loss (alpha).
+void router_backward(float* dlogits, const float* dweights, const float* scores, const int32_t* chosen,
+                     const float* denom, const float* f, int64_t b, int64_t t, const RouterArgs& c, double alpha,
+                     cudaStream_t s);
+
+// moe.cu: the routed experts' dispatch and combine over the expert-sorted (token, slot) pairs (see the file).
+void moe_gather(float* xs, const float* x, const int32_t* rows, int64_t count, int64_t d, cudaStream_t s);
+void moe_combine(float* out, const float* eout, const int32_t* pos, const float* weights, int64_t n, int64_t k,
+                 int64_t d, cudaStream_t s);
+void moe_expert_dout(float* dy, float* dweights, const float* dout, const float* eout, const int32_t* rows,
+                     const int32_t* slots, const float* weights, int64_t count, int64_t k, int64_t d, cudaStream_t s);
+void moe_scatter_add(float* dx, const float* dxs, const int32_t* pos, int64_t n, int64_t k, int64_t d,
+                     cudaStream_t s);
+
 }  // namespace moe::train::cuda
