@@ -6,6 +6,7 @@
 // a random tie at FP32 resolution among 64 scores is a ~1e-5 event); its weights and gradients are double
 // sums rounded once to FP32 (<= 1e-6 relative, checked 1e-5). The MoE kernels sum K <= 8 FP32 products
 // against double (<= 1e-6, checked 1e-5); the dot of expert_dout is a 1024-term FP32 block sum (~1e-6, 1e-5).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -160,6 +161,33 @@ TEST(CudaTrainMoeOps, DispatchCombineMatchDouble) {
   EXPECT_LT(rel_l2(gdy.host(), dy_c), 1e-6);
   EXPECT_LT(rel_l2(gdwt.host(), dw_c), 1e-5);
   EXPECT_LT(rel_l2(minus(gdx.host(), dx0), minus(dx_c, dx0)), 1e-5);
+}
+
+// The embedding's backward over rows grouped by id (the device step's): each table row gets its rows' FP32 sum
+// in row order, added once, against ops.h's row-by-row adds (a few terms per id: ~1e-7, checked 1e-5).
+TEST(CudaTrainMoeOps, EmbeddingBackwardSortedMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = clock_seed("embedding sorted");
+  const int64_t V = 1000, d = 384, n = 4096;
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(V) - 1);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& x : ids) x = pick(rng);
+  const auto dout = randn(size_t(n * d), seed + 1), dt0 = randn(size_t(V * d), seed + 2);
+  auto dt_c = dt0;
+  embedding_backward(dt_c.data(), ids.data(), n, dout.data(), d);
+  std::vector<int32_t> order(static_cast<size_t>(n)), seg_id, seg_start;
+  for (int64_t i = 0; i < n; ++i) order[size_t(i)] = int32_t(i);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ids[size_t(a)] < ids[size_t(b)]; });
+  for (size_t r = 0; r < order.size(); ++r)
+    if (r == 0 || ids[size_t(order[r])] != ids[size_t(order[r - 1])])
+      seg_id.push_back(ids[size_t(order[r])]), seg_start.push_back(int32_t(r));
+  seg_start.push_back(int32_t(n));
+  DeviceArray<float> gd(dout), gdt(dt0);
+  DeviceArray<int32_t> gid(seg_id), gstart(seg_start), gorder(order);
+  cuda::embedding_backward_sorted(gdt.get(), gid.get(), gstart.get(), int64_t(seg_id.size()), gorder.get(), gd.get(), d,
+                                  nullptr);
+  EXPECT_LT(rel_l2(minus(gdt.host(), dt0), minus(dt_c, dt0)), 1e-5);
 }
 
 TEST(CudaTrainMoeOps, StridedAddScaleAndSums) {

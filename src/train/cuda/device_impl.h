@@ -111,6 +111,7 @@ struct DeviceTrainer::Impl {
   struct Acts {
     int64_t b = 0, t = 0;
     int32_t *ids = nullptr, *next = nullptr, *targets1 = nullptr, *targets2 = nullptr;
+    std::vector<int32_t> host_ids, host_next;  // for the embedding's backward (rows grouped by id on the host)
     std::vector<float*> xs;
     std::vector<DLayer> layers;
     float *hn = nullptr, *hn_rstd = nullptr, *hsel = nullptr, *logits1 = nullptr, *loss1 = nullptr;
@@ -122,6 +123,9 @@ struct DeviceTrainer::Impl {
   LossParts forward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
                     const std::vector<uint8_t>* mask);
   void backward(TrainModel& m);
+  // dtable[ids[i]] += dout[i] (rows grouped by id here, summed in row order on the device)
+  void embedding_grad(float* dtable, const std::vector<int32_t>& ids, const float* dout, int64_t d,
+                      const std::string& key);
   void loads(const TrainModel& m, ExpertLoads* out) const;
 };
 

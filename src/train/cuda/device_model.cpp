@@ -84,6 +84,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   A.b = b, A.t = t;
   A.ids = i32("ids", n);
   upload(A.ids, ids.data(), size_t(n) * 4);
+  A.host_ids = ids;
   A.xs.resize(size_t(L + 1));
   for (int64_t l = 0; l <= L; ++l) A.xs[size_t(l)] = f32(fmt::format("x{}", l), n * D);
   embedding_forward(A.xs[0], A.ids, n, w(M.embed), D, s);
@@ -116,6 +117,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     const std::vector<int32_t> next = shifted(ids, b, t, t2, 1);
     A.next = i32("next", n2);
     upload(A.next, next.data(), next.size() * 4);
+    A.host_next = next;
     A.e = f32("mtp.e", n2 * D);
     A.en = f32("mtp.en", n2 * D);
     A.e_rstd = f32("mtp.e_rstd", n2);
@@ -179,7 +181,7 @@ void DeviceTrainer::Impl::backward(TrainModel& M) {
     copy2d(dhh, D, dcat + D, 2 * D, D, n2, s);
     float* de = zeros("grad.e", n2 * D);
     rmsnorm_backward(de, g(M.enorm), den, A.e, w(M.enorm), A.e_rstd, n2, D, s);
-    embedding_backward(g(M.embed), A.next, n2, de, D, s);
+    embedding_grad(g(M.embed), A.host_next, de, D, "emb.mtp");
     float* dh2 = zeros("grad.h2", n2 * D);
     rmsnorm_backward(dh2, g(M.hnorm), dhh, A.h2, w(M.hnorm), A.hh_rstd, n2, D, s);
     add_strided(dhn, t * D, dh2, t2 * D, t2 * D, b, s);
@@ -197,8 +199,30 @@ void DeviceTrainer::Impl::backward(TrainModel& M) {
     std::swap(cur, other);
     dx = dprev;
   }
-  embedding_backward(g(M.embed), A.ids, n, dx, D, s);
+  embedding_grad(g(M.embed), A.host_ids, dx, D, "emb.main");
   check_cuda(cudaGetLastError(), "backward");
+}
+
+void DeviceTrainer::Impl::embedding_grad(float* dtable, const std::vector<int32_t>& ids, const float* dout, int64_t d,
+                                         const std::string& key) {
+  std::vector<int32_t> order(ids.size()), seg_id, seg_start;
+  for (size_t i = 0; i < ids.size(); ++i) order[i] = int32_t(i);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ids[size_t(a)] < ids[size_t(b)]; });
+  for (size_t r = 0; r < order.size(); ++r)
+    if (r == 0 || ids[size_t(order[r])] != ids[size_t(order[r - 1])]) {
+      seg_id.push_back(ids[size_t(order[r])]);
+      seg_start.push_back(int32_t(r));
+    }
+  seg_start.push_back(int32_t(order.size()));
+  const int64_t segs = int64_t(seg_id.size());
+  int32_t* g_id = i32(key + ".seg_id", std::max<int64_t>(segs, 1));
+  int32_t* g_start = i32(key + ".seg_start", segs + 1);
+  int32_t* g_order = i32(key + ".order", std::max<int64_t>(int64_t(order.size()), 1));
+  upload(g_id, seg_id.data(), seg_id.size() * 4);
+  upload(g_start, seg_start.data(), seg_start.size() * 4);
+  upload(g_order, order.data(), order.size() * 4);
+  embedding_backward_sorted(dtable, g_id, g_start, segs, g_order, dout, d, stream());
+  check_cuda(cudaGetLastError(), "embedding_backward_sorted");
 }
 
 void DeviceTrainer::Impl::loads(const TrainModel& M, ExpertLoads* out) const {

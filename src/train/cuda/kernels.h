@@ -53,6 +53,11 @@ void rope_rotate(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t o
 // rows in order (deterministic, no atomics).
 void embedding_forward(float* out, const int32_t* ids, int64_t n, const float* table, int64_t d, cudaStream_t s);
 void embedding_backward(float* dtable, const int32_t* ids, int64_t n, const float* dout, int64_t d, cudaStream_t s);
+// The same over rows grouped by id on the host (fast at any n: one block per distinct id and 128 columns):
+// segment g is id seg_id[g] with the rows order[seg_start[g] .. seg_start[g+1]), ascending; seg_start has
+// segments + 1 entries. Each table row gets one add of its rows' sum taken in row order.
+void embedding_backward_sorted(float* dtable, const int32_t* seg_id, const int32_t* seg_start, int64_t segments,
+                               const int32_t* order, const float* dout, int64_t d, cudaStream_t s);
 
 // adamw.cu: one AdamW update of count values, optimizer.cpp's formula: g' = clip g; m = b1 m + (1-b1) g';
 // v = b2 v + (1-b2) g'^2; w = w decay - lr (m / bc1) / (sqrt(v / bc2) + eps), decay = 1 - lr wd (1: no decay),
