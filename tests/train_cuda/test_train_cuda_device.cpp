@@ -13,9 +13,11 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "core/thread_pool.h"
 #include "io/safetensors.h"
 #include "train/bf16_emulated.h"
 #include "train/cuda/device_trainer.h"
@@ -118,9 +120,11 @@ void five_steps(GemmPrecision p, double loss_tol, const char* what) {
     for (auto& x : ids) x = id(rng);
   const Objective obj{0.3, 1e-3};
   const AdamW adamw;
+  ThreadPool pool(int(std::max(1u, std::thread::hardware_concurrency())));  // the CPU trainer's GEMM threads
   auto run = [&](DeviceStep* device) {
     TrainModel m = TrainModel::init(cfg, path, seed, 0.02);
     m.device = device;
+    m.pool = &pool;
     std::vector<double> losses;
     for (int64_t s = 1; s <= 5; ++s) {
       m.zero_grad();
