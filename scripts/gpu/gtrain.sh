@@ -56,9 +56,10 @@ done
 timeout 60 "$MOE" train --device cuda --resume "$TMP/run-cuda/step-00000015" --out "$TMP/run-cuda-resume" \
   --data "$TMP/data" >"$D/train-cuda-resume.log" 2>&1
 echo "resume exit $?: $(tail -1 "$D/train-cuda-resume.log" | cut -c1-200)"
-loss() { grep -o '"step":[0-9]*,[^}]*"loss":[-0-9.e+naif]*' "$1" | sed -E 's/"step":([0-9]*),.*"loss":(.*)/\1 \2/'; }
+loss() { grep -o '"step":[0-9]*,[^}]*"loss":[-0-9.e+naif]*' "$1" | sed -E 's/"step":([0-9]*),.*"loss":(.*)/\1 \2/' \
+  | sort -k1,1; }
 join -a1 <(loss "$D/train-cuda.log") <(loss "$D/train-cpu.log") | join -a1 - <(loss "$D/train-cuda-resume.log") \
-  >"$D/losses.txt"
+  | sort -n >"$D/losses.txt"
 echo "step cuda cpu cuda-resumed"; cat "$D/losses.txt"
 
 echo "== compute-sanitizer memcheck (the new ops, the fixture steps)"

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "train/compute.h"
 #include "train/cuda/kernels.h"
 #include "train/ops.h"
 #include "train_cuda/util.h"
@@ -188,6 +189,43 @@ TEST(CudaTrainMoeOps, EmbeddingBackwardSortedMatchesCpu) {
   cuda::embedding_backward_sorted(gdt.get(), gid.get(), gstart.get(), int64_t(seg_id.size()), gorder.get(), gd.get(), d,
                                   nullptr);
   EXPECT_LT(rel_l2(minus(gdt.host(), dt0), minus(dt_c, dt0)), 1e-5);
+}
+
+// attention_gemm.cu against the CPU's MLA attention (ops.h): FP32 GEMMs over at most t = 256 terms against double
+// sums (~1e-6), checked 1e-5 as attention.cu's test does; the backward on what it adds to non-zero gradients.
+TEST(CudaTrainMoeOps, GemmAttentionMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = clock_seed("gemm attention");
+  MlaDims d;
+  d.t = 256, d.heads = 4, d.dn = 128, d.dr = 64, d.dv = 128, d.scale = 1.0 / std::sqrt(192.0);
+  const int64_t b = 2, n = b * d.t, H = d.heads, P = b * H * d.t * d.t;
+  const auto q = randn(size_t(n * H * 192), seed), kv = randn(size_t(n * H * 256), seed + 1),
+             kr = randn(size_t(n * 64), seed + 2), dout = randn(size_t(n * H * 128), seed + 3);
+  const auto dq0 = randn(size_t(n * H * 192), seed + 4), dkv0 = randn(size_t(n * H * 256), seed + 5),
+             dkr0 = randn(size_t(n * 64), seed + 6);
+  CpuCompute cpu;
+  std::vector<float> out_c(size_t(n * H * 128)), p_c(static_cast<size_t>(P));
+  cpu.attention_forward(out_c.data(), p_c.data(), q.data(), kv.data(), kr.data(), d, b);
+  auto dq_c = dq0, dkv_c = dkv0, dkr_c = dkr0;
+  cpu.attention_backward(dq_c.data(), dkv_c.data(), dkr_c.data(), dout.data(), p_c.data(), q.data(), kv.data(),
+                         kr.data(), d, b);
+  cublasHandle_t blas = nullptr;
+  ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
+  DeviceArray<float> gq(q), gkv(kv), gkr(kr), gdo(dout), gdq(dq0), gdkv(dkv0), gdkr(dkr0);
+  DeviceArray<float> gout(std::vector<float>(out_c.size(), 1.f)), gp(std::vector<float>(size_t(P), 1.f)),
+      gds(std::vector<float>(size_t(P), 1.f));
+  const cuda::AttnShape a{b, d.t, H, d.dn, d.dr, d.dv, float(d.scale)};
+  EXPECT_TRUE(cuda::attention_forward_gemm(blas, gout.get(), gp.get(), gq.get(), gkv.get(), gkr.get(), a, nullptr));
+  EXPECT_TRUE(cuda::attention_backward_gemm(blas, gdq.get(), gdkv.get(), gdkr.get(), gds.get(), gdo.get(), gp.get(),
+                                            gq.get(), gkv.get(), gkr.get(), a, nullptr));
+  const auto p_g = gp.host();
+  const double e[] = {rel_l2(gout.host(), out_c), rel_l2(p_g, p_c), rel_l2(minus(gdq.host(), dq0), minus(dq_c, dq0)),
+                      rel_l2(minus(gdkv.host(), dkv0), minus(dkv_c, dkv0)),
+                      rel_l2(minus(gdkr.host(), dkr0), minus(dkr_c, dkr0))};
+  std::printf("gemm attention: out %.3g probs %.3g dq %.3g dkv %.3g dk_rope %.3g\n", e[0], e[1], e[2], e[3], e[4]);
+  for (double v : e) EXPECT_LT(v, 1e-5);
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(p_g[size_t(i * d.t + i + 1)], 0.0f);  // causal
+  cublasDestroy(blas);
 }
 
 TEST(CudaTrainMoeOps, StridedAddScaleAndSums) {

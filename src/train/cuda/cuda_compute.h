@@ -67,6 +67,7 @@ class CudaCompute final : public Compute {
   double measure_bf16_gemm_gflops();
 
   cudaStream_t stream() const { return stream_; }
+  cublasHandle_t blas() const { return blas_; }
   void sync();
 
  private:

@@ -2,6 +2,7 @@
 // Launchers of the trainer's CUDA kernels: plain functions of device pointers and a stream, one .cu per op, each
 // the twin of the CPU op in train/ops.h (same shapes, same conventions: backward launchers ADD into their
 // gradients). FP32 in and out, FP32 accumulation. Included by .cu files (C++17) and by cuda_compute.cpp.
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -25,6 +26,14 @@ void attention_forward(float* out, float* probs, const float* q, const float* kv
                        const AttnShape& a, cudaStream_t s);
 void attention_backward(float* dq, float* dkv, float* dk_rope, float* ds, const float* dout, const float* probs,
                         const float* q, const float* kv, const float* k_rope, const AttnShape& a, cudaStream_t s);
+
+// attention_gemm.cu: the same contract through cuBLAS FP32 strided-batched GEMMs (blas is set to stream s), with
+// the scores materialised in probs and ds (the backward's score gradients, b*H*t*t floats). False: a cuBLAS error.
+bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const float* q, const float* kv,
+                            const float* k_rope, const AttnShape& a, cudaStream_t s);
+bool attention_backward_gemm(cublasHandle_t blas, float* dq, float* dkv, float* dk_rope, float* ds, const float* dout,
+                             const float* probs, const float* q, const float* kv, const float* k_rope,
+                             const AttnShape& a, cudaStream_t s);
 
 // cross_entropy.cu: per row of logits [n, V]: loss[i] = -log softmax(logits_i)[target_i] (0 for a negative
 // target), and logits_i overwritten with dscale * (softmax - onehot) (zeros for a negative target).
