@@ -181,7 +181,6 @@ void register_train_commands(CLI::App& app) {
       run->comm = comm.get();
       run->parallel = parallel->options;
       const TrainDevice dev = make_train_device(*device, *gemm);
-      run->compute = dev.compute.get();
       run->device = dev.step.get();
       train::run_training(*run, [](const std::string& line) {
         std::printf("%s\n", line.c_str());
@@ -203,7 +202,6 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 or fp32 (bf16)");
     cmd->callback([=] {
       const TrainDevice dev = make_train_device(*device, *gemm);
-      o->compute = dev.compute.get();
       o->step = dev.step.get();
       o->device = dev.name;
       o->device_gemm_gflops = dev.gemm_gflops;

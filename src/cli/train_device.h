@@ -6,14 +6,12 @@
 #include <memory>
 #include <string>
 
-#include "train/compute.h"
 #include "train/device_step.h"
 
 namespace moe::cli {
 
 struct TrainDevice {
   std::string name;                        // "cpu", or "cuda: NVIDIA H200 (sm_90), bf16 GEMMs"
-  std::unique_ptr<train::Compute> compute;  // the per-op seam (null: the CPU's ops on the trainer's pool)
   std::unique_ptr<train::DeviceStep> step;  // the whole-step device (null for the CPU)
   std::function<double()> gemm_gflops;      // the device's BF16 GEMM rate, measured when called (null: CPU)
 };
