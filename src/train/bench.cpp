@@ -87,7 +87,6 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   r.threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ThreadPool pool(r.threads);
   model.pool = &pool;
-  model.compute = o.compute;
   model.device = o.step;
   r.device = o.device;
 
