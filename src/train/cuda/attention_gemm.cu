@@ -1,10 +1,10 @@
-// MLA attention (expanded form, causal) through cuBLAS: the same contract as attention.cu (kernels.h), with the
-// score and value products as FP32 strided-batched GEMMs (one call per head and product, batched over the b
+// MLA attention (expanded form, causal) through cuBLAS (kernels.h's contract; the twin of train/ops/attention.cpp),
+// with the score and value products as FP32 strided-batched GEMMs (one call per head and product, batched over the b
 // sequences) and two row kernels: the causal softmax of the scores and the softmax's backward. The full t x t
-// square is multiplied (twice the causal FLOPs, but on the GEMM units instead of one block per row walking
-// strided memory); above the diagonal P and dS are 0, so nothing there reaches an output.
+// square is multiplied (twice the causal FLOPs, but on cuBLAS instead of v1's one block per query row walking
+// strided memory, which it replaced); above the diagonal P and dS are 0, so nothing there reaches an output.
 // Row-major [r, c] matrices are column-major [c, r] ones for cuBLAS (cuda_compute.cpp's mapping):
-//   S = Qn Kn^T + Qr Kr^T  ->  S^T = Kn^T' Qn' ...: gemm(T, N, t, t, d, K, Q)
+//   S = Qn Kn^T + Qr Kr^T  ->  gemm(T, N, t, t, d, K, Q), twice (dn, then dr with beta 1)
 //   O = P V                ->  gemm(N, N, dv, t, t, V, P)
 //   dP = dO V^T            ->  gemm(T, N, t, t, dv, V, dO)
 //   dQ = dS K              ->  gemm(N, N, d, t, t, K, dS)

@@ -78,7 +78,9 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   mm(A.kv, A.c, w(W.kv_b), n, r, H * (dn + dv), false);
   A.probs = f32(key + "probs", b * H * t * t);
   A.att = f32(key + "att", n * H * dv);
-  attention_forward(A.att, A.probs, A.q, A.kv, A.kr, AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s);
+  MOE_CHECK(attention_forward_gemm(cc.blas(), A.att, A.probs, A.q, A.kv, A.kr,
+                                   AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s),
+            "cuda train: attention's cuBLAS GEMMs failed");
   check_cuda(cudaGetLastError(), "attention_forward");
   A.h = f32(key + "h", n * D);
   mm(A.h, A.att, w(W.o_proj), n, H * dv, D, false);
@@ -118,7 +120,9 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   float* dkv = zeros("tmp.dkv", n * H * (dn + dv));
   float* dkr = zeros("tmp.dkr", n * dr);
   float* ds = f32("tmp.ds", b * H * t * t);
-  attention_backward(dq_, dkv, dkr, ds, datt, A.probs, A.q, A.kv, A.kr, AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s);
+  MOE_CHECK(attention_backward_gemm(cc.blas(), dq_, dkv, dkr, ds, datt, A.probs, A.q, A.kv, A.kr,
+                                    AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s),
+            "cuda train: attention's cuBLAS GEMMs failed");
   check_cuda(cudaGetLastError(), "attention_backward");
   // kv path
   float* dc = f32("tmp.dc", n * r);

@@ -15,20 +15,14 @@ void to_bf16(uint16_t* out, const float* in, int64_t count, cudaStream_t s);
 // measurements that must not read uninitialised or zero memory.
 void fill_bf16_uniform(uint16_t* out, int64_t count, uint32_t seed, cudaStream_t s);
 
-// attention.cu: MLA, expanded form, causal, b sequences of t tokens one after another (ops.h MlaDims):
+// attention_gemm.cu: MLA, expanded form, causal, b sequences of t tokens one after another (ops.h MlaDims):
 // q [b*t, H, dn+dr], kv [b*t, H, dn+dv], k_rope [b*t, dr]; out [b*t, H, dv], probs [b, H, t, t] (0 above the
-// diagonal). The backward needs a scratch ds of b*H*t*t floats (the score gradients).
+// diagonal), through cuBLAS FP32 strided-batched GEMMs (blas is set to stream s). The backward needs a scratch
+// ds of b*H*t*t floats (the score gradients) and adds into dq, dkv, dk_rope. False: a cuBLAS error.
 struct AttnShape {
   int64_t b = 0, t = 0, heads = 0, dn = 0, dr = 0, dv = 0;
   float scale = 1.0f;
 };
-void attention_forward(float* out, float* probs, const float* q, const float* kv, const float* k_rope,
-                       const AttnShape& a, cudaStream_t s);
-void attention_backward(float* dq, float* dkv, float* dk_rope, float* ds, const float* dout, const float* probs,
-                        const float* q, const float* kv, const float* k_rope, const AttnShape& a, cudaStream_t s);
-
-// attention_gemm.cu: the same contract through cuBLAS FP32 strided-batched GEMMs (blas is set to stream s), with
-// the scores materialised in probs and ds (the backward's score gradients, b*H*t*t floats). False: a cuBLAS error.
 bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const float* q, const float* kv,
                             const float* k_rope, const AttnShape& a, cudaStream_t s);
 bool attention_backward_gemm(cublasHandle_t blas, float* dq, float* dkv, float* dk_rope, float* ds, const float* dout,
