@@ -264,6 +264,44 @@ struct GroupedGemmParams {
 // tiles: the number of work items (grid rows); items with count 0 exit at once.
 void grouped_gemm(const GroupedGemmParams& p, int32_t tiles, cudaStream_t s);
 
+// ---- moe_gemm_fp8.cu -----------------------------------------------------------------------------------------
+// Grouped FP8 x FP8 GEMM (wgmma m64n128k32 E4M3 operands, F32 accumulation promoted per 128-deep K block with
+// the activation's 1x128 scale times the weight's 128x128 block scale; DeepSeek-V3's scheme), see the top of
+// moe_gemm_fp8.cu. Work items (expert, begin, count <= kGroupedRows) from moe_plan (items null: one expert, 0,
+// over rows 0 .. M-1); no host read-back, so the launch can be captured in a graph.
+// A: E4M3 rows [*, K] (lda bytes apart); sorted row i reads A row a_rows[i] / a_div (a_rows null: i), whose
+// scale for K block kb is as[kb * ld_as + that row] (fp8_quant.cu's layout for one segment: ld_as = rows
+// rounded up to a multiple of 4). Weights of expert e: E4M3 [N, K] at wtab[e * wstride + wslot[j]] with their
+// [ceil(N/128), ceil(K/128)] F32 block scales (row-major) at wtab[e * wstride + sslot[j]].
+//   swiglu: j = 0 gate, 1 up; h[i, n] = silu(g) * u (F32, ldh-strided, sorted rows), n < N (the inner width).
+//   plain:  y[y_rows ? y_rows[i] : i, n] = acc (F32, ldy-strided).
+// K must be a multiple of 16, N of 8, lda of 16.
+struct GroupedGemmFp8Params {
+  const int32_t* items = nullptr;
+  int32_t M = 0;
+  int32_t K = 0, N = 0;
+  const uint8_t* a = nullptr;
+  int64_t lda = 0;
+  const float* as = nullptr;
+  int64_t ld_as = 0;
+  const int32_t* a_rows = nullptr;
+  int32_t a_div = 1;
+  const void* const* wtab = nullptr;
+  int32_t wstride = 6;
+  int32_t wslot[2] = {0, 1};
+  int32_t sslot[2] = {3, 4};
+  bool swiglu = false;
+  float* h = nullptr;
+  int64_t ldh = 0;
+  float* y = nullptr;
+  const int32_t* y_rows = nullptr;
+  int64_t ldy = 0;
+};
+// tiles: the number of work items (grid rows); items with count 0 exit at once.
+void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s);
+bool grouped_gemm_fp8_shape_ok(int64_t N, int64_t K);
+void configure_grouped_gemm_fp8_kernels();
+
 // ---- mla_prefill.cu --------------------------------------------------------------------------------------------
 // lat [rows, W] (BF16) = the cache rows of positions 0 .. lens[i]-1 of sequence seqs[i], at rows offs[i] ...
 void mla_gather_latent(const uint16_t* cache, const int32_t* block_table, int32_t max_pages, int32_t page_size,
