@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -119,8 +120,8 @@ int main(int argc, char** argv) {
   for (const int64_t T : tokens) {
     const int64_t TK = T * k;
     // Routing: k distinct random experts per token.
-    std::vector<int32_t> ids(size_t(TK));
-    std::vector<int32_t> all(size_t(E));
+    std::vector<int32_t> ids(static_cast<size_t>(TK));
+    std::vector<int32_t> all(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) all[size_t(e)] = int32_t(e);
     for (int64_t t = 0; t < T; ++t) {
       std::shuffle(all.begin(), all.end(), rng);
@@ -136,7 +137,7 @@ int main(int argc, char** argv) {
     int32_t *perm = alloc<int32_t>(size_t(TK)), *items = alloc<int32_t>(size_t(3 * max_items)),
             *counts = alloc<int32_t>(size_t(E));
     cuda::moe_plan(dids, TK, int32_t(E), tile, int32_t(max_items), perm, items, counts, s);
-    std::vector<int32_t> c(size_t(E));
+    std::vector<int32_t> c(static_cast<size_t>(E));
     MOE_CUDA_CHECK(cudaMemcpy(c.data(), counts, size_t(E) * 4, cudaMemcpyDeviceToHost));
     const int64_t ldT = (T + 3) / 4 * 4, ldTK = (TK + 3) / 4 * 4;
     uint8_t *xq = alloc<uint8_t>(size_t(T * D)), *hq = alloc<uint8_t>(size_t(TK * I));

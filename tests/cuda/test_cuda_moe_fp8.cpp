@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -106,7 +107,7 @@ void CudaMoeFp8::run(const Case& c) {
   std::shuffle(ids.begin(), ids.end(), rng_);
   const int32_t tile = cuda::kGroupedRows;
   const int64_t max_items = std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
-  DevBuf<int32_t> dids(ids.size()), dperm(size_t(TK)), ditems(size_t(3 * max_items)), dcounts(size_t(E));
+  DevBuf<int32_t> dids(ids.size()), dperm(static_cast<size_t>(TK)), ditems(size_t(3 * max_items)), dcounts(static_cast<size_t>(E));
   dids.put(ids);
   cuda::moe_plan(dids.p, TK, E, tile, int32_t(max_items), dperm.p, ditems.p, dcounts.p, s_);
 
@@ -185,7 +186,7 @@ void CudaMoeFp8::run(const Case& c) {
   const std::vector<float> xs = dxs.get();
 
   // Sorted row i -> expert (from the counts) and its A row; the output row is i (swiglu) or perm[i] (plain).
-  std::vector<int32_t> expert_of(size_t(TK));
+  std::vector<int32_t> expert_of(static_cast<size_t>(TK));
   for (int64_t i = 0, e = 0, end = c.counts[0]; i < TK; ++i) {
     while (i >= end) end += c.counts[size_t(++e)];
     expert_of[size_t(i)] = int32_t(e);
