@@ -30,6 +30,8 @@ timeout 120 compute-sanitizer --tool memcheck --leak-check no "$B/tests/cuda/tes
 echo "memcheck exit $? ($(grep -c 'Invalid' "$D/memcheck.log") invalid accesses)" | tee -a "$S"
 tail -2 "$D/memcheck.log" | tee -a "$S"
 
+timeout 60 "$B/tests/cuda/test_cuda_fp8" >>"$D/test_moe_fp8.log" 2>&1
+echo "test_cuda_fp8 exit $?" | tee -a "$S"
 timeout 240 "$B/tests/cuda/test_cuda" --gtest_filter='CudaModel.Fp8*:CudaGraph.*Fp8*' >"$D/test_cuda_fp8.log" 2>&1
 echo "test_cuda (FP8 fixture, graphs) exit $?" | tee -a "$S"
 grep -E "^\[ +(OK|FAILED|PASSED) |Failure|rel L2|graphs:" "$D/test_cuda_fp8.log" | head -40 | tee -a "$S"

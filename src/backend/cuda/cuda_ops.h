@@ -75,17 +75,11 @@ struct Fp8QuantParams {
   bool pow2_scales = false;
 };
 void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s);
-// A [rows, cols] scale grid re-laid with ld columns (zeros after cols): cuBLASLt wants the 128x128 grid's
-// leading dimension a multiple of 4. The table form reads matrix e from table[e * stride + slot], e < count,
-// writing out + e * rows * ld.
-// y[perm[i]] = yp[seg_poffs[s] + (i - seg_offs[s])] for row i of segment s: rows back from a padded layout.
-void scatter_rows_padded(const float* yp, const int32_t* perm, const int32_t* seg_offs, const int32_t* seg_poffs,
-                         int32_t nseg, int64_t TK, int64_t D, float* y, cudaStream_t s);
 // out[t, n] (F32, ldo apart) = in[t, n] (BF16, [T, N] dense).
 void bf16_rows_to_f32(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo, cudaStream_t s);
+// A [rows, cols] scale grid re-laid with ld columns (zeros after cols): cuBLASLt wants the 128x128 grid's
+// leading dimension a multiple of 4.
 void pad_scales(const float* in, int32_t rows, int32_t cols, int32_t ld, float* out, cudaStream_t s);
-void pad_scales_table(const void* const* table, int32_t slot, int32_t stride, int32_t count, int32_t rows,
-                      int32_t cols, int32_t ld, float* out, cudaStream_t s);
 
 // ---- rms_norm.cu ---------------------------------------------------------------------------------------
 void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out, cudaStream_t s);
