@@ -2,7 +2,8 @@
 // on three paths, on the same random routing and data in one run (CUDA events, median of 20 after 3 warm-ups):
 //   fp8 grouped:  the production W8A8 path (cuda_backend_moe_fp8.cpp): quantise x per token, one grouped
 //                 gate+up launch with the SwiGLU epilogue, quantise h, one grouped down launch with the scatter
-//                 (moe_gemm_fp8.cu); "kernels" is the two grouped launches alone.
+//                 (moe_gemm_fp8.cu), CTA rows as production picks them; "kernels" is the two grouped
+//                 launches alone, with 128-row and with 64-row CTAs.
 //   fp8 per-expert: the path it replaced, GEMMs only: per active expert three cuBLASLt block-scaled FP8 GEMMs
 //                 (gate, up, down; rows padded to 4) over 4 streams. Its quantisers, silu_mul, scatter and the
 //                 per-layer count read-back are not timed, so this is a lower bound for the old path.
@@ -115,8 +116,9 @@ int main(int argc, char** argv) {
   const void* const* dt16 = upload(t16);
 
   cuda::Fp8Gemm gemm(s);
-  fmt::print("| tokens | rows/expert | fp8 grouped ms | TFLOP/s | kernels ms | fp8 per-expert ms (GEMMs) | TFLOP/s | "
-             "bf16 grouped ms | TFLOP/s | fp8 grouped / per-expert | / bf16 grouped | of bf16 GEMM |\n");
+  fmt::print("| tokens | rows/expert | fp8 grouped ms | TFLOP/s | kernels ms, 128-row / 64-row CTAs | fp8 per-expert ms "
+             "(GEMMs) | TFLOP/s | bf16 grouped ms | TFLOP/s | fp8 grouped / per-expert | / bf16 grouped | of bf16 GEMM "
+             "|\n");
   for (const int64_t T : tokens) {
     const int64_t TK = T * k;
     // Routing: k distinct random experts per token.
@@ -190,13 +192,17 @@ int main(int argc, char** argv) {
       cuda::grouped_gemm_fp8(up, int32_t(max_items), s);
       cuda::grouped_gemm_fp8(down, int32_t(max_items), s);
     };
+    up.cta_rows = down.cta_rows = 64;
+    const double t_k64 = median_ms(s, kernels);
+    up.cta_rows = down.cta_rows = 128;
+    const double t_k128 = median_ms(s, kernels);
+    up.cta_rows = down.cta_rows = TK <= 64 * E ? 64 : 128;  // the production choice (cuda_backend_moe_fp8.cpp)
     const double t_fp8 = median_ms(s, [&] {
       cuda::quantize_fp8(qx, s);
       cuda::grouped_gemm_fp8(up, int32_t(max_items), s);
       cuda::quantize_fp8(qh, s);
       cuda::grouped_gemm_fp8(down, int32_t(max_items), s);
     });
-    const double t_kern = median_ms(s, kernels);
 
     // Per-expert cuBLASLt: rows of expert e at padded offsets (m4 rows), scales [kb, m4] per expert; the GEMMs read
     // whatever the buffers hold (timing only). cuBLASLt wants the 128x128 scale grid's columns padded to 4.
@@ -289,8 +295,9 @@ int main(int argc, char** argv) {
     MOE_CUDA_CHECK(cudaGetLastError());
     const double flops = 6.0 * double(TK) * double(D) * double(I);
     auto tf = [&](double ms) { return flops / (ms * 1e-3) / 1e12; };
-    fmt::print("| {} | {:.1f} | {:.3f} | {:.0f} | {:.3f} | {:.3f} | {:.0f} | {:.3f} | {:.0f} | {:.2f}x | {:.2f}x | {:.0f} % |\n",
-               T, double(TK) / double(E), t_fp8, tf(t_fp8), t_kern, t_pe, tf(t_pe), t_bf, tf(t_bf), t_pe / t_fp8,
+    fmt::print("| {} | {:.1f} | {:.3f} | {:.0f} | {:.3f} / {:.3f} | {:.3f} | {:.0f} | {:.3f} | {:.0f} | {:.2f}x | {:.2f}x | "
+               "{:.0f} % |\n",
+               T, double(TK) / double(E), t_fp8, tf(t_fp8), t_k128, t_k64, t_pe, tf(t_pe), t_bf, tf(t_bf), t_pe / t_fp8,
                t_bf / t_fp8, 100.0 * tf(t_fp8) * 1e12 / bf16_rate);
     for (void* p : {static_cast<void*>(dids), static_cast<void*>(dx), static_cast<void*>(perm),
                     static_cast<void*>(items), static_cast<void*>(counts), static_cast<void*>(xq),

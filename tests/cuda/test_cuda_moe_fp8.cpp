@@ -56,6 +56,7 @@ struct Case {
   std::vector<int32_t> counts;  // rows per expert (sum = T * k)
   int64_t N, K;
   bool swiglu;
+  int32_t cta_rows = 128;  // the kernel's two CTA shapes (64: decode batches)
 };
 
 class CudaMoeFp8 : public ::testing::Test {
@@ -176,6 +177,7 @@ void CudaMoeFp8::run(const Case& c) {
     p.y_rows = dperm.p;
     p.ldy = ldo;
   }
+  p.cta_rows = c.cta_rows;
   ASSERT_NO_THROW(cuda::grouped_gemm_fp8(p, int32_t(max_items), s_)) << c.name;
   CK(cudaStreamSynchronize(s_));
   CK(cudaGetLastError());
@@ -240,9 +242,9 @@ void CudaMoeFp8::run(const Case& c) {
       r2 += ref * ref;
     }
   }
-  std::printf("grouped FP8 GEMM %s (%s, N %lld K %lld, %lld rows over %d experts): rel L2 vs dequantised operands "
-              "%.2e, worst element %.3f of its bound, %lld elements checked\n",
-              c.name, c.swiglu ? "swiglu" : "plain+scatter", (long long)N, (long long)K, (long long)TK, E,
+  std::printf("grouped FP8 GEMM %s (%s, %d-row CTAs, N %lld K %lld, %lld rows over %d experts): rel L2 vs "
+              "dequantised operands %.2e, worst element %.3f of its bound, %lld elements checked\n",
+              c.name, c.swiglu ? "swiglu" : "plain+scatter", c.cta_rows, (long long)N, (long long)K, (long long)TK, E,
               std::sqrt(e2 / r2), worst, (long long)checked);
   EXPECT_EQ(nan, 0) << c.name;
   EXPECT_EQ(bad, 0) << c.name;
@@ -252,8 +254,10 @@ void CudaMoeFp8::run(const Case& c) {
 // Moonlight-16B-A3B's expert widths (hidden 2048, inner 1408): gate + up with SwiGLU and the down projection.
 TEST_F(CudaMoeFp8, MoonlightWidthsMatchFloat64) {
   const std::vector<int32_t> counts = {0, 1, 129, 7, 64, 47, 0, 140};  // 388 = 97 tokens x 4
-  run({"moonlight gate+up", 4, counts, 1408, 2048, true});
-  run({"moonlight down", 4, counts, 2048, 1408, false});
+  for (const int32_t rows : {128, 64}) {
+    run({"moonlight gate+up", 4, counts, 1408, 2048, true, rows});
+    run({"moonlight down", 4, counts, 2048, 1408, false, rows});
+  }
 }
 
 // DeepSeek-V3's expert widths (hidden 7168, inner 2048).
@@ -266,10 +270,14 @@ TEST_F(CudaMoeFp8, DeepSeekV3WidthsMatchFloat64) {
 // Uneven tails: N not a multiple of the 64/128-column tile, K not a multiple of 128 (a partial scale block).
 TEST_F(CudaMoeFp8, UnevenTailsMatchFloat64) {
   const std::vector<int32_t> counts = {5, 0, 257, 1};  // 263 rows: 263 tokens x 1
-  run({"tails gate+up", 1, counts, 200, 272, true});
-  run({"tails down", 1, counts, 200, 272, false});
-  run({"decode batch 8", 6, {1, 0, 2, 0, 0, 1, 3, 1, 0, 4, 1, 2, 1, 0, 2, 3, 0, 1, 2, 1, 0, 0, 2, 1, 3, 5, 0, 4, 2, 1, 2, 3}, 1408, 2048,
-       true});
+  for (const int32_t rows : {128, 64}) {
+    run({"tails gate+up", 1, counts, 200, 272, true, rows});
+    run({"tails down", 1, counts, 200, 272, false, rows});
+  }
+  const std::vector<int32_t> decode = {1, 0, 2, 0, 0, 1, 3, 1, 0, 4, 1, 2, 1, 0, 2, 3,
+                                       0, 1, 2, 1, 0, 0, 2, 1, 3, 5, 0, 4, 2, 1, 2, 3};  // batch 8, top-6
+  run({"decode batch 8 gate+up", 6, decode, 1408, 2048, true, 64});
+  run({"decode batch 8 down", 6, decode, 2048, 1408, false, 64});
 }
 
 // Shapes the kernel does not take are refused with an error, not run.

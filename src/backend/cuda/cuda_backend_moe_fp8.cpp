@@ -16,6 +16,9 @@ bool CudaBackend::fp8_experts_ok(const PreparedExperts& prep) const {
 void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
                                        const Tensor& items, int64_t n_items, int64_t T, int64_t K, const Tensor& y) {
   const int64_t D = prep.hidden, I = prep.inner, TK = T * K;
+  // 64-row CTAs (two per SM) while the experts average <= 64 rows (decode batches), else 128-row CTAs.
+  const int64_t E = int64_t(prep.host_table.size() / 6);
+  const int32_t cta_rows = TK <= 64 * E ? 64 : 128;
   const int64_t kbD = (D + 127) / 128, kbI = (I + 127) / 128, ldT = (T + 3) / 4 * 4, ldTK = (TK + 3) / 4 * 4;
   // x per token (not per assignment: the k experts of a token share its row), E4M3 [T, D] + scales
   // [kbD, ldT] (fp8_quant.cu's single-segment layout).
@@ -51,6 +54,7 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   up.swiglu = true;
   up.h = h.as<float>();
   up.ldh = I;
+  up.cta_rows = cta_rows;
   cuda::grouped_gemm_fp8(up, int32_t(n_items), stream_);
 
   // h quantised per 1x128 tile (sorted rows), then down: y[perm[i]] = h[i] Wd^T in assignment order.
@@ -77,6 +81,7 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   down.y = y.as<float>();
   down.y_rows = perm.as<const int32_t>();
   down.ldy = D;
+  down.cta_rows = cta_rows;
   cuda::grouped_gemm_fp8(down, int32_t(n_items), stream_);
 }
 

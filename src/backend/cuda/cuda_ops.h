@@ -290,6 +290,9 @@ struct GroupedGemmFp8Params {
   float* y = nullptr;
   const int32_t* y_rows = nullptr;
   int64_t ldy = 0;
+  // Rows per CTA: 128 (two warpgroups, one CTA per SM) or 64 (one warpgroup, two CTAs per SM, a work item split
+  // over grid.z = 2 CTAs of which the second exits when the item has <= 64 rows: decode batches).
+  int32_t cta_rows = 128;
 };
 // tiles: the number of work items (grid rows); items with count 0 exit at once.
 void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s);

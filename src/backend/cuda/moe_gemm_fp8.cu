@@ -13,12 +13,14 @@
 //     (quantised afterwards per 1x128 tile for the down projection).
 //   plain: F32 rows written to y[y_rows[i]] (the down projection scattered back to assignment order) or y[i].
 //
-// CTA: 256 threads = 2 warpgroups; warpgroup w owns tile rows 64w .. 64w+63 and all 128 columns (wgmma
-// m64n128k32: 64 F32 registers for part and 64 for acc per thread). A warpgroup whose rows are all past the
-// item's count (decode: mostly 1-8 rows per expert) issues no wgmma. K advances in blocks of 128 E4M3 = 128
-// bytes per row (the 128-byte swizzle atom, and exactly one scale block). Every thread loads, per K block, 4 A
-// and 4 B chunks of 16 bytes with cp.async into a 4-stage ring, three blocks ahead. Shared layout per stage:
-// A [128][128 B] then B [128][128 B], 16-byte chunk c of row r at chunk c ^ (r % 8), 1024-byte aligned.
+// CTA: kWG warpgroups (cta_rows = 64 kWG rows of the item; with kWG = 1 an item is split over grid.z = 2 CTAs,
+// two CTAs fit an SM, and the second of an item with <= 64 rows exits at once: decode); warpgroup w owns tile
+// rows 64w .. 64w+63 and all 128 columns (wgmma m64n128k32: 64 F32 registers for part and 64 for acc per
+// thread). A warpgroup whose rows are all past the item's count issues no wgmma. K advances in blocks of 128
+// E4M3 = 128 bytes per row (the 128-byte swizzle atom, and exactly one scale block). Every thread loads, per K
+// block, 4 A and 8 / kWG B chunks of 16 bytes with cp.async into a 4-stage ring, three blocks ahead. Shared
+// layout per stage: A [64 kWG][128 B] then B [128][128 B], 16-byte chunk c of row r at chunk c ^ (r % 8),
+// 1024-byte aligned.
 // Rows past count, weight rows past N and columns past K are zero-filled (cp.async with source size 0).
 //
 // Pipeline per K block g: wait for block g's copies, fence.proxy.async, __syncthreads; issue the copies of
@@ -31,9 +33,12 @@ namespace moe::cuda {
 
 namespace {
 
-constexpr int kBM = kGroupedRows, kBN = 128, kBK = 128, kStages = 4, kThreads = 256;
-constexpr int kABytes = kBM * kBK, kBBytes = kBN * kBK, kStageBytes = kABytes + kBBytes;
-constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 1024;  // + alignment to 1024
+// kWG warpgroups per CTA (1 or 2): 64 kWG rows of a 128-row work item per CTA (grid.z picks the part).
+constexpr int kBN = 128, kBK = 128, kStages = 4;
+template <int kWG>
+constexpr size_t smem_bytes() {
+  return size_t(kStages) * size_t(64 * kWG + kBN) * kBK + 1024;  // + alignment to 1024
+}
 
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
@@ -80,26 +85,30 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], uint64_t a
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
-template <bool kSwiglu>
-__global__ void __launch_bounds__(kThreads, 1) grouped_gemm_fp8_kernel(const GroupedGemmFp8Params p) {
+template <bool kSwiglu, int kWG>
+__global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_kernel(const GroupedGemmFp8Params p) {
+  constexpr int kBM = 64 * kWG, kRS = 16 * kWG;  // rows per CTA; row stride of one thread's copies
+  constexpr int kABytes = kBM * kBK, kStageBytes = kABytes + kBN * kBK;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
-  int32_t e = 0, begin = int32_t(blockIdx.y) * kBM, count = min(kBM, p.M - begin);
+  int32_t e = 0, begin = int32_t(blockIdx.y) * kGroupedRows, count = min(kGroupedRows, p.M - begin);
   if (p.items) {
     e = p.items[3 * blockIdx.y];
     begin = p.items[3 * blockIdx.y + 1];
     count = p.items[3 * blockIdx.y + 2];
   }
+  begin += int32_t(blockIdx.z) * kBM;
+  count = min(count - int32_t(blockIdx.z) * kBM, kBM);
   if (count <= 0) return;
 
   const int tid = int(threadIdx.x), chunk = tid % 8, r0 = tid / 8;
   const int n0 = int(blockIdx.x) * (kSwiglu ? kBN / 2 : kBN);  // first output column of this CTA
   const int nkb = (p.K + kBK - 1) / kBK, nb = n0 / 128;
-  // A rows this thread copies (tile rows r0 + 32 i), -1 past the item.
+  // A rows this thread copies (tile rows r0 + kRS i), -1 past the item.
   int64_t arow[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int m = r0 + 32 * i;
+    const int m = r0 + kRS * i;
     arow[i] = m < count ? (p.a_rows ? int64_t(p.a_rows[begin + m] / p.a_div) : int64_t(begin + m)) : -1;
   }
   const void* const* wt = p.wtab + int64_t(e) * p.wstride;
@@ -114,14 +123,14 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_fp8_kernel(const Gro
     const uint32_t sa = base + uint32_t(stage) * kStageBytes, sb = sa + kABytes;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int m = r0 + 32 * i;
+      const int m = r0 + kRS * i;
       const bool ok = kok && arow[i] >= 0;
       cp_async16(sa + uint32_t(m * 128 + ((chunk ^ (m & 7)) << 4)), ok ? p.a + arow[i] * p.lda + col : p.a, ok);
     }
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int n = r0 + 32 * i;
-      const uint8_t* wm = kSwiglu && i >= 2 ? w1 : w0;
+    for (int i = 0; i < kBN / kRS; ++i) {
+      const int n = r0 + kRS * i;
+      const uint8_t* wm = kSwiglu && n >= kBN / 2 ? w1 : w0;
       const int wrow = kSwiglu ? n0 + (n & (kBN / 2 - 1)) : n0 + n;
       const bool ok = kok && wrow < p.N;
       cp_async16(sb + uint32_t(n * 128 + ((chunk ^ (n & 7)) << 4)), ok ? wm + int64_t(wrow) * p.K + col : w0, ok);
@@ -215,13 +224,18 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_fp8_kernel(const Gro
 
 }  // namespace
 
+template <bool kSwiglu, int kWG>
+void configure_one() {
+  check(cudaFuncSetAttribute(grouped_gemm_fp8_kernel<kSwiglu, kWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(smem_bytes<kWG>())),
+        "grouped_gemm_fp8 smem");
+}
+
 void configure_grouped_gemm_fp8_kernels() {
-  check(cudaFuncSetAttribute(grouped_gemm_fp8_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(kSmemBytes)),
-        "grouped_gemm_fp8 smem");
-  check(cudaFuncSetAttribute(grouped_gemm_fp8_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(kSmemBytes)),
-        "grouped_gemm_fp8 smem");
+  configure_one<true, 1>();
+  configure_one<true, 2>();
+  configure_one<false, 1>();
+  configure_one<false, 2>();
 }
 
 bool grouped_gemm_fp8_shape_ok(int64_t N, int64_t K) { return N > 0 && K > 0 && K % 16 == 0 && N % 8 == 0; }
@@ -229,14 +243,22 @@ bool grouped_gemm_fp8_shape_ok(int64_t N, int64_t K) { return N > 0 && K > 0 && 
 void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s) {
   if (tiles <= 0 || p.N <= 0) return;
   if (!grouped_gemm_fp8_shape_ok(p.N, p.K) || p.lda % 16 != 0 || p.wtab == nullptr ||
-      (p.swiglu ? p.ldh % 2 != 0 : p.ldy % 2 != 0))
-    check(cudaErrorInvalidValue, "grouped_gemm_fp8: K and lda must be multiples of 16, N of 8, a weight table set");
+      (p.swiglu ? p.ldh % 2 != 0 : p.ldy % 2 != 0) || (p.cta_rows != 64 && p.cta_rows != 128))
+    check(cudaErrorInvalidValue,
+          "grouped_gemm_fp8: K and lda must be multiples of 16, N of 8, a weight table set, cta_rows 64 or 128");
   const int cols = p.swiglu ? kBN / 2 : kBN;
-  const dim3 grid(unsigned((p.N + cols - 1) / cols), unsigned(tiles));
-  if (p.swiglu)
-    grouped_gemm_fp8_kernel<true><<<grid, kThreads, kSmemBytes, s>>>(p);
-  else
-    grouped_gemm_fp8_kernel<false><<<grid, kThreads, kSmemBytes, s>>>(p);
+  const dim3 grid(unsigned((p.N + cols - 1) / cols), unsigned(tiles), unsigned(kGroupedRows / p.cta_rows));
+  if (p.cta_rows == 64) {
+    if (p.swiglu)
+      grouped_gemm_fp8_kernel<true, 1><<<grid, 128, smem_bytes<1>(), s>>>(p);
+    else
+      grouped_gemm_fp8_kernel<false, 1><<<grid, 128, smem_bytes<1>(), s>>>(p);
+  } else {
+    if (p.swiglu)
+      grouped_gemm_fp8_kernel<true, 2><<<grid, 256, smem_bytes<2>(), s>>>(p);
+    else
+      grouped_gemm_fp8_kernel<false, 2><<<grid, 256, smem_bytes<2>(), s>>>(p);
+  }
   check_launch("grouped_gemm_fp8");
 }
 
