@@ -25,18 +25,18 @@ S=$D/summary.txt
 timeout 150 "$B/tests/cuda/test_cuda_moe_fp8" >"$D/test_moe_fp8.log" 2>&1
 echo "test_cuda_moe_fp8 exit $?" | tee -a "$S"
 grep -E "^\[ +(OK|FAILED|PASSED) |grouped FP8 GEMM|Failure" "$D/test_moe_fp8.log" | tee -a "$S"
-timeout 120 compute-sanitizer --tool memcheck --leak-check no "$B/tests/cuda/test_cuda_moe_fp8" \
+timeout 90 compute-sanitizer --tool memcheck --leak-check no "$B/tests/cuda/test_cuda_moe_fp8" \
   --gtest_filter='*UnevenTails*' >"$D/memcheck.log" 2>&1
 echo "memcheck exit $? ($(grep -c 'Invalid' "$D/memcheck.log") invalid accesses)" | tee -a "$S"
 tail -2 "$D/memcheck.log" | tee -a "$S"
 
 timeout 60 "$B/tests/cuda/test_cuda_fp8" >>"$D/test_moe_fp8.log" 2>&1
 echo "test_cuda_fp8 exit $?" | tee -a "$S"
-timeout 240 "$B/tests/cuda/test_cuda" --gtest_filter='CudaModel.Fp8*:CudaGraph.*Fp8*' >"$D/test_cuda_fp8.log" 2>&1
+timeout 180 "$B/tests/cuda/test_cuda" --gtest_filter='CudaModel.Fp8*:CudaGraph.*Fp8*' >"$D/test_cuda_fp8.log" 2>&1
 echo "test_cuda (FP8 fixture, graphs) exit $?" | tee -a "$S"
 grep -E "^\[ +(OK|FAILED|PASSED) |Failure|rel L2|graphs:" "$D/test_cuda_fp8.log" | head -40 | tee -a "$S"
 
-timeout 150 "$B/tests/cuda/bench_moe_fp8" >"$D/bench_moe_fp8.log" 2>&1
+timeout 120 "$B/tests/cuda/bench_moe_fp8" >"$D/bench_moe_fp8.log" 2>&1
 echo "bench_moe_fp8 exit $?" | tee -a "$S"
 cat "$D/bench_moe_fp8.log" | tee -a "$S"
 
@@ -44,8 +44,10 @@ dir=$MODELS/moonlight-fp8
 [ -d "$dir" ] || timeout 200 "$B/src/cli/moe" create-random --config bench/gpu/configs/moonlight-16b-a3b.json --out "$dir" \
   --dtype fp8 >/dev/null 2>"$D/create.log" || echo "create-random failed" | tee -a "$S"
 for mode in fp8 bf16; do
-  timeout 200 "$B/src/cli/moe" bench --device cuda --cuda-prefill $mode --model "$dir" --prompt-tokens 4096 \
-    --batch 1,8,64,256 --context 512 >"$D/moe-bench-$mode.log" 2>&1
+  batches=1,8,64,256
+  [ $mode = bf16 ] && batches=8,64,256
+  timeout 180 "$B/src/cli/moe" bench --device cuda --cuda-prefill $mode --model "$dir" --prompt-tokens 4096 \
+    --batch $batches --context 512 >"$D/moe-bench-$mode.log" 2>&1
   echo "moe bench --cuda-prefill $mode exit $?" | tee -a "$S"
   grep -E "^(device|ceilings|prefill|decode)" "$D/moe-bench-$mode.log" | sed "s/^/[$mode] /" | tee -a "$S"
 done
