@@ -87,12 +87,14 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // the GEMV, 670 tok/s with per-expert cuBLAS calls (host-bound at 6 rows per expert).
   // The GEMMs run on moe_plan's work items of kGroupedRows rows (cuda_backend_prefill.cpp); for widths the
   // grouped kernel does not take, one cuBLAS GEMM per active expert.
+  // Prefill::Fp8 with FP8 experts: grouped FP8 x FP8 GEMMs from kFp8GroupedMinTokens tokens on, prefill and
+  // decode (cuda_backend_moe_fp8.cpp; W8A8, as the mode's dense linears).
+  const bool fp8_experts = T >= kFp8GroupedMinTokens && fp8_experts_ok(*prep);
   const bool grouped_gemm =
-      TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && ctx_.options().prefill != CudaOptions::Prefill::Gemv;
-  // Prefill::Fp8 with FP8 experts: per-expert FP8 x FP8 GEMMs (cuda_backend_moe_fp8.cpp).
-  const bool fp8_experts = grouped_gemm && fp8_experts_ok(*prep);
+      fp8_experts ||
+      (TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && ctx_.options().prefill != CudaOptions::Prefill::Gemv);
   const bool cublas_experts = grouped_gemm && !fp8_experts && (D % 8 != 0 || I % 8 != 0);
-  const bool per_expert = cublas_experts || fp8_experts;  // one segment per expert: no work items
+  const bool per_expert = cublas_experts;  // one segment per expert: no work items
   const int gemv_tile = grouped_gemv_tile(T, TK, E);
   const int tile = !grouped_gemm ? gemv_tile : per_expert ? 1 << 20 : cuda::kGroupedRows;
   const int64_t max_items = per_expert ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
@@ -102,7 +104,7 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
                  perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
   Tensor y = scratch(DType::F32, {TK, D});
   if (fp8_experts) {
-    moe_expert_gemms_fp8(x, *prep, perm, counts, T, K, y);
+    moe_expert_gemms_fp8(x, *prep, perm, items, max_items, T, K, y);
   } else if (cublas_experts) {
     moe_expert_gemms_cublas(x, *prep, perm, counts, T, K, y);
   } else if (grouped_gemm) {
