@@ -2,10 +2,13 @@
 //   Kimi-K2 routing: 384 experts in one group, top-8, routed_scaling_factor 2.827 (the route kernel keeps a
 //   token's 2 x 384 scores in shared memory; nothing is sized for 256). Same F32 formulas on both sides: the
 //   chosen experts must match exactly and the weights within 1e-5 relative (as test_cuda_moe.cpp).
-//   INT4 (W4A16) experts: upload_weight gives the GPU q * scale rounded to BF16 (2^-9 relative per weight), the
-//   CPU reads INT4 in place with F32 accumulation: a dot of K independent roundings is ~2^-9 / sqrt(3) relative
-//   on the result; over the two GEMVs of SwiGLU, bound 1e-2 relative L2.
-//   The W4A16 kernel itself: test_cuda_w4a16.cpp.
+//   INT4 (W4A16) experts stay INT4 on the GPU (packed words and group scales as stored). Decode (up to ~32 rows
+//   per expert): the W4A16 GEMV reads them in place, q * scale exact in F32 and F32 accumulation like the CPU's
+//   INT4 dot: only the summation order differs (K <= 512 terms, ~sqrt(K) 2^-24 relative), bound 1e-5 relative
+//   L2 through SwiGLU. Prefill (>= 32 rows per expert on average): the active experts dequantised to BF16 scratch
+//   (q * scale rounded to BF16, 2^-9 relative per weight) and x rounded to BF16 for the tensor-core GEMMs: a dot
+//   of K independent roundings is ~2^-9 / sqrt(3) relative on the result; over the two GEMMs, bound 1e-2.
+//   The W4A16 kernel alone: test_cuda_w4a16.cpp.
 #include "cuda_test_util.h"
 #include "int4_test_util.h"
 
@@ -59,7 +62,9 @@ TEST_F(CudaFamily, Int4ExpertsMatchCpu) {
   for (const MlpWeights& m : host.experts)
     dev.experts.push_back({gpu_->upload_weight(m.gate), gpu_->upload_weight(m.up), gpu_->upload_weight(m.down)});
   gpu_->prepare_experts(dev);
-  for (int64_t T : {1, 4, 40}) {
+  ASSERT_TRUE(dev.experts[0].gate.is_int4() && dev.experts[0].gate.w.dtype == DType::I32) << "INT4 on the GPU";
+  EXPECT_EQ(dev.experts[0].gate.w.nbytes(), size_t(I * D / 2)) << "4 bits per weight on the device";
+  for (int64_t T : {1, 4, 40, 200}) {  // T = 200: 1600 rows over 24 experts, the prefill (GEMM) path
     Tensor x = test::random_host(rng_, DType::F32, {T, D});
     Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
     std::vector<int32_t> perm(static_cast<size_t>(E));
@@ -76,7 +81,9 @@ TEST_F(CudaFamily, Int4ExpertsMatchCpu) {
     gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids), test::to_device(*gpu_, w), {},
                       gout);
     const std::vector<float> got = test::to_host_f32(*gpu_, gout);
-    EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), 1e-2) << "T=" << T;
+    const double err = rel_l2(got.data(), ref.as<float>(), T * D), bound = T * K >= 32 * E ? 1e-2 : 1e-5;
+    std::printf("INT4 experts, T = %lld: rel L2 %.3e (bound %.0e)\n", (long long)T, err, bound);
+    EXPECT_LE(err, bound) << "T=" << T;
   }
 }
 

@@ -102,6 +102,42 @@ class TraceBackend final : public Backend {
     in_.mla_attention(q, kv_b, cache, dn, dv, scale, batch, out);
     record("mla_attention", out);
   }
+  // V3.2's sparse attention, passed through (the index scores and selections recorded with record_all).
+  bool has_sparse_attention() const override { return in_.has_sparse_attention(); }
+  void dsa_write_index_cache(const TensorView& k, const Weight& norm_w, const Weight& norm_b, float eps,
+                             const RopeParams& rope, const DeviceBatch& batch, const TensorView& index_cache) override {
+    in_.dsa_write_index_cache(k, norm_w, norm_b, eps, rope, batch, index_cache);
+  }
+  void dsa_rope_q(const TensorView& q, const RopeParams& rope, const DeviceBatch& batch) override {
+    in_.dsa_rope_q(q, rope, batch);
+  }
+  void dsa_index_scores(const TensorView& q, const TensorView& weights, const TensorView& index_cache, float scale,
+                        float weight_scale, const DeviceBatch& batch, const TensorView& scores) override {
+    in_.dsa_index_scores(q, weights, index_cache, scale, weight_scale, batch, scores);
+    record("dsa_index_scores", scores);
+  }
+  void dsa_topk(const TensorView& scores, const DeviceBatch& batch, const TensorView& indices) override {
+    in_.dsa_topk(scores, batch, indices);
+    if (!record_all_) return;
+    Record r;
+    r.op = "dsa_topk";
+    r.rows = indices.rows();
+    r.cols = indices.row_size();
+    r.ids.resize(size_t(indices.numel()));
+    in_.copy_to_host(indices, r.ids.data());
+    log.push_back(std::move(r));
+  }
+  void mla_sparse_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                                   const TensorView& indices, const TensorView& o_lat, const TensorView& lse) override {
+    in_.mla_sparse_latent_attention(qf, cache, scale, batch, indices, o_lat, lse);
+  }
+  void mla_sparse_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn, int64_t dv,
+                            float scale, const DeviceBatch& batch, const TensorView& indices,
+                            const TensorView& out) override {
+    in_.mla_sparse_attention(q, kv_b, cache, dn, dv, scale, batch, indices, out);
+    record("mla_sparse_attention", out);
+  }
+
   void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                  const TensorView& expert_ids, const TensorView& expert_weights) override {
     in_.moe_route(logits, bias, params, expert_ids, expert_weights);
