@@ -41,7 +41,9 @@ double finite_rel_l2(const std::vector<float>& g, const std::vector<float>& c) {
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
-// Per layer and op: the GPU's error against the CPU; top-k overlaps; routing flips (margins from the CPU's logits).
+// Op by op, in the model's order: the GPU's error against the CPU; top-k overlaps; routing flips (margins from the
+// CPU's logits). "attn L" labels the ops from layer L's attention up to the next layer's attention (so a layer's
+// input norm, index scores and selection print under the layer before it; "attn -1": before the first).
 void dump(const std::vector<Record>& g, const std::vector<Record>& c, const DeepseekV3& cm, const std::string& tag) {
   if (g.size() != c.size()) {
     std::printf("%s: the runs recorded %zu and %zu ops\n", tag.c_str(), g.size(), c.size());
@@ -60,7 +62,7 @@ void dump(const std::vector<Record>& g, const std::vector<Record>& c, const Deep
     if (a.op == "moe_route") {
       gr.push_back(a);
       cr.push_back(b);
-      std::printf("%s layer %d moe_route: %zu of %lld tokens choose other experts\n", tag.c_str(), layer + 1,
+      std::printf("%s attn %d moe_route: %zu of %lld tokens choose other experts\n", tag.c_str(), layer,
                   test::route_flips(a, b).size(), (long long)a.rows);
     } else if (a.op == "dsa_topk") {
       int64_t differing = 0, min_overlap = a.cols;
@@ -80,20 +82,18 @@ void dump(const std::vector<Record>& g, const std::vector<Record>& c, const Deep
           std::sort(s.begin(), s.end(), std::greater<float>());
           if (int64_t(s.size()) > a.cols) {
             const double gap = double(s[size_t(a.cols - 1)]) - s[size_t(a.cols)];
-            std::printf("%s layer %d index top-k of token %lld: %lld of %lld in common; CPU boundary gap %.3e "
-                        "(relative %.3e)\n", tag.c_str(), layer + 1, (long long)t, (long long)common,
+            std::printf("%s attn %d index top-k of token %lld: %lld of %lld in common; CPU boundary gap %.3e "
+                        "(relative %.3e)\n", tag.c_str(), layer, (long long)t, (long long)common,
                         (long long)valid, gap, gap / std::max(1e-30, std::fabs(double(s[size_t(a.cols - 1)]))));
           }
         }
       }
-      std::printf("%s layer %d index top-k: %lld of %lld tokens' sets differ, smallest overlap %lld of %lld\n",
-                  tag.c_str(), layer + 1, (long long)differing, (long long)a.rows, (long long)min_overlap,
+      std::printf("%s attn %d index top-k: %lld of %lld tokens' sets differ, smallest overlap %lld of %lld\n",
+                  tag.c_str(), layer, (long long)differing, (long long)a.rows, (long long)min_overlap,
                   (long long)a.cols);
     } else if (!a.f.empty()) {
       if (a.op == "dsa_index_scores") scores = &b;
-      // The index ops run before the layer's attention: they belong to layer + 1 as well.
-      const bool pre = a.op == "dsa_index_scores" || a.op == "embedding";
-      std::printf("%s layer %d %s [%lld, %lld]: rel L2 %.3e\n", tag.c_str(), pre ? layer + 1 : layer, a.op.c_str(),
+      std::printf("%s attn %d %s [%lld, %lld]: rel L2 %.3e\n", tag.c_str(), layer, a.op.c_str(),
                   (long long)a.rows, (long long)a.cols, finite_rel_l2(a.f, b.f));
     }
   }
