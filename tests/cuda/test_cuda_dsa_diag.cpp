@@ -10,6 +10,8 @@
 //           row's RMS error against the GPU), as test_cuda_model.cpp's greedy test.
 // If the forced run matches while the free one does not, the divergence is a routing near-tie; if the forced run
 // still differs with a clear margin, the dump's first layer with a large error locates the bug.
+// Then the production loop (Generator) with graphs on and off and pages of 8 and 16, each continuation printed
+// against HF's: a difference only with graphs, or only with one page size, points at capture or paging.
 // Prefill GEMMs in split precision, as CudaDsa.TinyV32MatchesHf (test_cuda_dsa.cpp) says why.
 #include <algorithm>
 #include <cmath>
@@ -17,6 +19,7 @@
 #include <set>
 
 #include "cuda_test_util.h"
+#include "engine/generator.h"
 #include "engine/page_allocator.h"
 #include "model/deepseek_v3.h"
 #include "route_report.h"
@@ -113,7 +116,8 @@ TEST(CudaDsaDiagnostic, TinyV32GreedyDivergence) {
   const auto cases = test::load_reference_cases(test::kV32ReferenceJson);
   for (size_t ci = 0; ci < cases.size(); ++ci) {
     const auto& c = cases[ci];
-    const int64_t n = int64_t(c.greedy_continuation.size()), ctx = int64_t(c.input_ids.size()) + n + 1, page = 16;
+    // Pages of 8, as CudaDsa.TinyV32MatchesHf's Generator: decode steps cross page boundaries in the sparse kernel.
+    const int64_t n = int64_t(c.greedy_continuation.size()), ctx = int64_t(c.input_ids.size()) + n + 1, page = 8;
     for (const bool forced : {false, true}) {
       const std::string tag = std::string(forced ? "forced" : "free") + " case" + std::to_string(ci) + " (" +
                               std::to_string(c.input_ids.size()) + " tokens)";
@@ -158,6 +162,28 @@ TEST(CudaDsaDiagnostic, TinyV32GreedyDivergence) {
       std::printf("%s: %s\n", tag.c_str(),
                   first < 0 ? "every step picks HF's token" : "differs from HF's continuation (dump above)");
     }
+  }
+  // The production loop (Generator: the step executor, CUDA graphs for the decode steps when on) with pages of 8
+  // and 16, graphs on and off: which of these differ from HF says whether the capture or the paging matters.
+  for (const bool graphs : {true, false}) {
+    CudaOptions o = split;
+    o.graphs = graphs;
+    auto b = make_cuda_backend(0, o);
+    DeepseekV3 m(test::kTinyV32Model, *b);
+    for (const int64_t page : {8, 16})
+      for (size_t ci = 0; ci < cases.size(); ++ci) {
+        const auto& c = cases[ci];
+        Generator gen(m, int64_t(c.input_ids.size() + c.greedy_continuation.size()) + 1, page);
+        GenerateOptions opts;
+        opts.max_new_tokens = int32_t(c.greedy_continuation.size());
+        const std::vector<int32_t> got = gen.generate(c.input_ids, opts);
+        size_t k = 0;
+        while (k < got.size() && k < c.greedy_continuation.size() && got[k] == c.greedy_continuation[k]) ++k;
+        std::printf("Generator, graphs %s, pages of %lld, case%zu (%zu tokens): %s\n", graphs ? "on" : "off",
+                    (long long)page, ci, c.input_ids.size(),
+                    k == c.greedy_continuation.size() ? "equals HF's continuation"
+                                                      : ("first differs at step " + std::to_string(k)).c_str());
+      }
   }
 }
 

@@ -43,7 +43,9 @@ TEST_F(CudaFamily, KimiRouting384Experts) {
     // Experts past 255 are chosen too (a 256-wide table would never pick them).
     bool high = false;
     for (int32_t id : got_ids) high = high || id >= 256;
-    if (T >= 8) EXPECT_TRUE(high) << "T=" << T;
+    if (T >= 8) {
+      EXPECT_TRUE(high) << "T=" << T;
+    }
   }
 }
 
