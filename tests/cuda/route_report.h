@@ -34,8 +34,9 @@ inline std::vector<int64_t> moe_layers(const DeepseekV3& m) {
 // Compares the routing of a GPU run with the CPU's. Prints every flip with its margins (from the CPU logits)
 // and the GPU's perturbation of the choice scores; returns false if the first layer with a flip has one that
 // is not a near-tie. `flips` gets the number of flipped (token, layer) pairs.
-inline bool routing_explained(const std::vector<Record>& gpu, const std::vector<Record>& cpu, const DeepseekV3& cpu_model,
-                       const std::string& label, int* flips, bool after_flip = false) {
+inline bool routing_explained(const std::vector<Record>& gpu, const std::vector<Record>& cpu,
+                              const DeepseekV3& cpu_model, const std::string& label, int* flips,
+                              bool after_flip = false) {
   const RoutingParams p = routing_of(cpu_model.config());
   const std::vector<int64_t> layers = moe_layers(cpu_model);
   EXPECT_EQ(gpu.size(), cpu.size()) << label;

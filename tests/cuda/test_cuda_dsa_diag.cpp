@@ -81,7 +81,7 @@ void dump(const std::vector<Record>& g, const std::vector<Record>& c, const Deep
         if (scores) {  // the CPU's gap at the boundary: k-th vs (k+1)-th finite score of the token
           std::vector<float> s;
           for (int64_t j = 0; j < scores->cols; ++j)
-            if (std::isfinite(scores->f[size_t(t * scores->cols + j)])) s.push_back(scores->f[size_t(t * scores->cols + j)]);
+            if (const float v = scores->f[size_t(t * scores->cols + j)]; std::isfinite(v)) s.push_back(v);
           std::sort(s.begin(), s.end(), std::greater<float>());
           if (int64_t(s.size()) > a.cols) {
             const double gap = double(s[size_t(a.cols - 1)]) - s[size_t(a.cols)];

@@ -4,8 +4,9 @@
 //   matmul      <= 8 tokens: weight-streaming GEMV (gemv.cuh); more: cuBLAS BF16 GEMM (FP8 weights are
 //               dequantised to a BF16 scratch copy first: the slot for an FP8xFP8 tensor-core kernel).
 //   moe_experts device-side counting sort by expert; fewer than 32 rows per expert on average: one grouped-GEMV
-//               launch for gate+up (SwiGLU fused) and one for down (INT4 experts: the W4A16 GEMV, moe_w4a16.cu); more (prefill): the grouped wgmma GEMM
-//               (cuda_backend_prefill.cpp). Then a weighted combine in slot order.
+//               launch for gate+up (SwiGLU fused) and one for down (INT4 experts: the W4A16 GEMV, moe_w4a16.cu);
+//               more (prefill): the grouped wgmma GEMM (cuda_backend_prefill.cpp; INT4 experts dequantised to
+//               BF16 per active expert, one cuBLAS GEMM each). Then a weighted combine in slot order.
 //   mla_*       absorbed MLA: W_UK folded into the query, tensor-core split-KV attention over the paged cache;
 //               the expanded form for long prefill chunks (cuda_backend_prefill.cpp).
 #include "backend/cuda/cuda_backend.h"

@@ -49,7 +49,7 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n, cudaStream_
 // out = bf16(x); with lo, also lo = bf16(x - out), so that out + lo holds x to ~2^-17 relative (the split-BF16
 // GEMM inputs of prefill, see CudaBackend::gemm).
 void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s, uint16_t* lo = nullptr);
-// Any weight (BF16/F16/F32/FP8+scales/INT4+group scales) to dense BF16 [rows, cols] (with lo: the rounding remainder too).
+// Any weight (BF16/F16/F32, FP8 or INT4 with scales) to dense BF16 [rows, cols] (with lo: the rounding remainder too).
 void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t* lo = nullptr);
 
 // ---- fp8_quant.cu: activations to E4M3 for the FP8 x FP8 GEMMs (gemm_fp8.h) ---------------------------
