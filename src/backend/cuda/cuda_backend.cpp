@@ -1,5 +1,5 @@
 // The CUDA backend: one device (its CudaContext: stream, cuBLAS, memory pool, options), F32 activations, a
-// BF16 latent cache, weights kept as stored (BF16, or FP8 with block scales) in device memory.
+// BF16 latent cache, weights kept as stored (BF16, FP8 with block scales, INT4 with group scales) in device memory.
 // Kernels live one op per file (cuda_ops.h); this file plans shapes and picks the path:
 //   matmul      <= 8 tokens: weight-streaming GEMV (gemv.cuh); more: cuBLAS BF16 GEMM (FP8 weights are
 //               dequantised to a BF16 scratch copy first: the slot for an FP8xFP8 tensor-core kernel).
