@@ -47,6 +47,10 @@ struct PreparedExperts {
   int64_t hidden = 0, inner = 0;
   int32_t block_n = 128, block_k = 128;
   bool pow2_scales = false;  // FP8 scales are powers of two (ue8m0): so are the activation scales then
+  // INT4 (W4A16) experts when > 0: the table holds the packed words and the group scales (BF16 or F32) as stored;
+  // decode runs the W4A16 GEMV on them, prefill dequantises the active experts to BF16 scratch first.
+  int32_t group_size = 0;
+  bool bf16_scales = false;
   std::vector<const void*> host_table;
   // Expert e's matrix j (0 gate, 1 up: [inner, hidden]; 2 down: [hidden, inner]) with its scales.
   WeightRef matrix(int64_t e, int j) const {
@@ -58,6 +62,8 @@ struct PreparedExperts {
     r.cols = j < 2 ? hidden : inner;
     r.block_n = block_n;
     r.block_k = block_k;
+    r.group = group_size;
+    r.bf16_scale = bf16_scales;
     return r;
   }
 };
@@ -248,6 +254,9 @@ class CudaBackend final : public Backend {
   // reads x row a / x_row_div and writes y row a.
   void grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items, const int32_t* perm,
                            int tile, const float* x, int32_t x_row_div, int64_t M, float* y);
+  // The same for INT4 experts (the W4A16 GEMV): h [M, I] is the caller's scratch.
+  void int4_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items, const int32_t* perm,
+                        const float* x, int32_t x_row_div, int64_t M, const Tensor& h, float* y);
   // The grouped GEMV's tile for TK assignments of T tokens over E experts (cuda_backend_moe.cpp).
   static int grouped_gemv_tile(int64_t T, int64_t TK, int32_t E);
 

@@ -27,13 +27,17 @@ void configure_mla_attention_kernels();  // mla_attention.cu
 void configure_grouped_gemm_kernels();   // moe_gemm.cu
 void configure_mla_prefill_kernels();    // mla_prefill.cu
 
-// A weight as the kernels see it: [rows, cols] row-major, FP8 with scale[(n / block_n) * kblocks + k / block_k].
+// A weight as the kernels see it: [rows, cols] row-major, FP8 with scale[(n / block_n) * kblocks + k / block_k];
+// INT4 when group > 0 (backend.h's Weight: uint32 words [rows, cols / 8], value k = (nibble k % 8) - 8, times
+// scale[n * cols / group + k / group], F32 or, with bf16_scale, BF16 bits).
 struct WeightRef {
   const void* data = nullptr;
   const float* scale = nullptr;
   DType dtype = DType::BF16;
   int64_t rows = 0, cols = 0;
   int32_t block_n = 128, block_k = 128;
+  int32_t group = 0;
+  bool bf16_scale = false;
   MOE_HOST_DEVICE int64_t kblocks() const { return (cols + block_k - 1) / block_k; }
 };
 
@@ -45,7 +49,7 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n, cudaStream_
 // out = bf16(x); with lo, also lo = bf16(x - out), so that out + lo holds x to ~2^-17 relative (the split-BF16
 // GEMM inputs of prefill, see CudaBackend::gemm).
 void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s, uint16_t* lo = nullptr);
-// Any weight (BF16/F16/F32/FP8+scales) to dense BF16 [rows, cols] (with lo: the rounding remainder too).
+// Any weight (BF16/F16/F32, FP8 or INT4 with scales) to dense BF16 [rows, cols] (with lo: the rounding remainder too).
 void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t* lo = nullptr);
 
 // ---- fp8_quant.cu: activations to E4M3 for the FP8 x FP8 GEMMs (gemm_fp8.h) ---------------------------
