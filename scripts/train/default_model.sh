@@ -49,6 +49,7 @@ log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOGS/recipe.log"; }
   echo "date: $(date -u +%FT%TZ)"; echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
   echo "device: $DEVICE"; echo "host: $(nproc) cores"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^/gpu: /'
+  echo "val_fraction: $VAL_FRACTION"
   echo "args: --minutes ${MINUTES:-} --steps ${STEPS:-} --sft-steps ${SFT_STEPS:-} --seq-len $SEQ --batch $BATCH --lr $LR --fim-rate $FIM_RATE --seed $SEED"
 } > "$LOGS/run.txt"
 
@@ -59,6 +60,8 @@ xz -dc "$BUNDLE/sft.jsonl.xz" > "$WORK/sft.jsonl"
   --fim-rate "$FIM_RATE" --fim-seed "$SEED" --threads "$THREADS" "$WORK/corpus.jsonl" | tee "$LOGS/tokenize.txt"
 "$MOE" tokenize-corpus --sft --tokenizer "$MODEL_DIR" --out "$WORK/sft-data" --val-fraction 0.05 \
   --threads "$THREADS" "$WORK/sft.jsonl" | tee "$LOGS/tokenize-sft.txt"
+python3 -c "import json,sys; print(sum(len(json.loads(l)['text'].encode()) for l in open(sys.argv[1]) if l.strip()))" \
+  "$WORK/corpus.jsonl" > "$LOGS/corpus_text_bytes.txt"
 rm -f "$WORK/corpus.jsonl"
 
 if [ -z "$STEPS" ]; then
@@ -90,9 +93,12 @@ log "SFT: $SFT_STEPS steps of $SFT_BATCH x $SEQ tokens from $PT"
   --save-dtype bf16 --threads "$THREADS" > "$LOGS/sft.jsonl"
 FINAL=$WORK/sft-run/$(cat "$WORK/sft-run/latest")
 
+# `moe train` evaluates; one step at a rate of 1e-30 (the trainer wants a positive rate; the update is below every
+# weight's float32 ulp), no weight decay and no bias update leaves the model as it is.
 log "validation of the final model on the pre-training text (its own held-out split)"
 "$MOE" train --device "$DEVICE" --init "$FINAL" --data "$WORK/pt-data" --out "$WORK/eval-run" --steps 1 \
-  --seq-len "$SEQ" --batch "$BATCH" --lr 0 --bias-gamma 0 --val-every 1 --val-batches 8 --threads "$THREADS" \
+  --seq-len "$SEQ" --batch "$BATCH" --lr 1e-30 --weight-decay 0 --bias-gamma 0 --val-every 1 --val-batches 8 \
+  --threads "$THREADS" \
   > "$LOGS/final-eval.jsonl"
 
 log "package: BF16 shards under 16 MB"
@@ -114,8 +120,9 @@ fi
 log "model card"
 echo "seconds: $(( $(date +%s) - T0 ))" >> "$LOGS/run.txt"
 python3 scripts/train/model_card.py --pkg "$WORK/pkg" --name "$NAME"
+log "done: $OUT"
 mkdir -p "$OUT"
 mv "$WORK"/pkg/model-*.safetensors "$OUT/"
 tar -C "$WORK/pkg" -cf "$OUT/$NAME.tar" .
 [ "$KEEP_WORK" = 1 ] || rm -rf "$WORK"
-log "done: $OUT"; ls -l "$OUT"
+ls -l "$OUT"

@@ -106,10 +106,13 @@ def build(pkg, name):
                     f"{name}: pre-training cross-entropy (nats/token)"))
 
     total, active, emb = params(cfg)
-    pt_tokens = pt_steps[-1].get("tokens") or len(pt_steps) * 0
+    pt_tokens = pt_steps[-1]["tokens"]
     sft_tokens = sft_steps[-1].get("tokens", 0) if sft_steps else 0
     m = re.search(r"train: (\d+) documents, (\d+) tokens.*?val: (\d+) documents, (\d+) tokens", tok_txt)
-    corpus_train_tokens, corpus_val_tokens = (int(m.group(2)), int(m.group(4))) if m else (0, 0)
+    if not m:
+        raise SystemExit(f"model_card: {logs}/tokenize.txt has no document and token counts")
+    corpus_train_tokens, corpus_val_tokens = int(m.group(2)), int(m.group(4))
+    corpus_docs_tokenized = int(m.group(1)) + int(m.group(3))
     fim = re.search(r"fim: (\d+) of (\d+) training code documents in PSM form \(rate ([\d.e-]+)", tok_txt)
     val_pt = pt_val[-1]["val_main_ce"]
     val_final = [r for r in ev if "val_main_ce" in r]
@@ -118,7 +121,11 @@ def build(pkg, name):
     if os.path.exists(os.path.join(logs, "train-bench.json")):
         bench = json.loads(open(os.path.join(logs, "train-bench.json")).read().strip().splitlines()[-1])
     tps = [r["tokens_per_s"] for r in pt_steps if "tokens_per_s" in r]
-    bytes_per_token = corpus["bytes"] / max(1, corpus_train_tokens + corpus_val_tokens)
+    text_bytes = int(open(os.path.join(logs, "corpus_text_bytes.txt")).read().split()[0])
+    # the text's own tokens: less one EOS per document and FIM's three markers per rearranged one
+    text_tokens = corpus_train_tokens + corpus_val_tokens - corpus_docs_tokenized - 3 * int(fim.group(1) if fim else 0)
+    bytes_per_token = text_bytes / max(1, text_tokens)
+    last_vio = pt_steps[-1].get("maxvio", {})
 
     src_rows = "\n".join(
         f"| {s['name']} | `{s['package']}` {s['version']} | {s['licence']} | {'code' if s['code'] else 'text'} | "
@@ -142,7 +149,8 @@ def build(pkg, name):
         "fim_rate": fim.group(3) if fim else "0",
         "pt_steps": pt_steps[-1]["step"], "pt_tokens": fmt_int(pt_tokens),
         "epochs": f"{pt_tokens / max(1, corpus_train_tokens):.2f}",
-        "tokens_per_param": f"{pt_tokens / total:.1f}", "sft_steps": sft_steps[-1]["step"] if sft_steps else 0,
+        "tokens_per_param": f"{pt_tokens / total:.3g}", "val_pct": f"{100 * float(run.get('val_fraction', 0)):g}",
+        "maxvio": ", ".join(f"layer {k}: {v:.3f}" for k, v in last_vio.items()) or "n/a", "sft_steps": sft_steps[-1]["step"] if sft_steps else 0,
         "sft_tokens": fmt_int(sft_tokens),
         "pt_first": f"{pt_steps[0]['main_ce']:.3f}", "pt_last": f"{pt_steps[-1]['main_ce']:.3f}",
         "val_pt": f"{val_pt:.4f}", "ppl_pt": f"{math.exp(val_pt):.2f}",

@@ -30,7 +30,8 @@ ppl = f"{math.exp(vals[-1]['val_main_ce']):.2f}"
 assert f"**{ppl}**" in card, f"the card does not give the logged validation perplexity {ppl}"
 assert "{" not in re.sub(r"```.*?```", "", card, flags=re.S), "an unfilled field in the card"
 csv = open(os.path.join(d, "loss.csv")).read().splitlines()
-assert len(csv) == 1 + len(rows) + sum(1 for l in open(os.path.join(d, "logs/sft.jsonl")) if '"loss"' in l or "val_loss" in l)
+sft = [json.loads(l) for l in open(os.path.join(d, "logs/sft.jsonl")) if l.startswith("{")]
+assert len(csv) == 1 + sum(1 for r in rows + sft if "loss" in r or "val_loss" in r), len(csv)
 samples = json.load(open(os.path.join(d, "samples.json")))
 assert len(samples) >= 6 and all("output" in s for s in samples)
 print(f"rehearsal: card ok (validation perplexity {ppl}), {len(set(index['weight_map'].values()))} shard(s)")
