@@ -68,7 +68,7 @@ if [ -z "$STEPS" ]; then
   log "measuring tokens/s (train-bench) for a $MINUTES-minute budget"
   "$MOE" train-bench --device "$DEVICE" --config "$CONFIG" --seq-len "$SEQ" --batch "$BATCH" --steps 3 \
     --threads "$THREADS" | tail -1 | tee "$LOGS/train-bench.json"
-  STEPS=$(python3 -c "import json,sys; b=json.load(open(sys.argv[1])); print(max(20, int(float(sys.argv[2])*60*0.85*b['tokens_per_s']/(int(sys.argv[3])*int(sys.argv[4])))))" \
+  STEPS=$(python3 -c "import json,sys; b=json.load(open(sys.argv[1])); print(max(10, int(float(sys.argv[2])*60*0.85*b['tokens_per_s']/(int(sys.argv[3])*int(sys.argv[4])))))" \
     "$LOGS/train-bench.json" "$MINUTES" "$BATCH" "$SEQ")
 fi
 VAL_EVERY=$(( STEPS / 10 > 0 ? STEPS / 10 : 1 )); STEPS=$(( VAL_EVERY * 10 ))  # the last step is evaluated
