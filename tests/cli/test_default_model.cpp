@@ -7,6 +7,7 @@
 
 #include "cli/default_model.h"
 #include "core/error.h"
+#include "run_moe.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -64,6 +65,38 @@ TEST(DefaultModel, CandidatesAreTheWorkingDirectoryThenTheSourceTree) {
   EXPECT_EQ(c[1], "/somewhere/else/models/moe-tiny");
   // the tests run from the repository root: the source tree is the working directory, listed once
   EXPECT_EQ(default_model_candidates(fs::current_path().string()).size(), 1u);
+}
+
+// `moe generate` without --model, run from a directory whose models/moe-tiny is a model (the random test model,
+// linked): the same output as naming that model.
+TEST(DefaultModel, GenerateWithoutModelLoadsModelsMoeTiny) {
+  const std::string root = fs::absolute(test::temp_path("default_model_cli")).string();
+  fs::remove_all(root);
+  fs::create_directories(root + "/models");
+  fs::create_directory_symlink(fs::absolute(test::kTinyModel), root + "/models/moe-tiny");
+  const std::string args = " generate --tokens 311,811,1336,101 --max-new-tokens 5 --threads 1";
+  const test::MoeResult named = test::run_moe(args + " --model " + std::string(test::kTinyModel), false);
+  const test::MoeResult dflt = test::run_moe(args, false);  // from the repository root: models/moe-tiny
+  const std::string cmd = "cd '" + root + "' && " + std::string(MOE_BINARY) + args + " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  ASSERT_EQ(named.code, 0) << named.out;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << out;
+  EXPECT_FALSE(named.out.empty());
+  EXPECT_EQ(out, named.out);
+  // From the repository root the committed models/moe-tiny is used: an error naming it while it has no weights.
+  if (!fs::exists("models/moe-tiny/model.safetensors.index.json") && !fs::exists("models/moe-tiny/model.safetensors")) {
+    EXPECT_NE(dflt.code, 0);
+    const test::MoeResult e = test::run_moe(args);
+    EXPECT_NE(e.out.find("models/moe-tiny: no weights"), std::string::npos) << e.out;
+  } else {
+    EXPECT_EQ(dflt.code, 0);
+  }
 }
 
 }  // namespace
