@@ -41,6 +41,8 @@ for f in "$BUNDLE/corpus.jsonl.xz" "$BUNDLE/sft.jsonl.xz" "$BUNDLE/manifest.json
   [ -f "$f" ] || { echo "default_model.sh: $f: missing (scripts/train/build_corpus.sh makes the bundle)" >&2; exit 1; }
 done
 NAME=$(basename "$MODEL_DIR")
+PY=python3  # the GPU machine may have only PyTorch's venv
+command -v python3 >/dev/null || PY=/opt/torch/.venv/bin/python
 WORK=$OUT/work; LOGS=$WORK/pkg/logs
 rm -rf "$WORK"; mkdir -p "$WORK/pkg" "$LOGS"
 T0=$(date +%s)
@@ -60,7 +62,7 @@ xz -dc "$BUNDLE/sft.jsonl.xz" > "$WORK/sft.jsonl"
   --fim-rate "$FIM_RATE" --fim-seed "$SEED" --threads "$THREADS" "$WORK/corpus.jsonl" | tee "$LOGS/tokenize.txt"
 "$MOE" tokenize-corpus --sft --tokenizer "$MODEL_DIR" --out "$WORK/sft-data" --val-fraction 0.05 \
   --threads "$THREADS" "$WORK/sft.jsonl" | tee "$LOGS/tokenize-sft.txt"
-python3 -c "import json,sys; print(sum(len(json.loads(l)['text'].encode()) for l in open(sys.argv[1]) if l.strip()))" \
+"$PY" -c "import json,sys; print(sum(len(json.loads(l)['text'].encode()) for l in open(sys.argv[1]) if l.strip()))" \
   "$WORK/corpus.jsonl" > "$LOGS/corpus_text_bytes.txt"
 rm -f "$WORK/corpus.jsonl"
 
@@ -68,7 +70,7 @@ if [ -z "$STEPS" ]; then
   log "measuring tokens/s (train-bench) for a $MINUTES-minute budget"
   "$MOE" train-bench --device "$DEVICE" --config "$CONFIG" --seq-len "$SEQ" --batch "$BATCH" --steps 3 \
     --threads "$THREADS" | tail -1 | tee "$LOGS/train-bench.json"
-  STEPS=$(python3 -c "import json,sys; b=json.load(open(sys.argv[1])); print(max(10, int(float(sys.argv[2])*60*0.85*b['tokens_per_s']/(int(sys.argv[3])*int(sys.argv[4])))))" \
+  STEPS=$("$PY" -c "import json,sys; b=json.load(open(sys.argv[1])); print(max(10, int(float(sys.argv[2])*60*0.85*b['tokens_per_s']/(int(sys.argv[3])*int(sys.argv[4])))))" \
     "$LOGS/train-bench.json" "$MINUTES" "$BATCH" "$SEQ")
 fi
 VAL_EVERY=$(( STEPS / 10 > 0 ? STEPS / 10 : 1 )); STEPS=$(( VAL_EVERY * 10 ))  # the last step is evaluated
@@ -76,20 +78,20 @@ WARMUP=$(( STEPS / 20 > 1 ? STEPS / 20 : 1 )); DECAY_START=$(( STEPS * 8 / 10 ))
 log "pre-train: $STEPS steps of $BATCH x $SEQ tokens (warm-up $WARMUP, constant to $DECAY_START, then cosine)"
 "$MOE" train --device "$DEVICE" --config "$CONFIG" --data "$WORK/pt-data" --out "$WORK/pt-run" --steps "$STEPS" \
   --seq-len "$SEQ" --batch "$BATCH" --lr "$LR" --warmup "$WARMUP" --decay-start "$DECAY_START" \
-  --min-lr "$(python3 -c "print($LR/10)")" --init-std "$INIT_STD" --seed "$SEED" --val-every "$VAL_EVERY" \
+  --min-lr "$("$PY" -c "print($LR/10)")" --init-std "$INIT_STD" --seed "$SEED" --val-every "$VAL_EVERY" \
   --val-batches 8 --mtp-lambda 0.3 --seq-aux-alpha 1e-4 --bias-gamma 1e-3 --threads "$THREADS" \
   > "$LOGS/pretrain.jsonl"
 PT=$WORK/pt-run/$(cat "$WORK/pt-run/latest")
 
 if [ -z "$SFT_STEPS" ]; then  # two epochs of the chat set
-  SFT_STEPS=$(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); t=sum(s['tokens'] for s in m['train']); print(max(10, 2*t//(int(sys.argv[2])*int(sys.argv[3]))))" \
+  SFT_STEPS=$("$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); t=sum(s['tokens'] for s in m['train']); print(max(10, 2*t//(int(sys.argv[2])*int(sys.argv[3]))))" \
     "$WORK/sft-data/manifest.json" "$SFT_BATCH" "$SEQ")
 fi
 SFT_VAL=$(( SFT_STEPS / 5 > 0 ? SFT_STEPS / 5 : 1 )); SFT_STEPS=$(( SFT_VAL * 5 ))
 log "SFT: $SFT_STEPS steps of $SFT_BATCH x $SEQ tokens from $PT"
 "$MOE" train --device "$DEVICE" --init "$PT" --data "$WORK/sft-data" --out "$WORK/sft-run" --steps "$SFT_STEPS" \
-  --seq-len "$SEQ" --batch "$SFT_BATCH" --lr "$(python3 -c "print($LR/4)")" --warmup "$(( SFT_STEPS / 10 + 1 ))" \
-  --min-lr "$(python3 -c "print($LR/40)")" --seed "$SEED" --val-every "$SFT_VAL" --val-batches 4 \
+  --seq-len "$SEQ" --batch "$SFT_BATCH" --lr "$("$PY" -c "print($LR/4)")" --warmup "$(( SFT_STEPS / 10 + 1 ))" \
+  --min-lr "$("$PY" -c "print($LR/40)")" --seed "$SEED" --val-every "$SFT_VAL" --val-batches 4 \
   --save-dtype bf16 --threads "$THREADS" > "$LOGS/sft.jsonl"
 FINAL=$WORK/sft-run/$(cat "$WORK/sft-run/latest")
 
@@ -102,24 +104,24 @@ log "validation of the final model on the pre-training text (its own held-out sp
   > "$LOGS/final-eval.jsonl"
 
 log "package: BF16 shards under 16 MB"
-python3 scripts/train/shard_safetensors.py "$FINAL/model.safetensors" "$WORK/pkg" --max-bytes 15000000
+"$PY" scripts/train/shard_safetensors.py "$FINAL/model.safetensors" "$WORK/pkg" --max-bytes 15000000
 cp "$FINAL/config.json" "$FINAL/tokenizer.json" "$FINAL/tokenizer_config.json" "$WORK/pkg/"
 cp "$BUNDLE/manifest.json" "$WORK/pkg/corpus-manifest.json"
 
 log "samples (greedy, on the CPU build's decoder: the shipped path)"
-python3 scripts/train/samples.py --moe "$MOE" --model "$WORK/pkg" --out "$WORK/pkg/samples.json" --threads "$THREADS" \
+"$PY" scripts/train/samples.py --moe "$MOE" --model "$WORK/pkg" --out "$WORK/pkg/samples.json" --threads "$THREADS" \
   --max-new-tokens "$SAMPLE_TOKENS"
 
 if [ -x /opt/torch/.venv/bin/python ]; then
   log "HF transformers loads it (DeepseekV3ForCausalLM) and agrees with moe's logits"
   rm -rf "$WORK/hf"; cp -r "$WORK/pkg" "$WORK/hf"
-  (python3 scripts/train/reference_logits.py "$WORK/hf" --moe "$MOE" && \
+  ("$PY" scripts/train/reference_logits.py "$WORK/hf" --moe "$MOE" && \
    /opt/torch/.venv/bin/python scripts/train/hf_compare.py "$WORK/hf" --tol 2e-2) > "$LOGS/hf_check.txt" 2>&1 \
     && echo "hf_check: pass" >> "$LOGS/run.txt" || echo "hf_check: FAIL (logs/hf_check.txt)" >> "$LOGS/run.txt"
 fi
 log "model card"
 echo "seconds: $(( $(date +%s) - T0 ))" >> "$LOGS/run.txt"
-python3 scripts/train/model_card.py --pkg "$WORK/pkg" --name "$NAME"
+"$PY" scripts/train/model_card.py --pkg "$WORK/pkg" --name "$NAME"
 log "done: $OUT"
 mkdir -p "$OUT"
 mv "$WORK"/pkg/model-*.safetensors "$OUT/"
