@@ -10,7 +10,8 @@ echo "== moe info"
 build/moe info --model models/tiny-dsv3
 if [ -f models/moe-tiny/model.safetensors.index.json ] || [ -f models/moe-tiny/model.safetensors ]; then
   echo "== moe generate with the default model (models/moe-tiny; no --model needed)"
-  build/moe generate --device cpu --prompt "The Linux kernel" --max-new-tokens 48 --temperature 0.7 --top-p 0.9 --seed 1
+  build/moe generate --device cpu --prompt "The Linux kernel" --max-new-tokens 48 --temperature 0.7 --top-p 0.9 \
+    --repetition-penalty 1.2 --seed 1
   echo "== moe chat, moe serve: the same model when --model is absent"
 else
   # models/moe-tiny is committed with its weights once trained (scripts/train/default_model.sh); before that,

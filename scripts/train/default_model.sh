@@ -108,7 +108,7 @@ log "package: BF16 shards under 16 MB"
 cp "$FINAL/config.json" "$FINAL/tokenizer.json" "$FINAL/tokenizer_config.json" "$WORK/pkg/"
 cp "$BUNDLE/manifest.json" "$WORK/pkg/corpus-manifest.json"
 
-log "samples (greedy, on the CPU build's decoder: the shipped path)"
+log "samples (seeded sampling, on the CPU build's decoder: the shipped path)"
 "$PY" scripts/train/samples.py --moe "$MOE" --model "$WORK/pkg" --out "$WORK/pkg/samples.json" --threads "$THREADS" \
   --max-new-tokens "$SAMPLE_TOKENS"
 

@@ -10,9 +10,13 @@ tokenize-sft.txt, run.txt (date, commit, device, arguments), train-bench.json (w
 """
 import argparse
 import json
+import sys
 import math
 import os
 import re
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from samples import SAMPLING  # noqa: E402
 
 SECTION_TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_text.md")
 
@@ -162,6 +166,7 @@ def build(pkg, name):
         "bench_tps": f"{bench['tokens_per_s']:.0f}" if bench else "not measured (--steps given)",
         "hf_check": run.get("hf_check", "not run (no transformers on the machine that trained it)"),
         "samples": sample_md,
+        "sampling": " ".join(SAMPLING),
     }
     with open(os.path.join(pkg, "README.md"), "w") as f:
         f.write(text.format(**fields))

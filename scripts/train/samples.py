@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Sample outputs of a model for its card: greedy continuations of a few prompts (prose, Python, Perl, a
-fill-in-the-middle prompt in PSM form) and chat replies to a few questions (the prompt rendered with the
-model's chat template by `moe chat-template`), each through `moe generate` on the CPU.
+"""Sample outputs of a model for its card: continuations of a few prompts (prose, Python, a fill-in-the-middle
+prompt in PSM form) and chat replies to a few questions (the prompt rendered with the model's chat template by
+`moe chat-template`), each through `moe generate` on the CPU, sampled with SAMPLING (a fixed seed: the same
+output on every run; greedy decoding makes a model this small repeat itself within a few words).
 
   samples.py --moe build/moe --model DIR --out samples.json [--max-new-tokens 60] [--threads 0]
 """
@@ -16,6 +17,7 @@ PROMPTS = [
     ("code", "import os\n\n\ndef list_files(path):\n    \"\"\""),
     ("fim", "<｜fim▁begin｜>def add(a, b):\n    <｜fim▁hole｜>\n\n\nprint(add(2, 3))\n<｜fim▁end｜>"),
 ]
+SAMPLING = ["--temperature", "0.7", "--top-p", "0.9", "--repetition-penalty", "1.2", "--seed", "1"]
 QUESTIONS = [
     "What does `os.path.join` do?",
     "How do I remove duplicate elements from a list or array?",
@@ -36,6 +38,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     gen = [a.moe, "generate", "--model", a.model, "--device", "cpu", "--max-new-tokens", str(a.max_new_tokens)]
+    gen += SAMPLING
     if a.threads:
         gen += ["--threads", str(a.threads)]
     out = []
