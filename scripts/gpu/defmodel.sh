@@ -26,7 +26,8 @@ BUNDLE=.corpus
 [ -f .corpus/corpus.jsonl.xz ] || BUNDLE=tests/data/defmodel-mini
 TMP=$(mktemp -d /tmp/defmodel.XXXXXX)
 if [ -n "$MINUTES" ]; then
-  ARGS=(--minutes "$MINUTES"); LIMIT=$(( ${MINUTES%.*} * 60 + 150 ))
+  # stop (keeping the logs) before a 10-minute command limit would
+  ARGS=(--minutes "$MINUTES"); LIMIT=$(( ${MINUTES%.*} * 60 + 90 )); [ "$LIMIT" -gt 560 ] && LIMIT=560
 else
   ARGS=(--minutes 1.5 --sft-steps 10); LIMIT=230
 fi
