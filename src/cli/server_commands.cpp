@@ -20,6 +20,7 @@
 
 #include "backend/backend.h"
 #include "cli/commands.h"
+#include "cli/default_model.h"
 #include "cli/common.h"
 #include "cli/expert_parallel_args.h"
 #include "cli/progress_bar.h"
@@ -351,7 +352,7 @@ void run_bench(const BenchArgs& a) {
 void register_server_commands(CLI::App& app) {
   auto* serve = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching and a chat page");
   auto s = std::make_shared<ServeArgs>();
-  serve->add_option("--model", s->model, "Checkpoint directory (with tokenizer.json)")->required();
+  serve->add_option("--model", s->model, "Checkpoint directory (with tokenizer.json; default: models/moe-tiny)");
   serve->add_option("--host", s->host, "Address to bind (default 127.0.0.1: this machine only)");
   serve->add_option("--port", s->port, "Port (0: any free port; the bound port is printed)");
   serve->add_option("--api-key-file", s->api_key_file, "File holding the API key clients must send (or set MOE_API_KEY)");
@@ -393,7 +394,10 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--fault-load-delay-ms", s->fault_load_delay_ms, "Tests: load the model this much later")
       ->group("");  // hidden
   serve->add_flag("--ignore-eos", s->ignore_eos, "Never stop at EOS (for benchmarks and tests with random weights)");
-  serve->callback([s] { run_serve(*s); });
+  serve->callback([s] {
+    s->model = resolve_model(s->model);
+    run_serve(*s);
+  });
   // Every flag can come from the environment: --max-body-bytes from MOE_MAX_BODY_BYTES (a flag on the command
   // line wins). For containers and service managers.
   for (CLI::Option* o : serve->get_options()) {

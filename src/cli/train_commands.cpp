@@ -110,12 +110,20 @@ void register_train_commands(CLI::App& app) {
     opts->threads = 0;
     cmd->add_option("--threads", opts->threads,
                     "tokenizer threads (0: every core; the output is the same bytes for any number)");
+    cmd->add_option("--fim-rate", opts->fim_rate,
+                    "fill-in-the-middle: the fraction of training documents marked {\"code\": true} rearranged "
+                    "into DeepSeek-Coder's PSM form (0)");
+    cmd->add_option("--fim-seed", opts->fim_seed, "seed of the FIM draws (which documents, where the cuts fall) (0)");
     cmd->add_option("files", *files, "input files (.jsonl: one {\"text\": ...} per line)")->required();
     cmd->callback([=] {
       const train::CorpusStats st = train::tokenize_corpus(*files, *opts);
       std::printf("train: %lld documents, %lld tokens, %lld shards; val: %lld documents, %lld tokens, %lld shards\n",
                   (long long)st.documents[0], (long long)st.tokens[0], (long long)st.shards[0],
                   (long long)st.documents[1], (long long)st.tokens[1], (long long)st.shards[1]);
+      if (opts->fim_rate > 0)
+        std::printf("fim: %lld of %lld training code documents in PSM form (rate %g, seed %llu)\n",
+                    (long long)st.fim_documents, (long long)st.code_documents, opts->fim_rate,
+                    (unsigned long long)opts->fim_seed);
       const double tokens = double(st.tokens[0] + st.tokens[1]);
       std::printf("%.0f tokens in %.2f s on %d threads: %.0f tokens/s (the tokenizer's load not counted)\n", tokens,
                   st.seconds, st.threads, st.seconds > 0 ? tokens / st.seconds : 0.0);
