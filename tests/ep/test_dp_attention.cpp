@@ -11,9 +11,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "backend/backend.h"
 #include "engine/dp_attention.h"
+#include "engine/page_allocator.h"
 #include "ep/thread_communicator.h"
 #include "model/deepseek_v3.h"
 #include "test_util.h"
@@ -45,16 +47,16 @@ std::vector<std::vector<int32_t>> prompts() {
   return out;
 }
 
-struct Run {
+struct BatchRun {
   std::vector<float> logits;  // every step's rows, concatenated
   std::vector<std::vector<int32_t>> greedy;  // per sequence
 };
 
 // The batch stepped by `step(chunks)` (which returns the step's logits [rows, V] on the host): a prefill of every
 // prompt with all logits, then kDecode greedy decode steps. `pages[s]`: sequence s's page table.
-Run run_batch(const std::vector<std::vector<int32_t>>& ps, const std::vector<std::vector<int32_t>>& pages, int64_t V,
+BatchRun run_batch(const std::vector<std::vector<int32_t>>& ps, const std::vector<std::vector<int32_t>>& pages, int64_t V,
               const std::function<std::vector<float>(const std::vector<SequenceChunk>&)>& step) {
-  Run r;
+  BatchRun r;
   r.greedy.resize(ps.size());
   std::vector<SequenceChunk> chunks;
   for (size_t s = 0; s < ps.size(); ++s) chunks.push_back(SequenceChunk{ps[s], 0, pages[s], true});
@@ -103,7 +105,7 @@ TEST_P(DpAttentionTest, MatchesOneProcess) {
   std::vector<std::vector<int32_t>> pages(ps.size());
   for (size_t s = 0; s < ps.size(); ++s)
     for (int64_t p = 0; p < per_seq; ++p) pages[s].push_back(int32_t(int64_t(s) * per_seq + p));
-  const Run want = run_batch(ps, pages, V, [&](const std::vector<SequenceChunk>& chunks) {
+  const BatchRun want = run_batch(ps, pages, V, [&](const std::vector<SequenceChunk>& chunks) {
     const ForwardOutput out = single.forward(chunks, cache);
     std::vector<float> host(size_t(out.logits.numel()));
     backend->copy_to_host(out.logits, host.data());
@@ -123,7 +125,7 @@ TEST_P(DpAttentionTest, MatchesOneProcess) {
   }
   if (c.ranks == 4) ASSERT_EQ(owned[3], 0) << "the 4-rank case must have a rank without sequences";
   if (c.ranks == 2) ASSERT_EQ(owned[1], 2) << "the 2-rank case: rank 1 owns two sequences";
-  Run got;
+  BatchRun got;
   test::run_ranks(c.ranks, [&](dist::Communicator& comm) {
     auto b = make_cpu_backend({1});
     ExpertParallel ep(comm,
@@ -134,7 +136,7 @@ TEST_P(DpAttentionTest, MatchesOneProcess) {
     DeepseekV3 model(c.model, *b, {.ep = &ep});
     LatentCache local(config, *b, layout.pages_per_rank, kPage, model.cache_layers());
     StepExecutor executor(model);
-    Run r = run_batch(ps, dp_pages, V, [&](const std::vector<SequenceChunk>& chunks) {
+    BatchRun r = run_batch(ps, dp_pages, V, [&](const std::vector<SequenceChunk>& chunks) {
       const ForwardOutput out = dp_forward(executor, layout, chunks, local);
       std::vector<float> host;
       if (comm.rank() == 0) {
@@ -154,7 +156,9 @@ TEST_P(DpAttentionTest, MatchesOneProcess) {
   EXPECT_EQ(got.greedy, want.greedy);
   const double rel = max_rel_diff(got.logits, want.logits);
   EXPECT_LE(rel, kRelBound);
-  RecordProperty("max_rel_diff", std::to_string(rel));
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3g", rel);
+  RecordProperty("max_rel_diff", text);
   RecordProperty("bitwise", rel == 0 ? "yes" : "no");
 }
 
