@@ -188,5 +188,31 @@ TEST(DpAttention, OwnerAndBalance) {
   EXPECT_EQ(least_loaded_rank({0, 0}), 0);
 }
 
+// The scheduler's pool cut into one part per rank: a sequence's pages come from one part, a new one goes to the
+// part with the most free pages, and released pages return to their own part.
+TEST(DpAttention, PartitionedPageAllocator) {
+  PageAllocator a(12, 3);
+  EXPECT_EQ(a.partitions(), 3);
+  EXPECT_EQ(a.partition_pages(), 4);
+  EXPECT_EQ(a.emptiest_partition(), 0);
+  const auto p0 = a.allocate_in(3, a.emptiest_partition());
+  ASSERT_TRUE(p0);
+  EXPECT_EQ(*p0, (std::vector<int32_t>{2, 1, 0}));  // low pages first (handed out from the end of the free list)
+  EXPECT_EQ(a.emptiest_partition(), 1);
+  const auto p1 = a.allocate_in(2, a.emptiest_partition());
+  ASSERT_TRUE(p1);
+  for (int32_t p : *p1) EXPECT_TRUE(p >= 4 && p < 8) << p;
+  EXPECT_EQ(a.emptiest_partition(), 2);
+  EXPECT_FALSE(a.allocate_in(5, 2)) << "more than a part holds";
+  EXPECT_FALSE(a.allocate_in(2, 0)) << "part 0 has one page left";
+  EXPECT_EQ(a.free_pages(), 7);
+  a.release(*p0);
+  EXPECT_EQ(a.free_pages_in(0), 4);
+  EXPECT_EQ(a.free_pages_in(1), 2);
+  const DpLayout layout{3, a.partition_pages()};
+  EXPECT_EQ(layout.owner(SequenceChunk{{1}, 0, *p1, false}), 1);
+  EXPECT_THROW(PageAllocator(10, 3), Error) << "parts must be equal";
+}
+
 }  // namespace
 }  // namespace moe

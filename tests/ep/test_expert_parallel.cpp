@@ -199,6 +199,10 @@ TEST(StepMessage, RoundTripAndErrors) {
   m.placement.reset();
   EXPECT_FALSE(decode_step(encode_step(m)).placement.has_value());
   EXPECT_TRUE(decode_step(encode_step(StepMessage{.stop = true})).stop);
+  const StepMessage sum = decode_step(encode_step(StepMessage{.sum_loads = true}));
+  EXPECT_TRUE(sum.sum_loads);
+  EXPECT_FALSE(sum.stop);
+  EXPECT_TRUE(sum.chunks.empty());
 
   auto err = [](const std::string& bytes) {
     try {
@@ -210,6 +214,7 @@ TEST(StepMessage, RoundTripAndErrors) {
   };
   const std::string good = encode_step(m);
   EXPECT_NE(err("XXXX").find("bad magic"), std::string::npos);
+  EXPECT_NE(err(encode_step(StepMessage{.sum_loads = true}) + "x").find("bytes after a sum-loads"), std::string::npos);
   EXPECT_NE(err(good.substr(0, good.size() - 2)).find("truncated"), std::string::npos);
   EXPECT_NE(err(good + "x").find("bytes after"), std::string::npos);
   std::string big = good;
