@@ -99,6 +99,20 @@ TEST_P(EpCli, LogitsAndGreedyMatchOneProcess) {
   std::remove(many.c_str());
 }
 
+// Replicated expert parallelism runs the MTP drafting passes on every rank alike (same generation), so `generate
+// --speculative` works with --ep: the same tokens as one process. (`serve --speculative --ep` is refused: the
+// followers replay only the main model's steps; docs/distributed.md.)
+TEST(EpCliSpeculative, GenerateReplicatedMatchesOneProcess) {
+  const std::string gen = "generate --model " + test::kTinyModel + " --tokens " + prompt_ids() +
+                          " --threads 1 --max-new-tokens 8 --speculative";
+  const auto one = test::run_moe(gen, /*with_stderr=*/false);
+  ASSERT_EQ(one.code, 0) << one.out;
+  const auto two = run_mpi(2, gen + " --ep 2", /*with_stderr=*/false);
+  ASSERT_EQ(two.code, 0) << two.out;
+  EXPECT_EQ(two.out, one.out);
+  EXPECT_FALSE(one.out.empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(Mpi, EpCli,
                          ::testing::Values(Case{test::kTinyModel, 2, 0}, Case{test::kTinyModel, 4, 4},
                                            Case{test::kTinyModelFp8, 2, 2}, Case{test::kTinyModelFp8, 4, 0}),
