@@ -165,7 +165,7 @@ INSTANTIATE_TEST_SUITE_P(Mpi, DpCli,
 
 // Two-micro-batch overlap on MPI ranks (MPI_Ialltoallv): the step time with it on and off (recorded, not asserted:
 // the shared CI VM's timing is noise-prone), and the same logits either way. Four 48-token sequences over 2 ranks,
-// the step repeated 15 times (`moe logits --repeat`), medians.
+// the step repeated 8 times (`moe logits --repeat`), medians.
 TEST(DpTbo, StepTimeOnAndOff) {
   const std::vector<int32_t> ids = test::load_reference_cases().at(2).input_ids;
   std::string tokens;
@@ -178,7 +178,7 @@ TEST(DpTbo, StepTimeOnAndOff) {
   for (const std::string tbo : {"off", "on"}) {
     const std::string out = test::temp_path("tbo_" + tbo + ".safetensors");
     const auto r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens '" + tokens + "' --threads 1 --out " +
-                                  out + " --ep 2 --dp-attention --repeat 15 --tbo " + tbo);
+                                  out + " --ep 2 --dp-attention --repeat 8 --tbo " + tbo);
     ASSERT_EQ(r.code, 0) << r.out;
     std::smatch m;
     ASSERT_TRUE(std::regex_search(r.out, m, std::regex("step time: median ([0-9.]+) ms"))) << r.out;
