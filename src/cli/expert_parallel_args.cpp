@@ -16,6 +16,15 @@ void add_ep_options(CLI::App* cmd, EpArgs& args, bool serve) {
                   "With --ep: spare expert slots in all, holding copies of the hottest experts (EPLB); experts plus "
                   "this must be a multiple of --ep")
       ->check(CLI::Range(0, 1 << 20));
+  cmd->add_flag("--dp-attention", args.dp_attention,
+                "With --ep: data-parallel attention: each rank runs its own sequences (their latent cache only there) "
+                "and only the MoE layers' tokens travel between ranks");
+  cmd->add_flag("--two-micro-batch", args.tbo,
+                "With --ep: two-micro-batch overlap: each MoE layer's tokens of a rank in two halves, one half's "
+                "all-to-all in flight while the other's experts compute (same outputs)");
+  cmd->add_option_function<std::string>(
+         "--tbo", [&args](const std::string& v) { args.tbo = v == "on"; }, "With --ep: on|off, as --two-micro-batch")
+      ->check(CLI::IsMember({"on", "off"}));
   if (serve)
     cmd->add_option("--eplb-interval", args.eplb_interval,
                     "With --ep: recompute the expert placement from the observed load every N steps (0: never)")
@@ -53,8 +62,9 @@ EpRuntime open_ep(const EpArgs& args, const ModelConfig& config, bool count_load
     moe_layers.push_back(config.n_routed_experts > 0 && (i == config.num_hidden_layers || config.is_moe_layer(i)));
   if (count_load || args.ep > 1) rt.load = std::make_unique<ExpertLoadCounter>(moe_layers, int32_t(config.n_routed_experts));
   if (args.ep == 1) {
-    if (args.redundant_experts > 0 || args.eplb_interval > 0)
-      fail("--redundant-experts and --eplb-interval need --ep N with N > 1 (expert parallelism)");
+    if (args.redundant_experts > 0 || args.eplb_interval > 0 || args.dp_attention || args.tbo)
+      fail("--redundant-experts, --eplb-interval, --dp-attention and --tbo on need --ep N with N > 1 (expert "
+           "parallelism)");
     return rt;
   }
   if (config.n_routed_experts == 0) fail("--ep {}: this model has no routed experts to spread", args.ep);
@@ -65,7 +75,9 @@ EpRuntime open_ep(const EpArgs& args, const ModelConfig& config, bool count_load
     fail("--ep {} needs {} ranks but this job has {}: launch it as `mpirun -np {} moe ... --ep {}`", args.ep, args.ep,
          rt.comm->size(), args.ep, args.ep);
   rt.ep = std::make_unique<ExpertParallel>(
-      *rt.comm, ExpertPlacement::initial(moe_layers, int32_t(config.n_routed_experts), args.ep, args.redundant_experts));
+      *rt.comm, ExpertPlacement::initial(moe_layers, int32_t(config.n_routed_experts), args.ep, args.redundant_experts),
+      args.dp_attention ? ExpertParallel::Mode::data_parallel : ExpertParallel::Mode::replicated);
+  rt.ep->set_two_micro_batch(args.tbo);
   if (rt.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("rank {}: cannot silence stdout", rt.rank());
   return rt;
 }

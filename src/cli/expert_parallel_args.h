@@ -16,6 +16,8 @@ struct EpArgs {
   int32_t ep = 1;                 // --ep: ranks the routed experts are spread over (= mpirun -np)
   int32_t redundant_experts = 0;  // --redundant-experts: spare slots in all (E + this must divide by --ep)
   int64_t eplb_interval = 0;      // --eplb-interval (serve): rebalance every this many steps, 0 never
+  bool dp_attention = false;      // --dp-attention: each rank its own sequences (engine/dp_attention.h)
+  bool tbo = false;               // --two-micro-batch / --tbo on|off: ExpertParallel::set_two_micro_batch
 };
 void add_ep_options(CLI::App* cmd, EpArgs& args, bool serve = false);
 

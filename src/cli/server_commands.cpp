@@ -83,8 +83,17 @@ void run_serve(const ServeArgs& a) {
   sopt.prefix_cache = a.prefix_cache;
   sopt.device_sampling = a.device_sampling;
   const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), /*count_load=*/a.backend.device == "cpu");
+  if (a.ep.dp_attention) {
+    // Each rank its sequences, in its part of the pages (the cache rounded up to whole parts); the prefix cache
+    // would share pages across sequences, hence across ranks: off.
+    sopt.cache_partitions = a.ep.ep;
+    const int64_t pages = pages_for(a.cache_tokens, a.page_size);
+    sopt.cache_tokens = (pages + a.ep.ep - 1) / a.ep.ep * a.ep.ep * a.page_size;
+    sopt.prefix_cache = false;
+  }
   if (ep.ep && a.speculative > 0)
-    fail("--speculative with --ep is not supported yet (the MTP module's MoE layer is not expert-parallel)");
+    fail("--speculative with --ep is not supported yet (the other ranks replay only the main model's steps, not the "
+         "MTP module's drafting passes, whose MoE layer is expert-parallel too)");
   if (!ep.root()) {
     pthread_sigmask(SIG_UNBLOCK, &sigs, nullptr);
     auto backend = open_backend(a.backend);
@@ -206,6 +215,11 @@ void run_serve(const ServeArgs& a) {
       if (leader) leader->stop();
     }
   } lead;
+  std::optional<DpStepRunner> dp;  // --dp-attention: rank 0's part of the step (outlives the scheduler)
+  if (a.ep.dp_attention) {
+    dp.emplace(model, sopt);
+    sopt.run_step = [&dp](const std::vector<SequenceChunk>& chunks) { return dp->step(chunks); };
+  }
   if (ep.ep) sopt.on_step = [&lead](const std::vector<SequenceChunk>& chunks) { lead.leader->on_step(chunks); };
   Scheduler scheduler(model, &tokenizer, sopt);
   if (ep.ep) lead.leader.emplace(model, EplbOptions{a.ep.eplb_interval}, &scheduler.metrics());
