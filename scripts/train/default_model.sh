@@ -11,6 +11,8 @@
 # rest is SFT, evaluation and packaging); --steps N fixes the step count instead. The tokenizer is the committed
 # one in --model-dir (trained on the same corpus by `moe train-tokenizer`), so ids agree with the shipped model.
 #
+# MOE_COMMIT, if set, is the commit recorded in the card (a GPU machine given a copy of the tree may hold a stale
+# .git).
 # Writes DIR/ : model-0000k-of-0000n.safetensors (BF16 shards < 16 MB) and moe-tiny.tar (everything else of the
 # model directory: config.json, model.safetensors.index.json, tokenizer files, README.md (the card), loss.csv,
 # loss.svg, logs/ with every JSON line of every step, samples.txt, the corpus manifest). The lead unpacks both into
@@ -48,11 +50,11 @@ rm -rf "$WORK"; mkdir -p "$WORK/pkg" "$LOGS"
 T0=$(date +%s)
 log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOGS/recipe.log"; }
 {
-  echo "date: $(date -u +%FT%TZ)"; echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "date: $(date -u +%FT%TZ)"; echo "commit: ${MOE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
   echo "device: $DEVICE"; echo "host: $(nproc) cores"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^/gpu: /'
   echo "val_fraction: $VAL_FRACTION"
-  echo "args: --minutes ${MINUTES:-} --steps ${STEPS:-} --sft-steps ${SFT_STEPS:-} --seq-len $SEQ --batch $BATCH --lr $LR --fim-rate $FIM_RATE --seed $SEED"
+  echo "args:${MINUTES:+ --minutes $MINUTES}${STEPS:+ --steps $STEPS}${SFT_STEPS:+ --sft-steps $SFT_STEPS} --seq-len $SEQ --batch $BATCH --lr $LR --fim-rate $FIM_RATE --seed $SEED"
 } > "$LOGS/run.txt"
 
 log "tokenize (FIM rate $FIM_RATE on code, validation $VAL_FRACTION)"
