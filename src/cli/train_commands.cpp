@@ -33,8 +33,9 @@ void add_parallel_flags(CLI::App* cmd, ParallelFlags& f) {
   cmd->add_flag("--ep", f.options.ep, "expert parallelism: the routed experts sharded over the --dp ranks");
   cmd->add_option("--zero", f.options.zero,
                   "0: plain data parallelism; 1: AdamW moments and update sharded over the ranks; 2: and the "
-                  "gradients reduce-scattered (0)")
-      ->check(CLI::Range(0, 2));
+                  "gradients reduce-scattered; 3: and the parameters sharded between steps, gathered per layer "
+                  "(0)")
+      ->check(CLI::Range(0, 3));
 }
 
 // Null for one process; the MPI job's communicator for --dp N, which must be the number of ranks mpirun started.

@@ -84,12 +84,15 @@ struct Pass {
     const ModelConfig& c = M.config;
     const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
     A.ids = ids, A.b = b, A.t = t;
+    hook(&ParamHooks::before_forward, ParamHooks::kGlobals);
     A.xs.assign(size_t(c.num_hidden_layers + 1), std::vector<float>(size_t(n * D)));
     embedding_forward(A.xs[0].data(), ids.data(), n, M.embed->data(), D);
     A.layers.assign(size_t(c.num_hidden_layers), {});
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      hook(&ParamHooks::before_forward, int(l));
       layer_forward(A.layers[size_t(l)], M.layers[size_t(l)], main_ctx, A.xs[size_t(l)].data(), b, t,
                     A.xs[size_t(l + 1)].data());
+      hook(&ParamHooks::after_forward, int(l));
       if (M.layers[size_t(l)].is_moe) parts.seq_aux += A.layers[size_t(l)].moe.seq_aux;
     }
     A.hn.resize(size_t(n * D));
@@ -130,7 +133,9 @@ struct Pass {
       A.m.resize(size_t(n2 * D));
       cmp.matmul_forward(A.m.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, false);
       A.y.resize(size_t(n2 * D));
+      hook(&ParamHooks::before_forward, int(c.num_hidden_layers));
       layer_forward(A.mtp_layer, M.mtp_layer, mtp_ctx, A.m.data(), b, t2, A.y.data());
+      hook(&ParamHooks::after_forward, int(c.num_hidden_layers));
       A.yn.resize(size_t(n2 * D));
       A.yn_rstd.resize(size_t(n2));
       rmsnorm_forward(A.yn.data(), A.yn_rstd.data(), A.y.data(), M.mtp_norm->data(), n2, D, c.rms_norm_eps);
@@ -154,7 +159,9 @@ struct Pass {
           dcat(size_t(n2 * 2 * D), 0.f);
       cmp.matmul_backward(dyn.data(), M.head->grad(), A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V, true);
       rmsnorm_backward(dy.data(), M.mtp_norm->grad(), dyn.data(), A.y.data(), M.mtp_norm->data(), A.yn_rstd.data(), n2, D);
+      hook(&ParamHooks::before_backward, int(c.num_hidden_layers));
       layer_backward(dm.data(), dy.data(), A.mtp_layer, M.mtp_layer, mtp_ctx);
+      hook(&ParamHooks::after_backward, int(c.num_hidden_layers));
       cmp.matmul_backward(dcat.data(), M.eh_proj->grad(), dm.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, false);
       std::vector<float> den(size_t(n2 * D)), dhh(size_t(n2 * D)), de(size_t(n2 * D), 0.f), dh2(size_t(n2 * D), 0.f);
       for (int64_t i = 0; i < n2; ++i) {
@@ -184,10 +191,17 @@ struct Pass {
                      A.hn_rstd.data(), n, D);
     for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
       std::fill(dprev.begin(), dprev.end(), 0.f);
+      hook(&ParamHooks::before_backward, int(l));
       layer_backward(dprev.data(), dx.data(), A.layers[size_t(l)], M.layers[size_t(l)], main_ctx);
+      hook(&ParamHooks::after_backward, int(l));
       std::swap(dx, dprev);
     }
     embedding_backward(M.embed->grad(), A.ids.data(), n, dx.data(), D);
+    hook(&ParamHooks::after_backward, ParamHooks::kGlobals);
+  }
+
+  void hook(void (ParamHooks::*f)(int), int layer) const {
+    if (M.hooks) (M.hooks->*f)(layer);
   }
 
   void collect_loads(ExpertLoads* loads) const {
@@ -226,6 +240,7 @@ LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64
   check_batch(model, ids, b, t, loss_mask);
   Pass p(model, obj);
   p.forward(ids, b, t, loss_mask);
+  p.hook(&ParamHooks::after_forward, ParamHooks::kGlobals);
   return p.parts;
 }
 
@@ -240,18 +255,25 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   CpuCompute cpu(model.pool);
   Compute& cmp = model.compute ? *model.compute : cpu;
   const LayerContext ctx = make_context(c, 0.0, model.pool, model.ep, &cmp);
+  const auto hook = [&](void (ParamHooks::*f)(int), int layer) {
+    if (model.hooks) (model.hooks->*f)(layer);
+  };
+  hook(&ParamHooks::before_forward, ParamHooks::kGlobals);
   std::vector<float> x(size_t(n * D)), y(size_t(n * D));
   embedding_forward(x.data(), ids.data(), n, model.embed->data(), D);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerActs acts;
     std::fill(y.begin(), y.end(), 0.f);
+    hook(&ParamHooks::before_forward, int(l));
     layer_forward(acts, model.layers[size_t(l)], ctx, x.data(), b, t, y.data());
+    hook(&ParamHooks::after_forward, int(l));
     std::swap(x, y);
   }
   std::vector<float> rstd(static_cast<size_t>(n));
   rmsnorm_forward(y.data(), rstd.data(), x.data(), model.final_norm->data(), n, D, c.rms_norm_eps);
   std::vector<float> logits(size_t(n * V));
   cmp.matmul_forward(logits.data(), y.data(), model.head->data(), n, D, V, true);
+  hook(&ParamHooks::after_forward, ParamHooks::kGlobals);
   return logits;
 }
 
