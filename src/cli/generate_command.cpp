@@ -43,7 +43,7 @@ void run_generate(const GenerateArgs& a) {
     prompt = parse_token_list(a.tokens);
   }
   // --ep: every rank runs the same steps (same logits, same seeded sampling); only rank 0's stdout is kept.
-  const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random));
+  const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random), a.backend.device);
   auto backend = open_backend(a.backend);
   ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
   DeepseekV3::Options options{.load_mtp = a.speculative, .progress = ep.root() ? bar.fn() : ProgressFn{}};

@@ -62,7 +62,7 @@ void run_info(const std::string& model_dir) {
 void run_logits(const std::string& model_dir, const BackendArgs& device, const std::string& tokens_text,
                 const std::string& out_path, bool mtp, const EpArgs& ep_args, const RandomWeightsArgs& random) {
   const std::vector<int32_t> tokens = parse_token_list(tokens_text);
-  const EpRuntime ep = open_ep(ep_args, model_config(model_dir, random));
+  const EpRuntime ep = open_ep(ep_args, model_config(model_dir, random), device.device);
   auto backend = open_backend(device);
   ProgressBar bar = ProgressBar::on_stderr("loading " + model_dir);
   DeepseekV3::Options options{.load_mtp = mtp, .progress = ep.root() ? bar.fn() : ProgressFn{}};

@@ -81,7 +81,8 @@ void run_serve(const ServeArgs& a) {
   sopt.max_context = a.max_context;
   sopt.prefix_cache = a.prefix_cache;
   sopt.device_sampling = a.device_sampling;
-  const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), /*count_load=*/a.backend.device == "cpu");
+  const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), a.backend.device,
+                                /*count_load=*/a.backend.device == "cpu");
   if (ep.ep && a.speculative > 0)
     fail("--speculative with --ep is not supported yet (the MTP module's MoE layer is not expert-parallel)");
   if (!ep.root()) {
