@@ -100,8 +100,8 @@ sigset_t watched_signals() {
   return s;
 }
 
-// Starts `argv` (argv[0] searched on PATH when `search`), signals at their defaults and unblocked, stdout to
-// /dev/null when `quiet`, environment `env`. Returns the pid, or -1 with errno when it could not start.
+// Starts `argv` (argv[0] searched on PATH when `search`) in a process group of its own, signals at their
+// defaults and unblocked, stdout to /dev/null when `quiet`, environment `env`. Returns the pid, or -1 with errno when it could not start.
 pid_t spawn(const std::vector<std::string>& argv, bool search, bool quiet, char** env) {
   std::vector<char*> av;
   for (const auto& a : argv) av.push_back(const_cast<char*>(a.c_str()));
@@ -113,7 +113,9 @@ pid_t spawn(const std::vector<std::string>& argv, bool search, bool quiet, char*
   posix_spawnattr_setsigmask(&attr, &none);
   sigaddset(&defaults, SIGPIPE);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  // Its own process group: a terminal's Ctrl-C reaches the launcher alone, which passes it on (supervise).
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
   posix_spawn_file_actions_t files;
   posix_spawn_file_actions_init(&files);
   if (quiet) posix_spawn_file_actions_addopen(&files, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
@@ -135,28 +137,53 @@ std::string describe(int status) {
   return "stopped";
 }
 
-// Waits for the children (pids[r] is rank r's process, or mpirun alone), forwarding signals. A child that
-// fails while the others run stops them: SIGTERM, then SIGKILL after `grace`. Returns the exit code: 0 when
-// every child exited 0 (or the job was stopped by a signal and every rank then exited 0), otherwise 1, or
-// mpirun's own code when mpirun is the child.
+// Rank 0's process under mpirun: mpirun's child whose environment says OMPI_COMM_WORLD_RANK=0 (-1 if none yet).
+pid_t mpi_rank0(pid_t mpirun) {
+  const std::string want = std::string("OMPI_COMM_WORLD_RANK=0") + '\0';
+  pid_t found = -1;
+  for (const auto& e : fs::directory_iterator("/proc", fs::directory_options::skip_permission_denied)) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const size_t close = text.rfind(')');  // "pid (comm) state ppid ...", comm may hold spaces
+    if (close == std::string::npos) continue;
+    int ppid = 0;
+    char state = 0;
+    if (std::sscanf(text.c_str() + close + 1, " %c %d", &state, &ppid) != 2 || ppid != mpirun) continue;
+    std::ifstream env(e.path() / "environ", std::ios::binary);
+    const std::string vars((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+    if (vars.rfind(want, 0) == 0 || vars.find('\0' + want) != std::string::npos) found = std::stoi(name);
+  }
+  return found;
+}
+
+// Waits for the children (pids[r] is rank r's process, or mpirun alone, each the leader of its own process
+// group), passing signals on. A stop signal (SIGINT, SIGTERM, SIGHUP) goes to rank 0 alone: `moe serve` then
+// stops cleanly and tells the other ranks to stop, a batch command dies of it and the job ends as failed. A child
+// that fails while the others run stops them. Ranks still running `grace` after either get SIGTERM (under mpirun:
+// mpirun, which tears the job down), and SIGKILL (their process groups) 5 s later. Returns the exit code: mpirun's
+// own, or 0 when every rank exited 0 and 1 otherwise.
 int supervise(const std::vector<pid_t>& pids, bool mpirun, const sigset_t& sigs) {
   using clock = std::chrono::steady_clock;
   constexpr auto grace = std::chrono::seconds(10);
   std::vector<std::optional<int>> status(pids.size());
-  std::optional<clock::time_point> kill_at;
+  const clock::time_point never = clock::time_point::max();
+  clock::time_point term_at = never, kill_at = never;  // when to escalate (never: not due)
   bool failed = false;
   size_t live = pids.size();
-  auto signal_live = [&](int sig) {
+  auto signal_live = [&](int sig, bool groups) {
     for (size_t r = 0; r < pids.size(); ++r)
-      if (!status[r]) kill(pids[r], sig);
+      if (!status[r]) kill(groups ? -pids[r] : pids[r], sig);
   };
   while (live > 0) {
     timespec tick{0, 200'000'000};
     siginfo_t info;
     const int sig = sigtimedwait(&sigs, &info, &tick);
-    if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
-      signal_live(sig);
-      if (!kill_at) kill_at = clock::now() + grace;
+    if ((sig == SIGINT || sig == SIGTERM || sig == SIGHUP) && !status[0]) {
+      const pid_t rank0 = mpirun ? mpi_rank0(pids[0]) : pids[0];
+      kill(rank0 > 0 ? rank0 : pids[0], sig);
+      if (term_at == never) term_at = clock::now() + grace;
     }
     for (size_t r = 0; r < pids.size(); ++r) {
       if (status[r]) continue;
@@ -172,20 +199,21 @@ int supervise(const std::vector<pid_t>& pids, bool mpirun, const sigset_t& sigs)
       else
         std::fprintf(stderr, "moe: error: rank %zu (pid %d) %s; stopping the other ranks\n", r, int(pids[r]),
                      describe(st).c_str());
-      if (live > 0) {
-        signal_live(SIGTERM);
-        if (!kill_at) kill_at = clock::now() + grace;
-      }
+      if (live > 0) signal_live(SIGTERM, false), term_at = clock::now() + grace;
     }
-    if (kill_at && clock::now() > *kill_at && live > 0) {
-      std::fprintf(stderr, "moe: error: ranks still running %d s after being told to stop: killing them\n",
+    const auto now = clock::now();
+    if (live > 0 && now > term_at) {
+      std::fprintf(stderr, "moe: error: ranks still running %d s after being told to stop: terminating them\n",
                    int(grace.count()));
-      signal_live(SIGKILL);
-      kill_at = clock::now() + std::chrono::hours(1);
-      failed = true;
+      signal_live(SIGTERM, false);
+      term_at = never, kill_at = now + std::chrono::seconds(5), failed = true;
+    }
+    if (live > 0 && now > kill_at) {
+      signal_live(SIGKILL, true);
+      kill_at = never;
     }
   }
-  if (mpirun && status[0] && WIFEXITED(*status[0])) return WEXITSTATUS(*status[0]);
+  if (mpirun && WIFEXITED(*status[0])) return WEXITSTATUS(*status[0]);
   return failed ? 1 : 0;
 }
 
@@ -237,7 +265,9 @@ int launch_mpi(int ranks, const std::string& what) {
   auto [exe, args] = own_command();
   // One node: shared memory between the ranks (no network needed), more ranks than cores allowed (waiting ranks
   // yield), no binding (the ranks share the cores), no remote shell.
+  // Its stdin is not the terminal's (mpirun runs in a process group of its own, and no command reads stdin).
   std::vector<std::string> argv = {mpirun, "-np", std::to_string(ranks), "--oversubscribe", "--bind-to", "none",
+                                   "--stdin", "none",
                                    "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none",
                                    "--mca", "mpi_yield_when_idle", "1", "--mca", "plm_rsh_agent", "false"};
   if (geteuid() == 0) argv.push_back("--allow-run-as-root");
@@ -285,7 +315,8 @@ int launch_gpus(const LaunchArgs& a, int ranks, const std::string& what) {
     envp.push_back(nullptr);
     std::vector<std::string> argv = {exe};
     argv.insert(argv.end(), args.begin(), args.end());
-    for (std::string s : {"--rank", std::to_string(r), "--world", std::to_string(ranks), "--rendezvous", rendezvous})
+    for (const std::string& s : std::vector<std::string>{"--rank", std::to_string(r), "--world", std::to_string(ranks),
+                                                          "--rendezvous", rendezvous})
       argv.push_back(s);
     const pid_t pid = spawn(argv, false, r != 0, envp.data());
     if (pid < 0) {

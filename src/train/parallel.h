@@ -8,11 +8,11 @@
 //     the flattened replicated parameters, updates it and all-gathers the parameters;
 //   ZeRO-2 (zero = 2): as ZeRO-1 but the gradients are reduce-scattered, so each rank only receives its slice;
 //   ZeRO-3 (zero = 3): the replicated parameters too are sharded between steps. They are flattened per group (one
-//     group per layer, the MTP layer, and the globals: embeddings, head, norms, MTP projection) and rank r keeps
-//     slice r of each group's values, gradients and moments. A layer's group is all-gathered just before its
-//     forward and freed after, gathered again before its backward, and its gradient reduce-scattered into the
-//     shard as soon as that backward is done (then freed); the globals are held for the whole pass. The update
-//     runs on the shards and needs no all-gather (the next pass gathers what it uses);
+//     group per layer, the MTP layer, the embedding, the head, and the small rest: norms, MTP projection) and
+//     rank r keeps slice r of each group's values, gradients and moments. A group is all-gathered just before
+//     each use in the forward and freed after, gathered again before its backward, and its gradient
+//     reduce-scattered into the shard as soon as that backward is done (then freed); the small rest is held for
+//     the whole pass. The update runs on the shards and needs no all-gather (the next pass gathers what it uses);
 //   expert parallelism (ep): the routed experts are sharded over the ranks (train/expert_parallel.h); their
 //     gradients, moments and updates live on the owner only; non-owners drop the tensors.
 // The gradient norm for clipping is global: replicated tensors once plus every owner's experts.
@@ -99,7 +99,7 @@ class DistributedTraining : private ParamHooks {
     size_t total = 0, chunk = 0, at = 0;
   };
   void build_groups();
-  Group& group(int layer) { return groups_[size_t(layer + 1)]; }  // kGlobals (-1) is group 0
+  Group& group(int layer) { return groups_[size_t(layer + 3)]; }  // kHead (-3) is group 0
   void gather_group(const Group& G, const std::vector<float>& shard, std::vector<float> Param::*field);
   void reduce_scatter_group(const Group& G);
 
@@ -111,7 +111,7 @@ class DistributedTraining : private ParamHooks {
   std::vector<size_t> offset_;          // replicated_[i] starts at offset_[i] in the flat layout
   size_t total_ = 0, chunk_ = 0;        // flat size, and the slice per rank (total_ rounded up / N)
   std::vector<float> g_shard_, m_shard_, v_shard_;  // ZeRO: this rank's slice of the gradient and moments
-  std::vector<Group> groups_;                       // ZeRO-3: the globals, then one per layer (MTP's last)
+  std::vector<Group> groups_;                       // ZeRO-3: head, embedding, the rest, one per layer (MTP's last)
   std::vector<float> w_shard_;                      // ZeRO-3: this rank's slice of the values (every group's)
   size_t peak_bytes_ = 0;
   std::vector<std::pair<Param*, int>> expert_owner_;  // ep: every expert tensor and its owner

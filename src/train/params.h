@@ -18,12 +18,13 @@ namespace moe::train {
 struct ExpertParallel;
 class Compute;
 
-// Called around each use of a layer's parameters by the passes of train/model.h, so that ZeRO-3
-// (train/parallel.h) can gather a layer's parameters just before it runs and free them after, and reduce-scatter
-// its gradients as soon as its backward is done. `layer`: 0..L-1 the main layers, L the MTP module's layer,
-// kGlobals the tensors outside the layers (embeddings, head, norms, MTP projection), held for the whole pass.
+// Called around each use of a group of parameters by the passes of train/model.h, so that ZeRO-3
+// (train/parallel.h) can gather a group just before it is used and free it after, and reduce-scatter its
+// gradient as soon as that use's backward is done. `layer`: 0..L-1 the main layers, L the MTP module's layer;
+// kEmbed the embedding (main and MTP lookups: each use bracketed on its own), kHead the output head (likewise),
+// kGlobals the small tensors left (norms outside the layers, the MTP projection), held for the whole pass.
 struct ParamHooks {
-  static constexpr int kGlobals = -1;
+  static constexpr int kHead = -3, kEmbed = -2, kGlobals = -1;
   virtual ~ParamHooks() = default;
   virtual void before_forward(int layer) = 0;
   virtual void after_forward(int layer) = 0;    // kGlobals: at the end of a forward-only pass

@@ -2,8 +2,8 @@
 // the per-layer gathers and reduce-scatters run from the model's ParamHooks, and the count of bytes held (every
 // mode: it is what shows ZeRO-3's saving against ZeRO-2).
 //
-// Layout: group 0 the globals (every replicated tensor outside the layers), group 1 + l main layer l, then the
-// MTP layer. Group G's tensors are concatenated in the model's order into [0, total) and cut into N slices of
+// Layout: group 0 the head, 1 the embedding, 2 the globals (every other replicated tensor outside the layers),
+// group 3 + l main layer l, then the MTP layer (group(layer) = groups_[layer + 3], ParamHooks' numbering). Group G's tensors are concatenated in the model's order into [0, total) and cut into N slices of
 // `chunk` (total rounded up / N); rank r keeps slice r of the values, gradients and both moments in w/g/m/v_shard_
 // at G.at. Shapes: a gather moves chunk floats per rank into chunk * N; a reduce-scatter chunk * N doubles per
 // rank (the sum in rank order, as the communicator does it) into chunk.
@@ -35,15 +35,15 @@ std::vector<Param*> layer_tensors(const LayerParams& L) {
 
 void DistributedTraining::build_groups() {
   const size_t N = size_t(c_.size()), layers = m_.layers.size();
-  std::unordered_map<const Param*, size_t> group_of;
+  std::unordered_map<const Param*, size_t> group_of = {{m_.head, 0}, {m_.embed, 1}};
   for (size_t l = 0; l < layers; ++l)
-    for (Param* p : layer_tensors(m_.layers[l])) group_of[p] = 1 + l;
+    for (Param* p : layer_tensors(m_.layers[l])) group_of[p] = 3 + l;
   if (m_.has_mtp)
-    for (Param* p : layer_tensors(m_.mtp_layer)) group_of[p] = 1 + layers;
-  groups_.assign(layers + (m_.has_mtp ? 2 : 1), {});
+    for (Param* p : layer_tensors(m_.mtp_layer)) group_of[p] = 3 + layers;
+  groups_.assign(3 + layers + (m_.has_mtp ? 1 : 0), {});
   for (Param* p : replicated_) {
     const auto it = group_of.find(p);
-    Group& G = groups_[it == group_of.end() ? 0 : it->second];
+    Group& G = groups_[it == group_of.end() ? 2 : it->second];
     G.params.push_back(p), G.offset.push_back(G.total), G.total += p->w.size();
   }
   size_t at = 0;
@@ -91,7 +91,7 @@ void DistributedTraining::reduce_scatter_group(const Group& G) {
 void DistributedTraining::before_forward(int layer) {
   if (o_.zero == 3) {
     const Group& G = group(layer);
-    if (layer == kGlobals) {
+    if (layer == kGlobals) {  // a pass begins: the globals' values and gradients are held until it ends
       for (Param* p : replicated_) release(p->m), release(p->v);  // gather_model's copies, if any
       for (Param* p : G.params) p->g.assign(size_t(p->shape.numel()), 0.f);
     }
@@ -112,7 +112,7 @@ void DistributedTraining::after_forward(int layer) {
 void DistributedTraining::before_backward(int layer) {
   if (o_.zero == 3) {
     const Group& G = group(layer);
-    gather_group(G, w_shard_, &Param::w);
+    if (layer != kEmbed) gather_group(G, w_shard_, &Param::w);  // the embedding's backward needs no values
     for (Param* p : G.params) p->g.assign(size_t(p->shape.numel()), 0.f);
   }
   note_bytes();
