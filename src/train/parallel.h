@@ -56,6 +56,9 @@ class DistributedTraining : private ParamHooks {
   // After the local passes of a step: the parts averaged over ranks, loads summed over ranks (in place), the
   // gradients reduced (as the class comment says).
   LossParts reduce(const LossParts& local, ExpertLoads* loads);
+  // Scales what the local passes already reduce-scattered into the gradient shards (ZeRO-3; nothing otherwise):
+  // with scale_gradients(model) on the model's tensors, the 1/k of k accumulated micro-batches.
+  void scale_sharded_gradients(double s);
   int rank() const;
   // Global-norm clipping and AdamW on what this rank owns, then the all-gather of the updated parameters.
   StepStats step(const AdamW& opt, double lr, double clip_norm, int64_t step);

@@ -380,7 +380,10 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
         for (size_t e = 0; e < load.size(); ++e) sum[e] += load[e];
       }
     }
-    if (k > 1) scale_gradients(model, 1.0 / double(k));
+    if (k > 1) {
+      scale_gradients(model, 1.0 / double(k));
+      if (dist) dist->scale_sharded_gradients(1.0 / double(k));  // ZeRO-3 reduced them into its shards already
+    }
     if (dist) parts = dist->reduce(parts, &loads);
     consumed += batch * R.seq_len;
     if (!std::isfinite(parts.loss))

@@ -126,6 +126,11 @@ void DistributedTraining::after_backward(int layer) {
   for (Param* p : G.params) release(p->w), release(p->g);
 }
 
+void DistributedTraining::scale_sharded_gradients(double s) {
+  if (o_.zero != 3) return;
+  for (float& g : g_shard_) g = float(double(g) * s);
+}
+
 size_t DistributedTraining::param_bytes() const {
   size_t n = w_shard_.capacity() + g_shard_.capacity() + m_shard_.capacity() + v_shard_.capacity();
   for (const auto& p : m_.params) n += p->w.capacity() + p->g.capacity() + p->m.capacity() + p->v.capacity();
