@@ -40,6 +40,9 @@ void add_launch_options(CLI::App* cmd, LaunchArgs& a) {
   cmd->add_option("--rank", a.rank, "a GPU rank started by the launcher: its rank")->group("");
   cmd->add_option("--world", a.world, "a GPU rank started by the launcher: the number of ranks")->group("");
   cmd->add_option("--rendezvous", a.rendezvous, "a GPU rank started by the launcher: host:port of rank 0")->group("");
+  cmd->add_option("--mpirun", a.mpirun,
+                  "Started by hand with N > 1 ranks on CPUs: the Open MPI mpirun that starts them (default: mpirun on "
+                  "PATH, else next to the MPI library)");
   cmd->add_option("--visible-gpus", a.visible_gpus, "the GPUs the launcher hands out")
       ->envname("CUDA_VISIBLE_DEVICES")->group("");
 }
@@ -254,11 +257,14 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
-int launch_mpi(int ranks, const std::string& what) {
+int launch_mpi(const LaunchArgs& a, int ranks, const std::string& what) {
   if (!dist::have_mpi())
     fail("{} runs MPI ranks, and this build has none (install libopenmpi-dev and openmpi-bin, then rebuild)", what);
+  if (!a.mpirun.empty() && !executable(a.mpirun))
+    fail("{}: --mpirun {} is not an executable file (Open MPI's mpirun comes with the Debian package openmpi-bin)",
+         what, a.mpirun);
   bool on_path = false;
-  const std::string mpirun = find_mpirun(on_path);
+  const std::string mpirun = a.mpirun.empty() ? find_mpirun(on_path) : a.mpirun;
   if (mpirun.empty())
     fail("{} starts {} MPI ranks with Open MPI's mpirun, which was not found on PATH or next to the MPI library "
          "(install the Debian package openmpi-bin)", what, ranks);
@@ -337,7 +343,7 @@ int launch_gpus(const LaunchArgs& a, int ranks, const std::string& what) {
 
 void launch_if_needed(const LaunchArgs& a, int ranks, bool gpu, const std::string& what) {
   if (ranks <= 1 || a.is_rank()) return;
-  throw JobDone{gpu ? launch_gpus(a, ranks, what) : launch_mpi(ranks, what)};
+  throw JobDone{gpu ? launch_gpus(a, ranks, what) : launch_mpi(a, ranks, what)};
 }
 
 }  // namespace moe::cli

@@ -2,8 +2,8 @@
 // The one-command launcher (docs/distributed.md "Launching"): `moe logits/generate/serve --ep N` and
 // `moe train/train-steps --dp N` started by hand, not under mpirun, start their own N ranks on this node and
 // wait for them; the process that was started becomes the launcher and runs no model itself.
-//   CPU ranks: the same command re-executed under Open MPI's `mpirun -np N` (from PATH, next to the MPI library,
-//     or the one CMake found), shared memory only, oversubscription allowed; the ranks are MPI ranks as if the
+//   CPU ranks: the same command re-executed under Open MPI's `mpirun -np N` (--mpirun, or from PATH, next to
+//     the MPI library, or the one CMake found), shared memory only, oversubscription allowed; the ranks are MPI ranks as if the
 //     user had typed the mpirun line, and mpirun names a rank that dies and stops the others.
 //   GPU ranks (`--device cuda`, inference): N processes of the same command, each with one GPU
 //     (CUDA_VISIBLE_DEVICES narrowed to its own) and hidden --rank/--world/--rendezvous, which bootstrap NCCL
@@ -25,6 +25,7 @@ struct LaunchArgs {
   int32_t rank = -1, world = 0;
   std::string rendezvous;
   std::string visible_gpus;  // CUDA_VISIBLE_DEVICES (through CLI11), the GPUs the launcher hands out
+  std::string mpirun;        // --mpirun: the mpirun to use (empty: found as above)
   bool is_rank() const { return ompi_world > 0 || pmi_world > 0 || rank >= 0; }
 };
 void add_launch_options(CLI::App* cmd, LaunchArgs& args);

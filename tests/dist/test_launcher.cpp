@@ -2,7 +2,8 @@
 // logits of `mpirun -np 2 moe logits --ep 2` and of one process (bit for bit: the same ranks, the same sums);
 // `moe serve --ep 2` by hand answers a request like one process and stops cleanly on SIGTERM; rank 1 killed
 // mid-run stops the job within seconds with an error naming the rank; `--device cuda --ep 2` in a build without
-// NCCL says so; and the launcher's two parsers' errors. (`moe train/train-steps --dp 2` by hand: test_dist_cli.)
+// NCCL says so; a missing mpirun names its package; and the launcher's two parsers' errors. (`moe train` and
+// `moe train-steps --dp 2` by hand: test_dist_cli.)
 #include <gtest/gtest.h>
 
 #include <dirent.h>
@@ -207,6 +208,14 @@ TEST(Launcher, KilledRankStopsTheJobNamingIt) {
   EXPECT_EQ(find_rank("launcher-kill", 0), -1) << "rank 0 was stopped too";
   EXPECT_LT(seconds, 15.0);
   std::printf("rank 1 killed: the job ended %.2f s later\n", seconds);
+}
+
+TEST(Launcher, MissingMpirunNamesThePackage) {
+  const auto r = test::run_moe("logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 "
+                               "--mpirun /nonexistent/bin/mpirun");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--mpirun /nonexistent/bin/mpirun is not an executable file"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("openmpi-bin"), std::string::npos) << r.out;
 }
 
 TEST(Launcher, CudaRanksNeedNccl) {
