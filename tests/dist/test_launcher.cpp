@@ -1,5 +1,6 @@
 // The one-command launcher (src/cli/launcher.h) on CPU ranks: `moe logits --ep 2` started by hand gives the
-// logits of `mpirun -np 2 moe logits --ep 2` and of one process (bit for bit: the same ranks, the same sums);
+// logits of `mpirun -np 2 moe logits --ep 2` and of one process (bit for bit: the same ranks, the same sums),
+// `moe generate --ep 2` the same printed tokens;
 // `moe serve --ep 2` by hand answers a request like one process and stops cleanly on SIGTERM; rank 1 killed
 // mid-run stops the job within seconds with an error naming the rank; `--device cuda --ep 2` in a build without
 // NCCL says so; a missing mpirun names its package; and the launcher's two parsers' errors. (`moe train` and
@@ -52,7 +53,7 @@ test::MoeResult run_mpi(int np, const std::string& args) {
   return r;
 }
 
-TEST(Launcher, LogitsByHandMatchMpirunAndOneProcess) {
+TEST(Launcher, LogitsAndGenerateByHandMatchMpirunAndOneProcess) {
   const std::string dir = test::temp_path("launcher-logits");
   std::filesystem::create_directories(dir);
   const std::string common = "logits --model " + test::kTinyModel + " --tokens 5,17,300,42,9,1000,3 --threads 1";
@@ -69,6 +70,13 @@ TEST(Launcher, LogitsByHandMatchMpirunAndOneProcess) {
   EXPECT_EQ(read_logits(dir + "/mpirun.safetensors"), one);
   EXPECT_EQ(read_logits(dir + "/hand.safetensors"), one);
   std::printf("moe logits --ep 2 by hand: %.2f s\n", seconds);
+  // generate: only rank 0's stdout comes through, the same greedy tokens.
+  const std::string gen = "generate --model " + test::kTinyModel + " --tokens 5,17,300 --max-new-tokens 6 --threads 1";
+  const auto g1 = test::run_moe(gen, /*with_stderr=*/false), g2 = test::run_moe(gen + " --ep 2", false);
+  ASSERT_EQ(g1.code, 0);
+  ASSERT_EQ(g2.code, 0);
+  EXPECT_FALSE(g1.out.empty());
+  EXPECT_EQ(g2.out, g1.out);
   std::filesystem::remove_all(dir);
 }
 
