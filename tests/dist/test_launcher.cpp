@@ -1,10 +1,10 @@
 // The one-command launcher (src/cli/launcher.h) on CPU ranks: `moe logits --ep 2` started by hand gives the
-// logits of `mpirun -np 2 moe logits --ep 2` and of one process (bit for bit: the same ranks, the same sums),
-// `moe generate --ep 2` the same printed tokens;
-// `moe serve --ep 2` by hand answers a request like one process and stops cleanly on SIGTERM; rank 1 killed
-// mid-run stops the job within seconds with an error naming the rank; `--device cuda --ep 2` in a build without
-// NCCL says so; a missing mpirun names its package; and the launcher's two parsers' errors. (`moe train` and
-// `moe train-steps --dp 2` by hand: test_dist_cli.)
+// logits of `mpirun -np 2 moe logits --ep 2` and of one process (bit for bit: the same ranks, the same sums) and
+// `moe generate --ep 2` the same printed tokens; `moe serve --ep 2` by hand answers a request like one process
+// and stops cleanly on SIGTERM and on SIGINT (every rank gone); rank 1 killed mid-run stops the job within
+// seconds with an error naming the rank; `--device cuda --ep 2` in a build without NCCL says so; a missing mpirun
+// names its package; and the launcher's two parsers' errors. (`moe train` and `moe train-steps --dp 2` by hand:
+// test_dist_cli.)
 #include <gtest/gtest.h>
 
 #include <dirent.h>
@@ -163,7 +163,7 @@ pid_t find_rank(const std::string& marker, int rank) {
       return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
     };
     const std::string cmd = slurp("cmdline");
-    if (cmd.find(marker) == std::string::npos || cmd.find("serve") == std::string::npos) continue;
+    if (cmd.find(marker) == std::string::npos) continue;
     const std::string env = slurp("environ");
     if (env.find(want + '\0') != std::string::npos) found = std::stoi(name);
   }
@@ -197,6 +197,20 @@ TEST(Launcher, ServeByHandAnswersAndStopsOnSigterm) {
   EXPECT_EQ(find_rank("launcher-sigterm", 0), -1);
   EXPECT_EQ(find_rank("launcher-sigterm", 1), -1);
   std::printf("serve --ep 2 by hand stopped %.2f s after SIGTERM\n", seconds);
+}
+
+// Ctrl-C at a terminal: the launcher alone gets SIGINT (its ranks run in their own process group) and passes it
+// to rank 0, which stops serving and tells rank 1 to stop: the job ends with status 0 and no rank left.
+TEST(Launcher, SigintStopsEveryRank) {
+  Background job(serve_args("launcher-sigint"));
+  ASSERT_NE(job.wait_ready(), 0) << job.log();
+  ASSERT_GT(find_rank("launcher-sigint", 1), 0);
+  kill(job.pid(), SIGINT);
+  const auto status = job.wait(20);
+  ASSERT_TRUE(status) << "the job did not stop within 20 s of SIGINT\n" << job.log();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << "status " << *status << "\n" << job.log();
+  EXPECT_EQ(find_rank("launcher-sigint", 0), -1);
+  EXPECT_EQ(find_rank("launcher-sigint", 1), -1);
 }
 
 TEST(Launcher, KilledRankStopsTheJobNamingIt) {
