@@ -9,9 +9,13 @@ namespace moe::cli {
 
 void add_ep_options(CLI::App* cmd, EpArgs& args, bool serve) {
   cmd->add_option("--ep", args.ep,
-                  "Expert parallelism over N ranks: launch with `mpirun -np N moe ... --ep N` (routed experts spread "
-                  "over the ranks; rank 0 writes the results)")
+                  "Expert parallelism over N ranks (routed experts spread over them; rank 0 writes the results): "
+                  "started by hand the command starts its N ranks on this node (mpirun, or one per GPU with "
+                  "--device cuda); on several nodes launch `mpirun -np N moe ... --ep N`")
       ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--gpus", args.gpus, "With --device cuda: one rank per GPU on this node, N GPUs (sets --ep N)")
+      ->check(CLI::Range(1, 1 << 10));
+  add_launch_options(cmd, args.launch);
   cmd->add_option("--redundant-experts", args.redundant_experts,
                   "With --ep: spare expert slots in all, holding copies of the hottest experts (EPLB); experts plus "
                   "this must be a multiple of --ep")
@@ -55,7 +59,14 @@ std::unique_ptr<DeepseekV3> open_model(const std::string& model, const RandomWei
   return std::make_unique<DeepseekV3>(std::move(source), std::move(config), backend, o);
 }
 
-EpRuntime open_ep(const EpArgs& args, const ModelConfig& config, bool count_load) {
+EpRuntime open_ep(const EpArgs& args_in, const ModelConfig& config, const std::string& device, bool count_load) {
+  EpArgs args = args_in;
+  const bool gpu = device.rfind("cuda", 0) == 0;
+  if (args.gpus > 0) {
+    if (!gpu) fail("--gpus {} needs --device cuda (one rank per GPU)", args.gpus);
+    if (args.ep > 1 && args.ep != args.gpus) fail("--gpus {} and --ep {} disagree: one rank per GPU", args.gpus, args.ep);
+    args.ep = args.gpus;
+  }
   EpRuntime rt;
   std::vector<bool> moe_layers;
   for (int64_t i = 0; i <= config.num_hidden_layers; ++i)
@@ -68,9 +79,18 @@ EpRuntime open_ep(const EpArgs& args, const ModelConfig& config, bool count_load
     return rt;
   }
   if (config.n_routed_experts == 0) fail("--ep {}: this model has no routed experts to spread", args.ep);
-  if (!dist::have_mpi())
-    fail("--ep {} needs MPI, and this build has none (install libopenmpi-dev and openmpi-bin, then rebuild)", args.ep);
-  rt.comm = dist::make_mpi_communicator();
+  launch_if_needed(args.launch, args.ep, gpu, fmt::format("--ep {}", args.ep));  // by hand: the ranks run, we end
+  if (args.launch.rank >= 0) {  // a GPU rank of the launcher: NCCL through its rendezvous, on our one GPU
+    dist::NcclOptions o;
+    parse_rendezvous(args.launch.rendezvous, o.host, o.port);
+    o.rank = args.launch.rank, o.size = args.launch.world, o.device = 0;
+    rt.comm = dist::make_nccl_communicator(o);
+  } else {
+    if (!dist::have_mpi())
+      fail("--ep {} needs MPI, and this build has none (install libopenmpi-dev and openmpi-bin, then rebuild)",
+           args.ep);
+    rt.comm = dist::make_mpi_communicator();
+  }
   if (rt.comm->size() != args.ep)
     fail("--ep {} needs {} ranks but this job has {}: launch it as `mpirun -np {} moe ... --ep {}`", args.ep, args.ep,
          rt.comm->size(), args.ep, args.ep);

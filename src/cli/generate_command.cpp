@@ -46,7 +46,7 @@ void run_generate(const GenerateArgs& a) {
   // --ep: every rank runs the same steps (same logits, same seeded sampling); only rank 0's stdout is kept.
   if (a.ep.dp_attention)
     fail("--dp-attention spreads sequences over the ranks and generate runs one: use it with logits or serve");
-  const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random));
+  const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random), a.backend.device);
   auto backend = open_backend(a.backend);
   ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
   DeepseekV3::Options options{.load_mtp = a.speculative, .progress = ep.root() ? bar.fn() : ProgressFn{}};

@@ -82,7 +82,7 @@ void run_logits(const std::string& model_dir, const BackendArgs& device, const s
   const std::vector<std::vector<int32_t>> seqs = parse_sequences(tokens_text);
   if (mtp && (seqs.size() > 1 || ep_args.dp_attention))
     fail("--mtp writes the MTP logits of one sequence without --dp-attention");
-  const EpRuntime ep = open_ep(ep_args, model_config(model_dir, random));
+  const EpRuntime ep = open_ep(ep_args, model_config(model_dir, random), device.device);
   auto backend = open_backend(device);
   ProgressBar bar = ProgressBar::on_stderr("loading " + model_dir);
   DeepseekV3::Options options{.load_mtp = mtp, .progress = ep.root() ? bar.fn() : ProgressFn{}};

@@ -82,7 +82,8 @@ void run_serve(const ServeArgs& a) {
   sopt.max_context = a.max_context;
   sopt.prefix_cache = a.prefix_cache;
   sopt.device_sampling = a.device_sampling;
-  const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), /*count_load=*/a.backend.device == "cpu");
+  const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), a.backend.device,
+                               /*count_load=*/a.backend.device == "cpu");
   if (a.ep.dp_attention) {
     // Each rank its sequences, in its part of the pages (the cache rounded up to whole parts); the prefix cache
     // would share pages across sequences, hence across ranks: off.

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "cli/launcher.h"
 #include "cli/train_device.h"
 #include "core/error.h"
 #include "dist/communicator.h"
@@ -25,21 +26,27 @@ namespace {
 struct ParallelFlags {
   int dp = 1;
   train::ParallelOptions options;
+  LaunchArgs launch;  // started by hand: the command launches its ranks under mpirun (cli/launcher.h)
 };
 
 void add_parallel_flags(CLI::App* cmd, ParallelFlags& f) {
-  cmd->add_option("--dp", f.dp, "data-parallel ranks: run under mpirun -np N with --dp N (1)")
+  cmd->add_option("--dp", f.dp, "data-parallel ranks: started by hand the command starts its N MPI ranks on this "
+                  "node; on several nodes launch `mpirun -np N moe ... --dp N` (1)")
       ->check(CLI::PositiveNumber);
+  add_launch_options(cmd, f.launch);
   cmd->add_flag("--ep", f.options.ep, "expert parallelism: the routed experts sharded over the --dp ranks");
   cmd->add_option("--zero", f.options.zero,
                   "0: plain data parallelism; 1: AdamW moments and update sharded over the ranks; 2: and the "
-                  "gradients reduce-scattered (0)")
-      ->check(CLI::Range(0, 2));
+                  "gradients reduce-scattered; 3: and the parameters sharded between steps, gathered per layer "
+                  "(0)")
+      ->check(CLI::Range(0, 3));
 }
 
 // Null for one process; the MPI job's communicator for --dp N, which must be the number of ranks mpirun started.
+// Started by hand (not under mpirun), the process launches the N ranks instead and ends with their status.
 std::unique_ptr<dist::Communicator> job_communicator(const ParallelFlags& f, const char* command) {
   if (f.dp <= 1) return nullptr;
+  launch_if_needed(f.launch, f.dp, false, fmt::format("{} --dp {}", command, f.dp));
   std::unique_ptr<dist::Communicator> c = dist::make_mpi_communicator();
   MOE_CHECK(c->size() == f.dp, "{}: --dp {} runs as {} MPI ranks, but this job has {}: launch it with mpirun -np {} "
             "(docs/distributed.md)", command, f.dp, f.dp, c->size(), f.dp);
@@ -48,10 +55,10 @@ std::unique_ptr<dist::Communicator> job_communicator(const ParallelFlags& f, con
 
 void run_train_steps_command(const std::string& model_dir, const std::string& spec_path, const std::string& out_path,
                              const ParallelFlags& flags) {
+  const std::unique_ptr<dist::Communicator> comm = job_communicator(flags, "train-steps");  // first: may launch
   const train::TrainSpec spec = train::TrainSpec::load(spec_path);
   train::TrainModel model = train::TrainModel::load(model_dir);
   spec.check_model(model_dir, model.config);
-  const std::unique_ptr<dist::Communicator> comm = job_communicator(flags, "train-steps");
   std::optional<train::DistributedTraining> dist;
   if (comm) dist.emplace(model, *comm, flags.options);
   const bool speaker = !comm || comm->rank() == 0;

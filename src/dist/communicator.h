@@ -89,6 +89,9 @@ class SingleCommunicator final : public Communicator {
 // Whether this build has MPI (CMake found it) and NCCL (a CUDA build with libnccl).
 bool have_mpi();
 bool have_nccl();
+// The MPI library this build links (its file, found from one of its symbols), for locating the mpirun of the
+// same installation; empty without MPI.
+std::string mpi_library_path();
 
 // MPI_COMM_WORLD's ranks (a duplicate of it). Initialises MPI on first use in the process and finalises it when
 // the communicator that initialised it is destroyed. Throws moe::Error when the build has no MPI.

@@ -5,6 +5,7 @@
 #include "core/error.h"
 
 #ifdef MOE_HAVE_MPI
+#include <dlfcn.h>
 #include <mpi.h>
 
 #include <climits>
@@ -172,6 +173,11 @@ class MpiCommunicator final : public Communicator {
 }  // namespace
 
 bool have_mpi() { return true; }
+std::string mpi_library_path() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&MPI_Init), &info) == 0 || !info.dli_fname) return {};
+  return info.dli_fname;
+}
 std::unique_ptr<Communicator> make_mpi_communicator() { return std::make_unique<MpiCommunicator>(); }
 
 }  // namespace moe::dist
@@ -180,6 +186,7 @@ std::unique_ptr<Communicator> make_mpi_communicator() { return std::make_unique<
 
 namespace moe::dist {
 bool have_mpi() { return false; }
+std::string mpi_library_path() { return {}; }
 std::unique_ptr<Communicator> make_mpi_communicator() {
   fail("dist: this build has no MPI (install libopenmpi-dev and openmpi-bin: scripts/install-deps.sh, and rebuild)");
 }

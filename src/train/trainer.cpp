@@ -354,7 +354,10 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   int64_t consumed = batches.tokens_after(start_step);  // training tokens before this run's first step
   for (int64_t step = start_step + 1; step <= end; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    if (step == run.fault_nan_step) model.final_norm->w[0] = std::numeric_limits<float>::quiet_NaN();
+    if (step == run.fault_nan_step) {
+      MOE_CHECK(!model.final_norm->w.empty(), "train: --fault-nan-step needs the weights in place (not --zero 3)");
+      model.final_norm->w[0] = std::numeric_limits<float>::quiet_NaN();
+    }
     // One optimiser step over `batch` sequences: k micro-batches, each forward_backward adding the gradient of
     // its mean loss; the sum / k is the whole batch's gradient (the micro-batches are equal, and the balance
     // loss is a mean over sequences). Loads are counts: they add up.
@@ -377,7 +380,10 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
         for (size_t e = 0; e < load.size(); ++e) sum[e] += load[e];
       }
     }
-    if (k > 1) scale_gradients(model, 1.0 / double(k));
+    if (k > 1) {
+      scale_gradients(model, 1.0 / double(k));
+      if (dist) dist->scale_sharded_gradients(1.0 / double(k));  // ZeRO-3 reduced them into its shards already
+    }
     if (dist) parts = dist->reduce(parts, &loads);
     consumed += batch * R.seq_len;
     if (!std::isfinite(parts.loss))

@@ -297,7 +297,8 @@ TEST(EpServe, AnswersLikeOneRank) {
 }
 
 TEST(EpCliErrors, WrongLaunch) {
-  auto r = test::run_moe("logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2");
+  // (By hand, without mpirun, `--ep 2` launches its ranks: tests/dist/test_launcher.cpp.)
+  auto r = run_mpi(1, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("launch it as `mpirun -np 2"), std::string::npos) << r.out;
   r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --redundant-experts 1");
