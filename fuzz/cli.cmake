@@ -8,3 +8,7 @@ if(MOE_BUILD_TESTS)
   add_test(NAME fuzz_conversation_smoke
            COMMAND sh -c "mkdir -p ${MOE_CONVERSATION_CORPUS} && cp ${PROJECT_SOURCE_DIR}/fuzz/corpus/conversation/* ${MOE_CONVERSATION_CORPUS}/ && exec $<TARGET_FILE:fuzz_conversation> -max_total_time=10 -max_len=4096 ${MOE_CONVERSATION_CORPUS}")
 endif()
+# The launcher's --rendezvous and CUDA_VISIBLE_DEVICES parsers (src/cli/launcher.cpp, built into the target).
+moe_add_fuzzer(fuzz_launch_args ${CMAKE_CURRENT_SOURCE_DIR}/fuzz_launch_args.cpp moe_dist moe_core CLI11::CLI11 fmt::fmt)
+target_sources(fuzz_launch_args PRIVATE ${PROJECT_SOURCE_DIR}/src/cli/launcher.cpp)
+target_include_directories(fuzz_launch_args PRIVATE ${PROJECT_SOURCE_DIR}/src)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what moe.cpp needs to build and test on Debian 12 (bookworm). Run as root (or with sudo).
+# (xz-utils: the default model's data bundle, scripts/train/build_corpus.sh, and its rehearsal test.)
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
@@ -9,7 +10,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config git ca-certificates \
   libgtest-dev libgmock-dev libbenchmark-dev \
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libcpp-httplib-dev libsqlite3-dev sqlite3 libssl-dev libedit-dev \
-  clang libclang-rt-14-dev python3 libicu-dev \
+  clang libclang-rt-14-dev python3 libicu-dev xz-utils \
   libopenmpi-dev openmpi-bin \
   nodejs chromium fonts-dejavu-core
 # npm: Debian's package, unless the installed Node.js already brings its own (NodeSource builds do, and

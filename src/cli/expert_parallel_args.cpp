@@ -9,13 +9,26 @@ namespace moe::cli {
 
 void add_ep_options(CLI::App* cmd, EpArgs& args, bool serve) {
   cmd->add_option("--ep", args.ep,
-                  "Expert parallelism over N ranks: launch with `mpirun -np N moe ... --ep N` (routed experts spread "
-                  "over the ranks; rank 0 writes the results)")
+                  "Expert parallelism over N ranks (routed experts spread over them; rank 0 writes the results): "
+                  "started by hand the command starts its N ranks on this node (mpirun, or one per GPU with "
+                  "--device cuda); on several nodes launch `mpirun -np N moe ... --ep N`")
       ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--gpus", args.gpus, "With --device cuda: one rank per GPU on this node, N GPUs (sets --ep N)")
+      ->check(CLI::Range(1, 1 << 10));
+  add_launch_options(cmd, args.launch);
   cmd->add_option("--redundant-experts", args.redundant_experts,
                   "With --ep: spare expert slots in all, holding copies of the hottest experts (EPLB); experts plus "
                   "this must be a multiple of --ep")
       ->check(CLI::Range(0, 1 << 20));
+  cmd->add_flag("--dp-attention", args.dp_attention,
+                "With --ep: data-parallel attention: each rank runs its own sequences (their latent cache only there) "
+                "and only the MoE layers' tokens travel between ranks");
+  cmd->add_flag("--two-micro-batch", args.tbo,
+                "With --ep: two-micro-batch overlap: each MoE layer's tokens of a rank in two halves, one half's "
+                "all-to-all in flight while the other's experts compute (same outputs)");
+  cmd->add_option_function<std::string>(
+         "--tbo", [&args](const std::string& v) { args.tbo = v == "on"; }, "With --ep: on|off, as --two-micro-batch")
+      ->check(CLI::IsMember({"on", "off"}));
   if (serve)
     cmd->add_option("--eplb-interval", args.eplb_interval,
                     "With --ep: recompute the expert placement from the observed load every N steps (0: never)")
@@ -46,26 +59,45 @@ std::unique_ptr<DeepseekV3> open_model(const std::string& model, const RandomWei
   return std::make_unique<DeepseekV3>(std::move(source), std::move(config), backend, o);
 }
 
-EpRuntime open_ep(const EpArgs& args, const ModelConfig& config, bool count_load) {
+EpRuntime open_ep(const EpArgs& args_in, const ModelConfig& config, const std::string& device, bool count_load) {
+  EpArgs args = args_in;
+  const bool gpu = device.rfind("cuda", 0) == 0;
+  if (args.gpus > 0) {
+    if (!gpu) fail("--gpus {} needs --device cuda (one rank per GPU)", args.gpus);
+    if (args.ep > 1 && args.ep != args.gpus) fail("--gpus {} and --ep {} disagree: one rank per GPU", args.gpus, args.ep);
+    args.ep = args.gpus;
+  }
   EpRuntime rt;
   std::vector<bool> moe_layers;
   for (int64_t i = 0; i <= config.num_hidden_layers; ++i)
     moe_layers.push_back(config.n_routed_experts > 0 && (i == config.num_hidden_layers || config.is_moe_layer(i)));
   if (count_load || args.ep > 1) rt.load = std::make_unique<ExpertLoadCounter>(moe_layers, int32_t(config.n_routed_experts));
   if (args.ep == 1) {
-    if (args.redundant_experts > 0 || args.eplb_interval > 0)
-      fail("--redundant-experts and --eplb-interval need --ep N with N > 1 (expert parallelism)");
+    if (args.redundant_experts > 0 || args.eplb_interval > 0 || args.dp_attention || args.tbo)
+      fail("--redundant-experts, --eplb-interval, --dp-attention and --tbo on need --ep N with N > 1 (expert "
+           "parallelism)");
     return rt;
   }
   if (config.n_routed_experts == 0) fail("--ep {}: this model has no routed experts to spread", args.ep);
-  if (!dist::have_mpi())
-    fail("--ep {} needs MPI, and this build has none (install libopenmpi-dev and openmpi-bin, then rebuild)", args.ep);
-  rt.comm = dist::make_mpi_communicator();
+  launch_if_needed(args.launch, args.ep, gpu, fmt::format("--ep {}", args.ep));  // by hand: the ranks run, we end
+  if (args.launch.rank >= 0) {  // a GPU rank of the launcher: NCCL through its rendezvous, on our one GPU
+    dist::NcclOptions o;
+    parse_rendezvous(args.launch.rendezvous, o.host, o.port);
+    o.rank = args.launch.rank, o.size = args.launch.world, o.device = 0;
+    rt.comm = dist::make_nccl_communicator(o);
+  } else {
+    if (!dist::have_mpi())
+      fail("--ep {} needs MPI, and this build has none (install libopenmpi-dev and openmpi-bin, then rebuild)",
+           args.ep);
+    rt.comm = dist::make_mpi_communicator();
+  }
   if (rt.comm->size() != args.ep)
     fail("--ep {} needs {} ranks but this job has {}: launch it as `mpirun -np {} moe ... --ep {}`", args.ep, args.ep,
          rt.comm->size(), args.ep, args.ep);
   rt.ep = std::make_unique<ExpertParallel>(
-      *rt.comm, ExpertPlacement::initial(moe_layers, int32_t(config.n_routed_experts), args.ep, args.redundant_experts));
+      *rt.comm, ExpertPlacement::initial(moe_layers, int32_t(config.n_routed_experts), args.ep, args.redundant_experts),
+      args.dp_attention ? ExpertParallel::Mode::data_parallel : ExpertParallel::Mode::replicated);
+  rt.ep->set_two_micro_batch(args.tbo);
   if (rt.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("rank {}: cannot silence stdout", rt.rank());
   return rt;
 }

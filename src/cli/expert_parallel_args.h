@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "cli/launcher.h"
 #include "dist/communicator.h"
 #include "model/deepseek_v3.h"
 
@@ -16,6 +17,10 @@ struct EpArgs {
   int32_t ep = 1;                 // --ep: ranks the routed experts are spread over (= mpirun -np)
   int32_t redundant_experts = 0;  // --redundant-experts: spare slots in all (E + this must divide by --ep)
   int64_t eplb_interval = 0;      // --eplb-interval (serve): rebalance every this many steps, 0 never
+  bool dp_attention = false;      // --dp-attention: each rank its own sequences (engine/dp_attention.h)
+  bool tbo = false;               // --two-micro-batch / --tbo on|off: ExpertParallel::set_two_micro_batch
+  int32_t gpus = 0;               // --gpus N: with --device cuda, one rank per GPU (= --ep N)
+  LaunchArgs launch;              // started by hand: the command launches its ranks (cli/launcher.h)
 };
 void add_ep_options(CLI::App* cmd, EpArgs& args, bool serve = false);
 
@@ -43,8 +48,11 @@ ModelConfig model_config(const std::string& model, const RandomWeightsArgs& rand
 std::unique_ptr<DeepseekV3> open_model(const std::string& model, const RandomWeightsArgs& random, Backend& backend,
                                        const DeepseekV3::Options& options);
 
-// Starts MPI when --ep > 1 and checks that the job has --ep ranks; on ranks other than 0 stdout goes to /dev/null
-// (rank 0 prints the results). `count_load`: count tokens per expert even with --ep 1.
-EpRuntime open_ep(const EpArgs& args, const ModelConfig& config, bool count_load = false);
+// With --ep N > 1: in a process started by hand, launches the job's N ranks and throws JobDone when they are done
+// (cli/launcher.h); in a rank, starts MPI (or NCCL, a GPU rank of the launcher) and checks that the job has N
+// ranks; on ranks other than 0 stdout goes to /dev/null (rank 0 prints the results). `device`: --device (cuda
+// ranks are launched one per GPU). `count_load`: count tokens per expert even with --ep 1.
+EpRuntime open_ep(const EpArgs& args, const ModelConfig& config, const std::string& device = "cpu",
+                  bool count_load = false);
 
 }  // namespace moe::cli

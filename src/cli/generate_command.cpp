@@ -6,6 +6,7 @@
 
 #include "backend/backend.h"
 #include "cli/commands.h"
+#include "cli/default_model.h"
 #include "cli/common.h"
 #include "cli/expert_parallel_args.h"
 #include "cli/progress_bar.h"
@@ -43,7 +44,9 @@ void run_generate(const GenerateArgs& a) {
     prompt = parse_token_list(a.tokens);
   }
   // --ep: every rank runs the same steps (same logits, same seeded sampling); only rank 0's stdout is kept.
-  const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random));
+  if (a.ep.dp_attention)
+    fail("--dp-attention spreads sequences over the ranks and generate runs one: use it with logits or serve");
+  const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random), a.backend.device);
   auto backend = open_backend(a.backend);
   ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
   DeepseekV3::Options options{.load_mtp = a.speculative, .progress = ep.root() ? bar.fn() : ProgressFn{}};
@@ -94,7 +97,7 @@ void run_generate(const GenerateArgs& a) {
 void register_generate_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Continue a prompt (greedy unless sampling flags are given)");
   auto a = std::make_shared<GenerateArgs>();
-  cmd->add_option("--model", a->model, "Checkpoint directory")->required();
+  cmd->add_option("--model", a->model, "Checkpoint directory (default: models/moe-tiny)");
   auto* tokens = cmd->add_option("--tokens", a->tokens, "Prompt as comma-separated token ids; prints ids");
   auto* prompt = cmd->add_option("--prompt", a->prompt, "Prompt as text; prints the decoded continuation");
   tokens->excludes(prompt);
@@ -109,6 +112,7 @@ void register_generate_command(CLI::App& app) {
   cmd->add_option("--seed", a->seed, "Random seed for reproducible sampling")->each([a](const std::string&) { a->has_seed = true; });
   cmd->callback([a, tokens, prompt] {
     if (tokens->count() == 0 && prompt->count() == 0) fail("generate needs --tokens or --prompt");
+    a->model = resolve_model(a->model);
     run_generate(*a);
   });
 }

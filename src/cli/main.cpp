@@ -3,6 +3,7 @@
 #include <exception>
 
 #include "cli/commands.h"
+#include "cli/launcher.h"
 #include "core/error.h"
 
 int main(int argc, char** argv) {
@@ -18,6 +19,8 @@ int main(int argc, char** argv) {
   moe::cli::register_train_commands(app);
   try {
     app.parse(argc, argv);
+  } catch (const moe::cli::JobDone& done) {  // this process launched the job's ranks (cli/launcher.h)
+    return done.code;
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const moe::Error& e) {

@@ -1,6 +1,8 @@
 // Model commands: info, logits, generate, create-random, bench (bench in bench_command.cpp).
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <sstream>
 
@@ -10,6 +12,7 @@
 #include "cli/expert_parallel_args.h"
 #include "cli/progress_bar.h"
 #include "core/error.h"
+#include "engine/dp_attention.h"
 #include "engine/generator.h"
 #include "io/safetensors.h"
 #include "model/deepseek_v3.h"
@@ -59,10 +62,27 @@ void run_info(const std::string& model_dir) {
                c.num_hidden_layers * c.indexer->head_dim * 4);
 }
 
+// --tokens: one sequence "3,17,42", or several separated by ';' ("3,17;42,5,9"), run as one batch.
+std::vector<std::vector<int32_t>> parse_sequences(const std::string& text) {
+  std::vector<std::vector<int32_t>> out;
+  size_t pos = 0;
+  for (;;) {
+    const size_t semi = text.find(';', pos);
+    const std::string item = text.substr(pos, semi == std::string::npos ? std::string::npos : semi - pos);
+    if (item.empty()) fail("--tokens: sequence {} is empty (sequences are separated by ';')", out.size() + 1);
+    out.push_back(parse_token_list(item));
+    if (semi == std::string::npos) return out;
+    pos = semi + 1;
+  }
+}
+
 void run_logits(const std::string& model_dir, const BackendArgs& device, const std::string& tokens_text,
-                const std::string& out_path, bool mtp, const EpArgs& ep_args, const RandomWeightsArgs& random) {
-  const std::vector<int32_t> tokens = parse_token_list(tokens_text);
-  const EpRuntime ep = open_ep(ep_args, model_config(model_dir, random));
+                const std::string& out_path, bool mtp, const EpArgs& ep_args, const RandomWeightsArgs& random,
+                int32_t repeat) {
+  const std::vector<std::vector<int32_t>> seqs = parse_sequences(tokens_text);
+  if (mtp && (seqs.size() > 1 || ep_args.dp_attention))
+    fail("--mtp writes the MTP logits of one sequence without --dp-attention");
+  const EpRuntime ep = open_ep(ep_args, model_config(model_dir, random), device.device);
   auto backend = open_backend(device);
   ProgressBar bar = ProgressBar::on_stderr("loading " + model_dir);
   DeepseekV3::Options options{.load_mtp = mtp, .progress = ep.root() ? bar.fn() : ProgressFn{}};
@@ -70,23 +90,61 @@ void run_logits(const std::string& model_dir, const BackendArgs& device, const s
   const auto model_ptr = open_model(model_dir, random, *backend, options);
   DeepseekV3& model = *model_ptr;
   if (mtp && !model.has_mtp()) fail("{}: the checkpoint has no MTP module (num_nextn_predict_layers)", model_dir);
-  const int64_t T = int64_t(tokens.size()), V = model.config().vocab_size, page = 64;
-  LatentCache cache(model.config(), *backend, pages_for(T, page), page, model.cache_layers());
-  SequenceChunk chunk{tokens, 0, {}, true};
-  for (int64_t p = 0; p < cache.num_pages(); ++p) chunk.pages.push_back(int32_t(p));
-  ForwardOutput main = model.forward({chunk}, cache);
+  const int64_t V = model.config().vocab_size, page = 64;
+  int64_t T = 0;
+  for (const auto& s : seqs) T += int64_t(s.size());
+  // Sequence s in its own pages; with --dp-attention on the least loaded rank (in tokens), in that rank's part.
+  const int32_t ranks = ep_args.dp_attention ? ep_args.ep : 1;
+  std::vector<int64_t> tokens_on(size_t(ranks), 0), pages_on(size_t(ranks), 0);
+  std::vector<int32_t> owner;
+  for (const auto& s : seqs) {
+    owner.push_back(least_loaded_rank(tokens_on));
+    tokens_on[size_t(owner.back())] += int64_t(s.size());
+    pages_on[size_t(owner.back())] += pages_for(int64_t(s.size()), page);
+  }
+  const DpLayout layout{ranks, *std::max_element(pages_on.begin(), pages_on.end())};
+  std::vector<SequenceChunk> chunks;
+  std::vector<int64_t> next_page(size_t(ranks), 0);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    SequenceChunk c{seqs[i], 0, {}, true};
+    const int64_t r = owner[i];
+    for (int64_t p = 0; p < pages_for(int64_t(seqs[i].size()), page); ++p)
+      c.pages.push_back(int32_t(r * layout.pages_per_rank + next_page[size_t(r)]++));
+    chunks.push_back(std::move(c));
+  }
+  // A rank without sequences still needs a cache of the layout's size (dp_forward checks it); it stays unwritten.
+  LatentCache cache(model.config(), *backend, std::max<int64_t>(layout.pages_per_rank, 1), page, model.cache_layers());
+  StepExecutor executor(model);
+  auto step = [&] { return ep_args.dp_attention ? dp_forward(executor, layout, chunks, cache) : model.forward(chunks, cache); };
+  ForwardOutput main = step();
+  if (repeat > 0) {
+    // --repeat: the same step again (same positions rewritten), timed on this rank; rank 0 prints the median.
+    std::vector<double> ms;
+    for (int32_t i = 0; i < repeat; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      step();
+      backend->synchronize();
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    if (ep.root())
+      std::fprintf(stderr, "step time: median %.3f ms, min %.3f ms over %d steps of %lld tokens\n", ms[ms.size() / 2],
+                   ms[0], repeat, (long long)T);
+  }
+  if (!ep.root()) return;  // rank 0 has every row (replicated: every rank has them)
   Tensor logits = Tensor::host(DType::F32, {T, V});
   backend->copy_to_host(main.logits, logits.data());
   std::vector<NamedTensor> out{{"logits", logits.view()}};
   Tensor mtp_logits;
   if (mtp && T > 1) {
-    SequenceChunk next{std::vector<int32_t>(tokens.begin() + 1, tokens.end()), 0, chunk.pages, true};
+    const auto& tokens = seqs[0];
+    SequenceChunk next{std::vector<int32_t>(tokens.begin() + 1, tokens.end()), 0, chunks[0].pages, true};
     ForwardOutput draft = model.forward_mtp({next}, main.hidden.view().slice_rows(0, T - 1), cache);
     mtp_logits = Tensor::host(DType::F32, {T - 1, V});
     backend->copy_to_host(draft.logits, mtp_logits.data());
     out.push_back({"mtp_logits", mtp_logits.view()});
   }
-  if (ep.root()) write_safetensors(out_path, out);  // every rank has the same logits
+  write_safetensors(out_path, out);
 }
 
 }  // namespace
@@ -107,16 +165,21 @@ void register_model_commands(CLI::App& app) {
     auto ep = std::make_shared<EpArgs>();
     auto random = std::make_shared<RandomWeightsArgs>();
     cmd->add_option("--model", *model, "Checkpoint directory (a config.json with --random-weights)")->required();
-    cmd->add_option("--tokens", *tokens, "Comma-separated token ids")->required();
-    cmd->add_option("--out", *out, "Output safetensors file (F32 logits [T, vocab])")->required();
+    cmd->add_option("--tokens", *tokens, "Comma-separated token ids; several sequences separated by ';' run as one batch")
+        ->required();
+    cmd->add_option("--out", *out, "Output safetensors file (F32 logits [T, vocab], the sequences' rows in order)")
+        ->required();
     cmd->add_flag("--mtp", *mtp, "Also write mtp_logits [T-1, vocab] from the MTP module");
     add_backend_options(cmd, *device);
     add_ep_options(cmd, *ep);
     add_random_weights_options(cmd, *random);
     cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
+    auto repeat = std::make_shared<int32_t>(0);
+    cmd->add_option("--repeat", *repeat, "Run the step this many more times and print its median time (stderr)")
+        ->check(CLI::Range(0, 1 << 20));
     cmd->callback([=] {
       apply_thread_count();
-      run_logits(*model, *device, *tokens, *out, *mtp, *ep, *random);
+      run_logits(*model, *device, *tokens, *out, *mtp, *ep, *random, *repeat);
     });
   }
   {

@@ -20,6 +20,7 @@
 
 #include "backend/backend.h"
 #include "cli/commands.h"
+#include "cli/default_model.h"
 #include "cli/common.h"
 #include "cli/expert_parallel_args.h"
 #include "cli/progress_bar.h"
@@ -81,9 +82,19 @@ void run_serve(const ServeArgs& a) {
   sopt.max_context = a.max_context;
   sopt.prefix_cache = a.prefix_cache;
   sopt.device_sampling = a.device_sampling;
-  const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), /*count_load=*/a.backend.device == "cpu");
+  const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), a.backend.device,
+                               /*count_load=*/a.backend.device == "cpu");
+  if (a.ep.dp_attention) {
+    // Each rank its sequences, in its part of the pages (the cache rounded up to whole parts); the prefix cache
+    // would share pages across sequences, hence across ranks: off.
+    sopt.cache_partitions = a.ep.ep;
+    const int64_t pages = pages_for(a.cache_tokens, a.page_size);
+    sopt.cache_tokens = (pages + a.ep.ep - 1) / a.ep.ep * a.ep.ep * a.page_size;
+    sopt.prefix_cache = false;
+  }
   if (ep.ep && a.speculative > 0)
-    fail("--speculative with --ep is not supported yet (the MTP module's MoE layer is not expert-parallel)");
+    fail("--speculative with --ep is not supported yet (the other ranks replay only the main model's steps, not the "
+         "MTP module's drafting passes, whose MoE layer is expert-parallel too)");
   if (!ep.root()) {
     pthread_sigmask(SIG_UNBLOCK, &sigs, nullptr);
     auto backend = open_backend(a.backend);
@@ -205,6 +216,11 @@ void run_serve(const ServeArgs& a) {
       if (leader) leader->stop();
     }
   } lead;
+  std::optional<DpStepRunner> dp;  // --dp-attention: rank 0's part of the step (outlives the scheduler)
+  if (a.ep.dp_attention) {
+    dp.emplace(model, sopt);
+    sopt.run_step = [&dp](const std::vector<SequenceChunk>& chunks) { return dp->step(chunks); };
+  }
   if (ep.ep) sopt.on_step = [&lead](const std::vector<SequenceChunk>& chunks) { lead.leader->on_step(chunks); };
   Scheduler scheduler(model, &tokenizer, sopt);
   if (ep.ep) lead.leader.emplace(model, EplbOptions{a.ep.eplb_interval}, &scheduler.metrics());
@@ -351,7 +367,7 @@ void run_bench(const BenchArgs& a) {
 void register_server_commands(CLI::App& app) {
   auto* serve = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching and a chat page");
   auto s = std::make_shared<ServeArgs>();
-  serve->add_option("--model", s->model, "Checkpoint directory (with tokenizer.json)")->required();
+  serve->add_option("--model", s->model, "Checkpoint directory (with tokenizer.json; default: models/moe-tiny)");
   serve->add_option("--host", s->host, "Address to bind (default 127.0.0.1: this machine only)");
   serve->add_option("--port", s->port, "Port (0: any free port; the bound port is printed)");
   serve->add_option("--api-key-file", s->api_key_file, "File holding the API key clients must send (or set MOE_API_KEY)");
@@ -393,7 +409,10 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--fault-load-delay-ms", s->fault_load_delay_ms, "Tests: load the model this much later")
       ->group("");  // hidden
   serve->add_flag("--ignore-eos", s->ignore_eos, "Never stop at EOS (for benchmarks and tests with random weights)");
-  serve->callback([s] { run_serve(*s); });
+  serve->callback([s] {
+    s->model = resolve_model(s->model);
+    run_serve(*s);
+  });
   // Every flag can come from the environment: --max-body-bytes from MOE_MAX_BODY_BYTES (a flag on the command
   // line wins). For containers and service managers.
   for (CLI::Option* o : serve->get_options()) {

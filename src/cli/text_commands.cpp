@@ -15,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "cli/commands.h"
+#include "cli/default_model.h"
 #include "cli/common.h"
 #include "cli/conversation.h"
 #include "cli/line_reader.h"
@@ -159,7 +160,7 @@ void run_chat(const ChatArgs& a) {
 void register_text_commands(CLI::App& app) {
   auto* cmd = app.add_subcommand("chat", "Interactive chat in the terminal using the model's chat template");
   auto a = std::make_shared<ChatArgs>();
-  cmd->add_option("--model", a->model, "Checkpoint directory")->required();
+  cmd->add_option("--model", a->model, "Checkpoint directory (default: models/moe-tiny)");
   cmd->add_option("--tokenizer", a->tokenizer, "Directory with tokenizer.json and tokenizer_config.json (default: the model directory)");
   add_backend_options(cmd, a->backend);
   cmd->add_option("--threads", g_threads, "CPU threads (default: all cores)");
@@ -167,7 +168,10 @@ void register_text_commands(CLI::App& app) {
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Longest reply in tokens");
   cmd->add_option("--context", a->context, "Context length in tokens (latent cache size)");
   add_sampling_options(cmd, a->sampling);
-  cmd->callback([a] { run_chat(*a); });
+  cmd->callback([a] {
+    a->model = resolve_model(a->model);
+    run_chat(*a);
+  });
 }
 
 }  // namespace moe::cli

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "cli/launcher.h"
 #include "cli/train_device.h"
 #include "core/error.h"
 #include "dist/communicator.h"
@@ -25,21 +26,27 @@ namespace {
 struct ParallelFlags {
   int dp = 1;
   train::ParallelOptions options;
+  LaunchArgs launch;  // started by hand: the command launches its ranks under mpirun (cli/launcher.h)
 };
 
 void add_parallel_flags(CLI::App* cmd, ParallelFlags& f) {
-  cmd->add_option("--dp", f.dp, "data-parallel ranks: run under mpirun -np N with --dp N (1)")
+  cmd->add_option("--dp", f.dp, "data-parallel ranks: started by hand the command starts its N MPI ranks on this "
+                  "node; on several nodes launch `mpirun -np N moe ... --dp N` (1)")
       ->check(CLI::PositiveNumber);
+  add_launch_options(cmd, f.launch);
   cmd->add_flag("--ep", f.options.ep, "expert parallelism: the routed experts sharded over the --dp ranks");
   cmd->add_option("--zero", f.options.zero,
                   "0: plain data parallelism; 1: AdamW moments and update sharded over the ranks; 2: and the "
-                  "gradients reduce-scattered (0)")
-      ->check(CLI::Range(0, 2));
+                  "gradients reduce-scattered; 3: and the parameters sharded between steps, gathered per layer "
+                  "(0)")
+      ->check(CLI::Range(0, 3));
 }
 
 // Null for one process; the MPI job's communicator for --dp N, which must be the number of ranks mpirun started.
+// Started by hand (not under mpirun), the process launches the N ranks instead and ends with their status.
 std::unique_ptr<dist::Communicator> job_communicator(const ParallelFlags& f, const char* command) {
   if (f.dp <= 1) return nullptr;
+  launch_if_needed(f.launch, f.dp, false, fmt::format("{} --dp {}", command, f.dp));
   std::unique_ptr<dist::Communicator> c = dist::make_mpi_communicator();
   MOE_CHECK(c->size() == f.dp, "{}: --dp {} runs as {} MPI ranks, but this job has {}: launch it with mpirun -np {} "
             "(docs/distributed.md)", command, f.dp, f.dp, c->size(), f.dp);
@@ -48,10 +55,10 @@ std::unique_ptr<dist::Communicator> job_communicator(const ParallelFlags& f, con
 
 void run_train_steps_command(const std::string& model_dir, const std::string& spec_path, const std::string& out_path,
                              const ParallelFlags& flags) {
+  const std::unique_ptr<dist::Communicator> comm = job_communicator(flags, "train-steps");  // first: may launch
   const train::TrainSpec spec = train::TrainSpec::load(spec_path);
   train::TrainModel model = train::TrainModel::load(model_dir);
   spec.check_model(model_dir, model.config);
-  const std::unique_ptr<dist::Communicator> comm = job_communicator(flags, "train-steps");
   std::optional<train::DistributedTraining> dist;
   if (comm) dist.emplace(model, *comm, flags.options);
   const bool speaker = !comm || comm->rank() == 0;
@@ -110,12 +117,20 @@ void register_train_commands(CLI::App& app) {
     opts->threads = 0;
     cmd->add_option("--threads", opts->threads,
                     "tokenizer threads (0: every core; the output is the same bytes for any number)");
+    cmd->add_option("--fim-rate", opts->fim_rate,
+                    "fill-in-the-middle: the fraction of training documents marked {\"code\": true} rearranged "
+                    "into DeepSeek-Coder's PSM form (0)");
+    cmd->add_option("--fim-seed", opts->fim_seed, "seed of the FIM draws (which documents, where the cuts fall) (0)");
     cmd->add_option("files", *files, "input files (.jsonl: one {\"text\": ...} per line)")->required();
     cmd->callback([=] {
       const train::CorpusStats st = train::tokenize_corpus(*files, *opts);
       std::printf("train: %lld documents, %lld tokens, %lld shards; val: %lld documents, %lld tokens, %lld shards\n",
                   (long long)st.documents[0], (long long)st.tokens[0], (long long)st.shards[0],
                   (long long)st.documents[1], (long long)st.tokens[1], (long long)st.shards[1]);
+      if (opts->fim_rate > 0)
+        std::printf("fim: %lld of %lld training code documents in PSM form (rate %g, seed %llu)\n",
+                    (long long)st.fim_documents, (long long)st.code_documents, opts->fim_rate,
+                    (unsigned long long)opts->fim_seed);
       const double tokens = double(st.tokens[0] + st.tokens[1]);
       std::printf("%.0f tokens in %.2f s on %d threads: %.0f tokens/s (the tokenizer's load not counted)\n", tokens,
                   st.seconds, st.threads, st.seconds > 0 ? tokens / st.seconds : 0.0);

@@ -9,6 +9,10 @@
 // device) for NcclCommunicator. Every call is collective: every rank calls it, in the same order, with the
 // same sizes (all_to_all_v: counts that agree pairwise: what r sends to p is what p receives from r).
 //
+// Non-blocking exchange (two-micro-batch overlap): all_to_all_v_start returns a handle and the exchange completes
+// by its wait(); the buffers and spans' contents must stay untouched until then. Exchanges are started in the same
+// order on every rank (like any collective); blocking collectives may run while some are pending.
+//
 // Reductions: the CPU implementations sum in a fixed order (rank 0, 1, ..., N-1, accumulated in double), so
 // every rank gets the same bits and a result does not depend on the MPI library's choice of algorithm.
 #include <cstddef>
@@ -19,6 +23,13 @@
 #include <vector>
 
 namespace moe::dist {
+
+// A started exchange: wait() completes it (once; the destructor waits if it was not called).
+class PendingExchange {
+ public:
+  virtual ~PendingExchange() = default;
+  virtual void wait() = 0;
+};
 
 class Communicator {
  public:
@@ -41,6 +52,13 @@ class Communicator {
   // at recv + recv_displs[p]. Counts may be 0; each span has size() entries.
   virtual void all_to_all_v(const void* send, std::span<const size_t> send_counts, std::span<const size_t> send_displs,
                             void* recv, std::span<const size_t> recv_counts, std::span<const size_t> recv_displs) = 0;
+  // all_to_all_v started (see above). The default runs the blocking all_to_all_v now and returns a handle with
+  // nothing left to do: SingleCommunicator, and NCCL, whose all_to_all_v is already asynchronous on its stream.
+  // MpiCommunicator: MPI_Ialltoallv, completed by MPI_Wait.
+  virtual std::unique_ptr<PendingExchange> all_to_all_v_start(const void* send, std::span<const size_t> send_counts,
+                                                              std::span<const size_t> send_displs, void* recv,
+                                                              std::span<const size_t> recv_counts,
+                                                              std::span<const size_t> recv_displs);
   // data (bytes) from root to every rank.
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
 
@@ -71,6 +89,9 @@ class SingleCommunicator final : public Communicator {
 // Whether this build has MPI (CMake found it) and NCCL (a CUDA build with libnccl).
 bool have_mpi();
 bool have_nccl();
+// The MPI library this build links (its file, found from one of its symbols), for locating the mpirun of the
+// same installation; empty without MPI.
+std::string mpi_library_path();
 
 // MPI_COMM_WORLD's ranks (a duplicate of it). Initialises MPI on first use in the process and finalises it when
 // the communicator that initialised it is destroyed. Throws moe::Error when the build has no MPI.

@@ -5,11 +5,13 @@
 #include "core/error.h"
 
 #ifdef MOE_HAVE_MPI
+#include <dlfcn.h>
 #include <mpi.h>
 
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace moe::dist {
 
@@ -27,6 +29,21 @@ void check_mpi(int rc, const char* what) {
   MPI_Error_string(rc, text, &len);
   fail("dist: {} failed: {}", what, std::string(text, size_t(len)));
 }
+
+// A started MPI_Ialltoallv and the count arrays MPI reads until it completes.
+struct Pending final : PendingExchange {
+  std::vector<int> sc, sd, rc, rd;
+  MPI_Request request = MPI_REQUEST_NULL;
+  void wait() override {
+    if (request == MPI_REQUEST_NULL) return;
+    check_mpi(MPI_Wait(&request, MPI_STATUS_IGNORE), "MPI_Wait (all_to_all_v_start)");
+  }
+  ~Pending() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (request != MPI_REQUEST_NULL && !finalized) MPI_Wait(&request, MPI_STATUS_IGNORE);
+  }
+};
 
 template <typename T> MPI_Datatype mpi_type();
 template <> MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
@@ -86,6 +103,27 @@ class MpiCommunicator final : public Communicator {
               "MPI_Alltoallv");
   }
 
+  // MPI_Ialltoallv: the count arrays live in the handle, since MPI reads them until the exchange completes.
+  std::unique_ptr<PendingExchange> all_to_all_v_start(const void* send, std::span<const size_t> send_counts,
+                                                      std::span<const size_t> send_displs, void* recv,
+                                                      std::span<const size_t> recv_counts,
+                                                      std::span<const size_t> recv_displs) override {
+    const size_t n = size_t(size_);
+    MOE_CHECK(send_counts.size() == n && send_displs.size() == n && recv_counts.size() == n && recv_displs.size() == n,
+              "dist: all_to_all_v_start takes {} counts and displacements per direction (one per rank)", n);
+    auto h = std::make_unique<Pending>();
+    h->sc.resize(n), h->sd.resize(n), h->rc.resize(n), h->rd.resize(n);
+    for (size_t p = 0; p < n; ++p) {
+      h->sc[p] = to_int(send_counts[p], "an all_to_all_v send"), h->sd[p] = to_int(send_displs[p], "a send displacement");
+      h->rc[p] = to_int(recv_counts[p], "an all_to_all_v receive");
+      h->rd[p] = to_int(recv_displs[p], "a receive displacement");
+    }
+    check_mpi(MPI_Ialltoallv(send, h->sc.data(), h->sd.data(), MPI_BYTE, recv, h->rc.data(), h->rd.data(), MPI_BYTE,
+                             comm_, &h->request),
+              "MPI_Ialltoallv");
+    return h;
+  }
+
   void broadcast(void* data, size_t bytes, int root) override {
     MOE_CHECK(root >= 0 && root < size_, "dist: broadcast from rank {} of {}", root, size_);
     check_mpi(MPI_Bcast(data, to_int(bytes, "a broadcast"), MPI_BYTE, root, comm_), "MPI_Bcast");
@@ -135,6 +173,11 @@ class MpiCommunicator final : public Communicator {
 }  // namespace
 
 bool have_mpi() { return true; }
+std::string mpi_library_path() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&MPI_Init), &info) == 0 || !info.dli_fname) return {};
+  return info.dli_fname;
+}
 std::unique_ptr<Communicator> make_mpi_communicator() { return std::make_unique<MpiCommunicator>(); }
 
 }  // namespace moe::dist
@@ -143,6 +186,7 @@ std::unique_ptr<Communicator> make_mpi_communicator() { return std::make_unique<
 
 namespace moe::dist {
 bool have_mpi() { return false; }
+std::string mpi_library_path() { return {}; }
 std::unique_ptr<Communicator> make_mpi_communicator() {
   fail("dist: this build has no MPI (install libopenmpi-dev and openmpi-bin: scripts/install-deps.sh, and rebuild)");
 }

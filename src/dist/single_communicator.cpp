@@ -39,4 +39,18 @@ void SingleCommunicator::broadcast(void*, size_t, int root) {
   MOE_CHECK(root == 0, "dist: broadcast from rank {} with one rank", root);
 }
 
+namespace {
+struct DoneExchange final : PendingExchange {
+  void wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<PendingExchange> Communicator::all_to_all_v_start(const void* send, std::span<const size_t> send_counts,
+                                                                  std::span<const size_t> send_displs, void* recv,
+                                                                  std::span<const size_t> recv_counts,
+                                                                  std::span<const size_t> recv_displs) {
+  all_to_all_v(send, send_counts, send_displs, recv, recv_counts, recv_displs);
+  return std::make_unique<DoneExchange>();
+}
+
 }  // namespace moe::dist

@@ -2,6 +2,7 @@
 #include "engine/ep_serving.h"
 
 #include <cstring>
+#include <span>
 
 #include "core/error.h"
 #include "engine/step_executor.h"
@@ -11,7 +12,7 @@ namespace moe {
 namespace {
 
 constexpr char kMagic[4] = {'M', 'O', 'E', 's'};
-constexpr int32_t kVersion = 1, kStep = 1, kStop = 2;
+constexpr int32_t kVersion = 1, kStep = 1, kStop = 2, kSumLoads = 3;
 
 void put(std::string& out, int32_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); }
 
@@ -58,8 +59,8 @@ void broadcast_message(dist::Communicator& comm, std::string& bytes) {
 std::string encode_step(const StepMessage& m) {
   std::string out(kMagic, 4);
   put(out, kVersion);
-  put(out, m.stop ? kStop : kStep);
-  if (m.stop) return out;
+  put(out, m.stop ? kStop : m.sum_loads ? kSumLoads : kStep);
+  if (m.stop || m.sum_loads) return out;
   put(out, int32_t(m.chunks.size()));
   for (const auto& c : m.chunks) {
     put(out, c.start_pos);
@@ -82,11 +83,12 @@ StepMessage decode_step(const std::string& bytes) {
   const int32_t version = r.i32("version");
   MOE_CHECK(version == kVersion, "step message: version {} (expected {})", version, kVersion);
   const int32_t kind = r.i32("kind");
-  MOE_CHECK(kind == kStep || kind == kStop, "step message: unknown kind {}", kind);
+  MOE_CHECK(kind == kStep || kind == kStop || kind == kSumLoads, "step message: unknown kind {}", kind);
   StepMessage m;
   m.stop = kind == kStop;
-  if (m.stop) {
-    MOE_CHECK(r.done(), "step message: bytes after a stop");
+  m.sum_loads = kind == kSumLoads;
+  if (m.stop || m.sum_loads) {
+    MOE_CHECK(r.done(), "step message: bytes after a {}", m.stop ? "stop" : "sum-loads message");
     return m;
   }
   const int32_t n = r.count("chunk count");
@@ -144,7 +146,16 @@ void EpLeader::on_step(const std::vector<SequenceChunk>& chunks) {
   m.chunks = chunks;
   ++steps_;
   if (eplb_.interval_steps > 0 && steps_ % eplb_.interval_steps == 0) {
-    const Rebalance r = rebalance(model_.expert_parallel()->placement(), model_.expert_load()->take_window());
+    ExpertParallel& ep = *model_.expert_parallel();
+    std::vector<std::vector<int64_t>> window;
+    if (ep.data_parallel()) {  // each rank counted its own tokens
+      std::string sum = encode_step(StepMessage{.sum_loads = true});
+      broadcast_message(ep.comm(), sum);
+      window = summed_load_window(*model_.expert_load(), ep.comm());
+    } else {
+      window = model_.expert_load()->take_window();
+    }
+    const Rebalance r = rebalance(ep.placement(), window);
     m.placement = r.placement;
     if (metrics_) {
       metrics_->eplb_rebalances++;
@@ -164,20 +175,60 @@ void EpLeader::stop() {
   broadcast_message(model_.expert_parallel()->comm(), bytes);
 }
 
+DpStepRunner::DpStepRunner(DeepseekV3& model, const SchedulerOptions& options)
+    : layout_{options.cache_partitions, pages_for(options.cache_tokens, options.page_size) / options.cache_partitions},
+      cache_(model.config(), model.backend(), layout_.pages_per_rank, options.page_size, model.cache_layers()),
+      executor_(model) {
+  MOE_CHECK(model.expert_parallel() && model.expert_parallel()->data_parallel(),
+            "DpStepRunner: the model runs without data-parallel attention");
+  MOE_CHECK(options.cache_partitions == model.expert_parallel()->ranks() &&
+                pages_for(options.cache_tokens, options.page_size) % options.cache_partitions == 0,
+            "DpStepRunner: {} cache parts of {} pages for {} ranks", options.cache_partitions,
+            pages_for(options.cache_tokens, options.page_size), model.expert_parallel()->ranks());
+}
+
+ForwardOutput DpStepRunner::step(const std::vector<SequenceChunk>& chunks) {
+  return dp_forward(executor_, layout_, chunks, cache_);
+}
+
+std::vector<std::vector<int64_t>> summed_load_window(ExpertLoadCounter& load, dist::Communicator& comm) {
+  std::vector<std::vector<int64_t>> window = load.take_window();
+  std::vector<double> flat;  // counts are exact in double up to 2^53
+  for (const auto& l : window) flat.insert(flat.end(), l.begin(), l.end());
+  comm.all_reduce_sum(std::span<double>(flat));
+  size_t i = 0;
+  for (auto& l : window)
+    for (int64_t& v : l) v = int64_t(flat[i++]);
+  return window;
+}
+
 void run_ep_follower(DeepseekV3& model, const SchedulerOptions& options) {
   ExpertParallel* ep = model.expert_parallel();
   MOE_CHECK(ep && ep->rank() != 0, "run_ep_follower: not a follower rank");
-  const int64_t pages = pages_for(options.cache_tokens, options.page_size);
-  LatentCache cache(model.config(), model.backend(), pages, options.page_size, model.cache_layers());
+  std::optional<DpStepRunner> dp;
+  std::optional<LatentCache> cache;  // replicated: laid out like rank 0's
+  if (ep->data_parallel())
+    dp.emplace(model, options);
+  else
+    cache.emplace(model.config(), model.backend(), pages_for(options.cache_tokens, options.page_size),
+                  options.page_size, model.cache_layers());
   StepExecutor executor(model);
   for (;;) {
     std::string bytes;
     broadcast_message(ep->comm(), bytes);
     const StepMessage m = decode_step(bytes);
     if (m.stop) return;
+    if (m.sum_loads) {
+      MOE_CHECK(model.expert_load(), "rank {}: asked to sum expert loads without a counter", ep->rank());
+      summed_load_window(*model.expert_load(), ep->comm());
+      continue;
+    }
     if (m.placement) model.set_placement(*m.placement);
     try {
-      executor.forward(m.chunks, cache);
+      if (dp)
+        dp->step(m.chunks);
+      else
+        executor.forward(m.chunks, *cache);
     } catch (const std::exception&) {
       // Rank 0 fails the same step the same way (same inputs) and reports it to the requests.
     }

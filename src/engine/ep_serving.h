@@ -6,7 +6,13 @@
 // expert placement from the load counted since the last one and sends it with the step; every rank loads its new
 // slots' experts before running it (between steps: no request is dropped or paused).
 //
-// Message (bytes, broadcast after its int64 length): "MOEs" version 1, kind (1 step, 2 stop), then for a step: the
+// Data-parallel attention (engine/dp_attention.h): the same step message goes to every rank, but each rank runs
+// only the chunks in its part of the pages, on a cache of its part's size (DpStepRunner), and the logits rows
+// return to rank 0. The expert load is then counted per rank: before an EPLB rebalance rank 0 sends a "sum loads"
+// message and every rank adds its window into one (all_reduce_sum), from which rank 0 computes the placement.
+//
+// Message (bytes, broadcast after its int64 length): "MOEs" version 1, kind (1 step, 2 stop, 3 sum loads), then
+// for a step: the
 // chunk count and per chunk start_pos, all_logits, token count, tokens, page count, pages (int32 each), then the
 // placement's JSON length (0: unchanged) and text.
 #include <cstdint>
@@ -14,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/dp_attention.h"
 #include "engine/metrics.h"
 #include "engine/scheduler.h"
 #include "model/deepseek_v3.h"
@@ -22,6 +29,7 @@ namespace moe {
 
 struct StepMessage {
   bool stop = false;
+  bool sum_loads = false;  // kind 3: no step; every rank sums its expert-load window into rank 0's
   std::vector<SequenceChunk> chunks;
   std::optional<ExpertPlacement> placement;
 };
@@ -47,7 +55,26 @@ class EpLeader {
   bool stopped_ = false;
 };
 
-// Any other rank: runs rank 0's steps until it sends stop. `options` must be rank 0's (the cache's size and pages).
+// Data-parallel attention: this rank's cache (its part of the pages: options.cache_partitions parts of
+// options.cache_tokens) and executor; step() runs one step over every rank (dp_forward). Rank 0's is the
+// scheduler's run_step.
+class DpStepRunner {
+ public:
+  DpStepRunner(DeepseekV3& model, const SchedulerOptions& options);
+  ForwardOutput step(const std::vector<SequenceChunk>& chunks);
+  const DpLayout& layout() const { return layout_; }
+
+ private:
+  DpLayout layout_;
+  LatentCache cache_;
+  StepExecutor executor_;
+};
+
+// The expert-load windows of every rank summed (collective; data-parallel attention counts each rank's tokens).
+std::vector<std::vector<int64_t>> summed_load_window(ExpertLoadCounter& load, dist::Communicator& comm);
+
+// Any other rank: runs rank 0's steps until it sends stop. `options` must be rank 0's (the cache's size and pages,
+// cache_partitions with data-parallel attention).
 void run_ep_follower(DeepseekV3& model, const SchedulerOptions& options);
 
 // EPLB over every MoE layer from the counts `window` [layers][E]: the new placement, and the mean over layers of

@@ -130,11 +130,16 @@ Scheduler::Scheduler(DeepseekV3& model, const Tokenizer* tokenizer, SchedulerOpt
       options_(options),
       max_context_(std::min(options.max_context > 0 ? std::min(options.max_context, model.config().max_position_embeddings)
                                                     : model.config().max_position_embeddings,
-                            pages_for(options.cache_tokens, options.page_size) * options.page_size)),
-      cache_(model.config(), model.backend(), pages_for(options.cache_tokens, options.page_size), options.page_size,
-             model.cache_layers()),
-      allocator_(pages_for(options.cache_tokens, options.page_size)) {
+                            pages_for(options.cache_tokens, options.page_size) / std::max(options.cache_partitions, 1) *
+                                options.page_size)),
+      allocator_(pages_for(options.cache_tokens, options.page_size), options.cache_partitions) {
   MOE_CHECK(options.page_size > 0 && options.cache_tokens > 0, "scheduler: cache size and page size must be > 0");
+  MOE_CHECK(options.cache_partitions == 1 || (!options.prefix_cache && options.run_step),
+            "scheduler: cache partitions (data-parallel attention) need the prefix cache off and a run_step");
+  MOE_CHECK(!options.run_step || options.speculative == 0, "scheduler: run_step with speculative decoding");
+  if (!options.run_step)
+    cache_.emplace(model.config(), model.backend(), pages_for(options.cache_tokens, options.page_size),
+                   options.page_size, model.cache_layers());
   if (options.prefix_cache) prefix_.emplace(allocator_, options.page_size);
   MOE_CHECK(options.max_batch > 0, "scheduler: max_batch must be > 0");
   MOE_CHECK(options.speculative >= 0, "scheduler: speculative must be >= 0");
@@ -178,10 +183,11 @@ std::shared_ptr<RequestHandle> Scheduler::submit(GenerationRequest req, std::sha
             req.max_tokens, max_context_);
   // Verification writes up to `speculative` drafts' latents past the last token.
   const int64_t pages = pages_for(total + options_.speculative, options_.page_size);
-  MOE_CHECK(pages <= allocator_.total_pages(),
+  MOE_CHECK(pages <= allocator_.partition_pages(),
             "the prompt ({} tokens) plus max_tokens ({}) plus {} speculative positions needs more cache than the "
-            "server has ({} tokens)",
-            req.prompt.size(), req.max_tokens, options_.speculative, cache_capacity_tokens());
+            "server has ({} tokens{})",
+            req.prompt.size(), req.max_tokens, options_.speculative, allocator_.partition_pages() * options_.page_size,
+            allocator_.partitions() > 1 ? " per data-parallel rank" : "");
   const auto& sp = req.sampling;
   MOE_CHECK(std::isfinite(sp.temperature) && sp.temperature >= 0, "temperature must be >= 0");
   MOE_CHECK(std::isfinite(sp.top_p) && sp.top_p > 0 && sp.top_p <= 1, "top_p must be in (0, 1]");
@@ -293,7 +299,7 @@ void Scheduler::admit(std::vector<std::unique_ptr<Sequence>>& running) {
     std::vector<int32_t> reused;
     if (prefix_ && !s->scoring()) reused = prefix_->match(s->req.prompt, (prompt - 1) / options_.page_size);
     const int64_t fresh = s->pages_needed - int64_t(reused.size());
-    auto pages = prefix_ ? prefix_->allocate(fresh) : allocator_.allocate(fresh);
+    auto pages = prefix_ ? prefix_->allocate(fresh) : allocator_.allocate_in(fresh, allocator_.emptiest_partition());
     if (!pages) {  // FIFO: the head waits for pages; later requests don't overtake it
       allocator_.release(reused);
       break;
@@ -570,7 +576,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
 
   Backend& backend = model_.backend();
   if (options_.on_step) options_.on_step(chunks);
-  ForwardOutput fwd = executor_.forward(chunks, cache_);
+  ForwardOutput fwd = options_.run_step ? options_.run_step(chunks) : executor_.forward(chunks, *cache_);
   const int64_t vocab = model_.config().vocab_size;
   // Rows: one per chunk, or one per token of a chunk with all_logits (a speculating decode, or a scoring prefill
   // chunk); a chunk's last row is its last token's.
@@ -752,7 +758,7 @@ void Scheduler::draft_tokens(const std::vector<SequenceChunk>& chunks, const std
     backend.gather_rows(fwd.hidden, hidden_rows, hidden);
   }
   for (int32_t depth = 0; depth < options_.speculative; ++depth) {
-    ForwardOutput out = model_.forward_mtp(mchunks, hidden.view(), cache_);
+    ForwardOutput out = model_.forward_mtp(mchunks, hidden.view(), *cache_);
     std::vector<float>& host = logits_host_;  // one row per chunk (its last)
     host.resize(size_t(out.logits.shape()[0] * V));
     backend.copy_to_host(out.logits, host.data());

@@ -78,6 +78,14 @@ struct SchedulerOptions {
   // Called on the scheduler thread with each step's chunks just before its forward (expert-parallel serving sends
   // them to the other ranks: engine/ep_serving.h). An exception fails the step's requests.
   std::function<void(const std::vector<SequenceChunk>&)> on_step;
+  // Data-parallel attention under expert parallelism (engine/dp_attention.h): the cache's pages are cut into this
+  // many equal parts, one per rank, and each admitted sequence takes all its pages from the part with the fewest in
+  // use (its rank for life). Needs prefix_cache off and run_step set.
+  int32_t cache_partitions = 1;
+  // Runs a step in place of the model's forward on the scheduler's own cache (which is then not allocated): the
+  // result's logits rows as DeepseekV3::forward gives them. Data-parallel attention runs the step over every rank
+  // (dp_forward). Not with speculative decoding (the MTP module drafts from the scheduler's cache).
+  std::function<ForwardOutput(const std::vector<SequenceChunk>&)> run_step;
 };
 
 struct GenerationRequest {
@@ -223,7 +231,7 @@ class Scheduler {
   SchedulerOptions options_;
   int64_t max_context_;
   std::optional<int32_t> eos_;
-  LatentCache cache_;
+  std::optional<LatentCache> cache_;  // none with options.run_step
   PageAllocator allocator_;  // only the scheduler thread touches it after construction
   std::optional<PrefixCache> prefix_;  // with options.prefix_cache; scheduler thread only
   EngineMetrics metrics_;

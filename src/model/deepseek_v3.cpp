@@ -178,6 +178,14 @@ ForwardOutput DeepseekV3::run(const std::vector<SequenceChunk>& chunks, const De
   return out;
 }
 
+void DeepseekV3::forward_idle() {
+  MOE_CHECK(ep_ && ep_->data_parallel(), "forward_idle: only for expert parallelism with data-parallel attention");
+  for (size_t i = 0; i < weights_.layers.size(); ++i)
+    if (weights_.layers[i].is_moe)
+      ep_->moe_idle(backend_, int64_t(i), weights_.layers[i].experts, config_.hidden_size,
+                    config_.num_experts_per_tok);
+}
+
 ForwardOutput DeepseekV3::forward_mtp(const std::vector<SequenceChunk>& chunks, const TensorView& hidden,
                                       LatentCache& cache) {
   MOE_CHECK(weights_.mtp.has_value(), "this model was loaded without its MTP module");

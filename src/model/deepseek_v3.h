@@ -91,6 +91,11 @@ class DeepseekV3 {
   std::vector<int32_t> token_ids(const std::vector<SequenceChunk>& chunks) const;
   Tensor upload_tokens(const std::vector<SequenceChunk>& chunks);
 
+  // Expert parallelism with data-parallel attention (ExpertParallel::Mode::data_parallel): a rank that owns no
+  // sequence in a step calls this instead of forward, so that it still takes part in every MoE layer's
+  // all-to-alls (zero rows of its own) and runs its experts over the other ranks' rows.
+  void forward_idle();
+
   // MTP: chunk tokens are t[j+1] at positions j, `hidden` the main model's final-norm states h[j] for the
   // same rows (in chunk order). Returns logits predicting t[j+2] (rows as in forward) using the MTP cache
   // layer.

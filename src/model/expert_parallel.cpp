@@ -36,23 +36,30 @@ std::vector<int64_t> exchange_counts(dist::Communicator& comm, const std::vector
 // All-to-all of rows between backend tensors. A communicator on host memory (MPI) with a device backend goes
 // through host copies of the whole buffers (correct, not fast: the GPU path proper keeps rows on the device for
 // NCCL); otherwise the tensors' own memory is exchanged.
-void exchange_rows(dist::Communicator& comm, Backend& backend, const Tensor& send, const std::vector<size_t>& sc,
-                   const Tensor& recv, const std::vector<size_t>& rc) {
+// Started without waiting where the tensors' memory is exchanged (the handle to wait on); the staged copy is
+// blocking (null handle).
+std::unique_ptr<dist::PendingExchange> start_rows(dist::Communicator& comm, Backend& backend, const Tensor& send,
+                                                  const std::vector<size_t>& sc, const Tensor& recv,
+                                                  const std::vector<size_t>& rc) {
   const auto sd = displs(sc), rd = displs(rc);
-  if (backend.device().is_host() || comm.name() == "nccl") {
-    comm.all_to_all_v(send.data(), sc, sd, recv.data(), rc, rd);
-    return;
-  }
+  if (backend.device().is_host() || comm.name() == "nccl") return comm.all_to_all_v_start(send.data(), sc, sd, recv.data(), rc, rd);
   backend.synchronize();
   std::vector<char> hs(send.view().nbytes()), hr(recv.view().nbytes());
   backend.copy_to_host(send, hs.data());
   comm.all_to_all_v(hs.data(), sc, sd, hr.data(), rc, rd);
   backend.copy_from_host(hr.data(), recv);
+  return nullptr;
+}
+
+void finish(std::unique_ptr<dist::PendingExchange>& x) {
+  if (x) x->wait();
+  x.reset();
 }
 
 }  // namespace
 
-ExpertParallel::ExpertParallel(dist::Communicator& comm, ExpertPlacement placement) : comm_(comm) {
+ExpertParallel::ExpertParallel(dist::Communicator& comm, ExpertPlacement placement, Mode mode)
+    : comm_(comm), mode_(mode) {
   set_placement(std::move(placement));
 }
 
@@ -64,129 +71,199 @@ void ExpertParallel::set_placement(ExpertPlacement p) {
 void ExpertParallel::moe(Backend& backend, int64_t layer, const ExpertWeights& local, const TensorView& x,
                          const TensorView& expert_ids, const TensorView& expert_weights, const TensorView& plus,
                          const TensorView& out) {
-  const int64_t T = x.rows(), D = x.row_size(), K = expert_ids.row_size();
-  const int R = comm_.size(), me = comm_.rank();
-  MOE_CHECK(size_t(layer) < placement_.layers.size() && !placement_.layers[size_t(layer)].empty(),
-            "expert parallelism: layer {} has no placement", layer);
-  const LayerPlacement& P = placement_.layers[size_t(layer)];
-  const int32_t S = placement_.slots_per_rank;
-  MOE_CHECK(int64_t(local.experts.size()) == S, "expert parallelism: layer {} holds {} experts for {} slots", layer,
-            local.experts.size(), S);
-  const DType act = backend.activation_dtype();
-  const size_t row_bytes = size_t(D) * dtype_size(act);
-
+  const int64_t T = x.rows(), K = expert_ids.row_size();
+  MOE_CHECK(T > 0, "expert parallelism: moe over no tokens (moe_idle is the data-parallel rank without tokens)");
   std::vector<int32_t> ids(size_t(T * K));
   backend.copy_to_host(expert_ids, ids.data());
-  const int64_t t0 = T * me / R, t1 = T * (me + 1) / R, n_own = t1 - t0;
+  run(backend, layer, local, T, x.row_size(), K, ids, x, expert_ids, expert_weights, plus, out);
+}
 
-  // Dispatch plan of my tokens: per destination the rows (token indices, each once) and per row K local slots
-  // (-1 padded); per assignment (t, j) its destination and its index among the destination's assignments.
-  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(R)), slots(static_cast<size_t>(R));
-  std::vector<int64_t> n_assign(static_cast<size_t>(R), 0);
-  std::vector<int32_t> a_dest(size_t(n_own * K)), a_index(size_t(n_own * K));
-  for (int64_t t = t0; t < t1; ++t) {
+void ExpertParallel::moe_idle(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t D, int64_t K) {
+  MOE_CHECK(data_parallel(), "expert parallelism: only a data-parallel rank runs a layer without tokens");
+  run(backend, layer, local, 0, D, K, {}, {}, {}, {}, {}, {});
+}
+
+// One micro-batch of my tokens [t0, t0 + n) through the layer's MoE, in three phases that the two-micro-batch
+// overlap interleaves (dispatch A, dispatch B, experts A, experts B, combine A, combine B): every exchange is
+// started in that order on every rank and waited for in the next phase, so one micro-batch's rows travel while the
+// other's experts (or combine) compute.
+struct ExpertParallel::MicroBatch {
+  int64_t t0 = 0, n = 0;
+  // Dispatch plan: per destination the rows (token indices, each once) and per row K local slots (-1 padded); per
+  // assignment (t, j) its destination and its index among the destination's assignments.
+  std::vector<std::vector<int32_t>> rows, slots;
+  std::vector<int64_t> n_assign, send_rows, recv_rows, back_rows;
+  std::vector<int32_t> a_dest, a_index, send_slots, send_row_ids, recv_slots;
+  std::vector<size_t> slot_sc, slot_rc, slot_sd, slot_rd;  // read by a pending exchange
+  int64_t n_recv = 0, Ma = 0;
+  Tensor xs, xr, ya, ret;
+  std::unique_ptr<dist::PendingExchange> slots_x, rows_x, back_x;
+};
+
+void ExpertParallel::dispatch(Backend& backend, const LayerPlacement& P, int64_t D, int64_t K,
+                              const std::vector<int32_t>& ids, const TensorView& x, MicroBatch& mb) {
+  const int R = comm_.size();
+  const int32_t S = placement_.slots_per_rank;
+  const DType act = backend.activation_dtype();
+  const size_t row_bytes = size_t(D) * dtype_size(act);
+  mb.rows.assign(size_t(R), {});
+  mb.slots.assign(size_t(R), {});
+  mb.n_assign.assign(size_t(R), 0);
+  mb.a_dest.resize(size_t(mb.n * K));
+  mb.a_index.resize(size_t(mb.n * K));
+  for (int64_t t = mb.t0; t < mb.t0 + mb.n; ++t) {
     std::vector<int32_t> fill(static_cast<size_t>(R), 0);
     for (int64_t j = 0; j < K; ++j) {
       const int32_t e = ids[size_t(t * K + j)];
       MOE_CHECK(e >= 0 && size_t(e) < P.replicas.size(), "expert parallelism: expert id {} out of range", e);
       const auto& reps = P.replicas[size_t(e)];
       const int32_t slot = reps[size_t(t) % reps.size()], dest = slot / S;
-      auto& r = rows[size_t(dest)];
-      auto& s = slots[size_t(dest)];
+      auto& r = mb.rows[size_t(dest)];
+      auto& sl = mb.slots[size_t(dest)];
       if (r.empty() || r.back() != int32_t(t)) {
         r.push_back(int32_t(t));
-        s.insert(s.end(), size_t(K), -1);
+        sl.insert(sl.end(), size_t(K), -1);
       }
-      s[(r.size() - 1) * size_t(K) + size_t(fill[size_t(dest)]++)] = slot % S;
-      const size_t a = size_t((t - t0) * K + j);
-      a_dest[a] = dest;
-      a_index[a] = int32_t(n_assign[size_t(dest)]++);
+      sl[(r.size() - 1) * size_t(K) + size_t(fill[size_t(dest)]++)] = slot % S;
+      const size_t a = size_t((t - mb.t0) * K + j);
+      mb.a_dest[a] = dest;
+      mb.a_index[a] = int32_t(mb.n_assign[size_t(dest)]++);
     }
   }
 
-  // Exchange the plan: row counts, then the slots.
-  std::vector<int64_t> send_rows(static_cast<size_t>(R));
-  for (int p = 0; p < R; ++p) send_rows[size_t(p)] = int64_t(rows[size_t(p)].size());
-  const std::vector<int64_t> recv_rows = exchange_counts(comm_, send_rows);
-  std::vector<int32_t> send_slots, send_row_ids;
+  // Exchange the plan: row counts (blocking: they size what follows), then the slots and the rows (started).
+  mb.send_rows.resize(size_t(R));
+  for (int p = 0; p < R; ++p) mb.send_rows[size_t(p)] = int64_t(mb.rows[size_t(p)].size());
+  mb.recv_rows = exchange_counts(comm_, mb.send_rows);
   for (int p = 0; p < R; ++p) {
-    send_slots.insert(send_slots.end(), slots[size_t(p)].begin(), slots[size_t(p)].end());
-    send_row_ids.insert(send_row_ids.end(), rows[size_t(p)].begin(), rows[size_t(p)].end());
+    mb.send_slots.insert(mb.send_slots.end(), mb.slots[size_t(p)].begin(), mb.slots[size_t(p)].end());
+    mb.send_row_ids.insert(mb.send_row_ids.end(), mb.rows[size_t(p)].begin(), mb.rows[size_t(p)].end());
   }
-  const int64_t n_recv = std::accumulate(recv_rows.begin(), recv_rows.end(), int64_t(0));
-  std::vector<int32_t> recv_slots(size_t(n_recv * K));
-  {
-    const auto sc = scaled(send_rows, size_t(K) * sizeof(int32_t)), rc = scaled(recv_rows, size_t(K) * sizeof(int32_t));
-    comm_.all_to_all_v(send_slots.data(), sc, displs(sc), recv_slots.data(), rc, displs(rc));
-  }
+  mb.n_recv = std::accumulate(mb.recv_rows.begin(), mb.recv_rows.end(), int64_t(0));
+  mb.recv_slots.resize(size_t(mb.n_recv * K));
+  mb.slot_sc = scaled(mb.send_rows, size_t(K) * sizeof(int32_t));
+  mb.slot_rc = scaled(mb.recv_rows, size_t(K) * sizeof(int32_t));
+  mb.slot_sd = displs(mb.slot_sc);
+  mb.slot_rd = displs(mb.slot_rc);
+  mb.slots_x = comm_.all_to_all_v_start(mb.send_slots.data(), mb.slot_sc, mb.slot_sd, mb.recv_slots.data(), mb.slot_rc,
+                                        mb.slot_rd);
+  const int64_t n_send = int64_t(mb.send_row_ids.size());
+  mb.xs = backend.alloc_uninitialized(act, {std::max<int64_t>(n_send, 1), D});
+  if (n_send) backend.gather_rows(x, mb.send_row_ids, mb.xs.view().slice_rows(0, n_send));
+  mb.xr = backend.alloc_uninitialized(act, {std::max<int64_t>(mb.n_recv, 1), D});
+  mb.rows_x = start_rows(comm_, backend, mb.xs, scaled(mb.send_rows, row_bytes), mb.xr, scaled(mb.recv_rows, row_bytes));
+  bytes_sent_ += size_t(n_send) * row_bytes;
+}
 
-  // Dispatch the rows.
-  const int64_t n_send = int64_t(send_row_ids.size());
-  Tensor xs = backend.alloc_uninitialized(act, {std::max<int64_t>(n_send, 1), D});
-  if (n_send) backend.gather_rows(x, send_row_ids, xs.view().slice_rows(0, n_send));
-  Tensor xr = backend.alloc_uninitialized(act, {std::max<int64_t>(n_recv, 1), D});
-  {
-    exchange_rows(comm_, backend, xs, scaled(send_rows, row_bytes), xr, scaled(recv_rows, row_bytes));
-    bytes_sent_ += size_t(n_send) * row_bytes;
-  }
-
+void ExpertParallel::experts(Backend& backend, const ExpertWeights& local, int64_t D, int64_t K, MicroBatch& mb) {
+  const int R = comm_.size();
+  const int32_t S = placement_.slots_per_rank;
+  const DType act = backend.activation_dtype();
+  const size_t row_bytes = size_t(D) * dtype_size(act);
+  finish(mb.slots_x);
+  finish(mb.rows_x);
   // The local experts over the received rows, one row per (row, slot), in arrival order.
   std::vector<int32_t> expand, local_slot;
-  std::vector<int64_t> back_rows(static_cast<size_t>(R), 0);  // assignments computed for each source rank
+  mb.back_rows.assign(size_t(R), 0);  // assignments computed for each source rank
   {
     int64_t row = 0;
     for (int p = 0; p < R; ++p)
-      for (int64_t i = 0; i < recv_rows[size_t(p)]; ++i, ++row)
+      for (int64_t i = 0; i < mb.recv_rows[size_t(p)]; ++i, ++row)
         for (int64_t j = 0; j < K; ++j) {
-          const int32_t s = recv_slots[size_t(row * K + j)];
-          if (s < 0) break;
-          MOE_CHECK(s < S, "expert parallelism: rank {} sent slot {} (of {})", p, s, S);
+          const int32_t sl = mb.recv_slots[size_t(row * K + j)];
+          if (sl < 0) break;
+          MOE_CHECK(sl < S, "expert parallelism: rank {} sent slot {} (of {})", p, sl, S);
           expand.push_back(int32_t(row));
-          local_slot.push_back(s);
-          ++back_rows[size_t(p)];
+          local_slot.push_back(sl);
+          ++mb.back_rows[size_t(p)];
         }
   }
-  const int64_t Ma = int64_t(expand.size());
-  Tensor ya = backend.alloc_uninitialized(act, {std::max<int64_t>(Ma, 1), D});
-  if (Ma) {
-    Tensor xa = backend.alloc_uninitialized(act, {Ma, D});
-    backend.gather_rows(xr.view().slice_rows(0, n_recv), expand, xa);
-    Tensor sid = backend.alloc_uninitialized(DType::I32, {Ma, 1});
+  mb.Ma = int64_t(expand.size());
+  mb.ya = backend.alloc_uninitialized(act, {std::max<int64_t>(mb.Ma, 1), D});
+  if (mb.Ma) {
+    Tensor xa = backend.alloc_uninitialized(act, {mb.Ma, D});
+    backend.gather_rows(mb.xr.view().slice_rows(0, mb.n_recv), expand, xa);
+    Tensor sid = backend.alloc_uninitialized(DType::I32, {mb.Ma, 1});
     backend.copy_from_host(local_slot.data(), sid);
     const MoeDispatch d = backend.moe_dispatch(xa, sid, S);
-    Tensor y = backend.alloc_uninitialized(act, {Ma, D});
+    Tensor y = backend.alloc_uninitialized(act, {mb.Ma, D});
     backend.moe_grouped_mlp(d, local, y);
     // Back to arrival order, unweighted: 0 + 1 * y is exact.
-    const std::vector<float> ones(size_t(Ma), 1.0f);
-    Tensor w1 = backend.alloc_uninitialized(DType::F32, {Ma, 1});
+    const std::vector<float> ones(size_t(mb.Ma), 1.0f);
+    Tensor w1 = backend.alloc_uninitialized(DType::F32, {mb.Ma, 1});
     backend.copy_from_host(ones.data(), w1);
-    backend.moe_combine(y, d, w1, {}, ya.view().slice_rows(0, Ma));
+    backend.moe_combine(y, d, w1, {}, mb.ya.view().slice_rows(0, mb.Ma));
   }
+  // Combine: the outputs return to their owners, in the order the owners sent them (started).
+  mb.ret = backend.alloc_uninitialized(act, {std::max<int64_t>(mb.n * K, 1), D});
+  mb.back_x = start_rows(comm_, backend, mb.ya, scaled(mb.back_rows, row_bytes), mb.ret, scaled(mb.n_assign, row_bytes));
+  bytes_sent_ += size_t(mb.Ma) * row_bytes;
+}
 
-  // Combine: the outputs return to their owners, in the order the owners sent them.
-  Tensor ret = backend.alloc_uninitialized(act, {std::max<int64_t>(n_own * K, 1), D});
-  {
-    exchange_rows(comm_, backend, ya, scaled(back_rows, row_bytes), ret, scaled(n_assign, row_bytes));
-    bytes_sent_ += size_t(Ma) * row_bytes;
+void ExpertParallel::combine(Backend& backend, int64_t D, int64_t K, const TensorView& x, const TensorView& expert_ids,
+                             const TensorView& expert_weights, const TensorView& plus, const TensorView& dst,
+                             MicroBatch& mb) {
+  finish(mb.back_x);
+  if (!mb.n) return;
+  const DType act = backend.activation_dtype();
+  // The single-process combine over my tokens: their dispatch order, the returned rows put in it.
+  const TensorView x_own = x.slice_rows(mb.t0, mb.n), ids_own = expert_ids.slice_rows(mb.t0, mb.n);
+  const MoeDispatch d = backend.moe_dispatch(x_own, ids_own, placement_.num_experts);
+  std::vector<int32_t> perm(size_t(mb.n * K));
+  backend.copy_to_host(d.perm, perm.data());
+  const std::vector<size_t> base = displs(std::vector<size_t>(mb.n_assign.begin(), mb.n_assign.end()));
+  std::vector<int32_t> pick(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) {
+    const size_t a = size_t(perm[i]);
+    pick[i] = int32_t(base[size_t(mb.a_dest[a])] + size_t(mb.a_index[a]));
   }
-  Tensor mine = backend.alloc_uninitialized(act, {std::max<int64_t>(n_own, 1), D});
-  if (n_own) {
-    // The single-process combine over my tokens: their dispatch order, the returned rows put in it.
-    const TensorView x_own = x.slice_rows(t0, n_own), ids_own = expert_ids.slice_rows(t0, n_own);
-    const MoeDispatch d = backend.moe_dispatch(x_own, ids_own, placement_.num_experts);
-    std::vector<int32_t> perm(size_t(n_own * K));
-    backend.copy_to_host(d.perm, perm.data());
-    const std::vector<size_t> base = displs(std::vector<size_t>(n_assign.begin(), n_assign.end()));
-    std::vector<int32_t> pick(perm.size());
-    for (size_t i = 0; i < perm.size(); ++i) {
-      const size_t a = size_t(perm[i]);
-      pick[i] = int32_t(base[size_t(a_dest[a])] + size_t(a_index[a]));
-    }
-    Tensor ys = backend.alloc_uninitialized(act, {n_own * K, D});
-    backend.gather_rows(ret.view().slice_rows(0, n_own * K), pick, ys);
-    backend.moe_combine(ys, d, expert_weights.slice_rows(t0, n_own),
-                        plus.data ? plus.slice_rows(t0, n_own) : TensorView{}, mine.view().slice_rows(0, n_own));
+  Tensor ys = backend.alloc_uninitialized(act, {mb.n * K, D});
+  backend.gather_rows(mb.ret.view().slice_rows(0, mb.n * K), pick, ys);
+  backend.moe_combine(ys, d, expert_weights.slice_rows(mb.t0, mb.n),
+                      plus.data ? plus.slice_rows(mb.t0, mb.n) : TensorView{}, dst);
+}
+
+void ExpertParallel::run(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t T, int64_t D, int64_t K,
+                         const std::vector<int32_t>& ids, const TensorView& x, const TensorView& expert_ids,
+                         const TensorView& expert_weights, const TensorView& plus, const TensorView& out) {
+  const int R = comm_.size(), me = comm_.rank();
+  MOE_CHECK(size_t(layer) < placement_.layers.size() && !placement_.layers[size_t(layer)].empty(),
+            "expert parallelism: layer {} has no placement", layer);
+  const LayerPlacement& P = placement_.layers[size_t(layer)];
+  MOE_CHECK(int64_t(local.experts.size()) == placement_.slots_per_rank,
+            "expert parallelism: layer {} holds {} experts for {} slots", layer, local.experts.size(),
+            placement_.slots_per_rank);
+  const DType act = backend.activation_dtype();
+  const size_t row_bytes = size_t(D) * dtype_size(act);
+  // Replicated: my block of the shared batch; data-parallel: all of my tokens.
+  const bool dp = data_parallel();
+  const int64_t t0 = dp ? 0 : T * me / R, n_own = (dp ? T : T * (me + 1) / R) - t0;
+
+  // Data-parallel: my tokens' outputs go straight to out (no all-gather); replicated: to my block, gathered below.
+  Tensor mine;
+  if (!dp) mine = backend.alloc_uninitialized(act, {std::max<int64_t>(n_own, 1), D});
+  auto dst = [&](const MicroBatch& mb) {
+    return dp ? out.slice_rows(mb.t0, mb.n) : mine.view().slice_rows(mb.t0 - t0, mb.n);
+  };
+  if (two_micro_batch_) {
+    // Halves of my tokens (either may be empty: it still takes part in every exchange, with zero counts).
+    MicroBatch a, b;
+    a.t0 = t0, a.n = n_own / 2, b.t0 = t0 + a.n, b.n = n_own - a.n;
+    dispatch(backend, P, D, K, ids, x, a);
+    dispatch(backend, P, D, K, ids, x, b);  // A's rows travel while B's are planned and gathered
+    experts(backend, local, D, K, a);       // B's rows travel while A's experts compute
+    experts(backend, local, D, K, b);       // A's outputs travel back while B's experts compute
+    combine(backend, D, K, x, expert_ids, expert_weights, plus, a.n ? dst(a) : TensorView{}, a);
+    combine(backend, D, K, x, expert_ids, expert_weights, plus, b.n ? dst(b) : TensorView{}, b);
+  } else {
+    MicroBatch mb;
+    mb.t0 = t0, mb.n = n_own;
+    dispatch(backend, P, D, K, ids, x, mb);
+    experts(backend, local, D, K, mb);
+    combine(backend, D, K, x, expert_ids, expert_weights, plus, mb.n ? dst(mb) : TensorView{}, mb);
   }
+  if (dp) return;
+
 
   // All-gather the owners' blocks into every rank's out: my block to every rank.
   std::vector<int64_t> own_rows(static_cast<size_t>(R));

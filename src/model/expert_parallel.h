@@ -7,9 +7,12 @@
 //   MLP of the received rows on the local experts -> combine: the unweighted expert outputs travel back, one row
 //   per (token, expert), and the token's owner runs the backend's moe_combine over them in the single-process
 //   order -> all-gather of the owners' outputs.
-// This first version runs every rank on the same batch (attention and the router replicated; tokens dealt to
-// owners in contiguous blocks, rank r owning T*r/R .. T*(r+1)/R - 1), with only the MoE sharded; the shared
-// expert is computed on the whole batch by every rank, like attention. Each expert sees the same rows in the same
+// Two modes. Replicated (the first version): every rank runs the same batch (attention and the router
+// replicated; tokens dealt to owners in contiguous blocks, rank r owning T*r/R .. T*(r+1)/R - 1), with only the
+// MoE sharded, ending with the all-gather; the shared expert is computed on the whole batch by every rank.
+// Data-parallel attention (Mode::data_parallel, `--dp-attention`): each rank runs its own sequences, so x holds
+// only its own tokens (T differs per rank, 0 included: moe_idle), it owns all of them and keeps their outputs
+// (no all-gather). Each expert sees the same rows in the same
 // order as in one process, so without redundant copies the logits are bit-identical to one process; a copy takes
 // part of its expert's rows, which can change a matmul's code path for those rows (a rounding difference, far
 // inside the 1e-5 bound).
@@ -31,7 +34,16 @@ class ExpertLoadCounter;
 
 class ExpertParallel {
  public:
-  ExpertParallel(dist::Communicator& comm, ExpertPlacement placement);
+  enum class Mode { replicated, data_parallel };
+  ExpertParallel(dist::Communicator& comm, ExpertPlacement placement, Mode mode = Mode::replicated);
+
+  Mode mode() const { return mode_; }
+  bool data_parallel() const { return mode_ == Mode::data_parallel; }
+  // Two-micro-batch overlap (`--tbo on`): each layer's tokens of this rank go through the MoE as two halves whose
+  // phases interleave, so one half's rows travel (dispatch, combine: non-blocking exchanges) while the other's
+  // experts or combine compute. Every rank must use the same setting.
+  void set_two_micro_batch(bool on) { two_micro_batch_ = on; }
+  bool two_micro_batch() const { return two_micro_batch_; }
 
   dist::Communicator& comm() const { return comm_; }
   int rank() const { return comm_.rank(); }
@@ -45,15 +57,34 @@ class ExpertParallel {
 
   // out [T, D] = plus + sum_j expert_weights[t, j] * Expert[expert_ids[t, j]](x[t]) for layer `layer`, the experts
   // spread over the ranks. `local` holds this rank's slots of that layer in slot order; expert ids are global.
-  // Collective: every rank calls it with the same T, ids and weights. expert_ids I32 [T, k], expert_weights F32
-  // [T, k], plus [T, D] or empty.
+  // Collective: every rank calls it for the same layers in the same order; replicated: with the same T, ids and
+  // weights; data-parallel: each with its own tokens (T >= 1). expert_ids I32 [T, k], expert_weights F32 [T, k],
+  // plus [T, D] or empty.
   void moe(Backend& backend, int64_t layer, const ExpertWeights& local, const TensorView& x,
            const TensorView& expert_ids, const TensorView& expert_weights, const TensorView& plus,
            const TensorView& out);
+  // Data-parallel: this rank has no tokens in the step but takes part in the layer's collectives (zero counts)
+  // and runs its experts over the rows the others send. D: the hidden size, K: experts per token.
+  void moe_idle(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t D, int64_t K);
 
  private:
+  struct MicroBatch;
+  // The phases of one micro-batch (expert_parallel.cpp): plan and start the dispatch; wait for it, run the local
+  // experts, start the combine; wait for it, combine into dst (my tokens' rows of the micro-batch).
+  void dispatch(Backend& backend, const LayerPlacement& P, int64_t D, int64_t K, const std::vector<int32_t>& ids,
+                const TensorView& x, MicroBatch& mb);
+  void experts(Backend& backend, const ExpertWeights& local, int64_t D, int64_t K, MicroBatch& mb);
+  void combine(Backend& backend, int64_t D, int64_t K, const TensorView& x, const TensorView& expert_ids,
+               const TensorView& expert_weights, const TensorView& plus, const TensorView& dst, MicroBatch& mb);
+  // The body of moe / moe_idle: ids (host) [T, k] of this rank's x; T == 0 leaves the views unread.
+  void run(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t T, int64_t D, int64_t K,
+           const std::vector<int32_t>& ids, const TensorView& x, const TensorView& expert_ids,
+           const TensorView& expert_weights, const TensorView& plus, const TensorView& out);
+
   dist::Communicator& comm_;
   ExpertPlacement placement_;
+  Mode mode_;
+  bool two_micro_batch_ = false;
   std::atomic<uint64_t> bytes_sent_{0};  // read by /metrics on another thread
 };
 

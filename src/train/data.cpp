@@ -9,11 +9,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <span>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "tokenizer/tokenizer.h"
+#include "train/fim.h"
 #include "train/sft.h"
 
 namespace fs = std::filesystem;
@@ -120,6 +122,7 @@ struct Piece {
 struct Encoded {
   std::vector<int32_t> ids;
   std::vector<uint8_t> loss;
+  bool code = false;  // the JSONL object's "code": true
   std::exception_ptr error;
 };
 
@@ -144,6 +147,10 @@ Encoded encode_piece(const Tokenizer& tok, int32_t eos, bool sft, const Piece& p
     MOE_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(),
               "{}: not a JSON object with a \"text\" string", p.where());
     text = j["text"].get<std::string>();
+    if (j.contains("code")) {
+      MOE_CHECK(j["code"].is_boolean(), "{}: \"code\" must be true or false", p.where());
+      e.code = j["code"].get<bool>();
+    }
   }
   e.ids = tok.encode(p.line > 0 ? std::string_view(text) : std::string_view(p.text), false);
   for (int32_t id : e.ids)
@@ -168,10 +175,13 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
             o.val_fraction);
   MOE_CHECK(o.shard_tokens > 0, "tokenize-corpus: --shard-tokens must be positive");
   MOE_CHECK(o.threads >= 0, "tokenize-corpus: --threads {} is negative", o.threads);
+  MOE_CHECK(o.fim_rate >= 0 && o.fim_rate <= 1, "tokenize-corpus: --fim-rate {} is not in [0, 1]", o.fim_rate);
+  MOE_CHECK(!(o.sft && o.fim_rate > 0), "tokenize-corpus: --fim-rate applies to pre-training text, not --sft data");
   const Tokenizer tok = Tokenizer::load(o.tokenizer_dir);
   MOE_CHECK(tok.eos_id().has_value(), "{}: the tokenizer has no EOS token (tokenizer_config.json eos_token)",
             o.tokenizer_dir);
   const int32_t eos = *tok.eos_id();
+  const FimTokens fim = o.fim_rate > 0 ? FimTokens::from(tok, o.tokenizer_dir) : FimTokens{};
   ThreadPool pool(o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency())));
   const auto t0 = std::chrono::steady_clock::now();
   fs::create_directories(o.out_dir);
@@ -180,9 +190,23 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
   CorpusStats st;
   st.threads = pool.size();
   int64_t d = 0;
-  auto add_ids = [&](const std::vector<int32_t>& ids, const std::vector<uint8_t>* loss) {
+  auto add_ids = [&](const std::vector<int32_t>& ids, const std::vector<uint8_t>* loss, bool code) {
     const int split = (int64_t(double(d + 1) * o.val_fraction) > int64_t(double(d) * o.val_fraction)) ? 1 : 0;
-    ++d;
+    const int64_t doc = d++;
+    if (split == 0 && code) {
+      st.code_documents++;
+      const auto body = std::span<const int32_t>(ids).first(ids.size() - 1);  // without the EOS
+      const FimDraw draw = fim_draw(o.fim_seed, doc, int64_t(body.size()), o.fim_rate);
+      if (draw.apply) {
+        std::vector<int32_t> psm = fim_apply(body, draw, fim);
+        psm.push_back(eos);
+        st.fim_documents++;
+        w[split].add(psm, loss);
+        st.documents[split]++;
+        st.tokens[split] += int64_t(psm.size());
+        return;
+      }
+    }
     w[split].add(ids, loss);
     st.documents[split]++;
     st.tokens[split] += int64_t(ids.size());
@@ -202,7 +226,7 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
     });
     for (Encoded& e : out) {
       if (e.error) std::rethrow_exception(e.error);
-      add_ids(e.ids, o.sft ? &e.loss : nullptr);
+      add_ids(e.ids, o.sft ? &e.loss : nullptr, e.code);
     }
     batch.clear();
     batch_bytes = 0;
@@ -252,6 +276,9 @@ CorpusStats tokenize_corpus(const std::vector<std::string>& files, const CorpusO
   m["eos_id"] = eos;
   m["tokenizer"] = o.tokenizer_dir;
   if (o.sft) m["sft"] = true;
+  if (o.fim_rate > 0)
+    m["fim"] = {{"rate", o.fim_rate}, {"seed", o.fim_seed}, {"code_documents", st.code_documents},
+                {"fim_documents", st.fim_documents}};
   m["train"] = shards_json(w[0].shards, o.sft);
   m["val"] = shards_json(w[1].shards, o.sft);
   std::ofstream out(o.out_dir + "/manifest.json");

@@ -30,16 +30,21 @@ struct CorpusOptions {
   double val_fraction = 0.0;  // documents d with floor((d+1) f) > floor(d f) go to validation (evenly spread)
   int64_t shard_tokens = int64_t(1) << 24;  // start a new shard after this many tokens
   int threads = 1;  // tokenizer threads (0: every core); the output is the same bytes for any number
+  // Fill-in-the-middle (train/fim.h): each training document marked {"code": true} in a JSONL input is rearranged
+  // into PSM form with probability fim_rate, drawn from (fim_seed, document index). Validation stays plain text.
+  double fim_rate = 0.0;
+  uint64_t fim_seed = 0;
 };
 
 struct CorpusStats {
   int64_t documents[2] = {0, 0}, tokens[2] = {0, 0}, shards[2] = {0, 0};  // [train, val]
+  int64_t code_documents = 0, fim_documents = 0;  // training documents marked code; those rearranged by FIM
   int threads = 1;       // the pool's size
   double seconds = 0.0;  // reading, tokenizing and writing (the tokenizer's load not included)
 };
 
 // Each input file is one document, unless its name ends in .jsonl: then every non-empty line is a JSON object
-// whose "text" string is a document. Errors name the file (and the line). Documents are tokenized on a pool of
+// whose "text" string is a document (an optional boolean "code" marks source code, for --fim-rate). Errors name the file (and the line). Documents are tokenized on a pool of
 // options.threads threads owned by the call, in batches, and written in input order: any thread count gives the
 // same bytes and reports the same (first) bad input. Copies tokenizer.json and
 // tokenizer_config.json next to the manifest so checkpoints can carry them.

@@ -85,12 +85,17 @@ struct Pass {
     const ModelConfig& c = M.config;
     const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
     A.ids = ids, A.b = b, A.t = t;
+    hook(&ParamHooks::before_forward, ParamHooks::kGlobals);
     A.xs.assign(size_t(c.num_hidden_layers + 1), std::vector<float>(size_t(n * D)));
+    hook(&ParamHooks::before_forward, ParamHooks::kEmbed);
     embedding_forward(A.xs[0].data(), ids.data(), n, M.embed->data(), D);
+    hook(&ParamHooks::after_forward, ParamHooks::kEmbed);
     A.layers.assign(size_t(c.num_hidden_layers), {});
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      hook(&ParamHooks::before_forward, int(l));
       layer_forward(A.layers[size_t(l)], M.layers[size_t(l)], main_ctx, A.xs[size_t(l)].data(), b, t,
                     A.xs[size_t(l + 1)].data());
+      hook(&ParamHooks::after_forward, int(l));
       if (M.layers[size_t(l)].is_moe) parts.seq_aux += A.layers[size_t(l)].moe.seq_aux;
     }
     A.hn.resize(size_t(n * D));
@@ -103,7 +108,9 @@ struct Pass {
     for (int64_t s = 0; s < b; ++s)
       std::copy(A.hn.begin() + s * t * D, A.hn.begin() + (s * t + t1) * D, hsel.begin() + s * t1 * D);
     A.dlogits.resize(size_t(n1 * V));
+    hook(&ParamHooks::before_forward, ParamHooks::kHead);
     cmp.matmul_forward(A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V, true);
+    hook(&ParamHooks::after_forward, ParamHooks::kHead);
     int64_t c1 = 0;
     const std::vector<int32_t> targets = masked_targets(ids, mask, b, t, t1, 1, &c1);
     const double d1 = double(std::max<int64_t>(c1, 1));  // no target carries loss: the CE is 0, and so its gradient
@@ -115,7 +122,9 @@ struct Pass {
       A.e.resize(size_t(n2 * D));
       A.en.resize(size_t(n2 * D));
       A.e_rstd.resize(size_t(n2));
+      hook(&ParamHooks::before_forward, ParamHooks::kEmbed);
       embedding_forward(A.e.data(), next.data(), n2, M.embed->data(), D);
+      hook(&ParamHooks::after_forward, ParamHooks::kEmbed);
       rmsnorm_forward(A.en.data(), A.e_rstd.data(), A.e.data(), M.enorm->data(), n2, D, c.rms_norm_eps);
       std::vector<float> h2(size_t(n2 * D));
       for (int64_t s = 0; s < b; ++s)
@@ -131,12 +140,16 @@ struct Pass {
       A.m.resize(size_t(n2 * D));
       cmp.matmul_forward(A.m.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, false);
       A.y.resize(size_t(n2 * D));
+      hook(&ParamHooks::before_forward, int(c.num_hidden_layers));
       layer_forward(A.mtp_layer, M.mtp_layer, mtp_ctx, A.m.data(), b, t2, A.y.data());
+      hook(&ParamHooks::after_forward, int(c.num_hidden_layers));
       A.yn.resize(size_t(n2 * D));
       A.yn_rstd.resize(size_t(n2));
       rmsnorm_forward(A.yn.data(), A.yn_rstd.data(), A.y.data(), M.mtp_norm->data(), n2, D, c.rms_norm_eps);
       A.mtp_dlogits.resize(size_t(n2 * V));
+      hook(&ParamHooks::before_forward, ParamHooks::kHead);
       cmp.matmul_forward(A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V, true);
+      hook(&ParamHooks::after_forward, ParamHooks::kHead);
       int64_t c2 = 0;
       const std::vector<int32_t> t2ids = masked_targets(ids, mask, b, t, t2, 2, &c2);
       const double d2 = double(std::max<int64_t>(c2, 1));
@@ -153,9 +166,13 @@ struct Pass {
       const int64_t t2 = t - 2, n2 = b * t2;
       std::vector<float> dyn(size_t(n2 * D), 0.f), dy(size_t(n2 * D), 0.f), dm(size_t(n2 * D), 0.f),
           dcat(size_t(n2 * 2 * D), 0.f);
+      hook(&ParamHooks::before_backward, ParamHooks::kHead);
       cmp.matmul_backward(dyn.data(), M.head->grad(), A.mtp_dlogits.data(), A.yn.data(), M.head->data(), n2, D, V, true);
+      hook(&ParamHooks::after_backward, ParamHooks::kHead);
       rmsnorm_backward(dy.data(), M.mtp_norm->grad(), dyn.data(), A.y.data(), M.mtp_norm->data(), A.yn_rstd.data(), n2, D);
+      hook(&ParamHooks::before_backward, int(c.num_hidden_layers));
       layer_backward(dm.data(), dy.data(), A.mtp_layer, M.mtp_layer, mtp_ctx);
+      hook(&ParamHooks::after_backward, int(c.num_hidden_layers));
       cmp.matmul_backward(dcat.data(), M.eh_proj->grad(), dm.data(), A.cat.data(), M.eh_proj->data(), n2, 2 * D, D, false);
       std::vector<float> den(size_t(n2 * D)), dhh(size_t(n2 * D)), de(size_t(n2 * D), 0.f), dh2(size_t(n2 * D), 0.f);
       for (int64_t i = 0; i < n2; ++i) {
@@ -164,7 +181,9 @@ struct Pass {
       }
       rmsnorm_backward(de.data(), M.enorm->grad(), den.data(), A.e.data(), M.enorm->data(), A.e_rstd.data(), n2, D);
       const std::vector<int32_t> next = shifted_ids(A.ids, b, t, t2, 1);
+      hook(&ParamHooks::before_backward, ParamHooks::kEmbed);
       embedding_backward(M.embed->grad(), next.data(), n2, de.data(), D);
+      hook(&ParamHooks::after_backward, ParamHooks::kEmbed);
       std::vector<float> h2(size_t(n2 * D));
       for (int64_t s = 0; s < b; ++s)
         std::copy(A.hn.begin() + s * t * D, A.hn.begin() + (s * t + t2) * D, h2.begin() + s * t2 * D);
@@ -177,7 +196,9 @@ struct Pass {
     std::vector<float> hsel(size_t(n1 * D)), dsel(size_t(n1 * D), 0.f);
     for (int64_t s = 0; s < b; ++s)
       std::copy(A.hn.begin() + s * t * D, A.hn.begin() + (s * t + t1) * D, hsel.begin() + s * t1 * D);
+    hook(&ParamHooks::before_backward, ParamHooks::kHead);
     cmp.matmul_backward(dsel.data(), M.head->grad(), A.dlogits.data(), hsel.data(), M.head->data(), n1, D, V, true);
+    hook(&ParamHooks::after_backward, ParamHooks::kHead);
     for (int64_t s = 0; s < b; ++s)
       for (int64_t k = 0; k < t1 * D; ++k) dhn[size_t(s * t * D + k)] += dsel[size_t(s * t1 * D + k)];
     std::vector<float> dx(size_t(n * D), 0.f), dprev(size_t(n * D));
@@ -185,10 +206,19 @@ struct Pass {
                      A.hn_rstd.data(), n, D);
     for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
       std::fill(dprev.begin(), dprev.end(), 0.f);
+      hook(&ParamHooks::before_backward, int(l));
       layer_backward(dprev.data(), dx.data(), A.layers[size_t(l)], M.layers[size_t(l)], main_ctx);
+      hook(&ParamHooks::after_backward, int(l));
       std::swap(dx, dprev);
     }
+    hook(&ParamHooks::before_backward, ParamHooks::kEmbed);
     embedding_backward(M.embed->grad(), A.ids.data(), n, dx.data(), D);
+    hook(&ParamHooks::after_backward, ParamHooks::kEmbed);
+    hook(&ParamHooks::after_backward, ParamHooks::kGlobals);
+  }
+
+  void hook(void (ParamHooks::*f)(int), int layer) const {
+    if (M.hooks) (M.hooks->*f)(layer);
   }
 
   void collect_loads(ExpertLoads* loads) const {
@@ -229,6 +259,7 @@ LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64
   if (model.device) return model.device->forward_loss(model, ids, b, t, obj, loss_mask);
   Pass p(model, obj);
   p.forward(ids, b, t, loss_mask);
+  p.hook(&ParamHooks::after_forward, ParamHooks::kGlobals);
   return p.parts;
 }
 
@@ -244,18 +275,29 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   CpuCompute cpu(model.pool);
   Compute& cmp = model.compute ? *model.compute : cpu;
   const LayerContext ctx = make_context(c, 0.0, model.pool, model.ep, &cmp);
+  const auto hook = [&](void (ParamHooks::*f)(int), int layer) {
+    if (model.hooks) (model.hooks->*f)(layer);
+  };
+  hook(&ParamHooks::before_forward, ParamHooks::kGlobals);
   std::vector<float> x(size_t(n * D)), y(size_t(n * D));
+  hook(&ParamHooks::before_forward, ParamHooks::kEmbed);
   embedding_forward(x.data(), ids.data(), n, model.embed->data(), D);
+  hook(&ParamHooks::after_forward, ParamHooks::kEmbed);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerActs acts;
     std::fill(y.begin(), y.end(), 0.f);
+    hook(&ParamHooks::before_forward, int(l));
     layer_forward(acts, model.layers[size_t(l)], ctx, x.data(), b, t, y.data());
+    hook(&ParamHooks::after_forward, int(l));
     std::swap(x, y);
   }
   std::vector<float> rstd(static_cast<size_t>(n));
   rmsnorm_forward(y.data(), rstd.data(), x.data(), model.final_norm->data(), n, D, c.rms_norm_eps);
   std::vector<float> logits(size_t(n * V));
+  hook(&ParamHooks::before_forward, ParamHooks::kHead);
   cmp.matmul_forward(logits.data(), y.data(), model.head->data(), n, D, V, true);
+  hook(&ParamHooks::after_forward, ParamHooks::kHead);
+  hook(&ParamHooks::after_forward, ParamHooks::kGlobals);
   return logits;
 }
 

@@ -21,7 +21,9 @@ void for_each_moe_layer(TrainModel& m, const std::function<void(LayerParams&)>& 
 DistributedTraining::DistributedTraining(TrainModel& model, dist::Communicator& comm, ParallelOptions options)
     : m_(model), c_(comm), o_(options) {
   const int N = c_.size();
-  MOE_CHECK(o_.zero >= 0 && o_.zero <= 2, "train: --zero is 0, 1 or 2, not {}", o_.zero);
+  MOE_CHECK(o_.zero >= 0 && o_.zero <= 3, "train: --zero is 0, 1, 2 or 3, not {}", o_.zero);
+  MOE_CHECK(o_.zero < 3 || !m_.compute, "train: --zero 3 gathers layers into host memory and runs on the CPU only "
+            "(leave out --device, or use --zero 2)");
   if (o_.ep) {
     const int64_t E = m_.config.n_routed_experts;
     MOE_CHECK(E > 0, "train: --ep needs a model with routed experts");
@@ -41,7 +43,9 @@ DistributedTraining::DistributedTraining(TrainModel& model, dist::Communicator& 
     if (!expert_param(p.get())) replicated_.push_back(p.get());
   for (Param* p : replicated_) offset_.push_back(total_), total_ += p->w.size();
   chunk_ = (total_ + size_t(N) - 1) / size_t(N);
-  if (o_.zero > 0) {
+  if (o_.zero == 3) {
+    build_groups();  // zero3.cpp
+  } else if (o_.zero > 0) {
     // This rank's slice of the moments (from the model's, which a resumed run may have filled), then the model's
     // copies go: each rank keeps 1/N of the optimizer state.
     g_shard_.assign(chunk_, 0.f), m_shard_.assign(chunk_, 0.f), v_shard_.assign(chunk_, 0.f);
@@ -55,10 +59,13 @@ DistributedTraining::DistributedTraining(TrainModel& model, dist::Communicator& 
       release(p->m), release(p->v);
     }
   }
+  m_.hooks = this;
+  reset_peak_param_bytes();
 }
 
 DistributedTraining::~DistributedTraining() {
   if (m_.ep == &ep_) m_.ep = nullptr;
+  if (m_.hooks == this) m_.hooks = nullptr;
 }
 
 bool DistributedTraining::expert_param(const Param* p) const { return owner_of_.count(p) > 0; }
@@ -110,12 +117,14 @@ LossParts DistributedTraining::reduce(const LossParts& p, ExpertLoads* loads) {
       load.assign(sum.begin(), sum.end());
     }
   reduce_gradients();
+  note_bytes();
   return LossParts{parts[0] / N, parts[1] / N, parts[2] / N, parts[3] / N};
 }
 
 LossParts DistributedTraining::forward_backward(const std::vector<int32_t>& ids, int64_t b, int64_t t,
                                                 const Objective& obj, ExpertLoads* loads) {
   m_.zero_grad();
+  if (o_.zero == 3) std::fill(g_shard_.begin(), g_shard_.end(), 0.f);
   if (loads) loads->clear();
   const LossParts p = local_pass(ids, b, t, obj, loads);
   return reduce(p, loads);
@@ -123,6 +132,10 @@ LossParts DistributedTraining::forward_backward(const std::vector<int32_t>& ids,
 
 void DistributedTraining::reduce_gradients() {
   const double N = double(c_.size());
+  if (o_.zero == 3) {  // the replicated gradients were reduce-scattered per layer during the backward
+    scale_owned_expert_gradients();
+    return;
+  }
   std::vector<double> flat(chunk_ * size_t(c_.size()), 0.0);
   for (size_t i = 0; i < replicated_.size(); ++i)
     std::copy(replicated_[i]->g.begin(), replicated_[i]->g.end(), flat.begin() + ptrdiff_t(offset_[i]));
@@ -141,6 +154,11 @@ void DistributedTraining::reduce_gradients() {
       for (size_t k = 0; k < chunk_; ++k) g_shard_[k] = float(flat[lo + k] / N);
     }
   }
+  scale_owned_expert_gradients();
+}
+
+void DistributedTraining::scale_owned_expert_gradients() {
+  const double N = double(c_.size());
   // The owner's experts saw every rank's rows: their sum over the ranks' losses, scaled like the rest.
   for (auto& [p, owner] : expert_owner_)
     if (owner == c_.rank())
@@ -168,7 +186,22 @@ StepStats DistributedTraining::step(const AdamW& opt, double lr, double clip_nor
   MOE_CHECK(std::isfinite(st.grad_norm), "train: the gradient norm is {} at step {}", st.grad_norm, step);
   st.clip_scale = std::min(1.0, clip_norm / (st.grad_norm + 1e-6));
 
-  if (o_.zero == 0) {
+  if (o_.zero == 3) {
+    // Each group's slice [lo, lo + chunk) of this rank, parameter by parameter, on the shards; no all-gather: the
+    // next pass gathers each layer when it runs. The gradient shard is consumed.
+    for (const Group& G : groups_) {
+      const size_t lo = size_t(c_.rank()) * G.chunk, hi = std::min(G.total, lo + G.chunk);
+      for (size_t i = 0; i < G.params.size(); ++i) {
+        const size_t n = size_t(G.params[i]->shape.numel());
+        const size_t a = std::max(lo, G.offset[i]), b = std::min(hi, G.offset[i] + n);
+        if (a >= b) continue;
+        const size_t s = G.at + (a - lo);
+        adamw_update(w_shard_.data() + s, g_shard_.data() + s, m_shard_.data() + s, v_shard_.data() + s, b - a,
+                     G.params[i]->decay, opt, lr, st.clip_scale, step);
+      }
+    }
+    std::fill(g_shard_.begin(), g_shard_.end(), 0.f);
+  } else if (o_.zero == 0) {
     for (Param* p : replicated_)
       adamw_update(p->w.data(), p->g.data(), p->m.data(), p->v.data(), p->w.size(), p->decay, opt, lr, st.clip_scale,
                    step);
@@ -194,6 +227,7 @@ StepStats DistributedTraining::step(const AdamW& opt, double lr, double clip_nor
     if (owner == c_.rank())
       adamw_update(p->w.data(), p->g.data(), p->m.data(), p->v.data(), p->w.size(), p->decay, opt, lr, st.clip_scale,
                    step);
+  note_bytes();
   return st;
 }
 
@@ -206,7 +240,13 @@ void DistributedTraining::gather_model() {
     }
     p->g.resize(n);
   }
-  if (o_.zero > 0) {
+  if (o_.zero == 3) {
+    for (const Group& G : groups_) {
+      gather_group(G, w_shard_, &Param::w);
+      gather_group(G, m_shard_, &Param::m);
+      gather_group(G, v_shard_, &Param::v);
+    }
+  } else if (o_.zero > 0) {
     for (std::vector<float>* shard : {&m_shard_, &v_shard_}) {
       std::vector<float> all(chunk_ * size_t(c_.size()));
       c_.all_gather(std::span<const float>(*shard), std::span<float>(all));

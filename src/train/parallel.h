@@ -7,9 +7,16 @@
 //   ZeRO-1 (zero = 1): gradients all-reduced, AdamW moments and the update sharded: rank r owns one 1/N slice of
 //     the flattened replicated parameters, updates it and all-gathers the parameters;
 //   ZeRO-2 (zero = 2): as ZeRO-1 but the gradients are reduce-scattered, so each rank only receives its slice;
+//   ZeRO-3 (zero = 3): the replicated parameters too are sharded between steps. They are flattened per group (one
+//     group per layer, the MTP layer, the embedding, the head, and the small rest: norms, MTP projection) and
+//     rank r keeps slice r of each group's values, gradients and moments. A group is all-gathered just before
+//     each use in the forward and freed after, gathered again before its backward, and its gradient
+//     reduce-scattered into the shard as soon as that backward is done (then freed); the small rest is held for
+//     the whole pass. The update runs on the shards and needs no all-gather (the next pass gathers what it uses);
 //   expert parallelism (ep): the routed experts are sharded over the ranks (train/expert_parallel.h); their
 //     gradients, moments and updates live on the owner only; non-owners drop the tensors.
 // The gradient norm for clipping is global: replicated tensors once plus every owner's experts.
+#include <algorithm>
 #include <cstdint>
 #include <unordered_map>
 #include <vector>
@@ -22,10 +29,12 @@ namespace moe::train {
 
 struct ParallelOptions {
   bool ep = false;  // shard the routed experts over the ranks
-  int zero = 0;     // 0: plain data parallelism; 1: sharded optimizer state; 2: and reduce-scattered gradients
+  int zero = 0;     // 0: plain data parallelism; 1: sharded optimizer state; 2: and reduce-scattered gradients;
+                    // 3: and parameters sharded between steps, gathered per layer
 };
 
-class DistributedTraining {
+// Installs itself as the model's ParamHooks while alive (ZeRO-3's per-layer gathers; the memory count below).
+class DistributedTraining : private ParamHooks {
  public:
   // Sets model.ep while alive (with ep); checks that experts divide over the ranks. The model must be the same on
   // every rank (loaded or initialised from the same seed).
@@ -47,12 +56,23 @@ class DistributedTraining {
   // After the local passes of a step: the parts averaged over ranks, loads summed over ranks (in place), the
   // gradients reduced (as the class comment says).
   LossParts reduce(const LossParts& local, ExpertLoads* loads);
+  // Scales what the local passes already reduce-scattered into the gradient shards (ZeRO-3; nothing otherwise):
+  // with scale_gradients(model) on the model's tensors, the 1/k of k accumulated micro-batches.
+  void scale_sharded_gradients(double s);
   int rank() const;
   // Global-norm clipping and AdamW on what this rank owns, then the all-gather of the updated parameters.
   StepStats step(const AdamW& opt, double lr, double clip_norm, int64_t step);
   // Every rank the whole model (experts broadcast from their owners) and, with ZeRO, the whole moments: for
-  // writing checkpoints or comparing. Training may continue afterwards.
+  // writing checkpoints or comparing. Training may continue afterwards (ZeRO-3 frees the copies again on the
+  // next pass). With ZeRO-3 the model's replicated tensors are empty between steps until this is called.
   void gather_model();
+
+  // Bytes of parameter state this rank holds now: values, gradients and moments of the model's tensors plus the
+  // ZeRO shards (not the transient communication buffers of a collective). The peak is sampled at every layer
+  // hook of the passes (where ZeRO-3 holds a gathered layer) and after each reduce and step.
+  size_t param_bytes() const;
+  size_t peak_param_bytes() const { return peak_bytes_; }
+  void reset_peak_param_bytes() { peak_bytes_ = param_bytes(); }
 
   // Whether every Param::g holds the whole reduced gradient after forward_backward (not with ZeRO-2 or ep).
   bool whole_gradients() const { return o_.zero < 2 && !o_.ep; }
@@ -65,6 +85,26 @@ class DistributedTraining {
   bool expert_param(const Param* p) const;
   bool owned(const Param* p) const;
   void reduce_gradients();
+  void scale_owned_expert_gradients();
+  void note_bytes() { peak_bytes_ = std::max(peak_bytes_, param_bytes()); }
+
+  // ParamHooks: ZeRO-3 gathers, frees and reduce-scatters here; every mode counts bytes.
+  void before_forward(int layer) override;
+  void after_forward(int layer) override;
+  void before_backward(int layer) override;
+  void after_backward(int layer) override;
+
+  // ZeRO-3's flat layout of one group: params at offset[i] in [0, total); slice r is [r * chunk, (r+1) * chunk)
+  // (the last one padded with zeros), kept at `at` in the shard vectors.
+  struct Group {
+    std::vector<Param*> params;
+    std::vector<size_t> offset;
+    size_t total = 0, chunk = 0, at = 0;
+  };
+  void build_groups();
+  Group& group(int layer) { return groups_[size_t(layer + 3)]; }  // kHead (-3) is group 0
+  void gather_group(const Group& G, const std::vector<float>& shard, std::vector<float> Param::*field);
+  void reduce_scatter_group(const Group& G);
 
   TrainModel& m_;
   dist::Communicator& c_;
@@ -74,6 +114,9 @@ class DistributedTraining {
   std::vector<size_t> offset_;          // replicated_[i] starts at offset_[i] in the flat layout
   size_t total_ = 0, chunk_ = 0;        // flat size, and the slice per rank (total_ rounded up / N)
   std::vector<float> g_shard_, m_shard_, v_shard_;  // ZeRO: this rank's slice of the gradient and moments
+  std::vector<Group> groups_;                       // ZeRO-3: head, embedding, the rest, one per layer (MTP's last)
+  std::vector<float> w_shard_;                      // ZeRO-3: this rank's slice of the values (every group's)
+  size_t peak_bytes_ = 0;
   std::vector<std::pair<Param*, int>> expert_owner_;  // ep: every expert tensor and its owner
   std::unordered_map<const Param*, int> owner_of_;      // the same, for lookups
 };

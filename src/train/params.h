@@ -19,6 +19,20 @@ struct ExpertParallel;
 class Compute;
 class DeviceStep;
 
+// Called around each use of a group of parameters by the passes of train/model.h, so that ZeRO-3
+// (train/parallel.h) can gather a group just before it is used and free it after, and reduce-scatter its
+// gradient as soon as that use's backward is done. `layer`: 0..L-1 the main layers, L the MTP module's layer;
+// kEmbed the embedding (main and MTP lookups: each use bracketed on its own), kHead the output head (likewise),
+// kGlobals the small tensors left (norms outside the layers, the MTP projection), held for the whole pass.
+struct ParamHooks {
+  static constexpr int kHead = -3, kEmbed = -2, kGlobals = -1;
+  virtual ~ParamHooks() = default;
+  virtual void before_forward(int layer) = 0;
+  virtual void after_forward(int layer) = 0;    // kGlobals: at the end of a forward-only pass
+  virtual void before_backward(int layer) = 0;  // never kGlobals (held since the forward)
+  virtual void after_backward(int layer) = 0;   // kGlobals: at the end of the backward
+};
+
 struct Param {
   std::string name;  // the checkpoint's tensor name
   Shape shape;
@@ -79,6 +93,7 @@ struct TrainModel {
   // A device that runs the whole step with everything resident there (train/device_step.h), owned by the caller;
   // when set, the step's functions hand their work to it and the host copies are synced by its pull/push.
   DeviceStep* device = nullptr;
+  ParamHooks* hooks = nullptr;  // owned by the caller (DistributedTraining); null: every parameter always here
 
   // Reads config.json and the checkpoint (BF16/F16/F32 tensors, converted to F32). The MTP module's copies of
   // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.

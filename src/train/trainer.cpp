@@ -360,6 +360,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     const auto t0 = std::chrono::steady_clock::now();
     if (step == run.fault_nan_step) {
       if (model.device) model.device->pull(model);
+      MOE_CHECK(!model.final_norm->w.empty(), "train: --fault-nan-step needs the weights in place (not --zero 3)");
       model.final_norm->w[0] = std::numeric_limits<float>::quiet_NaN();
       if (model.device) model.device->push(model);
     }
@@ -385,7 +386,10 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
         for (size_t e = 0; e < load.size(); ++e) sum[e] += load[e];
       }
     }
-    if (k > 1) scale_gradients(model, 1.0 / double(k));
+    if (k > 1) {
+      scale_gradients(model, 1.0 / double(k));
+      if (dist) dist->scale_sharded_gradients(1.0 / double(k));  // ZeRO-3 reduced them into its shards already
+    }
     if (dist) parts = dist->reduce(parts, &loads);
     consumed += batch * R.seq_len;
     if (!std::isfinite(parts.loss))

@@ -15,9 +15,10 @@
 namespace moe {
 namespace {
 
-std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs) {
+std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs, CudaOptions::Prefill prefill) {
   CudaOptions o;
   o.graphs = graphs;
+  o.prefill = prefill;
   return make_cuda_backend(0, o);
 }
 
@@ -25,8 +26,9 @@ std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs) {
 // brings `n` new tokens per sequence (the eager model's greedy token, then n - 1 random ones, as speculative
 // verification does), with logits for all of them when n > 1.
 void check_graph_replays(const std::string& model_dir, const std::vector<int32_t>& prompt_lens,
-                         int64_t kSteps, int64_t min_captures, int32_t n = 1) {
-  auto eager_backend = cuda_backend_with_graphs(false), graph_backend = cuda_backend_with_graphs(true);
+                         int64_t kSteps, int64_t min_captures, int32_t n = 1,
+                         CudaOptions::Prefill prefill = CudaOptions{}.prefill) {
+  auto eager_backend = cuda_backend_with_graphs(false, prefill), graph_backend = cuda_backend_with_graphs(true, prefill);
   DeepseekV3 eager_model(model_dir, *eager_backend), graphed_model(model_dir, *graph_backend);
   StepExecutor eager(eager_model), graphed(graphed_model);
   const ModelConfig& c = eager_model.config();
@@ -126,6 +128,15 @@ TEST(CudaGraph, LargeBatchDecodeReplaysEqualEagerStepsFp8) {
   std::vector<int32_t> lens;
   for (int32_t i = 0; i < 24; ++i) lens.push_back(2 + (i * 5) % 17);
   check_graph_replays(test::kTinyModelFp8, lens, 12, 1);
+}
+
+// W8A8 (--cuda-prefill fp8) at batch 24: the routed experts on the grouped FP8 x FP8 kernel (moe_gemm_fp8.cu),
+// whose work items come from the device (no count read-back), captured with the rest of the step.
+TEST(CudaGraph, LargeBatchDecodeReplaysEqualEagerStepsFp8W8A8) {
+  MOE_REQUIRE_GPU();
+  std::vector<int32_t> lens;
+  for (int32_t i = 0; i < 24; ++i) lens.push_back(2 + (i * 5) % 17);
+  check_graph_replays(test::kTinyModelFp8, lens, 12, 1, 1, CudaOptions::Prefill::Fp8);
 }
 
 // Speculative verification steps: three new tokens per sequence with logits for all of them.

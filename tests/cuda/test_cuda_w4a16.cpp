@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -79,16 +80,52 @@ TEST(CudaW4A16, GroupedGemvMatchesCpu) {
       cuda::moe_w4a16_gemv(p, nullptr);
       CK(cudaDeviceSynchronize());
       CK(cudaMemcpy(got.data(), p.y, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
-      for (void* q : owned) cudaFree(q);
-      double num = 0, den = 0;
-      for (size_t i = 0; i < got.size(); ++i) {
-        num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
-        den += double(ref[i]) * ref[i];
-      }
-      std::printf("[ w4a16 ] group %d %s scales: rel L2 %.3g\n", group, f32_scales ? "F32" : "BF16",
-                  std::sqrt(num / den));
-      EXPECT_GT(den, 0.0);
-      EXPECT_LE(std::sqrt(num / den), 1e-5) << "group " << group << " f32 scales " << f32_scales;
+      auto rel = [&](const std::vector<float>& g) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < g.size(); ++i) {
+          num += (double(g[i]) - ref[i]) * (double(g[i]) - ref[i]);
+          den += double(ref[i]) * ref[i];
+        }
+        EXPECT_GT(den, 0.0);
+        return std::sqrt(num / den);
+      };
+      std::printf("[ w4a16 ] group %d %s scales: rel L2 %.3g\n", group, f32_scales ? "F32" : "BF16", rel(got));
+      EXPECT_LE(rel(got), 1e-5) << "group " << group << " f32 scales " << f32_scales;
+
+      // Work-item mode, as the backend calls it: rows in slot order (sorted row r is slot perm[r]), items of at
+      // most 2 rows plus a padding item, the pointers in one table [w0, s0, w1, s1, ...] read with stride 2.
+      std::vector<int32_t> perm(static_cast<size_t>(M)), items;
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      std::vector<float> xs(x.size());
+      for (int64_t r = 0; r < M; ++r)
+        std::copy_n(x.begin() + r * K, K, xs.begin() + int64_t(perm[size_t(r)]) * K);
+      for (int32_t e = 0; e < E; ++e)
+        for (int32_t b = offsets[size_t(e)]; b < offsets[size_t(e) + 1]; b += 2)
+          items.insert(items.end(), {e, b, std::min(2, offsets[size_t(e) + 1] - b)});
+      items.insert(items.end(), {0, 0, 0});
+      std::vector<const void*> table;
+      for (int32_t e = 0; e < E; ++e) table.insert(table.end(), {words[size_t(e)], scales[size_t(e)]});
+      const void* const* dtable = upload(table, owned);
+      cuda::W4A16GemvParams q = p;
+      q.x = upload(xs, owned);
+      q.offsets = nullptr;
+      q.words = dtable;
+      q.scales = dtable + 1;
+      q.table_stride = 2;
+      q.items = upload(items, owned);
+      q.n_items = int32_t(items.size() / 3);
+      q.perm = upload(perm, owned);
+      q.x_row_div = 1;
+      std::vector<float> ys(got.size(), 0.0f), back(got.size());
+      q.y = upload(ys, owned);
+      cuda::moe_w4a16_gemv(q, nullptr);
+      CK(cudaDeviceSynchronize());
+      CK(cudaMemcpy(ys.data(), q.y, ys.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      for (int64_t r = 0; r < M; ++r)
+        std::copy_n(ys.begin() + int64_t(perm[size_t(r)]) * N, N, back.begin() + r * N);
+      EXPECT_LE(rel(back), 1e-5) << "work items, group " << group << " f32 scales " << f32_scales;
+      for (void* o : owned) cudaFree(o);
     }
 }
 

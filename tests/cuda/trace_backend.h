@@ -3,7 +3,7 @@
 //   - records the output of every op (record_all) or only the routing decisions (router logits + expert ids);
 //   - can force the routing: each moe_route call takes the expert ids of the matching call of another run
 //     (the CPU's), with the weights recomputed from this run's own router logits, so the rest of the model is
-//     compared on the same discrete expert choices.
+//     compared on the same discrete expert choices; likewise V3.2's index selections (force_topk).
 // Plus the routing margins that say how close a token's expert choice was to a tie.
 #include <algorithm>
 #include <cmath>
@@ -32,6 +32,18 @@ class TraceBackend final : public Backend {
   void force_routing(const std::vector<Record>* routes) {
     forced_ = routes;
     forced_next_ = 0;
+  }
+  // V3.2's index selections taken from `sel` (the dsa_topk records of another run, in call order), or free when
+  // null. The record keeps this run's own selection (what it would have attended), the model gets `sel`'s.
+  void force_topk(const std::vector<Record>* sel) {
+    forced_topk_ = sel;
+    forced_topk_next_ = 0;
+  }
+  static std::vector<Record> topk_of(const std::vector<Record>& log) {
+    std::vector<Record> out;
+    for (const Record& r : log)
+      if (r.op == "dsa_topk") out.push_back(r);
+    return out;
   }
   static std::vector<Record> routes_of(const std::vector<Record>& log) {
     std::vector<Record> out;
@@ -102,6 +114,49 @@ class TraceBackend final : public Backend {
     in_.mla_attention(q, kv_b, cache, dn, dv, scale, batch, out);
     record("mla_attention", out);
   }
+  // V3.2's sparse attention, passed through (the index scores and selections recorded with record_all).
+  bool has_sparse_attention() const override { return in_.has_sparse_attention(); }
+  void dsa_write_index_cache(const TensorView& k, const Weight& norm_w, const Weight& norm_b, float eps,
+                             const RopeParams& rope, const DeviceBatch& batch, const TensorView& index_cache) override {
+    in_.dsa_write_index_cache(k, norm_w, norm_b, eps, rope, batch, index_cache);
+  }
+  void dsa_rope_q(const TensorView& q, const RopeParams& rope, const DeviceBatch& batch) override {
+    in_.dsa_rope_q(q, rope, batch);
+  }
+  void dsa_index_scores(const TensorView& q, const TensorView& weights, const TensorView& index_cache, float scale,
+                        float weight_scale, const DeviceBatch& batch, const TensorView& scores) override {
+    in_.dsa_index_scores(q, weights, index_cache, scale, weight_scale, batch, scores);
+    record("dsa_index_scores", scores);
+  }
+  void dsa_topk(const TensorView& scores, const DeviceBatch& batch, const TensorView& indices) override {
+    in_.dsa_topk(scores, batch, indices);
+    if (record_all_ || forced_topk_) {
+      Record r;
+      r.op = "dsa_topk";
+      r.rows = indices.rows();
+      r.cols = indices.row_size();
+      r.ids.resize(size_t(indices.numel()));
+      in_.copy_to_host(indices, r.ids.data());
+      if (forced_topk_) {
+        MOE_CHECK(forced_topk_next_ < forced_topk_->size(), "forced top-k: more dsa_topk calls than recorded");
+        const Record& f = (*forced_topk_)[forced_topk_next_++];
+        MOE_CHECK(f.rows == r.rows && f.cols == r.cols, "forced top-k: shapes differ");
+        in_.copy_from_host(f.ids.data(), indices);
+      }
+      if (record_all_) log.push_back(std::move(r));
+    }
+  }
+  void mla_sparse_latent_attention(const TensorView& qf, const TensorView& cache, float scale, const DeviceBatch& batch,
+                                   const TensorView& indices, const TensorView& o_lat, const TensorView& lse) override {
+    in_.mla_sparse_latent_attention(qf, cache, scale, batch, indices, o_lat, lse);
+  }
+  void mla_sparse_attention(const TensorView& q, const Weight& kv_b, const TensorView& cache, int64_t dn, int64_t dv,
+                            float scale, const DeviceBatch& batch, const TensorView& indices,
+                            const TensorView& out) override {
+    in_.mla_sparse_attention(q, kv_b, cache, dn, dv, scale, batch, indices, out);
+    record("mla_sparse_attention", out);
+  }
+
   void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                  const TensorView& expert_ids, const TensorView& expert_weights) override {
     in_.moe_route(logits, bias, params, expert_ids, expert_weights);
@@ -168,6 +223,8 @@ class TraceBackend final : public Backend {
   bool record_all_;
   const std::vector<Record>* forced_ = nullptr;
   size_t forced_next_ = 0;
+  const std::vector<Record>* forced_topk_ = nullptr;
+  size_t forced_topk_next_ = 0;
 };
 
 // How close token t's routing (V3: sigmoid + bias, group-limited top-k) was to a tie, from one run's router

@@ -66,7 +66,9 @@ void check_reduce_scatter(Communicator& c, size_t n, uint64_t seed) {
 }
 
 // Displacements leave a gap of 5 bytes between peers' segments (checks that displacements are honoured).
-inline void check_all_to_all_v(Communicator& c) {
+// `started`: through all_to_all_v_start, with a second exchange (the same pattern, reversed bytes) started after
+// it and a blocking broadcast while both are pending; the handles are waited for in reverse order.
+inline void check_all_to_all_v(Communicator& c, bool started = false) {
   const int N = c.size(), me = c.rank();
   const size_t n = size_t(N);
   std::vector<size_t> sc(n), sd(n), rc(n), rd(n);
@@ -78,7 +80,24 @@ inline void check_all_to_all_v(Communicator& c) {
   std::vector<uint8_t> send(so, 0xEE), recv(ro, 0xEE);
   for (int p = 0; p < N; ++p)
     for (size_t i = 0; i < sc[size_t(p)]; ++i) send[sd[size_t(p)] + i] = a2a_byte(me, p, i);
-  c.all_to_all_v(send.data(), sc, sd, recv.data(), rc, rd);
+  std::vector<uint8_t> send2(send.rbegin(), send.rend()), recv2(ro, 0xEE);
+  if (started) {
+    // send2 is send reversed: peer p's segment starts at so - sd[p] - sc[p] there.
+    std::vector<size_t> sd2(n);
+    for (size_t p = 0; p < n; ++p) sd2[p] = so - sd[p] - sc[p];
+    auto first = c.all_to_all_v_start(send.data(), sc, sd, recv.data(), rc, rd);
+    auto second = c.all_to_all_v_start(send2.data(), sc, sd2, recv2.data(), rc, rd);
+    int64_t token = me == 0 ? 4242 : -1;
+    c.broadcast(&token, sizeof token, 0);
+    EXPECT_EQ(token, 4242);
+    second->wait();
+    first->wait();
+    for (int p = 0; p < N; ++p)  // the second exchange's segments hold the reversed bytes
+      for (size_t i = 0; i < rc[size_t(p)]; ++i)
+        EXPECT_EQ(recv2[rd[size_t(p)] + i], a2a_byte(p, me, rc[size_t(p)] - 1 - i)) << "from rank " << p;
+  } else {
+    c.all_to_all_v(send.data(), sc, sd, recv.data(), rc, rd);
+  }
   size_t wrong = 0, gap_touched = 0, received = 0;
   std::vector<bool> in_segment(recv.size(), false);
   for (int p = 0; p < N; ++p)

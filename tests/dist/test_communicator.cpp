@@ -26,6 +26,7 @@ TEST(SingleCommunicator, EveryCollectiveWithOneRank) {
   check_all_gather<float>(c, 9, 3);
   check_reduce_scatter<double>(c, 9, 4);
   check_all_to_all_v(c);
+  check_all_to_all_v(c, /*started=*/true);
   check_broadcast(c, 5);
   c.barrier();
   EXPECT_EQ(c.stream(), nullptr);

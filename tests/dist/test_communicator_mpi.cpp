@@ -44,6 +44,7 @@ TEST(MpiCommunicator, ReduceScatterSum) {
 }
 
 TEST(MpiCommunicator, AllToAllVUnevenCountsWithZeros) { check_all_to_all_v(comm()); }
+TEST(MpiCommunicator, AllToAllVStartedTwoPendingAtOnce) { check_all_to_all_v(comm(), /*started=*/true); }
 
 TEST(MpiCommunicator, BroadcastFromEveryRoot) { check_broadcast(comm(), 41); }
 

@@ -1,7 +1,8 @@
 // The distributed commands end to end: `mpirun -np 2 moe train-steps ... --dp 2 [--ep] [--zero K]` and
 // `mpirun -np 2 moe train ... --dp 2 ...` against the same commands in one process: step lines within 1e-5
-// relative, final parameters within 1e-5 relative L2 per tensor; and --dp without mpirun is an error saying how
-// to launch. Launched through tests/dist/mpirun.sh (MPIRUN_SH, MPIEXEC).
+// relative, final parameters within 1e-5 relative L2 per tensor, also started by hand (no mpirun: the command
+// launches its ranks) and with ZeRO-3; and --dp N under mpirun with another rank count is an error saying how to
+// launch. Launched through tests/dist/mpirun.sh (MPIRUN_SH, MPIEXEC).
 #include <gtest/gtest.h>
 
 #include <array>
@@ -92,9 +93,12 @@ TEST(DistCli, TrainStepsOverTwoRanksMatchesOneProcess) {
   const std::string base = "train-steps --model tests/data/tiny-train/model --spec tests/data/tiny-train/train.json";
   const Result one = moe1(base + " --out " + dir + "/one.safetensors");
   ASSERT_EQ(one.code, 0) << one.out;
-  for (const char* flags : {"--dp 2", "--dp 2 --zero 2", "--dp 2 --ep --zero 1"}) {
+  // The last two without mpirun: the command launches its two ranks itself (src/cli/launcher.h).
+  for (const char* flags : {"--dp 2", "--dp 2 --zero 2", "--dp 2 --ep --zero 1", "--dp 2 --zero 3",
+                            "--dp 2 --ep --zero 3"}) {
     const std::string out = dir + "/two.safetensors";
-    const Result two = moe_np(2, base + " --out " + out + " " + flags);
+    const bool by_hand = std::string(flags).find("--zero 3") != std::string::npos;
+    const Result two = by_hand ? moe1(base + " --out " + out + " " + flags) : moe_np(2, base + " --out " + out + " " + flags);
     ASSERT_EQ(two.code, 0) << flags << "\n" << two.out;
     compare_steps(two.out, one.out, flags);
     compare_tensors(out, dir + "/one.safetensors", "after3.", flags);
@@ -127,6 +131,14 @@ TEST(DistCli, TrainOverTwoRanksMatchesOneProcess) {
   const Result two = moe_np(2, base + " --out " + dir + "/two --dp 2 --ep --zero 2");
   ASSERT_EQ(two.code, 0) << two.out;
   compare_steps(two.out, one.out, "train --dp 2 --ep --zero 2");
+  // By hand (no mpirun: the command launches its ranks), ZeRO-3 with gradient accumulation (2 micro-batches).
+  const Result hand = moe1(base + " --out " + dir + "/hand --dp 2 --zero 3");
+  ASSERT_EQ(hand.code, 0) << hand.out;
+  compare_steps(hand.out, one.out, "train --dp 2 --zero 3 by hand");
+  compare_tensors(dir + "/hand/step-00000003/model.safetensors", dir + "/one/step-00000003/model.safetensors", "",
+                  "model (ZeRO-3, by hand)");
+  compare_tensors(dir + "/hand/step-00000003/optimizer.safetensors", dir + "/one/step-00000003/optimizer.safetensors",
+                  "v.", "second moments gathered from the ZeRO-3 shards");
   const auto lines = step_lines(two.out);
   ASSERT_FALSE(lines.empty());
   EXPECT_GT(lines[0].value("ep_bytes", int64_t(0)), 0) << "each step reports the all-to-all bytes";
@@ -142,9 +154,9 @@ TEST(DistCli, TrainOverTwoRanksMatchesOneProcess) {
   EXPECT_NE(odd.out.find("does not split over 2 data-parallel ranks"), std::string::npos) << odd.out;
 }
 
-TEST(DistCli, DpWithoutMpirunSaysHowToLaunch) {
-  const Result r = moe1("train-steps --model tests/data/tiny-train/model --spec tests/data/tiny-train/train.json "
-                        "--out " + test::temp_path("dist-cli-x.safetensors") + " --dp 2");
+TEST(DistCli, DpUnderTooFewRanksSaysHowToLaunch) {
+  const Result r = moe_np(1, "train-steps --model tests/data/tiny-train/model --spec tests/data/tiny-train/train.json "
+                          "--out " + test::temp_path("dist-cli-x.safetensors") + " --dp 2");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("launch it with mpirun -np 2"), std::string::npos) << r.out;
 }

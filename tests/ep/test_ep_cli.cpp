@@ -12,6 +12,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
@@ -64,6 +65,7 @@ std::string prompt_ids() {
 struct Case {
   std::string model;
   int np, redundant;
+  bool tbo = false;
 };
 class EpCli : public ::testing::TestWithParam<Case> {};
 
@@ -97,6 +99,20 @@ TEST_P(EpCli, LogitsAndGreedyMatchOneProcess) {
   std::remove(many.c_str());
 }
 
+// Replicated expert parallelism runs the MTP drafting passes on every rank alike (same generation), so `generate
+// --speculative` works with --ep: the same tokens as one process. (`serve --speculative --ep` is refused: the
+// followers replay only the main model's steps; docs/distributed.md.)
+TEST(EpCliSpeculative, GenerateReplicatedMatchesOneProcess) {
+  const std::string gen = "generate --model " + test::kTinyModel + " --tokens " + prompt_ids() +
+                          " --threads 1 --max-new-tokens 8 --speculative";
+  const auto one = test::run_moe(gen, /*with_stderr=*/false);
+  ASSERT_EQ(one.code, 0) << one.out;
+  const auto two = run_mpi(2, gen + " --ep 2", /*with_stderr=*/false);
+  ASSERT_EQ(two.code, 0) << two.out;
+  EXPECT_EQ(two.out, one.out);
+  EXPECT_FALSE(one.out.empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(Mpi, EpCli,
                          ::testing::Values(Case{test::kTinyModel, 2, 0}, Case{test::kTinyModel, 4, 4},
                                            Case{test::kTinyModelFp8, 2, 2}, Case{test::kTinyModelFp8, 4, 0}),
@@ -104,6 +120,82 @@ INSTANTIATE_TEST_SUITE_P(Mpi, EpCli,
                            return std::string(info.param.model == test::kTinyModel ? "bf16" : "fp8") + "_np" +
                                   std::to_string(info.param.np) + "_redundant" + std::to_string(info.param.redundant);
                          });
+
+// Data-parallel attention: a batch of three sequences of different lengths (`--tokens` with ';'), each on the
+// least loaded rank (2 ranks: one and two sequences; 4 ranks: one rank owns none), against the same batch in one
+// process. Each rank's dense matmuls see its own row count, which can change the CPU's code path: 1e-5 relative
+// (test_dp_attention.cpp); the recorded max_rel_diff says whether it was bitwise.
+class DpCli : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DpCli, BatchLogitsMatchOneProcess) {
+  const Case c = GetParam();
+  const std::vector<int32_t> ids = test::load_reference_cases().at(2).input_ids;
+  std::string tokens;
+  size_t at = 0;
+  for (size_t len : {13, 4, 9}) {
+    if (!tokens.empty()) tokens += ";";
+    for (size_t i = 0; i < len; ++i, ++at) tokens += (i ? "," : "") + std::to_string(ids[at % ids.size()]);
+  }
+  const std::string one = test::temp_path("dp_one.safetensors"), many = test::temp_path("dp_many.safetensors");
+  const std::string common = "--model " + c.model + " --tokens '" + tokens + "' --threads 1";
+  auto r = test::run_moe("logits " + common + " --out " + one);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_mpi(c.np, "logits " + common + " --out " + many + " --ep " + std::to_string(c.np) + " --dp-attention" +
+                        " --redundant-experts " + std::to_string(c.redundant) + (c.tbo ? " --tbo on" : ""));
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::vector<float> a = read_logits(many), b = read_logits(one);
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_EQ(b.size() % 26, 0u);  // 13 + 4 + 9 rows
+  const double rel = max_rel_diff(a, b);
+  EXPECT_LE(rel, 1e-5);
+  RecordProperty("max_rel_diff", std::to_string(rel));
+  std::remove(one.c_str());
+  std::remove(many.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Mpi, DpCli,
+                         ::testing::Values(Case{test::kTinyModel, 2, 0}, Case{test::kTinyModel, 4, 4},
+                                           Case{test::kTinyModelFp8, 2, 2}, Case{test::kTinyModelFp8, 4, 0},
+                                           Case{test::kTinyModel, 2, 0, true}, Case{test::kTinyModelFp8, 4, 4, true}),
+                         [](const auto& info) {
+                           return std::string(info.param.model == test::kTinyModel ? "bf16" : "fp8") + "_np" +
+                                  std::to_string(info.param.np) + "_redundant" + std::to_string(info.param.redundant) +
+                                  (info.param.tbo ? "_tbo" : "");
+                         });
+
+// Two-micro-batch overlap on MPI ranks (MPI_Ialltoallv): the step time with it on and off (recorded, not asserted:
+// the shared CI VM's timing is noise-prone), and the same logits either way. Four 48-token sequences over 2 ranks,
+// the step repeated 8 times (`moe logits --repeat`), medians.
+TEST(DpTbo, StepTimeOnAndOff) {
+  const std::vector<int32_t> ids = test::load_reference_cases().at(2).input_ids;
+  std::string tokens;
+  for (int s = 0; s < 4; ++s) {
+    if (!tokens.empty()) tokens += ";";
+    for (size_t i = 0; i < 48; ++i) tokens += (i ? "," : "") + std::to_string(ids[(i * 7 + size_t(s)) % ids.size()]);
+  }
+  std::map<std::string, double> median;
+  std::map<std::string, std::vector<float>> logits;
+  for (const std::string tbo : {"off", "on"}) {
+    const std::string out = test::temp_path("tbo_" + tbo + ".safetensors");
+    const auto r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens '" + tokens + "' --threads 1 --out " +
+                                  out + " --ep 2 --dp-attention --repeat 8 --tbo " + tbo);
+    ASSERT_EQ(r.code, 0) << r.out;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(r.out, m, std::regex("step time: median ([0-9.]+) ms"))) << r.out;
+    median[tbo] = std::stod(m[1]);
+    logits[tbo] = read_logits(out);
+    std::remove(out.c_str());
+  }
+  ASSERT_FALSE(logits["on"].empty());
+  ASSERT_EQ(logits["on"].size(), logits["off"].size());
+  const double rel = max_rel_diff(logits["on"], logits["off"]);
+  EXPECT_LE(rel, 1e-5);
+  RecordProperty("tbo_on_vs_off_max_rel_diff", std::to_string(rel));
+  RecordProperty("step_ms_tbo_off", std::to_string(median["off"]));
+  RecordProperty("step_ms_tbo_on", std::to_string(median["on"]));
+  std::printf("two-micro-batch: step %.3f ms off, %.3f ms on (2 ranks, 192 tokens); on vs off max rel diff %.3g\n",
+              median["off"], median["on"], rel);
+}
 
 // A `moe serve` started in the background (through the shell, its output in a log file), stopped with SIGTERM.
 class BackgroundServer {
@@ -163,8 +255,8 @@ TEST(EpServe, AnswersLikeOneRank) {
   const std::vector<std::string> prompts = {"Hello, my name is", "The capital of France", "1, 2, 3,"};
   const std::string serve = std::string(MOE_BINARY) + " serve --model " + test::kTinyModel +
                             " --port 0 --threads 1 --no-access-log --ignore-eos";
-  std::vector<std::string> want, got;
-  std::string metrics;
+  std::vector<std::string> want, got, got_dp;
+  std::string metrics, metrics_dp;
   {
     BackgroundServer one(serve);
     const int port = one.wait_ready();
@@ -181,8 +273,22 @@ TEST(EpServe, AnswersLikeOneRank) {
     ASSERT_TRUE(r);
     metrics = r->body;
   }
+  {
+    // Data-parallel attention: the three requests spread over the two ranks' caches.
+    BackgroundServer many(std::string(MOE_MPIRUN) + " 2 " + serve +
+                          " --ep 2 --dp-attention --redundant-experts 2 --eplb-interval 4");
+    const int port = many.wait_ready();
+    ASSERT_NE(port, 0) << many.log();
+    got_dp = complete(port, prompts);
+    httplib::Client c("127.0.0.1", port);
+    auto r = c.Get("/metrics");
+    ASSERT_TRUE(r);
+    metrics_dp = r->body;
+  }
+  EXPECT_EQ(metrics_dp.find("moe_eplb_rebalances_total 0"), std::string::npos) << "EPLB ran every 4 steps";
   for (size_t i = 0; i < prompts.size(); ++i) {
     EXPECT_EQ(got[i], want[i]) << prompts[i];
+    EXPECT_EQ(got_dp[i], want[i]) << prompts[i] << " (--dp-attention)";
     EXPECT_EQ(want[i].find("<error"), std::string::npos) << want[i];
   }
   EXPECT_NE(metrics.find("moe_ep_ranks 2"), std::string::npos) << metrics;
@@ -191,7 +297,8 @@ TEST(EpServe, AnswersLikeOneRank) {
 }
 
 TEST(EpCliErrors, WrongLaunch) {
-  auto r = test::run_moe("logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2");
+  // (By hand, without mpirun, `--ep 2` launches its ranks: tests/dist/test_launcher.cpp.)
+  auto r = run_mpi(1, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("launch it as `mpirun -np 2"), std::string::npos) << r.out;
   r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --redundant-experts 1");
@@ -200,6 +307,18 @@ TEST(EpCliErrors, WrongLaunch) {
   r = test::run_moe("logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --redundant-experts 2");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("need --ep N"), std::string::npos) << r.out;
+  r = test::run_moe("logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --dp-attention");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--tbo on need --ep N"), std::string::npos) << r.out;
+  r = test::run_moe("logits --model " + test::kTinyModel + " --tokens '1,2;;3' --out /dev/null");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("sequence 2 is empty"), std::string::npos) << r.out;
+  r = test::run_moe("logits --model " + test::kTinyModel + " --tokens '1,2;x' --out /dev/null");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("'x' is not a token id"), std::string::npos) << r.out;
+  r = run_mpi(2, "generate --model " + test::kTinyModel + " --tokens 1,2 --ep 2 --dp-attention");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("generate runs one"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -4,8 +4,10 @@
 //     the long-tested F32 path runs. Both sides are F32 with different summation orders (per-group partial
 //     sums times the scale vs products summed): ~1e-6 relative per op; bound 1e-4 relative L2, same argmax.
 //   V3.1: every FP8 block scale a power of two, flagged on the weights; V3.2: the indexer weights are there.
-//   Errors: a missing weight_scale, a ue8m0 scale that is not a power of two, each naming the tensor; and the
-//   config's unsupported quantisation fields, each naming the field and value.
+//   Errors: a missing weight_scale, INT4 scales of another group size, packed words of the wrong dtype, a
+//   disagreeing weight_shape, a ue8m0 scale that is not a power of two, a V3.2 layer without one of its indexer
+//   tensors, each naming the tensor; and the config's unsupported quantisation fields (scale_fmt, num_bits,
+//   group_size, format), each naming the field and value.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -214,6 +216,72 @@ TEST(Family, V32HasItsIndexerWeights) {
     EXPECT_TRUE(ck.has(std::string("model.layers.1.self_attn.indexer.") + t)) << t;
   const std::vector<float> l = logits_of(dir, {5, 9, 14, 200, 3, 3, 8});  // 7 tokens > index_topk 4: sparse
   for (float v : l) ASSERT_TRUE(std::isfinite(v));
+  fs::remove_all(dir);
+}
+
+// A V3.2 checkpoint without one of a layer's indexer tensors: the error names the tensor (each of the five).
+TEST(Family, V32MissingIndexerTensorNamesIt) {
+  const std::string dir = make_random("v32-err", tiny_config(8, 4, 2, 3), RandomFamily::V32);
+  auto backend = make_cpu_backend();
+  const std::string bad = dir + "-bad";
+  for (const char* t : {"wq_b.weight", "wk.weight", "k_norm.weight", "k_norm.bias", "weights_proj.weight"}) {
+    const std::string victim = std::string("model.layers.1.self_attn.indexer.") + t;
+    copy_checkpoint(
+        dir, bad,
+        [&](const Checkpoint&, const std::string& name, const TensorView&, std::vector<NamedTensor>&,
+            std::vector<std::vector<uint8_t>>&) { return name != victim; },
+        [](json&) {});
+    expect_error([&] { DeepseekV3 m(bad, *backend); }, {"missing the indexer tensor", victim});
+  }
+  fs::remove_all(bad);
+  fs::remove_all(dir);
+}
+
+// INT4 tensors whose packing or grouping differs from what config.json says: group scales of group 64 under
+// group_size 32 (half the columns), packed words stored as F32, a weight_shape that disagrees.
+TEST(Family, Int4PackingErrorsNameTheTensor) {
+  const std::string dir = make_random("kimi-pack", tiny_config(8, 1, 1, 2), RandomFamily::KimiK2);
+  auto backend = make_cpu_backend();
+  const std::string bad = dir + "-bad";
+  const std::string base = "model.layers.1.mlp.experts.3.gate_proj";
+  // Replaces `victim` with `make(original)` (bytes kept in storage, a view added to the tensors).
+  auto replace = [&](const std::string& victim, std::function<std::pair<TensorView, std::vector<uint8_t>>(
+                                                    const TensorView&)> make) {
+    copy_checkpoint(
+        dir, bad,
+        [&](const Checkpoint&, const std::string& name, const TensorView& v, std::vector<NamedTensor>& out,
+            std::vector<std::vector<uint8_t>>& storage) {
+          if (name != victim) return true;
+          auto [view, bytes] = make(v);
+          storage.push_back(std::move(bytes));
+          view.data = storage.back().data();
+          out.push_back({name, view});
+          return false;
+        },
+        [](json&) {});
+  };
+  replace(base + ".weight_scale", [](const TensorView& v) {
+    TensorView o = v;
+    o.shape = Shape{v.shape[0], v.shape[1] / 2};  // the scales of group 64
+    return std::make_pair(o, std::vector<uint8_t>(o.nbytes(), 0x3f));
+  });
+  expect_error([&] { DeepseekV3 m(bad, *backend); }, {base + ".weight_scale"});
+  replace(base + ".weight_packed", [](const TensorView& v) {
+    TensorView o = v;
+    o.dtype = DType::F32;  // same bytes, declared as floats
+    return std::make_pair(o, std::vector<uint8_t>(static_cast<const uint8_t*>(v.data),
+                                                  static_cast<const uint8_t*>(v.data) + v.nbytes()));
+  });
+  expect_error([&] { DeepseekV3 m(bad, *backend); }, {base + ".weight_packed", "I32"});
+  replace(base + ".weight_shape", [](const TensorView& v) {
+    TensorView o = v;
+    std::vector<uint8_t> bytes(static_cast<const uint8_t*>(v.data), static_cast<const uint8_t*>(v.data) + v.nbytes());
+    if (v.dtype == DType::I64) reinterpret_cast<int64_t*>(bytes.data())[1] *= 2;
+    else reinterpret_cast<int32_t*>(bytes.data())[1] *= 2;
+    return std::make_pair(o, bytes);
+  });
+  expect_error([&] { DeepseekV3 m(bad, *backend); }, {base + ".weight_shape"});
+  fs::remove_all(bad);
   fs::remove_all(dir);
 }
 

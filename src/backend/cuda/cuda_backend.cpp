@@ -1,18 +1,18 @@
 // The CUDA backend: one device (its CudaContext: stream, cuBLAS, memory pool, options), F32 activations, a
-// BF16 latent cache, weights kept as stored (BF16, or FP8 with block scales) in device memory.
+// BF16 latent cache, weights kept as stored (BF16, FP8 with block scales, INT4 with group scales) in device memory.
 // Kernels live one op per file (cuda_ops.h); this file plans shapes and picks the path:
 //   matmul      <= 8 tokens: weight-streaming GEMV (gemv.cuh); more: cuBLAS BF16 GEMM (FP8 weights are
 //               dequantised to a BF16 scratch copy first: the slot for an FP8xFP8 tensor-core kernel).
 //   moe_experts device-side counting sort by expert; fewer than 32 rows per expert on average: one grouped-GEMV
-//               launch for gate+up (SwiGLU fused) and one for down; more (prefill): the grouped wgmma GEMM
-//               (cuda_backend_prefill.cpp). Then a weighted combine in slot order.
+//               launch for gate+up (SwiGLU fused) and one for down (INT4 experts: the W4A16 GEMV, moe_w4a16.cu);
+//               more (prefill): the grouped wgmma GEMM (cuda_backend_prefill.cpp; INT4 experts dequantised to
+//               BF16 per active expert, one cuBLAS GEMM each). Then a weighted combine in slot order.
 //   mla_*       absorbed MLA: W_UK folded into the query, tensor-core split-KV attention over the paged cache;
 //               the expanded form for long prefill chunks (cuda_backend_prefill.cpp).
 #include "backend/cuda/cuda_backend.h"
 
 #include <cstdlib>
 
-#include "backend/cpu/int4_rows.h"
 #include "backend/cuda/gemm.h"
 #include "core/dtype.h"
 #include "core/error.h"
@@ -67,24 +67,8 @@ void CudaBackend::copy(const TensorView& src, const TensorView& dst) {
 
 Weight CudaBackend::upload_weight(const Weight& host) {
   const cuda::DeviceGuard guard(ctx_.device());
-  if (host.is_int4()) {
-    // INT4 (W4A16) experts reach the GPU dequantised to BF16 for now (q * scale, rounded once to BF16): the
-    // kernels here read BF16/FP8 weights (4x the memory of INT4; the CPU keeps the experts in INT4).
-    const int64_t R = host.rows(), C = host.cols();
-    std::vector<uint16_t> bf16(size_t(R * C));
-    std::vector<float> row(static_cast<size_t>(C));
-    for (int64_t r = 0; r < R; ++r) {
-      cpu::dequant_row_int4(host, r, 0, C, row.data());
-      for (int64_t k = 0; k < C; ++k) bf16[size_t(r * C + k)] = float_to_bf16(row[size_t(k)]);
-    }
-    TensorView v;
-    v.data = bf16.data();
-    v.dtype = DType::BF16;
-    v.shape = Shape{R, C};
-    Weight w;
-    w.w = upload_persistent(v);
-    return w;
-  }
+  // Kept as stored: BF16/F16/F32, FP8 with its block scales, or INT4 (W4A16: packed words and group scales,
+  // 4.5 bits per weight with BF16 scales; only routed experts are INT4, read by moe_experts' W4A16 path).
   Weight w = host;
   w.w = upload_persistent(host.w);
   if (host.scale_inv.data) w.scale_inv = upload_persistent(host.scale_inv);
@@ -156,6 +140,7 @@ void CudaBackend::matmul(const TensorView& x, const Weight& w, const TensorView&
   MOE_CHECK(w.cols() == K, "matmul: x has {} columns but the weight has {}", K, w.cols());
   MOE_CHECK(out.rows() == T && out.row_size() == N, "matmul: out is {} but should be [{}, {}]",
             out.shape.str(), T, N);
+  MOE_CHECK(!w.is_int4(), "matmul: INT4 weights are read only by the routed experts (moe_experts) on CUDA");
   if (T == 0) return;
   if (!use_gemm(T, w)) {
     cuda::GemvParams p = dense_gemv(w, x.as<const float>(), K, out.as<float>(), N, T);
@@ -170,7 +155,7 @@ void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const Tenso
                               const Weight& wb, const TensorView& out_b) {
   const cuda::DeviceGuard guard(ctx_.device());
   const int64_t T = x.rows(), K = x.row_size();
-  const bool one_launch = T > 0 && !use_gemm(T, wa) && !use_gemm(T, wb) && wa.w.dtype == wb.w.dtype &&
+  const bool one_launch = T > 0 && !wa.is_int4() && !use_gemm(T, wa) && !use_gemm(T, wb) && wa.w.dtype == wb.w.dtype &&
                           wa.block_n == wb.block_n && wa.block_k == wb.block_k && x.dtype == DType::F32;
   if (!one_launch) return Backend::matmul_pair(x, wa, out_a, wb, out_b);
   MOE_CHECK(wa.cols() == K && wb.cols() == K, "matmul_pair: x has {} columns but the weights have {} and {}",

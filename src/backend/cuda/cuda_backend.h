@@ -47,6 +47,10 @@ struct PreparedExperts {
   int64_t hidden = 0, inner = 0;
   int32_t block_n = 128, block_k = 128;
   bool pow2_scales = false;  // FP8 scales are powers of two (ue8m0): so are the activation scales then
+  // INT4 (W4A16) experts when > 0: the table holds the packed words and the group scales (BF16 or F32) as stored;
+  // decode runs the W4A16 GEMV on them, prefill dequantises the active experts to BF16 scratch first.
+  int32_t group_size = 0;
+  bool bf16_scales = false;
   std::vector<const void*> host_table;
   // Expert e's matrix j (0 gate, 1 up: [inner, hidden]; 2 down: [hidden, inner]) with its scales.
   WeightRef matrix(int64_t e, int j) const {
@@ -58,6 +62,8 @@ struct PreparedExperts {
     r.cols = j < 2 ? hidden : inner;
     r.block_n = block_n;
     r.block_k = block_k;
+    r.group = group_size;
+    r.bf16_scale = bf16_scales;
     return r;
   }
 };
@@ -227,13 +233,14 @@ class CudaBackend final : public Backend {
   // projection over rows gathered into expert order (needs the counts on the host: never captured).
   void moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
                                const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
-  // Prefill::Fp8 with FP8 experts (fp8_experts_ok): x rows gathered into expert order and quantised to E4M3
-  // in one launch (per-expert scale segments), gate and up per active expert on the block-scaled FP8 GEMM
-  // (F32 out), silu_mul, h quantised likewise, down per active expert, rows scattered back. Needs the counts
-  // on the host (never captured), like the dequantising path it replaces.
+  // Prefill::Fp8 with FP8 experts (fp8_experts_ok), prefill and decode batches of >= kFp8GroupedMinTokens
+  // tokens: x quantised to E4M3 per token and 1x128 tile, gate + up as one grouped FP8 x FP8 launch over
+  // moe_plan's work items (cuda::grouped_gemm_fp8, SwiGLU epilogue, F32 h), h quantised likewise, down as one
+  // grouped launch scattering rows back to assignment order. No host read-back: capturable.
+  static constexpr int64_t kFp8GroupedMinTokens = 8;
   bool fp8_experts_ok(const PreparedExperts& prep) const;
   void moe_expert_gemms_fp8(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
-                            const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
+                            const Tensor& items, int64_t n_items, int64_t T, int64_t K, const Tensor& y);
   // MLA in the expanded form (cuda::mla_prefill_attention) for a batch with a prefill chunk of at least
   // CudaOptions::mla_prefill_min_tokens new tokens (mla_prefill_always skips the cost test), when it does less
   // tensor-core work than the absorbed form; never while a graph is being captured.
@@ -247,6 +254,9 @@ class CudaBackend final : public Backend {
   // reads x row a / x_row_div and writes y row a.
   void grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items, const int32_t* perm,
                            int tile, const float* x, int32_t x_row_div, int64_t M, float* y);
+  // The same for INT4 experts (the W4A16 GEMV): h [M, I] is the caller's scratch.
+  void int4_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items, const int32_t* perm,
+                        const float* x, int32_t x_row_div, int64_t M, const Tensor& h, float* y);
   // The grouped GEMV's tile for TK assignments of T tokens over E experts (cuda_backend_moe.cpp).
   static int grouped_gemv_tile(int64_t T, int64_t TK, int32_t E);
 

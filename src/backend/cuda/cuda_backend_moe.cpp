@@ -3,6 +3,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/moe_w4a16.h"
 #include "core/error.h"
 
 namespace moe {
@@ -23,12 +24,24 @@ void CudaBackend::prepare_experts(ExpertWeights& experts) {
   prep->block_n = e0.gate.block_n;
   prep->block_k = e0.gate.block_k;
   prep->pow2_scales = e0.gate.pow2_scales;
+  prep->group_size = e0.gate.group_size;
+  prep->bf16_scales = e0.gate.is_int4() && e0.gate.scale_inv.dtype == DType::BF16;
   prep->host_table.resize(E * 6);
   for (size_t e = 0; e < E; ++e) {
     const MlpWeights& m = experts.experts[e];
     MOE_CHECK(m.gate.w.dtype == prep->dtype && m.up.w.dtype == prep->dtype && m.down.w.dtype == prep->dtype,
               "prepare_experts: experts of one layer must share a dtype");
     const Weight* ws[3] = {&m.gate, &m.up, &m.down};
+    for (const Weight* w : ws)
+      MOE_CHECK(w->group_size == prep->group_size && (!w->is_int4() || (w->scale_inv.dtype == DType::BF16) ==
+                                                                             prep->bf16_scales),
+                "prepare_experts: INT4 experts of one layer must share a group size and a scale dtype");
+    if (prep->group_size > 0)  // the W4A16 GEMV's limits (moe_w4a16.h): whole groups of whole words
+      MOE_CHECK(prep->group_size % 8 == 0 && prep->hidden % prep->group_size == 0 &&
+                    prep->inner % prep->group_size == 0 && prep->hidden % 4 == 0 && prep->inner % 4 == 0,
+                "prepare_experts: INT4 experts of [{}, {}] with group size {} (need multiples of the group, "
+                "itself a multiple of 8)",
+                prep->inner, prep->hidden, prep->group_size);
     for (int i = 0; i < 3; ++i) {
       prep->host_table[e * 6 + size_t(i)] = ws[i]->w.data;
       prep->host_table[e * 6 + 3 + size_t(i)] = ws[i]->scale_inv.data;
@@ -87,12 +100,17 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // the GEMV, 670 tok/s with per-expert cuBLAS calls (host-bound at 6 rows per expert).
   // The GEMMs run on moe_plan's work items of kGroupedRows rows (cuda_backend_prefill.cpp); for widths the
   // grouped kernel does not take, one cuBLAS GEMM per active expert.
+  // Prefill::Fp8 with FP8 experts: grouped FP8 x FP8 GEMMs from kFp8GroupedMinTokens tokens on, prefill and
+  // decode (cuda_backend_moe_fp8.cpp; W8A8, as the mode's dense linears).
+  const bool fp8_experts = T >= kFp8GroupedMinTokens && fp8_experts_ok(*prep);
+  // INT4 experts' GEMMs read the counts on the host (per-expert dequantisation): while capturing, the W4A16 GEMV.
   const bool grouped_gemm =
-      TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && ctx_.options().prefill != CudaOptions::Prefill::Gemv;
-  // Prefill::Fp8 with FP8 experts: per-expert FP8 x FP8 GEMMs (cuda_backend_moe_fp8.cpp).
-  const bool fp8_experts = grouped_gemm && fp8_experts_ok(*prep);
-  const bool cublas_experts = grouped_gemm && !fp8_experts && (D % 8 != 0 || I % 8 != 0);
-  const bool per_expert = cublas_experts || fp8_experts;  // one segment per expert: no work items
+      fp8_experts ||
+      (TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && ctx_.options().prefill != CudaOptions::Prefill::Gemv &&
+       !(prep->group_size > 0 && ctx_.capturing()));
+  // INT4 experts in prefill: the active ones dequantised to BF16 scratch, one cuBLAS GEMM each.
+  const bool cublas_experts = grouped_gemm && !fp8_experts && (D % 8 != 0 || I % 8 != 0 || prep->group_size > 0);
+  const bool per_expert = cublas_experts;  // one segment per expert: no work items
   const int gemv_tile = grouped_gemv_tile(T, TK, E);
   const int tile = !grouped_gemm ? gemv_tile : per_expert ? 1 << 20 : cuda::kGroupedRows;
   const int64_t max_items = per_expert ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
@@ -102,7 +120,7 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
                  perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
   Tensor y = scratch(DType::F32, {TK, D});
   if (fp8_experts) {
-    moe_expert_gemms_fp8(x, *prep, perm, counts, T, K, y);
+    moe_expert_gemms_fp8(x, *prep, perm, items, max_items, T, K, y);
   } else if (cublas_experts) {
     moe_expert_gemms_cublas(x, *prep, perm, counts, T, K, y);
   } else if (grouped_gemm) {
@@ -122,6 +140,10 @@ void CudaBackend::grouped_expert_gemv(const PreparedExperts& prep, const int32_t
                                       float* y) {
   const int64_t D = prep.hidden, I = prep.inner;
   Tensor h = scratch(DType::F32, {M, I});
+  if (prep.group_size > 0) {
+    int4_expert_gemv(prep, items, n_items, perm, x, x_row_div, M, h, y);
+    return;
+  }
   cuda::GemvParams p;
   p.wdtype = prep.dtype;
   p.table = const_cast<const void* const*>(reinterpret_cast<void* const*>(prep.table));
@@ -152,6 +174,38 @@ void CudaBackend::grouped_expert_gemv(const PreparedExperts& prep, const int32_t
   p.out = y;
   p.out_stride = D;
   cuda::gemv(p, tile, stream_);
+}
+
+// INT4 experts (W4A16 GEMV, moe_w4a16.cu, reading the packed words in place): gate and up into h and a second
+// scratch, SwiGLU in place, then down into y; rows through moe_plan's work items and permutation as above.
+void CudaBackend::int4_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items,
+                                   const int32_t* perm, const float* x, int32_t x_row_div, int64_t M, const Tensor& h,
+                                   float* y) {
+  const int64_t D = prep.hidden, I = prep.inner;
+  Tensor u = scratch(DType::F32, {M, I});
+  cuda::W4A16GemvParams p;
+  p.f32_scales = !prep.bf16_scales;
+  p.group = prep.group_size;
+  p.table_stride = 6;
+  p.items = items;
+  p.n_items = int32_t(n_items);
+  p.perm = perm;
+  auto project = [&](int j, const float* in, int64_t K, int32_t div, float* out, int64_t N) {
+    p.words = const_cast<const void* const*>(prep.table + j);
+    p.scales = const_cast<const void* const*>(prep.table + 3 + j);
+    p.x = in;
+    p.ldx = K;
+    p.x_row_div = div;
+    p.K = int32_t(K);
+    p.N = int32_t(N);
+    p.y = out;
+    p.ldy = N;
+    cuda::moe_w4a16_gemv(p, stream_);
+  };
+  project(0, x, D, x_row_div, h.as<float>(), I);
+  project(1, x, D, x_row_div, u.as<float>(), I);
+  cuda::silu_mul(h.as<const float>(), u.as<const float>(), h.as<float>(), M * I, stream_);
+  project(2, h.as<const float>(), I, 1, y, D);
 }
 
 void CudaBackend::moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep,

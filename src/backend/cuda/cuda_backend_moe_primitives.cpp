@@ -76,7 +76,7 @@ void CudaBackend::moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& exp
             y.shape.str(), d.rows.shape().str());
   if (M == 0) return;
   const Tensor yt(y, nullptr);  // the GEMM helpers take Tensors; y stays the caller's
-  if (plan->grouped_gemm && (plan->cublas || I % 8 != 0)) {
+  if (plan->grouped_gemm && (plan->cublas || I % 8 != 0 || prep->group_size > 0)) {
     moe_expert_gemms_cublas(d.rows, *prep, plan->iota, plan->counts, M, 1, yt);
     return;
   }

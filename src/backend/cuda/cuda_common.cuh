@@ -35,6 +35,12 @@ __device__ __forceinline__ float load_element(const void* p, DType dt, int64_t i
 }
 // W[n, k] dequantised.
 __device__ __forceinline__ float load_weight(const WeightRef& w, int64_t n, int64_t k) {
+  if (w.group > 0) {  // INT4 pack-quantized (cuda_ops.h)
+    const uint32_t word = static_cast<const uint32_t*>(w.data)[n * (w.cols / 8) + k / 8];
+    const int64_t si = n * (w.cols / w.group) + k / w.group;
+    const float s = w.bf16_scale ? bf16_bits_to_float(reinterpret_cast<const uint16_t*>(w.scale)[si]) : w.scale[si];
+    return float(int((word >> (4 * (k % 8))) & 0xfu) - 8) * s;
+  }
   float v = load_element(w.data, w.dtype, n * w.cols + k);
   if (w.dtype == DType::F8_E4M3) v *= w.scale[(n / w.block_n) * w.kblocks() + k / w.block_k];
   return v;

@@ -69,6 +69,7 @@ CudaContext::CudaContext(int device, const CudaOptions& options)
     fail("cublasSetWorkspace failed on {}", name_);
   configure_mla_attention_kernels();
   configure_grouped_gemm_kernels();
+  configure_grouped_gemm_fp8_kernels();
   configure_mla_prefill_kernels();
 }
 

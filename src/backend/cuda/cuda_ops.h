@@ -27,13 +27,17 @@ void configure_mla_attention_kernels();  // mla_attention.cu
 void configure_grouped_gemm_kernels();   // moe_gemm.cu
 void configure_mla_prefill_kernels();    // mla_prefill.cu
 
-// A weight as the kernels see it: [rows, cols] row-major, FP8 with scale[(n / block_n) * kblocks + k / block_k].
+// A weight as the kernels see it: [rows, cols] row-major, FP8 with scale[(n / block_n) * kblocks + k / block_k];
+// INT4 when group > 0 (backend.h's Weight: uint32 words [rows, cols / 8], value k = (nibble k % 8) - 8, times
+// scale[n * cols / group + k / group], F32 or, with bf16_scale, BF16 bits).
 struct WeightRef {
   const void* data = nullptr;
   const float* scale = nullptr;
   DType dtype = DType::BF16;
   int64_t rows = 0, cols = 0;
   int32_t block_n = 128, block_k = 128;
+  int32_t group = 0;
+  bool bf16_scale = false;
   MOE_HOST_DEVICE int64_t kblocks() const { return (cols + block_k - 1) / block_k; }
 };
 
@@ -45,7 +49,7 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n, cudaStream_
 // out = bf16(x); with lo, also lo = bf16(x - out), so that out + lo holds x to ~2^-17 relative (the split-BF16
 // GEMM inputs of prefill, see CudaBackend::gemm).
 void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s, uint16_t* lo = nullptr);
-// Any weight (BF16/F16/F32/FP8+scales) to dense BF16 [rows, cols] (with lo: the rounding remainder too).
+// Any weight (BF16/F16/F32, FP8 or INT4 with scales) to dense BF16 [rows, cols] (with lo: the rounding remainder too).
 void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t* lo = nullptr);
 
 // ---- fp8_quant.cu: activations to E4M3 for the FP8 x FP8 GEMMs (gemm_fp8.h) ---------------------------
@@ -75,17 +79,11 @@ struct Fp8QuantParams {
   bool pow2_scales = false;
 };
 void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s);
-// A [rows, cols] scale grid re-laid with ld columns (zeros after cols): cuBLASLt wants the 128x128 grid's
-// leading dimension a multiple of 4. The table form reads matrix e from table[e * stride + slot], e < count,
-// writing out + e * rows * ld.
-// y[perm[i]] = yp[seg_poffs[s] + (i - seg_offs[s])] for row i of segment s: rows back from a padded layout.
-void scatter_rows_padded(const float* yp, const int32_t* perm, const int32_t* seg_offs, const int32_t* seg_poffs,
-                         int32_t nseg, int64_t TK, int64_t D, float* y, cudaStream_t s);
 // out[t, n] (F32, ldo apart) = in[t, n] (BF16, [T, N] dense).
 void bf16_rows_to_f32(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo, cudaStream_t s);
+// A [rows, cols] scale grid re-laid with ld columns (zeros after cols): cuBLASLt wants the 128x128 grid's
+// leading dimension a multiple of 4.
 void pad_scales(const float* in, int32_t rows, int32_t cols, int32_t ld, float* out, cudaStream_t s);
-void pad_scales_table(const void* const* table, int32_t slot, int32_t stride, int32_t count, int32_t rows,
-                      int32_t cols, int32_t ld, float* out, cudaStream_t s);
 
 // ---- rms_norm.cu ---------------------------------------------------------------------------------------
 void rms_norm(const float* x, const WeightRef& w, float eps, int64_t T, int64_t D, float* out, cudaStream_t s);
@@ -263,6 +261,47 @@ struct GroupedGemmParams {
 };
 // tiles: the number of work items (grid rows); items with count 0 exit at once.
 void grouped_gemm(const GroupedGemmParams& p, int32_t tiles, cudaStream_t s);
+
+// ---- moe_gemm_fp8.cu -----------------------------------------------------------------------------------------
+// Grouped FP8 x FP8 GEMM (wgmma m64n128k32 E4M3 operands, F32 accumulation promoted per 128-deep K block with
+// the activation's 1x128 scale times the weight's 128x128 block scale; DeepSeek-V3's scheme), see the top of
+// moe_gemm_fp8.cu. Work items (expert, begin, count <= kGroupedRows) from moe_plan (items null: one expert, 0,
+// over rows 0 .. M-1); no host read-back, so the launch can be captured in a graph.
+// A: E4M3 rows [*, K] (lda bytes apart); sorted row i reads A row a_rows[i] / a_div (a_rows null: i), whose
+// scale for K block kb is as[kb * ld_as + that row] (fp8_quant.cu's layout for one segment: ld_as = rows
+// rounded up to a multiple of 4). Weights of expert e: E4M3 [N, K] at wtab[e * wstride + wslot[j]] with their
+// [ceil(N/128), ceil(K/128)] F32 block scales (row-major) at wtab[e * wstride + sslot[j]].
+//   swiglu: j = 0 gate, 1 up; h[i, n] = silu(g) * u (F32, ldh-strided, sorted rows), n < N (the inner width).
+//   plain:  y[y_rows ? y_rows[i] : i, n] = acc (F32, ldy-strided).
+// K must be a multiple of 16, N of 8, lda of 16.
+struct GroupedGemmFp8Params {
+  const int32_t* items = nullptr;
+  int32_t M = 0;
+  int32_t K = 0, N = 0;
+  const uint8_t* a = nullptr;
+  int64_t lda = 0;
+  const float* as = nullptr;
+  int64_t ld_as = 0;
+  const int32_t* a_rows = nullptr;
+  int32_t a_div = 1;
+  const void* const* wtab = nullptr;
+  int32_t wstride = 6;
+  int32_t wslot[2] = {0, 1};
+  int32_t sslot[2] = {3, 4};
+  bool swiglu = false;
+  float* h = nullptr;
+  int64_t ldh = 0;
+  float* y = nullptr;
+  const int32_t* y_rows = nullptr;
+  int64_t ldy = 0;
+  // Rows per CTA: 128 (two warpgroups, one CTA per SM) or 64 (one warpgroup, two CTAs per SM, a work item split
+  // over grid.z = 2 CTAs of which the second exits when the item has <= 64 rows: decode batches).
+  int32_t cta_rows = 128;
+};
+// tiles: the number of work items (grid rows); items with count 0 exit at once.
+void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s);
+bool grouped_gemm_fp8_shape_ok(int64_t N, int64_t K);
+void configure_grouped_gemm_fp8_kernels();
 
 // ---- mla_prefill.cu --------------------------------------------------------------------------------------------
 // lat [rows, W] (BF16) = the cache rows of positions 0 .. lens[i]-1 of sequence seqs[i], at rows offs[i] ...

@@ -1,6 +1,6 @@
 // Activation quantisation for the FP8 x FP8 GEMMs (gemm_fp8.h): F32 rows to E4M3 with one F32 scale per 1x128
 // tile (DeepSeek-V3's activation scheme), and the re-layout of 128x128 weight-scale grids whose column count
-// cuBLASLt wants padded to a multiple of 4.
+// cuBLASLt wants padded to a multiple of 4 (dense linears on gemm_fp8.h).
 //
 // Scale layout (what cuBLASLt's CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F takes for the token operand): for a
 // segment of m rows starting at row o with scales at sbase, tile (i, kb) of row o + i has its scale at
@@ -77,33 +77,14 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
   if (lane == 0) p.scales[sbase + int64_t(kb) * m4 + (i - o)] = scale;
 }
 
-// out[r, c] = in[r, c] for c < cols, 0 for cols <= c < ld (grid.y: matrices of a table, when table is set).
-__global__ void pad_scales_kernel(const float* in, const void* const* table, int32_t slot, int32_t stride,
-                                  int32_t rows, int32_t cols, int32_t ld, float* out) {
+// out[r, c] = in[r, c] for c < cols, 0 for cols <= c < ld.
+__global__ void pad_scales_kernel(const float* in, int32_t rows, int32_t cols, int32_t ld, float* out) {
   pdl_trigger();
   pdl_wait();
-  const float* src = table ? static_cast<const float*>(table[int64_t(blockIdx.y) * stride + slot]) : in;
-  float* dst = out + int64_t(blockIdx.y) * rows * ld;
   for (int32_t j = blockIdx.x * blockDim.x + threadIdx.x; j < rows * ld; j += gridDim.x * blockDim.x) {
     const int32_t r = j / ld, c = j % ld;
-    dst[j] = c < cols ? src[int64_t(r) * cols + c] : 0.0f;
+    out[j] = c < cols ? in[int64_t(r) * cols + c] : 0.0f;
   }
-}
-
-__global__ void scatter_rows_padded_kernel(const float* yp, const int32_t* perm, const int32_t* seg_offs,
-                                           const int32_t* seg_poffs, int32_t nseg, int64_t D, float* y) {
-  pdl_trigger();
-  pdl_wait();
-  const int64_t i = blockIdx.y;
-  int lo = 0, hi = nseg - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (seg_offs[mid] <= i) lo = mid; else hi = mid - 1;
-  }
-  const float* src = yp + (seg_poffs[lo] + (i - seg_offs[lo])) * D;
-  float* dst = y + int64_t(perm[i]) * D;
-  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
-    dst[d] = src[d];
 }
 
 __global__ void bf16_rows_to_f32_kernel(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo) {
@@ -114,14 +95,6 @@ __global__ void bf16_rows_to_f32_kernel(const uint16_t* in, int64_t T, int64_t N
 }
 
 }  // namespace
-
-void scatter_rows_padded(const float* yp, const int32_t* perm, const int32_t* seg_offs, const int32_t* seg_poffs,
-                         int32_t nseg, int64_t TK, int64_t D, float* y, cudaStream_t s) {
-  if (TK == 0) return;
-  launch("scatter_rows_padded", scatter_rows_padded_kernel,
-         dim3(std::min<unsigned>(blocks_for(D, 256), 8u), unsigned(TK)), 256, 0, s, yp, perm, seg_offs, seg_poffs, nseg,
-         D, y);
-}
 
 void bf16_rows_to_f32(const uint16_t* in, int64_t T, int64_t N, float* out, int64_t ldo, cudaStream_t s) {
   if (T * N == 0) return;
@@ -139,16 +112,8 @@ void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s) {
 
 void pad_scales(const float* in, int32_t rows, int32_t cols, int32_t ld, float* out, cudaStream_t s) {
   const int32_t n = rows * ld;
-  launch("pad_scales", pad_scales_kernel, dim3(std::min<unsigned>(blocks_for(n, 256), 64u), 1), 256, 0, s, in,
-         static_cast<const void* const*>(nullptr), 0, 0, rows, cols, ld, out);
-}
-
-void pad_scales_table(const void* const* table, int32_t slot, int32_t stride, int32_t count, int32_t rows,
-                      int32_t cols, int32_t ld, float* out, cudaStream_t s) {
-  if (count == 0) return;
-  const int32_t n = rows * ld;
-  launch("pad_scales_table", pad_scales_kernel, dim3(std::min<unsigned>(blocks_for(n, 256), 16u), unsigned(count)),
-         256, 0, s, static_cast<const float*>(nullptr), table, slot, stride, rows, cols, ld, out);
+  launch("pad_scales", pad_scales_kernel, dim3(std::min<unsigned>(blocks_for(n, 256), 64u), 1), 256, 0, s, in, rows,
+         cols, ld, out);
 }
 
 }  // namespace moe::cuda

@@ -1,0 +1,265 @@
+// Routed experts of FP8 checkpoints in W8A8 (--cuda-prefill fp8), prefill and decode batches: one grouped
+// launch per projection on the Hopper tensor cores, wgmma with E4M3 operands in shared memory.
+//
+// Problem (as moe_gemm.cu, whose structure this follows). Sorted row i (moe_plan's expert order) of work item
+// (e, begin, count <= 128) reads the E4M3 activation row a_rows[i] / a_div with its 1x128 F32 scales; expert
+// e's weight is E4M3 [N, K] with 128x128 F32 block scales. Per CTA (128 rows x 128 weight rows):
+//   acc[128, 128] = sum over K blocks kb of  (A[rows, kb] @ W[cols, kb]^T) * xs[row, kb] * ws[col / 128, kb]
+// in F32 (DeepSeek's promotion: each 128-deep block is a fresh wgmma accumulation, "part", scaled and added to
+// acc in F32 registers, so the tensor cores' limited FP8 accumulator width only ever spans one block).
+// Epilogues:
+//   swiglu: weight rows 0..63 of the tile are gate rows n0 .. n0+63 and rows 64..127 the same up rows (n0 a
+//     multiple of 64, so both lie in one 128-row scale block): h = silu(g) * u, F32 [rows, N], sorted order
+//     (quantised afterwards per 1x128 tile for the down projection).
+//   plain: F32 rows written to y[y_rows[i]] (the down projection scattered back to assignment order) or y[i].
+//
+// CTA: kWG warpgroups (cta_rows = 64 kWG rows of the item; with kWG = 1 an item is split over grid.z = 2 CTAs,
+// two CTAs fit an SM, and the second of an item with <= 64 rows exits at once: decode); warpgroup w owns tile
+// rows 64w .. 64w+63 and all 128 columns (wgmma m64n128k32: 64 F32 registers for part and 64 for acc per
+// thread). A warpgroup whose rows are all past the item's count issues no wgmma. K advances in blocks of 128
+// E4M3 = 128 bytes per row (the 128-byte swizzle atom, and exactly one scale block). Every thread loads, per K
+// block, 4 A and 8 / kWG B chunks of 16 bytes with cp.async into a 4-stage ring, three blocks ahead. Shared
+// layout per stage: A [64 kWG][128 B] then B [128][128 B], 16-byte chunk c of row r at chunk c ^ (r % 8),
+// 1024-byte aligned.
+// Rows past count, weight rows past N and columns past K are zero-filled (cp.async with source size 0).
+//
+// Pipeline per K block g: wait for block g's copies, fence.proxy.async, __syncthreads; issue the copies of
+// block g + 3 into the stage of block g - 1 (retired: every warpgroup waited for its wgmma with wait_group 0
+// before the barrier); 4 wgmma (k = 32 each, the first overwriting part), commit, wait 0, promote.
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/tensor_core.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+// kWG warpgroups per CTA (1 or 2): 64 kWG rows of a 128-row work item per CTA (grid.z picks the part).
+constexpr int kBN = 128, kBK = 128, kStages = 4;
+template <int kWG>
+constexpr size_t smem_bytes() {
+  return size_t(kStages) * size_t(64 * kWG + kBN) * kBK + 1024;  // + alignment to 1024
+}
+
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+__device__ __forceinline__ void fence_regs(float (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// K-major tile, rows of 128 bytes in 8-row groups 1024 bytes apart, 128-byte swizzle (as moe_gemm.cu).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
+  uint64_t d = uint64_t((addr & 0x3FFFF) >> 4);
+  d |= uint64_t(1) << 16;
+  d |= uint64_t(1024 >> 4) << 32;
+  d |= uint64_t(1) << 62;
+  return d;
+}
+
+// d[64 x 128] (+)= A[64 x 32] B[128 x 32]^T, E4M3 operands K-major in shared memory, F32 d; accumulate = 0
+// overwrites d.
+__device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+
+template <bool kSwiglu, int kWG>
+__global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_kernel(const GroupedGemmFp8Params p) {
+  constexpr int kBM = 64 * kWG, kRS = 16 * kWG;  // rows per CTA; row stride of one thread's copies
+  constexpr int kABytes = kBM * kBK, kStageBytes = kABytes + kBN * kBK;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  int32_t e = 0, begin = int32_t(blockIdx.y) * kGroupedRows, count = min(kGroupedRows, p.M - begin);
+  if (p.items) {
+    e = p.items[3 * blockIdx.y];
+    begin = p.items[3 * blockIdx.y + 1];
+    count = p.items[3 * blockIdx.y + 2];
+  }
+  begin += int32_t(blockIdx.z) * kBM;
+  count = min(count - int32_t(blockIdx.z) * kBM, kBM);
+  if (count <= 0) return;
+
+  const int tid = int(threadIdx.x), chunk = tid % 8, r0 = tid / 8;
+  const int n0 = int(blockIdx.x) * (kSwiglu ? kBN / 2 : kBN);  // first output column of this CTA
+  const int nkb = (p.K + kBK - 1) / kBK, nb = n0 / 128;
+  // A rows this thread copies (tile rows r0 + kRS i), -1 past the item.
+  int64_t arow[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int m = r0 + kRS * i;
+    arow[i] = m < count ? (p.a_rows ? int64_t(p.a_rows[begin + m] / p.a_div) : int64_t(begin + m)) : -1;
+  }
+  const void* const* wt = p.wtab + int64_t(e) * p.wstride;
+  const uint8_t* w0 = static_cast<const uint8_t*>(wt[p.wslot[0]]);
+  const uint8_t* w1 = kSwiglu ? static_cast<const uint8_t*>(wt[p.wslot[1]]) : w0;
+  const float* ws0 = static_cast<const float*>(wt[p.sslot[0]]) + int64_t(nb) * nkb;
+  const float* ws1 = kSwiglu ? static_cast<const float*>(wt[p.sslot[1]]) + int64_t(nb) * nkb : ws0;
+
+  auto load = [&](int g, int stage) {
+    const int col = g * kBK + chunk * 16;
+    const bool kok = col < p.K;
+    const uint32_t sa = base + uint32_t(stage) * kStageBytes, sb = sa + kABytes;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int m = r0 + kRS * i;
+      const bool ok = kok && arow[i] >= 0;
+      cp_async16(sa + uint32_t(m * 128 + ((chunk ^ (m & 7)) << 4)), ok ? p.a + arow[i] * p.lda + col : p.a, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < kBN / kRS; ++i) {
+      const int n = r0 + kRS * i;
+      const uint8_t* wm = kSwiglu && n >= kBN / 2 ? w1 : w0;
+      const int wrow = kSwiglu ? n0 + (n & (kBN / 2 - 1)) : n0 + n;
+      const bool ok = kok && wrow < p.N;
+      cp_async16(sb + uint32_t(n * 128 + ((chunk ^ (n & 7)) << 4)), ok ? wm + int64_t(wrow) * p.K + col : w0, ok);
+    }
+  };
+
+  // Accumulator layout (per warp of the warpgroup, as for mma m16n8): acc[4j + 2q + c] is tile row
+  // 64 wg + 16 warp + lane / 4 + 8 q, column 8 j + 2 (lane % 4) + c.
+  const int wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int mrow = wg * 64 + warp * 16 + lane / 4, cq = 2 * (lane % 4);
+  const bool active = wg * 64 < count;  // this warpgroup has rows
+  int64_t srow[2];                       // activation-scale rows of this thread's two tile rows (-1: none)
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    const int m = mrow + 8 * q;
+    srow[q] = m < count ? (p.a_rows ? int64_t(p.a_rows[begin + m] / p.a_div) : int64_t(begin + m)) : -1;
+  }
+
+  float acc[64], part[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = part[i] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nkb) load(s, s);
+    cp_async_commit();
+  }
+  for (int g = 0; g < nkb; ++g) {
+    cp_async_wait<kStages - 2>();
+    fence_proxy_async();
+    __syncthreads();
+    if (g + kStages - 1 < nkb) load(g + kStages - 1, (g + kStages - 1) % kStages);
+    cp_async_commit();
+    if (!active) continue;
+    // Scales of block g, read while the tensor cores work.
+    const float sx0 = srow[0] >= 0 ? p.as[int64_t(g) * p.ld_as + srow[0]] : 0.0f;
+    const float sx1 = srow[1] >= 0 ? p.as[int64_t(g) * p.ld_as + srow[1]] : 0.0f;
+    const float sw0 = ws0[g], sw1 = ws1[g];
+    const uint32_t sa = base + uint32_t(g % kStages) * kStageBytes + uint32_t(wg * 64 * 128),
+                   sb = base + uint32_t(g % kStages) * kStageBytes + kABytes;
+    fence_regs(part);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 32; ++kk)
+      wgmma_m64n128k32_e4m3(part, smem_desc(sa + kk * 32), smem_desc(sb + kk * 32), kk);
+    wgmma_commit();
+    wgmma_wait0();
+    fence_regs(part);
+    const float s00 = sx0 * sw0, s10 = sx1 * sw0, s01 = sx0 * sw1, s11 = sx1 * sw1;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const bool hi = kSwiglu && j >= 8;
+      const float f0 = hi ? s01 : s00, f1 = hi ? s11 : s10;
+      acc[4 * j + 0] = fmaf(part[4 * j + 0], f0, acc[4 * j + 0]);
+      acc[4 * j + 1] = fmaf(part[4 * j + 1], f0, acc[4 * j + 1]);
+      acc[4 * j + 2] = fmaf(part[4 * j + 2], f1, acc[4 * j + 2]);
+      acc[4 * j + 3] = fmaf(part[4 * j + 3], f1, acc[4 * j + 3]);
+    }
+  }
+  cp_async_wait<0>();
+  if (!active) return;
+
+  if constexpr (kSwiglu) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int m = mrow + 8 * q;
+      if (m >= count) continue;
+      float* hrow = p.h + int64_t(begin + m) * p.ldh;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int col = n0 + 8 * j + cq;
+        if (col >= p.N) continue;
+        const float h0 = silu(acc[4 * j + 2 * q]) * acc[4 * (j + 8) + 2 * q];
+        const float h1 = silu(acc[4 * j + 2 * q + 1]) * acc[4 * (j + 8) + 2 * q + 1];
+        *reinterpret_cast<float2*>(hrow + col) = make_float2(h0, h1);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int m = mrow + 8 * q;
+      if (m >= count) continue;
+      float* yrow = p.y + int64_t(p.y_rows ? p.y_rows[begin + m] : begin + m) * p.ldy;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int col = n0 + 8 * j + cq;
+        if (col < p.N) *reinterpret_cast<float2*>(yrow + col) = make_float2(acc[4 * j + 2 * q], acc[4 * j + 2 * q + 1]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <bool kSwiglu, int kWG>
+void configure_one() {
+  check(cudaFuncSetAttribute(grouped_gemm_fp8_kernel<kSwiglu, kWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(smem_bytes<kWG>())),
+        "grouped_gemm_fp8 smem");
+}
+
+void configure_grouped_gemm_fp8_kernels() {
+  configure_one<true, 1>();
+  configure_one<true, 2>();
+  configure_one<false, 1>();
+  configure_one<false, 2>();
+}
+
+bool grouped_gemm_fp8_shape_ok(int64_t N, int64_t K) { return N > 0 && K > 0 && K % 16 == 0 && N % 8 == 0; }
+
+void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s) {
+  if (tiles <= 0 || p.N <= 0) return;
+  if (!grouped_gemm_fp8_shape_ok(p.N, p.K) || p.lda % 16 != 0 || p.wtab == nullptr ||
+      (p.swiglu ? p.ldh % 2 != 0 : p.ldy % 2 != 0) || (p.cta_rows != 64 && p.cta_rows != 128))
+    check(cudaErrorInvalidValue,
+          "grouped_gemm_fp8: K and lda must be multiples of 16, N of 8, a weight table set, cta_rows 64 or 128");
+  const int cols = p.swiglu ? kBN / 2 : kBN;
+  const dim3 grid(unsigned((p.N + cols - 1) / cols), unsigned(tiles), unsigned(kGroupedRows / p.cta_rows));
+  if (p.cta_rows == 64) {
+    if (p.swiglu)
+      grouped_gemm_fp8_kernel<true, 1><<<grid, 128, smem_bytes<1>(), s>>>(p);
+    else
+      grouped_gemm_fp8_kernel<false, 1><<<grid, 128, smem_bytes<1>(), s>>>(p);
+  } else {
+    if (p.swiglu)
+      grouped_gemm_fp8_kernel<true, 2><<<grid, 256, smem_bytes<2>(), s>>>(p);
+    else
+      grouped_gemm_fp8_kernel<false, 2><<<grid, 256, smem_bytes<2>(), s>>>(p);
+  }
+  check_launch("grouped_gemm_fp8");
+}
+
+}  // namespace moe::cuda
