@@ -174,7 +174,7 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--save-dtype", r.save_dtype, "model file dtype: f32 or bf16 (masters then go with the optimiser)");
     cmd->add_option("--threads", run->threads, "threads for the GEMMs (0: every core; the results are the same bits)");
     auto device = std::make_shared<std::string>("cpu"), gemm = std::make_shared<std::string>("bf16");
-    cmd->add_option("--device", *device, "cpu or cuda: where the GEMMs, attention and cross-entropy run (cpu)");
+    cmd->add_option("--device", *device, "cpu or cuda: where the training step runs (cpu)");
     cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 (mixed precision) or fp32 (bf16)");
     cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
     auto parallel = std::make_shared<ParallelFlags>();
@@ -189,11 +189,14 @@ void register_train_commands(CLI::App& app) {
                                "--weight-decay", "--beta1", "--beta2", "--mtp-lambda", "--seq-aux-alpha",
                                "--bias-gamma", "--init-std", "--save-dtype"})
         if (cmd->count(flag) > 0) run->recipe_flags_given.push_back(flag);
+      MOE_CHECK(*device == "cpu" || (parallel->dp <= 1 && !parallel->options.ep),
+                "train: --device {} trains on one GPU; --dp and --ep (data- and expert-parallel training) run on the "
+                "CPU only", *device);
       const std::unique_ptr<dist::Communicator> comm = job_communicator(*parallel, "train");
       run->comm = comm.get();
       run->parallel = parallel->options;
       const TrainDevice dev = make_train_device(*device, *gemm);
-      run->compute = dev.compute.get();
+      run->device = dev.step.get();
       train::run_training(*run, [](const std::string& line) {
         std::printf("%s\n", line.c_str());
         std::fflush(stdout);
@@ -214,7 +217,7 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 or fp32 (bf16)");
     cmd->callback([=] {
       const TrainDevice dev = make_train_device(*device, *gemm);
-      o->compute = dev.compute.get();
+      o->step = dev.step.get();
       o->device = dev.name;
       o->device_gemm_gflops = dev.gemm_gflops;
       std::printf("%s\n", train::bench_json(train::run_train_bench(*o)).c_str());

@@ -2,24 +2,28 @@
 
 #include "core/error.h"
 #ifdef MOE_HAVE_TRAIN_CUDA
-#include "train/cuda/cuda_compute.h"
+#include "train/cuda/device_trainer.h"
 #endif
 
 namespace moe::cli {
 
 TrainDevice make_train_device(const std::string& device, const std::string& gemm) {
   MOE_CHECK(gemm == "bf16" || gemm == "fp32", "--gemm must be bf16 or fp32, not '{}'", gemm);
-  if (device == "cpu") return TrainDevice{"cpu", nullptr, {}};
+  if (device == "cpu") {
+    TrainDevice d;
+    d.name = "cpu";
+    return d;
+  }
   MOE_CHECK(device == "cuda", "--device must be cpu or cuda, not '{}'", device);
 #ifdef MOE_HAVE_TRAIN_CUDA
-  MOE_CHECK(train::cuda::CudaCompute::available(), "--device cuda: no CUDA device on this machine");
-  auto c = std::make_unique<train::cuda::CudaCompute>(gemm == "bf16" ? train::cuda::GemmPrecision::Bf16
-                                                                     : train::cuda::GemmPrecision::Fp32);
+  MOE_CHECK(train::cuda::DeviceTrainer::available(), "--device cuda: no CUDA device on this machine");
+  auto c = std::make_unique<train::cuda::DeviceTrainer>(gemm == "bf16" ? train::cuda::GemmPrecision::Bf16
+                                                                       : train::cuda::GemmPrecision::Fp32);
   TrainDevice d;
-  d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs";
-  train::cuda::CudaCompute* raw = c.get();
+  d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs, device-resident step";
+  train::cuda::DeviceTrainer* raw = c.get();
   d.gemm_gflops = [raw] { return raw->measure_bf16_gemm_gflops(); };
-  d.compute = std::move(c);
+  d.step = std::move(c);
   return d;
 #else
   fail("--device cuda: this build of moe has no CUDA (configure with -DMOE_CUDA=ON on a machine with nvcc)");

@@ -1,18 +1,18 @@
 #pragma once
-// `moe train --device` and `moe train-bench --device`: the device the trainer's GEMMs, attention and
-// cross-entropy run on (train/compute.h). cpu: the CPU trainer's ops; cuda: train/cuda's CudaCompute with BF16
-// (default) or FP32 GEMM operands.
+// `moe train --device` and `moe train-bench --device`: where the training step runs. cpu: the CPU trainer's ops
+// on its thread pool; cuda: train/cuda's DeviceTrainer (the whole step resident on the GPU, train/device_step.h)
+// with BF16 (default) or FP32 GEMM operands.
 #include <functional>
 #include <memory>
 #include <string>
 
-#include "train/compute.h"
+#include "train/device_step.h"
 
 namespace moe::cli {
 
 struct TrainDevice {
   std::string name;                        // "cpu", or "cuda: NVIDIA H200 (sm_90), bf16 GEMMs"
-  std::unique_ptr<train::Compute> compute;  // null for the CPU (the trainer then uses its thread pool)
+  std::unique_ptr<train::DeviceStep> step;  // the whole-step device (null for the CPU)
   std::function<double()> gemm_gflops;      // the device's BF16 GEMM rate, measured when called (null: CPU)
 };
 

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "train/data.h"
+#include "train/device_step.h"
 #include "train/model.h"
 #include "train/optimizer.h"
 
@@ -79,12 +80,14 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
       fail("{}: not valid JSON: {}", o.config_path, e.what());
     }
   }();
-  TrainModel model = TrainModel::init(ModelConfig::from_json(cfg, o.config_path), o.config_path, 1, 0.02);
+  const ModelConfig config = ModelConfig::from_json(cfg, o.config_path);
+  if (o.step) o.step->check_fits(parameter_count(config));  // before the host copies of a model that cannot fit
+  TrainModel model = TrainModel::init(config, o.config_path, 1, 0.02);
   TrainBenchResult r;
   r.threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ThreadPool pool(r.threads);
   model.pool = &pool;
-  model.compute = o.compute;
+  model.device = o.step;
   r.device = o.device;
 
   std::mt19937 rng(3);
@@ -101,8 +104,10 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     update_correction_biases(model, loads, 1e-3);
   };
   step(1);  // warm-up: allocations, first touches
+  if (o.step) o.step->global_grad_norm(model);  // a device's queue drained (the norm reads back: a sync)
   const auto t0 = Clock::now();
   for (int64_t s = 0; s < o.steps; ++s) step(s + 2);
+  if (o.step) o.step->global_grad_norm(model);  // the last step's AdamW finished before the clock stops
   r.step_seconds = seconds_since(t0) / double(o.steps);
   r.tokens_per_step = o.batch * o.seq_len;
   r.tokens_per_s = double(r.tokens_per_step) / r.step_seconds;

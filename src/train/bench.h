@@ -10,15 +10,15 @@
 
 namespace moe::train {
 
-class Compute;
+class DeviceStep;
 
 struct TrainBenchOptions {
   std::string config_path;
   int64_t seq_len = 64, batch = 4, steps = 3;  // timed steps, after one untimed warm-up step
   int threads = 0;                             // 0: every core
-  // A device (train/compute.h) for the step's GEMMs, attention and cross-entropy, and that device's dense GEMM
-  // rate in GFLOP/s measured in this run (the denominator of the fraction); null: the CPU and its FP32 rate.
-  Compute* compute = nullptr;
+  // A whole-step device (train/device_step.h: everything resident there) and its dense GEMM rate in GFLOP/s
+  // measured in this run (the denominator of the fraction); null: the CPU and its FP32 rate.
+  DeviceStep* step = nullptr;
   std::string device = "cpu";
   std::function<double()> device_gemm_gflops;
 };

@@ -3,9 +3,8 @@
 // MLA attention forward and backward, the fused cross-entropy over the vocabulary) behind one interface, so the
 // same model code (layer.cpp, ffn.cpp, model.cpp) runs them on the CPU or on a GPU. Arrays stay host arrays with
 // the ops.h conventions (row-major, backward ops ADD into their gradients, null gradient outputs skipped); an
-// implementation on a device copies in and out (v1: see docs/training.md for the device-resident step next).
-// The light ops (norms, rope, SwiGLU, the router, embedding, AdamW) run on the host in v1; their CUDA twins
-// live in train/cuda and are tested against ops.h.
+// implementation copies in and out. The GPU no longer uses this seam: it runs the whole step with everything
+// resident (train/device_step.h, train/cuda/device_trainer.h); CpuCompute and the tests' BF16 emulation do.
 #include <cstdint>
 
 #include "train/ops.h"

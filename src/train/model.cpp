@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "train/compute.h"
+#include "train/device_step.h"
 #include "model/rope.h"
 
 namespace moe::train {
@@ -244,6 +245,7 @@ void check_batch(const TrainModel& m, const std::vector<int32_t>& ids, int64_t b
 LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t,
                            const Objective& obj, ExpertLoads* loads, const std::vector<uint8_t>* loss_mask) {
   check_batch(model, ids, b, t, loss_mask);
+  if (model.device) return model.device->forward_backward(model, ids, b, t, obj, loads, loss_mask);
   Pass p(model, obj);
   p.forward(ids, b, t, loss_mask);
   p.backward();
@@ -254,6 +256,7 @@ LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, i
 LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
                        const std::vector<uint8_t>* loss_mask) {
   check_batch(model, ids, b, t, loss_mask);
+  if (model.device) return model.device->forward_loss(model, ids, b, t, obj, loss_mask);
   Pass p(model, obj);
   p.forward(ids, b, t, loss_mask);
   p.hook(&ParamHooks::after_forward, ParamHooks::kGlobals);
@@ -268,6 +271,7 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   MOE_CHECK(b > 0 && int64_t(ids.size()) == b * t, "train: a batch of {} ids is not {} x {}", ids.size(), b, t);
   const ModelConfig& c = model.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t;
+  if (model.device) model.device->pull(model);  // the host copies are the device's after a step
   CpuCompute cpu(model.pool);
   Compute& cmp = model.compute ? *model.compute : cpu;
   const LayerContext ctx = make_context(c, 0.0, model.pool, model.ep, &cmp);

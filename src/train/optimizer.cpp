@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "train/device_step.h"
 
 namespace moe::train {
 
@@ -15,11 +16,13 @@ double LrSchedule::at(int64_t step) const {
 }
 
 void scale_gradients(TrainModel& m, double s) {
+  if (m.device) return m.device->scale_gradients(m, s);
   for (auto& p : m.params)
     for (float& g : p->g) g = float(double(g) * s);
 }
 
 double global_grad_norm(const TrainModel& m) {
+  if (m.device) return m.device->global_grad_norm(const_cast<TrainModel&>(m));
   double ss = 0;
   for (const auto& p : m.params)
     for (float g : p->g) ss += double(g) * double(g);
@@ -27,6 +30,7 @@ double global_grad_norm(const TrainModel& m) {
 }
 
 StepStats adamw_step(TrainModel& m, const AdamW& opt, double lr, double clip_norm, int64_t step) {
+  if (m.device) return m.device->adamw_step(m, opt, lr, clip_norm, step);
   StepStats st;
   st.lr = lr;
   st.grad_norm = global_grad_norm(m);

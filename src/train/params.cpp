@@ -1,4 +1,5 @@
 #include "train/params.h"
+#include "train/device_step.h"
 
 #include <fmt/format.h>
 
@@ -173,7 +174,27 @@ Param* TrainModel::find(const std::string& name) const {
   return nullptr;
 }
 
+int64_t parameter_count(const ModelConfig& c) {
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, dq = c.qk_nope_head_dim + c.qk_rope_head_dim,
+                r = c.kv_lora_rank, dr = c.qk_rope_head_dim, ql = c.q_lora_rank;
+  auto layer = [&](int64_t l) {
+    int64_t n = 2 * D;  // the two norms
+    n += ql > 0 ? D * ql + ql + ql * H * dq : D * H * dq;
+    n += D * (r + dr) + r + r * H * (c.qk_nope_head_dim + c.v_head_dim) + H * c.v_head_dim * D;
+    if (c.is_moe_layer(l))
+      n += c.n_routed_experts * D + 3 * D * c.moe_intermediate_size * (c.n_routed_experts + c.n_shared_experts);
+    else
+      n += 3 * D * c.intermediate_size;
+    return n;
+  };
+  int64_t n = 2 * c.vocab_size * D + D;  // embedding, head, final norm
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) n += layer(l);
+  if (c.num_nextn_predict_layers > 0) n += 3 * D + 2 * D * D + layer(c.num_hidden_layers);
+  return n;
+}
+
 void TrainModel::zero_grad() {
+  if (device) return device->zero_grad(*this);
   for (auto& p : params) std::fill(p->g.begin(), p->g.end(), 0.f);
 }
 

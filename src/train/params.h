@@ -17,6 +17,7 @@ namespace moe::train {
 
 struct ExpertParallel;
 class Compute;
+class DeviceStep;
 
 // Called around each use of a group of parameters by the passes of train/model.h, so that ZeRO-3
 // (train/parallel.h) can gather a group just before it is used and free it after, and reduce-scatter its
@@ -71,6 +72,10 @@ struct LayerParams {
   std::string gate_name;          // "model.layers.L.mlp.gate.weight": names the layer's loads
 };
 
+// The number of trained values TrainModel::init makes for config c (MTP module included; correction biases not),
+// from the config alone: what a device checks before the host copies are made.
+int64_t parameter_count(const ModelConfig& c);
+
 struct TrainModel {
   ModelConfig config;
   std::vector<std::unique_ptr<Param>> params;  // every trained tensor (pointers below point into these)
@@ -86,6 +91,9 @@ struct TrainModel {
   // CPU ops on `pool`.
   Compute* compute = nullptr;
   ParamHooks* hooks = nullptr;  // owned by the caller (DistributedTraining); null: every parameter always here
+  // A device that runs the whole step with everything resident there (train/device_step.h), owned by the caller;
+  // when set, the step's functions hand their work to it and the host copies are synced by its pull/push.
+  DeviceStep* device = nullptr;
 
   // Reads config.json and the checkpoint (BF16/F16/F32 tensors, converted to F32). The MTP module's copies of
   // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.

@@ -1,4 +1,5 @@
 #include "train/train_steps.h"
+#include "train/device_step.h"
 
 #include <fmt/format.h>
 
@@ -101,6 +102,7 @@ TrainStepsResult run_train_steps(TrainModel& model, const TrainSpec& spec,
     rep.step = step;
     rep.parts = dist ? dist->forward_backward(spec.ids, spec.b, spec.t, spec.objective, &loads)
                      : forward_backward(model, spec.ids, spec.b, spec.t, spec.objective, &loads);
+    if (step == 1 && model.device) model.device->pull(model);  // the step-1 gradients, read below
     if (step == 1 && (!dist || dist->whole_gradients()))
       for (const auto& p : model.params) res.step1_grads.emplace_back(p->name, p->g);
     if (step == 1) res.step1_loads = loads;
@@ -112,6 +114,7 @@ TrainStepsResult run_train_steps(TrainModel& model, const TrainSpec& spec,
     if (on_step) on_step(rep);
   }
   if (dist) dist->gather_model();
+  if (model.device) model.device->pull(model);  // the parameters after the last step
   return res;
 }
 

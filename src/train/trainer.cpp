@@ -1,4 +1,5 @@
 #include "train/trainer.h"
+#include "train/device_step.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -239,7 +240,9 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   check_recipe(R);
   ThreadPool pool(run.threads > 0 ? run.threads : int(std::max(1u, std::thread::hardware_concurrency())));
   model.pool = &pool;
-  model.compute = run.compute;
+  MOE_CHECK(!(run.device && run.comm), "train: --device cuda trains on one GPU; data- and expert-parallel training "
+            "(--dp, --ep) runs on the CPU only");
+  model.device = run.device;  // bound (uploaded) at its first step, after a resume has loaded the state
   MOE_CHECK(!run.data_dir.empty(), "train: --data is required");
   std::optional<DistributedTraining> dist;
   if (run.comm) {
@@ -289,6 +292,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
         return;
       }
     }
+    if (model.device) model.device->pull(model);  // values and moments, as the checkpoint holds them
     const std::string name = fmt::format("step-{:08d}", step);
     const std::string final_dir = (fs::path(run.out_dir) / name).string();
     const std::string tmp = (fs::path(run.out_dir) / (".tmp-" + name)).string();
@@ -356,7 +360,9 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     const auto t0 = std::chrono::steady_clock::now();
     if (step == run.fault_nan_step) {
       MOE_CHECK(!model.final_norm->w.empty(), "train: --fault-nan-step needs the weights in place (not --zero 3)");
+      if (model.device) model.device->pull(model);
       model.final_norm->w[0] = std::numeric_limits<float>::quiet_NaN();
+      if (model.device) model.device->push(model);
     }
     // One optimiser step over `batch` sequences: k micro-batches, each forward_backward adding the gradient of
     // its mean loss; the sum / k is the whole batch's gradient (the micro-batches are equal, and the balance

@@ -35,7 +35,7 @@ struct TrainRun {
   std::string data_dir, out_dir;
   TrainRecipe recipe;
   int threads = 0;  // GEMM threads (0: the machine's cores); any number gives the same bits
-  Compute* compute = nullptr;  // the device of the GEMMs, attention and cross-entropy (null: the CPU on `threads`)
+  DeviceStep* device = nullptr;  // a device that runs the whole step (train/device_step.h); single-process only
   int64_t stop_after = 0;      // stop (with a checkpoint) after this step, as if interrupted; 0: run to the end
   int64_t fault_nan_step = 0;  // testing: poison the weights before this step, so its loss is NaN
   int64_t fault_crash_save = 0;  // testing: _exit(3) in the middle of writing this step's checkpoint

@@ -311,6 +311,17 @@ TEST(TrainBench, ReportsTokensPerSecondAndTheGemmFraction) {
   EXPECT_NE(bad.out.find("no-such-config.json: cannot open"), std::string::npos) << bad.out;
 }
 
+// The device-resident GPU step is single-process: --device cuda with --dp or --ep is refused up front, naming both.
+TEST(TrainDevice, CudaWithDataOrExpertParallelismIsRefused) {
+  for (const char* flags : {"--dp 2", "--ep"}) {
+    const Result r = test::run_moe(std::string("train --device cuda ") + flags +
+                                   " --config tests/data/tiny-train/model/config.json --data " +
+                                   test::temp_path("no-data") + " --out " + test::temp_path("no-out"));
+    EXPECT_EQ(r.code, 1) << flags;
+    EXPECT_NE(r.out.find("train: --device cuda trains on one GPU; --dp and --ep"), std::string::npos) << r.out;
+  }
+}
+
 // --device names the trainer's device; a wrong one is an error naming the flag (train and train-bench share it).
 TEST(TrainBench, DeviceFlagErrorsNameTheFlag) {
   const std::string base = "train-bench --config tests/data/tiny-train/model/config.json --seq-len 8 --batch 2 --steps 1";

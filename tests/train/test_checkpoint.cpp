@@ -7,6 +7,7 @@
 // the engine in float over K <= 128 here), so each of ~20 ops in sequence differs by ~sqrt(K) 2^-24 relative;
 // logits of size ~1 then differ by ~1e-5 at most. We allow 1e-4 absolute (measured 1.8e-7).
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <filesystem>
@@ -105,6 +106,20 @@ TEST(TrainInit, NormalMatricesUnitNormsZeroBiases) {
     for (float v : bias->value) EXPECT_EQ(v, 0.f);
   // The checkpoint's tensor set: every tensor TrainModel::load reads.
   EXPECT_NE(a.find("model.layers.2.eh_proj.weight"), nullptr);
+}
+
+// parameter_count (what a device checks before the host copies are made) is the number of values init makes,
+// for the tiny-train fixture (q_lora, MoE, MTP) and for the bench configs (no q_lora; dense first layer).
+TEST(TrainInit, ParameterCountIsWhatInitMakes) {
+  for (const std::string& path : {kTinyTrain + "/config.json", std::string("bench/configs/train-small.json"),
+                                 std::string("bench/configs/train-default.json")}) {
+    std::ifstream in(path);
+    const ModelConfig config = ModelConfig::from_json(nlohmann::json::parse(in), path);
+    const TrainModel m = TrainModel::init(config, path, 1, 0.02);
+    int64_t n = 0;
+    for (const auto& p : m.params) n += int64_t(p->w.size());
+    EXPECT_EQ(parameter_count(config), n) << path;
+  }
 }
 
 TEST(TrainCheckpoint, F32LoadsWithDeepseekV3AndMatchesTheTrainerLogits) { check("f32"); }

@@ -1,4 +1,4 @@
-// CudaCompute: copy in, run on the device, copy out (cuda_compute.h). Row-major GEMMs map onto cuBLAS's
+// CudaCompute (cuda_compute.h): the trainer's CUDA context and its GEMMs. Row-major GEMMs map onto cuBLAS's
 // column-major ones by reading every row-major [r, c] matrix as a column-major [c, r] one:
 //   y[n,m] = x W^T      ->  y^T (m x n) = op_T(W^T (k x m)) * x^T (k x n)
 //   dx[n,k] = dy W      ->  dx^T (k x n) = W^T (k x m) * dy^T (m x n)
@@ -21,7 +21,7 @@ void check(cublasStatus_t e, const char* what) {
 }
 
 // Scratch slots of the ops (an op's operands never share one).
-enum Slot : size_t { kA, kB, kC, kD, kE, kF, kG, kH, kI, kBf0, kBf1, kBf2 };
+enum Slot : size_t { kBf0, kBf1, kC };  // the rate measurement's operands
 }  // namespace
 
 DeviceScratch::~DeviceScratch() {
@@ -67,25 +67,6 @@ std::string CudaCompute::device_name() const {
 
 void CudaCompute::sync() { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
 
-float* CudaCompute::upload(size_t slot, const float* host, int64_t count) {
-  float* d = static_cast<float*>(scratch_.get(slot, size_t(count) * sizeof(float)));
-  check(cudaMemcpyAsync(d, host, size_t(count) * sizeof(float), cudaMemcpyHostToDevice, stream_), "upload");
-  return d;
-}
-
-void CudaCompute::download(float* host, const float* dev, int64_t count) {
-  check(cudaMemcpyAsync(host, dev, size_t(count) * sizeof(float), cudaMemcpyDeviceToHost, stream_), "download");
-  sync();
-}
-
-const void* CudaCompute::operand(GemmPrecision p, size_t slot, const float* src, int64_t count) {
-  if (p == GemmPrecision::Fp32) return src;
-  auto* b = static_cast<uint16_t*>(scratch_.get(slot, size_t(count) * sizeof(uint16_t)));
-  to_bf16(b, src, count, stream_);
-  check(cudaGetLastError(), "to_bf16");
-  return b;
-}
-
 namespace {
 struct GemmTypes {
   cudaDataType_t ab;
@@ -122,37 +103,6 @@ void CudaCompute::gemm_tn(GemmPrecision p, float* dw, const void* dy, const void
         "gemm dW = dy^T x");
 }
 
-void CudaCompute::matmul_forward(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m,
-                                 bool fp32) {
-  if (n == 0 || m == 0) return;
-  const GemmPrecision p = fp32 ? GemmPrecision::Fp32 : precision_;
-  float* dx = upload(kA, x, n * k);
-  float* dw = upload(kB, w, m * k);
-  float* dy = static_cast<float*>(scratch_.get(kC, size_t(n * m) * sizeof(float)));
-  gemm_nt(p, dy, operand(p, kBf0, dx, n * k), operand(p, kBf1, dw, m * k), n, k, m, 0.0f);
-  download(y, dy, n * m);
-}
-
-void CudaCompute::matmul_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
-                                  int64_t k, int64_t m, bool fp32) {
-  if (n == 0 || m == 0 || (!dx && !dw)) return;
-  const GemmPrecision p = fp32 ? GemmPrecision::Fp32 : precision_;
-  float* ddy = upload(kA, dy, n * m);
-  const void* dy_op = operand(p, kBf0, ddy, n * m);
-  if (dx) {
-    float* dw_ = upload(kB, w, m * k);
-    float* ddx = upload(kC, dx, n * k);
-    gemm_nn(p, ddx, dy_op, operand(p, kBf1, dw_, m * k), n, k, m, 1.0f);
-    download(dx, ddx, n * k);
-  }
-  if (dw) {
-    float* dxin = upload(kD, x, n * k);
-    float* ddw = upload(kE, dw, m * k);
-    gemm_tn(p, ddw, dy_op, operand(p, kBf2, dxin, n * k), n, k, m, 1.0f);
-    download(dw, ddw, m * k);
-  }
-}
-
 double CudaCompute::measure_bf16_gemm_gflops() {
   const int64_t n = 8192, k = 8192, m = 8192;
   auto* x = static_cast<uint16_t*>(scratch_.get(kBf0, size_t(n * k) * 2));
@@ -175,63 +125,6 @@ double CudaCompute::measure_bf16_gemm_gflops() {
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   return 2.0 * double(n) * double(k) * double(m) * reps / (double(ms) * 1e-3) / 1e9;
-}
-
-namespace {
-AttnShape shape_of(const MlaDims& d, int64_t b) {
-  return AttnShape{b, d.t, d.heads, d.dn, d.dr, d.dv, float(d.scale)};
-}
-}  // namespace
-
-void CudaCompute::attention_forward(float* out, float* probs, const float* q, const float* kv, const float* k_rope,
-                                    const MlaDims& d, int64_t b) {
-  const int64_t n = b * d.t, H = d.heads;
-  float* dq = upload(kA, q, n * H * (d.dn + d.dr));
-  float* dkv = upload(kB, kv, n * H * (d.dn + d.dv));
-  float* dkr = upload(kC, k_rope, n * d.dr);
-  float* dout = static_cast<float*>(scratch_.get(kD, size_t(n * H * d.dv) * sizeof(float)));
-  float* dprobs = static_cast<float*>(scratch_.get(kE, size_t(b * H * d.t * d.t) * sizeof(float)));
-  cuda::attention_forward(dout, dprobs, dq, dkv, dkr, shape_of(d, b), stream_);
-  check(cudaGetLastError(), "attention_forward");
-  download(out, dout, n * H * d.dv);
-  download(probs, dprobs, b * H * d.t * d.t);
-}
-
-void CudaCompute::attention_backward(float* dq, float* dkv, float* dk_rope, const float* dout, const float* probs,
-                                     const float* q, const float* kv, const float* k_rope, const MlaDims& d,
-                                     int64_t b) {
-  const int64_t n = b * d.t, H = d.heads, nq = n * H * (d.dn + d.dr), nkv = n * H * (d.dn + d.dv),
-                np = b * H * d.t * d.t;
-  float* g_q = upload(kA, dq, nq);
-  float* g_kv = upload(kB, dkv, nkv);
-  float* g_kr = upload(kC, dk_rope, n * d.dr);
-  float* g_out = upload(kD, dout, n * H * d.dv);
-  float* p = upload(kE, probs, np);
-  float* q_ = upload(kF, q, nq);
-  float* kv_ = upload(kG, kv, nkv);
-  float* kr_ = upload(kH, k_rope, n * d.dr);
-  float* ds = static_cast<float*>(scratch_.get(kI, size_t(np) * sizeof(float)));
-  cuda::attention_backward(g_q, g_kv, g_kr, ds, g_out, p, q_, kv_, kr_, shape_of(d, b), stream_);
-  check(cudaGetLastError(), "attention_backward");
-  download(dq, g_q, nq);
-  download(dkv, g_kv, nkv);
-  download(dk_rope, g_kr, n * d.dr);
-}
-
-double CudaCompute::cross_entropy(float* logits, const int32_t* targets, int64_t n, int64_t vocab, double dscale) {
-  if (n == 0) return 0.0;
-  float* l = upload(kA, logits, n * vocab);
-  auto* t = static_cast<int32_t*>(scratch_.get(kB, size_t(n) * sizeof(int32_t)));
-  check(cudaMemcpyAsync(t, targets, size_t(n) * sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "upload");
-  float* loss = static_cast<float*>(scratch_.get(kC, size_t(n) * sizeof(float)));
-  cuda::cross_entropy(l, loss, t, n, vocab, float(dscale), stream_);
-  check(cudaGetLastError(), "cross_entropy");
-  download(logits, l, n * vocab);
-  std::vector<float> rows(static_cast<size_t>(n));
-  download(rows.data(), loss, n);
-  double total = 0;  // in row order, in double, as the CPU op sums
-  for (float v : rows) total += double(v);
-  return total;
 }
 
 }  // namespace moe::train::cuda

@@ -1,19 +1,16 @@
 #pragma once
-// The trainer's ops on a CUDA GPU (train/compute.h), v1: host arrays are copied to the device for each op, the
-// op runs there, and its outputs come back, so the model code (layer.cpp, model.cpp) is the CPU trainer's,
-// unchanged, and each GPU op has its CPU twin. GEMMs go through cuBLAS with FP32 accumulation and FP32 output
-// on BF16 operands (GemmPrecision::Bf16: each operand rounded to BF16 once, as mixed-precision training does)
-// or on FP32 operands (GemmPrecision::Fp32: FP32 products, no TF32, for checking the plumbing tightly). The
-// GEMMs the model marks fp32 (MoE gate, output head: V3's higher-precision exceptions) are FP32 in either mode.
-// Attention and the cross-entropy are the FP32 kernels of kernels.h. The device-resident step (weights,
-// activations and AdamW on the device, no copies) is the next step: docs/training.md.
+// The trainer's CUDA context: a device, a stream, a cuBLAS handle on it, and row-major GEMMs with FP32
+// accumulation and FP32 output on BF16 operands (GemmPrecision::Bf16: each operand rounded to BF16 once, as
+// mixed-precision training does) or on FP32 operands (GemmPrecision::Fp32: FP32 products, no TF32, for checking
+// the plumbing tightly). DeviceTrainer (device_trainer.h) runs the step on it. (v1's CudaCompute was a per-op
+// train/compute.h device that copied every operand in and out; the device-resident step replaced it.)
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
-#include "train/compute.h"
 
 namespace moe::train::cuda {
 
@@ -32,10 +29,10 @@ class DeviceScratch {
   std::vector<std::pair<void*, size_t>> slots_;
 };
 
-class CudaCompute final : public Compute {
+class CudaCompute {
  public:
   explicit CudaCompute(GemmPrecision precision = GemmPrecision::Bf16, int device = 0);
-  ~CudaCompute() override;
+  ~CudaCompute();
   CudaCompute(const CudaCompute&) = delete;
   CudaCompute& operator=(const CudaCompute&) = delete;
 
@@ -45,17 +42,7 @@ class CudaCompute final : public Compute {
   std::string device_name() const;
   GemmPrecision precision() const { return precision_; }
 
-  const char* name() const override { return "cuda"; }
-  void matmul_forward(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32) override;
-  void matmul_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k,
-                       int64_t m, bool fp32) override;
-  void attention_forward(float* out, float* probs, const float* q, const float* kv, const float* k_rope,
-                         const MlaDims& d, int64_t b) override;
-  void attention_backward(float* dq, float* dkv, float* dk_rope, const float* dout, const float* probs,
-                          const float* q, const float* kv, const float* k_rope, const MlaDims& d, int64_t b) override;
-  double cross_entropy(float* logits, const int32_t* targets, int64_t n, int64_t vocab, double dscale) override;
-
-  // Device GEMMs for callers that keep operands on the device (the bench's rate, the device-resident step):
+  // Row-major GEMMs on device operands:
   // y [n, m] = x [n, k] W [m, k]^T + beta y;  dx [n, k] = dy W + beta dx;  dW [m, k] = dy^T x + beta dW.
   // Operands are BF16 bits (p == Bf16) or floats (Fp32); outputs are FP32.
   void gemm_nt(GemmPrecision p, float* y, const void* x, const void* w, int64_t n, int64_t k, int64_t m, float beta);
@@ -67,14 +54,10 @@ class CudaCompute final : public Compute {
   double measure_bf16_gemm_gflops();
 
   cudaStream_t stream() const { return stream_; }
+  cublasHandle_t blas() const { return blas_; }
   void sync();
 
  private:
-  // The operand of a GEMM in the precision's type, on the device: src is a device float array of count values.
-  const void* operand(GemmPrecision p, size_t slot, const float* src, int64_t count);
-  float* upload(size_t slot, const float* host, int64_t count);
-  void download(float* host, const float* dev, int64_t count);
-
   GemmPrecision precision_;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

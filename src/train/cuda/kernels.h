@@ -2,6 +2,7 @@
 // Launchers of the trainer's CUDA kernels: plain functions of device pointers and a stream, one .cu per op, each
 // the twin of the CPU op in train/ops.h (same shapes, same conventions: backward launchers ADD into their
 // gradients). FP32 in and out, FP32 accumulation. Included by .cu files (C++17) and by cuda_compute.cpp.
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -14,17 +15,19 @@ void to_bf16(uint16_t* out, const float* in, int64_t count, cudaStream_t s);
 // measurements that must not read uninitialised or zero memory.
 void fill_bf16_uniform(uint16_t* out, int64_t count, uint32_t seed, cudaStream_t s);
 
-// attention.cu: MLA, expanded form, causal, b sequences of t tokens one after another (ops.h MlaDims):
+// attention_gemm.cu: MLA, expanded form, causal, b sequences of t tokens one after another (ops.h MlaDims):
 // q [b*t, H, dn+dr], kv [b*t, H, dn+dv], k_rope [b*t, dr]; out [b*t, H, dv], probs [b, H, t, t] (0 above the
-// diagonal). The backward needs a scratch ds of b*H*t*t floats (the score gradients).
+// diagonal), through cuBLAS FP32 strided-batched GEMMs (blas is set to stream s). The backward needs a scratch
+// ds of b*H*t*t floats (the score gradients) and adds into dq, dkv, dk_rope. False: a cuBLAS error.
 struct AttnShape {
   int64_t b = 0, t = 0, heads = 0, dn = 0, dr = 0, dv = 0;
   float scale = 1.0f;
 };
-void attention_forward(float* out, float* probs, const float* q, const float* kv, const float* k_rope,
-                       const AttnShape& a, cudaStream_t s);
-void attention_backward(float* dq, float* dkv, float* dk_rope, float* ds, const float* dout, const float* probs,
-                        const float* q, const float* kv, const float* k_rope, const AttnShape& a, cudaStream_t s);
+bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const float* q, const float* kv,
+                            const float* k_rope, const AttnShape& a, cudaStream_t s);
+bool attention_backward_gemm(cublasHandle_t blas, float* dq, float* dkv, float* dk_rope, float* ds, const float* dout,
+                             const float* probs, const float* q, const float* kv, const float* k_rope,
+                             const AttnShape& a, cudaStream_t s);
 
 // cross_entropy.cu: per row of logits [n, V]: loss[i] = -log softmax(logits_i)[target_i] (0 for a negative
 // target), and logits_i overwritten with dscale * (softmax - onehot) (zeros for a negative target).
@@ -53,6 +56,11 @@ void rope_rotate(float* x, int64_t n, int64_t heads, int64_t head_dim, int64_t o
 // rows in order (deterministic, no atomics).
 void embedding_forward(float* out, const int32_t* ids, int64_t n, const float* table, int64_t d, cudaStream_t s);
 void embedding_backward(float* dtable, const int32_t* ids, int64_t n, const float* dout, int64_t d, cudaStream_t s);
+// The same over rows grouped by id on the host (fast at any n: one block per distinct id and 128 columns):
+// segment g is id seg_id[g] with the rows order[seg_start[g] .. seg_start[g+1]), ascending; seg_start has
+// segments + 1 entries. Each table row gets one add of its rows' sum taken in row order.
+void embedding_backward_sorted(float* dtable, const int32_t* seg_id, const int32_t* seg_start, int64_t segments,
+                               const int32_t* order, const float* dout, int64_t d, cudaStream_t s);
 
 // adamw.cu: one AdamW update of count values, optimizer.cpp's formula: g' = clip g; m = b1 m + (1-b1) g';
 // v = b2 v + (1-b2) g'^2; w = w decay - lr (m / bc1) / (sqrt(v / bc2) + eps), decay = 1 - lr wd (1: no decay),
@@ -61,5 +69,43 @@ struct AdamWArgs {
   float clip = 1, lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, decay = 1, bc1 = 1, bc2 = 1;
 };
 void adamw_update(float* w, const float* g, float* m, float* v, int64_t count, const AdamWArgs& a, cudaStream_t s);
+
+// elementwise.cu: dst[y * dst_pitch + x] += src[y * src_pitch + x] for x < width, y < height (floats);
+// x *= factor; *out = sum of x (or of its squares) in double, in a fixed order (deterministic), through
+// `scratch` of sum_scratch_doubles() doubles.
+void add_strided(float* dst, int64_t dst_pitch, const float* src, int64_t src_pitch, int64_t width, int64_t height,
+                 cudaStream_t s);
+void scale(float* x, float factor, int64_t count, cudaStream_t s);
+int64_t sum_scratch_doubles();
+void sum_double(double* out, double* scratch, const float* x, int64_t count, bool squares, cudaStream_t s);
+
+// router.cu: ops.h's router_forward / router_*_backward / balance_loss_* for n tokens (see the file).
+struct RouterArgs {
+  int64_t experts = 0, top_k = 0, n_group = 1, topk_group = 1;
+  bool sigmoid = true, noaux = true, group_limited = true, norm_topk_prob = true;
+  double scaling = 1.0;
+};
+bool router_supported(const RouterArgs& c);  // K <= 16, n_group <= 64
+// scores [n, E], chosen [n, K], weights [n, K], denom [n]; bias [E] or null.
+void router_forward(float* scores, int32_t* chosen, float* weights, float* denom, const float* logits,
+                    const float* bias, int64_t n, const RouterArgs& c, cudaStream_t s);
+// f [b, E] = E / (K t) x the tokens of each sequence routed to each expert; terms [b*t]: each token's share of
+// the balance loss (alpha included), to be summed.
+void balance_fractions(float* f, const int32_t* chosen, int64_t b, int64_t t, const RouterArgs& c, cudaStream_t s);
+void balance_terms(float* terms, const float* scores, const float* f, int64_t b, int64_t t, const RouterArgs& c,
+                   double alpha, cudaStream_t s);
+// dlogits [n, E] (written, not added) from dweights [n, K] and, when f is not null, the balance loss (alpha).
+void router_backward(float* dlogits, const float* dweights, const float* scores, const int32_t* chosen,
+                     const float* denom, const float* f, int64_t b, int64_t t, const RouterArgs& c, double alpha,
+                     cudaStream_t s);
+
+// moe.cu: the routed experts' dispatch and combine over the expert-sorted (token, slot) pairs (see the file).
+void moe_gather(float* xs, const float* x, const int32_t* rows, int64_t count, int64_t d, cudaStream_t s);
+void moe_combine(float* out, const float* eout, const int32_t* pos, const float* weights, int64_t n, int64_t k,
+                 int64_t d, cudaStream_t s);
+void moe_expert_dout(float* dy, float* dweights, const float* dout, const float* eout, const int32_t* rows,
+                     const int32_t* slots, const float* weights, int64_t count, int64_t k, int64_t d, cudaStream_t s);
+void moe_scatter_add(float* dx, const float* dxs, const int32_t* pos, int64_t n, int64_t k, int64_t d,
+                     cudaStream_t s);
 
 }  // namespace moe::train::cuda

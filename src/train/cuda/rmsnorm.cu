@@ -1,5 +1,7 @@
 // RMSNorm forward and backward (the twin of train/ops/rmsnorm.cpp), FP32. One block per row for y and dx; the
-// weight gradient dw_j = sum over rows dy_ij x_ij rstd_i is one thread per column walking the rows in order.
+// weight gradient dw_j = sum over rows dy_ij x_ij rstd_i: blocks of 32 columns x 32 row groups, each thread walking
+// its group's rows in order, the 32 groups' sums then added in group order (deterministic, no atomics; a block per
+// 32 columns keeps thousands of threads busy where one thread per column left the GPU idle at 32k rows).
 #include "train/cuda/common.cuh"
 #include "train/cuda/kernels.h"
 
@@ -34,13 +36,23 @@ __global__ void backward_dx_kernel(float* dx, const float* dy, const float* x, c
     dx[row * d + j] += r * dyi[j] * w[j] - r * r * r * xi[j] * gx / float(d);
 }
 
+constexpr int kDwCols = 32, kDwGroups = 32;
+
 __global__ void backward_dw_kernel(float* dw, const float* dy, const float* x, const float* rstd, int64_t n,
                                    int64_t d) {
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (j >= d) return;
+  __shared__ float part[kDwGroups][kDwCols];
+  const int64_t j = blockIdx.x * int64_t(kDwCols) + threadIdx.x;
+  const int64_t per = (n + kDwGroups - 1) / kDwGroups, i0 = threadIdx.y * per, i1 = min(n, i0 + per);
   float acc = 0;
-  for (int64_t i = 0; i < n; ++i) acc += dy[i * d + j] * x[i * d + j] * rstd[i];
-  dw[j] += acc;
+  if (j < d)
+    for (int64_t i = i0; i < i1; ++i) acc += dy[i * d + j] * x[i * d + j] * rstd[i];
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < d) {
+    float total = 0;
+    for (int g = 0; g < kDwGroups; ++g) total += part[g][threadIdx.x];
+    dw[j] += total;
+  }
 }
 }  // namespace
 
@@ -54,7 +66,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
                       int64_t n, int64_t d, cudaStream_t s) {
   if (n == 0) return;
   if (dx) backward_dx_kernel<<<unsigned(n), kThreads, 0, s>>>(dx, dy, x, w, rstd, d);
-  if (dw) backward_dw_kernel<<<blocks_for(d, kThreads), kThreads, 0, s>>>(dw, dy, x, rstd, n, d);
+  if (dw) backward_dw_kernel<<<blocks_for(d, kDwCols), dim3(kDwCols, kDwGroups), 0, s>>>(dw, dy, x, rstd, n, d);
 }
 
 }  // namespace moe::train::cuda

@@ -1,0 +1,116 @@
+// MLA attention (expanded form, causal) through cuBLAS (kernels.h's contract; the twin of train/ops/attention.cpp),
+// with the score and value products as FP32 strided-batched GEMMs (one call per head and product, batched over the b
+// sequences) and two row kernels: the causal softmax of the scores and the softmax's backward. The full t x t
+// square is multiplied (twice the causal FLOPs, but on cuBLAS instead of v1's one block per query row walking
+// strided memory, which it replaced); above the diagonal P and dS are 0, so nothing there reaches an output.
+// Row-major [r, c] matrices are column-major [c, r] ones for cuBLAS (cuda_compute.cpp's mapping):
+//   S = Qn Kn^T + Qr Kr^T  ->  gemm(T, N, t, t, d, K, Q), twice (dn, then dr with beta 1)
+//   O = P V                ->  gemm(N, N, dv, t, t, V, P)
+//   dP = dO V^T            ->  gemm(T, N, t, t, dv, V, dO)
+//   dQ = dS K              ->  gemm(N, N, d, t, t, K, dS)
+//   dK = dS^T Q, dV = P^T dO  ->  gemm(N, T, d, t, t, Q, dS), gemm(N, T, dv, t, t, dO, P)
+#include <cublas_v2.h>
+
+#include "train/cuda/common.cuh"
+#include "train/cuda/kernels.h"
+
+namespace moe::train::cuda {
+
+namespace {
+
+// probs row i of one (sequence, head): softmax over j <= i of scale * s, 0 above the diagonal. In place.
+__global__ void causal_softmax_kernel(float* p, int64_t t, float scale) {
+  __shared__ float red[32];
+  const int64_t row = blockIdx.x, i = row % t;
+  float* r = p + row * t;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) mx = fmaxf(mx, r[j] * scale);
+  mx = block_reduce<true>(mx, red);
+  float z = 0;
+  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) z += expf(r[j] * scale - mx);
+  z = block_reduce<false>(z, red);
+  for (int64_t j = threadIdx.x; j < t; j += blockDim.x) r[j] = j <= i ? expf(r[j] * scale - mx) / z : 0.0f;
+}
+
+// dS = P (dP - sum_j P dP) scale, in place on dP; 0 above the diagonal.
+__global__ void softmax_backward_kernel(float* ds, const float* p, int64_t t, float scale) {
+  __shared__ float red[32];
+  const int64_t row = blockIdx.x, i = row % t;
+  float* g = ds + row * t;
+  const float* pr = p + row * t;
+  float dot = 0;
+  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) dot += pr[j] * g[j];
+  dot = block_reduce<false>(dot, red);
+  for (int64_t j = threadIdx.x; j < t; j += blockDim.x) g[j] = j <= i ? pr[j] * (g[j] - dot) * scale : 0.0f;
+}
+
+struct Gemm {
+  cublasHandle_t h;
+  int64_t batch;
+  cublasStatus_t operator()(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+                            const float* a, int64_t lda, int64_t sa, const float* b, int64_t ldb, int64_t sb, float beta,
+                            float* c, int64_t ldc, int64_t sc) const {
+    const float one = 1.0f;
+    return cublasGemmStridedBatchedEx(h, ta, tb, int(m), int(n), int(k), &one, a, CUDA_R_32F, int(lda), sa, b,
+                                      CUDA_R_32F, int(ldb), sb, &beta, c, CUDA_R_32F, int(ldc), sc, int(batch),
+                                      CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT);
+  }
+};
+
+}  // namespace
+
+bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const float* q, const float* kv,
+                            const float* k_rope, const AttnShape& a, cudaStream_t s) {
+  if (a.b == 0 || a.t == 0) return true;
+  if (cublasSetStream(blas, s) != CUBLAS_STATUS_SUCCESS) return false;
+  const int64_t t = a.t, H = a.heads, dn = a.dn, dr = a.dr, dv = a.dv, dq = dn + dr, dkv = dn + dv;
+  const Gemm gemm{blas, a.b};
+  bool ok = true;
+  for (int64_t h = 0; h < H; ++h) {
+    float* S = probs + h * t * t;
+    const float* Q = q + h * dq;
+    const float* K = kv + h * dkv;
+    ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dn, K, H * dkv, t * H * dkv, Q, H * dq, t * H * dq, 0.0f, S, t,
+                    H * t * t) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dr, k_rope, dr, t * dr, Q + dn, H * dq, t * H * dq, 1.0f, S, t,
+                    H * t * t) == CUBLAS_STATUS_SUCCESS;
+  }
+  causal_softmax_kernel<<<unsigned(a.b * H * t), 128, 0, s>>>(probs, t, a.scale);
+  for (int64_t h = 0; h < H; ++h)
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_N, dv, t, t, kv + h * dkv + dn, H * dkv, t * H * dkv, probs + h * t * t, t,
+                    H * t * t, 0.0f, out + h * dv, H * dv, t * H * dv) == CUBLAS_STATUS_SUCCESS;
+  return ok;
+}
+
+bool attention_backward_gemm(cublasHandle_t blas, float* dq, float* dkv, float* dk_rope, float* ds, const float* dout,
+                             const float* probs, const float* q, const float* kv, const float* k_rope,
+                             const AttnShape& a, cudaStream_t s) {
+  if (a.b == 0 || a.t == 0) return true;
+  if (cublasSetStream(blas, s) != CUBLAS_STATUS_SUCCESS) return false;
+  const int64_t t = a.t, H = a.heads, dn = a.dn, dr = a.dr, dv = a.dv, dq_ = dn + dr, dkv_ = dn + dv;
+  const Gemm gemm{blas, a.b};
+  bool ok = true;
+  for (int64_t h = 0; h < H; ++h)  // dP = dO V^T
+    ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dv, kv + h * dkv_ + dn, H * dkv_, t * H * dkv_, dout + h * dv,
+                    H * dv, t * H * dv, 0.0f, ds + h * t * t, t, H * t * t) == CUBLAS_STATUS_SUCCESS;
+  softmax_backward_kernel<<<unsigned(a.b * H * t), 128, 0, s>>>(ds, probs, t, a.scale);
+  for (int64_t h = 0; h < H; ++h) {
+    const float* dS = ds + h * t * t;
+    const float* P = probs + h * t * t;
+    // dq_nope += dS Kn, dq_rope += dS Kr
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_N, dn, t, t, kv + h * dkv_, H * dkv_, t * H * dkv_, dS, t, H * t * t, 1.0f,
+                    dq + h * dq_, H * dq_, t * H * dq_) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_N, dr, t, t, k_rope, dr, t * dr, dS, t, H * t * t, 1.0f, dq + h * dq_ + dn,
+                    H * dq_, t * H * dq_) == CUBLAS_STATUS_SUCCESS;
+    // dk_nope += dS^T Qn, dv += P^T dO, dk_rope += dS^T Qr (heads added in order)
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_T, dn, t, t, q + h * dq_, H * dq_, t * H * dq_, dS, t, H * t * t, 1.0f,
+                    dkv + h * dkv_, H * dkv_, t * H * dkv_) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_T, dv, t, t, dout + h * dv, H * dv, t * H * dv, P, t, H * t * t, 1.0f,
+                    dkv + h * dkv_ + dn, H * dkv_, t * H * dkv_) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_T, dr, t, t, q + h * dq_ + dn, H * dq_, t * H * dq_, dS, t, H * t * t, 1.0f,
+                    dk_rope, dr, t * dr) == CUBLAS_STATUS_SUCCESS;
+  }
+  return ok;
+}
+
+}  // namespace moe::train::cuda

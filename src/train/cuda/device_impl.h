@@ -1,0 +1,132 @@
+#pragma once
+// DeviceTrainer's insides (device_trainer.h), shared by its three files: device_trainer.cpp (arenas, buffers,
+// GEMMs, optimiser, host sync), device_layer.cpp (one decoder layer and its FFN halves) and device_model.cpp (the
+// whole model with its MTP module and the objective). Shapes follow the CPU trainer's (layer.h, model.h); every
+// pointer below is a device pointer unless named host.
+#include <cuda_runtime.h>
+
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "train/cuda/device_trainer.h"
+#include "train/cuda/kernels.h"
+#include "train/layer.h"
+
+namespace moe::train::cuda {
+
+void check_cuda(cudaError_t e, const char* what);
+
+// Kept activations of an MLP over n rows (x is the caller's).
+struct DMlp {
+  const float* x = nullptr;
+  float *gate = nullptr, *up = nullptr, *act = nullptr;
+};
+
+struct DMoe {
+  float *logits = nullptr, *scores = nullptr, *weights = nullptr, *denom = nullptr, *frac = nullptr;
+  int32_t *chosen = nullptr, *rows = nullptr, *slots = nullptr, *pos = nullptr;
+  std::vector<int32_t> host_chosen, host_rows, host_slots, host_pos;  // the routing, sorted by expert on the host
+  std::vector<int64_t> offsets;  // [E + 1]: expert e's rows are offsets[e] .. offsets[e+1] of the sorted pairs
+  std::vector<int64_t> load;     // [E]
+  float *xs = nullptr, *eout = nullptr;  // [nK, D] gathered inputs, outputs
+  DMlp experts;                          // over the nK sorted rows, [nK, F]
+  DMlp shared;
+  int aux_slot = -1;  // the scalar slot of this layer's balance loss (-1: none)
+};
+
+struct DLayer {
+  int64_t b = 0, t = 0, n = 0;
+  int32_t* pos = nullptr;  // [n] position of each token in its sequence
+  const float* x = nullptr;
+  float *a = nullptr, *a_rstd = nullptr, *qa = nullptr, *qa_rstd = nullptr, *qan = nullptr, *q = nullptr;
+  float *kva = nullptr, *c_in = nullptr, *c = nullptr, *c_rstd = nullptr, *kr = nullptr, *kv = nullptr;
+  float *probs = nullptr, *att = nullptr, *h = nullptr, *f = nullptr, *f_rstd = nullptr;
+  DMlp dense;
+  DMoe moe;
+};
+
+struct DeviceTrainer::Impl {
+  explicit Impl(GemmPrecision p, int device) : cc(p, device), prec(p) {}
+  ~Impl();
+
+  CudaCompute cc;  // the stream, cuBLAS and its GEMM entry points
+  GemmPrecision prec;
+  cudaStream_t stream() const { return cc.stream(); }
+
+  // ---- parameters (device_trainer.cpp)
+  TrainModel* bound = nullptr;
+  float *W = nullptr, *G = nullptr, *M = nullptr, *V = nullptr;  // arenas of `total` floats
+  int64_t total = 0;
+  std::unordered_map<const Param*, int64_t> offset;
+  void bind(TrainModel& m);  // no-op when m is already bound
+  float* w(const Param* p) { return W + offset.at(p); }
+  float* g(const Param* p) { return G + offset.at(p); }
+
+  // ---- buffers: grow-only, by name; the free memory is checked before each allocation (a clear error, not a
+  // crash, when a shape does not fit).
+  std::map<std::string, std::pair<void*, size_t>> buffers;
+  void* raw(const std::string& key, size_t bytes);
+  float* f32(const std::string& key, int64_t count) { return static_cast<float*>(raw(key, size_t(count) * 4)); }
+  int32_t* i32(const std::string& key, int64_t count) { return static_cast<int32_t*>(raw(key, size_t(count) * 4)); }
+  float* zeros(const std::string& key, int64_t count);  // a buffer set to 0 on the stream
+  void upload(void* dst, const void* host, size_t bytes);
+  double* scalars = nullptr;  // [kScalars] device doubles the step's sums land in
+  static constexpr int kScalars = 256;
+  double* sum_scratch = nullptr;
+  void sum_into(int slot, const float* x, int64_t count, bool squares);
+  std::vector<double> read_scalars(int count);  // syncs
+
+  // ---- GEMMs (row-major, as ops.h): y = x W^T; dx (+)= dy W; dW += dy^T x. fp32: FP32 operands whatever the mode.
+  void mm(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32);
+  void mm_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k, int64_t m,
+              bool fp32, bool add_dx = true);
+  const void* operand(const char* slot, const float* src, int64_t count, GemmPrecision p);
+
+  // ---- per shape (device_model.cpp)
+  int64_t shape_t = -1;
+  int32_t* positions(int64_t b, int64_t t);  // [b*t] i % t, uploaded
+  double* inv_freq = nullptr;  // a buffer: rope.inv_freq
+  RopeParams rope;
+  int64_t rope_half = 0;
+  LayerContext main_ctx, mtp_ctx;
+
+  // ---- layers (device_layer.cpp); key prefixes name their buffers ("L3.", "mtp.")
+  void layer_forward(DLayer& A, const LayerParams& P, const LayerContext& ctx, const std::string& key,
+                     const float* x, int64_t b, int64_t t, float* out);
+  void layer_backward(float* dx, const float* dout, DLayer& A, const LayerParams& P, const LayerContext& ctx,
+                      const std::string& key);
+  void mlp_forward(DMlp& A, const MlpParams& P, const std::string& key, const float* x, int64_t n, float* out);
+  void mlp_backward(float* dx, const float* dout, const DMlp& A, const MlpParams& P, int64_t n);
+  void moe_forward(DMoe& A, const LayerParams& P, const LayerContext& ctx, const std::string& key, const float* x,
+                   int64_t b, int64_t t, float* out);
+  void moe_backward(float* dx, const float* dout, const DMoe& A, const LayerParams& P, const LayerContext& ctx,
+                    const float* x, int64_t b, int64_t t);
+  void rmsnorm(float* y, float* rstd, const float* x, const Param* w, int64_t n, int64_t d, double eps);
+  void rope_apply(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim, int64_t off, float sign);
+  int next_aux_slot = 0;
+
+  // ---- the model (device_model.cpp)
+  struct Acts {
+    int64_t b = 0, t = 0;
+    int32_t *ids = nullptr, *next = nullptr, *targets1 = nullptr, *targets2 = nullptr;
+    std::vector<int32_t> host_ids, host_next;  // for the embedding's backward (rows grouped by id on the host)
+    std::vector<float*> xs;
+    std::vector<DLayer> layers;
+    float *hn = nullptr, *hn_rstd = nullptr, *hsel = nullptr, *logits1 = nullptr, *loss1 = nullptr;
+    float *e = nullptr, *en = nullptr, *e_rstd = nullptr, *h2 = nullptr, *hh = nullptr, *hh_rstd = nullptr;
+    float *cat = nullptr, *m = nullptr, *y = nullptr, *yn = nullptr, *yn_rstd = nullptr, *logits2 = nullptr,
+          *loss2 = nullptr;
+    DLayer mtp;
+  } A;
+  LossParts forward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
+                    const std::vector<uint8_t>* mask);
+  void backward(TrainModel& m);
+  // dtable[ids[i]] += dout[i] (rows grouped by id here, summed in row order on the device)
+  void embedding_grad(float* dtable, const std::vector<int32_t>& ids, const float* dout, int64_t d,
+                      const std::string& key);
+  void loads(const TrainModel& m, ExpertLoads* out) const;
+};
+
+}  // namespace moe::train::cuda

@@ -1,0 +1,294 @@
+// One decoder layer on the device, forward with kept activations and backward: layer.cpp and ffn.cpp's maths
+// over device buffers (see those files for the formulas). Backward ops add into their gradients, as there.
+#include <algorithm>
+
+#include "core/error.h"
+#include "train/cuda/device_impl.h"
+
+namespace moe::train::cuda {
+
+namespace {
+constexpr double kLatentNormEps = 1e-6;  // q_a_layernorm and kv_a_layernorm (layer.cpp)
+
+RouterArgs router_args(const RouterConfig& r) {
+  RouterArgs a;
+  a.experts = r.experts, a.top_k = r.top_k, a.n_group = r.n_group, a.topk_group = r.topk_group;
+  a.sigmoid = r.scoring == ScoringFunc::Sigmoid;
+  a.noaux = r.method == TopkMethod::NoauxTc;
+  a.group_limited = r.method != TopkMethod::Greedy;
+  a.norm_topk_prob = r.norm_topk_prob;
+  a.scaling = r.scaling;
+  return a;
+}
+
+// Row blocks: [height, width] floats at pitch src_pitch copied to pitch dst_pitch (splits and concatenations).
+void copy2d(float* dst, int64_t dst_pitch, const float* src, int64_t src_pitch, int64_t width, int64_t height,
+            cudaStream_t s) {
+  if (width == 0 || height == 0) return;
+  check_cuda(cudaMemcpy2DAsync(dst, size_t(dst_pitch) * 4, src, size_t(src_pitch) * 4, size_t(width) * 4,
+                               size_t(height), cudaMemcpyDeviceToDevice, s),
+             "cudaMemcpy2DAsync");
+}
+}  // namespace
+
+void DeviceTrainer::Impl::rmsnorm(float* y, float* rstd, const float* x, const Param* p, int64_t n, int64_t d,
+                                  double eps) {
+  rmsnorm_forward(y, rstd, x, w(p), n, d, float(eps), stream());
+}
+
+void DeviceTrainer::Impl::rope_apply(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim, int64_t off, float sign) {
+  rope_rotate(x, n, heads, head_dim, off, pos, inv_freq, rope_half, float(rope.attn_factor), sign, stream());
+}
+
+void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const LayerContext& ctx,
+                                        const std::string& key, const float* x, int64_t b, int64_t t, float* out) {
+  const ModelConfig& c = *ctx.config;
+  const int64_t n = b * t, D = c.hidden_size, H = c.num_attention_heads, dn = c.qk_nope_head_dim,
+                dr = c.qk_rope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank, ql = c.q_lora_rank, dq = dn + dr;
+  const cudaStream_t s = stream();
+  A.b = b, A.t = t, A.n = n, A.x = x;
+  A.pos = positions(b, t);
+  A.a = f32(key + "a", n * D);
+  A.a_rstd = f32(key + "a_rstd", n);
+  rmsnorm(A.a, A.a_rstd, x, P.input_norm, n, D, c.rms_norm_eps);
+  const AttnParams& W = P.attn;
+  A.q = f32(key + "q", n * H * dq);
+  if (ql > 0) {
+    A.qa = f32(key + "qa", n * ql);
+    A.qan = f32(key + "qan", n * ql);
+    A.qa_rstd = f32(key + "qa_rstd", n);
+    mm(A.qa, A.a, w(W.q_a), n, D, ql, false);
+    rmsnorm(A.qan, A.qa_rstd, A.qa, W.q_a_norm, n, ql, kLatentNormEps);
+    mm(A.q, A.qan, w(W.q_b), n, ql, H * dq, false);
+  } else {
+    mm(A.q, A.a, w(W.q_proj), n, D, H * dq, false);
+  }
+  rope_apply(A.q, A.pos, n, H, dq, dn, 1.0f);
+  A.kva = f32(key + "kva", n * (r + dr));
+  mm(A.kva, A.a, w(W.kv_a), n, D, r + dr, false);
+  A.c_in = f32(key + "c_in", n * r);
+  A.kr = f32(key + "kr", n * dr);
+  copy2d(A.c_in, r, A.kva, r + dr, r, n, s);
+  copy2d(A.kr, dr, A.kva + r, r + dr, dr, n, s);
+  A.c = f32(key + "c", n * r);
+  A.c_rstd = f32(key + "c_rstd", n);
+  rmsnorm(A.c, A.c_rstd, A.c_in, W.kv_a_norm, n, r, kLatentNormEps);
+  rope_apply(A.kr, A.pos, n, 1, dr, 0, 1.0f);
+  A.kv = f32(key + "kv", n * H * (dn + dv));
+  mm(A.kv, A.c, w(W.kv_b), n, r, H * (dn + dv), false);
+  A.probs = f32(key + "probs", b * H * t * t);
+  A.att = f32(key + "att", n * H * dv);
+  MOE_CHECK(attention_forward_gemm(cc.blas(), A.att, A.probs, A.q, A.kv, A.kr,
+                                   AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s),
+            "cuda train: attention's cuBLAS GEMMs failed");
+  check_cuda(cudaGetLastError(), "attention_forward");
+  A.h = f32(key + "h", n * D);
+  mm(A.h, A.att, w(W.o_proj), n, H * dv, D, false);
+  add_strided(A.h, n * D, x, n * D, n * D, 1, s);
+  A.f = f32(key + "f", n * D);
+  A.f_rstd = f32(key + "f_rstd", n);
+  rmsnorm(A.f, A.f_rstd, A.h, P.post_norm, n, D, c.rms_norm_eps);
+  if (P.is_moe)
+    moe_forward(A.moe, P, ctx, key + "moe.", A.f, b, t, out);
+  else
+    mlp_forward(A.dense, P.dense, key + "mlp.", A.f, n, out);
+  add_strided(out, n * D, A.h, n * D, n * D, 1, s);
+  check_cuda(cudaGetLastError(), "layer_forward");
+}
+
+void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A, const LayerParams& P,
+                                         const LayerContext& ctx, const std::string& key) {
+  (void)key;
+  const ModelConfig& c = *ctx.config;
+  const int64_t b = A.b, t = A.t, n = A.n, D = c.hidden_size, H = c.num_attention_heads, dn = c.qk_nope_head_dim,
+                dr = c.qk_rope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank, ql = c.q_lora_rank, dq = dn + dr;
+  const AttnParams& W = P.attn;
+  const cudaStream_t s = stream();
+  // FFN half: dh = dout + norm^T ffn^T dout
+  float* dh = f32("tmp.dh", n * D);
+  check_cuda(cudaMemcpyAsync(dh, dout, size_t(n * D) * 4, cudaMemcpyDeviceToDevice, s), "copy");
+  float* df = zeros("tmp.df", n * D);
+  if (P.is_moe)
+    moe_backward(df, dout, A.moe, P, ctx, A.f, b, t);
+  else
+    mlp_backward(df, dout, A.dense, P.dense, n);
+  rmsnorm_backward(dh, g(P.post_norm), df, A.h, w(P.post_norm), A.f_rstd, n, D, s);
+  // Attention half
+  float* datt = f32("tmp.datt", n * H * dv);
+  mm_bwd(datt, g(W.o_proj), dh, A.att, w(W.o_proj), n, H * dv, D, false, false);
+  float* dq_ = zeros("tmp.dq", n * H * dq);
+  float* dkv = zeros("tmp.dkv", n * H * (dn + dv));
+  float* dkr = zeros("tmp.dkr", n * dr);
+  float* ds = f32("tmp.ds", b * H * t * t);
+  MOE_CHECK(attention_backward_gemm(cc.blas(), dq_, dkv, dkr, ds, datt, A.probs, A.q, A.kv, A.kr,
+                                    AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s),
+            "cuda train: attention's cuBLAS GEMMs failed");
+  check_cuda(cudaGetLastError(), "attention_backward");
+  // kv path
+  float* dc = f32("tmp.dc", n * r);
+  mm_bwd(dc, g(W.kv_b), dkv, A.c, w(W.kv_b), n, r, H * (dn + dv), false, false);
+  float* dc_in = zeros("tmp.dc_in", n * r);
+  rmsnorm_backward(dc_in, g(W.kv_a_norm), dc, A.c_in, w(W.kv_a_norm), A.c_rstd, n, r, s);
+  rope_apply(dkr, A.pos, n, 1, dr, 0, -1.0f);
+  float* dkva = f32("tmp.dkva", n * (r + dr));
+  copy2d(dkva, r + dr, dc_in, r, r, n, s);
+  copy2d(dkva + r, r + dr, dkr, dr, dr, n, s);
+  float* da = f32("tmp.da", n * D);
+  mm_bwd(da, g(W.kv_a), dkva, A.a, w(W.kv_a), n, D, r + dr, false, false);
+  // q path
+  rope_apply(dq_, A.pos, n, H, dq, dn, -1.0f);
+  if (ql > 0) {
+    float* dqan = f32("tmp.dqan", n * ql);
+    mm_bwd(dqan, g(W.q_b), dq_, A.qan, w(W.q_b), n, ql, H * dq, false, false);
+    float* dqa = zeros("tmp.dqa", n * ql);
+    rmsnorm_backward(dqa, g(W.q_a_norm), dqan, A.qa, w(W.q_a_norm), A.qa_rstd, n, ql, s);
+    mm_bwd(da, g(W.q_a), dqa, A.a, w(W.q_a), n, D, ql, false);
+  } else {
+    mm_bwd(da, g(W.q_proj), dq_, A.a, w(W.q_proj), n, D, H * dq, false);
+  }
+  rmsnorm_backward(dx, g(P.input_norm), da, A.x, w(P.input_norm), A.a_rstd, n, D, s);
+  add_strided(dx, n * D, dh, n * D, n * D, 1, s);
+  check_cuda(cudaGetLastError(), "layer_backward");
+}
+
+void DeviceTrainer::Impl::mlp_forward(DMlp& A, const MlpParams& P, const std::string& key, const float* x, int64_t n,
+                                      float* out) {
+  const int64_t F = P.width, D = bound->config.hidden_size;
+  A.x = x;
+  A.gate = f32(key + "gate", n * F);
+  A.up = f32(key + "up", n * F);
+  A.act = f32(key + "act", n * F);
+  mm(A.gate, x, w(P.gate), n, D, F, false);
+  mm(A.up, x, w(P.up), n, D, F, false);
+  swiglu_forward(A.act, A.gate, A.up, n * F, stream());
+  mm(out, A.act, w(P.down), n, F, D, false);
+}
+
+void DeviceTrainer::Impl::mlp_backward(float* dx, const float* dout, const DMlp& A, const MlpParams& P, int64_t n) {
+  const int64_t F = P.width, D = bound->config.hidden_size;
+  float* dact = f32("tmp.dact", n * F);
+  mm_bwd(dact, g(P.down), dout, A.act, w(P.down), n, F, D, false, false);
+  float* dgate = zeros("tmp.dgate", n * F);
+  float* dup = zeros("tmp.dup", n * F);
+  swiglu_backward(dgate, dup, dact, A.gate, A.up, n * F, stream());
+  mm_bwd(dx, g(P.gate), dgate, A.x, w(P.gate), n, D, F, false);
+  mm_bwd(dx, g(P.up), dup, A.x, w(P.up), n, D, F, false);
+}
+
+void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const LayerContext& ctx, const std::string& key,
+                                      const float* x, int64_t b, int64_t t, float* out) {
+  const ModelConfig& c = *ctx.config;
+  const int64_t n = b * t, D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok,
+                F = c.moe_intermediate_size, nk = n * K;
+  const cudaStream_t s = stream();
+  const RouterArgs ra = router_args(ctx.router);
+  MOE_CHECK(router_supported(ra), "train on cuda: a router of top-{} over {} groups is not supported (top-k <= 16, "
+            "groups <= 64)", ra.top_k, ra.n_group);
+  A.logits = f32(key + "logits", n * E);
+  mm(A.logits, x, w(P.router), n, D, E, true);
+  A.scores = f32(key + "scores", n * E);
+  A.chosen = i32(key + "chosen", nk);
+  A.weights = f32(key + "weights", nk);
+  A.denom = f32(key + "denom", n);
+  float* bias = nullptr;
+  if (P.bias) {
+    bias = f32(key + "bias", E);
+    upload(bias, P.bias->value.data(), size_t(E) * 4);
+  }
+  router_forward(A.scores, A.chosen, A.weights, A.denom, A.logits, bias, n, ra, s);
+  check_cuda(cudaGetLastError(), "router_forward");
+  // The routing comes back (one sync): sorted by expert on the host, tokens in order within an expert, as ffn.cpp.
+  A.host_chosen.resize(size_t(nk));
+  check_cuda(cudaMemcpyAsync(A.host_chosen.data(), A.chosen, size_t(nk) * 4, cudaMemcpyDeviceToHost, s), "download");
+  check_cuda(cudaStreamSynchronize(s), "routing");
+  A.load.assign(size_t(E), 0);
+  for (int32_t e : A.host_chosen) {
+    MOE_CHECK(e >= 0 && e < E, "cuda train: the router chose expert {} of {}", e, E);
+    ++A.load[size_t(e)];
+  }
+  A.offsets.assign(size_t(E + 1), 0);
+  for (int64_t e = 0; e < E; ++e) A.offsets[size_t(e + 1)] = A.offsets[size_t(e)] + A.load[size_t(e)];
+  std::vector<int64_t> cursor(A.offsets.begin(), A.offsets.end() - 1);
+  A.host_rows.resize(size_t(nk));
+  A.host_slots.resize(size_t(nk));
+  A.host_pos.resize(size_t(nk));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t r = cursor[size_t(A.host_chosen[size_t(i * K + j)])]++;
+      A.host_rows[size_t(r)] = int32_t(i);
+      A.host_slots[size_t(r)] = int32_t(j);
+      A.host_pos[size_t(i * K + j)] = int32_t(r);
+    }
+  A.rows = i32(key + "rows", nk);
+  A.slots = i32(key + "slots", nk);
+  A.pos = i32(key + "pos", nk);
+  upload(A.rows, A.host_rows.data(), size_t(nk) * 4);
+  upload(A.slots, A.host_slots.data(), size_t(nk) * 4);
+  upload(A.pos, A.host_pos.data(), size_t(nk) * 4);
+  A.xs = f32(key + "xs", nk * D);
+  A.eout = f32(key + "eout", nk * D);
+  moe_gather(A.xs, x, A.rows, nk, D, s);
+  A.experts.x = A.xs;
+  A.experts.gate = f32(key + "egate", nk * F);
+  A.experts.up = f32(key + "eup", nk * F);
+  A.experts.act = f32(key + "eact", nk * F);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
+    if (m == 0) continue;
+    const MlpParams& ep = P.experts[size_t(e)];
+    mm(A.experts.gate + o * F, A.xs + o * D, w(ep.gate), m, D, F, false);
+    mm(A.experts.up + o * F, A.xs + o * D, w(ep.up), m, D, F, false);
+    swiglu_forward(A.experts.act + o * F, A.experts.gate + o * F, A.experts.up + o * F, m * F, s);
+    mm(A.eout + o * D, A.experts.act + o * F, w(ep.down), m, F, D, false);
+  }
+  moe_combine(out, A.eout, A.pos, A.weights, n, K, D, s);
+  if (P.shared.present()) {
+    float* so = f32(key + "shared_out", n * D);
+    mlp_forward(A.shared, P.shared, key + "shared.", x, n, so);
+    add_strided(out, n * D, so, n * D, n * D, 1, s);
+  }
+  A.aux_slot = -1;
+  if (ctx.seq_aux_alpha > 0) {
+    A.frac = f32(key + "frac", b * E);
+    balance_fractions(A.frac, A.chosen, b, t, ra, s);
+    float* terms = f32("tmp.aux_terms", n);
+    balance_terms(terms, A.scores, A.frac, b, t, ra, ctx.seq_aux_alpha, s);
+    A.aux_slot = next_aux_slot++;
+    sum_into(A.aux_slot, terms, n, false);
+  }
+  check_cuda(cudaGetLastError(), "moe_forward");
+}
+
+void DeviceTrainer::Impl::moe_backward(float* dx, const float* dout, const DMoe& A, const LayerParams& P,
+                                       const LayerContext& ctx, const float* x, int64_t b, int64_t t) {
+  const ModelConfig& c = *ctx.config;
+  const int64_t n = b * t, D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok,
+                F = c.moe_intermediate_size, nk = n * K;
+  const cudaStream_t s = stream();
+  if (P.shared.present()) mlp_backward(dx, dout, A.shared, P.shared, n);
+  float* dys = f32("tmp.moe_dy", nk * D);
+  float* dweights = f32("tmp.moe_dweights", nk);
+  moe_expert_dout(dys, dweights, dout, A.eout, A.rows, A.slots, A.weights, nk, K, D, s);
+  float* dxs = zeros("tmp.moe_dxs", nk * D);
+  float* dact = f32("tmp.moe_dact", nk * F);
+  float* dgate = zeros("tmp.moe_dgate", nk * F);
+  float* dup = zeros("tmp.moe_dup", nk * F);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
+    if (m == 0) continue;
+    const MlpParams& ep = P.experts[size_t(e)];
+    mm_bwd(dact + o * F, g(ep.down), dys + o * D, A.experts.act + o * F, w(ep.down), m, F, D, false, false);
+    swiglu_backward(dgate + o * F, dup + o * F, dact + o * F, A.experts.gate + o * F, A.experts.up + o * F, m * F, s);
+    mm_bwd(dxs + o * D, g(ep.gate), dgate + o * F, A.xs + o * D, w(ep.gate), m, D, F, false);
+    mm_bwd(dxs + o * D, g(ep.up), dup + o * F, A.xs + o * D, w(ep.up), m, D, F, false);
+  }
+  moe_scatter_add(dx, dxs, A.pos, n, K, D, s);
+  const RouterArgs ra = router_args(ctx.router);
+  float* dlogits = f32("tmp.moe_dlogits", n * E);
+  router_backward(dlogits, dweights, A.scores, A.chosen, A.denom, ctx.seq_aux_alpha > 0 ? A.frac : nullptr, b, t, ra,
+                  ctx.seq_aux_alpha, s);
+  mm_bwd(dx, g(P.router), dlogits, x, w(P.router), n, D, E, true);
+  check_cuda(cudaGetLastError(), "moe_backward");
+}
+
+}  // namespace moe::train::cuda

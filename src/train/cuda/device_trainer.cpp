@@ -1,0 +1,231 @@
+// DeviceTrainer (device_trainer.h): binding a model's parameters to the device arenas, the buffers, the GEMMs,
+// the optimiser step and the host sync. The forward and backward are in device_model.cpp / device_layer.cpp.
+#include "train/cuda/device_trainer.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "train/cuda/device_impl.h"
+
+namespace moe::train::cuda {
+
+void check_cuda(cudaError_t e, const char* what) {
+  MOE_CHECK(e == cudaSuccess, "cuda train: {}: {}", what, cudaGetErrorString(e));
+}
+
+namespace {
+constexpr size_t kHeadroom = size_t(512) << 20;  // left free for cuBLAS's workspaces and the CUDA context
+
+void* device_alloc(size_t bytes, const std::string& what) {
+  size_t free = 0, total = 0;
+  check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+  MOE_CHECK(bytes + kHeadroom <= free,
+            "train on cuda: {} needs {:.0f} MiB of device memory, {:.0f} MiB of {:.0f} MiB are free: this shape does not "
+            "fit on the device (lower --batch, --micro-batch or --seq-len)",
+            what, double(bytes) / 1048576.0, double(free) / 1048576.0, double(total) / 1048576.0);
+  void* p = nullptr;
+  check_cuda(cudaMalloc(&p, bytes), "cudaMalloc");
+  return p;
+}
+}  // namespace
+
+DeviceTrainer::Impl::~Impl() {
+  for (auto& [key, buf] : buffers)
+    if (buf.first) cudaFree(buf.first);
+  for (float* p : {W, G, M, V})
+    if (p) cudaFree(p);
+  if (scalars) cudaFree(scalars);
+  if (sum_scratch) cudaFree(sum_scratch);
+}
+
+void* DeviceTrainer::Impl::raw(const std::string& key, size_t bytes) {
+  auto& [p, have] = buffers[key];
+  if (have < bytes) {
+    if (p) check_cuda(cudaFree(p), "cudaFree");
+    p = nullptr;
+    have = 0;
+    p = device_alloc(bytes, "the activation buffer " + key);
+    have = bytes;
+  }
+  return p;
+}
+
+float* DeviceTrainer::Impl::zeros(const std::string& key, int64_t count) {
+  float* p = f32(key, count);
+  check_cuda(cudaMemsetAsync(p, 0, size_t(count) * 4, stream()), "cudaMemsetAsync");
+  return p;
+}
+
+void DeviceTrainer::Impl::upload(void* dst, const void* host, size_t bytes) {
+  if (bytes == 0) return;
+  check_cuda(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream()), "upload");
+}
+
+void DeviceTrainer::Impl::sum_into(int slot, const float* x, int64_t count, bool squares) {
+  MOE_CHECK(slot >= 0 && slot < kScalars, "cuda train: scalar slot {} out of range", slot);
+  sum_double(scalars + slot, sum_scratch, x, count, squares, stream());
+  check_cuda(cudaGetLastError(), "sum_double");
+}
+
+std::vector<double> DeviceTrainer::Impl::read_scalars(int count) {
+  std::vector<double> out(static_cast<size_t>(count));
+  check_cuda(cudaMemcpyAsync(out.data(), scalars, size_t(count) * sizeof(double), cudaMemcpyDeviceToHost, stream()),
+             "download");
+  check_cuda(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
+  return out;
+}
+
+void DeviceTrainer::Impl::bind(TrainModel& m) {
+  if (bound == &m) return;
+  for (float* p : {W, G, M, V})
+    if (p) check_cuda(cudaFree(p), "cudaFree");
+  W = G = M = V = nullptr;
+  offset.clear();
+  total = 0;
+  for (const auto& p : m.params) {
+    offset[p.get()] = total;
+    total += int64_t(p->w.size());
+  }
+  const size_t bytes = size_t(total) * sizeof(float);
+  W = static_cast<float*>(device_alloc(bytes, fmt::format("the parameters ({} values)", total)));
+  G = static_cast<float*>(device_alloc(bytes, "the gradients"));
+  M = static_cast<float*>(device_alloc(bytes, "the AdamW first moments"));
+  V = static_cast<float*>(device_alloc(bytes, "the AdamW second moments"));
+  if (!scalars) scalars = static_cast<double*>(device_alloc(kScalars * sizeof(double), "the step's scalars"));
+  if (!sum_scratch)
+    sum_scratch = static_cast<double*>(device_alloc(size_t(sum_scratch_doubles()) * sizeof(double), "the sums"));
+  bound = &m;
+  shape_t = -1;
+  for (const auto& p : m.params) {  // push, with the host's gradients (zero for a fresh model)
+    const size_t b = p->w.size() * sizeof(float);
+    upload(W + offset[p.get()], p->w.data(), b);
+    if (p->g.size() == p->w.size()) upload(G + offset[p.get()], p->g.data(), b);
+    upload(M + offset[p.get()], p->m.data(), b);
+    upload(V + offset[p.get()], p->v.data(), b);
+  }
+  check_cuda(cudaStreamSynchronize(stream()), "bind");
+}
+
+const void* DeviceTrainer::Impl::operand(const char* slot, const float* src, int64_t count, GemmPrecision p) {
+  if (p == GemmPrecision::Fp32) return src;
+  auto* b = static_cast<uint16_t*>(raw(slot, size_t(count) * sizeof(uint16_t)));
+  to_bf16(b, src, count, stream());
+  check_cuda(cudaGetLastError(), "to_bf16");
+  return b;
+}
+
+void DeviceTrainer::Impl::mm(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32) {
+  if (n == 0 || m == 0) return;
+  const GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
+  cc.gemm_nt(p, y, operand("bf.x", x, n * k, p), operand("bf.w", w, m * k, p), n, k, m, 0.0f);
+}
+
+void DeviceTrainer::Impl::mm_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
+                                 int64_t k, int64_t m, bool fp32, bool add_dx) {
+  if (n == 0 || m == 0) return;
+  const GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
+  const void* dy_op = operand("bf.dy", dy, n * m, p);
+  if (dx) cc.gemm_nn(p, dx, dy_op, operand("bf.w", w, m * k, p), n, k, m, add_dx ? 1.0f : 0.0f);
+  if (dw) cc.gemm_tn(p, dw, dy_op, operand("bf.x", x, n * k, p), n, k, m, 1.0f);
+}
+
+// ---- DeviceTrainer
+
+DeviceTrainer::DeviceTrainer(GemmPrecision precision, int device)
+    : impl_(std::make_unique<Impl>(precision, device)) {}
+DeviceTrainer::~DeviceTrainer() = default;
+
+std::string DeviceTrainer::device_name() const { return impl_->cc.device_name(); }
+GemmPrecision DeviceTrainer::precision() const { return impl_->prec; }
+double DeviceTrainer::measure_bf16_gemm_gflops() { return impl_->cc.measure_bf16_gemm_gflops(); }
+
+LossParts DeviceTrainer::forward_backward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
+                                          const Objective& obj, ExpertLoads* loads,
+                                          const std::vector<uint8_t>* mask) {
+  impl_->bind(m);
+  const LossParts parts = impl_->forward(m, ids, b, t, obj, mask);
+  impl_->backward(m);
+  impl_->loads(m, loads);
+  return parts;
+}
+
+LossParts DeviceTrainer::forward_loss(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
+                                      const Objective& obj, const std::vector<uint8_t>* mask) {
+  impl_->bind(m);
+  return impl_->forward(m, ids, b, t, obj, mask);
+}
+
+void DeviceTrainer::zero_grad(TrainModel& m) {
+  impl_->bind(m);
+  check_cuda(cudaMemsetAsync(impl_->G, 0, size_t(impl_->total) * sizeof(float), impl_->stream()), "zero_grad");
+}
+
+void DeviceTrainer::scale_gradients(TrainModel& m, double s) {
+  impl_->bind(m);
+  scale(impl_->G, float(s), impl_->total, impl_->stream());
+  check_cuda(cudaGetLastError(), "scale");
+}
+
+double DeviceTrainer::global_grad_norm(TrainModel& m) {
+  impl_->bind(m);
+  impl_->sum_into(0, impl_->G, impl_->total, true);
+  return std::sqrt(impl_->read_scalars(1)[0]);
+}
+
+StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, double clip_norm, int64_t step) {
+  StepStats st;
+  st.lr = lr;
+  st.grad_norm = global_grad_norm(m);
+  MOE_CHECK(std::isfinite(st.grad_norm), "train: the gradient norm is {} at step {}", st.grad_norm, step);
+  st.clip_scale = std::min(1.0, clip_norm / (st.grad_norm + 1e-6));
+  AdamWArgs a;
+  a.clip = float(st.clip_scale);
+  a.lr = float(lr);
+  a.beta1 = float(opt.beta1);
+  a.beta2 = float(opt.beta2);
+  a.eps = float(opt.eps);
+  a.bc1 = float(1.0 - std::pow(opt.beta1, double(step)));
+  a.bc2 = float(1.0 - std::pow(opt.beta2, double(step)));
+  Impl& I = *impl_;
+  for (const auto& p : m.params) {
+    a.decay = p->decay ? float(1.0 - lr * opt.weight_decay) : 1.0f;
+    const int64_t o = I.offset.at(p.get());
+    adamw_update(I.W + o, I.G + o, I.M + o, I.V + o, int64_t(p->w.size()), a, I.stream());
+  }
+  check_cuda(cudaGetLastError(), "adamw_update");
+  return st;
+}
+
+void DeviceTrainer::pull(TrainModel& m) {
+  Impl& I = *impl_;
+  if (I.bound != &m) return;  // nothing ran on the device yet: the host copies are current
+  for (const auto& p : m.params) {
+    const size_t bytes = p->w.size() * sizeof(float);
+    const int64_t o = I.offset.at(p.get());
+    p->g.resize(p->w.size());
+    check_cuda(cudaMemcpyAsync(p->w.data(), I.W + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
+    check_cuda(cudaMemcpyAsync(p->g.data(), I.G + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
+    check_cuda(cudaMemcpyAsync(p->m.data(), I.M + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
+    check_cuda(cudaMemcpyAsync(p->v.data(), I.V + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
+  }
+  check_cuda(cudaStreamSynchronize(I.stream()), "pull");
+}
+
+void DeviceTrainer::check_fits(int64_t parameters) {
+  size_t free = 0, total = 0;
+  check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+  const double need = double(parameters) * 16.0;
+  MOE_CHECK(need + double(kHeadroom) <= double(free),
+            "train on cuda: {} parameters need {:.1f} GiB for their values, gradients and AdamW moments (FP32), and "
+            "{:.1f} GiB of {:.1f} GiB are free on the device: this model does not fit on one GPU",
+            parameters, need / 1073741824.0, double(free) / 1073741824.0, double(total) / 1073741824.0);
+}
+
+void DeviceTrainer::push(TrainModel& m) {
+  impl_->bound = nullptr;  // bind uploads everything again
+  impl_->bind(m);
+}
+
+}  // namespace moe::train::cuda

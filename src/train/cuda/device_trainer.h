@@ -1,0 +1,49 @@
+#pragma once
+// DeviceTrainer: the whole training step on one CUDA GPU (issue 11, v2; train/device_step.h's seam). Parameters
+// (FP32 masters), gradients and AdamW moments live in four device arenas allocated once when a model is bound;
+// activations live in grow-only named device buffers allocated at the first step of a shape and reused after.
+// The host sends the batch's token ids and targets, reads back the routing of each MoE layer (n x K expert ids,
+// one small sync per MoE layer: the experts' GEMMs are sized from it) and a few scalars (losses, the gradient
+// norm). GEMMs: cuBLAS, BF16 operands with FP32 accumulation (or FP32 operands, no TF32: --gemm fp32); the MoE
+// gate and the output head in FP32 whatever the mode (V3's higher-precision exceptions, as the CPU trainer's
+// `fp32` flag marks them). Every other op is a kernel of kernels.h, each tested against its CPU twin.
+#include <memory>
+#include <string>
+
+#include "train/cuda/cuda_compute.h"
+#include "train/device_step.h"
+
+namespace moe::train::cuda {
+
+class DeviceTrainer final : public DeviceStep {
+ public:
+  explicit DeviceTrainer(GemmPrecision precision = GemmPrecision::Bf16, int device = 0);
+  ~DeviceTrainer() override;
+  DeviceTrainer(const DeviceTrainer&) = delete;
+  DeviceTrainer& operator=(const DeviceTrainer&) = delete;
+
+  static bool available() { return CudaCompute::available(); }
+  std::string device_name() const;
+  GemmPrecision precision() const;
+  // The device's dense BF16 GEMM rate (GFLOP/s) through the same cuBLAS path (train-bench's denominator).
+  double measure_bf16_gemm_gflops();
+
+  LossParts forward_backward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
+                             const Objective& obj, ExpertLoads* loads, const std::vector<uint8_t>* mask) override;
+  LossParts forward_loss(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
+                         const std::vector<uint8_t>* mask) override;
+  void zero_grad(TrainModel& m) override;
+  void scale_gradients(TrainModel& m, double s) override;
+  double global_grad_norm(TrainModel& m) override;
+  StepStats adamw_step(TrainModel& m, const AdamW& opt, double lr, double clip_norm, int64_t step) override;
+  void pull(TrainModel& m) override;
+  void push(TrainModel& m) override;
+  void check_fits(int64_t parameters) override;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moe::train::cuda

@@ -1,0 +1,79 @@
+// Dropless routed experts on the device: the (token, slot) pairs sorted by expert (rows [nK]: the token of each
+// sorted row, slots [nK]: which of its k it is, pos [n, K]: the sorted row of each pair) feed
+//   gather:   xs[r] = x[rows[r]]                               (the experts' inputs, expert after expert)
+//   combine:  out[i] = sum_j w[i, j] eout[pos[i, j]]           (one thread per output value, slots in order)
+//   expert_dout: dy[r] = w[rows[r], slots[r]] dout[rows[r]], dweights[rows[r], slots[r]] = dout[rows[r]] . eout[r]
+//   scatter:  dx[i] += sum_j dxs[pos[i, j]]
+// The twins of ffn.cpp's gather/combine/expert_dout/scatter_dx loops. No atomics: every output has one writer.
+#include "train/cuda/common.cuh"
+#include "train/cuda/kernels.h"
+
+namespace moe::train::cuda {
+
+namespace {
+__global__ void gather_kernel(float* xs, const float* x, const int32_t* rows, int64_t count, int64_t d) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= count * d) return;
+  xs[i] = x[int64_t(rows[i / d]) * d + i % d];
+}
+
+__global__ void combine_kernel(float* out, const float* eout, const int32_t* pos, const float* w, int64_t n,
+                               int64_t k, int64_t d) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n * d) return;
+  const int64_t tok = i / d, c = i % d;
+  float acc = 0;
+  for (int64_t j = 0; j < k; ++j) acc += w[tok * k + j] * eout[int64_t(pos[tok * k + j]) * d + c];
+  out[i] = acc;
+}
+
+__global__ void expert_dout_kernel(float* dy, float* dweights, const float* dout, const float* eout,
+                                   const int32_t* rows, const int32_t* slots, const float* w, int64_t k, int64_t d) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x;
+  const int64_t tok = rows[r], slot = tok * k + slots[r];
+  const float wt = w[slot];
+  const float* g = dout + tok * d;
+  float dot = 0;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    dy[r * d + c] = wt * g[c];
+    dot += g[c] * eout[r * d + c];
+  }
+  dot = block_reduce<false>(dot, red);
+  if (threadIdx.x == 0) dweights[slot] = dot;
+}
+
+__global__ void scatter_kernel(float* dx, const float* dxs, const int32_t* pos, int64_t n, int64_t k, int64_t d) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n * d) return;
+  const int64_t tok = i / d, c = i % d;
+  float acc = 0;
+  for (int64_t j = 0; j < k; ++j) acc += dxs[int64_t(pos[tok * k + j]) * d + c];
+  dx[i] += acc;
+}
+}  // namespace
+
+void moe_gather(float* xs, const float* x, const int32_t* rows, int64_t count, int64_t d, cudaStream_t s) {
+  if (count == 0) return;
+  gather_kernel<<<blocks_for(count * d, 256), 256, 0, s>>>(xs, x, rows, count, d);
+}
+
+void moe_combine(float* out, const float* eout, const int32_t* pos, const float* weights, int64_t n, int64_t k,
+                 int64_t d, cudaStream_t s) {
+  if (n == 0) return;
+  combine_kernel<<<blocks_for(n * d, 256), 256, 0, s>>>(out, eout, pos, weights, n, k, d);
+}
+
+void moe_expert_dout(float* dy, float* dweights, const float* dout, const float* eout, const int32_t* rows,
+                     const int32_t* slots, const float* weights, int64_t count, int64_t k, int64_t d, cudaStream_t s) {
+  if (count == 0) return;
+  expert_dout_kernel<<<unsigned(count), 128, 0, s>>>(dy, dweights, dout, eout, rows, slots, weights, k, d);
+}
+
+void moe_scatter_add(float* dx, const float* dxs, const int32_t* pos, int64_t n, int64_t k, int64_t d,
+                     cudaStream_t s) {
+  if (n == 0) return;
+  scatter_kernel<<<blocks_for(n * d, 256), 256, 0, s>>>(dx, dxs, pos, n, k, d);
+}
+
+}  // namespace moe::train::cuda

@@ -1,0 +1,178 @@
+// DeepSeek's MoE router on the device, the twin of train/ops/router.cpp: one thread per token (E <= 1024
+// experts, K <= 16 chosen, n_group <= 64 groups). Forward: scores (sigmoid or softmax, stored in FP32 and chosen
+// and weighed from the stored value, as the CPU op does), the choice values (score + correction bias under
+// noaux_tc), group-limited selection, top-k by repeated selection (largest first, ties to the lower index: the
+// CPU's stable sort), weights normalised over the chosen and scaled. The sequence-wise balance loss: f [b, E]
+// by one thread per (sequence, expert), the per-token terms by one thread per token (summed in double by the
+// caller). Backward: one thread per token writes dlogits [n, E] from the weights' gradient and the balance
+// loss's, through the sigmoid or the softmax. Every sum is in double, in the CPU's order.
+#include "train/cuda/common.cuh"
+#include "train/cuda/kernels.h"
+
+namespace moe::train::cuda {
+
+namespace {
+
+constexpr int kMaxK = 16, kMaxGroups = 64;
+
+__device__ double choice_of(const float* s, const float* bias, const RouterArgs& c, int64_t e) {
+  return double(s[e]) + (bias && c.noaux ? double(bias[e]) : 0.0);
+}
+
+__global__ void router_forward_kernel(float* scores, int32_t* chosen, float* weights, float* denom,
+                                      const float* logits, const float* bias, int64_t n, RouterArgs c) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= n) return;
+  const int64_t E = c.experts, K = c.top_k;
+  const float* l = logits + t * E;
+  float* s = scores + t * E;
+  if (c.sigmoid) {
+    for (int64_t e = 0; e < E; ++e) s[e] = float(1.0 / (1.0 + exp(-double(l[e]))));
+  } else {
+    double mx = double(l[0]), z = 0;
+    for (int64_t e = 1; e < E; ++e) mx = fmax(mx, double(l[e]));
+    for (int64_t e = 0; e < E; ++e) z += exp(double(l[e]) - mx);
+    for (int64_t e = 0; e < E; ++e) s[e] = float(exp(double(l[e]) - mx) / z);
+  }
+  // Group-limited: keep the topk_group groups of the best group scores (ties to the lower group).
+  uint64_t keep = ~uint64_t(0);
+  if (c.group_limited && c.n_group > 1) {
+    const int64_t per = E / c.n_group;
+    double gs[kMaxGroups];
+    for (int64_t g = 0; g < c.n_group; ++g) {
+      double b1 = -INFINITY, b2 = -INFINITY;
+      for (int64_t e = g * per; e < (g + 1) * per; ++e) {
+        const double v = choice_of(s, bias, c, e);
+        if (v > b1) b2 = b1, b1 = v;
+        else if (v > b2) b2 = v;
+      }
+      gs[g] = c.noaux ? b1 + (per > 1 ? b2 : 0.0) : b1;
+    }
+    keep = 0;
+    for (int64_t j = 0; j < c.topk_group; ++j) {
+      int64_t best = -1;
+      for (int64_t g = 0; g < c.n_group; ++g)
+        if (!(keep >> g & 1) && (best < 0 || gs[g] > gs[best])) best = g;
+      keep |= uint64_t(1) << best;
+    }
+  }
+  const int64_t per = E / c.n_group;
+  int32_t pick[kMaxK];
+  for (int64_t j = 0; j < K; ++j) {
+    int64_t best = -1;
+    double bv = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      bool taken = false;
+      for (int64_t q = 0; q < j; ++q) taken |= pick[q] == e;
+      if (taken) continue;
+      const double v = (keep >> (e / per) & 1) ? choice_of(s, bias, c, e) : -INFINITY;
+      if (best < 0 || v > bv) best = e, bv = v;
+    }
+    pick[j] = int32_t(best);
+  }
+  double d = 1.0;
+  if (c.norm_topk_prob) {
+    d = 1e-20;
+    for (int64_t j = 0; j < K; ++j) d += double(s[pick[j]]);
+  }
+  denom[t] = float(d);
+  for (int64_t j = 0; j < K; ++j) {
+    chosen[t * K + j] = pick[j];
+    weights[t * K + j] = float(c.scaling * double(s[pick[j]]) / d);
+  }
+}
+
+__global__ void balance_fractions_kernel(float* f, const int32_t* chosen, int64_t b, int64_t t, RouterArgs c) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= b * c.experts) return;
+  const int64_t seq = i / c.experts, e = i % c.experts;
+  double count = 0;
+  for (int64_t r = seq * t * c.top_k; r < (seq + 1) * t * c.top_k; ++r) count += chosen[r] == e ? 1.0 : 0.0;
+  f[i] = float(count * double(c.experts) / double(c.top_k * t));
+}
+
+__global__ void balance_terms_kernel(float* terms, const float* scores, const float* f, int64_t b, int64_t t,
+                                     RouterArgs c, double alpha) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= b * t) return;
+  const int64_t E = c.experts;
+  const float* s = scores + i * E;
+  const float* fs = f + (i / t) * E;
+  double sum = 0, fp = 0;
+  for (int64_t e = 0; e < E; ++e) sum += double(s[e]);
+  for (int64_t e = 0; e < E; ++e) fp += double(fs[e]) * double(s[e]) / sum;
+  terms[i] = float(alpha * fp / double(t * b));
+}
+
+__global__ void router_backward_kernel(float* dlogits, const float* dweights, const float* scores,
+                                       const int32_t* chosen, const float* denom, const float* f, int64_t n, int64_t t,
+                                       RouterArgs c, double alpha_over_tb) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const int64_t E = c.experts, K = c.top_k;
+  const float* s = scores + i * E;
+  const int32_t* ch = chosen + i * K;
+  const float* dw = dweights + i * K;
+  const double D = double(denom[i]);
+  double dot = 0;
+  for (int64_t j = 0; j < K; ++j) dot += double(dw[j]) * double(s[ch[j]]);
+  double nsum = 0, gq = 0;
+  const float* fs = f ? f + (i / t) * E : nullptr;
+  if (fs) {
+    for (int64_t e = 0; e < E; ++e) nsum += double(s[e]);
+    for (int64_t e = 0; e < E; ++e) gq += alpha_over_tb * double(fs[e]) * double(s[e]) / nsum;
+  }
+  // ds_e: the weights' term (for a chosen e) plus the balance loss's, rounded to FP32 as the CPU's dscores are.
+  auto ds = [&](int64_t e) {
+    float v = 0.0f;
+    for (int64_t j = 0; j < K; ++j)
+      if (ch[j] == e) {
+        double g = double(dw[j]) / D;
+        if (c.norm_topk_prob) g -= dot / (D * D);
+        v += float(c.scaling * g);
+      }
+    if (fs) v += float((alpha_over_tb * double(fs[e]) - gq) / nsum);
+    return v;
+  };
+  float* dl = dlogits + i * E;
+  if (c.sigmoid) {
+    for (int64_t e = 0; e < E; ++e) dl[e] = float(double(ds(e)) * double(s[e]) * (1.0 - double(s[e])));
+  } else {
+    double sd = 0;
+    for (int64_t e = 0; e < E; ++e) sd += double(s[e]) * double(ds(e));
+    for (int64_t e = 0; e < E; ++e) dl[e] = float(double(s[e]) * (double(ds(e)) - sd));
+  }
+}
+
+}  // namespace
+
+bool router_supported(const RouterArgs& c) {
+  return c.top_k <= kMaxK && c.n_group <= kMaxGroups && c.n_group >= 1 && c.experts % c.n_group == 0 &&
+         c.topk_group <= c.n_group;
+}
+
+void router_forward(float* scores, int32_t* chosen, float* weights, float* denom, const float* logits,
+                    const float* bias, int64_t n, const RouterArgs& c, cudaStream_t s) {
+  if (n == 0) return;
+  router_forward_kernel<<<blocks_for(n, 128), 128, 0, s>>>(scores, chosen, weights, denom, logits, bias, n, c);
+}
+
+void balance_fractions(float* f, const int32_t* chosen, int64_t b, int64_t t, const RouterArgs& c, cudaStream_t s) {
+  balance_fractions_kernel<<<blocks_for(b * c.experts, 128), 128, 0, s>>>(f, chosen, b, t, c);
+}
+
+void balance_terms(float* terms, const float* scores, const float* f, int64_t b, int64_t t, const RouterArgs& c,
+                   double alpha, cudaStream_t s) {
+  balance_terms_kernel<<<blocks_for(b * t, 128), 128, 0, s>>>(terms, scores, f, b, t, c, alpha);
+}
+
+void router_backward(float* dlogits, const float* dweights, const float* scores, const int32_t* chosen,
+                     const float* denom, const float* f, int64_t b, int64_t t, const RouterArgs& c, double alpha,
+                     cudaStream_t s) {
+  const int64_t n = b * t;
+  if (n == 0) return;
+  router_backward_kernel<<<blocks_for(n, 128), 128, 0, s>>>(dlogits, dweights, scores, chosen, denom, f, n, t, c,
+                                                            alpha / double(t * b));
+}
+
+}  // namespace moe::train::cuda

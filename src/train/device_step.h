@@ -1,0 +1,37 @@
+#pragma once
+// The whole-step device seam (issue 11, v2): a device that keeps the parameters, gradients, AdamW moments and
+// activations of a TrainModel resident in its own memory and runs the whole training step there. When
+// TrainModel::device is set, forward_backward, forward_loss, TrainModel::zero_grad, scale_gradients,
+// global_grad_norm and adamw_step hand their work to it, so the trainer loop, train-steps and train-bench are
+// the CPU trainer's code unchanged. The host TrainModel stays the checkpoint's truth for what is read or written
+// between steps: `pull` copies the device's state (values, gradients, moments) into it (before a checkpoint or a
+// comparison), `push` copies it to the device (after the host changed it: a resume, a test's poisoning). The
+// correction biases are host-owned (moved by update_correction_biases from the loads the step reports) and sent
+// with every forward.
+#include <cstdint>
+#include <vector>
+
+#include "train/model.h"
+#include "train/optimizer.h"
+
+namespace moe::train {
+
+class DeviceStep {
+ public:
+  virtual ~DeviceStep() = default;
+  virtual LossParts forward_backward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
+                                     const Objective& obj, ExpertLoads* loads, const std::vector<uint8_t>* mask) = 0;
+  virtual LossParts forward_loss(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
+                                 const Objective& obj, const std::vector<uint8_t>* mask) = 0;
+  virtual void zero_grad(TrainModel& m) = 0;
+  virtual void scale_gradients(TrainModel& m, double s) = 0;
+  virtual double global_grad_norm(TrainModel& m) = 0;
+  virtual StepStats adamw_step(TrainModel& m, const AdamW& opt, double lr, double clip_norm, int64_t step) = 0;
+  virtual void pull(TrainModel& m) = 0;
+  virtual void push(TrainModel& m) = 0;
+  // Throws moe::Error, before anything is allocated, when `parameters` values with their gradients and two
+  // moments (16 bytes each) cannot fit in the device's free memory.
+  virtual void check_fits(int64_t parameters) = 0;
+};
+
+}  // namespace moe::train

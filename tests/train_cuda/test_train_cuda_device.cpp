@@ -1,0 +1,161 @@
+// The device-resident step (DeviceTrainer) against the CPU trainer.
+//  - tiny-train fixture, FP32 GEMMs (no TF32): three steps' losses within 1e-5 relative and every step-1 gradient
+//    within 1e-4 relative L2 of the CPU trainer's FP32 reference (train-reference.safetensors, train.json): the
+//    CPU trainer's own bounds (FP32 rounding through ~40 ops).
+//  - tiny-train, BF16 GEMMs: against the CPU step with the operands rounded at the same points
+//    (tests/train/bf16_emulated.h) within v1's derived bounds (gradients 5e-3, losses 3e-4; test_train_cuda_step.cpp
+//    says why), and against the FP32 reference within the BF16 budget (3e-2, 5e-3).
+//  - a random small model (bench/configs/train-small.json: hidden 256, MoE, MTP; sequences of 128), fresh random
+//    tokens seeded from the clock (printed): five whole steps (forward, backward, clipping, AdamW, bias update) on
+//    the GPU and on the CPU trainer; losses within 1e-3 relative in BF16 (issue 11), 1e-4 in FP32 (five AdamW
+//    steps of lr 1e-3 move the weights by ~5e-3 each, and FP32 rounding differences of the gradients change
+//    the near-zero ones' update directions: well above 1e-5, well below 1e-4 in the losses).
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/thread_pool.h"
+#include "io/safetensors.h"
+#include "train/bf16_emulated.h"
+#include "train/cuda/device_trainer.h"
+#include "train/optimizer.h"
+#include "train/train_steps.h"
+#include "train_cuda/util.h"
+
+namespace moe::train::test {
+namespace {
+
+using cuda::DeviceTrainer;
+using cuda::GemmPrecision;
+
+const std::string kDir = "tests/data/tiny-train";
+
+struct Got {
+  std::vector<std::pair<std::string, std::vector<float>>> grads;
+  std::vector<double> losses;
+};
+
+Got run_fixture(DeviceStep* device, Compute* compute) {
+  TrainModel model = TrainModel::load(kDir + "/model");
+  const TrainSpec spec = TrainSpec::load(kDir + "/train.json");
+  spec.check_model(kDir + "/model", model.config);
+  model.device = device;
+  model.compute = compute;
+  const TrainStepsResult r = run_train_steps(model, spec);
+  Got g;
+  g.grads = r.step1_grads;
+  for (const auto& s : r.steps) g.losses.push_back(s.parts.loss);
+  return g;
+}
+
+Got reference() {
+  Got w;
+  const SafetensorsFile ref(kDir + "/train-reference.safetensors");
+  for (const auto& e : ref.entries())
+    if (e.name.rfind("grad.", 0) == 0) {
+      const TensorView v = ref.view(e);
+      w.grads.emplace_back(e.name.substr(5), std::vector<float>(v.as<const float>(), v.as<const float>() + v.numel()));
+    }
+  std::ifstream in(kDir + "/train.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  for (const auto& s : j["steps"]) w.losses.push_back(s["loss"].get<double>());
+  return w;
+}
+
+void compare(const char* what, const Got& got, const Got& want, double grad_tol, double loss_tol) {
+  double worst = 0;
+  std::string worst_name;
+  size_t checked = 0;
+  for (const auto& [name, w] : want.grads) {
+    const auto it = std::find_if(got.grads.begin(), got.grads.end(), [&](const auto& g) { return g.first == name; });
+    ASSERT_NE(it, got.grads.end()) << name;
+    ASSERT_EQ(it->second.size(), w.size()) << name;
+    const double err = rel_l2(it->second, w);
+    EXPECT_LT(err, grad_tol) << what << ": " << name;
+    if (err > worst) worst = err, worst_name = name;
+    ++checked;
+  }
+  EXPECT_GT(checked, size_t(10));
+  ASSERT_EQ(got.losses.size(), want.losses.size());
+  double worst_loss = 0;
+  for (size_t s = 0; s < got.losses.size(); ++s) {
+    const double rel = std::abs(got.losses[s] - want.losses[s]) / std::abs(want.losses[s]);
+    EXPECT_LT(rel, loss_tol) << what << ": step " << s + 1 << " loss " << got.losses[s] << " vs " << want.losses[s];
+    worst_loss = std::max(worst_loss, rel);
+  }
+  std::printf("%s: max step-1 gradient error %.3g (%s) over %zu tensors, max loss error over %zu steps %.3g\n", what,
+              worst, worst_name.c_str(), checked, got.losses.size(), worst_loss);
+}
+
+TEST(CudaDeviceStep, TinyTrainFp32MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  DeviceTrainer gpu(GemmPrecision::Fp32);
+  compare("device fp32 vs reference", run_fixture(&gpu, nullptr), reference(), 1e-4, 1e-5);
+}
+
+TEST(CudaDeviceStep, TinyTrainBf16MatchesCpuWithTheSameRounding) {
+  SKIP_WITHOUT_GPU();
+  DeviceTrainer gpu(GemmPrecision::Bf16);
+  Bf16Emulated cpu;
+  const Got g = run_fixture(&gpu, nullptr), c = run_fixture(nullptr, &cpu);
+  compare("device bf16 vs cpu bf16-emulated", g, c, 5e-3, 3e-4);
+  compare("device bf16 vs reference", g, reference(), 3e-2, 5e-3);
+}
+
+// Five whole steps of a fresh train-small model on random tokens, GPU vs the CPU trainer.
+void five_steps(GemmPrecision p, double loss_tol, const char* what) {
+  const uint64_t seed = uint64_t(std::chrono::system_clock::now().time_since_epoch().count());
+  std::printf("%s: seed %llu\n", what, static_cast<unsigned long long>(seed));
+  const std::string path = "bench/configs/train-small.json";
+  std::ifstream in(path);
+  const ModelConfig cfg = ModelConfig::from_json(nlohmann::json::parse(in), path);
+  const int64_t b = 4, t = 128;
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> id(1, int32_t(cfg.vocab_size) - 1);
+  std::vector<std::vector<int32_t>> batches(5, std::vector<int32_t>(size_t(b * t)));
+  for (auto& ids : batches)
+    for (auto& x : ids) x = id(rng);
+  const Objective obj{0.3, 1e-3};
+  const AdamW adamw;
+  ThreadPool pool(int(std::max(1u, std::thread::hardware_concurrency())));  // the CPU trainer's GEMM threads
+  auto run = [&](DeviceStep* device) {
+    TrainModel m = TrainModel::init(cfg, path, seed, 0.02);
+    m.device = device;
+    m.pool = &pool;
+    std::vector<double> losses;
+    for (int64_t s = 1; s <= 5; ++s) {
+      m.zero_grad();
+      ExpertLoads loads;
+      losses.push_back(forward_backward(m, batches[size_t(s - 1)], b, t, obj, &loads).loss);
+      adamw_step(m, adamw, 1e-3, 1.0, s);
+      update_correction_biases(m, loads, 1e-3);
+    }
+    return losses;
+  };
+  DeviceTrainer gpu(p);
+  const std::vector<double> g = run(&gpu), c = run(nullptr);
+  double worst = 0;
+  for (size_t s = 0; s < c.size(); ++s) {
+    const double rel = std::abs(g[s] - c[s]) / std::abs(c[s]);
+    EXPECT_LT(rel, loss_tol) << what << ": step " << s + 1 << ": " << g[s] << " vs " << c[s];
+    worst = std::max(worst, rel);
+    std::printf("%s: step %zu loss %.9g (gpu) %.9g (cpu)\n", what, s + 1, g[s], c[s]);
+  }
+  std::printf("%s: max relative loss difference %.3g\n", what, worst);
+}
+
+TEST(CudaDeviceStep, RandomSmallModelFiveStepsBf16MatchCpu) {
+  SKIP_WITHOUT_GPU();
+  five_steps(GemmPrecision::Bf16, 1e-3, "train-small bf16");
+}
+
+TEST(CudaDeviceStep, RandomSmallModelFiveStepsFp32MatchCpu) {
+  SKIP_WITHOUT_GPU();
+  five_steps(GemmPrecision::Fp32, 1e-4, "train-small fp32");
+}
+
+}  // namespace
+}  // namespace moe::train::test
