@@ -90,10 +90,10 @@ struct TrainModel {
   // The device the GEMMs, attention and cross-entropy run on (train/compute.h), owned by the caller; null: the
   // CPU ops on `pool`.
   Compute* compute = nullptr;
+  ParamHooks* hooks = nullptr;  // owned by the caller (DistributedTraining); null: every parameter always here
   // A device that runs the whole step with everything resident there (train/device_step.h), owned by the caller;
   // when set, the step's functions hand their work to it and the host copies are synced by its pull/push.
   DeviceStep* device = nullptr;
-  ParamHooks* hooks = nullptr;  // owned by the caller (DistributedTraining); null: every parameter always here
 
   // Reads config.json and the checkpoint (BF16/F16/F32 tensors, converted to F32). The MTP module's copies of
   // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.

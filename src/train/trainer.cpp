@@ -359,8 +359,8 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   for (int64_t step = start_step + 1; step <= end; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     if (step == run.fault_nan_step) {
-      if (model.device) model.device->pull(model);
       MOE_CHECK(!model.final_norm->w.empty(), "train: --fault-nan-step needs the weights in place (not --zero 3)");
+      if (model.device) model.device->pull(model);
       model.final_norm->w[0] = std::numeric_limits<float>::quiet_NaN();
       if (model.device) model.device->push(model);
     }
