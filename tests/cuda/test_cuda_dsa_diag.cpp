@@ -158,6 +158,9 @@ TEST(CudaDsaDiagnostic, TinyV32GreedyDivergence) {
           }
           std::printf("%s step %lld: logits rel L2 against the CPU %.3e\n", tag.c_str(), (long long)step,
                       std::sqrt(se / sc));
+          // Every discrete choice is the CPU's: the GPU's arithmetic alone, under the V3 fixture bound.
+          EXPECT_LE(std::sqrt(se / sc), 1e-2) << tag << " step " << step;
+          EXPECT_EQ(g, want) << tag << " step " << step << ": with the CPU's routing and selections the GPU must pick HF's token";
         }
         if (g != want && first < 0) {
           first = int(step);
