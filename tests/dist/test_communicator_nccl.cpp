@@ -105,6 +105,17 @@ TEST(NcclCommunicator, OneRankEveryCollective) {
   run_checks(c);
 }
 
+// Host buffers handed to the communicator itself (expert parallelism's counts, slot lists and step plans): it
+// stages them through its own device buffers and waits, so the same checks hold without the adapter.
+TEST(NcclCommunicator, OneRankHostBuffersAreStaged) {
+  if (!have_nccl()) GTEST_SKIP() << "this build has no NCCL";
+  if (gpus() < 1) GTEST_SKIP() << "no GPU";
+  NcclOptions o;
+  o.rank = 0, o.size = 1;
+  auto c = make_nccl_communicator(o);
+  run_checks(*c);
+}
+
 // The ncclUniqueId broadcast through an MPI communicator (how `mpirun` jobs bootstrap): one rank, MPI's singleton
 // when the binary is not started by mpirun.
 TEST(NcclCommunicator, OneRankBootstrappedThroughMpi) {
