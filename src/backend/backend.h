@@ -151,6 +151,9 @@ class Backend {
   // changing inputs are rewritten in place with update_batch / copy_from_host (see DeepseekV3::forward).
   // (Defined inline: Backend keeps no key function, so every library that derives from it has its typeinfo.)
   virtual bool can_capture(int64_t tokens) const { return false; }  // a step of `tokens` new tokens
+  // The device queue the backend's work runs in order on (a cudaStream_t on CUDA; null on the CPU): a collective
+  // that reads or writes the backend's tensors is enqueued there (dist::Communicator::set_stream).
+  virtual void* native_stream() const { return nullptr; }
   virtual void begin_capture() { fail("the {} backend cannot capture work", name()); }
   virtual std::shared_ptr<CapturedWork> end_capture() { fail("the {} backend cannot capture work", name()); }
   virtual void abort_capture() {}  // after an exception between begin and end

@@ -68,9 +68,17 @@ void ExpertParallel::set_placement(ExpertPlacement p) {
   placement_ = std::move(p);
 }
 
+// A GPU communicator (NCCL) enqueues on the backend's stream, so its exchanges of the backend's tensors come after
+// the kernels that wrote them and before those that read the results.
+void ExpertParallel::bind_stream(Backend& backend) {
+  void* s = backend.native_stream();
+  if (s && comm_.stream() != s) comm_.set_stream(s);
+}
+
 void ExpertParallel::moe(Backend& backend, int64_t layer, const ExpertWeights& local, const TensorView& x,
                          const TensorView& expert_ids, const TensorView& expert_weights, const TensorView& plus,
                          const TensorView& out) {
+  bind_stream(backend);
   const int64_t T = x.rows(), K = expert_ids.row_size();
   MOE_CHECK(T > 0, "expert parallelism: moe over no tokens (moe_idle is the data-parallel rank without tokens)");
   std::vector<int32_t> ids(size_t(T * K));
@@ -79,6 +87,7 @@ void ExpertParallel::moe(Backend& backend, int64_t layer, const ExpertWeights& l
 }
 
 void ExpertParallel::moe_idle(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t D, int64_t K) {
+  bind_stream(backend);
   MOE_CHECK(data_parallel(), "expert parallelism: only a data-parallel rank runs a layer without tokens");
   run(backend, layer, local, 0, D, K, {}, {}, {}, {}, {}, {});
 }

@@ -43,6 +43,8 @@ class ExpertParallel {
   // phases interleave, so one half's rows travel (dispatch, combine: non-blocking exchanges) while the other's
   // experts or combine compute. Every rank must use the same setting.
   void set_two_micro_batch(bool on) { two_micro_batch_ = on; }
+  // Collectives on `backend`'s stream (NCCL; CPU communicators ignore streams). moe and moe_idle do it first.
+  void bind_stream(Backend& backend);
   bool two_micro_batch() const { return two_micro_batch_; }
 
   dist::Communicator& comm() const { return comm_; }

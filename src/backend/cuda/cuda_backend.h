@@ -79,6 +79,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return ctx_.name(); }
   Device device() const override { return Device::cuda(ctx_.device()); }
+  void* native_stream() const override { return stream_; }
   const CudaOptions& options() const { return ctx_.options(); }
   DType activation_dtype() const override { return DType::F32; }
   DType cache_dtype() const override { return DType::BF16; }
