@@ -13,10 +13,8 @@
 
 namespace moe::train {
 
-namespace {
-
-LayerContext make_context(const ModelConfig& c, double alpha, ThreadPool* pool, const ExpertParallel* ep,
-                          Compute* compute) {
+LayerContext make_layer_context(const ModelConfig& c, double alpha, ThreadPool* pool, const ExpertParallel* ep,
+                                Compute* compute) {
   LayerContext ctx;
   ctx.pool = pool;
   ctx.compute = compute;
@@ -63,6 +61,8 @@ std::vector<int32_t> masked_targets(const std::vector<int32_t>& ids, const std::
   return out;
 }
 
+namespace {
+
 struct Pass {
   TrainModel& M;
   const Objective& obj;
@@ -77,8 +77,8 @@ struct Pass {
         obj(o),
         cpu(m.pool),
         cmp(m.compute ? *m.compute : cpu),
-        main_ctx(make_context(m.config, o.seq_aux_alpha, m.pool, m.ep, &cmp)),
-        mtp_ctx(make_context(m.config, 0.0, m.pool, m.ep, &cmp)) {}
+        main_ctx(make_layer_context(m.config, o.seq_aux_alpha, m.pool, m.ep, &cmp)),
+        mtp_ctx(make_layer_context(m.config, 0.0, m.pool, m.ep, &cmp)) {}
 
   // Forward; leaves dlogits (the CE gradients, scaled for the objective) in A for the backward.
   void forward(const std::vector<int32_t>& ids, int64_t b, int64_t t, const std::vector<uint8_t>* mask) {
@@ -274,7 +274,7 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   if (model.device) model.device->pull(model);  // the host copies are the device's after a step
   CpuCompute cpu(model.pool);
   Compute& cmp = model.compute ? *model.compute : cpu;
-  const LayerContext ctx = make_context(c, 0.0, model.pool, model.ep, &cmp);
+  const LayerContext ctx = make_layer_context(c, 0.0, model.pool, model.ep, &cmp);
   const auto hook = [&](void (ParamHooks::*f)(int), int layer) {
     if (model.hooks) (model.hooks->*f)(layer);
   };

@@ -11,6 +11,16 @@
 
 namespace moe::train {
 
+// The per-layer context of a training pass over `c`: rope, attention scale and router parameters from the config,
+// the balance loss's weight, and the pass's threads, expert parallelism and compute (null: none / this thread).
+LayerContext make_layer_context(const ModelConfig& c, double seq_aux_alpha, ThreadPool* pool = nullptr,
+                                const ExpertParallel* ep = nullptr, Compute* compute = nullptr);
+// Rows of sequence-major [b, t] ids whose position is < keep, as [b, keep], starting at position `offset`.
+std::vector<int32_t> shifted_ids(const std::vector<int32_t>& ids, int64_t b, int64_t t, int64_t keep, int64_t offset);
+// shifted_ids as targets: -1 (no loss) where `mask` (may be null) says the token carries none; *count: the real ones.
+std::vector<int32_t> masked_targets(const std::vector<int32_t>& ids, const std::vector<uint8_t>* mask, int64_t b,
+                                    int64_t t, int64_t keep, int64_t offset, int64_t* count);
+
 struct Objective {
   double mtp_lambda = 0.3;
   double seq_aux_alpha = 1e-4;

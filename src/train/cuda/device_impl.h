@@ -16,6 +16,10 @@
 
 namespace moe::train::cuda {
 
+// Row blocks: [height, width] floats at pitch src_pitch copied to pitch dst_pitch (splits and concatenations).
+void copy2d(float* dst, int64_t dst_pitch, const float* src, int64_t src_pitch, int64_t width, int64_t height,
+            cudaStream_t s);
+
 void check_cuda(cudaError_t e, const char* what);
 
 // Kept activations of an MLP over n rows (x is the caller's).

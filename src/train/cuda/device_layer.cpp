@@ -21,7 +21,8 @@ RouterArgs router_args(const RouterConfig& r) {
   return a;
 }
 
-// Row blocks: [height, width] floats at pitch src_pitch copied to pitch dst_pitch (splits and concatenations).
+}  // namespace
+
 void copy2d(float* dst, int64_t dst_pitch, const float* src, int64_t src_pitch, int64_t width, int64_t height,
             cudaStream_t s) {
   if (width == 0 || height == 0) return;
@@ -29,7 +30,6 @@ void copy2d(float* dst, int64_t dst_pitch, const float* src, int64_t src_pitch, 
                                size_t(height), cudaMemcpyDeviceToDevice, s),
              "cudaMemcpy2DAsync");
 }
-}  // namespace
 
 void DeviceTrainer::Impl::rmsnorm(float* y, float* rstd, const float* x, const Param* p, int64_t n, int64_t d,
                                   double eps) {

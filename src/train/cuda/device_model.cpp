@@ -5,61 +5,10 @@
 #include <algorithm>
 
 #include "core/error.h"
-#include "model/rope.h"
 #include "train/cuda/device_impl.h"
+#include "train/model.h"
 
 namespace moe::train::cuda {
-
-namespace {
-
-LayerContext make_context(const ModelConfig& c, double alpha) {
-  LayerContext ctx;
-  ctx.config = &c;
-  ctx.rope = make_rope_params(c);
-  ctx.attn_scale = attention_scale(c);
-  ctx.router.experts = c.n_routed_experts;
-  ctx.router.top_k = c.num_experts_per_tok;
-  ctx.router.n_group = c.n_group;
-  ctx.router.topk_group = c.topk_group;
-  ctx.router.scoring = c.scoring_func;
-  ctx.router.method = c.topk_method;
-  ctx.router.norm_topk_prob = c.norm_topk_prob;
-  ctx.router.scaling = c.routed_scaling_factor;
-  ctx.seq_aux_alpha = alpha;
-  return ctx;
-}
-
-// ids[s, j + offset] for j < keep (model.cpp's shifted_ids), -1 where the mask says no loss; *count: the real ones.
-std::vector<int32_t> targets_of(const std::vector<int32_t>& ids, const std::vector<uint8_t>* mask, int64_t b,
-                                int64_t t, int64_t keep, int64_t offset, int64_t* count) {
-  std::vector<int32_t> out(size_t(b * keep));
-  *count = 0;
-  for (int64_t s = 0; s < b; ++s)
-    for (int64_t j = 0; j < keep; ++j) {
-      const size_t src = size_t(s * t + j + offset);
-      const bool live = !mask || (*mask)[src];
-      out[size_t(s * keep + j)] = live ? ids[src] : -1;
-      *count += live ? 1 : 0;
-    }
-  return out;
-}
-
-std::vector<int32_t> shifted(const std::vector<int32_t>& ids, int64_t b, int64_t t, int64_t keep, int64_t offset) {
-  std::vector<int32_t> out(size_t(b * keep));
-  for (int64_t s = 0; s < b; ++s)
-    for (int64_t j = 0; j < keep; ++j) out[size_t(s * keep + j)] = ids[size_t(s * t + j + offset)];
-  return out;
-}
-
-void copy2d(float* dst, int64_t dst_pitch, const float* src, int64_t src_pitch, int64_t width, int64_t height,
-            cudaStream_t s) {
-  if (width == 0 || height == 0) return;
-  check_cuda(cudaMemcpy2DAsync(dst, size_t(dst_pitch) * 4, src, size_t(src_pitch) * 4, size_t(width) * 4,
-                               size_t(height), cudaMemcpyDeviceToDevice, s),
-             "cudaMemcpy2DAsync");
-}
-
-}  // namespace
 
 int32_t* DeviceTrainer::Impl::positions(int64_t b, int64_t t) {
   std::vector<int32_t> host(static_cast<size_t>(b * t));
@@ -74,8 +23,8 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   const ModelConfig& c = M.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t, L = c.num_hidden_layers;
   const cudaStream_t s = stream();
-  main_ctx = make_context(c, obj.seq_aux_alpha);
-  mtp_ctx = make_context(c, 0.0);
+  main_ctx = make_layer_context(c, obj.seq_aux_alpha);
+  mtp_ctx = make_layer_context(c, 0.0);
   rope = main_ctx.rope;
   rope_half = int64_t(rope.inv_freq.size());
   inv_freq = static_cast<double*>(raw("inv_freq", std::max<size_t>(1, rope.inv_freq.size()) * sizeof(double)));
@@ -102,7 +51,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   A.logits1 = f32("logits1", n1 * V);
   mm(A.logits1, A.hsel, w(M.head), n1, D, V, true);
   int64_t c1 = 0;
-  const std::vector<int32_t> tg1 = targets_of(ids, mask, b, t, t1, 1, &c1);
+  const std::vector<int32_t> tg1 = masked_targets(ids, mask, b, t, t1, 1, &c1);
   const double d1 = double(std::max<int64_t>(c1, 1));
   A.targets1 = i32("targets1", n1);
   upload(A.targets1, tg1.data(), tg1.size() * 4);
@@ -114,7 +63,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   double d2 = 1;
   if (M.has_mtp) {
     const int64_t t2 = t - 2, n2 = b * t2;
-    const std::vector<int32_t> next = shifted(ids, b, t, t2, 1);
+    const std::vector<int32_t> next = shifted_ids(ids, b, t, t2, 1);
     A.next = i32("next", n2);
     upload(A.next, next.data(), next.size() * 4);
     A.host_next = next;
@@ -141,7 +90,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     A.logits2 = f32("logits2", n2 * V);
     mm(A.logits2, A.yn, w(M.head), n2, D, V, true);
     int64_t c2 = 0;
-    const std::vector<int32_t> tg2 = targets_of(ids, mask, b, t, t2, 2, &c2);
+    const std::vector<int32_t> tg2 = masked_targets(ids, mask, b, t, t2, 2, &c2);
     d2 = double(std::max<int64_t>(c2, 1));
     A.targets2 = i32("targets2", n2);
     upload(A.targets2, tg2.data(), tg2.size() * 4);
