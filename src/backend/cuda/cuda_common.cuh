@@ -11,6 +11,16 @@
 namespace moe::cuda {
 
 __device__ __forceinline__ float bf16_bits_to_float(uint32_t b) { return __uint_as_float(b << 16); }
+// The length of a V3.2 index row's valid prefix: ascending cache positions, then -1 padding (binary search).
+__device__ __forceinline__ int valid_prefix(const int32_t* sel, int K) {
+  int lo = 0, hi = K;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (sel[mid] >= 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
 __device__ __forceinline__ uint16_t float_to_bf16_bits(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }

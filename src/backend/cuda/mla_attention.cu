@@ -101,16 +101,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const MlaParams
   // the list of the token's chosen positions takes their place, len = its valid prefix (binary search for
   // the first -1), and entry j names the cache position to read.
   const int32_t* sel = p.indices ? p.indices + int64_t(t) * p.K : nullptr;
-  int len = p.positions[t] + 1;
-  if (sel) {
-    int lo = 0, hi = p.K;
-    while (lo < hi) {
-      const int mid = (lo + hi) / 2;
-      if (sel[mid] >= 0) lo = mid + 1;
-      else hi = mid;
-    }
-    len = lo;
-  }
+  const int len = sel ? valid_prefix(sel, p.K) : p.positions[t] + 1;
   int split_len = (len + p.splits - 1) / p.splits;
   split_len = (split_len + kTile - 1) / kTile * kTile;
   const int begin = split * split_len, end = min(len, begin + split_len);

@@ -41,16 +41,7 @@ __global__ void __launch_bounds__(kThreads) mla_generic_kernel(const MlaParams p
   // Dense: positions 0 .. positions[t]. Sparse: the first len entries of the token's index row (a valid
   // ascending prefix, then -1s: len by binary search).
   const int32_t* sel = p.indices ? p.indices + int64_t(t) * p.K : nullptr;
-  int len = p.positions[t] + 1;
-  if (sel) {
-    int lo = 0, hi = p.K;
-    while (lo < hi) {
-      const int mid = (lo + hi) / 2;
-      if (sel[mid] >= 0) lo = mid + 1;
-      else hi = mid;
-    }
-    len = lo;
-  }
+  const int len = sel ? valid_prefix(sel, p.K) : p.positions[t] + 1;
   const int32_t* pages = p.block_table + int64_t(p.token_seq[t]) * p.max_pages;
   float m = -INFINITY, l = 0.0f;
   for (int i = warp; i < len; i += kWarps) {
