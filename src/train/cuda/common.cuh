@@ -5,30 +5,24 @@
 
 #include <cstdint>
 
+#include "backend/cuda/cuda_common.cuh"
+
 namespace moe::train::cuda {
 
-__device__ __forceinline__ float warp_reduce_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_reduce_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
+using moe::cuda::warp_max;  // the inference kernels' warp reductions (backend/cuda/cuda_common.cuh)
+using moe::cuda::warp_sum;
 
 // red: __shared__ float[32]. Every thread gets the block's sum (or max): warp results in warp order.
 template <bool kMax>
 __device__ __forceinline__ float block_reduce(float v, float* red) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
   const float identity = kMax ? -INFINITY : 0.0f;
-  v = kMax ? warp_reduce_max(v) : warp_reduce_sum(v);
+  v = kMax ? warp_max(v) : warp_sum(v);
   if (lane == 0) red[warp] = v;
   __syncthreads();
   if (warp == 0) {
     float w = lane < warps ? red[lane] : identity;
-    w = kMax ? warp_reduce_max(w) : warp_reduce_sum(w);
+    w = kMax ? warp_max(w) : warp_sum(w);
     if (lane == 0) red[0] = w;
   }
   __syncthreads();
