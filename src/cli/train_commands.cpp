@@ -222,6 +222,7 @@ void register_train_commands(CLI::App& app) {
       o->device = dev.name;
       o->device_gemm_gflops = dev.gemm_gflops;
       std::printf("%s\n", train::bench_json(train::run_train_bench(*o)).c_str());
+      if (dev.gemm_summary && !dev.gemm_summary().empty()) std::fprintf(stderr, "%s\n", dev.gemm_summary().c_str());
     });
   }
   auto* cmd = app.add_subcommand("train-steps",

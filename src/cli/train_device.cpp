@@ -24,6 +24,7 @@ TrainDevice make_train_device(const std::string& device, const std::string& gemm
   d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs, device-resident step";
   train::cuda::DeviceTrainer* raw = c.get();
   d.gemm_gflops = [raw] { return raw->measure_bf16_gemm_gflops(); };
+  d.gemm_summary = [raw] { return raw->gemm_summary(); };
   d.step = std::move(c);
   return d;
 #else

@@ -82,6 +82,18 @@ void Fp8Gemms::finish(float* out, const float* tmp, int64_t n, int64_t width, bo
   }
 }
 
+bool Fp8Gemms::fprop_ok(int64_t n, int64_t k, int64_t m) {
+  return fprop_widths(k, m) && gemm_->supported(round_up(n, 4), m, k, false);
+}
+
+bool Fp8Gemms::dgrad_ok(int64_t n, int64_t k, int64_t m) {
+  return dgrad_widths(k, m) && gemm_->supported(round_up(n, 4), k, m, false);
+}
+
+bool Fp8Gemms::wgrad_ok(int64_t n, int64_t k, int64_t m) {
+  return wgrad_widths(k, m) && gemm_->supported(m, k, round_up(n, 128), false, wgrad_tile_tile(n, k, m));
+}
+
 bool Fp8Gemms::wgrad_tile_tile(int64_t n, int64_t k, int64_t m) {
   if (wgrad_ != Fp8Wgrad::Auto) return wgrad_ == Fp8Wgrad::TileTile;
   return gemm_->supported(m, k, round_up(n, 128), false, true);
@@ -89,7 +101,7 @@ bool Fp8Gemms::wgrad_tile_tile(int64_t n, int64_t k, int64_t m) {
 
 void Fp8Gemms::fprop(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m) {
   if (n == 0 || m == 0) return;
-  MOE_CHECK(fprop_ok(k, m), "FP8 Fprop: k {} must be a multiple of 128 and m {} of 16", k, m);
+  MOE_CHECK(fprop_widths(k, m), "FP8 Fprop: k {} must be a multiple of 128 and m {} of 16", k, m);
   const WeightQ& wq = weight(w, m, k);
   const int64_t n4 = round_up(n, 4), n16 = round_up(n, 16);
   Fp8QuantArgs a;
@@ -111,8 +123,8 @@ void Fp8Gemms::fprop(float* y, const float* x, const float* w, int64_t n, int64_
 void Fp8Gemms::backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k,
                         int64_t m, bool add_dx) {
   if (n == 0 || m == 0 || (!dx && !dw)) return;
-  MOE_CHECK(!dx || dgrad_ok(k, m), "FP8 Dgrad: m {} must be a multiple of 128 and k {} of 16", m, k);
-  MOE_CHECK(!dw || wgrad_ok(k, m), "FP8 Wgrad: m {} and k {} must be multiples of 16", m, k);
+  MOE_CHECK(!dx || dgrad_widths(k, m), "FP8 Dgrad: m {} must be a multiple of 128 and k {} of 16", m, k);
+  MOE_CHECK(!dw || wgrad_widths(k, m), "FP8 Wgrad: m {} and k {} must be multiples of 16", m, k);
   const int64_t n4 = round_up(n, 4), n128 = round_up(n, 128);
   // dy once: 1x128 tiles along m for Dgrad, 128x1 tiles (transposed) for Wgrad.
   Fp8QuantArgs d;

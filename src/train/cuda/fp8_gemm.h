@@ -36,10 +36,14 @@ class Fp8Gemms {
   Fp8Gemms(const Fp8Gemms&) = delete;
   Fp8Gemms& operator=(const Fp8Gemms&) = delete;
 
-  // The products of a weight [m, k] that take the FP8 path (cuBLASLt: K % 128, N % 16; the others stay BF16).
-  static bool fprop_ok(int64_t k, int64_t m) { return k % 128 == 0 && m % 16 == 0; }
-  static bool dgrad_ok(int64_t k, int64_t m) { return m % 128 == 0 && k % 16 == 0; }
-  static bool wgrad_ok(int64_t k, int64_t m) { return m % 16 == 0 && k % 16 == 0; }
+  // The widths of a weight [m, k] whose products can take the FP8 path (cuBLASLt: K % 128, N % 16).
+  static bool fprop_widths(int64_t k, int64_t m) { return k % 128 == 0 && m % 16 == 0; }
+  static bool dgrad_widths(int64_t k, int64_t m) { return m % 128 == 0 && k % 16 == 0; }
+  static bool wgrad_widths(int64_t k, int64_t m) { return m % 16 == 0 && k % 16 == 0; }
+  // ... and for n tokens cuBLASLt offers an algorithm (asked once per shape): the caller runs the others in BF16.
+  bool fprop_ok(int64_t n, int64_t k, int64_t m);
+  bool dgrad_ok(int64_t n, int64_t k, int64_t m);
+  bool wgrad_ok(int64_t n, int64_t k, int64_t m);
 
   // Pointers: device, 16-byte aligned, rows packed (x [n, k], w [m, k], dy [n, m]).
   void fprop(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m);
