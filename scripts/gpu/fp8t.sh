@@ -2,7 +2,7 @@
 # FP8 mixed-precision training (issue 11 item 2, `--gemm fp8`), for the lead's GPU slots: run from the repository
 # root on the GPU machine after `scripts/gpu/run.sh build` (which builds test_train_cuda and moe in build-gpu).
 # Writes under $OUT/fp8t/ within about 90 s:
-#   test_fp8.log            test_train_cuda's CudaFp8.* tests: the quantiser bit for bit against the host, the three
+#   test_fp8.log            test_train_cuda's CudaTrainFp8.* tests: the quantiser bit for bit against the host, the three
 #                           FP8 GEMMs against float64 host products, the cuBLASLt scale-mode probe, a whole FP8 step
 #                           against the BF16 step (every gradient's relative L2, the losses)
 #   bench-{bf16,fp8}.json   `moe train-bench --device cuda` on train-default (512 x 32, 3 steps), the step-time factor
@@ -22,8 +22,8 @@ export PATH=/usr/local/cuda/bin:$PATH
 { date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total \
   --format=csv; } >"$D/env.txt" 2>&1
 
-echo "== fp8t: test_train_cuda CudaFp8.*"
-timeout 60 "$TEST" --gtest_filter='CudaFp8.*' >"$D/test_fp8.log" 2>&1
+echo "== fp8t: test_train_cuda CudaTrainFp8.*"
+timeout 60 "$TEST" --gtest_filter='CudaTrainFp8.*' >"$D/test_fp8.log" 2>&1
 echo "exit $?" >>"$D/test_fp8.log"
 grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) |Failure|^exit|rel L2 .* vs|VEC128|max step-1|loss .*fp8|seed" "$D/test_fp8.log" \
   | head -40
@@ -47,5 +47,5 @@ PY
 
 echo "== fp8t: compute-sanitizer memcheck (quantiser, GEMMs)"
 timeout 40 compute-sanitizer --tool memcheck --error-exitcode 3 "$TEST" \
-  --gtest_filter='CudaFp8.Quantiser*:CudaFp8.GemmsMatchHostWgradTileBlock' >"$D/memcheck.log" 2>&1
+  --gtest_filter='CudaTrainFp8.Quantiser*:CudaTrainFp8.GemmsMatchHostWgradTileBlock' >"$D/memcheck.log" 2>&1
 echo "memcheck exit $?: $(grep -E "ERROR SUMMARY|PASSED|FAILED" "$D/memcheck.log" | tr '\n' ' ')"

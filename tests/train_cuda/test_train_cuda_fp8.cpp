@@ -111,7 +111,7 @@ std::vector<T> zeros_of(size_t n) { return std::vector<T>(n, T(0)); }
 
 // ---- the quantiser, bit for bit
 
-TEST(CudaFp8, QuantiserMatchesHostBitForBit) {
+TEST(CudaTrainFp8, QuantiserMatchesHostBitForBit) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = clock_seed("fp8 quantiser");
   cudaStream_t s = nullptr;
@@ -261,10 +261,10 @@ void gemms(Fp8Wgrad mode, const char* name) {
   EXPECT_EQ(f8.counts().weight_quantisations, 1) << "W and W^T are quantised once per weight version";
 }
 
-TEST(CudaFp8, GemmsMatchHostWgradTileTile) { gemms(Fp8Wgrad::TileTile, "fp8 gemms (Wgrad 1x128 x 1x128)"); }
-TEST(CudaFp8, GemmsMatchHostWgradTileBlock) { gemms(Fp8Wgrad::TileBlock, "fp8 gemms (Wgrad 1x128 x 128x128)"); }
+TEST(CudaTrainFp8, GemmsMatchHostWgradTileTile) { gemms(Fp8Wgrad::TileTile, "fp8 gemms (Wgrad 1x128 x 1x128)"); }
+TEST(CudaTrainFp8, GemmsMatchHostWgradTileBlock) { gemms(Fp8Wgrad::TileBlock, "fp8 gemms (Wgrad 1x128 x 128x128)"); }
 
-TEST(CudaFp8, WgradScaleModeProbe) {
+TEST(CudaTrainFp8, WgradScaleModeProbe) {
   SKIP_WITHOUT_GPU();
   cuda::CudaCompute cc;
   Fp8Gemms f8(cc.stream(), Fp8Wgrad::Auto);
@@ -287,7 +287,7 @@ TEST(CudaFp8, WgradScaleModeProbe) {
 //    sqrt(256)) rms|z| ~ 0.32 sqrt(V), so std(delta L) <= sqrt(2) 0.48 0.32 / sqrt(512) ~ 9.6e-3 on L ~ ln V = 7.6:
 //    1.3e-3 relative; 4 sigma -> bound 5e-3 at step 1. Steps 2-5 (AdamW moves every weight by ~lr whatever its
 //    gradient's size, so the two runs' weights drift apart) are reported with a sanity bound of 2e-2.
-TEST(CudaFp8, WholeStepFp8VsBf16) {
+TEST(CudaTrainFp8, WholeStepFp8VsBf16) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = clock_seed("fp8 step");
   const std::string path = "bench/configs/train-small.json";
