@@ -54,13 +54,16 @@ struct DLayer {
 };
 
 struct DeviceTrainer::Impl {
-  explicit Impl(GemmPrecision p, int device)
-      : cc(p, device), prec(p), f8(p == GemmPrecision::Fp8 ? std::make_unique<Fp8Gemms>(cc.stream()) : nullptr) {}
+  explicit Impl(GemmPrecision p, int device) : cc(p, device), prec(p) {}
   ~Impl();
 
   CudaCompute cc;  // the stream, cuBLAS and its GEMM entry points
   GemmPrecision prec;
   std::unique_ptr<Fp8Gemms> f8;  // prec == Fp8: the FP8 products (weights quantised once per optimizer step)
+  Fp8Gemms& fp8() {              // made at the first FP8 product
+    if (!f8) f8 = std::make_unique<Fp8Gemms>(cc.stream());
+    return *f8;
+  }
   double bf16_flops = 0;         // prec == Fp8: the products left in BF16 (widths cuBLASLt's FP8 GEMM refuses)
   cudaStream_t stream() const { return cc.stream(); }
 

@@ -121,7 +121,7 @@ void DeviceTrainer::Impl::mm(float* y, const float* x, const float* w, int64_t n
   if (n == 0 || m == 0) return;
   GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
   if (p == GemmPrecision::Fp8) {
-    if (f8->fprop_ok(n, k, m)) return f8->fprop(y, x, w, n, k, m);
+    if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, x, w, n, k, m);
     p = GemmPrecision::Bf16;
     bf16_flops += 2.0 * double(n) * double(k) * double(m);
   }
@@ -133,9 +133,9 @@ void DeviceTrainer::Impl::mm_bwd(float* dx, float* dw, const float* dy, const fl
   if (n == 0 || m == 0) return;
   GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
   if (p == GemmPrecision::Fp8) {  // the FP8 products here, the others in BF16 below
-    float* dx8 = dx && f8->dgrad_ok(n, k, m) ? dx : nullptr;
-    float* dw8 = dw && f8->wgrad_ok(n, k, m) ? dw : nullptr;
-    f8->backward(dx8, dw8, dy, x, w, n, k, m, add_dx);
+    float* dx8 = dx && fp8().dgrad_ok(n, k, m) ? dx : nullptr;
+    float* dw8 = dw && fp8().wgrad_ok(n, k, m) ? dw : nullptr;
+    fp8().backward(dx8, dw8, dy, x, w, n, k, m, add_dx);
     if (dx8) dx = nullptr;
     if (dw8) dw = nullptr;
     if (!dx && !dw) return;
@@ -158,8 +158,8 @@ GemmPrecision DeviceTrainer::precision() const { return impl_->prec; }
 double DeviceTrainer::measure_bf16_gemm_gflops() { return impl_->cc.measure_bf16_gemm_gflops(); }
 
 std::string DeviceTrainer::gemm_summary() const {
-  if (!impl_->f8) return "";
-  const Fp8Gemms::Counts& c = impl_->f8->counts();
+  if (impl_->prec != GemmPrecision::Fp8) return "";
+  const Fp8Gemms::Counts c = impl_->f8 ? impl_->f8->counts() : Fp8Gemms::Counts{};
   const double all = c.fp8_flops + impl_->bf16_flops;
   return fmt::format("fp8 GEMMs: {:.1f} % of the projections' FLOPs ({:.1f} GFLOP FP8, {:.1f} GFLOP BF16), {} weight "
                      "quantisations",
