@@ -175,7 +175,8 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--threads", run->threads, "threads for the GEMMs (0: every core; the results are the same bits)");
     auto device = std::make_shared<std::string>("cpu"), gemm = std::make_shared<std::string>("bf16");
     cmd->add_option("--device", *device, "cpu or cuda: where the training step runs (cpu)");
-    cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 (mixed precision) or fp32 (bf16)");
+    cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 (mixed precision), fp8 (DeepSeek-V3's E4M3 scheme, "
+                    "docs/training.md) or fp32 (bf16)");
     cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
     auto parallel = std::make_shared<ParallelFlags>();
     add_parallel_flags(cmd, *parallel);
@@ -214,13 +215,14 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--threads", o->threads, "threads (0: every core)");
     auto device = std::make_shared<std::string>("cpu"), gemm = std::make_shared<std::string>("bf16");
     cmd->add_option("--device", *device, "cpu (fraction of the FP32 GEMM rate) or cuda (of the BF16 GEMM rate)");
-    cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 or fp32 (bf16)");
+    cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16, fp8 or fp32 (bf16)");
     cmd->callback([=] {
       const TrainDevice dev = make_train_device(*device, *gemm);
       o->step = dev.step.get();
       o->device = dev.name;
       o->device_gemm_gflops = dev.gemm_gflops;
       std::printf("%s\n", train::bench_json(train::run_train_bench(*o)).c_str());
+      if (dev.gemm_summary && !dev.gemm_summary().empty()) std::fprintf(stderr, "%s\n", dev.gemm_summary().c_str());
     });
   }
   auto* cmd = app.add_subcommand("train-steps",

@@ -8,7 +8,7 @@
 namespace moe::cli {
 
 TrainDevice make_train_device(const std::string& device, const std::string& gemm) {
-  MOE_CHECK(gemm == "bf16" || gemm == "fp32", "--gemm must be bf16 or fp32, not '{}'", gemm);
+  MOE_CHECK(gemm == "bf16" || gemm == "fp32" || gemm == "fp8", "--gemm must be bf16, fp8 or fp32, not '{}'", gemm);
   if (device == "cpu") {
     TrainDevice d;
     d.name = "cpu";
@@ -17,12 +17,14 @@ TrainDevice make_train_device(const std::string& device, const std::string& gemm
   MOE_CHECK(device == "cuda", "--device must be cpu or cuda, not '{}'", device);
 #ifdef MOE_HAVE_TRAIN_CUDA
   MOE_CHECK(train::cuda::DeviceTrainer::available(), "--device cuda: no CUDA device on this machine");
-  auto c = std::make_unique<train::cuda::DeviceTrainer>(gemm == "bf16" ? train::cuda::GemmPrecision::Bf16
-                                                                       : train::cuda::GemmPrecision::Fp32);
+  using train::cuda::GemmPrecision;
+  const GemmPrecision p = gemm == "bf16" ? GemmPrecision::Bf16 : gemm == "fp8" ? GemmPrecision::Fp8 : GemmPrecision::Fp32;
+  auto c = std::make_unique<train::cuda::DeviceTrainer>(p);
   TrainDevice d;
   d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs, device-resident step";
   train::cuda::DeviceTrainer* raw = c.get();
   d.gemm_gflops = [raw] { return raw->measure_bf16_gemm_gflops(); };
+  d.gemm_summary = [raw] { return raw->gemm_summary(); };
   d.step = std::move(c);
   return d;
 #else

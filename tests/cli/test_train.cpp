@@ -328,9 +328,9 @@ TEST(TrainBench, DeviceFlagErrorsNameTheFlag) {
   const Result bogus = test::run_moe(base + " --device tpu");
   EXPECT_EQ(bogus.code, 1);
   EXPECT_NE(bogus.out.find("--device must be cpu or cuda, not 'tpu'"), std::string::npos) << bogus.out;
-  const Result gemm = test::run_moe(base + " --device cuda --gemm fp8");
+  const Result gemm = test::run_moe(base + " --device cuda --gemm fp16");
   EXPECT_EQ(gemm.code, 1);
-  EXPECT_NE(gemm.out.find("--gemm must be bf16 or fp32, not 'fp8'"), std::string::npos) << gemm.out;
+  EXPECT_NE(gemm.out.find("--gemm must be bf16, fp8 or fp32, not 'fp16'"), std::string::npos) << gemm.out;
   const Result cpu = test::run_moe(base + " --device cpu --threads 1");
   ASSERT_EQ(cpu.code, 0) << cpu.out;
   EXPECT_EQ(json_lines(cpu.out).at(0)["device"], "cpu");

@@ -70,8 +70,8 @@ Fp8Gemm::~Fp8Gemm() {
 }
 
 Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, bool out_bf16, bool accumulate,
-                                 const float* ws, const float* xs) {
-  const auto key = std::make_tuple(T, N, K, ldo, out_bf16, accumulate);
+                                 bool w_vec128, const float* ws, const float* xs) {
+  const auto key = std::make_tuple(T, N, K, ldo, out_bf16, accumulate, w_vec128);
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
   // The heuristic refuses block scale modes without their scale pointers: any 16-byte aligned device pointers
@@ -83,7 +83,8 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, b
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA");
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB");
-  const int32_t amode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, bmode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+  const int32_t amode = w_vec128 ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F : CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F,
+                bmode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &amode, sizeof(amode)),
            "A_SCALE_MODE");
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bmode, sizeof(bmode)),
@@ -94,7 +95,7 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, b
   lt_check(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), K), "layout A");
   lt_check(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(T), K), "layout B");
   lt_check(cublasLtMatrixLayoutCreate(&p->d, dt, uint64_t(N), uint64_t(T), ldo), "layout D");
-  const Key bucket = std::make_tuple((T + 63) / 64 * 64, N, K, ldo, out_bf16, accumulate);
+  const Key bucket = std::make_tuple((T + 63) / 64 * 64, N, K, ldo, out_bf16, accumulate, w_vec128);
   auto known = algos_.find(bucket);
   if (known != algos_.end()) {
     cublasLtMatmulHeuristicResult_t chk{};
@@ -123,9 +124,9 @@ Fp8Gemm::Plan* Fp8Gemm::plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, b
   return p;
 }
 
-bool Fp8Gemm::supported(int64_t T, int64_t N, int64_t K, bool out_bf16) {
+bool Fp8Gemm::supported(int64_t T, int64_t N, int64_t K, bool out_bf16, bool w_vec128) {
   return fp8_gemm_shape_ok(N, K) && T % 4 == 0 &&
-         plan_for(T, N, K, N, out_bf16, false, static_cast<const float*>(workspace_),
+         plan_for(T, N, K, N, out_bf16, false, w_vec128, static_cast<const float*>(workspace_),
                   static_cast<const float*>(workspace_))->found;
 }
 
@@ -133,9 +134,9 @@ void Fp8Gemm::run(const Fp8GemmArgs& g, int lane) {
   if (g.T == 0) return;
   MOE_CHECK(fp8_gemm_shape_ok(g.N, g.K) && g.T % 4 == 0,
             "FP8 GEMM: T {} must be a multiple of 4, N {} of 16 and K {} of 128", g.T, g.N, g.K);
-  Plan* p = plan_for(g.T, g.N, g.K, g.ldo, g.out_bf16, g.accumulate, g.ws, g.xs);
+  Plan* p = plan_for(g.T, g.N, g.K, g.ldo, g.out_bf16, g.accumulate, g.w_vec128, g.ws, g.xs);
   if (!p->found && !g.out_bf16 && !g.accumulate && lane < 0 &&
-      plan_for(g.T, g.N, g.K, g.N, true, false, g.ws, g.xs)->found) {
+      plan_for(g.T, g.N, g.K, g.N, true, false, g.w_vec128, g.ws, g.xs)->found) {
     // BF16 output into tmp_, widened into out.
     const size_t n = size_t(g.T * g.N);
     if (n > tmp_elems_) {
@@ -155,8 +156,10 @@ void Fp8Gemm::run(const Fp8GemmArgs& g, int lane) {
     return;
   }
   MOE_CHECK(p->found,
-            "FP8 GEMM: cuBLASLt has no block-scaled algorithm for T {} N {} K {} ({} out; heuristic status {}, {} results)",
-            g.T, g.N, g.K, g.out_bf16 ? "BF16" : "F32", p->status, p->results);
+            "FP8 GEMM: cuBLASLt has no block-scaled algorithm for T {} N {} K {} ({} out, w scaled per {}; heuristic "
+            "status {}, {} results)",
+            g.T, g.N, g.K, g.out_bf16 ? "BF16" : "F32", g.w_vec128 ? "1x128 tile" : "128x128 block", p->status,
+            p->results);
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g.ws, sizeof(g.ws)),
            "A_SCALE_POINTER");
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g.xs, sizeof(g.xs)),

@@ -25,6 +25,9 @@ struct Fp8GemmArgs {
   int64_t T = 0, N = 0, K = 0, ldo = 0;
   bool out_bf16 = false;
   bool accumulate = false;      // out += instead of out =
+  // w scaled per 1x128 tile along K like x (VEC128_32F on both operands; ws [ceil(K/128), N], N fastest) instead
+  // of per 128x128 block: the trainer's weight-gradient GEMM, whose two operands are both activations.
+  bool w_vec128 = false;
 };
 
 // Shapes the path takes: K a multiple of 128 (whole scale tiles), N a multiple of 16 (16-byte rows); T (the
@@ -50,15 +53,15 @@ class Fp8Gemm {
   void fork();
   void join();
   // Whether cuBLASLt offers an algorithm for this shape and output type (no work enqueued).
-  bool supported(int64_t T, int64_t N, int64_t K, bool out_bf16);
+  bool supported(int64_t T, int64_t N, int64_t K, bool out_bf16, bool w_vec128 = false);
   // How many F32-output GEMMs ran as BF16-output GEMMs widened to F32 (when cuBLASLt offers no F32-output
   // algorithm for a shape: one extra rounding to BF16 of the accumulator).
   int64_t bf16_fallbacks() const { return fallbacks_; }
 
  private:
   struct Plan;
-  Plan* plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, bool out_bf16, bool accumulate, const float* ws,
-                 const float* xs);
+  Plan* plan_for(int64_t T, int64_t N, int64_t K, int64_t ldo, bool out_bf16, bool accumulate, bool w_vec128,
+                 const float* ws, const float* xs);
   cudaStream_t stream_;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
@@ -68,7 +71,8 @@ class Fp8Gemm {
   uint16_t* tmp_ = nullptr;  // BF16 output of the fallback, grown as needed
   size_t tmp_elems_ = 0;
   int64_t fallbacks_ = 0;
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>;  // T, N, K, ldo, out_bf16, accumulate
+  // T, N, K, ldo, out_bf16, accumulate, w_vec128
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, bool>;
   std::map<Key, Plan*> plans_;
   // The algorithm found for T rounded up to 64 (the routed experts' row counts vary with every batch): a new
   // T in the bucket reuses it after cublasLtMatmulAlgoCheck instead of a heuristic query.

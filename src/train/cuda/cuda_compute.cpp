@@ -73,8 +73,8 @@ struct GemmTypes {
   cublasComputeType_t compute;
 };
 GemmTypes types_of(GemmPrecision p) {
-  // BF16 operands, FP32 accumulation; FP32 operands with FP32 products (pedantic: never TF32).
-  return p == GemmPrecision::Bf16 ? GemmTypes{CUDA_R_16BF, CUBLAS_COMPUTE_32F}
+  // BF16 operands, FP32 accumulation (Fp8's fallback too); FP32 operands with FP32 products (pedantic: never TF32).
+  return p != GemmPrecision::Fp32 ? GemmTypes{CUDA_R_16BF, CUBLAS_COMPUTE_32F}
                                   : GemmTypes{CUDA_R_32F, CUBLAS_COMPUTE_32F_PEDANTIC};
 }
 }  // namespace

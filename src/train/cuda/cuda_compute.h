@@ -14,7 +14,9 @@
 
 namespace moe::train::cuda {
 
-enum class GemmPrecision { Bf16, Fp32 };
+// Fp8: DeepSeek-V3's FP8 mixed precision (fp8_gemm.h) for the products whose widths cuBLASLt's block-scaled FP8
+// GEMM takes, BF16 for the others; CudaCompute's own GEMMs read it as Bf16.
+enum class GemmPrecision { Bf16, Fp32, Fp8 };
 
 // Grow-only device buffers, one per slot (an op's operands use distinct slots).
 class DeviceScratch {

@@ -6,11 +6,13 @@
 #include <cuda_runtime.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "train/cuda/device_trainer.h"
+#include "train/cuda/fp8_gemm.h"
 #include "train/cuda/kernels.h"
 #include "train/layer.h"
 
@@ -57,6 +59,12 @@ struct DeviceTrainer::Impl {
 
   CudaCompute cc;  // the stream, cuBLAS and its GEMM entry points
   GemmPrecision prec;
+  std::unique_ptr<Fp8Gemms> f8;  // prec == Fp8: the FP8 products (weights quantised once per optimizer step)
+  Fp8Gemms& fp8() {              // made at the first FP8 product
+    if (!f8) f8 = std::make_unique<Fp8Gemms>(cc.stream());
+    return *f8;
+  }
+  double bf16_flops = 0;         // prec == Fp8: the products left in BF16 (widths cuBLASLt's FP8 GEMM refuses)
   cudaStream_t stream() const { return cc.stream(); }
 
   // ---- parameters (device_trainer.cpp)
@@ -82,7 +90,8 @@ struct DeviceTrainer::Impl {
   void sum_into(int slot, const float* x, int64_t count, bool squares);
   std::vector<double> read_scalars(int count);  // syncs
 
-  // ---- GEMMs (row-major, as ops.h): y = x W^T; dx (+)= dy W; dW += dy^T x. fp32: FP32 operands whatever the mode.
+  // ---- GEMMs (row-major, as ops.h): y = x W^T; dx (+)= dy W; dW += dy^T x. fp32: FP32 operands whatever the mode
+  // (V3's higher-precision exceptions); under Fp8, each product takes fp8_gemm.h's path where its widths allow.
   void mm(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32);
   void mm_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k, int64_t m,
               bool fp32, bool add_dx = true);

@@ -98,6 +98,7 @@ void DeviceTrainer::Impl::bind(TrainModel& m) {
     sum_scratch = static_cast<double*>(device_alloc(size_t(sum_scratch_doubles()) * sizeof(double), "the sums"));
   bound = &m;
   shape_t = -1;
+  if (f8) f8->new_weights();
   for (const auto& p : m.params) {  // push, with the host's gradients (zero for a fresh model)
     const size_t b = p->w.size() * sizeof(float);
     upload(W + offset[p.get()], p->w.data(), b);
@@ -118,14 +119,29 @@ const void* DeviceTrainer::Impl::operand(const char* slot, const float* src, int
 
 void DeviceTrainer::Impl::mm(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32) {
   if (n == 0 || m == 0) return;
-  const GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
+  GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
+  if (p == GemmPrecision::Fp8) {
+    if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, x, w, n, k, m);
+    p = GemmPrecision::Bf16;
+    bf16_flops += 2.0 * double(n) * double(k) * double(m);
+  }
   cc.gemm_nt(p, y, operand("bf.x", x, n * k, p), operand("bf.w", w, m * k, p), n, k, m, 0.0f);
 }
 
 void DeviceTrainer::Impl::mm_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
                                  int64_t k, int64_t m, bool fp32, bool add_dx) {
   if (n == 0 || m == 0) return;
-  const GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
+  GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
+  if (p == GemmPrecision::Fp8) {  // the FP8 products here, the others in BF16 below
+    float* dx8 = dx && fp8().dgrad_ok(n, k, m) ? dx : nullptr;
+    float* dw8 = dw && fp8().wgrad_ok(n, k, m) ? dw : nullptr;
+    fp8().backward(dx8, dw8, dy, x, w, n, k, m, add_dx);
+    if (dx8) dx = nullptr;
+    if (dw8) dw = nullptr;
+    if (!dx && !dw) return;
+    p = GemmPrecision::Bf16;
+    bf16_flops += 2.0 * double(n) * double(k) * double(m) * ((dx ? 1 : 0) + (dw ? 1 : 0));
+  }
   const void* dy_op = operand("bf.dy", dy, n * m, p);
   if (dx) cc.gemm_nn(p, dx, dy_op, operand("bf.w", w, m * k, p), n, k, m, add_dx ? 1.0f : 0.0f);
   if (dw) cc.gemm_tn(p, dw, dy_op, operand("bf.x", x, n * k, p), n, k, m, 1.0f);
@@ -140,6 +156,16 @@ DeviceTrainer::~DeviceTrainer() = default;
 std::string DeviceTrainer::device_name() const { return impl_->cc.device_name(); }
 GemmPrecision DeviceTrainer::precision() const { return impl_->prec; }
 double DeviceTrainer::measure_bf16_gemm_gflops() { return impl_->cc.measure_bf16_gemm_gflops(); }
+
+std::string DeviceTrainer::gemm_summary() const {
+  if (impl_->prec != GemmPrecision::Fp8) return "";
+  const Fp8Gemms::Counts c = impl_->f8 ? impl_->f8->counts() : Fp8Gemms::Counts{};
+  const double all = c.fp8_flops + impl_->bf16_flops;
+  return fmt::format("fp8 GEMMs: {:.1f} % of the projections' FLOPs ({:.1f} GFLOP FP8, {:.1f} GFLOP BF16), {} weight "
+                     "quantisations",
+                     all > 0 ? 100.0 * c.fp8_flops / all : 0.0, c.fp8_flops / 1e9, impl_->bf16_flops / 1e9,
+                     c.weight_quantisations);
+}
 
 LossParts DeviceTrainer::forward_backward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
                                           const Objective& obj, ExpertLoads* loads,
@@ -195,6 +221,7 @@ StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, 
     adamw_update(I.W + o, I.G + o, I.M + o, I.V + o, int64_t(p->w.size()), a, I.stream());
   }
   check_cuda(cudaGetLastError(), "adamw_update");
+  if (I.f8) I.f8->new_weights();  // the FP8 copies of the weights are quantised again at their next use
   return st;
 }
 

@@ -4,7 +4,8 @@
 // activations live in grow-only named device buffers allocated at the first step of a shape and reused after.
 // The host sends the batch's token ids and targets, reads back the routing of each MoE layer (n x K expert ids,
 // one small sync per MoE layer: the experts' GEMMs are sized from it) and a few scalars (losses, the gradient
-// norm). GEMMs: cuBLAS, BF16 operands with FP32 accumulation (or FP32 operands, no TF32: --gemm fp32); the MoE
+// norm). GEMMs: cuBLAS, BF16 operands with FP32 accumulation (or FP32 operands, no TF32: --gemm fp32; or E4M3 with
+// DeepSeek-V3's fine-grained scales where the widths allow: --gemm fp8, fp8_gemm.h); the MoE
 // gate and the output head in FP32 whatever the mode (V3's higher-precision exceptions, as the CPU trainer's
 // `fp32` flag marks them). Every other op is a kernel of kernels.h, each tested against its CPU twin.
 #include <memory>
@@ -27,6 +28,10 @@ class DeviceTrainer final : public DeviceStep {
   GemmPrecision precision() const;
   // The device's dense BF16 GEMM rate (GFLOP/s) through the same cuBLAS path (train-bench's denominator).
   double measure_bf16_gemm_gflops();
+  // --gemm fp8: the FLOPs the projections ran in FP8 and in BF16 (widths cuBLASLt's FP8 path refuses) so far,
+  // e.g. "fp8 GEMMs: 97.1 % of the projections' FLOPs (... GFLOP FP8, ... GFLOP BF16), 42 weight quantisations";
+  // empty in the other modes.
+  std::string gemm_summary() const;
 
   LossParts forward_backward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
                              const Objective& obj, ExpertLoads* loads, const std::vector<uint8_t>* mask) override;

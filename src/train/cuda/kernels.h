@@ -108,4 +108,30 @@ void moe_expert_dout(float* dy, float* dweights, const float* dout, const float*
 void moe_scatter_add(float* dx, const float* dxs, const int32_t* pos, int64_t n, int64_t k, int64_t d,
                      cudaStream_t s);
 
+// fp8_quant.cu: E4M3 quantisation of an FP32 matrix x [rows, cols] (rows ldx apart) for the FP8 GEMMs
+// (fp8_gemm.h), DeepSeek-V3's scheme: one FP32 scale per tile, scale = amax / 448 (1 for an all-zero tile),
+// q = E4M3(v / scale) rounded to nearest even, saturating at 448. One block per 128x128 tile reads x once and
+// writes either or both of
+//   q  [rows_out, cols] (x's layout), row_mode 1: 1x128 tiles, scale of (row r, column tile cb) at
+//      qs[cb * qs_ld + r] for r < qs_ld (cuBLASLt's VEC128_32F); row_mode 2: 128x128 blocks, scale of block
+//      (rb, cb) at qs[rb * qs_ld + cb] (BLK128x128_32F);
+//   qt [cols, rows_out] (the transpose), col_mode 1: 128x1 tiles of x (1x128 tiles of qt), scale of (row tile rb,
+//      column c) at qts[rb * qts_ld + c]; col_mode 2: 128x128 blocks, scale of block (rb, cb) at qts[cb * qts_ld + rb].
+// Rows rows .. rows_out-1 are written as zeros (token padding). Mode 0: that output is not written.
+// Needs cols % 16 == 0, rows_out % 16 == 0, x 16-byte aligned, ldx % 4 == 0 (fp8_quantize_args_ok).
+struct Fp8QuantArgs {
+  const float* x = nullptr;
+  int64_t rows = 0, cols = 0, ldx = 0, rows_out = 0;
+  int row_mode = 0;
+  uint8_t* q = nullptr;
+  float* qs = nullptr;
+  int64_t qs_ld = 0;
+  int col_mode = 0;
+  uint8_t* qt = nullptr;
+  float* qts = nullptr;
+  int64_t qts_ld = 0;
+};
+bool fp8_quantize_args_ok(const Fp8QuantArgs& a);
+void fp8_quantize(const Fp8QuantArgs& a, cudaStream_t s);
+
 }  // namespace moe::train::cuda

@@ -1,0 +1,82 @@
+#pragma once
+// The trainer's FP8 mixed-precision GEMMs (issue 11 item 2; DeepSeek-V3 report section 3.3) on the inference
+// engine's cuBLASLt block-scaled FP8 GEMM (backend/cuda/gemm_fp8.h): E4M3 operands quantised by fp8_quantize
+// (kernels.h), FP32 accumulation with the scales applied per 128-deep K block, FP32 outputs. Row-major, as
+// DeviceTrainer's mm / mm_bwd, for a weight W [m, k] and n tokens:
+//   Fprop  y  [n, m]  = x [n, k] W^T   x per 1x128 tile (along k), W per 128x128 block
+//   Dgrad  dx [n, k] (+)= dy [n, m] W  dy per 1x128 tile (along m), W^T per 128x128 block (quantised with W)
+//   Wgrad  dW [m, k] += dy^T x         dy^T and x^T per 1x128 tile along the tokens (128x1 tiles of dy and x), or
+//                                      x^T per 128x128 block where cuBLASLt has no VEC128 x VEC128 kernel
+// Tokens are padded with zero rows: to a multiple of 4 for Fprop/Dgrad (cuBLASLt's rule for the token operand;
+// an output of n % 4 != 0 rows goes through a scratch), to a multiple of 128 for Wgrad (its K).
+// Weights are quantised in both layouts once per version (new_weights() after each optimizer step), on first use.
+// What stays in higher precision is the caller's choice (DeviceTrainer: embedding, heads, router, norms and the
+// attention core never come here).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+
+#include "train/cuda/cuda_compute.h"
+
+namespace moe::cuda {
+class Fp8Gemm;
+}
+
+namespace moe::train::cuda {
+
+// Wgrad's scale modes: Auto asks cuBLASLt per shape and takes 1x128 tiles on both operands when offered.
+enum class Fp8Wgrad { Auto, TileTile, TileBlock };
+
+class Fp8Gemms {
+ public:
+  explicit Fp8Gemms(cudaStream_t s, Fp8Wgrad wgrad = Fp8Wgrad::Auto);
+  ~Fp8Gemms();
+  Fp8Gemms(const Fp8Gemms&) = delete;
+  Fp8Gemms& operator=(const Fp8Gemms&) = delete;
+
+  // The widths of a weight [m, k] whose products can take the FP8 path (cuBLASLt: K % 128, N % 16).
+  static bool fprop_widths(int64_t k, int64_t m) { return k % 128 == 0 && m % 16 == 0; }
+  static bool dgrad_widths(int64_t k, int64_t m) { return m % 128 == 0 && k % 16 == 0; }
+  static bool wgrad_widths(int64_t k, int64_t m) { return m % 16 == 0 && k % 16 == 0; }
+  // ... and for n tokens cuBLASLt offers an algorithm (asked once per shape): the caller runs the others in BF16.
+  bool fprop_ok(int64_t n, int64_t k, int64_t m);
+  bool dgrad_ok(int64_t n, int64_t k, int64_t m);
+  bool wgrad_ok(int64_t n, int64_t k, int64_t m);
+
+  // Pointers: device, 16-byte aligned, rows packed (x [n, k], w [m, k], dy [n, m]).
+  void fprop(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m);
+  // dx (+= when add_dx) dy W if dx, dW += dy^T x if dw; dy is quantised once for both.
+  void backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k, int64_t m,
+                bool add_dx);
+  void new_weights() { ++version_; }
+  // Whether Wgrad of this shape runs with 1x128 tiles on both operands.
+  bool wgrad_tile_tile(int64_t n, int64_t k, int64_t m);
+
+  struct Counts {
+    double fp8_flops = 0;       // of the three products run here
+    int64_t weight_quantisations = 0;
+  };
+  const Counts& counts() const { return counts_; }
+
+ private:
+  struct WeightQ {
+    int64_t m = 0, k = 0, version = -1;
+    uint8_t *q = nullptr, *qt = nullptr;  // W [m, k], W^T [k, m]
+    float *s = nullptr, *st = nullptr;    // [ceil(m/128), ld(k)], [ceil(k/128), ld(m)]
+  };
+  const WeightQ& weight(const float* w, int64_t m, int64_t k);
+  // Copies (or adds) a [n, width] scratch result of n4 >= n rows into out.
+  void finish(float* out, const float* tmp, int64_t n, int64_t width, bool add);
+
+  cudaStream_t stream_;
+  Fp8Wgrad wgrad_;
+  std::unique_ptr<moe::cuda::Fp8Gemm> gemm_;
+  DeviceScratch scratch_;
+  std::unordered_map<const float*, WeightQ> weights_;
+  int64_t version_ = 0;
+  Counts counts_;
+};
+
+}  // namespace moe::train::cuda

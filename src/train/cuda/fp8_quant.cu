@@ -1,0 +1,110 @@
+// E4M3 quantisation for the trainer's FP8 GEMMs (fp8_gemm.h, kernels.h's Fp8QuantArgs): one block per 128x128
+// tile of the FP32 input, read once, written as E4M3 in the input's layout and/or transposed, with one FP32 scale
+// per 1x128 row tile, 128x1 column tile or 128x128 block (DeepSeek-V3's activation and weight schemes).
+// scale = amax / 448 (E4M3's largest finite), 1 for an all-zero tile; q = e4m3_rn_satfinite(v / scale).
+#include <cuda_fp8.h>
+
+#include "train/cuda/common.cuh"
+#include "train/cuda/kernels.h"
+
+namespace moe::train::cuda {
+
+namespace {
+
+constexpr int kTile = 128, kPitch = kTile + 1, kWarps = 8;
+constexpr float kE4M3Max = 448.0f;
+
+__device__ __forceinline__ float tile_scale(float amax) { return amax > 0.0f ? amax / kE4M3Max : 1.0f; }
+
+// Four values to four E4M3 bytes (little-endian in the word), each divided by scale (correctly rounded).
+__device__ __forceinline__ uint32_t pack4(const float v[4], float scale) {
+  uint32_t packed = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    packed |= uint32_t(__nv_cvt_float_to_fp8(__fdiv_rn(v[j], scale), __NV_SATFINITE, __NV_E4M3)) << (8 * j);
+  return packed;
+}
+
+__device__ __forceinline__ float amax4(const float v[4]) {
+  return fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+}
+
+// Block (bx, by) covers rows by*128 .. +127 and columns bx*128 .. +127; warp w handles rows w, w+8, ... in the
+// row pass (lane l: columns 4l .. 4l+3) and columns w, w+8, ... in the column pass (lane l: rows 4l .. 4l+3).
+__global__ void __launch_bounds__(kWarps * 32) fp8_quantize_kernel(Fp8QuantArgs a) {
+  extern __shared__ float tile[];  // [128][129]: the tile, for the column pass and the block modes
+  __shared__ float red[kWarps];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t r0 = int64_t(blockIdx.y) * kTile, c0 = int64_t(blockIdx.x) * kTile;
+  const int64_t c = c0 + lane * 4;
+  const bool col_ok = c < a.cols;  // cols % 4 == 0: a lane's four columns are all in or all out
+  float bmax = 0.0f;
+  for (int rr = warp; rr < kTile; rr += kWarps) {
+    const int64_t r = r0 + rr;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (r < a.rows && col_ok) {
+      const float4 f = *reinterpret_cast<const float4*>(a.x + r * a.ldx + c);
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) tile[rr * kPitch + lane * 4 + j] = v[j];
+    const float am = warp_max(amax4(v));
+    bmax = fmaxf(bmax, am);
+    if (a.row_mode == 1 && r < a.rows_out) {
+      const float sc = tile_scale(am);
+      if (col_ok) *reinterpret_cast<uint32_t*>(a.q + r * a.cols + c) = pack4(v, sc);
+      if (lane == 0 && r < a.qs_ld) a.qs[int64_t(blockIdx.x) * a.qs_ld + r] = sc;
+    }
+  }
+  if (lane == 0) red[warp] = bmax;
+  __syncthreads();
+  float blk = red[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) blk = fmaxf(blk, red[w]);
+  const float bscale = tile_scale(blk);
+  if (a.row_mode == 2) {
+    for (int rr = warp; rr < kTile; rr += kWarps) {
+      const int64_t r = r0 + rr;
+      if (r >= a.rows_out || !col_ok) continue;
+      float v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = tile[rr * kPitch + lane * 4 + j];
+      *reinterpret_cast<uint32_t*>(a.q + r * a.cols + c) = pack4(v, bscale);
+    }
+    if (threadIdx.x == 0) a.qs[int64_t(blockIdx.y) * a.qs_ld + blockIdx.x] = bscale;
+  }
+  if (a.col_mode != 0) {
+    const int64_t r = r0 + lane * 4;  // rows_out % 4 == 0: a lane's four rows are all in or all out
+    for (int cc = warp; cc < kTile; cc += kWarps) {
+      const int64_t col = c0 + cc;
+      if (col >= a.cols) break;
+      float v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = tile[(lane * 4 + j) * kPitch + cc];
+      const float am = warp_max(amax4(v));
+      const float sc = a.col_mode == 1 ? tile_scale(am) : bscale;
+      if (r < a.rows_out) *reinterpret_cast<uint32_t*>(a.qt + col * a.rows_out + r) = pack4(v, sc);
+      if (a.col_mode == 1 && lane == 0) a.qts[int64_t(blockIdx.y) * a.qts_ld + col] = sc;
+    }
+    if (a.col_mode == 2 && threadIdx.x == 0) a.qts[int64_t(blockIdx.x) * a.qts_ld + blockIdx.y] = bscale;
+  }
+}
+
+}  // namespace
+
+bool fp8_quantize_args_ok(const Fp8QuantArgs& a) {
+  const bool aligned = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && a.ldx % 4 == 0;
+  return a.rows >= 0 && a.cols > 0 && a.cols % 16 == 0 && a.rows_out >= a.rows && a.rows_out % 16 == 0 && aligned &&
+         (a.row_mode == 0 || (a.q && a.qs)) && (a.col_mode == 0 || (a.qt && a.qts)) && a.row_mode >= 0 &&
+         a.row_mode <= 2 && a.col_mode >= 0 && a.col_mode <= 2;
+}
+
+void fp8_quantize(const Fp8QuantArgs& a, cudaStream_t s) {
+  if (a.rows_out == 0) return;
+  const size_t smem = size_t(kTile) * kPitch * sizeof(float);  // 66 KB: above the 48 KB default, opted in
+  cudaFuncSetAttribute(fp8_quantize_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  const dim3 grid(unsigned((a.cols + kTile - 1) / kTile), unsigned((a.rows_out + kTile - 1) / kTile));
+  fp8_quantize_kernel<<<grid, kWarps * 32, smem, s>>>(a);
+}
+
+}  // namespace moe::train::cuda
