@@ -7,8 +7,10 @@
 
 namespace moe::cli {
 
-TrainDevice make_train_device(const std::string& device, const std::string& gemm) {
+TrainDevice make_train_device(const std::string& device, const std::string& gemm, const std::string& expert_gemm) {
   MOE_CHECK(gemm == "bf16" || gemm == "fp32", "--gemm must be bf16 or fp32, not '{}'", gemm);
+  MOE_CHECK(expert_gemm == "grouped" || expert_gemm == "loop", "--expert-gemm must be grouped or loop, not '{}'",
+            expert_gemm);
   if (device == "cpu") {
     TrainDevice d;
     d.name = "cpu";
@@ -19,8 +21,10 @@ TrainDevice make_train_device(const std::string& device, const std::string& gemm
   MOE_CHECK(train::cuda::DeviceTrainer::available(), "--device cuda: no CUDA device on this machine");
   auto c = std::make_unique<train::cuda::DeviceTrainer>(gemm == "bf16" ? train::cuda::GemmPrecision::Bf16
                                                                        : train::cuda::GemmPrecision::Fp32);
+  c->set_grouped_experts(expert_gemm == "grouped");
   TrainDevice d;
-  d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs, device-resident step";
+  d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs, device-resident step" +
+           (gemm == "bf16" ? ", experts " + expert_gemm : "");
   train::cuda::DeviceTrainer* raw = c.get();
   d.gemm_gflops = [raw] { return raw->measure_bf16_gemm_gflops(); };
   d.step = std::move(c);
