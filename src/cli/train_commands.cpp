@@ -172,6 +172,8 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--bias-gamma", r.bias_gamma, "correction-bias update speed (1e-3)");
     cmd->add_option("--init-std", r.init_std, "std of the fresh initialisation's matrices (0.006, DeepSeek-V3's)");
     cmd->add_option("--save-dtype", r.save_dtype, "model file dtype: f32 or bf16 (masters then go with the optimiser)");
+    cmd->add_option("--moments", r.moments, "AdamW moments: f32 or bf16 (DeepSeek-V3's; rounded to BF16 when stored, on "
+                    "the CPU too; checkpoints keep F32 tensors) (f32)");
     cmd->add_option("--threads", run->threads, "threads for the GEMMs (0: every core; the results are the same bits)");
     auto device = std::make_shared<std::string>("cpu"), gemm = std::make_shared<std::string>("bf16");
     cmd->add_option("--device", *device, "cpu or cuda: where the training step runs (cpu)");
@@ -188,7 +190,7 @@ void register_train_commands(CLI::App& app) {
                                "--batch-ramp-tokens", "--lr", "--min-lr", "--warmup", "--decay-start",
                                "--seed", "--val-every", "--val-batches", "--save-every", "--clip-norm",
                                "--weight-decay", "--beta1", "--beta2", "--mtp-lambda", "--seq-aux-alpha",
-                               "--bias-gamma", "--init-std", "--save-dtype"})
+                               "--bias-gamma", "--init-std", "--save-dtype", "--moments"})
         if (cmd->count(flag) > 0) run->recipe_flags_given.push_back(flag);
       MOE_CHECK(*device == "cpu" || (parallel->dp <= 1 && !parallel->options.ep),
                 "train: --device {} trains on one GPU; --dp and --ep (data- and expert-parallel training) run on the "
@@ -216,9 +218,16 @@ void register_train_commands(CLI::App& app) {
     auto device = std::make_shared<std::string>("cpu"), gemm = std::make_shared<std::string>("bf16");
     cmd->add_option("--device", *device, "cpu (fraction of the FP32 GEMM rate) or cuda (of the BF16 GEMM rate)");
     cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16, fp8 or fp32 (bf16)");
+    cmd->add_option("--moments", o->moments, "AdamW moments: f32 or bf16 (f32)");
+    auto expert_gemm = std::make_shared<std::string>("grouped");
+    cmd->add_option("--expert-gemm", *expert_gemm, "--device cuda, bf16: the routed experts' GEMMs grouped (one cuBLAS "
+                    "grouped GEMM a product) or loop (one GEMM per expert) (grouped)");
+    cmd->add_flag("--profile", o->profile, "--device cuda: the device time of each op class (GEMMs, attention, MoE "
+                  "dispatch, elementwise, optimizer, host waits) over the timed steps");
     cmd->callback([=] {
-      const TrainDevice dev = make_train_device(*device, *gemm);
+      const TrainDevice dev = make_train_device(*device, *gemm, *expert_gemm);
       o->step = dev.step.get();
+      o->log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
       o->device = dev.name;
       o->device_gemm_gflops = dev.gemm_gflops;
       std::printf("%s\n", train::bench_json(train::run_train_bench(*o)).c_str());

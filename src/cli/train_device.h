@@ -19,6 +19,8 @@ struct TrainDevice {
 
 // Throws moe::Error naming the flag: an unknown device or GEMM type, cuda in a build without CUDA or on a machine
 // without a GPU.
-TrainDevice make_train_device(const std::string& device, const std::string& gemm);
+// expert_gemm: grouped (the routed experts' BF16 GEMMs as cuBLAS grouped GEMMs) or loop (one GEMM per expert).
+TrainDevice make_train_device(const std::string& device, const std::string& gemm,
+                              const std::string& expert_gemm = "grouped");
 
 }  // namespace moe::cli

@@ -5,6 +5,7 @@
 #include <random>
 #include <thread>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
@@ -12,6 +13,7 @@
 #include "core/thread_pool.h"
 #include "train/data.h"
 #include "train/device_step.h"
+#include "train/memory_plan.h"
 #include "train/model.h"
 #include "train/optimizer.h"
 
@@ -20,6 +22,7 @@ namespace moe::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr double kGiB = 1073741824.0;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
@@ -81,11 +84,29 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     }
   }();
   const ModelConfig config = ModelConfig::from_json(cfg, o.config_path);
-  if (o.step) o.step->check_fits(parameter_count(config));  // before the host copies of a model that cannot fit
-  TrainModel model = TrainModel::init(config, o.config_path, 1, 0.02);
+  MOE_CHECK(o.moments == "f32" || o.moments == "bf16", "train-bench: --moments is f32 or bf16, not {}", o.moments);
+  const bool bf16_moments = o.moments == "bf16";
   TrainBenchResult r;
+  r.moments = o.moments;
+  if (o.step) {
+    const DeviceMemoryPlan plan = device_memory_plan(config, o.batch, o.seq_len, bf16_moments);
+    r.plan_gib = plan.total() / kGiB, r.plan_params_gib = plan.arenas / kGiB;
+    r.plan_activations_gib = (plan.activations + plan.temporaries) / kGiB;
+    if (o.log)
+      o.log(fmt::format("train-bench: memory plan for {} x {}: {:.2f} GiB (arenas {:.2f}, kept activations {:.2f}, "
+                        "backward temporaries {:.2f})",
+                        o.batch, o.seq_len, r.plan_gib, r.plan_params_gib, plan.activations / kGiB,
+                        plan.temporaries / kGiB));
+    o.step->set_bf16_moments(bf16_moments);
+    o.step->check_fits(parameter_count(config));  // before the host copies of a model that cannot fit
+    // The device's GEMM rate before the model's arenas take its memory (its 8192^3 operands stay allocated).
+    if (o.device_gemm_gflops) r.gemm_gflops = o.device_gemm_gflops();
+  }
   r.threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
   ThreadPool pool(r.threads);
+  // On a device the host keeps only the values (the device's arenas hold the rest): train-mid's 10 B parameters
+  // would need 162 GB of host memory with gradients and moments.
+  TrainModel model = TrainModel::init(config, o.config_path, 1, 0.02, &pool, /*host_state=*/o.step == nullptr);
   model.pool = &pool;
   model.device = o.step;
   r.device = o.device;
@@ -94,7 +115,8 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   std::uniform_int_distribution<int32_t> id(1, int32_t(model.config.vocab_size) - 1);
   std::vector<int32_t> ids(size_t(o.batch * o.seq_len));
   const Objective obj;
-  const AdamW adamw;
+  AdamW adamw;
+  adamw.bf16_moments = bf16_moments;
   auto step = [&](int64_t s) {
     for (auto& x : ids) x = id(rng);
     model.zero_grad();
@@ -105,21 +127,31 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   };
   step(1);  // warm-up: allocations, first touches
   if (o.step) o.step->global_grad_norm(model);  // a device's queue drained (the norm reads back: a sync)
+  if (o.step && o.profile) o.step->set_profile(true);
   const auto t0 = Clock::now();
   for (int64_t s = 0; s < o.steps; ++s) step(s + 2);
   if (o.step) o.step->global_grad_norm(model);  // the last step's AdamW finished before the clock stops
   r.step_seconds = seconds_since(t0) / double(o.steps);
+  if (o.step) {
+    if (o.profile) {
+      r.profile_ms = o.step->profile_ms();
+      for (auto& [name, ms] : r.profile_ms) ms /= double(o.steps);
+      o.step->set_profile(false);
+    }
+    const DeviceMemory mem = o.step->memory();
+    r.free_before_gib = mem.free_before / kGiB, r.peak_used_gib = mem.peak_used / kGiB;
+  }
   r.tokens_per_step = o.batch * o.seq_len;
   r.tokens_per_s = double(r.tokens_per_step) / r.step_seconds;
   r.flops_per_token = train_flops_per_token(model.config, o.seq_len);
   r.train_gflops = r.flops_per_token * r.tokens_per_s / 1e9;
-  r.gemm_gflops = o.device_gemm_gflops ? o.device_gemm_gflops() : measure_gemm_gflops(r.threads);
+  if (!o.step || !o.device_gemm_gflops) r.gemm_gflops = measure_gemm_gflops(r.threads);
   r.fraction = r.train_gflops / r.gemm_gflops;
   return r;
 }
 
 std::string bench_json(const TrainBenchResult& r) {
-  return nlohmann::ordered_json{{"device", r.device},
+  nlohmann::ordered_json j{{"device", r.device},
                                 {"threads", r.threads},
                                 {"tokens_per_step", r.tokens_per_step},
                                 {"step_s", r.step_seconds},
@@ -127,8 +159,21 @@ std::string bench_json(const TrainBenchResult& r) {
                                 {"flops_per_token", r.flops_per_token},
                                 {"train_gflops", r.train_gflops},
                                 {"gemm_gflops", r.gemm_gflops},
-                                {"fraction_of_gemm", r.fraction}}
-      .dump();
+                                {"fraction_of_gemm", r.fraction},
+                                {"moments", r.moments}};
+  if (r.plan_gib > 0) {
+    j["memory_plan_gib"] = r.plan_gib;
+    j["memory_plan_arenas_gib"] = r.plan_params_gib;
+    j["memory_plan_activations_gib"] = r.plan_activations_gib;
+    j["memory_free_before_gib"] = r.free_before_gib;
+    j["memory_peak_used_gib"] = r.peak_used_gib;
+  }
+  if (!r.profile_ms.empty()) {
+    nlohmann::ordered_json p;
+    for (const auto& [name, ms] : r.profile_ms) p[name] = ms;
+    j["profile_ms_per_step"] = p;
+  }
+  return j.dump();
 }
 
 }  // namespace moe::train

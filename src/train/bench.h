@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "io/model_config.h"
 
@@ -21,6 +23,9 @@ struct TrainBenchOptions {
   DeviceStep* step = nullptr;
   std::string device = "cpu";
   std::function<double()> device_gemm_gflops;
+  std::string moments = "f32";  // AdamW moments: f32 or bf16 (AdamW::bf16_moments)
+  bool profile = false;         // a device's time by op class over the timed steps
+  std::function<void(const std::string&)> log;  // progress lines (the memory plan); null: none
 };
 
 struct TrainBenchResult {
@@ -33,6 +38,12 @@ struct TrainBenchResult {
   double train_gflops = 0;          // flops_per_token x tokens_per_s / 1e9
   double gemm_gflops = 0;           // the measured GEMM rate (CPU: FP32; a device: its own, e.g. BF16 on a GPU)
   double fraction = 0;              // train_gflops / gemm_gflops
+  std::string moments;
+  // A device's memory (GiB): the plan's estimate (train/memory_plan.h) printed before allocating, and what
+  // cudaMemGetInfo measured (free before the arenas, most in use during the steps).
+  double plan_gib = 0, plan_params_gib = 0, plan_activations_gib = 0;
+  double free_before_gib = 0, peak_used_gib = 0;
+  std::vector<std::pair<std::string, double>> profile_ms;  // per timed step, by op class (--profile)
 };
 
 TrainBenchResult run_train_bench(const TrainBenchOptions& options);

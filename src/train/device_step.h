@@ -9,12 +9,20 @@
 // correction biases are host-owned (moved by update_correction_biases from the loads the step reports) and sent
 // with every forward.
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "train/model.h"
 #include "train/optimizer.h"
 
 namespace moe::train {
+
+// What a step takes of the device's memory, from cudaMemGetInfo (bytes): free before the arenas were allocated,
+// and the most in use since then (arenas, activations, workspaces), sampled at the step's host syncs.
+struct DeviceMemory {
+  double total = 0, free_before = 0, peak_used = 0;
+};
 
 class DeviceStep {
  public:
@@ -30,8 +38,15 @@ class DeviceStep {
   virtual void pull(TrainModel& m) = 0;
   virtual void push(TrainModel& m) = 0;
   // Throws moe::Error, before anything is allocated, when `parameters` values with their gradients and two
-  // moments (16 bytes each) cannot fit in the device's free memory.
+  // moments (16 bytes each, 12 with BF16 moments) cannot fit in the device's free memory.
   virtual void check_fits(int64_t parameters) = 0;
+  // How the device stores the AdamW moments (AdamW::bf16_moments): set before the first step; adamw_step checks
+  // that its AdamW agrees.
+  virtual void set_bf16_moments(bool bf16) = 0;
+  virtual DeviceMemory memory() = 0;
+  // Device time by op class (the class's name, milliseconds) since set_profile(true), which zeroes it.
+  virtual void set_profile(bool on) = 0;
+  virtual std::vector<std::pair<std::string, double>> profile_ms() = 0;
 };
 
 }  // namespace moe::train

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "train/device_step.h"
 
@@ -47,8 +48,12 @@ void adamw_update(float* w, const float* g, float* m, float* v, size_t n, bool d
   const double decay = decay_on ? 1.0 - lr * opt.weight_decay : 1.0;
   for (size_t i = 0; i < n; ++i) {
     const double gi = double(g[i]) * clip_scale;
-    const double mi = opt.beta1 * double(m[i]) + (1.0 - opt.beta1) * gi;
-    const double vi = opt.beta2 * double(v[i]) + (1.0 - opt.beta2) * gi * gi;
+    double mi = opt.beta1 * double(m[i]) + (1.0 - opt.beta1) * gi;
+    double vi = opt.beta2 * double(v[i]) + (1.0 - opt.beta2) * gi * gi;
+    if (opt.bf16_moments) {  // stored as BF16 (via FP32, as a device computing in FP32 rounds them)
+      mi = double(bf16_to_float(float_to_bf16(float(mi))));
+      vi = double(bf16_to_float(float_to_bf16(float(vi))));
+    }
     m[i] = float(mi);
     v[i] = float(vi);
     const double update = (mi / bc1) / (std::sqrt(vi / bc2) + opt.eps);

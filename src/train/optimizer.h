@@ -11,6 +11,11 @@ namespace moe::train {
 
 struct AdamW {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  // DeepSeek-V3 keeps the moments in BF16: each new m and v is rounded to BF16 (nearest even) when stored and the
+  // update uses the stored values. The host keeps them in its float vectors (BF16-representable values, so a
+  // checkpoint's F32 moments hold them exactly); a device may store them in 2 bytes (12 bytes a parameter with
+  // FP32 values and gradients instead of 16).
+  bool bf16_moments = false;
 };
 
 // Learning rate at step s (1-based):

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "io/checkpoint.h"
 
 namespace moe::train {
@@ -55,6 +56,8 @@ struct Loader {
   TrainModel& m;
   uint64_t seed = 0;
   double init_std = 0.006;
+  bool host_state = true;
+  std::vector<Param*> drawn;  // fresh matrices, drawn after the structure is built (in parallel with a pool)
 
   Param* param(const std::string& name, Shape shape) {
     auto p = std::make_unique<Param>();
@@ -64,13 +67,16 @@ struct Loader {
       MOE_CHECK(ck->has(name), "{}: the checkpoint has no tensor {}", ck->dir(), name);
       p->w = to_f32(ck->get(name, shape), name, ck->file_of(name));
     } else if (shape.rank >= 2) {
-      p->w = normal_values(size_t(shape.numel()), init_std, seed, name);
+      drawn.push_back(p.get());
     } else {
       p->w.assign(size_t(shape.numel()), 1.f);  // RMSNorm weights start at one
     }
-    p->g.assign(p->w.size(), 0.f);
-    p->m.assign(p->w.size(), 0.f);
-    p->v.assign(p->w.size(), 0.f);
+    if (host_state) {
+      const size_t n = size_t(shape.numel());
+      p->g.assign(n, 0.f);
+      p->m.assign(n, 0.f);
+      p->v.assign(n, 0.f);
+    }
     p->decay = shape.rank >= 2;
     m.params.push_back(std::move(p));
     return m.params.back().get();
@@ -135,12 +141,13 @@ TrainModel TrainModel::load(const std::string& dir) {
   return build(ModelConfig::load(dir), dir + "/config.json", &ck, 0, 0);
 }
 
-TrainModel TrainModel::init(const ModelConfig& config, const std::string& source, uint64_t seed, double init_std) {
-  return build(config, source, nullptr, seed, init_std);
+TrainModel TrainModel::init(const ModelConfig& config, const std::string& source, uint64_t seed, double init_std,
+                            ThreadPool* pool, bool host_state) {
+  return build(config, source, nullptr, seed, init_std, pool, host_state);
 }
 
 TrainModel TrainModel::build(const ModelConfig& config, const std::string& source, const Checkpoint* ck, uint64_t seed,
-                             double init_std) {
+                             double init_std, ThreadPool* pool, bool host_state) {
   TrainModel m;
   m.config = config;
   const ModelConfig& c = m.config;
@@ -149,7 +156,7 @@ TrainModel TrainModel::build(const ModelConfig& config, const std::string& sourc
   MOE_CHECK(c.fp8_block_rows == 0, "{}: the trainer reads BF16/F32 checkpoints, not FP8", dir);
   MOE_CHECK(c.num_nextn_predict_layers <= 1, "{}: the trainer has one MTP depth, not {}", dir,
             c.num_nextn_predict_layers);
-  Loader ld{ck, m, seed, init_std};
+  Loader ld{ck, m, seed, init_std, host_state, {}};
   const int64_t D = c.hidden_size;
   m.embed = ld.param("model.embed_tokens.weight", {c.vocab_size, D});
   for (int64_t li = 0; li < c.num_hidden_layers; ++li) m.layers.push_back(ld.layer(li, c.is_moe_layer(li)));
@@ -165,6 +172,17 @@ TrainModel TrainModel::build(const ModelConfig& config, const std::string& sourc
     m.mtp_norm = ld.param(pre + "shared_head.norm.weight", {D});
     m.mtp_layer = ld.layer(L, c.is_moe_layer(L));
   }
+  auto draw = [&](int64_t i) {
+    Param* p = ld.drawn[size_t(i)];
+    p->w = normal_values(size_t(p->shape.numel()), init_std, seed, p->name);
+  };
+  const int64_t count = int64_t(ld.drawn.size());
+  if (pool)
+    pool->parallel_for(count, [&](int64_t lo, int64_t hi, int) {
+      for (int64_t i = lo; i < hi; ++i) draw(i);
+    });
+  else
+    for (int64_t i = 0; i < count; ++i) draw(i);
   return m;
 }
 

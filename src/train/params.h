@@ -99,14 +99,18 @@ struct TrainModel {
   // embed_tokens and shared_head.head are not separate parameters: the main model's are shared.
   static TrainModel load(const std::string& dir);
   // A fresh model of `config` (`source` names it in errors): matrices Normal(0, init_std) drawn from (seed,
-  // tensor name), RMSNorm weights 1, correction biases 0 (noaux_tc routers).
-  static TrainModel init(const ModelConfig& config, const std::string& source, uint64_t seed, double init_std);
+  // tensor name), RMSNorm weights 1, correction biases 0 (noaux_tc routers). `pool`: the tensors drawn in
+  // parallel (the same values). host_state false: no host gradients or moments (a device keeps them: they are
+  // zero there and pull() sizes the host copies), so a model whose 16 bytes a parameter exceed the host's memory
+  // (issue 11's mid-size MoE: 162 GB) can still be trained on a device.
+  static TrainModel init(const ModelConfig& config, const std::string& source, uint64_t seed, double init_std,
+                         ThreadPool* pool = nullptr, bool host_state = true);
   Param* find(const std::string& name) const;
   void zero_grad();
 
  private:
   static TrainModel build(const ModelConfig& config, const std::string& source, const Checkpoint* ck,
-                          uint64_t seed, double init_std);
+                          uint64_t seed, double init_std, ThreadPool* pool = nullptr, bool host_state = true);
 };
 
 }  // namespace moe::train

@@ -67,7 +67,7 @@ json recipe_json(const TrainRecipe& r) {
           {"adam_eps", r.adam_eps},     {"mtp_lambda", r.mtp_lambda}, {"seq_aux_alpha", r.seq_aux_alpha},
           {"bias_gamma", r.bias_gamma}, {"init_std", r.init_std},     {"save_dtype", r.save_dtype},
           {"micro_batch", r.micro_batch}, {"batch_ramp_start", r.batch_ramp_start},
-          {"batch_ramp_tokens", r.batch_ramp_tokens}};
+          {"batch_ramp_tokens", r.batch_ramp_tokens}, {"moments", r.moments}};
 }
 
 TrainRecipe recipe_from(const nlohmann::json& j) {
@@ -85,6 +85,7 @@ TrainRecipe recipe_from(const nlohmann::json& j) {
   r.micro_batch = j.value("micro_batch", int64_t(0));
   r.batch_ramp_start = j.value("batch_ramp_start", int64_t(0));
   r.batch_ramp_tokens = j.value("batch_ramp_tokens", int64_t(0));
+  r.moments = j.value("moments", std::string("f32"));  // states written before BF16 moments existed: F32
   return r;
 }
 
@@ -109,6 +110,7 @@ void check_recipe(const TrainRecipe& r) {
             "train: a hyper-parameter is out of range");
   MOE_CHECK(r.save_dtype == "f32" || r.save_dtype == "bf16", "train: --save-dtype is f32 or bf16, not {}",
             r.save_dtype);
+  MOE_CHECK(r.moments == "f32" || r.moments == "bf16", "train: --moments is f32 or bf16, not {}", r.moments);
 }
 
 // The directory a checkpoint path names: DIR itself when it has train_state.json, else DIR/`latest`.
@@ -243,6 +245,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   MOE_CHECK(!(run.device && run.comm), "train: --device cuda trains on one GPU; data- and expert-parallel training "
             "(--dp, --ep) runs on the CPU only");
   model.device = run.device;  // bound (uploaded) at its first step, after a resume has loaded the state
+  if (model.device) model.device->set_bf16_moments(R.moments == "bf16");
   MOE_CHECK(!run.data_dir.empty(), "train: --data is required");
   std::optional<DistributedTraining> dist;
   if (run.comm) {
@@ -277,7 +280,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     std::fprintf(stderr, "moe: note: %s/manifest.json has no validation shards; --val-every does nothing\n",
                  run.data_dir.c_str());
   const Objective obj{R.mtp_lambda, R.seq_aux_alpha};
-  const AdamW adamw{R.beta1, R.beta2, R.adam_eps, R.weight_decay};
+  const AdamW adamw{R.beta1, R.beta2, R.adam_eps, R.weight_decay, R.moments == "bf16"};
   LrSchedule sched;
   sched.lr = R.lr, sched.min_lr = R.min_lr, sched.warmup_steps = R.warmup;
   sched.decay_start = R.decay_start < 0 ? R.warmup : R.decay_start;

@@ -26,6 +26,7 @@ struct TrainRecipe {
   double mtp_lambda = 0.3, seq_aux_alpha = 1e-4, bias_gamma = 1e-3;
   double init_std = 0.006;
   std::string save_dtype = "f32";  // the model file's dtype: f32 or bf16 (F32 masters go to optimizer.safetensors)
+  std::string moments = "f32";     // AdamW moments: f32 or bf16 (AdamW::bf16_moments; the checkpoint stays F32)
 };
 
 struct TrainRun {

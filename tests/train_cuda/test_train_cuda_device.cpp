@@ -106,7 +106,7 @@ TEST(CudaDeviceStep, TinyTrainBf16MatchesCpuWithTheSameRounding) {
 }
 
 // Five whole steps of a fresh train-small model on random tokens, GPU vs the CPU trainer.
-void five_steps(GemmPrecision p, double loss_tol, const char* what) {
+void five_steps(GemmPrecision p, double loss_tol, const char* what, bool bf16_moments = false) {
   const uint64_t seed = uint64_t(std::chrono::system_clock::now().time_since_epoch().count());
   std::printf("%s: seed %llu\n", what, static_cast<unsigned long long>(seed));
   const std::string path = "bench/configs/train-small.json";
@@ -119,7 +119,8 @@ void five_steps(GemmPrecision p, double loss_tol, const char* what) {
   for (auto& ids : batches)
     for (auto& x : ids) x = id(rng);
   const Objective obj{0.3, 1e-3};
-  const AdamW adamw;
+  AdamW adamw;
+  adamw.bf16_moments = bf16_moments;
   ThreadPool pool(int(std::max(1u, std::thread::hardware_concurrency())));  // the CPU trainer's GEMM threads
   auto run = [&](DeviceStep* device) {
     TrainModel m = TrainModel::init(cfg, path, seed, 0.02);
@@ -136,6 +137,7 @@ void five_steps(GemmPrecision p, double loss_tol, const char* what) {
     return losses;
   };
   DeviceTrainer gpu(p);
+  gpu.set_bf16_moments(bf16_moments);
   const std::vector<double> g = run(&gpu), c = run(nullptr);
   double worst = 0;
   for (size_t s = 0; s < c.size(); ++s) {
@@ -150,6 +152,12 @@ void five_steps(GemmPrecision p, double loss_tol, const char* what) {
 TEST(CudaDeviceStep, RandomSmallModelFiveStepsBf16MatchCpu) {
   SKIP_WITHOUT_GPU();
   five_steps(GemmPrecision::Bf16, 1e-3, "train-small bf16");
+}
+
+// BF16 moments on both sides (the device's 2-byte arenas, the CPU's rounding emulation): the same bound.
+TEST(CudaDeviceStep, RandomSmallModelFiveStepsBf16MomentsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  five_steps(GemmPrecision::Bf16, 1e-3, "train-small bf16, bf16 moments", true);
 }
 
 TEST(CudaDeviceStep, RandomSmallModelFiveStepsFp32MatchCpu) {

@@ -13,7 +13,9 @@
 
 #include "train/cuda/device_trainer.h"
 #include "train/cuda/fp8_gemm.h"
+#include "train/cuda/grouped_gemm.h"
 #include "train/cuda/kernels.h"
+#include "train/cuda/step_profile.h"
 #include "train/layer.h"
 
 namespace moe::train::cuda {
@@ -54,7 +56,7 @@ struct DLayer {
 };
 
 struct DeviceTrainer::Impl {
-  explicit Impl(GemmPrecision p, int device) : cc(p, device), prec(p) {}
+  explicit Impl(GemmPrecision p, int device);
   ~Impl();
 
   CudaCompute cc;  // the stream, cuBLAS and its GEMM entry points
@@ -66,11 +68,24 @@ struct DeviceTrainer::Impl {
   }
   double bf16_flops = 0;         // prec == Fp8: the products left in BF16 (widths cuBLASLt's FP8 GEMM refuses)
   cudaStream_t stream() const { return cc.stream(); }
+  StepProfile prof;     // per-op-class device time (off unless set_profile)
+  GroupedGemm egemm;    // the routed experts' grouped GEMMs (BF16)
+  bool grouped_experts = true;  // BF16: the experts' GEMMs grouped (egemm); false, or another precision: one
+                                // mm/mm_bwd per expert (the reference the grouped path is tested against)
+  bool use_grouped() const { return grouped_experts && prec == GemmPrecision::Bf16; }
+  size_t mem_free_at_bind = 0, mem_free_min = 0;  // cudaMemGetInfo: before the arenas, the lowest since
+  void note_free_memory();
 
   // ---- parameters (device_trainer.cpp)
   TrainModel* bound = nullptr;
-  float *W = nullptr, *G = nullptr, *M = nullptr, *V = nullptr;  // arenas of `total` floats
+  float *W = nullptr, *G = nullptr;  // arenas of `total` floats
+  void *M = nullptr, *V = nullptr;   // arenas of `total` floats, or BF16 values (bf16_moments)
+  bool bf16_moments = false;
   int64_t total = 0;
+  size_t moment_bytes() const { return bf16_moments ? 2 : 4; }
+  void* moment_at(void* arena, int64_t o) const { return static_cast<char*>(arena) + size_t(o) * moment_bytes(); }
+  void upload_moment(void* arena, int64_t o, const std::vector<float>& host);  // converts to BF16 when stored so
+  void download_moment(std::vector<float>& host, const void* arena, int64_t o);  // syncs
   std::unordered_map<const Param*, int64_t> offset;
   void bind(TrainModel& m);  // no-op when m is already bound
   float* w(const Param* p) { return W + offset.at(p); }
@@ -116,6 +131,14 @@ struct DeviceTrainer::Impl {
                    int64_t b, int64_t t, float* out);
   void moe_backward(float* dx, const float* dout, const DMoe& A, const LayerParams& P, const LayerContext& ctx,
                     const float* x, int64_t b, int64_t t);
+  // device_experts.cpp: the routed experts' FFN over the expert-sorted rows, forward (A.experts, A.eout) and
+  // backward (dxs, the experts' weight gradients), as grouped BF16 GEMMs (use_grouped) or one GEMM per expert.
+  void experts_forward(DMoe& A, const LayerParams& P, const std::string& key, int64_t D, int64_t F);
+  void experts_backward(float* dxs, const float* dys, const DMoe& A, const LayerParams& P, int64_t D, int64_t F);
+  // BF16 copies of every routed expert's {gate, up, down} of a layer in one buffer (one conversion when they lie
+  // together in the arena): [3 E] pointers, expert e's gate, up, down at 3e, 3e + 1, 3e + 2.
+  std::vector<const uint16_t*> expert_weights_bf16(const LayerParams& P);
+  const uint16_t* bf16_copy(const char* slot, const float* src, int64_t count);
   void rmsnorm(float* y, float* rstd, const float* x, const Param* w, int64_t n, int64_t d, double eps);
   void rope_apply(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim, int64_t off, float sign);
   int next_aux_slot = 0;

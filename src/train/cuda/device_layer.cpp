@@ -1,6 +1,7 @@
 // One decoder layer on the device, forward with kept activations and backward: layer.cpp and ffn.cpp's maths
 // over device buffers (see those files for the formulas). Backward ops add into their gradients, as there.
 #include <algorithm>
+#include <optional>
 
 #include "core/error.h"
 #include "train/cuda/device_impl.h"
@@ -78,10 +79,12 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   mm(A.kv, A.c, w(W.kv_b), n, r, H * (dn + dv), false);
   A.probs = f32(key + "probs", b * H * t * t);
   A.att = f32(key + "att", n * H * dv);
+  prof.enter(OpClass::Attention);
   MOE_CHECK(attention_forward_gemm(cc.blas(), A.att, A.probs, A.q, A.kv, A.kr,
                                    AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s),
             "cuda train: attention's cuBLAS GEMMs failed");
   check_cuda(cudaGetLastError(), "attention_forward");
+  prof.enter(OpClass::Other);
   A.h = f32(key + "h", n * D);
   mm(A.h, A.att, w(W.o_proj), n, H * dv, D, false);
   add_strided(A.h, n * D, x, n * D, n * D, 1, s);
@@ -120,10 +123,12 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   float* dkv = zeros("tmp.dkv", n * H * (dn + dv));
   float* dkr = zeros("tmp.dkr", n * dr);
   float* ds = f32("tmp.ds", b * H * t * t);
+  prof.enter(OpClass::Attention);
   MOE_CHECK(attention_backward_gemm(cc.blas(), dq_, dkv, dkr, ds, datt, A.probs, A.q, A.kv, A.kr,
                                     AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s),
             "cuda train: attention's cuBLAS GEMMs failed");
   check_cuda(cudaGetLastError(), "attention_backward");
+  prof.enter(OpClass::Other);
   // kv path
   float* dc = f32("tmp.dc", n * r);
   mm_bwd(dc, g(W.kv_b), dkv, A.c, w(W.kv_b), n, r, H * (dn + dv), false, false);
@@ -195,12 +200,17 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
     bias = f32(key + "bias", E);
     upload(bias, P.bias->value.data(), size_t(E) * 4);
   }
-  router_forward(A.scores, A.chosen, A.weights, A.denom, A.logits, bias, n, ra, s);
-  check_cuda(cudaGetLastError(), "router_forward");
+  {
+    const ProfScope scope(prof, OpClass::Router);
+    router_forward(A.scores, A.chosen, A.weights, A.denom, A.logits, bias, n, ra, s);
+    check_cuda(cudaGetLastError(), "router_forward");
+  }
   // The routing comes back (one sync): sorted by expert on the host, tokens in order within an expert, as ffn.cpp.
+  std::optional<ProfScope> wait(std::in_place, prof, OpClass::HostWait);
   A.host_chosen.resize(size_t(nk));
   check_cuda(cudaMemcpyAsync(A.host_chosen.data(), A.chosen, size_t(nk) * 4, cudaMemcpyDeviceToHost, s), "download");
   check_cuda(cudaStreamSynchronize(s), "routing");
+  prof.collect();
   A.load.assign(size_t(E), 0);
   for (int32_t e : A.host_chosen) {
     MOE_CHECK(e >= 0 && e < E, "cuda train: the router chose expert {} of {}", e, E);
@@ -225,23 +235,16 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
   upload(A.rows, A.host_rows.data(), size_t(nk) * 4);
   upload(A.slots, A.host_slots.data(), size_t(nk) * 4);
   upload(A.pos, A.host_pos.data(), size_t(nk) * 4);
+  wait.reset();
   A.xs = f32(key + "xs", nk * D);
   A.eout = f32(key + "eout", nk * D);
+  prof.enter(OpClass::MoeDispatch);
   moe_gather(A.xs, x, A.rows, nk, D, s);
-  A.experts.x = A.xs;
-  A.experts.gate = f32(key + "egate", nk * F);
-  A.experts.up = f32(key + "eup", nk * F);
-  A.experts.act = f32(key + "eact", nk * F);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
-    if (m == 0) continue;
-    const MlpParams& ep = P.experts[size_t(e)];
-    mm(A.experts.gate + o * F, A.xs + o * D, w(ep.gate), m, D, F, false);
-    mm(A.experts.up + o * F, A.xs + o * D, w(ep.up), m, D, F, false);
-    swiglu_forward(A.experts.act + o * F, A.experts.gate + o * F, A.experts.up + o * F, m * F, s);
-    mm(A.eout + o * D, A.experts.act + o * F, w(ep.down), m, F, D, false);
-  }
+  prof.enter(OpClass::Other);
+  experts_forward(A, P, key, D, F);
+  prof.enter(OpClass::MoeDispatch);
   moe_combine(out, A.eout, A.pos, A.weights, n, K, D, s);
+  prof.enter(OpClass::Other);
   if (P.shared.present()) {
     float* so = f32(key + "shared_out", n * D);
     mlp_forward(A.shared, P.shared, key + "shared.", x, n, so);
@@ -250,6 +253,7 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
   A.aux_slot = -1;
   if (ctx.seq_aux_alpha > 0) {
     A.frac = f32(key + "frac", b * E);
+    const ProfScope scope(prof, OpClass::Router);
     balance_fractions(A.frac, A.chosen, b, t, ra, s);
     float* terms = f32("tmp.aux_terms", n);
     balance_terms(terms, A.scores, A.frac, b, t, ra, ctx.seq_aux_alpha, s);
@@ -268,25 +272,19 @@ void DeviceTrainer::Impl::moe_backward(float* dx, const float* dout, const DMoe&
   if (P.shared.present()) mlp_backward(dx, dout, A.shared, P.shared, n);
   float* dys = f32("tmp.moe_dy", nk * D);
   float* dweights = f32("tmp.moe_dweights", nk);
+  prof.enter(OpClass::MoeDispatch);
   moe_expert_dout(dys, dweights, dout, A.eout, A.rows, A.slots, A.weights, nk, K, D, s);
+  prof.enter(OpClass::Other);
   float* dxs = zeros("tmp.moe_dxs", nk * D);
-  float* dact = f32("tmp.moe_dact", nk * F);
-  float* dgate = zeros("tmp.moe_dgate", nk * F);
-  float* dup = zeros("tmp.moe_dup", nk * F);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
-    if (m == 0) continue;
-    const MlpParams& ep = P.experts[size_t(e)];
-    mm_bwd(dact + o * F, g(ep.down), dys + o * D, A.experts.act + o * F, w(ep.down), m, F, D, false, false);
-    swiglu_backward(dgate + o * F, dup + o * F, dact + o * F, A.experts.gate + o * F, A.experts.up + o * F, m * F, s);
-    mm_bwd(dxs + o * D, g(ep.gate), dgate + o * F, A.xs + o * D, w(ep.gate), m, D, F, false);
-    mm_bwd(dxs + o * D, g(ep.up), dup + o * F, A.xs + o * D, w(ep.up), m, D, F, false);
-  }
+  experts_backward(dxs, dys, A, P, D, F);
+  prof.enter(OpClass::MoeDispatch);
   moe_scatter_add(dx, dxs, A.pos, n, K, D, s);
   const RouterArgs ra = router_args(ctx.router);
   float* dlogits = f32("tmp.moe_dlogits", n * E);
+  prof.enter(OpClass::Router);
   router_backward(dlogits, dweights, A.scores, A.chosen, A.denom, ctx.seq_aux_alpha > 0 ? A.frac : nullptr, b, t, ra,
                   ctx.seq_aux_alpha, s);
+  prof.enter(OpClass::Other);
   mm_bwd(dx, g(P.router), dlogits, x, w(P.router), n, D, E, true);
   check_cuda(cudaGetLastError(), "moe_backward");
 }

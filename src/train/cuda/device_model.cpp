@@ -56,8 +56,10 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   A.targets1 = i32("targets1", n1);
   upload(A.targets1, tg1.data(), tg1.size() * 4);
   A.loss1 = f32("loss1", n1);
+  prof.enter(OpClass::Loss);
   cross_entropy(A.logits1, A.loss1, A.targets1, n1, V, float(1.0 / d1), s);
   check_cuda(cudaGetLastError(), "cross_entropy");
+  prof.enter(OpClass::Other);
   sum_into(0, A.loss1, n1, false);
 
   double d2 = 1;
@@ -95,8 +97,10 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     A.targets2 = i32("targets2", n2);
     upload(A.targets2, tg2.data(), tg2.size() * 4);
     A.loss2 = f32("loss2", n2);
+    prof.enter(OpClass::Loss);
     cross_entropy(A.logits2, A.loss2, A.targets2, n2, V, float(obj.mtp_lambda / d2), s);
     check_cuda(cudaGetLastError(), "cross_entropy");
+    prof.enter(OpClass::Other);
     sum_into(1, A.loss2, n2, false);
   }
   const std::vector<double> sc = read_scalars(next_aux_slot);

@@ -5,7 +5,9 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdio>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "train/cuda/device_impl.h"
 
@@ -31,10 +33,24 @@ void* device_alloc(size_t bytes, const std::string& what) {
 }
 }  // namespace
 
+DeviceTrainer::Impl::Impl(GemmPrecision p, int device)
+    : cc(p, device),
+      prec(p),
+      prof(cc.stream()),
+      egemm(
+          cc.blas(), cc.stream(), [this](size_t bytes) { return raw("grouped.ptrs", bytes); },
+          [](const std::string& line) { std::fprintf(stderr, "moe: note: %s\n", line.c_str()); }) {}
+
+void DeviceTrainer::Impl::note_free_memory() {
+  size_t free = 0, total_mem = 0;
+  check_cuda(cudaMemGetInfo(&free, &total_mem), "cudaMemGetInfo");
+  if (mem_free_min == 0 || free < mem_free_min) mem_free_min = free;
+}
+
 DeviceTrainer::Impl::~Impl() {
   for (auto& [key, buf] : buffers)
     if (buf.first) cudaFree(buf.first);
-  for (float* p : {W, G, M, V})
+  for (void* p : {static_cast<void*>(W), static_cast<void*>(G), M, V})
     if (p) cudaFree(p);
   if (scalars) cudaFree(scalars);
   if (sum_scratch) cudaFree(sum_scratch);
@@ -70,18 +86,27 @@ void DeviceTrainer::Impl::sum_into(int slot, const float* x, int64_t count, bool
 }
 
 std::vector<double> DeviceTrainer::Impl::read_scalars(int count) {
+  const ProfScope scope(prof, OpClass::HostWait);
   std::vector<double> out(static_cast<size_t>(count));
   check_cuda(cudaMemcpyAsync(out.data(), scalars, size_t(count) * sizeof(double), cudaMemcpyDeviceToHost, stream()),
              "download");
   check_cuda(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
+  prof.collect();
+  note_free_memory();
   return out;
 }
 
 void DeviceTrainer::Impl::bind(TrainModel& m) {
   if (bound == &m) return;
-  for (float* p : {W, G, M, V})
+  for (void* p : {static_cast<void*>(W), static_cast<void*>(G), M, V})
     if (p) check_cuda(cudaFree(p), "cudaFree");
-  W = G = M = V = nullptr;
+  W = G = nullptr;
+  M = V = nullptr;
+  {
+    size_t total_mem = 0;
+    check_cuda(cudaMemGetInfo(&mem_free_at_bind, &total_mem), "cudaMemGetInfo");
+    mem_free_min = mem_free_at_bind;
+  }
   offset.clear();
   total = 0;
   for (const auto& p : m.params) {
@@ -91,22 +116,50 @@ void DeviceTrainer::Impl::bind(TrainModel& m) {
   const size_t bytes = size_t(total) * sizeof(float);
   W = static_cast<float*>(device_alloc(bytes, fmt::format("the parameters ({} values)", total)));
   G = static_cast<float*>(device_alloc(bytes, "the gradients"));
-  M = static_cast<float*>(device_alloc(bytes, "the AdamW first moments"));
-  V = static_cast<float*>(device_alloc(bytes, "the AdamW second moments"));
+  const size_t mbytes = size_t(total) * moment_bytes();
+  M = device_alloc(mbytes, bf16_moments ? "the AdamW first moments (BF16)" : "the AdamW first moments");
+  V = device_alloc(mbytes, bf16_moments ? "the AdamW second moments (BF16)" : "the AdamW second moments");
   if (!scalars) scalars = static_cast<double*>(device_alloc(kScalars * sizeof(double), "the step's scalars"));
   if (!sum_scratch)
     sum_scratch = static_cast<double*>(device_alloc(size_t(sum_scratch_doubles()) * sizeof(double), "the sums"));
   bound = &m;
   shape_t = -1;
   if (f8) f8->new_weights();
+  // A model without host state (TrainModel::init's host_state false) starts with zero gradients and moments.
+  check_cuda(cudaMemsetAsync(G, 0, bytes, stream()), "cudaMemsetAsync");
+  check_cuda(cudaMemsetAsync(M, 0, size_t(total) * moment_bytes(), stream()), "cudaMemsetAsync");
+  check_cuda(cudaMemsetAsync(V, 0, size_t(total) * moment_bytes(), stream()), "cudaMemsetAsync");
   for (const auto& p : m.params) {  // push, with the host's gradients (zero for a fresh model)
     const size_t b = p->w.size() * sizeof(float);
     upload(W + offset[p.get()], p->w.data(), b);
     if (p->g.size() == p->w.size()) upload(G + offset[p.get()], p->g.data(), b);
-    upload(M + offset[p.get()], p->m.data(), b);
-    upload(V + offset[p.get()], p->v.data(), b);
+    if (p->m.size() == p->w.size()) upload_moment(M, offset[p.get()], p->m);
+    if (p->v.size() == p->w.size()) upload_moment(V, offset[p.get()], p->v);
   }
   check_cuda(cudaStreamSynchronize(stream()), "bind");
+}
+
+void DeviceTrainer::Impl::upload_moment(void* arena, int64_t o, const std::vector<float>& host) {
+  if (!bf16_moments) {
+    upload(moment_at(arena, o), host.data(), host.size() * 4);
+    return;
+  }
+  std::vector<uint16_t> b(host.size());  // nearest even: exact for moments a BF16 run wrote
+  for (size_t i = 0; i < host.size(); ++i) b[i] = float_to_bf16(host[i]);
+  upload(moment_at(arena, o), b.data(), b.size() * 2);
+  check_cuda(cudaStreamSynchronize(stream()), "upload");  // b leaves scope
+}
+
+void DeviceTrainer::Impl::download_moment(std::vector<float>& host, const void* arena, int64_t o) {
+  const void* src = static_cast<const char*>(arena) + size_t(o) * moment_bytes();
+  if (!bf16_moments) {
+    check_cuda(cudaMemcpyAsync(host.data(), src, host.size() * 4, cudaMemcpyDeviceToHost, stream()), "pull");
+    return;
+  }
+  std::vector<uint16_t> b(host.size());
+  check_cuda(cudaMemcpyAsync(b.data(), src, b.size() * 2, cudaMemcpyDeviceToHost, stream()), "pull");
+  check_cuda(cudaStreamSynchronize(stream()), "pull");
+  for (size_t i = 0; i < host.size(); ++i) host[i] = bf16_to_float(b[i]);
 }
 
 const void* DeviceTrainer::Impl::operand(const char* slot, const float* src, int64_t count, GemmPrecision p) {
@@ -119,6 +172,7 @@ const void* DeviceTrainer::Impl::operand(const char* slot, const float* src, int
 
 void DeviceTrainer::Impl::mm(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32) {
   if (n == 0 || m == 0) return;
+  const ProfScope scope(prof, OpClass::Gemm);
   GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
   if (p == GemmPrecision::Fp8) {
     if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, x, w, n, k, m);
@@ -131,6 +185,7 @@ void DeviceTrainer::Impl::mm(float* y, const float* x, const float* w, int64_t n
 void DeviceTrainer::Impl::mm_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
                                  int64_t k, int64_t m, bool fp32, bool add_dx) {
   if (n == 0 || m == 0) return;
+  const ProfScope scope(prof, OpClass::Gemm);
   GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
   if (p == GemmPrecision::Fp8) {  // the FP8 products here, the others in BF16 below
     float* dx8 = dx && fp8().dgrad_ok(n, k, m) ? dx : nullptr;
@@ -196,11 +251,17 @@ void DeviceTrainer::scale_gradients(TrainModel& m, double s) {
 
 double DeviceTrainer::global_grad_norm(TrainModel& m) {
   impl_->bind(m);
-  impl_->sum_into(0, impl_->G, impl_->total, true);
+  {
+    const ProfScope scope(impl_->prof, OpClass::Optimizer);
+    impl_->sum_into(0, impl_->G, impl_->total, true);
+  }
   return std::sqrt(impl_->read_scalars(1)[0]);
 }
 
 StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, double clip_norm, int64_t step) {
+  MOE_CHECK(opt.bf16_moments == impl_->bf16_moments,
+            "train on cuda: the optimiser's moments are {} but the device stores them in {} (set_bf16_moments)",
+            opt.bf16_moments ? "bf16" : "f32", impl_->bf16_moments ? "bf16" : "f32");
   StepStats st;
   st.lr = lr;
   st.grad_norm = global_grad_norm(m);
@@ -215,10 +276,16 @@ StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, 
   a.bc1 = float(1.0 - std::pow(opt.beta1, double(step)));
   a.bc2 = float(1.0 - std::pow(opt.beta2, double(step)));
   Impl& I = *impl_;
+  const ProfScope scope(I.prof, OpClass::Optimizer);
   for (const auto& p : m.params) {
     a.decay = p->decay ? float(1.0 - lr * opt.weight_decay) : 1.0f;
     const int64_t o = I.offset.at(p.get());
-    adamw_update(I.W + o, I.G + o, I.M + o, I.V + o, int64_t(p->w.size()), a, I.stream());
+    if (I.bf16_moments)
+      adamw_update_bf16(I.W + o, I.G + o, static_cast<uint16_t*>(I.M) + o, static_cast<uint16_t*>(I.V) + o,
+                        int64_t(p->w.size()), a, I.stream());
+    else
+      adamw_update(I.W + o, I.G + o, static_cast<float*>(I.M) + o, static_cast<float*>(I.V) + o,
+                   int64_t(p->w.size()), a, I.stream());
   }
   check_cuda(cudaGetLastError(), "adamw_update");
   if (I.f8) I.f8->new_weights();  // the FP8 copies of the weights are quantised again at their next use
@@ -232,10 +299,12 @@ void DeviceTrainer::pull(TrainModel& m) {
     const size_t bytes = p->w.size() * sizeof(float);
     const int64_t o = I.offset.at(p.get());
     p->g.resize(p->w.size());
+    p->m.resize(p->w.size());
+    p->v.resize(p->w.size());
     check_cuda(cudaMemcpyAsync(p->w.data(), I.W + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
     check_cuda(cudaMemcpyAsync(p->g.data(), I.G + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
-    check_cuda(cudaMemcpyAsync(p->m.data(), I.M + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
-    check_cuda(cudaMemcpyAsync(p->v.data(), I.V + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
+    I.download_moment(p->m, I.M, o);
+    I.download_moment(p->v, I.V, o);
   }
   check_cuda(cudaStreamSynchronize(I.stream()), "pull");
 }
@@ -243,11 +312,45 @@ void DeviceTrainer::pull(TrainModel& m) {
 void DeviceTrainer::check_fits(int64_t parameters) {
   size_t free = 0, total = 0;
   check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-  const double need = double(parameters) * 16.0;
+  const double need = double(parameters) * (8.0 + 2.0 * double(impl_->moment_bytes()));
   MOE_CHECK(need + double(kHeadroom) <= double(free),
-            "train on cuda: {} parameters need {:.1f} GiB for their values, gradients and AdamW moments (FP32), and "
-            "{:.1f} GiB of {:.1f} GiB are free on the device: this model does not fit on one GPU",
-            parameters, need / 1073741824.0, double(free) / 1073741824.0, double(total) / 1073741824.0);
+            "train on cuda: {} parameters need {:.1f} GiB for their values, gradients (FP32) and AdamW moments ({}), "
+            "and {:.1f} GiB of {:.1f} GiB are free on the device: this model does not fit on one GPU{}",
+            parameters, need / 1073741824.0, impl_->bf16_moments ? "BF16" : "FP32", double(free) / 1073741824.0,
+            double(total) / 1073741824.0, impl_->bf16_moments ? "" : " (--moments bf16 needs 12 bytes a parameter)");
+}
+
+void DeviceTrainer::set_bf16_moments(bool bf16) {
+  if (impl_->bf16_moments == bf16) return;
+  MOE_CHECK(!impl_->bound, "train on cuda: the moments' storage changes before the first step only");
+  impl_->bf16_moments = bf16;
+}
+
+DeviceMemory DeviceTrainer::memory() {
+  size_t free = 0, total = 0;
+  check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+  impl_->note_free_memory();
+  DeviceMemory r;
+  r.total = double(total);
+  r.free_before = double(impl_->mem_free_at_bind);
+  r.peak_used = impl_->mem_free_at_bind ? double(impl_->mem_free_at_bind) - double(impl_->mem_free_min) : 0.0;
+  return r;
+}
+
+void DeviceTrainer::set_profile(bool on) {
+  impl_->prof.set_enabled(on);
+  impl_->prof.reset();
+}
+
+std::vector<std::pair<std::string, double>> DeviceTrainer::profile_ms() {
+  impl_->cc.sync();
+  impl_->prof.collect();
+  return impl_->prof.milliseconds();
+}
+
+void DeviceTrainer::set_grouped_experts(bool on) {
+  impl_->grouped_experts = on;
+  impl_->egemm.set_grouped(on);
 }
 
 void DeviceTrainer::push(TrainModel& m) {

@@ -44,6 +44,12 @@ class DeviceTrainer final : public DeviceStep {
   void pull(TrainModel& m) override;
   void push(TrainModel& m) override;
   void check_fits(int64_t parameters) override;
+  void set_bf16_moments(bool bf16) override;
+  DeviceMemory memory() override;
+  void set_profile(bool on) override;
+  std::vector<std::pair<std::string, double>> profile_ms() override;
+  // BF16: the routed experts' GEMMs as grouped GEMMs (true, the default) or one GEMM per expert (the reference).
+  void set_grouped_experts(bool on);
 
   struct Impl;
 

@@ -69,6 +69,9 @@ struct AdamWArgs {
   float clip = 1, lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, decay = 1, bc1 = 1, bc2 = 1;
 };
 void adamw_update(float* w, const float* g, float* m, float* v, int64_t count, const AdamWArgs& a, cudaStream_t s);
+// The same with BF16 moments (AdamW::bf16_moments): m and v rounded to BF16 when stored, the update from them.
+void adamw_update_bf16(float* w, const float* g, uint16_t* m, uint16_t* v, int64_t count, const AdamWArgs& a,
+                       cudaStream_t s);
 
 // elementwise.cu: dst[y * dst_pitch + x] += src[y * src_pitch + x] for x < width, y < height (floats);
 // x *= factor; *out = sum of x (or of its squares) in double, in a fixed order (deterministic), through

@@ -1,0 +1,147 @@
+// The routed experts' FFN on the device over the expert-sorted rows (device_layer.cpp's moe_forward gathers them:
+// expert e's rows are offsets[e] .. offsets[e+1] of xs [nK, D]). Two paths with the same maths (ffn.cpp's):
+//  - grouped (BF16, the default): xs, act and the gradients are rounded to BF16 once for all experts, the layer's
+//    expert weights once into one buffer, and each product is one grouped GEMM over the experts
+//    (grouped_gemm.h): gate and up together, down; in the backward dact, dW_down, dxs (gate then up: they share
+//    their output) and dW_gate with dW_up. SwiGLU and its backward run once over all rows.
+//  - per expert (any precision; FP8 composes here): one mm / mm_bwd per expert and product, the reference the
+//    grouped path is tested against (the operands are the same BF16 values; only the FP32 summation order of
+//    cuBLAS's kernels may differ).
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "train/cuda/device_impl.h"
+
+namespace moe::train::cuda {
+
+const uint16_t* DeviceTrainer::Impl::bf16_copy(const char* slot, const float* src, int64_t count) {
+  auto* b = static_cast<uint16_t*>(raw(slot, size_t(std::max<int64_t>(count, 1)) * sizeof(uint16_t)));
+  to_bf16(b, src, count, stream());
+  check_cuda(cudaGetLastError(), "to_bf16");
+  return b;
+}
+
+std::vector<const uint16_t*> DeviceTrainer::Impl::expert_weights_bf16(const LayerParams& P) {
+  const size_t E = P.experts.size();
+  std::vector<const Param*> ps;
+  ps.reserve(3 * E);
+  for (const MlpParams& e : P.experts) ps.insert(ps.end(), {e.gate, e.up, e.down});
+  int64_t lo = offset.at(ps[0]), hi = lo, sum = 0;
+  for (const Param* p : ps) {
+    const int64_t o = offset.at(p), c = int64_t(p->w.size());
+    lo = std::min(lo, o), hi = std::max(hi, o + c), sum += c;
+  }
+  std::vector<const uint16_t*> out(ps.size());
+  if (hi - lo == sum) {  // the arena holds exactly these, in some order: one conversion
+    const uint16_t* b = bf16_copy("bf.experts", W + lo, sum);
+    for (size_t i = 0; i < ps.size(); ++i) out[i] = b + (offset.at(ps[i]) - lo);
+    return out;
+  }
+  auto* b = static_cast<uint16_t*>(raw("bf.experts", size_t(sum) * sizeof(uint16_t)));
+  int64_t at = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const int64_t c = int64_t(ps[i]->w.size());
+    to_bf16(b + at, w(ps[i]), c, stream());
+    out[i] = b + at;
+    at += c;
+  }
+  check_cuda(cudaGetLastError(), "to_bf16");
+  return out;
+}
+
+void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const std::string& key, int64_t D,
+                                          int64_t F) {
+  const cudaStream_t s = stream();
+  const int64_t E = int64_t(P.experts.size()), nk = A.offsets[size_t(E)];
+  A.experts.x = A.xs;
+  A.experts.gate = f32(key + "egate", nk * F);
+  A.experts.up = f32(key + "eup", nk * F);
+  A.experts.act = f32(key + "eact", nk * F);
+  if (!use_grouped()) {
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
+      if (m == 0) continue;
+      const MlpParams& ep = P.experts[size_t(e)];
+      mm(A.experts.gate + o * F, A.xs + o * D, w(ep.gate), m, D, F, false);
+      mm(A.experts.up + o * F, A.xs + o * D, w(ep.up), m, D, F, false);
+      swiglu_forward(A.experts.act + o * F, A.experts.gate + o * F, A.experts.up + o * F, m * F, s);
+      mm(A.eout + o * D, A.experts.act + o * F, w(ep.down), m, F, D, false);
+    }
+    return;
+  }
+  const ProfScope scope(prof, OpClass::Gemm);
+  const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
+  const uint16_t* xb = bf16_copy("bf.ex_x", A.xs, nk * D);
+  std::vector<GemmProblem> gu, down;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
+    gu.push_back({A.experts.gate + o * F, xb + o * D, wb[size_t(3 * e)], m});
+    gu.push_back({A.experts.up + o * F, xb + o * D, wb[size_t(3 * e + 1)], m});
+  }
+  egemm.run(GemmKind::Nt, gu, D, F, 0.0f);
+  {
+    const ProfScope other(prof, OpClass::Other);
+    swiglu_forward(A.experts.act, A.experts.gate, A.experts.up, nk * F, s);
+  }
+  const uint16_t* ab = bf16_copy("bf.ex_act", A.experts.act, nk * F);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
+    down.push_back({A.eout + o * D, ab + o * F, wb[size_t(3 * e + 2)], m});
+  }
+  egemm.run(GemmKind::Nt, down, F, D, 0.0f);
+}
+
+void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const DMoe& A, const LayerParams& P,
+                                           int64_t D, int64_t F) {
+  const cudaStream_t s = stream();
+  const int64_t E = int64_t(P.experts.size()), nk = A.offsets[size_t(E)];
+  float* dact = f32("tmp.moe_dact", nk * F);
+  float* dgate = zeros("tmp.moe_dgate", nk * F);
+  float* dup = zeros("tmp.moe_dup", nk * F);
+  if (!use_grouped()) {
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
+      if (m == 0) continue;
+      const MlpParams& ep = P.experts[size_t(e)];
+      mm_bwd(dact + o * F, g(ep.down), dys + o * D, A.experts.act + o * F, w(ep.down), m, F, D, false, false);
+      swiglu_backward(dgate + o * F, dup + o * F, dact + o * F, A.experts.gate + o * F, A.experts.up + o * F, m * F,
+                      s);
+      mm_bwd(dxs + o * D, g(ep.gate), dgate + o * F, A.xs + o * D, w(ep.gate), m, D, F, false);
+      mm_bwd(dxs + o * D, g(ep.up), dup + o * F, A.xs + o * D, w(ep.up), m, D, F, false);
+    }
+    return;
+  }
+  const ProfScope scope(prof, OpClass::Gemm);
+  const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
+  const uint16_t* dyb = bf16_copy("bf.ex_dy", dys, nk * D);
+  const uint16_t* ab = bf16_copy("bf.ex_act", A.experts.act, nk * F);
+  std::vector<GemmProblem> pa, pw;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
+    pa.push_back({dact + o * F, dyb + o * D, wb[size_t(3 * e + 2)], m});
+    pw.push_back({g(P.experts[size_t(e)].down), dyb + o * D, ab + o * F, m});
+  }
+  egemm.run(GemmKind::Nn, pa, F, D, 0.0f);
+  egemm.run(GemmKind::Tn, pw, F, D, 1.0f);
+  {
+    const ProfScope other(prof, OpClass::Other);
+    swiglu_backward(dgate, dup, dact, A.experts.gate, A.experts.up, nk * F, s);
+  }
+  const uint16_t* gb = bf16_copy("bf.ex_dgate", dgate, nk * F);
+  const uint16_t* ub = bf16_copy("bf.ex_dup", dup, nk * F);
+  const uint16_t* xb = bf16_copy("bf.ex_x", A.xs, nk * D);
+  std::vector<GemmProblem> dg, du, dw;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
+    const MlpParams& ep = P.experts[size_t(e)];
+    dg.push_back({dxs + o * D, gb + o * F, wb[size_t(3 * e)], m});
+    du.push_back({dxs + o * D, ub + o * F, wb[size_t(3 * e + 1)], m});
+    dw.push_back({g(ep.gate), gb + o * F, xb + o * D, m});
+    dw.push_back({g(ep.up), ub + o * F, xb + o * D, m});
+  }
+  egemm.run(GemmKind::Nn, dg, D, F, 1.0f);  // dxs (zeroed by the caller) += dgate W_gate, then += dup W_up
+  egemm.run(GemmKind::Nn, du, D, F, 1.0f);
+  egemm.run(GemmKind::Tn, dw, D, F, 1.0f);
+}
+
+}  // namespace moe::train::cuda

@@ -1,0 +1,105 @@
+// device_memory_plan (memory_plan.h): the DeviceTrainer's buffers, counted in values of 4 bytes (FP32, int32)
+// or 2 (BF16). n = batch x seq_len rows; K routed experts a token; F the dense, Fs the shared, Fm an expert's
+// width.
+#include "train/memory_plan.h"
+
+#include <algorithm>
+
+#include "train/params.h"
+
+namespace moe::train {
+
+namespace {
+constexpr double kRuntime = 512.0 * 1048576.0;  // device_trainer.cpp's kHeadroom
+
+struct Widths {
+  double D, H, dq, dn, dr, dv, r, ql, V, E, K, F, Fm, Fs;
+};
+
+Widths widths(const ModelConfig& c) {
+  return {double(c.hidden_size),        double(c.num_attention_heads),
+          double(c.qk_head_dim()),      double(c.qk_nope_head_dim),
+          double(c.qk_rope_head_dim),   double(c.v_head_dim),
+          double(c.kv_lora_rank),       double(c.q_lora_rank),
+          double(c.vocab_size),         double(c.n_routed_experts),
+          double(c.num_experts_per_tok), double(c.intermediate_size),
+          double(c.moe_intermediate_size), double(c.moe_intermediate_size * c.n_shared_experts)};
+}
+
+// Kept activations of one layer over b sequences of t (4-byte values).
+double layer_kept(const Widths& w, bool moe, double b, double t) {
+  const double n = b * t;
+  double v = 3 * n * w.D + 3 * n;  // a, h, f and their rstds (+ c_rstd)
+  if (w.ql > 0) v += 2 * n * w.ql + n;
+  v += n * w.H * w.dq + n * (w.r + w.dr) + 2 * n * w.r + n * w.dr + n * w.H * (w.dn + w.dv);  // q, kva, c_in, c, kr, kv
+  v += b * w.H * t * t + n * w.H * w.dv;  // probs, att
+  if (!moe) return v + 3 * n * w.F;
+  const double nk = n * w.K;
+  v += 2 * n * w.E + 2 * nk + n + w.E + 3 * nk;  // logits, scores, chosen, weights, denom, bias, rows/slots/pos
+  v += 2 * nk * w.D + 3 * nk * w.Fm + b * w.E;   // xs, eout, gate/up/act, frac
+  if (w.Fs > 0) v += 3 * n * w.Fs + n * w.D;     // the shared experts and their output
+  return v;
+}
+
+// The backward's named temporaries of one layer (4-byte values; the largest layer's are allocated once).
+double layer_temps(const Widths& w, bool moe, double b, double t) {
+  const double n = b * t;
+  double v = 3 * n * w.D + n * w.H * w.dv + n * w.H * w.dq + n * w.H * (w.dn + w.dv) + n * w.dr;  // dh df da datt dq dkv dkr
+  v += b * w.H * t * t + 2 * n * w.r + n * (w.r + w.dr);  // ds, dc, dc_in, dkva
+  if (w.ql > 0) v += 2 * n * w.ql;
+  const double mlp = moe ? w.Fs : w.F;
+  v += 3 * n * mlp;  // dact, dgate, dup of the dense or shared MLP
+  if (moe) {
+    const double nk = n * w.K;
+    v += 2 * nk * w.D + nk + 3 * nk * w.Fm + n * w.E + n;  // moe_dy, moe_dxs, dweights, dact/dgate/dup, dlogits, aux
+  }
+  return v;
+}
+
+// BF16 operand copies (2-byte values): the largest x, W and dy of the mm/mm_bwd GEMMs (the heads and the router
+// run in FP32: no copy) and the grouped experts' buffers.
+double bf16_copies(const Widths& w, bool any_moe, double n) {
+  const double mlp = std::max(w.F, w.Fs);
+  const double x = n * std::max({w.D, mlp, w.H * w.dv, w.r, 2 * w.D, w.ql});
+  const double wt = std::max({w.D * mlp, w.D * w.H * w.dq, w.r * w.H * (w.dn + w.dv), w.H * w.dv * w.D,
+                              2 * w.D * w.D, w.D * (w.r + w.dr), w.ql > 0 ? w.D * w.ql + w.ql * w.H * w.dq : 0.0});
+  const double dy = n * std::max({mlp, w.H * w.dq, w.H * (w.dn + w.dv), w.D, w.r + w.dr, w.ql});
+  double v = x + wt + dy;
+  if (any_moe) {
+    const double nk = n * w.K;
+    v += 2 * nk * w.D + 3 * nk * w.Fm + 3 * w.E * w.Fm * w.D;  // ex_x, ex_dy, ex_act/dgate/dup, the experts
+  }
+  return v;
+}
+}  // namespace
+
+DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments) {
+  const Widths w = widths(c);
+  const double b = double(batch), t = double(seq_len), n = b * t, n1 = b * (t - 1);
+  const bool mtp = c.num_nextn_predict_layers > 0;
+  const double t2 = t - 2, n2 = b * t2;
+  DeviceMemoryPlan p;
+  p.arenas = double(parameter_count(c)) * (8.0 + (bf16_moments ? 4.0 : 8.0));
+  double kept = 2 * n + double(c.num_hidden_layers + 1) * n * w.D + n * w.D + n;  // ids, positions, x0..xL, hn
+  kept += n1 * w.D + n1 * w.V + 2 * n1;                                         // hsel, logits1, targets, loss
+  double temps = 3 * n * w.D + n1 * w.D + 6 * n;  // grad.hn, grad.x0/x1, grad.sel, the embedding's sort
+  bool any_moe = false;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const bool moe = c.is_moe_layer(l);
+    any_moe = any_moe || moe;
+    kept += layer_kept(w, moe, b, t);
+    temps = std::max(temps, 3 * n * w.D + n1 * w.D + 6 * n + layer_temps(w, moe, b, t));
+  }
+  if (mtp) {
+    const bool moe = c.is_moe_layer(c.num_hidden_layers);
+    any_moe = any_moe || moe;
+    kept += 2 * n2 + 9 * n2 * w.D + 3 * n2 + layer_kept(w, moe, b, t2) + n2 * w.V + 2 * n2;
+    temps += 9 * n2 * w.D;  // grad.yn .. grad.h2, grad.cat
+  }
+  p.activations = 4.0 * kept;
+  p.temporaries = 4.0 * temps + 2.0 * bf16_copies(w, any_moe, n);
+  p.runtime = kRuntime;
+  return p;
+}
+
+}  // namespace moe::train

@@ -1,0 +1,25 @@
+#pragma once
+// What a training step of a model needs of a device's memory (issue 11: "an honest estimate printed before
+// allocating"): train/cuda's DeviceTrainer keeps four arenas (FP32 values and gradients, AdamW moments in FP32 or
+// BF16), the forward's kept activations of every layer (FP32; the attention probabilities [b, H, t, t] of every
+// layer; the routed experts' rows [nK, D] and [nK, F]), the backward's temporaries (named buffers shared by every
+// layer: the largest layer's), the BF16 copies of GEMM operands and the [n, vocab] logits of the main and MTP
+// heads. This mirrors those buffers (device_*.cpp) shape by shape; tests/train_cuda checks it against what
+// cudaMemGetInfo measures on the device, and bench.cpp prints it before the first allocation.
+#include <cstdint>
+
+#include "io/model_config.h"
+
+namespace moe::train {
+
+struct DeviceMemoryPlan {
+  double arenas = 0;       // values + gradients + two moments (bytes)
+  double activations = 0;  // kept from the forward to the backward, all layers
+  double temporaries = 0;  // the backward's shared buffers and the BF16 operand copies
+  double runtime = 0;      // cuBLAS workspaces and slack: the headroom the device keeps free
+  double total() const { return arenas + activations + temporaries + runtime; }
+};
+
+DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments);
+
+}  // namespace moe::train

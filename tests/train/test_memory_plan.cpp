@@ -1,0 +1,49 @@
+// The device memory plan (train/memory_plan.h) on the project's configs: the arenas are exactly 16 (FP32
+// moments) or 12 (BF16) bytes a parameter; activations scale linearly with the batch at a fixed length and grow
+// faster than linearly with the length (the [t, t] attention probabilities); train-mid (issue 11's mid-size MoE)
+// fits on one H200 with BF16 moments at 2048 tokens a step and does not with FP32 moments. (Against what the
+// device measures: tests/train_cuda's CudaDeviceStep.MemoryPlanMatchesMeasured.)
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "train/memory_plan.h"
+#include "train/params.h"
+
+namespace moe::train {
+namespace {
+
+ModelConfig load(const std::string& path) {
+  std::ifstream in(path);
+  return ModelConfig::from_json(nlohmann::json::parse(in), path);
+}
+
+TEST(MemoryPlan, ArenasActivationsAndTheMidModel) {
+  const ModelConfig mid = load("bench/configs/train-mid.json");
+  const double params = double(parameter_count(mid));
+  const DeviceMemoryPlan f32 = device_memory_plan(mid, 1, 2048, false), bf = device_memory_plan(mid, 1, 2048, true);
+  EXPECT_EQ(f32.arenas, 16.0 * params);
+  EXPECT_EQ(bf.arenas, 12.0 * params);
+  EXPECT_EQ(f32.activations, bf.activations);
+  const double GiB = 1073741824.0;
+  std::printf("train-mid (%.3g parameters) at 1 x 2048: arenas %.1f GiB (bf16 moments), activations %.1f GiB, "
+              "temporaries %.1f GiB, total %.1f GiB\n",
+              params, bf.arenas / GiB, bf.activations / GiB, bf.temporaries / GiB, bf.total() / GiB);
+  const double h200 = 139.0 * GiB;  // what the device reports free
+  EXPECT_LT(bf.total(), h200);
+  EXPECT_GT(f32.total(), h200);
+  // (Nearly) linear in the batch at a fixed length; superlinear in the length.
+  const DeviceMemoryPlan b2 = device_memory_plan(mid, 2, 2048, true), t2 = device_memory_plan(mid, 1, 4096, true);
+  EXPECT_NEAR(b2.activations, 2.0 * bf.activations, 1e-6 * bf.activations);  // (the bias vectors do not scale)
+  EXPECT_GT(t2.activations, 2.0 * bf.activations);
+  // The default model: the activations at 64 x 512 dominate its 33 M parameters' arenas.
+  const ModelConfig def = load("bench/configs/train-default.json");
+  const DeviceMemoryPlan d = device_memory_plan(def, 64, 512, false);
+  EXPECT_GT(d.activations, d.arenas);
+}
+
+}  // namespace
+}  // namespace moe::train
