@@ -68,6 +68,12 @@ void ExpertParallel::set_placement(ExpertPlacement p) {
   placement_ = std::move(p);
 }
 
+void ExpertParallel::set_shared_as_routed(bool on) {
+  MOE_CHECK(!on || !data_parallel(),
+            "expert parallelism: the shared expert as a routed one needs the replicated mode (not --dp-attention)");
+  shared_as_routed_ = on;
+}
+
 // A GPU communicator (NCCL) enqueues on the backend's stream, so its exchanges of the backend's tensors come after
 // the kernels that wrote them and before those that read the results.
 void ExpertParallel::bind_stream(Backend& backend) {

@@ -46,6 +46,16 @@ class ExpertParallel {
   // Collectives on `backend`'s stream (NCCL; CPU communicators ignore streams). moe and moe_idle do it first.
   void bind_stream(Backend& backend);
   bool two_micro_batch() const { return two_micro_batch_; }
+  // The shared expert as a routed one in decode steps (`--ep-shared-routed`, DeepSeek-V3's serving trick): the
+  // placement holds num_experts = routed + 1 experts, the last id being the layer's shared expert
+  // (ExpertPlacement::with_shared_expert places copies of it on several ranks). In a decode step (one new token
+  // per sequence) the model appends that id to every token's choices with weight 1 and drops its local shared
+  // MLP, so the ranks that hold a copy split the shared expert's rows instead of every rank running it on the
+  // whole batch; other steps compute it locally as before. Replicated mode only (data-parallel ranks can differ
+  // in whether their part of a step is decode, and the exchange needs one k on every rank). Every rank must use
+  // the same setting and placement.
+  void set_shared_as_routed(bool on);
+  bool shared_as_routed() const { return shared_as_routed_; }
 
   dist::Communicator& comm() const { return comm_; }
   int rank() const { return comm_.rank(); }
@@ -87,6 +97,7 @@ class ExpertParallel {
   ExpertPlacement placement_;
   Mode mode_;
   bool two_micro_batch_ = false;
+  bool shared_as_routed_ = false;
   std::atomic<uint64_t> bytes_sent_{0};  // read by /metrics on another thread
 };
 
