@@ -1,17 +1,19 @@
 // The backend steps of expert parallelism's dispatch and combine (expert_parallel.cpp) alone, at real widths,
-// against an independent host reference: the CPU backend always, the CUDA backend (and it against the CPU) when a
-// GPU is present (skipped visibly otherwise). Fresh random data each run, the seed printed.
+// against an independent host reference: the CPU backend always, the CUDA backend (and it against the CPU)
+// when a GPU is present (skipped visibly otherwise). Fresh random data each run, the seed printed.
 //
-// Shapes: an owner rank with T tokens of width D, each with k distinct experts of E, the experts dealt to R = 8
-// ranks in contiguous blocks (the default placement):
+// Shapes: an owner rank with T tokens of width D, each with k distinct experts of E, the experts dealt to R =
+// 8 ranks in contiguous blocks (the default placement):
 //   dispatch: gather_rows(x, rows by destination): per destination its tokens ascending, each once;
-//   combine:  the returned rows ret [T*k, D] (per destination, the assignments (t, j) it got, in order) are put in
+//   combine:  the returned rows ret [T*k, D] (per destination, the assignments (t, j) it got, in order) are
+//   put in
 //             the owner's moe_dispatch order (gather_rows by the dispatch's perm) and moe_combine adds
 //             plus[t] + sum_j w[t, j] * ret[row of (t, j)].
-// Bounds. The gathers are copies: bit-equal. The combine: F32 activations, k products and k + 1 terms summed in
-// F32 in a backend's own order (CUDA: slot order; CPU: ascending expert), so |out - exact| <= (k + 2) * 2^-24 *
-// (|plus| + sum_j |w y|) per element (each rounding at most 2^-24 relative of a partial sum bounded by that sum),
-// and two backends differ by at most twice that.
+// Bounds. The gathers are copies: bit-equal. The combine: F32 activations, k products and k + 1 terms summed
+// in F32 in a backend's own order (CUDA: slot order; CPU: ascending expert), so |out - exact| <= (k + 2) *
+// 2^-24 *
+// (|plus| + sum_j |w y|) per element (each rounding at most 2^-24 relative of a partial sum bounded by that
+// sum), and two backends differ by at most twice that.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -68,7 +70,8 @@ Data make_data(const Case& c, uint64_t seed) {
       d.w.push_back(2.5f * w[size_t(j)] / sum);  // normalised, times a routed scaling factor
     }
   }
-  // The plan of ExpertParallel::dispatch: per destination its tokens ascending (once each) and its assignments.
+  // The plan of ExpertParallel::dispatch: per destination its tokens ascending (once each) and its
+  // assignments.
   auto dest = [&](int32_t e) { return int32_t(int64_t(e) * kRanks / c.E); };
   std::vector<int64_t> n_assign(kRanks, 0);
   std::vector<int32_t> a_dest(size_t(c.T * c.K)), a_index(size_t(c.T * c.K));
@@ -138,8 +141,9 @@ double check(const Case& c, const Data& d, const Result& r, const std::string& t
   EXPECT_EQ(r.gathered.size(), d.send_rows.size() * size_t(c.D)) << tag;
   size_t bad_rows = 0;
   for (size_t i = 0; i < d.send_rows.size(); ++i)
-    bad_rows += std::memcmp(r.gathered.data() + i * size_t(c.D), d.x.data() + size_t(d.send_rows[i]) * size_t(c.D),
-                            size_t(c.D) * sizeof(float)) != 0;
+    bad_rows +=
+        std::memcmp(r.gathered.data() + i * size_t(c.D), d.x.data() + size_t(d.send_rows[i]) * size_t(c.D),
+                    size_t(c.D) * sizeof(float)) != 0;
   EXPECT_EQ(bad_rows, 0u) << tag << ": gathered rows differing from x's";
   double worst = 0;
   for (int64_t t = 0; t < c.T; ++t)
@@ -184,10 +188,11 @@ TEST(EpExchange, CudaMatchesCpu) {
     const double worst = check(c, d, g, "cuda " + name(c));
     EXPECT_EQ(g.gathered, h.gathered) << name(c);
     double diff = 0, bound_units = 0;
-    for (size_t i = 0; i < g.combined.size(); ++i) diff = std::max(diff, std::fabs(double(g.combined[i]) - h.combined[i]));
+    for (size_t i = 0; i < g.combined.size(); ++i)
+      diff = std::max(diff, std::fabs(double(g.combined[i]) - h.combined[i]));
     for (float v : h.combined) bound_units = std::max(bound_units, double(std::fabs(v)));
-    std::printf("cuda %s: combine error %.3f of its bound; max |cuda - cpu| %.3e (max |out| %.3e)\n", name(c).c_str(),
-                worst, diff, bound_units);
+    std::printf("cuda %s: combine error %.3f of its bound; max |cuda - cpu| %.3e (max |out| %.3e)\n",
+                name(c).c_str(), worst, diff, bound_units);
     RecordProperty(name(c) + ".cuda_combine_error_of_bound", std::to_string(worst));
   }
 }

@@ -1,20 +1,26 @@
 // Expert parallelism over NCCL on one GPU (issue 12): the tiny fixture models (BF16 and the FP8 twin) through
-// ExpertParallel with a one-rank NcclCommunicator on the CUDA backend, so the rows stay on the device and travel
-// through ncclSend/ncclRecv to the rank itself on the backend's stream (bind_stream), while the plan (counts,
-// slot lists) is staged by the communicator. With and without redundant copies (one rank: 4 spare slots holding
-// copies of experts 0..3), two-micro-batch overlap off and on. Skipped visibly without a GPU or without NCCL.
+// ExpertParallel with a one-rank NcclCommunicator on the CUDA backend, so the rows stay on the device and
+// travel through ncclSend/ncclRecv to the rank itself on the backend's stream (bind_stream), while the plan
+// (counts, slot lists) is staged by the communicator. With and without redundant copies (one rank: 4 spare
+// slots holding copies of experts 0..3), two-micro-batch overlap off and on, and the shared expert as a
+// routed one in the decode steps (ExpertParallel::set_shared_as_routed). Skipped visibly without a GPU or
+// without NCCL.
 //
-// Two references, each a prefill of reference case 1 (7 tokens) then 4 greedy decode steps (every row's logits):
-//  - the same model on one GPU without EP (the same kernels; EP only regroups the routed rows and adds a combine
-//    with weight 1, which is exact, and sums the weighted rows in the same slot order): max |a-b| / max |b| <=
-//    1e-3, the bound of ExpertParallelCuda.TwoRanksMatchOneGpu (the grouped GEMMs may split K with atomics, so
-//    an expert's rows grouped differently can round differently: F32 accumulation, ~1e-6 per layer, grown by the
-//    layers that follow), and identical greedy tokens.
-//  - the CPU backend in one process: the project's GPU fixture bounds (tests/cuda/test_cuda_model.cpp): relative
+// Two references, each a prefill of reference case 1 (7 tokens) then 4 greedy decode steps (every row's
+// logits):
+//  - the same model on one GPU without EP (the same kernels; EP only regroups the routed rows and adds a
+//  combine
+//    with weight 1, which is exact, and sums the weighted rows in the same slot order): max |a-b| / max |b|
+//    <= 1e-3, the bound of ExpertParallelCuda.TwoRanksMatchOneGpu (the grouped GEMMs may split K with
+//    atomics, so an expert's rows grouped differently can round differently: F32 accumulation, ~1e-6 per
+//    layer, grown by the layers that follow), and identical greedy tokens.
+//  - the CPU backend in one process: the project's GPU fixture bounds (tests/cuda/test_cuda_model.cpp):
+//  relative
 //    L2 <= 1e-2 (BF16 latent cache and BF16 GEMM operands, a few 1e-3 measured on this prompt) and top-1
 //    agreement on every row, a disagreement accepted only as a near-tie shown in numbers (the CPU's margin
-//    between the two tokens under 3x the row's RMS error). The 7-token prompt is the one whose routing the GPU
-//    does not flip against the CPU (test_cuda_model.cpp: flips hinge on 1e-4 router gaps in the longer prompts).
+//    between the two tokens under 3x the row's RMS error). The 7-token prompt is the one whose routing the
+//    GPU does not flip against the CPU (test_cuda_model.cpp: flips hinge on 1e-4 router gaps in the longer
+//    prompts).
 // The figures are printed and recorded (RecordProperty) for docs/distributed.md.
 #include <gtest/gtest.h>
 
@@ -77,7 +83,8 @@ double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // Rows whose top-1 differs from the reference's and is not a near-tie (printed with their numbers).
-int64_t unexplained_top1(const std::vector<float>& got, const std::vector<float>& ref, int64_t V, const std::string& tag) {
+int64_t unexplained_top1(const std::vector<float>& got, const std::vector<float>& ref, int64_t V,
+                         const std::string& tag) {
   int64_t bad = 0;
   for (size_t t = 0; t * size_t(V) < ref.size(); ++t) {
     const float* g = got.data() + t * size_t(V);
@@ -88,8 +95,9 @@ int64_t unexplained_top1(const std::vector<float>& got, const std::vector<float>
     for (int64_t v = 0; v < V; ++v) se += (double(g[v]) - f[v]) * (double(g[v]) - f[v]);
     const double rms = std::sqrt(se / double(V)), margin = double(f[fi]) - f[gi];
     const bool tie = margin <= 3.0 * rms;
-    std::printf("%s row %zu: EP picks %lld, CPU %lld; CPU logits %.5f vs %.5f (margin %.5f), row RMS error %.5f%s\n",
-                tag.c_str(), t, (long long)gi, (long long)fi, f[fi], f[gi], margin, rms, tie ? " -> near-tie" : "");
+    std::printf(
+        "%s row %zu: EP picks %lld, CPU %lld; CPU logits %.5f vs %.5f (margin %.5f), row RMS error %.5f%s\n",
+        tag.c_str(), t, (long long)gi, (long long)fi, f[fi], f[gi], margin, rms, tie ? " -> near-tie" : "");
     bad += !tie;
   }
   return bad;
@@ -126,31 +134,42 @@ TEST_P(EpNccl, OneRankMatchesCpuAndOneGpu) {
   auto nccl = dist::make_nccl_communicator({.device = 0, .bootstrap = &single});
   ASSERT_EQ(nccl->size(), 1);
   const std::string model_tag = dir.substr(dir.rfind('/') + 1);
-  for (int redundant : {0, 4})
-    for (bool tbo : {false, true}) {
-      const std::string tag = model_tag + " redundant" + std::to_string(redundant) + (tbo ? " tbo" : "");
-      ExpertParallel ep(*nccl, ExpertPlacement::initial(moe_layers, int32_t(config.n_routed_experts), 1, redundant));
-      ep.set_two_micro_batch(tbo);
-      ModelRun got;
-      {
-        DeepseekV3 model(dir, *gpu, {.ep = &ep});
-        got = run_model(model, prompt, kDecode);
-      }
-      EXPECT_EQ(nccl->stream(), gpu->native_stream()) << tag << ": NCCL is not on the backend's stream";
-      EXPECT_GT(ep.bytes_sent(), 0u) << tag;
-      ASSERT_EQ(got.logits.size(), cpu_run.logits.size()) << tag;
-      const double vs_gpu = max_rel_diff(got.logits, gpu_run.logits);
-      const double l2_gpu = rel_l2(got.logits, gpu_run.logits);
-      const double l2_cpu = rel_l2(got.logits, cpu_run.logits), gpu_cpu = rel_l2(gpu_run.logits, cpu_run.logits);
-      std::printf("%s: vs one GPU max rel %.3e, rel L2 %.3e; vs CPU rel L2 %.3e (one GPU vs CPU %.3e); %llu bytes sent\n",
-                  tag.c_str(), vs_gpu, l2_gpu, l2_cpu, gpu_cpu, (unsigned long long)ep.bytes_sent());
-      RecordProperty(tag + ".vs_gpu_max_rel", std::to_string(vs_gpu));
-      RecordProperty(tag + ".vs_cpu_rel_l2", std::to_string(l2_cpu));
-      EXPECT_LE(vs_gpu, 1e-3) << tag;
-      EXPECT_EQ(got.greedy, gpu_run.greedy) << tag;
-      EXPECT_LE(l2_cpu, 1e-2) << tag;
-      EXPECT_EQ(unexplained_top1(got.logits, cpu_run.logits, V, tag), 0) << tag;
+  struct Config {
+    int redundant;
+    bool tbo, shared;
+  };
+  const int32_t E = int32_t(config.n_routed_experts), K = int32_t(config.num_experts_per_tok);
+  for (const Config c : {Config{0, false, false}, Config{0, true, false}, Config{4, false, false},
+                         Config{4, true, false}, Config{0, false, true}, Config{3, true, true}}) {
+    const std::string tag = model_tag + " redundant" + std::to_string(c.redundant) + (c.tbo ? " tbo" : "") +
+                            (c.shared ? " shared-routed" : "");
+    ExpertParallel ep(*nccl, c.shared ? ExpertPlacement::with_shared_expert(moe_layers, E, K, 1, c.redundant)
+                                      : ExpertPlacement::initial(moe_layers, E, 1, c.redundant));
+    ep.set_two_micro_batch(c.tbo);
+    ep.set_shared_as_routed(c.shared);
+    ModelRun got;
+    {
+      DeepseekV3 model(dir, *gpu, {.ep = &ep});
+      got = run_model(model, prompt, kDecode);
     }
+    EXPECT_EQ(nccl->stream(), gpu->native_stream()) << tag << ": NCCL is not on the backend's stream";
+    EXPECT_GT(ep.bytes_sent(), 0u) << tag;
+    ASSERT_EQ(got.logits.size(), cpu_run.logits.size()) << tag;
+    const double vs_gpu = max_rel_diff(got.logits, gpu_run.logits);
+    const double l2_gpu = rel_l2(got.logits, gpu_run.logits);
+    const double l2_cpu = rel_l2(got.logits, cpu_run.logits),
+                 gpu_cpu = rel_l2(gpu_run.logits, cpu_run.logits);
+    std::printf(
+        "%s: vs one GPU max rel %.3e, rel L2 %.3e; vs CPU rel L2 %.3e (one GPU vs CPU %.3e); %llu bytes "
+        "sent\n",
+        tag.c_str(), vs_gpu, l2_gpu, l2_cpu, gpu_cpu, (unsigned long long)ep.bytes_sent());
+    RecordProperty(tag + ".vs_gpu_max_rel", std::to_string(vs_gpu));
+    RecordProperty(tag + ".vs_cpu_rel_l2", std::to_string(l2_cpu));
+    EXPECT_LE(vs_gpu, 1e-3) << tag;
+    EXPECT_EQ(got.greedy, gpu_run.greedy) << tag;
+    EXPECT_LE(l2_cpu, 1e-2) << tag;
+    EXPECT_EQ(unexplained_top1(got.logits, cpu_run.logits, V, tag), 0) << tag;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EpNccl, ::testing::Values(test::kTinyModel, test::kTinyModelFp8),

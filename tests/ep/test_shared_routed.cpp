@@ -1,10 +1,11 @@
-// The shared expert as a routed one in decode steps (ExpertParallel::set_shared_as_routed), on CPU ranks that are
-// threads (thread_communicator.h): a 33-token prefill (shared expert computed locally) then 6 greedy decode steps
-// (shared expert dispatched as expert E with weight 1 to the ranks holding its copies), against the same ranks
-// with the option off and against one process. The decode steps' outputs change only by the F32 summation order
-// (the shared output added inside moe_combine's sum instead of as its starting value) and by the shared MLP
-// running as a grouped expert over the rows its copy got rather than as a dense MLP over the whole batch (the
-// CPU's few-token vs many-token matmul paths): ~1e-7 relative per layer, so the 1e-5 bound applies.
+// The shared expert as a routed one in decode steps (ExpertParallel::set_shared_as_routed), on CPU ranks that
+// are threads (thread_communicator.h): a 33-token prefill (shared expert computed locally) then 6 greedy
+// decode steps (shared expert dispatched as expert E with weight 1 to the ranks holding its copies), against
+// the same ranks with the option off and against one process. The decode steps' outputs change only by the
+// F32 summation order (the shared output added inside moe_combine's sum instead of as its starting value) and
+// by the shared MLP running as a grouped expert over the rows its copy got rather than as a dense MLP over
+// the whole batch (the CPU's few-token vs many-token matmul paths): ~1e-7 relative per layer, so the issue's
+// 1e-5 bound applies.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -59,7 +60,8 @@ double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
 
 std::vector<bool> moe_layers(const ModelConfig& c) {
   std::vector<bool> out;
-  for (int64_t i = 0; i <= c.num_hidden_layers; ++i) out.push_back(i == c.num_hidden_layers || c.is_moe_layer(i));
+  for (int64_t i = 0; i <= c.num_hidden_layers; ++i)
+    out.push_back(i == c.num_hidden_layers || c.is_moe_layer(i));
   return out;
 }
 
@@ -95,7 +97,9 @@ TEST_P(SharedRouted, DecodeLogitsMatchOffAndOneProcess) {
       (shared ? on : off)[size_t(comm.rank())] = run(model, prompt, kDecode);
     });
   const size_t decode_from = prompt.size() * size_t(config.vocab_size);  // the decode steps' rows
-  auto decode_rows = [&](const std::vector<float>& v) { return std::vector<float>(v.begin() + decode_from, v.end()); };
+  auto decode_rows = [&](const std::vector<float>& v) {
+    return std::vector<float>(v.begin() + decode_from, v.end());
+  };
   for (int r = 0; r < p.ranks; ++r) {
     const double d_decode = max_rel(decode_rows(on[size_t(r)].logits), decode_rows(single.logits));
     std::printf("rank %d: decode steps, on vs one process %.3e\n", r, d_decode);
@@ -103,9 +107,11 @@ TEST_P(SharedRouted, DecodeLogitsMatchOffAndOneProcess) {
     const double d_on = max_rel(on[size_t(r)].logits, single.logits);
     const double d_off = max_rel(off[size_t(r)].logits, single.logits);
     const double d_onoff = max_rel(on[size_t(r)].logits, off[size_t(r)].logits);
-    std::printf("rank %d: on vs one process %.3e, off vs one process %.3e, on vs off %.3e; bytes sent on %llu off %llu\n",
-                r, d_on, d_off, d_onoff, (unsigned long long)on[size_t(r)].bytes,
-                (unsigned long long)off[size_t(r)].bytes);
+    std::printf(
+        "rank %d: on vs one process %.3e, off vs one process %.3e, on vs off %.3e; bytes sent on %llu off "
+        "%llu\n",
+        r, d_on, d_off, d_onoff, (unsigned long long)on[size_t(r)].bytes,
+        (unsigned long long)off[size_t(r)].bytes);
     RecordProperty("rank" + std::to_string(r) + ".on_vs_off_max_rel", std::to_string(d_onoff));
     EXPECT_LE(d_on, 1e-5) << "rank " << r;
     EXPECT_LE(d_onoff, 1e-5) << "rank " << r;
@@ -126,9 +132,9 @@ INSTANTIATE_TEST_SUITE_P(Ranks, SharedRouted,
                                   std::to_string(info.param.ranks);
                          });
 
-// The shared expert's expected load is 16 / 4 = 4 routed experts' worth, so it gets copies until a copy's share
-// (16 / copies, against 4 for a routed expert) no longer exceeds a routed expert's: up to 4 copies, each on
-// another rank; the remaining spares go to routed experts.
+// The shared expert's expected load is 16 / 4 = 4 routed experts' worth, so it gets copies until a copy's
+// share (16 / copies, against 4 for a routed expert) no longer exceeds a routed expert's: up to 4 copies,
+// each on another rank; the remaining spares go to routed experts.
 TEST(SharedRoutedPlacement, SharedExpertCopiesOnDistinctRanks) {
   const std::vector<bool> layers{false, true, true};
   for (auto [ranks, redundant, copies] : {std::tuple{2, 1, 2}, std::tuple{4, 3, 4}, std::tuple{8, 15, 4}}) {
@@ -158,14 +164,19 @@ TEST(SharedRoutedErrors, NamedClearly) {
   const ModelConfig config = ModelConfig::load(test::kTinyModel);
   dist::SingleCommunicator comm;
   // Data-parallel attention: not supported.
-  ExpertParallel dp(comm, ExpertPlacement::initial(moe_layers(config), 16, 1, 0), ExpertParallel::Mode::data_parallel);
+  ExpertParallel dp(comm, ExpertPlacement::initial(moe_layers(config), 16, 1, 0),
+                    ExpertParallel::Mode::data_parallel);
   EXPECT_NE(error_of([&] { dp.set_shared_as_routed(true); }).find("replicated mode"), std::string::npos);
   // A placement without the shared expert while the option is on.
   ExpertParallel ep(comm, ExpertPlacement::initial(moe_layers(config), 16, 1, 0));
   ep.set_shared_as_routed(true);
   auto backend = make_cpu_backend();
-  const std::string e = error_of([&] { DeepseekV3 model(test::kTinyModel, *backend, {.ep = &ep}); (void)model; });
-  EXPECT_NE(e.find("placement of 16 experts for 16 routed experts plus the shared one"), std::string::npos) << e;
+  const std::string e = error_of([&] {
+    DeepseekV3 model(test::kTinyModel, *backend, {.ep = &ep});
+    (void)model;
+  });
+  EXPECT_NE(e.find("placement of 16 experts for 16 routed experts plus the shared one"), std::string::npos)
+      << e;
 }
 
 }  // namespace
