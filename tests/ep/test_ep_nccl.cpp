@@ -4,7 +4,7 @@
 // (counts, slot lists) is staged by the communicator. With and without redundant copies (one rank: 4 spare
 // slots holding copies of experts 0..3), two-micro-batch overlap off and on, and the shared expert as a
 // routed one in the decode steps (ExpertParallel::set_shared_as_routed). Skipped visibly without a GPU or
-// without NCCL.
+// without NCCL. On the FP8 twin also FP8 dispatch (E4M3 rows with 1x128 scales) against one GPU.
 //
 // Two references, each a prefill of reference case 1 (7 tokens) then 4 greedy decode steps (every row's
 // logits):
@@ -169,6 +169,29 @@ TEST_P(EpNccl, OneRankMatchesCpuAndOneGpu) {
     EXPECT_EQ(got.greedy, gpu_run.greedy) << tag;
     EXPECT_LE(l2_cpu, 1e-2) << tag;
     EXPECT_EQ(unexplained_top1(got.logits, cpu_run.logits, V, tag), 0) << tag;
+  }
+  // FP8 dispatch (FP8 experts only): against one GPU within the E4M3 activation bound of test_fp8_dispatch.cpp
+  // (sqrt(18) * 2^-4 / sqrt(3) relative L2, the W8A8 bound of test_cuda_model.cpp), fewer bytes than F32 rows.
+  if (config.fp8_block_rows > 0) {
+    uint64_t f32_bytes = 0;
+    for (bool fp8 : {false, true}) {
+      ExpertParallel ep(*nccl, ExpertPlacement::initial(moe_layers, E, 1, 0));
+      ep.set_fp8_dispatch(fp8);
+      ModelRun got;
+      {
+        DeepseekV3 model(dir, *gpu, {.ep = &ep});
+        got = run_model(model, prompt, kDecode);
+      }
+      if (!fp8) {
+        f32_bytes = ep.bytes_sent();
+        continue;
+      }
+      const double l2 = rel_l2(got.logits, gpu_run.logits), bound = std::sqrt(18.0) * std::ldexp(1.0, -4) / std::sqrt(3.0);
+      std::printf("%s fp8-dispatch: vs one GPU rel L2 %.3e (bound %.3e); %llu bytes sent (F32 rows: %llu)\n",
+                  model_tag.c_str(), l2, bound, (unsigned long long)ep.bytes_sent(), (unsigned long long)f32_bytes);
+      EXPECT_LE(l2, bound);
+      EXPECT_LT(ep.bytes_sent(), f32_bytes);
+    }
   }
 }
 
