@@ -3,7 +3,8 @@
 # built build-gpu (test_dist_nccl and test_ep are in its target list). About 60 s; each command capped:
 #   test_dist_nccl: the communicator's one-rank collectives and its staging of host buffers;
 #   test_ep (CUDA parts): EpNccl (the fixture models through a one-rank NcclCommunicator against the CPU and one
-#   GPU), EpExchange (dispatch/combine steps at real widths against the CPU), ExpertParallelCuda (2 thread ranks).
+#   GPU, incl. the shared expert routed in decode and FP8 dispatch), EpExchange (dispatch/combine steps at real
+#   widths against the CPU), ExpertParallelCuda (2 thread ranks), and the CPU tests Fp8*, SharedRouted* in this build.
 # Writes $OUT/epk/: a log and a gtest XML per binary, summary.txt.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,5 +25,5 @@ step() {  # name seconds binary args...
   [ $r = 0 ] || rc=1
 }
 step test_dist_nccl 30 build-gpu/tests/dist/test_dist_nccl
-step test_ep_cuda 75 build-gpu/tests/ep/test_ep --gtest_filter='*EpNccl*:EpExchange*:ExpertParallelCuda*'
+step test_ep_cuda 75 build-gpu/tests/ep/test_ep --gtest_filter='*EpNccl*:EpExchange*:ExpertParallelCuda*:Fp8*:*SharedRouted*'
 exit $rc
