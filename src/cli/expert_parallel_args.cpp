@@ -29,6 +29,13 @@ void add_ep_options(CLI::App* cmd, EpArgs& args, bool serve) {
   cmd->add_option_function<std::string>(
          "--tbo", [&args](const std::string& v) { args.tbo = v == "on"; }, "With --ep: on|off, as --two-micro-batch")
       ->check(CLI::IsMember({"on", "off"}));
+  cmd->add_flag("--ep-shared-routed", args.shared_routed,
+                "With --ep: in decode steps the shared expert is one more routed expert (weight 1, copies on several "
+                "ranks placed from its expected load) instead of running on every rank; --redundant-experts then "
+                "counts spare slots beyond the routed experts plus the shared one");
+  cmd->add_flag("--ep-fp8-dispatch", args.fp8_dispatch,
+                "With --ep and FP8 experts: rows travel to their experts as E4M3 with 1x128 scales (about a quarter "
+                "of the F32 bytes; outputs within E4M3 rounding)");
   if (serve)
     cmd->add_option("--eplb-interval", args.eplb_interval,
                     "With --ep: recompute the expert placement from the observed load every N steps (0: never)")
@@ -73,12 +80,26 @@ EpRuntime open_ep(const EpArgs& args_in, const ModelConfig& config, const std::s
     moe_layers.push_back(config.n_routed_experts > 0 && (i == config.num_hidden_layers || config.is_moe_layer(i)));
   if (count_load || args.ep > 1) rt.load = std::make_unique<ExpertLoadCounter>(moe_layers, int32_t(config.n_routed_experts));
   if (args.ep == 1) {
-    if (args.redundant_experts > 0 || args.eplb_interval > 0 || args.dp_attention || args.tbo)
-      fail("--redundant-experts, --eplb-interval, --dp-attention and --tbo on need --ep N with N > 1 (expert "
-           "parallelism)");
+    if (args.redundant_experts > 0 || args.eplb_interval > 0 || args.dp_attention || args.tbo || args.shared_routed ||
+        args.fp8_dispatch)
+      fail("--redundant-experts, --eplb-interval, --dp-attention, --ep-shared-routed, --ep-fp8-dispatch and --tbo on "
+           "need --ep N with N > 1 (expert parallelism)");
     return rt;
   }
   if (config.n_routed_experts == 0) fail("--ep {}: this model has no routed experts to spread", args.ep);
+  if (args.shared_routed) {
+    if (args.dp_attention) fail("--ep-shared-routed works in the replicated mode only, not with --dp-attention");
+    if (args.eplb_interval > 0) fail("--ep-shared-routed does not work with --eplb-interval yet (EPLB counts routed experts only)");
+    if (config.n_shared_experts != 1)
+      fail("--ep-shared-routed needs a model with one shared expert of a routed expert's shape; this one has {}",
+           config.n_shared_experts);
+    if ((config.n_routed_experts + 1 + args.redundant_experts) % args.ep != 0)
+      fail("--ep-shared-routed: {} routed experts, the shared one and {} redundant copies cannot be dealt evenly to {} "
+           "ranks (choose --redundant-experts so that the sum is a multiple of --ep)",
+           config.n_routed_experts, args.redundant_experts, args.ep);
+  }
+  if (args.fp8_dispatch && config.fp8_block_rows == 0)
+    fail("--ep-fp8-dispatch is for FP8 experts, and this model's weights are not FP8");
   launch_if_needed(args.launch, args.ep, gpu, fmt::format("--ep {}", args.ep));  // by hand: the ranks run, we end
   if (args.launch.rank >= 0) {  // a GPU rank of the launcher: NCCL through its rendezvous, on our one GPU
     dist::NcclOptions o;
@@ -94,10 +115,16 @@ EpRuntime open_ep(const EpArgs& args_in, const ModelConfig& config, const std::s
   if (rt.comm->size() != args.ep)
     fail("--ep {} needs {} ranks but this job has {}: launch it as `mpirun -np {} moe ... --ep {}`", args.ep, args.ep,
          rt.comm->size(), args.ep, args.ep);
+  const int32_t E = int32_t(config.n_routed_experts);
   rt.ep = std::make_unique<ExpertParallel>(
-      *rt.comm, ExpertPlacement::initial(moe_layers, int32_t(config.n_routed_experts), args.ep, args.redundant_experts),
+      *rt.comm,
+      args.shared_routed ? ExpertPlacement::with_shared_expert(moe_layers, E, int32_t(config.num_experts_per_tok),
+                                                               args.ep, args.redundant_experts)
+                         : ExpertPlacement::initial(moe_layers, E, args.ep, args.redundant_experts),
       args.dp_attention ? ExpertParallel::Mode::data_parallel : ExpertParallel::Mode::replicated);
   rt.ep->set_two_micro_batch(args.tbo);
+  rt.ep->set_shared_as_routed(args.shared_routed);
+  rt.ep->set_fp8_dispatch(args.fp8_dispatch);
   if (rt.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("rank {}: cannot silence stdout", rt.rank());
   return rt;
 }

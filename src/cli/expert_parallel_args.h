@@ -19,6 +19,8 @@ struct EpArgs {
   int64_t eplb_interval = 0;      // --eplb-interval (serve): rebalance every this many steps, 0 never
   bool dp_attention = false;      // --dp-attention: each rank its own sequences (engine/dp_attention.h)
   bool tbo = false;               // --two-micro-batch / --tbo on|off: ExpertParallel::set_two_micro_batch
+  bool shared_routed = false;     // --ep-shared-routed: ExpertParallel::set_shared_as_routed
+  bool fp8_dispatch = false;      // --ep-fp8-dispatch: ExpertParallel::set_fp8_dispatch
   int32_t gpus = 0;               // --gpus N: with --device cuda, one rank per GPU (= --ep N)
   LaunchArgs launch;              // started by hand: the command launches its ranks (cli/launcher.h)
 };

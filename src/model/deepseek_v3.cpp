@@ -73,6 +73,7 @@ DeepseekV3::DeepseekV3(const std::string& model_dir, Backend& backend, Options o
       ep_(options.ep),
       load_(options.load) {
   check_backend();
+  if (ep_) check_placement(ep_->placement());
 }
 
 DeepseekV3::DeepseekV3(std::shared_ptr<const TensorSource> source, ModelConfig config, Backend& backend,
@@ -88,6 +89,7 @@ DeepseekV3::DeepseekV3(std::shared_ptr<const TensorSource> source, ModelConfig c
       ep_(options.ep),
       load_(options.load) {
   check_backend();
+  if (ep_) check_placement(ep_->placement());
 }
 
 DeepseekV3::DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backend, Options options)
@@ -102,10 +104,24 @@ DeepseekV3::DeepseekV3(ModelConfig config, ModelWeights weights, Backend& backen
   MOE_CHECK(int64_t(weights_.layers.size()) == config_.num_hidden_layers, "DeepseekV3: {} layers of weights for {}",
             weights_.layers.size(), config_.num_hidden_layers);
   check_backend();
+  if (ep_) check_placement(ep_->placement());
   for (const auto& l : weights_.layers)
     MOE_CHECK(l.attn.indexer.has_value() == config_.sparse_attention(),
               "DeepseekV3: the weights {} indexer but the config is {}", l.attn.indexer ? "have an" : "lack the",
               config_.architecture);
+}
+
+// Expert parallelism: the placement's experts are the routed ones, plus the shared one when it is routed.
+void DeepseekV3::check_placement(const ExpertPlacement& p) const {
+  if (!ep_) return;
+  const bool shared = ep_->shared_as_routed();
+  MOE_CHECK(!shared || config_.n_shared_experts == 1,
+            "the shared expert as a routed one needs exactly one shared expert of a routed expert's shape; this model "
+            "has {}",
+            config_.n_shared_experts);
+  MOE_CHECK(p.num_experts == config_.n_routed_experts + (shared ? 1 : 0),
+            "expert parallelism: a placement of {} experts for {} routed experts{}", p.num_experts,
+            config_.n_routed_experts, shared ? " plus the shared one" : "");
 }
 
 void DeepseekV3::check_backend() const {
@@ -119,8 +135,7 @@ void DeepseekV3::set_placement(const ExpertPlacement& p) {
   MOE_CHECK(ep_, "set_placement: this model runs without expert parallelism");
   const TensorSource* src = checkpoint_ ? static_cast<const TensorSource*>(&*checkpoint_) : source_.get();
   MOE_CHECK(src, "set_placement: the model was built from weights and has no checkpoint to load experts from");
-  MOE_CHECK(p.num_experts == config_.n_routed_experts, "set_placement: a placement of {} experts for {}",
-            p.num_experts, config_.n_routed_experts);
+  check_placement(p);
   ep_->set_placement(p);
   auto reload = [&](int64_t i, DecoderLayerWeights& l) {
     if (l.is_moe) l.experts = load_experts(*src, config_, backend_, i, p.local_experts(size_t(i), ep_->rank()));
@@ -263,7 +278,7 @@ Tensor DeepseekV3::decoder_layer(int64_t layer, const DecoderLayerWeights& w, co
   Tensor chosen = attention(w.attn, x, cache, index_cache, batch, y);
   backend_.add_rms_norm(h, y, w.post_attention_norm, eps, x);
   if (w.is_moe)
-    moe_ffn(layer, w, x, y);
+    moe_ffn(layer, w, x, y, batch.plan->num_tokens() == batch.plan->num_seqs());
   else
     backend_.swiglu_mlp(x, w.dense, y);
   return chosen;
@@ -330,22 +345,45 @@ Tensor DeepseekV3::sparse_indices(const IndexerWeights& w, const TensorView& x, 
 }
 
 // DeepSeekMoE: the router (FP32) picks top-k routed experts per token; shared experts see every token.
-void DeepseekV3::moe_ffn(int64_t layer, const DecoderLayerWeights& w, const TensorView& x, const TensorView& out) {
+// Decode steps with the shared expert as a routed one (ExpertParallel::set_shared_as_routed): it joins every
+// token's choices as expert E with weight 1 instead of running here on the whole batch.
+void DeepseekV3::moe_ffn(int64_t layer, const DecoderLayerWeights& w, const TensorView& x, const TensorView& out,
+                         bool decode) {
   const int64_t T = x.rows(), E = config_.n_routed_experts, K = config_.num_experts_per_tok;
   Tensor logits = backend_.alloc_uninitialized(DType::F32, {T, E});
   backend_.matmul(x, w.router, logits);
   Tensor ids = backend_.alloc_uninitialized(DType::I32, {T, K});
   Tensor weights = backend_.alloc_uninitialized(DType::F32, {T, K});
   backend_.moe_route(logits, w.correction_bias.view(), routing_, ids, weights);
-  Tensor shared;
-  if (w.shared_experts) {
-    shared = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, x.row_size()});
-    backend_.swiglu_mlp(x, *w.shared_experts, shared);
-  }
   if (load_) {
     std::vector<int32_t> host(size_t(T * K));
     backend_.copy_to_host(ids, host.data());
     load_->add(layer, host.data(), T * K);
+  }
+  if (ep_ && ep_->shared_as_routed() && decode && w.shared_experts) {
+    // ids, weights [T, K] -> [T, K + 1] with (E, 1) appended to every row (built on the host: a decode step's few
+    // rows; ExpertParallel copies the ids to the host anyway).
+    std::vector<int32_t> hid(size_t(T * K)), hid2;
+    std::vector<float> hw(size_t(T * K)), hw2;
+    backend_.copy_to_host(ids, hid.data());
+    backend_.copy_to_host(weights, hw.data());
+    for (int64_t t = 0; t < T; ++t) {
+      hid2.insert(hid2.end(), hid.begin() + t * K, hid.begin() + (t + 1) * K);
+      hid2.push_back(int32_t(E));
+      hw2.insert(hw2.end(), hw.begin() + t * K, hw.begin() + (t + 1) * K);
+      hw2.push_back(1.0f);
+    }
+    Tensor ids2 = backend_.alloc_uninitialized(DType::I32, {T, K + 1});
+    Tensor weights2 = backend_.alloc_uninitialized(DType::F32, {T, K + 1});
+    backend_.copy_from_host(hid2.data(), ids2);
+    backend_.copy_from_host(hw2.data(), weights2);
+    ep_->moe(backend_, layer, w.experts, x, ids2, weights2, {}, out);
+    return;
+  }
+  Tensor shared;
+  if (w.shared_experts) {
+    shared = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, x.row_size()});
+    backend_.swiglu_mlp(x, *w.shared_experts, shared);
   }
   if (ep_)
     ep_->moe(backend_, layer, w.experts, x, ids, weights, shared.view(), out);

@@ -113,7 +113,9 @@ class DeepseekV3 {
   Tensor sparse_indices(const IndexerWeights& w, const TensorView& x, const TensorView& q_latent,
                         const TensorView& index_cache, const DeviceBatch& batch);
   void check_backend() const;
-  void moe_ffn(int64_t layer, const DecoderLayerWeights& w, const TensorView& x, const TensorView& out);
+  // decode: every sequence of the step has one new token.
+  void moe_ffn(int64_t layer, const DecoderLayerWeights& w, const TensorView& x, const TensorView& out, bool decode);
+  void check_placement(const ExpertPlacement& p) const;
   ForwardOutput head(const std::vector<SequenceChunk>& chunks, const Tensor& hidden, const Tensor& pending,
                      const Weight& norm, const Weight& lm_head);
 

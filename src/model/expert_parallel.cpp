@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "model/fp8_rows.h"
 
 namespace moe {
 
@@ -68,6 +69,12 @@ void ExpertParallel::set_placement(ExpertPlacement p) {
   placement_ = std::move(p);
 }
 
+void ExpertParallel::set_shared_as_routed(bool on) {
+  MOE_CHECK(!on || !data_parallel(),
+            "expert parallelism: the shared expert as a routed one needs the replicated mode (not --dp-attention)");
+  shared_as_routed_ = on;
+}
+
 // A GPU communicator (NCCL) enqueues on the backend's stream, so its exchanges of the backend's tensors come after
 // the kernels that wrote them and before those that read the results.
 void ExpertParallel::bind_stream(Backend& backend) {
@@ -106,7 +113,11 @@ struct ExpertParallel::MicroBatch {
   std::vector<size_t> slot_sc, slot_rc, slot_sd, slot_rd;  // read by a pending exchange
   int64_t n_recv = 0, Ma = 0;
   Tensor xs, xr, ya, ret;
-  std::unique_ptr<dist::PendingExchange> slots_x, rows_x, back_x;
+  // FP8 dispatch: the rows as E4M3 and their tile scales, sent and received (host memory), with their spans.
+  std::vector<uint8_t> q_send, q_recv;
+  std::vector<float> s_send, s_recv;
+  std::vector<size_t> q_sc, q_rc, q_sd, q_rd, s_sc, s_rc, s_sd, s_rd;
+  std::unique_ptr<dist::PendingExchange> slots_x, rows_x, scales_x, back_x;
 };
 
 void ExpertParallel::dispatch(Backend& backend, const LayerPlacement& P, int64_t D, int64_t K,
@@ -160,8 +171,36 @@ void ExpertParallel::dispatch(Backend& backend, const LayerPlacement& P, int64_t
   mb.xs = backend.alloc_uninitialized(act, {std::max<int64_t>(n_send, 1), D});
   if (n_send) backend.gather_rows(x, mb.send_row_ids, mb.xs.view().slice_rows(0, n_send));
   mb.xr = backend.alloc_uninitialized(act, {std::max<int64_t>(mb.n_recv, 1), D});
+  if (fp8_dispatch_) {
+    dispatch_fp8(backend, D, n_send, mb);
+    return;
+  }
   mb.rows_x = start_rows(comm_, backend, mb.xs, scaled(mb.send_rows, row_bytes), mb.xr, scaled(mb.recv_rows, row_bytes));
   bytes_sent_ += size_t(n_send) * row_bytes;
+}
+
+// The gathered rows xs [n_send, D] (F32) quantised on the host and sent as E4M3 values and tile scales; experts()
+// dequantises what arrives into xr.
+void ExpertParallel::dispatch_fp8(Backend& backend, int64_t D, int64_t n_send, MicroBatch& mb) {
+  const int64_t tiles = fp8_row_tiles(D);
+  std::vector<float> host(size_t(n_send * D));
+  if (n_send) backend.copy_to_host(mb.xs.view().slice_rows(0, n_send), host.data());
+  mb.q_send.resize(size_t(std::max<int64_t>(n_send * D, 1)));
+  mb.s_send.resize(size_t(std::max<int64_t>(n_send * tiles, 1)));
+  quantize_rows_e4m3(host.data(), n_send, D, mb.q_send.data(), mb.s_send.data());
+  mb.q_recv.resize(size_t(std::max<int64_t>(mb.n_recv * D, 1)));
+  mb.s_recv.resize(size_t(std::max<int64_t>(mb.n_recv * tiles, 1)));
+  mb.q_sc = scaled(mb.send_rows, size_t(D));
+  mb.q_rc = scaled(mb.recv_rows, size_t(D));
+  mb.q_sd = displs(mb.q_sc);
+  mb.q_rd = displs(mb.q_rc);
+  mb.s_sc = scaled(mb.send_rows, size_t(tiles) * sizeof(float));
+  mb.s_rc = scaled(mb.recv_rows, size_t(tiles) * sizeof(float));
+  mb.s_sd = displs(mb.s_sc);
+  mb.s_rd = displs(mb.s_rc);
+  mb.rows_x = comm_.all_to_all_v_start(mb.q_send.data(), mb.q_sc, mb.q_sd, mb.q_recv.data(), mb.q_rc, mb.q_rd);
+  mb.scales_x = comm_.all_to_all_v_start(mb.s_send.data(), mb.s_sc, mb.s_sd, mb.s_recv.data(), mb.s_rc, mb.s_rd);
+  bytes_sent_ += size_t(n_send * fp8_row_bytes(D));
 }
 
 void ExpertParallel::experts(Backend& backend, const ExpertWeights& local, int64_t D, int64_t K, MicroBatch& mb) {
@@ -171,6 +210,12 @@ void ExpertParallel::experts(Backend& backend, const ExpertWeights& local, int64
   const size_t row_bytes = size_t(D) * dtype_size(act);
   finish(mb.slots_x);
   finish(mb.rows_x);
+  finish(mb.scales_x);
+  if (fp8_dispatch_ && mb.n_recv) {
+    std::vector<float> host(size_t(mb.n_recv * D));
+    dequantize_rows_e4m3(mb.q_recv.data(), mb.s_recv.data(), mb.n_recv, D, host.data());
+    backend.copy_from_host(host.data(), mb.xr.view().slice_rows(0, mb.n_recv));
+  }
   // The local experts over the received rows, one row per (row, slot), in arrival order.
   std::vector<int32_t> expand, local_slot;
   mb.back_rows.assign(size_t(R), 0);  // assignments computed for each source rank
@@ -244,6 +289,9 @@ void ExpertParallel::run(Backend& backend, int64_t layer, const ExpertWeights& l
             placement_.slots_per_rank);
   const DType act = backend.activation_dtype();
   const size_t row_bytes = size_t(D) * dtype_size(act);
+  MOE_CHECK(!fp8_dispatch_ || (act == DType::F32 && !local.experts.empty() && local.experts[0].gate.is_fp8()),
+            "expert parallelism: FP8 dispatch is for FP8 experts (layer {}'s are {}) on F32 activations",
+            layer, local.experts.empty() ? "absent" : dtype_name(local.experts[0].gate.w.dtype));
   // Replicated: my block of the shared batch; data-parallel: all of my tokens.
   const bool dp = data_parallel();
   const int64_t t0 = dp ? 0 : T * me / R, n_own = (dp ? T : T * (me + 1) / R) - t0;

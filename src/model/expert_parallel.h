@@ -46,6 +46,24 @@ class ExpertParallel {
   // Collectives on `backend`'s stream (NCCL; CPU communicators ignore streams). moe and moe_idle do it first.
   void bind_stream(Backend& backend);
   bool two_micro_batch() const { return two_micro_batch_; }
+  // The shared expert as a routed one in decode steps (`--ep-shared-routed`, DeepSeek-V3's serving trick): the
+  // placement holds num_experts = routed + 1 experts, the last id being the layer's shared expert
+  // (ExpertPlacement::with_shared_expert places copies of it on several ranks). In a decode step (one new token
+  // per sequence) the model appends that id to every token's choices with weight 1 and drops its local shared
+  // MLP, so the ranks that hold a copy split the shared expert's rows instead of every rank running it on the
+  // whole batch; other steps compute it locally as before. Replicated mode only (data-parallel ranks can differ
+  // in whether their part of a step is decode, and the exchange needs one k on every rank). Every rank must use
+  // the same setting and placement.
+  void set_shared_as_routed(bool on);
+  // FP8 dispatch (`--ep-fp8-dispatch`, for FP8 experts): the rows travel to their experts as E4M3 with one F32
+  // scale per 1x128 tile (model/fp8_rows.h: D + D/32 bytes a row instead of 4 D of F32 activations), and the
+  // experts compute on the dequantised values, which differ from the originals by E4M3 rounding (<= 2^-4
+  // relative, DeepSeek-V3's own dispatch precision). The combine's rows return in the activation dtype. Today
+  // the rows are quantised and dequantised on the host and travel in host memory (staged by NCCL): correct,
+  // not fast; a device kernel would keep them on the GPU. Every rank must use the same setting.
+  void set_fp8_dispatch(bool on) { fp8_dispatch_ = on; }
+  bool fp8_dispatch() const { return fp8_dispatch_; }
+  bool shared_as_routed() const { return shared_as_routed_; }
 
   dist::Communicator& comm() const { return comm_; }
   int rank() const { return comm_.rank(); }
@@ -54,7 +72,8 @@ class ExpertParallel {
   // Replaces the placement (between steps; the model reloads its local experts: DeepseekV3::set_placement).
   void set_placement(ExpertPlacement p);
 
-  // Bytes of hidden-state rows this rank sent in dispatch and combine since construction (the all-to-all volume).
+  // Bytes of hidden-state rows this rank sent in dispatch and combine since construction (the all-to-all volume;
+  // FP8 dispatch: its rows' E4M3 bytes and scales).
   uint64_t bytes_sent() const { return bytes_sent_.load(); }
 
   // out [T, D] = plus + sum_j expert_weights[t, j] * Expert[expert_ids[t, j]](x[t]) for layer `layer`, the experts
@@ -75,6 +94,7 @@ class ExpertParallel {
   // experts, start the combine; wait for it, combine into dst (my tokens' rows of the micro-batch).
   void dispatch(Backend& backend, const LayerPlacement& P, int64_t D, int64_t K, const std::vector<int32_t>& ids,
                 const TensorView& x, MicroBatch& mb);
+  void dispatch_fp8(Backend& backend, int64_t D, int64_t n_send, MicroBatch& mb);
   void experts(Backend& backend, const ExpertWeights& local, int64_t D, int64_t K, MicroBatch& mb);
   void combine(Backend& backend, int64_t D, int64_t K, const TensorView& x, const TensorView& expert_ids,
                const TensorView& expert_weights, const TensorView& plus, const TensorView& dst, MicroBatch& mb);
@@ -87,6 +107,8 @@ class ExpertParallel {
   ExpertPlacement placement_;
   Mode mode_;
   bool two_micro_batch_ = false;
+  bool shared_as_routed_ = false;
+  bool fp8_dispatch_ = false;
   std::atomic<uint64_t> bytes_sent_{0};  // read by /metrics on another thread
 };
 

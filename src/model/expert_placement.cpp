@@ -54,6 +54,20 @@ ExpertPlacement ExpertPlacement::initial(const std::vector<bool>& moe_layers, in
   return p;
 }
 
+ExpertPlacement ExpertPlacement::with_shared_expert(const std::vector<bool>& moe_layers, int32_t routed,
+                                                    int32_t top_k, int32_t ranks, int32_t redundant) {
+  MOE_CHECK(routed >= 1 && top_k >= 1 && top_k <= routed, "shared expert placement: top {} of {} routed experts",
+            top_k, routed);
+  ExpertPlacement p = initial(moe_layers, routed + 1, ranks, redundant);
+  // Expected tokens per expert, scaled by `routed`: top_k for each routed expert, routed for the shared one.
+  std::vector<int64_t> load(size_t(routed) + 1, top_k);
+  load.back() = routed;
+  LayerPlacement base = eplb_layer(load, ranks, p.slots_per_rank);
+  for (auto& l : p.layers)
+    if (!l.empty()) l = base;
+  return p;
+}
+
 LayerPlacement eplb_layer(const std::vector<int64_t>& load, int32_t ranks, int32_t slots_per_rank) {
   const int32_t E = int32_t(load.size()), slots = ranks * slots_per_rank;
   MOE_CHECK(slots >= E, "EPLB: {} slots for {} experts", slots, E);

@@ -29,6 +29,12 @@ struct ExpertPlacement {
   // lowest expert ids (uniform load). `moe_layers[i]` says whether layer i has routed experts.
   static ExpertPlacement initial(const std::vector<bool>& moe_layers, int32_t num_experts, int32_t ranks,
                                  int32_t redundant);
+  // The shared expert as a routed one (ExpertParallel::set_shared_as_routed): `routed` + 1 experts per MoE layer,
+  // id `routed` being the shared expert, placed by eplb_layer from the expected decode load (every token picks
+  // the shared expert and `top_k` of the routed ones: per token 1 against top_k / routed), so the spare slots go
+  // to copies of the shared expert first and its copies sit on different ranks.
+  static ExpertPlacement with_shared_expert(const std::vector<bool>& moe_layers, int32_t routed, int32_t top_k,
+                                            int32_t ranks, int32_t redundant);
   // JSON for logs and the step broadcast: {"ranks":..,"slots_per_rank":..,"num_experts":..,"layers":[[..],..]}.
   std::string to_json() const;
   static ExpertPlacement from_json(const std::string& text);  // throws naming what is wrong

@@ -130,8 +130,18 @@ class Loader {
     ExpertWeights out;
     out.experts.reserve(ids.size());
     for (int32_t e : ids) {
-      MOE_CHECK(e >= 0 && e < c_.n_routed_experts, "layer {}: no routed expert {} (of {})", layer, e,
-                c_.n_routed_experts);
+      // Id n_routed_experts: the shared expert as a routed one (ExpertPlacement::with_shared_expert), which needs
+      // it to have a routed expert's shape (one shared expert: V3, R1, Kimi-K2).
+      if (e == c_.n_routed_experts && c_.n_shared_experts == 1) {
+        out.experts.push_back(mlp(fmt::format("model.layers.{}.mlp.shared_experts", layer), c_.hidden_size,
+                                  c_.moe_intermediate_size));
+        continue;
+      }
+      MOE_CHECK(e >= 0 && e < c_.n_routed_experts, "layer {}: no routed expert {} (of {}{})", layer, e,
+                c_.n_routed_experts,
+                e == c_.n_routed_experts ? fmt::format("; the shared expert as a routed one needs n_shared_experts = 1, "
+                                                       "not {}", c_.n_shared_experts)
+                                         : std::string());
       out.experts.push_back(
           mlp(fmt::format("model.layers.{}.mlp.experts.{}", layer, e), c_.hidden_size, c_.moe_intermediate_size, true));
     }

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
+#include <tuple>
 
 #include "cli/run_moe.h"
 #include "io/safetensors.h"
@@ -111,6 +112,44 @@ TEST(EpCliSpeculative, GenerateReplicatedMatchesOneProcess) {
   ASSERT_EQ(two.code, 0) << two.out;
   EXPECT_EQ(two.out, one.out);
   EXPECT_FALSE(one.out.empty());
+}
+
+// --ep-shared-routed: the shared expert as a routed one in decode steps (its copies on every rank here), so
+// `generate`'s steps after the prefill take it; the printed tokens equal one process's (the logits move by F32
+// summation order only: test_shared_routed.cpp).
+TEST(EpCliShared, GenerateMatchesOneProcess) {
+  for (auto [model, np, redundant] : {std::tuple{test::kTinyModel, 2, 1}, std::tuple{test::kTinyModelFp8, 4, 3}}) {
+    const std::string gen = "generate --model " + model + " --tokens " + prompt_ids() + " --threads 1 --max-new-tokens 8";
+    const auto one = test::run_moe(gen, /*with_stderr=*/false);
+    ASSERT_EQ(one.code, 0) << one.out;
+    const auto many = run_mpi(np, gen + " --ep " + std::to_string(np) + " --ep-shared-routed --redundant-experts " +
+                                      std::to_string(redundant),
+                              /*with_stderr=*/false);
+    ASSERT_EQ(many.code, 0) << many.out;
+    EXPECT_EQ(many.out, one.out) << model << ", " << np << " ranks";
+    EXPECT_FALSE(one.out.empty());
+  }
+}
+
+// --ep-fp8-dispatch on the FP8 fixture: logits within the E4M3 bound of test_fp8_dispatch.cpp (relative L2 <=
+// sqrt(18) * 2^-4 / sqrt(3)) of one process.
+TEST(EpCliFp8Dispatch, LogitsWithinE4m3Bound) {
+  const std::string one = test::temp_path("fp8d-one.safetensors"), many = test::temp_path("fp8d-many.safetensors");
+  const std::string common = "logits --model " + test::kTinyModelFp8 + " --tokens " + prompt_ids() + " --threads 1";
+  auto r = test::run_moe(common + " --out " + one);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_mpi(2, common + " --out " + many + " --ep 2 --ep-fp8-dispatch");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::vector<float> a = read_logits(many), b = read_logits(one);
+  ASSERT_EQ(a.size(), b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), den += double(b[i]) * b[i];
+  const double l2 = std::sqrt(num / den);
+  RecordProperty("rel_l2", std::to_string(l2));
+  EXPECT_LE(l2, std::sqrt(18.0) * std::ldexp(1.0, -4) / std::sqrt(3.0));
+  EXPECT_GT(l2, 0.0) << "FP8 dispatch changed nothing: was it used?";
+  std::remove(one.c_str());
+  std::remove(many.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Mpi, EpCli,
@@ -319,6 +358,16 @@ TEST(EpCliErrors, WrongLaunch) {
   r = run_mpi(2, "generate --model " + test::kTinyModel + " --tokens 1,2 --ep 2 --dp-attention");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("generate runs one"), std::string::npos) << r.out;
+  r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --ep-shared-routed "
+                 "--dp-attention --redundant-experts 1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--ep-shared-routed works in the replicated mode only"), std::string::npos) << r.out;
+  r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --ep-shared-routed");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("cannot be dealt evenly to 2 ranks"), std::string::npos) << r.out;
+  r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --ep-fp8-dispatch");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--ep-fp8-dispatch is for FP8 experts"), std::string::npos) << r.out;
 }
 
 }  // namespace
