@@ -52,6 +52,14 @@ __device__ __forceinline__ float ex2(float x) {  // 2^x; ex2(-inf) = 0
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+// x through an empty asm: a value the compiler must recompute where used (keeps descriptors out of the loop
+// preheader); desc_step(bytes): a descriptor's start-address field advanced by `bytes` (16-byte units, no carry
+// out of the 14-bit field for offsets inside the CTA's shared memory).
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+__device__ __forceinline__ constexpr uint64_t desc_step(uint32_t bytes) { return uint64_t(bytes >> 4); }
 __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
   asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }
@@ -145,19 +153,22 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_wgmma_kernel(const Mla
     __syncthreads();  // tile it (and Q) landed; both warpgroups retired tile it-1's wgmma
     issue(it + 1);
     const uint32_t kv = base + kOffKV + uint32_t(it % 2) * kTileB;
+    // Descriptors are formed next to their wgmma from bases the compiler cannot hoist (opaque), so the 36 query
+    // descriptors do not sit in 72 registers for the whole loop next to the 144 accumulators.
+    const uint64_t dq = smem_desc(opaque(base)), dk = smem_desc(opaque(kv + uint32_t(wg) * 32 * 128));
     const int j0 = begin + it * kPos;
 
     // 1. Scores of positions 32 wg .. 32 wg + 31.
     float s[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) s[i] = 0.0f;
+    fence_acc(s);  // register writes before wgmma.fence (ptxas otherwise injects waits)
     wgmma_fence();
 #pragma unroll
     for (int kb = 0; kb < kKB; ++kb)
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
-        wgmma_m64n32k16(s, smem_desc(base + uint32_t(kb) * kBlock + kk * 32),
-                        smem_desc(kv + uint32_t(kb) * kBlock + uint32_t(wg) * 32 * 128 + kk * 32), kb + kk > 0);
+        wgmma_m64n32k16(s, dq + desc_step(kb * kBlock + kk * 32), dk + desc_step(kb * kBlock + kk * 32), kb + kk > 0);
     wgmma_commit();
     wgmma_wait<0>();
     fence_acc(s);
@@ -212,6 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_wgmma_kernel(const Mla
       acc[4 * j + 2] *= alpha[1];
       acc[4 * j + 3] *= alpha[1];
     }
+    fence_acc(acc);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kPos / 16; ++ks)
