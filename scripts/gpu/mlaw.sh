@@ -21,17 +21,20 @@ S=$D/summary.txt
 [ -x "$B/tests/cuda/test_cuda" ] || { echo "no test_cuda: run scripts/gpu/run.sh build first" | tee "$S"; exit 1; }
 echo "mlaw slot run $(date -u +%FT%TZ)" | tee "$S"
 
-timeout 25 "$B/tests/cuda/test_cuda" --gtest_filter='CudaMlaWgmma.*:CudaMla.*' >"$D/test_mla.log" 2>&1
-echo "test_cuda MLA exit $?" | tee -a "$S"
-grep -E "^\[ +(OK|FAILED|PASSED) |seed|mla wgmma|mma.sync kernel vs|rel L2|Failure" "$D/test_mla.log" | head -60 | tee -a "$S"
+timeout 18 "$B/tests/cuda/test_cuda" --gtest_filter='CudaMlaWgmma.*' >"$D/test_wgmma.log" 2>&1
+echo "test_cuda CudaMlaWgmma.* exit $?" | tee -a "$S"
+grep -E "^\[ +(OK|FAILED|PASSED) |seed|mla wgmma|mma.sync kernel vs|Failure" "$D/test_wgmma.log" | head -40 | tee -a "$S"
+timeout 14 "$B/tests/cuda/test_cuda" --gtest_filter='CudaMla.*' >"$D/test_mla.log" 2>&1
+echo "test_cuda CudaMla.* exit $?" | tee -a "$S"
+grep -E "^\[ +(OK|FAILED|PASSED) |rel L2|Failure" "$D/test_mla.log" | head -30 | tee -a "$S"
 
-timeout 20 compute-sanitizer --tool memcheck --leak-check no "$B/tests/cuda/test_cuda" \
+timeout 14 compute-sanitizer --tool memcheck --leak-check no "$B/tests/cuda/test_cuda" \
   --gtest_filter='CudaMlaWgmma.Small' >"$D/memcheck.log" 2>&1
 echo "memcheck exit $? ($(grep -c 'Invalid' "$D/memcheck.log") invalid accesses)" | tee -a "$S"
 grep -E "ERROR SUMMARY|^\[ +(OK|FAILED) " "$D/memcheck.log" | tail -3 | tee -a "$S"
 
 for args in "64 4096 128" "64 4096 16" "1 4096 128"; do
-  timeout 12 "$B/tests/cuda/bench_mla_attention" $args 20 >>"$D/bench.log" 2>&1
+  timeout 6 "$B/tests/cuda/bench_mla_attention" $args 20 >>"$D/bench.log" 2>&1
   echo "bench_mla_attention $args exit $?" | tee -a "$S"
 done
 grep -E "^device|^mla decode|kernels:|RESULT" "$D/bench.log" | tee -a "$S"

@@ -8,8 +8,8 @@
 // kernel's measured 0.4-2.6e-3 in bench/gpu/NOTES-mla.md). The two kernels round P against different running
 // maxima (32- vs 64-position tiles), independent errors of the same size: ~2e-3 between them. Bound 1e-2
 // for both comparisons.
-// The batch-64 context-4096 case is compared with the mma.sync kernel only (the CPU reference would take
-// 73 GFLOP); the CPU covers every other case, including the split path (batch 1 splits its context).
+// Batch 64 at contexts 512 and 4096 is compared with the mma.sync kernel only (the CPU reference would take
+// 9 and 73 GFLOP); the CPU covers every other case, including the split path (batch 1 splits its context).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -118,7 +118,7 @@ TEST_F(CudaMlaWgmma, Small) { check({{64, 3, 700, true}, {128, 1, 37, true}}); }
 
 TEST_F(CudaMlaWgmma, MatchesCpuAndMmaKernel) {
   check({{128, 1, 1, true}, {128, 1, 37, true}, {128, 1, 512, true}, {128, 1, 4096, true}, {128, 64, 1, true},
-         {128, 64, 37, true}, {128, 64, 512, true}, {128, 64, 4096, false}});
+         {128, 64, 37, true}, {128, 64, 512, false}, {128, 64, 4096, false}});
 }
 
 }  // namespace
