@@ -3,7 +3,8 @@
 # `scripts/gpu/run.sh build` has built build-gpu (test_cuda and bench_mla_attention are in its target list).
 # About 60 s in all:
 #  1. test_cuda's MLA tests: the wgmma kernel against the CPU and the mma.sync kernel (CudaMlaWgmma.*) and the
-#     existing MLA cases (CudaMla.*, which now take the wgmma kernel at 128 heads);
+#     existing MLA cases and the V3.2 sparse case (CudaMla.*, CudaDsa.SparseAttentionTensorCoreKernel: they now
+#     take the wgmma kernel at 128 heads);
 #  2. compute-sanitizer memcheck on CudaMlaWgmma.Small;
 #  3. bench_mla_attention at batch 64, context 4096, 128 and 16 heads (the A/B of both kernels at 128 heads
 #     in the same run, against the copy bandwidth measured there), and 128 heads at batch 1 / context 4096.
@@ -24,9 +25,9 @@ echo "mlaw slot run $(date -u +%FT%TZ)" | tee "$S"
 timeout 18 "$B/tests/cuda/test_cuda" --gtest_filter='CudaMlaWgmma.*' >"$D/test_wgmma.log" 2>&1
 echo "test_cuda CudaMlaWgmma.* exit $?" | tee -a "$S"
 grep -E "^\[ +(OK|FAILED|PASSED) |seed|mla wgmma|mma.sync kernel vs|Failure" "$D/test_wgmma.log" | head -40 | tee -a "$S"
-timeout 14 "$B/tests/cuda/test_cuda" --gtest_filter='CudaMla.*' >"$D/test_mla.log" 2>&1
-echo "test_cuda CudaMla.* exit $?" | tee -a "$S"
-grep -E "^\[ +(OK|FAILED|PASSED) |rel L2|Failure" "$D/test_mla.log" | head -30 | tee -a "$S"
+timeout 16 "$B/tests/cuda/test_cuda" --gtest_filter='CudaMla.*:CudaDsa.SparseAttentionTensorCoreKernel' >"$D/test_mla.log" 2>&1
+echo "test_cuda CudaMla.* + CudaDsa sparse exit $?" | tee -a "$S"
+grep -E "^\[ +(OK|FAILED|PASSED) |rel L2|sparse attention|Failure" "$D/test_mla.log" | head -30 | tee -a "$S"
 
 timeout 14 compute-sanitizer --tool memcheck --leak-check no "$B/tests/cuda/test_cuda" \
   --gtest_filter='CudaMlaWgmma.Small' >"$D/memcheck.log" 2>&1
