@@ -34,8 +34,9 @@ timeout 14 compute-sanitizer --tool memcheck --leak-check no "$B/tests/cuda/test
 echo "memcheck exit $? ($(grep -c 'Invalid' "$D/memcheck.log") invalid accesses)" | tee -a "$S"
 grep -E "ERROR SUMMARY|^\[ +(OK|FAILED) " "$D/memcheck.log" | tail -3 | tee -a "$S"
 
-for args in "64 4096 128" "64 4096 16" "1 4096 128"; do
-  timeout 6 "$B/tests/cuda/bench_mla_attention" $args 20 >>"$D/bench.log" 2>&1
+# The last run: 16 heads with one split (64 CTAs, no partials and no combine), data for the 16-head goal.
+for args in "64 4096 128 20" "64 4096 16 20" "1 4096 128 20" "64 4096 16 20 1"; do
+  timeout 6 "$B/tests/cuda/bench_mla_attention" $args >>"$D/bench.log" 2>&1
   echo "bench_mla_attention $args exit $?" | tee -a "$S"
 done
 grep -E "^device|^mla decode|kernels:|RESULT" "$D/bench.log" | tee -a "$S"
