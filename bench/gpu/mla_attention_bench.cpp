@@ -10,7 +10,10 @@
 // Every call reads a different copy of the cache (as many copies as make 2x the L2 size), so small batches
 // are not timed out of L2. Cache rate = latent-cache bytes (B * (context + 1) * 576 * 2) over the time;
 // FLOPs = 2 * (576 + 512) * H per cached position (scores and P V).
-// Usage: bench_mla_attention [batch=64] [context=4096] [heads=16] [reps=20]
+// Where the wgmma kernel applies (heads a multiple of 64), the attention kernels are timed both ways in the
+// same run (mma.sync: mla_attention.cu, wgmma: mla_decode_wgmma.cu, each with its own split count); the
+// device and backend ops use the backend's choice (the wgmma kernel), or `kernel` forces one.
+// Usage: bench_mla_attention [batch=64] [context=4096] [heads=16] [reps=20] [splits=0] [kernel=auto|mma|wgmma]
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -19,6 +22,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -47,8 +51,13 @@ int main(int argc, char** argv) {
     fmt::print("no CUDA device\n");
     return 1;
   }
+  const std::string kernel_arg = argc > 6 ? argv[6] : "auto";
   CudaOptions options;
   options.mla_splits = forced_splits;
+  options.mla_decode = kernel_arg == "mma" ? MlaDecodeKernel::Mma : kernel_arg == "wgmma" ? MlaDecodeKernel::Wgmma
+                                                                                         : MlaDecodeKernel::Auto;
+  const bool has_wgmma = cuda::mla_wgmma_applies(H, r, dr);
+  const bool use_wgmma = has_wgmma && options.mla_decode != MlaDecodeKernel::Mma;
   auto gpu = make_cuda_backend(0, options);
   const double bw = cuda::measure_copy_bandwidth(0, size_t(2) << 30);
   cudaDeviceProp prop{};
@@ -106,7 +115,11 @@ int main(int argc, char** argv) {
   const float scale = 1.0f / std::sqrt(192.0f);
 
   // Direct kernel calls on our own stream, with buffers sized as the backend sizes them.
-  const int32_t splits = cuda::mla_choose_splits(B, H, r, pps * page, prop.multiProcessorCount, forced_splits);
+  const int32_t splits_mma = cuda::mla_choose_splits(B, H, r, pps * page, prop.multiProcessorCount, forced_splits);
+  const int32_t splits_wg =
+      has_wgmma ? cuda::mla_choose_splits(B, H, r, pps * page, prop.multiProcessorCount, forced_splits, true) : 0;
+  const int32_t splits = std::max(splits_mma, splits_wg);  // scratch for either
+  const int32_t splits_used = use_wgmma ? splits_wg : splits_mma;
   Tensor qf = gpu->alloc(DType::BF16, {B, H, W}), o_lat = gpu->alloc(DType::F32, {B, H, r});
   Tensor o_part = gpu->alloc(DType::F32, {splits, B, H, r}), ml = gpu->alloc(DType::F32, {splits, B, H, 2});
   cuda::WeightRef kref;
@@ -114,8 +127,9 @@ int main(int argc, char** argv) {
   kref.dtype = DType::BF16;
   kref.rows = H * (dn + dv);
   kref.cols = r;
-  auto params = [&](int64_t c) {
+  auto params = [&](int64_t c, bool wgmma) {
     cuda::MlaParams p;
+    p.wgmma = wgmma;
     p.qf = qf.as<const uint16_t>();
     p.cache = cache.as<const uint16_t>();
     p.block_table = batches[size_t(c)].block_table.as<const int32_t>();
@@ -128,7 +142,7 @@ int main(int argc, char** argv) {
     p.r = int32_t(r);
     p.dr = int32_t(dr);
     p.scale = scale;
-    p.splits = splits;
+    p.splits = wgmma ? splits_wg : splits_mma;
     p.o_part = o_part.as<float>();
     p.ml_part = ml.as<float>();
     p.o_lat = o_lat.as<float>();
@@ -172,8 +186,12 @@ int main(int argc, char** argv) {
   };
   const int kreps = std::max(reps, 100);
   cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st);
-  for (int i = 0; i < 3; ++i) cuda::mla_attention(params(i % copies), st);
-  const double ms_attn = event_ms([&](int i) { cuda::mla_attention(params(i % copies), st); }, kreps);
+  auto time_attention = [&](bool wgmma) {
+    for (int i = 0; i < 3; ++i) cuda::mla_attention(params(i % copies, wgmma), st);
+    return event_ms([&](int i) { cuda::mla_attention(params(i % copies, wgmma), st); }, kreps);
+  };
+  const double ms_attn_mma = time_attention(false), ms_attn_wg = has_wgmma ? time_attention(true) : 0.0;
+  const double ms_attn = use_wgmma ? ms_attn_wg : ms_attn_mma;
   const double ms_absorb = event_ms([&](int) { cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st); }, kreps);
 
   // Device op: 16 calls in one graph.
@@ -183,7 +201,7 @@ int main(int argc, char** argv) {
   MOE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
   for (int i = 0; i < kGraphCalls; ++i) {
     cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st);
-    cuda::mla_attention(params(i % copies), st);
+    cuda::mla_attention(params(i % copies, use_wgmma), st);
     cuda::gemv(g, tile, st);
   }
   MOE_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
@@ -221,16 +239,24 @@ int main(int argc, char** argv) {
   };
   fmt::print("device: {}; copy bandwidth {:.0f} GB/s; splits {}\n", cuda::device_name(0), bw / 1e9,
              forced_splits > 0 ? "forced" : "chosen");
-  fmt::print("mla decode: batch {} context {} heads {}: {} splits, {} cache copies, latent cache {:.1f} MB, {:.2f} GFLOP per call\n",
-             B, ctx, H, splits, copies, bytes / 1e6, flops / 1e9);
-  line("kernels: attention + combine (events)", ms_attn);
+  fmt::print("mla decode: batch {} context {} heads {}: {} splits ({} mma.sync, {} wgmma), {} cache copies, latent cache "
+             "{:.1f} MB, {:.2f} GFLOP per call; ops on the {} kernel\n",
+             B, ctx, H, splits_used, splits_mma, splits_wg, copies, bytes / 1e6, flops / 1e9, use_wgmma ? "wgmma" : "mma.sync");
+  line("kernels: attention + combine, mma.sync (events)", ms_attn_mma);
+  if (has_wgmma) line("kernels: attention + combine, wgmma (events)", ms_attn_wg);
   fmt::print("  {:<44} {:8.4f} ms\n", "kernels: absorb (events)", ms_absorb);
   line("device op: absorb+attn+combine+W_UV (graph)", ms_graph);
   line("backend op: host clock, call + sync", ms_wall);
   line("backend op: 16 calls back to back", ms_b2b);
+  if (has_wgmma)
+    fmt::print("RESULT_AB B={} ctx={} H={} mma_us={:.1f} mma_tflops={:.1f} mma_pct_copy={:.1f} wgmma_us={:.1f} "
+               "wgmma_tflops={:.1f} wgmma_pct_copy={:.1f} speedup={:.2f}\n",
+               B, ctx, H, ms_attn_mma * 1e3, flops / (ms_attn_mma * 1e-3) / 1e12, 100.0 * bytes / (ms_attn_mma * 1e-3) / bw,
+               ms_attn_wg * 1e3, flops / (ms_attn_wg * 1e-3) / 1e12, 100.0 * bytes / (ms_attn_wg * 1e-3) / bw,
+               ms_attn_mma / ms_attn_wg);
   fmt::print("RESULT B={} ctx={} H={} splits={} attn_us={:.1f} absorb_us={:.1f} op_graph_us={:.1f} op_wall_us={:.1f} "
              "op_b2b_us={:.1f} attn_pct_copy={:.1f} attn_tflops={:.1f}\n",
-             B, ctx, H, splits, ms_attn * 1e3, ms_absorb * 1e3, ms_graph * 1e3, ms_wall * 1e3, ms_b2b * 1e3,
+             B, ctx, H, splits_used, ms_attn * 1e3, ms_absorb * 1e3, ms_graph * 1e3, ms_wall * 1e3, ms_b2b * 1e3,
              100.0 * bytes / (ms_attn * 1e-3) / bw, flops / (ms_attn * 1e-3) / 1e12);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);

@@ -12,6 +12,8 @@ struct CpuOptions {
   int32_t threads = 0;  // worker threads of the backend's own pool; 0: one per hardware thread
 };
 
+enum class MlaDecodeKernel { Auto, Mma, Wgmma };
+
 struct CudaOptions {
   // The tensor-core GEMMs of steps with more than 8 tokens (prefill): see CudaBackend::gemm.
   //   Bf16:  x (and a dequantised FP8 weight) rounded to BF16 once, F32 accumulation (the default).
@@ -29,6 +31,10 @@ struct CudaOptions {
   bool mla_prefill_always = false;  // skip the cost comparison (tests run every prompt through the kernel)
   // Split count of the decode attention's sequences; 0: chosen per shape (cuda::mla_choose_splits).
   int32_t mla_splits = 0;
+  // Decode attention kernel: Auto takes the wgmma kernel where it applies (H % 64 == 0 at r 512 / rope 64)
+  // and the mma.sync kernel elsewhere; Mma forces the mma.sync kernel, Wgmma the wgmma one where it applies
+  // (for A/B runs: bench_mla_attention).
+  MlaDecodeKernel mla_decode = MlaDecodeKernel::Auto;
 };
 
 struct BackendOptions {

@@ -41,7 +41,9 @@ void CudaBackend::latent_attention(const TensorView& qf, const TensorView& cache
   // As in mla_attention: the launch depends on T, H, r and the cache capacity per sequence only (for a sparse
   // call, the index list's length K).
   const int64_t capacity = indices.data ? indices.row_size() : int64_t(plan.max_pages) * plan.page_size;
-  const int32_t splits = cuda::mla_choose_splits(T, H, r, capacity, sms_, ctx_.options().mla_splits);
+  // The wgmma kernel where it applies (CudaOptions::mla_decode may force the mma.sync one).
+  const bool wgmma = ctx_.options().mla_decode != MlaDecodeKernel::Mma && cuda::mla_wgmma_applies(H, r, dr);
+  const int32_t splits = cuda::mla_choose_splits(T, H, r, capacity, sms_, ctx_.options().mla_splits, wgmma);
   Tensor o_part, ml;
   if (splits > 1) {
     o_part = scratch(DType::F32, {splits, T, H, r});
@@ -69,6 +71,7 @@ void CudaBackend::latent_attention(const TensorView& qf, const TensorView& cache
     p.indices = indices.as<const int32_t>();
     p.K = int32_t(indices.row_size());
   }
+  p.wgmma = wgmma;
   cuda::mla_attention(p, stream_);
 }
 

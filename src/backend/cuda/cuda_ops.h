@@ -176,14 +176,22 @@ struct MlaParams {
   // 0 .. positions[t]; splits then cut the list (mla_choose_splits with capacity K).
   const int32_t* indices = nullptr;
   int32_t K = 0;
+  // The wgmma kernel (mla_decode_wgmma.cu) instead of the mma.sync one; only where mla_wgmma_applies.
+  bool wgmma = false;
 };
 constexpr int kMlaTile = 32;        // cache positions per tile
 constexpr int kMlaMaxSplits = 256;  // upper bound of MlaParams::splits
 // Splits for T tokens of H heads over a cache of `capacity` positions per sequence (max_pages * page_size) on
 // `sms` multiprocessors; `forced` > 0 (CudaOptions::mla_splits, for tuning) takes that many, clamped to what
 // the capacity allows.
-int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms, int32_t forced = 0);
+// `wgmma`: for the wgmma kernel (64 heads per block, 64-position tiles).
+int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms, int32_t forced = 0,
+                          bool wgmma = false);
 void mla_attention(const MlaParams& p, cudaStream_t s);
+// ---- mla_decode_wgmma.cu: the same attention on wgmma, 64 heads per block (H % 64 == 0, r 512, rope 64) ----
+bool mla_wgmma_applies(int64_t H, int64_t r, int64_t dr);
+void configure_mla_decode_wgmma_kernel();
+void mla_attention_wgmma(const MlaParams& p, cudaStream_t s);  // attention only (mla_attention adds the combine)
 // The same attention for any r and dr (the tensor-core kernel is compiled for r/dr 512/64, 256/64, 128/32):
 // mla_attention falls back to it; it ignores `splits` and writes o_lat (and lse) directly.
 void mla_attention_generic(const MlaParams& p, cudaStream_t s);

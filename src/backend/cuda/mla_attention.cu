@@ -412,21 +412,25 @@ void launch_widths(const MlaParams& p, cudaStream_t s) {
 }  // namespace
 
 void configure_mla_attention_kernels() {
+  configure_mla_decode_wgmma_kernel();
   configure_widths<512, 576>();
   configure_widths<128, 160>();
   configure_widths<256, 320>();
 }
 
-int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms, int32_t forced) {
+int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms, int32_t forced, bool wgmma) {
   // Cost in tile-times of a lone block (~1.5 us on the H100): the blocks of N = T * head groups per split
   // run in ceil(N S / sms) waves of ceil(tiles / S) tiles plus a ramp of ~2 (first copies in flight);
   // splitting adds the combine launch (~2) and ~0.07 per split and wave (partials written and re-read).
   // Fitted to batch-1 runs on the H100 (bench/gpu/NOTES-mla.md): 18 splits best at 18 tiles (context 512),
   // 26-65 at 130 tiles (4096), where 130 splits cost 4.5 us more. The capacity, not the current length,
   // sets the count: the launch must not depend on positions.
+  // The wgmma kernel: 64 heads per block and 64-position tiles (a tile-time ~2x the mma.sync kernel's at
+  // 32 heads, not yet measured: the same model in its own units).
   (void)r;
-  const int64_t N = T * ((H + heads_per_block(H) - 1) / heads_per_block(H));
-  const int64_t tiles = std::max<int64_t>(1, (capacity + kTile - 1) / kTile);
+  const int64_t hpb = wgmma ? 64 : heads_per_block(H), tile = wgmma ? 64 : kTile;
+  const int64_t N = T * ((H + hpb - 1) / hpb);
+  const int64_t tiles = std::max<int64_t>(1, (capacity + tile - 1) / tile);
   const int64_t max_splits = std::min<int64_t>(tiles, kMlaMaxSplits);
   if (forced > 0) return int32_t(std::min<int64_t>(forced, max_splits));
   int64_t best = 1;
@@ -445,7 +449,8 @@ int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int
 void mla_attention(const MlaParams& p, cudaStream_t s) {
   if (p.T == 0) return;
   if (p.splits < 1 || p.splits > kMlaMaxSplits) check(cudaErrorInvalidValue, "mla_attention: split count out of range");
-  if (p.r == 512 && p.dr == 64) launch_widths<512, 576>(p, s);        // DeepSeek-V2/V3, Moonlight, Kimi
+  if (p.wgmma && mla_wgmma_applies(p.H, p.r, p.dr)) mla_attention_wgmma(p, s);  // mla_decode_wgmma.cu
+  else if (p.r == 512 && p.dr == 64) launch_widths<512, 576>(p, s);   // DeepSeek-V2/V3, Moonlight, Kimi
   else if (p.r == 128 && p.dr == 32) launch_widths<128, 160>(p, s);   // the tiny test fixture
   else if (p.r == 256 && p.dr == 64) launch_widths<256, 320>(p, s);
   else return mla_attention_generic(p, s);  // any other widths: CUDA cores, one pass (mla_attention_generic.cu)

@@ -1,0 +1,279 @@
+// MLA decode attention on Hopper's warpgroup MMA (wgmma) for many heads (H % 64 == 0, r 512, rope 64): the
+// absorbed form as in mla_attention.cu (key = the W = 576 wide latent cache row, value = its first 512
+// columns), with 64 heads per CTA so each cache tile is read from shared memory once per 64 heads.
+//
+// Work split: grid (token t x 64-head tile, split s), the head tiles of one token adjacent in launch order (at
+// 128 heads the two CTAs of a token run together and the second reads each tile from L2). The split logic,
+// the partials (m, l, O) and the combine kernel are those of mla_attention.cu: a split's positions are
+// [begin, end) from positions[t] (or the V3.2 index row's valid prefix), cut into tiles of 64 rows.
+//
+// CTA: 256 threads = 2 warpgroups, one CTA per SM (shared memory). Shared memory, every block [64 rows][64
+// BF16] in the 128-byte swizzle of wgmma.cuh (8 KB):
+//   Q   [9 blocks]: the 64 heads' absorbed query rows (576 = 9 x 64 columns), copied once;
+//   KV  [2 stages][9 blocks]: cache tiles of 64 positions, cp.async ring (tile i+1 lands while i computes);
+//   P   [1 block]: softmax weights [64 heads][64 positions] BF16;
+//   row max and row sum exchange between the warpgroups, [2][64] F32 each.
+// Per tile:
+//   1. S = Q K^T: warpgroup w computes the scores of positions 32w .. 32w+31 for all 64 heads (36 wgmma
+//      m64n32k16, A = Q K-major, B = the tile's rows K-major), 16 F32 per thread.
+//   2. Online softmax in registers (log2 domain, masked past the split's end): quad max per row, the two
+//      warpgroups' row maxima meet in shared memory (barrier), so both hold the same running max m and the
+//      same alpha = 2^(m_old - m_new); P = 2^(S - m) rounded to BF16 into P (l sums the rounded values).
+//   3. O = alpha O + P V: warpgroup w owns output columns 256w .. 256w+255 (128 F32 per thread): 4 wgmma
+//      m64n256k16 with A = P (K-major, K = positions) and B = the tile's columns 256w.. (MN-major: positions
+//      are rows, the transpose bit).
+// Three barriers per tile: tile landed and the previous tile's wgmma retired (the next copy then reuses its
+// stage), row maxima exchanged, P written (after fence.proxy.async: the tensor cores read it via the async
+// proxy). The library is compiled for sm_90a only, so wherever this binary runs it has wgmma.
+#include <cstdint>
+
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/tensor_core.cuh"
+#include "backend/cuda/wgmma.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+constexpr int kR = 512, kW = 576, kKB = kW / 64, kHeads = 64, kPos = 64, kThreads = 256;
+constexpr uint32_t kBlock = 64 * 128;                   // one swizzled [64][64] BF16 block
+constexpr uint32_t kTileB = uint32_t(kKB) * kBlock;     // 72 KB: a query tile or a cache tile
+constexpr uint32_t kOffKV = kTileB, kOffP = 3 * kTileB, kOffMax = kOffP + kBlock, kOffSum = kOffMax + 2 * 64 * 4;
+constexpr size_t kSmem = size_t(kOffSum) + 2 * 64 * 4 + 1024;  // + alignment of the base to 1024
+static_assert(kSmem <= 227 * 1024, "shared memory of one CTA");
+static_assert(kHeads == 64 && kPos == 64 && kThreads == 256, "two warpgroups over a 64 x 64 tile");
+
+// Byte offset of 16-byte chunk c of row r in a swizzled block.
+__device__ __forceinline__ uint32_t swz(int r, int c) { return uint32_t(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+__device__ __forceinline__ float ex2(float x) {  // 2^x; ex2(-inf) = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+// x through an empty asm: a value the compiler must recompute where used (keeps descriptors out of the loop
+// preheader); desc_step(bytes): a descriptor's start-address field advanced by `bytes` (16-byte units, no carry
+// out of the 14-bit field for offsets inside the CTA's shared memory).
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+__device__ __forceinline__ constexpr uint64_t desc_step(uint32_t bytes) { return uint64_t(bytes >> 4); }
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+__global__ void __launch_bounds__(kThreads, 1) mla_decode_wgmma_kernel(const MlaParams p) {
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  uint8_t* const sgen = smem_raw + (base - smem_addr(smem_raw));  // generic pointer to `base`
+  float* const smax = reinterpret_cast<float*>(sgen + kOffMax);   // [2 warpgroups][64 heads]
+  float* const ssum = reinterpret_cast<float*>(sgen + kOffSum);
+
+  const int groups = p.H / kHeads;
+  const int t = int(blockIdx.x) / groups, h0 = (int(blockIdx.x) % groups) * kHeads, split = int(blockIdx.y);
+  const int tid = int(threadIdx.x), wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+
+  pdl_trigger();
+  pdl_wait();  // positions, block table, qf and the cache come from earlier kernels
+
+  const int32_t* sel = p.indices ? p.indices + int64_t(t) * p.K : nullptr;
+  const int len = sel ? valid_prefix(sel, p.K) : p.positions[t] + 1;
+  int split_len = (len + p.splits - 1) / p.splits;
+  split_len = (split_len + kPos - 1) / kPos * kPos;
+  const int begin = split * split_len, end = min(len, begin + split_len);
+  const int ntiles = end > begin ? (end - begin + kPos - 1) / kPos : 0;
+  const int32_t* pages = p.block_table + int64_t(p.token_seq[t]) * p.max_pages;
+  const int page_size = p.page_size;
+
+  // Copy roles: thread copies row tid / 4 of a tile, chunks (tid % 4) + 4 i of its 72. The row's page entry
+  // is looked up one tile ahead (raw entry and in-page offset; -1: past the end, zero-filled).
+  const int crow = tid / 4, csub = tid % 4;
+  int next_page = 0, next_off = -1;
+  auto lookup = [&](int j) {
+    const int pj = j < end ? (sel ? sel[j] : j) : 0;
+    next_off = j < end ? pj % page_size : -1;
+    if (j < end) next_page = pages[pj / page_size];
+  };
+  if (ntiles > 0) lookup(begin + crow);
+  auto issue = [&](int k) {  // tile k into stage k % 2; always one commit group
+    if (k < ntiles) {
+      const uint32_t dst = base + kOffKV + uint32_t(k % 2) * kTileB;
+      const int row = next_off >= 0 ? next_page * page_size + next_off : -1;
+      const uint16_t* src = p.cache + int64_t(max(row, 0)) * kW;
+#pragma unroll
+      for (int i = 0; i < kW / 8 / 4; ++i) {
+        const int ch = csub + 4 * i;
+        cp_async16(dst + uint32_t(ch / 8) * kBlock + swz(crow, ch % 8), src + ch * 8, row >= 0);
+      }
+      if (k + 1 < ntiles) lookup(begin + (k + 1) * kPos + crow);
+    }
+    cp_async_commit();
+  };
+
+  // The empty-split contract of mla_attention.cu: (m = -inf, l = 0), no O.
+  const bool one = p.splits == 1;
+  if (ntiles == 0) {
+    if (tid < kHeads) {
+      if (one && p.lse) p.lse[int64_t(t) * p.H + h0 + tid] = -INFINITY;
+      if (!one)
+        *reinterpret_cast<float2*>(p.ml_part + ((int64_t(split) * p.T + t) * p.H + h0 + tid) * 2) =
+            make_float2(-INFINITY, 0.0f);
+    }
+    return;
+  }
+
+  // Query tile (one group with tile 0): 64 rows x 72 chunks, 18 per thread.
+  {
+    const uint16_t* q = p.qf + (int64_t(t) * p.H + h0) * kW;
+#pragma unroll
+    for (int i = 0; i < kHeads * (kW / 8) / kThreads; ++i) {
+      const int idx = tid + kThreads * i, r = idx / (kW / 8), ch = idx % (kW / 8);
+      cp_async16(base + uint32_t(ch / 8) * kBlock + swz(r, ch % 8), q + int64_t(r) * kW + ch * 8, true);
+    }
+  }
+  issue(0);
+
+  // Accumulator rows of this thread (wgmma layout, per warp as mma m16n8): rows 16 warp + lane/4 + 8 q;
+  // element 4 j + 2 q + c is column 8 j + 2 (lane % 4) + c of the warpgroup's n-range.
+  const int r0 = 16 * warp + lane / 4, cq = 2 * (lane % 4);
+  const float scale = p.scale * kLog2e;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+  fence_acc(acc);
+
+  for (int it = 0; it < ntiles; ++it) {
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // tile it (and Q) landed; both warpgroups retired tile it-1's wgmma
+    issue(it + 1);
+    const uint32_t kv = base + kOffKV + uint32_t(it % 2) * kTileB;
+    // Descriptors are formed next to their wgmma from bases the compiler cannot hoist (opaque), so the 36 query
+    // descriptors do not sit in 72 registers for the whole loop next to the 144 accumulators.
+    const uint64_t dq = smem_desc(opaque(base)), dk = smem_desc(opaque(kv + uint32_t(wg) * 32 * 128));
+    const int j0 = begin + it * kPos;
+
+    // 1. Scores of positions 32 wg .. 32 wg + 31.
+    float s[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) s[i] = 0.0f;
+    fence_acc(s);  // register writes before wgmma.fence (ptxas otherwise injects waits)
+    wgmma_fence();
+#pragma unroll
+    for (int kb = 0; kb < kKB; ++kb)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_m64n32k16(s, dq + desc_step(kb * kBlock + kk * 32), dk + desc_step(kb * kBlock + kk * 32), kb + kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(s);
+
+    // 2. Online softmax.
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int q = 0; q < 2; ++q)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int pos = j0 + 32 * wg + 8 * j + cq + c;
+          float& v = s[4 * j + 2 * q + c];
+          v = pos < end ? v * scale : -INFINITY;
+          mx[q] = fmaxf(mx[q], v);
+        }
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      mx[q] = fmaxf(mx[q], __shfl_xor_sync(0xffffffffu, mx[q], 1));
+      mx[q] = fmaxf(mx[q], __shfl_xor_sync(0xffffffffu, mx[q], 2));
+      if (lane % 4 == 0) smax[wg * 64 + r0 + 8 * q] = mx[q];
+    }
+    __syncthreads();
+    float alpha[2];
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int r = r0 + 8 * q;
+      const float m_new = fmaxf(m_run[q], fmaxf(smax[r], smax[64 + r]));
+      alpha[q] = m_new == -INFINITY ? 1.0f : ex2(m_run[q] - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float v0 = s[4 * j + 2 * q], v1 = s[4 * j + 2 * q + 1];
+        const uint16_t b0 = float_to_bf16_bits(m_new == -INFINITY ? 0.0f : ex2(v0 - m_new));
+        const uint16_t b1 = float_to_bf16_bits(m_new == -INFINITY ? 0.0f : ex2(v1 - m_new));
+        sum += bf16_bits_to_float(b0) + bf16_bits_to_float(b1);
+        // P[r][32 wg + 8 j + cq .. +1]: chunk 4 wg + j of row r, byte 2 cq inside it.
+        st_shared_u32(base + kOffP + swz(r, 4 * wg + j) + uint32_t(2 * cq), uint32_t(b0) | (uint32_t(b1) << 16));
+      }
+      l_run[q] = l_run[q] * alpha[q] + sum;
+      m_run[q] = m_new;
+    }
+    fence_proxy_async();
+    __syncthreads();
+
+    // 3. O = alpha O + P V over columns 256 wg ..
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      acc[4 * j] *= alpha[0];
+      acc[4 * j + 1] *= alpha[0];
+      acc[4 * j + 2] *= alpha[1];
+      acc[4 * j + 3] *= alpha[1];
+    }
+    fence_acc(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kPos / 16; ++ks)
+      wgmma_m64n256k16<1>(acc, smem_desc(base + kOffP + ks * 32),
+                          smem_desc(kv + uint32_t(4 * wg) * kBlock + uint32_t(ks) * 2048, kBlock, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(acc);
+  }
+  cp_async_wait<0>();
+
+  // Row sums: the quad's columns, then the two warpgroups' halves.
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    l_run[q] += __shfl_xor_sync(0xffffffffu, l_run[q], 1);
+    l_run[q] += __shfl_xor_sync(0xffffffffu, l_run[q], 2);
+    if (lane % 4 == 0) ssum[wg * 64 + r0 + 8 * q] = l_run[q];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    const int r = r0 + 8 * q, hh = h0 + r;
+    const float L = ssum[r] + ssum[64 + r];
+    if (wg == 0 && lane % 4 == 0) {
+      if (one && p.lse) p.lse[int64_t(t) * p.H + hh] = (m_run[q] + log2f(L)) * kLn2;
+      if (!one)
+        *reinterpret_cast<float2*>(p.ml_part + ((int64_t(split) * p.T + t) * p.H + hh) * 2) = make_float2(m_run[q], L);
+    }
+    const float inv = one ? 1.0f / L : 1.0f;
+    float* o = (one ? p.o_lat + (int64_t(t) * p.H + hh) * kR : p.o_part + ((int64_t(split) * p.T + t) * p.H + hh) * kR) +
+               256 * wg + cq;
+#pragma unroll
+    for (int j = 0; j < 32; ++j)
+      *reinterpret_cast<float2*>(o + 8 * j) = make_float2(acc[4 * j + 2 * q] * inv, acc[4 * j + 2 * q + 1] * inv);
+  }
+}
+
+}  // namespace
+
+bool mla_wgmma_applies(int64_t H, int64_t r, int64_t dr) { return H > 0 && H % kHeads == 0 && r == kR && dr == kW - kR; }
+
+void configure_mla_decode_wgmma_kernel() {
+  check(cudaFuncSetAttribute(mla_decode_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)),
+        "mla_decode_wgmma smem");
+}
+
+void mla_attention_wgmma(const MlaParams& p, cudaStream_t s) {
+  if (!mla_wgmma_applies(p.H, p.r, p.dr)) check(cudaErrorInvalidValue, "mla_attention_wgmma: needs H % 64 == 0, r 512, rope 64");
+  launch("mla_attention_wgmma", mla_decode_wgmma_kernel, dim3(unsigned(p.T) * unsigned(p.H / kHeads), unsigned(p.splits)),
+         dim3(kThreads), kSmem, s, p);
+}
+
+}  // namespace moe::cuda
