@@ -746,6 +746,7 @@ void Scheduler::speculative_step(const std::vector<SequenceChunk>& chunks, const
   const int64_t limit = tokenizer_ ? std::max<int32_t>(tokenizer_->vocab_size(), 1) : 0;
   const StepExecutor::SpeculativeIds ids = executor_.forward_speculative(chunks, *cache_, limit);
   metrics_.steps++;
+  metrics_.spec_fused_steps++;
   // Greedy verification from the ids alone: row j's token is verified[j]; the draft is kept when it equals the
   // main model's token at its position (Sampler::verify's greedy rule), as decide_tokens does from the rows.
   const size_t n = chunks[0].tokens.size();
