@@ -8,7 +8,7 @@
 #  3. Decode tokens/s at batch 1, 2, 8, 16, 32 without speculation (2-row and 2B-row step costs) and at 1, 8, 32
 #     with one draft, fused and host-decided, on a Moonlight-shaped MTP check model with FEWER LAYERS (6 of 27,
 #     to fit the slot: creating all 27 takes minutes) and on models/moe-tiny when its weights were carried
-#     (lead: please carry models/moe-tiny/model.safetensors, 17.5 MB; skipped otherwise).
+#     (lead: please carry models/moe-tiny/*.safetensors, 17.5 MB; skipped otherwise).
 # Everything goes to $OUT/spec/.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,7 +64,7 @@ bench() {  # name dir
 }
 
 # 3a. The project's default model (trained MTP module), when carried.
-if [ -f models/moe-tiny/model.safetensors ]; then bench moe-tiny models/moe-tiny; else log "models/moe-tiny has no weights here: skipped"; fi
+if ls models/moe-tiny/*.safetensors >/dev/null 2>&1; then bench moe-tiny models/moe-tiny; else log "models/moe-tiny has no weights here: skipped"; fi
 
 # 3b. Moonlight-shaped check model, 6 layers (1 dense + 5 MoE) plus the MTP layer, BF16.
 cfg=$D/moonlight-mtp-6l.json

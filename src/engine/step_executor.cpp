@@ -171,7 +171,6 @@ StepExecutor::SpeculativeIds StepExecutor::forward_speculative(const std::vector
         backend.argmax_rows(out.fwd.logits, limit, verified);
         const ForwardOutput mtp = model_.run_mtp(chunks, batch, verified, out.fwd.hidden, cache);
         backend.argmax_rows(mtp.logits, limit, drafts);
-        out.fwd.logits = {};  // not needed after the step (in a graph, its memory stays reserved anyway)
         return out;
       },
       owned);
