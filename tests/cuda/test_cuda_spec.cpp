@@ -38,7 +38,7 @@ TEST_F(CudaSpec, ArgmaxRowsIsTheHostArgmax) {
     for (int64_t limit : {int64_t(0), V - 7, V / 3}) {
       Tensor ids = gpu_->alloc(DType::I32, {R});
       gpu_->argmax_rows(d, limit, ids);
-      std::vector<int32_t> got(size_t(R));
+      std::vector<int32_t> got(static_cast<size_t>(R));
       gpu_->copy_to_host(ids, got.data());
       const int64_t n = limit > 0 ? limit : V;
       for (int64_t r = 0; r < R; ++r)
