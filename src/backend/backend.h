@@ -317,6 +317,22 @@ class Backend {
     }
   }
 
+  // Greedy tokens of every row, on the device and capturable (no host round trip): ids I32 [R] (any shape of R
+  // elements) = argmax(logits [R, V] F32) over the columns [0, limit) (limit <= 0 or > V: all), ties to the lower
+  // id, NaNs never chosen (0 if a row is all NaN): sampling.h's argmax. Speculative decoding's fused step
+  // (StepExecutor::forward_speculative) verifies drafts and drafts the next ones with it inside the step's graph.
+  // Default: for host memory (the CPU backend).
+  virtual void argmax_rows(const TensorView& logits, int64_t limit, const TensorView& ids) {
+    MOE_CHECK(logits.dtype == DType::F32 && logits.shape.rank == 2, "argmax_rows: logits must be F32 [rows, vocab]");
+    MOE_CHECK(ids.dtype == DType::I32 && ids.numel() == logits.shape[0], "argmax_rows: ids must be I32 with {} elements",
+              logits.shape[0]);
+    MOE_CHECK(logits.device.is_host() && ids.device.is_host(), "the {} backend has no argmax_rows", name());
+    const int64_t R = logits.shape[0], V = logits.shape[1], n = limit > 0 && limit < V ? limit : V;
+    const float* x = logits.as<const float>();
+    int32_t* out = ids.as<int32_t>();
+    for (int64_t r = 0; r < R; ++r) out[r] = argmax(std::span<const float>(x + r * V, size_t(n)));
+  }
+
   // MoE. Router logits [T, E] (F32) -> chosen experts I32 [T, k] and weights F32 [T, k].
   // bias (F32 [E] or empty) is added for choosing only.
   virtual void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,

@@ -21,14 +21,14 @@ using Clock = std::chrono::steady_clock;
 struct Run {
   double decode_s = 0;     // last first token to last token
   int64_t decode_tokens = 0;  // tokens after each request's first
-  uint64_t verifications = 0, drafted = 0, accepted = 0, steps = 0;
+  uint64_t verifications = 0, drafted = 0, accepted = 0, steps = 0, fused = 0;
   std::vector<std::vector<int32_t>> tokens;  // per request
 };
 
 Run run_batch(Scheduler& sched, int32_t B, const SchedulerBenchArgs& a, std::mt19937& rng) {
   const int32_t V = int32_t(sched.model_config().vocab_size);
   EngineMetrics& m = sched.metrics();
-  const uint64_t v0 = m.spec_verifications, d0 = m.spec_drafted, a0 = m.spec_accepted, s0 = m.steps;
+  const uint64_t v0 = m.spec_verifications, d0 = m.spec_drafted, a0 = m.spec_accepted, s0 = m.steps, f0 = m.spec_fused_steps;
   auto sink = std::make_shared<EventSink>();
   for (int32_t i = 0; i < B; ++i) {
     GenerationRequest r;
@@ -65,6 +65,7 @@ Run run_batch(Scheduler& sched, int32_t B, const SchedulerBenchArgs& a, std::mt1
   r.drafted = m.spec_drafted - d0;
   r.accepted = m.spec_accepted - a0;
   r.steps = m.steps - s0;
+  r.fused = m.spec_fused_steps - f0;
   return r;
 }
 
@@ -87,13 +88,15 @@ void run_scheduler_bench(const SchedulerBenchArgs& a) {
   so.max_step_tokens = std::max<int32_t>(512, max_b * (1 + a.speculative));
   so.prefix_cache = false;  // random prompts share nothing; keep the measurement to decoding
   so.speculative = a.speculative;
+  so.fused_speculation = a.fused_speculation;
   Scheduler sched(model, nullptr, so);
   std::mt19937 rng(uint32_t(a.seed));
   const ModelConfig& c = model.config();
   fmt::print("model: {} ({} layers, hidden {}, {} experts top {}), {}\n", a.model, c.num_hidden_layers, c.hidden_size,
              c.n_routed_experts, c.num_experts_per_tok, c.fp8_block_rows ? "FP8" : "BF16");
-  fmt::print("device: {}; scheduler decode, greedy, prompt {} tokens, {} tokens per request, speculative {}\n",
-             backend->name(), a.prompt_tokens, a.gen_tokens, a.speculative);
+  fmt::print("device: {}; scheduler decode, greedy, prompt {} tokens, {} tokens per request, speculative {}{}\n",
+             backend->name(), a.prompt_tokens, a.gen_tokens, a.speculative,
+             a.fused_speculation ? "" : " (fused speculation off)");
   {  // warm-up (allocations, graphs, first touch of the weights), on its own random prompts
     SchedulerBenchArgs w = a;
     w.gen_tokens = std::min(a.gen_tokens, 8);
@@ -108,6 +111,7 @@ void run_scheduler_bench(const SchedulerBenchArgs& a) {
       fmt::print(", drafted {} accepted {} (acceptance {:.3f}), {:.2f} tokens per verification", r.drafted, r.accepted,
                  double(r.accepted) / double(std::max<uint64_t>(r.drafted, 1)),
                  double(r.accepted + r.verifications) / double(r.verifications));
+    if (a.speculative > 0) fmt::print(", {} fused steps", r.fused);
     fmt::print("\n");
     if (a.print_tokens)
       for (size_t i = 0; i < r.tokens.size(); ++i) fmt::print("tokens batch {} request {}: {}\n", B, i, fmt::join(r.tokens[i], ","));

@@ -55,6 +55,8 @@ struct EngineMetrics {
   // Speculative decoding: sequence steps that verified drafts, drafts checked, drafts kept. Tokens per such
   // step are (accepted + verifications) / verifications when no request ends mid-draft.
   std::atomic<uint64_t> spec_verifications{0}, spec_drafted{0}, spec_accepted{0};
+  // Steps that ran fused (SchedulerOptions::fused_speculation: verification and drafting in one device step).
+  std::atomic<uint64_t> spec_fused_steps{0};
   Histogram ttft{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}};           // seconds
   Histogram inter_token{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}};  // seconds
 };

@@ -576,6 +576,10 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
 
   Backend& backend = model_.backend();
   if (options_.on_step) options_.on_step(chunks);
+  if (can_fuse_speculation(chunks, owners)) {
+    speculative_step(chunks, owners);
+    return;
+  }
   ForwardOutput fwd = options_.run_step ? options_.run_step(chunks) : executor_.forward(chunks, *cache_);
   const int64_t vocab = model_.config().vocab_size;
   // Rows: one per chunk, or one per token of a chunk with all_logits (a speculating decode, or a scoring prefill
@@ -679,6 +683,13 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
       }
     });
   }
+  finish_step(chunks, owners, was_decoding, decided, rows, scored);
+  if (options_.speculative > 0) draft_tokens(chunks, owners, was_decoding, decided, fwd);
+}
+
+void Scheduler::finish_step(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners,
+                            const std::vector<bool>& was_decoding, std::vector<Decided>& decided,
+                            const std::vector<size_t>& rows, const std::vector<Sequence*>& scored) {
   // Latents now whole: a prefill chunk's, a decode's fed token and the drafts kept after it (a rejected draft's
   // latent stays past `written`, to be overwritten).
   std::vector<int32_t> pending;
@@ -712,7 +723,61 @@ void Scheduler::step(std::vector<std::unique_ptr<Sequence>>& running) {
     // A failure fails this request alone (e.g. a token its tokenizer cannot decode).
     if (!d.error.empty() && !s.done) finish(s, FinishReason::error, d.error);
   }
-  if (options_.speculative > 0) draft_tokens(chunks, owners, was_decoding, decided, fwd);
+}
+
+bool Scheduler::can_fuse_speculation(const std::vector<SequenceChunk>& chunks,
+                                     const std::vector<Sequence*>& owners) const {
+  if (options_.speculative != 1 || !options_.fused_speculation || options_.run_step || !is_uniform_step(chunks))
+    return false;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const Sequence& s = *owners[i];
+    // Decodes only (a prefill chunk needs its own MTP rows), each verifying its one draft.
+    if (!s.decoding() || s.drafts.size() != 1 || chunks[i].tokens.size() != 2) return false;
+    // Plain greedy: the device's argmax is the whole decision (no edits of the row, no logprobs, no constraint).
+    const SamplingParams& p = s.sampler.params();
+    if (p.temperature > 0.0f || !p.logit_bias.empty() || p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f ||
+        p.presence_penalty != 0.0f || s.req.constraint || s.req.top_logprobs >= 0)
+      return false;
+  }
+  return true;
+}
+
+void Scheduler::speculative_step(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners) {
+  const int64_t limit = tokenizer_ ? std::max<int32_t>(tokenizer_->vocab_size(), 1) : 0;
+  const StepExecutor::SpeculativeIds ids = executor_.forward_speculative(chunks, *cache_, limit);
+  metrics_.steps++;
+  metrics_.spec_fused_steps++;
+  // Greedy verification from the ids alone: row j's token is verified[j]; the draft is kept when it equals the
+  // main model's token at its position (Sampler::verify's greedy rule), as decide_tokens does from the rows.
+  const size_t n = chunks[0].tokens.size();
+  std::vector<bool> was_decoding(chunks.size(), true);
+  std::vector<Decided> decided(chunks.size());
+  std::vector<size_t> rows(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    rows[i] = i;
+    Sequence& s = *owners[i];
+    Decided& d = decided[i];
+    for (size_t j = 0; j < n; ++j) {
+      Decided::Token tok;
+      tok.id = ids.verified[i * n + j];
+      bool accepted = false;
+      if (j < s.drafts.size() && j + 1 < n) {
+        ++d.drafted;
+        accepted = tok.id == s.drafts[j];
+      }
+      const bool ends = is_stop_token(s, tok.id) || int64_t(s.output.size() + d.tokens.size()) + 1 >= s.req.max_tokens;
+      d.tokens.push_back(tok);
+      if (accepted) ++d.accepted;
+      if (!accepted || ends) break;
+    }
+  }
+  finish_step(chunks, owners, was_decoding, decided, rows, {});
+  // The next draft: the MTP row of the last kept token (row `accepted`, which paired it with h there).
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    Sequence& s = *owners[i];
+    s.drafts.clear();
+    if (!s.done) s.drafts.push_back(ids.drafts[i * n + size_t(decided[i].accepted)]);
+  }
 }
 
 void Scheduler::draft_tokens(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners,

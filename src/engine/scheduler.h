@@ -69,6 +69,11 @@ struct SchedulerOptions {
   // MTP speculative decoding (see "Speculation" above): draft tokens per sequence and step, 0 = off. Needs a
   // model loaded with its MTP module.
   int32_t speculative = 0;
+  // With speculative 1: a step whose sequences are all decoding plain-greedy requests (no penalties, logit_bias,
+  // constraint or logprobs) runs fused (StepExecutor::forward_speculative): the main model's verification, its
+  // rows' argmax, the MTP module over them and its argmax in one captured step, only ids back to the host. Off,
+  // or for any other step: the rows decided on the host and the MTP module run after the step (draft_tokens).
+  bool fused_speculation = true;
   // On a device backend, sample on the device (Backend::sample): only ids and requested logprobs come back,
   // not the logits rows. Off (or on the CPU backend): the rows are copied to the host and sampled there.
   bool device_sampling = true;
@@ -218,6 +223,15 @@ class Scheduler {
   // Appends the token to s's output and sends its event (text, logprobs, finish); one sequence at a time.
   // constraint_complete: the request's constraint, having accepted the token, is whole.
   void emit_token(Sequence& s, int32_t token, std::optional<TokenLogprob> logprob, bool constraint_complete);
+  // After a step's tokens are decided: the sequences' written positions, prefix-cache pages, metrics, events.
+  void finish_step(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners,
+                   const std::vector<bool>& was_decoding, std::vector<Decided>& decided, const std::vector<size_t>& rows,
+                   const std::vector<Sequence*>& scored);
+  // The step is all greedy speculating decodes with one draft each (see SchedulerOptions::fused_speculation).
+  bool can_fuse_speculation(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners) const;
+  // That step through StepExecutor::forward_speculative: verification and the next drafts on the device, one
+  // graph, ids back; the host compares ids.
+  void speculative_step(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners);
   // The MTP module over the rows the step confirmed, giving each speculating sequence its next drafts.
   void draft_tokens(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners,
                     const std::vector<bool>& was_decoding, const std::vector<Decided>& decided,

@@ -41,7 +41,7 @@ struct StepExecutor::Graph {
   BatchPlan plan;     // the current step's plan; batch.plan points here
   DeviceBatch batch;  // captured input, rewritten before each replay
   Tensor ids;         // captured input [T] I32
-  ForwardOutput out;  // captured output
+  Outputs out;        // captured output
   std::shared_ptr<CapturedWork> work;
   bool refused = false;  // the backend could not capture this shape: always eager
   int64_t last_use = 0;
@@ -62,18 +62,16 @@ void StepExecutor::evict(const Graph* keep) {
   }
 }
 
-ForwardOutput StepExecutor::forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache) {
+StepExecutor::Outputs StepExecutor::run_uniform(const std::vector<SequenceChunk>& chunks, LatentCache& cache,
+                                                int64_t kind, const Body& body, bool& owned) {
   Backend& backend = model_.backend();
-  if (!is_uniform_step(chunks)) {
-    ++stats_.eager;
-    return model_.forward(chunks, cache);
-  }
+  owned = false;
   BatchPlan plan = plan_batch(chunks, cache.page_size());
   widen_pages(plan, pow2_at_least(std::max(plan.max_pages, 1)));
   const int64_t T = plan.num_tokens();
   const bool capturable = options_.graphs && backend.can_capture(T);
   const Key key{plan.num_seqs(), int64_t(chunks[0].tokens.size()), chunks[0].all_logits, plan.max_pages,
-                static_cast<const void*>(cache.layer(0).data)};
+                static_cast<const void*>(cache.layer(0).data), kind};
   std::shared_ptr<Graph> g;
   if (capturable) {
     std::shared_ptr<Graph>& slot = graphs_[key];
@@ -89,7 +87,7 @@ ForwardOutput StepExecutor::forward(const std::vector<SequenceChunk>& chunks, La
     ++stats_.eager;
     const DeviceBatch batch = backend.upload_batch(plan);
     const Tensor ids = model_.upload_tokens(chunks);
-    return model_.run(chunks, batch, ids, cache);
+    return body(batch, ids);
   }
   g->last_use = ++clock_;
   if (!g->work) {
@@ -98,17 +96,17 @@ ForwardOutput StepExecutor::forward(const std::vector<SequenceChunk>& chunks, La
     g->ids = model_.upload_tokens(chunks);
     backend.begin_capture();
     try {
-      g->out = model_.run(chunks, g->batch, g->ids, cache);
+      g->out = body(g->batch, g->ids);
       g->work = backend.end_capture();
       ++stats_.captures;
     } catch (const Error&) {
       // An op that needs the host mid-step: nothing ran, so run the step eagerly and never try this shape again.
       backend.abort_capture();
       g->refused = true;
-      g->out = ForwardOutput{};
+      g->out = Outputs{};
       ++stats_.refused;
       ++stats_.eager;
-      return model_.run(chunks, g->batch, g->ids, cache);
+      return body(g->batch, g->ids);
     } catch (...) {
       backend.abort_capture();
       graphs_.erase(key);
@@ -121,18 +119,68 @@ ForwardOutput StepExecutor::forward(const std::vector<SequenceChunk>& chunks, La
   }
   backend.replay(*g->work);
   ++stats_.replays;
+  owned = true;
+  return g->out;
+}
+
+ForwardOutput StepExecutor::forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache) {
+  Backend& backend = model_.backend();
+  if (!is_uniform_step(chunks)) {
+    ++stats_.eager;
+    return model_.forward(chunks, cache);
+  }
+  bool owned = false;
+  Outputs o = run_uniform(
+      chunks, cache, 0,
+      [&](const DeviceBatch& batch, const TensorView& ids) { return Outputs{model_.run(chunks, batch, ids, cache), {}}; },
+      owned);
+  if (!owned) return std::move(o.fwd);
   // The graph's outputs are overwritten by its next replay: hand out copies.
+  const ForwardOutput& g = o.fwd;
   ForwardOutput out;
-  out.logit_rows = g->out.logit_rows;
-  out.logits = backend.alloc_uninitialized(g->out.logits.dtype(), g->out.logits.view().shape);
-  out.hidden = backend.alloc_uninitialized(g->out.hidden.dtype(), g->out.hidden.view().shape);
-  backend.copy(g->out.logits, out.logits);
-  backend.copy(g->out.hidden, out.hidden);
-  for (const Tensor& chosen : g->out.index_topk) {  // V3.2's sparse-attention positions
+  out.logit_rows = g.logit_rows;
+  out.logits = backend.alloc_uninitialized(g.logits.dtype(), g.logits.view().shape);
+  out.hidden = backend.alloc_uninitialized(g.hidden.dtype(), g.hidden.view().shape);
+  backend.copy(g.logits, out.logits);
+  backend.copy(g.hidden, out.hidden);
+  for (const Tensor& chosen : g.index_topk) {  // V3.2's sparse-attention positions
     out.index_topk.push_back(backend.alloc_uninitialized(chosen.dtype(), chosen.view().shape));
     backend.copy(chosen, out.index_topk.back());
   }
   return out;
+}
+
+StepExecutor::SpeculativeIds StepExecutor::forward_speculative(const std::vector<SequenceChunk>& chunks,
+                                                               LatentCache& cache, int64_t vocab_limit) {
+  MOE_CHECK(is_uniform_step(chunks), "forward_speculative: every chunk needs the same number of tokens, all logits");
+  MOE_CHECK(model_.has_mtp(), "forward_speculative: the model was loaded without its MTP module");
+  Backend& backend = model_.backend();
+  const int64_t limit = vocab_limit > 0 ? vocab_limit : 0;
+  bool owned = false;
+  Outputs o = run_uniform(
+      chunks, cache, limit + 1,
+      [&](const DeviceBatch& batch, const TensorView& ids) {
+        Outputs out;
+        out.fwd = model_.run(chunks, batch, ids, cache);
+        const int64_t T = out.fwd.hidden.dim(0);
+        // Logits for every row: the chunks ask for all of them (or have one token each).
+        MOE_CHECK(out.fwd.logits.dim(0) == T, "forward_speculative: {} logits rows for {} tokens",
+                  out.fwd.logits.dim(0), T);
+        out.ids = backend.alloc_uninitialized(DType::I32, {2, T});
+        const TensorView verified = out.ids.view().slice_rows(0, 1), drafts = out.ids.view().slice_rows(1, 1);
+        backend.argmax_rows(out.fwd.logits, limit, verified);
+        const ForwardOutput mtp = model_.run_mtp(chunks, batch, verified, out.fwd.hidden, cache);
+        backend.argmax_rows(mtp.logits, limit, drafts);
+        return out;
+      },
+      owned);
+  const int64_t T = o.ids.view().shape[1];
+  std::vector<int32_t> host(size_t(2 * T));
+  backend.copy_to_host(o.ids, host.data());
+  SpeculativeIds r;
+  r.verified.assign(host.begin(), host.begin() + T);
+  r.drafts.assign(host.begin() + T, host.end());
+  return r;
 }
 
 }  // namespace moe

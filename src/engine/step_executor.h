@@ -13,6 +13,7 @@
 // kernels a replay does. If the backend cannot capture a step (an op needs the host mid-step), the shape is
 // remembered as eager-only. Other steps (prefill chunks) run eagerly through DeepseekV3::forward.
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -39,6 +40,20 @@ class StepExecutor {
   // DeepseekV3::forward, with the same results; the returned tensors are the caller's (not the graph's).
   ForwardOutput forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache);
 
+  // Speculative decoding's fused greedy step (one draft per sequence; engine/scheduler.h, "Speculation"). The
+  // chunks are a uniform step (is_uniform_step), each [last token, draft] with logits for every row (or one
+  // token without a draft). In one step, captured and replayed like forward's: the main model over the chunks;
+  // verified[j] = argmax of its row j (the main model's token after row j); the MTP module over (verified[j],
+  // h[j]) at the same positions, writing the MTP cache layer; drafts[j] = argmax of its row j (its guess of the
+  // token after verified[j]). Argmaxes over ids < vocab_limit (<= 0: all), ties to the lower id. Only the 2T ids
+  // come back to the host (one copy). Rows past a rejected draft write the MTP cache past the last kept
+  // position, which the next step overwrites (as the main model's rejected rows are).
+  struct SpeculativeIds {
+    std::vector<int32_t> verified, drafts;  // [T] each, in the chunks' row order
+  };
+  SpeculativeIds forward_speculative(const std::vector<SequenceChunk>& chunks, LatentCache& cache,
+                                     int64_t vocab_limit);
+
   DeepseekV3& model() const { return model_; }
   const Stats& stats() const { return stats_; }
   size_t graphs() const { return graphs_.size(); }  // shapes remembered
@@ -46,8 +61,18 @@ class StepExecutor {
 
  private:
   struct Graph;
+  struct Outputs {  // a step's device outputs: forward's, or the fused speculative step's ids I32 [2, T]
+    ForwardOutput fwd;
+    Tensor ids;
+  };
+  using Body = std::function<Outputs(const DeviceBatch& batch, const TensorView& ids)>;
+  // A uniform step through `body`: eagerly, or captured and replayed. `owned`: the outputs are the graph's
+  // (overwritten by its next replay).
+  Outputs run_uniform(const std::vector<SequenceChunk>& chunks, LatentCache& cache, int64_t kind, const Body& body,
+                      bool& owned);
   void evict(const Graph* keep);  // down to max_graphs shapes, least recently used first, never `keep`
-  using Key = std::tuple<int64_t, int64_t, bool, int32_t, const void*>;  // seqs, tokens each, all logits, width, cache
+  // seqs, tokens each, all logits, width, cache, kind (0: forward; else the fused speculative step's vocab limit + 1)
+  using Key = std::tuple<int64_t, int64_t, bool, int32_t, const void*, int64_t>;
 
   DeepseekV3& model_;
   StepExecutorOptions options_;

@@ -205,11 +205,18 @@ ForwardOutput DeepseekV3::forward_mtp(const std::vector<SequenceChunk>& chunks, 
                                       LatentCache& cache) {
   MOE_CHECK(weights_.mtp.has_value(), "this model was loaded without its MTP module");
   MOE_CHECK(cache.num_layers() > config_.num_hidden_layers, "the cache has no layer for the MTP module");
-  const MtpWeights& mtp = *weights_.mtp;
   const BatchPlan plan = plan_batch(chunks, cache.page_size());
   const DeviceBatch batch = backend_.upload_batch(plan);
   const Tensor ids = upload_tokens(chunks);
-  const int64_t T = plan.num_tokens(), D = config_.hidden_size;
+  return run_mtp(chunks, batch, ids, hidden, cache);
+}
+
+ForwardOutput DeepseekV3::run_mtp(const std::vector<SequenceChunk>& chunks, const DeviceBatch& batch,
+                                  const TensorView& ids, const TensorView& hidden, LatentCache& cache) {
+  MOE_CHECK(weights_.mtp.has_value(), "this model was loaded without its MTP module");
+  MOE_CHECK(cache.num_layers() > config_.num_hidden_layers, "the cache has no layer for the MTP module");
+  const MtpWeights& mtp = *weights_.mtp;
+  const int64_t T = ids.numel(), D = config_.hidden_size;
   MOE_CHECK(hidden.rows() == T && hidden.row_size() == D, "forward_mtp: hidden is {} for {} tokens",
             hidden.shape.str(), T);
   const DType act = backend_.activation_dtype();

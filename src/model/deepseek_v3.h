@@ -101,6 +101,10 @@ class DeepseekV3 {
   // layer.
   ForwardOutput forward_mtp(const std::vector<SequenceChunk>& chunks, const TensorView& hidden,
                             LatentCache& cache);
+  // The device part of forward_mtp (as run() is forward's): the plan uploaded, ids I32 [T] the tokens t[j+1]
+  // (on the device: the fused speculative step feeds the main model's argmax rows without a host round trip).
+  ForwardOutput run_mtp(const std::vector<SequenceChunk>& chunks, const DeviceBatch& batch, const TensorView& ids,
+                        const TensorView& hidden, LatentCache& cache);
 
  private:
   // Both return the sparse attention's chosen positions (empty without an indexer).

@@ -87,6 +87,9 @@ class TraceBackend final : public Backend {
   void gather_rows(const TensorView& x, const std::vector<int32_t>& rows, const TensorView& out) override {
     in_.gather_rows(x, rows, out);
   }
+  void argmax_rows(const TensorView& logits, int64_t limit, const TensorView& ids) override {
+    in_.argmax_rows(logits, limit, ids);
+  }
   void swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const TensorView& out) override {
     in_.swiglu_mlp(x, mlp, out);
     record("swiglu_mlp", out);

@@ -111,6 +111,9 @@ class ReplayBackend final : public Backend {
   void concat_cols(const TensorView& a, const TensorView& b, const TensorView& out) override {
     run([=, this] { in_.concat_cols(a, b, out); }, a.rows());
   }
+  void argmax_rows(const TensorView& logits, int64_t limit, const TensorView& ids) override {
+    run([=, this] { in_.argmax_rows(logits, limit, ids); });
+  }
   void gather_rows(const TensorView& x, const std::vector<int32_t>& rows, const TensorView& out) override {
     refuse_while_capturing("gather_rows (a host index list)");
     in_.gather_rows(x, rows, out);

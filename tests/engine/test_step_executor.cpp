@@ -137,5 +137,75 @@ TEST(StepExecutor, KeepsAtMostMaxGraphs) {
   EXPECT_GE(r.stats.replays, 8);
 }
 
+// The fused speculative step (forward_speculative) on a capturing backend against its definition computed with
+// plain forward() on the CPU: the main model over [token, draft] rows, the host argmax of each row, the MTP module
+// (forward_mtp) over those tokens at the same positions, the host argmax of its rows. Drafts are the step's own
+// (the fixture's MTP module: mostly rejected, so the rejected rows' cache entries are overwritten by later
+// steps) or, every third step, a random token; steps are captured and replayed.
+TEST(StepExecutor, FusedSpeculativeStepIsItsDefinition) {
+  auto cpu = make_cpu_backend();
+  test::ReplayBackend replay(*cpu);
+  const DeepseekV3::Options opts{.load_mtp = true, .progress = {}};
+  DeepseekV3 plain(test::kTinyModel, *cpu, opts), captured_model(test::kTinyModel, replay, opts);
+  StepExecutor executor(captured_model);
+  const ModelConfig& c = plain.config();
+  constexpr int64_t kPage = 4, kPages = 12;
+  LatentCache cache_p(c, *cpu, 2 * kPages, kPage, plain.cache_layers());
+  LatentCache cache_r(c, replay, 2 * kPages, kPage, captured_model.cache_layers());
+  std::mt19937 rng(11);
+  auto argmax_all = [&](Backend& b, const Tensor& logits) {
+    const std::vector<float> x = to_host(b, logits);
+    std::vector<int32_t> ids;
+    for (int64_t r = 0; r < logits.dim(0); ++r)
+      ids.push_back(argmax(std::span<const float>(x).subspan(size_t(r * c.vocab_size), size_t(c.vocab_size))));
+    return ids;
+  };
+  // Prefill of two prompts (lengths 5 and 9) in both caches, the MTP layer's rows too.
+  std::vector<SequenceChunk> seqs(2);
+  for (int s = 0; s < 2; ++s) {
+    for (int i = 0; i < 5 + 4 * s; ++i) seqs[size_t(s)].tokens.push_back(int32_t(rng() % 1000));
+    for (int64_t p = 0; p < kPages; ++p) seqs[size_t(s)].pages.push_back(int32_t(s * kPages + p));
+  }
+  const ForwardOutput op = plain.forward(seqs, cache_p), orr = executor.forward(seqs, cache_r);
+  const std::vector<int32_t> first = argmax_all(*cpu, op.logits);
+  std::vector<SequenceChunk> mseqs = seqs;
+  for (int s = 0; s < 2; ++s) {
+    auto& t = mseqs[size_t(s)].tokens;
+    t.erase(t.begin());
+    t.push_back(first[size_t(s)]);
+  }
+  const std::vector<int32_t> draft0 = argmax_all(*cpu, plain.forward_mtp(mseqs, op.hidden, cache_p).logits);
+  EXPECT_EQ(argmax_all(replay, captured_model.forward_mtp(mseqs, orr.hidden, cache_r).logits), draft0);
+  // Steps: chunk s is [next, draft] at the sequence's next position.
+  std::vector<int32_t> next = first, draft = draft0, pos = {5, 9};
+  int accepted_any = 0;
+  for (int step = 0; step < 9; ++step) {
+    std::vector<SequenceChunk> chunks(2);
+    for (int s = 0; s < 2; ++s) {
+      chunks[size_t(s)] = {{next[size_t(s)], step % 3 == 2 ? int32_t(rng() % 1000) : draft[size_t(s)]}, pos[size_t(s)],
+                           seqs[size_t(s)].pages, true};
+    }
+    const ForwardOutput main = plain.forward(chunks, cache_p);
+    const std::vector<int32_t> verified = argmax_all(*cpu, main.logits);
+    std::vector<SequenceChunk> mchunks = chunks;
+    for (int s = 0; s < 2; ++s) mchunks[size_t(s)].tokens = {verified[size_t(2 * s)], verified[size_t(2 * s + 1)]};
+    const std::vector<int32_t> drafts = argmax_all(*cpu, plain.forward_mtp(mchunks, main.hidden, cache_p).logits);
+    const StepExecutor::SpeculativeIds got = executor.forward_speculative(chunks, cache_r, 0);
+    ASSERT_EQ(got.verified, verified) << "step " << step;
+    ASSERT_EQ(got.drafts, drafts) << "step " << step;
+    for (int s = 0; s < 2; ++s) {
+      const int a = verified[size_t(2 * s)] == chunks[size_t(s)].tokens[1] ? 1 : 0;
+      accepted_any += a;
+      next[size_t(s)] = verified[size_t(2 * s + a)];
+      draft[size_t(s)] = drafts[size_t(2 * s + a)];
+      pos[size_t(s)] += 1 + a;
+    }
+  }
+  std::printf("fused steps: %lld captures, %lld replays, %d drafts kept\n", (long long)executor.stats().captures,
+              (long long)executor.stats().replays, accepted_any);
+  EXPECT_GE(executor.stats().captures, 1);
+  EXPECT_GE(executor.stats().replays, 4);
+}
+
 }  // namespace
 }  // namespace moe

@@ -162,6 +162,7 @@ class CudaBackend final : public Backend {
   // Every row in one launch of cuda::sample_rows (cuda_backend_sample.cpp): one upload of the rows' settings,
   // edits and masks, one download of the ids and logprobs.
   void sample(const TensorView& logits, std::span<const SampleRow> rows, std::vector<SampleResult>& out) override;
+  void argmax_rows(const TensorView& logits, int64_t limit, const TensorView& ids) override;
 
  private:
   // mla_latent_attention and mla_sparse_latent_attention (indices empty for the dense op).

@@ -130,4 +130,13 @@ void CudaBackend::sample(const TensorView& logits, std::span<const SampleRow> ro
   }
 }
 
+void CudaBackend::argmax_rows(const TensorView& logits, int64_t limit, const TensorView& ids) {
+  const cuda::DeviceGuard guard(ctx_.device());
+  MOE_CHECK(logits.dtype == DType::F32 && logits.shape.rank == 2, "argmax_rows: logits must be F32 [rows, vocab]");
+  MOE_CHECK(ids.dtype == DType::I32 && ids.numel() == logits.shape[0], "argmax_rows: ids must be I32 with {} elements",
+            logits.shape[0]);
+  const int64_t R = logits.shape[0], V = logits.shape[1], n = limit > 0 && limit < V ? limit : V;
+  cuda::argmax_rows(logits.as<const float>(), V, R, n, ids.as<int32_t>(), stream_);
+}
+
 }  // namespace moe

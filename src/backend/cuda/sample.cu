@@ -374,6 +374,13 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* logits, int64_t
   if (tid == 0) out[blockIdx.x] = SampleOut{token, d.top_n >= 0 ? __fsub_rn(sh.f, lse) : 0.0f};
 }
 
+// Greedy rows (speculative decoding's fused step): one block per row, row_argmax over the first n columns.
+__global__ void __launch_bounds__(kThreads) argmax_kernel(const float* logits, int64_t V, int n, int32_t* ids) {
+  __shared__ Shared sh;
+  const int id = row_argmax(logits + int64_t(blockIdx.x) * V, n, sh);
+  if (threadIdx.x == 0) ids[blockIdx.x] = id;
+}
+
 }  // namespace
 
 void sample_rows(float* logits, int64_t V, const SampleDesc* descs, int64_t R, const SampleEdit* edits,
@@ -383,6 +390,12 @@ void sample_rows(float* logits, int64_t V, const SampleDesc* descs, int64_t R, c
   sample_kernel<<<unsigned(R), kThreads, 0, stream>>>(logits, V, descs, edits, edit_raw, masks, top_stride, out,
                                                       top_ids, top_lp);
   check_launch("sample_kernel");
+}
+
+void argmax_rows(const float* logits, int64_t V, int64_t R, int64_t n, int32_t* ids, cudaStream_t stream) {
+  if (R == 0) return;
+  argmax_kernel<<<unsigned(R), kThreads, 0, stream>>>(logits, V, int(n), ids);
+  check_launch("argmax_kernel");
 }
 
 }  // namespace moe::cuda

@@ -38,4 +38,7 @@ void sample_rows(float* logits, int64_t V, const SampleDesc* descs, int64_t R, c
                  float* edit_raw, const uint32_t* masks, int32_t top_stride, SampleOut* out, int32_t* top_ids,
                  float* top_lp, cudaStream_t stream);
 
+// ids[r] = the first largest non-NaN of logits[r, 0 .. n) (0 if all NaN), r < R; capturable (no host sync).
+void argmax_rows(const float* logits, int64_t V, int64_t R, int64_t n, int32_t* ids, cudaStream_t stream);
+
 }  // namespace moe::cuda
