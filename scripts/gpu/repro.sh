@@ -22,14 +22,14 @@ for stage in "${@:-bf16}"; do
   D=$OUT/repro/$stage
   mkdir -p "$D"
   case "$stage" in
-    bf16) RUNS=base,auxloss,nomtp; BUDGET=80; RUN_LIMIT=110; LIMIT=320;;
-    fp8) RUNS=bf16,fp8; BUDGET=75; RUN_LIMIT=105; LIMIT=195;;
+    bf16) RUNS=base,auxloss,nomtp; BUDGET=80; MAXS=1600; RUN_LIMIT=110; LIMIT=320;;
+    fp8) RUNS=bf16,fp8; BUDGET=75; MAXS=1500; RUN_LIMIT=105; LIMIT=195;;
     *) echo "scripts/gpu/repro.sh: unknown stage $stage (bf16, fp8)"; continue;;
   esac
   echo "=== repro $stage $(date -u +%H:%M:%S): runs $RUNS, $BUDGET s of training each, stage limit $LIMIT s"
   rm -rf "$WORK/runs" "$WORK"/env-*.txt "$WORK/summary.json" "$WORK/train-bench.json"
   timeout "$LIMIT" scripts/train/repro.sh --moe "$BUILD/src/cli/moe" --device cuda --out "$WORK" --runs "$RUNS" \
-    --budget-s "$BUDGET" --run-timeout "$RUN_LIMIT" --threads 16 2>&1 | tee "$D/console.log"
+    --budget-s "$BUDGET" --max-steps "$MAXS" --run-timeout "$RUN_LIMIT" --threads 16 2>&1 | tee "$D/console.log"
   echo "repro.sh exit ${PIPESTATUS[0]}" | tee -a "$D/console.log"
   # whatever was written comes back, also after a timeout (the summary is then remade from the logs)
   [ -f "$WORK/summary.json" ] || python3 scripts/train/repro_summary.py "$WORK" > "$WORK/summary.json" 2>>"$D/console.log" \
