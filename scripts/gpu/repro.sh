@@ -37,7 +37,7 @@ for stage in "${@:-bf16}"; do
   cp "$WORK"/summary.json "$WORK"/env-*.txt "$WORK"/tokenize.txt "$WORK"/train-bench.json "$WORK"/accept_prompts.txt "$D/" 2>/dev/null
   for r in "$WORK"/runs/*; do
     mkdir -p "$D/runs/$(basename "$r")"
-    cp "$r"/*.jsonl "$r"/*.txt "$r"/SKIPPED "$D/runs/$(basename "$r")/" 2>/dev/null
+    cp "$r"/*.jsonl "$r"/*.json "$r"/*.txt "$r"/SKIPPED "$D/runs/$(basename "$r")/" 2>/dev/null
   done
   du -sh "$D"
 done

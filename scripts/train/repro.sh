@@ -12,7 +12,8 @@
 #   scripts/train/repro.sh --out DIR [--runs base,auxloss,nomtp] [--steps N] [--moe build-gpu/src/cli/moe]
 #       [--device cuda|cpu] [--bundle .corpus] [--model-dir models/moe-tiny] [--config CONFIG] [--seq-len 256]
 #       [--batch 64] [--lr 2e-3] [--val-points 10] [--val-batches 8] [--seed 1] [--threads 0]
-#       [--accept-prompts 32] [--accept-prompt-tokens 48] [--accept-new-tokens 48] [--run-timeout S]
+#       [--accept-prompts 32] [--accept-prompt-tokens 48] [--accept-new-tokens 48] [--accept-tf-tokens 128]
+#       [--run-timeout S]
 #       [--budget-s S [--max-steps N]]
 #
 # --budget-s S: instead of --steps, each run gets the steps that fit S seconds of training at the tokens/s that
@@ -32,6 +33,9 @@
 # the main model verifying it) on --accept-prompts prompts, each the first --accept-prompt-tokens tokens of a
 # validation document (evenly spread over the held-out split), continued --accept-new-tokens tokens, on the CPU
 # (the shipped decoding path; the counts are a property of the weights). Acceptance = accepted / drafted.
+# And teacher-forced on the text (scripts/train/repro_accept_tf.py): `moe logits --mtp` of the first
+# --accept-tf-tokens tokens of the same documents; at each position, is the MTP draft the main model's greedy
+# next token (accept), and how often each is the text's token (runs/NAME/accept_tf.json).
 #
 # MOE_COMMIT, if set, is the commit recorded (a GPU machine given a copy of the tree may hold a stale .git).
 set -euo pipefail
@@ -40,7 +44,7 @@ cd "$(dirname "$0")/../.."
 MOE=build-gpu/src/cli/moe; DEVICE=cuda; OUT=; RUNS=base,auxloss,nomtp; STEPS=1200; BUNDLE=.corpus
 MODEL_DIR=models/moe-tiny; CONFIG=; SEQ=256; BATCH=64; LR=2e-3; VAL_POINTS=10; VAL_BATCHES=8; SEED=1; THREADS=0
 ACCEPT_PROMPTS=32; ACCEPT_PROMPT_TOKENS=48; ACCEPT_NEW=48; RUN_TIMEOUT=0; KEEP_CKPT=0; VAL_FRACTION=0.01
-FIM_RATE=0.5; INIT_STD=0.02; BUDGET_S=; MAX_STEPS=3000
+FIM_RATE=0.5; INIT_STD=0.02; BUDGET_S=; MAX_STEPS=3000; ACCEPT_TF_TOKENS=128
 while [ $# -gt 0 ]; do
   case "$1" in
     --moe) MOE=$2; shift 2;; --device) DEVICE=$2; shift 2;; --out) OUT=$2; shift 2;; --runs) RUNS=$2; shift 2;;
@@ -48,7 +52,7 @@ while [ $# -gt 0 ]; do
     --config) CONFIG=$2; shift 2;; --seq-len) SEQ=$2; shift 2;; --batch) BATCH=$2; shift 2;; --lr) LR=$2; shift 2;;
     --val-points) VAL_POINTS=$2; shift 2;; --val-batches) VAL_BATCHES=$2; shift 2;; --seed) SEED=$2; shift 2;;
     --threads) THREADS=$2; shift 2;; --accept-prompts) ACCEPT_PROMPTS=$2; shift 2;;
-    --accept-prompt-tokens) ACCEPT_PROMPT_TOKENS=$2; shift 2;; --accept-new-tokens) ACCEPT_NEW=$2; shift 2;;
+    --accept-prompt-tokens) ACCEPT_PROMPT_TOKENS=$2; shift 2;; --accept-tf-tokens) ACCEPT_TF_TOKENS=$2; shift 2;; --accept-new-tokens) ACCEPT_NEW=$2; shift 2;;
     --run-timeout) RUN_TIMEOUT=$2; shift 2;; --keep-checkpoints) KEEP_CKPT=1; shift;;
     --val-fraction) VAL_FRACTION=$2; shift 2;; --budget-s) BUDGET_S=$2; shift 2;; --max-steps) MAX_STEPS=$2; shift 2;;
     *) echo "repro.sh: unknown argument $1" >&2; exit 2;;
@@ -86,7 +90,8 @@ fi
 
 # The acceptance prompts: the first ACCEPT_PROMPT_TOKENS ids of ACCEPT_PROMPTS validation documents (the val
 # shards: 8-byte magic, uint64 count, int32 ids; documents end with EOS), evenly spread, one comma list a line.
-"$PY" - "$OUT/data" "$ACCEPT_PROMPTS" "$ACCEPT_PROMPT_TOKENS" > "$OUT/accept_prompts.txt" <<'EOF'
+write_prompts() {  # file tokens
+"$PY" - "$OUT/data" "$ACCEPT_PROMPTS" "$2" > "$1" <<'EOF'
 import json, struct, sys, os
 d, k, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 m = json.load(open(os.path.join(d, "manifest.json")))
@@ -104,6 +109,9 @@ if not docs: sys.exit("repro.sh: no validation document has %d tokens" % n)
 for i in range(min(k, len(docs))):
     print(",".join(map(str, docs[i * len(docs) // min(k, len(docs))][:n])))
 EOF
+}
+write_prompts "$OUT/accept_prompts.txt" "$ACCEPT_PROMPT_TOKENS"
+write_prompts "$OUT/accept_tf_seqs.txt" "$ACCEPT_TF_TOKENS"
 
 if [ -n "$BUDGET_S" ]; then
   log "measuring tokens/s (train-bench, 3 steps) for $BUDGET_S s of training per run"
@@ -167,6 +175,15 @@ print('  %d steps, median %.0f tokens/s, last loss %s, last val_main_ce %s' % (l
       --max-new-tokens "$4" 2>&1 >/dev/null | grep "^speculative:"' _ "$MOE" "$CK" {} "$ACCEPT_NEW" >> "$R/accept.txt" || true
   awk '{a+=$5; d+=$7} END {if (d>0) printf "  acceptance %d of %d drafts = %.4f\n", a, d, a/d; else print "  acceptance: no drafts"}' \
     "$R/accept.txt"
+  # The same, teacher-forced on held-out text (repro_accept_tf.py): `moe logits --mtp` of each sequence.
+  mkdir -p "$R/tf"
+  nl -v0 -ba "$OUT/accept_tf_seqs.txt" | \
+    xargs -P "$PAR" -L1 sh -c '"$1" logits --model "$2" --device cpu --threads 1 --mtp --tokens "$5" \
+      --out "$3/$4.safetensors" >/dev/null 2>&1' _ "$MOE" "$CK" "$R/tf" || true
+  TFPY=$PY; [ -x /opt/torch/.venv/bin/python ] && TFPY=/opt/torch/.venv/bin/python  # numpy
+  "$TFPY" scripts/train/repro_accept_tf.py "$OUT/accept_tf_seqs.txt" "$R/tf" > "$R/accept_tf.json" || true
+  echo "  teacher-forced on held-out text: $(cat "$R/accept_tf.json")"
+  rm -rf "$R/tf"
   [ "$KEEP_CKPT" = 1 ] || rm -rf "$R/ckpt"
 done
 

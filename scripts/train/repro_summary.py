@@ -7,7 +7,8 @@ DIR/runs/NAME/{train.jsonl, accept.txt, run.txt} -> one JSON object:
   runs.NAME: steps, tokens, median tokens/s, seconds; the last step's and the last 5 % of steps' mean losses; every
     validation point (val_loss, val_main_ce, val_mtp_ce, val_maxvio per layer over the summed loads of the held-out
     batches, val_maxvio_batch the mean of each batch's); MaxVio over training (mean over the steps, per layer);
-    MTP acceptance (accepted / drafted of greedy speculative decoding).
+    MTP acceptance (accepted / drafted of greedy speculative decoding; and teacher-forced on held-out text,
+    repro_accept_tf.py's accept_tf.json).
     "Main layers" are the MoE layers of the main model (keys below num_hidden_layers); the MTP module's layer
     (key num_hidden_layers) is reported apart: with --mtp-lambda 0 it is untrained.
   comparisons: balance (base vs auxloss), mtp (base vs nomtp), fp8 (bf16 vs fp8), each only when both ran.
@@ -83,6 +84,9 @@ def summarize_run(rdir):
             if m:
                 a, d, n = a + int(m.group(2)), d + int(m.group(3)), n + 1
         r["acceptance"] = {"prompts": n, "accepted": a, "drafted": d, "rate": a / d if d else None}
+    tf = os.path.join(rdir, "accept_tf.json")
+    if os.path.exists(tf) and os.path.getsize(tf) > 0:
+        r["acceptance_teacher_forced"] = json.load(open(tf))
     return r
 
 
@@ -110,6 +114,8 @@ def compare(runs):
             "val_main_ce": {"mtp": b["final_val"]["val_main_ce"], "no_mtp": x["final_val"]["val_main_ce"]},
             "val_main_ce_rel_mtp_vs_no_mtp": rel(b["final_val"]["val_main_ce"], x["final_val"]["val_main_ce"]),
             "acceptance": {"mtp": b.get("acceptance"), "no_mtp": x.get("acceptance")},
+            "acceptance_teacher_forced": {"mtp": b.get("acceptance_teacher_forced"),
+                                          "no_mtp": x.get("acceptance_teacher_forced")},
         }
     if runs.get("bf16", {}).get("steps") and runs.get("fp8", {}).get("steps"):
         b, x = runs["bf16"], runs["fp8"]

@@ -11,7 +11,7 @@ trap 'rm -rf "$OUT"' EXIT
 scripts/train/repro.sh --moe "$MOE" --device cpu --out "$OUT" --runs base,auxloss,nomtp,bf16,fp8 \
   --bundle tests/data/defmodel-mini --config tests/data/defmodel-mini/config.json --steps 6 --seq-len 32 \
   --batch 4 --val-points 2 --val-batches 2 --val-fraction 0.1 --threads 2 --accept-prompts 3 \
-  --accept-prompt-tokens 12 --accept-new-tokens 6
+  --accept-prompt-tokens 12 --accept-new-tokens 6 --accept-tf-tokens 16
 python3 - "$OUT" <<'PY'
 import json, os, sys
 d = sys.argv[1]
@@ -30,6 +30,8 @@ for name, r in runs.items():
             assert g <= v["val_maxvio_batch"][layer] + 1e-12, (name, layer, g, v["val_maxvio_batch"][layer])
     a = r["acceptance"]
     assert a["prompts"] == 3 and a["drafted"] > 0 and 0 <= a["accepted"] <= a["drafted"], (name, a)
+    tf = r["acceptance_teacher_forced"]  # 3 sequences of 16 tokens: positions 0..13 have a draft and a verdict
+    assert tf["sequences"] == 3 and tf["positions"] == 3 * 14 and 0 <= tf["accepted"] <= tf["positions"], (name, tf)
 # Same seed, same data: base and its twin bf16 are the same run, bit for bit on the CPU.
 assert [v["val_loss"] for v in runs["base"]["val"]] == [v["val_loss"] for v in runs["bf16"]["val"]]
 # The knobs reached the trainer: the aux-loss run's balance term is 100x base's weight on its own loads, MTP off
