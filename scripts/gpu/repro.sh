@@ -5,11 +5,13 @@
 #          each ~80 s of training at the tokens/s train-bench measures first, then MTP acceptance on the CPU
 #   fp8    slot 2, <= 200 s: runs bf16 (base again) and fp8 (--gemm fp8; skipped with a line if moe has no fp8)
 #   scripts/gpu/repro.sh bf16 | fp8 | bf16 fp8
-# Needs in the carried tree (besides build-gpu): scripts/train/repro.sh, scripts/train/repro_summary.py,
-#   .corpus/corpus.jsonl.xz (8.1 MB, made by scripts/train/build_corpus.sh; only this file of the bundle),
+# Needs in the carried tree, besides the sources that `run.sh build` builds (4.4 MB without models/ and tests/data)
+#   and .deps/debs: scripts/train/repro{.sh,_summary.py,_accept_tf.py}; .corpus/corpus.jsonl.xz (22,465,136 bytes,
+#   made by scripts/train/build_corpus.sh; only this file of the bundle, not sft.jsonl.xz); and
 #   models/moe-tiny/{config.json, tokenizer.json, tokenizer_config.json} (0.27 MB). No model weights, no tests/data.
 # Writes $OUT/repro/STAGE/: console.log, summary.json, env-*.txt, tokenize.txt, train-bench.json,
-#   accept_prompts.txt, runs/NAME/{train.jsonl, accept.txt, run.txt}. The tokenized data stays in /tmp.
+#   accept_prompts.txt, accept_tf_seqs.txt, runs/NAME/{train.jsonl, accept.txt, accept_tf.json, run.txt}. The
+#   tokenized data stays in /tmp (reused by a later stage on the same machine).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -34,7 +36,7 @@ for stage in "${@:-bf16}"; do
   # whatever was written comes back, also after a timeout (the summary is then remade from the logs)
   [ -f "$WORK/summary.json" ] || python3 scripts/train/repro_summary.py "$WORK" > "$WORK/summary.json" 2>>"$D/console.log" \
     || /opt/torch/.venv/bin/python scripts/train/repro_summary.py "$WORK" > "$WORK/summary.json"
-  cp "$WORK"/summary.json "$WORK"/env-*.txt "$WORK"/tokenize.txt "$WORK"/train-bench.json "$WORK"/accept_prompts.txt "$D/" 2>/dev/null
+  cp "$WORK"/summary.json "$WORK"/env-*.txt "$WORK"/tokenize.txt "$WORK"/train-bench.json "$WORK"/accept_*.txt "$D/" 2>/dev/null
   for r in "$WORK"/runs/*; do
     mkdir -p "$D/runs/$(basename "$r")"
     cp "$r"/*.jsonl "$r"/*.json "$r"/*.txt "$r"/SKIPPED "$D/runs/$(basename "$r")/" 2>/dev/null
