@@ -78,9 +78,9 @@ def balance(runs, out_dir, md):
             ax[2].plot([v["step"] for v in r["val"]], [main_avg(v["val_maxvio"], n) for v in r["val"]], "s--",
                        color=c, alpha=0.6, label=label + ", all batches")
     ax[0].set(title="validation CE, main head", xlabel="step", ylabel="nats/token")
-    ax[1].set(title=f"MaxVio of training batches (mean of main MoE layers, {w}-step mean)", xlabel="step",
+    ax[1].set(title=f"training MaxVio (main layers, {w}-step mean)", xlabel="step",
               ylabel="max load / mean load - 1")
-    ax[2].set(title="MaxVio on validation batches (mean of main MoE layers)", xlabel="step")
+    ax[2].set(title="validation MaxVio (main layers)", xlabel="step")
     for x in ax:
         x.grid(alpha=0.3)
         x.legend(fontsize=8)
@@ -140,6 +140,13 @@ def mtp(runs, out_dir, md):
     md.append(f"| MTP acceptance, greedy speculative decoding (accepted / drafted) | "
               f"{fmt(ab.get('rate'), 3)} ({ab.get('accepted')} / {ab.get('drafted')}) | "
               f"{fmt(aa.get('rate'), 3)} ({aa.get('accepted')} / {aa.get('drafted')}) |")
+    tb, ta = b["summary"].get("acceptance_teacher_forced") or {}, a["summary"].get("acceptance_teacher_forced") or {}
+    md.append(f"| MTP acceptance, teacher-forced on held-out text (draft = main model's greedy next token) | "
+              f"{fmt(tb.get('rate'), 3)} ({tb.get('accepted')} / {tb.get('positions')}) | "
+              f"{fmt(ta.get('rate'), 3)} ({ta.get('accepted')} / {ta.get('positions')}) |")
+    md.append(f"| top-1 accuracy on held-out text: MTP draft (token after next) / main head (same positions) | "
+              f"{fmt(tb.get('mtp_top1_on_text'), 3)} / {fmt(tb.get('main_top1_on_text'), 3)} | "
+              f"{fmt(ta.get('mtp_top1_on_text'), 3)} / {fmt(ta.get('main_top1_on_text'), 3)} |")
     md.append("")
 
 
@@ -153,7 +160,7 @@ def fp8(runs, out_dir, md, summaries):
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
     ax[0].plot(steps, smooth(lb, w), color="C0", label="BF16")
     ax[0].plot(steps, smooth(lx, w), color="C1", label="FP8", alpha=0.8)
-    ax[0].set(title=f"training loss ({w}-step mean)", xlabel="step", yscale="log")
+    ax[0].set(title=f"training loss ({w}-step mean)", xlabel="step")
     ax[1].plot(steps, [100 * v for v in d], color="0.7", lw=0.6, label="per step")
     sb, sx = smooth(lb, w), smooth(lx, w)
     ax[1].plot(steps, [100 * (sx[i] - sb[i]) / sb[i] for i in range(n)], color="C1", label=f"{w}-step means")
@@ -176,7 +183,7 @@ def fp8(runs, out_dir, md, summaries):
               f"{pct(c.get('val_loss_rel'))} |")
     md.append(f"| validation CE, main head (final) | {fmt(fb.get('val_main_ce'))} | {fmt(fx.get('val_main_ce'))} | "
               f"{pct(c.get('val_main_ce_rel'))} |")
-    md.append(f"| largest |difference| of {c.get('window_steps')}-step means, second half | | | "
+    md.append(f"| largest absolute difference of {c.get('window_steps')}-step means, second half | | | "
               f"{pct(c.get('train_loss_rel_max_abs_window_second_half'))} |")
     md.append(f"| tokens/s (median step) | {b['summary']['tokens_per_s_median']:.0f} | "
               f"{x['summary']['tokens_per_s_median']:.0f} | |")
@@ -186,12 +193,12 @@ def fp8(runs, out_dir, md, summaries):
 
 def setup_table(runs, md):
     md.append("### Runs\n")
-    md.append("| run | steps | tokens | median tokens/s | seconds | final validation loss | command |")
+    md.append("| run | steps | tokens | median tokens/s | seconds | final validation CE, main head | command |")
     md.append("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in runs.items():
         s = r["summary"]
         md.append(f"| {name} | {s['steps']} | {s.get('tokens')} | {s.get('tokens_per_s_median', 0):.0f} | "
-                  f"{s.get('seconds')} | {fmt(s.get('final_val', {}).get('val_loss'))} | `{s.get('command')}` |")
+                  f"{s.get('seconds')} | {fmt(s.get('final_val', {}).get('val_main_ce'))} | `{s.get('command')}` |")
     md.append("")
     md.append("Machines and commits:\n")
     seen = set()
@@ -226,7 +233,7 @@ def main():
     if "bf16" in runs and "fp8" in runs:
         fp8(runs, a.out_dir, md, summaries)
         made.append("fp8.png")
-    skipped = {k: v for s in summaries.values() for k, v in s.get("skipped", {}).items()}
+    skipped = {k: v for s in summaries.values() for k, v in s.get("skipped", {}).items() if k not in runs}
     for k, v in skipped.items():
         md.append(f"- run {k}: {v}")
     open(os.path.join(a.out_dir, "tables.md"), "w").write("\n".join(md) + "\n")
