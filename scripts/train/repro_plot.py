@@ -2,7 +2,7 @@
 """Plots and markdown tables of scripts/train/repro.sh's runs, for docs/reproductions.md (a docs tool: needs
 matplotlib, Debian's python3-matplotlib; not part of CI).
 
-    repro_plot.py DIR [DIR...] --out-dir docs/repro
+    repro_plot.py DIR [DIR...] --out-dir docs/repro [--doc docs/reproductions.md]
 
 Each DIR is a repro.sh output (summary.json, runs/NAME/train.jsonl): the slot that ran base/auxloss/nomtp and
 the one that ran bf16/fp8 may be different DIRs; a run name found in two DIRs is taken from the later one.
@@ -216,6 +216,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", nargs="+")
     ap.add_argument("--out-dir", default="docs/repro")
+    ap.add_argument("--doc", help="also put the tables between the <!-- tables:begin --> and <!-- tables:end --> "
+                    "lines of this markdown file (docs/reproductions.md)")
     a = ap.parse_args()
     os.makedirs(a.out_dir, exist_ok=True)
     runs, summaries = load(a.dirs)
@@ -237,6 +239,11 @@ def main():
     for k, v in skipped.items():
         md.append(f"- run {k}: {v}")
     open(os.path.join(a.out_dir, "tables.md"), "w").write("\n".join(md) + "\n")
+    if a.doc:
+        doc = open(a.doc).read()
+        begin, end = "<!-- tables:begin -->\n", "<!-- tables:end -->"
+        i, j = doc.index(begin) + len(begin), doc.index(end)
+        open(a.doc, "w").write(doc[:i] + "\n".join(md[1:]) + "\n" + doc[j:])
     print("wrote", ", ".join(made + ["tables.md"]), "in", a.out_dir)
 
 
