@@ -254,12 +254,14 @@ LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, i
 }
 
 LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
-                       const std::vector<uint8_t>* loss_mask) {
+                       const std::vector<uint8_t>* loss_mask, ExpertLoads* loads) {
   check_batch(model, ids, b, t, loss_mask);
+  MOE_CHECK(!(loads && model.device), "train: forward_loss reports no expert loads from a device's forward");
   if (model.device) return model.device->forward_loss(model, ids, b, t, obj, loss_mask);
   Pass p(model, obj);
   p.forward(ids, b, t, loss_mask);
   p.hook(&ParamHooks::after_forward, ParamHooks::kGlobals);
+  p.collect_loads(loads);
   return p.parts;
 }
 

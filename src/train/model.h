@@ -55,8 +55,10 @@ LossParts forward_backward(TrainModel& model, const std::vector<int32_t>& ids, i
                            const std::vector<uint8_t>* loss_mask = nullptr);
 
 // The forward alone (no gradients): the loss and its parts, for finite-difference checks and evaluation.
+// loads (may be null): each MoE layer's tokens per expert, as forward_backward reports them; the CPU path only
+// (a device's forward reports none: the trainer's validation then runs its forward_backward, see trainer.cpp).
 LossParts forward_loss(TrainModel& model, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
-                       const std::vector<uint8_t>* loss_mask = nullptr);
+                       const std::vector<uint8_t>* loss_mask = nullptr, ExpertLoads* loads = nullptr);
 
 // The main model's logits [b*t, V] for every position (no loss, nothing kept): what a checkpoint's reader
 // should reproduce.

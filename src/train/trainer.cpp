@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -131,6 +132,20 @@ double max_violation(const std::vector<int64_t>& load) {
   double sum = 0, mx = 0;
   for (int64_t l : load) sum += double(l), mx = std::max(mx, double(l));
   return sum == 0 ? 0.0 : mx / (sum / double(load.size())) - 1.0;
+}
+
+// "model.layers.L.mlp.gate.weight" -> "L": the key of a layer's entry in the JSON lines' maxvio objects.
+std::string layer_key(const std::string& gate) {
+  const size_t a = gate.find("layers.") + 7, b = gate.find('.', a);
+  return gate.substr(a, b - a);
+}
+
+void add_loads(ExpertLoads& sum, const ExpertLoads& part) {
+  for (const auto& [gate, load] : part) {
+    auto& s = sum[gate];
+    s.resize(load.size(), 0);
+    for (size_t e = 0; e < load.size(); ++e) s[e] += load[e];
+  }
 }
 
 }  // namespace
@@ -347,14 +362,35 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     if (manifest.sft) vl.set_masks(val_masks);
     LossParts sum;
     std::vector<uint8_t> mask;
+    // Expert balance on the held-out batches too (single process): loads summed over all of them (val_maxvio)
+    // and the mean of each batch's MaxVio (val_maxvio_batch), per MoE layer as in the step lines. A device's
+    // forward alone reports no loads, so there the batch runs through its forward_backward: the same forward,
+    // and the gradients it adds are dead (validation follows the step's update; they are zeroed below and
+    // again before the next step).
+    const bool balance = !dist;
+    ExpertLoads total;
+    std::map<std::string, double> batch_maxvio;
     for (int64_t i = 0; i < R.val_batches; ++i) {
       const std::vector<int32_t> ids = vl.next(micro, R.seq_len, manifest.sft ? &mask : nullptr);
-      const LossParts p = forward_loss(model, ids, micro, R.seq_len, obj, manifest.sft ? &mask : nullptr);
+      ExpertLoads part;
+      const std::vector<uint8_t>* m = manifest.sft ? &mask : nullptr;
+      const LossParts p = !balance       ? forward_loss(model, ids, micro, R.seq_len, obj, m)
+                          : model.device ? forward_backward(model, ids, micro, R.seq_len, obj, &part, m)
+                                         : forward_loss(model, ids, micro, R.seq_len, obj, m, &part);
       sum.loss += p.loss, sum.main_ce += p.main_ce, sum.mtp_ce += p.mtp_ce;
+      for (const auto& [gate, load] : part) batch_maxvio[gate] += max_violation(load);
+      add_loads(total, part);
     }
+    if (balance && model.device) model.zero_grad();
     const double n = double(R.val_batches);
-    out(json{{"step", step}, {"val_loss", sum.loss / n}, {"val_main_ce", sum.main_ce / n}, {"val_mtp_ce", sum.mtp_ce / n}}
-            .dump());
+    json line{{"step", step}, {"val_loss", sum.loss / n}, {"val_main_ce", sum.main_ce / n}, {"val_mtp_ce", sum.mtp_ce / n}};
+    if (balance && !total.empty()) {
+      json global = json::object(), per_batch = json::object();
+      for (const auto& [gate, load] : total) global[layer_key(gate)] = max_violation(load);
+      for (const auto& [gate, v] : batch_maxvio) per_batch[layer_key(gate)] = v / n;
+      line["val_maxvio"] = global, line["val_maxvio_batch"] = per_batch;
+    }
+    out(line.dump());
   };
 
   const int64_t end = run.stop_after > 0 ? std::min(run.stop_after, R.steps) : R.steps;
@@ -383,11 +419,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
                : forward_backward(model, ids, micro, R.seq_len, obj, &part_loads, manifest.sft ? &mask : nullptr);
       parts.loss += p.loss / double(k), parts.main_ce += p.main_ce / double(k);
       parts.mtp_ce += p.mtp_ce / double(k), parts.seq_aux += p.seq_aux / double(k);
-      for (auto& [gate, load] : part_loads) {
-        auto& sum = loads[gate];
-        sum.resize(load.size(), 0);
-        for (size_t e = 0; e < load.size(); ++e) sum[e] += load[e];
-      }
+      add_loads(loads, part_loads);
     }
     if (k > 1) {
       scale_gradients(model, 1.0 / double(k));
@@ -410,11 +442,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     update_correction_biases(model, loads, R.bias_gamma);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json maxvio = json::object();
-    for (const auto& [gate, load] : loads) {
-      // "model.layers.L.mlp.gate.weight" -> "L"
-      const size_t a = gate.find("layers.") + 7, b = gate.find('.', a);
-      maxvio[gate.substr(a, b - a)] = max_violation(load);
-    }
+    for (const auto& [gate, load] : loads) maxvio[layer_key(gate)] = max_violation(load);
     json line{{"step", step},
              {"loss", parts.loss},
              {"main_ce", parts.main_ce},
