@@ -267,7 +267,11 @@ StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, 
 
 void DeviceTrainer::pull(TrainModel& m) {
   Impl& I = *impl_;
-  if (I.bound != &m) return;  // nothing ran on the device yet: the host copies are current
+  if (I.bound != &m) {  // nothing ran on the device yet: the host copies are current (zero where absent)
+    for (const auto& p : m.params)
+      for (auto* x : {&p->g, &p->m, &p->v}) x->resize(p->w.size(), 0.0f);
+    return;
+  }
   for (const auto& p : m.params) {
     const size_t bytes = p->w.size() * sizeof(float);
     const int64_t o = I.offset.at(p.get());
