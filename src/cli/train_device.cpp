@@ -7,7 +7,9 @@
 
 namespace moe::cli {
 
-TrainDevice make_train_device(const std::string& device, const std::string& gemm, const std::string& expert_gemm) {
+TrainDevice make_train_device(const std::string& device, const std::string& gemm, const std::string& expert_gemm,
+                              const std::string& attention) {
+  MOE_CHECK(attention == "fp32" || attention == "tf32", "--attention must be fp32 or tf32, not '{}'", attention);
   MOE_CHECK(gemm == "bf16" || gemm == "fp32", "--gemm must be bf16 or fp32, not '{}'", gemm);
   MOE_CHECK(expert_gemm == "grouped" || expert_gemm == "loop", "--expert-gemm must be grouped or loop, not '{}'",
             expert_gemm);
@@ -22,9 +24,10 @@ TrainDevice make_train_device(const std::string& device, const std::string& gemm
   auto c = std::make_unique<train::cuda::DeviceTrainer>(gemm == "bf16" ? train::cuda::GemmPrecision::Bf16
                                                                        : train::cuda::GemmPrecision::Fp32);
   c->set_grouped_experts(expert_gemm == "grouped");
+  c->set_attention_tf32(attention == "tf32");
   TrainDevice d;
   d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs, device-resident step" +
-           (gemm == "bf16" ? ", experts " + expert_gemm : "");
+           (gemm == "bf16" ? ", experts " + expert_gemm : "") + ", attention " + attention;
   train::cuda::DeviceTrainer* raw = c.get();
   d.gemm_gflops = [raw] { return raw->measure_bf16_gemm_gflops(); };
   d.step = std::move(c);

@@ -330,6 +330,8 @@ void DeviceTrainer::set_grouped_experts(bool on) {
   impl_->egemm.set_grouped(on);
 }
 
+void DeviceTrainer::set_attention_tf32(bool on) { impl_->attention_tf32 = on; }
+
 void DeviceTrainer::push(TrainModel& m) {
   impl_->bound = nullptr;  // bind uploads everything again
   impl_->bind(m);
