@@ -47,4 +47,5 @@ bench mid-2048x1 70 --config bench/configs/train-mid.json --seq-len 2048 --batch
 echo "== train-bench train-default $(date -u +%T)"
 bench default-grouped 12 --config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3
 bench default-loop 12 --config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --expert-gemm loop
+bench default-tf32 12 --config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --attention tf32
 echo "== done $(date -u +%T)"

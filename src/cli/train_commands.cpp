@@ -222,10 +222,13 @@ void register_train_commands(CLI::App& app) {
     auto expert_gemm = std::make_shared<std::string>("grouped");
     cmd->add_option("--expert-gemm", *expert_gemm, "--device cuda, bf16: the routed experts' GEMMs grouped (one cuBLAS "
                     "grouped GEMM a product) or loop (one GEMM per expert) (grouped)");
+    auto attention = std::make_shared<std::string>("fp32");
+    cmd->add_option("--attention", *attention, "--device cuda: the attention's score and value GEMMs in fp32 (no TF32) "
+                    "or tf32 (fp32)");
     cmd->add_flag("--profile", o->profile, "--device cuda: the device time of each op class (GEMMs, attention, MoE "
                   "dispatch, elementwise, optimizer, host waits) over the timed steps");
     cmd->callback([=] {
-      const TrainDevice dev = make_train_device(*device, *gemm, *expert_gemm);
+      const TrainDevice dev = make_train_device(*device, *gemm, *expert_gemm, *attention);
       o->step = dev.step.get();
       o->log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
       o->device = dev.name;

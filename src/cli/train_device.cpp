@@ -7,7 +7,9 @@
 
 namespace moe::cli {
 
-TrainDevice make_train_device(const std::string& device, const std::string& gemm, const std::string& expert_gemm) {
+TrainDevice make_train_device(const std::string& device, const std::string& gemm, const std::string& expert_gemm,
+                              const std::string& attention) {
+  MOE_CHECK(attention == "fp32" || attention == "tf32", "--attention must be fp32 or tf32, not '{}'", attention);
   MOE_CHECK(gemm == "bf16" || gemm == "fp32" || gemm == "fp8", "--gemm must be bf16, fp8 or fp32, not '{}'", gemm);
   MOE_CHECK(expert_gemm == "grouped" || expert_gemm == "loop", "--expert-gemm must be grouped or loop, not '{}'",
             expert_gemm);
@@ -23,9 +25,10 @@ TrainDevice make_train_device(const std::string& device, const std::string& gemm
   const GemmPrecision p = gemm == "bf16" ? GemmPrecision::Bf16 : gemm == "fp8" ? GemmPrecision::Fp8 : GemmPrecision::Fp32;
   auto c = std::make_unique<train::cuda::DeviceTrainer>(p);
   c->set_grouped_experts(expert_gemm == "grouped");
+  c->set_attention_tf32(attention == "tf32");
   TrainDevice d;
   d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs, device-resident step" +
-           (gemm == "bf16" ? ", experts " + expert_gemm : "");
+           (gemm == "bf16" ? ", experts " + expert_gemm : "") + ", attention " + attention;
   train::cuda::DeviceTrainer* raw = c.get();
   d.gemm_gflops = [raw] { return raw->measure_bf16_gemm_gflops(); };
   d.gemm_summary = [raw] { return raw->gemm_summary(); };

@@ -20,7 +20,8 @@ struct TrainDevice {
 // Throws moe::Error naming the flag: an unknown device or GEMM type, cuda in a build without CUDA or on a machine
 // without a GPU.
 // expert_gemm: grouped (the routed experts' BF16 GEMMs as cuBLAS grouped GEMMs) or loop (one GEMM per expert).
+// attention: fp32 (the score and value GEMMs in FP32, no TF32) or tf32.
 TrainDevice make_train_device(const std::string& device, const std::string& gemm,
-                              const std::string& expert_gemm = "grouped");
+                              const std::string& expert_gemm = "grouped", const std::string& attention = "fp32");
 
 }  // namespace moe::cli

@@ -41,19 +41,23 @@ double layer_kept(const Widths& w, bool moe, double b, double t) {
   return v;
 }
 
-// The backward's named temporaries of one layer (4-byte values; the largest layer's are allocated once).
-double layer_temps(const Widths& w, bool moe, double b, double t) {
+// The backward's named temporaries of one layer (4-byte values), in three groups of buffers: each named buffer is
+// allocated once at the largest size any layer asks of it, so the plan takes each group's largest.
+struct Temps {
+  double attn = 0, mlp = 0, moe = 0;
+};
+Temps layer_temps(const Widths& w, bool moe, double b, double t) {
   const double n = b * t;
-  double v = 3 * n * w.D + n * w.H * w.dv + n * w.H * w.dq + n * w.H * (w.dn + w.dv) + n * w.dr;  // dh df da datt dq dkv dkr
-  v += b * w.H * t * t + 2 * n * w.r + n * (w.r + w.dr);  // ds, dc, dc_in, dkva
-  if (w.ql > 0) v += 2 * n * w.ql;
-  const double mlp = moe ? w.Fs : w.F;
-  v += 3 * n * mlp;  // dact, dgate, dup of the dense or shared MLP
+  Temps r;
+  r.attn = 3 * n * w.D + n * w.H * w.dv + n * w.H * w.dq + n * w.H * (w.dn + w.dv) + n * w.dr;  // dh df da datt dq dkv dkr
+  r.attn += b * w.H * t * t + 2 * n * w.r + n * (w.r + w.dr);  // ds, dc, dc_in, dkva
+  if (w.ql > 0) r.attn += 2 * n * w.ql;
+  r.mlp = 3 * n * (moe ? w.Fs : w.F);  // dact, dgate, dup of the dense or shared MLP
   if (moe) {
     const double nk = n * w.K;
-    v += 2 * nk * w.D + nk + 3 * nk * w.Fm + n * w.E + n;  // moe_dy, moe_dxs, dweights, dact/dgate/dup, dlogits, aux
+    r.moe = 2 * nk * w.D + nk + 3 * nk * w.Fm + n * w.E + n;  // moe_dy, moe_dxs, dweights, dact/dgate/dup, dlogits, aux
   }
-  return v;
+  return r;
 }
 
 // BF16 operand copies (2-byte values): the largest x, W and dy of the mm/mm_bwd GEMMs (the heads and the router
@@ -83,19 +87,21 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   double kept = 2 * n + double(c.num_hidden_layers + 1) * n * w.D + n * w.D + n;  // ids, positions, x0..xL, hn
   kept += n1 * w.D + n1 * w.V + 2 * n1;                                         // hsel, logits1, targets, loss
   double temps = 3 * n * w.D + n1 * w.D + 6 * n;  // grad.hn, grad.x0/x1, grad.sel, the embedding's sort
+  Temps most;
   bool any_moe = false;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const bool moe = c.is_moe_layer(l);
+  auto add_layer = [&](bool moe, double tt) {
     any_moe = any_moe || moe;
-    kept += layer_kept(w, moe, b, t);
-    temps = std::max(temps, 3 * n * w.D + n1 * w.D + 6 * n + layer_temps(w, moe, b, t));
-  }
+    kept += layer_kept(w, moe, b, tt);
+    const Temps l = layer_temps(w, moe, b, tt);
+    most.attn = std::max(most.attn, l.attn), most.mlp = std::max(most.mlp, l.mlp), most.moe = std::max(most.moe, l.moe);
+  };
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) add_layer(c.is_moe_layer(l), t);
   if (mtp) {
-    const bool moe = c.is_moe_layer(c.num_hidden_layers);
-    any_moe = any_moe || moe;
-    kept += 2 * n2 + 9 * n2 * w.D + 3 * n2 + layer_kept(w, moe, b, t2) + n2 * w.V + 2 * n2;
+    kept += 2 * n2 + 9 * n2 * w.D + 3 * n2 + n2 * w.V + 2 * n2;
+    add_layer(c.is_moe_layer(c.num_hidden_layers), t2);
     temps += 9 * n2 * w.D;  // grad.yn .. grad.h2, grad.cat
   }
+  temps += most.attn + most.mlp + most.moe;
   p.activations = 4.0 * kept;
   p.temporaries = 4.0 * temps + 2.0 * bf16_copies(w, any_moe, n);
   p.runtime = kRuntime;

@@ -249,8 +249,10 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
       }
       cfg.erase("quantization_config");
       config_json = cfg.dump(2) + "\n";
+      // On a device the host keeps only the values until a checkpoint pulls the rest (a 10 B model's gradients
+      // and moments would not fit in the host's memory).
       model = TrainModel::init(ModelConfig::from_json(cfg, run.config_path), run.config_path, run.recipe.seed,
-                               run.recipe.init_std);
+                               run.recipe.init_std, nullptr, /*host_state=*/run.device == nullptr);
     }
   }
   const TrainRecipe& R = run.recipe;

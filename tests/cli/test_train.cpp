@@ -165,6 +165,48 @@ TEST_F(TrainCommand, ResumeFromBf16CheckpointIsExact) {
 }
 
 // --init takes a hub checkpoint (here one that train wrote) and trains on from its weights with fresh moments.
+// --moments bf16 (DeepSeek-V3's BF16 AdamW moments): the recipe keeps it, so a resumed run repeats the straight
+// one's lines exactly; the checkpoint's moments stay F32 tensors holding BF16 values (the low 16 bits zero, not
+// all zero: the moments moved); a bad value is an error naming the flag.
+TEST_F(TrainCommand, Bf16MomentsResumeExactlyAndAreStoredAsBf16Values) {
+  const std::string a = *dir_ + "/m16-straight", b = *dir_ + "/m16-split";
+  const Result straight = test::run_moe(train_args(a) + " --moments bf16");
+  ASSERT_EQ(straight.code, 0) << straight.out;
+  const Result first = test::run_moe(train_args(b) + " --moments bf16 --stop-after 2");
+  ASSERT_EQ(first.code, 0) << first.out;
+  const Result second = test::run_moe("train --resume " + b + "/step-00000002");
+  ASSERT_EQ(second.code, 0) << second.out;
+  std::vector<nlohmann::json> got = step_lines(first.out);
+  const std::vector<nlohmann::json> rest = step_lines(second.out);
+  got.insert(got.end(), rest.begin(), rest.end());
+  expect_same_lines(got, step_lines(straight.out));
+  const Result f32 = test::run_moe(train_args(*dir_ + "/m32"));  // the default: FP32 moments, other losses
+  ASSERT_EQ(f32.code, 0) << f32.out;
+  EXPECT_NE(step_lines(f32.out).back().dump(), step_lines(straight.out).back().dump());
+  const std::string bytes = read(a + "/step-00000006/optimizer.safetensors");
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
+  size_t moments = 0, nonzero = 0;
+  for (const auto& [name, t] : header.items()) {
+    if (name.rfind("m.", 0) != 0 && name.rfind("v.", 0) != 0) continue;
+    ASSERT_EQ(t["dtype"], "F32") << name;
+    const uint64_t lo = t["data_offsets"][0].get<uint64_t>(), hi = t["data_offsets"][1].get<uint64_t>();
+    for (uint64_t o = lo; o < hi; o += 4) {
+      uint32_t bits = 0;
+      std::memcpy(&bits, bytes.data() + 8 + n + o, 4);
+      ASSERT_EQ(bits & 0xffffu, 0u) << name << " at byte " << o << " is not a BF16 value";
+      nonzero += bits != 0;
+      ++moments;
+    }
+  }
+  EXPECT_GT(moments, size_t(1000));
+  EXPECT_GT(nonzero, moments / 2);
+  const Result bad = test::run_moe(train_args(*dir_ + "/m-bad") + " --moments f16");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("train: --moments is f32 or bf16, not f16"), std::string::npos) << bad.out;
+}
+
 TEST_F(TrainCommand, InitFromHubCheckpoint) {
   const std::string a = *dir_ + "/init-src", b = *dir_ + "/init-dst";
   Result r = test::run_moe(train_args(a) + " --stop-after 2");
@@ -331,8 +373,15 @@ TEST(TrainBench, DeviceFlagErrorsNameTheFlag) {
   const Result gemm = test::run_moe(base + " --device cuda --gemm fp16");
   EXPECT_EQ(gemm.code, 1);
   EXPECT_NE(gemm.out.find("--gemm must be bf16, fp8 or fp32, not 'fp16'"), std::string::npos) << gemm.out;
-  const Result cpu = test::run_moe(base + " --device cpu --threads 1");
+  const Result moments = test::run_moe(base + " --moments fp8");
+  EXPECT_EQ(moments.code, 1);
+  EXPECT_NE(moments.out.find("train-bench: --moments is f32 or bf16, not fp8"), std::string::npos) << moments.out;
+  const Result experts = test::run_moe(base + " --device cuda --expert-gemm batched");
+  EXPECT_EQ(experts.code, 1);
+  EXPECT_NE(experts.out.find("--expert-gemm must be grouped or loop, not 'batched'"), std::string::npos) << experts.out;
+  const Result cpu = test::run_moe(base + " --device cpu --threads 1 --moments bf16");
   ASSERT_EQ(cpu.code, 0) << cpu.out;
+  EXPECT_EQ(json_lines(cpu.out).at(0)["moments"], "bf16");
   EXPECT_EQ(json_lines(cpu.out).at(0)["device"], "cpu");
   // cuda: without CUDA in the build or a GPU in the machine, a clear error; with both, a run on the GPU.
   const Result cuda = test::run_moe(base + " --device cuda");

@@ -47,13 +47,14 @@ __global__ void softmax_backward_kernel(float* ds, const float* p, int64_t t, fl
 struct Gemm {
   cublasHandle_t h;
   int64_t batch;
+  bool tf32 = false;
   cublasStatus_t operator()(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
                             const float* a, int64_t lda, int64_t sa, const float* b, int64_t ldb, int64_t sb, float beta,
                             float* c, int64_t ldc, int64_t sc) const {
     const float one = 1.0f;
     return cublasGemmStridedBatchedEx(h, ta, tb, int(m), int(n), int(k), &one, a, CUDA_R_32F, int(lda), sa, b,
                                       CUDA_R_32F, int(ldb), sb, &beta, c, CUDA_R_32F, int(ldc), sc, int(batch),
-                                      CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT);
+                                      tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT);
   }
 };
 
@@ -64,7 +65,7 @@ bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const
   if (a.b == 0 || a.t == 0) return true;
   if (cublasSetStream(blas, s) != CUBLAS_STATUS_SUCCESS) return false;
   const int64_t t = a.t, H = a.heads, dn = a.dn, dr = a.dr, dv = a.dv, dq = dn + dr, dkv = dn + dv;
-  const Gemm gemm{blas, a.b};
+  const Gemm gemm{blas, a.b, a.tf32};
   bool ok = true;
   for (int64_t h = 0; h < H; ++h) {
     float* S = probs + h * t * t;
@@ -88,7 +89,7 @@ bool attention_backward_gemm(cublasHandle_t blas, float* dq, float* dkv, float* 
   if (a.b == 0 || a.t == 0) return true;
   if (cublasSetStream(blas, s) != CUBLAS_STATUS_SUCCESS) return false;
   const int64_t t = a.t, H = a.heads, dn = a.dn, dr = a.dr, dv = a.dv, dq_ = dn + dr, dkv_ = dn + dv;
-  const Gemm gemm{blas, a.b};
+  const Gemm gemm{blas, a.b, a.tf32};
   bool ok = true;
   for (int64_t h = 0; h < H; ++h)  // dP = dO V^T
     ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dv, kv + h * dkv_ + dn, H * dkv_, t * H * dkv_, dout + h * dv,

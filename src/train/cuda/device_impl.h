@@ -72,6 +72,7 @@ struct DeviceTrainer::Impl {
   GroupedGemm egemm;    // the routed experts' grouped GEMMs (BF16)
   bool grouped_experts = true;  // BF16: the experts' GEMMs grouped (egemm); false, or another precision: one
                                 // mm/mm_bwd per expert (the reference the grouped path is tested against)
+  bool attention_tf32 = false;  // the attention's GEMMs on TF32 (set_attention_tf32); FP32 by default
   bool use_grouped() const { return grouped_experts && prec == GemmPrecision::Bf16; }
   size_t mem_free_at_bind = 0, mem_free_min = 0;  // cudaMemGetInfo: before the arenas, the lowest since
   void note_free_memory();

@@ -81,7 +81,7 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   A.att = f32(key + "att", n * H * dv);
   prof.enter(OpClass::Attention);
   MOE_CHECK(attention_forward_gemm(cc.blas(), A.att, A.probs, A.q, A.kv, A.kr,
-                                   AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s),
+                                   AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale), attention_tf32}, s),
             "cuda train: attention's cuBLAS GEMMs failed");
   check_cuda(cudaGetLastError(), "attention_forward");
   prof.enter(OpClass::Other);
@@ -125,7 +125,7 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   float* ds = f32("tmp.ds", b * H * t * t);
   prof.enter(OpClass::Attention);
   MOE_CHECK(attention_backward_gemm(cc.blas(), dq_, dkv, dkr, ds, datt, A.probs, A.q, A.kv, A.kr,
-                                    AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale)}, s),
+                                    AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale), attention_tf32}, s),
             "cuda train: attention's cuBLAS GEMMs failed");
   check_cuda(cudaGetLastError(), "attention_backward");
   prof.enter(OpClass::Other);

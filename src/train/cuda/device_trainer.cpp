@@ -294,7 +294,11 @@ StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, 
 
 void DeviceTrainer::pull(TrainModel& m) {
   Impl& I = *impl_;
-  if (I.bound != &m) return;  // nothing ran on the device yet: the host copies are current
+  if (I.bound != &m) {  // nothing ran on the device yet: the host copies are current (zero where absent)
+    for (const auto& p : m.params)
+      for (auto* x : {&p->g, &p->m, &p->v}) x->resize(p->w.size(), 0.0f);
+    return;
+  }
   for (const auto& p : m.params) {
     const size_t bytes = p->w.size() * sizeof(float);
     const int64_t o = I.offset.at(p.get());
@@ -352,6 +356,8 @@ void DeviceTrainer::set_grouped_experts(bool on) {
   impl_->grouped_experts = on;
   impl_->egemm.set_grouped(on);
 }
+
+void DeviceTrainer::set_attention_tf32(bool on) { impl_->attention_tf32 = on; }
 
 void DeviceTrainer::push(TrainModel& m) {
   impl_->bound = nullptr;  // bind uploads everything again

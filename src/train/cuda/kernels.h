@@ -22,6 +22,7 @@ void fill_bf16_uniform(uint16_t* out, int64_t count, uint32_t seed, cudaStream_t
 struct AttnShape {
   int64_t b = 0, t = 0, heads = 0, dn = 0, dr = 0, dv = 0;
   float scale = 1.0f;
+  bool tf32 = false;  // the score and value GEMMs on TF32 tensor cores (10-bit mantissa products), not FP32
 };
 bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const float* q, const float* kv,
                             const float* k_rope, const AttnShape& a, cudaStream_t s);
