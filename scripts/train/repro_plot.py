@@ -88,6 +88,7 @@ def balance(runs, out_dir, md):
     fig.savefig(os.path.join(out_dir, "balance.png"), dpi=110)
     plt.close(fig)
     md.append("### Auxiliary-loss-free balancing vs a sequence-wise auxiliary loss\n")
+    md.append("![aux-loss-free vs aux loss]({img}balance.png)\n")
     md.append("| | aux-loss-free | aux loss |\n| --- | --- | --- |")
     fb, fa = b["summary"]["final_val"], a["summary"]["final_val"]
     md.append(f"| validation CE, main head (final) | {fmt(fb['val_main_ce'])} | {fmt(fa['val_main_ce'])} |")
@@ -129,6 +130,7 @@ def mtp(runs, out_dir, md):
     fb, fa = b["summary"]["final_val"], a["summary"]["final_val"]
     ab, aa = b["summary"].get("acceptance") or {}, a["summary"].get("acceptance") or {}
     md.append("### MTP on vs off\n")
+    md.append("![MTP on vs off]({img}mtp.png)\n")
     md.append("| | MTP on | MTP off |\n| --- | --- | --- |")
     md.append(f"| validation CE, main head (final) | {fmt(fb['val_main_ce'])} | {fmt(fa['val_main_ce'])} |")
     rel = (fb["val_main_ce"] - fa["val_main_ce"]) / fa["val_main_ce"]
@@ -176,6 +178,7 @@ def fp8(runs, out_dir, md, summaries):
     c = next((s["comparisons"]["fp8"] for s in summaries.values() if "fp8" in s["comparisons"]), {})
     fb, fx = b["summary"].get("final_val", {}), x["summary"].get("final_val", {})
     md.append("### FP8 vs BF16\n")
+    md.append("![FP8 vs BF16]({img}fp8.png)\n")
     md.append("| | BF16 | FP8 | (FP8 - BF16) / BF16 |\n| --- | --- | --- | --- |")
     md.append(f"| training loss, last 5 % of steps | {fmt(b['summary']['last_5pct_mean']['loss'])} | "
               f"{fmt(x['summary']['last_5pct_mean']['loss'])} | {pct(c.get('train_loss_rel_last_5pct'))} |")
@@ -288,12 +291,15 @@ def main():
     skipped = {k: v for s in summaries.values() for k, v in s.get("skipped", {}).items() if k not in runs}
     for k, v in skipped.items():
         md.append(f"- run {k}: {v}")
-    open(os.path.join(a.out_dir, "tables.md"), "w").write("\n".join(md) + "\n")
+    # image links relative to the file that holds them
+    text = "\n".join(md) + "\n"
+    open(os.path.join(a.out_dir, "tables.md"), "w").write(text.replace("{img}", ""))
     if a.doc:
         doc = open(a.doc).read()
         begin, end = "<!-- tables:begin -->\n", "<!-- tables:end -->"
         i, j = doc.index(begin) + len(begin), doc.index(end)
-        open(a.doc, "w").write(doc[:i] + "\n".join(md[1:]) + "\n" + doc[j:])
+        rel = os.path.relpath(a.out_dir, os.path.dirname(os.path.abspath(a.doc)) or ".") + "/"
+        open(a.doc, "w").write(doc[:i] + "\n".join(md[1:]).replace("{img}", rel) + "\n" + doc[j:])
     print("wrote", ", ".join(made + ["tables.md"]), "in", a.out_dir)
 
 
