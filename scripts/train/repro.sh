@@ -128,7 +128,7 @@ FP8_OK=0
 "$MOE" train --help 2>/dev/null | grep -- '--gemm' | grep -qi fp8 && FP8_OK=1
 
 for RUN in ${RUNS//,/ }; do
-  GEMM=()
+  DEVFLAGS=()
   case "$RUN" in
     base|bf16) KNOBS=(--bias-gamma 1e-3 --seq-aux-alpha 1e-4 --mtp-lambda 0.3);;
     auxloss) KNOBS=(--bias-gamma 0 --seq-aux-alpha 1e-2 --mtp-lambda 0.3);;
@@ -142,18 +142,19 @@ for RUN in ${RUNS//,/ }; do
         mkdir -p "$OUT/runs/fp8"; echo "skipped: $WHY" > "$OUT/runs/fp8/SKIPPED"
         continue
       fi
-      KNOBS=(--bias-gamma 1e-3 --seq-aux-alpha 1e-4 --mtp-lambda 0.3); GEMM=(--gemm fp8);;
+      KNOBS=(--bias-gamma 1e-3 --seq-aux-alpha 1e-4 --mtp-lambda 0.3); DEVFLAGS=(--gemm fp8);;
     *) echo "repro.sh: unknown run '$RUN' (base, auxloss, nomtp, bf16, fp8)" >&2; exit 2;;
   esac
-  [ "$DEVICE" = cuda ] && [ ${#GEMM[@]} = 0 ] && GEMM=(--gemm bf16)
+  [ "$DEVICE" = cuda ] && [ ${#DEVFLAGS[@]} = 0 ] && DEVFLAGS=(--gemm bf16)
+  [ "$DEVICE" = cuda ] && DEVFLAGS+=(--val-maxvio)  # the device's validation MaxVio is opt-in
   R=$OUT/runs/$RUN
   rm -rf "$R"; mkdir -p "$R"
-  CMD=("$MOE" train --device "$DEVICE" "${GEMM[@]}" --config "$CONFIG" --data "$OUT/data" --out "$R/ckpt"
+  CMD=("$MOE" train --device "$DEVICE" "${DEVFLAGS[@]}" --config "$CONFIG" --data "$OUT/data" --out "$R/ckpt"
        --steps "$STEPS" --seq-len "$SEQ" --batch "$BATCH" --lr "$LR" --warmup "$WARMUP" --decay-start "$DECAY_START"
        --min-lr "$MIN_LR" --init-std "$INIT_STD" --seed "$SEED" --val-every "$VAL_EVERY" --val-batches "$VAL_BATCHES"
        --threads "$THREADS" "${KNOBS[@]}")
   echo "${CMD[*]}" > "$R/run.txt"
-  log "$RUN: $STEPS steps of $BATCH x $SEQ tokens: ${KNOBS[*]} ${GEMM[*]}"
+  log "$RUN: $STEPS steps of $BATCH x $SEQ tokens: ${KNOBS[*]} ${DEVFLAGS[*]}"
   t=$(date +%s); rc=0
   if [ "$RUN_TIMEOUT" -gt 0 ]; then timeout "$RUN_TIMEOUT" "${CMD[@]}" > "$R/train.jsonl" || rc=$?
   else "${CMD[@]}" > "$R/train.jsonl" || rc=$?; fi

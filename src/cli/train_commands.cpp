@@ -180,6 +180,8 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 (mixed precision), fp8 (DeepSeek-V3's E4M3 scheme, "
                     "docs/training.md) or fp32 (bf16)");
     cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
+    cmd->add_flag("--val-maxvio", run->device_val_maxvio,
+                  "--device cuda: also report expert balance (val_maxvio) on validation batches (the CPU always does)");
     auto parallel = std::make_shared<ParallelFlags>();
     add_parallel_flags(cmd, *parallel);
     cmd->add_option("--fault-nan-step", run->fault_nan_step, "testing: make this step's loss NaN")->group("");

@@ -366,10 +366,10 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     std::vector<uint8_t> mask;
     // Expert balance on the held-out batches too (single process): loads summed over all of them (val_maxvio)
     // and the mean of each batch's MaxVio (val_maxvio_batch), per MoE layer as in the step lines. A device's
-    // forward alone reports no loads, so there the batch runs through its forward_backward: the same forward,
-    // and the gradients it adds are dead (validation follows the step's update; they are zeroed below and
-    // again before the next step).
-    const bool balance = !dist;
+    // forward alone reports no loads, so there (with --val-maxvio) the batch runs through its forward_backward:
+    // the same forward, and the gradients it adds are dead (validation follows the step's update; they are
+    // zeroed below and again before the next step).
+    const bool balance = !dist && (!model.device || run.device_val_maxvio);
     ExpertLoads total;
     std::map<std::string, double> batch_maxvio;
     for (int64_t i = 0; i < R.val_batches; ++i) {
