@@ -23,6 +23,8 @@
 #include <fstream>
 #include <thread>
 
+#include <cuda_fp8.h>
+
 #include <nlohmann/json.hpp>
 
 #include "core/thread_pool.h"
@@ -108,6 +110,29 @@ std::vector<float> spread(int64_t rows, int64_t cols, uint64_t seed) {
 
 template <typename T>
 std::vector<T> zeros_of(size_t n) { return std::vector<T>(n, T(0)); }
+
+// The host reference itself: E4M3's known codes (ties to even, saturation, subnormals), and agreement with the
+// CUDA headers' host-side conversion on random magnitudes over E4M3's whole range and on exact midpoints. Needs
+// no GPU.
+TEST(CudaTrainFp8, HostE4M3ReferenceKnownCodesAndCudaHostConversion) {
+  const std::pair<float, uint8_t> known[] = {
+      {0.0f, 0x00},   {1.0f, 0x38},       {1.0625f, 0x38} /* tie -> even */, {1.1875f, 0x3a} /* tie -> even */,
+      {448.0f, 0x7e}, {464.0f, 0x7e},     {1e30f, 0x7e} /* saturate */,       {0x1p-9f, 0x01} /* min subnormal */,
+      {0x1p-10f, 0x00} /* tie -> 0 */,     {0x1.8p-10f, 0x01},                 {0x1p-6f, 0x08} /* min normal */,
+      {-1.0f, 0xb8}};
+  for (const auto& [v, code] : known) EXPECT_EQ(int(e4m3_code(v)), int(code)) << v;
+  const uint64_t seed = clock_seed("e4m3 host reference");
+  std::mt19937_64 g(seed);
+  std::uniform_real_distribution<double> lg(-14, 10);
+  int64_t bad = 0;
+  for (int i = 0; i < 200000; ++i) {
+    float v = float(std::exp2(lg(g))) * ((g() & 1) ? -1.0f : 1.0f);
+    if (i % 4 == 0)  // the midpoint of two codes (exact in float): the rounding rule decides
+      v = float((e4m3_value(uint8_t(g() % 127)) + e4m3_value(uint8_t(g() % 127))) / 2);
+    bad += e4m3_code(v) != uint8_t(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+  }
+  EXPECT_EQ(bad, 0) << "values where the search reference and cuda_fp8.h's host conversion disagree";
+}
 
 // ---- the quantiser, bit for bit
 
