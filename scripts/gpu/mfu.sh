@@ -42,10 +42,11 @@ t0=$SECONDS
 # (~20 s of host initialisation of 10 B values on 16 threads and a 40 GB upload come before the first step; an
 # allocation failure comes right after: then the shorter sequence.)
 bench mid-2048x1 70 --config bench/configs/train-mid.json --seq-len 2048 --batch 1 --steps 2 --moments bf16 \
+  --expert-gemm grouped \
   || { [ $((SECONDS - t0)) -lt 40 ] && bench mid-1024x1 40 --config bench/configs/train-mid.json --seq-len 1024 \
-       --batch 1 --steps 2 --moments bf16; }
+       --batch 1 --steps 2 --moments bf16 --expert-gemm grouped; }
 echo "== train-bench train-default $(date -u +%T)"
-bench default-grouped 12 --config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3
+bench default-grouped 12 --config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --expert-gemm grouped
 bench default-loop 12 --config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --expert-gemm loop
-bench default-tf32 12 --config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --attention tf32
+bench default-tf32 12 --config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --attention tf32 --expert-gemm grouped
 echo "== done $(date -u +%T)"

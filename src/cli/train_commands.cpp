@@ -221,9 +221,9 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--device", *device, "cpu (fraction of the FP32 GEMM rate) or cuda (of the BF16 GEMM rate)");
     cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16, fp8 or fp32 (bf16)");
     cmd->add_option("--moments", o->moments, "AdamW moments: f32 or bf16 (f32)");
-    auto expert_gemm = std::make_shared<std::string>("grouped");
+    auto expert_gemm = std::make_shared<std::string>("loop");
     cmd->add_option("--expert-gemm", *expert_gemm, "--device cuda, bf16: the routed experts' GEMMs grouped (one cuBLAS "
-                    "grouped GEMM a product) or loop (one GEMM per expert) (grouped)");
+                    "grouped GEMM a product) or loop (one GEMM per expert) (loop)");
     auto attention = std::make_shared<std::string>("fp32");
     cmd->add_option("--attention", *attention, "--device cuda: the attention's score and value GEMMs in fp32 (no TF32) "
                     "or tf32 (fp32)");

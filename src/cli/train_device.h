@@ -22,6 +22,6 @@ struct TrainDevice {
 // expert_gemm: grouped (the routed experts' BF16 GEMMs as cuBLAS grouped GEMMs) or loop (one GEMM per expert).
 // attention: fp32 (the score and value GEMMs in FP32, no TF32) or tf32.
 TrainDevice make_train_device(const std::string& device, const std::string& gemm,
-                              const std::string& expert_gemm = "grouped", const std::string& attention = "fp32");
+                              const std::string& expert_gemm = "loop", const std::string& attention = "fp32");
 
 }  // namespace moe::cli

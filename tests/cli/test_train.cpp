@@ -379,6 +379,9 @@ TEST(TrainBench, DeviceFlagErrorsNameTheFlag) {
   const Result experts = test::run_moe(base + " --device cuda --expert-gemm batched");
   EXPECT_EQ(experts.code, 1);
   EXPECT_NE(experts.out.find("--expert-gemm must be grouped or loop, not 'batched'"), std::string::npos) << experts.out;
+  const Result attention = test::run_moe(base + " --device cuda --attention fp16");
+  EXPECT_EQ(attention.code, 1);
+  EXPECT_NE(attention.out.find("--attention must be fp32 or tf32, not 'fp16'"), std::string::npos) << attention.out;
   const Result cpu = test::run_moe(base + " --device cpu --threads 1 --moments bf16");
   ASSERT_EQ(cpu.code, 0) << cpu.out;
   EXPECT_EQ(json_lines(cpu.out).at(0)["moments"], "bf16");

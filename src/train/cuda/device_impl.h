@@ -70,8 +70,8 @@ struct DeviceTrainer::Impl {
   cudaStream_t stream() const { return cc.stream(); }
   StepProfile prof;     // per-op-class device time (off unless set_profile)
   GroupedGemm egemm;    // the routed experts' grouped GEMMs (BF16)
-  bool grouped_experts = true;  // BF16: the experts' GEMMs grouped (egemm); false, or another precision: one
-                                // mm/mm_bwd per expert (the reference the grouped path is tested against)
+  bool grouped_experts = false;  // BF16: the experts' GEMMs grouped (egemm; opt-in until measured on a GPU);
+                                 // false, or another precision: one mm/mm_bwd per expert (the reference)
   bool attention_tf32 = false;  // the attention's GEMMs on TF32 (set_attention_tf32); FP32 by default
   bool use_grouped() const { return grouped_experts && prec == GemmPrecision::Bf16; }
   size_t mem_free_at_bind = 0, mem_free_min = 0;  // cudaMemGetInfo: before the arenas, the lowest since

@@ -48,7 +48,8 @@ class DeviceTrainer final : public DeviceStep {
   DeviceMemory memory() override;
   void set_profile(bool on) override;
   std::vector<std::pair<std::string, double>> profile_ms() override;
-  // BF16: the routed experts' GEMMs as grouped GEMMs (true, the default) or one GEMM per expert (the reference).
+  // BF16: the routed experts' GEMMs as grouped GEMMs (true) or one GEMM per expert (false, the default and the
+  // reference; grouping becomes the default once it has run on a GPU).
   void set_grouped_experts(bool on);
   // The attention's score and value GEMMs on TF32 tensor cores (true) or FP32 without TF32 (false, the default).
   void set_attention_tf32(bool on);
