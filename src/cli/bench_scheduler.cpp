@@ -96,7 +96,7 @@ void run_scheduler_bench(const SchedulerBenchArgs& a) {
              c.n_routed_experts, c.num_experts_per_tok, c.fp8_block_rows ? "FP8" : "BF16");
   fmt::print("device: {}; scheduler decode, greedy, prompt {} tokens, {} tokens per request, speculative {}{}\n",
              backend->name(), a.prompt_tokens, a.gen_tokens, a.speculative,
-             a.fused_speculation ? "" : " (fused speculation off)");
+             a.fused_speculation ? " (fused)" : "");
   {  // warm-up (allocations, graphs, first touch of the weights), on its own random prompts
     SchedulerBenchArgs w = a;
     w.gen_tokens = std::min(a.gen_tokens, 8);
