@@ -54,8 +54,7 @@ int main(int argc, char** argv) {
   const std::string kernel_arg = argc > 6 ? argv[6] : "auto";
   CudaOptions options;
   options.mla_splits = forced_splits;
-  options.mla_decode = kernel_arg == "mma" ? MlaDecodeKernel::Mma : kernel_arg == "wgmma" ? MlaDecodeKernel::Wgmma
-                                                                                         : MlaDecodeKernel::Auto;
+  options.mla_decode = parse_mla_decode_kernel(kernel_arg);
   const bool has_wgmma = cuda::mla_wgmma_applies(H, r, dr);
   const bool use_wgmma = has_wgmma && options.mla_decode != MlaDecodeKernel::Mma;
   auto gpu = make_cuda_backend(0, options);

@@ -45,5 +45,7 @@ struct BackendOptions {
 
 // Parses a CudaOptions::Prefill name (bf16, split, gemv, fp8); throws moe::Error naming the text otherwise.
 CudaOptions::Prefill parse_cuda_prefill(const std::string& name);
+// Parses a MlaDecodeKernel name (auto, mma, wgmma); throws moe::Error naming the text otherwise.
+MlaDecodeKernel parse_mla_decode_kernel(const std::string& name);
 
 }  // namespace moe
