@@ -13,7 +13,7 @@
 // Where the wgmma kernel applies (heads a multiple of 64), the attention kernels are timed both ways in the
 // same run (mma.sync: mla_attention.cu, wgmma: mla_decode_wgmma.cu, each with its own split count); the
 // device and backend ops use the backend's choice (the wgmma kernel), or `kernel` forces one.
-// Usage: bench_mla_attention [batch=64] [context=4096] [heads=16] [reps=20] [splits=0] [kernel=auto|mma|wgmma]
+// Usage: bench_mla_attention [batch=64] [context=4096] [heads=16] [reps=20] [splits=0] [kernel=auto|mma|wgmma, default CudaOptions']
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -51,11 +51,9 @@ int main(int argc, char** argv) {
     fmt::print("no CUDA device\n");
     return 1;
   }
-  const std::string kernel_arg = argc > 6 ? argv[6] : "auto";
   CudaOptions options;
   options.mla_splits = forced_splits;
-  options.mla_decode = kernel_arg == "mma" ? MlaDecodeKernel::Mma : kernel_arg == "wgmma" ? MlaDecodeKernel::Wgmma
-                                                                                         : MlaDecodeKernel::Auto;
+  if (argc > 6) options.mla_decode = parse_mla_decode_kernel(argv[6]);
   const bool has_wgmma = cuda::mla_wgmma_applies(H, r, dr);
   const bool use_wgmma = has_wgmma && options.mla_decode != MlaDecodeKernel::Mma;
   auto gpu = make_cuda_backend(0, options);

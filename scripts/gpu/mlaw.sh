@@ -3,8 +3,8 @@
 # `scripts/gpu/run.sh build` has built build-gpu (test_cuda and bench_mla_attention are in its target list).
 # About 60 s in all:
 #  1. test_cuda's MLA tests: the wgmma kernel against the CPU and the mma.sync kernel (CudaMlaWgmma.*) and the
-#     existing MLA cases and the V3.2 sparse case (CudaMla.*, CudaDsa.SparseAttentionTensorCoreKernel: they now
-#     take the wgmma kernel at 128 heads);
+#     existing MLA cases and the V3.2 sparse case (CudaMla.*, CudaDsa.SparseAttentionTensorCoreKernel; with
+#     CudaOptions::mla_decode's default, Mma until the wgmma kernel passes here, they check the old path);
 #  2. compute-sanitizer memcheck on CudaMlaWgmma.Small;
 #  3. bench_mla_attention at batch 64, context 4096, 128 and 16 heads (the A/B of both kernels at 128 heads
 #     in the same run, against the copy bandwidth measured there), and 128 heads at batch 1 / context 4096.
@@ -35,7 +35,7 @@ echo "memcheck exit $? ($(grep -c 'Invalid' "$D/memcheck.log") invalid accesses)
 grep -E "ERROR SUMMARY|^\[ +(OK|FAILED) " "$D/memcheck.log" | tail -3 | tee -a "$S"
 
 # The last run: 16 heads with one split (64 CTAs, no partials and no combine), data for the 16-head goal.
-for args in "64 4096 128 20" "64 4096 16 20" "1 4096 128 20" "64 4096 16 20 1"; do
+for args in "64 4096 128 20 0 auto" "64 4096 16 20" "1 4096 128 20 0 auto" "64 4096 16 20 1"; do
   timeout 6 "$B/tests/cuda/bench_mla_attention" $args >>"$D/bench.log" 2>&1
   echo "bench_mla_attention $args exit $?" | tee -a "$S"
 done

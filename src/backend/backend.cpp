@@ -21,6 +21,13 @@ CudaOptions::Prefill parse_cuda_prefill(const std::string& name) {
   fail("unknown CUDA prefill precision '{}' (expected bf16, split, gemv or fp8)", name);
 }
 
+MlaDecodeKernel parse_mla_decode_kernel(const std::string& name) {
+  if (name == "auto") return MlaDecodeKernel::Auto;
+  if (name == "mma") return MlaDecodeKernel::Mma;
+  if (name == "wgmma") return MlaDecodeKernel::Wgmma;
+  fail("unknown MLA decode kernel '{}' (expected auto, mma or wgmma)", name);
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   if (options.device.is_host()) return make_cpu_backend(options.cpu);
   return make_cuda_backend(options.device.index, options.cuda);

@@ -27,6 +27,7 @@ BackendOptions BackendArgs::options() const {
   if (cuda_mla_splits < 0) fail("--cuda-mla-splits must be >= 0, not {}", cuda_mla_splits);
   o.cuda.mla_prefill_min_tokens = cuda_mla_prefill_tokens;
   o.cuda.mla_splits = cuda_mla_splits;
+  o.cuda.mla_decode = parse_mla_decode_kernel(cuda_mla_decode);
   return o;
 }
 
@@ -44,6 +45,10 @@ void add_backend_options(CLI::App* cmd, BackendArgs& a) {
       ->capture_default_str();
   cmd->add_option("--cuda-mla-splits", a.cuda_mla_splits, "Decode attention split count (0: chosen per shape)")
       ->envname("MOE_CUDA_MLA_SPLITS")
+      ->capture_default_str();
+  cmd->add_option("--cuda-mla-decode", a.cuda_mla_decode,
+                  "Decode attention kernel: auto (wgmma where the head count is a multiple of 64), mma or wgmma")
+      ->envname("MOE_CUDA_MLA_DECODE")
       ->capture_default_str();
 }
 

@@ -25,12 +25,14 @@ std::string human_bytes(int64_t n);                               // 5.80 GB
 //   --cuda-prefill              MOE_CUDA_PREFILL              bf16, split, gemv or fp8 (see CudaOptions::Prefill)
 //   --cuda-mla-prefill-tokens   MOE_CUDA_MLA_PREFILL_TOKENS   expanded MLA from this many new tokens (64; 0 off)
 //   --cuda-mla-splits           MOE_CUDA_MLA_SPLITS           decode attention splits (0: chosen per shape)
+//   --cuda-mla-decode           MOE_CUDA_MLA_DECODE           decode attention kernel: auto, mma or wgmma
 struct BackendArgs {
   std::string device = "cpu";
   bool cuda_graphs = true;
   std::string cuda_prefill = "bf16";
   int64_t cuda_mla_prefill_tokens = 64;
   int32_t cuda_mla_splits = 0;
+  std::string cuda_mla_decode = "mma";  // CudaOptions::mla_decode's default
   BackendOptions options() const;  // throws moe::Error naming a bad value
 };
 void add_backend_options(CLI::App* cmd, BackendArgs& args);

@@ -1,4 +1,4 @@
-// Backend selection from outside text (the CLI's --device and --cuda-prefill): good values and the errors for bad
+// Backend selection from outside text (the CLI's --device, --cuda-prefill and --cuda-mla-decode): good values and the errors for bad
 // ones, which must name what was given.
 #include <gtest/gtest.h>
 
@@ -38,6 +38,16 @@ TEST(BackendOptions, CudaPrefillNames) {
   EXPECT_EQ(parse_cuda_prefill("gemv"), CudaOptions::Prefill::Gemv);
   EXPECT_EQ(parse_cuda_prefill("fp8"), CudaOptions::Prefill::Fp8);
   EXPECT_NE(error_of([] { parse_cuda_prefill("fp4"); }).find("'fp4'"), std::string::npos);
+}
+
+TEST(BackendOptions, MlaDecodeKernelNames) {
+  EXPECT_EQ(parse_mla_decode_kernel("auto"), MlaDecodeKernel::Auto);
+  EXPECT_EQ(parse_mla_decode_kernel("mma"), MlaDecodeKernel::Mma);
+  EXPECT_EQ(parse_mla_decode_kernel("wgmma"), MlaDecodeKernel::Wgmma);
+  for (const char* bad : {"", "WGMMA", "wgmma ", "mma.sync"}) {
+    const std::string e = error_of([&] { parse_mla_decode_kernel(bad); });
+    EXPECT_NE(e.find(std::string("unknown MLA decode kernel '") + bad + "'"), std::string::npos) << bad << ": " << e;
+  }
 }
 
 TEST(BackendOptions, CpuBackendFromOptions) {
