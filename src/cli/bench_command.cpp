@@ -86,7 +86,7 @@ struct BenchArgs {
   std::vector<int32_t> batches, contexts;
   int32_t steps = 0;  // decode steps per sweep point (0: automatic)
   bool print_tokens = false;
-  bool fused_speculation = false;  // --fused-speculation (SchedulerOptions::fused_speculation)
+  bool fused_speculation = true;  // --fused-speculation (SchedulerOptions::fused_speculation)
   int32_t speculative = -1;  // >= 0: decode through the Scheduler with this many MTP drafts (bench_scheduler.h)
   std::string sampler = "none";  // sweep decode steps: none (batch 1 copies its row), host or device sampling
 };
@@ -354,8 +354,8 @@ void register_bench_command(CLI::App& app) {
       ->check(CLI::Range(0, 8));
   cmd->add_flag("--print-tokens", a->print_tokens, "With --speculative: print every request's tokens");
   cmd->add_option("--fused-speculation", a->fused_speculation,
-                  "With --speculative 1: greedy steps verify and draft in one device step, ids back (default false: "
-                  "rows decided on the host, the MTP module after the step)");
+                  "With --speculative 1: greedy steps verify and draft in one device step, ids back (default true; "
+                  "false: rows decided on the host, the MTP module after the step)");
   cmd->add_option("--sampler", a->sampler,
                   "Sweep decode steps sample every row (temperature 0.8, top-p 0.95): none (batch 1 copies its logits "
                   "row), host (rows copied, host sampler) or device (Backend::sample)")

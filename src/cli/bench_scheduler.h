@@ -17,7 +17,7 @@ struct SchedulerBenchArgs {
   std::vector<int32_t> batches;  // concurrent requests per measurement
   int32_t speculative = 0;       // MTP draft tokens per step; 0: plain decoding
   bool print_tokens = false;     // print every request's tokens (comparing runs with and without speculation)
-  bool fused_speculation = false;  // SchedulerOptions::fused_speculation (off: the host-decided path, for A/B)
+  bool fused_speculation = true;  // SchedulerOptions::fused_speculation (off: the host-decided path, for A/B)
 };
 
 // Per batch size B: B requests of random prompts, greedy, ignore_eos, max_tokens = gen_tokens, submitted at

@@ -32,7 +32,7 @@ struct BackendArgs {
   std::string cuda_prefill = "bf16";
   int64_t cuda_mla_prefill_tokens = 64;
   int32_t cuda_mla_splits = 0;
-  std::string cuda_mla_decode = "mma";  // CudaOptions::mla_decode's default
+  std::string cuda_mla_decode = "auto";  // CudaOptions::mla_decode's default
   BackendOptions options() const;  // throws moe::Error naming a bad value
 };
 void add_backend_options(CLI::App* cmd, BackendArgs& args);

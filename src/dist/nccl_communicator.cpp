@@ -112,7 +112,15 @@ class NcclCommunicator final : public Communicator {
                    "ncclRecv");
     }
     check_nccl(ncclGroupEnd(), "ncclGroupEnd");
-    stage_out(send, recv, rd, recv_end);
+    // A staged host result: only the segments the displacements name come back (the bytes between them are
+    // the caller's and stay as they were).
+    if (rd != recv)
+      for (size_t p = 0; p < n; ++p)
+        if (recv_counts[p] > 0)
+          check_cuda(cudaMemcpyAsync(static_cast<char*>(recv) + recv_displs[p], rd + recv_displs[p], recv_counts[p],
+                                     cudaMemcpyDeviceToHost, stream_),
+                     "cudaMemcpyAsync (NCCL staging)");
+    if (rd != recv || on_host(send)) check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
 
   void broadcast(void* data, size_t bytes, int root) override {
