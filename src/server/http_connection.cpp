@@ -201,11 +201,12 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
     ConnectionStream strm(sock, ms(read_timeout_sec_, read_timeout_usec_), ms(write_timeout_sec_, write_timeout_usec_),
                           body_timeout_);
     t_socket = sock;
-    // A connection accepted in the moment the listener was released (release_listener) is answered once, with
-    // Connection: close, rather than dropped.
-    bool one_more = released_.load();
-    for (size_t count = keep_alive_max_count_; count > 0 && (!stopping_ || one_more); --count) {
-      one_more = false;
+    // A registered connection's first request is always answered (with Connection: close when stopping): one
+    // accepted in the moment the listener was released (release_listener) is not dropped. In a shutdown, its
+    // reads end at once (shutdown() stops them), so it closes without waiting.
+    bool first = true;
+    for (size_t count = keep_alive_max_count_; count > 0 && (first || !stopping_); --count) {
+      first = false;
       // The next request's first byte (already here when pipelined); an idle connection is closed.
       if (!strm.buffered() && !wait_for(sock, POLLIN, kKeepAliveTimeout)) break;
       strm.begin_request(Clock::now() + kHeaderTimeout);
@@ -264,7 +265,10 @@ int HttpServer::release_listener() {
     std::lock_guard lock(mu_);
     released_ = true;
     stopping_ = true;
-    for (int c : open_) ::shutdown(c, SHUT_RD);  // connections being served end (their answers are written)
+    // The connections being served are not cut short: each ends after the request it is reading or answering
+    // (a client's request that had arrived, or was arriving, when the listener was released would otherwise go
+    // unanswered); an idle keep-alive one ends within kKeepAliveTimeout. LoadingServer serves one request per
+    // connection, so there none is idle.
   }
   // listen_after_bind() is blocked in accept() on fd: one connection to ourselves wakes it, and it returns, as the
   // socket it listens on is now INVALID_SOCKET. Connections arriving meanwhile wait in the backlog for the next

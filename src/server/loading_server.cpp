@@ -27,11 +27,15 @@ LoadingServer::LoadingServer(HostPolicy hosts, std::string model_name)
   http_.set_read_timeout(30, 0);
   http_.set_write_timeout(30, 0);
   http_.set_payload_max_length(0);  // no body is read: every request but the page's GETs is a 503
+  // One request per connection, every answer with Connection: close (httplib adds it): no connection outlives its
+  // answer, so none is open across the hand-over to the real server (release) but those whose one request is
+  // being read or answered, and those are answered. A client's next request takes a new connection, which waits in
+  // the backlog for the real server when it comes in the hand-over.
+  http_.set_keep_alive_max_count(1);
   http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (req.has_header("Host"))
       if (auto why = hosts_.refusal(req.get_header_value("Host"), req.path)) {
         send_json(res, 403, error_json(*why, "host_not_allowed"));
-        res.set_header("Connection", "close");
         return httplib::Server::HandlerResponse::Handled;
       }
     if (req.method == "GET" && req.path == "/health") {
@@ -50,14 +54,9 @@ LoadingServer::LoadingServer(HostPolicy hosts, std::string model_name)
     if (req.method == "GET" && req.path == "/app.js") return asset(web::app_js(), "text/javascript; charset=utf-8");
     if (req.method == "GET" && req.path == "/style.css") return asset(web::style_css(), "text/css; charset=utf-8");
     send_json(res, 503, error_json("The model is still loading; GET /health says when it is ready", "model_loading"));
-    res.set_header("Retry-After", "1");
-    res.set_header("Connection", "close");  // a body, if any, is left unread
+    res.set_header("Retry-After", "1");  // (a body, if any, is left unread: the connection closes)
     return httplib::Server::HandlerResponse::Handled;
   });
-  http_.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
-    res.set_header("Connection", "close");  // a request that could not be read (slow, too large, broken)
-    return httplib::Server::HandlerResponse::Unhandled;
-  }));
 }
 
 LoadingServer::~LoadingServer() {

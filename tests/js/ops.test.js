@@ -107,6 +107,42 @@ test("the port answers at once: /health is 503 loading with progress until the m
   }
 });
 
+// A client that polls /health over a keep-alive connection (Node's fetch does) while the model loads: each loading
+// answer says Connection: close, so no request is sent on a connection the hand-over closes. Before that, such a
+// request could go unanswered and the poll waited forever (errors.test.js hung about 1 run in 5).
+test("keep-alive polling of /health across the hand-over: every poll answered, loading answers close the connection", async () => {
+  const srv = await startServer(["--fault-load-delay-ms", "800"], {}, { loading: true });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    let polls = 0, loading = 0, unanswered = 0;
+    const poll = () => new Promise((resolve) => {
+      const req = http.get(srv.url + "/health", { agent, timeout: 5000 }, (res) => {
+        let data = "";
+        res.on("data", (d) => { data += d; });
+        res.on("end", () => resolve({ status: res.statusCode, connection: res.headers.connection }));
+      });
+      req.on("timeout", () => { unanswered++; req.destroy(); });
+      req.on("error", () => resolve(null));
+    });
+    for (;;) {
+      const r = await poll();
+      polls++;
+      if (r?.status === 503) {
+        loading++;
+        assert.equal(r.connection, "close", "a loading answer keeps the connection open");
+      }
+      if (r?.status === 200) break;
+      assert.ok(polls < 3000, "the server never became ready");
+      await new Promise((res) => setTimeout(res, 5));
+    }
+    assert.equal(unanswered, 0, `${unanswered} polls went unanswered for 5 s`);
+    assert.ok(loading > 0, "no poll saw the loading state");
+  } finally {
+    agent.destroy();
+    await srv.stop();
+  }
+});
+
 test("SIGTERM while the model loads ends the process at once", async () => {
   const srv = await startServer(["--fault-load-delay-ms", "20000"], {}, { loading: true });
   const t = Date.now();

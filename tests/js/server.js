@@ -35,7 +35,9 @@ export async function startServer(args = [], env = {}, opts = {}) {
     const end = Date.now() + 60000;
     for (;;) {
       if (proc.exitCode !== null) throw new Error(`moe serve exited with ${proc.exitCode}:\n${out}${err}`);
-      const r = await fetch(url.replace("0.0.0.0", "127.0.0.1") + "/health").catch(() => null);
+      // (bounded: a poll the server never answers fails here, not as a test file that hangs until ctest's timeout)
+      const r = await fetch(url.replace("0.0.0.0", "127.0.0.1") + "/health", { signal: AbortSignal.timeout(10000) })
+        .catch((e) => { if (e.name === "TimeoutError") throw new Error("GET /health went unanswered for 10 s:\n" + out + err); return null; });
       if (r?.status === 200) break;
       if (Date.now() > end) throw new Error("moe serve did not become ready:\n" + out + err);
       await new Promise((res) => setTimeout(res, 20));
