@@ -105,6 +105,9 @@ struct DeviceTrainer::Impl {
   double* sum_scratch = nullptr;
   void sum_into(int slot, const float* x, int64_t count, bool squares);
   std::vector<double> read_scalars(int count);  // syncs
+  // The parameters whose gradient holds a NaN or an infinity (the first 8 named, then a count): for the error
+  // when the gradient norm is not finite. Syncs.
+  std::string nonfinite_gradients(const TrainModel& m);
 
   // ---- GEMMs (row-major, as ops.h): y = x W^T; dx (+)= dy W; dW += dy^T x. fp32: FP32 operands whatever the mode
   // (V3's higher-precision exceptions); under Fp8, each product takes fp8_gemm.h's path where its widths allow.

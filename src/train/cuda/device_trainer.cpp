@@ -258,6 +258,23 @@ double DeviceTrainer::global_grad_norm(TrainModel& m) {
   return std::sqrt(impl_->read_scalars(1)[0]);
 }
 
+std::string DeviceTrainer::Impl::nonfinite_gradients(const TrainModel& m) {
+  std::string names;
+  int64_t count = 0;
+  for (size_t first = 0; first < m.params.size(); first += kScalars) {  // kScalars tensors per read
+    const size_t n = std::min(m.params.size() - first, size_t(kScalars));
+    for (size_t j = 0; j < n; ++j) {
+      const Param* p = m.params[first + j].get();
+      sum_into(int(j), G + offset.at(p), int64_t(p->w.size()), true);
+    }
+    const std::vector<double> sums = read_scalars(int(n));
+    for (size_t j = 0; j < n; ++j)
+      if (!std::isfinite(sums[j]) && ++count <= 8) names += (names.empty() ? "" : ", ") + m.params[first + j]->name;
+  }
+  if (count > 8) names += " and " + std::to_string(count - 8) + " more";
+  return names.empty() ? "none found in the parameters' sums" : names;
+}
+
 StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, double clip_norm, int64_t step) {
   MOE_CHECK(opt.bf16_moments == impl_->bf16_moments,
             "train on cuda: the optimiser's moments are {} but the device stores them in {} (set_bf16_moments)",
@@ -265,7 +282,8 @@ StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, 
   StepStats st;
   st.lr = lr;
   st.grad_norm = global_grad_norm(m);
-  MOE_CHECK(std::isfinite(st.grad_norm), "train: the gradient norm is {} at step {}", st.grad_norm, step);
+  MOE_CHECK(std::isfinite(st.grad_norm), "train: the gradient norm is {} at step {} (non-finite gradients: {})",
+            st.grad_norm, step, impl_->nonfinite_gradients(m));
   st.clip_scale = std::min(1.0, clip_norm / (st.grad_norm + 1e-6));
   AdamWArgs a;
   a.clip = float(st.clip_scale);
