@@ -184,6 +184,10 @@ void register_train_commands(CLI::App& app) {
                   "--device cuda: also report expert balance (val_maxvio) on validation batches (the CPU always does)");
     auto parallel = std::make_shared<ParallelFlags>();
     add_parallel_flags(cmd, *parallel);
+    auto check_finite = std::make_shared<bool>(false);
+    cmd->add_flag("--check-finite", *check_finite,
+                  "--device cuda: check every layer's activations and gradients for NaN or infinity each step and stop "
+                  "naming the first tensor that has them (slower: one more sync per step)");
     cmd->add_option("--fault-nan-step", run->fault_nan_step, "testing: make this step's loss NaN")->group("");
     cmd->add_option("--fault-crash-save", run->fault_crash_save, "testing: die while writing this step's checkpoint")
         ->group("");
@@ -200,7 +204,8 @@ void register_train_commands(CLI::App& app) {
       const std::unique_ptr<dist::Communicator> comm = job_communicator(*parallel, "train");
       run->comm = comm.get();
       run->parallel = parallel->options;
-      const TrainDevice dev = make_train_device(*device, *gemm);
+      MOE_CHECK(!*check_finite || *device == "cuda", "train: --check-finite is for --device cuda");
+      const TrainDevice dev = make_train_device(*device, *gemm, "loop", "fp32", *check_finite);
       run->device = dev.step.get();
       train::run_training(*run, [](const std::string& line) {
         std::printf("%s\n", line.c_str());

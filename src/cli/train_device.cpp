@@ -8,7 +8,7 @@
 namespace moe::cli {
 
 TrainDevice make_train_device(const std::string& device, const std::string& gemm, const std::string& expert_gemm,
-                              const std::string& attention) {
+                              const std::string& attention, bool check_finite) {
   MOE_CHECK(attention == "fp32" || attention == "tf32", "--attention must be fp32 or tf32, not '{}'", attention);
   MOE_CHECK(gemm == "bf16" || gemm == "fp32" || gemm == "fp8", "--gemm must be bf16, fp8 or fp32, not '{}'", gemm);
   MOE_CHECK(expert_gemm == "grouped" || expert_gemm == "loop", "--expert-gemm must be grouped or loop, not '{}'",
@@ -26,6 +26,7 @@ TrainDevice make_train_device(const std::string& device, const std::string& gemm
   auto c = std::make_unique<train::cuda::DeviceTrainer>(p);
   c->set_grouped_experts(expert_gemm == "grouped");
   c->set_attention_tf32(attention == "tf32");
+  c->set_check_finite(check_finite);
   TrainDevice d;
   d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs, device-resident step" +
            (gemm == "bf16" ? ", experts " + expert_gemm : "") + ", attention " + attention;

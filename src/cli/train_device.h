@@ -21,7 +21,9 @@ struct TrainDevice {
 // without a GPU.
 // expert_gemm: grouped (the routed experts' BF16 GEMMs as cuBLAS grouped GEMMs) or loop (one GEMM per expert).
 // attention: fp32 (the score and value GEMMs in FP32, no TF32) or tf32.
+// check_finite: DeviceTrainer::set_check_finite (cuda only).
 TrainDevice make_train_device(const std::string& device, const std::string& gemm,
-                              const std::string& expert_gemm = "loop", const std::string& attention = "fp32");
+                              const std::string& expert_gemm = "loop", const std::string& attention = "fp32",
+                              bool check_finite = false);
 
 }  // namespace moe::cli

@@ -795,6 +795,9 @@ struct Server::Impl {
             m.spec_verifications);
     counter("moe_spec_draft_tokens_total", "MTP draft tokens checked by the main model", m.spec_drafted);
     counter("moe_spec_accepted_tokens_total", "MTP draft tokens the main model kept", m.spec_accepted);
+    counter("moe_spec_fused_steps_total",
+            "Speculative steps that verified and drafted in one device step (greedy requests, one draft)",
+            m.spec_fused_steps);
     gauge("moe_spec_acceptance_rate", "Share of checked draft tokens kept, since start",
           m.spec_drafted ? double(m.spec_accepted) / double(m.spec_drafted) : 0.0);
     gauge("moe_spec_tokens_per_step", "Tokens a verifying sequence gains per step (kept drafts + 1), since start",

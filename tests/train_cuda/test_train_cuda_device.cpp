@@ -13,6 +13,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <limits>
+#include <random>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -163,6 +165,47 @@ TEST(CudaDeviceStep, RandomSmallModelFiveStepsBf16MomentsMatchCpu) {
 TEST(CudaDeviceStep, RandomSmallModelFiveStepsFp32MatchCpu) {
   SKIP_WITHOUT_GPU();
   five_steps(GemmPrecision::Fp32, 1e-4, "train-small fp32");
+}
+
+// set_check_finite names where non-finite values first appear: a NaN planted in layer 1's q_b_proj shows first in
+// that layer's queries (forward); the same model without the NaN passes the checks and gives the unchecked loss.
+TEST(CudaDeviceStep, CheckFiniteNamesTheFirstNonFiniteTensor) {
+  SKIP_WITHOUT_GPU();
+  const std::string path = "bench/configs/train-small.json";
+  const ModelConfig cfg = load_config(path);
+  const int64_t b = 2, t = 64;
+  std::mt19937_64 rng(21);
+  std::uniform_int_distribution<int32_t> id(1, int32_t(cfg.vocab_size) - 1);
+  std::vector<int32_t> ids(size_t(b * t));
+  for (auto& x : ids) x = id(rng);
+  const Objective obj{0.3, 1e-3};
+  auto loss = [&](bool check, bool plant) {
+    DeviceTrainer gpu(GemmPrecision::Bf16);
+    gpu.set_check_finite(check);
+    TrainModel m = TrainModel::init(cfg, path, 11, 0.02);
+    if (plant) {
+      bool planted = false;
+      for (auto& p : m.params)
+        if (p->name == "model.layers.1.self_attn.q_b_proj.weight") p->w[5] = std::numeric_limits<float>::quiet_NaN(), planted = true;
+      EXPECT_TRUE(planted);
+    }
+    m.device = &gpu;
+    m.zero_grad();
+    ExpertLoads loads;
+    return forward_backward(m, ids, b, t, obj, &loads).loss;
+  };
+  const double plain = loss(false, false), checked = loss(true, false);
+  EXPECT_EQ(plain, checked);
+  EXPECT_TRUE(std::isnan(loss(false, true)));  // unchecked, the NaN runs through to the loss
+  try {
+    loss(true, true);
+    ADD_FAILURE() << "a NaN weight passed --check-finite";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    std::printf("%s\n", what.c_str());
+    EXPECT_NE(what.find("forward pass"), std::string::npos) << what;
+    EXPECT_NE(what.find("L1.q"), std::string::npos) << what;
+  }
 }
 
 }  // namespace

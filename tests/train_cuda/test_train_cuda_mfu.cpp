@@ -173,11 +173,6 @@ TEST(CudaTrainMfu, GroupedExpertGemmsMatchPerExpertAndDouble) {
   cudaFree(ptrs);
 }
 
-ModelConfig load_config(const std::string& path) {
-  std::ifstream in(path);
-  return ModelConfig::from_json(nlohmann::json::parse(in), path);
-}
-
 TEST(CudaTrainMfu, GroupedExpertsStepMatchesPerExpertLoop) {
   SKIP_WITHOUT_GPU();
   const std::string path = "bench/configs/train-small.json";

@@ -3,11 +3,16 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
 #include <cstdint>
+#include <fstream>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "io/model_config.h"
 #include "train/cuda/cuda_compute.h"
 
 namespace moe::train::test {
@@ -16,6 +21,12 @@ namespace moe::train::test {
   do {                                                                        \
     if (!::moe::train::cuda::CudaCompute::available()) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
+
+// A config.json (bench/configs/*.json) as the trainer reads it.
+inline ModelConfig load_config(const std::string& path) {
+  std::ifstream in(path);
+  return ModelConfig::from_json(nlohmann::json::parse(in), path);
+}
 
 inline std::vector<float> randn(size_t n, uint64_t seed, double sd = 1.0) {
   std::mt19937_64 g(seed);

@@ -101,10 +101,17 @@ struct DeviceTrainer::Impl {
   float* zeros(const std::string& key, int64_t count);  // a buffer set to 0 on the stream
   void upload(void* dst, const void* host, size_t bytes);
   double* scalars = nullptr;  // [kScalars] device doubles the step's sums land in
-  static constexpr int kScalars = 256;
+  static constexpr int kScalars = 1024;
   double* sum_scratch = nullptr;
   void sum_into(int slot, const float* x, int64_t count, bool squares);
   std::vector<double> read_scalars(int count);  // syncs
+  // set_check_finite: the sum of squares of each named activation (forward) or gradient (backward) in a scalar
+  // slot, in the order computed; a NaN or an infinity there names where non-finite values first appear.
+  bool check_finite = false;
+  std::vector<std::pair<std::string, int>> checks;
+  void check_point(const std::string& what, const float* x, int64_t count);
+  // Throws naming the first non-finite check of `sums` (read_scalars), `pass` being "forward" or "backward".
+  void throw_if_nonfinite(const std::vector<double>& sums, const char* pass);
   // The parameters whose gradient holds a NaN or an infinity (the first 8 named, then a count): for the error
   // when the gradient norm is not finite. Syncs.
   std::string nonfinite_gradients(const TrainModel& m);

@@ -85,6 +85,19 @@ void DeviceTrainer::Impl::sum_into(int slot, const float* x, int64_t count, bool
   check_cuda(cudaGetLastError(), "sum_double");
 }
 
+void DeviceTrainer::Impl::check_point(const std::string& what, const float* x, int64_t count) {
+  if (!check_finite) return;
+  const int slot = next_aux_slot++;
+  sum_into(slot, x, count, true);
+  checks.emplace_back(what, slot);
+}
+
+void DeviceTrainer::Impl::throw_if_nonfinite(const std::vector<double>& sums, const char* pass) {
+  for (const auto& [what, slot] : checks)
+    MOE_CHECK(std::isfinite(sums[size_t(slot)]), "train: the {} pass's first non-finite values are in {} (--check-finite)",
+              pass, what);
+}
+
 std::vector<double> DeviceTrainer::Impl::read_scalars(int count) {
   const ProfScope scope(prof, OpClass::HostWait);
   std::vector<double> out(static_cast<size_t>(count));
@@ -376,6 +389,7 @@ void DeviceTrainer::set_grouped_experts(bool on) {
 }
 
 void DeviceTrainer::set_attention_tf32(bool on) { impl_->attention_tf32 = on; }
+void DeviceTrainer::set_check_finite(bool on) { impl_->check_finite = on; }
 
 void DeviceTrainer::push(TrainModel& m) {
   impl_->bound = nullptr;  // bind uploads everything again

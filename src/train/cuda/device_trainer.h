@@ -53,6 +53,9 @@ class DeviceTrainer final : public DeviceStep {
   void set_grouped_experts(bool on);
   // The attention's score and value GEMMs on TF32 tensor cores (true) or FP32 without TF32 (false, the default).
   void set_attention_tf32(bool on);
+  // Checks every layer's activations and gradients for NaN or infinity (a sum per tensor, one more sync per step)
+  // and throws naming the first tensor that has them: for finding where a diverging run breaks. Off by default.
+  void set_check_finite(bool on);
 
   struct Impl;
 
