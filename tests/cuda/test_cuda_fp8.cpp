@@ -93,7 +93,7 @@ void check_tiles(const std::vector<float>& src_rows, int64_t K, int64_t o, int64
     for (int64_t kb = 0; kb < kb_count; ++kb) {
       float amax = 0.0f;
       for (int64_t k = kb * 128; k < std::min(K, kb * 128 + 128); ++k) amax = std::max(amax, std::fabs(x[k]));
-      float want = amax > 0.0f ? amax / kE4M3Max : 1.0f;
+      float want = amax > 0.0f ? std::max(amax / kE4M3Max, std::numeric_limits<float>::min()) : 1.0f;
       int e2 = 0;
       if (pow2 && std::frexp(want, &e2) != 0.5f) want = std::ldexp(1.0f, e2);
       const float got = sc[size_t(sbase + kb * m4 + i)];

@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <thread>
 
 #include <cuda_fp8.h>
@@ -85,7 +86,7 @@ HostQ host_quantize(const std::vector<float>& x, int64_t rows, int64_t cols, int
       float amax = 0;
       for (int64_t r = r0; r < std::min(rows, r0 + th); ++r)
         for (int64_t c = c0; c < std::min(cols, c0 + tw); ++c) amax = std::max(amax, std::fabs(x[size_t(r * cols + c)]));
-      const float scale = amax > 0 ? amax / 448.0f : 1.0f;
+      const float scale = amax > 0 ? std::max(amax / 448.0f, std::numeric_limits<float>::min()) : 1.0f;
       for (int64_t r = r0; r < std::min(rows, r0 + th); ++r)
         for (int64_t c = c0; c < std::min(cols, c0 + tw); ++c) {
           const size_t i = size_t(r * cols + c);
@@ -144,7 +145,11 @@ TEST(CudaTrainFp8, QuantiserMatchesHostBitForBit) {
   // all-zero 128-row tile (scale 1). 1x128 tiles in x's layout, 128x1 tiles in the transposed layout.
   {
     const int64_t n = 200, k = 384, n_out = 384, n4 = 200;
-    const std::vector<float> x = spread(n, k, seed);
+    std::vector<float> x = spread(n, k, seed);
+    // Row 7's first 1x128 tile: zeros and one subnormal (amax / 448 rounds to 0: without the FLT_MIN floor, 0 / 0
+    // gave a NaN code); row 8's: values near 1e-37 (a subnormal amax / 448).
+    for (int64_t c = 0; c < 128; ++c) x[size_t(7 * k + c)] = c == 3 ? 1e-44f : 0.0f;
+    for (int64_t c = 0; c < 128; ++c) x[size_t(8 * k + c)] *= 1e-37f;
     DeviceArray<float> dx(x);
     DeviceArray<uint8_t> q(zeros_of<uint8_t>(size_t(n_out * k))), qt(zeros_of<uint8_t>(size_t(k * n_out)));
     DeviceArray<float> qs(zeros_of<float>(size_t(k / 128 * n4))), qts(zeros_of<float>(size_t(n_out / 128 * k)));
@@ -170,6 +175,11 @@ TEST(CudaTrainFp8, QuantiserMatchesHostBitForBit) {
         if (r % 128 == 0) bad += gqts[size_t(r / 128 * k + c)] != cols.scale[i];
       }
     EXPECT_EQ(bad, 0) << "1x128 / 128x1 tiles: mismatched bytes or scales";
+    int64_t nan_codes = 0;
+    for (size_t i = 0; i < gq.size(); ++i) nan_codes += (gq[i] & 0x7f) == 0x7f;
+    for (size_t i = 0; i < gqt.size(); ++i) nan_codes += (gqt[i] & 0x7f) == 0x7f;
+    EXPECT_EQ(nan_codes, 0) << "E4M3 NaN codes in the quantised operands";
+    EXPECT_EQ(gqs[size_t(7)], std::numeric_limits<float>::min()) << "the subnormal tile's scale";
     EXPECT_EQ(gqts[size_t(2 * k)], 1.0f) << "an all-zero tile's scale";
   }
   // Weights: 272 x 208 (partial 128x128 blocks in both directions), 128x128 blocks, both layouts.

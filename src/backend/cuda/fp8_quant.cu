@@ -7,6 +7,7 @@
 // sbase + kb * m + i, i.e. the [m, K/128] scale matrix stored column-major (rows fastest). Segments are the
 // per-expert row ranges of the routed experts (one segment covering all rows for a dense GEMM).
 #include <algorithm>
+#include <cfloat>
 
 #include "backend/cuda/cuda_common.cuh"
 
@@ -39,8 +40,10 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
   }
   float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
   amax = warp_max(amax);
-  // scale = amax / 448 so the largest value maps to E4M3's largest finite; an all-zero tile gets scale 1.
-  float scale = amax > 0.0f ? amax / kE4M3MaxDevice : 1.0f;
+  // scale = amax / 448 so the largest value maps to E4M3's largest finite; an all-zero tile gets scale 1. At
+  // least FLT_MIN: a tile of tiny values (amax < 448 FLT_MIN) would get a subnormal scale whose reciprocal is
+  // infinite (0 * inf: a NaN code); with FLT_MIN its values quantise to (near) zero instead.
+  float scale = amax > 0.0f ? fmaxf(amax / kE4M3MaxDevice, FLT_MIN) : 1.0f;
   if (p.pow2_scales) {  // up to the next power of two by the bits (exact; scale is positive and normal here)
     const uint32_t b = __float_as_uint(scale);
     scale = __uint_as_float((b & 0x7fffffu) ? (b & 0x7f800000u) + 0x800000u : b);

@@ -1,8 +1,10 @@
 // E4M3 quantisation for the trainer's FP8 GEMMs (fp8_gemm.h, kernels.h's Fp8QuantArgs): one block per 128x128
 // tile of the FP32 input, read once, written as E4M3 in the input's layout and/or transposed, with one FP32 scale
 // per 1x128 row tile, 128x1 column tile or 128x128 block (DeepSeek-V3's activation and weight schemes).
-// scale = amax / 448 (E4M3's largest finite), 1 for an all-zero tile; q = e4m3_rn_satfinite(v / scale).
+// scale = max(amax / 448, FLT_MIN) (448: E4M3's largest finite), 1 for an all-zero tile; q = e4m3_rn_satfinite(v / scale).
 #include <cuda_fp8.h>
+
+#include <cfloat>
 
 #include "train/cuda/common.cuh"
 #include "train/cuda/kernels.h"
@@ -14,7 +16,10 @@ namespace {
 constexpr int kTile = 128, kPitch = kTile + 1, kWarps = 8;
 constexpr float kE4M3Max = 448.0f;
 
-__device__ __forceinline__ float tile_scale(float amax) { return amax > 0.0f ? amax / kE4M3Max : 1.0f; }
+// At least FLT_MIN: amax / 448 of a tile of tiny values (amax < ~6e-43) rounds to 0, and v / 0 is a NaN code.
+__device__ __forceinline__ float tile_scale(float amax) {
+  return amax > 0.0f ? fmaxf(amax / kE4M3Max, FLT_MIN) : 1.0f;
+}
 
 // Four values to four E4M3 bytes (little-endian in the word), each divided by scale (correctly rounded).
 __device__ __forceinline__ uint32_t pack4(const float v[4], float scale) {
