@@ -39,8 +39,9 @@ struct TrainRun {
   DeviceStep* device = nullptr;  // a device that runs the whole step (train/device_step.h); single-process only
   int64_t stop_after = 0;      // stop (with a checkpoint) after this step, as if interrupted; 0: run to the end
   // Validation MaxVio with a device step (--val-maxvio): the device's forward alone reports no expert loads, so its
-  // validation batches then run through forward_backward (gradients dropped). Opt-in until it has run on a GPU;
-  // on the CPU the forward reports them and validation always carries val_maxvio.
+  // validation batches then run through forward_backward (gradients dropped). Opt-in for that backward's cost (it
+  // ran on an H200 in docs/reproductions.md's runs); on the CPU the forward reports them and validation always
+  // carries val_maxvio.
   bool device_val_maxvio = false;
   int64_t fault_nan_step = 0;  // testing: poison the weights before this step, so its loss is NaN
   int64_t fault_crash_save = 0;  // testing: _exit(3) in the middle of writing this step's checkpoint
