@@ -174,10 +174,7 @@ TEST(CudaDeviceStep, CheckFiniteNamesTheFirstNonFiniteTensor) {
   const std::string path = "bench/configs/train-small.json";
   const ModelConfig cfg = load_config(path);
   const int64_t b = 2, t = 64;
-  std::mt19937_64 rng(21);
-  std::uniform_int_distribution<int32_t> id(1, int32_t(cfg.vocab_size) - 1);
-  std::vector<int32_t> ids(size_t(b * t));
-  for (auto& x : ids) x = id(rng);
+  const std::vector<int32_t> ids = random_ids(cfg.vocab_size, b * t, 21);
   const Objective obj{0.3, 1e-3};
   auto loss = [&](bool check, bool plant) {
     DeviceTrainer gpu(GemmPrecision::Bf16);

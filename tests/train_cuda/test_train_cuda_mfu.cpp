@@ -178,10 +178,7 @@ TEST(CudaTrainMfu, GroupedExpertsStepMatchesPerExpertLoop) {
   const std::string path = "bench/configs/train-small.json";
   const ModelConfig cfg = load_config(path);
   const int64_t b = 4, t = 128;
-  std::mt19937_64 rng(5);
-  std::uniform_int_distribution<int32_t> id(1, int32_t(cfg.vocab_size) - 1);
-  std::vector<int32_t> ids(size_t(b * t));
-  for (auto& x : ids) x = id(rng);
+  const std::vector<int32_t> ids = random_ids(cfg.vocab_size, b * t, 5);
   const Objective obj{0.3, 1e-3};
   auto run = [&](bool grouped, double* loss) {
     DeviceTrainer gpu(GemmPrecision::Bf16);
@@ -222,10 +219,7 @@ TEST(CudaTrainMfu, MemoryPlanMatchesMeasured) {
   gpu.set_bf16_moments(true);
   TrainModel m = TrainModel::init(cfg, path, 3, 0.02);
   m.device = &gpu;
-  std::mt19937_64 rng(9);
-  std::uniform_int_distribution<int32_t> id(1, int32_t(cfg.vocab_size) - 1);
-  std::vector<int32_t> ids(size_t(b * t));
-  for (auto& x : ids) x = id(rng);
+  const std::vector<int32_t> ids = random_ids(cfg.vocab_size, b * t, 9);
   AdamW opt;
   opt.bf16_moments = true;
   m.zero_grad();

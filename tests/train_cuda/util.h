@@ -28,6 +28,15 @@ inline ModelConfig load_config(const std::string& path) {
   return ModelConfig::from_json(nlohmann::json::parse(in), path);
 }
 
+// n token ids drawn uniformly from 1 .. vocab - 1 (never the padding id 0).
+inline std::vector<int32_t> random_ids(int64_t vocab, int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> id(1, int32_t(vocab) - 1);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& x : ids) x = id(rng);
+  return ids;
+}
+
 inline std::vector<float> randn(size_t n, uint64_t seed, double sd = 1.0) {
   std::mt19937_64 g(seed);
   std::normal_distribution<double> d(0.0, sd);
