@@ -109,6 +109,11 @@ log "package: BF16 shards under 16 MB"
 "$PY" scripts/train/shard_safetensors.py "$FINAL/model.safetensors" "$WORK/pkg" --max-bytes 15000000
 cp "$FINAL/config.json" "$FINAL/tokenizer.json" "$FINAL/tokenizer_config.json" "$WORK/pkg/"
 cp "$BUNDLE/manifest.json" "$WORK/pkg/corpus-manifest.json"
+# The sampling the card recommends (greedy decoding of a model this small repeats itself), as HF's
+# generation_config.json: `moe generate/chat/serve` and transformers' generate() default to it.
+cat > "$WORK/pkg/generation_config.json" <<'JSON'
+{"do_sample": true, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}
+JSON
 
 log "samples (seeded sampling, on the CPU build's decoder: the shipped path)"
 "$PY" scripts/train/samples.py --moe "$MOE" --model "$WORK/pkg" --out "$WORK/pkg/samples.json" --threads "$THREADS" \

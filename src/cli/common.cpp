@@ -68,12 +68,36 @@ std::vector<int32_t> parse_token_list(const std::string& text) {
   return out;
 }
 
-void add_sampling_options(CLI::App* cmd, SamplingParams& sampling) {
-  cmd->add_option("--temperature", sampling.temperature, "Sampling temperature (0: greedy)");
-  cmd->add_option("--top-p", sampling.top_p, "Nucleus sampling mass");
-  cmd->add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0: all)");
-  cmd->add_option("--min-p", sampling.min_p, "Drop tokens below min_p times the top probability");
-  cmd->add_option("--repetition-penalty", sampling.repetition_penalty, "Penalty on tokens already seen");
+void add_generation_config_option(CLI::App* cmd, std::string& mode) {
+  cmd->add_option("--generation-config", mode,
+                  "auto: sampling parameters not given default to the model's generation_config.json (when it has "
+                  "one); none: greedy, no penalties (auto)")
+      ->check(CLI::IsMember({"auto", "none"}));
+}
+
+SamplingParams generation_defaults(const std::string& mode, const std::string& model_dir) {
+  if (mode == "none") return {};
+  return apply_generation_defaults({}, load_generation_config(model_dir));
+}
+
+void add_sampling_options(CLI::App* cmd, SamplingArgs& s) {
+  s.temperature = cmd->add_option("--temperature", s.flags.temperature, "Sampling temperature (0: greedy)");
+  s.top_p = cmd->add_option("--top-p", s.flags.top_p, "Nucleus sampling mass");
+  s.top_k = cmd->add_option("--top-k", s.flags.top_k, "Keep the k most likely tokens (0: all)");
+  s.min_p = cmd->add_option("--min-p", s.flags.min_p, "Drop tokens below min_p times the top probability");
+  s.rep = cmd->add_option("--repetition-penalty", s.flags.repetition_penalty, "Penalty on tokens already seen");
+  add_generation_config_option(cmd, s.generation_config);
+}
+
+SamplingParams SamplingArgs::resolve(const std::string& model_dir) const {
+  SamplingParams p = generation_defaults(generation_config, model_dir);
+  const auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
+  if (given(temperature)) p.temperature = flags.temperature;
+  if (given(top_p)) p.top_p = flags.top_p;
+  if (given(top_k)) p.top_k = flags.top_k;
+  if (given(min_p)) p.min_p = flags.min_p;
+  if (given(rep)) p.repetition_penalty = flags.repetition_penalty;
+  return p;
 }
 
 std::string join_token_list(const std::vector<int32_t>& ids) {

@@ -36,8 +36,23 @@ struct BackendArgs {
 void add_backend_options(CLI::App* cmd, BackendArgs& args);
 std::unique_ptr<Backend> open_backend(const BackendArgs& args);
 
-// --temperature, --top-p, --top-k, --min-p, --repetition-penalty on a command that samples.
-void add_sampling_options(CLI::App* cmd, SamplingParams& sampling);
+// --temperature, --top-p, --top-k, --min-p, --repetition-penalty and --generation-config on a command that
+// samples. Flags given win; the others come from the model's generation_config.json (`auto`, the default, as
+// vLLM does) or stay greedy with no penalties (`none`).
+struct SamplingArgs {
+  SamplingParams flags;
+  std::string generation_config = "auto";
+  CLI::Option *temperature = nullptr, *top_p = nullptr, *top_k = nullptr, *min_p = nullptr, *rep = nullptr;
+  // The parameters for a model in model_dir (reads its generation_config.json under auto; throws moe::Error
+  // naming the file and key when it is malformed).
+  SamplingParams resolve(const std::string& model_dir) const;
+  bool temperature_given() const { return temperature && temperature->count() > 0; }
+};
+void add_sampling_options(CLI::App* cmd, SamplingArgs& sampling);
+// --generation-config alone (serve: the defaults of requests that leave a parameter out).
+void add_generation_config_option(CLI::App* cmd, std::string& mode);
+// The defaults generation_config.json gives (auto) or none: greedy, no penalties.
+SamplingParams generation_defaults(const std::string& mode, const std::string& model_dir);
 
 void register_generate_command(CLI::App& app);  // generate_command.cpp
 void register_bench_command(CLI::App& app);     // bench_command.cpp

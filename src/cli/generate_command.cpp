@@ -1,8 +1,10 @@
 // `moe generate`: continue a prompt given as token ids (prints the new ids, comma-separated, on one line) or
-// as text (prints the decoded continuation as it streams). Greedy unless sampling flags are given.
+// as text (prints the decoded continuation as it streams). Greedy unless sampling flags are given or the model's
+// generation_config.json recommends sampling (--generation-config none ignores it).
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <random>
 
 #include "backend/backend.h"
 #include "cli/commands.h"
@@ -23,7 +25,7 @@ struct GenerateArgs {
   std::string model, tokenizer, tokens, prompt;
   BackendArgs backend;
   int32_t max_new_tokens = 16;
-  SamplingParams sampling;
+  SamplingArgs sampling;
   uint64_t seed = 0;
   bool has_seed = false;
   bool speculative = false;
@@ -55,7 +57,11 @@ void run_generate(const GenerateArgs& a) {
   DeepseekV3& model = *model_ptr;
   if (a.speculative) {
     // Greedy with the MTP module drafting the next-next token; same tokens as plain greedy decoding.
-    if (a.sampling.temperature > 0) fail("--speculative decodes greedily; drop --temperature");
+    if (a.sampling.temperature_given() && a.sampling.flags.temperature > 0)
+      fail("--speculative decodes greedily; drop --temperature");
+    if (a.sampling.resolve(a.model).temperature > 0)
+      std::fprintf(stderr, "note: --speculative decodes greedily; the sampling defaults of %s/generation_config.json "
+                   "are not used\n", a.model.c_str());
     if (!model.has_mtp()) fail("{}: --speculative needs the checkpoint's MTP module (num_nextn_predict_layers)", a.model);
     SpeculativeStats st;
     const std::vector<int32_t> out = generate_greedy_mtp(model, prompt, a.max_new_tokens, &st);
@@ -71,8 +77,14 @@ void run_generate(const GenerateArgs& a) {
   Generator gen(model, int64_t(prompt.size()) + a.max_new_tokens + 1);
   GenerateOptions opts;
   opts.max_new_tokens = a.max_new_tokens;
-  opts.sampling = a.sampling;
+  opts.sampling = a.sampling.resolve(a.model);
   if (a.has_seed) opts.sampling.seed = a.seed;
+  if (ep.comm && opts.sampling.temperature > 0 && !opts.sampling.seed) {
+    // Every rank must draw the same tokens: rank 0's random seed for all.
+    uint64_t seed = ep.root() ? (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}() : 0;
+    ep.comm->broadcast(&seed, sizeof seed, 0);
+    opts.sampling.seed = seed;
+  }
   if (text) {
     if (auto eos = tok->eos_id()) opts.stop_tokens.push_back(*eos);
     StreamingDecoder decoder(*tok, /*skip_special_tokens=*/true);
@@ -95,7 +107,7 @@ void run_generate(const GenerateArgs& a) {
 }  // namespace
 
 void register_generate_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate", "Continue a prompt (greedy unless sampling flags are given)");
+  auto* cmd = app.add_subcommand("generate", "Continue a prompt (greedy unless sampling flags or the model's generation_config.json say otherwise)");
   auto a = std::make_shared<GenerateArgs>();
   cmd->add_option("--model", a->model, "Checkpoint directory (default: models/moe-tiny)");
   auto* tokens = cmd->add_option("--tokens", a->tokens, "Prompt as comma-separated token ids; prints ids");

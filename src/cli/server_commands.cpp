@@ -49,6 +49,7 @@ struct ServeArgs {
   bool device_sampling = true;
   int fault_load_delay_ms = 0;  // tests: a model that takes this much longer to load
   EpArgs ep;
+  std::string generation_config = "auto";
 };
 
 std::string trim(std::string s) {
@@ -106,6 +107,13 @@ void run_serve(const ServeArgs& a) {
   }
 
   server::ServerOptions so;
+  so.default_sampling = generation_defaults(a.generation_config, a.model);
+  if (so.default_sampling.temperature > 0 || so.default_sampling.repetition_penalty != 1.0f)
+    std::fprintf(stderr,
+                 "moe serve: requests that leave them out get %s/generation_config.json's temperature %g, top_p %g, "
+                 "top_k %d, min_p %g, repetition_penalty %g (--generation-config none: greedy)\n",
+                 a.model.c_str(), so.default_sampling.temperature, so.default_sampling.top_p, so.default_sampling.top_k,
+                 so.default_sampling.min_p, so.default_sampling.repetition_penalty);
   so.host = a.host;
   so.port = a.port;
   so.max_body_bytes = a.max_body;
@@ -399,6 +407,7 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--max-context", s->max_context, "Longest prompt + completion (default: the model's)");
   serve->add_option("--default-max-tokens", s->default_max_tokens, "Completion length when a request sets none");
   serve->add_option("--served-model-name", s->name, "Model id in the API (default: the model directory's name)");
+  add_generation_config_option(serve, s->generation_config);
   serve->add_option("--reasoning", s->reasoning, "Split <think> into reasoning_content: auto (from the chat template), on, off");
   serve->add_option("--max-body-bytes", s->max_body, "Largest request body accepted (413 above)");
   serve->add_option("--body-timeout", s->body_timeout,

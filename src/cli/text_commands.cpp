@@ -70,7 +70,7 @@ struct ChatArgs {
   BackendArgs backend;
   int32_t max_new_tokens = 512;
   int64_t context = 4096;
-  SamplingParams sampling;
+  SamplingArgs sampling;
 };
 
 void run_chat(const ChatArgs& a) {
@@ -83,7 +83,7 @@ void run_chat(const ChatArgs& a) {
   Generator gen(model, a.context);
   GenerateOptions opts;
   opts.max_new_tokens = a.max_new_tokens;
-  opts.sampling = a.sampling;
+  opts.sampling = a.sampling.resolve(a.model);
   if (auto eos = tok.eos_id()) opts.stop_tokens.push_back(*eos);
 
   nlohmann::json history = nlohmann::json::array();

@@ -38,4 +38,14 @@ int32_t Sampler::verify(std::span<float> logits, std::span<const int32_t> prompt
   return last >= 0 ? last : draft;  // x rounded past the sum: the last that can be drawn
 }
 
+SamplingParams apply_generation_defaults(SamplingParams base, const GenerationDefaults& g) {
+  if (g.temperature) base.temperature = float(*g.temperature);
+  if (g.do_sample && !*g.do_sample) base.temperature = 0.0f;
+  if (g.top_p) base.top_p = float(*g.top_p);
+  if (g.top_k) base.top_k = *g.top_k;
+  if (g.min_p) base.min_p = float(*g.min_p);
+  if (g.repetition_penalty) base.repetition_penalty = float(*g.repetition_penalty);
+  return base;
+}
+
 }  // namespace moe

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/sampling.h"
+#include "io/generation_config.h"
 
 namespace moe {
 
@@ -35,5 +36,10 @@ class Sampler {
   SamplingParams params_;
   std::mt19937_64 rng_;
 };
+
+// A checkpoint's recommended sampling (generation_config.json) over `base`: each key the file sets replaces base's
+// field; do_sample false makes the temperature 0 (greedy), as in HF transformers. Used where a request or the
+// command line leaves a parameter out.
+SamplingParams apply_generation_defaults(SamplingParams base, const GenerationDefaults& g);
 
 }  // namespace moe

@@ -312,9 +312,10 @@ json parse_json_body(std::string_view body) {
   return b;
 }
 
-ChatRequest parse_chat_request(std::string_view body) {
+ChatRequest parse_chat_request(std::string_view body, const SamplingParams& defaults) {
   const json b = parse_json_body(body);
   ChatRequest r;
+  r.sampling = defaults;
   check_fields(b, kChatFields);
   parse_common(b, r, true);
   if (!b.contains("messages")) bad("messages", "'messages' is required");
@@ -353,9 +354,10 @@ ChatRequest parse_chat_request(std::string_view body) {
   return r;
 }
 
-CompletionRequest parse_completion_request(std::string_view body) {
+CompletionRequest parse_completion_request(std::string_view body, const SamplingParams& defaults) {
   const json b = parse_json_body(body);
   CompletionRequest r;
+  r.sampling = defaults;
   check_fields(b, kCompletionFields);
   if (present(b, "best_of") && !(b["best_of"].is_number_integer() && b["best_of"] == 1))
     throw ApiError(400, "'best_of' is not supported (only 1, the default); send 'n' for several completions", "best_of",

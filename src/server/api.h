@@ -85,8 +85,10 @@ struct DetokenizeRequest {
 nlohmann::json parse_json_body(std::string_view body);  // 400 on malformed JSON or invalid UTF-8
 TokenizeRequest parse_tokenize_request(std::string_view body);
 DetokenizeRequest parse_detokenize_request(std::string_view body);
-ChatRequest parse_chat_request(std::string_view body);
-CompletionRequest parse_completion_request(std::string_view body);
+// `defaults`: the sampling of a request that leaves a parameter out (the served model's generation_config.json,
+// ServerOptions::default_sampling); each parameter the body gives replaces its default.
+ChatRequest parse_chat_request(std::string_view body, const SamplingParams& defaults = {});
+CompletionRequest parse_completion_request(std::string_view body, const SamplingParams& defaults = {});
 FeedbackRequest parse_feedback_request(std::string_view body);
 
 }  // namespace moe::server

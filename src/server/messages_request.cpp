@@ -93,7 +93,7 @@ json anthropic_error(const ApiError& e) {
   return {{"type", "error"}, {"error", {{"type", type}, {"message", msg}}}};
 }
 
-MessagesRequest parse_messages_request(std::string_view body) {
+MessagesRequest parse_messages_request(std::string_view body, const SamplingParams& defaults) {
   const json b = parse_json_body(body);
   for (const auto& [key, v] : b.items())
     if (!kFields.count(key))
@@ -152,7 +152,7 @@ MessagesRequest parse_messages_request(std::string_view body) {
   }
   MessagesRequest r;
   try {
-    r.chat = parse_chat_request(o.dump());
+    r.chat = parse_chat_request(o.dump(), defaults);
   } catch (ApiError& e) {
     // Name Anthropic's fields, not their OpenAI translation.
     std::string param = e.param, msg = e.what();

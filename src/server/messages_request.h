@@ -13,7 +13,7 @@ struct MessagesRequest {
   ChatRequest chat;  // the same request in OpenAI's shape
 };
 
-MessagesRequest parse_messages_request(std::string_view body);
+MessagesRequest parse_messages_request(std::string_view body, const SamplingParams& defaults = {});
 nlohmann::json anthropic_error(const ApiError& e);  // {"type": "error", "error": {"type", "message"}}
 
 }  // namespace moe::server

@@ -73,7 +73,7 @@ json translate_input(const json& input) {
 
 }  // namespace
 
-ResponsesRequest parse_responses_request(std::string_view body) {
+ResponsesRequest parse_responses_request(std::string_view body, const SamplingParams& defaults) {
   const json b = parse_json_body(body);
   for (const auto& [key, v] : b.items()) {
     if (kFields.count(key)) continue;
@@ -143,7 +143,7 @@ ResponsesRequest parse_responses_request(std::string_view body) {
     r.echo["text"] = t;
   }
   try {
-    r.chat = parse_chat_request(o.dump());
+    r.chat = parse_chat_request(o.dump(), defaults);
   } catch (ApiError& e) {
     std::string param = e.param, msg = e.what();
     for (auto [from, to] : {std::pair<std::string, std::string>{".function.", "."}, {"max_tokens", "max_output_tokens"}}) {

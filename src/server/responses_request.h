@@ -14,6 +14,6 @@ struct ResponsesRequest {
   nlohmann::json echo;  // fields the response object repeats (instructions, tools, tool_choice, ...)
 };
 
-ResponsesRequest parse_responses_request(std::string_view body);
+ResponsesRequest parse_responses_request(std::string_view body, const SamplingParams& defaults = {});
 
 }  // namespace moe::server

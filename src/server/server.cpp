@@ -298,10 +298,10 @@ struct Server::Impl {
     CompletionRequest treq;
     Prepared p;
     if (chat) {
-      creq = parse_chat_request(body);
+      creq = parse_chat_request(body, opt.default_sampling);
       p = prepare_chat(creq);
     } else {
-      treq = parse_completion_request(body);
+      treq = parse_completion_request(body, opt.default_sampling);
       p = prepare_completion(treq);
       if (treq.echo && treq.top_logprobs >= 0) p.prompt_logprobs = treq.top_logprobs;
     }
@@ -362,7 +362,7 @@ struct Server::Impl {
 
   void handle_messages(const std::string& body, httplib::Response& res) {
     try {
-      MessagesRequest m = parse_messages_request(body);
+      MessagesRequest m = parse_messages_request(body, opt.default_sampling);
       const Prepared p = prepare_chat(m.chat);
       auto job = std::make_shared<Job>(submit(p, m.chat));
       ChoiceOptions choice{true, false, p.reasoning_enabled, p.in_reasoning, ""};
@@ -469,7 +469,7 @@ struct Server::Impl {
   // ---- OpenAI Responses API (responses_api.h) ----
 
   void handle_responses(const std::string& body, httplib::Response& res) {
-    ResponsesRequest r = parse_responses_request(body);
+    ResponsesRequest r = parse_responses_request(body, opt.default_sampling);
     const Prepared p = prepare_chat(r.chat);
     auto job = std::make_shared<Job>(submit(p, r.chat));
     ChoiceOptions choice{true, false, p.reasoning_enabled, p.in_reasoning, ""};

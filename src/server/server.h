@@ -40,6 +40,9 @@ struct ServerOptions {
   bool access_log = true;    // one line per request on stderr (access_log.h)
   bool log_prompts = false;  // with the prompt text in it
   int http_threads = 2048;  // most connections served at once (threads start as needed; streams hold theirs)
+  // The sampling of a request that leaves a parameter out: greedy with no penalties, or the served model's
+  // generation_config.json (`moe serve --generation-config auto`, the default).
+  SamplingParams default_sampling;
 };
 
 class Server {

@@ -7,6 +7,8 @@
 #include <functional>
 
 #include "core/json_depth.h"
+#include "server/messages_request.h"
+#include "server/responses_request.h"
 
 namespace moe::server {
 namespace {
@@ -125,6 +127,38 @@ TEST(Api, MaxTokensZeroAndLogprobsBounds) {
   expect_bad([&] { parse_chat_request("{" + msgs + R"(, "max_tokens": -5})"); }, "max_tokens", "between 1 and");
   expect_bad([&] { parse_chat_request("{" + msgs + R"(, "logprobs": true, "top_logprobs": 21})"); }, "top_logprobs",
              "between 0 and 20");
+}
+
+// The served model's generation_config.json gives the sampling of requests that leave a parameter out (as vLLM
+// does); what a request gives wins, 0 included. All four request shapes take the defaults.
+TEST(Api, SamplingDefaultsFillOnlyWhatTheRequestLeavesOut) {
+  SamplingParams d;
+  d.temperature = 0.6f;
+  d.top_p = 0.95f;
+  d.top_k = 20;
+  d.repetition_penalty = 1.1f;
+  const std::string msgs = R"("messages": [{"role": "user", "content": "hi"}])";
+  const ChatRequest plain = parse_chat_request("{" + msgs + "}", d);
+  EXPECT_FLOAT_EQ(plain.sampling.temperature, 0.6f);
+  EXPECT_FLOAT_EQ(plain.sampling.top_p, 0.95f);
+  EXPECT_EQ(plain.sampling.top_k, 20);
+  EXPECT_FLOAT_EQ(plain.sampling.repetition_penalty, 1.1f);
+  const ChatRequest given = parse_chat_request("{" + msgs + R"(, "temperature": 0, "top_p": 0.5, "top_k": -1})", d);
+  EXPECT_EQ(given.sampling.temperature, 0.0f);
+  EXPECT_FLOAT_EQ(given.sampling.top_p, 0.5f);
+  EXPECT_EQ(given.sampling.top_k, 0);
+  EXPECT_FLOAT_EQ(given.sampling.repetition_penalty, 1.1f);
+  EXPECT_EQ(parse_chat_request("{" + msgs + "}").sampling.temperature, 0.0f);  // no defaults: greedy
+  const CompletionRequest c = parse_completion_request(R"({"prompt": "hi", "top_p": 0.8})", d);
+  EXPECT_FLOAT_EQ(c.sampling.temperature, 0.6f);
+  EXPECT_FLOAT_EQ(c.sampling.top_p, 0.8f);
+  const MessagesRequest m =
+      parse_messages_request(R"({"model": "m", "max_tokens": 8, "temperature": 0.2, )" + msgs + "}", d);
+  EXPECT_FLOAT_EQ(m.chat.sampling.temperature, 0.2f);
+  EXPECT_FLOAT_EQ(m.chat.sampling.top_p, 0.95f);
+  const ResponsesRequest r = parse_responses_request(R"({"model": "m", "input": "hi"})", d);
+  EXPECT_FLOAT_EQ(r.chat.sampling.temperature, 0.6f);
+  EXPECT_EQ(r.chat.sampling.top_k, 20);
 }
 
 }  // namespace
