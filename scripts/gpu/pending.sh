@@ -8,7 +8,7 @@
 #   b: on the same warm machine (build-gpu kept), a tree without the test fixtures but with the moe-tiny weights,
 #      carrying .deps and .corpus (scripts/train/build_corpus.sh): mfu.sh (train-mid), the fused speculative
 #      bench on models/moe-tiny, repro.sh bf16 (the reproductions' three BF16 runs).
-#   scripts/gpu/pending.sh a|b
+#   scripts/gpu/pending.sh a|b      (from branch session5-int, which has those scripts and the code they test)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-$PWD/out/gpu}
