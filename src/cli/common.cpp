@@ -96,7 +96,6 @@ void add_sampling_options(CLI::App* cmd, SamplingArgs& s) {
 
 SamplingParams SamplingArgs::resolve(const std::string& model_dir) const {
   SamplingParams p = generation_defaults(generation_config, model_dir);
-  const auto given = [](const CLI::Option* o) { return o && o->count() > 0; };
   if (given(temperature)) p.temperature = flags.temperature;
   if (given(top_p)) p.top_p = flags.top_p;
   if (given(top_k)) p.top_k = flags.top_k;

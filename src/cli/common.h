@@ -48,7 +48,8 @@ struct SamplingArgs {
   // The parameters for a model in model_dir (reads its generation_config.json under auto; throws moe::Error
   // naming the file and key when it is malformed).
   SamplingParams resolve(const std::string& model_dir) const;
-  bool temperature_given() const { return temperature && temperature->count() > 0; }
+  bool temperature_given() const { return given(temperature); }
+  static bool given(const CLI::Option* o) { return o && o->count() > 0; }
 };
 void add_sampling_options(CLI::App* cmd, SamplingArgs& sampling);
 // --generation-config alone (serve: the defaults of requests that leave a parameter out).

@@ -48,6 +48,8 @@ void run_generate(const GenerateArgs& a) {
   // --ep: every rank runs the same steps (same logits, same seeded sampling); only rank 0's stdout is kept.
   if (a.ep.dp_attention)
     fail("--dp-attention spreads sequences over the ranks and generate runs one: use it with logits or serve");
+  // Read before the model loads, so that a malformed generation_config.json fails at once.
+  const SamplingParams sampling = a.sampling.resolve(a.model);
   const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random), a.backend.device);
   auto backend = open_backend(a.backend);
   ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
@@ -59,7 +61,7 @@ void run_generate(const GenerateArgs& a) {
     // Greedy with the MTP module drafting the next-next token; same tokens as plain greedy decoding.
     if (a.sampling.temperature_given() && a.sampling.flags.temperature > 0)
       fail("--speculative decodes greedily; drop --temperature");
-    if (a.sampling.resolve(a.model).temperature > 0)
+    if (sampling.temperature > 0)
       std::fprintf(stderr, "note: --speculative decodes greedily; the sampling defaults of %s/generation_config.json "
                    "are not used\n", a.model.c_str());
     if (!model.has_mtp()) fail("{}: --speculative needs the checkpoint's MTP module (num_nextn_predict_layers)", a.model);
@@ -77,7 +79,7 @@ void run_generate(const GenerateArgs& a) {
   Generator gen(model, int64_t(prompt.size()) + a.max_new_tokens + 1);
   GenerateOptions opts;
   opts.max_new_tokens = a.max_new_tokens;
-  opts.sampling = a.sampling.resolve(a.model);
+  opts.sampling = sampling;
   if (a.has_seed) opts.sampling.seed = a.seed;
   if (ep.comm && opts.sampling.temperature > 0 && !opts.sampling.seed) {
     // Every rank must draw the same tokens: rank 0's random seed for all.

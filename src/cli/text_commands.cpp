@@ -75,6 +75,7 @@ struct ChatArgs {
 
 void run_chat(const ChatArgs& a) {
   apply_thread_count();
+  const SamplingParams sampling = a.sampling.resolve(a.model);  // before loading: a bad file fails at once
   const Tokenizer tok = Tokenizer::load(a.tokenizer.empty() ? a.model : a.tokenizer);
   const ChatTemplate& tmpl = tok.chat_template();
   auto backend = open_backend(a.backend);
@@ -83,7 +84,7 @@ void run_chat(const ChatArgs& a) {
   Generator gen(model, a.context);
   GenerateOptions opts;
   opts.max_new_tokens = a.max_new_tokens;
-  opts.sampling = a.sampling.resolve(a.model);
+  opts.sampling = sampling;
   if (auto eos = tok.eos_id()) opts.stop_tokens.push_back(*eos);
 
   nlohmann::json history = nlohmann::json::array();
