@@ -113,7 +113,7 @@ void moe_scatter_add(float* dx, const float* dxs, const int32_t* pos, int64_t n,
                      cudaStream_t s);
 
 // fp8_quant.cu: E4M3 quantisation of an FP32 matrix x [rows, cols] (rows ldx apart) for the FP8 GEMMs
-// (fp8_gemm.h), DeepSeek-V3's scheme: one FP32 scale per tile, scale = amax / 448 (1 for an all-zero tile),
+// (fp8_gemm.h), DeepSeek-V3's scheme: one FP32 scale per tile, scale = max(amax / 448, FLT_MIN) (1 for an all-zero tile),
 // q = E4M3(v / scale) rounded to nearest even, saturating at 448. One block per 128x128 tile reads x once and
 // writes either or both of
 //   q  [rows_out, cols] (x's layout), row_mode 1: 1x128 tiles, scale of (row r, column tile cb) at
