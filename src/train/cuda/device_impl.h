@@ -110,7 +110,8 @@ struct DeviceTrainer::Impl {
   // slot, in the order computed; a NaN or an infinity there names where non-finite values first appear.
   bool check_finite = false;
   std::vector<std::pair<std::string, int>> checks;
-  void check_point(const std::string& what, const float* x, int64_t count);
+  // Named `prefix` + `what` ("L3." + "q"), the string made only when checking (this runs every layer, every step).
+  void check_point(const std::string& prefix, const char* what, const float* x, int64_t count);
   // Throws naming the first non-finite check of `sums` (read_scalars), `pass` being "forward" or "backward".
   void throw_if_nonfinite(const std::vector<double>& sums, const char* pass);
   // The parameters whose gradient holds a NaN or an infinity (the first 8 named, then a count): for the error

@@ -65,7 +65,7 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
     mm(A.q, A.a, w(W.q_proj), n, D, H * dq, false);
   }
   rope_apply(A.q, A.pos, n, H, dq, dn, 1.0f);
-  check_point(key + "q", A.q, n * H * dq);
+  check_point(key, "q", A.q, n * H * dq);
   A.kva = f32(key + "kva", n * (r + dr));
   mm(A.kva, A.a, w(W.kv_a), n, D, r + dr, false);
   A.c_in = f32(key + "c_in", n * r);
@@ -78,7 +78,7 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   rope_apply(A.kr, A.pos, n, 1, dr, 0, 1.0f);
   A.kv = f32(key + "kv", n * H * (dn + dv));
   mm(A.kv, A.c, w(W.kv_b), n, r, H * (dn + dv), false);
-  check_point(key + "kv", A.kv, n * H * (dn + dv));
+  check_point(key, "kv", A.kv, n * H * (dn + dv));
   A.probs = f32(key + "probs", b * H * t * t);
   A.att = f32(key + "att", n * H * dv);
   prof.enter(OpClass::Attention);
@@ -87,11 +87,11 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
             "cuda train: attention's cuBLAS GEMMs failed");
   check_cuda(cudaGetLastError(), "attention_forward");
   prof.enter(OpClass::Other);
-  check_point(key + "attention output", A.att, n * H * dv);
+  check_point(key, "attention output", A.att, n * H * dv);
   A.h = f32(key + "h", n * D);
   mm(A.h, A.att, w(W.o_proj), n, H * dv, D, false);
   add_strided(A.h, n * D, x, n * D, n * D, 1, s);
-  check_point(key + "h (after attention)", A.h, n * D);
+  check_point(key, "h (after attention)", A.h, n * D);
   A.f = f32(key + "f", n * D);
   A.f_rstd = f32(key + "f_rstd", n);
   rmsnorm(A.f, A.f_rstd, A.h, P.post_norm, n, D, c.rms_norm_eps);
@@ -99,7 +99,7 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
     moe_forward(A.moe, P, ctx, key + "moe.", A.f, b, t, out);
   else
     mlp_forward(A.dense, P.dense, key + "mlp.", A.f, n, out);
-  check_point(key + (P.is_moe ? "MoE output" : "MLP output"), out, n * D);
+  check_point(key, P.is_moe ? "MoE output" : "MLP output", out, n * D);
   add_strided(out, n * D, A.h, n * D, n * D, 1, s);
   check_cuda(cudaGetLastError(), "layer_forward");
 }

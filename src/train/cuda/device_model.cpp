@@ -38,7 +38,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   A.xs.resize(size_t(L + 1));
   for (int64_t l = 0; l <= L; ++l) A.xs[size_t(l)] = f32(fmt::format("x{}", l), n * D);
   embedding_forward(A.xs[0], A.ids, n, w(M.embed), D, s);
-  check_point("the embedding's output", A.xs[0], n * D);
+  check_point("", "the embedding's output", A.xs[0], n * D);
   A.layers.resize(size_t(L));
   for (int64_t l = 0; l < L; ++l)
     layer_forward(A.layers[size_t(l)], M.layers[size_t(l)], main_ctx, fmt::format("L{}.", l), A.xs[size_t(l)], b, t,
@@ -52,7 +52,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   copy2d(A.hsel, t1 * D, A.hn, t * D, t1 * D, b, s);
   A.logits1 = f32("logits1", n1 * V);
   mm(A.logits1, A.hsel, w(M.head), n1, D, V, true);
-  check_point("the main head's logits", A.logits1, n1 * V);
+  check_point("", "the main head's logits", A.logits1, n1 * V);
   int64_t c1 = 0;
   const std::vector<int32_t> tg1 = masked_targets(ids, mask, b, t, t1, 1, &c1);
   const double d1 = double(std::max<int64_t>(c1, 1));
@@ -94,7 +94,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     rmsnorm(A.yn, A.yn_rstd, A.y, M.mtp_norm, n2, D, c.rms_norm_eps);
     A.logits2 = f32("logits2", n2 * V);
     mm(A.logits2, A.yn, w(M.head), n2, D, V, true);
-    check_point("the MTP module's logits", A.logits2, n2 * V);
+    check_point("", "the MTP module's logits", A.logits2, n2 * V);
     int64_t c2 = 0;
     const std::vector<int32_t> tg2 = masked_targets(ids, mask, b, t, t2, 2, &c2);
     d2 = double(std::max<int64_t>(c2, 1));
@@ -137,7 +137,7 @@ void DeviceTrainer::Impl::backward(TrainModel& M) {
     rmsnorm_backward(dy, g(M.mtp_norm), dyn, A.y, w(M.mtp_norm), A.yn_rstd, n2, D, s);
     float* dm = zeros("grad.m", n2 * D);
     layer_backward(dm, dy, A.mtp, M.mtp_layer, mtp_ctx, "mtp.");
-    check_point("the MTP layer's input gradient", dm, n2 * D);
+    check_point("mtp.", "input gradient", dm, n2 * D);
     float* dcat = f32("grad.cat", n2 * 2 * D);
     mm_bwd(dcat, g(M.eh_proj), dm, A.cat, w(M.eh_proj), n2, 2 * D, D, false, false);
     float* den = f32("grad.en", n2 * D);
@@ -154,15 +154,16 @@ void DeviceTrainer::Impl::backward(TrainModel& M) {
   const int64_t t1 = t - 1, n1 = b * t1;
   float* dsel = f32("grad.sel", n1 * D);
   mm_bwd(dsel, g(M.head), A.logits1, A.hsel, w(M.head), n1, D, V, true, false);
-  check_point("the main head's input gradient", dsel, n1 * D);
+  check_point("", "the main head's input gradient", dsel, n1 * D);
   add_strided(dhn, t * D, dsel, t1 * D, t1 * D, b, s);
   std::string cur = "grad.x0", other = "grad.x1";
   float* dx = zeros(cur, n * D);
   rmsnorm_backward(dx, g(M.final_norm), dhn, A.xs[size_t(L)], w(M.final_norm), A.hn_rstd, n, D, s);
   for (int64_t l = L - 1; l >= 0; --l) {
     float* dprev = zeros(other, n * D);
-    layer_backward(dprev, dx, A.layers[size_t(l)], M.layers[size_t(l)], main_ctx, fmt::format("L{}.", l));
-    check_point(fmt::format("layer {}'s input gradient", l), dprev, n * D);
+    const std::string key = fmt::format("L{}.", l);
+    layer_backward(dprev, dx, A.layers[size_t(l)], M.layers[size_t(l)], main_ctx, key);
+    check_point(key, "input gradient", dprev, n * D);
     std::swap(cur, other);
     dx = dprev;
   }

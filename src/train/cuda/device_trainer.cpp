@@ -85,11 +85,11 @@ void DeviceTrainer::Impl::sum_into(int slot, const float* x, int64_t count, bool
   check_cuda(cudaGetLastError(), "sum_double");
 }
 
-void DeviceTrainer::Impl::check_point(const std::string& what, const float* x, int64_t count) {
+void DeviceTrainer::Impl::check_point(const std::string& prefix, const char* what, const float* x, int64_t count) {
   if (!check_finite) return;
   const int slot = next_aux_slot++;
   sum_into(slot, x, count, true);
-  checks.emplace_back(what, slot);
+  checks.emplace_back(prefix + what, slot);
 }
 
 void DeviceTrainer::Impl::throw_if_nonfinite(const std::vector<double>& sums, const char* pass) {
