@@ -44,7 +44,9 @@ stage_build() {
   deps
   (nvidia-smi; nvcc --version | tail -2; cmake --version | head -1; g++ --version | head -1) 2>&1 | tee "$OUT/env.txt"
   env_deps
-  cmake_build "$ROOT" "$BUILD" moe test_cuda bench_mla_attention bench_dsa sandboxes test_train_cuda bench_sample test_dist test_dist_nccl test_ep test_cuda_w4a16 test_cuda_fp8 test_cuda_moe_fp8 bench_moe_fp8 test_launcher_gpu && echo "build ok"
+  # BUILD_TARGETS: a shorter list for a call that needs only some (the trainer's: "moe test_train_cuda").
+  # shellcheck disable=SC2086
+  cmake_build "$ROOT" "$BUILD" ${BUILD_TARGETS:-moe test_cuda bench_mla_attention bench_dsa sandboxes test_train_cuda bench_sample test_dist test_dist_nccl test_ep test_cuda_w4a16 test_cuda_fp8 test_cuda_moe_fp8 bench_moe_fp8 test_launcher_gpu} && echo "build ok"
 }
 # The tree in .base (an earlier commit), for A/B runs in the same session: build-base/src/cli/moe.
 stage_build-base() {

@@ -29,6 +29,19 @@ struct ParallelFlags {
   LaunchArgs launch;  // started by hand: the command launches its ranks under mpirun (cli/launcher.h)
 };
 
+// --device, --gemm and the CUDA trainer's precision and kernel choices (train_device.h), for train and train-bench.
+void add_train_device_flags(CLI::App* cmd, TrainDeviceOptions& o) {
+  cmd->add_option("--device", o.device, "cpu or cuda: where the training step runs (cpu)");
+  cmd->add_option("--gemm", o.gemm, "--device cuda's GEMM operands: bf16 (mixed precision), fp8 (DeepSeek-V3's E4M3 "
+                  "scheme, docs/training.md) or fp32 (bf16)");
+  cmd->add_option("--expert-gemm", o.expert_gemm, "--device cuda, bf16: the routed experts' GEMMs grouped (one grouped "
+                  "wgmma GEMM a product) or loop (one cuBLAS GEMM per expert) (loop)");
+  cmd->add_option("--attention", o.attention, "--device cuda: the attention's score and value GEMMs in fp32 (no TF32), "
+                  "tf32 or bf16 (operands rounded to BF16, FP32 accumulation) (fp32)");
+  cmd->add_option("--head", o.head, "--device cuda: the output heads' GEMMs with fp32 or bf16 operands (FP32 "
+                  "accumulation; never FP8) (fp32)");
+}
+
 void add_parallel_flags(CLI::App* cmd, ParallelFlags& f) {
   cmd->add_option("--dp", f.dp, "data-parallel ranks: started by hand the command starts its N MPI ranks on this "
                   "node; on several nodes launch `mpirun -np N moe ... --dp N` (1)")
@@ -175,17 +188,14 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--moments", r.moments, "AdamW moments: f32 or bf16 (DeepSeek-V3's; rounded to BF16 when stored, on "
                     "the CPU too; checkpoints keep F32 tensors) (f32)");
     cmd->add_option("--threads", run->threads, "threads for the GEMMs (0: every core; the results are the same bits)");
-    auto device = std::make_shared<std::string>("cpu"), gemm = std::make_shared<std::string>("bf16");
-    cmd->add_option("--device", *device, "cpu or cuda: where the training step runs (cpu)");
-    cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16 (mixed precision), fp8 (DeepSeek-V3's E4M3 scheme, "
-                    "docs/training.md) or fp32 (bf16)");
+    auto dev_opts = std::make_shared<TrainDeviceOptions>();
+    add_train_device_flags(cmd, *dev_opts);
     cmd->add_option("--stop-after", run->stop_after, "stop after this step with a checkpoint, as if interrupted");
     cmd->add_flag("--val-maxvio", run->device_val_maxvio,
                   "--device cuda: also report expert balance (val_maxvio) on validation batches (the CPU always does)");
     auto parallel = std::make_shared<ParallelFlags>();
     add_parallel_flags(cmd, *parallel);
-    auto check_finite = std::make_shared<bool>(false);
-    cmd->add_flag("--check-finite", *check_finite,
+    cmd->add_flag("--check-finite", dev_opts->check_finite,
                   "--device cuda: check every layer's activations and gradients for NaN or infinity each step and stop "
                   "naming the first tensor that has them (slower: one more sync per step)");
     cmd->add_option("--fault-nan-step", run->fault_nan_step, "testing: make this step's loss NaN")->group("");
@@ -198,14 +208,13 @@ void register_train_commands(CLI::App& app) {
                                "--weight-decay", "--beta1", "--beta2", "--mtp-lambda", "--seq-aux-alpha",
                                "--bias-gamma", "--init-std", "--save-dtype", "--moments"})
         if (cmd->count(flag) > 0) run->recipe_flags_given.push_back(flag);
-      MOE_CHECK(*device == "cpu" || (parallel->dp <= 1 && !parallel->options.ep),
+      MOE_CHECK(dev_opts->device == "cpu" || (parallel->dp <= 1 && !parallel->options.ep),
                 "train: --device {} trains on one GPU; --dp and --ep (data- and expert-parallel training) run on the "
-                "CPU only", *device);
+                "CPU only", dev_opts->device);
       const std::unique_ptr<dist::Communicator> comm = job_communicator(*parallel, "train");
       run->comm = comm.get();
       run->parallel = parallel->options;
-      MOE_CHECK(!*check_finite || *device == "cuda", "train: --check-finite is for --device cuda");
-      const TrainDevice dev = make_train_device(*device, *gemm, "loop", "fp32", *check_finite);
+      const TrainDevice dev = make_train_device(*dev_opts);
       run->device = dev.step.get();
       train::run_training(*run, [](const std::string& line) {
         std::printf("%s\n", line.c_str());
@@ -222,20 +231,16 @@ void register_train_commands(CLI::App& app) {
     cmd->add_option("--batch", o->batch, "sequences per step (4)");
     cmd->add_option("--steps", o->steps, "timed steps after one warm-up step (3)");
     cmd->add_option("--threads", o->threads, "threads (0: every core)");
-    auto device = std::make_shared<std::string>("cpu"), gemm = std::make_shared<std::string>("bf16");
-    cmd->add_option("--device", *device, "cpu (fraction of the FP32 GEMM rate) or cuda (of the BF16 GEMM rate)");
-    cmd->add_option("--gemm", *gemm, "--device cuda's GEMM operands: bf16, fp8 or fp32 (bf16)");
+    auto dev_opts = std::make_shared<TrainDeviceOptions>();
+    add_train_device_flags(cmd, *dev_opts);
     cmd->add_option("--moments", o->moments, "AdamW moments: f32 or bf16 (f32)");
-    auto expert_gemm = std::make_shared<std::string>("loop");
-    cmd->add_option("--expert-gemm", *expert_gemm, "--device cuda, bf16: the routed experts' GEMMs grouped (one cuBLAS "
-                    "grouped GEMM a product) or loop (one GEMM per expert) (loop)");
-    auto attention = std::make_shared<std::string>("fp32");
-    cmd->add_option("--attention", *attention, "--device cuda: the attention's score and value GEMMs in fp32 (no TF32) "
-                    "or tf32 (fp32)");
+    cmd->add_option("--micro-batch", o->micro_batch,
+                    "sequences per forward/backward; --batch / this are accumulated into one optimiser step (default "
+                    "--batch)");
     cmd->add_flag("--profile", o->profile, "--device cuda: the device time of each op class (GEMMs, attention, MoE "
                   "dispatch, elementwise, optimizer, host waits) over the timed steps");
     cmd->callback([=] {
-      const TrainDevice dev = make_train_device(*device, *gemm, *expert_gemm, *attention);
+      const TrainDevice dev = make_train_device(*dev_opts);
       o->step = dev.step.get();
       o->log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
       o->device = dev.name;

@@ -7,29 +7,41 @@
 
 namespace moe::cli {
 
-TrainDevice make_train_device(const std::string& device, const std::string& gemm, const std::string& expert_gemm,
-                              const std::string& attention, bool check_finite) {
-  MOE_CHECK(attention == "fp32" || attention == "tf32", "--attention must be fp32 or tf32, not '{}'", attention);
-  MOE_CHECK(gemm == "bf16" || gemm == "fp32" || gemm == "fp8", "--gemm must be bf16, fp8 or fp32, not '{}'", gemm);
-  MOE_CHECK(expert_gemm == "grouped" || expert_gemm == "loop", "--expert-gemm must be grouped or loop, not '{}'",
-            expert_gemm);
-  if (device == "cpu") {
+TrainDevice make_train_device(const TrainDeviceOptions& o) {
+  MOE_CHECK(o.attention == "fp32" || o.attention == "tf32" || o.attention == "bf16",
+            "--attention must be fp32, tf32 or bf16, not '{}'", o.attention);
+  MOE_CHECK(o.head == "fp32" || o.head == "bf16", "--head must be fp32 or bf16, not '{}'", o.head);
+  MOE_CHECK(o.gemm == "bf16" || o.gemm == "fp32" || o.gemm == "fp8", "--gemm must be bf16, fp8 or fp32, not '{}'",
+            o.gemm);
+  MOE_CHECK(o.expert_gemm == "grouped" || o.expert_gemm == "loop", "--expert-gemm must be grouped or loop, not '{}'",
+            o.expert_gemm);
+  if (o.device == "cpu") {
+    const TrainDeviceOptions cuda_defaults;
+    MOE_CHECK(o.expert_gemm == cuda_defaults.expert_gemm && o.attention == cuda_defaults.attention &&
+                  o.head == cuda_defaults.head && !o.check_finite,
+              "--expert-gemm, --attention, --head and --check-finite are for --device cuda (the CPU trainer runs its "
+              "GEMMs in FP32 with BF16-rounded operands where the recipe says)");
     TrainDevice d;
     d.name = "cpu";
     return d;
   }
-  MOE_CHECK(device == "cuda", "--device must be cpu or cuda, not '{}'", device);
+  MOE_CHECK(o.device == "cuda", "--device must be cpu or cuda, not '{}'", o.device);
 #ifdef MOE_HAVE_TRAIN_CUDA
   MOE_CHECK(train::cuda::DeviceTrainer::available(), "--device cuda: no CUDA device on this machine");
+  using train::cuda::AttnPrecision;
   using train::cuda::GemmPrecision;
-  const GemmPrecision p = gemm == "bf16" ? GemmPrecision::Bf16 : gemm == "fp8" ? GemmPrecision::Fp8 : GemmPrecision::Fp32;
+  const GemmPrecision p =
+      o.gemm == "bf16" ? GemmPrecision::Bf16 : o.gemm == "fp8" ? GemmPrecision::Fp8 : GemmPrecision::Fp32;
   auto c = std::make_unique<train::cuda::DeviceTrainer>(p);
-  c->set_grouped_experts(expert_gemm == "grouped");
-  c->set_attention_tf32(attention == "tf32");
-  c->set_check_finite(check_finite);
+  c->set_grouped_experts(o.expert_gemm == "grouped");
+  c->set_attention(o.attention == "tf32"   ? AttnPrecision::Tf32
+                   : o.attention == "bf16" ? AttnPrecision::Bf16
+                                           : AttnPrecision::Fp32);
+  c->set_head_fp32(o.head == "fp32");
+  c->set_check_finite(o.check_finite);
   TrainDevice d;
-  d.name = "cuda: " + c->device_name() + ", " + gemm + " GEMMs, device-resident step" +
-           (gemm == "bf16" ? ", experts " + expert_gemm : "") + ", attention " + attention;
+  d.name = "cuda: " + c->device_name() + ", " + o.gemm + " GEMMs, device-resident step" +
+           (o.gemm == "bf16" ? ", experts " + o.expert_gemm : "") + ", attention " + o.attention + ", head " + o.head;
   train::cuda::DeviceTrainer* raw = c.get();
   d.gemm_gflops = [raw] { return raw->measure_bf16_gemm_gflops(); };
   d.gemm_summary = [raw] { return raw->gemm_summary(); };

@@ -17,13 +17,18 @@ struct TrainDevice {
   std::function<std::string()> gemm_summary;  // fp8: the FP8 share of the GEMM FLOPs so far (null or empty: none)
 };
 
+// The flags `moe train` and `moe train-bench` share; every one but device and gemm is for --device cuda.
+struct TrainDeviceOptions {
+  std::string device = "cpu";        // cpu or cuda
+  std::string gemm = "bf16";         // bf16, fp8 or fp32 GEMM operands
+  std::string expert_gemm = "loop";  // grouped (the routed experts' BF16 GEMMs as one grouped GEMM a product) or loop
+  std::string attention = "fp32";    // the score and value GEMMs: fp32 (no TF32), tf32 or bf16
+  std::string head = "fp32";         // the output heads' GEMMs: fp32 or bf16 operands (FP32 accumulation either way)
+  bool check_finite = false;         // DeviceTrainer::set_check_finite
+};
+
 // Throws moe::Error naming the flag: an unknown device or GEMM type, cuda in a build without CUDA or on a machine
-// without a GPU.
-// expert_gemm: grouped (the routed experts' BF16 GEMMs as cuBLAS grouped GEMMs) or loop (one GEMM per expert).
-// attention: fp32 (the score and value GEMMs in FP32, no TF32) or tf32.
-// check_finite: DeviceTrainer::set_check_finite (cuda only).
-TrainDevice make_train_device(const std::string& device, const std::string& gemm,
-                              const std::string& expert_gemm = "loop", const std::string& attention = "fp32",
-                              bool check_finite = false);
+// without a GPU, a cuda-only flag changed from its default with --device cpu.
+TrainDevice make_train_device(const TrainDeviceOptions& o);
 
 }  // namespace moe::cli

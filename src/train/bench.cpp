@@ -86,16 +86,21 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   const ModelConfig config = ModelConfig::from_json(cfg, o.config_path);
   MOE_CHECK(o.moments == "f32" || o.moments == "bf16", "train-bench: --moments is f32 or bf16, not {}", o.moments);
   const bool bf16_moments = o.moments == "bf16";
+  const int64_t micro = o.micro_batch > 0 ? o.micro_batch : o.batch;
+  MOE_CHECK(o.batch > 0 && o.seq_len > 0 && o.steps > 0, "train-bench: --batch, --seq-len and --steps must be positive");
+  MOE_CHECK(micro <= o.batch && o.batch % micro == 0,
+            "train-bench: --batch {} is not a multiple of --micro-batch {}", o.batch, micro);
   TrainBenchResult r;
+  r.micro_batches = o.batch / micro;
   r.moments = o.moments;
   if (o.step) {
-    const DeviceMemoryPlan plan = device_memory_plan(config, o.batch, o.seq_len, bf16_moments);
+    const DeviceMemoryPlan plan = device_memory_plan(config, micro, o.seq_len, bf16_moments);
     r.plan_gib = plan.total() / kGiB, r.plan_params_gib = plan.arenas / kGiB;
     r.plan_activations_gib = (plan.activations + plan.temporaries) / kGiB;
     if (o.log)
-      o.log(fmt::format("train-bench: memory plan for {} x {}: {:.2f} GiB (arenas {:.2f}, kept activations {:.2f}, "
-                        "backward temporaries {:.2f})",
-                        o.batch, o.seq_len, r.plan_gib, r.plan_params_gib, plan.activations / kGiB,
+      o.log(fmt::format("train-bench: memory plan for micro-batches of {} x {}: {:.2f} GiB (arenas {:.2f}, kept "
+                        "activations {:.2f}, backward temporaries {:.2f})",
+                        micro, o.seq_len, r.plan_gib, r.plan_params_gib, plan.activations / kGiB,
                         plan.temporaries / kGiB));
     o.step->set_bf16_moments(bf16_moments);
     o.step->check_fits(parameter_count(config));  // before the host copies of a model that cannot fit
@@ -113,15 +118,20 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
 
   std::mt19937 rng(3);
   std::uniform_int_distribution<int32_t> id(1, int32_t(model.config.vocab_size) - 1);
-  std::vector<int32_t> ids(size_t(o.batch * o.seq_len));
+  std::vector<int32_t> ids(size_t(micro * o.seq_len));
   const Objective obj;
   AdamW adamw;
   adamw.bf16_moments = bf16_moments;
-  auto step = [&](int64_t s) {
-    for (auto& x : ids) x = id(rng);
+  auto step = [&](int64_t s) {  // trainer.cpp's accumulated step: k micro-batches, the gradient sum / k, AdamW
     model.zero_grad();
     ExpertLoads loads;
-    forward_backward(model, ids, o.batch, o.seq_len, obj, &loads);
+    for (int64_t i = 0; i < r.micro_batches; ++i) {
+      for (auto& x : ids) x = id(rng);
+      ExpertLoads part;
+      forward_backward(model, ids, micro, o.seq_len, obj, &part);
+      add_loads(loads, part);
+    }
+    if (r.micro_batches > 1) scale_gradients(model, 1.0 / double(r.micro_batches));
     adamw_step(model, adamw, 1e-3, 1.0, s);
     update_correction_biases(model, loads, 1e-3);
   };
@@ -154,6 +164,7 @@ std::string bench_json(const TrainBenchResult& r) {
   nlohmann::ordered_json j{{"device", r.device},
                                 {"threads", r.threads},
                                 {"tokens_per_step", r.tokens_per_step},
+                                {"micro_batches", r.micro_batches},
                                 {"step_s", r.step_seconds},
                                 {"tokens_per_s", r.tokens_per_s},
                                 {"flops_per_token", r.flops_per_token},

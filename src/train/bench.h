@@ -17,6 +17,9 @@ class DeviceStep;
 struct TrainBenchOptions {
   std::string config_path;
   int64_t seq_len = 64, batch = 4, steps = 3;  // timed steps, after one untimed warm-up step
+  // Sequences per forward/backward (0: batch): an optimiser step accumulates batch / micro_batch of them, as
+  // `moe train --micro-batch` does (the optimizer's cost spread over more tokens, activations sized by the micro-batch).
+  int64_t micro_batch = 0;
   int threads = 0;                             // 0: every core
   // A whole-step device (train/device_step.h: everything resident there) and its dense GEMM rate in GFLOP/s
   // measured in this run (the denominator of the fraction); null: the CPU and its FP32 rate.
@@ -31,7 +34,8 @@ struct TrainBenchOptions {
 struct TrainBenchResult {
   std::string device;
   int threads = 0;
-  int64_t tokens_per_step = 0;
+  int64_t tokens_per_step = 0;      // per optimiser step (every micro-batch)
+  int64_t micro_batches = 1;        // forward/backward passes per optimiser step
   double step_seconds = 0;          // mean over the timed steps
   double tokens_per_s = 0;
   double flops_per_token = 0;       // forward + backward: 3 x 2 x multiply-adds of every GEMM and attention product

@@ -303,4 +303,12 @@ std::vector<float> forward_logits(TrainModel& model, const std::vector<int32_t>&
   return logits;
 }
 
+void add_loads(ExpertLoads& sum, const ExpertLoads& part) {
+  for (const auto& [gate, load] : part) {
+    auto& s = sum[gate];
+    s.resize(load.size(), 0);
+    for (size_t e = 0; e < load.size(); ++e) s[e] += load[e];
+  }
+}
+
 }  // namespace moe::train

@@ -45,6 +45,8 @@ struct ModelActs {
 
 // Loads (tokens per expert in the batch) of every MoE layer, the MTP module's too, keyed by the gate's name.
 using ExpertLoads = std::map<std::string, std::vector<int64_t>>;
+// sum += part, gate by gate (the loads of micro-batches of one optimiser step add up: they are counts).
+void add_loads(ExpertLoads& sum, const ExpertLoads& part);
 
 // Forward and backward in one call: gradients are ADDED to every Param::g (zero them first; two calls
 // accumulate, which is gradient accumulation). ids is [b, t], t >= 3 when the model has an MTP module.

@@ -140,14 +140,6 @@ std::string layer_key(const std::string& gate) {
   return gate.substr(a, b - a);
 }
 
-void add_loads(ExpertLoads& sum, const ExpertLoads& part) {
-  for (const auto& [gate, load] : part) {
-    auto& s = sum[gate];
-    s.resize(load.size(), 0);
-    for (size_t e = 0; e < load.size(); ++e) s[e] += load[e];
-  }
-}
-
 }  // namespace
 
 void write_hub_checkpoint(const TrainModel& model, const std::string& config_json, const std::string& tokenizer_dir,

@@ -348,6 +348,13 @@ TEST(TrainBench, ReportsTokensPerSecondAndTheGemmFraction) {
     EXPECT_GT(j[key].get<double>(), 0) << key;
   EXPECT_NEAR(j["fraction_of_gemm"].get<double>(), j["train_gflops"].get<double>() / j["gemm_gflops"].get<double>(),
               1e-12);
+  // Two micro-batches of one sequence accumulated into each optimiser step: the same tokens per step.
+  const Result acc = test::run_moe("train-bench --config tests/data/tiny-train/model/config.json --seq-len 8 --batch 2 "
+                                   "--micro-batch 1 --steps 1 --threads 1");
+  ASSERT_EQ(acc.code, 0) << acc.out;
+  EXPECT_EQ(json_lines(acc.out).at(0)["tokens_per_step"], 16);
+  EXPECT_EQ(json_lines(acc.out).at(0)["micro_batches"], 2);
+  EXPECT_EQ(j["micro_batches"], 1);
   const Result bad = test::run_moe("train-bench --config " + test::temp_path("no-such-config.json"));
   EXPECT_EQ(bad.code, 1);
   EXPECT_NE(bad.out.find("no-such-config.json: cannot open"), std::string::npos) << bad.out;
@@ -362,6 +369,16 @@ TEST(TrainDevice, CudaWithDataOrExpertParallelismIsRefused) {
     EXPECT_EQ(r.code, 1) << flags;
     EXPECT_NE(r.out.find("train: --device cuda trains on one GPU; --dp and --ep"), std::string::npos) << r.out;
   }
+}
+
+// --check-finite is the CUDA trainer's: with the CPU trainer it is an error naming it, before any data is read.
+TEST(TrainDevice, CheckFiniteOnTheCpuIsRefused) {
+  const Result r = test::run_moe("train --device cpu --check-finite --config tests/data/tiny-train/model/config.json "
+                                 "--data " + test::temp_path("no-data") + " --out " + test::temp_path("no-out"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("--expert-gemm, --attention, --head and --check-finite are for --device cuda"),
+            std::string::npos)
+      << r.out;
 }
 
 // --device names the trainer's device; a wrong one is an error naming the flag (train and train-bench share it).
@@ -381,7 +398,23 @@ TEST(TrainBench, DeviceFlagErrorsNameTheFlag) {
   EXPECT_NE(experts.out.find("--expert-gemm must be grouped or loop, not 'batched'"), std::string::npos) << experts.out;
   const Result attention = test::run_moe(base + " --device cuda --attention fp16");
   EXPECT_EQ(attention.code, 1);
-  EXPECT_NE(attention.out.find("--attention must be fp32 or tf32, not 'fp16'"), std::string::npos) << attention.out;
+  EXPECT_NE(attention.out.find("--attention must be fp32, tf32 or bf16, not 'fp16'"), std::string::npos)
+      << attention.out;
+  const Result head = test::run_moe(base + " --device cuda --head fp8");
+  EXPECT_EQ(head.code, 1);
+  EXPECT_NE(head.out.find("--head must be fp32 or bf16, not 'fp8'"), std::string::npos) << head.out;
+  // The CUDA trainer's choices with the CPU trainer: refused, not silently ignored.
+  for (const char* flag : {"--attention bf16", "--head bf16", "--expert-gemm grouped"}) {
+    const Result r = test::run_moe(base + " --device cpu " + flag);
+    EXPECT_EQ(r.code, 1) << flag;
+    EXPECT_NE(r.out.find("--expert-gemm, --attention, --head and --check-finite are for --device cuda"),
+              std::string::npos)
+        << flag << ": " << r.out;
+  }
+  const Result micro = test::run_moe(base + " --micro-batch 3");
+  EXPECT_EQ(micro.code, 1);
+  EXPECT_NE(micro.out.find("train-bench: --batch 2 is not a multiple of --micro-batch 3"), std::string::npos)
+      << micro.out;
   const Result cpu = test::run_moe(base + " --device cpu --threads 1 --moments bf16");
   ASSERT_EQ(cpu.code, 0) << cpu.out;
   EXPECT_EQ(json_lines(cpu.out).at(0)["moments"], "bf16");

@@ -108,7 +108,8 @@ TEST(CudaDeviceStep, TinyTrainBf16MatchesCpuWithTheSameRounding) {
 }
 
 // Five whole steps of a fresh train-small model on random tokens, GPU vs the CPU trainer.
-void five_steps(GemmPrecision p, double loss_tol, const char* what, bool bf16_moments = false) {
+// fast: the throughput settings (train-bench's MFU runs): grouped wgmma expert GEMMs, BF16 attention and head GEMMs.
+void five_steps(GemmPrecision p, double loss_tol, const char* what, bool bf16_moments = false, bool fast = false) {
   const uint64_t seed = uint64_t(std::chrono::system_clock::now().time_since_epoch().count());
   std::printf("%s: seed %llu\n", what, static_cast<unsigned long long>(seed));
   const std::string path = "bench/configs/train-small.json";
@@ -140,6 +141,11 @@ void five_steps(GemmPrecision p, double loss_tol, const char* what, bool bf16_mo
   };
   DeviceTrainer gpu(p);
   gpu.set_bf16_moments(bf16_moments);
+  if (fast) {
+    gpu.set_grouped_experts(true);
+    gpu.set_attention(cuda::AttnPrecision::Bf16);
+    gpu.set_head_fp32(false);
+  }
   const std::vector<double> g = run(&gpu), c = run(nullptr);
   double worst = 0;
   for (size_t s = 0; s < c.size(); ++s) {
@@ -160,6 +166,28 @@ TEST(CudaDeviceStep, RandomSmallModelFiveStepsBf16MatchCpu) {
 TEST(CudaDeviceStep, RandomSmallModelFiveStepsBf16MomentsMatchCpu) {
   SKIP_WITHOUT_GPU();
   five_steps(GemmPrecision::Bf16, 1e-3, "train-small bf16, bf16 moments", true);
+}
+
+// The MFU settings: the attention's and the head's products on BF16 operands too. A logit's error is then ~2u
+// (u = 2^-9) of its size; random-signed over 512 tokens, the mean loss moves by ~2u |z| / sqrt(512), far inside
+// the same 1e-3.
+TEST(CudaDeviceStep, RandomSmallModelFiveStepsFastSettingsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  five_steps(GemmPrecision::Bf16, 1e-3, "train-small bf16, grouped experts, bf16 attention and head", true, true);
+}
+
+// The fixture's step-1 gradients under the MFU settings against the CPU's BF16 emulation (which keeps attention
+// and head in FP32): the extra BF16 roundings of the attention and head products add ~4u (backward chain, see
+// CudaTrainMoeOps.GemmAttentionMatchesCpu) to the 5e-3 of the plain BF16 comparison: 1e-2, the bound.
+TEST(CudaDeviceStep, TinyTrainFastSettingsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  DeviceTrainer gpu(GemmPrecision::Bf16);
+  gpu.set_grouped_experts(true);
+  gpu.set_attention(cuda::AttnPrecision::Bf16);
+  gpu.set_head_fp32(false);
+  Bf16Emulated cpu;
+  const Got g = run_fixture(&gpu, nullptr), c = run_fixture(nullptr, &cpu);
+  compare("device bf16 fast settings vs cpu bf16-emulated", g, c, 1e-2, 1e-3);
 }
 
 TEST(CudaDeviceStep, RandomSmallModelFiveStepsFp32MatchCpu) {

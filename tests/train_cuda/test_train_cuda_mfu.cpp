@@ -5,16 +5,21 @@
 //    spacing, so a fraction ~2^-14 of the moments may differ, each by one BF16 ulp (bound: <= 1e-3 of them, never
 //    more than one ulp); each such moment moves its update by <= 2^-7 relative, so the updates' relative L2 stays
 //    below sqrt(1e-3) x 2^-7 ~ 2.5e-4 (bound 3e-4) on top of FP32 rounding.
-//  - grouped expert GEMMs (grouped_gemm.h) against one cublasGemmEx per problem and against a double reference
-//    of the same BF16 operands, for the three products, with empty problems and beta 1: the grouped and per-problem
-//    results differ only in FP32 summation order (<= 1e-5 relative L2; against double <= 2e-5: K <= 256 FP32
-//    additions of products exact in FP32).
+//  - grouped expert GEMMs (grouped_gemm.h: our wgmma kernel) against one cublasGemmEx per problem and against a
+//    double reference of the same BF16 operands on sampled entries, for the three products, small widths and
+//    the real ones (D 2048, F 1408, 64 experts, loads 0, 1, tile edges, long), beta 0 over NaN and beta 1: the
+//    grouped and per-problem results differ only in FP32 summation order (relative L2 <= 8 sqrt(K) 2^-24;
+//    derivation at check_grouped); the kernel's and cuBLAS's times printed at the real widths.
 //  - the whole step with grouped experts against the per-expert loop on train-small: the same BF16 operands, so
 //    the losses within 1e-5 and each gradient within 2e-3 relative L2 (a 1e-6 FP32 difference flips the BF16
 //    rounding of ~2^-14 of the downstream operands by 2^-8: sqrt(6e-5) x 4e-3 ~ 3e-5 a layer, a few layers).
 //  - the memory plan (train/memory_plan.h) against what cudaMemGetInfo measures over a step.
+#include <algorithm>
+#include <array>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <limits>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -87,90 +92,282 @@ std::vector<uint16_t> bf16_of(const std::vector<float>& x) {
   return r;
 }
 
-TEST(CudaTrainMfu, GroupedExpertGemmsMatchPerExpertAndDouble) {
-  SKIP_WITHOUT_GPU();
-  cuda::CudaCompute cc(GemmPrecision::Bf16);
-  void* ptrs = nullptr;
-  ASSERT_EQ(cudaMalloc(&ptrs, 1 << 16), cudaSuccess);
-  std::string note;
-  cuda::GroupedGemm grouped(cc.blas(), cc.stream(), [&](size_t) { return ptrs; }, [&](const std::string& l) { note = l; });
-  cuda::GroupedGemm each(cc.blas(), cc.stream(), [&](size_t) { return ptrs; }, nullptr);
-  each.set_grouped(false);
-  const int64_t k = 256, m = 96;  // D, F of a small expert
-  const std::vector<int64_t> rows = {37, 0, 128, 5, 64, 1, 0, 90};  // loads, empty experts included
-  int64_t total = 0;
-  for (int64_t r : rows) total += r;
+// BF16 bits of uniform values in (-1, 1), never 0: splitmix64 of (seed, index), fast enough for the real widths'
+// 184 M weights.
+std::vector<uint16_t> bf16_uniform(size_t n, uint64_t seed) {
+  std::vector<uint16_t> r(n);
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + (uint64_t(i) + 1) * 0xD1B54A32D192ED03ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u = float(int64_t(z >> 40) - (int64_t(1) << 23)) / float(1 << 23);  // [-1, 1), 2^-23 steps
+    r[i] = float_to_bf16(u == 0.0f ? 0.5f : u);
+  }
+  return r;
+}
+
+// The grouped kernel (GroupedGemm::run, grouped) against one cublasGemmEx per problem (run_each) and, on sampled
+// entries, against a double reference of the same BF16 operands, for one kind at widths (k, m) over problems of
+// `rows` rows (the layout of device_experts.cpp: the problems' rows stacked; W_p [m, k] for nt/nn; tn's outputs
+// [m, k] each). For each beta: 0 over an output pre-filled with NaN (the kernel must not read it) and 1 over a
+// random start (accumulation, as the weight gradients). Outputs of empty problems (tn) must stay untouched.
+//
+// Tolerances (u = 2^-24, FP32's unit roundoff; K the summed length, the largest n_p for tn):
+//  - grouped vs per-problem, relative L2 over the written entries: both add the same K products (BF16 x BF16 is
+//    exact in FP32) in FP32, in different orders. One output's rounding error is a sum of one error per addition,
+//    each <= u |partial sum| (2u with the tensor cores' truncation), partial sums of zero-mean data ~ sqrt(i) of a
+//    product's size: the error is ~ u sqrt(K) relative to the result (the truncation bias adds ~ u K / 16 / sqrt(3)
+//    over K / 16 MMA steps, 4.4e-6 at K 2048, inside the same bound). Bound: 8 sqrt(K) u (2.2e-5 at K 2048).
+//  - sampled entries vs double: the worst-case FP32 summation bound, |got - ref| <= K 2u sum |a_i b_i|
+//    + 2u (|acc| + |beta start|) (truncating adds, one more rounding for beta): a wrong operand element, row or
+//    chunk moves an entry by ~ sqrt(K) products, far outside it.
+struct GroupedCheck {
+  double vs_each = 0, vs_double = 0;  // relative L2; the worst sampled |error| / bound
+};
+
+std::vector<GroupedCheck> check_grouped(cuda::CudaCompute& cc, cuda::GemmKind kind, int64_t k, int64_t m,
+                                        const std::vector<int64_t>& rows, const std::vector<float>& betas,
+                                        uint64_t seed) {
+  void* table = nullptr;  // the tables' device buffer, grow-only as the trainer's
+  size_t have = 0;
+  cuda::GroupedGemm gemm(
+      cc.blas(), cc.stream(),
+      [&](size_t bytes) {
+        if (bytes > have) {
+          cudaFree(table);
+          EXPECT_EQ(cudaMalloc(&table, bytes), cudaSuccess);
+          have = bytes;
+        }
+        return table;
+      },
+      [](const std::string& l) { std::printf("%s\n", l.c_str()); });
+  const bool tn = kind == cuda::GemmKind::Tn, nt = kind == cuda::GemmKind::Nt;
   const int64_t E = int64_t(rows.size());
-  for (cuda::GemmKind kind : {cuda::GemmKind::Nt, cuda::GemmKind::Nn, cuda::GemmKind::Tn}) {
-    const bool tn = kind == cuda::GemmKind::Tn, nt = kind == cuda::GemmKind::Nt;
-    // nt: a = x [n, k], b = W [m, k], out [n, m]; nn: a = dy [n, m], b = W [m, k], out [n, k];
-    // tn: a = dy [n, m], b = x [n, k], out [m, k] per expert (accumulated: beta 1 on a non-zero start).
-    const int64_t a_w = nt ? k : m, out_w = nt ? m : k;
-    const std::vector<float> a = randn(size_t(total * a_w), 91 + int(kind)), wts = randn(size_t(E * m * k), 95);
-    const std::vector<float> xb = randn(size_t(total * k), 97);
-    const std::vector<uint16_t> a16 = bf16_of(a), w16 = bf16_of(wts), x16 = bf16_of(xb);
-    const size_t out_count = tn ? size_t(E * m * k) : size_t(total * out_w);
-    const std::vector<float> start = tn ? randn(out_count, 99) : std::vector<float>(out_count, 0.0f);
-    DeviceArray<uint16_t> ga(a16), gw(w16), gx(x16);
+  int64_t total = 0, max_rows = 0;
+  std::vector<int64_t> off;
+  for (int64_t r : rows) off.push_back(total), total += r, max_rows = std::max(max_rows, r);
+  // nt: a = x [n, k], b = W [m, k], out [n, m]; nn: a = dy [n, m], b = W [m, k], out [n, k];
+  // tn: a = dy [n, m], b = x [n, k], out [m, k] per problem.
+  const int64_t a_w = nt ? k : m, out_w = nt ? m : k, K = nt ? k : tn ? max_rows : m;
+  const std::vector<uint16_t> a16 = bf16_uniform(size_t(total * a_w), seed),
+                              b16 = bf16_uniform(size_t(tn ? total * k : E * m * k), seed + 1);
+  const size_t out_count = tn ? size_t(E * m * k) : size_t(total * out_w);
+  DeviceArray<uint16_t> ga(a16), gb(b16);
+  auto out_at = [&](int64_t e) { return tn ? size_t(e * m * k) : size_t(off[size_t(e)] * out_w); };
+  auto out_rows = [&](int64_t e) { return tn ? m : rows[size_t(e)]; };
+  std::vector<GroupedCheck> res;
+  for (const float beta : betas) {
+    std::vector<float> start(out_count);
+    if (beta != 0.0f) {
+      const std::vector<uint16_t> s16 = bf16_uniform(out_count, seed + 2);
+      for (size_t i = 0; i < out_count; ++i) start[i] = 4.0f * bf16_to_float(s16[i]);
+    } else {
+      std::fill(start.begin(), start.end(), std::numeric_limits<float>::quiet_NaN());
+    }
     DeviceArray<float> out_g(start), out_e(start);
-    for (auto [gemm, out] : {std::pair{&grouped, &out_g}, std::pair{&each, &out_e}}) {
+    for (const bool grouped : {true, false}) {
+      float* out = grouped ? out_g.get() : out_e.get();
       std::vector<cuda::GemmProblem> ps;
-      int64_t o = 0;
       for (int64_t e = 0; e < E; ++e) {
         cuda::GemmProblem p;
         p.n = rows[size_t(e)];
-        p.a = ga.get() + o * a_w;
-        p.b = tn ? static_cast<const void*>(gx.get() + o * k) : static_cast<const void*>(gw.get() + e * m * k);
-        p.out = tn ? out->get() + e * m * k : out->get() + o * out_w;
+        p.a = ga.get() + off[size_t(e)] * a_w;
+        p.b = tn ? gb.get() + off[size_t(e)] * k : gb.get() + e * m * k;
+        p.out = out + out_at(e);
         ps.push_back(p);
-        o += rows[size_t(e)];
       }
-      gemm->run(kind, ps, k, m, tn ? 1.0f : 0.0f);
-    }
-    ASSERT_EQ(cudaStreamSynchronize(cc.stream()), cudaSuccess);
-    // The double reference of the same BF16 values.
-    std::vector<float> want(start);
-    int64_t o = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = rows[size_t(e)];
-      auto A = [&](int64_t i, int64_t j) { return double(bf16_to_float(a16[size_t((o + i) * a_w + j)])); };
-      auto W = [&](int64_t i, int64_t j) { return double(bf16_to_float(w16[size_t(e * m * k + i * k + j)])); };
-      auto X = [&](int64_t i, int64_t j) { return double(bf16_to_float(x16[size_t((o + i) * k + j)])); };
-      if (kind == cuda::GemmKind::Nt) {
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < m; ++j) {
-            double s = 0;
-            for (int64_t c = 0; c < k; ++c) s += A(i, c) * W(j, c);
-            want[size_t((o + i) * m + j)] = float(s);
-          }
-      } else if (kind == cuda::GemmKind::Nn) {
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < k; ++j) {
-            double s = 0;
-            for (int64_t c = 0; c < m; ++c) s += A(i, c) * W(c, j);
-            want[size_t((o + i) * k + j)] = float(s);
-          }
+      if (grouped) {
+        gemm.run(kind, ps, k, m, beta);
+        if (cuda::grouped_gemm_wgmma_supported()) {
+          EXPECT_TRUE(gemm.grouped()) << "the grouped kernel did not run";
+        }
       } else {
-        for (int64_t i = 0; i < m; ++i)
-          for (int64_t j = 0; j < k; ++j) {
-            double s = double(start[size_t(e * m * k + i * k + j)]);
-            for (int64_t r = 0; r < n; ++r) s += A(r, i) * X(r, j);
-            want[size_t(e * m * k + i * k + j)] = float(s);
-          }
+        gemm.run_each(kind, ps, k, m, beta);
       }
-      o += n;
     }
+    EXPECT_EQ(cudaStreamSynchronize(cc.stream()), cudaSuccess);
     const std::vector<float> g = out_g.host(), ev = out_e.host();
-    const double e_ge = rel_l2(g, ev), e_gd = rel_l2(g, want), e_ed = rel_l2(ev, want);
-    std::printf("grouped gemm kind %d (%s): grouped vs per-expert %.3g, grouped vs double %.3g, per-expert vs double "
-                "%.3g\n",
-                int(kind), grouped.grouped() ? "grouped" : "cuBLAS refused grouping: per-expert", e_ge, e_gd, e_ed);
-    EXPECT_LT(e_ge, 1e-5);
-    EXPECT_LT(e_gd, 2e-5);
-    EXPECT_LT(e_ed, 2e-5);
+    GroupedCheck c;
+    double num = 0, den = 0;
+    size_t bad = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const size_t b = out_at(e), n = size_t(out_rows(e) * out_w);
+      if (rows[size_t(e)] == 0) {  // tn only: this output is untouched, bit for bit (NaN stays NaN)
+        for (size_t i = b; i < b + n; ++i)
+          if (std::memcmp(&g[i], &start[i], 4) != 0 || std::memcmp(&ev[i], &start[i], 4) != 0) ++bad;
+        continue;
+      }
+      for (size_t i = b; i < b + n; ++i) {
+        const double d = double(g[i]) - double(ev[i]);
+        num += d * d, den += double(ev[i]) * double(ev[i]);
+      }
+    }
+    EXPECT_EQ(bad, size_t(0)) << "outputs of empty problems were written";
+    c.vs_each = den > 0 ? std::sqrt(num / den) : std::sqrt(num);  // NaN (a read NaN start, an unwritten entry) fails
+    // Sampled entries: random ones and the corners of each problem's output (its first and last rows and columns,
+    // the rows either side of a 128-row tile edge).
+    std::mt19937_64 rng(seed + 3);
+    std::vector<std::array<int64_t, 3>> picks;  // (problem, row, column)
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t R = out_rows(e);
+      if (rows[size_t(e)] == 0) continue;
+      for (int64_t i : {int64_t(0), R - 1, int64_t(127), int64_t(128)})
+        for (int64_t j : {int64_t(0), out_w - 1, int64_t(std::uniform_int_distribution<int64_t>(0, out_w - 1)(rng))})
+          if (i < R) picks.push_back({e, i, j});
+      for (int s = 0; s < 4; ++s)
+        picks.push_back({e, std::uniform_int_distribution<int64_t>(0, R - 1)(rng),
+                         std::uniform_int_distribution<int64_t>(0, out_w - 1)(rng)});
+    }
+    const double u2 = std::ldexp(1.0, -23);
+    for (const auto& [e, i, j] : picks) {
+      const int64_t o = off[size_t(e)], n = rows[size_t(e)];
+      auto A = [&](int64_t r, int64_t col) { return double(bf16_to_float(a16[size_t((o + r) * a_w + col)])); };
+      double s = 0, sabs = 0;
+      int64_t len = 0;
+      if (nt) {
+        len = k;
+        for (int64_t x = 0; x < k; ++x) {
+          const double p = A(i, x) * double(bf16_to_float(b16[size_t(e * m * k + j * k + x)]));
+          s += p, sabs += std::abs(p);
+        }
+      } else if (!tn) {
+        len = m;
+        for (int64_t x = 0; x < m; ++x) {
+          const double p = A(i, x) * double(bf16_to_float(b16[size_t(e * m * k + x * k + j)]));
+          s += p, sabs += std::abs(p);
+        }
+      } else {
+        len = n;
+        for (int64_t r = 0; r < n; ++r) {
+          const double p = A(r, i) * double(bf16_to_float(b16[size_t((o + r) * k + j)]));
+          s += p, sabs += std::abs(p);
+        }
+      }
+      const size_t at = out_at(e) + size_t(i * out_w + j);
+      const double st = beta != 0.0f ? double(beta) * double(start[at]) : 0.0, want = s + st;
+      const double bound = double(len) * u2 * sabs + u2 * (std::abs(s) + std::abs(st)) + 1e-30;
+      for (const float got : {g[at], ev[at]}) {
+        const double r = std::abs(double(got) - want) / bound;
+        c.vs_double = std::max(c.vs_double, std::isnan(r) ? INFINITY : r);
+      }
+    }
+    const double tol = 8.0 * std::sqrt(double(K)) * std::ldexp(1.0, -24);
+    std::printf("grouped gemm kind %d k %lld m %lld beta %g: grouped vs per-problem relative L2 %.3g (bound %.3g), "
+                "worst sampled error vs double %.3g of its bound (%zu samples)\n",
+                int(kind), (long long)k, (long long)m, double(beta), c.vs_each, tol, c.vs_double, picks.size());
+    EXPECT_LT(c.vs_each, tol) << "kind " << int(kind) << " beta " << beta;
+    EXPECT_LE(c.vs_double, 1.0) << "kind " << int(kind) << " beta " << beta;
+    res.push_back(c);
   }
-  if (!note.empty()) std::printf("%s\n", note.c_str());
-  cudaFree(ptrs);
+  cudaFree(table);
+  return res;
+}
+
+TEST(CudaTrainMfu, GroupedExpertGemmsMatchPerExpertAndDouble) {
+  SKIP_WITHOUT_GPU();
+  cuda::CudaCompute cc(GemmPrecision::Bf16);
+  const int64_t k = 256, m = 96;  // D, F of a small expert
+  const std::vector<int64_t> rows = {37, 0, 128, 5, 64, 1, 0, 90};  // loads, empty experts included
+  for (cuda::GemmKind kind : {cuda::GemmKind::Nt, cuda::GemmKind::Nn, cuda::GemmKind::Tn}) {
+    check_grouped(cc, kind, k, m, rows, {0.0f, 1.0f}, 91 + uint64_t(kind));
+    check_grouped(cc, kind, m, k, rows, {0.0f, 1.0f}, 191 + uint64_t(kind));  // the widths swapped (down's)
+  }
+  // Widths not multiples of 8: the per-problem path, reported once.
+  std::string note;
+  cuda::GroupedGemm odd(cc.blas(), cc.stream(), [](size_t) -> void* { return nullptr; },
+                        [&](const std::string& l) { note = l; });
+  const std::vector<uint16_t> a16 = bf16_uniform(size_t(37 * 12), 7), w16 = bf16_uniform(size_t(20 * 12), 8);
+  DeviceArray<uint16_t> ga(a16), gw(w16);
+  DeviceArray<float> out(std::vector<float>(size_t(37 * 20)));
+  odd.run(cuda::GemmKind::Nt, {{out.get(), ga.get(), gw.get(), 37}}, 12, 20, 0.0f);
+  const std::vector<float> y = out.host();
+  EXPECT_FALSE(odd.grouped());
+  if (cuda::grouped_gemm_wgmma_supported()) {
+    EXPECT_NE(note.find("multiples of 8"), std::string::npos) << note;
+  }
+  double s = 0;
+  for (int64_t c = 0; c < 12; ++c)  // y[36][19]
+    s += double(bf16_to_float(a16[size_t(36 * 12 + c)])) * bf16_to_float(w16[size_t(19 * 12 + c)]);
+  EXPECT_NEAR(y[size_t(36 * 20 + 19)], s, 1e-5);
+}
+
+// The real widths (D = 2048, F = 1408, 64 experts, ~192 rows each): both width orders (gate/up and down), all
+// three kinds, the loads the tile logic must get right (0, 1, tails either side of 64 and 128, long ones).
+std::vector<int64_t> real_rows() {
+  std::vector<int64_t> rows = {0, 1, 7, 63, 64, 65, 127, 128, 129, 300, 700};
+  std::mt19937_64 rng(2048);
+  while (rows.size() < 64) rows.push_back(std::uniform_int_distribution<int64_t>(0, 400)(rng));
+  std::shuffle(rows.begin(), rows.end(), rng);
+  return rows;
+}
+
+TEST(CudaTrainMfu, GroupedExpertGemmsMatchAtRealWidths) {
+  SKIP_WITHOUT_GPU();
+  cuda::CudaCompute cc(GemmPrecision::Bf16);
+  const std::vector<int64_t> rows = real_rows();
+  for (const auto& [k, m] : {std::pair<int64_t, int64_t>{2048, 1408}, std::pair<int64_t, int64_t>{1408, 2048}})
+    for (cuda::GemmKind kind : {cuda::GemmKind::Nt, cuda::GemmKind::Nn, cuda::GemmKind::Tn})
+      check_grouped(cc, kind, k, m, rows, {0.0f, 1.0f}, 301 + uint64_t(kind) + uint64_t(k));
+}
+
+// Speed of the grouped kernel against one cublasGemmEx per expert at the real widths, as the trainer calls them
+// (nt and nn with beta 0, tn with beta 1): printed, not asserted (the lead's GPU runs report it).
+TEST(CudaTrainMfu, GroupedExpertGemmsTiming) {
+  SKIP_WITHOUT_GPU();
+  cuda::CudaCompute cc(GemmPrecision::Bf16);
+  void* table = nullptr;
+  ASSERT_EQ(cudaMalloc(&table, 1 << 20), cudaSuccess);
+  cuda::GroupedGemm gemm(cc.blas(), cc.stream(), [&](size_t bytes) { return bytes <= (1 << 20) ? table : nullptr; },
+                         [](const std::string& l) { std::printf("%s\n", l.c_str()); });
+  const std::vector<int64_t> rows = real_rows();
+  const int64_t E = int64_t(rows.size()), D = 2048, F = 1408;
+  int64_t total = 0;
+  std::vector<int64_t> off;
+  for (int64_t r : rows) off.push_back(total), total += r;
+  DeviceArray<uint16_t> ga(bf16_uniform(size_t(total * D), 1)), gx(bf16_uniform(size_t(total * D), 2)),
+      gw(bf16_uniform(size_t(E * D * F), 3));
+  DeviceArray<float> out(std::vector<float>(size_t(E * D * F)));
+  cudaEvent_t t0, t1;
+  ASSERT_EQ(cudaEventCreate(&t0), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&t1), cudaSuccess);
+  for (const auto& [k, m] : {std::pair<int64_t, int64_t>{D, F}, std::pair<int64_t, int64_t>{F, D}})
+    for (cuda::GemmKind kind : {cuda::GemmKind::Nt, cuda::GemmKind::Nn, cuda::GemmKind::Tn}) {
+      const bool tn = kind == cuda::GemmKind::Tn, nt = kind == cuda::GemmKind::Nt;
+      const int64_t a_w = nt ? k : m, out_w = nt ? m : k;
+      std::vector<cuda::GemmProblem> ps;
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t o = off[size_t(e)];
+        ps.push_back({tn ? out.get() + e * m * k : out.get() + o * out_w, ga.get() + o * a_w,
+                      tn ? gx.get() + o * k : gw.get() + e * m * k, rows[size_t(e)]});
+      }
+      const float beta = tn ? 1.0f : 0.0f;
+      const double flops = 2.0 * double(total) * double(k) * double(m);
+      double ms[2] = {0, 0};
+      for (int path = 0; path < 2; ++path) {
+        auto call = [&] { path == 0 ? gemm.run(kind, ps, k, m, beta) : gemm.run_each(kind, ps, k, m, beta); };
+        call(), call();  // warm-up
+        const int reps = 10;
+        ASSERT_EQ(cudaEventRecord(t0, cc.stream()), cudaSuccess);
+        for (int r = 0; r < reps; ++r) call();
+        ASSERT_EQ(cudaEventRecord(t1, cc.stream()), cudaSuccess);
+        ASSERT_EQ(cudaEventSynchronize(t1), cudaSuccess);
+        float elapsed = 0;
+        ASSERT_EQ(cudaEventElapsedTime(&elapsed, t0, t1), cudaSuccess);
+        ms[path] = double(elapsed) / reps;
+        if (path == 0) {
+          EXPECT_EQ(gemm.grouped(), cuda::grouped_gemm_wgmma_supported());
+        }
+      }
+      std::printf("grouped gemm timing kind %d k %lld m %lld (%lld rows): wgmma kernel %.3f ms (%.1f TFLOP/s), "
+                  "per-expert cuBLAS %.3f ms (%.1f TFLOP/s), %.2fx\n",
+                  int(kind), (long long)k, (long long)m, (long long)total, ms[0], flops / ms[0] * 1e-9, ms[1],
+                  flops / ms[1] * 1e-9, ms[1] / ms[0]);
+    }
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  cudaFree(table);
 }
 
 TEST(CudaTrainMfu, GroupedExpertsStepMatchesPerExpertLoop) {

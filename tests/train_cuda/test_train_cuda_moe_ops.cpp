@@ -211,20 +211,40 @@ TEST(CudaTrainMoeOps, GemmAttentionMatchesCpu) {
                          kr.data(), d, b);
   cublasHandle_t blas = nullptr;
   ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
-  DeviceArray<float> gq(q), gkv(kv), gkr(kr), gdo(dout), gdq(dq0), gdkv(dkv0), gdkr(dkr0);
-  DeviceArray<float> gout(std::vector<float>(out_c.size(), 1.f)), gp(std::vector<float>(size_t(P), 1.f)),
-      gds(std::vector<float>(size_t(P), 1.f));
-  const cuda::AttnShape a{b, d.t, H, d.dn, d.dr, d.dv, float(d.scale)};
-  EXPECT_TRUE(cuda::attention_forward_gemm(blas, gout.get(), gp.get(), gq.get(), gkv.get(), gkr.get(), a, nullptr));
-  EXPECT_TRUE(cuda::attention_backward_gemm(blas, gdq.get(), gdkv.get(), gdkr.get(), gds.get(), gdo.get(), gp.get(),
-                                            gq.get(), gkv.get(), gkr.get(), a, nullptr));
-  const auto p_g = gp.host();
-  const double e[] = {rel_l2(gout.host(), out_c), rel_l2(p_g, p_c), rel_l2(minus(gdq.host(), dq0), minus(dq_c, dq0)),
-                      rel_l2(minus(gdkv.host(), dkv0), minus(dkv_c, dkv0)),
-                      rel_l2(minus(gdkr.host(), dkr0), minus(dkr_c, dkr0))};
-  std::printf("gemm attention: out %.3g probs %.3g dq %.3g dkv %.3g dk_rope %.3g\n", e[0], e[1], e[2], e[3], e[4]);
-  for (double v : e) EXPECT_LT(v, 1e-5);
-  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(p_g[size_t(i * d.t + i + 1)], 0.0f);  // causal
+  // Bf16 (--attention bf16): every product's operands rounded to BF16 (unit roundoff u = 2^-9). A score then
+  // carries ~2u relative error (both operands), so do the probabilities (d p / p = ds - sum p ds, with the
+  // scaled scores of order 1 here); the output adds the rounding of P and V: ~2.5u in the relative L2 of random
+  // errors; the backward chains dP (2u), dS (P's and dP's errors, then rounded: u) and the last product's operand
+  // (u): ~4u. Bounds: 4u forward, 8u backward (a factor 2 for the partial cancellation in dP - sum P dP).
+  const double u = std::ldexp(1.0, -9);
+  for (const cuda::AttnPrecision prec : {cuda::AttnPrecision::Fp32, cuda::AttnPrecision::Bf16}) {
+    const bool half = prec == cuda::AttnPrecision::Bf16;
+    DeviceArray<float> gq(q), gkv(kv), gkr(kr), gdo(dout), gdq(dq0), gdkv(dkv0), gdkr(dkr0);
+    DeviceArray<float> gout(std::vector<float>(out_c.size(), 1.f)), gp(std::vector<float>(size_t(P), 1.f)),
+        gds(std::vector<float>(size_t(P), 1.f));
+    using Half = std::vector<uint16_t>;
+    DeviceArray<uint16_t> sq{Half(size_t(n * H * 192))}, skv{Half(size_t(n * H * 256))}, skr{Half(size_t(n * 64))},
+        ssq{Half(size_t(P))}, sdo{Half(size_t(n * H * 128))};
+    const cuda::AttnBf16 bf{sq.get(), skv.get(), skr.get(), ssq.get(), sdo.get()};
+    const cuda::AttnShape a{b, d.t, H, d.dn, d.dr, d.dv, float(d.scale), prec};
+    EXPECT_TRUE(cuda::attention_forward_gemm(blas, gout.get(), gp.get(), gq.get(), gkv.get(), gkr.get(), a, nullptr,
+                                             half ? &bf : nullptr));
+    EXPECT_TRUE(cuda::attention_backward_gemm(blas, gdq.get(), gdkv.get(), gdkr.get(), gds.get(), gdo.get(), gp.get(),
+                                              gq.get(), gkv.get(), gkr.get(), a, nullptr, half ? &bf : nullptr));
+    const auto p_g = gp.host();
+    const double e[] = {rel_l2(gout.host(), out_c), rel_l2(p_g, p_c),
+                        rel_l2(minus(gdq.host(), dq0), minus(dq_c, dq0)),
+                        rel_l2(minus(gdkv.host(), dkv0), minus(dkv_c, dkv0)),
+                        rel_l2(minus(gdkr.host(), dkr0), minus(dkr_c, dkr0))};
+    std::printf("gemm attention (%s): out %.3g probs %.3g dq %.3g dkv %.3g dk_rope %.3g\n", half ? "bf16" : "fp32",
+                e[0], e[1], e[2], e[3], e[4]);
+    for (int i = 0; i < 5; ++i) EXPECT_LT(e[i], half ? (i < 2 ? 4 : 8) * u : 1e-5) << i;
+    for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(p_g[size_t(i * d.t + i + 1)], 0.0f);  // causal
+  }
+  // Bf16 without its scratch: refused (false), nothing launched.
+  DeviceArray<float> gq(q), gkv(kv), gkr(kr), gout{std::vector<float>(out_c.size())}, gp{std::vector<float>(size_t(P))};
+  const cuda::AttnShape a{b, d.t, H, d.dn, d.dr, d.dv, float(d.scale), cuda::AttnPrecision::Bf16};
+  EXPECT_FALSE(cuda::attention_forward_gemm(blas, gout.get(), gp.get(), gq.get(), gkv.get(), gkr.get(), a, nullptr));
   cublasDestroy(blas);
 }
 

@@ -1,6 +1,6 @@
 // MLA attention (expanded form, causal) through cuBLAS (kernels.h's contract; the twin of train/ops/attention.cpp),
-// with the score and value products as FP32 strided-batched GEMMs (one call per head and product, batched over the b
-// sequences) and two row kernels: the causal softmax of the scores and the softmax's backward. The full t x t
+// with the score and value products as strided-batched GEMMs (one call per head and product, batched over the b
+// sequences; FP32, TF32 or BF16 operands: kernels.h's AttnPrecision) and two row kernels: the causal softmax of the scores and the softmax's backward. The full t x t
 // square is multiplied (twice the causal FLOPs, but on cuBLAS instead of v1's one block per query row walking
 // strided memory, which it replaced); above the diagonal P and dS are 0, so nothing there reaches an output.
 // Row-major [r, c] matrices are column-major [c, r] ones for cuBLAS (cuda_compute.cpp's mapping):
@@ -44,72 +44,102 @@ __global__ void softmax_backward_kernel(float* ds, const float* p, int64_t t, fl
   for (int64_t j = threadIdx.x; j < t; j += blockDim.x) g[j] = j <= i ? pr[j] * (g[j] - dot) * scale : 0.0f;
 }
 
+// One strided-batched product; a and b are FP32 (Fp32, Tf32) or BF16 (Bf16) operands, c is FP32.
 struct Gemm {
   cublasHandle_t h;
   int64_t batch;
-  bool tf32 = false;
+  AttnPrecision prec = AttnPrecision::Fp32;
   cublasStatus_t operator()(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
-                            const float* a, int64_t lda, int64_t sa, const float* b, int64_t ldb, int64_t sb, float beta,
+                            const void* a, int64_t lda, int64_t sa, const void* b, int64_t ldb, int64_t sb, float beta,
                             float* c, int64_t ldc, int64_t sc) const {
     const float one = 1.0f;
-    return cublasGemmStridedBatchedEx(h, ta, tb, int(m), int(n), int(k), &one, a, CUDA_R_32F, int(lda), sa, b,
-                                      CUDA_R_32F, int(ldb), sb, &beta, c, CUDA_R_32F, int(ldc), sc, int(batch),
-                                      tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT);
+    const cudaDataType_t ab = prec == AttnPrecision::Bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const cublasComputeType_t ct = prec == AttnPrecision::Fp32   ? CUBLAS_COMPUTE_32F_PEDANTIC
+                                   : prec == AttnPrecision::Tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                 : CUBLAS_COMPUTE_32F;
+    return cublasGemmStridedBatchedEx(h, ta, tb, int(m), int(n), int(k), &one, a, ab, int(lda), sa, b, ab, int(ldb),
+                                      sb, &beta, c, CUDA_R_32F, int(ldc), sc, int(batch), ct, CUBLAS_GEMM_DEFAULT);
   }
 };
+
+// An operand of the products: the FP32 tensor, or its BF16 copy (Bf16), addressed in elements either way.
+struct Operand {
+  const float* f = nullptr;
+  const uint16_t* h = nullptr;  // non-null: BF16
+  const void* at(int64_t i) const { return h ? static_cast<const void*>(h + i) : static_cast<const void*>(f + i); }
+};
+Operand operand(const float* f, uint16_t* h, int64_t count, cudaStream_t s) {
+  if (!h) return {f, nullptr};
+  to_bf16(h, f, count, s);
+  return {f, h};
+}
 
 }  // namespace
 
 bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const float* q, const float* kv,
-                            const float* k_rope, const AttnShape& a, cudaStream_t s) {
+                            const float* k_rope, const AttnShape& a, cudaStream_t s, const AttnBf16* bf) {
   if (a.b == 0 || a.t == 0) return true;
+  const bool half = a.prec == AttnPrecision::Bf16;
+  if (half && (!bf || !bf->q || !bf->kv || !bf->kr || !bf->sq)) return false;
   if (cublasSetStream(blas, s) != CUBLAS_STATUS_SUCCESS) return false;
-  const int64_t t = a.t, H = a.heads, dn = a.dn, dr = a.dr, dv = a.dv, dq = dn + dr, dkv = dn + dv;
-  const Gemm gemm{blas, a.b, a.tf32};
+  const int64_t t = a.t, H = a.heads, dn = a.dn, dr = a.dr, dv = a.dv, dq = dn + dr, dkv = dn + dv, n = a.b * t;
+  const Gemm gemm{blas, a.b, a.prec};
+  const Operand Q = operand(q, half ? bf->q : nullptr, n * H * dq, s);
+  const Operand KV = operand(kv, half ? bf->kv : nullptr, n * H * dkv, s);
+  const Operand KR = operand(k_rope, half ? bf->kr : nullptr, n * dr, s);
   bool ok = true;
   for (int64_t h = 0; h < H; ++h) {
     float* S = probs + h * t * t;
-    const float* Q = q + h * dq;
-    const float* K = kv + h * dkv;
-    ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dn, K, H * dkv, t * H * dkv, Q, H * dq, t * H * dq, 0.0f, S, t,
-                    H * t * t) == CUBLAS_STATUS_SUCCESS;
-    ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dr, k_rope, dr, t * dr, Q + dn, H * dq, t * H * dq, 1.0f, S, t,
-                    H * t * t) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dn, KV.at(h * dkv), H * dkv, t * H * dkv, Q.at(h * dq), H * dq,
+                    t * H * dq, 0.0f, S, t, H * t * t) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dr, KR.at(0), dr, t * dr, Q.at(h * dq + dn), H * dq, t * H * dq,
+                    1.0f, S, t, H * t * t) == CUBLAS_STATUS_SUCCESS;
   }
   causal_softmax_kernel<<<unsigned(a.b * H * t), 128, 0, s>>>(probs, t, a.scale);
+  const Operand P = operand(probs, half ? bf->sq : nullptr, a.b * H * t * t, s);
   for (int64_t h = 0; h < H; ++h)
-    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_N, dv, t, t, kv + h * dkv + dn, H * dkv, t * H * dkv, probs + h * t * t, t,
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_N, dv, t, t, KV.at(h * dkv + dn), H * dkv, t * H * dkv, P.at(h * t * t), t,
                     H * t * t, 0.0f, out + h * dv, H * dv, t * H * dv) == CUBLAS_STATUS_SUCCESS;
   return ok;
 }
 
 bool attention_backward_gemm(cublasHandle_t blas, float* dq, float* dkv, float* dk_rope, float* ds, const float* dout,
                              const float* probs, const float* q, const float* kv, const float* k_rope,
-                             const AttnShape& a, cudaStream_t s) {
+                             const AttnShape& a, cudaStream_t s, const AttnBf16* bf) {
   if (a.b == 0 || a.t == 0) return true;
+  const bool half = a.prec == AttnPrecision::Bf16;
+  if (half && (!bf || !bf->q || !bf->kv || !bf->kr || !bf->sq || !bf->dout)) return false;
   if (cublasSetStream(blas, s) != CUBLAS_STATUS_SUCCESS) return false;
-  const int64_t t = a.t, H = a.heads, dn = a.dn, dr = a.dr, dv = a.dv, dq_ = dn + dr, dkv_ = dn + dv;
-  const Gemm gemm{blas, a.b, a.tf32};
+  const int64_t t = a.t, H = a.heads, dn = a.dn, dr = a.dr, dv = a.dv, dq_ = dn + dr, dkv_ = dn + dv, n = a.b * t;
+  const Gemm gemm{blas, a.b, a.prec};
+  const Operand Q = operand(q, half ? bf->q : nullptr, n * H * dq_, s);
+  const Operand KV = operand(kv, half ? bf->kv : nullptr, n * H * dkv_, s);
+  const Operand KR = operand(k_rope, half ? bf->kr : nullptr, n * dr, s);
+  const Operand DO = operand(dout, half ? bf->dout : nullptr, n * H * dv, s);
   bool ok = true;
+  // dv += P^T dO first: under Bf16 the one t x t BF16 scratch holds P here and dS below. (Each head's dv is its own
+  // slice of dkv, so this order changes no sum.)
+  const Operand P = operand(probs, half ? bf->sq : nullptr, a.b * H * t * t, s);
+  for (int64_t h = 0; h < H; ++h)
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_T, dv, t, t, DO.at(h * dv), H * dv, t * H * dv, P.at(h * t * t), t,
+                    H * t * t, 1.0f, dkv + h * dkv_ + dn, H * dkv_, t * H * dkv_) == CUBLAS_STATUS_SUCCESS;
   for (int64_t h = 0; h < H; ++h)  // dP = dO V^T
-    ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dv, kv + h * dkv_ + dn, H * dkv_, t * H * dkv_, dout + h * dv,
+    ok = ok && gemm(CUBLAS_OP_T, CUBLAS_OP_N, t, t, dv, KV.at(h * dkv_ + dn), H * dkv_, t * H * dkv_, DO.at(h * dv),
                     H * dv, t * H * dv, 0.0f, ds + h * t * t, t, H * t * t) == CUBLAS_STATUS_SUCCESS;
   softmax_backward_kernel<<<unsigned(a.b * H * t), 128, 0, s>>>(ds, probs, t, a.scale);
+  const Operand DS = operand(ds, half ? bf->sq : nullptr, a.b * H * t * t, s);
   for (int64_t h = 0; h < H; ++h) {
-    const float* dS = ds + h * t * t;
-    const float* P = probs + h * t * t;
+    const void* dS = DS.at(h * t * t);
     // dq_nope += dS Kn, dq_rope += dS Kr
-    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_N, dn, t, t, kv + h * dkv_, H * dkv_, t * H * dkv_, dS, t, H * t * t, 1.0f,
-                    dq + h * dq_, H * dq_, t * H * dq_) == CUBLAS_STATUS_SUCCESS;
-    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_N, dr, t, t, k_rope, dr, t * dr, dS, t, H * t * t, 1.0f, dq + h * dq_ + dn,
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_N, dn, t, t, KV.at(h * dkv_), H * dkv_, t * H * dkv_, dS, t, H * t * t,
+                    1.0f, dq + h * dq_, H * dq_, t * H * dq_) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_N, dr, t, t, KR.at(0), dr, t * dr, dS, t, H * t * t, 1.0f, dq + h * dq_ + dn,
                     H * dq_, t * H * dq_) == CUBLAS_STATUS_SUCCESS;
-    // dk_nope += dS^T Qn, dv += P^T dO, dk_rope += dS^T Qr (heads added in order)
-    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_T, dn, t, t, q + h * dq_, H * dq_, t * H * dq_, dS, t, H * t * t, 1.0f,
+    // dk_nope += dS^T Qn, dk_rope += dS^T Qr (heads added in order)
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_T, dn, t, t, Q.at(h * dq_), H * dq_, t * H * dq_, dS, t, H * t * t, 1.0f,
                     dkv + h * dkv_, H * dkv_, t * H * dkv_) == CUBLAS_STATUS_SUCCESS;
-    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_T, dv, t, t, dout + h * dv, H * dv, t * H * dv, P, t, H * t * t, 1.0f,
-                    dkv + h * dkv_ + dn, H * dkv_, t * H * dkv_) == CUBLAS_STATUS_SUCCESS;
-    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_T, dr, t, t, q + h * dq_ + dn, H * dq_, t * H * dq_, dS, t, H * t * t, 1.0f,
-                    dk_rope, dr, t * dr) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && gemm(CUBLAS_OP_N, CUBLAS_OP_T, dr, t, t, Q.at(h * dq_ + dn), H * dq_, t * H * dq_, dS, t, H * t * t,
+                    1.0f, dk_rope, dr, t * dr) == CUBLAS_STATUS_SUCCESS;
   }
   return ok;
 }

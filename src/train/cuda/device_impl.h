@@ -70,10 +70,12 @@ struct DeviceTrainer::Impl {
   cudaStream_t stream() const { return cc.stream(); }
   StepProfile prof;     // per-op-class device time (off unless set_profile)
   GroupedGemm egemm;    // the routed experts' grouped GEMMs (BF16)
-  bool grouped_experts = false;  // BF16: the experts' GEMMs grouped (egemm; opt-in: on an H200, 2026-12-02, cuBLAS
-                                 // refused BF16 -> FP32 grouping (status 15) and it ran per expert, as fast as the loop);
+  bool grouped_experts = false;  // BF16: the experts' GEMMs grouped (egemm: one launch of our wgmma kernel per product,
+                                 // grouped_gemm_wgmma.cu; opt-in until timed on an H200, cuBLAS's grouping refused BF16);
                                  // false, or another precision: one mm/mm_bwd per expert (the reference)
-  bool attention_tf32 = false;  // the attention's GEMMs on TF32 (set_attention_tf32); FP32 by default
+  AttnPrecision attention_prec = AttnPrecision::Fp32;  // the attention's score and value GEMMs (set_attention)
+  // Bf16: the products' BF16 operand copies (shared by every layer: grow-only buffers, one attention at a time).
+  AttnBf16 attention_bf16_scratch(int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr, int64_t dv, bool backward);
   bool use_grouped() const { return grouped_experts && prec == GemmPrecision::Bf16; }
   size_t mem_free_at_bind = 0, mem_free_min = 0;  // cudaMemGetInfo: before the arenas, the lowest since
   void note_free_memory();
@@ -120,9 +122,21 @@ struct DeviceTrainer::Impl {
 
   // ---- GEMMs (row-major, as ops.h): y = x W^T; dx (+)= dy W; dW += dy^T x. fp32: FP32 operands whatever the mode
   // (V3's higher-precision exceptions); under Fp8, each product takes fp8_gemm.h's path where its widths allow.
-  void mm(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32);
+  void mm(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32) {
+    mm_at(fp32 ? GemmPrecision::Fp32 : prec, y, x, w, n, k, m);
+  }
   void mm_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k, int64_t m,
-              bool fp32, bool add_dx = true);
+              bool fp32, bool add_dx = true) {
+    mm_bwd_at(fp32 ? GemmPrecision::Fp32 : prec, dx, dw, dy, x, w, n, k, m, add_dx);
+  }
+  // The same at precision p (Fp8: fp8_gemm.h's path where the widths allow, BF16 elsewhere).
+  void mm_at(GemmPrecision p, float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m);
+  void mm_bwd_at(GemmPrecision p, float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
+                 int64_t k, int64_t m, bool add_dx);
+  // The output heads' products (main and MTP): FP32 operands (head_fp32, the default: the CPU trainer's rule) or
+  // BF16 operands with FP32 accumulation (never FP8: V3 keeps the head out of FP8, not out of BF16).
+  bool head_fp32 = true;
+  GemmPrecision head_gemm() const { return head_fp32 ? GemmPrecision::Fp32 : GemmPrecision::Bf16; }
   const void* operand(const char* slot, const float* src, int64_t count, GemmPrecision p);
 
   // ---- per shape (device_model.cpp)

@@ -41,6 +41,20 @@ void DeviceTrainer::Impl::rope_apply(float* x, const int32_t* pos, int64_t n, in
   rope_rotate(x, n, heads, head_dim, off, pos, inv_freq, rope_half, float(rope.attn_factor), sign, stream());
 }
 
+AttnBf16 DeviceTrainer::Impl::attention_bf16_scratch(int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr,
+                                                    int64_t dv, bool backward) {
+  AttnBf16 bf;
+  if (attention_prec != AttnPrecision::Bf16) return bf;
+  auto half = [&](const char* key, int64_t count) { return static_cast<uint16_t*>(raw(key, size_t(count) * 2)); };
+  const int64_t n = b * t;
+  bf.q = half("bf.att_q", n * H * (dn + dr));
+  bf.kv = half("bf.att_kv", n * H * (dn + dv));
+  bf.kr = half("bf.att_kr", n * dr);
+  bf.sq = half("bf.att_sq", b * H * t * t);
+  if (backward) bf.dout = half("bf.att_dout", n * H * dv);
+  return bf;
+}
+
 void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const LayerContext& ctx,
                                         const std::string& key, const float* x, int64_t b, int64_t t, float* out) {
   const ModelConfig& c = *ctx.config;
@@ -82,8 +96,9 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   A.probs = f32(key + "probs", b * H * t * t);
   A.att = f32(key + "att", n * H * dv);
   prof.enter(OpClass::Attention);
+  const AttnBf16 bf = attention_bf16_scratch(b, t, H, dn, dr, dv, false);
   MOE_CHECK(attention_forward_gemm(cc.blas(), A.att, A.probs, A.q, A.kv, A.kr,
-                                   AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale), attention_tf32}, s),
+                                   AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale), attention_prec}, s, &bf),
             "cuda train: attention's cuBLAS GEMMs failed");
   check_cuda(cudaGetLastError(), "attention_forward");
   prof.enter(OpClass::Other);
@@ -129,8 +144,9 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   float* dkr = zeros("tmp.dkr", n * dr);
   float* ds = f32("tmp.ds", b * H * t * t);
   prof.enter(OpClass::Attention);
+  const AttnBf16 bf = attention_bf16_scratch(b, t, H, dn, dr, dv, true);
   MOE_CHECK(attention_backward_gemm(cc.blas(), dq_, dkv, dkr, ds, datt, A.probs, A.q, A.kv, A.kr,
-                                    AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale), attention_tf32}, s),
+                                    AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale), attention_prec}, s, &bf),
             "cuda train: attention's cuBLAS GEMMs failed");
   check_cuda(cudaGetLastError(), "attention_backward");
   prof.enter(OpClass::Other);

@@ -183,10 +183,10 @@ const void* DeviceTrainer::Impl::operand(const char* slot, const float* src, int
   return b;
 }
 
-void DeviceTrainer::Impl::mm(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32) {
+void DeviceTrainer::Impl::mm_at(GemmPrecision p, float* y, const float* x, const float* w, int64_t n, int64_t k,
+                                int64_t m) {
   if (n == 0 || m == 0) return;
   const ProfScope scope(prof, OpClass::Gemm);
-  GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
   if (p == GemmPrecision::Fp8) {
     if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, x, w, n, k, m);
     p = GemmPrecision::Bf16;
@@ -195,11 +195,10 @@ void DeviceTrainer::Impl::mm(float* y, const float* x, const float* w, int64_t n
   cc.gemm_nt(p, y, operand("bf.x", x, n * k, p), operand("bf.w", w, m * k, p), n, k, m, 0.0f);
 }
 
-void DeviceTrainer::Impl::mm_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
-                                 int64_t k, int64_t m, bool fp32, bool add_dx) {
+void DeviceTrainer::Impl::mm_bwd_at(GemmPrecision p, float* dx, float* dw, const float* dy, const float* x,
+                                    const float* w, int64_t n, int64_t k, int64_t m, bool add_dx) {
   if (n == 0 || m == 0) return;
   const ProfScope scope(prof, OpClass::Gemm);
-  GemmPrecision p = fp32 ? GemmPrecision::Fp32 : prec;
   if (p == GemmPrecision::Fp8) {  // the FP8 products here, the others in BF16 below
     float* dx8 = dx && fp8().dgrad_ok(n, k, m) ? dx : nullptr;
     float* dw8 = dw && fp8().wgrad_ok(n, k, m) ? dw : nullptr;
@@ -308,16 +307,28 @@ StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, 
   a.bc2 = float(1.0 - std::pow(opt.beta2, double(step)));
   Impl& I = *impl_;
   const ProfScope scope(I.prof, OpClass::Optimizer);
-  for (const auto& p : m.params) {
-    a.decay = p->decay ? float(1.0 - lr * opt.weight_decay) : 1.0f;
-    const int64_t o = I.offset.at(p.get());
+  // One launch per run of parameters that lie together in the arenas (bind lays them out in order) and share the
+  // decay rule: ~2 per layer instead of one per tensor (train-mid has ~3,300 tensors, most of them experts').
+  auto update = [&](int64_t o, int64_t count, bool decay) {
+    a.decay = decay ? float(1.0 - lr * opt.weight_decay) : 1.0f;
     if (I.bf16_moments)
-      adamw_update_bf16(I.W + o, I.G + o, static_cast<uint16_t*>(I.M) + o, static_cast<uint16_t*>(I.V) + o,
-                        int64_t(p->w.size()), a, I.stream());
+      adamw_update_bf16(I.W + o, I.G + o, static_cast<uint16_t*>(I.M) + o, static_cast<uint16_t*>(I.V) + o, count, a,
+                        I.stream());
     else
-      adamw_update(I.W + o, I.G + o, static_cast<float*>(I.M) + o, static_cast<float*>(I.V) + o,
-                   int64_t(p->w.size()), a, I.stream());
+      adamw_update(I.W + o, I.G + o, static_cast<float*>(I.M) + o, static_cast<float*>(I.V) + o, count, a, I.stream());
+  };
+  int64_t run_at = 0, run_count = 0;
+  bool run_decay = false;
+  for (const auto& p : m.params) {
+    const int64_t o = I.offset.at(p.get()), c = int64_t(p->w.size());
+    if (run_count > 0 && o == run_at + run_count && p->decay == run_decay) {
+      run_count += c;
+      continue;
+    }
+    if (run_count > 0) update(run_at, run_count, run_decay);
+    run_at = o, run_count = c, run_decay = p->decay;
   }
+  if (run_count > 0) update(run_at, run_count, run_decay);
   check_cuda(cudaGetLastError(), "adamw_update");
   if (I.f8) I.f8->new_weights();  // the FP8 copies of the weights are quantised again at their next use
   return st;
@@ -388,7 +399,8 @@ void DeviceTrainer::set_grouped_experts(bool on) {
   impl_->egemm.set_grouped(on);
 }
 
-void DeviceTrainer::set_attention_tf32(bool on) { impl_->attention_tf32 = on; }
+void DeviceTrainer::set_attention(AttnPrecision p) { impl_->attention_prec = p; }
+void DeviceTrainer::set_head_fp32(bool on) { impl_->head_fp32 = on; }
 void DeviceTrainer::set_check_finite(bool on) { impl_->check_finite = on; }
 
 void DeviceTrainer::push(TrainModel& m) {

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "train/cuda/cuda_compute.h"
+#include "train/cuda/kernels.h"
 #include "train/device_step.h"
 
 namespace moe::train::cuda {
@@ -51,8 +52,12 @@ class DeviceTrainer final : public DeviceStep {
   // BF16: the routed experts' GEMMs as grouped GEMMs (true) or one GEMM per expert (false, the default and the
   // reference; grouping becomes the default once it has run on a GPU).
   void set_grouped_experts(bool on);
-  // The attention's score and value GEMMs on TF32 tensor cores (true) or FP32 without TF32 (false, the default).
-  void set_attention_tf32(bool on);
+  // The attention's score and value GEMMs: FP32 without TF32 (the default and the reference), TF32, or BF16
+  // operands with FP32 accumulation (kernels.h's AttnPrecision; mixed-precision training's choice).
+  void set_attention(AttnPrecision p);
+  // The output heads' GEMMs: FP32 operands (true, the default, as the CPU trainer) or BF16 operands with FP32
+  // accumulation (false; in --gemm fp8 too: the head never runs in FP8).
+  void set_head_fp32(bool on);
   // Checks every layer's activations and gradients for NaN or infinity (a sum per tensor, one more sync per step)
   // and throws naming the first tensor that has them: for finding where a diverging run breaks. Off by default.
   void set_check_finite(bool on);

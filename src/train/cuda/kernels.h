@@ -17,18 +17,30 @@ void fill_bf16_uniform(uint16_t* out, int64_t count, uint32_t seed, cudaStream_t
 
 // attention_gemm.cu: MLA, expanded form, causal, b sequences of t tokens one after another (ops.h MlaDims):
 // q [b*t, H, dn+dr], kv [b*t, H, dn+dv], k_rope [b*t, dr]; out [b*t, H, dv], probs [b, H, t, t] (0 above the
-// diagonal), through cuBLAS FP32 strided-batched GEMMs (blas is set to stream s). The backward needs a scratch
-// ds of b*H*t*t floats (the score gradients) and adds into dq, dkv, dk_rope. False: a cuBLAS error.
+// diagonal), through cuBLAS strided-batched GEMMs (blas is set to stream s). The backward needs a scratch
+// ds of b*H*t*t floats (the score gradients) and adds into dq, dkv, dk_rope. False: a cuBLAS error, or Bf16
+// without its scratch.
+// Precision of the score and value products (the softmax and its backward are FP32 in every mode):
+//   Fp32: FP32 operands and products (no TF32), the reference;
+//   Tf32: TF32 tensor cores (10-bit mantissa products);
+//   Bf16: every operand rounded to BF16 once (nearest even) into AttnBf16 scratch, FP32 accumulation and outputs:
+//         mixed-precision training's attention (what FlashAttention runs in BF16), on the BF16 tensor cores.
+enum class AttnPrecision { Fp32, Tf32, Bf16 };
 struct AttnShape {
   int64_t b = 0, t = 0, heads = 0, dn = 0, dr = 0, dv = 0;
   float scale = 1.0f;
-  bool tf32 = false;  // the score and value GEMMs on TF32 tensor cores (10-bit mantissa products), not FP32
+  AttnPrecision prec = AttnPrecision::Fp32;
+};
+// Bf16 scratch (BF16 bits), sizes in values: q b*t*H*(dn+dr), kv b*t*H*(dn+dv), kr b*t*dr, sq b*H*t*t (P, then
+// dS in the backward), dout b*t*H*dv (backward only).
+struct AttnBf16 {
+  uint16_t *q = nullptr, *kv = nullptr, *kr = nullptr, *sq = nullptr, *dout = nullptr;
 };
 bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const float* q, const float* kv,
-                            const float* k_rope, const AttnShape& a, cudaStream_t s);
+                            const float* k_rope, const AttnShape& a, cudaStream_t s, const AttnBf16* bf = nullptr);
 bool attention_backward_gemm(cublasHandle_t blas, float* dq, float* dkv, float* dk_rope, float* ds, const float* dout,
                              const float* probs, const float* q, const float* kv, const float* k_rope,
-                             const AttnShape& a, cudaStream_t s);
+                             const AttnShape& a, cudaStream_t s, const AttnBf16* bf = nullptr);
 
 // cross_entropy.cu: per row of logits [n, V]: loss[i] = -log softmax(logits_i)[target_i] (0 for a negative
 // target), and logits_i overwritten with dscale * (softmax - onehot) (zeros for a negative target).

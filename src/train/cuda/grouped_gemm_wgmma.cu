@@ -1,0 +1,289 @@
+// The routed experts' grouped GEMMs of the trainer (grouped_gemm.h) on the Hopper tensor cores: one launch per
+// call covers every problem, wgmma with BF16 operands from shared memory, F32 accumulators in registers, F32
+// output out = acc + beta out (beta 0 never reads out). Modelled on the inference engine's moe_gemm.cu.
+//
+// The three kinds as one GEMM C [M, N] = sum over K of A[M, K] B[K, N], per problem p (widths k, m of the call):
+//   nt: M = n_p, N = m, K = k.  A = x_p [n_p, k] (K-major: a row holds K);  B = W_p [m, k] (K-major);  C = y_p.
+//   nn: M = n_p, N = k, K = m.  A = dy_p [n_p, m] (K-major);  B = W_p [m, k]: K rows of N contiguous (MN-major);
+//       C = dx_p [n_p, k].
+//   tn: M = m, N = k, K = n_p.  A = dy_p [n_p, m]: K rows of M contiguous (MN-major);  B = x_p [n_p, k]
+//       (MN-major);  C = dW_p [m, k].
+// MN-major operands go to wgmma with the transpose bits (A's for tn, B's for nn and tn): no transposed copies.
+// Every operand row has the width k or m (lda = ldb = k except A of nn/tn, m), C's row the width N.
+//
+// Work: the host's table of items (problem, tile): GEMM-M rows 128 tile .. 128 tile + 127 of the problem; the grid
+// is (N / kBN tiles, items), so consecutive CTAs share an item's A tile (L2) and walk N. Problems with n_p == 0
+// have no items (out untouched).
+//
+// Tile 128 x kBN x 64. CTA: 256 threads = 2 warpgroups; warpgroup w owns rows 64w .. 64w+63 and all kBN columns
+// (one wgmma m64n{kBN}k16 per 16 of K: kBN / 2 F32 accumulators per thread). kBN, per launch: 256 where it
+// divides N (D = 2048: 8 full tiles; each CTA's A tile then serves twice the columns, half the A copies per
+// flop of 128-wide tiles), else 128 (F = 1408 = 11 x 128, where 256-wide tiles would run 6 with the last one
+// half empty: 9 % of the tensor-core work wasted). One CTA per SM either way (shared memory: 4 stages of 32 or
+// 48 KB), as moe_gemm.cu.
+//
+// Shared memory per stage: A (16 KB) then B (kBN x 128 bytes), each a 1024-byte aligned run of 128-byte rows in
+// the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8), wgmma.cuh):
+//   K-major tile [rows][64 K] (A of nt/nn, B of nt): row r = tile row r, descriptor LBO 16 (unused), SBO 1024
+//     (8-row groups), k16 step +32 bytes inside the row; warpgroup w's A starts at row 64 w (+8 KB).
+//   MN-major tile (A of tn, B of nn/tn): blocks of 64 M/N values, block j = [64 K rows][64] (8 KB), row kr of
+//     block j holding the operand's values 64 j .. 64 j + 63 at K index kr; descriptor LBO 8192 (the next 64-wide
+//     block, what an N = 128/256 wgmma walks into), SBO 1024 (8 K rows), k16 step +2048 bytes (16 K rows).
+//     Warpgroup w's A is block w (+8 KB, as for K-major): its 64 M values are one block. The scheme and values
+//     are those of mla_decode_wgmma.cu's V operand (B MN-major, run on H200s).
+// Tails: A rows past M, B rows/columns past N and K past the problem's end are zero-filled (cp.async with
+// source size 0), outputs masked at M and N; k and m are multiples of 8 (checked on the host), so a 16-byte
+// chunk is wholly inside or outside. tn's K = n_p may be any positive count (one partial block when < 64).
+//
+// Pipeline (moe_gemm.cu's): a ring of 4 stages with 2 K blocks of copies in flight. Per K block g: wait for
+// block g's copies, fence.proxy.async (wgmma reads shared memory through the async proxy), __syncthreads; issue
+// block g + 2's copies into the stage block g - 2 used (each warpgroup retired block g - 2's wgmma with
+// wgmma.wait_group 1 after issuing block g - 1, and the barrier orders that before the copies); issue block g's
+// 4 wgmma and keep one group in flight.
+#include <algorithm>
+
+#include "backend/cuda/tensor_core.cuh"
+#include "backend/cuda/wgmma.cuh"
+#include "train/cuda/grouped_gemm.h"
+
+namespace moe::train::cuda {
+
+namespace {
+
+namespace hw = ::moe::cuda;
+
+constexpr int kBM = kGroupedTileM, kBK = 64, kStages = 4, kThreads = 256;
+constexpr uint32_t kBlock = 64 * 128;          // one swizzled [64 rows][64 BF16] block
+constexpr uint32_t kABytes = kBM * kBK * 2;    // 16 KB
+static_assert(kBM == 128 && kThreads == 256, "two warpgroups of 64 rows");
+
+template <int kBN>
+__host__ __device__ constexpr uint32_t stage_bytes() {
+  return kABytes + uint32_t(kBN) * kBK * 2;
+}
+template <int kBN>
+__host__ __device__ constexpr size_t smem_bytes() {
+  return size_t(kStages) * stage_bytes<kBN>() + 1024;  // + alignment of the base to 1024
+}
+static_assert(smem_bytes<256>() <= 227 * 1024, "shared memory of one CTA");
+
+struct Params {
+  const GroupedProblemDesc* problems;
+  const GroupedItem* items;  // this launch's first item
+  int32_t k, m;
+  float beta;
+};
+
+// Byte offset of 16-byte chunk c of row r in a swizzled run of 128-byte rows.
+__device__ __forceinline__ uint32_t swz(int r, int c) { return uint32_t(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+template <int kBN, int kTransB, int kTransA, int kAcc>
+__device__ __forceinline__ void mma(float (&acc)[kAcc], uint64_t a, uint64_t b) {
+  if constexpr (kBN == 256)
+    hw::wgmma_m64n256k16<kTransB, kTransA>(acc, a, b);
+  else
+    hw::wgmma_m64n128k16<kTransB, kTransA>(acc, a, b);
+}
+
+// Copies of one operand tile of R rows/values along M or N, per K block; every thread issues R / 32 chunks and the
+// 256 threads cover the tile's R x 8 chunks once. `src` is the operand's row-major array with row width ld.
+//   K-major (rows = M/N, K contiguous): thread copies chunk tid % 8 of tile rows tid / 8 + 32 i;
+//     the row is valid below `ext` (M or N), the chunk below K.
+//   MN-major (rows = K, M/N contiguous): R / 8 chunks per K row; thread copies chunk c = tid % (R / 8) (block
+//     c / 8, chunk c % 8 in it) of K rows tid / (R / 8) + (256 / (R / 8)) i; the chunk is valid below `ext`,
+//     the row below K.
+template <int R, bool kMN>
+struct TileCopy {
+  static constexpr int kPer = R / 32;                 // chunks per thread per K block
+  static constexpr int kTpr = kMN ? R / 8 : 8;        // threads per smem row
+  static constexpr int kRowStep = kThreads / kTpr;    // rows between a thread's chunks
+  const uint16_t* src;  // the thread's first chunk at K block 0 (or the array itself when nothing is valid)
+  uint32_t dst[kPer];   // byte offsets inside the tile
+  int64_t ld;
+  int row0;       // MN: the thread's first K row; K-major: its chunk's first K column
+  uint32_t okmask;  // K-major: rows below ext; MN-major: all-or-none, the chunk below ext
+
+  __device__ __forceinline__ TileCopy(const uint16_t* base, int64_t ld_, int mn0, int ext, int tid) : ld(ld_) {
+    const int c = tid % kTpr, r = tid / kTpr;
+    okmask = 0;
+    if constexpr (kMN) {
+      row0 = r;
+      const bool ok = mn0 + 8 * c < ext;
+      src = ok ? base + int64_t(r) * ld + mn0 + 8 * c : base;
+      if (ok) okmask = (1u << kPer) - 1;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int kr = r + kRowStep * i;
+        dst[i] = uint32_t(c / 8) * kBlock + swz(kr, c % 8);
+      }
+    } else {
+      row0 = 8 * c;
+      src = base + int64_t(mn0 + r) * ld + 8 * c;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int row = r + kRowStep * i;
+        if (mn0 + row < ext) okmask |= 1u << i;
+        dst[i] = swz(row, c);
+      }
+      if (okmask == 0) src = base;
+    }
+  }
+
+  // K block kb (K values 64 kb .. 64 kb + 63) into the tile at shared address tile.
+  __device__ __forceinline__ void load(uint32_t tile, int kb, int K, const uint16_t* base) const {
+    if constexpr (kMN) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int krow = kBK * kb + row0 + kRowStep * i;
+        const bool ok = (okmask & 1u) && krow < K;
+        hw::cp_async16(tile + dst[i], ok ? src + (int64_t(kBK) * kb + kRowStep * i) * ld : base, ok);
+      }
+    } else {
+      const bool kok = kBK * kb + row0 < K;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const bool ok = kok && (okmask >> i & 1u);
+        hw::cp_async16(tile + dst[i], ok ? src + int64_t(kRowStep * i) * ld + kBK * kb : base, ok);
+      }
+    }
+  }
+};
+
+template <GemmKind kKind, int kBN>
+__global__ void __launch_bounds__(kThreads, 1) grouped_gemm_wgmma_kernel(const Params p) {
+  constexpr bool kNt = kKind == GemmKind::Nt, kTn = kKind == GemmKind::Tn;
+  constexpr int kTransA = kTn ? 1 : 0, kTransB = kNt ? 0 : 1;
+  constexpr int kAcc = kBN / 2;
+  constexpr uint32_t kStage = stage_bytes<kBN>();
+
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t base = (hw::smem_addr(smem_raw) + 1023u) & ~1023u;
+
+  const GroupedItem item = p.items[blockIdx.y];
+  const GroupedProblemDesc pr = p.problems[item.problem];
+  const int n = int(pr.n);
+  const int M = kTn ? p.m : n, N = kNt ? p.m : p.k, K = kNt ? p.k : kKind == GemmKind::Nn ? p.m : n;
+  const int64_t lda = kNt ? p.k : p.m, ldb = p.k;
+  const int m0 = item.tile * kBM, n0 = int(blockIdx.x) * kBN;
+  if (m0 >= M || n0 >= N || K <= 0) return;  // never for the host's tables (n_p > 0, tiles inside M)
+
+  const int tid = int(threadIdx.x), wg = tid / 128;
+  const TileCopy<kBM, kTn> ca(pr.a, lda, m0, M, tid);
+  const TileCopy<kBN, !kNt> cb(pr.b, ldb, n0, N, tid);
+  const int total = (K + kBK - 1) / kBK;
+  auto load = [&](int g) {
+    const uint32_t st = base + uint32_t(g % kStages) * kStage;
+    ca.load(st, g, K, pr.a);
+    cb.load(st + kABytes, g, K, pr.b);
+  };
+
+  float acc[kAcc];
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+  hw::fence_acc(acc);
+#pragma unroll
+  for (int s = 0; s < kStages - 2; ++s) {
+    if (s < total) load(s);
+    hw::cp_async_commit();
+  }
+  for (int g = 0; g < total; ++g) {
+    hw::cp_async_wait<kStages - 3>();
+    hw::fence_proxy_async();
+    __syncthreads();
+    if (g + kStages - 2 < total) load(g + kStages - 2);
+    hw::cp_async_commit();
+    const uint32_t stage = base + uint32_t(g % kStages) * kStage;
+    const uint32_t sa = stage + uint32_t(wg) * kBlock, sb = stage + kABytes;  // this warpgroup's A; all of B
+    hw::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      // K-major: +32 bytes per k16 inside the 128-byte rows; MN-major: +2048 bytes (16 K rows of 128 bytes).
+      const uint64_t da = kTransA ? hw::smem_desc(sa + kk * 2048, kBlock, 1024) : hw::smem_desc(sa + kk * 32);
+      const uint64_t db = kTransB ? hw::smem_desc(sb + kk * 2048, kBlock, 1024) : hw::smem_desc(sb + kk * 32);
+      mma<kBN, kTransB, kTransA>(acc, da, db);
+    }
+    hw::wgmma_commit();
+    hw::wgmma_wait<1>();
+    hw::fence_acc(acc);
+  }
+  hw::wgmma_wait<0>();
+  hw::fence_acc(acc);
+
+  // Accumulator layout (per warp of the warpgroup, as for mma m16n8; independent of the transpose bits):
+  // acc[4j + 2q + c] is tile row 64 wg + 16 warp + lane / 4 + 8 q, column 8 j + 2 (lane % 4) + c.
+  const int warp = (tid % 128) / 32, lane = tid % 32;
+  const int mrow = m0 + wg * 64 + warp * 16 + lane / 4, cq = n0 + 2 * (lane % 4);
+  const float beta = p.beta;
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    const int r = mrow + 8 * q;
+    if (r >= M) continue;
+    float* orow = pr.out + int64_t(r) * N;
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int col = cq + 8 * j;
+      if (col >= N) continue;  // N is a multiple of 8: col + 1 < N too
+      float2 v = make_float2(acc[4 * j + 2 * q], acc[4 * j + 2 * q + 1]);
+      if (beta != 0.0f) {
+        const float2 o = *reinterpret_cast<const float2*>(orow + col);
+        v.x = fmaf(beta, o.x, v.x);
+        v.y = fmaf(beta, o.y, v.y);
+      }
+      *reinterpret_cast<float2*>(orow + col) = v;
+    }
+  }
+}
+
+template <GemmKind kKind, int kBN>
+cudaError_t launch(const GroupedWgmmaArgs& a, cudaStream_t stream) {
+  auto* kernel = grouped_gemm_wgmma_kernel<kKind, kBN>;
+  // The shared-memory opt-in belongs to the current device; set at every call (a host-side attribute write, no
+  // process-wide record of which devices have it).
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes<kBN>()));
+  if (e != cudaSuccess) return e;
+  const int64_t N = kKind == GemmKind::Nt ? a.m : a.k;
+  const unsigned ntiles = unsigned((N + kBN - 1) / kBN);
+  constexpr int64_t kMaxY = 65535;
+  for (int64_t first = 0; first < a.count; first += kMaxY) {
+    const Params p{a.problems, a.items + first, int32_t(a.k), int32_t(a.m), a.beta};
+    const dim3 grid(ntiles, unsigned(std::min(kMaxY, a.count - first)));
+    kernel<<<grid, kThreads, smem_bytes<kBN>(), stream>>>(p);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+template <GemmKind kKind>
+cudaError_t launch_kind(const GroupedWgmmaArgs& a, cudaStream_t stream) {
+  // N = 2048 (D) fills 256-wide tiles; N = 1408 (F), or any N that 256 does not divide, runs 128-wide ones.
+  const int64_t N = kKind == GemmKind::Nt ? a.m : a.k;
+  return N % 256 == 0 ? launch<kKind, 256>(a, stream) : launch<kKind, 128>(a, stream);
+}
+
+}  // namespace
+
+bool grouped_gemm_wgmma_supported() {
+  int dev = 0, major = 0, minor = 0;
+  return cudaGetDevice(&dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
+         minor == 0;
+}
+
+cudaError_t grouped_gemm_wgmma(const GroupedWgmmaArgs& a, cudaStream_t stream) {
+  if (a.count <= 0) return cudaSuccess;
+  if (a.k <= 0 || a.m <= 0 || a.k % 8 != 0 || a.m % 8 != 0 || a.k > INT32_MAX || a.m > INT32_MAX)
+    return cudaErrorInvalidValue;
+  switch (a.kind) {
+    case GemmKind::Nt:
+      return launch_kind<GemmKind::Nt>(a, stream);
+    case GemmKind::Nn:
+      return launch_kind<GemmKind::Nn>(a, stream);
+    case GemmKind::Tn:
+      break;
+  }
+  return launch_kind<GemmKind::Tn>(a, stream);
+}
+
+}  // namespace moe::train::cuda
