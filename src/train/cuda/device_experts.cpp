@@ -69,7 +69,7 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
     }
     return;
   }
-  const ProfScope scope(prof, OpClass::Gemm);
+  const ProfScope scope(prof, OpClass::ExpertGemm);
   const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
   const uint16_t* xb = bf16_copy("bf.ex_x", A.xs, nk * D);
   std::vector<GemmProblem> gu, down;
@@ -111,7 +111,7 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
     }
     return;
   }
-  const ProfScope scope(prof, OpClass::Gemm);
+  const ProfScope scope(prof, OpClass::ExpertGemm);
   const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
   const uint16_t* dyb = bf16_copy("bf.ex_dy", dys, nk * D);
   const uint16_t* ab = bf16_copy("bf.ex_act", A.experts.act, nk * F);

@@ -130,9 +130,11 @@ struct DeviceTrainer::Impl {
     mm_bwd_at(fp32 ? GemmPrecision::Fp32 : prec, dx, dw, dy, x, w, n, k, m, add_dx);
   }
   // The same at precision p (Fp8: fp8_gemm.h's path where the widths allow, BF16 elsewhere).
-  void mm_at(GemmPrecision p, float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m);
+  // `cls`: the profile's class for the product (the heads' are counted apart).
+  void mm_at(GemmPrecision p, float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m,
+             OpClass cls = OpClass::Gemm);
   void mm_bwd_at(GemmPrecision p, float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
-                 int64_t k, int64_t m, bool add_dx);
+                 int64_t k, int64_t m, bool add_dx, OpClass cls = OpClass::Gemm);
   // The output heads' products (main and MTP): FP32 operands (head_fp32, the default: the CPU trainer's rule) or
   // BF16 operands with FP32 accumulation (never FP8: V3 keeps the head out of FP8, not out of BF16).
   bool head_fp32 = true;

@@ -51,7 +51,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   A.hsel = f32("hsel", n1 * D);
   copy2d(A.hsel, t1 * D, A.hn, t * D, t1 * D, b, s);
   A.logits1 = f32("logits1", n1 * V);
-  mm_at(head_gemm(), A.logits1, A.hsel, w(M.head), n1, D, V);
+  mm_at(head_gemm(), A.logits1, A.hsel, w(M.head), n1, D, V, OpClass::HeadGemm);
   check_point("", "the main head's logits", A.logits1, n1 * V);
   int64_t c1 = 0;
   const std::vector<int32_t> tg1 = masked_targets(ids, mask, b, t, t1, 1, &c1);
@@ -93,7 +93,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     A.yn_rstd = f32("mtp.yn_rstd", n2);
     rmsnorm(A.yn, A.yn_rstd, A.y, M.mtp_norm, n2, D, c.rms_norm_eps);
     A.logits2 = f32("logits2", n2 * V);
-    mm_at(head_gemm(), A.logits2, A.yn, w(M.head), n2, D, V);
+    mm_at(head_gemm(), A.logits2, A.yn, w(M.head), n2, D, V, OpClass::HeadGemm);
     check_point("", "the MTP module's logits", A.logits2, n2 * V);
     int64_t c2 = 0;
     const std::vector<int32_t> tg2 = masked_targets(ids, mask, b, t, t2, 2, &c2);
@@ -132,7 +132,7 @@ void DeviceTrainer::Impl::backward(TrainModel& M) {
   if (M.has_mtp) {
     const int64_t t2 = t - 2, n2 = b * t2;
     float* dyn = f32("grad.yn", n2 * D);
-    mm_bwd_at(head_gemm(), dyn, g(M.head), A.logits2, A.yn, w(M.head), n2, D, V, false);
+    mm_bwd_at(head_gemm(), dyn, g(M.head), A.logits2, A.yn, w(M.head), n2, D, V, false, OpClass::HeadGemm);
     float* dy = zeros("grad.y", n2 * D);
     rmsnorm_backward(dy, g(M.mtp_norm), dyn, A.y, w(M.mtp_norm), A.yn_rstd, n2, D, s);
     float* dm = zeros("grad.m", n2 * D);
@@ -153,7 +153,7 @@ void DeviceTrainer::Impl::backward(TrainModel& M) {
   }
   const int64_t t1 = t - 1, n1 = b * t1;
   float* dsel = f32("grad.sel", n1 * D);
-  mm_bwd_at(head_gemm(), dsel, g(M.head), A.logits1, A.hsel, w(M.head), n1, D, V, false);
+  mm_bwd_at(head_gemm(), dsel, g(M.head), A.logits1, A.hsel, w(M.head), n1, D, V, false, OpClass::HeadGemm);
   check_point("", "the main head's input gradient", dsel, n1 * D);
   add_strided(dhn, t * D, dsel, t1 * D, t1 * D, b, s);
   std::string cur = "grad.x0", other = "grad.x1";

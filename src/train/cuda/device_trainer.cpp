@@ -184,9 +184,9 @@ const void* DeviceTrainer::Impl::operand(const char* slot, const float* src, int
 }
 
 void DeviceTrainer::Impl::mm_at(GemmPrecision p, float* y, const float* x, const float* w, int64_t n, int64_t k,
-                                int64_t m) {
+                                int64_t m, OpClass cls) {
   if (n == 0 || m == 0) return;
-  const ProfScope scope(prof, OpClass::Gemm);
+  const ProfScope scope(prof, cls);
   if (p == GemmPrecision::Fp8) {
     if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, x, w, n, k, m);
     p = GemmPrecision::Bf16;
@@ -196,9 +196,9 @@ void DeviceTrainer::Impl::mm_at(GemmPrecision p, float* y, const float* x, const
 }
 
 void DeviceTrainer::Impl::mm_bwd_at(GemmPrecision p, float* dx, float* dw, const float* dy, const float* x,
-                                    const float* w, int64_t n, int64_t k, int64_t m, bool add_dx) {
+                                    const float* w, int64_t n, int64_t k, int64_t m, bool add_dx, OpClass cls) {
   if (n == 0 || m == 0) return;
-  const ProfScope scope(prof, OpClass::Gemm);
+  const ProfScope scope(prof, cls);
   if (p == GemmPrecision::Fp8) {  // the FP8 products here, the others in BF16 below
     float* dx8 = dx && fp8().dgrad_ok(n, k, m) ? dx : nullptr;
     float* dw8 = dw && fp8().wgrad_ok(n, k, m) ? dw : nullptr;

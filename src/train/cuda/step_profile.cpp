@@ -8,6 +8,8 @@ namespace moe::train::cuda {
 namespace {
 constexpr const char* kNames[] = {"other (norms, rope, SwiGLU, residuals, copies, embedding)",
                                   "gemm (cuBLAS, with BF16 operand conversion)",
+                                  "expert gemm (grouped kernel, with BF16 operand conversion)",
+                                  "head gemm (cuBLAS, with operand conversion)",
                                   "attention (score/value GEMMs + softmax)",
                                   "moe dispatch (gather, combine, scatter)",
                                   "router (scores, top-k, balance loss)",

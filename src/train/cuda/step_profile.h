@@ -13,7 +13,9 @@
 
 namespace moe::train::cuda {
 
-enum class OpClass { Other, Gemm, Attention, MoeDispatch, Router, Loss, Optimizer, HostWait, kCount };
+// Gemm: the dense projections (and the routed experts' per-expert loop); ExpertGemm: the routed experts' grouped
+// GEMMs; HeadGemm: the output heads' (main and MTP). Each with its BF16 operand conversions.
+enum class OpClass { Other, Gemm, ExpertGemm, HeadGemm, Attention, MoeDispatch, Router, Loss, Optimizer, HostWait, kCount };
 
 class StepProfile {
  public:
