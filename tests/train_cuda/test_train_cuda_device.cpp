@@ -109,7 +109,9 @@ TEST(CudaDeviceStep, TinyTrainBf16MatchesCpuWithTheSameRounding) {
 
 // Five whole steps of a fresh train-small model on random tokens, GPU vs the CPU trainer.
 // fast: the throughput settings (train-bench's MFU runs): grouped wgmma expert GEMMs, BF16 attention and head GEMMs.
-void five_steps(GemmPrecision p, double loss_tol, const char* what, bool bf16_moments = false, bool fast = false) {
+// first_tol (< 0: loss_tol) bounds step 1, before any update.
+void five_steps(GemmPrecision p, double loss_tol, const char* what, bool bf16_moments = false, bool fast = false,
+                double first_tol = -1) {
   const uint64_t seed = uint64_t(std::chrono::system_clock::now().time_since_epoch().count());
   std::printf("%s: seed %llu\n", what, static_cast<unsigned long long>(seed));
   const std::string path = "bench/configs/train-small.json";
@@ -150,7 +152,8 @@ void five_steps(GemmPrecision p, double loss_tol, const char* what, bool bf16_mo
   double worst = 0;
   for (size_t s = 0; s < c.size(); ++s) {
     const double rel = std::abs(g[s] - c[s]) / std::abs(c[s]);
-    EXPECT_LT(rel, loss_tol) << what << ": step " << s + 1 << ": " << g[s] << " vs " << c[s];
+    EXPECT_LT(rel, s == 0 && first_tol >= 0 ? first_tol : loss_tol) << what << ": step " << s + 1 << ": " << g[s]
+                                                                   << " vs " << c[s];
     worst = std::max(worst, rel);
     std::printf("%s: step %zu loss %.9g (gpu) %.9g (cpu)\n", what, s + 1, g[s], c[s]);
   }
@@ -173,11 +176,16 @@ TEST(CudaDeviceStep, RandomSmallModelFiveStepsBf16MomentsMatchCpu) {
 // the same 1e-3.
 TEST(CudaDeviceStep, RandomSmallModelFiveStepsFastSettingsMatchCpu) {
   SKIP_WITHOUT_GPU();
-  five_steps(GemmPrecision::Bf16, 1e-3, "train-small bf16, grouped experts, bf16 attention and head", true, true);
+  five_steps(GemmPrecision::Bf16, 1e-3, "train-small bf16 moments, grouped experts, bf16 attention and head", true,
+             true);
 }
 
 // The fixture under the MFU settings against the CPU's BF16 emulation rounding at the same points (the heads' and
-// the attention products' operands too): the bounds of the plain BF16 comparison above.
+// the attention products' operands too). The points are the same but the values rounded are not quite: the GPU's
+// scores, probabilities and dS come from FP32 sums, the emulation's from double ones, so now and then one of the
+// millions of P or dS roundings lands on the other side (one BF16 ulp, 2^-8 relative), and a norm weight's
+// gradient (a sum over tokens with much cancellation) magnifies that: measured 5.7e-3 on layer 0's input norm
+// against 3.0e-3 for the plain BF16 comparison (H200, 2026-12-02). Held to the 1e-2; losses to 3e-4.
 TEST(CudaDeviceStep, TinyTrainFastSettingsMatchCpuWithTheSameRounding) {
   SKIP_WITHOUT_GPU();
   DeviceTrainer gpu(GemmPrecision::Bf16);
@@ -187,12 +195,16 @@ TEST(CudaDeviceStep, TinyTrainFastSettingsMatchCpuWithTheSameRounding) {
   const TrainModel model = TrainModel::load(kDir + "/model");
   Bf16Emulated cpu(Bf16Emulated::Options{model.config.vocab_size, true});
   const Got g = run_fixture(&gpu, nullptr), c = run_fixture(nullptr, &cpu);
-  compare("device bf16 fast settings vs cpu bf16-emulated with the same roundings", g, c, 5e-3, 3e-4);
+  compare("device bf16 fast settings vs cpu bf16-emulated with the same roundings", g, c, 1e-2, 3e-4);
 }
 
 TEST(CudaDeviceStep, RandomSmallModelFiveStepsFp32MatchCpu) {
   SKIP_WITHOUT_GPU();
-  five_steps(GemmPrecision::Fp32, 1e-4, "train-small fp32");
+  // Step 1 is FP32 against FP32 (measured 6e-9 on an H200, 2026-12-02): 1e-6. After it, AdamW's first updates
+  // move every weight by about +-lr whatever its gradient's size, and the router's top-k turns those last-bit
+  // differences into a different expert for a token now and then (discrete: one token of 512 moving to another
+  // expert shifts the mean loss by ~1e-4 relative; measured 2.7e-4 at step 5 in one of the runs): 1e-3 after it.
+  five_steps(GemmPrecision::Fp32, 1e-3, "train-small fp32", false, false, 1e-6);
 }
 
 // set_check_finite names where non-finite values first appear: a NaN planted in layer 1's q_b_proj shows first in
