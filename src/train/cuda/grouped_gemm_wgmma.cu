@@ -218,36 +218,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
   const int warp = (tid % 128) / 32, lane = tid % 32;
   const int mrow = m0 + wg * 64 + warp * 16 + lane / 4, cq = n0 + 2 * (lane % 4);
   const float beta = p.beta;
-  // beta != 0: out is read in chunks of 16 float2 per row, all loads of a chunk issued before its stores (a load
-  // after a store to the same array cannot be hoisted over it: one memory round trip per element otherwise, which
-  // made tn, whose tiles are mostly epilogue, run at a third of the per-expert cuBLAS loop).
-  constexpr int kChunk = 16;
-  static_assert((kBN / 8) % kChunk == 0, "whole chunks");
 #pragma unroll
   for (int q = 0; q < 2; ++q) {
     const int r = mrow + 8 * q;
     if (r >= M) continue;
     float* orow = pr.out + int64_t(r) * N;
 #pragma unroll
-    for (int j0 = 0; j0 < kBN / 8; j0 += kChunk) {
-      float2 old[kChunk];
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) {
-        const int col = cq + 8 * (j0 + j);
-        old[j] = beta != 0.0f && col < N ? *reinterpret_cast<const float2*>(orow + col) : make_float2(0.0f, 0.0f);
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int col = cq + 8 * j;
+      if (col >= N) continue;  // N is a multiple of 8: col + 1 < N too
+      float2 v = make_float2(acc[4 * j + 2 * q], acc[4 * j + 2 * q + 1]);
+      if (beta != 0.0f) {
+        const float2 o = *reinterpret_cast<const float2*>(orow + col);
+        v.x = fmaf(beta, o.x, v.x);
+        v.y = fmaf(beta, o.y, v.y);
       }
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) {
-        const int col = cq + 8 * (j0 + j);
-        if (col >= N) continue;  // N is a multiple of 8: col + 1 < N too
-        const int a = 4 * (j0 + j) + 2 * q;
-        *reinterpret_cast<float2*>(orow + col) =
-            make_float2(fmaf(beta, old[j].x, acc[a]), fmaf(beta, old[j].y, acc[a + 1]));
-      }
+      *reinterpret_cast<float2*>(orow + col) = v;
     }
   }
 }
-
 
 template <GemmKind kKind, int kBN, int kStages = 4, int kMinBlocks = 1>
 cudaError_t launch(const GroupedWgmmaArgs& a, cudaStream_t stream) {
@@ -255,9 +244,6 @@ cudaError_t launch(const GroupedWgmmaArgs& a, cudaStream_t stream) {
   // The shared-memory opt-in belongs to the current device; set at every call (a host-side attribute write, no
   // process-wide record of which devices have it).
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes<kBN, kStages>()));
-  if (e != cudaSuccess) return e;
-  // All of the SM's unified L1/shared memory as shared (tn's two CTAs need 194 KB of it).
-  e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, int(cudaSharedmemCarveoutMaxShared));
   if (e != cudaSuccess) return e;
   const int64_t N = kKind == GemmKind::Nt ? a.m : a.k;
   const unsigned ntiles = unsigned((N + kBN - 1) / kBN);
