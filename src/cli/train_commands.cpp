@@ -35,7 +35,7 @@ void add_train_device_flags(CLI::App* cmd, TrainDeviceOptions& o) {
   cmd->add_option("--gemm", o.gemm, "--device cuda's GEMM operands: bf16 (mixed precision), fp8 (DeepSeek-V3's E4M3 "
                   "scheme, docs/training.md) or fp32 (bf16)");
   cmd->add_option("--expert-gemm", o.expert_gemm, "--device cuda, bf16: the routed experts' GEMMs grouped (one grouped "
-                  "wgmma GEMM a product) or loop (one cuBLAS GEMM per expert) (loop)");
+                  "wgmma GEMM a product; the weight gradient per expert) or loop (one cuBLAS GEMM per expert) (grouped)");
   cmd->add_option("--attention", o.attention, "--device cuda: the attention's score and value GEMMs in fp32 (no TF32), "
                   "tf32 or bf16 (operands rounded to BF16, FP32 accumulation) (fp32)");
   cmd->add_option("--head", o.head, "--device cuda: the output heads' GEMMs with fp32 or bf16 operands (FP32 "

@@ -7,7 +7,16 @@
 
 namespace moe::cli {
 
-TrainDevice make_train_device(const TrainDeviceOptions& o) {
+TrainDevice make_train_device(const TrainDeviceOptions& given) {
+  if (given.device == "cpu") {
+    MOE_CHECK(given.expert_gemm.empty() && given.attention.empty() && given.head.empty() && !given.check_finite,
+              "--expert-gemm, --attention, --head and --check-finite are for --device cuda (the CPU trainer runs its "
+              "GEMMs in FP32 with BF16-rounded operands where the recipe says)");
+  }
+  TrainDeviceOptions o = given;
+  if (o.expert_gemm.empty()) o.expert_gemm = "grouped";
+  if (o.attention.empty()) o.attention = "fp32";
+  if (o.head.empty()) o.head = "fp32";
   MOE_CHECK(o.attention == "fp32" || o.attention == "tf32" || o.attention == "bf16",
             "--attention must be fp32, tf32 or bf16, not '{}'", o.attention);
   MOE_CHECK(o.head == "fp32" || o.head == "bf16", "--head must be fp32 or bf16, not '{}'", o.head);
@@ -16,11 +25,6 @@ TrainDevice make_train_device(const TrainDeviceOptions& o) {
   MOE_CHECK(o.expert_gemm == "grouped" || o.expert_gemm == "loop", "--expert-gemm must be grouped or loop, not '{}'",
             o.expert_gemm);
   if (o.device == "cpu") {
-    const TrainDeviceOptions cuda_defaults;
-    MOE_CHECK(o.expert_gemm == cuda_defaults.expert_gemm && o.attention == cuda_defaults.attention &&
-                  o.head == cuda_defaults.head && !o.check_finite,
-              "--expert-gemm, --attention, --head and --check-finite are for --device cuda (the CPU trainer runs its "
-              "GEMMs in FP32 with BF16-rounded operands where the recipe says)");
     TrainDevice d;
     d.name = "cpu";
     return d;

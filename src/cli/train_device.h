@@ -17,14 +17,15 @@ struct TrainDevice {
   std::function<std::string()> gemm_summary;  // fp8: the FP8 share of the GEMM FLOPs so far (null or empty: none)
 };
 
-// The flags `moe train` and `moe train-bench` share; every one but device and gemm is for --device cuda.
+// The flags `moe train` and `moe train-bench` share; every one but device and gemm is for --device cuda, where an
+// empty one takes its default (given with --device cpu: an error).
 struct TrainDeviceOptions {
-  std::string device = "cpu";        // cpu or cuda
-  std::string gemm = "bf16";         // bf16, fp8 or fp32 GEMM operands
-  std::string expert_gemm = "loop";  // grouped (the routed experts' BF16 GEMMs as one grouped GEMM a product) or loop
-  std::string attention = "fp32";    // the score and value GEMMs: fp32 (no TF32), tf32 or bf16
-  std::string head = "fp32";         // the output heads' GEMMs: fp32 or bf16 operands (FP32 accumulation either way)
-  bool check_finite = false;         // DeviceTrainer::set_check_finite
+  std::string device = "cpu";  // cpu or cuda
+  std::string gemm = "bf16";   // bf16, fp8 or fp32 GEMM operands
+  std::string expert_gemm;     // grouped (default: the routed experts' BF16 GEMMs as grouped kernels) or loop
+  std::string attention;       // the score and value GEMMs: fp32 (default, no TF32), tf32 or bf16
+  std::string head;            // the output heads' GEMMs: fp32 (default) or bf16 operands (FP32 accumulation)
+  bool check_finite = false;   // DeviceTrainer::set_check_finite
 };
 
 // Throws moe::Error naming the flag: an unknown device or GEMM type, cuda in a build without CUDA or on a machine

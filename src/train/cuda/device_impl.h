@@ -70,9 +70,9 @@ struct DeviceTrainer::Impl {
   cudaStream_t stream() const { return cc.stream(); }
   StepProfile prof;     // per-op-class device time (off unless set_profile)
   GroupedGemm egemm;    // the routed experts' grouped GEMMs (BF16)
-  bool grouped_experts = false;  // BF16: the experts' GEMMs grouped (egemm: one launch of our wgmma kernel per product,
-                                 // grouped_gemm_wgmma.cu; opt-in until timed on an H200, cuBLAS's grouping refused BF16);
-                                 // false, or another precision: one mm/mm_bwd per expert (the reference)
+  bool grouped_experts = true;  // BF16: the experts' GEMMs grouped (egemm: one launch of our wgmma kernel per forward
+                                // and input-gradient product, grouped_gemm_wgmma.cu; the weight gradients per expert);
+                                // false, or another precision: one mm/mm_bwd per expert (the reference)
   AttnPrecision attention_prec = AttnPrecision::Fp32;  // the attention's score and value GEMMs (set_attention)
   // Bf16: the products' BF16 operand copies (shared by every layer: grow-only buffers, one attention at a time).
   AttnBf16 attention_bf16_scratch(int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr, int64_t dv, bool backward);

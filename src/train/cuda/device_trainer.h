@@ -49,8 +49,8 @@ class DeviceTrainer final : public DeviceStep {
   DeviceMemory memory() override;
   void set_profile(bool on) override;
   std::vector<std::pair<std::string, double>> profile_ms() override;
-  // BF16: the routed experts' GEMMs as grouped GEMMs (true) or one GEMM per expert (false, the default and the
-  // reference; grouping becomes the default once it has run on a GPU).
+  // BF16: the routed experts' GEMMs as grouped GEMMs (true, the default: the same sums as the loop, 2.7-4.4x faster
+  // on an H200) or one GEMM per expert (false, the reference).
   void set_grouped_experts(bool on);
   // The attention's score and value GEMMs: FP32 without TF32 (the default and the reference), TF32, or BF16
   // operands with FP32 accumulation (kernels.h's AttnPrecision; mixed-precision training's choice).

@@ -41,7 +41,7 @@ void GroupedGemm::run(GemmKind kind, const std::vector<GemmProblem>& problems, i
   for (const GemmProblem& p : problems)
     if (p.n > 0) ps.push_back(p);
   if (ps.empty() || k == 0 || m == 0) return;
-  last_grouped_ = want_grouped_ && run_grouped(kind, ps, k, m, beta);
+  last_grouped_ = want_grouped_ && (kind != GemmKind::Tn || kernel_tn_) && run_grouped(kind, ps, k, m, beta);
   if (!last_grouped_) run_each(kind, ps, k, m, beta);
 }
 
