@@ -142,7 +142,7 @@ std::vector<GroupedCheck> check_grouped(cuda::CudaCompute& cc, cuda::GemmKind ki
         return table;
       },
       [](const std::string& l) { std::printf("%s\n", l.c_str()); });
-  gemm.set_kernel_for_tn(true);  // the kernel's tn path is checked too (the trainer uses cuBLAS there)
+  gemm.set_kernel_for_tn(true);  // the kernel's tn path at every shape (auto would pick cuBLAS for few rows)
   const bool tn = kind == cuda::GemmKind::Tn, nt = kind == cuda::GemmKind::Nt;
   const int64_t E = int64_t(rows.size());
   int64_t total = 0, max_rows = 0;
