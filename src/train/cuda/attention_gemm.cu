@@ -105,6 +105,7 @@ struct Products {
 
 bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const float* q, const float* kv,
                             const float* k_rope, const AttnShape& a, cudaStream_t s, const AttnBf16* bf) {
+  if (a.prec == AttnPrecision::Flash) return false;  // attention_flash.cu's
   if (a.b == 0 || a.t == 0) return true;
   const bool half = a.prec == AttnPrecision::Bf16;
   if (half && (!bf || !bf->q || !bf->kv || !bf->kr || !bf->sq)) return false;
@@ -127,6 +128,7 @@ bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const
 bool attention_backward_gemm(cublasHandle_t blas, float* dq, float* dkv, float* dk_rope, float* ds, const float* dout,
                              const float* probs, const float* q, const float* kv, const float* k_rope,
                              const AttnShape& a, cudaStream_t s, const AttnBf16* bf) {
+  if (a.prec == AttnPrecision::Flash) return false;  // attention_flash.cu's
   if (a.b == 0 || a.t == 0) return true;
   const bool half = a.prec == AttnPrecision::Bf16;
   if (half && (!bf || !bf->q || !bf->kv || !bf->kr || !bf->sq || !bf->dout)) return false;

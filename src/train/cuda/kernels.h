@@ -24,8 +24,9 @@ void fill_bf16_uniform(uint16_t* out, int64_t count, uint32_t seed, cudaStream_t
 //   Fp32: FP32 operands and products (no TF32), the reference;
 //   Tf32: TF32 tensor cores (10-bit mantissa products);
 //   Bf16: every operand rounded to BF16 once (nearest even) into AttnBf16 scratch, FP32 accumulation and outputs:
-//         mixed-precision training's attention (what FlashAttention runs in BF16), on the BF16 tensor cores.
-enum class AttnPrecision { Fp32, Tf32, Bf16 };
+//         mixed-precision training's attention (what FlashAttention runs in BF16), on the BF16 tensor cores;
+//   Flash: not these GEMMs (which refuse it: false) but attention_flash.cu below, with Bf16's roundings.
+enum class AttnPrecision { Fp32, Tf32, Bf16, Flash };
 struct AttnShape {
   int64_t b = 0, t = 0, heads = 0, dn = 0, dr = 0, dv = 0;
   float scale = 1.0f;
@@ -41,6 +42,27 @@ bool attention_forward_gemm(cublasHandle_t blas, float* out, float* probs, const
 bool attention_backward_gemm(cublasHandle_t blas, float* dq, float* dkv, float* dk_rope, float* ds, const float* dout,
                              const float* probs, const float* q, const float* kv, const float* k_rope,
                              const AttnShape& a, cudaStream_t s, const AttnBf16* bf = nullptr);
+
+// attention_flash.cu: the same attention flash style (FlashAttention-2's scheme on mma.sync BF16 tensor cores,
+// FP32 accumulation and softmax; --attention flash): nothing of size t x t, the causal upper triangle skipped.
+// The forward writes out [b*t, H, dv] and lse [b, H, t] (FP32 log-sum-exp of each query row's scale * S, natural
+// log); the backward recomputes the probabilities from lse and out and ADDS into dq, dkv, dk_rope, with no
+// atomics (bit-reproducible). q, kv, k_rope and dout are rounded to BF16 into the scratch (q n*H*(dn+dr), kv
+// n*H*(dn+dv), kr n*dr, dout n*H*dv values; n = b*t), and the backward needs delta (b*H*t floats: rowsum(dO O))
+// and dkr_part (H*n*dr floats: each head's dk_rope before the in-order sum over heads). Roundings as Bf16's (Q, K,
+// V, P, dO, dS; the differences are listed in the file). Kernels for (dn, dr, dv) = (128, 64, 128), (64, 32, 64)
+// and (32, 16, 32) (attention_flash_supported); false: another shape, a missing scratch pointer or a launch
+// error (a.prec is not read).
+struct AttnFlash {
+  uint16_t *q = nullptr, *kv = nullptr, *kr = nullptr, *dout = nullptr;
+  float *delta = nullptr, *dkr_part = nullptr;
+};
+bool attention_flash_supported(int64_t dn, int64_t dr, int64_t dv);
+bool attention_forward_flash(float* out, float* lse, const float* q, const float* kv, const float* k_rope,
+                             const AttnShape& a, const AttnFlash& f, cudaStream_t s);
+bool attention_backward_flash(float* dq, float* dkv, float* dk_rope, const float* dout, const float* out,
+                              const float* lse, const float* q, const float* kv, const float* k_rope,
+                              const AttnShape& a, const AttnFlash& f, cudaStream_t s);
 
 // cross_entropy.cu: per row of logits [n, V]: loss[i] = -log softmax(logits_i)[target_i] (0 for a negative
 // target), and logits_i overwritten with dscale * (softmax - onehot) (zeros for a negative target).
