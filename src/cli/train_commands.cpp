@@ -37,7 +37,8 @@ void add_train_device_flags(CLI::App* cmd, TrainDeviceOptions& o) {
   cmd->add_option("--expert-gemm", o.expert_gemm, "--device cuda, bf16: the routed experts' GEMMs grouped (one grouped "
                   "wgmma GEMM a product; the weight gradient per expert) or loop (one cuBLAS GEMM per expert) (grouped)");
   cmd->add_option("--attention", o.attention, "--device cuda: the attention's score and value GEMMs in fp32 (no TF32), "
-                  "tf32 or bf16 (operands rounded to BF16, FP32 accumulation) (fp32)");
+                  "tf32 or bf16 (operands rounded to BF16, FP32 accumulation), or flash (fused kernels with bf16's "
+                  "roundings: no [t, t] scores kept, the causal upper triangle skipped) (fp32)");
   cmd->add_option("--head", o.head, "--device cuda: the output heads' GEMMs with fp32 or bf16 operands (FP32 "
                   "accumulation; never FP8) (fp32)");
 }
@@ -245,6 +246,9 @@ void register_train_commands(CLI::App& app) {
       o->log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
       o->device = dev.name;
       o->device_gemm_gflops = dev.gemm_gflops;
+      o->attention = dev_opts->attention == "flash"  ? train::PlanAttention::Flash
+                     : dev_opts->attention == "bf16" ? train::PlanAttention::GemmBf16
+                                                     : train::PlanAttention::Gemm;
       std::printf("%s\n", train::bench_json(train::run_train_bench(*o)).c_str());
       if (dev.gemm_summary && !dev.gemm_summary().empty()) std::fprintf(stderr, "%s\n", dev.gemm_summary().c_str());
     });

@@ -17,8 +17,8 @@ TrainDevice make_train_device(const TrainDeviceOptions& given) {
   if (o.expert_gemm.empty()) o.expert_gemm = "grouped";
   if (o.attention.empty()) o.attention = "fp32";
   if (o.head.empty()) o.head = "fp32";
-  MOE_CHECK(o.attention == "fp32" || o.attention == "tf32" || o.attention == "bf16",
-            "--attention must be fp32, tf32 or bf16, not '{}'", o.attention);
+  MOE_CHECK(o.attention == "fp32" || o.attention == "tf32" || o.attention == "bf16" || o.attention == "flash",
+            "--attention must be fp32, tf32, bf16 or flash, not '{}'", o.attention);
   MOE_CHECK(o.head == "fp32" || o.head == "bf16", "--head must be fp32 or bf16, not '{}'", o.head);
   MOE_CHECK(o.gemm == "bf16" || o.gemm == "fp32" || o.gemm == "fp8", "--gemm must be bf16, fp8 or fp32, not '{}'",
             o.gemm);
@@ -39,8 +39,9 @@ TrainDevice make_train_device(const TrainDeviceOptions& given) {
   auto c = std::make_unique<train::cuda::DeviceTrainer>(p);
   c->set_grouped_experts(o.expert_gemm == "grouped");
   c->set_attention(o.attention == "tf32"   ? AttnPrecision::Tf32
-                   : o.attention == "bf16" ? AttnPrecision::Bf16
-                                           : AttnPrecision::Fp32);
+                   : o.attention == "bf16"  ? AttnPrecision::Bf16
+                   : o.attention == "flash" ? AttnPrecision::Flash
+                                            : AttnPrecision::Fp32);
   c->set_head_fp32(o.head == "fp32");
   c->set_check_finite(o.check_finite);
   TrainDevice d;

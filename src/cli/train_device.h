@@ -23,7 +23,7 @@ struct TrainDeviceOptions {
   std::string device = "cpu";  // cpu or cuda
   std::string gemm = "bf16";   // bf16, fp8 or fp32 GEMM operands
   std::string expert_gemm;     // grouped (default: the routed experts' BF16 GEMMs as grouped kernels) or loop
-  std::string attention;       // the score and value GEMMs: fp32 (default, no TF32), tf32 or bf16
+  std::string attention;       // the score and value GEMMs: fp32 (default, no TF32), tf32 or bf16; or flash
   std::string head;            // the output heads' GEMMs: fp32 (default) or bf16 operands (FP32 accumulation)
   bool check_finite = false;   // DeviceTrainer::set_check_finite
 };

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "io/model_config.h"
+#include "train/memory_plan.h"
 
 namespace moe::train {
 
@@ -27,6 +28,7 @@ struct TrainBenchOptions {
   std::string device = "cpu";
   std::function<double()> device_gemm_gflops;
   std::string moments = "f32";  // AdamW moments: f32 or bf16 (AdamW::bf16_moments)
+  PlanAttention attention = PlanAttention::Gemm;  // the device's attention mode (--attention), for the memory plan
   bool profile = false;         // a device's time by op class over the timed steps
   std::function<void(const std::string&)> log;  // progress lines (the memory plan); null: none
 };

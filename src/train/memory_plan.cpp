@@ -27,12 +27,12 @@ Widths widths(const ModelConfig& c) {
 }
 
 // Kept activations of one layer over b sequences of t (4-byte values).
-double layer_kept(const Widths& w, bool moe, double b, double t) {
+double layer_kept(const Widths& w, bool moe, double b, double t, bool flash) {
   const double n = b * t;
   double v = 3 * n * w.D + 3 * n;  // a, h, f and their rstds (+ c_rstd)
   if (w.ql > 0) v += 2 * n * w.ql + n;
   v += n * w.H * w.dq + n * (w.r + w.dr) + 2 * n * w.r + n * w.dr + n * w.H * (w.dn + w.dv);  // q, kva, c_in, c, kr, kv
-  v += b * w.H * t * t + n * w.H * w.dv;  // probs, att
+  v += (flash ? b * w.H * t : b * w.H * t * t) + n * w.H * w.dv;  // lse or probs, att
   if (!moe) return v + 3 * n * w.F;
   const double nk = n * w.K;
   v += 2 * n * w.E + 2 * nk + n + w.E + 3 * nk;  // logits, scores, chosen, weights, denom, bias, rows/slots/pos
@@ -46,11 +46,12 @@ double layer_kept(const Widths& w, bool moe, double b, double t) {
 struct Temps {
   double attn = 0, mlp = 0, moe = 0;
 };
-Temps layer_temps(const Widths& w, bool moe, double b, double t) {
+Temps layer_temps(const Widths& w, bool moe, double b, double t, bool flash) {
   const double n = b * t;
   Temps r;
   r.attn = 3 * n * w.D + n * w.H * w.dv + n * w.H * w.dq + n * w.H * (w.dn + w.dv) + n * w.dr;  // dh df da datt dq dkv dkr
-  r.attn += b * w.H * t * t + 2 * n * w.r + n * (w.r + w.dr);  // ds, dc, dc_in, dkva
+  r.attn += (flash ? b * w.H * t + w.H * n * w.dr : b * w.H * t * t);  // delta and the dk_rope partials, or ds
+  r.attn += 2 * n * w.r + n * (w.r + w.dr);                           // dc, dc_in, dkva
   if (w.ql > 0) r.attn += 2 * n * w.ql;
   r.mlp = 3 * n * (moe ? w.Fs : w.F);  // dact, dgate, dup of the dense or shared MLP
   if (moe) {
@@ -75,9 +76,20 @@ double bf16_copies(const Widths& w, bool any_moe, double n) {
   }
   return v;
 }
+
+// The attention's BF16 operand copies (2-byte values; one set shared by the layers, the largest layer's): q, kv,
+// k_rope and dout, and for the bf16 GEMMs the [b, H, t, t] P / dS.
+double attention_bf16_copies(const Widths& w, PlanAttention a, double b, double t) {
+  if (a == PlanAttention::Gemm) return 0;
+  const double n = b * t;
+  const double v = n * w.H * w.dq + n * w.H * (w.dn + w.dv) + n * w.dr + n * w.H * w.dv;
+  return a == PlanAttention::GemmBf16 ? v + b * w.H * t * t : v;
+}
 }  // namespace
 
-DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments) {
+DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments,
+                                    PlanAttention attention) {
+  const bool flash = attention == PlanAttention::Flash;
   const Widths w = widths(c);
   const double b = double(batch), t = double(seq_len), n = b * t, n1 = b * (t - 1);
   const bool mtp = c.num_nextn_predict_layers > 0;
@@ -91,8 +103,8 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   bool any_moe = false;
   auto add_layer = [&](bool moe, double tt) {
     any_moe = any_moe || moe;
-    kept += layer_kept(w, moe, b, tt);
-    const Temps l = layer_temps(w, moe, b, tt);
+    kept += layer_kept(w, moe, b, tt, flash);
+    const Temps l = layer_temps(w, moe, b, tt, flash);
     most.attn = std::max(most.attn, l.attn), most.mlp = std::max(most.mlp, l.mlp), most.moe = std::max(most.moe, l.moe);
   };
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) add_layer(c.is_moe_layer(l), t);
@@ -103,7 +115,7 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   }
   temps += most.attn + most.mlp + most.moe;
   p.activations = 4.0 * kept;
-  p.temporaries = 4.0 * temps + 2.0 * bf16_copies(w, any_moe, n);
+  p.temporaries = 4.0 * temps + 2.0 * (bf16_copies(w, any_moe, n) + attention_bf16_copies(w, attention, b, t));
   p.runtime = kRuntime;
   return p;
 }

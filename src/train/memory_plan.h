@@ -2,7 +2,7 @@
 // What a training step of a model needs of a device's memory (issue 11: "an honest estimate printed before
 // allocating"): train/cuda's DeviceTrainer keeps four arenas (FP32 values and gradients, AdamW moments in FP32 or
 // BF16), the forward's kept activations of every layer (FP32; the attention probabilities [b, H, t, t] of every
-// layer; the routed experts' rows [nK, D] and [nK, F]), the backward's temporaries (named buffers shared by every
+// layer, or the flash attention's lse [b, H, t]; the routed experts' rows [nK, D] and [nK, F]), the backward's temporaries (named buffers shared by every
 // layer: the largest layer's), the BF16 copies of GEMM operands and the [n, vocab] logits of the main and MTP
 // heads. This mirrors those buffers (device_*.cpp) shape by shape; tests/train_cuda checks it against what
 // cudaMemGetInfo measures on the device, and bench.cpp prints it before the first allocation.
@@ -20,6 +20,15 @@ struct DeviceMemoryPlan {
   double total() const { return arenas + activations + temporaries + runtime; }
 };
 
-DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments);
+// The attention's buffers by its mode (train/cuda's --attention): Gemm (fp32, tf32) keeps each layer's
+// probabilities [b, H, t, t] for the backward, whose scores' gradient ds [b, H, t, t] is shared by the layers;
+// GemmBf16 (bf16) adds the products' BF16 operand copies (shared), the [b, H, t, t] one among them; Flash keeps
+// each layer's lse [b, H, t] instead and has nothing of size t x t: the BF16 copies of q, kv, k_rope and dout, the
+// backward's delta [b, H, t] and per-head dk_rope partials [H, b t, dr] (shared). (Flash assumes the head widths
+// have flash kernels; others run GemmBf16's buffers.)
+enum class PlanAttention { Gemm, GemmBf16, Flash };
+
+DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments,
+                                    PlanAttention attention = PlanAttention::Gemm);
 
 }  // namespace moe::train

@@ -51,6 +51,7 @@ struct DLayer {
   float *a = nullptr, *a_rstd = nullptr, *qa = nullptr, *qa_rstd = nullptr, *qan = nullptr, *q = nullptr;
   float *kva = nullptr, *c_in = nullptr, *c = nullptr, *c_rstd = nullptr, *kr = nullptr, *kv = nullptr;
   float *probs = nullptr, *att = nullptr, *h = nullptr, *f = nullptr, *f_rstd = nullptr;
+  float* lse = nullptr;  // flash attention: [b, H, t] instead of probs (null with the GEMM attention)
   DMlp dense;
   DMoe moe;
 };
@@ -74,8 +75,16 @@ struct DeviceTrainer::Impl {
                                 // and input-gradient product, grouped_gemm_wgmma.cu; the weight gradients per expert);
                                 // false, or another precision: one mm/mm_bwd per expert (the reference)
   AttnPrecision attention_prec = AttnPrecision::Fp32;  // the attention's score and value GEMMs (set_attention)
-  // Bf16: the products' BF16 operand copies (shared by every layer: grow-only buffers, one attention at a time).
-  AttnBf16 attention_bf16_scratch(int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr, int64_t dv, bool backward);
+  // The mode a layer of these head widths runs: attention_prec, except Flash for a head shape without flash kernels,
+  // which runs the Bf16 GEMMs (the same roundings) with a note on stderr the first time.
+  AttnPrecision attention_mode(int64_t dn, int64_t dr, int64_t dv);
+  bool flash_fallback_noted = false;
+  // Bf16 (p): the products' BF16 operand copies (shared by every layer: grow-only buffers, one attention at a time).
+  AttnBf16 attention_bf16_scratch(AttnPrecision p, int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr, int64_t dv,
+                                  bool backward);
+  // Flash: the BF16 operand copies (the same buffers as Bf16's) and, for the backward, delta and the per-head
+  // dk_rope partials.
+  AttnFlash attention_flash_scratch(int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr, int64_t dv, bool backward);
   bool use_grouped() const { return grouped_experts && prec == GemmPrecision::Bf16; }
   size_t mem_free_at_bind = 0, mem_free_min = 0;  // cudaMemGetInfo: before the arenas, the lowest since
   void note_free_memory();

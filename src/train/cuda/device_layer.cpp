@@ -1,6 +1,7 @@
 // One decoder layer on the device, forward with kept activations and backward: layer.cpp and ffn.cpp's maths
 // over device buffers (see those files for the formulas). Backward ops add into their gradients, as there.
 #include <algorithm>
+#include <cstdio>
 #include <optional>
 
 #include "core/error.h"
@@ -41,10 +42,36 @@ void DeviceTrainer::Impl::rope_apply(float* x, const int32_t* pos, int64_t n, in
   rope_rotate(x, n, heads, head_dim, off, pos, inv_freq, rope_half, float(rope.attn_factor), sign, stream());
 }
 
-AttnBf16 DeviceTrainer::Impl::attention_bf16_scratch(int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr,
-                                                    int64_t dv, bool backward) {
+AttnPrecision DeviceTrainer::Impl::attention_mode(int64_t dn, int64_t dr, int64_t dv) {
+  if (attention_prec != AttnPrecision::Flash || attention_flash_supported(dn, dr, dv)) return attention_prec;
+  if (!flash_fallback_noted)
+    std::fprintf(stderr, "moe: note: --attention flash has no kernel for heads of (nope, rope, value) = (%lld, %lld, "
+                 "%lld) (it has (128, 64, 128), (64, 32, 64), (32, 16, 32)); those layers run the bf16 GEMM attention\n",
+                 static_cast<long long>(dn), static_cast<long long>(dr), static_cast<long long>(dv));
+  flash_fallback_noted = true;
+  return AttnPrecision::Bf16;
+}
+
+AttnFlash DeviceTrainer::Impl::attention_flash_scratch(int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr,
+                                                       int64_t dv, bool backward) {
+  AttnFlash f;
+  auto half = [&](const char* key, int64_t count) { return static_cast<uint16_t*>(raw(key, size_t(count) * 2)); };
+  const int64_t n = b * t;
+  f.q = half("bf.att_q", n * H * (dn + dr));
+  f.kv = half("bf.att_kv", n * H * (dn + dv));
+  f.kr = half("bf.att_kr", n * dr);
+  if (backward) {
+    f.dout = half("bf.att_dout", n * H * dv);
+    f.delta = f32("tmp.att_delta", b * H * t);
+    f.dkr_part = f32("tmp.att_dkr_part", H * n * dr);
+  }
+  return f;
+}
+
+AttnBf16 DeviceTrainer::Impl::attention_bf16_scratch(AttnPrecision p, int64_t b, int64_t t, int64_t H, int64_t dn,
+                                                    int64_t dr, int64_t dv, bool backward) {
   AttnBf16 bf;
-  if (attention_prec != AttnPrecision::Bf16) return bf;
+  if (p != AttnPrecision::Bf16) return bf;
   auto half = [&](const char* key, int64_t count) { return static_cast<uint16_t*>(raw(key, size_t(count) * 2)); };
   const int64_t n = b * t;
   bf.q = half("bf.att_q", n * H * (dn + dr));
@@ -93,13 +120,24 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   A.kv = f32(key + "kv", n * H * (dn + dv));
   mm(A.kv, A.c, w(W.kv_b), n, r, H * (dn + dv), false);
   check_point(key, "kv", A.kv, n * H * (dn + dv));
-  A.probs = f32(key + "probs", b * H * t * t);
+  // The backward needs P: kept as probs [b, H, t, t] (GEMM attention) or recomputed from lse [b, H, t] and the
+  // output att (flash).
+  const AttnPrecision mode = attention_mode(dn, dr, dv);
+  const AttnShape shape{b, t, H, dn, dr, dv, float(ctx.attn_scale), mode};
   A.att = f32(key + "att", n * H * dv);
+  A.probs = A.lse = nullptr;
   prof.enter(OpClass::Attention);
-  const AttnBf16 bf = attention_bf16_scratch(b, t, H, dn, dr, dv, false);
-  MOE_CHECK(attention_forward_gemm(cc.blas(), A.att, A.probs, A.q, A.kv, A.kr,
-                                   AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale), attention_prec}, s, &bf),
-            "cuda train: attention's cuBLAS GEMMs failed");
+  if (mode == AttnPrecision::Flash) {
+    A.lse = f32(key + "lse", b * H * t);
+    MOE_CHECK(attention_forward_flash(A.att, A.lse, A.q, A.kv, A.kr, shape,
+                                      attention_flash_scratch(b, t, H, dn, dr, dv, false), s),
+              "cuda train: the flash attention's forward failed to launch");
+  } else {
+    A.probs = f32(key + "probs", b * H * t * t);
+    const AttnBf16 bf = attention_bf16_scratch(mode, b, t, H, dn, dr, dv, false);
+    MOE_CHECK(attention_forward_gemm(cc.blas(), A.att, A.probs, A.q, A.kv, A.kr, shape, s, &bf),
+              "cuda train: attention's cuBLAS GEMMs failed");
+  }
   check_cuda(cudaGetLastError(), "attention_forward");
   prof.enter(OpClass::Other);
   check_point(key, "attention output", A.att, n * H * dv);
@@ -142,12 +180,21 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   float* dq_ = zeros("tmp.dq", n * H * dq);
   float* dkv = zeros("tmp.dkv", n * H * (dn + dv));
   float* dkr = zeros("tmp.dkr", n * dr);
-  float* ds = f32("tmp.ds", b * H * t * t);
+  const AttnPrecision mode = attention_mode(dn, dr, dv);
+  const AttnShape shape{b, t, H, dn, dr, dv, float(ctx.attn_scale), mode};
   prof.enter(OpClass::Attention);
-  const AttnBf16 bf = attention_bf16_scratch(b, t, H, dn, dr, dv, true);
-  MOE_CHECK(attention_backward_gemm(cc.blas(), dq_, dkv, dkr, ds, datt, A.probs, A.q, A.kv, A.kr,
-                                    AttnShape{b, t, H, dn, dr, dv, float(ctx.attn_scale), attention_prec}, s, &bf),
-            "cuda train: attention's cuBLAS GEMMs failed");
+  if (mode == AttnPrecision::Flash) {
+    MOE_CHECK(A.lse != nullptr, "cuda train: the flash attention's backward without its forward's lse");
+    MOE_CHECK(attention_backward_flash(dq_, dkv, dkr, datt, A.att, A.lse, A.q, A.kv, A.kr, shape,
+                                       attention_flash_scratch(b, t, H, dn, dr, dv, true), s),
+              "cuda train: the flash attention's backward failed to launch");
+  } else {
+    MOE_CHECK(A.probs != nullptr, "cuda train: the GEMM attention's backward without its forward's probabilities");
+    float* ds = f32("tmp.ds", b * H * t * t);
+    const AttnBf16 bf = attention_bf16_scratch(mode, b, t, H, dn, dr, dv, true);
+    MOE_CHECK(attention_backward_gemm(cc.blas(), dq_, dkv, dkr, ds, datt, A.probs, A.q, A.kv, A.kr, shape, s, &bf),
+              "cuda train: attention's cuBLAS GEMMs failed");
+  }
   check_cuda(cudaGetLastError(), "attention_backward");
   prof.enter(OpClass::Other);
   // kv path

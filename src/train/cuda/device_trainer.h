@@ -53,7 +53,9 @@ class DeviceTrainer final : public DeviceStep {
   // on an H200) or one GEMM per expert (false, the reference).
   void set_grouped_experts(bool on);
   // The attention's score and value GEMMs: FP32 without TF32 (the default and the reference), TF32, or BF16
-  // operands with FP32 accumulation (kernels.h's AttnPrecision; mixed-precision training's choice).
+  // operands with FP32 accumulation (kernels.h's AttnPrecision; mixed-precision training's choice); or Flash: the
+  // flash-style kernels with Bf16's roundings (attention_flash.cu: lse [b, H, t] kept instead of the [b, H, t, t]
+  // probabilities; heads without a flash kernel run the Bf16 GEMMs, noted once on stderr).
   void set_attention(AttnPrecision p);
   // The output heads' GEMMs: FP32 operands (true, the default, as the CPU trainer) or BF16 operands with FP32
   // accumulation (false; in --gemm fp8 too: the head never runs in FP8).
