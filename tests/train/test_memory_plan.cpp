@@ -45,5 +45,29 @@ TEST(MemoryPlan, ArenasActivationsAndTheMidModel) {
   EXPECT_GT(d.activations, d.arenas);
 }
 
+// The attention modes at train-mid's 1 x 2048: flash keeps lse [H, t] instead of each layer's probabilities
+// [H, t, t] (the MTP layer's at t - 2) and needs no [t, t] temporary; the bf16 GEMMs add their operand copies.
+TEST(MemoryPlan, AttentionModes) {
+  const ModelConfig mid = load("bench/configs/train-mid.json");
+  const int64_t t = 2048;
+  const DeviceMemoryPlan g = device_memory_plan(mid, 1, t, true), gb = device_memory_plan(mid, 1, t, true,
+                                                                                           PlanAttention::GemmBf16),
+                         fl = device_memory_plan(mid, 1, t, true, PlanAttention::Flash),
+                         fl2 = device_memory_plan(mid, 1, 2 * t, true, PlanAttention::Flash);
+  EXPECT_EQ(fl.arenas, g.arenas);
+  EXPECT_EQ(gb.activations, g.activations);
+  const double H = double(mid.num_attention_heads), L = double(mid.num_hidden_layers), tm = double(t - 2);
+  const double probs = L * H * double(t) * double(t - 1) + (mid.num_nextn_predict_layers > 0 ? H * tm * (tm - 1) : 0);
+  EXPECT_NEAR(g.activations - fl.activations, 4.0 * probs, 1.0);
+  EXPECT_LT(fl.temporaries, g.temporaries);  // no ds [H, t, t]
+  EXPECT_GT(gb.temporaries, g.temporaries);  // + the BF16 copies, P / dS [H, t, t] among them
+  // Flash's activations are linear in the length (up to the MTP layer's t - 2 and the logits' t - 1).
+  EXPECT_NEAR(fl2.activations, 2.0 * fl.activations, 1e-3 * fl.activations);
+  const double GiB = 1073741824.0;
+  std::printf("train-mid at 1 x 2048, bf16 moments: total %.1f GiB (fp32 attention), %.1f GiB (bf16), %.1f GiB "
+              "(flash); activations %.1f / %.1f GiB (gemm / flash)\n",
+              g.total() / GiB, gb.total() / GiB, fl.total() / GiB, g.activations / GiB, fl.activations / GiB);
+}
+
 }  // namespace
 }  // namespace moe::train

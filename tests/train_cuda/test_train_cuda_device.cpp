@@ -110,8 +110,9 @@ TEST(CudaDeviceStep, TinyTrainBf16MatchesCpuWithTheSameRounding) {
 // Five whole steps of a fresh train-small model on random tokens, GPU vs the CPU trainer.
 // fast: the throughput settings (train-bench's MFU runs): grouped wgmma expert GEMMs, BF16 attention and head GEMMs.
 // first_tol (< 0: loss_tol) bounds step 1, before any update.
+// fast_attention: the attention mode of the fast settings (Bf16, or Flash).
 void five_steps(GemmPrecision p, double loss_tol, const char* what, bool bf16_moments = false, bool fast = false,
-                double first_tol = -1) {
+                double first_tol = -1, cuda::AttnPrecision fast_attention = cuda::AttnPrecision::Bf16) {
   const uint64_t seed = uint64_t(std::chrono::system_clock::now().time_since_epoch().count());
   std::printf("%s: seed %llu\n", what, static_cast<unsigned long long>(seed));
   const std::string path = "bench/configs/train-small.json";
@@ -145,7 +146,7 @@ void five_steps(GemmPrecision p, double loss_tol, const char* what, bool bf16_mo
   gpu.set_bf16_moments(bf16_moments);
   if (fast) {
     gpu.set_grouped_experts(true);
-    gpu.set_attention(cuda::AttnPrecision::Bf16);
+    gpu.set_attention(fast_attention);
     gpu.set_head_fp32(false);
   }
   const std::vector<double> g = run(&gpu), c = run(nullptr);
@@ -178,6 +179,14 @@ TEST(CudaDeviceStep, RandomSmallModelFiveStepsFastSettingsMatchCpu) {
   SKIP_WITHOUT_GPU();
   five_steps(GemmPrecision::Bf16, 1e-3, "train-small bf16 moments, grouped experts, bf16 attention and head", true,
              true);
+}
+
+// The same with --attention flash (attention_flash.cu: train-small's (32, 16, 32) heads have a kernel): Bf16's
+// roundings at the same operands (tests/train_cuda/test_train_cuda_flash.cpp), so the same argument and bound.
+TEST(CudaDeviceStep, RandomSmallModelFiveStepsFlashAttentionMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  five_steps(GemmPrecision::Bf16, 1e-3, "train-small bf16 moments, grouped experts, flash attention, bf16 head", true,
+             true, -1, cuda::AttnPrecision::Flash);
 }
 
 // The fixture under the MFU settings against the CPU's BF16 emulation rounding at the same points (the heads' and

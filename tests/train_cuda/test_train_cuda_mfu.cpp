@@ -409,13 +409,14 @@ TEST(CudaTrainMfu, GroupedExpertsStepMatchesPerExpertLoop) {
   EXPECT_LT(std::abs(lg - ll) / std::abs(ll), 1e-5);
 }
 
-TEST(CudaTrainMfu, MemoryPlanMatchesMeasured) {
-  SKIP_WITHOUT_GPU();
+// attention: the DeviceTrainer's mode and the plan's (the GEMM attention in FP32, or flash).
+void plan_vs_measured(cuda::AttnPrecision attention, PlanAttention plan_attention) {
   const std::string path = "bench/configs/train-default.json";
   const ModelConfig cfg = load_config(path);
   const int64_t b = 16, t = 512;
   DeviceTrainer gpu(GemmPrecision::Bf16);
   gpu.set_bf16_moments(true);
+  gpu.set_attention(attention);
   TrainModel m = TrainModel::init(cfg, path, 3, 0.02);
   m.device = &gpu;
   const std::vector<int32_t> ids = random_ids(cfg.vocab_size, b * t, 9);
@@ -426,12 +427,25 @@ TEST(CudaTrainMfu, MemoryPlanMatchesMeasured) {
   forward_backward(m, ids, b, t, Objective{0.3, 1e-3}, &loads);
   adamw_step(m, opt, 1e-3, 1.0, 1);
   const DeviceMemory mem = gpu.memory();
-  const DeviceMemoryPlan plan = device_memory_plan(cfg, b, t, true);
+  const DeviceMemoryPlan plan = device_memory_plan(cfg, b, t, true, plan_attention);
   const double planned = plan.total() - plan.runtime, MiB = 1048576.0;
-  std::printf("memory plan %.0f MiB (arenas %.0f, activations %.0f, temporaries %.0f) vs measured peak %.0f MiB\n",
-              planned / MiB, plan.arenas / MiB, plan.activations / MiB, plan.temporaries / MiB, mem.peak_used / MiB);
+  std::printf("%s attention: memory plan %.0f MiB (arenas %.0f, activations %.0f, temporaries %.0f) vs measured peak %.0f MiB\n",
+              plan_attention == PlanAttention::Flash ? "flash" : "fp32", planned / MiB, plan.arenas / MiB,
+              plan.activations / MiB, plan.temporaries / MiB, mem.peak_used / MiB);
   EXPECT_GT(mem.peak_used, 0.0);
   EXPECT_LT(std::abs(mem.peak_used - planned), 0.15 * planned + plan.runtime);
+}
+
+TEST(CudaTrainMfu, MemoryPlanMatchesMeasured) {
+  SKIP_WITHOUT_GPU();
+  plan_vs_measured(cuda::AttnPrecision::Fp32, PlanAttention::Gemm);
+}
+
+// --attention flash: no [b, H, t, t] buffers (train-default at 16 x 512: 7 layers of 16 x 6 x 512 x 512
+// probabilities and the ds temporary, ~0.75 GiB, less).
+TEST(CudaTrainMfu, MemoryPlanMatchesMeasuredFlashAttention) {
+  SKIP_WITHOUT_GPU();
+  plan_vs_measured(cuda::AttnPrecision::Flash, PlanAttention::Flash);
 }
 
 }  // namespace
