@@ -88,7 +88,7 @@ std::vector<double> lse_reference(const std::vector<float>& q, const std::vector
   const int64_t dq = dn + dr, dkv = dn + dv, n = b * t;
   const std::vector<float> Q = rounded(q.data(), n * H * dq), KV = rounded(kv.data(), n * H * dkv),
                            KR = rounded(kr.data(), n * dr);
-  std::vector<double> lse(size_t(b * H * t)), x(size_t(t));
+  std::vector<double> lse(static_cast<size_t>(b * H * t)), x(static_cast<size_t>(t));
   for (int64_t s = 0; s < b; ++s)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < t; ++i) {
@@ -267,7 +267,7 @@ TEST(CudaTrainFlash, TimingAtTrainMidShape) {
   ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
   const int64_t P = b * H * t * t;
   DeviceArray<float> probs(std::vector<float>(size_t(P), 0.f)), ds(std::vector<float>(size_t(P), 0.f));
-  DeviceArray<uint16_t> sq(std::vector<uint16_t>(size_t(P)));
+  DeviceArray<uint16_t> sq{std::vector<uint16_t>(static_cast<size_t>(P))};
   cuda::AttnBf16 bf{g.hq.get(), g.hkv.get(), g.hkr.get(), sq.get(), g.hdo.get()};
   const cuda::AttnShape gemm{b, t, H, dn, dr, dv, scale, cuda::AttnPrecision::Bf16};
   cudaEvent_t e0, e1;
