@@ -398,13 +398,13 @@ TEST(TrainBench, DeviceFlagErrorsNameTheFlag) {
   EXPECT_NE(experts.out.find("--expert-gemm must be grouped or loop, not 'batched'"), std::string::npos) << experts.out;
   const Result attention = test::run_moe(base + " --device cuda --attention fp16");
   EXPECT_EQ(attention.code, 1);
-  EXPECT_NE(attention.out.find("--attention must be fp32, tf32 or bf16, not 'fp16'"), std::string::npos)
+  EXPECT_NE(attention.out.find("--attention must be fp32, tf32, bf16 or flash, not 'fp16'"), std::string::npos)
       << attention.out;
   const Result head = test::run_moe(base + " --device cuda --head fp8");
   EXPECT_EQ(head.code, 1);
   EXPECT_NE(head.out.find("--head must be fp32 or bf16, not 'fp8'"), std::string::npos) << head.out;
   // The CUDA trainer's choices with the CPU trainer: refused, not silently ignored.
-  for (const char* flag : {"--attention bf16", "--head bf16", "--expert-gemm grouped"}) {
+  for (const char* flag : {"--attention bf16", "--attention flash", "--head bf16", "--expert-gemm grouped"}) {
     const Result r = test::run_moe(base + " --device cpu " + flag);
     EXPECT_EQ(r.code, 1) << flag;
     EXPECT_NE(r.out.find("--expert-gemm, --attention, --head and --check-finite are for --device cuda"),
