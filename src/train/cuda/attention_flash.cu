@@ -27,7 +27,7 @@
 //             dV += bf16(P^T) dO, dK += bf16(dS^T) Q. dK's nope part and dV are added into dkv; its rope part
 //             is written to a per-head scratch [H, b*t, dr].
 //   dq        a tile of 128 queries (warp w: 16 rows; dQ [16, dn+dr] in registers), key blocks of 64 up to the
-//             diagonal through a two-stage ring, 16 keys at a time: S, P, dP, dS as above; dQ += bf16(dS) K.
+//             diagonal through a two-stage ring, 32 keys at a time: S, P, dP, dS as above; dQ += bf16(dS) K.
 //   dkr sum   dk_rope += the per-head partials, heads in order (as the GEMM path's one product per head).
 //
 // BF16 roundings against the GEMM bf16 mode (so its error analysis carries over): Q, K (nope and rope), V, dO, P
@@ -64,6 +64,7 @@ constexpr int kWarps = 8, kThreads = kWarps * 32, kPad = 8;
 constexpr int kFwdRows = 128, kFwdKeys = 64;  // forward: queries a CTA, keys a block
 constexpr int kBwdKeys = 128, kBwdRows = 64;  // dkv: keys a CTA, queries a tile
 constexpr int kDqRows = 128, kDqKeys = 64;    // dq: queries a CTA, keys a block
+constexpr int kDqChunk = 32;                  // dq: keys a warp takes at a time (its A fragments loaded once)
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -444,7 +445,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dkv_kernel(const FlashArgs 
 template <int DN, int DR, int DV>
 __global__ void __launch_bounds__(kThreads, 1) flash_dq_kernel(const FlashArgs p) {
   constexpr int DQK = DN + DR, QP = DQK + kPad, VP = DV + kPad;
-  constexpr int KS = DQK / 16, VS = DV / 16, NQ = DQK / 8;
+  constexpr int KS = DQK / 16, VS = DV / 16, NQ = DQK / 8, NC = kDqChunk / 8;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint16_t* qs = reinterpret_cast<uint16_t*>(smem_raw);  // [128][QP]
   uint16_t* dos = qs + kDqRows * QP;                      // [128][VP]
@@ -489,37 +490,47 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dq_kernel(const FlashArgs p
     const uint16_t* kt = ks + (j % 2) * kDqKeys * QP;
     const uint16_t* vt = vs + (j % 2) * kDqKeys * VP;
 #pragma unroll 1
-    for (int c = 0; c < kDqKeys / 16 && active; ++c) {
-      const int kc = j * kDqKeys + c * 16;  // keys kc .. kc + 15
-      if (kc > wmax) break;                 // past every query of the warp
-      // S [16 queries, 16 keys] = Q K^T and dP = dO V^T (A: the warp's Q / dO rows, B: the chunk's K / V rows).
-      float s[2][4], dp[2][4];
+    for (int c = 0; c < kDqKeys / kDqChunk && active; ++c) {
+      const int kc = j * kDqKeys + c * kDqChunk;  // keys kc .. kc + kDqChunk - 1
+      if (kc > wmax) break;                       // past every query of the warp
+      // S [16 queries, 32 keys] = Q K^T and dP = dO V^T (A: the warp's Q / dO rows, loaded once for the chunk's
+      // four C tiles; B: the chunk's K / V rows).
+      float s[NC][4], dp[NC][4];
 #pragma unroll
-      for (int n = 0; n < 2; ++n)
+      for (int n = 0; n < NC; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
 #pragma unroll
       for (int k = 0; k < KS; ++k) {
-        uint32_t a[4], b[4];
+        uint32_t a[4];
         ldmatrix_x4(a, qs + (warp * 16 + lane % 16) * QP + k * 16 + (lane / 16) * 8);
-        ldmatrix_x4(b, kt + (c * 16 + lane % 8 + (lane / 16) * 8) * QP + k * 16 + ((lane / 8) % 2) * 8);
-        mma_bf16(s[0], a, b[0], b[1]);
-        mma_bf16(s[1], a, b[2], b[3]);
+#pragma unroll
+        for (int n = 0; n < NC; n += 2) {
+          uint32_t b[4];
+          ldmatrix_x4(b, kt + (c * kDqChunk + n * 8 + lane % 8 + (lane / 16) * 8) * QP + k * 16 + ((lane / 8) % 2) * 8);
+          mma_bf16(s[n], a, b[0], b[1]);
+          mma_bf16(s[n + 1], a, b[2], b[3]);
+        }
       }
 #pragma unroll
       for (int k = 0; k < VS; ++k) {
-        uint32_t a[4], b[4];
+        uint32_t a[4];
         ldmatrix_x4(a, dos + (warp * 16 + lane % 16) * VP + k * 16 + (lane / 16) * 8);
-        ldmatrix_x4(b, vt + (c * 16 + lane % 8 + (lane / 16) * 8) * VP + k * 16 + ((lane / 8) % 2) * 8);
-        mma_bf16(dp[0], a, b[0], b[1]);
-        mma_bf16(dp[1], a, b[2], b[3]);
-      }
-      // dS = P (dP - D) scale, P = 2^(x - lse2), 0 above the diagonal; rounded to BF16 as the A fragment over the
-      // chunk's keys. Element e of C tile n: query qw0 + lane/4 + 8 (e/2), key kc + 8 n + 2 (lane % 4) + (e & 1).
-      const bool mask = kc + 15 > qw0;
-      uint32_t da[4];
 #pragma unroll
-      for (int n = 0; n < 2; ++n) {
+        for (int n = 0; n < NC; n += 2) {
+          uint32_t b[4];
+          ldmatrix_x4(b, vt + (c * kDqChunk + n * 8 + lane % 8 + (lane / 16) * 8) * VP + k * 16 + ((lane / 8) % 2) * 8);
+          mma_bf16(dp[n], a, b[0], b[1]);
+          mma_bf16(dp[n + 1], a, b[2], b[3]);
+        }
+      }
+      // dS = P (dP - D) scale, P = 2^(x - lse2), 0 above the diagonal; rounded to BF16 as A fragments over the
+      // chunk's keys (16 a fragment). Element e of C tile n: query qw0 + lane/4 + 8 (e/2), key
+      // kc + 8 n + 2 (lane % 4) + (e & 1).
+      const bool mask = kc + kDqChunk - 1 > qw0;
+      uint32_t da[NC / 2][4];
+#pragma unroll
+      for (int n = 0; n < NC; ++n) {
         float dsv[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -528,17 +539,20 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dq_kernel(const FlashArgs p
           if (mask && key > query) x = 0.0f;
           dsv[e] = x * (dp[n][e] - dd[e / 2]) * p.scale;
         }
-        da[n * 2 + 0] = pack_bf16(dsv[0], dsv[1]);
-        da[n * 2 + 1] = pack_bf16(dsv[2], dsv[3]);
+        da[n / 2][(n % 2) * 2 + 0] = pack_bf16(dsv[0], dsv[1]);
+        da[n / 2][(n % 2) * 2 + 1] = pack_bf16(dsv[2], dsv[3]);
       }
-      // dQ [16, dq] += dS K (B: the chunk's K rows, transposed loads).
+      // dQ [16, dq] += dS K (B: the chunk's K rows, 16 keys a k-step, transposed loads).
 #pragma unroll
-      for (int v = 0; v < NQ; v += 2) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, kt + (c * 16 + lane % 8 + ((lane / 8) % 2) * 8) * QP + v * 8 + (lane / 16) * 8);
-        mma_bf16(dq[v], da, b[0], b[1]);
-        mma_bf16(dq[v + 1], da, b[2], b[3]);
-      }
+      for (int k = 0; k < NC / 2; ++k)
+#pragma unroll
+        for (int v = 0; v < NQ; v += 2) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, kt + (c * kDqChunk + k * 16 + lane % 8 + ((lane / 8) % 2) * 8) * QP + v * 8 +
+                                   (lane / 16) * 8);
+          mma_bf16(dq[v], da[k], b[0], b[1]);
+          mma_bf16(dq[v + 1], da[k], b[2], b[3]);
+        }
     }
     __syncthreads();  // the next iteration's copies overwrite the stage read here
   }
