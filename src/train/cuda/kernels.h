@@ -123,7 +123,7 @@ struct RouterArgs {
   bool sigmoid = true, noaux = true, group_limited = true, norm_topk_prob = true;
   double scaling = 1.0;
 };
-bool router_supported(const RouterArgs& c);  // K <= 16, n_group <= 64
+bool router_supported(const RouterArgs& c);  // K <= 16, n_group <= 64, E <= 1024
 // scores [n, E], chosen [n, K], weights [n, K], denom [n]; bias [E] or null.
 void router_forward(float* scores, int32_t* chosen, float* weights, float* denom, const float* logits,
                     const float* bias, int64_t n, const RouterArgs& c, cudaStream_t s);

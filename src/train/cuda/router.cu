@@ -3,8 +3,10 @@
 // and weighed from the stored value, as the CPU op does), the choice values (score + correction bias under
 // noaux_tc), group-limited selection, top-k by repeated selection (largest first, ties to the lower index: the
 // CPU's stable sort), weights normalised over the chosen and scaled. The sequence-wise balance loss: f [b, E]
-// by one thread per (sequence, expert), the per-token terms by one thread per token (summed in double by the
-// caller). Backward: one thread per token writes dlogits [n, E] from the weights' gradient and the balance
+// by one block per sequence counting its (token, slot) choices in shared integer counters (integer adds: the same
+// counts in any order), the per-token terms by one thread per token (summed in double by the caller).
+// The per-token kernels run 32 threads a block: a micro-batch of 2,048 tokens then spreads over 64 SMs instead of
+// 16 (each thread's work is a few hundred dependent steps over its token's E scores). Backward: one thread per token writes dlogits [n, E] from the weights' gradient and the balance
 // loss's, through the sigmoid or the softmax. Every sum is in double, in the CPU's order.
 #include "train/cuda/common.cuh"
 #include "train/cuda/kernels.h"
@@ -82,13 +84,21 @@ __global__ void router_forward_kernel(float* scores, int32_t* chosen, float* wei
   }
 }
 
-__global__ void balance_fractions_kernel(float* f, const int32_t* chosen, int64_t b, int64_t t, RouterArgs c) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= b * c.experts) return;
-  const int64_t seq = i / c.experts, e = i % c.experts;
-  double count = 0;
-  for (int64_t r = seq * t * c.top_k; r < (seq + 1) * t * c.top_k; ++r) count += chosen[r] == e ? 1.0 : 0.0;
-  f[i] = float(count * double(c.experts) / double(c.top_k * t));
+// Block seq: f[seq, e] = count of e among the sequence's t K choices x E / (K t). Shared counters (E <= 1024).
+constexpr int kMaxExperts = 1024;
+__global__ void balance_fractions_kernel(float* f, const int32_t* chosen, int64_t t, RouterArgs c) {
+  __shared__ int counts[kMaxExperts];
+  const int64_t seq = blockIdx.x, E = c.experts;
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  const int32_t* ch = chosen + seq * t * c.top_k;
+  for (int64_t r = threadIdx.x; r < t * c.top_k; r += blockDim.x) {
+    const int32_t e = ch[r];
+    if (e >= 0 && e < E) atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x)
+    f[seq * E + e] = float(double(counts[e]) * double(E) / double(c.top_k * t));
 }
 
 __global__ void balance_terms_kernel(float* terms, const float* scores, const float* f, int64_t b, int64_t t,
@@ -148,22 +158,24 @@ __global__ void router_backward_kernel(float* dlogits, const float* dweights, co
 
 bool router_supported(const RouterArgs& c) {
   return c.top_k <= kMaxK && c.n_group <= kMaxGroups && c.n_group >= 1 && c.experts % c.n_group == 0 &&
-         c.topk_group <= c.n_group;
+         c.topk_group <= c.n_group && c.experts <= kMaxExperts;
 }
 
 void router_forward(float* scores, int32_t* chosen, float* weights, float* denom, const float* logits,
                     const float* bias, int64_t n, const RouterArgs& c, cudaStream_t s) {
   if (n == 0) return;
-  router_forward_kernel<<<blocks_for(n, 128), 128, 0, s>>>(scores, chosen, weights, denom, logits, bias, n, c);
+  router_forward_kernel<<<blocks_for(n, 32), 32, 0, s>>>(scores, chosen, weights, denom, logits, bias, n, c);
 }
 
 void balance_fractions(float* f, const int32_t* chosen, int64_t b, int64_t t, const RouterArgs& c, cudaStream_t s) {
-  balance_fractions_kernel<<<blocks_for(b * c.experts, 128), 128, 0, s>>>(f, chosen, b, t, c);
+  if (b == 0) return;
+  balance_fractions_kernel<<<unsigned(b), 1024, 0, s>>>(f, chosen, t, c);
 }
 
 void balance_terms(float* terms, const float* scores, const float* f, int64_t b, int64_t t, const RouterArgs& c,
                    double alpha, cudaStream_t s) {
-  balance_terms_kernel<<<blocks_for(b * t, 128), 128, 0, s>>>(terms, scores, f, b, t, c, alpha);
+  if (b * t == 0) return;
+  balance_terms_kernel<<<blocks_for(b * t, 32), 32, 0, s>>>(terms, scores, f, b, t, c, alpha);
 }
 
 void router_backward(float* dlogits, const float* dweights, const float* scores, const int32_t* chosen,
@@ -171,8 +183,8 @@ void router_backward(float* dlogits, const float* dweights, const float* scores,
                      cudaStream_t s) {
   const int64_t n = b * t;
   if (n == 0) return;
-  router_backward_kernel<<<blocks_for(n, 128), 128, 0, s>>>(dlogits, dweights, scores, chosen, denom, f, n, t, c,
-                                                            alpha / double(t * b));
+  router_backward_kernel<<<blocks_for(n, 32), 32, 0, s>>>(dlogits, dweights, scores, chosen, denom, f, n, t, c,
+                                                          alpha / double(t * b));
 }
 
 }  // namespace moe::train::cuda
