@@ -1,6 +1,6 @@
 #pragma once
 // PTX wrappers shared by the tensor-core kernels (MLA decode and prefill attention, the grouped expert GEMM):
-// cp.async copies from global to shared memory, ldmatrix fragment loads and the m16n8k16 BF16 mma with F32
+// cp.async copies from global to shared memory, bulk (TMA) copies and F32 reductions from shared to global memory, ldmatrix fragment loads and the m16n8k16 BF16 mma with F32
 // accumulators. The cp.async wrappers clobber "memory", so the compiler keeps shared-memory reads and writes
 // on their side of a commit or wait.
 #include <cstdint>
@@ -24,6 +24,24 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
+
+// Bulk copies (the TMA unit, no tensor map) from shared to global memory, issued by one thread: `bytes` a
+// multiple of 16, both addresses 16-byte aligned. The async proxy reads the shared source: generic-proxy writes to
+// it need fence_proxy_async (wgmma.cuh) and a barrier first. bulk_reduce_add_f32 adds the F32 values into global
+// memory in the L2 (one add per element, round to nearest; subnormals flush to zero as atom.add.f32 does).
+__device__ __forceinline__ void bulk_store(void* gdst, uint32_t ssrc, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(gdst), "r"(ssrc), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gdst, uint32_t ssrc, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(gdst),
+               "r"(ssrc), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Waits until this thread's committed bulk groups have read their shared sources (the buffer may then be
+// reused or the CTA exit); their global writes complete by the kernel's end.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 
 // Four 8x8 BF16 tiles from shared memory (each lane gives one row address), plain or transposed.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {

@@ -61,11 +61,13 @@ bool GroupedGemm::run_grouped(GemmKind kind, const std::vector<GemmProblem>& ps,
     why = "the device is not sm_90";
   } else if (k % 8 != 0 || m % 8 != 0 || k > kMaxWidth || m > kMaxWidth) {
     why = fmt::format("the widths k {} and m {} are not both multiples of 8 (16-byte copies)", k, m);
+  } else if (beta != 0.0f && beta != 1.0f) {
+    why = fmt::format("beta is {}, not 0 or 1 (the kernel stores or adds its tile)", beta);
   } else {
     for (const GemmProblem& p : ps) {
       if (reinterpret_cast<uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<uintptr_t>(p.b) % 16 != 0 ||
-          reinterpret_cast<uintptr_t>(p.out) % 8 != 0) {
-        why = "an operand is not 16-byte aligned (or an output 8-byte)";
+          reinterpret_cast<uintptr_t>(p.out) % 16 != 0) {
+        why = "an operand or output is not 16-byte aligned";
         break;
       }
       if (p.n > kMaxWidth) {

@@ -56,8 +56,8 @@ struct GroupedWgmmaArgs {
 // Whether the current device runs the kernel (sm_90: the library is built for sm_90a only).
 bool grouped_gemm_wgmma_supported();
 // Launches the kernel on `stream` (gridDim.y over at most 65535 items per launch; more are split); the first
-// CUDA error, cudaErrorInvalidValue for widths that are not positive multiples of 8. The tables' pointers must
-// be 16-byte aligned (a, b) and 8-byte (out) (GroupedGemm checks).
+// CUDA error, cudaErrorInvalidValue for widths that are not positive multiples of 8 or a beta other than 0
+// and 1. The tables' pointers must be 16-byte aligned (GroupedGemm checks).
 cudaError_t grouped_gemm_wgmma(const GroupedWgmmaArgs& args, cudaStream_t stream);
 
 class GroupedGemm {

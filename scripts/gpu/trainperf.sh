@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The CUDA trainer's correctness and speed on one GPU (issue 11): run from the repository root on the GPU machine
+# after `BUILD_TARGETS="moe test_train_cuda" JOBS=16 scripts/gpu/run.sh build`. Writes under $OUT/trainperf/ and
+# re-packs $OUT/trainperf.tgz after every stage (the device tool returns a handful of files, and a call cut short
+# by its time limit still returns what the finished stages wrote):
+#   env.txt            date, commit, GPU
+#   tests.log          flash and BF16 attention against the CPU, the router, the grouped expert GEMMs against
+#                      per-expert cuBLAS (with their timings), whole steps
+#   memcheck.log       compute-sanitizer memcheck of flash attention, the router and the grouped GEMMs
+#   ncu-tn.txt         Nsight Compute's details of one grouped weight-gradient (tn) launch at train-mid's widths
+#   bench-*.json/.err  `moe train-bench --device cuda --profile`: tokens/s, MFU against the BF16 GEMM rate measured
+#                      in the same process, memory, time per op class
+# STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER overrides the tests' filter.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/out/gpu}
+D=$OUT/trainperf
+mkdir -p "$D"
+BUILD=${BUILD:-$ROOT/build-gpu}
+MOE=$BUILD/src/cli/moe
+TEST=$BUILD/tests/train_cuda/test_train_cuda
+export LD_LIBRARY_PATH=/tmp/moe-deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export PATH=/usr/local/cuda/bin:$PATH
+STAGES=${STAGES:-tests memcheck ncu mid default}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+pack() { tar czf "$OUT/trainperf.tgz" -C "$OUT" trainperf; }
+
+{ date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total \
+  --format=csv; nproc; free -g | head -2; } >"$D/env.txt" 2>&1
+
+if has tests; then
+  echo "== tests $(date -u +%T)"
+  timeout 200 "$TEST" --gtest_filter="${TEST_FILTER:-CudaTrainFlash.*:CudaTrainMoeOps.*:CudaDeviceStep.*:CudaTrainMfu.*}" \
+    >"$D/tests.log" 2>&1
+  echo "exit $?" >>"$D/tests.log"
+  grep -E "^\[ +(FAILED|PASSED) |Failure|Expected|^exit|flash|timing" "$D/tests.log" | cut -c1-300 | head -50
+  pack
+fi
+if has memcheck; then
+  echo "== memcheck $(date -u +%T)"
+  timeout 150 compute-sanitizer --tool memcheck "$TEST" \
+    --gtest_filter='CudaTrainFlash.ForwardBackward*:CudaTrainMoeOps.Router*:CudaTrainMfu.GroupedExpertGemmsMatchPerExpertAndDouble' \
+    >"$D/memcheck.log" 2>&1
+  echo "exit $?" >>"$D/memcheck.log"
+  grep -E "ERROR SUMMARY|^\[ +(PASSED|FAILED)|^exit" "$D/memcheck.log" | tail -4
+  pack
+fi
+if has ncu; then
+  # GroupedExpertGemmsTiming launches the grouped kernel 12 times per kind (2 warm-ups + 10 timed), nt, nn, tn at
+  # k 2048 / m 1408 first: launch 25 is a timed tn.
+  echo "== ncu $(date -u +%T)"
+  timeout 120 ncu --set full -k regex:grouped_gemm_wgmma --launch-skip 24 --launch-count 1 -o "$D/ncu-tn" \
+    "$TEST" --gtest_filter=CudaTrainMfu.GroupedExpertGemmsTiming >"$D/ncu.log" 2>&1
+  echo "exit $?" >>"$D/ncu.log"
+  ncu --import "$D/ncu-tn.ncu-rep" --page details >"$D/ncu-tn.txt" 2>&1
+  grep -E "Duration|Memory Throughput|Compute \(SM\) Throughput|DRAM Throughput|Registers Per|Achieved Occupancy" \
+    "$D/ncu-tn.txt" | head -12
+  pack
+fi
+
+bench() {  # name seconds args...
+  local name=$1 secs=$2; shift 2
+  local t0=$SECONDS
+  timeout "$secs" "$MOE" train-bench --device cuda --profile "$@" >"$D/bench-$name.json" 2>"$D/bench-$name.err"
+  local rc=$?
+  echo "$name exit $rc in $((SECONDS - t0)) s: $(cut -c1-600 "$D/bench-$name.json") $(tail -3 "$D/bench-$name.err")"
+  pack
+  return $rc
+}
+# (~20 s of host initialisation of 10 B values and a 40 GB upload come before train-mid's first step.)
+MID="--config bench/configs/train-mid.json --seq-len 2048 --moments bf16 --head bf16 --batch 8 --micro-batch 1 --steps 2"
+if has mid; then
+  echo "== train-mid $(date -u +%T)"
+  bench mid-bf16 110 $MID --attention bf16
+  bench mid-flash 110 $MID --attention flash
+fi
+DEF="--config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --head bf16"
+if has default; then
+  echo "== train-default $(date -u +%T)"
+  bench default-bf16 30 $DEF --attention bf16
+  bench default-flash 30 $DEF --attention flash
+fi
+echo "== done $(date -u +%T)"
