@@ -142,7 +142,6 @@ std::vector<GroupedCheck> check_grouped(cuda::CudaCompute& cc, cuda::GemmKind ki
         return table;
       },
       [](const std::string& l) { std::printf("%s\n", l.c_str()); });
-  gemm.set_kernel_for_tn(true);  // the kernel's tn path at every shape (auto would pick cuBLAS for few rows)
   const bool tn = kind == cuda::GemmKind::Tn, nt = kind == cuda::GemmKind::Nt;
   const int64_t E = int64_t(rows.size());
   int64_t total = 0, max_rows = 0;
@@ -321,7 +320,6 @@ TEST(CudaTrainMfu, GroupedExpertGemmsTiming) {
   ASSERT_EQ(cudaMalloc(&table, 1 << 20), cudaSuccess);
   cuda::GroupedGemm gemm(cc.blas(), cc.stream(), [&](size_t bytes) { return bytes <= (1 << 20) ? table : nullptr; },
                          [](const std::string& l) { std::printf("%s\n", l.c_str()); });
-  gemm.set_kernel_for_tn(true);  // timed against the per-expert loop like the other kinds
   const std::vector<int64_t> rows = real_rows();
   const int64_t E = int64_t(rows.size()), D = 2048, F = 1408;
   int64_t total = 0;

@@ -71,8 +71,8 @@ struct DeviceTrainer::Impl {
   cudaStream_t stream() const { return cc.stream(); }
   StepProfile prof;     // per-op-class device time (off unless set_profile)
   GroupedGemm egemm;    // the routed experts' grouped GEMMs (BF16)
-  bool grouped_experts = true;  // BF16: the experts' GEMMs grouped (egemm: one launch of our wgmma kernel per forward
-                                // and input-gradient product, grouped_gemm_wgmma.cu; the weight gradients per expert);
+  bool grouped_experts = true;  // BF16: the experts' GEMMs grouped (egemm: one launch of our wgmma kernel per
+                                // product, grouped_gemm_wgmma.cu);
                                 // false, or another precision: one mm/mm_bwd per expert (the reference)
   AttnPrecision attention_prec = AttnPrecision::Fp32;  // the attention's score and value GEMMs (set_attention)
   // The mode a layer of these head widths runs: attention_prec, except Flash for a head shape without flash kernels,

@@ -41,15 +41,8 @@ void GroupedGemm::run(GemmKind kind, const std::vector<GemmProblem>& problems, i
   for (const GemmProblem& p : problems)
     if (p.n > 0) ps.push_back(p);
   if (ps.empty() || k == 0 || m == 0) return;
-  last_grouped_ = want_grouped_ && (kind != GemmKind::Tn || tn_on_kernel(ps)) && run_grouped(kind, ps, k, m, beta);
+  last_grouped_ = want_grouped_ && run_grouped(kind, ps, k, m, beta);
   if (!last_grouped_) run_each(kind, ps, k, m, beta);
-}
-
-bool GroupedGemm::tn_on_kernel(const std::vector<GemmProblem>& ps) const {
-  if (tn_mode_ >= 0) return tn_mode_ == 1;
-  int64_t rows = 0;
-  for (const GemmProblem& p : ps) rows += p.n;
-  return rows >= kTnKernelMinRows * int64_t(ps.size());
 }
 
 bool GroupedGemm::run_grouped(GemmKind kind, const std::vector<GemmProblem>& ps, int64_t k, int64_t m, float beta) {

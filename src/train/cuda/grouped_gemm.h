@@ -69,14 +69,6 @@ class GroupedGemm {
 
   void run(GemmKind kind, const std::vector<GemmProblem>& problems, int64_t k, int64_t m, float beta);
   void set_grouped(bool on) { want_grouped_ = on; }
-  // tn (the weight gradient): its K is an expert's token count, so with few rows per expert each tile is mostly
-  // pipeline fill and an epilogue reading and writing FP32 gradients. By default (auto) the kernel runs it when the
-  // problems average at least kTnKernelMinRows rows, else one cuBLAS GEMM per expert: on an H200 (2026-12-02) at
-  // train-mid (k 2048, m 1408, 64 experts of ~166 rows) the kernel took 1.46 ms against 0.86 ms for the loop, and
-  // at train-default (k 384, m 128, 16 experts of ~4,096 rows) the step ran 1.25x faster with the kernel.
-  // set_kernel_for_tn forces one or the other (the tests check the kernel's tn at every shape).
-  static constexpr int64_t kTnKernelMinRows = 512;
-  void set_kernel_for_tn(bool on) { tn_mode_ = on ? 1 : 0; }
   bool grouped() const { return last_grouped_; }
   // The per-problem cuBLAS path whatever set_grouped says (the reference of the tests and the fallback).
   void run_each(GemmKind kind, const std::vector<GemmProblem>& problems, int64_t k, int64_t m, float beta);
@@ -88,9 +80,7 @@ class GroupedGemm {
   cudaStream_t stream_;
   Buffer buffer_;
   std::function<void(const std::string&)> log_;
-  bool tn_on_kernel(const std::vector<GemmProblem>& ps) const;
   bool want_grouped_ = true, last_grouped_ = false;
-  int tn_mode_ = -1;  // -1 auto, 0 per expert, 1 the kernel
   int supported_ = -1;   // the device runs the kernel (queried at the first grouped call)
   bool warned_ = false;  // the fallback was reported
   std::vector<unsigned char> table_;  // host staging of the tables (reused across calls)
