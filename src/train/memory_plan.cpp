@@ -62,7 +62,7 @@ Temps layer_temps(const Widths& w, bool moe, double b, double t, bool flash) {
 }
 
 // BF16 operand copies (2-byte values): the largest x, W and dy of the mm/mm_bwd GEMMs (the heads and the router
-// run in FP32: no copy) and the grouped experts' buffers.
+// run in FP32: no copy) and the grouped experts' buffers (the plan assumes grouped BF16 experts).
 double bf16_copies(const Widths& w, bool any_moe, double n) {
   const double mlp = std::max(w.F, w.Fs);
   const double x = n * std::max({w.D, mlp, w.H * w.dv, w.r, 2 * w.D, w.ql});
@@ -72,7 +72,9 @@ double bf16_copies(const Widths& w, bool any_moe, double n) {
   double v = x + wt + dy;
   if (any_moe) {
     const double nk = n * w.K;
-    v += 2 * nk * w.D + 3 * nk * w.Fm + 3 * w.E * w.Fm * w.D;  // ex_x, ex_dy, ex_act/dgate/dup, the experts
+    // ex_x, ex_dy, ex_act/dgate/dup; the experts' weights are the split masters' BF16 halves (no copy), and bind
+    // and pull stage one expert matrix in FP32 (2 x its values in 2-byte units)
+    v += 2 * nk * w.D + 3 * nk * w.Fm + 2 * w.Fm * w.D;
   }
   return v;
 }

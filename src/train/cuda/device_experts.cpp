@@ -1,7 +1,7 @@
 // The routed experts' FFN on the device over the expert-sorted rows (device_layer.cpp's moe_forward gathers them:
 // expert e's rows are offsets[e] .. offsets[e+1] of xs [nK, D]). Two paths with the same maths (ffn.cpp's):
 //  - grouped (BF16, the default): xs, act and the gradients are rounded to BF16 once for all experts, the layer's
-//    expert weights once into one buffer, and each product is one grouped GEMM over the experts
+//    expert weights are read where they lie (the split masters' BF16 halves, device_impl.h), and each product is one grouped GEMM over the experts
 //    (grouped_gemm.h): gate and up together, down; in the backward dact, dW_down, dxs (gate then up: they share
 //    their output) and dW_gate with dW_up. SwiGLU and its backward run once over all rows.
 //  - per expert (any precision; FP8 composes here): one mm / mm_bwd per expert and product, the reference the
@@ -32,6 +32,11 @@ std::vector<const uint16_t*> DeviceTrainer::Impl::expert_weights_bf16(const Laye
     lo = std::min(lo, o), hi = std::max(hi, o + c), sum += c;
   }
   std::vector<const uint16_t*> out(ps.size());
+  if (const auto it = split_of.find(ps[0]); it != split_of.end()) {  // the masters' hi halves: nothing to convert
+    const SplitRegion& r = split_regions[it->second];
+    for (size_t i = 0; i < ps.size(); ++i) out[i] = split_hi(r) + (offset.at(ps[i]) - r.o);
+    return out;
+  }
   if (hi - lo == sum) {  // the arena holds exactly these, in some order: one conversion
     const uint16_t* b = bf16_copy("bf.experts", W + lo, sum);
     for (size_t i = 0; i < ps.size(); ++i) out[i] = b + (offset.at(ps[i]) - lo);

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/error.h"
 #include "train/cuda/device_trainer.h"
 #include "train/cuda/fp8_gemm.h"
 #include "train/cuda/grouped_gemm.h"
@@ -101,7 +102,22 @@ struct DeviceTrainer::Impl {
   void download_moment(std::vector<float>& host, const void* arena, int64_t o);  // syncs
   std::unordered_map<const Param*, int64_t> offset;
   void bind(TrainModel& m);  // no-op when m is already bound
-  float* w(const Param* p) { return W + offset.at(p); }
+  // Split master weights (split_weights.cuh) for the grouped BF16 experts (use_grouped() at bind): each MoE
+  // layer's routed-expert block [o, o + n) of W, when its {gate, up, down} lie together there, holds in its 4n
+  // bytes hi[n] (BF16, what the grouped GEMMs read: no per-micro-batch BF16 copy of 553 M values a layer at
+  // train-mid) then lo[n] (int16). bind splits, pull joins, AdamW updates them in place; w() refuses them.
+  struct SplitRegion {
+    int64_t o = 0, n = 0;
+  };
+  std::vector<SplitRegion> split_regions;
+  std::unordered_map<const Param*, size_t> split_of;  // parameter -> its region
+  uint16_t* split_hi(const SplitRegion& r) const { return reinterpret_cast<uint16_t*>(W + r.o); }
+  int16_t* split_lo(const SplitRegion& r) const { return reinterpret_cast<int16_t*>(split_hi(r) + r.n); }
+  void plan_split(const TrainModel& m);  // fills split_regions, split_of (offsets set)
+  float* w(const Param* p) {
+    MOE_CHECK(split_of.count(p) == 0, "cuda train: {} is stored split (BF16 + int16), not as FP32", p->name);
+    return W + offset.at(p);
+  }
   float* g(const Param* p) { return G + offset.at(p); }
 
   // ---- buffers: grow-only, by name; the free memory is checked before each allocation (a clear error, not a
@@ -173,8 +189,8 @@ struct DeviceTrainer::Impl {
   // backward (dxs, the experts' weight gradients), as grouped BF16 GEMMs (use_grouped) or one GEMM per expert.
   void experts_forward(DMoe& A, const LayerParams& P, const std::string& key, int64_t D, int64_t F);
   void experts_backward(float* dxs, const float* dys, const DMoe& A, const LayerParams& P, int64_t D, int64_t F);
-  // BF16 copies of every routed expert's {gate, up, down} of a layer in one buffer (one conversion when they lie
-  // together in the arena): [3 E] pointers, expert e's gate, up, down at 3e, 3e + 1, 3e + 2.
+  // BF16 values of every routed expert's {gate, up, down} of a layer: [3 E] pointers, expert e's gate, up, down at
+  // 3e, 3e + 1, 3e + 2; into the split region's hi (no work), else copies in one buffer.
   std::vector<const uint16_t*> expert_weights_bf16(const LayerParams& P);
   const uint16_t* bf16_copy(const char* slot, const float* src, int64_t count);
   void rmsnorm(float* y, float* rstd, const float* x, const Param* w, int64_t n, int64_t d, double eps);

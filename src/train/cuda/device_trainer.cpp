@@ -142,14 +142,46 @@ void DeviceTrainer::Impl::bind(TrainModel& m) {
   check_cuda(cudaMemsetAsync(G, 0, bytes, stream()), "cudaMemsetAsync");
   check_cuda(cudaMemsetAsync(M, 0, size_t(total) * moment_bytes(), stream()), "cudaMemsetAsync");
   check_cuda(cudaMemsetAsync(V, 0, size_t(total) * moment_bytes(), stream()), "cudaMemsetAsync");
+  plan_split(m);
   for (const auto& p : m.params) {  // push, with the host's gradients (zero for a fresh model)
     const size_t b = p->w.size() * sizeof(float);
-    upload(W + offset[p.get()], p->w.data(), b);
+    if (const auto it = split_of.find(p.get()); it != split_of.end()) {  // through a staging buffer, split there
+      const SplitRegion& r = split_regions[it->second];
+      float* stage = f32("stage.split", int64_t(p->w.size()));
+      upload(stage, p->w.data(), b);
+      const int64_t at = offset[p.get()] - r.o;
+      split_weights(split_hi(r) + at, split_lo(r) + at, stage, int64_t(p->w.size()), stream());
+      check_cuda(cudaGetLastError(), "split_weights");
+    } else {
+      upload(W + offset[p.get()], p->w.data(), b);
+    }
     if (p->g.size() == p->w.size()) upload(G + offset[p.get()], p->g.data(), b);
     if (p->m.size() == p->w.size()) upload_moment(M, offset[p.get()], p->m);
     if (p->v.size() == p->w.size()) upload_moment(V, offset[p.get()], p->v);
   }
   check_cuda(cudaStreamSynchronize(stream()), "bind");
+}
+
+void DeviceTrainer::Impl::plan_split(const TrainModel& m) {
+  split_regions.clear();
+  split_of.clear();
+  if (!use_grouped()) return;
+  std::vector<const LayerParams*> layers;
+  for (const LayerParams& l : m.layers) layers.push_back(&l);
+  if (m.has_mtp) layers.push_back(&m.mtp_layer);
+  for (const LayerParams* l : layers) {
+    if (!l->is_moe || l->experts.empty()) continue;
+    std::vector<const Param*> ps;
+    for (const MlpParams& e : l->experts) ps.insert(ps.end(), {e.gate, e.up, e.down});
+    int64_t lo = offset.at(ps[0]), hi = lo, sum = 0;
+    for (const Param* p : ps) {
+      const int64_t o = offset.at(p), c = int64_t(p->w.size());
+      lo = std::min(lo, o), hi = std::max(hi, o + c), sum += c;
+    }
+    if (hi - lo != sum) continue;  // not one block (bind lays a layer's experts out together): FP32 and copies
+    for (const Param* p : ps) split_of[p] = split_regions.size();
+    split_regions.push_back({lo, sum});
+  }
 }
 
 void DeviceTrainer::Impl::upload_moment(void* arena, int64_t o, const std::vector<float>& host) {
@@ -309,26 +341,33 @@ StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, 
   const ProfScope scope(I.prof, OpClass::Optimizer);
   // One launch per run of parameters that lie together in the arenas (bind lays them out in order) and share the
   // decay rule: ~2 per layer instead of one per tensor (train-mid has ~3,300 tensors, most of them experts').
-  auto update = [&](int64_t o, int64_t count, bool decay) {
+  // Runs stay inside one split region or outside all (region -1).
+  auto update = [&](int64_t o, int64_t count, bool decay, int64_t region) {
     a.decay = decay ? float(1.0 - lr * opt.weight_decay) : 1.0f;
-    if (I.bf16_moments)
+    if (region >= 0) {
+      const Impl::SplitRegion& r = I.split_regions[size_t(region)];
+      adamw_update_split(I.split_hi(r) + (o - r.o), I.split_lo(r) + (o - r.o), I.G + o, I.moment_at(I.M, o),
+                         I.moment_at(I.V, o), I.bf16_moments, count, a, I.stream());
+    } else if (I.bf16_moments)
       adamw_update_bf16(I.W + o, I.G + o, static_cast<uint16_t*>(I.M) + o, static_cast<uint16_t*>(I.V) + o, count, a,
                         I.stream());
     else
       adamw_update(I.W + o, I.G + o, static_cast<float*>(I.M) + o, static_cast<float*>(I.V) + o, count, a, I.stream());
   };
-  int64_t run_at = 0, run_count = 0;
+  int64_t run_at = 0, run_count = 0, run_region = -1;
   bool run_decay = false;
   for (const auto& p : m.params) {
     const int64_t o = I.offset.at(p.get()), c = int64_t(p->w.size());
-    if (run_count > 0 && o == run_at + run_count && p->decay == run_decay) {
+    const auto it = I.split_of.find(p.get());
+    const int64_t region = it == I.split_of.end() ? -1 : int64_t(it->second);
+    if (run_count > 0 && o == run_at + run_count && p->decay == run_decay && region == run_region) {
       run_count += c;
       continue;
     }
-    if (run_count > 0) update(run_at, run_count, run_decay);
-    run_at = o, run_count = c, run_decay = p->decay;
+    if (run_count > 0) update(run_at, run_count, run_decay, run_region);
+    run_at = o, run_count = c, run_decay = p->decay, run_region = region;
   }
-  if (run_count > 0) update(run_at, run_count, run_decay);
+  if (run_count > 0) update(run_at, run_count, run_decay, run_region);
   check_cuda(cudaGetLastError(), "adamw_update");
   if (I.f8) I.f8->new_weights();  // the FP8 copies of the weights are quantised again at their next use
   return st;
@@ -347,7 +386,15 @@ void DeviceTrainer::pull(TrainModel& m) {
     p->g.resize(p->w.size());
     p->m.resize(p->w.size());
     p->v.resize(p->w.size());
-    check_cuda(cudaMemcpyAsync(p->w.data(), I.W + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
+    if (const auto it = I.split_of.find(p.get()); it != I.split_of.end()) {  // joined into a staging buffer
+      const Impl::SplitRegion& r = I.split_regions[it->second];
+      float* stage = I.f32("stage.split", int64_t(p->w.size()));
+      join_weights(stage, I.split_hi(r) + (o - r.o), I.split_lo(r) + (o - r.o), int64_t(p->w.size()), I.stream());
+      check_cuda(cudaGetLastError(), "join_weights");
+      check_cuda(cudaMemcpyAsync(p->w.data(), stage, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
+    } else {
+      check_cuda(cudaMemcpyAsync(p->w.data(), I.W + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
+    }
     check_cuda(cudaMemcpyAsync(p->g.data(), I.G + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
     I.download_moment(p->m, I.M, o);
     I.download_moment(p->v, I.V, o);
@@ -395,8 +442,17 @@ std::vector<std::pair<std::string, double>> DeviceTrainer::profile_ms() {
 }
 
 void DeviceTrainer::set_grouped_experts(bool on) {
+  // The experts' masters are stored split or not from the first step on (bind): the choice comes before it.
+  MOE_CHECK(impl_->bound == nullptr || on == impl_->grouped_experts,
+            "cuda train: set_grouped_experts must come before the first step");
   impl_->grouped_experts = on;
   impl_->egemm.set_grouped(on);
+}
+
+int64_t DeviceTrainer::split_master_values() const {
+  int64_t n = 0;
+  for (const Impl::SplitRegion& r : impl_->split_regions) n += r.n;
+  return n;
 }
 
 void DeviceTrainer::set_attention(AttnPrecision p) { impl_->attention_prec = p; }

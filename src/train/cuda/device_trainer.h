@@ -51,7 +51,10 @@ class DeviceTrainer final : public DeviceStep {
   std::vector<std::pair<std::string, double>> profile_ms() override;
   // BF16: the routed experts' GEMMs as grouped GEMMs (true, the default: the same sums as the loop, 2.7-4.4x faster
   // on an H200) or one GEMM per expert (false, the reference).
-  void set_grouped_experts(bool on);
+  void set_grouped_experts(bool on);  // before the first step (the masters' storage follows it)
+  // The master values stored split (BF16 hi + int16 lo: the grouped experts' weights, read by their GEMMs as
+  // they lie, device_impl.h), 0 before the first step or when none are.
+  int64_t split_master_values() const;
   // The attention's score and value GEMMs: FP32 without TF32 (the default and the reference), TF32, or BF16
   // operands with FP32 accumulation (kernels.h's AttnPrecision; mixed-precision training's choice); or Flash: the
   // flash-style kernels with Bf16's roundings (attention_flash.cu: lse [b, H, t] kept instead of the [b, H, t, t]

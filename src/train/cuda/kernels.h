@@ -11,6 +11,10 @@ namespace moe::train::cuda {
 
 // convert.cu: out[i] = bf16(in[i]) (round to nearest even), count values.
 void to_bf16(uint16_t* out, const float* in, int64_t count, cudaStream_t s);
+// split_weights.cu: FP32 master weights to and from their split form (split_weights.cuh: hi the BF16 value, ties
+// away from zero, and lo the int16 rest; join(split(w)) is w, bit for bit).
+void split_weights(uint16_t* hi, int16_t* lo, const float* w, int64_t count, cudaStream_t s);
+void join_weights(float* w, const uint16_t* hi, const int16_t* lo, int64_t count, cudaStream_t s);
 // convert.cu: out[i] = bf16 of a hash of (seed, i) mapped to [-1, 1) (never all zeros): operands for rate
 // measurements that must not read uninitialised or zero memory.
 void fill_bf16_uniform(uint16_t* out, int64_t count, uint32_t seed, cudaStream_t s);
@@ -107,6 +111,10 @@ void adamw_update(float* w, const float* g, float* m, float* v, int64_t count, c
 // The same with BF16 moments (AdamW::bf16_moments): m and v rounded to BF16 when stored, the update from them.
 void adamw_update_bf16(float* w, const float* g, uint16_t* m, uint16_t* v, int64_t count, const AdamWArgs& a,
                        cudaStream_t s);
+// The same for weights stored split (split_weights.cuh: BF16 hi + int16 lo, the same FP32 value), moments FP32 or
+// BF16 (bf16_moments: m and v are uint16_t arrays).
+void adamw_update_split(uint16_t* hi, int16_t* lo, const float* g, void* m, void* v, bool bf16_moments,
+                        int64_t count, const AdamWArgs& a, cudaStream_t s);
 
 // elementwise.cu: dst[y * dst_pitch + x] += src[y * src_pitch + x] for x < width, y < height (floats);
 // x *= factor; *out = sum of x (or of its squares) in double, in a fixed order (deterministic), through
