@@ -8,6 +8,8 @@
 #                      per-expert cuBLAS (with their timings), whole steps
 #   memcheck.log       compute-sanitizer memcheck of flash attention, the router and the grouped GEMMs
 #   ncu-tn.txt         Nsight Compute's details of one grouped weight-gradient (tn) launch at train-mid's widths
+#   kprof.txt          per-kernel GPU time of a train-bench step at train-mid's widths, 4 layers (stage kprof, not
+#                      in the default list: ncu serialises ~5,000 launches)
 #   bench-*.json/.err  `moe train-bench --device cuda --profile`: tokens/s, MFU against the BF16 GEMM rate measured
 #                      in the same process, memory, time per op class
 # STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER overrides the tests' filter.
@@ -56,6 +58,21 @@ if has ncu; then
   ncu --import "$D/ncu-tn.ncu-rep" --page details >"$D/ncu-tn.txt" 2>&1
   grep -E "Duration|Memory Throughput|Compute \(SM\) Throughput|DRAM Throughput|Registers Per|Achieved Occupancy" \
     "$D/ncu-tn.txt" | head -12
+  pack
+fi
+
+if has kprof; then
+  # Per-kernel GPU time of one train-bench step (and its warm-up step) at train-mid's widths with 4 layers (a
+  # quarter of the launches; the per-layer kernels are the same), flash attention and BF16 heads.
+  echo "== kprof $(date -u +%T)"
+  /opt/torch/.venv/bin/python3 -c "import json; c = json.load(open('bench/configs/train-mid.json')); \
+c['num_hidden_layers'] = 4; json.dump(c, open('/tmp/mid4.json', 'w'))"
+  timeout 240 ncu --metrics gpu__time_duration.sum --csv --print-units base "$MOE" train-bench --device cuda \
+    --config /tmp/mid4.json --seq-len 2048 --moments bf16 --head bf16 --attention flash --batch 1 --steps 1 \
+    >"$D/kprof.csv" 2>"$D/kprof.err"
+  echo "exit $?" >>"$D/kprof.err"
+  /opt/torch/.venv/bin/python3 scripts/gpu/kernel_times.py "$D/kprof.csv" 45 >"$D/kprof.txt" 2>&1
+  head -30 "$D/kprof.txt"
   pack
 fi
 
