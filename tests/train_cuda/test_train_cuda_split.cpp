@@ -1,13 +1,13 @@
 // Split master weights (train/cuda/split_weights.cuh): the routed experts' FP32 masters kept as a BF16 hi (the
 // grouped GEMMs' operand) and an int16 lo.
-//  - the encoding on the device against a host reference written from the definition (BF16 nearest, ties away
-//    from zero, chosen by comparing distances in double), and join(split(w)) == w bit for bit, over random
-//    values of many scales and the edge cases (ties with even and odd truncations, carries into the exponent,
-//    zeros, subnormals, negatives);
+//  - the encoding on the device against a host reference written from the definition (BF16 nearest even, chosen
+//    by comparing distances in double): hi is exactly that rounding, and join(split(w)) is w bit for bit except a
+//    tie over an even truncation, which comes back one ulp nearer zero; over random values of many scales and the
+//    edge cases (ties over even and odd truncations, carries into the exponent, zeros, subnormals, negatives);
 //  - a DeviceTrainer whose experts are split (grouped BF16) against one whose are not (the per-expert loop):
-//    bind + pull gives the host's weights back bit for bit, and three AdamW steps from the same gradients give
-//    the same weights and moments bit for bit (the update is the same FP32 arithmetic on the same value), with
-//    FP32 and BF16 moments.
+//    bind + pull gives the host's weights back (but those ties), and three AdamW steps from the same gradients
+//    give the same moments bit for bit (they never read W) and the same weights but for the values a tie nudged
+//    (a handful, within 2 ulps), with FP32 and BF16 moments.
 #include <cstring>
 #include <limits>
 
@@ -31,15 +31,18 @@ float from_bits(uint32_t b) {
   return x;
 }
 
-// The BF16 (as its 16 bits) nearest to x, ties away from zero: the two BF16 values around x are its truncation t
-// and the next one away from zero (t + 1 in sign-magnitude bits); distances compared in double (exact here).
+// The BF16 (as its 16 bits) nearest to x, ties to even: the two BF16 values around x are its truncation t and
+// the next one away from zero (t + 1 in sign-magnitude bits); distances compared in double (exact here).
 uint16_t reference_hi(float x) {
   const uint16_t t = uint16_t(bits(x) >> 16);
   const double below = std::fabs(double(from_bits(uint32_t(t) << 16)));
   const double above = std::fabs(double(from_bits(uint32_t(t + 1) << 16)));
   const double ax = std::fabs(double(x));
-  return (ax - below < above - ax) ? t : uint16_t(t + 1);
+  if (ax - below != above - ax) return ax - below < above - ax ? t : uint16_t(t + 1);
+  return (t & 1u) == 0 ? t : uint16_t(t + 1);
 }
+// The stored master: x, or one ulp nearer zero for a tie over an even truncation.
+uint32_t reference_back(float x) { return (bits(x) & 0x1FFFFu) == 0x8000u ? bits(x) - 1 : bits(x); }
 
 TEST(CudaTrainSplit, EncodingMatchesDefinitionAndRoundTrips) {
   SKIP_WITHOUT_GPU();
@@ -61,20 +64,26 @@ TEST(CudaTrainSplit, EncodingMatchesDefinitionAndRoundTrips) {
   cuda::join_weights(back.get(), hi.get(), lo.get(), n, nullptr);
   const std::vector<uint16_t> h = hi.host();
   const std::vector<float> b = back.host();
-  int64_t wrong_hi = 0, wrong_back = 0, ties = 0;
+  int64_t wrong_hi = 0, wrong_back = 0, even_ties = 0;
   for (size_t i = 0; i < w.size(); ++i) {
     if (h[i] != reference_hi(w[i])) ++wrong_hi;
-    if (bits(b[i]) != bits(w[i])) ++wrong_back;
-    if ((bits(w[i]) & 0xFFFFu) == 0x8000u) ++ties;
+    if (bits(b[i]) != reference_back(w[i])) ++wrong_back;
+    if (reference_back(w[i]) != bits(w[i])) ++even_ties;
   }
   EXPECT_EQ(wrong_hi, 0);
   EXPECT_EQ(wrong_back, 0);
-  EXPECT_GE(ties, 8);
-  // Spot values: a tie over an even truncation goes away from zero (not to even), the carry reaches 1.0.
+  EXPECT_GE(even_ties, 4);
+  // Spot values: a tie over an even truncation rounds down and is kept as 0x3F807FFF; one over an odd truncation
+  // rounds up and comes back exact; the carry of 0x3F7F8000 reaches 1.0.
   const std::vector<int16_t> l = lo.host();
-  const size_t e = size_t(n) - 24;  // the first edge case, 0x3F808000
-  EXPECT_EQ(h[e], 0x3F81u);
-  EXPECT_EQ(l[e], int16_t(-0x8000));
+  const size_t e = size_t(n) - 24;  // the first edge case, 0x3F808000, then its negative, then 0x3F818000
+  EXPECT_EQ(h[e], 0x3F80u);
+  EXPECT_EQ(l[e], int16_t(0x7FFF));
+  EXPECT_EQ(bits(b[e]), 0x3F807FFFu);
+  EXPECT_EQ(h[e + 1], 0xBF80u);
+  EXPECT_EQ(h[e + 2], 0x3F82u);
+  EXPECT_EQ(l[e + 2], int16_t(-0x8000));
+  EXPECT_EQ(bits(b[e + 2]), 0x3F818000u);
   EXPECT_EQ(h[e + 8], 0x3F80u);  // 0x3F7F8000
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
@@ -120,15 +129,33 @@ void split_vs_fp32(bool bf16_moments) {
   ASSERT_EQ(s.size(), f.size());
   const size_t P = host.params.size();
   ASSERT_EQ(s.size(), 4 * P);
-  int64_t differ = 0, experts = 0;
+  // bind + pull: the host's values, but the ties over even truncations (one ulp nearer zero).
+  int64_t experts = 0, nudged = 0, values = 0;
   for (size_t i = 0; i < P; ++i) {
-    EXPECT_EQ(0, std::memcmp(s[i].data(), host.params[i]->w.data(), s[i].size() * 4)) << host.params[i]->name;
-    if (host.params[i]->name.find(".experts.") != std::string::npos) ++experts;
+    const std::vector<float>& h = host.params[i]->w;
+    for (size_t j = 0; j < h.size(); ++j) {
+      EXPECT_EQ(bits(s[i][j]), reference_back(h[j])) << host.params[i]->name << " [" << j << "]";
+      if (bits(s[i][j]) != bits(h[j])) ++nudged;
+    }
+    if (host.params[i]->name.find(".experts.") != std::string::npos) ++experts, values += int64_t(h.size());
   }
-  for (size_t i = P; i < s.size(); ++i)
-    if (std::memcmp(s[i].data(), f[i].data(), s[i].size() * 4) != 0) ++differ;
   EXPECT_GT(experts, 0);
-  EXPECT_EQ(differ, 0) << "of " << s.size() - P << " tensors after AdamW";
+  // After AdamW: moments identical; weights identical but for values a tie nudged (at bind or at an update),
+  // each within 2 ulps, and few (a tie is one value in 131,072: 3 steps over `values`).
+  int64_t differ = 0, far = 0;
+  for (size_t i = P; i < s.size(); ++i) {
+    const bool weights = (i - P) % 3 == 0;
+    for (size_t j = 0; j < s[i].size(); ++j) {
+      if (bits(s[i][j]) == bits(f[i][j])) continue;
+      ++differ;
+      const int64_t d = int64_t(bits(s[i][j])) - int64_t(bits(f[i][j]));
+      if (!weights || d < -2 || d > 2) ++far;
+    }
+  }
+  std::printf("split masters: %lld of %lld expert values nudged at bind, %lld values differ after AdamW\n",
+              (long long)nudged, (long long)values, (long long)differ);
+  EXPECT_EQ(far, 0);
+  EXPECT_LE(differ, 4 * values / 131072 + 8);
 }
 
 TEST(CudaTrainSplit, SplitMastersMatchFp32MastersThroughAdamW) {
@@ -139,6 +166,36 @@ TEST(CudaTrainSplit, SplitMastersMatchFp32MastersThroughAdamW) {
 TEST(CudaTrainSplit, SplitMastersMatchFp32MastersThroughAdamWBf16Moments) {
   SKIP_WITHOUT_GPU();
   split_vs_fp32(true);
+}
+
+// AdamW's launcher (adamw.cu) runs a scalar head up to the first 16-byte boundary, a body of 4 values a thread
+// and a scalar tail: a run starting one value past the arrays' alignment must give, value for value, what a run
+// over the same values starting on the boundary gives (the same FP32 formula in both kernels).
+TEST(CudaTrainSplit, AdamWHeadBodyAndTailAgree) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 1001;
+  const std::vector<float> w = randn(n + 8, 31, 0.02), g = randn(n + 8, 32, 1e-3), m = randn(n + 8, 33, 1e-4);
+  std::vector<float> v = randn(n + 8, 34, 1e-4);
+  for (float& x : v) x = x * x;
+  cuda::AdamWArgs a;
+  a.lr = 1e-3f, a.decay = 1.0f - 1e-3f * 0.1f, a.bc1 = 0.1f, a.bc2 = 0.05f, a.clip = 0.7f;
+  auto run = [&](int64_t at) {  // the n values placed at offset `at` of the device arrays
+    std::vector<float> hw(n + 8), hg(n + 8), hm(n + 8), hv(n + 8);
+    for (int64_t i = 0; i < n; ++i) hw[at + i] = w[i], hg[at + i] = g[i], hm[at + i] = m[i], hv[at + i] = v[i];
+    DeviceArray<float> dw(hw), dg(hg), dm(hm), dv(hv);
+    cuda::adamw_update(dw.get() + at, dg.get() + at, dm.get() + at, dv.get() + at, n, a, nullptr);
+    const std::vector<float> rw = dw.host(), rm = dm.host(), rv = dv.host();
+    std::vector<float> out;
+    for (int64_t i = 0; i < n; ++i) out.insert(out.end(), {rw[at + i], rm[at + i], rv[at + i]});
+    return out;
+  };
+  const std::vector<float> aligned = run(0), shifted = run(1);
+  ASSERT_EQ(aligned.size(), shifted.size());
+  EXPECT_EQ(0, std::memcmp(aligned.data(), shifted.data(), aligned.size() * 4));
+  int64_t moved = 0;
+  for (int64_t i = 0; i < n; ++i) moved += aligned[size_t(3 * i)] != w[size_t(i)];
+  EXPECT_EQ(moved, n);  // the update moved every weight
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
 TEST(CudaTrainSplit, GroupedChoiceComesBeforeTheFirstStep) {

@@ -12,46 +12,127 @@
 namespace moe::train::cuda {
 
 namespace {
+// Storage of the weights and of the moments: load4 / store4 move 4 consecutive values (i a multiple of 4 from
+// a base aligned for the vector access), load1 / store1 one value; keep() is the value the moment's storage holds
+// for x (store* take kept values).
 struct F32Weights {
   float* w;
-  __device__ float load(int64_t i) const { return w[i]; }
-  __device__ void store(int64_t i, float x) const { w[i] = x; }
+  __device__ void load4(int64_t i, float (&x)[4]) const {
+    const float4 q = *reinterpret_cast<const float4*>(w + i);
+    x[0] = q.x, x[1] = q.y, x[2] = q.z, x[3] = q.w;
+  }
+  __device__ void store4(int64_t i, const float (&x)[4]) const {
+    *reinterpret_cast<float4*>(w + i) = make_float4(x[0], x[1], x[2], x[3]);
+  }
+  __device__ float load1(int64_t i) const { return w[i]; }
+  __device__ void store1(int64_t i, float x) const { w[i] = x; }
+  F32Weights at(int64_t o) const { return {w + o}; }
+  bool aligned() const { return reinterpret_cast<uintptr_t>(w) % 16 == 0; }
 };
 struct SplitWeights {
   uint16_t* hi;
   int16_t* lo;
-  __device__ float load(int64_t i) const { return join_value(hi[i], lo[i]); }
-  __device__ void store(int64_t i, float x) const { split_value(x, hi[i], lo[i]); }
+  __device__ void load4(int64_t i, float (&x)[4]) const {
+    const ushort4 h = *reinterpret_cast<const ushort4*>(hi + i);
+    const short4 l = *reinterpret_cast<const short4*>(lo + i);
+    x[0] = join_value(h.x, l.x), x[1] = join_value(h.y, l.y), x[2] = join_value(h.z, l.z), x[3] = join_value(h.w, l.w);
+  }
+  __device__ void store4(int64_t i, const float (&x)[4]) const {
+    ushort4 h;
+    short4 l;
+    split_value(x[0], h.x, l.x), split_value(x[1], h.y, l.y), split_value(x[2], h.z, l.z), split_value(x[3], h.w, l.w);
+    *reinterpret_cast<ushort4*>(hi + i) = h;
+    *reinterpret_cast<short4*>(lo + i) = l;
+  }
+  __device__ float load1(int64_t i) const { return join_value(hi[i], lo[i]); }
+  __device__ void store1(int64_t i, float x) const { split_value(x, hi[i], lo[i]); }
+  SplitWeights at(int64_t o) const { return {hi + o, lo + o}; }
+  bool aligned() const { return reinterpret_cast<uintptr_t>(hi) % 8 == 0 && reinterpret_cast<uintptr_t>(lo) % 8 == 0; }
 };
 struct F32Moment {
   float* p;
-  __device__ float load(int64_t i) const { return p[i]; }
-  __device__ float store(int64_t i, float x) const { return p[i] = x; }  // returns the value kept
+  __device__ static float keep(float x) { return x; }
+  __device__ void load4(int64_t i, float (&x)[4]) const { F32Weights{p}.load4(i, x); }
+  __device__ void store4(int64_t i, const float (&x)[4]) const { F32Weights{p}.store4(i, x); }
+  __device__ float load1(int64_t i) const { return p[i]; }
+  __device__ void store1(int64_t i, float x) const { p[i] = x; }
+  F32Moment at(int64_t o) const { return {p + o}; }
+  bool aligned() const { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 };
-struct Bf16Moment {
+struct Bf16Moment {  // nearest even when stored; the update uses the stored value
   uint16_t* p;
-  __device__ float load(int64_t i) const { return __bfloat162float(__ushort_as_bfloat16(p[i])); }
-  __device__ float store(int64_t i, float x) const {
-    const __nv_bfloat16 b = __float2bfloat16_rn(x);
-    p[i] = __bfloat16_as_ushort(b);
-    return __bfloat162float(b);
+  __device__ static float keep(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+  __device__ void load4(int64_t i, float (&x)[4]) const {
+    const ushort4 q = *reinterpret_cast<const ushort4*>(p + i);
+    x[0] = __uint_as_float(uint32_t(q.x) << 16), x[1] = __uint_as_float(uint32_t(q.y) << 16);
+    x[2] = __uint_as_float(uint32_t(q.z) << 16), x[3] = __uint_as_float(uint32_t(q.w) << 16);
   }
+  __device__ void store4(int64_t i, const float (&x)[4]) const {  // x holds kept (BF16) values: exact
+    const ushort4 q{uint16_t(__float_as_uint(x[0]) >> 16), uint16_t(__float_as_uint(x[1]) >> 16),
+                    uint16_t(__float_as_uint(x[2]) >> 16), uint16_t(__float_as_uint(x[3]) >> 16)};
+    *reinterpret_cast<ushort4*>(p + i) = q;
+  }
+  __device__ float load1(int64_t i) const { return __uint_as_float(uint32_t(p[i]) << 16); }
+  __device__ void store1(int64_t i, float x) const { p[i] = uint16_t(__float_as_uint(x) >> 16); }
+  Bf16Moment at(int64_t o) const { return {p + o}; }
+  bool aligned() const { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
 };
 
+// Thread q updates values 4q .. 4q + 3 (of `quads` groups): one 16- or 8-byte access per array.
 template <class Wt, class Mo>
-__global__ void adamw_kernel(Wt w, const float* g, Mo m, Mo v, int64_t count, AdamWArgs a) {
+__global__ void adamw_kernel(Wt w, const float* g, Mo m, Mo v, int64_t quads, AdamWArgs a) {
+  const int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (q >= quads) return;
+  const int64_t i = 4 * q;
+  float wv[4], mv[4], vv[4];
+  w.load4(i, wv);
+  m.load4(i, mv);
+  v.load4(i, vv);
+  const float4 g4 = *reinterpret_cast<const float4*>(g + i);
+  const float gv[4] = {g4.x, g4.y, g4.z, g4.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float gi = gv[j] * a.clip;
+    mv[j] = Mo::keep(a.beta1 * mv[j] + (1.0f - a.beta1) * gi);
+    vv[j] = Mo::keep(a.beta2 * vv[j] + (1.0f - a.beta2) * gi * gi);
+    wv[j] = wv[j] * a.decay - a.lr * ((mv[j] / a.bc1) / (sqrtf(vv[j] / a.bc2) + a.eps));
+  }
+  m.store4(i, mv);
+  v.store4(i, vv);
+  w.store4(i, wv);
+}
+// The same one value a thread, for the ends of a run the vector accesses cannot reach.
+template <class Wt, class Mo>
+__global__ void adamw1_kernel(Wt w, const float* g, Mo m, Mo v, int64_t count, AdamWArgs a) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= count) return;
   const float gi = g[i] * a.clip;
-  const float mi = m.store(i, a.beta1 * m.load(i) + (1.0f - a.beta1) * gi);
-  const float vi = v.store(i, a.beta2 * v.load(i) + (1.0f - a.beta2) * gi * gi);
-  w.store(i, w.load(i) * a.decay - a.lr * ((mi / a.bc1) / (sqrtf(vi / a.bc2) + a.eps)));
+  float w0 = w.load1(i), m0 = m.load1(i), v0 = v.load1(i);
+  m0 = Mo::keep(a.beta1 * m0 + (1.0f - a.beta1) * gi);
+  v0 = Mo::keep(a.beta2 * v0 + (1.0f - a.beta2) * gi * gi);
+  w0 = w0 * a.decay - a.lr * ((m0 / a.bc1) / (sqrtf(v0 / a.bc2) + a.eps));
+  m.store1(i, m0), v.store1(i, v0), w.store1(i, w0);
 }
 
+// Splits [0, count) into a scalar head up to the first index where every array is aligned for its vector access,
+// the vector body and a scalar tail (all scalar when the arrays' alignments disagree).
 template <class Wt, class Mo>
 void launch(Wt w, const float* g, Mo m, Mo v, int64_t count, const AdamWArgs& a, cudaStream_t s) {
-  if (count == 0) return;
-  adamw_kernel<<<blocks_for(count, 256), 256, 0, s>>>(w, g, m, v, count, a);
+  if (count <= 0) return;
+  auto scalar = [&](int64_t o, int64_t n) {
+    if (n > 0) adamw1_kernel<<<blocks_for(n, 256), 256, 0, s>>>(w.at(o), g + o, m.at(o), v.at(o), n, a);
+  };
+  int64_t head = 0;
+  while (head < count && head < 4 && !(w.at(head).aligned() && reinterpret_cast<uintptr_t>(g + head) % 16 == 0))
+    ++head;
+  const bool vec = head < count && w.at(head).aligned() && reinterpret_cast<uintptr_t>(g + head) % 16 == 0 &&
+                   m.at(head).aligned() && v.at(head).aligned();
+  if (!vec) return scalar(0, count);
+  const int64_t quads = (count - head) / 4;
+  scalar(0, head);
+  if (quads > 0)
+    adamw_kernel<<<blocks_for(quads, 256), 256, 0, s>>>(w.at(head), g + head, m.at(head), v.at(head), quads, a);
+  scalar(head + 4 * quads, count - head - 4 * quads);
 }
 }  // namespace
 

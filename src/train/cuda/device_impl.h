@@ -104,8 +104,9 @@ struct DeviceTrainer::Impl {
   void bind(TrainModel& m);  // no-op when m is already bound
   // Split master weights (split_weights.cuh) for the grouped BF16 experts (use_grouped() at bind): each MoE
   // layer's routed-expert block [o, o + n) of W, when its {gate, up, down} lie together there, holds in its 4n
-  // bytes hi[n] (BF16, what the grouped GEMMs read: no per-micro-batch BF16 copy of 553 M values a layer at
-  // train-mid) then lo[n] (int16). bind splits, pull joins, AdamW updates them in place; w() refuses them.
+  // bytes hi[n] (BF16 nearest even, what the grouped GEMMs read: no per-micro-batch BF16 copy of 553 M values a
+  // layer at train-mid) then lo[n] (int16; a tie over an even truncation is kept one FP32 ulp nearer zero). bind
+  // splits, pull joins, AdamW updates them in place; w() refuses them.
   struct SplitRegion {
     int64_t o = 0, n = 0;
   };

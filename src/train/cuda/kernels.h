@@ -11,8 +11,9 @@ namespace moe::train::cuda {
 
 // convert.cu: out[i] = bf16(in[i]) (round to nearest even), count values.
 void to_bf16(uint16_t* out, const float* in, int64_t count, cudaStream_t s);
-// split_weights.cu: FP32 master weights to and from their split form (split_weights.cuh: hi the BF16 value, ties
-// away from zero, and lo the int16 rest; join(split(w)) is w, bit for bit).
+// split_weights.cu: FP32 master weights to and from their split form (split_weights.cuh: hi the BF16 value,
+// nearest even, and lo the int16 rest; join(split(w)) is w bit for bit, but for a tie over an even truncation,
+// which comes back one FP32 ulp nearer zero).
 void split_weights(uint16_t* hi, int16_t* lo, const float* w, int64_t count, cudaStream_t s);
 void join_weights(float* w, const uint16_t* hi, const int16_t* lo, int64_t count, cudaStream_t s);
 // convert.cu: out[i] = bf16 of a hash of (seed, i) mapped to [-1, 1) (never all zeros): operands for rate
