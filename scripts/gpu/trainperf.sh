@@ -12,7 +12,8 @@
 #                      in the default list: ncu serialises ~5,000 launches)
 #   bench-*.json/.err  `moe train-bench --device cuda --profile`: tokens/s, MFU against the BF16 GEMM rate measured
 #                      in the same process, memory, time per op class
-# STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER overrides the tests' filter.
+# STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER and MEMCHECK_FILTER override the
+# filters; MID_BF16, MID_MB2, DEF_BF16 (set) add the BF16-attention and two-sequence micro-batch benches.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -33,7 +34,7 @@ pack() { tar czf "$OUT/trainperf.tgz" -C "$OUT" trainperf; }
 
 if has tests; then
   echo "== tests $(date -u +%T)"
-  timeout 200 "$TEST" --gtest_filter="${TEST_FILTER:-CudaTrainFlash.*:CudaTrainMoeOps.*:CudaDeviceStep.*:CudaTrainMfu.*}" \
+  timeout 200 "$TEST" --gtest_filter="${TEST_FILTER:-CudaTrainFlash.*:CudaTrainMoeOps.*:CudaDeviceStep.*:CudaTrainMfu.*:CudaTrainSplit.*:CudaTrainOps.*}" \
     >"$D/tests.log" 2>&1
   echo "exit $?" >>"$D/tests.log"
   grep -E "^\[ +(FAILED|PASSED) |Failure|Expected|^exit|flash|timing" "$D/tests.log" | cut -c1-300 | head -50
@@ -41,8 +42,7 @@ if has tests; then
 fi
 if has memcheck; then
   echo "== memcheck $(date -u +%T)"
-  timeout 150 compute-sanitizer --tool memcheck "$TEST" \
-    --gtest_filter='CudaTrainFlash.ForwardBackward*:CudaTrainMoeOps.Router*:CudaTrainMfu.GroupedExpertGemmsMatchPerExpertAndDouble' \
+  timeout 150 compute-sanitizer --tool memcheck "$TEST" --gtest_filter="${MEMCHECK_FILTER:-CudaTrainFlash.ForwardBackward*:CudaTrainMoeOps.Router*:CudaTrainMfu.GroupedExpertGemmsMatchPerExpertAndDouble:CudaTrainSplit.*}" \
     >"$D/memcheck.log" 2>&1
   echo "exit $?" >>"$D/memcheck.log"
   grep -E "ERROR SUMMARY|^\[ +(PASSED|FAILED)|^exit" "$D/memcheck.log" | tail -4
@@ -89,13 +89,15 @@ bench() {  # name seconds args...
 MID="--config bench/configs/train-mid.json --seq-len 2048 --moments bf16 --head bf16 --batch 8 --micro-batch 1 --steps 2"
 if has mid; then
   echo "== train-mid $(date -u +%T)"
-  bench mid-bf16 110 $MID --attention bf16
+  [ -n "${MID_BF16:-}" ] && bench mid-bf16 110 $MID --attention bf16
   bench mid-flash 110 $MID --attention flash
+  # Two sequences a micro-batch (4 micro-batches a step): refused by the memory plan unless it fits.
+  [ -n "${MID_MB2:-}" ] && bench mid-flash-mb2 110 ${MID/--micro-batch 1/--micro-batch 2} --attention flash
 fi
 DEF="--config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --head bf16"
 if has default; then
   echo "== train-default $(date -u +%T)"
-  bench default-bf16 30 $DEF --attention bf16
+  [ -n "${DEF_BF16:-}" ] && bench default-bf16 30 $DEF --attention bf16
   bench default-flash 30 $DEF --attention flash
 fi
 echo "== done $(date -u +%T)"
