@@ -129,31 +129,42 @@ void split_vs_fp32(bool bf16_moments) {
   ASSERT_EQ(s.size(), f.size());
   const size_t P = host.params.size();
   ASSERT_EQ(s.size(), 4 * P);
-  // bind + pull: the host's values, but the ties over even truncations (one ulp nearer zero).
+  // bind + pull: the host's values, but the experts' ties over even truncations (one ulp nearer zero).
   int64_t experts = 0, nudged = 0, values = 0;
   for (size_t i = 0; i < P; ++i) {
     const std::vector<float>& h = host.params[i]->w;
+    const bool expert = host.params[i]->name.find(".experts.") != std::string::npos;
     for (size_t j = 0; j < h.size(); ++j) {
-      EXPECT_EQ(bits(s[i][j]), reference_back(h[j])) << host.params[i]->name << " [" << j << "]";
+      EXPECT_EQ(bits(s[i][j]), expert ? reference_back(h[j]) : bits(h[j])) << host.params[i]->name << " [" << j << "]";
       if (bits(s[i][j]) != bits(h[j])) ++nudged;
     }
-    if (host.params[i]->name.find(".experts.") != std::string::npos) ++experts, values += int64_t(h.size());
+    if (expert) ++experts, values += int64_t(h.size());
   }
   EXPECT_GT(experts, 0);
-  // After AdamW: moments identical; weights identical but for values a tie nudged (at bind or at an update),
-  // each within 2 ulps, and few (a tie is one value in 131,072: 3 steps over `values`).
-  int64_t differ = 0, far = 0;
+  EXPECT_GT(nudged, 0);  // 3.1 M random values hold ~24 such ties
+  // After AdamW: moments identical (they never read W); weights identical but for values a tie nudged (at bind or
+  // at an update), each within a few FP32 ulps (|d| <= 2^-22 |w|: a nudge is 2^-24 relative, and the updates
+  // after it carry it with their own roundings), and few (a tie is one value in 131,072: 4 chances over `values`).
+  int64_t differ = 0, moments = 0, far = 0;
+  double worst = 0;
   for (size_t i = P; i < s.size(); ++i) {
     const bool weights = (i - P) % 3 == 0;
     for (size_t j = 0; j < s[i].size(); ++j) {
       if (bits(s[i][j]) == bits(f[i][j])) continue;
+      if (!weights) {
+        ++moments;
+        continue;
+      }
       ++differ;
-      const int64_t d = int64_t(bits(s[i][j])) - int64_t(bits(f[i][j]));
-      if (!weights || d < -2 || d > 2) ++far;
+      const double rel = std::fabs(double(s[i][j]) - double(f[i][j])) / std::fabs(double(f[i][j]));
+      worst = std::max(worst, rel);
+      if (rel > std::ldexp(1.0, -22)) ++far;
     }
   }
-  std::printf("split masters: %lld of %lld expert values nudged at bind, %lld values differ after AdamW\n",
-              (long long)nudged, (long long)values, (long long)differ);
+  std::printf("split masters: %lld of %lld expert values nudged at bind, %lld weights differ after AdamW (worst "
+              "%.3g relative)\n",
+              (long long)nudged, (long long)values, (long long)differ, worst);
+  EXPECT_EQ(moments, 0);
   EXPECT_EQ(far, 0);
   EXPECT_LE(differ, 4 * values / 131072 + 8);
 }

@@ -78,6 +78,17 @@ struct Bf16Moment {  // nearest even when stored; the update uses the stored val
   bool aligned() const { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
 };
 
+// One value's update with every rounding spelled out (no contraction left to the compiler), so the vector and
+// the scalar kernel give the same bits for the same inputs.
+template <class Mo>
+__device__ __forceinline__ void update(float& w, float& m, float& v, float g, const AdamWArgs& a) {
+  const float gi = __fmul_rn(g, a.clip);
+  m = Mo::keep(__fmaf_rn(a.beta1, m, __fmul_rn(1.0f - a.beta1, gi)));
+  v = Mo::keep(__fmaf_rn(a.beta2, v, __fmul_rn(__fmul_rn(1.0f - a.beta2, gi), gi)));
+  const float step = __fdiv_rn(__fdiv_rn(m, a.bc1), __fadd_rn(__fsqrt_rn(__fdiv_rn(v, a.bc2)), a.eps));
+  w = __fmaf_rn(w, a.decay, -__fmul_rn(a.lr, step));
+}
+
 // Thread q updates values 4q .. 4q + 3 (of `quads` groups): one 16- or 8-byte access per array.
 template <class Wt, class Mo>
 __global__ void adamw_kernel(Wt w, const float* g, Mo m, Mo v, int64_t quads, AdamWArgs a) {
@@ -91,12 +102,7 @@ __global__ void adamw_kernel(Wt w, const float* g, Mo m, Mo v, int64_t quads, Ad
   const float4 g4 = *reinterpret_cast<const float4*>(g + i);
   const float gv[4] = {g4.x, g4.y, g4.z, g4.w};
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float gi = gv[j] * a.clip;
-    mv[j] = Mo::keep(a.beta1 * mv[j] + (1.0f - a.beta1) * gi);
-    vv[j] = Mo::keep(a.beta2 * vv[j] + (1.0f - a.beta2) * gi * gi);
-    wv[j] = wv[j] * a.decay - a.lr * ((mv[j] / a.bc1) / (sqrtf(vv[j] / a.bc2) + a.eps));
-  }
+  for (int j = 0; j < 4; ++j) update<Mo>(wv[j], mv[j], vv[j], gv[j], a);
   m.store4(i, mv);
   v.store4(i, vv);
   w.store4(i, wv);
@@ -106,11 +112,8 @@ template <class Wt, class Mo>
 __global__ void adamw1_kernel(Wt w, const float* g, Mo m, Mo v, int64_t count, AdamWArgs a) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= count) return;
-  const float gi = g[i] * a.clip;
   float w0 = w.load1(i), m0 = m.load1(i), v0 = v.load1(i);
-  m0 = Mo::keep(a.beta1 * m0 + (1.0f - a.beta1) * gi);
-  v0 = Mo::keep(a.beta2 * v0 + (1.0f - a.beta2) * gi * gi);
-  w0 = w0 * a.decay - a.lr * ((m0 / a.bc1) / (sqrtf(v0 / a.bc2) + a.eps));
+  update<Mo>(w0, m0, v0, g[i], a);
   m.store1(i, m0), v.store1(i, v0), w.store1(i, w0);
 }
 
