@@ -13,7 +13,8 @@
 #   bench-*.json/.err  `moe train-bench --device cuda --profile`: tokens/s, MFU against the BF16 GEMM rate measured
 #                      in the same process, memory, time per op class
 # STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER and MEMCHECK_FILTER override the
-# filters; MID_BF16, MID_MB2, DEF_BF16 (set) add the BF16-attention and two-sequence micro-batch benches.
+# filters; MID_BF16, MID_MB2, DEF_BF16 (set) add the BF16-attention and two-sequence micro-batch benches; KPROF_MB
+# (default 1) is kprof's sequences a micro-batch.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -68,7 +69,8 @@ if has kprof; then
   /opt/torch/.venv/bin/python3 -c "import json; c = json.load(open('bench/configs/train-mid.json')); \
 c['num_hidden_layers'] = 4; json.dump(c, open('/tmp/mid4.json', 'w'))"
   timeout 240 ncu --metrics gpu__time_duration.sum --csv --print-units base "$MOE" train-bench --device cuda \
-    --config /tmp/mid4.json --seq-len 2048 --moments bf16 --head bf16 --attention flash --batch 1 --steps 1 \
+    --config /tmp/mid4.json --seq-len 2048 --moments bf16 --head bf16 --attention flash --batch "${KPROF_MB:-1}" \
+    --micro-batch "${KPROF_MB:-1}" --steps 1 \
     >"$D/kprof.csv" 2>"$D/kprof.err"
   echo "exit $?" >>"$D/kprof.err"
   /opt/torch/.venv/bin/python3 scripts/gpu/kernel_times.py "$D/kprof.csv" 45 >"$D/kprof.txt" 2>&1

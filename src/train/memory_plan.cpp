@@ -36,7 +36,8 @@ double layer_kept(const Widths& w, bool moe, double b, double t, bool flash) {
   if (!moe) return v + 3 * n * w.F;
   const double nk = n * w.K;
   v += 2 * n * w.E + 2 * nk + n + w.E + 3 * nk;  // logits, scores, chosen, weights, denom, bias, rows/slots/pos
-  v += 2 * nk * w.D + 3 * nk * w.Fm + b * w.E;   // xs, eout, gate/up/act, frac
+  // eout, gate, up (FP32) and xs, act in BF16 (half a 4-byte value each: grouped experts keep those as BF16 only)
+  v += 1.5 * nk * w.D + 2.5 * nk * w.Fm + b * w.E;  // + frac
   if (w.Fs > 0) v += 3 * n * w.Fs + n * w.D;     // the shared experts and their output
   return v;
 }
@@ -57,24 +58,23 @@ Temps layer_temps(const Widths& w, bool moe, double b, double t, bool flash) {
   if (moe) {
     const double nk = n * w.K;
     r.moe = 2 * nk * w.D + nk + 3 * nk * w.Fm + n * w.E + n;  // moe_dy, moe_dxs, dweights, dact/dgate/dup, dlogits, aux
+    r.moe += nk * w.D + nk * w.Fm;  // the forward's FP32 xs and act (temporaries: kept as BF16)
   }
   return r;
 }
 
-// BF16 operand copies (2-byte values): the largest x, W and dy of the mm/mm_bwd GEMMs (the heads and the router
-// run in FP32: no copy) and the grouped experts' buffers (the plan assumes grouped BF16 experts).
+// BF16 operand copies (2-byte values): the largest x and dy of the mm/mm_bwd GEMMs (the heads and the router
+// run in FP32: no copy; the weights of BF16 products are the split masters' BF16 halves: no copy either) and the
+// grouped experts' buffers (the plan assumes grouped BF16 experts), and the staging buffer bind and pull move split
+// masters through (FP32: 2 units a value).
 double bf16_copies(const Widths& w, bool any_moe, double n) {
   const double mlp = std::max(w.F, w.Fs);
   const double x = n * std::max({w.D, mlp, w.H * w.dv, w.r, 2 * w.D, w.ql});
-  const double wt = std::max({w.D * mlp, w.D * w.H * w.dq, w.r * w.H * (w.dn + w.dv), w.H * w.dv * w.D,
-                              2 * w.D * w.D, w.D * (w.r + w.dr), w.ql > 0 ? w.D * w.ql + w.ql * w.H * w.dq : 0.0});
   const double dy = n * std::max({mlp, w.H * w.dq, w.H * (w.dn + w.dv), w.D, w.r + w.dr, w.ql});
-  double v = x + wt + dy;
+  double v = x + dy + 2 * double(kSplitStageValues);
   if (any_moe) {
     const double nk = n * w.K;
-    // ex_x, ex_dy, ex_act/dgate/dup; the experts' weights are the split masters' BF16 halves (no copy), and bind
-    // and pull stage one expert matrix in FP32 (2 x its values in 2-byte units)
-    v += 2 * nk * w.D + 3 * nk * w.Fm + 2 * w.Fm * w.D;
+    v += nk * w.D + 2 * nk * w.Fm;  // ex_dy, ex_dgate/dup (xs and act are kept in BF16: activations)
   }
   return v;
 }
@@ -99,8 +99,9 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   DeviceMemoryPlan p;
   p.arenas = double(parameter_count(c)) * (8.0 + (bf16_moments ? 4.0 : 8.0));
   double kept = 2 * n + double(c.num_hidden_layers + 1) * n * w.D + n * w.D + n;  // ids, positions, x0..xL, hn
-  kept += n1 * w.D + n1 * w.V + 2 * n1;                                         // hsel, logits1, targets, loss
-  double temps = 3 * n * w.D + n1 * w.D + 6 * n;  // grad.hn, grad.x0/x1, grad.sel, the embedding's sort
+  kept += 2 * n1 * w.D + 2 * n1;  // hsel, grad.sel (the head's backward runs in the forward), targets, loss
+  double temps = 3 * n * w.D + 6 * n;  // grad.hn, grad.x0/x1, the embedding's sort
+  temps += std::max(n1, mtp ? n2 : 0.0) * w.V;  // the logits of one head at a time (its loss gradient in place)
   Temps most;
   bool any_moe = false;
   auto add_layer = [&](bool moe, double tt) {
@@ -111,9 +112,9 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   };
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) add_layer(c.is_moe_layer(l), t);
   if (mtp) {
-    kept += 2 * n2 + 9 * n2 * w.D + 3 * n2 + n2 * w.V + 2 * n2;
+    kept += 2 * n2 + 10 * n2 * w.D + 3 * n2 + 2 * n2;  // ..., grad.yn
     add_layer(c.is_moe_layer(c.num_hidden_layers), t2);
-    temps += 9 * n2 * w.D;  // grad.yn .. grad.h2, grad.cat
+    temps += 8 * n2 * w.D;  // grad.y .. grad.h2, grad.cat
   }
   temps += most.attn + most.mlp + most.moe;
   p.activations = 4.0 * kept;

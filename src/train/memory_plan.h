@@ -1,16 +1,22 @@
 #pragma once
 // What a training step of a model needs of a device's memory (issue 11: "an honest estimate printed before
 // allocating"): train/cuda's DeviceTrainer keeps four arenas (FP32 values and gradients, AdamW moments in FP32 or
-// BF16), the forward's kept activations of every layer (FP32; the attention probabilities [b, H, t, t] of every
-// layer, or the flash attention's lse [b, H, t]; the routed experts' rows [nK, D] and [nK, F]), the backward's temporaries (named buffers shared by every
-// layer: the largest layer's), the BF16 copies of GEMM operands and the [n, vocab] logits of the main and MTP
-// heads. This mirrors those buffers (device_*.cpp) shape by shape; tests/train_cuda checks it against what
-// cudaMemGetInfo measures on the device, and bench.cpp prints it before the first allocation.
+// BF16; the masters read only in BF16 stored split, hi + lo, in the same 4 bytes), the forward's kept activations of
+// every layer (FP32; the attention probabilities [b, H, t, t] of every layer, or the flash attention's lse
+// [b, H, t]; the routed experts' rows [nK, D] and [nK, F], the GEMM inputs among them in BF16), the backward's
+// temporaries (named buffers shared by every layer: the largest layer's), the BF16 copies of GEMM activation
+// operands and one head's [n, vocab] logits at a time (each head's backward runs right after its loss). This
+// mirrors those buffers (device_*.cpp) shape by shape; tests/train_cuda checks it against what cudaMemGetInfo
+// measures on the device, and bench.cpp prints it before the first allocation.
 #include <cstdint>
 
 #include "io/model_config.h"
 
 namespace moe::train {
+
+// bind and pull move a split master (train/cuda/device_impl.h) through an FP32 staging buffer of at most this
+// many values (the head alone is 335 M values at train-mid).
+constexpr int64_t kSplitStageValues = int64_t(1) << 22;
 
 struct DeviceMemoryPlan {
   double arenas = 0;       // values + gradients + two moments (bytes)

@@ -267,6 +267,15 @@ TEST(CudaTrainMoeOps, StridedAddScaleAndSums) {
   const auto got = out.host();
   EXPECT_NEAR(got[0], s, 1e-9 * ss);  // double sums in two orders: ~1e-16 relative to the sum of |terms|
   EXPECT_NEAR(got[1], ss, 1e-12 * ss);
+  // The float4 body with its scalar head (from a pointer off a 16-byte boundary) and tail, and counts below one
+  // float4, sum every value once.
+  for (int64_t off : {0, 1, 2, 3})
+    for (int64_t count : {int64_t(0), int64_t(1), int64_t(3), int64_t(5), int64_t(8), int64_t(2049), big - 4}) {
+      cuda::sum_double(out.get(), scratch.get(), gv.get() + off, count, true, nullptr);
+      double want_ss = 0;
+      for (int64_t i = off; i < off + count; ++i) want_ss += double(v[size_t(i)]) * double(v[size_t(i)]);
+      EXPECT_NEAR(out.host()[0], want_ss, 1e-12 * want_ss) << "offset " << off << " count " << count;
+    }
   cuda::scale(gv.get(), 0.5f, big, nullptr);
   const auto half = gv.host();
   for (size_t i = 0; i < v.size(); i += 9973) EXPECT_EQ(half[i], v[i] * 0.5f);

@@ -1,6 +1,7 @@
 // The routed experts' FFN on the device over the expert-sorted rows (device_layer.cpp's moe_forward gathers them:
 // expert e's rows are offsets[e] .. offsets[e+1] of xs [nK, D]). Two paths with the same maths (ffn.cpp's):
-//  - grouped (BF16, the default): xs, act and the gradients are rounded to BF16 once for all experts, the layer's
+//  - grouped (BF16, the default): xs, act and the gradients are rounded to BF16 once for all experts (xs and act
+//    kept to the backward only as BF16, the FP32 ones being temporaries: what the GEMMs read), the layer's
 //    expert weights are read where they lie (the split masters' BF16 halves, device_impl.h), and each product is one grouped GEMM over the experts
 //    (grouped_gemm.h): gate and up together, down; in the backward dact, dW_down, dxs (gate then up: they share
 //    their output) and dW_gate with dW_up. SwiGLU and its backward run once over all rows.
@@ -14,7 +15,7 @@
 
 namespace moe::train::cuda {
 
-const uint16_t* DeviceTrainer::Impl::bf16_copy(const char* slot, const float* src, int64_t count) {
+const uint16_t* DeviceTrainer::Impl::bf16_copy(const std::string& slot, const float* src, int64_t count) {
   auto* b = static_cast<uint16_t*>(raw(slot, size_t(std::max<int64_t>(count, 1)) * sizeof(uint16_t)));
   to_bf16(b, src, count, stream());
   check_cuda(cudaGetLastError(), "to_bf16");
@@ -32,9 +33,11 @@ std::vector<const uint16_t*> DeviceTrainer::Impl::expert_weights_bf16(const Laye
     lo = std::min(lo, o), hi = std::max(hi, o + c), sum += c;
   }
   std::vector<const uint16_t*> out(ps.size());
-  if (const auto it = split_of.find(ps[0]); it != split_of.end()) {  // the masters' hi halves: nothing to convert
-    const SplitRegion& r = split_regions[it->second];
-    for (size_t i = 0; i < ps.size(); ++i) out[i] = split_hi(r) + (offset.at(ps[i]) - r.o);
+  if (split_bf16(ps[0])) {  // the masters' hi halves: nothing to convert (bind splits all of a layer's or none)
+    for (size_t i = 0; i < ps.size(); ++i) {
+      out[i] = split_bf16(ps[i]);
+      MOE_CHECK(out[i] != nullptr, "cuda train: {} is not stored split as its layer's other experts are", ps[i]->name);
+    }
     return out;
   }
   if (hi - lo == sum) {  // the arena holds exactly these, in some order: one conversion
@@ -61,22 +64,23 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
   A.experts.x = A.xs;
   A.experts.gate = f32(key + "egate", nk * F);
   A.experts.up = f32(key + "eup", nk * F);
-  A.experts.act = f32(key + "eact", nk * F);
+  // grouped: the backward reads act only as BF16 (kept as A.act_bf): the FP32 act is a temporary
+  A.experts.act = f32(use_grouped() ? "tmp.moe_act" : key + "eact", nk * F);
   if (!use_grouped()) {
     for (int64_t e = 0; e < E; ++e) {
       const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
       if (m == 0) continue;
       const MlpParams& ep = P.experts[size_t(e)];
-      mm(A.experts.gate + o * F, A.xs + o * D, w(ep.gate), m, D, F, false);
-      mm(A.experts.up + o * F, A.xs + o * D, w(ep.up), m, D, F, false);
+      mm(A.experts.gate + o * F, A.xs + o * D, ep.gate, m, D, F, false);
+      mm(A.experts.up + o * F, A.xs + o * D, ep.up, m, D, F, false);
       swiglu_forward(A.experts.act + o * F, A.experts.gate + o * F, A.experts.up + o * F, m * F, s);
-      mm(A.eout + o * D, A.experts.act + o * F, w(ep.down), m, F, D, false);
+      mm(A.eout + o * D, A.experts.act + o * F, ep.down, m, F, D, false);
     }
     return;
   }
   const ProfScope scope(prof, OpClass::ExpertGemm);
   const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
-  const uint16_t* xb = bf16_copy("bf.ex_x", A.xs, nk * D);
+  const uint16_t* xb = A.xs_bf = bf16_copy(key + "xs_bf", A.xs, nk * D);  // kept for dW_gate, dW_up
   std::vector<GemmProblem> gu, down;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
@@ -88,7 +92,7 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
     const ProfScope other(prof, OpClass::Other);
     swiglu_forward(A.experts.act, A.experts.gate, A.experts.up, nk * F, s);
   }
-  const uint16_t* ab = bf16_copy("bf.ex_act", A.experts.act, nk * F);
+  const uint16_t* ab = A.act_bf = bf16_copy(key + "act_bf", A.experts.act, nk * F);  // kept for dW_down
   for (int64_t e = 0; e < E; ++e) {
     const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
     down.push_back({A.eout + o * D, ab + o * F, wb[size_t(3 * e + 2)], m});
@@ -108,18 +112,18 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
       const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
       if (m == 0) continue;
       const MlpParams& ep = P.experts[size_t(e)];
-      mm_bwd(dact + o * F, g(ep.down), dys + o * D, A.experts.act + o * F, w(ep.down), m, F, D, false, false);
+      mm_bwd(dact + o * F, g(ep.down), dys + o * D, A.experts.act + o * F, ep.down, m, F, D, false, false);
       swiglu_backward(dgate + o * F, dup + o * F, dact + o * F, A.experts.gate + o * F, A.experts.up + o * F, m * F,
                       s);
-      mm_bwd(dxs + o * D, g(ep.gate), dgate + o * F, A.xs + o * D, w(ep.gate), m, D, F, false);
-      mm_bwd(dxs + o * D, g(ep.up), dup + o * F, A.xs + o * D, w(ep.up), m, D, F, false);
+      mm_bwd(dxs + o * D, g(ep.gate), dgate + o * F, A.xs + o * D, ep.gate, m, D, F, false);
+      mm_bwd(dxs + o * D, g(ep.up), dup + o * F, A.xs + o * D, ep.up, m, D, F, false);
     }
     return;
   }
   const ProfScope scope(prof, OpClass::ExpertGemm);
   const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
   const uint16_t* dyb = bf16_copy("bf.ex_dy", dys, nk * D);
-  const uint16_t* ab = bf16_copy("bf.ex_act", A.experts.act, nk * F);
+  const uint16_t* ab = A.act_bf;
   std::vector<GemmProblem> pa, pw;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
@@ -134,7 +138,7 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
   }
   const uint16_t* gb = bf16_copy("bf.ex_dgate", dgate, nk * F);
   const uint16_t* ub = bf16_copy("bf.ex_dup", dup, nk * F);
-  const uint16_t* xb = bf16_copy("bf.ex_x", A.xs, nk * D);
+  const uint16_t* xb = A.xs_bf;
   std::vector<GemmProblem> dg, du, dw;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];

@@ -18,6 +18,7 @@
 #include "train/cuda/kernels.h"
 #include "train/cuda/step_profile.h"
 #include "train/layer.h"
+#include "train/memory_plan.h"
 
 namespace moe::train::cuda {
 
@@ -39,8 +40,10 @@ struct DMoe {
   std::vector<int32_t> host_chosen, host_rows, host_slots, host_pos;  // the routing, sorted by expert on the host
   std::vector<int64_t> offsets;  // [E + 1]: expert e's rows are offsets[e] .. offsets[e+1] of the sorted pairs
   std::vector<int64_t> load;     // [E]
-  float *xs = nullptr, *eout = nullptr;  // [nK, D] gathered inputs, outputs
-  DMlp experts;                          // over the nK sorted rows, [nK, F]
+  float *xs = nullptr, *eout = nullptr;  // [nK, D] gathered inputs, outputs (grouped: xs is a temporary)
+  DMlp experts;                          // over the nK sorted rows, [nK, F] (grouped: act is a temporary)
+  // grouped: xs [nK, D] and act [nK, F] in BF16, kept for the weight gradients (the only readers in the backward)
+  const uint16_t *xs_bf = nullptr, *act_bf = nullptr;
   DMlp shared;
   int aux_slot = -1;  // the scalar slot of this layer's balance loss (-1: none)
 };
@@ -102,11 +105,15 @@ struct DeviceTrainer::Impl {
   void download_moment(std::vector<float>& host, const void* arena, int64_t o);  // syncs
   std::unordered_map<const Param*, int64_t> offset;
   void bind(TrainModel& m);  // no-op when m is already bound
-  // Split master weights (split_weights.cuh) for the grouped BF16 experts (use_grouped() at bind): each MoE
-  // layer's routed-expert block [o, o + n) of W, when its {gate, up, down} lie together there, holds in its 4n
-  // bytes hi[n] (BF16 nearest even, what the grouped GEMMs read: no per-micro-batch BF16 copy of 553 M values a
-  // layer at train-mid) then lo[n] (int16; a tie over an even truncation is kept one FP32 ulp nearer zero). bind
-  // splits, pull joins, AdamW updates them in place; w() refuses them.
+  // Split master weights (split_weights.cuh) for the weights every reader takes in BF16 (fixed at bind): the
+  // routed experts' under the grouped GEMMs (use_grouped()) and, under BF16 GEMMs, every dense projection (attention,
+  // dense and shared MLPs, the MTP's eh_proj, the head unless head_fp32; not the router or the embedding, read in
+  // FP32). A region [o, o + n) of W, a run of such parameters lying together there (bind lays them out in order),
+  // holds in its 4n bytes hi[n] (BF16 nearest even: what the GEMMs read, so no per-micro-batch BF16 copy of the
+  // weights: 553 M values a layer's experts and 335 M the head at train-mid) then lo[n] (int16; a tie over an even
+  // truncation is kept one FP32 ulp nearer zero). bind splits, pull joins, AdamW updates them in place; w() refuses
+  // them. A region starts at a multiple of 4 floats and holds sizes that are multiples of 8, so every parameter's
+  // hi and lo start on 16 bytes (cp.async and cuBLAS's vector loads).
   struct SplitRegion {
     int64_t o = 0, n = 0;
   };
@@ -115,6 +122,13 @@ struct DeviceTrainer::Impl {
   uint16_t* split_hi(const SplitRegion& r) const { return reinterpret_cast<uint16_t*>(W + r.o); }
   int16_t* split_lo(const SplitRegion& r) const { return reinterpret_cast<int16_t*>(split_hi(r) + r.n); }
   void plan_split(const TrainModel& m);  // fills split_regions, split_of (offsets set)
+  // p's BF16 hi half when it is stored split, else null.
+  const uint16_t* split_bf16(const Param* p) const {
+    const auto it = split_of.find(p);
+    if (it == split_of.end()) return nullptr;
+    const SplitRegion& r = split_regions[it->second];
+    return split_hi(r) + (offset.at(p) - r.o);
+  }
   float* w(const Param* p) {
     MOE_CHECK(split_of.count(p) == 0, "cuda train: {} is stored split (BF16 + int16), not as FP32", p->name);
     return W + offset.at(p);
@@ -148,19 +162,22 @@ struct DeviceTrainer::Impl {
 
   // ---- GEMMs (row-major, as ops.h): y = x W^T; dx (+)= dy W; dW += dy^T x. fp32: FP32 operands whatever the mode
   // (V3's higher-precision exceptions); under Fp8, each product takes fp8_gemm.h's path where its widths allow.
-  void mm(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool fp32) {
+  void mm(float* y, const float* x, const Param* w, int64_t n, int64_t k, int64_t m, bool fp32) {
     mm_at(fp32 ? GemmPrecision::Fp32 : prec, y, x, w, n, k, m);
   }
-  void mm_bwd(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k, int64_t m,
+  void mm_bwd(float* dx, float* dw, const float* dy, const float* x, const Param* w, int64_t n, int64_t k, int64_t m,
               bool fp32, bool add_dx = true) {
     mm_bwd_at(fp32 ? GemmPrecision::Fp32 : prec, dx, dw, dy, x, w, n, k, m, add_dx);
   }
   // The same at precision p (Fp8: fp8_gemm.h's path where the widths allow, BF16 elsewhere).
   // `cls`: the profile's class for the product (the heads' are counted apart).
-  void mm_at(GemmPrecision p, float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m,
+  void mm_at(GemmPrecision p, float* y, const float* x, const Param* w, int64_t n, int64_t k, int64_t m,
              OpClass cls = OpClass::Gemm);
-  void mm_bwd_at(GemmPrecision p, float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
+  void mm_bwd_at(GemmPrecision p, float* dx, float* dw, const float* dy, const float* x, const Param* w, int64_t n,
                  int64_t k, int64_t m, bool add_dx, OpClass cls = OpClass::Gemm);
+  // The weight operand of a product at precision p (Bf16 or Fp32): the split master's hi half, the FP32 master, or
+  // its BF16 copy in the "bf.w" slot.
+  const void* weight_operand(const Param* w, int64_t count, GemmPrecision p);
   // The output heads' products (main and MTP): FP32 operands (head_fp32, the default: the CPU trainer's rule) or
   // BF16 operands with FP32 accumulation (never FP8: V3 keeps the head out of FP8, not out of BF16).
   bool head_fp32 = true;
@@ -193,7 +210,7 @@ struct DeviceTrainer::Impl {
   // BF16 values of every routed expert's {gate, up, down} of a layer: [3 E] pointers, expert e's gate, up, down at
   // 3e, 3e + 1, 3e + 2; into the split region's hi (no work), else copies in one buffer.
   std::vector<const uint16_t*> expert_weights_bf16(const LayerParams& P);
-  const uint16_t* bf16_copy(const char* slot, const float* src, int64_t count);
+  const uint16_t* bf16_copy(const std::string& slot, const float* src, int64_t count);
   void rmsnorm(float* y, float* rstd, const float* x, const Param* w, int64_t n, int64_t d, double eps);
   void rope_apply(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim, int64_t off, float sign);
   int next_aux_slot = 0;
@@ -205,14 +222,19 @@ struct DeviceTrainer::Impl {
     std::vector<int32_t> host_ids, host_next;  // for the embedding's backward (rows grouped by id on the host)
     std::vector<float*> xs;
     std::vector<DLayer> layers;
-    float *hn = nullptr, *hn_rstd = nullptr, *hsel = nullptr, *logits1 = nullptr, *loss1 = nullptr;
+    float *hn = nullptr, *hn_rstd = nullptr, *hsel = nullptr, *loss1 = nullptr;
     float *e = nullptr, *en = nullptr, *e_rstd = nullptr, *h2 = nullptr, *hh = nullptr, *hh_rstd = nullptr;
-    float *cat = nullptr, *m = nullptr, *y = nullptr, *yn = nullptr, *yn_rstd = nullptr, *logits2 = nullptr,
-          *loss2 = nullptr;
+    float *cat = nullptr, *m = nullptr, *y = nullptr, *yn = nullptr, *yn_rstd = nullptr, *loss2 = nullptr;
+    // The heads' input gradients [n1, D] and [n2, D], made in the forward (with_backward): each head's logits
+    // [rows, vocab] become its loss gradient in place and its backward runs at once, so one logits buffer serves
+    // both heads and none is kept to the backward (2 x 2.7 GB at train-mid's 2 x 2048 tokens).
+    float *dsel = nullptr, *dyn = nullptr;
     DLayer mtp;
   } A;
+  // with_backward: the heads' backward products run here (A.dsel, A.dyn and the head's weight gradient), for
+  // backward(); false for a loss alone (forward_loss: no gradient is touched).
   LossParts forward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
-                    const std::vector<uint8_t>* mask);
+                    const std::vector<uint8_t>* mask, bool with_backward);
   void backward(TrainModel& m);
   // dtable[ids[i]] += dout[i] (rows grouped by id here, summed in row order on the device)
   void embedding_grad(float* dtable, const std::vector<int32_t>& ids, const float* dout, int64_t d,

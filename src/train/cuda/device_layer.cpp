@@ -99,16 +99,16 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
     A.qa = f32(key + "qa", n * ql);
     A.qan = f32(key + "qan", n * ql);
     A.qa_rstd = f32(key + "qa_rstd", n);
-    mm(A.qa, A.a, w(W.q_a), n, D, ql, false);
+    mm(A.qa, A.a, W.q_a, n, D, ql, false);
     rmsnorm(A.qan, A.qa_rstd, A.qa, W.q_a_norm, n, ql, kLatentNormEps);
-    mm(A.q, A.qan, w(W.q_b), n, ql, H * dq, false);
+    mm(A.q, A.qan, W.q_b, n, ql, H * dq, false);
   } else {
-    mm(A.q, A.a, w(W.q_proj), n, D, H * dq, false);
+    mm(A.q, A.a, W.q_proj, n, D, H * dq, false);
   }
   rope_apply(A.q, A.pos, n, H, dq, dn, 1.0f);
   check_point(key, "q", A.q, n * H * dq);
   A.kva = f32(key + "kva", n * (r + dr));
-  mm(A.kva, A.a, w(W.kv_a), n, D, r + dr, false);
+  mm(A.kva, A.a, W.kv_a, n, D, r + dr, false);
   A.c_in = f32(key + "c_in", n * r);
   A.kr = f32(key + "kr", n * dr);
   copy2d(A.c_in, r, A.kva, r + dr, r, n, s);
@@ -118,7 +118,7 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   rmsnorm(A.c, A.c_rstd, A.c_in, W.kv_a_norm, n, r, kLatentNormEps);
   rope_apply(A.kr, A.pos, n, 1, dr, 0, 1.0f);
   A.kv = f32(key + "kv", n * H * (dn + dv));
-  mm(A.kv, A.c, w(W.kv_b), n, r, H * (dn + dv), false);
+  mm(A.kv, A.c, W.kv_b, n, r, H * (dn + dv), false);
   check_point(key, "kv", A.kv, n * H * (dn + dv));
   // The backward needs P: kept as probs [b, H, t, t] (GEMM attention) or recomputed from lse [b, H, t] and the
   // output att (flash).
@@ -142,7 +142,7 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   prof.enter(OpClass::Other);
   check_point(key, "attention output", A.att, n * H * dv);
   A.h = f32(key + "h", n * D);
-  mm(A.h, A.att, w(W.o_proj), n, H * dv, D, false);
+  mm(A.h, A.att, W.o_proj, n, H * dv, D, false);
   add_strided(A.h, n * D, x, n * D, n * D, 1, s);
   check_point(key, "h (after attention)", A.h, n * D);
   A.f = f32(key + "f", n * D);
@@ -176,7 +176,7 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   rmsnorm_backward(dh, g(P.post_norm), df, A.h, w(P.post_norm), A.f_rstd, n, D, s);
   // Attention half
   float* datt = f32("tmp.datt", n * H * dv);
-  mm_bwd(datt, g(W.o_proj), dh, A.att, w(W.o_proj), n, H * dv, D, false, false);
+  mm_bwd(datt, g(W.o_proj), dh, A.att, W.o_proj, n, H * dv, D, false, false);
   float* dq_ = zeros("tmp.dq", n * H * dq);
   float* dkv = zeros("tmp.dkv", n * H * (dn + dv));
   float* dkr = zeros("tmp.dkr", n * dr);
@@ -199,7 +199,7 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   prof.enter(OpClass::Other);
   // kv path
   float* dc = f32("tmp.dc", n * r);
-  mm_bwd(dc, g(W.kv_b), dkv, A.c, w(W.kv_b), n, r, H * (dn + dv), false, false);
+  mm_bwd(dc, g(W.kv_b), dkv, A.c, W.kv_b, n, r, H * (dn + dv), false, false);
   float* dc_in = zeros("tmp.dc_in", n * r);
   rmsnorm_backward(dc_in, g(W.kv_a_norm), dc, A.c_in, w(W.kv_a_norm), A.c_rstd, n, r, s);
   rope_apply(dkr, A.pos, n, 1, dr, 0, -1.0f);
@@ -207,17 +207,17 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   copy2d(dkva, r + dr, dc_in, r, r, n, s);
   copy2d(dkva + r, r + dr, dkr, dr, dr, n, s);
   float* da = f32("tmp.da", n * D);
-  mm_bwd(da, g(W.kv_a), dkva, A.a, w(W.kv_a), n, D, r + dr, false, false);
+  mm_bwd(da, g(W.kv_a), dkva, A.a, W.kv_a, n, D, r + dr, false, false);
   // q path
   rope_apply(dq_, A.pos, n, H, dq, dn, -1.0f);
   if (ql > 0) {
     float* dqan = f32("tmp.dqan", n * ql);
-    mm_bwd(dqan, g(W.q_b), dq_, A.qan, w(W.q_b), n, ql, H * dq, false, false);
+    mm_bwd(dqan, g(W.q_b), dq_, A.qan, W.q_b, n, ql, H * dq, false, false);
     float* dqa = zeros("tmp.dqa", n * ql);
     rmsnorm_backward(dqa, g(W.q_a_norm), dqan, A.qa, w(W.q_a_norm), A.qa_rstd, n, ql, s);
-    mm_bwd(da, g(W.q_a), dqa, A.a, w(W.q_a), n, D, ql, false);
+    mm_bwd(da, g(W.q_a), dqa, A.a, W.q_a, n, D, ql, false);
   } else {
-    mm_bwd(da, g(W.q_proj), dq_, A.a, w(W.q_proj), n, D, H * dq, false);
+    mm_bwd(da, g(W.q_proj), dq_, A.a, W.q_proj, n, D, H * dq, false);
   }
   rmsnorm_backward(dx, g(P.input_norm), da, A.x, w(P.input_norm), A.a_rstd, n, D, s);
   add_strided(dx, n * D, dh, n * D, n * D, 1, s);
@@ -231,21 +231,21 @@ void DeviceTrainer::Impl::mlp_forward(DMlp& A, const MlpParams& P, const std::st
   A.gate = f32(key + "gate", n * F);
   A.up = f32(key + "up", n * F);
   A.act = f32(key + "act", n * F);
-  mm(A.gate, x, w(P.gate), n, D, F, false);
-  mm(A.up, x, w(P.up), n, D, F, false);
+  mm(A.gate, x, P.gate, n, D, F, false);
+  mm(A.up, x, P.up, n, D, F, false);
   swiglu_forward(A.act, A.gate, A.up, n * F, stream());
-  mm(out, A.act, w(P.down), n, F, D, false);
+  mm(out, A.act, P.down, n, F, D, false);
 }
 
 void DeviceTrainer::Impl::mlp_backward(float* dx, const float* dout, const DMlp& A, const MlpParams& P, int64_t n) {
   const int64_t F = P.width, D = bound->config.hidden_size;
   float* dact = f32("tmp.dact", n * F);
-  mm_bwd(dact, g(P.down), dout, A.act, w(P.down), n, F, D, false, false);
+  mm_bwd(dact, g(P.down), dout, A.act, P.down, n, F, D, false, false);
   float* dgate = zeros("tmp.dgate", n * F);
   float* dup = zeros("tmp.dup", n * F);
   swiglu_backward(dgate, dup, dact, A.gate, A.up, n * F, stream());
-  mm_bwd(dx, g(P.gate), dgate, A.x, w(P.gate), n, D, F, false);
-  mm_bwd(dx, g(P.up), dup, A.x, w(P.up), n, D, F, false);
+  mm_bwd(dx, g(P.gate), dgate, A.x, P.gate, n, D, F, false);
+  mm_bwd(dx, g(P.up), dup, A.x, P.up, n, D, F, false);
 }
 
 void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const LayerContext& ctx, const std::string& key,
@@ -258,7 +258,7 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
   MOE_CHECK(router_supported(ra), "train on cuda: a router of top-{} over {} groups is not supported (top-k <= 16, "
             "groups <= 64)", ra.top_k, ra.n_group);
   A.logits = f32(key + "logits", n * E);
-  mm(A.logits, x, w(P.router), n, D, E, true);
+  mm(A.logits, x, P.router, n, D, E, true);
   A.scores = f32(key + "scores", n * E);
   A.chosen = i32(key + "chosen", nk);
   A.weights = f32(key + "weights", nk);
@@ -304,7 +304,7 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
   upload(A.slots, A.host_slots.data(), size_t(nk) * 4);
   upload(A.pos, A.host_pos.data(), size_t(nk) * 4);
   wait.reset();
-  A.xs = f32(key + "xs", nk * D);
+  A.xs = f32(use_grouped() ? std::string("tmp.moe_xs") : key + "xs", nk * D);  // grouped: kept as BF16 (A.xs_bf)
   A.eout = f32(key + "eout", nk * D);
   prof.enter(OpClass::MoeDispatch);
   moe_gather(A.xs, x, A.rows, nk, D, s);
@@ -353,7 +353,7 @@ void DeviceTrainer::Impl::moe_backward(float* dx, const float* dout, const DMoe&
   router_backward(dlogits, dweights, A.scores, A.chosen, A.denom, ctx.seq_aux_alpha > 0 ? A.frac : nullptr, b, t, ra,
                   ctx.seq_aux_alpha, s);
   prof.enter(OpClass::Other);
-  mm_bwd(dx, g(P.router), dlogits, x, w(P.router), n, D, E, true);
+  mm_bwd(dx, g(P.router), dlogits, x, P.router, n, D, E, true);
   check_cuda(cudaGetLastError(), "moe_backward");
 }
 

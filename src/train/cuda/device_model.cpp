@@ -19,7 +19,7 @@ int32_t* DeviceTrainer::Impl::positions(int64_t b, int64_t t) {
 }
 
 LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>& ids, int64_t b, int64_t t,
-                                       const Objective& obj, const std::vector<uint8_t>* mask) {
+                                       const Objective& obj, const std::vector<uint8_t>* mask, bool with_backward) {
   const ModelConfig& c = M.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, n = b * t, L = c.num_hidden_layers;
   const cudaStream_t s = stream();
@@ -50,9 +50,10 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   const int64_t t1 = t - 1, n1 = b * t1;
   A.hsel = f32("hsel", n1 * D);
   copy2d(A.hsel, t1 * D, A.hn, t * D, t1 * D, b, s);
-  A.logits1 = f32("logits1", n1 * V);
-  mm_at(head_gemm(), A.logits1, A.hsel, w(M.head), n1, D, V, OpClass::HeadGemm);
-  check_point("", "the main head's logits", A.logits1, n1 * V);
+  const int64_t t2 = t - 2, n2 = M.has_mtp ? b * t2 : 0;
+  float* logits = f32("logits", std::max(n1, n2) * V);  // both heads' in turn
+  mm_at(head_gemm(), logits, A.hsel, M.head, n1, D, V, OpClass::HeadGemm);
+  check_point("", "the main head's logits", logits, n1 * V);
   int64_t c1 = 0;
   const std::vector<int32_t> tg1 = masked_targets(ids, mask, b, t, t1, 1, &c1);
   const double d1 = double(std::max<int64_t>(c1, 1));
@@ -60,14 +61,17 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   upload(A.targets1, tg1.data(), tg1.size() * 4);
   A.loss1 = f32("loss1", n1);
   prof.enter(OpClass::Loss);
-  cross_entropy(A.logits1, A.loss1, A.targets1, n1, V, float(1.0 / d1), s);
+  cross_entropy(logits, A.loss1, A.targets1, n1, V, float(1.0 / d1), s);  // logits become d loss / d logits
   check_cuda(cudaGetLastError(), "cross_entropy");
   prof.enter(OpClass::Other);
   sum_into(0, A.loss1, n1, false);
+  if (with_backward) {
+    A.dsel = f32("grad.sel", n1 * D);
+    mm_bwd_at(head_gemm(), A.dsel, g(M.head), logits, A.hsel, M.head, n1, D, V, false, OpClass::HeadGemm);
+  }
 
   double d2 = 1;
   if (M.has_mtp) {
-    const int64_t t2 = t - 2, n2 = b * t2;
     const std::vector<int32_t> next = shifted_ids(ids, b, t, t2, 1);
     A.next = i32("next", n2);
     upload(A.next, next.data(), next.size() * 4);
@@ -86,15 +90,14 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     copy2d(A.cat, 2 * D, A.en, D, D, n2, s);
     copy2d(A.cat + D, 2 * D, A.hh, D, D, n2, s);
     A.m = f32("mtp.m", n2 * D);
-    mm(A.m, A.cat, w(M.eh_proj), n2, 2 * D, D, false);
+    mm(A.m, A.cat, M.eh_proj, n2, 2 * D, D, false);
     A.y = f32("mtp.y", n2 * D);
     layer_forward(A.mtp, M.mtp_layer, mtp_ctx, "mtp.", A.m, b, t2, A.y);
     A.yn = f32("mtp.yn", n2 * D);
     A.yn_rstd = f32("mtp.yn_rstd", n2);
     rmsnorm(A.yn, A.yn_rstd, A.y, M.mtp_norm, n2, D, c.rms_norm_eps);
-    A.logits2 = f32("logits2", n2 * V);
-    mm_at(head_gemm(), A.logits2, A.yn, w(M.head), n2, D, V, OpClass::HeadGemm);
-    check_point("", "the MTP module's logits", A.logits2, n2 * V);
+    mm_at(head_gemm(), logits, A.yn, M.head, n2, D, V, OpClass::HeadGemm);
+    check_point("", "the MTP module's logits", logits, n2 * V);
     int64_t c2 = 0;
     const std::vector<int32_t> tg2 = masked_targets(ids, mask, b, t, t2, 2, &c2);
     d2 = double(std::max<int64_t>(c2, 1));
@@ -102,10 +105,14 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     upload(A.targets2, tg2.data(), tg2.size() * 4);
     A.loss2 = f32("loss2", n2);
     prof.enter(OpClass::Loss);
-    cross_entropy(A.logits2, A.loss2, A.targets2, n2, V, float(obj.mtp_lambda / d2), s);
+    cross_entropy(logits, A.loss2, A.targets2, n2, V, float(obj.mtp_lambda / d2), s);
     check_cuda(cudaGetLastError(), "cross_entropy");
     prof.enter(OpClass::Other);
     sum_into(1, A.loss2, n2, false);
+    if (with_backward) {
+      A.dyn = f32("grad.yn", n2 * D);
+      mm_bwd_at(head_gemm(), A.dyn, g(M.head), logits, A.yn, M.head, n2, D, V, false, OpClass::HeadGemm);
+    }
   }
   const std::vector<double> sc = read_scalars(next_aux_slot);
   if (check_finite) {
@@ -124,22 +131,20 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
 
 void DeviceTrainer::Impl::backward(TrainModel& M) {
   const ModelConfig& c = M.config;
-  const int64_t b = A.b, t = A.t, D = c.hidden_size, V = c.vocab_size, n = b * t, L = c.num_hidden_layers;
+  const int64_t b = A.b, t = A.t, D = c.hidden_size, n = b * t, L = c.num_hidden_layers;
   const cudaStream_t s = stream();
   float* dhn = zeros("grad.hn", n * D);
   checks.clear();
   next_aux_slot = 0;  // (the forward's scalars were read)
   if (M.has_mtp) {
     const int64_t t2 = t - 2, n2 = b * t2;
-    float* dyn = f32("grad.yn", n2 * D);
-    mm_bwd_at(head_gemm(), dyn, g(M.head), A.logits2, A.yn, w(M.head), n2, D, V, false, OpClass::HeadGemm);
     float* dy = zeros("grad.y", n2 * D);
-    rmsnorm_backward(dy, g(M.mtp_norm), dyn, A.y, w(M.mtp_norm), A.yn_rstd, n2, D, s);
+    rmsnorm_backward(dy, g(M.mtp_norm), A.dyn, A.y, w(M.mtp_norm), A.yn_rstd, n2, D, s);
     float* dm = zeros("grad.m", n2 * D);
     layer_backward(dm, dy, A.mtp, M.mtp_layer, mtp_ctx, "mtp.");
     check_point("mtp.", "input gradient", dm, n2 * D);
     float* dcat = f32("grad.cat", n2 * 2 * D);
-    mm_bwd(dcat, g(M.eh_proj), dm, A.cat, w(M.eh_proj), n2, 2 * D, D, false, false);
+    mm_bwd(dcat, g(M.eh_proj), dm, A.cat, M.eh_proj, n2, 2 * D, D, false, false);
     float* den = f32("grad.en", n2 * D);
     float* dhh = f32("grad.hh", n2 * D);
     copy2d(den, D, dcat, 2 * D, D, n2, s);
@@ -152,10 +157,8 @@ void DeviceTrainer::Impl::backward(TrainModel& M) {
     add_strided(dhn, t * D, dh2, t2 * D, t2 * D, b, s);
   }
   const int64_t t1 = t - 1, n1 = b * t1;
-  float* dsel = f32("grad.sel", n1 * D);
-  mm_bwd_at(head_gemm(), dsel, g(M.head), A.logits1, A.hsel, w(M.head), n1, D, V, false, OpClass::HeadGemm);
-  check_point("", "the main head's input gradient", dsel, n1 * D);
-  add_strided(dhn, t * D, dsel, t1 * D, t1 * D, b, s);
+  check_point("", "the main head's input gradient", A.dsel, n1 * D);  // (made by the forward)
+  add_strided(dhn, t * D, A.dsel, t1 * D, t1 * D, b, s);
   std::string cur = "grad.x0", other = "grad.x1";
   float* dx = zeros(cur, n * D);
   rmsnorm_backward(dx, g(M.final_norm), dhn, A.xs[size_t(L)], w(M.final_norm), A.hn_rstd, n, D, s);

@@ -4,8 +4,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <unordered_set>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -147,11 +149,14 @@ void DeviceTrainer::Impl::bind(TrainModel& m) {
     const size_t b = p->w.size() * sizeof(float);
     if (const auto it = split_of.find(p.get()); it != split_of.end()) {  // through a staging buffer, split there
       const SplitRegion& r = split_regions[it->second];
-      float* stage = f32("stage.split", int64_t(p->w.size()));
-      upload(stage, p->w.data(), b);
-      const int64_t at = offset[p.get()] - r.o;
-      split_weights(split_hi(r) + at, split_lo(r) + at, stage, int64_t(p->w.size()), stream());
-      check_cuda(cudaGetLastError(), "split_weights");
+      const int64_t c = int64_t(p->w.size()), at = offset[p.get()] - r.o;
+      float* stage = f32("stage.split", std::min(c, kSplitStageValues));
+      for (int64_t i = 0; i < c; i += kSplitStageValues) {  // in pieces: the head is 335 M values at train-mid
+        const int64_t piece = std::min(kSplitStageValues, c - i);
+        upload(stage, p->w.data() + i, size_t(piece) * sizeof(float));
+        split_weights(split_hi(r) + at + i, split_lo(r) + at + i, stage, piece, stream());
+        check_cuda(cudaGetLastError(), "split_weights");
+      }
     } else {
       upload(W + offset[p.get()], p->w.data(), b);
     }
@@ -165,23 +170,52 @@ void DeviceTrainer::Impl::bind(TrainModel& m) {
 void DeviceTrainer::Impl::plan_split(const TrainModel& m) {
   split_regions.clear();
   split_of.clear();
-  if (!use_grouped()) return;
+  // Who reads each weight in BF16 only: the routed experts under the grouped GEMMs; under BF16 GEMMs the dense
+  // projections mm() takes at prec (the router's products are FP32; the head's are BF16 unless head_fp32; the
+  // embedding is read by its gather in FP32, so a head tied to it stays FP32).
+  std::unordered_set<const Param*> bf16_only;
+  auto mlp = [&](const MlpParams& e) {
+    if (e.present()) bf16_only.insert({e.gate, e.up, e.down});
+  };
   std::vector<const LayerParams*> layers;
   for (const LayerParams& l : m.layers) layers.push_back(&l);
   if (m.has_mtp) layers.push_back(&m.mtp_layer);
   for (const LayerParams* l : layers) {
-    if (!l->is_moe || l->experts.empty()) continue;
-    std::vector<const Param*> ps;
-    for (const MlpParams& e : l->experts) ps.insert(ps.end(), {e.gate, e.up, e.down});
-    int64_t lo = offset.at(ps[0]), hi = lo, sum = 0;
-    for (const Param* p : ps) {
-      const int64_t o = offset.at(p), c = int64_t(p->w.size());
-      lo = std::min(lo, o), hi = std::max(hi, o + c), sum += c;
-    }
-    if (hi - lo != sum) continue;  // not one block (bind lays a layer's experts out together): FP32 and copies
-    for (const Param* p : ps) split_of[p] = split_regions.size();
-    split_regions.push_back({lo, sum});
+    if (use_grouped())
+      for (const MlpParams& e : l->experts) mlp(e);
+    if (prec != GemmPrecision::Bf16) continue;
+    for (const Param* p : {l->attn.q_a, l->attn.q_b, l->attn.q_proj, l->attn.kv_a, l->attn.kv_b, l->attn.o_proj})
+      if (p) bf16_only.insert(p);
+    mlp(l->dense);
+    mlp(l->shared);
   }
+  if (prec == GemmPrecision::Bf16) {
+    if (m.eh_proj) bf16_only.insert(m.eh_proj);
+    if (!head_fp32 && m.head && m.head != m.embed) bf16_only.insert(m.head);
+  }
+  // Regions: maximal runs of such parameters adjacent in W, each starting on 16 bytes; a parameter whose size is
+  // not a multiple of 8 stays FP32 (its neighbours' halves would lose their 16-byte alignment).
+  SplitRegion cur;
+  auto close = [&] {
+    if (cur.n > 0) split_regions.push_back(cur);
+    cur = SplitRegion{};
+  };
+  for (const auto& up : m.params) {
+    const Param* p = up.get();
+    const int64_t o = offset.at(p), c = int64_t(p->w.size());
+    if (!bf16_only.count(p) || c % 8 != 0 || c == 0) {
+      close();
+      continue;
+    }
+    if (cur.n > 0 && cur.o + cur.n != o) close();
+    if (cur.n == 0) {
+      if (o % 4 != 0) continue;
+      cur.o = o;
+    }
+    cur.n += c;
+    split_of[p] = split_regions.size();
+  }
+  close();
 }
 
 void DeviceTrainer::Impl::upload_moment(void* arena, int64_t o, const std::vector<float>& host) {
@@ -215,26 +249,34 @@ const void* DeviceTrainer::Impl::operand(const char* slot, const float* src, int
   return b;
 }
 
-void DeviceTrainer::Impl::mm_at(GemmPrecision p, float* y, const float* x, const float* w, int64_t n, int64_t k,
+const void* DeviceTrainer::Impl::weight_operand(const Param* w, int64_t count, GemmPrecision p) {
+  if (const uint16_t* hi = split_bf16(w)) {
+    MOE_CHECK(p == GemmPrecision::Bf16, "cuda train: {} is stored split (BF16 + int16) and read at FP32", w->name);
+    return hi;
+  }
+  return operand("bf.w", this->w(w), count, p);
+}
+
+void DeviceTrainer::Impl::mm_at(GemmPrecision p, float* y, const float* x, const Param* w, int64_t n, int64_t k,
                                 int64_t m, OpClass cls) {
   if (n == 0 || m == 0) return;
   const ProfScope scope(prof, cls);
   if (p == GemmPrecision::Fp8) {
-    if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, x, w, n, k, m);
+    if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, x, this->w(w), n, k, m);
     p = GemmPrecision::Bf16;
     bf16_flops += 2.0 * double(n) * double(k) * double(m);
   }
-  cc.gemm_nt(p, y, operand("bf.x", x, n * k, p), operand("bf.w", w, m * k, p), n, k, m, 0.0f);
+  cc.gemm_nt(p, y, operand("bf.x", x, n * k, p), weight_operand(w, m * k, p), n, k, m, 0.0f);
 }
 
 void DeviceTrainer::Impl::mm_bwd_at(GemmPrecision p, float* dx, float* dw, const float* dy, const float* x,
-                                    const float* w, int64_t n, int64_t k, int64_t m, bool add_dx, OpClass cls) {
+                                    const Param* w, int64_t n, int64_t k, int64_t m, bool add_dx, OpClass cls) {
   if (n == 0 || m == 0) return;
   const ProfScope scope(prof, cls);
   if (p == GemmPrecision::Fp8) {  // the FP8 products here, the others in BF16 below
     float* dx8 = dx && fp8().dgrad_ok(n, k, m) ? dx : nullptr;
     float* dw8 = dw && fp8().wgrad_ok(n, k, m) ? dw : nullptr;
-    fp8().backward(dx8, dw8, dy, x, w, n, k, m, add_dx);
+    fp8().backward(dx8, dw8, dy, x, this->w(w), n, k, m, add_dx);
     if (dx8) dx = nullptr;
     if (dw8) dw = nullptr;
     if (!dx && !dw) return;
@@ -242,7 +284,7 @@ void DeviceTrainer::Impl::mm_bwd_at(GemmPrecision p, float* dx, float* dw, const
     bf16_flops += 2.0 * double(n) * double(k) * double(m) * ((dx ? 1 : 0) + (dw ? 1 : 0));
   }
   const void* dy_op = operand("bf.dy", dy, n * m, p);
-  if (dx) cc.gemm_nn(p, dx, dy_op, operand("bf.w", w, m * k, p), n, k, m, add_dx ? 1.0f : 0.0f);
+  if (dx) cc.gemm_nn(p, dx, dy_op, weight_operand(w, m * k, p), n, k, m, add_dx ? 1.0f : 0.0f);
   if (dw) cc.gemm_tn(p, dw, dy_op, operand("bf.x", x, n * k, p), n, k, m, 1.0f);
 }
 
@@ -270,7 +312,7 @@ LossParts DeviceTrainer::forward_backward(TrainModel& m, const std::vector<int32
                                           const Objective& obj, ExpertLoads* loads,
                                           const std::vector<uint8_t>* mask) {
   impl_->bind(m);
-  const LossParts parts = impl_->forward(m, ids, b, t, obj, mask);
+  const LossParts parts = impl_->forward(m, ids, b, t, obj, mask, true);
   impl_->backward(m);
   impl_->loads(m, loads);
   return parts;
@@ -279,7 +321,7 @@ LossParts DeviceTrainer::forward_backward(TrainModel& m, const std::vector<int32
 LossParts DeviceTrainer::forward_loss(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
                                       const Objective& obj, const std::vector<uint8_t>* mask) {
   impl_->bind(m);
-  return impl_->forward(m, ids, b, t, obj, mask);
+  return impl_->forward(m, ids, b, t, obj, mask, false);
 }
 
 void DeviceTrainer::zero_grad(TrainModel& m) {
@@ -388,10 +430,16 @@ void DeviceTrainer::pull(TrainModel& m) {
     p->v.resize(p->w.size());
     if (const auto it = I.split_of.find(p.get()); it != I.split_of.end()) {  // joined into a staging buffer
       const Impl::SplitRegion& r = I.split_regions[it->second];
-      float* stage = I.f32("stage.split", int64_t(p->w.size()));
-      join_weights(stage, I.split_hi(r) + (o - r.o), I.split_lo(r) + (o - r.o), int64_t(p->w.size()), I.stream());
-      check_cuda(cudaGetLastError(), "join_weights");
-      check_cuda(cudaMemcpyAsync(p->w.data(), stage, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
+      const int64_t c = int64_t(p->w.size()), at = o - r.o;
+      float* stage = I.f32("stage.split", std::min(c, kSplitStageValues));
+      for (int64_t i = 0; i < c; i += kSplitStageValues) {  // in pieces, as bind
+        const int64_t piece = std::min(kSplitStageValues, c - i);
+        join_weights(stage, I.split_hi(r) + at + i, I.split_lo(r) + at + i, piece, I.stream());
+        check_cuda(cudaGetLastError(), "join_weights");
+        check_cuda(cudaMemcpyAsync(p->w.data() + i, stage, size_t(piece) * sizeof(float), cudaMemcpyDeviceToHost,
+                                   I.stream()),
+                   "pull");
+      }
     } else {
       check_cuda(cudaMemcpyAsync(p->w.data(), I.W + o, bytes, cudaMemcpyDeviceToHost, I.stream()), "pull");
     }
@@ -456,7 +504,11 @@ int64_t DeviceTrainer::split_master_values() const {
 }
 
 void DeviceTrainer::set_attention(AttnPrecision p) { impl_->attention_prec = p; }
-void DeviceTrainer::set_head_fp32(bool on) { impl_->head_fp32 = on; }
+void DeviceTrainer::set_head_fp32(bool on) {
+  // A BF16 head's master is stored split from the first step on (bind): the choice comes before it.
+  MOE_CHECK(impl_->bound == nullptr || on == impl_->head_fp32, "cuda train: set_head_fp32 must come before the first step");
+  impl_->head_fp32 = on;
+}
 void DeviceTrainer::set_check_finite(bool on) { impl_->check_finite = on; }
 
 void DeviceTrainer::push(TrainModel& m) {
