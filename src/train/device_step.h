@@ -47,6 +47,8 @@ class DeviceStep {
   // Device time by op class (the class's name, milliseconds) since set_profile(true), which zeroes it.
   virtual void set_profile(bool on) = 0;
   virtual std::vector<std::pair<std::string, double>> profile_ms() = 0;
+  // Waits until everything queued on the device has run (a benchmark's clock stops after it).
+  virtual void synchronize() = 0;
 };
 
 }  // namespace moe::train

@@ -478,6 +478,8 @@ DeviceMemory DeviceTrainer::memory() {
   return r;
 }
 
+void DeviceTrainer::synchronize() { impl_->cc.sync(); }
+
 void DeviceTrainer::set_profile(bool on) {
   impl_->prof.set_enabled(on);
   impl_->prof.reset();

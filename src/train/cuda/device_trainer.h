@@ -49,6 +49,7 @@ class DeviceTrainer final : public DeviceStep {
   DeviceMemory memory() override;
   void set_profile(bool on) override;
   std::vector<std::pair<std::string, double>> profile_ms() override;
+  void synchronize() override;
   // BF16: the routed experts' GEMMs as grouped GEMMs (true, the default: the same sums as the loop, 2.7-4.4x faster
   // on an H200) or one GEMM per expert (false, the reference).
   void set_grouped_experts(bool on);  // before the first step (the masters' storage follows it)

@@ -15,31 +15,32 @@
 // is (N / kBN tiles, items), so consecutive CTAs share an item's A tile (L2) and walk N. Problems with n_p == 0
 // have no items (out untouched).
 //
-// Tile 128 x kBN x 64. CTA: 256 threads = 2 warpgroups; warpgroup w owns rows 64w .. 64w+63 and all kBN columns
+// Tile 128 x kBN x kBK (kBK 64; tn's 32, below). CTA: 256 threads = 2 warpgroups; warpgroup w owns rows 64w .. 64w+63 and all kBN columns
 // (one wgmma m64n{kBN}k16 per 16 of K: kBN / 2 F32 accumulators per thread). kBN, per launch: 256 where it
 // divides N (D = 2048: 8 full tiles; each CTA's A tile then serves twice the columns, half the A copies per
 // flop of 128-wide tiles), else 128 (F = 1408 = 11 x 128, where 256-wide tiles would run 6 with the last one
 // half empty: 9 % of the tensor-core work wasted). One CTA per SM either way (shared memory: 4 stages of 32 or
-// 48 KB), as moe_gemm.cu.
+// 48 KB), as moe_gemm.cu; tn runs two (launch_kind).
 //
-// Shared memory per stage: A (16 KB) then B (kBN x 128 bytes), each a 1024-byte aligned run of 128-byte rows in
+// Shared memory per stage: A (kBK x 256 bytes) then B (kBN x kBK x 2 bytes), each a 1024-byte aligned run of 128-byte rows in
 // the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8), wgmma.cuh):
 //   K-major tile [rows][64 K] (A of nt/nn, B of nt): row r = tile row r, descriptor LBO 16 (unused), SBO 1024
 //     (8-row groups), k16 step +32 bytes inside the row; warpgroup w's A starts at row 64 w (+8 KB).
-//   MN-major tile (A of tn, B of nn/tn): blocks of 64 M/N values, block j = [64 K rows][64] (8 KB), row kr of
-//     block j holding the operand's values 64 j .. 64 j + 63 at K index kr; descriptor LBO 8192 (the next 64-wide
-//     block, what an N = 128/256 wgmma walks into), SBO 1024 (8 K rows), k16 step +2048 bytes (16 K rows).
-//     Warpgroup w's A is block w (+8 KB, as for K-major): its 64 M values are one block. The scheme and values
+//   MN-major tile (A of tn, B of nn/tn): blocks of 64 M/N values, block j = [kBK K rows][64] (kBK x 128 bytes),
+//     row kr of block j holding the operand's values 64 j .. 64 j + 63 at K index kr; descriptor LBO kBK x 128
+//     (the next 64-wide block, what an N = 128/256 wgmma walks into), SBO 1024 (8 K rows), k16 step +2048 bytes
+//     (16 K rows). Warpgroup w's A is block w: its 64 M values are one block. The scheme and values
 //     are those of mla_decode_wgmma.cu's V operand (B MN-major, run on H200s).
 // Tails: A rows past M, B rows/columns past N and K past the problem's end are zero-filled (cp.async with
 // source size 0), outputs masked at M and N; k and m are multiples of 8 (checked on the host), so a 16-byte
 // chunk is wholly inside or outside. tn's K = n_p may be any positive count (one partial block when < 64).
 //
-// Pipeline (moe_gemm.cu's): a ring of 4 stages with 2 K blocks of copies in flight. Per K block g: wait for
+// Pipeline (moe_gemm.cu's): a ring of kStages stages (4; tn 6) with kStages - 2 K blocks of copies in flight.
+// Per K block g: wait for
 // block g's copies, fence.proxy.async (wgmma reads shared memory through the async proxy), __syncthreads; issue
-// block g + 2's copies into the stage block g - 2 used (each warpgroup retired block g - 2's wgmma with
+// block g + kStages - 2's copies into the stage block g - 2 used (each warpgroup retired block g - 2's wgmma with
 // wgmma.wait_group 1 after issuing block g - 1, and the barrier orders that before the copies); issue block g's
-// 4 wgmma and keep one group in flight.
+// kBK / 16 wgmma and keep one group in flight.
 #include <algorithm>
 
 #include "backend/cuda/tensor_core.cuh"
@@ -52,24 +53,31 @@ namespace {
 
 namespace hw = ::moe::cuda;
 
-constexpr int kBM = kGroupedTileM, kBK = 64, kThreads = 256;
-constexpr uint32_t kBlock = 64 * 128;          // one swizzled [64 rows][64 BF16] block
-constexpr uint32_t kABytes = kBM * kBK * 2;    // 16 KB
+// kBK: the K block of a stage, 64 (K-major tiles hold 64 K values in a 128-byte row) or, for tn (both operands
+// MN-major: a K block is kBK rows of 128 bytes), 32: half the bytes a stage, twice the stages in the same memory.
+constexpr int kBM = kGroupedTileM, kThreads = 256;
+constexpr uint32_t kKMajorRows = 64 * 128;  // 64 rows of a K-major tile: a warpgroup's A
 static_assert(kBM == 128 && kThreads == 256, "two warpgroups of 64 rows");
 
-template <int kBN>
-__host__ __device__ constexpr uint32_t stage_bytes() {
-  return kABytes + uint32_t(kBN) * kBK * 2;
+// One swizzled MN-major block [kBK K rows][64 BF16].
+template <int kBK>
+__host__ __device__ constexpr uint32_t mn_block() {
+  return uint32_t(kBK) * 128;
 }
-template <int kBN, int kStages>
+template <int kBK>
+__host__ __device__ constexpr uint32_t a_bytes() {
+  return uint32_t(kBM) * kBK * 2;
+}
+template <int kBN, int kBK = 64>
+__host__ __device__ constexpr uint32_t stage_bytes() {
+  return a_bytes<kBK>() + uint32_t(kBN) * kBK * 2;
+}
+template <int kBN, int kStages, int kBK = 64>
 __host__ __device__ constexpr size_t smem_bytes() {
-  return size_t(kStages) * stage_bytes<kBN>() + 1024;  // + alignment of the base to 1024
+  return size_t(kStages) * stage_bytes<kBN, kBK>() + 1024;  // + alignment of the base to 1024
 }
 static_assert(smem_bytes<256, 4>() <= 227 * 1024, "shared memory of one CTA");
-static_assert(2 * smem_bytes<128, 3>() <= 227 * 1024, "shared memory of two CTAs (tn)");
-// The epilogue's F32 tile [128][kBN + 8] reuses the stages.
-static_assert(kBM * (128 + 8) * 4 <= 3 * stage_bytes<128>() && kBM * (256 + 8) * 4 <= 4 * stage_bytes<256>(),
-              "the epilogue's tile fits in the stages");
+static_assert(2 * smem_bytes<128, 6, 32>() <= 227 * 1024, "shared memory of two CTAs (tn)");
 
 struct Params {
   const GroupedProblemDesc* problems;
@@ -96,9 +104,10 @@ __device__ __forceinline__ void mma(float (&acc)[kAcc], uint64_t a, uint64_t b) 
 //   MN-major (rows = K, M/N contiguous): R / 8 chunks per K row; thread copies chunk c = tid % (R / 8) (block
 //     c / 8, chunk c % 8 in it) of K rows tid / (R / 8) + (256 / (R / 8)) i; the chunk is valid below `ext`,
 //     the row below K.
-template <int R, bool kMN>
+template <int R, bool kMN, int kBK>
 struct TileCopy {
-  static constexpr int kPer = R / 32;                 // chunks per thread per K block
+  static_assert(kMN || kBK == 64, "K-major tiles: 64 K values a row");
+  static constexpr int kPer = kMN ? kBK * (R / 8) / kThreads : R / 32;  // chunks per thread per K block
   static constexpr int kTpr = kMN ? R / 8 : 8;        // threads per smem row
   static constexpr int kRowStep = kThreads / kTpr;    // rows between a thread's chunks
   const uint16_t* src;  // the thread's first chunk at K block 0 (or the array itself when nothing is valid)
@@ -118,7 +127,7 @@ struct TileCopy {
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
         const int kr = r + kRowStep * i;
-        dst[i] = uint32_t(c / 8) * kBlock + swz(kr, c % 8);
+        dst[i] = uint32_t(c / 8) * mn_block<kBK>() + swz(kr, c % 8);
       }
     } else {
       row0 = 8 * c;
@@ -155,13 +164,17 @@ struct TileCopy {
 
 // kStages: the ring's depth (kStages - 2 K blocks of copies in flight); kMinBlocks: CTAs per SM the registers
 // must allow (launch bounds), with shared memory sized to match.
-template <GemmKind kKind, int kBN, int kStages, int kMinBlocks>
+template <GemmKind kKind, int kBN, int kStages, int kMinBlocks, int kBK>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kernel(const Params p) {
   static_assert(kStages >= 3, "one K block of copies in flight at least");
+  static_assert(kBK == 64 || kKind == GemmKind::Tn, "K-major operands: 64 K values a tile row");
+  // The epilogue's F32 tile [128][kBN + 8] reuses the stages.
+  static_assert(kBM * (kBN + 8) * 4 <= kStages * stage_bytes<kBN, kBK>(), "the epilogue's tile fits in the stages");
+  constexpr uint32_t kABytes = a_bytes<kBK>();
   constexpr bool kNt = kKind == GemmKind::Nt, kTn = kKind == GemmKind::Tn;
   constexpr int kTransA = kTn ? 1 : 0, kTransB = kNt ? 0 : 1;
   constexpr int kAcc = kBN / 2;
-  constexpr uint32_t kStage = stage_bytes<kBN>();
+  constexpr uint32_t kStage = stage_bytes<kBN, kBK>();
 
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (hw::smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -175,8 +188,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
   if (m0 >= M || n0 >= N || K <= 0) return;  // never for the host's tables (n_p > 0, tiles inside M)
 
   const int tid = int(threadIdx.x), wg = tid / 128;
-  const TileCopy<kBM, kTn> ca(pr.a, lda, m0, M, tid);
-  const TileCopy<kBN, !kNt> cb(pr.b, ldb, n0, N, tid);
+  const TileCopy<kBM, kTn, kBK> ca(pr.a, lda, m0, M, tid);
+  const TileCopy<kBN, !kNt, kBK> cb(pr.b, ldb, n0, N, tid);
   const int total = (K + kBK - 1) / kBK;
   auto load = [&](int g) {
     const uint32_t st = base + uint32_t(g % kStages) * kStage;
@@ -200,13 +213,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
     if (g + kStages - 2 < total) load(g + kStages - 2);
     hw::cp_async_commit();
     const uint32_t stage = base + uint32_t(g % kStages) * kStage;
-    const uint32_t sa = stage + uint32_t(wg) * kBlock, sb = stage + kABytes;  // this warpgroup's A; all of B
+    // this warpgroup's A (K-major: its 64 rows; MN-major: block wg, its 64 M values); all of B
+    const uint32_t sa = stage + uint32_t(wg) * (kTransA ? mn_block<kBK>() : kKMajorRows), sb = stage + kABytes;
     hw::wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) {
       // K-major: +32 bytes per k16 inside the 128-byte rows; MN-major: +2048 bytes (16 K rows of 128 bytes).
-      const uint64_t da = kTransA ? hw::smem_desc(sa + kk * 2048, kBlock, 1024) : hw::smem_desc(sa + kk * 32);
-      const uint64_t db = kTransB ? hw::smem_desc(sb + kk * 2048, kBlock, 1024) : hw::smem_desc(sb + kk * 32);
+      const uint64_t da = kTransA ? hw::smem_desc(sa + kk * 2048, mn_block<kBK>(), 1024) : hw::smem_desc(sa + kk * 32);
+      const uint64_t db = kTransB ? hw::smem_desc(sb + kk * 2048, mn_block<kBK>(), 1024) : hw::smem_desc(sb + kk * 32);
       mma<kBN, kTransB, kTransA>(acc, da, db);
     }
     hw::wgmma_commit();
@@ -251,12 +265,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
   }
 }
 
-template <GemmKind kKind, int kBN, int kStages = 4, int kMinBlocks = 1>
+template <GemmKind kKind, int kBN, int kStages = 4, int kMinBlocks = 1, int kBK = 64>
 cudaError_t launch(const GroupedWgmmaArgs& a, cudaStream_t stream) {
-  auto* kernel = grouped_gemm_wgmma_kernel<kKind, kBN, kStages, kMinBlocks>;
+  auto* kernel = grouped_gemm_wgmma_kernel<kKind, kBN, kStages, kMinBlocks, kBK>;
+  constexpr size_t kSmem = smem_bytes<kBN, kStages, kBK>();
   // The shared-memory opt-in belongs to the current device; set at every call (a host-side attribute write, no
   // process-wide record of which devices have it).
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes<kBN, kStages>()));
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
   if (e != cudaSuccess) return e;
   const int64_t N = kKind == GemmKind::Nt ? a.m : a.k;
   const unsigned ntiles = unsigned((N + kBN - 1) / kBN);
@@ -264,7 +279,7 @@ cudaError_t launch(const GroupedWgmmaArgs& a, cudaStream_t stream) {
   for (int64_t first = 0; first < a.count; first += kMaxY) {
     const Params p{a.problems, a.items + first, int32_t(a.k), int32_t(a.m), a.beta};
     const dim3 grid(ntiles, unsigned(std::min(kMaxY, a.count - first)));
-    kernel<<<grid, kThreads, smem_bytes<kBN, kStages>(), stream>>>(p);
+    kernel<<<grid, kThreads, kSmem, stream>>>(p);
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
@@ -273,13 +288,14 @@ cudaError_t launch(const GroupedWgmmaArgs& a, cudaStream_t stream) {
 
 template <GemmKind kKind>
 cudaError_t launch_kind(const GroupedWgmmaArgs& a, cudaStream_t stream) {
-  // tn: K is an expert's token count (~190 at train-mid: 3 blocks of 64), so a CTA is mostly pipeline fill and
-  // an epilogue that reads and writes 64 KB of FP32 gradients; with one CTA per SM those phases do not overlap
-  // (measured on an H200: 37 TFLOP/s, half the per-expert cuBLAS loop). 128-wide tiles with a 3-deep ring fit
-  // two CTAs per SM (97 KB of shared memory and <= 128 registers each), so one CTA's epilogue overlaps the
-  // other's copies and MMAs.
+  // tn: K is an expert's token count (~190 at train-mid's 1 x 2048 micro-batches, ~380 at 2 x 2048), so a CTA is
+  // mostly pipeline fill and an epilogue that reads and writes 64 KB of FP32 gradients; with one CTA per SM those
+  // phases do not overlap (measured on an H200: 37 TFLOP/s, half the per-expert cuBLAS loop). 128-wide tiles fit
+  // two CTAs per SM (<= 128 registers each), so one CTA's epilogue overlaps the other's copies and MMAs; 32-row K
+  // blocks in 6 stages of 16 KB (97 KB a CTA) keep 4 blocks of copies in flight per CTA, where 3 stages of 64 rows
+  // kept 1 (the copies' latency bounded it: 194 TFLOP/s and 2.0 TB/s of gradients at 2 x 2048).
   if constexpr (kKind == GemmKind::Tn) {
-    return launch<kKind, 128, 3, 2>(a, stream);
+    return launch<kKind, 128, 6, 2, 32>(a, stream);
   } else {  // N = 2048 (D) fills 256-wide tiles; N = 1408 (F), or any N that 256 does not divide, runs 128-wide ones.
     const int64_t N = kKind == GemmKind::Nt ? a.m : a.k;
     return N % 256 == 0 ? launch<kKind, 256>(a, stream) : launch<kKind, 128>(a, stream);
