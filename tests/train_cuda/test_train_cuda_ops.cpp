@@ -133,6 +133,11 @@ TEST(CudaTrainOps, SwigluForwardBackwardMatchesCpu) {
                       rel_l2(minus(gdu.host(), du0), minus(du_c, du0))};
   std::printf("swiglu: out %.3g dgate %.3g dup %.3g\n", e[0], e[1], e[2]);
   for (double v : e) EXPECT_LT(v, 1e-5);
+  // Without accumulate the backward writes what it would have added (over buffers holding other values).
+  DeviceArray<float> wdg(dg0), wdu(du0);
+  cuda::swiglu_backward(wdg.get(), wdu.get(), gd.get(), gg.get(), gu.get(), count, nullptr, /*accumulate=*/false);
+  EXPECT_LT(rel_l2(wdg.host(), minus(dg_c, dg0)), 1e-5);
+  EXPECT_LT(rel_l2(wdu.host(), minus(du_c, du0)), 1e-5);
 }
 
 TEST(CudaTrainOps, RopeForwardBackwardMatchesCpu) {

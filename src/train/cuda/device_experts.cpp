@@ -105,8 +105,8 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
   const cudaStream_t s = stream();
   const int64_t E = int64_t(P.experts.size()), nk = A.offsets[size_t(E)];
   float* dact = f32("tmp.moe_dact", nk * F);
-  float* dgate = zeros("tmp.moe_dgate", nk * F);
-  float* dup = zeros("tmp.moe_dup", nk * F);
+  float* dgate = f32("tmp.moe_dgate", nk * F);  // written, every row (each belongs to an expert with load > 0)
+  float* dup = f32("tmp.moe_dup", nk * F);
   if (!use_grouped()) {
     for (int64_t e = 0; e < E; ++e) {
       const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
@@ -114,8 +114,8 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
       const MlpParams& ep = P.experts[size_t(e)];
       mm_bwd(dact + o * F, g(ep.down), dys + o * D, A.experts.act + o * F, ep.down, m, F, D, false, false);
       swiglu_backward(dgate + o * F, dup + o * F, dact + o * F, A.experts.gate + o * F, A.experts.up + o * F, m * F,
-                      s);
-      mm_bwd(dxs + o * D, g(ep.gate), dgate + o * F, A.xs + o * D, ep.gate, m, D, F, false);
+                      s, /*accumulate=*/false);
+      mm_bwd(dxs + o * D, g(ep.gate), dgate + o * F, A.xs + o * D, ep.gate, m, D, F, false, /*add_dx=*/false);
       mm_bwd(dxs + o * D, g(ep.up), dup + o * F, A.xs + o * D, ep.up, m, D, F, false);
     }
     return;
@@ -134,7 +134,7 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
   egemm.run(GemmKind::Tn, pw, F, D, 1.0f);
   {
     const ProfScope other(prof, OpClass::Other);
-    swiglu_backward(dgate, dup, dact, A.experts.gate, A.experts.up, nk * F, s);
+    swiglu_backward(dgate, dup, dact, A.experts.gate, A.experts.up, nk * F, s, /*accumulate=*/false);
   }
   const uint16_t* gb = bf16_copy("bf.ex_dgate", dgate, nk * F);
   const uint16_t* ub = bf16_copy("bf.ex_dup", dup, nk * F);
@@ -148,7 +148,7 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
     dw.push_back({g(ep.gate), gb + o * F, xb + o * D, m});
     dw.push_back({g(ep.up), ub + o * F, xb + o * D, m});
   }
-  egemm.run(GemmKind::Nn, dg, D, F, 1.0f);  // dxs (zeroed by the caller) += dgate W_gate, then += dup W_up
+  egemm.run(GemmKind::Nn, dg, D, F, 0.0f);  // dxs = dgate W_gate, then += dup W_up
   egemm.run(GemmKind::Nn, du, D, F, 1.0f);
   egemm.run(GemmKind::Tn, dw, D, F, 1.0f);
 }

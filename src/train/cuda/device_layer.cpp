@@ -241,9 +241,9 @@ void DeviceTrainer::Impl::mlp_backward(float* dx, const float* dout, const DMlp&
   const int64_t F = P.width, D = bound->config.hidden_size;
   float* dact = f32("tmp.dact", n * F);
   mm_bwd(dact, g(P.down), dout, A.act, P.down, n, F, D, false, false);
-  float* dgate = zeros("tmp.dgate", n * F);
-  float* dup = zeros("tmp.dup", n * F);
-  swiglu_backward(dgate, dup, dact, A.gate, A.up, n * F, stream());
+  float* dgate = f32("tmp.dgate", n * F);
+  float* dup = f32("tmp.dup", n * F);
+  swiglu_backward(dgate, dup, dact, A.gate, A.up, n * F, stream(), /*accumulate=*/false);
   mm_bwd(dx, g(P.gate), dgate, A.x, P.gate, n, D, F, false);
   mm_bwd(dx, g(P.up), dup, A.x, P.up, n, D, F, false);
 }
@@ -343,7 +343,7 @@ void DeviceTrainer::Impl::moe_backward(float* dx, const float* dout, const DMoe&
   prof.enter(OpClass::MoeDispatch);
   moe_expert_dout(dys, dweights, dout, A.eout, A.rows, A.slots, A.weights, nk, K, D, s);
   prof.enter(OpClass::Other);
-  float* dxs = zeros("tmp.moe_dxs", nk * D);
+  float* dxs = f32("tmp.moe_dxs", nk * D);  // every row written (experts_backward: gate's product, then + up's)
   experts_backward(dxs, dys, A, P, D, F);
   prof.enter(OpClass::MoeDispatch);
   moe_scatter_add(dx, dxs, A.pos, n, K, D, s);

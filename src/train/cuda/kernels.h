@@ -81,10 +81,11 @@ void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int6
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
                       int64_t n, int64_t d, cudaStream_t s);
 
-// swiglu.cu: out = silu(gate) * up; backward adds into dgate, dup (either may be null).
+// swiglu.cu: out = silu(gate) * up; backward adds into dgate, dup (either may be null), or writes them when
+// accumulate is false.
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t count, cudaStream_t s);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t count,
-                     cudaStream_t s);
+                     cudaStream_t s, bool accumulate = true);
 
 // rope.cu: rotate interleaved pairs of columns [offset, offset + 2 * half) of every head of x [n, heads,
 // head_dim] in place by pos[i] * inv_freq[p], cos/sin times attn_factor; sign -1 is the backward. inv_freq is

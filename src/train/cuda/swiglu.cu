@@ -1,5 +1,6 @@
 // SwiGLU forward and backward, elementwise (the twin of train/ops/swiglu.cpp):
-// out = silu(g) u; dg += dout u s (1 + g (1 - s)), du += dout g s, with s = sigmoid(g).
+// out = silu(g) u; dg += dout u s (1 + g (1 - s)), du += dout g s, with s = sigmoid(g) (or = without accumulate:
+// no zeroed buffers first, 2 x 138 MB of memset a layer's experts at train-mid's 2 x 2048 tokens).
 #include "train/cuda/common.cuh"
 #include "train/cuda/kernels.h"
 
@@ -14,12 +15,13 @@ __global__ void forward_kernel(float* out, const float* gate, const float* up, i
 }
 
 __global__ void backward_kernel(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
-                                int64_t count) {
+                                int64_t count, bool accumulate) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= count) return;
   const float g = gate[i], sg = 1.0f / (1.0f + expf(-g)), d = dout[i];
-  if (dgate) dgate[i] += d * up[i] * sg * (1.0f + g * (1.0f - sg));
-  if (dup) dup[i] += d * g * sg;
+  const float dg = d * up[i] * sg * (1.0f + g * (1.0f - sg)), du = d * g * sg;
+  if (dgate) dgate[i] = accumulate ? dgate[i] + dg : dg;
+  if (dup) dup[i] = accumulate ? dup[i] + du : du;
 }
 }  // namespace
 
@@ -29,9 +31,9 @@ void swiglu_forward(float* out, const float* gate, const float* up, int64_t coun
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t count,
-                     cudaStream_t s) {
+                     cudaStream_t s, bool accumulate) {
   if (count == 0) return;
-  backward_kernel<<<blocks_for(count, 256), 256, 0, s>>>(dgate, dup, dout, gate, up, count);
+  backward_kernel<<<blocks_for(count, 256), 256, 0, s>>>(dgate, dup, dout, gate, up, count, accumulate);
 }
 
 }  // namespace moe::train::cuda
