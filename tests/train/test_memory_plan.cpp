@@ -63,6 +63,16 @@ TEST(MemoryPlan, AttentionModes) {
   EXPECT_GT(gb.temporaries, g.temporaries);  // + the BF16 copies, P / dS [H, t, t] among them
   // Flash's activations are linear in the length (up to the MTP layer's t - 2 and the logits' t - 1).
   EXPECT_NEAR(fl2.activations, 2.0 * fl.activations, 1e-3 * fl.activations);
+  // Two 2,048-token sequences a micro-batch fit what an H200 reports free (138.7 GiB) with flash attention: the
+  // setting of train-mid's best MFU (bench/RESULTS.md: planned 136.9 GiB, measured 137.6 on 2026-12-03). Neither
+  // the BF16 GEMM attention (its [H, t, t] probabilities) nor a third sequence does.
+  const double h200_free = 138.7 * 1073741824.0;
+  const DeviceMemoryPlan mb2 = device_memory_plan(mid, 2, t, true, PlanAttention::Flash),
+                         mb3 = device_memory_plan(mid, 3, t, true, PlanAttention::Flash),
+                         gb2 = device_memory_plan(mid, 2, t, true, PlanAttention::GemmBf16);
+  EXPECT_LT(mb2.total(), h200_free);
+  EXPECT_GT(mb3.total(), h200_free);
+  EXPECT_GT(gb2.total(), h200_free);
   const double GiB = 1073741824.0;
   std::printf("train-mid at 1 x 2048, bf16 moments: total %.1f GiB (fp32 attention), %.1f GiB (bf16), %.1f GiB "
               "(flash); activations %.1f / %.1f GiB (gemm / flash)\n",
