@@ -27,11 +27,6 @@ std::vector<const uint16_t*> DeviceTrainer::Impl::expert_weights_bf16(const Laye
   std::vector<const Param*> ps;
   ps.reserve(3 * E);
   for (const MlpParams& e : P.experts) ps.insert(ps.end(), {e.gate, e.up, e.down});
-  int64_t lo = offset.at(ps[0]), hi = lo, sum = 0;
-  for (const Param* p : ps) {
-    const int64_t o = offset.at(p), c = int64_t(p->w.size());
-    lo = std::min(lo, o), hi = std::max(hi, o + c), sum += c;
-  }
   std::vector<const uint16_t*> out(ps.size());
   if (split_bf16(ps[0])) {  // the masters' hi halves: nothing to convert (bind splits all of a layer's or none)
     for (size_t i = 0; i < ps.size(); ++i) {
@@ -39,6 +34,11 @@ std::vector<const uint16_t*> DeviceTrainer::Impl::expert_weights_bf16(const Laye
       MOE_CHECK(out[i] != nullptr, "cuda train: {} is not stored split as its layer's other experts are", ps[i]->name);
     }
     return out;
+  }
+  int64_t lo = offset.at(ps[0]), hi = lo, sum = 0;
+  for (const Param* p : ps) {
+    const int64_t o = offset.at(p), c = int64_t(p->w.size());
+    lo = std::min(lo, o), hi = std::max(hi, o + c), sum += c;
   }
   if (hi - lo == sum) {  // the arena holds exactly these, in some order: one conversion
     const uint16_t* b = bf16_copy("bf.experts", W + lo, sum);
@@ -61,7 +61,6 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
                                           int64_t F) {
   const cudaStream_t s = stream();
   const int64_t E = int64_t(P.experts.size()), nk = A.offsets[size_t(E)];
-  A.experts.x = A.xs;
   A.experts.gate = f32(key + "egate", nk * F);
   A.experts.up = f32(key + "eup", nk * F);
   // grouped: the backward reads act only as BF16 (kept as A.act_bf): the FP32 act is a temporary

@@ -218,13 +218,13 @@ struct DeviceTrainer::Impl {
   // ---- the model (device_model.cpp)
   struct Acts {
     int64_t b = 0, t = 0;
-    int32_t *ids = nullptr, *next = nullptr, *targets1 = nullptr, *targets2 = nullptr;
+    int32_t *ids = nullptr, *next = nullptr;
     std::vector<int32_t> host_ids, host_next;  // for the embedding's backward (rows grouped by id on the host)
     std::vector<float*> xs;
     std::vector<DLayer> layers;
-    float *hn = nullptr, *hn_rstd = nullptr, *hsel = nullptr, *loss1 = nullptr;
+    float *hn = nullptr, *hn_rstd = nullptr, *hsel = nullptr;
     float *e = nullptr, *en = nullptr, *e_rstd = nullptr, *h2 = nullptr, *hh = nullptr, *hh_rstd = nullptr;
-    float *cat = nullptr, *m = nullptr, *y = nullptr, *yn = nullptr, *yn_rstd = nullptr, *loss2 = nullptr;
+    float *cat = nullptr, *m = nullptr, *y = nullptr, *yn = nullptr, *yn_rstd = nullptr;
     // The heads' input gradients [n1, D] and [n2, D], made in the forward (with_backward): each head's logits
     // [rows, vocab] become its loss gradient in place and its backward runs at once, so one logits buffer serves
     // both heads and none is kept to the backward (2 x 2.7 GB at train-mid's 2 x 2048 tokens).
@@ -236,6 +236,12 @@ struct DeviceTrainer::Impl {
   LossParts forward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
                     const std::vector<uint8_t>* mask, bool with_backward);
   void backward(TrainModel& m);
+  // One output head over h [rows, D]: logits [rows, vocab] into `logits` (the buffer both heads share), their
+  // cross-entropy against targets (-1: none) scaled by dscale, each row's loss summed into scalar `slot` (0 main,
+  // 1 MTP) and the logits turned into the loss's gradient in place; with dh, the head's backward at once: dh [rows, D]
+  // and the head's weight gradient. `what` names the logits for set_check_finite.
+  void head_loss(const TrainModel& m, float* logits, const float* h, int64_t rows, const std::vector<int32_t>& targets,
+                 float dscale, int slot, const char* what, float* dh);
   // dtable[ids[i]] += dout[i] (rows grouped by id here, summed in row order on the device)
   void embedding_grad(float* dtable, const std::vector<int32_t>& ids, const float* dout, int64_t d,
                       const std::string& key);

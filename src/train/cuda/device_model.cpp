@@ -52,23 +52,11 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   copy2d(A.hsel, t1 * D, A.hn, t * D, t1 * D, b, s);
   const int64_t t2 = t - 2, n2 = M.has_mtp ? b * t2 : 0;
   float* logits = f32("logits", std::max(n1, n2) * V);  // both heads' in turn
-  mm_at(head_gemm(), logits, A.hsel, M.head, n1, D, V, OpClass::HeadGemm);
-  check_point("", "the main head's logits", logits, n1 * V);
   int64_t c1 = 0;
   const std::vector<int32_t> tg1 = masked_targets(ids, mask, b, t, t1, 1, &c1);
   const double d1 = double(std::max<int64_t>(c1, 1));
-  A.targets1 = i32("targets1", n1);
-  upload(A.targets1, tg1.data(), tg1.size() * 4);
-  A.loss1 = f32("loss1", n1);
-  prof.enter(OpClass::Loss);
-  cross_entropy(logits, A.loss1, A.targets1, n1, V, float(1.0 / d1), s);  // logits become d loss / d logits
-  check_cuda(cudaGetLastError(), "cross_entropy");
-  prof.enter(OpClass::Other);
-  sum_into(0, A.loss1, n1, false);
-  if (with_backward) {
-    A.dsel = f32("grad.sel", n1 * D);
-    mm_bwd_at(head_gemm(), A.dsel, g(M.head), logits, A.hsel, M.head, n1, D, V, false, OpClass::HeadGemm);
-  }
+  A.dsel = with_backward ? f32("grad.sel", n1 * D) : nullptr;
+  head_loss(M, logits, A.hsel, n1, tg1, float(1.0 / d1), 0, "the main head's logits", A.dsel);
 
   double d2 = 1;
   if (M.has_mtp) {
@@ -96,23 +84,11 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     A.yn = f32("mtp.yn", n2 * D);
     A.yn_rstd = f32("mtp.yn_rstd", n2);
     rmsnorm(A.yn, A.yn_rstd, A.y, M.mtp_norm, n2, D, c.rms_norm_eps);
-    mm_at(head_gemm(), logits, A.yn, M.head, n2, D, V, OpClass::HeadGemm);
-    check_point("", "the MTP module's logits", logits, n2 * V);
     int64_t c2 = 0;
     const std::vector<int32_t> tg2 = masked_targets(ids, mask, b, t, t2, 2, &c2);
     d2 = double(std::max<int64_t>(c2, 1));
-    A.targets2 = i32("targets2", n2);
-    upload(A.targets2, tg2.data(), tg2.size() * 4);
-    A.loss2 = f32("loss2", n2);
-    prof.enter(OpClass::Loss);
-    cross_entropy(logits, A.loss2, A.targets2, n2, V, float(obj.mtp_lambda / d2), s);
-    check_cuda(cudaGetLastError(), "cross_entropy");
-    prof.enter(OpClass::Other);
-    sum_into(1, A.loss2, n2, false);
-    if (with_backward) {
-      A.dyn = f32("grad.yn", n2 * D);
-      mm_bwd_at(head_gemm(), A.dyn, g(M.head), logits, A.yn, M.head, n2, D, V, false, OpClass::HeadGemm);
-    }
+    A.dyn = with_backward ? f32("grad.yn", n2 * D) : nullptr;
+    head_loss(M, logits, A.yn, n2, tg2, float(obj.mtp_lambda / d2), 1, "the MTP module's logits", A.dyn);
   }
   const std::vector<double> sc = read_scalars(next_aux_slot);
   if (check_finite) {
@@ -127,6 +103,23 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     if (la.moe.aux_slot >= 0) parts.seq_aux += sc[size_t(la.moe.aux_slot)];
   parts.loss = parts.main_ce + obj.mtp_lambda * parts.mtp_ce + parts.seq_aux;
   return parts;
+}
+
+void DeviceTrainer::Impl::head_loss(const TrainModel& M, float* logits, const float* h, int64_t rows,
+                                    const std::vector<int32_t>& targets, float dscale, int slot, const char* what,
+                                    float* dh) {
+  const int64_t D = M.config.hidden_size, V = M.config.vocab_size;
+  mm_at(head_gemm(), logits, h, M.head, rows, D, V, OpClass::HeadGemm);
+  check_point("", what, logits, rows * V);
+  int32_t* tg = i32(fmt::format("targets{}", slot + 1), rows);
+  upload(tg, targets.data(), targets.size() * 4);
+  float* loss = f32(fmt::format("loss{}", slot + 1), rows);
+  prof.enter(OpClass::Loss);
+  cross_entropy(logits, loss, tg, rows, V, dscale, stream());  // logits become d loss / d logits
+  check_cuda(cudaGetLastError(), "cross_entropy");
+  prof.enter(OpClass::Other);
+  sum_into(slot, loss, rows, false);
+  if (dh) mm_bwd_at(head_gemm(), dh, g(M.head), logits, h, M.head, rows, D, V, false, OpClass::HeadGemm);
 }
 
 void DeviceTrainer::Impl::backward(TrainModel& M) {
