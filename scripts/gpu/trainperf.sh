@@ -12,6 +12,8 @@
 #                      in the default list: ncu serialises ~5,000 launches)
 #   bench-*.json/.err  `moe train-bench --device cuda --profile`: tokens/s, MFU against the BF16 GEMM rate measured
 #                      in the same process, memory, time per op class
+#   dp-tests.log       data parallelism on the devices (stage dp, not in the default list): thread ranks against one
+#                      GPU accumulating, NCCL with one rank; with 2+ GPUs bench-mid-flash-dpN.json
 # STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER and MEMCHECK_FILTER override the
 # filters; MID_BF16, DEF_BF16 (set) add the BF16-attention benches; KPROF_MB
 # (default 1) is kprof's sequences a micro-batch.
@@ -102,5 +104,21 @@ if has default; then
   echo "== train-default $(date -u +%T)"
   [ -n "${DEF_BF16:-}" ] && bench default-bf16 30 $DEF --attention bf16
   bench default-flash 30 $DEF --attention flash
+fi
+# Data parallelism on the devices (ZeRO-0, gradients all-reduced): the thread-rank and NCCL one-rank tests, then
+# with N >= 2 visible GPUs `moe train --dp N`'s speed: train-mid's 1 x 2048 micro-batches (8 a rank) on N GPUs
+# through the launcher (NCCL) against one GPU (the mid-flash bench above).
+if has dp; then
+  echo "== dp $(date -u +%T)"
+  timeout 200 "$TEST" --gtest_filter='CudaDataParallel.*' >"$D/dp-tests.log" 2>&1
+  echo "exit $?" >>"$D/dp-tests.log"
+  grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) |Failure|Expected|^exit|^step|gradients|weights|seed" "$D/dp-tests.log" | head -30
+  pack
+  NG=$(nvidia-smi -L | wc -l)
+  if [ "$NG" -ge 2 ]; then
+    bench "mid-flash-dp$NG" 200 $MID --attention flash --dp "$NG"
+  else
+    echo "dp: one GPU; train-bench --dp N needs N GPUs"
+  fi
 fi
 echo "== done $(date -u +%T)"

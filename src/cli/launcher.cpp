@@ -37,6 +37,8 @@ void add_launch_options(CLI::App* cmd, LaunchArgs& a) {
   cmd->add_option("--mpi-world-size", a.ompi_world, "set by Open MPI's mpirun")->envname("OMPI_COMM_WORLD_SIZE")
       ->group("");
   cmd->add_option("--pmi-world-size", a.pmi_world, "set by PMI launchers")->envname("PMI_SIZE")->group("");
+  cmd->add_option("--mpi-local-rank", a.ompi_local_rank, "set by Open MPI's mpirun")
+      ->envname("OMPI_COMM_WORLD_LOCAL_RANK")->group("");
   cmd->add_option("--rank", a.rank, "a GPU rank started by the launcher: its rank")->group("");
   cmd->add_option("--world", a.world, "a GPU rank started by the launcher: the number of ranks")->group("");
   cmd->add_option("--rendezvous", a.rendezvous, "a GPU rank started by the launcher: host:port of rank 0")->group("");

@@ -21,6 +21,8 @@ struct LaunchArgs {
   // Set by an MPI launcher in every rank it starts (read through CLI11 from OMPI_COMM_WORLD_SIZE / PMI_SIZE):
   // then this process is a rank and launches nothing.
   int64_t ompi_world = 0, pmi_world = 0;
+  // Open MPI's rank on this node (OMPI_COMM_WORLD_LOCAL_RANK; -1 when not set): which GPU an MPI rank takes.
+  int64_t ompi_local_rank = -1;
   // A GPU rank started by this launcher (hidden flags): its rank, the number of ranks, host:port of rank 0.
   int32_t rank = -1, world = 0;
   std::string rendezvous;

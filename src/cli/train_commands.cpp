@@ -44,8 +44,9 @@ void add_train_device_flags(CLI::App* cmd, TrainDeviceOptions& o) {
 }
 
 void add_parallel_flags(CLI::App* cmd, ParallelFlags& f) {
-  cmd->add_option("--dp", f.dp, "data-parallel ranks: started by hand the command starts its N MPI ranks on this "
-                  "node; on several nodes launch `mpirun -np N moe ... --dp N` (1)")
+  cmd->add_option("--dp", f.dp, "data-parallel ranks: started by hand the command starts its N ranks on this node "
+                  "(MPI ranks; with --device cuda one per GPU, NCCL); on several nodes launch `mpirun -np N moe ... "
+                  "--dp N` (1)")
       ->check(CLI::PositiveNumber);
   add_launch_options(cmd, f.launch);
   cmd->add_flag("--ep", f.options.ep, "expert parallelism: the routed experts sharded over the --dp ranks");
@@ -56,15 +57,31 @@ void add_parallel_flags(CLI::App* cmd, ParallelFlags& f) {
       ->check(CLI::Range(0, 3));
 }
 
-// Null for one process; the MPI job's communicator for --dp N, which must be the number of ranks mpirun started.
-// Started by hand (not under mpirun), the process launches the N ranks instead and ends with their status.
-std::unique_ptr<dist::Communicator> job_communicator(const ParallelFlags& f, const char* command) {
+// Null for one process; the job's communicator for --dp N, which must be the number of ranks started. Started by
+// hand (not under mpirun), the process launches the N ranks instead and ends with their status: under mpirun, or
+// with gpu (--device cuda) one process per GPU of this node, whose ranks talk NCCL through the launcher's
+// rendezvous. Under mpirun the ranks talk MPI whatever the device (GPU ranks then reduce through host memory).
+std::unique_ptr<dist::Communicator> job_communicator(const ParallelFlags& f, const char* command, bool gpu = false) {
   if (f.dp <= 1) return nullptr;
-  launch_if_needed(f.launch, f.dp, false, fmt::format("{} --dp {}", command, f.dp));
-  std::unique_ptr<dist::Communicator> c = dist::make_mpi_communicator();
+  launch_if_needed(f.launch, f.dp, gpu, fmt::format("{} --dp {}", command, f.dp));
+  std::unique_ptr<dist::Communicator> c;
+  if (f.launch.rank >= 0) {
+    dist::NcclOptions o;
+    parse_rendezvous(f.launch.rendezvous, o.host, o.port);
+    o.rank = f.launch.rank, o.size = f.launch.world, o.device = 0;  // the launcher shows each rank its GPU alone
+    c = dist::make_nccl_communicator(o);
+  } else {
+    c = dist::make_mpi_communicator();
+  }
   MOE_CHECK(c->size() == f.dp, "{}: --dp {} runs as {} MPI ranks, but this job has {}: launch it with mpirun -np {} "
             "(docs/distributed.md)", command, f.dp, f.dp, c->size(), f.dp);
   return c;
+}
+
+// Which GPU of the node this process takes (TrainDeviceOptions::local_rank): mpirun's ranks of a node share its
+// GPUs, one each by their local rank; one process, and each of the launcher's GPU ranks (shown its GPU alone), 0.
+int gpu_local_rank(const ParallelFlags& f, const dist::Communicator* comm) {
+  return comm && f.launch.rank < 0 && f.launch.ompi_local_rank > 0 ? int(f.launch.ompi_local_rank) : 0;
 }
 
 void run_train_steps_command(const std::string& model_dir, const std::string& spec_path, const std::string& out_path,
@@ -209,12 +226,15 @@ void register_train_commands(CLI::App& app) {
                                "--weight-decay", "--beta1", "--beta2", "--mtp-lambda", "--seq-aux-alpha",
                                "--bias-gamma", "--init-std", "--save-dtype", "--moments"})
         if (cmd->count(flag) > 0) run->recipe_flags_given.push_back(flag);
-      MOE_CHECK(dev_opts->device == "cpu" || (parallel->dp <= 1 && !parallel->options.ep),
-                "train: --device {} trains on one GPU; --dp and --ep (data- and expert-parallel training) run on the "
-                "CPU only", dev_opts->device);
-      const std::unique_ptr<dist::Communicator> comm = job_communicator(*parallel, "train");
+      const bool gpu = dev_opts->device == "cuda";
+      MOE_CHECK(!gpu || (parallel->options.zero == 0 && !parallel->options.ep),
+                "train: --device cuda trains data-parallel (--dp N: one rank per GPU, gradients all-reduced on the "
+                "GPUs) with --zero 0 and without --ep; sharded optimizer state and expert parallelism run on the CPU "
+                "only");
+      const std::unique_ptr<dist::Communicator> comm = job_communicator(*parallel, "train", gpu);
       run->comm = comm.get();
       run->parallel = parallel->options;
+      dev_opts->local_rank = gpu_local_rank(*parallel, comm.get());
       const TrainDevice dev = make_train_device(*dev_opts);
       run->device = dev.step.get();
       train::run_training(*run, [](const std::string& line) {
@@ -240,7 +260,17 @@ void register_train_commands(CLI::App& app) {
                     "--batch)");
     cmd->add_flag("--profile", o->profile, "--device cuda: the device time of each op class (GEMMs, attention, MoE "
                   "dispatch, elementwise, optimizer, host waits) over the timed steps");
+    auto parallel = std::make_shared<ParallelFlags>();
+    cmd->add_option("--dp", parallel->dp, "data-parallel ranks, each running --batch sequences a step (its own random "
+                    "tokens), gradients all-reduced: started by hand the command starts its N ranks on this node (with "
+                    "--device cuda one per GPU, NCCL); fraction_of_gemm is then per rank (1)")
+        ->check(CLI::PositiveNumber);
+    add_launch_options(cmd, parallel->launch);
     cmd->callback([=] {
+      const std::unique_ptr<dist::Communicator> comm = job_communicator(*parallel, "train-bench",
+                                                                        dev_opts->device == "cuda");
+      dev_opts->local_rank = gpu_local_rank(*parallel, comm.get());
+      o->comm = comm.get();
       const TrainDevice dev = make_train_device(*dev_opts);
       o->step = dev.step.get();
       o->log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
@@ -249,7 +279,9 @@ void register_train_commands(CLI::App& app) {
       o->attention = dev_opts->attention == "flash"  ? train::PlanAttention::Flash
                      : dev_opts->attention == "bf16" ? train::PlanAttention::GemmBf16
                                                      : train::PlanAttention::Gemm;
-      std::printf("%s\n", train::bench_json(train::run_train_bench(*o)).c_str());
+      const train::TrainBenchResult r = train::run_train_bench(*o);
+      if (comm && comm->rank() != 0) return;  // rank 0 reports
+      std::printf("%s\n", train::bench_json(r).c_str());
       if (dev.gemm_summary && !dev.gemm_summary().empty()) std::fprintf(stderr, "%s\n", dev.gemm_summary().c_str());
     });
   }

@@ -36,7 +36,8 @@ TrainDevice make_train_device(const TrainDeviceOptions& given) {
   using train::cuda::GemmPrecision;
   const GemmPrecision p =
       o.gemm == "bf16" ? GemmPrecision::Bf16 : o.gemm == "fp8" ? GemmPrecision::Fp8 : GemmPrecision::Fp32;
-  auto c = std::make_unique<train::cuda::DeviceTrainer>(p);
+  const int gpu = o.local_rank % train::cuda::DeviceTrainer::device_count();
+  auto c = std::make_unique<train::cuda::DeviceTrainer>(p, gpu);
   c->set_grouped_experts(o.expert_gemm == "grouped");
   c->set_attention(o.attention == "tf32"   ? AttnPrecision::Tf32
                    : o.attention == "bf16"  ? AttnPrecision::Bf16
@@ -45,7 +46,7 @@ TrainDevice make_train_device(const TrainDeviceOptions& given) {
   c->set_head_fp32(o.head == "fp32");
   c->set_check_finite(o.check_finite);
   TrainDevice d;
-  d.name = "cuda: " + c->device_name() + ", " + o.gemm + " GEMMs, device-resident step" +
+  d.name = "cuda" + (gpu ? ":" + std::to_string(gpu) : std::string()) + ": " + c->device_name() + ", " + o.gemm + " GEMMs, device-resident step" +
            (o.gemm == "bf16" ? ", experts " + o.expert_gemm : "") + ", attention " + o.attention + ", head " + o.head;
   train::cuda::DeviceTrainer* raw = c.get();
   d.gemm_gflops = [raw] { return raw->measure_bf16_gemm_gflops(); };

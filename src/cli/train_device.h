@@ -26,6 +26,9 @@ struct TrainDeviceOptions {
   std::string attention;       // the score and value GEMMs: fp32 (default, no TF32), tf32 or bf16; or flash
   std::string head;            // the output heads' GEMMs: fp32 (default) or bf16 operands (FP32 accumulation)
   bool check_finite = false;   // DeviceTrainer::set_check_finite
+  // cuda: which of the visible GPUs: this rank's index on its node modulo the GPUs (0 for one process, and for the
+  // launcher's GPU ranks, which see only their own)
+  int local_rank = 0;
 };
 
 // Throws moe::Error naming the flag: an unknown device or GEMM type, cuda in a build without CUDA or on a machine

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -11,11 +12,13 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "dist/communicator.h"
 #include "train/data.h"
 #include "train/device_step.h"
 #include "train/memory_plan.h"
 #include "train/model.h"
 #include "train/optimizer.h"
+#include "train/parallel.h"
 
 namespace moe::train {
 
@@ -116,7 +119,10 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   model.device = o.step;
   r.device = o.device;
 
-  std::mt19937 rng(3);
+  std::optional<DistributedTraining> dp;
+  if (o.comm) dp.emplace(model, *o.comm, ParallelOptions{});
+  r.ranks = o.comm ? o.comm->size() : 1;
+  std::mt19937 rng(3 + uint32_t(o.comm ? o.comm->rank() : 0));  // each rank its own tokens
   std::uniform_int_distribution<int32_t> id(1, int32_t(model.config.vocab_size) - 1);
   std::vector<int32_t> ids(size_t(micro * o.seq_len));
   const Objective obj;
@@ -132,12 +138,18 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
       add_loads(loads, part);
     }
     if (r.micro_batches > 1) scale_gradients(model, 1.0 / double(r.micro_batches));
-    adamw_step(model, adamw, 1e-3, 1.0, s);
+    if (dp) {
+      dp->reduce(LossParts{}, &loads);  // the gradients all-reduced and averaged, the loads summed
+      dp->step(adamw, 1e-3, 1.0, s);
+    } else {
+      adamw_step(model, adamw, 1e-3, 1.0, s);
+    }
     update_correction_biases(model, loads, 1e-3);
   };
   step(1);  // warm-up: allocations, first touches
   if (o.step) o.step->synchronize();  // a device's queue drained
   if (o.step && o.profile) o.step->set_profile(true);
+  if (o.comm) o.comm->barrier();  // the ranks' clocks start together
   const auto t0 = Clock::now();
   for (int64_t s = 0; s < o.steps; ++s) step(s + 2);
   if (o.step) o.step->synchronize();  // the last step's AdamW finished before the clock stops (not a gradient norm:
@@ -152,18 +164,19 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     const DeviceMemory mem = o.step->memory();
     r.free_before_gib = mem.free_before / kGiB, r.peak_used_gib = mem.peak_used / kGiB;
   }
-  r.tokens_per_step = o.batch * o.seq_len;
+  r.tokens_per_step = o.batch * o.seq_len * r.ranks;
   r.tokens_per_s = double(r.tokens_per_step) / r.step_seconds;
   r.flops_per_token = train_flops_per_token(model.config, o.seq_len);
   r.train_gflops = r.flops_per_token * r.tokens_per_s / 1e9;
   if (!o.step || !o.device_gemm_gflops) r.gemm_gflops = measure_gemm_gflops(r.threads);
-  r.fraction = r.train_gflops / r.gemm_gflops;
+  r.fraction = r.train_gflops / (double(r.ranks) * r.gemm_gflops);
   return r;
 }
 
 std::string bench_json(const TrainBenchResult& r) {
   nlohmann::ordered_json j{{"device", r.device},
                                 {"threads", r.threads},
+                                {"ranks", r.ranks},
                                 {"tokens_per_step", r.tokens_per_step},
                                 {"micro_batches", r.micro_batches},
                                 {"step_s", r.step_seconds},

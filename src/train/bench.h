@@ -11,6 +11,10 @@
 #include "io/model_config.h"
 #include "train/memory_plan.h"
 
+namespace moe::dist {
+class Communicator;
+}
+
 namespace moe::train {
 
 class DeviceStep;
@@ -30,20 +34,25 @@ struct TrainBenchOptions {
   std::string moments = "f32";  // AdamW moments: f32 or bf16 (AdamW::bf16_moments)
   PlanAttention attention = PlanAttention::Gemm;  // the device's attention mode (--attention), for the memory plan
   bool profile = false;         // a device's time by op class over the timed steps
+  // Data parallelism (--dp N): each of the communicator's ranks runs --batch sequences a step (its own random
+  // tokens) and the gradients are all-reduced (DistributedTraining, ZeRO-0), so a step is N x --batch sequences;
+  // null: one process.
+  dist::Communicator* comm = nullptr;
   std::function<void(const std::string&)> log;  // progress lines (the memory plan); null: none
 };
 
 struct TrainBenchResult {
   std::string device;
   int threads = 0;
-  int64_t tokens_per_step = 0;      // per optimiser step (every micro-batch)
+  int ranks = 1;                    // data-parallel ranks (each with its own device or CPU)
+  int64_t tokens_per_step = 0;      // per optimiser step (every micro-batch of every rank)
   int64_t micro_batches = 1;        // forward/backward passes per optimiser step
   double step_seconds = 0;          // mean over the timed steps
   double tokens_per_s = 0;
   double flops_per_token = 0;       // forward + backward: 3 x 2 x multiply-adds of every GEMM and attention product
   double train_gflops = 0;          // flops_per_token x tokens_per_s / 1e9
   double gemm_gflops = 0;           // the measured GEMM rate (CPU: FP32; a device: its own, e.g. BF16 on a GPU)
-  double fraction = 0;              // train_gflops / gemm_gflops
+  double fraction = 0;              // train_gflops / (ranks x gemm_gflops): the share of each rank's rate
   std::string moments;
   // A device's memory (GiB): the plan's estimate (train/memory_plan.h) printed before allocating, and what
   // cudaMemGetInfo measured (free before the arenas, most in use during the steps).

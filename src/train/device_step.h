@@ -16,6 +16,10 @@
 #include "train/model.h"
 #include "train/optimizer.h"
 
+namespace moe::dist {
+class Communicator;
+}
+
 namespace moe::train {
 
 // What a step takes of the device's memory, from cudaMemGetInfo (bytes): free before the arenas were allocated,
@@ -49,6 +53,10 @@ class DeviceStep {
   virtual std::vector<std::pair<std::string, double>> profile_ms() = 0;
   // Waits until everything queued on the device has run (a benchmark's clock stops after it).
   virtual void synchronize() = 0;
+  // Data parallelism (DistributedTraining, ZeRO-0): every gradient summed over the ranks of `comm`, in place on the
+  // device. NCCL reduces the gradient arena where it lies, on the step's stream; other communicators (MPI, a test's
+  // threads) reduce it through host memory in pieces. The caller scales by 1 / ranks.
+  virtual void all_reduce_gradients(TrainModel& m, dist::Communicator& comm) = 0;
 };
 
 }  // namespace moe::train

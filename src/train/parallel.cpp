@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "dist/communicator.h"
+#include "train/device_step.h"
 
 namespace moe::train {
 
@@ -24,6 +25,11 @@ DistributedTraining::DistributedTraining(TrainModel& model, dist::Communicator& 
   MOE_CHECK(o_.zero >= 0 && o_.zero <= 3, "train: --zero is 0, 1, 2 or 3, not {}", o_.zero);
   MOE_CHECK(o_.zero < 3 || !m_.compute, "train: --zero 3 gathers layers into host memory and runs on the CPU only "
             "(leave out --device, or use --zero 2)");
+  // A whole-step device keeps the gradients and the optimizer on the GPU: plain data parallelism there (the arena
+  // all-reduced, every rank's AdamW on the whole model), not yet sharded state or experts.
+  MOE_CHECK(!m_.device || (o_.zero == 0 && !o_.ep), "train: on --device cuda, data-parallel training runs with "
+            "--zero 0 and without --ep (gradients all-reduced on the GPUs, every rank updating the whole model); "
+            "sharded optimizer state and expert parallelism run on the CPU only");
   if (o_.ep) {
     const int64_t E = m_.config.n_routed_experts;
     MOE_CHECK(E > 0, "train: --ep needs a model with routed experts");
@@ -116,7 +122,12 @@ LossParts DistributedTraining::reduce(const LossParts& p, ExpertLoads* loads) {
       c_.all_reduce_sum(std::span<double>(sum));
       load.assign(sum.begin(), sum.end());
     }
-  reduce_gradients();
+  if (m_.device) {
+    m_.device->all_reduce_gradients(m_, c_);
+    m_.device->scale_gradients(m_, 1.0 / N);
+  } else {
+    reduce_gradients();
+  }
   note_bytes();
   return LossParts{parts[0] / N, parts[1] / N, parts[2] / N, parts[3] / N};
 }
@@ -166,6 +177,9 @@ void DistributedTraining::scale_owned_expert_gradients() {
 }
 
 StepStats DistributedTraining::step(const AdamW& opt, double lr, double clip_norm, int64_t step) {
+  // The device's gradients are the same on every rank after reduce (an all-reduce leaves one result everywhere),
+  // so its own norm and update keep the ranks' models identical.
+  if (m_.device) return adamw_step(m_, opt, lr, clip_norm, step);
   StepStats st;
   st.lr = lr;
   // Sum of squares: the replicated gradient once (rank 0's copy, or each rank's slice), plus the owned experts.

@@ -251,8 +251,6 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
   check_recipe(R);
   ThreadPool pool(run.threads > 0 ? run.threads : int(std::max(1u, std::thread::hardware_concurrency())));
   model.pool = &pool;
-  MOE_CHECK(!(run.device && run.comm), "train: --device cuda trains on one GPU; data- and expert-parallel training "
-            "(--dp, --ep) runs on the CPU only");
   model.device = run.device;  // bound (uploaded) at its first step, after a resume has loaded the state
   if (model.device) model.device->set_bf16_moments(R.moments == "bf16");
   MOE_CHECK(!run.data_dir.empty(), "train: --data is required");

@@ -36,7 +36,7 @@ struct TrainRun {
   std::string data_dir, out_dir;
   TrainRecipe recipe;
   int threads = 0;  // GEMM threads (0: the machine's cores); any number gives the same bits
-  DeviceStep* device = nullptr;  // a device that runs the whole step (train/device_step.h); single-process only
+  DeviceStep* device = nullptr;  // a device that runs the whole step (train/device_step.h); with comm: this rank's
   int64_t stop_after = 0;      // stop (with a checkpoint) after this step, as if interrupted; 0: run to the end
   // Validation MaxVio with a device step (--val-maxvio): the device's forward alone reports no expert loads, so its
   // validation batches then run through forward_backward (gradients dropped). Opt-in for that backward's cost (it

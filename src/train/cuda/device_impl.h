@@ -134,6 +134,10 @@ struct DeviceTrainer::Impl {
     return W + offset.at(p);
   }
   float* g(const Param* p) { return G + offset.at(p); }
+  // all_reduce_gradients through host memory (communicators other than NCCL): a pinned buffer of reduce_piece
+  // floats the arena passes through piece by piece (allocated at the first such call).
+  int64_t reduce_piece = int64_t(16) << 20;
+  float* reduce_host = nullptr;
 
   // ---- buffers: grow-only, by name; the free memory is checked before each allocation (a clear error, not a
   // crash, when a shape does not fit).

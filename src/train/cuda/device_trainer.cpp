@@ -11,6 +11,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "dist/communicator.h"
 #include "train/cuda/device_impl.h"
 
 namespace moe::train::cuda {
@@ -56,6 +57,7 @@ DeviceTrainer::Impl::~Impl() {
     if (p) cudaFree(p);
   if (scalars) cudaFree(scalars);
   if (sum_scratch) cudaFree(sum_scratch);
+  if (reduce_host) cudaFreeHost(reduce_host);
 }
 
 void* DeviceTrainer::Impl::raw(const std::string& key, size_t bytes) {
@@ -294,6 +296,11 @@ DeviceTrainer::DeviceTrainer(GemmPrecision precision, int device)
     : impl_(std::make_unique<Impl>(precision, device)) {}
 DeviceTrainer::~DeviceTrainer() = default;
 
+int DeviceTrainer::device_count() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
 std::string DeviceTrainer::device_name() const { return impl_->cc.device_name(); }
 GemmPrecision DeviceTrainer::precision() const { return impl_->prec; }
 double DeviceTrainer::measure_bf16_gemm_gflops() { return impl_->cc.measure_bf16_gemm_gflops(); }
@@ -480,6 +487,34 @@ DeviceMemory DeviceTrainer::memory() {
 
 void DeviceTrainer::synchronize() { impl_->cc.sync(); }
 
+void DeviceTrainer::all_reduce_gradients(TrainModel& m, dist::Communicator& comm) {
+  Impl& I = *impl_;
+  I.bind(m);
+  const ProfScope scope(I.prof, OpClass::GradReduce);
+  if (comm.name() == "nccl") {
+    // In place on the arena, queued on the step's stream after the backward that wrote it (no host wait).
+    void* const prev = comm.stream();
+    comm.set_stream(I.stream());
+    comm.all_reduce_sum(std::span<float>(I.G, size_t(I.total)));
+    comm.set_stream(prev);
+    return;
+  }
+  // Host communicators: each piece down, summed over the ranks (every rank walks the same pieces), and up again.
+  if (!I.reduce_host)
+    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&I.reduce_host), size_t(I.reduce_piece) * sizeof(float)),
+               "cudaMallocHost (gradient all-reduce)");
+  for (int64_t o = 0; o < I.total; o += I.reduce_piece) {
+    const int64_t n = std::min(I.reduce_piece, I.total - o);
+    check_cuda(cudaMemcpyAsync(I.reduce_host, I.G + o, size_t(n) * sizeof(float), cudaMemcpyDeviceToHost, I.stream()),
+               "all_reduce_gradients");
+    check_cuda(cudaStreamSynchronize(I.stream()), "all_reduce_gradients");
+    comm.all_reduce_sum(std::span<float>(I.reduce_host, size_t(n)));
+    check_cuda(cudaMemcpyAsync(I.G + o, I.reduce_host, size_t(n) * sizeof(float), cudaMemcpyHostToDevice, I.stream()),
+               "all_reduce_gradients");
+  }
+  check_cuda(cudaStreamSynchronize(I.stream()), "all_reduce_gradients");  // the buffer is free for the next call
+}
+
 void DeviceTrainer::set_profile(bool on) {
   impl_->prof.set_enabled(on);
   impl_->prof.reset();
@@ -512,6 +547,12 @@ void DeviceTrainer::set_head_fp32(bool on) {
   impl_->head_fp32 = on;
 }
 void DeviceTrainer::set_check_finite(bool on) { impl_->check_finite = on; }
+void DeviceTrainer::set_host_reduce_piece(int64_t values) {
+  MOE_CHECK(values > 0, "cuda train: the host all-reduce's piece must hold at least one value");
+  if (impl_->reduce_host) cudaFreeHost(impl_->reduce_host);
+  impl_->reduce_host = nullptr;  // reallocated at the next call
+  impl_->reduce_piece = values;
+}
 
 void DeviceTrainer::push(TrainModel& m) {
   impl_->bound = nullptr;  // bind uploads everything again

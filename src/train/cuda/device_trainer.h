@@ -25,6 +25,7 @@ class DeviceTrainer final : public DeviceStep {
   DeviceTrainer& operator=(const DeviceTrainer&) = delete;
 
   static bool available() { return CudaCompute::available(); }
+  static int device_count();  // the visible CUDA devices (0 when none or no driver)
   std::string device_name() const;
   GemmPrecision precision() const;
   // The device's dense BF16 GEMM rate (GFLOP/s) through the same cuBLAS path (train-bench's denominator).
@@ -50,6 +51,7 @@ class DeviceTrainer final : public DeviceStep {
   void set_profile(bool on) override;
   std::vector<std::pair<std::string, double>> profile_ms() override;
   void synchronize() override;
+  void all_reduce_gradients(TrainModel& m, dist::Communicator& comm) override;
   // BF16: the routed experts' GEMMs as grouped GEMMs (true, the default: the same sums as the loop, 2.7-4.4x faster
   // on an H200) or one GEMM per expert (false, the reference).
   void set_grouped_experts(bool on);  // before the first step (the masters' storage follows it)
@@ -67,6 +69,9 @@ class DeviceTrainer final : public DeviceStep {
   // Checks every layer's activations and gradients for NaN or infinity (a sum per tensor, one more sync per step)
   // and throws naming the first tensor that has them: for finding where a diverging run breaks. Off by default.
   void set_check_finite(bool on);
+  // all_reduce_gradients over a host communicator passes the gradients through a pinned host buffer of this many
+  // values, piece by piece (16 M: 64 MB; the tests make it small so that a small model takes several pieces).
+  void set_host_reduce_piece(int64_t values);
 
   struct Impl;
 

@@ -15,7 +15,8 @@ constexpr const char* kNames[] = {"other (norms, rope, SwiGLU, residuals, copies
                                   "router (scores, top-k, balance loss)",
                                   "loss (cross-entropy)",
                                   "optimizer (grad norm, AdamW)",
-                                  "host wait (routing sync and sort, scalar reads)"};
+                                  "host wait (routing sync and sort, scalar reads)",
+                                  "gradient all-reduce (data parallelism)"};
 static_assert(sizeof(kNames) / sizeof(kNames[0]) == size_t(OpClass::kCount));
 
 void check(cudaError_t e, const char* what) {

@@ -14,8 +14,11 @@
 namespace moe::train::cuda {
 
 // Gemm: the dense projections (and the routed experts' per-expert loop); ExpertGemm: the routed experts' grouped
-// GEMMs; HeadGemm: the output heads' (main and MTP). Each with its BF16 operand conversions.
-enum class OpClass { Other, Gemm, ExpertGemm, HeadGemm, Attention, MoeDispatch, Router, Loss, Optimizer, HostWait, kCount };
+// GEMMs; HeadGemm: the output heads' (main and MTP). Each with its BF16 operand conversions. GradReduce: data
+// parallelism's gradient all-reduce over the ranks (DeviceStep::all_reduce_gradients).
+enum class OpClass {
+  Other, Gemm, ExpertGemm, HeadGemm, Attention, MoeDispatch, Router, Loss, Optimizer, HostWait, GradReduce, kCount
+};
 
 class StepProfile {
  public:
