@@ -16,6 +16,7 @@
 #include "cli/bench_scheduler.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/expert_parallel_args.h"
 #include "cli/progress_bar.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -89,6 +90,8 @@ struct BenchArgs {
   bool fused_speculation = true;  // --fused-speculation (SchedulerOptions::fused_speculation)
   int32_t speculative = -1;  // >= 0: decode through the Scheduler with this many MTP drafts (bench_scheduler.h)
   std::string sampler = "none";  // sweep decode steps: none (batch 1 copies its row), host or device sampling
+  EpArgs ep;                     // --ep N: the sweep with the routed experts spread over N ranks (replicated mode)
+  RandomWeightsArgs random;      // --random-weights: --model is a config.json, weights made in memory
 };
 
 struct Ceilings {
@@ -144,14 +147,26 @@ void fill_cache_random(Backend& backend, LatentCache& cache, std::mt19937& rng) 
   backend.synchronize();
 }
 
+// With --ep N every rank runs the same steps on the same batch (replicated mode: attention on every rank, the
+// routed experts spread), so a step's tokens/s is the job's and per GPU it is that over N; rank 0 prints. After
+// each sweep point's timed steps, as many more run with the MoE layers synchronised around their exchanges
+// (ExpertParallel::set_timing) for the exchange time per step.
 void run_sweep(const BenchArgs& a) {
   apply_thread_count();
+  if (a.ep.dp_attention) fail("bench --ep runs the replicated mode (every rank the same batch); drop --dp-attention");
+  const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random), a.backend.device);
   auto backend = open_backend(a.backend);
   const Ceilings ceil = measure_ceilings(backend->device());
   ProgressBar bar = ProgressBar::on_stderr("loading " + a.model);
-  DeepseekV3 model(a.model, *backend, {.progress = bar.fn()});
+  DeepseekV3::Options options{.progress = ep.root() ? bar.fn() : ProgressFn{}};
+  ep.apply(options);
+  const auto model_ptr = open_model(a.model, a.random, *backend, options);
+  DeepseekV3& model = *model_ptr;
   const ModelConfig& c = model.config();
-  const ModelStats stats = compute_stats(model.checkpoint(), c);
+  // Random weights have no files to count (materialising them all would take the full model's host memory).
+  const bool have_stats = model.has_checkpoint();
+  const ModelStats stats = have_stats ? compute_stats(model.checkpoint(), c) : ModelStats{};
+  const int ranks = ep.comm ? ep.comm->size() : 1;
   backend->synchronize();
   const size_t weights_used = device_memory_used(backend->device());
   std::mt19937 rng(uint32_t(a.seed));
@@ -165,8 +180,18 @@ void run_sweep(const BenchArgs& a) {
   fmt::print("ceilings ({}): bandwidth {:.0f} GB/s", ceil.what, ceil.bandwidth / 1e9);
   if (ceil.gemm > 0) fmt::print(", BF16 GEMM {:.0f} TFLOP/s", ceil.gemm / 1e12);
   fmt::print("\n");
-  fmt::print("weights: {} stored, {} active per token; device memory in use after loading: {}\n",
-             human_bytes(stats.weight_bytes), human_bytes(stats.active_weight_bytes), human_bytes(int64_t(weights_used)));
+  if (have_stats)
+    fmt::print("weights: {} stored, {} active per token; device memory in use after loading: {}\n",
+               human_bytes(stats.weight_bytes), human_bytes(stats.active_weight_bytes),
+               human_bytes(int64_t(weights_used)));
+  else
+    fmt::print("weights: random, made in memory (--random-weights); device memory in use after loading: {}\n",
+               human_bytes(int64_t(weights_used)));
+  if (ep.ep)
+    fmt::print("expert parallelism: {} ranks over {} (replicated: every rank the same batch, {} expert slots a rank)"
+               "{}{}\n",
+               ranks, ep.comm->name(), ep.ep->placement().slots_per_rank, a.ep.tbo ? ", two-micro-batch overlap" : "",
+               a.ep.redundant_experts ? fmt::format(", {} redundant slots", a.ep.redundant_experts) : "");
 
   // Prefill: one sequence of prompt_tokens random tokens.
   {
@@ -191,17 +216,23 @@ void run_sweep(const BenchArgs& a) {
     const double embed = double(c.vocab_size) * double(c.hidden_size), head = embed;
     const double attn = 2.0 * double(c.num_hidden_layers) * double(c.num_attention_heads) * double(T) * double(T + 1) / 2.0 *
                         double(c.qk_head_dim() + c.v_head_dim);
-    const double flops = 2.0 * (double(stats.active_params) - embed - head) * double(T) + 2.0 * head + attn;
-    fmt::print("prefill: {} tokens in {:.3f} s = {:.0f} tokens/s, {:.1f} TFLOP/s model FLOPs", T, best, double(T) / best,
-               flops / best / 1e12);
-    if (ceil.gemm > 0) fmt::print(" = {:.1f}% of the measured BF16 GEMM rate", 100.0 * flops / best / ceil.gemm);
+    fmt::print("prefill: {} tokens in {:.3f} s = {:.0f} tokens/s", T, best, double(T) / best);
+    if (ranks > 1) fmt::print(" ({:.0f} per rank)", double(T) / best / ranks);
+    if (have_stats) {
+      const double flops = 2.0 * (double(stats.active_params) - embed - head) * double(T) + 2.0 * head + attn;
+      fmt::print(", {:.1f} TFLOP/s model FLOPs", flops / best / 1e12);
+      if (ceil.gemm > 0)
+        fmt::print(" = {:.1f}% of the measured BF16 GEMM rate{}", 100.0 * flops / best / ceil.gemm / ranks,
+                   ranks > 1 ? " per rank" : "");
+    }
     fmt::print("\n");
   }
 
   for (int32_t ctx : a.contexts) {
     for (int32_t B : a.batches) {
       const int32_t steps = a.steps > 0 ? a.steps : (B >= 64 ? 6 : 24);
-      const int64_t pps = pages_for(int64_t(ctx) + steps + 4, page);
+      const int64_t timed_passes = ep.ep ? 2 : 1;  // --ep: the synchronised pass after the timed one
+      const int64_t pps = pages_for(int64_t(ctx) + timed_passes * steps + 4, page);
       const int64_t cache_bytes = int64_t(B) * pps * page * cache_token_bytes;
 #ifdef MOE_HAVE_CUDA
       const Device dev = backend->device();
@@ -270,7 +301,7 @@ void run_sweep(const BenchArgs& a) {
       fmt::print("decode: batch {} context {}: {:.1f} tokens/s ({:.2f} ms/step, host enqueue {:.2f} ms/step, {} of {} steps "
                  "replayed from graphs)",
                  B, ctx, tps, 1e3 * dt / steps, 1e3 * host_s / steps, replayed, steps);
-      if (B == 1) {
+      if (B == 1 && have_stats && ranks == 1) {
         const double bytes = double(stats.active_weight_bytes) + double(ctx) * double(cache_token_bytes);
         const double roof = ceil.bandwidth / bytes;
         fmt::print(", roofline {:.0f} tokens/s (weights {} + cache {} per token) = {:.1f}%", roof,
@@ -279,6 +310,22 @@ void run_sweep(const BenchArgs& a) {
       }
       if (mem) fmt::print(", device memory in use {}", human_bytes(int64_t(mem)));
       fmt::print("\n");
+      if (ep.ep) {
+        // The exchange: bytes this rank sent a step (untimed pass), then its time in a synchronised pass.
+        const uint64_t sent0 = ep.ep->bytes_sent();
+        ep.ep->set_timing(true);
+        const auto t1 = Clock::now();
+        for (int32_t i = 0; i < steps; ++i) step(2 + steps + i);
+        const double dt_timed = seconds_since(t1);
+        const ExpertParallel::Timing tm = ep.ep->timing();
+        ep.ep->set_timing(false);
+        fmt::print("  expert parallelism: {:.1f} tokens/s per rank; rank 0 sent {} a step; in a synchronised pass "
+                   "({:.2f} ms/step): MoE layers {:.2f} ms/step, of which exchange (dispatch, combine, gather, their "
+                   "planning) {:.2f} ms and local experts {:.2f} ms\n",
+                   tps / ranks, human_bytes(int64_t((ep.ep->bytes_sent() - sent0) / uint64_t(steps))),
+                   1e3 * dt_timed / steps, 1e3 * tm.moe_s / steps, 1e3 * (tm.moe_s - tm.experts_s) / steps,
+                   1e3 * tm.experts_s / steps);
+      }
     }
   }
 }
@@ -360,7 +407,15 @@ void register_bench_command(CLI::App& app) {
                   "Sweep decode steps sample every row (temperature 0.8, top-p 0.95): none (batch 1 copies its logits "
                   "row), host (rows copied, host sampler) or device (Backend::sample)")
       ->check(CLI::IsMember({"none", "host", "device"}));
+  add_ep_options(cmd, a->ep);
+  add_random_weights_options(cmd, a->random);
   cmd->callback([a] {
+    if (a->ep.ep > 1 || a->ep.gpus > 1 || a->random.enabled) {  // the sweep is the form that runs over ranks
+      if (a->speculative >= 0) fail("bench --speculative runs one process: drop --ep, --gpus and --random-weights");
+      if (a->batches.empty()) a->batches = {1};
+      if (a->contexts.empty()) a->contexts = {a->prompt_tokens};
+      return run_sweep(*a);
+    }
     if (a->speculative >= 0) {
       SchedulerBenchArgs s{a->model,   a->backend,     a->prompt_tokens, a->gen_tokens,
                            a->seed,    a->batches,     a->speculative,   a->print_tokens,

@@ -1,6 +1,7 @@
 // Expert-parallel MoE: dispatch, the local experts, combine, all-gather (shapes in expert_parallel.h).
 #include "model/expert_parallel.h"
 
+#include <chrono>
 #include <numeric>
 
 #include "core/error.h"
@@ -56,6 +57,26 @@ void finish(std::unique_ptr<dist::PendingExchange>& x) {
   if (x) x->wait();
   x.reset();
 }
+
+// Wall time of a scope after synchronising `backend` at both ends, added to *sum (nothing when sum is null).
+class SyncedTimer {
+ public:
+  SyncedTimer(Backend& backend, double* sum) : backend_(backend), sum_(sum) {
+    if (sum_) backend_.synchronize(), t0_ = std::chrono::steady_clock::now();
+  }
+  ~SyncedTimer() {
+    if (!sum_) return;
+    backend_.synchronize();
+    *sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+  SyncedTimer(const SyncedTimer&) = delete;
+  SyncedTimer& operator=(const SyncedTimer&) = delete;
+
+ private:
+  Backend& backend_;
+  double* sum_;
+  std::chrono::steady_clock::time_point t0_;
+};
 
 }  // namespace
 
@@ -235,6 +256,7 @@ void ExpertParallel::experts(Backend& backend, const ExpertWeights& local, int64
   mb.Ma = int64_t(expand.size());
   mb.ya = backend.alloc_uninitialized(act, {std::max<int64_t>(mb.Ma, 1), D});
   if (mb.Ma) {
+    const SyncedTimer timer(backend, timing_on_ ? &timing_.experts_s : nullptr);
     Tensor xa = backend.alloc_uninitialized(act, {mb.Ma, D});
     backend.gather_rows(mb.xr.view().slice_rows(0, mb.n_recv), expand, xa);
     Tensor sid = backend.alloc_uninitialized(DType::I32, {mb.Ma, 1});
@@ -283,6 +305,8 @@ void ExpertParallel::run(Backend& backend, int64_t layer, const ExpertWeights& l
   const int R = comm_.size(), me = comm_.rank();
   MOE_CHECK(size_t(layer) < placement_.layers.size() && !placement_.layers[size_t(layer)].empty(),
             "expert parallelism: layer {} has no placement", layer);
+  const SyncedTimer timer(backend, timing_on_ ? &timing_.moe_s : nullptr);
+  if (timing_on_) ++timing_.layers;
   const LayerPlacement& P = placement_.layers[size_t(layer)];
   MOE_CHECK(int64_t(local.experts.size()) == placement_.slots_per_rank,
             "expert parallelism: layer {} holds {} experts for {} slots", layer, local.experts.size(),

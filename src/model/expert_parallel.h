@@ -76,6 +76,17 @@ class ExpertParallel {
   // FP8 dispatch: its rows' E4M3 bytes and scales).
   uint64_t bytes_sent() const { return bytes_sent_.load(); }
 
+  // Timed passes (`moe bench --ep`): with set_timing(true) every MoE layer synchronises the backend where it starts
+  // and ends, and around its local experts' compute, and adds the wall times up. moe_s - experts_s is then the
+  // layer's exchange time (dispatch, combine and the replicated mode's gather, their host planning and waits) with
+  // nothing overlapping it: slower steps, an honest split. Off by default; reset by set_timing.
+  struct Timing {
+    double moe_s = 0, experts_s = 0;
+    int64_t layers = 0;
+  };
+  void set_timing(bool on) { timing_on_ = on, timing_ = {}; }
+  const Timing& timing() const { return timing_; }
+
   // out [T, D] = plus + sum_j expert_weights[t, j] * Expert[expert_ids[t, j]](x[t]) for layer `layer`, the experts
   // spread over the ranks. `local` holds this rank's slots of that layer in slot order; expert ids are global.
   // Collective: every rank calls it for the same layers in the same order; replicated: with the same T, ids and
@@ -110,6 +121,8 @@ class ExpertParallel {
   bool shared_as_routed_ = false;
   bool fp8_dispatch_ = false;
   std::atomic<uint64_t> bytes_sent_{0};  // read by /metrics on another thread
+  bool timing_on_ = false;
+  Timing timing_;
 };
 
 }  // namespace moe
