@@ -15,8 +15,9 @@
 #              prefill of 4096; again with two-micro-batch overlap, and with 32 redundant expert slots
 #   train      (2+ GPUs) data-parallel training on the GPUs: train-mid's speed with --dp N against one GPU, and
 #              `moe train --device cuda --dp N` against one GPU on the same data (step lines side by side)
-# Not here yet: the OpenAI-API load test through `moe serve --ep 8` at DeepSeek-V3's full size needs serve to take
-# --random-weights (it loads checkpoint directories only, and 671 B parameters do not fit the machine's disk).
+#   serve      (8 GPUs) the OpenAI-API load test: `moe serve --gpus 8` on DeepSeek-V3 at full size with random FP8
+#              weights (--random-weights, DeepSeek-V3's tokenizer), `moe bench-serve` at 64 concurrent streams: time
+#              to first token and inter-token latency percentiles
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -84,8 +85,7 @@ stage_moonlight() {
 stage_dsv3() {
   need dsv3 8 || return 0
   local D=$BASE/dsv3; mkdir -p "$D"
-  python3 -c "import json; c = json.load(open('bench/gpu/configs/deepseek-v3-4layers.json')); \
-c['num_hidden_layers'] = 61; c['num_nextn_predict_layers'] = 0; json.dump(c, open('$D/deepseek-v3.json', 'w'), indent=1)"
+  stage_dsv3_config
   local common=(bench --device cuda --gpus 8 --model "$D/deepseek-v3.json" --random-weights --random-dtype fp8
                 --cuda-prefill fp8 --batch 1,32,128,512 --context 2048 --prompt-tokens 4096)
   run "$D" plain 600 "$MOE" "${common[@]}"
@@ -125,7 +125,29 @@ EOF
   pack
 }
 
-[ $# -gt 0 ] || { sed -n 2,20p "$0"; exit 2; }
+stage_serve() {
+  need serve 8 || return 0
+  local D=$BASE/serve; mkdir -p "$D"
+  [ -f "$BASE/dsv3/deepseek-v3.json" ] || stage_dsv3_config
+  local port=18300
+  "$MOE" serve --device cuda --gpus 8 --model "$BASE/dsv3/deepseek-v3.json" --random-weights --random-dtype fp8 \
+    --tokenizer models/deepseek-v3-tokenizer --port $port --max-batch 128 --cache-tokens 262144 --ignore-eos \
+    --no-access-log >"$D/serve.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 600); do grep -q "ready:" "$D/serve.log" && break; sleep 1; done
+  run "$D" bench-serve-64 600 "$MOE" bench-serve --url http://127.0.0.1:$port --concurrency 64 --requests 256 \
+    --max-tokens 256
+  kill "$pid"; wait "$pid"
+  tail -5 "$D/serve.log"
+  pack
+}
+stage_dsv3_config() {
+  mkdir -p "$BASE/dsv3"
+  python3 -c "import json; c = json.load(open('bench/gpu/configs/deepseek-v3-4layers.json')); \
+c['num_hidden_layers'] = 61; c['num_nextn_predict_layers'] = 0; json.dump(c, open('$BASE/dsv3/deepseek-v3.json', 'w'), indent=1)"
+}
+
+[ $# -gt 0 ] || { sed -n 2,24p "$0"; exit 2; }
 for s in "$@"; do
   echo "== $s $(date -u +%T) on $NG GPUs" | tee -a "$BASE/summary.txt"
   "stage_$s"

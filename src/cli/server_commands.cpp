@@ -49,6 +49,8 @@ struct ServeArgs {
   bool device_sampling = true;
   int fault_load_delay_ms = 0;  // tests: a model that takes this much longer to load
   EpArgs ep;
+  RandomWeightsArgs random;  // --random-weights: --model is a config.json, weights made in memory (no files)
+  std::string tokenizer;     // --tokenizer: the tokenizer's directory (default: --model's)
   std::string generation_config = "auto";
 };
 
@@ -83,7 +85,10 @@ void run_serve(const ServeArgs& a) {
   sopt.max_context = a.max_context;
   sopt.prefix_cache = a.prefix_cache;
   sopt.device_sampling = a.device_sampling;
-  const EpRuntime ep = open_ep(a.ep, ModelConfig::load(a.model), a.backend.device,
+  if (a.random.enabled && a.tokenizer.empty())
+    fail("--random-weights: --model {} is a config.json without a tokenizer; give --tokenizer DIR (a directory with "
+         "tokenizer.json, e.g. models/deepseek-v3-tokenizer)", a.model);
+  const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random), a.backend.device,
                                /*count_load=*/a.backend.device == "cpu");
   if (a.ep.dp_attention) {
     // Each rank its sequences, in its part of the pages (the cache rounded up to whole parts); the prefix cache
@@ -101,8 +106,8 @@ void run_serve(const ServeArgs& a) {
     auto backend = open_backend(a.backend);
     DeepseekV3::Options o;
     ep.apply(o);
-    DeepseekV3 model(a.model, *backend, o);
-    run_ep_follower(model, sopt);
+    const auto model = open_model(a.model, a.random, *backend, o);
+    run_ep_follower(*model, sopt);
     return;
   }
 
@@ -153,6 +158,8 @@ void run_serve(const ServeArgs& a) {
     if (so.api_key.empty()) fail("--api-key-file {} is empty", a.api_key_file);
   }
   so.model_name = a.name.empty() ? std::filesystem::path(a.model).lexically_normal().filename().string() : a.name;
+  if (a.random.enabled && a.name.empty())  // "deepseek-v3.json" -> "random-deepseek-v3"
+    so.model_name = "random-" + std::filesystem::path(a.model).stem().string();
   if (so.model_name.empty()) so.model_name = std::filesystem::path(a.model).parent_path().filename().string();
 
   // Listen at once: while the model loads, /health answers 503 {"status":"loading","progress":p} and the API 503
@@ -209,12 +216,13 @@ void run_serve(const ServeArgs& a) {
   }};
   mopt.load_mtp = a.speculative > 0;
   ep.apply(mopt);
-  DeepseekV3 model(a.model, *backend, mopt);
+  const auto model_ptr = open_model(a.model, a.random, *backend, mopt);
+  DeepseekV3& model = *model_ptr;
   if (a.speculative > 0 && !model.has_mtp())
     fail("{}: --speculative needs the checkpoint's MTP module (num_nextn_predict_layers)", a.model);
   sopt.speculative = a.speculative;
   loading.set_progress(0.85);
-  const Tokenizer tokenizer = Tokenizer::load(a.model);
+  const Tokenizer tokenizer = Tokenizer::load(a.tokenizer.empty() ? a.model : a.tokenizer);
   loading.set_progress(0.9);
   // --ep: the leader sends each step to the other ranks, and tells them to stop once the scheduler has stopped
   // (declared first, so destroyed after the scheduler's thread has joined).
@@ -392,6 +400,9 @@ void register_server_commands(CLI::App& app) {
   serve->add_option("--feedback-db", s->feedback_db, "SQLite file for ratings from the chat page (POST /v1/feedback)");
   add_backend_options(serve, s->backend);
   add_ep_options(serve, s->ep, /*serve=*/true);
+  add_random_weights_options(serve, s->random);
+  serve->add_option("--tokenizer", s->tokenizer, "Directory with tokenizer.json (default: --model's; required with "
+                    "--random-weights)");
   serve->add_option("--threads", g_threads, "CPU threads (default: all cores)");
   serve->add_option("--max-batch", s->max_batch, "Most sequences in the running batch");
   serve->add_option("--cache-tokens", s->cache_tokens, "Latent cache capacity in tokens (all requests together)");

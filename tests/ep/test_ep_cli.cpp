@@ -370,6 +370,42 @@ TEST(EpCliErrors, WrongLaunch) {
   EXPECT_NE(r.out.find("--ep-fp8-dispatch is for FP8 experts"), std::string::npos) << r.out;
 }
 
+// `moe serve --random-weights` (issue 13's full-size load test: no files to load): the same greedy completions as
+// serving create-random's checkpoint of the same seed, also over two ranks; without --tokenizer it says what to give.
+TEST(RandomWeights, ServeAnswersLikeTheWrittenCheckpoint) {
+  const std::string dir = test::temp_path("random_serve"), config = test::kTinyModel + "/config.json";
+  auto r = test::run_moe("create-random --config " + config + " --out " + dir + " --seed 7");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::vector<std::string> prompts = {"Hello, my name is", "1, 2, 3,"};
+  const std::string common = " --tokenizer " + test::kTinyModel + " --port 0 --threads 1 --no-access-log --ignore-eos";
+  std::vector<std::string> want, got;
+  {
+    BackgroundServer disk(std::string(MOE_BINARY) + " serve --model " + dir + common);
+    const int port = disk.wait_ready();
+    ASSERT_NE(port, 0) << disk.log();
+    want = complete(port, prompts);
+  }
+  {
+    BackgroundServer mem(std::string(MOE_MPIRUN) + " 2 " + MOE_BINARY + " serve --model " + config +
+                         " --random-weights --random-seed 7 --ep 2" + common);
+    const int port = mem.wait_ready();
+    ASSERT_NE(port, 0) << mem.log();
+    got = complete(port, prompts);
+    httplib::Client c("127.0.0.1", port);
+    auto m = c.Get("/v1/models");
+    ASSERT_TRUE(m);
+    EXPECT_NE(m->body.find("\"random-config\""), std::string::npos) << m->body;
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(got[i], want[i]) << prompts[i];
+    EXPECT_EQ(want[i].find("<error"), std::string::npos) << want[i];
+  }
+  r = test::run_moe("serve --model " + config + " --random-weights --port 0");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("give --tokenizer DIR"), std::string::npos) << r.out;
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace moe
 
