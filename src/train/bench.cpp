@@ -134,6 +134,7 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     for (int64_t i = 0; i < r.micro_batches; ++i) {
       for (auto& x : ids) x = id(rng);
       ExpertLoads part;
+      if (dp && i == r.micro_batches - 1) dp->before_last_pass();
       forward_backward(model, ids, micro, o.seq_len, obj, &part);
       add_loads(loads, part);
     }

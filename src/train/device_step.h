@@ -57,6 +57,11 @@ class DeviceStep {
   // device. NCCL reduces the gradient arena where it lies, on the step's stream; other communicators (MPI, a test's
   // threads) reduce it through host memory in pieces. The caller scales by 1 / ranks.
   virtual void all_reduce_gradients(TrainModel& m, dist::Communicator& comm) = 0;
+  // Overlap for the step's last micro-batch (NCCL only; other communicators: nothing): its backward all-reduces each
+  // decoder layer's gradients over `comm` as soon as that layer's backward is done, on a side stream, while the
+  // layers below it run; the all_reduce_gradients that follows reduces only the rest (embedding, heads, norms, the
+  // MTP module) and makes the step's stream wait for every reduction. Every rank must make the same calls.
+  virtual void reduce_during_next_backward(TrainModel& m, dist::Communicator& comm) = 0;
 };
 
 }  // namespace moe::train

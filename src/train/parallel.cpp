@@ -111,6 +111,10 @@ LossParts DistributedTraining::local_pass(const std::vector<int32_t>& ids, int64
   return p;
 }
 
+void DistributedTraining::before_last_pass() {
+  if (m_.device) m_.device->reduce_during_next_backward(m_, c_);
+}
+
 LossParts DistributedTraining::reduce(const LossParts& p, ExpertLoads* loads) {
   const double N = double(c_.size());
   // Equal shares: the batch mean is the mean of the ranks' means (every sequence has t-1 and t-2 targets).
@@ -137,6 +141,7 @@ LossParts DistributedTraining::forward_backward(const std::vector<int32_t>& ids,
   m_.zero_grad();
   if (o_.zero == 3) std::fill(g_shard_.begin(), g_shard_.end(), 0.f);
   if (loads) loads->clear();
+  before_last_pass();
   const LossParts p = local_pass(ids, b, t, obj, loads);
   return reduce(p, loads);
 }

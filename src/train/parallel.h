@@ -53,6 +53,9 @@ class DistributedTraining : private ParamHooks {
   // mask): one micro-batch of an accumulated step. Returns this rank's parts; its loads are added to *loads.
   LossParts local_pass(const std::vector<int32_t>& ids, int64_t b, int64_t t, const Objective& obj,
                        ExpertLoads* loads, const std::vector<uint8_t>* mask = nullptr);
+  // Before a step's last local_pass: on a device with NCCL, that pass's backward starts reducing each layer's
+  // gradients as soon as it is done (DeviceStep::reduce_during_next_backward); nothing otherwise.
+  void before_last_pass();
   // After the local passes of a step: the parts averaged over ranks, loads summed over ranks (in place), the
   // gradients reduced (as the class comment says).
   LossParts reduce(const LossParts& local, ExpertLoads* loads);

@@ -406,6 +406,7 @@ void run_training(TrainRun run, const std::function<void(const std::string&)>& o
     for (int64_t i = 0; i < k; ++i) {
       ExpertLoads part_loads;
       const std::vector<int32_t> ids = loader.next(micro, R.seq_len, manifest.sft ? &mask : nullptr);
+      if (dist && i == k - 1) dist->before_last_pass();  // GPUs: the gradients travel during its backward
       const LossParts p =
           dist ? dist->local_pass(ids, micro, R.seq_len, obj, &part_loads, manifest.sft ? &mask : nullptr)
                : forward_backward(model, ids, micro, R.seq_len, obj, &part_loads, manifest.sft ? &mask : nullptr);

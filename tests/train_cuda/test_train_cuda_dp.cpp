@@ -14,7 +14,8 @@
 //    the mean loss for one token of 512, as test_train_cuda_device.cpp measured): kLaterSteps 5e-4, and the
 //    weights after three steps within 1e-3 relative L2 (such a token's gradient, normalised by Adam, moves an
 //    expert's weights by ~lr / 200 for a step). The two ranks end with the same weights bit for bit.
-//  - NCCL (when the build has it), one rank: the arena reduced in place on the step's stream keeps its values.
+//  - NCCL (when the build has it), one rank: the arena reduced in place on the step's stream keeps its values, and
+//    so does the overlapped form (each layer's range reduced on a side stream during the backward, the rest after).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -209,6 +210,19 @@ TEST(CudaDataParallel, NcclOneRankKeepsTheGradients) {
     for (float g : before[i].second) norm += double(g) * g;
   }
   EXPECT_GT(norm, 0.0);  // gradients, not zeros
+  // The overlapped form: each layer reduced on the side stream during the backward, the rest after it; the step's
+  // stream waits for them (a missing wait would let pull read half-reduced values only with two ranks, but a
+  // reduction issued on a range the backward has not finished would show here as a different gradient).
+  m.zero_grad();
+  void* const own_stream = nccl->stream();
+  gpu->reduce_during_next_backward(m, *nccl);
+  EXPECT_NE(nccl->stream(), own_stream);  // the side stream while the step's reductions are in flight
+  forward_backward(m, S.batches[0], S.b, S.t, S.obj, &loads);
+  gpu->all_reduce_gradients(m, *nccl);
+  gpu->pull(m);
+  const Tensors overlapped = grads_of(m);
+  for (size_t i = 0; i < before.size(); ++i) EXPECT_EQ(overlapped[i].second, before[i].second) << before[i].first;
+  EXPECT_EQ(nccl->stream(), own_stream);  // given back
 }
 
 }  // namespace

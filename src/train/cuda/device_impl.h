@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "dist/communicator.h"
 #include "train/cuda/device_trainer.h"
 #include "train/cuda/fp8_gemm.h"
 #include "train/cuda/grouped_gemm.h"
@@ -138,6 +139,22 @@ struct DeviceTrainer::Impl {
   // floats the arena passes through piece by piece (allocated at the first such call).
   int64_t reduce_piece = int64_t(16) << 20;
   float* reduce_host = nullptr;
+  // reduce_during_next_backward (NCCL): the communicator while a step's reductions are in flight (null otherwise),
+  // their side stream and the event each waits on, and the ranges of G already reduced this step. layer_grads[l]:
+  // decoder layer l's gradients as one range of G ({0, 0} when its parameters do not lie together), set at bind.
+  struct Range {
+    int64_t o = 0, n = 0;
+  };
+  std::vector<Range> layer_grads;
+  dist::Communicator* overlap_comm = nullptr;
+  void* overlap_prev_stream = nullptr;  // the communicator's stream before, restored at the end
+  bool overlap_armed = false;           // the next backward reduces its layers
+  cudaStream_t comm_stream = nullptr;
+  cudaEvent_t comm_event = nullptr;
+  std::vector<Range> reduced;
+  void plan_layer_grads(const TrainModel& m);
+  // In the armed backward, after decoder layer l's backward: its gradient range all-reduced on comm_stream.
+  void reduce_layer(int64_t l);
 
   // ---- buffers: grow-only, by name; the free memory is checked before each allocation (a clear error, not a
   // crash, when a shape does not fit).

@@ -159,11 +159,13 @@ void DeviceTrainer::Impl::backward(TrainModel& M) {
     float* dprev = zeros(other, n * D);
     const std::string key = fmt::format("L{}.", l);
     layer_backward(dprev, dx, A.layers[size_t(l)], M.layers[size_t(l)], main_ctx, key);
+    reduce_layer(l);  // data parallelism, the step's last micro-batch: its gradients travel while l - 1 runs
     check_point(key, "input gradient", dprev, n * D);
     std::swap(cur, other);
     dx = dprev;
   }
   embedding_grad(g(M.embed), A.host_ids, dx, D, "emb.main");
+  overlap_armed = false;  // this backward's layers are on their way; all_reduce_gradients reduces the rest
   check_cuda(cudaGetLastError(), "backward");
   if (check_finite) throw_if_nonfinite(read_scalars(next_aux_slot), "backward");
 }

@@ -58,6 +58,8 @@ DeviceTrainer::Impl::~Impl() {
   if (scalars) cudaFree(scalars);
   if (sum_scratch) cudaFree(sum_scratch);
   if (reduce_host) cudaFreeHost(reduce_host);
+  if (comm_event) cudaEventDestroy(comm_event);
+  if (comm_stream) cudaStreamDestroy(comm_stream);
 }
 
 void* DeviceTrainer::Impl::raw(const std::string& key, size_t bytes) {
@@ -147,6 +149,7 @@ void DeviceTrainer::Impl::bind(TrainModel& m) {
   check_cuda(cudaMemsetAsync(M, 0, size_t(total) * moment_bytes(), stream()), "cudaMemsetAsync");
   check_cuda(cudaMemsetAsync(V, 0, size_t(total) * moment_bytes(), stream()), "cudaMemsetAsync");
   plan_split(m);
+  plan_layer_grads(m);
   for (const auto& p : m.params) {  // push, with the host's gradients (zero for a fresh model)
     const size_t b = p->w.size() * sizeof(float);
     if (const auto it = split_of.find(p.get()); it != split_of.end()) {  // through a staging buffer, split there
@@ -167,6 +170,30 @@ void DeviceTrainer::Impl::bind(TrainModel& m) {
     if (p->v.size() == p->w.size()) upload_moment(V, offset[p.get()], p->v);
   }
   check_cuda(cudaStreamSynchronize(stream()), "bind");
+}
+
+void DeviceTrainer::Impl::plan_layer_grads(const TrainModel& m) {
+  layer_grads.assign(size_t(m.config.num_hidden_layers), Range{});
+  std::vector<int64_t> lo(layer_grads.size(), total), hi(layer_grads.size(), 0), sum(layer_grads.size(), 0);
+  for (const auto& p : m.params) {
+    if (p->name.rfind("model.layers.", 0) != 0) continue;
+    const size_t dot = p->name.find('.', 13);
+    const int64_t l = std::stoll(p->name.substr(13, dot - 13));
+    if (l < 0 || l >= int64_t(layer_grads.size())) continue;  // the MTP module's layer: with the rest
+    const int64_t o = offset.at(p.get()), n = int64_t(p->w.size());
+    lo[size_t(l)] = std::min(lo[size_t(l)], o), hi[size_t(l)] = std::max(hi[size_t(l)], o + n), sum[size_t(l)] += n;
+  }
+  for (size_t l = 0; l < layer_grads.size(); ++l)  // only a layer whose parameters lie together is reduced alone
+    if (sum[l] > 0 && hi[l] - lo[l] == sum[l]) layer_grads[l] = Range{lo[l], sum[l]};
+}
+
+void DeviceTrainer::Impl::reduce_layer(int64_t l) {
+  if (!overlap_armed || l < 0 || l >= int64_t(layer_grads.size()) || layer_grads[size_t(l)].n == 0) return;
+  const Range r = layer_grads[size_t(l)];
+  check_cuda(cudaEventRecord(comm_event, stream()), "cudaEventRecord");  // layer l's backward is queued before it
+  check_cuda(cudaStreamWaitEvent(comm_stream, comm_event, 0), "cudaStreamWaitEvent");
+  overlap_comm->all_reduce_sum(std::span<float>(G + r.o, size_t(r.n)));  // on comm_stream (the comm's stream)
+  reduced.push_back(r);
 }
 
 void DeviceTrainer::Impl::plan_split(const TrainModel& m) {
@@ -491,6 +518,27 @@ void DeviceTrainer::all_reduce_gradients(TrainModel& m, dist::Communicator& comm
   Impl& I = *impl_;
   I.bind(m);
   const ProfScope scope(I.prof, OpClass::GradReduce);
+  if (comm.name() == "nccl" && I.overlap_comm == &comm) {
+    // After an armed backward (reduce_during_next_backward): the ranges its layers did not reduce, on the side
+    // stream once everything queued so far has run, then the step's stream waits for every reduction.
+    std::vector<Impl::Range> done = I.reduced;
+    std::sort(done.begin(), done.end(), [](const Impl::Range& a, const Impl::Range& b) { return a.o < b.o; });
+    check_cuda(cudaEventRecord(I.comm_event, I.stream()), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(I.comm_stream, I.comm_event, 0), "cudaStreamWaitEvent");
+    int64_t at = 0;
+    for (size_t i = 0; i <= done.size(); ++i) {
+      const int64_t end = i < done.size() ? done[i].o : I.total;
+      MOE_CHECK(end >= at, "cuda train: overlapping gradient reductions");
+      if (end > at) comm.all_reduce_sum(std::span<float>(I.G + at, size_t(end - at)));
+      if (i < done.size()) at = done[i].o + done[i].n;
+    }
+    check_cuda(cudaEventRecord(I.comm_event, I.comm_stream), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(I.stream(), I.comm_event, 0), "cudaStreamWaitEvent");
+    comm.set_stream(I.overlap_prev_stream);
+    I.overlap_comm = nullptr, I.overlap_armed = false;
+    I.reduced.clear();
+    return;
+  }
   if (comm.name() == "nccl") {
     // In place on the arena, queued on the step's stream after the backward that wrote it (no host wait).
     void* const prev = comm.stream();
@@ -546,6 +594,20 @@ void DeviceTrainer::set_head_fp32(bool on) {
   MOE_CHECK(impl_->bound == nullptr || on == impl_->head_fp32, "cuda train: set_head_fp32 must come before the first step");
   impl_->head_fp32 = on;
 }
+void DeviceTrainer::reduce_during_next_backward(TrainModel& m, dist::Communicator& comm) {
+  Impl& I = *impl_;
+  I.bind(m);
+  if (comm.name() != "nccl") return;  // host communicators reduce the whole arena afterwards
+  MOE_CHECK(I.overlap_comm == nullptr, "cuda train: reduce_during_next_backward twice before all_reduce_gradients");
+  if (!I.comm_stream) check_cuda(cudaStreamCreateWithFlags(&I.comm_stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  if (!I.comm_event) check_cuda(cudaEventCreateWithFlags(&I.comm_event, cudaEventDisableTiming), "cudaEventCreate");
+  I.overlap_comm = &comm;
+  I.overlap_prev_stream = comm.stream();
+  comm.set_stream(I.comm_stream);  // every collective of the step in one order on one stream, host-staged ones too
+  I.overlap_armed = true;
+  I.reduced.clear();
+}
+
 void DeviceTrainer::set_check_finite(bool on) { impl_->check_finite = on; }
 void DeviceTrainer::set_host_reduce_piece(int64_t values) {
   MOE_CHECK(values > 0, "cuda train: the host all-reduce's piece must hold at least one value");

@@ -52,6 +52,7 @@ class DeviceTrainer final : public DeviceStep {
   std::vector<std::pair<std::string, double>> profile_ms() override;
   void synchronize() override;
   void all_reduce_gradients(TrainModel& m, dist::Communicator& comm) override;
+  void reduce_during_next_backward(TrainModel& m, dist::Communicator& comm) override;
   // BF16: the routed experts' GEMMs as grouped GEMMs (true, the default: the same sums as the loop, 2.7-4.4x faster
   // on an H200) or one GEMM per expert (false, the reference).
   void set_grouped_experts(bool on);  // before the first step (the masters' storage follows it)
