@@ -4,7 +4,8 @@
 #   bf16   slot 1, <= 330 s: runs base (aux-loss-free + MTP), auxloss (sequence-wise aux loss alone), nomtp (MTP off),
 #          each ~80 s of training at the tokens/s train-bench measures first, then MTP acceptance on the CPU
 #   fp8    slot 2, <= 200 s: runs bf16 (base again) and fp8 (--gemm fp8; skipped with a line if moe has no fp8)
-#   scripts/gpu/repro.sh bf16 | fp8 | bf16 fp8
+#   scripts/gpu/repro.sh bf16 | fp8 | bf16 fp8        (SEED=N: the runs' seed, 1; STEPS=N: fixed steps, not a budget;
+#                                                       OUT=DIR keeps stages of several seeds apart)
 # Needs in the carried tree, besides the sources that `run.sh build` builds (4.4 MB without models/ and tests/data)
 #   and .deps/debs: scripts/train/repro{.sh,_summary.py,_accept_tf.py}; .corpus/corpus.jsonl.xz (22,465,136 bytes,
 #   made by scripts/train/build_corpus.sh; only this file of the bundle, not sft.jsonl.xz); and
@@ -30,8 +31,10 @@ for stage in "${@:-bf16}"; do
   esac
   echo "=== repro $stage $(date -u +%H:%M:%S): runs $RUNS, $BUDGET s of training each, stage limit $LIMIT s"
   rm -rf "$WORK/runs" "$WORK"/env-*.txt "$WORK/summary.json" "$WORK/train-bench.json"
+  # STEPS: a fixed step count instead of the time budget (the same runs on any machine); SEED: the runs' seed (1).
+  if [ -n "${STEPS:-}" ]; then LEN=(--steps "$STEPS"); else LEN=(--budget-s "$BUDGET" --max-steps "$MAXS"); fi
   timeout "$LIMIT" scripts/train/repro.sh --moe "$BUILD/src/cli/moe" --device cuda --out "$WORK" --runs "$RUNS" \
-    --budget-s "$BUDGET" --max-steps "$MAXS" --run-timeout "$RUN_LIMIT" --threads 16 2>&1 | tee "$D/console.log"
+    "${LEN[@]}" --seed "${SEED:-1}" --run-timeout "$RUN_LIMIT" --threads 16 2>&1 | tee "$D/console.log"
   echo "repro.sh exit ${PIPESTATUS[0]}" | tee -a "$D/console.log"
   # whatever was written comes back, also after a timeout (the summary is then remade from the logs)
   [ -f "$WORK/summary.json" ] || python3 scripts/train/repro_summary.py "$WORK" > "$WORK/summary.json" 2>>"$D/console.log" \
