@@ -1,7 +1,8 @@
 // The routed experts' FFN on the device over the expert-sorted rows (device_layer.cpp's moe_forward gathers them:
 // expert e's rows are offsets[e] .. offsets[e+1] of xs [nK, D]). Two paths with the same maths (ffn.cpp's):
 //  - grouped (BF16, the default): xs, act and the gradients are rounded to BF16 once for all experts (xs and act
-//    kept to the backward only as BF16, the FP32 ones being temporaries: what the GEMMs read), the layer's
+//    kept to the backward only as BF16; SwiGLU writes act, dgate and dup as BF16 directly, xs is an FP32
+//    temporary converted once: what the GEMMs read), the layer's
 //    expert weights are read where they lie (the split masters' BF16 halves, device_impl.h), and each product is one grouped GEMM over the experts
 //    (grouped_gemm.h): gate and up together, down; in the backward dact, dW_down, dxs (gate then up: they share
 //    their output) and dW_gate with dW_up. SwiGLU and its backward run once over all rows.
@@ -63,9 +64,8 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
   const int64_t E = int64_t(P.experts.size()), nk = A.offsets[size_t(E)];
   A.experts.gate = f32(key + "egate", nk * F);
   A.experts.up = f32(key + "eup", nk * F);
-  // grouped: the backward reads act only as BF16 (kept as A.act_bf): the FP32 act is a temporary
-  A.experts.act = f32(use_grouped() ? "tmp.moe_act" : key + "eact", nk * F);
   if (!use_grouped()) {
+    A.experts.act = f32(key + "eact", nk * F);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
       if (m == 0) continue;
@@ -87,11 +87,14 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
     gu.push_back({A.experts.up + o * F, xb + o * D, wb[size_t(3 * e + 1)], m});
   }
   egemm.run(GemmKind::Nt, gu, D, F, 0.0f);
+  // act only as BF16 (the down product's operand, kept for dW_down): no FP32 act, no conversion pass
+  auto* ab = static_cast<uint16_t*>(raw(key + "act_bf", size_t(std::max<int64_t>(nk * F, 1)) * sizeof(uint16_t)));
   {
     const ProfScope other(prof, OpClass::Other);
-    swiglu_forward(A.experts.act, A.experts.gate, A.experts.up, nk * F, s);
+    swiglu_forward_bf16(ab, A.experts.gate, A.experts.up, nk * F, s);
   }
-  const uint16_t* ab = A.act_bf = bf16_copy(key + "act_bf", A.experts.act, nk * F);  // kept for dW_down
+  A.experts.act = nullptr;
+  A.act_bf = ab;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
     down.push_back({A.eout + o * D, ab + o * F, wb[size_t(3 * e + 2)], m});
@@ -104,9 +107,9 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
   const cudaStream_t s = stream();
   const int64_t E = int64_t(P.experts.size()), nk = A.offsets[size_t(E)];
   float* dact = f32("tmp.moe_dact", nk * F);
-  float* dgate = f32("tmp.moe_dgate", nk * F);  // written, every row (each belongs to an expert with load > 0)
-  float* dup = f32("tmp.moe_dup", nk * F);
   if (!use_grouped()) {
+    float* dgate = f32("tmp.moe_dgate", nk * F);  // written, every row (each belongs to an expert with load > 0)
+    float* dup = f32("tmp.moe_dup", nk * F);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
       if (m == 0) continue;
@@ -131,12 +134,14 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
   }
   egemm.run(GemmKind::Nn, pa, F, D, 0.0f);
   egemm.run(GemmKind::Tn, pw, F, D, 1.0f);
+  // dgate and dup only as BF16 (the operands of dxs and of dW_gate, dW_up), written by SwiGLU's backward itself
+  const size_t half_bytes = size_t(std::max<int64_t>(nk * F, 1)) * sizeof(uint16_t);
+  auto* gb = static_cast<uint16_t*>(raw("bf.ex_dgate", half_bytes));
+  auto* ub = static_cast<uint16_t*>(raw("bf.ex_dup", half_bytes));
   {
     const ProfScope other(prof, OpClass::Other);
-    swiglu_backward(dgate, dup, dact, A.experts.gate, A.experts.up, nk * F, s, /*accumulate=*/false);
+    swiglu_backward_bf16(gb, ub, dact, A.experts.gate, A.experts.up, nk * F, s);
   }
-  const uint16_t* gb = bf16_copy("bf.ex_dgate", dgate, nk * F);
-  const uint16_t* ub = bf16_copy("bf.ex_dup", dup, nk * F);
   const uint16_t* xb = A.xs_bf;
   std::vector<GemmProblem> dg, du, dw;
   for (int64_t e = 0; e < E; ++e) {

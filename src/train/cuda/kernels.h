@@ -86,6 +86,11 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t count, cudaStream_t s);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t count,
                      cudaStream_t s, bool accumulate = true);
+// The grouped experts' forms, whose only readers are BF16 GEMMs: the same FP32 values rounded to BF16 (nearest even)
+// as they are written, so to_bf16 of the FP32 form gives the same bits; the backward writes (never adds).
+void swiglu_forward_bf16(uint16_t* out, const float* gate, const float* up, int64_t count, cudaStream_t s);
+void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate, const float* up,
+                          int64_t count, cudaStream_t s);
 
 // rope.cu: rotate interleaved pairs of columns [offset, offset + 2 * half) of every head of x [n, heads,
 // head_dim] in place by pos[i] * inv_freq[p], cos/sin times attn_factor; sign -1 is the backward. inv_freq is
