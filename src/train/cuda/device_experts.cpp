@@ -123,6 +123,15 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
     return;
   }
   const ProfScope scope(prof, OpClass::ExpertGemm);
+  // After zero_grad the weight gradients are written (beta 0), not added to zeros; an expert without rows gets its
+  // zeros here (the grouped GEMM leaves a problem without rows untouched).
+  const bool fresh = take_fresh(P);
+  const float beta_w = fresh ? 0.0f : 1.0f;
+  if (fresh)
+    for (int64_t e = 0; e < E; ++e)
+      if (A.load[size_t(e)] == 0)
+        for (const Param* p : {P.experts[size_t(e)].gate, P.experts[size_t(e)].up, P.experts[size_t(e)].down})
+          check_cuda(cudaMemsetAsync(g(p), 0, p->w.size() * sizeof(float), s), "expert gradients");
   const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
   const uint16_t* dyb = bf16_copy("bf.ex_dy", dys, nk * D);
   const uint16_t* ab = A.act_bf;
@@ -133,7 +142,7 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
     pw.push_back({g(P.experts[size_t(e)].down), dyb + o * D, ab + o * F, m});
   }
   egemm.run(GemmKind::Nn, pa, F, D, 0.0f);
-  egemm.run(GemmKind::Tn, pw, F, D, 1.0f);
+  egemm.run(GemmKind::Tn, pw, F, D, beta_w);
   // dgate and dup only as BF16 (the operands of dxs and of dW_gate, dW_up), written by SwiGLU's backward itself
   const size_t half_bytes = size_t(std::max<int64_t>(nk * F, 1)) * sizeof(uint16_t);
   auto* gb = static_cast<uint16_t*>(raw("bf.ex_dgate", half_bytes));
@@ -154,7 +163,7 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
   }
   egemm.run(GemmKind::Nn, dg, D, F, 0.0f);  // dxs = dgate W_gate, then += dup W_up
   egemm.run(GemmKind::Nn, du, D, F, 1.0f);
-  egemm.run(GemmKind::Tn, dw, D, F, 1.0f);
+  egemm.run(GemmKind::Tn, dw, D, F, beta_w);
 }
 
 }  // namespace moe::train::cuda

@@ -185,6 +185,57 @@ void DeviceTrainer::Impl::plan_layer_grads(const TrainModel& m) {
   }
   for (size_t l = 0; l < layer_grads.size(); ++l)  // only a layer whose parameters lie together is reduced alone
     if (sum[l] > 0 && hi[l] - lo[l] == sum[l]) layer_grads[l] = Range{lo[l], sum[l]};
+  // The routed experts' gradient ranges, merged where they touch (a layer's experts lie together).
+  std::vector<Range> ex;
+  auto add = [&](const LayerParams& L) {
+    for (const MlpParams& e : L.experts)
+      for (const Param* p : {e.gate, e.up, e.down}) ex.push_back(Range{offset.at(p), int64_t(p->w.size())});
+  };
+  for (const LayerParams& L : m.layers)
+    if (L.is_moe) add(L);
+  if (m.has_mtp && m.mtp_layer.is_moe) add(m.mtp_layer);
+  std::sort(ex.begin(), ex.end(), [](const Range& a, const Range& b) { return a.o < b.o; });
+  expert_grads.clear();
+  for (const Range& r : ex)
+    if (!expert_grads.empty() && expert_grads.back().o + expert_grads.back().n == r.o)
+      expert_grads.back().n += r.n;
+    else
+      expert_grads.push_back(r);
+  fresh_experts.clear();
+}
+
+void DeviceTrainer::Impl::zero_gradients(const TrainModel& m) {
+  fresh_experts.clear();
+  if (!use_grouped() || expert_grads.empty()) {
+    check_cuda(cudaMemsetAsync(G, 0, size_t(total) * sizeof(float), stream()), "zero_grad");
+    return;
+  }
+  int64_t at = 0;  // every range but the experts'
+  for (const Range& r : expert_grads) {
+    if (r.o > at) check_cuda(cudaMemsetAsync(G + at, 0, size_t(r.o - at) * sizeof(float), stream()), "zero_grad");
+    at = r.o + r.n;
+  }
+  if (total > at) check_cuda(cudaMemsetAsync(G + at, 0, size_t(total - at) * sizeof(float), stream()), "zero_grad");
+  for (const LayerParams& L : m.layers)
+    if (L.is_moe) fresh_experts[&L] = true;
+  if (m.has_mtp && m.mtp_layer.is_moe) fresh_experts[&m.mtp_layer] = true;
+}
+
+void DeviceTrainer::Impl::settle_gradients() {
+  for (const auto& [L, fresh] : fresh_experts)
+    if (fresh)
+      for (const MlpParams& e : L->experts)
+        for (const Param* p : {e.gate, e.up, e.down})
+          check_cuda(cudaMemsetAsync(g(p), 0, p->w.size() * sizeof(float), stream()), "zero_grad (settled)");
+  fresh_experts.clear();
+}
+
+bool DeviceTrainer::Impl::take_fresh(const LayerParams& P) {
+  const auto it = fresh_experts.find(&P);
+  if (it == fresh_experts.end()) return false;
+  const bool fresh = it->second;
+  fresh_experts.erase(it);
+  return fresh;
 }
 
 void DeviceTrainer::Impl::reduce_layer(int64_t l) {
@@ -360,17 +411,19 @@ LossParts DeviceTrainer::forward_loss(TrainModel& m, const std::vector<int32_t>&
 
 void DeviceTrainer::zero_grad(TrainModel& m) {
   impl_->bind(m);
-  check_cuda(cudaMemsetAsync(impl_->G, 0, size_t(impl_->total) * sizeof(float), impl_->stream()), "zero_grad");
+  impl_->zero_gradients(m);
 }
 
 void DeviceTrainer::scale_gradients(TrainModel& m, double s) {
   impl_->bind(m);
+  impl_->settle_gradients();
   scale(impl_->G, float(s), impl_->total, impl_->stream());
   check_cuda(cudaGetLastError(), "scale");
 }
 
 double DeviceTrainer::global_grad_norm(TrainModel& m) {
   impl_->bind(m);
+  impl_->settle_gradients();
   {
     const ProfScope scope(impl_->prof, OpClass::Optimizer);
     impl_->sum_into(0, impl_->G, impl_->total, true);
@@ -456,6 +509,7 @@ void DeviceTrainer::pull(TrainModel& m) {
       for (auto* x : {&p->g, &p->m, &p->v}) x->resize(p->w.size(), 0.0f);
     return;
   }
+  I.settle_gradients();
   for (const auto& p : m.params) {
     const size_t bytes = p->w.size() * sizeof(float);
     const int64_t o = I.offset.at(p.get());
@@ -517,6 +571,7 @@ void DeviceTrainer::synchronize() { impl_->cc.sync(); }
 void DeviceTrainer::all_reduce_gradients(TrainModel& m, dist::Communicator& comm) {
   Impl& I = *impl_;
   I.bind(m);
+  I.settle_gradients();
   const ProfScope scope(I.prof, OpClass::GradReduce);
   if (comm.name() == "nccl" && I.overlap_comm == &comm) {
     // After an armed backward (reduce_during_next_backward): the ranges its layers did not reduce, on the side
