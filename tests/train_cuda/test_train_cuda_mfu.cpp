@@ -407,6 +407,57 @@ TEST(CudaTrainMfu, GroupedExpertsStepMatchesPerExpertLoop) {
   EXPECT_LT(std::abs(lg - ll) / std::abs(ll), 1e-5);
 }
 
+// The routed experts' gradients are left unset by zero_grad and written by their first backward (device_impl.h):
+// after a first step has filled every gradient, expert 0 of every MoE layer is shut out by its correction bias
+// (-1e6: never in a top-k) and a second zero_grad + forward_backward must leave its gradients exactly zero (not the
+// first step's), the other experts' equal to the per-expert loop's (which zeroes everything), and a zero_grad
+// straight after a step must read back as zeros.
+TEST(CudaTrainMfu, ExpertGradientsWrittenAfterZeroGrad) {
+  SKIP_WITHOUT_GPU();
+  const std::string path = "bench/configs/train-small.json";
+  const ModelConfig cfg = load_config(path);
+  const int64_t b = 2, t = 128;
+  const Objective obj{0.3, 1e-3};
+  auto run = [&](bool grouped, bool pull_after_zero) {
+    DeviceTrainer gpu(GemmPrecision::Bf16);
+    gpu.set_grouped_experts(grouped);
+    TrainModel m = TrainModel::init(cfg, path, 11, 0.02);
+    m.device = &gpu;
+    m.zero_grad();
+    ExpertLoads loads;
+    forward_backward(m, random_ids(cfg.vocab_size, b * t, 3), b, t, obj, &loads);
+    for (LayerParams* L : {&m.layers[1], &m.mtp_layer})
+      if (L->is_moe && L->bias) L->bias->value[0] = -1e6f;
+    m.zero_grad();
+    if (pull_after_zero) {
+      gpu.pull(m);
+      double sum = 0;
+      for (const auto& p : m.params)
+        for (float x : p->g) sum += std::abs(x);
+      EXPECT_EQ(sum, 0.0) << "zero_grad reads back as zeros";
+    }
+    forward_backward(m, random_ids(cfg.vocab_size, b * t, 4), b, t, obj, &loads);
+    gpu.pull(m);
+    std::vector<std::pair<std::string, std::vector<float>>> g;
+    for (const auto& p : m.params) g.emplace_back(p->name, p->g);
+    return g;
+  };
+  const auto g = run(true, false), l = run(false, false);
+  run(true, true);
+  size_t shut = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    const std::string& name = g[i].first;
+    if (name.find(".mlp.experts.0.") != std::string::npos &&
+        (name.find("layers.1.") != std::string::npos || name.find("layers." + std::to_string(cfg.num_hidden_layers) + ".") != std::string::npos)) {
+      for (float x : g[i].second) ASSERT_EQ(x, 0.0f) << name << ": an expert without rows has no gradient";
+      ++shut;
+    } else {
+      EXPECT_LT(rel_l2(g[i].second, l[i].second), 2e-3) << name;
+    }
+  }
+  EXPECT_GE(shut, size_t(3));
+}
+
 // attention: the DeviceTrainer's mode and the plan's (the GEMM attention in FP32, or flash).
 void plan_vs_measured(cuda::AttnPrecision attention, PlanAttention plan_attention) {
   const std::string path = "bench/configs/train-default.json";
