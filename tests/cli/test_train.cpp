@@ -360,14 +360,15 @@ TEST(TrainBench, ReportsTokensPerSecondAndTheGemmFraction) {
   EXPECT_NE(bad.out.find("no-such-config.json: cannot open"), std::string::npos) << bad.out;
 }
 
-// The device-resident GPU step is single-process: --device cuda with --dp or --ep is refused up front, naming both.
-TEST(TrainDevice, CudaWithDataOrExpertParallelismIsRefused) {
-  for (const char* flags : {"--dp 2", "--ep"}) {
+// The device-resident GPU step trains data-parallel (--dp N) but keeps whole tensors: --device cuda with --ep or
+// --zero 1/2/3 is refused up front (before any rank starts or any GPU is looked for), naming what it runs with.
+TEST(TrainDevice, CudaWithShardedStateOrExpertParallelismIsRefused) {
+  for (const char* flags : {"--ep", "--dp 2 --ep", "--dp 2 --zero 1", "--zero 3"}) {
     const Result r = test::run_moe(std::string("train --device cuda ") + flags +
                                    " --config tests/data/tiny-train/model/config.json --data " +
                                    test::temp_path("no-data") + " --out " + test::temp_path("no-out"));
     EXPECT_EQ(r.code, 1) << flags;
-    EXPECT_NE(r.out.find("train: --device cuda trains on one GPU; --dp and --ep"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("with --zero 0 and without --ep"), std::string::npos) << flags << "\n" << r.out;
   }
 }
 

@@ -160,17 +160,6 @@ TEST(DistCli, TrainOverTwoRanksMatchesOneProcess) {
   EXPECT_NE(odd.out.find("does not split over 2 data-parallel ranks"), std::string::npos) << odd.out;
 }
 
-// --device cuda trains data-parallel without sharded state or experts; asked for them it says so before it
-// starts anything (no GPU needed).
-TEST(DistCli, CudaDpRefusesShardedStateAndExperts) {
-  for (const char* flags : {"--dp 2 --zero 1", "--dp 2 --ep"}) {
-    const Result r = moe1(std::string("train --device cuda --config tests/data/tiny-train/model/config.json --data "
-                                      "/nonexistent --out ") + test::temp_path("dist-cli-cuda-x") + " " + flags);
-    EXPECT_NE(r.code, 0) << flags;
-    EXPECT_NE(r.out.find("with --zero 0 and without --ep"), std::string::npos) << flags << "\n" << r.out;
-  }
-}
-
 // Two MPI ranks sharing one GPU (their gradients all-reduced through host memory) against one process on it, with
 // the same sequences: the reference accumulates 4 micro-batches of one sequence, each rank 2 of them (sequences r
 // and r + 2), so only the order of the FP32 gradient additions differs, and the BF16 roundings of weights a few
