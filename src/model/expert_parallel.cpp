@@ -306,7 +306,6 @@ void ExpertParallel::run(Backend& backend, int64_t layer, const ExpertWeights& l
   MOE_CHECK(size_t(layer) < placement_.layers.size() && !placement_.layers[size_t(layer)].empty(),
             "expert parallelism: layer {} has no placement", layer);
   const SyncedTimer timer(backend, timing_on_ ? &timing_.moe_s : nullptr);
-  if (timing_on_) ++timing_.layers;
   const LayerPlacement& P = placement_.layers[size_t(layer)];
   MOE_CHECK(int64_t(local.experts.size()) == placement_.slots_per_rank,
             "expert parallelism: layer {} holds {} experts for {} slots", layer, local.experts.size(),

@@ -82,7 +82,6 @@ class ExpertParallel {
   // nothing overlapping it: slower steps, an honest split. Off by default; reset by set_timing.
   struct Timing {
     double moe_s = 0, experts_s = 0;
-    int64_t layers = 0;
   };
   void set_timing(bool on) { timing_on_ = on, timing_ = {}; }
   const Timing& timing() const { return timing_; }
