@@ -57,8 +57,8 @@ Temps layer_temps(const Widths& w, bool moe, double b, double t, bool flash) {
   r.mlp = 3 * n * (moe ? w.Fs : w.F);  // dact, dgate, dup of the dense or shared MLP
   if (moe) {
     const double nk = n * w.K;
-    r.moe = 2 * nk * w.D + nk + nk * w.Fm + n * w.E + n;  // moe_dy, moe_dxs, dweights, dact (FP32), dlogits, aux
-    r.moe += nk * w.D;  // the forward's FP32 xs (a temporary: kept as BF16; act, dgate, dup are only BF16)
+    // moe_dxs, dweights, dact (FP32), dlogits, aux; dy, xs, act, dgate and dup exist only in BF16 (grouped)
+    r.moe = nk * w.D + nk + nk * w.Fm + n * w.E + n;
   }
   return r;
 }

@@ -79,7 +79,7 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
   }
   const ProfScope scope(prof, OpClass::ExpertGemm);
   const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
-  const uint16_t* xb = A.xs_bf = bf16_copy(key + "xs_bf", A.xs, nk * D);  // kept for dW_gate, dW_up
+  const uint16_t* xb = A.xs_bf;  // gathered as BF16 (moe_forward), kept for dW_gate, dW_up
   std::vector<GemmProblem> gu, down;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
@@ -102,8 +102,8 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
   egemm.run(GemmKind::Nt, down, F, D, 0.0f);
 }
 
-void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const DMoe& A, const LayerParams& P,
-                                           int64_t D, int64_t F) {
+void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const uint16_t* dys_bf, const DMoe& A,
+                                           const LayerParams& P, int64_t D, int64_t F) {
   const cudaStream_t s = stream();
   const int64_t E = int64_t(P.experts.size()), nk = A.offsets[size_t(E)];
   float* dact = f32("tmp.moe_dact", nk * F);
@@ -133,7 +133,7 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const D
         for (const Param* p : {P.experts[size_t(e)].gate, P.experts[size_t(e)].up, P.experts[size_t(e)].down})
           check_cuda(cudaMemsetAsync(g(p), 0, p->w.size() * sizeof(float), s), "expert gradients");
   const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
-  const uint16_t* dyb = bf16_copy("bf.ex_dy", dys, nk * D);
+  const uint16_t* dyb = dys_bf;
   const uint16_t* ab = A.act_bf;
   std::vector<GemmProblem> pa, pw;
   for (int64_t e = 0; e < E; ++e) {

@@ -41,9 +41,9 @@ struct DMoe {
   std::vector<int32_t> host_chosen, host_rows, host_slots, host_pos;  // the routing, sorted by expert on the host
   std::vector<int64_t> offsets;  // [E + 1]: expert e's rows are offsets[e] .. offsets[e+1] of the sorted pairs
   std::vector<int64_t> load;     // [E]
-  float *xs = nullptr, *eout = nullptr;  // [nK, D] gathered inputs, outputs (grouped: xs is a temporary)
+  float *xs = nullptr, *eout = nullptr;  // [nK, D] gathered inputs (per expert only), outputs
   DMlp experts;                          // over the nK sorted rows, [nK, F] (grouped: act is a temporary)
-  // grouped: xs [nK, D] and act [nK, F] in BF16, kept for the weight gradients (the only readers in the backward)
+  // grouped: xs [nK, D] and act [nK, F] only in BF16 (the GEMMs' operands), kept for the weight gradients
   const uint16_t *xs_bf = nullptr, *act_bf = nullptr;
   DMlp shared;
   int aux_slot = -1;  // the scalar slot of this layer's balance loss (-1: none)
@@ -237,7 +237,9 @@ struct DeviceTrainer::Impl {
   // device_experts.cpp: the routed experts' FFN over the expert-sorted rows, forward (A.experts, A.eout) and
   // backward (dxs, the experts' weight gradients), as grouped BF16 GEMMs (use_grouped) or one GEMM per expert.
   void experts_forward(DMoe& A, const LayerParams& P, const std::string& key, int64_t D, int64_t F);
-  void experts_backward(float* dxs, const float* dys, const DMoe& A, const LayerParams& P, int64_t D, int64_t F);
+  // dys: the experts' output gradients [nK, D], FP32 (per expert) or dys_bf, BF16 (grouped).
+  void experts_backward(float* dxs, const float* dys, const uint16_t* dys_bf, const DMoe& A, const LayerParams& P,
+                        int64_t D, int64_t F);
   // BF16 values of every routed expert's {gate, up, down} of a layer: [3 E] pointers, expert e's gate, up, down at
   // 3e, 3e + 1, 3e + 2; into the split region's hi (no work), else copies in one buffer.
   std::vector<const uint16_t*> expert_weights_bf16(const LayerParams& P);

@@ -304,10 +304,17 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
   upload(A.slots, A.host_slots.data(), size_t(nk) * 4);
   upload(A.pos, A.host_pos.data(), size_t(nk) * 4);
   wait.reset();
-  A.xs = f32(use_grouped() ? std::string("tmp.moe_xs") : key + "xs", nk * D);  // grouped: kept as BF16 (A.xs_bf)
   A.eout = f32(key + "eout", nk * D);
   prof.enter(OpClass::MoeDispatch);
-  moe_gather(A.xs, x, A.rows, nk, D, s);
+  if (use_grouped()) {  // gathered straight into BF16, the only form its readers (GEMMs) take, kept for dW_gate/up
+    A.xs = nullptr;
+    auto* xb = static_cast<uint16_t*>(raw(key + "xs_bf", size_t(std::max<int64_t>(nk * D, 1)) * sizeof(uint16_t)));
+    moe_gather_bf16(xb, x, A.rows, nk, D, s);
+    A.xs_bf = xb;
+  } else {
+    A.xs = f32(key + "xs", nk * D);
+    moe_gather(A.xs, x, A.rows, nk, D, s);
+  }
   prof.enter(OpClass::Other);
   experts_forward(A, P, key, D, F);
   prof.enter(OpClass::MoeDispatch);
@@ -338,13 +345,21 @@ void DeviceTrainer::Impl::moe_backward(float* dx, const float* dout, const DMoe&
                 F = c.moe_intermediate_size, nk = n * K;
   const cudaStream_t s = stream();
   if (P.shared.present()) mlp_backward(dx, dout, A.shared, P.shared, n);
-  float* dys = f32("tmp.moe_dy", nk * D);
   float* dweights = f32("tmp.moe_dweights", nk);
   prof.enter(OpClass::MoeDispatch);
-  moe_expert_dout(dys, dweights, dout, A.eout, A.rows, A.slots, A.weights, nk, K, D, s);
+  // The experts' output gradients: BF16 for the grouped GEMMs (their only readers), FP32 for the per-expert loop.
+  float* dys = nullptr;
+  uint16_t* dys_bf = nullptr;
+  if (use_grouped()) {
+    dys_bf = static_cast<uint16_t*>(raw("bf.ex_dy", size_t(std::max<int64_t>(nk * D, 1)) * sizeof(uint16_t)));
+    moe_expert_dout_bf16(dys_bf, dweights, dout, A.eout, A.rows, A.slots, A.weights, nk, K, D, s);
+  } else {
+    dys = f32("tmp.moe_dy", nk * D);
+    moe_expert_dout(dys, dweights, dout, A.eout, A.rows, A.slots, A.weights, nk, K, D, s);
+  }
   prof.enter(OpClass::Other);
   float* dxs = f32("tmp.moe_dxs", nk * D);  // every row written (experts_backward: gate's product, then + up's)
-  experts_backward(dxs, dys, A, P, D, F);
+  experts_backward(dxs, dys, dys_bf, A, P, D, F);
   prof.enter(OpClass::MoeDispatch);
   moe_scatter_add(dx, dxs, A.pos, n, K, D, s);
   const RouterArgs ra = router_args(ctx.router);

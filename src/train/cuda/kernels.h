@@ -160,6 +160,12 @@ void moe_expert_dout(float* dy, float* dweights, const float* dout, const float*
                      const int32_t* slots, const float* weights, int64_t count, int64_t k, int64_t d, cudaStream_t s);
 void moe_scatter_add(float* dx, const float* dxs, const int32_t* pos, int64_t n, int64_t k, int64_t d,
                      cudaStream_t s);
+// The grouped experts' forms (their only readers are BF16 GEMMs): xs and dy written as BF16, the FP32 values of
+// moe_gather / moe_expert_dout rounded to nearest even (the same bits as to_bf16 of those); dweights as above.
+void moe_gather_bf16(uint16_t* xs, const float* x, const int32_t* rows, int64_t count, int64_t d, cudaStream_t s);
+void moe_expert_dout_bf16(uint16_t* dy, float* dweights, const float* dout, const float* eout, const int32_t* rows,
+                          const int32_t* slots, const float* weights, int64_t count, int64_t k, int64_t d,
+                          cudaStream_t s);
 
 // fp8_quant.cu: E4M3 quantisation of an FP32 matrix x [rows, cols] (rows ldx apart) for the FP8 GEMMs
 // (fp8_gemm.h), DeepSeek-V3's scheme: one FP32 scale per tile, scale = max(amax / 448, FLT_MIN) (1 for an all-zero tile),

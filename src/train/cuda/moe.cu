@@ -5,16 +5,23 @@
 //   expert_dout: dy[r] = w[rows[r], slots[r]] dout[rows[r]], dweights[rows[r], slots[r]] = dout[rows[r]] . eout[r]
 //   scatter:  dx[i] += sum_j dxs[pos[i, j]]
 // The twins of ffn.cpp's gather/combine/expert_dout/scatter_dx loops. No atomics: every output has one writer.
+#include <cuda_bf16.h>
+
 #include "train/cuda/common.cuh"
 #include "train/cuda/kernels.h"
 
 namespace moe::train::cuda {
 
 namespace {
-__global__ void gather_kernel(float* xs, const float* x, const int32_t* rows, int64_t count, int64_t d) {
+// Stores of an FP32 value as it is (float) or rounded to BF16 (uint16_t), for the kernels with both forms.
+__device__ __forceinline__ void put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void put(uint16_t* p, float v) { *p = __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+
+template <class T>
+__global__ void gather_kernel(T* xs, const float* x, const int32_t* rows, int64_t count, int64_t d) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= count * d) return;
-  xs[i] = x[int64_t(rows[i / d]) * d + i % d];
+  put(xs + i, x[int64_t(rows[i / d]) * d + i % d]);
 }
 
 __global__ void combine_kernel(float* out, const float* eout, const int32_t* pos, const float* w, int64_t n,
@@ -27,7 +34,8 @@ __global__ void combine_kernel(float* out, const float* eout, const int32_t* pos
   out[i] = acc;
 }
 
-__global__ void expert_dout_kernel(float* dy, float* dweights, const float* dout, const float* eout,
+template <class T>
+__global__ void expert_dout_kernel(T* dy, float* dweights, const float* dout, const float* eout,
                                    const int32_t* rows, const int32_t* slots, const float* w, int64_t k, int64_t d) {
   __shared__ float red[32];
   const int64_t r = blockIdx.x;
@@ -36,7 +44,7 @@ __global__ void expert_dout_kernel(float* dy, float* dweights, const float* dout
   const float* g = dout + tok * d;
   float dot = 0;
   for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-    dy[r * d + c] = wt * g[c];
+    put(dy + r * d + c, wt * g[c]);
     dot += g[c] * eout[r * d + c];
   }
   dot = block_reduce<false>(dot, red);
@@ -58,6 +66,11 @@ void moe_gather(float* xs, const float* x, const int32_t* rows, int64_t count, i
   gather_kernel<<<blocks_for(count * d, 256), 256, 0, s>>>(xs, x, rows, count, d);
 }
 
+void moe_gather_bf16(uint16_t* xs, const float* x, const int32_t* rows, int64_t count, int64_t d, cudaStream_t s) {
+  if (count == 0) return;
+  gather_kernel<<<blocks_for(count * d, 256), 256, 0, s>>>(xs, x, rows, count, d);
+}
+
 void moe_combine(float* out, const float* eout, const int32_t* pos, const float* weights, int64_t n, int64_t k,
                  int64_t d, cudaStream_t s) {
   if (n == 0) return;
@@ -66,6 +79,13 @@ void moe_combine(float* out, const float* eout, const int32_t* pos, const float*
 
 void moe_expert_dout(float* dy, float* dweights, const float* dout, const float* eout, const int32_t* rows,
                      const int32_t* slots, const float* weights, int64_t count, int64_t k, int64_t d, cudaStream_t s) {
+  if (count == 0) return;
+  expert_dout_kernel<<<unsigned(count), 128, 0, s>>>(dy, dweights, dout, eout, rows, slots, weights, k, d);
+}
+
+void moe_expert_dout_bf16(uint16_t* dy, float* dweights, const float* dout, const float* eout, const int32_t* rows,
+                          const int32_t* slots, const float* weights, int64_t count, int64_t k, int64_t d,
+                          cudaStream_t s) {
   if (count == 0) return;
   expert_dout_kernel<<<unsigned(count), 128, 0, s>>>(dy, dweights, dout, eout, rows, slots, weights, k, d);
 }
