@@ -12,6 +12,7 @@
 #                      in the default list: ncu serialises ~5,000 launches)
 #   bench-*.json/.err  `moe train-bench --device cuda --profile`: tokens/s, MFU against the BF16 GEMM rate measured
 #                      in the same process, memory, time per op class
+#   bench-mid-flash-mb2-b32.*  (stage midbig) train-mid with 32 sequences an optimizer step
 #   dp-tests.log       data parallelism on the devices (stage dp, not in the default list): thread ranks against one
 #                      GPU accumulating, NCCL with one rank; with 2+ GPUs bench-mid-flash-dpN.json
 # STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER and MEMCHECK_FILTER override the
@@ -98,6 +99,12 @@ if has mid; then
   # Two sequences a micro-batch (4 micro-batches a step): the fastest setting that fits an H200 (137.6 of its
   # 138.7 free GiB); the memory plan refuses it on a device with less.
   bench mid-flash-mb2 110 ${MID/--micro-batch 1/--micro-batch 2} --attention flash
+fi
+# Larger optimizer steps (stage midbig): the same 2 x 2048 micro-batches, 32 sequences (65,536 tokens) a step, so
+# the once-a-step work (AdamW over 10.1 B values, the gradient norm, zero_grad) is shared by 16 micro-batches.
+if has midbig; then
+  echo "== train-mid, 32 sequences a step $(date -u +%T)"
+  bench mid-flash-mb2-b32 200 ${MID/--batch 8 --micro-batch 1/--batch 32 --micro-batch 2} --attention flash
 fi
 DEF="--config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --head bf16"
 if has default; then
