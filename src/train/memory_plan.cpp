@@ -29,16 +29,17 @@ Widths widths(const ModelConfig& c) {
 // Kept activations of one layer over b sequences of t (4-byte values).
 double layer_kept(const Widths& w, bool moe, double b, double t, bool flash) {
   const double n = b * t;
-  double v = 3 * n * w.D + 3 * n;  // a, h, f and their rstds (+ c_rstd)
-  if (w.ql > 0) v += 2 * n * w.ql + n;
-  v += n * w.H * w.dq + n * (w.r + w.dr) + 2 * n * w.r + n * w.dr + n * w.H * (w.dn + w.dv);  // q, kva, c_in, c, kr, kv
-  v += (flash ? b * w.H * t : b * w.H * t * t) + n * w.H * w.dv;  // lse or probs, att
-  if (!moe) return v + 3 * n * w.F;
+  // Under BF16 GEMMs (the plan's mode) a, qan, c and the MLPs' act are kept only in BF16, att and f in both forms.
+  double v = 3 * n * w.D + 3 * n;  // a (BF16), h, f (FP32 + BF16) and their rstds (+ c_rstd)
+  if (w.ql > 0) v += 1.5 * n * w.ql + n;  // qa, qan (BF16), qa_rstd
+  v += n * w.H * w.dq + n * (w.r + w.dr) + 1.5 * n * w.r + n * w.dr + n * w.H * (w.dn + w.dv);  // q, kva, c_in, c, kr, kv
+  v += (flash ? b * w.H * t : b * w.H * t * t) + 1.5 * n * w.H * w.dv;  // lse or probs, att (FP32 + BF16)
+  if (!moe) return v + 2.5 * n * w.F;  // gate, up, act (BF16)
   const double nk = n * w.K;
   v += 2 * n * w.E + 2 * nk + n + w.E + 3 * nk;  // logits, scores, chosen, weights, denom, bias, rows/slots/pos
   // eout, gate, up (FP32) and xs, act in BF16 (half a 4-byte value each: grouped experts keep those as BF16 only)
   v += 1.5 * nk * w.D + 2.5 * nk * w.Fm + b * w.E;  // + frac
-  if (w.Fs > 0) v += 3 * n * w.Fs + n * w.D;     // the shared experts and their output
+  if (w.Fs > 0) v += 2.5 * n * w.Fs + n * w.D;   // the shared experts (act in BF16) and their output
   return v;
 }
 
@@ -54,7 +55,7 @@ Temps layer_temps(const Widths& w, bool moe, double b, double t, bool flash) {
   r.attn += (flash ? b * w.H * t + w.H * n * w.dr : b * w.H * t * t);  // delta and the dk_rope partials, or ds
   r.attn += 2 * n * w.r + n * (w.r + w.dr);                           // dc, dc_in, dkva
   if (w.ql > 0) r.attn += 2 * n * w.ql;
-  r.mlp = 3 * n * (moe ? w.Fs : w.F);  // dact, dgate, dup of the dense or shared MLP
+  r.mlp = 2 * n * (moe ? w.Fs : w.F);  // dact (FP32), dgate, dup (BF16) of the dense or shared MLP
   if (moe) {
     const double nk = n * w.K;
     // moe_dxs, dweights, dact (FP32), dlogits, aux; dy, xs, act, dgate and dup exist only in BF16 (grouped)

@@ -12,8 +12,15 @@
 //    losses are the same two numbers averaged (1e-12). Later steps start from weights a few ulps apart; that moves
 //    a loss by far less than 1e-6 unless a token's top-k sits on a near-tie and changes expert (~1e-4 relative of
 //    the mean loss for one token of 512, as test_train_cuda_device.cpp measured): kLaterSteps 5e-4, and the
-//    weights after three steps within 1e-3 relative L2 (such a token's gradient, normalised by Adam, moves an
-//    expert's weights by ~lr / 200 for a step). The two ranks end with the same weights bit for bit.
+//    weights after three steps within 1e-3 relative L2 (such a token's gradient, normalised by Adam, moves the
+//    other tensors' weights by ~lr / 200 for a step), except the routed experts' (kExpertWeights): there the token
+//    joins one expert and leaves another, whose gradients change by about 1 / sqrt(rows) of their size (one term of
+//    a sum of `rows` random ones: ~0.1 at train-small's ~100 rows an expert, so ~0.04 lr a value after Adam at
+//    step 3, 2e-3 relative L2), and wholly where that expert had no rows in the steps before (Adam's first
+//    nonzero step moves every value by ~0.64 lr at step 3: m^/sqrt(v^) = (0.1 / 0.271) / sqrt(0.001 / 0.003)), i.e.
+//    up to 0.64 lr / 0.02 (the weights' initial RMS) = 3.2e-2 relative L2: checked <= 5e-2 (seen on an H200: 3.3e-3
+//    in an expert of the MTP layer on one seed, 4.1e-4 at most on others).
+//    The two ranks end with the same weights bit for bit.
 //  - NCCL (when the build has it), one rank: the arena reduced in place on the step's stream keeps its values, and
 //    so does the overlapped form (each layer's range reduced on a side stream during the backward, the rest after).
 #include <gtest/gtest.h>
@@ -38,7 +45,7 @@ namespace {
 using cuda::DeviceTrainer;
 using cuda::GemmPrecision;
 
-constexpr double kGradUlps = 1e-6, kFirstStep = 1e-12, kLaterSteps = 5e-4, kWeights = 1e-3;
+constexpr double kGradUlps = 1e-6, kFirstStep = 1e-12, kLaterSteps = 5e-4, kWeights = 1e-3, kExpertWeights = 5e-2;
 const std::string kConfig = "bench/configs/train-small.json";
 
 std::unique_ptr<DeviceTrainer> fast_trainer() {
@@ -70,16 +77,21 @@ Tensors weights_of(const TrainModel& m) {
 }
 
 // Per tensor: relative L2 of got against want; the worst, and its name.
-std::pair<double, std::string> worst_rel(const Tensors& got, const Tensors& want) {
+// The worst relative L2 over the tensors `which` selects (all by default), and its name.
+std::pair<double, std::string> worst_rel(const Tensors& got, const Tensors& want,
+                                         bool (*which)(const std::string&) = nullptr) {
   EXPECT_EQ(got.size(), want.size());
   std::pair<double, std::string> w{0.0, ""};
   for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
     EXPECT_EQ(got[i].first, want[i].first);
+    if (which && !which(got[i].first)) continue;
     const double e = rel_l2(got[i].second, want[i].second);
     if (e > w.first || std::isnan(e)) w = {e, got[i].first};
   }
   return w;
 }
+bool routed_expert(const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; }
+bool not_routed_expert(const std::string& name) { return !routed_expert(name); }
 
 struct DpSetup {
   ModelConfig cfg = load_config(kConfig);
@@ -175,10 +187,12 @@ TEST(CudaDataParallel, TwoRanksMatchOneGpuAccumulatingTheSameHalves) {
     std::printf("step %lld: loss %.12g (2 ranks) %.12g (1 GPU, 2 micro-batches): relative %.3g\n",
                 static_cast<long long>(s + 1), ranks[0].losses[size_t(s)], ref.losses[size_t(s)], rel);
   }
-  const auto [w_err, w_name] = worst_rel(ranks[0].weights, ref.weights);
+  const auto [w_err, w_name] = worst_rel(ranks[0].weights, ref.weights, not_routed_expert);
   EXPECT_LT(w_err, kWeights) << w_name;
-  std::printf("weights after %lld steps: worst relative L2 %.3g (%s)\n", static_cast<long long>(S.steps), w_err,
-              w_name.c_str());
+  const auto [e_err, e_name] = worst_rel(ranks[0].weights, ref.weights, routed_expert);
+  EXPECT_LT(e_err, kExpertWeights) << e_name;
+  std::printf("weights after %lld steps: worst relative L2 %.3g (%s), routed experts %.3g (%s)\n",
+              static_cast<long long>(S.steps), w_err, w_name.c_str(), e_err, e_name.c_str());
   for (size_t i = 0; i < ranks[0].weights.size(); ++i)
     EXPECT_EQ(ranks[0].weights[i].second, ranks[1].weights[i].second) << ranks[0].weights[i].first;
 }

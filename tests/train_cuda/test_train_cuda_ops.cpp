@@ -10,6 +10,7 @@
 #include <memory>
 #include <thread>
 
+#include "core/dtype.h"
 #include "core/thread_pool.h"
 #include "train/compute.h"
 #include "train/cuda/kernels.h"
@@ -94,6 +95,18 @@ TEST(CudaTrainOps, CrossEntropyMatchesCpu) {
     EXPECT_LT(std::abs(loss_g - loss_c) / std::abs(loss_c), 1e-5);
     EXPECT_LT(rel_l2(l_g, l_c), 1e-5);
     for (int64_t v = 0; v < V; ++v) ASSERT_EQ(l_g[size_t(7 * V + v)], 0.0f);
+    // The BF16 form (a BF16 head's backward operand): the FP32 gradient's bits rounded to nearest even, the logits
+    // left as they were, the same losses.
+    DeviceArray<float> gl2(logits), gloss2(randn(size_t(n), 24));
+    DeviceArray<uint16_t> gb(std::vector<uint16_t>(size_t(n * V), uint16_t(0x7FC0)));  // NaNs: unwritten fails
+    cuda::cross_entropy(gl2.get(), gloss2.get(), gt.get(), n, V, float(1.0 / 255), nullptr, gb.get());
+    const std::vector<uint16_t> b_g = gb.host();
+    const std::vector<float> l2 = gl2.host();
+    size_t mismatched = 0;
+    for (size_t i = 0; i < b_g.size(); ++i) mismatched += b_g[i] != float_to_bf16(l_g[i]);
+    EXPECT_EQ(mismatched, 0u) << "of " << b_g.size() << " BF16 gradients";
+    EXPECT_EQ(l2, logits);
+    EXPECT_EQ(gloss2.host(), rows);
   }
 }
 
@@ -110,6 +123,19 @@ TEST(CudaTrainOps, RmsNormForwardBackwardMatchesCpu) {
   DeviceArray<float> gx(x), gw(w), gdy(dy), gy(randn(y_c.size(), 36)), gr(randn(r_c.size(), 37)), gdx(dx0), gdw(dw0);
   cuda::rmsnorm_forward(gy.get(), gr.get(), gx.get(), gw.get(), n, d, 1e-6f, nullptr);
   const auto r_g = gr.host();
+  {  // the BF16 output (for GEMM-only readers), alone and beside the FP32 one: the FP32 values' bits rounded
+    const std::vector<float> y_g = gy.host();
+    DeviceArray<uint16_t> yb(std::vector<uint16_t>(y_g.size(), uint16_t(0x7FC0))), yb2(yb.host());
+    DeviceArray<float> gy2(randn(y_c.size(), 38)), gr2(randn(r_c.size(), 39));
+    cuda::rmsnorm_forward(nullptr, gr2.get(), gx.get(), gw.get(), n, d, 1e-6f, nullptr, yb.get());
+    cuda::rmsnorm_forward(gy2.get(), gr2.get(), gx.get(), gw.get(), n, d, 1e-6f, nullptr, yb2.get());
+    const std::vector<uint16_t> b1 = yb.host(), b2 = yb2.host();
+    size_t mismatched = 0;
+    for (size_t i = 0; i < y_g.size(); ++i) mismatched += (b1[i] != float_to_bf16(y_g[i])) + (b2[i] != b1[i]);
+    EXPECT_EQ(mismatched, 0u);
+    EXPECT_EQ(gy2.host(), y_g);
+    EXPECT_EQ(gr2.host(), r_g);
+  }
   cuda::rmsnorm_backward(gdx.get(), gdw.get(), gdy.get(), gx.get(), gw.get(), gr.get(), n, d, nullptr);
   const double e[] = {rel_l2(gy.host(), y_c), rel_l2(r_g, r_c), rel_l2(minus(gdx.host(), dx0), minus(dx_c, dx0)),
                       rel_l2(minus(gdw.host(), dw0), minus(dw_c, dw0))};

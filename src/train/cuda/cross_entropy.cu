@@ -5,6 +5,10 @@
 // [n, V] logits (a DeepSeek-vocabulary row is 517 KB, so the rows in flight do not stay in L2), not 3 and 1.
 // The target's logit is read before any thread overwrites the row. The order in which a thread folds its values
 // differs between the float4 and the scalar kernel (the sum's rounding, ~1e-7 relative), not the formula.
+// With grad_bf16 the gradient goes there instead, rounded to BF16 (nearest even, the bits to_bf16 would make of
+// the FP32 gradient) for a BF16 head's backward products: half the write, and no conversion pass over [n, V].
+#include <cuda_bf16.h>
+
 #include "train/cuda/common.cuh"
 #include "train/cuda/kernels.h"
 
@@ -24,9 +28,11 @@ __device__ __forceinline__ void fold(float& m, float& z, float x) {
 // kVec: the row is read and written as float4 (vocab % 4 == 0, so every row starts on 16 bytes), two in flight
 // per thread in the first pass: a row is 40 K float4 at DeepSeek's vocabulary, and the scalar loop ran at
 // 2.3 TB/s on an H200 (few loads in flight behind the data-dependent branch).
+__device__ __forceinline__ uint16_t bf16_rn(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+
 template <bool kVec>
 __global__ void cross_entropy_kernel(float* logits, float* loss, const int32_t* targets, int64_t vocab,
-                                     float dscale) {
+                                     float dscale, uint16_t* grad_bf16) {
   __shared__ float red[32];
   float* l = logits + int64_t(blockIdx.x) * vocab;
   const int32_t target = targets[blockIdx.x];
@@ -55,25 +61,37 @@ __global__ void cross_entropy_kernel(float* logits, float* loss, const int32_t* 
   auto grad = [&](float x, int64_t v) {
     return target < 0 ? 0.0f : dscale * (expf(x - mx) / z - (v == target ? 1.0f : 0.0f));
   };
+  uint16_t* gb = grad_bf16 ? grad_bf16 + int64_t(blockIdx.x) * vocab : nullptr;
   if constexpr (kVec) {
     float4* l4 = reinterpret_cast<float4*>(l);
     for (int64_t v = threadIdx.x; v < vocab / 4; v += blockDim.x) {
       const float4 a = l4[v];
-      l4[v] = make_float4(grad(a.x, 4 * v), grad(a.y, 4 * v + 1), grad(a.z, 4 * v + 2), grad(a.w, 4 * v + 3));
+      const float4 d = make_float4(grad(a.x, 4 * v), grad(a.y, 4 * v + 1), grad(a.z, 4 * v + 2), grad(a.w, 4 * v + 3));
+      if (gb)
+        reinterpret_cast<ushort4*>(gb)[v] = ushort4{bf16_rn(d.x), bf16_rn(d.y), bf16_rn(d.z), bf16_rn(d.w)};
+      else
+        l4[v] = d;
     }
   } else {
-    for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) l[v] = grad(l[v], v);
+    for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) {
+      const float d = grad(l[v], v);
+      if (gb)
+        gb[v] = bf16_rn(d);
+      else
+        l[v] = d;
+    }
   }
 }
 }  // namespace
 
 void cross_entropy(float* logits, float* loss, const int32_t* targets, int64_t n, int64_t vocab, float dscale,
-                   cudaStream_t s) {
+                   cudaStream_t s, uint16_t* grad_bf16) {
   if (n == 0) return;
-  if (vocab % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0)
-    cross_entropy_kernel<true><<<unsigned(n), 256, 0, s>>>(logits, loss, targets, vocab, dscale);
+  if (vocab % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(grad_bf16) % 8 == 0)
+    cross_entropy_kernel<true><<<unsigned(n), 256, 0, s>>>(logits, loss, targets, vocab, dscale, grad_bf16);
   else
-    cross_entropy_kernel<false><<<unsigned(n), 256, 0, s>>>(logits, loss, targets, vocab, dscale);
+    cross_entropy_kernel<false><<<unsigned(n), 256, 0, s>>>(logits, loss, targets, vocab, dscale, grad_bf16);
 }
 
 }  // namespace moe::train::cuda

@@ -5,6 +5,7 @@
 // pointer below is a device pointer unless named host.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -29,10 +30,23 @@ void copy2d(float* dst, int64_t dst_pitch, const float* src, int64_t src_pitch, 
 
 void check_cuda(cudaError_t e, const char* what);
 
-// Kept activations of an MLP over n rows (x is the caller's).
+// An activation as the GEMMs read it: FP32, its BF16 rounding, or both. Under BF16 GEMMs the producers of
+// activations that only GEMMs read (the input norms' outputs, the MLPs' SwiGLU, the attention output) write the
+// BF16 form themselves, once: no conversion pass before each product and again before its weight gradient.
+// Elsewhere (FP32, FP8) they write FP32 and each product converts what it needs, as before.
+struct Operand {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  Operand() = default;
+  Operand(const float* f) : f32(f) {}  // NOLINT(google-explicit-constructor): a plain FP32 buffer
+  Operand(const float* f, const uint16_t* b) : f32(f), bf16(b) {}
+};
+
+// Kept activations of an MLP over n rows (x is the caller's). Under BF16 GEMMs act exists only as act_bf.
 struct DMlp {
-  const float* x = nullptr;
+  Operand x;
   float *gate = nullptr, *up = nullptr, *act = nullptr;
+  const uint16_t* act_bf = nullptr;
 };
 
 struct DMoe {
@@ -49,6 +63,8 @@ struct DMoe {
   int aux_slot = -1;  // the scalar slot of this layer's balance loss (-1: none)
 };
 
+// Under BF16 GEMMs a, qan and c (read only by GEMMs) exist only as BF16 (a_bf, qan_bf, c_bf; the FP32 pointers
+// null), and att and f (read also by the attention's backward, the router and the gather) in both forms.
 struct DLayer {
   int64_t b = 0, t = 0, n = 0;
   int32_t* pos = nullptr;  // [n] position of each token in its sequence
@@ -56,6 +72,7 @@ struct DLayer {
   float *a = nullptr, *a_rstd = nullptr, *qa = nullptr, *qa_rstd = nullptr, *qan = nullptr, *q = nullptr;
   float *kva = nullptr, *c_in = nullptr, *c = nullptr, *c_rstd = nullptr, *kr = nullptr, *kv = nullptr;
   float *probs = nullptr, *att = nullptr, *h = nullptr, *f = nullptr, *f_rstd = nullptr;
+  uint16_t *a_bf = nullptr, *qan_bf = nullptr, *c_bf = nullptr, *att_bf = nullptr, *f_bf = nullptr;
   float* lse = nullptr;  // flash attention: [b, H, t] instead of probs (null with the GEMM attention)
   DMlp dense;
   DMoe moe;
@@ -193,19 +210,25 @@ struct DeviceTrainer::Impl {
 
   // ---- GEMMs (row-major, as ops.h): y = x W^T; dx (+)= dy W; dW += dy^T x. fp32: FP32 operands whatever the mode
   // (V3's higher-precision exceptions); under Fp8, each product takes fp8_gemm.h's path where its widths allow.
-  void mm(float* y, const float* x, const Param* w, int64_t n, int64_t k, int64_t m, bool fp32) {
+  void mm(float* y, Operand x, const Param* w, int64_t n, int64_t k, int64_t m, bool fp32) {
     mm_at(fp32 ? GemmPrecision::Fp32 : prec, y, x, w, n, k, m);
   }
-  void mm_bwd(float* dx, float* dw, const float* dy, const float* x, const Param* w, int64_t n, int64_t k, int64_t m,
+  void mm_bwd(float* dx, float* dw, Operand dy, Operand x, const Param* w, int64_t n, int64_t k, int64_t m,
               bool fp32, bool add_dx = true) {
     mm_bwd_at(fp32 ? GemmPrecision::Fp32 : prec, dx, dw, dy, x, w, n, k, m, add_dx);
   }
   // The same at precision p (Fp8: fp8_gemm.h's path where the widths allow, BF16 elsewhere).
   // `cls`: the profile's class for the product (the heads' are counted apart).
-  void mm_at(GemmPrecision p, float* y, const float* x, const Param* w, int64_t n, int64_t k, int64_t m,
+  void mm_at(GemmPrecision p, float* y, Operand x, const Param* w, int64_t n, int64_t k, int64_t m,
              OpClass cls = OpClass::Gemm);
-  void mm_bwd_at(GemmPrecision p, float* dx, float* dw, const float* dy, const float* x, const Param* w, int64_t n,
+  void mm_bwd_at(GemmPrecision p, float* dx, float* dw, Operand dy, Operand x, const Param* w, int64_t n,
                  int64_t k, int64_t m, bool add_dx, OpClass cls = OpClass::Gemm);
+  // Whether producers write GEMM-only activations as BF16 only (Operand): the dense GEMMs run in BF16.
+  bool bf16_activations() const { return prec == GemmPrecision::Bf16; }
+  // A grow-only BF16 buffer of `count` values.
+  uint16_t* bf16_buffer(const std::string& key, int64_t count) {
+    return static_cast<uint16_t*>(raw(key, size_t(std::max<int64_t>(count, 1)) * sizeof(uint16_t)));
+  }
   // The weight operand of a product at precision p (Bf16 or Fp32): the split master's hi half, the FP32 master, or
   // its BF16 copy in the "bf.w" slot.
   const void* weight_operand(const Param* w, int64_t count, GemmPrecision p);
@@ -214,6 +237,9 @@ struct DeviceTrainer::Impl {
   bool head_fp32 = true;
   GemmPrecision head_gemm() const { return head_fp32 ? GemmPrecision::Fp32 : GemmPrecision::Bf16; }
   const void* operand(const char* slot, const float* src, int64_t count, GemmPrecision p);
+  // x as a product at precision p reads it: its BF16 form where it has one (p Bf16), else operand() of its FP32.
+  const void* operand(const char* slot, const Operand& x, int64_t count, GemmPrecision p);
+  const float* f32_of(const Operand& x, const char* what);  // x.f32, or an error naming `what
 
   // ---- per shape (device_model.cpp)
   int64_t shape_t = -1;
@@ -228,9 +254,9 @@ struct DeviceTrainer::Impl {
                      const float* x, int64_t b, int64_t t, float* out);
   void layer_backward(float* dx, const float* dout, DLayer& A, const LayerParams& P, const LayerContext& ctx,
                       const std::string& key);
-  void mlp_forward(DMlp& A, const MlpParams& P, const std::string& key, const float* x, int64_t n, float* out);
+  void mlp_forward(DMlp& A, const MlpParams& P, const std::string& key, Operand x, int64_t n, float* out);
   void mlp_backward(float* dx, const float* dout, const DMlp& A, const MlpParams& P, int64_t n);
-  void moe_forward(DMoe& A, const LayerParams& P, const LayerContext& ctx, const std::string& key, const float* x,
+  void moe_forward(DMoe& A, const LayerParams& P, const LayerContext& ctx, const std::string& key, Operand x,
                    int64_t b, int64_t t, float* out);
   void moe_backward(float* dx, const float* dout, const DMoe& A, const LayerParams& P, const LayerContext& ctx,
                     const float* x, int64_t b, int64_t t);
@@ -244,7 +270,9 @@ struct DeviceTrainer::Impl {
   // 3e, 3e + 1, 3e + 2; into the split region's hi (no work), else copies in one buffer.
   std::vector<const uint16_t*> expert_weights_bf16(const LayerParams& P);
   const uint16_t* bf16_copy(const std::string& slot, const float* src, int64_t count);
-  void rmsnorm(float* y, float* rstd, const float* x, const Param* w, int64_t n, int64_t d, double eps);
+  // y and/or y_bf (either may be null): the FP32 output and its BF16 rounding.
+  void rmsnorm(float* y, float* rstd, const float* x, const Param* w, int64_t n, int64_t d, double eps,
+               uint16_t* y_bf = nullptr);
   void rope_apply(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim, int64_t off, float sign);
   int next_aux_slot = 0;
 

@@ -34,8 +34,8 @@ void copy2d(float* dst, int64_t dst_pitch, const float* src, int64_t src_pitch, 
 }
 
 void DeviceTrainer::Impl::rmsnorm(float* y, float* rstd, const float* x, const Param* p, int64_t n, int64_t d,
-                                  double eps) {
-  rmsnorm_forward(y, rstd, x, w(p), n, d, float(eps), stream());
+                                  double eps, uint16_t* y_bf) {
+  rmsnorm_forward(y, rstd, x, w(p), n, d, float(eps), stream(), y_bf);
 }
 
 void DeviceTrainer::Impl::rope_apply(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim, int64_t off, float sign) {
@@ -90,35 +90,41 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   const cudaStream_t s = stream();
   A.b = b, A.t = t, A.n = n, A.x = x;
   A.pos = positions(b, t);
-  A.a = f32(key + "a", n * D);
+  // a, qan and c are read only by GEMMs: BF16 only under BF16 GEMMs (Operand), FP32 otherwise.
+  const bool bf = bf16_activations();
+  A.a = bf ? nullptr : f32(key + "a", n * D);
+  A.a_bf = bf ? bf16_buffer(key + "a_bf", n * D) : nullptr;
   A.a_rstd = f32(key + "a_rstd", n);
-  rmsnorm(A.a, A.a_rstd, x, P.input_norm, n, D, c.rms_norm_eps);
+  rmsnorm(A.a, A.a_rstd, x, P.input_norm, n, D, c.rms_norm_eps, A.a_bf);
+  const Operand a{A.a, A.a_bf};
   const AttnParams& W = P.attn;
   A.q = f32(key + "q", n * H * dq);
   if (ql > 0) {
     A.qa = f32(key + "qa", n * ql);
-    A.qan = f32(key + "qan", n * ql);
+    A.qan = bf ? nullptr : f32(key + "qan", n * ql);
+    A.qan_bf = bf ? bf16_buffer(key + "qan_bf", n * ql) : nullptr;
     A.qa_rstd = f32(key + "qa_rstd", n);
-    mm(A.qa, A.a, W.q_a, n, D, ql, false);
-    rmsnorm(A.qan, A.qa_rstd, A.qa, W.q_a_norm, n, ql, kLatentNormEps);
-    mm(A.q, A.qan, W.q_b, n, ql, H * dq, false);
+    mm(A.qa, a, W.q_a, n, D, ql, false);
+    rmsnorm(A.qan, A.qa_rstd, A.qa, W.q_a_norm, n, ql, kLatentNormEps, A.qan_bf);
+    mm(A.q, Operand{A.qan, A.qan_bf}, W.q_b, n, ql, H * dq, false);
   } else {
-    mm(A.q, A.a, W.q_proj, n, D, H * dq, false);
+    mm(A.q, a, W.q_proj, n, D, H * dq, false);
   }
   rope_apply(A.q, A.pos, n, H, dq, dn, 1.0f);
   check_point(key, "q", A.q, n * H * dq);
   A.kva = f32(key + "kva", n * (r + dr));
-  mm(A.kva, A.a, W.kv_a, n, D, r + dr, false);
+  mm(A.kva, a, W.kv_a, n, D, r + dr, false);
   A.c_in = f32(key + "c_in", n * r);
   A.kr = f32(key + "kr", n * dr);
   copy2d(A.c_in, r, A.kva, r + dr, r, n, s);
   copy2d(A.kr, dr, A.kva + r, r + dr, dr, n, s);
-  A.c = f32(key + "c", n * r);
+  A.c = bf ? nullptr : f32(key + "c", n * r);
+  A.c_bf = bf ? bf16_buffer(key + "c_bf", n * r) : nullptr;
   A.c_rstd = f32(key + "c_rstd", n);
-  rmsnorm(A.c, A.c_rstd, A.c_in, W.kv_a_norm, n, r, kLatentNormEps);
+  rmsnorm(A.c, A.c_rstd, A.c_in, W.kv_a_norm, n, r, kLatentNormEps, A.c_bf);
   rope_apply(A.kr, A.pos, n, 1, dr, 0, 1.0f);
   A.kv = f32(key + "kv", n * H * (dn + dv));
-  mm(A.kv, A.c, W.kv_b, n, r, H * (dn + dv), false);
+  mm(A.kv, Operand{A.c, A.c_bf}, W.kv_b, n, r, H * (dn + dv), false);
   check_point(key, "kv", A.kv, n * H * (dn + dv));
   // The backward needs P: kept as probs [b, H, t, t] (GEMM attention) or recomputed from lse [b, H, t] and the
   // output att (flash).
@@ -141,17 +147,26 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   check_cuda(cudaGetLastError(), "attention_forward");
   prof.enter(OpClass::Other);
   check_point(key, "attention output", A.att, n * H * dv);
+  // att: FP32 for the attention's backward, and under BF16 GEMMs its rounding once, kept for dW_o.
+  A.att_bf = nullptr;
+  if (bf) {
+    A.att_bf = bf16_buffer(key + "att_bf", n * H * dv);
+    const ProfScope scope(prof, OpClass::Gemm);  // the conversion o_proj's product made before
+    to_bf16(A.att_bf, A.att, n * H * dv, s);
+  }
   A.h = f32(key + "h", n * D);
-  mm(A.h, A.att, W.o_proj, n, H * dv, D, false);
+  mm(A.h, Operand{A.att, A.att_bf}, W.o_proj, n, H * dv, D, false);
   add_strided(A.h, n * D, x, n * D, n * D, 1, s);
   check_point(key, "h (after attention)", A.h, n * D);
+  // f: FP32 for the router and the gather, and under BF16 GEMMs its rounding for the shared or dense MLP.
   A.f = f32(key + "f", n * D);
+  A.f_bf = bf ? bf16_buffer(key + "f_bf", n * D) : nullptr;
   A.f_rstd = f32(key + "f_rstd", n);
-  rmsnorm(A.f, A.f_rstd, A.h, P.post_norm, n, D, c.rms_norm_eps);
+  rmsnorm(A.f, A.f_rstd, A.h, P.post_norm, n, D, c.rms_norm_eps, A.f_bf);
   if (P.is_moe)
-    moe_forward(A.moe, P, ctx, key + "moe.", A.f, b, t, out);
+    moe_forward(A.moe, P, ctx, key + "moe.", Operand{A.f, A.f_bf}, b, t, out);
   else
-    mlp_forward(A.dense, P.dense, key + "mlp.", A.f, n, out);
+    mlp_forward(A.dense, P.dense, key + "mlp.", Operand{A.f, A.f_bf}, n, out);
   check_point(key, P.is_moe ? "MoE output" : "MLP output", out, n * D);
   add_strided(out, n * D, A.h, n * D, n * D, 1, s);
   check_cuda(cudaGetLastError(), "layer_forward");
@@ -176,7 +191,7 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   rmsnorm_backward(dh, g(P.post_norm), df, A.h, w(P.post_norm), A.f_rstd, n, D, s);
   // Attention half
   float* datt = f32("tmp.datt", n * H * dv);
-  mm_bwd(datt, g(W.o_proj), dh, A.att, W.o_proj, n, H * dv, D, false, false);
+  mm_bwd(datt, g(W.o_proj), dh, Operand{A.att, A.att_bf}, W.o_proj, n, H * dv, D, false, false);
   float* dq_ = zeros("tmp.dq", n * H * dq);
   float* dkv = zeros("tmp.dkv", n * H * (dn + dv));
   float* dkr = zeros("tmp.dkr", n * dr);
@@ -199,7 +214,7 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   prof.enter(OpClass::Other);
   // kv path
   float* dc = f32("tmp.dc", n * r);
-  mm_bwd(dc, g(W.kv_b), dkv, A.c, W.kv_b, n, r, H * (dn + dv), false, false);
+  mm_bwd(dc, g(W.kv_b), dkv, Operand{A.c, A.c_bf}, W.kv_b, n, r, H * (dn + dv), false, false);
   float* dc_in = zeros("tmp.dc_in", n * r);
   rmsnorm_backward(dc_in, g(W.kv_a_norm), dc, A.c_in, w(W.kv_a_norm), A.c_rstd, n, r, s);
   rope_apply(dkr, A.pos, n, 1, dr, 0, -1.0f);
@@ -207,49 +222,69 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
   copy2d(dkva, r + dr, dc_in, r, r, n, s);
   copy2d(dkva + r, r + dr, dkr, dr, dr, n, s);
   float* da = f32("tmp.da", n * D);
-  mm_bwd(da, g(W.kv_a), dkva, A.a, W.kv_a, n, D, r + dr, false, false);
+  const Operand a{A.a, A.a_bf};
+  mm_bwd(da, g(W.kv_a), dkva, a, W.kv_a, n, D, r + dr, false, false);
   // q path
   rope_apply(dq_, A.pos, n, H, dq, dn, -1.0f);
   if (ql > 0) {
     float* dqan = f32("tmp.dqan", n * ql);
-    mm_bwd(dqan, g(W.q_b), dq_, A.qan, W.q_b, n, ql, H * dq, false, false);
+    mm_bwd(dqan, g(W.q_b), dq_, Operand{A.qan, A.qan_bf}, W.q_b, n, ql, H * dq, false, false);
     float* dqa = zeros("tmp.dqa", n * ql);
     rmsnorm_backward(dqa, g(W.q_a_norm), dqan, A.qa, w(W.q_a_norm), A.qa_rstd, n, ql, s);
-    mm_bwd(da, g(W.q_a), dqa, A.a, W.q_a, n, D, ql, false);
+    mm_bwd(da, g(W.q_a), dqa, a, W.q_a, n, D, ql, false);
   } else {
-    mm_bwd(da, g(W.q_proj), dq_, A.a, W.q_proj, n, D, H * dq, false);
+    mm_bwd(da, g(W.q_proj), dq_, a, W.q_proj, n, D, H * dq, false);
   }
   rmsnorm_backward(dx, g(P.input_norm), da, A.x, w(P.input_norm), A.a_rstd, n, D, s);
   add_strided(dx, n * D, dh, n * D, n * D, 1, s);
   check_cuda(cudaGetLastError(), "layer_backward");
 }
 
-void DeviceTrainer::Impl::mlp_forward(DMlp& A, const MlpParams& P, const std::string& key, const float* x, int64_t n,
+void DeviceTrainer::Impl::mlp_forward(DMlp& A, const MlpParams& P, const std::string& key, Operand x, int64_t n,
                                       float* out) {
   const int64_t F = P.width, D = bound->config.hidden_size;
   A.x = x;
   A.gate = f32(key + "gate", n * F);
   A.up = f32(key + "up", n * F);
-  A.act = f32(key + "act", n * F);
   mm(A.gate, x, P.gate, n, D, F, false);
   mm(A.up, x, P.up, n, D, F, false);
-  swiglu_forward(A.act, A.gate, A.up, n * F, stream());
-  mm(out, A.act, P.down, n, F, D, false);
+  // act is read only by GEMMs (down's product, dW_down): BF16 only under BF16 GEMMs
+  A.act = nullptr, A.act_bf = nullptr;
+  if (bf16_activations()) {
+    auto* ab = bf16_buffer(key + "act_bf", n * F);
+    swiglu_forward_bf16(ab, A.gate, A.up, n * F, stream());
+    A.act_bf = ab;
+  } else {
+    A.act = f32(key + "act", n * F);
+    swiglu_forward(A.act, A.gate, A.up, n * F, stream());
+  }
+  mm(out, Operand{A.act, A.act_bf}, P.down, n, F, D, false);
 }
 
 void DeviceTrainer::Impl::mlp_backward(float* dx, const float* dout, const DMlp& A, const MlpParams& P, int64_t n) {
   const int64_t F = P.width, D = bound->config.hidden_size;
   float* dact = f32("tmp.dact", n * F);
-  mm_bwd(dact, g(P.down), dout, A.act, P.down, n, F, D, false, false);
-  float* dgate = f32("tmp.dgate", n * F);
-  float* dup = f32("tmp.dup", n * F);
-  swiglu_backward(dgate, dup, dact, A.gate, A.up, n * F, stream(), /*accumulate=*/false);
+  mm_bwd(dact, g(P.down), dout, Operand{A.act, A.act_bf}, P.down, n, F, D, false, false);
+  // dgate and dup are read only by GEMMs: BF16 only under BF16 GEMMs
+  Operand dgate, dup;
+  if (bf16_activations()) {
+    uint16_t* gb = bf16_buffer("bf.dgate", n * F);
+    uint16_t* ub = bf16_buffer("bf.dup", n * F);
+    swiglu_backward_bf16(gb, ub, dact, A.gate, A.up, n * F, stream());
+    dgate.bf16 = gb, dup.bf16 = ub;
+  } else {
+    float* gf = f32("tmp.dgate", n * F);
+    float* uf = f32("tmp.dup", n * F);
+    swiglu_backward(gf, uf, dact, A.gate, A.up, n * F, stream(), /*accumulate=*/false);
+    dgate.f32 = gf, dup.f32 = uf;
+  }
   mm_bwd(dx, g(P.gate), dgate, A.x, P.gate, n, D, F, false);
   mm_bwd(dx, g(P.up), dup, A.x, P.up, n, D, F, false);
 }
 
 void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const LayerContext& ctx, const std::string& key,
-                                      const float* x, int64_t b, int64_t t, float* out) {
+                                      Operand xo, int64_t b, int64_t t, float* out) {
+  const float* x = f32_of(xo, "the MoE's input");  // the router and the gather read FP32
   const ModelConfig& c = *ctx.config;
   const int64_t n = b * t, D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok,
                 F = c.moe_intermediate_size, nk = n * K;
@@ -322,7 +357,7 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
   prof.enter(OpClass::Other);
   if (P.shared.present()) {
     float* so = f32(key + "shared_out", n * D);
-    mlp_forward(A.shared, P.shared, key + "shared.", x, n, so);
+    mlp_forward(A.shared, P.shared, key + "shared.", xo, n, so);
     add_strided(out, n * D, so, n * D, n * D, 1, s);
   }
   A.aux_slot = -1;

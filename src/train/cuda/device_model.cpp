@@ -114,12 +114,15 @@ void DeviceTrainer::Impl::head_loss(const TrainModel& M, float* logits, const fl
   int32_t* tg = i32(fmt::format("targets{}", slot + 1), rows);
   upload(tg, targets.data(), targets.size() * 4);
   float* loss = f32(fmt::format("loss{}", slot + 1), rows);
+  // d loss / d logits: in place, or for a BF16 head straight into the BF16 operand of its backward products
+  uint16_t* dlogits_bf = dh && head_gemm() == GemmPrecision::Bf16 ? bf16_buffer("bf.dy", rows * V) : nullptr;
+  const Operand dlogits = dlogits_bf ? Operand{nullptr, dlogits_bf} : Operand{logits};
   prof.enter(OpClass::Loss);
-  cross_entropy(logits, loss, tg, rows, V, dscale, stream());  // logits become d loss / d logits
+  cross_entropy(logits, loss, tg, rows, V, dscale, stream(), dlogits_bf);
   check_cuda(cudaGetLastError(), "cross_entropy");
   prof.enter(OpClass::Other);
   sum_into(slot, loss, rows, false);
-  if (dh) mm_bwd_at(head_gemm(), dh, g(M.head), logits, h, M.head, rows, D, V, false, OpClass::HeadGemm);
+  if (dh) mm_bwd_at(head_gemm(), dh, g(M.head), dlogits, h, M.head, rows, D, V, false, OpClass::HeadGemm);
 }
 
 void DeviceTrainer::Impl::backward(TrainModel& M) {

@@ -329,6 +329,16 @@ const void* DeviceTrainer::Impl::operand(const char* slot, const float* src, int
   return b;
 }
 
+const void* DeviceTrainer::Impl::operand(const char* slot, const Operand& x, int64_t count, GemmPrecision p) {
+  if (p == GemmPrecision::Bf16 && x.bf16) return x.bf16;
+  return operand(slot, f32_of(x, slot), count, p);
+}
+
+const float* DeviceTrainer::Impl::f32_of(const Operand& x, const char* what) {
+  MOE_CHECK(x.f32 != nullptr, "cuda train: {}: an activation kept only in BF16 was read at another precision", what);
+  return x.f32;
+}
+
 const void* DeviceTrainer::Impl::weight_operand(const Param* w, int64_t count, GemmPrecision p) {
   if (const uint16_t* hi = split_bf16(w)) {
     MOE_CHECK(p == GemmPrecision::Bf16, "cuda train: {} is stored split (BF16 + int16) and read at FP32", w->name);
@@ -337,26 +347,27 @@ const void* DeviceTrainer::Impl::weight_operand(const Param* w, int64_t count, G
   return operand("bf.w", this->w(w), count, p);
 }
 
-void DeviceTrainer::Impl::mm_at(GemmPrecision p, float* y, const float* x, const Param* w, int64_t n, int64_t k,
+void DeviceTrainer::Impl::mm_at(GemmPrecision p, float* y, Operand x, const Param* w, int64_t n, int64_t k,
                                 int64_t m, OpClass cls) {
   if (n == 0 || m == 0) return;
   const ProfScope scope(prof, cls);
   if (p == GemmPrecision::Fp8) {
-    if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, x, this->w(w), n, k, m);
+    if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, f32_of(x, "fp8 fprop"), this->w(w), n, k, m);
     p = GemmPrecision::Bf16;
     bf16_flops += 2.0 * double(n) * double(k) * double(m);
   }
   cc.gemm_nt(p, y, operand("bf.x", x, n * k, p), weight_operand(w, m * k, p), n, k, m, 0.0f);
 }
 
-void DeviceTrainer::Impl::mm_bwd_at(GemmPrecision p, float* dx, float* dw, const float* dy, const float* x,
-                                    const Param* w, int64_t n, int64_t k, int64_t m, bool add_dx, OpClass cls) {
+void DeviceTrainer::Impl::mm_bwd_at(GemmPrecision p, float* dx, float* dw, Operand dy, Operand x, const Param* w,
+                                    int64_t n, int64_t k, int64_t m, bool add_dx, OpClass cls) {
   if (n == 0 || m == 0) return;
   const ProfScope scope(prof, cls);
   if (p == GemmPrecision::Fp8) {  // the FP8 products here, the others in BF16 below
     float* dx8 = dx && fp8().dgrad_ok(n, k, m) ? dx : nullptr;
     float* dw8 = dw && fp8().wgrad_ok(n, k, m) ? dw : nullptr;
-    fp8().backward(dx8, dw8, dy, x, this->w(w), n, k, m, add_dx);
+    fp8().backward(dx8, dw8, f32_of(dy, "fp8 backward"), dw8 ? f32_of(x, "fp8 wgrad") : nullptr, this->w(w), n, k, m,
+                   add_dx);
     if (dx8) dx = nullptr;
     if (dw8) dw = nullptr;
     if (!dx && !dw) return;

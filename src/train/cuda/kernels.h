@@ -70,14 +70,16 @@ bool attention_backward_flash(float* dq, float* dkv, float* dk_rope, const float
                               const AttnShape& a, const AttnFlash& f, cudaStream_t s);
 
 // cross_entropy.cu: per row of logits [n, V]: loss[i] = -log softmax(logits_i)[target_i] (0 for a negative
-// target), and logits_i overwritten with dscale * (softmax - onehot) (zeros for a negative target).
+// target), and logits_i overwritten with dscale * (softmax - onehot) (zeros for a negative target); with
+// grad_bf16 [n, V] the gradient is written there instead, rounded to BF16, and the logits are left as they were.
 void cross_entropy(float* logits, float* loss, const int32_t* targets, int64_t n, int64_t vocab, float dscale,
-                   cudaStream_t s);
+                   cudaStream_t s, uint16_t* grad_bf16 = nullptr);
 
-// rmsnorm.cu: y [n, d] = w * x * rstd; backward adds dx (may be null) and dw (may be null; its row sums are
-// taken in row order by one thread per column, deterministic).
+// rmsnorm.cu: y [n, d] = w * x * rstd, and/or its BF16 rounding y_bf16 (nearest even; either may be null);
+// backward adds dx (may be null) and dw (may be null; its row sums are taken in row order by one thread per
+// column, deterministic).
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t n, int64_t d, float eps,
-                     cudaStream_t s);
+                     cudaStream_t s, uint16_t* y_bf16 = nullptr);
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
                       int64_t n, int64_t d, cudaStream_t s);
 
@@ -86,7 +88,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t count, cudaStream_t s);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t count,
                      cudaStream_t s, bool accumulate = true);
-// The grouped experts' forms, whose only readers are BF16 GEMMs: the same FP32 values rounded to BF16 (nearest even)
+// The forms for readers that are only BF16 GEMMs (the grouped experts, the dense and shared MLPs under BF16): the same FP32 values rounded to BF16 (nearest even)
 // as they are written, so to_bf16 of the FP32 form gives the same bits; the backward writes (never adds).
 void swiglu_forward_bf16(uint16_t* out, const float* gate, const float* up, int64_t count, cudaStream_t s);
 void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate, const float* up,

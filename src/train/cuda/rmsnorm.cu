@@ -2,6 +2,8 @@
 // weight gradient dw_j = sum over rows dy_ij x_ij rstd_i: blocks of 32 columns x 32 row groups, each thread walking
 // its group's rows in order, the 32 groups' sums then added in group order (deterministic, no atomics; a block per
 // 32 columns keeps thousands of threads busy where one thread per column left the GPU idle at 32k rows).
+#include <cuda_bf16.h>
+
 #include "train/cuda/common.cuh"
 #include "train/cuda/kernels.h"
 
@@ -10,7 +12,9 @@ namespace moe::train::cuda {
 namespace {
 constexpr int kThreads = 256;
 
-__global__ void forward_kernel(float* y, float* rstd, const float* x, const float* w, int64_t d, float eps) {
+// y and/or yb: the FP32 value and its BF16 rounding (nearest even: the bits to_bf16 makes of y).
+__global__ void forward_kernel(float* y, uint16_t* yb, float* rstd, const float* x, const float* w, int64_t d,
+                               float eps) {
   __shared__ float red[32];
   const float* xi = x + int64_t(blockIdx.x) * d;
   float ss = 0;
@@ -18,7 +22,11 @@ __global__ void forward_kernel(float* y, float* rstd, const float* x, const floa
   ss = block_reduce<false>(ss, red);
   const float r = rsqrtf(ss / float(d) + eps);
   if (threadIdx.x == 0) rstd[blockIdx.x] = r;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) y[int64_t(blockIdx.x) * d + j] = w[j] * xi[j] * r;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float v = w[j] * xi[j] * r;
+    if (y) y[int64_t(blockIdx.x) * d + j] = v;
+    if (yb) yb[int64_t(blockIdx.x) * d + j] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
 }
 
 // dx_j += r dy_j w_j - r^3 x_j (sum_k dy_k w_k x_k) / d
@@ -57,9 +65,9 @@ __global__ void backward_dw_kernel(float* dw, const float* dy, const float* x, c
 }  // namespace
 
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t n, int64_t d, float eps,
-                     cudaStream_t s) {
+                     cudaStream_t s, uint16_t* y_bf16) {
   if (n == 0) return;
-  forward_kernel<<<unsigned(n), kThreads, 0, s>>>(y, rstd, x, w, d, eps);
+  forward_kernel<<<unsigned(n), kThreads, 0, s>>>(y, y_bf16, rstd, x, w, d, eps);
 }
 
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
