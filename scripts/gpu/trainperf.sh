@@ -16,7 +16,7 @@
 #   dp-tests.log       data parallelism on the devices (stage dp, not in the default list): thread ranks against one
 #                      GPU accumulating, NCCL with one rank; with 2+ GPUs bench-mid-flash-dpN.json
 # STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER and MEMCHECK_FILTER override the
-# filters; MID_BF16, DEF_BF16 (set) add the BF16-attention benches; KPROF_MB
+# filters; MID_BF16, DEF_BF16 (set) add the BF16-attention benches, MID_MB1=0 skips the 1 x 2048 one; KPROF_MB
 # (default 1) is kprof's sequences a micro-batch.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -95,7 +95,7 @@ MID="--config bench/configs/train-mid.json --seq-len 2048 --moments bf16 --head 
 if has mid; then
   echo "== train-mid $(date -u +%T)"
   [ -n "${MID_BF16:-}" ] && bench mid-bf16 110 $MID --attention bf16
-  bench mid-flash 110 $MID --attention flash
+  [ "${MID_MB1:-1}" = 1 ] && bench mid-flash 110 $MID --attention flash
   # Two sequences a micro-batch (4 micro-batches a step): the fastest setting that fits an H200 (137.6 of its
   # 138.7 free GiB); the memory plan refuses it on a device with less.
   bench mid-flash-mb2 110 ${MID/--micro-batch 1/--micro-batch 2} --attention flash

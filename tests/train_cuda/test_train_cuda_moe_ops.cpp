@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "core/dtype.h"
 #include "train/compute.h"
 #include "train/cuda/kernels.h"
 #include "train/ops.h"
@@ -80,6 +81,18 @@ TEST(CudaTrainMoeOps, RouterSigmoidNoauxGroupLimited) {
   RouterConfig c;
   c.experts = 64, c.top_k = 6, c.n_group = 8, c.topk_group = 4, c.scaling = 2.5;
   check_router({c, true}, "router sigmoid noaux_tc 64e top-6 8 groups");
+}
+
+// Sigmoid without groups (train-mid's, Moonlight's): the warp-per-token kernel. 72 experts leave lanes with a
+// third slot only partly filled; top-8 from greedy sigmoid scores without a bias.
+TEST(CudaTrainMoeOps, RouterSigmoidNoauxOneGroup) {
+  SKIP_WITHOUT_GPU();
+  RouterConfig c;
+  c.experts = 64, c.top_k = 6, c.n_group = 1, c.topk_group = 1, c.scaling = 2.446;
+  check_router({c, true}, "router sigmoid noaux_tc 64e top-6 one group");
+  RouterConfig g;
+  g.experts = 72, g.top_k = 8, g.method = TopkMethod::Greedy, g.norm_topk_prob = false, g.scaling = 1.0;
+  check_router({g, false}, "router sigmoid greedy 72e top-8");
 }
 
 TEST(CudaTrainMoeOps, RouterSoftmaxGreedyUnnormalised) {
@@ -162,6 +175,27 @@ TEST(CudaTrainMoeOps, DispatchCombineMatchDouble) {
   EXPECT_LT(rel_l2(gdy.host(), dy_c), 1e-6);
   EXPECT_LT(rel_l2(gdwt.host(), dw_c), 1e-5);
   EXPECT_LT(rel_l2(minus(gdx.host(), dx0), minus(dx_c, dx0)), 1e-5);
+
+  // The gather from rows already in BF16 (16-byte chunks): the BF16 roundings of the FP32 gather, exactly.
+  std::vector<uint16_t> xb(x.size()), want_b(xs_c.size());
+  for (size_t i = 0; i < x.size(); ++i) xb[i] = float_to_bf16(x[i]);
+  for (size_t i = 0; i < xs_c.size(); ++i) want_b[i] = float_to_bf16(xs_c[i]);
+  DeviceArray<uint16_t> gxb(xb), gxsb(std::vector<uint16_t>(xs_c.size(), uint16_t(0x7FC0)));
+  cuda::moe_gather_bf16_rows(gxsb.get(), gxb.get(), grows.get(), nk, D, nullptr);
+  EXPECT_EQ(gxsb.host(), want_b);
+
+  // combine and scatter took their float4 kernels above (D % 4 == 0, aligned); one float further on, the same
+  // inputs take the scalar kernels, whose sums run in the same order: the same bits.
+  std::vector<float> e1(eout.size() + 1, 0.f), dxs1(dxs.size() + 1, 0.f), dx1(dx0.size() + 1, 0.f);
+  std::copy(eout.begin(), eout.end(), e1.begin() + 1);
+  std::copy(dxs.begin(), dxs.end(), dxs1.begin() + 1);
+  std::copy(dx0.begin(), dx0.end(), dx1.begin() + 1);
+  DeviceArray<float> ge1(e1), gdxs1(dxs1), gdx1(dx1), gout1(std::vector<float>(out_c.size() + 1, 1.f));
+  cuda::moe_combine(gout1.get() + 1, ge1.get() + 1, gpos.get(), gw.get(), n, K, D, nullptr);
+  cuda::moe_scatter_add(gdx1.get() + 1, gdxs1.get() + 1, gpos.get(), n, K, D, nullptr);
+  const std::vector<float> out1 = gout1.host(), dxr = gdx1.host(), out4 = gout.host(), dx4 = gdx.host();
+  EXPECT_TRUE(std::equal(out4.begin(), out4.end(), out1.begin() + 1));
+  EXPECT_TRUE(std::equal(dx4.begin(), dx4.end(), dxr.begin() + 1));
 }
 
 // The embedding's backward over rows grouped by id (the device step's): each table row gets its rows' FP32 sum

@@ -275,6 +275,11 @@ struct DeviceTrainer::Impl {
                uint16_t* y_bf = nullptr);
   void rope_apply(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim, int64_t off, float sign);
   int next_aux_slot = 0;
+  // The routing's way to the host (moe_forward): a pinned buffer of routing_host_cap ids, so the copy is
+  // asynchronous, and the event after it the host waits on while the GPU runs the shared experts.
+  int32_t* routing_host = nullptr;
+  int64_t routing_host_cap = 0;
+  cudaEvent_t routing_event = nullptr;
 
   // ---- the model (device_model.cpp)
   struct Acts {

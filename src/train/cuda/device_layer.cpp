@@ -308,12 +308,26 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
     router_forward(A.scores, A.chosen, A.weights, A.denom, A.logits, bias, n, ra, s);
     check_cuda(cudaGetLastError(), "router_forward");
   }
-  // The routing comes back (one sync): sorted by expert on the host, tokens in order within an expert, as ffn.cpp.
+  // The routing comes back to the host (sorted there by expert, tokens in order within an expert, as ffn.cpp):
+  // copied into pinned memory behind an event, and waited for after the shared experts' FFN is enqueued, which does
+  // not depend on it, so the GPU runs that FFN while the host waits and sorts (one idle gap a layer less).
+  if (routing_host_cap < nk) {
+    if (routing_host) check_cuda(cudaFreeHost(routing_host), "cudaFreeHost");
+    routing_host = nullptr;
+    check_cuda(cudaMallocHost(&routing_host, size_t(nk) * 4), "cudaMallocHost (routing)");
+    routing_host_cap = nk;
+  }
+  if (!routing_event) check_cuda(cudaEventCreateWithFlags(&routing_event, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaMemcpyAsync(routing_host, A.chosen, size_t(nk) * 4, cudaMemcpyDeviceToHost, s), "download");
+  check_cuda(cudaEventRecord(routing_event, s), "cudaEventRecord");
+  float* so = nullptr;
+  if (P.shared.present()) {
+    so = f32(key + "shared_out", n * D);
+    mlp_forward(A.shared, P.shared, key + "shared.", xo, n, so);
+  }
   std::optional<ProfScope> wait(std::in_place, prof, OpClass::HostWait);
-  A.host_chosen.resize(size_t(nk));
-  check_cuda(cudaMemcpyAsync(A.host_chosen.data(), A.chosen, size_t(nk) * 4, cudaMemcpyDeviceToHost, s), "download");
-  check_cuda(cudaStreamSynchronize(s), "routing");
-  prof.collect();
+  check_cuda(cudaEventSynchronize(routing_event), "routing");
+  A.host_chosen.assign(routing_host, routing_host + nk);
   A.load.assign(size_t(E), 0);
   for (int32_t e : A.host_chosen) {
     MOE_CHECK(e >= 0 && e < E, "cuda train: the router chose expert {} of {}", e, E);
@@ -344,7 +358,10 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
   if (use_grouped()) {  // gathered straight into BF16, the only form its readers (GEMMs) take, kept for dW_gate/up
     A.xs = nullptr;
     auto* xb = static_cast<uint16_t*>(raw(key + "xs_bf", size_t(std::max<int64_t>(nk * D, 1)) * sizeof(uint16_t)));
-    moe_gather_bf16(xb, x, A.rows, nk, D, s);
+    if (xo.bf16)
+      moe_gather_bf16_rows(xb, xo.bf16, A.rows, nk, D, s);
+    else
+      moe_gather_bf16(xb, x, A.rows, nk, D, s);
     A.xs_bf = xb;
   } else {
     A.xs = f32(key + "xs", nk * D);
@@ -355,11 +372,7 @@ void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const Layer
   prof.enter(OpClass::MoeDispatch);
   moe_combine(out, A.eout, A.pos, A.weights, n, K, D, s);
   prof.enter(OpClass::Other);
-  if (P.shared.present()) {
-    float* so = f32(key + "shared_out", n * D);
-    mlp_forward(A.shared, P.shared, key + "shared.", xo, n, so);
-    add_strided(out, n * D, so, n * D, n * D, 1, s);
-  }
+  if (so) add_strided(out, n * D, so, n * D, n * D, 1, s);
   A.aux_slot = -1;
   if (ctx.seq_aux_alpha > 0) {
     A.frac = f32(key + "frac", b * E);

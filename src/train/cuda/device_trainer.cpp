@@ -60,6 +60,8 @@ DeviceTrainer::Impl::~Impl() {
   if (reduce_host) cudaFreeHost(reduce_host);
   if (comm_event) cudaEventDestroy(comm_event);
   if (comm_stream) cudaStreamDestroy(comm_stream);
+  if (routing_host) cudaFreeHost(routing_host);
+  if (routing_event) cudaEventDestroy(routing_event);
 }
 
 void* DeviceTrainer::Impl::raw(const std::string& key, size_t bytes) {

@@ -165,6 +165,9 @@ void moe_scatter_add(float* dx, const float* dxs, const int32_t* pos, int64_t n,
 // The grouped experts' forms (their only readers are BF16 GEMMs): xs and dy written as BF16, the FP32 values of
 // moe_gather / moe_expert_dout rounded to nearest even (the same bits as to_bf16 of those); dweights as above.
 void moe_gather_bf16(uint16_t* xs, const float* x, const int32_t* rows, int64_t count, int64_t d, cudaStream_t s);
+// The same gather from x already in BF16 (its producer's rounding): a copy of rows.
+void moe_gather_bf16_rows(uint16_t* xs, const uint16_t* x, const int32_t* rows, int64_t count, int64_t d,
+                          cudaStream_t s);
 void moe_expert_dout_bf16(uint16_t* dy, float* dweights, const float* dout, const float* eout, const int32_t* rows,
                           const int32_t* slots, const float* weights, int64_t count, int64_t k, int64_t d,
                           cudaStream_t s);
