@@ -12,14 +12,13 @@
 //    losses are the same two numbers averaged (1e-12). Later steps start from weights a few ulps apart; that moves
 //    a loss by far less than 1e-6 unless a token's top-k sits on a near-tie and changes expert (~1e-4 relative of
 //    the mean loss for one token of 512, as test_train_cuda_device.cpp measured): kLaterSteps 5e-4, and the
-//    weights after three steps within 1e-3 relative L2 (such a token's gradient, normalised by Adam, moves the
-//    other tensors' weights by ~lr / 200 for a step), except the routed experts' and the router's (kExpertWeights):
-//    there the token joins one expert and leaves another, and its router gradient changes, and those gradients change by about 1 / sqrt(rows) of their size (one term of
-//    a sum of `rows` random ones: ~0.1 at train-small's ~100 rows an expert, so ~0.04 lr a value after Adam at
-//    step 3, 2e-3 relative L2), and wholly where that expert had no rows in the steps before (Adam's first
-//    nonzero step moves every value by ~0.64 lr at step 3: m^/sqrt(v^) = (0.1 / 0.271) / sqrt(0.001 / 0.003)), i.e.
-//    up to 0.64 lr / 0.02 (the weights' initial RMS) = 3.2e-2 relative L2: checked <= 5e-2 (seen on an H200: 3.3e-3
-//    in an expert of the MTP layer on one seed, 4.4e-3 in layer 2's router on another, 4.1e-4 at most on others).
+//    weights after three steps within 1e-3 relative L2 when no top-k changed (every later loss within kNoFlip 1e-6).
+//    When one did (a later loss further apart), the changed token's terms differ in every gradient it reaches: its
+//    experts' and router's, and through the attention its sequence's in every layer below, the embedding rows
+//    included; Adam normalises each value's update (m^/sqrt(v^)), so a value whose gradient changes sign moves by
+//    up to ~0.64 lr at step 3 ((0.1 / 0.271) / sqrt(0.001 / 0.003), a first nonzero gradient), i.e. up to
+//    0.64 lr / 0.02 (the weights' initial RMS) = 3.2e-2 relative L2: kFlipWeights 5e-2 (seen on an H200 on seeds with
+//    such a change: 2.2e-3 in the embedding, 3.1e-3 to 4.4e-3 in routers and experts; 4.1e-4 on seeds without).
 //    The two ranks end with the same weights bit for bit.
 //  - NCCL (when the build has it), one rank: the arena reduced in place on the step's stream keeps its values, and
 //    so does the overlapped form (each layer's range reduced on a side stream during the backward, the rest after).
@@ -45,7 +44,8 @@ namespace {
 using cuda::DeviceTrainer;
 using cuda::GemmPrecision;
 
-constexpr double kGradUlps = 1e-6, kFirstStep = 1e-12, kLaterSteps = 5e-4, kWeights = 1e-3, kExpertWeights = 5e-2;
+constexpr double kGradUlps = 1e-6, kFirstStep = 1e-12, kLaterSteps = 5e-4, kNoFlip = 1e-6, kWeights = 1e-3,
+                 kFlipWeights = 5e-2;
 const std::string kConfig = "bench/configs/train-small.json";
 
 std::unique_ptr<DeviceTrainer> fast_trainer() {
@@ -77,24 +77,18 @@ Tensors weights_of(const TrainModel& m) {
 }
 
 // Per tensor: relative L2 of got against want; the worst, and its name.
-// The worst relative L2 over the tensors `which` selects (all by default), and its name.
-std::pair<double, std::string> worst_rel(const Tensors& got, const Tensors& want,
-                                         bool (*which)(const std::string&) = nullptr) {
+// The worst relative L2 over the tensors, and its name.
+std::pair<double, std::string> worst_rel(const Tensors& got, const Tensors& want) {
   EXPECT_EQ(got.size(), want.size());
   std::pair<double, std::string> w{0.0, ""};
   for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
     EXPECT_EQ(got[i].first, want[i].first);
-    if (which && !which(got[i].first)) continue;
     const double e = rel_l2(got[i].second, want[i].second);
     if (e > w.first || std::isnan(e)) w = {e, got[i].first};
   }
   return w;
 }
-// The tensors whose gradients a changed top-k changes wholesale: the routed experts and the router.
-bool routing_dependent(const std::string& name) {
-  return name.find(".mlp.experts.") != std::string::npos || name.find(".mlp.gate.") != std::string::npos;
-}
-bool not_routing_dependent(const std::string& name) { return !routing_dependent(name); }
+
 
 struct DpSetup {
   ModelConfig cfg = load_config(kConfig);
@@ -183,19 +177,19 @@ TEST(CudaDataParallel, TwoRanksMatchOneGpuAccumulatingTheSameHalves) {
   EXPECT_LT(g_err, kGradUlps) << g_name;
   std::printf("step-1 averaged gradients: worst relative L2 %.3g (%s) over %zu tensors\n", g_err, g_name.c_str(),
               ref.grads1.size());
+  bool flipped = false;  // a top-k changed in a later step (see the header)
   for (int64_t s = 0; s < S.steps; ++s) {
     const double rel = std::abs(ranks[0].losses[size_t(s)] - ref.losses[size_t(s)]) / std::abs(ref.losses[size_t(s)]);
+    flipped = flipped || rel > kNoFlip;
     EXPECT_LT(rel, s == 0 ? kFirstStep : kLaterSteps) << "step " << s + 1;
     EXPECT_EQ(ranks[0].losses[size_t(s)], ranks[1].losses[size_t(s)]) << "step " << s + 1;
     std::printf("step %lld: loss %.12g (2 ranks) %.12g (1 GPU, 2 micro-batches): relative %.3g\n",
                 static_cast<long long>(s + 1), ranks[0].losses[size_t(s)], ref.losses[size_t(s)], rel);
   }
-  const auto [w_err, w_name] = worst_rel(ranks[0].weights, ref.weights, not_routing_dependent);
-  EXPECT_LT(w_err, kWeights) << w_name;
-  const auto [e_err, e_name] = worst_rel(ranks[0].weights, ref.weights, routing_dependent);
-  EXPECT_LT(e_err, kExpertWeights) << e_name;
-  std::printf("weights after %lld steps: worst relative L2 %.3g (%s), routed experts and routers %.3g (%s)\n",
-              static_cast<long long>(S.steps), w_err, w_name.c_str(), e_err, e_name.c_str());
+  const auto [w_err, w_name] = worst_rel(ranks[0].weights, ref.weights);
+  EXPECT_LT(w_err, flipped ? kFlipWeights : kWeights) << w_name;
+  std::printf("weights after %lld steps: worst relative L2 %.3g (%s; %s)\n", static_cast<long long>(S.steps), w_err,
+              w_name.c_str(), flipped ? "a top-k changed in a later step" : "no top-k changed");
   for (size_t i = 0; i < ranks[0].weights.size(); ++i)
     EXPECT_EQ(ranks[0].weights[i].second, ranks[1].weights[i].second) << ranks[0].weights[i].first;
 }
