@@ -13,6 +13,10 @@
 // are exact in F32 products, the only error is F32 summation over K <= 2048 terms, ~sqrt(K) 2^-24 relative).
 // Timing: median of 20 after 3 warm-ups, FLOPs 2 sum(n_p) k m.
 //
+// Measured (bench/RESULTS.md, round 6; H200, 2026-12-03, 23,608 rows): 256-wide tiles took nt at N 1408 from 351 to
+// 310 us and nn at N 1408 from 361 to 322 us against the 128-wide, 4-stage tiles production ran there; the weight
+// gradient's production shape (128-wide, 6 stages of 32-row K blocks, 2 CTAs/SM, 598 us) beat every other tried.
+//
 // Sizes: --tokens 2048,4096 (tokens a micro-batch; rows = 6 tokens over 64 experts, each expert's count uniform in
 // [0.4, 1.6] x the mean, seed 7).
 #include "../../../src/train/cuda/grouped_gemm_wgmma.cu"
