@@ -195,6 +195,15 @@ void DeviceTrainer::Impl::embedding_grad(float* dtable, const std::vector<int32_
   check_cuda(cudaGetLastError(), "embedding_backward_sorted");
 }
 
+std::map<std::string, std::vector<int32_t>> DeviceTrainer::last_routing(const TrainModel& M) const {
+  std::map<std::string, std::vector<int32_t>> out;
+  const Impl& I = *impl_;
+  for (size_t l = 0; l < I.A.layers.size() && l < M.layers.size(); ++l)
+    if (M.layers[l].is_moe) out[M.layers[l].gate_name] = I.A.layers[l].moe.host_chosen;
+  if (M.has_mtp && M.mtp_layer.is_moe) out[M.mtp_layer.gate_name] = I.A.mtp.moe.host_chosen;
+  return out;
+}
+
 void DeviceTrainer::Impl::loads(const TrainModel& M, ExpertLoads* out) const {
   if (!out) return;
   for (size_t l = 0; l < A.layers.size(); ++l)

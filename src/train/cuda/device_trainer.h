@@ -8,6 +8,7 @@
 // DeepSeek-V3's fine-grained scales where the widths allow: --gemm fp8, fp8_gemm.h); the MoE
 // gate and the output head in FP32 whatever the mode (V3's higher-precision exceptions, as the CPU trainer's
 // `fp32` flag marks them). Every other op is a kernel of kernels.h, each tested against its CPU twin.
+#include <map>
 #include <memory>
 #include <string>
 
@@ -73,6 +74,9 @@ class DeviceTrainer final : public DeviceStep {
   // all_reduce_gradients over a host communicator passes the gradients through a pinned host buffer of this many
   // values, piece by piece (16 M: 64 MB; the tests make it small so that a small model takes several pieces).
   void set_host_reduce_piece(int64_t values);
+  // The last forward's routing of each MoE layer, by its gate's name (as ExpertLoads): [n, K] expert ids in the
+  // order top-k picked them (for comparing two runs' routings).
+  std::map<std::string, std::vector<int32_t>> last_routing(const TrainModel& m) const;
 
   struct Impl;
 
