@@ -16,7 +16,8 @@
 #   dp-tests.log       data parallelism on the devices (stage dp, not in the default list): thread ranks against one
 #                      GPU accumulating, NCCL with one rank; with 2+ GPUs bench-mid-flash-dpN.json
 # STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER and MEMCHECK_FILTER override the
-# filters; MID_BF16, DEF_BF16 (set) add the BF16-attention benches, MID_MB1=0 skips the 1 x 2048 one; KPROF_MB
+# filters; MID_BF16, DEF_BF16 (set) add the BF16-attention benches, MID_MB1=0 skips the 1 x 2048 one, MIDBIG_BATCHES lists
+# midbig's sequences a step (default 32); KPROF_MB
 # (default 1) is kprof's sequences a micro-batch.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -102,9 +103,12 @@ if has mid; then
 fi
 # Larger optimizer steps (stage midbig): the same 2 x 2048 micro-batches, 32 sequences (65,536 tokens) a step, so
 # the once-a-step work (AdamW over 10.1 B values, the gradient norm, zero_grad) is shared by 16 micro-batches.
+# MIDBIG_BATCHES (default 32): the sequences a step of each run, e.g. "32 64".
 if has midbig; then
-  echo "== train-mid, 32 sequences a step $(date -u +%T)"
-  bench mid-flash-mb2-b32 200 ${MID/--batch 8 --micro-batch 1/--batch 32 --micro-batch 2} --attention flash
+  for nb in ${MIDBIG_BATCHES:-32}; do
+    echo "== train-mid, $nb sequences a step $(date -u +%T)"
+    bench "mid-flash-mb2-b$nb" 250 ${MID/--batch 8 --micro-batch 1/--batch $nb --micro-batch 2} --attention flash
+  done
 fi
 DEF="--config bench/configs/train-default.json --seq-len 512 --batch 64 --steps 3 --head bf16"
 if has default; then

@@ -17,6 +17,13 @@
 // 310 us and nn at N 1408 from 361 to 322 us against the 128-wide, 4-stage tiles production ran there; the weight
 // gradient's production shape (128-wide, 6 stages of 32-row K blocks, 2 CTAs/SM, 598 us) beat every other tried.
 //
+// Round 7 (H200, 2026-12-03, 23,608 rows; tn at both shapes): the reduce-add of beta 1 was the cost (production
+// 592 us, the same kernel with a plain store 391 us); a bulk L2 prefetch of the CTA's output tile at its start and
+// 7 stages took it to 517 us. Slower: 6 stages with the prefetch 534, prefetching the tile of the CTA 1/2, 1 or 2
+// waves later 570 / 648 / 669, 256-wide 1 CTA/SM 553-579, a persistent 128 x 256 kernel with its epilogue staged
+// outside the ring (overlapping the next tile's main loop, but only 3 K blocks in flight) 661; nn with beta 1
+// 336-344 us against 317-324 with beta 0 (the L2 prefetch made it slower there: 346 -> 354, so only tn has it).
+//
 // Sizes: --tokens 2048,4096 (tokens a micro-batch; rows = 6 tokens over 64 experts, each expert's count uniform in
 // [0.4, 1.6] x the mean, seed 7).
 #include "../../../src/train/cuda/grouped_gemm_wgmma.cu"
@@ -36,17 +43,37 @@ struct Variant {
   cudaError_t (*fn)(const GroupedWgmmaArgs&, cudaStream_t);
 };
 
+// Diagnostic: the production tn with a plain bulk store (beta 0) instead of the reduce-add (from zeros both give
+// the same output): how much of the time the gradients' read costs.
+cudaError_t production_beta0(const GroupedWgmmaArgs& a, cudaStream_t s) {
+  GroupedWgmmaArgs b = a;
+  b.beta = 0.0f;
+  return moe::train::cuda::launch_kind<GemmKind::Tn>(b, s);
+}
+
+// nn with beta 1 (dxs += dup W_up): what the read of the output adds.
+cudaError_t nn_beta1(const GroupedWgmmaArgs& a, cudaStream_t s) {
+  GroupedWgmmaArgs b = a;
+  b.beta = 1.0f;
+  return moe::train::cuda::launch_kind<GemmKind::Nn>(b, s);
+}
+
 template <GemmKind kKind>
 std::vector<Variant> variants() {
   using namespace moe::train::cuda;
   std::vector<Variant> v = {{"production", &launch_kind<kKind>}};
   if constexpr (kKind == GemmKind::Tn) {
-    v.push_back({"128w 6st 2cta k32", &launch<kKind, 128, 6, 2, 32>});
-    v.push_back({"128w 5st 2cta k32", &launch<kKind, 128, 5, 2, 32>});
-    v.push_back({"128w 3st 2cta k64", &launch<kKind, 128, 3, 2, 64>});
+    v.push_back({"7st ahead 1/2 wave", &launch<kKind, 128, 7, 2, 32, 1, true, 1>});
+    v.push_back({"7st ahead 1 wave", &launch<kKind, 128, 7, 2, 32, 1, true, 2>});
+    v.push_back({"7st ahead 2 waves", &launch<kKind, 128, 7, 2, 32, 1, true, 4>});
+    v.push_back({"6st own tile", &launch<kKind, 128, 6, 2, 32>});
+    v.push_back({"6st no L2 prefetch", &launch<kKind, 128, 6, 2, 32, 1, false>});
     v.push_back({"256w 8st 1cta k32", &launch<kKind, 256, 8, 1, 32>});
-    v.push_back({"256w 4st 1cta k64", &launch<kKind, 256, 4, 1, 64>});
+    v.push_back({"beta0 production", &production_beta0});
   } else {
+    if constexpr (kKind == GemmKind::Nn) {
+      v.push_back({"beta1 production", &nn_beta1});
+    }
     v.push_back({"128w 4st 1cta", &launch<kKind, 128, 4, 1, 64>});
     v.push_back({"128w 6st 1cta", &launch<kKind, 128, 6, 1, 64>});
     v.push_back({"128w 3st 2cta", &launch<kKind, 128, 3, 2, 64>});

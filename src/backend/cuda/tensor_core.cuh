@@ -43,6 +43,12 @@ __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.comm
 // reused or the CTA exit); their global writes complete by the kernel's end.
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 
+// Asks the L2 to fetch `bytes` (a multiple of 16, 16-byte aligned) of global memory, without waiting: for data a
+// later bulk reduce-add will read-modify-write, so the L2 holds it by then instead of fetching it at the reduce.
+__device__ __forceinline__ void bulk_prefetch_l2(const void* g, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(g), "r"(bytes) : "memory");
+}
+
 // Four 8x8 BF16 tiles from shared memory (each lane gives one row address), plain or transposed.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"

@@ -34,12 +34,14 @@
 // source size 0), outputs masked at M and N; k and m are multiples of 8 (checked on the host), so a 16-byte
 // chunk is wholly inside or outside. tn's K = n_p may be any positive count (one partial block when < 64).
 //
-// Pipeline (moe_gemm.cu's): a ring of kStages stages (4; tn 6) with kStages - 2 K blocks of copies in flight.
-// Per K block g: wait for
-// block g's copies, fence.proxy.async (wgmma reads shared memory through the async proxy), __syncthreads; issue
-// block g + kStages - 2's copies into the stage block g - 2 used (each warpgroup retired block g - 2's wgmma with
-// wgmma.wait_group 1 after issuing block g - 1, and the barrier orders that before the copies); issue block g's
-// kBK / 16 wgmma and keep one group in flight.
+// Pipeline (moe_gemm.cu's): a ring of kStages stages (4; tn 7) with kStages - 1 - kLag K blocks of copies in
+// flight (kLag 1 in production: one wgmma group stays in flight). Per K block g: wait for block g's copies,
+// fence.proxy.async (wgmma reads shared memory through the async proxy), __syncthreads; issue block
+// g + kStages - 1 - kLag's copies into the stage block g - 1 - kLag used (each warpgroup retired that block's wgmma
+// with wgmma.wait_group kLag after issuing block g - 1, and the barrier orders that before the copies); issue
+// block g's kBK / 16 wgmma and keep kLag groups in flight.
+// beta 1 (the weight gradients' accumulation, dxs += dup W_up): the CTA first asks the L2 to fetch its output tile
+// (bulk prefetch), so the epilogue's reduce-add finds it there.
 #include <algorithm>
 
 #include "backend/cuda/tensor_core.cuh"
@@ -83,6 +85,8 @@ struct Params {
   const GroupedItem* items;  // this launch's first item
   int32_t k, m;
   float beta;
+  int64_t count;   // this launch's items
+  int64_t ahead;   // tn, beta 1: CTAs (in launch order) between a CTA and the tile whose output it prefetches
 };
 
 // Byte offset of 16-byte chunk c of row r in a swizzled run of 128-byte rows.
@@ -161,11 +165,13 @@ struct TileCopy {
   }
 };
 
-// kStages: the ring's depth (kStages - 2 K blocks of copies in flight); kMinBlocks: CTAs per SM the registers
-// must allow (launch bounds), with shared memory sized to match.
-template <GemmKind kKind, int kBN, int kStages, int kMinBlocks, int kBK>
+// kStages: the ring's depth; kMinBlocks: CTAs per SM the registers must allow (launch bounds), with shared memory
+// sized to match; kLag: wgmma groups left in flight per K block (0 or 1); kPrefetch: the L2 prefetch of a beta-1
+// output tile (off only in the sandbox's A/B).
+template <GemmKind kKind, int kBN, int kStages, int kMinBlocks, int kBK, int kLag, bool kPrefetch>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kernel(const Params p) {
-  static_assert(kStages >= 3, "one K block of copies in flight at least");
+  constexpr int kAhead = kStages - 1 - kLag;  // K blocks of copies in flight
+  static_assert(kAhead >= 1 && (kLag == 0 || kLag == 1), "one K block of copies in flight at least");
   static_assert(kBK == 64 || kKind == GemmKind::Tn, "K-major operands: 64 K values a tile row");
   // The epilogue's F32 tile [128][kBN + 8] reuses the stages.
   static_assert(kBM * (kBN + 8) * 4 <= kStages * stage_bytes<kBN, kBK>(), "the epilogue's tile fits in the stages");
@@ -187,6 +193,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
   if (m0 >= M || n0 >= N || K <= 0) return;  // never for the host's tables (n_p > 0, tiles inside M)
 
   const int tid = int(threadIdx.x), wg = tid / 128;
+  // tn, beta 1: the epilogue's reduce-add reads this tile of `out`; fetching it into the L2 before (one bulk
+  // prefetch per tile row) overlaps that DRAM read with the main loops instead of leaving it to the reduce.
+  // p.ahead == 0: each CTA prefetches its own tile at its start; > 0: the tile of the CTA p.ahead later in launch
+  // order (about when this one ends, that one starts), and the first p.ahead CTAs their own too. Measured on an
+  // H200 (the sandbox, tn at train-mid's widths, 2 x 2048 tokens): the reduce-add took the kernel from 391 us
+  // (beta 0, a plain store) to 592 us without a prefetch, 522 us with its own tile's.
+  if (kPrefetch && kTn && p.beta != 0.0f && tid < kBM) {
+    const int64_t lin = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
+    if (p.ahead == 0 || lin < p.ahead)
+      hw::bulk_prefetch_l2(pr.out + int64_t(m0 + tid) * N + n0, uint32_t(min(kBN, N - n0)) * 4u);
+    const int64_t next = lin + p.ahead, y = next / gridDim.x;
+    if (p.ahead > 0 && y < p.count) {
+      const GroupedItem it = p.items[y];
+      const int mt = it.tile * kBM + tid, nt = int(next % gridDim.x) * kBN;
+      if (mt < M) hw::bulk_prefetch_l2(p.problems[it.problem].out + int64_t(mt) * N + nt, uint32_t(min(kBN, N - nt)) * 4u);
+    }
+  }
   const TileCopy<kBM, kTn, kBK> ca(pr.a, lda, m0, M, tid);
   const TileCopy<kBN, !kNt, kBK> cb(pr.b, ldb, n0, N, tid);
   const int total = (K + kBK - 1) / kBK;
@@ -201,15 +224,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
   for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
   hw::fence_acc(acc);
 #pragma unroll
-  for (int s = 0; s < kStages - 2; ++s) {
+  for (int s = 0; s < kAhead; ++s) {
     if (s < total) load(s);
     hw::cp_async_commit();
   }
   for (int g = 0; g < total; ++g) {
-    hw::cp_async_wait<kStages - 3>();
+    hw::cp_async_wait<kAhead - 1>();
     hw::fence_proxy_async();
     __syncthreads();
-    if (g + kStages - 2 < total) load(g + kStages - 2);
+    if (g + kAhead < total) load(g + kAhead);
     hw::cp_async_commit();
     const uint32_t stage = base + uint32_t(g % kStages) * kStage;
     // this warpgroup's A (K-major: its 64 rows; MN-major: block wg, its 64 M values); all of B
@@ -223,7 +246,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
       mma<kBN, kTransB, kTransA>(acc, da, db);
     }
     hw::wgmma_commit();
-    hw::wgmma_wait<1>();
+    hw::wgmma_wait<kLag>();
     hw::fence_acc(acc);
   }
   hw::wgmma_wait<0>();
@@ -264,20 +287,30 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
   }
 }
 
-template <GemmKind kKind, int kBN, int kStages = 4, int kMinBlocks = 1, int kBK = 64>
+// kAheadHalfWaves: tn's prefetch distance p.ahead in half waves of resident CTAs (SMs x kMinBlocks); 0: own tile.
+template <GemmKind kKind, int kBN, int kStages = 4, int kMinBlocks = 1, int kBK = 64, int kLag = 1,
+          bool kPrefetch = true, int kAheadHalfWaves = 0>
 cudaError_t launch(const GroupedWgmmaArgs& a, cudaStream_t stream) {
-  auto* kernel = grouped_gemm_wgmma_kernel<kKind, kBN, kStages, kMinBlocks, kBK>;
+  auto* kernel = grouped_gemm_wgmma_kernel<kKind, kBN, kStages, kMinBlocks, kBK, kLag, kPrefetch>;
   constexpr size_t kSmem = smem_bytes<kBN, kStages, kBK>();
   // The shared-memory opt-in belongs to the current device; set at every call (a host-side attribute write, no
   // process-wide record of which devices have it).
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
   if (e != cudaSuccess) return e;
+  int64_t ahead = 0;
+  if constexpr (kAheadHalfWaves > 0) {
+    int dev = 0, sms = 0;
+    if ((e = cudaGetDevice(&dev)) != cudaSuccess) return e;
+    if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return e;
+    ahead = int64_t(sms) * kMinBlocks * kAheadHalfWaves / 2;
+  }
   const int64_t N = kKind == GemmKind::Nt ? a.m : a.k;
   const unsigned ntiles = unsigned((N + kBN - 1) / kBN);
   constexpr int64_t kMaxY = 65535;
   for (int64_t first = 0; first < a.count; first += kMaxY) {
-    const Params p{a.problems, a.items + first, int32_t(a.k), int32_t(a.m), a.beta};
-    const dim3 grid(ntiles, unsigned(std::min(kMaxY, a.count - first)));
+    const int64_t count = std::min(kMaxY, a.count - first);
+    const Params p{a.problems, a.items + first, int32_t(a.k), int32_t(a.m), a.beta, count, ahead};
+    const dim3 grid(ntiles, unsigned(count));
     kernel<<<grid, kThreads, kSmem, stream>>>(p);
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
@@ -291,10 +324,14 @@ cudaError_t launch_kind(const GroupedWgmmaArgs& a, cudaStream_t stream) {
   // mostly pipeline fill and an epilogue that reads and writes 64 KB of FP32 gradients; with one CTA per SM those
   // phases do not overlap (measured on an H200: 37 TFLOP/s, half the per-expert cuBLAS loop). 128-wide tiles fit
   // two CTAs per SM (<= 128 registers each), so one CTA's epilogue overlaps the other's copies and MMAs; 32-row K
-  // blocks in 6 stages of 16 KB (97 KB a CTA) keep 4 blocks of copies in flight per CTA, where 3 stages of 64 rows
-  // kept 1 (the copies' latency bounded it: 194 TFLOP/s and 2.0 TB/s of gradients at 2 x 2048).
+  // blocks in 7 stages of 16 KB (113 KB a CTA: two fill the SM's 228 KB) keep 5 blocks of copies in flight per CTA,
+  // where 3 stages of 64 rows kept 1 (the copies' latency bounded it: 194 TFLOP/s at 2 x 2048). With the output
+  // tile's L2 prefetch (the kernel's head), measured on an H200 (the sandbox, 23,608 rows, 2026-12-03): 517 us
+  // (263 TFLOP/s) against 592 us for 6 stages without it, 534 us for 6 stages with it, 386 us with a plain store
+  // (beta 0: the floor the gradients' read leaves). Prefetching the tile of a CTA half a wave or more later (570 to
+  // 670 us) and 256-wide tiles with one CTA per SM (553 us) were slower.
   if constexpr (kKind == GemmKind::Tn) {
-    return launch<kKind, 128, 6, 2, 32>(a, stream);
+    return launch<kKind, 128, 7, 2, 32>(a, stream);
   } else {
     // 256-wide tiles at every N, also where 256 does not divide it: at N = 1408 (F) the last of 6 tiles is half
     // empty (9 % of the MMAs wasted), yet each CTA's A tile serves twice the columns. Measured on an H200
