@@ -298,7 +298,10 @@ Manifest Manifest::load(const std::string& dir) {
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON: {}", path, e.what());
   }
-  MOE_CHECK(j.is_object() && j.value("format", "") == "moe-tokens-1", "{}: not a moe-tokens-1 manifest", path);
+  // (format checked as a string first: json::value throws its own type_error on {"format": []})
+  MOE_CHECK(j.is_object() && j.contains("format") && j["format"].is_string() &&
+                j["format"].get<std::string>() == "moe-tokens-1",
+            "{}: not a moe-tokens-1 manifest (format must be \"moe-tokens-1\")", path);
   MOE_CHECK(j.contains("vocab_size") && j["vocab_size"].is_number_integer(), "{}: vocab_size is missing", path);
   MOE_CHECK(j.contains("eos_id") && j["eos_id"].is_number_integer(), "{}: eos_id is missing", path);
   Manifest m;

@@ -168,6 +168,13 @@ TEST(Data, BadInputNamesTheFile) {
   const nlohmann::json j = nlohmann::json::parse(std::ifstream(manifest));
   std::ofstream(manifest) << "{not json";
   EXPECT_NE(error_of([&] { Manifest::load(data); }).find(manifest + ": not valid JSON"), std::string::npos);
+  // A format of the wrong type (a fuzzer's find: it escaped as nlohmann's type_error, not as moe::Error).
+  for (const char* bad : {R"({"format": []})", R"({"format": 1})", R"({"format": "moe-tokens-2"})", "[]"}) {
+    std::ofstream(manifest) << bad;
+    EXPECT_NE(error_of([&] { Manifest::load(data); }).find(manifest + ": not a moe-tokens-1 manifest"),
+              std::string::npos)
+        << bad;
+  }
   nlohmann::json k = j;
   k["train"][0].erase("fnv1a64");
   std::ofstream(manifest) << k.dump();
