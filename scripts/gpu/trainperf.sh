@@ -16,9 +16,9 @@
 #   dp-tests.log       data parallelism on the devices (stage dp, not in the default list): thread ranks against one
 #                      GPU accumulating, NCCL with one rank; with 2+ GPUs bench-mid-flash-dpN.json
 # STAGES (default "tests memcheck ncu mid default") picks parts; TEST_FILTER and MEMCHECK_FILTER override the
-# filters; MID_BF16, DEF_BF16 (set) add the BF16-attention benches, MID_MB1=0 skips the 1 x 2048 one, MIDBIG_BATCHES lists
-# midbig's sequences a step (default 32); KPROF_MB
-# (default 1) is kprof's sequences a micro-batch.
+# filters; MID_BF16, DEF_BF16 (set) add the BF16-attention benches, MID_MB1=0 skips the 1 x 2048 one;
+# MIDBIG_BATCHES lists midbig's sequences a step (default 32); KPROF_MB (default 1) is kprof's sequences a
+# micro-batch.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD

@@ -298,9 +298,8 @@ Manifest Manifest::load(const std::string& dir) {
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON: {}", path, e.what());
   }
-  // (format checked as a string first: json::value throws its own type_error on {"format": []})
-  MOE_CHECK(j.is_object() && j.contains("format") && j["format"].is_string() &&
-                j["format"].get<std::string>() == "moe-tokens-1",
+  // (compared as JSON values: json::value("format", "") throws its own type_error on {"format": []})
+  MOE_CHECK(j.is_object() && j.contains("format") && j["format"] == "moe-tokens-1",
             "{}: not a moe-tokens-1 manifest (format must be \"moe-tokens-1\")", path);
   MOE_CHECK(j.contains("vocab_size") && j["vocab_size"].is_number_integer(), "{}: vocab_size is missing", path);
   MOE_CHECK(j.contains("eos_id") && j["eos_id"].is_number_integer(), "{}: eos_id is missing", path);

@@ -20,7 +20,7 @@
 // Round 7 (H200, 2026-12-03, 23,608 rows; tn at both shapes): the reduce-add of beta 1 was the cost (production
 // 592 us, the same kernel with a plain store 391 us); a bulk L2 prefetch of the CTA's output tile at its start and
 // 7 stages took it to 517 us. Slower: 6 stages with the prefetch 534, prefetching the tile of the CTA 1/2, 1 or 2
-// waves later 570 / 648 / 669, 256-wide 1 CTA/SM 553-579, a persistent 128 x 256 kernel with its epilogue staged
+// waves later 570 / 648 / 669 (that mechanism then removed from production), 256-wide 1 CTA/SM 553-579, a persistent 128 x 256 kernel with its epilogue staged
 // outside the ring (overlapping the next tile's main loop, but only 3 K blocks in flight) 661; nn with beta 1
 // 336-344 us against 317-324 with beta 0 (the L2 prefetch made it slower there: 346 -> 354, so only tn has it).
 //
@@ -63,9 +63,6 @@ std::vector<Variant> variants() {
   using namespace moe::train::cuda;
   std::vector<Variant> v = {{"production", &launch_kind<kKind>}};
   if constexpr (kKind == GemmKind::Tn) {
-    v.push_back({"7st ahead 1/2 wave", &launch<kKind, 128, 7, 2, 32, 1, true, 1>});
-    v.push_back({"7st ahead 1 wave", &launch<kKind, 128, 7, 2, 32, 1, true, 2>});
-    v.push_back({"7st ahead 2 waves", &launch<kKind, 128, 7, 2, 32, 1, true, 4>});
     v.push_back({"6st own tile", &launch<kKind, 128, 6, 2, 32>});
     v.push_back({"6st no L2 prefetch", &launch<kKind, 128, 6, 2, 32, 1, false>});
     v.push_back({"256w 8st 1cta k32", &launch<kKind, 256, 8, 1, 32>});

@@ -40,8 +40,8 @@
 // g + kStages - 1 - kLag's copies into the stage block g - 1 - kLag used (each warpgroup retired that block's wgmma
 // with wgmma.wait_group kLag after issuing block g - 1, and the barrier orders that before the copies); issue
 // block g's kBK / 16 wgmma and keep kLag groups in flight.
-// beta 1 (the weight gradients' accumulation, dxs += dup W_up): the CTA first asks the L2 to fetch its output tile
-// (bulk prefetch), so the epilogue's reduce-add finds it there.
+// tn with beta 1 (the weight gradients' accumulation): the CTA first asks the L2 to fetch its output tile (bulk
+// prefetch), so the epilogue's reduce-add finds it there (launch_kind has the measurements).
 #include <algorithm>
 
 #include "backend/cuda/tensor_core.cuh"
@@ -85,8 +85,6 @@ struct Params {
   const GroupedItem* items;  // this launch's first item
   int32_t k, m;
   float beta;
-  int64_t count;   // this launch's items
-  int64_t ahead;   // tn, beta 1: CTAs (in launch order) between a CTA and the tile whose output it prefetches
 };
 
 // Byte offset of 16-byte chunk c of row r in a swizzled run of 128-byte rows.
@@ -193,23 +191,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
   if (m0 >= M || n0 >= N || K <= 0) return;  // never for the host's tables (n_p > 0, tiles inside M)
 
   const int tid = int(threadIdx.x), wg = tid / 128;
-  // tn, beta 1: the epilogue's reduce-add reads this tile of `out`; fetching it into the L2 before (one bulk
-  // prefetch per tile row) overlaps that DRAM read with the main loops instead of leaving it to the reduce.
-  // p.ahead == 0: each CTA prefetches its own tile at its start; > 0: the tile of the CTA p.ahead later in launch
-  // order (about when this one ends, that one starts), and the first p.ahead CTAs their own too. Measured on an
-  // H200 (the sandbox, tn at train-mid's widths, 2 x 2048 tokens): the reduce-add took the kernel from 391 us
-  // (beta 0, a plain store) to 592 us without a prefetch, 522 us with its own tile's.
-  if (kPrefetch && kTn && p.beta != 0.0f && tid < kBM) {
-    const int64_t lin = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
-    if ((p.ahead == 0 || lin < p.ahead) && m0 + tid < M)  // rows past M (m not a multiple of 128) are not there
-      hw::bulk_prefetch_l2(pr.out + int64_t(m0 + tid) * N + n0, uint32_t(min(kBN, N - n0)) * 4u);
-    const int64_t next = lin + p.ahead, y = next / gridDim.x;
-    if (p.ahead > 0 && y < p.count) {
-      const GroupedItem it = p.items[y];
-      const int mt = it.tile * kBM + tid, nt = int(next % gridDim.x) * kBN;
-      if (mt < M) hw::bulk_prefetch_l2(p.problems[it.problem].out + int64_t(mt) * N + nt, uint32_t(min(kBN, N - nt)) * 4u);
-    }
-  }
+  // tn, beta 1: the epilogue's reduce-add reads this tile of `out`; one bulk prefetch per tile row (rows below M
+  // only) fetches it into the L2 now, so that DRAM read overlaps the main loop instead of stalling the reduce.
+  if (kPrefetch && kTn && p.beta != 0.0f && tid < kBM && m0 + tid < M)
+    hw::bulk_prefetch_l2(pr.out + int64_t(m0 + tid) * N + n0, uint32_t(min(kBN, N - n0)) * 4u);
   const TileCopy<kBM, kTn, kBK> ca(pr.a, lda, m0, M, tid);
   const TileCopy<kBN, !kNt, kBK> cb(pr.b, ldb, n0, N, tid);
   const int total = (K + kBK - 1) / kBK;
@@ -287,9 +272,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) grouped_gemm_wgmma_kerne
   }
 }
 
-// kAheadHalfWaves: tn's prefetch distance p.ahead in half waves of resident CTAs (SMs x kMinBlocks); 0: own tile.
 template <GemmKind kKind, int kBN, int kStages = 4, int kMinBlocks = 1, int kBK = 64, int kLag = 1,
-          bool kPrefetch = true, int kAheadHalfWaves = 0>
+          bool kPrefetch = true>
 cudaError_t launch(const GroupedWgmmaArgs& a, cudaStream_t stream) {
   auto* kernel = grouped_gemm_wgmma_kernel<kKind, kBN, kStages, kMinBlocks, kBK, kLag, kPrefetch>;
   constexpr size_t kSmem = smem_bytes<kBN, kStages, kBK>();
@@ -297,20 +281,12 @@ cudaError_t launch(const GroupedWgmmaArgs& a, cudaStream_t stream) {
   // process-wide record of which devices have it).
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
   if (e != cudaSuccess) return e;
-  int64_t ahead = 0;
-  if constexpr (kAheadHalfWaves > 0) {
-    int dev = 0, sms = 0;
-    if ((e = cudaGetDevice(&dev)) != cudaSuccess) return e;
-    if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return e;
-    ahead = int64_t(sms) * kMinBlocks * kAheadHalfWaves / 2;
-  }
   const int64_t N = kKind == GemmKind::Nt ? a.m : a.k;
   const unsigned ntiles = unsigned((N + kBN - 1) / kBN);
   constexpr int64_t kMaxY = 65535;
   for (int64_t first = 0; first < a.count; first += kMaxY) {
-    const int64_t count = std::min(kMaxY, a.count - first);
-    const Params p{a.problems, a.items + first, int32_t(a.k), int32_t(a.m), a.beta, count, ahead};
-    const dim3 grid(ntiles, unsigned(count));
+    const Params p{a.problems, a.items + first, int32_t(a.k), int32_t(a.m), a.beta};
+    const dim3 grid(ntiles, unsigned(std::min(kMaxY, a.count - first)));
     kernel<<<grid, kThreads, kSmem, stream>>>(p);
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
@@ -329,7 +305,7 @@ cudaError_t launch_kind(const GroupedWgmmaArgs& a, cudaStream_t stream) {
   // tile's L2 prefetch (the kernel's head), measured on an H200 (the sandbox, 23,608 rows, 2026-12-03): 517 us
   // (263 TFLOP/s) against 592 us for 6 stages without it, 534 us for 6 stages with it, 386 us with a plain store
   // (beta 0: the floor the gradients' read leaves). Prefetching the tile of a CTA half a wave or more later (570 to
-  // 670 us) and 256-wide tiles with one CTA per SM (553 us) were slower.
+  // 670 us; removed) and 256-wide tiles with one CTA per SM (553 us) were slower.
   if constexpr (kKind == GemmKind::Tn) {
     return launch<kKind, 128, 7, 2, 32>(a, stream);
   } else {
