@@ -15,17 +15,21 @@
 //
 // CTA: kWG warpgroups (cta_rows = 64 kWG rows of the item; with kWG = 1 an item is split over grid.z = 2 CTAs,
 // two CTAs fit an SM, and the second of an item with <= 64 rows exits at once: decode); warpgroup w owns tile
-// rows 64w .. 64w+63 and all 128 columns (wgmma m64n128k32: 64 F32 registers for part and 64 for acc per
-// thread). A warpgroup whose rows are all past the item's count issues no wgmma. K advances in blocks of 128
+// rows 64w .. 64w+63 and all 128 columns (wgmma m64n128k32: 64 F32 registers for acc and 64 for each part buffer
+// per thread). A warpgroup whose rows are all past the item's count issues no wgmma. K advances in blocks of 128
 // E4M3 = 128 bytes per row (the 128-byte swizzle atom, and exactly one scale block). Every thread loads, per K
-// block, 4 A and 8 / kWG B chunks of 16 bytes with cp.async into a 4-stage ring, three blocks ahead. Shared
-// layout per stage: A [64 kWG][128 B] then B [128][128 B], 16-byte chunk c of row r at chunk c ^ (r % 8),
-// 1024-byte aligned.
+// block, 4 A and 8 / kWG B chunks of 16 bytes with cp.async into a ring of kStages stages, kAhead = kStages - 1 -
+// kLag blocks ahead. Shared layout per stage: A [64 kWG][128 B] then B [128][128 B], 16-byte chunk c of row r at
+// chunk c ^ (r % 8), 1024-byte aligned.
 // Rows past count, weight rows past N and columns past K are zero-filled (cp.async with source size 0).
 //
 // Pipeline per K block g: wait for block g's copies, fence.proxy.async, __syncthreads; issue the copies of
-// block g + 3 into the stage of block g - 1 (retired: every warpgroup waited for its wgmma with wait_group 0
-// before the barrier); 4 wgmma (k = 32 each, the first overwriting part), commit, wait 0, promote.
+// block g + kAhead into the stage of block g - 1 - kLag (retired: every warpgroup waited for that block's wgmma
+// before the barrier); 4 wgmma (k = 32 each, the first overwriting a part buffer), commit; then
+//   kLag 0: wait for them and promote block g (the tensor cores idle during the promotion and the barrier);
+//   kLag 1: two part buffers: wait until only block g's group is in flight and promote block g - 1 from the
+//     other buffer while block g's wgmma run (the promotion's FMAs and the next barrier overlap the tensor cores).
+// Both add the same products to acc in the same block order, so their outputs are bit-identical.
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/tensor_core.cuh"
 #include "backend/cuda/wgmma.cuh"
@@ -35,16 +39,36 @@ namespace moe::cuda {
 namespace {
 
 // kWG warpgroups per CTA (1 or 2): 64 kWG rows of a 128-row work item per CTA (grid.z picks the part).
-constexpr int kBN = 128, kBK = 128, kStages = 4;
-template <int kWG>
+constexpr int kBN = 128, kBK = 128;
+template <int kWG, int kStages>
 constexpr size_t smem_bytes() {
   return size_t(kStages) * size_t(64 * kWG + kBN) * kBK + 1024;  // + alignment to 1024
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
-template <bool kSwiglu, int kWG>
+// The scale products of one K block for this thread's two tile rows (q) and the gate / up halves of the tile.
+struct BlockScales {
+  float s00, s10, s01, s11;
+};
+
+template <bool kSwiglu>
+__device__ __forceinline__ void promote(float (&acc)[64], const float (&part)[64], const BlockScales& s) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const bool hi = kSwiglu && j >= 8;
+    const float f0 = hi ? s.s01 : s.s00, f1 = hi ? s.s11 : s.s10;
+    acc[4 * j + 0] = fmaf(part[4 * j + 0], f0, acc[4 * j + 0]);
+    acc[4 * j + 1] = fmaf(part[4 * j + 1], f0, acc[4 * j + 1]);
+    acc[4 * j + 2] = fmaf(part[4 * j + 2], f1, acc[4 * j + 2]);
+    acc[4 * j + 3] = fmaf(part[4 * j + 3], f1, acc[4 * j + 3]);
+  }
+}
+
+template <bool kSwiglu, int kWG, int kStages, int kLag>
 __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_kernel(const GroupedGemmFp8Params p) {
+  constexpr int kAhead = kStages - 1 - kLag;  // K blocks of copies in flight
+  static_assert((kLag == 0 || kLag == 1) && kAhead >= 1, "one K block of copies in flight at least");
   constexpr int kBM = 64 * kWG, kRS = 16 * kWG;  // rows per CTA; row stride of one thread's copies
   constexpr int kABytes = kBM * kBK, kStageBytes = kABytes + kBN * kBK;
   extern __shared__ uint8_t smem_raw[];
@@ -106,26 +130,23 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_
     const int m = mrow + 8 * q;
     srow[q] = m < count ? (p.a_rows ? int64_t(p.a_rows[begin + m] / p.a_div) : int64_t(begin + m)) : -1;
   }
-
-  float acc[64], part[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) acc[i] = part[i] = 0.0f;
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < nkb) load(s, s);
-    cp_async_commit();
-  }
-  for (int g = 0; g < nkb; ++g) {
-    cp_async_wait<kStages - 2>();
-    fence_proxy_async();
-    __syncthreads();
-    if (g + kStages - 1 < nkb) load(g + kStages - 1, (g + kStages - 1) % kStages);
-    cp_async_commit();
-    if (!active) continue;
-    // Scales of block g, read while the tensor cores work.
+  // Block g's scales (read when its wgmma are issued, used at its promotion).
+  auto scales = [&](int g) {
     const float sx0 = srow[0] >= 0 ? p.as[int64_t(g) * p.ld_as + srow[0]] : 0.0f;
     const float sx1 = srow[1] >= 0 ? p.as[int64_t(g) * p.ld_as + srow[1]] : 0.0f;
     const float sw0 = ws0[g], sw1 = ws1[g];
+    return BlockScales{sx0 * sw0, sx1 * sw0, sx0 * sw1, sx1 * sw1};
+  };
+  // Head of K block g: its copies landed and are visible to wgmma in every thread; block g + kAhead's issued.
+  auto head = [&](int g) {
+    cp_async_wait<kAhead - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    if (g + kAhead < nkb) load(g + kAhead, (g + kAhead) % kStages);
+    cp_async_commit();
+  };
+  // Block g's 4 wgmma into part (the first overwriting it), one commit group.
+  auto issue = [&](int g, float (&part)[64]) {
     const uint32_t sa = base + uint32_t(g % kStages) * kStageBytes + uint32_t(wg * 64 * 128),
                    sb = base + uint32_t(g % kStages) * kStageBytes + kABytes;
     fence_acc(part);
@@ -134,17 +155,67 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_
     for (int kk = 0; kk < kBK / 32; ++kk)
       wgmma_m64n128k32_e4m3(part, smem_desc(sa + kk * 32), smem_desc(sb + kk * 32), kk);
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_acc(part);
-    const float s00 = sx0 * sw0, s10 = sx1 * sw0, s01 = sx0 * sw1, s11 = sx1 * sw1;
+  };
+
+  float acc[64], p0[64];
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const bool hi = kSwiglu && j >= 8;
-      const float f0 = hi ? s01 : s00, f1 = hi ? s11 : s10;
-      acc[4 * j + 0] = fmaf(part[4 * j + 0], f0, acc[4 * j + 0]);
-      acc[4 * j + 1] = fmaf(part[4 * j + 1], f0, acc[4 * j + 1]);
-      acc[4 * j + 2] = fmaf(part[4 * j + 2], f1, acc[4 * j + 2]);
-      acc[4 * j + 3] = fmaf(part[4 * j + 3], f1, acc[4 * j + 3]);
+  for (int i = 0; i < 64; ++i) acc[i] = p0[i] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < nkb) load(s, s);
+    cp_async_commit();
+  }
+  if constexpr (kLag == 0) {
+    for (int g = 0; g < nkb; ++g) {
+      head(g);
+      if (!active) continue;
+      const BlockScales s = scales(g);
+      issue(g, p0);
+      wgmma_wait<0>();
+      fence_acc(p0);
+      promote<kSwiglu>(acc, p0, s);
+    }
+  } else {
+    float p1[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) p1[i] = 0.0f;
+    // Odd blocks go to p1, even ones to p0; after issuing block g, wait_group 1 retires block g - 1, which is
+    // promoted while block g's wgmma run. Every warpgroup issues its wgmma, also one whose rows are all past the
+    // item's count (zero-filled rows, output discarded): a wgmma under a divergent condition makes ptxas
+    // serialise all of them (C7518), and so does a loop whose trip does not fix which buffer is in flight (C7514),
+    // hence block 0 before the loop and one pair of blocks per trip.
+    head(0);
+    BlockScales prev = scales(0);
+    issue(0, p0);
+    int g = 1;
+    for (; g + 1 < nkb; g += 2) {
+      head(g);
+      const BlockScales s1 = scales(g);
+      issue(g, p1);
+      wgmma_wait<1>();
+      fence_acc(p0);
+      promote<kSwiglu>(acc, p0, prev);
+      head(g + 1);
+      prev = scales(g + 1);
+      issue(g + 1, p0);
+      wgmma_wait<1>();
+      fence_acc(p1);
+      promote<kSwiglu>(acc, p1, s1);
+    }
+    if (g < nkb) {
+      head(g);
+      const BlockScales s1 = scales(g);
+      issue(g, p1);
+      wgmma_wait<1>();
+      fence_acc(p0);
+      promote<kSwiglu>(acc, p0, prev);
+      wgmma_wait<0>();
+      fence_acc(p1);
+      promote<kSwiglu>(acc, p1, s1);
+    } else {
+      wgmma_wait<0>();
+      fence_acc(p0);
+      promote<kSwiglu>(acc, p0, prev);
     }
   }
   cp_async_wait<0>();
@@ -180,42 +251,63 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_
   }
 }
 
-}  // namespace
+// One launch of a kernel shape (the sandbox bench/gpu/sandbox/moe_gemm_fp8.cu times the shapes production does not
+// pick through this too). kSetSmem: set the kernel's shared-memory opt-in first (production's shapes have it from
+// configure_grouped_gemm_fp8_kernels, once per device context).
+template <bool kSwiglu, int kWG, int kStages, int kLag, bool kSetSmem = false>
+void launch(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s) {
+  auto* kernel = grouped_gemm_fp8_kernel<kSwiglu, kWG, kStages, kLag>;
+  constexpr size_t kSmem = smem_bytes<kWG, kStages>();
+  if constexpr (kSetSmem) check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)), "grouped_gemm_fp8 smem");
+  const int cols = kSwiglu ? kBN / 2 : kBN;
+  const dim3 grid(unsigned((p.N + cols - 1) / cols), unsigned(tiles), unsigned(kGroupedRows / (64 * kWG)));
+  kernel<<<grid, 128 * kWG, kSmem, s>>>(p);
+}
 
-template <bool kSwiglu, int kWG>
+// Production's shapes, 128-row CTAs (two warpgroups, one CTA per SM) and 64-row CTAs (one warpgroup, two per SM).
+// kLag, stages: see the measurements in bench/gpu/sandbox/moe_gemm_fp8.cu.
+constexpr int kStages128 = 6, kLag128 = 1, kStages64 = 4, kLag64 = 1;
+static_assert(smem_bytes<2, kStages128>() <= 227 * 1024, "shared memory of one 128-row CTA");
+static_assert(2 * smem_bytes<1, kStages64>() <= 228 * 1024 - 2 * 1024, "shared memory of two 64-row CTAs");
+
+template <bool kSwiglu, int kWG, int kStages, int kLag>
 void configure_one() {
-  check(cudaFuncSetAttribute(grouped_gemm_fp8_kernel<kSwiglu, kWG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(smem_bytes<kWG>())),
+  check(cudaFuncSetAttribute(grouped_gemm_fp8_kernel<kSwiglu, kWG, kStages, kLag>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes<kWG, kStages>())),
         "grouped_gemm_fp8 smem");
 }
 
+bool args_ok(const GroupedGemmFp8Params& p) {
+  return grouped_gemm_fp8_shape_ok(p.N, p.K) && p.lda % 16 == 0 && p.wtab != nullptr &&
+         (p.swiglu ? p.ldh % 2 == 0 : p.ldy % 2 == 0) && (p.cta_rows == 64 || p.cta_rows == 128);
+}
+
+}  // namespace
+
 void configure_grouped_gemm_fp8_kernels() {
-  configure_one<true, 1>();
-  configure_one<true, 2>();
-  configure_one<false, 1>();
-  configure_one<false, 2>();
+  configure_one<true, 1, kStages64, kLag64>();
+  configure_one<true, 2, kStages128, kLag128>();
+  configure_one<false, 1, kStages64, kLag64>();
+  configure_one<false, 2, kStages128, kLag128>();
 }
 
 bool grouped_gemm_fp8_shape_ok(int64_t N, int64_t K) { return N > 0 && K > 0 && K % 16 == 0 && N % 8 == 0; }
 
 void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s) {
   if (tiles <= 0 || p.N <= 0) return;
-  if (!grouped_gemm_fp8_shape_ok(p.N, p.K) || p.lda % 16 != 0 || p.wtab == nullptr ||
-      (p.swiglu ? p.ldh % 2 != 0 : p.ldy % 2 != 0) || (p.cta_rows != 64 && p.cta_rows != 128))
+  if (!args_ok(p))
     check(cudaErrorInvalidValue,
           "grouped_gemm_fp8: K and lda must be multiples of 16, N of 8, a weight table set, cta_rows 64 or 128");
-  const int cols = p.swiglu ? kBN / 2 : kBN;
-  const dim3 grid(unsigned((p.N + cols - 1) / cols), unsigned(tiles), unsigned(kGroupedRows / p.cta_rows));
   if (p.cta_rows == 64) {
     if (p.swiglu)
-      grouped_gemm_fp8_kernel<true, 1><<<grid, 128, smem_bytes<1>(), s>>>(p);
+      launch<true, 1, kStages64, kLag64>(p, tiles, s);
     else
-      grouped_gemm_fp8_kernel<false, 1><<<grid, 128, smem_bytes<1>(), s>>>(p);
+      launch<false, 1, kStages64, kLag64>(p, tiles, s);
   } else {
     if (p.swiglu)
-      grouped_gemm_fp8_kernel<true, 2><<<grid, 256, smem_bytes<2>(), s>>>(p);
+      launch<true, 2, kStages128, kLag128>(p, tiles, s);
     else
-      grouped_gemm_fp8_kernel<false, 2><<<grid, 256, smem_bytes<2>(), s>>>(p);
+      launch<false, 2, kStages128, kLag128>(p, tiles, s);
   }
   check_launch("grouped_gemm_fp8");
 }
