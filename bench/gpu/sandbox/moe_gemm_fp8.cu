@@ -3,10 +3,12 @@
 //
 // The kernel template is compiled here from the production source (#include of the .cu; its public launchers
 // renamed below so they do not collide with the copy in moe_backend_cuda), so every variant is production's code
-// with other template arguments: rows per CTA (128: two warpgroups, one CTA per SM; 64: one warpgroup, two CTAs
-// per SM), ring depth, and kLag: 0 waits for each 128-deep K block's wgmma and then promotes it (the tensor cores
-// idle meanwhile; production before this sandbox, at 4 stages), 1 promotes block g - 1 from a second part buffer
-// while block g's wgmma run. The two launches of a layer (moe_experts_fp8's order):
+// with other template arguments: the warp-specialised 128-row kernel (production's prefill path) at other ring
+// depths, and the kernel where every thread copies: rows per CTA (128: two warpgroups, one CTA per SM, production's
+// prefill path before the warp-specialised one; 64: one warpgroup, two CTAs per SM, production's decode path), ring
+// depth, and kLag: 0 waits for each 128-deep K block's wgmma and then promotes it (the tensor cores idle meanwhile;
+// production before this sandbox, at 4 stages), 1 promotes block g - 1 from a second part buffer while block g's
+// wgmma run. The two launches of a layer (moe_experts_fp8's order):
 //   swiglu  h [TK, I] = silu(x W_gate^T) * (x W_up^T), x the token's E4M3 row (a_rows = the assignment, a_div 6)
 //   plain   y [perm[i], D] = hq [i, I] W_down^T (the scatter back to assignment order)
 // on random E4M3 operands (every finite code, never NaN) with random positive 1x128 / 128x128 scales.
@@ -16,13 +18,21 @@
 // 128-deep block's FP8 products with ~14 bits, 4 x 2^-14 relative per block: test_cuda_moe_fp8's bound; measured
 // there 1.1e-4..1.7e-4). Timing: median of 20 after 3 warm-ups; FLOPs 2 TK N K (swiglu N = 2 I).
 //
-// Measured (H200, 2026-12-04 04:45 UTC, this file at its first commit; bench/RESULTS.md "grouped FP8 experts,
-// round 2"): lag 1 at 6 stages (production since) against lag 0 at 4 stages (production before), 128-row CTAs:
-// T 4096 swiglu 729 -> 678 us (389 -> 418 TFLOP/s), down 361 -> 317 us (393 -> 447); T 8192 1365 -> 1273 and
-// 668 -> 578 us. 6 stages without lag 722-723 / 362 us: the depth alone buys nothing. 7 stages with lag 1 680 /
-// 316 us (no better). 64-row CTAs (decode: T 256 and 64) lag 1 at 4 stages: 144 -> 137 us and 75 -> 71 us at T 256,
-// 118 -> 118 and 70 -> 66 us at T 64. ncu of the production swiglu at T 4096: SM throughput 41 %, L2 30 %,
-// DRAM 14 %, 2 warps per scheduler: neither the tensor cores nor the memory system is saturated.
+// Measured (H200, 2026-12-04; bench/RESULTS.md "grouped FP8 experts, round 2"), 128-row CTAs, T 4096:
+//   lag 0, 4 stages (production before)                      swiglu 729 us (389 TFLOP/s)   down 361 us (393)
+//   lag 1, 6 stages (production 04:45-05:00 UTC)                    678 us (418)                  317 us (447)
+//   warp-specialised, first version (the producer read its A rows from shared memory and recomputed every
+//     address per copy; the math warps built descriptors per block)  617 us (459)                 325 us (437)
+//   warp-specialised, 6 stages (production since: the producer keeps 16 source pointers / offsets in
+//     registers, descriptors and scale pointers precomputed)          461 us (615)                 246 us (576)
+//   same, 4 / 7 stages                                              461 / 466 us                  265 / 249 us
+// T 8192: 1365 / 668 us before, 850-860 / 445 us warp-specialised (659-667 / 637 TFLOP/s). 6 stages without the
+// lag gain nothing over 4 (722 / 362 us). ncu of the lag-1 kernel (04:50 UTC): SM throughput 41 %, L2 30 %, DRAM
+// 14 %, tensor pipe ~28 %; its SASS: 180 instructions a K block a warp (64 FFMA of the promotion, 8 LDGSTS, ~100 of
+// address and predicate arithmetic for the copies): two warps a scheduler issue ~360 slots per ~512-cycle block.
+// The lean warp-specialised math loop is 85 instructions a block (64 FFMA, 4 QGMMA).
+// 64-row CTAs (decode: T 256 and 64), lag 1 at 4 stages (production): 144 -> 137 us and 75 -> 71 us at T 256,
+// 118 -> 118 and 70 -> 66 us at T 64; the warp-specialised 128-row CTAs are slower there (151 / 80 us at T 256).
 //
 // Sizes: --tokens 4096,256,64 (routing uniform over the experts, seed 7).
 #define grouped_gemm_fp8 sbx_grouped_gemm_fp8
@@ -56,6 +66,8 @@ std::vector<Variant> variants() {
       {"128r 7st lag1", &launch<kSwiglu, 2, 7, 1, true>},
       {"64r 4st lag0 (before)", &launch<kSwiglu, 1, 4, 0, true>},
       {"64r 4st lag1", &launch<kSwiglu, 1, 4, 1, true>},
+      {"ws 128r 4st", &launch_ws<kSwiglu, 4, true>},
+      {"ws 128r 7st", &launch_ws<kSwiglu, 7, true>},
   };
 }
 

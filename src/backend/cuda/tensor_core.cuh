@@ -1,8 +1,8 @@
 #pragma once
-// PTX wrappers shared by the tensor-core kernels (MLA decode and prefill attention, the grouped expert GEMM):
-// cp.async copies from global to shared memory, bulk (TMA) copies and F32 reductions from shared to global memory, ldmatrix fragment loads and the m16n8k16 BF16 mma with F32
-// accumulators. The cp.async wrappers clobber "memory", so the compiler keeps shared-memory reads and writes
-// on their side of a commit or wait.
+// PTX wrappers shared by the tensor-core kernels (MLA decode and prefill attention, the grouped expert GEMMs):
+// cp.async copies from global to shared memory, bulk (TMA) copies and F32 reductions from shared to global memory,
+// mbarriers, ldmatrix fragment loads and the m16n8k16 BF16 mma with F32 accumulators. The cp.async wrappers
+// clobber "memory", so the compiler keeps shared-memory reads and writes on their side of a commit or wait.
 #include <cstdint>
 
 namespace moe::cuda {
@@ -47,6 +47,33 @@ __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.w
 // later bulk reduce-add will read-modify-write, so the L2 holds it by then instead of fetching it at the reduce.
 __device__ __forceinline__ void bulk_prefetch_l2(const void* g, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(g), "r"(bytes) : "memory");
+}
+
+// mbarriers in shared memory (32-bit shared addresses, 8-byte aligned): a phase completes when `count` arrivals
+// have been made; waiters name the phase by its parity (0 for the first, then alternating).
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+// One arrival once every cp.async this thread issued before it has landed (counted in the init's count: noinc).
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
+// Spins until the phase of the given parity has completed (acquire: the arrivals' writes are visible after it).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred P1;\n"
+      "LAB_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+      "@P1 bra DONE;\n"
+      "bra LAB_WAIT;\n"
+      "DONE:\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
 }
 
 // Four 8x8 BF16 tiles from shared memory (each lane gives one row address), plain or transposed.
