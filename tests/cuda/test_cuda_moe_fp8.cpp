@@ -284,6 +284,7 @@ TEST_F(CudaMoeFp8, UnevenTailsMatchFloat64) {
 TEST_F(CudaMoeFp8, RejectsUnsupportedShapes) {
   EXPECT_FALSE(cuda::grouped_gemm_fp8_shape_ok(256, 200));  // K not a multiple of 16
   EXPECT_FALSE(cuda::grouped_gemm_fp8_shape_ok(100, 256));  // N not a multiple of 8
+  EXPECT_FALSE(cuda::grouped_gemm_fp8_shape_ok(131072, 16384));  // one expert's matrix of 2 GiB
   EXPECT_TRUE(cuda::grouped_gemm_fp8_shape_ok(1408, 2048));
   cuda::GroupedGemmFp8Params p;
   p.N = 256;

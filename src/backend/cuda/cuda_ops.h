@@ -281,7 +281,7 @@ void grouped_gemm(const GroupedGemmParams& p, int32_t tiles, cudaStream_t s);
 // [ceil(N/128), ceil(K/128)] F32 block scales (row-major) at wtab[e * wstride + sslot[j]].
 //   swiglu: j = 0 gate, 1 up; h[i, n] = silu(g) * u (F32, ldh-strided, sorted rows), n < N (the inner width).
 //   plain:  y[y_rows ? y_rows[i] : i, n] = acc (F32, ldy-strided).
-// K must be a multiple of 16, N of 8, lda of 16.
+// K must be a multiple of 16, N of 8, lda of 16, N x K below 2^31.
 struct GroupedGemmFp8Params {
   const int32_t* items = nullptr;
   int32_t M = 0;

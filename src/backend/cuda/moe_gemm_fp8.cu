@@ -427,13 +427,17 @@ void configure_grouped_gemm_fp8_kernels() {
   set_smem(reinterpret_cast<const void*>(grouped_gemm_fp8_ws_kernel<false, kStagesWs>), ws_smem_bytes<kStagesWs>());
 }
 
-bool grouped_gemm_fp8_shape_ok(int64_t N, int64_t K) { return N > 0 && K > 0 && K % 16 == 0 && N % 8 == 0; }
+// The warp-specialised kernel's producer keeps weight-row offsets as 32-bit: one expert's matrix below 2 GiB.
+bool grouped_gemm_fp8_shape_ok(int64_t N, int64_t K) {
+  return N > 0 && K > 0 && K % 16 == 0 && N % 8 == 0 && N * K < (int64_t(1) << 31);
+}
 
 void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s) {
   if (tiles <= 0 || p.N <= 0) return;
   if (!args_ok(p))
     check(cudaErrorInvalidValue,
-          "grouped_gemm_fp8: K and lda must be multiples of 16, N of 8, a weight table set, cta_rows 64 or 128");
+          "grouped_gemm_fp8: K and lda must be multiples of 16, N of 8, N x K below 2^31, a weight table set, "
+          "cta_rows 64 or 128");
   if (p.cta_rows == 64) {
     if (p.swiglu)
       launch<true, 1, kStages64, kLag64>(p, tiles, s);
