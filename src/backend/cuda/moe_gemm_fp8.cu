@@ -24,7 +24,8 @@
 // Promotion with lag 1 (promote_lag1): block g's wgmma are issued into one part buffer, wgmma.wait_group 1 retires
 // block g - 1, and its promotion runs from the other buffer while block g's wgmma do. Block 0 comes before the
 // loop and each trip takes a pair of blocks, so every wgmma's buffer is fixed at compile time (otherwise ptxas
-// serialises them, C7514). Any variant adds the same products to acc in the same block order: bit-identical.
+// serialises them, C7514). The kernel before waited for each block's wgmma and then promoted it (the sandbox's header
+// has its figures). Any variant adds the same products to acc in the same block order: bit-identical.
 //
 // Two kernels (bench/gpu/sandbox/moe_gemm_fp8.cu measures them and the variants production does not pick):
 //   128-row CTAs (prefill; grouped_gemm_fp8_ws_kernel): warp-specialised, 384 threads. Warpgroup 0 is the
@@ -37,9 +38,9 @@
 //     producer to the math warpgroups.
 //   64-row CTAs (decode batches; grouped_gemm_fp8_kernel with kWG = 1, two CTAs per SM, an item split over
 //     grid.z = 2 CTAs of which the second exits when the item has <= 64 rows): every thread copies (4 A and 8 B
-//     chunks a block) into a ring of kStages, kAhead = kStages - 1 - kLag blocks ahead; per block: wait for its
-//     copies, fence.proxy.async, __syncthreads, issue block g + kAhead's copies into the stage block
-//     g - 1 - kLag used (retired before the barrier), then the block's wgmma.
+//     chunks a block) into a ring of kStages, kAhead = kStages - 2 blocks ahead (one more stage is held by the wgmma
+//     in flight); per block: wait for its copies, fence.proxy.async, __syncthreads, issue block g + kAhead's
+//     copies into the stage block g - 2 used (retired before the barrier), then the block's wgmma.
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/tensor_core.cuh"
 #include "backend/cuda/wgmma.cuh"
@@ -166,10 +167,10 @@ constexpr size_t smem_bytes() {
   return size_t(kStages) * size_t(64 * kWG + kBN) * kBK + 1024;  // + alignment to 1024
 }
 
-template <bool kSwiglu, int kWG, int kStages, int kLag>
+template <bool kSwiglu, int kWG, int kStages>
 __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_kernel(const GroupedGemmFp8Params p) {
-  constexpr int kAhead = kStages - 1 - kLag;  // K blocks of copies in flight
-  static_assert((kLag == 0 || kLag == 1) && kAhead >= 1, "one K block of copies in flight at least");
+  constexpr int kAhead = kStages - 2;  // K blocks of copies in flight (one more stage: the wgmma in flight)
+  static_assert(kAhead >= 1, "one K block of copies in flight at least");
   constexpr int kBM = 64 * kWG, kRS = 16 * kWG;  // rows per CTA; row stride of one thread's copies
   constexpr int kABytes = kBM * kBK, kStageBytes = kABytes + kBN * kBK;
   extern __shared__ uint8_t smem_raw[];
@@ -190,8 +191,6 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_
   const void* const* wt = p.wtab + int64_t(it.e) * p.wstride;
   const uint8_t* w0 = static_cast<const uint8_t*>(wt[p.wslot[0]]);
   const uint8_t* w1 = kSwiglu ? static_cast<const uint8_t*>(wt[p.wslot[1]]) : w0;
-  const float* ws0 = static_cast<const float*>(wt[p.sslot[0]]) + int64_t(nb) * nkb;
-  const float* ws1 = kSwiglu ? static_cast<const float*>(wt[p.sslot[1]]) + int64_t(nb) * nkb : ws0;
 
   auto load = [&](int g, int stage) {
     const int col = g * kBK + chunk * 16;
@@ -215,6 +214,8 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_
 
   const int wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int mrow = wg * 64 + warp * 16 + lane / 4, cq = 2 * (lane % 4);
+  const float* ws0 = static_cast<const float*>(wt[p.sslot[0]]) + int64_t(nb) * nkb;
+  const float* ws1 = kSwiglu ? static_cast<const float*>(wt[p.sslot[1]]) + int64_t(nb) * nkb : ws0;
   int64_t srow[2];  // activation-scale rows of this thread's two tile rows (-1: none)
 #pragma unroll
   for (int q = 0; q < 2; ++q) srow[q] = mrow + 8 * q < count ? a_row(p, begin + mrow + 8 * q) : -1;
@@ -243,29 +244,15 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_
     wgmma_commit();
   };
 
-  float acc[64], p0[64];
+  float acc[64], p0[64], p1[64];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) acc[i] = p0[i] = 0.0f;
+  for (int i = 0; i < 64; ++i) acc[i] = p0[i] = p1[i] = 0.0f;
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) {
     if (s < nkb) load(s, s);
     cp_async_commit();
   }
-  if constexpr (kLag == 0) {  // (the sandbox's "before")
-    for (int g = 0; g < nkb; ++g) {
-      head(g);
-      const BlockScales s = scales(g);
-      issue(g, p0);
-      wgmma_wait<0>();
-      fence_acc(p0);
-      promote<kSwiglu>(acc, p0, s);
-    }
-  } else {
-    float p1[64];
-#pragma unroll
-    for (int i = 0; i < 64; ++i) p1[i] = 0.0f;
-    promote_lag1<kSwiglu>(nkb, acc, p0, p1, head, scales, issue, [](int) {});
-  }
+  promote_lag1<kSwiglu>(nkb, acc, p0, p1, head, scales, issue, [](int) {});
   cp_async_wait<0>();
   store_tile<kSwiglu>(p, acc, begin, count, mrow, n0, cq);
 }
@@ -381,15 +368,18 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_fp8_ws_kernel(const Group
   store_tile<kSwiglu>(p, acc, begin, count, mrow, n0, cq);
 }
 
+void set_smem(const void* kernel, size_t bytes) {
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "grouped_gemm_fp8 smem");
+}
+
 // One launch of a kernel shape (the sandbox times the shapes production does not pick through these too).
 // kSetSmem: set the kernel's shared-memory opt-in first (production's shapes have it from
 // configure_grouped_gemm_fp8_kernels, once per device context).
-template <bool kSwiglu, int kWG, int kStages, int kLag, bool kSetSmem = false>
+template <bool kSwiglu, int kWG, int kStages, bool kSetSmem = false>
 void launch(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s) {
-  auto* kernel = grouped_gemm_fp8_kernel<kSwiglu, kWG, kStages, kLag>;
+  auto* kernel = grouped_gemm_fp8_kernel<kSwiglu, kWG, kStages>;
   constexpr size_t kSmem = smem_bytes<kWG, kStages>();
-  if constexpr (kSetSmem)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)), "grouped_gemm_fp8 smem");
+  if constexpr (kSetSmem) set_smem(reinterpret_cast<const void*>(kernel), kSmem);
   const int cols = kSwiglu ? kBN / 2 : kBN;
   const dim3 grid(unsigned((p.N + cols - 1) / cols), unsigned(tiles), unsigned(kGroupedRows / (64 * kWG)));
   kernel<<<grid, 128 * kWG, kSmem, s>>>(p);
@@ -398,20 +388,15 @@ template <bool kSwiglu, int kStages, bool kSetSmem = false>
 void launch_ws(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t s) {
   auto* kernel = grouped_gemm_fp8_ws_kernel<kSwiglu, kStages>;
   constexpr size_t kSmem = ws_smem_bytes<kStages>();
-  if constexpr (kSetSmem)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)), "grouped_gemm_fp8 smem");
+  if constexpr (kSetSmem) set_smem(reinterpret_cast<const void*>(kernel), kSmem);
   const int cols = kSwiglu ? kBN / 2 : kBN;
   kernel<<<dim3(unsigned((p.N + cols - 1) / cols), unsigned(tiles), 1), 384, kSmem, s>>>(p);
 }
 
-// Production's shapes: 128-row CTAs warp-specialised with 6 stages, 64-row CTAs (two per SM) with 4 stages and lag 1.
-constexpr int kStagesWs = 6, kStages64 = 4, kLag64 = 1;
+// Production's shapes: 128-row CTAs warp-specialised with 6 stages, 64-row CTAs (two per SM) with 4 stages.
+constexpr int kStagesWs = 6, kStages64 = 4;
 static_assert(ws_smem_bytes<kStagesWs>() <= 227 * 1024, "shared memory of one 128-row CTA");
 static_assert(2 * smem_bytes<1, kStages64>() <= 228 * 1024 - 2 * 1024, "shared memory of two 64-row CTAs");
-
-void set_smem(const void* kernel, size_t bytes) {
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "grouped_gemm_fp8 smem");
-}
 
 bool args_ok(const GroupedGemmFp8Params& p) {
   return grouped_gemm_fp8_shape_ok(p.N, p.K) && p.lda % 16 == 0 && p.wtab != nullptr &&
@@ -421,8 +406,8 @@ bool args_ok(const GroupedGemmFp8Params& p) {
 }  // namespace
 
 void configure_grouped_gemm_fp8_kernels() {
-  set_smem(reinterpret_cast<const void*>(grouped_gemm_fp8_kernel<true, 1, kStages64, kLag64>), smem_bytes<1, kStages64>());
-  set_smem(reinterpret_cast<const void*>(grouped_gemm_fp8_kernel<false, 1, kStages64, kLag64>), smem_bytes<1, kStages64>());
+  set_smem(reinterpret_cast<const void*>(grouped_gemm_fp8_kernel<true, 1, kStages64>), smem_bytes<1, kStages64>());
+  set_smem(reinterpret_cast<const void*>(grouped_gemm_fp8_kernel<false, 1, kStages64>), smem_bytes<1, kStages64>());
   set_smem(reinterpret_cast<const void*>(grouped_gemm_fp8_ws_kernel<true, kStagesWs>), ws_smem_bytes<kStagesWs>());
   set_smem(reinterpret_cast<const void*>(grouped_gemm_fp8_ws_kernel<false, kStagesWs>), ws_smem_bytes<kStagesWs>());
 }
@@ -440,9 +425,9 @@ void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t
           "cta_rows 64 or 128");
   if (p.cta_rows == 64) {
     if (p.swiglu)
-      launch<true, 1, kStages64, kLag64>(p, tiles, s);
+      launch<true, 1, kStages64>(p, tiles, s);
     else
-      launch<false, 1, kStages64, kLag64>(p, tiles, s);
+      launch<false, 1, kStages64>(p, tiles, s);
   } else {
     if (p.swiglu)
       launch_ws<true, kStagesWs>(p, tiles, s);
