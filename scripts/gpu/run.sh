@@ -128,6 +128,33 @@ profile() {  # name config dtype prompt_tokens
   python3 bench/gpu/ncu_summary.py "$OUT/ncu.csv" --forward 1 --forward -1 | tee "$OUT/ncu-summary-$1.txt"
   rm -f "$OUT/ncu.csv"
 }
+# Kernel times of one 4096-token prefill of the Moonlight shape on weights made in memory (no checkpoint on
+# disk), FP8 W8A8 and BF16, caches as found (issue 14's FP8-vs-BF16 prefill ratio, op by op).
+profile_random() {  # name dtype prefill-mode
+  env_deps
+  ncu --csv --metrics gpu__time_duration.sum --clock-control none --cache-control none --log-file "$OUT/ncu-$1.csv" \
+    "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights \
+    --random-dtype "$2" --cuda-prefill "$3" --prompt-tokens 4096 --batch 1 --context 512 --steps 1 >"$OUT/ncu-app-$1.log" 2>&1
+  echo "ncu exit $?"; grep -E "^prefill" "$OUT/ncu-app-$1.log"
+  python3 bench/gpu/ncu_summary.py "$OUT/ncu-$1.csv" --forward 1 | tee "$OUT/ncu-summary-$1.txt"
+  rm -f "$OUT/ncu-$1.csv"
+}
+# Issue 14's prefill after a change to its kernels: the prefill and FP8 fixture tests, then one 4096-token prefill
+# and batch-1 decode of the Moonlight shape on weights made in memory, FP8 W8A8 and BF16, alternating twice.
+stage_prefill-check() {
+  env_deps
+  timeout ${TEST_TIMEOUT:-240} "$BUILD/tests/cuda/test_cuda" --gtest_filter='CudaPrefill.*:CudaModel.*:CudaGraph.*Fp8*:CudaMla*' \
+    >"$OUT/test_cuda_prefill.log" 2>&1
+  echo "test_cuda exit $?"
+  grep -E "^\[ +(OK|FAILED|PASSED) |^\[=+\]|Failure|rel L2 vs CPU" "$OUT/test_cuda_prefill.log" | tail -60
+  for rep in ${PREFILL_REPS:-1 2}; do for dt in fp8 bf16; do
+    timeout 150 "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights \
+      --random-dtype $dt --cuda-prefill $dt --prompt-tokens 4096 --batch 1 --context 512 --steps ${DECODE_STEPS:-24} 2>&1 |
+      grep -E "^(device|ceilings|prefill|decode)" | sed "s/^/[$dt $rep] /" | tee -a "$OUT/prefill-check.log"
+  done; done
+}
+stage_profile-prefill-fp8() { profile_random prefill-fp8 fp8 fp8; }
+stage_profile-prefill-bf16() { profile_random prefill-bf16 bf16 bf16; }
 stage_profile-moonlight() { profile moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 1024; }
 # Decode only (a 16-token prefill): quicker under ncu.
 stage_profile-decode() { profile moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 16; }

@@ -157,7 +157,18 @@ void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const Tenso
   const int64_t T = x.rows(), K = x.row_size();
   const bool one_launch = T > 0 && !wa.is_int4() && !use_gemm(T, wa) && !use_gemm(T, wb) && wa.w.dtype == wb.w.dtype &&
                           wa.block_n == wb.block_n && wa.block_k == wb.block_k && x.dtype == DType::F32;
-  if (!one_launch) return Backend::matmul_pair(x, wa, out_a, wb, out_b);
+  if (!one_launch) {
+    // Both on the FP8 GEMM (Prefill::Fp8): x quantised once.
+    if (T > 0 && use_gemm(T, wa) && use_gemm(T, wb) && fp8_gemm_ok(wa) && fp8_gemm_ok(wb) &&
+        wa.pow2_scales == wb.pow2_scales && x.dtype == DType::F32 && wa.cols() == K && wb.cols() == K &&
+        out_a.rows() == T && out_a.row_size() == wa.rows() && out_b.rows() == T && out_b.row_size() == wb.rows()) {
+      const Fp8Activations xq = quantize_activations(x.as<const float>(), K, T, K, wa.pow2_scales);
+      gemm_fp8(xq, wa, out_a.as<float>());
+      gemm_fp8(xq, wb, out_b.as<float>());
+      return;
+    }
+    return Backend::matmul_pair(x, wa, out_a, wb, out_b);
+  }
   MOE_CHECK(wa.cols() == K && wb.cols() == K, "matmul_pair: x has {} columns but the weights have {} and {}",
             K, wa.cols(), wb.cols());
   MOE_CHECK(out_a.rows() == T && out_a.row_size() == wa.rows() && out_b.rows() == T &&

@@ -209,6 +209,16 @@ class CudaBackend final : public Backend {
   // 128-deep block. Over random-sign terms the output error is ~2^-4/sqrt(3) * ||x .* w||_2 (rms ~2-3 % of
   // the output per matmul; measured in tests/cuda/test_cuda_fp8.cpp), against ~2^-9 for Prefill::Bf16.
   void gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* out, int64_t T);
+  // The two halves of gemm_fp8, for products that share their input (matmul_pair, the dense SwiGLU's gate and
+  // up): x quantised once (E4M3 [T4, K] with T4 = T rounded up to 4, padding rows zero, and the [K/128, T4]
+  // scales), then any number of GEMMs against weights with the same scale kind.
+  struct Fp8Activations {
+    Tensor q, s;
+    int64_t T = 0, T4 = 0, K = 0;
+    bool pow2_scales = false;
+  };
+  Fp8Activations quantize_activations(const float* x, int64_t ldx, int64_t T, int64_t K, bool pow2_scales);
+  void gemm_fp8(const Fp8Activations& x, const Weight& w, float* out);
   // The weight's 128x128 scale grid with its leading dimension a multiple of 4 (a padded scratch copy in
   // `tmp` when the checkpoint's grid is narrower).
   const float* fp8_weight_scales(const float* s, int64_t N, int64_t K, Tensor& tmp);

@@ -108,28 +108,40 @@ const float* CudaBackend::fp8_weight_scales(const float* s, int64_t N, int64_t K
   return tmp.as<const float>();
 }
 
-void CudaBackend::gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* out, int64_t T) {
-  // cuBLASLt takes row counts that are multiples of 4: T4 rows, the padding rows of x zero, the output through
-  // a [T4, N] scratch when T is not a multiple of 4.
-  const int64_t N = w.rows(), K = w.cols(), T4 = (T + 3) / 4 * 4;
-  Tensor xq = scratch(DType::U8, {T4, K}), xs = scratch(DType::F32, {K / 128, T4}), wst, otmp;
-  if (T4 != T) {
-    check(cudaMemsetAsync(xq.as<uint8_t>() + T * K, 0, size_t((T4 - T) * K), stream_), "memset (FP8 padding rows)");
-    otmp = scratch(DType::F32, {T4, N});
-  }
+CudaBackend::Fp8Activations CudaBackend::quantize_activations(const float* x, int64_t ldx, int64_t T, int64_t K,
+                                                              bool pow2_scales) {
+  // cuBLASLt takes row counts that are multiples of 4: T4 rows, the padding rows of x zero.
+  Fp8Activations a;
+  a.T = T;
+  a.T4 = (T + 3) / 4 * 4;
+  a.K = K;
+  a.pow2_scales = pow2_scales;
+  a.q = scratch(DType::U8, {a.T4, K});
+  a.s = scratch(DType::F32, {K / 128, a.T4});
+  if (a.T4 != T)
+    check(cudaMemsetAsync(a.q.as<uint8_t>() + T * K, 0, size_t((a.T4 - T) * K), stream_), "memset (FP8 padding rows)");
   cuda::Fp8QuantParams q;
   q.x = x;
   q.ldx = ldx;
   q.M = T;
   q.K = K;
-  q.q = xq.as<uint8_t>();
+  q.q = a.q.as<uint8_t>();
   q.ldq = K;
-  q.scales = xs.as<float>();
-  q.pow2_scales = w.pow2_scales;  // ue8m0 models: activation scales rounded up to powers of two too
+  q.scales = a.s.as<float>();
+  q.pow2_scales = pow2_scales;  // ue8m0 models: activation scales rounded up to powers of two too
   cuda::quantize_fp8(q, stream_);
+  return a;
+}
+
+void CudaBackend::gemm_fp8(const Fp8Activations& x, const Weight& w, float* out) {
+  const int64_t N = w.rows(), K = w.cols(), T = x.T, T4 = x.T4;
+  MOE_CHECK(x.K == K && x.pow2_scales == w.pow2_scales, "gemm_fp8: activations of {} columns for a weight of {}",
+            x.K, K);
+  Tensor wst, otmp;
+  if (T4 != T) otmp = scratch(DType::F32, {T4, N});  // the output through [T4, N] when T is not a multiple of 4
   cuda::Fp8GemmArgs a;
-  a.x = xq.as<const uint8_t>();
-  a.xs = xs.as<const float>();
+  a.x = x.q.as<const uint8_t>();
+  a.xs = x.s.as<const float>();
   a.w = static_cast<const uint8_t*>(w.w.data);
   a.ws = fp8_weight_scales(w.scale_inv.as<const float>(), N, K, wst);
   a.out = T4 == T ? out : otmp.as<float>();
@@ -140,6 +152,10 @@ void CudaBackend::gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* 
   fp8_gemm().run(a);
   if (T4 != T)
     check(cudaMemcpyAsync(out, otmp.data(), size_t(T * N) * 4, cudaMemcpyDeviceToDevice, stream_), "FP8 GEMM rows");
+}
+
+void CudaBackend::gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* out, int64_t T) {
+  gemm_fp8(quantize_activations(x, ldx, T, w.cols(), w.pow2_scales), w, out);
 }
 
 void CudaBackend::gemm(const float* x, const Weight& w, float* out, int64_t T) {
@@ -178,11 +194,36 @@ bool CudaBackend::swiglu_gemm_ok(int64_t T, const MlpWeights& mlp) const {
 
 void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const TensorView& out) {
   const int64_t T = x.rows(), D = x.row_size(), I = mlp.gate.rows();
-  // FP8 x FP8 (Prefill::Fp8): three block-scaled GEMMs with F32 outputs and silu_mul between them.
   const bool fp8 = fp8_gemm_ok(mlp.gate) && fp8_gemm_ok(mlp.up) && fp8_gemm_ok(mlp.down);
   const bool fused = !fp8 && mlp.up.w.dtype == mlp.gate.w.dtype && mlp.up.rows() == I &&
                      mlp.up.cols() == D && D % 8 == 0 && I % 8 == 0;
-  if (!fused) {  // FP8, or shapes the grouped kernel does not take: F32 gate and up products, silu_mul, down
+  if (fp8 && mlp.gate.pow2_scales == mlp.up.pow2_scales && mlp.up.rows() == I && mlp.up.cols() == D &&
+      cuda::grouped_gemm_fp8_shape_ok(I, D)) {
+    // FP8 W8A8: x quantised once, gate + up in one launch of the grouped FP8 GEMM as a single expert with the
+    // SwiGLU in its epilogue (h F32, no gate / up products in memory), then down on the FP8 GEMM.
+    const Fp8Activations xq = quantize_activations(x.as<const float>(), D, T, D, mlp.gate.pow2_scales);
+    Tensor h = scratch(DType::F32, {T, I});
+    cuda::GroupedGemmFp8Params p;
+    p.M = int32_t(T);
+    p.K = int32_t(D);
+    p.N = int32_t(I);
+    p.a = xq.q.as<const uint8_t>();
+    p.lda = D;
+    p.as = xq.s.as<const float>();
+    p.ld_as = xq.T4;
+    p.wdirect[0] = mlp.gate.w.data;
+    p.wdirect[1] = mlp.up.w.data;
+    p.wdirect[2] = mlp.gate.scale_inv.data;
+    p.wdirect[3] = mlp.up.scale_inv.data;
+    p.swiglu = true;
+    p.h = h.as<float>();
+    p.ldh = I;
+    p.cta_rows = T <= 64 ? 64 : 128;
+    cuda::grouped_gemm_fp8(p, int32_t((T + cuda::kGroupedRows - 1) / cuda::kGroupedRows), stream_);
+    gemm(h.as<const float>(), mlp.down, out.as<float>(), T);
+    return;
+  }
+  if (!fused) {  // shapes the grouped kernels do not take: F32 gate and up products, silu_mul, down
     Tensor h = scratch(DType::F32, {T, I}), u = scratch(DType::F32, {T, I});
     gemm(x.as<const float>(), mlp.gate, h.as<float>(), T);
     gemm(x.as<const float>(), mlp.up, u.as<float>(), T);

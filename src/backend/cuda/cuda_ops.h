@@ -296,6 +296,9 @@ struct GroupedGemmFp8Params {
   int32_t wstride = 6;
   int32_t wslot[2] = {0, 1};
   int32_t sslot[2] = {3, 4};
+  // Without a table (wtab null): one expert's weights given directly (a dense layer: items null, M rows):
+  // weights for slots 0 and 1 (1: SwiGLU's up), then their 128x128 block scales.
+  const void* wdirect[4] = {nullptr, nullptr, nullptr, nullptr};
   bool swiglu = false;
   float* h = nullptr;
   int64_t ldh = 0;

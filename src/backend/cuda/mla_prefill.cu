@@ -8,29 +8,71 @@
 // context row once (2 * r * (dn + dv) per head), so from a few hundred tokens on the expanded form does ~3x
 // less tensor-core work, and needs neither the query absorption nor the W_UV product.
 //
-// Kernel (FlashAttention-2 scheme, mma.sync m16n8k16 BF16 -> F32):
+// Kernel (FlashAttention-2's schedule on Hopper's warpgroup MMA, wgmma BF16 -> F32; wgmma.cuh):
 //   grid (head, tile): a tile is up to 128 query tokens of one sequence (host-sorted, heaviest first). Block =
-//   8 warps, warp w owns query rows 16w .. 16w+15. The tile's queries (F32 -> BF16) go through shared memory
-//   into registers once (A fragments, dqk/16 k-steps). Keys are visited in blocks of 64 context rows, loaded
-//   with cp.async into a two-stage ring (K block [64][dqk]: k_nope columns from the expanded rows, rope columns
-//   from the gathered latent rows; V block [64][dv]); block j+1 loads while block j computes. Per block:
-//     S[16, 64] = Q K^T (ldmatrix + mma), scaled by scale*log2(e); keys past a row's position -> -inf (only in
-//     blocks that reach past the warp's smallest position; a warp skips blocks wholly past its largest one);
-//     online softmax per row in F32: m = running max, alpha = 2^(m_old - m_new), P = 2^(S - m) rounded to BF16
-//     (the running sum l adds the rounded values, so numerator and denominator agree), O = alpha O + P V with
-//     P taken straight from the S accumulators as A fragments and V through ldmatrix.trans.
-//   Finally O / l is written as F32. Shared rows are padded by 16 bytes (ldmatrix without bank conflicts).
+//   2 warpgroups, warpgroup w owns query rows 64w .. 64w+63. Shared memory, every block [rows][64 BF16] in the
+//   128-byte swizzle of wgmma.cuh: the tile's queries (F32 -> BF16 once) as ceil(dqk/64) blocks of 128 rows, and
+//   a ring of 4 stages of 64 context rows each (a key block): ceil(dqk/64) K blocks (k_nope columns from the
+//   expanded rows, rope columns from the gathered latent rows) and dv/64 V blocks, copied with cp.async one key
+//   block ahead (thread t: row t/4, every 4th 16-byte chunk; rows past the tile's keys zero-filled).
+//   Per key block j, per warpgroup (scores double-buffered in registers, s0 / s1):
+//     1. one barrier: block j+1 landed everywhere, and both warpgroups retired block j-2's P V, so block j+2's
+//        copies take its stage (the ring holds j-1 .. j+2);
+//     2. S(j+1) = Q K^T issued: dqk/16 wgmma m64n64k16 (A = Q, B = K, both K-major) into the other buffer;
+//     3. softmax of S(j) while S(j+1) and P V of block j-1 run on the tensor cores: keys past a row's position
+//        -> -inf (only in blocks that reach past the warp's smallest position), row max of the raw scores,
+//        m = running max in the log2 domain, alpha = 2^(m_old - m_new), P = 2^(S scale log2e - m) rounded to
+//        BF16 (the running sum l adds the rounded values, so numerator and denominator agree);
+//     4. wait for both, O = alpha O, then O += P V: 4 wgmma m64n{dv}k16 (64 keys) with A = P from registers (the S
+//        accumulators' layout is the register A fragment's, taken pairwise) and B = V MN-major (keys are its
+//        rows: the transpose bit); it runs on into the next block's softmax.
+//   (Waiting for P V alone while S(j+1) ran on would overlap more, but ptxas then serialises every wgmma of the
+//   loop, C7514.) Both warpgroups visit every key block up to the tile's last key (a wgmma cannot sit under a
+//   per-warpgroup condition without ptxas serialising them), so the first warpgroup of a tile on the diagonal
+//   scores one block that its causal mask empties. Finally O / l is written as F32.
+#include <type_traits>
+
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/tensor_core.cuh"
+#include "backend/cuda/wgmma.cuh"
 
 namespace moe::cuda {
 
 namespace {
 
-constexpr int kRows = kMlaPrefillRows, kKeys = 64, kWarps = kRows / 16, kThreads = kWarps * 32, kPad = 8;
+constexpr int kRows = kMlaPrefillRows, kKeys = 64, kThreads = 256, kStages = 4;
+constexpr uint32_t kBlk = 64 * 128;  // a swizzled [64 rows][64 BF16] block
+static_assert(kRows == 128 && kKeys == 64, "two warpgroups of 64 query rows over 64-key blocks");
 
+// Byte offset of 16-byte chunk c of row r in a swizzled block.
+__device__ __forceinline__ uint32_t swz(int r, int c) { return uint32_t(r * 128 + ((c ^ (r & 7)) << 4)); }
+// x through an empty asm: recomputed where used (keeps descriptors out of the loop preheader's registers).
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+__device__ __forceinline__ constexpr uint64_t desc_step(uint32_t bytes) { return uint64_t(bytes >> 4); }
+
+// Shared-memory plan of a head shape: Q blocks of 128 rows, then the ring's stages (K blocks, V blocks).
+template <int DN, int DR, int DV>
+struct PrefillLayout {
+  static constexpr int kQK = DN + DR, kQB = (kQK + 63) / 64, kVB = DV / 64;
+  static constexpr uint32_t kQBytes = uint32_t(kQB) * 2 * kBlk, kStageBytes = uint32_t(kQB + kVB) * kBlk;
+  static constexpr size_t kSmem = size_t(kQBytes) + size_t(kStages) * kStageBytes + 1024;  // + base alignment
+  static_assert(kQK % 32 == 0 && DV % 64 == 0 && DN % 8 == 0, "MLA prefill head shape");
+  static_assert(kSmem <= 227 * 1024, "shared memory of one CTA");
+};
+
+// (lo, hi) rounded to nearest-even BF16 in one register, lo in the low half (one cvt.rn.bf16x2).
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  return uint32_t(float_to_bf16_bits(lo)) | (uint32_t(float_to_bf16_bits(hi)) << 16);
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ float ex2(float x) {  // 2^x; ex2(-inf) = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __global__ void __launch_bounds__(256) gather_latent_kernel(const uint16_t* cache, const int32_t* block_table,
@@ -48,44 +90,50 @@ __global__ void __launch_bounds__(256) gather_latent_kernel(const uint16_t* cach
 // DN, DR, DV: nope, rope and value widths of a head.
 template <int DN, int DR, int DV>
 __global__ void __launch_bounds__(kThreads, 1) mla_prefill_kernel(const MlaPrefillParams p) {
-  constexpr int DQK = DN + DR, QP = DQK + kPad, VP = DV + kPad;
-  constexpr int KS = DQK / 16, NT = kKeys / 8, VT = DV / 8, PK = kKeys / 16;
-  static_assert(DQK % 16 == 0 && DV % 16 == 0 && DN % 8 == 0, "MLA prefill head shape");
-  extern __shared__ __align__(16) uint8_t smem_raw[];
-  uint16_t* qs = reinterpret_cast<uint16_t*>(smem_raw);  // [kRows][QP]
-  uint16_t* ks = qs + kRows * QP;                         // [2][kKeys][QP]
-  uint16_t* vs = ks + 2 * kKeys * QP;                     // [2][kKeys][VP]
+  using L = PrefillLayout<DN, DR, DV>;
+  constexpr int DQK = L::kQK, QB = L::kQB, KS = DQK / 16, NT = kKeys / 8, VT = DV / 8, PK = kKeys / 16;
+  constexpr int KC = DQK / 8, VC = DV / 8;  // 16-byte chunks of a key row and of a value row
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  uint8_t* const sgen = smem_raw + (base - smem_addr(smem_raw));  // generic pointer to `base`
+  const uint32_t ring = base + L::kQBytes;
 
   const int h = int(blockIdx.x), tile = int(blockIdx.y);
   const int ctx0 = p.tiles[4 * tile], qbeg = p.tiles[4 * tile + 1], qcount = p.tiles[4 * tile + 2],
             nkeys = p.tiles[4 * tile + 3];
-  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
+  const int tid = int(threadIdx.x), wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int64_t kv_row = int64_t(p.H) * (DN + DV);
-
-  // Copies of key block j (context rows ctx0 + 64 j ..) into stage st; rows past nkeys are zero.
-  auto load_kv = [&](int j, int st) {
-    uint16_t* kd = ks + st * kKeys * QP;
-    uint16_t* vd = vs + st * kKeys * VP;
-    for (int i = tid; i < kKeys * (DQK / 8); i += kThreads) {
-      const int row = i / (DQK / 8), col = (i % (DQK / 8)) * 8, key = j * kKeys + row;
-      const bool ok = key < nkeys;
-      const int64_t ctx = ctx0 + (ok ? key : 0);
-      const uint16_t* src = col < DN ? p.kv + ctx * kv_row + int64_t(h) * (DN + DV) + col
-                                     : p.lat + ctx * p.W + p.r + (col - DN);
-      cp_async16(kd + row * QP + col, src, ok);
-    }
-    for (int i = tid; i < kKeys * (DV / 8); i += kThreads) {
-      const int row = i / (DV / 8), col = (i % (DV / 8)) * 8, key = j * kKeys + row;
-      const bool ok = key < nkeys;
-      const int64_t ctx = ctx0 + (ok ? key : 0);
-      cp_async16(vd + row * VP + col, p.kv + ctx * kv_row + int64_t(h) * (DN + DV) + DN + col, ok);
-    }
-  };
   const int nblocks = (nkeys + kKeys - 1) / kKeys;
-  if (nblocks > 0) load_kv(0, 0);
-  cp_async_commit();
 
-  // Queries: F32 rows -> BF16 in shared memory, zero rows past the tile's count.
+  // Copies: thread t copies context row t / 4 of a key block, 16-byte chunks c = t % 4 + 4 i of its key row (KC
+  // chunks: k_nope from the expanded row, then rope from the latent row) and of its value row (VC chunks): chunk c
+  // lands in block c / 8 at chunk c % 8 of the swizzle, i.e. at one of two offsets (i even / odd) inside a block.
+  static_assert(DN % 32 == 0 && DQK % 32 == 0 && DV % 32 == 0, "whole chunk quads per source");
+  const int crow = tid / 4, cq4 = tid % 4;
+  const uint32_t cdst[2] = {swz(crow, cq4), swz(crow, cq4 + 4)};
+  // Key block j (context rows ctx0 + 64 j ..) into stage j % kStages; rows past the tile's keys zero-filled.
+  auto load_kv = [&](int j) {
+    if (j < nblocks) {
+      const uint32_t kd = ring + uint32_t(j % kStages) * L::kStageBytes, vd = kd + uint32_t(QB) * kBlk;
+      const int key = j * kKeys + crow;
+      const bool ok = key < nkeys;
+      const int64_t ctx = ctx0 + (ok ? key : 0);
+      const uint16_t* kvr = p.kv + ctx * kv_row + int64_t(h) * (DN + DV) + cq4 * 8;
+      const uint16_t* lr = p.lat + ctx * p.W + p.r + cq4 * 8;
+#pragma unroll
+      for (int i = 0; i < KC / 4; ++i) {
+        const uint16_t* src = i < DN / 32 ? kvr + 32 * i : lr + 32 * (i - DN / 32);
+        cp_async16(kd + uint32_t(i / 2) * kBlk + cdst[i % 2], src, ok);
+      }
+#pragma unroll
+      for (int i = 0; i < VC / 4; ++i) cp_async16(vd + uint32_t(i / 2) * kBlk + cdst[i % 2], kvr + DN + 32 * i, ok);
+    }
+    cp_async_commit();
+  };
+  load_kv(0);
+  load_kv(1);
+
+  // Queries: F32 rows -> BF16 into the Q blocks, zero rows past the tile's count.
   for (int i = tid; i < kRows * (DQK / 4); i += kThreads) {
     const int row = i / (DQK / 4), c = (i % (DQK / 4)) * 4;
     float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -96,109 +144,143 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_kernel(const MlaPrefi
     uint2 b;
     b.x = pack_bf16(v.x, v.y);
     b.y = pack_bf16(v.z, v.w);
-    *reinterpret_cast<uint2*>(qs + row * QP + c) = b;
+    *reinterpret_cast<uint2*>(sgen + uint32_t(c / 64) * 2 * kBlk + swz(row, (c % 64) / 8) + (c % 8) * 2) = b;
   }
-  // This thread's two rows (lane/4 and lane/4 + 8 of the warp's 16) and their positions; -1 past the count.
-  const int row0 = warp * 16 + lane / 4;
+  // This thread's two rows (tile rows r0 and r0 + 8) and their positions; -1 past the count.
+  const int row0 = wg * 64 + warp * 16 + lane / 4;
   int qpos[2];
 #pragma unroll
   for (int q = 0; q < 2; ++q) {
     const int row = row0 + 8 * q;
     qpos[q] = row < qcount ? p.positions[p.qlist[qbeg + row]] : -1;
   }
-  int wmax = max(qpos[0], qpos[1]), wmin = qpos[0] < 0 ? INT_MAX : min(qpos[0], qpos[1] < 0 ? INT_MAX : qpos[1]);
+  int wmin = qpos[0] < 0 ? INT_MAX : min(qpos[0], qpos[1] < 0 ? INT_MAX : qpos[1]);
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, o));
-    wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, o));
-  }
-  __syncthreads();
-  uint32_t qf[KS][4];
-#pragma unroll
-  for (int k = 0; k < KS; ++k) ldmatrix_x4(qf[k], qs + (warp * 16 + lane % 16) * QP + k * 16 + (lane / 16) * 8);
+  for (int o = 16; o > 0; o >>= 1) wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, o));
 
   const float sl = p.scale * 1.4426950408889634f;  // exp(x) = 2^(x log2 e)
-  float o[VT][4];
+  float o[DV / 2];  // O [64, DV] of the warpgroup: element 4 v + 2 q + c is row row0 + 8 q, column 8 v + 2 (lane%4) + c
 #pragma unroll
-  for (int v = 0; v < VT; ++v) o[v][0] = o[v][1] = o[v][2] = o[v][3] = 0.0f;
+  for (int i = 0; i < DV / 2; ++i) o[i] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-  for (int j = 0; j < nblocks; ++j) {
-    if (j + 1 < nblocks) load_kv(j + 1, (j + 1) % 2);
-    cp_async_commit();
-    cp_async_wait<1>();
+  // S of block j into sb (one commit group): A = this warpgroup's Q rows, B = the block's K rows.
+  auto issue_s = [&](int j, float (&sb)[NT * 4]) {
+    const uint32_t kd = ring + uint32_t(j % kStages) * L::kStageBytes;
+    const uint64_t dq = smem_desc(opaque(base + uint32_t(wg) * 64 * 128)), dk = smem_desc(opaque(kd));
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk)
+      wgmma_m64n64k16(sb, dq + desc_step(uint32_t(kk / 4) * 2 * kBlk + uint32_t(kk % 4) * 32),
+                      dk + desc_step(uint32_t(kk / 4) * kBlk + uint32_t(kk % 4) * 32), kk > 0);
+    wgmma_commit();
+  };
+  // Block i landed in every thread's view (its copies were committed a block earlier), and block i + 1's copies
+  // go into the stage of block i - 3, whose P V both warpgroups retired before this barrier (the ring's other
+  // stages: block i - 2, whose P V may still run, block i - 1, whose P V is next, and block i).
+  auto next_block = [&](int i) {
+    cp_async_wait<0>();
+    fence_proxy_async();  // this thread's copies (and query stores), visible to the tensor cores
     __syncthreads();
-    const int key0 = j * kKeys;
-    if (key0 <= wmax) {  // some row of this warp sees some key of the block
-      const uint16_t* kt = ks + (j % 2) * kKeys * QP;
-      const uint16_t* vt = vs + (j % 2) * kKeys * VP;
-      float s[NT][4];
-#pragma unroll
-      for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-      for (int k = 0; k < KS; ++k)
-#pragma unroll
-        for (int n = 0; n < NT; n += 2) {
-          uint32_t b[4];
-          ldmatrix_x4(b, kt + (n * 8 + lane % 8 + (lane / 16) * 8) * QP + k * 16 + ((lane / 8) % 2) * 8);
-          mma_bf16(s[n], qf[k], b[0], b[1]);
-          mma_bf16(s[n + 1], qf[k], b[2], b[3]);
-        }
-      const bool mask = key0 + kKeys - 1 > wmin;
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int key = key0 + n * 8 + 2 * (lane % 4) + (c & 1);
-          float x = s[n][c] * sl;
-          if (mask && key > qpos[c / 2]) x = -INFINITY;
-          s[n][c] = x;
-          mx[c / 2] = fmaxf(mx[c / 2], x);
-        }
-      float alpha[2], mu[2];
-#pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        mx[q] = fmaxf(mx[q], __shfl_xor_sync(0xffffffffu, mx[q], 1));
-        mx[q] = fmaxf(mx[q], __shfl_xor_sync(0xffffffffu, mx[q], 2));
-        const float mn = fmaxf(m[q], mx[q]);
-        mu[q] = mn == -INFINITY ? 0.0f : mn;  // a row with no key yet (or a padding row) stays at 0
-        alpha[q] = exp2f(m[q] - mu[q]);
-        m[q] = mn;
-        l[q] *= alpha[q];
-      }
-#pragma unroll
-      for (int v = 0; v < VT; ++v) {
-        o[v][0] *= alpha[0];
-        o[v][1] *= alpha[0];
-        o[v][2] *= alpha[1];
-        o[v][3] *= alpha[1];
-      }
-      // P = 2^(S - m) in BF16, summed as rounded; packed as the A fragments of P V (keys 16k .. 16k+15).
-      uint32_t pa[PK][4];
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        float pr[4];
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          pr[c] = bf16_bits_to_float(float_to_bf16_bits(exp2f(s[n][c] - mu[c / 2])));
-          l[c / 2] += pr[c];
-        }
-        pa[n / 2][(n % 2) * 2 + 0] = pack_bf16(pr[0], pr[1]);
-        pa[n / 2][(n % 2) * 2 + 1] = pack_bf16(pr[2], pr[3]);
-      }
-#pragma unroll
-      for (int k = 0; k < PK; ++k)
-#pragma unroll
-        for (int v = 0; v < VT; v += 2) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, vt + (k * 16 + lane % 8 + ((lane / 8) % 2) * 8) * VP + v * 8 + (lane / 16) * 8);
-          mma_bf16(o[v], pa[k], b[0], b[1]);
-          mma_bf16(o[v + 1], pa[k], b[2], b[3]);
-        }
+    load_kv(i + 1);
+  };
+  // Block j with its scores in sc (retired) while block j + 1's are computed into sn: softmax, then O += P V.
+  // kLast: no block j + 1 (no scores to start).
+  auto block = [&](int j, float (&sc)[NT * 4], float (&sn)[NT * 4], auto last) {
+    constexpr bool kLast = decltype(last)::value;
+    if constexpr (!kLast) {
+      next_block(j + 1);
+      issue_s(j + 1, sn);
     }
-    __syncthreads();  // the next iteration's copies overwrite the stage read here
+    // Row maxima of the raw scores (scale > 0), keys past a row's position -> -inf (only near the diagonal).
+    const int key0 = j * kKeys;
+    if (key0 + kKeys - 1 > wmin) {
+#pragma unroll
+      for (int i = 0; i < NT * 4; ++i)
+        if (key0 + (i / 4) * 8 + 2 * (lane % 4) + (i & 1) > qpos[(i % 4) / 2]) sc[i] = -INFINITY;
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < NT * 4; ++i) mx[(i % 4) / 2] = fmaxf(mx[(i % 4) / 2], sc[i]);
+    float alpha[2], mu[2];
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      mx[q] = fmaxf(mx[q], __shfl_xor_sync(0xffffffffu, mx[q], 1));
+      mx[q] = fmaxf(mx[q], __shfl_xor_sync(0xffffffffu, mx[q], 2));
+      const float mn = fmaxf(m[q], mx[q] * sl);  // running max, in the log2 domain
+      mu[q] = mn == -INFINITY ? 0.0f : mn;       // a row with no key yet (or a padding row) stays at 0
+      alpha[q] = ex2(m[q] - mu[q]);
+      m[q] = mn;
+      l[q] *= alpha[q];
+    }
+    // P = 2^(S scale log2e - m) rounded to BF16 (pairwise, in place as floats), summed as rounded.
+#pragma unroll
+    for (int i = 0; i < NT * 4; i += 2) {
+      const float mq = mu[(i % 4) / 2];
+      const uint32_t b = pack_bf16(ex2(fmaf(sc[i], sl, -mq)), ex2(fmaf(sc[i + 1], sl, -mq)));
+      sc[i] = __uint_as_float(b << 16);
+      sc[i + 1] = __uint_as_float(b & 0xffff0000u);
+      l[(i % 4) / 2] += sc[i] + sc[i + 1];
+    }
+    // Block j - 1's P V and block j + 1's scores retired (both ran during this softmax): P's registers and O are
+    // free. (A wait<1> that left the scores in flight makes ptxas serialise every wgmma of the loop, C7514.)
+    wgmma_wait<0>();
+    if constexpr (!kLast) fence_acc(sn);
+    // P as the register A fragments of P V (keys 16k .. 16k+15; exact: the values are BF16 already).
+    uint32_t pa[PK][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      pa[n / 2][(n % 2) * 2 + 0] = pack_bf16(sc[4 * n + 0], sc[4 * n + 1]);
+      pa[n / 2][(n % 2) * 2 + 1] = pack_bf16(sc[4 * n + 2], sc[4 * n + 3]);
+    }
+    fence_acc(o);
+#pragma unroll
+    for (int v = 0; v < VT; ++v) {
+      o[4 * v + 0] *= alpha[0];
+      o[4 * v + 1] *= alpha[0];
+      o[4 * v + 2] *= alpha[1];
+      o[4 * v + 3] *= alpha[1];
+    }
+    fence_acc(o);
+    wgmma_fence();
+    const uint32_t vd = ring + uint32_t(j % kStages) * L::kStageBytes + uint32_t(QB) * kBlk;
+#pragma unroll
+    for (int k = 0; k < PK; ++k) {
+      // V rows 16k .. 16k+15 (two 8-row groups, 2048 bytes), its dv/64 blocks kBlk apart.
+      const uint64_t dv = smem_desc(vd + uint32_t(k) * 2048, kBlk, 1024);
+      if constexpr (DV == 128)
+        wgmma_m64n128k16_rs<1>(o, pa[k], dv);
+      else
+        wgmma_m64n64k16_rs<1>(o, pa[k], dv);
+    }
+    wgmma_commit();  // runs on into the next block's softmax
+  };
+
+  float s0[NT * 4], s1[NT * 4];
+  if (nblocks > 0) {
+    cp_async_wait<1>();  // block 0 (block 1 may still be in flight)
+    fence_proxy_async();
+    __syncthreads();
+    issue_s(0, s0);
+    wgmma_wait<0>();
+    fence_acc(s0);
   }
+  using More = std::false_type;
+  using Last = std::true_type;
+  int j = 0;
+  for (; j + 2 < nblocks; j += 2) {
+    block(j, s0, s1, More{});
+    block(j + 1, s1, s0, More{});
+  }
+  if (j + 1 < nblocks) {
+    block(j, s0, s1, More{});
+    block(j + 1, s1, s0, Last{});
+  } else if (j < nblocks) {
+    block(j, s0, s1, Last{});
+  }
+  wgmma_wait<0>();
+  fence_acc(o);
+  cp_async_wait<0>();
 
   // Normalise and write: rows row0 and row0 + 8, columns 8 v + 2 (lane % 4) + {0, 1} of head h.
 #pragma unroll
@@ -212,25 +294,20 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_kernel(const MlaPrefi
     float* dst = p.out + int64_t(p.qlist[qbeg + row]) * p.H * DV + int64_t(h) * DV + 2 * (lane % 4);
 #pragma unroll
     for (int v = 0; v < VT; ++v)
-      *reinterpret_cast<float2*>(dst + v * 8) = make_float2(o[v][2 * q] * inv, o[v][2 * q + 1] * inv);
+      *reinterpret_cast<float2*>(dst + v * 8) = make_float2(o[4 * v + 2 * q] * inv, o[4 * v + 2 * q + 1] * inv);
   }
-}
-
-template <int DN, int DR, int DV>
-constexpr size_t prefill_smem() {
-  return size_t(kRows * (DN + DR + kPad) + 2 * kKeys * (DN + DR + kPad) + 2 * kKeys * (DV + kPad)) * 2;
 }
 
 template <int DN, int DR, int DV>
 void configure_prefill() {
   check(cudaFuncSetAttribute(mla_prefill_kernel<DN, DR, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(prefill_smem<DN, DR, DV>())),
+                             int(PrefillLayout<DN, DR, DV>::kSmem)),
         "mla_prefill smem");
 }
 
 template <int DN, int DR, int DV>
 void launch_prefill(const MlaPrefillParams& p, cudaStream_t s) {
-  constexpr size_t smem = prefill_smem<DN, DR, DV>();
+  constexpr size_t smem = PrefillLayout<DN, DR, DV>::kSmem;
   mla_prefill_kernel<DN, DR, DV><<<dim3(unsigned(p.H), unsigned(p.num_tiles)), kThreads, smem, s>>>(p);
   check_launch("mla_prefill_attention");
 }

@@ -125,6 +125,24 @@ __device__ __forceinline__ Item item_of(const GroupedGemmFp8Params& p) {
   return {0, begin, min(kGroupedRows, p.M - begin)};
 }
 
+// Expert e's two weight matrices (1: SwiGLU's up, else the same) and their block scales: from the table, or given
+// directly (no table: a dense layer).
+struct ExpertPtrs {
+  const uint8_t* w0;
+  const uint8_t* w1;
+  const float* s0;
+  const float* s1;
+};
+template <bool kSwiglu>
+__device__ __forceinline__ ExpertPtrs expert_ptrs(const GroupedGemmFp8Params& p, int32_t e) {
+  if (!p.wtab)
+    return {static_cast<const uint8_t*>(p.wdirect[0]), static_cast<const uint8_t*>(p.wdirect[kSwiglu ? 1 : 0]),
+            static_cast<const float*>(p.wdirect[2]), static_cast<const float*>(p.wdirect[kSwiglu ? 3 : 2])};
+  const void* const* wt = p.wtab + int64_t(e) * p.wstride;
+  return {static_cast<const uint8_t*>(wt[p.wslot[0]]), static_cast<const uint8_t*>(wt[p.wslot[kSwiglu ? 1 : 0]]),
+          static_cast<const float*>(wt[p.sslot[0]]), static_cast<const float*>(wt[p.sslot[kSwiglu ? 1 : 0]])};
+}
+
 // The activation row of sorted row `row` (< count) of the item.
 __device__ __forceinline__ int64_t a_row(const GroupedGemmFp8Params& p, int32_t row) {
   return p.a_rows ? int64_t(p.a_rows[row] / p.a_div) : int64_t(row);
@@ -188,9 +206,9 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_
   int64_t arow[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) arow[i] = r0 + kRS * i < count ? a_row(p, begin + r0 + kRS * i) : -1;
-  const void* const* wt = p.wtab + int64_t(it.e) * p.wstride;
-  const uint8_t* w0 = static_cast<const uint8_t*>(wt[p.wslot[0]]);
-  const uint8_t* w1 = kSwiglu ? static_cast<const uint8_t*>(wt[p.wslot[1]]) : w0;
+  const ExpertPtrs ep = expert_ptrs<kSwiglu>(p, it.e);
+  const uint8_t* w0 = ep.w0;
+  const uint8_t* w1 = ep.w1;
 
   auto load = [&](int g, int stage) {
     const int col = g * kBK + chunk * 16;
@@ -214,8 +232,8 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_
 
   const int wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int mrow = wg * 64 + warp * 16 + lane / 4, cq = 2 * (lane % 4);
-  const float* ws0 = static_cast<const float*>(wt[p.sslot[0]]) + int64_t(nb) * nkb;
-  const float* ws1 = kSwiglu ? static_cast<const float*>(wt[p.sslot[1]]) + int64_t(nb) * nkb : ws0;
+  const float* ws0 = ep.s0 + int64_t(nb) * nkb;
+  const float* ws1 = ep.s1 + int64_t(nb) * nkb;
   int64_t srow[2];  // activation-scale rows of this thread's two tile rows (-1: none)
 #pragma unroll
   for (int q = 0; q < 2; ++q) srow[q] = mrow + 8 * q < count ? a_row(p, begin + mrow + 8 * q) : -1;
@@ -287,12 +305,12 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_fp8_ws_kernel(const Group
   __syncthreads();
   const int n0 = int(blockIdx.x) * (kSwiglu ? kBN / 2 : kBN);
   const int nkb = (p.K + kBK - 1) / kBK, nb = n0 / 128;
-  const void* const* wt = p.wtab + int64_t(it.e) * p.wstride;
 
   if (wg == 0) {  // producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegs) : "memory");
-    const uint8_t* w0 = static_cast<const uint8_t*>(wt[p.wslot[0]]);
-    const uint8_t* w1 = kSwiglu ? static_cast<const uint8_t*>(wt[p.wslot[1]]) : w0;
+    const ExpertPtrs ep = expert_ptrs<kSwiglu>(p, it.e);
+    const uint8_t* w0 = ep.w0;
+    const uint8_t* w1 = ep.w1;
     const int chunk = tid % 8, r0 = tid / 8;
     // This thread's 8 A source rows at K block 0 (chunk `chunk`; null past the item) and its 8 B rows as byte
     // offsets into their weight matrix (-1 past N; one expert's matrix is < 2^31 bytes); each block adds 128 g.
@@ -334,8 +352,9 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_fp8_ws_kernel(const Group
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kMathRegs) : "memory");
   const int cw = wg - 1, warp = (tid % 128) / 32, lane = tid % 32;
   const int mrow = cw * 64 + warp * 16 + lane / 4, cq = 2 * (lane % 4);
-  const float* ws0 = static_cast<const float*>(wt[p.sslot[0]]) + int64_t(nb) * nkb;
-  const float* ws1 = kSwiglu ? static_cast<const float*>(wt[p.sslot[1]]) + int64_t(nb) * nkb : ws0;
+  const ExpertPtrs ep = expert_ptrs<kSwiglu>(p, it.e);
+  const float* ws0 = ep.s0 + int64_t(nb) * nkb;
+  const float* ws1 = ep.s1 + int64_t(nb) * nkb;
   const float* as0 = mrow < count ? p.as + a_row(p, begin + mrow) : nullptr;  // this thread's two rows' scales
   const float* as1 = mrow + 8 < count ? p.as + a_row(p, begin + mrow + 8) : nullptr;
   auto scales = [&](int g) {
@@ -399,7 +418,8 @@ static_assert(ws_smem_bytes<kStagesWs>() <= 227 * 1024, "shared memory of one 12
 static_assert(2 * smem_bytes<1, kStages64>() <= 228 * 1024 - 2 * 1024, "shared memory of two 64-row CTAs");
 
 bool args_ok(const GroupedGemmFp8Params& p) {
-  return grouped_gemm_fp8_shape_ok(p.N, p.K) && p.lda % 16 == 0 && p.wtab != nullptr &&
+  return grouped_gemm_fp8_shape_ok(p.N, p.K) && p.lda % 16 == 0 &&
+         (p.wtab != nullptr || (p.wdirect[0] && p.wdirect[2] && (!p.swiglu || (p.wdirect[1] && p.wdirect[3])))) &&
          (p.swiglu ? p.ldh % 2 == 0 : p.ldy % 2 == 0) && (p.cta_rows == 64 || p.cta_rows == 128);
 }
 
@@ -421,7 +441,8 @@ void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t
   if (tiles <= 0 || p.N <= 0) return;
   if (!args_ok(p))
     check(cudaErrorInvalidValue,
-          "grouped_gemm_fp8: K and lda must be multiples of 16, N of 8, N x K below 2^31, a weight table set, "
+          "grouped_gemm_fp8: K and lda must be multiples of 16, N of 8, N x K below 2^31, a weight table or the "
+          "weights set, "
           "cta_rows 64 or 128");
   if (p.cta_rows == 64) {
     if (p.swiglu)
