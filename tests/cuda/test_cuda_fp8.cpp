@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <limits>
 #include <random>
@@ -129,6 +130,43 @@ TEST_F(CudaFp8, QuantiserMatchesHostEncoder) {
     dq.put(std::vector<uint8_t>(dq.n, 0x7f));  // E4M3 NaN
     cuda::Fp8QuantParams p;
     p.x = dx.p;
+    p.ldx = K;
+    p.M = M;
+    p.K = K;
+    p.q = dq.p;
+    p.ldq = K;
+    p.scales = ds.p;
+    cuda::quantize_fp8(p, s_);
+    CK(cudaStreamSynchronize(s_));
+    int64_t bad = 0;
+    check_tiles(x, K, 0, M, 0, 0, dq.get(), ds.get(), &bad);
+    EXPECT_EQ(bad, 0) << "K=" << K;
+  }
+}
+
+// BF16 rows in (x_bf16: the SwiGLU output of the grouped FP8 experts): the tiles of the same values as F32, so
+// the host encoder on the BF16 values widened is the reference, code for code; K = 200 takes the scalar tail.
+TEST_F(CudaFp8, QuantiserReadsBf16Rows) {
+  for (int64_t K : {int64_t(1408), int64_t(200)}) {
+    const int64_t M = 45;
+    std::vector<float> x = random_rows(M, K);
+    std::vector<uint16_t> xb(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {  // round to nearest even, then the widened value is the reference
+      uint32_t u;
+      std::memcpy(&u, &x[i], 4);
+      u += 0x7fffu + ((u >> 16) & 1u);
+      xb[i] = uint16_t(u >> 16);
+      u = uint32_t(xb[i]) << 16;
+      std::memcpy(&x[i], &u, 4);
+    }
+    DevBuf<uint16_t> dx(xb.size());
+    DevBuf<float> ds(size_t((M + 3) / 4 * 4 * ((K + 127) / 128)));
+    DevBuf<uint8_t> dq(x.size());
+    dx.put(xb);
+    ds.put(std::vector<float>(ds.n, std::numeric_limits<float>::quiet_NaN()));
+    dq.put(std::vector<uint8_t>(dq.n, 0x7f));  // E4M3 NaN
+    cuda::Fp8QuantParams p;
+    p.x_bf16 = dx.p;
     p.ldx = K;
     p.M = M;
     p.K = K;

@@ -150,7 +150,8 @@ void CudaBackend::matmul(const TensorView& x, const Weight& w, const TensorView&
   gemm(x.as<const float>(), w, out.as<float>(), T);
 }
 
-// Both projections in one GEMV launch when both stream (few tokens) with the same dtype and blocks.
+// Both projections in one GEMV launch when both stream (few tokens) with the same dtype and blocks; on the GEMM
+// path their shared input converted once.
 void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const TensorView& out_a,
                               const Weight& wb, const TensorView& out_b) {
   const cuda::DeviceGuard guard(ctx_.device());
@@ -158,14 +159,26 @@ void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const Tenso
   const bool one_launch = T > 0 && !wa.is_int4() && !use_gemm(T, wa) && !use_gemm(T, wb) && wa.w.dtype == wb.w.dtype &&
                           wa.block_n == wb.block_n && wa.block_k == wb.block_k && x.dtype == DType::F32;
   if (!one_launch) {
-    // Both on the FP8 GEMM (Prefill::Fp8): x quantised once.
-    if (T > 0 && use_gemm(T, wa) && use_gemm(T, wb) && fp8_gemm_ok(wa) && fp8_gemm_ok(wb) &&
-        wa.pow2_scales == wb.pow2_scales && x.dtype == DType::F32 && wa.cols() == K && wb.cols() == K &&
-        out_a.rows() == T && out_a.row_size() == wa.rows() && out_b.rows() == T && out_b.row_size() == wb.rows()) {
-      const Fp8Activations xq = quantize_activations(x.as<const float>(), K, T, K, wa.pow2_scales);
-      gemm_fp8(xq, wa, out_a.as<float>());
-      gemm_fp8(xq, wb, out_b.as<float>());
-      return;
+    // Both on the tensor-core GEMM: x rounded to BF16 (bf16 / split) or quantised to E4M3 (fp8) once for both.
+    const bool shapes = x.dtype == DType::F32 && wa.cols() == K && wb.cols() == K && out_a.rows() == T &&
+                        out_a.row_size() == wa.rows() && out_b.rows() == T && out_b.row_size() == wb.rows();
+    if (T > 0 && shapes && use_gemm(T, wa) && use_gemm(T, wb)) {
+      if (fp8_gemm_ok(wa) && fp8_gemm_ok(wb) && wa.pow2_scales == wb.pow2_scales) {
+        const Fp8Activations xq = quantize_activations(x.as<const float>(), K, T, K, wa.pow2_scales);
+        gemm_fp8(xq, wa, out_a.as<float>());
+        gemm_fp8(xq, wb, out_b.as<float>());
+        return;
+      }
+      if (!fp8_gemm_ok(wa) && !fp8_gemm_ok(wb)) {
+        Tensor xb = scratch(DType::BF16, {T, K}), xl;
+        if (split()) xl = scratch(DType::BF16, {T, K});
+        cuda::f32_to_bf16(x.as<const float>(), xb.as<uint16_t>(), T * K, stream_,
+                          split() ? xl.as<uint16_t>() : nullptr);
+        const uint16_t* lo = split() ? xl.as<const uint16_t>() : nullptr;
+        gemm_rounded(xb.as<const uint16_t>(), lo, wa, out_a.as<float>(), T);
+        gemm_rounded(xb.as<const uint16_t>(), lo, wb, out_b.as<float>(), T);
+        return;
+      }
     }
     return Backend::matmul_pair(x, wa, out_a, wb, out_b);
   }

@@ -217,7 +217,9 @@ class CudaBackend final : public Backend {
     int64_t T = 0, T4 = 0, K = 0;
     bool pow2_scales = false;
   };
-  Fp8Activations quantize_activations(const float* x, int64_t ldx, int64_t T, int64_t K, bool pow2_scales);
+  // x_bf16: the rows in BF16 instead of x.
+  Fp8Activations quantize_activations(const float* x, int64_t ldx, int64_t T, int64_t K, bool pow2_scales,
+                                      const uint16_t* x_bf16 = nullptr);
   void gemm_fp8(const Fp8Activations& x, const Weight& w, float* out);
   // The weight's 128x128 scale grid with its leading dimension a multiple of 4 (a padded scratch copy in
   // `tmp` when the checkpoint's grid is narrower).

@@ -34,8 +34,10 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   q.pow2_scales = prep.pow2_scales;
   cuda::quantize_fp8(q, stream_);
 
-  // gate + up with SwiGLU: h[i] = silu(x[perm[i] / K] Wg^T) * (x[perm[i] / K] Wu^T), F32, sorted rows.
-  Tensor h = scratch(DType::F32, {TK, I});
+  // gate + up with SwiGLU: h[i] = silu(x[perm[i] / K] Wg^T) * (x[perm[i] / K] Wu^T), sorted rows; BF16 with the
+  // 128-row CTAs (half the bytes through memory; E4M3's 3-bit mantissa comes after the rounding), else F32.
+  const bool hb = cta_rows == 128;
+  Tensor h = scratch(hb ? DType::BF16 : DType::F32, {TK, I});
   cuda::GroupedGemmFp8Params up;
   up.items = items.as<const int32_t>();
   up.K = int32_t(D);
@@ -52,14 +54,18 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   up.sslot[0] = 3;
   up.sslot[1] = 4;
   up.swiglu = true;
-  up.h = h.as<float>();
+  if (hb)
+    up.h_bf16 = h.as<uint16_t>();
+  else
+    up.h = h.as<float>();
   up.ldh = I;
   up.cta_rows = cta_rows;
   cuda::grouped_gemm_fp8(up, int32_t(n_items), stream_);
 
   // h quantised per 1x128 tile (sorted rows), then down: y[perm[i]] = h[i] Wd^T in assignment order.
   Tensor hq = scratch(DType::U8, {TK, I}), hs = scratch(DType::F32, {kbI * ldTK});
-  q.x = h.as<const float>();
+  q.x = hb ? nullptr : h.as<const float>();
+  q.x_bf16 = hb ? h.as<const uint16_t>() : nullptr;
   q.ldx = I;
   q.M = TK;
   q.K = I;

@@ -109,7 +109,7 @@ const float* CudaBackend::fp8_weight_scales(const float* s, int64_t N, int64_t K
 }
 
 CudaBackend::Fp8Activations CudaBackend::quantize_activations(const float* x, int64_t ldx, int64_t T, int64_t K,
-                                                              bool pow2_scales) {
+                                                              bool pow2_scales, const uint16_t* x_bf16) {
   // cuBLASLt takes row counts that are multiples of 4: T4 rows, the padding rows of x zero.
   Fp8Activations a;
   a.T = T;
@@ -121,7 +121,8 @@ CudaBackend::Fp8Activations CudaBackend::quantize_activations(const float* x, in
   if (a.T4 != T)
     check(cudaMemsetAsync(a.q.as<uint8_t>() + T * K, 0, size_t((a.T4 - T) * K), stream_), "memset (FP8 padding rows)");
   cuda::Fp8QuantParams q;
-  q.x = x;
+  q.x = x_bf16 ? nullptr : x;
+  q.x_bf16 = x_bf16;
   q.ldx = ldx;
   q.M = T;
   q.K = K;
@@ -200,9 +201,12 @@ void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const 
   if (fp8 && mlp.gate.pow2_scales == mlp.up.pow2_scales && mlp.up.rows() == I && mlp.up.cols() == D &&
       cuda::grouped_gemm_fp8_shape_ok(I, D)) {
     // FP8 W8A8: x quantised once, gate + up in one launch of the grouped FP8 GEMM as a single expert with the
-    // SwiGLU in its epilogue (h F32, no gate / up products in memory), then down on the FP8 GEMM.
+    // SwiGLU in its epilogue (h BF16 with the 128-row CTAs, else F32; no gate / up products in memory), then
+    // down on the FP8 GEMM.
     const Fp8Activations xq = quantize_activations(x.as<const float>(), D, T, D, mlp.gate.pow2_scales);
-    Tensor h = scratch(DType::F32, {T, I});
+    const int32_t cta_rows = T <= 64 ? 64 : 128;
+    const bool hb = cta_rows == 128 && fp8_gemm_ok(mlp.down) && mlp.down.cols() == I;
+    Tensor h = scratch(hb ? DType::BF16 : DType::F32, {T, I});
     cuda::GroupedGemmFp8Params p;
     p.M = int32_t(T);
     p.K = int32_t(D);
@@ -216,11 +220,18 @@ void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const 
     p.wdirect[2] = mlp.gate.scale_inv.data;
     p.wdirect[3] = mlp.up.scale_inv.data;
     p.swiglu = true;
-    p.h = h.as<float>();
+    if (hb)
+      p.h_bf16 = h.as<uint16_t>();
+    else
+      p.h = h.as<float>();
     p.ldh = I;
-    p.cta_rows = T <= 64 ? 64 : 128;
+    p.cta_rows = cta_rows;
     cuda::grouped_gemm_fp8(p, int32_t((T + cuda::kGroupedRows - 1) / cuda::kGroupedRows), stream_);
-    gemm(h.as<const float>(), mlp.down, out.as<float>(), T);
+    if (hb)
+      gemm_fp8(quantize_activations(nullptr, I, T, I, mlp.down.pow2_scales, h.as<const uint16_t>()), mlp.down,
+               out.as<float>());
+    else
+      gemm(h.as<const float>(), mlp.down, out.as<float>(), T);
     return;
   }
   if (!fused) {  // shapes the grouped kernels do not take: F32 gate and up products, silu_mul, down

@@ -63,6 +63,7 @@ void weight_to_bf16(const WeightRef& w, uint16_t* out, cudaStream_t s, uint16_t*
 constexpr float kE4M3MaxDevice = 448.0f;
 struct Fp8QuantParams {
   const float* x = nullptr;
+  const uint16_t* x_bf16 = nullptr;  // instead of x: BF16 rows (ldx apart, as x)
   int64_t ldx = 0;
   const int32_t* rows = nullptr;
   int32_t row_div = 1;
@@ -301,6 +302,7 @@ struct GroupedGemmFp8Params {
   const void* wdirect[4] = {nullptr, nullptr, nullptr, nullptr};
   bool swiglu = false;
   float* h = nullptr;
+  uint16_t* h_bf16 = nullptr;  // instead of h (cta_rows 128): h rounded to BF16 (half the bytes to write and read)
   int64_t ldh = 0;
   float* y = nullptr;
   const int32_t* y_rows = nullptr;

@@ -9,8 +9,8 @@
 // acc in F32 registers, so the tensor cores' limited FP8 accumulator width only ever spans one block).
 // Epilogues:
 //   swiglu: weight rows 0..63 of the tile are gate rows n0 .. n0+63 and rows 64..127 the same up rows (n0 a
-//     multiple of 64, so both lie in one 128-row scale block): h = silu(g) * u, F32 [rows, N], sorted order
-//     (quantised afterwards per 1x128 tile for the down projection).
+//     multiple of 64, so both lie in one 128-row scale block): h = silu(g) * u, F32 or rounded to BF16 [rows, N],
+//     sorted order (quantised afterwards per 1x128 tile for the down projection: a tile spans two CTAs).
 //   plain: F32 rows written to y[y_rows[i]] (the down projection scattered back to assignment order) or y[i].
 //
 // A math warpgroup owns 64 tile rows and all 128 columns (wgmma m64n128k32: 64 F32 registers for acc and 64 for
@@ -151,7 +151,8 @@ __device__ __forceinline__ int64_t a_row(const GroupedGemmFp8Params& p, int32_t 
 // Accumulator layout (per warp of a warpgroup, as for mma m16n8): acc[4j + 2q + c] is the warpgroup's row
 // 16 warp + lane / 4 + 8 q, column 8 j + 2 (lane % 4) + c. mrow: the thread's first tile row (q = 0), relative
 // to `begin`; rows at or past count are not written.
-template <bool kSwiglu>
+// kBf16H: h may be BF16 (h_bf16; the 128-row kernel only: the 64-row one has no registers to spare for it).
+template <bool kSwiglu, bool kBf16H>
 __device__ __forceinline__ void store_tile(const GroupedGemmFp8Params& p, const float (&acc)[64], int32_t begin,
                                            int32_t count, int mrow, int n0, int cq) {
 #pragma unroll
@@ -159,14 +160,18 @@ __device__ __forceinline__ void store_tile(const GroupedGemmFp8Params& p, const 
     const int m = mrow + 8 * q;
     if (m >= count) continue;
     if constexpr (kSwiglu) {
-      float* hrow = p.h + int64_t(begin + m) * p.ldh;
+      const int64_t hrow = int64_t(begin + m) * p.ldh;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const int col = n0 + 8 * j + cq;
         if (col >= p.N) continue;
         const float h0 = silu(acc[4 * j + 2 * q]) * acc[4 * (j + 8) + 2 * q];
         const float h1 = silu(acc[4 * j + 2 * q + 1]) * acc[4 * (j + 8) + 2 * q + 1];
-        *reinterpret_cast<float2*>(hrow + col) = make_float2(h0, h1);
+        if (kBf16H && p.h_bf16)
+          *reinterpret_cast<uint32_t*>(p.h_bf16 + hrow + col) =
+              uint32_t(float_to_bf16_bits(h0)) | (uint32_t(float_to_bf16_bits(h1)) << 16);
+        else
+          *reinterpret_cast<float2*>(p.h + hrow + col) = make_float2(h0, h1);
       }
     } else {
       float* yrow = p.y + int64_t(p.y_rows ? p.y_rows[begin + m] : begin + m) * p.ldy;
@@ -272,7 +277,7 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1) grouped_gemm_fp8_
   }
   promote_lag1<kSwiglu>(nkb, acc, p0, p1, head, scales, issue, [](int) {});
   cp_async_wait<0>();
-  store_tile<kSwiglu>(p, acc, begin, count, mrow, n0, cq);
+  store_tile<kSwiglu, false>(p, acc, begin, count, mrow, n0, cq);
 }
 
 // ---- warp-specialised (128-row CTAs in production) -------------------------------------------------------------
@@ -384,7 +389,7 @@ __global__ void __launch_bounds__(384, 1) grouped_gemm_fp8_ws_kernel(const Group
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = p0[i] = p1[i] = 0.0f;
   promote_lag1<kSwiglu>(nkb, acc, p0, p1, ready, scales, issue, retire);
-  store_tile<kSwiglu>(p, acc, begin, count, mrow, n0, cq);
+  store_tile<kSwiglu, true>(p, acc, begin, count, mrow, n0, cq);
 }
 
 void set_smem(const void* kernel, size_t bytes) {
@@ -420,7 +425,8 @@ static_assert(2 * smem_bytes<1, kStages64>() <= 228 * 1024 - 2 * 1024, "shared m
 bool args_ok(const GroupedGemmFp8Params& p) {
   return grouped_gemm_fp8_shape_ok(p.N, p.K) && p.lda % 16 == 0 &&
          (p.wtab != nullptr || (p.wdirect[0] && p.wdirect[2] && (!p.swiglu || (p.wdirect[1] && p.wdirect[3])))) &&
-         (p.swiglu ? p.ldh % 2 == 0 : p.ldy % 2 == 0) && (p.cta_rows == 64 || p.cta_rows == 128);
+         (p.swiglu ? p.ldh % 2 == 0 && (p.h_bf16 ? p.h == nullptr && p.cta_rows == 128 : p.h != nullptr)
+                   : p.ldy % 2 == 0) && (p.cta_rows == 64 || p.cta_rows == 128);
 }
 
 }  // namespace
@@ -442,7 +448,7 @@ void grouped_gemm_fp8(const GroupedGemmFp8Params& p, int32_t tiles, cudaStream_t
   if (!args_ok(p))
     check(cudaErrorInvalidValue,
           "grouped_gemm_fp8: K and lda must be multiples of 16, N of 8, N x K below 2^31, a weight table or the "
-          "weights set, "
+          "weights set, one h (BF16 h with 128-row CTAs only), "
           "cta_rows 64 or 128");
   if (p.cta_rows == 64) {
     if (p.swiglu)
