@@ -79,6 +79,34 @@ class CudaFp8 : public ::testing::Test {
     }
     return x;
   }
+  // Dense rows [M, K] (F32, or BF16 when xb is given) through the quantiser; q and the scales ([K/128, M4]) back,
+  // both poisoned (NaN) before the kernel writes them.
+  void quantise_rows(const std::vector<float>& x, const std::vector<uint16_t>* xb, int64_t M, int64_t K, bool pow2,
+                     std::vector<uint8_t>& q, std::vector<float>& sc) {
+    DevBuf<float> dx(xb ? 0 : x.size()), ds(size_t((M + 3) / 4 * 4 * ((K + 127) / 128)));
+    DevBuf<uint16_t> dxb(xb ? xb->size() : 0);
+    DevBuf<uint8_t> dq(size_t(M * K));
+    if (xb)
+      dxb.put(*xb);
+    else
+      dx.put(x);
+    ds.put(std::vector<float>(ds.n, std::numeric_limits<float>::quiet_NaN()));
+    dq.put(std::vector<uint8_t>(dq.n, 0x7f));  // E4M3 NaN
+    cuda::Fp8QuantParams p;
+    p.x = xb ? nullptr : dx.p;
+    p.x_bf16 = xb ? dxb.p : nullptr;
+    p.ldx = K;
+    p.M = M;
+    p.K = K;
+    p.q = dq.p;
+    p.ldq = K;
+    p.scales = ds.p;
+    p.pow2_scales = pow2;
+    cuda::quantize_fp8(p, s_);
+    ASSERT_EQ(cudaStreamSynchronize(s_), cudaSuccess);
+    q = dq.get();
+    sc = ds.get();
+  }
   std::mt19937_64 rng_;
   cudaStream_t s_ = nullptr;
 };
@@ -123,23 +151,11 @@ TEST_F(CudaFp8, QuantiserMatchesHostEncoder) {
     const int64_t M = 77;
     std::vector<float> x = random_rows(M, K);
     for (int64_t k = 0; k < std::min<int64_t>(K, 128); ++k) x[size_t(5 * K + k)] = 0.0f;  // one all-zero tile
-    DevBuf<float> dx(x.size()), ds(size_t((M + 3) / 4 * 4 * ((K + 127) / 128)));
-    DevBuf<uint8_t> dq(x.size());
-    dx.put(x);
-    ds.put(std::vector<float>(ds.n, std::numeric_limits<float>::quiet_NaN()));
-    dq.put(std::vector<uint8_t>(dq.n, 0x7f));  // E4M3 NaN
-    cuda::Fp8QuantParams p;
-    p.x = dx.p;
-    p.ldx = K;
-    p.M = M;
-    p.K = K;
-    p.q = dq.p;
-    p.ldq = K;
-    p.scales = ds.p;
-    cuda::quantize_fp8(p, s_);
-    CK(cudaStreamSynchronize(s_));
+    std::vector<uint8_t> q;
+    std::vector<float> sc;
+    quantise_rows(x, nullptr, M, K, false, q, sc);
     int64_t bad = 0;
-    check_tiles(x, K, 0, M, 0, 0, dq.get(), ds.get(), &bad);
+    check_tiles(x, K, 0, M, 0, 0, q, sc, &bad);
     EXPECT_EQ(bad, 0) << "K=" << K;
   }
 }
@@ -159,24 +175,11 @@ TEST_F(CudaFp8, QuantiserReadsBf16Rows) {
       u = uint32_t(xb[i]) << 16;
       std::memcpy(&x[i], &u, 4);
     }
-    DevBuf<uint16_t> dx(xb.size());
-    DevBuf<float> ds(size_t((M + 3) / 4 * 4 * ((K + 127) / 128)));
-    DevBuf<uint8_t> dq(x.size());
-    dx.put(xb);
-    ds.put(std::vector<float>(ds.n, std::numeric_limits<float>::quiet_NaN()));
-    dq.put(std::vector<uint8_t>(dq.n, 0x7f));  // E4M3 NaN
-    cuda::Fp8QuantParams p;
-    p.x_bf16 = dx.p;
-    p.ldx = K;
-    p.M = M;
-    p.K = K;
-    p.q = dq.p;
-    p.ldq = K;
-    p.scales = ds.p;
-    cuda::quantize_fp8(p, s_);
-    CK(cudaStreamSynchronize(s_));
+    std::vector<uint8_t> q;
+    std::vector<float> sc;
+    quantise_rows(x, &xb, M, K, false, q, sc);
     int64_t bad = 0;
-    check_tiles(x, K, 0, M, 0, 0, dq.get(), ds.get(), &bad);
+    check_tiles(x, K, 0, M, 0, 0, q, sc, &bad);
     EXPECT_EQ(bad, 0) << "K=" << K;
   }
 }
@@ -185,23 +188,11 @@ TEST_F(CudaFp8, QuantiserReadsBf16Rows) {
 TEST_F(CudaFp8, QuantiserPowerOfTwoScales) {
   const int64_t M = 53, K = 640;
   const std::vector<float> x = random_rows(M, K);
-  DevBuf<float> dx(x.size()), ds(size_t((M + 3) / 4 * 4 * (K / 128)));
-  DevBuf<uint8_t> dq(x.size());
-  dx.put(x);
-  cuda::Fp8QuantParams p;
-  p.x = dx.p;
-  p.ldx = K;
-  p.M = M;
-  p.K = K;
-  p.q = dq.p;
-  p.ldq = K;
-  p.scales = ds.p;
-  p.pow2_scales = true;
-  cuda::quantize_fp8(p, s_);
-  CK(cudaStreamSynchronize(s_));
-  const std::vector<float> sc = ds.get();
+  std::vector<uint8_t> q;
+  std::vector<float> sc;
+  quantise_rows(x, nullptr, M, K, true, q, sc);
   int64_t bad = 0;
-  check_tiles(x, K, 0, M, 0, 0, dq.get(), sc, &bad, true);
+  check_tiles(x, K, 0, M, 0, 0, q, sc, &bad, true);
   EXPECT_EQ(bad, 0);
   for (int64_t i = 0; i < M * (K / 128); ++i) {
     int e2 = 0;
