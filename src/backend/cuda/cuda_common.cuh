@@ -10,6 +10,11 @@
 
 namespace moe::cuda {
 
+__device__ __forceinline__ float ex2(float x) {  // 2^x (ex2.approx.ftz: 2 ulp); ex2(-inf) = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 __device__ __forceinline__ float bf16_bits_to_float(uint32_t b) { return __uint_as_float(b << 16); }
 // The length of a V3.2 index row's valid prefix: ascending cache positions, then -1 padding (binary search).
 __device__ __forceinline__ int valid_prefix(const int32_t* sel, int K) {

@@ -42,11 +42,6 @@ namespace {
 constexpr int kWarps = 8, kThreads = 32 * kWarps, kTile = kMlaTile, kKq = 4;
 static_assert(kTile == 32 && kTile % kWarps == 0, "a tile has one cache row per lane (the page lookup)");
 
-__device__ __forceinline__ float ex2(float x) {  // 2^x; ex2(-inf) = 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 __device__ __forceinline__ uint32_t pack_bf16(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
 
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;

@@ -44,22 +44,6 @@ constexpr size_t kSmem = size_t(kOffSum) + 2 * 64 * 4 + 1024;  // + alignment of
 static_assert(kSmem <= 227 * 1024, "shared memory of one CTA");
 static_assert(kHeads == 64 && kPos == 64 && kThreads == 256, "two warpgroups over a 64 x 64 tile");
 
-// Byte offset of 16-byte chunk c of row r in a swizzled block.
-__device__ __forceinline__ uint32_t swz(int r, int c) { return uint32_t(r * 128 + ((c ^ (r & 7)) << 4)); }
-
-__device__ __forceinline__ float ex2(float x) {  // 2^x; ex2(-inf) = 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-// x through an empty asm: a value the compiler must recompute where used (keeps descriptors out of the loop
-// preheader); desc_step(bytes): a descriptor's start-address field advanced by `bytes` (16-byte units, no carry
-// out of the 14-bit field for offsets inside the CTA's shared memory).
-__device__ __forceinline__ uint32_t opaque(uint32_t x) {
-  asm volatile("" : "+r"(x));
-  return x;
-}
-__device__ __forceinline__ constexpr uint64_t desc_step(uint32_t bytes) { return uint64_t(bytes >> 4); }
 __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
   asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }

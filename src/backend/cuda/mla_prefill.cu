@@ -44,14 +44,6 @@ constexpr int kRows = kMlaPrefillRows, kKeys = 64, kThreads = 256, kStages = 4;
 constexpr uint32_t kBlk = 64 * 128;  // a swizzled [64 rows][64 BF16] block
 static_assert(kRows == 128 && kKeys == 64, "two warpgroups of 64 query rows over 64-key blocks");
 
-// Byte offset of 16-byte chunk c of row r in a swizzled block.
-__device__ __forceinline__ uint32_t swz(int r, int c) { return uint32_t(r * 128 + ((c ^ (r & 7)) << 4)); }
-// x through an empty asm: recomputed where used (keeps descriptors out of the loop preheader's registers).
-__device__ __forceinline__ uint32_t opaque(uint32_t x) {
-  asm volatile("" : "+r"(x));
-  return x;
-}
-__device__ __forceinline__ constexpr uint64_t desc_step(uint32_t bytes) { return uint64_t(bytes >> 4); }
 
 // Shared-memory plan of a head shape: Q blocks of 128 rows, then the ring's stages (K blocks, V blocks).
 template <int DN, int DR, int DV>
@@ -68,11 +60,6 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   uint32_t r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
-}
-__device__ __forceinline__ float ex2(float x) {  // 2^x; ex2(-inf) = 0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
 }
 
 __global__ void __launch_bounds__(256) gather_latent_kernel(const uint16_t* cache, const int32_t* block_table,

@@ -36,6 +36,17 @@ __device__ __forceinline__ void fence_acc(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+// Byte offset of 16-byte chunk c of row r in a swizzled block.
+__device__ __forceinline__ uint32_t swz(int r, int c) { return uint32_t(r * 128 + ((c ^ (r & 7)) << 4)); }
+// x through an empty asm: a value the compiler must recompute where used (keeps descriptors out of a loop
+// preheader's registers); desc_step(bytes): a descriptor's start-address field advanced by `bytes` (16-byte
+// units, no carry out of the 14-bit field for offsets inside the CTA's shared memory).
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+__device__ __forceinline__ constexpr uint64_t desc_step(uint32_t bytes) { return uint64_t(bytes >> 4); }
+
 // Descriptor of a 128-byte-swizzled block at shared address addr (see the layout above).
 __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo_bytes, uint32_t sbo_bytes) {
   uint64_t d = uint64_t((addr & 0x3FFFF) >> 4);

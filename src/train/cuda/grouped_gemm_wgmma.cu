@@ -87,8 +87,7 @@ struct Params {
   float beta;
 };
 
-// Byte offset of 16-byte chunk c of row r in a swizzled run of 128-byte rows.
-__device__ __forceinline__ uint32_t swz(int r, int c) { return uint32_t(r * 128 + ((c ^ (r & 7)) << 4)); }
+using hw::swz;  // byte offset of 16-byte chunk c of row r in a swizzled run of 128-byte rows
 
 template <int kBN, int kTransB, int kTransA, int kAcc>
 __device__ __forceinline__ void mma(float (&acc)[kAcc], uint64_t a, uint64_t b) {
