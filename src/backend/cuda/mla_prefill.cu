@@ -44,7 +44,6 @@ constexpr int kRows = kMlaPrefillRows, kKeys = 64, kThreads = 256, kStages = 4;
 constexpr uint32_t kBlk = 64 * 128;  // a swizzled [64 rows][64 BF16] block
 static_assert(kRows == 128 && kKeys == 64, "two warpgroups of 64 query rows over 64-key blocks");
 
-
 // Shared-memory plan of a head shape: Q blocks of 128 rows, then the ring's stages (K blocks, V blocks).
 template <int DN, int DR, int DV>
 struct PrefillLayout {
@@ -133,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_kernel(const MlaPrefi
     b.y = pack_bf16(v.z, v.w);
     *reinterpret_cast<uint2*>(sgen + uint32_t(c / 64) * 2 * kBlk + swz(row, (c % 64) / 8) + (c % 8) * 2) = b;
   }
-  // This thread's two rows (tile rows r0 and r0 + 8) and their positions; -1 past the count.
+  // This thread's two rows (tile rows row0 and row0 + 8) and their positions; -1 past the count.
   const int row0 = wg * 64 + warp * 16 + lane / 4;
   int qpos[2];
 #pragma unroll
