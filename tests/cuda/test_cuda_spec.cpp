@@ -98,7 +98,7 @@ void check_model(DeepseekV3& model, const char* name, double min_acceptance, boo
   }
   int same_as_plain = 0, same_as_host = 0;
   for (size_t i = 0; i < fused.out.size(); ++i) {
-    if (exact) EXPECT_EQ(fused.out[i].tokens, host.out[i].tokens) << name << " request " << i;
+    if (exact) { EXPECT_EQ(fused.out[i].tokens, host.out[i].tokens) << name << " request " << i; }
     EXPECT_EQ(fused.out[i].tokens.size(), host.out[i].tokens.size()) << name << " request " << i;
     same_as_host += fused.out[i].tokens == host.out[i].tokens;
     same_as_plain += fused.out[i].tokens == plain.out[i].tokens;

@@ -58,8 +58,9 @@ TEST(MpiCommunicator, SizeMismatchesAreErrorsNamingTheCollective) {
     EXPECT_NE(std::string(e.what()).find("all_gather"), std::string::npos) << e.what();
   }
   std::vector<size_t> one(1);
-  if (comm().size() != 1)
+  if (comm().size() != 1) {
     EXPECT_THROW(comm().all_to_all_v(a.data(), one, one, b.data(), one, one), Error);
+  }
   EXPECT_THROW(comm().broadcast(a.data(), 4, comm().size()), Error);
   comm().barrier();
 }

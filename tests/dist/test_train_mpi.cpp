@@ -168,7 +168,7 @@ TEST(DistributedTraining, ExpertParallelRoutingIsRankLimited) {
   const int bound = keep * std::max(1, N / groups);
   EXPECT_GE(dt.ep_stats().max_ranks_per_token, 1);
   EXPECT_LE(dt.ep_stats().max_ranks_per_token, bound) << N << " ranks, " << groups << " groups, " << keep << " kept";
-  if (N > 1) EXPECT_GT(dt.ep_stats().rows_sent, 0) << "rows travel to other ranks";
+  if (N > 1) { EXPECT_GT(dt.ep_stats().rows_sent, 0) << "rows travel to other ranks"; }
   std::vector<double> sent = {double(dt.ep_stats().bytes_sent)};
   comm().all_reduce_sum(std::span<double>(sent));
   if (comm().rank() == 0)

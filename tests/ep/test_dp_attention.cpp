@@ -123,8 +123,8 @@ TEST_P(DpAttentionTest, MatchesOneProcess) {
       dp_pages[s].push_back(int32_t(r * layout.pages_per_rank + owned[size_t(r)] * per_seq + p));
     ++owned[size_t(r)];
   }
-  if (c.ranks == 4) ASSERT_EQ(owned[3], 0) << "the 4-rank case must have a rank without sequences";
-  if (c.ranks == 2) ASSERT_EQ(owned[1], 2) << "the 2-rank case: rank 1 owns two sequences";
+  if (c.ranks == 4) { ASSERT_EQ(owned[3], 0) << "the 4-rank case must have a rank without sequences"; }
+  if (c.ranks == 2) { ASSERT_EQ(owned[1], 2) << "the 2-rank case: rank 1 owns two sequences"; }
   BatchRun got;
   test::run_ranks(c.ranks, [&](dist::Communicator& comm) {
     auto b = make_cpu_backend({1});

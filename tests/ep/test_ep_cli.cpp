@@ -437,7 +437,7 @@ TEST(RandomWeights, SameLogitsAsCreateRandom) {
     EXPECT_EQ(read_logits(mem2), a) << dtype << " --ep 2";
     r = test::run_moe("logits --model " + config + " --random-weights --random-seed 8" + common + " --out " + mem2);
     ASSERT_EQ(r.code, 0) << r.out;
-    if (dtype == "bf16") EXPECT_NE(read_logits(mem2), a) << "another seed, other weights";
+    if (dtype == "bf16") { EXPECT_NE(read_logits(mem2), a) << "another seed, other weights"; }
     std::filesystem::remove_all(dir);
   }
 }

@@ -90,7 +90,7 @@ TEST_P(ExpertParallelTest, MatchesOneProcess) {
     ep.set_two_micro_batch(c.tbo);
     DeepseekV3 model(c.model, *b, {.load_mtp = true, .ep = &ep});
     for (const auto& l : model.weights().layers)
-      if (l.is_moe) EXPECT_EQ(int64_t(l.experts.experts.size()), ep.placement().slots_per_rank);
+      if (l.is_moe) { EXPECT_EQ(int64_t(l.experts.experts.size()), ep.placement().slots_per_rank); }
     got[size_t(comm.rank())] = run_model(model, prompt, kDecode);
     sent[size_t(comm.rank())] = ep.bytes_sent();
   });

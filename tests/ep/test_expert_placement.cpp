@@ -30,7 +30,9 @@ void expect_valid(const LayerPlacement& p, int32_t E, int32_t R, int32_t S) {
     for (int32_t i = 1; i < S; ++i) {  // sorted, and twice on one rank only an expert with more copies than ranks
       const int32_t a = p.slot_expert[size_t(r * S + i - 1)], b = p.slot_expert[size_t(r * S + i)];
       EXPECT_LE(a, b) << "rank " << r;
-      if (a == b) EXPECT_GT(int32_t(p.replicas[size_t(a)].size()), R) << "rank " << r << " holds " << a << " twice";
+      if (a == b) {
+        EXPECT_GT(int32_t(p.replicas[size_t(a)].size()), R) << "rank " << r << " holds " << a << " twice";
+      }
     }
 }
 

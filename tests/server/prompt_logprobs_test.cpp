@@ -87,8 +87,8 @@ void expect_matches(const Result& res, const std::vector<int32_t>& prompt, const
     for (double v : row) best = std::max(best, v);
     for (size_t k = 0; k < lp.top.size(); ++k) {
       EXPECT_NEAR(lp.top[k].second, row[size_t(lp.top[k].first)], ref.tolerance) << i << " alternative " << k;
-      if (k == 0) EXPECT_NEAR(lp.top[k].second, best, 2 * ref.tolerance) << i;  // the most likely token first
-      if (k > 0) EXPECT_LE(lp.top[k].second, lp.top[k - 1].second) << i;
+      if (k == 0) { EXPECT_NEAR(lp.top[k].second, best, 2 * ref.tolerance) << i; }  // the most likely first
+      if (k > 0) { EXPECT_LE(lp.top[k].second, lp.top[k - 1].second) << i; }
     }
   }
   std::cout << "prompt logprobs: worst |scheduler - reference| " << worst << " (tolerance " << ref.tolerance << ")\n";

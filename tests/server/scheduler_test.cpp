@@ -154,7 +154,7 @@ TEST(Scheduler, LongPromptDoesNotStarveAShortOne) {
     EXPECT_TRUE(e.tokens.empty());
     long_done |= e.finish != FinishReason::none;
   }
-  if (!long_done) EXPECT_EQ(collect(*long_sink, 1)[0].finish, FinishReason::length);
+  if (!long_done) { EXPECT_EQ(collect(*long_sink, 1)[0].finish, FinishReason::length); }
 }
 
 TEST(Scheduler, SeedIsReproducibleWhateverTheBatch) {

@@ -103,9 +103,10 @@ TEST(AdamW, Bf16MomentsAreRoundedWhenStoredAndUsed) {
       EXPECT_NEAR(double(m.params[0]->w[i]), wm[i], 1e-7 * std::abs(wm[i]) + 1e-9);
       // Against FP32 moments: at step 1 each m is 0.1 g rounded once, within half a BF16 ulp (7 stored mantissa
       // bits: at most 2^-8 relative).
-      if (step == 1)
+      if (step == 1) {
         EXPECT_LE(std::abs(double(m.params[0]->m[i]) - double(f.params[0]->m[i])),
                   std::ldexp(std::abs(double(f.params[0]->m[i])), -8));
+      }
       if (m.params[0]->m[i] != f.params[0]->m[i]) ++moved;
     }
     // Later, one rounding a step, decayed by beta1: the whole vector stays within a few of them.
