@@ -158,36 +158,28 @@ void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const Tenso
   const int64_t T = x.rows(), K = x.row_size();
   const bool one_launch = T > 0 && !wa.is_int4() && !use_gemm(T, wa) && !use_gemm(T, wb) && wa.w.dtype == wb.w.dtype &&
                           wa.block_n == wb.block_n && wa.block_k == wb.block_k && x.dtype == DType::F32;
-  if (!one_launch) {
-    // Both on the tensor-core GEMM: x rounded to BF16 (bf16 / split) or quantised to E4M3 (fp8) once for both.
-    const bool shapes = x.dtype == DType::F32 && wa.cols() == K && wb.cols() == K && out_a.rows() == T &&
-                        out_a.row_size() == wa.rows() && out_b.rows() == T && out_b.row_size() == wb.rows();
-    if (T > 0 && shapes && use_gemm(T, wa) && use_gemm(T, wb)) {
-      if (fp8_gemm_ok(wa) && fp8_gemm_ok(wb) && wa.pow2_scales == wb.pow2_scales) {
-        const Fp8Activations xq = quantize_activations(x.as<const float>(), K, T, K, wa.pow2_scales);
-        gemm_fp8(xq, wa, out_a.as<float>());
-        gemm_fp8(xq, wb, out_b.as<float>());
-        return;
-      }
-      if (!fp8_gemm_ok(wa) && !fp8_gemm_ok(wb)) {
-        Tensor xb = scratch(DType::BF16, {T, K}), xl;
-        if (split()) xl = scratch(DType::BF16, {T, K});
-        cuda::f32_to_bf16(x.as<const float>(), xb.as<uint16_t>(), T * K, stream_,
-                          split() ? xl.as<uint16_t>() : nullptr);
-        const uint16_t* lo = split() ? xl.as<const uint16_t>() : nullptr;
-        gemm_rounded(xb.as<const uint16_t>(), lo, wa, out_a.as<float>(), T);
-        gemm_rounded(xb.as<const uint16_t>(), lo, wb, out_b.as<float>(), T);
-        return;
-      }
-    }
-    return Backend::matmul_pair(x, wa, out_a, wb, out_b);
-  }
+  const bool both_gemm = T > 0 && x.dtype == DType::F32 && use_gemm(T, wa) && use_gemm(T, wb);
+  if (!one_launch && !both_gemm) return Backend::matmul_pair(x, wa, out_a, wb, out_b);
   MOE_CHECK(wa.cols() == K && wb.cols() == K, "matmul_pair: x has {} columns but the weights have {} and {}",
             K, wa.cols(), wb.cols());
   MOE_CHECK(out_a.rows() == T && out_a.row_size() == wa.rows() && out_b.rows() == T &&
                 out_b.row_size() == wb.rows(),
             "matmul_pair: outputs {} and {} for {} tokens and weights of {} and {} rows", out_a.shape.str(),
             out_b.shape.str(), T, wa.rows(), wb.rows());
+  if (both_gemm) {  // x rounded to BF16 (bf16 / split) or quantised to E4M3 (fp8) once for both
+    if (fp8_gemm_ok(wa) && fp8_gemm_ok(wb) && wa.pow2_scales == wb.pow2_scales) {
+      const Fp8Activations xq = quantize_activations(x.as<const float>(), K, T, K, wa.pow2_scales);
+      gemm_fp8(xq, wa, out_a.as<float>());
+      gemm_fp8(xq, wb, out_b.as<float>());
+    } else if (!fp8_gemm_ok(wa) && !fp8_gemm_ok(wb)) {
+      const Bf16Activations xa = round_activations(x.as<const float>(), T, K);
+      gemm_rounded(xa.hi_data(), xa.lo_data(), wa, out_a.as<float>(), T);
+      gemm_rounded(xa.hi_data(), xa.lo_data(), wb, out_b.as<float>(), T);
+    } else {
+      Backend::matmul_pair(x, wa, out_a, wb, out_b);
+    }
+    return;
+  }
   cuda::GemvParams p = dense_gemv(wa, x.as<const float>(), K, out_a.as<float>(), wa.rows(), T);
   p.second.w = wb.w.data;
   p.second.s = wb.is_fp8() ? wb.scale_inv.as<const float>() : nullptr;

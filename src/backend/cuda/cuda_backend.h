@@ -221,6 +221,14 @@ class CudaBackend final : public Backend {
   Fp8Activations quantize_activations(const float* x, int64_t ldx, int64_t T, int64_t K, bool pow2_scales,
                                       const uint16_t* x_bf16 = nullptr);
   void gemm_fp8(const Fp8Activations& x, const Weight& w, float* out);
+  // x [T, K] rounded to BF16 once (split mode: and the remainder x - hi, also BF16), for gemm_rounded and the
+  // grouped BF16 kernels; lo_data() is null outside split mode.
+  struct Bf16Activations {
+    Tensor hi, lo;
+    const uint16_t* hi_data() const { return hi.as<const uint16_t>(); }
+    const uint16_t* lo_data() const { return lo.data() ? lo.as<const uint16_t>() : nullptr; }
+  };
+  Bf16Activations round_activations(const float* x, int64_t T, int64_t K);
   // The weight's 128x128 scale grid with its leading dimension a multiple of 4 (a padded scratch copy in
   // `tmp` when the checkpoint's grid is narrower).
   const float* fp8_weight_scales(const float* s, int64_t N, int64_t K, Tensor& tmp);

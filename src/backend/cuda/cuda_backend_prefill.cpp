@@ -159,13 +159,19 @@ void CudaBackend::gemm_fp8(const float* x, int64_t ldx, const Weight& w, float* 
   gemm_fp8(quantize_activations(x, ldx, T, w.cols(), w.pow2_scales), w, out);
 }
 
+CudaBackend::Bf16Activations CudaBackend::round_activations(const float* x, int64_t T, int64_t K) {
+  Bf16Activations a;
+  a.hi = scratch(DType::BF16, {T, K});
+  if (split()) a.lo = scratch(DType::BF16, {T, K});
+  cuda::f32_to_bf16(x, a.hi.as<uint16_t>(), T * K, stream_, split() ? a.lo.as<uint16_t>() : nullptr);
+  return a;
+}
+
 void CudaBackend::gemm(const float* x, const Weight& w, float* out, int64_t T) {
   const int64_t K = w.cols();
   if (fp8_gemm_ok(w)) return gemm_fp8(x, K, w, out, T);
-  Tensor xb = scratch(DType::BF16, {T, K}), xl;
-  if (split()) xl = scratch(DType::BF16, {T, K});
-  cuda::f32_to_bf16(x, xb.as<uint16_t>(), T * K, stream_, split() ? xl.as<uint16_t>() : nullptr);
-  gemm_rounded(xb.as<const uint16_t>(), bf16_ptr(xl), w, out, T);
+  const Bf16Activations xa = round_activations(x, T, K);
+  gemm_rounded(xa.hi_data(), xa.lo_data(), w, out, T);
 }
 
 void CudaBackend::gemm_rounded(const uint16_t* x_hi, const uint16_t* x_lo, const Weight& w, float* out,
@@ -205,7 +211,7 @@ void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const 
     // down on the FP8 GEMM.
     const Fp8Activations xq = quantize_activations(x.as<const float>(), D, T, D, mlp.gate.pow2_scales);
     const int32_t cta_rows = T <= 64 ? 64 : 128;
-    const bool hb = cta_rows == 128 && fp8_gemm_ok(mlp.down) && mlp.down.cols() == I;
+    const bool hb = cta_rows == 128;
     Tensor h = scratch(hb ? DType::BF16 : DType::F32, {T, I});
     cuda::GroupedGemmFp8Params p;
     p.M = int32_t(T);
@@ -243,9 +249,7 @@ void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const 
     return;
   }
   const bool sp = split(), wsplit = sp && mlp.gate.w.dtype != DType::BF16;
-  Tensor xb = scratch(DType::BF16, {T, D}), xl;
-  if (sp) xl = scratch(DType::BF16, {T, D});
-  cuda::f32_to_bf16(x.as<const float>(), xb.as<uint16_t>(), T * D, stream_, sp ? xl.as<uint16_t>() : nullptr);
+  const Bf16Activations xa = round_activations(x.as<const float>(), T, D);
   // Weight slots: 0 gate, 1 up (BF16, dequantised if stored otherwise), 3 and 4 their split remainders.
   cuda::GroupedGemmParams p;
   Tensor wtmp[2], wlo[2];
@@ -267,17 +271,17 @@ void CudaBackend::swiglu_gemm(const TensorView& x, const MlpWeights& mlp, const 
   p.N = int32_t(I);
   p.lda = D;
   p.swiglu = true;
-  p.a[0] = xb.as<const uint16_t>();
+  p.a[0] = xa.hi_data();
   p.bmat[0][0] = 0;
   p.bmat[0][1] = 1;
   if (sp) {  // x_lo W, then x W_lo
     p.nseg = 2;
-    p.a[1] = xl.as<const uint16_t>();
+    p.a[1] = xa.lo_data();
     p.bmat[1][0] = 0;
     p.bmat[1][1] = 1;
     if (wsplit) {
       p.nseg = 3;
-      p.a[2] = xb.as<const uint16_t>();
+      p.a[2] = xa.hi_data();
       p.bmat[2][0] = 3;
       p.bmat[2][1] = 4;
     }
@@ -300,9 +304,7 @@ void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& p
   const int64_t D = prep.hidden, I = prep.inner, TK = T * K;
   const int32_t E = int32_t(counts.numel());
   const bool sp = split(), wsplit = sp && prep.dtype != DType::BF16;
-  Tensor xb = scratch(DType::BF16, {T, D}), xl;
-  if (sp) xl = scratch(DType::BF16, {T, D});
-  cuda::f32_to_bf16(x.as<const float>(), xb.as<uint16_t>(), T * D, stream_, sp ? xl.as<uint16_t>() : nullptr);
+  const Bf16Activations xa = round_activations(x.as<const float>(), T, D);
   Tensor hb = scratch(DType::BF16, {TK, I}), hl;
   if (sp) hl = scratch(DType::BF16, {TK, I});
 
@@ -329,14 +331,14 @@ void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& p
   down.ldy = D;
   // Segments: (x, W); split: + (x_lo, W); split with dequantised weights: + (x, W_lo). Table slots per
   // expert: 0 gate, 1 up, 2 down (3, 4, 5: the remainders of dequantised weights).
-  up.a[0] = xb.as<const uint16_t>();
+  up.a[0] = xa.hi_data();
   up.bmat[0][0] = 0;
   up.bmat[0][1] = 1;
   down.a[0] = hb.as<const uint16_t>();
   down.bmat[0][0] = 2;
   if (sp) {
     up.nseg = down.nseg = 2;
-    up.a[1] = xl.as<const uint16_t>();
+    up.a[1] = xa.lo_data();
     up.bmat[1][0] = 0;
     up.bmat[1][1] = 1;
     down.a[1] = hl.as<const uint16_t>();
@@ -344,7 +346,7 @@ void CudaBackend::moe_expert_gemms(const TensorView& x, const PreparedExperts& p
   }
   if (wsplit) {
     up.nseg = down.nseg = 3;
-    up.a[2] = xb.as<const uint16_t>();
+    up.a[2] = xa.hi_data();
     up.bmat[2][0] = 3;
     up.bmat[2][1] = 4;
     down.a[2] = hb.as<const uint16_t>();

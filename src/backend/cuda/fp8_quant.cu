@@ -29,26 +29,19 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
   const int32_t kb = int32_t(tile % kb_count);
   const int64_t src_row = p.rows ? int64_t(p.rows[i]) / p.row_div : i;
   const int64_t k0 = int64_t(kb) * 128 + lane * 4, off = src_row * p.ldx + k0;
+  const bool whole = k0 + 4 <= p.K && p.ldx % 4 == 0;  // one vector load (F32 x4 or BF16 x4)
   float v[4];
-  if (p.x_bf16) {
-    const uint16_t* src = p.x_bf16 + off;
-    if (k0 + 4 <= p.K && p.ldx % 4 == 0) {
-      const uint2 b = *reinterpret_cast<const uint2*>(src);
-      v[0] = __uint_as_float(b.x << 16), v[1] = __uint_as_float(b.x & 0xffff0000u);
-      v[2] = __uint_as_float(b.y << 16), v[3] = __uint_as_float(b.y & 0xffff0000u);
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = k0 + j < p.K ? bf16_bits_to_float(src[j]) : 0.0f;
-    }
+  if (whole && p.x_bf16) {
+    const uint2 b = *reinterpret_cast<const uint2*>(p.x_bf16 + off);
+    v[0] = bf16_bits_to_float(b.x & 0xffffu), v[1] = bf16_bits_to_float(b.x >> 16);
+    v[2] = bf16_bits_to_float(b.y & 0xffffu), v[3] = bf16_bits_to_float(b.y >> 16);
+  } else if (whole) {
+    const float4 f = *reinterpret_cast<const float4*>(p.x + off);
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
   } else {
-    const float* src = p.x + off;
-    if (k0 + 4 <= p.K && p.ldx % 4 == 0) {
-      const float4 f = *reinterpret_cast<const float4*>(src);
-      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-    } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = k0 + j < p.K ? src[j] : 0.0f;
-    }
+    for (int j = 0; j < 4; ++j)
+      v[j] = k0 + j >= p.K ? 0.0f : p.x_bf16 ? bf16_bits_to_float(p.x_bf16[off + j]) : p.x[off + j];
   }
   float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
   amax = warp_max(amax);
