@@ -139,6 +139,50 @@ profile_random() {  # name dtype prefill-mode
   python3 bench/gpu/ncu_summary.py "$OUT/ncu-$1.csv" --forward 1 | tee "$OUT/ncu-summary-$1.txt"
   rm -f "$OUT/ncu-$1.csv"
 }
+# Kernel times and DRAM bytes read of one decode step (context 512) of the Moonlight shape on weights made in
+# memory, caches flushed before each kernel (weights come from HBM as in a real step): which kernels stream
+# their bytes at what rate. DECODE_BATCH (default 1).
+profile_decode_random() {  # name dtype
+  env_deps
+  local b=${DECODE_BATCH:-1}
+  ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum --clock-control none --cache-control all \
+    --log-file "$OUT/ncu-$1-b$b.csv" "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json \
+    --random-weights --random-dtype "$2" --prompt-tokens 16 --batch "$b" --context 512 --steps 1 >"$OUT/ncu-app-$1-b$b.log" 2>&1
+  echo "ncu exit $?"; grep -E "^decode" "$OUT/ncu-app-$1-b$b.log"
+  python3 bench/gpu/ncu_summary.py "$OUT/ncu-$1-b$b.csv" --forward -1 | tee "$OUT/ncu-summary-$1-b$b.txt"
+  rm -f "$OUT/ncu-$1-b$b.csv"
+}
+stage_profile-decode-bf16() { profile_decode_random decode-bf16 bf16; }
+stage_profile-decode-fp8() { profile_decode_random decode-fp8 fp8; }
+# Issue 14's llama.cpp comparison: the checkpoint of ../shared/PERF.md's table (8 layers at Moonlight's widths,
+# q_lora 1536, DeepSeek-V3's vocabulary; bench/gpu/configs/llamacpp-peer-8layers.json), weights made in memory,
+# BF16 and FP8 (W8A8 prefill), decode at batch 1, 8, 64 and 256 (context 512) and prefill 4096.
+stage_llama-peer() {
+  env_deps
+  for v in "bf16:bf16" "fp8:fp8"; do
+    "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights \
+      --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --prompt-tokens 4096 --batch 1,8,64,256 --context 512 2>&1 \
+      | grep -E "^(device|ceilings|weights|prefill|decode)" | sed "s/^/[${v%%:*}] /" | tee -a "$OUT/llama-peer.log"
+  done
+}
+# Issue 14's decode after a change to its kernels: the MoE, GEMV, graph, model and speculative tests, then the
+# llama.cpp-peer checkpoint (BF16 also with the routed experts' GEMV for every decode batch, the A/B of
+# --cuda-grouped-experts-tokens) and batch-1 decode of the Moonlight shape, BF16 and FP8 (W8A8).
+stage_decode-check() {
+  env_deps
+  timeout "${TEST_TIMEOUT:-300}" "$BUILD/tests/cuda/test_cuda" \
+    --gtest_filter='CudaMoe.*:CudaPrimitives.*:CudaOps.*:CudaModel.*:CudaGraph.*:CudaSpec.*:CudaMla.*' 2>&1 \
+    | tee "$OUT/test_cuda_decode.log" | grep -E "^\[ +(OK|FAILED|PASSED) |^\[=+\]|Failure|rel L2" | tail -70
+  stage_llama-peer
+  "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights \
+    --random-dtype bf16 --cuda-grouped-experts-tokens 100000 --prompt-tokens 256 --batch 8,64,256 --context 512 2>&1 \
+    | grep -E "^(decode)" | sed "s/^/[bf16 gemv experts] /" | tee -a "$OUT/llama-peer.log"
+  for v in "bf16:bf16" "fp8:fp8"; do
+    "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights \
+      --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --prompt-tokens 128 --batch 1 --context 512,4096 --steps 48 2>&1 \
+      | grep -E "^(ceilings|decode)" | sed "s/^/[moonlight ${v%%:*}] /" | tee -a "$OUT/moonlight-decode.log"
+  done
+}
 # Issue 14's prefill after a change to its kernels: the prefill and FP8 fixture tests, then one 4096-token prefill
 # and batch-1 decode of the Moonlight shape on weights made in memory, FP8 W8A8 and BF16, alternating twice.
 stage_prefill-check() {
@@ -156,9 +200,6 @@ stage_prefill-check() {
 stage_profile-prefill-fp8() { profile_random prefill-fp8 fp8 fp8; }
 stage_profile-prefill-bf16() { profile_random prefill-bf16 bf16 bf16; }
 stage_profile-moonlight() { profile moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 1024; }
-# Decode only (a 16-token prefill): quicker under ncu.
-stage_profile-decode() { profile moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 16; }
-stage_profile-decode-fp8() { profile moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8 16; }
 stage_bench-moonlight() { bench_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16 1,8,64,256 512,4096; }
 stage_bench-moonlight-fp8() { bench_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8 1,8,64,256 512,4096; }
 stage_bench-v3() { bench_model v3-4layers-fp8 bench/gpu/configs/deepseek-v3-4layers.json fp8 1,8,64 512,4096; }

@@ -36,6 +36,12 @@ struct CudaOptions {
   // (for A/B runs: bench_mla_attention). Auto since the wgmma kernel passed its tests on an H200 (2026-12-02:
   // 2.09x the mma.sync kernel at 128 heads, batch 64, context 4096; bench/RESULTS.md).
   MlaDecodeKernel mla_decode = MlaDecodeKernel::Auto;
+  // Routed experts on the grouped tensor-core kernels (moe_gemm.cu for BF16 experts, moe_gemm_fp8.cu for FP8
+  // experts under Prefill::Fp8) from this many tokens in a step, decode batches included; below it, the
+  // weight-streaming grouped GEMV. (Other experts, and Split / Gemv modes, take the kernels only for prefill-sized
+  // steps.) 8: at batch 8 over 64 experts the GEMV is compute-bound on its CUDA cores, while the 128-row
+  // tensor-core tiles, mostly padding there, still stream each weight once (bench/RESULTS.md).
+  int64_t grouped_experts_min_tokens = 8;
 };
 
 struct BackendOptions {

@@ -28,6 +28,9 @@ BackendOptions BackendArgs::options() const {
   o.cuda.mla_prefill_min_tokens = cuda_mla_prefill_tokens;
   o.cuda.mla_splits = cuda_mla_splits;
   o.cuda.mla_decode = parse_mla_decode_kernel(cuda_mla_decode);
+  if (cuda_grouped_experts_tokens < 1)
+    fail("--cuda-grouped-experts-tokens must be >= 1, not {}", cuda_grouped_experts_tokens);
+  o.cuda.grouped_experts_min_tokens = cuda_grouped_experts_tokens;
   return o;
 }
 
@@ -49,6 +52,10 @@ void add_backend_options(CLI::App* cmd, BackendArgs& a) {
   cmd->add_option("--cuda-mla-decode", a.cuda_mla_decode,
                   "Decode attention kernel: auto (wgmma where the head count is a multiple of 64), mma or wgmma")
       ->envname("MOE_CUDA_MLA_DECODE")
+      ->capture_default_str();
+  cmd->add_option("--cuda-grouped-experts-tokens", a.cuda_grouped_experts_tokens,
+                  "Routed experts on the grouped tensor-core GEMM from this many tokens a step (below: the GEMV)")
+      ->envname("MOE_CUDA_GROUPED_EXPERTS_TOKENS")
       ->capture_default_str();
 }
 

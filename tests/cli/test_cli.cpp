@@ -301,6 +301,8 @@ TEST(Cli, BadInputEndsWithAClearErrorAndExitCode1) {
       {"info --model tests", "config.json"},
       {"create-random --config /nonexistent.json --out /tmp/x", "/nonexistent.json"},
       {"generate --model " + test::kTinyModel + " --tokens 1 --device tpu", "unknown device 'tpu'"},
+      {"generate --model " + test::kTinyModel + " --tokens 1 --cuda-grouped-experts-tokens 0",
+       "--cuda-grouped-experts-tokens must be >= 1, not 0"},
   };
   for (const Case& c : cases) {
     const Result r = test::run_moe(c.args);

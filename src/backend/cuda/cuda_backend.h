@@ -255,11 +255,10 @@ class CudaBackend final : public Backend {
   // projection over rows gathered into expert order (needs the counts on the host: never captured).
   void moe_expert_gemms_cublas(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
                                const Tensor& counts, int64_t T, int64_t K, const Tensor& y);
-  // Prefill::Fp8 with FP8 experts (fp8_experts_ok), prefill and decode batches of >= kFp8GroupedMinTokens
-  // tokens: x quantised to E4M3 per token and 1x128 tile, gate + up as one grouped FP8 x FP8 launch over
+  // Prefill::Fp8 with FP8 experts (fp8_experts_ok), prefill and decode batches of >=
+  // CudaOptions::grouped_experts_min_tokens tokens: x quantised to E4M3 per token and 1x128 tile, gate + up as one grouped FP8 x FP8 launch over
   // moe_plan's work items (cuda::grouped_gemm_fp8, SwiGLU epilogue, F32 h), h quantised likewise, down as one
   // grouped launch scattering rows back to assignment order. No host read-back: capturable.
-  static constexpr int64_t kFp8GroupedMinTokens = 8;
   bool fp8_experts_ok(const PreparedExperts& prep) const;
   void moe_expert_gemms_fp8(const TensorView& x, const PreparedExperts& prep, const Tensor& perm,
                             const Tensor& items, int64_t n_items, int64_t T, int64_t K, const Tensor& y);

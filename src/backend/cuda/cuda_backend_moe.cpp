@@ -100,13 +100,20 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // the GEMV, 670 tok/s with per-expert cuBLAS calls (host-bound at 6 rows per expert).
   // The GEMMs run on moe_plan's work items of kGroupedRows rows (cuda_backend_prefill.cpp); for widths the
   // grouped kernel does not take, one cuBLAS GEMM per active expert.
-  // Prefill::Fp8 with FP8 experts: grouped FP8 x FP8 GEMMs from kFp8GroupedMinTokens tokens on, prefill and
-  // decode (cuda_backend_moe_fp8.cpp; W8A8, as the mode's dense linears).
-  const bool fp8_experts = T >= kFp8GroupedMinTokens && fp8_experts_ok(*prep);
+  // From CudaOptions::grouped_experts_min_tokens tokens on, decode batches included, the grouped tensor-core
+  // kernels for BF16 experts (Bf16 mode) and for FP8 experts under Prefill::Fp8 (cuda_backend_moe_fp8.cpp; W8A8,
+  // as the mode's dense linears): neither reads anything back to the host, so both are captured. At decode
+  // batches their 128-row (FP8: 64-row) tiles are mostly padding, but the weights, which bound the step,
+  // are still streamed once, on the tensor cores instead of the GEMV's CUDA cores.
+  const CudaOptions& o = ctx_.options();
+  const bool many = T >= o.grouped_experts_min_tokens;
+  const bool fp8_experts = many && fp8_experts_ok(*prep);
+  const bool bf16_experts = many && o.prefill == CudaOptions::Prefill::Bf16 && prep->dtype == DType::BF16 &&
+                            D % 8 == 0 && I % 8 == 0;
   // INT4 experts' GEMMs read the counts on the host (per-expert dequantisation): while capturing, the W4A16 GEMV.
   const bool grouped_gemm =
-      fp8_experts ||
-      (TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && ctx_.options().prefill != CudaOptions::Prefill::Gemv &&
+      fp8_experts || bf16_experts ||
+      (TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && o.prefill != CudaOptions::Prefill::Gemv &&
        !(prep->group_size > 0 && ctx_.capturing()));
   // INT4 experts in prefill: the active ones dequantised to BF16 scratch, one cuBLAS GEMM each.
   const bool cublas_experts = grouped_gemm && !fp8_experts && (D % 8 != 0 || I % 8 != 0 || prep->group_size > 0);

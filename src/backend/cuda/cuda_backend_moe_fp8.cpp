@@ -1,5 +1,5 @@
 // The routed experts of FP8 checkpoints in W8A8 (Prefill::Fp8, FP8 experts with 128x128 blocks), prefill and
-// decode batches of >= kFp8GroupedMinTokens tokens: see CudaBackend::moe_expert_gemms_fp8 in cuda_backend.h.
+// decode batches of >= grouped_experts_min_tokens tokens: see CudaBackend::moe_expert_gemms_fp8 in cuda_backend.h.
 // The weights are used as stored (E4M3 with their 128x128 block scales); only the activations are quantised,
 // per 1x128 tile. Everything stays on the device (moe_plan's work items): capturable in a decode graph.
 #include "backend/cuda/cuda_backend.h"

@@ -23,6 +23,11 @@ struct CudaMoePlan {
   int gemv_tile = 1;
   bool grouped_gemm = false;  // the expert-GEMM path (prefill), else the grouped GEMV
   bool cublas = false;        // the GEMM path on per-expert cuBLAS calls
+  // Decode batches of >= CudaOptions::grouped_experts_min_tokens tokens in Bf16 mode: work items of kGroupedRows
+  // rows as well, for BF16 experts on the grouped GEMM (moe_experts' choice; the dispatch does not know the
+  // experts' dtype, moe_grouped_mlp does).
+  Tensor items_gemm;
+  int64_t n_items_gemm = 0;
 };
 
 }  // namespace
@@ -45,6 +50,9 @@ MoeDispatch CudaBackend::moe_dispatch(const TensorView& x, const TensorView& exp
   plan->n_items = plan->cublas ? 1 : std::min<int64_t>(E, M) + (M + tile - 1) / tile;
   plan->items = scratch(DType::I32, {std::max<int64_t>(plan->n_items, 1), 3});
   plan->counts = scratch(DType::I32, {E});
+  const CudaOptions& o = ctx_.options();
+  const bool bf16_gemm_items = !plan->grouped_gemm && T >= o.grouped_experts_min_tokens &&
+                               o.prefill == CudaOptions::Prefill::Bf16 && D % 8 == 0;
   plan->inv = scratch(DType::I32, {M});
   plan->iota = scratch(DType::I32, {M});
   MoeDispatch d;
@@ -55,6 +63,13 @@ MoeDispatch CudaBackend::moe_dispatch(const TensorView& x, const TensorView& exp
   d.offsets = scratch(DType::I32, {int64_t(E) + 1});
   cuda::moe_plan(expert_ids.as<const int32_t>(), M, E, tile, int32_t(plan->n_items), d.perm.as<int32_t>(),
                  plan->items.as<int32_t>(), plan->counts.as<int32_t>(), stream_);
+  if (bf16_gemm_items) {  // the same counts, so the same expert ranges of the sorted rows; its perm is not kept
+    plan->n_items_gemm = std::min<int64_t>(E, M) + (M + cuda::kGroupedRows - 1) / cuda::kGroupedRows;
+    plan->items_gemm = scratch(DType::I32, {plan->n_items_gemm, 3});
+    Tensor perm2 = scratch(DType::I32, {M});
+    cuda::moe_plan(expert_ids.as<const int32_t>(), M, E, cuda::kGroupedRows, int32_t(plan->n_items_gemm),
+                   perm2.as<int32_t>(), plan->items_gemm.as<int32_t>(), nullptr, stream_);
+  }
   cuda::moe_offsets(plan->counts.as<const int32_t>(), E, d.offsets.as<int32_t>(), stream_);
   cuda::moe_dispatch_rows(x.as<const float>(), d.perm.as<const int32_t>(), M, int32_t(K), D, d.rows.as<float>(),
                           plan->inv.as<int32_t>(), plan->iota.as<int32_t>(), stream_);
@@ -82,6 +97,10 @@ void CudaBackend::moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& exp
   }
   if (plan->grouped_gemm) {
     moe_expert_gemms(d.rows, *prep, plan->iota, plan->items, plan->n_items, plan->counts, M, 1, yt);
+    return;
+  }
+  if (plan->n_items_gemm > 0 && prep->dtype == DType::BF16 && I % 8 == 0) {  // as moe_experts: decode batches
+    moe_expert_gemms(d.rows, *prep, plan->iota, plan->items_gemm, plan->n_items_gemm, plan->counts, M, 1, yt);
     return;
   }
   // Grouped GEMV over moe_plan's work items: h[i] = silu(rows[i] Wg^T) * (rows[i] Wu^T), y[i] = h[i] Wd^T.

@@ -29,6 +29,19 @@ __device__ __forceinline__ int valid_prefix(const int32_t* sel, int K) {
 __device__ __forceinline__ uint16_t float_to_bf16_bits(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }
+// FP8 E4M3 by bit placement, for loops where the conversion unit is the bottleneck (cvt e4m3x2 -> f16x2 -> f32:
+// ~1.5 conversions per value at a quarter of the integer rate): the byte s eeee mmm, given in bits 31..24 of
+// `top`, goes to F32 bits s at 31 and eeee mmm at 26..20: the F32 with exponent field eeee and mantissa mmm,
+// which is exactly 2^-120 (1 / kE4m3Placed) times the E4M3 value, for normal values (F32's bias 127 against
+// E4M3's 7) and subnormal ones (an F32 subnormal of mantissa m << 20 is m * 2^-129 = 2^-120 * m/8 * 2^-6).
+// NaN (0x7f) does not occur in weights. Callers fold kE4m3Placed into the block scale. Products of placed
+// weights with activations may be F32 subnormals (no flush to zero in this build): their absolute rounding
+// of 2^-149 is 2^-29 in E4M3 units before the block scale, far below E4M3's own 2^-4 relative step.
+// Per value: an arithmetic shift (sign copied into bits 31..27) and a mask; a shift left first for the lower bytes.
+constexpr float kE4m3Placed = 0x1p120f;
+__device__ __forceinline__ float e4m3_placed(uint32_t top) {
+  return __int_as_float((int32_t(top) >> 4) & int32_t(0x87f00000u));
+}
 __device__ __forceinline__ float e4m3_to_float(uint8_t v) {
   const __half_raw h = __nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t(v), __NV_E4M3);
   return __half2float(__half(h));
