@@ -125,6 +125,14 @@ inline std::vector<float> to_host_f32(Backend& b, const TensorView& d) {
   return out;
 }
 
+// Bound on a decode GEMV's relative L2 error against the CPU's F32 product (`tokens`: rows per pass over the
+// weights, the tokens of a dense GEMV or the grouped GEMV's tile). The CUDA-core kernel (BF16 weights at one token,
+// and every GEMV of more than 8) multiplies F32 x as the CPU does, only the summation order differs:
+// ~sqrt(K) 2^-24, bound 1e-4. The tensor-core kernel (gemv_mma.cuh: FP8 weights at 1-8 tokens, BF16 at 2-8) rounds
+// x to BF16, ~2^-9 / sqrt(3) = 1.1e-3 rms relative per value with independent signs, so ~1.1e-3 on a dot product:
+// bound 5e-3.
+inline double gemv_bound(bool fp8, int64_t tokens) { return tokens <= 8 && (fp8 || tokens >= 2) ? 5e-3 : 1e-4; }
+
 // ||a - b|| / ||b||
 inline double rel_l2(const float* a, const float* b, int64_t n) {
   double num = 0.0, den = 0.0;

@@ -10,7 +10,11 @@
 // is multiplied by its block scale before it is added (DeepSeek's per-block promotion). A warp-shuffle
 // reduction finishes each dot product. Grouped mode resolves the expert and the token rows of the work
 // item first (see cuda_ops.h), so all experts of a layer run in one launch.
+//
+// The launcher sends FP8 weights (1-8 tokens) and BF16 weights (2-8 tokens) to the tensor-core variant in
+// gemv_mma.cuh instead; this kernel keeps BF16 at one token, F16 / F32 weights and the shapes that one does not take.
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/gemv_mma.cuh"
 
 namespace moe::cuda {
 
@@ -280,8 +284,9 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
   }
 }
 
+// The CUDA-core kernel (launch_gemv below picks between it and the tensor-core one).
 template <DType WT>
-void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
+void launch_gemv_cuda_cores(const GemvParams& p, int tile, cudaStream_t s) {
   GemvParams q = p;
   q.prefetch = true;
   // Blocks along x at rows_per_block weight rows each; a second matrix (dense only) takes the blocks after
@@ -341,6 +346,13 @@ void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
     default:
       check(cudaErrorInvalidValue, "gemv: tile must be 1, 2, 4 or 8");
   }
+}
+
+template <DType WT>
+void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
+  if constexpr (WT == DType::F8_E4M3 || WT == DType::BF16)
+    if (mma_gemv_ok<WT>(p, tile)) return launch_gemv_mma<WT>(p, s);
+  launch_gemv_cuda_cores<WT>(p, tile, s);
 }
 
 }  // namespace gemv_detail

@@ -1,0 +1,239 @@
+#pragma once
+// Decode GEMV on the tensor cores, for FP8 E4M3 weights (128x128 block scales) at 1-8 tokens and BF16 weights at
+// 2-8 tokens: out[t, n] = x[t] . W[n], dense (with GemvParams' second matrix and batched rows) or grouped (moe_plan's
+// work items), plain or SwiGLU (gate and up rows, silu(g) * u). gemv.cuh's launcher picks it; the CUDA-core kernel
+// there keeps BF16 at one token (faster there: measured in bench/gpu/sandbox/gemv_mma.cu), F16 / F32 weights and
+// shapes this one does not take.
+//
+// Why: the CUDA-core GEMV widens every FP8 value (3 integer operations) and multiplies it (1 FMA), ~8 operations
+// per weight byte against BF16's ~1; at 16 bytes per clock and SM (4.2 TB/s over 132 SMs) the integer pipe alone
+// caps it far below the bandwidth (H200: 0.6-0.8 TB/s on Moonlight's projections), and at 8 tokens the 8 FMAs per
+// weight bind both dtypes. Here mma.sync m16n8k16 (BF16 x BF16 -> F32) multiplies: BF16 weights as they are, FP8
+// after 2 integer operations per value, and the 8 columns of the mma are 8 tokens, so 8 tokens cost what 1 does.
+//
+// Block: 8 warps own 16 weight rows (per matrix); warp w takes the column steps w, w + 8, ... of 64 columns (FP8)
+// or 32 (BF16). Lane (g = lane / 4, c = lane % 4) loads the 16 bytes at step column 16c (FP8) / 8c (BF16) of rows
+// g and g + 8. An mma's k order is free as long as A and B agree, so these 16 contiguous bytes are the lane's A
+// fragments for the step's 4 (FP8) / 2 (BF16) mmas: mma j takes the lane's values 4j .. 4j + 3 as its logical k
+// 2c, 2c + 1, 2c + 8, 2c + 9, and the B fragment of lane (g, c), token g's column, holds x[token g] at exactly
+// those physical columns: every lane reads its own 16 (8) x values. x is rounded to BF16 (HF computes decode in
+// BF16; the CUDA-core kernel keeps F32 x). FP8: the byte s eeee mmm goes to BF16 bits 15 and 10..4, which is 2^-120
+// times its value (as e4m3_placed in cuda_common.cuh), x is scaled by 2^60 before rounding so that the products
+// stay F32 normals, each step (inside one 128-wide scale block) accumulates into fresh registers added with the
+// block scale times 2^120, and the sum is scaled back by 2^-60 (powers of two: exact). The 8 warps' partial sums
+// meet in shared memory. Dense mode loads its first weights before griddepcontrol.wait (weights do not depend on
+// the previous kernel); grouped mode waits first (the work items come from moe_plan).
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/tensor_core.cuh"
+
+namespace moe::cuda {
+
+namespace gemv_detail {
+
+constexpr int kMmaRows = 16, kMmaWarps = 8, kMmaUnroll = 4;
+constexpr float kMmaXScale = 0x1p60f;  // FP8: x scale before rounding (see above)
+
+template <DType WT>
+constexpr int mma_step_cols() {
+  return WT == DType::F8_E4M3 ? 64 : 32;
+}
+
+// Two E4M3 bytes (the low or high half of w) -> BF16x2 bits of 2^-120 times their values.
+__device__ __forceinline__ uint32_t e4m3x2_placed_bf16(uint32_t w, bool high) {
+  const uint32_t u = __byte_perm(w, 0u, high ? 0x3424u : 0x1404u);  // [b1 0 b0 0]
+  return (u & 0x80008000u) | ((u >> 4) & 0x07f007f0u);
+}
+
+__device__ __forceinline__ uint32_t bf16x2_of(float lo, float hi) {
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+__device__ __forceinline__ uint4 load_stream_mma(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <DType WT, bool SWIGLU>
+__global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
+  constexpr bool kFp8 = WT == DType::F8_E4M3;
+  constexpr int kStep = mma_step_cols<WT>(), kBytes = kFp8 ? 1 : 2, kVals = kFp8 ? 16 : 8, M = SWIGLU ? 2 : 1;
+  __shared__ float red[M][kMmaWarps][kMmaRows][8];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
+  const bool second = p.second.first_block > 0 && blockIdx.x >= p.second.first_block;
+  const int64_t N = second ? p.second.N : p.N, K = p.K;
+  const int64_t r0 = int64_t(second ? blockIdx.x - p.second.first_block : blockIdx.x) * kMmaRows;
+  pdl_trigger();
+
+  const char* wbase[M];
+  const float* sbase[M];
+  const float* xrow;  // token g's x row
+  int ntok;           // valid token columns
+  int64_t row_base = 0;
+  if (p.items) {
+    pdl_wait();  // the work items come from the previous kernel (moe_plan)
+    const int32_t* item = p.items + 3 * blockIdx.y;
+    const int e = item[0], begin = item[1];
+    ntok = item[2];
+    if (ntok == 0) return;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      wbase[m] = static_cast<const char*>(p.table[e * 6 + p.matrix + m]);
+      sbase[m] = static_cast<const float*>(p.table[e * 6 + 3 + p.matrix + m]);
+    }
+    xrow = p.x + int64_t(p.perm[begin + min(g, ntok - 1)] / p.x_row_div) * p.x_stride;
+  } else {
+    const int64_t y = blockIdx.y;
+    row_base = p.w_row_base + y * p.w_row_step;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      wbase[m] = static_cast<const char*>(second ? p.second.w : p.w[m]);
+      sbase[m] = second ? p.second.s : p.s[m];
+    }
+    ntok = p.T;
+    xrow = p.x + y * p.x_step + int64_t(min(g, ntok - 1)) * p.x_stride;
+  }
+  const bool tok = g < ntok;
+  const int64_t ra = row_base + min(r0 + g, N - 1), rb = row_base + min(r0 + g + 8, N - 1);
+  const char* wa[M];
+  const char* wb[M];
+  const float* srow[M];
+  const int64_t kblocks = (K + 127) / 128;
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    wa[m] = wbase[m] + ra * K * kBytes + c * 16;
+    wb[m] = wbase[m] + rb * K * kBytes + c * 16;
+    srow[m] = kFp8 ? sbase[m] + ((row_base + r0) / 128) * kblocks : nullptr;  // 16 rows inside one 128-row block
+  }
+  const float* xc = xrow + c * kVals;
+  const int64_t nsteps = K / kStep;
+
+  float acc[M][4];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[m][i] = 0.0f;
+  bool waited = p.items != nullptr;
+  for (int64_t s0 = warp; s0 < nsteps; s0 += kMmaWarps * kMmaUnroll) {
+    uint4 va[M][kMmaUnroll], vb[M][kMmaUnroll];
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int64_t s = s0 + kMmaWarps * u;
+      if (s < nsteps) {
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          va[m][u] = load_stream_mma(wa[m] + s * kStep * kBytes);
+          vb[m][u] = load_stream_mma(wb[m] + s * kStep * kBytes);
+        }
+      }
+    }
+    if (!waited) {  // x comes from the previous kernel
+      pdl_wait();
+      waited = true;
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int64_t s = s0 + kMmaWarps * u;
+      if (s >= nsteps) break;
+      uint32_t xb[kVals / 2];
+#pragma unroll
+      for (int i = 0; i < kVals / 4; ++i) {
+        float4 v = tok ? __ldg(reinterpret_cast<const float4*>(xc + s * kStep) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        if constexpr (kFp8) v = make_float4(v.x * kMmaXScale, v.y * kMmaXScale, v.z * kMmaXScale, v.w * kMmaXScale);
+        xb[2 * i] = bf16x2_of(v.x, v.y);
+        xb[2 * i + 1] = bf16x2_of(v.z, v.w);
+      }
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const uint32_t A[4] = {va[m][u].x, va[m][u].y, va[m][u].z, va[m][u].w};
+        const uint32_t B[4] = {vb[m][u].x, vb[m][u].y, vb[m][u].z, vb[m][u].w};
+        if constexpr (kFp8) {
+          float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {  // the lane's values 4j .. 4j + 3: word j
+            const uint32_t a[4] = {e4m3x2_placed_bf16(A[j], false), e4m3x2_placed_bf16(B[j], false),
+                                   e4m3x2_placed_bf16(A[j], true), e4m3x2_placed_bf16(B[j], true)};
+            mma_bf16(part, a, xb[2 * j], xb[2 * j + 1]);
+          }
+          const float sc = __ldg(srow[m] + (s * kStep) / 128) * kE4m3Placed;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[m][i] = fmaf(part[i], sc, acc[m][i]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {  // values 4j .. 4j + 3: words 2j, 2j + 1
+            const uint32_t a[4] = {A[2 * j], B[2 * j], A[2 * j + 1], B[2 * j + 1]};
+            mma_bf16(acc[m], a, xb[2 * j], xb[2 * j + 1]);
+          }
+        }
+      }
+    }
+  }
+  if (!waited) pdl_wait();
+  // acc[m]: (row g, tokens 2c, 2c + 1), (row g + 8, tokens 2c, 2c + 1).
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    red[m][warp][g][2 * c] = acc[m][0];
+    red[m][warp][g][2 * c + 1] = acc[m][1];
+    red[m][warp][g + 8][2 * c] = acc[m][2];
+    red[m][warp][g + 8][2 * c + 1] = acc[m][3];
+  }
+  __syncthreads();
+  if (threadIdx.x >= kMmaRows * 8) return;
+  const int row = int(threadIdx.x) / 8, t = int(threadIdx.x) % 8;
+  if (t >= ntok || r0 + row >= N) return;
+  float v[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kMmaWarps; ++k) s += red[m][k][row][t];
+    v[m] = kFp8 ? s * (1.0f / kMmaXScale) : s;
+  }
+  float r = v[0];
+  if constexpr (SWIGLU) r = r / (1.0f + __expf(-r)) * v[1];
+  float* orow;
+  if (p.items) {
+    const int32_t* item = p.items + 3 * blockIdx.y;
+    orow = p.out + int64_t(p.perm[item[1] + t]) * p.out_stride;
+  } else {
+    const bool snd = second;
+    orow = (snd ? p.second.out : p.out) + int64_t(blockIdx.y) * p.out_step +
+           int64_t(t) * (snd ? p.second.out_stride : p.out_stride);
+  }
+  orow[r0 + row] = r;
+}
+
+// Whether gemv_mma_kernel takes these parameters at `tile` tokens (assignments) per pass.
+template <DType WT>
+bool mma_gemv_ok(const GemvParams& p, int tile) {
+  if (WT != DType::F8_E4M3 && WT != DType::BF16) return false;
+  if (WT == DType::BF16 && tile < 2) return false;  // one token: the CUDA-core kernel is as fast or faster
+  if (tile > 8 || (!p.items && p.T > 8)) return false;
+  if (p.K % mma_step_cols<WT>() != 0 || p.x_stride % 4 != 0 || p.x_step % 4 != 0 ||
+      reinterpret_cast<uintptr_t>(p.x) % 16 != 0)
+    return false;
+  if (WT == DType::F8_E4M3 &&
+      (p.block_n != 128 || p.block_k != 128 || p.w_row_base % kMmaRows != 0 || p.w_row_step % kMmaRows != 0))
+    return false;
+  return true;
+}
+
+template <DType WT>
+void launch_gemv_mma(const GemvParams& p, cudaStream_t s) {
+  GemvParams q = p;
+  const auto blocks_of = [](int64_t rows) { return unsigned((rows + kMmaRows - 1) / kMmaRows); };
+  q.second.first_block = p.second.N > 0 ? blocks_of(p.N) : 0u;
+  const dim3 grid(blocks_of(p.N) + blocks_of(p.second.N), unsigned(p.grid_y), 1);
+  if (p.swiglu)
+    launch("gemv_mma", gemv_mma_kernel<WT, true>, grid, 256, 0, s, q);
+  else
+    launch("gemv_mma", gemv_mma_kernel<WT, false>, grid, 256, 0, s, q);
+}
+
+}  // namespace gemv_detail
+
+}  // namespace moe::cuda
