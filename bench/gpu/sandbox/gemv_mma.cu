@@ -5,10 +5,8 @@
 // m16n8k16, the 8 mma columns as 8 tokens). Production's launch_gemv takes the tensor cores for FP8 at 1-8 tokens
 // and BF16 at 2-8 (BF16 at one token: the CUDA-core kernel, as fast or faster on the small projections here).
 //
-// First run (H200, 2026-12-04, graph-replayed cycles over weight copies past the L2, PDL on both), CUDA cores ->
-// tensor cores, us: FP8 T 1: q_proj 3072x2048 7.58 -> 3.94, kv_a 576x2048 4.62 -> 2.52, o_proj 7.43 -> 3.43,
-// 2048x11264 29.6 -> 15.0; FP8 T 8: 22.0 -> 4.8, 11.0 -> 3.1, 11.3 -> 4.2, 52.2 -> 18.7; BF16 T 1: 6.01 -> 6.89,
-// 3.86 -> 4.33, 4.71 -> 5.80, 25.0 -> 24.3; BF16 T 8: 15.6 -> 7.2, 7.9 -> 4.6, 8.4 -> 6.6, 42.9 -> 26.5.
+// Measured (H200, 2026-12-04, bench/RESULTS.md "decode round 1"): FP8 at 1 token 1.1-1.6x faster on the tensor
+// cores, FP8 and BF16 at 8 tokens 1.7-4.4x; BF16 at 1 token within +-12 % either way.
 //
 // Checks: float64 dot products of the F32 x and the (dequantised) weights. CUDA cores (F32 x): bound 1e-5;
 // tensor cores (x rounded to BF16: 2^-9 relative per value, independent roundings over K values): bound 1e-2.
