@@ -44,20 +44,6 @@ __device__ __forceinline__ uint32_t e4m3x2_placed_bf16(uint32_t w, bool high) {
   return (u & 0x80008000u) | ((u >> 4) & 0x07f007f0u);
 }
 
-__device__ __forceinline__ uint32_t bf16x2_of(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-
-__device__ __forceinline__ uint4 load_stream_mma(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 template <DType WT, bool SWIGLU>
 __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
   constexpr bool kFp8 = WT == DType::F8_E4M3;
@@ -126,8 +112,8 @@ __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
       if (s < nsteps) {
 #pragma unroll
         for (int m = 0; m < M; ++m) {
-          va[m][u] = load_stream_mma(wa[m] + s * kStep * kBytes);
-          vb[m][u] = load_stream_mma(wb[m] + s * kStep * kBytes);
+          va[m][u] = load_stream(wa[m] + s * kStep * kBytes);
+          vb[m][u] = load_stream(wb[m] + s * kStep * kBytes);
         }
       }
     }
@@ -144,8 +130,8 @@ __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
       for (int i = 0; i < kVals / 4; ++i) {
         float4 v = tok ? __ldg(reinterpret_cast<const float4*>(xc + s * kStep) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
         if constexpr (kFp8) v = make_float4(v.x * kMmaXScale, v.y * kMmaXScale, v.z * kMmaXScale, v.w * kMmaXScale);
-        xb[2 * i] = bf16x2_of(v.x, v.y);
-        xb[2 * i + 1] = bf16x2_of(v.z, v.w);
+        xb[2 * i] = pack_bf16(v.x, v.y);
+        xb[2 * i + 1] = pack_bf16(v.z, v.w);
       }
 #pragma unroll
       for (int m = 0; m < M; ++m) {

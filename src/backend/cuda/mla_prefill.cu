@@ -54,13 +54,6 @@ struct PrefillLayout {
   static_assert(kSmem <= 227 * 1024, "shared memory of one CTA");
 };
 
-// (lo, hi) rounded to nearest-even BF16 in one register, lo in the low half (one cvt.rn.bf16x2).
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-
 __global__ void __launch_bounds__(256) gather_latent_kernel(const uint16_t* cache, const int32_t* block_table,
                                                             int32_t max_pages, int32_t page_size, int64_t W,
                                                             const int32_t* seqs, const int32_t* lens,
