@@ -106,10 +106,8 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // batches their 128-row (FP8: 64-row) tiles are mostly padding, but the weights, which bound the step,
   // are still streamed once, on the tensor cores instead of the GEMV's CUDA cores.
   const CudaOptions& o = ctx_.options();
-  const bool many = T >= o.grouped_experts_min_tokens;
-  const bool fp8_experts = many && fp8_experts_ok(*prep);
-  const bool bf16_experts = many && o.prefill == CudaOptions::Prefill::Bf16 && prep->dtype == DType::BF16 &&
-                            D % 8 == 0 && I % 8 == 0;
+  const bool fp8_experts = T >= o.grouped_experts_min_tokens && fp8_experts_ok(*prep);
+  const bool bf16_experts = bf16_grouped_step(T, D) && bf16_grouped_experts(*prep);
   // INT4 experts' GEMMs read the counts on the host (per-expert dequantisation): while capturing, the W4A16 GEMV.
   const bool grouped_gemm =
       fp8_experts || bf16_experts ||

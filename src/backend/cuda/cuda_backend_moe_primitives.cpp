@@ -50,9 +50,7 @@ MoeDispatch CudaBackend::moe_dispatch(const TensorView& x, const TensorView& exp
   plan->n_items = plan->cublas ? 1 : std::min<int64_t>(E, M) + (M + tile - 1) / tile;
   plan->items = scratch(DType::I32, {std::max<int64_t>(plan->n_items, 1), 3});
   plan->counts = scratch(DType::I32, {E});
-  const CudaOptions& o = ctx_.options();
-  const bool bf16_gemm_items = !plan->grouped_gemm && T >= o.grouped_experts_min_tokens &&
-                               o.prefill == CudaOptions::Prefill::Bf16 && D % 8 == 0;
+  const bool bf16_gemm_items = !plan->grouped_gemm && bf16_grouped_step(T, D);
   plan->inv = scratch(DType::I32, {M});
   plan->iota = scratch(DType::I32, {M});
   MoeDispatch d;
@@ -99,7 +97,7 @@ void CudaBackend::moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& exp
     moe_expert_gemms(d.rows, *prep, plan->iota, plan->items, plan->n_items, plan->counts, M, 1, yt);
     return;
   }
-  if (plan->n_items_gemm > 0 && prep->dtype == DType::BF16 && I % 8 == 0) {  // as moe_experts: decode batches
+  if (plan->n_items_gemm > 0 && bf16_grouped_experts(*prep)) {  // as moe_experts: decode batches
     moe_expert_gemms(d.rows, *prep, plan->iota, plan->items_gemm, plan->n_items_gemm, plan->counts, M, 1, yt);
     return;
   }

@@ -135,7 +135,8 @@ __device__ __forceinline__ void gemv_pass(const GemvParams& p, int64_t N, const 
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         C::unpack(raw[m][r], wf[m][r]);
-        sc[m][r] = kFp8 ? __ldg(srow[m][r] + (pow2_blocks ? c >> block_shift : (c * E) / p.block_k)) * kE4m3Placed : 1.0f;
+        sc[m][r] = kFp8 ? __ldg(srow[m][r] + (pow2_blocks ? c >> block_shift : (c * E) / p.block_k)) * kE4m3Placed
+                        : 1.0f;
       }
 #pragma unroll
     for (int t = 0; t < TILE; ++t) {

@@ -186,9 +186,8 @@ __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
     const int32_t* item = p.items + 3 * blockIdx.y;
     orow = p.out + int64_t(p.perm[item[1] + t]) * p.out_stride;
   } else {
-    const bool snd = second;
-    orow = (snd ? p.second.out : p.out) + int64_t(blockIdx.y) * p.out_step +
-           int64_t(t) * (snd ? p.second.out_stride : p.out_stride);
+    orow = (second ? p.second.out : p.out) + int64_t(blockIdx.y) * p.out_step +
+           int64_t(t) * (second ? p.second.out_stride : p.out_stride);
   }
   orow[r0 + row] = r;
 }
