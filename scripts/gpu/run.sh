@@ -167,7 +167,8 @@ stage_llama-peer() {
 }
 # Issue 14's decode after a change to its kernels: the MoE, GEMV, graph, model and speculative tests, then the
 # llama.cpp-peer checkpoint (with GEMV_EXPERTS_AB=1, BF16 also with the routed experts' GEMV for every decode
-# batch: the A/B of --cuda-grouped-experts-tokens) and batch-1 decode of the Moonlight shape, BF16 and FP8 (W8A8).
+# batch: the A/B of --cuda-grouped-experts-tokens) and batch-1 decode of the Moonlight shape, BF16 and FP8 (W8A8);
+# with MOE_FUSION_AB=1 also the A/B of --cuda-moe-decode-fusion (below).
 stage_decode-check() {
   env_deps
   timeout "${TEST_TIMEOUT:-300}" "$BUILD/tests/cuda/test_cuda" \
@@ -184,6 +185,20 @@ stage_decode-check() {
       --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --prompt-tokens 128 --batch 1 --context 512,4096 --steps 48 2>&1 \
       | grep -E "^(ceilings|decode)" | sed "s/^/[moonlight ${v%%:*}] /" | tee -a "$OUT/moonlight-decode.log"
   done
+  # MOE_FUSION_AB=1: Moonlight at batch 1 (context 512) and the 8-layer checkpoint at batches 1 and 4, with the
+  # MoE decode fusions off and on (--cuda-moe-decode-fusion), alternating.
+  if [ -n "${MOE_FUSION_AB:-}" ]; then
+    for rep in 1 2; do for v in "bf16:bf16" "fp8:fp8"; do for fused in false true; do
+      "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights \
+        --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --cuda-moe-decode-fusion $fused --prompt-tokens 128 \
+        --batch 1 --context 512 --steps 48 2>&1 \
+        | grep -E "^(decode)" | sed "s/^/[moonlight ${v%%:*} fusion=$fused $rep] /" | tee -a "$OUT/moe-fusion.log"
+      "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights \
+        --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --cuda-moe-decode-fusion $fused --prompt-tokens 256 \
+        --batch 1,4 --context 512 2>&1 \
+        | grep -E "^(decode)" | sed "s/^/[8-layer ${v%%:*} fusion=$fused $rep] /" | tee -a "$OUT/moe-fusion.log"
+    done; done; done
+  fi
 }
 # Issue 14's prefill after a change to its kernels: the prefill and FP8 fixture tests, then one 4096-token prefill
 # and batch-1 decode of the Moonlight shape on weights made in memory, FP8 W8A8 and BF16, alternating twice.

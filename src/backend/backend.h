@@ -141,6 +141,15 @@ class Backend {
   virtual void copy(const TensorView& src, const TensorView& dst) = 0;  // same device, same bytes
   virtual Weight upload_weight(const Weight& host) = 0;  // CPU: the memory-mapped weight itself
   virtual void prepare_experts(ExpertWeights& experts) {}
+  // After prepare_experts, for a layer that holds all its routed experts: the shared experts (one SwiGLU MLP
+  // of n_shared routed experts' width) may join the prepared experts as n_shared more, ids E and up (slices
+  // of the MLP), so that a backend can run them in the routed experts' launches.
+  virtual void prepare_shared_experts(ExpertWeights& experts, const MlpWeights& shared) {}
+  // How many shared-expert slots moe_route should append to each token's choices at T tokens for moe_experts
+  // to run the shared experts as routed ones (weight 1, no `plus`); 0: run them apart (swiglu_mlp) and pass
+  // them as `plus`. Default 0; the CUDA backend fuses them at decode batches, where each launch costs more
+  // than its bytes.
+  virtual int32_t shared_expert_slots(const ExpertWeights& experts, int64_t T) const { return 0; }
   virtual DeviceBatch upload_batch(const BatchPlan& plan) = 0;
   virtual void synchronize() {}
 
@@ -334,9 +343,19 @@ class Backend {
   }
 
   // MoE. Router logits [T, E] (F32) -> chosen experts I32 [T, k] and weights F32 [T, k].
-  // bias (F32 [E] or empty) is added for choosing only.
+  // bias (F32 [E] or empty) is added for choosing only. With [T, k + S] outputs, columns k .. k + S - 1 of
+  // every row name the S shared experts as routed ones: ids E .. E + S - 1, weight 1 (shared_expert_slots).
   virtual void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                          const TensorView& expert_ids, const TensorView& expert_weights) = 0;
+  // The router and the routing: logits [T, E] F32 = x router^T, then moe_route. Default: the two ops; a
+  // backend may run them as one launch (CUDA at one token under --cuda-moe-decode-fusion, the same logits and
+  // choices).
+  virtual void moe_router(const TensorView& x, const Weight& router, const TensorView& bias,
+                          const RoutingParams& params, const TensorView& logits, const TensorView& expert_ids,
+                          const TensorView& expert_weights) {
+    matmul(x, router, logits);
+    moe_route(logits, bias, params, expert_ids, expert_weights);
+  }
   //
   // Routed experts in three steps (moe_experts below composes them); see MoeDispatch for the layout.
   // Permutes x [T, D] (activation dtype) into expert-contiguous rows, one per assignment of expert_ids

@@ -31,6 +31,7 @@ BackendOptions BackendArgs::options() const {
   if (cuda_grouped_experts_tokens < 1)
     fail("--cuda-grouped-experts-tokens must be >= 1, not {}", cuda_grouped_experts_tokens);
   o.cuda.grouped_experts_min_tokens = cuda_grouped_experts_tokens;
+  o.cuda.moe_decode_fusion = cuda_moe_decode_fusion;
   return o;
 }
 
@@ -56,6 +57,11 @@ void add_backend_options(CLI::App* cmd, BackendArgs& a) {
   cmd->add_option("--cuda-grouped-experts-tokens", a.cuda_grouped_experts_tokens,
                   "Routed experts on the grouped tensor-core GEMM from this many tokens a step (below: the GEMV)")
       ->envname("MOE_CUDA_GROUPED_EXPERTS_TOKENS")
+      ->capture_default_str();
+  cmd->add_option("--cuda-moe-decode-fusion", a.cuda_moe_decode_fusion,
+                  "Decode batches below --cuda-grouped-experts-tokens: shared experts in the routed "
+                  "launches, no plan launch")
+      ->envname("MOE_CUDA_MOE_DECODE_FUSION")
       ->capture_default_str();
 }
 

@@ -26,6 +26,8 @@ std::string human_bytes(int64_t n);                               // 5.80 GB
 //   --cuda-mla-prefill-tokens   MOE_CUDA_MLA_PREFILL_TOKENS   expanded MLA from this many new tokens (64; 0 off)
 //   --cuda-mla-splits           MOE_CUDA_MLA_SPLITS           decode attention splits (0: chosen per shape)
 //   --cuda-mla-decode           MOE_CUDA_MLA_DECODE           decode attention kernel: auto, mma or wgmma
+//   --cuda-grouped-experts-tokens   MOE_CUDA_GROUPED_EXPERTS_TOKENS   grouped expert GEMMs from this many tokens
+//   --cuda-moe-decode-fusion    MOE_CUDA_MOE_DECODE_FUSION    decode: fewer MoE launches (CudaOptions)
 struct BackendArgs {
   std::string device = "cpu";
   bool cuda_graphs = true;
@@ -34,6 +36,7 @@ struct BackendArgs {
   int32_t cuda_mla_splits = 0;
   std::string cuda_mla_decode = "auto";  // CudaOptions::mla_decode's default
   int64_t cuda_grouped_experts_tokens = 8;  // CudaOptions::grouped_experts_min_tokens
+  bool cuda_moe_decode_fusion = false;      // CudaOptions::moe_decode_fusion
   BackendOptions options() const;  // throws moe::Error naming a bad value
 };
 void add_backend_options(CLI::App* cmd, BackendArgs& args);

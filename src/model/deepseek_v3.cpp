@@ -1,6 +1,7 @@
 // The DeepSeek-V3 forward pass. Shapes: T new tokens, D hidden, H heads, dn/dr/dv head dims, r kv_lora_rank.
 #include "model/deepseek_v3.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -352,43 +353,29 @@ Tensor DeepseekV3::sparse_indices(const IndexerWeights& w, const TensorView& x, 
 }
 
 // DeepSeekMoE: the router (FP32) picks top-k routed experts per token; shared experts see every token.
-// Decode steps with the shared expert as a routed one (ExpertParallel::set_shared_as_routed): it joins every
-// token's choices as expert E with weight 1 instead of running here on the whole batch.
+// S shared experts may run as routed ones: expert parallelism's decode steps place the one shared expert
+// among the routed ones (ExpertParallel::set_shared_as_routed), and without expert parallelism a backend may
+// run S slices of the shared MLP in the routed experts' launches (Backend::shared_expert_slots). Then
+// moe_route appends them to every token's choices (ids E .. E + S - 1, weight 1) and nothing runs apart; the
+// sum is the same.
 void DeepseekV3::moe_ffn(int64_t layer, const DecoderLayerWeights& w, const TensorView& x, const TensorView& out,
                          bool decode) {
   const int64_t T = x.rows(), E = config_.n_routed_experts, K = config_.num_experts_per_tok;
+  int64_t S = 0;
+  if (w.shared_experts)
+    S = ep_ ? (ep_->shared_as_routed() && decode ? 1 : 0) : backend_.shared_expert_slots(w.experts, T);
   Tensor logits = backend_.alloc_uninitialized(DType::F32, {T, E});
-  backend_.matmul(x, w.router, logits);
-  Tensor ids = backend_.alloc_uninitialized(DType::I32, {T, K});
-  Tensor weights = backend_.alloc_uninitialized(DType::F32, {T, K});
-  backend_.moe_route(logits, w.correction_bias.view(), routing_, ids, weights);
-  if (load_) {
-    std::vector<int32_t> host(size_t(T * K));
+  Tensor ids = backend_.alloc_uninitialized(DType::I32, {T, K + S});
+  Tensor weights = backend_.alloc_uninitialized(DType::F32, {T, K + S});
+  backend_.moe_router(x, w.router, w.correction_bias.view(), routing_, logits, ids, weights);
+  if (load_) {  // the routed choices only
+    std::vector<int32_t> host(size_t(T * (K + S)));
     backend_.copy_to_host(ids, host.data());
+    for (int64_t t = 1; S > 0 && t < T; ++t) std::copy_n(host.begin() + t * (K + S), K, host.begin() + t * K);
     load_->add(layer, host.data(), T * K);
   }
-  if (ep_ && ep_->shared_as_routed() && decode && w.shared_experts) {
-    // ids, weights [T, K] -> [T, K + 1] with (E, 1) appended to every row (built on the host: a decode step's few
-    // rows; ExpertParallel copies the ids to the host anyway).
-    std::vector<int32_t> hid(size_t(T * K)), hid2;
-    std::vector<float> hw(size_t(T * K)), hw2;
-    backend_.copy_to_host(ids, hid.data());
-    backend_.copy_to_host(weights, hw.data());
-    for (int64_t t = 0; t < T; ++t) {
-      hid2.insert(hid2.end(), hid.begin() + t * K, hid.begin() + (t + 1) * K);
-      hid2.push_back(int32_t(E));
-      hw2.insert(hw2.end(), hw.begin() + t * K, hw.begin() + (t + 1) * K);
-      hw2.push_back(1.0f);
-    }
-    Tensor ids2 = backend_.alloc_uninitialized(DType::I32, {T, K + 1});
-    Tensor weights2 = backend_.alloc_uninitialized(DType::F32, {T, K + 1});
-    backend_.copy_from_host(hid2.data(), ids2);
-    backend_.copy_from_host(hw2.data(), weights2);
-    ep_->moe(backend_, layer, w.experts, x, ids2, weights2, {}, out);
-    return;
-  }
   Tensor shared;
-  if (w.shared_experts) {
+  if (w.shared_experts && S == 0) {
     shared = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, x.row_size()});
     backend_.swiglu_mlp(x, *w.shared_experts, shared);
   }

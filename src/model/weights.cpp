@@ -199,8 +199,11 @@ class Loader {
       for (int32_t e = 0; e < int32_t(E); ++e) ids.push_back(e);
     }
     l.experts = experts(i, ids);
-    if (c_.n_shared_experts > 0)
+    if (c_.n_shared_experts > 0) {
       l.shared_experts = mlp(p + "mlp.shared_experts", D, c_.moe_intermediate_size * c_.n_shared_experts);
+      // All routed experts here (no expert parallelism): the backend may run the shared ones among them.
+      if (!select) backend_.prepare_shared_experts(l.experts, *l.shared_experts);
+    }
     return l;
   }
 

@@ -10,15 +10,18 @@
 #include "cuda_test_util.h"
 #include "engine/step_executor.h"
 #include "model/deepseek_v3.h"
+#include "model/random_checkpoint.h"
 #include "test_util.h"
 
 namespace moe {
 namespace {
 
-std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs, CudaOptions::Prefill prefill) {
+std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs, CudaOptions::Prefill prefill,
+                                                  bool shared_routed = false) {
   CudaOptions o;
   o.graphs = graphs;
   o.prefill = prefill;
+  o.moe_decode_fusion = shared_routed;
   return make_cuda_backend(0, o);
 }
 
@@ -27,8 +30,9 @@ std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs, CudaOptions::Pref
 // verification does), with logits for all of them when n > 1.
 void check_graph_replays(const std::string& model_dir, const std::vector<int32_t>& prompt_lens,
                          int64_t kSteps, int64_t min_captures, int32_t n = 1,
-                         CudaOptions::Prefill prefill = CudaOptions{}.prefill) {
-  auto eager_backend = cuda_backend_with_graphs(false, prefill), graph_backend = cuda_backend_with_graphs(true, prefill);
+                         CudaOptions::Prefill prefill = CudaOptions{}.prefill, bool shared_routed = false) {
+  auto eager_backend = cuda_backend_with_graphs(false, prefill, shared_routed),
+       graph_backend = cuda_backend_with_graphs(true, prefill, shared_routed);
   DeepseekV3 eager_model(model_dir, *eager_backend), graphed_model(model_dir, *graph_backend);
   StepExecutor eager(eager_model), graphed(graphed_model);
   const ModelConfig& c = eager_model.config();
@@ -104,6 +108,73 @@ TEST(CudaGraph, DecodeReplaysEqualEagerStepsBf16) {
 TEST(CudaGraph, DecodeReplaysEqualEagerStepsFp8) {
   MOE_REQUIRE_GPU();
   check_graph_replays(test::kTinyModelFp8, {3, 9, 22}, 24, 3);
+}
+
+// The MoE decode fusions (CudaOptions::moe_decode_fusion) at decode batches 3 and 1: moe_route's extra
+// columns, the extended expert table and the GEMV over the ids, captured and replayed.
+TEST(CudaGraph, MoeDecodeFusionReplaysEqualEagerSteps) {
+  MOE_REQUIRE_GPU();
+  check_graph_replays(test::kTinyModel, {3, 9, 22}, 24, 3, 1, CudaOptions{}.prefill, true);
+  check_graph_replays(test::kTinyModelFp8, {3, 9, 22}, 24, 3, 1, CudaOptions{}.prefill, true);
+}
+
+// Whole models decoding with the MoE decode fusions (the shared experts as routed ones, the GEMV over the
+// routing's ids) against the unfused steps (shared MLP apart, moe_plan's work items), both graphed: the
+// fixture's shape with one shared expert (S = 1, its down used in place) and with two (S = 2, down slices
+// copied apart), BF16 and FP8, random weights. Prefill (14 tokens) keeps the MLP apart in both: equal logits.
+// Decode differs only in F32 summation orders (test_cuda_moe.cpp's SharedExpertsAsRoutedOnes: ~3e-6 relative
+// per MoE layer), so over the fixture's 3 layers the logits stay within 1e-4 relative and the greedy tokens
+// agree.
+TEST(CudaGraph, MoeDecodeFusionMatchesTheUnfusedSteps) {
+  MOE_REQUIRE_GPU();
+  std::mt19937_64 rng(test::time_seed("shared experts routed"));
+  for (bool fp8 : {false, true})
+    for (int32_t shared : {1, 2}) {
+      ModelConfig c = random_checkpoint_config(test::kTinyModel, fp8);
+      c.n_shared_experts = shared;
+      auto source = std::make_shared<RandomTensors>(c, fp8, rng());
+      auto apart_b = cuda_backend_with_graphs(true, CudaOptions{}.prefill, false),
+           joined_b = cuda_backend_with_graphs(true, CudaOptions{}.prefill, true);
+      DeepseekV3 apart(source, c, *apart_b, {}), joined(source, c, *joined_b, {});
+      StepExecutor ea(apart), ej(joined);
+      constexpr int64_t kPage = 4, kSteps = 8, kPages = 8;
+      LatentCache ca(c, *apart_b, 2 * kPages, kPage, apart.cache_layers()),
+          cj(c, *joined_b, 2 * kPages, kPage, joined.cache_layers());
+      std::vector<SequenceChunk> chunks(2);
+      for (int64_t s = 0; s < 2; ++s) {
+        for (int64_t i = 0; i < 5 + 4 * s; ++i)
+          chunks[size_t(s)].tokens.push_back(int32_t(rng() % uint64_t(c.vocab_size)));
+        for (int64_t p = 0; p < kPages; ++p) chunks[size_t(s)].pages.push_back(int32_t(s * kPages + p));
+      }
+      const std::string what = std::string(fp8 ? "FP8" : "BF16") + ", " + std::to_string(shared) + " shared";
+      std::vector<float> la = test::to_host_f32(*apart_b, ea.forward(chunks, ca).logits),
+                         lj = test::to_host_f32(*joined_b, ej.forward(chunks, cj).logits);
+      ASSERT_EQ(la, lj) << what << ": prefill differs";
+      for (int64_t step = 0; step < kSteps + 4; ++step) {
+        const int64_t active = step < kSteps ? 2 : 1, prev = int64_t(la.size()) / c.vocab_size;
+        std::vector<SequenceChunk> dec;
+        for (int64_t s = 0; s < active; ++s) {
+          SequenceChunk& ch = chunks[size_t(s)];
+          const float* row =
+              la.data() + s * c.vocab_size;  // one logits row per sequence of the previous step
+          ASSERT_LT(s, prev);
+          ch.start_pos += int32_t(ch.tokens.size());
+          ch.tokens = {int32_t(std::max_element(row, row + c.vocab_size) - row)};
+          dec.push_back(ch);
+        }
+        la = test::to_host_f32(*apart_b, ea.forward(dec, ca).logits);
+        lj = test::to_host_f32(*joined_b, ej.forward(dec, cj).logits);
+        ASSERT_EQ(la.size(), lj.size());
+        EXPECT_LE(test::rel_l2(lj.data(), la.data(), int64_t(la.size())), 1e-4) << what << ", step " << step;
+        for (int64_t s = 0; s < active; ++s) {
+          const float *ra = la.data() + s * c.vocab_size, *rj = lj.data() + s * c.vocab_size;
+          EXPECT_EQ(std::max_element(ra, ra + c.vocab_size) - ra,
+                    std::max_element(rj, rj + c.vocab_size) - rj)
+              << what << ", step " << step << ", sequence " << s;
+        }
+      }
+      EXPECT_GE(ej.stats().replays, kSteps - 4) << what;
+    }
 }
 
 // One long sequence replayed across many 64-position attention tiles inside one page-table width (contexts

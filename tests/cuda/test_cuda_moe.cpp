@@ -126,5 +126,145 @@ TEST_F(CudaMoe, RouteThenExpertsOnTheRoutedIds) {
     }
 }
 
+// The shared experts as routed ones (CudaOptions::moe_decode_fusion, decode batches below the grouped
+// kernels' threshold): moe_route appends S columns (ids E .., weight 1) and moe_experts runs the S inner-wide
+// slices of the shared MLP among the routed experts (at tile 1 straight over the ids, no plan), against the
+// shared MLP run apart (swiglu_mlp, added through `plus`) and the routed experts over moe_plan's work items.
+// E = 16, K = 6 keeps the grouped GEMV's tile equal to the dense GEMV's at every T here, so both run the same
+// kernels (CUDA cores or tensor cores alike) on the same weights and x: only F32 summation orders differ (the
+// down product as S dots of I terms summed in the combine instead of one dot of S*I; the combine's order),
+// about sqrt(S*I) * 2^-24 = 3e-6 relative: bound 2e-5. Against the CPU: test::gemv_bound.
+TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
+  CudaOptions o;
+  o.moe_decode_fusion = true;
+  auto fused = make_cuda_backend(0, o);
+  const int64_t E = 16, D = 512, I = 256, K = 6;
+  RoutingParams p;
+  p.num_experts = int32_t(E);
+  p.top_k = int32_t(K);
+  p.n_group = 4;
+  p.topk_group = 2;
+  p.routed_scaling_factor = 2.5f;
+  for (bool fp8 : {false, true})
+    for (int64_t S : {1, 2}) {
+      const test::HostExperts hx = test::random_experts(rng_, E, D, I, fp8);
+      const test::HostWeight hg = test::random_weight(rng_, S * I, D, fp8),
+                             hu = test::random_weight(rng_, S * I, D, fp8),
+                             hd = test::random_weight(rng_, D, S * I, fp8);
+      const MlpWeights host_shared{hg.weight, hu.weight, hd.weight};
+      auto upload_mlp = [](Backend& b, const MlpWeights& m) {
+        return MlpWeights{b.upload_weight(m.gate), b.upload_weight(m.up), b.upload_weight(m.down)};
+      };
+      ExpertWeights apart = test::upload_experts(*gpu_, hx.weights),
+                    joined = test::upload_experts(*fused, hx.weights);
+      const MlpWeights shared_apart = upload_mlp(*gpu_, host_shared),
+                       shared_joined = upload_mlp(*fused, host_shared);
+      gpu_->prepare_shared_experts(apart, shared_apart);
+      fused->prepare_shared_experts(joined, shared_joined);
+      ASSERT_EQ(gpu_->shared_expert_slots(apart, 1), 0) << "off by default";
+      ASSERT_EQ(fused->shared_expert_slots(joined, 1), S);
+      ASSERT_EQ(fused->shared_expert_slots(joined, CudaOptions{}.grouped_experts_min_tokens), 0)
+          << "the grouped kernels' batches keep the shared MLP apart";
+      for (int64_t T : {1, 2, 4, 7}) {
+        Tensor logits = test::random_host(rng_, DType::F32, {T, E}, 2.0f),
+               bias = test::random_host(rng_, DType::F32, {E}, 0.1f),
+               x = test::random_host(rng_, DType::F32, {T, D});
+        // The CPU: routing, the shared MLP apart, the routed experts with it as `plus`.
+        Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
+        Tensor sh = Tensor::host(DType::F32, {T, D}), ref = Tensor::host(DType::F32, {T, D});
+        cpu_->moe_route(logits, bias, p, ids, w);
+        cpu_->swiglu_mlp(x, host_shared, sh);
+        cpu_->moe_experts(x, hx.weights, ids, w, sh, ref);
+        // The GPU, shared MLP apart.
+        Tensor gids = gpu_->alloc(DType::I32, {T, K}), gw = gpu_->alloc(DType::F32, {T, K});
+        Tensor gx = test::to_device(*gpu_, x), gsh = gpu_->alloc(DType::F32, {T, D}),
+               gout = gpu_->alloc(DType::F32, {T, D});
+        gpu_->moe_route(test::to_device(*gpu_, logits), test::to_device(*gpu_, bias), p, gids, gw);
+        gpu_->swiglu_mlp(gx, shared_apart, gsh);
+        gpu_->moe_experts(gx, apart, gids, gw, gsh, gout);
+        // The GPU, shared experts as routed ones.
+        Tensor fids = fused->alloc(DType::I32, {T, K + S}), fw = fused->alloc(DType::F32, {T, K + S});
+        Tensor fx = test::to_device(*fused, x), fout = fused->alloc(DType::F32, {T, D});
+        fused->moe_route(test::to_device(*fused, logits), test::to_device(*fused, bias), p, fids, fw);
+        fused->moe_experts(fx, joined, fids, fw, {}, fout);
+
+        std::vector<int32_t> a(static_cast<size_t>(T * K)), j(static_cast<size_t>(T * (K + S)));
+        gpu_->copy_to_host(gids, a.data());
+        fused->copy_to_host(fids, j.data());
+        const std::vector<float> wa = test::to_host_f32(*gpu_, gw), wj = test::to_host_f32(*fused, fw);
+        for (int64_t t = 0; t < T; ++t) {
+          for (int64_t c = 0; c < K; ++c) {
+            EXPECT_EQ(j[size_t(t * (K + S) + c)], a[size_t(t * K + c)])
+                << "T=" << T << " t=" << t << " slot " << c;
+            EXPECT_EQ(wj[size_t(t * (K + S) + c)], wa[size_t(t * K + c)])
+                << "T=" << T << " t=" << t << " slot " << c;
+          }
+          for (int64_t c = 0; c < S; ++c) {
+            EXPECT_EQ(j[size_t(t * (K + S) + K + c)], int32_t(E + c)) << "T=" << T << " t=" << t;
+            EXPECT_EQ(wj[size_t(t * (K + S) + K + c)], 1.0f) << "T=" << T << " t=" << t;
+          }
+        }
+        const std::vector<float> got_apart = test::to_host_f32(*gpu_, gout),
+                                 got = test::to_host_f32(*fused, fout);
+        const std::string what =
+            "T=" + std::to_string(T) + " S=" + std::to_string(S) + " fp8=" + std::to_string(fp8);
+        EXPECT_LE(rel_l2(got.data(), got_apart.data(), T * D), 2e-5) << what;
+        EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), test::gemv_bound(fp8, T)) << what;
+        EXPECT_LE(rel_l2(got_apart.data(), ref.as<float>(), T * D), test::gemv_bound(fp8, T)) << what;
+      }
+    }
+}
+
+// The router and the routing in one launch (moe_router at one token under CudaOptions::moe_decode_fusion)
+// against matmul + moe_route: the same single-token GEMV pass and the same routing code, so the logits, ids
+// and weights are bit-identical; at DeepSeek-V3's routing (256 experts, groups) and V2's (softmax), BF16 and
+// F32 routers, with and without a shared-expert column, several calls in a row (the kernel's block counter
+// must come back to 0).
+TEST_F(CudaMoe, RouterAndRoutingInOneLaunch) {
+  CudaOptions o;
+  o.moe_decode_fusion = true;
+  auto fused = make_cuda_backend(0, o);
+  const int64_t E = 256, D = 1024, K = 8;
+  for (DType wdt : {DType::BF16, DType::F32})
+    for (int variant = 0; variant < 2; ++variant)
+      for (int64_t S : {0, 1}) {
+        RoutingParams p;
+        p.num_experts = int32_t(E);
+        p.top_k = int32_t(K);
+        p.n_group = 8;
+        p.topk_group = 4;
+        p.routed_scaling_factor = 2.5f;
+        if (variant == 1) {
+          p.score = RoutingScore::Softmax;
+          p.method = RoutingMethod::GroupLimitedGreedy;
+          p.norm_topk_prob = false;
+        }
+        Tensor hw = test::random_host(rng_, wdt, {E, D}, 1.0f / 32.0f);
+        Weight host_router;
+        host_router.w = hw.view();
+        const Weight ra = gpu_->upload_weight(host_router), rf = fused->upload_weight(host_router);
+        for (int call = 0; call < 3; ++call) {
+          Tensor x = test::random_host(rng_, DType::F32, {1, D}),
+                 bias = test::random_host(rng_, DType::F32, {E}, 0.1f);
+          Tensor la = gpu_->alloc(DType::F32, {1, E}), ia = gpu_->alloc(DType::I32, {1, K + S}),
+                 wa = gpu_->alloc(DType::F32, {1, K + S});
+          Tensor lf = fused->alloc(DType::F32, {1, E}), i_f = fused->alloc(DType::I32, {1, K + S}),
+                 wf = fused->alloc(DType::F32, {1, K + S});
+          Tensor ba = variant == 0 ? test::to_device(*gpu_, bias) : Tensor{},
+                 bf = variant == 0 ? test::to_device(*fused, bias) : Tensor{};
+          gpu_->moe_router(test::to_device(*gpu_, x), ra, ba.view(), p, la, ia, wa);
+          fused->moe_router(test::to_device(*fused, x), rf, bf.view(), p, lf, i_f, wf);
+          const std::string what = std::string(dtype_name(wdt)) + " variant " + std::to_string(variant) +
+                                   " S " + std::to_string(S) + " call " + std::to_string(call);
+          EXPECT_EQ(test::to_host_f32(*fused, lf), test::to_host_f32(*gpu_, la)) << what;
+          std::vector<int32_t> ida(static_cast<size_t>(K + S)), idf(static_cast<size_t>(K + S));
+          gpu_->copy_to_host(ia, ida.data());
+          fused->copy_to_host(i_f, idf.data());
+          EXPECT_EQ(idf, ida) << what;
+          EXPECT_EQ(test::to_host_f32(*fused, wf), test::to_host_f32(*gpu_, wa)) << what;
+        }
+      }
+}
+
 }  // namespace
 }  // namespace moe

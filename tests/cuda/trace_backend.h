@@ -62,6 +62,11 @@ class TraceBackend final : public Backend {
   void copy(const TensorView& src, const TensorView& dst) override { in_.copy(src, dst); }
   Weight upload_weight(const Weight& host) override { return in_.upload_weight(host); }
   void prepare_experts(ExpertWeights& experts) override { in_.prepare_experts(experts); }
+  void prepare_shared_experts(ExpertWeights& experts, const MlpWeights& shared) override {
+    in_.prepare_shared_experts(experts, shared);
+  }
+  // shared_expert_slots stays the default 0: the routing records (and forced routing) hold top-k columns
+  // only.
   DeviceBatch upload_batch(const BatchPlan& plan) override { return in_.upload_batch(plan); }
   void synchronize() override { in_.synchronize(); }
 

@@ -41,6 +41,12 @@ class ReplayBackend final : public Backend {
   }
   Weight upload_weight(const Weight& host) override { return in_.upload_weight(host); }
   void prepare_experts(ExpertWeights& experts) override { in_.prepare_experts(experts); }
+  void prepare_shared_experts(ExpertWeights& experts, const MlpWeights& shared) override {
+    in_.prepare_shared_experts(experts, shared);
+  }
+  int32_t shared_expert_slots(const ExpertWeights& experts, int64_t T) const override {
+    return in_.shared_expert_slots(experts, T);
+  }
   void synchronize() override { refuse_while_capturing("synchronize"); }
 
   // The plan's five arrays in one block of this backend's memory, as the CUDA backend keeps them.

@@ -158,5 +158,39 @@ TEST(Routing, RandomTokensMatchOracleForEveryMethod) {
   }
 }
 
+// Outputs wider than top_k (Backend::shared_expert_slots): the first top_k columns as with [T, top_k]
+// outputs, then the shared experts as routed ones, ids E, E + 1, .. with weight exactly 1.
+TEST(Routing, ColumnsPastTopKNameTheSharedExperts) {
+  const RoutingParams p = v3_params();
+  const int64_t T = 3, E = p.num_experts, K = p.top_k, S = 2;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n(0.0f, 2.0f);
+  Tensor l = Tensor::host(DType::F32, {T, E}), b = Tensor::host(DType::F32, {E});
+  for (int64_t i = 0; i < T * E; ++i) l.as<float>()[i] = n(rng);
+  for (int64_t e = 0; e < E; ++e) b.as<float>()[e] = 0.05f * n(rng);
+  auto backend = make_cpu_backend();
+  Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
+  Tensor ids2 = Tensor::host(DType::I32, {T, K + S}), w2 = Tensor::host(DType::F32, {T, K + S});
+  backend->moe_route(l, b.view(), p, ids, w);
+  backend->moe_route(l, b.view(), p, ids2, w2);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < K; ++j) {
+      EXPECT_EQ(ids2.as<int32_t>()[t * (K + S) + j], ids.as<int32_t>()[t * K + j]);
+      EXPECT_EQ(w2.as<float>()[t * (K + S) + j], w.as<float>()[t * K + j]);
+    }
+    for (int64_t j = 0; j < S; ++j) {
+      EXPECT_EQ(ids2.as<int32_t>()[t * (K + S) + K + j], int32_t(E + j));
+      EXPECT_EQ(w2.as<float>()[t * (K + S) + K + j], 1.0f);
+    }
+  }
+  Tensor narrow = Tensor::host(DType::I32, {T, K - 1}), wn = Tensor::host(DType::F32, {T, K - 1});
+  try {
+    backend->moe_route(l, b.view(), p, narrow, wn);
+    ADD_FAILURE() << "outputs narrower than top_k were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("moe_route: outputs of"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace moe

@@ -3,7 +3,7 @@
 //       a group's score is the sum of its two best b; keep topk_group groups; top-k of b among them.
 //   V2 (softmax): s = softmax(logits); greedy top-k, or group_limited_greedy with a group's score = its max s.
 //   w = s[chosen]; normalised to sum 1 when norm_topk_prob; times routed_scaling_factor.
-// Ties go to the lower expert index.
+// Ties go to the lower expert index. Output columns past top_k name the shared experts (backend.h).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -33,6 +33,11 @@ void moe_route(const TensorView& logits, const TensorView& bias, const RoutingPa
                const TensorView& expert_ids, const TensorView& expert_weights) {
   const int64_t T = logits.rows(), E = logits.row_size();
   MOE_CHECK(E == p.num_experts, "moe_route: {} router logits for {} experts", E, p.num_experts);
+  // Columns past top_k: the shared experts as routed ones (ids E.., weight 1; backend.h).
+  const int64_t cols = expert_ids.row_size(), shared = cols - p.top_k;
+  MOE_CHECK(shared >= 0 && expert_ids.numel() == T * cols && expert_weights.numel() == T * cols,
+            "moe_route: outputs of {} and {} for {} tokens, top {}", expert_ids.shape.str(),
+            expert_weights.shape.str(), T, p.top_k);
   const int32_t per_group = p.num_experts / p.n_group;
   std::vector<float> s(static_cast<size_t>(E)), choice(static_cast<size_t>(E)), group_score(static_cast<size_t>(p.n_group));
   for (int64_t t = 0; t < T; ++t) {
@@ -65,8 +70,12 @@ void moe_route(const TensorView& logits, const TensorView& bias, const RoutingPa
     for (int32_t j = 0; j < p.top_k; ++j) {
       float w = s[size_t(chosen[size_t(j)])];
       if (p.norm_topk_prob) w /= (sum + 1e-20f);
-      expert_ids.as<int32_t>()[t * p.top_k + j] = chosen[size_t(j)];
-      expert_weights.as<float>()[t * p.top_k + j] = w * p.routed_scaling_factor;
+      expert_ids.as<int32_t>()[t * cols + j] = chosen[size_t(j)];
+      expert_weights.as<float>()[t * cols + j] = w * p.routed_scaling_factor;
+    }
+    for (int64_t j = 0; j < shared; ++j) {
+      expert_ids.as<int32_t>()[t * cols + p.top_k + j] = int32_t(E + j);
+      expert_weights.as<float>()[t * cols + p.top_k + j] = 1.0f;
     }
   }
 }

@@ -32,7 +32,11 @@ void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
 }  // namespace cuda
 
-CudaBackend::CudaBackend(int device, const CudaOptions& options) : ctx_(device, options) {}
+CudaBackend::CudaBackend(int device, const CudaOptions& options) : ctx_(device, options) {
+  const cuda::DeviceGuard guard(ctx_.device());
+  const unsigned zero = 0;
+  router_done_ = static_cast<unsigned*>(ctx_.persistent(sizeof(zero), &zero));
+}
 
 CudaBackend::~CudaBackend() = default;
 

@@ -51,7 +51,12 @@ struct PreparedExperts {
   // decode runs the W4A16 GEMV on them, prefill dequantises the active experts to BF16 scratch first.
   int32_t group_size = 0;
   bool bf16_scales = false;
+  // The routed experts' pointers (the device `table`: them, then the shared experts' when shared_slots > 0).
   std::vector<const void*> host_table;
+  // The shared experts as routed ones (prepare_shared_experts): entries E .. E + shared_slots - 1 of `table`,
+  // each an inner-wide slice of the shared MLP (with more than one, the down slices are copies in persistent
+  // memory).
+  int32_t shared_slots = 0;
   // Expert e's matrix j (0 gate, 1 up: [inner, hidden]; 2 down: [hidden, inner]) with its scales.
   WeightRef matrix(int64_t e, int j) const {
     WeightRef r;
@@ -95,6 +100,11 @@ class CudaBackend final : public Backend {
   void copy(const TensorView& src, const TensorView& dst) override;
   Weight upload_weight(const Weight& host) override;
   void prepare_experts(ExpertWeights& experts) override;
+  void prepare_shared_experts(ExpertWeights& experts, const MlpWeights& shared) override;
+  void moe_router(const TensorView& x, const Weight& router, const TensorView& bias,
+                  const RoutingParams& params, const TensorView& logits, const TensorView& expert_ids,
+                  const TensorView& expert_weights) override;
+  int32_t shared_expert_slots(const ExpertWeights& experts, int64_t T) const override;
   DeviceBatch upload_batch(const BatchPlan& plan) override;
   void synchronize() override {
     const cuda::DeviceGuard guard(ctx_.device());
@@ -281,13 +291,16 @@ class CudaBackend final : public Backend {
                              int64_t dv, float scale, const DeviceBatch& batch, const TensorView& out);
 
   // Routed experts for few rows per expert (cuda_backend_moe.cpp): two grouped-GEMV launches over moe_plan's
-  // work items, gate + up with SwiGLU fused (h [M, I] F32 scratch), then down into y [M, D]; assignment a = perm[i]
-  // reads x row a / x_row_div and writes y row a.
-  void grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items, const int32_t* perm,
-                           int tile, const float* x, int32_t x_row_div, int64_t M, float* y);
+  // work items, gate + up with SwiGLU fused (h [M, I] F32 scratch), then down into y [M, D]; assignment a =
+  // perm[i] reads x row a / x_row_div and writes y row a. With ids (items and perm null, tile 1, n_items =
+  // M): assignment a is work item a, of expert ids[a].
+  void grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items,
+                           const int32_t* perm, int tile, const float* x, int32_t x_row_div, int64_t M,
+                           float* y, const int32_t* ids = nullptr);
   // The same for INT4 experts (the W4A16 GEMV): h [M, I] is the caller's scratch.
   void int4_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items, const int32_t* perm,
                         const float* x, int32_t x_row_div, int64_t M, const Tensor& h, float* y);
+  static cuda::RouteParams route_params(const RoutingParams& params, int32_t cols);
   // The grouped GEMV's tile for TK assignments of T tokens over E experts (cuda_backend_moe.cpp).
   static int grouped_gemv_tile(int64_t T, int64_t TK, int32_t E);
 
@@ -298,6 +311,8 @@ class CudaBackend final : public Backend {
   const int sms_ = ctx_.sms();
   std::unordered_map<std::string, const double*> rope_tables_;  // inv_freq tables uploaded, by contents
   std::unique_ptr<cuda::Fp8Gemm> fp8_;  // made on the first FP8 GEMM (its cuBLASLt handle and workspace)
+  // cuda::router_route's block counter (made with the backend, 0 between launches).
+  unsigned* router_done_ = nullptr;
 };
 
 }  // namespace moe

@@ -1,5 +1,6 @@
 // The CUDA backend's MoE ops: expert tables, routing, grouped experts (kernels: moe_*.cu, gemv.cuh, cuBLAS).
 #include <string>
+#include <vector>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/gemm.h"
@@ -52,22 +53,111 @@ void CudaBackend::prepare_experts(ExpertWeights& experts) {
   experts.prepared = prep;
 }
 
+// The kernels' routing parameters for outputs of `cols` columns (those past top_k: the shared experts).
+cuda::RouteParams CudaBackend::route_params(const RoutingParams& params, int32_t cols) {
+  return cuda::RouteParams{params.num_experts,
+                           params.top_k,
+                           params.n_group,
+                           params.topk_group,
+                           params.score == RoutingScore::Sigmoid,
+                           params.method == RoutingMethod::NoauxTc,
+                           params.method == RoutingMethod::Greedy,
+                           params.norm_topk_prob,
+                           params.routed_scaling_factor,
+                           cols - params.top_k};
+}
+
+// The shared experts as routed ones (backend.h): S = shared width / inner more entries after the routed ones
+// in the device table. Slice s is gate and up rows s*I .. (s+1)*I - 1 (in place) and down columns s*I ..
+// (s+1)*I - 1 (in place when S is 1, as in V3, R1 and Kimi-K2; else copied apart, since the GEMV reads rows
+// of I contiguous weights). Layers whose shared MLP is not such slices (another dtype or block size, INT4)
+// keep S = 0.
+void CudaBackend::prepare_shared_experts(ExpertWeights& experts, const MlpWeights& shared) {
+  const cuda::DeviceGuard guard(ctx_.device());
+  auto* prep = static_cast<PreparedExperts*>(experts.prepared.get());
+  if (!prep || prep->group_size > 0 || prep->inner <= 0) return;
+  MOE_CHECK(!ctx_.capturing(), "prepare_shared_experts inside a capture");
+  const int64_t I = prep->inner, D = prep->hidden, E = int64_t(experts.experts.size()),
+                width = shared.gate.rows();
+  for (const Weight* w : {&shared.gate, &shared.up, &shared.down})
+    if (w->w.dtype != prep->dtype || w->is_int4() || w->block_n != prep->block_n ||
+        w->block_k != prep->block_k || w->pow2_scales != prep->pow2_scales)
+      return;
+  if (width % I != 0 || shared.gate.cols() != D || shared.up.rows() != width || shared.up.cols() != D ||
+      shared.down.rows() != D || shared.down.cols() != width)
+    return;
+  const int64_t S = width / I;
+  const bool fp8 = prep->dtype == DType::F8_E4M3;
+  const int64_t bn = prep->block_n, bk = prep->block_k;
+  // FP8 slices start on block boundaries (their scales are then whole rows or columns of the scale grid).
+  if (S > 4 || E + S > 1024 || (fp8 && S > 1 && (I % bn != 0 || I % bk != 0))) return;
+  const size_t es = dtype_size(prep->dtype);
+  const int64_t kbD = (D + bk - 1) / bk, nbD = (D + bn - 1) / bn;
+  std::vector<const void*> table(prep->host_table);
+  for (int64_t s = 0; s < S; ++s) {
+    const auto* gate = static_cast<const char*>(shared.gate.w.data) + size_t(s * I * D) * es;
+    const auto* up = static_cast<const char*>(shared.up.w.data) + size_t(s * I * D) * es;
+    const float* gs = fp8 ? shared.gate.scale_inv.as<const float>() + (s * I / bn) * kbD : nullptr;
+    const float* us = fp8 ? shared.up.scale_inv.as<const float>() + (s * I / bn) * kbD : nullptr;
+    const void* down = shared.down.w.data;
+    const void* ds = fp8 ? shared.down.scale_inv.data : nullptr;
+    if (S > 1) {  // down [D, S*I] -> [D, I]: columns s*I.., and for FP8 the scale grid's columns s*I/bk..
+      void* d = ctx_.persistent(size_t(D * I) * es);
+      check(cudaMemcpy2DAsync(
+                d, size_t(I) * es, static_cast<const char*>(shared.down.w.data) + size_t(s * I) * es,
+                size_t(width) * es, size_t(I) * es, size_t(D), cudaMemcpyDeviceToDevice, stream_),
+            "shared expert down slice");
+      down = d;
+      if (fp8) {
+        const int64_t kbI = I / bk, kbW = width / bk;
+        void* sc = ctx_.persistent(size_t(nbD * kbI) * sizeof(float));
+        check(
+            cudaMemcpy2DAsync(sc, size_t(kbI) * sizeof(float),
+                              shared.down.scale_inv.as<const float>() + s * kbI, size_t(kbW) * sizeof(float),
+                              size_t(kbI) * sizeof(float), size_t(nbD), cudaMemcpyDeviceToDevice, stream_),
+            "shared expert down scales");
+        ds = sc;
+      }
+    }
+    table.insert(table.end(), {gate, up, down, gs, us, ds});
+  }
+  ctx_.synchronize();  // the slices copied on the stream
+  prep->table = static_cast<void**>(ctx_.persistent(table.size() * sizeof(void*), table.data()));
+  prep->shared_slots = int32_t(S);
+}
+
+int32_t CudaBackend::shared_expert_slots(const ExpertWeights& experts, int64_t T) const {
+  const auto* prep = static_cast<const PreparedExperts*>(experts.prepared.get());
+  if (!prep || prep->shared_slots == 0 || !ctx_.options().moe_decode_fusion) return 0;
+  // moe_experts' grouped-GEMV path (see there): few tokens, below the grouped kernels' threshold.
+  return T <= cuda::kGemvMaxTile && T < ctx_.options().grouped_experts_min_tokens ? prep->shared_slots : 0;
+}
+
+// One token under moe_decode_fusion: the router's GEMV and the routing as one launch (cuda::router_route, the
+// same single-token GEMV pass as matmul and the same routing as moe_route). Otherwise the two ops.
+void CudaBackend::moe_router(const TensorView& x, const Weight& router, const TensorView& bias,
+                             const RoutingParams& params, const TensorView& logits,
+                             const TensorView& expert_ids, const TensorView& expert_weights) {
+  const cuda::DeviceGuard guard(ctx_.device());
+  const int64_t T = x.rows(), D = x.row_size(), E = params.num_experts, cols = expert_ids.row_size();
+  const bool fused = T == 1 && ctx_.options().moe_decode_fusion && !router.is_int4() && !router.is_fp8() &&
+                     x.dtype == DType::F32 && router.rows() == E && router.cols() == D &&
+                     logits.numel() == E && cols >= params.top_k && expert_weights.numel() == cols &&
+                     params.n_group <= 32 && cuda::router_route_ok(router.w.dtype, int32_t(E), int32_t(cols));
+  if (!fused) return Backend::moe_router(x, router, bias, params, logits, expert_ids, expert_weights);
+  cuda::GemvParams p = dense_gemv(router, x.as<const float>(), D, logits.as<float>(), E, 1);
+  cuda::router_route(p, bias.data ? bias.as<const float>() : nullptr, route_params(params, int32_t(cols)),
+                     expert_ids.as<int32_t>(), expert_weights.as<float>(), router_done_, stream_);
+}
+
 void CudaBackend::moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                             const TensorView& expert_ids, const TensorView& expert_weights) {
   const cuda::DeviceGuard guard(ctx_.device());
   MOE_CHECK(logits.row_size() == params.num_experts, "moe_route: {} router logits for {} experts",
             logits.row_size(), params.num_experts);
-  cuda::RouteParams p{params.num_experts,
-                      params.top_k,
-                      params.n_group,
-                      params.topk_group,
-                      params.score == RoutingScore::Sigmoid,
-                      params.method == RoutingMethod::NoauxTc,
-                      params.method == RoutingMethod::Greedy,
-                      params.norm_topk_prob,
-                      params.routed_scaling_factor};
-  const int64_t T = logits.rows(), TK = T * params.top_k;
-  MOE_CHECK(expert_ids.numel() == TK && expert_weights.numel() == TK,
+  const cuda::RouteParams p = route_params(params, int32_t(expert_ids.row_size()));
+  const int64_t T = logits.rows(), TK = T * expert_ids.row_size();
+  MOE_CHECK(p.shared_slots >= 0 && expert_ids.numel() == TK && expert_weights.numel() == TK,
             "moe_route: outputs of {} and {} for {} x {}", expert_ids.shape.str(), expert_weights.shape.str(),
             T, params.top_k);
   const float* b = bias.data ? bias.as<const float>() : nullptr;
@@ -91,7 +181,7 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   const auto* prep = static_cast<const PreparedExperts*>(experts.prepared.get());
   MOE_CHECK(prep != nullptr, "moe_experts: prepare_experts was not called");
   const int64_t T = x.rows(), D = x.row_size(), K = expert_ids.row_size(), TK = T * K, I = prep->inner;
-  const int32_t E = int32_t(experts.experts.size());
+  const int32_t routed = int32_t(experts.experts.size());
   MOE_CHECK(D == prep->hidden, "moe_experts: x has {} columns for experts of {}", D, prep->hidden);
   if (T == 0) return;
   // Expert GEMMs once the experts average >= 32 rows (4 GEMV tiles, so the grouped GEMV would read each
@@ -111,28 +201,40 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // INT4 experts' GEMMs read the counts on the host (per-expert dequantisation): while capturing, the W4A16 GEMV.
   const bool grouped_gemm =
       fp8_experts || bf16_experts ||
-      (TK >= 32 * int64_t(E) && T > cuda::kGemvMaxTile && o.prefill != CudaOptions::Prefill::Gemv &&
+      (TK >= 32 * int64_t(routed) && T > cuda::kGemvMaxTile && o.prefill != CudaOptions::Prefill::Gemv &&
        !(prep->group_size > 0 && ctx_.capturing()));
   // INT4 experts in prefill: the active ones dequantised to BF16 scratch, one cuBLAS GEMM each.
   const bool cublas_experts = grouped_gemm && !fp8_experts && (D % 8 != 0 || I % 8 != 0 || prep->group_size > 0);
   const bool per_expert = cublas_experts;  // one segment per expert: no work items
+  // The GEMV path also takes the shared experts as routed ones (ids routed.. from moe_route,
+  // shared_expert_slots); their table entries follow the routed experts'.
+  const int32_t E = grouped_gemm ? routed : routed + prep->shared_slots;
   const int gemv_tile = grouped_gemv_tile(T, TK, E);
   const int tile = !grouped_gemm ? gemv_tile : per_expert ? 1 << 20 : cuda::kGroupedRows;
-  const int64_t max_items = per_expert ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
-  Tensor perm = scratch(DType::I32, {TK}), items = scratch(DType::I32, {max_items, 3}),
-         counts = scratch(DType::I32, {E});
-  cuda::moe_plan(expert_ids.as<const int32_t>(), TK, E, std::min(tile, 1 << 30), int32_t(max_items),
-                 perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
   Tensor y = scratch(DType::F32, {TK, D});
-  if (fp8_experts) {
-    moe_expert_gemms_fp8(x, *prep, perm, items, max_items, T, K, y);
-  } else if (cublas_experts) {
-    moe_expert_gemms_cublas(x, *prep, perm, counts, T, K, y);
-  } else if (grouped_gemm) {
-    moe_expert_gemms(x, *prep, perm, items, max_items, counts, T, K, y);
+  if (!grouped_gemm && gemv_tile == 1 && prep->group_size == 0 && o.moe_decode_fusion) {
+    // One assignment per pass over an expert's weights (tile 1: batch 1, and decode batches whose assignments
+    // are few against the experts): the plan would only reorder them, so the GEMV takes each assignment as
+    // its own work item straight from the ids. The same rows through the same kernels, one launch (moe_plan)
+    // fewer.
+    grouped_expert_gemv(*prep, nullptr, TK, nullptr, 1, x.as<const float>(), int32_t(K), TK, y.as<float>(),
+                        expert_ids.as<const int32_t>());
   } else {
-    grouped_expert_gemv(*prep, items.as<const int32_t>(), max_items, perm.as<const int32_t>(), gemv_tile,
-                        x.as<const float>(), int32_t(K), TK, y.as<float>());
+    const int64_t max_items = per_expert ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
+    Tensor perm = scratch(DType::I32, {TK}), items = scratch(DType::I32, {max_items, 3}),
+           counts = scratch(DType::I32, {E});
+    cuda::moe_plan(expert_ids.as<const int32_t>(), TK, E, std::min(tile, 1 << 30), int32_t(max_items),
+                   perm.as<int32_t>(), items.as<int32_t>(), counts.as<int32_t>(), stream_);
+    if (fp8_experts) {
+      moe_expert_gemms_fp8(x, *prep, perm, items, max_items, T, K, y);
+    } else if (cublas_experts) {
+      moe_expert_gemms_cublas(x, *prep, perm, counts, T, K, y);
+    } else if (grouped_gemm) {
+      moe_expert_gemms(x, *prep, perm, items, max_items, counts, T, K, y);
+    } else {
+      grouped_expert_gemv(*prep, items.as<const int32_t>(), max_items, perm.as<const int32_t>(), gemv_tile,
+                          x.as<const float>(), int32_t(K), TK, y.as<float>());
+    }
   }
   MOE_CHECK(!plus.data || plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}",
             plus.shape.str(), out.shape.str());
@@ -141,8 +243,8 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
 }
 
 void CudaBackend::grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items,
-                                      const int32_t* perm, int tile, const float* x, int32_t x_row_div, int64_t M,
-                                      float* y) {
+                                      const int32_t* perm, int tile, const float* x, int32_t x_row_div,
+                                      int64_t M, float* y, const int32_t* ids) {
   const int64_t D = prep.hidden, I = prep.inner;
   Tensor h = scratch(DType::F32, {M, I});
   if (prep.group_size > 0) {
@@ -156,6 +258,7 @@ void CudaBackend::grouped_expert_gemv(const PreparedExperts& prep, const int32_t
   p.block_k = prep.block_k;
   p.items = items;
   p.perm = perm;
+  p.ids = ids;
   p.grid_y = int32_t(n_items);
   // gate + up with SwiGLU: h[a] = silu(x[a / div] Wg^T) * (x[a / div] Wu^T)
   p.matrix = 0;

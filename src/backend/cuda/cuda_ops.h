@@ -97,7 +97,8 @@ void add_rms_norm(float* h, const float* y, const WeightRef& w, float eps, int64
 // Dense: blockIdx.y batches independent problems (MLA heads): weight rows, x and out advance by the *_step.
 // Grouped (items != nullptr): blockIdx.y is a work item (expert, begin, count) over `perm`; each of up to
 // `tile` assignments a = perm[begin + i] reads x row a / x_row_div and writes out row a, with expert e's
-// weights from table[e * 6 + matrix] (scales at table[e * 6 + 3 + matrix]).
+// weights from table[e * 6 + matrix] (scales at table[e * 6 + 3 + matrix]). Or (ids != nullptr, tile 1) the
+// work item of blockIdx.y = a is (ids[a], a, 1) with perm the identity: no plan.
 struct GemvParams {
   DType wdtype = DType::BF16;
   const void* w[2] = {nullptr, nullptr};
@@ -114,6 +115,9 @@ struct GemvParams {
   int32_t T = 0;  // dense: tokens
   const int32_t* items = nullptr;
   const int32_t* perm = nullptr;
+  // Grouped without a plan (tile 1): blockIdx.y is assignment a itself, expert ids[a] (valid ids only), one
+  // row.
+  const int32_t* ids = nullptr;
   int32_t x_row_div = 1;
   int32_t grid_y = 1;
   bool swiglu = false;
@@ -211,13 +215,21 @@ void dsa_topk(const float* scores, const int32_t* positions, int64_t T, int64_t 
               cudaStream_t s);
 
 // ---- moe_route.cu ----------------------------------------------------------------------------------------
+// ids, weights [T, top_k + shared_slots]: the last shared_slots columns of a row name the shared experts as
+// routed ones (ids num_experts.., weight 1; backend.h's moe_route).
 struct RouteParams {
   int32_t num_experts, top_k, n_group, topk_group;
   bool sigmoid, noaux, greedy, norm_topk_prob;
   float routed_scaling_factor;
+  int32_t shared_slots = 0;
 };
 void moe_route(const float* logits, const float* bias, const RouteParams& p, int64_t T, int32_t* ids, float* weights,
                cudaStream_t s);
+// ---- moe_router.cu: one token's router GEMV (dense GemvParams, T 1, out = the logits [E]) and its routing
+// in one launch; done: a device counter at 0, left at 0.
+bool router_route_ok(DType wdtype, int32_t num_experts, int32_t cols);
+void router_route(const GemvParams& p, const float* bias, const RouteParams& rp, int32_t* ids, float* weights,
+                  unsigned* done, cudaStream_t s);
 
 // ---- moe_plan.cu -----------------------------------------------------------------------------------------------
 // Sorts the T*k assignments by expert: perm (expert-contiguous assignment indices) and work items

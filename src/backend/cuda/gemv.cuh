@@ -231,10 +231,10 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
   const float* sbase[2];
   const float* xrows[TILE];
   float* orows[TILE];
-  if (p.items) {
-    pdl_wait();  // the work items come from the previous kernel (moe_plan)
-    const int32_t* item = p.items + 3 * blockIdx.y;
-    const int e = item[0], begin = item[1], count = item[2];
+  if (grouped(p)) {
+    pdl_wait();  // the work items (moe_plan) or the ids (moe_route) come from earlier kernels
+    const int32_t* item = p.items ? p.items + 3 * blockIdx.y : nullptr;
+    const int e = item ? item[0] : p.ids[blockIdx.y], begin = item ? item[1] : 0, count = item ? item[2] : 1;
     if (count == 0) return;
     for (int m = 0; m < (SWIGLU ? 2 : 1); ++m) {
       wbase[m] = static_cast<const char*>(p.table[e * 6 + p.matrix + m]);
@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
     }
 #pragma unroll
     for (int t = 0; t < TILE; ++t) {
-      const int a = p.perm[begin + min(t, count - 1)];
+      const int a = item ? p.perm[begin + min(t, count - 1)] : int(blockIdx.y);
       xrows[t] = p.x + int64_t(a / p.x_row_div) * p.x_stride;
       orows[t] = p.out + int64_t(a) * p.out_stride;
     }
@@ -295,7 +295,7 @@ void launch_gemv_cuda_cores(const GemvParams& p, int tile, cudaStream_t s) {
   // dense GEMVs that two rows per warp would leave with fewer than 2 blocks per SM; two rows per warp
   // otherwise.
   const bool one_row =
-      tile == 1 && (p.swiglu || (!p.items && int64_t(grid_x(kRowsPerBlock)) * p.grid_y < kSmallGrid));
+      tile == 1 && (p.swiglu || (!grouped(p) && int64_t(grid_x(kRowsPerBlock)) * p.grid_y < kSmallGrid));
   const int64_t rows_per_block = one_row ? kWarps : kRowsPerBlock;
   q.second.first_block = p.second.N > 0 ? blocks_of(p.N, rows_per_block) : 0u;
   if (tile == 1) {  // 8 chunks deep: a 2048-wide BF16 row is one round of 16-byte loads per lane
@@ -313,7 +313,7 @@ void launch_gemv_cuda_cores(const GemvParams& p, int tile, cudaStream_t s) {
   constexpr int kTiledUnroll = WT == DType::F8_E4M3 ? 2 : 4;
   const unsigned gx = grid_x(kRowsPerBlock);
   unsigned gz = 1;
-  if (!p.items)
+  if (!grouped(p))
     gz = unsigned(
         std::min<int64_t>((p.T + tile - 1) / tile, std::max<int64_t>(1, 1024 / (int64_t(gx) * p.grid_y))));
   const dim3 grid(gx, unsigned(p.grid_y), gz);

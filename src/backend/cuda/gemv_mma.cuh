@@ -22,7 +22,7 @@
 // stay F32 normals, each step (inside one 128-wide scale block) accumulates into fresh registers added with the
 // block scale times 2^120, and the sum is scaled back by 2^-60 (powers of two: exact). The 8 warps' partial sums
 // meet in shared memory. Dense mode loads its first weights before griddepcontrol.wait (weights do not depend on
-// the previous kernel); grouped mode waits first (the work items come from moe_plan).
+// the previous kernel); grouped mode waits first (the work items come from moe_plan, or the ids from moe_route).
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/tensor_core.cuh"
 
@@ -32,6 +32,11 @@ namespace gemv_detail {
 
 constexpr int kMmaRows = 16, kMmaWarps = 8, kMmaUnroll = 4;
 constexpr float kMmaXScale = 0x1p60f;  // FP8: x scale before rounding (see above)
+
+// Grouped mode: work items from moe_plan, or the ids of moe_route as work items of one assignment each.
+__host__ __device__ __forceinline__ bool grouped(const GemvParams& p) {
+  return p.items != nullptr || p.ids != nullptr;
+}
 
 template <DType WT>
 constexpr int mma_step_cols() {
@@ -60,18 +65,19 @@ __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
   const float* xrow;  // token g's x row
   int ntok;           // valid token columns
   int64_t row_base = 0;
-  if (p.items) {
-    pdl_wait();  // the work items come from the previous kernel (moe_plan)
-    const int32_t* item = p.items + 3 * blockIdx.y;
-    const int e = item[0], begin = item[1];
-    ntok = item[2];
+  if (grouped(p)) {
+    pdl_wait();  // the work items (moe_plan) or the ids (moe_route) come from earlier kernels
+    const int32_t* item = p.items ? p.items + 3 * blockIdx.y : nullptr;
+    const int e = item ? item[0] : p.ids[blockIdx.y], begin = item ? item[1] : 0;
+    ntok = item ? item[2] : 1;
     if (ntok == 0) return;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       wbase[m] = static_cast<const char*>(p.table[e * 6 + p.matrix + m]);
       sbase[m] = static_cast<const float*>(p.table[e * 6 + 3 + p.matrix + m]);
     }
-    xrow = p.x + int64_t(p.perm[begin + min(g, ntok - 1)] / p.x_row_div) * p.x_stride;
+    const int a = item ? p.perm[begin + min(g, ntok - 1)] : int(blockIdx.y);
+    xrow = p.x + int64_t(a / p.x_row_div) * p.x_stride;
   } else {
     const int64_t y = blockIdx.y;
     row_base = p.w_row_base + y * p.w_row_step;
@@ -103,7 +109,7 @@ __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
   for (int m = 0; m < M; ++m)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[m][i] = 0.0f;
-  bool waited = p.items != nullptr;
+  bool waited = grouped(p);
   for (int64_t s0 = warp; s0 < nsteps; s0 += kMmaWarps * kMmaUnroll) {
     uint4 va[M][kMmaUnroll], vb[M][kMmaUnroll];
 #pragma unroll
@@ -182,9 +188,9 @@ __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
   float r = v[0];
   if constexpr (SWIGLU) r = r / (1.0f + __expf(-r)) * v[1];
   float* orow;
-  if (p.items) {
-    const int32_t* item = p.items + 3 * blockIdx.y;
-    orow = p.out + int64_t(p.perm[item[1] + t]) * p.out_stride;
+  if (grouped(p)) {
+    const int a = p.items ? p.perm[p.items[3 * blockIdx.y + 1] + t] : int(blockIdx.y);
+    orow = p.out + int64_t(a) * p.out_stride;
   } else {
     orow = (second ? p.second.out : p.out) + int64_t(blockIdx.y) * p.out_step +
            int64_t(t) * (second ? p.second.out_stride : p.out_stride);
@@ -197,7 +203,7 @@ template <DType WT>
 bool mma_gemv_ok(const GemvParams& p, int tile) {
   if (WT != DType::F8_E4M3 && WT != DType::BF16) return false;
   if (WT == DType::BF16 && tile < 2) return false;  // one token: the CUDA-core kernel is as fast or faster
-  if (tile > 8 || (!p.items && p.T > 8)) return false;
+  if (tile > 8 || (!grouped(p) && p.T > 8)) return false;
   if (p.K % mma_step_cols<WT>() != 0 || p.x_stride % 4 != 0 || p.x_step % 4 != 0 ||
       reinterpret_cast<uintptr_t>(p.x) % 16 != 0)
     return false;

@@ -74,7 +74,7 @@ __global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_
 
 // One thread per float4 of a token's output row, all k expert rows loaded before the sum (same order of
 // fmaf as combine_kernel, so the same result).
-constexpr int kCombineMaxK = 8, kCombineThreads = 128;
+constexpr int kCombineMaxK = 12, kCombineThreads = 128;  // top 8 and the shared experts as routed ones
 __global__ void __launch_bounds__(kCombineThreads)
     combine_vec_kernel(const float* y, const float* w, int32_t k, int64_t D, const float* plus, float* out) {
   pdl_trigger();

@@ -1,11 +1,6 @@
-// DeepSeekMoE routing, one warp per token (router logits F32):
-//   V3 (sigmoid, noaux_tc): s = sigmoid(logits); b = s + correction bias (b only chooses); a group's score is
-//       the sum of its two best b; keep topk_group groups; top-k of b among them.
-//   V2 (softmax): s = softmax(logits); greedy top-k, or group_limited_greedy with a group's score = its max
-//   s. w = s[chosen], normalised to sum 1 when norm_topk_prob, times routed_scaling_factor.
-// Each top-k is k rounds of a warp-wide argmax (ties to the lower index, as on the CPU); the scores of the
-// token's experts live in shared memory.
-#include "backend/cuda/cuda_common.cuh"
+// DeepSeekMoE routing of T tokens: one warp per token (moe_route.cuh's route_token, which says the maths),
+// four tokens a block.
+#include "backend/cuda/moe_route.cuh"
 
 namespace moe::cuda {
 
@@ -13,108 +8,16 @@ namespace {
 
 constexpr int kTokensPerBlock = 4;
 
-// Warp-wide argmax of (v, i): larger v, ties to the smaller i.
-__device__ __forceinline__ void warp_argmax(float& v, int& i) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
-    if (ov > v || (ov == v && oi < i)) {
-      v = ov;
-      i = oi;
-    }
-  }
-}
-
 __global__ void __launch_bounds__(32 * kTokensPerBlock)
     route_kernel(const float* logits, const float* bias, RouteParams p, int64_t T, int32_t* ids,
                  float* weights) {
   extern __shared__ float sm[];
   pdl_trigger();
   pdl_wait();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, E = p.num_experts;
+  const int warp = threadIdx.x / 32, E = p.num_experts, cols = p.top_k + p.shared_slots;
   const int64_t t = int64_t(blockIdx.x) * kTokensPerBlock + warp;
   if (t >= T) return;
-  float* s = sm + warp * 2 * E;
-  float* choice = s + E;
-  const float* l = logits + t * E;
-  if (p.sigmoid) {
-    for (int e = lane; e < E; e += 32) s[e] = 1.0f / (1.0f + expf(-l[e]));
-  } else {
-    float mx = -INFINITY;
-    for (int e = lane; e < E; e += 32) mx = fmaxf(mx, l[e]);
-    mx = warp_max(mx);
-    float sum = 0.0f;
-    for (int e = lane; e < E; e += 32) sum += (s[e] = expf(l[e] - mx));
-    sum = warp_sum(sum);
-    for (int e = lane; e < E; e += 32) s[e] = s[e] / sum;
-  }
-  for (int e = lane; e < E; e += 32) choice[e] = s[e] + (bias ? bias[e] : 0.0f);
-  __syncwarp();
-
-  if (!p.greedy && p.n_group > 1) {
-    const int per_group = E / p.n_group;
-    float gscore = -INFINITY;
-    if (lane < p.n_group) {
-      float b1 = -INFINITY, b2 = -INFINITY;
-      for (int i = 0; i < per_group; ++i) {
-        const float v = choice[lane * per_group + i];
-        if (v > b1) {
-          b2 = b1;
-          b1 = v;
-        } else if (v > b2) {
-          b2 = v;
-        }
-      }
-      gscore = p.noaux ? b1 + b2 : b1;
-    }
-    // Keep the topk_group best groups: lanes of kept groups set keep = true.
-    bool keep = false;
-    float v = gscore;
-    for (int r = 0; r < p.topk_group; ++r) {
-      float bv = lane < p.n_group ? v : -INFINITY;
-      int bi = lane < p.n_group ? lane : 1 << 30;
-      warp_argmax(bv, bi);
-      if (lane == bi) {
-        keep = true;
-        v = -INFINITY;
-      }
-    }
-    for (int g = 0; g < p.n_group; ++g) {
-      const bool kg = __shfl_sync(0xffffffffu, keep, g);
-      if (!kg)
-        for (int e = g * per_group + lane; e < (g + 1) * per_group; e += 32) choice[e] = -INFINITY;
-    }
-    __syncwarp();
-  }
-
-  // Top-k of choice; lane j < k keeps the j-th choice.
-  int mine = 0;
-  for (int j = 0; j < p.top_k; ++j) {
-    float bv = -INFINITY;
-    int bi = 1 << 30;
-    for (int e = lane; e < E; e += 32)
-      if (choice[e] > bv || (choice[e] == bv && e < bi)) {
-        bv = choice[e];
-        bi = e;
-      }
-    warp_argmax(bv, bi);
-    if (bi >= E) bi = 0;  // only when fewer than k experts are left (cannot happen with valid params)
-    if (lane == j) mine = bi;
-    __syncwarp();
-    if (lane == 0) choice[bi] = -INFINITY;
-    __syncwarp();
-  }
-  const float w = lane < p.top_k ? s[mine] : 0.0f;
-  // Sum in index order j = 0..k-1 as on the CPU.
-  float sum = 0.0f;
-  for (int j = 0; j < p.top_k; ++j) sum += __shfl_sync(0xffffffffu, w, j);
-  if (lane < p.top_k) {
-    float out = w;
-    if (p.norm_topk_prob) out /= (sum + 1e-20f);
-    ids[t * p.top_k + lane] = mine;
-    weights[t * p.top_k + lane] = out * p.routed_scaling_factor;
-  }
+  route_token(logits + t * E, bias, p, sm + warp * 2 * E, ids + t * cols, weights + t * cols);
 }
 
 }  // namespace
@@ -122,7 +25,7 @@ __global__ void __launch_bounds__(32 * kTokensPerBlock)
 void moe_route(const float* logits, const float* bias, const RouteParams& p, int64_t T, int32_t* ids,
                float* weights, cudaStream_t s) {
   if (T == 0) return;
-  if (p.top_k > 32) check(cudaErrorInvalidValue, "moe_route: top_k > 32");
+  if (p.top_k + p.shared_slots > 32) check(cudaErrorInvalidValue, "moe_route: top_k + shared slots > 32");
   if (p.n_group > 32) check(cudaErrorInvalidValue, "moe_route: n_group > 32");
   const size_t smem = size_t(kTokensPerBlock) * 2 * size_t(p.num_experts) * sizeof(float);
   launch("moe_route", route_kernel, unsigned((T + kTokensPerBlock - 1) / kTokensPerBlock),
