@@ -147,7 +147,7 @@ class Backend {
   virtual void prepare_shared_experts(ExpertWeights& experts, const MlpWeights& shared) {}
   // How many shared-expert slots moe_route should append to each token's choices at T tokens for moe_experts
   // to run the shared experts as routed ones (weight 1, no `plus`); 0: run them apart (swiglu_mlp) and pass
-  // them as `plus`. Default 0; the CUDA backend fuses them at decode batches, where each launch costs more
+  // them as `plus`. Default 0; the CUDA backend fuses them at batch-1 decode, where each launch costs more
   // than its bytes.
   virtual int32_t shared_expert_slots(const ExpertWeights& experts, int64_t T) const { return 0; }
   virtual DeviceBatch upload_batch(const BatchPlan& plan) = 0;

@@ -42,12 +42,13 @@ struct CudaOptions {
   // steps.) 8: at batch 8 over 64 experts the GEMV is compute-bound on its CUDA cores, while the 128-row
   // tensor-core tiles, mostly padding there, still stream each weight once (bench/RESULTS.md).
   int64_t grouped_experts_min_tokens = 8;
-  // Fewer launches for the MoE half of decode batches below grouped_experts_min_tokens (at most 8 tokens),
-  // same sums: the shared experts as routed ones of weight 1 (Backend::shared_expert_slots), their slices in
-  // the routed experts' two GEMV launches instead of two launches of their own; and where each GEMV pass
-  // takes one assignment (tile 1), the GEMV straight over the routing's ids, without moe_plan's launch; at
-  // one token, the router's GEMV and the routing in one launch (Backend::moe_router). Batch 1: 4 launches per
-  // MoE layer instead of 8. Off until measured on a GPU (scripts/gpu/run.sh decode-check, MOE_FUSION_AB=1).
+  // Fewer launches for the MoE half of decode steps, same sums. At one token: the shared experts as routed
+  // ones of weight 1 (Backend::shared_expert_slots), their slices in the routed experts' two GEMV launches
+  // instead of two launches of their own, and the router's GEMV with the routing in one launch
+  // (Backend::moe_router). Wherever each grouped-GEMV pass takes one assignment (tile 1: batch 1, and decode
+  // batches with few rows per expert), the GEMV straight over the routing's ids, without moe_plan's launch.
+  // Batch 1: 4 launches per MoE layer instead of 8. Off until measured on a GPU (scripts/gpu/run.sh
+  // decode-check, MOE_FUSION_AB=1).
   bool moe_decode_fusion = false;
 };
 

@@ -129,8 +129,10 @@ void CudaBackend::prepare_shared_experts(ExpertWeights& experts, const MlpWeight
 int32_t CudaBackend::shared_expert_slots(const ExpertWeights& experts, int64_t T) const {
   const auto* prep = static_cast<const PreparedExperts*>(experts.prepared.get());
   if (!prep || prep->shared_slots == 0 || !ctx_.options().moe_decode_fusion) return 0;
-  // moe_experts' grouped-GEMV path (see there): few tokens, below the grouped kernels' threshold.
-  return T <= cuda::kGemvMaxTile && T < ctx_.options().grouped_experts_min_tokens ? prep->shared_slots : 0;
+  // One token only. The grouped GEMV passes over a slice once per `tile` of its rows, and a shared slice has
+  // a row per token while the tile follows the routed experts' few rows (1 or 2 at Moonlight's batches 2-7):
+  // at T tokens the slices would be read T / tile times where the shared MLP apart reads its weights once.
+  return T == 1 && ctx_.options().grouped_experts_min_tokens > 1 ? prep->shared_slots : 0;
 }
 
 // One token under moe_decode_fusion: the router's GEMV and the routing as one launch (cuda::router_route, the
