@@ -188,6 +188,17 @@ stage_decode-check() {
   # MOE_FUSION_AB=1: Moonlight at batch 1 (context 512) and the 8-layer checkpoint at batches 1 and 4, with the
   # MoE decode fusions off and on (--cuda-moe-decode-fusion), alternating.
   if [ -n "${MOE_FUSION_AB:-}" ]; then
+    # The new kernels under memcheck first: their op tests, and greedy generation on both fixtures with them on.
+    compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/cuda/test_cuda" \
+      --gtest_filter='CudaMoe.SharedExpertsAsRoutedOnes:CudaMoe.RouterAndRoutingInOneLaunch' \
+      >"$OUT/memcheck-fusion.log" 2>&1
+    echo "memcheck fusion tests exit $?"; grep -E "^\[  (PASSED|FAILED)|ERROR SUMMARY" "$OUT/memcheck-fusion.log" | tail -3
+    for m in models/tiny-dsv3 models/tiny-dsv3-fp8; do
+      compute-sanitizer --tool memcheck --leak-check no "$BUILD/src/cli/moe" generate --device cuda --model $m \
+        --cuda-moe-decode-fusion true --tokens 311,811,1336,101,151,1684,1100 --max-new-tokens 12 \
+        >"$OUT/memcheck-fusion-$(basename $m).log" 2>&1
+      echo "memcheck fusion $m exit $?"; tail -2 "$OUT/memcheck-fusion-$(basename $m).log"
+    done
     for rep in 1 2; do for v in "bf16:bf16" "fp8:fp8"; do for fused in false true; do
       "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights \
         --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --cuda-moe-decode-fusion $fused --prompt-tokens 128 \

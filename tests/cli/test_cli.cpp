@@ -311,6 +311,11 @@ TEST(Cli, BadInputEndsWithAClearErrorAndExitCode1) {
     EXPECT_EQ(r.out.find("internal error"), std::string::npos) << r.out;
   }
   EXPECT_NE(test::run_moe("logits --model " + test::kTinyModel).code, 0);  // missing required flags
+  // A flag's value CLI11 cannot convert: its own error, naming the flag and the value.
+  const Result b =
+      test::run_moe("generate --model " + test::kTinyModel + " --tokens 1 --cuda-moe-decode-fusion maybe");
+  EXPECT_NE(b.code, 0) << b.out;
+  EXPECT_NE(b.out.find("--cuda-moe-decode-fusion = maybe"), std::string::npos) << b.out;
 }
 
 TEST(Cli, ChatTemplateRefusesDeeplyNestedJson) {
