@@ -17,17 +17,23 @@ using test::rel_l2;
 
 class CudaMoe : public test::GpuVsCpu {};
 
+// V3-style routing (sigmoid, noaux_tc) of top k of E experts in n_group groups keeping topk_group, scale 2.5.
+RoutingParams grouped_routing(int64_t E, int64_t K, int32_t n_group, int32_t topk_group) {
+  RoutingParams p;
+  p.num_experts = int32_t(E);
+  p.top_k = int32_t(K);
+  p.n_group = n_group;
+  p.topk_group = topk_group;
+  p.routed_scaling_factor = 2.5f;
+  return p;
+}
+
 TEST_F(CudaMoe, RoutingV3AndV2) {
   const int64_t E = 256;
   // A prefill-sized batch and decode-sized ones (a block of 4 tokens, partly filled).
   for (int64_t T : {200, 1, 5, 8})
     for (int variant = 0; variant < 3; ++variant) {
-      RoutingParams p;
-      p.num_experts = int32_t(E);
-      p.top_k = 8;
-      p.n_group = 8;
-      p.topk_group = 4;
-      p.routed_scaling_factor = 2.5f;
+      RoutingParams p = grouped_routing(E, 8, 8, 4);
       if (variant == 1) {
         p.score = RoutingScore::Softmax;
         p.method = RoutingMethod::GroupLimitedGreedy;
@@ -89,12 +95,7 @@ TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
 // shared experts' output added through `plus`), and again with the ids rewritten in between (copy_from_host).
 TEST_F(CudaMoe, RouteThenExpertsOnTheRoutedIds) {
   const int64_t E = 16, D = 1024, I = 512, K = 6;
-  RoutingParams p;
-  p.num_experts = int32_t(E);
-  p.top_k = int32_t(K);
-  p.n_group = 4;
-  p.topk_group = 2;
-  p.routed_scaling_factor = 2.5f;
+  RoutingParams p = grouped_routing(E, K, 4, 2);
   const test::HostExperts hx = test::random_experts(rng_, E, D, I, false);
   const ExpertWeights& host = hx.weights;
   const ExpertWeights dev = test::upload_experts(*gpu_, host);
@@ -140,12 +141,7 @@ TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
   o.moe_decode_fusion = true;
   auto fused = make_cuda_backend(0, o);
   const int64_t E = 16, D = 512, I = 256, K = 6;
-  RoutingParams p;
-  p.num_experts = int32_t(E);
-  p.top_k = int32_t(K);
-  p.n_group = 4;
-  p.topk_group = 2;
-  p.routed_scaling_factor = 2.5f;
+  RoutingParams p = grouped_routing(E, K, 4, 2);
   for (bool fp8 : {false, true})
     for (int64_t S : {1, 2}) {
       const test::HostExperts hx = test::random_experts(rng_, E, D, I, fp8);
@@ -228,12 +224,7 @@ TEST_F(CudaMoe, RouterAndRoutingInOneLaunch) {
   for (DType wdt : {DType::BF16, DType::F32})
     for (int variant = 0; variant < 2; ++variant)
       for (int64_t S : {0, 1}) {
-        RoutingParams p;
-        p.num_experts = int32_t(E);
-        p.top_k = int32_t(K);
-        p.n_group = 8;
-        p.topk_group = 4;
-        p.routed_scaling_factor = 2.5f;
+        RoutingParams p = grouped_routing(E, K, 8, 4);
         if (variant == 1) {
           p.score = RoutingScore::Softmax;
           p.method = RoutingMethod::GroupLimitedGreedy;

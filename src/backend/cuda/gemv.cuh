@@ -233,20 +233,19 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
   float* orows[TILE];
   if (grouped(p)) {
     pdl_wait();  // the work items (moe_plan) or the ids (moe_route) come from earlier kernels
-    const int32_t* item = p.items ? p.items + 3 * blockIdx.y : nullptr;
-    const int e = item ? item[0] : p.ids[blockIdx.y], begin = item ? item[1] : 0, count = item ? item[2] : 1;
-    if (count == 0) return;
+    const WorkItem w = work_item(p);
+    if (w.count == 0) return;
     for (int m = 0; m < (SWIGLU ? 2 : 1); ++m) {
-      wbase[m] = static_cast<const char*>(p.table[e * 6 + p.matrix + m]);
-      sbase[m] = static_cast<const float*>(p.table[e * 6 + 3 + p.matrix + m]);
+      wbase[m] = static_cast<const char*>(p.table[w.e * 6 + p.matrix + m]);
+      sbase[m] = static_cast<const float*>(p.table[w.e * 6 + 3 + p.matrix + m]);
     }
 #pragma unroll
     for (int t = 0; t < TILE; ++t) {
-      const int a = item ? p.perm[begin + min(t, count - 1)] : int(blockIdx.y);
+      const int a = assignment(p, w, min(t, w.count - 1));
       xrows[t] = p.x + int64_t(a / p.x_row_div) * p.x_stride;
       orows[t] = p.out + int64_t(a) * p.out_stride;
     }
-    gemv_pass<WT, TILE, SWIGLU, R, U>(p, N, wbase, sbase, 0, n0, xrows, orows, count);
+    gemv_pass<WT, TILE, SWIGLU, R, U>(p, N, wbase, sbase, 0, n0, xrows, orows, w.count);
     return;
   }
   const int64_t y = blockIdx.y;

@@ -37,6 +37,22 @@ constexpr float kMmaXScale = 0x1p60f;  // FP8: x scale before rounding (see abov
 __host__ __device__ __forceinline__ bool grouped(const GemvParams& p) {
   return p.items != nullptr || p.ids != nullptr;
 }
+// Grouped mode's work item blockIdx.y: expert e and `count` assignments from `begin` (of perm; without a
+// plan, begin is the one assignment itself).
+struct WorkItem {
+  int e, begin, count;
+};
+__device__ __forceinline__ WorkItem work_item(const GemvParams& p) {
+  if (p.items) {
+    const int32_t* it = p.items + 3 * blockIdx.y;
+    return {it[0], it[1], it[2]};
+  }
+  return {p.ids[blockIdx.y], int(blockIdx.y), 1};
+}
+// The item's i-th assignment (i < count).
+__device__ __forceinline__ int assignment(const GemvParams& p, const WorkItem& w, int i) {
+  return p.items ? p.perm[w.begin + i] : w.begin;
+}
 
 template <DType WT>
 constexpr int mma_step_cols() {
@@ -67,17 +83,15 @@ __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
   int64_t row_base = 0;
   if (grouped(p)) {
     pdl_wait();  // the work items (moe_plan) or the ids (moe_route) come from earlier kernels
-    const int32_t* item = p.items ? p.items + 3 * blockIdx.y : nullptr;
-    const int e = item ? item[0] : p.ids[blockIdx.y], begin = item ? item[1] : 0;
-    ntok = item ? item[2] : 1;
+    const WorkItem w = work_item(p);
+    ntok = w.count;
     if (ntok == 0) return;
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      wbase[m] = static_cast<const char*>(p.table[e * 6 + p.matrix + m]);
-      sbase[m] = static_cast<const float*>(p.table[e * 6 + 3 + p.matrix + m]);
+      wbase[m] = static_cast<const char*>(p.table[w.e * 6 + p.matrix + m]);
+      sbase[m] = static_cast<const float*>(p.table[w.e * 6 + 3 + p.matrix + m]);
     }
-    const int a = item ? p.perm[begin + min(g, ntok - 1)] : int(blockIdx.y);
-    xrow = p.x + int64_t(a / p.x_row_div) * p.x_stride;
+    xrow = p.x + int64_t(assignment(p, w, min(g, ntok - 1)) / p.x_row_div) * p.x_stride;
   } else {
     const int64_t y = blockIdx.y;
     row_base = p.w_row_base + y * p.w_row_step;
@@ -189,8 +203,7 @@ __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
   if constexpr (SWIGLU) r = r / (1.0f + __expf(-r)) * v[1];
   float* orow;
   if (grouped(p)) {
-    const int a = p.items ? p.perm[p.items[3 * blockIdx.y + 1] + t] : int(blockIdx.y);
-    orow = p.out + int64_t(a) * p.out_stride;
+    orow = p.out + int64_t(assignment(p, work_item(p), t)) * p.out_stride;
   } else {
     orow = (second ? p.second.out : p.out) + int64_t(blockIdx.y) * p.out_step +
            int64_t(t) * (second ? p.second.out_stride : p.out_stride);
