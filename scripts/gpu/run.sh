@@ -185,31 +185,37 @@ stage_decode-check() {
       --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --prompt-tokens 128 --batch 1 --context 512,4096 --steps 48 2>&1 \
       | grep -E "^(ceilings|decode)" | sed "s/^/[moonlight ${v%%:*}] /" | tee -a "$OUT/moonlight-decode.log"
   done
-  # MOE_FUSION_AB=1: Moonlight at batch 1 (context 512) and the 8-layer checkpoint at batches 1 and 4, with the
-  # MoE decode fusions off and on (--cuda-moe-decode-fusion), alternating.
-  if [ -n "${MOE_FUSION_AB:-}" ]; then
-    # The new kernels under memcheck first: their op tests, and greedy generation on both fixtures with them on.
-    compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/cuda/test_cuda" \
-      --gtest_filter='CudaMoe.SharedExpertsAsRoutedOnes:CudaMoe.RouterAndRoutingInOneLaunch' \
-      >"$OUT/memcheck-fusion.log" 2>&1
-    echo "memcheck fusion tests exit $?"; grep -E "^\[  (PASSED|FAILED)|ERROR SUMMARY" "$OUT/memcheck-fusion.log" | tail -3
-    for m in models/tiny-dsv3 models/tiny-dsv3-fp8; do
-      compute-sanitizer --tool memcheck --leak-check no "$BUILD/src/cli/moe" generate --device cuda --model $m \
-        --cuda-moe-decode-fusion true --tokens 311,811,1336,101,151,1684,1100 --max-new-tokens 12 \
-        >"$OUT/memcheck-fusion-$(basename $m).log" 2>&1
-      echo "memcheck fusion $m exit $?"; tail -2 "$OUT/memcheck-fusion-$(basename $m).log"
-    done
-    for rep in 1 2; do for v in "bf16:bf16" "fp8:fp8"; do for fused in false true; do
-      "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights \
-        --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --cuda-moe-decode-fusion $fused --prompt-tokens 128 \
-        --batch 1 --context 512 --steps 48 2>&1 \
-        | grep -E "^(decode)" | sed "s/^/[moonlight ${v%%:*} fusion=$fused $rep] /" | tee -a "$OUT/moe-fusion.log"
-      "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights \
-        --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --cuda-moe-decode-fusion $fused --prompt-tokens 256 \
-        --batch 1,4 --context 512 2>&1 \
-        | grep -E "^(decode)" | sed "s/^/[8-layer ${v%%:*} fusion=$fused $rep] /" | tee -a "$OUT/moe-fusion.log"
-    done; done; done
-  fi
+  # MOE_FUSION_AB=1: the MoE decode fusions' checks and A/B timings too (stage fusion-ab).
+  if [ -n "${MOE_FUSION_AB:-}" ]; then stage_fusion-ab; fi
+}
+# The MoE decode fusions (--cuda-moe-decode-fusion): their GPU tests, the new kernels under memcheck (their op
+# tests, and greedy generation on both fixtures with them on), then Moonlight at batch 1 (context 512) and the
+# 8-layer checkpoint at batches 1 and 4 with the fusions off and on, alternating (FUSION_REPS rounds).
+stage_fusion-ab() {
+  env_deps
+  timeout 300 "$BUILD/tests/cuda/test_cuda" --gtest_filter='CudaMoe.*:CudaGraph.*' >"$OUT/test_cuda_fusion.log" 2>&1
+  echo "fusion tests exit $?"
+  grep -E "^\[ +(OK|FAILED|PASSED) |^\[=+\]|Failure" "$OUT/test_cuda_fusion.log" | tail -40
+  compute-sanitizer --tool memcheck --leak-check no "$BUILD/tests/cuda/test_cuda" \
+    --gtest_filter='CudaMoe.SharedExpertsAsRoutedOnes:CudaMoe.RouterAndRoutingInOneLaunch' \
+    >"$OUT/memcheck-fusion.log" 2>&1
+  echo "memcheck fusion tests exit $?"; grep -E "^\[  (PASSED|FAILED)|ERROR SUMMARY" "$OUT/memcheck-fusion.log" | tail -3
+  for m in models/tiny-dsv3 models/tiny-dsv3-fp8; do
+    compute-sanitizer --tool memcheck --leak-check no "$BUILD/src/cli/moe" generate --device cuda --model $m \
+      --cuda-moe-decode-fusion true --tokens 311,811,1336,101,151,1684,1100 --max-new-tokens 12 \
+      >"$OUT/memcheck-fusion-$(basename $m).log" 2>&1
+    echo "memcheck fusion $m exit $?"; tail -2 "$OUT/memcheck-fusion-$(basename $m).log"
+  done
+  for rep in ${FUSION_REPS:-1 2}; do for v in "bf16:bf16" "fp8:fp8"; do for fused in false true; do
+    "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights \
+      --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --cuda-moe-decode-fusion $fused --prompt-tokens 128 \
+      --batch 1 --context 512 --steps 48 2>&1 \
+      | grep -E "^(ceilings|decode)" | sed "s/^/[moonlight ${v%%:*} fusion=$fused $rep] /" | tee -a "$OUT/moe-fusion.log"
+    "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights \
+      --random-dtype "${v%%:*}" --cuda-prefill "${v#*:}" --cuda-moe-decode-fusion $fused --prompt-tokens 256 \
+      --batch 1,4 --context 512 2>&1 \
+      | grep -E "^(decode)" | sed "s/^/[8-layer ${v%%:*} fusion=$fused $rep] /" | tee -a "$OUT/moe-fusion.log"
+  done; done; done
 }
 # Issue 14's prefill after a change to its kernels: the prefill and FP8 fixture tests, then one 4096-token prefill
 # and batch-1 decode of the Moonlight shape on weights made in memory, FP8 W8A8 and BF16, alternating twice.
