@@ -8,8 +8,9 @@
 #              rendezvous, test_launcher_gpu, test_ep's EpNccl), then the fixture models' logits with --gpus 2
 #              against one GPU (relative L2 and top-1 per row, scripts/gpu/compare_logits.py)
 #   moonlight  (2+ GPUs) Moonlight-16B-A3B's shape, random BF16 and FP8 checkpoints (create-random, ~30 GB each):
-#              decode at batch 1, 64, 256 (context 512) and prefill of 4096 tokens with --gpus 2, each point with
-#              its exchange time per step; the same on one GPU for the scaling at batch 256
+#              decode at batch 1, 64, 256 (context 512) and prefill of 4096 tokens with --gpus 2 (replicated,
+#              --dp-attention, --dp-attention --two-micro-batch), each point with its exchange time per step; the
+#              same on one GPU for the scaling at batch 256
 #   dsv3       (8 GPUs) DeepSeek-V3 at full size (61 layers, 256 experts) with random FP8 weights made on the
 #              ranks (--random-weights: no files), --gpus 8: decode at batch 1, 32, 128, 512 (context 2048) and
 #              prefill of 4096; again with two-micro-batch overlap, and with 32 redundant expert slots
@@ -58,7 +59,7 @@ stage_ep2() {
   run "$D" test_dist_nccl 180 build-gpu/tests/dist/test_dist_nccl
   run "$D" test_launcher_gpu 180 build-gpu/tests/dist/test_launcher_gpu
   run "$D" test_ep 300 build-gpu/tests/ep/test_ep --gtest_filter='EpNccl.*:ExpertParallelCuda.*:EpExchange.*'
-  local ids="0,100,2000,31,7,4096,555,12,901,64,3,77"
+  local ids="0,100,2000,31,7,1096,555,12,901,64,3,77"
   for m in models/tiny-dsv3 models/tiny-dsv3-fp8; do
     local n; n=$(basename "$m")
     run "$D" "logits-$n-1gpu" 120 "$MOE" logits --device cuda --model "$m" --tokens "$ids" --out "$D/$n-1.safetensors"
@@ -75,10 +76,16 @@ stage_moonlight() {
   for dt in bf16 fp8; do
     local ck; ck=$(random_ckpt bench/gpu/configs/moonlight-16b-a3b.json "$dt") || { echo "create-random failed"; continue; }
     local pre=(); [ "$dt" = fp8 ] && pre=(--cuda-prefill fp8)
-    run "$D" "$dt-ep2" 600 "$MOE" bench --device cuda --gpus 2 --model "$ck" --batch 1,64,256 --context 512 \
-      --prompt-tokens 4096 "${pre[@]}"
-    run "$D" "$dt-1gpu" 300 "$MOE" bench --device cuda --model "$ck" --batch 1,64,256 --context 512 \
-      --prompt-tokens 4096 "${pre[@]}"
+    # MOONLIGHT_EP_MODES: replicated (every rank the whole batch), dpattn (--dp-attention: each rank its own
+    # sequences), dpattn-tbo (and two-micro-batch overlap); MOONLIGHT_1GPU=0 skips the one-GPU baseline.
+    for mode in ${MOONLIGHT_EP_MODES:-replicated dpattn dpattn-tbo}; do
+      local flags=()
+      case $mode in dpattn) flags=(--dp-attention) ;; dpattn-tbo) flags=(--dp-attention --two-micro-batch) ;; esac
+      run "$D" "$dt-ep2-$mode" 600 "$MOE" bench --device cuda --gpus 2 --model "$ck" --batch 1,64,256 --context 512 \
+        --prompt-tokens 4096 "${pre[@]}" "${flags[@]}"
+    done
+    [ "${MOONLIGHT_1GPU:-1}" = 0 ] || run "$D" "$dt-1gpu" 300 "$MOE" bench --device cuda --model "$ck" \
+      --batch 1,64,256 --context 512 --prompt-tokens 4096 "${pre[@]}"
   done
 }
 
@@ -103,7 +110,8 @@ stage_train() {
   # Losses: the default model's shape on the project's corpus sample (tokenized here), N ranks against one GPU.
   local data=$D/data
   if [ ! -f "$data/manifest.json" ]; then
-    "$MOE" tokenize-corpus --tokenizer models/moe-tiny --out "$data" docs/*.md README.md >"$D/tokenize.log" 2>&1
+    "$MOE" tokenize-corpus --tokenizer models/moe-tiny --out "$data" $(ls docs/*.md | grep -v training.md) README.md \
+      src/model/*.cpp >"$D/tokenize.log" 2>&1
   fi
   local tr=(train --device cuda --config models/moe-tiny/config.json --data "$data" --steps 20 --seq-len 256
             --batch $((8 * NG)) --lr 2e-3 --seed 3 --head bf16 --attention flash)
