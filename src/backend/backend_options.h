@@ -47,9 +47,9 @@ struct CudaOptions {
   // instead of two launches of their own, and the router's GEMV with the routing in one launch
   // (Backend::moe_router). Wherever each grouped-GEMV pass takes one assignment (tile 1: batch 1, and decode
   // batches with few rows per expert), the GEMV straight over the routing's ids, without moe_plan's launch.
-  // Batch 1: 4 launches per MoE layer instead of 8. Off until measured on a GPU (scripts/gpu/run.sh
-  // decode-check, MOE_FUSION_AB=1).
-  bool moe_decode_fusion = false;
+  // Batch 1: 4 launches per MoE layer instead of 8; Moonlight's shape 350 -> 387 tok/s in BF16 and 351 -> 393
+  // in FP8 on an H200 (bench/RESULTS.md; scripts/gpu/run.sh fusion-ab measures both sides).
+  bool moe_decode_fusion = true;
 };
 
 struct BackendOptions {

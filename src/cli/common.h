@@ -36,7 +36,7 @@ struct BackendArgs {
   int32_t cuda_mla_splits = 0;
   std::string cuda_mla_decode = "auto";  // CudaOptions::mla_decode's default
   int64_t cuda_grouped_experts_tokens = 8;  // CudaOptions::grouped_experts_min_tokens
-  bool cuda_moe_decode_fusion = false;      // CudaOptions::moe_decode_fusion
+  bool cuda_moe_decode_fusion = true;       // CudaOptions::moe_decode_fusion
   BackendOptions options() const;  // throws moe::Error naming a bad value
 };
 void add_backend_options(CLI::App* cmd, BackendArgs& args);

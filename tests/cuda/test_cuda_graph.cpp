@@ -17,11 +17,11 @@ namespace moe {
 namespace {
 
 std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs, CudaOptions::Prefill prefill,
-                                                  bool shared_routed = false) {
+                                                  bool moe_fusion = CudaOptions{}.moe_decode_fusion) {
   CudaOptions o;
   o.graphs = graphs;
   o.prefill = prefill;
-  o.moe_decode_fusion = shared_routed;
+  o.moe_decode_fusion = moe_fusion;
   return make_cuda_backend(0, o);
 }
 
@@ -30,9 +30,10 @@ std::unique_ptr<Backend> cuda_backend_with_graphs(bool graphs, CudaOptions::Pref
 // verification does), with logits for all of them when n > 1.
 void check_graph_replays(const std::string& model_dir, const std::vector<int32_t>& prompt_lens,
                          int64_t kSteps, int64_t min_captures, int32_t n = 1,
-                         CudaOptions::Prefill prefill = CudaOptions{}.prefill, bool shared_routed = false) {
-  auto eager_backend = cuda_backend_with_graphs(false, prefill, shared_routed),
-       graph_backend = cuda_backend_with_graphs(true, prefill, shared_routed);
+                         CudaOptions::Prefill prefill = CudaOptions{}.prefill,
+                         bool moe_fusion = CudaOptions{}.moe_decode_fusion) {
+  auto eager_backend = cuda_backend_with_graphs(false, prefill, moe_fusion),
+       graph_backend = cuda_backend_with_graphs(true, prefill, moe_fusion);
   DeepseekV3 eager_model(model_dir, *eager_backend), graphed_model(model_dir, *graph_backend);
   StepExecutor eager(eager_model), graphed(graphed_model);
   const ModelConfig& c = eager_model.config();
@@ -110,12 +111,16 @@ TEST(CudaGraph, DecodeReplaysEqualEagerStepsFp8) {
   check_graph_replays(test::kTinyModelFp8, {3, 9, 22}, 24, 3);
 }
 
-// The MoE decode fusions (CudaOptions::moe_decode_fusion) at decode batches 3 and 1: moe_route's extra
-// columns, the extended expert table and the GEMV over the ids, captured and replayed.
+// The MoE decode fusions (CudaOptions::moe_decode_fusion) on and off at decode batches 3 and 1: moe_route's
+// extra columns, the extended expert table and the GEMV over the ids, or the shared MLP apart and moe_plan's
+// work items, captured and replayed.
 TEST(CudaGraph, MoeDecodeFusionReplaysEqualEagerSteps) {
   MOE_REQUIRE_GPU();
-  check_graph_replays(test::kTinyModel, {3, 9, 22}, 24, 3, 1, CudaOptions{}.prefill, true);
-  check_graph_replays(test::kTinyModelFp8, {3, 9, 22}, 24, 3, 1, CudaOptions{}.prefill, true);
+  for (bool fusion : {true, false}) {
+    SCOPED_TRACE(fusion ? "fusion on" : "fusion off");
+    check_graph_replays(test::kTinyModel, {3, 9, 22}, 24, 3, 1, CudaOptions{}.prefill, fusion);
+    check_graph_replays(test::kTinyModelFp8, {3, 9, 22}, 24, 3, 1, CudaOptions{}.prefill, fusion);
+  }
 }
 
 // Whole models decoding with the MoE decode fusions (the shared experts as routed ones, the GEMV over the
