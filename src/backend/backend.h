@@ -194,6 +194,15 @@ class Backend {
     add(h, y, h);
     rms_norm(h, w, eps, out);
   }
+  // A projection and the residual step after it (the attention output's o_proj): y = x w^T, h += y, then
+  // out = rms_norm(h) with norm (x [T, K]; y, h, out [T, N]; out aliases none of them). Default: matmul, then
+  // add_rms_norm; a backend may run them as one launch (CUDA at one token, the same bits).
+  virtual void matmul_add_rms_norm(const TensorView& x, const Weight& w, const TensorView& y,
+                                   const TensorView& h, const Weight& norm, float eps,
+                                   const TensorView& out) {
+    matmul(x, w, y);
+    add_rms_norm(h, y, norm, eps, out);
+  }
   // out [T, Da+Db] = concat(a [T, Da], b [T, Db]) along columns.
   virtual void concat_cols(const TensorView& a, const TensorView& b, const TensorView& out) = 0;
   // out [R, D] = x[rows[r]] for x [T, D], rows I32 host vector.

@@ -47,8 +47,9 @@ struct CudaOptions {
   // instead of two launches of their own, and the router's GEMV with the routing in one launch
   // (Backend::moe_router). Wherever each grouped-GEMV pass takes one assignment (tile 1: batch 1, and decode
   // batches with few rows per expert), the GEMV straight over the routing's ids, without moe_plan's launch.
-  // Batch 1: 4 launches per MoE layer instead of 8; Moonlight's shape 350 -> 387 tok/s in BF16 and 351 -> 393
-  // in FP8 on an H200 (bench/RESULTS.md; scripts/gpu/run.sh fusion-ab measures both sides).
+  // There the routed experts' down launch also does the weighted combine (cuda::gemv_combine). Batch 1: 3
+  // launches per MoE layer instead of 8; Moonlight's shape 338 -> 391 tok/s in BF16 on an H200
+  // (bench/RESULTS.md; scripts/gpu/run.sh fusion-ab measures both sides).
   bool moe_decode_fusion = true;
 };
 

@@ -283,8 +283,9 @@ Tensor DeepseekV3::decoder_layer(int64_t layer, const DecoderLayerWeights& w, co
     backend_.add_rms_norm(h, pending, w.input_norm, eps, x);
   else
     backend_.rms_norm(h, w.input_norm, eps, x);
-  Tensor chosen = attention(w.attn, x, cache, index_cache, batch, y);
-  backend_.add_rms_norm(h, y, w.post_attention_norm, eps, x);
+  Tensor o = backend_.alloc_uninitialized(act, {T, config_.num_attention_heads * config_.v_head_dim});
+  Tensor chosen = attention(w.attn, x, cache, index_cache, batch, o);
+  backend_.matmul_add_rms_norm(o, w.attn.o_proj, y, h, w.post_attention_norm, eps, x);  // y = o_proj(o)
   if (w.is_moe)
     moe_ffn(layer, w, x, y, batch.plan->num_tokens() == batch.plan->num_seqs());
   else
@@ -294,7 +295,8 @@ Tensor DeepseekV3::decoder_layer(int64_t layer, const DecoderLayerWeights& w, co
 
 // Multi-head Latent Attention. The cache keeps c = kv_a_layernorm(kv_a[:r]) and rope(kv_a[r:]) per token;
 // attention runs in latent space with W_UK absorbed into the query and W_UV applied to the output.
-// V3.2: each query attends only to the index_topk positions the indexer chose (all of them while no more exist).
+// V3.2: each query attends only to the index_topk positions the indexer chose (all of them while no more
+// exist). out: the heads' outputs [T, H * dv]; the layer applies o_proj with the residual step after it.
 Tensor DeepseekV3::attention(const AttentionWeights& w, const TensorView& x, const TensorView& cache,
                              const TensorView& index_cache, const DeviceBatch& batch, const TensorView& out) {
   const ModelConfig& c = config_;
@@ -314,12 +316,10 @@ Tensor DeepseekV3::attention(const AttentionWeights& w, const TensorView& x, con
     backend_.matmul_pair(x, w.q_proj, q2d, w.kv_a, kv_a);
   }
   backend_.mla_rope_and_cache(q, dn, kv_a, w.kv_a_norm, kLatentNormEps, rope_, batch, cache);
-  Tensor o = backend_.alloc_uninitialized(act, {T, H * dv});
   if (w.indexer)
-    backend_.mla_sparse_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, chosen, o);
+    backend_.mla_sparse_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, chosen, out);
   else
-    backend_.mla_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, o);
-  backend_.matmul(o, w.o_proj, out);
+    backend_.mla_attention(q, w.kv_b, cache, dn, dv, attn_scale_, batch, out);
   return chosen;
 }
 

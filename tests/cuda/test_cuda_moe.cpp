@@ -28,6 +28,13 @@ RoutingParams grouped_routing(int64_t E, int64_t K, int32_t n_group, int32_t top
   return p;
 }
 
+// A backend with the MoE decode fusions on or off (on by default).
+std::unique_ptr<Backend> cuda_with_moe_fusion(bool on) {
+  CudaOptions o;
+  o.moe_decode_fusion = on;
+  return make_cuda_backend(0, o);
+}
+
 TEST_F(CudaMoe, RoutingV3AndV2) {
   const int64_t E = 256;
   // A prefill-sized batch and decode-sized ones (a block of 4 tokens, partly filled).
@@ -137,9 +144,7 @@ TEST_F(CudaMoe, RouteThenExpertsOnTheRoutedIds) {
 // summed in the combine instead of one dot of S*I; the combine's order), about sqrt(S*I) * 2^-24 = 3e-6
 // relative: bound 2e-5. Against the CPU: test::gemv_bound.
 TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
-  CudaOptions o;
-  o.moe_decode_fusion = true;
-  auto fused = make_cuda_backend(0, o);
+  auto fused = cuda_with_moe_fusion(true), plain = cuda_with_moe_fusion(false);
   const int64_t E = 16, D = 512, I = 256, K = 6;
   RoutingParams p = grouped_routing(E, K, 4, 2);
   for (bool fp8 : {false, true})
@@ -152,13 +157,13 @@ TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
       auto upload_mlp = [](Backend& b, const MlpWeights& m) {
         return MlpWeights{b.upload_weight(m.gate), b.upload_weight(m.up), b.upload_weight(m.down)};
       };
-      ExpertWeights apart = test::upload_experts(*gpu_, hx.weights),
+      ExpertWeights apart = test::upload_experts(*plain, hx.weights),
                     joined = test::upload_experts(*fused, hx.weights);
-      const MlpWeights shared_apart = upload_mlp(*gpu_, host_shared),
+      const MlpWeights shared_apart = upload_mlp(*plain, host_shared),
                        shared_joined = upload_mlp(*fused, host_shared);
-      gpu_->prepare_shared_experts(apart, shared_apart);
+      plain->prepare_shared_experts(apart, shared_apart);
       fused->prepare_shared_experts(joined, shared_joined);
-      ASSERT_EQ(gpu_->shared_expert_slots(apart, 1), 0) << "off by default";
+      ASSERT_EQ(plain->shared_expert_slots(apart, 1), 0) << "fusion off";
       ASSERT_EQ(fused->shared_expert_slots(joined, 1), S);
       ASSERT_EQ(fused->shared_expert_slots(joined, 2), 0) << "one token only (see shared_expert_slots)";
       for (int64_t T : {1, 2, 4, 7}) {
@@ -172,12 +177,12 @@ TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
         cpu_->swiglu_mlp(x, host_shared, sh);
         cpu_->moe_experts(x, hx.weights, ids, w, sh, ref);
         // The GPU, shared MLP apart.
-        Tensor gids = gpu_->alloc(DType::I32, {T, K}), gw = gpu_->alloc(DType::F32, {T, K});
-        Tensor gx = test::to_device(*gpu_, x), gsh = gpu_->alloc(DType::F32, {T, D}),
-               gout = gpu_->alloc(DType::F32, {T, D});
-        gpu_->moe_route(test::to_device(*gpu_, logits), test::to_device(*gpu_, bias), p, gids, gw);
-        gpu_->swiglu_mlp(gx, shared_apart, gsh);
-        gpu_->moe_experts(gx, apart, gids, gw, gsh, gout);
+        Tensor gids = plain->alloc(DType::I32, {T, K}), gw = plain->alloc(DType::F32, {T, K});
+        Tensor gx = test::to_device(*plain, x), gsh = plain->alloc(DType::F32, {T, D}),
+               gout = plain->alloc(DType::F32, {T, D});
+        plain->moe_route(test::to_device(*plain, logits), test::to_device(*plain, bias), p, gids, gw);
+        plain->swiglu_mlp(gx, shared_apart, gsh);
+        plain->moe_experts(gx, apart, gids, gw, gsh, gout);
         // The GPU, shared experts as routed ones.
         Tensor fids = fused->alloc(DType::I32, {T, K + S}), fw = fused->alloc(DType::F32, {T, K + S});
         Tensor fx = test::to_device(*fused, x), fout = fused->alloc(DType::F32, {T, D});
@@ -185,9 +190,9 @@ TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
         fused->moe_experts(fx, joined, fids, fw, {}, fout);
 
         std::vector<int32_t> a(static_cast<size_t>(T * K)), j(static_cast<size_t>(T * (K + S)));
-        gpu_->copy_to_host(gids, a.data());
+        plain->copy_to_host(gids, a.data());
         fused->copy_to_host(fids, j.data());
-        const std::vector<float> wa = test::to_host_f32(*gpu_, gw), wj = test::to_host_f32(*fused, fw);
+        const std::vector<float> wa = test::to_host_f32(*plain, gw), wj = test::to_host_f32(*fused, fw);
         for (int64_t t = 0; t < T; ++t) {
           for (int64_t c = 0; c < K; ++c) {
             EXPECT_EQ(j[size_t(t * (K + S) + c)], a[size_t(t * K + c)])
@@ -200,7 +205,7 @@ TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
             EXPECT_EQ(wj[size_t(t * (K + S) + K + c)], 1.0f) << "T=" << T << " t=" << t;
           }
         }
-        const std::vector<float> got_apart = test::to_host_f32(*gpu_, gout),
+        const std::vector<float> got_apart = test::to_host_f32(*plain, gout),
                                  got = test::to_host_f32(*fused, fout);
         const std::string what =
             "T=" + std::to_string(T) + " S=" + std::to_string(S) + " fp8=" + std::to_string(fp8);
@@ -211,15 +216,60 @@ TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
     }
 }
 
+// The routed experts' down GEMV over the ids with the weighted combine in the same launch (moe_experts at
+// tile 1 under CudaOptions::moe_decode_fusion, cuda::gemv_combine) against the plan, the GEMV and moe_combine
+// apart: the same kernels' arithmetic and moe_combine's order of fmaf, so the same bits. Moonlight's widths
+// (64 experts top-6, hidden 2048, inner 1408), 1, 3 and 5 tokens (tile 1 up to 5 there), with and without
+// `plus`, BF16 and FP8, three calls a shape (the column counters back at 0 after each).
+TEST_F(CudaMoe, DownAndCombineInOneLaunch) {
+  auto fused = cuda_with_moe_fusion(true), plain = cuda_with_moe_fusion(false);
+  const int64_t E = 64, D = 2048, I = 1408, K = 6;
+  for (bool fp8 : {false, true}) {
+    const test::HostExperts hx = test::random_experts(rng_, E, D, I, fp8);
+    const ExpertWeights ef = test::upload_experts(*fused, hx.weights),
+                        ep = test::upload_experts(*plain, hx.weights);
+    for (int64_t T : {1, 3, 5})
+      for (bool with_plus : {false, true})
+        for (int call = 0; call < 3; ++call) {
+          SCOPED_TRACE(::testing::Message()
+                       << "fp8=" << fp8 << " T=" << T << " plus=" << with_plus << " call " << call);
+          Tensor x = test::random_host(rng_, DType::F32, {T, D}),
+                 plus = test::random_host(rng_, DType::F32, {T, D});
+          Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
+          std::vector<int32_t> perm(static_cast<size_t>(E));
+          for (int64_t t = 0; t < T; ++t) {
+            for (int64_t e = 0; e < E; ++e) perm[size_t(e)] = int32_t(e);
+            std::shuffle(perm.begin(), perm.end(), rng_);
+            for (int64_t j = 0; j < K; ++j) {
+              ids.as<int32_t>()[t * K + j] = perm[size_t(j)];
+              w.as<float>()[t * K + j] = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng_);
+            }
+          }
+          Tensor fo = fused->alloc(DType::F32, {T, D}), po = plain->alloc(DType::F32, {T, D});
+          fused->moe_experts(test::to_device(*fused, x), ef, test::to_device(*fused, ids),
+                             test::to_device(*fused, w), with_plus ? test::to_device(*fused, plus) : Tensor{},
+                             fo);
+          plain->moe_experts(test::to_device(*plain, x), ep, test::to_device(*plain, ids),
+                             test::to_device(*plain, w), with_plus ? test::to_device(*plain, plus) : Tensor{},
+                             po);
+          const std::vector<float> a = test::to_host_f32(*fused, fo), b = test::to_host_f32(*plain, po);
+          EXPECT_EQ(a, b) << "rel L2 " << rel_l2(a.data(), b.data(), T * D);
+          if (call == 0 && !with_plus) {
+            Tensor ref = Tensor::host(DType::F32, {T, D});
+            cpu_->moe_experts(x, hx.weights, ids, w, {}, ref);
+            EXPECT_LE(rel_l2(a.data(), ref.as<float>(), T * D), test::gemv_bound(fp8, 1)) << "vs CPU";
+          }
+        }
+  }
+}
+
 // The router and the routing in one launch (moe_router at one token under CudaOptions::moe_decode_fusion)
 // against matmul + moe_route: the same single-token GEMV pass and the same routing code, so the logits, ids
 // and weights are bit-identical; at DeepSeek-V3's routing (256 experts, groups) and V2's (softmax), BF16 and
 // F32 routers, with and without a shared-expert column, several calls in a row (the kernel's block counter
 // must come back to 0).
 TEST_F(CudaMoe, RouterAndRoutingInOneLaunch) {
-  CudaOptions o;
-  o.moe_decode_fusion = true;
-  auto fused = make_cuda_backend(0, o);
+  auto fused = cuda_with_moe_fusion(true), plain = cuda_with_moe_fusion(false);
   const int64_t E = 256, D = 1024, K = 8;
   for (DType wdt : {DType::BF16, DType::F32})
     for (int variant = 0; variant < 2; ++variant)
@@ -233,26 +283,26 @@ TEST_F(CudaMoe, RouterAndRoutingInOneLaunch) {
         Tensor hw = test::random_host(rng_, wdt, {E, D}, 1.0f / 32.0f);
         Weight host_router;
         host_router.w = hw.view();
-        const Weight ra = gpu_->upload_weight(host_router), rf = fused->upload_weight(host_router);
+        const Weight ra = plain->upload_weight(host_router), rf = fused->upload_weight(host_router);
         for (int call = 0; call < 3; ++call) {
           Tensor x = test::random_host(rng_, DType::F32, {1, D}),
                  bias = test::random_host(rng_, DType::F32, {E}, 0.1f);
-          Tensor la = gpu_->alloc(DType::F32, {1, E}), ia = gpu_->alloc(DType::I32, {1, K + S}),
-                 wa = gpu_->alloc(DType::F32, {1, K + S});
+          Tensor la = plain->alloc(DType::F32, {1, E}), ia = plain->alloc(DType::I32, {1, K + S}),
+                 wa = plain->alloc(DType::F32, {1, K + S});
           Tensor lf = fused->alloc(DType::F32, {1, E}), i_f = fused->alloc(DType::I32, {1, K + S}),
                  wf = fused->alloc(DType::F32, {1, K + S});
-          Tensor ba = variant == 0 ? test::to_device(*gpu_, bias) : Tensor{},
+          Tensor ba = variant == 0 ? test::to_device(*plain, bias) : Tensor{},
                  bf = variant == 0 ? test::to_device(*fused, bias) : Tensor{};
-          gpu_->moe_router(test::to_device(*gpu_, x), ra, ba.view(), p, la, ia, wa);
+          plain->moe_router(test::to_device(*plain, x), ra, ba.view(), p, la, ia, wa);
           fused->moe_router(test::to_device(*fused, x), rf, bf.view(), p, lf, i_f, wf);
           const std::string what = std::string(dtype_name(wdt)) + " variant " + std::to_string(variant) +
                                    " S " + std::to_string(S) + " call " + std::to_string(call);
-          EXPECT_EQ(test::to_host_f32(*fused, lf), test::to_host_f32(*gpu_, la)) << what;
+          EXPECT_EQ(test::to_host_f32(*fused, lf), test::to_host_f32(*plain, la)) << what;
           std::vector<int32_t> ida(static_cast<size_t>(K + S)), idf(static_cast<size_t>(K + S));
-          gpu_->copy_to_host(ia, ida.data());
+          plain->copy_to_host(ia, ida.data());
           fused->copy_to_host(i_f, idf.data());
           EXPECT_EQ(idf, ida) << what;
-          EXPECT_EQ(test::to_host_f32(*fused, wf), test::to_host_f32(*gpu_, wa)) << what;
+          EXPECT_EQ(test::to_host_f32(*fused, wf), test::to_host_f32(*plain, wa)) << what;
         }
       }
 }

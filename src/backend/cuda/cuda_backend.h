@@ -130,6 +130,8 @@ class CudaBackend final : public Backend {
   void add(const TensorView& a, const TensorView& b, const TensorView& out) override;
   void add_rms_norm(const TensorView& h, const TensorView& y, const Weight& w, float eps,
                     const TensorView& out) override;
+  void matmul_add_rms_norm(const TensorView& x, const Weight& w, const TensorView& y, const TensorView& h,
+                           const Weight& norm, float eps, const TensorView& out) override;
   void concat_cols(const TensorView& a, const TensorView& b, const TensorView& out) override;
   void gather_rows(const TensorView& x, const std::vector<int32_t>& rows, const TensorView& out) override;
   void swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const TensorView& out) override;
@@ -293,10 +295,12 @@ class CudaBackend final : public Backend {
   // Routed experts for few rows per expert (cuda_backend_moe.cpp): two grouped-GEMV launches over moe_plan's
   // work items, gate + up with SwiGLU fused (h [M, I] F32 scratch), then down into y [M, D]; assignment a =
   // perm[i] reads x row a / x_row_div and writes y row a. With ids (items and perm null, tile 1, n_items =
-  // M): assignment a is work item a, of expert ids[a].
-  void grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items,
+  // M): assignment a is work item a, of expert ids[a]; then with `combine` the down launch also does the
+  // weighted combine where cuda::gemv_combine takes the shape. Returns whether it did.
+  bool grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items,
                            const int32_t* perm, int tile, const float* x, int32_t x_row_div, int64_t M,
-                           float* y, const int32_t* ids = nullptr);
+                           float* y, const int32_t* ids = nullptr,
+                           const cuda::GemvCombine* combine = nullptr);
   // The same for INT4 experts (the W4A16 GEMV): h [M, I] is the caller's scratch.
   void int4_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items, const int32_t* perm,
                         const float* x, int32_t x_row_div, int64_t M, const Tensor& h, float* y);
@@ -313,6 +317,10 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Fp8Gemm> fp8_;  // made on the first FP8 GEMM (its cuBLASLt handle and workspace)
   // cuda::router_route's block counter (made with the backend, 0 between launches).
   unsigned* router_done_ = nullptr;
+  // cuda::gemv_residual_norm's block counter (the same protocol).
+  unsigned* residual_done_ = nullptr;
+  // cuda::gemv_combine's column counters (kGemvCombineColumns, the same protocol).
+  unsigned* combine_done_ = nullptr;
 };
 
 }  // namespace moe

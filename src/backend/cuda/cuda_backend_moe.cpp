@@ -214,13 +214,19 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   const int gemv_tile = grouped_gemv_tile(T, TK, E);
   const int tile = !grouped_gemm ? gemv_tile : per_expert ? 1 << 20 : cuda::kGroupedRows;
   Tensor y = scratch(DType::F32, {TK, D});
+  MOE_CHECK(!plus.data || plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}",
+            plus.shape.str(), out.shape.str());
   if (!grouped_gemm && gemv_tile == 1 && prep->group_size == 0 && o.moe_decode_fusion) {
     // One assignment per pass over an expert's weights (tile 1: batch 1, and decode batches whose assignments
     // are few against the experts): the plan would only reorder them, so the GEMV takes each assignment as
-    // its own work item straight from the ids. The same rows through the same kernels, one launch (moe_plan)
-    // fewer.
-    grouped_expert_gemv(*prep, nullptr, TK, nullptr, 1, x.as<const float>(), int32_t(K), TK, y.as<float>(),
-                        expert_ids.as<const int32_t>());
+    // its own work item straight from the ids, and the down launch does the weighted combine too. The same
+    // rows through the same kernels, two launches (moe_plan, moe_combine) fewer.
+    const cuda::GemvCombine combine{expert_weights.as<const float>(),
+                                    plus.data ? plus.as<const float>() : nullptr, out.as<float>(), int32_t(K),
+                                    combine_done_};
+    if (grouped_expert_gemv(*prep, nullptr, TK, nullptr, 1, x.as<const float>(), int32_t(K), TK,
+                            y.as<float>(), expert_ids.as<const int32_t>(), &combine))
+      return;
   } else {
     const int64_t max_items = per_expert ? 1 : std::min<int64_t>(E, TK) + (TK + tile - 1) / tile;
     Tensor perm = scratch(DType::I32, {TK}), items = scratch(DType::I32, {max_items, 3}),
@@ -238,20 +244,19 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
                           x.as<const float>(), int32_t(K), TK, y.as<float>());
     }
   }
-  MOE_CHECK(!plus.data || plus.numel() == out.numel(), "moe_experts: plus is {} for an output of {}",
-            plus.shape.str(), out.shape.str());
   cuda::moe_combine(y.as<const float>(), expert_weights.as<const float>(), T, int32_t(K), D,
                     plus.data ? plus.as<const float>() : nullptr, out.as<float>(), stream_);
 }
 
-void CudaBackend::grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items,
+bool CudaBackend::grouped_expert_gemv(const PreparedExperts& prep, const int32_t* items, int64_t n_items,
                                       const int32_t* perm, int tile, const float* x, int32_t x_row_div,
-                                      int64_t M, float* y, const int32_t* ids) {
+                                      int64_t M, float* y, const int32_t* ids,
+                                      const cuda::GemvCombine* combine) {
   const int64_t D = prep.hidden, I = prep.inner;
   Tensor h = scratch(DType::F32, {M, I});
   if (prep.group_size > 0) {
     int4_expert_gemv(prep, items, n_items, perm, x, x_row_div, M, h, y);
-    return;
+    return false;
   }
   cuda::GemvParams p;
   p.wdtype = prep.dtype;
@@ -283,7 +288,9 @@ void CudaBackend::grouped_expert_gemv(const PreparedExperts& prep, const int32_t
   p.x_row_div = 1;
   p.out = y;
   p.out_stride = D;
+  if (combine && ids && tile == 1 && cuda::gemv_combine(p, *combine, stream_)) return true;
   cuda::gemv(p, tile, stream_);
+  return false;
 }
 
 // INT4 experts (W4A16 GEMV, moe_w4a16.cu, reading the packed words in place): gate and up into h and a second

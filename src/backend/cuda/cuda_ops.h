@@ -138,6 +138,25 @@ constexpr int kGemvMaxTile = 8;  // tokens per pass over the weights
 void gemv(const GemvParams& p, int tile, cudaStream_t s);
 void gemv_bf16(const GemvParams& p, int tile, cudaStream_t s);  // gemv_bf16.cu (BF16, F16 and F32 go here)
 void gemv_fp8(const GemvParams& p, int tile, cudaStream_t s);   // gemv_fp8.cu
+// gemv_residual_norm.cu: at one token, y = x . W^T (p: dense, T 1, out = y [N]) and the residual step after
+// it (h += y; out = rms_norm(h) * w, h and out [N]) in one launch, the same bits as gemv then add_rms_norm.
+// Returns false, launching nothing, where the kernel does not take the parameters. `done`: a device counter
+// at 0, left at 0.
+bool gemv_residual_norm(const GemvParams& p, float* h, const WeightRef& w, float eps, float* out,
+                        unsigned* done, cudaStream_t s);
+// gemv_combine.cu: the grouped GEMV over moe_route's ids (p.ids, tile 1: the routed experts' down projection,
+// y = p.out [grid_y, N]) and moe_combine after it in one launch: out [T, N] = plus + sum_j w[t, j] y[t * k +
+// j], T = grid_y / k, the same bits as gemv then moe_combine. Returns false, launching nothing, where the
+// kernel does not take the parameters. `done`: kGemvCombineColumns device counters at 0, left at 0.
+constexpr int64_t kGemvCombineColumns = 1024;  // 16-row columns: output widths up to 16384
+struct GemvCombine {
+  const float* w = nullptr;     // [T, k] routing weights
+  const float* plus = nullptr;  // [T, N] or null
+  float* out = nullptr;         // [T, N]
+  int32_t k = 0;
+  unsigned* done = nullptr;
+};
+bool gemv_combine(const GemvParams& p, const GemvCombine& c, cudaStream_t s);
 
 // ---- mla_cache.cu ----------------------------------------------------------------------------------------
 // cache[slot[t]] = bf16(rms_norm(kv_a[t, :r]) * w, rope(kv_a[t, r:], pos[t])); angles from inv_freq (device

@@ -65,8 +65,10 @@ __device__ __forceinline__ uint32_t e4m3x2_placed_bf16(uint32_t w, bool high) {
   return (u & 0x80008000u) | ((u >> 4) & 0x07f007f0u);
 }
 
+// One block's rows (256 threads). A device function so that a fused kernel can go on after it
+// (gemv_residual_norm.cu): every thread returns from it having passed griddepcontrol.wait.
 template <DType WT, bool SWIGLU>
-__global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
+__device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
   constexpr bool kFp8 = WT == DType::F8_E4M3;
   constexpr int kStep = mma_step_cols<WT>(), kBytes = kFp8 ? 1 : 2, kVals = kFp8 ? 16 : 8, M = SWIGLU ? 2 : 1;
   __shared__ float red[M][kMmaWarps][kMmaRows][8];
@@ -209,6 +211,11 @@ __global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
            int64_t(t) * (second ? p.second.out_stride : p.out_stride);
   }
   orow[r0 + row] = r;
+}
+
+template <DType WT, bool SWIGLU>
+__global__ void __launch_bounds__(256) gemv_mma_kernel(GemvParams p) {
+  gemv_mma_block<WT, SWIGLU>(p);
 }
 
 // Whether gemv_mma_kernel takes these parameters at `tile` tokens (assignments) per pass.
