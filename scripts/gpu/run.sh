@@ -274,6 +274,22 @@ ab_model() {  # name config dtype
   done
   rm -rf "$dir"
 }
+# Batch-1 decode against the .base build in the same run (weights made in memory): Moonlight BF16 and FP8 at
+# batch 1 (context 512) and the 8-layer llama.cpp checkpoint at batches 1 and 4, base and new alternating, twice.
+# After `build build-base` (e.g. BUILD_TARGETS=moe).
+stage_ab-decode1() {
+  env_deps
+  for rep in 1 2; do for v in bf16 fp8; do for which in base new; do
+    local bin=$BUILD/src/cli/moe
+    [ $which = base ] && bin=$ROOT/build-base/src/cli/moe
+    "$bin" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights --random-dtype $v \
+      --cuda-prefill $v --prompt-tokens 128 --batch 1 --context 512 --steps 48 2>&1 | grep -E "^(ceilings|decode)" \
+      | sed "s/^/[moonlight $v $which $rep] /" | tee -a "$OUT/ab-decode1.log"
+    "$bin" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights --random-dtype $v \
+      --cuda-prefill $v --prompt-tokens 256 --batch 1,4 --context 512 2>&1 | grep -E "^decode" \
+      | sed "s/^/[8-layer $v $which $rep] /" | tee -a "$OUT/ab-decode1.log"
+  done; done; done
+}
 stage_ab-moonlight() { ab_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
 stage_ab-moonlight-fp8() { ab_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }
 # FP8 x FP8 prefill (issue 14): build only what these stages need, the kernel tests and the prefill tests in
