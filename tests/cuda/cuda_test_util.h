@@ -3,11 +3,13 @@
 // block scales), copies between the backends, and the relative L2 error.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -104,6 +106,22 @@ inline Tensor random_host(std::mt19937_64& rng, DType dt, Shape shape, float sca
       t.as<uint16_t>()[i] = float_to_bf16(v);
   }
   return t;
+}
+
+// Random routing choices as moe_experts takes them: for each of T tokens, K distinct experts of E (ids [T, K])
+// with weights ~ U(0.1, 1) (w [T, K]).
+inline std::pair<Tensor, Tensor> random_choices(std::mt19937_64& rng, int64_t T, int64_t E, int64_t K) {
+  Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
+  std::vector<int32_t> perm(static_cast<size_t>(E));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t e = 0; e < E; ++e) perm[size_t(e)] = int32_t(e);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (int64_t j = 0; j < K; ++j) {
+      ids.as<int32_t>()[t * K + j] = perm[size_t(j)];
+      w.as<float>()[t * K + j] = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng);
+    }
+  }
+  return {std::move(ids), std::move(w)};
 }
 
 inline Tensor to_device(Backend& b, const Tensor& host) {

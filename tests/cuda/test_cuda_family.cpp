@@ -72,16 +72,7 @@ TEST_F(CudaFamily, Int4ExpertsMatchCpu) {
     EXPECT_EQ(dev.experts[0].gate.w.nbytes(), size_t(I * D / 2)) << "4 bits per weight on the device";
     for (int64_t T : {1, 4, 40, 200}) {  // T = 200: 1600 rows over 24 experts, the prefill (GEMM) path
       Tensor x = test::random_host(rng_, DType::F32, {T, D});
-      Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
-      std::vector<int32_t> perm(static_cast<size_t>(E));
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t e = 0; e < E; ++e) perm[size_t(e)] = int32_t(e);
-        std::shuffle(perm.begin(), perm.end(), rng_);
-        for (int64_t j = 0; j < K; ++j) {
-          ids.as<int32_t>()[t * K + j] = perm[size_t(j)];
-          w.as<float>()[t * K + j] = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng_);
-        }
-      }
+      auto [ids, w] = test::random_choices(rng_, T, E, K);
       Tensor ref = Tensor::host(DType::F32, {T, D}), gout = gpu_->alloc(DType::F32, {T, D});
       cpu_->moe_experts(x, host, ids, w, {}, ref);
       gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids), test::to_device(*gpu_, w), {},

@@ -75,16 +75,7 @@ TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
     const ExpertWeights dev = test::upload_experts(*gpu_, host);
     for (int64_t T : {1, 6, 37, 64}) {  // 64 * 8 assignments = 32 per expert: the expert-GEMM path
       Tensor x = test::random_host(rng_, DType::F32, {T, D});
-      Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
-      std::vector<int32_t> perm(static_cast<size_t>(E));
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t e = 0; e < E; ++e) perm[size_t(e)] = int32_t(e);
-        std::shuffle(perm.begin(), perm.end(), rng_);
-        for (int64_t j = 0; j < K; ++j) {
-          ids.as<int32_t>()[t * K + j] = perm[size_t(j)];
-          w.as<float>()[t * K + j] = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng_);
-        }
-      }
+      auto [ids, w] = test::random_choices(rng_, T, E, K);
       Tensor ref = Tensor::host(DType::F32, {T, D}), gout = gpu_->alloc(DType::F32, {T, D});
       cpu_->moe_experts(x, host, ids, w, {}, ref);
       gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids),
@@ -235,16 +226,7 @@ TEST_F(CudaMoe, DownAndCombineInOneLaunch) {
                        << "fp8=" << fp8 << " T=" << T << " plus=" << with_plus << " call " << call);
           Tensor x = test::random_host(rng_, DType::F32, {T, D}),
                  plus = test::random_host(rng_, DType::F32, {T, D});
-          Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
-          std::vector<int32_t> perm(static_cast<size_t>(E));
-          for (int64_t t = 0; t < T; ++t) {
-            for (int64_t e = 0; e < E; ++e) perm[size_t(e)] = int32_t(e);
-            std::shuffle(perm.begin(), perm.end(), rng_);
-            for (int64_t j = 0; j < K; ++j) {
-              ids.as<int32_t>()[t * K + j] = perm[size_t(j)];
-              w.as<float>()[t * K + j] = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng_);
-            }
-          }
+          auto [ids, w] = test::random_choices(rng_, T, E, K);
           Tensor fo = fused->alloc(DType::F32, {T, D}), po = plain->alloc(DType::F32, {T, D});
           fused->moe_experts(test::to_device(*fused, x), ef, test::to_device(*fused, ids),
                              test::to_device(*fused, w), with_plus ? test::to_device(*fused, plus) : Tensor{},

@@ -18,6 +18,23 @@
 
 namespace moe::cuda {
 
+// The fused kernels' last-block protocol (moe_router.cu, gemv_residual_norm.cu, gemv_combine.cu): every
+// thread of each of `total` blocks calls this once, after its block's writes. It returns true in the last
+// block to arrive on `counter`, with the other blocks' writes visible, and sets the counter back to 0 there
+// (no block of this launch counts again, and the next launch counts only after griddepcontrol.wait, i.e.
+// after this one: a graph replay starts from 0).
+__device__ __forceinline__ bool last_block_to_arrive(unsigned* counter, unsigned total) {
+  __shared__ bool last;
+  __threadfence();  // this block's writes visible to the last block
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == total - 1;
+  __syncthreads();
+  if (!last) return false;
+  __threadfence();
+  if (threadIdx.x == 0) *counter = 0;
+  return true;
+}
+
 namespace gemv_detail {
 
 constexpr int kWarps = 8, kRowsPerWarp = 2, kRowsPerBlock = kWarps * kRowsPerWarp;
@@ -212,6 +229,22 @@ __device__ __forceinline__ void prefetch_rows(const GemvParams& p, int64_t N, co
       for (int64_t b = int64_t(lane) * 128; b < row_bytes; b += 32 * 128)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(row + b));
     }
+}
+
+// One token against one matrix, one weight row per warp (the unfused single-token GEMV's arithmetic): the
+// warp's rows asked of L2 before waiting for the previous kernel, then the pass. For kernels that go on after
+// it (moe_router.cu, gemv_residual_norm.cu); every thread returns having passed pdl_wait.
+template <DType WT>
+__device__ __forceinline__ void single_token_pass(const GemvParams& p) {
+  const int64_t n0 = int64_t(blockIdx.x) * kWarps + int(threadIdx.x) / 32;
+  pdl_trigger();
+  const char* wbase[2] = {static_cast<const char*>(p.w[0]), nullptr};
+  const float* sbase[2] = {p.s[0], nullptr};
+  if (n0 < p.N) prefetch_rows<WT, false, 1>(p, p.N, wbase, 0, n0);
+  pdl_wait();  // x comes from the previous kernel
+  const float* xrows[1] = {p.x};
+  float* orows[1] = {p.out};
+  if (n0 < p.N) gemv_pass<WT, 1, false, 1, 8>(p, p.N, wbase, sbase, 0, n0, xrows, orows, 1);
 }
 
 // R weight rows per warp: 2, or 1 for dense single-token GEMVs too small to give every SM a block (kv_a,

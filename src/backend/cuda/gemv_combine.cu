@@ -18,13 +18,7 @@ static_assert(kColRows == gemv_detail::kRowsPerBlock && kColRows == gemv_detail:
 
 // Every thread, after the block has written its rows of y: the column's last block writes its rows of out.
 __device__ __forceinline__ void combine_tail(const GemvParams& p, const GemvCombine& c) {
-  __shared__ bool last;
-  __threadfence();  // this block's rows of y visible to the column's last block
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(c.done + blockIdx.x, 1u) == gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_block_to_arrive(c.done + blockIdx.x, gridDim.y)) return;
   const int64_t D = p.N, r0 = int64_t(blockIdx.x) * kColRows, T = gridDim.y / c.k;
   for (int64_t i = threadIdx.x; i < T * kColRows; i += blockDim.x) {
     const int64_t t = i / kColRows, d = r0 + i % kColRows;
@@ -33,7 +27,6 @@ __device__ __forceinline__ void combine_tail(const GemvParams& p, const GemvComb
     for (int j = 0; j < c.k; ++j) acc = fmaf(c.w[t * c.k + j], __ldcg(p.out + (t * c.k + j) * D + d), acc);
     c.out[t * D + d] = c.plus ? c.plus[t * D + d] + acc : acc;
   }
-  if (threadIdx.x == 0) c.done[blockIdx.x] = 0;
 }
 
 template <DType WT>

@@ -24,31 +24,15 @@ struct ResidualNorm {
 // step.
 template <int V>
 __device__ __forceinline__ void residual_norm_tail(const float* y, int64_t D, const ResidualNorm& r) {
-  __shared__ bool last;
-  __threadfence();  // this block's rows of y visible to the last block
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(r.done, 1u) == gridDim.x * gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  rms_norm_row<V, true>(nullptr, r.h, y, r.w, r.eps, D, 0, r.out);
-  if (threadIdx.x == 0) *r.done = 0;
+  if (last_block_to_arrive(r.done, gridDim.x * gridDim.y))
+    rms_norm_row<V, true>(nullptr, r.h, y, r.w, r.eps, D, 0, r.out);
 }
 
 // BF16 / F16 weights: the CUDA-core pass, one weight row per warp (as the unfused batch-1 GEMV of a matrix
 // this size; the per-row arithmetic does not depend on the rows per warp).
 template <DType WT, int V>
 __global__ void __launch_bounds__(256) gemv_residual_norm_kernel(GemvParams p, ResidualNorm r) {
-  const int warp = int(threadIdx.x) / 32;
-  const int64_t n0 = int64_t(blockIdx.x) * gemv_detail::kWarps + warp;
-  pdl_trigger();
-  const char* wbase[2] = {static_cast<const char*>(p.w[0]), nullptr};
-  const float* sbase[2] = {p.s[0], nullptr};
-  if (n0 < p.N) gemv_detail::prefetch_rows<WT, false, 1>(p, p.N, wbase, 0, n0);
-  pdl_wait();  // x comes from the previous kernel
-  const float* xrows[1] = {p.x};
-  float* orows[1] = {p.out};
-  if (n0 < p.N) gemv_detail::gemv_pass<WT, 1, false, 1, 8>(p, p.N, wbase, sbase, 0, n0, xrows, orows, 1);
+  gemv_detail::single_token_pass<WT>(p);
   residual_norm_tail<V>(p.out, p.N, r);
 }
 

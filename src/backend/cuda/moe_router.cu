@@ -15,25 +15,9 @@ template <DType WT>
 __global__ void __launch_bounds__(256) router_route_kernel(GemvParams p, const float* bias, RouteParams rp,
                                                            int32_t* ids, float* weights, unsigned* done) {
   extern __shared__ float sm[];  // 2E floats: the last block's routing
-  __shared__ bool last;
-  const int warp = int(threadIdx.x) / 32;
-  const int64_t n0 = int64_t(blockIdx.x) * gemv_detail::kWarps + warp;  // this warp's router row
-  pdl_trigger();
-  const char* wbase[2] = {static_cast<const char*>(p.w[0]), nullptr};
-  const float* sbase[2] = {p.s[0], nullptr};
-  if (n0 < p.N) gemv_detail::prefetch_rows<WT, false, 1>(p, p.N, wbase, 0, n0);
-  pdl_wait();  // x comes from the previous kernel
-  const float* xrows[1] = {p.x};
-  float* orows[1] = {p.out};
-  if (n0 < p.N) gemv_detail::gemv_pass<WT, 1, false, 1, 8>(p, p.N, wbase, sbase, 0, n0, xrows, orows, 1);
-  __threadfence();  // this block's logits visible to the last block
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  if (warp == 0) route_token(p.out, bias, rp, sm, ids, weights);
-  if (threadIdx.x == 0) *done = 0;
+  gemv_detail::single_token_pass<WT>(p);  // one router row per warp
+  if (!last_block_to_arrive(done, gridDim.x)) return;
+  if (threadIdx.x / 32 == 0) route_token(p.out, bias, rp, sm, ids, weights);
 }
 
 }  // namespace
