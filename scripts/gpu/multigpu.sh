@@ -58,7 +58,7 @@ stage_ep2() {
   local D=$BASE/ep2; mkdir -p "$D"
   run "$D" test_dist_nccl 180 build-gpu/tests/dist/test_dist_nccl
   run "$D" test_launcher_gpu 180 build-gpu/tests/dist/test_launcher_gpu
-  run "$D" test_ep 300 build-gpu/tests/ep/test_ep --gtest_filter='EpNccl.*:ExpertParallelCuda.*:EpExchange.*'
+  run "$D" test_ep 300 build-gpu/tests/ep/test_ep --gtest_filter='EpNccl.*:ExpertParallelCuda.*:EpExchange.*:AllReduceMode.*'
   local ids="0,100,2000,31,7,1096,555,12,901,64,3,77"
   for m in models/tiny-dsv3 models/tiny-dsv3-fp8; do
     local n; n=$(basename "$m")
@@ -66,6 +66,10 @@ stage_ep2() {
     run "$D" "logits-$n-ep2" 120 "$MOE" logits --device cuda --gpus 2 --model "$m" --tokens "$ids" \
       --out "$D/$n-ep2.safetensors"
     python3 scripts/gpu/compare_logits.py "$D/$n-ep2.safetensors" "$D/$n-1.safetensors" 2>&1 | tee "$D/compare-$n.txt"
+    run "$D" "logits-$n-ep2-allreduce" 120 "$MOE" logits --device cuda --gpus 2 --ep-all-reduce --model "$m" \
+      --tokens "$ids" --out "$D/$n-ep2-ar.safetensors"
+    python3 scripts/gpu/compare_logits.py "$D/$n-ep2-ar.safetensors" "$D/$n-1.safetensors" 2>&1 \
+      | tee "$D/compare-$n-allreduce.txt"
   done
   pack
 }
@@ -77,10 +81,15 @@ stage_moonlight() {
     local ck; ck=$(random_ckpt bench/gpu/configs/moonlight-16b-a3b.json "$dt") || { echo "create-random failed"; continue; }
     local pre=(); [ "$dt" = fp8 ] && pre=(--cuda-prefill fp8)
     # MOONLIGHT_EP_MODES: replicated (every rank the whole batch), dpattn (--dp-attention: each rank its own
-    # sequences), dpattn-tbo (and two-micro-batch overlap); MOONLIGHT_1GPU=0 skips the one-GPU baseline.
-    for mode in ${MOONLIGHT_EP_MODES:-replicated dpattn dpattn-tbo}; do
+    # sequences), dpattn-tbo (and two-micro-batch overlap), allreduce (--ep-all-reduce: replicated, the experts'
+    # partial sums all-reduced, decode steps replayed from graphs); MOONLIGHT_1GPU=0 skips the one-GPU baseline.
+    for mode in ${MOONLIGHT_EP_MODES:-allreduce replicated dpattn dpattn-tbo}; do
       local flags=()
-      case $mode in dpattn) flags=(--dp-attention) ;; dpattn-tbo) flags=(--dp-attention --two-micro-batch) ;; esac
+      case $mode in
+        dpattn) flags=(--dp-attention) ;;
+        dpattn-tbo) flags=(--dp-attention --two-micro-batch) ;;
+        allreduce) flags=(--ep-all-reduce) ;;
+      esac
       run "$D" "$dt-ep2-$mode" 600 "$MOE" bench --device cuda --gpus 2 --model "$ck" --batch 1,64,256 --context 512 \
         --prompt-tokens 4096 "${pre[@]}" "${flags[@]}"
     done
@@ -96,6 +105,7 @@ stage_dsv3() {
   local common=(bench --device cuda --gpus 8 --model "$D/deepseek-v3.json" --random-weights --random-dtype fp8
                 --cuda-prefill fp8 --batch 1,32,128,512 --context 2048 --prompt-tokens 4096)
   run "$D" plain 600 "$MOE" "${common[@]}"
+  run "$D" allreduce 600 "$MOE" "${common[@]}" --ep-all-reduce
   run "$D" tbo 600 "$MOE" "${common[@]}" --two-micro-batch
   run "$D" redundant 600 "$MOE" "${common[@]}" --redundant-experts 32
 }

@@ -286,7 +286,7 @@ stage_ab-decode1() {
       --cuda-prefill $v --prompt-tokens 128 --batch 1 --context 512 --steps 48 2>&1 | grep -E "^(ceilings|decode)" \
       | sed "s/^/[moonlight $v $which $rep] /" | tee -a "$OUT/ab-decode1.log"
     "$bin" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights --random-dtype $v \
-      --cuda-prefill $v --prompt-tokens 256 --batch 1,4 --context 512 2>&1 | grep -E "^decode" \
+      --cuda-prefill $v --prompt-tokens 256 --batch 1,4,8 --context 512 2>&1 | grep -E "^decode" \
       | sed "s/^/[8-layer $v $which $rep] /" | tee -a "$OUT/ab-decode1.log"
   done; done; done
 }

@@ -194,15 +194,6 @@ class Backend {
     add(h, y, h);
     rms_norm(h, w, eps, out);
   }
-  // A projection and the residual step after it (the attention output's o_proj): y = x w^T, h += y, then
-  // out = rms_norm(h) with norm (x [T, K]; y, h, out [T, N]; out aliases none of them). Default: matmul, then
-  // add_rms_norm; a backend may run them as one launch (CUDA at one token, the same bits).
-  virtual void matmul_add_rms_norm(const TensorView& x, const Weight& w, const TensorView& y,
-                                   const TensorView& h, const Weight& norm, float eps,
-                                   const TensorView& out) {
-    matmul(x, w, y);
-    add_rms_norm(h, y, norm, eps, out);
-  }
   // out [T, Da+Db] = concat(a [T, Da], b [T, Db]) along columns.
   virtual void concat_cols(const TensorView& a, const TensorView& b, const TensorView& out) = 0;
   // out [R, D] = x[rows[r]] for x [T, D], rows I32 host vector.
@@ -367,14 +358,18 @@ class Backend {
   }
   //
   // Routed experts in three steps (moe_experts below composes them); see MoeDispatch for the layout.
+  // A choice with expert id -1 and weight 0 is no expert: it adds nothing to out, and nothing computes it
+  // (expert parallelism's all-reduce mode names the other ranks' experts so: moe_local_choices).
   // Permutes x [T, D] (activation dtype) into expert-contiguous rows, one per assignment of expert_ids
-  // (I32 [T, k], every id in 0 .. num_experts-1). The returned tensors are new allocations owned by the result.
+  // (I32 [T, k], every id in -1 .. num_experts-1; the -1 assignments come after offsets[num_experts], in rows
+  // that moe_grouped_mlp leaves alone). The returned tensors are new allocations owned by the result.
   virtual MoeDispatch moe_dispatch(const TensorView& x, const TensorView& expert_ids, int32_t num_experts) = 0;
   // y [M, D] (activation dtype, allocated by the caller, sorted order like d.rows) = the SwiGLU MLP of each
   // row's expert: y[i] = Expert[e](d.rows[i]) for offsets[e] <= i < offsets[e+1]. experts has E experts,
   // prepared with prepare_experts.
   virtual void moe_grouped_mlp(const MoeDispatch& d, const ExpertWeights& experts, const TensorView& y) = 0;
-  // out [T, D] = plus[t] + sum_j expert_weights[t, j] * y[row of assignment t*k+j]: the weighted un-permute.
+  // out [T, D] = plus[t] + sum_j expert_weights[t, j] * y[row of assignment t*k+j]: the weighted un-permute
+  // (terms of weight 0 skipped: an id -1's row of y is never written).
   // y [M, D] from moe_grouped_mlp; expert_weights F32 [T, k]; plus [T, D] (the shared experts' output) or
   // empty for 0; out [T, D] may alias plus.
   virtual void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& expert_weights,
@@ -382,12 +377,44 @@ class Backend {
   // out [T, D] = plus[t] + sum_j expert_weights[t, j] * Expert[expert_ids[t, j]](x[t]); x [T, D]; plus [T, D]
   // (the shared experts' output, so the sum needs no extra pass) or empty for 0.
   // Default: moe_dispatch -> moe_grouped_mlp -> moe_combine; a backend may fuse them (CUDA does).
+  // Ids -1 with weight 0: no expert (above).
   virtual void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
                            const TensorView& expert_weights, const TensorView& plus, const TensorView& out) {
     const MoeDispatch d = moe_dispatch(x, expert_ids, int32_t(experts.experts.size()));
     Tensor y = alloc_uninitialized(activation_dtype(), {d.num_rows(), x.row_size()});
     moe_grouped_mlp(d, experts, y);
     moe_combine(y, d, expert_weights, plus, out);
+  }
+  // Expert parallelism's all-reduce mode (ExpertParallel::set_all_reduce): the choices this rank computes.
+  // local_ids[t, j] = slots[expert_ids[t, j], t mod L], the expert's local slot on this rank for that token or
+  // -1 where another rank computes it, and local_weights[t, j] = expert_weights[t, j] where the slot is >= 0,
+  // else 0. expert_ids, local_ids I32 [T, k]; expert_weights, local_weights F32 [T, k]; slots I32 [E, L], L a
+  // multiple of every expert's copy count (copy t mod copies takes token t, as in the all-to-all mode).
+  // Default: for host memory (the CPU backend).
+  virtual void moe_local_choices(const TensorView& expert_ids, const TensorView& expert_weights,
+                                 const TensorView& slots, const TensorView& local_ids,
+                                 const TensorView& local_weights) {
+    MOE_CHECK(expert_ids.dtype == DType::I32 && local_ids.dtype == DType::I32 && slots.dtype == DType::I32 &&
+                  expert_weights.dtype == DType::F32 && local_weights.dtype == DType::F32,
+              "moe_local_choices: ids and slots are I32, weights F32");
+    MOE_CHECK(expert_ids.numel() == expert_weights.numel() && expert_ids.numel() == local_ids.numel() &&
+                  expert_ids.numel() == local_weights.numel() && slots.shape.rank == 2,
+              "moe_local_choices: ids {}, weights {}, out {} and {}, slots {}", expert_ids.shape.str(),
+              expert_weights.shape.str(), local_ids.shape.str(), local_weights.shape.str(), slots.shape.str());
+    MOE_CHECK(expert_ids.device.is_host() && slots.device.is_host() && local_ids.device.is_host(),
+              "the {} backend has no moe_local_choices", name());
+    const int64_t K = expert_ids.row_size(), n = expert_ids.numel(), E = slots.shape[0], L = slots.shape[1];
+    const int32_t* ids = expert_ids.as<const int32_t>();
+    const int32_t* table = slots.as<const int32_t>();
+    const float* w = expert_weights.as<const float>();
+    int32_t* lid = local_ids.as<int32_t>();
+    float* lw = local_weights.as<float>();
+    for (int64_t a = 0; a < n; ++a) {
+      MOE_CHECK(ids[a] >= 0 && ids[a] < E, "moe_local_choices: expert id {} out of range (E {})", ids[a], E);
+      const int32_t slot = table[ids[a] * L + (a / K) % L];
+      lid[a] = slot;
+      lw[a] = slot >= 0 ? w[a] : 0.0f;
+    }
   }
 
  protected:

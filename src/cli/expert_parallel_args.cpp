@@ -36,6 +36,10 @@ void add_ep_options(CLI::App* cmd, EpArgs& args, bool serve) {
   cmd->add_flag("--ep-fp8-dispatch", args.fp8_dispatch,
                 "With --ep and FP8 experts: rows travel to their experts as E4M3 with 1x128 scales (about a quarter "
                 "of the F32 bytes; outputs within E4M3 rounding)");
+  cmd->add_flag("--ep-all-reduce", args.all_reduce,
+                "With --ep (replicated mode): each rank runs its experts' share of every token and one all-reduce "
+                "sums the ranks' outputs, nothing planned on the host, so GPU steps replay as CUDA graphs (sums in "
+                "another F32 order than one process)");
   if (serve)
     cmd->add_option("--eplb-interval", args.eplb_interval,
                     "With --ep: recompute the expert placement from the observed load every N steps (0: never)")
@@ -78,12 +82,14 @@ EpRuntime open_ep(const EpArgs& args_in, const ModelConfig& config, const std::s
   std::vector<bool> moe_layers;
   for (int64_t i = 0; i <= config.num_hidden_layers; ++i)
     moe_layers.push_back(config.n_routed_experts > 0 && (i == config.num_hidden_layers || config.is_moe_layer(i)));
-  if (count_load || args.ep > 1) rt.load = std::make_unique<ExpertLoadCounter>(moe_layers, int32_t(config.n_routed_experts));
+  // Counting copies each layer's choices to the host, which a captured step cannot do: not in the all-reduce
+  // mode unless asked for (EPLB, serve's /metrics on the CPU).
+  if (count_load || args.eplb_interval > 0 || (args.ep > 1 && !args.all_reduce)) rt.load = std::make_unique<ExpertLoadCounter>(moe_layers, int32_t(config.n_routed_experts));
   if (args.ep == 1) {
     if (args.redundant_experts > 0 || args.eplb_interval > 0 || args.dp_attention || args.tbo || args.shared_routed ||
-        args.fp8_dispatch)
-      fail("--redundant-experts, --eplb-interval, --dp-attention, --ep-shared-routed, --ep-fp8-dispatch and --tbo on "
-           "need --ep N with N > 1 (expert parallelism)");
+        args.fp8_dispatch || args.all_reduce)
+      fail("--redundant-experts, --eplb-interval, --dp-attention, --ep-shared-routed, --ep-fp8-dispatch, "
+           "--ep-all-reduce and --tbo on need --ep N with N > 1 (expert parallelism)");
     return rt;
   }
   if (config.n_routed_experts == 0) fail("--ep {}: this model has no routed experts to spread", args.ep);
@@ -98,6 +104,9 @@ EpRuntime open_ep(const EpArgs& args_in, const ModelConfig& config, const std::s
            "ranks (choose --redundant-experts so that the sum is a multiple of --ep)",
            config.n_routed_experts, args.redundant_experts, args.ep);
   }
+  if (args.all_reduce && (args.dp_attention || args.tbo || args.fp8_dispatch))
+    fail("--ep-all-reduce is the replicated mode's exchange: not with --dp-attention, --tbo on or --ep-fp8-dispatch "
+         "(they shape the all-to-all's rows, which it does not send)");
   if (args.fp8_dispatch && config.fp8_block_rows == 0)
     fail("--ep-fp8-dispatch is for FP8 experts, and this model's weights are not FP8");
   launch_if_needed(args.launch, args.ep, gpu, fmt::format("--ep {}", args.ep));  // by hand: the ranks run, we end
@@ -125,6 +134,7 @@ EpRuntime open_ep(const EpArgs& args_in, const ModelConfig& config, const std::s
   rt.ep->set_two_micro_batch(args.tbo);
   rt.ep->set_shared_as_routed(args.shared_routed);
   rt.ep->set_fp8_dispatch(args.fp8_dispatch);
+  rt.ep->set_all_reduce(args.all_reduce);
   if (rt.rank() != 0 && !std::freopen("/dev/null", "w", stdout)) fail("rank {}: cannot silence stdout", rt.rank());
   return rt;
 }

@@ -21,6 +21,7 @@ struct EpArgs {
   bool tbo = false;               // --two-micro-batch / --tbo on|off: ExpertParallel::set_two_micro_batch
   bool shared_routed = false;     // --ep-shared-routed: ExpertParallel::set_shared_as_routed
   bool fp8_dispatch = false;      // --ep-fp8-dispatch: ExpertParallel::set_fp8_dispatch
+  bool all_reduce = false;        // --ep-all-reduce: ExpertParallel::set_all_reduce
   int32_t gpus = 0;               // --gpus N: with --device cuda, one rank per GPU (= --ep N)
   LaunchArgs launch;              // started by hand: the command launches its ranks (cli/launcher.h)
 };

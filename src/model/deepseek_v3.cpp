@@ -285,7 +285,8 @@ Tensor DeepseekV3::decoder_layer(int64_t layer, const DecoderLayerWeights& w, co
     backend_.rms_norm(h, w.input_norm, eps, x);
   Tensor o = backend_.alloc_uninitialized(act, {T, config_.num_attention_heads * config_.v_head_dim});
   Tensor chosen = attention(w.attn, x, cache, index_cache, batch, o);
-  backend_.matmul_add_rms_norm(o, w.attn.o_proj, y, h, w.post_attention_norm, eps, x);  // y = o_proj(o)
+  backend_.matmul(o, w.attn.o_proj, y);
+  backend_.add_rms_norm(h, y, w.post_attention_norm, eps, x);
   if (w.is_moe)
     moe_ffn(layer, w, x, y, batch.plan->num_tokens() == batch.plan->num_seqs());
   else

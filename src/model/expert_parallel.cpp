@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <numeric>
+#include <span>
 
 #include "core/error.h"
 #include "model/fp8_rows.h"
@@ -88,6 +89,35 @@ ExpertParallel::ExpertParallel(dist::Communicator& comm, ExpertPlacement placeme
 void ExpertParallel::set_placement(ExpertPlacement p) {
   MOE_CHECK(p.ranks == comm_.size(), "expert placement for {} ranks on a communicator of {}", p.ranks, comm_.size());
   placement_ = std::move(p);
+  slot_tables_.clear();  // made again from the new placement on first use
+}
+
+void ExpertParallel::set_all_reduce(bool on) {
+  MOE_CHECK(!on || (!data_parallel() && !two_micro_batch_ && !fp8_dispatch_),
+            "expert parallelism: the all-reduce mode needs the replicated mode (not --dp-attention), without "
+            "two-micro-batch overlap or FP8 dispatch");
+  all_reduce_ = on;
+}
+
+const Tensor& ExpertParallel::slot_table(Backend& backend, int64_t layer) {
+  if (tables_backend_ != &backend) slot_tables_.clear(), tables_backend_ = &backend;
+  if (slot_tables_.size() < placement_.layers.size()) slot_tables_.resize(placement_.layers.size());
+  Tensor& table = slot_tables_[size_t(layer)];
+  if (!table.empty()) return table;
+  const LayerPlacement& P = placement_.layers[size_t(layer)];
+  const int32_t S = placement_.slots_per_rank, E = int32_t(P.replicas.size()), me = comm_.rank();
+  int64_t L = 1;
+  for (const auto& reps : P.replicas) L = std::lcm(L, int64_t(reps.size()));
+  MOE_CHECK(L <= 4096, "expert parallelism: layer {}'s copy counts have a least common multiple of {}", layer, L);
+  std::vector<int32_t> host(size_t(E * L));
+  for (int32_t e = 0; e < E; ++e)
+    for (int64_t c = 0; c < L; ++c) {
+      const int32_t slot = P.replicas[size_t(e)][size_t(c) % P.replicas[size_t(e)].size()];
+      host[size_t(e * L + c)] = slot / S == me ? slot % S : -1;
+    }
+  table = backend.alloc_uninitialized(DType::I32, {E, L});
+  backend.copy_from_host(host.data(), table);
+  return table;
 }
 
 void ExpertParallel::set_shared_as_routed(bool on) {
@@ -109,6 +139,7 @@ void ExpertParallel::moe(Backend& backend, int64_t layer, const ExpertWeights& l
   bind_stream(backend);
   const int64_t T = x.rows(), K = expert_ids.row_size();
   MOE_CHECK(T > 0, "expert parallelism: moe over no tokens (moe_idle is the data-parallel rank without tokens)");
+  if (all_reduce_) return run_all_reduce(backend, layer, local, x, expert_ids, expert_weights, plus, out);
   std::vector<int32_t> ids(size_t(T * K));
   backend.copy_to_host(expert_ids, ids.data());
   run(backend, layer, local, T, x.row_size(), K, ids, x, expert_ids, expert_weights, plus, out);
@@ -118,6 +149,41 @@ void ExpertParallel::moe_idle(Backend& backend, int64_t layer, const ExpertWeigh
   bind_stream(backend);
   MOE_CHECK(data_parallel(), "expert parallelism: only a data-parallel rank runs a layer without tokens");
   run(backend, layer, local, 0, D, K, {}, {}, {}, {}, {}, {});
+}
+
+// The all-reduce mode: my experts' share of every token's sum, rank 0's with the shared experts' output, then
+// the sum over the ranks (no host round trip: capturable).
+void ExpertParallel::run_all_reduce(Backend& backend, int64_t layer, const ExpertWeights& local,
+                                    const TensorView& x, const TensorView& expert_ids,
+                                    const TensorView& expert_weights, const TensorView& plus,
+                                    const TensorView& out) {
+  MOE_CHECK(size_t(layer) < placement_.layers.size() && !placement_.layers[size_t(layer)].empty(),
+            "expert parallelism: layer {} has no placement", layer);
+  MOE_CHECK(int64_t(local.experts.size()) == placement_.slots_per_rank,
+            "expert parallelism: layer {} holds {} experts for {} slots", layer, local.experts.size(),
+            placement_.slots_per_rank);
+  MOE_CHECK(out.dtype == DType::F32, "expert parallelism: the all-reduce mode sums F32 outputs (not {})",
+            dtype_name(out.dtype));
+  const SyncedTimer timer(backend, timing_on_ ? &timing_.moe_s : nullptr);
+  const int64_t T = x.rows(), K = expert_ids.row_size(), n = out.numel();
+  const Tensor& slots = slot_table(backend, layer);
+  Tensor ids = backend.alloc_uninitialized(DType::I32, {T, K}), w = backend.alloc_uninitialized(DType::F32, {T, K});
+  backend.moe_local_choices(expert_ids, expert_weights, slots, ids, w);
+  {
+    const SyncedTimer experts_timer(backend, timing_on_ ? &timing_.experts_s : nullptr);
+    backend.moe_experts(x, local, ids, w, comm_.rank() == 0 ? plus : TensorView{}, out);
+  }
+  if (backend.device().is_host() || comm_.name() == "nccl") {
+    comm_.all_reduce_sum(std::span<float>(out.as<float>(), size_t(n)));
+  } else {  // a host communicator (MPI) with a device backend: through host memory
+    std::vector<float> host(static_cast<size_t>(n));
+    backend.copy_to_host(out, host.data());
+    comm_.all_reduce_sum(std::span<float>(host));
+    backend.copy_from_host(host.data(), out);
+  }
+  // A ring all-reduce sends 2 (R - 1) / R of the buffer from each rank.
+  const int R = comm_.size();
+  bytes_sent_ += uint64_t(n) * sizeof(float) * 2 * uint64_t(R - 1) / uint64_t(R);
 }
 
 // One micro-batch of my tokens [t0, t0 + n) through the layer's MoE, in three phases that the two-micro-batch

@@ -19,6 +19,12 @@
 //
 // The plan (counts, slots) is built on the host, so this runs on host memory (CPU backend, MPI); a GPU version
 // keeps the rows on the device for NCCL and exchanges the plan through the host (docs/distributed.md, "Expert-parallel inference").
+//
+// The all-reduce mode (set_all_reduce, `--ep-all-reduce`, replicated only) exchanges no plan: every rank already
+// has every token and its choices, so each runs its local experts over the choices its copies take
+// (Backend::moe_local_choices: the others' become id -1, weight 0), rank 0 adds the shared experts' output, and
+// an all-reduce sums the ranks' partial outputs. Nothing goes through the host, so a step under it is captured
+// and replayed as a CUDA graph (NCCL inside). Its sums differ from one process in F32 summation order only.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -62,6 +68,10 @@ class ExpertParallel {
   // the rows are quantised and dequantised on the host and travel in host memory (staged by NCCL): correct,
   // not fast; a device kernel would keep them on the GPU. Every rank must use the same setting.
   void set_fp8_dispatch(bool on) { fp8_dispatch_ = on; }
+  // The all-reduce mode (above): replicated mode only, without two-micro-batch overlap or FP8 dispatch (both are
+  // about the all-to-all's rows). Every rank must use the same setting.
+  void set_all_reduce(bool on);
+  bool all_reduce() const { return all_reduce_; }
   bool fp8_dispatch() const { return fp8_dispatch_; }
   bool shared_as_routed() const { return shared_as_routed_; }
 
@@ -112,6 +122,14 @@ class ExpertParallel {
   void run(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t T, int64_t D, int64_t K,
            const std::vector<int32_t>& ids, const TensorView& x, const TensorView& expert_ids,
            const TensorView& expert_weights, const TensorView& plus, const TensorView& out);
+  // The all-reduce mode's layer (set_all_reduce).
+  void run_all_reduce(Backend& backend, int64_t layer, const ExpertWeights& local, const TensorView& x,
+                      const TensorView& expert_ids, const TensorView& expert_weights, const TensorView& plus,
+                      const TensorView& out);
+  // Layer `layer`'s slot table for Backend::moe_local_choices, I32 [E, L] in `backend`'s memory: entry (e, c)
+  // is this rank's local slot of copy c mod copies(e) of expert e, or -1 (L: the copy counts' least common
+  // multiple). Made on first use (an eager step) and kept until the placement changes.
+  const Tensor& slot_table(Backend& backend, int64_t layer);
 
   dist::Communicator& comm_;
   ExpertPlacement placement_;
@@ -119,6 +137,9 @@ class ExpertParallel {
   bool two_micro_batch_ = false;
   bool shared_as_routed_ = false;
   bool fp8_dispatch_ = false;
+  bool all_reduce_ = false;
+  std::vector<Tensor> slot_tables_;  // by layer (slot_table), empty where not made yet
+  const Backend* tables_backend_ = nullptr;
   std::atomic<uint64_t> bytes_sent_{0};  // read by /metrics on another thread
   bool timing_on_ = false;
   Timing timing_;

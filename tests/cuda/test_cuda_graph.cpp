@@ -5,6 +5,7 @@
 // sequences have different lengths and grow across page-table widths (4-token pages), so several graphs
 // are captured and each is replayed with new positions, slots and pages.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 #include "cuda_test_util.h"
@@ -128,11 +129,16 @@ TEST(CudaGraph, MoeDecodeFusionReplaysEqualEagerSteps) {
 // fixture's shape with one shared expert (S = 1, its down used in place) and with two (S = 2, down slices
 // copied apart), BF16 and FP8, random weights. Prefill (14 tokens) keeps the MLP apart in both: equal logits.
 // Decode differs only in F32 summation orders (test_cuda_moe.cpp's SharedExpertsAsRoutedOnes: ~3e-6 relative
-// per MoE layer), so over the fixture's 3 layers the logits stay within 1e-4 relative and the greedy tokens
-// agree.
+// per MoE layer, d), so over the fixture's 3 layers the BF16 logits stay within 1e-4 relative and the greedy
+// tokens agree. FP8 weights take the GEMV on the tensor cores, whose input x is rounded to BF16 (unit roundoff
+// u = 2^-9): a perturbation d << u moves an element across a rounding boundary with probability ~d/u, and such
+// an element then changes by ~u, so the next layer's input differs by ~sqrt(d u) relative (7.7e-5 at d 3e-6),
+// and the decode steps carry it on through the cache. Bound: 4 sqrt(3 layers * d * u) = 5.3e-4 (measured
+// 1.4e-4 at step 9 of one seed, H200, 2026-12-04).
 TEST(CudaGraph, MoeDecodeFusionMatchesTheUnfusedSteps) {
   MOE_REQUIRE_GPU();
   std::mt19937_64 rng(test::time_seed("shared experts routed"));
+  const double kFp8Bound = 4.0 * std::sqrt(3.0 * 3e-6 * std::ldexp(1.0, -9));
   for (bool fp8 : {false, true})
     for (int32_t shared : {1, 2}) {
       ModelConfig c = random_checkpoint_config(test::kTinyModel, fp8);
@@ -170,7 +176,8 @@ TEST(CudaGraph, MoeDecodeFusionMatchesTheUnfusedSteps) {
         la = test::to_host_f32(*apart_b, ea.forward(dec, ca).logits);
         lj = test::to_host_f32(*joined_b, ej.forward(dec, cj).logits);
         ASSERT_EQ(la.size(), lj.size());
-        EXPECT_LE(test::rel_l2(lj.data(), la.data(), int64_t(la.size())), 1e-4) << what << ", step " << step;
+        EXPECT_LE(test::rel_l2(lj.data(), la.data(), int64_t(la.size())), fp8 ? kFp8Bound : 1e-4)
+            << what << ", step " << step;
         for (int64_t s = 0; s < active; ++s) {
           const float *ra = la.data() + s * c.vocab_size, *rj = lj.data() + s * c.vocab_size;
           EXPECT_EQ(std::max_element(ra, ra + c.vocab_size) - ra,

@@ -216,6 +216,10 @@ class TraceBackend final : public Backend {
     in_.moe_experts(x, experts, expert_ids, expert_weights, plus, out);
     record("moe_experts", out);
   }
+  void moe_local_choices(const TensorView& expert_ids, const TensorView& expert_weights, const TensorView& slots,
+                         const TensorView& local_ids, const TensorView& local_weights) override {
+    in_.moe_local_choices(expert_ids, expert_weights, slots, local_ids, local_weights);
+  }
 
  private:
   void record(const char* op, const TensorView& v) {

@@ -199,6 +199,11 @@ class ReplayBackend final : public Backend {
     const ExpertWeights* e = &experts;  // the model's, alive as long as the model
     run([=, this] { in_.moe_experts(x, *e, expert_ids, expert_weights, plus, out); }, x.rows());
   }
+  void moe_local_choices(const TensorView& expert_ids, const TensorView& expert_weights, const TensorView& slots,
+                         const TensorView& local_ids, const TensorView& local_weights) override {
+    run([=, this] { in_.moe_local_choices(expert_ids, expert_weights, slots, local_ids, local_weights); },
+        expert_ids.rows());
+  }
 
  private:
   struct Recording final : CapturedWork {

@@ -131,6 +131,34 @@ TEST(EpCliShared, GenerateMatchesOneProcess) {
   }
 }
 
+// --ep-all-reduce: each rank its experts' share of every token, summed by one all-reduce a layer; logits within
+// the 1e-5 of the other modes (F32 summation order only: test_ep_all_reduce.cpp), generate's tokens identical.
+TEST(EpCliAllReduce, LogitsAndGenerateMatchOneProcess) {
+  const std::string tokens = prompt_ids(), one = test::temp_path("ar-one.safetensors"),
+                    many = test::temp_path("ar-many.safetensors");
+  for (auto [model, np, redundant] : {std::tuple{test::kTinyModel, 2, 0}, std::tuple{test::kTinyModelFp8, 4, 4}}) {
+    const std::string common = "--model " + model + " --tokens " + tokens + " --threads 1";
+    auto r = test::run_moe("logits " + common + " --out " + one);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::string ep = " --ep " + std::to_string(np) + " --ep-all-reduce --redundant-experts " +
+                           std::to_string(redundant);
+    r = run_mpi(np, "logits " + common + " --out " + many + ep);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::vector<float> a = read_logits(many), b = read_logits(one);
+    ASSERT_EQ(a.size(), b.size());
+    ASSERT_FALSE(a.empty());
+    EXPECT_LE(max_rel_diff(a, b), 1e-5) << model << ", " << np << " ranks";
+    const std::string gen = "generate " + common + " --max-new-tokens 8";
+    const auto g1 = test::run_moe(gen, /*with_stderr=*/false);
+    ASSERT_EQ(g1.code, 0);
+    const auto gn = run_mpi(np, gen + ep, /*with_stderr=*/false);
+    ASSERT_EQ(gn.code, 0) << gn.out;
+    EXPECT_EQ(gn.out, g1.out) << model << ", " << np << " ranks";
+  }
+  std::remove(one.c_str());
+  std::remove(many.c_str());
+}
+
 // --ep-fp8-dispatch on the FP8 fixture: logits within the E4M3 bound of test_fp8_dispatch.cpp (relative L2 <=
 // sqrt(18) * 2^-4 / sqrt(3)) of one process.
 TEST(EpCliFp8Dispatch, LogitsWithinE4m3Bound) {
@@ -368,6 +396,10 @@ TEST(EpCliErrors, WrongLaunch) {
   r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --ep-fp8-dispatch");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("--ep-fp8-dispatch is for FP8 experts"), std::string::npos) << r.out;
+  r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --ep-all-reduce "
+                 "--dp-attention");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--ep-all-reduce is the replicated mode's exchange"), std::string::npos) << r.out;
 }
 
 // `moe serve --random-weights` (issue 13's full-size load test: no files to load): the same greedy completions as

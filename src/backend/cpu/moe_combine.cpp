@@ -1,5 +1,6 @@
 // Routed experts, step 3: out = plus + each assignment's expert output times its routing weight, added in
 // sorted order (ascending expert, then ascending assignment), so a token's k outputs arrive in expert order.
+// Rows past offsets[E] (ids -1: no expert, weight 0) were never computed and are skipped.
 #include <cstring>
 
 #include "backend/cpu/cpu_ops.h"
@@ -24,7 +25,8 @@ void moe_combine(const TensorView& y, const MoeDispatch& d, const TensorView& ex
   }
   const int32_t* perm = d.perm.as<const int32_t>();
   const float* w = expert_weights.as<const float>();
-  for (int64_t i = 0; i < M; ++i) {
+  const int64_t computed = d.offsets.as<const int32_t>()[d.num_experts()];
+  for (int64_t i = 0; i < computed; ++i) {
     const int64_t a = perm[i];
     axpy_f32(w[a], y.as<const float>() + i * D, out.as<float>() + (a / K) * D, D);
   }

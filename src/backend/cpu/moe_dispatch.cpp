@@ -1,5 +1,6 @@
 // Routed experts, step 1: the T*k (token, slot) assignments sorted by expert with a counting sort (stable:
-// ascending assignment index within an expert), and each assignment's token row copied into that order.
+// ascending assignment index within an expert), and each assignment's token row copied into that order. Ids -1
+// (no expert: expert parallelism's other ranks) sort last, after offsets[E], where no expert reads them.
 #include <cstring>
 
 #include "backend/cpu/cpu_ops.h"
@@ -22,13 +23,13 @@ MoeDispatch moe_dispatch(ThreadPool& pool, const TensorView& x, const TensorView
   const int32_t* ids = expert_ids.as<const int32_t>();
   int32_t* off = d.offsets.as<int32_t>();
   for (int64_t a = 0; a < M; ++a) {
-    MOE_CHECK(ids[a] >= 0 && ids[a] < E, "moe_dispatch: expert id {} out of range", ids[a]);
-    ++off[ids[a] + 1];
+    MOE_CHECK(ids[a] >= -1 && ids[a] < E, "moe_dispatch: expert id {} out of range", ids[a]);
+    if (ids[a] >= 0) ++off[ids[a] + 1];
   }
   for (int64_t e = 0; e < E; ++e) off[e + 1] += off[e];
-  std::vector<int32_t> cursor(off, off + E);
+  std::vector<int32_t> cursor(off, off + E + 1);  // cursor[E]: the -1 assignments, after every expert's rows
   int32_t* perm = d.perm.as<int32_t>();
-  for (int64_t a = 0; a < M; ++a) perm[cursor[size_t(ids[a])]++] = int32_t(a);
+  for (int64_t a = 0; a < M; ++a) perm[cursor[ids[a] >= 0 ? size_t(ids[a]) : size_t(E)]++] = int32_t(a);
   const float* src = x.as<const float>();
   float* rows = d.rows.as<float>();
   pool.parallel_for(

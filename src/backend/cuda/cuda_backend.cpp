@@ -36,7 +36,6 @@ CudaBackend::CudaBackend(int device, const CudaOptions& options) : ctx_(device, 
   const cuda::DeviceGuard guard(ctx_.device());
   const unsigned zero = 0;
   router_done_ = static_cast<unsigned*>(ctx_.persistent(sizeof(zero), &zero));
-  residual_done_ = static_cast<unsigned*>(ctx_.persistent(sizeof(zero), &zero));
   const std::vector<unsigned> zeros(cuda::kGemvCombineColumns, 0u);
   combine_done_ = static_cast<unsigned*>(ctx_.persistent(zeros.size() * sizeof(unsigned), zeros.data()));
 }
@@ -194,25 +193,6 @@ void CudaBackend::matmul_pair(const TensorView& x, const Weight& wa, const Tenso
   p.second.out = out_b.as<float>();
   p.second.out_stride = wb.rows();
   cuda::gemv(p, tile_for(T), stream_);
-}
-
-// One token on the GEMV path: the projection and the residual step in one launch (cuda::gemv_residual_norm);
-// otherwise, or where that kernel does not take the shape, the two ops apart.
-void CudaBackend::matmul_add_rms_norm(const TensorView& x, const Weight& w, const TensorView& y,
-                                      const TensorView& h, const Weight& norm, float eps,
-                                      const TensorView& out) {
-  const cuda::DeviceGuard guard(ctx_.device());
-  const int64_t T = x.rows(), K = x.row_size(), N = w.rows();
-  const bool one_token = T == 1 && x.dtype == DType::F32 && y.dtype == DType::F32 && h.dtype == DType::F32 &&
-                         out.dtype == DType::F32 && !w.is_int4() && !use_gemm(T, w) && w.cols() == K &&
-                         y.rows() == 1 && y.row_size() == N && h.rows() == 1 && h.row_size() == N &&
-                         out.rows() == 1 && out.row_size() == N && norm.w.numel() == N;
-  if (one_token) {
-    const cuda::GemvParams p = dense_gemv(w, x.as<const float>(), K, y.as<float>(), N, T);
-    if (cuda::gemv_residual_norm(p, h.as<float>(), ref(norm), eps, out.as<float>(), residual_done_, stream_))
-      return;
-  }
-  Backend::matmul_add_rms_norm(x, w, y, h, norm, eps, out);
 }
 
 void CudaBackend::add(const TensorView& a, const TensorView& b, const TensorView& out) {

@@ -130,8 +130,6 @@ class CudaBackend final : public Backend {
   void add(const TensorView& a, const TensorView& b, const TensorView& out) override;
   void add_rms_norm(const TensorView& h, const TensorView& y, const Weight& w, float eps,
                     const TensorView& out) override;
-  void matmul_add_rms_norm(const TensorView& x, const Weight& w, const TensorView& y, const TensorView& h,
-                           const Weight& norm, float eps, const TensorView& out) override;
   void concat_cols(const TensorView& a, const TensorView& b, const TensorView& out) override;
   void gather_rows(const TensorView& x, const std::vector<int32_t>& rows, const TensorView& out) override;
   void swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const TensorView& out) override;
@@ -147,6 +145,8 @@ class CudaBackend final : public Backend {
 
   void moe_route(const TensorView& logits, const TensorView& bias, const RoutingParams& params,
                  const TensorView& expert_ids, const TensorView& expert_weights) override;
+  void moe_local_choices(const TensorView& expert_ids, const TensorView& expert_weights, const TensorView& slots,
+                         const TensorView& local_ids, const TensorView& local_weights) override;
   void moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
                    const TensorView& expert_weights, const TensorView& plus, const TensorView& out) override;
 
@@ -317,8 +317,6 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Fp8Gemm> fp8_;  // made on the first FP8 GEMM (its cuBLASLt handle and workspace)
   // cuda::router_route's block counter (made with the backend, 0 between launches).
   unsigned* router_done_ = nullptr;
-  // cuda::gemv_residual_norm's block counter (the same protocol).
-  unsigned* residual_done_ = nullptr;
   // cuda::gemv_combine's column counters (kGemvCombineColumns, the same protocol).
   unsigned* combine_done_ = nullptr;
 };

@@ -176,6 +176,23 @@ int CudaBackend::grouped_gemv_tile(int64_t T, int64_t TK, int32_t E) {
   return tile_for(std::min<int64_t>(T, std::max<int64_t>(1, (2 * TK + E - 1) / E)));
 }
 
+void CudaBackend::moe_local_choices(const TensorView& expert_ids, const TensorView& expert_weights,
+                                    const TensorView& slots, const TensorView& local_ids,
+                                    const TensorView& local_weights) {
+  const cuda::DeviceGuard guard(ctx_.device());
+  MOE_CHECK(expert_ids.dtype == DType::I32 && local_ids.dtype == DType::I32 && slots.dtype == DType::I32 &&
+                expert_weights.dtype == DType::F32 && local_weights.dtype == DType::F32,
+            "moe_local_choices: ids and slots are I32, weights F32");
+  MOE_CHECK(expert_ids.numel() == expert_weights.numel() && expert_ids.numel() == local_ids.numel() &&
+                expert_ids.numel() == local_weights.numel() && slots.shape.rank == 2,
+            "moe_local_choices: ids {}, weights {}, out {} and {}, slots {}", expert_ids.shape.str(),
+            expert_weights.shape.str(), local_ids.shape.str(), local_weights.shape.str(), slots.shape.str());
+  cuda::moe_local_choices(expert_ids.as<const int32_t>(), expert_weights.as<const float>(),
+                          slots.as<const int32_t>(), expert_ids.numel(), int32_t(expert_ids.row_size()),
+                          int32_t(slots.shape[1]), int32_t(slots.shape[0]), local_ids.as<int32_t>(),
+                          local_weights.as<float>(), stream_);
+}
+
 void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts, const TensorView& expert_ids,
                               const TensorView& expert_weights, const TensorView& plus,
                               const TensorView& out) {

@@ -138,12 +138,6 @@ constexpr int kGemvMaxTile = 8;  // tokens per pass over the weights
 void gemv(const GemvParams& p, int tile, cudaStream_t s);
 void gemv_bf16(const GemvParams& p, int tile, cudaStream_t s);  // gemv_bf16.cu (BF16, F16 and F32 go here)
 void gemv_fp8(const GemvParams& p, int tile, cudaStream_t s);   // gemv_fp8.cu
-// gemv_residual_norm.cu: at one token, y = x . W^T (p: dense, T 1, out = y [N]) and the residual step after
-// it (h += y; out = rms_norm(h) * w, h and out [N]) in one launch, the same bits as gemv then add_rms_norm.
-// Returns false, launching nothing, where the kernel does not take the parameters. `done`: a device counter
-// at 0, left at 0.
-bool gemv_residual_norm(const GemvParams& p, float* h, const WeightRef& w, float eps, float* out,
-                        unsigned* done, cudaStream_t s);
 // gemv_combine.cu: the grouped GEMV over moe_route's ids (p.ids, tile 1: the routed experts' down projection,
 // y = p.out [grid_y, N]) and moe_combine after it in one launch: out [T, N] = plus + sum_j w[t, j] y[t * k +
 // j], T = grid_y / k, the same bits as gemv then moe_combine. Returns false, launching nothing, where the
@@ -258,6 +252,9 @@ void moe_plan(const int32_t* ids, int64_t TK, int32_t E, int32_t tile, int32_t m
 // out[t, d] = plus[t, d] + sum_j w[t, j] * y[t * k + j, d] (plus may be null: 0; the shared experts' output)
 void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D, const float* plus, float* out,
                  cudaStream_t s);
+// moe_local_choices.cu (Backend::moe_local_choices): n = T * k choices, slots [E, L].
+void moe_local_choices(const int32_t* ids, const float* w, const int32_t* slots, int64_t n, int32_t k, int32_t L,
+                       int32_t E, int32_t* local_ids, float* local_w, cudaStream_t s);
 // Grouped-GEMM helpers: xp[i] = bf16(x[perm[i] / k]); out rows scattered back.
 void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp, cudaStream_t s,
                      uint16_t* xp_lo = nullptr);  // with xp_lo: bf16(x - xp) too

@@ -18,7 +18,7 @@
 
 namespace moe::cuda {
 
-// The fused kernels' last-block protocol (moe_router.cu, gemv_residual_norm.cu, gemv_combine.cu): every
+// The fused kernels' last-block protocol (moe_router.cu, gemv_combine.cu): every
 // thread of each of `total` blocks calls this once, after its block's writes. It returns true in the last
 // block to arrive on `counter`, with the other blocks' writes visible, and sets the counter back to 0 there
 // (no block of this launch counts again, and the next launch counts only after griddepcontrol.wait, i.e.
@@ -233,7 +233,7 @@ __device__ __forceinline__ void prefetch_rows(const GemvParams& p, int64_t N, co
 
 // One token against one matrix, one weight row per warp (the unfused single-token GEMV's arithmetic): the
 // warp's rows asked of L2 before waiting for the previous kernel, then the pass. For kernels that go on after
-// it (moe_router.cu, gemv_residual_norm.cu); every thread returns having passed pdl_wait.
+// it (moe_router.cu); every thread returns having passed pdl_wait.
 template <DType WT>
 __device__ __forceinline__ void single_token_pass(const GemvParams& p) {
   const int64_t n0 = int64_t(blockIdx.x) * kWarps + int(threadIdx.x) / 32;

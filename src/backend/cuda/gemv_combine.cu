@@ -24,7 +24,10 @@ __device__ __forceinline__ void combine_tail(const GemvParams& p, const GemvComb
     const int64_t t = i / kColRows, d = r0 + i % kColRows;
     if (d >= D) continue;
     float acc = 0.0f;
-    for (int j = 0; j < c.k; ++j) acc = fmaf(c.w[t * c.k + j], __ldcg(p.out + (t * c.k + j) * D + d), acc);
+    for (int j = 0; j < c.k; ++j) {
+      const float wj = c.w[t * c.k + j];
+      if (wj != 0.0f) acc = fmaf(wj, __ldcg(p.out + (t * c.k + j) * D + d), acc);  // 0: an id -1, y unwritten
+    }
     c.out[t * D + d] = c.plus ? c.plus[t * D + d] + acc : acc;
   }
 }
@@ -36,8 +39,8 @@ __global__ void __launch_bounds__(256) gemv_combine_kernel(GemvParams p, GemvCom
   const int64_t n0 = (int64_t(blockIdx.x) * gemv_detail::kWarps + warp) * R;
   pdl_trigger();
   pdl_wait();  // the ids (moe_route) and h (the gate / up GEMV) come from earlier kernels
-  if (n0 < p.N) {
-    const gemv_detail::WorkItem w = gemv_detail::work_item(p);
+  const gemv_detail::WorkItem w = gemv_detail::work_item(p);
+  if (n0 < p.N && w.count > 0) {
     const char* wbase[2] = {static_cast<const char*>(p.table[w.e * 6 + p.matrix]), nullptr};
     const float* sbase[2] = {static_cast<const float*>(p.table[w.e * 6 + 3 + p.matrix]), nullptr};
     const int a = gemv_detail::assignment(p, w, 0);

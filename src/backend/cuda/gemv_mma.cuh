@@ -47,7 +47,8 @@ __device__ __forceinline__ WorkItem work_item(const GemvParams& p) {
     const int32_t* it = p.items + 3 * blockIdx.y;
     return {it[0], it[1], it[2]};
   }
-  return {p.ids[blockIdx.y], int(blockIdx.y), 1};
+  const int e = p.ids[blockIdx.y];
+  return {e, int(blockIdx.y), e >= 0 ? 1 : 0};  // id -1: no expert (Backend::moe_experts), nothing to compute
 }
 // The item's i-th assignment (i < count).
 __device__ __forceinline__ int assignment(const GemvParams& p, const WorkItem& w, int i) {
@@ -66,7 +67,7 @@ __device__ __forceinline__ uint32_t e4m3x2_placed_bf16(uint32_t w, bool high) {
 }
 
 // One block's rows (256 threads). A device function so that a fused kernel can go on after it
-// (gemv_residual_norm.cu): every thread returns from it having passed griddepcontrol.wait.
+// (gemv_combine.cu): every thread returns from it having passed griddepcontrol.wait.
 template <DType WT, bool SWIGLU>
 __device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
   constexpr bool kFp8 = WT == DType::F8_E4M3;

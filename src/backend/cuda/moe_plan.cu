@@ -1,7 +1,9 @@
 // Token permutation for the routed experts, on the device (no host round trip, so a step stays capturable):
 // a counting sort of the T*k (token, slot) assignments by expert gives `perm` (expert-contiguous assignment
 // indices) and work items (expert, begin, count <= tile) for the grouped GEMV/GEMM; then the combine that
-// adds each token's k expert outputs with their routing weights in slot order (deterministic).
+// adds each token's k expert outputs with their routing weights in slot order (deterministic). Ids -1 (no
+// expert, weight 0) get no work item; they end `perm`, so that it stays a permutation of every assignment for
+// the kernels that gather and scatter all T*k rows, and the combine skips their (unwritten) rows.
 #include "backend/cuda/cuda_common.cuh"
 
 namespace moe::cuda {
@@ -17,7 +19,7 @@ __global__ void __launch_bounds__(1024)
   int32_t* offsets = sh + E;
   int32_t* cursor = sh + 2 * E;
   int32_t* item_off = sh + 3 * E;
-  __shared__ int32_t total_items;
+  __shared__ int32_t total_items, total_rows, skipped;
   pdl_trigger();
   pdl_wait();
   for (int e = threadIdx.x; e < E; e += blockDim.x) counts[e] = cursor[e] = 0;
@@ -36,11 +38,14 @@ __global__ void __launch_bounds__(1024)
       it += (counts[e] + tile - 1) / tile;
     }
     total_items = it;
+    total_rows = off;
+    skipped = 0;
   }
   __syncthreads();
   for (int64_t a = threadIdx.x; a < TK; a += blockDim.x) {
     const int e = ids[a];
     if (e >= 0 && e < E) perm[offsets[e] + atomicAdd(&cursor[e], 1)] = int32_t(a);
+    else perm[total_rows + atomicAdd(&skipped, 1)] = int32_t(a);
   }
   for (int e = threadIdx.x; e < E; e += blockDim.x) {
     if (counts_out) counts_out[e] = counts[e];
@@ -67,7 +72,8 @@ __global__ void combine_kernel(const float* y, const float* w, int32_t k, int64_
   for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D;
        d += int64_t(gridDim.x) * blockDim.x) {
     float acc = 0.0f;
-    for (int j = 0; j < k; ++j) acc = fmaf(w[t * k + j], y[(t * k + j) * D + d], acc);
+    for (int j = 0; j < k; ++j)
+      if (w[t * k + j] != 0.0f) acc = fmaf(w[t * k + j], y[(t * k + j) * D + d], acc);  // 0: an id -1
     out[t * D + d] = plus ? plus[t * D + d] + acc : acc;
   }
 }
@@ -92,7 +98,7 @@ __global__ void __launch_bounds__(kCombineThreads)
   float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
   for (int j = 0; j < kCombineMaxK; ++j)
-    if (j < k) {
+    if (j < k && wj[j] != 0.0f) {  // weight 0: an id -1 (no expert), its row of y unwritten
       acc.x = fmaf(wj[j], v[j].x, acc.x);
       acc.y = fmaf(wj[j], v[j].y, acc.y);
       acc.z = fmaf(wj[j], v[j].z, acc.z);

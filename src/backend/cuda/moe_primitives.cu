@@ -43,7 +43,8 @@ __global__ void combine_sorted_kernel(const float* y, const int32_t* inv, const 
   for (int64_t t = blockIdx.y; t < T; t += gridDim.y)
     for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x) {
       float acc = 0.0f;
-      for (int j = 0; j < k; ++j) acc = fmaf(w[t * k + j], y[int64_t(inv[t * k + j]) * D + d], acc);
+      for (int j = 0; j < k; ++j)  // weight 0: an id -1 (no expert), its row of y never computed
+        if (w[t * k + j] != 0.0f) acc = fmaf(w[t * k + j], y[int64_t(inv[t * k + j]) * D + d], acc);
       out[t * D + d] = plus ? plus[t * D + d] + acc : acc;
     }
 }

@@ -1,6 +1,6 @@
 #pragma once
-// One row of RMSNorm's fast path, shared by rms_norm.cu's kernels and by the kernels that end in the residual
-// step (gemv_residual_norm.cu), so that both compute the same bits. Every thread loads its V float4s of the
+// One row of RMSNorm's fast path (rms_norm.cu's kernels; a header so that a kernel ending in the residual
+// step can compute the same bits). Every thread loads its V float4s of the
 // row and their weights in one round, before the reduction: a row costs one memory round trip (at batch 1 a
 // 2048-wide row took ~9 us with a loop of dependent loads and a second pass).
 //   RESID: x = h + y, stored back to h; out = w * x / sqrt(mean(x^2) + eps).
