@@ -188,10 +188,12 @@ void run_sweep(const BenchArgs& a) {
     fmt::print("weights: random, made in memory (--random-weights); device memory in use after loading: {}\n",
                human_bytes(int64_t(weights_used)));
   if (ep.ep)
-    fmt::print("expert parallelism: {} ranks over {} (replicated: every rank the same batch, {} expert slots a rank)"
-               "{}{}\n",
-               ranks, ep.comm->name(), ep.ep->placement().slots_per_rank, a.ep.tbo ? ", two-micro-batch overlap" : "",
-               a.ep.redundant_experts ? fmt::format(", {} redundant slots", a.ep.redundant_experts) : "");
+    fmt::print(
+        "expert parallelism: {} ranks over {} (replicated: every rank the same batch, {} expert slots a rank)"
+        "{}{}{}\n",
+        ranks, ep.comm->name(), ep.ep->placement().slots_per_rank,
+        a.ep.tbo ? ", two-micro-batch overlap" : "", a.ep.all_reduce ? ", the all-reduce exchange" : "",
+        a.ep.redundant_experts ? fmt::format(", {} redundant slots", a.ep.redundant_experts) : "");
 
   // Prefill: one sequence of prompt_tokens random tokens.
   {

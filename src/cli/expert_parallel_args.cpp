@@ -107,6 +107,11 @@ EpRuntime open_ep(const EpArgs& args_in, const ModelConfig& config, const std::s
   if (args.all_reduce && (args.dp_attention || args.tbo || args.fp8_dispatch))
     fail("--ep-all-reduce is the replicated mode's exchange: not with --dp-attention, --tbo on or --ep-fp8-dispatch "
          "(they shape the all-to-all's rows, which it does not send)");
+  if (args.all_reduce && args.eplb_interval > 0)
+    fail(
+        "--ep-all-reduce does not work with --eplb-interval yet: a new placement reloads the experts, and "
+        "the "
+        "steps captured as CUDA graphs would keep reading the old ones");
   if (args.fp8_dispatch && config.fp8_block_rows == 0)
     fail("--ep-fp8-dispatch is for FP8 experts, and this model's weights are not FP8");
   launch_if_needed(args.launch, args.ep, gpu, fmt::format("--ep {}", args.ep));  // by hand: the ranks run, we end

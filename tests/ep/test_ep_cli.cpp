@@ -402,6 +402,14 @@ TEST(EpCliErrors, WrongLaunch) {
   EXPECT_NE(r.out.find("--ep-all-reduce is the replicated mode's exchange"), std::string::npos) << r.out;
 }
 
+// `serve --ep-all-reduce --eplb-interval N` would rebalance under captured steps: refused, naming why.
+TEST(EpCliErrors, AllReduceWithEplbRefused) {
+  const auto r =
+      run_mpi(2, "serve --model " + test::kTinyModel + " --port 0 --ep 2 --ep-all-reduce --eplb-interval 4");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--ep-all-reduce does not work with --eplb-interval yet"), std::string::npos) << r.out;
+}
+
 // `moe serve --random-weights` (issue 13's full-size load test: no files to load): the same greedy completions as
 // serving create-random's checkpoint of the same seed, also over two ranks; without --tokenizer it says what to give.
 TEST(RandomWeights, ServeAnswersLikeTheWrittenCheckpoint) {
