@@ -376,7 +376,9 @@ void DeepseekV3::moe_ffn(int64_t layer, const DecoderLayerWeights& w, const Tens
     load_->add(layer, host.data(), T * K);
   }
   Tensor shared;
-  if (w.shared_experts && S == 0) {
+  // Expert parallelism's all-reduce mode adds the shared experts' output on one rank a layer (it is summed
+  // across ranks anyway), so only that rank computes it.
+  if (w.shared_experts && S == 0 && (!ep_ || ep_->computes_shared(layer))) {
     shared = backend_.alloc_uninitialized(backend_.activation_dtype(), {T, x.row_size()});
     backend_.swiglu_mlp(x, *w.shared_experts, shared);
   }

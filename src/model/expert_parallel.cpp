@@ -151,8 +151,8 @@ void ExpertParallel::moe_idle(Backend& backend, int64_t layer, const ExpertWeigh
   run(backend, layer, local, 0, D, K, {}, {}, {}, {}, {}, {});
 }
 
-// The all-reduce mode: my experts' share of every token's sum, rank 0's with the shared experts' output, then
-// the sum over the ranks (no host round trip: capturable).
+// The all-reduce mode: my experts' share of every token's sum, with the shared experts' output on the rank that
+// computes them (computes_shared), then the sum over the ranks (no host round trip: capturable).
 void ExpertParallel::run_all_reduce(Backend& backend, int64_t layer, const ExpertWeights& local,
                                     const TensorView& x, const TensorView& expert_ids,
                                     const TensorView& expert_weights, const TensorView& plus,
@@ -171,7 +171,9 @@ void ExpertParallel::run_all_reduce(Backend& backend, int64_t layer, const Exper
   backend.moe_local_choices(expert_ids, expert_weights, slots, ids, w);
   {
     const SyncedTimer experts_timer(backend, timing_on_ ? &timing_.experts_s : nullptr);
-    backend.moe_experts(x, local, ids, w, comm_.rank() == 0 ? plus : TensorView{}, out);
+    MOE_CHECK(!plus.data || computes_shared(layer), "expert parallelism: rank {} was given layer {}'s shared output",
+              comm_.rank(), layer);
+    backend.moe_experts(x, local, ids, w, plus, out);
   }
   if (backend.device().is_host() || comm_.name() == "nccl") {
     comm_.all_reduce_sum(std::span<float>(out.as<float>(), size_t(n)));

@@ -22,9 +22,10 @@
 //
 // The all-reduce mode (set_all_reduce, `--ep-all-reduce`, replicated only) exchanges no plan: every rank already
 // has every token and its choices, so each runs its local experts over the choices its copies take
-// (Backend::moe_local_choices: the others' become id -1, weight 0), rank 0 adds the shared experts' output, and
-// an all-reduce sums the ranks' partial outputs. Nothing goes through the host, so a step under it is captured
-// and replayed as a CUDA graph (NCCL inside). Its sums differ from one process in F32 summation order only.
+// (Backend::moe_local_choices: the others' become id -1, weight 0), one rank a layer adds the shared experts'
+// output (computes_shared), and an all-reduce sums the ranks' partial outputs. Nothing goes through the host, so
+// a step under it is captured and replayed as a CUDA graph (NCCL inside). Its sums differ from one process in F32
+// summation order only.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -72,6 +73,10 @@ class ExpertParallel {
   // about the all-to-all's rows). Every rank must use the same setting.
   void set_all_reduce(bool on);
   bool all_reduce() const { return all_reduce_; }
+  // Whether this rank computes layer `layer`'s shared experts for moe's `plus`: every rank, except in the
+  // all-reduce mode, where rank layer mod R does (the sum over the ranks adds it once) and the others pass none,
+  // so the shared experts' weights are read once a layer in all, on a rank that turns with the layer.
+  bool computes_shared(int64_t layer) const { return !all_reduce_ || layer % comm_.size() == comm_.rank(); }
   bool fp8_dispatch() const { return fp8_dispatch_; }
   bool shared_as_routed() const { return shared_as_routed_; }
 

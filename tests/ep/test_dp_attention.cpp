@@ -16,6 +16,7 @@
 #include "backend/backend.h"
 #include "engine/dp_attention.h"
 #include "engine/page_allocator.h"
+#include "ep/ep_test_util.h"
 #include "ep/thread_communicator.h"
 #include "model/deepseek_v3.h"
 #include "test_util.h"
@@ -23,15 +24,12 @@
 namespace moe {
 namespace {
 
+using test::max_rel_diff;
+using test::moe_layers;
+
 constexpr double kRelBound = 1e-5;
 constexpr int64_t kPage = 16;
 constexpr int kDecode = 4;
-
-std::vector<bool> moe_layers(const ModelConfig& c) {
-  std::vector<bool> out;
-  for (int64_t i = 0; i <= c.num_hidden_layers; ++i) out.push_back(i == c.num_hidden_layers || c.is_moe_layer(i));
-  return out;
-}
 
 // Three prompts of different lengths, from the reference cases (cut or repeated to length).
 std::vector<std::vector<int32_t>> prompts() {
@@ -73,15 +71,6 @@ BatchRun run_batch(const std::vector<std::vector<int32_t>>& ps, const std::vecto
     }
   }
   return r;
-}
-
-double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double scale = 0, diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    scale = std::max(scale, std::fabs(double(b[i])));
-    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
-  }
-  return diff / scale;
 }
 
 struct Case {

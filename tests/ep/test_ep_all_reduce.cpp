@@ -1,7 +1,7 @@
 // Expert parallelism's all-reduce mode (ExpertParallel::set_all_reduce, `--ep-all-reduce`): every rank runs its
 // own experts' share of every token (Backend::moe_local_choices turns the other ranks' choices into id -1 with
-// weight 0, which moe_experts skips), rank 0 adds the shared experts' output, and an all-reduce sums the ranks'
-// partial outputs. Against one process the only change is the F32 summation order of a token's k expert terms
+// weight 0, which moe_experts skips), rank layer mod R computes and adds the shared experts' output, and an
+// all-reduce sums the ranks' partial outputs. Against one process the only change is the F32 summation order of a token's k expert terms
 // (grouped by rank, then summed across ranks), about (k + 2) * 2^-24 relative per MoE layer, so the logits stay
 // within the 1e-5 bound of the other EP modes and the greedy tokens agree. Every rank gets the same bits (the
 // all-reduce's sum is the same on all ranks), so the replicated attention stays identical across ranks.
@@ -19,6 +19,7 @@
 #include "cuda/cuda_test_util.h"
 #include "dist/communicator.h"
 #include "engine/step_executor.h"
+#include "ep/ep_test_util.h"
 #include "ep/thread_communicator.h"
 #include "model/deepseek_v3.h"
 #include "model/expert_parallel.h"
@@ -26,6 +27,10 @@
 
 namespace moe {
 namespace {
+
+using test::error_of;
+using test::max_rel_diff;
+using test::moe_layers;
 
 struct Steps {
   std::vector<float> logits;  // every row of the prefill, then each decode step's row
@@ -55,21 +60,6 @@ Steps run(DeepseekV3& model, const std::vector<int32_t>& tokens, int decode, boo
   if (model.expert_parallel()) r.bytes = model.expert_parallel()->bytes_sent();
   r.replays = executor.stats().replays;
   return r;
-}
-
-double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double scale = 0, diff = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    scale = std::max(scale, std::fabs(double(b[i])));
-    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
-  }
-  return diff / scale;
-}
-
-std::vector<bool> moe_layers(const ModelConfig& c) {
-  std::vector<bool> out;
-  for (int64_t i = 0; i <= c.num_hidden_layers; ++i) out.push_back(i == c.num_hidden_layers || c.is_moe_layer(i));
-  return out;
 }
 
 struct Param {
@@ -112,7 +102,7 @@ TEST_P(AllReduceRanks, LogitsMatchOneProcess) {
     want_bytes += uint64_t(n_moe) * (T == 1 ? kDecode : 1) *
                   (uint64_t(T * config.hidden_size) * sizeof(float) * 2 * uint64_t(p.ranks - 1) / uint64_t(p.ranks));
   for (int r = 0; r < p.ranks; ++r) {
-    const double d = max_rel(got[size_t(r)].logits, single.logits);
+    const double d = max_rel_diff(got[size_t(r)].logits, single.logits);
     std::printf("rank %d: all-reduce mode vs one process %.3e\n", r, d);
     RecordProperty("rank" + std::to_string(r) + ".max_rel", std::to_string(d));
     EXPECT_LE(d, 1e-5) << "rank " << r;
@@ -268,7 +258,7 @@ TEST(AllReduceMode, TwoRanksOnCudaMatchOneGpu) {
       got[size_t(comm.rank())] = run(model, prompt, kDecode, /*graphs=*/true);
     });
     for (int r = 0; r < 2; ++r) {
-      const double d = max_rel(got[size_t(r)].logits, single.logits);
+      const double d = max_rel_diff(got[size_t(r)].logits, single.logits);
       std::printf("%s rank %d: all-reduce mode on CUDA vs one GPU %.3e\n", dir.c_str(), r, d);
       EXPECT_LE(d, 1e-3) << dir << " rank " << r;
       EXPECT_EQ(got[size_t(r)].greedy, single.greedy) << dir << " rank " << r;
@@ -300,24 +290,13 @@ TEST(AllReduceMode, OneNcclRankReplaysDecodeFromGraphs) {
       DeepseekV3 model(dir, *backend, {.ep = &ep});
       ep_run = run(model, prompt, kDecode, /*graphs=*/true);
     }
-    const double d = max_rel(ep_run.logits, single.logits);
+    const double d = max_rel_diff(ep_run.logits, single.logits);
     std::printf("%s: one NCCL rank, all-reduce mode vs one GPU %.3e, %lld of %d decode steps replayed\n", dir.c_str(), d,
                 (long long)ep_run.replays, kDecode);
     EXPECT_LE(d, 1e-3) << dir;
     EXPECT_EQ(ep_run.greedy, single.greedy) << dir;
     EXPECT_GE(ep_run.replays, kDecode - 2) << dir << ": decode steps under EP were not replayed from graphs";
   }
-}
-
-// The message of the moe::Error that fn throws ("no error" if none).
-template <typename Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 TEST(AllReduceMode, RefusedOutsideTheReplicatedMode) {

@@ -19,11 +19,14 @@
 #include <tuple>
 
 #include "cli/run_moe.h"
+#include "ep/ep_test_util.h"
 #include "io/safetensors.h"
 #include "test_util.h"
 
 namespace moe {
 namespace {
+
+using test::max_rel_diff;
 
 test::MoeResult run_mpi(int np, const std::string& args, bool with_stderr = true) {
   const std::string cmd = std::string(MOE_MPIRUN) + " " + std::to_string(np) + " " + MOE_BINARY + " " + args +
@@ -45,15 +48,6 @@ std::vector<float> read_logits(const std::string& path) {
   if (!e) return {};
   const TensorView v = f.view(*e);
   return {v.as<const float>(), v.as<const float>() + v.numel()};
-}
-
-double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double scale = 0, diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    scale = std::max(scale, std::fabs(double(b[i])));
-    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
-  }
-  return diff / scale;
 }
 
 std::string prompt_ids() {
@@ -322,7 +316,7 @@ TEST(EpServe, AnswersLikeOneRank) {
   const std::vector<std::string> prompts = {"Hello, my name is", "The capital of France", "1, 2, 3,"};
   const std::string serve = std::string(MOE_BINARY) + " serve --model " + test::kTinyModel +
                             " --port 0 --threads 1 --no-access-log --ignore-eos";
-  std::vector<std::string> want, got, got_dp;
+  std::vector<std::string> want, got, got_dp, got_ar;
   std::string metrics, metrics_dp;
   {
     BackgroundServer one(serve);
@@ -352,10 +346,18 @@ TEST(EpServe, AnswersLikeOneRank) {
     ASSERT_TRUE(r);
     metrics_dp = r->body;
   }
+  {
+    // The all-reduce exchange (no EPLB with it), copies on the ranks.
+    BackgroundServer many(std::string(MOE_MPIRUN) + " 2 " + serve + " --ep 2 --ep-all-reduce --redundant-experts 2");
+    const int port = many.wait_ready();
+    ASSERT_NE(port, 0) << many.log();
+    got_ar = complete(port, prompts);
+  }
   EXPECT_EQ(metrics_dp.find("moe_eplb_rebalances_total 0"), std::string::npos) << "EPLB ran every 4 steps";
   for (size_t i = 0; i < prompts.size(); ++i) {
     EXPECT_EQ(got[i], want[i]) << prompts[i];
     EXPECT_EQ(got_dp[i], want[i]) << prompts[i] << " (--dp-attention)";
+    EXPECT_EQ(got_ar[i], want[i]) << prompts[i] << " (--ep-all-reduce)";
     EXPECT_EQ(want[i].find("<error"), std::string::npos) << want[i];
   }
   EXPECT_NE(metrics.find("moe_ep_ranks 2"), std::string::npos) << metrics;

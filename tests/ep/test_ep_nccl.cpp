@@ -31,12 +31,15 @@
 #include "backend/backend.h"
 #include "dist/communicator.h"
 #include "engine/generator.h"
+#include "ep/ep_test_util.h"
 #include "model/deepseek_v3.h"
 #include "model/expert_parallel.h"
 #include "test_util.h"
 
 namespace moe {
 namespace {
+
+using test::max_rel_diff;
 
 struct ModelRun {
   std::vector<float> logits;  // [rows, V]: the prompt's rows, then one row per decode step
@@ -64,15 +67,6 @@ ModelRun run_model(DeepseekV3& model, const std::vector<int32_t>& tokens, int de
     chunk = SequenceChunk{{next}, chunk.start_pos + int32_t(chunk.tokens.size()), pages, true};
   }
   return r;
-}
-
-double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double scale = 0, diff = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    scale = std::max(scale, std::fabs(double(b[i])));
-    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
-  }
-  return diff / scale;
 }
 
 double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {

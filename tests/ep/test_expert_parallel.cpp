@@ -10,6 +10,7 @@
 #include <cstdio>
 
 #include "backend/backend.h"
+#include "ep/ep_test_util.h"
 #include "ep/thread_communicator.h"
 #include "engine/generator.h"
 #include "model/deepseek_v3.h"
@@ -18,13 +19,10 @@
 namespace moe {
 namespace {
 
-constexpr double kRelBound = 1e-5;
+using test::max_rel_diff;
+using test::moe_layers;
 
-std::vector<bool> moe_layers(const ModelConfig& c) {
-  std::vector<bool> out;
-  for (int64_t i = 0; i <= c.num_hidden_layers; ++i) out.push_back(i == c.num_hidden_layers || c.is_moe_layer(i));
-  return out;
-}
+constexpr double kRelBound = 1e-5;
 
 // All logits of one prefill of `tokens`, then `decode` greedy tokens: the logits rows concatenated, and the tokens.
 struct StepsRun {
@@ -53,15 +51,6 @@ StepsRun run_model(DeepseekV3& model, const std::vector<int32_t>& tokens, int de
     chunk = SequenceChunk{{next}, chunk.start_pos + int32_t(chunk.tokens.size()), pages, true};
   }
   return r;
-}
-
-double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double scale = 0, diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    scale = std::max(scale, std::fabs(double(b[i])));
-    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
-  }
-  return diff / scale;
 }
 
 struct Case {

@@ -22,6 +22,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "cuda/cuda_test_util.h"
+#include "ep/ep_test_util.h"
 #include "ep/thread_communicator.h"
 #include "model/deepseek_v3.h"
 #include "model/fp8_rows.h"
@@ -29,6 +30,8 @@
 
 namespace moe {
 namespace {
+
+using test::moe_layers;
 
 uint64_t seed_now(const char* what) {
   const uint64_t s = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
@@ -139,12 +142,6 @@ TEST(Fp8Dispatch, LayerEqualsOneProcessOnDequantisedRows) {
     std::printf("%s: FP8 dispatch vs F32 dispatch max |diff| / max |out| %.3e; bytes sent by rank 0: %llu\n",
                 tag.c_str(), vs_f32 / scale, (unsigned long long)bytes[0]);
   }
-}
-
-std::vector<bool> moe_layers(const ModelConfig& c) {
-  std::vector<bool> out;
-  for (int64_t i = 0; i <= c.num_hidden_layers; ++i) out.push_back(i == c.num_hidden_layers || c.is_moe_layer(i));
-  return out;
 }
 
 std::vector<float> prefill(DeepseekV3& model, const std::vector<int32_t>& tokens) {

@@ -16,12 +16,17 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "ep/ep_test_util.h"
 #include "ep/thread_communicator.h"
 #include "model/deepseek_v3.h"
 #include "test_util.h"
 
 namespace moe {
 namespace {
+
+using test::error_of;
+using test::max_rel_diff;
+using test::moe_layers;
 
 struct Steps {
   std::vector<float> logits;  // every row of the prefill, then each decode step's row
@@ -47,22 +52,6 @@ Steps run(DeepseekV3& model, const std::vector<int32_t>& tokens, int decode) {
   }
   if (model.expert_parallel()) r.bytes = model.expert_parallel()->bytes_sent();
   return r;
-}
-
-double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double scale = 0, diff = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    scale = std::max(scale, std::fabs(double(b[i])));
-    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
-  }
-  return diff / scale;
-}
-
-std::vector<bool> moe_layers(const ModelConfig& c) {
-  std::vector<bool> out;
-  for (int64_t i = 0; i <= c.num_hidden_layers; ++i)
-    out.push_back(i == c.num_hidden_layers || c.is_moe_layer(i));
-  return out;
 }
 
 struct Param {
@@ -101,12 +90,12 @@ TEST_P(SharedRouted, DecodeLogitsMatchOffAndOneProcess) {
     return std::vector<float>(v.begin() + decode_from, v.end());
   };
   for (int r = 0; r < p.ranks; ++r) {
-    const double d_decode = max_rel(decode_rows(on[size_t(r)].logits), decode_rows(single.logits));
+    const double d_decode = max_rel_diff(decode_rows(on[size_t(r)].logits), decode_rows(single.logits));
     std::printf("rank %d: decode steps, on vs one process %.3e\n", r, d_decode);
     EXPECT_LE(d_decode, 1e-5) << "rank " << r;
-    const double d_on = max_rel(on[size_t(r)].logits, single.logits);
-    const double d_off = max_rel(off[size_t(r)].logits, single.logits);
-    const double d_onoff = max_rel(on[size_t(r)].logits, off[size_t(r)].logits);
+    const double d_on = max_rel_diff(on[size_t(r)].logits, single.logits);
+    const double d_off = max_rel_diff(off[size_t(r)].logits, single.logits);
+    const double d_onoff = max_rel_diff(on[size_t(r)].logits, off[size_t(r)].logits);
     std::printf(
         "rank %d: on vs one process %.3e, off vs one process %.3e, on vs off %.3e; bytes sent on %llu off "
         "%llu\n",
@@ -147,17 +136,6 @@ TEST(SharedRoutedPlacement, SharedExpertCopiesOnDistinctRanks) {
     EXPECT_EQ(int(holders.size()), copies) << ranks << " ranks: the shared expert's copies on distinct ranks";
     EXPECT_EQ(p.layers[2].slot_expert, p.layers[1].slot_expert);
   }
-}
-
-// The message of the moe::Error that fn throws ("no error" if none).
-template <typename Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
 }
 
 TEST(SharedRoutedErrors, NamedClearly) {
