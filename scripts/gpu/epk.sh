@@ -25,5 +25,5 @@ step() {  # name seconds binary args...
   [ $r = 0 ] || rc=1
 }
 step test_dist_nccl 30 build-gpu/tests/dist/test_dist_nccl
-step test_ep_cuda 75 build-gpu/tests/ep/test_ep --gtest_filter='*EpNccl*:EpExchange*:ExpertParallelCuda*:Fp8*:*SharedRouted*'
+step test_ep_cuda 75 build-gpu/tests/ep/test_ep --gtest_filter='*EpNccl*:EpExchange*:ExpertParallelCuda*:Fp8*:*SharedRouted*:AllReduceMode*'
 exit $rc

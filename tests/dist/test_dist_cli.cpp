@@ -180,27 +180,33 @@ TEST(DistCli, CudaTrainOverTwoMpiRanksOnOneGpuMatchesOneProcess) {
   compare_steps(two.out, one.out, "train --device cuda --dp 2 (mpirun, one GPU)", 1e-4);
 }
 
-// `moe bench --ep 2` started by hand (the command launches its MPI ranks): rank 0 alone prints the sweep, each
-// decode point with the tokens/s per rank, the bytes rank 0 sent a step (rows leave it: not zero) and the
-// synchronised pass's split of the MoE layers' time.
+// `moe bench --ep 2` started by hand (the command launches its MPI ranks): rank 0 alone prints the sweep,
+// each decode point with the tokens/s per rank, the bytes rank 0 sent a step (rows leave it: not zero) and
+// the synchronised pass's split of the MoE layers' time; the same with the all-reduce exchange (its
+// synchronised pass runs the steps eagerly, since a graph replay would skip the timers).
 TEST(DistCli, BenchOverTwoRanksReportsTheExchange) {
-  const Result r = moe1("bench --model " + test::kTinyModel + " --ep 2 --batch 1,3 --context 20 --prompt-tokens 8 "
-                        "--steps 3 --threads 1");
-  ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("expert parallelism: 2 ranks over mpi"), std::string::npos) << r.out;
-  for (const char* point : {"decode: batch 1 context 20", "decode: batch 3 context 20"}) {
-    const size_t at = r.out.find(point);
-    ASSERT_NE(at, std::string::npos) << point << "\n" << r.out;
-    const size_t line = r.out.find("expert parallelism: ", at);
-    ASSERT_NE(line, std::string::npos) << r.out;
-    const std::string ep = r.out.substr(line, r.out.find('\n', line) - line);
-    EXPECT_NE(ep.find("tokens/s per rank"), std::string::npos) << ep;
-    EXPECT_EQ(ep.find("sent 0 B"), std::string::npos) << ep;
-    EXPECT_NE(ep.find("of which exchange"), std::string::npos) << ep;
+  for (const std::string exchange : {"", " --ep-all-reduce"}) {
+    const Result r = moe1("bench --model " + test::kTinyModel +
+                          " --ep 2 --batch 1,3 --context 20 --prompt-tokens 8 "
+                          "--steps 3 --threads 1" +
+                          exchange);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("expert parallelism: 2 ranks over mpi"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("the all-reduce exchange") != std::string::npos, !exchange.empty()) << r.out;
+    for (const char* point : {"decode: batch 1 context 20", "decode: batch 3 context 20"}) {
+      const size_t at = r.out.find(point);
+      ASSERT_NE(at, std::string::npos) << point << "\n" << r.out;
+      const size_t line = r.out.find("expert parallelism: ", at);
+      ASSERT_NE(line, std::string::npos) << r.out;
+      const std::string ep = r.out.substr(line, r.out.find('\n', line) - line);
+      EXPECT_NE(ep.find("tokens/s per rank"), std::string::npos) << ep;
+      EXPECT_EQ(ep.find("sent 0 B"), std::string::npos) << ep;
+      EXPECT_NE(ep.find("of which exchange"), std::string::npos) << ep;
+    }
+    size_t models = 0;
+    for (size_t at = 0; (at = r.out.find("model: ", at)) != std::string::npos; ++at) ++models;
+    EXPECT_EQ(models, 1u) << "rank 0 alone prints\n" << r.out;
   }
-  size_t models = 0;
-  for (size_t at = 0; (at = r.out.find("model: ", at)) != std::string::npos; ++at) ++models;
-  EXPECT_EQ(models, 1u) << "rank 0 alone prints\n" << r.out;
 }
 
 TEST(DistCli, DpUnderTooFewRanksSaysHowToLaunch) {
