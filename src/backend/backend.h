@@ -390,17 +390,11 @@ class Backend {
   // -1 where another rank computes it, and local_weights[t, j] = expert_weights[t, j] where the slot is >= 0,
   // else 0. expert_ids, local_ids I32 [T, k]; expert_weights, local_weights F32 [T, k]; slots I32 [E, L], L a
   // multiple of every expert's copy count (copy t mod copies takes token t, as in the all-to-all mode).
-  // Default: for host memory (the CPU backend).
+  // An id -1 (no expert) stays -1. Default: for host memory (the CPU backend).
   virtual void moe_local_choices(const TensorView& expert_ids, const TensorView& expert_weights,
                                  const TensorView& slots, const TensorView& local_ids,
                                  const TensorView& local_weights) {
-    MOE_CHECK(expert_ids.dtype == DType::I32 && local_ids.dtype == DType::I32 && slots.dtype == DType::I32 &&
-                  expert_weights.dtype == DType::F32 && local_weights.dtype == DType::F32,
-              "moe_local_choices: ids and slots are I32, weights F32");
-    MOE_CHECK(expert_ids.numel() == expert_weights.numel() && expert_ids.numel() == local_ids.numel() &&
-                  expert_ids.numel() == local_weights.numel() && slots.shape.rank == 2,
-              "moe_local_choices: ids {}, weights {}, out {} and {}, slots {}", expert_ids.shape.str(),
-              expert_weights.shape.str(), local_ids.shape.str(), local_weights.shape.str(), slots.shape.str());
+    check_local_choices(expert_ids, expert_weights, slots, local_ids, local_weights);
     MOE_CHECK(expert_ids.device.is_host() && slots.device.is_host() && local_ids.device.is_host(),
               "the {} backend has no moe_local_choices", name());
     const int64_t K = expert_ids.row_size(), n = expert_ids.numel(), E = slots.shape[0], L = slots.shape[1];
@@ -410,14 +404,27 @@ class Backend {
     int32_t* lid = local_ids.as<int32_t>();
     float* lw = local_weights.as<float>();
     for (int64_t a = 0; a < n; ++a) {
-      MOE_CHECK(ids[a] >= 0 && ids[a] < E, "moe_local_choices: expert id {} out of range (E {})", ids[a], E);
-      const int32_t slot = table[ids[a] * L + (a / K) % L];
+      MOE_CHECK(ids[a] >= -1 && ids[a] < E, "moe_local_choices: expert id {} out of range (E {})", ids[a], E);
+      const int32_t slot = ids[a] < 0 ? -1 : table[ids[a] * L + (a / K) % L];
       lid[a] = slot;
       lw[a] = slot >= 0 ? w[a] : 0.0f;
     }
   }
 
  protected:
+  // moe_local_choices' dtypes and shapes (every backend's override checks them the same way).
+  static void check_local_choices(const TensorView& expert_ids, const TensorView& expert_weights,
+                                  const TensorView& slots, const TensorView& local_ids,
+                                  const TensorView& local_weights) {
+    MOE_CHECK(expert_ids.dtype == DType::I32 && local_ids.dtype == DType::I32 && slots.dtype == DType::I32 &&
+                  expert_weights.dtype == DType::F32 && local_weights.dtype == DType::F32,
+              "moe_local_choices: ids and slots are I32, weights F32");
+    MOE_CHECK(expert_ids.numel() == expert_weights.numel() && expert_ids.numel() == local_ids.numel() &&
+                  expert_ids.numel() == local_weights.numel() && slots.shape.rank == 2,
+              "moe_local_choices: ids {}, weights {}, out {} and {}, slots {}", expert_ids.shape.str(),
+              expert_weights.shape.str(), local_ids.shape.str(), local_weights.shape.str(),
+              slots.shape.str());
+  }
   [[noreturn]] void no_sparse_attention(const char* op) const {
     fail("DeepSeek-V3.2 sparse attention ({}) is not implemented on the {} backend yet (the CPU backend has it)", op,
          name());

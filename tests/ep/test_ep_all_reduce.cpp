@@ -124,7 +124,8 @@ INSTANTIATE_TEST_SUITE_P(Ranks, AllReduceRanks,
                          });
 
 // moe_local_choices over every rank's slot table: each choice is local on exactly one rank, the one holding copy
-// t mod copies of its expert, at that copy's local slot, with its weight; elsewhere -1 with weight 0.
+// t mod copies of its expert, at that copy's local slot, with its weight; elsewhere -1 with weight 0. An id -1 in
+// (no expert) stays -1 on every rank.
 TEST(AllReduceMode, LocalChoicesTakeEachChoiceOnce) {
   const ModelConfig config = ModelConfig::load(test::kTinyModel);
   const int32_t E = int32_t(config.n_routed_experts), R = 4;
@@ -134,7 +135,7 @@ TEST(AllReduceMode, LocalChoicesTakeEachChoiceOnce) {
   std::mt19937_64 rng(test::time_seed("local choices"));
   Tensor ids = Tensor::host(DType::I32, {T, K}), w = Tensor::host(DType::F32, {T, K});
   for (int64_t a = 0; a < T * K; ++a) {
-    ids.as<int32_t>()[a] = int32_t(rng() % uint64_t(E));
+    ids.as<int32_t>()[a] = a % 7 == 3 ? -1 : int32_t(rng() % uint64_t(E));
     w.as<float>()[a] = float(rng() % 1000 + 1) / 1000.0f;
   }
   auto backend = make_cpu_backend({.threads = 1});
@@ -157,6 +158,11 @@ TEST(AllReduceMode, LocalChoicesTakeEachChoiceOnce) {
     const std::vector<int32_t> local = placement.local_experts(size_t(layer), comm.rank());
     for (int64_t a = 0; a < T * K; ++a) {
       const int32_t s = lid.as<int32_t>()[a], e = ids.as<int32_t>()[a];
+      if (e < 0) {
+        EXPECT_EQ(s, -1) << "choice " << a;
+        EXPECT_EQ(lw.as<float>()[a], 0.0f);
+        continue;
+      }
       const auto& reps = P.replicas[size_t(e)];
       const int32_t copy = reps[size_t(a / K) % reps.size()];
       if (s >= 0) {
@@ -171,7 +177,7 @@ TEST(AllReduceMode, LocalChoicesTakeEachChoiceOnce) {
       }
     }
   });
-  for (int64_t a = 0; a < T * K; ++a) EXPECT_EQ(takers[size_t(a)], 1) << "choice " << a;
+  for (int64_t a = 0; a < T * K; ++a) EXPECT_EQ(takers[size_t(a)], a % 7 == 3 ? 0 : 1) << "choice " << a;
 }
 
 // moe_experts with some choices -1 (weight 0) equals plus + the remaining choices' weighted expert outputs, each

@@ -180,13 +180,7 @@ void CudaBackend::moe_local_choices(const TensorView& expert_ids, const TensorVi
                                     const TensorView& slots, const TensorView& local_ids,
                                     const TensorView& local_weights) {
   const cuda::DeviceGuard guard(ctx_.device());
-  MOE_CHECK(expert_ids.dtype == DType::I32 && local_ids.dtype == DType::I32 && slots.dtype == DType::I32 &&
-                expert_weights.dtype == DType::F32 && local_weights.dtype == DType::F32,
-            "moe_local_choices: ids and slots are I32, weights F32");
-  MOE_CHECK(expert_ids.numel() == expert_weights.numel() && expert_ids.numel() == local_ids.numel() &&
-                expert_ids.numel() == local_weights.numel() && slots.shape.rank == 2,
-            "moe_local_choices: ids {}, weights {}, out {} and {}, slots {}", expert_ids.shape.str(),
-            expert_weights.shape.str(), local_ids.shape.str(), local_weights.shape.str(), slots.shape.str());
+  check_local_choices(expert_ids, expert_weights, slots, local_ids, local_weights);
   cuda::moe_local_choices(expert_ids.as<const int32_t>(), expert_weights.as<const float>(),
                           slots.as<const int32_t>(), expert_ids.numel(), int32_t(expert_ids.row_size()),
                           int32_t(slots.shape[1]), int32_t(slots.shape[0]), local_ids.as<int32_t>(),
