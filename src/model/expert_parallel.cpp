@@ -36,6 +36,12 @@ std::vector<int64_t> exchange_counts(dist::Communicator& comm, const std::vector
   return recv;
 }
 
+// Whether `comm` can exchange `backend`'s tensors in their own memory: host tensors, or device ones over NCCL. A
+// host communicator (MPI) with a device backend goes through host copies instead.
+bool in_place(const dist::Communicator& comm, const Backend& backend) {
+  return backend.device().is_host() || comm.name() == "nccl";
+}
+
 // All-to-all of rows between backend tensors. A communicator on host memory (MPI) with a device backend goes
 // through host copies of the whole buffers (correct, not fast: the GPU path proper keeps rows on the device for
 // NCCL); otherwise the tensors' own memory is exchanged.
@@ -45,7 +51,7 @@ std::unique_ptr<dist::PendingExchange> start_rows(dist::Communicator& comm, Back
                                                   const std::vector<size_t>& sc, const Tensor& recv,
                                                   const std::vector<size_t>& rc) {
   const auto sd = displs(sc), rd = displs(rc);
-  if (backend.device().is_host() || comm.name() == "nccl") return comm.all_to_all_v_start(send.data(), sc, sd, recv.data(), rc, rd);
+  if (in_place(comm, backend)) return comm.all_to_all_v_start(send.data(), sc, sd, recv.data(), rc, rd);
   backend.synchronize();
   std::vector<char> hs(send.view().nbytes()), hr(recv.view().nbytes());
   backend.copy_to_host(send, hs.data());
@@ -175,7 +181,7 @@ void ExpertParallel::run_all_reduce(Backend& backend, int64_t layer, const Exper
               comm_.rank(), layer);
     backend.moe_experts(x, local, ids, w, plus, out);
   }
-  if (backend.device().is_host() || comm_.name() == "nccl") {
+  if (in_place(comm_, backend)) {
     comm_.all_reduce_sum(std::span<float>(out.as<float>(), size_t(n)));
   } else {  // a host communicator (MPI) with a device backend: through host memory
     std::vector<float> host(static_cast<size_t>(n));
@@ -419,7 +425,7 @@ void ExpertParallel::run(Backend& backend, int64_t layer, const ExpertWeights& l
   const size_t mine_bytes = size_t(n_own) * row_bytes;
   const std::vector<size_t> sd(static_cast<size_t>(R), 0), sc(static_cast<size_t>(R), mine_bytes);
   const auto rc = scaled(own_rows, row_bytes), rd = displs(rc);
-  if (backend.device().is_host() || comm_.name() == "nccl") {
+  if (in_place(comm_, backend)) {
     comm_.all_to_all_v(mine.data(), sc, sd, out.data, rc, rd);
   } else {
     std::vector<char> hs(mine_bytes), hr(size_t(T) * row_bytes);

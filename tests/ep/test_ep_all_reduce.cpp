@@ -20,6 +20,7 @@
 #include "dist/communicator.h"
 #include "engine/step_executor.h"
 #include "ep/ep_test_util.h"
+#include "ep/model_steps.h"
 #include "ep/thread_communicator.h"
 #include "model/deepseek_v3.h"
 #include "model/expert_parallel.h"
@@ -31,36 +32,8 @@ namespace {
 using test::error_of;
 using test::max_rel_diff;
 using test::moe_layers;
-
-struct Steps {
-  std::vector<float> logits;  // every row of the prefill, then each decode step's row
-  std::vector<int32_t> greedy;
-  uint64_t bytes = 0;           // ExpertParallel::bytes_sent
-  int64_t replays = 0;          // decode steps replayed from graphs (with an executor)
-};
-
-// A prefill of `tokens`, then `decode` greedy steps; the decode steps through a StepExecutor when `graphs`.
-Steps run(DeepseekV3& model, const std::vector<int32_t>& tokens, int decode, bool graphs = false) {
-  Steps r;
-  const int64_t page = 16, T = int64_t(tokens.size()) + decode, V = model.config().vocab_size;
-  LatentCache cache(model.config(), model.backend(), (T + page - 1) / page, page, model.cache_layers());
-  std::vector<int32_t> pages;
-  for (int64_t p = 0; p < cache.num_pages(); ++p) pages.push_back(int32_t(p));
-  SequenceChunk chunk{tokens, 0, pages, true};
-  StepExecutor executor(model);
-  for (int step = 0; step <= decode; ++step) {
-    const ForwardOutput out = graphs && step > 0 ? executor.forward({chunk}, cache) : model.forward({chunk}, cache);
-    std::vector<float> host(size_t(out.logits.numel()));
-    model.backend().copy_to_host(out.logits, host.data());
-    r.logits.insert(r.logits.end(), host.begin(), host.end());
-    const float* last = host.data() + host.size() - size_t(V);
-    r.greedy.push_back(int32_t(std::max_element(last, last + V) - last));
-    chunk = SequenceChunk{{r.greedy.back()}, chunk.start_pos + int32_t(chunk.tokens.size()), pages, true};
-  }
-  if (model.expert_parallel()) r.bytes = model.expert_parallel()->bytes_sent();
-  r.replays = executor.stats().replays;
-  return r;
-}
+using test::run_steps;
+using test::Steps;
 
 struct Param {
   std::string model;
@@ -80,7 +53,7 @@ TEST_P(AllReduceRanks, LogitsMatchOneProcess) {
   Steps single;
   {
     DeepseekV3 model(p.model, *backend);
-    single = run(model, prompt, kDecode);
+    single = run_steps(model, prompt, kDecode);
   }
   std::vector<Steps> got(size_t(p.ranks));
   test::run_ranks(p.ranks, [&](dist::Communicator& comm) {
@@ -92,7 +65,7 @@ TEST_P(AllReduceRanks, LogitsMatchOneProcess) {
     ep.set_shared_as_routed(p.shared);
     ep.set_all_reduce(true);
     DeepseekV3 model(p.model, *b, {.ep = &ep});
-    got[size_t(comm.rank())] = run(model, prompt, kDecode);
+    got[size_t(comm.rank())] = run_steps(model, prompt, kDecode);
   });
   // The all-reduce's volume: per MoE layer of each step, 2 (R - 1) / R of the [T, D] F32 output.
   int64_t n_moe = 0;
@@ -253,7 +226,7 @@ TEST(AllReduceMode, TwoRanksOnCudaMatchOneGpu) {
     Steps single;
     {
       DeepseekV3 model(dir, *backend);
-      single = run(model, prompt, kDecode);
+      single = run_steps(model, prompt, kDecode);
     }
     std::vector<Steps> got(2);
     test::run_ranks(2, [&](dist::Communicator& comm) {
@@ -261,7 +234,7 @@ TEST(AllReduceMode, TwoRanksOnCudaMatchOneGpu) {
       ExpertParallel ep(comm, ExpertPlacement::initial(moe_layers(config), int32_t(config.n_routed_experts), 2, 2));
       ep.set_all_reduce(true);
       DeepseekV3 model(dir, *b, {.ep = &ep});
-      got[size_t(comm.rank())] = run(model, prompt, kDecode, /*graphs=*/true);
+      got[size_t(comm.rank())] = run_steps(model, prompt, kDecode, /*graphs=*/true);
     });
     for (int r = 0; r < 2; ++r) {
       const double d = max_rel_diff(got[size_t(r)].logits, single.logits);
@@ -286,7 +259,7 @@ TEST(AllReduceMode, OneNcclRankReplaysDecodeFromGraphs) {
     Steps single, ep_run;
     {
       DeepseekV3 model(dir, *backend);
-      single = run(model, prompt, kDecode, /*graphs=*/true);
+      single = run_steps(model, prompt, kDecode, /*graphs=*/true);
     }
     dist::SingleCommunicator boot;
     auto nccl = dist::make_nccl_communicator({.device = 0, .bootstrap = &boot});
@@ -294,7 +267,7 @@ TEST(AllReduceMode, OneNcclRankReplaysDecodeFromGraphs) {
     ep.set_all_reduce(true);
     {
       DeepseekV3 model(dir, *backend, {.ep = &ep});
-      ep_run = run(model, prompt, kDecode, /*graphs=*/true);
+      ep_run = run_steps(model, prompt, kDecode, /*graphs=*/true);
     }
     const double d = max_rel_diff(ep_run.logits, single.logits);
     std::printf("%s: one NCCL rank, all-reduce mode vs one GPU %.3e, %lld of %d decode steps replayed\n", dir.c_str(), d,

@@ -17,6 +17,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "ep/ep_test_util.h"
+#include "ep/model_steps.h"
 #include "ep/thread_communicator.h"
 #include "model/deepseek_v3.h"
 #include "test_util.h"
@@ -27,32 +28,8 @@ namespace {
 using test::error_of;
 using test::max_rel_diff;
 using test::moe_layers;
-
-struct Steps {
-  std::vector<float> logits;  // every row of the prefill, then each decode step's row
-  std::vector<int32_t> greedy;
-  uint64_t bytes = 0;  // ExpertParallel::bytes_sent
-};
-
-Steps run(DeepseekV3& model, const std::vector<int32_t>& tokens, int decode) {
-  Steps r;
-  const int64_t page = 16, T = int64_t(tokens.size()) + decode, V = model.config().vocab_size;
-  LatentCache cache(model.config(), model.backend(), (T + page - 1) / page, page, model.cache_layers());
-  std::vector<int32_t> pages;
-  for (int64_t p = 0; p < cache.num_pages(); ++p) pages.push_back(int32_t(p));
-  SequenceChunk chunk{tokens, 0, pages, true};
-  for (int step = 0; step <= decode; ++step) {
-    const ForwardOutput out = model.forward({chunk}, cache);
-    std::vector<float> host(size_t(out.logits.numel()));
-    model.backend().copy_to_host(out.logits, host.data());
-    r.logits.insert(r.logits.end(), host.begin(), host.end());
-    const float* last = host.data() + host.size() - size_t(V);
-    r.greedy.push_back(int32_t(std::max_element(last, last + V) - last));
-    chunk = SequenceChunk{{r.greedy.back()}, chunk.start_pos + int32_t(chunk.tokens.size()), pages, true};
-  }
-  if (model.expert_parallel()) r.bytes = model.expert_parallel()->bytes_sent();
-  return r;
-}
+using test::run_steps;
+using test::Steps;
 
 struct Param {
   std::string model;
@@ -71,7 +48,7 @@ TEST_P(SharedRouted, DecodeLogitsMatchOffAndOneProcess) {
   Steps single;
   {
     DeepseekV3 model(p.model, *backend);
-    single = run(model, prompt, kDecode);
+    single = run_steps(model, prompt, kDecode);
   }
   std::vector<Steps> off(size_t(p.ranks)), on(size_t(p.ranks));
   for (bool shared : {false, true})
@@ -83,7 +60,7 @@ TEST_P(SharedRouted, DecodeLogitsMatchOffAndOneProcess) {
       ExpertParallel ep(comm, std::move(placement));
       ep.set_shared_as_routed(shared);
       DeepseekV3 model(p.model, *b, {.ep = &ep});
-      (shared ? on : off)[size_t(comm.rank())] = run(model, prompt, kDecode);
+      (shared ? on : off)[size_t(comm.rank())] = run_steps(model, prompt, kDecode);
     });
   const size_t decode_from = prompt.size() * size_t(config.vocab_size);  // the decode steps' rows
   auto decode_rows = [&](const std::vector<float>& v) {
