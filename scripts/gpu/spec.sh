@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Slot run for MTP speculative decoding's fused greedy step (branch spec, issue 14 item 5), after
-# `scripts/gpu/run.sh build` (which builds moe and test_cuda). Budget ~120 s; every command is capped.
+# `scripts/gpu/run.sh build` (which builds moe and test_cuda). Budget ~240 s; every command is capped.
 #  1. GPU tests: test_cuda's CudaSpec.* (argmax_rows vs the host; the fused step vs the host-decided path and vs
 #     no speculation on the fixture and on a tiny MTP check model).
 #  2. Greedy identity through `moe bench --speculative N --print-tokens` on the tiny fixture, batch 1 and 8:
 #     speculative 0, 1 (fused) and 1 with --fused-speculation false; token lists diffed.
 #  3. Decode tokens/s at batch 1, 2, 8, 16, 32 without speculation (2-row and 2B-row step costs) and at 1, 8, 32
-#     with one draft, fused and host-decided, on a Moonlight-shaped MTP check model with FEWER LAYERS (6 of 27,
-#     to fit the slot: creating all 27 takes minutes) and on models/moe-tiny when its weights were carried
-#     (lead: please carry models/moe-tiny/*.safetensors, 17.5 MB; skipped otherwise).
+#     with one draft (fused and host-decided) and with 2 and 3 drafts (fused, chained on the device), on
+#     models/moe-tiny when its weights were carried (models/moe-tiny/*.safetensors, 17.5 MB; skipped otherwise),
+#     on a check model of moe-tiny's shape, and on a Moonlight-shaped MTP check model with FEWER LAYERS (6 of 27,
+#     to fit the slot: creating all 27 takes minutes).
 # Everything goes to $OUT/spec/.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,7 +24,7 @@ TEST=$ROOT/build-gpu/tests/cuda/test_cuda
 MODELS=${MODELS:-/tmp/moe-models}
 S=$D/summary.txt
 log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" | tee -a "$S"; }
-late() { [ "$SECONDS" -gt "$1" ] && log "skipping $2: ${SECONDS}s used of the slot's ~120"; }
+late() { [ "$SECONDS" -gt "$1" ] && log "skipping $2: ${SECONDS}s used of the slot's ~240"; }
 [ -x "$MOE" ] || { log "no $MOE: run scripts/gpu/run.sh build first"; exit 1; }
 
 # 1. GPU tests.
@@ -48,23 +49,32 @@ for f in true false; do
   fi
 done
 
-bench() {  # name dir
-  late 100 "$1" && return
-  timeout 25 "$MOE" bench --device cuda --model "$2" --speculative 0 --batch 1,2,8,16,32 --prompt-tokens 64 \
+bench() {  # name dir [seconds a run]
+  local cap=${3:-25}
+  late 200 "$1" && return
+  timeout "$cap" "$MOE" bench --device cuda --model "$2" --speculative 0 --batch 1,2,8,16,32 --prompt-tokens 64 \
     --gen-tokens 96 >"$D/$1-spec0.log" 2>&1
   log "$1 speculative 0: exit $?"
   grep -E "^(model|device|scheduler decode)" "$D/$1-spec0.log" | tee -a "$S"
-  for f in true false; do
-    late 110 "$1 speculative 1 fused $f" && continue
-    timeout 25 "$MOE" bench --device cuda --model "$2" --speculative 1 --fused-speculation $f --batch 1,8,32 \
-      --prompt-tokens 64 --gen-tokens 96 >"$D/$1-spec1-$f.log" 2>&1
-    log "$1 speculative 1 fused $f: exit $?"
-    grep -E "^scheduler decode" "$D/$1-spec1-$f.log" | tee -a "$S"
+  # 1 draft fused and host-decided (the A/B), then 2 and 3 drafts fused (chained on the device).
+  for v in "1:true" "1:false" "2:true" "3:true"; do
+    n=${v%%:*} f=${v#*:}
+    late 220 "$1 speculative $n fused $f" && continue
+    timeout "$cap" "$MOE" bench --device cuda --model "$2" --speculative $n --fused-speculation $f --batch 1,8,32 \
+      --prompt-tokens 64 --gen-tokens 96 >"$D/$1-spec$n-$f.log" 2>&1
+    log "$1 speculative $n fused $f: exit $?"
+    grep -E "^scheduler decode" "$D/$1-spec$n-$f.log" | tee -a "$S"
   done
 }
 
-# 3a. The project's default model (trained MTP module), when carried.
-if ls models/moe-tiny/*.safetensors >/dev/null 2>&1; then bench moe-tiny models/moe-tiny; else log "models/moe-tiny has no weights here: skipped"; fi
+# 3a. The project's default model (trained MTP module), when carried, and a check model of its shape (its MTP
+# module drafts the main model's token: a launch-bound model whose drafts are right, issue 14's "check model").
+if ls models/moe-tiny/*.safetensors >/dev/null 2>&1; then bench moe-tiny models/moe-tiny 15; else log "models/moe-tiny has no weights here: skipped"; fi
+tiny_check=$MODELS/moe-tiny-mtp-check
+[ -d "$tiny_check" ] || timeout 30 "$MOE" create-random --config models/moe-tiny/config.json --out "$tiny_check" \
+  --dtype bf16 --mtp-check >"$D/create-tiny.log" 2>&1
+log "create-random --mtp-check (moe-tiny's shape): exit $?"
+bench moe-tiny-check "$tiny_check" 15
 
 # 3b. Moonlight-shaped check model, 6 layers (1 dense + 5 MoE) plus the MTP layer, BF16.
 cfg=$D/moonlight-mtp-6l.json
@@ -76,7 +86,7 @@ c["num_hidden_layers"] = 6
 json.dump(c, open(sys.argv[1], "w"), indent=1)
 PY
 dir=$MODELS/moonlight-mtp-check-6l
-late 70 "the Moonlight-shaped check model" && exit 0
+late 150 "the Moonlight-shaped check model" && exit 0
 start=$(date +%s)
 [ -d "$dir" ] || timeout 45 "$MOE" create-random --config "$cfg" --out "$dir" --dtype bf16 --mtp-check >"$D/create.log" 2>&1
 log "create-random --mtp-check (6 layers): exit $? in $(( $(date +%s) - start )) s"

@@ -342,6 +342,25 @@ class Backend {
     for (int64_t r = 0; r < R; ++r) out[r] = argmax(std::span<const float>(x + r * V, size_t(n)));
   }
 
+  // Speculative decoding's chained drafts (StepExecutor::forward_speculative with N > 1 drafts a sequence),
+  // on the device and capturable. A verification step has S sequences of R = N + 1 rows each: row s * R + j
+  // holds sequence s's last token (j = 0) or its draft j. kept_rows: rows I32 [S] = s * R + k_s, the row of
+  // sequence s's last kept token, where k_s counts the leading drafts the main model confirmed (tokens[s * R
+  // + j + 1] == verified[s * R + j] for every j < k_s; greedy verification). tokens, verified I32 [S * R]:
+  // the step's input ids and the main model's token after each row.
+  virtual void kept_rows(const TensorView& tokens, const TensorView& verified, const TensorView& rows) = 0;
+  // chain_batch: `to`, a batch of one token per sequence over `from`'s S sequences (token_seq 0 .. S-1,
+  // from's page table), gets token s at position from.positions[rows[s]] + advance: that position, its slot
+  // and the cache length position + 1. A position past the sequence's last page (its page table holds no page
+  // there: the sequence ends in this step, see Scheduler's reservation) becomes the last position of that
+  // page instead, which no token of the sequence uses. (The CPU backend's batches alias their plans: there
+  // the plan changes too.)
+  virtual void chain_batch(const DeviceBatch& from, const TensorView& rows, int32_t advance,
+                           const DeviceBatch& to) = 0;
+  // out [R, C] = x[rows[r]], x [T, C] of 4-byte elements (F32, I32; C = 1 for a vector), the row ids on the
+  // device (I32 [R], each in 0 .. T-1).
+  virtual void index_rows(const TensorView& x, const TensorView& rows, const TensorView& out) = 0;
+
   // MoE. Router logits [T, E] (F32) -> chosen experts I32 [T, k] and weights F32 [T, k].
   // bias (F32 [E] or empty) is added for choosing only. With [T, k + S] outputs, columns k .. k + S - 1 of
   // every row name the S shared experts as routed ones: ids E .. E + S - 1, weight 1 (shared_expert_slots).
@@ -424,6 +443,32 @@ class Backend {
               "moe_local_choices: ids {}, weights {}, out {} and {}, slots {}", expert_ids.shape.str(),
               expert_weights.shape.str(), local_ids.shape.str(), local_weights.shape.str(),
               slots.shape.str());
+  }
+  // The chained-draft ops' dtypes and shapes (every backend checks them the same way). Return S.
+  static int64_t check_kept_rows(const TensorView& tokens, const TensorView& verified,
+                                 const TensorView& rows) {
+    MOE_CHECK(tokens.dtype == DType::I32 && verified.dtype == DType::I32 && rows.dtype == DType::I32,
+              "kept_rows: tokens, verified and rows are I32");
+    const int64_t S = rows.numel();
+    MOE_CHECK(S > 0 && tokens.numel() == verified.numel() && tokens.numel() % S == 0,
+              "kept_rows: {} tokens, {} verified, {} sequences", tokens.numel(), verified.numel(), S);
+    return S;
+  }
+  static int64_t check_chain_batch(const DeviceBatch& from, const TensorView& rows, int32_t advance,
+                                   const DeviceBatch& to) {
+    const int64_t S = rows.numel();
+    MOE_CHECK(from.plan && to.plan && rows.dtype == DType::I32 && advance >= 0, "chain_batch: bad arguments");
+    MOE_CHECK(to.plan->num_tokens() == S && to.plan->num_seqs() == S && from.plan->num_seqs() == S &&
+                  to.plan->max_pages == from.plan->max_pages && to.plan->page_size == from.plan->page_size,
+              "chain_batch: {} rows, a batch of {} sequences into {} tokens of {}", S, from.plan->num_seqs(),
+              to.plan->num_tokens(), to.plan->num_seqs());
+    return S;
+  }
+  static void check_index_rows(const TensorView& x, const TensorView& rows, const TensorView& out) {
+    MOE_CHECK(dtype_size(x.dtype) == 4 && out.dtype == x.dtype && rows.dtype == DType::I32,
+              "index_rows: 4-byte rows and I32 ids");
+    MOE_CHECK(out.rows() == rows.numel() && out.row_size() == x.row_size(),
+              "index_rows: {} rows of {} into {}", rows.numel(), x.shape.str(), out.shape.str());
   }
   [[noreturn]] void no_sparse_attention(const char* op) const {
     fail("DeepSeek-V3.2 sparse attention ({}) is not implemented on the {} backend yet (the CPU backend has it)", op,

@@ -406,7 +406,8 @@ void register_bench_command(CLI::App& app) {
       ->check(CLI::Range(0, 8));
   cmd->add_flag("--print-tokens", a->print_tokens, "With --speculative: print every request's tokens");
   cmd->add_option("--fused-speculation", a->fused_speculation,
-                  "With --speculative 1: greedy steps verify and draft in one device step, ids back (default true; "
+                  "With --speculative N: greedy steps verify and draft (all N, chained) in one device step, "
+                  "ids back (default true; "
                   "false: rows decided on the host, the MTP module after the step)");
   cmd->add_option("--sampler", a->sampler,
                   "Sweep decode steps sample every row (temperature 0.8, top-p 0.95): none (batch 1 copies its logits "

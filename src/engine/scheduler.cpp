@@ -727,12 +727,12 @@ void Scheduler::finish_step(const std::vector<SequenceChunk>& chunks, const std:
 
 bool Scheduler::can_fuse_speculation(const std::vector<SequenceChunk>& chunks,
                                      const std::vector<Sequence*>& owners) const {
-  if (options_.speculative != 1 || !options_.fused_speculation || options_.run_step || !is_uniform_step(chunks))
-    return false;
+  const size_t n = size_t(options_.speculative);
+  if (n == 0 || !options_.fused_speculation || options_.run_step || !is_uniform_step(chunks)) return false;
   for (size_t i = 0; i < chunks.size(); ++i) {
     const Sequence& s = *owners[i];
-    // Decodes only (a prefill chunk needs its own MTP rows), each verifying its one draft.
-    if (!s.decoding() || s.drafts.size() != 1 || chunks[i].tokens.size() != 2) return false;
+    // Decodes only (a prefill chunk needs its own MTP rows), each verifying its N drafts.
+    if (!s.decoding() || s.drafts.size() != n || chunks[i].tokens.size() != n + 1) return false;
     // Plain greedy: the device's argmax is the whole decision (no edits of the row, no logprobs, no constraint).
     const SamplingParams& p = s.sampler.params();
     if (p.temperature > 0.0f || !p.logit_bias.empty() || p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f ||
@@ -772,11 +772,22 @@ void Scheduler::speculative_step(const std::vector<SequenceChunk>& chunks, const
     }
   }
   finish_step(chunks, owners, was_decoding, decided, rows, {});
-  // The next draft: the MTP row of the last kept token (row `accepted`, which paired it with h there).
+  // The next drafts: the MTP row of the last kept token (row `accepted`, which paired it with h there), then
+  // the module's chain from that row. The device chained from the drafts equal to the verified tokens
+  // (kept_rows); a sequence still running kept exactly those (only a stop or max_tokens ends the kept run
+  // early, and ends the sequence), else it takes the first draft alone and the next step is decided on the
+  // host.
   for (size_t i = 0; i < chunks.size(); ++i) {
     Sequence& s = *owners[i];
     s.drafts.clear();
-    if (!s.done) s.drafts.push_back(ids.drafts[i * n + size_t(decided[i].accepted)]);
+    if (s.done) continue;
+    const size_t kept = size_t(decided[i].accepted);
+    s.drafts.push_back(ids.drafts[i * n + kept]);
+    size_t device_kept = 0;
+    while (device_kept + 1 < n && chunks[i].tokens[device_kept + 1] == ids.verified[i * n + device_kept])
+      ++device_kept;
+    if (device_kept != kept) continue;
+    for (const std::vector<int32_t>& next : ids.chained) s.drafts.push_back(next[i]);
   }
 }
 

@@ -69,12 +69,14 @@ struct SchedulerOptions {
   // MTP speculative decoding (see "Speculation" above): draft tokens per sequence and step, 0 = off. Needs a
   // model loaded with its MTP module.
   int32_t speculative = 0;
-  // With speculative 1: a step whose sequences are all decoding plain-greedy requests (no penalties, logit_bias,
-  // constraint or logprobs) runs fused (StepExecutor::forward_speculative): the main model's verification, its
-  // rows' argmax, the MTP module over them and its argmax in one captured step, only ids back to the host. Off,
-  // or for any other step: the rows decided on the host and the MTP module run after the step (draft_tokens).
-  // On by default since its CUDA graph path ran on an H200 (2026-12-02, scripts/gpu/spec.sh: same tokens as the
-  // host-decided path, 1.45-2.8x its tokens/s); off is the host-decided path, kept for A/B runs.
+  // A step whose sequences are all decoding plain-greedy requests (no penalties, logit_bias, constraint or
+  // logprobs), each with its N drafts, runs fused (StepExecutor::forward_speculative): the main model's
+  // verification, its rows' argmax, the MTP module over them and its argmax, and with N > 1 the module
+  // chained from each sequence's last kept row, in one captured step, only ids back to the host. Off, or for
+  // any other step: the rows decided on the host and the MTP module run after the step (draft_tokens); both
+  // give the same drafts. On by default since its CUDA graph path ran on an H200 (2026-12-02,
+  // scripts/gpu/spec.sh, one draft: same tokens as the host-decided path, 1.45-2.8x its tokens/s); off is the
+  // host-decided path, kept for A/B runs.
   bool fused_speculation = true;
   // On a device backend, sample on the device (Backend::sample): only ids and requested logprobs come back,
   // not the logits rows. Off (or on the CPU backend): the rows are copied to the host and sampled there.
@@ -229,7 +231,7 @@ class Scheduler {
   void finish_step(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners,
                    const std::vector<bool>& was_decoding, std::vector<Decided>& decided, const std::vector<size_t>& rows,
                    const std::vector<Sequence*>& scored);
-  // The step is all greedy speculating decodes with one draft each (see SchedulerOptions::fused_speculation).
+  // The step is all greedy speculating decodes with N drafts each (see SchedulerOptions::fused_speculation).
   bool can_fuse_speculation(const std::vector<SequenceChunk>& chunks, const std::vector<Sequence*>& owners) const;
   // That step through StepExecutor::forward_speculative: verification and the next drafts on the device, one
   // graph, ids back; the host compares ids.

@@ -24,6 +24,26 @@ void widen_pages(BatchPlan& plan, int32_t max_pages) {
   plan.max_pages = max_pages;
 }
 
+// A batch of one token per sequence over `plan`'s sequences and page table, for Backend::chain_batch to
+// place: until it does, each token stands at its sequence's first position of the step (a valid slot).
+BatchPlan chain_plan(const BatchPlan& plan) {
+  BatchPlan c;
+  const int64_t S = plan.num_seqs();
+  std::vector<int32_t> first(size_t(S), -1);
+  for (int64_t t = plan.num_tokens() - 1; t >= 0; --t) first[size_t(plan.token_seq[size_t(t)])] = int32_t(t);
+  for (int64_t s = 0; s < S; ++s) {
+    const size_t t = size_t(std::max(first[size_t(s)], 0));
+    c.positions.push_back(plan.positions[t]);
+    c.token_seq.push_back(int32_t(s));
+    c.slots.push_back(plan.slots[t]);
+    c.seq_lens.push_back(plan.positions[t] + 1);
+  }
+  c.block_table = plan.block_table;
+  c.max_pages = plan.max_pages;
+  c.page_size = plan.page_size;
+  return c;
+}
+
 }  // namespace
 
 bool is_uniform_step(const std::vector<SequenceChunk>& chunks) {
@@ -40,6 +60,8 @@ bool is_uniform_step(const std::vector<SequenceChunk>& chunks) {
 struct StepExecutor::Graph {
   BatchPlan plan;     // the current step's plan; batch.plan points here
   DeviceBatch batch;  // captured input, rewritten before each replay
+  std::vector<BatchPlan> chain_plans;  // run_uniform's `chains` (chain_plan), rewritten before each replay
+  std::vector<DeviceBatch> chains;
   Tensor ids;         // captured input [T] I32
   Outputs out;        // captured output
   std::shared_ptr<CapturedWork> work;
@@ -63,7 +85,7 @@ void StepExecutor::evict(const Graph* keep) {
 }
 
 StepExecutor::Outputs StepExecutor::run_uniform(const std::vector<SequenceChunk>& chunks, LatentCache& cache,
-                                                int64_t kind, const Body& body, bool& owned) {
+                                                int64_t kind, int64_t chains, const Body& body, bool& owned) {
   Backend& backend = model_.backend();
   owned = false;
   BatchPlan plan = plan_batch(chunks, cache.page_size());
@@ -83,20 +105,32 @@ StepExecutor::Outputs StepExecutor::run_uniform(const std::vector<SequenceChunk>
       g = slot;
     }
   }
+  // The chain batches are uploaded here, before any capture (an upload cannot be captured); their plans must
+  // not move once uploaded (the CPU backend's batches alias them).
+  auto upload_chains = [&](const BatchPlan& p, std::vector<BatchPlan>& plans,
+                           std::vector<DeviceBatch>& batches) {
+    plans.assign(size_t(chains), chain_plan(p));
+    batches.clear();
+    for (const BatchPlan& c : plans) batches.push_back(backend.upload_batch(c));
+  };
   if (!g || g->refused) {
     ++stats_.eager;
     const DeviceBatch batch = backend.upload_batch(plan);
     const Tensor ids = model_.upload_tokens(chunks);
-    return body(batch, ids);
+    std::vector<BatchPlan> chain_plans;
+    std::vector<DeviceBatch> chain_batches;
+    upload_chains(plan, chain_plans, chain_batches);
+    return body(batch, ids, chain_batches);
   }
   g->last_use = ++clock_;
   if (!g->work) {
     g->plan = std::move(plan);
     g->batch = backend.upload_batch(g->plan);
     g->ids = model_.upload_tokens(chunks);
+    upload_chains(g->plan, g->chain_plans, g->chains);
     backend.begin_capture();
     try {
-      g->out = body(g->batch, g->ids);
+      g->out = body(g->batch, g->ids, g->chains);
       g->work = backend.end_capture();
       ++stats_.captures;
     } catch (const Error&) {
@@ -106,7 +140,7 @@ StepExecutor::Outputs StepExecutor::run_uniform(const std::vector<SequenceChunk>
       g->out = Outputs{};
       ++stats_.refused;
       ++stats_.eager;
-      return body(g->batch, g->ids);
+      return body(g->batch, g->ids, g->chains);
     } catch (...) {
       backend.abort_capture();
       graphs_.erase(key);
@@ -116,6 +150,10 @@ StepExecutor::Outputs StepExecutor::run_uniform(const std::vector<SequenceChunk>
     g->plan = std::move(plan);
     backend.update_batch(g->plan, g->batch);
     backend.copy_from_host(model_.token_ids(chunks).data(), g->ids);
+    for (size_t c = 0; c < g->chains.size(); ++c) {
+      g->chain_plans[c] = chain_plan(g->plan);
+      backend.update_batch(g->chain_plans[c], g->chains[c]);
+    }
   }
   backend.replay(*g->work);
   ++stats_.replays;
@@ -131,8 +169,10 @@ ForwardOutput StepExecutor::forward(const std::vector<SequenceChunk>& chunks, La
   }
   bool owned = false;
   Outputs o = run_uniform(
-      chunks, cache, 0,
-      [&](const DeviceBatch& batch, const TensorView& ids) { return Outputs{model_.run(chunks, batch, ids, cache), {}}; },
+      chunks, cache, 0, 0,
+      [&](const DeviceBatch& batch, const TensorView& ids, const std::vector<DeviceBatch>&) {
+        return Outputs{model_.run(chunks, batch, ids, cache), {}};
+      },
       owned);
   if (!owned) return std::move(o.fwd);
   // The graph's outputs are overwritten by its next replay: hand out copies.
@@ -156,30 +196,56 @@ StepExecutor::SpeculativeIds StepExecutor::forward_speculative(const std::vector
   MOE_CHECK(model_.has_mtp(), "forward_speculative: the model was loaded without its MTP module");
   Backend& backend = model_.backend();
   const int64_t limit = vocab_limit > 0 ? vocab_limit : 0;
+  const int64_t S = int64_t(chunks.size()), R = int64_t(chunks[0].tokens.size()), T = S * R;
+  const int64_t depth = std::max<int64_t>(R - 2, 0);  // chained drafts a sequence: N - 1
+  // The chained passes' chunks: one token a sequence (its id comes from the device; this one is a
+  // placeholder).
+  std::vector<SequenceChunk> one(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) one[i] = {{0}, 0, {}, false};
   bool owned = false;
   Outputs o = run_uniform(
-      chunks, cache, limit + 1,
-      [&](const DeviceBatch& batch, const TensorView& ids) {
+      chunks, cache, limit + 1, depth,
+      [&](const DeviceBatch& batch, const TensorView& ids, const std::vector<DeviceBatch>& chains) {
         Outputs out;
         out.fwd = model_.run(chunks, batch, ids, cache);
-        const int64_t T = out.fwd.hidden.dim(0);
         // Logits for every row: the chunks ask for all of them (or have one token each).
         MOE_CHECK(out.fwd.logits.dim(0) == T, "forward_speculative: {} logits rows for {} tokens",
                   out.fwd.logits.dim(0), T);
-        out.ids = backend.alloc_uninitialized(DType::I32, {2, T});
-        const TensorView verified = out.ids.view().slice_rows(0, 1), drafts = out.ids.view().slice_rows(1, 1);
+        out.ids = backend.alloc_uninitialized(DType::I32, {2 * T + depth * S});
+        const TensorView all = out.ids.view();
+        const TensorView verified = all.slice_rows(0, T), drafts = all.slice_rows(T, T);
         backend.argmax_rows(out.fwd.logits, limit, verified);
         const ForwardOutput mtp = model_.run_mtp(chunks, batch, verified, out.fwd.hidden, cache);
         backend.argmax_rows(mtp.logits, limit, drafts);
+        if (depth == 0) return out;
+        // Chain from each sequence's last kept row: its draft and the module's state there.
+        Tensor rows = backend.alloc_uninitialized(DType::I32, {S});
+        backend.kept_rows(ids, verified, rows);
+        Tensor token = backend.alloc_uninitialized(DType::I32, {S});
+        Tensor state = backend.alloc_uninitialized(mtp.hidden.dtype(), {S, mtp.hidden.dim(1)});
+        backend.index_rows(drafts, rows, token);
+        backend.index_rows(mtp.hidden, rows, state);
+        TensorView tok = token.view(), h = state.view();
+        ForwardOutput step;
+        for (int64_t d = 0; d < depth; ++d) {
+          const DeviceBatch& at = chains[size_t(d)];
+          backend.chain_batch(batch, rows, int32_t(d + 1), at);
+          step = model_.run_mtp(one, at, tok, h, cache);
+          const TensorView next = all.slice_rows(2 * T + d * S, S);
+          backend.argmax_rows(step.logits, limit, next);
+          tok = next;
+          h = step.hidden.view();
+        }
         return out;
       },
       owned);
-  const int64_t T = o.ids.view().shape[1];
-  std::vector<int32_t> host(size_t(2 * T));
+  std::vector<int32_t> host(size_t(o.ids.view().numel()));
   backend.copy_to_host(o.ids, host.data());
   SpeculativeIds r;
   r.verified.assign(host.begin(), host.begin() + T);
-  r.drafts.assign(host.begin() + T, host.end());
+  r.drafts.assign(host.begin() + T, host.begin() + 2 * T);
+  for (int64_t d = 0; d < depth; ++d)
+    r.chained.emplace_back(host.begin() + 2 * T + d * S, host.begin() + 2 * T + (d + 1) * S);
   return r;
 }
 

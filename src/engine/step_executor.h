@@ -40,16 +40,25 @@ class StepExecutor {
   // DeepseekV3::forward, with the same results; the returned tensors are the caller's (not the graph's).
   ForwardOutput forward(const std::vector<SequenceChunk>& chunks, LatentCache& cache);
 
-  // Speculative decoding's fused greedy step (one draft per sequence; engine/scheduler.h, "Speculation"). The
-  // chunks are a uniform step (is_uniform_step), each [last token, draft] with logits for every row (or one
-  // token without a draft). In one step, captured and replayed like forward's: the main model over the chunks;
-  // verified[j] = argmax of its row j (the main model's token after row j); the MTP module over (verified[j],
-  // h[j]) at the same positions, writing the MTP cache layer; drafts[j] = argmax of its row j (its guess of the
-  // token after verified[j]). Argmaxes over ids < vocab_limit (<= 0: all), ties to the lower id. Only the 2T ids
-  // come back to the host (one copy). Rows past a rejected draft write the MTP cache past the last kept
-  // position, which the next step overwrites (as the main model's rejected rows are).
+  // Speculative decoding's fused greedy step (engine/scheduler.h, "Speculation"). The chunks are a uniform
+  // step (is_uniform_step) of S sequences, each [last token, draft 1..N] with logits for every row (or one
+  // token without a draft). In one step, captured and replayed like forward's:
+  //  - the main model over the chunks; verified[j] = argmax of its row j (the main model's token after row
+  //  j);
+  //  - the MTP module over (verified[j], h[j]) at the same positions, writing the MTP cache layer; drafts[j]
+  //  =
+  //    argmax of its row j (its guess of the token after verified[j]);
+  //  - with N > 1, the module chained N - 1 more times from each sequence's last kept row k
+  //  (Backend::kept_rows:
+  //    the leading drafts equal to the verified tokens), as the scheduler's host-decided draft_tokens chains
+  //    it: at depth d (2 .. N) over (its previous draft, its previous output state) at position p + k + d - 1
+  //    (Backend::chain_batch), chained[d - 2][s] = argmax of its row.
+  // Argmaxes over ids < vocab_limit (<= 0: all), ties to the lower id. Only the ids come back to the host
+  // (one copy). Rows past a rejected draft write the MTP cache past the last kept position, which the next
+  // step overwrites (as the main model's rejected rows are).
   struct SpeculativeIds {
-    std::vector<int32_t> verified, drafts;  // [T] each, in the chunks' row order
+    std::vector<int32_t> verified, drafts;      // [T] each, in the chunks' row order
+    std::vector<std::vector<int32_t>> chained;  // [N - 1][S]: the further drafts of each sequence
   };
   SpeculativeIds forward_speculative(const std::vector<SequenceChunk>& chunks, LatentCache& cache,
                                      int64_t vocab_limit);
@@ -61,15 +70,19 @@ class StepExecutor {
 
  private:
   struct Graph;
-  struct Outputs {  // a step's device outputs: forward's, or the fused speculative step's ids I32 [2, T]
+  struct Outputs {  // a step's device outputs: forward's, or the fused speculative step's ids I32 [2T +
+                    // (N-1)S]
     ForwardOutput fwd;
     Tensor ids;
   };
-  using Body = std::function<Outputs(const DeviceBatch& batch, const TensorView& ids)>;
+  // chains: batches of one token per sequence over the step's page table (the fused step's chained drafts),
+  // whose positions the body computes on the device (Backend::chain_batch).
+  using Body = std::function<Outputs(const DeviceBatch& batch, const TensorView& ids,
+                                     const std::vector<DeviceBatch>& chains)>;
   // A uniform step through `body`: eagerly, or captured and replayed. `owned`: the outputs are the graph's
   // (overwritten by its next replay).
-  Outputs run_uniform(const std::vector<SequenceChunk>& chunks, LatentCache& cache, int64_t kind, const Body& body,
-                      bool& owned);
+  Outputs run_uniform(const std::vector<SequenceChunk>& chunks, LatentCache& cache, int64_t kind,
+                      int64_t chains, const Body& body, bool& owned);
   void evict(const Graph* keep);  // down to max_graphs shapes, least recently used first, never `keep`
   // seqs, tokens each, all logits, width, cache, kind (0: forward; else the fused speculative step's vocab limit + 1)
   using Key = std::tuple<int64_t, int64_t, bool, int32_t, const void*, int64_t>;

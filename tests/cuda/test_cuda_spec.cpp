@@ -11,6 +11,7 @@
 #include <random>
 
 #include "backend/sampling.h"
+#include "backend/spec_chain_cases.h"
 #include "cuda_test_util.h"
 #include "engine/scheduler.h"
 #include "model/deepseek_v3.h"
@@ -47,6 +48,11 @@ TEST_F(CudaSpec, ArgmaxRowsIsTheHostArgmax) {
             << "V " << V << " limit " << limit << " row " << r;
     }
   }
+}
+
+// The chained-draft ops (kept_rows, chain_batch, index_rows) on the device, on the CPU test's cases.
+TEST_F(CudaSpec, ChainOpsMatchTheirDefinitions) {
+  for (uint32_t seed : {1u, 2u}) check_chain_ops(*gpu_, seed);
 }
 
 struct SpecRun {
@@ -88,8 +94,9 @@ SpecRun run(DeepseekV3& model, int32_t speculative, bool fused) {
 // the GPU's own margin there is below its run-to-run variation (cause not isolated), so on an H200 (2026-12-02) the
 // host-decided path agreed with the fused one in one run and took the other token in the next (as the CPU does);
 // there the rejection path runs (its steps fused, the lengths checked, the counts printed).
-void check_model(DeepseekV3& model, const char* name, double min_acceptance, bool exact) {
-  const SpecRun fused = run(model, 1, true), host = run(model, 1, false), plain = run(model, 0, true);
+void check_model(DeepseekV3& model, const char* name, double min_acceptance, bool exact, int32_t drafts = 1) {
+  const SpecRun fused = run(model, drafts, true), host = run(model, drafts, false),
+                plain = run(model, 0, true);
   EXPECT_GT(fused.fused, 10u);
   EXPECT_EQ(host.fused, 0u);
   if (exact) {
@@ -105,9 +112,11 @@ void check_model(DeepseekV3& model, const char* name, double min_acceptance, boo
   }
   std::printf("%s: %d of %zu requests identical to the host-decided path\n", name, same_as_host, fused.out.size());
   const double acceptance = double(fused.accepted) / double(std::max<uint64_t>(fused.drafted, 1));
-  std::printf("%s: fused steps %llu, acceptance %.3f (%llu of %llu), %d of %zu requests identical to no speculation\n",
-              name, (unsigned long long)fused.fused, acceptance, (unsigned long long)fused.accepted,
-              (unsigned long long)fused.drafted, same_as_plain, fused.out.size());
+  std::printf(
+      "%s, %d drafts: fused steps %llu, acceptance %.3f (%llu of %llu), %d of %zu requests identical to no "
+      "speculation\n",
+      name, drafts, (unsigned long long)fused.fused, acceptance, (unsigned long long)fused.accepted,
+      (unsigned long long)fused.drafted, same_as_plain, fused.out.size());
   EXPECT_GE(acceptance, min_acceptance) << name;
 }
 
@@ -127,6 +136,7 @@ TEST_F(CudaSpec, FusedStepAsHostDecidedOnTheCheckModel) {
   {
     DeepseekV3 model(dir, *gpu_, {.load_mtp = true, .progress = {}});
     check_model(model, "check model", 0.9, true);  // drafts the main model's token: the accept path
+    check_model(model, "check model", 0.85, true, 3);  // and the chained drafts on the device
   }
   std::filesystem::remove_all(dir);
 }

@@ -95,6 +95,16 @@ class TraceBackend final : public Backend {
   void argmax_rows(const TensorView& logits, int64_t limit, const TensorView& ids) override {
     in_.argmax_rows(logits, limit, ids);
   }
+  void kept_rows(const TensorView& tokens, const TensorView& verified, const TensorView& rows) override {
+    in_.kept_rows(tokens, verified, rows);
+  }
+  void chain_batch(const DeviceBatch& from, const TensorView& rows, int32_t advance,
+                   const DeviceBatch& to) override {
+    in_.chain_batch(from, rows, advance, to);
+  }
+  void index_rows(const TensorView& x, const TensorView& rows, const TensorView& out) override {
+    in_.index_rows(x, rows, out);
+  }
   void swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const TensorView& out) override {
     in_.swiglu_mlp(x, mlp, out);
     record("swiglu_mlp", out);

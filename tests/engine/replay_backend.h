@@ -6,6 +6,7 @@
 // them either), and so is every op of more than `refuse_tokens` tokens when set (a path that needs the host
 // mid-step). upload_batch keeps its own copy of the plan, rewritten by update_batch. So the step executor's
 // capture, replay and refusal logic runs in CI, where there is no GPU.
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -119,6 +120,25 @@ class ReplayBackend final : public Backend {
   }
   void argmax_rows(const TensorView& logits, int64_t limit, const TensorView& ids) override {
     run([=, this] { in_.argmax_rows(logits, limit, ids); });
+  }
+  void kept_rows(const TensorView& tokens, const TensorView& verified, const TensorView& rows) override {
+    run([=, this] { in_.kept_rows(tokens, verified, rows); });
+  }
+  // The batch's arrays here are this backend's copy, while the CPU ops it runs read the plan: the plan gets
+  // the new values too (it is the caller's to change, as the CPU backend's batches alias theirs).
+  void chain_batch(const DeviceBatch& from, const TensorView& rows, int32_t advance,
+                   const DeviceBatch& to) override {
+    run([=, this] {
+      in_.chain_batch(from, rows, advance, to);
+      BatchPlan& plan = const_cast<BatchPlan&>(*to.plan);
+      const int64_t S = rows.numel();
+      std::copy_n(to.positions.as<const int32_t>(), S, plan.positions.begin());
+      std::copy_n(to.slots.as<const int32_t>(), S, plan.slots.begin());
+      std::copy_n(to.seq_lens.as<const int32_t>(), S, plan.seq_lens.begin());
+    });
+  }
+  void index_rows(const TensorView& x, const TensorView& rows, const TensorView& out) override {
+    run([=, this] { in_.index_rows(x, rows, out); });
   }
   void gather_rows(const TensorView& x, const std::vector<int32_t>& rows, const TensorView& out) override {
     refuse_while_capturing("gather_rows (a host index list)");

@@ -139,19 +139,22 @@ TEST(StepExecutor, KeepsAtMostMaxGraphs) {
   EXPECT_GE(r.stats.replays, 8);
 }
 
-// The fused speculative step (forward_speculative) on a capturing backend against its definition computed with
-// plain forward() on the CPU: the main model over [token, draft] rows, the host argmax of each row, the MTP module
-// (forward_mtp) over those tokens at the same positions, the host argmax of its rows. Drafts are the step's own
-// (the fixture's MTP module: mostly rejected, so the rejected rows' cache entries are overwritten by later
-// steps) or, every third step, a random token; steps are captured and replayed.
-int fused_step_against_definition(const std::string& model_dir) {
+// The fused speculative step (forward_speculative) with N drafts a sequence, on a capturing backend, against
+// its definition computed with plain forward() on the CPU: the main model over [token, draft 1..N] rows, the
+// host argmax of each row, the MTP module (forward_mtp) over those tokens at the same positions, the host
+// argmax of its rows; then, from each sequence's last kept row k, the module chained N - 1 times over one
+// token a sequence at positions p + k + 1, ... (its previous draft and output state), as
+// Scheduler::draft_tokens chains it. Drafts are the step's own (the fixture's MTP module: mostly rejected, so
+// the rejected rows' cache entries are overwritten by later steps) or, every third step, random tokens; steps
+// are captured and replayed. Returns the drafts kept.
+int fused_step_against_definition(const std::string& model_dir, int32_t N) {
   auto cpu = make_cpu_backend();
   test::ReplayBackend replay(*cpu);
   const DeepseekV3::Options opts{.load_mtp = true, .progress = {}};
   DeepseekV3 plain(model_dir, *cpu, opts), captured_model(model_dir, replay, opts);
   StepExecutor executor(captured_model);
   const ModelConfig& c = plain.config();
-  constexpr int64_t kPage = 4, kPages = 12;
+  constexpr int64_t kPage = 4, kPages = 16;
   LatentCache cache_p(c, *cpu, 2 * kPages, kPage, plain.cache_layers());
   LatentCache cache_r(c, replay, 2 * kPages, kPage, captured_model.cache_layers());
   std::mt19937 rng(11);
@@ -178,42 +181,78 @@ int fused_step_against_definition(const std::string& model_dir) {
   }
   const std::vector<int32_t> draft0 = argmax_all(*cpu, plain.forward_mtp(mseqs, op.hidden, cache_p).logits);
   EXPECT_EQ(argmax_all(replay, captured_model.forward_mtp(mseqs, orr.hidden, cache_r).logits), draft0);
-  // Steps: chunk s is [next, draft] at the sequence's next position.
-  std::vector<int32_t> next = first, draft = draft0, pos = {5, 9};
-  int accepted_any = 0;
+  // Steps: chunk s is [next, draft 1..N] at the sequence's next position. Before the first step the
+  // sequences' drafts past the first are random (no chain has run yet).
+  std::vector<int32_t> next = first, pos = {5, 9};
+  std::vector<std::vector<int32_t>> draft(2);
+  for (int s = 0; s < 2; ++s) {
+    draft[size_t(s)].push_back(draft0[size_t(s)]);
+    while (int32_t(draft[size_t(s)].size()) < N) draft[size_t(s)].push_back(int32_t(rng() % 1000));
+  }
+  const size_t R = size_t(N) + 1;
+  int kept_any = 0;
   for (int step = 0; step < 9; ++step) {
     std::vector<SequenceChunk> chunks(2);
     for (int s = 0; s < 2; ++s) {
-      chunks[size_t(s)] = {{next[size_t(s)], step % 3 == 2 ? int32_t(rng() % 1000) : draft[size_t(s)]}, pos[size_t(s)],
-                           seqs[size_t(s)].pages, true};
+      chunks[size_t(s)] = {{next[size_t(s)]}, pos[size_t(s)], seqs[size_t(s)].pages, true};
+      for (int32_t d : draft[size_t(s)])
+        chunks[size_t(s)].tokens.push_back(step % 3 == 2 ? int32_t(rng() % 1000) : d);
     }
     const ForwardOutput main = plain.forward(chunks, cache_p);
     const std::vector<int32_t> verified = argmax_all(*cpu, main.logits);
     std::vector<SequenceChunk> mchunks = chunks;
-    for (int s = 0; s < 2; ++s) mchunks[size_t(s)].tokens = {verified[size_t(2 * s)], verified[size_t(2 * s + 1)]};
-    const std::vector<int32_t> drafts = argmax_all(*cpu, plain.forward_mtp(mchunks, main.hidden, cache_p).logits);
+    for (size_t s = 0; s < 2; ++s)
+      mchunks[s].tokens.assign(verified.begin() + std::ptrdiff_t(s * R),
+                               verified.begin() + std::ptrdiff_t((s + 1) * R));
+    const ForwardOutput mtp = plain.forward_mtp(mchunks, main.hidden, cache_p);
+    const std::vector<int32_t> drafts = argmax_all(*cpu, mtp.logits);
+    // The chain, from each sequence's last kept row.
+    std::vector<size_t> kept(2, 0);
+    for (size_t s = 0; s < 2; ++s)
+      while (kept[s] + 1 < R && chunks[s].tokens[kept[s] + 1] == verified[s * R + kept[s]]) ++kept[s];
+    std::vector<std::vector<int32_t>> chained;
+    std::vector<SequenceChunk> one(2);
+    std::vector<int32_t> rows;
+    for (size_t s = 0; s < 2; ++s) {
+      one[s] = {{drafts[s * R + kept[s]]},
+                int32_t(chunks[s].start_pos + int32_t(kept[s]) + 1),
+                chunks[s].pages,
+                false};
+      rows.push_back(int32_t(s * R + kept[s]));
+    }
+    Tensor h = cpu->alloc_uninitialized(mtp.hidden.dtype(), {2, mtp.hidden.dim(1)});
+    cpu->gather_rows(mtp.hidden, rows, h);
+    for (int32_t d = 1; d < N; ++d) {
+      const ForwardOutput o = plain.forward_mtp(one, h, cache_p);
+      chained.push_back(argmax_all(*cpu, o.logits));
+      for (size_t s = 0; s < 2; ++s)
+        one[s] = {{chained.back()[s]}, one[s].start_pos + 1, chunks[s].pages, false};
+      h = o.hidden;
+    }
     const StepExecutor::SpeculativeIds got = executor.forward_speculative(chunks, cache_r, 0);
     EXPECT_EQ(got.verified, verified) << "step " << step;
     EXPECT_EQ(got.drafts, drafts) << "step " << step;
+    EXPECT_EQ(got.chained, chained) << "step " << step;
     if (::testing::Test::HasFailure()) return 0;
-    for (int s = 0; s < 2; ++s) {
-      const int a = verified[size_t(2 * s)] == chunks[size_t(s)].tokens[1] ? 1 : 0;
-      accepted_any += a;
-      next[size_t(s)] = verified[size_t(2 * s + a)];
-      draft[size_t(s)] = drafts[size_t(2 * s + a)];
-      pos[size_t(s)] += 1 + a;
+    for (size_t s = 0; s < 2; ++s) {
+      kept_any += int(kept[s]);
+      next[s] = verified[s * R + kept[s]];
+      draft[s] = {drafts[s * R + kept[s]]};
+      for (const auto& ch : chained) draft[s].push_back(ch[s]);
+      pos[s] += int32_t(kept[s]) + 1;
     }
   }
-  std::printf("%s: %lld captures, %lld replays, %d drafts kept\n", model_dir.c_str(),
-              (long long)executor.stats().captures, (long long)executor.stats().replays, accepted_any);
+  std::printf("%s, %d drafts: %lld captures, %lld replays, %d drafts kept\n", model_dir.c_str(), N,
+              (long long)executor.stats().captures, (long long)executor.stats().replays, kept_any);
   EXPECT_GE(executor.stats().captures, 1);
   EXPECT_GE(executor.stats().replays, 4);
-  return accepted_any;
+  return kept_any;
 }
 
 TEST(StepExecutor, FusedSpeculativeStepIsItsDefinition) {
-  fused_step_against_definition(test::kTinyModel);  // the fixture's random MTP module: drafts rejected
-  // The MTP check model (its module drafts the main model's greedy token): drafts kept, positions advance by 2.
+  for (int32_t N : {1, 2, 3})
+    fused_step_against_definition(test::kTinyModel, N);  // random MTP module: rejected
+  // The MTP check model (its module drafts the main model's greedy token): drafts kept, the chain's too.
   const std::string dir = test::temp_path("fused-mtp-check");
   RandomCheckpointOptions o;
   o.config_path = test::kTinyModel + "/config.json";
@@ -221,7 +260,9 @@ TEST(StepExecutor, FusedSpeculativeStepIsItsDefinition) {
   o.seed = 7;
   o.mtp_check = true;
   create_random_checkpoint(o);
-  EXPECT_GE(fused_step_against_definition(dir), 6);  // of 12 (6 steps with the module's own drafts, 2 sequences)
+  EXPECT_GE(fused_step_against_definition(dir, 1),
+            6);  // of 12 (6 steps with the module's own drafts, 2 sequences)
+  EXPECT_GE(fused_step_against_definition(dir, 3), 18);  // of 36: the chained drafts are kept too
   std::filesystem::remove_all(dir);
 }
 

@@ -168,45 +168,51 @@ TEST(SpeculativeScheduler, BatchOfOneMatchesGenerator) {
   EXPECT_GT(m.spec_accepted.load(), m.spec_verifications.load() / 2);
 }
 
-// The fused greedy step (SchedulerOptions::fused_speculation: verification and the next draft decided from
-// device argmaxes inside one step) against the host-decided path and the Generator: the same tokens, the same
-// drafts (hence the same acceptance counts) on the fixture (drafts rejected: the MTP cache rows past the last kept
-// position are overwritten later, so a wrong draft must not change later drafts) and on the check model (kept).
+// The fused greedy step (SchedulerOptions::fused_speculation: verification and the next drafts decided from
+// device argmaxes inside one step, N - 1 of them chained on the device) against the host-decided path and the
+// Generator, with 1, 2 and 3 drafts: the same tokens, the same drafts (hence the same acceptance counts) on
+// the fixture (drafts rejected: the MTP cache rows past the last kept position are overwritten later, so a
+// wrong draft must not change later drafts) and on the check model (kept). max_tokens ends sequences inside a
+// step's drafts.
 TEST(SpeculativeScheduler, FusedGreedyStepAsHostDecided) {
   const auto ps = prompts();
   const std::vector<int32_t> max_tokens = {30, 6, 21, 25};
-  for (DeepseekV3* model : {&models().fixture, models().check.get()}) {
-    std::vector<Result> out[2];
-    uint64_t accepted[2] = {}, drafted[2] = {}, fused[2] = {};
-    for (int fuse : {0, 1}) {
-      SchedulerOptions o = options(1);
-      o.fused_speculation = fuse == 1;
-      Scheduler sched(*model, nullptr, o);
-      auto sink = std::make_shared<EventSink>();
-      for (size_t i = 0; i < ps.size(); ++i) {
-        GenerationRequest r;
-        r.prompt = ps[i];
-        r.max_tokens = max_tokens[i];
-        r.ignore_eos = true;
-        sched.submit(r, sink, int32_t(i));
+  for (int32_t n : {1, 2, 3}) {
+    for (DeepseekV3* model : {&models().fixture, models().check.get()}) {
+      std::vector<Result> out[2];
+      uint64_t accepted[2] = {}, drafted[2] = {}, fused[2] = {};
+      for (int fuse : {0, 1}) {
+        SchedulerOptions o = options(n);
+        o.fused_speculation = fuse == 1;
+        Scheduler sched(*model, nullptr, o);
+        auto sink = std::make_shared<EventSink>();
+        for (size_t i = 0; i < ps.size(); ++i) {
+          GenerationRequest r;
+          r.prompt = ps[i];
+          r.max_tokens = max_tokens[i];
+          r.ignore_eos = true;
+          sched.submit(r, sink, int32_t(i));
+        }
+        out[fuse] = collect(*sink, ps.size());
+        wait_idle(sched);
+        EXPECT_EQ(sched.stats().pages_used, 0);
+        accepted[fuse] = sched.metrics().spec_accepted;
+        drafted[fuse] = sched.metrics().spec_drafted;
+        fused[fuse] = sched.metrics().spec_fused_steps;
       }
-      out[fuse] = collect(*sink, ps.size());
-      wait_idle(sched);
-      EXPECT_EQ(sched.stats().pages_used, 0);
-      accepted[fuse] = sched.metrics().spec_accepted;
-      drafted[fuse] = sched.metrics().spec_drafted;
-      fused[fuse] = sched.metrics().spec_fused_steps;
-    }
-    EXPECT_EQ(fused[0], 0u);
-    EXPECT_GT(fused[1], 5u);  // every step once all four decode (the longest prompt prefills 8 tokens a step)
-    EXPECT_EQ(drafted[1], drafted[0]);
-    EXPECT_EQ(accepted[1], accepted[0]);
-    std::printf("%s: %llu fused steps, drafted %llu accepted %llu\n", model == &models().fixture ? "fixture" : "check",
-                (unsigned long long)fused[1], (unsigned long long)drafted[1], (unsigned long long)accepted[1]);
-    for (size_t i = 0; i < ps.size(); ++i) {
-      EXPECT_EQ(out[1][i].tokens, reference(*model, ps[i], max_tokens[i])) << "prompt " << i;
-      EXPECT_EQ(out[1][i].tokens, out[0][i].tokens) << "prompt " << i;
-      EXPECT_EQ(out[1][i].finish, FinishReason::length);
+      const char* name = model == &models().fixture ? "fixture" : "check";
+      EXPECT_EQ(fused[0], 0u);
+      EXPECT_GT(fused[1], 3u) << name << ", " << n << " drafts";  // every step once all four decode
+      EXPECT_EQ(drafted[1], drafted[0]) << name << ", " << n << " drafts";
+      EXPECT_EQ(accepted[1], accepted[0]) << name << ", " << n << " drafts";
+      std::printf("%s, %d drafts: %llu fused steps, drafted %llu accepted %llu\n", name, n,
+                  (unsigned long long)fused[1], (unsigned long long)drafted[1],
+                  (unsigned long long)accepted[1]);
+      for (size_t i = 0; i < ps.size(); ++i) {
+        EXPECT_EQ(out[1][i].tokens, reference(*model, ps[i], max_tokens[i])) << name << " prompt " << i;
+        EXPECT_EQ(out[1][i].tokens, out[0][i].tokens) << name << " prompt " << i;
+        EXPECT_EQ(out[1][i].finish, FinishReason::length);
+      }
     }
   }
 }

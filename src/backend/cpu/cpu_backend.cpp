@@ -63,6 +63,19 @@ class CpuBackend final : public Backend {
   void gather_rows(const TensorView& x, const std::vector<int32_t>& rows, const TensorView& out) override {
     cpu::gather_rows(x, rows, out);
   }
+  void index_rows(const TensorView& x, const TensorView& rows, const TensorView& out) override {
+    check_index_rows(x, rows, out);
+    cpu::index_rows(x, rows, out);
+  }
+  void kept_rows(const TensorView& tokens, const TensorView& verified, const TensorView& rows) override {
+    check_kept_rows(tokens, verified, rows);
+    cpu::kept_rows(tokens, verified, rows);
+  }
+  void chain_batch(const DeviceBatch& from, const TensorView& rows, int32_t advance,
+                   const DeviceBatch& to) override {
+    check_chain_batch(from, rows, advance, to);
+    cpu::chain_batch(from, rows, advance, to);
+  }
   void swiglu_mlp(const TensorView& x, const MlpWeights& mlp, const TensorView& out) override {
     cpu::swiglu_mlp(pool_, x, mlp, out);
   }

@@ -13,6 +13,10 @@ void embedding(const Weight& table, const TensorView& ids, const TensorView& out
 void add(const TensorView& a, const TensorView& b, const TensorView& out);                      // elementwise.cpp
 void concat_cols(const TensorView& a, const TensorView& b, const TensorView& out);              // elementwise.cpp
 void gather_rows(const TensorView& x, const std::vector<int32_t>& rows, const TensorView& out); // elementwise.cpp
+void index_rows(const TensorView& x, const TensorView& rows, const TensorView& out);  // elementwise.cpp
+void kept_rows(const TensorView& tokens, const TensorView& verified,
+               const TensorView& rows);  // speculative_chain.cpp
+void chain_batch(const DeviceBatch& from, const TensorView& rows, int32_t advance, const DeviceBatch& to);
 void swiglu_mlp(ThreadPool& pool, const TensorView& x, const MlpWeights& mlp, const TensorView& out);             // swiglu_mlp.cpp
 void mla_write_cache(const TensorView& kv_a, const Weight& kv_norm, float eps, const RopeParams& rope,
                      const BatchPlan& plan, const TensorView& cache);                           // mla_cache.cpp

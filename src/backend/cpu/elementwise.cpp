@@ -1,4 +1,5 @@
-// Small data-movement ops: embedding lookup, residual add, column concat, row gather.
+// Small data-movement ops: embedding lookup, residual add, column concat, row gathers (ids on the host or the
+// device).
 #include <cstring>
 
 #include "backend/cpu/cpu_ops.h"
@@ -36,6 +37,15 @@ void gather_rows(const TensorView& x, const std::vector<int32_t>& rows, const Te
   const int64_t D = x.row_size();
   for (size_t r = 0; r < rows.size(); ++r)
     std::memcpy(out.as<float>() + int64_t(r) * D, x.as<const float>() + int64_t(rows[r]) * D, size_t(D) * 4);
+}
+
+void index_rows(const TensorView& x, const TensorView& rows, const TensorView& out) {
+  const int64_t D = x.row_size(), T = x.rows();
+  const int32_t* id = rows.as<const int32_t>();
+  for (int64_t r = 0; r < rows.numel(); ++r) {
+    MOE_CHECK(id[r] >= 0 && id[r] < T, "index_rows: row {} of {}", id[r], T);
+    std::memcpy(out.as<float>() + r * D, x.as<const float>() + int64_t(id[r]) * D, size_t(D) * 4);
+  }
 }
 
 }  // namespace moe::cpu

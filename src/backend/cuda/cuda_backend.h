@@ -175,6 +175,10 @@ class CudaBackend final : public Backend {
   // edits and masks, one download of the ids and logprobs.
   void sample(const TensorView& logits, std::span<const SampleRow> rows, std::vector<SampleResult>& out) override;
   void argmax_rows(const TensorView& logits, int64_t limit, const TensorView& ids) override;
+  void kept_rows(const TensorView& tokens, const TensorView& verified, const TensorView& rows) override;
+  void chain_batch(const DeviceBatch& from, const TensorView& rows, int32_t advance,
+                   const DeviceBatch& to) override;
+  void index_rows(const TensorView& x, const TensorView& rows, const TensorView& out) override;
 
  private:
   // mla_latent_attention and mla_sparse_latent_attention (indices empty for the dense op).

@@ -139,4 +139,28 @@ void CudaBackend::argmax_rows(const TensorView& logits, int64_t limit, const Ten
   cuda::argmax_rows(logits.as<const float>(), V, R, n, ids.as<int32_t>(), stream_);
 }
 
+void CudaBackend::kept_rows(const TensorView& tokens, const TensorView& verified, const TensorView& rows) {
+  const cuda::DeviceGuard guard(ctx_.device());
+  const int64_t S = check_kept_rows(tokens, verified, rows);
+  cuda::kept_rows(tokens.as<const int32_t>(), verified.as<const int32_t>(), S, int32_t(tokens.numel() / S),
+                  rows.as<int32_t>(), stream_);
+}
+
+void CudaBackend::chain_batch(const DeviceBatch& from, const TensorView& rows, int32_t advance,
+                              const DeviceBatch& to) {
+  const cuda::DeviceGuard guard(ctx_.device());
+  const int64_t S = check_chain_batch(from, rows, advance, to);
+  cuda::chain_batch(from.positions.as<const int32_t>(), from.block_table.as<const int32_t>(),
+                    rows.as<const int32_t>(), S, from.plan->max_pages, from.plan->page_size, advance,
+                    to.positions.as<int32_t>(), to.slots.as<int32_t>(), to.seq_lens.as<int32_t>(), stream_);
+}
+
+// The row ids are on the device (the caller's: kept_rows), so they are not range-checked here.
+void CudaBackend::index_rows(const TensorView& x, const TensorView& rows, const TensorView& out) {
+  const cuda::DeviceGuard guard(ctx_.device());
+  check_index_rows(x, rows, out);
+  cuda::gather_rows(x.as<const float>(), rows.as<const int32_t>(), rows.numel(), x.row_size(),
+                    out.as<float>(), stream_);
+}
+
 }  // namespace moe

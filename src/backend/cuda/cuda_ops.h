@@ -255,6 +255,12 @@ void moe_combine(const float* y, const float* w, int64_t T, int32_t k, int64_t D
 // moe_local_choices.cu (Backend::moe_local_choices): n = T * k choices, slots [E, L].
 void moe_local_choices(const int32_t* ids, const float* w, const int32_t* slots, int64_t n, int32_t k, int32_t L,
                        int32_t E, int32_t* local_ids, float* local_w, cudaStream_t s);
+// speculative_chain.cu (Backend::kept_rows, Backend::chain_batch): S sequences of R rows; block_table [S, W].
+void kept_rows(const int32_t* tokens, const int32_t* verified, int64_t S, int32_t R, int32_t* rows,
+               cudaStream_t s);
+void chain_batch(const int32_t* positions, const int32_t* block_table, const int32_t* rows, int64_t S,
+                 int32_t W, int32_t page, int32_t advance, int32_t* out_positions, int32_t* out_slots,
+                 int32_t* out_lens, cudaStream_t s);
 // Grouped-GEMM helpers: xp[i] = bf16(x[perm[i] / k]); out rows scattered back.
 void moe_gather_bf16(const float* x, const int32_t* perm, int64_t TK, int32_t k, int64_t D, uint16_t* xp, cudaStream_t s,
                      uint16_t* xp_lo = nullptr);  // with xp_lo: bf16(x - xp) too
