@@ -36,10 +36,12 @@ void add_ep_options(CLI::App* cmd, EpArgs& args, bool serve) {
   cmd->add_flag("--ep-fp8-dispatch", args.fp8_dispatch,
                 "With --ep and FP8 experts: rows travel to their experts as E4M3 with 1x128 scales (about a quarter "
                 "of the F32 bytes; outputs within E4M3 rounding)");
-  cmd->add_flag("--ep-all-reduce", args.all_reduce,
-                "With --ep (replicated mode): each rank runs its experts' share of every token and one all-reduce "
-                "sums the ranks' outputs, nothing planned on the host, so GPU steps replay as CUDA graphs (sums in "
-                "another F32 order than one process)");
+  cmd->add_flag(
+      "--ep-all-reduce", args.all_reduce,
+      "With --ep: each rank runs its experts' share of every token and one all-reduce sums the ranks' "
+      "outputs (with --dp-attention: the ranks' rows all-gathered, the sums reduce-scattered back), "
+      "nothing planned on the host, so GPU steps replay as CUDA graphs (sums in another F32 order than "
+      "one process)");
   if (serve)
     cmd->add_option("--eplb-interval", args.eplb_interval,
                     "With --ep: recompute the expert placement from the observed load every N steps (0: never)")
@@ -104,9 +106,10 @@ EpRuntime open_ep(const EpArgs& args_in, const ModelConfig& config, const std::s
            "ranks (choose --redundant-experts so that the sum is a multiple of --ep)",
            config.n_routed_experts, args.redundant_experts, args.ep);
   }
-  if (args.all_reduce && (args.dp_attention || args.tbo || args.fp8_dispatch))
-    fail("--ep-all-reduce is the replicated mode's exchange: not with --dp-attention, --tbo on or --ep-fp8-dispatch "
-         "(they shape the all-to-all's rows, which it does not send)");
+  if (args.all_reduce && (args.tbo || args.fp8_dispatch))
+    fail(
+        "--ep-all-reduce sends no all-to-all rows: not with --tbo on or --ep-fp8-dispatch (they shape those "
+        "rows)");
   if (args.all_reduce && args.eplb_interval > 0)
     fail(
         "--ep-all-reduce does not work with --eplb-interval yet: a new placement reloads the experts, and "

@@ -49,6 +49,10 @@ ForwardOutput dp_forward(StepExecutor& executor, const DpLayout& layout, const s
     for (int32_t& p : c.pages) p -= int32_t(int64_t(me) * layout.pages_per_rank);
     mine.push_back(std::move(c));
   }
+  // The all-reduce exchange moves the most tokens any rank brings, a rank (ExpertParallel::set_step_rows).
+  std::vector<int64_t> tokens_of(size_t(R), 0);
+  for (size_t i = 0; i < chunks.size(); ++i) tokens_of[size_t(owner[i])] += int64_t(chunks[i].tokens.size());
+  ep->set_step_rows(*std::max_element(tokens_of.begin(), tokens_of.end()));
   std::vector<float> local;
   if (mine.empty()) {
     model.forward_idle();

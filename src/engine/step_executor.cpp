@@ -92,8 +92,16 @@ StepExecutor::Outputs StepExecutor::run_uniform(const std::vector<SequenceChunk>
   widen_pages(plan, pow2_at_least(std::max(plan.max_pages, 1)));
   const int64_t T = plan.num_tokens();
   const bool capturable = options_.graphs && backend.can_capture(T);
-  const Key key{plan.num_seqs(), int64_t(chunks[0].tokens.size()), chunks[0].all_logits, plan.max_pages,
-                static_cast<const void*>(cache.layer(0).data), kind};
+  // Data-parallel attention's all-reduce exchange sizes every MoE layer's buffers by the step's rows a rank.
+  const ExpertParallel* ep = model_.expert_parallel();
+  const int64_t ep_rows = ep && ep->all_reduce() && ep->data_parallel() ? ep->step_rows() : 0;
+  const Key key{plan.num_seqs(),
+                int64_t(chunks[0].tokens.size()),
+                chunks[0].all_logits,
+                plan.max_pages,
+                static_cast<const void*>(cache.layer(0).data),
+                kind,
+                ep_rows};
   std::shared_ptr<Graph> g;
   if (capturable) {
     std::shared_ptr<Graph>& slot = graphs_[key];

@@ -84,8 +84,9 @@ class StepExecutor {
   Outputs run_uniform(const std::vector<SequenceChunk>& chunks, LatentCache& cache, int64_t kind,
                       int64_t chains, const Body& body, bool& owned);
   void evict(const Graph* keep);  // down to max_graphs shapes, least recently used first, never `keep`
-  // seqs, tokens each, all logits, width, cache, kind (0: forward; else the fused speculative step's vocab limit + 1)
-  using Key = std::tuple<int64_t, int64_t, bool, int32_t, const void*, int64_t>;
+  // seqs, tokens each, all logits, width, cache, kind (0: forward; else the fused speculative step's vocab
+  // limit + 1), rows a rank of a data-parallel all-reduce exchange (ExpertParallel::step_rows; else 0)
+  using Key = std::tuple<int64_t, int64_t, bool, int32_t, const void*, int64_t, int64_t>;
 
   DeepseekV3& model_;
   StepExecutorOptions options_;

@@ -1,6 +1,7 @@
 // Expert-parallel MoE: dispatch, the local experts, combine, all-gather (shapes in expert_parallel.h).
 #include "model/expert_parallel.h"
 
+#include <algorithm>
 #include <chrono>
 #include <numeric>
 #include <span>
@@ -99,14 +100,13 @@ void ExpertParallel::set_placement(ExpertPlacement p) {
 }
 
 void ExpertParallel::set_all_reduce(bool on) {
-  MOE_CHECK(!on || (!data_parallel() && !two_micro_batch_ && !fp8_dispatch_),
-            "expert parallelism: the all-reduce mode needs the replicated mode (not --dp-attention), without "
-            "two-micro-batch overlap or FP8 dispatch");
+  MOE_CHECK(!on || (!two_micro_batch_ && !fp8_dispatch_),
+            "expert parallelism: the all-reduce mode works without two-micro-batch overlap or FP8 dispatch");
   all_reduce_ = on;
 }
 
 const Tensor& ExpertParallel::slot_table(Backend& backend, int64_t layer) {
-  if (tables_backend_ != &backend) slot_tables_.clear(), tables_backend_ = &backend;
+  if (tables_backend_ != &backend) slot_tables_.clear(), padding_.clear(), tables_backend_ = &backend;
   if (slot_tables_.size() < placement_.layers.size()) slot_tables_.resize(placement_.layers.size());
   Tensor& table = slot_tables_[size_t(layer)];
   if (!table.empty()) return table;
@@ -145,7 +145,9 @@ void ExpertParallel::moe(Backend& backend, int64_t layer, const ExpertWeights& l
   bind_stream(backend);
   const int64_t T = x.rows(), K = expert_ids.row_size();
   MOE_CHECK(T > 0, "expert parallelism: moe over no tokens (moe_idle is the data-parallel rank without tokens)");
-  if (all_reduce_) return run_all_reduce(backend, layer, local, x, expert_ids, expert_weights, plus, out);
+  if (all_reduce_)
+    return run_all_reduce(backend, layer, local, T, x.row_size(), K, x, expert_ids, expert_weights, plus,
+                          out);
   std::vector<int32_t> ids(size_t(T * K));
   backend.copy_to_host(expert_ids, ids.data());
   run(backend, layer, local, T, x.row_size(), K, ids, x, expert_ids, expert_weights, plus, out);
@@ -154,13 +156,89 @@ void ExpertParallel::moe(Backend& backend, int64_t layer, const ExpertWeights& l
 void ExpertParallel::moe_idle(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t D, int64_t K) {
   bind_stream(backend);
   MOE_CHECK(data_parallel(), "expert parallelism: only a data-parallel rank runs a layer without tokens");
+  if (all_reduce_) return run_all_reduce(backend, layer, local, 0, D, K, {}, {}, {}, {}, {});
   run(backend, layer, local, 0, D, K, {}, {}, {}, {}, {}, {});
 }
 
-// The all-reduce mode: my experts' share of every token's sum, with the shared experts' output on the rank that
-// computes them (computes_shared), then the sum over the ranks (no host round trip: capturable).
-void ExpertParallel::run_all_reduce(Backend& backend, int64_t layer, const ExpertWeights& local,
-                                    const TensorView& x, const TensorView& expert_ids,
+TensorView ExpertParallel::padding_ids(Backend& backend, int64_t rows, int64_t K) {
+  if (padding_.empty() || padding_.back().dim(0) < rows || padding_.back().dim(1) != K) {
+    const int64_t n = std::max<int64_t>({rows, padding_.empty() ? 0 : 2 * padding_.back().dim(0), 64});
+    const std::vector<int32_t> host(size_t(n * K), -1);
+    padding_.push_back(backend.alloc_uninitialized(DType::I32, {n, K}));
+    backend.copy_from_host(host.data(), padding_.back());
+  }
+  return padding_.back().view().slice_rows(0, rows);
+}
+
+// The data-parallel all-reduce exchange: my rows and choices padded to M = step_rows() (padding ids -1),
+// every rank's gathered [R * M], the local experts' share of each row's sum, and the reduce-scatter of those
+// shares: the sums of my M rows into `mine`.
+void ExpertParallel::all_reduce_data_parallel(Backend& backend, const ExpertWeights& local,
+                                              const Tensor& slots, int64_t T, int64_t D, int64_t K,
+                                              const TensorView& x, const TensorView& expert_ids,
+                                              const TensorView& expert_weights, const Tensor& mine) {
+  const int R = comm_.size();
+  const int64_t M = step_rows_;
+  MOE_CHECK(
+      M >= std::max<int64_t>(T, 1),
+      "expert parallelism: {} tokens on rank {} in a data-parallel step of at most {} a rank (set_step_rows)",
+      T, comm_.rank(), M);
+  Tensor xs = backend.alloc_uninitialized(DType::F32, {M, D}),
+         is = backend.alloc_uninitialized(DType::I32, {M, K});
+  Tensor ws = backend.alloc_uninitialized(DType::F32, {M, K});
+  if (T) {
+    backend.copy(x, xs.view().slice_rows(0, T));
+    backend.copy(expert_ids, is.view().slice_rows(0, T));
+    backend.copy(expert_weights, ws.view().slice_rows(0, T));
+  }
+  // Padding rows: ids -1 (no expert: weight 0 whatever ws holds there); their x rows are never read.
+  if (M > T) backend.copy(padding_ids(backend, M - T, K), is.view().slice_rows(T, M - T));
+  Tensor xg = backend.alloc_uninitialized(DType::F32, {R * M, D}),
+         ig = backend.alloc_uninitialized(DType::I32, {R * M, K});
+  Tensor wg = backend.alloc_uninitialized(DType::F32, {R * M, K});
+  const bool direct = in_place(comm_, backend);
+  auto gather = [&](const Tensor& send, const Tensor& recv) {  // rank r's rows at r * M
+    const size_t bytes = send.view().nbytes();
+    const std::vector<size_t> sc(size_t(R), bytes), sd(size_t(R), 0), rc(size_t(R), bytes);
+    std::vector<size_t> rd(static_cast<size_t>(R));
+    for (int p = 0; p < R; ++p) rd[size_t(p)] = size_t(p) * bytes;
+    if (direct) return comm_.all_to_all_v(send.data(), sc, sd, recv.data(), rc, rd);
+    std::vector<char> hs(bytes), hr(bytes * size_t(R));
+    backend.copy_to_host(send, hs.data());
+    comm_.all_to_all_v(hs.data(), sc, sd, hr.data(), rc, rd);
+    backend.copy_from_host(hr.data(), recv);
+  };
+  gather(xs, xg);
+  gather(is, ig);
+  gather(ws, wg);
+  Tensor lid = backend.alloc_uninitialized(DType::I32, {R * M, K}),
+         lw = backend.alloc_uninitialized(DType::F32, {R * M, K});
+  backend.moe_local_choices(ig, wg, slots, lid, lw);
+  Tensor yg = backend.alloc_uninitialized(DType::F32, {R * M, D});
+  {
+    const SyncedTimer experts_timer(backend, timing_on_ ? &timing_.experts_s : nullptr);
+    backend.moe_experts(xg, local, lid, lw, {}, yg);
+  }
+  const size_t n = size_t(M * D);
+  if (direct) {
+    comm_.reduce_scatter_sum(std::span<const float>(yg.as<const float>(), n * size_t(R)),
+                             std::span<float>(mine.as<float>(), n));
+  } else {
+    std::vector<float> hs(n * size_t(R)), hr(n);
+    backend.copy_to_host(yg, hs.data());
+    comm_.reduce_scatter_sum(std::span<const float>(hs), std::span<float>(hr));
+    backend.copy_from_host(hr.data(), mine);
+  }
+  // Each rank sends its padded rows and choices to R - 1 ranks, and R - 1 of its R blocks of sums.
+  bytes_sent_ += uint64_t(R - 1) * uint64_t(M) * uint64_t(2 * D * 4 + K * 8);
+}
+
+// The all-reduce mode: my experts' share of every token's sum, with the shared experts' output on the rank
+// that computes them (computes_shared), then the sum over the ranks (no host round trip: capturable).
+// Data-parallel: over every rank's rows (all_reduce_data_parallel), my rows' sums back, my shared output
+// added.
+void ExpertParallel::run_all_reduce(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t T,
+                                    int64_t D, int64_t K, const TensorView& x, const TensorView& expert_ids,
                                     const TensorView& expert_weights, const TensorView& plus,
                                     const TensorView& out) {
   MOE_CHECK(size_t(layer) < placement_.layers.size() && !placement_.layers[size_t(layer)].empty(),
@@ -168,17 +246,28 @@ void ExpertParallel::run_all_reduce(Backend& backend, int64_t layer, const Exper
   MOE_CHECK(int64_t(local.experts.size()) == placement_.slots_per_rank,
             "expert parallelism: layer {} holds {} experts for {} slots", layer, local.experts.size(),
             placement_.slots_per_rank);
-  MOE_CHECK(out.dtype == DType::F32, "expert parallelism: the all-reduce mode sums F32 outputs (not {})",
-            dtype_name(out.dtype));
+  MOE_CHECK(backend.activation_dtype() == DType::F32 && (T == 0 || out.dtype == DType::F32),
+            "expert parallelism: the all-reduce mode sums F32 outputs (not {})",
+            dtype_name(T ? out.dtype : backend.activation_dtype()));
   const SyncedTimer timer(backend, timing_on_ ? &timing_.moe_s : nullptr);
-  const int64_t T = x.rows(), K = expert_ids.row_size(), n = out.numel();
   const Tensor& slots = slot_table(backend, layer);
+  MOE_CHECK(!plus.data || computes_shared(layer),
+            "expert parallelism: rank {} was given layer {}'s shared output", comm_.rank(), layer);
+  if (data_parallel()) {
+    Tensor mine = backend.alloc_uninitialized(DType::F32, {std::max<int64_t>(step_rows_, 1), D});
+    all_reduce_data_parallel(backend, local, slots, T, D, K, x, expert_ids, expert_weights, mine);
+    if (T == 0) return;
+    if (plus.data)
+      backend.add(mine.view().slice_rows(0, T), plus, out);
+    else
+      backend.copy(mine.view().slice_rows(0, T), out);
+    return;
+  }
+  const int64_t n = out.numel();
   Tensor ids = backend.alloc_uninitialized(DType::I32, {T, K}), w = backend.alloc_uninitialized(DType::F32, {T, K});
   backend.moe_local_choices(expert_ids, expert_weights, slots, ids, w);
   {
     const SyncedTimer experts_timer(backend, timing_on_ ? &timing_.experts_s : nullptr);
-    MOE_CHECK(!plus.data || computes_shared(layer), "expert parallelism: rank {} was given layer {}'s shared output",
-              comm_.rank(), layer);
     backend.moe_experts(x, local, ids, w, plus, out);
   }
   if (in_place(comm_, backend)) {

@@ -1,31 +1,34 @@
 #pragma once
-// Expert-parallel MoE (issue 12): the routed experts of each layer are dealt over the ranks of a communicator by
-// an ExpertPlacement (rank r holds the experts of its slots, spare slots holding copies of hot experts), and a
-// layer's routed part runs as
-//   route (every rank) -> dispatch: each rank sends each of its tokens' hidden state once to every rank holding
-//   one of the token's experts (all_to_all_v of rows, plus the local slot of each of its experts) -> the grouped
-//   MLP of the received rows on the local experts -> combine: the unweighted expert outputs travel back, one row
-//   per (token, expert), and the token's owner runs the backend's moe_combine over them in the single-process
-//   order -> all-gather of the owners' outputs.
+// Expert-parallel MoE (issue 12): the routed experts of each layer are dealt over the ranks of a communicator
+// by an ExpertPlacement (rank r holds the experts of its slots, spare slots holding copies of hot experts),
+// and a layer's routed part runs as
+//   route (every rank) -> dispatch: each rank sends each of its tokens' hidden state once to every rank
+//   holding one of the token's experts (all_to_all_v of rows, plus the local slot of each of its experts) ->
+//   the grouped MLP of the received rows on the local experts -> combine: the unweighted expert outputs
+//   travel back, one row per (token, expert), and the token's owner runs the backend's moe_combine over them
+//   in the single-process order -> all-gather of the owners' outputs.
 // Two modes. Replicated (the first version): every rank runs the same batch (attention and the router
-// replicated; tokens dealt to owners in contiguous blocks, rank r owning T*r/R .. T*(r+1)/R - 1), with only the
-// MoE sharded, ending with the all-gather; the shared expert is computed on the whole batch by every rank.
-// Data-parallel attention (Mode::data_parallel, `--dp-attention`): each rank runs its own sequences, so x holds
-// only its own tokens (T differs per rank, 0 included: moe_idle), it owns all of them and keeps their outputs
-// (no all-gather). Each expert sees the same rows in the same
-// order as in one process, so without redundant copies the logits are bit-identical to one process; a copy takes
-// part of its expert's rows, which can change a matmul's code path for those rows (a rounding difference, far
-// inside the 1e-5 bound).
+// replicated; tokens dealt to owners in contiguous blocks, rank r owning T*r/R .. T*(r+1)/R - 1), with only
+// the MoE sharded, ending with the all-gather; the shared expert is computed on the whole batch by every
+// rank. Data-parallel attention (Mode::data_parallel, `--dp-attention`): each rank runs its own sequences, so
+// x holds only its own tokens (T differs per rank, 0 included: moe_idle), it owns all of them and keeps their
+// outputs (no all-gather). Each expert sees the same rows in the same order as in one process, so without
+// redundant copies the logits are bit-identical to one process; a copy takes part of its expert's rows, which
+// can change a matmul's code path for those rows (a rounding difference, far inside the 1e-5 bound).
 //
-// The plan (counts, slots) is built on the host, so this runs on host memory (CPU backend, MPI); a GPU version
-// keeps the rows on the device for NCCL and exchanges the plan through the host (docs/distributed.md, "Expert-parallel inference").
+// The plan (counts, slots) is built on the host, so this runs on host memory (CPU backend, MPI); a GPU
+// version keeps the rows on the device for NCCL and exchanges the plan through the host (docs/distributed.md,
+// "Expert-parallel inference").
 //
-// The all-reduce mode (set_all_reduce, `--ep-all-reduce`, replicated only) exchanges no plan: every rank already
+// The all-reduce mode (set_all_reduce, `--ep-all-reduce`) exchanges no plan. Replicated: every rank already
 // has every token and its choices, so each runs its local experts over the choices its copies take
 // (Backend::moe_local_choices: the others' become id -1, weight 0), one rank a layer adds the shared experts'
-// output (computes_shared), and an all-reduce sums the ranks' partial outputs. Nothing goes through the host, so
-// a step under it is captured and replayed as a CUDA graph (NCCL inside). Its sums differ from one process in F32
-// summation order only.
+// output (computes_shared), and an all-reduce sums the ranks' partial outputs. Data-parallel: each layer
+// all-gathers the ranks' rows and choices, each padded to the step's largest count (set_step_rows; padding
+// choices are id -1), runs the same local experts over all of them, and a reduce-scatter returns each rank
+// the sums of its own rows, to which it adds its own tokens' shared-expert output. Nothing goes through the
+// host, so a step under it is captured and replayed as a CUDA graph (NCCL inside). Its sums differ from one
+// process in F32 summation order only.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -69,14 +72,22 @@ class ExpertParallel {
   // the rows are quantised and dequantised on the host and travel in host memory (staged by NCCL): correct,
   // not fast; a device kernel would keep them on the GPU. Every rank must use the same setting.
   void set_fp8_dispatch(bool on) { fp8_dispatch_ = on; }
-  // The all-reduce mode (above): replicated mode only, without two-micro-batch overlap or FP8 dispatch (both are
+  // The all-reduce mode (above), in either mode, without two-micro-batch overlap or FP8 dispatch (both are
   // about the all-to-all's rows). Every rank must use the same setting.
   void set_all_reduce(bool on);
   bool all_reduce() const { return all_reduce_; }
+  // Data-parallel all-reduce mode: the most tokens any rank brings to the coming step (every rank sets the
+  // same value before it: engine/dp_attention.h's dp_forward does). Each layer's exchange moves that many
+  // rows a rank, so a step's shape (a captured graph's) depends on it.
+  void set_step_rows(int64_t rows) { step_rows_ = rows; }
+  int64_t step_rows() const { return step_rows_; }
   // Whether this rank computes layer `layer`'s shared experts for moe's `plus`: every rank, except in the
-  // all-reduce mode, where rank layer mod R does (the sum over the ranks adds it once) and the others pass none,
-  // so the shared experts' weights are read once a layer in all, on a rank that turns with the layer.
-  bool computes_shared(int64_t layer) const { return !all_reduce_ || layer % comm_.size() == comm_.rank(); }
+  // replicated all-reduce mode, where rank layer mod R does (the sum over the ranks adds it once) and the
+  // others pass none, so the shared experts' weights are read once a layer in all, on a rank that turns with
+  // the layer.
+  bool computes_shared(int64_t layer) const {
+    return !all_reduce_ || data_parallel() || layer % comm_.size() == comm_.rank();
+  }
   bool fp8_dispatch() const { return fp8_dispatch_; }
   bool shared_as_routed() const { return shared_as_routed_; }
 
@@ -127,10 +138,20 @@ class ExpertParallel {
   void run(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t T, int64_t D, int64_t K,
            const std::vector<int32_t>& ids, const TensorView& x, const TensorView& expert_ids,
            const TensorView& expert_weights, const TensorView& plus, const TensorView& out);
-  // The all-reduce mode's layer (set_all_reduce).
-  void run_all_reduce(Backend& backend, int64_t layer, const ExpertWeights& local, const TensorView& x,
-                      const TensorView& expert_ids, const TensorView& expert_weights, const TensorView& plus,
-                      const TensorView& out);
+  // The all-reduce mode's layer (set_all_reduce); T == 0 (a data-parallel rank without tokens) leaves the
+  // views unread.
+  void run_all_reduce(Backend& backend, int64_t layer, const ExpertWeights& local, int64_t T, int64_t D,
+                      int64_t K, const TensorView& x, const TensorView& expert_ids,
+                      const TensorView& expert_weights, const TensorView& plus, const TensorView& out);
+  // Its data-parallel part: the gathered rows through the local experts, the sums of my rows into `mine` [M,
+  // D].
+  void all_reduce_data_parallel(Backend& backend, const ExpertWeights& local, const Tensor& slots, int64_t T,
+                                int64_t D, int64_t K, const TensorView& x, const TensorView& expert_ids,
+                                const TensorView& expert_weights, const Tensor& mine);
+  // At least `rows` rows of K ids -1 in `backend`'s memory (the padding of a data-parallel exchange). Grown
+  // on a step that needs more (the first of its shape runs eagerly), older buffers kept for the graphs that
+  // read them.
+  TensorView padding_ids(Backend& backend, int64_t rows, int64_t K);
   // Layer `layer`'s slot table for Backend::moe_local_choices, I32 [E, L] in `backend`'s memory: entry (e, c)
   // is this rank's local slot of copy c mod copies(e) of expert e, or -1 (L: the copy counts' least common
   // multiple). Made on first use (an eager step) and kept until the placement changes.
@@ -145,6 +166,8 @@ class ExpertParallel {
   bool all_reduce_ = false;
   std::vector<Tensor> slot_tables_;  // by layer (slot_table), empty where not made yet
   const Backend* tables_backend_ = nullptr;
+  int64_t step_rows_ = 0;
+  std::vector<Tensor> padding_;          // padding_ids' buffers, the last the largest
   std::atomic<uint64_t> bytes_sent_{0};  // read by /metrics on another thread
   bool timing_on_ = false;
   Timing timing_;

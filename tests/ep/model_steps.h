@@ -27,7 +27,10 @@ inline Steps run_steps(DeepseekV3& model, const std::vector<int32_t>& tokens, in
   for (int64_t p = 0; p < cache.num_pages(); ++p) pages.push_back(int32_t(p));
   SequenceChunk chunk{tokens, 0, pages, true};
   StepExecutor executor(model);
+  ExpertParallel* ep = model.expert_parallel();
   for (int step = 0; step <= decode; ++step) {
+    // One sequence: with data-parallel attention (one rank) the step's rows a rank are its tokens.
+    if (ep && ep->data_parallel()) ep->set_step_rows(int64_t(chunk.tokens.size()));
     const ForwardOutput out =
         graphs && step > 0 ? executor.forward({chunk}, cache) : model.forward({chunk}, cache);
     std::vector<float> host(size_t(out.logits.numel()));
@@ -37,7 +40,7 @@ inline Steps run_steps(DeepseekV3& model, const std::vector<int32_t>& tokens, in
     r.greedy.push_back(int32_t(std::max_element(last, last + V) - last));
     chunk = SequenceChunk{{r.greedy.back()}, chunk.start_pos + int32_t(chunk.tokens.size()), pages, true};
   }
-  if (model.expert_parallel()) r.bytes = model.expert_parallel()->bytes_sent();
+  if (ep) r.bytes = ep->bytes_sent();
   r.replays = executor.stats().replays;
   return r;
 }

@@ -246,8 +246,9 @@ TEST(AllReduceMode, TwoRanksOnCudaMatchOneGpu) {
 }
 
 // One rank over NCCL on the CUDA backend: nothing in the all-reduce mode's step needs the host, so the decode
-// steps are captured (the NCCL all-reduce inside the graph) and replayed, with the logits of one GPU without EP
-// (one rank: every choice local, the all-reduce of one buffer leaves it as it is) within 1e-3.
+// steps are captured (the NCCL all-reduce inside the graph; with data-parallel attention the all-gathers and
+// the reduce-scatter) and replayed, with the logits of one GPU without EP (one rank: every choice local, the
+// collectives of one rank leave their buffers as they are) within 1e-3.
 TEST(AllReduceMode, OneNcclRankReplaysDecodeFromGraphs) {
   if (!cuda_backend_available()) GTEST_SKIP() << "no CUDA device (or a build without CUDA)";
   if (!dist::have_nccl()) GTEST_SKIP() << "a CUDA build without NCCL";
@@ -263,29 +264,55 @@ TEST(AllReduceMode, OneNcclRankReplaysDecodeFromGraphs) {
     }
     dist::SingleCommunicator boot;
     auto nccl = dist::make_nccl_communicator({.device = 0, .bootstrap = &boot});
-    ExpertParallel ep(*nccl, ExpertPlacement::initial(moe_layers(config), int32_t(config.n_routed_experts), 1, 0));
-    ep.set_all_reduce(true);
-    {
-      DeepseekV3 model(dir, *backend, {.ep = &ep});
-      ep_run = run_steps(model, prompt, kDecode, /*graphs=*/true);
+    for (const auto mode : {ExpertParallel::Mode::replicated, ExpertParallel::Mode::data_parallel}) {
+      const char* name = mode == ExpertParallel::Mode::replicated ? "replicated" : "data-parallel";
+      ExpertParallel ep(
+          *nccl, ExpertPlacement::initial(moe_layers(config), int32_t(config.n_routed_experts), 1, 0), mode);
+      ep.set_all_reduce(true);
+      {
+        DeepseekV3 model(dir, *backend, {.ep = &ep});
+        ep_run = run_steps(model, prompt, kDecode, /*graphs=*/true);
+      }
+      const double d = max_rel_diff(ep_run.logits, single.logits);
+      std::printf("%s: one NCCL rank, %s all-reduce mode vs one GPU %.3e, %lld of %d decode steps replayed\n",
+                  dir.c_str(), name, d, (long long)ep_run.replays, kDecode);
+      EXPECT_LE(d, 1e-3) << dir << " " << name;
+      EXPECT_EQ(ep_run.greedy, single.greedy) << dir << " " << name;
+      EXPECT_GE(ep_run.replays, kDecode - 2)
+          << dir << " " << name << ": decode steps under EP were not replayed";
     }
-    const double d = max_rel_diff(ep_run.logits, single.logits);
-    std::printf("%s: one NCCL rank, all-reduce mode vs one GPU %.3e, %lld of %d decode steps replayed\n", dir.c_str(), d,
-                (long long)ep_run.replays, kDecode);
-    EXPECT_LE(d, 1e-3) << dir;
-    EXPECT_EQ(ep_run.greedy, single.greedy) << dir;
-    EXPECT_GE(ep_run.replays, kDecode - 2) << dir << ": decode steps under EP were not replayed from graphs";
   }
 }
 
-TEST(AllReduceMode, RefusedOutsideTheReplicatedMode) {
+TEST(AllReduceMode, RefusedWithTheAllToAllsOptions) {
   const ModelConfig config = ModelConfig::load(test::kTinyModel);
   dist::SingleCommunicator comm;
-  ExpertParallel dp(comm, ExpertPlacement::initial(moe_layers(config), 16, 1, 0), ExpertParallel::Mode::data_parallel);
-  EXPECT_NE(error_of([&] { dp.set_all_reduce(true); }).find("needs the replicated mode"), std::string::npos);
   ExpertParallel tbo(comm, ExpertPlacement::initial(moe_layers(config), 16, 1, 0));
   tbo.set_two_micro_batch(true);
   EXPECT_NE(error_of([&] { tbo.set_all_reduce(true); }).find("without two-micro-batch overlap"), std::string::npos);
+  ExpertParallel fp8(comm, ExpertPlacement::initial(moe_layers(config), 16, 1, 0));
+  fp8.set_fp8_dispatch(true);
+  EXPECT_NE(error_of([&] { fp8.set_all_reduce(true); }).find("or FP8 dispatch"), std::string::npos);
+}
+
+// A data-parallel step's rows a rank must cover this rank's tokens: a step run without set_step_rows (or with
+// too few) is refused by name, not read out of bounds.
+TEST(AllReduceMode, DataParallelNeedsTheStepRows) {
+  const ModelConfig config = ModelConfig::load(test::kTinyModel);
+  dist::SingleCommunicator comm;
+  ExpertParallel dp(comm,
+                    ExpertPlacement::initial(moe_layers(config), int32_t(config.n_routed_experts), 1, 0),
+                    ExpertParallel::Mode::data_parallel);
+  dp.set_all_reduce(true);
+  auto backend = make_cpu_backend({1});
+  DeepseekV3 model(test::kTinyModel, *backend, {.ep = &dp});
+  LatentCache cache(config, *backend, 4, 16, model.cache_layers());
+  const std::vector<SequenceChunk> chunks{{{5, 6, 7}, 0, {0}, false}};
+  EXPECT_NE(error_of([&] { model.forward(chunks, cache); }).find("(set_step_rows)"), std::string::npos);
+  dp.set_step_rows(2);
+  EXPECT_NE(error_of([&] { model.forward(chunks, cache); }).find("3 tokens on rank 0"), std::string::npos);
+  dp.set_step_rows(3);
+  EXPECT_NO_THROW(model.forward(chunks, cache));
 }
 
 }  // namespace

@@ -61,6 +61,7 @@ struct Case {
   std::string model;
   int np, redundant;
   bool tbo = false;
+  bool all_reduce = false;  // --ep-all-reduce
 };
 class EpCli : public ::testing::TestWithParam<Case> {};
 
@@ -201,8 +202,9 @@ TEST_P(DpCli, BatchLogitsMatchOneProcess) {
   const std::string common = "--model " + c.model + " --tokens '" + tokens + "' --threads 1";
   auto r = test::run_moe("logits " + common + " --out " + one);
   ASSERT_EQ(r.code, 0) << r.out;
-  r = run_mpi(c.np, "logits " + common + " --out " + many + " --ep " + std::to_string(c.np) + " --dp-attention" +
-                        " --redundant-experts " + std::to_string(c.redundant) + (c.tbo ? " --tbo on" : ""));
+  r = run_mpi(c.np, "logits " + common + " --out " + many + " --ep " + std::to_string(c.np) +
+                        " --dp-attention" + " --redundant-experts " + std::to_string(c.redundant) +
+                        (c.tbo ? " --tbo on" : "") + (c.all_reduce ? " --ep-all-reduce" : ""));
   ASSERT_EQ(r.code, 0) << r.out;
   const std::vector<float> a = read_logits(many), b = read_logits(one);
   ASSERT_EQ(a.size(), b.size());
@@ -217,11 +219,15 @@ TEST_P(DpCli, BatchLogitsMatchOneProcess) {
 INSTANTIATE_TEST_SUITE_P(Mpi, DpCli,
                          ::testing::Values(Case{test::kTinyModel, 2, 0}, Case{test::kTinyModel, 4, 4},
                                            Case{test::kTinyModelFp8, 2, 2}, Case{test::kTinyModelFp8, 4, 0},
-                                           Case{test::kTinyModel, 2, 0, true}, Case{test::kTinyModelFp8, 4, 4, true}),
+                                           Case{test::kTinyModel, 2, 0, true},
+                                           Case{test::kTinyModelFp8, 4, 4, true},
+                                           Case{test::kTinyModel, 4, 4, false, true},
+                                           Case{test::kTinyModelFp8, 2, 2, false, true}),
                          [](const auto& info) {
                            return std::string(info.param.model == test::kTinyModel ? "bf16" : "fp8") + "_np" +
-                                  std::to_string(info.param.np) + "_redundant" + std::to_string(info.param.redundant) +
-                                  (info.param.tbo ? "_tbo" : "");
+                                  std::to_string(info.param.np) + "_redundant" +
+                                  std::to_string(info.param.redundant) + (info.param.tbo ? "_tbo" : "") +
+                                  (info.param.all_reduce ? "_allreduce" : "");
                          });
 
 // Two-micro-batch overlap on MPI ranks (MPI_Ialltoallv): the step time with it on and off (recorded, not asserted:
@@ -316,7 +322,7 @@ TEST(EpServe, AnswersLikeOneRank) {
   const std::vector<std::string> prompts = {"Hello, my name is", "The capital of France", "1, 2, 3,"};
   const std::string serve = std::string(MOE_BINARY) + " serve --model " + test::kTinyModel +
                             " --port 0 --threads 1 --no-access-log --ignore-eos";
-  std::vector<std::string> want, got, got_dp, got_ar;
+  std::vector<std::string> want, got, got_dp, got_ar, got_dp_ar;
   std::string metrics, metrics_dp;
   {
     BackgroundServer one(serve);
@@ -353,11 +359,19 @@ TEST(EpServe, AnswersLikeOneRank) {
     ASSERT_NE(port, 0) << many.log();
     got_ar = complete(port, prompts);
   }
+  {
+    // The all-reduce exchange with data-parallel attention: rows all-gathered, sums reduce-scattered.
+    BackgroundServer many(std::string(MOE_MPIRUN) + " 2 " + serve + " --ep 2 --dp-attention --ep-all-reduce");
+    const int port = many.wait_ready();
+    ASSERT_NE(port, 0) << many.log();
+    got_dp_ar = complete(port, prompts);
+  }
   EXPECT_EQ(metrics_dp.find("moe_eplb_rebalances_total 0"), std::string::npos) << "EPLB ran every 4 steps";
   for (size_t i = 0; i < prompts.size(); ++i) {
     EXPECT_EQ(got[i], want[i]) << prompts[i];
     EXPECT_EQ(got_dp[i], want[i]) << prompts[i] << " (--dp-attention)";
     EXPECT_EQ(got_ar[i], want[i]) << prompts[i] << " (--ep-all-reduce)";
+    EXPECT_EQ(got_dp_ar[i], want[i]) << prompts[i] << " (--dp-attention --ep-all-reduce)";
     EXPECT_EQ(want[i].find("<error"), std::string::npos) << want[i];
   }
   EXPECT_NE(metrics.find("moe_ep_ranks 2"), std::string::npos) << metrics;
@@ -398,10 +412,11 @@ TEST(EpCliErrors, WrongLaunch) {
   r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --ep-fp8-dispatch");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("--ep-fp8-dispatch is for FP8 experts"), std::string::npos) << r.out;
-  r = run_mpi(2, "logits --model " + test::kTinyModel + " --tokens 1,2 --out /dev/null --ep 2 --ep-all-reduce "
-                 "--dp-attention");
+  r = run_mpi(2, "logits --model " + test::kTinyModel +
+                     " --tokens 1,2 --out /dev/null --ep 2 --ep-all-reduce "
+                     "--tbo on");
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.out.find("--ep-all-reduce is the replicated mode's exchange"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--ep-all-reduce sends no all-to-all rows"), std::string::npos) << r.out;
 }
 
 // `serve --ep-all-reduce --eplb-interval N` would rebalance under captured steps: refused, naming why.
