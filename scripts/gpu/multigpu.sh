@@ -82,13 +82,15 @@ stage_moonlight() {
     local pre=(); [ "$dt" = fp8 ] && pre=(--cuda-prefill fp8)
     # MOONLIGHT_EP_MODES: replicated (every rank the whole batch), dpattn (--dp-attention: each rank its own
     # sequences), dpattn-tbo (and two-micro-batch overlap), allreduce (--ep-all-reduce: replicated, the experts'
-    # partial sums all-reduced, decode steps replayed from graphs); MOONLIGHT_1GPU=0 skips the one-GPU baseline.
-    for mode in ${MOONLIGHT_EP_MODES:-allreduce replicated dpattn dpattn-tbo}; do
+    # partial sums all-reduced, decode steps replayed from graphs), dpattn-allreduce (--dp-attention
+    # --ep-all-reduce: rows all-gathered, sums reduce-scattered, graphs); MOONLIGHT_1GPU=0 skips the one-GPU baseline.
+    for mode in ${MOONLIGHT_EP_MODES:-allreduce dpattn-allreduce replicated dpattn dpattn-tbo}; do
       local flags=()
       case $mode in
         dpattn) flags=(--dp-attention) ;;
         dpattn-tbo) flags=(--dp-attention --two-micro-batch) ;;
         allreduce) flags=(--ep-all-reduce) ;;
+        dpattn-allreduce) flags=(--dp-attention --ep-all-reduce) ;;
       esac
       run "$D" "$dt-ep2-$mode" 600 "$MOE" bench --device cuda --gpus 2 --model "$ck" --batch 1,64,256 --context 512 \
         --prompt-tokens 4096 "${pre[@]}" "${flags[@]}"

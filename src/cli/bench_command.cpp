@@ -20,8 +20,9 @@
 #include "cli/progress_bar.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "engine/step_executor.h"
+#include "engine/dp_attention.h"
 #include "engine/generator.h"
+#include "engine/step_executor.h"
 
 #ifdef MOE_HAVE_CUDA
 #include "backend/cuda/ceilings.h"
@@ -148,12 +149,15 @@ void fill_cache_random(Backend& backend, LatentCache& cache, std::mt19937& rng) 
 }
 
 // With --ep N every rank runs the same steps on the same batch (replicated mode: attention on every rank, the
-// routed experts spread), so a step's tokens/s is the job's and per GPU it is that over N; rank 0 prints. After
-// each sweep point's timed steps, as many more run with the MoE layers synchronised around their exchanges
-// (ExpertParallel::set_timing) for the exchange time per step.
+// routed experts spread), so a step's tokens/s is the job's and per GPU it is that over N; rank 0 prints.
+// With
+// --dp-attention the batch's sequences are dealt to the ranks in contiguous blocks (each rank its own
+// sequences' attention and cache, engine/dp_attention.h; the prefill's one sequence on rank 0), and each step
+// ends with the logits rows on rank 0, as served. After each sweep point's timed steps, as many more run with
+// the MoE layers synchronised around their exchanges (ExpertParallel::set_timing) for the exchange time per
+// step.
 void run_sweep(const BenchArgs& a) {
   apply_thread_count();
-  if (a.ep.dp_attention) fail("bench --ep runs the replicated mode (every rank the same batch); drop --dp-attention");
   const EpRuntime ep = open_ep(a.ep, model_config(a.model, a.random), a.backend.device);
   auto backend = open_backend(a.backend);
   const Ceilings ceil = measure_ceilings(backend->device());
@@ -167,6 +171,7 @@ void run_sweep(const BenchArgs& a) {
   const bool have_stats = model.has_checkpoint();
   const ModelStats stats = have_stats ? compute_stats(model.checkpoint(), c) : ModelStats{};
   const int ranks = ep.comm ? ep.comm->size() : 1;
+  const bool dp = ep.ep && ep.ep->data_parallel();
   backend->synchronize();
   const size_t weights_used = device_memory_used(backend->device());
   std::mt19937 rng(uint32_t(a.seed));
@@ -189,10 +194,12 @@ void run_sweep(const BenchArgs& a) {
                human_bytes(int64_t(weights_used)));
   if (ep.ep)
     fmt::print(
-        "expert parallelism: {} ranks over {} (replicated: every rank the same batch, {} expert slots a rank)"
+        "expert parallelism: {} ranks over {} ({}, {} expert slots a rank)"
         "{}{}{}\n",
-        ranks, ep.comm->name(), ep.ep->placement().slots_per_rank,
-        a.ep.tbo ? ", two-micro-batch overlap" : "", a.ep.all_reduce ? ", the all-reduce exchange" : "",
+        ranks, ep.comm->name(),
+        dp ? "data-parallel attention: each rank its own sequences" : "replicated: every rank the same batch",
+        ep.ep->placement().slots_per_rank, a.ep.tbo ? ", two-micro-batch overlap" : "",
+        a.ep.all_reduce ? ", the all-reduce exchange" : "",
         a.ep.redundant_experts ? fmt::format(", {} redundant slots", a.ep.redundant_experts) : "");
 
   // Prefill: one sequence of prompt_tokens random tokens.
@@ -203,12 +210,23 @@ void run_sweep(const BenchArgs& a) {
     for (int64_t p = 0; p < cache.num_pages(); ++p) pages.push_back(int32_t(p));
     std::vector<int32_t> prompt(static_cast<size_t>(T));
     for (auto& t : prompt) t = int32_t(rng() % uint32_t(c.vocab_size));
-    model.forward({SequenceChunk{prompt, 0, pages, false}}, cache);  // warm-up (cuBLAS heuristics, pool)
+    // --dp-attention: the sequence is rank 0's (its pages in rank 0's part), the other ranks idle in its MoE
+    // layers.
+    StepExecutor prefill_steps(model);
+    const DpLayout prefill_layout{ranks, cache.num_pages()};
+    auto prefill = [&] {
+      const std::vector<SequenceChunk> chunks{SequenceChunk{prompt, 0, pages, false}};
+      if (dp)
+        dp_forward(prefill_steps, prefill_layout, chunks, cache);
+      else
+        model.forward(chunks, cache);
+    };
+    prefill();  // warm-up (cuBLAS heuristics, pool)
     backend->synchronize();
     double best = 1e30;
     for (int rep = 0; rep < 2; ++rep) {
       const auto t0 = Clock::now();
-      model.forward({SequenceChunk{prompt, 0, pages, false}}, cache);
+      prefill();
       backend->synchronize();
       best = std::min(best, seconds_since(t0));
     }
@@ -219,7 +237,8 @@ void run_sweep(const BenchArgs& a) {
     const double attn = 2.0 * double(c.num_hidden_layers) * double(c.num_attention_heads) * double(T) * double(T + 1) / 2.0 *
                         double(c.qk_head_dim() + c.v_head_dim);
     fmt::print("prefill: {} tokens in {:.3f} s = {:.0f} tokens/s", T, best, double(T) / best);
-    if (ranks > 1) fmt::print(" ({:.0f} per rank)", double(T) / best / ranks);
+    if (ranks > 1 && !dp) fmt::print(" ({:.0f} per rank)", double(T) / best / ranks);
+    if (dp) fmt::print(" (one sequence: rank 0's attention, every rank's experts)");
     if (have_stats) {
       const double flops = 2.0 * (double(stats.active_params) - embed - head) * double(T) + 2.0 * head + attn;
       fmt::print(", {:.1f} TFLOP/s model FLOPs", flops / best / 1e12);
@@ -245,13 +264,26 @@ void run_sweep(const BenchArgs& a) {
         continue;
       }
 #endif
-      LatentCache cache(c, *backend, int64_t(B) * pps, page, layers);
+      // --dp-attention: sequence s on rank s * R / B (contiguous blocks), its pages in that rank's part; each
+      // rank's cache holds the largest block.
+      const int32_t R = dp ? ranks : 1;
+      auto first_of = [&](int32_t r) {
+        return int32_t((int64_t(B) * r + R - 1) / R);
+      };  // first s with s*R/B >= r
+      int64_t most = 0;
+      for (int32_t r = 0; r < R; ++r) most = std::max<int64_t>(most, first_of(r + 1) - first_of(r));
+      const DpLayout layout{R, most * pps};
+      LatentCache cache(c, *backend, dp ? layout.pages_per_rank : int64_t(B) * pps, page, layers);
       fill_cache_random(*backend, cache, rng);
       std::vector<SequenceChunk> chunks(static_cast<size_t>(B));
-      for (int32_t s = 0; s < B; ++s)
-        for (int64_t p = 0; p < pps; ++p) chunks[size_t(s)].pages.push_back(int32_t(int64_t(s) * pps + p));
+      for (int32_t s = 0; s < B; ++s) {
+        const int32_t r = int32_t(int64_t(s) * R / B);
+        const int64_t base = dp ? r * layout.pages_per_rank + (s - first_of(r)) * pps : int64_t(s) * pps;
+        for (int64_t p = 0; p < pps; ++p) chunks[size_t(s)].pages.push_back(int32_t(base + p));
+      }
       std::vector<float> logits(static_cast<size_t>(c.vocab_size));
       StepExecutor executor(model);  // as the scheduler runs decode steps: replayed from graphs
+      StepExecutor eager_steps(model, {.graphs = false});  // --dp-attention's synchronised pass
       // --sampler host / device: temperature 0.8, top-p 0.95 on every row.
       SamplingParams sp;
       sp.temperature = 0.8f;
@@ -269,9 +301,13 @@ void run_sweep(const BenchArgs& a) {
           ch.start_pos = ctx + i;
         }
         const auto th = Clock::now();
-        ForwardOutput out = eager ? model.forward(chunks, cache) : executor.forward(chunks, cache);
+        ForwardOutput out = dp      ? dp_forward(eager ? eager_steps : executor, layout, chunks, cache)
+                            : eager ? model.forward(chunks, cache)
+                                    : executor.forward(chunks, cache);
         host_s += seconds_since(th);
-        if (a.sampler == "device") {  // Backend::sample: only the ids come back
+        if (dp && ep.rank() != 0) {  // the logits rows are rank 0's
+          backend->synchronize();
+        } else if (a.sampler == "device") {  // Backend::sample: only the ids come back
           for (auto& r : sample_rows) r.u = unit(rng);
           backend->sample(out.logits, sample_rows, sampled);
         } else if (a.sampler == "host") {  // every row to the host, sampled there on the thread pool

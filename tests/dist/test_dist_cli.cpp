@@ -183,16 +183,23 @@ TEST(DistCli, CudaTrainOverTwoMpiRanksOnOneGpuMatchesOneProcess) {
 // `moe bench --ep 2` started by hand (the command launches its MPI ranks): rank 0 alone prints the sweep,
 // each decode point with the tokens/s per rank, the bytes rank 0 sent a step (rows leave it: not zero) and
 // the synchronised pass's split of the MoE layers' time; the same with the all-reduce exchange (its
-// synchronised pass runs the steps eagerly, since a graph replay would skip the timers).
+// synchronised pass runs the steps eagerly, since a graph replay would skip the timers), and with
+// data-parallel attention under either exchange (batch 1: rank 1 idle; batch 3: two sequences and one).
 TEST(DistCli, BenchOverTwoRanksReportsTheExchange) {
-  for (const std::string exchange : {"", " --ep-all-reduce"}) {
+  for (const std::string exchange :
+       {"", " --ep-all-reduce", " --dp-attention", " --dp-attention --ep-all-reduce"}) {
     const Result r = moe1("bench --model " + test::kTinyModel +
                           " --ep 2 --batch 1,3 --context 20 --prompt-tokens 8 "
                           "--steps 3 --threads 1" +
                           exchange);
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("expert parallelism: 2 ranks over mpi"), std::string::npos) << r.out;
-    EXPECT_EQ(r.out.find("the all-reduce exchange") != std::string::npos, !exchange.empty()) << r.out;
+    EXPECT_EQ(r.out.find("the all-reduce exchange") != std::string::npos,
+              exchange.find("--ep-all-reduce") != std::string::npos)
+        << r.out;
+    EXPECT_EQ(r.out.find("data-parallel attention: each rank its own sequences") != std::string::npos,
+              exchange.find("--dp-attention") != std::string::npos)
+        << r.out;
     for (const char* point : {"decode: batch 1 context 20", "decode: batch 3 context 20"}) {
       const size_t at = r.out.find(point);
       ASSERT_NE(at, std::string::npos) << point << "\n" << r.out;
