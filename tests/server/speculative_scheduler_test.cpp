@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <thread>
 
@@ -81,6 +82,24 @@ std::vector<int32_t> reference(DeepseekV3& model, const std::vector<int32_t>& pr
   return gen.generate(prompt, o);
 }
 
+// Submits one greedy request per prompt (ignore_eos; request i gets max_tokens[i], or every request
+// max_tokens[0] when it holds one value), `edit` adjusting each before it goes, and collects their results in
+// prompt order.
+std::vector<Result> run_requests(Scheduler& sched, const std::vector<std::vector<int32_t>>& ps,
+                                 const std::vector<int32_t>& max_tokens,
+                                 const std::function<void(GenerationRequest&)>& edit = {}) {
+  auto sink = std::make_shared<EventSink>();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    GenerationRequest r;
+    r.prompt = ps[i];
+    r.max_tokens = max_tokens[max_tokens.size() == 1 ? 0 : i];
+    r.ignore_eos = true;
+    if (edit) edit(r);
+    sched.submit(r, sink, int32_t(i));
+  }
+  return collect(*sink, ps.size());
+}
+
 SchedulerOptions options(int32_t speculative) {
   SchedulerOptions o;
   o.cache_tokens = 2048;
@@ -104,16 +123,7 @@ void check_greedy(DeepseekV3& model, int32_t speculative, double* acceptance = n
   std::vector<Result> base, spec;
   for (int32_t n : {0, speculative}) {
     Scheduler sched(model, nullptr, options(n));
-    auto sink = std::make_shared<EventSink>();
-    for (size_t i = 0; i < ps.size(); ++i) {
-      GenerationRequest r;
-      r.prompt = ps[i];
-      r.max_tokens = max_tokens[i];
-      r.ignore_eos = true;
-      r.top_logprobs = 3;
-      sched.submit(r, sink, int32_t(i));
-    }
-    (n ? spec : base) = collect(*sink, ps.size());
+    (n ? spec : base) = run_requests(sched, ps, max_tokens, [](GenerationRequest& r) { r.top_logprobs = 3; });
     wait_idle(sched);
     EXPECT_EQ(sched.stats().pages_used, 0);
     if (n && acceptance) {
@@ -185,15 +195,7 @@ TEST(SpeculativeScheduler, FusedGreedyStepAsHostDecided) {
         SchedulerOptions o = options(n);
         o.fused_speculation = fuse == 1;
         Scheduler sched(*model, nullptr, o);
-        auto sink = std::make_shared<EventSink>();
-        for (size_t i = 0; i < ps.size(); ++i) {
-          GenerationRequest r;
-          r.prompt = ps[i];
-          r.max_tokens = max_tokens[i];
-          r.ignore_eos = true;
-          sched.submit(r, sink, int32_t(i));
-        }
-        out[fuse] = collect(*sink, ps.size());
+        out[fuse] = run_requests(sched, ps, max_tokens);
         wait_idle(sched);
         EXPECT_EQ(sched.stats().pages_used, 0);
         accepted[fuse] = sched.metrics().spec_accepted;
@@ -280,17 +282,9 @@ TEST(SpeculativeScheduler, TokenConstraintsAsWithout) {
     std::vector<Result> out[2];
     for (int32_t n : {0, 2}) {
       Scheduler sched(*model, nullptr, options(n));
-      auto sink = std::make_shared<EventSink>();
-      const auto ps = prompts();
-      for (size_t i = 0; i < ps.size(); ++i) {
-        GenerationRequest r;
-        r.prompt = ps[i];
-        r.max_tokens = 20;
-        r.ignore_eos = true;
+      out[n ? 1 : 0] = run_requests(sched, prompts(), {20}, [](GenerationRequest& r) {
         r.constraint = std::make_shared<ModCounter>();
-        sched.submit(r, sink, int32_t(i));
-      }
-      out[n ? 1 : 0] = collect(*sink, ps.size());
+      });
     }
     for (size_t i = 0; i < out[0].size(); ++i) {
       EXPECT_EQ(out[1][i].tokens, out[0][i].tokens) << i;
@@ -308,17 +302,7 @@ TEST(SpeculativeScheduler, SharedPrefixPages) {
   o.max_step_tokens = 64;
   Scheduler sched(model, nullptr, o);
   std::vector<int32_t> prompt = prompts()[2];  // 45 tokens: two whole pages of 16 can be shared
-  auto run = [&](const std::vector<std::vector<int32_t>>& ps) {
-    auto sink = std::make_shared<EventSink>();
-    for (size_t i = 0; i < ps.size(); ++i) {
-      GenerationRequest r;
-      r.prompt = ps[i];
-      r.max_tokens = 20;
-      r.ignore_eos = true;
-      sched.submit(r, sink, int32_t(i));
-    }
-    return collect(*sink, ps.size());
-  };
+  auto run = [&](const std::vector<std::vector<int32_t>>& ps) { return run_requests(sched, ps, {20}); };
   const auto first = run({prompt});
   std::vector<int32_t> longer = prompt;
   longer.push_back(99);
