@@ -97,7 +97,9 @@ SpecRun run(DeepseekV3& model, int32_t speculative, bool fused) {
 void check_model(DeepseekV3& model, const char* name, double min_acceptance, bool exact, int32_t drafts = 1) {
   const SpecRun fused = run(model, drafts, true), host = run(model, drafts, false),
                 plain = run(model, 0, true);
-  EXPECT_GT(fused.fused, 10u);
+  // Each fused step yields up to drafts + 1 of the ~100 tokens the four requests generate (H200, 2026-12-05: 19
+  // steps with 1 draft, 10 with 3 on the check model, every draft kept).
+  EXPECT_GE(fused.fused * uint64_t(drafts + 1), 30u);
   EXPECT_EQ(host.fused, 0u);
   if (exact) {
     EXPECT_EQ(fused.drafted, host.drafted);
