@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "backend/speculative_rule.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -783,10 +784,8 @@ void Scheduler::speculative_step(const std::vector<SequenceChunk>& chunks, const
     if (s.done) continue;
     const size_t kept = size_t(decided[i].accepted);
     s.drafts.push_back(ids.drafts[i * n + kept]);
-    size_t device_kept = 0;
-    while (device_kept + 1 < n && chunks[i].tokens[device_kept + 1] == ids.verified[i * n + device_kept])
-      ++device_kept;
-    if (device_kept != kept) continue;
+    if (size_t(kept_drafts(chunks[i].tokens.data(), ids.verified.data() + i * n, int32_t(n))) != kept)
+      continue;
     for (const std::vector<int32_t>& next : ids.chained) s.drafts.push_back(next[i]);
   }
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/speculative_rule.h"
 #include "core/error.h"
 
 namespace moe::cpu {
@@ -11,11 +12,8 @@ void kept_rows(const TensorView& tokens, const TensorView& verified, const Tenso
   const int64_t S = rows.numel(), R = tokens.numel() / S;
   const int32_t* t = tokens.as<const int32_t>();
   const int32_t* v = verified.as<const int32_t>();
-  for (int64_t s = 0; s < S; ++s) {
-    int64_t k = 0;
-    while (k + 1 < R && t[s * R + k + 1] == v[s * R + k]) ++k;
-    rows.as<int32_t>()[s] = int32_t(s * R + k);
-  }
+  for (int64_t s = 0; s < S; ++s)
+    rows.as<int32_t>()[s] = int32_t(s * R + kept_drafts(t + s * R, v + s * R, int32_t(R)));
 }
 
 void chain_batch(const DeviceBatch& from, const TensorView& rows, int32_t advance, const DeviceBatch& to) {

@@ -3,6 +3,7 @@
 // that the fused speculative step chains the MTP module without the host. One thread per sequence (S is a
 // decode batch).
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/speculative_rule.h"
 
 namespace moe::cuda {
 
@@ -14,11 +15,7 @@ __global__ void kept_rows_kernel(const int32_t* tokens, const int32_t* verified,
   pdl_wait();  // verified comes from argmax_rows
   const int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s >= S) return;
-  const int32_t* t = tokens + s * R;
-  const int32_t* v = verified + s * R;
-  int32_t k = 0;
-  while (k + 1 < R && t[k + 1] == v[k]) ++k;
-  rows[s] = int32_t(s * R + k);
+  rows[s] = int32_t(s * R + kept_drafts(tokens + s * R, verified + s * R, R));
 }
 
 __global__ void chain_batch_kernel(const int32_t* positions, const int32_t* block_table, const int32_t* rows,
