@@ -183,34 +183,41 @@ void ExpertParallel::all_reduce_data_parallel(Backend& backend, const ExpertWeig
       M >= std::max<int64_t>(T, 1),
       "expert parallelism: {} tokens on rank {} in a data-parallel step of at most {} a rank (set_step_rows)",
       T, comm_.rank(), M);
-  Tensor xs = backend.alloc_uninitialized(DType::F32, {M, D}),
-         is = backend.alloc_uninitialized(DType::I32, {M, K});
-  Tensor ws = backend.alloc_uninitialized(DType::F32, {M, K});
-  if (T) {
-    backend.copy(x, xs.view().slice_rows(0, T));
-    backend.copy(expert_ids, is.view().slice_rows(0, T));
-    backend.copy(expert_weights, ws.view().slice_rows(0, T));
+  // This rank's rows padded to M: x, ids and weights as given when T == M (a full rank copies nothing), else
+  // copied into M-row buffers whose padding rows have ids -1 (no expert: weight 0 whatever ws holds there;
+  // their x rows are never read).
+  const bool padded = T < M;
+  Tensor xs, is, ws;
+  if (padded) {
+    xs = backend.alloc_uninitialized(DType::F32, {M, D});
+    is = backend.alloc_uninitialized(DType::I32, {M, K});
+    ws = backend.alloc_uninitialized(DType::F32, {M, K});
+    if (T) {
+      backend.copy(x, xs.view().slice_rows(0, T));
+      backend.copy(expert_ids, is.view().slice_rows(0, T));
+      backend.copy(expert_weights, ws.view().slice_rows(0, T));
+    }
+    backend.copy(padding_ids(backend, M - T, K), is.view().slice_rows(T, M - T));
   }
-  // Padding rows: ids -1 (no expert: weight 0 whatever ws holds there); their x rows are never read.
-  if (M > T) backend.copy(padding_ids(backend, M - T, K), is.view().slice_rows(T, M - T));
   Tensor xg = backend.alloc_uninitialized(DType::F32, {R * M, D}),
          ig = backend.alloc_uninitialized(DType::I32, {R * M, K});
   Tensor wg = backend.alloc_uninitialized(DType::F32, {R * M, K});
   const bool direct = in_place(comm_, backend);
-  auto gather = [&](const Tensor& send, const Tensor& recv) {  // rank r's rows at r * M
-    const size_t bytes = send.view().nbytes();
-    const std::vector<size_t> sc(size_t(R), bytes), sd(size_t(R), 0), rc(size_t(R), bytes);
-    std::vector<size_t> rd(static_cast<size_t>(R));
-    for (int p = 0; p < R; ++p) rd[size_t(p)] = size_t(p) * bytes;
-    if (direct) return comm_.all_to_all_v(send.data(), sc, sd, recv.data(), rc, rd);
-    std::vector<char> hs(bytes), hr(bytes * size_t(R));
+  // Rank r's rows at r * M: one all-gather collective each. The I32 ids travel as 4-byte words through the
+  // F32 all-gather, which copies bytes (NCCL, MPI and the thread ranks alike never compute on them).
+  auto gather = [&](const TensorView& send, const Tensor& recv) {
+    const size_t n = send.nbytes() / 4;
+    if (direct)
+      return comm_.all_gather(std::span<const float>(static_cast<const float*>(send.data), n),
+                              std::span<float>(static_cast<float*>(recv.data()), n * size_t(R)));
+    std::vector<float> hs(n), hr(n * size_t(R));
     backend.copy_to_host(send, hs.data());
-    comm_.all_to_all_v(hs.data(), sc, sd, hr.data(), rc, rd);
+    comm_.all_gather(std::span<const float>(hs), std::span<float>(hr));
     backend.copy_from_host(hr.data(), recv);
   };
-  gather(xs, xg);
-  gather(is, ig);
-  gather(ws, wg);
+  gather(padded ? xs.view() : x, xg);
+  gather(padded ? is.view() : expert_ids, ig);
+  gather(padded ? ws.view() : expert_weights, wg);
   Tensor lid = backend.alloc_uninitialized(DType::I32, {R * M, K}),
          lw = backend.alloc_uninitialized(DType::F32, {R * M, K});
   backend.moe_local_choices(ig, wg, slots, lid, lw);
