@@ -141,12 +141,12 @@ profile_random() {  # name dtype prefill-mode
 }
 # Kernel times and DRAM bytes read of one decode step (context 512) of the Moonlight shape on weights made in
 # memory, caches flushed before each kernel (weights come from HBM as in a real step): which kernels stream
-# their bytes at what rate. DECODE_BATCH (default 1).
+# their bytes at what rate. DECODE_BATCH (default 1); DECODE_CONFIG (default the Moonlight shape).
 profile_decode_random() {  # name dtype
   env_deps
   local b=${DECODE_BATCH:-1}
   ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum --clock-control none --cache-control all \
-    --log-file "$OUT/ncu-$1-b$b.csv" "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json \
+    --log-file "$OUT/ncu-$1-b$b.csv" "$BUILD/src/cli/moe" bench --device cuda --model "${DECODE_CONFIG:-bench/gpu/configs/moonlight-16b-a3b.json}" \
     --random-weights --random-dtype "$2" --prompt-tokens 16 --batch "$b" --context 512 --steps 1 >"$OUT/ncu-app-$1-b$b.log" 2>&1
   echo "ncu exit $?"; grep -E "^decode" "$OUT/ncu-app-$1-b$b.log"
   python3 bench/gpu/ncu_summary.py "$OUT/ncu-$1-b$b.csv" --forward -1 | tee "$OUT/ncu-summary-$1-b$b.txt"

@@ -36,12 +36,17 @@ struct CudaOptions {
   // (for A/B runs: bench_mla_attention). Auto since the wgmma kernel passed its tests on an H200 (2026-12-02:
   // 2.09x the mma.sync kernel at 128 heads, batch 64, context 4096; bench/RESULTS.md).
   MlaDecodeKernel mla_decode = MlaDecodeKernel::Auto;
-  // Routed experts on the grouped tensor-core kernels (moe_gemm.cu for BF16 experts, moe_gemm_fp8.cu for FP8
-  // experts under Prefill::Fp8) from this many tokens in a step, decode batches included; below it, the
-  // weight-streaming grouped GEMV. (Other experts, and Split / Gemv modes, take the kernels only for prefill-sized
-  // steps.) 8: at batch 8 over 64 experts the GEMV is compute-bound on its CUDA cores, while the 128-row
-  // tensor-core tiles, mostly padding there, still stream each weight once (bench/RESULTS.md).
+  // Routed FP8 experts on the grouped FP8 x FP8 kernel (moe_gemm_fp8.cu, under Prefill::Fp8) from this many
+  // tokens in a step, decode batches included; below it, the weight-streaming grouped GEMV. (Other experts,
+  // and Split / Gemv modes, take the kernels only for prefill-sized steps.) 8: at batch 8 on the
+  // llama.cpp-peer checkpoint, 5179 tok/s on the kernel against 4409 on the tensor-core GEMV (H200,
+  // 2026-12-05).
   int64_t grouped_experts_min_tokens = 8;
+  // The same for BF16 experts in Bf16 mode (moe_gemm.cu). Its tiles are 128 rows, mostly padding at decode
+  // batches (batch 8 over 64 experts: ~35 experts of ~1.4 rows), and the GEMV on the tensor cores streams the
+  // weights faster there: batch 8 on the llama.cpp-peer checkpoint 3954-3963 tok/s on the GEMV against
+  // 3779-3824 on the kernel (H200, 2026-12-05, bench/RESULTS.md).
+  int64_t bf16_grouped_experts_min_tokens = 9;
   // Fewer launches for the MoE half of decode steps, same sums. At one token: the shared experts as routed
   // ones of weight 1 (Backend::shared_expert_slots), their slices in the routed experts' two GEMV launches
   // instead of two launches of their own, and the router's GEMV with the routing in one launch

@@ -31,6 +31,9 @@ BackendOptions BackendArgs::options() const {
   if (cuda_grouped_experts_tokens < 1)
     fail("--cuda-grouped-experts-tokens must be >= 1, not {}", cuda_grouped_experts_tokens);
   o.cuda.grouped_experts_min_tokens = cuda_grouped_experts_tokens;
+  if (cuda_bf16_grouped_experts_tokens < 1)
+    fail("--cuda-bf16-grouped-experts-tokens must be >= 1, not {}", cuda_bf16_grouped_experts_tokens);
+  o.cuda.bf16_grouped_experts_min_tokens = cuda_bf16_grouped_experts_tokens;
   o.cuda.moe_decode_fusion = cuda_moe_decode_fusion;
   return o;
 }
@@ -54,9 +57,17 @@ void add_backend_options(CLI::App* cmd, BackendArgs& a) {
                   "Decode attention kernel: auto (wgmma where the head count is a multiple of 64), mma or wgmma")
       ->envname("MOE_CUDA_MLA_DECODE")
       ->capture_default_str();
-  cmd->add_option("--cuda-grouped-experts-tokens", a.cuda_grouped_experts_tokens,
-                  "Routed experts on the grouped tensor-core GEMM from this many tokens a step (below: the GEMV)")
+  cmd->add_option(
+         "--cuda-grouped-experts-tokens", a.cuda_grouped_experts_tokens,
+         "Routed FP8 experts (--cuda-prefill fp8) on the grouped FP8 GEMM from this many tokens a step "
+         "(below: the GEMV)")
       ->envname("MOE_CUDA_GROUPED_EXPERTS_TOKENS")
+      ->capture_default_str();
+  cmd->add_option(
+         "--cuda-bf16-grouped-experts-tokens", a.cuda_bf16_grouped_experts_tokens,
+         "Routed BF16 experts (--cuda-prefill bf16) on the grouped GEMM from this many tokens a step "
+         "(below: the GEMV)")
+      ->envname("MOE_CUDA_BF16_GROUPED_EXPERTS_TOKENS")
       ->capture_default_str();
   cmd->add_option("--cuda-moe-decode-fusion", a.cuda_moe_decode_fusion,
                   "Decode batches below --cuda-grouped-experts-tokens: shared experts in the routed "

@@ -35,7 +35,8 @@ struct BackendArgs {
   int64_t cuda_mla_prefill_tokens = 64;
   int32_t cuda_mla_splits = 0;
   std::string cuda_mla_decode = "auto";  // CudaOptions::mla_decode's default
-  int64_t cuda_grouped_experts_tokens = 8;  // CudaOptions::grouped_experts_min_tokens
+  int64_t cuda_grouped_experts_tokens = 8;       // CudaOptions::grouped_experts_min_tokens (FP8 experts)
+  int64_t cuda_bf16_grouped_experts_tokens = 9;  // CudaOptions::bf16_grouped_experts_min_tokens
   bool cuda_moe_decode_fusion = true;       // CudaOptions::moe_decode_fusion
   BackendOptions options() const;  // throws moe::Error naming a bad value
 };

@@ -297,12 +297,15 @@ TEST(Cli, BadInputEndsWithAClearErrorAndExitCode1) {
       {"generate --model " + test::kTinyModel + " --tokens 1,2048", "outside the vocabulary"},
       {"generate --model " + test::kTinyModel + " --tokens 1,x", "'x' is not a token id"},
       {"generate --model /nonexistent/dir --tokens 1", "/nonexistent/dir"},
-      {"logits --model " + test::kTinyModel + " --tokens 1 --out /nonexistent/dir/out.st", "/nonexistent/dir/out.st"},
+      {"logits --model " + test::kTinyModel + " --tokens 1 --out /nonexistent/dir/out.st",
+       "/nonexistent/dir/out.st"},
       {"info --model tests", "config.json"},
       {"create-random --config /nonexistent.json --out /tmp/x", "/nonexistent.json"},
       {"generate --model " + test::kTinyModel + " --tokens 1 --device tpu", "unknown device 'tpu'"},
       {"generate --model " + test::kTinyModel + " --tokens 1 --cuda-grouped-experts-tokens 0",
        "--cuda-grouped-experts-tokens must be >= 1, not 0"},
+      {"generate --model " + test::kTinyModel + " --tokens 1 --cuda-bf16-grouped-experts-tokens -3",
+       "--cuda-bf16-grouped-experts-tokens must be >= 1, not -3"},
   };
   for (const Case& c : cases) {
     const Result r = test::run_moe(c.args);

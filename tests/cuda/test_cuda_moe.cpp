@@ -3,11 +3,11 @@
 // Routing: same F32 formulas on both sides; the chosen experts must match exactly (random logits make ties
 // within F32 rounding improbable: the test prints any mismatch) and the weights within 1e-5 relative.
 // Experts: the grouped-GEMV path (< 32 rows per expert, and BF16 experts below
-// CudaOptions::grouped_experts_min_tokens tokens) as test::gemv_bound (1e-4 on the CUDA cores, 5e-3 where the
-// tensor-core GEMV rounds x to BF16); the
-// expert-GEMM path (prefill, and BF16 experts from that many tokens) rounds x, the SwiGLU hidden state and
-// dequantised FP8 weights to BF16 (the default MOE_CUDA_PREFILL=bf16): 2^-9 relative per input, ~2e-3 on a dot
-// product of independent roundings: bound 1e-2 (with MOE_CUDA_PREFILL=split, the hi + lo halves give ~1e-5).
+// CudaOptions::bf16_grouped_experts_min_tokens tokens) as test::gemv_bound (1e-4 on the CUDA cores, 5e-3
+// where the tensor-core GEMV rounds x to BF16); the expert-GEMM path (prefill, and BF16 experts from that
+// many tokens) rounds x, the SwiGLU hidden state and dequantised FP8 weights to BF16 (the default
+// MOE_CUDA_PREFILL=bf16): 2^-9 relative per input, ~2e-3 on a dot product of independent roundings: bound
+// 1e-2 (with MOE_CUDA_PREFILL=split, the hi + lo halves give ~1e-5).
 #include "cuda_test_util.h"
 
 namespace moe {
@@ -81,7 +81,7 @@ TEST_F(CudaMoe, RoutedExpertsGemvAndGroupedGemm) {
       gpu_->moe_experts(test::to_device(*gpu_, x), dev, test::to_device(*gpu_, ids),
                         test::to_device(*gpu_, w), {}, gout);
       const std::vector<float> got = test::to_host_f32(*gpu_, gout);
-      const bool gemm = T * K >= 32 * E || (!fp8 && T >= CudaOptions{}.grouped_experts_min_tokens);
+      const bool gemm = T * K >= 32 * E || (!fp8 && T >= CudaOptions{}.bf16_grouped_experts_min_tokens);
       // The grouped GEMV passes over an expert's weights with at most 8 of its rows (its tile), whatever T.
       const double bound = gemm ? 1e-2 : test::gemv_bound(fp8, std::min<int64_t>(T, 8));
       EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), bound) << "T=" << T << " fp8=" << fp8;
@@ -119,8 +119,10 @@ TEST_F(CudaMoe, RouteThenExpertsOnTheRoutedIds) {
       cpu_->moe_experts(x, host, ids, w, plus, ref);
       gpu_->moe_experts(test::to_device(*gpu_, x), dev, gids, gw, test::to_device(*gpu_, plus), gout);
       const std::vector<float> got = test::to_host_f32(*gpu_, gout);
-      // BF16 experts from grouped_experts_min_tokens tokens: the grouped GEMM's BF16 inputs (see the top).
-      const double bound = T >= CudaOptions{}.grouped_experts_min_tokens ? 1e-2 : test::gemv_bound(false, T);
+      // BF16 experts from bf16_grouped_experts_min_tokens tokens: the grouped GEMM's BF16 inputs (see the
+      // top).
+      const double bound =
+          T >= CudaOptions{}.bf16_grouped_experts_min_tokens ? 1e-2 : test::gemv_bound(false, T);
       EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), bound) << "T=" << T << " rewrite=" << rewrite;
     }
 }

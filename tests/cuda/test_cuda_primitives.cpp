@@ -1,14 +1,14 @@
 // The CUDA backend's MoE and MLA primitives against the CPU backend's, step by step on the same inputs, and
-// the GPU compositions (Backend::moe_experts / mla_attention called non-virtually) against the GPU's fused ops.
-// Every GPU output is poisoned (NaN) first, so an element left unwritten fails.
+// the GPU compositions (Backend::moe_experts / mla_attention called non-virtually) against the GPU's fused
+// ops. Every GPU output is poisoned (NaN) first, so an element left unwritten fails.
 //
 // Tolerances:
 //   moe_dispatch: exact (same offsets, the same assignments per expert; the GPU's order within an expert is
 //     its atomics', so rows are matched through perm), rows copied exactly.
 //   moe_grouped_mlp: as test_cuda_moe.cpp: the grouped GEMV as test::gemv_bound (1e-4 on the CUDA cores, 5e-3
 //     where the tensor-core GEMV rounds x to BF16); the expert-GEMM path
-//     (>= 32 rows per expert on average, and BF16 experts from CudaOptions::grouped_experts_min_tokens tokens)
-//     rounds x, h and dequantised FP8 weights to BF16 (1e-2).
+//     (>= 32 rows per expert on average, and BF16 experts from CudaOptions::bf16_grouped_experts_min_tokens
+//     tokens) rounds x, h and dequantised FP8 weights to BF16 (1e-2).
 //   moe_combine on the same y rows: F32 sums of k + 1 terms in another order: 1e-6.
 //   GPU composition vs fused moe_experts: the same kernels on the same rows: 1e-6 (bit-identical expected).
 //   mla_absorb: qf is BF16 on the GPU (2^-9 relative at most, ~1.1e-3 rms): 4e-3.
@@ -103,7 +103,8 @@ TEST_F(CudaPrimitives, MoeDispatchGroupedMlpCombine) {
       const std::vector<float> gy_host = test::to_host_f32(*gpu_, gy);
       const double err_y = rel_l2(gy_host.data(), cy_gpu_order.data(), M * D);
       std::printf("moe_grouped_mlp %s: rel L2 %.2e\n", what.c_str(), err_y);
-      const bool gemm = (M >= 32 * E && T > 8) || (!fp8 && T >= CudaOptions{}.grouped_experts_min_tokens);
+      const bool gemm =
+          (M >= 32 * E && T > 8) || (!fp8 && T >= CudaOptions{}.bf16_grouped_experts_min_tokens);
       // The grouped GEMV passes over an expert's weights with at most 8 of its rows (its tile), whatever T.
       EXPECT_LE(err_y, gemm ? 1e-2 : test::gemv_bound(fp8, std::min<int64_t>(T, 8))) << what;
 

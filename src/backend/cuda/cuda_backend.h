@@ -276,12 +276,12 @@ class CudaBackend final : public Backend {
   // moe_plan's work items (cuda::grouped_gemm_fp8, SwiGLU epilogue, F32 h), h quantised likewise, down as one
   // grouped launch scattering rows back to assignment order. No host read-back: capturable.
   bool fp8_experts_ok(const PreparedExperts& prep) const;
-  // BF16 experts on the grouped GEMM at decode batches (moe_experts, and moe_dispatch + moe_grouped_mlp, which
-  // must choose alike): a step of >= grouped_experts_min_tokens tokens of width D in Bf16 mode, and experts the
-  // kernel takes.
+  // BF16 experts on the grouped GEMM at decode batches (moe_experts, and moe_dispatch + moe_grouped_mlp,
+  // which must choose alike): a step of >= bf16_grouped_experts_min_tokens tokens of width D in Bf16 mode,
+  // and experts the kernel takes.
   bool bf16_grouped_step(int64_t T, int64_t D) const {
-    return T >= ctx_.options().grouped_experts_min_tokens && ctx_.options().prefill == CudaOptions::Prefill::Bf16 &&
-           D % 8 == 0;
+    return T >= ctx_.options().bf16_grouped_experts_min_tokens &&
+           ctx_.options().prefill == CudaOptions::Prefill::Bf16 && D % 8 == 0;
   }
   static bool bf16_grouped_experts(const PreparedExperts& prep) {
     return prep.dtype == DType::BF16 && prep.inner % 8 == 0;

@@ -132,7 +132,10 @@ int32_t CudaBackend::shared_expert_slots(const ExpertWeights& experts, int64_t T
   // One token only. The grouped GEMV passes over a slice once per `tile` of its rows, and a shared slice has
   // a row per token while the tile follows the routed experts' few rows (1 or 2 at Moonlight's batches 2-7):
   // at T tokens the slices would be read T / tile times where the shared MLP apart reads its weights once.
-  return T == 1 && ctx_.options().grouped_experts_min_tokens > 1 ? prep->shared_slots : 0;
+  const CudaOptions& o = ctx_.options();  // (and only where one token takes the GEMV)
+  const int64_t grouped_from =
+      prep->dtype == DType::BF16 ? o.bf16_grouped_experts_min_tokens : o.grouped_experts_min_tokens;
+  return T == 1 && grouped_from > 1 ? prep->shared_slots : 0;
 }
 
 // One token under moe_decode_fusion: the router's GEMV and the routing as one launch (cuda::router_route, the
@@ -203,11 +206,12 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // the GEMV, 670 tok/s with per-expert cuBLAS calls (host-bound at 6 rows per expert).
   // The GEMMs run on moe_plan's work items of kGroupedRows rows (cuda_backend_prefill.cpp); for widths the
   // grouped kernel does not take, one cuBLAS GEMM per active expert.
-  // From CudaOptions::grouped_experts_min_tokens tokens on, decode batches included, the grouped tensor-core
-  // kernels for BF16 experts (Bf16 mode) and for FP8 experts under Prefill::Fp8 (cuda_backend_moe_fp8.cpp; W8A8,
-  // as the mode's dense linears): neither reads anything back to the host, so both are captured. At decode
-  // batches their 128-row (FP8: 64-row) tiles are mostly padding, but the weights, which bound the step,
-  // are still streamed once, on the tensor cores instead of the GEMV's CUDA cores.
+  // From CudaOptions::bf16_grouped_experts_min_tokens (BF16 experts, Bf16 mode) and
+  // grouped_experts_min_tokens (FP8 experts under Prefill::Fp8) tokens on, decode batches included, the
+  // grouped tensor-core kernels (cuda_backend_moe_fp8.cpp; W8A8, as the mode's dense linears): neither reads
+  // anything back to the host, so both are captured. At decode batches their 128-row (FP8: 64-row) tiles are
+  // mostly padding, but the weights, which bound the step, are still streamed once, on the tensor cores
+  // instead of the GEMV's CUDA cores.
   const CudaOptions& o = ctx_.options();
   const bool fp8_experts = T >= o.grouped_experts_min_tokens && fp8_experts_ok(*prep);
   const bool bf16_experts = bf16_grouped_step(T, D) && bf16_grouped_experts(*prep);

@@ -23,9 +23,9 @@ struct CudaMoePlan {
   int gemv_tile = 1;
   bool grouped_gemm = false;  // the expert-GEMM path (prefill), else the grouped GEMV
   bool cublas = false;        // the GEMM path on per-expert cuBLAS calls
-  // Decode batches of >= CudaOptions::grouped_experts_min_tokens tokens in Bf16 mode: work items of kGroupedRows
-  // rows as well, for BF16 experts on the grouped GEMM (moe_experts' choice; the dispatch does not know the
-  // experts' dtype, moe_grouped_mlp does).
+  // Decode batches of >= CudaOptions::bf16_grouped_experts_min_tokens tokens in Bf16 mode: work items of
+  // kGroupedRows rows as well, for BF16 experts on the grouped GEMM (moe_experts' choice; the dispatch does
+  // not know the experts' dtype, moe_grouped_mlp does).
   Tensor items_gemm;
   int64_t n_items_gemm = 0;
 };
