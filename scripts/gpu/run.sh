@@ -218,6 +218,24 @@ stage_fusion-ab() {
       | grep -E "^(decode)" | sed "s/^/[8-layer ${v%%:*} fusion=$fused $rep] /" | tee -a "$OUT/moe-fusion.log"
   done; done; done
 }
+# Which kernel takes the routed experts at decode batches (--cuda-bf16-grouped-experts-tokens, default 9, and
+# --cuda-grouped-experts-tokens for FP8, default 8): the MoE tests, then BF16 decode of the llama.cpp-peer
+# checkpoint at batches 8-32 with the default (GEMV below 9, grouped GEMM from 9) against the GEMV up to 32
+# tokens, alternating twice, and FP8 at batches 1 and 8 with the defaults.
+stage_experts-threshold() {
+  env_deps
+  timeout 120 "$BUILD/tests/cuda/test_cuda" --gtest_filter='CudaMoe.*:CudaPrimitives.*' 2>&1 \
+    | tee "$OUT/test_cuda_experts.log" | grep -E "^\[ +(OK|FAILED|PASSED) |Failure" | tail -20
+  for g in 9 33 9 33; do
+    timeout 90 "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json \
+      --random-weights --random-dtype bf16 --cuda-prefill bf16 --cuda-bf16-grouped-experts-tokens $g \
+      --prompt-tokens 256 --batch 8,12,16,24,32 --context 512 --steps 48 2>&1 \
+      | grep -E "^(ceilings|decode)" | sed "s/^/[bf16 g$g] /" | tee -a "$OUT/experts-threshold.log"
+  done
+  timeout 90 "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json \
+    --random-weights --random-dtype fp8 --cuda-prefill fp8 --prompt-tokens 256 --batch 1,8 --context 512 --steps 48 \
+    2>&1 | grep -E "^(decode)" | sed "s/^/[fp8 default] /" | tee -a "$OUT/experts-threshold.log"
+}
 # Issue 14's prefill after a change to its kernels: the prefill and FP8 fixture tests, then one 4096-token prefill
 # and batch-1 decode of the Moonlight shape on weights made in memory, FP8 W8A8 and BF16, alternating twice.
 stage_prefill-check() {
