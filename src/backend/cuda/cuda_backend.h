@@ -276,6 +276,9 @@ class CudaBackend final : public Backend {
   // moe_plan's work items (cuda::grouped_gemm_fp8, SwiGLU epilogue, F32 h), h quantised likewise, down as one
   // grouped launch scattering rows back to assignment order. No host read-back: capturable.
   bool fp8_experts_ok(const PreparedExperts& prep) const;
+  // The step size from which prep's routed experts leave the GEMV for a grouped tensor-core GEMM, by their
+  // dtype: CudaOptions::bf16_grouped_experts_min_tokens for BF16, grouped_experts_min_tokens otherwise.
+  int64_t grouped_experts_from(const PreparedExperts& prep) const;
   // BF16 experts on the grouped GEMM at decode batches (moe_experts, and moe_dispatch + moe_grouped_mlp,
   // which must choose alike): a step of >= bf16_grouped_experts_min_tokens tokens of width D in Bf16 mode,
   // and experts the kernel takes.

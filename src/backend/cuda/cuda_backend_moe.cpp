@@ -132,10 +132,13 @@ int32_t CudaBackend::shared_expert_slots(const ExpertWeights& experts, int64_t T
   // One token only. The grouped GEMV passes over a slice once per `tile` of its rows, and a shared slice has
   // a row per token while the tile follows the routed experts' few rows (1 or 2 at Moonlight's batches 2-7):
   // at T tokens the slices would be read T / tile times where the shared MLP apart reads its weights once.
-  const CudaOptions& o = ctx_.options();  // (and only where one token takes the GEMV)
-  const int64_t grouped_from =
-      prep->dtype == DType::BF16 ? o.bf16_grouped_experts_min_tokens : o.grouped_experts_min_tokens;
-  return T == 1 && grouped_from > 1 ? prep->shared_slots : 0;
+  // And only where one token takes the GEMV (the grouped GEMM starts above one token).
+  return T == 1 && grouped_experts_from(*prep) > 1 ? prep->shared_slots : 0;
+}
+
+int64_t CudaBackend::grouped_experts_from(const PreparedExperts& prep) const {
+  const CudaOptions& o = ctx_.options();
+  return prep.dtype == DType::BF16 ? o.bf16_grouped_experts_min_tokens : o.grouped_experts_min_tokens;
 }
 
 // One token under moe_decode_fusion: the router's GEMV and the routing as one launch (cuda::router_route, the
@@ -213,7 +216,7 @@ void CudaBackend::moe_experts(const TensorView& x, const ExpertWeights& experts,
   // mostly padding, but the weights, which bound the step, are still streamed once, on the tensor cores
   // instead of the GEMV's CUDA cores.
   const CudaOptions& o = ctx_.options();
-  const bool fp8_experts = T >= o.grouped_experts_min_tokens && fp8_experts_ok(*prep);
+  const bool fp8_experts = T >= grouped_experts_from(*prep) && fp8_experts_ok(*prep);
   const bool bf16_experts = bf16_grouped_step(T, D) && bf16_grouped_experts(*prep);
   // INT4 experts' GEMMs read the counts on the host (per-expert dequantisation): while capturing, the W4A16 GEMV.
   const bool grouped_gemm =

@@ -8,12 +8,7 @@
 #include <cstdint>
 
 #include "core/dtype.h"
-
-#ifdef __CUDACC__
-#define MOE_HOST_DEVICE __host__ __device__
-#else
-#define MOE_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace moe::cuda {
 

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Where a replayed CUDA graph's time goes, from bench/gpu/kernel_timeline.cpp's CSV.
+
+Each graph's launches are cut into replays (every node once, in start order). Per replay, the kernels are taken in
+the order they finished, and kernel i is charged end_i - end_(i-1) (the first one end_1 - its start): the time the
+step's finish line moved while that kernel was the next to finish. Under programmatic dependent launch a kernel that
+overlapped its predecessor is charged only its exposed part, and the charges add up to the replay's span exactly.
+"idle" is the part of the span in which no kernel of the replay ran.
+
+Usage: timeline_summary.py timeline.csv [--min-replays 3] [--top 25] [--graphs N]
+Graphs are listed in the order they first ran (moe bench captures one per batch size and context, in that order).
+"""
+import argparse
+import csv
+import re
+import sys
+from collections import OrderedDict, defaultdict
+
+
+def short_name(name):
+    name = re.sub(r"^void ", "", name)
+    name = name.replace("(anonymous namespace)::", "").replace("moe::cuda::", "").replace("moe::", "")
+    # Keep the function name and its first template argument list, drop the parameter list.
+    depth, out = 0, []
+    for ch in name:
+        if ch == "(" and depth == 0:
+            break
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        out.append(ch)
+    s = "".join(out)
+    return s if len(s) <= 90 else s[:87] + "..."
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("csv")
+    ap.add_argument("--min-replays", type=int, default=3)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--graphs", type=int, default=0, help="only the first N graphs with enough replays")
+    a = ap.parse_args()
+
+    by_graph = OrderedDict()
+    eager = 0
+    with open(a.csv, newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: int(r["start_ns"]))
+    for r in rows:
+        g = int(r["graph"])
+        if g == 0:
+            eager += 1
+            continue
+        by_graph.setdefault(g, []).append((int(r["start_ns"]), int(r["end_ns"]), int(r["graph_node"]), r["name"]))
+    print(f"{len(rows)} kernels, {eager} outside graphs, {len(by_graph)} graphs")
+
+    shown = 0
+    for g, ks in by_graph.items():
+        nodes = len({k[2] for k in ks})
+        replays = [ks[i:i + nodes] for i in range(0, len(ks) - nodes + 1, nodes)]
+        replays = [r for r in replays if len({k[2] for k in r}) == nodes]
+        if len(replays) < a.min_replays:
+            continue
+        replays = replays[1:]  # the first replay after capture may still warm caches and clocks
+        shown += 1
+        if a.graphs and shown > a.graphs:
+            break
+        charge = defaultdict(float)
+        busy = defaultdict(float)
+        count = defaultdict(int)
+        spans, idles = [], []
+        for rep in replays:
+            t0 = min(k[0] for k in rep)
+            t1 = max(k[1] for k in rep)
+            spans.append(t1 - t0)
+            prev = None
+            for s, e, _, n in sorted(rep, key=lambda k: k[1]):
+                name = short_name(n)
+                charge[name] += e - (s if prev is None else prev)
+                busy[name] += e - s
+                count[name] += 1
+                prev = e
+            # idle: the span minus the union of the kernels' intervals
+            covered, cur_s, cur_e = 0, None, None
+            for s, e, _, _ in sorted(rep):
+                if cur_e is None or s > cur_e:
+                    if cur_e is not None:
+                        covered += cur_e - cur_s
+                    cur_s, cur_e = s, e
+                else:
+                    cur_e = max(cur_e, e)
+            covered += cur_e - cur_s
+            idles.append(t1 - t0 - covered)
+        n = len(replays)
+        span = sum(spans) / n
+        print(f"\ngraph {g}: {nodes} kernels a replay, {n} replays timed; span {span / 1e3:.1f} us "
+              f"(min {min(spans) / 1e3:.1f}, max {max(spans) / 1e3:.1f}), idle {sum(idles) / n / 1e3:.1f} us")
+        print(f"  {'kernel':<90} {'n':>4} {'busy us':>9} {'charged us':>10} {'share':>6}")
+        for name in sorted(charge, key=lambda k: -charge[k])[:a.top]:
+            print(f"  {name:<90} {count[name] / n:>4.0f} {busy[name] / n / 1e3:>9.1f} {charge[name] / n / 1e3:>10.1f} "
+                  f"{100 * charge[name] / n / span:>5.1f}%")
+    if shown == 0:
+        print("no graph with enough replays", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
