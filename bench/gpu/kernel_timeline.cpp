@@ -59,7 +59,7 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   CUpti_Activity* a = nullptr;
   std::vector<Record> got;
   while (cuptiActivityGetNextRecord(buffer, valid, &a) == CUPTI_SUCCESS) {
-    if (a->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && a->kind != CUPTI_ACTIVITY_KIND_KERNEL) continue;
+    if (a->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) continue;  // the only kind enabled
     const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(a);
     got.push_back({k->start, k->end, k->streamId, k->graphId, k->graphNodeId, demangle(k->name)});
   }

@@ -44,8 +44,20 @@ def main():
 
     by_graph = OrderedDict()
     eager = 0
+    need = ["start_ns", "end_ns", "graph", "graph_node", "name"]
     with open(a.csv, newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda r: int(r["start_ns"]))
+        reader = csv.DictReader(f)
+        missing = [c for c in need if c not in (reader.fieldnames or [])]
+        if missing:
+            print(f"{a.csv}: not a kernel_timeline CSV: no column {', '.join(missing)}", file=sys.stderr)
+            return 2
+        try:
+            rows = sorted(reader, key=lambda r: int(r["start_ns"]))
+            for r in rows:
+                int(r["end_ns"]), int(r["graph"]), int(r["graph_node"])
+        except (TypeError, ValueError) as e:
+            print(f"{a.csv}: line {reader.line_num}: a time, graph or node that is not an integer ({e})", file=sys.stderr)
+            return 2
     for r in rows:
         g = int(r["graph"])
         if g == 0:

@@ -94,11 +94,17 @@ __global__ void __launch_bounds__(256, 2) gemv_stream_kernel(moe::cuda::GemvPara
   }
 }
 
-// The stream variant's launch, or false where it does not apply (more than one token, K not 32 * CPL chunks).
-bool launch_stream(const moe::cuda::GemvParams& p, bool fp8, cudaStream_t st) {
+// The stream variant's chunks per lane for K at T tokens: 4 or 8 (its instances), else 0 (it does not apply).
+int stream_cpl(int64_t K, int64_t T, bool fp8) {
   const int64_t E = fp8 ? 16 : 8;
-  if (p.T != 1 || p.K % (32 * E) != 0) return false;
-  const int64_t cpl = p.K / (32 * E);
+  if (T != 1 || K % (32 * E) != 0) return 0;
+  const int64_t cpl = K / (32 * E);
+  return cpl == 4 || cpl == 8 ? int(cpl) : 0;
+}
+
+// The stream variant's launch, where stream_cpl applies.
+void launch_stream(const moe::cuda::GemvParams& p, bool fp8, cudaStream_t st) {
+  const int cpl = stream_cpl(p.K, p.T, fp8);
   int sms = 0;
   SBX_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   const size_t smem = size_t(p.K) * 4;
@@ -115,9 +121,6 @@ bool launch_stream(const moe::cuda::GemvParams& p, bool fp8, cudaStream_t st) {
     go(gemv_stream_kernel<moe::DType::BF16, 8>);
   else if (!fp8 && cpl == 4)
     go(gemv_stream_kernel<moe::DType::BF16, 4>);
-  else
-    return false;
-  return true;
 }
 
 struct Case {
@@ -211,7 +214,7 @@ int main(int argc, char** argv) {
           else
             moe::cuda::gemv_detail::launch_gemv_mma<moe::DType::BF16>(params(i), st);
         };
-        const bool has_stream = T == 1 && K % (32 * (fp8 ? 16 : 8)) == 0;
+        const bool has_stream = stream_cpl(K, T, fp8) != 0;  // (K 2816 and 11264 have no instance)
         const auto stream = [&](int i) { launch_stream(params(i), fp8, st); };
         const std::function<void(int)> fprod = prod, fmma = mma, fstream = stream;
         double err[3] = {0.0, 0.0, 0.0};
