@@ -78,6 +78,13 @@ TEST_F(CudaOps, MatmulGemvBf16AndFp8) {
     EXPECT_LE(matmul_error(1, 2048, 2048, fp8), test::gemv_bound(fp8, 1)) << "o_proj at batch 1, fp8=" << fp8;
   }
   EXPECT_LE(matmul_error(1, 65, 2048, false), 1e-4) << "N not a multiple of the 8 rows per block";
+  // Tall single-token BF16 GEMVs (>= 8192 rows) take the persistent stream kernel: the LM head at Moonlight's
+  // and DeepSeek-V3's widths (K 2048: one group of 8 chunks per lane; 7168: 3.5 groups), an odd row count
+  // (the last pair half past N), and K = 1000 (not a whole group: masked chunks). F32 x as the CUDA-core
+  // kernel: bound 1e-4.
+  EXPECT_LE(matmul_error(1, 129280, 2048, false), 1e-4) << "LM head, K 2048";
+  EXPECT_LE(matmul_error(1, 16385, 7168, false), 1e-4) << "tall, K 7168, odd N";
+  EXPECT_LE(matmul_error(1, 8193, 1000, false), 1e-4) << "tall, K 1000";
 }
 
 // The vectorised RMSNorm (row widths a multiple of 4, up to 8192) and its fallback, and the fused

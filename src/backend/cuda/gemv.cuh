@@ -12,7 +12,8 @@
 // item first (see cuda_ops.h), so all experts of a layer run in one launch.
 //
 // The launcher sends FP8 weights (1-8 tokens) and BF16 weights (2-8 tokens) to the tensor-core variant in
-// gemv_mma.cuh instead; this kernel keeps BF16 at one token, F16 / F32 weights and the shapes that one does not take.
+// gemv_mma.cuh instead; this kernel keeps BF16 at one token, F16 / F32 weights and the shapes that one does
+// not take, except tall single-token matrices (the LM head), which go to gemv_stream_kernel below.
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/gemv_mma.cuh"
 
@@ -309,9 +310,103 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
   }
 }
 
+// Tall single-token GEMVs (the LM head: DeepSeek-V3's vocabulary is 129,280 rows): a persistent grid of 2
+// blocks per SM instead of one block per 16 rows, whose short lives (one round of loads each, ~30 waves) left
+// the head at 3.35 TB/s. x is staged once per block in shared memory (F32); each warp walks the row pairs
+// warp, warp + all warps, ..., and per pair every 16-byte load of a group of kStreamGroup chunks per lane is
+// issued before its math. Same arithmetic and order as gemv_pass at R = 2 (per-chunk F32 dot products added
+// lane by lane, then the warp sum): bit-identical outputs. Measured in bench/gpu/sandbox/gemv_mma.cu (H200,
+// 2026-12-05): 129,280 x 2048 BF16 120.5 us (4.40 TB/s of reads) against 157.9 us; 11,264 x 2048 13.5 us
+// against 17.9 us. Batch-1 BF16 decode of the llama.cpp-peer checkpoint: +2.5 % (H100, bench/RESULTS.md).
+constexpr int kStreamGroup = 8;           // 16-byte chunks per lane and row in flight
+constexpr int64_t kStreamMinRows = 8192;  // from here on (the 11,264-row case above gained too)
+constexpr int64_t kStreamMaxK = 12288;    // x staged in <= 48 KB of shared memory
+
+template <DType WT>
+__global__ void __launch_bounds__(256, 2) gemv_stream_kernel(GemvParams p) {
+  using C = Chunk<WT>;
+  constexpr int E = C::kElems, R = 2;
+  extern __shared__ float4 xs4[];  // [K / 4]
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+  const int64_t N = p.N, K = p.K, nch = K / E, row_bytes = K * elem_bytes<WT>();
+  const int64_t first = (int64_t(blockIdx.x) * kWarps + warp) * R, stride = int64_t(gridDim.x) * kWarps * R;
+  const char* wbase[2] = {static_cast<const char*>(p.w[0]), nullptr};
+  pdl_trigger();
+  if (first < N) prefetch_rows<WT, false, R>(p, N, wbase, 0, first);  // weights: before the wait
+  pdl_wait();                                                         // x comes from the previous kernel
+  for (int64_t i = threadIdx.x; i < K / 4; i += blockDim.x) xs4[i] = reinterpret_cast<const float4*>(p.x)[i];
+  __syncthreads();
+  for (int64_t n0 = first; n0 < N; n0 += stride) {
+    const char* rows[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) rows[r] = wbase[0] + min(n0 + r, N - 1) * row_bytes;  // past N: not stored
+    float acc[R] = {};
+    for (int64_t g0 = lane; g0 < nch; g0 += 32 * kStreamGroup) {
+      uint4 raw[R][kStreamGroup];
+#pragma unroll
+      for (int j = 0; j < kStreamGroup; ++j)
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          raw[r][j] =
+              g0 + 32 * j < nch ? load_stream(rows[r] + (g0 + 32 * j) * 16) : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+      for (int j = 0; j < kStreamGroup; ++j) {
+        const int64_t c = g0 + 32 * j;
+        if (c >= nch) break;
+        float xv[E];
+#pragma unroll
+        for (int i = 0; i < E / 4; ++i) {
+          const float4 v = xs4[c * (E / 4) + i];
+          xv[4 * i] = v.x;
+          xv[4 * i + 1] = v.y;
+          xv[4 * i + 2] = v.z;
+          xv[4 * i + 3] = v.w;
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float wf[E];
+          C::unpack(raw[r][j], wf);
+          float d = 0.0f;
+#pragma unroll
+          for (int i = 0; i < E; ++i) d = fmaf(xv[i], wf[i], d);
+          acc[r] += d;
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float v = warp_sum(acc[r]);
+      if (lane == 0 && n0 + r < N) p.out[n0 + r] = v;
+    }
+  }
+}
+
+// Whether gemv_stream_kernel takes p: one token, one dense BF16 / F16 matrix of >= kStreamMinRows rows (no
+// second matrix, no batched rows), whole 16-byte chunks, x aligned and small enough to stage.
+template <DType WT>
+bool stream_gemv_ok(const GemvParams& p) {
+  return (WT == DType::BF16 || WT == DType::F16) && p.T == 1 && !grouped(p) && !p.swiglu && p.second.N == 0 &&
+         p.grid_y == 1 && p.w_row_base == 0 && p.N >= kStreamMinRows && p.K % Chunk<WT>::kElems == 0 &&
+         p.K <= kStreamMaxK && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+}
+
+template <DType WT>
+void launch_gemv_stream(const GemvParams& p, cudaStream_t s) {
+  int dev = 0, sms = 0;
+  check(cudaGetDevice(&dev), "gemv_stream: device");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "gemv_stream: SM count");
+  const int64_t rows_per_trip = 2 * kWarps;  // a block's rows per trip: a pair per warp
+  const unsigned blocks =
+      unsigned(std::min<int64_t>(2 * int64_t(sms), (p.N + rows_per_trip - 1) / rows_per_trip));
+  const size_t smem = size_t(p.K) * sizeof(float);
+  launch("gemv_stream", gemv_stream_kernel<WT>, dim3(blocks), 256, smem, s, p);
+}
+
 // The CUDA-core kernel (launch_gemv below picks between it and the tensor-core one).
 template <DType WT>
 void launch_gemv_cuda_cores(const GemvParams& p, int tile, cudaStream_t s) {
+  if constexpr (WT == DType::BF16 || WT == DType::F16)
+    if (tile == 1 && stream_gemv_ok<WT>(p)) return launch_gemv_stream<WT>(p, s);
   GemvParams q = p;
   q.prefetch = true;
   // Blocks along x at rows_per_block weight rows each; a second matrix (dense only) takes the blocks after
