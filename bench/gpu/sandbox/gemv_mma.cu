@@ -1,12 +1,17 @@
 // Decode GEMV (issue 14, decode at 1 and 8 tokens): production's two kernels, compiled here from
-// src/backend/cuda/gemv.cuh, on the dense projections of the Moonlight shape, BF16 and FP8 (E4M3, 128x128 block
-// scales) weights: the CUDA-core kernel (gemv_detail::launch_gemv_cuda_cores: F32 x, every weight widened and
-// multiplied on the CUDA cores) and the tensor-core one (launch_gemv_mma, gemv_mma.cuh: x in BF16, mma.sync
-// m16n8k16, the 8 mma columns as 8 tokens). Production's launch_gemv takes the tensor cores for FP8 at 1-8 tokens
-// and BF16 at 2-8 (BF16 at one token: the CUDA-core kernel, as fast or faster on the small projections here).
+// src/backend/cuda/gemv.cuh, on the dense projections of the Moonlight shape, BF16 and FP8 (E4M3, 128x128
+// block scales) weights: the CUDA-core kernel (gemv_detail::launch_gemv_cuda_cores: F32 x, every weight
+// widened and multiplied on the CUDA cores) and the tensor-core one (launch_gemv_mma, gemv_mma.cuh: x in
+// BF16, mma.sync m16n8k16, the 8 mma columns as 8 tokens). Production's launch_gemv takes the tensor cores
+// for FP8 at 1-8 tokens and BF16 at 2-8 (BF16 at one token: the CUDA-core kernel, as fast or faster on the
+// small projections here).
 //
-// Measured (H200, 2026-12-04, bench/RESULTS.md "decode round 1"): FP8 at 1 token 1.1-1.6x faster on the tensor
-// cores, FP8 and BF16 at 8 tokens 1.7-4.4x; BF16 at 1 token within +-12 % either way.
+// Measured (H200, 2026-12-04, bench/RESULTS.md "decode round 1"): FP8 at 1 token 1.1-1.6x faster on the
+// tensor cores, FP8 and BF16 at 8 tokens 1.7-4.4x; BF16 at 1 token within +-12 % either way. The CUDA-core
+// launcher sends single-token BF16 matrices of >= 8192 rows (dense gate, the LM head) to gemv.cuh's
+// persistent stream kernel, so its column is that kernel there. The sandbox's own copy of that kernel (a
+// "stream" column, 2026-12-05: 129,280 x 2048 in 120.5 us against the per-16-rows kernel's 157.9 on an H200)
+// went into production and was removed from here.
 //
 // Checks: float64 dot products of the F32 x and the (dequantised) weights. CUDA cores (F32 x): bound 1e-5;
 // tensor cores (x rounded to BF16: 2^-9 relative per value, independent roundings over K values): bound 1e-2.
@@ -35,94 +40,6 @@ uint8_t e4m3_of(float f) {  // nearest E4M3 (setup only; |f| <= 448)
   return uint8_t(best | (f < 0.0f ? 0x80u : 0u));
 }
 
-// Variant "stream" (one token, tall matrices such as the LM head): a persistent grid of 2 blocks per SM
-// instead of one block per 16 rows (8080 blocks for DeepSeek-V3's 129,280-row head). x is staged once per
-// block in shared memory (F32); each warp walks the rows warp, warp + all warps, ..., two rows a trip, every
-// 16-byte load of both rows issued before the math (CPL chunks per lane: K = 32 * CPL * chunk elements). The
-// same arithmetic as the CUDA-core kernel: F32 products per chunk, FP8 chunks times their block scale.
-template <moe::DType WT, int CPL>
-__global__ void __launch_bounds__(256, 2) gemv_stream_kernel(moe::cuda::GemvParams p) {
-  using C = moe::cuda::gemv_detail::Chunk<WT>;
-  constexpr int E = C::kElems, R = 2;
-  constexpr bool kFp8 = WT == moe::DType::F8_E4M3;
-  extern __shared__ float4 xs4[];  // [K / 4]
-  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
-  const int64_t N = p.N, K = p.K, kb = (K + 127) / 128, row_bytes = K * (kFp8 ? 1 : 2);
-  moe::cuda::pdl_trigger();
-  moe::cuda::pdl_wait();
-  for (int64_t i = threadIdx.x; i < K / 4; i += blockDim.x) xs4[i] = reinterpret_cast<const float4*>(p.x)[i];
-  __syncthreads();
-  const int64_t stride = int64_t(gridDim.x) * 8 * R;
-  for (int64_t n0 = (int64_t(blockIdx.x) * 8 + warp) * R; n0 < N; n0 += stride) {
-    uint4 raw[R][CPL];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const char* row = static_cast<const char*>(p.w[0]) + min(n0 + r, N - 1) * row_bytes;
-#pragma unroll
-      for (int c = 0; c < CPL; ++c) raw[r][c] = moe::cuda::load_stream(row + (lane + 32 * c) * 16);
-    }
-    float acc[R] = {};
-#pragma unroll
-    for (int c = 0; c < CPL; ++c) {
-      const int col = (lane + 32 * c) * E;
-      float xv[E];
-#pragma unroll
-      for (int i = 0; i < E / 4; ++i) {
-        const float4 v = xs4[col / 4 + i];
-        xv[4 * i] = v.x;
-        xv[4 * i + 1] = v.y;
-        xv[4 * i + 2] = v.z;
-        xv[4 * i + 3] = v.w;
-      }
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        float wf[E];
-        C::unpack(raw[r][c], wf);
-        float d = 0.0f;
-#pragma unroll
-        for (int i = 0; i < E; ++i) d = fmaf(xv[i], wf[i], d);
-        const float sc =
-            kFp8 ? p.s[0][(min(n0 + r, N - 1) / 128) * kb + col / 128] * moe::cuda::kE4m3Placed : 1.0f;
-        acc[r] = fmaf(d, sc, acc[r]);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = moe::cuda::warp_sum(acc[r]);
-      if (lane == 0 && n0 + r < N) p.out[n0 + r] = v;
-    }
-  }
-}
-
-// The stream variant's chunks per lane for K at T tokens: 4 or 8 (its instances), else 0 (it does not apply).
-int stream_cpl(int64_t K, int64_t T, bool fp8) {
-  const int64_t E = fp8 ? 16 : 8;
-  if (T != 1 || K % (32 * E) != 0) return 0;
-  const int64_t cpl = K / (32 * E);
-  return cpl == 4 || cpl == 8 ? int(cpl) : 0;
-}
-
-// The stream variant's launch, where stream_cpl applies.
-void launch_stream(const moe::cuda::GemvParams& p, bool fp8, cudaStream_t st) {
-  const int cpl = stream_cpl(p.K, p.T, fp8);
-  int sms = 0;
-  SBX_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  const size_t smem = size_t(p.K) * 4;
-  const dim3 grid(unsigned(std::min<int64_t>(2 * sms, (p.N + 15) / 16)));
-  auto go = [&](auto kernel) {
-    SBX_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    launch(true, kernel, grid, dim3(256), smem, st, p);
-  };
-  if (fp8 && cpl == 4)
-    go(gemv_stream_kernel<moe::DType::F8_E4M3, 4>);
-  else if (fp8 && cpl == 8)
-    go(gemv_stream_kernel<moe::DType::F8_E4M3, 8>);
-  else if (!fp8 && cpl == 8)
-    go(gemv_stream_kernel<moe::DType::BF16, 8>);
-  else if (!fp8 && cpl == 4)
-    go(gemv_stream_kernel<moe::DType::BF16, 4>);
-}
-
 struct Case {
   int64_t N, K;
   const char* what;
@@ -144,8 +61,8 @@ int main(int argc, char** argv) {
   cudaStream_t st;
   SBX_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   int fails = 0;
-  std::printf("%-20s %6s %6s %3s %5s | %9s %8s | %9s %8s | %9s %8s | %s\n", "matrix", "N", "K", "T", "dtype",
-              "cores us", "TB/s", "mma us", "TB/s", "stream us", "TB/s", "rel L2 cores / mma / stream");
+  std::printf("%-20s %6s %6s %3s %5s | %9s %8s | %9s %8s | %s\n", "matrix", "N", "K", "T", "dtype",
+              "cores us", "TB/s", "mma us", "TB/s", "rel L2 cores / mma");
   for (const Case& cs : cases)
     for (bool fp8 : {false, true})
       for (int64_t T : tokens) {
@@ -214,27 +131,22 @@ int main(int argc, char** argv) {
           else
             moe::cuda::gemv_detail::launch_gemv_mma<moe::DType::BF16>(params(i), st);
         };
-        const bool has_stream = stream_cpl(K, T, fp8) != 0;  // (K 2816 and 11264 have no instance)
-        const auto stream = [&](int i) { launch_stream(params(i), fp8, st); };
-        const std::function<void(int)> fprod = prod, fmma = mma, fstream = stream;
-        double err[3] = {0.0, 0.0, 0.0};
+        const std::function<void(int)> fprod = prod, fmma = mma;
+        double err[2] = {0.0, 0.0};
         int v = 0;
-        for (const std::function<void(int)>* f : {&fprod, &fmma, &fstream}) {
-          if (f == &fstream && !has_stream) break;
+        for (const std::function<void(int)>* f : {&fprod, &fmma}) {
           SBX_CHECK(cudaMemset(dout, 0xff, size_t(T * N) * 4));  // NaN: an unwritten output fails
           (*f)(0);
           const std::vector<float> got = ddownload(dout, size_t(T * N));
           err[v++] = rel_l2(got.data(), ref.data(), got.size());
         }
-        const bool ok = err[0] <= 1e-5 && err[1] <= 1e-2 && err[2] <= 1e-5;
+        const bool ok = err[0] <= 1e-5 && err[1] <= 1e-2;
         fails += !ok;
         const double tp = time_us(nbuf, prod, st, 20, 3, true), tm = time_us(nbuf, mma, st, 20, 3, true);
-        const double ts = has_stream ? time_us(nbuf, stream, st, 20, 3, true) : 0.0;
-        std::printf(
-            "%-20s %6lld %6lld %3lld %5s | %9.2f %8.2f | %9.2f %8.2f | %9.2f %8.2f | %.2e / %.2e / %.2e%s\n",
-            cs.what, (long long)N, (long long)K, (long long)T, fp8 ? "fp8" : "bf16", tp,
-            double(wbytes) / tp * 1e-6, tm, double(wbytes) / tm * 1e-6, ts,
-            has_stream ? double(wbytes) / ts * 1e-6 : 0.0, err[0], err[1], err[2], ok ? "" : "  FAIL");
+        std::printf("%-20s %6lld %6lld %3lld %5s | %9.2f %8.2f | %9.2f %8.2f | %.2e / %.2e%s\n", cs.what,
+                    (long long)N, (long long)K, (long long)T, fp8 ? "fp8" : "bf16", tp,
+                    double(wbytes) / tp * 1e-6, tm, double(wbytes) / tm * 1e-6, err[0], err[1],
+                    ok ? "" : "  FAIL");
         for (uint8_t* p : dw) SBX_CHECK(cudaFree(p));
         SBX_CHECK(cudaFree(ds));
         SBX_CHECK(cudaFree(dx));

@@ -315,9 +315,10 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvParams p) {
 // the head at 3.35 TB/s. x is staged once per block in shared memory (F32); each warp walks the row pairs
 // warp, warp + all warps, ..., and per pair every 16-byte load of a group of kStreamGroup chunks per lane is
 // issued before its math. Same arithmetic and order as gemv_pass at R = 2 (per-chunk F32 dot products added
-// lane by lane, then the warp sum): bit-identical outputs. Measured in bench/gpu/sandbox/gemv_mma.cu (H200,
-// 2026-12-05): 129,280 x 2048 BF16 120.5 us (4.40 TB/s of reads) against 157.9 us; 11,264 x 2048 13.5 us
-// against 17.9 us. Batch-1 BF16 decode of the llama.cpp-peer checkpoint: +2.5 % (H100, bench/RESULTS.md).
+// lane by lane, then the warp sum): bit-identical outputs. Measured as a copy in the GEMV sandbox (H200,
+// 2026-12-05, bench/RESULTS.md): 129,280 x 2048 BF16 120.5 us (4.40 TB/s of reads) against 157.9 us;
+// 11,264 x 2048 13.5 us against 17.9 us. Batch-1 BF16 decode of the llama.cpp-peer checkpoint: +2.5 % (H100,
+// bench/RESULTS.md).
 constexpr int kStreamGroup = 8;           // 16-byte chunks per lane and row in flight
 constexpr int64_t kStreamMinRows = 8192;  // from here on (the 11,264-row case above gained too)
 constexpr int64_t kStreamMaxK = 12288;    // x staged in <= 48 KB of shared memory
