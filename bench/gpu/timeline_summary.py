@@ -9,6 +9,8 @@ overlapped its predecessor is charged only its exposed part, and the charges add
 
 Usage: timeline_summary.py timeline.csv [--min-replays 3] [--top 25] [--graphs N]
 Graphs are listed in the order they first ran (moe bench captures one per batch size and context, in that order).
+--eager instead sums the launches outside graphs per kernel (a program that runs no graph, such as `moe
+train-bench`): launches, total and mean time, share of the summed time (busy time: overlapping kernels count twice).
 """
 import argparse
 import csv
@@ -40,6 +42,7 @@ def main():
     ap.add_argument("--min-replays", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--graphs", type=int, default=0, help="only the first N graphs with enough replays")
+    ap.add_argument("--eager", action="store_true", help="per-kernel totals of the launches outside graphs")
     a = ap.parse_args()
 
     by_graph = OrderedDict()
@@ -65,6 +68,8 @@ def main():
             continue
         by_graph.setdefault(g, []).append((int(r["start_ns"]), int(r["end_ns"]), int(r["graph_node"]), r["name"]))
     print(f"{len(rows)} kernels, {eager} outside graphs, {len(by_graph)} graphs")
+    if a.eager:
+        return eager_totals(rows, a.top)
 
     shown = 0
     for g, ks in by_graph.items():
@@ -114,6 +119,25 @@ def main():
     if shown == 0:
         print("no graph with enough replays", file=sys.stderr)
         return 1
+    return 0
+
+
+def eager_totals(rows, top):
+    busy, count = defaultdict(int), defaultdict(int)
+    for r in rows:
+        if int(r["graph"]) == 0:
+            name = short_name(r["name"])
+            busy[name] += int(r["end_ns"]) - int(r["start_ns"])
+            count[name] += 1
+    total = sum(busy.values())
+    if total == 0:
+        print("no launch outside graphs", file=sys.stderr)
+        return 1
+    print(f"summed kernel time outside graphs: {total / 1e6:.2f} ms")
+    print(f"  {'kernel':<90} {'n':>6} {'total ms':>9} {'mean us':>8} {'share':>6}")
+    for name in sorted(busy, key=lambda k: -busy[k])[:top]:
+        print(f"  {name:<90} {count[name]:>6} {busy[name] / 1e6:>9.2f} {busy[name] / count[name] / 1e3:>8.1f} "
+              f"{100 * busy[name] / total:>5.1f}%")
     return 0
 
 
