@@ -18,6 +18,8 @@
 //    output is that of one term, independent of K: <= sqrt(2) 2^-4 = 0.088 (E4M3's subnormals, below 2^-6 of the
 //    tile's scale, are rare enough in Gaussian tiles not to move it).
 //  - A whole step, FP8 vs BF16 (random model, real widths multiples of 128): see fp8_step below.
+#include <cuda_fp8.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -25,14 +27,13 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <thread>
 
-#include <cuda_fp8.h>
-
-#include <nlohmann/json.hpp>
-
+#include "core/dtype.h"
 #include "core/thread_pool.h"
 #include "train/cuda/device_trainer.h"
+#include "train/cuda/fp8_experts.h"
 #include "train/cuda/fp8_gemm.h"
 #include "train/cuda/kernels.h"
 #include "train/optimizer.h"
@@ -308,6 +309,149 @@ TEST(CudaTrainFp8, WgradScaleModeProbe) {
   Fp8Gemms f8(cc.stream(), Fp8Wgrad::Auto);
   std::printf("cuBLASLt VEC128_32F x VEC128_32F (Wgrad, T 256 N 384 K 512): %s\n",
               f8.wgrad_tile_tile(512, 384, 256) ? "offered" : "not offered (x^T per 128x128 block)");
+}
+
+// ---- the routed experts' grouped FP8 products (fp8_experts.h)
+//
+// Three experts of real widths' kind (D 256, F 384: two and three K blocks, three N tiles) with 150, 0 and 37
+// sorted rows (an expert of two work items, 128 + 22 rows; an empty one; a short one), BF16 activations as
+// the grouped path keeps them, FP32 weights. Each product against the float64 product of its host-quantised
+// operands (activations per 1x128 tile of the BF16 values, weights per 128x128 block; dxs's operand is dgate
+// and dup side by side, each tiled on its own) and against the unquantised product: the bounds of the header
+// above (the kernel promotes each 128-deep block into FP32 as cuBLASLt does; the device divides by a tile's
+// scale through its reciprocal, which moves a code by one step only for a value within an FP32 ulp of a
+// rounding midpoint).
+TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = clock_seed("fp8 grouped experts");
+  const int64_t D = 256, F = 384, E = 3;
+  if (!cuda::Fp8Experts::applies(D, F)) GTEST_SKIP() << "the grouped FP8 kernel needs an sm_90 device";
+  const std::vector<int64_t> offsets = {0, 150, 150, 187};
+  const int64_t nk = offsets.back();
+  auto bf16_rounded = [](std::vector<float> v) {
+    for (float& x : v) x = bf16_to_float(float_to_bf16(x));
+    return v;
+  };
+  auto bits = [](const std::vector<float>& v) {
+    std::vector<uint16_t> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = float_to_bf16(v[i]);
+    return b;
+  };
+  const std::vector<float> xs = bf16_rounded(spread(nk, D, seed)),
+                           act = bf16_rounded(spread(nk, F, seed + 1)),
+                           dys = bf16_rounded(spread(nk, D, seed + 2)),
+                           dg = bf16_rounded(spread(nk, F, seed + 3)),
+                           du = bf16_rounded(spread(nk, F, seed + 4));
+  std::vector<std::vector<float>> wg, wu, wd;  // per expert: gate, up [F, D], down [D, F]
+  for (int64_t e = 0; e < E; ++e) {
+    wg.push_back(randn(size_t(F * D), seed + 10 + 3 * e, 0.05));
+    wu.push_back(randn(size_t(F * D), seed + 11 + 3 * e, 0.05));
+    wd.push_back(randn(size_t(D * F), seed + 12 + 3 * e, 0.05));
+  }
+  cuda::CudaCompute cc;
+  cuda::Fp8Experts x8(cc.stream());
+  std::vector<std::unique_ptr<DeviceArray<float>>> dw;
+  cuda::Fp8Experts::Layer L;
+  L.key = &offsets, L.offsets = &offsets, L.D = D, L.F = F;
+  for (int64_t e = 0; e < E; ++e)
+    for (const auto* w : {&wg[size_t(e)], &wu[size_t(e)], &wd[size_t(e)]}) {
+      dw.push_back(std::make_unique<DeviceArray<float>>(*w));
+      L.w.push_back(dw.back()->get());
+    }
+  DeviceArray<uint16_t> d_xs(bits(xs)), d_act(bits(act)), d_dys(bits(dys)), d_dg(bits(dg)), d_du(bits(du));
+  DeviceArray<float> gate(zeros_of<float>(size_t(nk * F))), up(zeros_of<float>(size_t(nk * F))),
+      eout(zeros_of<float>(size_t(nk * D))), dact(zeros_of<float>(size_t(nk * F))),
+      dxs(zeros_of<float>(size_t(nk * D)));
+  x8.forward_gate_up(L, d_xs.get(), gate.get(), up.get());
+  x8.forward_down(L, d_act.get(), eout.get());
+  x8.backward_dact(L, d_dys.get(), dact.get());
+  x8.backward_dxs(L, d_dg.get(), d_du.get(), dxs.get());
+  cc.sync();
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(x8.weight_quantisations(), 3 * E) << "each expert's three weights quantised once for the version";
+
+  // Host operands: activations per 1x128 tile, weights per 128x128 block.
+  const HostQ xq = host_quantize(xs, nk, D, 1, 128), aq = host_quantize(act, nk, F, 1, 128),
+              yq = host_quantize(dys, nk, D, 1, 128), gq = host_quantize(dg, nk, F, 1, 128),
+              uq = host_quantize(du, nk, F, 1, 128);
+  std::vector<HostQ> wgq, wuq, wdq;
+  for (int64_t e = 0; e < E; ++e) {
+    wgq.push_back(host_quantize(wg[size_t(e)], F, D, 128, 128));
+    wuq.push_back(host_quantize(wu[size_t(e)], F, D, 128, 128));
+    wdq.push_back(host_quantize(wd[size_t(e)], D, F, 128, 128));
+  }
+  // out [nk, cols] row r (of expert e(r)) = sum_j a(r, j) b(e, c, j): float64, quantised or exact operands.
+  auto expert_of = [&](int64_t r) {
+    int64_t e = 0;
+    while (offsets[size_t(e + 1)] <= r) ++e;
+    return e;
+  };
+  auto grouped = [&](int64_t cols, int64_t inner, auto a, auto b) {
+    std::vector<double> out(size_t(nk * cols));
+    for (int64_t r = 0; r < nk; ++r) {
+      const int64_t e = expert_of(r);
+      for (int64_t c = 0; c < cols; ++c) {
+        double s = 0;
+        for (int64_t j = 0; j < inner; ++j) s += a(r, j) * b(e, c, j);
+        out[size_t(r * cols + c)] = s;
+      }
+    }
+    return out;
+  };
+  auto at = [](const std::vector<float>& v, int64_t ld) {
+    return [&v, ld](int64_t r, int64_t j) { return double(v[size_t(r * ld + j)]); };
+  };
+  auto dq = [](const HostQ& q, int64_t ld) {
+    return [&q, ld](int64_t r, int64_t j) { return q.deq(size_t(r * ld + j)); };
+  };
+  // Fprop: gate, up = xs W^T; eout = act W_down^T
+  check_gemm("fp8 experts gate", gate.host(),
+             grouped(F, D, dq(xq, D),
+                     [&](int64_t e, int64_t c, int64_t j) { return wgq[size_t(e)].deq(size_t(c * D + j)); }),
+             grouped(F, D, at(xs, D), [&](int64_t e, int64_t c, int64_t j) {
+               return double(wg[size_t(e)][size_t(c * D + j)]);
+             }));
+  check_gemm("fp8 experts up", up.host(),
+             grouped(F, D, dq(xq, D),
+                     [&](int64_t e, int64_t c, int64_t j) { return wuq[size_t(e)].deq(size_t(c * D + j)); }),
+             grouped(F, D, at(xs, D), [&](int64_t e, int64_t c, int64_t j) {
+               return double(wu[size_t(e)][size_t(c * D + j)]);
+             }));
+  check_gemm("fp8 experts down", eout.host(),
+             grouped(D, F, dq(aq, F),
+                     [&](int64_t e, int64_t c, int64_t j) { return wdq[size_t(e)].deq(size_t(c * F + j)); }),
+             grouped(D, F, at(act, F), [&](int64_t e, int64_t c, int64_t j) {
+               return double(wd[size_t(e)][size_t(c * F + j)]);
+             }));
+  // Dgrad: dact = dys W_down (W_down [D, F]: element (j, c)); dxs = dgate W_gate + dup W_up (element (j, c)
+  // of [F, D])
+  check_gemm("fp8 experts dact", dact.host(),
+             grouped(F, D, dq(yq, D),
+                     [&](int64_t e, int64_t c, int64_t j) { return wdq[size_t(e)].deq(size_t(j * F + c)); }),
+             grouped(F, D, at(dys, D), [&](int64_t e, int64_t c, int64_t j) {
+               return double(wd[size_t(e)][size_t(j * F + c)]);
+             }));
+  auto cat_q = [&](int64_t r, int64_t j) {
+    return j < F ? gq.deq(size_t(r * F + j)) : uq.deq(size_t(r * F + j - F));
+  };
+  auto cat_x = [&](int64_t r, int64_t j) {
+    return double(j < F ? dg[size_t(r * F + j)] : du[size_t(r * F + j - F)]);
+  };
+  check_gemm(
+      "fp8 experts dxs", dxs.host(),
+      grouped(D, 2 * F, cat_q,
+              [&](int64_t e, int64_t c, int64_t j) {
+                return j < F ? wgq[size_t(e)].deq(size_t(j * D + c))
+                             : wuq[size_t(e)].deq(size_t((j - F) * D + c));
+              }),
+      grouped(D, 2 * F, cat_x, [&](int64_t e, int64_t c, int64_t j) {
+        return double(j < F ? wg[size_t(e)][size_t(j * D + c)] : wu[size_t(e)][size_t((j - F) * D + c)]);
+      }));
+  // A new weight version quantises again, once.
+  x8.new_weights();
+  x8.forward_down(L, d_act.get(), eout.get());
+  cc.sync();
+  EXPECT_EQ(x8.weight_quantisations(), 6 * E);
 }
 
 // ---- a whole step, FP8 vs BF16

@@ -1,14 +1,18 @@
-// The routed experts' FFN on the device over the expert-sorted rows (device_layer.cpp's moe_forward gathers them:
-// expert e's rows are offsets[e] .. offsets[e+1] of xs [nK, D]). Two paths with the same maths (ffn.cpp's):
-//  - grouped (BF16, the default): xs, act and the gradients are rounded to BF16 once for all experts (xs and act
-//    kept to the backward only as BF16; SwiGLU writes act, dgate and dup as BF16 directly, xs is an FP32
-//    temporary converted once: what the GEMMs read), the layer's
-//    expert weights are read where they lie (the split masters' BF16 halves, device_impl.h), and each product is one grouped GEMM over the experts
-//    (grouped_gemm.h): gate and up together, down; in the backward dact, dW_down, dxs (gate then up: they share
-//    their output) and dW_gate with dW_up. SwiGLU and its backward run once over all rows.
-//  - per expert (any precision; FP8 composes here): one mm / mm_bwd per expert and product, the reference the
-//    grouped path is tested against (the operands are the same BF16 values; only the FP32 summation order of
-//    cuBLAS's kernels may differ).
+// The routed experts' FFN on the device over the expert-sorted rows (device_layer.cpp's moe_forward gathers
+// them: expert e's rows are offsets[e] .. offsets[e+1] of xs [nK, D]). Two paths with the same maths
+// (ffn.cpp's):
+//  - grouped (BF16 and FP8, the default): xs, act and the gradients are rounded to BF16 once for all experts
+//  (xs
+//    and act kept to the backward only as BF16; SwiGLU writes act, dgate and dup as BF16 directly, xs is
+//    gathered as BF16), and each product is one grouped GEMM over the experts (grouped_gemm.h): gate and up
+//    together, down; in the backward dact, dW_down, dxs (gate then up: they share their output) and dW_gate
+//    with dW_up. SwiGLU and its backward run once over all rows. BF16 reads the expert weights where they lie
+//    (the split masters' BF16 halves, device_impl.h); FP8 runs gate, up, down, dact and dxs on Fp8Experts
+//    (fp8_experts.h: E4M3 operands, weights quantised once per optimizer step) and the weight gradients on
+//    the BF16 grouped GEMM.
+//  - per expert (any precision): one mm / mm_bwd per expert and product, the reference the grouped path is
+//    tested against (the operands are the same BF16 values; only the FP32 summation order of cuBLAS's kernels
+//    may differ).
 #include <fmt/format.h>
 
 #include "core/error.h"
@@ -58,6 +62,16 @@ std::vector<const uint16_t*> DeviceTrainer::Impl::expert_weights_bf16(const Laye
   return out;
 }
 
+Fp8Experts::Layer DeviceTrainer::Impl::fp8_layer(const LayerParams& P, const DMoe& A, int64_t D, int64_t F) {
+  Fp8Experts::Layer L;
+  L.key = &P;
+  L.w.reserve(3 * P.experts.size());
+  for (const MlpParams& e : P.experts) L.w.insert(L.w.end(), {w(e.gate), w(e.up), w(e.down)});
+  L.offsets = &A.offsets;
+  L.D = D, L.F = F;
+  return L;
+}
+
 void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const std::string& key, int64_t D,
                                           int64_t F) {
   const cudaStream_t s = stream();
@@ -78,15 +92,22 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
     return;
   }
   const ProfScope scope(prof, OpClass::ExpertGemm);
-  const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
+  const bool f8 = fp8_grouped(D, F);
+  const Fp8Experts::Layer L8 = f8 ? fp8_layer(P, A, D, F) : Fp8Experts::Layer{};
+  const std::vector<const uint16_t*> wb = f8 ? std::vector<const uint16_t*>{} : expert_weights_bf16(P);
+  if (prec == GemmPrecision::Fp8 && !f8) bf16_flops += 4.0 * double(nk) * double(D) * double(F);
   const uint16_t* xb = A.xs_bf;  // gathered as BF16 (moe_forward), kept for dW_gate, dW_up
-  std::vector<GemmProblem> gu, down;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
-    gu.push_back({A.experts.gate + o * F, xb + o * D, wb[size_t(3 * e)], m});
-    gu.push_back({A.experts.up + o * F, xb + o * D, wb[size_t(3 * e + 1)], m});
+  if (f8) {
+    fp8_experts().forward_gate_up(L8, xb, A.experts.gate, A.experts.up);
+  } else {
+    std::vector<GemmProblem> gu;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
+      gu.push_back({A.experts.gate + o * F, xb + o * D, wb[size_t(3 * e)], m});
+      gu.push_back({A.experts.up + o * F, xb + o * D, wb[size_t(3 * e + 1)], m});
+    }
+    egemm.run(GemmKind::Nt, gu, D, F, 0.0f);
   }
-  egemm.run(GemmKind::Nt, gu, D, F, 0.0f);
   // act only as BF16 (the down product's operand, kept for dW_down): no FP32 act, no conversion pass
   auto* ab = static_cast<uint16_t*>(raw(key + "act_bf", size_t(std::max<int64_t>(nk * F, 1)) * sizeof(uint16_t)));
   {
@@ -95,6 +116,12 @@ void DeviceTrainer::Impl::experts_forward(DMoe& A, const LayerParams& P, const s
   }
   A.experts.act = nullptr;
   A.act_bf = ab;
+  if (f8) {
+    fp8_experts().forward_down(L8, ab, A.eout);
+    return;
+  }
+  if (prec == GemmPrecision::Fp8) bf16_flops += 2.0 * double(nk) * double(D) * double(F);
+  std::vector<GemmProblem> down;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
     down.push_back({A.eout + o * D, ab + o * F, wb[size_t(3 * e + 2)], m});
@@ -132,16 +159,24 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const u
       if (A.load[size_t(e)] == 0)
         for (const Param* p : {P.experts[size_t(e)].gate, P.experts[size_t(e)].up, P.experts[size_t(e)].down})
           check_cuda(cudaMemsetAsync(g(p), 0, p->w.size() * sizeof(float), s), "expert gradients");
-  const std::vector<const uint16_t*> wb = expert_weights_bf16(P);
+  // Under FP8 (Fp8Experts where the widths allow) the input gradients' products are FP8 and the weight
+  // gradients' BF16 (fp8_experts.h says why).
+  const bool f8 = fp8_grouped(D, F);
+  const Fp8Experts::Layer L8 = f8 ? fp8_layer(P, A, D, F) : Fp8Experts::Layer{};
+  const std::vector<const uint16_t*> wb = f8 ? std::vector<const uint16_t*>{} : expert_weights_bf16(P);
+  if (prec == GemmPrecision::Fp8) bf16_flops += 2.0 * double(nk) * double(D) * double(F) * (f8 ? 3 : 6);
   const uint16_t* dyb = dys_bf;
   const uint16_t* ab = A.act_bf;
   std::vector<GemmProblem> pa, pw;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
-    pa.push_back({dact + o * F, dyb + o * D, wb[size_t(3 * e + 2)], m});
+    if (!f8) pa.push_back({dact + o * F, dyb + o * D, wb[size_t(3 * e + 2)], m});
     pw.push_back({g(P.experts[size_t(e)].down), dyb + o * D, ab + o * F, m});
   }
-  egemm.run(GemmKind::Nn, pa, F, D, 0.0f);
+  if (f8)
+    fp8_experts().backward_dact(L8, dyb, dact);
+  else
+    egemm.run(GemmKind::Nn, pa, F, D, 0.0f);
   egemm.run(GemmKind::Tn, pw, F, D, beta_w);
   // dgate and dup only as BF16 (the operands of dxs and of dW_gate, dW_up), written by SwiGLU's backward itself
   const size_t half_bytes = size_t(std::max<int64_t>(nk * F, 1)) * sizeof(uint16_t);
@@ -156,13 +191,19 @@ void DeviceTrainer::Impl::experts_backward(float* dxs, const float* dys, const u
   for (int64_t e = 0; e < E; ++e) {
     const int64_t o = A.offsets[size_t(e)], m = A.load[size_t(e)];
     const MlpParams& ep = P.experts[size_t(e)];
-    dg.push_back({dxs + o * D, gb + o * F, wb[size_t(3 * e)], m});
-    du.push_back({dxs + o * D, ub + o * F, wb[size_t(3 * e + 1)], m});
+    if (!f8) {
+      dg.push_back({dxs + o * D, gb + o * F, wb[size_t(3 * e)], m});
+      du.push_back({dxs + o * D, ub + o * F, wb[size_t(3 * e + 1)], m});
+    }
     dw.push_back({g(ep.gate), gb + o * F, xb + o * D, m});
     dw.push_back({g(ep.up), ub + o * F, xb + o * D, m});
   }
-  egemm.run(GemmKind::Nn, dg, D, F, 0.0f);  // dxs = dgate W_gate, then += dup W_up
-  egemm.run(GemmKind::Nn, du, D, F, 1.0f);
+  if (f8) {
+    fp8_experts().backward_dxs(L8, gb, ub, dxs);  // dxs = [dgate | dup] [W_gate ; W_up], one product
+  } else {
+    egemm.run(GemmKind::Nn, dg, D, F, 0.0f);  // dxs = dgate W_gate, then += dup W_up
+    egemm.run(GemmKind::Nn, du, D, F, 1.0f);
+  }
   egemm.run(GemmKind::Tn, dw, D, F, beta_w);
 }
 

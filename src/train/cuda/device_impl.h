@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "dist/communicator.h"
 #include "train/cuda/device_trainer.h"
+#include "train/cuda/fp8_experts.h"
 #include "train/cuda/fp8_gemm.h"
 #include "train/cuda/grouped_gemm.h"
 #include "train/cuda/kernels.h"
@@ -89,13 +90,25 @@ struct DeviceTrainer::Impl {
     if (!f8) f8 = std::make_unique<Fp8Gemms>(cc.stream());
     return *f8;
   }
-  double bf16_flops = 0;         // prec == Fp8: the products left in BF16 (widths cuBLASLt's FP8 GEMM refuses)
+  std::unique_ptr<Fp8Experts>
+      f8x;  // prec == Fp8 under grouped experts: the routed experts' grouped FP8 products
+  Fp8Experts& fp8_experts() {
+    if (!f8x) f8x = std::make_unique<Fp8Experts>(cc.stream());
+    return *f8x;
+  }
+  // The routed experts of widths D, F take Fp8Experts (else, under Fp8, BF16 grouped GEMMs).
+  bool fp8_grouped(int64_t D, int64_t F) const {
+    return use_grouped() && prec == GemmPrecision::Fp8 && Fp8Experts::applies(D, F);
+  }
+  double bf16_flops = 0;  // prec == Fp8: the products left in BF16 (widths the FP8 GEMMs refuse, weight
+                          // gradients of the grouped experts)
   cudaStream_t stream() const { return cc.stream(); }
   StepProfile prof;     // per-op-class device time (off unless set_profile)
   GroupedGemm egemm;    // the routed experts' grouped GEMMs (BF16)
-  bool grouped_experts = true;  // BF16: the experts' GEMMs grouped (egemm: one launch of our wgmma kernel per
-                                // product, grouped_gemm_wgmma.cu);
-                                // false, or another precision: one mm/mm_bwd per expert (the reference)
+  bool grouped_experts =
+      true;  // BF16 and FP8: the experts' GEMMs grouped (egemm: one launch of our wgmma kernel
+             // per product, grouped_gemm_wgmma.cu; under FP8 the forward and input-gradient
+             // products on Fp8Experts); false, or FP32: one mm/mm_bwd per expert (the reference)
   AttnPrecision attention_prec = AttnPrecision::Fp32;  // the attention's score and value GEMMs (set_attention)
   // The mode a layer of these head widths runs: attention_prec, except Flash for a head shape without flash kernels,
   // which runs the Bf16 GEMMs (the same roundings) with a note on stderr the first time.
@@ -107,7 +120,9 @@ struct DeviceTrainer::Impl {
   // Flash: the BF16 operand copies (the same buffers as Bf16's) and, for the backward, delta and the per-head
   // dk_rope partials.
   AttnFlash attention_flash_scratch(int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr, int64_t dv, bool backward);
-  bool use_grouped() const { return grouped_experts && prec == GemmPrecision::Bf16; }
+  bool use_grouped() const {
+    return grouped_experts && (prec == GemmPrecision::Bf16 || prec == GemmPrecision::Fp8);
+  }
   size_t mem_free_at_bind = 0, mem_free_min = 0;  // cudaMemGetInfo: before the arenas, the lowest since
   void note_free_memory();
 
@@ -269,6 +284,8 @@ struct DeviceTrainer::Impl {
   // BF16 values of every routed expert's {gate, up, down} of a layer: [3 E] pointers, expert e's gate, up, down at
   // 3e, 3e + 1, 3e + 2; into the split region's hi (no work), else copies in one buffer.
   std::vector<const uint16_t*> expert_weights_bf16(const LayerParams& P);
+  // Fp8Experts' view of a layer's experts: their FP32 masters and A's sorted rows.
+  Fp8Experts::Layer fp8_layer(const LayerParams& P, const DMoe& A, int64_t D, int64_t F);
   const uint16_t* bf16_copy(const std::string& slot, const float* src, int64_t count);
   // y and/or y_bf (either may be null): the FP32 output and its BF16 rounding.
   void rmsnorm(float* y, float* rstd, const float* x, const Param* w, int64_t n, int64_t d, double eps,

@@ -146,6 +146,7 @@ void DeviceTrainer::Impl::bind(TrainModel& m) {
   bound = &m;
   shape_t = -1;
   if (f8) f8->new_weights();
+  if (f8x) f8x->new_weights();
   // A model without host state (TrainModel::init's host_state false) starts with zero gradients and moments.
   check_cuda(cudaMemsetAsync(G, 0, bytes, stream()), "cudaMemsetAsync");
   check_cuda(cudaMemsetAsync(M, 0, size_t(total) * moment_bytes(), stream()), "cudaMemsetAsync");
@@ -252,9 +253,10 @@ void DeviceTrainer::Impl::reduce_layer(int64_t l) {
 void DeviceTrainer::Impl::plan_split(const TrainModel& m) {
   split_regions.clear();
   split_of.clear();
-  // Who reads each weight in BF16 only: the routed experts under the grouped GEMMs; under BF16 GEMMs the dense
-  // projections mm() takes at prec (the router's products are FP32; the head's are BF16 unless head_fp32; the
-  // embedding is read by its gather in FP32, so a head tied to it stays FP32).
+  // Who reads each weight in BF16 only: the routed experts under the grouped BF16 GEMMs (under FP8 their
+  // masters are quantised from FP32, fp8_experts.h); under BF16 GEMMs the dense projections mm() takes at
+  // prec (the router's products are FP32; the head's are BF16 unless head_fp32; the embedding is read by its
+  // gather in FP32, so a head tied to it stays FP32).
   std::unordered_set<const Param*> bf16_only;
   auto mlp = [&](const MlpParams& e) {
     if (e.present()) bf16_only.insert({e.gate, e.up, e.down});
@@ -263,7 +265,7 @@ void DeviceTrainer::Impl::plan_split(const TrainModel& m) {
   for (const LayerParams& l : m.layers) layers.push_back(&l);
   if (m.has_mtp) layers.push_back(&m.mtp_layer);
   for (const LayerParams* l : layers) {
-    if (use_grouped())
+    if (use_grouped() && prec == GemmPrecision::Bf16)
       for (const MlpParams& e : l->experts) mlp(e);
     if (prec != GemmPrecision::Bf16) continue;
     for (const Param* p : {l->attn.q_a, l->attn.q_b, l->attn.q_proj, l->attn.kv_a, l->attn.kv_b, l->attn.o_proj})
@@ -399,11 +401,13 @@ double DeviceTrainer::measure_bf16_gemm_gflops() { return impl_->cc.measure_bf16
 std::string DeviceTrainer::gemm_summary() const {
   if (impl_->prec != GemmPrecision::Fp8) return "";
   const Fp8Gemms::Counts c = impl_->f8 ? impl_->f8->counts() : Fp8Gemms::Counts{};
-  const double all = c.fp8_flops + impl_->bf16_flops;
-  return fmt::format("fp8 GEMMs: {:.1f} % of the projections' FLOPs ({:.1f} GFLOP FP8, {:.1f} GFLOP BF16), {} weight "
-                     "quantisations",
-                     all > 0 ? 100.0 * c.fp8_flops / all : 0.0, c.fp8_flops / 1e9, impl_->bf16_flops / 1e9,
-                     c.weight_quantisations);
+  const Fp8Experts* x = impl_->f8x.get();
+  const double fp8 = c.fp8_flops + (x ? x->fp8_flops() : 0.0), all = fp8 + impl_->bf16_flops;
+  return fmt::format(
+      "fp8 GEMMs: {:.1f} % of the projections' FLOPs ({:.1f} GFLOP FP8, {:.1f} GFLOP BF16), {} weight "
+      "quantisations ({} of them the grouped experts')",
+      all > 0 ? 100.0 * fp8 / all : 0.0, fp8 / 1e9, impl_->bf16_flops / 1e9,
+      c.weight_quantisations + (x ? x->weight_quantisations() : 0), x ? x->weight_quantisations() : 0);
 }
 
 LossParts DeviceTrainer::forward_backward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
@@ -512,6 +516,7 @@ StepStats DeviceTrainer::adamw_step(TrainModel& m, const AdamW& opt, double lr, 
   if (run_count > 0) update(run_at, run_count, run_decay, run_region);
   check_cuda(cudaGetLastError(), "adamw_update");
   if (I.f8) I.f8->new_weights();  // the FP8 copies of the weights are quantised again at their next use
+  if (I.f8x) I.f8x->new_weights();
   return st;
 }
 

@@ -79,7 +79,10 @@ __global__ void __launch_bounds__(kWarps * 32) fp8_quantize_kernel(Fp8QuantArgs 
     if (threadIdx.x == 0) a.qs[int64_t(blockIdx.y) * a.qs_ld + blockIdx.x] = bscale;
   }
   if (a.col_mode != 0) {
-    const int64_t r = r0 + lane * 4;  // rows_out % 4 == 0: a lane's four rows are all in or all out
+    const int64_t r = r0 + lane * 4,
+                  qt_ld = a.qt_ld > 0
+                              ? a.qt_ld
+                              : a.rows_out;  // rows_out % 4 == 0: a lane's four rows are all in or all out
     for (int cc = warp; cc < kTile; cc += kWarps) {
       const int64_t col = c0 + cc;
       if (col >= a.cols) break;
@@ -88,7 +91,7 @@ __global__ void __launch_bounds__(kWarps * 32) fp8_quantize_kernel(Fp8QuantArgs 
       for (int j = 0; j < 4; ++j) v[j] = tile[(lane * 4 + j) * kPitch + cc];
       const float am = warp_max(amax4(v));
       const float sc = a.col_mode == 1 ? tile_scale(am) : bscale;
-      if (r < a.rows_out) *reinterpret_cast<uint32_t*>(a.qt + col * a.rows_out + r) = pack4(v, sc);
+      if (r < a.rows_out) *reinterpret_cast<uint32_t*>(a.qt + col * qt_ld + r) = pack4(v, sc);
       if (a.col_mode == 1 && lane == 0) a.qts[int64_t(blockIdx.y) * a.qts_ld + col] = sc;
     }
     if (a.col_mode == 2 && threadIdx.x == 0) a.qts[int64_t(blockIdx.x) * a.qts_ld + blockIdx.y] = bscale;
@@ -99,8 +102,9 @@ __global__ void __launch_bounds__(kWarps * 32) fp8_quantize_kernel(Fp8QuantArgs 
 
 bool fp8_quantize_args_ok(const Fp8QuantArgs& a) {
   const bool aligned = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && a.ldx % 4 == 0;
-  return a.rows >= 0 && a.cols > 0 && a.cols % 16 == 0 && a.rows_out >= a.rows && a.rows_out % 16 == 0 && aligned &&
-         (a.row_mode == 0 || (a.q && a.qs)) && (a.col_mode == 0 || (a.qt && a.qts)) && a.row_mode >= 0 &&
+  return a.rows >= 0 && a.cols > 0 && a.cols % 16 == 0 && a.rows_out >= a.rows && a.rows_out % 16 == 0 &&
+         aligned && (a.row_mode == 0 || (a.q && a.qs)) && (a.col_mode == 0 || (a.qt && a.qts)) &&
+         a.row_mode >= 0 && (a.qt_ld == 0 || (a.qt_ld >= a.rows_out && a.qt_ld % 4 == 0)) &&
          a.row_mode <= 2 && a.col_mode >= 0 && a.col_mode <= 2;
 }
 

@@ -173,14 +173,16 @@ void moe_expert_dout_bf16(uint16_t* dy, float* dweights, const float* dout, cons
                           cudaStream_t s);
 
 // fp8_quant.cu: E4M3 quantisation of an FP32 matrix x [rows, cols] (rows ldx apart) for the FP8 GEMMs
-// (fp8_gemm.h), DeepSeek-V3's scheme: one FP32 scale per tile, scale = max(amax / 448, FLT_MIN) (1 for an all-zero tile),
-// q = E4M3(v / scale) rounded to nearest even, saturating at 448. One block per 128x128 tile reads x once and
-// writes either or both of
+// (fp8_gemm.h), DeepSeek-V3's scheme: one FP32 scale per tile, scale = max(amax / 448, FLT_MIN) (1 for an
+// all-zero tile), q = E4M3(v / scale) rounded to nearest even, saturating at 448. One block per 128x128 tile
+// reads x once and writes either or both of
 //   q  [rows_out, cols] (x's layout), row_mode 1: 1x128 tiles, scale of (row r, column tile cb) at
 //      qs[cb * qs_ld + r] for r < qs_ld (cuBLASLt's VEC128_32F); row_mode 2: 128x128 blocks, scale of block
 //      (rb, cb) at qs[rb * qs_ld + cb] (BLK128x128_32F);
-//   qt [cols, rows_out] (the transpose), col_mode 1: 128x1 tiles of x (1x128 tiles of qt), scale of (row tile rb,
-//      column c) at qts[rb * qts_ld + c]; col_mode 2: 128x128 blocks, scale of block (rb, cb) at qts[cb * qts_ld + rb].
+//   qt [cols, rows_out] (the transpose; its rows qt_ld apart, rows_out when 0), col_mode 1: 128x1 tiles of x
+//      (1x128 tiles of qt), scale of (row tile rb, column c) at qts[rb * qts_ld + c]; col_mode 2: 128x128
+//      blocks, scale of block (rb, cb) at qts[cb * qts_ld + rb]. A qt_ld above rows_out places the transpose
+//      as the left columns of a wider matrix (fp8_experts.h lays W_gate^T and W_up^T side by side).
 // Rows rows .. rows_out-1 are written as zeros (token padding). Mode 0: that output is not written.
 // Needs cols % 16 == 0, rows_out % 16 == 0, x 16-byte aligned, ldx % 4 == 0 (fp8_quantize_args_ok).
 struct Fp8QuantArgs {
@@ -194,6 +196,7 @@ struct Fp8QuantArgs {
   uint8_t* qt = nullptr;
   float* qts = nullptr;
   int64_t qts_ld = 0;
+  int64_t qt_ld = 0;  // 0: rows_out
 };
 bool fp8_quantize_args_ok(const Fp8QuantArgs& a);
 void fp8_quantize(const Fp8QuantArgs& a, cudaStream_t s);

@@ -1,0 +1,180 @@
+// Fp8Experts (fp8_experts.h): the routed experts' grouped FP8 products on the inference engine's kernels.
+#include "train/cuda/fp8_experts.h"
+
+#include <algorithm>
+
+#include "backend/cuda/cuda_ops.h"
+#include "core/error.h"
+#include "train/cuda/grouped_gemm.h"
+#include "train/cuda/kernels.h"
+
+namespace moe::train::cuda {
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  MOE_CHECK(e == cudaSuccess, "cuda train (FP8 experts): {}: {}", what, cudaGetErrorString(e));
+}
+
+int64_t round4(int64_t v) { return (v + 3) / 4 * 4; }
+
+enum Slot : size_t { kAq, kAs, kItems };  // scratch: the quantised operand, its scales, the work items
+
+}  // namespace
+
+Fp8Experts::Fp8Experts(cudaStream_t s) : stream_(s) {
+  // The kernels' shared-memory opt-in, for the current device (the trainer's).
+  moe::cuda::configure_grouped_gemm_fp8_kernels();
+}
+
+Fp8Experts::~Fp8Experts() {
+  for (auto& [key, w] : layers_) {
+    if (w.mem) cudaFree(w.mem);
+    if (w.table) cudaFree(w.table);
+  }
+}
+
+bool Fp8Experts::applies(int64_t D, int64_t F) {
+  return D > 0 && F > 0 && D % 128 == 0 && F % 128 == 0 && grouped_gemm_wgmma_supported() &&
+         moe::cuda::grouped_gemm_fp8_shape_ok(D, 2 * F) && moe::cuda::grouped_gemm_fp8_shape_ok(F, D);
+}
+
+const Fp8Experts::Weights& Fp8Experts::weights(const Layer& L) {
+  MOE_CHECK(L.w.size() % 3 == 0 && !L.w.empty(),
+            "FP8 experts: {} weight pointers, not gate, up, down per expert", L.w.size());
+  MOE_CHECK(L.D % 128 == 0 && L.F % 128 == 0, "FP8 experts: widths D {} and F {} must be multiples of 128",
+            L.D, L.F);
+  const int64_t E = int64_t(L.w.size()) / 3, D = L.D, F = L.F, cells = (D / 128) * (F / 128);
+  // Per expert: 6 D F bytes of matrices (gate, up, down, down^T, [gate^T | up^T]) and 6 cells scales.
+  const int64_t mat_bytes = 6 * D * F, scale_floats = 6 * cells;
+  const int64_t mat_off[kSlots] = {0, F * D, 2 * F * D, 3 * F * D, 4 * F * D};
+  const int64_t scale_off[kSlots] = {0, cells, 2 * cells, 3 * cells, 4 * cells};
+  Weights& W = layers_[L.key];
+  if (W.experts != E || W.D != D || W.F != F) {
+    if (W.mem) check(cudaFree(W.mem), "cudaFree");
+    if (W.table) check(cudaFree(W.table), "cudaFree");
+    W = Weights{};
+    const size_t bytes = size_t(E * mat_bytes) + size_t(E * scale_floats) * sizeof(float);
+    check(cudaMalloc(&W.mem, bytes), "cudaMalloc (FP8 expert weights)");
+    check(cudaMalloc(reinterpret_cast<void**>(&W.table), size_t(E * 2 * kSlots) * sizeof(void*)),
+          "cudaMalloc (FP8 expert table)");
+    std::vector<void*> table(size_t(E * 2 * kSlots));
+    auto* mats = static_cast<uint8_t*>(W.mem);
+    auto* scales = reinterpret_cast<float*>(mats + E * mat_bytes);
+    for (int64_t e = 0; e < E; ++e)
+      for (int s = 0; s < kSlots; ++s) {
+        table[size_t(e * 2 * kSlots + s)] = mats + e * mat_bytes + mat_off[s];
+        table[size_t(e * 2 * kSlots + kSlots + s)] = scales + e * scale_floats + scale_off[s];
+      }
+    check(cudaMemcpy(W.table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice),
+          "uploading the FP8 expert table");
+    W.experts = E, W.D = D, W.F = F;
+  }
+  if (W.version == version_) return W;
+  auto* mats = static_cast<uint8_t*>(W.mem);
+  auto* scales = reinterpret_cast<float*>(mats + E * mat_bytes);
+  for (int64_t e = 0; e < E; ++e) {
+    uint8_t* m = mats + e * mat_bytes;
+    float* s = scales + e * scale_floats;
+    // gate and up [F, D]: 128x128 blocks as they are (Fprop), and transposed into the left and right halves
+    // of [W_gate^T | W_up^T] [D, 2F] (Dgrad of xs), whose scale grid [D / 128, 2F / 128] takes gate's blocks
+    // in its first F / 128 columns.
+    for (int j = 0; j < 2; ++j) {
+      Fp8QuantArgs a;
+      a.x = L.w[size_t(3 * e + j)], a.rows = F, a.cols = D, a.ldx = D, a.rows_out = F;
+      a.row_mode = 2, a.q = m + mat_off[j], a.qs = s + scale_off[j], a.qs_ld = D / 128;
+      a.col_mode = 2, a.qt = m + mat_off[kGateUpT] + j * F, a.qt_ld = 2 * F;
+      a.qts = s + scale_off[kGateUpT] + j * (F / 128), a.qts_ld = 2 * F / 128;
+      MOE_CHECK(fp8_quantize_args_ok(a), "FP8 experts: the quantiser refuses expert {}'s weight {}", e, j);
+      fp8_quantize(a, stream_);
+    }
+    // down [D, F] (Fprop of act) and down^T [F, D] (Dgrad of dys).
+    Fp8QuantArgs a;
+    a.x = L.w[size_t(3 * e + 2)], a.rows = D, a.cols = F, a.ldx = F, a.rows_out = D;
+    a.row_mode = 2, a.q = m + mat_off[kDown], a.qs = s + scale_off[kDown], a.qs_ld = F / 128;
+    a.col_mode = 2, a.qt = m + mat_off[kDownT], a.qts = s + scale_off[kDownT], a.qts_ld = D / 128;
+    MOE_CHECK(fp8_quantize_args_ok(a), "FP8 experts: the quantiser refuses expert {}'s down projection", e);
+    fp8_quantize(a, stream_);
+    weight_quantisations_ += 3;
+  }
+  check(cudaGetLastError(), "fp8_quantize (expert weights)");
+  W.version = version_;
+  return W;
+}
+
+int32_t Fp8Experts::upload_items(const Layer& L) {
+  const std::vector<int64_t>& off = *L.offsets;
+  items_.clear();
+  for (size_t e = 0; e + 1 < off.size(); ++e)
+    for (int64_t b = off[e]; b < off[e + 1]; b += 128)
+      items_.insert(items_.end(), {int32_t(e), int32_t(b), int32_t(std::min<int64_t>(128, off[e + 1] - b))});
+  n_items_ = int32_t(items_.size() / 3);
+  if (n_items_ == 0) return 0;
+  void* dev = scratch_.get(kItems, items_.size() * sizeof(int32_t));
+  // Pageable source: staged when cudaMemcpyAsync returns (items_ may be refilled); stream order keeps the
+  // device copy until this call's kernels have read it.
+  check(cudaMemcpyAsync(dev, items_.data(), items_.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
+        "uploading the FP8 expert work items");
+  return n_items_;
+}
+
+// A product's quantisations ask for the same sizes, so a scratch buffer is never reallocated between them and
+// the product (and a reallocation's cudaFree waits for the device: no queued kernel loses its operand).
+void Fp8Experts::quantize(const uint16_t* a, int64_t nk, int64_t k, int64_t lda, int64_t col) {
+  moe::cuda::Fp8QuantParams p;
+  p.x_bf16 = a, p.ldx = k, p.M = nk, p.K = k;
+  p.q = static_cast<uint8_t*>(scratch_.get(kAq, size_t(nk * lda))) + col;
+  p.ldq = lda;
+  p.scales = static_cast<float*>(scratch_.get(kAs, size_t(lda / 128 * round4(nk)) * sizeof(float))) +
+             (col / 128) * round4(nk);
+  moe::cuda::quantize_fp8(p, stream_);
+}
+
+void Fp8Experts::gemm(const Layer& L, int slot, int64_t n, int64_t k, float* out) {
+  const Weights& W = weights(L);
+  const int64_t nk = L.offsets->back();
+  moe::cuda::GroupedGemmFp8Params p;
+  p.items = static_cast<const int32_t*>(scratch_.get(kItems, 0));
+  p.M = int32_t(nk), p.K = int32_t(k), p.N = int32_t(n);
+  p.a = static_cast<const uint8_t*>(scratch_.get(kAq, 0)), p.lda = k;
+  p.as = static_cast<const float*>(scratch_.get(kAs, 0)), p.ld_as = round4(nk);
+  p.wtab = const_cast<const void* const*>(W.table), p.wstride = 2 * kSlots;
+  p.wslot[0] = p.wslot[1] = slot;
+  p.sslot[0] = p.sslot[1] = kSlots + slot;
+  p.y = out, p.ldy = n;
+  p.cta_rows = 128;
+  moe::cuda::grouped_gemm_fp8(p, n_items_, stream_);
+  fp8_flops_ += 2.0 * double(nk) * double(k) * double(n);
+}
+
+void Fp8Experts::forward_gate_up(const Layer& L, const uint16_t* xs, float* gate, float* up) {
+  const int64_t nk = L.offsets->back();
+  if (nk == 0 || upload_items(L) == 0) return;
+  quantize(xs, nk, L.D, L.D, 0);
+  gemm(L, kGate, L.F, L.D, gate);
+  gemm(L, kUp, L.F, L.D, up);
+}
+
+void Fp8Experts::forward_down(const Layer& L, const uint16_t* act, float* eout) {
+  const int64_t nk = L.offsets->back();
+  if (nk == 0 || upload_items(L) == 0) return;
+  quantize(act, nk, L.F, L.F, 0);
+  gemm(L, kDown, L.D, L.F, eout);
+}
+
+void Fp8Experts::backward_dact(const Layer& L, const uint16_t* dys, float* dact) {
+  const int64_t nk = L.offsets->back();
+  if (nk == 0 || upload_items(L) == 0) return;
+  quantize(dys, nk, L.D, L.D, 0);
+  gemm(L, kDownT, L.F, L.D, dact);
+}
+
+void Fp8Experts::backward_dxs(const Layer& L, const uint16_t* dgate, const uint16_t* dup, float* dxs) {
+  const int64_t nk = L.offsets->back();
+  if (nk == 0 || upload_items(L) == 0) return;
+  quantize(dgate, nk, L.F, 2 * L.F, 0);
+  quantize(dup, nk, L.F, 2 * L.F, L.F);
+  gemm(L, kGateUpT, L.D, 2 * L.F, dxs);
+}
+
+}  // namespace moe::train::cuda
