@@ -34,8 +34,9 @@ void add_train_device_flags(CLI::App* cmd, TrainDeviceOptions& o) {
   cmd->add_option("--device", o.device, "cpu or cuda: where the training step runs (cpu)");
   cmd->add_option("--gemm", o.gemm, "--device cuda's GEMM operands: bf16 (mixed precision), fp8 (DeepSeek-V3's E4M3 "
                   "scheme, docs/training.md) or fp32 (bf16)");
-  cmd->add_option("--expert-gemm", o.expert_gemm, "--device cuda, bf16: the routed experts' GEMMs grouped (one grouped "
-                  "wgmma GEMM a product; the weight gradient per expert) or loop (one cuBLAS GEMM per expert) (grouped)");
+  cmd->add_option("--expert-gemm", o.expert_gemm, "--device cuda, bf16 and fp8: the routed experts' GEMMs grouped (one "
+                  "grouped wgmma GEMM a product; under fp8 the forward and input-gradient products FP8, the weight "
+                  "gradients BF16) or loop (one GEMM per expert and product, FP8 ones under fp8) (grouped)");
   cmd->add_option("--attention", o.attention, "--device cuda: the attention's score and value GEMMs in fp32 (no TF32), "
                   "tf32 or bf16 (operands rounded to BF16, FP32 accumulation), or flash (fused kernels with bf16's "
                   "roundings: no [t, t] scores kept, the causal upper triangle skipped) (fp32)");
