@@ -32,6 +32,7 @@
 
 #include "core/dtype.h"
 #include "core/thread_pool.h"
+#include "backend/cuda/cuda_ops.h"
 #include "train/cuda/device_trainer.h"
 #include "train/cuda/fp8_experts.h"
 #include "train/cuda/fp8_gemm.h"
@@ -417,6 +418,55 @@ TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
              grouped(F, D, at(xs, D), [&](int64_t e, int64_t c, int64_t j) {
                return double(wu[size_t(e)][size_t(c * D + j)]);
              }));
+  {  // diagnostics of the down product: the device's quantised act against the host's, and the error by row group
+    std::vector<uint8_t> q(size_t(nk * F));
+    std::vector<float> qs(size_t(3 * ((nk + 3) / 4 * 4)));
+    uint8_t* dq8 = nullptr;
+    float* dqs = nullptr;
+    ASSERT_EQ(cudaMalloc(&dq8, q.size()), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dqs, qs.size() * 4), cudaSuccess);
+    moe::cuda::Fp8QuantParams qp;
+    qp.x_bf16 = d_act.get(), qp.ldx = F, qp.M = nk, qp.K = F, qp.q = dq8, qp.ldq = F, qp.scales = dqs;
+    moe::cuda::quantize_fp8(qp, cc.stream());
+    cc.sync();
+    ASSERT_EQ(cudaMemcpy(q.data(), dq8, q.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(qs.data(), dqs, qs.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    cudaFree(dq8);
+    cudaFree(dqs);
+    int64_t code_diff = 0, scale_diff = 0;
+    for (int64_t r = 0; r < nk; ++r)
+      for (int64_t k = 0; k < F; ++k) {
+        code_diff += q[size_t(r * F + k)] != aq.q[size_t(r * F + k)];
+        if (k % 128 == 0) scale_diff += qs[size_t((k / 128) * ((nk + 3) / 4 * 4) + r)] != aq.scale[size_t(r * F + k)];
+      }
+    std::printf("diag: act codes differing %lld of %lld, scales differing %lld\n", (long long)code_diff,
+                (long long)(nk * F), (long long)scale_diff);
+    const std::vector<float> got = eout.host();
+    const std::vector<double> want = grouped(D, F, dq(aq, F), [&](int64_t e, int64_t c, int64_t j) {
+      return wdq[size_t(e)].deq(size_t(c * F + j));
+    });
+    for (const auto& [lo, hi] : std::vector<std::pair<int64_t, int64_t>>{{0, 128}, {128, 150}, {150, 187}}) {
+      double num = 0, den = 0, worst = 0;
+      for (int64_t r = lo; r < hi; ++r)
+        for (int64_t c = 0; c < D; ++c) {
+          const double d = double(got[size_t(r * D + c)]) - want[size_t(r * D + c)];
+          num += d * d, den += want[size_t(r * D + c)] * want[size_t(r * D + c)];
+          worst = std::max(worst, std::fabs(d) / (std::fabs(want[size_t(r * D + c)]) + 1e-30));
+        }
+      std::printf("diag: down rows %lld-%lld rel L2 %.3g\n", (long long)lo, (long long)hi, std::sqrt(num / den));
+    }
+    double wmax = 0;
+    int64_t r_w = 0;
+    for (int64_t r = 0; r < nk; ++r) {
+      double num = 0, den = 0;
+      for (int64_t c = 0; c < D; ++c) {
+        const double d = double(got[size_t(r * D + c)]) - want[size_t(r * D + c)];
+        num += d * d, den += want[size_t(r * D + c)] * want[size_t(r * D + c)];
+      }
+      if (std::sqrt(num / den) > wmax) wmax = std::sqrt(num / den), r_w = r;
+    }
+    std::printf("diag: worst row %lld rel L2 %.3g\n", (long long)r_w, wmax);
+  }
   check_gemm("fp8 experts down", eout.host(),
              grouped(D, F, dq(aq, F),
                      [&](int64_t e, int64_t c, int64_t j) { return wdq[size_t(e)].deq(size_t(c * F + j)); }),
