@@ -15,22 +15,17 @@ namespace moe::cuda {
 
 namespace {
 
-constexpr int kQuantWarps = 8;  // warps per block; one warp per (row, 128-column tile)
+constexpr int kQuantWarps = 8;  // warps per block
+constexpr int kQuantTiles = 4;  // (row, 128-column) tiles per warp, their loads in flight together
 
-// One warp quantises one tile: each lane holds 4 consecutive values (a float4 when the tile is whole).
-__global__ void __launch_bounds__(kQuantWarps * 32)
-    quantize_fp8_kernel(Fp8QuantParams p, int64_t tiles_total, int32_t kb_count) {
-  pdl_trigger();
-  pdl_wait();
-  const int lane = threadIdx.x % 32;
-  const int64_t tile = blockIdx.x * int64_t(kQuantWarps) + threadIdx.x / 32;
-  if (tile >= tiles_total) return;
-  const int64_t i = tile / kb_count;  // output row
+// The 4 values of tile `tile` a lane reads (k0 .. k0 + 3 of its row; zeros past K).
+__device__ __forceinline__ void quant_load(const Fp8QuantParams& p, int64_t tile, int32_t kb_count, int lane,
+                                           float v[4]) {
+  const int64_t i = tile / kb_count;
   const int32_t kb = int32_t(tile % kb_count);
   const int64_t src_row = p.rows ? int64_t(p.rows[i]) / p.row_div : i;
   const int64_t k0 = int64_t(kb) * 128 + lane * 4, off = src_row * p.ldx + k0;
   const bool whole = k0 + 4 <= p.K && p.ldx % 4 == 0;  // one vector load (F32 x4 or BF16 x4)
-  float v[4];
   if (whole && p.x_bf16) {
     const uint2 b = *reinterpret_cast<const uint2*>(p.x_bf16 + off);
     v[0] = bf16_bits_to_float(b.x & 0xffffu), v[1] = bf16_bits_to_float(b.x >> 16);
@@ -43,6 +38,14 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
     for (int j = 0; j < 4; ++j)
       v[j] = k0 + j >= p.K ? 0.0f : p.x_bf16 ? bf16_bits_to_float(p.x_bf16[off + j]) : p.x[off + j];
   }
+}
+
+// Tile `tile` (output row i, K block kb) from the lane's 4 values: scale, codes, the scale's slot.
+__device__ __forceinline__ void quant_store(const Fp8QuantParams& p, int64_t tile, int32_t kb_count, int lane,
+                                            const float v[4]) {
+  const int64_t i = tile / kb_count;
+  const int32_t kb = int32_t(tile % kb_count);
+  const int64_t k0 = int64_t(kb) * 128 + lane * 4;
   float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
   amax = warp_max(amax);
   // scale = amax / 448 so the largest value maps to E4M3's largest finite; an all-zero tile gets scale 1. At
@@ -85,6 +88,24 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
   if (lane == 0) p.scales[sbase + int64_t(kb) * m4 + (i - o)] = scale;
 }
 
+// Warp w of block b quantises tiles (b * kQuantWarps + w) * kQuantTiles + t, t < kQuantTiles: one tile is a
+// lane's 8 or 16 bytes, so a warp loads all of its tiles before it reduces the first (a tile a warp left the
+// copy rate to the loads' latency).
+__global__ void __launch_bounds__(kQuantWarps * 32)
+    quantize_fp8_kernel(Fp8QuantParams p, int64_t tiles_total, int32_t kb_count) {
+  pdl_trigger();
+  pdl_wait();
+  const int lane = threadIdx.x % 32;
+  const int64_t first = (blockIdx.x * int64_t(kQuantWarps) + threadIdx.x / 32) * kQuantTiles;
+  float v[kQuantTiles][4];
+#pragma unroll
+  for (int t = 0; t < kQuantTiles; ++t)
+    if (first + t < tiles_total) quant_load(p, first + t, kb_count, lane, v[t]);
+#pragma unroll
+  for (int t = 0; t < kQuantTiles; ++t)
+    if (first + t < tiles_total) quant_store(p, first + t, kb_count, lane, v[t]);
+}
+
 // out[r, c] = in[r, c] for c < cols, 0 for cols <= c < ld.
 __global__ void pad_scales_kernel(const float* in, int32_t rows, int32_t cols, int32_t ld, float* out) {
   pdl_trigger();
@@ -114,8 +135,8 @@ void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s) {
   if (p.M == 0 || p.K == 0) return;
   const int32_t kb = int32_t((p.K + 127) / 128);
   const int64_t tiles = p.M * kb;
-  launch("quantize_fp8", quantize_fp8_kernel, dim3(blocks_for(tiles, kQuantWarps)), kQuantWarps * 32, 0, s, p,
-         tiles, kb);
+  launch("quantize_fp8", quantize_fp8_kernel, dim3(blocks_for(tiles, kQuantWarps * kQuantTiles)),
+         kQuantWarps * 32, 0, s, p, tiles, kb);
 }
 
 void pad_scales(const float* in, int32_t rows, int32_t cols, int32_t ld, float* out, cudaStream_t s) {

@@ -255,8 +255,8 @@ void DeviceTrainer::Impl::plan_split(const TrainModel& m) {
   split_of.clear();
   // Who reads each weight in BF16 only: the routed experts under the grouped BF16 GEMMs (under FP8 their
   // masters are quantised from FP32, fp8_experts.h); under BF16 GEMMs the dense projections mm() takes at
-  // prec (the router's products are FP32; the head's are BF16 unless head_fp32; the embedding is read by its
-  // gather in FP32, so a head tied to it stays FP32).
+  // prec (the router's products are FP32; the head's are BF16 unless head_fp32, under FP8 as well; the
+  // embedding is read by its gather in FP32, so a head tied to it stays FP32).
   std::unordered_set<const Param*> bf16_only;
   auto mlp = [&](const MlpParams& e) {
     if (e.present()) bf16_only.insert({e.gate, e.up, e.down});
@@ -273,10 +273,12 @@ void DeviceTrainer::Impl::plan_split(const TrainModel& m) {
     mlp(l->dense);
     mlp(l->shared);
   }
-  if (prec == GemmPrecision::Bf16) {
-    if (m.eh_proj) bf16_only.insert(m.eh_proj);
-    if (!head_fp32 && m.head && m.head != m.embed) bf16_only.insert(m.head);
-  }
+  if (prec == GemmPrecision::Bf16 && m.eh_proj) bf16_only.insert(m.eh_proj);
+  // The head stays BF16 under FP8 too (one of V3's exceptions): split, it is not converted from FP32 at each
+  // use (V x D values, forward and backward of both heads every micro-batch).
+  if ((prec == GemmPrecision::Bf16 || prec == GemmPrecision::Fp8) && !head_fp32 && m.head &&
+      m.head != m.embed)
+    bf16_only.insert(m.head);
   // Regions: maximal runs of such parameters adjacent in W, each starting on 16 bytes; a parameter whose size is
   // not a multiple of 8 stays FP32 (its neighbours' halves would lose their 16-byte alignment).
   SplitRegion cur;
