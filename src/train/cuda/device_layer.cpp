@@ -158,9 +158,12 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   mm(A.h, Operand{A.att, A.att_bf}, W.o_proj, n, H * dv, D, false);
   add_strided(A.h, n * D, x, n * D, n * D, 1, s);
   check_point(key, "h (after attention)", A.h, n * D);
-  // f: FP32 for the router and the gather, and under BF16 GEMMs its rounding for the shared or dense MLP.
+  // f: FP32 for the router, and under BF16 GEMMs its rounding for the shared or dense MLP and the gather;
+  // under FP8 the rounding too where the routed experts run grouped (their gather takes BF16 rows in 16-byte
+  // chunks; from FP32 it converts value by value, ~4x the time).
   A.f = f32(key + "f", n * D);
-  A.f_bf = bf ? bf16_buffer(key + "f_bf", n * D) : nullptr;
+  const bool f_bf = bf || (P.is_moe && fp8_grouped(D, c.moe_intermediate_size));
+  A.f_bf = f_bf ? bf16_buffer(key + "f_bf", n * D) : nullptr;
   A.f_rstd = f32(key + "f_rstd", n);
   rmsnorm(A.f, A.f_rstd, A.h, P.post_norm, n, D, c.rms_norm_eps, A.f_bf);
   if (P.is_moe)

@@ -13,7 +13,10 @@ namespace moe::train::cuda {
 
 namespace {
 
-constexpr int kTile = 128, kPitch = kTile + 1, kWarps = 8;
+// 32 warps a tile, 4 rows (and in the column pass 4 columns) each: a 128x128 tile is a few thousand dependent
+// instructions a warp (shuffles, IEEE divisions), and 8 warps a block left an SM too few warps to hide their
+// latency (a 1408 x 2048 weight in both layouts took ~20 us on an H100, a sixth of the copy rate).
+constexpr int kTile = 128, kPitch = kTile + 1, kWarps = 32;
 constexpr float kE4M3Max = 448.0f;
 
 // At least FLT_MIN: amax / 448 of a tile of tiny values (amax < ~6e-43) rounds to 0, and v / 0 is a NaN code.
@@ -35,11 +38,10 @@ __device__ __forceinline__ float amax4(const float v[4]) {
 }
 
 // Block (bx, by) covers rows by*128 .. +127 and columns bx*128 .. +127. Thread (warp w, lane l) loads rows
-// w, w+8, ..., w+120 at columns 4l .. 4l+3 first, all sixteen 16-byte loads in flight at once (a tile is 64
-// KB of DRAM latency-bound reads otherwise: one row after the other, the kernel ran at a fraction of the copy
-// rate), then quantises the rows from its registers (row modes) and stages the tile in shared memory for the
-// column pass (lane l: rows 4l .. 4l+3 of columns w, w+8, ...), which only the column modes need.
-__global__ void __launch_bounds__(kWarps * 32) fp8_quantize_kernel(Fp8QuantArgs a) {
+// w, w+32, w+64, w+96 at columns 4l .. 4l+3 first, its four 16-byte loads in flight together, then quantises
+// the rows from its registers (row modes) and stages the tile in shared memory for the column pass (lane l:
+// rows 4l .. 4l+3 of columns w, w+32, ...), which only the column modes need.
+__global__ void __launch_bounds__(kWarps * 32, 2) fp8_quantize_kernel(Fp8QuantArgs a) {
   extern __shared__ float tile[];  // [128][129]: the tile, for the column pass (column modes only)
   __shared__ float red[kWarps];
   constexpr int kRows = kTile / kWarps;  // rows a warp holds
