@@ -280,6 +280,7 @@ void register_train_commands(CLI::App& app) {
       o->attention = dev_opts->attention == "flash"  ? train::PlanAttention::Flash
                      : dev_opts->attention == "bf16" ? train::PlanAttention::GemmBf16
                                                      : train::PlanAttention::Gemm;
+      o->gemm = dev_opts->gemm == "fp8" ? train::PlanGemm::Fp8 : train::PlanGemm::Bf16;
       const train::TrainBenchResult r = train::run_train_bench(*o);
       if (comm && comm->rank() != 0) return;  // rank 0 reports
       std::printf("%s\n", train::bench_json(r).c_str());

@@ -97,14 +97,17 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   r.micro_batches = o.batch / micro;
   r.moments = o.moments;
   if (o.step) {
-    const DeviceMemoryPlan plan = device_memory_plan(config, micro, o.seq_len, bf16_moments, o.attention);
+    const DeviceMemoryPlan plan =
+        device_memory_plan(config, micro, o.seq_len, bf16_moments, o.attention, o.gemm);
     r.plan_gib = plan.total() / kGiB, r.plan_params_gib = plan.arenas / kGiB;
     r.plan_activations_gib = (plan.activations + plan.temporaries) / kGiB;
+    r.plan_weight_copies_gib = plan.weight_copies / kGiB;
     if (o.log)
-      o.log(fmt::format("train-bench: memory plan for micro-batches of {} x {}: {:.2f} GiB (arenas {:.2f}, kept "
-                        "activations {:.2f}, backward temporaries {:.2f})",
-                        micro, o.seq_len, r.plan_gib, r.plan_params_gib, plan.activations / kGiB,
-                        plan.temporaries / kGiB));
+      o.log(
+          fmt::format("train-bench: memory plan for micro-batches of {} x {}: {:.2f} GiB (arenas {:.2f}, FP8 "
+                      "weights {:.2f}, kept activations {:.2f}, backward temporaries {:.2f})",
+                      micro, o.seq_len, r.plan_gib, r.plan_params_gib, plan.weight_copies / kGiB,
+                      plan.activations / kGiB, plan.temporaries / kGiB));
     o.step->set_bf16_moments(bf16_moments);
     o.step->check_fits(parameter_count(config));  // before the host copies of a model that cannot fit
     // The device's GEMM rate before the model's arenas take its memory (its 8192^3 operands stay allocated).
@@ -191,6 +194,7 @@ std::string bench_json(const TrainBenchResult& r) {
     j["memory_plan_gib"] = r.plan_gib;
     j["memory_plan_arenas_gib"] = r.plan_params_gib;
     j["memory_plan_activations_gib"] = r.plan_activations_gib;
+    j["memory_plan_fp8_weights_gib"] = r.plan_weight_copies_gib;
     j["memory_free_before_gib"] = r.free_before_gib;
     j["memory_peak_used_gib"] = r.peak_used_gib;
   }

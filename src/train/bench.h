@@ -33,6 +33,7 @@ struct TrainBenchOptions {
   std::function<double()> device_gemm_gflops;
   std::string moments = "f32";  // AdamW moments: f32 or bf16 (AdamW::bf16_moments)
   PlanAttention attention = PlanAttention::Gemm;  // the device's attention mode (--attention), for the memory plan
+  PlanGemm gemm = PlanGemm::Bf16;                 // ... and its projections' GEMMs (--gemm fp8: Fp8)
   bool profile = false;         // a device's time by op class over the timed steps
   // Data parallelism (--dp N): each of the communicator's ranks runs --batch sequences a step (its own random
   // tokens) and the gradients are all-reduced (DistributedTraining, ZeRO-0), so a step is N x --batch sequences;
@@ -56,7 +57,7 @@ struct TrainBenchResult {
   std::string moments;
   // A device's memory (GiB): the plan's estimate (train/memory_plan.h) printed before allocating, and what
   // cudaMemGetInfo measured (free before the arenas, most in use during the steps).
-  double plan_gib = 0, plan_params_gib = 0, plan_activations_gib = 0;
+  double plan_gib = 0, plan_params_gib = 0, plan_activations_gib = 0, plan_weight_copies_gib = 0;
   double free_before_gib = 0, peak_used_gib = 0;
   std::vector<std::pair<std::string, double>> profile_ms;  // per timed step, by op class (--profile)
 };

@@ -4,6 +4,8 @@
 #include "train/memory_plan.h"
 
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "train/params.h"
 
@@ -26,14 +28,24 @@ Widths widths(const ModelConfig& c) {
           double(c.moe_intermediate_size), double(c.moe_intermediate_size * c.n_shared_experts)};
 }
 
+// The routed experts take the grouped FP8 products (train/cuda/fp8_experts.h) at widths of whole 128 blocks.
+bool fp8_grouped(const Widths& w) { return std::fmod(w.D, 128.0) == 0 && std::fmod(w.Fm, 128.0) == 0; }
+
 // Kept activations of one layer over b sequences of t (4-byte values).
-double layer_kept(const Widths& w, bool moe, double b, double t, bool flash) {
+double layer_kept(const Widths& w, bool moe, double b, double t, bool flash, bool fp8) {
   const double n = b * t;
   // Under BF16 GEMMs (the plan's mode) a, qan, c and the MLPs' act are kept only in BF16, att and f in both forms.
   double v = 3 * n * w.D + 3 * n;  // a (BF16), h, f (FP32 + BF16) and their rstds (+ c_rstd)
   if (w.ql > 0) v += 1.5 * n * w.ql + n;  // qa, qan (BF16), qa_rstd
   v += n * w.H * w.dq + n * (w.r + w.dr) + 1.5 * n * w.r + n * w.dr + n * w.H * (w.dn + w.dv);  // q, kva, c_in, c, kr, kv
   v += (flash ? b * w.H * t : b * w.H * t * t) + 1.5 * n * w.H * w.dv;  // lse or probs, att (FP32 + BF16)
+  if (fp8) {  // a, qan and c in FP32 (the quantiser's input), att without its BF16 copy
+    v += 0.5 * n * w.D + 0.5 * n * w.ql + 0.5 * n * w.r - 0.5 * n * w.H * w.dv;
+    // a dense layer's act in FP32, and its f without the BF16 rounding (only the MoE layers' gather reads it)
+    if (!moe) return v + 3 * n * w.F - 0.5 * n * w.D;
+    if (!fp8_grouped(w)) v -= 0.5 * n * w.D;
+    if (w.Fs > 0) v += 0.5 * n * w.Fs;  // the shared experts' act in FP32
+  }
   if (!moe) return v + 2.5 * n * w.F;  // gate, up, act (BF16)
   const double nk = n * w.K;
   v += 2 * n * w.E + 2 * nk + n + w.E + 3 * nk;  // logits, scores, chosen, weights, denom, bias, rows/slots/pos
@@ -48,14 +60,15 @@ double layer_kept(const Widths& w, bool moe, double b, double t, bool flash) {
 struct Temps {
   double attn = 0, mlp = 0, moe = 0;
 };
-Temps layer_temps(const Widths& w, bool moe, double b, double t, bool flash) {
+Temps layer_temps(const Widths& w, bool moe, double b, double t, bool flash, bool fp8) {
   const double n = b * t;
   Temps r;
   r.attn = 3 * n * w.D + n * w.H * w.dv + n * w.H * w.dq + n * w.H * (w.dn + w.dv) + n * w.dr;  // dh df da datt dq dkv dkr
   r.attn += (flash ? b * w.H * t + w.H * n * w.dr : b * w.H * t * t);  // delta and the dk_rope partials, or ds
   r.attn += 2 * n * w.r + n * (w.r + w.dr);                           // dc, dc_in, dkva
   if (w.ql > 0) r.attn += 2 * n * w.ql;
-  r.mlp = 2 * n * (moe ? w.Fs : w.F);  // dact (FP32), dgate, dup (BF16) of the dense or shared MLP
+  // dact (FP32), dgate, dup (BF16; FP32 under FP8) of the dense or shared MLP
+  r.mlp = (fp8 ? 3 : 2) * n * (moe ? w.Fs : w.F);
   if (moe) {
     const double nk = n * w.K;
     // moe_dxs, dweights, dact (FP32), dlogits, aux; dy, xs, act, dgate and dup exist only in BF16 (grouped)
@@ -68,14 +81,57 @@ Temps layer_temps(const Widths& w, bool moe, double b, double t, bool flash) {
 // run in FP32: no copy; the weights of BF16 products are the split masters' BF16 halves: no copy either) and the
 // grouped experts' buffers (the plan assumes grouped BF16 experts), and the staging buffer bind and pull move split
 // masters through (FP32: 2 units a value).
-double bf16_copies(const Widths& w, bool any_moe, double n) {
+double bf16_copies(const Widths& w, bool any_moe, double n, bool fp8) {
   const double mlp = std::max(w.F, w.Fs);
-  const double x = n * std::max({w.D, mlp, w.H * w.dv, w.r, 2 * w.D, w.ql});
-  const double dy = n * std::max({mlp, w.H * w.dq, w.H * (w.dn + w.dv), w.D, w.r + w.dr, w.ql});
+  // The products' inputs (k) and outputs (m); under FP8 only those the FP8 GEMM refuses come here (Fprop
+  // needs k % 128 == 0, Dgrad m % 128 == 0: MLA's kv_a output r + dr = 576, say).
+  const std::vector<double> ks = {w.D, mlp, w.H * w.dv, w.r, 2 * w.D, w.ql},
+                            ms = {mlp, w.H * w.dq, w.H * (w.dn + w.dv), w.D, w.r + w.dr, w.ql};
+  double x = 0, dy = 0;
+  for (double k : ks)
+    if (!fp8 || std::fmod(k, 128.0) != 0) x = std::max(x, n * k);
+  for (double m : ms)
+    if (!fp8 || std::fmod(m, 128.0) != 0) dy = std::max(dy, n * m);
   double v = x + dy + 2 * double(kSplitStageValues);
   if (any_moe) {
     const double nk = n * w.K;
     v += nk * w.D + 2 * nk * w.Fm;  // ex_dy, ex_dgate/dup (xs and act are kept in BF16: activations)
+  }
+  return v;
+}
+
+// --gemm fp8's E4M3 weights (bytes): each projection's in both layouts, 2 bytes a value, and a scale per
+// 128x128 block and layout (Fp8Gemms pads a grid's rows to 4 scales; Fp8Experts does not), for every layer
+// and the MTP module. The embedding, the heads and the router stay out (V3's exceptions).
+double fp8_weight_copies(const ModelConfig& c, const Widths& w) {
+  auto blocks = [](double v) { return std::ceil(v / 128.0); };
+  auto ld4 = [&](double v) { return std::ceil(blocks(v) / 4.0) * 4.0; };
+  auto dense = [&](double m, double k) { return 2 * m * k + 4 * (blocks(m) * ld4(k) + blocks(k) * ld4(m)); };
+  auto mlp = [&](double f) { return 2 * dense(f, w.D) + dense(w.D, f); };
+  auto layer = [&](bool moe) {
+    double v = w.ql > 0 ? dense(w.ql, w.D) + dense(w.H * w.dq, w.ql) : dense(w.H * w.dq, w.D);
+    v += dense(w.r + w.dr, w.D) + dense(w.H * (w.dn + w.dv), w.r) + dense(w.D, w.H * w.dv);
+    if (!moe) return v + mlp(w.F);
+    if (w.Fs > 0) v += mlp(w.Fs);
+    return v + w.E * (6 * w.D * w.Fm + 4 * 6 * blocks(w.D) * blocks(w.Fm));  // the routed experts
+  };
+  double v = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) v += layer(c.is_moe_layer(l));
+  if (c.num_nextn_predict_layers > 0) v += layer(c.is_moe_layer(c.num_hidden_layers)) + dense(w.D, 2 * w.D);
+  return v;
+}
+
+// --gemm fp8's quantiser outputs (bytes), one buffer per operand role at the largest product's size: x and
+// x^T, dy and dy^T (the weight gradient's token dimension padded to 128), their scales; and the routed
+// experts' quantised operand (the widest: xs, dys [nK, D] or [dgate | dup] [nK, 2 Fm]) with its scales.
+double fp8_scratch(const Widths& w, bool any_moe, double n) {
+  const double n128 = std::ceil(n / 128.0) * 128.0;
+  const double k = std::max({w.D, w.ql, w.r, w.H * w.dv, w.F, w.Fs, 2 * w.D}),
+               m = std::max({w.ql, w.H * w.dq, w.r + w.dr, w.H * (w.dn + w.dv), w.D, w.F, w.Fs});
+  double v = 2 * n128 * (k + m) + 4 * 2 * n128 * (std::ceil(k / 128.0) + std::ceil(m / 128.0));
+  if (any_moe) {
+    const double nk = n * w.K, a = std::max(w.D, 2 * w.Fm);
+    v += nk * a + 4 * std::ceil(a / 128.0) * (std::ceil(nk / 4.0) * 4.0);
   }
   return v;
 }
@@ -91,8 +147,8 @@ double attention_bf16_copies(const Widths& w, PlanAttention a, double b, double 
 }  // namespace
 
 DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments,
-                                    PlanAttention attention) {
-  const bool flash = attention == PlanAttention::Flash;
+                                    PlanAttention attention, PlanGemm gemm) {
+  const bool flash = attention == PlanAttention::Flash, fp8 = gemm == PlanGemm::Fp8;
   const Widths w = widths(c);
   const double b = double(batch), t = double(seq_len), n = b * t, n1 = b * (t - 1);
   const bool mtp = c.num_nextn_predict_layers > 0;
@@ -107,8 +163,8 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   bool any_moe = false;
   auto add_layer = [&](bool moe, double tt) {
     any_moe = any_moe || moe;
-    kept += layer_kept(w, moe, b, tt, flash);
-    const Temps l = layer_temps(w, moe, b, tt, flash);
+    kept += layer_kept(w, moe, b, tt, flash, fp8);
+    const Temps l = layer_temps(w, moe, b, tt, flash, fp8);
     most.attn = std::max(most.attn, l.attn), most.mlp = std::max(most.mlp, l.mlp), most.moe = std::max(most.moe, l.moe);
   };
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) add_layer(c.is_moe_layer(l), t);
@@ -119,7 +175,12 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   }
   temps += most.attn + most.mlp + most.moe;
   p.activations = 4.0 * kept;
-  p.temporaries = 4.0 * temps + 2.0 * (bf16_copies(w, any_moe, n) + attention_bf16_copies(w, attention, b, t));
+  p.temporaries =
+      4.0 * temps + 2.0 * (bf16_copies(w, any_moe, n, fp8) + attention_bf16_copies(w, attention, b, t));
+  if (fp8) {
+    p.weight_copies = fp8_weight_copies(c, w);
+    p.temporaries += fp8_scratch(w, any_moe, n);
+  }
   p.runtime = kRuntime;
   return p;
 }

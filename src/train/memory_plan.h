@@ -19,11 +19,13 @@ namespace moe::train {
 constexpr int64_t kSplitStageValues = int64_t(1) << 22;
 
 struct DeviceMemoryPlan {
-  double arenas = 0;       // values + gradients + two moments (bytes)
-  double activations = 0;  // kept from the forward to the backward, all layers
-  double temporaries = 0;  // the backward's shared buffers and the BF16 operand copies
-  double runtime = 0;      // cuBLAS workspaces and slack: the headroom the device keeps free
-  double total() const { return arenas + activations + temporaries + runtime; }
+  double arenas = 0;         // values + gradients + two moments (bytes)
+  double weight_copies = 0;  // --gemm fp8: the E4M3 weights in both layouts and their scales
+  double activations = 0;    // kept from the forward to the backward, all layers
+  double temporaries =
+      0;               // the backward's shared buffers, the BF16 operand copies, the FP8 quantisers' outputs
+  double runtime = 0;  // cuBLAS workspaces and slack: the headroom the device keeps free
+  double total() const { return arenas + weight_copies + activations + temporaries + runtime; }
 };
 
 // The attention's buffers by its mode (train/cuda's --attention): Gemm (fp32, tf32) keeps each layer's
@@ -34,7 +36,17 @@ struct DeviceMemoryPlan {
 // have flash kernels; others run GemmBf16's buffers.)
 enum class PlanAttention { Gemm, GemmBf16, Flash };
 
+// The projections' GEMMs (train/cuda's --gemm; the routed experts grouped, the default). Bf16: the
+// activations that only GEMMs read are kept in BF16 only (a, c, att's copy, the MLPs' act), the masters those
+// GEMMs read are stored split. Fp8 (train/cuda/fp8_gemm.h, fp8_experts.h): those activations stay FP32 (the
+// quantiser reads FP32), the MoE layers' norm output keeps its BF16 rounding for the experts' gather, each
+// projection's weight is kept as E4M3 in both layouts (2 bytes a value, plus a scale per 128x128 block and
+// layout), and the quantisers write their operands into scratch buffers, each the size of the largest
+// product's.
+enum class PlanGemm { Bf16, Fp8 };
+
 DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments,
-                                    PlanAttention attention = PlanAttention::Gemm);
+                                    PlanAttention attention = PlanAttention::Gemm,
+                                    PlanGemm gemm = PlanGemm::Bf16);
 
 }  // namespace moe::train

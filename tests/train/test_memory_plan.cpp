@@ -79,5 +79,45 @@ TEST(MemoryPlan, AttentionModes) {
               g.total() / GiB, gb.total() / GiB, fl.total() / GiB, g.activations / GiB, fl.activations / GiB);
 }
 
+// --gemm fp8 (train/cuda/fp8_gemm.h, fp8_experts.h): every projection's weight again as E4M3 in both layouts
+// (2 bytes a value: all of train-mid's parameters but the embedding, the heads, the routers and the norms),
+// the activations only GEMMs read kept in FP32, the quantisers' scratch. Anchored on one measurement:
+// train-mid cut to 6 layers at 2 x 2048 with flash attention and BF16 moments, cudaMemGetInfo's peak during
+// `moe train-bench` was 60.55 GiB under --gemm bf16 and 68.08 GiB under --gemm fp8 (H100, 2026-12-05,
+// bench/RESULTS.md; the BF16 plan then said 59.92 for both).
+TEST(MemoryPlan, Fp8Gemms) {
+  const ModelConfig mid = load("bench/configs/train-mid.json");
+  const int64_t t = 2048;
+  const DeviceMemoryPlan bf = device_memory_plan(mid, 1, t, true, PlanAttention::Flash),
+                         f8 = device_memory_plan(mid, 1, t, true, PlanAttention::Flash, PlanGemm::Fp8);
+  EXPECT_EQ(bf.weight_copies, 0.0);
+  EXPECT_EQ(f8.arenas, bf.arenas);
+  // The projections' values, counted from the parameter total: less the embedding and the head [V, D], each
+  // MoE layer's router [E, D], and the norms (two a layer and the latent one; the MTP module's three; the
+  // model's final norm).
+  const double D = double(mid.hidden_size), V = double(mid.vocab_size), E = double(mid.n_routed_experts),
+               r = double(mid.kv_lora_rank);
+  const int64_t layers = mid.num_hidden_layers + mid.num_nextn_predict_layers;
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < layers; ++l) moe_layers += mid.is_moe_layer(l) ? 1 : 0;
+  const double norms = double(layers) * (2 * D + r) + 3 * D + D;
+  const double projections = double(parameter_count(mid)) - 2 * V * D - double(moe_layers) * E * D - norms;
+  EXPECT_NEAR(f8.weight_copies, 2.0 * projections, 1e-3 * 2.0 * projections);  // + the scales, ~1e-4
+  EXPECT_GT(f8.activations, bf.activations);  // a, c and the dense MLP's act in FP32
+  EXPECT_GT(f8.temporaries, bf.temporaries);  // the quantisers' operands
+  // The measured anchor: 6 layers at 2 x 2048.
+  ModelConfig six = mid;
+  six.num_hidden_layers = 6;
+  const double GiB = 1073741824.0;
+  const DeviceMemoryPlan bf6 = device_memory_plan(six, 2, t, true, PlanAttention::Flash),
+                         f86 = device_memory_plan(six, 2, t, true, PlanAttention::Flash, PlanGemm::Fp8);
+  std::printf(
+      "train-mid, 6 layers, 2 x 2048, flash, bf16 moments: plan %.2f GiB under bf16 (measured peak 60.55), "
+      "%.2f GiB under fp8 (FP8 weights %.2f; measured peak 68.08)\n",
+      bf6.total() / GiB, f86.total() / GiB, f86.weight_copies / GiB);
+  EXPECT_NEAR(f86.total() / GiB, 68.08, 0.05 * 68.08);
+  EXPECT_NEAR(f86.total() - bf6.total(), (68.08 - 60.55) * GiB, 0.15 * (68.08 - 60.55) * GiB);
+}
+
 }  // namespace
 }  // namespace moe::train
