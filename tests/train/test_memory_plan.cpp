@@ -104,6 +104,11 @@ TEST(MemoryPlan, Fp8Gemms) {
   const double projections = double(parameter_count(mid)) - 2 * V * D - double(moe_layers) * E * D - norms;
   EXPECT_NEAR(f8.weight_copies, 2.0 * projections, 1e-3 * 2.0 * projections);  // + the scales, ~1e-4
   EXPECT_GT(f8.activations, bf.activations);  // a, c and the dense MLP's act in FP32
+  // The whole train-mid fits an H200 (138.7 GiB free) at 1 x 2048 under BF16 but not under FP8: 17.6 GiB of
+  // E4M3 weights on top of the same 12 bytes a parameter of arenas.
+  const double h200_free = 138.7 * 1073741824.0;
+  EXPECT_LT(bf.total(), h200_free);
+  EXPECT_GT(f8.total(), h200_free);
   EXPECT_GT(f8.temporaries, bf.temporaries);  // the quantisers' operands
   // The measured anchor: 6 layers at 2 x 2048.
   ModelConfig six = mid;
