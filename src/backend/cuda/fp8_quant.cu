@@ -18,11 +18,9 @@ namespace {
 constexpr int kQuantWarps = 8;  // warps per block
 constexpr int kQuantTiles = 4;  // (row, 128-column) tiles per warp, their loads in flight together
 
-// The 4 values of tile `tile` a lane reads (k0 .. k0 + 3 of its row; zeros past K).
-__device__ __forceinline__ void quant_load(const Fp8QuantParams& p, int64_t tile, int32_t kb_count, int lane,
+// The 4 values of tile (output row i, K block kb) a lane reads (k0 .. k0 + 3 of its row; zeros past K).
+__device__ __forceinline__ void quant_load(const Fp8QuantParams& p, int64_t i, int32_t kb, int lane,
                                            float v[4]) {
-  const int64_t i = tile / kb_count;
-  const int32_t kb = int32_t(tile % kb_count);
   const int64_t src_row = p.rows ? int64_t(p.rows[i]) / p.row_div : i;
   const int64_t k0 = int64_t(kb) * 128 + lane * 4, off = src_row * p.ldx + k0;
   const bool whole = k0 + 4 <= p.K && p.ldx % 4 == 0;  // one vector load (F32 x4 or BF16 x4)
@@ -40,11 +38,9 @@ __device__ __forceinline__ void quant_load(const Fp8QuantParams& p, int64_t tile
   }
 }
 
-// Tile `tile` (output row i, K block kb) from the lane's 4 values: scale, codes, the scale's slot.
-__device__ __forceinline__ void quant_store(const Fp8QuantParams& p, int64_t tile, int32_t kb_count, int lane,
+// Tile (output row i, K block kb) from the lane's 4 values: scale, codes, the scale's slot.
+__device__ __forceinline__ void quant_store(const Fp8QuantParams& p, int64_t i, int32_t kb, int lane,
                                             const float v[4]) {
-  const int64_t i = tile / kb_count;
-  const int32_t kb = int32_t(tile % kb_count);
   const int64_t k0 = int64_t(kb) * 128 + lane * 4;
   float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
   amax = warp_max(amax);
@@ -97,13 +93,17 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
   pdl_wait();
   const int lane = threadIdx.x % 32;
   const int64_t first = (blockIdx.x * int64_t(kQuantWarps) + threadIdx.x / 32) * kQuantTiles;
+  int64_t row[kQuantTiles];  // tile t is (row t / kb_count, K block t % kb_count), split once
+  int32_t kb[kQuantTiles];
   float v[kQuantTiles][4];
 #pragma unroll
-  for (int t = 0; t < kQuantTiles; ++t)
-    if (first + t < tiles_total) quant_load(p, first + t, kb_count, lane, v[t]);
+  for (int t = 0; t < kQuantTiles; ++t) {
+    row[t] = (first + t) / kb_count, kb[t] = int32_t((first + t) % kb_count);
+    if (first + t < tiles_total) quant_load(p, row[t], kb[t], lane, v[t]);
+  }
 #pragma unroll
   for (int t = 0; t < kQuantTiles; ++t)
-    if (first + t < tiles_total) quant_store(p, first + t, kb_count, lane, v[t]);
+    if (first + t < tiles_total) quant_store(p, row[t], kb[t], lane, v[t]);
 }
 
 // out[r, c] = in[r, c] for c < cols, 0 for cols <= c < ld.

@@ -2,8 +2,7 @@
 // them: expert e's rows are offsets[e] .. offsets[e+1] of xs [nK, D]). Two paths with the same maths
 // (ffn.cpp's):
 //  - grouped (BF16 and FP8, the default): xs, act and the gradients are rounded to BF16 once for all experts
-//  (xs
-//    and act kept to the backward only as BF16; SwiGLU writes act, dgate and dup as BF16 directly, xs is
+//    (xs and act kept to the backward only as BF16; SwiGLU writes act, dgate and dup as BF16 directly, xs is
 //    gathered as BF16), and each product is one grouped GEMM over the experts (grouped_gemm.h): gate and up
 //    together, down; in the backward dact, dW_down, dxs (gate then up: they share their output) and dW_gate
 //    with dW_up. SwiGLU and its backward run once over all rows. BF16 reads the expert weights where they lie

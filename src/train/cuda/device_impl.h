@@ -90,8 +90,8 @@ struct DeviceTrainer::Impl {
     if (!f8) f8 = std::make_unique<Fp8Gemms>(cc.stream());
     return *f8;
   }
-  std::unique_ptr<Fp8Experts>
-      f8x;  // prec == Fp8 under grouped experts: the routed experts' grouped FP8 products
+  // prec == Fp8 under grouped experts: the routed experts' grouped FP8 products
+  std::unique_ptr<Fp8Experts> f8x;
   Fp8Experts& fp8_experts() {
     if (!f8x) f8x = std::make_unique<Fp8Experts>(cc.stream());
     return *f8x;
@@ -105,10 +105,10 @@ struct DeviceTrainer::Impl {
   cudaStream_t stream() const { return cc.stream(); }
   StepProfile prof;     // per-op-class device time (off unless set_profile)
   GroupedGemm egemm;    // the routed experts' grouped GEMMs (BF16)
-  bool grouped_experts =
-      true;  // BF16 and FP8: the experts' GEMMs grouped (egemm: one launch of our wgmma kernel
-             // per product, grouped_gemm_wgmma.cu; under FP8 the forward and input-gradient
-             // products on Fp8Experts); false, or FP32: one mm/mm_bwd per expert (the reference)
+  // BF16 and FP8: the experts' GEMMs grouped (egemm: one launch of our wgmma kernel per product,
+  // grouped_gemm_wgmma.cu; under FP8 the forward and input-gradient products on Fp8Experts); false, or FP32:
+  // one mm/mm_bwd per expert (the reference)
+  bool grouped_experts = true;
   AttnPrecision attention_prec = AttnPrecision::Fp32;  // the attention's score and value GEMMs (set_attention)
   // The mode a layer of these head widths runs: attention_prec, except Flash for a head shape without flash kernels,
   // which runs the Bf16 GEMMs (the same roundings) with a note on stderr the first time.
@@ -120,9 +120,7 @@ struct DeviceTrainer::Impl {
   // Flash: the BF16 operand copies (the same buffers as Bf16's) and, for the backward, delta and the per-head
   // dk_rope partials.
   AttnFlash attention_flash_scratch(int64_t b, int64_t t, int64_t H, int64_t dn, int64_t dr, int64_t dv, bool backward);
-  bool use_grouped() const {
-    return grouped_experts && (prec == GemmPrecision::Bf16 || prec == GemmPrecision::Fp8);
-  }
+  bool use_grouped() const { return grouped_experts && prec != GemmPrecision::Fp32; }
   size_t mem_free_at_bind = 0, mem_free_min = 0;  // cudaMemGetInfo: before the arenas, the lowest since
   void note_free_memory();
 

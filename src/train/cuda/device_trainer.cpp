@@ -276,9 +276,7 @@ void DeviceTrainer::Impl::plan_split(const TrainModel& m) {
   if (prec == GemmPrecision::Bf16 && m.eh_proj) bf16_only.insert(m.eh_proj);
   // The head stays BF16 under FP8 too (one of V3's exceptions): split, it is not converted from FP32 at each
   // use (V x D values, forward and backward of both heads every micro-batch).
-  if ((prec == GemmPrecision::Bf16 || prec == GemmPrecision::Fp8) && !head_fp32 && m.head &&
-      m.head != m.embed)
-    bf16_only.insert(m.head);
+  if (prec != GemmPrecision::Fp32 && !head_fp32 && m.head && m.head != m.embed) bf16_only.insert(m.head);
   // Regions: maximal runs of such parameters adjacent in W, each starting on 16 bytes; a parameter whose size is
   // not a multiple of 8 stays FP32 (its neighbours' halves would lose their 16-byte alignment).
   SplitRegion cur;

@@ -88,10 +88,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) fp8_quantize_kernel(Fp8QuantAr
     if (threadIdx.x == 0) a.qs[int64_t(blockIdx.y) * a.qs_ld + blockIdx.x] = bscale;
   }
   if (a.col_mode != 0) {
-    const int64_t r = r0 + lane * 4,
-                  qt_ld = a.qt_ld > 0
-                              ? a.qt_ld
-                              : a.rows_out;  // rows_out % 4 == 0: a lane's four rows are all in or all out
+    const int64_t r = r0 + lane * 4;  // rows_out % 4 == 0: a lane's four rows are all in or all out
+    const int64_t qt_ld = a.qt_ld > 0 ? a.qt_ld : a.rows_out;
     for (int cc = warp; cc < kTile; cc += kWarps) {
       const int64_t col = c0 + cc;
       if (col >= a.cols) break;
