@@ -21,7 +21,7 @@ constexpr int kQuantTiles = 4;  // (row, 128-column) tiles per warp, their loads
 // The 4 values of tile (output row i, K block kb) a lane reads (k0 .. k0 + 3 of its row; zeros past K).
 __device__ __forceinline__ void quant_load(const Fp8QuantParams& p, int64_t i, int32_t kb, int lane,
                                            float v[4]) {
-  const int64_t src_row = p.rows ? int64_t(p.rows[i]) / p.row_div : i;
+  const int64_t src_row = p.rows ? int64_t(p.rows[i] / p.row_div) : i;
   const int64_t k0 = int64_t(kb) * 128 + lane * 4, off = src_row * p.ldx + k0;
   const bool whole = k0 + 4 <= p.K && p.ldx % 4 == 0;  // one vector load (F32 x4 or BF16 x4)
   if (whole && p.x_bf16) {
@@ -38,7 +38,7 @@ __device__ __forceinline__ void quant_load(const Fp8QuantParams& p, int64_t i, i
   }
 }
 
-// Tile (output row i, K block kb) from the lane's 4 values: scale, codes, the scale's slot.
+// Tile `tile` (output row i, K block kb) from the lane's 4 values: scale, codes, the scale's slot.
 __device__ __forceinline__ void quant_store(const Fp8QuantParams& p, int64_t i, int32_t kb, int lane,
                                             const float v[4]) {
   const int64_t k0 = int64_t(kb) * 128 + lane * 4;
@@ -93,12 +93,15 @@ __global__ void __launch_bounds__(kQuantWarps * 32)
   pdl_wait();
   const int lane = threadIdx.x % 32;
   const int64_t first = (blockIdx.x * int64_t(kQuantWarps) + threadIdx.x / 32) * kQuantTiles;
-  int64_t row[kQuantTiles];  // tile t is (row t / kb_count, K block t % kb_count), split once
+  // Tile t is (row t / kb_count, K block t % kb_count), split once in 32 bits (the launcher keeps the tile
+  // count below 2^31): a 64-bit division is a long subroutine, and the split ran twice a tile.
+  int64_t row[kQuantTiles];
   int32_t kb[kQuantTiles];
   float v[kQuantTiles][4];
 #pragma unroll
   for (int t = 0; t < kQuantTiles; ++t) {
-    row[t] = (first + t) / kb_count, kb[t] = int32_t((first + t) % kb_count);
+    const uint32_t tile = uint32_t(first + t), r = tile / uint32_t(kb_count);
+    row[t] = int64_t(r), kb[t] = int32_t(tile - r * uint32_t(kb_count));
     if (first + t < tiles_total) quant_load(p, row[t], kb[t], lane, v[t]);
   }
 #pragma unroll
@@ -135,6 +138,8 @@ void quantize_fp8(const Fp8QuantParams& p, cudaStream_t s) {
   if (p.M == 0 || p.K == 0) return;
   const int32_t kb = int32_t((p.K + 127) / 128);
   const int64_t tiles = p.M * kb;
+  // The kernel splits tile indices in 32 bits (one tile is 128 values of a row: 2^31 of them is 2^38 values).
+  if (tiles >= (int64_t(1) << 31)) check(cudaErrorInvalidValue, "quantize_fp8: more than 2^31 tiles");
   launch("quantize_fp8", quantize_fp8_kernel, dim3(blocks_for(tiles, kQuantWarps * kQuantTiles)),
          kQuantWarps * 32, 0, s, p, tiles, kb);
 }
