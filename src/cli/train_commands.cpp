@@ -37,6 +37,11 @@ void add_train_device_flags(CLI::App* cmd, TrainDeviceOptions& o) {
   cmd->add_option("--expert-gemm", o.expert_gemm, "--device cuda, bf16 and fp8: the routed experts' GEMMs grouped (one "
                   "grouped wgmma GEMM a product; under fp8 the forward and input-gradient products FP8, the weight "
                   "gradients BF16) or loop (one GEMM per expert and product, FP8 ones under fp8) (grouped)");
+  cmd->add_option(
+      "--fp8-expert-weights", o.fp8_expert_weights,
+      "--device cuda --gemm fp8: the routed experts' E4M3 weights in both layouts, or only the forward one "
+      "with the input-gradient layout transposed per layer in the backward (half that memory: for models "
+      "whose FP8 copies do not fit otherwise) (both)");
   cmd->add_option("--attention", o.attention, "--device cuda: the attention's score and value GEMMs in fp32 (no TF32), "
                   "tf32 or bf16 (operands rounded to BF16, FP32 accumulation), or flash (fused kernels with bf16's "
                   "roundings: no [t, t] scores kept, the causal upper triangle skipped) (fp32)");
@@ -280,7 +285,9 @@ void register_train_commands(CLI::App& app) {
       o->attention = dev_opts->attention == "flash"  ? train::PlanAttention::Flash
                      : dev_opts->attention == "bf16" ? train::PlanAttention::GemmBf16
                                                      : train::PlanAttention::Gemm;
-      o->gemm = dev_opts->gemm == "fp8" ? train::PlanGemm::Fp8 : train::PlanGemm::Bf16;
+      o->gemm = dev_opts->gemm != "fp8"                     ? train::PlanGemm::Bf16
+                : dev_opts->fp8_expert_weights == "forward" ? train::PlanGemm::Fp8ForwardExperts
+                                                            : train::PlanGemm::Fp8;
       const train::TrainBenchResult r = train::run_train_bench(*o);
       if (comm && comm->rank() != 0) return;  // rank 0 reports
       std::printf("%s\n", train::bench_json(r).c_str());

@@ -9,14 +9,19 @@ namespace moe::cli {
 
 TrainDevice make_train_device(const TrainDeviceOptions& given) {
   if (given.device == "cpu") {
-    MOE_CHECK(given.expert_gemm.empty() && given.attention.empty() && given.head.empty() && !given.check_finite,
-              "--expert-gemm, --attention, --head and --check-finite are for --device cuda (the CPU trainer runs its "
-              "GEMMs in FP32 with BF16-rounded operands where the recipe says)");
+    MOE_CHECK(given.expert_gemm.empty() && given.attention.empty() && given.head.empty() &&
+                  !given.check_finite && given.fp8_expert_weights.empty(),
+              "--expert-gemm, --attention, --head, --fp8-expert-weights and --check-finite are for --device "
+              "cuda (the "
+              "CPU trainer runs its GEMMs in FP32 with BF16-rounded operands where the recipe says)");
   }
   TrainDeviceOptions o = given;
   if (o.expert_gemm.empty()) o.expert_gemm = "grouped";
   if (o.attention.empty()) o.attention = "fp32";
   if (o.head.empty()) o.head = "fp32";
+  if (o.fp8_expert_weights.empty()) o.fp8_expert_weights = "both";
+  MOE_CHECK(o.fp8_expert_weights == "both" || o.fp8_expert_weights == "forward",
+            "--fp8-expert-weights must be both or forward, not '{}'", o.fp8_expert_weights);
   MOE_CHECK(o.attention == "fp32" || o.attention == "tf32" || o.attention == "bf16" || o.attention == "flash",
             "--attention must be fp32, tf32, bf16 or flash, not '{}'", o.attention);
   MOE_CHECK(o.head == "fp32" || o.head == "bf16", "--head must be fp32 or bf16, not '{}'", o.head);
@@ -45,6 +50,7 @@ TrainDevice make_train_device(const TrainDeviceOptions& given) {
                                             : AttnPrecision::Fp32);
   c->set_head_fp32(o.head == "fp32");
   c->set_check_finite(o.check_finite);
+  c->set_fp8_expert_weights_both(o.fp8_expert_weights == "both");
   TrainDevice d;
   d.name = "cuda" + (gpu ? ":" + std::to_string(gpu) : std::string()) + ": " + c->device_name() + ", " + o.gemm + " GEMMs, device-resident step" +
            (o.gemm == "bf16" ? ", experts " + o.expert_gemm : "") + ", attention " + o.attention + ", head " + o.head;

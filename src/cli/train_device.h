@@ -26,6 +26,9 @@ struct TrainDeviceOptions {
   std::string attention;       // the score and value GEMMs: fp32 (default, no TF32), tf32 or bf16; or flash
   std::string head;            // the output heads' GEMMs: fp32 (default) or bf16 operands (FP32 accumulation)
   bool check_finite = false;   // DeviceTrainer::set_check_finite
+  // --gemm fp8: the routed experts' E4M3 weights in both layouts (both, the default) or the forward one only,
+  // transposed per layer in the backward (forward: half the memory of those copies)
+  std::string fp8_expert_weights;
   // cuda: which of the visible GPUs: this rank's index on its node modulo the GPUs (0 for one process, and for the
   // launcher's GPU ranks, which see only their own)
   int local_rank = 0;

@@ -103,7 +103,7 @@ double bf16_copies(const Widths& w, bool any_moe, double n, bool fp8) {
 // --gemm fp8's E4M3 weights (bytes): each projection's in both layouts, 2 bytes a value, and a scale per
 // 128x128 block and layout (Fp8Gemms pads a grid's rows to 4 scales; Fp8Experts does not), for every layer
 // and the MTP module. The embedding, the heads and the router stay out (V3's exceptions).
-double fp8_weight_copies(const ModelConfig& c, const Widths& w) {
+double fp8_weight_copies(const ModelConfig& c, const Widths& w, bool expert_layouts_both) {
   auto blocks = [](double v) { return std::ceil(v / 128.0); };
   auto ld4 = [&](double v) { return std::ceil(blocks(v) / 4.0) * 4.0; };
   auto dense = [&](double m, double k) { return 2 * m * k + 4 * (blocks(m) * ld4(k) + blocks(k) * ld4(m)); };
@@ -113,7 +113,8 @@ double fp8_weight_copies(const ModelConfig& c, const Widths& w) {
     v += dense(w.r + w.dr, w.D) + dense(w.H * (w.dn + w.dv), w.r) + dense(w.D, w.H * w.dv);
     if (!moe) return v + mlp(w.F);
     if (w.Fs > 0) v += mlp(w.Fs);
-    return v + w.E * (6 * w.D * w.Fm + 4 * 6 * blocks(w.D) * blocks(w.Fm));  // the routed experts
+    const double layouts = expert_layouts_both ? 2 : 1;  // the routed experts: 3 D Fm values an expert
+    return v + w.E * layouts * (3 * w.D * w.Fm + 4 * 3 * blocks(w.D) * blocks(w.Fm));
   };
   double v = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) v += layer(c.is_moe_layer(l));
@@ -148,7 +149,7 @@ double attention_bf16_copies(const Widths& w, PlanAttention a, double b, double 
 
 DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments,
                                     PlanAttention attention, PlanGemm gemm) {
-  const bool flash = attention == PlanAttention::Flash, fp8 = gemm == PlanGemm::Fp8;
+  const bool flash = attention == PlanAttention::Flash, fp8 = gemm != PlanGemm::Bf16;
   const Widths w = widths(c);
   const double b = double(batch), t = double(seq_len), n = b * t, n1 = b * (t - 1);
   const bool mtp = c.num_nextn_predict_layers > 0;
@@ -178,8 +179,11 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   p.temporaries =
       4.0 * temps + 2.0 * (bf16_copies(w, any_moe, n, fp8) + attention_bf16_copies(w, attention, b, t));
   if (fp8) {
-    p.weight_copies = fp8_weight_copies(c, w);
+    const bool both = gemm == PlanGemm::Fp8;
+    p.weight_copies = fp8_weight_copies(c, w, both);
     p.temporaries += fp8_scratch(w, any_moe, n);
+    // the transposed layout of one layer's experts, made in its backward
+    if (!both && any_moe) p.temporaries += w.E * (3 * w.D * w.Fm + 4 * 3 * (w.D / 128) * (w.Fm / 128));
   }
   p.runtime = kRuntime;
   return p;

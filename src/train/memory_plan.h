@@ -43,7 +43,9 @@ enum class PlanAttention { Gemm, GemmBf16, Flash };
 // projection's weight is kept as E4M3 in both layouts (2 bytes a value, plus a scale per 128x128 block and
 // layout), and the quantisers write their operands into scratch buffers, each the size of the largest
 // product's.
-enum class PlanGemm { Bf16, Fp8 };
+// Fp8ForwardExperts: Fp8 with the routed experts' weights in the forward layout only (--fp8-expert-weights
+// forward: 1 byte a value) and one layer's transposed copy, shared by the layers.
+enum class PlanGemm { Bf16, Fp8, Fp8ForwardExperts };
 
 DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments,
                                     PlanAttention attention = PlanAttention::Gemm,

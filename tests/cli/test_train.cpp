@@ -377,7 +377,8 @@ TEST(TrainDevice, CheckFiniteOnTheCpuIsRefused) {
   const Result r = test::run_moe("train --device cpu --check-finite --config tests/data/tiny-train/model/config.json "
                                  "--data " + test::temp_path("no-data") + " --out " + test::temp_path("no-out"));
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.out.find("--expert-gemm, --attention, --head and --check-finite are for --device cuda"),
+  EXPECT_NE(r.out.find("--expert-gemm, --attention, --head, --fp8-expert-weights and --check-finite are for "
+                       "--device cuda"),
             std::string::npos)
       << r.out;
 }
@@ -404,11 +405,18 @@ TEST(TrainBench, DeviceFlagErrorsNameTheFlag) {
   const Result head = test::run_moe(base + " --device cuda --head fp8");
   EXPECT_EQ(head.code, 1);
   EXPECT_NE(head.out.find("--head must be fp32 or bf16, not 'fp8'"), std::string::npos) << head.out;
+  const Result layouts = test::run_moe(base + " --device cuda --gemm fp8 --fp8-expert-weights backward");
+  EXPECT_EQ(layouts.code, 1);
+  EXPECT_NE(layouts.out.find("--fp8-expert-weights must be both or forward, not 'backward'"),
+            std::string::npos)
+      << layouts.out;
   // The CUDA trainer's choices with the CPU trainer: refused, not silently ignored.
-  for (const char* flag : {"--attention bf16", "--attention flash", "--head bf16", "--expert-gemm grouped"}) {
+  for (const char* flag : {"--attention bf16", "--attention flash", "--head bf16", "--expert-gemm grouped",
+                           "--fp8-expert-weights forward"}) {
     const Result r = test::run_moe(base + " --device cpu " + flag);
     EXPECT_EQ(r.code, 1) << flag;
-    EXPECT_NE(r.out.find("--expert-gemm, --attention, --head and --check-finite are for --device cuda"),
+    EXPECT_NE(r.out.find("--expert-gemm, --attention, --head, --fp8-expert-weights and --check-finite are "
+                         "for --device cuda"),
               std::string::npos)
         << flag << ": " << r.out;
   }

@@ -110,6 +110,15 @@ TEST(MemoryPlan, Fp8Gemms) {
   EXPECT_LT(bf.total(), h200_free);
   EXPECT_GT(f8.total(), h200_free);
   EXPECT_GT(f8.temporaries, bf.temporaries);  // the quantisers' operands
+  // --fp8-expert-weights forward: the routed experts' copies in one layout (1 byte a value instead of 2) and
+  // one layer's transposed copy; the whole train-mid then fits at 1 x 2048.
+  const DeviceMemoryPlan fw =
+      device_memory_plan(mid, 1, t, true, PlanAttention::Flash, PlanGemm::Fp8ForwardExperts);
+  const double Fm = double(mid.moe_intermediate_size), expert_values = E * 3 * D * Fm;
+  EXPECT_NEAR(f8.weight_copies - fw.weight_copies, double(moe_layers) * expert_values,
+              1e-3 * double(moe_layers) * expert_values);
+  EXPECT_NEAR(fw.temporaries - f8.temporaries, expert_values, 1e-3 * expert_values);
+  EXPECT_LT(fw.total(), h200_free);
   // The measured anchor: 6 layers at 2 x 2048.
   ModelConfig six = mid;
   six.num_hidden_layers = 6;

@@ -475,6 +475,33 @@ TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
       grouped(D, 2 * F, cat_x, [&](int64_t e, int64_t c, int64_t j) {
         return double(j < F ? wg[size_t(e)][size_t(j * D + c)] : wu[size_t(e)][size_t((j - F) * D + c)]);
       }));
+  // --fp8-expert-weights forward: only the forward layout kept, the input-gradient layout transposed per
+  // layer (fp8_transpose) from its codes: the same bytes, so every product equals Both's bit for bit. Twice,
+  // with another layer's backward between (the shared buffer rebuilt for it, then for L again).
+  {
+    cuda::Fp8Experts y8(cc.stream());
+    y8.set_layouts(cuda::Fp8Experts::Layouts::ForwardOnly);
+    cuda::Fp8Experts::Layer L2 = L;
+    const int other = 0;
+    L2.key = &other;
+    DeviceArray<float> gate1(zeros_of<float>(size_t(nk * F))), up1(zeros_of<float>(size_t(nk * F))),
+        eout1(zeros_of<float>(size_t(nk * D))), dact1(zeros_of<float>(size_t(nk * F))),
+        dxs1(zeros_of<float>(size_t(nk * D)));
+    for (int round = 0; round < 2; ++round) {
+      y8.forward_gate_up(L, d_xs.get(), gate1.get(), up1.get());
+      y8.forward_down(L, d_act.get(), eout1.get());
+      y8.backward_dact(L, d_dys.get(), dact1.get());
+      y8.backward_dxs(L, d_dg.get(), d_du.get(), dxs1.get());
+      cc.sync();
+      ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+      EXPECT_EQ(gate1.host(), gate.host()) << "round " << round;
+      EXPECT_EQ(up1.host(), up.host()) << "round " << round;
+      EXPECT_EQ(eout1.host(), eout.host()) << "round " << round;
+      EXPECT_EQ(dact1.host(), dact.host()) << "round " << round;
+      EXPECT_EQ(dxs1.host(), dxs.host()) << "round " << round;
+      y8.backward_dact(L2, d_dys.get(), dact1.get());  // the other layer's backward takes the shared buffer
+    }
+  }
   // A new weight version quantises again, once.
   x8.new_weights();
   x8.forward_down(L, d_act.get(), eout.get());

@@ -92,8 +92,13 @@ struct DeviceTrainer::Impl {
   }
   // prec == Fp8 under grouped experts: the routed experts' grouped FP8 products
   std::unique_ptr<Fp8Experts> f8x;
+  bool fp8_expert_weights_both = true;  // set_fp8_expert_weights_both
   Fp8Experts& fp8_experts() {
-    if (!f8x) f8x = std::make_unique<Fp8Experts>(cc.stream());
+    if (!f8x) {
+      f8x = std::make_unique<Fp8Experts>(cc.stream());
+      f8x->set_layouts(fp8_expert_weights_both ? Fp8Experts::Layouts::Both
+                                               : Fp8Experts::Layouts::ForwardOnly);
+    }
     return *f8x;
   }
   // The routed experts of widths D, F take Fp8Experts (else, under Fp8, BF16 grouped GEMMs).

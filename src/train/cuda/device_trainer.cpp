@@ -662,6 +662,11 @@ int64_t DeviceTrainer::split_master_values() const {
 }
 
 void DeviceTrainer::set_attention(AttnPrecision p) { impl_->attention_prec = p; }
+void DeviceTrainer::set_fp8_expert_weights_both(bool on) {
+  MOE_CHECK(impl_->bound == nullptr || on == impl_->fp8_expert_weights_both,
+            "cuda train: set_fp8_expert_weights_both must come before the first step");
+  impl_->fp8_expert_weights_both = on;
+}
 void DeviceTrainer::set_head_fp32(bool on) {
   // A BF16 head's master is stored split from the first step on (bind): the choice comes before it.
   MOE_CHECK(impl_->bound == nullptr || on == impl_->head_fp32, "cuda train: set_head_fp32 must come before the first step");

@@ -68,6 +68,10 @@ class DeviceTrainer final : public DeviceStep {
   // The output heads' GEMMs: FP32 operands (true, the default, as the CPU trainer) or BF16 operands with FP32
   // accumulation (false; in --gemm fp8 too: the head never runs in FP8).
   void set_head_fp32(bool on);
+  // --gemm fp8 with grouped experts: keep the routed experts' E4M3 weights in both layouts (true, the
+  // default) or only the forward one, transposed per layer in the backward (false: half the FP8 weight
+  // memory, the same products; fp8_experts.h's Layouts). Before the first step.
+  void set_fp8_expert_weights_both(bool on);
   // Checks every layer's activations and gradients for NaN or infinity (a sum per tensor, one more sync per step)
   // and throws naming the first tensor that has them: for finding where a diverging run breaks. Off by default.
   void set_check_finite(bool on);

@@ -32,6 +32,8 @@ Fp8Experts::~Fp8Experts() {
     if (w.mem) cudaFree(w.mem);
     if (w.table) cudaFree(w.table);
   }
+  if (bwd_.mem) cudaFree(bwd_.mem);
+  if (bwd_.table) cudaFree(bwd_.table);
 }
 
 bool Fp8Experts::applies(int64_t D, int64_t F) {
@@ -39,36 +41,58 @@ bool Fp8Experts::applies(int64_t D, int64_t F) {
          moe::cuda::grouped_gemm_fp8_shape_ok(D, 2 * F) && moe::cuda::grouped_gemm_fp8_shape_ok(F, D);
 }
 
+void Fp8Experts::set_layouts(Layouts l) {
+  if (l == layouts_) return;
+  layouts_ = l;  // every layer's weights are laid out again at their next use
+  for (auto& [key, w] : layers_) w.version = -1;
+  bwd_key_ = nullptr;
+}
+
+namespace {
+
+// A Weights allocation of `E` experts, each with `mats` matrices' bytes and `grids` scale values; table slots
+// (matrix offset in bytes and grid offset in values within an expert, or -1: not kept) for the kSlots kinds.
+template <typename W>
+void allocate(W& w, int64_t E, int64_t mat_bytes, int64_t scale_floats, const int64_t (&mat_off)[5],
+              const int64_t (&scale_off)[5], int slots) {
+  if (w.mem) check(cudaFree(w.mem), "cudaFree");
+  if (w.table) check(cudaFree(w.table), "cudaFree");
+  w.mem = nullptr, w.table = nullptr;
+  const size_t bytes = size_t(E * mat_bytes) + size_t(E * scale_floats) * sizeof(float);
+  check(cudaMalloc(&w.mem, bytes), "cudaMalloc (FP8 expert weights)");
+  check(cudaMalloc(reinterpret_cast<void**>(&w.table), size_t(E * 2 * slots) * sizeof(void*)),
+        "cudaMalloc (FP8 expert table)");
+  std::vector<void*> table(size_t(E * 2 * slots), nullptr);
+  auto* mats = static_cast<uint8_t*>(w.mem);
+  auto* scales = reinterpret_cast<float*>(mats + E * mat_bytes);
+  for (int64_t e = 0; e < E; ++e)
+    for (int s = 0; s < slots; ++s) {
+      if (mat_off[s] < 0) continue;
+      table[size_t(e * 2 * slots + s)] = mats + e * mat_bytes + mat_off[s];
+      table[size_t(e * 2 * slots + slots + s)] = scales + e * scale_floats + scale_off[s];
+    }
+  check(cudaMemcpy(w.table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice),
+        "uploading the FP8 expert table");
+}
+
+}  // namespace
+
 const Fp8Experts::Weights& Fp8Experts::weights(const Layer& L) {
   MOE_CHECK(L.w.size() % 3 == 0 && !L.w.empty(),
             "FP8 experts: {} weight pointers, not gate, up, down per expert", L.w.size());
   MOE_CHECK(L.D % 128 == 0 && L.F % 128 == 0, "FP8 experts: widths D {} and F {} must be multiples of 128",
             L.D, L.F);
   const int64_t E = int64_t(L.w.size()) / 3, D = L.D, F = L.F, cells = (D / 128) * (F / 128);
-  // Per expert: 6 D F bytes of matrices (gate, up, down, down^T, [gate^T | up^T]) and 6 cells scales.
-  const int64_t mat_bytes = 6 * D * F, scale_floats = 6 * cells;
-  const int64_t mat_off[kSlots] = {0, F * D, 2 * F * D, 3 * F * D, 4 * F * D};
+  const bool both = layouts_ == Layouts::Both;
+  // Per expert: 3 D F bytes of forward matrices (gate, up, down) and 3 cells of scales; under Both 3 D F
+  // bytes and 3 cells more (down^T, [gate^T | up^T]).
+  const int64_t mat_bytes = (both ? 6 : 3) * D * F, scale_floats = (both ? 6 : 3) * cells;
+  const int64_t mat_off[kSlots] = {0, F * D, 2 * F * D, both ? 3 * F * D : -1, both ? 4 * F * D : -1};
   const int64_t scale_off[kSlots] = {0, cells, 2 * cells, 3 * cells, 4 * cells};
   Weights& W = layers_[L.key];
-  if (W.experts != E || W.D != D || W.F != F) {
-    if (W.mem) check(cudaFree(W.mem), "cudaFree");
-    if (W.table) check(cudaFree(W.table), "cudaFree");
-    W = Weights{};
-    const size_t bytes = size_t(E * mat_bytes) + size_t(E * scale_floats) * sizeof(float);
-    check(cudaMalloc(&W.mem, bytes), "cudaMalloc (FP8 expert weights)");
-    check(cudaMalloc(reinterpret_cast<void**>(&W.table), size_t(E * 2 * kSlots) * sizeof(void*)),
-          "cudaMalloc (FP8 expert table)");
-    std::vector<void*> table(size_t(E * 2 * kSlots));
-    auto* mats = static_cast<uint8_t*>(W.mem);
-    auto* scales = reinterpret_cast<float*>(mats + E * mat_bytes);
-    for (int64_t e = 0; e < E; ++e)
-      for (int s = 0; s < kSlots; ++s) {
-        table[size_t(e * 2 * kSlots + s)] = mats + e * mat_bytes + mat_off[s];
-        table[size_t(e * 2 * kSlots + kSlots + s)] = scales + e * scale_floats + scale_off[s];
-      }
-    check(cudaMemcpy(W.table, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice),
-          "uploading the FP8 expert table");
-    W.experts = E, W.D = D, W.F = F;
+  if (W.experts != E || W.D != D || W.F != F || W.layouts != layouts_) {
+    allocate(W, E, mat_bytes, scale_floats, mat_off, scale_off, kSlots);
+    W.experts = E, W.D = D, W.F = F, W.layouts = layouts_, W.version = -1;
   }
   if (W.version == version_) return W;
   auto* mats = static_cast<uint8_t*>(W.mem);
@@ -76,30 +100,68 @@ const Fp8Experts::Weights& Fp8Experts::weights(const Layer& L) {
   for (int64_t e = 0; e < E; ++e) {
     uint8_t* m = mats + e * mat_bytes;
     float* s = scales + e * scale_floats;
-    // gate and up [F, D]: 128x128 blocks as they are (Fprop), and transposed into the left and right halves
-    // of [W_gate^T | W_up^T] [D, 2F] (Dgrad of xs), whose scale grid [D / 128, 2F / 128] takes gate's blocks
-    // in its first F / 128 columns.
+    // gate and up [F, D]: 128x128 blocks as they are (Fprop), and under Both transposed into the left and
+    // right halves of [W_gate^T | W_up^T] [D, 2F] (Dgrad of xs), whose scale grid [D / 128, 2F / 128] takes
+    // gate's blocks in its first F / 128 columns.
     for (int j = 0; j < 2; ++j) {
       Fp8QuantArgs a;
       a.x = L.w[size_t(3 * e + j)], a.rows = F, a.cols = D, a.ldx = D, a.rows_out = F;
       a.row_mode = 2, a.q = m + mat_off[j], a.qs = s + scale_off[j], a.qs_ld = D / 128;
-      a.col_mode = 2, a.qt = m + mat_off[kGateUpT] + j * F, a.qt_ld = 2 * F;
-      a.qts = s + scale_off[kGateUpT] + j * (F / 128), a.qts_ld = 2 * F / 128;
+      if (both) {
+        a.col_mode = 2, a.qt = m + mat_off[kGateUpT] + j * F, a.qt_ld = 2 * F;
+        a.qts = s + scale_off[kGateUpT] + j * (F / 128), a.qts_ld = 2 * F / 128;
+      }
       MOE_CHECK(fp8_quantize_args_ok(a), "FP8 experts: the quantiser refuses expert {}'s weight {}", e, j);
       fp8_quantize(a, stream_);
     }
-    // down [D, F] (Fprop of act) and down^T [F, D] (Dgrad of dys).
+    // down [D, F] (Fprop of act) and under Both down^T [F, D] (Dgrad of dys).
     Fp8QuantArgs a;
     a.x = L.w[size_t(3 * e + 2)], a.rows = D, a.cols = F, a.ldx = F, a.rows_out = D;
     a.row_mode = 2, a.q = m + mat_off[kDown], a.qs = s + scale_off[kDown], a.qs_ld = F / 128;
-    a.col_mode = 2, a.qt = m + mat_off[kDownT], a.qts = s + scale_off[kDownT], a.qts_ld = D / 128;
+    if (both) a.col_mode = 2, a.qt = m + mat_off[kDownT], a.qts = s + scale_off[kDownT], a.qts_ld = D / 128;
     MOE_CHECK(fp8_quantize_args_ok(a), "FP8 experts: the quantiser refuses expert {}'s down projection", e);
     fp8_quantize(a, stream_);
     weight_quantisations_ += 3;
   }
   check(cudaGetLastError(), "fp8_quantize (expert weights)");
   W.version = version_;
+  if (bwd_key_ == L.key) bwd_key_ = nullptr;  // its backward layouts are of the previous version
   return W;
+}
+
+const Fp8Experts::Weights& Fp8Experts::backward_weights(const Layer& L) {
+  const Weights& W = weights(L);
+  if (layouts_ == Layouts::Both) return W;
+  const int64_t E = W.experts, D = W.D, F = W.F, cells = (D / 128) * (F / 128);
+  // Per expert: down^T [F, D] then [W_gate^T | W_up^T] [D, 2F] (3 D F bytes), their grids (1 + 2 cells).
+  const int64_t mat_bytes = 3 * D * F, scale_floats = 3 * cells;
+  if (bwd_.experts != E || bwd_.D != D || bwd_.F != F) {
+    const int64_t mat_off[kSlots] = {-1, -1, -1, 0, F * D};
+    const int64_t scale_off[kSlots] = {0, 0, 0, 0, cells};
+    allocate(bwd_, E, mat_bytes, scale_floats, mat_off, scale_off, kSlots);
+    bwd_.experts = E, bwd_.D = D, bwd_.F = F, bwd_key_ = nullptr;
+  }
+  if (bwd_key_ == L.key && bwd_.version == W.version) return bwd_;
+  const auto* fm = static_cast<const uint8_t*>(W.mem);
+  const auto* fs = reinterpret_cast<const float*>(fm + E * 3 * D * F);  // ForwardOnly: 3 D F bytes an expert
+  auto* bm = static_cast<uint8_t*>(bwd_.mem);
+  auto* bs = reinterpret_cast<float*>(bm + E * mat_bytes);
+  auto transpose = [&](int64_t in_off, int64_t in_soff, int64_t rows, int64_t cols, int64_t out_off,
+                       int64_t out_soff, int64_t out_ld) {
+    Fp8TransposeArgs t;
+    t.in = fm + in_off, t.in_scales = fs + in_soff, t.rows = rows, t.cols = cols;
+    t.in_stride = 3 * D * F, t.in_sld = cols / 128, t.in_sstride = 3 * cells;
+    t.out = bm + out_off, t.out_scales = bs + out_soff, t.out_ld = out_ld, t.out_stride = mat_bytes;
+    t.out_sld = out_ld / 128, t.out_sstride = scale_floats, t.batch = E;
+    MOE_CHECK(fp8_transpose_args_ok(t), "FP8 experts: the transpose refuses {} x {}", rows, cols);
+    fp8_transpose(t, stream_);
+  };
+  transpose(2 * F * D, 2 * cells, D, F, 0, 0, D);                    // down [D, F] -> down^T [F, D]
+  transpose(0, 0, F, D, F * D, cells, 2 * F);                        // gate -> the left half of [D, 2F]
+  transpose(F * D, cells, F, D, F * D + F, cells + F / 128, 2 * F);  // up -> the right half
+  check(cudaGetLastError(), "fp8_transpose (expert weights)");
+  bwd_key_ = L.key, bwd_.version = W.version;
+  return bwd_;
 }
 
 int32_t Fp8Experts::upload_items(const Layer& L) {
@@ -130,8 +192,7 @@ void Fp8Experts::quantize(const uint16_t* a, int64_t nk, int64_t k, int64_t lda,
   moe::cuda::quantize_fp8(p, stream_);
 }
 
-void Fp8Experts::gemm(const Layer& L, int slot, int64_t n, int64_t k, float* out) {
-  const Weights& W = weights(L);
+void Fp8Experts::gemm(const Layer& L, const Weights& W, int slot, int64_t n, int64_t k, float* out) {
   const int64_t nk = L.offsets->back();
   moe::cuda::GroupedGemmFp8Params p;
   p.items = static_cast<const int32_t*>(scratch_.get(kItems, 0));
@@ -151,22 +212,23 @@ void Fp8Experts::forward_gate_up(const Layer& L, const uint16_t* xs, float* gate
   const int64_t nk = L.offsets->back();
   if (nk == 0 || upload_items(L) == 0) return;
   quantize(xs, nk, L.D, L.D, 0);
-  gemm(L, kGate, L.F, L.D, gate);
-  gemm(L, kUp, L.F, L.D, up);
+  const Weights& W = weights(L);
+  gemm(L, W, kGate, L.F, L.D, gate);
+  gemm(L, W, kUp, L.F, L.D, up);
 }
 
 void Fp8Experts::forward_down(const Layer& L, const uint16_t* act, float* eout) {
   const int64_t nk = L.offsets->back();
   if (nk == 0 || upload_items(L) == 0) return;
   quantize(act, nk, L.F, L.F, 0);
-  gemm(L, kDown, L.D, L.F, eout);
+  gemm(L, weights(L), kDown, L.D, L.F, eout);
 }
 
 void Fp8Experts::backward_dact(const Layer& L, const uint16_t* dys, float* dact) {
   const int64_t nk = L.offsets->back();
   if (nk == 0 || upload_items(L) == 0) return;
   quantize(dys, nk, L.D, L.D, 0);
-  gemm(L, kDownT, L.F, L.D, dact);
+  gemm(L, backward_weights(L), kDownT, L.F, L.D, dact);
 }
 
 void Fp8Experts::backward_dxs(const Layer& L, const uint16_t* dgate, const uint16_t* dup, float* dxs) {
@@ -174,7 +236,7 @@ void Fp8Experts::backward_dxs(const Layer& L, const uint16_t* dgate, const uint1
   if (nk == 0 || upload_items(L) == 0) return;
   quantize(dgate, nk, L.F, 2 * L.F, 0);
   quantize(dup, nk, L.F, 2 * L.F, L.F);
-  gemm(L, kGateUpT, L.D, 2 * L.F, dxs);
+  gemm(L, backward_weights(L), kGateUpT, L.D, 2 * L.F, dxs);
 }
 
 }  // namespace moe::train::cuda

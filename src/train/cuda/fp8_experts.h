@@ -53,6 +53,17 @@ class Fp8Experts {
   void backward_dact(const Layer& L, const uint16_t* dys, float* dact);
   void backward_dxs(const Layer& L, const uint16_t* dgate, const uint16_t* dup, float* dxs);
 
+  // Where the input-gradient products' weights (W_down^T, [W_gate^T | W_up^T]) live. Both (the default):
+  // every layer keeps them beside the forward layout, quantised once per weight version (2 bytes an expert's
+  // value: both layouts of E4M3). ForwardOnly: every layer keeps only the forward layout (1 byte a value),
+  // and the backward of a layer moves its bytes into one buffer shared by the layers (fp8_transpose: a
+  // block's codes are the same under its one scale, so the products are bit-identical to Both's), 6 D F bytes
+  // an expert read and written per layer and micro-batch; for models whose FP8 weights in both layouts do not
+  // fit (train-mid on one H200, train/memory_plan.h).
+  enum class Layouts { Both, ForwardOnly };
+  void set_layouts(Layouts l);
+  Layouts layouts() const { return layouts_; }
+
   void new_weights() { ++version_; }
   double fp8_flops() const { return fp8_flops_; }
   int64_t weight_quantisations() const { return weight_quantisations_; }
@@ -60,26 +71,35 @@ class Fp8Experts {
  private:
   // One layer's quantised weights, one allocation: per expert e, at e * stride bytes, the E4M3 matrices
   //   gate [F, D], up [F, D], down [D, F] (Fprop), down^T [F, D] (Dgrad of act), [W_gate^T | W_up^T] [D, 2F]
-  // and after all experts' matrices their scale grids (row-major [rows / 128, cols / 128]); table: the device
-  // pointer table the kernel reads, kSlots matrices then kSlots grids per expert.
+  // (the last two only under Both) and after all experts' matrices their scale grids (row-major [rows / 128,
+  // cols / 128]); table: the device pointer table the kernel reads, kSlots matrices then kSlots grids per
+  // expert (null where the layout is not kept). bwd_ (ForwardOnly) holds down^T and [W_gate^T | W_up^T] of
+  // one layer the same way (its table's forward slots null).
   static constexpr int kGate = 0, kUp = 1, kDown = 2, kDownT = 3, kGateUpT = 4, kSlots = 5;
   struct Weights {
     int64_t experts = 0, D = 0, F = 0, version = -1;
+    Layouts layouts = Layouts::Both;
     void* mem = nullptr;
     void** table = nullptr;
   };
   const Weights& weights(const Layer& L);
+  // ForwardOnly: the shared buffer of the backward layouts, made for L's current weights (one transpose
+  // launch per matrix kind for all experts) unless it holds them already.
+  const Weights& backward_weights(const Layer& L);
   // The work items (expert, first sorted row, rows <= 128) of L's rows, uploaded; returns their number.
   int32_t upload_items(const Layer& L);
   // a [nk, k] (BF16) quantised into the scratch operand at column offset col of a [nk, lda] E4M3 matrix, its
   // scales at column block col / 128 of the [lda / 128, nk4] grid.
   void quantize(const uint16_t* a, int64_t nk, int64_t k, int64_t lda, int64_t col);
   // out [nk, n] = A [nk, k] (the scratch operand) W_slot^T for every expert.
-  void gemm(const Layer& L, int slot, int64_t n, int64_t k, float* out);
+  void gemm(const Layer& L, const Weights& W, int slot, int64_t n, int64_t k, float* out);
 
   cudaStream_t stream_;
   DeviceScratch scratch_;
   std::unordered_map<const void*, Weights> layers_;
+  Layouts layouts_ = Layouts::Both;
+  Weights bwd_;  // ForwardOnly: the backward layouts of the layer bwd_key_ at bwd_version_
+  const void* bwd_key_ = nullptr;
   std::vector<int32_t> items_;  // host staging of the work items
   int32_t n_items_ = 0;
   int64_t version_ = 0, weight_quantisations_ = 0;

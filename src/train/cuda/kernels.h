@@ -201,4 +201,22 @@ struct Fp8QuantArgs {
 bool fp8_quantize_args_ok(const Fp8QuantArgs& a);
 void fp8_quantize(const Fp8QuantArgs& a, cudaStream_t s);
 
+// fp8_transpose.cu: a batch of E4M3 matrices under 128x128 block scales, transposed: out [cols, rows] (rows
+// out_ld bytes apart) of in [rows, cols] (rows packed), and the scale grid out_scales [cols / 128, rows /
+// 128] (rows out_sld apart) of in_scales [rows / 128, cols / 128] (rows in_sld apart). Matrix b of the batch
+// is at in + b in_stride (bytes), its scales at in_scales + b in_sstride (values); the same for out. The
+// codes are unchanged: under one scale per block, a block's transpose is its codes moved. Needs rows and cols
+// multiples of 128.
+struct Fp8TransposeArgs {
+  const uint8_t* in = nullptr;
+  const float* in_scales = nullptr;
+  int64_t rows = 0, cols = 0, in_stride = 0, in_sld = 0, in_sstride = 0;
+  uint8_t* out = nullptr;
+  float* out_scales = nullptr;
+  int64_t out_ld = 0, out_stride = 0, out_sld = 0, out_sstride = 0;
+  int64_t batch = 0;
+};
+bool fp8_transpose_args_ok(const Fp8TransposeArgs& a);
+void fp8_transpose(const Fp8TransposeArgs& a, cudaStream_t s);
+
 }  // namespace moe::train::cuda
