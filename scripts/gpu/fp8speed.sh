@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FP8 training speed against BF16 at the mid-size model's widths (issue 11), for a GPU call: run from the
 # repository root on the GPU machine. Builds what it needs in build-gpu (scripts/gpu/run.sh build), then writes
-# under $OUT/fp8speed/ (one tarball, fp8speed.tgz, so the machine's file return takes it whole), in about 5 min:
+# under $OUT/fp8speed/ (one tarball, fp8speed.tgz, so the machine's file return takes it whole), in about 7 min:
 #   sandbox.log          bench/gpu/sandbox/train_fp8_quant: the trainer's quantiser against the kernel it replaced,
 #                        byte for byte, GB/s against a cudaMemcpy in the same process
 #   tests.log            test_train_cuda CudaTrainFp8.* (the quantiser bit for bit against the host, the FP8 GEMMs
@@ -11,6 +11,8 @@
 #                        sequences a step) from the CUPTI timeline library (timeline_summary.py --eager)
 #   mid6-{fp8,bf16}-b{8,32}.json  `moe train-bench --profile`: train-mid cut to 6 layers, 2 x 2048-token
 #                        micro-batches, 8 and 32 sequences a step: step time, MFU, time per op class
+#   mid-{fp8,bf16}-b16.json  the whole train-mid, 1 x 2048-token micro-batches, 16 a step (FP8 with
+#                        --fp8-expert-weights forward: both layouts do not fit one H200); MIDFULL=0 skips it
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/gpu}
@@ -53,4 +55,16 @@ for b in 8 32; do for g in fp8 bf16; do
   echo "[$g b$b] exit $?: $(cut -c1-400 "$D/mid6-$g-b$b.json")"
 done; done
 el benches
+# The whole train-mid (16 layers + MTP): FP8 needs --fp8-expert-weights forward to fit one H200 (the memory plan:
+# 142.7 GiB with both layouts at 1 x 2048, 134.9 with the forward one). 16 sequences a step of 1 x 2048.
+if [ "${MIDFULL:-1}" = 1 ]; then
+  for g in fp8 bf16; do
+    extra=""; [ $g = fp8 ] && extra="--fp8-expert-weights forward"
+    timeout 240 $B/src/cli/moe train-bench --device cuda --gemm $g $extra --config bench/configs/train-mid.json \
+      --seq-len 2048 --moments bf16 --head bf16 --attention flash --batch 16 --micro-batch 1 --steps 2 --profile \
+      >"$D/mid-$g-b16.json" 2>"$D/mid-$g-b16.err"
+    echo "[mid $g b16] exit $?: $(cut -c1-600 "$D/mid-$g-b16.json")"; grep -E "memory plan" "$D/mid-$g-b16.err"
+  done
+  el "train-mid"
+fi
 tar czf "$OUT/fp8speed.tgz" -C "$OUT" fp8speed && rm -rf "$D"
