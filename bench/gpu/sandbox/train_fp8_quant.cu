@@ -21,8 +21,13 @@
 // copies past the L2. Bytes counted: the FP32 input read once, plus each output layout's codes and scales.
 // Ceiling: a device-to-device cudaMemcpy of the input, timed in the same process (read + write).
 //
+// Also fp8_transpose (--fp8-expert-weights forward: the input-gradient layout made in the backward):
+// --experts 64 expert matrices [inner, hidden] into the right halves of [hidden, 2 inner], against the host's
+// transpose, timed against a cudaMemcpy of the same bytes.
+//
 // Sizes: --tokens 4096 (the rows of an activation: tokens in a micro-batch), --hidden 2048, --inner 1408.
 #include "../../../src/train/cuda/fp8_quant.cu"
+#include "../../../src/train/cuda/fp8_transpose.cu"
 #include "common.cuh"
 
 namespace {
@@ -264,6 +269,59 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "copy ceiling: cudaMemcpy device to device of each case's input, same process (read + write)\n");
+  // fp8_transpose (--fp8-expert-weights forward's backward layout): a layer's experts' [F, D] codes into the
+  // right half of [D, 2F] matrices, their scale grids transposed; checked against the host's transpose.
+  {
+    const int64_t E = args.i64("experts", 64), mat = F * D, smat = (F / 128) * (D / 128);
+    std::vector<uint8_t> hin(size_t(E * mat));
+    std::vector<float> hs(size_t(E * smat));
+    std::mt19937_64 g(5);
+    for (auto& b : hin) b = uint8_t(g() & 0x7e);  // finite E4M3 codes of either sign below 448
+    for (auto& v : hs) v = float(g() % 1000 + 1) * 1e-3f;
+    uint8_t* din = sbx::dupload(hin);
+    float* dsc = sbx::dupload(hs);
+    uint8_t* dout = sbx::dalloc<uint8_t>(size_t(E * 2 * mat));
+    float* dos = sbx::dalloc<float>(size_t(E * 2 * smat));
+    SBX_CHECK(cudaMemset(dout, 0, size_t(E * 2 * mat)));
+    moe::train::cuda::Fp8TransposeArgs t;
+    t.in = din, t.in_scales = dsc, t.rows = F, t.cols = D, t.in_stride = mat, t.in_sld = D / 128;
+    t.in_sstride = smat, t.out = dout + F, t.out_scales = dos + F / 128, t.out_ld = 2 * F,
+    t.out_stride = 2 * mat;
+    t.out_sld = 2 * F / 128, t.out_sstride = 2 * smat, t.batch = E;
+    if (!moe::train::cuda::fp8_transpose_args_ok(t)) {
+      std::printf("fp8_transpose refuses its arguments\n");
+      return 1;
+    }
+    moe::train::cuda::fp8_transpose(t, s);
+    const std::vector<uint8_t> hout = sbx::ddownload(dout, size_t(E * 2 * mat));
+    const std::vector<float> hos = sbx::ddownload(dos, size_t(E * 2 * smat));
+    int64_t bad = 0;
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t r = 0; r < F; ++r)
+        for (int64_t c = 0; c < D; ++c)
+          bad += hout[size_t(e * 2 * mat + c * 2 * F + F + r)] != hin[size_t(e * mat + r * D + c)];
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t rb = 0; rb < F / 128; ++rb)
+        for (int64_t cb = 0; cb < D / 128; ++cb)
+          bad += hos[size_t(e * 2 * smat + cb * (2 * F / 128) + F / 128 + rb)] !=
+                 hs[size_t(e * smat + rb * (D / 128) + cb)];
+    const double tt = sbx::time_us(
+        1, [&](int) { moe::train::cuda::fp8_transpose(t, s); }, s);
+    uint8_t* dcopy = sbx::dalloc<uint8_t>(size_t(E * mat));
+    const double tc = sbx::time_us(
+        1, [&](int) { SBX_CHECK(cudaMemcpyAsync(dcopy, din, size_t(E * mat), cudaMemcpyDeviceToDevice, s)); },
+        s);
+    const double bytes = 2.0 * double(E * mat);
+    std::printf(
+        "fp8_transpose, %lld experts' [%lld, %lld] codes: %.1f us, %.0f GB/s (cudaMemcpy of the same bytes "
+        "%.1f us, %.0f GB/s)%s\n",
+        static_cast<long long>(E), static_cast<long long>(F), static_cast<long long>(D), tt,
+        bytes / tt * 1e-3, tc, bytes / tc * 1e-3, bad ? "  MISMATCH" : "");
+    if (bad) ok = false;
+    for (void* p : {static_cast<void*>(din), static_cast<void*>(dsc), static_cast<void*>(dout),
+                    static_cast<void*>(dos), static_cast<void*>(dcopy)})
+      SBX_CHECK(cudaFree(p));
+  }
   std::printf("%s\n",
               ok ? "all cases: production bit-identical to the staged kernel" : "MISMATCH: see above");
   return ok ? 0 : 1;

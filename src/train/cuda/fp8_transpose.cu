@@ -10,32 +10,32 @@ namespace moe::train::cuda {
 
 namespace {
 
-constexpr int kTile = 128, kPitch = kTile + 4, kThreads = 256;
+constexpr int kBlock = 128, kBytePitch = kBlock + 4, kThreads = 256;
 
 __global__ void __launch_bounds__(kThreads) fp8_transpose_kernel(Fp8TransposeArgs a) {
-  __shared__ uint32_t tile[kTile * kPitch / 4];  // [128][132] bytes
+  __shared__ uint32_t tile[kBlock * kBytePitch / 4];  // [128][132] bytes
   auto* bytes = reinterpret_cast<uint8_t*>(tile);
-  const int64_t e = blockIdx.z, r0 = int64_t(blockIdx.y) * kTile, c0 = int64_t(blockIdx.x) * kTile;
+  const int64_t e = blockIdx.z, r0 = int64_t(blockIdx.y) * kBlock, c0 = int64_t(blockIdx.x) * kBlock;
   const uint8_t* in = a.in + e * a.in_stride;
   uint8_t* out = a.out + e * a.out_stride;
   const int lane = threadIdx.x % 32, row = threadIdx.x / 32;
   // In: rows row, row + 8, ..., 4-byte word `lane` of each (columns 4 lane .. 4 lane + 3).
 #pragma unroll
-  for (int i = 0; i < kTile / 8; ++i) {
+  for (int i = 0; i < kBlock / 8; ++i) {
     const int rr = row + 8 * i;
-    tile[(rr * kPitch) / 4 + lane] =
+    tile[(rr * kBytePitch) / 4 + lane] =
         *reinterpret_cast<const uint32_t*>(in + (r0 + rr) * a.cols + c0 + 4 * lane);
   }
   __syncthreads();
   // Out row oc (input column c0 + oc), word `lane`: input rows 4 lane .. 4 lane + 3 of that column, in byte
   // order.
 #pragma unroll
-  for (int i = 0; i < kTile / 8; ++i) {
+  for (int i = 0; i < kBlock / 8; ++i) {
     const int oc = row + 8 * i;
     const int r = 4 * lane;
-    const uint32_t w = uint32_t(bytes[r * kPitch + oc]) | uint32_t(bytes[(r + 1) * kPitch + oc]) << 8 |
-                       uint32_t(bytes[(r + 2) * kPitch + oc]) << 16 |
-                       uint32_t(bytes[(r + 3) * kPitch + oc]) << 24;
+    const uint32_t w =
+        uint32_t(bytes[r * kBytePitch + oc]) | uint32_t(bytes[(r + 1) * kBytePitch + oc]) << 8 |
+        uint32_t(bytes[(r + 2) * kBytePitch + oc]) << 16 | uint32_t(bytes[(r + 3) * kBytePitch + oc]) << 24;
     *reinterpret_cast<uint32_t*>(out + (c0 + oc) * a.out_ld + r0 + r) = w;
   }
   if (threadIdx.x == 0)
@@ -46,15 +46,15 @@ __global__ void __launch_bounds__(kThreads) fp8_transpose_kernel(Fp8TransposeArg
 }  // namespace
 
 bool fp8_transpose_args_ok(const Fp8TransposeArgs& a) {
-  return a.in && a.out && a.in_scales && a.out_scales && a.rows > 0 && a.cols > 0 && a.rows % kTile == 0 &&
-         a.cols % kTile == 0 && a.out_ld >= a.rows && a.out_ld % 4 == 0 && a.batch > 0 &&
-         a.in_sld >= a.cols / kTile && a.out_sld >= a.rows / kTile &&
+  return a.in && a.out && a.in_scales && a.out_scales && a.rows > 0 && a.cols > 0 && a.rows % kBlock == 0 &&
+         a.cols % kBlock == 0 && a.out_ld >= a.rows && a.out_ld % 4 == 0 && a.batch > 0 &&
+         a.in_sld >= a.cols / kBlock && a.out_sld >= a.rows / kBlock &&
          reinterpret_cast<uintptr_t>(a.in) % 4 == 0 && reinterpret_cast<uintptr_t>(a.out) % 4 == 0 &&
          a.in_stride % 4 == 0 && a.out_stride % 4 == 0;
 }
 
 void fp8_transpose(const Fp8TransposeArgs& a, cudaStream_t s) {
-  const dim3 grid(unsigned(a.cols / kTile), unsigned(a.rows / kTile), unsigned(a.batch));
+  const dim3 grid(unsigned(a.cols / kBlock), unsigned(a.rows / kBlock), unsigned(a.batch));
   fp8_transpose_kernel<<<grid, kThreads, 0, s>>>(a);
 }
 
