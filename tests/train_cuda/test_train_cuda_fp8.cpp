@@ -1,22 +1,27 @@
-// --gemm fp8 (fp8_gemm.h, fp8_quant.cu): DeepSeek-V3's FP8 mixed precision against independent host references.
-// Fresh random data each run, seeded from the clock (printed). Without a GPU every test skips visibly.
+// --gemm fp8 (fp8_gemm.h, fp8_quant.cu): DeepSeek-V3's FP8 mixed precision against independent host
+// references. Fresh random data each run, seeded from the clock (printed). Without a GPU every test skips
+// visibly.
 //
 // Error budget (also in docs/training.md, "FP8 training"):
-//  - Quantiser: exact. The host reference rounds v / scale to the nearest of E4M3's 127 finite magnitudes by
-//    search (ties to the even code, saturating at 448), scale = amax / 448 per tile in FP32 (1 for an all-zero
-//    tile), so every byte and every scale must be equal.
-//  - A GEMM against the float64 product of its *dequantised* operands: only the accumulation differs. Hopper's FP8
-//    tensor cores keep ~14 bits of the running sum inside a 128-deep block (DeepSeek-V3 report, section 3.3.2)
-//    before cuBLASLt promotes it, scaled, into FP32: each of the 4 k=32 steps of a block rounds the running sum to
-//    ~2^-14 relative, so a block's sum carries <= 4 x 2^-14 = 2.4e-4 relative even if the roundings all go one
-//    way, and the output (a random-sign sum of blocks) no more. Bound 2e-3 (8x margin): 25x below the
-//    quantisation error below, which the test must tell apart.
-//  - Against the unquantised float64 product: E4M3 keeps 3 mantissa bits, so rounding moves a (normal) element by
-//    at most half a step, |delta| <= 2^-4 relative. A product term x_i w_i then carries delta_x + delta_w, rms
+//  - Quantiser: exact. The host reference rounds v * (1 / scale) (both in FP32, as the device computes it) to
+//  the
+//    nearest of E4M3's 127 finite magnitudes by search (ties to the even code, saturating at 448), scale =
+//    amax / 448 per tile in FP32 (1 for an all-zero tile), so every byte and every scale must be equal.
+//  - A GEMM against the float64 product of its *dequantised* operands: only the accumulation differs.
+//  Hopper's FP8
+//    tensor cores keep ~14 bits of the running sum inside a 128-deep block (DeepSeek-V3 report,
+//    section 3.3.2) before cuBLASLt promotes it, scaled, into FP32: each of the 4 k=32 steps of a block
+//    rounds the running sum to ~2^-14 relative, so a block's sum carries <= 4 x 2^-14 = 2.4e-4 relative even
+//    if the roundings all go one way, and the output (a random-sign sum of blocks) no more. Bound 2e-3 (8x
+//    margin): 25x below the quantisation error below, which the test must tell apart.
+//  - Against the unquantised float64 product: E4M3 keeps 3 mantissa bits, so rounding moves a (normal)
+//  element by
+//    at most half a step, |delta| <= 2^-4 relative. A product term x_i w_i then carries delta_x + delta_w,
+//    rms
 //    <= sqrt(2) 2^-4 for independent roundings. For random data of either sign the K terms' errors add like
-//    random walks, sqrt(K) rms(term error), as the output does, sqrt(K) rms(term): the relative L2 error of the
-//    output is that of one term, independent of K: <= sqrt(2) 2^-4 = 0.088 (E4M3's subnormals, below 2^-6 of the
-//    tile's scale, are rare enough in Gaussian tiles not to move it).
+//    random walks, sqrt(K) rms(term error), as the output does, sqrt(K) rms(term): the relative L2 error of
+//    the output is that of one term, independent of K: <= sqrt(2) 2^-4 = 0.088 (E4M3's subnormals, below 2^-6
+//    of the tile's scale, are rare enough in Gaussian tiles not to move it).
 //  - A whole step, FP8 vs BF16 (random model, real widths multiples of 128): see fp8_step below.
 #include <cuda_fp8.h>
 
@@ -82,12 +87,11 @@ struct HostQ {
 };
 
 // x [rows, cols] quantised by tiles of th x tw (1x128, 128x1 or 128x128); out of range elements count as 0.
-// reciprocal: v * (1 / scale) as the inference engine's activation quantiser (backend/cuda/fp8_quant.cu)
-// computes it, instead of the trainer's v / scale: the two round differently for a value within an FP32 ulp
-// of a code's rounding midpoint, and one such code in a row 20x the others' magnitude moves a product's
-// relative L2 by ~1e-3.
-HostQ host_quantize(const std::vector<float>& x, int64_t rows, int64_t cols, int64_t th, int64_t tw,
-                    bool reciprocal = false) {
+// v * (1 / scale), as both quantisers compute it (the trainer's fp8_quant.cu, the inference engine's
+// backend/cuda/fp8_quant.cu): v / scale rounds differently for a value within an FP32 ulp of a code's
+// rounding midpoint, and one such code in a row 20x the others' magnitude moved a product's relative L2 by
+// ~1e-3.
+HostQ host_quantize(const std::vector<float>& x, int64_t rows, int64_t cols, int64_t th, int64_t tw) {
   HostQ h;
   h.q.resize(size_t(rows * cols));
   h.scale.resize(size_t(rows * cols));
@@ -101,7 +105,7 @@ HostQ host_quantize(const std::vector<float>& x, int64_t rows, int64_t cols, int
       for (int64_t r = r0; r < std::min(rows, r0 + th); ++r)
         for (int64_t c = c0; c < std::min(cols, c0 + tw); ++c) {
           const size_t i = size_t(r * cols + c);
-          h.q[i] = e4m3_code(reciprocal ? x[i] * inv : x[i] / scale);
+          h.q[i] = e4m3_code(x[i] * inv);
           h.scale[i] = scale;
         }
     }
@@ -222,6 +226,44 @@ TEST(CudaTrainFp8, QuantiserMatchesHostBitForBit) {
       }
     EXPECT_EQ(bad, 0) << "128x128 blocks: mismatched bytes or scales";
   }
+  // A batch of 3 matrices 144 x 256 (a partial row tile), 1x128 and 128x1 tiles, inputs 40000 floats apart
+  // (a gap after each) and outputs at their own strides: each as the host quantises it alone.
+  {
+    const int64_t B = 3, m = 144, k = 256, xs = 40000, qsz = m * k, nq4 = 144, nrb = 2;
+    std::vector<float> x(size_t(B * xs), 7.0f);  // the gaps: 7, which must not reach any tile's amax
+    for (int64_t z = 0; z < B; ++z) {
+      const std::vector<float> xz = spread(m, k, seed + 2 + uint64_t(z));
+      std::copy(xz.begin(), xz.end(), x.begin() + z * xs);
+    }
+    DeviceArray<float> dx(x);
+    DeviceArray<uint8_t> q(zeros_of<uint8_t>(size_t(B * qsz))), qt(zeros_of<uint8_t>(size_t(B * qsz)));
+    DeviceArray<float> qs(zeros_of<float>(size_t(B * 2 * nq4))), qts(zeros_of<float>(size_t(B * nrb * k)));
+    Fp8QuantArgs a;
+    a.x = dx.get(), a.rows = m, a.cols = k, a.ldx = k, a.rows_out = m;
+    a.row_mode = 1, a.q = q.get(), a.qs = qs.get(), a.qs_ld = nq4;
+    a.col_mode = 1, a.qt = qt.get(), a.qts = qts.get(), a.qts_ld = k;
+    a.batch = int(B), a.x_bstride = xs, a.q_bstride = qsz, a.qs_bstride = 2 * nq4, a.qt_bstride = qsz,
+    a.qts_bstride = nrb * k;
+    ASSERT_TRUE(cuda::fp8_quantize_args_ok(a));
+    cuda::fp8_quantize(a, s);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    const auto gq = q.host(), gqt = qt.host();
+    const auto gqs = qs.host(), gqts = qts.host();
+    int64_t bad = 0;
+    for (int64_t z = 0; z < B; ++z) {
+      const std::vector<float> xz(x.begin() + z * xs, x.begin() + z * xs + m * k);
+      const HostQ rows = host_quantize(xz, m, k, 1, 128), cols = host_quantize(xz, m, k, 128, 1);
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t c = 0; c < k; ++c) {
+          const size_t i = size_t(r * k + c);
+          bad += gq[size_t(z * qsz) + i] != rows.q[i];
+          bad += gqt[size_t(z * qsz + c * m + r)] != cols.q[i];
+          if (c % 128 == 0) bad += gqs[size_t(z * 2 * nq4 + c / 128 * nq4 + r)] != rows.scale[i];
+          if (r % 128 == 0) bad += gqts[size_t(z * nrb * k + r / 128 * k + c)] != cols.scale[i];
+        }
+    }
+    EXPECT_EQ(bad, 0) << "a batch of three: mismatched bytes or scales";
+  }
 }
 
 // ---- the three products
@@ -326,8 +368,10 @@ TEST(CudaTrainFp8, WgradScaleModeProbe) {
 // operands (activations per 1x128 tile of the BF16 values, weights per 128x128 block; dxs's operand is dgate
 // and dup side by side, each tiled on its own) and against the unquantised product: the bounds of the header
 // above (the kernel promotes each 128-deep block into FP32 as cuBLASLt does). The activations' host codes are
-// made as the device makes them (through the scale's reciprocal) and checked equal for act, so the products
-// differ from their references only by the kernel's accumulation; the weights' by division, as fp8_quantize.
+// made as the device makes them and checked equal for act, so the products differ from their references only
+// by the kernel's accumulation. The weights lie in one buffer, expert after expert, as the trainer's arena
+// lays them out (one quantiser launch per matrix kind for all experts); the ForwardOnly run below takes them
+// from separate buffers (one launch per expert) and must give the same bits.
 TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = clock_seed("fp8 grouped experts");
@@ -357,14 +401,22 @@ TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
   }
   cuda::CudaCompute cc;
   cuda::Fp8Experts x8(cc.stream());
-  std::vector<std::unique_ptr<DeviceArray<float>>> dw;
-  cuda::Fp8Experts::Layer L;
-  L.key = &offsets, L.offsets = &offsets, L.D = D, L.F = F;
+  std::vector<float> packed;  // gate, up, down of expert 0, then of expert 1, ...
   for (int64_t e = 0; e < E; ++e)
-    for (const auto* w : {&wg[size_t(e)], &wu[size_t(e)], &wd[size_t(e)]}) {
-      dw.push_back(std::make_unique<DeviceArray<float>>(*w));
-      L.w.push_back(dw.back()->get());
-    }
+    for (const auto* w : {&wg[size_t(e)], &wu[size_t(e)], &wd[size_t(e)]})
+      packed.insert(packed.end(), w->begin(), w->end());
+  DeviceArray<float> d_packed(packed);
+  std::vector<std::unique_ptr<DeviceArray<float>>> dw;  // the same weights, a buffer each
+  cuda::Fp8Experts::Layer L, Lsep;
+  L.key = &offsets, L.offsets = &offsets, L.D = D, L.F = F;
+  Lsep = L, Lsep.key = &dw;
+  for (int64_t i = 0; i < 3 * E; ++i) {
+    L.w.push_back(d_packed.get() + i * F * D);
+    dw.push_back(std::make_unique<DeviceArray<float>>(i % 3 == 0   ? wg[size_t(i / 3)]
+                                                      : i % 3 == 1 ? wu[size_t(i / 3)]
+                                                                   : wd[size_t(i / 3)]));
+    Lsep.w.push_back(dw.back()->get());
+  }
   DeviceArray<uint16_t> d_xs(bits(xs)), d_act(bits(act)), d_dys(bits(dys)), d_dg(bits(dg)), d_du(bits(du));
   DeviceArray<float> gate(zeros_of<float>(size_t(nk * F))), up(zeros_of<float>(size_t(nk * F))),
       eout(zeros_of<float>(size_t(nk * D))), dact(zeros_of<float>(size_t(nk * F))),
@@ -378,9 +430,9 @@ TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
   EXPECT_EQ(x8.weight_quantisations(), 3 * E) << "each expert's three weights quantised once for the version";
 
   // Host operands: activations per 1x128 tile, weights per 128x128 block.
-  const HostQ xq = host_quantize(xs, nk, D, 1, 128, true), aq = host_quantize(act, nk, F, 1, 128, true),
-              yq = host_quantize(dys, nk, D, 1, 128, true), gq = host_quantize(dg, nk, F, 1, 128, true),
-              uq = host_quantize(du, nk, F, 1, 128, true);
+  const HostQ xq = host_quantize(xs, nk, D, 1, 128), aq = host_quantize(act, nk, F, 1, 128),
+              yq = host_quantize(dys, nk, D, 1, 128), gq = host_quantize(dg, nk, F, 1, 128),
+              uq = host_quantize(du, nk, F, 1, 128);
   std::vector<HostQ> wgq, wuq, wdq;
   for (int64_t e = 0; e < E; ++e) {
     wgq.push_back(host_quantize(wg[size_t(e)], F, D, 128, 128));
@@ -477,21 +529,22 @@ TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
       }));
   // --fp8-expert-weights forward: only the forward layout kept, the input-gradient layout transposed per
   // layer (fp8_transpose) from its codes: the same bytes, so every product equals Both's bit for bit. Twice,
-  // with another layer's backward between (the shared buffer rebuilt for it, then for L again).
+  // with another layer's backward between (the shared buffer rebuilt for it, then for L again). The weights
+  // from a buffer each: the quantiser's per-expert launches must give the batched launch's bytes.
   {
     cuda::Fp8Experts y8(cc.stream());
     y8.set_layouts(cuda::Fp8Experts::Layouts::ForwardOnly);
-    cuda::Fp8Experts::Layer L2 = L;
+    cuda::Fp8Experts::Layer L2 = Lsep;
     const int other = 0;
     L2.key = &other;
     DeviceArray<float> gate1(zeros_of<float>(size_t(nk * F))), up1(zeros_of<float>(size_t(nk * F))),
         eout1(zeros_of<float>(size_t(nk * D))), dact1(zeros_of<float>(size_t(nk * F))),
         dxs1(zeros_of<float>(size_t(nk * D)));
     for (int round = 0; round < 2; ++round) {
-      y8.forward_gate_up(L, d_xs.get(), gate1.get(), up1.get());
-      y8.forward_down(L, d_act.get(), eout1.get());
-      y8.backward_dact(L, d_dys.get(), dact1.get());
-      y8.backward_dxs(L, d_dg.get(), d_du.get(), dxs1.get());
+      y8.forward_gate_up(Lsep, d_xs.get(), gate1.get(), up1.get());
+      y8.forward_down(Lsep, d_act.get(), eout1.get());
+      y8.backward_dact(Lsep, d_dys.get(), dact1.get());
+      y8.backward_dxs(Lsep, d_dg.get(), d_du.get(), dxs1.get());
       cc.sync();
       ASSERT_EQ(cudaGetLastError(), cudaSuccess);
       EXPECT_EQ(gate1.host(), gate.host()) << "round " << round;

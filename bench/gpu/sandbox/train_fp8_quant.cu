@@ -1,29 +1,33 @@
 // Sandbox: the trainer's E4M3 quantiser (src/train/cuda/fp8_quant.cu, compiled here from the production
-// source) against the staged-tile kernel it replaced (copied from commit 5192dcf), at the shapes of
+// source) against the staged-tile kernel it replaced (commit 165db7e's, kept here), at the shapes of
 // train-mid's FP8 step.
 //
-// Why (bench/RESULTS.md, 2026-12-05, H100): in a kernel timeline of the FP8 step the staged-tile kernel moved
-// about 1 TB/s against a copy rate of about 3 TB/s. One expert's weight took 17 us in both layouts, and a
-// layer's 192 launches took 3.3 ms a weight version. Nsight Compute: 20-23 cycles per issued instruction at
-// 64-93 % occupancy, DRAM 17-53 % busy. The kernel is latency-bound in its instruction stream:
-//   - a 128x128 tile is staged in shared memory as FP32;
-//   - every row and every column gets a five-step shuffle reduction, even in the 128x128-block modes, which
-//   need
-//     one amax per tile;
-//   - the column pass divides every element by its scale a second time, even where the block scale makes its
-//     codes the row pass's codes.
-// Production keeps the same arithmetic (the same scales, one IEEE division per code, the same codes), spread
-// over 4x4 sub-blocks in registers (its header says how), so the two must agree byte for byte.
+// Why (bench/RESULTS.md, 2026-12-05, H100): in a kernel timeline of the FP8 step the old kernel moved about
+// 1 TB/s against a copy rate of about 3 TB/s and took ~14 % of a 4-layer step's GPU time; Nsight Compute saw
+// 20-23 cycles per issued instruction at 64-93 % occupancy, DRAM 17-53 % busy: bound by its instruction
+// stream. Production changes three things and keeps the tiling (one 128x128 tile a block of 32 warps):
+//   - q = E4M3(v * (1 / scale)), the inference engine's rule, for the IEEE division per code (about ten
+//     instructions each, two per element with both layouts);
+//   - the staged FP32 tile is stored in 16-byte chunks, swizzled, and the column pass reads 4x4 sub-blocks:
+//   the
+//     old 129-float pitch with scalar stores and loads was 4-way bank-conflicted both ways;
+//   - a batch of matrices per launch (grid z): a layer's experts in one launch instead of one each (one
+//   expert's
+//     [1408, 2048] is 176 tiles, 1.3 waves of an H100).
+// (A rewrite on 4x4 sub-blocks in registers with 8 warps and shuffle-free reductions, tried on 2026-12-05,
+// ran at 0.6-0.8x of the old kernel: fewer warps hid less of the latency.)
 //
-// Checks: for every case, production's q, qs, qt and qts equal the staged kernel's byte for byte (production
-// is also checked bit for bit against a host reference by test_train_cuda's
-// CudaTrainFp8.QuantiserMatchesHostBitForBit). Timing: median of 20 cycles after 3 warm-ups, rotating input
-// copies past the L2. Bytes counted: the FP32 input read once, plus each output layout's codes and scales.
-// Ceiling: a device-to-device cudaMemcpy of the input, timed in the same process (read + write).
+// Checks: for every case, production's q, qs, qt and qts equal the old kernel's byte for byte when the old
+// kernel also multiplies by the reciprocal (template kDivide = false; production is also checked bit for bit
+// against a host reference by test_train_cuda's CudaTrainFp8.QuantiserMatchesHostBitForBit). Timing: against
+// the old kernel as main ran it (kDivide = true), median of 20 cycles after 3 warm-ups, rotating input copies
+// past the L2. Bytes counted: the FP32 input read once, plus each output layout's codes and scales. Ceiling:
+// a device-to-device cudaMemcpy of the input, timed in the same process (read + write).
 //
-// Also fp8_transpose (--fp8-expert-weights forward: the input-gradient layout made in the backward):
-// --experts 64 expert matrices [inner, hidden] into the right halves of [hidden, 2 inner], against the host's
-// transpose, timed against a cudaMemcpy of the same bytes.
+// Also a layer's experts' weights in both layouts (--experts 64 x gate, up [F, D]), one batched launch per
+// matrix kind against 64 launches of the old kernel; and fp8_transpose (--fp8-expert-weights forward: the
+// input-gradient layout made in the backward), 64 expert matrices [inner, hidden] into the right halves of
+// [hidden, 2 inner], against the host's transpose, timed against a cudaMemcpy of the same bytes.
 //
 // Sizes: --tokens 4096 (the rows of an activation: tokens in a micro-batch), --hidden 2048, --inner 1408.
 #include "../../../src/train/cuda/fp8_quant.cu"
@@ -34,7 +38,7 @@ namespace {
 
 using moe::train::cuda::Fp8QuantArgs;
 
-namespace staged {  // the kernel of commit 5192dcf
+namespace staged {  // the kernel of commit 165db7e; kDivide = false: by the reciprocal, as production
 
 using moe::train::cuda::warp_max;
 
@@ -49,12 +53,17 @@ __device__ __forceinline__ float tile_scale(float amax) {
   return amax > 0.0f ? fmaxf(amax / kE4M3Max, FLT_MIN) : 1.0f;
 }
 
-// Four values to four E4M3 bytes (little-endian in the word), each divided by scale (correctly rounded).
+// Four values to four E4M3 bytes (little-endian in the word), each divided by scale (correctly rounded) or
+// times its reciprocal.
+template <bool kDivide>
 __device__ __forceinline__ uint32_t pack4(const float v[4], float scale) {
   uint32_t packed = 0;
+  const float inv = 1.0f / scale;
 #pragma unroll
   for (int j = 0; j < 4; ++j)
-    packed |= uint32_t(__nv_cvt_float_to_fp8(__fdiv_rn(v[j], scale), __NV_SATFINITE, __NV_E4M3)) << (8 * j);
+    packed |= uint32_t(__nv_cvt_float_to_fp8(kDivide ? __fdiv_rn(v[j], scale) : v[j] * inv, __NV_SATFINITE,
+                                             __NV_E4M3))
+              << (8 * j);
   return packed;
 }
 
@@ -66,6 +75,7 @@ __device__ __forceinline__ float amax4(const float v[4]) {
 // w, w+32, w+64, w+96 at columns 4l .. 4l+3 first, its four 16-byte loads in flight together, then quantises
 // the rows from its registers (row modes) and stages the tile in shared memory for the column pass (lane l:
 // rows 4l .. 4l+3 of columns w, w+32, ...), which only the column modes need.
+template <bool kDivide>
 __global__ void __launch_bounds__(kWarps * 32, 2) staged_kernel(Fp8QuantArgs a) {
   extern __shared__ float tile[];  // [128][129]: the tile, for the column pass (column modes only)
   __shared__ float red[kWarps];
@@ -94,7 +104,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) staged_kernel(Fp8QuantArgs a) 
     bmax = fmaxf(bmax, am);
     if (a.row_mode == 1 && r < a.rows_out) {
       const float sc = tile_scale(am);
-      if (col_ok) *reinterpret_cast<uint32_t*>(a.q + r * a.cols + c) = pack4(v[i], sc);
+      if (col_ok) *reinterpret_cast<uint32_t*>(a.q + r * a.cols + c) = pack4<kDivide>(v[i], sc);
       if (lane == 0 && r < a.qs_ld) a.qs[int64_t(blockIdx.x) * a.qs_ld + r] = sc;
     }
   }
@@ -108,7 +118,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) staged_kernel(Fp8QuantArgs a) 
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int64_t r = r0 + warp + i * kWarps;
-      if (r < a.rows_out && col_ok) *reinterpret_cast<uint32_t*>(a.q + r * a.cols + c) = pack4(v[i], bscale);
+      if (r < a.rows_out && col_ok)
+        *reinterpret_cast<uint32_t*>(a.q + r * a.cols + c) = pack4<kDivide>(v[i], bscale);
     }
     if (threadIdx.x == 0) a.qs[int64_t(blockIdx.y) * a.qs_ld + blockIdx.x] = bscale;
   }
@@ -125,19 +136,21 @@ __global__ void __launch_bounds__(kWarps * 32, 2) staged_kernel(Fp8QuantArgs a) 
       for (int j = 0; j < 4; ++j) t[j] = tile[(lane * 4 + j) * kPitch + cc];
       const float am = warp_max(amax4(t));
       const float sc = a.col_mode == 1 ? tile_scale(am) : bscale;
-      if (r < a.rows_out) *reinterpret_cast<uint32_t*>(a.qt + col * qt_ld + r) = pack4(t, sc);
+      if (r < a.rows_out) *reinterpret_cast<uint32_t*>(a.qt + col * qt_ld + r) = pack4<kDivide>(t, sc);
       if (a.col_mode == 1 && lane == 0) a.qts[int64_t(blockIdx.y) * a.qts_ld + col] = sc;
     }
     if (a.col_mode == 2 && threadIdx.x == 0) a.qts[int64_t(blockIdx.x) * a.qts_ld + blockIdx.y] = bscale;
   }
 }
 
+// One matrix (a.batch is ignored: the old kernel had none).
+template <bool kDivide>
 void launch(const Fp8QuantArgs& a, cudaStream_t s) {
   const size_t smem = a.col_mode != 0 ? size_t(kTile) * kPitch * sizeof(float) : 0;
-  cudaFuncSetAttribute(staged_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaFuncSetAttribute(staged_kernel<kDivide>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                        int(size_t(kTile) * kPitch * sizeof(float)));
   const dim3 grid(unsigned((a.cols + kTile - 1) / kTile), unsigned((a.rows_out + kTile - 1) / kTile));
-  staged_kernel<<<grid, kWarps * 32, smem, s>>>(a);
+  staged_kernel<kDivide><<<grid, kWarps * 32, smem, s>>>(a);
 }
 
 }  // namespace staged
@@ -209,13 +222,12 @@ int main(int argc, char** argv) {
   cudaStream_t s;
   SBX_CHECK(cudaStreamCreate(&s));
   bool ok = true;
-  std::printf("%-55s %10s %10s %9s %9s %8s\n", "case", "prod us", "staged us", "prod GB/s", "staged",
-              "prod/copy");
+  std::printf("%-55s %10s %10s %9s %9s %8s\n", "case", "prod us", "old us", "prod GB/s", "old", "prod/copy");
   for (const Case& k : cases) {
     const Buffers p = make(k, 11), c = make(k, 11);
     const Fp8QuantArgs ap = args_for(k, p), ac = args_for(k, c);
     moe::train::cuda::fp8_quantize(ap, s);
-    staged::launch(ac, s);
+    staged::launch<false>(ac, s);
     SBX_CHECK(cudaStreamSynchronize(s));
     SBX_CHECK(cudaGetLastError());
     const size_t nq = size_t(ap.rows_out * k.cols), ns = scale_count(k);
@@ -238,7 +250,7 @@ int main(int argc, char** argv) {
             Fp8QuantArgs a = cand ? ac : ap;
             a.x = xs[size_t(i)];
             if (cand)
-              staged::launch(a, s);
+              staged::launch<true>(a, s);
             else
               moe::train::cuda::fp8_quantize(a, s);
           },
@@ -255,7 +267,7 @@ int main(int argc, char** argv) {
     std::printf("%-55s %10.2f %10.2f %9.0f %9.0f %7.1f%%%s\n", k.name, tp, tc, bytes / tp * 1e-3,
                 bytes / tc * 1e-3, 100.0 * (bytes / tp * 1e-3) / copy_gbs, bad ? "  MISMATCH" : "");
     if (bad)
-      std::printf("  %lld bytes or scales differ between production and the staged kernel\n",
+      std::printf("  %lld bytes or scales differ between production and the old kernel (by the reciprocal)\n",
                   static_cast<long long>(bad));
     for (float* b : xs) SBX_CHECK(cudaFree(b));
     SBX_CHECK(cudaFree(dst));
@@ -269,6 +281,67 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "copy ceiling: cudaMemcpy device to device of each case's input, same process (read + write)\n");
+  // A layer's experts' gate (or up) weights [F, D], 128x128 blocks in both layouts: production's one batched
+  // launch against the old kernel's launch per expert (as main quantised them).
+  {
+    const int64_t E = args.i64("experts", 64), mat = F * D, cells = (F / 128) * (D / 128);
+    float* x = sbx::dalloc<float>(size_t(E * mat));
+    sbx::dfill_f32(x, size_t(E * mat), 21, 0.05f);
+    Buffers out[2];
+    for (Buffers& b : out) {
+      b.q = sbx::dalloc<uint8_t>(size_t(E * mat)), b.qt = sbx::dalloc<uint8_t>(size_t(E * mat));
+      b.qs = sbx::dalloc<float>(size_t(E * cells)), b.qts = sbx::dalloc<float>(size_t(E * cells));
+    }
+    auto one = [&](const Buffers& b, int64_t e) {
+      Fp8QuantArgs a;
+      a.x = x + e * mat, a.rows = F, a.cols = D, a.ldx = D, a.rows_out = F;
+      a.row_mode = 2, a.q = b.q + e * mat, a.qs = b.qs + e * cells, a.qs_ld = D / 128;
+      a.col_mode = 2, a.qt = b.qt + e * mat, a.qts = b.qts + e * cells, a.qts_ld = F / 128;
+      return a;
+    };
+    Fp8QuantArgs batched = one(out[0], 0);
+    batched.batch = int(E), batched.x_bstride = mat, batched.q_bstride = mat, batched.qs_bstride = cells;
+    batched.qt_bstride = mat, batched.qts_bstride = cells;
+    if (!moe::train::cuda::fp8_quantize_args_ok(batched)) {
+      std::printf("fp8_quantize refuses the batched arguments\n");
+      return 1;
+    }
+    moe::train::cuda::fp8_quantize(batched, s);
+    for (int64_t e = 0; e < E; ++e) staged::launch<false>(one(out[1], e), s);
+    SBX_CHECK(cudaStreamSynchronize(s));
+    SBX_CHECK(cudaGetLastError());
+    const int64_t bad = differing(out[0].q, out[1].q, size_t(E * mat)) +
+                        differing(out[0].qt, out[1].qt, size_t(E * mat)) +
+                        differing(out[0].qs, out[1].qs, size_t(E * cells)) +
+                        differing(out[0].qts, out[1].qts, size_t(E * cells));
+    const double tp = sbx::time_us(
+        1, [&](int) { moe::train::cuda::fp8_quantize(batched, s); }, s);
+    const double to = sbx::time_us(
+        1,
+        [&](int) {
+          for (int64_t e = 0; e < E; ++e) staged::launch<true>(one(out[1], e), s);
+        },
+        s);
+    float* dst = sbx::dalloc<float>(size_t(E * mat));
+    const double tc = sbx::time_us(
+        1, [&](int) { SBX_CHECK(cudaMemcpyAsync(dst, x, size_t(E * mat) * 4, cudaMemcpyDeviceToDevice, s)); },
+        s);
+    const double bytes = double(E * mat) * (4 + 2) + 8.0 * double(E * cells);
+    std::printf(
+        "%lld experts' [%lld, %lld] weights, both layouts: one launch %.1f us (%.0f GB/s), %lld launches of "
+        "the "
+        "old kernel %.1f us (%.0f GB/s); copy of the input %.0f GB/s%s\n",
+        static_cast<long long>(E), static_cast<long long>(F), static_cast<long long>(D), tp,
+        bytes / tp * 1e-3, static_cast<long long>(E), to, bytes / to * 1e-3,
+        2.0 * double(E * mat) * 4 / tc * 1e-3, bad ? "  MISMATCH" : "");
+    if (bad) ok = false;
+    SBX_CHECK(cudaFree(x));
+    SBX_CHECK(cudaFree(dst));
+    for (Buffers& b : out)
+      for (void* p : {static_cast<void*>(b.q), static_cast<void*>(b.qt), static_cast<void*>(b.qs),
+                      static_cast<void*>(b.qts)})
+        SBX_CHECK(cudaFree(p));
+  }
   // fp8_transpose (--fp8-expert-weights forward's backward layout): a layer's experts' [F, D] codes into the
   // right half of [D, 2F] matrices, their scale grids transposed; checked against the host's transpose.
   {
@@ -322,7 +395,8 @@ int main(int argc, char** argv) {
                     static_cast<void*>(dos), static_cast<void*>(dcopy)})
       SBX_CHECK(cudaFree(p));
   }
-  std::printf("%s\n",
-              ok ? "all cases: production bit-identical to the staged kernel" : "MISMATCH: see above");
+  std::printf("%s\n", ok ? "all cases: production bit-identical to the old kernel by the reciprocal, "
+                           "fp8_transpose to the host's"
+                         : "MISMATCH: see above");
   return ok ? 0 : 1;
 }

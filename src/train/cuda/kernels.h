@@ -174,8 +174,8 @@ void moe_expert_dout_bf16(uint16_t* dy, float* dweights, const float* dout, cons
 
 // fp8_quant.cu: E4M3 quantisation of an FP32 matrix x [rows, cols] (rows ldx apart) for the FP8 GEMMs
 // (fp8_gemm.h), DeepSeek-V3's scheme: one FP32 scale per tile, scale = max(amax / 448, FLT_MIN) (1 for an
-// all-zero tile), q = E4M3(v / scale) rounded to nearest even, saturating at 448. One block per 128x128 tile
-// reads x once and writes either or both of
+// all-zero tile), q = E4M3(v * (1 / scale)) rounded to nearest even, saturating at 448. One block per 128x128
+// tile reads x once and writes either or both of
 //   q  [rows_out, cols] (x's layout), row_mode 1: 1x128 tiles, scale of (row r, column tile cb) at
 //      qs[cb * qs_ld + r] for r < qs_ld (cuBLASLt's VEC128_32F); row_mode 2: 128x128 blocks, scale of block
 //      (rb, cb) at qs[rb * qs_ld + cb] (BLK128x128_32F);
@@ -184,6 +184,8 @@ void moe_expert_dout_bf16(uint16_t* dy, float* dweights, const float* dout, cons
 //      blocks, scale of block (rb, cb) at qts[cb * qts_ld + rb]. A qt_ld above rows_out places the transpose
 //      as the left columns of a wider matrix (fp8_experts.h lays W_gate^T and W_up^T side by side).
 // Rows rows .. rows_out-1 are written as zeros (token padding). Mode 0: that output is not written.
+// batch > 1: that many matrices of these shapes in one launch, matrix z at x + z x_bstride (floats) and its
+// outputs at q + z q_bstride, qs + z qs_bstride, qt + z qt_bstride, qts + z qts_bstride (a layer's experts).
 // Needs cols % 16 == 0, rows_out % 16 == 0, x 16-byte aligned, ldx % 4 == 0 (fp8_quantize_args_ok).
 struct Fp8QuantArgs {
   const float* x = nullptr;
@@ -197,6 +199,8 @@ struct Fp8QuantArgs {
   float* qts = nullptr;
   int64_t qts_ld = 0;
   int64_t qt_ld = 0;  // 0: rows_out
+  int batch = 1;
+  int64_t x_bstride = 0, q_bstride = 0, qs_bstride = 0, qt_bstride = 0, qts_bstride = 0;
 };
 bool fp8_quantize_args_ok(const Fp8QuantArgs& a);
 void fp8_quantize(const Fp8QuantArgs& a, cudaStream_t s);
