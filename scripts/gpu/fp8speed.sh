@@ -13,6 +13,7 @@
 #                        micro-batches, 8 and 32 sequences a step: step time, MFU, time per op class
 #   mid-{fp8,bf16}-b16.json  the whole train-mid, 1 x 2048-token micro-batches, 16 a step (FP8 with
 #                        --fp8-expert-weights forward: both layouts do not fit one H200); MIDFULL=0 skips it
+# TIMELINES=0 skips the timelines; MID6_BATCHES (default "8 32") picks the cut model's batches.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/gpu}
@@ -40,7 +41,7 @@ for n in 4 6; do
   $PY -c "import json; c = json.load(open('bench/configs/train-mid.json')); c['num_hidden_layers'] = $n; \
 json.dump(c, open('/tmp/mid$n.json', 'w'))"
 done
-for g in fp8 bf16; do
+for g in $([ "${TIMELINES:-1}" = 1 ] && echo fp8 bf16); do
   CUDA_INJECTION64_PATH=$PWD/$B/tests/cuda/libmoe_kernel_timeline.so MOE_TIMELINE_OUT=$D/tl-$g.csv timeout 120 \
     $B/src/cli/moe train-bench --device cuda --gemm $g --config /tmp/mid4.json --seq-len 2048 --moments bf16 \
     --head bf16 --attention flash --batch 4 --micro-batch 2 --steps 1 >"$D/tl-$g.json" 2>"$D/tl-$g.err"
@@ -49,7 +50,7 @@ for g in fp8 bf16; do
   gzip -f "$D/tl-$g.csv"
 done
 el timelines
-for b in 8 32; do for g in fp8 bf16; do
+for b in ${MID6_BATCHES:-8 32}; do for g in fp8 bf16; do
   timeout 150 $B/src/cli/moe train-bench --device cuda --gemm $g --config /tmp/mid6.json --seq-len 2048 --moments bf16 \
     --head bf16 --attention flash --batch $b --micro-batch 2 --steps 2 --profile >"$D/mid6-$g-b$b.json" 2>"$D/mid6-$g-b$b.err"
   echo "[$g b$b] exit $?: $(cut -c1-400 "$D/mid6-$g-b$b.json")"

@@ -52,7 +52,11 @@ __device__ __forceinline__ int swz(int row, int chunk) {
 // quantises those rows from its registers (row modes) and stages them in shared memory; in the column pass
 // warp w takes columns 4w .. 4w+3, lane l rows 4l .. 4l+3 of them (a 4x4 sub-block), and writes four
 // transposed rows of 128 codes, lane l's 4 bytes at rows 4l .. 4l+3.
-__global__ void __launch_bounds__(kWarps * 32, 2) fp8_quantize_kernel(Fp8QuantArgs a) {
+// kCols: a column mode is set (the row modes alone compile without the tile and its registers). kMinBlocks:
+// blocks an SM (2: 32 registers a thread, with some spilled to L1; 1: ~53 registers, half the warps);
+// bench/gpu/sandbox/train_fp8_quant.cu times both.
+template <bool kCols, int kMinBlocks>
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocks) fp8_quantize_kernel(Fp8QuantArgs a) {
   extern __shared__ float4 tile[];  // [128 rows][32 chunks], swizzled (column modes only)
   __shared__ float red[kWarps];
   constexpr int kRows = kTile / kWarps;  // rows a warp holds
@@ -76,11 +80,12 @@ __global__ void __launch_bounds__(kWarps * 32, 2) fp8_quantize_kernel(Fp8QuantAr
     }
   }
   uint8_t* q = a.row_mode ? a.q + z * a.q_bstride + r0 * a.cols + c0 + lane * 4 : nullptr;
+  float* qs = a.row_mode ? a.qs + z * a.qs_bstride : nullptr;
   float bmax = 0.0f;
 #pragma unroll
   for (int i = 0; i < kRows; ++i) {
     const int rr = warp + i * kWarps;
-    if (a.col_mode != 0) tile[swz(rr, lane)] = v[i];
+    if (kCols) tile[swz(rr, lane)] = v[i];
     const float am = warp_max(amax4(v[i]));
     bmax = fmaxf(bmax, am);
     if (a.row_mode == 1 && rr < rows_o) {
@@ -108,9 +113,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2) fp8_quantize_kernel(Fp8QuantAr
       if (rr < rows_o && col_ok)
         *reinterpret_cast<uint32_t*>(q + rr * cols) = pack4(v[i].x, v[i].y, v[i].z, v[i].w, inv);
     }
-    if (threadIdx.x == 0) a.qs[z * a.qs_bstride + int64_t(blockIdx.y) * a.qs_ld + blockIdx.x] = bscale;
+    if (threadIdx.x == 0) qs[int64_t(blockIdx.y) * a.qs_ld + blockIdx.x] = bscale;
   }
-  if (a.col_mode == 0) return;
+  if (!kCols) return;
   __syncthreads();  // the staged tile is complete
   const int64_t col = c0 + warp * 4;
   if (col >= a.cols) return;  // cols % 16 == 0: the warp's four columns are all in or all out
@@ -135,6 +140,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2) fp8_quantize_kernel(Fp8QuantAr
   if (a.col_mode == 2 && threadIdx.x == 0) qts[int64_t(blockIdx.x) * a.qts_ld + blockIdx.y] = bscale;
 }
 
+// The instances production launches (see kMinBlocks).
+constexpr int kMinBlocksCols = 2, kMinBlocksRows = 2;
+
 }  // namespace
 
 bool fp8_quantize_args_ok(const Fp8QuantArgs& a) {
@@ -157,11 +165,15 @@ void fp8_quantize(const Fp8QuantArgs& a, cudaStream_t s) {
   // The staged tile, 64 KB (above the 48 KB default, opted in), only for the column pass: the row modes alone
   // fit more blocks on an SM without it.
   constexpr size_t kTileBytes = size_t(kTile) * kTile * sizeof(float);
-  const size_t smem = a.col_mode != 0 ? kTileBytes : 0;
-  cudaFuncSetAttribute(fp8_quantize_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTileBytes));
   const dim3 grid(unsigned((a.cols + kTile - 1) / kTile), unsigned((a.rows_out + kTile - 1) / kTile),
                   unsigned(a.batch));
-  fp8_quantize_kernel<<<grid, kWarps * 32, smem, s>>>(a);
+  if (a.col_mode != 0) {
+    cudaFuncSetAttribute(fp8_quantize_kernel<true, kMinBlocksCols>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTileBytes));
+    fp8_quantize_kernel<true, kMinBlocksCols><<<grid, kWarps * 32, kTileBytes, s>>>(a);
+  } else {
+    fp8_quantize_kernel<false, kMinBlocksRows><<<grid, kWarps * 32, 0, s>>>(a);
+  }
 }
 
 }  // namespace moe::train::cuda
