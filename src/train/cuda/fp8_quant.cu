@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) fp8_quantize_kernel(F
 }
 
 // The instances production launches (see kMinBlocks).
-constexpr int kMinBlocksCols = 2, kMinBlocksRows = 2;
+constexpr int kMinBlocksCols = 2, kMinBlocksRows = 1;
 
 }  // namespace
 
