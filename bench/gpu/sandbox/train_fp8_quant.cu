@@ -27,7 +27,8 @@
 // Also a layer's experts' weights in both layouts (--experts 64 x gate, up [F, D]), one batched launch per
 // matrix kind against 64 launches of the old kernel; and fp8_transpose (--fp8-expert-weights forward: the
 // input-gradient layout made in the backward), 64 expert matrices [inner, hidden] into the right halves of
-// [hidden, 2 inner], against the host's transpose, timed against a cudaMemcpy of the same bytes.
+// [hidden, 2 inner], against the host's transpose, timed against b1b528f's kernel (kept here) and a
+// cudaMemcpy of the same bytes.
 //
 // Sizes: --tokens 4096 (the rows of an activation: tokens in a micro-batch), --hidden 2048, --inner 1408.
 #include "../../../src/train/cuda/fp8_quant.cu"
@@ -154,6 +155,45 @@ void launch(const Fp8QuantArgs& a, cudaStream_t s) {
 }
 
 }  // namespace staged
+
+namespace old_transpose {  // fp8_transpose.cu of commit b1b528f: 4-byte words, bytes gathered one by one
+
+using moe::train::cuda::Fp8TransposeArgs;
+constexpr int kBlock = 128, kBytePitch = kBlock + 4;
+
+__global__ void __launch_bounds__(256) kernel(Fp8TransposeArgs a) {
+  __shared__ uint32_t tile[kBlock * kBytePitch / 4];  // [128][132] bytes
+  auto* bytes = reinterpret_cast<uint8_t*>(tile);
+  const int64_t e = blockIdx.z, r0 = int64_t(blockIdx.y) * kBlock, c0 = int64_t(blockIdx.x) * kBlock;
+  const uint8_t* in = a.in + e * a.in_stride;
+  uint8_t* out = a.out + e * a.out_stride;
+  const int lane = threadIdx.x % 32, row = threadIdx.x / 32;
+#pragma unroll
+  for (int i = 0; i < kBlock / 8; ++i) {
+    const int rr = row + 8 * i;
+    tile[(rr * kBytePitch) / 4 + lane] =
+        *reinterpret_cast<const uint32_t*>(in + (r0 + rr) * a.cols + c0 + 4 * lane);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kBlock / 8; ++i) {
+    const int oc = row + 8 * i;
+    const int r = 4 * lane;
+    const uint32_t w =
+        uint32_t(bytes[r * kBytePitch + oc]) | uint32_t(bytes[(r + 1) * kBytePitch + oc]) << 8 |
+        uint32_t(bytes[(r + 2) * kBytePitch + oc]) << 16 | uint32_t(bytes[(r + 3) * kBytePitch + oc]) << 24;
+    *reinterpret_cast<uint32_t*>(out + (c0 + oc) * a.out_ld + r0 + r) = w;
+  }
+  if (threadIdx.x == 0)
+    a.out_scales[e * a.out_sstride + int64_t(blockIdx.x) * a.out_sld + blockIdx.y] =
+        a.in_scales[e * a.in_sstride + int64_t(blockIdx.y) * a.in_sld + blockIdx.x];
+}
+
+void launch(const Fp8TransposeArgs& a, cudaStream_t s) {
+  kernel<<<dim3(unsigned(a.cols / kBlock), unsigned(a.rows / kBlock), unsigned(a.batch)), 256, 0, s>>>(a);
+}
+
+}  // namespace old_transpose
 
 // Production's kernel with kMinBlocks = 1 for both instances (~53 registers, no spills, half the warps an
 // SM): the A/B of fp8_quant.cu's kMinBlocks choice.
@@ -409,16 +449,19 @@ int main(int argc, char** argv) {
                  hs[size_t(e * smat + rb * (D / 128) + cb)];
     const double tt = sbx::time_us(
         1, [&](int) { moe::train::cuda::fp8_transpose(t, s); }, s);
+    const double to = sbx::time_us(
+        1, [&](int) { old_transpose::launch(t, s); }, s);
     uint8_t* dcopy = sbx::dalloc<uint8_t>(size_t(E * mat));
     const double tc = sbx::time_us(
         1, [&](int) { SBX_CHECK(cudaMemcpyAsync(dcopy, din, size_t(E * mat), cudaMemcpyDeviceToDevice, s)); },
         s);
     const double bytes = 2.0 * double(E * mat);
     std::printf(
-        "fp8_transpose, %lld experts' [%lld, %lld] codes: %.1f us, %.0f GB/s (cudaMemcpy of the same bytes "
-        "%.1f us, %.0f GB/s)%s\n",
+        "fp8_transpose, %lld experts' [%lld, %lld] codes: %.1f us, %.0f GB/s (the old kernel %.1f us, %.0f "
+        "GB/s; "
+        "cudaMemcpy of the same bytes %.1f us, %.0f GB/s)%s\n",
         static_cast<long long>(E), static_cast<long long>(F), static_cast<long long>(D), tt,
-        bytes / tt * 1e-3, tc, bytes / tc * 1e-3, bad ? "  MISMATCH" : "");
+        bytes / tt * 1e-3, to, bytes / to * 1e-3, tc, bytes / tc * 1e-3, bad ? "  MISMATCH" : "");
     if (bad) ok = false;
     for (void* p : {static_cast<void*>(din), static_cast<void*>(dsc), static_cast<void*>(dout),
                     static_cast<void*>(dos), static_cast<void*>(dcopy)})

@@ -210,7 +210,7 @@ void fp8_quantize(const Fp8QuantArgs& a, cudaStream_t s);
 // 128] (rows out_sld apart) of in_scales [rows / 128, cols / 128] (rows in_sld apart). Matrix b of the batch
 // is at in + b in_stride (bytes), its scales at in_scales + b in_sstride (values); the same for out. The
 // codes are unchanged: under one scale per block, a block's transpose is its codes moved. Needs rows and cols
-// multiples of 128.
+// multiples of 128, in, out, the strides and out_ld multiples of 16 bytes.
 struct Fp8TransposeArgs {
   const uint8_t* in = nullptr;
   const float* in_scales = nullptr;
