@@ -27,7 +27,9 @@ el built
 export LD_LIBRARY_PATH=/tmp/moe-deps/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 B=build-gpu
 PY=/opt/torch/.venv/bin/python3
-{ date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version --format=csv; } >"$D/env.txt" 2>&1
+# The tree's commit: TREE where scripts/gpu/branch-tree.sh made this tree beside a checkout, else git's HEAD.
+{ date -u; cat TREE 2>/dev/null || git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version --format=csv; } \
+  >"$D/env.txt" 2>&1
 timeout 60 $B/bench/gpu/sandbox/sandbox_train_fp8_quant >"$D/sandbox.log" 2>&1; echo "sandbox exit $?"
 cat "$D/sandbox.log"
 timeout 200 $B/tests/train_cuda/test_train_cuda --gtest_filter='CudaTrainFp8.*:CudaDeviceStep.*' >"$D/tests.log" 2>&1
