@@ -30,14 +30,15 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "backend/cuda/cuda_ops.h"
 #include "core/dtype.h"
 #include "core/thread_pool.h"
-#include "backend/cuda/cuda_ops.h"
 #include "train/cuda/device_trainer.h"
 #include "train/cuda/fp8_experts.h"
 #include "train/cuda/fp8_gemm.h"
@@ -151,6 +152,78 @@ TEST(CudaTrainFp8, HostE4M3ReferenceKnownCodesAndCudaHostConversion) {
 }
 
 // ---- the quantiser, bit for bit
+
+// The argument checks of the quantiser and the transpose (host code: runs without a GPU). Pointers are never
+// dereferenced: fake, suitably aligned addresses.
+TEST(CudaTrainFp8, QuantiserAndTransposeRefuseBadArguments) {
+  auto* x = reinterpret_cast<const float*>(uintptr_t(1) << 20);
+  auto* q = reinterpret_cast<uint8_t*>(uintptr_t(2) << 20);
+  auto* qs = reinterpret_cast<float*>(uintptr_t(3) << 20);
+  Fp8QuantArgs ok;
+  ok.x = x, ok.rows = 200, ok.cols = 256, ok.ldx = 256, ok.rows_out = 208;
+  ok.row_mode = 1, ok.q = q, ok.qs = qs, ok.qs_ld = 200;
+  ok.col_mode = 2, ok.qt = q + (1 << 20), ok.qts = qs + (1 << 16), ok.qts_ld = 2;
+  ASSERT_TRUE(cuda::fp8_quantize_args_ok(ok));
+  Fp8QuantArgs batched = ok;
+  batched.batch = 3, batched.x_bstride = 200 * 256, batched.q_bstride = 208 * 256, batched.qs_bstride = 400;
+  batched.qt_bstride = 208 * 256, batched.qts_bstride = 4;
+  EXPECT_TRUE(cuda::fp8_quantize_args_ok(batched));
+  const std::pair<const char*, std::function<void(Fp8QuantArgs&)>> bad[] = {
+      {"cols not a multiple of 16", [](Fp8QuantArgs& a) { a.cols = 248, a.ldx = 248; }},
+      {"rows_out not a multiple of 16", [](Fp8QuantArgs& a) { a.rows_out = 204; }},
+      {"rows_out below rows", [](Fp8QuantArgs& a) { a.rows_out = 192; }},
+      {"x not 16-byte aligned", [&](Fp8QuantArgs& a) { a.x = x + 1; }},
+      {"ldx not a multiple of 4", [](Fp8QuantArgs& a) { a.ldx = 258; }},
+      {"ldx of 2^24 (the kernel's 32-bit offsets)", [](Fp8QuantArgs& a) { a.ldx = int64_t(1) << 24; }},
+      {"a row mode without its scales", [](Fp8QuantArgs& a) { a.qs = nullptr; }},
+      {"a column mode without its output", [](Fp8QuantArgs& a) { a.qt = nullptr; }},
+      {"row mode 3", [](Fp8QuantArgs& a) { a.row_mode = 3; }},
+      {"qt_ld below rows_out", [](Fp8QuantArgs& a) { a.qt_ld = 200; }},
+      {"batch 0", [](Fp8QuantArgs& a) { a.batch = 0; }},
+      {"batch 65536 (grid z)",
+       [](Fp8QuantArgs& a) {
+         a.batch = 65536, a.x_bstride = 1 << 16, a.q_bstride = 1 << 16, a.qs_bstride = 1024,
+         a.qt_bstride = 1 << 16, a.qts_bstride = 4;
+       }},
+      {"a batch whose inputs overlap",
+       [](Fp8QuantArgs& a) {
+         a.batch = 2, a.x_bstride = 256, a.q_bstride = 1 << 16, a.qs_bstride = 1024, a.qt_bstride = 1 << 16,
+         a.qts_bstride = 4;
+       }},
+      {"a batch without output strides", [](Fp8QuantArgs& a) { a.batch = 2, a.x_bstride = 1 << 16; }},
+      {"a batch stride that misaligns x",
+       [](Fp8QuantArgs& a) {
+         a.batch = 2, a.x_bstride = (1 << 16) + 2, a.q_bstride = 1 << 16, a.qs_bstride = 1024,
+         a.qt_bstride = 1 << 16, a.qts_bstride = 4;
+       }},
+  };
+  for (const auto& [what, change] : bad) {
+    Fp8QuantArgs a = ok;
+    change(a);
+    EXPECT_FALSE(cuda::fp8_quantize_args_ok(a)) << what;
+  }
+  cuda::Fp8TransposeArgs t;
+  t.in = q, t.in_scales = qs, t.rows = 256, t.cols = 384, t.in_stride = 256 * 384, t.in_sld = 3,
+  t.in_sstride = 6;
+  t.out = q + (1 << 20), t.out_scales = qs + (1 << 16), t.out_ld = 512, t.out_stride = 512 * 384,
+  t.out_sld = 4;
+  t.out_sstride = 12, t.batch = 2;
+  ASSERT_TRUE(cuda::fp8_transpose_args_ok(t));
+  const std::pair<const char*, std::function<void(cuda::Fp8TransposeArgs&)>> tbad[] = {
+      {"rows not a multiple of 128", [](cuda::Fp8TransposeArgs& a) { a.rows = 192; }},
+      {"out_ld below rows", [](cuda::Fp8TransposeArgs& a) { a.out_ld = 128; }},
+      {"out_ld not a multiple of 16 (16-byte stores)", [](cuda::Fp8TransposeArgs& a) { a.out_ld = 264; }},
+      {"out not 16-byte aligned", [](cuda::Fp8TransposeArgs& a) { a.out += 4; }},
+      {"in_stride not a multiple of 16", [](cuda::Fp8TransposeArgs& a) { a.in_stride += 8; }},
+      {"the output scale grid too narrow", [](cuda::Fp8TransposeArgs& a) { a.out_sld = 1; }},
+      {"batch 0", [](cuda::Fp8TransposeArgs& a) { a.batch = 0; }},
+  };
+  for (const auto& [what, change] : tbad) {
+    cuda::Fp8TransposeArgs a = t;
+    change(a);
+    EXPECT_FALSE(cuda::fp8_transpose_args_ok(a)) << what;
+  }
+}
 
 TEST(CudaTrainFp8, QuantiserMatchesHostBitForBit) {
   SKIP_WITHOUT_GPU();
