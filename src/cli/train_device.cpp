@@ -9,11 +9,11 @@ namespace moe::cli {
 
 TrainDevice make_train_device(const TrainDeviceOptions& given) {
   if (given.device == "cpu") {
-    MOE_CHECK(given.expert_gemm.empty() && given.attention.empty() && given.head.empty() &&
-                  !given.check_finite && given.fp8_expert_weights.empty(),
-              "--expert-gemm, --attention, --head, --fp8-expert-weights and --check-finite are for --device "
-              "cuda (the "
-              "CPU trainer runs its GEMMs in FP32 with BF16-rounded operands where the recipe says)");
+    MOE_CHECK(
+        given.expert_gemm.empty() && given.attention.empty() && given.head.empty() && !given.check_finite &&
+            given.fp8_expert_weights.empty(),
+        "--expert-gemm, --attention, --head, --fp8-expert-weights and --check-finite are for --device "
+        "cuda (the CPU trainer runs its GEMMs in FP32 with BF16-rounded operands where the recipe says)");
   }
   TrainDeviceOptions o = given;
   if (o.expert_gemm.empty()) o.expert_gemm = "grouped";

@@ -100,6 +100,12 @@ double bf16_copies(const Widths& w, bool any_moe, double n, bool fp8) {
   return v;
 }
 
+// One layout of a MoE layer's routed experts' E4M3 weights (bytes): 3 D Fm values an expert and a scale per
+// 128x128 block (Fp8Experts).
+double expert_fp8_layout(const Widths& w) {
+  return w.E * (3 * w.D * w.Fm + 4 * 3 * std::ceil(w.D / 128.0) * std::ceil(w.Fm / 128.0));
+}
+
 // --gemm fp8's E4M3 weights (bytes): each projection's in both layouts, 2 bytes a value, and a scale per
 // 128x128 block and layout (Fp8Gemms pads a grid's rows to 4 scales; Fp8Experts does not), for every layer
 // and the MTP module. The embedding, the heads and the router stay out (V3's exceptions).
@@ -113,8 +119,7 @@ double fp8_weight_copies(const ModelConfig& c, const Widths& w, bool expert_layo
     v += dense(w.r + w.dr, w.D) + dense(w.H * (w.dn + w.dv), w.r) + dense(w.D, w.H * w.dv);
     if (!moe) return v + mlp(w.F);
     if (w.Fs > 0) v += mlp(w.Fs);
-    const double layouts = expert_layouts_both ? 2 : 1;  // the routed experts: 3 D Fm values an expert
-    return v + w.E * layouts * (3 * w.D * w.Fm + 4 * 3 * blocks(w.D) * blocks(w.Fm));
+    return v + (expert_layouts_both ? 2 : 1) * expert_fp8_layout(w);
   };
   double v = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) v += layer(c.is_moe_layer(l));
@@ -183,7 +188,7 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
     p.weight_copies = fp8_weight_copies(c, w, both);
     p.temporaries += fp8_scratch(w, any_moe, n);
     // the transposed layout of one layer's experts, made in its backward
-    if (!both && any_moe) p.temporaries += w.E * (3 * w.D * w.Fm + 4 * 3 * (w.D / 128) * (w.Fm / 128));
+    if (!both && any_moe) p.temporaries += expert_fp8_layout(w);
   }
   p.runtime = kRuntime;
   return p;

@@ -22,8 +22,8 @@ struct DeviceMemoryPlan {
   double arenas = 0;         // values + gradients + two moments (bytes)
   double weight_copies = 0;  // --gemm fp8: the E4M3 weights in both layouts and their scales
   double activations = 0;    // kept from the forward to the backward, all layers
-  double temporaries =
-      0;               // the backward's shared buffers, the BF16 operand copies, the FP8 quantisers' outputs
+  // the backward's shared buffers, the BF16 operand copies, the FP8 quantisers' outputs
+  double temporaries = 0;
   double runtime = 0;  // cuBLAS workspaces and slack: the headroom the device keeps free
   double total() const { return arenas + weight_copies + activations + temporaries + runtime; }
 };

@@ -536,19 +536,23 @@ TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
   auto dq = [](const HostQ& q, int64_t ld) {
     return [&q, ld](int64_t r, int64_t j) { return q.deq(size_t(r * ld + j)); };
   };
+  // A product [nk, cols] over `inner` of activation a and per-expert weights w, checked against the float64
+  // products of the host-quantised operands (aq, wq) and of the unquantised ones; w_at(c, j): the index of
+  // the weight value that multiplies a(r, j) for output column c.
+  auto check_both = [&](const char* name, const std::vector<float>& got, int64_t cols, int64_t inner,
+                        const HostQ& aq_, const std::vector<float>& a, const std::vector<HostQ>& wq,
+                        const std::vector<std::vector<float>>& w, auto w_at) {
+    check_gemm(
+        name, got,
+        grouped(cols, inner, dq(aq_, inner),
+                [&](int64_t e, int64_t c, int64_t j) { return wq[size_t(e)].deq(size_t(w_at(c, j))); }),
+        grouped(cols, inner, at(a, inner),
+                [&](int64_t e, int64_t c, int64_t j) { return double(w[size_t(e)][size_t(w_at(c, j))]); }));
+  };
   // Fprop: gate, up = xs W^T; eout = act W_down^T
-  check_gemm("fp8 experts gate", gate.host(),
-             grouped(F, D, dq(xq, D),
-                     [&](int64_t e, int64_t c, int64_t j) { return wgq[size_t(e)].deq(size_t(c * D + j)); }),
-             grouped(F, D, at(xs, D), [&](int64_t e, int64_t c, int64_t j) {
-               return double(wg[size_t(e)][size_t(c * D + j)]);
-             }));
-  check_gemm("fp8 experts up", up.host(),
-             grouped(F, D, dq(xq, D),
-                     [&](int64_t e, int64_t c, int64_t j) { return wuq[size_t(e)].deq(size_t(c * D + j)); }),
-             grouped(F, D, at(xs, D), [&](int64_t e, int64_t c, int64_t j) {
-               return double(wu[size_t(e)][size_t(c * D + j)]);
-             }));
+  auto row_major_D = [&](int64_t c, int64_t j) { return c * D + j; };
+  check_both("fp8 experts gate", gate.host(), F, D, xq, xs, wgq, wg, row_major_D);
+  check_both("fp8 experts up", up.host(), F, D, xq, xs, wuq, wu, row_major_D);
   {  // the device's quantised act (the down product's operand) against the host's codes and scales: equal
     std::vector<uint8_t> q(size_t(nk * F));
     const int64_t nk4 = (nk + 3) / 4 * 4;
@@ -570,20 +574,12 @@ TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
     EXPECT_EQ(code_diff, 0) << "act codes that differ from the host's, of " << nk * F;
     EXPECT_EQ(scale_diff, 0) << "act tile scales that differ from the host's";
   }
-  check_gemm("fp8 experts down", eout.host(),
-             grouped(D, F, dq(aq, F),
-                     [&](int64_t e, int64_t c, int64_t j) { return wdq[size_t(e)].deq(size_t(c * F + j)); }),
-             grouped(D, F, at(act, F), [&](int64_t e, int64_t c, int64_t j) {
-               return double(wd[size_t(e)][size_t(c * F + j)]);
-             }));
+  check_both("fp8 experts down", eout.host(), D, F, aq, act, wdq, wd,
+             [&](int64_t c, int64_t j) { return c * F + j; });
   // Dgrad: dact = dys W_down (W_down [D, F]: element (j, c)); dxs = dgate W_gate + dup W_up (element (j, c)
   // of [F, D])
-  check_gemm("fp8 experts dact", dact.host(),
-             grouped(F, D, dq(yq, D),
-                     [&](int64_t e, int64_t c, int64_t j) { return wdq[size_t(e)].deq(size_t(j * F + c)); }),
-             grouped(F, D, at(dys, D), [&](int64_t e, int64_t c, int64_t j) {
-               return double(wd[size_t(e)][size_t(j * F + c)]);
-             }));
+  check_both("fp8 experts dact", dact.host(), F, D, yq, dys, wdq, wd,
+             [&](int64_t c, int64_t j) { return j * F + c; });
   auto cat_q = [&](int64_t r, int64_t j) {
     return j < F ? gq.deq(size_t(r * F + j)) : uq.deq(size_t(r * F + j - F));
   };

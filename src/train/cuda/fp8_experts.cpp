@@ -181,6 +181,10 @@ const Fp8Experts::Weights& Fp8Experts::backward_weights(const Layer& L) {
 
 int32_t Fp8Experts::upload_items(const Layer& L) {
   const std::vector<int64_t>& off = *L.offsets;
+  // The products of a layer's forward (and of its backward) share one routing: the items already on the
+  // device serve them (only this function writes that buffer).
+  if (off == items_offsets_) return n_items_;
+  items_offsets_ = off;
   items_.clear();
   for (size_t e = 0; e + 1 < off.size(); ++e)
     for (int64_t b = off[e]; b < off[e + 1]; b += 128)

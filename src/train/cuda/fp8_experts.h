@@ -98,9 +98,10 @@ class Fp8Experts {
   DeviceScratch scratch_;
   std::unordered_map<const void*, Weights> layers_;
   Layouts layouts_ = Layouts::Both;
-  Weights bwd_;  // ForwardOnly: the backward layouts of the layer bwd_key_ at bwd_version_
+  Weights bwd_;  // ForwardOnly: the backward layouts of the layer bwd_key_ at weight version bwd_.version
   const void* bwd_key_ = nullptr;
-  std::vector<int32_t> items_;  // host staging of the work items
+  std::vector<int32_t> items_;          // host staging of the work items
+  std::vector<int64_t> items_offsets_;  // the row offsets the items on the device were made from
   int32_t n_items_ = 0;
   int64_t version_ = 0, weight_quantisations_ = 0;
   double fp8_flops_ = 0;
