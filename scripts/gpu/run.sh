@@ -292,21 +292,36 @@ ab_model() {  # name config dtype
   done
   rm -rf "$dir"
 }
-# Batch-1 decode against the .base build in the same run (weights made in memory): Moonlight BF16 and FP8 at
-# batch 1 (context 512) and the 8-layer llama.cpp checkpoint at batches 1 and 4, base and new alternating, twice.
-# After `build build-base` (e.g. BUILD_TARGETS=moe).
+# Batch-1 decode against the .base build in the same run (weights made in memory; .base from
+# scripts/gpu/branch-tree.sh COMMIT .base): Moonlight BF16 and FP8 at batch 1 (context AB_MOON_CTX, default 512;
+# AB_MOONLIGHT=0 skips it) and the 8-layer llama.cpp checkpoint at batches AB_BATCHES (default 1,4,8), base and new
+# alternating, rounds AB_REPS (default "1 2"). After `build build-base` (e.g. BUILD_TARGETS=moe).
 stage_ab-decode1() {
   env_deps
-  for rep in 1 2; do for v in bf16 fp8; do for which in base new; do
+  for rep in ${AB_REPS:-1 2}; do for v in bf16 fp8; do for which in base new; do
     local bin=$BUILD/src/cli/moe
     [ $which = base ] && bin=$ROOT/build-base/src/cli/moe
-    "$bin" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights --random-dtype $v \
-      --cuda-prefill $v --prompt-tokens 128 --batch 1 --context 512 --steps 48 2>&1 | grep -E "^(ceilings|decode)" \
-      | sed "s/^/[moonlight $v $which $rep] /" | tee -a "$OUT/ab-decode1.log"
+    [ "${AB_MOONLIGHT:-1}" = 1 ] && "$bin" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json \
+      --random-weights --random-dtype $v --cuda-prefill $v --prompt-tokens 128 --batch 1 --context "${AB_MOON_CTX:-512}" \
+      --steps 48 2>&1 | grep -E "^(ceilings|decode)" | sed "s/^/[moonlight $v $which $rep] /" | tee -a "$OUT/ab-decode1.log"
     "$bin" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights --random-dtype $v \
-      --cuda-prefill $v --prompt-tokens 256 --batch 1,4,8 --context 512 2>&1 | grep -E "^decode" \
+      --cuda-prefill $v --prompt-tokens 256 --batch "${AB_BATCHES:-1,4,8}" --context 512 2>&1 | grep -E "^(ceilings|decode)" \
       | sed "s/^/[8-layer $v $which $rep] /" | tee -a "$OUT/ab-decode1.log"
   done; done; done
+}
+# Where a replayed batch-1 decode step's time goes: CUPTI timelines (bench/gpu/kernel_timeline.cpp; build target
+# moe_kernel_timeline) of the 8-layer llama.cpp checkpoint, BF16 and FP8, summarised per kernel by
+# bench/gpu/timeline_summary.py into $OUT/timeline-decode-{bf16,fp8}.txt.
+stage_timeline-decode() {
+  env_deps
+  for v in ${TIMELINE_DTYPES:-fp8 bf16}; do
+    CUDA_INJECTION64_PATH=$BUILD/tests/cuda/libmoe_kernel_timeline.so MOE_TIMELINE_OUT=$OUT/timeline-decode-$v.csv \
+      "$BUILD/src/cli/moe" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights \
+      --random-dtype $v --cuda-prefill $v --prompt-tokens 256 --batch 1 --context 512 --steps 32 \
+      >"$OUT/timeline-decode-$v.log" 2>&1
+    python3 bench/gpu/timeline_summary.py "$OUT/timeline-decode-$v.csv" --top 30 | tee "$OUT/timeline-decode-$v.txt" | head -20
+    gzip -f "$OUT/timeline-decode-$v.csv"
+  done
 }
 stage_ab-moonlight() { ab_model moonlight-bf16 bench/gpu/configs/moonlight-16b-a3b.json bf16; }
 stage_ab-moonlight-fp8() { ab_model moonlight-fp8 bench/gpu/configs/moonlight-16b-a3b.json fp8; }

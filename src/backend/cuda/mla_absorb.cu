@@ -45,39 +45,39 @@ __device__ __forceinline__ float2 load_pair(const WeightRef& w, int64_t n, int64
   }
 }
 
-// The thread's W_UK slice (rows row0 + warp + kWarps * i < row0 + dn, columns c, c + 1), dequantised. FP8:
-// the 16 two-byte loads go out first; where the head's dn rows lie in one 128-row scale block (Moonlight, V3:
-// heads of dn + dv = 256 rows) the slice has one scale, loaded once, instead of a scale load and two integer
-// divisions per pair. Timelines of batch-1 decode (bench/RESULTS.md): FP8 absorb 7.1 us a layer against
-// BF16's 3.0 before (H200), 3.5 against 3.1 with this (H100).
+// The thread's W_UK slice (rows row0 + warp + kWarps * i < row0 + dn, columns c, c + 1), dequantised. FP8
+// where the head's dn rows lie in one 128-row scale block (Moonlight, V3: heads of dn + dv = 256 rows): the
+// 16 two-byte loads go out first and the slice's one scale is loaded once, instead of a scale load and two
+// integer divisions per pair (load_pair, which every other case takes). Timelines of batch-1 decode
+// (bench/RESULTS.md): FP8 absorb 7.1 us a layer against BF16's 3.0 before (H200), 3.5 against 3.1 with this
+// (H100).
 template <DType WT>
 __device__ __forceinline__ void load_slice(const WeightRef& kv_b, int64_t row0, int warp, int64_t dn,
                                            int64_t c, float2 (&w)[kRegRows]) {
   const int64_t r = kv_b.cols;
   if constexpr (WT == DType::F8_E4M3) {
-    uint32_t raw[kRegRows];
-    const auto* base = static_cast<const uint8_t*>(kv_b.data);
+    if (row0 / kv_b.block_n == (row0 + dn - 1) / kv_b.block_n) {
+      uint32_t raw[kRegRows];
+      const auto* base = static_cast<const uint8_t*>(kv_b.data);
 #pragma unroll
-    for (int i = 0; i < kRegRows; ++i) {
-      const int64_t n = warp + kWarps * i;
-      raw[i] = n < dn && c < r ? *reinterpret_cast<const uint16_t*>(base + (row0 + n) * r + c) : 0u;
-    }
-    const int kb = (int(r) + kv_b.block_k - 1) / kv_b.block_k, cb = int(c) / kv_b.block_k;
-    const bool one = row0 / kv_b.block_n == (row0 + dn - 1) / kv_b.block_n;
-    const float s0 = c < r ? kv_b.scale[int(row0 / kv_b.block_n) * kb + cb] * kE4m3Placed : 0.0f;
-#pragma unroll
-    for (int i = 0; i < kRegRows; ++i) {
-      const int64_t n = warp + kWarps * i;
+      for (int i = 0; i < kRegRows; ++i) {
+        const int64_t n = warp + kWarps * i;
+        raw[i] = n < dn && c < r ? *reinterpret_cast<const uint16_t*>(base + (row0 + n) * r + c) : 0u;
+      }
       const float s =
-          one || n >= dn || c >= r ? s0 : kv_b.scale[int((row0 + n) / kv_b.block_n) * kb + cb] * kE4m3Placed;
-      w[i] = make_float2(e4m3_placed(raw[i] << 24) * s, e4m3_placed(raw[i] << 16) * s);
-    }
-  } else {
+          c < r ? kv_b.scale[int(row0 / kv_b.block_n) * int(kv_b.kblocks()) + int(c) / kv_b.block_k] *
+                      kE4m3Placed
+                : 0.0f;
 #pragma unroll
-    for (int i = 0; i < kRegRows; ++i) {
-      const int64_t n = warp + kWarps * i;
-      w[i] = n < dn && c < r ? load_pair<WT>(kv_b, row0 + n, c) : make_float2(0.0f, 0.0f);
+      for (int i = 0; i < kRegRows; ++i)
+        w[i] = make_float2(e4m3_placed(raw[i] << 24) * s, e4m3_placed(raw[i] << 16) * s);
+      return;
     }
+  }
+#pragma unroll
+  for (int i = 0; i < kRegRows; ++i) {
+    const int64_t n = warp + kWarps * i;
+    w[i] = n < dn && c < r ? load_pair<WT>(kv_b, row0 + n, c) : make_float2(0.0f, 0.0f);
   }
 }
 
