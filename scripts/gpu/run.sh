@@ -57,7 +57,7 @@ stage_build-base() {
 }
 stage_test() {
   env_deps
-  "$BUILD/tests/cuda/test_cuda" 2>&1 | tee "$OUT/test_cuda.log" | grep -E "^\[ +(OK|FAILED|PASSED) |^\[=+\]|Failure" | tail -60
+  "$BUILD/tests/cuda/test_cuda" --gtest_filter="${TEST_FILTER:-*}" 2>&1 | tee "$OUT/test_cuda.log" | grep -E "^\[ +(OK|FAILED|PASSED) |^\[=+\]|Failure" | tail -60
 }
 stage_sanitize() {
   env_deps
@@ -275,6 +275,12 @@ stage_serve() {
 stage_sandbox() {
   env_deps
   bench/gpu/sandbox/run_all.sh "$BUILD" 2>&1 | tee "$OUT/sandbox.log" | grep -E "^(====|sandbox_)|FAIL|TFLOP|GB/s" | tail -40
+}
+# Decode's routed experts alone (bench/gpu/sandbox/moe_decode_experts.cu, build target
+# sandbox_moe_decode_experts): production's grouped GEMVs against their other shapes, FP8 and BF16, 1, 4 and 8 tokens.
+stage_decode-experts() {
+  env_deps
+  "$BUILD/bench/gpu/sandbox/sandbox_moe_decode_experts" 2>&1 | tee "$OUT/decode-experts.log" | tail -45
 }
 # A/B of this tree against .base on one random checkpoint, both built in this run (build, build-base):
 # decode at batch 1, 8 and 64 (context 512) and prefill 4096, alternating base and new twice (run-to-run noise).

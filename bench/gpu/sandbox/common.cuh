@@ -89,6 +89,13 @@ inline float bf2f(uint16_t b) {
   std::memcpy(&f, &u, 4);
   return f;
 }
+// The value of an E4M3 byte (FP8 weights' codes).
+inline float e4m3_value(uint8_t b) {
+  const int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+  const float v = e == 0 ? std::ldexp(float(m) / 8.0f, -6) : std::ldexp(1.0f + float(m) / 8.0f, e - 7);
+  return s ? -v : v;
+}
+
 // Uniform in [lo, hi), never exactly zero.
 inline void fill_uniform(std::vector<float>& v, float lo, float hi, uint64_t seed) {
   std::mt19937_64 g(seed);

@@ -8,7 +8,7 @@ BUILD=${1:-build-cuda}
 DIR=$BUILD/bench/gpu/sandbox
 status=0
 summary=()
-for p in rms_norm moe_combine pdl_chain moe_experts_prefill swiglu_prefill gemv_mma train_fp8_quant; do
+for p in rms_norm moe_combine pdl_chain moe_experts_prefill swiglu_prefill gemv_mma train_fp8_quant moe_decode_experts; do
   echo "==== sandbox_$p"
   if [ ! -x "$DIR/sandbox_$p" ]; then
     summary+=("sandbox_$p: not built ($DIR)"); status=1; continue

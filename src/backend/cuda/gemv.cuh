@@ -38,6 +38,24 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* counter, unsigned
 
 namespace gemv_detail {
 
+// The fused down + combine's tail (gemv_combine.cu), every thread after its block has written its `rows` rows
+// of y (block x: rows x * rows ..): the last block of column x to arrive sums those rows of out for every
+// token in moe_combine's order of fmaf (the same bits) and sets the column's counter back to 0.
+__device__ __forceinline__ void combine_tail(const GemvParams& p, const GemvCombine& c, int rows) {
+  if (!last_block_to_arrive(c.done + blockIdx.x, gridDim.y)) return;
+  const int64_t D = p.N, r0 = int64_t(blockIdx.x) * rows, T = gridDim.y / c.k;
+  for (int64_t i = threadIdx.x; i < T * rows; i += blockDim.x) {
+    const int64_t t = i / rows, d = r0 + i % rows;
+    if (d >= D) continue;
+    float acc = 0.0f;
+    for (int j = 0; j < c.k; ++j) {
+      const float wj = c.w[t * c.k + j];
+      if (wj != 0.0f) acc = fmaf(wj, __ldcg(p.out + (t * c.k + j) * D + d), acc);  // 0: an id -1, y unwritten
+    }
+    c.out[t * D + d] = c.plus ? c.plus[t * D + d] + acc : acc;
+  }
+}
+
 constexpr int kWarps = 8, kRowsPerWarp = 2, kRowsPerBlock = kWarps * kRowsPerWarp;
 
 // Elements of one 16-byte chunk as floats.

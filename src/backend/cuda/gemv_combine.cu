@@ -16,22 +16,6 @@ namespace {
 constexpr int kColRows = 16;  // output rows per block: the CUDA-core kernel's 8 warps x 2, the MMA block's 16
 static_assert(kColRows == gemv_detail::kRowsPerBlock && kColRows == gemv_detail::kMmaRows);
 
-// Every thread, after the block has written its rows of y: the column's last block writes its rows of out.
-__device__ __forceinline__ void combine_tail(const GemvParams& p, const GemvCombine& c) {
-  if (!last_block_to_arrive(c.done + blockIdx.x, gridDim.y)) return;
-  const int64_t D = p.N, r0 = int64_t(blockIdx.x) * kColRows, T = gridDim.y / c.k;
-  for (int64_t i = threadIdx.x; i < T * kColRows; i += blockDim.x) {
-    const int64_t t = i / kColRows, d = r0 + i % kColRows;
-    if (d >= D) continue;
-    float acc = 0.0f;
-    for (int j = 0; j < c.k; ++j) {
-      const float wj = c.w[t * c.k + j];
-      if (wj != 0.0f) acc = fmaf(wj, __ldcg(p.out + (t * c.k + j) * D + d), acc);  // 0: an id -1, y unwritten
-    }
-    c.out[t * D + d] = c.plus ? c.plus[t * D + d] + acc : acc;
-  }
-}
-
 template <DType WT>
 __global__ void __launch_bounds__(256) gemv_combine_kernel(GemvParams p, GemvCombine c) {
   constexpr int R = gemv_detail::kRowsPerWarp;
@@ -48,12 +32,12 @@ __global__ void __launch_bounds__(256) gemv_combine_kernel(GemvParams p, GemvCom
     float* orows[1] = {p.out + int64_t(a) * p.out_stride};
     gemv_detail::gemv_pass<WT, 1, false, R, 8>(p, p.N, wbase, sbase, 0, n0, xrows, orows, 1);
   }
-  combine_tail(p, c);
+  gemv_detail::combine_tail(p, c, kColRows);
 }
 
 __global__ void __launch_bounds__(256) gemv_mma_combine_kernel(GemvParams p, GemvCombine c) {
   gemv_detail::gemv_mma_block<DType::F8_E4M3, false>(p);
-  combine_tail(p, c);
+  gemv_detail::combine_tail(p, c, kColRows);
 }
 
 }  // namespace

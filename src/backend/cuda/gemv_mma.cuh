@@ -66,72 +66,22 @@ __device__ __forceinline__ uint32_t e4m3x2_placed_bf16(uint32_t w, bool high) {
   return (u & 0x80008000u) | ((u >> 4) & 0x07f007f0u);
 }
 
-// One block's rows (256 threads). A device function so that a fused kernel can go on after it
-// (gemv_combine.cu): every thread returns from it having passed griddepcontrol.wait.
-template <DType WT, bool SWIGLU>
-__device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
+// A warp's steps first, first + stride, ... (< nsteps) of kStep columns against rows a (g) and b (g + 8) of M
+// matrices: kMmaUnroll-deep rounds of 16-byte loads, then per step x (token g's row, BF16) and the mmas, FP8
+// steps added to acc with their block scale. pdl_wait() after the first round's loads unless `waited` (dense
+// mode: weights do not depend on the previous kernel, x does).
+template <DType WT, int M, int U>
+__device__ __forceinline__ void mma_k_loop(const char* const (&wa)[M], const char* const (&wb)[M],
+                                           const float* const (&srow)[M], const float* xc, bool tok,
+                                           int64_t first, int64_t stride, int64_t nsteps, bool waited,
+                                           float (&acc)[M][4]) {
   constexpr bool kFp8 = WT == DType::F8_E4M3;
-  constexpr int kStep = mma_step_cols<WT>(), kBytes = kFp8 ? 1 : 2, kVals = kFp8 ? 16 : 8, M = SWIGLU ? 2 : 1;
-  __shared__ float red[M][kMmaWarps][kMmaRows][8];
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
-  const bool second = p.second.first_block > 0 && blockIdx.x >= p.second.first_block;
-  const int64_t N = second ? p.second.N : p.N, K = p.K;
-  const int64_t r0 = int64_t(second ? blockIdx.x - p.second.first_block : blockIdx.x) * kMmaRows;
-  pdl_trigger();
-
-  const char* wbase[M];
-  const float* sbase[M];
-  const float* xrow;  // token g's x row
-  int ntok;           // valid token columns
-  int64_t row_base = 0;
-  if (grouped(p)) {
-    pdl_wait();  // the work items (moe_plan) or the ids (moe_route) come from earlier kernels
-    const WorkItem w = work_item(p);
-    ntok = w.count;
-    if (ntok == 0) return;
+  constexpr int kStep = mma_step_cols<WT>(), kBytes = kFp8 ? 1 : 2, kVals = kFp8 ? 16 : 8;
+  for (int64_t s0 = first; s0 < nsteps; s0 += stride * U) {
+    uint4 va[M][U], vb[M][U];
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      wbase[m] = static_cast<const char*>(p.table[w.e * 6 + p.matrix + m]);
-      sbase[m] = static_cast<const float*>(p.table[w.e * 6 + 3 + p.matrix + m]);
-    }
-    xrow = p.x + int64_t(assignment(p, w, min(g, ntok - 1)) / p.x_row_div) * p.x_stride;
-  } else {
-    const int64_t y = blockIdx.y;
-    row_base = p.w_row_base + y * p.w_row_step;
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      wbase[m] = static_cast<const char*>(second ? p.second.w : p.w[m]);
-      sbase[m] = second ? p.second.s : p.s[m];
-    }
-    ntok = p.T;
-    xrow = p.x + y * p.x_step + int64_t(min(g, ntok - 1)) * p.x_stride;
-  }
-  const bool tok = g < ntok;
-  const int64_t ra = row_base + min(r0 + g, N - 1), rb = row_base + min(r0 + g + 8, N - 1);
-  const char* wa[M];
-  const char* wb[M];
-  const float* srow[M];
-  const int64_t kblocks = (K + 127) / 128;
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    wa[m] = wbase[m] + ra * K * kBytes + c * 16;
-    wb[m] = wbase[m] + rb * K * kBytes + c * 16;
-    srow[m] = kFp8 ? sbase[m] + ((row_base + r0) / 128) * kblocks : nullptr;  // 16 rows inside one 128-row block
-  }
-  const float* xc = xrow + c * kVals;
-  const int64_t nsteps = K / kStep;
-
-  float acc[M][4];
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[m][i] = 0.0f;
-  bool waited = grouped(p);
-  for (int64_t s0 = warp; s0 < nsteps; s0 += kMmaWarps * kMmaUnroll) {
-    uint4 va[M][kMmaUnroll], vb[M][kMmaUnroll];
-#pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      const int64_t s = s0 + kMmaWarps * u;
+    for (int u = 0; u < U; ++u) {
+      const int64_t s = s0 + stride * u;
       if (s < nsteps) {
 #pragma unroll
         for (int m = 0; m < M; ++m) {
@@ -145,14 +95,16 @@ __device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
       waited = true;
     }
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      const int64_t s = s0 + kMmaWarps * u;
+    for (int u = 0; u < U; ++u) {
+      const int64_t s = s0 + stride * u;
       if (s >= nsteps) break;
       uint32_t xb[kVals / 2];
 #pragma unroll
       for (int i = 0; i < kVals / 4; ++i) {
-        float4 v = tok ? __ldg(reinterpret_cast<const float4*>(xc + s * kStep) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-        if constexpr (kFp8) v = make_float4(v.x * kMmaXScale, v.y * kMmaXScale, v.z * kMmaXScale, v.w * kMmaXScale);
+        float4 v = tok ? __ldg(reinterpret_cast<const float4*>(xc + s * kStep) + i)
+                       : make_float4(0.f, 0.f, 0.f, 0.f);
+        if constexpr (kFp8)
+          v = make_float4(v.x * kMmaXScale, v.y * kMmaXScale, v.z * kMmaXScale, v.w * kMmaXScale);
         xb[2 * i] = pack_bf16(v.x, v.y);
         xb[2 * i + 1] = pack_bf16(v.z, v.w);
       }
@@ -182,6 +134,94 @@ __device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
     }
   }
   if (!waited) pdl_wait();
+}
+
+// A grouped work item's weights: matrices p.matrix (+ 1 under SwiGLU) of expert w.e from the table.
+template <int M>
+__device__ __forceinline__ void item_weights(const GemvParams& p, const WorkItem& w, const char* (&wbase)[M],
+                                             const float* (&sbase)[M]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    wbase[m] = static_cast<const char*>(p.table[w.e * 6 + p.matrix + m]);
+    sbase[m] = static_cast<const float*>(p.table[w.e * 6 + 3 + p.matrix + m]);
+  }
+}
+
+// Dense mode's weights: p.w[m], or p.second's (one matrix) for the blocks past the first matrix.
+template <int M>
+__device__ __forceinline__ void dense_weights(const GemvParams& p, bool second, const char* (&wbase)[M],
+                                              const float* (&sbase)[M]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    wbase[m] = static_cast<const char*>(second ? p.second.w : p.w[m]);
+    sbase[m] = second ? p.second.s : p.s[m];
+  }
+}
+
+// A lane's sums for the 16-row tile r0 .. r0 + 15 (of N rows from row_base) of M matrices against token g's x
+// row (tok: the lane's token is valid): acc zeroed, then mma_k_loop over the steps first, first + stride, ...
+template <DType WT, int M, int U>
+__device__ __forceinline__ void mma_tile_sums(const char* const (&wbase)[M], const float* const (&sbase)[M],
+                                              int64_t row_base, int64_t r0, int64_t N, int64_t K,
+                                              const float* xrow, bool tok, int64_t first, int64_t stride,
+                                              bool waited, float (&acc)[M][4]) {
+  constexpr bool kFp8 = WT == DType::F8_E4M3;
+  constexpr int kBytes = kFp8 ? 1 : 2, kVals = kFp8 ? 16 : 8;
+  const int lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
+  const int64_t ra = row_base + min(r0 + g, N - 1), rb = row_base + min(r0 + g + 8, N - 1);
+  const int64_t kblocks = (K + 127) / 128;
+  const char* wa[M];
+  const char* wb[M];
+  const float* srow[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    wa[m] = wbase[m] + ra * K * kBytes + c * 16;
+    wb[m] = wbase[m] + rb * K * kBytes + c * 16;
+    srow[m] =
+        kFp8 ? sbase[m] + ((row_base + r0) / 128) * kblocks : nullptr;  // 16 rows inside one 128-row block
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[m][i] = 0.0f;
+  }
+  mma_k_loop<WT, M, U>(wa, wb, srow, xrow + c * kVals, tok, first, stride, K / mma_step_cols<WT>(), waited,
+                       acc);
+}
+
+// One block's rows (256 threads). A device function so that a fused kernel can go on after it
+// (gemv_combine.cu): every thread returns from it having passed griddepcontrol.wait.
+template <DType WT, bool SWIGLU>
+__device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
+  constexpr bool kFp8 = WT == DType::F8_E4M3;
+  constexpr int M = SWIGLU ? 2 : 1;
+  __shared__ float red[M][kMmaWarps][kMmaRows][8];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
+  const bool second = p.second.first_block > 0 && blockIdx.x >= p.second.first_block;
+  const int64_t N = second ? p.second.N : p.N, K = p.K;
+  const int64_t r0 = int64_t(second ? blockIdx.x - p.second.first_block : blockIdx.x) * kMmaRows;
+  pdl_trigger();
+
+  const char* wbase[M];
+  const float* sbase[M];
+  const float* xrow;  // token g's x row
+  int ntok;           // valid token columns
+  int64_t row_base = 0;
+  if (grouped(p)) {
+    pdl_wait();  // the work items (moe_plan) or the ids (moe_route) come from earlier kernels
+    const WorkItem w = work_item(p);
+    ntok = w.count;
+    if (ntok == 0) return;
+    item_weights<M>(p, w, wbase, sbase);
+    xrow = p.x + int64_t(assignment(p, w, min(g, ntok - 1)) / p.x_row_div) * p.x_stride;
+  } else {
+    const int64_t y = blockIdx.y;
+    row_base = p.w_row_base + y * p.w_row_step;
+    dense_weights<M>(p, second, wbase, sbase);
+    ntok = p.T;
+    xrow = p.x + y * p.x_step + int64_t(min(g, ntok - 1)) * p.x_stride;
+  }
+  const bool tok = g < ntok;
+  float acc[M][4];
+  mma_tile_sums<WT, M, kMmaUnroll>(wbase, sbase, row_base, r0, N, K, xrow, tok, warp, kMmaWarps, grouped(p),
+                                   acc);
   // acc[m]: (row g, tokens 2c, 2c + 1), (row g + 8, tokens 2c, 2c + 1).
 #pragma unroll
   for (int m = 0; m < M; ++m) {

@@ -1,0 +1,350 @@
+// Decode's routed experts (issue 14, batch 1-8): a layer's gate / up GEMV with SwiGLU and its down GEMV with
+// the weighted combine, grouped over the experts (src/backend/cuda/gemv.cuh, gemv_mma.cuh, gemv_combine.cu,
+// compiled here from the production source), as moe_experts runs them: at 1 and 4 tokens over moe_route's ids
+// (one assignment a pass, the down launch doing the combine), at 8 tokens over moe_plan's work items of 2
+// assignments (then moe_combine). Moonlight's widths: hidden 2048, inner 1408, 64 routed experts top-6 and 2
+// shared ones taken as routed (8 assignments a token), BF16 and FP8 (E4M3, 128x128 block scales) weights.
+//
+// Variants, each a whole layer's two (three at 8 tokens) launches:
+//   prod      production's launchers (gemv_fp8 / gemv_bf16, gemv_combine, moe_combine): what moe_experts
+//   runs.
+//             FP8 (and BF16 at 8 tokens): gemv_mma.cuh's gemv_mma_block, one tile of 16 rows a block, its K
+//             split over 8 warps and summed in shared memory; BF16 at 1 and 4 tokens: gemv.cuh's CUDA-core
+//             kernel.
+//   warp B/U  the per-warp tiles (gemv_warp_tiles.cuh here, not in production yet): B tiles of 16 rows a
+//   block,
+//             each warp walking all of K, U steps of loads deep under SwiGLU (gate / up) and 2U without
+//             (down): 4U loads of 16 bytes a lane in flight.
+//   early B/U as warp B/U, with the down launch's work item, table and first loads before its
+//             griddepcontrol.wait (gate / up then triggers it after its own wait: gemv_mma_warp_tiles' kPdl).
+// Checks: every variant's combined output against a float64 host product of layer 0 (x and the SwiGLU output
+// as F32, the FP8 weights dequantised): the tensor-core kernels round x and h to BF16 (2^-9 relative per
+// value, independent over K): bound 1e-2, as the other BF16-operand sandboxes. Timing: a CUDA graph of
+// --layers (8) layers' launches, each layer its own weights (at 1 token 8 layers x 8 experts x 8.65 MB of
+// FP8: 553 MB a replay, nothing from the 50 MB L2), replayed; us per layer, median of --reps. Also the gate /
+// up launches alone and the down launches alone, each a graph of --layers launches.
+//   sandbox_moe_decode_experts [--tokens 1,4,8] [--layers 8] [--reps 30]
+// Measured (H100, 2026-12-06, bench/RESULTS.md "per-warp tiles"), us a layer, prod against the best per-warp
+// variant: FP8 1 token 46.24 / 46.65 (early 2/4), 4 tokens 136.42 / 115.38, 8 tokens 187.86 / 142.87 (4/2);
+// BF16 1 token 54.19 / 66.16, 4 tokens 195.05 / 189.08, 8 tokens 262.93 / 254.03.
+#include <cuda_fp8.h>
+
+#include <map>
+
+#include "common.cuh"
+#include "gemv_warp_tiles.cuh"
+
+namespace {
+
+namespace gd = moe::cuda::gemv_detail;
+using moe::DType;
+
+constexpr int64_t kD = 2048, kI = 1408, kRouted = 64, kE = 66, kTop = 6, kSlots = 8;  // 2 shared as routed
+
+// E4M3 codes of U(-448, 448) (saturating conversion: never NaN).
+__global__ void fill_e4m3_kernel(uint8_t* p, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = __nv_fp8_e4m3(sbx::hash_uniform(seed, i, 448.0f)).__x;
+}
+
+// One layer's experts: gate [E][I][D], up [E][I][D], down [E][D][I] (E4M3 codes or BF16), FP8 scale grids
+// [E][rows / 128][cols / 128], and the device table moe_experts builds (per expert gate, up, down, then their
+// scales).
+struct Layer {
+  uint8_t* w[3] = {};
+  float* s[3] = {};
+  void** table = nullptr;
+};
+int64_t rows_of(int m) { return m == 2 ? kD : kI; }
+int64_t cols_of(int m) { return m == 2 ? kI : kD; }
+
+Layer make_layer(bool fp8, uint64_t seed) {
+  Layer L;
+  std::vector<void*> table(size_t(kE * 6));
+  for (int m = 0; m < 3; ++m) {
+    const int64_t R = rows_of(m), C = cols_of(m), per = R * C, grid = (R / 128) * ((C + 127) / 128);
+    L.w[m] = sbx::dalloc<uint8_t>(size_t(kE * per) * (fp8 ? 1 : 2));
+    if (fp8) {
+      fill_e4m3_kernel<<<1024, 256>>>(L.w[m], size_t(kE * per), seed * 3 + m);
+      SBX_CHECK(cudaGetLastError());
+      std::vector<float> sc(size_t(kE * grid));
+      sbx::fill_uniform(sc, 0.5f, 1.5f, seed * 7 + m);
+      for (float& v : sc) v /= 448.0f * std::sqrt(float(C));
+      L.s[m] = sbx::dupload(sc);
+    } else {
+      sbx::dfill_bf16(reinterpret_cast<uint16_t*>(L.w[m]), size_t(kE * per), seed * 3 + m,
+                      1.0f / std::sqrt(float(C)));
+    }
+    for (int64_t e = 0; e < kE; ++e) {
+      table[size_t(e * 6 + m)] = L.w[m] + e * per * (fp8 ? 1 : 2);
+      table[size_t(e * 6 + 3 + m)] = fp8 ? static_cast<void*>(L.s[m] + e * grid) : nullptr;
+    }
+  }
+  L.table = sbx::dupload(table);
+  return L;
+}
+
+// One token count's inputs and buffers.
+struct Run {
+  int64_t T = 0, TK = 0;
+  bool plan = false;  // 8 tokens: moe_plan's work items of 2 assignments
+  int32_t max_items = 0;
+  float *x = nullptr, *w = nullptr, *plus = nullptr, *h = nullptr, *y = nullptr, *out = nullptr;
+  int32_t *ids = nullptr, *perm = nullptr, *items = nullptr, *counts = nullptr;
+  unsigned* done = nullptr;
+  std::vector<int32_t> hids;
+  std::vector<float> hx, hw, hplus;
+};
+
+Run make_run(int64_t T, uint64_t seed) {
+  Run r;
+  r.T = T;
+  r.TK = T * kSlots;
+  r.plan = T > 4;
+  std::mt19937_64 rng(seed);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int32_t> all(kRouted);
+    for (int32_t e = 0; e < kRouted; ++e) all[size_t(e)] = e;
+    std::shuffle(all.begin(), all.end(), rng);
+    for (int j = 0; j < kTop; ++j) r.hids.push_back(all[size_t(j)]);
+    r.hids.push_back(kRouted);
+    r.hids.push_back(kRouted + 1);
+    for (int j = 0; j < kSlots; ++j)
+      r.hw.push_back(j < kTop ? 0.05f + 0.4f * float(rng() % 1000) / 1000.0f : 1.0f);
+  }
+  r.hx.resize(size_t(T * kD));
+  r.hplus.resize(size_t(T * kD));
+  sbx::fill_uniform(r.hx, -1.0f, 1.0f, seed + 1);
+  sbx::fill_uniform(r.hplus, -1.0f, 1.0f, seed + 2);
+  r.x = sbx::dupload(r.hx);
+  r.w = sbx::dupload(r.hw);
+  r.plus = sbx::dupload(r.hplus);
+  r.ids = sbx::dupload(r.hids);
+  r.h = sbx::dalloc<float>(size_t(r.TK * kI));
+  r.y = sbx::dalloc<float>(size_t(r.TK * kD));
+  r.out = sbx::dalloc<float>(size_t(T * kD));
+  r.done = sbx::dalloc<unsigned>(size_t(moe::cuda::kGemvCombineColumns));
+  SBX_CHECK(cudaMemset(r.done, 0, size_t(moe::cuda::kGemvCombineColumns) * sizeof(unsigned)));
+  if (r.plan) {
+    constexpr int32_t kTile = 2;
+    r.max_items = int32_t(std::min<int64_t>(kE, r.TK) + (r.TK + kTile - 1) / kTile);
+    r.perm = sbx::dalloc<int32_t>(size_t(r.TK));
+    r.items = sbx::dalloc<int32_t>(size_t(r.max_items) * 3);
+    r.counts = sbx::dalloc<int32_t>(size_t(kE));
+    moe::cuda::moe_plan(r.ids, r.TK, int32_t(kE), kTile, r.max_items, r.perm, r.items, r.counts, nullptr);
+    SBX_CHECK(cudaDeviceSynchronize());
+  }
+  return r;
+}
+
+// moe_experts' parameters (cuda_backend_moe.cpp, grouped_expert_gemv): gate / up with SwiGLU into h, or down
+// into y.
+moe::cuda::GemvParams params(const Layer& L, bool fp8, bool gate_up, const Run& r) {
+  moe::cuda::GemvParams p;
+  p.wdtype = fp8 ? DType::F8_E4M3 : DType::BF16;
+  p.table = const_cast<const void* const*>(L.table);
+  if (r.plan) {
+    p.items = r.items;
+    p.perm = r.perm;
+    p.grid_y = r.max_items;
+  } else {
+    p.ids = r.ids;
+    p.grid_y = int32_t(r.TK);
+  }
+  p.matrix = gate_up ? 0 : 2;
+  p.swiglu = gate_up;
+  p.N = gate_up ? kI : kD;
+  p.K = gate_up ? kD : kI;
+  p.x = gate_up ? r.x : r.h;
+  p.x_stride = p.K;
+  p.x_row_div = gate_up ? int32_t(kSlots) : 1;
+  p.out = gate_up ? r.h : r.y;
+  p.out_stride = p.N;
+  return p;
+}
+moe::cuda::GemvCombine combine_of(const Run& r) {
+  return moe::cuda::GemvCombine{r.w, r.plus, r.out, int32_t(kSlots), r.done};
+}
+
+// The fused down + combine on the per-warp tiles.
+template <DType WT, int B, int U, int kPdl>
+__global__ void __launch_bounds__(B * 32)
+    warp_combine_kernel(moe::cuda::GemvParams p, moe::cuda::GemvCombine c) {
+  gd::gemv_mma_warp_tiles<WT, false, B, U, kPdl>(p);
+  gd::combine_tail(p, c, B * gd::kMmaRows);
+}
+
+// A variant: the launches of one layer; part 0 = all, 1 = gate / up only, 2 = down (+ combine) only.
+using Variant = std::function<void(const Layer&, const Run&, bool fp8, int part, cudaStream_t)>;
+
+void down_then_combine(const moe::cuda::GemvParams& p, const Run& r, cudaStream_t s,
+                       const std::function<void(const moe::cuda::GemvParams&)>& gemv) {
+  gemv(p);
+  moe::cuda::moe_combine(r.y, r.w, r.T, int32_t(kSlots), kD, r.plus, r.out, s);
+}
+
+void prod(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
+  const int tile = r.plan ? 2 : 1;
+  const auto gemv = [&](const moe::cuda::GemvParams& p) {
+    if (fp8)
+      moe::cuda::gemv_fp8(p, tile, s);
+    else
+      moe::cuda::gemv_bf16(p, tile, s);
+  };
+  if (part != 2) gemv(params(L, fp8, true, r));
+  if (part == 1) return;
+  const moe::cuda::GemvParams d = params(L, fp8, false, r);
+  if (r.plan) return down_then_combine(d, r, s, gemv);
+  if (!moe::cuda::gemv_combine(d, combine_of(r), s)) {
+    std::fprintf(stderr, "gemv_combine refused the down projection\n");
+    std::exit(2);
+  }
+}
+
+// early: gate / up triggers the down launch only after its own wait, and the down launch reads its work item,
+// table and first round of weights before waiting (gemv_mma_warp_tiles' kPdl 1 and 2).
+template <int B, int U, bool early = false>
+void warp(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
+  constexpr int kUp = early ? 1 : 0, kDown = early ? 2 : 0;
+  const auto gemv = [&](const moe::cuda::GemvParams& p) {
+    const dim3 grid(gd::warp_tile_blocks<B>(p.N), unsigned(p.grid_y));
+    if (fp8) {
+      if (p.swiglu)
+        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::F8_E4M3, true, B, U, kUp>, grid, B * 32, 0, s, p);
+      else
+        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::F8_E4M3, false, B, 2 * U, kDown>, grid, B * 32, 0,
+                    s, p);
+    } else {
+      if (p.swiglu)
+        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::BF16, true, B, U, kUp>, grid, B * 32, 0, s, p);
+      else
+        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::BF16, false, B, 2 * U, kDown>, grid, B * 32, 0, s,
+                    p);
+    }
+  };
+  if (part != 2) gemv(params(L, fp8, true, r));
+  if (part == 1) return;
+  const moe::cuda::GemvParams d = params(L, fp8, false, r);
+  if (r.plan) return down_then_combine(d, r, s, gemv);
+  const dim3 grid(gd::warp_tile_blocks<B>(kD), unsigned(r.TK));
+  if (fp8)
+    sbx::launch(true, warp_combine_kernel<DType::F8_E4M3, B, 2 * U, kDown>, grid, B * 32, 0, s, d,
+                combine_of(r));
+  else
+    sbx::launch(true, warp_combine_kernel<DType::BF16, B, 2 * U, kDown>, grid, B * 32, 0, s, d,
+                combine_of(r));
+}
+
+// float64 reference of layer L's combined output for run r.
+std::vector<double> reference(const Layer& L, const Run& r, bool fp8) {
+  // The experts r uses, downloaded once.
+  struct HostExpert {
+    std::vector<double> m[3];  // dequantised gate, up, down
+  };
+  std::map<int32_t, HostExpert> ex;
+  for (int32_t e : r.hids) {
+    if (ex.count(e)) continue;
+    HostExpert& he = ex[e];
+    for (int m = 0; m < 3; ++m) {
+      const int64_t R = rows_of(m), C = cols_of(m), per = R * C, kb = (C + 127) / 128, grid = (R / 128) * kb;
+      std::vector<uint8_t> raw(size_t(per) * (fp8 ? 1 : 2));
+      SBX_CHECK(cudaMemcpy(raw.data(), L.w[m] + e * per * (fp8 ? 1 : 2), raw.size(), cudaMemcpyDeviceToHost));
+      std::vector<float> sc;
+      if (fp8) sc = sbx::ddownload(L.s[m] + e * grid, size_t(grid));
+      he.m[m].resize(size_t(per));
+      for (int64_t i = 0; i < per; ++i) {
+        const int64_t n = i / C, k = i % C;
+        if (fp8) {
+          he.m[m][size_t(i)] = double(sbx::e4m3_value(raw[size_t(i)])) * sc[size_t((n / 128) * kb + k / 128)];
+        } else {
+          uint16_t b;
+          std::memcpy(&b, raw.data() + 2 * i, 2);
+          he.m[m][size_t(i)] = sbx::bf2f(b);
+        }
+      }
+    }
+  }
+  std::vector<double> y(size_t(r.TK * kD));
+  sbx::parallel_for(r.TK, [&](int64_t a) {
+    const HostExpert& he = ex.at(r.hids[size_t(a)]);
+    const float* x = r.hx.data() + (a / kSlots) * kD;
+    std::vector<double> h(static_cast<size_t>(kI));
+    for (int64_t i = 0; i < kI; ++i) {
+      double g = 0.0, u = 0.0;
+      for (int64_t k = 0; k < kD; ++k) {
+        g += double(x[k]) * he.m[0][size_t(i * kD + k)];
+        u += double(x[k]) * he.m[1][size_t(i * kD + k)];
+      }
+      h[size_t(i)] = sbx::silu(g) * u;
+    }
+    for (int64_t d = 0; d < kD; ++d) {
+      double acc = 0.0;
+      for (int64_t i = 0; i < kI; ++i) acc += h[size_t(i)] * he.m[2][size_t(d * kI + i)];
+      y[size_t(a * kD + d)] = acc;
+    }
+  });
+  std::vector<double> out(size_t(r.T * kD));
+  for (int64_t t = 0; t < r.T; ++t)
+    for (int64_t d = 0; d < kD; ++d) {
+      double acc = r.hplus[size_t(t * kD + d)];
+      for (int64_t j = 0; j < kSlots; ++j)
+        acc += double(r.hw[size_t(t * kSlots + j)]) * y[size_t((t * kSlots + j) * kD + d)];
+      out[size_t(t * kD + d)] = acc;
+    }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const sbx::Args args{argc, argv};
+  const std::vector<int64_t> tokens = args.list("tokens", {1, 4, 8});
+  const int layers = int(args.i64("layers", 8)), reps = int(args.i64("reps", 30));
+  sbx::print_device();
+  cudaStream_t st;
+  SBX_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  const std::vector<std::pair<const char*, Variant>> variants = {
+      {"prod", prod},           {"warp 1/4", warp<1, 4>},        {"warp 2/2", warp<2, 2>},
+      {"warp 2/4", warp<2, 4>}, {"warp 4/2", warp<4, 2>},        {"warp 4/4", warp<4, 4>},
+      {"warp 8/4", warp<8, 4>}, {"early 2/4", warp<2, 4, true>}, {"early 4/4", warp<4, 4, true>}};
+  int fails = 0;
+  std::printf("%5s %3s %-9s | %9s %9s %9s | %8s | %s\n", "dtype", "T", "variant", "layer us", "gate/up",
+              "down", "TB/s", "rel L2 vs float64");
+  for (bool fp8 : {true, false}) {
+    std::vector<Layer> ls;
+    for (int l = 0; l < layers; ++l) ls.push_back(make_layer(fp8, 100 + uint64_t(l)));
+    SBX_CHECK(cudaDeviceSynchronize());
+    for (int64_t T : tokens) {
+      const Run r = make_run(T, 7 + uint64_t(T));
+      const std::vector<double> ref = reference(ls[0], r, fp8);
+      // Weight bytes a layer reads: each distinct expert of the step once.
+      std::vector<int32_t> distinct = r.hids;
+      std::sort(distinct.begin(), distinct.end());
+      distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+      const double bytes = double(distinct.size()) * 3.0 * double(kD * kI) * (fp8 ? 1.0 : 2.0);
+      for (const auto& nv : variants) {
+        const char* name = nv.first;
+        const Variant& v = nv.second;
+        SBX_CHECK(cudaMemset(r.out, 0xff, size_t(T * kD) * sizeof(float)));  // NaN: an unwritten output fails
+        v(ls[0], r, fp8, 0, st);
+        const std::vector<float> got = sbx::ddownload(r.out, size_t(T * kD));
+        const double err = sbx::rel_l2(got.data(), ref.data(), got.size());
+        const bool ok = err <= 1e-2;
+        fails += !ok;
+        double us[3];
+        for (int part = 0; part < 3; ++part)
+          us[part] = sbx::time_us(
+              layers, [&](int l) { v(ls[size_t(l)], r, fp8, part, st); }, st, reps, 3, true);
+        std::printf("%5s %3lld %-9s | %9.2f %9.2f %9.2f | %8.2f | %.2e%s\n", fp8 ? "fp8" : "bf16",
+                    (long long)T, name, us[0], us[1], us[2], bytes / us[0] * 1e-6, err, ok ? "" : "  FAIL");
+      }
+    }
+    for (Layer& L : ls)
+      for (int m = 0; m < 3; ++m) {
+        SBX_CHECK(cudaFree(L.w[m]));
+        if (L.s[m]) SBX_CHECK(cudaFree(L.s[m]));
+      }
+  }
+  std::printf("%s\n", fails ? "FAIL" : "all checks pass");
+  return fails ? 1 : 0;
+}
