@@ -6,15 +6,13 @@
 // shared ones taken as routed (8 assignments a token), BF16 and FP8 (E4M3, 128x128 block scales) weights.
 //
 // Variants, each a whole layer's two (three at 8 tokens) launches:
-//   prod      production's launchers (gemv_fp8 / gemv_bf16, gemv_combine, moe_combine): what moe_experts
-//   runs.
-//             FP8 (and BF16 at 8 tokens): gemv_mma.cuh's gemv_mma_block, one tile of 16 rows a block, its K
-//             split over 8 warps and summed in shared memory; BF16 at 1 and 4 tokens: gemv.cuh's CUDA-core
-//             kernel.
+//   prod      production's launchers (gemv_fp8 / gemv_bf16, gemv_combine, moe_combine), as moe_experts runs
+//             them. FP8 (and BF16 at 8 tokens): gemv_mma.cuh's gemv_mma_block, one tile of 16 rows a block,
+//             its K split over 8 warps and summed in shared memory; BF16 at 1 and 4 tokens: gemv.cuh's
+//             CUDA-core kernel.
 //   warp B/U  the per-warp tiles (gemv_warp_tiles.cuh here, not in production yet): B tiles of 16 rows a
-//   block,
-//             each warp walking all of K, U steps of loads deep under SwiGLU (gate / up) and 2U without
-//             (down): 4U loads of 16 bytes a lane in flight.
+//             block, each warp walking all of K, U steps of loads deep under SwiGLU (gate / up) and 2U
+//             without (down): 4U loads of 16 bytes a lane in flight.
 //   early B/U as warp B/U, with the down launch's work item, table and first loads before its
 //             griddepcontrol.wait (gate / up then triggers it after its own wait: gemv_mma_warp_tiles' kPdl).
 // Checks: every variant's combined output against a float64 host product of layer 0 (x and the SwiGLU output
