@@ -1,13 +1,13 @@
 #pragma once
 // The per-warp tiles of the tensor-core decode GEMV (issue 14): a candidate replacement for gemv_mma.cuh's
-// gemv_mma_block, built on production's helpers (mma_k_loop, item_weights, combine_tail) and timed by
-// sandbox_moe_decode_experts and sandbox_gemv_mma. Measured on an H100, 2026-12-06 (bench/RESULTS.md,
-// "per-warp tiles"): a MoE layer's expert launches 15-24 % faster for FP8 at 4 and 8 tokens and 3 % for BF16,
-// but slower at one token (the plain variants by 15-21 %; the early one, kPdl 2 after 1, even), and 2.5-4.6x
-// slower on the dense projections (too few tiles to stream from every SM). Not in production yet: it has not
-// run in the test suite or a whole-model decode. To adopt it for grouped passes of 2+ assignments: move this
-// file's body into gemv_mma.cuh and send those passes to launch_gemv_mma_warp<WT, 4, 4, 2> from gemv.cuh's
-// launch_gemv.
+// gemv_mma_block, built on production's helpers (mma_tile_sums, item_weights, dense_weights, combine_tail)
+// and timed by sandbox_moe_decode_experts and sandbox_gemv_mma. Measured on an H100, 2026-12-06
+// (bench/RESULTS.md, "per-warp tiles"): a MoE layer's expert launches 15-24 % faster for FP8 at 4 and 8
+// tokens and 3 % for BF16, but slower at one token (the plain variants by 15-21 %; the early one, kPdl 2
+// after 1, even), and 2.5-4.6x slower on the dense projections (too few tiles to stream from every SM). Not
+// in production yet: it has not run in the test suite or a whole-model decode. To adopt it for grouped passes
+// of 2+ assignments: move this file's body into gemv_mma.cuh and send those passes to
+// launch_gemv_mma_warp<WT, 4, 4, 2> from gemv.cuh's launch_gemv.
 #include "backend/cuda/gemv.cuh"
 
 namespace moe::cuda::gemv_detail {

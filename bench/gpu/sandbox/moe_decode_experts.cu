@@ -342,6 +342,7 @@ int main(int argc, char** argv) {
         SBX_CHECK(cudaFree(L.w[m]));
         if (L.s[m]) SBX_CHECK(cudaFree(L.s[m]));
       }
+    for (Layer& L : ls) SBX_CHECK(cudaFree(L.table));
   }
   std::printf("%s\n", fails ? "FAIL" : "all checks pass");
   return fails ? 1 : 0;

@@ -66,17 +66,56 @@ __device__ __forceinline__ uint32_t e4m3x2_placed_bf16(uint32_t w, bool high) {
   return (u & 0x80008000u) | ((u >> 4) & 0x07f007f0u);
 }
 
-// A warp's steps first, first + stride, ... (< nsteps) of kStep columns against rows a (g) and b (g + 8) of M
-// matrices: kMmaUnroll-deep rounds of 16-byte loads, then per step x (token g's row, BF16) and the mmas, FP8
-// steps added to acc with their block scale. pdl_wait() after the first round's loads unless `waited` (dense
-// mode: weights do not depend on the previous kernel, x does).
+// A grouped work item's weights: matrices p.matrix (+ 1 under SwiGLU) of expert w.e from the table.
+template <int M>
+__device__ __forceinline__ void item_weights(const GemvParams& p, const WorkItem& w, const char* (&wbase)[M],
+                                             const float* (&sbase)[M]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    wbase[m] = static_cast<const char*>(p.table[w.e * 6 + p.matrix + m]);
+    sbase[m] = static_cast<const float*>(p.table[w.e * 6 + 3 + p.matrix + m]);
+  }
+}
+
+// Dense mode's weights: p.w[m], or p.second's (one matrix) for the blocks past the first matrix.
+template <int M>
+__device__ __forceinline__ void dense_weights(const GemvParams& p, bool second, const char* (&wbase)[M],
+                                              const float* (&sbase)[M]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    wbase[m] = static_cast<const char*>(second ? p.second.w : p.w[m]);
+    sbase[m] = second ? p.second.s : p.s[m];
+  }
+}
+
+// A lane's sums for the 16-row tile r0 .. r0 + 15 (of N rows from row_base) of M matrices against token g's x
+// row (tok: the lane's token is valid), over the K steps first, first + stride, ... of kStep columns: U-deep
+// rounds of 16-byte loads of rows g and g + 8, then per step x (BF16) and the mmas, FP8 steps added to acc
+// with their block scale. pdl_wait() after the first round's loads unless `waited` (dense mode: weights do
+// not depend on the previous kernel, x does).
 template <DType WT, int M, int U>
-__device__ __forceinline__ void mma_k_loop(const char* const (&wa)[M], const char* const (&wb)[M],
-                                           const float* const (&srow)[M], const float* xc, bool tok,
-                                           int64_t first, int64_t stride, int64_t nsteps, bool waited,
-                                           float (&acc)[M][4]) {
+__device__ __forceinline__ void mma_tile_sums(const char* const (&wbase)[M], const float* const (&sbase)[M],
+                                              int64_t row_base, int64_t r0, int64_t N, int64_t K,
+                                              const float* xrow, bool tok, int64_t first, int64_t stride,
+                                              bool waited, float (&acc)[M][4]) {
   constexpr bool kFp8 = WT == DType::F8_E4M3;
   constexpr int kStep = mma_step_cols<WT>(), kBytes = kFp8 ? 1 : 2, kVals = kFp8 ? 16 : 8;
+  const int lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
+  const int64_t ra = row_base + min(r0 + g, N - 1), rb = row_base + min(r0 + g + 8, N - 1);
+  const int64_t kblocks = (K + 127) / 128, nsteps = K / kStep;
+  const char* wa[M];
+  const char* wb[M];
+  const float* srow[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    wa[m] = wbase[m] + ra * K * kBytes + c * 16;
+    wb[m] = wbase[m] + rb * K * kBytes + c * 16;
+    srow[m] =
+        kFp8 ? sbase[m] + ((row_base + r0) / 128) * kblocks : nullptr;  // 16 rows inside one 128-row block
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[m][i] = 0.0f;
+  }
+  const float* xc = xrow + c * kVals;
   for (int64_t s0 = first; s0 < nsteps; s0 += stride * U) {
     uint4 va[M][U], vb[M][U];
 #pragma unroll
@@ -134,56 +173,6 @@ __device__ __forceinline__ void mma_k_loop(const char* const (&wa)[M], const cha
     }
   }
   if (!waited) pdl_wait();
-}
-
-// A grouped work item's weights: matrices p.matrix (+ 1 under SwiGLU) of expert w.e from the table.
-template <int M>
-__device__ __forceinline__ void item_weights(const GemvParams& p, const WorkItem& w, const char* (&wbase)[M],
-                                             const float* (&sbase)[M]) {
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    wbase[m] = static_cast<const char*>(p.table[w.e * 6 + p.matrix + m]);
-    sbase[m] = static_cast<const float*>(p.table[w.e * 6 + 3 + p.matrix + m]);
-  }
-}
-
-// Dense mode's weights: p.w[m], or p.second's (one matrix) for the blocks past the first matrix.
-template <int M>
-__device__ __forceinline__ void dense_weights(const GemvParams& p, bool second, const char* (&wbase)[M],
-                                              const float* (&sbase)[M]) {
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    wbase[m] = static_cast<const char*>(second ? p.second.w : p.w[m]);
-    sbase[m] = second ? p.second.s : p.s[m];
-  }
-}
-
-// A lane's sums for the 16-row tile r0 .. r0 + 15 (of N rows from row_base) of M matrices against token g's x
-// row (tok: the lane's token is valid): acc zeroed, then mma_k_loop over the steps first, first + stride, ...
-template <DType WT, int M, int U>
-__device__ __forceinline__ void mma_tile_sums(const char* const (&wbase)[M], const float* const (&sbase)[M],
-                                              int64_t row_base, int64_t r0, int64_t N, int64_t K,
-                                              const float* xrow, bool tok, int64_t first, int64_t stride,
-                                              bool waited, float (&acc)[M][4]) {
-  constexpr bool kFp8 = WT == DType::F8_E4M3;
-  constexpr int kBytes = kFp8 ? 1 : 2, kVals = kFp8 ? 16 : 8;
-  const int lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
-  const int64_t ra = row_base + min(r0 + g, N - 1), rb = row_base + min(r0 + g + 8, N - 1);
-  const int64_t kblocks = (K + 127) / 128;
-  const char* wa[M];
-  const char* wb[M];
-  const float* srow[M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    wa[m] = wbase[m] + ra * K * kBytes + c * 16;
-    wb[m] = wbase[m] + rb * K * kBytes + c * 16;
-    srow[m] =
-        kFp8 ? sbase[m] + ((row_base + r0) / 128) * kblocks : nullptr;  // 16 rows inside one 128-row block
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[m][i] = 0.0f;
-  }
-  mma_k_loop<WT, M, U>(wa, wb, srow, xrow + c * kVals, tok, first, stride, K / mma_step_cols<WT>(), waited,
-                       acc);
 }
 
 // One block's rows (256 threads). A device function so that a fused kernel can go on after it
