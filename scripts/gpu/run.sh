@@ -277,7 +277,7 @@ stage_sandbox() {
   bench/gpu/sandbox/run_all.sh "$BUILD" 2>&1 | tee "$OUT/sandbox.log" | grep -E "^(====|sandbox_)|FAIL|TFLOP|GB/s" | tail -40
 }
 # Decode's routed experts alone (bench/gpu/sandbox/moe_decode_experts.cu, build target
-# sandbox_moe_decode_experts): production's grouped GEMVs against their other shapes, FP8 and BF16, 1, 4 and 8 tokens.
+# sandbox_moe_decode_experts): production's grouped GEMVs against gemv_mma_block and other shapes, FP8 and BF16, 1-64 tokens.
 stage_decode-experts() {
   env_deps
   "$BUILD/bench/gpu/sandbox/sandbox_moe_decode_experts" 2>&1 | tee "$OUT/decode-experts.log" | tail -45
@@ -301,10 +301,14 @@ ab_model() {  # name config dtype
 # Batch-1 decode against the .base build in the same run (weights made in memory; .base from
 # scripts/gpu/branch-tree.sh COMMIT .base): Moonlight BF16 and FP8 at batch 1 (context AB_MOON_CTX, default 512;
 # AB_MOONLIGHT=0 skips it) and the 8-layer llama.cpp checkpoint at batches AB_BATCHES (default 1,4,8), base and new
-# alternating, rounds AB_REPS (default "1 2"). After `build build-base` (e.g. BUILD_TARGETS=moe).
+# alternating, rounds AB_REPS (default "1 2"; even rounds run new before base, so that a drift over the run
+# does not favour either). After `build build-base` (e.g. BUILD_TARGETS=moe).
 stage_ab-decode1() {
   env_deps
-  for rep in ${AB_REPS:-1 2}; do for v in bf16 fp8; do for which in base new; do
+  local order
+  for rep in ${AB_REPS:-1 2}; do for v in bf16 fp8; do
+    order="base new"; [ $((rep % 2)) = 0 ] && order="new base"
+    for which in $order; do
     local bin=$BUILD/src/cli/moe
     [ $which = base ] && bin=$ROOT/build-base/src/cli/moe
     [ "${AB_MOONLIGHT:-1}" = 1 ] && "$bin" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json \

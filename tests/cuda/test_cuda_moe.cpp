@@ -8,6 +8,7 @@
 // many tokens) rounds x, the SwiGLU hidden state and dequantised FP8 weights to BF16 (the default
 // MOE_CUDA_PREFILL=bf16): 2^-9 relative per input, ~2e-3 on a dot product of independent roundings: bound
 // 1e-2 (with MOE_CUDA_PREFILL=split, the hi + lo halves give ~1e-5).
+#include "backend/cuda/cuda_ops.h"
 #include "cuda_test_util.h"
 
 namespace moe {
@@ -212,16 +213,19 @@ TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
 // The routed experts' down GEMV over the ids with the weighted combine in the same launch (moe_experts at
 // tile 1 under CudaOptions::moe_decode_fusion, cuda::gemv_combine) against the plan, the GEMV and moe_combine
 // apart: the same kernels' arithmetic and moe_combine's order of fmaf, so the same bits. Moonlight's widths
-// (64 experts top-6, hidden 2048, inner 1408), 1, 3 and 5 tokens (tile 1 up to 5 there), with and without
-// `plus`, BF16 and FP8, three calls a shape (the column counters back at 0 after each).
+// (64 experts, hidden 2048, inner 1408) at top-8 (6 routed and 2 shared experts there), 1, 3 and 4 tokens
+// (tile 1 up to 4): 8, 24 and 32 assignments (FP8: gemv_mma_block at 8, the per-warp tiles from cuda_ops.h's
+// kGemvWarpTilesFp8), with and without `plus`, BF16 and FP8, three calls a shape (the column counters back at
+// 0 after each).
 TEST_F(CudaMoe, DownAndCombineInOneLaunch) {
   auto fused = cuda_with_moe_fusion(true), plain = cuda_with_moe_fusion(false);
-  const int64_t E = 64, D = 2048, I = 1408, K = 6;
+  const int64_t E = 64, D = 2048, I = 1408, K = 8;
+  static_assert(cuda::kGemvWarpTilesFp8 > 8 && cuda::kGemvWarpTilesFp8 <= 24);
   for (bool fp8 : {false, true}) {
     const test::HostExperts hx = test::random_experts(rng_, E, D, I, fp8);
     const ExpertWeights ef = test::upload_experts(*fused, hx.weights),
                         ep = test::upload_experts(*plain, hx.weights);
-    for (int64_t T : {1, 3, 5})
+    for (int64_t T : {1, 3, 4})
       for (bool with_plus : {false, true})
         for (int call = 0; call < 3; ++call) {
           SCOPED_TRACE(::testing::Message()

@@ -1,36 +1,39 @@
-// Decode's routed experts (issue 14, batch 1-8): a layer's gate / up GEMV with SwiGLU and its down GEMV with
+// Decode's routed experts (issue 14, batch 1-64): a layer's gate / up GEMV with SwiGLU and its down GEMV with
 // the weighted combine, grouped over the experts (src/backend/cuda/gemv.cuh, gemv_mma.cuh, gemv_combine.cu,
-// compiled here from the production source), as moe_experts runs them: at 1 and 4 tokens over moe_route's ids
-// (one assignment a pass, the down launch doing the combine), at 8 tokens over moe_plan's work items of 2
-// assignments (then moe_combine). Moonlight's widths: hidden 2048, inner 1408, 64 routed experts top-6 and 2
-// shared ones taken as routed (8 assignments a token), BF16 and FP8 (E4M3, 128x128 block scales) weights.
+// compiled here from the production source), as moe_experts runs them: where its GEMV tile
+// (CudaBackend::grouped_gemv_tile) is 1, over moe_route's ids (one assignment a pass, the down launch doing
+// the combine); above, over moe_plan's work items of that many assignments (then moe_combine). Moonlight's
+// widths: hidden 2048, inner 1408, 64 routed experts top-6 and 2 shared ones taken as routed (8 assignments a
+// token), BF16 and FP8 (E4M3, 128x128 block scales) weights.
 //
-// Variants, each a whole layer's two (three at 8 tokens) launches:
+// Variants, each a whole layer's two (three with the plan) launches:
 //   prod      production's launchers (gemv_fp8 / gemv_bf16, gemv_combine, moe_combine), as moe_experts runs
-//             them. FP8 (and BF16 at 8 tokens): gemv_mma.cuh's gemv_mma_block, one tile of 16 rows a block,
-//             its K split over 8 warps and summed in shared memory; BF16 at 1 and 4 tokens: gemv.cuh's
-//             CUDA-core kernel.
-//   warp B/U  the per-warp tiles (gemv_warp_tiles.cuh here, not in production yet): B tiles of 16 rows a
-//             block, each warp walking all of K, U steps of loads deep under SwiGLU (gate / up) and 2U
-//             without (down): 4U loads of 16 bytes a lane in flight.
-//   early B/U as warp B/U, with the down launch's work item, table and first loads before its
-//             griddepcontrol.wait (gate / up then triggers it after its own wait: gemv_mma_warp_tiles' kPdl).
+//             them. FP8: gemv_mma.cuh's per-warp tiles where warp_tiles_pay (passes of 2+ assignments, or 16+
+//             assignments at one a pass), else gemv_mma_block. BF16: gemv_mma_block at 2+ assignments a pass,
+//             gemv.cuh's CUDA-core kernel at one.
+//   block     production before the per-warp tiles (to 2026-12-06): gemv_mma_block wherever FP8 runs on the
+//             tensor cores (one tile of 16 rows a block, its K split over 8 warps and summed in shared
+//             memory); BF16 as prod.
+//   warp B/U/D the per-warp tiles at other shapes: B tiles of 16 rows a block, each warp walking all of K, U
+//             steps of loads deep under SwiGLU (gate / up) and D without (down). Production's FP8: 4/4/8.
+//             BF16 on them (4/4/4) was 3-4 % faster a layer here at 4 and 8 tokens but 3 % slower in
+//             whole-model decode at batch 8 (H100, 2026-12-06), so production keeps BF16 off them.
 // Checks: every variant's combined output against a float64 host product of layer 0 (x and the SwiGLU output
 // as F32, the FP8 weights dequantised): the tensor-core kernels round x and h to BF16 (2^-9 relative per
 // value, independent over K): bound 1e-2, as the other BF16-operand sandboxes. Timing: a CUDA graph of
 // --layers (8) layers' launches, each layer its own weights (at 1 token 8 layers x 8 experts x 8.65 MB of
 // FP8: 553 MB a replay, nothing from the 50 MB L2), replayed; us per layer, median of --reps. Also the gate /
 // up launches alone and the down launches alone, each a graph of --layers launches.
-//   sandbox_moe_decode_experts [--tokens 1,4,8] [--layers 8] [--reps 30]
-// Measured (H100, 2026-12-06, bench/RESULTS.md "per-warp tiles"), us a layer, prod against the best per-warp
-// variant: FP8 1 token 46.24 / 46.65 (early 2/4), 4 tokens 136.42 / 115.38, 8 tokens 187.86 / 142.87 (4/2);
-// BF16 1 token 54.19 / 66.16, 4 tokens 195.05 / 189.08, 8 tokens 262.93 / 254.03.
+//   sandbox_moe_decode_experts [--tokens 1,2,4,8,16,64] [--layers 8] [--reps 30]
+// Measured (H100, 2026-12-06 05:44 UTC, bench/RESULTS.md "the per-warp tiles in production"), us a layer, FP8
+// block / prod: 1 token 45.03 / 45.07, 2: 74.60 / 63.24, 4: 133.35 / 112.42, 8: 184.65 / 140.61, 16: 237.94 /
+// 187.90, 64: 390.78 / 270.03.
 #include <cuda_fp8.h>
 
 #include <map>
 
+#include "backend/cuda/gemv.cuh"
 #include "common.cuh"
-#include "gemv_warp_tiles.cuh"
 
 namespace {
 
@@ -85,7 +88,8 @@ Layer make_layer(bool fp8, uint64_t seed) {
 // One token count's inputs and buffers.
 struct Run {
   int64_t T = 0, TK = 0;
-  bool plan = false;  // 8 tokens: moe_plan's work items of 2 assignments
+  int tile = 1;       // assignments a pass, as CudaBackend::grouped_gemv_tile
+  bool plan = false;  // tile > 1: moe_plan's work items
   int32_t max_items = 0;
   float *x = nullptr, *w = nullptr, *plus = nullptr, *h = nullptr, *y = nullptr, *out = nullptr;
   int32_t *ids = nullptr, *perm = nullptr, *items = nullptr, *counts = nullptr;
@@ -98,7 +102,10 @@ Run make_run(int64_t T, uint64_t seed) {
   Run r;
   r.T = T;
   r.TK = T * kSlots;
-  r.plan = T > 4;
+  // moe_experts' tile: about twice the average assignments an expert, in {1, 2, 4, 8}, at most T.
+  const int64_t want = std::min<int64_t>(T, std::max<int64_t>(1, (2 * r.TK + kE - 1) / kE));
+  r.tile = want <= 1 ? 1 : want <= 2 ? 2 : want <= 4 ? 4 : 8;
+  r.plan = r.tile > 1;
   std::mt19937_64 rng(seed);
   for (int64_t t = 0; t < T; ++t) {
     std::vector<int32_t> all(kRouted);
@@ -124,7 +131,7 @@ Run make_run(int64_t T, uint64_t seed) {
   r.done = sbx::dalloc<unsigned>(size_t(moe::cuda::kGemvCombineColumns));
   SBX_CHECK(cudaMemset(r.done, 0, size_t(moe::cuda::kGemvCombineColumns) * sizeof(unsigned)));
   if (r.plan) {
-    constexpr int32_t kTile = 2;
+    const int32_t kTile = r.tile;
     r.max_items = int32_t(std::min<int64_t>(kE, r.TK) + (r.TK + kTile - 1) / kTile);
     r.perm = sbx::dalloc<int32_t>(size_t(r.TK));
     r.items = sbx::dalloc<int32_t>(size_t(r.max_items) * 3);
@@ -149,6 +156,7 @@ moe::cuda::GemvParams params(const Layer& L, bool fp8, bool gate_up, const Run& 
     p.ids = r.ids;
     p.grid_y = int32_t(r.TK);
   }
+  p.assignments = int32_t(r.TK);
   p.matrix = gate_up ? 0 : 2;
   p.swiglu = gate_up;
   p.N = gate_up ? kI : kD;
@@ -164,73 +172,92 @@ moe::cuda::GemvCombine combine_of(const Run& r) {
   return moe::cuda::GemvCombine{r.w, r.plus, r.out, int32_t(kSlots), r.done};
 }
 
-// The fused down + combine on the per-warp tiles.
-template <DType WT, int B, int U, int kPdl>
+// The fused down + combine on gemv_mma_block (block) and on the per-warp tiles (warp B/U).
+__global__ void __launch_bounds__(256)
+    block_combine_kernel(moe::cuda::GemvParams p, moe::cuda::GemvCombine c) {
+  gd::gemv_mma_block<DType::F8_E4M3, false>(p);
+  gd::combine_tail(p, c, gd::kMmaRows);
+}
+template <DType WT, int B, int U>
 __global__ void __launch_bounds__(B * 32)
     warp_combine_kernel(moe::cuda::GemvParams p, moe::cuda::GemvCombine c) {
-  gd::gemv_mma_warp_tiles<WT, false, B, U, kPdl>(p);
+  gd::gemv_mma_warp_tiles<WT, false, B, U>(p);
   gd::combine_tail(p, c, B * gd::kMmaRows);
 }
 
 // A variant: the launches of one layer; part 0 = all, 1 = gate / up only, 2 = down (+ combine) only.
 using Variant = std::function<void(const Layer&, const Run&, bool fp8, int part, cudaStream_t)>;
+using Gemv = std::function<void(const moe::cuda::GemvParams&)>;
 
-void down_then_combine(const moe::cuda::GemvParams& p, const Run& r, cudaStream_t s,
-                       const std::function<void(const moe::cuda::GemvParams&)>& gemv) {
-  gemv(p);
+// A layer through `gemv` for gate / up and down, with `fused` for the down + combine over the ids.
+void layer(const Run& r, const moe::cuda::GemvParams& up, const moe::cuda::GemvParams& down, int part,
+           cudaStream_t s, const Gemv& gemv, const Gemv& fused) {
+  if (part != 2) gemv(up);
+  if (part == 1) return;
+  if (!r.plan) return fused(down);
+  gemv(down);
   moe::cuda::moe_combine(r.y, r.w, r.T, int32_t(kSlots), kD, r.plus, r.out, s);
 }
 
 void prod(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
-  const int tile = r.plan ? 2 : 1;
   const auto gemv = [&](const moe::cuda::GemvParams& p) {
     if (fp8)
-      moe::cuda::gemv_fp8(p, tile, s);
+      moe::cuda::gemv_fp8(p, r.tile, s);
     else
-      moe::cuda::gemv_bf16(p, tile, s);
+      moe::cuda::gemv_bf16(p, r.tile, s);
   };
-  if (part != 2) gemv(params(L, fp8, true, r));
-  if (part == 1) return;
-  const moe::cuda::GemvParams d = params(L, fp8, false, r);
-  if (r.plan) return down_then_combine(d, r, s, gemv);
-  if (!moe::cuda::gemv_combine(d, combine_of(r), s)) {
-    std::fprintf(stderr, "gemv_combine refused the down projection\n");
-    std::exit(2);
-  }
-}
-
-// early: gate / up triggers the down launch only after its own wait, and the down launch reads its work item,
-// table and first round of weights before waiting (gemv_mma_warp_tiles' kPdl 1 and 2).
-template <int B, int U, bool early = false>
-void warp(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
-  constexpr int kUp = early ? 1 : 0, kDown = early ? 2 : 0;
-  const auto gemv = [&](const moe::cuda::GemvParams& p) {
-    const dim3 grid(gd::warp_tile_blocks<B>(p.N), unsigned(p.grid_y));
-    if (fp8) {
-      if (p.swiglu)
-        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::F8_E4M3, true, B, U, kUp>, grid, B * 32, 0, s, p);
-      else
-        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::F8_E4M3, false, B, 2 * U, kDown>, grid, B * 32, 0,
-                    s, p);
-    } else {
-      if (p.swiglu)
-        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::BF16, true, B, U, kUp>, grid, B * 32, 0, s, p);
-      else
-        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::BF16, false, B, 2 * U, kDown>, grid, B * 32, 0, s,
-                    p);
+  const auto fused = [&](const moe::cuda::GemvParams& p) {
+    if (!moe::cuda::gemv_combine(p, combine_of(r), s)) {
+      std::fprintf(stderr, "gemv_combine refused the down projection\n");
+      std::exit(2);
     }
   };
-  if (part != 2) gemv(params(L, fp8, true, r));
-  if (part == 1) return;
-  const moe::cuda::GemvParams d = params(L, fp8, false, r);
-  if (r.plan) return down_then_combine(d, r, s, gemv);
-  const dim3 grid(gd::warp_tile_blocks<B>(kD), unsigned(r.TK));
-  if (fp8)
-    sbx::launch(true, warp_combine_kernel<DType::F8_E4M3, B, 2 * U, kDown>, grid, B * 32, 0, s, d,
-                combine_of(r));
-  else
-    sbx::launch(true, warp_combine_kernel<DType::BF16, B, 2 * U, kDown>, grid, B * 32, 0, s, d,
-                combine_of(r));
+  layer(r, params(L, fp8, true, r), params(L, fp8, false, r), part, s, gemv, fused);
+}
+
+void block(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
+  const auto gemv = [&](const moe::cuda::GemvParams& p) {
+    if (fp8 && gd::mma_gemv_ok<DType::F8_E4M3>(p, r.tile)) return gd::launch_gemv_mma<DType::F8_E4M3>(p, s);
+    if (!fp8 && gd::mma_gemv_ok<DType::BF16>(p, r.tile)) return gd::launch_gemv_mma<DType::BF16>(p, s);
+    if (fp8)
+      gd::launch_gemv_cuda_cores<DType::F8_E4M3>(p, r.tile, s);
+    else
+      gd::launch_gemv_cuda_cores<DType::BF16>(p, r.tile, s);
+  };
+  const auto fused = [&](const moe::cuda::GemvParams& p) {
+    if (fp8)
+      sbx::launch(true, block_combine_kernel, dim3(unsigned((kD + 15) / 16), unsigned(r.TK)), 256, 0, s, p,
+                  combine_of(r));
+    else if (!moe::cuda::gemv_combine(p, combine_of(r), s))  // BF16: the CUDA-core kernel, unchanged
+      std::exit(2);
+  };
+  layer(r, params(L, fp8, true, r), params(L, fp8, false, r), part, s, gemv, fused);
+}
+
+template <int B, int U, int D>
+void warp(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
+  const auto gemv = [&](const moe::cuda::GemvParams& p) {
+    const dim3 grid(unsigned((p.N / gd::kMmaRows + B - 1) / B), unsigned(p.grid_y));
+    if (fp8) {
+      if (p.swiglu)
+        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::F8_E4M3, true, B, U>, grid, B * 32, 0, s, p);
+      else
+        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::F8_E4M3, false, B, D>, grid, B * 32, 0, s, p);
+    } else {
+      if (p.swiglu)
+        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::BF16, true, B, U>, grid, B * 32, 0, s, p);
+      else
+        sbx::launch(true, gd::gemv_mma_warp_kernel<DType::BF16, false, B, D>, grid, B * 32, 0, s, p);
+    }
+  };
+  const auto fused = [&](const moe::cuda::GemvParams& p) {
+    const dim3 grid(unsigned((kD / gd::kMmaRows + B - 1) / B), unsigned(r.TK));
+    if (fp8)
+      sbx::launch(true, warp_combine_kernel<DType::F8_E4M3, B, D>, grid, B * 32, 0, s, p, combine_of(r));
+    else
+      sbx::launch(true, warp_combine_kernel<DType::BF16, B, D>, grid, B * 32, 0, s, p, combine_of(r));
+  };
+  layer(r, params(L, fp8, true, r), params(L, fp8, false, r), part, s, gemv, fused);
 }
 
 // float64 reference of layer L's combined output for run r.
@@ -296,18 +323,22 @@ std::vector<double> reference(const Layer& L, const Run& r, bool fp8) {
 
 int main(int argc, char** argv) {
   const sbx::Args args{argc, argv};
-  const std::vector<int64_t> tokens = args.list("tokens", {1, 4, 8});
+  const std::vector<int64_t> tokens = args.list("tokens", {1, 2, 4, 8, 16, 64});
   const int layers = int(args.i64("layers", 8)), reps = int(args.i64("reps", 30));
   sbx::print_device();
   cudaStream_t st;
   SBX_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  const std::vector<std::pair<const char*, Variant>> variants = {
-      {"prod", prod},           {"warp 1/4", warp<1, 4>},        {"warp 2/2", warp<2, 2>},
-      {"warp 2/4", warp<2, 4>}, {"warp 4/2", warp<4, 2>},        {"warp 4/4", warp<4, 4>},
-      {"warp 8/4", warp<8, 4>}, {"early 2/4", warp<2, 4, true>}, {"early 4/4", warp<4, 4, true>}};
+  const std::vector<std::pair<const char*, Variant>> variants = {{"prod", prod},
+                                                                 {"block", block},
+                                                                 {"warp 4/4/8", warp<4, 4, 8>},
+                                                                 {"warp 4/4/4", warp<4, 4, 4>},
+                                                                 {"warp 4/2/4", warp<4, 2, 4>},
+                                                                 {"warp 8/2/4", warp<8, 2, 4>},
+                                                                 {"warp 8/4/8", warp<8, 4, 8>},
+                                                                 {"warp 2/4/8", warp<2, 4, 8>}};
   int fails = 0;
-  std::printf("%5s %3s %-9s | %9s %9s %9s | %8s | %s\n", "dtype", "T", "variant", "layer us", "gate/up",
-              "down", "TB/s", "rel L2 vs float64");
+  std::printf("%5s %3s %4s %-10s | %9s %9s %9s | %8s | %s\n", "dtype", "T", "tile", "variant", "layer us",
+              "gate/up", "down", "TB/s", "rel L2 vs float64");
   for (bool fp8 : {true, false}) {
     std::vector<Layer> ls;
     for (int l = 0; l < layers; ++l) ls.push_back(make_layer(fp8, 100 + uint64_t(l)));
@@ -333,8 +364,9 @@ int main(int argc, char** argv) {
         for (int part = 0; part < 3; ++part)
           us[part] = sbx::time_us(
               layers, [&](int l) { v(ls[size_t(l)], r, fp8, part, st); }, st, reps, 3, true);
-        std::printf("%5s %3lld %-9s | %9.2f %9.2f %9.2f | %8.2f | %.2e%s\n", fp8 ? "fp8" : "bf16",
-                    (long long)T, name, us[0], us[1], us[2], bytes / us[0] * 1e-6, err, ok ? "" : "  FAIL");
+        std::printf("%5s %3lld %4d %-10s | %9.2f %9.2f %9.2f | %8.2f | %.2e%s\n", fp8 ? "fp8" : "bf16",
+                    (long long)T, r.tile, name, us[0], us[1], us[2], bytes / us[0] * 1e-6, err,
+                    ok ? "" : "  FAIL");
       }
     }
     for (Layer& L : ls)

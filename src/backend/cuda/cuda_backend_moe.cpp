@@ -285,6 +285,7 @@ bool CudaBackend::grouped_expert_gemv(const PreparedExperts& prep, const int32_t
   p.perm = perm;
   p.ids = ids;
   p.grid_y = int32_t(n_items);
+  p.assignments = int32_t(M);
   // gate + up with SwiGLU: h[a] = silu(x[a / div] Wg^T) * (x[a / div] Wu^T)
   p.matrix = 0;
   p.swiglu = true;

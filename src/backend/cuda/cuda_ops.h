@@ -115,6 +115,7 @@ struct GemvParams {
   const int32_t* ids = nullptr;
   int32_t x_row_div = 1;
   int32_t grid_y = 1;
+  int32_t assignments = 0;  // grouped: rows of out (the launcher picks its kernel by them)
   bool swiglu = false;
   bool prefetch = false;  // set by gemv(): dense mode asks L2 for its weight rows before pdl_wait()
   // Dense mode: a second weight [second.N, K] (same dtype and K) applied to the same x in the same launch,
@@ -129,6 +130,9 @@ struct GemvParams {
   } second;
 };
 constexpr int kGemvMaxTile = 8;  // tokens per pass over the weights
+// FP8 grouped passes of one assignment each run on the per-warp tiles (gemv_mma.cuh, warp_tiles_pay) from
+// this many assignments (GemvParams::assignments); below, on gemv_mma_block.
+constexpr int32_t kGemvWarpTilesFp8 = 16;
 // tile in {1, 2, 4, 8}: tokens (dense) or assignments (grouped) processed per pass.
 void gemv(const GemvParams& p, int tile, cudaStream_t s);
 void gemv_bf16(const GemvParams& p, int tile, cudaStream_t s);  // gemv_bf16.cu (BF16, F16 and F32 go here)

@@ -490,7 +490,11 @@ void launch_gemv_cuda_cores(const GemvParams& p, int tile, cudaStream_t s) {
 template <DType WT>
 void launch_gemv(const GemvParams& p, int tile, cudaStream_t s) {
   if constexpr (WT == DType::F8_E4M3 || WT == DType::BF16)
-    if (mma_gemv_ok<WT>(p, tile)) return launch_gemv_mma<WT>(p, s);
+    if (mma_gemv_ok<WT>(p, tile)) {
+      if constexpr (WT == DType::F8_E4M3)
+        if (warp_tiles_pay(p, tile)) return launch_gemv_mma_warp<WT>(p, s);
+      return launch_gemv_mma<WT>(p, s);
+    }
   launch_gemv_cuda_cores<WT>(p, tile, s);
 }
 

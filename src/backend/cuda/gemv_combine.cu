@@ -3,10 +3,12 @@
 //   y [T * k, D] = h[a] . W_down[ids[a]]^T       block (x, a): rows x*16 .. x*16+15 of assignment a's row
 //   out [T, D] = plus + sum_j w[t, j] * y[t * k + j]
 // The GEMV is the kernels the unfused launch runs (gemv.cuh's CUDA-core pass, two rows a warp, for BF16 /
-// F16; gemv_mma_block for FP8), so the same y. The blocks of one column of the grid (the same 16 output rows,
-// one per assignment) count themselves done on that column's device counter; the last one sums those 16 rows
-// of out for every token in moe_combine's order of fmaf (the same bits) and sets the counter back to 0 (graph
-// replays start from 0). One launch instead of two, and the columns' sums run in parallel.
+// F16; for FP8 gemv_mma_block, or gemv_mma.cuh's per-warp tiles, 64 rows a column, where warp_tiles_pay), so
+// the same y.
+// The blocks of one column of the grid (the same output rows, one block per assignment) count themselves done
+// on that column's device counter; the last one sums those rows of out for every token in moe_combine's order
+// of fmaf (the same bits) and sets the counter back to 0 (graph replays start from 0). One launch instead of
+// two, and the columns' sums run in parallel.
 #include "backend/cuda/gemv.cuh"
 
 namespace moe::cuda {
@@ -40,6 +42,14 @@ __global__ void __launch_bounds__(256) gemv_mma_combine_kernel(GemvParams p, Gem
   gemv_detail::combine_tail(p, c, kColRows);
 }
 
+// The per-warp tiles (gemv_mma.cuh): columns of kWarpTiles x 16 rows.
+constexpr int kWarpTiles = gemv_detail::kWarpTiles;
+__global__ void __launch_bounds__(kWarpTiles * 32) gemv_mma_warp_combine_kernel(GemvParams p, GemvCombine c) {
+  gemv_detail::gemv_mma_warp_tiles<DType::F8_E4M3, false, kWarpTiles, gemv_detail::warp_tile_unroll<false>()>(
+      p);
+  gemv_detail::combine_tail(p, c, kWarpTiles * gemv_detail::kMmaRows);
+}
+
 }  // namespace
 
 bool gemv_combine(const GemvParams& p, const GemvCombine& c, cudaStream_t s) {
@@ -58,7 +68,11 @@ bool gemv_combine(const GemvParams& p, const GemvCombine& c, cudaStream_t s) {
       break;
     case DType::F8_E4M3:
       if (!gemv_detail::mma_gemv_ok<DType::F8_E4M3>(p, 1)) return false;
-      launch("gemv_combine", gemv_mma_combine_kernel, grid, 256, 0, s, p, c);
+      if (gemv_detail::warp_tiles_pay(p, 1))
+        launch("gemv_combine", gemv_mma_warp_combine_kernel, dim3(gemv_detail::warp_tile_blocks(p.N), grid.y),
+               kWarpTiles * 32, 0, s, p, c);
+      else
+        launch("gemv_combine", gemv_mma_combine_kernel, grid, 256, 0, s, p, c);
       break;
     default:
       return false;

@@ -1,28 +1,32 @@
 #pragma once
-// Decode GEMV on the tensor cores, for FP8 E4M3 weights (128x128 block scales) at 1-8 tokens and BF16 weights at
-// 2-8 tokens: out[t, n] = x[t] . W[n], dense (with GemvParams' second matrix and batched rows) or grouped (moe_plan's
-// work items), plain or SwiGLU (gate and up rows, silu(g) * u). gemv.cuh's launcher picks it; the CUDA-core kernel
-// there keeps BF16 at one token (faster there: measured in bench/gpu/sandbox/gemv_mma.cu), F16 / F32 weights and
-// shapes this one does not take.
+// Decode GEMV on the tensor cores, for FP8 E4M3 weights (128x128 block scales) at 1-8 tokens and BF16 weights
+// at 2-8 tokens: out[t, n] = x[t] . W[n], dense (with GemvParams' second matrix and batched rows) or grouped
+// (moe_plan's work items), plain or SwiGLU (gate and up rows, silu(g) * u). gemv.cuh's launcher picks it; the
+// CUDA-core kernel there keeps BF16 at one token (faster there: measured in bench/gpu/sandbox/gemv_mma.cu),
+// F16 / F32 weights and shapes this one does not take.
 //
-// Why: the CUDA-core GEMV widens every FP8 value (3 integer operations) and multiplies it (1 FMA), ~8 operations
-// per weight byte against BF16's ~1; at 16 bytes per clock and SM (4.2 TB/s over 132 SMs) the integer pipe alone
-// caps it far below the bandwidth (H200: 0.6-0.8 TB/s on Moonlight's projections), and at 8 tokens the 8 FMAs per
-// weight bind both dtypes. Here mma.sync m16n8k16 (BF16 x BF16 -> F32) multiplies: BF16 weights as they are, FP8
-// after 2 integer operations per value, and the 8 columns of the mma are 8 tokens, so 8 tokens cost what 1 does.
+// Why: the CUDA-core GEMV widens every FP8 value (3 integer operations) and multiplies it (1 FMA), ~8
+// operations per weight byte against BF16's ~1; at 16 bytes per clock and SM (4.2 TB/s over 132 SMs) the
+// integer pipe alone caps it far below the bandwidth (H200: 0.6-0.8 TB/s on Moonlight's projections), and at
+// 8 tokens the 8 FMAs per weight bind both dtypes. Here mma.sync m16n8k16 (BF16 x BF16 -> F32) multiplies:
+// BF16 weights as they are, FP8 after 2 integer operations per value, and the 8 columns of the mma are 8
+// tokens, so 8 tokens cost what 1 does.
 //
-// Block: 8 warps own 16 weight rows (per matrix); warp w takes the column steps w, w + 8, ... of 64 columns (FP8)
-// or 32 (BF16). Lane (g = lane / 4, c = lane % 4) loads the 16 bytes at step column 16c (FP8) / 8c (BF16) of rows
-// g and g + 8. An mma's k order is free as long as A and B agree, so these 16 contiguous bytes are the lane's A
-// fragments for the step's 4 (FP8) / 2 (BF16) mmas: mma j takes the lane's values 4j .. 4j + 3 as its logical k
-// 2c, 2c + 1, 2c + 8, 2c + 9, and the B fragment of lane (g, c), token g's column, holds x[token g] at exactly
-// those physical columns: every lane reads its own 16 (8) x values. x is rounded to BF16 (HF computes decode in
-// BF16; the CUDA-core kernel keeps F32 x). FP8: the byte s eeee mmm goes to BF16 bits 15 and 10..4, which is 2^-120
-// times its value (as e4m3_placed in cuda_common.cuh), x is scaled by 2^60 before rounding so that the products
-// stay F32 normals, each step (inside one 128-wide scale block) accumulates into fresh registers added with the
-// block scale times 2^120, and the sum is scaled back by 2^-60 (powers of two: exact). The 8 warps' partial sums
-// meet in shared memory. Dense mode loads its first weights before griddepcontrol.wait (weights do not depend on
-// the previous kernel); grouped mode waits first (the work items come from moe_plan, or the ids from moe_route).
+// Block: 8 warps own 16 weight rows (per matrix); warp w takes the column steps w, w + 8, ... of 64 columns
+// (FP8) or 32 (BF16). Lane (g = lane / 4, c = lane % 4) loads the 16 bytes at step column 16c (FP8) / 8c
+// (BF16) of rows g and g + 8. An mma's k order is free as long as A and B agree, so these 16 contiguous bytes
+// are the lane's A fragments for the step's 4 (FP8) / 2 (BF16) mmas: mma j takes the lane's values 4j .. 4j +
+// 3 as its logical k 2c, 2c + 1, 2c + 8, 2c + 9, and the B fragment of lane (g, c), token g's column, holds
+// x[token g] at exactly those physical columns: every lane reads its own 16 (8) x values. x is rounded to
+// BF16 (HF computes decode in BF16; the CUDA-core kernel keeps F32 x). FP8: the byte s eeee mmm goes to BF16
+// bits 15 and 10..4, which is 2^-120 times its value (as e4m3_placed in cuda_common.cuh), x is scaled by 2^60
+// before rounding so that the products stay F32 normals, each step (inside one 128-wide scale block)
+// accumulates into fresh registers added with the block scale times 2^120, and the sum is scaled back by
+// 2^-60 (powers of two: exact). The 8 warps' partial sums meet in shared memory. Dense mode loads its first
+// weights before griddepcontrol.wait (weights do not depend on the previous kernel); grouped mode waits first
+// (the work items come from moe_plan, or the ids from moe_route). FP8 grouped passes of several assignments
+// run the per-warp tiles instead (gemv_mma_warp_tiles below): the same fragments and mmas, one warp walking
+// all of a 16-row tile's K.
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/tensor_core.cuh"
 
@@ -261,6 +265,86 @@ bool mma_gemv_ok(const GemvParams& p, int tile) {
       (p.block_n != 128 || p.block_k != 128 || p.w_row_base % kMmaRows != 0 || p.w_row_step % kMmaRows != 0))
     return false;
   return true;
+}
+
+// The per-warp tiles, for grouped passes of several assignments (warp_tiles_pay below): warp w of block x
+// takes the 16-row tile x B + w of its work item's expert and walks all of K itself, U steps of loads deep,
+// with no cross-warp sum (one accumulator chain over K per lane: another summation order than
+// gemv_mma_block's). gemv_mma_block splits one tile's K over 8 warps and so pays 8 warps of fixed cost (work
+// item, table, the shared-memory sum) per 16 rows; once an expert's pass carries several assignments (or
+// there are many passes), that cost and the short blocks' waves bind. At one assignment a pass and few passes
+// (batch-1 decode) the 8-warp block is as fast or faster in a chain of launches, and dense projections have
+// too few tiles to stream from every SM with one warp each (measured:
+// bench/gpu/sandbox/moe_decode_experts.cu, gemv_mma.cu). Every thread returns having passed
+// griddepcontrol.wait (a fused kernel may go on: gemv_combine.cu).
+template <DType WT, bool SWIGLU, int B, int U>
+__device__ __forceinline__ void gemv_mma_warp_tiles(const GemvParams& p) {
+  constexpr bool kFp8 = WT == DType::F8_E4M3;
+  constexpr int M = SWIGLU ? 2 : 1;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
+  const int64_t r0 = (int64_t(blockIdx.x) * B + warp) * kMmaRows;
+  pdl_trigger();
+  pdl_wait();  // the work items (moe_plan) or the ids (moe_route) come from earlier kernels
+  if (r0 >= p.N) return;
+  const WorkItem w = work_item(p);
+  if (w.count == 0) return;
+  const char* wbase[M];
+  const float* sbase[M];
+  item_weights<M>(p, w, wbase, sbase);
+  const float* xrow = p.x + int64_t(assignment(p, w, min(g, w.count - 1)) / p.x_row_div) * p.x_stride;
+  float acc[M][4];
+  mma_tile_sums<WT, M, U>(wbase, sbase, 0, r0, p.N, p.K, xrow, g < w.count, 0, 1, true, acc);
+  // acc[m][i]: row g + 8 (i / 2), token 2c + i % 2.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), t = 2 * c + i % 2;
+    if (t >= w.count || r0 + row >= p.N) continue;
+    float r = kFp8 ? acc[0][i] * (1.0f / kMmaXScale) : acc[0][i];
+    if constexpr (SWIGLU)
+      r = r / (1.0f + __expf(-r)) * (kFp8 ? acc[M - 1][i] * (1.0f / kMmaXScale) : acc[M - 1][i]);
+    p.out[int64_t(assignment(p, w, t)) * p.out_stride + r0 + row] = r;
+  }
+}
+
+template <DType WT, bool SWIGLU, int B, int U>
+__global__ void __launch_bounds__(B * 32) gemv_mma_warp_kernel(GemvParams p) {
+  gemv_mma_warp_tiles<WT, SWIGLU, B, U>(p);
+}
+
+// The per-warp tiles' shape: 4 tiles (64 rows) a block; loads 4 steps deep per matrix under SwiGLU (two
+// matrices), 8 without: the fastest of the block widths and depths measured over 1-64 tokens
+// (moe_decode_experts.cu; 2-8 tiles, 2-8 steps).
+constexpr int kWarpTiles = 4;
+template <bool SWIGLU>
+constexpr int warp_tile_unroll() {
+  return SWIGLU ? 4 : 8;
+}
+// Blocks along x of the per-warp kernels.
+inline unsigned warp_tile_blocks(int64_t N) {
+  return unsigned(((N + kMmaRows - 1) / kMmaRows + kWarpTiles - 1) / kWarpTiles);
+}
+
+// Whether a grouped FP8 pass runs on the per-warp tiles rather than gemv_mma_block: several assignments a
+// pass (tile >= 2), or at one a pass at least kGemvWarpTilesFp8 of them (cuda_ops.h: batch 2 of a top-8
+// model; batch 1 keeps the 8-warp block, as fast or faster there in a chain of launches). Decided on
+// p.assignments, not the grid, so the plan's work items and moe_route's ids (gemv_combine) choose the same
+// kernel: the same bits. BF16 keeps gemv_mma_block (and the CUDA cores at one a pass): the per-warp tiles
+// were 3-4 % faster in the sandbox but made whole-model decode at batch 8 3 % slower (H100, bench/RESULTS.md,
+// 2026-12-06).
+inline bool warp_tiles_pay(const GemvParams& p, int tile) {
+  return p.wdtype == DType::F8_E4M3 && grouped(p) && (tile >= 2 || p.assignments >= kGemvWarpTilesFp8);
+}
+
+template <DType WT>  // F8_E4M3 (a template so that only the TUs that launch it compile its kernels)
+void launch_gemv_mma_warp(const GemvParams& p, cudaStream_t s) {
+  static_assert(WT == DType::F8_E4M3);
+  const dim3 grid(warp_tile_blocks(p.N), unsigned(p.grid_y), 1);
+  if (p.swiglu)
+    launch("gemv_mma_warp", gemv_mma_warp_kernel<WT, true, kWarpTiles, warp_tile_unroll<true>()>, grid,
+           kWarpTiles * 32, 0, s, p);
+  else
+    launch("gemv_mma_warp", gemv_mma_warp_kernel<WT, false, kWarpTiles, warp_tile_unroll<false>()>, grid,
+           kWarpTiles * 32, 0, s, p);
 }
 
 template <DType WT>
