@@ -281,6 +281,9 @@ stage_sandbox() {
 stage_decode-experts() {
   env_deps
   "$BUILD/bench/gpu/sandbox/sandbox_moe_decode_experts" 2>&1 | tee "$OUT/decode-experts.log" | tail -45
+  # The model's own shape from 2 tokens (routed experts only, the shared MLP apart).
+  "$BUILD/bench/gpu/sandbox/sandbox_moe_decode_experts" --shared-routed 0 --tokens 2,4,8 2>&1 \
+    | tee "$OUT/decode-experts-routed.log" | tail -40
 }
 # A/B of this tree against .base on one random checkpoint, both built in this run (build, build-base):
 # decode at batch 1, 8 and 64 (context 512) and prefill 4096, alternating base and new twice (run-to-run noise).

@@ -4,7 +4,8 @@
 // (CudaBackend::grouped_gemv_tile) is 1, over moe_route's ids (one assignment a pass, the down launch doing
 // the combine); above, over moe_plan's work items of that many assignments (then moe_combine). Moonlight's
 // widths: hidden 2048, inner 1408, 64 routed experts top-6 and 2 shared ones taken as routed (8 assignments a
-// token), BF16 and FP8 (E4M3, 128x128 block scales) weights.
+// token; --shared-routed 0: the routed 6 only, as the model runs 2+ tokens with the shared MLP apart), BF16
+// and FP8 (E4M3, 128x128 block scales) weights.
 //
 // Variants, each a whole layer's two (three with the plan) launches:
 //   prod      production's launchers (gemv_fp8 / gemv_bf16, gemv_combine, moe_combine), as moe_experts runs
@@ -24,7 +25,7 @@
 // --layers (8) layers' launches, each layer its own weights (at 1 token 8 layers x 8 experts x 8.65 MB of
 // FP8: 553 MB a replay, nothing from the 50 MB L2), replayed; us per layer, median of --reps. Also the gate /
 // up launches alone and the down launches alone, each a graph of --layers launches.
-//   sandbox_moe_decode_experts [--tokens 1,2,4,8,16,64] [--layers 8] [--reps 30]
+//   sandbox_moe_decode_experts [--tokens 1,2,4,8,16,64] [--layers 8] [--reps 30] [--shared-routed 1]
 // Measured (H100, 2026-12-06 05:44 UTC, bench/RESULTS.md "the per-warp tiles in production"), us a layer, FP8
 // block / prod: 1 token 45.03 / 45.07, 2: 74.60 / 63.24, 4: 133.35 / 112.42, 8: 184.65 / 140.61, 16: 237.94 /
 // 187.90, 64: 390.78 / 270.03.
@@ -40,7 +41,7 @@ namespace {
 namespace gd = moe::cuda::gemv_detail;
 using moe::DType;
 
-constexpr int64_t kD = 2048, kI = 1408, kRouted = 64, kE = 66, kTop = 6, kSlots = 8;  // 2 shared as routed
+constexpr int64_t kD = 2048, kI = 1408, kRouted = 64, kE = 66, kTop = 6;  // experts kRouted.. : the 2 shared
 
 // E4M3 codes of U(-448, 448) (saturating conversion: never NaN).
 __global__ void fill_e4m3_kernel(uint8_t* p, size_t n, uint64_t seed) {
@@ -88,6 +89,7 @@ Layer make_layer(bool fp8, uint64_t seed) {
 // One token count's inputs and buffers.
 struct Run {
   int64_t T = 0, TK = 0;
+  int64_t slots = kTop, E = kRouted;  // assignments a token; experts the ids range over
   int tile = 1;       // assignments a pass, as CudaBackend::grouped_gemv_tile
   bool plan = false;  // tile > 1: moe_plan's work items
   int32_t max_items = 0;
@@ -98,12 +100,16 @@ struct Run {
   std::vector<float> hx, hw, hplus;
 };
 
-Run make_run(int64_t T, uint64_t seed) {
+// shared: the 2 shared experts as routed ones (as moe_experts runs them at one token under the decode
+// fusion); without, the routed experts only (the shared MLP runs apart at 2+ tokens).
+Run make_run(int64_t T, uint64_t seed, bool shared) {
   Run r;
   r.T = T;
-  r.TK = T * kSlots;
+  r.slots = kTop + (shared ? kE - kRouted : 0);
+  r.E = shared ? kE : kRouted;
+  r.TK = T * r.slots;
   // moe_experts' tile: about twice the average assignments an expert, in {1, 2, 4, 8}, at most T.
-  const int64_t want = std::min<int64_t>(T, std::max<int64_t>(1, (2 * r.TK + kE - 1) / kE));
+  const int64_t want = std::min<int64_t>(T, std::max<int64_t>(1, (2 * r.TK + r.E - 1) / r.E));
   r.tile = want <= 1 ? 1 : want <= 2 ? 2 : want <= 4 ? 4 : 8;
   r.plan = r.tile > 1;
   std::mt19937_64 rng(seed);
@@ -112,9 +118,8 @@ Run make_run(int64_t T, uint64_t seed) {
     for (int32_t e = 0; e < kRouted; ++e) all[size_t(e)] = e;
     std::shuffle(all.begin(), all.end(), rng);
     for (int j = 0; j < kTop; ++j) r.hids.push_back(all[size_t(j)]);
-    r.hids.push_back(kRouted);
-    r.hids.push_back(kRouted + 1);
-    for (int j = 0; j < kSlots; ++j)
+    for (int64_t e = kRouted; e < r.E; ++e) r.hids.push_back(int32_t(e));
+    for (int64_t j = 0; j < r.slots; ++j)
       r.hw.push_back(j < kTop ? 0.05f + 0.4f * float(rng() % 1000) / 1000.0f : 1.0f);
   }
   r.hx.resize(size_t(T * kD));
@@ -132,11 +137,11 @@ Run make_run(int64_t T, uint64_t seed) {
   SBX_CHECK(cudaMemset(r.done, 0, size_t(moe::cuda::kGemvCombineColumns) * sizeof(unsigned)));
   if (r.plan) {
     const int32_t kTile = r.tile;
-    r.max_items = int32_t(std::min<int64_t>(kE, r.TK) + (r.TK + kTile - 1) / kTile);
+    r.max_items = int32_t(std::min<int64_t>(r.E, r.TK) + (r.TK + kTile - 1) / kTile);
     r.perm = sbx::dalloc<int32_t>(size_t(r.TK));
     r.items = sbx::dalloc<int32_t>(size_t(r.max_items) * 3);
-    r.counts = sbx::dalloc<int32_t>(size_t(kE));
-    moe::cuda::moe_plan(r.ids, r.TK, int32_t(kE), kTile, r.max_items, r.perm, r.items, r.counts, nullptr);
+    r.counts = sbx::dalloc<int32_t>(size_t(r.E));
+    moe::cuda::moe_plan(r.ids, r.TK, int32_t(r.E), kTile, r.max_items, r.perm, r.items, r.counts, nullptr);
     SBX_CHECK(cudaDeviceSynchronize());
   }
   return r;
@@ -163,13 +168,13 @@ moe::cuda::GemvParams params(const Layer& L, bool fp8, bool gate_up, const Run& 
   p.K = gate_up ? kD : kI;
   p.x = gate_up ? r.x : r.h;
   p.x_stride = p.K;
-  p.x_row_div = gate_up ? int32_t(kSlots) : 1;
+  p.x_row_div = gate_up ? int32_t(r.slots) : 1;
   p.out = gate_up ? r.h : r.y;
   p.out_stride = p.N;
   return p;
 }
 moe::cuda::GemvCombine combine_of(const Run& r) {
-  return moe::cuda::GemvCombine{r.w, r.plus, r.out, int32_t(kSlots), r.done};
+  return moe::cuda::GemvCombine{r.w, r.plus, r.out, int32_t(r.slots), r.done};
 }
 
 // The fused down + combine on gemv_mma_block (block) and on the per-warp tiles (warp B/U).
@@ -196,7 +201,7 @@ void layer(const Run& r, const moe::cuda::GemvParams& up, const moe::cuda::GemvP
   if (part == 1) return;
   if (!r.plan) return fused(down);
   gemv(down);
-  moe::cuda::moe_combine(r.y, r.w, r.T, int32_t(kSlots), kD, r.plus, r.out, s);
+  moe::cuda::moe_combine(r.y, r.w, r.T, int32_t(r.slots), kD, r.plus, r.out, s);
 }
 
 void prod(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
@@ -292,7 +297,7 @@ std::vector<double> reference(const Layer& L, const Run& r, bool fp8) {
   std::vector<double> y(size_t(r.TK * kD));
   sbx::parallel_for(r.TK, [&](int64_t a) {
     const HostExpert& he = ex.at(r.hids[size_t(a)]);
-    const float* x = r.hx.data() + (a / kSlots) * kD;
+    const float* x = r.hx.data() + (a / r.slots) * kD;
     std::vector<double> h(static_cast<size_t>(kI));
     for (int64_t i = 0; i < kI; ++i) {
       double g = 0.0, u = 0.0;
@@ -312,8 +317,8 @@ std::vector<double> reference(const Layer& L, const Run& r, bool fp8) {
   for (int64_t t = 0; t < r.T; ++t)
     for (int64_t d = 0; d < kD; ++d) {
       double acc = r.hplus[size_t(t * kD + d)];
-      for (int64_t j = 0; j < kSlots; ++j)
-        acc += double(r.hw[size_t(t * kSlots + j)]) * y[size_t((t * kSlots + j) * kD + d)];
+      for (int64_t j = 0; j < r.slots; ++j)
+        acc += double(r.hw[size_t(t * r.slots + j)]) * y[size_t((t * r.slots + j) * kD + d)];
       out[size_t(t * kD + d)] = acc;
     }
   return out;
@@ -325,6 +330,7 @@ int main(int argc, char** argv) {
   const sbx::Args args{argc, argv};
   const std::vector<int64_t> tokens = args.list("tokens", {1, 2, 4, 8, 16, 64});
   const int layers = int(args.i64("layers", 8)), reps = int(args.i64("reps", 30));
+  const bool shared = args.i64("shared-routed", 1) != 0;
   sbx::print_device();
   cudaStream_t st;
   SBX_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -344,7 +350,7 @@ int main(int argc, char** argv) {
     for (int l = 0; l < layers; ++l) ls.push_back(make_layer(fp8, 100 + uint64_t(l)));
     SBX_CHECK(cudaDeviceSynchronize());
     for (int64_t T : tokens) {
-      const Run r = make_run(T, 7 + uint64_t(T));
+      const Run r = make_run(T, 7 + uint64_t(T), shared);
       const std::vector<double> ref = reference(ls[0], r, fp8);
       // Weight bytes a layer reads: each distinct expert of the step once.
       std::vector<int32_t> distinct = r.hids;
