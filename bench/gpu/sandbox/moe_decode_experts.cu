@@ -242,7 +242,7 @@ void block(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
 template <int B, int U, int D>
 void warp(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
   const auto gemv = [&](const moe::cuda::GemvParams& p) {
-    const dim3 grid(unsigned((p.N / gd::kMmaRows + B - 1) / B), unsigned(p.grid_y));
+    const dim3 grid(gd::warp_tile_blocks(p.N, B), unsigned(p.grid_y));
     if (fp8) {
       if (p.swiglu)
         sbx::launch(true, gd::gemv_mma_warp_kernel<DType::F8_E4M3, true, B, U>, grid, B * 32, 0, s, p);
@@ -256,7 +256,7 @@ void warp(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
     }
   };
   const auto fused = [&](const moe::cuda::GemvParams& p) {
-    const dim3 grid(unsigned((kD / gd::kMmaRows + B - 1) / B), unsigned(r.TK));
+    const dim3 grid(gd::warp_tile_blocks(kD, B), unsigned(r.TK));
     if (fp8)
       sbx::launch(true, warp_combine_kernel<DType::F8_E4M3, B, D>, grid, B * 32, 0, s, p, combine_of(r));
     else

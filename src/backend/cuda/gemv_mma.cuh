@@ -81,17 +81,6 @@ __device__ __forceinline__ void item_weights(const GemvParams& p, const WorkItem
   }
 }
 
-// Dense mode's weights: p.w[m], or p.second's (one matrix) for the blocks past the first matrix.
-template <int M>
-__device__ __forceinline__ void dense_weights(const GemvParams& p, bool second, const char* (&wbase)[M],
-                                              const float* (&sbase)[M]) {
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    wbase[m] = static_cast<const char*>(second ? p.second.w : p.w[m]);
-    sbase[m] = second ? p.second.s : p.s[m];
-  }
-}
-
 // A lane's sums for the 16-row tile r0 .. r0 + 15 (of N rows from row_base) of M matrices against token g's x
 // row (tok: the lane's token is valid), over the K steps first, first + stride, ... of kStep columns: U-deep
 // rounds of 16-byte loads of rows g and g + 8, then per step x (BF16) and the mmas, FP8 steps added to acc
@@ -179,11 +168,20 @@ __device__ __forceinline__ void mma_tile_sums(const char* const (&wbase)[M], con
   if (!waited) pdl_wait();
 }
 
+// A row's output for one token from its sums over K (one per matrix): FP8 scaled back by 2^-60 (see the top),
+// SwiGLU silu(gate) * up.
+template <DType WT, int M>
+__device__ __forceinline__ float mma_output(const float (&sum)[M]) {
+  float v[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) v[m] = WT == DType::F8_E4M3 ? sum[m] * (1.0f / kMmaXScale) : sum[m];
+  return M == 2 ? v[0] / (1.0f + __expf(-v[0])) * v[M - 1] : v[0];
+}
+
 // One block's rows (256 threads). A device function so that a fused kernel can go on after it
 // (gemv_combine.cu): every thread returns from it having passed griddepcontrol.wait.
 template <DType WT, bool SWIGLU>
 __device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
-  constexpr bool kFp8 = WT == DType::F8_E4M3;
   constexpr int M = SWIGLU ? 2 : 1;
   __shared__ float red[M][kMmaWarps][kMmaRows][8];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
@@ -207,7 +205,11 @@ __device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
   } else {
     const int64_t y = blockIdx.y;
     row_base = p.w_row_base + y * p.w_row_step;
-    dense_weights<M>(p, second, wbase, sbase);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {  // p.w[m], or p.second's one matrix for the blocks past the first matrix
+      wbase[m] = static_cast<const char*>(second ? p.second.w : p.w[m]);
+      sbase[m] = second ? p.second.s : p.s[m];
+    }
     ntok = p.T;
     xrow = p.x + y * p.x_step + int64_t(min(g, ntok - 1)) * p.x_stride;
   }
@@ -227,16 +229,14 @@ __device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
   if (threadIdx.x >= kMmaRows * 8) return;
   const int row = int(threadIdx.x) / 8, t = int(threadIdx.x) % 8;
   if (t >= ntok || r0 + row >= N) return;
-  float v[M];
+  float sum[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) {
-    float s = 0.0f;
+    sum[m] = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kMmaWarps; ++k) s += red[m][k][row][t];
-    v[m] = kFp8 ? s * (1.0f / kMmaXScale) : s;
+    for (int k = 0; k < kMmaWarps; ++k) sum[m] += red[m][k][row][t];
   }
-  float r = v[0];
-  if constexpr (SWIGLU) r = r / (1.0f + __expf(-r)) * v[1];
+  const float r = mma_output<WT, M>(sum);
   float* orow;
   if (grouped(p)) {
     orow = p.out + int64_t(assignment(p, work_item(p), t)) * p.out_stride;
@@ -279,7 +279,6 @@ bool mma_gemv_ok(const GemvParams& p, int tile) {
 // griddepcontrol.wait (a fused kernel may go on: gemv_combine.cu).
 template <DType WT, bool SWIGLU, int B, int U>
 __device__ __forceinline__ void gemv_mma_warp_tiles(const GemvParams& p) {
-  constexpr bool kFp8 = WT == DType::F8_E4M3;
   constexpr int M = SWIGLU ? 2 : 1;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
   const int64_t r0 = (int64_t(blockIdx.x) * B + warp) * kMmaRows;
@@ -299,10 +298,10 @@ __device__ __forceinline__ void gemv_mma_warp_tiles(const GemvParams& p) {
   for (int i = 0; i < 4; ++i) {
     const int row = g + 8 * (i / 2), t = 2 * c + i % 2;
     if (t >= w.count || r0 + row >= p.N) continue;
-    float r = kFp8 ? acc[0][i] * (1.0f / kMmaXScale) : acc[0][i];
-    if constexpr (SWIGLU)
-      r = r / (1.0f + __expf(-r)) * (kFp8 ? acc[M - 1][i] * (1.0f / kMmaXScale) : acc[M - 1][i]);
-    p.out[int64_t(assignment(p, w, t)) * p.out_stride + r0 + row] = r;
+    float sum[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) sum[m] = acc[m][i];
+    p.out[int64_t(assignment(p, w, t)) * p.out_stride + r0 + row] = mma_output<WT, M>(sum);
   }
 }
 
@@ -319,9 +318,9 @@ template <bool SWIGLU>
 constexpr int warp_tile_unroll() {
   return SWIGLU ? 4 : 8;
 }
-// Blocks along x of the per-warp kernels.
-inline unsigned warp_tile_blocks(int64_t N) {
-  return unsigned(((N + kMmaRows - 1) / kMmaRows + kWarpTiles - 1) / kWarpTiles);
+// Blocks along x of the per-warp kernels for N rows, B tiles a block.
+inline unsigned warp_tile_blocks(int64_t N, int B = kWarpTiles) {
+  return unsigned(((N + kMmaRows - 1) / kMmaRows + B - 1) / B);
 }
 
 // Whether a grouped FP8 pass runs on the per-warp tiles rather than gemv_mma_block: several assignments a
