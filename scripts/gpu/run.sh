@@ -305,11 +305,11 @@ ab_model() {  # name config dtype
 # scripts/gpu/branch-tree.sh COMMIT .base): Moonlight BF16 and FP8 at batch 1 (context AB_MOON_CTX, default 512;
 # AB_MOONLIGHT=0 skips it) and the 8-layer llama.cpp checkpoint at batches AB_BATCHES (default 1,4,8), base and new
 # alternating, rounds AB_REPS (default "1 2"; even rounds run new before base, so that a drift over the run
-# does not favour either). After `build build-base` (e.g. BUILD_TARGETS=moe).
+# does not favour either); AB_DTYPES (default "bf16 fp8"). After `build build-base` (e.g. BUILD_TARGETS=moe).
 stage_ab-decode1() {
   env_deps
   local order
-  for rep in ${AB_REPS:-1 2}; do for v in bf16 fp8; do
+  for rep in ${AB_REPS:-1 2}; do for v in ${AB_DTYPES:-bf16 fp8}; do
     order="base new"; [ $((rep % 2)) = 0 ] && order="new base"
     for which in $order; do
     local bin=$BUILD/src/cli/moe

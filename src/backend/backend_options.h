@@ -16,11 +16,17 @@ enum class MlaDecodeKernel { Auto, Mma, Wgmma };
 
 struct CudaOptions {
   // The tensor-core GEMMs of steps with more than 8 tokens (prefill): see CudaBackend::gemm.
-  //   Bf16:  x (and a dequantised FP8 weight) rounded to BF16 once, F32 accumulation (the default).
+  //   Bf16:  x (and a dequantised FP8 weight) rounded to BF16 once, F32 accumulation (this struct's default:
+  //          the precision the fixture tests hold the GPU to).
   //   Split: x = hi + lo in two BF16 halves, ~1e-5 of the F32 GEMV at 2-3x the tensor-core work.
   //   Gemv:  the F32 weight-streaming GEMV for every token count (slow; a reference).
-  //   Fp8:   FP8 weights (128x128 block scales) on cuBLASLt's block-scaled FP8 x FP8 GEMM: x quantised to E4M3
-  //          per 1x128 tile (DeepSeek-V3's W8A8 scheme, no widening of the weights); other weights as Bf16.
+  //   Fp8:   FP8 weights (128x128 block scales) on cuBLASLt's block-scaled FP8 x FP8 GEMM: x quantised to
+  //   E4M3
+  //          per 1x128 tile (DeepSeek-V3's W8A8 scheme, no widening of the weights); other weights exactly as
+  //          Bf16 (BF16 experts included), so a BF16 checkpoint runs the same kernels, the same bits. The
+  //          CLI's default (src/cli/common.h): FP8 checkpoints run as DeepSeek-V3 serves them, on the FP8
+  //          GEMMs (llama.cpp-peer checkpoint, H100, 2026-12-06: prefill of 4096 tokens 2.9x, decode at batch
+  //          64 1.5x and at 256 1.7x the widening path, batch 1 the same kernels; bench/RESULTS.md).
   enum class Prefill { Bf16, Split, Gemv, Fp8 };
   Prefill prefill = Prefill::Bf16;
   // Capture steps as CUDA graphs and replay them (Backend::can_capture answers false when off).
@@ -42,10 +48,10 @@ struct CudaOptions {
   // llama.cpp-peer checkpoint, 5179 tok/s on the kernel against 4409 on the tensor-core GEMV (H200,
   // 2026-12-05).
   int64_t grouped_experts_min_tokens = 8;
-  // The same for BF16 experts in Bf16 mode (moe_gemm.cu). Its tiles are 128 rows, mostly padding at decode
-  // batches (batch 8 over 64 experts: ~35 experts of ~1.4 rows), and the GEMV on the tensor cores streams the
-  // weights faster there: batch 8 on the llama.cpp-peer checkpoint 3954-3963 tok/s on the GEMV against
-  // 3779-3824 on the kernel (H200, 2026-12-05, bench/RESULTS.md).
+  // The same for BF16 experts in Bf16 and Fp8 modes (moe_gemm.cu). Its tiles are 128 rows, mostly padding at
+  // decode batches (batch 8 over 64 experts: ~35 experts of ~1.4 rows), and the GEMV on the tensor cores
+  // streams the weights faster there: batch 8 on the llama.cpp-peer checkpoint 3954-3963 tok/s on the GEMV
+  // against 3779-3824 on the kernel (H200, 2026-12-05, bench/RESULTS.md).
   int64_t bf16_grouped_experts_min_tokens = 9;
   // Fewer launches for the MoE half of decode steps, same sums. At one token: the shared experts as routed
   // ones of weight 1 (Backend::shared_expert_slots), their slices in the routed experts' two GEMV launches

@@ -43,7 +43,9 @@ void add_backend_options(CLI::App* cmd, BackendArgs& a) {
   cmd->add_option("--cuda-graphs", a.cuda_graphs, "Capture repeated steps (decode) as CUDA graphs")
       ->envname("MOE_CUDA_GRAPHS")
       ->capture_default_str();
-  cmd->add_option("--cuda-prefill", a.cuda_prefill, "GEMM precision of many-token steps: bf16, split, gemv or fp8")
+  cmd->add_option("--cuda-prefill", a.cuda_prefill,
+                  "GEMM precision of many-token steps: fp8 (FP8 weights W8A8 as DeepSeek-V3 runs them, other "
+                  "weights as bf16), bf16 (FP8 weights widened), split or gemv")
       ->envname("MOE_CUDA_PREFILL")
       ->capture_default_str();
   cmd->add_option("--cuda-mla-prefill-tokens", a.cuda_mla_prefill_tokens,
@@ -65,7 +67,7 @@ void add_backend_options(CLI::App* cmd, BackendArgs& a) {
       ->capture_default_str();
   cmd->add_option(
          "--cuda-bf16-grouped-experts-tokens", a.cuda_bf16_grouped_experts_tokens,
-         "Routed BF16 experts (--cuda-prefill bf16) on the grouped GEMM from this many tokens a step "
+         "Routed BF16 experts (--cuda-prefill bf16 or fp8) on the grouped GEMM from this many tokens a step "
          "(below: the GEMV)")
       ->envname("MOE_CUDA_BF16_GROUPED_EXPERTS_TOKENS")
       ->capture_default_str();

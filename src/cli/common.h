@@ -31,7 +31,7 @@ std::string human_bytes(int64_t n);                               // 5.80 GB
 struct BackendArgs {
   std::string device = "cpu";
   bool cuda_graphs = true;
-  std::string cuda_prefill = "bf16";
+  std::string cuda_prefill = "fp8";  // CudaOptions::prefill: W8A8 for FP8 weights, BF16 for the rest
   int64_t cuda_mla_prefill_tokens = 64;
   int32_t cuda_mla_splits = 0;
   std::string cuda_mla_decode = "auto";  // CudaOptions::mla_decode's default

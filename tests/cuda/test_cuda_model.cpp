@@ -27,14 +27,15 @@
 //      strictly, with a top-1 difference accepted only where HF's own margin is under 3x the row's RMS error.
 #include <algorithm>
 #include <cstdlib>
+#include <random>
 
 #include "cuda_test_util.h"
 #include "engine/generator.h"
 #include "engine/page_allocator.h"
 #include "io/safetensors.h"
 #include "model/deepseek_v3.h"
-#include "test_util.h"
 #include "route_report.h"
+#include "test_util.h"
 #include "trace_backend.h"
 
 namespace moe {
@@ -179,6 +180,26 @@ TEST_F(CudaModel, Fp8W8A8LogitsMatchHf) {
   gpu_ = make_cuda_backend(0, o);
   gpu_trace_ = std::make_unique<TraceBackend>(*gpu_);
   check_model(test::kTinyModelFp8, "fp8_logits", std::sqrt(18.0) * std::ldexp(1.0, -4) / std::sqrt(3.0), 0.95, false);
+}
+
+// The CLI's default precision (--cuda-prefill fp8) leaves BF16 weights to the bf16 mode's kernels: W8A8 takes
+// only FP8 weights, and BF16 experts reach the grouped GEMM from the same step size. So the BF16 fixture's
+// logits are the same bits in both modes, at decode-sized steps (1 and 5 tokens: the GEMV), at and past the
+// BF16 experts' grouped threshold (9, 12) and at prefill sizes (40, 100).
+TEST_F(CudaModel, Fp8ModeRunsBf16CheckpointsAsBf16Mode) {
+  CudaOptions fp8;
+  fp8.prefill = CudaOptions::Prefill::Fp8;
+  ASSERT_EQ(CudaOptions{}.prefill, CudaOptions::Prefill::Bf16);  // gpu_ is bf16 mode
+  auto gpu8 = make_cuda_backend(0, fp8);
+  DeepseekV3 bf16_mode(test::kTinyModel, *gpu_), fp8_mode(test::kTinyModel, *gpu8);
+  std::mt19937_64 rng(test::time_seed("fp8 mode on a bf16 checkpoint"));
+  for (const int64_t T : {1, 5, 9, 12, 40, 100}) {
+    std::vector<int32_t> tokens(static_cast<size_t>(T));
+    for (int32_t& t : tokens) t = int32_t(rng() % uint64_t(bf16_mode.config().vocab_size));
+    const std::vector<float> a = logits(bf16_mode, tokens), b = logits(fp8_mode, tokens);
+    ASSERT_EQ(a.size(), size_t(T * bf16_mode.config().vocab_size));
+    EXPECT_TRUE(a == b) << T << " tokens: fp8 mode changed a BF16 checkpoint's logits";
+  }
 }
 
 TEST_F(CudaModel, Fp8LogitsMatchHfDequantised) {

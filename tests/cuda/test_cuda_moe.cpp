@@ -136,7 +136,12 @@ TEST_F(CudaMoe, RouteThenExpertsOnTheRoutedIds) {
 // tile equal to the dense GEMV's at every T here, so both run the same kernels (CUDA cores or tensor cores
 // alike) on the same weights and x: only F32 summation orders differ (the down product as S dots of I terms
 // summed in the combine instead of one dot of S*I; the combine's order), about sqrt(S*I) * 2^-24 = 3e-6
-// relative: bound 2e-5. Against the CPU: test::gemv_bound.
+// relative: bound 2e-5. Except FP8 once the fused side has kGemvWarpTilesFp8 assignments (T >= 2 here): its
+// passes run on the per-warp tiles (one F32 chain over K a row) where the apart side's shared MLP (dense) and
+// routed passes of fewer assignments run 8 warps' partial sums, so h differs by ~sqrt(D) 2^-24 = 1.3e-6
+// relative; the down mma rounds h to BF16, and an element that close to a rounding boundary (probability
+// ~1.3e-6 / 2^-9 = 7e-4) moves by one BF16 ulp (2^-8 relative): ~sqrt(7e-4) 2^-8 = 1e-4 of the output's rel
+// L2 (2.5e-5 seen): bound 2e-4 there. Against the CPU: test::gemv_bound.
 TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
   auto fused = cuda_with_moe_fusion(true), plain = cuda_with_moe_fusion(false);
   const int64_t E = 16, D = 512, I = 256, K = 6;
@@ -203,7 +208,8 @@ TEST_F(CudaMoe, SharedExpertsAsRoutedOnes) {
                                  got = test::to_host_f32(*fused, fout);
         const std::string what =
             "T=" + std::to_string(T) + " S=" + std::to_string(S) + " fp8=" + std::to_string(fp8);
-        EXPECT_LE(rel_l2(got.data(), got_apart.data(), T * D), 2e-5) << what;
+        const bool orders_differ = fp8 && T * (K + S) >= cuda::kGemvWarpTilesFp8;
+        EXPECT_LE(rel_l2(got.data(), got_apart.data(), T * D), orders_differ ? 2e-4 : 2e-5) << what;
         EXPECT_LE(rel_l2(got.data(), ref.as<float>(), T * D), test::gemv_bound(fp8, T)) << what;
         EXPECT_LE(rel_l2(got_apart.data(), ref.as<float>(), T * D), test::gemv_bound(fp8, T)) << what;
       }

@@ -205,11 +205,11 @@ class CudaBackend final : public Backend {
                               int64_t out_stride, int64_t T);
   // out [T, N] = x W^T on the tensor cores (cuBLAS); non-BF16 weights go through a BF16 scratch copy.
   //
-  // Precision. Prefill::Bf16 (the default) is the plain tensor-core GEMM: x (and a dequantised FP8 weight,
-  // w8 * scale) rounded to BF16, 8 significant bits, ~2^-9 relative per element, F32 accumulation: a normal
-  // BF16 budget (~1e-3 relative per matmul), and the only mode whose tensor-core work equals the model FLOPs.
-  // The decode GEMV keeps x in F32, so prefill and decode differ by that rounding; the fixture's router
-  // scores (sigmoid, 16 experts, group-limited top-4) have near-ties that such perturbations flip (see
+  // Precision. Prefill::Bf16 (CudaOptions' default) is the plain tensor-core GEMM: x (and a dequantised FP8
+  // weight, w8 * scale) rounded to BF16, 8 significant bits, ~2^-9 relative per element, F32 accumulation: a
+  // normal BF16 budget (~1e-3 relative per matmul), and the only mode whose tensor-core work equals the model
+  // FLOPs. The decode GEMV keeps x in F32, so prefill and decode differ by that rounding; the fixture's
+  // router scores (sigmoid, 16 experts, group-limited top-4) have near-ties that such perturbations flip (see
   // tests/cuda/test_cuda_model.cpp and test_cuda_trace.cpp). Prefill::Split (CudaOptions::prefill, the
   // near-F32 mode) writes x = x_hi + x_lo (both BF16, x_lo = bf16(x - x_hi)) and, for non-BF16 weights,
   // W = W_hi + W_lo the same way, and accumulates x_hi W_hi + x_lo W_hi (+ x_hi W_lo) in F32 on the tensor
@@ -280,11 +280,12 @@ class CudaBackend final : public Backend {
   // dtype: CudaOptions::bf16_grouped_experts_min_tokens for BF16, grouped_experts_min_tokens otherwise.
   int64_t grouped_experts_from(const PreparedExperts& prep) const;
   // BF16 experts on the grouped GEMM at decode batches (moe_experts, and moe_dispatch + moe_grouped_mlp,
-  // which must choose alike): a step of >= bf16_grouped_experts_min_tokens tokens of width D in Bf16 mode,
-  // and experts the kernel takes.
+  // which must choose alike): a step of >= bf16_grouped_experts_min_tokens tokens of width D in Bf16 or Fp8
+  // mode (Fp8 runs BF16 weights as Bf16 does), and experts the kernel takes.
   bool bf16_grouped_step(int64_t T, int64_t D) const {
+    const CudaOptions::Prefill m = ctx_.options().prefill;
     return T >= ctx_.options().bf16_grouped_experts_min_tokens &&
-           ctx_.options().prefill == CudaOptions::Prefill::Bf16 && D % 8 == 0;
+           (m == CudaOptions::Prefill::Bf16 || m == CudaOptions::Prefill::Fp8) && D % 8 == 0;
   }
   static bool bf16_grouped_experts(const PreparedExperts& prep) {
     return prep.dtype == DType::BF16 && prep.inner % 8 == 0;
