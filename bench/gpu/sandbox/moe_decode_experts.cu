@@ -15,6 +15,9 @@
 //   block     production before the per-warp tiles (to 2026-12-06): gemv_mma_block wherever FP8 runs on the
 //             tensor cores (one tile of 16 rows a block, its K split over 8 warps and summed in shared
 //             memory); BF16 as prod.
+//   tma       gemv_tma.cuh's candidate where it would apply (FP8 at one assignment a pass and under 16 a
+//   step:
+//             gate / up over the ids, down + combine), else prod.
 //   warp B/U/D the per-warp tiles at other shapes: B tiles of 16 rows a block, each warp walking all of K, U
 //             steps of loads deep under SwiGLU (gate / up) and D without (down). Production's FP8: 4/4/8.
 //             BF16 on them (4/4/4) was 3-4 % faster a layer here at 4 and 8 tokens but 3 % slower in
@@ -28,13 +31,15 @@
 //   sandbox_moe_decode_experts [--tokens 1,2,4,8,16,64] [--layers 8] [--reps 30] [--shared-routed 1]
 // Measured (H100, 2026-12-06 05:44 UTC, bench/RESULTS.md "the per-warp tiles in production"), us a layer, FP8
 // block / prod: 1 token 45.03 / 45.07, 2: 74.60 / 63.24, 4: 133.35 / 112.42, 8: 184.65 / 140.61, 16: 237.94 /
-// 187.90, 64: 390.78 / 270.03.
+// 187.90, 64: 390.78 / 270.03. tma at 1 token: 43.12-43.50 against block's 45.38-46.09 (four calls,
+// 2026-12-06 08:52-09:32 UTC).
 #include <cuda_fp8.h>
 
 #include <map>
 
 #include "backend/cuda/gemv.cuh"
 #include "common.cuh"
+#include "gemv_tma.cuh"
 
 namespace {
 
@@ -265,6 +270,19 @@ void warp(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
   layer(r, params(L, fp8, true, r), params(L, fp8, false, r), part, s, gemv, fused);
 }
 
+void tma(const Layer& L, const Run& r, bool fp8, int part, cudaStream_t s) {
+  const moe::cuda::GemvParams up = params(L, fp8, true, r), down = params(L, fp8, false, r);
+  if (!fp8 || r.plan || !sbx_tma::tma_tiles_pay(up, r.tile) || !sbx_tma::tma_tiles_pay(down, r.tile))
+    return prod(L, r, fp8, part, s);
+  const auto gemv = [&](const moe::cuda::GemvParams& p) {
+    sbx_tma::launch_tma(sbx_tma::gemv_tma_kernel<true>, p, s);
+  };
+  const auto fused = [&](const moe::cuda::GemvParams& p) {
+    sbx_tma::launch_tma(sbx_tma::tma_combine_kernel, p, s, combine_of(r));
+  };
+  layer(r, up, down, part, s, gemv, fused);
+}
+
 // float64 reference of layer L's combined output for run r.
 std::vector<double> reference(const Layer& L, const Run& r, bool fp8) {
   // The experts r uses, downloaded once.
@@ -336,6 +354,7 @@ int main(int argc, char** argv) {
   SBX_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   const std::vector<std::pair<const char*, Variant>> variants = {{"prod", prod},
                                                                  {"block", block},
+                                                                 {"tma", tma},
                                                                  {"warp 4/4/8", warp<4, 4, 8>},
                                                                  {"warp 4/4/4", warp<4, 4, 4>},
                                                                  {"warp 4/2/4", warp<4, 2, 4>},
