@@ -51,6 +51,18 @@ TEST(Cli, LogitsWithMtpMatchReference) {
   fs::remove(out);
 }
 
+// The many-token GEMMs' precision: fp8 by default (FP8 checkpoints in W8A8, every other weight as bf16),
+// shown in the help; a name the backend does not know is an error naming it, even on the CPU.
+TEST(Cli, CudaPrefillDefaultsToFp8AndRejectsUnknownNames) {
+  const Result help = test::run_moe("generate --help");
+  ASSERT_EQ(help.code, 0) << help.out;
+  EXPECT_NE(help.out.find("--cuda-prefill TEXT=fp8"), std::string::npos) << help.out;
+  const Result bad = test::run_moe("generate --model " + test::kTinyModel +
+                                   " --tokens 1,2 --max-new-tokens 1 --cuda-prefill fp4");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("unknown CUDA prefill precision 'fp4'"), std::string::npos) << bad.out;
+}
+
 TEST(Cli, GeneratePrintsTheGreedyContinuation) {
   for (const auto& c : test::load_reference_cases()) {
     const Result r = test::run_moe("generate --model " + test::kTinyModel + " --tokens " + join(c.input_ids) +
