@@ -20,13 +20,13 @@ struct CudaOptions {
   //          the precision the fixture tests hold the GPU to).
   //   Split: x = hi + lo in two BF16 halves, ~1e-5 of the F32 GEMV at 2-3x the tensor-core work.
   //   Gemv:  the F32 weight-streaming GEMV for every token count (slow; a reference).
-  //   Fp8:   FP8 weights (128x128 block scales) on cuBLASLt's block-scaled FP8 x FP8 GEMM: x quantised to
-  //   E4M3
-  //          per 1x128 tile (DeepSeek-V3's W8A8 scheme, no widening of the weights); other weights exactly as
-  //          Bf16 (BF16 experts included), so a BF16 checkpoint runs the same kernels, the same bits. The
-  //          CLI's default (src/cli/common.h): FP8 checkpoints run as DeepSeek-V3 serves them, on the FP8
-  //          GEMMs (llama.cpp-peer checkpoint, H100, 2026-12-06: prefill of 4096 tokens 2.9x, decode at batch
-  //          64 1.5x and at 256 1.7x the widening path, batch 1 the same kernels; bench/RESULTS.md).
+  //   Fp8:   FP8 weights (128x128 block scales) on cuBLASLt's block-scaled FP8 x FP8 GEMM: x quantised
+  //          to E4M3 per 1x128 tile (DeepSeek-V3's W8A8 scheme, no widening of the weights); other weights
+  //          exactly as Bf16 (BF16 experts included), so a BF16 checkpoint runs the same kernels, the same
+  //          bits. The CLI's default (src/cli/common.h): FP8 checkpoints run on the FP8 GEMMs, as vLLM and
+  //          SGLang serve them (llama.cpp-peer checkpoint, H100, 2026-12-06: prefill of 4096 tokens 2.9x,
+  //          decode at batch 64 1.5x and at 256 1.7x the widening path, batch 1 the same kernels;
+  //          bench/RESULTS.md).
   enum class Prefill { Bf16, Split, Gemv, Fp8 };
   Prefill prefill = Prefill::Bf16;
   // Capture steps as CUDA graphs and replay them (Backend::can_capture answers false when off).

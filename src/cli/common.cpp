@@ -44,8 +44,8 @@ void add_backend_options(CLI::App* cmd, BackendArgs& a) {
       ->envname("MOE_CUDA_GRAPHS")
       ->capture_default_str();
   cmd->add_option("--cuda-prefill", a.cuda_prefill,
-                  "GEMM precision of many-token steps: fp8 (FP8 weights W8A8 as DeepSeek-V3 runs them, other "
-                  "weights as bf16), bf16 (FP8 weights widened), split or gemv")
+                  "GEMM precision of many-token steps: fp8 (FP8 weights in W8A8, activations in DeepSeek-V3's 1x128 "
+                  "tiles; other weights as bf16), bf16 (FP8 weights widened), split or gemv")
       ->envname("MOE_CUDA_PREFILL")
       ->capture_default_str();
   cmd->add_option("--cuda-mla-prefill-tokens", a.cuda_mla_prefill_tokens,
