@@ -5,9 +5,8 @@
 // threads' loads. Block (x, item) takes rows x * 16 .. x * 16 + 15 of its assignment's expert; 16 full weight
 // rows are contiguous in memory (16 x K bytes), so one bulk copy a matrix (cp.async.bulk, issued by one
 // thread, completing on an mbarrier) fetches the tile. The 8 warps then run gemv_mma_block's steps (warp w:
-// the 64-column steps w, w + 8,
-// ..., fragments and mmas as in gemv_mma.cuh, read from shared memory) and sum in shared memory in warp
-// order: the same bits as gemv_mma_block.
+// the 64-column steps w, w + 8, ..., fragments and mmas as in gemv_mma.cuh, read from shared memory) and sum
+// in shared memory in warp order: the same bits as gemv_mma_block.
 //
 // Why: gemv_mma_block holds its bytes in flight in registers (128 a thread under SwiGLU, 2 blocks an SM) and
 // issues one round of loads a block, in waves (704 blocks for Moonlight's gate / up at one token, 1024 for
