@@ -6,6 +6,7 @@
 # A/B against an earlier commit, both built in the same run: put that commit's tree in .base (e.g.
 # `git archive <commit> -- . ':!models' ':!tests/data' | tar -x -C .base`, carried to the machine), then
 #   scripts/gpu/run.sh build build-base ab-moonlight ab-moonlight-fp8
+# Without building on the box: scripts/gpu/pack-bin.sh here, carry .bin, then `run.sh unpack [unpack-base] ...`.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -22,7 +23,8 @@ deps() {
   for f in .deps/debs/*.deb; do dpkg -x "$f" "$PREFIX"; done
 }
 env_deps() {
-  export LD_LIBRARY_PATH=$PREFIX/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+  # (Unpacked builds, stage unpack: their libraries in lib/, CUDA's from the toolkit.)
+  export LD_LIBRARY_PATH=$PREFIX/usr/lib/x86_64-linux-gnu:$BUILD/lib:$ROOT/build-base/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
   export PKG_CONFIG_PATH=$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig:$PREFIX/usr/share/pkgconfig
   export PKG_CONFIG_SYSROOT_DIR=$PREFIX
   if ! command -v pkg-config >/dev/null; then export PKG_CONFIG=$PREFIX/usr/bin/pkgconf; fi
@@ -47,6 +49,15 @@ stage_build() {
   # BUILD_TARGETS: a shorter list for a call that needs only some (the trainer's: "moe test_train_cuda").
   # shellcheck disable=SC2086
   cmake_build "$ROOT" "$BUILD" ${BUILD_TARGETS:-moe test_cuda bench_mla_attention bench_dsa sandboxes test_train_cuda bench_sample test_dist test_dist_nccl test_ep test_cuda_w4a16 test_cuda_fp8 test_cuda_moe_fp8 bench_moe_fp8 test_launcher_gpu} && echo "build ok"
+}
+# Binaries built on the development machine instead (scripts/gpu/pack-bin.sh, carry ".bin"): .bin/binpk.tar.xz
+# into build-gpu, .bin/basepk.tar.xz into build-base; then the stages as after build / build-base.
+stage_unpack() { unpack_to .bin/binpk.tar.xz "$BUILD"; }
+stage_unpack-base() { unpack_to .bin/basepk.tar.xz "$ROOT/build-base"; }
+unpack_to() {
+  [ -f "$1" ] || { echo "no $1 (scripts/gpu/pack-bin.sh, carry .bin)"; return 1; }
+  rm -rf "$2" && mkdir -p "$2" && tar -xJf "$1" -C "$2" && echo "unpacked $1 (built at $(cat "$2/BUILT")) into $2"
+  (nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true) 2>&1 | tee -a "$OUT/env.txt"
 }
 # The tree in .base (an earlier commit), for A/B runs in the same session: build-base/src/cli/moe.
 stage_build-base() {
