@@ -182,9 +182,8 @@ void run_sweep(const BenchArgs& a) {
              c.hidden_size, c.n_routed_experts, c.num_experts_per_tok, c.num_attention_heads,
              c.fp8_block_rows ? "FP8" : "BF16");
   fmt::print("device: {}", backend->name());
-  if (Device::parse(a.backend.device)
-          .is_cuda())  // the precision of the many-token GEMMs (FP8: W8A8 or widened)
-    fmt::print(", --cuda-prefill {}", a.backend.cuda_prefill);
+  // On a GPU, the precision of the many-token GEMMs (FP8 checkpoints: W8A8 or widened).
+  if (Device::parse(a.backend.device).is_cuda()) fmt::print(", --cuda-prefill {}", a.backend.cuda_prefill);
   fmt::print("\n");
   fmt::print("ceilings ({}): bandwidth {:.0f} GB/s", ceil.what, ceil.bandwidth / 1e9);
   if (ceil.gemm > 0) fmt::print(", BF16 GEMM {:.0f} TFLOP/s", ceil.gemm / 1e12);
