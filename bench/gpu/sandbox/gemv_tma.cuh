@@ -100,30 +100,13 @@ __device__ __forceinline__ void gemv_tma_block(const GemvParams& p) {
   mbar_wait(b, 0);
   for (int64_t s = warp; s < nsteps; s += W) {
     uint32_t xb[8];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float4 v = tok ? __ldg(reinterpret_cast<const float4*>(xrow + s * 64 + c * 16) + i)
-                     : make_float4(0.f, 0.f, 0.f, 0.f);
-      v = make_float4(v.x * kMmaXScale, v.y * kMmaXScale, v.z * kMmaXScale, v.w * kMmaXScale);
-      xb[2 * i] = pack_bf16(v.x, v.y);
-      xb[2 * i + 1] = pack_bf16(v.z, v.w);
-    }
+    mma_x_fragments<DType::F8_E4M3>(xrow + s * 64 + c * 16, tok, xb);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const unsigned char* t = tile + m * 16 * K + s * 64 + c * 16;
-      const uint4 va = *reinterpret_cast<const uint4*>(t + ra * K),
-                  vb = *reinterpret_cast<const uint4*>(t + rb * K);
-      const uint32_t A[4] = {va.x, va.y, va.z, va.w}, B[4] = {vb.x, vb.y, vb.z, vb.w};
-      float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t a[4] = {e4m3x2_placed_bf16(A[j], false), e4m3x2_placed_bf16(B[j], false),
-                               e4m3x2_placed_bf16(A[j], true), e4m3x2_placed_bf16(B[j], true)};
-        mma_bf16(part, a, xb[2 * j], xb[2 * j + 1]);
-      }
-      const float sc = __ldg(srow[m] + (s * 64) / 128) * kE4m3Placed;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[m][i] = fmaf(part[i], sc, acc[m][i]);
+      mma_step<DType::F8_E4M3>(*reinterpret_cast<const uint4*>(t + ra * K),
+                               *reinterpret_cast<const uint4*>(t + rb * K), xb, srow[m] + (s * 64) / 128,
+                               acc[m]);
     }
   }
   // acc[m]: (row g, tokens 2c, 2c + 1), (row g + 8, ...): token 0 is in the lanes of c == 0.

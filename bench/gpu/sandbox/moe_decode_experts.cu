@@ -16,8 +16,7 @@
 //             tensor cores (one tile of 16 rows a block, its K split over 8 warps and summed in shared
 //             memory); BF16 as prod.
 //   tma       gemv_tma.cuh's candidate where it would apply (FP8 at one assignment a pass and under 16 a
-//   step:
-//             gate / up over the ids, down + combine), else prod.
+//             step: gate / up over the ids, down + combine), else prod.
 //   warp B/U/D the per-warp tiles at other shapes: B tiles of 16 rows a block, each warp walking all of K, U
 //             steps of loads deep under SwiGLU (gate / up) and D without (down). Production's FP8: 4/4/8.
 //             BF16 on them (4/4/4) was 3-4 % faster a layer here at 4 and 8 tokens but 3 % slower in

@@ -81,6 +81,50 @@ __device__ __forceinline__ void item_weights(const GemvParams& p, const WorkItem
   }
 }
 
+// Token g's x at the lane's values of one step (xc: its first, kVals of them) as the mma's B fragments, BF16
+// pairs (FP8: x scaled by kMmaXScale first); zeros where the lane's token is not valid (!tok).
+template <DType WT>
+__device__ __forceinline__ void mma_x_fragments(const float* xc, bool tok,
+                                                uint32_t (&xb)[WT == DType::F8_E4M3 ? 8 : 4]) {
+  constexpr int kVals = WT == DType::F8_E4M3 ? 16 : 8;
+#pragma unroll
+  for (int i = 0; i < kVals / 4; ++i) {
+    float4 v = tok ? __ldg(reinterpret_cast<const float4*>(xc) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+    if constexpr (WT == DType::F8_E4M3)
+      v = make_float4(v.x * kMmaXScale, v.y * kMmaXScale, v.z * kMmaXScale, v.w * kMmaXScale);
+    xb[2 * i] = pack_bf16(v.x, v.y);
+    xb[2 * i + 1] = pack_bf16(v.z, v.w);
+  }
+}
+
+// One step's mmas for one matrix: A from the lane's 16 bytes of rows g (va) and g + 8 (vb). FP8: the step's
+// products added to acc times its block scale (*scale, times kE4m3Placed); BF16: straight into acc.
+template <DType WT>
+__device__ __forceinline__ void mma_step(const uint4& va, const uint4& vb,
+                                         const uint32_t (&xb)[WT == DType::F8_E4M3 ? 8 : 4],
+                                         const float* scale, float (&acc)[4]) {
+  const uint32_t A[4] = {va.x, va.y, va.z, va.w};
+  const uint32_t B[4] = {vb.x, vb.y, vb.z, vb.w};
+  if constexpr (WT == DType::F8_E4M3) {
+    float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {  // the lane's values 4j .. 4j + 3: word j
+      const uint32_t a[4] = {e4m3x2_placed_bf16(A[j], false), e4m3x2_placed_bf16(B[j], false),
+                             e4m3x2_placed_bf16(A[j], true), e4m3x2_placed_bf16(B[j], true)};
+      mma_bf16(part, a, xb[2 * j], xb[2 * j + 1]);
+    }
+    const float sc = __ldg(scale) * kE4m3Placed;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[i] = fmaf(part[i], sc, acc[i]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {  // values 4j .. 4j + 3: words 2j, 2j + 1
+      const uint32_t a[4] = {A[2 * j], B[2 * j], A[2 * j + 1], B[2 * j + 1]};
+      mma_bf16(acc, a, xb[2 * j], xb[2 * j + 1]);
+    }
+  }
+}
+
 // A lane's sums for the 16-row tile r0 .. r0 + 15 (of N rows from row_base) of M matrices against token g's x
 // row (tok: the lane's token is valid), over the K steps first, first + stride, ... of kStep columns: U-deep
 // rounds of 16-byte loads of rows g and g + 8, then per step x (BF16) and the mmas, FP8 steps added to acc
@@ -131,38 +175,10 @@ __device__ __forceinline__ void mma_tile_sums(const char* const (&wbase)[M], con
       const int64_t s = s0 + stride * u;
       if (s >= nsteps) break;
       uint32_t xb[kVals / 2];
+      mma_x_fragments<WT>(xc + s * kStep, tok, xb);
 #pragma unroll
-      for (int i = 0; i < kVals / 4; ++i) {
-        float4 v = tok ? __ldg(reinterpret_cast<const float4*>(xc + s * kStep) + i)
-                       : make_float4(0.f, 0.f, 0.f, 0.f);
-        if constexpr (kFp8)
-          v = make_float4(v.x * kMmaXScale, v.y * kMmaXScale, v.z * kMmaXScale, v.w * kMmaXScale);
-        xb[2 * i] = pack_bf16(v.x, v.y);
-        xb[2 * i + 1] = pack_bf16(v.z, v.w);
-      }
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        const uint32_t A[4] = {va[m][u].x, va[m][u].y, va[m][u].z, va[m][u].w};
-        const uint32_t B[4] = {vb[m][u].x, vb[m][u].y, vb[m][u].z, vb[m][u].w};
-        if constexpr (kFp8) {
-          float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {  // the lane's values 4j .. 4j + 3: word j
-            const uint32_t a[4] = {e4m3x2_placed_bf16(A[j], false), e4m3x2_placed_bf16(B[j], false),
-                                   e4m3x2_placed_bf16(A[j], true), e4m3x2_placed_bf16(B[j], true)};
-            mma_bf16(part, a, xb[2 * j], xb[2 * j + 1]);
-          }
-          const float sc = __ldg(srow[m] + (s * kStep) / 128) * kE4m3Placed;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) acc[m][i] = fmaf(part[i], sc, acc[m][i]);
-        } else {
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {  // values 4j .. 4j + 3: words 2j, 2j + 1
-            const uint32_t a[4] = {A[2 * j], B[2 * j], A[2 * j + 1], B[2 * j + 1]};
-            mma_bf16(acc[m], a, xb[2 * j], xb[2 * j + 1]);
-          }
-        }
-      }
+      for (int m = 0; m < M; ++m)
+        mma_step<WT>(va[m][u], vb[m][u], xb, kFp8 ? srow[m] + (s * kStep) / 128 : nullptr, acc[m]);
     }
   }
   if (!waited) pdl_wait();
