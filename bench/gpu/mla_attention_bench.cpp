@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -125,11 +126,13 @@ int main(int argc, char** argv) {
   kref.dtype = DType::BF16;
   kref.rows = H * (dn + dv);
   kref.cols = r;
-  auto params = [&](int64_t c, bool wgmma) {
+  // tma: the wgmma kernel's cache tiles by tensor-map copies (the cache's row count known), else by cp.async.
+  auto params = [&](int64_t c, bool wgmma, bool tma = true) {
     cuda::MlaParams p;
     p.wgmma = wgmma;
     p.qf = qf.as<const uint16_t>();
     p.cache = cache.as<const uint16_t>();
+    p.cache_rows = tma ? cache.numel() / W : 0;
     p.block_table = batches[size_t(c)].block_table.as<const int32_t>();
     p.token_seq = batches[size_t(c)].token_seq.as<const int32_t>();
     p.positions = batches[size_t(c)].positions.as<const int32_t>();
@@ -184,11 +187,24 @@ int main(int argc, char** argv) {
   };
   const int kreps = std::max(reps, 100);
   cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st);
-  auto time_attention = [&](bool wgmma) {
-    for (int i = 0; i < 3; ++i) cuda::mla_attention(params(i % copies, wgmma), st);
-    return event_ms([&](int i) { cuda::mla_attention(params(i % copies, wgmma), st); }, kreps);
+  auto time_attention = [&](bool wgmma, bool tma = true) {
+    for (int i = 0; i < 3; ++i) cuda::mla_attention(params(i % copies, wgmma, tma), st);
+    return event_ms([&](int i) { cuda::mla_attention(params(i % copies, wgmma, tma), st); }, kreps);
   };
   const double ms_attn_mma = time_attention(false), ms_attn_wg = has_wgmma ? time_attention(true) : 0.0;
+  const double ms_attn_wg_cp = has_wgmma ? time_attention(true, false) : 0.0;
+  // The wgmma kernel's two copy paths compute the same sums from the same tiles: their outputs match bit for
+  // bit.
+  bool same_bits = true;
+  if (has_wgmma) {
+    std::vector<float> a(size_t(o_lat.numel())), b(a.size());
+    cuda::mla_attention(params(0, true, true), st);
+    MOE_CUDA_CHECK(cudaMemcpyAsync(a.data(), o_lat.as<float>(), a.size() * 4, cudaMemcpyDeviceToHost, st));
+    cuda::mla_attention(params(0, true, false), st);
+    MOE_CUDA_CHECK(cudaMemcpyAsync(b.data(), o_lat.as<float>(), b.size() * 4, cudaMemcpyDeviceToHost, st));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(st));
+    same_bits = std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+  }
   const double ms_attn = use_wgmma ? ms_attn_wg : ms_attn_mma;
   const double ms_absorb = event_ms([&](int) { cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st); }, kreps);
 
@@ -241,17 +257,24 @@ int main(int argc, char** argv) {
              "{:.1f} MB, {:.2f} GFLOP per call; ops on the {} kernel\n",
              B, ctx, H, splits_used, splits_mma, splits_wg, copies, bytes / 1e6, flops / 1e9, use_wgmma ? "wgmma" : "mma.sync");
   line("kernels: attention + combine, mma.sync (events)", ms_attn_mma);
-  if (has_wgmma) line("kernels: attention + combine, wgmma (events)", ms_attn_wg);
+  if (has_wgmma) {
+    line("kernels: attention + combine, wgmma (events)", ms_attn_wg);
+    line("kernels: the same, tiles by cp.async (events)", ms_attn_wg_cp);
+    fmt::print("  wgmma kernel, tensor-map and cp.async tiles: {}\n",
+               same_bits ? "the same bits" : "OUTPUTS DIFFER");
+  }
   fmt::print("  {:<44} {:8.4f} ms\n", "kernels: absorb (events)", ms_absorb);
   line("device op: absorb+attn+combine+W_UV (graph)", ms_graph);
   line("backend op: host clock, call + sync", ms_wall);
   line("backend op: 16 calls back to back", ms_b2b);
   if (has_wgmma)
-    fmt::print("RESULT_AB B={} ctx={} H={} mma_us={:.1f} mma_tflops={:.1f} mma_pct_copy={:.1f} wgmma_us={:.1f} "
-               "wgmma_tflops={:.1f} wgmma_pct_copy={:.1f} speedup={:.2f}\n",
-               B, ctx, H, ms_attn_mma * 1e3, flops / (ms_attn_mma * 1e-3) / 1e12, 100.0 * bytes / (ms_attn_mma * 1e-3) / bw,
-               ms_attn_wg * 1e3, flops / (ms_attn_wg * 1e-3) / 1e12, 100.0 * bytes / (ms_attn_wg * 1e-3) / bw,
-               ms_attn_mma / ms_attn_wg);
+    fmt::print(
+        "RESULT_AB B={} ctx={} H={} mma_us={:.1f} mma_tflops={:.1f} mma_pct_copy={:.1f} wgmma_us={:.1f} "
+        "wgmma_tflops={:.1f} wgmma_pct_copy={:.1f} speedup={:.2f} wgmma_cp_async_us={:.1f} same_bits={}\n",
+        B, ctx, H, ms_attn_mma * 1e3, flops / (ms_attn_mma * 1e-3) / 1e12,
+        100.0 * bytes / (ms_attn_mma * 1e-3) / bw, ms_attn_wg * 1e3, flops / (ms_attn_wg * 1e-3) / 1e12,
+        100.0 * bytes / (ms_attn_wg * 1e-3) / bw, ms_attn_mma / ms_attn_wg, ms_attn_wg_cp * 1e3,
+        same_bits ? 1 : 0);
   fmt::print("RESULT B={} ctx={} H={} splits={} attn_us={:.1f} absorb_us={:.1f} op_graph_us={:.1f} op_wall_us={:.1f} "
              "op_b2b_us={:.1f} attn_pct_copy={:.1f} attn_tflops={:.1f}\n",
              B, ctx, H, splits_used, ms_attn * 1e3, ms_absorb * 1e3, ms_graph * 1e3, ms_wall * 1e3, ms_b2b * 1e3,

@@ -12,9 +12,11 @@
 // 9 and 73 GFLOP); the CPU covers every other case, including the split path (batch 1 splits its context).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 
+#include "backend/cuda/cuda_ops.h"
 #include "cuda_test_util.h"
 #include "model/deepseek_v3.h"
 
@@ -119,6 +121,92 @@ TEST_F(CudaMlaWgmma, Small) { check({{64, 3, 700, true}, {128, 1, 37, true}}); }
 TEST_F(CudaMlaWgmma, MatchesCpuAndMmaKernel) {
   check({{128, 1, 1, true}, {128, 1, 37, true}, {128, 1, 512, true}, {128, 1, 4096, true}, {128, 64, 1, true},
          {128, 64, 37, true}, {128, 64, 512, false}, {128, 64, 4096, false}});
+}
+
+// The kernel's two ways of bringing cache tiles into shared memory: tensor-map copies (what the backend takes
+// where the cache's rows are known and page runs fill 8-row swizzle groups: page sizes 8 .. 64 dividing 64,
+// or multiples of 64) and cp.async (MlaParams::cache_rows 0). Same tiles, same sums: the outputs must match
+// bit for bit, at page sizes 8, 16, 64 and 128, lengths that end inside a tile and inside a page (and a
+// length of 1), the chosen and forced split counts. Every cache row past its sequence's end, and every unused
+// page, holds NaN: the tensor-map path copies whole page runs and must zero the rows past the end (P = 0
+// times NaN is NaN).
+TEST_F(CudaMlaWgmma, TensorMapTilesEqualCpAsyncTiles) {
+  auto g = gpu_with(MlaDecodeKernel::Wgmma);
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  const int64_t H = 128;
+  const std::vector<int64_t> lens = {700, 129, 1, 64};
+  for (int32_t ps : {8, 16, 64, 128}) {
+    std::vector<SequenceChunk> chunks;
+    int64_t total = 0;
+    for (int64_t l : lens) total += (l + ps - 1) / ps;
+    total += 3;  // unused pages
+    std::vector<int32_t> ids(static_cast<size_t>(total));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng_);
+    Tensor gc = Tensor::host(DType::BF16, {total, ps, W});
+    uint16_t* c = gc.as<uint16_t>();
+    std::fill(c, c + gc.numel(), uint16_t(0x7fc0));  // BF16 quiet NaN
+    size_t next = 0;
+    for (int64_t l : lens) {
+      SequenceChunk s;
+      for (int64_t p = 0; p < (l + ps - 1) / ps; ++p) {
+        s.pages.push_back(ids[next++]);
+        const int64_t rows = std::min<int64_t>(ps, l - p * ps);  // the page's rows before the end
+        fill_bf16_normal(rng_, c + int64_t(s.pages.back()) * ps * W, rows * W);
+      }
+      s.start_pos = int32_t(l - 1);
+      s.tokens = {0};
+      chunks.push_back(s);
+    }
+    const BatchPlan plan = plan_batch(chunks, ps);
+    const int64_t T = plan.num_tokens();
+    const DeviceBatch gb = g->upload_batch(plan);
+    Tensor cache = test::to_device(*g, gc);
+    Tensor qf_host = Tensor::host(DType::BF16, {T, H, W});
+    fill_bf16_normal(rng_, qf_host.as<uint16_t>(), qf_host.numel());
+    Tensor qf = test::to_device(*g, qf_host);
+    const int64_t capacity = int64_t(plan.max_pages) * ps;
+    for (int32_t forced : {0, 3}) {
+      const int32_t splits =
+          cuda::mla_choose_splits(T, H, r, capacity, prop.multiProcessorCount, forced, true);
+      Tensor o_part = g->alloc(DType::F32, {splits, T, H, r}), ml = g->alloc(DType::F32, {splits, T, H, 2});
+      Tensor o_lat = g->alloc(DType::F32, {T, H, r});
+      auto run = [&](bool tma) {
+        cuda::MlaParams p;
+        p.wgmma = true;
+        p.qf = qf.as<const uint16_t>();
+        p.cache = cache.as<const uint16_t>();
+        p.cache_rows = tma ? total * ps : 0;
+        p.block_table = gb.block_table.as<const int32_t>();
+        p.token_seq = gb.token_seq.as<const int32_t>();
+        p.positions = gb.positions.as<const int32_t>();
+        p.max_pages = plan.max_pages;
+        p.page_size = ps;
+        p.T = int32_t(T);
+        p.H = int32_t(H);
+        p.r = int32_t(r);
+        p.dr = int32_t(dr);
+        p.scale = 0.07f;
+        p.splits = splits;
+        p.o_part = o_part.as<float>();
+        p.ml_part = ml.as<float>();
+        p.o_lat = o_lat.as<float>();
+        g->synchronize();  // the uploads ran on the backend's stream; the kernels run on the default one
+        cuda::mla_attention(p, nullptr);
+        EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        return test::to_host_f32(*g, o_lat);
+      };
+      const std::vector<float> a = run(true), b = run(false);
+      const int64_t bad = std::count_if(a.begin(), a.end(), [](float v) { return !std::isfinite(v); });
+      EXPECT_EQ(bad, 0) << "page size " << ps << ", " << splits << " splits";
+      EXPECT_TRUE(std::equal(a.begin(), a.end(), b.begin(),
+                             [](float x, float y) { return std::memcmp(&x, &y, 4) == 0; }))
+          << "page size " << ps << ", " << splits << " splits";
+      std::printf("mla wgmma copies: page size %d, %d splits: %lld non-finite, %s\n", ps, splits,
+                  (long long)bad, std::equal(a.begin(), a.end(), b.begin()) ? "equal" : "DIFFERENT");
+    }
+  }
 }
 
 }  // namespace

@@ -35,17 +35,6 @@ using moe::cuda::GemvParams;
 
 constexpr int64_t kTmaTileBytes = 64 << 10;  // the largest shared tile: M matrices x 16 rows x K
 
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-// `bytes` (a multiple of 16) from global src to shared dst, both 16-byte aligned, completing on bar.
-__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-      "l"(src), "r"(bytes), "r"(bar)
-      : "memory");
-}
-
 // Shared memory of a block: M matrices x 16 rows x K bytes.
 inline size_t tma_tile_bytes(const GemvParams& p) { return size_t(p.swiglu ? 2 : 1) * 16 * size_t(p.K); }
 

@@ -52,6 +52,7 @@ void CudaBackend::latent_attention(const TensorView& qf, const TensorView& cache
   cuda::MlaParams p;
   p.qf = qf.as<const uint16_t>();
   p.cache = cache.as<const uint16_t>();
+  p.cache_rows = cache.numel() / W;
   p.block_table = batch.block_table.as<const int32_t>();
   p.token_seq = batch.token_seq.as<const int32_t>();
   p.positions = batch.positions.as<const int32_t>();

@@ -178,6 +178,7 @@ void mla_absorb_q(const float* q, const WeightRef& kv_b, int64_t T, int64_t H, i
 struct MlaParams {
   const uint16_t* qf = nullptr;     // [T, H, W] BF16, W = r + dr
   const uint16_t* cache = nullptr;  // [pages, page_size, W] BF16
+  int64_t cache_rows = 0;           // pages * page_size, or 0 if unknown (then no tensor-map copies of it)
   const int32_t* block_table = nullptr;
   const int32_t* token_seq = nullptr;
   const int32_t* positions = nullptr;
