@@ -11,7 +11,8 @@
 // are not timed out of L2. Cache rate = latent-cache bytes (B * (context + 1) * 576 * 2) over the time;
 // FLOPs = 2 * (576 + 512) * H per cached position (scores and P V).
 // Where the wgmma kernel applies (heads a multiple of 64), the attention kernels are timed both ways in the
-// same run (mma.sync: mla_attention.cu, wgmma: mla_decode_wgmma.cu, each with its own split count); the
+// same run (mma.sync: mla_attention.cu, wgmma: mla_decode_wgmma.cu, each with its own split count), the wgmma
+// kernel with both of its ways of filling shared memory (tensor-map copies, cp.async: same bits, checked); the
 // device and backend ops use the backend's choice (the wgmma kernel), or `kernel` forces one.
 // Usage: bench_mla_attention [batch=64] [context=4096] [heads=16] [reps=20] [splits=0] [kernel=auto|mma|wgmma, default CudaOptions']
 #include <cuda_runtime.h>
