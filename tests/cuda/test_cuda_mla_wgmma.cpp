@@ -200,11 +200,10 @@ TEST_F(CudaMlaWgmma, TensorMapTilesEqualCpAsyncTiles) {
       const std::vector<float> a = run(true), b = run(false);
       const int64_t bad = std::count_if(a.begin(), a.end(), [](float v) { return !std::isfinite(v); });
       EXPECT_EQ(bad, 0) << "page size " << ps << ", " << splits << " splits";
-      EXPECT_TRUE(std::equal(a.begin(), a.end(), b.begin(),
-                             [](float x, float y) { return std::memcmp(&x, &y, 4) == 0; }))
-          << "page size " << ps << ", " << splits << " splits";
+      const bool same = std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+      EXPECT_TRUE(same) << "page size " << ps << ", " << splits << " splits";
       std::printf("mla wgmma copies: page size %d, %d splits: %lld non-finite, %s\n", ps, splits,
-                  (long long)bad, std::equal(a.begin(), a.end(), b.begin()) ? "equal" : "DIFFERENT");
+                  (long long)bad, same ? "the same bits" : "DIFFERENT");
     }
   }
 }

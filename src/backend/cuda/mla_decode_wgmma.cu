@@ -308,12 +308,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 bool mla_wgmma_applies(int64_t H, int64_t r, int64_t dr) { return H > 0 && H % kHeads == 0 && r == kR && dr == kW - kR; }
 
 void configure_mla_decode_wgmma_kernel() {
-  check(cudaFuncSetAttribute(mla_decode_wgmma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(kSmem)),
-        "mla_decode_wgmma smem");
-  check(cudaFuncSetAttribute(mla_decode_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(kSmem)),
-        "mla_decode_wgmma smem");
+  for (auto* kernel : {mla_decode_wgmma_kernel<false>, mla_decode_wgmma_kernel<true>})
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)),
+          "mla_decode_wgmma smem");
 }
 
 namespace {
