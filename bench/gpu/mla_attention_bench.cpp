@@ -1,20 +1,22 @@
-// MLA decode attention alone: batch B sequences of `context` cached tokens (page size 64), one new token each,
-// H heads at DeepSeek-V3 widths (r 512, rope 64, nope 128, v 128), random BF16 cache and weights. Reports,
-// against a device-to-device copy measured in the same run:
+// MLA decode attention alone: batch B sequences of `context` cached tokens (page size 64), one new token
+// each, H heads at DeepSeek-V3 widths (r 512, rope 64, nope 128, v 128), random BF16 cache and weights.
+// Reports, against a device-to-device copy measured in the same run:
 //   kernels: the attention kernels alone (cuda::mla_attention: attention + split combine), CUDA events around
 //            each call, median; and the absorption kernel alone;
 //   device op: absorb + attention + combine + W_UV GEMV as the backend enqueues them, 16 calls captured in a
-//            CUDA graph and replayed (programmatic dependent launch between them as in a decode step), per call;
+//            CUDA graph and replayed (programmatic dependent launch between them as in a decode step), per
+//            call;
 //   backend op: CudaBackend::mla_attention, host clock around call + synchronize (median; includes the host
 //            enqueue and launch latency), and 16 calls back to back, per call.
 // Every call reads a different copy of the cache (as many copies as make 2x the L2 size), so small batches
 // are not timed out of L2. Cache rate = latent-cache bytes (B * (context + 1) * 576 * 2) over the time;
 // FLOPs = 2 * (576 + 512) * H per cached position (scores and P V).
-// Where the wgmma kernel applies (heads a multiple of 64), the attention kernels are timed both ways in the
-// same run (mma.sync: mla_attention.cu, wgmma: mla_decode_wgmma.cu, each with its own split count), the wgmma
-// kernel with both of its ways of filling shared memory (tensor-map copies, cp.async: same bits, checked); the
-// device and backend ops use the backend's choice (the wgmma kernel), or `kernel` forces one.
-// Usage: bench_mla_attention [batch=64] [context=4096] [heads=16] [reps=20] [splits=0] [kernel=auto|mma|wgmma, default CudaOptions']
+// Where a wgmma kernel applies (heads a multiple of 16), the attention kernels are timed both ways in the
+// same run (mma.sync: mla_attention.cu, wgmma: mla_decode_wgmma.cu at multiples of 64 heads, else
+// mla_decode_narrow.cu; each with its own split count), the wgmma kernel with both of its ways of filling
+// shared memory (tensor-map copies, cp.async: same bits, checked); the device and backend ops use the
+// backend's choice (cuda::mla_wgmma_preferred), or `kernel` forces one. Usage: bench_mla_attention [batch=64]
+// [context=4096] [heads=16] [reps=20] [splits=0] [kernel=auto|mma|wgmma, default CudaOptions']
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -57,7 +59,9 @@ int main(int argc, char** argv) {
   options.mla_splits = forced_splits;
   if (argc > 6) options.mla_decode = parse_mla_decode_kernel(argv[6]);
   const bool has_wgmma = cuda::mla_wgmma_applies(H, r, dr);
-  const bool use_wgmma = has_wgmma && options.mla_decode != MlaDecodeKernel::Mma;
+  const bool use_wgmma = has_wgmma && options.mla_decode != MlaDecodeKernel::Mma &&
+                         (options.mla_decode == MlaDecodeKernel::Wgmma ||
+                          cuda::mla_wgmma_preferred(B, H, (ctx + page) / page * page));
   auto gpu = make_cuda_backend(0, options);
   const double bw = cuda::measure_copy_bandwidth(0, size_t(2) << 30);
   cudaDeviceProp prop{};

@@ -1,15 +1,15 @@
-// The wgmma MLA decode kernel (mla_decode_wgmma.cu, 64 heads per block) against the CPU backend's MLA and
-// against the mma.sync kernel (mla_attention.cu, forced with CudaOptions::mla_decode = Mma) at DeepSeek-V3
-// widths (r 512, rope 64, nope 128, v 128), 128 and 64 heads, contexts 1, 37, 512, 4096, batch 1 and 64,
-// page size 64 (the engine's), pages shuffled across sequences, fresh random data (the seed is printed).
-// Tolerances: both GPU kernels take the same BF16 absorbed query (the absorb kernel) and round the softmax
-// weights P to BF16 (2^-9 relative per product at most, ~1.1e-3 rms, accumulated in F32); the output is a
-// weighted average over positions, so the relative L2 error against the CPU's F32 stays ~1-3e-3 (the mma.sync
-// kernel's measured 0.4-2.6e-3 in bench/gpu/NOTES-mla.md). The two kernels round P against different running
-// maxima (32- vs 64-position tiles), independent errors of the same size: ~2e-3 between them. Bound 1e-2
-// for both comparisons.
-// Batch 64 at contexts 512 and 4096 is compared with the mma.sync kernel only (the CPU reference would take
-// 9 and 73 GFLOP); the CPU covers every other case, including the split path (batch 1 splits its context).
+// The wgmma MLA decode kernels (mla_decode_wgmma.cu, 64 heads per block; mla_decode_narrow.cu, 16 or 32)
+// against the CPU backend's MLA and against the mma.sync kernel (mla_attention.cu, forced with
+// CudaOptions::mla_decode = Mma) at DeepSeek-V3 widths (r 512, rope 64, nope 128, v 128), 128, 64, 48, 32 and
+// 16 heads, contexts 1, 37, 512, 4096, batch 1 and 64, page size 64 (the engine's), pages shuffled across
+// sequences, fresh random data (the seed is printed). Tolerances: both GPU kernels take the same BF16
+// absorbed query (the absorb kernel) and round the softmax weights P to BF16 (2^-9 relative per product at
+// most, ~1.1e-3 rms, accumulated in F32); the output is a weighted average over positions, so the relative L2
+// error against the CPU's F32 stays ~1-3e-3 (the mma.sync kernel's measured 0.4-2.6e-3 in
+// bench/gpu/NOTES-mla.md). The two kernels round P against different running maxima (32- vs 64-position
+// tiles), independent errors of the same size: ~2e-3 between them. Bound 1e-2 for both comparisons. Batch 64
+// at contexts 512 and 4096 is compared with the mma.sync kernel only (the CPU reference would take 9 and 73
+// GFLOP); the CPU covers every other case, including the split path (batch 1 splits its context).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -59,11 +59,11 @@ void fill_bf16_normal(std::mt19937_64& rng, uint16_t* v, int64_t n) {
 void CudaMlaWgmma::check(const std::vector<Case>& cases) {
   auto mma = gpu_with(MlaDecodeKernel::Mma), wg = gpu_with(MlaDecodeKernel::Wgmma);
   for (const Case& c : cases) {
-    // B sequences of ctx cached positions each (the last one is the step's token), except the 64-head case:
+    // B sequences of ctx cached positions each (the last one is the step's token), except at batch 3:
     // lengths ctx, ctx / 2 + 1, 1 (every split length, masking inside a tile, empty later splits).
     const int64_t B = c.batch;
     std::vector<int64_t> lens(static_cast<size_t>(B), c.ctx);
-    if (c.heads == 64) lens = {c.ctx, c.ctx / 2 + 1, 1};
+    if (B == 3) lens = {c.ctx, c.ctx / 2 + 1, 1};
     int64_t total = 0;
     for (int64_t l : lens) total += (l + kPage - 1) / kPage;
     std::vector<int32_t> ids(static_cast<size_t>(total));
@@ -114,13 +114,29 @@ void CudaMlaWgmma::check(const std::vector<Case>& cases) {
   }
 }
 
-// Small (also the compute-sanitizer case of scripts/gpu/mlaw.sh): one head tile per token with uneven lengths,
-// and 128 heads at a context shorter than a tile.
-TEST_F(CudaMlaWgmma, Small) { check({{64, 3, 700, true}, {128, 1, 37, true}}); }
+// Small (also the compute-sanitizer case of scripts/gpu/mlaw.sh): one head tile per token with uneven
+// lengths, and 128 heads at a context shorter than a tile; the same for the narrow kernel (16 and 32 heads a
+// block).
+TEST_F(CudaMlaWgmma, Small) {
+  check({{64, 3, 700, true}, {128, 1, 37, true}, {16, 3, 700, true}, {32, 3, 700, true}, {48, 1, 37, true}});
+}
 
 TEST_F(CudaMlaWgmma, MatchesCpuAndMmaKernel) {
   check({{128, 1, 1, true}, {128, 1, 37, true}, {128, 1, 512, true}, {128, 1, 4096, true}, {128, 64, 1, true},
          {128, 64, 37, true}, {128, 64, 512, false}, {128, 64, 4096, false}});
+}
+
+// 16 heads (Moonlight, DeepSeek-V2-Lite) on the narrow kernel, and 32 (two 16-head groups in one block).
+TEST_F(CudaMlaWgmma, NarrowMatchesCpuAndMmaKernel) {
+  check({{16, 1, 1, true},
+         {16, 1, 37, true},
+         {16, 1, 512, true},
+         {16, 1, 4096, true},
+         {16, 64, 37, true},
+         {16, 64, 512, true},
+         {16, 64, 4096, false},
+         {32, 1, 4096, true},
+         {32, 64, 512, true}});
 }
 
 // The kernel's two ways of bringing cache tiles into shared memory: tensor-map copies (what the backend takes
@@ -134,78 +150,78 @@ TEST_F(CudaMlaWgmma, TensorMapTilesEqualCpAsyncTiles) {
   auto g = gpu_with(MlaDecodeKernel::Wgmma);
   cudaDeviceProp prop{};
   ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
-  const int64_t H = 128;
   const std::vector<int64_t> lens = {700, 129, 1, 64};
-  for (int32_t ps : {8, 16, 64, 128}) {
-    std::vector<SequenceChunk> chunks;
-    int64_t total = 0;
-    for (int64_t l : lens) total += (l + ps - 1) / ps;
-    total += 3;  // unused pages
-    std::vector<int32_t> ids(static_cast<size_t>(total));
-    std::iota(ids.begin(), ids.end(), 0);
-    std::shuffle(ids.begin(), ids.end(), rng_);
-    Tensor gc = Tensor::host(DType::BF16, {total, ps, W});
-    uint16_t* c = gc.as<uint16_t>();
-    std::fill(c, c + gc.numel(), uint16_t(0x7fc0));  // BF16 quiet NaN
-    size_t next = 0;
-    for (int64_t l : lens) {
-      SequenceChunk s;
-      for (int64_t p = 0; p < (l + ps - 1) / ps; ++p) {
-        s.pages.push_back(ids[next++]);
-        const int64_t rows = std::min<int64_t>(ps, l - p * ps);  // the page's rows before the end
-        fill_bf16_normal(rng_, c + int64_t(s.pages.back()) * ps * W, rows * W);
+  for (int64_t H : {128, 16, 32})
+    for (int32_t ps : {8, 16, 64, 128}) {
+      std::vector<SequenceChunk> chunks;
+      int64_t total = 0;
+      for (int64_t l : lens) total += (l + ps - 1) / ps;
+      total += 3;  // unused pages
+      std::vector<int32_t> ids(static_cast<size_t>(total));
+      std::iota(ids.begin(), ids.end(), 0);
+      std::shuffle(ids.begin(), ids.end(), rng_);
+      Tensor gc = Tensor::host(DType::BF16, {total, ps, W});
+      uint16_t* c = gc.as<uint16_t>();
+      std::fill(c, c + gc.numel(), uint16_t(0x7fc0));  // BF16 quiet NaN
+      size_t next = 0;
+      for (int64_t l : lens) {
+        SequenceChunk s;
+        for (int64_t p = 0; p < (l + ps - 1) / ps; ++p) {
+          s.pages.push_back(ids[next++]);
+          const int64_t rows = std::min<int64_t>(ps, l - p * ps);  // the page's rows before the end
+          fill_bf16_normal(rng_, c + int64_t(s.pages.back()) * ps * W, rows * W);
+        }
+        s.start_pos = int32_t(l - 1);
+        s.tokens = {0};
+        chunks.push_back(s);
       }
-      s.start_pos = int32_t(l - 1);
-      s.tokens = {0};
-      chunks.push_back(s);
+      const BatchPlan plan = plan_batch(chunks, ps);
+      const int64_t T = plan.num_tokens();
+      const DeviceBatch gb = g->upload_batch(plan);
+      Tensor cache = test::to_device(*g, gc);
+      Tensor qf_host = Tensor::host(DType::BF16, {T, H, W});
+      fill_bf16_normal(rng_, qf_host.as<uint16_t>(), qf_host.numel());
+      Tensor qf = test::to_device(*g, qf_host);
+      const int64_t capacity = int64_t(plan.max_pages) * ps;
+      for (int32_t forced : {0, 3}) {
+        const int32_t splits =
+            cuda::mla_choose_splits(T, H, r, capacity, prop.multiProcessorCount, forced, true);
+        Tensor o_part = g->alloc(DType::F32, {splits, T, H, r}), ml = g->alloc(DType::F32, {splits, T, H, 2});
+        Tensor o_lat = g->alloc(DType::F32, {T, H, r});
+        auto run = [&](bool tma) {
+          cuda::MlaParams p;
+          p.wgmma = true;
+          p.qf = qf.as<const uint16_t>();
+          p.cache = cache.as<const uint16_t>();
+          p.cache_rows = tma ? total * ps : 0;
+          p.block_table = gb.block_table.as<const int32_t>();
+          p.token_seq = gb.token_seq.as<const int32_t>();
+          p.positions = gb.positions.as<const int32_t>();
+          p.max_pages = plan.max_pages;
+          p.page_size = ps;
+          p.T = int32_t(T);
+          p.H = int32_t(H);
+          p.r = int32_t(r);
+          p.dr = int32_t(dr);
+          p.scale = 0.07f;
+          p.splits = splits;
+          p.o_part = o_part.as<float>();
+          p.ml_part = ml.as<float>();
+          p.o_lat = o_lat.as<float>();
+          g->synchronize();  // the uploads ran on the backend's stream; the kernels run on the default one
+          cuda::mla_attention(p, nullptr);
+          EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          return test::to_host_f32(*g, o_lat);
+        };
+        const std::vector<float> a = run(true), b = run(false);
+        const int64_t bad = std::count_if(a.begin(), a.end(), [](float v) { return !std::isfinite(v); });
+        EXPECT_EQ(bad, 0) << H << " heads, page size " << ps << ", " << splits << " splits";
+        const bool same = std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+        EXPECT_TRUE(same) << H << " heads, page size " << ps << ", " << splits << " splits";
+        std::printf("mla wgmma copies: %lld heads, page size %d, %d splits: %lld non-finite, %s\n",
+                    (long long)H, ps, splits, (long long)bad, same ? "the same bits" : "DIFFERENT");
+      }
     }
-    const BatchPlan plan = plan_batch(chunks, ps);
-    const int64_t T = plan.num_tokens();
-    const DeviceBatch gb = g->upload_batch(plan);
-    Tensor cache = test::to_device(*g, gc);
-    Tensor qf_host = Tensor::host(DType::BF16, {T, H, W});
-    fill_bf16_normal(rng_, qf_host.as<uint16_t>(), qf_host.numel());
-    Tensor qf = test::to_device(*g, qf_host);
-    const int64_t capacity = int64_t(plan.max_pages) * ps;
-    for (int32_t forced : {0, 3}) {
-      const int32_t splits =
-          cuda::mla_choose_splits(T, H, r, capacity, prop.multiProcessorCount, forced, true);
-      Tensor o_part = g->alloc(DType::F32, {splits, T, H, r}), ml = g->alloc(DType::F32, {splits, T, H, 2});
-      Tensor o_lat = g->alloc(DType::F32, {T, H, r});
-      auto run = [&](bool tma) {
-        cuda::MlaParams p;
-        p.wgmma = true;
-        p.qf = qf.as<const uint16_t>();
-        p.cache = cache.as<const uint16_t>();
-        p.cache_rows = tma ? total * ps : 0;
-        p.block_table = gb.block_table.as<const int32_t>();
-        p.token_seq = gb.token_seq.as<const int32_t>();
-        p.positions = gb.positions.as<const int32_t>();
-        p.max_pages = plan.max_pages;
-        p.page_size = ps;
-        p.T = int32_t(T);
-        p.H = int32_t(H);
-        p.r = int32_t(r);
-        p.dr = int32_t(dr);
-        p.scale = 0.07f;
-        p.splits = splits;
-        p.o_part = o_part.as<float>();
-        p.ml_part = ml.as<float>();
-        p.o_lat = o_lat.as<float>();
-        g->synchronize();  // the uploads ran on the backend's stream; the kernels run on the default one
-        cuda::mla_attention(p, nullptr);
-        EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        return test::to_host_f32(*g, o_lat);
-      };
-      const std::vector<float> a = run(true), b = run(false);
-      const int64_t bad = std::count_if(a.begin(), a.end(), [](float v) { return !std::isfinite(v); });
-      EXPECT_EQ(bad, 0) << "page size " << ps << ", " << splits << " splits";
-      const bool same = std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-      EXPECT_TRUE(same) << "page size " << ps << ", " << splits << " splits";
-      std::printf("mla wgmma copies: page size %d, %d splits: %lld non-finite, %s\n", ps, splits,
-                  (long long)bad, same ? "the same bits" : "DIFFERENT");
-    }
-  }
 }
 
 }  // namespace

@@ -41,8 +41,10 @@ void CudaBackend::latent_attention(const TensorView& qf, const TensorView& cache
   // As in mla_attention: the launch depends on T, H, r and the cache capacity per sequence only (for a sparse
   // call, the index list's length K).
   const int64_t capacity = indices.data ? indices.row_size() : int64_t(plan.max_pages) * plan.page_size;
-  // The wgmma kernel where it applies (CudaOptions::mla_decode may force the mma.sync one).
-  const bool wgmma = ctx_.options().mla_decode != MlaDecodeKernel::Mma && cuda::mla_wgmma_applies(H, r, dr);
+  // A wgmma kernel where one applies and Auto prefers it (CudaOptions::mla_decode may force either kind).
+  const MlaDecodeKernel k = ctx_.options().mla_decode;
+  const bool wgmma = k != MlaDecodeKernel::Mma && cuda::mla_wgmma_applies(H, r, dr) &&
+                     (k == MlaDecodeKernel::Wgmma || cuda::mla_wgmma_preferred(T, H, capacity));
   const int32_t splits = cuda::mla_choose_splits(T, H, r, capacity, sms_, ctx_.options().mla_splits, wgmma);
   Tensor o_part, ml;
   if (splits > 1) {

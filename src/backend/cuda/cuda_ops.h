@@ -202,14 +202,25 @@ constexpr int kMlaMaxSplits = 256;  // upper bound of MlaParams::splits
 // Splits for T tokens of H heads over a cache of `capacity` positions per sequence (max_pages * page_size) on
 // `sms` multiprocessors; `forced` > 0 (CudaOptions::mla_splits, for tuning) takes that many, clamped to what
 // the capacity allows.
-// `wgmma`: for the wgmma kernel (64 heads per block, 64-position tiles).
+// `wgmma`: for the wgmma kernels (mla_wgmma_heads per block, 64-position tiles).
 int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int sms, int32_t forced = 0,
                           bool wgmma = false);
 void mla_attention(const MlaParams& p, cudaStream_t s);
-// ---- mla_decode_wgmma.cu: the same attention on wgmma, 64 heads per block (H % 64 == 0, r 512, rope 64) ----
+// ---- mla_decode_wgmma.cu: the same attention on wgmma (H % 16 == 0, r 512, rope 64): 64 heads per block
+// where H % 64 == 0, else mla_decode_narrow.cu's 32 (H % 32 == 0) or 16 (mla_narrow_heads) ----
 bool mla_wgmma_applies(int64_t H, int64_t r, int64_t dr);
+int mla_wgmma_heads(int64_t H);  // heads per block of the wgmma kernel for H
+// CudaOptions::mla_decode Auto's choice where a wgmma kernel applies, for T tokens over `capacity` positions
+// each: the 64-head kernel always; the narrow one where the batch streams at least 4096 cached positions
+// (T x capacity). Below that the mma.sync kernel's 32-position tiles split a short context finer (H100, 16
+// heads, attention + combine: batch 1 at context 512 12.3 us against the narrow kernel's 13.1; batch 1 at
+// 4096 16.5 against 15.4, batch 8 at 4096 29.3 against 27.2, batch 64 at 4096 127 against 121).
+bool mla_wgmma_preferred(int64_t T, int64_t H, int64_t capacity);
 void configure_mla_decode_wgmma_kernel();
 void mla_attention_wgmma(const MlaParams& p, cudaStream_t s);  // attention only (mla_attention adds the combine)
+int mla_narrow_heads(int64_t H);
+void configure_mla_decode_narrow_kernel();
+void mla_attention_narrow(const MlaParams& p, cudaStream_t s);
 // The same attention for any r and dr (the tensor-core kernel is compiled for r/dr 512/64, 256/64, 128/32):
 // mla_attention falls back to it; it ignores `splits` and writes o_lat (and lse) directly.
 void mla_attention_generic(const MlaParams& p, cudaStream_t s);

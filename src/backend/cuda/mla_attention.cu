@@ -408,6 +408,7 @@ void launch_widths(const MlaParams& p, cudaStream_t s) {
 
 void configure_mla_attention_kernels() {
   configure_mla_decode_wgmma_kernel();
+  configure_mla_decode_narrow_kernel();
   configure_widths<512, 576>();
   configure_widths<128, 160>();
   configure_widths<256, 320>();
@@ -423,7 +424,7 @@ int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int
   // The wgmma kernel: 64 heads per block and 64-position tiles (a tile-time ~2x the mma.sync kernel's at
   // 32 heads, not yet measured: the same model in its own units).
   (void)r;
-  const int64_t hpb = wgmma ? 64 : heads_per_block(H), tile = wgmma ? 64 : kTile;
+  const int64_t hpb = wgmma ? mla_wgmma_heads(H) : heads_per_block(H), tile = wgmma ? 64 : kTile;
   const int64_t N = T * ((H + hpb - 1) / hpb);
   const int64_t tiles = std::max<int64_t>(1, (capacity + tile - 1) / tile);
   const int64_t max_splits = std::min<int64_t>(tiles, kMlaMaxSplits);

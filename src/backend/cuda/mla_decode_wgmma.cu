@@ -11,10 +11,7 @@
 // BF16] in the 128-byte swizzle of wgmma.cuh (8 KB):
 //   Q   [9 blocks]: the 64 heads' absorbed query rows (576 = 9 x 64 columns), copied once;
 //   KV  [2 stages][9 blocks]: cache tiles of 64 positions, a ring (tile i+1 lands while i computes), filled
-//   by
-//       tensor-map copies (the TMA unit: warp 0 issues one box of 64 columns by a page's run of rows each,
-//       completing on the stage's mbarrier) where the cache's row count is known and page runs fill 8-row
-//       swizzle groups, else by every thread's cp.async (any page size, V3.2's gathered rows). The tensor-map
+//       by tensor-map copies where mla_tma_applies, else by cp.async (mla_decode_tiles.cuh). The tensor-map
 //       copies spare the 256 threads 18 cp.async and their address arithmetic a tile (~20 % of the warps'
 //       stall samples at 128 heads, batch 64: 13 % faster on an H100, bench/RESULTS.md);
 //   P   [1 block]: softmax weights [64 heads][64 positions] BF16;
@@ -39,6 +36,7 @@
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/mla_decode_tiles.cuh"
 #include "backend/cuda/tensor_core.cuh"
 #include "backend/cuda/wgmma.cuh"
 
@@ -46,9 +44,8 @@ namespace moe::cuda {
 
 namespace {
 
-constexpr int kR = 512, kW = 576, kKB = kW / 64, kHeads = 64, kPos = 64, kThreads = 256;
-constexpr uint32_t kBlock = 64 * 128;                   // one swizzled [64][64] BF16 block
-constexpr uint32_t kTileB = uint32_t(kKB) * kBlock;     // 72 KB: a query tile or a cache tile
+using mla_tiles::kBlock, mla_tiles::kKB, mla_tiles::kPos, mla_tiles::kR, mla_tiles::kTileB, mla_tiles::kW;
+constexpr int kHeads = 64, kThreads = 256;
 constexpr uint32_t kOffKV = kTileB, kOffP = 3 * kTileB, kOffMax = kOffP + kBlock, kOffSum = kOffMax + 2 * 64 * 4;
 constexpr uint32_t kOffBar = kOffSum + 2 * 64 * 4;     // the two stages' mbarriers (tensor-map copies)
 constexpr size_t kSmem = size_t(kOffBar) + 16 + 1024;  // + alignment of the base to 1024
@@ -61,13 +58,7 @@ __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
 
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
-__device__ __forceinline__ void st_shared_zero16(uint32_t addr) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(addr), "r"(0u) : "memory");
-}
-
-// kTma: cache tiles come by tensor-map copies (the TMA unit, 128-byte swizzle) that warp 0 issues, a box of R
-// rows (one page's run of the tile, R = min(page_size, 64)) by 64 columns each, completing on the stage's
-// mbarrier; else every thread cp.asyncs its share (any page size, and V3.2's gathered rows).
+// kTma: cache tiles by tensor-map copies, else by cp.async (mla_decode_tiles.cuh).
 template <bool kTma>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_wgmma_kernel(const MlaParams p, const __grid_constant__ CUtensorMap kv_map) {
@@ -85,27 +76,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   pdl_wait();  // positions, block table, qf and the cache come from earlier kernels
 
   const int32_t* sel = p.indices ? p.indices + int64_t(t) * p.K : nullptr;
-  const int len = sel ? valid_prefix(sel, p.K) : p.positions[t] + 1;
-  int split_len = (len + p.splits - 1) / p.splits;
-  split_len = (split_len + kPos - 1) / kPos * kPos;
-  const int begin = split * split_len, end = min(len, begin + split_len);
-  const int ntiles = end > begin ? (end - begin + kPos - 1) / kPos : 0;
-  const int32_t* pages = p.block_table + int64_t(p.token_seq[t]) * p.max_pages;
-  const int page_size = p.page_size;
-
-  // cp.async roles: thread copies row tid / 4 of a tile, chunks (tid % 4) + 4 i of its 72. The row's page
-  // entry is looked up one tile ahead (raw entry and in-page offset; -1: past the end, zero-filled).
-  // Tensor-map roles: lane u < 64 / R of warp 0 looks up the cache row of the tile's run u one tile ahead;
-  // the warp's lanes then issue the runs' 9 column boxes each. Runs that start at or past the end are not
-  // copied; the rows past the end are zeroed in shared memory once the tile has landed (a page's rows past
-  // its sequence's length may hold anything, and P = 0 times a NaN would still be NaN).
-  const int crow = kTma ? lane * min(page_size, kPos) : tid / 4, csub = tid % 4;
-  int next_page = 0, next_off = -1;
-  auto lookup = [&](int j) {
-    const int pj = j < end ? (sel ? sel[j] : j) : 0;
-    next_off = j < end ? pj % page_size : -1;
-    if (j < end) next_page = pages[pj / page_size];
-  };
+  const int2 range = mla_split_range(p, sel, t, split);
+  const int begin = range.x, end = range.y;
   const uint32_t bar0 = base + kOffBar;
   if (kTma) {
     if (tid == 0) {
@@ -115,37 +87,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();
   }
-  if (ntiles > 0 && (!kTma || (tid < 32 && crow < kPos))) lookup(begin + crow);
-  auto issue_tma = [&](int k) {  // warp 0: tile k into stage k % 2 by boxes of R rows
-    if (k >= ntiles || tid >= 32) return;
-    const int R = min(page_size, kPos), runs = kPos / R, j0 = begin + k * kPos;
-    const int live = min(runs, (end - j0 + R - 1) / R);  // runs with a first position before the end
-    const uint32_t dst = base + kOffKV + uint32_t(k % 2) * kTileB, bar = bar0 + 8u * uint32_t(k % 2);
-    if (lane == 0) mbar_expect_tx(bar, uint32_t(live * R * kW * 2));
-    __syncwarp();
-    const int row = next_page * page_size + max(next_off, 0);
-    for (int i0 = 0; i0 < runs * kKB; i0 += 32) {
-      const int i = i0 + lane, u = min(i / kKB, runs - 1), kb = i % kKB;
-      const int urow = __shfl_sync(0xffffffffu, row, u);
-      if (i < runs * kKB && u < live)
-        tma_load_2d(dst + uint32_t(kb) * kBlock + uint32_t(u * R) * 128u, &kv_map, kb * 64, urow, bar);
-    }
-    if (k + 1 < ntiles && crow < kPos) lookup(begin + (k + 1) * kPos + crow);
-  };
-  auto issue = [&](int k) {  // tile k into stage k % 2; always one commit group
-    if (kTma) return issue_tma(k);
-    if (k < ntiles) {
-      const uint32_t dst = base + kOffKV + uint32_t(k % 2) * kTileB;
-      const int row = next_off >= 0 ? next_page * page_size + next_off : -1;
-      const uint16_t* src = p.cache + int64_t(max(row, 0)) * kW;
-#pragma unroll
-      for (int i = 0; i < kW / 8 / 4; ++i) {
-        const int ch = csub + 4 * i;
-        cp_async16(dst + uint32_t(ch / 8) * kBlock + swz(crow, ch % 8), src + ch * 8, row >= 0);
-      }
-      if (k + 1 < ntiles) lookup(begin + (k + 1) * kPos + crow);
-    }
-    cp_async_commit();
+  LatentTiles<kTma, kThreads> tiles(p, sel, t, begin, end, tid);
+  const int ntiles = tiles.ntiles;
+  auto issue = [&](int k) {  // tile k into stage k % 2
+    tiles.issue(k, base + kOffKV + uint32_t(k % 2) * kTileB, bar0 + 8u * uint32_t(k % 2), &kv_map);
   };
 
   // The empty-split contract of mla_attention.cu: (m = -inf, l = 0), no O.
@@ -168,6 +113,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int idx = tid + kThreads * i, r = idx / (kW / 8), ch = idx % (kW / 8);
       cp_async16(base + uint32_t(ch / 8) * kBlock + swz(r, ch % 8), q + int64_t(r) * kW + ch * 8, true);
     }
+    cp_async_commit();  // waited for with tile 0 (cp_async_wait<0> waits for committed groups only)
   }
   issue(0);
 
@@ -186,11 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     cp_async_wait<0>();
     if (kTma) {
       mbar_wait(bar0 + 8u * uint32_t(it % 2), uint32_t(it / 2) & 1u);
-      const int valid = end - (begin + it * kPos);  // rows of the tile before the end
-      for (int idx = tid; valid < kPos && idx < (kPos - valid) * kKB * 8; idx += kThreads) {
-        const int rr = valid + idx / (kKB * 8), ch = idx % (kKB * 8);
-        st_shared_zero16(kv + uint32_t(ch / 8) * kBlock + swz(rr, ch % 8));
-      }
+      tiles.zero_tail(kv, it);
     }
     fence_proxy_async();
     __syncthreads();  // tile it (and Q) landed; both warpgroups retired tile it-1's wgmma
@@ -305,7 +247,13 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 }  // namespace
 
-bool mla_wgmma_applies(int64_t H, int64_t r, int64_t dr) { return H > 0 && H % kHeads == 0 && r == kR && dr == kW - kR; }
+bool mla_wgmma_applies(int64_t H, int64_t r, int64_t dr) {
+  return H > 0 && H % 16 == 0 && r == kR && dr == kW - kR;
+}
+int mla_wgmma_heads(int64_t H) { return H % kHeads == 0 ? kHeads : mla_narrow_heads(H); }
+bool mla_wgmma_preferred(int64_t T, int64_t H, int64_t capacity) {
+  return H % kHeads == 0 || T * capacity >= 4096;
+}
 
 void configure_mla_decode_wgmma_kernel() {
   for (auto* kernel : {mla_decode_wgmma_kernel<false>, mla_decode_wgmma_kernel<true>})
@@ -313,18 +261,13 @@ void configure_mla_decode_wgmma_kernel() {
           "mla_decode_wgmma smem");
 }
 
-namespace {
-
-// Dense attention over a cache of known rows whose page runs fill whole 8-row swizzle groups and tile 64-row
-// tiles (page_size a multiple of 8 dividing 64, or a multiple of 64) takes tensor-map copies.
-bool tma_applies(const MlaParams& p) {
+bool mla_tma_applies(const MlaParams& p) {
   const int ps = p.page_size;
   return !p.indices && p.cache_rows > 0 && ps >= 8 && ps % 8 == 0 && (kPos % ps == 0 || ps % kPos == 0);
 }
 
-// The cache as a 2-D tensor [cache_rows, 576] BF16 with boxes of min(page_size, 64) rows x 64 columns in the
-// 128-byte swizzle. cuTensorMapEncodeTiled comes from the driver through the runtime (no link to libcuda).
-CUtensorMap latent_cache_map(const MlaParams& p) {
+// cuTensorMapEncodeTiled comes from the driver through the runtime (no link to libcuda).
+CUtensorMap mla_latent_cache_map(const MlaParams& p) {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult q{};
@@ -345,14 +288,14 @@ CUtensorMap latent_cache_map(const MlaParams& p) {
   return map;
 }
 
-}  // namespace
-
 void mla_attention_wgmma(const MlaParams& p, cudaStream_t s) {
-  if (!mla_wgmma_applies(p.H, p.r, p.dr)) check(cudaErrorInvalidValue, "mla_attention_wgmma: needs H % 64 == 0, r 512, rope 64");
+  if (!mla_wgmma_applies(p.H, p.r, p.dr))
+    check(cudaErrorInvalidValue, "mla_attention_wgmma: needs H % 16 == 0, r 512, rope 64");
+  if (p.H % kHeads != 0) return mla_attention_narrow(p, s);  // mla_decode_narrow.cu
   const dim3 grid(unsigned(p.T) * unsigned(p.H / kHeads), unsigned(p.splits));
-  if (tma_applies(p))
+  if (mla_tma_applies(p))
     launch("mla_attention_wgmma", mla_decode_wgmma_kernel<true>, grid, dim3(kThreads), kSmem, s, p,
-           latent_cache_map(p));
+           mla_latent_cache_map(p));
   else
     launch("mla_attention_wgmma", mla_decode_wgmma_kernel<false>, grid, dim3(kThreads), kSmem, s, p,
            CUtensorMap{});

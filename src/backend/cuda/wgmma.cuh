@@ -116,7 +116,7 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t a, uin
 }
 
 // d[64 x 32] (+)= A[64 x 16] B[16 x 32], as wgmma_m64n256k16.
-template <int kTransB = 0>
+template <int kTransB = 0, int kTransA = 0>
 __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t a, uint64_t b, int accumulate = 1) {
   asm volatile(
       "{\n"
@@ -124,11 +124,37 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t a, uint
       "setp.ne.b32 p, %18, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-      "%16, %17, p, 1, 1, 0, %19;\n"
+      "%16, %17, p, 1, 1, %20, %19;\n"
       "}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-      : "l"(a), "l"(b), "r"(accumulate), "n"(kTransB));
+      : "l"(a), "l"(b), "r"(accumulate), "n"(kTransB), "n"(kTransA));
+}
+
+// d[64 x 16] (+)= A[64 x 16] B[16 x 16], as wgmma_m64n256k16 (8 F32 per thread).
+template <int kTransB = 0, int kTransA = 0>
+__device__ __forceinline__ void wgmma_m64n16k16(float (&d)[8], uint64_t a, uint64_t b, int accumulate = 1) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7}, "
+      "%8, %9, p, 1, 1, %12, %11;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "l"(a), "l"(b), "r"(accumulate), "n"(kTransB), "n"(kTransA));
+}
+
+// The m64nNk16 above for N 16 or 32 (a kernel templated on its N).
+template <int kTransB, int kTransA, int kN>
+__device__ __forceinline__ void wgmma_m64nNk16(float (&d)[kN / 2], uint64_t a, uint64_t b,
+                                               int accumulate = 1) {
+  static_assert(kN == 16 || kN == 32, "wgmma_m64nNk16: N 16 or 32");
+  if constexpr (kN == 16)
+    wgmma_m64n16k16<kTransB, kTransA>(d, a, b, accumulate);
+  else
+    wgmma_m64n32k16<kTransB, kTransA>(d, a, b, accumulate);
 }
 
 // d[64 x 64] (+)= A[64 x 16] B[16 x 64], both K-major BF16 in shared memory, as wgmma_m64n256k16 (32 F32 per
