@@ -196,6 +196,13 @@ class CudaBackend final : public Backend {
     return T > cuda::kGemvMaxTile && gemm_ok(w) && ctx_.options().prefill != CudaOptions::Prefill::Gemv;
   }
   bool split() const { return ctx_.options().prefill == CudaOptions::Prefill::Split; }
+  // MLA's absorption (W_UK) and value projection (W_UV) as strided batched BF16 GEMMs over the heads instead
+  // of the head-batched CUDA-core kernels: above the GEMV's tile, with BF16 kv_b, where the GEMMs round their
+  // activations to BF16 (not in Split mode, which keeps them exact, nor in Gemv mode).
+  bool mla_products_on_gemm(int64_t T, const Weight& kv_b) const {
+    return T > cuda::kGemvMaxTile && kv_b.w.dtype == DType::BF16 && !split() &&
+           ctx_.options().prefill != CudaOptions::Prefill::Gemv;
+  }
   // Prefill::Fp8 and an FP8 weight with 128x128 blocks of a shape cuBLASLt's block-scaled GEMM takes.
   bool fp8_gemm_ok(const Weight& w) const {
     return ctx_.options().prefill == CudaOptions::Prefill::Fp8 && w.w.dtype == DType::F8_E4M3 &&

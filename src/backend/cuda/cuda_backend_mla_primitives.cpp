@@ -3,6 +3,7 @@
 // mla_absorb_q (qf in BF16, the cache dtype), the split-KV attention kernel of mla_attention.cu (which also
 // writes the log-sum-exp when asked) and the batched-over-heads GEMV for W_UV.
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/gemm.h"
 #include "core/error.h"
 
 namespace moe {
@@ -15,6 +16,16 @@ void CudaBackend::mla_absorb(const TensorView& q, const Weight& kv_b, int64_t dn
   MOE_CHECK(kv_b.rows() == H * (dn + dv) && kv_b.cols() == r, "mla_absorb: kv_b_proj is {} but expected [{}, {}]",
             kv_b.w.shape.str(), H * (dn + dv), r);
   if (T == 0) return;
+  if (mla_products_on_gemm(T, kv_b)) {
+    // Per head h: qf[:, h, :r] [T, r] = BF16(q_nope[:, h]) [T, dn] @ W_UK[h] [dn, r] (rows h (dn + dv) .. of
+    // kv_b as they are), one strided batched GEMM over the heads, BF16 out.
+    Tensor qn = scratch(DType::BF16, {T, H, dn});
+    cuda::mla_split_q(q.as<const float>(), T, H, dn, dr, r, qn.as<uint16_t>(), qf.as<uint16_t>(), stream_);
+    cuda::gemm_bf16_strided_batched(cublas_, qn.as<const uint16_t>(), H * dn, dn, kv_b.w.as<const uint16_t>(),
+                                    r, (dn + dv) * r, true, qf.as<uint16_t>(), CUDA_R_16BF, H * W, W, T, r,
+                                    dn, H);
+    return;
+  }
   cuda::mla_absorb_q(q.as<const float>(), cuda::ref(kv_b), T, H, dn, dv, dr, qf.as<uint16_t>(), stream_);
 }
 
@@ -87,6 +98,16 @@ void CudaBackend::mla_project_v(const TensorView& o_lat, const Weight& kv_b, int
   MOE_CHECK(out.dtype == DType::F32 && out.numel() == T * H * dv, "mla_project_v: out is {} for [{}, {} * {}]",
             out.shape.str(), T, H, dv);
   if (T == 0) return;
+  if (mla_products_on_gemm(T, kv_b)) {
+    // Per head h: out[:, h] [T, dv] = BF16(o_lat[:, h]) [T, r] @ W_UV[h]^T (rows h (dn + dv) + dn .. + dv of
+    // kv_b, [dv, r]), one strided batched GEMM over the heads, F32 out.
+    Tensor ob = scratch(DType::BF16, {T, H, r});
+    cuda::f32_to_bf16(o_lat.as<const float>(), ob.as<uint16_t>(), T * H * r, stream_);
+    cuda::gemm_bf16_strided_batched(cublas_, ob.as<const uint16_t>(), H * r, r,
+                                    kv_b.w.as<const uint16_t>() + dn * r, r, (dn + dv) * r, false,
+                                    out.as<float>(), CUDA_R_32F, H * dv, dv, T, dv, r, H);
+    return;
+  }
   // out[t, h] = W_UV[h] o_lat[t, h]: rows dn .. dn+dv of head h's kv_b block, batched over heads.
   cuda::GemvParams g = dense_gemv(kv_b, o_lat.as<const float>(), H * r, out.as<float>(), H * dv, T);
   g.N = dv;

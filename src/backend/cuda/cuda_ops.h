@@ -169,6 +169,11 @@ void mla_rope_q(float* q, const double* inv_freq, double attn_factor, const int3
 // qf [T, H, r + dr] (BF16) = (W_UK[h]^T q_nope[t, h], q_rope[t, h]) with W_UK[h] rows h*(dn+dv) .. +dn of kv_b.
 void mla_absorb_q(const float* q, const WeightRef& kv_b, int64_t T, int64_t H, int64_t dn, int64_t dv, int64_t dr,
                   uint16_t* qf, cudaStream_t s);
+// The absorption on the tensor cores (CudaBackend::mla_absorb, batches above the GEMV's tile) takes q's parts
+// apart first: qn [T, H, dn] = BF16(q_nope) for the batched GEMM over heads, and qf's rope columns [r, r +
+// dr) = BF16(q_rope).
+void mla_split_q(const float* q, int64_t T, int64_t H, int64_t dn, int64_t dr, int64_t r, uint16_t* qn,
+                 uint16_t* qf, cudaStream_t s);
 
 // ---- mla_attention.cu --------------------------------------------------------------------------------------
 // Absorbed MLA attention over the paged latent cache: o_lat[t, h] = softmax_j(scale * qf[t, h] . cache[j]) cache[j, :r]

@@ -30,4 +30,17 @@ void gemm_bf16_out(cublasHandle_t handle, const uint16_t* x, int64_t ldx, const 
                "cublasGemmEx (BF16 out)");
 }
 
+void gemm_bf16_strided_batched(cublasHandle_t handle, const uint16_t* x, int64_t ldx, int64_t sx,
+                               const uint16_t* w, int64_t ldw, int64_t sw, bool w_kn, void* out,
+                               cudaDataType out_type, int64_t ldo, int64_t so, int64_t T, int64_t N,
+                               int64_t K, int64_t count) {
+  // w [K, N] row-major is N x K column-major as it is (op N); w [N, K] row-major is K x N (op T).
+  const float alpha = 1.0f, beta = 0.0f;
+  check_cublas(cublasGemmStridedBatchedEx(handle, w_kn ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, int(N),
+                                          int(T), int(K), &alpha, w, CUDA_R_16BF, int(ldw), sw, x,
+                                          CUDA_R_16BF, int(ldx), sx, &beta, out, out_type, int(ldo), so,
+                                          int(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmStridedBatchedEx");
+}
+
 }  // namespace moe::cuda

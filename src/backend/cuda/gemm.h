@@ -12,4 +12,12 @@ void gemm_bf16(cublasHandle_t handle, const uint16_t* x, const uint16_t* w, floa
 // out [T, N] (BF16, row-major: one rounding of the F32 accumulator) = x [T, K] (BF16, rows ldx apart) @ w [N, K]^T.
 void gemm_bf16_out(cublasHandle_t handle, const uint16_t* x, int64_t ldx, const uint16_t* w, uint16_t* out, int64_t T,
                    int64_t N, int64_t K);
+// A batch of `count` products, operand b starting at x + b * sx, w + b * sw, out + b * so (elements):
+// out_b [T, N] (row-major, rows ldo apart; F32 or BF16 by out_type: one rounding of the F32 accumulator) =
+// x_b [T, K] (BF16, rows ldx apart) @ w_b, with w_b [N, K] (rows ldw apart) transposed, or with w_kn, w_b [K,
+// N] as it is (rows ldw apart).
+void gemm_bf16_strided_batched(cublasHandle_t handle, const uint16_t* x, int64_t ldx, int64_t sx,
+                               const uint16_t* w, int64_t ldw, int64_t sw, bool w_kn, void* out,
+                               cudaDataType out_type, int64_t ldo, int64_t so, int64_t T, int64_t N,
+                               int64_t K, int64_t count);
 }  // namespace moe::cuda

@@ -158,7 +158,31 @@ __global__ void __launch_bounds__(kThreads) absorb_kernel(const float* q, Weight
   }
 }
 
+// qn [T, H, dn] = BF16(q_nope), and qf's rope columns [r, r + dr) of each head = BF16(q_rope).
+__global__ void split_q_kernel(const float* q, int64_t T, int64_t H, int64_t dn, int64_t dr, int64_t r,
+                               uint16_t* qn, uint16_t* qf) {
+  pdl_trigger();
+  pdl_wait();  // q comes from the previous kernels
+  const int64_t dh = dn + dr, n = T * H * dh;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t th = i / dh, j = i % dh;
+    const uint16_t v = float_to_bf16_bits(q[i]);
+    if (j < dn)
+      qn[th * dn + j] = v;
+    else
+      qf[th * (r + dr) + r + j - dn] = v;
+  }
+}
+
 }  // namespace
+
+void mla_split_q(const float* q, int64_t T, int64_t H, int64_t dn, int64_t dr, int64_t r, uint16_t* qn,
+                 uint16_t* qf, cudaStream_t s) {
+  if (T == 0) return;
+  const int64_t blocks = std::min<int64_t>((T * H * (dn + dr) + 255) / 256, 1024);
+  launch("mla_split_q", split_q_kernel, dim3(unsigned(blocks)), dim3(256), 0, s, q, T, H, dn, dr, r, qn, qf);
+}
 
 void mla_absorb_q(const float* q, const WeightRef& kv_b, int64_t T, int64_t H, int64_t dn, int64_t dv, int64_t dr,
                   uint16_t* qf, cudaStream_t s) {
