@@ -219,8 +219,12 @@ void mla_case(Backend& cpu, Backend& gpu, std::mt19937_64& rng, int64_t H, const
   gpu.copy_from_host(nan_thr.data(), gout);
   cpu.mla_project_v(co, kv_b.weight, dn, dv, cout);
   gpu.mla_project_v(test::to_device(gpu, co), gkv_b, dn, dv, gout);
-  EXPECT_LE(rel_l2(test::to_host_f32(gpu, gout).data(), cout.as<float>(), T * H * dv), test::gemv_bound(fp8, T))
-      << what << " project_v";
+  // Above the GEMV's 8 tokens a BF16 kv_b goes to a strided batched cuBLAS GEMM over the heads, which rounds
+  // o_lat to BF16 first: the tensor-core GEMV's bound (test::gemv_bound's comment: ~1.1e-3 rms, bound 5e-3).
+  const double pv_bound = !fp8 && T > 8 ? 5e-3 : test::gemv_bound(fp8, T);
+  const double err_pv = rel_l2(test::to_host_f32(gpu, gout).data(), cout.as<float>(), T * H * dv);
+  std::printf("%s: project_v rel L2 %.2e (bound %.0e)\n", what.c_str(), err_pv, pv_bound);
+  EXPECT_LE(err_pv, pv_bound) << what << " project_v";
 
   // The GPU's composition against its fused op (the same kernels unless the fused op takes the expanded
   // prefill form) and against the CPU's composition.
