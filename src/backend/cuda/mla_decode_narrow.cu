@@ -72,31 +72,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int32_t* sel = p.indices ? p.indices + int64_t(t) * p.K : nullptr;
   const int2 range = mla_split_range(p, sel, t, split);
   const uint32_t bar0 = base + L::kOffBar;
-  if (kTma) {
-    if (tid == 0) {
-      mbar_init(bar0, 1);
-      mbar_init(bar0 + 8, 1);
-      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
-  }
+  if (kTma) mla_init_stage_bars(bar0, tid);
   LatentTiles<kTma, kThreads> tiles(p, sel, t, range.x, range.y, tid);
   const int ntiles = tiles.ntiles, begin = range.x, end = range.y;
   auto issue = [&](int k) {
     tiles.issue(k, base + uint32_t(k % 2) * kTileB, bar0 + 8u * uint32_t(k % 2), &kv_map);
   };
 
-  // The empty-split contract of mla_attention.cu: (m = -inf, l = 0), no O.
   const bool one = p.splits == 1;
-  if (ntiles == 0) {
-    if (tid < kN) {
-      if (one && p.lse) p.lse[int64_t(t) * p.H + h0 + tid] = -INFINITY;
-      if (!one)
-        *reinterpret_cast<float2*>(p.ml_part + ((int64_t(split) * p.T + t) * p.H + h0 + tid) * 2) =
-            make_float2(-INFINITY, 0.0f);
-    }
-    return;
-  }
+  if (ntiles == 0) return mla_write_empty_split(p, t, h0, split, kN, tid);
 
   // Query rows: N x 72 chunks.
   {

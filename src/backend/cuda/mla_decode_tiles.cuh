@@ -46,6 +46,28 @@ __device__ __forceinline__ int2 mla_split_range(const MlaParams& p, const int32_
   return make_int2(begin, min(len, begin + split_len));
 }
 
+// The two stages' mbarriers (tensor-map copies) at bar0 and bar0 + 8, initialised before any thread uses
+// them.
+__device__ __forceinline__ void mla_init_stage_bars(uint32_t bar0, int tid) {
+  if (tid == 0) {
+    mbar_init(bar0, 1);
+    mbar_init(bar0 + 8, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+}
+
+// An empty split's outputs for heads h0 .. h0 + heads - 1 (threads tid < heads), the contract of
+// mla_attention.cu: (m = -inf, l = 0) and no O; with one split, lse = -inf.
+__device__ __forceinline__ void mla_write_empty_split(const MlaParams& p, int t, int h0, int split, int heads,
+                                                      int tid) {
+  if (tid >= heads) return;
+  if (p.splits == 1 && p.lse) p.lse[int64_t(t) * p.H + h0 + tid] = -INFINITY;
+  if (p.splits > 1)
+    *reinterpret_cast<float2*>(p.ml_part + ((int64_t(split) * p.T + t) * p.H + h0 + tid) * 2) =
+        make_float2(-INFINITY, 0.0f);
+}
+
 // The tiles of token t's split [begin, end) for a CTA of kThreads threads (a multiple of 64).
 template <bool kTma, int kThreads>
 struct LatentTiles {
