@@ -3,18 +3,17 @@
 // Reports, against a device-to-device copy measured in the same run:
 //   kernels: the attention kernels alone (cuda::mla_attention: attention + split combine), CUDA events around
 //            each call, median; and the absorption kernel alone;
-//   device op: absorb + attention + combine + W_UV GEMV as the backend enqueues them, 16 calls captured in a
-//            CUDA graph and replayed (programmatic dependent launch between them as in a decode step), per
-//            call;
-//   backend op: CudaBackend::mla_attention, host clock around call + synchronize (median; includes the host
-//            enqueue and launch latency), and 16 calls back to back, per call.
+//   backend op: CudaBackend::mla_attention (absorb + attention + combine + W_UV, the backend's choice of
+//            kernels and GEMMs): 16 calls captured as one CUDA graph by the backend and replayed (as decode
+//            steps run), per call; host clock around call + synchronize (median; includes the host enqueue
+//            and launch latency); 16 calls back to back, per call.
 // Every call reads a different copy of the cache (as many copies as make 2x the L2 size), so small batches
 // are not timed out of L2. Cache rate = latent-cache bytes (B * (context + 1) * 576 * 2) over the time;
 // FLOPs = 2 * (576 + 512) * H per cached position (scores and P V).
 // Where a wgmma kernel applies (heads a multiple of 16), the attention kernels are timed both ways in the
 // same run (mma.sync: mla_attention.cu, wgmma: mla_decode_wgmma.cu at multiples of 64 heads, else
 // mla_decode_narrow.cu; each with its own split count), the wgmma kernel with both of its ways of filling
-// shared memory (tensor-map copies, cp.async: same bits, checked); the device and backend ops use the
+// shared memory (tensor-map copies, cp.async: same bits, checked); the backend op uses the
 // backend's choice (cuda::mla_wgmma_preferred), or `kernel` forces one. Usage: bench_mla_attention [batch=64]
 // [context=4096] [heads=16] [reps=20] [splits=0] [kernel=auto|mma|wgmma, default CudaOptions']
 #include <cuda_runtime.h>
@@ -154,22 +153,6 @@ int main(int argc, char** argv) {
     p.o_lat = o_lat.as<float>();
     return p;
   };
-  cuda::GemvParams g;  // W_UV as CudaBackend::mla_attention sets it up
-  g.wdtype = DType::BF16;
-  g.w[0] = gw.w.data;
-  g.N = dv;
-  g.K = r;
-  g.x = o_lat.as<const float>();
-  g.x_stride = H * r;
-  g.out = out.as<float>();
-  g.out_stride = H * dv;
-  g.T = int32_t(B);
-  g.w_row_base = dn;
-  g.w_row_step = dn + dv;
-  g.x_step = r;
-  g.out_step = dv;
-  g.grid_y = int32_t(H);
-  const int tile = B <= 1 ? 1 : B <= 2 ? 2 : B <= 4 ? 4 : cuda::kGemvMaxTile;
 
   gpu->synchronize();
   cudaStream_t st;
@@ -213,27 +196,29 @@ int main(int argc, char** argv) {
   const double ms_attn = use_wgmma ? ms_attn_wg : ms_attn_mma;
   const double ms_absorb = event_ms([&](int) { cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st); }, kreps);
 
-  // Device op: 16 calls in one graph.
+  // Backend op: CudaBackend::mla_attention as a decode step runs it (absorb, attention, combine, W_UV: the
+  // backend's choices of kernels and GEMMs), host clock around call + synchronize, 16 calls back to back, and
+  // 16 calls captured as one CUDA graph by the backend (as the step executor captures decode steps) and
+  // replayed.
   constexpr int kGraphCalls = 16;
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  MOE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < kGraphCalls; ++i) {
-    cuda::mla_absorb_q(gq.as<const float>(), kref, B, H, dn, dv, dr, qf.as<uint16_t>(), st);
-    cuda::mla_attention(params(i % copies, use_wgmma), st);
-    cuda::gemv(g, tile, st);
-  }
-  MOE_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
-  MOE_CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, graph, 0));
-  MOE_CUDA_CHECK(cudaGraphLaunch(exec, st));
-  MOE_CUDA_CHECK(cudaStreamSynchronize(st));
-  const double ms_graph = event_ms([&](int) { MOE_CUDA_CHECK(cudaGraphLaunch(exec, st)); }, std::max(reps, 20)) / kGraphCalls;
-
-  // Backend op.
   auto call = [&](int64_t c) { gpu->mla_attention(gq, gw, cache, dn, dv, scale, batches[size_t(c)], out); };
   for (int i = 0; i < 3; ++i) call(i % copies);
   gpu->synchronize();
+  gpu->begin_capture();
+  for (int i = 0; i < kGraphCalls; ++i) call(i % copies);
+  const std::shared_ptr<CapturedWork> work = gpu->end_capture();
+  gpu->replay(*work);
+  gpu->synchronize();
   std::vector<double> ms;
+  for (int i = 0; i < std::max(reps, 20); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    gpu->replay(*work);
+    gpu->synchronize();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
+                 kGraphCalls);
+  }
+  const double ms_graph = median(ms);
+  ms.clear();
   for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     call(i % copies);
@@ -269,7 +254,7 @@ int main(int argc, char** argv) {
                same_bits ? "the same bits" : "OUTPUTS DIFFER");
   }
   fmt::print("  {:<44} {:8.4f} ms\n", "kernels: absorb (events)", ms_absorb);
-  line("device op: absorb+attn+combine+W_UV (graph)", ms_graph);
+  line("backend op: 16 calls as one graph, per call", ms_graph);
   line("backend op: host clock, call + sync", ms_wall);
   line("backend op: 16 calls back to back", ms_b2b);
   if (has_wgmma)
@@ -280,12 +265,12 @@ int main(int argc, char** argv) {
         100.0 * bytes / (ms_attn_mma * 1e-3) / bw, ms_attn_wg * 1e3, flops / (ms_attn_wg * 1e-3) / 1e12,
         100.0 * bytes / (ms_attn_wg * 1e-3) / bw, ms_attn_mma / ms_attn_wg, ms_attn_wg_cp * 1e3,
         same_bits ? 1 : 0);
-  fmt::print("RESULT B={} ctx={} H={} splits={} attn_us={:.1f} absorb_us={:.1f} op_graph_us={:.1f} op_wall_us={:.1f} "
-             "op_b2b_us={:.1f} attn_pct_copy={:.1f} attn_tflops={:.1f}\n",
-             B, ctx, H, splits_used, ms_attn * 1e3, ms_absorb * 1e3, ms_graph * 1e3, ms_wall * 1e3, ms_b2b * 1e3,
-             100.0 * bytes / (ms_attn * 1e-3) / bw, flops / (ms_attn * 1e-3) / 1e12);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
+  fmt::print(
+      "RESULT B={} ctx={} H={} splits={} attn_us={:.1f} absorb_us={:.1f} op_graph_us={:.1f} "
+      "op_wall_us={:.1f} "
+      "op_b2b_us={:.1f} attn_pct_copy={:.1f} attn_tflops={:.1f}\n",
+      B, ctx, H, splits_used, ms_attn * 1e3, ms_absorb * 1e3, ms_graph * 1e3, ms_wall * 1e3, ms_b2b * 1e3,
+      100.0 * bytes / (ms_attn * 1e-3) / bw, flops / (ms_attn * 1e-3) / 1e12);
   cudaStreamDestroy(st);
   return 0;
 }
