@@ -216,10 +216,12 @@ void mla_attention(const MlaParams& p, cudaStream_t s);
 bool mla_wgmma_applies(int64_t H, int64_t r, int64_t dr);
 int mla_wgmma_heads(int64_t H);  // heads per block of the wgmma kernel for H
 // CudaOptions::mla_decode Auto's choice where a wgmma kernel applies, for T tokens over `capacity` positions
-// each: the 64-head kernel always; the narrow one where the batch streams at least 4096 cached positions
-// (T x capacity). Below that the mma.sync kernel's 32-position tiles split a short context finer (H100, 16
-// heads, attention + combine: batch 1 at context 512 12.3 us against the narrow kernel's 13.1; batch 1 at
-// 4096 16.5 against 15.4, batch 8 at 4096 29.3 against 27.2, batch 64 at 4096 127 against 121).
+// each: the 64-head kernel always; the narrow one for long contexts (capacity >= 2048) or batches that stream
+// at least 32768 cached positions (T x capacity). Below that the mma.sync kernel's 32-position tiles split a
+// short context finer. H100, 16 heads, attention + combine, mma.sync / narrow: context 4096 at batch 1 16.7 /
+// 15.6 us, 8 29.3 / 27.2, 16 44.3 / 41.7, 64 127.4 / 121.2; context 512 at batch 1 12.5 / 13.3, 8 14.8
+// / 14.9, 32 23.1 / 23.0, 64 35.4 / 34.5; the 8-layer peer model's BF16 decode at batch 8, context 512, 1 %
+// slower on the narrow kernel (bench/RESULTS.md).
 bool mla_wgmma_preferred(int64_t T, int64_t H, int64_t capacity);
 void configure_mla_decode_wgmma_kernel();
 void mla_attention_wgmma(const MlaParams& p, cudaStream_t s);  // attention only (mla_attention adds the combine)

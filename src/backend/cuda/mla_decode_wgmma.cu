@@ -236,7 +236,7 @@ bool mla_wgmma_applies(int64_t H, int64_t r, int64_t dr) {
 }
 int mla_wgmma_heads(int64_t H) { return H % kHeads == 0 ? kHeads : mla_narrow_heads(H); }
 bool mla_wgmma_preferred(int64_t T, int64_t H, int64_t capacity) {
-  return H % kHeads == 0 || T * capacity >= 4096;
+  return H % kHeads == 0 || capacity >= 2048 || T * capacity >= 32768;
 }
 
 void configure_mla_decode_wgmma_kernel() {
