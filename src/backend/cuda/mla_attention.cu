@@ -421,8 +421,8 @@ int32_t mla_choose_splits(int64_t T, int64_t H, int64_t r, int64_t capacity, int
   // Fitted to batch-1 runs on the H100 (bench/gpu/NOTES-mla.md): 18 splits best at 18 tiles (context 512),
   // 26-65 at 130 tiles (4096), where 130 splits cost 4.5 us more. The capacity, not the current length,
   // sets the count: the launch must not depend on positions.
-  // The wgmma kernel: 64 heads per block and 64-position tiles (a tile-time ~2x the mma.sync kernel's at
-  // 32 heads, not yet measured: the same model in its own units).
+  // The wgmma kernels: mla_wgmma_heads per block (64, or the narrow kernel's 16 / 32) and 64-position tiles
+  // (the same model in their own units, not fitted to them).
   (void)r;
   const int64_t hpb = wgmma ? mla_wgmma_heads(H) : heads_per_block(H), tile = wgmma ? 64 : kTile;
   const int64_t N = T * ((H + hpb - 1) / hpb);
