@@ -13,8 +13,8 @@
 // Work split: grid (token t x N-head group, split s), the groups of one token adjacent in launch order; the
 // splits, partials (m, l, O) and combine are those of mla_attention.cu. CTA: one warpgroup (128 threads), one
 // CTA an SM (shared memory: two 72 KB stages). Per tile: wait for it, then the previous tile's stage is
-// refilled with the next tile (two tiles in flight while the warpgroup works: ~0.9 us of tensor and softmax
-// work a tile against ~2.9 us to stream 72 KB at the copy rate's share of an SM), S^T, the online softmax
+// refilled with the next tile (one tile in flight while the warpgroup works; a second one in flight gained
+// nothing: the kernel streams at ~85 % of the DRAM's peak, bench/gpu/NOTES-mla.md), S^T, the online softmax
 // over the 64 positions of each head column (warp maxima meet in shared memory), P^T to shared memory, O^T.
 #include <cuda.h>
 
@@ -30,9 +30,9 @@ namespace moe::cuda {
 
 namespace {
 
-using mla_tiles::kBlock, mla_tiles::kKB, mla_tiles::kPos, mla_tiles::kR, mla_tiles::kTileB, mla_tiles::kW;
+using mla_tiles::kBlock, mla_tiles::kKB, mla_tiles::kLog2e, mla_tiles::kPos, mla_tiles::kR, mla_tiles::kTileB,
+    mla_tiles::kW;
 constexpr int kThreads = 128, kMB = kR / 64;  // one warpgroup; the 8 M-blocks of O^T
-constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 // Shared memory (base 1024-aligned; every block in the 128-byte swizzle of wgmma.cuh):
 //   KV [2 stages][9 blocks of 8 KB], Q [9 blocks][N rows][128 B], P [N rows][64 pos], red [4 warps][N] F32,
@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int n = 8 * j + cq + c, hh = h0 + n;
       const float Lsum = (sred[n] + sred[kN + n]) + (sred[2 * kN + n] + sred[3 * kN + n]);
       if (warp == 0 && lane < 4) {
-        if (one && p.lse) p.lse[int64_t(t) * p.H + hh] = (m_run[j][c] + log2f(Lsum)) * kLn2;
+        if (one && p.lse) p.lse[int64_t(t) * p.H + hh] = mla_lse(m_run[j][c], Lsum);
         if (!one)
           *reinterpret_cast<float2*>(p.ml_part + ((int64_t(split) * p.T + t) * p.H + hh) * 2) =
               make_float2(m_run[j][c], Lsum);

@@ -30,7 +30,11 @@ namespace mla_tiles {
 constexpr int kR = 512, kW = 576, kKB = kW / 64, kPos = 64;
 constexpr uint32_t kBlock = 64 * 128;                // one swizzled [64][64] BF16 block
 constexpr uint32_t kTileB = uint32_t(kKB) * kBlock;  // 72 KB: a cache tile
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 }  // namespace mla_tiles
+
+// The natural-log log-sum-exp from a log2-domain running max m and sum l (the kernels' softmax state).
+__device__ __forceinline__ float mla_lse(float m, float l) { return (m + log2f(l)) * mla_tiles::kLn2; }
 
 __device__ __forceinline__ void st_shared_zero16(uint32_t addr) {
   asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(addr), "r"(0u) : "memory");

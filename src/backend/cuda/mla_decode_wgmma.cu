@@ -44,7 +44,8 @@ namespace moe::cuda {
 
 namespace {
 
-using mla_tiles::kBlock, mla_tiles::kKB, mla_tiles::kPos, mla_tiles::kR, mla_tiles::kTileB, mla_tiles::kW;
+using mla_tiles::kBlock, mla_tiles::kKB, mla_tiles::kLog2e, mla_tiles::kPos, mla_tiles::kR, mla_tiles::kTileB,
+    mla_tiles::kW;
 constexpr int kHeads = 64, kThreads = 256;
 constexpr uint32_t kOffKV = kTileB, kOffP = 3 * kTileB, kOffMax = kOffP + kBlock, kOffSum = kOffMax + 2 * 64 * 4;
 constexpr uint32_t kOffBar = kOffSum + 2 * 64 * 4;     // the two stages' mbarriers (tensor-map copies)
@@ -55,8 +56,6 @@ static_assert(kHeads == 64 && kPos == 64 && kThreads == 256, "two warpgroups ove
 __device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
   asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }
-
-constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 // kTma: cache tiles by tensor-map copies, else by cp.async (mla_decode_tiles.cuh).
 template <bool kTma>
@@ -216,7 +215,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int r = r0 + 8 * q, hh = h0 + r;
     const float L = ssum[r] + ssum[64 + r];
     if (wg == 0 && lane % 4 == 0) {
-      if (one && p.lse) p.lse[int64_t(t) * p.H + hh] = (m_run[q] + log2f(L)) * kLn2;
+      if (one && p.lse) p.lse[int64_t(t) * p.H + hh] = mla_lse(m_run[q], L);
       if (!one)
         *reinterpret_cast<float2*>(p.ml_part + ((int64_t(split) * p.T + t) * p.H + hh) * 2) = make_float2(m_run[q], L);
     }
