@@ -83,13 +83,15 @@ __device__ __forceinline__ void item_weights(const GemvParams& p, const WorkItem
 
 // Token g's x at the lane's values of one step (xc: its first, kVals of them) as the mma's B fragments, BF16
 // pairs (FP8: x scaled by kMmaXScale first); zeros where the lane's token is not valid (!tok).
-template <DType WT>
+// kShared: xc points into shared memory (gemv_ring.cuh), else global memory read through the read-only path.
+template <DType WT, bool kShared = false>
 __device__ __forceinline__ void mma_x_fragments(const float* xc, bool tok,
                                                 uint32_t (&xb)[WT == DType::F8_E4M3 ? 8 : 4]) {
   constexpr int kVals = WT == DType::F8_E4M3 ? 16 : 8;
 #pragma unroll
   for (int i = 0; i < kVals / 4; ++i) {
-    float4 v = tok ? __ldg(reinterpret_cast<const float4*>(xc) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+    const float4* q = reinterpret_cast<const float4*>(xc) + i;
+    float4 v = !tok ? make_float4(0.f, 0.f, 0.f, 0.f) : kShared ? *q : __ldg(q);
     if constexpr (WT == DType::F8_E4M3)
       v = make_float4(v.x * kMmaXScale, v.y * kMmaXScale, v.z * kMmaXScale, v.w * kMmaXScale);
     xb[2 * i] = pack_bf16(v.x, v.y);
