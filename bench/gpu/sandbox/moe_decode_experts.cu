@@ -16,8 +16,7 @@
 //             tensor cores (one tile of 16 rows a block, its K split over 8 warps and summed in shared
 //             memory); BF16 as prod.
 //   ring      gemv_ring.cuh's candidate (persistent blocks fed by a ring of bulk copies) for FP8 at one
-//   assignment
-//             a pass over the ids (gate / up, down + combine), else prod; its outputs must have block's bits.
+//             assignment a pass over the ids (gate / up, down + combine), else prod; block's bits required.
 //   ring bf16 the same for BF16 at one assignment a pass (production: the CUDA cores), else prod.
 //   tma       gemv_tma.cuh's candidate where it would apply (FP8 at one assignment a pass and under 16 a
 //             step: gate / up over the ids, down + combine), else prod.
