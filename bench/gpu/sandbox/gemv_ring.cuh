@@ -23,14 +23,15 @@
 // in moe_combine's order of fmaf in registers (one block owns the rows: no counters, no last-block tail).
 // Block b of G takes units [b U / G, (b + 1) U / G). Ids -1 are skipped (no expert, y not written).
 //
-// Measured (H100, 2026-12-06 19:51 UTC, bench/RESULTS.md), with the consumers reading x from global memory a
-// step at a time: FP8 at one token 51.7 us a MoE layer against gemv_mma_block's 46.2 (down + combine 23.4
-// against 18.7); whole-model FP8 batch 1 981-985 tok/s against 1034-1040; BF16 at one token 67.4 against the
-// CUDA-core kernel's 54.5; BF16 over work items at batch 8 (a variant since removed) -13 % in the whole
-// model. This version copies x into each stage with the weights (the consumers' x loads were dependent global
-// loads at every step); it has not been run on a GPU. racecheck reported hazards between a stage's bulk
-// copies and the previous use's shared-memory reads, ordered only by the stage's "empty" mbarrier, which the
-// tool does not follow.
+// Measured (H100, 2026-12-06, bench/RESULTS.md). First version (consumers read x from global memory a step at a
+// time): FP8 at one token 51.7 us a MoE layer against gemv_mma_block's 46.2 (down + combine 23.4 against 18.7);
+// whole-model FP8 batch 1 981-985 tok/s against 1034-1040; BF16 over work items at batch 8 (a variant since
+// removed) -13 % in the whole model. This version (x copied into each stage with the weights): 48.6 against 46.0
+// (gate / up 31.8 against 27.1: a stage holds 1536 of 2048 columns; down + combine 17.2 against 18.7, the fastest
+// measured); BF16 at one token 62.3 against the CUDA-core kernel's 53.8. Nsight Compute: 9 warps an SM (one
+// block), a warp issuing every 7 cycles: too few warps to issue the E4M3 -> BF16 conversion and the mma at the
+// memory's rate. racecheck reported hazards between a stage's bulk copies and the previous use's shared-memory
+// reads, which only the stage's "empty" mbarrier orders (the tool does not follow it).
 #include "backend/cuda/gemv_mma.cuh"
 #include "backend/cuda/tensor_core.cuh"
 
