@@ -31,7 +31,7 @@
 // measured); BF16 at one token 62.3 against the CUDA-core kernel's 53.8. Nsight Compute: 9 warps an SM (one
 // block), a warp issuing every 7 cycles: too few warps to issue the E4M3 -> BF16 conversion and the mma at the
 // memory's rate. racecheck reported hazards between a stage's bulk copies and the previous use's shared-memory
-// reads, which only the stage's "empty" mbarrier orders (the tool does not follow it).
+// reads, which only the stage's "empty" mbarrier orders; whether the tool follows that ordering is not known.
 #include "backend/cuda/gemv_mma.cuh"
 #include "backend/cuda/tensor_core.cuh"
 
