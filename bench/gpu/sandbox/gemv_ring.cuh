@@ -87,17 +87,16 @@ __device__ __forceinline__ void ring_consumers_sync() {
 }
 
 // The block's walk, the same for the producer and the consumers so that both see the same stages: for each of
-// its units and each of the unit's assignments (k > 1: the combine's), f(unit, work item, j, row tile x); an
-// id -1 is passed too, as an item of count 0.
+// its units and each of the unit's assignments (k > 1: the combine's), f(unit, assignment a, expert e (-1:
+// none), j, row tile x).
 template <typename F>
 __device__ __forceinline__ void ring_walk(const GemvParams& p, int32_t k, int64_t units, const F& f) {
   const int64_t b = blockIdx.x, G = gridDim.x, u0 = b * units / G, u1 = (b + 1) * units / G;
   const int64_t T16 = (p.N + kMmaRows - 1) / kMmaRows;
   for (int64_t u = u0; u < u1; ++u)
     for (int j = 0; j < k; ++j) {
-      const int64_t y = (u / T16) * k + j;
-      const int e = p.ids[y];
-      f(u, WorkItem{e, int(y), e >= 0 ? 1 : 0}, j, u % T16);
+      const int a = int((u / T16) * k + j);
+      f(u, a, p.ids[a], j, u % T16);
     }
 }
 
@@ -109,7 +108,7 @@ __global__ void __launch_bounds__(kRingThreads, 1)
   constexpr int64_t kEb = kFp8 ? 1 : 2, kVals = kFp8 ? 16 : 8;
   extern __shared__ __align__(128) unsigned char ring[];      // [stages][M][16][row_bytes]
   __shared__ __align__(8) uint64_t bars[2 * kRingMaxStages];  // full[s], then empty[s]
-  __shared__ float red[2][M][kRingWarps][kMmaRows][8];        // by sub-unit parity (see the barrier below)
+  __shared__ float red[2][M][kRingWarps][kMmaRows];           // by assignment parity (see the barrier below)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t N = p.N, K = p.K, kc = sh.kc, T16 = (N + kMmaRows - 1) / kMmaRows;
   const int32_t k = COMBINE ? cb.k : 1;
@@ -129,12 +128,12 @@ __global__ void __launch_bounds__(kRingThreads, 1)
   if (warp == kRingWarps) {  // the producer: one lane issues every copy
     if (lane != 0) return;
     int64_t i = 0;
-    ring_walk(p, k, units, [&](int64_t, const WorkItem& w, int, int64_t x) {
-      if (w.count == 0) return;
+    ring_walk(p, k, units, [&](int64_t, int a, int e, int, int64_t x) {
+      if (e < 0) return;
       const int64_t r0 = x * kMmaRows, rows = min(int64_t(kMmaRows), N - r0);
       const char* wm[M];
 #pragma unroll
-      for (int m = 0; m < M; ++m) wm[m] = static_cast<const char*>(p.table[w.e * 6 + p.matrix + m]);
+      for (int m = 0; m < M; ++m) wm[m] = static_cast<const char*>(p.table[e * 6 + p.matrix + m]);
       for (int c = 0; c < sh.chunks; ++c, ++i) {
         const int s = int(i % sh.stages);
         const int64_t n = i / sh.stages, cols = min(kc, K - c * kc);
@@ -142,8 +141,7 @@ __global__ void __launch_bounds__(kRingThreads, 1)
         const uint32_t full = full0 + 8 * s, dst = smem_addr(ring + s * sh.stage_bytes);
         mbar_expect_tx(full, uint32_t(M * rows * cols * kEb + cols * 4));
         bulk_load(dst + uint32_t(M * kMmaRows * sh.row_bytes),
-                  p.x + int64_t(assignment(p, w, 0) / p.x_row_div) * p.x_stride + c * kc, uint32_t(cols * 4),
-                  full);
+                  p.x + int64_t(a / p.x_row_div) * p.x_stride + c * kc, uint32_t(cols * 4), full);
 #pragma unroll
         for (int m = 0; m < M; ++m)
           for (int64_t r = 0; r < rows; ++r)
@@ -154,23 +152,23 @@ __global__ void __launch_bounds__(kRingThreads, 1)
     return;
   }
 
-  // The consumers: lane (g, c4) as in gemv_mma.cuh (token column g, rows g and g + 8).
-  const int g = lane / 4, c4 = lane % 4;
+  // The consumers: lane (g, c4) as in gemv_mma.cuh (token column g, rows g and g + 8); the one assignment is
+  // token column 0 (lanes g == 0 give x, lanes c4 == 0 hold its sums).
+  const int g = lane / 4, c4 = lane % 4, row = int(threadIdx.x);  // row: the sums' thread for that row
   const int64_t kblocks = (K + 127) / 128;
-  const int row = int(threadIdx.x) / 8, t8 = int(threadIdx.x) % 8;  // the sums' thread: row, token column
   int64_t i = 0;
   int q = 0;          // assignments computed (red's buffer)
-  float cacc = 0.0f;  // COMBINE: thread (row, 0)'s sum for its row of the current unit
-  ring_walk(p, k, units, [&](int64_t u, const WorkItem& w, int j, int64_t x) {
+  float cacc = 0.0f;  // COMBINE: thread row's sum for its row of the current unit
+  ring_walk(p, k, units, [&](int64_t u, int a, int e, int j, int64_t x) {
     const int64_t r0 = x * kMmaRows, rows = min(int64_t(kMmaRows), N - r0);
-    if (w.count > 0) {
-      const int ntok = w.count;
+    if (COMBINE && j == 0) cacc = 0.0f;
+    if (e >= 0) {
       const int ra = int(min(int64_t(g), rows - 1)), rb = int(min(int64_t(g + 8), rows - 1));
       const float* srow[M];
       float acc[M][4];
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        srow[m] = kFp8 ? static_cast<const float*>(p.table[w.e * 6 + 3 + p.matrix + m]) + (r0 / 128) * kblocks
+        srow[m] = kFp8 ? static_cast<const float*>(p.table[e * 6 + 3 + p.matrix + m]) + (r0 / 128) * kblocks
                        : nullptr;
 #pragma unroll
         for (int t = 0; t < 4; ++t) acc[m][t] = 0.0f;
@@ -186,7 +184,7 @@ __global__ void __launch_bounds__(kRingThreads, 1)
         for (int64_t ls = warp; ls < steps; ls += kRingWarps) {
           const int64_t gs = c * (kc / kStep) + ls;  // the global step: kc is all of K or whole rounds
           uint32_t xb[kVals / 2];
-          mma_x_fragments<WT, true>(xs + ls * kStep, g < ntok, xb);
+          mma_x_fragments<WT, true>(xs + ls * kStep, g == 0, xb);
 #pragma unroll
           for (int m = 0; m < M; ++m) {
             const unsigned char* t = st + m * kMmaRows * sh.row_bytes + ls * kStep * kEb;
@@ -198,40 +196,34 @@ __global__ void __launch_bounds__(kRingThreads, 1)
         __syncwarp();
         if (lane == 0) mbar_arrive(empty0 + 8 * s);
       }
-      // acc[m]: (row g, tokens 2c4, 2c4 + 1), (row g + 8, ...), as gemv_mma_block stores them.
+      // acc[m]: (row g, tokens 2c4, 2c4 + 1), (row g + 8, ...): token 0 in the lanes of c4 == 0.
+      if (c4 == 0) {
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        red[q & 1][m][warp][g][2 * c4] = acc[m][0];
-        red[q & 1][m][warp][g][2 * c4 + 1] = acc[m][1];
-        red[q & 1][m][warp][g + 8][2 * c4] = acc[m][2];
-        red[q & 1][m][warp][g + 8][2 * c4 + 1] = acc[m][3];
+        for (int m = 0; m < M; ++m) {
+          red[q & 1][m][warp][g] = acc[m][0];
+          red[q & 1][m][warp][g + 8] = acc[m][2];
+        }
       }
-      // One barrier a computed item: buffer q & 1 is written again at q + 2, after barrier q + 1, which the
-      // readers of q pass only once they have read it.
+      // One barrier a computed assignment: buffer q & 1 is written again at q + 2, after barrier q + 1, which
+      // the readers of q pass only once they have read it.
       ring_consumers_sync();
-      if (threadIdx.x < kMmaRows * 8 && t8 < ntok && row < rows) {
+      if (row < rows) {
         float sum[M];
 #pragma unroll
         for (int m = 0; m < M; ++m) {
           sum[m] = 0.0f;
 #pragma unroll
-          for (int v = 0; v < kRingWarps; ++v) sum[m] += red[q & 1][m][v][row][t8];
+          for (int v = 0; v < kRingWarps; ++v) sum[m] += red[q & 1][m][v][row];
         }
         const float v = mma_output<WT, M>(sum);
-        const int a = assignment(p, w, t8);
         p.out[int64_t(a) * p.out_stride + r0 + row] = v;
-        if constexpr (COMBINE) {
-          if (j == 0) cacc = 0.0f;
-          const float wj = cb.w[a];
-          if (wj != 0.0f) cacc = fmaf(wj, v, cacc);  // moe_combine's order
-        }
+        if constexpr (COMBINE)
+          if (cb.w[a] != 0.0f) cacc = fmaf(cb.w[a], v, cacc);  // moe_combine's order
       }
       ++q;
-    } else if (COMBINE && j == 0) {
-      cacc = 0.0f;
     }
-    if constexpr (COMBINE) {  // ids: one token column; thread (row, 0) writes the unit's combined row
-      if (j == k - 1 && threadIdx.x < kMmaRows * 8 && t8 == 0 && row < rows) {
+    if constexpr (COMBINE) {  // thread row writes the unit's combined row after its last assignment
+      if (j == k - 1 && row < rows) {
         const int64_t o = (u / T16) * N + r0 + row;
         cb.out[o] = cb.plus ? cb.plus[o] + cacc : cacc;
       }
