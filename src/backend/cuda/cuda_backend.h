@@ -240,9 +240,10 @@ class CudaBackend final : public Backend {
     int64_t T = 0, T4 = 0, K = 0;
     bool pow2_scales = false;
   };
-  // x_bf16: the rows in BF16 instead of x.
+  // x_bf16: the rows in BF16 instead of x. zero_padding false: the padding rows of q are left unwritten, for
+  // kernels that read only the T rows (the grouped FP8 GEMM, through its rows' ids).
   Fp8Activations quantize_activations(const float* x, int64_t ldx, int64_t T, int64_t K, bool pow2_scales,
-                                      const uint16_t* x_bf16 = nullptr);
+                                      const uint16_t* x_bf16 = nullptr, bool zero_padding = true);
   void gemm_fp8(const Fp8Activations& x, const Weight& w, float* out);
   // x [T, K] rounded to BF16 once (split mode: and the remainder x - hi, also BF16), for gemm_rounded and the
   // grouped BF16 kernels; lo_data() is null outside split mode.

@@ -19,20 +19,10 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   // 64-row CTAs (two per SM) while the experts average <= 64 rows (decode batches), else 128-row CTAs.
   const int64_t E = int64_t(prep.host_table.size() / 6);
   const int32_t cta_rows = TK <= 64 * E ? 64 : 128;
-  const int64_t kbD = (D + 127) / 128, kbI = (I + 127) / 128, ldT = (T + 3) / 4 * 4, ldTK = (TK + 3) / 4 * 4;
   // x per token (not per assignment: the k experts of a token share its row), E4M3 [T, D] + scales
-  // [kbD, ldT] (fp8_quant.cu's single-segment layout).
-  Tensor xq = scratch(DType::U8, {T, D}), xs = scratch(DType::F32, {kbD * ldT});
-  cuda::Fp8QuantParams q;
-  q.x = x.as<const float>();
-  q.ldx = D;
-  q.M = T;
-  q.K = D;
-  q.q = xq.as<uint8_t>();
-  q.ldq = D;
-  q.scales = xs.as<float>();
-  q.pow2_scales = prep.pow2_scales;
-  cuda::quantize_fp8(q, stream_);
+  // [D / 128, T4] (fp8_quant.cu's single-segment layout).
+  const Fp8Activations xa =
+      quantize_activations(x.as<const float>(), D, T, D, prep.pow2_scales, nullptr, false);
 
   // gate + up with SwiGLU: h[i] = silu(x[perm[i] / K] Wg^T) * (x[perm[i] / K] Wu^T), sorted rows; BF16 with the
   // 128-row CTAs (half the bytes through memory; E4M3's 3-bit mantissa comes after the rounding), else F32.
@@ -42,10 +32,10 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   up.items = items.as<const int32_t>();
   up.K = int32_t(D);
   up.N = int32_t(I);
-  up.a = xq.as<const uint8_t>();
+  up.a = xa.q.as<const uint8_t>();
   up.lda = D;
-  up.as = xs.as<const float>();
-  up.ld_as = ldT;
+  up.as = xa.s.as<const float>();
+  up.ld_as = xa.T4;
   up.a_rows = perm.as<const int32_t>();
   up.a_div = int32_t(K);
   up.wtab = const_cast<const void* const*>(prep.table);
@@ -63,24 +53,17 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   cuda::grouped_gemm_fp8(up, int32_t(n_items), stream_);
 
   // h quantised per 1x128 tile (sorted rows), then down: y[perm[i]] = h[i] Wd^T in assignment order.
-  Tensor hq = scratch(DType::U8, {TK, I}), hs = scratch(DType::F32, {kbI * ldTK});
-  q.x = hb ? nullptr : h.as<const float>();
-  q.x_bf16 = hb ? h.as<const uint16_t>() : nullptr;
-  q.ldx = I;
-  q.M = TK;
-  q.K = I;
-  q.q = hq.as<uint8_t>();
-  q.ldq = I;
-  q.scales = hs.as<float>();
-  cuda::quantize_fp8(q, stream_);
+  const Fp8Activations ha =
+      quantize_activations(hb ? nullptr : h.as<const float>(), I, TK, I, prep.pow2_scales,
+                           hb ? h.as<const uint16_t>() : nullptr, false);
   cuda::GroupedGemmFp8Params down;
   down.items = items.as<const int32_t>();
   down.K = int32_t(I);
   down.N = int32_t(D);
-  down.a = hq.as<const uint8_t>();
+  down.a = ha.q.as<const uint8_t>();
   down.lda = I;
-  down.as = hs.as<const float>();
-  down.ld_as = ldTK;
+  down.as = ha.s.as<const float>();
+  down.ld_as = ha.T4;
   down.wtab = up.wtab;
   down.wslot[0] = down.wslot[1] = 2;
   down.sslot[0] = down.sslot[1] = 5;

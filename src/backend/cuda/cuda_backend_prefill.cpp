@@ -108,8 +108,9 @@ const float* CudaBackend::fp8_weight_scales(const float* s, int64_t N, int64_t K
   return tmp.as<const float>();
 }
 
-CudaBackend::Fp8Activations CudaBackend::quantize_activations(const float* x, int64_t ldx, int64_t T, int64_t K,
-                                                              bool pow2_scales, const uint16_t* x_bf16) {
+CudaBackend::Fp8Activations CudaBackend::quantize_activations(const float* x, int64_t ldx, int64_t T,
+                                                              int64_t K, bool pow2_scales,
+                                                              const uint16_t* x_bf16, bool zero_padding) {
   // cuBLASLt takes row counts that are multiples of 4: T4 rows, the padding rows of x zero.
   Fp8Activations a;
   a.T = T;
@@ -117,8 +118,8 @@ CudaBackend::Fp8Activations CudaBackend::quantize_activations(const float* x, in
   a.K = K;
   a.pow2_scales = pow2_scales;
   a.q = scratch(DType::U8, {a.T4, K});
-  a.s = scratch(DType::F32, {K / 128, a.T4});
-  if (a.T4 != T)
+  a.s = scratch(DType::F32, {(K + 127) / 128, a.T4});
+  if (a.T4 != T && zero_padding)
     check(cudaMemsetAsync(a.q.as<uint8_t>() + T * K, 0, size_t((a.T4 - T) * K), stream_), "memset (FP8 padding rows)");
   cuda::Fp8QuantParams q;
   q.x = x_bf16 ? nullptr : x;
