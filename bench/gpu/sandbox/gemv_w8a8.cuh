@@ -10,14 +10,22 @@
 // about 75 instructions a step against the 2 loads that bring its bytes. Here a step is its 2 loads, one
 // 16-byte load of x's codes, 2 mmas a matrix and the scale arithmetic: about 15.
 //
-// Block and fragments as gemv_mma_block: 16 rows of the item's expert, 8 warps taking the 64-column steps w,
-// w
-// + 8, ...; lane (g = lane / 4, c = lane % 4) loads the 16 bytes at step column 16c of rows g and g + 8 and
-// of token g's x codes. For mma j (0, 1) the words 2j, 2j + 1 are A's registers (row g: a0, a2; row g + 8:
-// a1, a3) and B's (b0, b1): logical k 4c .. 4c + 3 and 16 + 4c .. 16 + 4c + 3 are physical columns 16c + 8j
+// Block and fragments as gemv_mma_block: 16 rows of the item's expert, 8 warps taking the 64-column steps
+// w, w + 8, ...; lane (g = lane / 4, c = lane % 4) loads the 16 bytes at step column 16c of rows g and g + 8
+// and of token g's x codes. For mma j (0, 1) the words 2j, 2j + 1 are A's registers (row g: a0, a2; row g +
+// 8: a1, a3) and B's (b0, b1): logical k 4c .. 4c + 3 and 16 + 4c .. 16 + 4c + 3 are physical columns 16c +
+// 8j
 // .. + 3 and 16c + 8j + 4 .. + 7 for A and B alike, so the k order agrees. Each step's two mmas start from
 // zero and are added to the sums with the weight block's scale times token 2c's / 2c + 1's x scale (the
 // accumulators' columns): FP32 promotion every 64 products.
+//
+// Measured (H100, 2026-12-06 23:24 UTC, bench/RESULTS.md): slower. One token's MoE layer at Moonlight's
+// widths 49.14 us against gemv_mma_block's 45.92 (gate / up 27.20 against 27.14, down + combine 22.59
+// against 18.73), the two quantising launches included; without them ("w8a8 noq") 44.10 (24.66 / 19.87). So
+// the widening was worth ~2.5 us of gate / up's 27 and nothing on down, whose kernel here holds 108 registers
+// (2 blocks an SM) against gemv_mma_block's 64 (4). In production (branch w8a8-gemv, kept locally)
+// whole-model FP8 decode at batch 1 of the 8-layer llama.cpp-peer checkpoint ran 1004.2 / 984.0 tok/s against
+// 1019.9 / 997.0 for main.
 #include "backend/cuda/gemv.cuh"
 #include "backend/cuda/tensor_core.cuh"
 #include "common.cuh"
