@@ -385,6 +385,35 @@ stage_long-prefill() {
   python3 bench/server/long_prefill_latency.py --moe "$BUILD/src/cli/moe" --model models/tiny-dsv3 --tokens 60000 \
     -- --device cuda --cache-tokens 128192 2>&1 | tee "$OUT/long-prefill.log"
 }
+# Issue 14's bars in one call (about 6 minutes; each step capped, so a slow one cannot eat the call), on main's
+# binaries built here and carried:
+#   cmake --build build --target moe bench_mla_attention bench_fp8_gemm
+#   scripts/gpu/pack-bin.sh build .bin/binpk.tar.xz src/cli/moe tests/cuda/bench_mla_attention tests/cuda/bench_fp8_gemm
+#   scripts/gpu/run.sh unpack bars        (carry .bin/binpk.tar.xz; logs in $OUT/bars/)
+# MLA decode at batch 64, context 4096, 16 and 128 heads; the 8-layer llama.cpp-peer checkpoint, BF16 and FP8
+# (W8A8) at batches 1, 8, 64 and 256 and prefill 4096, twice each; Moonlight's shape at batch 1 (contexts 512 and
+# 4096) with its prefill of 4096 tokens, BF16 and FP8; the FP8 dense GEMM against torch._scaled_mm. The bars are
+# for an H200: env.txt says which card ran.
+stage_bars() {
+  env_deps
+  local D=$OUT/bars M=$BUILD/src/cli/moe
+  mkdir -p "$D"
+  (nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader; cat "$BUILD/BUILT" 2>/dev/null) | tee "$D/env.txt"
+  for h in 16 128; do timeout 30 "$BUILD/tests/cuda/bench_mla_attention" 64 4096 $h 20; done >"$D/mla.log" 2>&1
+  grep -E "^RESULT " "$D/mla.log"
+  for rep in 1 2; do for v in bf16 fp8; do
+    timeout 90 "$M" bench --device cuda --model bench/gpu/configs/llamacpp-peer-8layers.json --random-weights \
+      --random-dtype $v --cuda-prefill $v --prompt-tokens 4096 --batch 1,8,64,256 --context 512 --steps 48 2>&1 \
+      | grep -E "^(ceilings|prefill|decode)" | sed "s/^/[peer $v $rep] /" | tee -a "$D/peer.log"
+  done; done
+  for v in bf16 fp8; do
+    timeout 150 "$M" bench --device cuda --model bench/gpu/configs/moonlight-16b-a3b.json --random-weights \
+      --random-dtype $v --cuda-prefill $v --prompt-tokens 4096 --batch 1 --context 512,4096 --steps 48 2>&1 \
+      | grep -E "^(ceilings|prefill|decode)" | sed "s/^/[moonlight $v] /" | tee -a "$D/moonlight.log"
+  done
+  timeout 60 "$BUILD/tests/cuda/bench_fp8_gemm" >"$D/fp8_gemm.log" 2>&1; tail -9 "$D/fp8_gemm.log"
+  PYTHONUNBUFFERED=1 timeout 90 python3 bench/gpu/scaled_mm_peer.py 2>&1 | tee "$D/scaled_mm_peer.log" | tail -7
+}
 stage_hf-peer() { PYTHONUNBUFFERED=1 python3 bench/gpu/hf_peer.py 2>&1 | tee "$OUT/hf_peer.log" | tail -5; }
 
 for s in "$@"; do
