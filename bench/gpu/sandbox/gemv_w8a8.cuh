@@ -62,7 +62,7 @@ constexpr int kStep = 64, kUnroll = 4;
 template <bool SWIGLU>
 __device__ __forceinline__ void gemv_w8a8_block(const GemvParams& p, const XCodes& x) {
   constexpr int M = SWIGLU ? 2 : 1;
-  __shared__ float red[M][kMmaWarps][kMmaRows][8];
+  __shared__ MmaWarpSums<M> red;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
   const int64_t N = p.N, K = p.K, r0 = int64_t(blockIdx.x) * kMmaRows;
   pdl_trigger();
@@ -130,25 +130,14 @@ __device__ __forceinline__ void gemv_w8a8_block(const GemvParams& p, const XCode
       }
     }
   }
-  // acc[m]: (row g, tokens 2c, 2c + 1), (row g + 8, tokens 2c, 2c + 1); the warps' sums in warp order.
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    red[m][warp][g][2 * c] = acc[m][0];
-    red[m][warp][g][2 * c + 1] = acc[m][1];
-    red[m][warp][g + 8][2 * c] = acc[m][2];
-    red[m][warp][g + 8][2 * c + 1] = acc[m][3];
-  }
+  // The warps' sums in warp order, as gemv_mma_block adds them.
+  mma_store_sums<M>(red, acc, warp, g, c);
   __syncthreads();
   if (threadIdx.x >= kMmaRows * 8) return;
   const int row = int(threadIdx.x) / 8, t = int(threadIdx.x) % 8;
   if (t >= ntok || r0 + row >= N) return;
   float sum[M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    sum[m] = 0.0f;
-#pragma unroll
-    for (int k = 0; k < kMmaWarps; ++k) sum[m] += red[m][k][row][t];
-  }
+  mma_warp_totals<M>(red, row, t, sum);
   p.out[int64_t(assignment(p, w, t)) * p.out_stride + r0 + row] = mma_output<DType::BF16, M>(sum);
 }
 

@@ -196,12 +196,37 @@ __device__ __forceinline__ float mma_output(const float (&sum)[M]) {
   return M == 2 ? v[0] / (1.0f + __expf(-v[0])) * v[M - 1] : v[0];
 }
 
+// The 8 warps' sums of one 16-row tile meet in shared memory: warp w stores its acc[m] (rows g, g + 8; token
+// columns 2c, 2c + 1) at red[m][w]; after a __syncthreads, thread (row, t) adds them in warp order.
+template <int M>
+using MmaWarpSums = float[M][kMmaWarps][kMmaRows][8];
+template <int M>
+__device__ __forceinline__ void mma_store_sums(MmaWarpSums<M>& red, const float (&acc)[M][4], int warp, int g,
+                                               int c) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    red[m][warp][g][2 * c] = acc[m][0];
+    red[m][warp][g][2 * c + 1] = acc[m][1];
+    red[m][warp][g + 8][2 * c] = acc[m][2];
+    red[m][warp][g + 8][2 * c + 1] = acc[m][3];
+  }
+}
+template <int M>
+__device__ __forceinline__ void mma_warp_totals(const MmaWarpSums<M>& red, int row, int t, float (&sum)[M]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    sum[m] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kMmaWarps; ++k) sum[m] += red[m][k][row][t];
+  }
+}
+
 // One block's rows (256 threads). A device function so that a fused kernel can go on after it
 // (gemv_combine.cu): every thread returns from it having passed griddepcontrol.wait.
 template <DType WT, bool SWIGLU>
 __device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
   constexpr int M = SWIGLU ? 2 : 1;
-  __shared__ float red[M][kMmaWarps][kMmaRows][8];
+  __shared__ MmaWarpSums<M> red;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, c = lane % 4;
   const bool second = p.second.first_block > 0 && blockIdx.x >= p.second.first_block;
   const int64_t N = second ? p.second.N : p.N, K = p.K;
@@ -235,25 +260,13 @@ __device__ __forceinline__ void gemv_mma_block(const GemvParams& p) {
   float acc[M][4];
   mma_tile_sums<WT, M, kMmaUnroll>(wbase, sbase, row_base, r0, N, K, xrow, tok, warp, kMmaWarps, grouped(p),
                                    acc);
-  // acc[m]: (row g, tokens 2c, 2c + 1), (row g + 8, tokens 2c, 2c + 1).
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    red[m][warp][g][2 * c] = acc[m][0];
-    red[m][warp][g][2 * c + 1] = acc[m][1];
-    red[m][warp][g + 8][2 * c] = acc[m][2];
-    red[m][warp][g + 8][2 * c + 1] = acc[m][3];
-  }
+  mma_store_sums<M>(red, acc, warp, g, c);
   __syncthreads();
   if (threadIdx.x >= kMmaRows * 8) return;
   const int row = int(threadIdx.x) / 8, t = int(threadIdx.x) % 8;
   if (t >= ntok || r0 + row >= N) return;
   float sum[M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    sum[m] = 0.0f;
-#pragma unroll
-    for (int k = 0; k < kMmaWarps; ++k) sum[m] += red[m][k][row][t];
-  }
+  mma_warp_totals<M>(red, row, t, sum);
   const float r = mma_output<WT, M>(sum);
   float* orow;
   if (grouped(p)) {
