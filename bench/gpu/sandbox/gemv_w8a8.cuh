@@ -138,6 +138,7 @@ __device__ __forceinline__ void gemv_w8a8_block(const GemvParams& p, const XCode
   if (t >= ntok || r0 + row >= N) return;
   float sum[M];
   mma_warp_totals<M>(red, row, t, sum);
+  // mma_output's BF16 form: no 2^-60 scale-back (x was not pre-scaled), SwiGLU under M == 2.
   p.out[int64_t(assignment(p, w, t)) * p.out_stride + r0 + row] = mma_output<DType::BF16, M>(sum);
 }
 

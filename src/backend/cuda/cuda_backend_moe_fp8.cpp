@@ -19,8 +19,8 @@ void CudaBackend::moe_expert_gemms_fp8(const TensorView& x, const PreparedExpert
   // 64-row CTAs (two per SM) while the experts average <= 64 rows (decode batches), else 128-row CTAs.
   const int64_t E = int64_t(prep.host_table.size() / 6);
   const int32_t cta_rows = TK <= 64 * E ? 64 : 128;
-  // x per token (not per assignment: the k experts of a token share its row), E4M3 [T, D] + scales
-  // [D / 128, T4] (fp8_quant.cu's single-segment layout).
+  // x per token (not per assignment: the k experts of a token share its row), E4M3 [T4, D] (the padding
+  // rows unwritten: the kernel reads rows through perm) + scales [D / 128, T4] (fp8_quant.cu's layout).
   const Fp8Activations xa =
       quantize_activations(x.as<const float>(), D, T, D, prep.pow2_scales, nullptr, false);
 

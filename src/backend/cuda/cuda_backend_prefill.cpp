@@ -111,7 +111,7 @@ const float* CudaBackend::fp8_weight_scales(const float* s, int64_t N, int64_t K
 CudaBackend::Fp8Activations CudaBackend::quantize_activations(const float* x, int64_t ldx, int64_t T,
                                                               int64_t K, bool pow2_scales,
                                                               const uint16_t* x_bf16, bool zero_padding) {
-  // cuBLASLt takes row counts that are multiples of 4: T4 rows, the padding rows of x zero.
+  // cuBLASLt takes row counts that are multiples of 4: T4 rows, the padding rows zero (unless !zero_padding).
   Fp8Activations a;
   a.T = T;
   a.T4 = (T + 3) / 4 * 4;
