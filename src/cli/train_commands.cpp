@@ -40,8 +40,11 @@ void add_train_device_flags(CLI::App* cmd, TrainDeviceOptions& o) {
   cmd->add_option(
       "--fp8-expert-weights", o.fp8_expert_weights,
       "--device cuda --gemm fp8: the routed experts' E4M3 weights in both layouts, or only the forward one "
-      "with the input-gradient layout transposed per layer in the backward (half that memory: for models "
-      "whose FP8 copies do not fit otherwise) (both)");
+      "with the input-gradient layout transposed per layer in the backward, ahead of it on a side stream "
+      "(half "
+      "that memory: for models whose FP8 copies do not fit otherwise), or a number N: both layouts in the "
+      "first "
+      "N MoE layers, the forward one in the rest (both)");
   cmd->add_option("--attention", o.attention, "--device cuda: the attention's score and value GEMMs in fp32 (no TF32), "
                   "tf32 or bf16 (operands rounded to BF16, FP32 accumulation), or flash (fused kernels with bf16's "
                   "roundings: no [t, t] scores kept, the causal upper triangle skipped) (fp32)");
@@ -285,9 +288,11 @@ void register_train_commands(CLI::App& app) {
       o->attention = dev_opts->attention == "flash"  ? train::PlanAttention::Flash
                      : dev_opts->attention == "bf16" ? train::PlanAttention::GemmBf16
                                                      : train::PlanAttention::Gemm;
-      o->gemm = dev_opts->gemm != "fp8"                     ? train::PlanGemm::Bf16
-                : dev_opts->fp8_expert_weights == "forward" ? train::PlanGemm::Fp8ForwardExperts
-                                                            : train::PlanGemm::Fp8;
+      const int64_t both_layers = fp8_expert_both_layers(dev_opts->fp8_expert_weights);
+      o->gemm = dev_opts->gemm != "fp8" ? train::PlanGemm::Bf16
+                : both_layers >= 0      ? train::PlanGemm::Fp8ForwardExperts
+                                        : train::PlanGemm::Fp8;
+      o->fp8_expert_both_layers = std::max<int64_t>(both_layers, 0);
       const train::TrainBenchResult r = train::run_train_bench(*o);
       if (comm && comm->rank() != 0) return;  // rank 0 reports
       std::printf("%s\n", train::bench_json(r).c_str());

@@ -1,11 +1,23 @@
 #include "cli/train_device.h"
 
+#include <charconv>
+
 #include "core/error.h"
 #ifdef MOE_HAVE_TRAIN_CUDA
 #include "train/cuda/device_trainer.h"
 #endif
 
 namespace moe::cli {
+
+int64_t fp8_expert_both_layers(const std::string& v) {
+  if (v.empty() || v == "both") return -1;
+  if (v == "forward") return 0;
+  int64_t n = 0;
+  const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  MOE_CHECK(ec == std::errc() && end == v.data() + v.size() && n >= 0,
+            "--fp8-expert-weights must be both, forward or a number of layers (0 or more), not '{}'", v);
+  return n;
+}
 
 TrainDevice make_train_device(const TrainDeviceOptions& given) {
   if (given.device == "cpu") {
@@ -19,9 +31,7 @@ TrainDevice make_train_device(const TrainDeviceOptions& given) {
   if (o.expert_gemm.empty()) o.expert_gemm = "grouped";
   if (o.attention.empty()) o.attention = "fp32";
   if (o.head.empty()) o.head = "fp32";
-  if (o.fp8_expert_weights.empty()) o.fp8_expert_weights = "both";
-  MOE_CHECK(o.fp8_expert_weights == "both" || o.fp8_expert_weights == "forward",
-            "--fp8-expert-weights must be both or forward, not '{}'", o.fp8_expert_weights);
+  const int64_t both_layers = fp8_expert_both_layers(o.fp8_expert_weights);
   MOE_CHECK(o.attention == "fp32" || o.attention == "tf32" || o.attention == "bf16" || o.attention == "flash",
             "--attention must be fp32, tf32, bf16 or flash, not '{}'", o.attention);
   MOE_CHECK(o.head == "fp32" || o.head == "bf16", "--head must be fp32 or bf16, not '{}'", o.head);
@@ -50,7 +60,7 @@ TrainDevice make_train_device(const TrainDeviceOptions& given) {
                                             : AttnPrecision::Fp32);
   c->set_head_fp32(o.head == "fp32");
   c->set_check_finite(o.check_finite);
-  c->set_fp8_expert_weights_both(o.fp8_expert_weights == "both");
+  c->set_fp8_expert_both_layers(both_layers);
   TrainDevice d;
   d.name = "cuda" + (gpu ? ":" + std::to_string(gpu) : std::string()) + ": " + c->device_name() + ", " + o.gemm + " GEMMs, device-resident step" +
            (o.gemm == "bf16" ? ", experts " + o.expert_gemm : "") + ", attention " + o.attention + ", head " + o.head;

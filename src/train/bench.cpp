@@ -97,8 +97,8 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
   r.micro_batches = o.batch / micro;
   r.moments = o.moments;
   if (o.step) {
-    const DeviceMemoryPlan plan =
-        device_memory_plan(config, micro, o.seq_len, bf16_moments, o.attention, o.gemm);
+    const DeviceMemoryPlan plan = device_memory_plan(config, micro, o.seq_len, bf16_moments, o.attention,
+                                                     o.gemm, o.fp8_expert_both_layers);
     r.plan_gib = plan.total() / kGiB, r.plan_params_gib = plan.arenas / kGiB;
     r.plan_activations_gib = (plan.activations + plan.temporaries) / kGiB;
     r.plan_weight_copies_gib = plan.weight_copies / kGiB;

@@ -34,6 +34,7 @@ struct TrainBenchOptions {
   std::string moments = "f32";  // AdamW moments: f32 or bf16 (AdamW::bf16_moments)
   PlanAttention attention = PlanAttention::Gemm;  // the device's attention mode (--attention), for the memory plan
   PlanGemm gemm = PlanGemm::Bf16;                 // ... and its projections' GEMMs (--gemm fp8: Fp8)
+  int64_t fp8_expert_both_layers = 0;  // ... Fp8ForwardExperts: the MoE layers keeping both layouts
   bool profile = false;         // a device's time by op class over the timed steps
   // Data parallelism (--dp N): each of the communicator's ranks runs --batch sequences a step (its own random
   // tokens) and the gradients are all-reduced (DistributedTraining, ZeRO-0), so a step is N x --batch sequences;

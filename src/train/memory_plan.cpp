@@ -108,18 +108,21 @@ double expert_fp8_layout(const Widths& w) {
 
 // --gemm fp8's E4M3 weights (bytes): each projection's in both layouts, 2 bytes a value, and a scale per
 // 128x128 block and layout (Fp8Gemms pads a grid's rows to 4 scales; Fp8Experts does not), for every layer
-// and the MTP module. The embedding, the heads and the router stay out (V3's exceptions).
-double fp8_weight_copies(const ModelConfig& c, const Widths& w, bool expert_layouts_both) {
+// and the MTP module; the routed experts' in both layouts in the first both_layers MoE layers (-1: all), in
+// the forward one in the others. The embedding, the heads and the router stay out (V3's exceptions).
+double fp8_weight_copies(const ModelConfig& c, const Widths& w, int64_t both_layers) {
   auto blocks = [](double v) { return std::ceil(v / 128.0); };
   auto ld4 = [&](double v) { return std::ceil(blocks(v) / 4.0) * 4.0; };
   auto dense = [&](double m, double k) { return 2 * m * k + 4 * (blocks(m) * ld4(k) + blocks(k) * ld4(m)); };
   auto mlp = [&](double f) { return 2 * dense(f, w.D) + dense(w.D, f); };
+  int64_t moe_layers = 0;
   auto layer = [&](bool moe) {
     double v = w.ql > 0 ? dense(w.ql, w.D) + dense(w.H * w.dq, w.ql) : dense(w.H * w.dq, w.D);
     v += dense(w.r + w.dr, w.D) + dense(w.H * (w.dn + w.dv), w.r) + dense(w.D, w.H * w.dv);
     if (!moe) return v + mlp(w.F);
     if (w.Fs > 0) v += mlp(w.Fs);
-    return v + (expert_layouts_both ? 2 : 1) * expert_fp8_layout(w);
+    const bool both = both_layers < 0 || moe_layers++ < both_layers;
+    return v + (both ? 2 : 1) * expert_fp8_layout(w);
   };
   double v = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) v += layer(c.is_moe_layer(l));
@@ -153,7 +156,7 @@ double attention_bf16_copies(const Widths& w, PlanAttention a, double b, double 
 }  // namespace
 
 DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments,
-                                    PlanAttention attention, PlanGemm gemm) {
+                                    PlanAttention attention, PlanGemm gemm, int64_t fp8_expert_both_layers) {
   const bool flash = attention == PlanAttention::Flash, fp8 = gemm != PlanGemm::Bf16;
   const Widths w = widths(c);
   const double b = double(batch), t = double(seq_len), n = b * t, n1 = b * (t - 1);
@@ -184,11 +187,16 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   p.temporaries =
       4.0 * temps + 2.0 * (bf16_copies(w, any_moe, n, fp8) + attention_bf16_copies(w, attention, b, t));
   if (fp8) {
-    const bool both = gemm == PlanGemm::Fp8;
-    p.weight_copies = fp8_weight_copies(c, w, both);
+    const int64_t both_layers = gemm == PlanGemm::Fp8 ? -1 : std::max<int64_t>(fp8_expert_both_layers, 0);
+    p.weight_copies = fp8_weight_copies(c, w, both_layers);
     p.temporaries += fp8_scratch(w, any_moe, n);
-    // the transposed layout of one layer's experts, made in its backward
-    if (!both && any_moe) p.temporaries += expert_fp8_layout(w);
+    // the transposed layouts of two layers' experts, made in (or just before) their backward, where a MoE
+    // layer keeps only the forward one
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l <= c.num_hidden_layers; ++l)
+      moe_layers += (l < c.num_hidden_layers || mtp) && c.is_moe_layer(l);
+    const int64_t shared = both_layers < 0 ? 0 : std::min<int64_t>(2, moe_layers - both_layers);
+    if (shared > 0) p.temporaries += double(shared) * expert_fp8_layout(w);
   }
   p.runtime = kRuntime;
   return p;

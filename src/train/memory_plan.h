@@ -44,11 +44,13 @@ enum class PlanAttention { Gemm, GemmBf16, Flash };
 // layout), and the quantisers write their operands into scratch buffers, each the size of the largest
 // product's.
 // Fp8ForwardExperts: Fp8 with the routed experts' weights in the forward layout only (--fp8-expert-weights
-// forward: 1 byte a value) and one layer's transposed copy, shared by the layers.
+// forward: 1 byte a value) except in the first fp8_expert_both_layers MoE layers (--fp8-expert-weights N; the
+// MTP module's layer counts last), and two layers' transposed copies shared by the others (Fp8Experts makes
+// the next one while the current one is read).
 enum class PlanGemm { Bf16, Fp8, Fp8ForwardExperts };
 
 DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t seq_len, bool bf16_moments,
                                     PlanAttention attention = PlanAttention::Gemm,
-                                    PlanGemm gemm = PlanGemm::Bf16);
+                                    PlanGemm gemm = PlanGemm::Bf16, int64_t fp8_expert_both_layers = 0);
 
 }  // namespace moe::train

@@ -405,14 +405,19 @@ TEST(TrainBench, DeviceFlagErrorsNameTheFlag) {
   const Result head = test::run_moe(base + " --device cuda --head fp8");
   EXPECT_EQ(head.code, 1);
   EXPECT_NE(head.out.find("--head must be fp32 or bf16, not 'fp8'"), std::string::npos) << head.out;
-  const Result layouts = test::run_moe(base + " --device cuda --gemm fp8 --fp8-expert-weights backward");
-  EXPECT_EQ(layouts.code, 1);
-  EXPECT_NE(layouts.out.find("--fp8-expert-weights must be both or forward, not 'backward'"),
-            std::string::npos)
-      << layouts.out;
+  for (const char* bad : {"backward", "-2", "3x", "1.5"}) {
+    const Result layouts = test::run_moe(base + " --device cuda --gemm fp8 --fp8-expert-weights " + bad);
+    EXPECT_EQ(layouts.code, 1) << bad;
+    EXPECT_NE(
+        layouts.out.find(std::string("--fp8-expert-weights must be both, forward or a number of layers (0 or "
+                                     "more), not '") +
+                         bad + "'"),
+        std::string::npos)
+        << layouts.out;
+  }
   // The CUDA trainer's choices with the CPU trainer: refused, not silently ignored.
   for (const char* flag : {"--attention bf16", "--attention flash", "--head bf16", "--expert-gemm grouped",
-                           "--fp8-expert-weights forward"}) {
+                           "--fp8-expert-weights forward", "--fp8-expert-weights 3"}) {
     const Result r = test::run_moe(base + " --device cpu " + flag);
     EXPECT_EQ(r.code, 1) << flag;
     EXPECT_NE(r.out.find("--expert-gemm, --attention, --head, --fp8-expert-weights and --check-finite are "

@@ -111,14 +111,29 @@ TEST(MemoryPlan, Fp8Gemms) {
   EXPECT_GT(f8.total(), h200_free);
   EXPECT_GT(f8.temporaries, bf.temporaries);  // the quantisers' operands
   // --fp8-expert-weights forward: the routed experts' copies in one layout (1 byte a value instead of 2) and
-  // one layer's transposed copy; the whole train-mid then fits at 1 x 2048.
+  // two layers' transposed copies (one read, the next made); the whole train-mid then fits at 1 x 2048.
   const DeviceMemoryPlan fw =
       device_memory_plan(mid, 1, t, true, PlanAttention::Flash, PlanGemm::Fp8ForwardExperts);
   const double Fm = double(mid.moe_intermediate_size), expert_values = E * 3 * D * Fm;
   EXPECT_NEAR(f8.weight_copies - fw.weight_copies, double(moe_layers) * expert_values,
               1e-3 * double(moe_layers) * expert_values);
-  EXPECT_NEAR(fw.temporaries - f8.temporaries, expert_values, 1e-3 * expert_values);
+  EXPECT_NEAR(fw.temporaries - f8.temporaries, 2 * expert_values, 1e-3 * expert_values);
   EXPECT_LT(fw.total(), h200_free);
+  // --fp8-expert-weights N: both layouts in N MoE layers, each adding one layout's bytes; with one layer
+  // short of all, one shared copy; with all of them, none: the plan equals both's.
+  for (int64_t keep : {int64_t(1), int64_t(4), moe_layers - 1, moe_layers, moe_layers + 3}) {
+    const DeviceMemoryPlan part =
+        device_memory_plan(mid, 1, t, true, PlanAttention::Flash, PlanGemm::Fp8ForwardExperts, keep);
+    const double kept = double(std::min(keep, moe_layers)),
+                 shared = double(std::min<int64_t>(2, moe_layers - std::min(keep, moe_layers)));
+    EXPECT_NEAR(part.weight_copies - fw.weight_copies, kept * expert_values, 1e-3 * kept * expert_values)
+        << keep;
+    EXPECT_NEAR(part.temporaries - f8.temporaries, shared * expert_values, 1e-3 * expert_values) << keep;
+  }
+  EXPECT_DOUBLE_EQ(
+      device_memory_plan(mid, 1, t, true, PlanAttention::Flash, PlanGemm::Fp8ForwardExperts, moe_layers)
+          .total(),
+      f8.total());
   // The measured anchor: 6 layers at 2 x 2048.
   ModelConfig six = mid;
   six.num_hidden_layers = 6;

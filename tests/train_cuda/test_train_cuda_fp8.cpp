@@ -420,6 +420,28 @@ void gemms(Fp8Wgrad mode, const char* name) {
              product(m, k, n, [&](int64_t r, int64_t j) { return double(dy[size_t(j * m + r)]); },
                      [&](int64_t c, int64_t j) { return double(x[size_t(j * k + c)]); }));
   EXPECT_EQ(f8.counts().weight_quantisations, 1) << "W and W^T are quantised once per weight version";
+  // same_x (a second product of one input): the held quantisations are taken again, the products bit for bit
+  // those above; after another input was quantised, or a product of x ran elsewhere (forget_x), or for a
+  // different shape, x is quantised again (a stale form would give the other input's product).
+  const std::vector<float> y_first = y.host(), dg_first = dg.host();
+  DeviceArray<float> dx2(zeros_of<float>(size_t(n * k))), dg2(g0);
+  f8.fprop(y.get(), dxv.get(), dwv.get(), n, k, m, /*same_x=*/true);
+  f8.backward(dx2.get(), dg2.get(), ddy.get(), dxv.get(), dwv.get(), n, k, m, false, /*same_x=*/true);
+  cc.sync();
+  EXPECT_EQ(f8.counts().x_reuses, 2);
+  EXPECT_EQ(y.host(), y_first);
+  EXPECT_EQ(dg2.host(), dg_first);
+  std::vector<float> x2 = x;
+  for (float& v : x2) v = -2.0f * v;  // the same buffer, new values: quantised again when same_x is not said
+  ASSERT_EQ(cudaMemcpy(dxv.get(), x2.data(), x2.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  f8.fprop(y.get(), dxv.get(), dwv.get(), n, k, m);
+  f8.forget_x();
+  f8.fprop(y.get(), dxv.get(), dwv.get(), n, k, m, /*same_x=*/true);
+  cc.sync();
+  EXPECT_EQ(f8.counts().x_reuses, 2);
+  const std::vector<float> y2 = y.host();
+  for (size_t i = 0; i < y2.size(); ++i)
+    ASSERT_EQ(y2[i], -2.0f * y_first[i]) << "x -> -2x scales every code's scale by 2 exactly (i " << i << ")";
 }
 
 TEST(CudaTrainFp8, GemmsMatchHostWgradTileTile) { gemms(Fp8Wgrad::TileTile, "fp8 gemms (Wgrad 1x128 x 1x128)"); }
@@ -624,6 +646,39 @@ TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
       y8.backward_dact(L2, d_dys.get(), dact1.get());  // the other layer's backward takes the shared buffer
     }
   }
+  // --fp8-expert-weights 1: of three layers (the same weights under three keys), the first used keeps both
+  // layouts and the others the forward one, their backward layouts made ahead on the side stream
+  // (prefetch_backward, as the trainer asks: the next layer's at the start of a layer's backward) or, without
+  // a prefetch, when asked; in two buffers, replaced in turn over three rounds. Every product equals Both's
+  // bit for bit, and the side stream's transposes are waited for (a race would read a half-made buffer).
+  {
+    cuda::Fp8Experts y8(cc.stream());
+    y8.set_both_layers(1);
+    int keys[3] = {0, 0, 0};
+    std::vector<cuda::Fp8Experts::Layer> Ls(3, Lsep);
+    for (int i = 0; i < 3; ++i) Ls[size_t(i)].key = &keys[i];
+    DeviceArray<float> dact1(zeros_of<float>(size_t(nk * F))), dxs1(zeros_of<float>(size_t(nk * D))),
+        gate1(zeros_of<float>(size_t(nk * F))), up1(zeros_of<float>(size_t(nk * F)));
+    for (int round = 0; round < 3; ++round) {
+      for (const auto& Lx : Ls) y8.forward_gate_up(Lx, d_xs.get(), gate1.get(), up1.get());
+      EXPECT_EQ(gate1.host(), gate.host()) << "round " << round;
+      if (round != 1) y8.prefetch_backward(Ls[2]);  // round 1: made when its backward asks
+      for (int i = 2; i >= 0; --i) {
+        if (i > 0 && round != 1) y8.prefetch_backward(Ls[size_t(i - 1)]);
+        y8.backward_dact(Ls[size_t(i)], d_dys.get(), dact1.get());
+        y8.backward_dxs(Ls[size_t(i)], d_dg.get(), d_du.get(), dxs1.get());
+        cc.sync();
+        ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+        EXPECT_EQ(dact1.host(), dact.host()) << "round " << round << ", layer " << i;
+        EXPECT_EQ(dxs1.host(), dxs.host()) << "round " << round << ", layer " << i;
+        // Poison the outputs so the next layer's products must write them again.
+        ASSERT_EQ(cudaMemset(dact1.get(), 0xff, size_t(nk * F) * 4), cudaSuccess);
+        ASSERT_EQ(cudaMemset(dxs1.get(), 0xff, size_t(nk * D) * 4), cudaSuccess);
+      }
+      if (round == 0) y8.new_weights();  // round 1 quantises again: the buffers' layouts are stale
+    }
+    EXPECT_EQ(y8.weight_quantisations(), 2 * 3 * 3 * E);  // 3 layers, 2 weight versions, 3 matrices an expert
+  }
   // A new weight version quantises again, once.
   x8.new_weights();
   x8.forward_down(L, d_act.get(), eout.get());
@@ -749,6 +804,71 @@ TEST(CudaTrainFp8, WholeStepFp8VsBf16) {
     std::printf("fp8 step: step %zu loss %.9g (fp8) %.9g (bf16) rel %.3g\n", s + 1, f8.losses[s], bf.losses[s], rel);
     EXPECT_LT(rel, s == 0 ? 5e-3 : 2e-2) << "step " << s + 1;
   }
+}
+
+// --fp8-expert-weights N and the side stream's transposes at the trainer's level: a train-small model (3 MoE
+// layers
+// + the MTP module's, hidden 256, expert width 128) stepped three times with every layer keeping both
+// layouts, with none (every backward's layouts made ahead on the side stream), and with one (made when asked,
+// no prefetch). The layouts hold the same bytes, so the losses and gradients must equal those of the first
+// run as exactly as the step repeats itself: a second run of the first setting measures that (0 where the
+// step is deterministic).
+TEST(CudaTrainFp8, ExpertLayoutsPerLayerGiveTheSameSteps) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = clock_seed("fp8 layouts");
+  const std::string path = "bench/configs/train-small.json";
+  std::ifstream in(path);
+  const ModelConfig cfg = ModelConfig::from_json(nlohmann::json::parse(in), path);
+  ASSERT_TRUE(cuda::Fp8Experts::applies(cfg.hidden_size, cfg.moe_intermediate_size));
+  const int64_t b = 2, t = 128;
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> id(1, int32_t(cfg.vocab_size) - 1);
+  std::vector<std::vector<int32_t>> batches(3, std::vector<int32_t>(size_t(b * t)));
+  for (auto& ids : batches)
+    for (auto& x : ids) x = id(rng);
+  const Objective obj{0.3, 1e-3};
+  const AdamW adamw;
+  ThreadPool pool(1);
+  struct Run {
+    std::vector<double> losses;
+    std::vector<std::vector<float>> grads;  // step 3's
+  };
+  auto run = [&](int64_t both_layers, bool prefetch) {
+    cuda::DeviceTrainer gpu(cuda::GemmPrecision::Fp8);
+    gpu.set_fp8_expert_both_layers(both_layers);
+    gpu.set_fp8_expert_prefetch(prefetch);
+    TrainModel m = TrainModel::init(cfg, path, seed, 0.02);
+    m.device = &gpu;
+    m.pool = &pool;
+    Run r;
+    for (int64_t s = 1; s <= 3; ++s) {
+      m.zero_grad();
+      ExpertLoads loads;
+      r.losses.push_back(forward_backward(m, batches[size_t(s - 1)], b, t, obj, &loads).loss);
+      if (s == 3) {
+        gpu.pull(m);
+        for (const auto& prm : m.params) r.grads.push_back(prm->g);
+      } else {
+        adamw_step(m, adamw, 1e-3, 1.0, s);
+        update_correction_biases(m, loads, 1e-3);
+      }
+    }
+    return r;
+  };
+  auto worst = [](const Run& a, const Run& b) {
+    double w = 0;
+    for (size_t s = 0; s < a.losses.size(); ++s) w = std::max(w, std::abs(a.losses[s] - b.losses[s]));
+    for (size_t i = 0; i < a.grads.size(); ++i) w = std::max(w, rel_l2(a.grads[i], b.grads[i]));
+    return w;
+  };
+  const Run both = run(-1, true), again = run(-1, true), none = run(0, true), one = run(1, false);
+  ASSERT_EQ(none.grads.size(), both.grads.size());
+  const double floor = worst(both, again);
+  std::printf(
+      "fp8 layouts: run-to-run %.3g, forward-only + prefetch %.3g, one layer both, no prefetch %.3g\n", floor,
+      worst(both, none), worst(both, one));
+  EXPECT_LE(worst(both, none), floor);
+  EXPECT_LE(worst(both, one), floor);
 }
 
 }  // namespace

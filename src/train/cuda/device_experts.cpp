@@ -61,6 +61,12 @@ std::vector<const uint16_t*> DeviceTrainer::Impl::expert_weights_bf16(const Laye
   return out;
 }
 
+void DeviceTrainer::Impl::prefetch_expert_layouts(const LayerParams& P, const DMoe& A, const ModelConfig& c) {
+  const int64_t D = c.hidden_size, F = c.moe_intermediate_size;
+  if (!P.is_moe || !fp8_grouped(D, F)) return;
+  fp8_experts().prefetch_backward(fp8_layer(P, A, D, F));
+}
+
 Fp8Experts::Layer DeviceTrainer::Impl::fp8_layer(const LayerParams& P, const DMoe& A, int64_t D, int64_t F) {
   Fp8Experts::Layer L;
   L.key = &P;

@@ -92,15 +92,19 @@ struct DeviceTrainer::Impl {
   }
   // prec == Fp8 under grouped experts: the routed experts' grouped FP8 products
   std::unique_ptr<Fp8Experts> f8x;
-  bool fp8_expert_weights_both = true;  // set_fp8_expert_weights_both
+  int64_t fp8_expert_both_layers = -1;  // set_fp8_expert_both_layers
+  bool fp8_expert_prefetch = true;      // set_fp8_expert_prefetch
   Fp8Experts& fp8_experts() {
     if (!f8x) {
       f8x = std::make_unique<Fp8Experts>(cc.stream());
-      f8x->set_layouts(fp8_expert_weights_both ? Fp8Experts::Layouts::Both
-                                               : Fp8Experts::Layouts::ForwardOnly);
+      f8x->set_both_layers(fp8_expert_both_layers);
+      f8x->set_prefetch(fp8_expert_prefetch);
     }
     return *f8x;
   }
+  // A MoE layer whose backward comes next but one: its experts' backward layouts made ahead where they are
+  // made per layer (Fp8Experts::prefetch_backward), so that their transposes overlap the work before it.
+  void prefetch_expert_layouts(const LayerParams& P, const DMoe& A, const ModelConfig& c);
   // The routed experts of widths D, F take Fp8Experts (else, under Fp8, BF16 grouped GEMMs).
   bool fp8_grouped(int64_t D, int64_t F) const {
     return use_grouped() && prec == GemmPrecision::Fp8 && Fp8Experts::applies(D, F);
@@ -226,21 +230,24 @@ struct DeviceTrainer::Impl {
   // when the gradient norm is not finite. Syncs.
   std::string nonfinite_gradients(const TrainModel& m);
 
-  // ---- GEMMs (row-major, as ops.h): y = x W^T; dx (+)= dy W; dW += dy^T x. fp32: FP32 operands whatever the mode
-  // (V3's higher-precision exceptions); under Fp8, each product takes fp8_gemm.h's path where its widths allow.
-  void mm(float* y, Operand x, const Param* w, int64_t n, int64_t k, int64_t m, bool fp32) {
-    mm_at(fp32 ? GemmPrecision::Fp32 : prec, y, x, w, n, k, m);
+  // ---- GEMMs (row-major, as ops.h): y = x W^T; dx (+)= dy W; dW += dy^T x. fp32: FP32 operands whatever the
+  // mode (V3's higher-precision exceptions); under Fp8, each product takes fp8_gemm.h's path where its widths
+  // allow. same_x: x is the input of the product just before (of the same kind, forward or backward) and
+  // unchanged since, so its FP8 form is taken again (Fp8Gemms' same_x).
+  void mm(float* y, Operand x, const Param* w, int64_t n, int64_t k, int64_t m, bool fp32,
+          bool same_x = false) {
+    mm_at(fp32 ? GemmPrecision::Fp32 : prec, y, x, w, n, k, m, OpClass::Gemm, same_x);
   }
   void mm_bwd(float* dx, float* dw, Operand dy, Operand x, const Param* w, int64_t n, int64_t k, int64_t m,
-              bool fp32, bool add_dx = true) {
-    mm_bwd_at(fp32 ? GemmPrecision::Fp32 : prec, dx, dw, dy, x, w, n, k, m, add_dx);
+              bool fp32, bool add_dx = true, bool same_x = false) {
+    mm_bwd_at(fp32 ? GemmPrecision::Fp32 : prec, dx, dw, dy, x, w, n, k, m, add_dx, OpClass::Gemm, same_x);
   }
   // The same at precision p (Fp8: fp8_gemm.h's path where the widths allow, BF16 elsewhere).
   // `cls`: the profile's class for the product (the heads' are counted apart).
   void mm_at(GemmPrecision p, float* y, Operand x, const Param* w, int64_t n, int64_t k, int64_t m,
-             OpClass cls = OpClass::Gemm);
+             OpClass cls = OpClass::Gemm, bool same_x = false);
   void mm_bwd_at(GemmPrecision p, float* dx, float* dw, Operand dy, Operand x, const Param* w, int64_t n,
-                 int64_t k, int64_t m, bool add_dx, OpClass cls = OpClass::Gemm);
+                 int64_t k, int64_t m, bool add_dx, OpClass cls = OpClass::Gemm, bool same_x = false);
   // Whether producers write GEMM-only activations as BF16 only (Operand): the dense GEMMs run in BF16.
   bool bf16_activations() const { return prec == GemmPrecision::Bf16; }
   // A grow-only BF16 buffer of `count` values.

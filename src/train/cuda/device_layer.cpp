@@ -113,7 +113,7 @@ void DeviceTrainer::Impl::layer_forward(DLayer& A, const LayerParams& P, const L
   rope_apply(A.q, A.pos, n, H, dq, dn, 1.0f);
   check_point(key, "q", A.q, n * H * dq);
   A.kva = f32(key + "kva", n * (r + dr));
-  mm(A.kva, a, W.kv_a, n, D, r + dr, false);
+  mm(A.kva, a, W.kv_a, n, D, r + dr, false, /*same_x=*/ql == 0);  // (q's product read a just before)
   A.c_in = f32(key + "c_in", n * r);
   A.kr = f32(key + "kr", n * dr);
   copy2d(A.c_in, r, A.kva, r + dr, r, n, s);
@@ -236,7 +236,7 @@ void DeviceTrainer::Impl::layer_backward(float* dx, const float* dout, DLayer& A
     rmsnorm_backward(dqa, g(W.q_a_norm), dqan, A.qa, w(W.q_a_norm), A.qa_rstd, n, ql, s);
     mm_bwd(da, g(W.q_a), dqa, a, W.q_a, n, D, ql, false);
   } else {
-    mm_bwd(da, g(W.q_proj), dq_, a, W.q_proj, n, D, H * dq, false);
+    mm_bwd(da, g(W.q_proj), dq_, a, W.q_proj, n, D, H * dq, false, true, /*same_x=*/true);  // (kv_a's read a)
   }
   rmsnorm_backward(dx, g(P.input_norm), da, A.x, w(P.input_norm), A.a_rstd, n, D, s);
   add_strided(dx, n * D, dh, n * D, n * D, 1, s);
@@ -250,7 +250,7 @@ void DeviceTrainer::Impl::mlp_forward(DMlp& A, const MlpParams& P, const std::st
   A.gate = f32(key + "gate", n * F);
   A.up = f32(key + "up", n * F);
   mm(A.gate, x, P.gate, n, D, F, false);
-  mm(A.up, x, P.up, n, D, F, false);
+  mm(A.up, x, P.up, n, D, F, false, /*same_x=*/true);
   // act is read only by GEMMs (down's product, dW_down): BF16 only under BF16 GEMMs
   A.act = nullptr, A.act_bf = nullptr;
   if (bf16_activations()) {
@@ -282,7 +282,7 @@ void DeviceTrainer::Impl::mlp_backward(float* dx, const float* dout, const DMlp&
     dgate.f32 = gf, dup.f32 = uf;
   }
   mm_bwd(dx, g(P.gate), dgate, A.x, P.gate, n, D, F, false);
-  mm_bwd(dx, g(P.up), dup, A.x, P.up, n, D, F, false);
+  mm_bwd(dx, g(P.up), dup, A.x, P.up, n, D, F, false, true, /*same_x=*/true);
 }
 
 void DeviceTrainer::Impl::moe_forward(DMoe& A, const LayerParams& P, const LayerContext& ctx, const std::string& key,

@@ -43,6 +43,10 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   for (int64_t l = 0; l < L; ++l)
     layer_forward(A.layers[size_t(l)], M.layers[size_t(l)], main_ctx, fmt::format("L{}.", l), A.xs[size_t(l)], b, t,
                   A.xs[size_t(l + 1)]);
+  // The backward's first MoE layers: their experts' transposed layouts made while the heads run (where kept
+  // per layer; the MTP module's after its forward below).
+  if (with_backward && L > 0)
+    prefetch_expert_layouts(M.layers[size_t(L - 1)], A.layers[size_t(L - 1)].moe, c);
   A.hn = f32("hn", n * D);
   A.hn_rstd = f32("hn_rstd", n);
   rmsnorm(A.hn, A.hn_rstd, A.xs[size_t(L)], M.final_norm, n, D, c.rms_norm_eps);
@@ -81,6 +85,7 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
     mm(A.m, A.cat, M.eh_proj, n2, 2 * D, D, false);
     A.y = f32("mtp.y", n2 * D);
     layer_forward(A.mtp, M.mtp_layer, mtp_ctx, "mtp.", A.m, b, t2, A.y);
+    if (with_backward) prefetch_expert_layouts(M.mtp_layer, A.mtp.moe, c);
     A.yn = f32("mtp.yn", n2 * D);
     A.yn_rstd = f32("mtp.yn_rstd", n2);
     rmsnorm(A.yn, A.yn_rstd, A.y, M.mtp_norm, n2, D, c.rms_norm_eps);
@@ -159,6 +164,7 @@ void DeviceTrainer::Impl::backward(TrainModel& M) {
   float* dx = zeros(cur, n * D);
   rmsnorm_backward(dx, g(M.final_norm), dhn, A.xs[size_t(L)], w(M.final_norm), A.hn_rstd, n, D, s);
   for (int64_t l = L - 1; l >= 0; --l) {
+    if (l > 0) prefetch_expert_layouts(M.layers[size_t(l - 1)], A.layers[size_t(l - 1)].moe, c);
     float* dprev = zeros(other, n * D);
     const std::string key = fmt::format("L{}.", l);
     layer_backward(dprev, dx, A.layers[size_t(l)], M.layers[size_t(l)], main_ctx, key);

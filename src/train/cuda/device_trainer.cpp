@@ -352,26 +352,29 @@ const void* DeviceTrainer::Impl::weight_operand(const Param* w, int64_t count, G
 }
 
 void DeviceTrainer::Impl::mm_at(GemmPrecision p, float* y, Operand x, const Param* w, int64_t n, int64_t k,
-                                int64_t m, OpClass cls) {
+                                int64_t m, OpClass cls, bool same_x) {
   if (n == 0 || m == 0) return;
   const ProfScope scope(prof, cls);
   if (p == GemmPrecision::Fp8) {
-    if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, f32_of(x, "fp8 fprop"), this->w(w), n, k, m);
+    if (fp8().fprop_ok(n, k, m)) return fp8().fprop(y, f32_of(x, "fp8 fprop"), this->w(w), n, k, m, same_x);
+    fp8().forget_x();  // (a same_x after this product must not take an older quantisation of x)
     p = GemmPrecision::Bf16;
     bf16_flops += 2.0 * double(n) * double(k) * double(m);
   }
   cc.gemm_nt(p, y, operand("bf.x", x, n * k, p), weight_operand(w, m * k, p), n, k, m, 0.0f);
 }
 
-void DeviceTrainer::Impl::mm_bwd_at(GemmPrecision p, float* dx, float* dw, Operand dy, Operand x, const Param* w,
-                                    int64_t n, int64_t k, int64_t m, bool add_dx, OpClass cls) {
+void DeviceTrainer::Impl::mm_bwd_at(GemmPrecision p, float* dx, float* dw, Operand dy, Operand x,
+                                    const Param* w, int64_t n, int64_t k, int64_t m, bool add_dx, OpClass cls,
+                                    bool same_x) {
   if (n == 0 || m == 0) return;
   const ProfScope scope(prof, cls);
   if (p == GemmPrecision::Fp8) {  // the FP8 products here, the others in BF16 below
     float* dx8 = dx && fp8().dgrad_ok(n, k, m) ? dx : nullptr;
     float* dw8 = dw && fp8().wgrad_ok(n, k, m) ? dw : nullptr;
-    fp8().backward(dx8, dw8, f32_of(dy, "fp8 backward"), dw8 ? f32_of(x, "fp8 wgrad") : nullptr, this->w(w), n, k, m,
-                   add_dx);
+    fp8().backward(dx8, dw8, f32_of(dy, "fp8 backward"), dw8 ? f32_of(x, "fp8 wgrad") : nullptr, this->w(w),
+                   n, k, m, add_dx, same_x);
+    if (dw && !dw8) fp8().forget_x();
     if (dx8) dx = nullptr;
     if (dw8) dw = nullptr;
     if (!dx && !dw) return;
@@ -405,9 +408,11 @@ std::string DeviceTrainer::gemm_summary() const {
   const double fp8 = c.fp8_flops + (x ? x->fp8_flops() : 0.0), all = fp8 + impl_->bf16_flops;
   return fmt::format(
       "fp8 GEMMs: {:.1f} % of the projections' FLOPs ({:.1f} GFLOP FP8, {:.1f} GFLOP BF16), {} weight "
-      "quantisations ({} of them the grouped experts')",
+      "quantisations ({} of them the grouped experts'), {} activation quantisations taken again for a second "
+      "product of the same input",
       all > 0 ? 100.0 * fp8 / all : 0.0, fp8 / 1e9, impl_->bf16_flops / 1e9,
-      c.weight_quantisations + (x ? x->weight_quantisations() : 0), x ? x->weight_quantisations() : 0);
+      c.weight_quantisations + (x ? x->weight_quantisations() : 0), x ? x->weight_quantisations() : 0,
+      c.x_reuses);
 }
 
 LossParts DeviceTrainer::forward_backward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,
@@ -662,10 +667,15 @@ int64_t DeviceTrainer::split_master_values() const {
 }
 
 void DeviceTrainer::set_attention(AttnPrecision p) { impl_->attention_prec = p; }
-void DeviceTrainer::set_fp8_expert_weights_both(bool on) {
-  MOE_CHECK(impl_->bound == nullptr || on == impl_->fp8_expert_weights_both,
-            "cuda train: set_fp8_expert_weights_both must come before the first step");
-  impl_->fp8_expert_weights_both = on;
+void DeviceTrainer::set_fp8_expert_both_layers(int64_t n) {
+  n = std::max<int64_t>(n, -1);
+  MOE_CHECK(impl_->bound == nullptr || n == impl_->fp8_expert_both_layers,
+            "cuda train: set_fp8_expert_both_layers must come before the first step");
+  impl_->fp8_expert_both_layers = n;
+}
+void DeviceTrainer::set_fp8_expert_prefetch(bool on) {
+  impl_->fp8_expert_prefetch = on;
+  if (impl_->f8x) impl_->f8x->set_prefetch(on);
 }
 void DeviceTrainer::set_head_fp32(bool on) {
   // A BF16 head's master is stored split from the first step on (bind): the choice comes before it.

@@ -68,10 +68,15 @@ class DeviceTrainer final : public DeviceStep {
   // The output heads' GEMMs: FP32 operands (true, the default, as the CPU trainer) or BF16 operands with FP32
   // accumulation (false; in --gemm fp8 too: the head never runs in FP8).
   void set_head_fp32(bool on);
-  // --gemm fp8 with grouped experts: keep the routed experts' E4M3 weights in both layouts (true, the
-  // default) or only the forward one, transposed per layer in the backward (false: half the FP8 weight
-  // memory, the same products; fp8_experts.h's Layouts). Before the first step.
-  void set_fp8_expert_weights_both(bool on);
+  // --gemm fp8 with grouped experts: how many MoE layers (the first n of the forward, the MTP module's last)
+  // keep the routed experts' E4M3 weights in both layouts; the others keep only the forward one, transposed
+  // per layer in the backward (half the FP8 weight memory, the same products; fp8_experts.h's Layouts). -1
+  // (the default): every layer. Before the first step.
+  void set_fp8_expert_both_layers(int64_t n);
+  // Whether those per-layer transposes run ahead on a side stream, overlapping the backward of the layer
+  // before (the default), or on the step's stream when the layer's backward needs them (the same bytes either
+  // way).
+  void set_fp8_expert_prefetch(bool on);
   // Checks every layer's activations and gradients for NaN or infinity (a sum per tensor, one more sync per step)
   // and throws naming the first tensor that has them: for finding where a diverging run breaks. Off by default.
   void set_check_finite(bool on);

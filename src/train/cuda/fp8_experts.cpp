@@ -32,8 +32,13 @@ Fp8Experts::~Fp8Experts() {
     if (w.mem) cudaFree(w.mem);
     if (w.table) cudaFree(w.table);
   }
-  if (bwd_.mem) cudaFree(bwd_.mem);
-  if (bwd_.table) cudaFree(bwd_.table);
+  for (Backward& b : bwd_) {
+    if (b.w.mem) cudaFree(b.w.mem);
+    if (b.w.table) cudaFree(b.w.table);
+    if (b.ready) cudaEventDestroy(b.ready);
+  }
+  if (fork_) cudaEventDestroy(fork_);
+  if (side_) cudaStreamDestroy(side_);
 }
 
 bool Fp8Experts::applies(int64_t D, int64_t F) {
@@ -41,11 +46,20 @@ bool Fp8Experts::applies(int64_t D, int64_t F) {
          moe::cuda::grouped_gemm_fp8_shape_ok(D, 2 * F) && moe::cuda::grouped_gemm_fp8_shape_ok(F, D);
 }
 
-void Fp8Experts::set_layouts(Layouts l) {
-  if (l == layouts_) return;
-  layouts_ = l;  // every layer's weights are laid out again at their next use
-  for (auto& [key, w] : layers_) w.version = -1;
-  bwd_key_ = nullptr;
+void Fp8Experts::set_both_layers(int64_t n) {
+  if (n < 0) n = -1;
+  if (n == both_layers_) return;
+  both_layers_ = n;
+  // Every layer is laid out again at its next use, in the order of use.
+  check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  if (side_) check(cudaStreamSynchronize(side_), "cudaStreamSynchronize");
+  for (auto& [key, w] : layers_) {
+    if (w.mem) check(cudaFree(w.mem), "cudaFree");
+    if (w.table) check(cudaFree(w.table), "cudaFree");
+  }
+  layers_.clear();
+  both_given_ = 0;
+  for (Backward& b : bwd_) b.key = nullptr, b.pending = false;
 }
 
 namespace {
@@ -83,16 +97,21 @@ const Fp8Experts::Weights& Fp8Experts::weights(const Layer& L) {
   MOE_CHECK(L.D % 128 == 0 && L.F % 128 == 0, "FP8 experts: widths D {} and F {} must be multiples of 128",
             L.D, L.F);
   const int64_t E = int64_t(L.w.size()) / 3, D = L.D, F = L.F, cells = (D / 128) * (F / 128);
-  const bool both = layouts_ == Layouts::Both;
+  const auto [it, fresh] = layers_.try_emplace(L.key);
+  Weights& W = it->second;
+  if (fresh) {
+    W.layouts = both_layers_ < 0 || both_given_ < both_layers_ ? Layouts::Both : Layouts::ForwardOnly;
+    both_given_ += W.layouts == Layouts::Both;
+  }
+  const bool both = W.layouts == Layouts::Both;
   // Per expert: 3 D F bytes of forward matrices (gate, up, down) and 3 cells of scales; under Both 3 D F
   // bytes and 3 cells more (down^T, [gate^T | up^T]).
   const int64_t mat_bytes = (both ? 6 : 3) * D * F, scale_floats = (both ? 6 : 3) * cells;
   const int64_t mat_off[kSlots] = {0, F * D, 2 * F * D, both ? 3 * F * D : -1, both ? 4 * F * D : -1};
   const int64_t scale_off[kSlots] = {0, cells, 2 * cells, 3 * cells, 4 * cells};
-  Weights& W = layers_[L.key];
-  if (W.experts != E || W.D != D || W.F != F || W.layouts != layouts_) {
+  if (W.experts != E || W.D != D || W.F != F) {
     allocate(W, E, mat_bytes, scale_floats, mat_off, scale_off, kSlots);
-    W.experts = E, W.D = D, W.F = F, W.layouts = layouts_, W.version = -1;
+    W.experts = E, W.D = D, W.F = F, W.version = -1;
   }
   if (W.version == version_) return W;
   auto* mats = static_cast<uint8_t*>(W.mem);
@@ -139,27 +158,73 @@ const Fp8Experts::Weights& Fp8Experts::weights(const Layer& L) {
     weight_quantisations_ += 3 * batch;
   }
   check(cudaGetLastError(), "fp8_quantize (expert weights)");
-  W.version = version_;
-  if (bwd_key_ == L.key) bwd_key_ = nullptr;  // its backward layouts are of the previous version
+  W.version = version_;  // (a buffer's backward layouts of the previous version no longer match: resident)
   return W;
+}
+
+Fp8Experts::Backward* Fp8Experts::resident(const Layer& L, const Weights& W) {
+  for (Backward& b : bwd_)
+    if (b.key == L.key && b.w.version == W.version && b.w.experts == W.experts) return &b;
+  return nullptr;
 }
 
 const Fp8Experts::Weights& Fp8Experts::backward_weights(const Layer& L) {
   const Weights& W = weights(L);
-  if (layouts_ == Layouts::Both) return W;
+  if (W.layouts == Layouts::Both) return W;
+  Backward* b = resident(L, W);
+  if (!b) b = &make_backward(L, W, /*async=*/false);
+  if (b->async) check(cudaStreamWaitEvent(stream_, b->ready, 0), "cudaStreamWaitEvent");
+  b->async = false, b->pending = false, b->used = ++uses_;
+  return b->w;
+}
+
+void Fp8Experts::prefetch_backward(const Layer& L) {
+  if (!prefetch_) return;
+  const Weights& W = weights(L);  // (quantised now on the trainer's stream if its version is new)
+  if (W.layouts == Layouts::Both || resident(L, W)) return;
+  if (awaited(bwd_[0]) && awaited(bwd_[1])) return;  // both hold layouts asked for and not yet read
+  make_backward(L, W, /*async=*/true);
+}
+
+bool Fp8Experts::awaited(const Backward& b) const { return b.pending && b.w.version == version_; }
+
+Fp8Experts::Backward& Fp8Experts::make_backward(const Layer& L, const Weights& W, bool async) {
+  // The buffer to replace: not one a prefetch filled for a backward still to come, else the least recently
+  // used.
+  int v = bwd_[0].used <= bwd_[1].used ? 0 : 1;
+  if (awaited(bwd_[v]) && !awaited(bwd_[1 - v])) v = 1 - v;
+  Backward& b = bwd_[v];
   const int64_t E = W.experts, D = W.D, F = W.F, cells = (D / 128) * (F / 128);
   // Per expert: down^T [F, D] then [W_gate^T | W_up^T] [D, 2F] (3 D F bytes), their grids (1 + 2 cells).
   const int64_t mat_bytes = 3 * D * F, scale_floats = 3 * cells;
-  if (bwd_.experts != E || bwd_.D != D || bwd_.F != F) {
+  cudaStream_t s = stream_;
+  if (async) {
+    if (!side_) {
+      int least = 0, greatest = 0;  // (CUDA's priorities: a lower number is a higher priority)
+      check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
+      check(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, least),
+            "cudaStreamCreateWithPriority");
+      check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), "cudaEventCreate");
+    }
+    if (!b.ready) check(cudaEventCreateWithFlags(&b.ready, cudaEventDisableTiming), "cudaEventCreate");
+    // After everything queued so far: W's quantisation and the last products that read this buffer.
+    check(cudaEventRecord(fork_, stream_), "cudaEventRecord");
+    check(cudaStreamWaitEvent(side_, fork_, 0), "cudaStreamWaitEvent");
+    s = side_;
+  } else if (b.async) {  // the side stream may still be writing the layouts this replaces
+    check(cudaStreamWaitEvent(stream_, b.ready, 0), "cudaStreamWaitEvent");
+  }
+  if (b.w.experts != E || b.w.D != D || b.w.F != F) {
+    if (async)
+      check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");  // (cudaFree is synchronous anyway)
     const int64_t mat_off[kSlots] = {-1, -1, -1, 0, F * D};
     const int64_t scale_off[kSlots] = {0, 0, 0, 0, cells};
-    allocate(bwd_, E, mat_bytes, scale_floats, mat_off, scale_off, kSlots);
-    bwd_.experts = E, bwd_.D = D, bwd_.F = F, bwd_key_ = nullptr;
+    allocate(b.w, E, mat_bytes, scale_floats, mat_off, scale_off, kSlots);
+    b.w.experts = E, b.w.D = D, b.w.F = F, b.w.layouts = Layouts::ForwardOnly;
   }
-  if (bwd_key_ == L.key && bwd_.version == W.version) return bwd_;
   const auto* fm = static_cast<const uint8_t*>(W.mem);
   const auto* fs = reinterpret_cast<const float*>(fm + E * 3 * D * F);  // ForwardOnly: 3 D F bytes an expert
-  auto* bm = static_cast<uint8_t*>(bwd_.mem);
+  auto* bm = static_cast<uint8_t*>(b.w.mem);
   auto* bs = reinterpret_cast<float*>(bm + E * mat_bytes);
   auto transpose = [&](int64_t in_off, int64_t in_soff, int64_t rows, int64_t cols, int64_t out_off,
                        int64_t out_soff, int64_t out_ld) {
@@ -169,14 +234,15 @@ const Fp8Experts::Weights& Fp8Experts::backward_weights(const Layer& L) {
     t.out = bm + out_off, t.out_scales = bs + out_soff, t.out_ld = out_ld, t.out_stride = mat_bytes;
     t.out_sld = out_ld / 128, t.out_sstride = scale_floats, t.batch = E;
     MOE_CHECK(fp8_transpose_args_ok(t), "FP8 experts: the transpose refuses {} x {}", rows, cols);
-    fp8_transpose(t, stream_);
+    fp8_transpose(t, s);
   };
   transpose(2 * F * D, 2 * cells, D, F, 0, 0, D);                    // down [D, F] -> down^T [F, D]
   transpose(0, 0, F, D, F * D, cells, 2 * F);                        // gate -> the left half of [D, 2F]
   transpose(F * D, cells, F, D, F * D + F, cells + F / 128, 2 * F);  // up -> the right half
   check(cudaGetLastError(), "fp8_transpose (expert weights)");
-  bwd_key_ = L.key, bwd_.version = W.version;
-  return bwd_;
+  if (async) check(cudaEventRecord(b.ready, side_), "cudaEventRecord");
+  b.key = L.key, b.w.version = W.version, b.async = async, b.pending = async, b.used = ++uses_;
+  return b;
 }
 
 int32_t Fp8Experts::upload_items(const Layer& L) {

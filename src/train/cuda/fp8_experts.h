@@ -53,16 +53,26 @@ class Fp8Experts {
   void backward_dact(const Layer& L, const uint16_t* dys, float* dact);
   void backward_dxs(const Layer& L, const uint16_t* dgate, const uint16_t* dup, float* dxs);
 
-  // Where the input-gradient products' weights (W_down^T, [W_gate^T | W_up^T]) live. Both (the default):
-  // every layer keeps them beside the forward layout, quantised once per weight version (2 bytes an expert's
-  // value: both layouts of E4M3). ForwardOnly: every layer keeps only the forward layout (1 byte a value),
-  // and the backward of a layer moves its bytes into one buffer shared by the layers (fp8_transpose: a
-  // block's codes are the same under its one scale, so the products are bit-identical to Both's), 6 D F bytes
-  // an expert read and written per layer and micro-batch; for models whose FP8 weights in both layouts do not
-  // fit (train-mid on one H200, train/memory_plan.h).
+  // Where the input-gradient products' weights (W_down^T, [W_gate^T | W_up^T]) live, per layer. Both: the
+  // layer keeps them beside the forward layout, quantised once per weight version (2 bytes an expert's value:
+  // both layouts of E4M3). ForwardOnly: the layer keeps only the forward layout (1 byte a value), and its
+  // backward moves those bytes into one of two buffers shared by such layers (fp8_transpose: a block's codes
+  // are the same under its one scale, so the products are bit-identical to Both's), 6 D F bytes an expert
+  // read and written per layer and micro-batch; for models whose FP8 weights in both layouts do not fit
+  // (train-mid on one H200, train/memory_plan.h). set_both_layers(n): the first n layers to be used (the
+  // forward's order) keep Both, the others ForwardOnly; -1 (the default) every layer Both. set_layouts is the
+  // all-or-none form.
   enum class Layouts { Both, ForwardOnly };
-  void set_layouts(Layouts l);
-  Layouts layouts() const { return layouts_; }
+  void set_both_layers(int64_t n);
+  int64_t both_layers() const { return both_layers_; }
+  void set_layouts(Layouts l) { set_both_layers(l == Layouts::Both ? -1 : 0); }
+  // A ForwardOnly layer whose backward comes soon: its transposes go to a side stream of lower priority now
+  // (after the work queued so far), so they overlap what runs until that backward, which then waits for them.
+  // A Both layer, or one whose current layouts a buffer holds, needs nothing. The trainer asks for layer l -
+  // 1 at the start of layer l's backward (and for the first layers of the backward after the forward's last).
+  // Off (set_prefetch(false)): every transpose runs on the trainer's stream when its backward asks.
+  void prefetch_backward(const Layer& L);
+  void set_prefetch(bool on) { prefetch_ = on; }
 
   void new_weights() { ++version_; }
   double fp8_flops() const { return fp8_flops_; }
@@ -82,10 +92,29 @@ class Fp8Experts {
     void* mem = nullptr;
     void** table = nullptr;
   };
+  // A ForwardOnly layer's backward layouts (its table's forward slots null): whose (key) at which weight
+  // version (w.version); async: made on the side stream (ready: recorded there after them; the trainer's
+  // stream waits for it before a product reads them or the buffer is made again); pending: made by a prefetch
+  // and not read since (never the one a prefetch replaces); used: when it was last read or made (the least
+  // recent is replaced).
+  struct Backward {
+    Weights w;
+    const void* key = nullptr;
+    cudaEvent_t ready = nullptr;
+    bool async = false, pending = false;
+    int64_t used = 0;
+  };
   const Weights& weights(const Layer& L);
-  // ForwardOnly: the shared buffer of the backward layouts, made for L's current weights (one transpose
-  // launch per matrix kind for all experts) unless it holds them already.
+  // L's backward layouts: its own under Both, else a buffer holding them for L's current weights (made now on
+  // the trainer's stream unless a prefetch made or is making them).
   const Weights& backward_weights(const Layer& L);
+  // Whether b holds a prefetch's layouts of the current weights that no product has read yet.
+  bool awaited(const Backward& b) const;
+  // The buffer holding L's backward layouts at W's version, or null.
+  Backward* resident(const Layer& L, const Weights& W);
+  // Makes L's backward layouts in a buffer (one transpose launch per matrix kind for all experts), on the
+  // side stream (async) or the trainer's.
+  Backward& make_backward(const Layer& L, const Weights& W, bool async);
   // The work items (expert, first sorted row, rows <= 128) of L's rows, uploaded; returns their number.
   int32_t upload_items(const Layer& L);
   // a [nk, k] (BF16) quantised into the scratch operand at column offset col of a [nk, lda] E4M3 matrix, its
@@ -97,9 +126,12 @@ class Fp8Experts {
   cudaStream_t stream_;
   DeviceScratch scratch_;
   std::unordered_map<const void*, Weights> layers_;
-  Layouts layouts_ = Layouts::Both;
-  Weights bwd_;  // ForwardOnly: the backward layouts of the layer bwd_key_ at weight version bwd_.version
-  const void* bwd_key_ = nullptr;
+  int64_t both_layers_ = -1, both_given_ = 0;  // set_both_layers; layers given Both so far
+  Backward bwd_[2];                            // the ForwardOnly layers' backward layouts
+  int64_t uses_ = 0;                           // the clock of Backward::used
+  bool prefetch_ = true;
+  cudaStream_t side_ = nullptr;         // the prefetches' stream (lower priority), made at the first
+  cudaEvent_t fork_ = nullptr;          // recorded on the trainer's stream before a prefetch's transposes
   std::vector<int32_t> items_;          // host staging of the work items
   std::vector<int64_t> items_offsets_;  // the row offsets the items on the device were made from
   int32_t n_items_ = 0;

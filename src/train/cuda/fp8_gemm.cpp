@@ -99,7 +99,7 @@ bool Fp8Gemms::wgrad_tile_tile(int64_t n, int64_t k, int64_t m) {
   return gemm_->supported(m, k, round_up(n, 128), false, true);
 }
 
-void Fp8Gemms::fprop(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m) {
+void Fp8Gemms::fprop(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool same_x) {
   if (n == 0 || m == 0) return;
   MOE_CHECK(fprop_widths(k, m), "FP8 Fprop: k {} must be a multiple of 128 and m {} of 16", k, m);
   const WeightQ& wq = weight(w, m, k);
@@ -110,7 +110,12 @@ void Fp8Gemms::fprop(float* y, const float* x, const float* w, int64_t n, int64_
   a.q = static_cast<uint8_t*>(scratch_.get(kXq, size_t(n16 * k)));
   a.qs = static_cast<float*>(scratch_.get(kXs, size_t(blocks(k) * n4) * 4));
   a.qs_ld = n4;
-  quantize(a, stream_);
+  if (same_x && held_x_.matches(x, n, k, false)) {
+    ++counts_.x_reuses;
+  } else {
+    quantize(a, stream_);
+    held_x_ = Held{x, n, k, false};
+  }
   moe::cuda::Fp8GemmArgs g;
   g.x = a.q, g.xs = a.qs, g.w = wq.q, g.ws = wq.s;
   g.out = n4 == n ? y : static_cast<float*>(scratch_.get(kOut, size_t(n4 * m) * 4));
@@ -120,8 +125,8 @@ void Fp8Gemms::fprop(float* y, const float* x, const float* w, int64_t n, int64_
   counts_.fp8_flops += 2.0 * double(n) * double(k) * double(m);
 }
 
-void Fp8Gemms::backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k,
-                        int64_t m, bool add_dx) {
+void Fp8Gemms::backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n,
+                        int64_t k, int64_t m, bool add_dx, bool same_x) {
   if (n == 0 || m == 0 || (!dx && !dw)) return;
   MOE_CHECK(!dx || dgrad_widths(k, m), "FP8 Dgrad: m {} must be a multiple of 128 and k {} of 16", m, k);
   MOE_CHECK(!dw || wgrad_widths(k, m), "FP8 Wgrad: m {} and k {} must be multiples of 16", m, k);
@@ -162,8 +167,13 @@ void Fp8Gemms::backward(float* dx, float* dw, const float* dy, const float* x, c
     const int64_t ts_elems = tile ? n128 / 128 * k : blocks(k) * moe::cuda::fp8_scale_ld(n128);
     a.qts = static_cast<float*>(scratch_.get(kXts, size_t(ts_elems) * 4));
     a.qts_ld = tile ? k : moe::cuda::fp8_scale_ld(n128);
-    if (!tile) check(cudaMemsetAsync(a.qts, 0, size_t(ts_elems) * 4, stream_), "cudaMemsetAsync");
-    quantize(a, stream_);
+    if (same_x && held_xt_.matches(x, n, k, tile)) {
+      ++counts_.x_reuses;
+    } else {
+      if (!tile) check(cudaMemsetAsync(a.qts, 0, size_t(ts_elems) * 4, stream_), "cudaMemsetAsync");
+      quantize(a, stream_);
+      held_xt_ = Held{x, n, k, tile};
+    }
     moe::cuda::Fp8GemmArgs g;
     g.x = d.qt, g.xs = d.qts, g.w = a.qt, g.ws = a.qts, g.w_vec128 = tile;
     g.out = dw, g.T = m, g.N = k, g.K = n128, g.ldo = k, g.accumulate = true;

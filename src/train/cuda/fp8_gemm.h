@@ -46,17 +46,24 @@ class Fp8Gemms {
   bool wgrad_ok(int64_t n, int64_t k, int64_t m);
 
   // Pointers: device, 16-byte aligned, rows packed (x [n, k], w [m, k], dy [n, m]).
-  void fprop(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m);
-  // dx (+= when add_dx) dy W if dx, dW += dy^T x if dw; dy is quantised once for both.
-  void backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k, int64_t m,
-                bool add_dx);
+  // same_x: x holds the values it held when the previous product quantised it (two projections of one input:
+  // MLA's q and kv_a, an MLP's gate and up), so its quantised form is taken again where the scratch still
+  // holds x's (same pointer and shape, no other x quantised since) instead of being made again.
+  void fprop(float* y, const float* x, const float* w, int64_t n, int64_t k, int64_t m, bool same_x = false);
+  // dx (+= when add_dx) dy W if dx, dW += dy^T x if dw; dy is quantised once for both. same_x: as fprop's,
+  // for x^T (Wgrad).
+  void backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k,
+                int64_t m, bool add_dx, bool same_x = false);
   void new_weights() { ++version_; }
+  // A product of x ran elsewhere (in BF16): no same_x after it may take what the scratch holds.
+  void forget_x() { held_x_ = held_xt_ = Held{}; }
   // Whether Wgrad of this shape runs with 1x128 tiles on both operands.
   bool wgrad_tile_tile(int64_t n, int64_t k, int64_t m);
 
   struct Counts {
     double fp8_flops = 0;       // of the three products run here
     int64_t weight_quantisations = 0;
+    int64_t x_reuses = 0;  // quantisations of x (Fprop) or x^T (Wgrad) saved by same_x
   };
   const Counts& counts() const { return counts_; }
 
@@ -75,6 +82,17 @@ class Fp8Gemms {
   std::unique_ptr<moe::cuda::Fp8Gemm> gemm_;
   DeviceScratch scratch_;
   std::unordered_map<const float*, WeightQ> weights_;
+  // Whose quantised form the x (Fprop) and x^T (Wgrad) scratch slots hold: pointer, rows, columns, and for
+  // x^T its scale mode (1x128 tiles or 128x128 blocks).
+  struct Held {
+    const float* x = nullptr;
+    int64_t n = 0, k = 0;
+    bool tile = false;
+    bool matches(const float* x2, int64_t n2, int64_t k2, bool tile2) const {
+      return x == x2 && n == n2 && k == k2 && tile == tile2;
+    }
+  };
+  Held held_x_, held_xt_;
   int64_t version_ = 0;
   Counts counts_;
 };
