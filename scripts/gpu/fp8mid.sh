@@ -8,9 +8,11 @@
 #   env.txt              the card and what the binaries were built from
 #   tests.log            test_train_cuda's FP8 tests (TESTS=0 skips them; TEST_FILTER picks others)
 #   <run>.json / .err    `moe train-bench --profile`: the whole train-mid (16 layers + MTP), 16 sequences of 2048 a
-#                        step in micro-batches of 1, flash attention, BF16 heads and moments
+#                        step in micro-batches of 1, flash attention, BF16 heads and moments (a later call's runs
+#                        overwrite an earlier's: OUT apart)
 # RUNS (default "fp8-4 bf16 fp8-fwd"): which runs, in order: bf16; fp8-N (--fp8-expert-weights N); fp8-fwd
-# (forward); base-fp8-fwd (moe-base with forward: the build before). Each is capped (CAP seconds, default 150).
+# (forward); fp8-both (both); base-fp8-fwd, base-fp8-both (moe-base: the build before). Each is capped (CAP
+# seconds, default 150).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out/gpu}
@@ -29,14 +31,23 @@ if [ "${TESTS:-1}" = 1 ]; then
   grep -E "^\[ +(FAILED|PASSED) |Failure" "$D/tests.log" | head -20
   el tests
 fi
-common="--device cuda --config bench/configs/train-mid.json --seq-len 2048 --moments bf16 --head bf16 \
---attention flash --batch 16 --micro-batch 1 --steps 2 --profile"
+# LAYERS cuts train-mid to that many layers (an H100 holds 6 at 2 x 2048 under FP8); MICRO and BATCH: the micro-batch
+# and the sequences a step (default 1 and 16).
+cfg=bench/configs/train-mid.json
+if [ -n "${LAYERS:-}" ]; then
+  python3 -c "import json; c = json.load(open('$cfg')); c['num_hidden_layers'] = $LAYERS; \
+json.dump(c, open('/tmp/mid$LAYERS.json', 'w'))" && cfg=/tmp/mid$LAYERS.json
+fi
+common="--device cuda --config $cfg --seq-len 2048 --moments bf16 --head bf16 --attention flash \
+--batch ${BATCH:-16} --micro-batch ${MICRO:-1} --steps 2 --profile"
 for run in ${RUNS:-fp8-4 bf16 fp8-fwd}; do
   bin=/tmp/r/src/cli/moe
   case $run in
     bf16) args="--gemm bf16" ;;
     fp8-fwd) args="--gemm fp8 --fp8-expert-weights forward" ;;
+    fp8-both) args="--gemm fp8 --fp8-expert-weights both" ;;
     base-fp8-fwd) bin=/tmp/r/src/cli/moe-base; args="--gemm fp8 --fp8-expert-weights forward" ;;
+    base-fp8-both) bin=/tmp/r/src/cli/moe-base; args="--gemm fp8 --fp8-expert-weights both" ;;
     fp8-*) args="--gemm fp8 --fp8-expert-weights ${run#fp8-}" ;;
     *) echo "unknown run $run"; continue ;;
   esac
