@@ -41,6 +41,10 @@ double layer_kept(const Widths& w, bool moe, double b, double t, bool flash, boo
   v += (flash ? b * w.H * t : b * w.H * t * t) + 1.5 * n * w.H * w.dv;  // lse or probs, att (FP32 + BF16)
   if (fp8) {  // a, qan and c in FP32 (the quantiser's input), att without its BF16 copy
     v += 0.5 * n * w.D + 0.5 * n * w.ql + 0.5 * n * w.r - 0.5 * n * w.H * w.dv;
+    // the dense products' inputs as E4M3 x^T (1 byte a value), kept from the forward for the weight gradients
+    // (Fp8Gemms::begin_pass): a, qan, c, att and the dense or shared MLP's input and act
+    const double mlp = moe ? (w.Fs > 0 ? w.D + w.Fs : 0.0) : w.D + w.F;
+    v += 0.25 * std::ceil(n / 128.0) * 128.0 * (w.D + w.ql + w.r + w.H * w.dv + mlp);
     // a dense layer's act in FP32, and its f without the BF16 rounding (only the MoE layers' gather reads it)
     if (!moe) return v + 3 * n * w.F - 0.5 * n * w.D;
     if (!fp8_grouped(w)) v -= 0.5 * n * w.D;
@@ -179,6 +183,7 @@ DeviceMemoryPlan device_memory_plan(const ModelConfig& c, int64_t batch, int64_t
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) add_layer(c.is_moe_layer(l), t);
   if (mtp) {
     kept += 2 * n2 + 10 * n2 * w.D + 3 * n2 + 2 * n2;  // ..., grad.yn
+    if (fp8) kept += 0.25 * std::ceil(n2 / 128.0) * 128.0 * 2 * w.D;  // eh_proj's input as kept E4M3 x^T
     add_layer(c.is_moe_layer(c.num_hidden_layers), t2);
     temps += 8 * n2 * w.D;  // grad.y .. grad.h2, grad.cat
   }

@@ -31,6 +31,8 @@ LossParts DeviceTrainer::Impl::forward(TrainModel& M, const std::vector<int32_t>
   upload(inv_freq, rope.inv_freq.data(), rope.inv_freq.size() * sizeof(double));
   next_aux_slot = 2;  // 0: the main CE's sum, 1: the MTP CE's
   checks.clear();
+  if (prec == GemmPrecision::Fp8)
+    fp8().begin_pass(with_backward);  // the FP8 products' x^T kept for the backward
   A.b = b, A.t = t;
   A.ids = i32("ids", n);
   upload(A.ids, ids.data(), size_t(n) * 4);

@@ -409,10 +409,10 @@ std::string DeviceTrainer::gemm_summary() const {
   return fmt::format(
       "fp8 GEMMs: {:.1f} % of the projections' FLOPs ({:.1f} GFLOP FP8, {:.1f} GFLOP BF16), {} weight "
       "quantisations ({} of them the grouped experts'), {} activation quantisations taken again for a second "
-      "product of the same input",
+      "product of the same input, {} weight gradients on the forward's x^T",
       all > 0 ? 100.0 * fp8 / all : 0.0, fp8 / 1e9, impl_->bf16_flops / 1e9,
       c.weight_quantisations + (x ? x->weight_quantisations() : 0), x ? x->weight_quantisations() : 0,
-      c.x_reuses);
+      c.x_reuses, c.kept_xt_reads);
 }
 
 LossParts DeviceTrainer::forward_backward(TrainModel& m, const std::vector<int32_t>& ids, int64_t b, int64_t t,

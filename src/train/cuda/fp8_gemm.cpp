@@ -32,16 +32,47 @@ void quantize(const Fp8QuantArgs& a, cudaStream_t s) {
   check(cudaGetLastError(), "fp8_quantize");
 }
 
+// Wgrad's x^T operand of x [n, k] (rows_out = n rounded up to 128, its K): codes [k, n128] and scales per
+// 1x128 tile along the tokens ([n128 / 128, k]) or per 128x128 block ([ceil(k / 128), ld(n128)]).
+int64_t xt_code_bytes(int64_t n, int64_t k) { return k * round_up(n, 128); }
+int64_t xt_scale_floats(int64_t n, int64_t k, bool tile) {
+  const int64_t n128 = round_up(n, 128);
+  return tile ? n128 / 128 * k : blocks(k) * moe::cuda::fp8_scale_ld(n128);
+}
+void set_xt(Fp8QuantArgs& a, int64_t n, int64_t k, bool tile, uint8_t* qt, float* qts) {
+  a.rows_out = round_up(n, 128);
+  a.col_mode = tile ? 1 : 2;
+  a.qt = qt, a.qts = qts;
+  a.qts_ld = tile ? k : moe::cuda::fp8_scale_ld(a.rows_out);
+}
+
 }  // namespace
 
 Fp8Gemms::Fp8Gemms(cudaStream_t s, Fp8Wgrad wgrad)
     : stream_(s), wgrad_(wgrad), gemm_(std::make_unique<moe::cuda::Fp8Gemm>(s)) {}
 
 Fp8Gemms::~Fp8Gemms() {
+  for (auto& [p, e] : kept_) {
+    if (e.q) cudaFree(e.q);
+    if (e.s) cudaFree(e.s);
+  }
   for (auto& [p, q] : weights_)
     for (void* b : {static_cast<void*>(q.q), static_cast<void*>(q.qt), static_cast<void*>(q.s),
                     static_cast<void*>(q.st)})
       if (b) cudaFree(b);
+}
+
+void Fp8Gemms::begin_pass(bool keep) {
+  for (auto it = kept_.begin(); it != kept_.end();) {
+    if (it->second.pass == pass_) {
+      ++it;
+      continue;
+    }
+    if (it->second.q) check(cudaFree(it->second.q), "cudaFree");
+    if (it->second.s) check(cudaFree(it->second.s), "cudaFree");
+    it = kept_.erase(it);
+  }
+  ++pass_, keep_xt_ = keep;
 }
 
 const Fp8Gemms::WeightQ& Fp8Gemms::weight(const float* w, int64_t m, int64_t k) {
@@ -107,12 +138,36 @@ void Fp8Gemms::fprop(float* y, const float* x, const float* w, int64_t n, int64_
   Fp8QuantArgs a;
   a.x = x, a.rows = n, a.cols = k, a.ldx = k, a.rows_out = n16;
   a.row_mode = 1;
-  a.q = static_cast<uint8_t*>(scratch_.get(kXq, size_t(n16 * k)));
+  // Keeping x^T for the backward: rows_out (the codes' rows past n are zero) grows to n128 for the x^T tiles,
+  // so the row codes' buffer takes n128 rows too (the product reads n4 of them).
+  const bool keep = keep_xt_ && wgrad_widths(k, m) && !(same_x && held_x_.matches(x, n, k, false));
+  const int64_t rows_q = keep ? round_up(n, 128) : n16;
+  a.q = static_cast<uint8_t*>(scratch_.get(kXq, size_t(rows_q * k)));
   a.qs = static_cast<float*>(scratch_.get(kXs, size_t(blocks(k) * n4) * 4));
   a.qs_ld = n4;
-  if (same_x && held_x_.matches(x, n, k, false)) {
+  if (!keep && same_x && held_x_.matches(x, n, k, false)) {
     ++counts_.x_reuses;
   } else {
+    if (keep) {
+      const bool tile = wgrad_tile_tile(n, k, m);
+      KeptXt& e = kept_[x];
+      const size_t qb = size_t(xt_code_bytes(n, k)), sb = size_t(xt_scale_floats(n, k, tile)) * 4;
+      if (e.q_bytes < qb) {
+        if (e.q) check(cudaFree(e.q), "cudaFree");
+        e.q = nullptr, e.q_bytes = 0;
+        check(cudaMalloc(&e.q, qb), "cudaMalloc (kept x^T)");
+        e.q_bytes = qb;
+      }
+      if (e.s_bytes < sb) {
+        if (e.s) check(cudaFree(e.s), "cudaFree");
+        e.s = nullptr, e.s_bytes = 0;
+        check(cudaMalloc(&e.s, sb), "cudaMalloc (kept x^T scales)");
+        e.s_bytes = sb;
+      }
+      set_xt(a, n, k, tile, e.q, e.s);
+      if (!tile) check(cudaMemsetAsync(e.s, 0, sb, stream_), "cudaMemsetAsync");
+      e.of = Held{x, n, k, tile}, e.pass = pass_;
+    }
     quantize(a, stream_);
     held_x_ = Held{x, n, k, false};
   }
@@ -161,18 +216,22 @@ void Fp8Gemms::backward(float* dx, float* dw, const float* dy, const float* x, c
   if (dw) {
     const bool tile = wgrad_tile_tile(n, k, m);
     Fp8QuantArgs a;
-    a.x = x, a.rows = n, a.cols = k, a.ldx = k, a.rows_out = n128;
-    a.col_mode = tile ? 1 : 2;
-    a.qt = static_cast<uint8_t*>(scratch_.get(kXt, size_t(k * n128)));
-    const int64_t ts_elems = tile ? n128 / 128 * k : blocks(k) * moe::cuda::fp8_scale_ld(n128);
-    a.qts = static_cast<float*>(scratch_.get(kXts, size_t(ts_elems) * 4));
-    a.qts_ld = tile ? k : moe::cuda::fp8_scale_ld(n128);
-    if (same_x && held_xt_.matches(x, n, k, tile)) {
-      ++counts_.x_reuses;
+    a.x = x, a.rows = n, a.cols = k, a.ldx = k;
+    const auto kept = kept_.find(x);
+    if (kept != kept_.end() && kept->second.pass == pass_ && kept->second.of.matches(x, n, k, tile)) {
+      set_xt(a, n, k, tile, kept->second.q, kept->second.s);  // the forward's x^T (begin_pass)
+      ++counts_.kept_xt_reads;
     } else {
-      if (!tile) check(cudaMemsetAsync(a.qts, 0, size_t(ts_elems) * 4, stream_), "cudaMemsetAsync");
-      quantize(a, stream_);
-      held_xt_ = Held{x, n, k, tile};
+      const int64_t ts_elems = xt_scale_floats(n, k, tile);
+      set_xt(a, n, k, tile, static_cast<uint8_t*>(scratch_.get(kXt, size_t(xt_code_bytes(n, k)))),
+             static_cast<float*>(scratch_.get(kXts, size_t(ts_elems) * 4)));
+      if (same_x && held_xt_.matches(x, n, k, tile)) {
+        ++counts_.x_reuses;
+      } else {
+        if (!tile) check(cudaMemsetAsync(a.qts, 0, size_t(ts_elems) * 4, stream_), "cudaMemsetAsync");
+        quantize(a, stream_);
+        held_xt_ = Held{x, n, k, tile};
+      }
     }
     moe::cuda::Fp8GemmArgs g;
     g.x = d.qt, g.xs = d.qts, g.w = a.qt, g.ws = a.qts, g.w_vec128 = tile;

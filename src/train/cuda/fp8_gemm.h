@@ -55,6 +55,14 @@ class Fp8Gemms {
   void backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t n, int64_t k,
                 int64_t m, bool add_dx, bool same_x = false);
   void new_weights() { ++version_; }
+  // A forward whose backward follows (keep, the trainer's training step) or not. While keeping, every Fprop
+  // quantises x in both tilings in one pass and keeps x^T (Wgrad's operand) in a buffer of x's own; the
+  // backward's Wgrad of the same x (pointer and shape) in the same pass takes it instead of reading x again,
+  // as DeepSeek-V3 caches the FP8 activations for the backward. The caller's promise: a forward input is
+  // unchanged until the backward has read it (the trainer's kept activations are), or read only from another
+  // pointer. Entries the last pass did not make (inputs at other addresses now: the per-expert products' rows
+  // move with the routing) are freed here.
+  void begin_pass(bool keep);
   // A product of x ran elsewhere (in BF16): no same_x after it may take what the scratch holds.
   void forget_x() { held_x_ = held_xt_ = Held{}; }
   // Whether Wgrad of this shape runs with 1x128 tiles on both operands.
@@ -64,6 +72,7 @@ class Fp8Gemms {
     double fp8_flops = 0;       // of the three products run here
     int64_t weight_quantisations = 0;
     int64_t x_reuses = 0;  // quantisations of x (Fprop) or x^T (Wgrad) saved by same_x
+    int64_t kept_xt_reads = 0;  // Wgrads that read the forward's x^T (begin_pass)
   };
   const Counts& counts() const { return counts_; }
 
@@ -93,6 +102,19 @@ class Fp8Gemms {
     }
   };
   Held held_x_, held_xt_;
+  // x^T of the forward's inputs, per x pointer (kept across passes: the same activations come back each
+  // micro-batch), valid for the pass that made it.
+  struct KeptXt {
+    uint8_t* q = nullptr;
+    float* s = nullptr;
+    size_t q_bytes = 0, s_bytes = 0;
+    Held of;
+    int64_t pass = -1;
+  };
+  std::unordered_map<const float*, KeptXt> kept_;
+  int64_t pass_ = 0;
+  bool keep_xt_ = false;
+
   int64_t version_ = 0;
   Counts counts_;
 };
