@@ -10,6 +10,8 @@
 // Tokens are padded with zero rows: to a multiple of 4 for Fprop/Dgrad (cuBLASLt's rule for the token operand;
 // an output of n % 4 != 0 rows goes through a scratch), to a multiple of 128 for Wgrad (its K).
 // Weights are quantised in both layouts once per version (new_weights() after each optimizer step), on first use.
+// Activations: in a training pass (begin_pass) Fprop quantises x in both tilings at once and keeps x^T for the
+// Wgrad of the same x, and a second product of one input (same_x) takes the quantised form of the first.
 // What stays in higher precision is the caller's choice (DeviceTrainer: embedding, heads, router, norms and the
 // attention core never come here).
 #include <cuda_runtime.h>
