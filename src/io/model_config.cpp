@@ -34,6 +34,13 @@ double get_double(const json& j, const char* key, const std::string& src, std::o
   return it->get<double>();
 }
 
+bool get_bool(const json& j, const char* key, const std::string& src, bool fallback) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) fail("{}: field '{}' must be true or false", src, key);
+  return it->get<bool>();
+}
+
 std::string get_string(const json& j, const char* key, const std::string& src, const std::string& fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
@@ -80,13 +87,13 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
   c.topk_group = get_int(j, "topk_group", src, int64_t(1));
   c.first_k_dense_replace = get_int(j, "first_k_dense_replace", src, int64_t(0));
   c.moe_layer_freq = get_int(j, "moe_layer_freq", src, int64_t(1));
-  c.norm_topk_prob = j.value("norm_topk_prob", false);
+  c.norm_topk_prob = get_bool(j, "norm_topk_prob", src, false);
   c.routed_scaling_factor = get_double(j, "routed_scaling_factor", src, 1.0);
   c.rms_norm_eps = get_double(j, "rms_norm_eps", src, 1e-6);
   c.rope_theta = get_double(j, "rope_theta", src, 10000.0);
   c.max_position_embeddings = get_int(j, "max_position_embeddings", src, int64_t(4096));
   c.num_nextn_predict_layers = get_int(j, "num_nextn_predict_layers", src, int64_t(0));
-  c.tie_word_embeddings = j.value("tie_word_embeddings", false);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, false);
   if (auto b = j.find("bos_token_id"); b != j.end() && b->is_number_integer()) c.bos_token_id = b->get<int64_t>();
   if (auto e = j.find("eos_token_id"); e != j.end() && e->is_number_integer()) c.eos_token_id = e->get<int64_t>();
 

@@ -106,10 +106,19 @@ TEST_F(BadCheckpoint, UnknownScoringAndTopkMethod) {
 }
 
 TEST_F(BadCheckpoint, WrongFieldType) {
-  json c = config();
+  const json orig = config();
+  json c = orig;
   c["hidden_size"] = "256";
   write_config(c);
   expect_error([&] { load(); }, {"hidden_size", "integer"});
+  // A flag given as a number or a string (the fuzzer's find: nlohmann's own type_error escaped as a crash).
+  for (const char* flag : {"norm_topk_prob", "tie_word_embeddings"})
+    for (const json& bad : {json(3840), json("true")}) {
+      json j = orig;
+      j[flag] = bad;
+      write_config(j);
+      expect_error([&] { load(); }, {"config.json", std::string("'") + flag + "' must be true or false"});
+    }
 }
 
 // Finding 8 of issue 16: values the maths divides by or takes a log of loaded silently and gave NaN logits.
