@@ -707,6 +707,16 @@ TEST(CudaTrainFp8, GroupedExpertsMatchHost) {
   EXPECT_EQ(x8.weight_quantisations(), 6 * E);
 }
 
+// count batches of n token ids drawn uniformly from 1 .. vocab - 1.
+std::vector<std::vector<int32_t>> random_batches(int count, int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> id(1, int32_t(vocab) - 1);
+  std::vector<std::vector<int32_t>> batches(size_t(count), std::vector<int32_t>(static_cast<size_t>(n)));
+  for (auto& ids : batches)
+    for (auto& x : ids) x = id(rng);
+  return batches;
+}
+
 // ---- a whole step, FP8 vs BF16
 //
 // A random model at real widths (hidden 256, MLP 768, experts 128, q_lora 128, kv_lora 128, heads 4 x (64 + 32),
@@ -743,11 +753,7 @@ TEST(CudaTrainFp8, WholeStepFp8VsBf16) {
   j["v_head_dim"] = 64;
   const ModelConfig cfg = ModelConfig::from_json(j, path);
   const int64_t b = 4, t = 128;
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> id(1, int32_t(cfg.vocab_size) - 1);
-  std::vector<std::vector<int32_t>> batches(5, std::vector<int32_t>(size_t(b * t)));
-  for (auto& ids : batches)
-    for (auto& x : ids) x = id(rng);
+  const std::vector<std::vector<int32_t>> batches = random_batches(5, b * t, cfg.vocab_size, seed);
   const Objective obj{0.3, 1e-3};
   const AdamW adamw;
   ThreadPool pool(1);
@@ -842,11 +848,7 @@ TEST(CudaTrainFp8, ExpertLayoutsPerLayerGiveTheSameSteps) {
   const ModelConfig cfg = ModelConfig::from_json(nlohmann::json::parse(in), path);
   ASSERT_TRUE(cuda::Fp8Experts::applies(cfg.hidden_size, cfg.moe_intermediate_size));
   const int64_t b = 2, t = 128;
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> id(1, int32_t(cfg.vocab_size) - 1);
-  std::vector<std::vector<int32_t>> batches(3, std::vector<int32_t>(size_t(b * t)));
-  for (auto& ids : batches)
-    for (auto& x : ids) x = id(rng);
+  const std::vector<std::vector<int32_t>> batches = random_batches(3, b * t, cfg.vocab_size, seed);
   const Objective obj{0.3, 1e-3};
   const AdamW adamw;
   ThreadPool pool(1);
