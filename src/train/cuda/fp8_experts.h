@@ -67,10 +67,12 @@ class Fp8Experts {
   int64_t both_layers() const { return both_layers_; }
   void set_layouts(Layouts l) { set_both_layers(l == Layouts::Both ? -1 : 0); }
   // A ForwardOnly layer whose backward comes soon: its transposes go to a side stream of lower priority now
-  // (after the work queued so far), so they overlap what runs until that backward, which then waits for them.
-  // A Both layer, or one whose current layouts a buffer holds, needs nothing. The trainer asks for layer l -
-  // 1 at the start of layer l's backward (and for the first layers of the backward after the forward's last).
-  // Off (set_prefetch(false)): every transpose runs on the trainer's stream when its backward asks.
+  // (after the work queued so far), to overlap what runs until that backward, which then waits for them (at
+  // train-mid cut to 6 layers on an H100 the kernels beside them slowed by as much: bench/RESULTS.md,
+  // 2026-12-07). A Both layer, or one whose current layouts a buffer holds, needs nothing. The trainer asks
+  // for layer l - 1 at the start of layer l's backward (and for the first layers of the backward after the
+  // forward's last). Off (set_prefetch(false)): every transpose runs on the trainer's stream when its
+  // backward asks.
   void prefetch_backward(const Layer& L);
   void set_prefetch(bool on) { prefetch_ = on; }
 
