@@ -52,10 +52,6 @@ Fp8Gemms::Fp8Gemms(cudaStream_t s, Fp8Wgrad wgrad)
     : stream_(s), wgrad_(wgrad), gemm_(std::make_unique<moe::cuda::Fp8Gemm>(s)) {}
 
 Fp8Gemms::~Fp8Gemms() {
-  for (auto& [p, e] : kept_) {
-    if (e.q) cudaFree(e.q);
-    if (e.s) cudaFree(e.s);
-  }
   for (auto& [p, q] : weights_)
     for (void* b : {static_cast<void*>(q.q), static_cast<void*>(q.qt), static_cast<void*>(q.s),
                     static_cast<void*>(q.st)})
@@ -64,13 +60,10 @@ Fp8Gemms::~Fp8Gemms() {
 
 void Fp8Gemms::begin_pass(bool keep) {
   for (auto it = kept_.begin(); it != kept_.end();) {
-    if (it->second.pass == pass_) {
+    if (it->second.pass == pass_)
       ++it;
-      continue;
-    }
-    if (it->second.q) check(cudaFree(it->second.q), "cudaFree");
-    if (it->second.s) check(cudaFree(it->second.s), "cudaFree");
-    it = kept_.erase(it);
+    else
+      it = kept_.erase(it);  // (its DeviceScratch frees the buffers)
   }
   ++pass_, keep_xt_ = keep;
 }
@@ -151,19 +144,9 @@ void Fp8Gemms::fprop(float* y, const float* x, const float* w, int64_t n, int64_
     if (keep) {
       const bool tile = wgrad_tile_tile(n, k, m);
       KeptXt& e = kept_[x];
-      const size_t qb = size_t(xt_code_bytes(n, k)), sb = size_t(xt_scale_floats(n, k, tile)) * 4;
-      if (e.q_bytes < qb) {
-        if (e.q) check(cudaFree(e.q), "cudaFree");
-        e.q = nullptr, e.q_bytes = 0;
-        check(cudaMalloc(&e.q, qb), "cudaMalloc (kept x^T)");
-        e.q_bytes = qb;
-      }
-      if (e.s_bytes < sb) {
-        if (e.s) check(cudaFree(e.s), "cudaFree");
-        e.s = nullptr, e.s_bytes = 0;
-        check(cudaMalloc(&e.s, sb), "cudaMalloc (kept x^T scales)");
-        e.s_bytes = sb;
-      }
+      const size_t sb = size_t(xt_scale_floats(n, k, tile)) * 4;
+      e.q = static_cast<uint8_t*>(e.mem.get(0, size_t(xt_code_bytes(n, k))));
+      e.s = static_cast<float*>(e.mem.get(1, sb));
       set_xt(a, n, k, tile, e.q, e.s);
       if (!tile) check(cudaMemsetAsync(e.s, 0, sb, stream_), "cudaMemsetAsync");
       e.of = Held{x, n, k, tile}, e.pass = pass_;

@@ -107,9 +107,9 @@ class Fp8Gemms {
   // x^T of the forward's inputs, per x pointer (kept across passes: the same activations come back each
   // micro-batch), valid for the pass that made it.
   struct KeptXt {
+    DeviceScratch mem;  // slot 0: the codes, 1: the scales
     uint8_t* q = nullptr;
     float* s = nullptr;
-    size_t q_bytes = 0, s_bytes = 0;
     Held of;
     int64_t pass = -1;
   };
